@@ -1,0 +1,131 @@
+/**
+ * The one file that imports onnxruntime-node. It adapts ORT's session to the
+ * {@link InferenceSession} interface so the rest of quantd never sees the native
+ * binding (and a different backend could be dropped in here).
+ */
+import * as ort from "onnxruntime-node";
+import { QuantdError } from "../errors.ts";
+import type {
+  InferenceSession,
+  SessionOptions,
+  Tensor,
+  TensorDataMap,
+  TensorElementType,
+  TensorInfo,
+} from "./types.ts";
+
+const ELEMENT_TYPES: ReadonlySet<string> = new Set<TensorElementType>([
+  "float32",
+  "float16",
+  "int64",
+  "int32",
+  "int8",
+  "uint8",
+  "bool",
+]);
+
+function toOrtTensor(t: Tensor): ort.Tensor {
+  // ORT wants a plain array view for bool; Uint8Array is what it stores anyway.
+  return new ort.Tensor(t.type, t.data, [...t.dims]);
+}
+
+function fromOrtValue(name: string, v: ort.OnnxValue): Tensor {
+  const t = v as ort.Tensor;
+  if (!ELEMENT_TYPES.has(t.type)) {
+    throw new QuantdError("INFERENCE_FAILED", `output ${name} has unsupported element type ${t.type}`);
+  }
+  const type = t.type as TensorElementType;
+  return { type, data: t.data as TensorDataMap[typeof type], dims: [...t.dims] };
+}
+
+function describe(meta: readonly ort.InferenceSession.ValueMetadata[]): TensorInfo[] {
+  return meta.map((m) =>
+    m.isTensor
+      ? {
+          name: m.name,
+          type: ELEMENT_TYPES.has(m.type) ? (m.type as TensorElementType) : "other",
+          dims: [...m.shape],
+        }
+      : { name: m.name, type: "other", dims: [] },
+  );
+}
+
+class OrtSession implements InferenceSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  readonly inputs: readonly TensorInfo[];
+  readonly outputs: readonly TensorInfo[];
+  #session: ort.InferenceSession | undefined;
+
+  constructor(session: ort.InferenceSession) {
+    this.#session = session;
+    this.inputNames = [...session.inputNames];
+    this.outputNames = [...session.outputNames];
+    this.inputs = describe(session.inputMetadata);
+    this.outputs = describe(session.outputMetadata);
+  }
+
+  async run(feeds: Record<string, Tensor>, fetches?: readonly string[]): Promise<Record<string, Tensor>> {
+    const session = this.#session;
+    if (session === undefined) throw new QuantdError("INFERENCE_FAILED", "session was released");
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrtTensor(t);
+    let result: ort.InferenceSession.ReturnType;
+    try {
+      result = fetches === undefined ? await session.run(ortFeeds) : await session.run(ortFeeds, [...fetches]);
+    } catch (err) {
+      throw new QuantdError("INFERENCE_FAILED", `inference failed: ${(err as Error).message ?? err}`, {
+        cause: err,
+      });
+    }
+    const out: Record<string, Tensor> = {};
+    for (const [name, v] of Object.entries(result)) out[name] = fromOrtValue(name, v);
+    return out;
+  }
+
+  async release(): Promise<void> {
+    const session = this.#session;
+    this.#session = undefined;
+    if (session !== undefined) await session.release();
+  }
+}
+
+function toOrtOptions(o: SessionOptions): ort.InferenceSession.SessionOptions {
+  const opts: ort.InferenceSession.SessionOptions = {
+    executionProviders: ["cpu"],
+    intraOpNumThreads: o.intraOpThreads ?? 1,
+    interOpNumThreads: o.interOpThreads ?? 1,
+    graphOptimizationLevel: o.graphOptimizationLevel ?? "all",
+    enableCpuMemArena: o.enableCpuMemArena ?? true,
+    enableMemPattern: o.enableMemPattern ?? true,
+    executionMode: "sequential",
+    logSeverityLevel: 3,
+  };
+  if (o.optimizedModelFilePath !== undefined) opts.optimizedModelFilePath = o.optimizedModelFilePath;
+  return opts;
+}
+
+/**
+ * Opens an onnxruntime CPU session on a model file or on model bytes.
+ *
+ * @param model - path of an `.onnx` file (external data is found beside it) or its bytes
+ * @throws MODEL_LOAD_FAILED when ORT rejects the model
+ */
+export async function createOrtSession(
+  model: string | Uint8Array,
+  options: SessionOptions = {},
+): Promise<InferenceSession> {
+  try {
+    const session =
+      typeof model === "string"
+        ? await ort.InferenceSession.create(model, toOrtOptions(options))
+        : await ort.InferenceSession.create(model, toOrtOptions(options));
+    return new OrtSession(session);
+  } catch (err) {
+    const where = typeof model === "string" ? model : `${model.byteLength}-byte model`;
+    throw new QuantdError("MODEL_LOAD_FAILED", `onnxruntime could not load ${where}`, { cause: err });
+  }
+}
+
+/** The onnxruntime version this build links against. */
+export const ORT_VERSION: string = ort.env.versions.common;
