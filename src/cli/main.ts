@@ -1,0 +1,186 @@
+/**
+ * The `quantd` entry point: dispatches to a command, and is the one place that
+ * turns failures into output. A QuantdError becomes exactly one line
+ * `error CODE: message` on stderr (or its JSON form on stdout under `--json`);
+ * anything else becomes `error INTERNAL: …`. Stack traces only with
+ * `QUANTD_DEBUG=1`, never for errors a user caused.
+ */
+import pkg from "../../package.json" with { type: "json" };
+import { QuantdError } from "../errors.ts";
+import type { Command, CommandContext } from "./command.ts";
+import { parseArgs, renderCommandHelp, renderMainHelp, usageError } from "./parse.ts";
+
+/** The package version, printed by `quantd --version`. */
+export const VERSION: string = pkg.version;
+
+/** Where the CLI writes; tests may capture it, the real CLI uses the process streams. */
+export interface CliIo {
+  /** Writes raw text to stdout. */
+  stdout: (text: string) => void;
+  /** Writes raw text to stderr. */
+  stderr: (text: string) => void;
+}
+
+const processIo: CliIo = {
+  stdout: (text) => {
+    process.stdout.write(text);
+  },
+  stderr: (text) => {
+    process.stderr.write(text);
+  },
+};
+
+function debugEnabled(): boolean {
+  return process.env["QUANTD_DEBUG"] === "1";
+}
+
+/** Exit code for an error: 2 for usage errors, 1 for everything else. */
+export function exitCodeFor(err: QuantdError): number {
+  return err.code === "USAGE" ? 2 : 1;
+}
+
+/** Normalizes anything thrown into a QuantdError with a one-line message. */
+function toQuantdError(err: unknown): QuantdError {
+  if (err instanceof QuantdError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new QuantdError("INTERNAL", message === "" ? "unexpected failure" : message, { cause: err });
+}
+
+/** Adds the `see quantd <cmd> --help` hint to a USAGE error. */
+function withHint(err: QuantdError, commandName: string | undefined): QuantdError {
+  if (err.code !== "USAGE") return err;
+  const hint = commandName === undefined ? "quantd --help" : `quantd ${commandName} --help`;
+  if (err.message.includes(hint)) return err;
+  return new QuantdError("USAGE", `${err.message}; see ${hint}`, { details: { ...err.details, hint } });
+}
+
+function reportError(err: unknown, io: CliIo, json: boolean, commandName: string | undefined): number {
+  const qe = withHint(toQuantdError(err), commandName);
+  if (json) io.stdout(`${JSON.stringify(qe.toJSON())}\n`);
+  else io.stderr(`${qe.toLine()}\n`);
+  if (debugEnabled()) {
+    const original = err instanceof Error ? err : qe;
+    if (original.stack !== undefined) io.stderr(`${original.stack}\n`);
+    const cause = original.cause;
+    if (cause instanceof Error && cause.stack !== undefined) io.stderr(`caused by: ${cause.stack}\n`);
+  }
+  return exitCodeFor(qe);
+}
+
+/** True when `--json` appears among the flags (before `--`) of a command that declares it. */
+function wantsJson(cmd: Command, argv: readonly string[]): boolean {
+  if (!cmd.flags.some((f) => f.name === "json" && f.type === "boolean")) return false;
+  const end = argv.indexOf("--");
+  return (end === -1 ? argv : argv.slice(0, end)).includes("--json");
+}
+
+async function loadCommands(): Promise<readonly Command[]> {
+  // Loaded lazily so that a command module that fails to load (a missing native
+  // library, say) is reported as one INTERNAL line instead of a crash.
+  const mod = await import("./commands/index.ts");
+  return mod.commands;
+}
+
+/**
+ * Runs `quantd` with `argv` (the words after `quantd`).
+ *
+ * @returns the process exit code: 0 success, 1 failure, 2 usage error
+ */
+export async function runCli(argv: readonly string[], io: CliIo = processIo): Promise<number> {
+  const first = argv[0];
+  if (first === "--version" || first === "-V") {
+    io.stdout(`quantd ${VERSION}\n`);
+    return 0;
+  }
+  let commands: readonly Command[];
+  try {
+    commands = await loadCommands();
+  } catch (err) {
+    return reportError(err, io, false, undefined);
+  }
+  const find = (name: string): Command | undefined => commands.find((c) => c.name === name);
+
+  if (first === undefined) {
+    io.stderr(renderMainHelp(commands, VERSION));
+    return 2;
+  }
+  if (first === "--help" || first === "-h") {
+    io.stdout(renderMainHelp(commands, VERSION));
+    return 0;
+  }
+  if (first === "help") {
+    const target = argv[1];
+    if (target === undefined) {
+      io.stdout(renderMainHelp(commands, VERSION));
+      return 0;
+    }
+    const cmd = find(target);
+    if (cmd === undefined)
+      return reportError(usageError(`unknown command "${target}"`), io, false, undefined);
+    io.stdout(renderCommandHelp(cmd));
+    return 0;
+  }
+  if (first.startsWith("-")) {
+    return reportError(
+      usageError(`unknown flag ${first} (flags go after the command)`),
+      io,
+      false,
+      undefined,
+    );
+  }
+  const cmd = find(first);
+  if (cmd === undefined) return reportError(usageError(`unknown command "${first}"`), io, false, undefined);
+
+  const rest = argv.slice(1);
+  const json = wantsJson(cmd, rest);
+  try {
+    const parsed = parseArgs(cmd.flags, rest);
+    if (parsed.help) {
+      io.stdout(renderCommandHelp(cmd));
+      return 0;
+    }
+    const ctx: CommandContext = {
+      flags: parsed.flags,
+      positionals: parsed.positionals,
+      out: (line) => io.stdout(`${line}\n`),
+      err: (line) => io.stderr(`${line}\n`),
+    };
+    return await cmd.run(ctx);
+  } catch (err) {
+    return reportError(err, io, json, cmd.name);
+  }
+}
+
+/** Resolves once stdout has flushed what was written, so `process.exit` loses nothing. */
+function drainStdout(): Promise<void> {
+  if (process.stdout.writableLength === 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    process.stdout.once("drain", () => resolve());
+    process.stdout.once("error", () => resolve());
+  });
+}
+
+/** Runs the CLI on `process.argv` and exits the process with its code. */
+export async function main(): Promise<never> {
+  // A reader that goes away (`quantd classify … | head -1`) is not an error.
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code === "EPIPE") process.exit(0);
+    process.stderr.write(`error INTERNAL: cannot write to stdout: ${err.message}\n`);
+    process.exit(1);
+  });
+  const onStray = (err: unknown): void => {
+    // Something failed outside the awaited chain (a callback of a native addon):
+    // still one line, never a raw trace.
+    process.exitCode = reportError(err, processIo, false, undefined);
+    process.exit();
+  };
+  process.on("uncaughtException", onStray);
+  process.on("unhandledRejection", onStray);
+
+  const code = await runCli(process.argv.slice(2));
+  await drainStdout();
+  // Exit explicitly: native thread pools may otherwise keep the process alive.
+  process.exit(code);
+}
+
+if (import.meta.main) await main();
