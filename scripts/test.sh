@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs, then checks
-# formatting, lint and types, then runs `bun test`. The last line is
-# `N passed, N failed` with bun test's counts.
+# formatting, lint and types, then runs `bun test`. Exits non-zero when any step
+# fails. The last line is always `N passed, N failed` with bun test's counts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh || exit 1
 
+pass=0
+fail=0
 status=0
-echo "== format check"; bun x biome format . >/dev/null 2>&1 || { bun x biome format . 2>&1 | tail -20; status=1; }
-echo "== lint"; bun x biome lint . 2>&1 | tail -20; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-echo "== typecheck"; bun x tsc --noEmit -p . || status=1
+finish() {
+  [ "$status" -eq 0 ] || echo "checks failed (see above)"
+  echo "${pass} passed, ${fail} failed"
+  exit "$status"
+}
+
+echo "== bootstrap"
+bash scripts/bootstrap.sh || { status=1; finish; }
+
+echo "== format check"
+if ! bun x biome format . >/dev/null 2>&1; then
+  bun x biome format . 2>&1 | tail -40
+  status=1
+fi
+echo "== lint"
+bun x biome lint . 2>&1 | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+echo "== typecheck"
+bun x tsc --noEmit -p . || status=1
 
 echo "== bun test"
 log=$(mktemp)
 bun test 2>&1 | tee "$log"
 test_status=${PIPESTATUS[0]}
-pass=$(grep -Eo '^ *[0-9]+ pass' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
-fail=$(grep -Eo '^ *[0-9]+ fail' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+# bun test ends with a summary such as " 120 pass" / " 0 fail".
+pass=$(grep -Eo '^ *[0-9]+ pass$' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+fail=$(grep -Eo '^ *[0-9]+ fail$' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
 rm -f "$log"
 [ "$test_status" -eq 0 ] || status=1
-[ "$status" -eq 0 ] || echo "checks failed (see above)"
-echo "${pass} passed, ${fail} failed"
-exit $status
+finish
