@@ -3,6 +3,7 @@
  * command: one import and one entry here.
  */
 import type { Command } from "../command.ts";
+import { deviceCommand } from "./device.ts";
 
 /** The commands of the CLI. */
-export const commands: readonly Command[] = [];
+export const commands: readonly Command[] = [deviceCommand];

@@ -1,0 +1,50 @@
+/**
+ * `quantd device`: what board quantd detected here and the defaults it chose.
+ */
+import { detectDevice } from "../../../device/detect.ts";
+import type { Command } from "../command.ts";
+import { expectNoPositionals, flagBool, flagString } from "../parse.ts";
+import { renderTable } from "../render.ts";
+
+/** The `device` command. */
+export const deviceCommand: Command = {
+  name: "device",
+  summary: "show the detected board and the profile quantd uses on it",
+  usage: "[--root DIR] [--json]",
+  description:
+    "Reads /proc/device-tree/model, /proc/cpuinfo and /proc/meminfo (under --root, for recorded files " +
+    "of other boards) and prints the facts and the chosen profile: threads, int8 formats to try first, " +
+    "memory limit and sample-pool size. Fails with DEVICE_UNSUPPORTED on 32-bit ARM or glibc older than 2.28.",
+  flags: [
+    { name: "root", type: "string", value: "DIR", description: "read /proc from this prefix", default: "/" },
+    { name: "json", type: "boolean", description: "print one JSON object" },
+  ],
+  async run(ctx) {
+    expectNoPositionals(ctx.positionals);
+    const root = flagString(ctx.flags, "root");
+    const { facts, profile } = detectDevice(root === undefined ? {} : { root });
+    if (flagBool(ctx.flags, "json")) {
+      ctx.out(JSON.stringify({ facts, profile }, null, 2));
+      return 0;
+    }
+    const interesting = ["asimddp", "i8mm", "sve", "avx2", "avx512_vnni", "avx_vnni"].filter((f) =>
+      facts.features.includes(f),
+    );
+    const rows: string[][] = [
+      ["board", profile.name],
+      ["model", facts.model ?? "(no device tree)"],
+      ["arch", facts.arch],
+      ["cores", String(facts.cores)],
+      ["memory", `${facts.memTotalMb} MiB`],
+      ["int8 features", interesting.length > 0 ? interesting.join(" ") : "none"],
+      ["glibc", facts.glibc ?? "unknown"],
+      ["threads", String(profile.threads)],
+      ["formats to try", profile.preferredFormats.join(", ")],
+      ["reduce range", profile.reduceRange ? "yes" : "no"],
+      ["memory max", `${profile.memoryMaxMb} MiB`],
+      ["sample pool", `${profile.samplePool.maxRows} rows, ${profile.samplePool.maxBytes / 1048576} MiB`],
+    ];
+    for (const line of renderTable(rows)) ctx.out(line);
+    return 0;
+  },
+};
