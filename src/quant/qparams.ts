@@ -271,7 +271,7 @@ export function quantizeWeights(values: Float32Array, dims: readonly number[], q
       const base = (o * channels + c) * inner;
       for (let i = base; i < base + inner; i++) {
         const v = roundHalfToEven(Math.fround(values[i]! / scale)) + zp;
-        out[i] = v > 127 ? 127 : v < -127 ? -127 : v;
+        out[i] = Math.min(127, Math.max(-127, v));
       }
     }
   }
@@ -316,7 +316,7 @@ export function quantizeBias(bias: Float32Array, inputScale: number, weightScale
     }
     // Dividing in double: the int32 grid is finer than float32 above 2^24, so a float32 quotient would drop bits.
     const v = roundHalfToEven(b / s);
-    out[i] = v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : v;
+    out[i] = Math.min(INT32_MAX, Math.max(INT32_MIN, v));
   }
   return out;
 }
@@ -332,7 +332,7 @@ export function quantizeValue(x: number, q: QParams): number {
   const r = roundHalfToEven(Math.fround(Math.fround(x) / q.scale));
   if (Number.isNaN(r)) return q.zeroPoint;
   const v = r + q.zeroPoint;
-  return v > qmax ? qmax : v < qmin ? qmin : v;
+  return Math.min(qmax, Math.max(qmin, v));
 }
 
 /** Dequantizes one integer as ONNX DequantizeLinear: (q - zeroPoint) × scale, in float32. */
