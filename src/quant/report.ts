@@ -1,0 +1,272 @@
+/**
+ * The quantization report: what was quantized, from what, how, and how well.
+ * It is the record an engineer (or the fleet controller) reads to trust an int8
+ * model without re-running anything, so it carries hashes of both files, the
+ * exact samples split, every range that was chosen, every node left in fp32 and
+ * why, and the gate's figures. The shape is versioned by {@link REPORT_SCHEMA};
+ * a field may be added within a version, never renamed or removed.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream, readFileSync } from "node:fs";
+import { rename, rm, stat, writeFile } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { QuantdError } from "../errors.ts";
+import type { GateMetrics } from "./gate.ts";
+
+/** Schema tag of the report JSON. */
+export const REPORT_SCHEMA = "quantd.quantize-report/1";
+
+/** A model file as the report names it. */
+export interface FileFacts {
+  path: string;
+  /** Lower-case hex SHA-256 of the file bytes. */
+  sha256: string;
+  bytes: number;
+}
+
+/** Why a node stayed in fp32. */
+export type KeptFp32Reason = "user-exclude" | "unsupported" | "sensitivity";
+
+/** A node the int8 model computes in fp32. */
+export interface KeptFp32Node {
+  node: string;
+  opType?: string;
+  reason: KeptFp32Reason;
+  /** Human detail: the planner's reason, or the node's measured error for `sensitivity`. */
+  detail?: string;
+}
+
+/** A node the planner looked at and did not quantize, with its reason (as the planner states it). */
+export interface SkippedNode {
+  node: string;
+  opType: string;
+  reason: string;
+}
+
+/** The range chosen for one quantized tensor. */
+export interface TensorRangeEntry {
+  min: number;
+  max: number;
+  scale?: number;
+  zeroPoint?: number;
+}
+
+/** Measured error of one quantized node's output in the candidate, against fp32. */
+export interface LayerErrorEntry {
+  node: string;
+  opType: string;
+  /** The tensor compared (the node's first output). */
+  tensor: string;
+  /** ‖int8 − fp32‖ / ‖fp32‖ of that tensor over the probe samples. */
+  relError: number;
+  /** Error this node adds over the worst of its inputs (what the fallback ranks by). */
+  addedError: number;
+}
+
+/** One fallback attempt: the candidate rebuilt with some nodes kept in fp32. */
+export interface FallbackTrial {
+  keptFp32: string[];
+  agreement: number;
+  meanAbsLogitDiff: number;
+  passed: boolean;
+}
+
+/** One format `--mode auto` tried. */
+export interface CandidateEntry {
+  mode: "static" | "dynamic";
+  method?: string;
+  agreement: number;
+  meanAbsLogitDiff: number;
+  passed: boolean;
+  /** p50 latency at the benchmark shape, when measured. */
+  p50Ms?: number;
+  chosen: boolean;
+  /** Why it was not chosen, or why it could not be built. */
+  note?: string;
+}
+
+/** The report JSON (schema {@link REPORT_SCHEMA}). */
+export interface QuantizeReport {
+  schema: typeof REPORT_SCHEMA;
+  createdAt: string;
+  /** `written`: the int8 model is at `model.int8.path`; `gate-not-met`: nothing was written. */
+  outcome: "written" | "gate-not-met";
+  versions: { quantd: string; onnxruntime: string };
+  model: {
+    fp32: FileFacts;
+    /** Absent when nothing was written. */
+    int8?: FileFacts;
+    /** int8 bytes / fp32 bytes, when written. */
+    sizeRatio?: number;
+  };
+  /** What the user asked for (`auto` lets quantd pick). */
+  requestedMode: "static" | "dynamic" | "auto";
+  /** The format of the result (or of the best candidate when the gate was not met). */
+  mode: "static" | "dynamic";
+  /** Calibration method (static mode only). */
+  method?: string;
+  options: {
+    perChannel: boolean;
+    reduceRange: boolean;
+    quantizeEmbeddings: boolean;
+    quantizeAttentionMatMuls: boolean;
+    exclude: string[];
+  };
+  samples: {
+    /** Where they came from (a TSV or store path). */
+    source: string;
+    validationSource: string;
+    available: number;
+    calibration: number;
+    validation: number;
+    /** Samples cut to the model's longest sequence. */
+    truncated: { calibration: number; validation: number };
+    maxSequenceLength: number;
+  };
+  gate: {
+    minAgreement: number;
+    maxAccuracyDrop?: number;
+    passed: boolean;
+    failures: string[];
+  };
+  /** Figures of the result (or of the best candidate) on the validation samples. */
+  metrics: GateMetrics;
+  /** Per-tensor ranges chosen by calibration (static mode). */
+  ranges: Record<string, TensorRangeEntry>;
+  /** Per-layer output error against fp32 (worst first); empty when not measured. */
+  layerError: LayerErrorEntry[];
+  keptFp32: KeptFp32Node[];
+  skipped: SkippedNode[];
+  fallback: { budget: number; trials: FallbackTrial[] };
+  candidates: CandidateEntry[];
+  timings: {
+    calibrationMs: number;
+    quantizationMs: number;
+    validationMs: number;
+    fallbackMs: number;
+    benchmarkMs: number;
+    totalMs: number;
+  };
+  /** Peak resident memory of the process over the run, in bytes. */
+  peakRssBytes: number;
+  /** Non-fatal notes (e.g. how the validation set was split off). */
+  warnings: string[];
+}
+
+/**
+ * SHA-256 and size of a file, streamed so a large model is never held twice.
+ *
+ * @throws FILE_NOT_FOUND when the file does not exist
+ * @throws FILE_UNREADABLE when it cannot be read
+ */
+export async function describeFile(path: string): Promise<FileFacts> {
+  let bytes: number;
+  try {
+    bytes = (await stat(path)).size;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "FILE_NOT_FOUND" : "FILE_UNREADABLE";
+    throw new QuantdError(code, `cannot read ${path}`, { cause: err, details: { path } });
+  }
+  const hash = createHash("sha256");
+  try {
+    for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  } catch (err) {
+    throw new QuantdError("FILE_UNREADABLE", `cannot read ${path}`, { cause: err, details: { path } });
+  }
+  return { path, sha256: hash.digest("hex"), bytes };
+}
+
+/** SHA-256 and size of bytes about to be written at `path`. */
+export function describeBytes(path: string, bytes: Uint8Array): FileFacts {
+  return { path, sha256: createHash("sha256").update(bytes).digest("hex"), bytes: bytes.byteLength };
+}
+
+/**
+ * Peak resident memory of this process so far, in bytes: the larger of
+ * getrusage's `maxRSS` and `/proc/self/status` VmHWM (the latter is what `top`
+ * users compare against; the former is what exists off Linux).
+ */
+export function peakRssBytes(): number {
+  let peak = process.resourceUsage().maxRSS * 1024;
+  try {
+    const m = /VmHWM:\s+(\d+)\s+kB/.exec(readFileSync("/proc/self/status", "utf8"));
+    if (m?.[1] !== undefined) peak = Math.max(peak, Number(m[1]) * 1024);
+  } catch {
+    // not Linux: maxRSS is all there is
+  }
+  return peak;
+}
+
+/**
+ * The report as JSON text. Non-finite numbers (an infinite logit error from a
+ * NaN output) become `null`, as JSON has no other way to say them; the gate
+ * verdict carries the meaning.
+ */
+export function renderReport(report: QuantizeReport): string {
+  return `${JSON.stringify(report, (_k, v: unknown) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2)}\n`;
+}
+
+/**
+ * Writes the report atomically (a temporary file beside it, then a rename), so
+ * a reader never sees half a report.
+ *
+ * @throws FILE_WRITE_FAILED when the file cannot be written
+ */
+export async function writeReport(path: string, report: QuantizeReport): Promise<void> {
+  await writeFileAtomic(path, renderReport(report));
+}
+
+/** Writes text or bytes to `path` through a temporary sibling and a rename. @throws FILE_WRITE_FAILED */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true }).catch(() => undefined);
+    throw new QuantdError("FILE_WRITE_FAILED", `cannot write ${path}`, { cause: err, details: { path } });
+  }
+}
+
+/**
+ * Checks that a parsed JSON value has the report's shape (schema tag and the
+ * required fields with the right kinds). For consumers that read reports
+ * written by another quantd version.
+ *
+ * @throws DATA_MALFORMED naming the first missing or mistyped field
+ */
+export function assertReportShape(value: unknown): asserts value is QuantizeReport {
+  const fail = (field: string, want: string): never => {
+    throw new QuantdError("DATA_MALFORMED", `quantize report: ${field} should be ${want}`, {
+      details: { field },
+    });
+  };
+  if (typeof value !== "object" || value === null) fail("the report", "an object");
+  const r = value as Record<string, unknown>;
+  if (r["schema"] !== REPORT_SCHEMA) fail("schema", `"${REPORT_SCHEMA}"`);
+  const objects = [
+    "model",
+    "options",
+    "samples",
+    "gate",
+    "metrics",
+    "ranges",
+    "fallback",
+    "timings",
+    "versions",
+  ];
+  for (const k of objects) if (typeof r[k] !== "object" || r[k] === null) fail(k, "an object");
+  for (const k of ["layerError", "keptFp32", "skipped", "candidates", "warnings"]) {
+    if (!Array.isArray(r[k])) fail(k, "an array");
+  }
+  if (r["outcome"] !== "written" && r["outcome"] !== "gate-not-met") fail("outcome", "written|gate-not-met");
+  if (r["mode"] !== "static" && r["mode"] !== "dynamic") fail("mode", "static|dynamic");
+  if (typeof r["peakRssBytes"] !== "number") fail("peakRssBytes", "a number");
+  const model = r["model"] as Record<string, unknown>;
+  const fp32 = model["fp32"] as Record<string, unknown> | undefined;
+  if (typeof fp32?.["sha256"] !== "string" || typeof fp32["bytes"] !== "number") {
+    fail("model.fp32", "{ path, sha256, bytes }");
+  }
+  const metrics = r["metrics"] as Record<string, unknown>;
+  if (typeof metrics["agreement"] !== "number") fail("metrics.agreement", "a number");
+}
