@@ -1,0 +1,38 @@
+/**
+ * Resident memory of the current process. On Linux it reads `VmHWM` (the
+ * kernel's high-water mark of resident memory, which catches short peaks a
+ * sampler would miss) and `VmRSS` from `/proc/self/status`; elsewhere it falls
+ * back to `process.resourceUsage().maxRSS`.
+ */
+import { readFileSync } from "node:fs";
+
+/** Memory figures of one process, in bytes. */
+export interface ProcessMemory {
+  /** Peak resident set size since the process started. */
+  peakRssBytes: number;
+  /** Current resident set size. */
+  rssBytes: number;
+  /** Where the figures came from. */
+  source: "proc-status" | "resource-usage";
+}
+
+function kbField(status: string, name: string): number | undefined {
+  const m = new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, "m").exec(status);
+  return m === null ? undefined : Number(m[1]) * 1024;
+}
+
+/** Reads the current process's peak and current resident memory. */
+export function readProcessMemory(): ProcessMemory {
+  try {
+    const status = readFileSync("/proc/self/status", "utf8");
+    const peak = kbField(status, "VmHWM");
+    const rss = kbField(status, "VmRSS");
+    if (peak !== undefined && rss !== undefined)
+      return { peakRssBytes: peak, rssBytes: rss, source: "proc-status" };
+  } catch {
+    // not Linux (or /proc not mounted): fall through to the portable figure
+  }
+  // maxRSS is in kilobytes on every platform Node and Bun report it for.
+  const peak = process.resourceUsage().maxRSS * 1024;
+  return { peakRssBytes: peak, rssBytes: process.memoryUsage().rss, source: "resource-usage" };
+}
