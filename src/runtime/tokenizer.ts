@@ -93,7 +93,11 @@ function invalid(dir: string, why: string, cause?: unknown): QuantdError {
   });
 }
 
-function readJson(path: string, dir: string): unknown {
+function readJson(
+  path: string,
+  dir: string,
+  badCode: "TOKENIZER_INVALID" | "CONFIG_INVALID" = "TOKENIZER_INVALID",
+): unknown {
   let text: string;
   try {
     text = readFileSync(path, "utf8");
@@ -103,6 +107,9 @@ function readJson(path: string, dir: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
+    if (badCode === "CONFIG_INVALID") {
+      throw new QuantdError("CONFIG_INVALID", `${path} is not valid JSON`, { cause: err });
+    }
     throw invalid(dir, `${path} is not valid JSON`, err);
   }
 }
@@ -401,6 +408,7 @@ const NO_LIMIT = 1e29;
  *
  * @throws TOKENIZER_NOT_FOUND when `dir/tokenizer.json` does not exist
  * @throws TOKENIZER_INVALID when the files are not valid JSON or describe an unsupported tokenizer
+ * @throws CONFIG_INVALID when the model's `config.json` is not valid JSON
  * @throws USAGE when `opts.maxLength` is not a positive integer
  */
 export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}): Promise<Tokenizer> {
@@ -430,7 +438,7 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
   if (typeof mml === "number" && mml > 0 && mml < NO_LIMIT) limits.push(Math.floor(mml));
   const modelConfigPath = opts.configPath ?? join(dir, "config.json");
   if (existsSync(modelConfigPath)) {
-    const modelConfig = readJson(modelConfigPath, dir);
+    const modelConfig = readJson(modelConfigPath, dir, "CONFIG_INVALID");
     const mpe = isRecord(modelConfig) ? modelConfig["max_position_embeddings"] : undefined;
     if (typeof mpe === "number" && mpe > 0) limits.push(Math.floor(mpe));
   }

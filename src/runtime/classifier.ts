@@ -1,0 +1,387 @@
+/**
+ * Text classification with a BERT-like ONNX model: tokenize, feed the inputs
+ * the model declares, read the logits, softmax. The same class runs the fp32
+ * model and any int8 model quantd or ONNX Runtime's tool produces, since they
+ * keep the fp32 model's inputs and outputs.
+ */
+import { readFileSync } from "node:fs";
+import { QuantdError } from "../errors.ts";
+import { findModelFiles } from "./model-files.ts";
+import { createOrtSession } from "./ort-session.ts";
+import { validateText } from "./text.ts";
+import {
+  type BatchEncoding,
+  type EncodeBatchOptions,
+  loadTokenizer,
+  type TextInput,
+  type Tokenizer,
+} from "./tokenizer.ts";
+import type { InferenceSession, SessionOptions, Tensor } from "./types.ts";
+
+/** The inputs a BERT-like classifier may declare; `input_ids` is required. */
+export const BERT_INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"] as const;
+
+/** One of {@link BERT_INPUT_NAMES}. */
+export type BertInputName = (typeof BERT_INPUT_NAMES)[number];
+
+/** The result of classifying one input. */
+export interface Classification {
+  /** Name of the most probable label. */
+  label: string;
+  /** Its index. */
+  labelId: number;
+  /** Its probability. */
+  score: number;
+  /** Softmax over all labels. */
+  probabilities: number[];
+  /** Raw model outputs. */
+  logits: number[];
+}
+
+/** Logits of a batch, row-major `[batch, numLabels]`. */
+export interface BatchLogits {
+  data: Float32Array;
+  batch: number;
+  numLabels: number;
+}
+
+/** {@link BatchLogits} with the encoding that produced them. */
+export interface EncodedLogits extends BatchLogits {
+  encoding: BatchEncoding;
+}
+
+/** Options for {@link loadClassifier}. */
+export interface LoadClassifierOptions {
+  /** Directory with `tokenizer.json`. @defaultValue the model's directory */
+  tokenizerDir?: string;
+  /** onnxruntime session options. */
+  session?: SessionOptions;
+  /** Upper bound on the sequence length. @defaultValue the tokenizer's and model's limit (512) */
+  maxLength?: number;
+}
+
+/** Options for {@link Classifier.classify}. */
+export interface ClassifyOptions extends EncodeBatchOptions {
+  /** Inputs per inference call. @defaultValue 32 */
+  batchSize?: number;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function isBertInput(name: string): name is BertInputName {
+  return (BERT_INPUT_NAMES as readonly string[]).includes(name);
+}
+
+/**
+ * Checks that a session takes BERT inputs: `input_ids` plus optionally
+ * `attention_mask` and `token_type_ids`, all int64, and nothing else.
+ *
+ * @throws MODEL_INPUTS_MISMATCH naming the inputs the model has
+ */
+export function checkBertInputs(session: InferenceSession, what = "model"): void {
+  const has = session.inputs.map((i) => `${i.name} (${i.type})`).join(", ") || "none";
+  const unknown = session.inputs.filter((i) => !isBertInput(i.name)).map((i) => i.name);
+  const problems: string[] = [];
+  if (!session.inputNames.includes("input_ids")) problems.push("it has no input_ids input");
+  if (unknown.length > 0) problems.push(`quantd cannot feed ${unknown.join(", ")}`);
+  const notInt64 = session.inputs.filter((i) => isBertInput(i.name) && i.type !== "int64").map((i) => i.name);
+  if (notInt64.length > 0) problems.push(`${notInt64.join(", ")} must be int64`);
+  if (problems.length > 0) {
+    throw new QuantdError(
+      "MODEL_INPUTS_MISMATCH",
+      `${what} is not a BERT-like classifier: ${problems.join("; ")}. It has inputs: ${has}; ` +
+        `expected input_ids and optionally attention_mask, token_type_ids (int64 [batch, sequence])`,
+      { details: { inputs: session.inputs.map((i) => ({ name: i.name, type: i.type })) } },
+    );
+  }
+}
+
+/**
+ * Builds the feeds for a batch, with only the inputs `session` declares, so it
+ * serves any BERT-like model (with or without `token_type_ids`), including the
+ * instrumented copies the calibration runner makes.
+ *
+ * @throws MODEL_INPUTS_MISMATCH when the session declares an input that is not a BERT input
+ */
+export function feedsForEncoding(session: InferenceSession, enc: BatchEncoding): Record<string, Tensor> {
+  const dims = [enc.batchSize, enc.seqLen];
+  const feeds: Record<string, Tensor> = {};
+  for (const name of session.inputNames) {
+    if (!isBertInput(name)) checkBertInputs(session);
+    switch (name) {
+      case "input_ids":
+        feeds[name] = { type: "int64", data: enc.inputIds, dims };
+        break;
+      case "attention_mask":
+        feeds[name] = { type: "int64", data: enc.attentionMask, dims };
+        break;
+      case "token_type_ids":
+        feeds[name] = { type: "int64", data: enc.tokenTypeIds, dims };
+        break;
+    }
+  }
+  return feeds;
+}
+
+/**
+ * Numerically stable softmax (subtracts the maximum so `exp` cannot overflow).
+ * Returns float64 probabilities summing to 1.
+ */
+export function softmax(logits: ArrayLike<number>): number[] {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
+  const out = new Array<number>(logits.length);
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) {
+    const e = Math.exp(logits[i]! - max);
+    out[i] = e;
+    sum += e;
+  }
+  for (let i = 0; i < out.length; i++) out[i] = out[i]! / sum;
+  return out;
+}
+
+/** Index of the largest of `data[offset .. offset+n)`; the first one on ties (as numpy's argmax). */
+export function argmax(data: ArrayLike<number>, offset = 0, n: number = data.length - offset): number {
+  let best = 0;
+  let bestValue = data[offset]!;
+  for (let j = 1; j < n; j++) {
+    const v = data[offset + j]!;
+    if (v > bestValue) {
+      bestValue = v;
+      best = j;
+    }
+  }
+  return best;
+}
+
+/** A loaded text classifier. Create with {@link loadClassifier}; call {@link Classifier.release} when done. */
+export class Classifier {
+  /** Label names, index = class id. */
+  readonly labels: string[];
+  readonly tokenizer: Tokenizer;
+  readonly session: InferenceSession;
+  /** Absolute path of the model file. */
+  readonly modelPath: string;
+  /** The output read as logits. */
+  readonly outputName: string;
+
+  /** @internal use {@link loadClassifier} */
+  constructor(
+    modelPath: string,
+    session: InferenceSession,
+    tokenizer: Tokenizer,
+    labels: string[],
+    outputName: string,
+  ) {
+    this.modelPath = modelPath;
+    this.session = session;
+    this.tokenizer = tokenizer;
+    this.labels = labels;
+    this.outputName = outputName;
+  }
+
+  /** Number of classes. */
+  get numLabels(): number {
+    return this.labels.length;
+  }
+
+  /**
+   * Logits for a batch of texts (or pairs), padded to the batch's longest row.
+   * Every text is checked with {@link validateText} first.
+   *
+   * @throws TEXT_NOT_STRING, TEXT_EMPTY, TEXT_TOO_LARGE, TEXT_INVALID_UTF8 for a bad input (message names its index)
+   * @throws USAGE for an empty batch
+   * @throws INFERENCE_FAILED when onnxruntime fails
+   */
+  async logits(inputs: readonly TextInput[], opts: EncodeBatchOptions = {}): Promise<EncodedLogits> {
+    if (!Array.isArray(inputs) || inputs.length === 0) {
+      throw new QuantdError("USAGE", "classify needs at least one input text");
+    }
+    for (const [i, input] of inputs.entries()) {
+      if (Array.isArray(input)) {
+        if (input.length !== 2) {
+          throw new QuantdError("TEXT_NOT_STRING", `input ${i} must be a text or a pair of texts`);
+        }
+        validateText(input[0], { what: `input ${i} (first text)` });
+        validateText(input[1], { what: `input ${i} (second text)` });
+      } else validateText(input, { what: `input ${i}` });
+    }
+    const encoding = this.tokenizer.encodeBatch(inputs, opts);
+    const result = await this.runEncoded(encoding);
+    return { ...result, encoding };
+  }
+
+  /**
+   * Runs the model on an already encoded batch.
+   *
+   * @throws INFERENCE_FAILED when onnxruntime fails or the output has an unexpected shape
+   */
+  async runEncoded(enc: BatchEncoding): Promise<BatchLogits> {
+    const out = await this.session.run(feedsForEncoding(this.session, enc), [this.outputName]);
+    const t = out[this.outputName];
+    if (t === undefined || t.type !== "float32") {
+      throw new QuantdError("INFERENCE_FAILED", `model returned no float32 ${this.outputName}`);
+    }
+    const numLabels = this.labels.length;
+    if (t.data.length !== enc.batchSize * numLabels) {
+      throw new QuantdError(
+        "INFERENCE_FAILED",
+        `${this.outputName} has shape [${t.dims.join(", ")}], expected [${enc.batchSize}, ${numLabels}]`,
+      );
+    }
+    // Copy: the output buffer belongs to the runtime binding.
+    return { data: Float32Array.from(t.data as Float32Array), batch: enc.batchSize, numLabels };
+  }
+
+  /**
+   * Classifies texts (or pairs), in batches of `batchSize`.
+   *
+   * @throws as {@link Classifier.logits}
+   */
+  async classify(inputs: readonly TextInput[], opts: ClassifyOptions = {}): Promise<Classification[]> {
+    const batchSize = opts.batchSize ?? 32;
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new QuantdError("USAGE", `batchSize must be a positive integer, got ${batchSize}`);
+    }
+    if (!Array.isArray(inputs) || inputs.length === 0) {
+      throw new QuantdError("USAGE", "classify needs at least one input text");
+    }
+    const results: Classification[] = [];
+    for (let start = 0; start < inputs.length; start += batchSize) {
+      const chunk = inputs.slice(start, start + batchSize);
+      let out: EncodedLogits;
+      try {
+        out = await this.logits(chunk, opts);
+      } catch (err) {
+        // Re-index errors on a chunk to the caller's positions.
+        if (err instanceof QuantdError && start > 0 && err.code.startsWith("TEXT_")) {
+          const m = /input (\d+)/.exec(err.message);
+          if (m !== null) {
+            const at = start + Number(m[1]);
+            throw new QuantdError(err.code, err.message.replace(/input \d+/, `input ${at}`), {
+              cause: err.cause,
+              details: { ...err.details, index: at },
+            });
+          }
+        }
+        throw err;
+      }
+      for (let r = 0; r < out.batch; r++) {
+        const logits = Array.from(out.data.subarray(r * out.numLabels, (r + 1) * out.numLabels));
+        const probabilities = softmax(logits);
+        const labelId = argmax(logits);
+        results.push({
+          label: this.labels[labelId]!,
+          labelId,
+          score: probabilities[labelId]!,
+          probabilities,
+          logits,
+        });
+      }
+    }
+    return results;
+  }
+
+  /** Frees the native session. The classifier must not be used afterwards. */
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+function labelsFromConfig(configPath: string | undefined): string[] | undefined {
+  if (configPath === undefined) return undefined;
+  let config: unknown;
+  try {
+    config = JSON.parse(readFileSync(configPath, "utf8"));
+  } catch (err) {
+    throw new QuantdError("CONFIG_INVALID", `${configPath} is not valid JSON`, { cause: err });
+  }
+  if (!isRecord(config) || !isRecord(config["id2label"])) return undefined;
+  const id2label = config["id2label"];
+  const n = Object.keys(id2label).length;
+  const labels: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const name = id2label[String(i)];
+    if (typeof name !== "string") {
+      throw new QuantdError("CONFIG_INVALID", `${configPath}: id2label must map 0..${n - 1} to names`);
+    }
+    labels.push(name);
+  }
+  return labels;
+}
+
+/**
+ * Loads a classifier: finds the model's tokenizer and config, opens an
+ * onnxruntime session and checks the model's inputs and output.
+ *
+ * Labels come from `config.json`'s `id2label`; without one they are
+ * `LABEL_0 … LABEL_{n-1}` (as transformers names them), `n` read from the
+ * output shape or, when that is symbolic, from one probe inference.
+ *
+ * @throws FILE_NOT_FOUND when the model does not exist
+ * @throws TOKENIZER_NOT_FOUND / TOKENIZER_INVALID for a missing or bad tokenizer
+ * @throws MODEL_LOAD_FAILED when onnxruntime rejects the model
+ * @throws MODEL_INPUTS_MISMATCH when the model is not a BERT-like classifier
+ * @throws CONFIG_INVALID for an unreadable `config.json`
+ * @throws DATA_MISMATCH when `config.json` names a different number of labels than the model outputs
+ */
+export async function loadClassifier(
+  modelPath: string,
+  opts: LoadClassifierOptions = {},
+): Promise<Classifier> {
+  const files = findModelFiles(modelPath, opts.tokenizerDir);
+  const tokOpts: { maxLength?: number; configPath?: string } = {};
+  if (opts.maxLength !== undefined) tokOpts.maxLength = opts.maxLength;
+  if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
+  const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
+  const configLabels = labelsFromConfig(files.configPath);
+
+  const session = await createOrtSession(files.model, opts.session ?? {});
+  try {
+    checkBertInputs(session, files.model);
+    const outputName = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];
+    const output = session.outputs.find((o) => o.name === outputName);
+    if (outputName === undefined || output === undefined) {
+      throw new QuantdError("MODEL_INPUTS_MISMATCH", `${files.model} has no outputs`);
+    }
+    if (output.type !== "float32") {
+      throw new QuantdError(
+        "MODEL_INPUTS_MISMATCH",
+        `${files.model}: output ${outputName} is ${output.type}, expected float32 logits [batch, labels]`,
+      );
+    }
+    let numLabels: number | undefined;
+    const last = output.dims[output.dims.length - 1];
+    if (output.dims.length === 2 && typeof last === "number") numLabels = last;
+    else {
+      // Symbolic label dimension: one tiny inference tells.
+      const probe = tokenizer.encodeBatch(["a"]);
+      const out = await session.run(feedsForEncoding(session, probe), [outputName]);
+      const t = out[outputName];
+      if (t === undefined || t.dims.length !== 2 || t.dims[0] !== 1) {
+        throw new QuantdError(
+          "MODEL_INPUTS_MISMATCH",
+          `${files.model}: output ${outputName} has shape [${t?.dims.join(", ")}], expected [batch, labels]`,
+        );
+      }
+      numLabels = t.dims[1]!;
+    }
+    let labels: string[];
+    if (configLabels !== undefined) {
+      if (configLabels.length !== numLabels) {
+        throw new QuantdError(
+          "DATA_MISMATCH",
+          `${files.configPath} names ${configLabels.length} labels but ${files.model} outputs ${numLabels}`,
+        );
+      }
+      labels = configLabels;
+    } else labels = Array.from({ length: numLabels }, (_, i) => `LABEL_${i}`);
+    return new Classifier(files.model, session, tokenizer, labels, outputName);
+  } catch (err) {
+    await session.release();
+    throw err;
+  }
+}
