@@ -42,6 +42,8 @@ export type QuantdErrorCode =
   // store, agent, server, fleet
   | "STORE_FAILED"
   | "STORE_BUSY"
+  | "STORE_SCHEMA_TOO_NEW"
+  | "STATE_CONFLICT"
   | "DISK_FULL"
   | "CONFIG_INVALID"
   | "JOB_NOT_FOUND"
