@@ -31,10 +31,12 @@ async function main(): Promise<number> {
   try {
     const { createOrtSession } = await import("../runtime/ort-session.ts");
     const { syntheticFeeds } = await import("./inputs.ts");
+    const t0 = performance.now();
     const session = await createOrtSession(req.model, {
       intraOpThreads: req.threads,
       graphOptimizationLevel: req.graphOptimizationLevel,
     });
+    const loadMs = performance.now() - t0;
     const feeds = syntheticFeeds(session.inputs, req.shape, { vocabSize: req.vocabSize, seed: req.seed });
     for (let i = 0; i < req.runs; i++) await session.run(feeds);
     const after = readProcessMemory();
@@ -43,6 +45,7 @@ async function main(): Promise<number> {
       peakRssBytes: after.peakRssBytes,
       rssBytes: after.rssBytes,
       baselineRssBytes: baseline.peakRssBytes,
+      loadMs,
       source: after.source,
     });
     return 0;

@@ -31,6 +31,8 @@ export type MemoryProbeReply =
       rssBytes: number;
       /** Peak resident memory of the child before onnxruntime was imported. */
       baselineRssBytes: number;
+      /** Session creation time in the fresh process (a cold load, comparable across models). */
+      loadMs: number;
       source: "proc-status" | "resource-usage";
     }
   | { ok: false; error: QuantdErrorJSON };
@@ -40,6 +42,8 @@ export interface MemoryFigure {
   peakRssBytes: number;
   rssBytes: number;
   baselineRssBytes: number;
+  /** Session creation time in the fresh child process. */
+  loadMs: number;
   source: "proc-status" | "resource-usage";
 }
 
@@ -120,6 +124,7 @@ export async function measurePeakMemory(
     peakRssBytes: reply.peakRssBytes,
     rssBytes: reply.rssBytes,
     baselineRssBytes: reply.baselineRssBytes,
+    loadMs: reply.loadMs,
     source: reply.source,
   };
 }

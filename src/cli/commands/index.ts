@@ -4,6 +4,7 @@
  */
 import type { Command } from "../command.ts";
 import { deviceCommand } from "./device.ts";
+import { benchCommand } from "./bench.ts";
 
 /** The commands of the CLI. */
-export const commands: readonly Command[] = [deviceCommand];
+export const commands: readonly Command[] = [deviceCommand, benchCommand];

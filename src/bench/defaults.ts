@@ -1,0 +1,25 @@
+/**
+ * Defaults of a benchmark run, in one place so the CLI, `bun run bench` and the
+ * agent's promotion step agree.
+ */
+
+/**
+ * Intra-op threads when none are asked for. 1 for now; the board profile
+ * (`device/`'s `profile.threads`) is meant to supply this, and this function is
+ * the one place to wire it in.
+ */
+export function defaultThreads(): number {
+  return 1;
+}
+
+/** Sequence lengths when none are asked for: a short and a typical sentence-pair length. */
+export const DEFAULT_SEQS: readonly number[] = [32, 128];
+
+/** Batch sizes when none are asked for: the agent serves one request at a time. */
+export const DEFAULT_BATCHES: readonly number[] = [1];
+
+/** Timed runs per row. */
+export const DEFAULT_RUNS = 50;
+
+/** Untimed warm-up runs per model and shape. */
+export const DEFAULT_WARMUP = 5;
