@@ -30,6 +30,16 @@ export const DataType = {
   COMPLEX64: 14,
   COMPLEX128: 15,
   BFLOAT16: 16,
+  FLOAT8E4M3FN: 17,
+  FLOAT8E4M3FNUZ: 18,
+  FLOAT8E5M2: 19,
+  FLOAT8E5M2FNUZ: 20,
+  UINT4: 21,
+  INT4: 22,
+  FLOAT4E2M1: 23,
+  FLOAT8E8M0: 24,
+  UINT2: 25,
+  INT2: 26,
 } as const;
 /** A `TensorProto.DataType` value. */
 export type DataType = (typeof DataType)[keyof typeof DataType];
@@ -78,18 +88,39 @@ export interface TensorProto {
   dataLocation?: number;
   externalData?: StringStringEntry[];
   docString?: string;
+  /** Part of a larger tensor this one is (rare; kept for round trips). */
+  segment?: { begin: number; end: number };
+  metadataProps?: StringStringEntry[];
+}
+
+/** `SparseTensorProto`: COO values and indices of a dense tensor of shape `dims`. */
+export interface SparseTensorProto {
+  values: TensorProto;
+  indices: TensorProto;
+  dims: number[];
+}
+
+/** `TensorShapeProto`. */
+export interface TensorShapeProto {
+  dim: Dimension[];
 }
 
 /** `TensorShapeProto.Dimension`: a fixed size, a symbolic name, or unknown. */
 export interface Dimension {
   dimValue?: number;
   dimParam?: string;
+  denotation?: string;
 }
 
-/** `TypeProto` (tensor types only; other kinds are kept opaque by the codec). */
+/** `TypeProto`: exactly one of the `*Type` fields is set. */
 export interface TypeProto {
   tensorType?: { elemType: DataType; shape?: { dim: Dimension[] } };
-  /** Sequence, map, optional and sparse types, kept as decoded for round trips. */
+  sequenceType?: { elemType?: TypeProto };
+  mapType?: { keyType: DataType; valueType?: TypeProto };
+  optionalType?: { elemType?: TypeProto };
+  sparseTensorType?: { elemType: DataType; shape?: TensorShapeProto };
+  opaqueType?: { domain: string; name: string };
+  /** Fields without a typed slot, kept as decoded for round trips (the codec puts none here today). */
   other?: Record<string, unknown>;
   denotation?: string;
 }
@@ -99,6 +130,7 @@ export interface ValueInfoProto {
   name: string;
   type?: TypeProto;
   docString?: string;
+  metadataProps?: StringStringEntry[];
 }
 
 /** `AttributeProto`. */
@@ -115,6 +147,10 @@ export interface AttributeProto {
   strings?: Uint8Array[];
   tensors?: TensorProto[];
   graphs?: GraphProto[];
+  sparseTensor?: SparseTensorProto;
+  sparseTensors?: SparseTensorProto[];
+  tp?: TypeProto;
+  typeProtos?: TypeProto[];
   refAttrName?: string;
   docString?: string;
 }
@@ -128,6 +164,11 @@ export interface NodeProto {
   output: string[];
   attribute: AttributeProto[];
   docString?: string;
+  /** Selects an overloaded model-local function (IR 10). */
+  overload?: string;
+  metadataProps?: StringStringEntry[];
+  /** Fields without a typed slot (device/sharding configurations), kept as decoded for round trips. */
+  other?: Record<string, unknown>;
 }
 
 /** `GraphProto`. */
@@ -139,8 +180,43 @@ export interface GraphProto {
   output: ValueInfoProto[];
   valueInfo: ValueInfoProto[];
   docString?: string;
-  /** Sparse initializers and quantization annotations, kept as decoded for round trips. */
+  sparseInitializer?: SparseTensorProto[];
+  quantizationAnnotation?: TensorAnnotation[];
+  metadataProps?: StringStringEntry[];
+  /** Fields without a typed slot, kept as decoded for round trips (the codec puts none here today). */
   other?: Record<string, unknown>;
+}
+
+/** `TensorAnnotation`: names of the scale/zero-point tensors of a quantized tensor. */
+export interface TensorAnnotation {
+  tensorName: string;
+  quantParameterTensorNames: StringStringEntry[];
+}
+
+/** `TrainingInfoProto` (kept for round trips; quantd never trains). */
+export interface TrainingInfoProto {
+  initialization?: GraphProto;
+  algorithm?: GraphProto;
+  initializationBinding: StringStringEntry[];
+  updateBinding: StringStringEntry[];
+}
+
+/** `FunctionProto`: a model-local function called by nodes with its domain and name. */
+export interface FunctionProto {
+  name: string;
+  domain: string;
+  overload?: string;
+  input: string[];
+  output: string[];
+  /** Names of attributes without default values. */
+  attribute: string[];
+  /** Attributes with default values. */
+  attributeProto: AttributeProto[];
+  node: NodeProto[];
+  opsetImport: OperatorSetId[];
+  valueInfo: ValueInfoProto[];
+  docString?: string;
+  metadataProps?: StringStringEntry[];
 }
 
 /** `OperatorSetIdProto`. The empty domain (or `ai.onnx`) is the default ONNX domain. */
@@ -160,6 +236,8 @@ export interface ModelProto {
   docString: string;
   graph: GraphProto;
   metadataProps: StringStringEntry[];
-  /** Training info and model-local functions, kept as decoded for round trips. */
+  trainingInfo?: TrainingInfoProto[];
+  functions?: FunctionProto[];
+  /** Fields without a typed slot (device configurations), kept as decoded for round trips. */
   other?: Record<string, unknown>;
 }
