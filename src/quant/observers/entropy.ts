@@ -1,0 +1,129 @@
+/**
+ * Entropy (KL-divergence) calibration, after the procedure NVIDIA described
+ * for TensorRT's int8 calibration (Migacz, "8-bit Inference with TensorRT",
+ * GTC 2017), implemented here from that description:
+ *
+ * 1. histogram |x| into B bins over [0, max|x|];
+ * 2. for each candidate i (number of bins kept, from the quantized bin count to B):
+ *    P = bins[0..i) with all mass beyond bin i-1 added to bin i-1 (clipping);
+ *    Q = bins[0..i) merged into `quantizedBins` groups and spread back evenly
+ *        over the non-empty bins of each group (what the quantizer can express);
+ * 3. pick the i with the smallest KL(P‖Q); threshold t = i · binWidth.
+ *
+ * KL per candidate is computed from prefix sums (of h, h·ln h and of non-empty
+ * bin counts), so each candidate costs O(quantizedBins) rather than O(i).
+ * The range is [-t, t] clamped to the observed [min, max]. For a tensor whose
+ * values all have one sign, the uint8 grid has 255 steps over [0, t], so the
+ * default quantized bin count is 255 there and 128 (7 bits per sign) otherwise.
+ */
+import { QuantdError } from "../../errors.ts";
+import { DEFAULT_BINS, Histogram, scanValues } from "./histogram.ts";
+import { type Observer, RunningStats, type TensorRange } from "./observer.ts";
+
+/** Options for {@link EntropyObserver}. */
+export interface EntropyOptions {
+  /** Histogram bins. @defaultValue {@link DEFAULT_BINS} (2048) */
+  bins?: number;
+  /** Levels of the candidate quantized distribution. @defaultValue 128 for mixed-sign tensors, 255 for one-signed */
+  quantizedBins?: number;
+}
+
+/** Stands in for q = 0 where p > 0 (clipped mass landing in an empty bin), so KL stays finite but large. */
+const Q_FLOOR = 1e-7;
+
+/**
+ * The number of bins i (quantizedBins ≤ i ≤ bins) minimizing KL(P‖Q) over a
+ * magnitude histogram `h`, as described in the module comment. Exported for tests.
+ */
+export function klThresholdBins(h: Float64Array, quantizedBins: number): number {
+  const B = h.length;
+  const nq = quantizedBins;
+  if (B <= nq) return B;
+  const H = new Float64Array(B + 1);
+  const L = new Float64Array(B + 1);
+  const Z = new Float64Array(B + 1);
+  for (let k = 0; k < B; k++) {
+    const v = h[k]!;
+    H[k + 1] = H[k]! + v;
+    L[k + 1] = L[k]! + (v > 0 ? v * Math.log(v) : 0);
+    Z[k + 1] = Z[k]! + (v > 0 ? 1 : 0);
+  }
+  const N = H[B]!;
+  if (N === 0) return B;
+  const logN = Math.log(N);
+  let best = B;
+  let bestKl = Number.POSITIVE_INFINITY;
+  for (let i = nq; i <= B; i++) {
+    const Sq = H[i]!;
+    if (Sq === 0) continue;
+    const logSq = Math.log(Sq);
+    const outliers = N - Sq;
+    let kl = 0; // accumulated as N·KL, divided once at the end
+    let lastT = 0;
+    let lastN = 0;
+    for (let g = 0; g < nq; g++) {
+      const s = Math.floor((g * i) / nq);
+      const e = Math.floor(((g + 1) * i) / nq);
+      const T = H[e]! - H[s]!;
+      const n = Z[e]! - Z[s]!;
+      if (n > 0) kl += L[e]! - L[s]! + T * (logSq - logN - Math.log(T / n));
+      if (g === nq - 1) {
+        lastT = T;
+        lastN = n;
+      }
+    }
+    // bin i-1 carries the clipped mass in P: replace its term
+    const hl = h[i - 1]!;
+    if (hl > 0) {
+      kl -= hl * Math.log(hl) + hl * (logSq - logN - Math.log(lastT / lastN));
+    }
+    const p = (hl + outliers) / N;
+    if (p > 0) {
+      const q = hl > 0 ? lastT / lastN / Sq : Q_FLOOR;
+      kl += N * p * Math.log(p / q);
+    }
+    if (kl < bestKl) {
+      bestKl = kl;
+      best = i;
+    }
+  }
+  return best;
+}
+
+/** Range = KL-optimal symmetric threshold. */
+export class EntropyObserver implements Observer {
+  readonly type = "entropy" as const;
+  readonly quantizedBins: number | undefined;
+  readonly #stats = new RunningStats();
+  readonly #hist: Histogram;
+
+  /** @throws USAGE when quantizedBins is not an integer ≥ 2 or exceeds the bin count */
+  constructor(opts: EntropyOptions = {}) {
+    this.#hist = new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: true });
+    const q = opts.quantizedBins;
+    if (q !== undefined && (!Number.isInteger(q) || q < 2 || q > this.#hist.bins)) {
+      throw new QuantdError(
+        "USAGE",
+        `quantized bins must be an integer in [2, ${this.#hist.bins}], got ${q}`,
+      );
+    }
+    this.quantizedBins = q;
+  }
+
+  update(data: Float32Array): void {
+    const s = scanValues(data);
+    this.#stats.add(s);
+    this.#hist.update(data, s);
+  }
+
+  result(): TensorRange {
+    const h = this.#hist;
+    const st = this.#stats;
+    if (h.total === 0) return st.range(0, 0);
+    const oneSigned = st.min >= 0 || st.max <= 0;
+    const nq = this.quantizedBins ?? (oneSigned ? 255 : 128);
+    const i = klThresholdBins(h.counts, Math.min(nq, h.bins));
+    const t = i * h.width;
+    return st.range(-t, t, h.snapshot());
+  }
+}

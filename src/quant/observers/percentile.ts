@@ -1,0 +1,58 @@
+/**
+ * Percentile calibration over a streaming histogram: the range keeps the
+ * central `percentile` % of the values and clips the rest. Asymmetric (the
+ * default, for uint8 activations) cuts half of the excluded mass from each
+ * tail, as onnxruntime's percentile calibrator does; symmetric takes the
+ * percentile of |x| and returns [-t, t] (clamped to what was observed).
+ */
+import { QuantdError } from "../../errors.ts";
+import { DEFAULT_BINS, Histogram, scanValues } from "./histogram.ts";
+import { type Observer, RunningStats, type TensorRange } from "./observer.ts";
+
+/** Default percentile kept. */
+export const DEFAULT_PERCENTILE = 99.999;
+
+/** Options for {@link PercentileObserver}. */
+export interface PercentileOptions {
+  /** Histogram bins. @defaultValue {@link DEFAULT_BINS} (2048) */
+  bins?: number;
+  /** Percentage of values kept, in (0, 100]. @defaultValue {@link DEFAULT_PERCENTILE} (99.999) */
+  percentile?: number;
+  /** Percentile of |x|, range [-t, t]. @defaultValue false */
+  symmetric?: boolean;
+}
+
+/** Range = central percentile of the values (or of |x| when symmetric). */
+export class PercentileObserver implements Observer {
+  readonly type = "percentile" as const;
+  readonly percentile: number;
+  readonly symmetric: boolean;
+  readonly #stats = new RunningStats();
+  readonly #hist: Histogram;
+
+  constructor(opts: PercentileOptions = {}) {
+    const p = opts.percentile ?? DEFAULT_PERCENTILE;
+    if (!(p > 0 && p <= 100)) throw new QuantdError("USAGE", `percentile must be in (0, 100], got ${p}`);
+    this.percentile = p;
+    this.symmetric = opts.symmetric === true;
+    this.#hist = new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: this.symmetric });
+  }
+
+  update(data: Float32Array): void {
+    const s = scanValues(data);
+    this.#stats.add(s);
+    this.#hist.update(data, s);
+  }
+
+  result(): TensorRange {
+    const h = this.#hist;
+    if (h.total === 0) return this.#stats.range(0, 0);
+    const keep = this.percentile / 100;
+    if (this.symmetric) {
+      const t = h.quantile(keep);
+      return this.#stats.range(-t, t, h.snapshot());
+    }
+    const cut = (1 - keep) / 2;
+    return this.#stats.range(h.quantile(cut), h.quantile(1 - cut), h.snapshot());
+  }
+}
