@@ -40,7 +40,10 @@ export interface KeptFp32Node {
 export interface SkippedNode {
   node: string;
   opType: string;
+  /** The planner's reason code (`unsupported-op`, `excluded`, `mask-sentinel`, …). */
   reason: string;
+  /** Which tensor, attribute or range made it so. */
+  detail?: string;
 }
 
 /** The range chosen for one quantized tensor. */

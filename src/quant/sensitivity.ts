@@ -1,0 +1,261 @@
+/**
+ * Which quantized nodes hurt accuracy most, and the fallback that keeps them in
+ * fp32 until the accuracy gate holds.
+ *
+ * Sensitivity is measured per layer, in one pass: the fp32 model and the int8
+ * candidate both expose, as extra graph outputs, the output of every quantized
+ * node and its activation inputs; both run on a few validation samples. A node's
+ * relative error ‖int8 − fp32‖ / ‖fp32‖ at its output includes what its
+ * ancestors already got wrong, so the ranking uses the error a node *adds*: its
+ * output error minus the worst error among its inputs. (The inputs of a QDQ node
+ * are the fp32-valued tensors before QuantizeLinear, so their error is upstream
+ * error only.) That singles out the one projection with an outlier channel
+ * instead of every node downstream of it.
+ *
+ * This costs two inferences per probe batch, against one full validation per
+ * node for quantize-one-at-a-time, which is what lets the fallback run on a board.
+ */
+import { QuantdError } from "../errors.ts";
+import { encodeModel } from "../onnx/codec.ts";
+import type { ModelProto, ValueInfoProto } from "../onnx/types.ts";
+import { feedsForEncoding } from "../runtime/classifier.ts";
+import { createOrtSession } from "../runtime/ort-session.ts";
+import type { BatchEncoding } from "../runtime/tokenizer.ts";
+import type { SessionOptions } from "../runtime/types.ts";
+import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from "./gate.ts";
+import type { FallbackTrial, LayerErrorEntry } from "./report.ts";
+
+/** A quantized node to probe, described by fp32 tensor names (which the candidate keeps). */
+export interface SensitivityTarget {
+  node: string;
+  opType: string;
+  /** The node's first output. */
+  output: string;
+  /** Inputs computed by other nodes (not weights, not graph inputs). */
+  activationInputs: string[];
+}
+
+/**
+ * Probe targets for the named nodes of the fp32 model. Unknown names are
+ * ignored (the planner may name nodes the graph no longer has after a rewrite).
+ */
+export function sensitivityTargets(fp32: ModelProto, nodeNames: readonly string[]): SensitivityTarget[] {
+  const wanted = new Set(nodeNames);
+  const produced = new Set<string>();
+  for (const n of fp32.graph.node) for (const o of n.output) produced.add(o);
+  const targets: SensitivityTarget[] = [];
+  for (const n of fp32.graph.node) {
+    if (!wanted.has(n.name)) continue;
+    const output = n.output[0];
+    if (output === undefined || output === "") continue;
+    // Gather's indices are int64 ids: only float activations carry quantization error.
+    const floatInputs = n.opType === "Gather" ? [] : n.input;
+    targets.push({
+      node: n.name,
+      opType: n.opType,
+      output,
+      activationInputs: floatInputs.filter((i) => i !== "" && produced.has(i)),
+    });
+  }
+  return targets;
+}
+
+/**
+ * A shallow copy of `model` whose graph also outputs `names`. The outputs carry
+ * no type: onnxruntime infers it, so int64 shape tensors can be listed too.
+ */
+export function withExtraOutputs(model: ModelProto, names: readonly string[]): ModelProto {
+  const existing = new Set(model.graph.output.map((o) => o.name));
+  const extra: ValueInfoProto[] = names.filter((n) => !existing.has(n)).map((name) => ({ name }));
+  return { ...model, graph: { ...model.graph, output: [...model.graph.output, ...extra] } };
+}
+
+function producedNames(model: ModelProto): Set<string> {
+  const s = new Set<string>();
+  for (const n of model.graph.node) for (const o of n.output) s.add(o);
+  return s;
+}
+
+/** Options for {@link measureLayerErrors}. */
+export interface LayerErrorOptions {
+  session?: SessionOptions;
+}
+
+/**
+ * Per-node output error of `candidate` against `fp32` on `batches`, worst
+ * added error first. Tensors the candidate no longer has (fused away by a
+ * rewrite) are left out.
+ *
+ * @throws MODEL_LOAD_FAILED / INFERENCE_FAILED when onnxruntime fails on either model
+ */
+export async function measureLayerErrors(
+  fp32: ModelProto,
+  candidate: ModelProto,
+  targets: readonly SensitivityTarget[],
+  batches: readonly BatchEncoding[],
+  opts: LayerErrorOptions = {},
+): Promise<LayerErrorEntry[]> {
+  const inBoth = producedNames(candidate);
+  const inFp32 = producedNames(fp32);
+  const names = [
+    ...new Set(
+      targets.flatMap((t) => [t.output, ...t.activationInputs]).filter((n) => inBoth.has(n) && inFp32.has(n)),
+    ),
+  ];
+  if (names.length === 0 || batches.length === 0) return [];
+  const sumSqDiff = new Map<string, number>();
+  const sumSqRef = new Map<string, number>();
+  const refSession = await createOrtSession(encodeModel(withExtraOutputs(fp32, names)), opts.session ?? {});
+  try {
+    const candSession = await createOrtSession(
+      encodeModel(withExtraOutputs(candidate, names)),
+      opts.session ?? {},
+    );
+    try {
+      for (const batch of batches) {
+        const ref = await refSession.run(feedsForEncoding(refSession, batch), names);
+        const cand = await candSession.run(feedsForEncoding(candSession, batch), names);
+        for (const name of names) {
+          const r = ref[name];
+          const c = cand[name];
+          if (r === undefined || c === undefined || r.type !== "float32" || c.type !== "float32") continue;
+          const rd = r.data as Float32Array;
+          const cd = c.data as Float32Array;
+          if (rd.length !== cd.length) continue;
+          let dd = 0;
+          let rr = 0;
+          for (let i = 0; i < rd.length; i++) {
+            const a = rd[i]!;
+            // -3.4e38 mask values and infinities are not errors of quantization
+            if (!Number.isFinite(a) || Math.abs(a) > 1e30) continue;
+            const d = cd[i]! - a;
+            dd += Number.isFinite(d) ? d * d : Number.MAX_VALUE;
+            rr += a * a;
+          }
+          sumSqDiff.set(name, (sumSqDiff.get(name) ?? 0) + dd);
+          sumSqRef.set(name, (sumSqRef.get(name) ?? 0) + rr);
+        }
+      }
+    } finally {
+      await candSession.release();
+    }
+  } finally {
+    await refSession.release();
+  }
+  const relError = (name: string): number | undefined => {
+    const d = sumSqDiff.get(name);
+    const r = sumSqRef.get(name);
+    if (d === undefined || r === undefined) return undefined;
+    if (r === 0) return d === 0 ? 0 : Number.POSITIVE_INFINITY;
+    return Math.sqrt(d / r);
+  };
+  const entries: LayerErrorEntry[] = [];
+  for (const t of targets) {
+    const out = relError(t.output);
+    if (out === undefined) continue;
+    let upstream = 0;
+    for (const i of t.activationInputs) upstream = Math.max(upstream, relError(i) ?? 0);
+    entries.push({
+      node: t.node,
+      opType: t.opType,
+      tensor: t.output,
+      relError: out,
+      addedError: out - upstream,
+    });
+  }
+  return entries.sort((a, b) => b.addedError - a.addedError || b.relError - a.relError);
+}
+
+/** A candidate the fallback built and validated. */
+export interface FallbackCandidate<M> {
+  model: M;
+  metrics: GateMetrics;
+}
+
+/** What the fallback needs from its caller: how to build and how to judge a candidate. */
+export interface FallbackHooks<M> {
+  /** Rebuilds the int8 model with `keepFp32` (fp32 node names) left unquantized. */
+  rebuild(keepFp32: readonly string[]): Promise<M>;
+  /** Validates a candidate against fp32 on the held-out samples. */
+  validate(model: M): Promise<GateMetrics>;
+  /** Ranks the candidate's quantized nodes, worst first. */
+  rank(model: M): Promise<LayerErrorEntry[]>;
+}
+
+/** Options for {@link runFallback}. */
+export interface FallbackOptions {
+  gate: GateSpec;
+  /** Rebuilds allowed. @defaultValue {@link DEFAULT_TRIAL_BUDGET} */
+  budget?: number;
+  /** Nodes that may not be kept in fp32 by this search (already excluded ones, say). */
+  ignore?: readonly string[];
+}
+
+/** Rebuilds the fallback may try before giving up. */
+export const DEFAULT_TRIAL_BUDGET = 8;
+
+/** Outcome of {@link runFallback}. */
+export interface FallbackResult<M> {
+  /** The candidate that passed, or the best one seen when none did. */
+  best: FallbackCandidate<M>;
+  passed: boolean;
+  /** Nodes kept fp32 in `best`, in the order they were added, with their measured error. */
+  keptFp32: LayerErrorEntry[];
+  trials: FallbackTrial[];
+  /** The first ranking (of the original candidate). */
+  ranking: LayerErrorEntry[];
+}
+
+/**
+ * Keeps the most sensitive nodes in fp32, a few more each trial, until the gate
+ * holds or the budget is spent. After each rebuild the ranking is measured
+ * again, because removing one bad node changes the error every later node sees.
+ * The number added per trial grows (1, 1, 1, 2, 3, 4, …) so a model with many
+ * mildly sensitive nodes is still reached within a small budget.
+ */
+export async function runFallback<M>(
+  start: FallbackCandidate<M>,
+  hooks: FallbackHooks<M>,
+  opts: FallbackOptions,
+): Promise<FallbackResult<M>> {
+  const budget = opts.budget ?? DEFAULT_TRIAL_BUDGET;
+  if (!Number.isInteger(budget) || budget < 0) {
+    throw new QuantdError("USAGE", `fallback trial budget must be a non-negative integer, got ${budget}`);
+  }
+  const ignore = new Set(opts.ignore ?? []);
+  const trials: FallbackTrial[] = [];
+  const kept: LayerErrorEntry[] = [];
+  let best = start;
+  let bestKept: LayerErrorEntry[] = [];
+  let current = start;
+  const ranking = await hooks.rank(start.model);
+  let ranked = ranking;
+  if (checkGate(start.metrics, opts.gate).passed) {
+    return { best: start, passed: true, keptFp32: [], trials, ranking };
+  }
+  for (let trial = 0; trial < budget; trial++) {
+    const step = Math.max(1, Math.floor(kept.length / 2));
+    const keptNames = new Set(kept.map((k) => k.node));
+    const next = ranked.filter((e) => !keptNames.has(e.node) && !ignore.has(e.node)).slice(0, step);
+    if (next.length === 0) break;
+    kept.push(...next);
+    const names = kept.map((k) => k.node);
+    const model = await hooks.rebuild(names);
+    const metrics = await hooks.validate(model);
+    const passed = checkGate(metrics, opts.gate).passed;
+    trials.push({
+      keptFp32: names,
+      agreement: metrics.agreement,
+      meanAbsLogitDiff: metrics.meanAbsLogitDiff,
+      passed,
+    });
+    current = { model, metrics };
+    if (passed || compareCandidates(metrics, best.metrics) < 0) {
+      best = current;
+      bestKept = [...kept];
+    }
+    if (passed) return { best, passed: true, keptFp32: bestKept, trials, ranking };
+    if (trial + 1 < budget) ranked = await hooks.rank(current.model);
+  }
+  return { best, passed: false, keptFp32: bestKept, trials, ranking };
+}

@@ -1,0 +1,99 @@
+/**
+ * The fallback search of `sensitivity.ts` on a model whose accuracy is a known
+ * function of which nodes are quantized: each node costs a fixed amount of
+ * agreement. The real build/validate/rank are exercised end to end in
+ * test/integration/quant-fallback.test.ts; here the search order and the budget.
+ */
+import { describe, expect, test } from "bun:test";
+import type { GateMetrics } from "../../src/quant/gate.ts";
+import type { LayerErrorEntry } from "../../src/quant/report.ts";
+import { type FallbackHooks, runFallback } from "../../src/quant/sensitivity.ts";
+
+const cost: Record<string, number> = { a: 0.0005, b: 0.02, c: 0.001, d: 0.004, e: 0.0002, f: 0.003 };
+
+function metricsFor(kept: readonly string[]): GateMetrics {
+  const lost = Object.entries(cost)
+    .filter(([n]) => !kept.includes(n))
+    .reduce((s, [, c]) => s + c, 0);
+  return {
+    n: 10000,
+    agreement: 1 - lost,
+    disagreements: Math.round(lost * 10000),
+    maxAbsLogitDiff: lost * 10,
+    meanAbsLogitDiff: lost,
+    labelled: 0,
+  };
+}
+
+function hooks(log: string[][]): FallbackHooks<string[]> {
+  return {
+    rebuild: async (keep) => {
+      log.push([...keep]);
+      return [...keep];
+    },
+    validate: async (kept) => metricsFor(kept),
+    rank: async (kept): Promise<LayerErrorEntry[]> =>
+      Object.entries(cost)
+        .filter(([n]) => !kept.includes(n))
+        .sort((x, y) => y[1] - x[1])
+        .map(([node, c]) => ({ node, opType: "MatMul", tensor: `${node}_out`, relError: c, addedError: c })),
+  };
+}
+
+describe("runFallback", () => {
+  test("a candidate that already passes is returned untouched, with its ranking", async () => {
+    const log: string[][] = [];
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
+      gate: { minAgreement: 0.9 },
+    });
+    expect(r.passed).toBe(true);
+    expect(r.trials).toEqual([]);
+    expect(log).toEqual([]);
+    expect(r.ranking[0]?.node).toBe("b");
+  });
+
+  test("keeps the worst nodes first until the gate holds", async () => {
+    const log: string[][] = [];
+    // 99.8 % needs the loss at most 0.002: keep b (0.02), d (0.004), f (0.003) → 0.0017 left
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
+      gate: { minAgreement: 0.998 },
+    });
+    expect(r.passed).toBe(true);
+    expect(r.keptFp32.map((k) => k.node)).toEqual(["b", "d", "f"]);
+    expect(log).toEqual([["b"], ["b", "d"], ["b", "d", "f"]]);
+    expect(r.trials.map((t) => t.passed)).toEqual([false, false, true]);
+    expect(r.best.metrics.agreement).toBeCloseTo(1 - 0.0017, 12);
+  });
+
+  test("adds more nodes per trial as the list grows", async () => {
+    const log: string[][] = [];
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
+      gate: { minAgreement: 0.99999 },
+    });
+    // step sizes 1, 1, 1, 1, 2 → every node kept after five rebuilds
+    expect(log.map((k) => k.length)).toEqual([1, 2, 3, 4, 6]);
+    expect(r.passed).toBe(true);
+  });
+
+  test("an exhausted budget returns the best candidate seen and says it did not pass", async () => {
+    const log: string[][] = [];
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
+      gate: { minAgreement: 0.9999 },
+      budget: 2,
+    });
+    expect(r.passed).toBe(false);
+    expect(r.trials).toHaveLength(2);
+    expect(r.best.model).toEqual(["b", "d"]);
+    expect(r.keptFp32.map((k) => k.node)).toEqual(["b", "d"]);
+  });
+
+  test("ignored nodes (user excludes) are never picked", async () => {
+    const log: string[][] = [];
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
+      gate: { minAgreement: 0.985 },
+      ignore: ["b"],
+    });
+    expect(log.flat()).not.toContain("b");
+    expect(r.passed).toBe(false);
+  });
+});
