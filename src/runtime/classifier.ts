@@ -143,13 +143,17 @@ export function softmax(logits: ArrayLike<number>): number[] {
   return out;
 }
 
-/** Index of the largest of `data[offset .. offset+n)`; the first one on ties (as numpy's argmax). */
+/**
+ * Index of the largest of `data[offset .. offset+n)`. Ties go to the lowest index
+ * (as numpy's argmax, and as the quantization gate counts agreement); NaN never
+ * wins, and a row of NaN gives -1.
+ */
 export function argmax(data: ArrayLike<number>, offset = 0, n: number = data.length - offset): number {
-  let best = 0;
-  let bestValue = data[offset]!;
-  for (let j = 1; j < n; j++) {
+  let best = -1;
+  let bestValue = Number.NEGATIVE_INFINITY;
+  for (let j = 0; j < n; j++) {
     const v = data[offset + j]!;
-    if (v > bestValue) {
+    if (v > bestValue || (best === -1 && v === bestValue)) {
       bestValue = v;
       best = j;
     }
@@ -273,6 +277,12 @@ export class Classifier {
         const logits = Array.from(out.data.subarray(r * out.numLabels, (r + 1) * out.numLabels));
         const probabilities = softmax(logits);
         const labelId = argmax(logits);
+        if (labelId < 0 || logits.some(Number.isNaN)) {
+          throw new QuantdError(
+            "INFERENCE_FAILED",
+            `${this.modelPath} produced NaN logits for input ${start + r}`,
+          );
+        }
         results.push({
           label: this.labels[labelId]!,
           labelId,

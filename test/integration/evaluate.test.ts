@@ -1,0 +1,143 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { isQuantdError } from "../../src/errors.ts";
+import { type Classifier, loadClassifier } from "../../src/runtime/classifier.ts";
+import { evaluate } from "../../src/runtime/evaluate.ts";
+import { readSamplesTsv, type Sample } from "../../src/runtime/tsv.ts";
+import { expectClose } from "../helpers/expect-close.ts";
+import {
+  hasShared,
+  sharedDir,
+  sharedSkipReason,
+  shippedDevTsv,
+  shippedModelDir,
+  shippedModelPath,
+} from "../helpers/paths.ts";
+
+let fp32: Classifier;
+let dev: Sample[];
+beforeAll(async () => {
+  fp32 = await loadClassifier(shippedModelPath);
+  dev = await readSamplesTsv(shippedDevTsv, { requireLabels: true, labels: fp32.labels });
+});
+afterAll(async () => {
+  await fp32.release();
+});
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    return isQuantdError(err) ? err.code : `non-QuantdError: ${String(err)}`;
+  }
+  return "no error";
+}
+
+describe("evaluate on the shipped dev set", () => {
+  test("fp32 against itself: accuracy 83.26 %, agreement 1, logit difference 0, progress reported", async () => {
+    const progress: [number, number][] = [];
+    const r = await evaluate(fp32, dev, {
+      compare: fp32,
+      batchSize: 32,
+      onProgress: (d, t) => progress.push([d, t]),
+    });
+    expect(r.n).toBe(872);
+    expect(r.labelled).toBe(872);
+    expect(r.numLabels).toBe(2);
+    expect(r.accuracy).toBeCloseTo(726 / 872, 12);
+    expect(r.accuracy!.toFixed(4)).toBe("0.8326");
+    expect(r.compareAccuracy).toBe(r.accuracy!);
+    expect(r.agreement).toBe(1);
+    expect(r.disagreements).toBe(0);
+    expect(r.maxAbsLogitDiff).toBe(0);
+    expect(r.meanAbsLogitDiff).toBe(0);
+    expect(r.predictions.length).toBe(872);
+    expect(r.logits.length).toBe(872 * 2);
+    expect(r.latency.batches).toBe(Math.ceil(872 / 32));
+    expect(r.compareLatency?.batches).toBe(Math.ceil(872 / 32));
+    expect(r.latency.meanMsPerSample).toBeGreaterThan(0);
+    expect(r.latency.p90MsPerBatch).toBeGreaterThanOrEqual(r.latency.p50MsPerBatch);
+    expect(progress.length).toBe(Math.ceil(872 / 32));
+    expect(progress.at(-1)).toEqual([872, 872]);
+    expect(progress.every(([d], i) => i === 0 || d > progress[i - 1]![0])).toBe(true);
+  });
+
+  test("unlabelled samples give no accuracy; the default batch size is 16", async () => {
+    const pool = dev.slice(0, 40).map(({ text, line }) => ({ text, line }));
+    const r = await evaluate(fp32, pool);
+    expect(r.labelled).toBe(0);
+    expect(r.accuracy).toBeUndefined();
+    expect(r.agreement).toBeUndefined();
+    expect(r.latency.batches).toBe(3);
+    // same predictions as the labelled run of the same sentences, at another batch size
+    const labelled = await evaluate(fp32, dev.slice(0, 40), { batchSize: 7 });
+    expect(labelled.predictions).toEqual(r.predictions);
+    expectClose(labelled.logits, r.logits, { atol: 1e-4, what: "logits at batch 7 vs 16" });
+  });
+
+  test("bad inputs: no samples, label out of range, bad batch size, bad text", async () => {
+    expect(await codeOf(evaluate(fp32, []))).toBe("DATA_EMPTY");
+    expect(await codeOf(evaluate(fp32, [{ text: "ok", label: 2, line: 2 }]))).toBe("DATA_MISMATCH");
+    expect(await codeOf(evaluate(fp32, dev.slice(0, 2), { batchSize: 0 }))).toBe("USAGE");
+    let err: unknown;
+    try {
+      await evaluate(fp32, [
+        { text: "ok", line: 2 },
+        { text: " ", line: 3 },
+      ]);
+    } catch (e) {
+      err = e;
+    }
+    expect(isQuantdError(err, "TEXT_EMPTY")).toBe(true);
+    expect((err as Error).message).toContain("line 3");
+  });
+});
+
+interface GoldenRow {
+  text: string;
+  "logits_ort-dynamic": [number, number];
+}
+
+describe("against ONNX Runtime's dynamic int8 reference", () => {
+  test.skipIf(!hasShared)(
+    hasShared ? "agreement 868/872, accuracy 83.26 % for both, int8 logits match Python" : sharedSkipReason,
+    async () => {
+      const dynamic = await loadClassifier(
+        resolve(sharedDir, "models/sst2-bert-mini/reference/model.ort-dynamic.onnx"),
+        {
+          tokenizerDir: shippedModelDir,
+        },
+      );
+      try {
+        expect(dynamic.labels).toEqual(["negative", "positive"]);
+        // One sentence per batch, as the golden logits were made: DynamicQuantizeLinear picks one
+        // activation scale per tensor, so a dynamic int8 model's logits depend on what else is in
+        // the batch (at batch 32 they move by up to 0.05 and one more prediction flips).
+        const r = await evaluate(fp32, dev, { compare: dynamic, batchSize: 1 });
+        expect(r.accuracy!.toFixed(4)).toBe("0.8326");
+        expect(r.compareAccuracy!.toFixed(4)).toBe("0.8326");
+        expect(r.disagreements!).toBeGreaterThanOrEqual(3);
+        expect(r.disagreements!).toBeLessThanOrEqual(5);
+        expect(r.agreement).toBe((872 - r.disagreements!) / 872); // 868/872 = 0.9954 on x86
+        expect(r.maxAbsLogitDiff!).toBeGreaterThan(0);
+        expect(r.meanAbsLogitDiff!).toBeLessThan(r.maxAbsLogitDiff!);
+        const golden = readFileSync(resolve(sharedDir, "data/sst2/golden.dev.jsonl"), "utf8")
+          .split("\n")
+          .filter((l) => l.trim() !== "")
+          .map((l) => JSON.parse(l) as GoldenRow);
+        expect(golden.map((g) => g.text)).toEqual(dev.map((s) => s.text));
+        expectClose(
+          r.compareLogits!,
+          golden.flatMap((g) => g["logits_ort-dynamic"]),
+          {
+            atol: 1e-4,
+            what: "ort-dynamic logits vs Python ORT",
+          },
+        );
+      } finally {
+        await dynamic.release();
+      }
+    },
+  );
+});
