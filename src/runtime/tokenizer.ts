@@ -230,8 +230,9 @@ export class Tokenizer {
   readonly maxLength: number;
   /** Ids of `[CLS]`, `[SEP]` and `[PAD]` (or the tokenizer's equivalents). */
   readonly specialIds: SpecialTokenIds;
-  /** Special tokens added to one text / to a pair. */
+  /** Special tokens added to one text (2 for BERT: `[CLS]`, `[SEP]`). */
   readonly specialsSingle: number;
+  /** Special tokens added to a pair (3 for BERT: `[CLS]`, `[SEP]`, `[SEP]`). */
   readonly specialsPair: number;
   readonly #hf: HfTokenizer;
   readonly #template: Template;
@@ -273,8 +274,13 @@ export class Tokenizer {
    * `maxLength` (longest-first for pairs; the special tokens are always kept).
    *
    * @throws USAGE when `maxLength` cannot hold the special tokens plus one token per segment
+   * @throws TEXT_NOT_STRING when `text` or `pair` is not a string
    */
   encode(text: string, pair?: string, opts: EncodeOptions = {}): Encoding {
+    // The library would throw a bare TypeError (or tokenize "undefined") for a non-string.
+    if (typeof text !== "string" || (pair !== undefined && typeof pair !== "string")) {
+      throw new QuantdError("TEXT_NOT_STRING", "the tokenizer needs string input");
+    }
     const maxLength = this.#resolveMaxLength(opts.maxLength, pair !== undefined);
     const truncation = opts.truncation ?? true;
     let a = this.tokenIds(text);

@@ -218,6 +218,11 @@ describe("truncation", () => {
     expect(s.inputIds).toEqual([CLS, ...bIds.slice(0, k2), SEP, ...aIds.slice(0, k1), SEP]);
   });
 
+  test("non-string input is refused", () => {
+    expect(code(() => tok.encode(undefined as unknown as string))).toBe("TEXT_NOT_STRING");
+    expect(code(() => tok.encode("a", 5 as unknown as string))).toBe("TEXT_NOT_STRING");
+  });
+
   test("maxLength too small for the special tokens is a usage error", () => {
     expect(code(() => tok.encode("good", undefined, { maxLength: 2 }))).toBe("USAGE");
     expect(code(() => tok.encode("good", "bad", { maxLength: 4 }))).toBe("USAGE");
