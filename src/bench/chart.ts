@@ -92,13 +92,15 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
   const right = 24;
   const plotW = Math.max(360, groups.length * (groupW + groupGap) + groupGap);
   const width = left + plotW + right;
+  // With few groups the minimum width leaves room: centre the groups rather than crowd the left.
+  const slack = plotW - (groups.length * (groupW + groupGap) + groupGap);
   const panelH = 230;
   const legendRowH = 20;
   const legendCols = Math.max(1, Math.floor((width - left) / 230));
   const legendH = Math.ceil(models.length / legendCols) * legendRowH;
-  const top = 56 + legendH + 10;
+  const top = 56 + legendH + 40;
   const panelGap = 78;
-  const height = top + panels.length * (panelH + panelGap) + 8;
+  const height = top + panels.length * (panelH + panelGap) - panelGap + 40;
 
   const out: string[] = [];
   out.push(
@@ -154,13 +156,13 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
       const y = scale(t);
       out.push(
         `<line x1="${left}" x2="${left + plotW}" y1="${y}" y2="${y}" stroke="#e3e3e3"/>`,
-        `<text x="${left - 6}" y="${y + 4}" text-anchor="end" fill="#333">${fmt(t)}</text>`,
+        `<text x="${left - 6}" y="${y + 4}" text-anchor="end" fill="#333">${Number(t.toPrecision(6))}</text>`,
       );
     }
     out.push(`<line x1="${left}" x2="${left + plotW}" y1="${yBase}" y2="${yBase}" stroke="#333"/>`);
     out.push(`<line x1="${left}" x2="${left}" y1="${y0}" y2="${yBase}" stroke="#333"/>`);
     groups.forEach((g, gi) => {
-      const gx = left + groupGap + gi * (groupW + groupGap);
+      const gx = left + groupGap + slack / 2 + gi * (groupW + groupGap);
       out.push(
         `<text x="${gx + groupW / 2}" y="${yBase + 18}" text-anchor="middle" fill="#222">${esc(g.label)}</text>`,
       );

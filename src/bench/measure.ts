@@ -254,9 +254,6 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       loaded.push(l);
       try {
         l.sizeBytes = fileSize(model.path);
-        const data = dataByModel.get(model.label);
-        if (data instanceof QuantdError) throw data;
-        l.data = data;
         const t0 = performance.now();
         l.session = await createOrtSession(model.path, {
           intraOpThreads: threads,
@@ -265,6 +262,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
             : {}),
         });
         l.loadMs = performance.now() - t0;
+        // After the load, so a broken model reports itself rather than a tokenizer it lacks.
+        const data = dataByModel.get(model.label);
+        if (data instanceof QuantdError) throw data;
+        l.data = data;
         l.vocabSize = model.vocabSize ?? findVocabSize(model.path);
         if (l.data === undefined && l.vocabSize === undefined) {
           throw new QuantdError(

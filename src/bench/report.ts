@@ -166,8 +166,9 @@ export function renderTerminalTable(result: BenchResult): string[] {
   const withQuality = hasQuality(result);
   const header = withQuality ? [...HEADER, ...QUALITY_HEADER] : HEADER;
   const body = result.rows.map((r) => cells(r, withQuality));
+  // Error rows share only the identity columns (model, shape, threads) with the others.
   const widths = header.map((h, i) =>
-    Math.max(h.length, ...body.filter((c) => c.length === header.length).map((c) => c[i]!.length)),
+    Math.max(h.length, ...body.filter((c) => i < 3 || c.length === header.length).map((c) => c[i]!.length)),
   );
   const line = (c: string[]): string =>
     c

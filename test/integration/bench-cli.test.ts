@@ -1,0 +1,102 @@
+/**
+ * `quantd bench` as a real process: flags, the table, the JSON and SVG files,
+ * exit codes (0 all measured, 1 some row failed, 2 usage error).
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function quantd(args: string[]): Promise<Run> {
+  const proc = Bun.spawn(["bun", "src/cli/main.ts", ...args], {
+    cwd: repoRoot,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, QUANTD_DEBUG: "" },
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "quantd-bench-cli-"));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("--runs 0 is a usage error before anything runs", async () => {
+  const r = await quantd(["bench", "--model", shippedModelPath, "--runs", "0"]);
+  expect(r.code).toBe(2);
+  expect(r.stderr.trim()).toMatch(
+    /^error USAGE: --runs must be an integer >= 1, got 0; see quantd bench --help$/,
+  );
+  expect(r.stdout).toBe("");
+});
+
+test("no --model is a usage error", async () => {
+  const r = await quantd(["bench"]);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toContain("error USAGE: bench needs at least one --model");
+});
+
+test("a broken model fails its rows, the others are measured, files are written, exit 1", async () => {
+  const broken = join(dir, "broken.onnx");
+  writeFileSync(broken, "garbage");
+  const json = join(dir, "out.json");
+  const svg = join(dir, "out.svg");
+  const r = await quantd([
+    "bench",
+    "--model",
+    shippedModelPath,
+    "--model",
+    broken,
+    "--seq",
+    "16",
+    "--batch",
+    "1,2",
+    "--runs",
+    "3",
+    "--warmup",
+    "1",
+    "--no-memory",
+    "--json",
+    json,
+    "--plot",
+    svg,
+  ]);
+  expect(r.code).toBe(1);
+  const lines = r.stdout.trim().split("\n");
+  expect(lines[0]).toMatch(/^model\s+shape\s+thr\s+p50 ms\s+p90 ms\s+p99 ms\s+seq\/s/);
+  expect(lines.filter((l) => /^model\s+b[12]×s16\s+1\s+\d/.test(l))).toHaveLength(2);
+  expect(lines.filter((l) => l.startsWith("broken") && l.includes("error MODEL_LOAD_FAILED"))).toHaveLength(
+    2,
+  );
+  const doc = JSON.parse(readFileSync(json, "utf8"));
+  expect(doc.rows.map((x: { model: string; status: string }) => `${x.model}:${x.status}`)).toEqual([
+    "model:ok",
+    "broken:error",
+    "model:ok",
+    "broken:error",
+  ]);
+  expect(existsSync(svg)).toBe(true);
+  const chart = readFileSync(svg, "utf8");
+  expect(chart.startsWith("<svg ")).toBe(true);
+  expect(chart.match(/<rect class="bar" data-model="model"/g)).toHaveLength(2);
+  // not a terminal: no carriage-return redraws, plain progress lines only
+  expect(r.stderr).not.toContain("\r");
+  expect(r.stderr).toContain(`wrote ${json}`);
+});

@@ -1,0 +1,61 @@
+/**
+ * Peak memory is measured in a fresh child process per model: the figure is
+ * positive, includes the model (a 30 MB BERT-Mini costs more than a one-node
+ * model), and a model the child cannot load comes back as that model's error.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { measurePeakMemory } from "../../src/bench/memory.ts";
+import { isQuantdError } from "../../src/errors.ts";
+import { shippedModelPath } from "../helpers/paths.ts";
+import { ONNX_FLOAT, ONNX_INT64, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
+
+let dir: string;
+let tiny: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "quantd-bench-mem-"));
+  tiny = join(dir, "tiny.onnx");
+  writeFileSync(
+    tiny,
+    tinyOnnxModel(
+      [{ opType: "Cast", inputs: ["input_ids"], outputs: ["logits"], intAttrs: { to: ONNX_FLOAT } }],
+      [{ name: "input_ids", elemType: ONNX_INT64, dims: ["batch", "sequence"] }],
+      [{ name: "logits", elemType: ONNX_FLOAT, dims: ["batch", "sequence"] }],
+    ),
+  );
+});
+
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const probe = { shape: { batch: 1, seq: 64 }, threads: 1, vocabSize: 16384, runs: 2, seed: 1 };
+
+test("a larger model has a larger peak resident memory in its own process", async () => {
+  const small = await measurePeakMemory({ ...probe, model: tiny });
+  const large = await measurePeakMemory({ ...probe, model: shippedModelPath });
+  for (const m of [small, large]) {
+    expect(m.peakRssBytes).toBeGreaterThan(0);
+    expect(m.peakRssBytes).toBeGreaterThanOrEqual(m.rssBytes);
+    expect(m.peakRssBytes).toBeGreaterThan(m.baselineRssBytes);
+    expect(m.loadMs).toBeGreaterThan(0);
+  }
+  // BERT-Mini holds 30 MB of fp32 weights; allow for allocator slack but not for no difference at all
+  expect(large.peakRssBytes - small.peakRssBytes).toBeGreaterThan(20 * 1024 * 1024);
+});
+
+test("a model the child cannot load is reported with the child's error code", async () => {
+  const broken = join(dir, "broken.onnx");
+  writeFileSync(broken, "not a model");
+  let err: unknown;
+  try {
+    await measurePeakMemory({ ...probe, model: broken });
+  } catch (e) {
+    err = e;
+  }
+  expect(isQuantdError(err, "MODEL_LOAD_FAILED")).toBe(true);
+  expect((err as Error).message).toContain("broken.onnx");
+});
