@@ -1,0 +1,87 @@
+/**
+ * Int8 weight initializers shared by the static and dynamic passes: a float
+ * matrix becomes an int8 initializer plus its scales and (zero) zero points,
+ * symmetric, one scale per output channel or one per tensor. A weight read by
+ * several nodes is quantized once.
+ */
+import { QuantdError } from "../../errors.ts";
+import { makeTensor, tensorToFloat32 } from "../../onnx/tensor.ts";
+import { DataType } from "../../onnx/types.ts";
+import { computeWeightQParams, quantizeWeights } from "../qparams.ts";
+import type { GraphRewrite } from "./rewrite.ts";
+
+/** An int8 weight written into the graph. */
+export interface QuantizedWeight {
+  /** The int8 initializer. */
+  quantized: string;
+  /** Float scales: shape [channels] per-channel, scalar per-tensor. */
+  scale: string;
+  /** Int8 zero points (all 0), same shape as `scale`. */
+  zeroPoint: string;
+  /** The scales' values. */
+  scales: Float32Array;
+  /** The DequantizeLinear axis for per-channel weights, undefined per-tensor. */
+  axis: number | undefined;
+  /** Dims of the int8 initializer. */
+  dims: number[];
+}
+
+/** Options for {@link quantizeWeight}. */
+export interface QuantizeWeightOptions {
+  /** Axis of the stored matrix that indexes output channels. */
+  channelAxis: 0 | 1;
+  perChannel: boolean;
+  reduceRange: boolean;
+  /** Store the matrix transposed (turns a Gemm transB=1 weight [N,K] into the [K,N] MatMulInteger wants). */
+  transpose: boolean;
+}
+
+function transpose2d(values: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c]!;
+  return out;
+}
+
+/**
+ * Writes (or reuses) the int8 form of a float weight initializer.
+ *
+ * @throws QUANT_FAILED when the initializer is missing or not a float matrix
+ */
+export function quantizeWeight(
+  rw: GraphRewrite,
+  cache: Map<string, QuantizedWeight>,
+  weight: string,
+  opts: QuantizeWeightOptions,
+): QuantizedWeight {
+  const cacheKey = `${weight}|${opts.transpose ? "T" : "N"}`;
+  const hit = cache.get(cacheKey);
+  if (hit !== undefined) return hit;
+  const t = rw.initializer(weight);
+  if (t === undefined || t.dims.length !== 2) {
+    throw new QuantdError("QUANT_FAILED", `weight ${weight} is not a rank-2 initializer`);
+  }
+  let values = tensorToFloat32(t);
+  let dims = [...t.dims];
+  let channelAxis: number = opts.channelAxis;
+  if (opts.transpose) {
+    values = transpose2d(values, dims[0]!, dims[1]!);
+    dims = [dims[1]!, dims[0]!];
+    channelAxis = 1 - channelAxis;
+  }
+  const axis = opts.perChannel ? channelAxis : undefined;
+  const qp = computeWeightQParams(values, dims, { axis, reduceRange: opts.reduceRange });
+  const q = quantizeWeights(values, dims, qp);
+  const base = weight.replace(/[^A-Za-z0-9_.:/-]/g, "_");
+  const quantized = rw.addInitializer(makeTensor(rw.uniqueName(`${base}_quantized`), DataType.INT8, dims, q));
+  const scaleDims = axis === undefined ? [] : [qp.scales.length];
+  const scale = rw.addInitializer(
+    makeTensor(rw.uniqueName(`${base}_scale`), DataType.FLOAT, scaleDims, qp.scales),
+  );
+  const zeroPoint = rw.addInitializer(
+    makeTensor(rw.uniqueName(`${base}_zero_point`), DataType.INT8, scaleDims, qp.zeroPoints),
+  );
+  rw.dropIfUnused(weight);
+  const out: QuantizedWeight = { quantized, scale, zeroPoint, scales: qp.scales, axis, dims };
+  cache.set(cacheKey, out);
+  return out;
+}

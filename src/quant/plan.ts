@@ -1,0 +1,502 @@
+/**
+ * Which nodes of an fp32 model get quantized, and why the others do not.
+ *
+ * The plan is computed from the graph alone (no inference): MatMul/Gemm nodes
+ * with a constant weight, optionally the activation×activation MatMuls of
+ * attention (Q·Kᵀ and probabilities·V), and Gather nodes reading an embedding
+ * table. Everything a user might expect to be quantized but is not is recorded
+ * in {@link QuantPlan.skipped} with a reason, so the report can say why.
+ * LayerNormalization, Softmax, GELU and the mask arithmetic are never
+ * quantized: they are cheap in fp32 and int8 versions of them cost accuracy.
+ *
+ * After calibration, {@link applyRanges} drops targets whose observed range is
+ * unusable (a mask sentinel such as -3.4e38, ±inf, NaN), and
+ * {@link excludeNodes} rebuilds a plan with more nodes kept in fp32 (what the
+ * accuracy gate's fallback uses) without re-reading the graph.
+ */
+import { assertNever, QuantdError } from "../errors.ts";
+import type { GraphProto, ModelProto, NodeProto, TensorProto } from "../onnx/types.ts";
+
+/** How activation ranges are estimated from the calibration samples. */
+export type CalibrationMethod = "minmax" | "moving-average" | "percentile" | "entropy" | "mse";
+
+/** How an embedding table is scaled. */
+export type EmbeddingGranularity = "per-row" | "per-tensor";
+
+/** Options shared by both modes. */
+interface CommonQuantizeOptions {
+  /** Int8 weights with one scale per output channel (else one per tensor). @defaultValue true */
+  perChannel: boolean;
+  /** 7-bit ranges, for x86 CPUs without VNNI whose u8×s8 pairs can overflow int16. @defaultValue false */
+  reduceRange: boolean;
+  /** Quantize Gather embedding tables to int8 (the bulk of a BERT's file). @defaultValue true */
+  quantizeEmbeddings: boolean;
+  /** Scale granularity of embedding tables. @defaultValue "per-row" */
+  embeddingGranularity: EmbeddingGranularity;
+  /** Node names to keep in fp32 (user `--exclude`, or the gate's fallback). @defaultValue [] */
+  exclude: readonly string[];
+}
+
+/** Static quantization: activation ranges come from calibration; QDQ pairs are written into the graph. */
+export interface StaticQuantizeOptions extends CommonQuantizeOptions {
+  type: "static";
+  /** Range estimator. @defaultValue "minmax" */
+  method: CalibrationMethod;
+  /** Also quantize the activation×activation MatMuls of attention. @defaultValue false */
+  quantizeAttentionMatMuls: boolean;
+}
+
+/** Dynamic quantization: activations are quantized at run time (DynamicQuantizeLinear); no calibration. */
+export interface DynamicQuantizeOptions extends CommonQuantizeOptions {
+  type: "dynamic";
+}
+
+/** Quantization options, discriminated on `type`. */
+export type QuantizeOptions = StaticQuantizeOptions | DynamicQuantizeOptions;
+
+/** The mode names, for CLI parsing. */
+export type QuantizeMode = QuantizeOptions["type"];
+
+/**
+ * The defaults that measured best on the shipped BERT-Mini (see the figures at
+ * the top of `quantize.ts`), for a mode; `overrides` replace single fields.
+ */
+export function defaultQuantizeOptions(
+  type: "static",
+  overrides?: Partial<StaticQuantizeOptions>,
+): StaticQuantizeOptions;
+export function defaultQuantizeOptions(
+  type: "dynamic",
+  overrides?: Partial<DynamicQuantizeOptions>,
+): DynamicQuantizeOptions;
+export function defaultQuantizeOptions(
+  type: QuantizeMode,
+  overrides: Partial<StaticQuantizeOptions> | Partial<DynamicQuantizeOptions> = {},
+): QuantizeOptions {
+  const common: CommonQuantizeOptions = {
+    perChannel: true,
+    reduceRange: false,
+    quantizeEmbeddings: true,
+    embeddingGranularity: "per-row",
+    exclude: [],
+  };
+  switch (type) {
+    case "static":
+      return {
+        ...common,
+        method: "minmax",
+        quantizeAttentionMatMuls: false,
+        ...(overrides as Partial<StaticQuantizeOptions>),
+        type: "static",
+      };
+    case "dynamic":
+      return { ...common, ...(overrides as Partial<DynamicQuantizeOptions>), type: "dynamic" };
+    default:
+      return assertNever(type, "quantization mode");
+  }
+}
+
+/** A MatMul or Gemm whose second operand is a constant weight. */
+export interface WeightMatMulTarget {
+  kind: "weight-matmul";
+  /** Node name (or a synthesized `opType#index` when the node has none). */
+  node: string;
+  opType: "MatMul" | "Gemm";
+  /** The activation input (input 0). */
+  activation: string;
+  /** The weight initializer (input 1). */
+  weight: string;
+  /** Axis of the weight initializer that indexes output channels (1 for MatMul and Gemm transB=0, 0 for transB=1). */
+  channelAxis: 0 | 1;
+  /** Gemm bias initializer (input 2), when present and constant. */
+  bias: string | undefined;
+}
+
+/** An attention MatMul whose two operands are both activations (Q·Kᵀ or probabilities·V). */
+export interface AttentionMatMulTarget {
+  kind: "attention-matmul";
+  node: string;
+  opType: "MatMul";
+  inputs: readonly [string, string];
+}
+
+/** A Gather reading rows of a constant embedding table. */
+export interface EmbeddingTarget {
+  kind: "embedding";
+  node: string;
+  opType: "Gather";
+  /** The table initializer (input 0, rank 2, gathered along axis 0). */
+  table: string;
+}
+
+/** One thing the rewrite passes will quantize. */
+export type QuantTarget = WeightMatMulTarget | AttentionMatMulTarget | EmbeddingTarget;
+
+/** Why a candidate node stays fp32. */
+export type SkipReason =
+  | "excluded"
+  | "unsupported-op"
+  | "unsupported-attributes"
+  | "non-constant-weight"
+  | "attention-disabled"
+  | "embeddings-disabled"
+  | "mask-sentinel"
+  | "no-range";
+
+/** A node that stays fp32, with the reason (for the report). */
+export interface SkippedNode {
+  node: string;
+  opType: string;
+  reason: SkipReason;
+  /** Human-readable detail (which tensor, which attribute, which range). */
+  detail: string;
+}
+
+/** The outcome of planning. */
+export interface QuantPlan {
+  mode: QuantizeMode;
+  /** What the passes will quantize, in graph order. */
+  quantized: QuantTarget[];
+  /** Candidates kept fp32, with the reason. */
+  skipped: SkippedNode[];
+  /** Activation tensors calibration must observe: exactly the inputs of the static targets. */
+  observe: string[];
+}
+
+/** Ops that show a model was already quantized (by us, ORT's tool, or a QAT export). */
+const QUANTIZED_OPS: ReadonlySet<string> = new Set([
+  "QuantizeLinear",
+  "DequantizeLinear",
+  "DynamicQuantizeLinear",
+  "MatMulInteger",
+  "ConvInteger",
+  "QLinearMatMul",
+  "QLinearConv",
+  "QLinearAdd",
+  "QLinearMul",
+  "QLinearSoftmax",
+  "QGemm",
+  "QAttention",
+  "QEmbedLayerNormalization",
+  "MatMulIntegerToFloat",
+  "DynamicQuantizeMatMul",
+  "MatMulNBits",
+]);
+
+/** Compute-heavy ops quantd cannot quantize; they stay fp32 and are reported. */
+const UNSUPPORTED_HEAVY_OPS: ReadonlySet<string> = new Set([
+  "Conv",
+  "ConvTranspose",
+  "LSTM",
+  "GRU",
+  "RNN",
+  "Einsum",
+  "Attention",
+  "MultiHeadAttention",
+  "FusedMatMul",
+  "EmbedLayerNormalization",
+]);
+
+/** The name quantd uses for a node: its own, or `opType#index` when the exporter left it empty. */
+export function nodeKey(node: NodeProto, index: number): string {
+  return node.name !== "" ? node.name : `${node.opType}#${index}`;
+}
+
+function isDefaultDomain(node: NodeProto): boolean {
+  return node.domain === "" || node.domain === "ai.onnx";
+}
+
+function attrInt(node: NodeProto, name: string, dflt: number): number {
+  const a = node.attribute.find((x) => x.name === name);
+  return a?.i ?? dflt;
+}
+
+function attrFloat(node: NodeProto, name: string, dflt: number): number {
+  const a = node.attribute.find((x) => x.name === name);
+  return a?.f ?? dflt;
+}
+
+/** Names of tensors that are constant: initializers and Constant node outputs. */
+function constantNames(graph: GraphProto): Map<string, TensorProto | undefined> {
+  const out = new Map<string, TensorProto | undefined>();
+  for (const t of graph.initializer) out.set(t.name, t);
+  // A graph input that shadows an initializer can be overridden at run time: not constant.
+  for (const i of graph.input) out.delete(i.name);
+  for (const n of graph.node) {
+    if (n.opType === "Constant" && isDefaultDomain(n)) {
+      for (const o of n.output) out.set(o, undefined);
+    }
+  }
+  return out;
+}
+
+/**
+ * Fails when the model already holds quantization ops: quantizing twice would
+ * compound the error and the fp32 reference would be lost.
+ *
+ * @throws MODEL_ALREADY_QUANTIZED naming the first quantized node
+ */
+export function assertNotQuantized(model: ModelProto): void {
+  const nodes = model.graph.node;
+  for (let i = 0; i < nodes.length; i++) {
+    const n = nodes[i]!;
+    if (QUANTIZED_OPS.has(n.opType)) {
+      const count = nodes.filter((x) => QUANTIZED_OPS.has(x.opType)).length;
+      throw new QuantdError(
+        "MODEL_ALREADY_QUANTIZED",
+        `the model is already quantized: it holds ${count} quantization node(s), e.g. ${n.opType} ${nodeKey(n, i)}`,
+        { details: { node: nodeKey(n, i), opType: n.opType, count } },
+      );
+    }
+  }
+}
+
+/**
+ * Tells whether a MatMul with two activation inputs belongs to attention: one
+ * operand comes (through Reshape/Transpose only) from a Softmax, or the output
+ * feeds (through Mul/Div by a constant) an Add and then a Softmax.
+ */
+function isAttentionMatMul(
+  node: NodeProto,
+  producers: Map<string, NodeProto>,
+  consumers: Map<string, NodeProto[]>,
+): boolean {
+  const walkUp = (name: string, depth: number): boolean => {
+    const p = producers.get(name);
+    if (p === undefined || depth > 4) return false;
+    if (p.opType === "Softmax") return true;
+    if (p.opType === "Transpose" || p.opType === "Reshape" || p.opType === "Cast")
+      return walkUp(p.input[0] ?? "", depth + 1);
+    return false;
+  };
+  if (node.input.some((i) => walkUp(i, 0))) return true;
+  const walkDown = (name: string, depth: number): boolean => {
+    if (depth > 4) return false;
+    for (const c of consumers.get(name) ?? []) {
+      if (c.opType === "Softmax") return true;
+      if (
+        (c.opType === "Mul" || c.opType === "Div" || c.opType === "Add" || c.opType === "Where") &&
+        walkDown(c.output[0] ?? "", depth + 1)
+      ) {
+        return true;
+      }
+    }
+    return false;
+  };
+  return walkDown(node.output[0] ?? "", 0);
+}
+
+/**
+ * Finds what to quantize in an fp32 model.
+ *
+ * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
+ */
+export function planQuantization(model: ModelProto, opts: QuantizeOptions): QuantPlan {
+  assertNotQuantized(model);
+  const graph = model.graph;
+  const constants = constantNames(graph);
+  const producers = new Map<string, NodeProto>();
+  const consumers = new Map<string, NodeProto[]>();
+  for (const n of graph.node) {
+    for (const o of n.output) if (o !== "") producers.set(o, n);
+    for (const i of n.input) {
+      if (i === "") continue;
+      const list = consumers.get(i);
+      if (list === undefined) consumers.set(i, [n]);
+      else list.push(n);
+    }
+  }
+  const exclude = new Set(opts.exclude);
+  const targets: QuantTarget[] = [];
+  const skipped: SkippedNode[] = [];
+  const skip = (node: string, opType: string, reason: SkipReason, detail: string): SkippedNode => ({
+    node,
+    opType,
+    reason,
+    detail,
+  });
+  const initializer = (name: string): TensorProto | undefined => constants.get(name);
+
+  const classify = (n: NodeProto, key: string): QuantTarget | SkippedNode | undefined => {
+    if (!isDefaultDomain(n)) {
+      if (!UNSUPPORTED_HEAVY_OPS.has(n.opType)) return undefined;
+      return skip(key, n.opType, "unsupported-op", `${n.domain}:${n.opType} is kept fp32`);
+    }
+    if (UNSUPPORTED_HEAVY_OPS.has(n.opType)) {
+      return skip(key, n.opType, "unsupported-op", `${n.opType} has no int8 rewrite in quantd`);
+    }
+    const candidate = n.opType === "MatMul" || n.opType === "Gemm" || n.opType === "Gather";
+    if (!candidate) return undefined;
+    const [a = "", b = ""] = n.input;
+    if (n.opType === "Gather") {
+      const table = initializer(a);
+      if (table === undefined || !constants.has(a)) return undefined; // shape arithmetic on activations
+      if (table.dims.length !== 2 || attrInt(n, "axis", 0) !== 0 || table.dataType !== 1) {
+        return skip(
+          key,
+          n.opType,
+          "unsupported-attributes",
+          `Gather on ${a}: only axis-0 lookups in rank-2 float tables are quantized`,
+        );
+      }
+      if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+      if (!opts.quantizeEmbeddings)
+        return skip(key, n.opType, "embeddings-disabled", `embedding table ${a} kept fp32`);
+      return { kind: "embedding", node: key, opType: "Gather", table: a };
+    }
+    const weight = initializer(b);
+    const bIsConst = constants.has(b);
+    if (!bIsConst) {
+      if (n.opType === "MatMul" && !constants.has(a) && isAttentionMatMul(n, producers, consumers)) {
+        if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+        if (opts.type !== "static" || !opts.quantizeAttentionMatMuls) {
+          return skip(
+            key,
+            n.opType,
+            "attention-disabled",
+            "activation×activation attention MatMul kept fp32",
+          );
+        }
+        return { kind: "attention-matmul", node: key, opType: "MatMul", inputs: [a, b] };
+      }
+      return skip(key, n.opType, "non-constant-weight", `input ${b} is not a constant initializer`);
+    }
+    if (weight === undefined) {
+      return skip(
+        key,
+        n.opType,
+        "non-constant-weight",
+        `weight ${b} comes from a Constant node, not an initializer`,
+      );
+    }
+    if (weight.dims.length !== 2 || weight.dataType !== 1) {
+      return skip(key, n.opType, "unsupported-attributes", `weight ${b} is not a rank-2 float matrix`);
+    }
+    let channelAxis: 0 | 1 = 1;
+    let bias: string | undefined;
+    if (n.opType === "Gemm") {
+      if (attrInt(n, "transA", 0) !== 0 || attrFloat(n, "alpha", 1) !== 1 || attrFloat(n, "beta", 1) !== 1) {
+        return skip(key, n.opType, "unsupported-attributes", "Gemm with transA, alpha≠1 or beta≠1");
+      }
+      channelAxis = attrInt(n, "transB", 0) === 1 ? 0 : 1;
+      const c = n.input[2];
+      if (c !== undefined && c !== "") {
+        const ct = initializer(c);
+        if (ct === undefined || ct.dims.length !== 1 || ct.dataType !== 1) {
+          return skip(
+            key,
+            n.opType,
+            "unsupported-attributes",
+            `Gemm bias ${c} is not a constant float vector`,
+          );
+        }
+        bias = c;
+      }
+    }
+    if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+    const opType = n.opType === "Gemm" ? "Gemm" : "MatMul";
+    return { kind: "weight-matmul", node: key, opType, activation: a, weight: b, channelAxis, bias };
+  };
+  graph.node.forEach((n, index) => {
+    const r = classify(n, nodeKey(n, index));
+    if (r === undefined) return;
+    if ("kind" in r) targets.push(r);
+    else skipped.push(r);
+  });
+
+  for (const name of exclude) {
+    if (!graph.node.some((n, i) => nodeKey(n, i) === name)) {
+      throw new QuantdError("USAGE", `--exclude names a node that is not in the model: ${name}`, {
+        details: { node: name },
+      });
+    }
+  }
+  return { mode: opts.type, quantized: targets, skipped, observe: observedTensors(opts.type, targets) };
+}
+
+function observedTensors(mode: QuantizeMode, targets: readonly QuantTarget[]): string[] {
+  if (mode === "dynamic") return [];
+  const seen = new Set<string>();
+  for (const t of targets) {
+    switch (t.kind) {
+      case "weight-matmul":
+        seen.add(t.activation);
+        break;
+      case "attention-matmul":
+        seen.add(t.inputs[0]);
+        seen.add(t.inputs[1]);
+        break;
+      case "embedding":
+        break;
+      default:
+        assertNever(t, "quantization target");
+    }
+  }
+  return [...seen];
+}
+
+/** The observed range of one tensor, as calibration reports it. */
+export interface TensorRange {
+  min: number;
+  max: number;
+}
+
+/** Magnitude beyond which a range is a sentinel (attention masks use -3.4e38 or -1e9·large), not data. */
+const SENTINEL_MAGNITUDE = 1e30;
+
+function unusableRange(r: TensorRange | undefined): string | undefined {
+  if (r === undefined) return "no range was observed";
+  if (!Number.isFinite(r.min) || !Number.isFinite(r.max)) return `range [${r.min}, ${r.max}] is not finite`;
+  if (Math.abs(r.min) >= SENTINEL_MAGNITUDE || Math.abs(r.max) >= SENTINEL_MAGNITUDE) {
+    return `range [${r.min}, ${r.max}] holds a mask sentinel`;
+  }
+  if (r.min > r.max) return `range [${r.min}, ${r.max}] is empty`;
+  return undefined;
+}
+
+/**
+ * Moves static targets whose activation range is unusable (no range, a mask
+ * sentinel, non-finite) to `skipped`. Dynamic plans are returned as they are.
+ */
+export function applyRanges(plan: QuantPlan, ranges: ReadonlyMap<string, TensorRange>): QuantPlan {
+  if (plan.mode === "dynamic") return plan;
+  const targets: QuantTarget[] = [];
+  const skipped = [...plan.skipped];
+  for (const t of plan.quantized) {
+    const inputs =
+      t.kind === "weight-matmul" ? [t.activation] : t.kind === "attention-matmul" ? [...t.inputs] : [];
+    let problem: string | undefined;
+    let reason: SkipReason = "no-range";
+    for (const i of inputs) {
+      const r = ranges.get(i);
+      const why = unusableRange(r);
+      if (why !== undefined) {
+        problem = `${i}: ${why}`;
+        reason = r === undefined ? "no-range" : "mask-sentinel";
+        break;
+      }
+    }
+    if (problem === undefined) targets.push(t);
+    else skipped.push({ node: t.node, opType: t.opType, reason, detail: problem });
+  }
+  return { ...plan, quantized: targets, skipped, observe: observedTensors(plan.mode, targets) };
+}
+
+/**
+ * A plan with the named nodes kept fp32 (reason `excluded`), for rebuilding a
+ * model without re-planning or re-calibrating.
+ */
+export function excludeNodes(
+  plan: QuantPlan,
+  nodes: Iterable<string>,
+  detail = "kept fp32 by the accuracy fallback",
+): QuantPlan {
+  const drop = new Set(nodes);
+  const targets: QuantTarget[] = [];
+  const skipped = [...plan.skipped];
+  for (const t of plan.quantized) {
+    if (drop.has(t.node)) skipped.push({ node: t.node, opType: t.opType, reason: "excluded", detail });
+    else targets.push(t);
+  }
+  return { ...plan, quantized: targets, skipped, observe: observedTensors(plan.mode, targets) };
+}
