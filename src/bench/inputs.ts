@@ -7,6 +7,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { QuantdError } from "../errors.ts";
+import { loadModel } from "../onnx/codec.ts";
+import type { NodeProto } from "../onnx/types.ts";
 import type { Tensor, TensorInfo } from "../runtime/types.ts";
 
 /** One benchmark shape: `batch` sequences of `seq` tokens. */
@@ -176,4 +178,32 @@ function vocabFromConfig(path: string): number | undefined {
 export function findVocabSize(modelPath: string): number | undefined {
   const dir = dirname(modelPath);
   return vocabFromConfig(join(dir, "config.json")) ?? vocabFromConfig(join(dirname(dir), "config.json"));
+}
+
+/**
+ * The vocabulary size read from the graph: the row count of the embedding table
+ * gathered by `input_ids` (directly, or through a Cast, or from a
+ * DequantizeLinear of a quantized table). For models without a `config.json`.
+ *
+ * @returns the size, or undefined when the graph has no such Gather
+ * @throws MODEL_NOT_ONNX, MODEL_TRUNCATED, FILE_NOT_FOUND as `loadModel`
+ */
+export async function findVocabSizeInGraph(modelPath: string): Promise<number | undefined> {
+  const model = await loadModel(modelPath, { loadExternalData: false });
+  const g = model.graph;
+  const ids = new Set(g.input.filter((i) => roleOf(i.name) === "ids").map((i) => i.name));
+  for (const n of g.node)
+    if (n.opType === "Cast" && ids.has(n.input[0] ?? "")) for (const o of n.output) ids.add(o);
+  const inits = new Map(g.initializer.map((t) => [t.name, t]));
+  const producers = new Map<string, NodeProto>();
+  for (const n of g.node) for (const o of n.output) producers.set(o, n);
+  for (const n of g.node) {
+    if (n.opType !== "Gather" || !ids.has(n.input[1] ?? "")) continue;
+    let table = n.input[0] ?? "";
+    const dq = producers.get(table);
+    if (dq !== undefined && dq.opType === "DequantizeLinear") table = dq.input[0] ?? "";
+    const rows = inits.get(table)?.dims[0];
+    if (rows !== undefined && rows > 0) return rows;
+  }
+  return undefined;
 }

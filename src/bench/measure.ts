@@ -13,7 +13,7 @@ import { statSync } from "node:fs";
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import type { GraphOptimizationLevel, InferenceSession, Tensor } from "../runtime/types.ts";
-import { findVocabSize, type Shape, shapeLabel, syntheticFeeds } from "./inputs.ts";
+import { findVocabSize, findVocabSizeInGraph, type Shape, shapeLabel, syntheticFeeds } from "./inputs.ts";
 import { type MemoryFigure, measurePeakMemory } from "./memory.ts";
 import { type LatencySummary, interleavedOrder, medianRatio, summarize, throughput } from "./stats.ts";
 
@@ -268,10 +268,14 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         l.data = data;
         l.vocabSize = model.vocabSize ?? findVocabSize(model.path);
         if (l.data === undefined && l.vocabSize === undefined) {
-          throw new QuantdError(
-            "MODEL_INPUTS_MISMATCH",
-            `vocabulary size of ${model.path} unknown (no config.json with vocab_size beside it); give it explicitly`,
-          );
+          l.vocabSize = await findVocabSizeInGraph(model.path);
+          if (l.vocabSize === undefined) {
+            throw new QuantdError(
+              "MODEL_INPUTS_MISMATCH",
+              `vocabulary size of ${model.path} unknown: no config.json with vocab_size beside it and no ` +
+                "embedding Gather on input_ids in the graph",
+            );
+          }
         }
       } catch (err) {
         l.error = QuantdError.from(err, "MODEL_LOAD_FAILED");

@@ -1,8 +1,18 @@
 import { describe, expect, test } from "bun:test";
-import { checkShapeFits, createRng, findVocabSize, syntheticFeeds } from "../../src/bench/inputs.ts";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  checkShapeFits,
+  createRng,
+  findVocabSize,
+  findVocabSizeInGraph,
+  syntheticFeeds,
+} from "../../src/bench/inputs.ts";
 import { isQuantdError } from "../../src/errors.ts";
 import type { TensorInfo } from "../../src/runtime/types.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
+import { ONNX_FLOAT, ONNX_INT64, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 
 const BERT_INPUTS: TensorInfo[] = [
   { name: "input_ids", type: "int64", dims: ["batch", "sequence"] },
@@ -97,4 +107,23 @@ test("createRng is deterministic and in [0, 1)", () => {
 test("findVocabSize reads config.json beside the shipped model", () => {
   expect(findVocabSize(shippedModelPath)).toBe(16384);
   expect(findVocabSize("/nonexistent/dir/model.onnx")).toBeUndefined();
+});
+
+test("findVocabSizeInGraph reads the embedding table gathered by input_ids", async () => {
+  expect(await findVocabSizeInGraph(shippedModelPath)).toBe(16384);
+  const dir = mkdtempSync(join(tmpdir(), "quantd-vocab-"));
+  try {
+    const path = join(dir, "cast.onnx");
+    writeFileSync(
+      path,
+      tinyOnnxModel(
+        [{ opType: "Cast", inputs: ["input_ids"], outputs: ["y"], intAttrs: { to: ONNX_FLOAT } }],
+        [{ name: "input_ids", elemType: ONNX_INT64, dims: ["b", "s"] }],
+        [{ name: "y", elemType: ONNX_FLOAT, dims: ["b", "s"] }],
+      ),
+    );
+    expect(await findVocabSizeInGraph(path)).toBeUndefined();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
