@@ -43,6 +43,15 @@ export type AttrValue =
   | { floats: number[] }
   | { strings: string[] };
 
+/**
+ * INT64_MAX as a number attribute or dim (`Slice` ends "to the end"). It is 2^63
+ * as a double; the codec writes it as the exact int64 9223372036854775807.
+ */
+export const INT64_MAX: number = 2 ** 63;
+
+/** INT64_MIN as a number attribute or dim (exactly -2^63). */
+export const INT64_MIN: number = -(2 ** 63);
+
 const utf8 = new TextEncoder();
 
 function isTensor(v: object): v is TensorProto {

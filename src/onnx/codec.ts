@@ -17,6 +17,7 @@ import protobuf from "protobufjs";
 import { QuantdError } from "../errors.ts";
 import { modelProtoType } from "./onnx-schema.ts";
 import { dataTypeName, forEachTensor, isExternal, tensorByteLength, tensorRawBytes } from "./tensor.ts";
+import { AttributeType } from "./types.ts";
 import type {
   AttributeProto,
   DataType,
@@ -209,6 +210,12 @@ interface PbModel {
 
 const has = (m: object, key: string): boolean => Object.hasOwn(m, key);
 
+/** Whether a repeated field holds anything (protobufjs gives every message its own empty arrays). */
+function filled(m: object, key: string): boolean {
+  const v: unknown = (m as Record<string, unknown>)[key];
+  return Array.isArray(v) && v.length > 0;
+}
+
 /** A repeated field: the decoded array, or a fresh one (the prototype default is frozen and shared). */
 function list<T>(m: object, key: string, arr: T[]): T[] {
   return has(m, key) ? arr : [];
@@ -236,12 +243,12 @@ function tensorIn(m: PbTensor): TensorProto {
     dims: list(m, "dims", m.dims).map(toNum),
   };
   if (has(m, "rawData")) t.rawData = m.rawData;
-  if (has(m, "floatData")) t.floatData = m.floatData;
-  if (has(m, "int32Data")) t.int32Data = m.int32Data;
-  if (has(m, "int64Data")) t.int64Data = m.int64Data.map((v) => toBig(v, false));
-  if (has(m, "doubleData")) t.doubleData = m.doubleData;
-  if (has(m, "uint64Data")) t.uint64Data = m.uint64Data.map((v) => toBig(v, true));
-  if (has(m, "stringData")) t.stringData = m.stringData;
+  if (filled(m, "floatData")) t.floatData = m.floatData;
+  if (filled(m, "int32Data")) t.int32Data = m.int32Data;
+  if (filled(m, "int64Data")) t.int64Data = m.int64Data.map((v) => toBig(v, false));
+  if (filled(m, "doubleData")) t.doubleData = m.doubleData;
+  if (filled(m, "uint64Data")) t.uint64Data = m.uint64Data.map((v) => toBig(v, true));
+  if (filled(m, "stringData")) t.stringData = m.stringData;
   if (has(m, "dataLocation")) t.dataLocation = m.dataLocation;
   setIf(t, "externalData", entriesIn(m, "externalData", m.externalData));
   setIf(t, "docString", strIn(m, "docString", m.docString));
@@ -322,13 +329,15 @@ function attributeIn(m: PbAttribute): AttributeProto {
   if (has(m, "g") && m.g !== null) a.g = graphIn(m.g);
   if (has(m, "sparseTensor") && m.sparseTensor !== null) a.sparseTensor = sparseIn(m.sparseTensor);
   if (has(m, "tp") && m.tp !== null) a.tp = typeIn(m.tp);
-  if (has(m, "floats")) a.floats = m.floats;
-  if (has(m, "ints")) a.ints = m.ints.map(toNum);
-  if (has(m, "strings")) a.strings = m.strings;
-  if (has(m, "tensors")) a.tensors = m.tensors.map(tensorIn);
-  if (has(m, "graphs")) a.graphs = m.graphs.map(graphIn);
-  if (has(m, "sparseTensors")) a.sparseTensors = m.sparseTensors.map(sparseIn);
-  if (has(m, "typeProtos")) a.typeProtos = m.typeProtos.map(typeIn);
+  if (filled(m, "floats") || m.type === AttributeType.FLOATS) a.floats = m.floats;
+  if (filled(m, "ints") || m.type === AttributeType.INTS) a.ints = m.ints.map(toNum);
+  if (filled(m, "strings") || m.type === AttributeType.STRINGS) a.strings = m.strings;
+  if (filled(m, "tensors") || m.type === AttributeType.TENSORS) a.tensors = m.tensors.map(tensorIn);
+  if (filled(m, "graphs") || m.type === AttributeType.GRAPHS) a.graphs = m.graphs.map(graphIn);
+  if (filled(m, "sparseTensors") || m.type === AttributeType.SPARSE_TENSORS)
+    a.sparseTensors = m.sparseTensors.map(sparseIn);
+  if (filled(m, "typeProtos") || m.type === AttributeType.TYPE_PROTOS)
+    a.typeProtos = m.typeProtos.map(typeIn);
   setIf(a, "refAttrName", strIn(m, "refAttrName", m.refAttrName));
   setIf(a, "docString", strIn(m, "docString", m.docString));
   return a;
@@ -346,7 +355,7 @@ function nodeIn(m: PbNode): NodeProto {
   setIf(n, "docString", strIn(m, "docString", m.docString));
   setIf(n, "overload", strIn(m, "overload", m.overload));
   setIf(n, "metadataProps", entriesIn(m, "metadataProps", m.metadataProps));
-  if (has(m, "deviceConfigurations")) n.other = { deviceConfigurations: m.deviceConfigurations };
+  if (filled(m, "deviceConfigurations")) n.other = { deviceConfigurations: m.deviceConfigurations };
   return n;
 }
 
@@ -360,8 +369,8 @@ function graphIn(m: PbGraph): GraphProto {
     valueInfo: list(m, "valueInfo", m.valueInfo).map(valueInfoIn),
   };
   setIf(g, "docString", strIn(m, "docString", m.docString));
-  if (has(m, "sparseInitializer")) g.sparseInitializer = m.sparseInitializer.map(sparseIn);
-  if (has(m, "quantizationAnnotation")) {
+  if (filled(m, "sparseInitializer")) g.sparseInitializer = m.sparseInitializer.map(sparseIn);
+  if (filled(m, "quantizationAnnotation")) {
     g.quantizationAnnotation = m.quantizationAnnotation.map(
       (q): TensorAnnotation => ({
         tensorName: q.tensorName,
@@ -409,7 +418,7 @@ function modelIn(m: PbModel, graph: PbGraph): ModelProto {
     graph: graphIn(graph),
     metadataProps: list(m, "metadataProps", m.metadataProps).map((e) => ({ key: e.key, value: e.value })),
   };
-  if (has(m, "trainingInfo")) {
+  if (filled(m, "trainingInfo")) {
     model.trainingInfo = m.trainingInfo.map((ti): TrainingInfoProto => {
       const out: TrainingInfoProto = {
         initializationBinding: list(ti, "initializationBinding", ti.initializationBinding).map((e) => ({
@@ -427,8 +436,8 @@ function modelIn(m: PbModel, graph: PbGraph): ModelProto {
       return out;
     });
   }
-  if (has(m, "functions")) model.functions = m.functions.map(functionIn);
-  if (has(m, "configuration")) model.other = { configuration: m.configuration };
+  if (filled(m, "functions")) model.functions = m.functions.map(functionIn);
+  if (filled(m, "configuration")) model.other = { configuration: m.configuration };
   return model;
 }
 
