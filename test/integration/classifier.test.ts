@@ -30,6 +30,9 @@ import {
 } from "../helpers/paths.ts";
 import { ONNX_FLOAT, ONNX_INT64, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 
+// Model runs share 2 cores with other suites; bun's 5 s default is too tight under load.
+const SLOW_TEST_MS = 60_000;
+
 // fp32 logits from ../shared/data/sst2/golden.dev.jsonl (Python ONNX Runtime), embedded so these run without it.
 const KNOWN = [
   { text: "one long string of cliches .", label: 0, logits: [1.34468, -1.56355] },
@@ -63,7 +66,7 @@ let tmp: string;
 beforeAll(async () => {
   clf = await loadClassifier(shippedModelPath);
   tmp = mkdtempSync(join(tmpdir(), "quantd-clf-"));
-});
+}, SLOW_TEST_MS);
 afterAll(async () => {
   await clf.release();
   rmSync(tmp, { recursive: true, force: true });
@@ -87,37 +90,45 @@ describe("shipped fp32 BERT-Mini", () => {
     expect(clf.tokenizer.maxLength).toBe(512);
   });
 
-  test("logits match Python for known sentences, alone and padded in a batch", async () => {
-    const out = await clf.logits(KNOWN.map((k) => k.text));
-    expect(out.batch).toBe(KNOWN.length);
-    expect(out.numLabels).toBe(2);
-    expect(out.encoding.seqLen).toBe(Math.max(...out.encoding.lengths));
-    expectClose(
-      out.data,
-      KNOWN.flatMap((k) => k.logits),
-      { atol: LOGIT_ATOL, what: "batched logits" },
-    );
-    for (const k of KNOWN) {
-      const one = await clf.logits([k.text]);
-      expectClose(one.data, k.logits, { atol: LOGIT_ATOL, what: `logits of ${JSON.stringify(k.text)}` });
-    }
-  });
+  test(
+    "logits match Python for known sentences, alone and padded in a batch",
+    async () => {
+      const out = await clf.logits(KNOWN.map((k) => k.text));
+      expect(out.batch).toBe(KNOWN.length);
+      expect(out.numLabels).toBe(2);
+      expect(out.encoding.seqLen).toBe(Math.max(...out.encoding.lengths));
+      expectClose(
+        out.data,
+        KNOWN.flatMap((k) => k.logits),
+        { atol: LOGIT_ATOL, what: "batched logits" },
+      );
+      for (const k of KNOWN) {
+        const one = await clf.logits([k.text]);
+        expectClose(one.data, k.logits, { atol: LOGIT_ATOL, what: `logits of ${JSON.stringify(k.text)}` });
+      }
+    },
+    SLOW_TEST_MS,
+  );
 
-  test("classify: labels, stable softmax, chunking gives the same results", async () => {
-    const texts = [...KNOWN.map((k) => k.text), "a gorgeous , witty , seductive movie ."];
-    const all = await clf.classify(texts);
-    const chunked = await clf.classify(texts, { batchSize: 2 });
-    expect(all.length).toBe(texts.length);
-    for (const [i, c] of all.entries()) {
-      expect(c.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
-      expect(c.score).toBe(Math.max(...c.probabilities));
-      expect(c.label).toBe(clf.labels[c.labelId]!);
-      expect(c.labelId).toBe(argmax(c.logits));
-      expectClose(chunked[i]!.logits, c.logits, { atol: LOGIT_ATOL, what: `chunked logits ${i}` });
-    }
-    expect(all.slice(0, KNOWN.length).map((c) => c.labelId)).toEqual([0, 1, 0, 0]);
-    expect(all[KNOWN.length]!.label).toBe("positive");
-  });
+  test(
+    "classify: labels, stable softmax, chunking gives the same results",
+    async () => {
+      const texts = [...KNOWN.map((k) => k.text), "a gorgeous , witty , seductive movie ."];
+      const all = await clf.classify(texts);
+      const chunked = await clf.classify(texts, { batchSize: 2 });
+      expect(all.length).toBe(texts.length);
+      for (const [i, c] of all.entries()) {
+        expect(c.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
+        expect(c.score).toBe(Math.max(...c.probabilities));
+        expect(c.label).toBe(clf.labels[c.labelId]!);
+        expect(c.labelId).toBe(argmax(c.logits));
+        expectClose(chunked[i]!.logits, c.logits, { atol: LOGIT_ATOL, what: `chunked logits ${i}` });
+      }
+      expect(all.slice(0, KNOWN.length).map((c) => c.labelId)).toEqual([0, 1, 0, 0]);
+      expect(all[KNOWN.length]!.label).toBe("positive");
+    },
+    SLOW_TEST_MS,
+  );
 
   test("pairs run with segment ids", async () => {
     const [c] = await clf.classify([["a gorgeous movie .", "i loved it ."]]);
@@ -126,21 +137,25 @@ describe("shipped fp32 BERT-Mini", () => {
     expect([...out.encoding.tokenTypeIds].map(Number)).toContain(1);
   });
 
-  test("bad inputs give text error codes naming the caller's index", async () => {
-    expect(await codeOf(clf.classify(["fine", ""]))).toBe("TEXT_EMPTY");
-    expect(await codeOf(clf.classify(["fine", 3 as unknown as string]))).toBe("TEXT_NOT_STRING");
-    expect(await codeOf(clf.classify(["x".repeat(70_000)]))).toBe("TEXT_TOO_LARGE");
-    expect(await codeOf(clf.classify(["bad \ud800"]))).toBe("TEXT_INVALID_UTF8");
-    expect(await codeOf(clf.classify([]))).toBe("USAGE");
-    let err: unknown;
-    try {
-      await clf.classify(["a", "b", "c", "  "], { batchSize: 2 });
-    } catch (e) {
-      err = e;
-    }
-    expect(isQuantdError(err, "TEXT_EMPTY")).toBe(true);
-    expect((err as Error).message).toContain("input 3");
-  });
+  test(
+    "bad inputs give text error codes naming the caller's index",
+    async () => {
+      expect(await codeOf(clf.classify(["fine", ""]))).toBe("TEXT_EMPTY");
+      expect(await codeOf(clf.classify(["fine", 3 as unknown as string]))).toBe("TEXT_NOT_STRING");
+      expect(await codeOf(clf.classify(["x".repeat(70_000)]))).toBe("TEXT_TOO_LARGE");
+      expect(await codeOf(clf.classify(["bad \ud800"]))).toBe("TEXT_INVALID_UTF8");
+      expect(await codeOf(clf.classify([]))).toBe("USAGE");
+      let err: unknown;
+      try {
+        await clf.classify(["a", "b", "c", "  "], { batchSize: 2 });
+      } catch (e) {
+        err = e;
+      }
+      expect(isQuantdError(err, "TEXT_EMPTY")).toBe(true);
+      expect((err as Error).message).toContain("input 3");
+    },
+    SLOW_TEST_MS,
+  );
 
   test("softmax is stable for huge logits", () => {
     const p = softmax([1000, 1001, -1e30]);
@@ -158,47 +173,55 @@ describe("model files and model checks", () => {
     expect(byFile.configPath).toBe(resolve(shippedModelDir, "config.json"));
   });
 
-  test("missing model, missing tokenizer with a --tokenizer hint, explicit tokenizer dir", async () => {
-    expect(await codeOf(loadClassifier(join(tmp, "absent.onnx")))).toBe("FILE_NOT_FOUND");
-    const dir = join(tmp, "bare");
-    mkdirSync(dir, { recursive: true });
-    symlinkSync(resolve(shippedModelPath), join(dir, "model.onnx"));
-    let err: unknown;
-    try {
-      findModelFiles(join(dir, "model.onnx"));
-    } catch (e) {
-      err = e;
-    }
-    expect(isQuantdError(err, "TOKENIZER_NOT_FOUND")).toBe(true);
-    expect((err as Error).message).toContain("--tokenizer");
-    expect(await codeOf(loadClassifier(dir, { tokenizerDir: tmp }))).toBe("TOKENIZER_NOT_FOUND");
-    const c = await loadClassifier(dir, { tokenizerDir: shippedModelDir, maxLength: 16 });
-    try {
-      // config.json found in the tokenizer directory when not beside the model
-      expect(c.labels).toEqual(["negative", "positive"]);
-      expect(c.tokenizer.maxLength).toBe(16);
-      const out = await c.logits([KNOWN[1]!.text]);
-      expect(out.encoding.seqLen).toBe(16);
-      expect(out.encoding.truncated).toEqual([true]);
-    } finally {
-      await c.release();
-    }
-  });
+  test(
+    "missing model, missing tokenizer with a --tokenizer hint, explicit tokenizer dir",
+    async () => {
+      expect(await codeOf(loadClassifier(join(tmp, "absent.onnx")))).toBe("FILE_NOT_FOUND");
+      const dir = join(tmp, "bare");
+      mkdirSync(dir, { recursive: true });
+      symlinkSync(resolve(shippedModelPath), join(dir, "model.onnx"));
+      let err: unknown;
+      try {
+        findModelFiles(join(dir, "model.onnx"));
+      } catch (e) {
+        err = e;
+      }
+      expect(isQuantdError(err, "TOKENIZER_NOT_FOUND")).toBe(true);
+      expect((err as Error).message).toContain("--tokenizer");
+      expect(await codeOf(loadClassifier(dir, { tokenizerDir: tmp }))).toBe("TOKENIZER_NOT_FOUND");
+      const c = await loadClassifier(dir, { tokenizerDir: shippedModelDir, maxLength: 16 });
+      try {
+        // config.json found in the tokenizer directory when not beside the model
+        expect(c.labels).toEqual(["negative", "positive"]);
+        expect(c.tokenizer.maxLength).toBe(16);
+        const out = await c.logits([KNOWN[1]!.text]);
+        expect(out.encoding.seqLen).toBe(16);
+        expect(out.encoding.truncated).toEqual([true]);
+      } finally {
+        await c.release();
+      }
+    },
+    SLOW_TEST_MS,
+  );
 
-  test("labels fall back to LABEL_i; a config with other label count is refused", async () => {
-    const dir = join(tmp, "nolabels");
-    mkdirSync(dir, { recursive: true });
-    symlinkSync(resolve(shippedModelPath), join(dir, "model.onnx"));
-    copyFileSync(join(shippedModelDir, "tokenizer.json"), join(dir, "tokenizer.json"));
-    copyFileSync(join(shippedModelDir, "tokenizer_config.json"), join(dir, "tokenizer_config.json"));
-    const c = await loadClassifier(dir);
-    expect(c.labels).toEqual(["LABEL_0", "LABEL_1"]);
-    await c.release();
-    writeFileSync(join(dir, "config.json"), JSON.stringify({ id2label: { 0: "a", 1: "b", 2: "c" } }));
-    expect(await codeOf(loadClassifier(dir))).toBe("DATA_MISMATCH");
-    writeFileSync(join(dir, "config.json"), "{oops");
-    expect(await codeOf(loadClassifier(dir))).toBe("CONFIG_INVALID");
-  });
+  test(
+    "labels fall back to LABEL_i; a config with other label count is refused",
+    async () => {
+      const dir = join(tmp, "nolabels");
+      mkdirSync(dir, { recursive: true });
+      symlinkSync(resolve(shippedModelPath), join(dir, "model.onnx"));
+      copyFileSync(join(shippedModelDir, "tokenizer.json"), join(dir, "tokenizer.json"));
+      copyFileSync(join(shippedModelDir, "tokenizer_config.json"), join(dir, "tokenizer_config.json"));
+      const c = await loadClassifier(dir);
+      expect(c.labels).toEqual(["LABEL_0", "LABEL_1"]);
+      await c.release();
+      writeFileSync(join(dir, "config.json"), JSON.stringify({ id2label: { 0: "a", 1: "b", 2: "c" } }));
+      expect(await codeOf(loadClassifier(dir))).toBe("DATA_MISMATCH");
+      writeFileSync(join(dir, "config.json"), "{oops");
+      expect(await codeOf(loadClassifier(dir))).toBe("CONFIG_INVALID");
+    },
+    SLOW_TEST_MS,
+  );
 
   test("a model without BERT inputs is refused with MODEL_INPUTS_MISMATCH naming its inputs", async () => {
     const dir = join(tmp, "vision");
@@ -222,36 +245,40 @@ describe("model files and model checks", () => {
     expect((err as Error).message).toContain("input_ids");
   });
 
-  test("feedsForEncoding feeds only the inputs a model declares; labels counted by a probe run", async () => {
-    const dir = join(tmp, "idsonly");
-    mkdirSync(dir, { recursive: true });
-    // input_ids → Cast(float): "logits" [batch, sequence], so the label count is only known by running it
-    const bytes = tinyOnnxModel(
-      [{ opType: "Cast", inputs: ["input_ids"], outputs: ["logits"], intAttrs: { to: ONNX_FLOAT } }],
-      [{ name: "input_ids", elemType: ONNX_INT64, dims: ["batch", "sequence"] }],
-      [{ name: "logits", elemType: ONNX_FLOAT, dims: ["batch", "sequence"] }],
-    );
-    writeFileSync(join(dir, "model.onnx"), bytes);
-    // the tokenizer beside it, without config.json (which would name 2 labels)
-    copyFileSync(join(shippedModelDir, "tokenizer.json"), join(dir, "tokenizer.json"));
-    const session = await createOrtSession(bytes);
-    try {
-      const enc = clf.tokenizer.encodeBatch(["good", "very bad ."]);
-      const feeds = feedsForEncoding(session, enc);
-      expect(Object.keys(feeds)).toEqual(["input_ids"]);
-      const out = await session.run(feeds);
-      expectClose(out["logits"]!.data as Float32Array, [...enc.inputIds].map(Number), { atol: 0 });
-    } finally {
-      await session.release();
-    }
-    const c = await loadClassifier(dir);
-    try {
-      // "a" encodes to [CLS] a [SEP]: three "labels"
-      expect(c.labels).toEqual(["LABEL_0", "LABEL_1", "LABEL_2"]);
-    } finally {
-      await c.release();
-    }
-  });
+  test(
+    "feedsForEncoding feeds only the inputs a model declares; labels counted by a probe run",
+    async () => {
+      const dir = join(tmp, "idsonly");
+      mkdirSync(dir, { recursive: true });
+      // input_ids → Cast(float): "logits" [batch, sequence], so the label count is only known by running it
+      const bytes = tinyOnnxModel(
+        [{ opType: "Cast", inputs: ["input_ids"], outputs: ["logits"], intAttrs: { to: ONNX_FLOAT } }],
+        [{ name: "input_ids", elemType: ONNX_INT64, dims: ["batch", "sequence"] }],
+        [{ name: "logits", elemType: ONNX_FLOAT, dims: ["batch", "sequence"] }],
+      );
+      writeFileSync(join(dir, "model.onnx"), bytes);
+      // the tokenizer beside it, without config.json (which would name 2 labels)
+      copyFileSync(join(shippedModelDir, "tokenizer.json"), join(dir, "tokenizer.json"));
+      const session = await createOrtSession(bytes);
+      try {
+        const enc = clf.tokenizer.encodeBatch(["good", "very bad ."]);
+        const feeds = feedsForEncoding(session, enc);
+        expect(Object.keys(feeds)).toEqual(["input_ids"]);
+        const out = await session.run(feeds);
+        expectClose(out["logits"]!.data as Float32Array, [...enc.inputIds].map(Number), { atol: 0 });
+      } finally {
+        await session.release();
+      }
+      const c = await loadClassifier(dir);
+      try {
+        // "a" encodes to [CLS] a [SEP]: three "labels"
+        expect(c.labels).toEqual(["LABEL_0", "LABEL_1", "LABEL_2"]);
+      } finally {
+        await c.release();
+      }
+    },
+    SLOW_TEST_MS,
+  );
 });
 
 describe("golden dev set", () => {
@@ -284,6 +311,7 @@ describe("golden dev set", () => {
       expect(correct).toBe(726);
       expect(correct / rows.length).toBeCloseTo(0.8326, 4);
     },
+    SLOW_TEST_MS,
   );
 
   test.skipIf(!hasShared)(
@@ -298,5 +326,6 @@ describe("golden dev set", () => {
         { atol: LOGIT_ATOL, what: "dev logits (batch 1)" },
       );
     },
+    SLOW_TEST_MS,
   );
 });

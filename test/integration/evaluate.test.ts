@@ -15,12 +15,15 @@ import {
   shippedModelPath,
 } from "../helpers/paths.ts";
 
+// Model runs share 2 cores with other suites; bun's 5 s default is too tight under load.
+const SLOW_TEST_MS = 60_000;
+
 let fp32: Classifier;
 let dev: Sample[];
 beforeAll(async () => {
   fp32 = await loadClassifier(shippedModelPath);
   dev = await readSamplesTsv(shippedDevTsv, { requireLabels: true, labels: fp32.labels });
-});
+}, SLOW_TEST_MS);
 afterAll(async () => {
   await fp32.release();
 });
@@ -35,63 +38,88 @@ async function codeOf(p: Promise<unknown>): Promise<string> {
 }
 
 describe("evaluate on the shipped dev set", () => {
-  test("fp32 against itself: accuracy 83.26 %, agreement 1, logit difference 0, progress reported", async () => {
-    const progress: [number, number][] = [];
-    const r = await evaluate(fp32, dev, {
-      compare: fp32,
-      batchSize: 32,
-      onProgress: (d, t) => progress.push([d, t]),
-    });
-    expect(r.n).toBe(872);
-    expect(r.labelled).toBe(872);
-    expect(r.numLabels).toBe(2);
-    expect(r.accuracy).toBeCloseTo(726 / 872, 12);
-    expect(r.accuracy!.toFixed(4)).toBe("0.8326");
-    expect(r.compareAccuracy).toBe(r.accuracy!);
-    expect(r.agreement).toBe(1);
-    expect(r.disagreements).toBe(0);
-    expect(r.maxAbsLogitDiff).toBe(0);
-    expect(r.meanAbsLogitDiff).toBe(0);
-    expect(r.predictions.length).toBe(872);
-    expect(r.logits.length).toBe(872 * 2);
-    expect(r.latency.batches).toBe(Math.ceil(872 / 32));
-    expect(r.compareLatency?.batches).toBe(Math.ceil(872 / 32));
-    expect(r.latency.meanMsPerSample).toBeGreaterThan(0);
-    expect(r.latency.p90MsPerBatch).toBeGreaterThanOrEqual(r.latency.p50MsPerBatch);
-    expect(progress.length).toBe(Math.ceil(872 / 32));
-    expect(progress.at(-1)).toEqual([872, 872]);
-    expect(progress.every(([d], i) => i === 0 || d > progress[i - 1]![0])).toBe(true);
-  });
+  test(
+    "fp32 against itself: accuracy 83.26 %, agreement 1, logit difference 0, progress reported",
+    async () => {
+      const progress: [number, number][] = [];
+      const r = await evaluate(fp32, dev, {
+        compare: fp32,
+        batchSize: 32,
+        onProgress: (d, t) => progress.push([d, t]),
+      });
+      expect(r.n).toBe(872);
+      expect(r.labelled).toBe(872);
+      expect(r.numLabels).toBe(2);
+      expect(r.accuracy).toBeCloseTo(726 / 872, 12);
+      expect(r.accuracy!.toFixed(4)).toBe("0.8326");
+      expect(r.compareAccuracy).toBe(r.accuracy!);
+      expect(r.agreement).toBe(1);
+      expect(r.disagreements).toBe(0);
+      expect(r.maxAbsLogitDiff).toBe(0);
+      expect(r.meanAbsLogitDiff).toBe(0);
+      expect(r.predictions.length).toBe(872);
+      expect(r.logits.length).toBe(872 * 2);
+      expect(r.latency.batches).toBe(Math.ceil(872 / 32));
+      expect(r.compareLatency?.batches).toBe(Math.ceil(872 / 32));
+      expect(r.latency.meanMsPerSample).toBeGreaterThan(0);
+      expect(r.latency.p90MsPerBatch).toBeGreaterThanOrEqual(r.latency.p50MsPerBatch);
+      expect(progress.length).toBe(Math.ceil(872 / 32));
+      expect(progress.at(-1)).toEqual([872, 872]);
+      expect(progress.every(([d], i) => i === 0 || d > progress[i - 1]![0])).toBe(true);
+    },
+    SLOW_TEST_MS,
+  );
 
-  test("unlabelled samples give no accuracy; the default batch size is 16", async () => {
-    const pool = dev.slice(0, 40).map(({ text, line }) => ({ text, line }));
-    const r = await evaluate(fp32, pool);
-    expect(r.labelled).toBe(0);
-    expect(r.accuracy).toBeUndefined();
-    expect(r.agreement).toBeUndefined();
-    expect(r.latency.batches).toBe(3);
-    // same predictions as the labelled run of the same sentences, at another batch size
-    const labelled = await evaluate(fp32, dev.slice(0, 40), { batchSize: 7 });
-    expect(labelled.predictions).toEqual(r.predictions);
-    expectClose(labelled.logits, r.logits, { atol: 1e-4, what: "logits at batch 7 vs 16" });
-  });
+  test(
+    "unlabelled samples give no accuracy; batch size 16 by default; batching and sorting leave results in input order",
+    async () => {
+      const pool = dev.slice(0, 40).map(({ text, line }) => ({ text, line }));
+      const r = await evaluate(fp32, pool);
+      expect(r.labelled).toBe(0);
+      expect(r.accuracy).toBeUndefined();
+      expect(r.agreement).toBeUndefined();
+      expect(r.latency.batches).toBe(3);
+      // same predictions as the labelled run of the same sentences, at another batch size
+      const labelled = await evaluate(fp32, dev.slice(0, 40), { batchSize: 7, sortByLength: false });
+      expect(labelled.predictions).toEqual(r.predictions);
+      expectClose(labelled.logits, r.logits, {
+        atol: 1e-4,
+        what: "logits at batch 7 in file order vs 16 sorted",
+      });
+      // and the logits land in input order: compare with one-at-a-time classification
+      const single = await fp32.classify(
+        pool.slice(0, 5).map((s) => s.text),
+        { batchSize: 1 },
+      );
+      expectClose(
+        single.flatMap((c) => c.logits),
+        r.logits.subarray(0, 10),
+        { atol: 1e-4, what: "evaluate vs classify" },
+      );
+    },
+    SLOW_TEST_MS,
+  );
 
-  test("bad inputs: no samples, label out of range, bad batch size, bad text", async () => {
-    expect(await codeOf(evaluate(fp32, []))).toBe("DATA_EMPTY");
-    expect(await codeOf(evaluate(fp32, [{ text: "ok", label: 2, line: 2 }]))).toBe("DATA_MISMATCH");
-    expect(await codeOf(evaluate(fp32, dev.slice(0, 2), { batchSize: 0 }))).toBe("USAGE");
-    let err: unknown;
-    try {
-      await evaluate(fp32, [
-        { text: "ok", line: 2 },
-        { text: " ", line: 3 },
-      ]);
-    } catch (e) {
-      err = e;
-    }
-    expect(isQuantdError(err, "TEXT_EMPTY")).toBe(true);
-    expect((err as Error).message).toContain("line 3");
-  });
+  test(
+    "bad inputs: no samples, label out of range, bad batch size, bad text",
+    async () => {
+      expect(await codeOf(evaluate(fp32, []))).toBe("DATA_EMPTY");
+      expect(await codeOf(evaluate(fp32, [{ text: "ok", label: 2, line: 2 }]))).toBe("DATA_MISMATCH");
+      expect(await codeOf(evaluate(fp32, dev.slice(0, 2), { batchSize: 0 }))).toBe("USAGE");
+      let err: unknown;
+      try {
+        await evaluate(fp32, [
+          { text: "ok", line: 2 },
+          { text: " ", line: 3 },
+        ]);
+      } catch (e) {
+        err = e;
+      }
+      expect(isQuantdError(err, "TEXT_EMPTY")).toBe(true);
+      expect((err as Error).message).toContain("line 3");
+    },
+    SLOW_TEST_MS,
+  );
 });
 
 interface GoldenRow {
@@ -139,5 +167,6 @@ describe("against ONNX Runtime's dynamic int8 reference", () => {
         await dynamic.release();
       }
     },
+    SLOW_TEST_MS,
   );
 });
