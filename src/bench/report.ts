@@ -215,7 +215,7 @@ export function renderMarkdown(doc: BenchDocument): string {
     `Measured ${m.date.slice(0, 16).replace("T", " ")} UTC on ${m.cpu} (${m.cores} cores, ` +
       `${(m.memoryBytes / 1024 ** 3).toFixed(0)} GB), ${m.os}; Bun ${m.bun}, onnxruntime ${m.onnxruntime}. ` +
       `${doc.warmup} warm-up and ${doc.runs} timed runs per row, models interleaved; ` +
-      `${doc.realText ? "real tokenized text" : "synthetic token ids"}. ` +
+      `${doc.realText ? "real tokenized text" : "synthetic token ids unless noted below"}. ` +
       "Peak RSS is the high-water mark of a fresh process that loads the model and runs it (runtime included). " +
       "`vs first` is the median of per-run latency ratios to the first model of the same family.",
     "",
