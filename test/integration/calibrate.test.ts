@@ -12,6 +12,8 @@ import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import { type BatchEncoding, loadTokenizer, type Tokenizer } from "../../src/runtime/tokenizer.ts";
 import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 
+/** Model-running tests share two cores with other suites; bun's 5 s default is too tight. */
+const SLOW_TEST_MS = 60_000;
 const L0 = "/bert/encoder/layer.0";
 /** Inputs of MatMuls with a constant weight (mixed-sign activations). */
 const MATMUL_INPUTS = [
@@ -54,7 +56,7 @@ beforeAll(async () => {
   for (let i = 0; i < sentences.length; i += 4) padded.push(tokenizer.encodeBatch(sentences.slice(i, i + 4)));
   // the test is about padding only if some batch has it
   expect(padded.some((b) => b.lengths.some((l) => l !== b.seqLen))).toBe(true);
-});
+}, SLOW_TEST_MS);
 
 /** Exact min/max of each tensor, fetched directly, one unpadded sentence per run. */
 async function directMinMax(names: readonly string[], batches: readonly BatchEncoding[]) {
@@ -87,117 +89,140 @@ async function directMinMax(names: readonly string[], batches: readonly BatchEnc
 }
 
 describe("calibrate on the shipped BERT-Mini", () => {
-  test("minmax equals the exact min/max of the same tensors fetched directly", async () => {
-    const result = await calibrate(model, ALL, padded, { method: "minmax", batchSize: 1 });
-    expect(result.samples).toBe(16);
-    expect(result.batches).toBe(16);
-    const singles = sentences.map((s) => tokenizer.encodeBatch([s]));
-    const exact = await directMinMax(RUNTIME_TENSORS, singles);
-    for (const name of RUNTIME_TENSORS) {
-      const r = result.ranges.get(name)!;
-      const e = exact.get(name)!;
-      expect([name, r.min, r.max]).toEqual([name, e.min, e.max]);
-      expect(r.sentinel).toBe(0);
-      expect(r.nonFinite).toBe(0);
-    }
-    for (const name of MATMUL_INPUTS) {
-      const r = result.ranges.get(name)!;
-      expect(r.min).toBeLessThan(0);
-      expect(r.max).toBeGreaterThan(0);
-    }
-    // graph input, observed from the (unpadded) feeds: all ones
-    const am = result.ranges.get("attention_mask")!;
-    expect([am.min, am.max]).toEqual([1, 1]);
-    // initializer: observed once from its value
-    const w = tensorToFloat32(new GraphIndex(model.graph).constant(WEIGHT)!);
-    let wmin = Infinity;
-    let wmax = -Infinity;
-    for (const v of w) {
-      wmin = Math.min(wmin, v);
-      wmax = Math.max(wmax, v);
-    }
-    expect([result.ranges.get(WEIGHT)!.min, result.ranges.get(WEIGHT)!.max]).toEqual([wmin, wmax]);
-    // the exporter's -3.4e38 constant is counted as a sentinel, never a range
-    const mc = result.ranges.get(MASK_CONSTANT)!;
-    expect([mc.min, mc.max, mc.count, mc.sentinel]).toEqual([0, 0, 0, 1]);
-  });
-
-  test("padding never reaches the statistics", async () => {
-    // run directly on the padded batches: the scores then hold mask sentinels and pad rows
-    const pollutedDirect = await directMinMax([SCORES, MASK], padded);
-    expect(pollutedDirect.get(SCORES)!.sentinel).toBeGreaterThan(0);
-    const fromPadded = await calibrate(model, RUNTIME_TENSORS, padded, { method: "minmax" });
-    const singles = sentences.map((s) => tokenizer.encodeBatch([s]));
-    const fromSingles = await calibrate(model, RUNTIME_TENSORS, singles, { method: "minmax", batchSize: 1 });
-    for (const name of RUNTIME_TENSORS) {
-      const a = fromPadded.ranges.get(name)!;
-      const b = fromSingles.ranges.get(name)!;
-      expect(a.sentinel).toBe(0);
-      expect(a.count).toBe(b.count);
-      // same-length rows batched together: equal up to GEMM blocking differences
-      expect(Math.abs(a.min - b.min)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(b.min)));
-      expect(Math.abs(a.max - b.max)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(b.max)));
-    }
-    const mask = fromPadded.ranges.get(MASK)!;
-    expect([mask.min, mask.max]).toEqual([0, 0]);
-  });
-
-  test("every method runs and gives finite ranges with min ≤ 0 ≤ max", async () => {
-    for (const method of CALIBRATION_METHODS) {
-      const result = await calibrate(model, RUNTIME_TENSORS, padded, { method });
+  test(
+    "minmax equals the exact min/max of the same tensors fetched directly",
+    async () => {
+      const result = await calibrate(model, ALL, padded, { method: "minmax", batchSize: 1 });
       expect(result.samples).toBe(16);
+      expect(result.batches).toBe(16);
+      const singles = sentences.map((s) => tokenizer.encodeBatch([s]));
+      const exact = await directMinMax(RUNTIME_TENSORS, singles);
       for (const name of RUNTIME_TENSORS) {
         const r = result.ranges.get(name)!;
-        expect(Number.isFinite(r.min) && Number.isFinite(r.max)).toBe(true);
-        expect(r.min).toBeLessThanOrEqual(0);
-        expect(r.max).toBeGreaterThanOrEqual(0);
-        expect(r.min).toBeGreaterThanOrEqual(r.observedMin);
-        expect(r.max).toBeLessThanOrEqual(r.observedMax);
-        if (method === "percentile" || method === "entropy" || method === "mse") {
-          expect(r.histogram?.counts.length).toBe(2048);
+        const e = exact.get(name)!;
+        expect([name, r.min, r.max]).toEqual([name, e.min, e.max]);
+        expect(r.sentinel).toBe(0);
+        expect(r.nonFinite).toBe(0);
+      }
+      for (const name of MATMUL_INPUTS) {
+        const r = result.ranges.get(name)!;
+        expect(r.min).toBeLessThan(0);
+        expect(r.max).toBeGreaterThan(0);
+      }
+      // graph input, observed from the (unpadded) feeds: all ones
+      const am = result.ranges.get("attention_mask")!;
+      expect([am.min, am.max]).toEqual([1, 1]);
+      // initializer: observed once from its value
+      const w = tensorToFloat32(new GraphIndex(model.graph).constant(WEIGHT)!);
+      let wmin = Infinity;
+      let wmax = -Infinity;
+      for (const v of w) {
+        wmin = Math.min(wmin, v);
+        wmax = Math.max(wmax, v);
+      }
+      expect([result.ranges.get(WEIGHT)!.min, result.ranges.get(WEIGHT)!.max]).toEqual([wmin, wmax]);
+      // the exporter's -3.4e38 constant is counted as a sentinel, never a range
+      const mc = result.ranges.get(MASK_CONSTANT)!;
+      expect([mc.min, mc.max, mc.count, mc.sentinel]).toEqual([0, 0, 0, 1]);
+    },
+    SLOW_TEST_MS,
+  );
+
+  test(
+    "padding never reaches the statistics",
+    async () => {
+      // run directly on the padded batches: the scores then hold mask sentinels and pad rows
+      const pollutedDirect = await directMinMax([SCORES, MASK], padded);
+      expect(pollutedDirect.get(SCORES)!.sentinel).toBeGreaterThan(0);
+      const fromPadded = await calibrate(model, RUNTIME_TENSORS, padded, { method: "minmax" });
+      const singles = sentences.map((s) => tokenizer.encodeBatch([s]));
+      const fromSingles = await calibrate(model, RUNTIME_TENSORS, singles, {
+        method: "minmax",
+        batchSize: 1,
+      });
+      for (const name of RUNTIME_TENSORS) {
+        const a = fromPadded.ranges.get(name)!;
+        const b = fromSingles.ranges.get(name)!;
+        expect(a.sentinel).toBe(0);
+        expect(a.count).toBe(b.count);
+        // same-length rows batched together: equal up to GEMM blocking differences
+        expect(Math.abs(a.min - b.min)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(b.min)));
+        expect(Math.abs(a.max - b.max)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(b.max)));
+      }
+      const mask = fromPadded.ranges.get(MASK)!;
+      expect([mask.min, mask.max]).toEqual([0, 0]);
+    },
+    SLOW_TEST_MS,
+  );
+
+  test(
+    "every method runs and gives finite ranges with min ≤ 0 ≤ max",
+    async () => {
+      for (const method of CALIBRATION_METHODS) {
+        const result = await calibrate(model, RUNTIME_TENSORS, padded, { method });
+        expect(result.samples).toBe(16);
+        for (const name of RUNTIME_TENSORS) {
+          const r = result.ranges.get(name)!;
+          expect(Number.isFinite(r.min) && Number.isFinite(r.max)).toBe(true);
+          expect(r.min).toBeLessThanOrEqual(0);
+          expect(r.max).toBeGreaterThanOrEqual(0);
+          expect(r.min).toBeGreaterThanOrEqual(r.observedMin);
+          expect(r.max).toBeLessThanOrEqual(r.observedMax);
+          if (method === "percentile" || method === "entropy" || method === "mse") {
+            expect(r.histogram?.counts.length).toBe(2048);
+          }
         }
       }
-    }
-  });
+    },
+    SLOW_TEST_MS,
+  );
 
-  test("a stream gives the same ranges as an array, with progress", async () => {
-    async function* stream(): AsyncGenerator<BatchEncoding> {
-      for (const b of padded) yield b;
-    }
-    const progress: [number, number][] = [];
-    const fromStream = await calibrate(model, MATMUL_INPUTS, stream(), {
-      method: "percentile",
-      onProgress: (done, total) => progress.push([done, total]),
-    });
-    const fromArray = await calibrate(model, MATMUL_INPUTS, padded, { method: "percentile" });
-    for (const name of MATMUL_INPUTS) {
-      expect(fromStream.ranges.get(name)!.min).toBe(fromArray.ranges.get(name)!.min);
-      expect(fromStream.ranges.get(name)!.max).toBe(fromArray.ranges.get(name)!.max);
-    }
-    expect(progress.at(-1)![0]).toBe(16);
-    expect(Number.isNaN(progress.at(-1)![1])).toBe(true);
-    for (let i = 1; i < progress.length; i++) expect(progress[i]![0]).toBeGreaterThan(progress[i - 1]![0]);
-  });
-
-  test("bad requests are clear errors", async () => {
-    const codeOf = async (p: Promise<unknown>): Promise<string> => {
-      try {
-        await p;
-        return "no error";
-      } catch (err) {
-        return isQuantdError(err) ? err.code : `not a QuantdError: ${err}`;
+  test(
+    "a stream gives the same ranges as an array, with progress",
+    async () => {
+      async function* stream(): AsyncGenerator<BatchEncoding> {
+        for (const b of padded) yield b;
       }
-    };
-    expect(await codeOf(calibrate(model, ["no/such/tensor"], padded, { method: "minmax" }))).toBe(
-      "CALIB_FAILED",
-    );
-    expect(await codeOf(calibrate(model, MATMUL_INPUTS, [], { method: "minmax" }))).toBe("CALIB_EMPTY");
-    expect(await codeOf(calibrate(model, MATMUL_INPUTS, padded, { method: "minmax", batchSize: 0 }))).toBe(
-      "USAGE",
-    );
-    const broken: BatchEncoding = { ...padded[0]!, lengths: padded[0]!.lengths.map(() => 1) };
-    expect(await codeOf(calibrate(model, MATMUL_INPUTS, [broken], { method: "minmax" }))).toBe(
-      "CALIB_FAILED",
-    );
-  });
+      const progress: [number, number][] = [];
+      const fromStream = await calibrate(model, MATMUL_INPUTS, stream(), {
+        method: "percentile",
+        onProgress: (done, total) => progress.push([done, total]),
+      });
+      const fromArray = await calibrate(model, MATMUL_INPUTS, padded, { method: "percentile" });
+      for (const name of MATMUL_INPUTS) {
+        expect(fromStream.ranges.get(name)!.min).toBe(fromArray.ranges.get(name)!.min);
+        expect(fromStream.ranges.get(name)!.max).toBe(fromArray.ranges.get(name)!.max);
+      }
+      expect(progress.at(-1)![0]).toBe(16);
+      expect(Number.isNaN(progress.at(-1)![1])).toBe(true);
+      for (let i = 1; i < progress.length; i++) expect(progress[i]![0]).toBeGreaterThan(progress[i - 1]![0]);
+    },
+    SLOW_TEST_MS,
+  );
+
+  test(
+    "bad requests are clear errors",
+    async () => {
+      const codeOf = async (p: Promise<unknown>): Promise<string> => {
+        try {
+          await p;
+          return "no error";
+        } catch (err) {
+          return isQuantdError(err) ? err.code : `not a QuantdError: ${err}`;
+        }
+      };
+      expect(await codeOf(calibrate(model, ["no/such/tensor"], padded, { method: "minmax" }))).toBe(
+        "CALIB_FAILED",
+      );
+      expect(await codeOf(calibrate(model, MATMUL_INPUTS, [], { method: "minmax" }))).toBe("CALIB_EMPTY");
+      expect(await codeOf(calibrate(model, MATMUL_INPUTS, padded, { method: "minmax", batchSize: 0 }))).toBe(
+        "USAGE",
+      );
+      const broken: BatchEncoding = { ...padded[0]!, lengths: padded[0]!.lengths.map(() => 1) };
+      expect(await codeOf(calibrate(model, MATMUL_INPUTS, [broken], { method: "minmax" }))).toBe(
+        "CALIB_FAILED",
+      );
+    },
+    SLOW_TEST_MS,
+  );
 });
