@@ -90,7 +90,9 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
   const groupW = models.length * (barW + barGap) - barGap;
   const left = 70;
   const right = 24;
-  const plotW = Math.max(360, groups.length * (groupW + groupGap) + groupGap);
+  // Wide enough for the bars and for the title lines (approximate glyph widths of the fonts used).
+  const textW = Math.max((opts.subtitle?.length ?? 0) * 6.4, (opts.title ?? "quantd bench").length * 10.5);
+  const plotW = Math.ceil(Math.max(360, textW - right, groups.length * (groupW + groupGap) + groupGap));
   const width = left + plotW + right;
   // With few groups the minimum width leaves room: centre the groups rather than crowd the left.
   const slack = plotW - (groups.length * (groupW + groupGap) + groupGap);
