@@ -202,7 +202,7 @@ export interface FallbackResult<M> {
   /** Nodes kept fp32 in `best`, in the order they were added, with their measured error. */
   keptFp32: LayerErrorEntry[];
   trials: FallbackTrial[];
-  /** The first ranking (of the original candidate). */
+  /** The ranking of the original candidate; empty when it passed as it was (nothing was ranked). */
   ranking: LayerErrorEntry[];
 }
 
@@ -228,11 +228,11 @@ export async function runFallback<M>(
   let best = start;
   let bestKept: LayerErrorEntry[] = [];
   let current = start;
+  if (checkGate(start.metrics, opts.gate).passed) {
+    return { best: start, passed: true, keptFp32: [], trials, ranking: [] };
+  }
   const ranking = await hooks.rank(start.model);
   let ranked = ranking;
-  if (checkGate(start.metrics, opts.gate).passed) {
-    return { best: start, passed: true, keptFp32: [], trials, ranking };
-  }
   for (let trial = 0; trial < budget; trial++) {
     const step = Math.max(1, Math.floor(kept.length / 2));
     const keptNames = new Set(kept.map((k) => k.node));

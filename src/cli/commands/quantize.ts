@@ -1,0 +1,199 @@
+/**
+ * `quantd quantize`: fp32 ONNX in, int8 ONNX out, only if it still agrees with
+ * the fp32 model on held-out samples. Thin: parses flags and calls
+ * {@link runQuantization}.
+ */
+import { parseGateThreshold } from "../../quant/gate.ts";
+import {
+  CALIBRATION_METHODS,
+  DEFAULT_CALIBRATION_SAMPLES,
+  DEFAULT_VALIDATION_SAMPLES,
+  type RequestedMode,
+  type RunQuantizationOptions,
+  runQuantization,
+} from "../../quant/pipeline.ts";
+import { type CalibrationMethod, defaultQuantizeOptions } from "../../quant/plan.ts";
+import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
+import type { Command } from "../command.ts";
+import {
+  expectNoPositionals,
+  flagBool,
+  flagChoice,
+  flagInt,
+  flagList,
+  flagNumber,
+  flagRequired,
+  flagString,
+} from "../parse.ts";
+import { formatBytes, formatMs, formatPercent } from "../render.ts";
+
+const MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
+const DEFAULT_METHOD: CalibrationMethod = defaultQuantizeOptions("static").method;
+
+/** The `quantize` command. */
+export const quantizeCommand: Command = {
+  name: "quantize",
+  summary: "convert an fp32 BERT to int8, validated against fp32 on held-out samples",
+  usage:
+    "--model FP32.onnx --calib SAMPLES --out INT8.onnx [--mode static|dynamic|auto] [--method M] " +
+    "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--report FILE]",
+  description: `SAMPLES is a TSV (label<TAB>sentence with a header; the label may be empty) or a quantd SQLite
+store (.db). The first --samples rows calibrate; the next --val-samples rows are held out to validate the
+int8 model against fp32 (top-1 agreement, logit error, and accuracy when labels exist). When agreement is
+below --gate, the nodes that add the most error are kept in fp32, a few more per trial, until the gate
+holds or --trials rebuilds are spent. If it cannot be met the command fails with GATE_NOT_MET and writes
+nothing at --out.
+
+--mode auto builds static and dynamic int8, validates both and keeps the faster one that passes.`,
+  flags: [
+    { name: "model", type: "string", value: "FP32.onnx", description: "the fp32 model (or its directory)" },
+    { name: "calib", type: "string", value: "SAMPLES", description: "samples: a TSV file or a .db store" },
+    { name: "out", type: "string", value: "INT8.onnx", description: "where the int8 model is written" },
+    {
+      name: "mode",
+      type: "string",
+      value: "MODE",
+      description: "static (QDQ, calibrated), dynamic (no calibration) or auto",
+      default: "static",
+    },
+    {
+      name: "method",
+      type: "string",
+      value: "METHOD",
+      description: `static calibration method: ${CALIBRATION_METHODS.join(", ")}`,
+      default: DEFAULT_METHOD,
+    },
+    {
+      name: "samples",
+      type: "string",
+      value: "N",
+      description: "calibration samples",
+      default: String(DEFAULT_CALIBRATION_SAMPLES),
+    },
+    {
+      name: "val-samples",
+      type: "string",
+      value: "M",
+      description: "held-out validation samples (taken after the calibration ones)",
+      default: String(DEFAULT_VALIDATION_SAMPLES),
+    },
+    {
+      name: "validate",
+      type: "string",
+      value: "SAMPLES",
+      description: "validate on this file instead of rows held out of --calib",
+    },
+    {
+      name: "per-tensor",
+      type: "boolean",
+      description: "one weight scale per tensor instead of per channel",
+    },
+    { name: "reduce-range", type: "boolean", description: "7-bit activations (x86 without VNNI)" },
+    {
+      name: "exclude",
+      type: "string",
+      value: "NODE",
+      multiple: true,
+      description: "node names to keep in fp32 (comma-separated or repeated)",
+    },
+    {
+      name: "gate",
+      type: "string",
+      value: "AGREEMENT",
+      description: "minimum top-1 agreement with fp32, in % (or a fraction)",
+      default: "99.5",
+    },
+    {
+      name: "max-accuracy-drop",
+      type: "string",
+      value: "POINTS",
+      description: "also require accuracy to drop by at most this many points (labelled samples only)",
+    },
+    {
+      name: "trials",
+      type: "string",
+      value: "N",
+      description: "fallback rebuilds allowed per format",
+      default: String(DEFAULT_TRIAL_BUDGET),
+    },
+    { name: "report", type: "string", value: "REPORT.json", description: "write the JSON report here" },
+    {
+      name: "tokenizer",
+      type: "string",
+      value: "DIR",
+      description: "tokenizer directory (default: beside the model)",
+    },
+    {
+      name: "threads",
+      type: "string",
+      value: "N",
+      description: "onnxruntime intra-op threads",
+      default: "all cores",
+    },
+    { name: "json", type: "boolean", description: "print the report (or the error) as JSON on stdout" },
+  ],
+  async run(ctx) {
+    const f = ctx.flags;
+    expectNoPositionals(ctx.positionals);
+    const opts: RunQuantizationOptions = {
+      model: flagRequired(f, "model"),
+      calib: flagRequired(f, "calib"),
+      out: flagRequired(f, "out"),
+      mode: flagChoice(f, "mode", MODES, "static"),
+      method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
+      samples: flagInt(f, "samples", { min: 1 }, DEFAULT_CALIBRATION_SAMPLES),
+      validationSamples: flagInt(f, "val-samples", { min: 1 }, DEFAULT_VALIDATION_SAMPLES),
+      perChannel: !flagBool(f, "per-tensor"),
+      reduceRange: flagBool(f, "reduce-range"),
+      exclude: flagList(f, "exclude"),
+      gate: parseGateThreshold(flagNumber(f, "gate", { min: 0, max: 100 }, 99.5)),
+      trialBudget: flagInt(f, "trials", { min: 0, max: 1000 }, DEFAULT_TRIAL_BUDGET),
+    };
+    const validate = flagString(f, "validate");
+    if (validate !== undefined) opts.validate = validate;
+    const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
+    if (drop !== undefined) opts.maxAccuracyDrop = drop / 100;
+    const report = flagString(f, "report");
+    if (report !== undefined) opts.report = report;
+    const tokenizer = flagString(f, "tokenizer");
+    if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
+    const threads = flagInt(f, "threads", { min: 1, max: 1024 });
+    if (threads !== undefined) opts.threads = threads;
+    const json = flagBool(f, "json");
+    if (!json) opts.onProgress = (line) => ctx.err(line);
+
+    const { out, report: r } = await runQuantization(opts);
+    if (json) {
+      ctx.out(JSON.stringify(r));
+      return 0;
+    }
+    const m = r.metrics;
+    ctx.out(`wrote ${out}`);
+    ctx.out(
+      `  ${r.mode}${r.method !== undefined ? `/${r.method}` : ""}, ` +
+        `${formatBytes(r.model.int8?.bytes ?? 0)} (${formatPercent(r.model.sizeRatio ?? 0)} of fp32)`,
+    );
+    ctx.out(
+      `  agreement ${formatPercent(m.agreement)} on ${m.n} held-out samples` +
+        (m.accuracyDrop !== undefined
+          ? `, accuracy ${formatPercent(m.accuracyCandidate ?? 0)} (fp32 ${formatPercent(m.accuracyReference ?? 0)})`
+          : "") +
+        `, max |logit diff| ${m.maxAbsLogitDiff.toFixed(4)}`,
+    );
+    const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
+    if (sensitive.length > 0) ctx.out(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
+    if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {
+      ctx.out(
+        `  truncated to ${r.samples.maxSequenceLength} tokens: ${r.samples.truncated.calibration} calibration, ` +
+          `${r.samples.truncated.validation} validation samples`,
+      );
+    }
+    for (const w of r.warnings) ctx.err(`warning: ${w}`);
+    ctx.out(
+      `  calibration ${formatMs(r.timings.calibrationMs)}, quantization ${formatMs(r.timings.quantizationMs)}, ` +
+        `total ${formatMs(r.timings.totalMs)}, peak RSS ${formatBytes(r.peakRssBytes)}`,
+    );
+    if (report !== undefined) ctx.out(`  report: ${report}`);
+    return 0;
+  },
+};

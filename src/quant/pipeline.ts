@@ -1,0 +1,827 @@
+/**
+ * The whole of `quantd quantize`, as a library function the CLI and the agent's
+ * recalibration job both call: load the fp32 model, split the samples into
+ * calibration and held-out validation sets, quantize, validate against fp32,
+ * fall back to fp32 for the most sensitive nodes when the gate is not met, pick
+ * the fastest passing format (`auto`), write the int8 model atomically and
+ * describe everything in a report.
+ *
+ * Failure rule: nothing is ever written at `out` unless a candidate passed the
+ * gate, and what is written appears in one rename (the codec's atomic save), so
+ * a crash or a full disk leaves either the old file or none.
+ *
+ * Samples come from a TSV path or from a {@link SamplePool} (the agent's SQLite
+ * store satisfies it), so this layer never opens a database itself.
+ */
+import { accessSync, constants, existsSync, statSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { dirname, resolve } from "node:path";
+import pkg from "../../package.json" with { type: "json" };
+import { isQuantdError, QuantdError } from "../errors.ts";
+import { encodeModel, loadModel, saveModel } from "../onnx/codec.ts";
+import type { ModelProto } from "../onnx/types.ts";
+import { feedsForEncoding } from "../runtime/classifier.ts";
+import { findModelFiles } from "../runtime/model-files.ts";
+import { createOrtSession, ORT_VERSION } from "../runtime/ort-session.ts";
+import { type BatchEncoding, loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
+import { readSamplesTsv } from "../runtime/tsv.ts";
+import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
+import {
+  checkGate,
+  compareCandidates,
+  compareLogits,
+  DEFAULT_GATE_AGREEMENT,
+  type GateMetrics,
+  type GateSpec,
+  type LogitMatrix,
+} from "./gate.ts";
+import { assertNotQuantized, type CalibrationMethod, defaultQuantizeOptions } from "./plan.ts";
+import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
+import {
+  type CandidateEntry,
+  describeFile,
+  type FallbackTrial,
+  type KeptFp32Node,
+  type LayerErrorEntry,
+  peakRssBytes,
+  type QuantizeReport,
+  REPORT_SCHEMA,
+  type SkippedNode,
+  type TensorRangeEntry,
+  writeReport,
+} from "./report.ts";
+import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, runFallback, sensitivityTargets } from "./sensitivity.ts";
+
+/** The int8 formats quantd writes. */
+export type QuantizeMode = "static" | "dynamic";
+
+/** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
+export type RequestedMode = QuantizeMode | "auto";
+
+/** Every calibration method, in the order `--help` lists them. */
+export const CALIBRATION_METHODS: readonly CalibrationMethod[] = [
+  "minmax",
+  "moving-average",
+  "percentile",
+  "entropy",
+  "mse",
+];
+
+/** Default calibration sample count. */
+export const DEFAULT_CALIBRATION_SAMPLES = 128;
+/** Default held-out validation sample count. */
+export const DEFAULT_VALIDATION_SAMPLES = 512;
+/** Samples per calibration inference. */
+export const DEFAULT_CALIBRATION_BATCH = 8;
+/** Samples per validation inference. */
+export const VALIDATION_BATCH = 32;
+/** Samples the sensitivity probe runs (both models, every quantized node exposed). */
+export const SENSITIVITY_PROBE_SAMPLES = 32;
+/** Sequence length of the latency comparison `auto` makes (the issue's target shape). */
+export const AUTO_BENCH_SEQ = 128;
+
+/** One text to calibrate or validate on. */
+export interface QuantSample {
+  text: string;
+  /** Class id, when known. */
+  label?: number;
+  /** Where it came from, for messages (`calib.tsv:12`, `store#42`). */
+  origin: string;
+}
+
+/** A sample as a pool hands it out (the store's rows fit this shape). */
+export interface PoolSample {
+  text: string;
+  label?: number | null;
+  id?: number;
+}
+
+/**
+ * A source of samples that can hand out disjoint calibration and validation
+ * sets: the agent's SQLite `SampleStore` satisfies it.
+ */
+export interface SamplePool {
+  /** Shown in messages and the report (e.g. the database path). */
+  readonly name: string;
+  /** Samples held. */
+  count(): number;
+  /** Two disjoint picks. @throws CALIB_EMPTY when the pool holds fewer than `nCalib + nVal` */
+  pickDisjoint(
+    nCalib: number,
+    nVal: number,
+    seed: number,
+  ): { calibration: readonly PoolSample[]; validation: readonly PoolSample[] };
+}
+
+/** Options of {@link runQuantization}. */
+export interface RunQuantizationOptions {
+  /** The fp32 `.onnx` model (or a directory holding `model.onnx`). */
+  model: string;
+  /** Samples: a TSV (`label<TAB>sentence`, header) or a {@link SamplePool}. */
+  calib: string | SamplePool;
+  /** Where the int8 model goes. Nothing is written there unless the gate is met. */
+  out: string;
+  /** @defaultValue "static" */
+  mode?: RequestedMode;
+  /** Static calibration method. @defaultValue the quantizer's default (`defaultQuantizeOptions`) */
+  method?: CalibrationMethod;
+  /** Calibration samples. @defaultValue {@link DEFAULT_CALIBRATION_SAMPLES} */
+  samples?: number;
+  /** Held-out validation samples. @defaultValue {@link DEFAULT_VALIDATION_SAMPLES} */
+  validationSamples?: number;
+  /** A separate TSV of held-out samples; then all of `calib` may calibrate. */
+  validate?: string;
+  /** Per-channel weight scales. @defaultValue the quantizer's default (true) */
+  perChannel?: boolean;
+  /** 7-bit ranges, for x86 without VNNI. @defaultValue false */
+  reduceRange?: boolean;
+  /** fp32 node names never to quantize. @defaultValue [] */
+  exclude?: readonly string[];
+  /** Smallest accepted top-1 agreement (fraction). @defaultValue {@link DEFAULT_GATE_AGREEMENT} */
+  gate?: number;
+  /** Largest accepted accuracy drop (fraction), when samples carry labels. @defaultValue no bound */
+  maxAccuracyDrop?: number;
+  /** Fallback rebuilds allowed per candidate format. @defaultValue {@link DEFAULT_TRIAL_BUDGET} */
+  trialBudget?: number;
+  /** Write the report JSON here (also when the gate is not met). */
+  report?: string;
+  /** Tokenizer directory. @defaultValue beside the model */
+  tokenizerDir?: string;
+  /** Intra-op threads of every session this run opens. @defaultValue the number of cores */
+  threads?: number;
+  /** Seed of a pool's pick. @defaultValue 1 */
+  seed?: number;
+  /** Progress lines (for a CLI's stderr). */
+  onProgress?: (line: string) => void;
+}
+
+/** What {@link runQuantization} returns when the int8 model was written. */
+export interface QuantizationResult {
+  /** Absolute path of the written int8 model. */
+  out: string;
+  report: QuantizeReport;
+}
+
+/** Samples split into disjoint sets. */
+export interface SampleSplit {
+  calibration: QuantSample[];
+  validation: QuantSample[];
+  /** Samples the source held (before the split). */
+  available: number;
+  /** How the split departed from what was asked, if it did. */
+  warnings: string[];
+}
+
+/** Encoded samples, with the bookkeeping the report needs. */
+export interface EncodedSamples {
+  batches: BatchEncoding[];
+  /** Samples cut to the model's longest sequence. */
+  truncated: number;
+  /** Labels in batch order (undefined where a sample has none). */
+  labels: (number | undefined)[];
+}
+
+/**
+ * The longest sequence the model's position embedding table allows, when the
+ * graph has one (`*position_embeddings*` initializer of two dims).
+ */
+export function modelMaxPositions(model: ModelProto): number | undefined {
+  for (const t of model.graph.initializer) {
+    if (/position_embeddings/i.test(t.name) && t.dims.length === 2) return t.dims[0];
+  }
+  return undefined;
+}
+
+/**
+ * Splits samples into disjoint calibration and validation sets, in file order:
+ * the first `nCalib` calibrate, the next `nVal` validate. When nothing is left
+ * after calibration, the last quarter is held out instead (and a warning says
+ * so): a gate checked on calibration samples would prove nothing.
+ *
+ * @throws CALIB_EMPTY when there are no samples, or only one and no separate validation set
+ */
+export function splitSamples(
+  samples: readonly QuantSample[],
+  nCalib: number,
+  nVal: number,
+  separateValidation: boolean,
+  source: string,
+): SampleSplit {
+  const available = samples.length;
+  if (available === 0) {
+    throw new QuantdError("CALIB_EMPTY", `${source} holds no samples`, { details: { path: source } });
+  }
+  const warnings: string[] = [];
+  if (separateValidation) {
+    return { calibration: samples.slice(0, nCalib), validation: [], available, warnings };
+  }
+  if (available < 2) {
+    throw new QuantdError(
+      "CALIB_EMPTY",
+      `${source} holds 1 sample; quantd needs at least 2 (one to calibrate, one held out to validate)`,
+      { details: { path: source, available } },
+    );
+  }
+  let calibCount = Math.min(nCalib, available);
+  if (calibCount >= available) {
+    const held = Math.max(1, Math.floor(available / 4));
+    calibCount = available - held;
+    warnings.push(
+      `${source} has ${available} samples, not more than --samples ${nCalib}: calibrating on the first ` +
+        `${calibCount} and validating on the last ${held}`,
+    );
+  }
+  const validation = samples.slice(calibCount, calibCount + nVal);
+  if (validation.length < nVal && warnings.length === 0) {
+    warnings.push(`only ${validation.length} held-out samples to validate on (asked for ${nVal})`);
+  }
+  return { calibration: samples.slice(0, calibCount), validation, available, warnings };
+}
+
+/**
+ * Disjoint sets from a pool; asks for fewer when the pool is small, keeping
+ * about a quarter for validation.
+ *
+ * @throws CALIB_EMPTY when the pool holds fewer than 2 samples
+ */
+export function splitPool(pool: SamplePool, nCalib: number, nVal: number, seed: number): SampleSplit {
+  const available = pool.count();
+  if (available < 2) {
+    throw new QuantdError(
+      "CALIB_EMPTY",
+      `${pool.name} holds ${available} sample(s); quantd needs at least 2`,
+      {
+        details: { path: pool.name, available },
+      },
+    );
+  }
+  const warnings: string[] = [];
+  let c = nCalib;
+  let v = nVal;
+  if (c + v > available) {
+    v = Math.max(1, Math.min(nVal, Math.floor(available / 4)));
+    c = Math.min(nCalib, available - v);
+    warnings.push(`${pool.name} holds ${available} samples: calibrating on ${c}, validating on ${v}`);
+  }
+  const pick = pool.pickDisjoint(c, v, seed);
+  const conv = (s: PoolSample, i: number): QuantSample => ({
+    text: s.text,
+    origin: `${pool.name}#${s.id ?? i}`,
+    ...(typeof s.label === "number" ? { label: s.label } : {}),
+  });
+  return {
+    calibration: pick.calibration.map(conv),
+    validation: pick.validation.map(conv),
+    available,
+    warnings,
+  };
+}
+
+/**
+ * Reads every sample of a TSV file.
+ *
+ * @throws FILE_NOT_FOUND when it does not exist
+ * @throws CALIB_EMPTY when it holds no samples (empty, or a header only)
+ * @throws DATA_MALFORMED, TEXT_* for a bad row (with file:line)
+ */
+export async function readSampleTsv(path: string): Promise<QuantSample[]> {
+  if (!existsSync(path)) {
+    throw new QuantdError("FILE_NOT_FOUND", `samples file ${path} does not exist`, { details: { path } });
+  }
+  try {
+    const rows = await readSamplesTsv(path);
+    return rows.map((r) => ({
+      text: r.text,
+      origin: `${path}:${r.line}`,
+      ...(r.label !== undefined ? { label: r.label } : {}),
+    }));
+  } catch (err) {
+    if (isQuantdError(err, "DATA_EMPTY")) {
+      throw new QuantdError("CALIB_EMPTY", `no samples to calibrate on: ${err.message}`, {
+        cause: err,
+        details: { path },
+      });
+    }
+    throw err;
+  }
+}
+
+/**
+ * Tokenizes samples into batches sorted by length (so padding is small),
+ * remembering labels in batch order. Samples longer than `maxLength` are cut
+ * (longest-first, special tokens kept) and counted.
+ */
+export function encodeSamples(
+  tokenizer: Tokenizer,
+  samples: readonly QuantSample[],
+  batchSize: number,
+  maxLength: number,
+): EncodedSamples {
+  const encoded = samples.map((s, i) => ({ i, e: tokenizer.encode(s.text, undefined, { maxLength }) }));
+  encoded.sort((a, b) => a.e.inputIds.length - b.e.inputIds.length || a.i - b.i);
+  const batches: BatchEncoding[] = [];
+  const labels: (number | undefined)[] = [];
+  let truncated = 0;
+  for (let start = 0; start < encoded.length; start += batchSize) {
+    const chunk = encoded.slice(start, start + batchSize);
+    batches.push(tokenizer.pad(chunk.map((c) => c.e)));
+    for (const c of chunk) {
+      labels.push(samples[c.i]!.label);
+      if (c.e.truncated) truncated++;
+    }
+  }
+  return { batches, truncated, labels };
+}
+
+/** Runs `session` over batches and stacks its logits into one matrix. @throws INFERENCE_FAILED */
+export async function collectLogits(
+  session: InferenceSession,
+  batches: readonly BatchEncoding[],
+): Promise<LogitMatrix> {
+  const output = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];
+  if (output === undefined) throw new QuantdError("INFERENCE_FAILED", "model has no outputs");
+  const parts: Float32Array[] = [];
+  let rows = 0;
+  let cols = 0;
+  for (const b of batches) {
+    const out = await session.run(feedsForEncoding(session, b), [output]);
+    const t = out[output];
+    if (t === undefined || t.type !== "float32" || t.dims.length !== 2 || t.dims[0] !== b.batchSize) {
+      throw new QuantdError(
+        "INFERENCE_FAILED",
+        `output ${output} should be float32 [batch, classes], got ${t?.type} [${t?.dims.join(", ")}]`,
+      );
+    }
+    cols = t.dims[1]!;
+    rows += b.batchSize;
+    parts.push(Float32Array.from(t.data as Float32Array));
+  }
+  const data = new Float32Array(rows * cols);
+  let at = 0;
+  for (const p of parts) {
+    data.set(p, at);
+    at += p.length;
+  }
+  return { data, rows, cols };
+}
+
+/**
+ * p50 latency of each model on the same batch, in ms: warm-up, then
+ * interleaved runs (A B A B …) so machine drift (a Pi's thermal throttling)
+ * hits every candidate alike.
+ */
+export async function measureP50(
+  models: readonly Uint8Array[],
+  encoding: BatchEncoding,
+  session: SessionOptions,
+  runs: number,
+): Promise<number[]> {
+  const sessions: InferenceSession[] = [];
+  try {
+    for (const m of models) sessions.push(await createOrtSession(m, session));
+    const times = models.map(() => [] as number[]);
+    for (const s of sessions) for (let w = 0; w < 5; w++) await s.run(feedsForEncoding(s, encoding));
+    for (let r = 0; r < runs; r++) {
+      for (const [k, s] of sessions.entries()) {
+        const feeds = feedsForEncoding(s, encoding);
+        const t0 = performance.now();
+        await s.run(feeds);
+        times[k]!.push(performance.now() - t0);
+      }
+    }
+    return times.map((t) => {
+      const sorted = [...t].sort((a, b) => a - b);
+      const mid = (sorted.length - 1) / 2;
+      return (sorted[Math.floor(mid)]! + sorted[Math.ceil(mid)]!) / 2;
+    });
+  } finally {
+    for (const s of sessions) await s.release();
+  }
+}
+
+/** One int8 format tried, with its fallback history. */
+interface Candidate {
+  mode: QuantizeMode;
+  method?: CalibrationMethod;
+  model: ModelProto;
+  metrics: GateMetrics;
+  passed: boolean;
+  failures: string[];
+  keptSensitive: LayerErrorEntry[];
+  /** Per-layer error of the original build (worst first); measured late when the fallback did not run. */
+  layerError: LayerErrorEntry[];
+  /** Nodes quantized in `model`. */
+  quantizedNodes: string[];
+  trials: FallbackTrial[];
+  skipped: SkippedNode[];
+  ranges: Record<string, TensorRangeEntry>;
+  calibrationMs: number;
+  quantizationMs: number;
+  p50Ms?: number;
+}
+
+/** @throws USAGE when `out` is the model itself; FILE_WRITE_FAILED when its directory is not writable */
+function checkOutPath(out: string, model: string, flag: string): void {
+  if (resolve(out) === resolve(model)) {
+    throw new QuantdError(
+      "USAGE",
+      `${flag} must not be the input model; quantd never overwrites the fp32 model`,
+    );
+  }
+  const dir = dirname(resolve(out));
+  try {
+    if (!statSync(dir).isDirectory()) throw new Error(`${dir} is not a directory`);
+    accessSync(dir, constants.W_OK);
+  } catch (err) {
+    throw new QuantdError("FILE_WRITE_FAILED", `cannot write ${out}: ${dir} is not a writable directory`, {
+      cause: err,
+      details: { path: out },
+    });
+  }
+  try {
+    if (statSync(out).isDirectory()) {
+      throw new QuantdError("FILE_WRITE_FAILED", `cannot write ${out}: it is a directory`, {
+        details: { path: out },
+      });
+    }
+  } catch (err) {
+    if (isQuantdError(err)) throw err;
+    // absent: fine
+  }
+}
+
+function rangesOf(result: QuantizeResult): Record<string, TensorRangeEntry> {
+  const out: Record<string, TensorRangeEntry> = {};
+  for (const [name, r] of result.ranges) {
+    const qp = result.qparams.get(name);
+    out[name] = {
+      min: r.min,
+      max: r.max,
+      ...(qp !== undefined ? { scale: qp.scale, zeroPoint: qp.zeroPoint } : {}),
+    };
+  }
+  return out;
+}
+
+const UNSUPPORTED_REASONS: ReadonlySet<string> = new Set([
+  "unsupported-op",
+  "unsupported-attributes",
+  "non-constant-weight",
+  "mask-sentinel",
+  "no-range",
+]);
+
+function keptNodes(fp32: ModelProto, userExclude: readonly string[], c: Candidate): KeptFp32Node[] {
+  const opOf = new Map(fp32.graph.node.map((n) => [n.name, n.opType]));
+  const kept: KeptFp32Node[] = [];
+  for (const name of userExclude) {
+    const op = opOf.get(name);
+    kept.push({ node: name, ...(op !== undefined ? { opType: op } : {}), reason: "user-exclude" });
+  }
+  for (const e of c.keptSensitive) {
+    kept.push({
+      node: e.node,
+      opType: e.opType,
+      reason: "sensitivity",
+      detail: `adds relative error ${e.addedError.toPrecision(3)} (output error ${e.relError.toPrecision(3)})`,
+    });
+  }
+  for (const s of c.skipped) {
+    if (UNSUPPORTED_REASONS.has(s.reason)) {
+      kept.push({
+        node: s.node,
+        opType: s.opType,
+        reason: "unsupported",
+        detail: s.detail === undefined ? s.reason : `${s.reason}: ${s.detail}`,
+      });
+    }
+  }
+  return kept;
+}
+
+/**
+ * Quantizes a model end to end and writes it only if it passes the gate.
+ *
+ * @throws FILE_NOT_FOUND when the model or the samples file does not exist
+ * @throws CALIB_EMPTY when there are no samples to calibrate and validate on
+ * @throws MODEL_ALREADY_QUANTIZED when the model already holds quantization operators
+ * @throws GATE_NOT_MET when no candidate meets the gate within the trial budget;
+ *   `details.best` carries its figures and nothing is written at `out`
+ * @throws FILE_WRITE_FAILED when `out` (or the report) cannot be written
+ * @throws USAGE when `out` is the model itself or `exclude` names an unknown node
+ * @throws TOKENIZER_NOT_FOUND, MODEL_NOT_ONNX, MODEL_LOAD_FAILED, INFERENCE_FAILED, QUANT_* from the layers below
+ */
+export async function runQuantization(opts: RunQuantizationOptions): Promise<QuantizationResult> {
+  const t0 = performance.now();
+  const progress = opts.onProgress ?? (() => undefined);
+  const requestedMode = opts.mode ?? "static";
+  const gate: GateSpec = { minAgreement: opts.gate ?? DEFAULT_GATE_AGREEMENT };
+  if (opts.maxAccuracyDrop !== undefined) gate.maxAccuracyDrop = opts.maxAccuracyDrop;
+  const threads = opts.threads ?? availableParallelism();
+  const session: SessionOptions = { intraOpThreads: threads };
+  const nCalib = opts.samples ?? DEFAULT_CALIBRATION_SAMPLES;
+  const nVal = opts.validationSamples ?? DEFAULT_VALIDATION_SAMPLES;
+  const budget = opts.trialBudget ?? DEFAULT_TRIAL_BUDGET;
+  const userExclude = [...new Set(opts.exclude ?? [])];
+  const defaults = defaultQuantizeOptions("static");
+  const perChannel = opts.perChannel ?? defaults.perChannel;
+  const reduceRange = opts.reduceRange ?? defaults.reduceRange;
+  const staticMethod = opts.method ?? defaults.method;
+
+  // Cheap checks first: a bad path should fail in milliseconds, not after calibration.
+  const files = findModelFiles(opts.model, opts.tokenizerDir);
+  checkOutPath(opts.out, files.model, "--out");
+  if (opts.report !== undefined) checkOutPath(opts.report, files.model, "--report");
+  const calibName = typeof opts.calib === "string" ? opts.calib : opts.calib.name;
+  let split: SampleSplit;
+  if (typeof opts.calib === "string") {
+    split = splitSamples(
+      await readSampleTsv(opts.calib),
+      nCalib,
+      nVal,
+      opts.validate !== undefined,
+      calibName,
+    );
+  } else {
+    split =
+      opts.validate !== undefined
+        ? {
+            ...splitPool(opts.calib, Math.min(nCalib, opts.calib.count() - 1), 1, opts.seed ?? 1),
+            validation: [],
+          }
+        : splitPool(opts.calib, nCalib, nVal, opts.seed ?? 1);
+  }
+  if (opts.validate !== undefined) split.validation = (await readSampleTsv(opts.validate)).slice(0, nVal);
+
+  progress(`loading ${files.model}`);
+  const fp32 = await loadModel(files.model);
+  assertNotQuantized(fp32);
+  const fp32Facts = await describeFile(files.model);
+
+  const tokOpts: { maxLength?: number; configPath?: string } = {};
+  const positions = modelMaxPositions(fp32);
+  if (positions !== undefined) tokOpts.maxLength = positions;
+  if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
+  const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
+  const maxLength = tokenizer.maxLength;
+  const calib = encodeSamples(tokenizer, split.calibration, DEFAULT_CALIBRATION_BATCH, maxLength);
+  const val = encodeSamples(tokenizer, split.validation, VALIDATION_BATCH, maxLength);
+  const probe = encodeSamples(tokenizer, split.validation.slice(0, SENSITIVITY_PROBE_SAMPLES), 8, maxLength);
+
+  progress(`fp32 reference on ${split.validation.length} held-out samples`);
+  const tVal0 = performance.now();
+  const fp32Session = await createOrtSession(files.model, session);
+  let reference: LogitMatrix;
+  try {
+    reference = await collectLogits(fp32Session, val.batches);
+  } finally {
+    await fp32Session.release();
+  }
+  let validationMs = performance.now() - tVal0;
+  let fallbackMs = 0;
+
+  const validate = async (model: ModelProto): Promise<GateMetrics> => {
+    const t = performance.now();
+    const s = await createOrtSession(encodeModel(model), session);
+    try {
+      return compareLogits(reference, await collectLogits(s, val.batches), val.labels);
+    } finally {
+      await s.release();
+      validationMs += performance.now() - t;
+    }
+  };
+
+  const formats: { mode: QuantizeMode; method?: CalibrationMethod }[] =
+    requestedMode === "auto"
+      ? [{ mode: "static", method: staticMethod }, { mode: "dynamic" }]
+      : requestedMode === "static"
+        ? [{ mode: "static", method: staticMethod }]
+        : [{ mode: "dynamic" }];
+
+  const candidates: Candidate[] = [];
+  const failedFormats: CandidateEntry[] = [];
+  for (const f of formats) {
+    const label = f.mode === "static" ? `static/${f.method}` : "dynamic";
+    progress(`quantizing (${label})`);
+    let first: QuantizeResult;
+    try {
+      first = await quantizeModel(
+        fp32,
+        f.mode === "static"
+          ? {
+              type: "static",
+              method: f.method ?? staticMethod,
+              perChannel,
+              reduceRange,
+              exclude: userExclude,
+              calibration: calib.batches,
+            }
+          : { type: "dynamic", perChannel, reduceRange, exclude: userExclude },
+      );
+    } catch (err) {
+      // In auto mode one format failing must not sink the other.
+      if (requestedMode !== "auto" || (isQuantdError(err) && err.code === "USAGE")) throw err;
+      failedFormats.push({
+        mode: f.mode,
+        ...(f.method !== undefined ? { method: f.method } : {}),
+        agreement: 0,
+        meanAbsLogitDiff: Number.POSITIVE_INFINITY,
+        passed: false,
+        chosen: false,
+        note: QuantdError.from(err, "QUANT_FAILED").toLine(),
+      });
+      continue;
+    }
+    progress(`validating (${label})`);
+    const metrics = await validate(first.model);
+    const targets = sensitivityTargets(
+      fp32,
+      first.plan.quantized.map((t) => t.node),
+    );
+    const tFb = performance.now();
+    let best = first;
+    const builds = new Map<ModelProto, QuantizeResult>([[first.model, first]]);
+    const fb = await runFallback(
+      { model: first.model, metrics },
+      {
+        rebuild: async (keep) => {
+          progress(`fallback (${label}): keeping ${keep.length} node(s) in fp32`);
+          const r = await requantize(fp32, first, keep);
+          builds.set(r.model, r);
+          return r.model;
+        },
+        validate,
+        rank: (model) => measureLayerErrors(fp32, model, targets, probe.batches, { session }),
+      },
+      { gate, budget, ignore: userExclude },
+    );
+    fallbackMs += performance.now() - tFb;
+    best = builds.get(fb.best.model) ?? first;
+    const verdict = checkGate(fb.best.metrics, gate);
+    candidates.push({
+      mode: f.mode,
+      ...(f.mode === "static" ? { method: f.method ?? staticMethod } : {}),
+      model: fb.best.model,
+      metrics: fb.best.metrics,
+      passed: verdict.passed,
+      failures: verdict.failures,
+      keptSensitive: fb.keptFp32,
+      layerError: fb.ranking,
+      quantizedNodes: best.plan.quantized.map((t) => t.node),
+      trials: fb.trials,
+      skipped: best.plan.skipped
+        .filter((s) => !(s.reason === "excluded" && !userExclude.includes(s.node)))
+        .map((s) => ({ node: s.node, opType: s.opType, reason: s.reason, detail: s.detail })),
+      ranges: rangesOf(first),
+      calibrationMs: first.timings.calibrationMs,
+      quantizationMs: first.timings.quantizationMs,
+    });
+  }
+
+  const passing = candidates.filter((c) => c.passed);
+  let benchmarkMs = 0;
+  if (requestedMode === "auto" && passing.length > 1) {
+    progress(`benchmarking ${passing.length} passing candidates`);
+    const tB = performance.now();
+    const seq = Math.min(AUTO_BENCH_SEQ, maxLength);
+    // Real tokens at the target length: the held-out texts run together, cut to `seq`.
+    const text = split.validation.map((s) => s.text).join(" ");
+    const enc = tokenizer.encodeBatch([text], { maxLength: seq, padding: "max_length" });
+    const p50 = await measureP50(
+      passing.map((c) => encodeModel(c.model)),
+      enc,
+      session,
+      30,
+    );
+    passing.forEach((c, i) => {
+      c.p50Ms = p50[i]!;
+    });
+    benchmarkMs = performance.now() - tB;
+  }
+  const chosen =
+    passing.length > 0
+      ? [...passing].sort((a, b) => (a.p50Ms ?? 0) - (b.p50Ms ?? 0))[0]
+      : [...candidates].sort((a, b) => compareCandidates(a.metrics, b.metrics))[0];
+  if (chosen === undefined) {
+    throw new QuantdError("QUANT_FAILED", "no int8 format could be built", {
+      details: { candidates: failedFormats },
+    });
+  }
+
+  if (chosen.layerError.length === 0) {
+    // The fallback ranks only when it has to; the report wants the per-layer error of the result anyway.
+    const tL = performance.now();
+    chosen.layerError = await measureLayerErrors(
+      fp32,
+      chosen.model,
+      sensitivityTargets(fp32, chosen.quantizedNodes),
+      probe.batches,
+      { session },
+    );
+    fallbackMs += performance.now() - tL;
+  }
+  const isStatic = chosen.mode === "static";
+  const report: QuantizeReport = {
+    schema: REPORT_SCHEMA,
+    createdAt: new Date().toISOString(),
+    outcome: chosen.passed ? "written" : "gate-not-met",
+    versions: { quantd: pkg.version, onnxruntime: ORT_VERSION },
+    model: { fp32: fp32Facts },
+    requestedMode,
+    mode: chosen.mode,
+    ...(chosen.method !== undefined ? { method: chosen.method } : {}),
+    options: {
+      perChannel,
+      reduceRange,
+      quantizeEmbeddings: defaults.quantizeEmbeddings,
+      quantizeAttentionMatMuls: isStatic && defaults.quantizeAttentionMatMuls,
+      exclude: userExclude,
+    },
+    samples: {
+      source: calibName,
+      validationSource: opts.validate ?? calibName,
+      available: split.available,
+      calibration: isStatic ? split.calibration.length : 0,
+      validation: split.validation.length,
+      truncated: { calibration: isStatic ? calib.truncated : 0, validation: val.truncated },
+      maxSequenceLength: maxLength,
+    },
+    gate: { ...gate, passed: chosen.passed, failures: chosen.failures },
+    metrics: chosen.metrics,
+    ranges: chosen.ranges,
+    layerError: chosen.layerError,
+    keptFp32: keptNodes(fp32, userExclude, chosen),
+    skipped: chosen.skipped,
+    fallback: { budget, trials: chosen.trials },
+    candidates: [
+      ...candidates.map(
+        (c): CandidateEntry => ({
+          mode: c.mode,
+          ...(c.method !== undefined ? { method: c.method } : {}),
+          agreement: c.metrics.agreement,
+          meanAbsLogitDiff: c.metrics.meanAbsLogitDiff,
+          passed: c.passed,
+          ...(c.p50Ms !== undefined ? { p50Ms: c.p50Ms } : {}),
+          chosen: c === chosen && c.passed,
+          ...(c !== chosen && c.passed ? { note: "slower than the chosen format" } : {}),
+          ...(!c.passed ? { note: c.failures.join("; ") } : {}),
+        }),
+      ),
+      ...failedFormats,
+    ],
+    timings: {
+      calibrationMs: isStatic ? chosen.calibrationMs : 0,
+      quantizationMs: chosen.quantizationMs,
+      validationMs,
+      fallbackMs,
+      benchmarkMs,
+      totalMs: 0,
+    },
+    peakRssBytes: 0,
+    warnings: split.warnings,
+  };
+
+  const finish = async (): Promise<void> => {
+    report.timings.totalMs = performance.now() - t0;
+    report.peakRssBytes = peakRssBytes();
+    if (opts.report !== undefined) await writeReport(opts.report, report);
+  };
+
+  if (!chosen.passed) {
+    await finish();
+    const m = chosen.metrics;
+    throw new QuantdError(
+      "GATE_NOT_MET",
+      `no int8 candidate met the gate of ${(gate.minAgreement * 100).toFixed(2)} % agreement; best: ` +
+        `${chosen.mode}${chosen.method !== undefined ? `/${chosen.method}` : ""} with ` +
+        `${(m.agreement * 100).toFixed(2)} % on ${m.n} held-out samples (mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}) ` +
+        `after ${chosen.trials.length} fallback trial(s); nothing written at ${opts.out}`,
+      {
+        details: {
+          best: {
+            mode: chosen.mode,
+            ...(chosen.method !== undefined ? { method: chosen.method } : {}),
+            n: m.n,
+            agreement: m.agreement,
+            maxAbsLogitDiff: m.maxAbsLogitDiff,
+            meanAbsLogitDiff: m.meanAbsLogitDiff,
+            ...(m.accuracyDrop !== undefined ? { accuracyDrop: m.accuracyDrop } : {}),
+            keptFp32: chosen.keptSensitive.map((k) => k.node),
+          },
+          gate: gate.minAgreement,
+          trials: chosen.trials.length,
+          failures: chosen.failures,
+          ...(opts.report !== undefined ? { report: opts.report } : {}),
+        },
+      },
+    );
+  }
+
+  progress(`writing ${opts.out}`);
+  await saveModel(chosen.model, opts.out);
+  const int8Facts = await describeFile(opts.out);
+  report.model.int8 = int8Facts;
+  report.model.sizeRatio = int8Facts.bytes / fp32Facts.bytes;
+  await finish();
+  return { out: resolve(opts.out), report };
+}
