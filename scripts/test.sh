@@ -30,7 +30,8 @@ bun x tsc --noEmit -p . || status=1
 
 echo "== bun test"
 log=$(mktemp)
-bun test 2>&1 | tee "$log"
+# bun ignores bunfig's [test] timeout; integration tests load real models and need more than 5 s.
+bun test --timeout 60000 2>&1 | tee "$log"
 test_status=${PIPESTATUS[0]}
 # bun test ends with a summary such as " 120 pass" / " 0 fail".
 pass=$(grep -Eo '^ *[0-9]+ pass$' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)

@@ -3,8 +3,17 @@
  * command: one import and one entry here.
  */
 import type { Command } from "../command.ts";
-import { deviceCommand } from "./device.ts";
 import { benchCommand } from "./bench.ts";
+import { classifyCommand } from "./classify.ts";
+import { demoCommand } from "./demo.ts";
+import { deviceCommand } from "./device.ts";
+import { evalCommand } from "./eval.ts";
 
 /** The commands of the CLI. */
-export const commands: readonly Command[] = [deviceCommand, benchCommand];
+export const commands: readonly Command[] = [
+  demoCommand,
+  classifyCommand,
+  evalCommand,
+  benchCommand,
+  deviceCommand,
+];

@@ -1,0 +1,191 @@
+/**
+ * `quantd eval`: accuracy of a model on a labelled TSV and, with `--compare`,
+ * how closely it tracks another model (top-1 agreement, logit differences): the
+ * check an engineer runs on an int8 model against its fp32 parent.
+ */
+import { relative, resolve } from "node:path";
+import type { Classifier } from "../../runtime/classifier.ts";
+import { type EvalLatency, type EvalResult, evaluate } from "../../runtime/evaluate.ts";
+import { findModelFiles } from "../../runtime/model-files.ts";
+import { readSamplesTsv } from "../../runtime/tsv.ts";
+import { isQuantdError } from "../../errors.ts";
+import type { Command, ParsedFlags } from "../command.ts";
+import {
+  BATCH_FLAG,
+  batchFlag,
+  JSON_FLAG,
+  openClassifier,
+  THREADS_FLAG,
+  TOKENIZER_FLAG,
+} from "../model-flags.ts";
+import { expectNoPositionals, flagBool, flagRequired, flagString } from "../parse.ts";
+import { createProgress, formatMs, formatPercent, renderTable } from "../render.ts";
+
+/** What `quantd eval --json` prints: the figures of {@link EvalResult} without per-sample arrays. */
+export interface EvalReport {
+  model: string;
+  data: string;
+  compare?: string;
+  n: number;
+  labelled: number;
+  accuracy?: number;
+  compareAccuracy?: number;
+  agreement?: number;
+  disagreements?: number;
+  maxAbsLogitDiff?: number;
+  meanAbsLogitDiff?: number;
+  latency: EvalLatency;
+  compareLatency?: EvalLatency;
+}
+
+/** Builds the JSON report from an evaluation. */
+export function toEvalReport(
+  r: EvalResult,
+  files: { model: string; data: string; compare?: string },
+): EvalReport {
+  const report: EvalReport = { ...files, n: r.n, labelled: r.labelled, latency: r.latency };
+  if (r.accuracy !== undefined) report.accuracy = r.accuracy;
+  if (r.compareAccuracy !== undefined) report.compareAccuracy = r.compareAccuracy;
+  if (r.agreement !== undefined) report.agreement = r.agreement;
+  if (r.disagreements !== undefined) report.disagreements = r.disagreements;
+  if (r.maxAbsLogitDiff !== undefined) report.maxAbsLogitDiff = r.maxAbsLogitDiff;
+  if (r.meanAbsLogitDiff !== undefined) report.meanAbsLogitDiff = r.meanAbsLogitDiff;
+  if (r.compareLatency !== undefined) report.compareLatency = r.compareLatency;
+  return report;
+}
+
+function shortPath(p: string): string {
+  const rel = relative(process.cwd(), p);
+  return rel !== "" && !rel.startsWith("..") ? rel : p;
+}
+
+function latencyText(l: EvalLatency, batch: number): string {
+  return (
+    `${formatMs(l.meanMsPerSample)}/text mean; batch of ${batch}: ` +
+    `p50 ${formatMs(l.p50MsPerBatch)}, p90 ${formatMs(l.p90MsPerBatch)}`
+  );
+}
+
+/** Human lines for an evaluation: an aligned name/value table. */
+export function renderEvalReport(r: EvalReport, batch: number): string[] {
+  const rows: string[][] = [
+    ["model", shortPath(r.model)],
+    ["data", `${shortPath(r.data)} (${r.n} texts, ${r.labelled} labelled)`],
+  ];
+  if (r.accuracy !== undefined) rows.push(["accuracy", formatPercent(r.accuracy)]);
+  rows.push(["latency", latencyText(r.latency, batch)]);
+  if (r.compare !== undefined) {
+    rows.push(["compare", shortPath(r.compare)]);
+    if (r.compareAccuracy !== undefined) rows.push(["  accuracy", formatPercent(r.compareAccuracy)]);
+    if (r.compareLatency !== undefined) rows.push(["  latency", latencyText(r.compareLatency, batch)]);
+    if (r.agreement !== undefined) {
+      rows.push([
+        "agreement",
+        `${formatPercent(r.agreement)} top-1 (${r.disagreements ?? 0} of ${r.n} differ)`,
+      ]);
+    }
+    if (r.maxAbsLogitDiff !== undefined) rows.push(["max |Δlogit|", r.maxAbsLogitDiff.toPrecision(4)]);
+    if (r.meanAbsLogitDiff !== undefined) rows.push(["mean |Δlogit|", r.meanAbsLogitDiff.toPrecision(4)]);
+  }
+  return renderTable(rows);
+}
+
+/**
+ * Opens the `--compare` model. Its tokenizer is `--tokenizer`, else the one
+ * beside it, else the evaluated model's (a quantized model written alone into
+ * a folder keeps its parent's tokenizer).
+ */
+async function openCompare(path: string, ctxFlags: ParsedFlags, main: Classifier): Promise<Classifier> {
+  if (flagString(ctxFlags, "tokenizer") === undefined) {
+    try {
+      findModelFiles(path);
+    } catch (err) {
+      if (!isQuantdError(err, "TOKENIZER_NOT_FOUND")) throw err;
+      return openClassifier(path, { ...ctxFlags, tokenizer: main.tokenizer.dir });
+    }
+  }
+  return openClassifier(path, ctxFlags);
+}
+
+/** The `eval` command. */
+export const evalCommand: Command = {
+  name: "eval",
+  summary: "accuracy on a labelled TSV; agreement with another model (--compare)",
+  usage: "--model FILE --data FILE.tsv [--compare FILE] [--tokenizer DIR] [--batch N] [--threads N] [--json]",
+  description:
+    "Runs the model over every text of a TSV file with a header naming a text column (sentence, text " +
+    "or content) and a label column (a class id, or a label name from the model's config.json), as " +
+    "GLUE ships SST-2, and prints the top-1 accuracy on the labelled rows and the inference latency.\n\n" +
+    "With --compare, runs a second model on the same batches and adds its accuracy, the top-1 agreement " +
+    "between the two and the largest and mean |logit difference|; rows may then be unlabelled. This is " +
+    "how an int8 model is checked against its fp32 parent.\n\n" +
+    "Latency counts inference only (not tokenization), per batch of --batch texts. Progress goes to " +
+    "stderr when it is a terminal. With --json, prints one object with n, labelled, accuracy, latency " +
+    "and, with --compare, agreement, disagreements, maxAbsLogitDiff, meanAbsLogitDiff, compareAccuracy.",
+  flags: [
+    {
+      name: "model",
+      short: "m",
+      type: "string",
+      value: "FILE",
+      description: "ONNX text classifier to evaluate (a file, or a directory with model.onnx)",
+    },
+    {
+      name: "data",
+      short: "d",
+      type: "string",
+      value: "FILE.tsv",
+      description: "labelled texts: a TSV with a header (label<TAB>sentence)",
+    },
+    {
+      name: "compare",
+      type: "string",
+      value: "FILE",
+      description: "a second model to compare with (e.g. the fp32 parent of an int8 model)",
+    },
+    TOKENIZER_FLAG,
+    BATCH_FLAG,
+    THREADS_FLAG,
+    JSON_FLAG,
+  ],
+  async run(ctx) {
+    expectNoPositionals(ctx.positionals);
+    const modelPath = flagRequired(ctx.flags, "model");
+    const dataPath = flagRequired(ctx.flags, "data");
+    const comparePath = flagString(ctx.flags, "compare");
+    const json = flagBool(ctx.flags, "json");
+    const batchSize = batchFlag(ctx.flags);
+
+    const model = await openClassifier(modelPath, ctx.flags);
+    let compare: Classifier | undefined;
+    try {
+      const samples = await readSamplesTsv(dataPath, {
+        requireLabels: comparePath === undefined,
+        labels: model.labels,
+      });
+      if (comparePath !== undefined) compare = await openCompare(comparePath, ctx.flags, model);
+      const progress = createProgress("eval");
+      let result: EvalResult;
+      try {
+        result = await evaluate(model, samples, {
+          batchSize,
+          onProgress: (done, total) => progress.update(done, total),
+          ...(compare === undefined ? {} : { compare }),
+        });
+      } finally {
+        progress.done();
+      }
+      const files =
+        compare === undefined
+          ? { model: model.modelPath, data: resolve(dataPath) }
+          : { model: model.modelPath, data: resolve(dataPath), compare: compare.modelPath };
+      const report = toEvalReport(result, files);
+      if (json) ctx.out(JSON.stringify(report));
+      else for (const line of renderEvalReport(report, batchSize)) ctx.out(line);
+      return 0;
+    } finally {
+      await compare?.release();
+      await model.release();
+    }
+  },
+};

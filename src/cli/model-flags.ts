@@ -1,0 +1,93 @@
+/**
+ * Flags and loading shared by the commands that run a text classifier
+ * (`classify`, `eval`, `demo`): the same flag names, placeholders and defaults
+ * everywhere, and one place that turns onnxruntime's opaque "could not load"
+ * into the codec's precise reason.
+ */
+import { isQuantdError } from "../errors.ts";
+import { loadModel } from "../onnx/codec.ts";
+import { type Classifier, loadClassifier } from "../runtime/classifier.ts";
+import { findModelFiles } from "../runtime/model-files.ts";
+import type { FlagSpec, ParsedFlags } from "./command.ts";
+import { flagInt, flagString } from "./parse.ts";
+
+/** `--tokenizer DIR`. */
+export const TOKENIZER_FLAG: FlagSpec = {
+  name: "tokenizer",
+  type: "string",
+  value: "DIR",
+  description: "directory with tokenizer.json (and tokenizer_config.json)",
+  default: "the model's directory",
+};
+
+/** `--threads N`: onnxruntime intra-op threads. */
+export const THREADS_FLAG: FlagSpec = {
+  name: "threads",
+  type: "string",
+  value: "N",
+  description: "onnxruntime intra-op threads",
+  default: "1",
+};
+
+/** `--batch N`: texts per inference call. */
+export const BATCH_FLAG: FlagSpec = {
+  name: "batch",
+  type: "string",
+  value: "N",
+  description: "texts per inference call",
+  default: "32",
+};
+
+/** `--json`: one JSON object on stdout (errors too). */
+export const JSON_FLAG: FlagSpec = {
+  name: "json",
+  type: "boolean",
+  description: "print one JSON object on stdout (errors too, as {code, message})",
+};
+
+/** Largest accepted `--threads` and `--batch`; beyond this is a typo, not a setting. */
+const MAX_THREADS = 256;
+const MAX_BATCH = 4096;
+
+/** `--batch` (default 32). @throws USAGE */
+export function batchFlag(flags: ParsedFlags): number {
+  return flagInt(flags, "batch", { min: 1, max: MAX_BATCH }, 32);
+}
+
+/**
+ * Opens a classifier with the `--tokenizer` and `--threads` flags.
+ *
+ * onnxruntime reports any unreadable file as "Protobuf parsing failed"; when it
+ * refuses a model, the file is decoded with quantd's own codec to say whether it
+ * is truncated or not ONNX at all, and that error is thrown instead.
+ *
+ * @throws FILE_NOT_FOUND, MODEL_NOT_ONNX, MODEL_TRUNCATED, MODEL_INVALID, MODEL_LOAD_FAILED,
+ *   MODEL_INPUTS_MISMATCH, TOKENIZER_NOT_FOUND, TOKENIZER_INVALID, CONFIG_INVALID
+ * @throws USAGE for a bad `--threads`
+ */
+export async function openClassifier(modelPath: string, flags: ParsedFlags): Promise<Classifier> {
+  const threads = flagInt(flags, "threads", { min: 1, max: MAX_THREADS }, 1);
+  const tokenizerDir = flagString(flags, "tokenizer");
+  try {
+    return await loadClassifier(
+      modelPath,
+      tokenizerDir === undefined
+        ? { session: { intraOpThreads: threads } }
+        : { tokenizerDir, session: { intraOpThreads: threads } },
+    );
+  } catch (err) {
+    if (isQuantdError(err, "MODEL_LOAD_FAILED")) {
+      await explainLoadFailure(findModelFiles(modelPath, tokenizerDir).model);
+    }
+    throw err;
+  }
+}
+
+/** Throws the codec's error for a file onnxruntime refused, if the codec finds one. */
+async function explainLoadFailure(modelPath: string): Promise<void> {
+  try {
+    await loadModel(modelPath);
+  } catch (err) {
+    if (isQuantdError(err) && err.code.startsWith("MODEL_")) throw err;
+  }
+}

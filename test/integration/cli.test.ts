@@ -1,0 +1,208 @@
+/**
+ * The CLI as a user runs it: real processes (`bun src/cli/main.ts`, `bin/quantd`,
+ * `bun run quantd`) on the shipped model and dev set.
+ */
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { repoRoot, shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
+
+// Each test spawns quantd and loads a real model; 5 s is too short on a busy 2-core board.
+setDefaultTimeout(60_000);
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function run(cmd: string[], opts: { stdin?: string; cwd?: string } = {}): Promise<Run> {
+  const proc = Bun.spawn(cmd, {
+    cwd: opts.cwd ?? repoRoot,
+    stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+const quantd = (args: string[], opts: { stdin?: string; cwd?: string } = {}): Promise<Run> =>
+  run(["bun", join(repoRoot, "src/cli/main.ts"), ...args], opts);
+
+const version = (await Bun.file(join(repoRoot, "package.json")).json()) as { version: string };
+
+describe("help and version", () => {
+  test("--version, through main.ts, bin/quantd and bun run", async () => {
+    for (const r of [
+      await quantd(["--version"]),
+      await run([join(repoRoot, "bin/quantd"), "-V"]),
+      await run(["bun", "run", "--silent", "quantd", "--version"]),
+    ]) {
+      expect(r.code).toBe(0);
+      expect(r.stdout.trim()).toBe(`quantd ${version.version}`);
+    }
+  });
+
+  test("--help lists every command; no command prints help on stderr and exits 2", async () => {
+    const r = await quantd(["--help"]);
+    expect(r.code).toBe(0);
+    for (const name of ["demo", "classify", "eval", "help"])
+      expect(r.stdout).toMatch(new RegExp(`^  ${name}\\s`, "m"));
+    const none = await quantd([]);
+    expect(none.code).toBe(2);
+    expect(none.stdout).toBe("");
+    expect(none.stderr).toContain("Usage: quantd <command>");
+  });
+
+  test("`help eval` and `eval --help` show every flag with placeholders and defaults", async () => {
+    const a = await quantd(["help", "eval"]);
+    const b = await quantd(["eval", "--help"]);
+    expect(a.code).toBe(0);
+    expect(b.stdout).toBe(a.stdout);
+    expect(a.stdout).toContain("Usage: quantd eval --model FILE --data FILE.tsv");
+    for (const flag of [
+      "--model FILE",
+      "--data FILE.tsv",
+      "--compare FILE",
+      "--tokenizer DIR",
+      "--batch N",
+      "--threads N",
+      "--json",
+      "--help",
+    ]) {
+      expect(a.stdout).toContain(flag);
+    }
+    expect(a.stdout).toMatch(/--batch N\s+texts per inference call \(default: 32\)/);
+  });
+
+  test("help of an unknown command is a usage error", async () => {
+    const r = await quantd(["help", "nope"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim()).toBe('error USAGE: unknown command "nope"; see quantd --help');
+  });
+});
+
+describe("classify", () => {
+  test("texts as arguments, from any working directory", async () => {
+    const cwd = mkdtempSync(join(tmpdir(), "quantd-cli-"));
+    try {
+      const r = await quantd(["classify", "a wonderful , moving film .", "a dull , lifeless mess ."], {
+        cwd,
+      });
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const lines = r.stdout.trim().split("\n");
+      expect(lines).toHaveLength(2);
+      expect(lines[0]).toMatch(/^positive {2}0\.\d{4} {2}a wonderful , moving film \.$/);
+      expect(lines[1]).toMatch(/^negative {2}0\.\d{4} {2}a dull , lifeless mess \.$/);
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
+  });
+
+  test("lines on stdin, --json", async () => {
+    const r = await quantd(["classify", "--json", "--batch", "2"], {
+      stdin: "a wonderful , moving film .\r\na dull , lifeless mess .\nfunny and warm .\n",
+    });
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout) as {
+      labels: string[];
+      results: { text: string; label: string; labelId: number; score: number; probabilities: number[] }[];
+    };
+    expect(out.labels).toEqual(["negative", "positive"]);
+    expect(out.results.map((x) => x.text)).toEqual([
+      "a wonderful , moving film .",
+      "a dull , lifeless mess .",
+      "funny and warm .",
+    ]);
+    expect(out.results.map((x) => x.label)).toEqual(["positive", "negative", "positive"]);
+    for (const x of out.results) {
+      expect(x.score).toBe(x.probabilities[x.labelId]!);
+      expect(x.probabilities[0]! + x.probabilities[1]!).toBeCloseTo(1, 6);
+    }
+  });
+
+  test("a reader that stops early is not an error", async () => {
+    const lines = Array.from({ length: 200 }, (_, i) => `sentence ${i} is fine .`).join("\n");
+    const r = await run(
+      ["bash", "-c", `bun src/cli/main.ts classify --batch 4 | head -1; echo "rc=\${PIPESTATUS[0]}"`],
+      {
+        stdin: lines,
+      },
+    );
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toMatch(/rc=0\n$/);
+  });
+});
+
+describe("eval", () => {
+  test("accuracy on the dev set, as a table and as JSON", async () => {
+    const data = join(mkdtempSync(join(tmpdir(), "quantd-cli-")), "dev-64.tsv");
+    const text = await Bun.file(shippedDevTsv).text();
+    await Bun.write(data, `${text.split("\n").slice(0, 65).join("\n")}\n`);
+    try {
+      const human = await quantd(["eval", "--model", shippedModelPath, "--data", data, "--batch", "16"]);
+      expect(human.code).toBe(0);
+      expect(human.stdout).toMatch(/^accuracy {2}\d+\.\d\d%$/m);
+      expect(human.stdout).toContain("(64 texts, 64 labelled)");
+
+      const r = await quantd([
+        "eval",
+        "--json",
+        "-m",
+        shippedModelPath,
+        "-d",
+        data,
+        "--compare",
+        shippedModelPath,
+      ]);
+      expect(r.code).toBe(0);
+      const out = JSON.parse(r.stdout) as Record<string, number>;
+      expect(out["n"]).toBe(64);
+      expect(out["accuracy"]).toBeGreaterThan(0.7);
+      // The same model on both sides agrees exactly: a check that compare really runs both.
+      expect(out["agreement"]).toBe(1);
+      expect(out["maxAbsLogitDiff"]).toBe(0);
+      expect(out["compareAccuracy"]).toBe(out["accuracy"]!);
+    } finally {
+      rmSync(join(data, ".."), { recursive: true, force: true });
+    }
+  });
+});
+
+describe("demo", () => {
+  test("runs its steps on the shipped model and reports accuracy and latency", async () => {
+    const r = await quantd(["demo", "--limit", "48"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("[1/3] load");
+    expect(r.stdout).toContain("[3/3] evaluate");
+    expect(r.stdout).toMatch(/accuracy\s+\d+\.\d\d% on 48 SST-2 dev sentences/);
+    expect(r.stdout).toMatch(/latency\s+p50 [\d.]+ ms, p90 [\d.]+ ms/);
+
+    const j = await quantd(["demo", "--json", "--limit", "32"]);
+    expect(j.code).toBe(0);
+    const out = JSON.parse(j.stdout) as {
+      steps: string[];
+      classify: { label: string }[];
+      evaluate: { n: number; accuracy: number; latencyMsP50: number; throughputPerSec: number };
+    };
+    expect(out.steps).toEqual(["load", "classify", "evaluate"]);
+    expect(out.classify.map((c) => c.label)).toEqual([
+      "positive",
+      "negative",
+      "positive",
+      "negative",
+      "negative",
+    ]);
+    expect(out.evaluate.n).toBe(32);
+    expect(out.evaluate.accuracy).toBeGreaterThan(0.6);
+    expect(out.evaluate.latencyMsP50).toBeGreaterThan(0);
+    expect(out.evaluate.throughputPerSec).toBeGreaterThan(0);
+  });
+});
