@@ -117,10 +117,14 @@ export function parseSamplesTsv(
         line,
       );
     }
-    const sample: Sample = {
-      text: validateText(fields[textCol], { ...textOpts, what: `${where}:${line}` }),
-      line,
-    };
+    let text: string;
+    try {
+      text = validateText(fields[textCol], textOpts);
+    } catch {
+      // Build the located message only on failure: a 67k-row pool should not format 67k names.
+      text = validateText(fields[textCol], { ...textOpts, what: `${where}:${line}` });
+    }
+    const sample: Sample = { text, line };
     if (labelCol >= 0) {
       const value = fields[labelCol]!.trim();
       if (value !== "") sample.label = parseLabel(value, labelIds, opts.labels, where, line);

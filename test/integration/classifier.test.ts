@@ -223,6 +223,13 @@ describe("model files and model checks", () => {
     SLOW_TEST_MS,
   );
 
+  test("a file that is not ONNX gives MODEL_LOAD_FAILED", async () => {
+    const dir = join(tmp, "garbage");
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, "model.onnx"), "this is not a protobuf");
+    expect(await codeOf(loadClassifier(dir, { tokenizerDir: shippedModelDir }))).toBe("MODEL_LOAD_FAILED");
+  });
+
   test("a model without BERT inputs is refused with MODEL_INPUTS_MISMATCH naming its inputs", async () => {
     const dir = join(tmp, "vision");
     mkdirSync(dir, { recursive: true });
