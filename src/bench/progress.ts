@@ -26,7 +26,7 @@ export interface BenchProgressBar {
  */
 export function createBenchProgress(stream: ProgressStream = process.stderr): BenchProgressBar {
   const tty = stream.isTTY === true;
-  let lastDraw = 0;
+  let lastDraw = Number.NEGATIVE_INFINITY;
   let lastDecile = -1;
   let shown = false;
   return {

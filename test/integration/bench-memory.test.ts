@@ -7,6 +7,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { compareCandidate } from "../../src/bench/compare.ts";
 import { measurePeakMemory } from "../../src/bench/memory.ts";
 import { isQuantdError } from "../../src/errors.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
@@ -58,4 +59,24 @@ test("a model the child cannot load is reported with the child's error code", as
   }
   expect(isQuantdError(err, "MODEL_LOAD_FAILED")).toBe(true);
   expect((err as Error).message).toContain("broken.onnx");
+});
+
+test("compareCandidate: the promotion step's figures, and the failing side named", async () => {
+  const same = await compareCandidate(shippedModelPath, shippedModelPath, {
+    shape: { batch: 1, seq: 16 },
+    runs: 4,
+    warmup: 1,
+    memory: false,
+  });
+  expect(same.latencyRatio).toBeGreaterThan(0);
+  expect(same.latencyRatio).toBeCloseTo(same.candidate.ratio!.medianOfPairs, 12);
+  expect(same.memoryRatio).toBeUndefined();
+  let err: unknown;
+  try {
+    await compareCandidate(shippedModelPath, join(dir, "absent.onnx"), { runs: 2, warmup: 0, memory: false });
+  } catch (e) {
+    err = e;
+  }
+  expect(isQuantdError(err, "FILE_NOT_FOUND")).toBe(true);
+  expect((err as Error).message).toStartWith("candidate model:");
 });
