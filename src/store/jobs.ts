@@ -1,0 +1,266 @@
+/**
+ * Persistent jobs (recalibration and the like). Every state change is one
+ * transaction, so after a crash or power cut the table says exactly where each
+ * job stood; the job runner (a later layer) decides whether an interrupted job
+ * resumes from its recorded stage or fails.
+ *
+ * States: QUEUED → IN_PROGRESS (claimed) → SUCCEEDED | FAILED | REJECTED |
+ * TIMED_OUT; IN_PROGRESS → QUEUED (requeued after a restart); QUEUED → FAILED
+ * (cancelled before it started). Finished states are final.
+ */
+import { randomUUID } from "node:crypto";
+import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
+import { jsonObject, jsonOrNull, num, numOrNull, str, strOrNull, toJsonText } from "./row.ts";
+import type { SqlDatabase, SqlRow } from "./sql.ts";
+
+/** Where a job is. */
+export type JobState = "QUEUED" | "IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED" | "TIMED_OUT";
+/** The states a job ends in. */
+export type FinalJobState = Extract<JobState, "SUCCEEDED" | "FAILED" | "REJECTED" | "TIMED_OUT">;
+
+const FINAL: readonly JobState[] = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
+const ID = /^[A-Za-z0-9][\w.:-]{0,127}$/;
+const TYPE = /^[a-z][a-z0-9-]{0,63}$/;
+
+/** A job as stored. */
+export interface Job {
+  id: string;
+  /** What it does, e.g. `recalibrate`. */
+  type: string;
+  state: JobState;
+  /** The step it is at (or was at when interrupted), named by the runner. */
+  stage: string | null;
+  /** 0…1. */
+  progress: number;
+  params: Record<string, unknown>;
+  /** What it produced, once finished. */
+  result: unknown;
+  /** Why it failed, was rejected or timed out. */
+  error: QuantdErrorJSON | null;
+  /** A cancel was asked for while it ran; the runner stops at its next check. */
+  cancelRequested: boolean;
+  /** How many times it was claimed (more than 1 after a restart). */
+  attempts: number;
+  createdAt: number;
+  updatedAt: number;
+  startedAt: number | null;
+  finishedAt: number | null;
+}
+
+/** A job to queue. */
+export interface NewJob {
+  type: string;
+  params?: Record<string, unknown>;
+  /** Caller-chosen id (a fleet command id, say) so a repeated command queues nothing new. @defaultValue a random UUID */
+  id?: string;
+}
+
+/** How a job ended. */
+export interface JobOutcome {
+  result?: unknown;
+  error?: QuantdErrorJSON;
+}
+
+/** The jobs table. Every method is synchronous and atomic. */
+export interface JobStore {
+  /**
+   * Queues a job. With an `id` already stored for the same type, returns that
+   * job unchanged (idempotent retries).
+   *
+   * @throws USAGE when the type or id is malformed
+   * @throws STATE_CONFLICT when the id exists with another type
+   */
+  create(job: NewJob): Job;
+  /** A job, or `undefined`. */
+  get(id: string): Job | undefined;
+  /** A job. @throws JOB_NOT_FOUND */
+  require(id: string): Job;
+  /** Jobs, newest first, optionally in one state. @defaultValue limit 100 */
+  list(options?: { state?: JobState; limit?: number }): Job[];
+  /**
+   * Moves the oldest queued job to IN_PROGRESS and returns it, unless a job is
+   * already in progress (one job at a time) or none is queued.
+   */
+  claimNext(): Job | undefined;
+  /** Records the stage and progress of a running job. @throws JOB_NOT_FOUND | STATE_CONFLICT */
+  update(id: string, progress: { stage?: string; progress?: number }): Job;
+  /** Ends a running job. @throws JOB_NOT_FOUND | STATE_CONFLICT */
+  finish(id: string, state: FinalJobState, outcome?: JobOutcome): Job;
+  /**
+   * Cancels a job: a queued one fails at once with `JOB_CANCELLED`; a running
+   * one gets `cancelRequested` for the runner to act on; a finished one is
+   * returned unchanged.
+   *
+   * @throws JOB_NOT_FOUND
+   */
+  cancel(id: string): Job;
+  /** Jobs left IN_PROGRESS by a previous process (call at start, before claiming). */
+  interrupted(): Job[];
+  /** Puts an interrupted job back in the queue, keeping its stage so it can resume. @throws JOB_NOT_FOUND | STATE_CONFLICT */
+  requeue(id: string): Job;
+}
+
+const COLUMNS =
+  "id, type, state, stage, progress, params, result, error, cancel_requested, attempts, created_at, updated_at, started_at, finished_at";
+
+function toJob(r: SqlRow): Job {
+  return {
+    id: str(r, "id"),
+    type: str(r, "type"),
+    state: str(r, "state") as JobState,
+    stage: strOrNull(r, "stage"),
+    progress: num(r, "progress"),
+    params: jsonObject(r, "params"),
+    result: jsonOrNull(r, "result"),
+    error: jsonOrNull(r, "error") as QuantdErrorJSON | null,
+    cancelRequested: num(r, "cancel_requested") !== 0,
+    attempts: num(r, "attempts"),
+    createdAt: num(r, "created_at"),
+    updatedAt: num(r, "updated_at"),
+    startedAt: numOrNull(r, "started_at"),
+    finishedAt: numOrNull(r, "finished_at"),
+  };
+}
+
+/** The {@link JobStore} over a migrated database. */
+export function createJobStore(db: SqlDatabase, now: () => number = Date.now): JobStore {
+  const byId = db.prepare(`SELECT ${COLUMNS} FROM jobs WHERE id = ?`);
+  const insert = db.prepare(
+    "INSERT INTO jobs (id, type, state, params, created_at, updated_at) VALUES (?, ?, 'QUEUED', ?, ?, ?)",
+  );
+  const listAll = db.prepare(`SELECT ${COLUMNS} FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?`);
+  const listState = db.prepare(
+    `SELECT ${COLUMNS} FROM jobs WHERE state = ? ORDER BY created_at DESC, rowid DESC LIMIT ?`,
+  );
+  const running = db.prepare(
+    `SELECT ${COLUMNS} FROM jobs WHERE state = 'IN_PROGRESS' ORDER BY created_at, rowid`,
+  );
+  const oldestQueued = db.prepare(
+    "SELECT id FROM jobs WHERE state = 'QUEUED' ORDER BY created_at, rowid LIMIT 1",
+  );
+  const claim = db.prepare(
+    "UPDATE jobs SET state = 'IN_PROGRESS', attempts = attempts + 1, started_at = coalesce(started_at, ?), updated_at = ? WHERE id = ? AND state = 'QUEUED'",
+  );
+  const progress = db.prepare(
+    "UPDATE jobs SET stage = coalesce(?, stage), progress = coalesce(?, progress), updated_at = ? WHERE id = ? AND state = 'IN_PROGRESS'",
+  );
+  const finish = db.prepare(
+    "UPDATE jobs SET state = ?, result = ?, error = ?, progress = CASE WHEN ? = 'SUCCEEDED' THEN 1 ELSE progress END, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'IN_PROGRESS'",
+  );
+  const cancelQueued = db.prepare(
+    "UPDATE jobs SET state = 'FAILED', error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = 'QUEUED'",
+  );
+  const cancelRunning = db.prepare(
+    "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND state = 'IN_PROGRESS'",
+  );
+  const requeue = db.prepare(
+    "UPDATE jobs SET state = 'QUEUED', updated_at = ? WHERE id = ? AND state = 'IN_PROGRESS'",
+  );
+
+  const find = (id: string): Job | undefined => {
+    const r = byId.get(id);
+    return r === undefined ? undefined : toJob(r);
+  };
+  const mustFind = (id: string): Job => {
+    const j = find(id);
+    if (j === undefined) throw new QuantdError("JOB_NOT_FOUND", `no job ${id}`, { details: { id } });
+    return j;
+  };
+  /** After an UPDATE that matched nothing: the job is missing or in the wrong state. */
+  const conflict = (id: string, action: string, allowed: string): never => {
+    const j = mustFind(id);
+    throw new QuantdError("STATE_CONFLICT", `job ${id} is ${j.state}; cannot ${action} (only ${allowed})`, {
+      details: { id, state: j.state },
+    });
+  };
+
+  return {
+    create(job: NewJob): Job {
+      if (typeof job.type !== "string" || !TYPE.test(job.type)) {
+        throw new QuantdError("USAGE", `job type must be a lower-case name, got ${JSON.stringify(job.type)}`);
+      }
+      const id = job.id ?? randomUUID();
+      if (typeof id !== "string" || !ID.test(id)) {
+        throw new QuantdError(
+          "USAGE",
+          `job id must be 1–128 letters, digits or . _ : -, got ${JSON.stringify(id)}`,
+        );
+      }
+      const params = toJsonText(job.params ?? {}, "job params");
+      return db.transaction(() => {
+        const existing = find(id);
+        if (existing !== undefined) {
+          if (existing.type !== job.type) {
+            throw new QuantdError("STATE_CONFLICT", `job ${id} exists with type ${existing.type}`, {
+              details: { id, type: existing.type },
+            });
+          }
+          return existing;
+        }
+        const t = now();
+        insert.run(id, job.type, params, t, t);
+        return mustFind(id);
+      });
+    },
+    get: find,
+    require: mustFind,
+    list(options: { state?: JobState; limit?: number } = {}): Job[] {
+      const limit = Math.max(1, Math.min(options.limit ?? 100, 10_000));
+      const rows = options.state === undefined ? listAll.all(limit) : listState.all(options.state, limit);
+      return rows.map(toJob);
+    },
+    claimNext(): Job | undefined {
+      return db.transaction(() => {
+        if (running.get() !== undefined) return undefined;
+        const next = oldestQueued.get();
+        if (next === undefined) return undefined;
+        const id = str(next, "id");
+        const t = now();
+        claim.run(t, t, id);
+        return mustFind(id);
+      });
+    },
+    update(id: string, p: { stage?: string; progress?: number }): Job {
+      if (p.progress !== undefined && !(p.progress >= 0 && p.progress <= 1)) {
+        throw new QuantdError("INTERNAL", `job progress must be within 0…1, got ${p.progress}`);
+      }
+      return db.transaction(() => {
+        if (progress.run(p.stage ?? null, p.progress ?? null, now(), id).changes === 0) {
+          conflict(id, "record progress", "IN_PROGRESS");
+        }
+        return mustFind(id);
+      });
+    },
+    finish(id: string, state: FinalJobState, outcome: JobOutcome = {}): Job {
+      if (!FINAL.includes(state)) throw new QuantdError("INTERNAL", `${state} is not a final job state`);
+      const result = outcome.result === undefined ? null : toJsonText(outcome.result, "job result");
+      const error = outcome.error === undefined ? null : toJsonText(outcome.error, "job error");
+      return db.transaction(() => {
+        const t = now();
+        if (finish.run(state, result, error, state, t, t, id).changes === 0) {
+          conflict(id, `mark it ${state}`, "IN_PROGRESS");
+        }
+        return mustFind(id);
+      });
+    },
+    cancel(id: string): Job {
+      return db.transaction(() => {
+        const t = now();
+        const error = new QuantdError("JOB_CANCELLED", `job ${id} was cancelled before it started`).toJSON();
+        if (cancelQueued.run(toJsonText(error, "job error"), t, t, id).changes === 0) {
+          cancelRunning.run(t, id);
+        }
+        return mustFind(id);
+      });
+    },
+    interrupted(): Job[] {
+      return running.all().map(toJob);
+    },
+    requeue(id: string): Job {
+      return db.transaction(() => {
+        if (requeue.run(now(), id).changes === 0) conflict(id, "requeue it", "IN_PROGRESS");
+        return mustFind(id);
+      });
+    },
+  };
+}

@@ -1,0 +1,546 @@
+/**
+ * The sample pool: the inputs the device has seen, kept for calibration and
+ * validation. It is bounded (rows and text bytes) and kept representative by
+ * reservoir sampling stratified by length:
+ *
+ * - every distinct sample offered counts as "seen" in its length bucket (the
+ *   counters live in `sample_buckets`, so they survive restarts);
+ * - while the pool has room, every sample is kept;
+ * - once full, a new sample is kept with probability K/N (K rows held, N seen
+ *   in all), which is what a reservoir of K over the stream does; to make room,
+ *   a random row is evicted from the bucket most above its share K·seen_b/N.
+ *   So each bucket holds close to its share of what the device saw, and within
+ *   a bucket the rows are a uniform sample of that bucket's stream.
+ *
+ * Duplicates (same SHA-256 of the normalized text as a row in the pool) are
+ * dropped and counted. A duplicate of a sample already evicted is not
+ * recognized: remembering every hash would make the pool unbounded.
+ */
+import { createHash } from "node:crypto";
+import { QuantdError } from "../errors.ts";
+import { createRandom, type Random, shuffle } from "./random.ts";
+import { num, numOrNull, str } from "./row.ts";
+import type { SqlDatabase, SqlRow } from "./sql.ts";
+
+/** Default bound on the number of samples kept. */
+export const DEFAULT_MAX_SAMPLE_ROWS = 20_000;
+/** Default bound on the UTF-8 bytes of the texts kept (8 MiB). */
+export const DEFAULT_MAX_SAMPLE_BYTES = 8 * 1024 * 1024;
+/** Largest single text accepted, in UTF-8 bytes (64 KiB). */
+export const MAX_SAMPLE_TEXT_BYTES = 64 * 1024;
+
+/** One sample offered to the store. */
+export interface SampleInput {
+  /** The text as the model would receive it. */
+  text: string;
+  /** Class index when known (labelled files); `null` or absent for live traffic. */
+  label?: number | null;
+  /** Token count when the caller already has it; otherwise the store's `countTokens` is used. */
+  tokenCount?: number;
+}
+
+/** A sample held by the store. */
+export interface Sample {
+  id: number;
+  text: string;
+  tokenCount: number;
+  /** UTF-8 bytes of `text`, what the byte bound counts. */
+  bytes: number;
+  /** Length bucket index (see {@link SampleBucketStats}). */
+  bucket: number;
+  /** Where it came from: `file`, `live`, … */
+  source: string;
+  label: number | null;
+  /** Milliseconds since the epoch. */
+  createdAt: number;
+}
+
+/** What {@link SampleStore.add} did with a batch. */
+export interface AddSamplesResult {
+  /** Samples now in the pool. */
+  added: number;
+  /** Samples dropped because the pool holds the same text (or it came twice in the batch). */
+  duplicates: number;
+  /** Rows removed from the pool to stay within its bounds. */
+  evicted: number;
+  /** Distinct samples the reservoir did not keep (the pool was full), or longer than the byte bound. */
+  rejected: number;
+}
+
+/** One length bucket: tokens in [minTokens, maxTokens). */
+export interface SampleBucketStats {
+  bucket: number;
+  minTokens: number;
+  /** Exclusive upper bound; `null` for the last, unbounded bucket. */
+  maxTokens: number | null;
+  /** Distinct samples ever offered in this bucket. */
+  seen: number;
+  /** Samples held now. */
+  kept: number;
+  /** UTF-8 bytes of the texts held now. */
+  bytes: number;
+}
+
+/** The pool's state. */
+export interface SampleStats {
+  rows: number;
+  bytes: number;
+  seen: number;
+  maxRows: number;
+  maxBytes: number;
+  /** Totals since the database was created. */
+  duplicates: number;
+  evicted: number;
+  rejected: number;
+  buckets: SampleBucketStats[];
+}
+
+/** Options for {@link SampleStore.pick}. */
+export interface PickOptions {
+  /** How many samples; fewer are returned when the pool holds fewer. */
+  n: number;
+  /** Same seed and same pool → same samples. */
+  seed: number;
+  /** Sample ids not to return (e.g. those already picked for calibration). */
+  exclude?: Iterable<number>;
+}
+
+/** Disjoint calibration and validation sets. */
+export interface DisjointPick {
+  calibration: Sample[];
+  validation: Sample[];
+}
+
+/** The sample pool. Every method is synchronous and atomic. */
+export interface SampleStore {
+  /**
+   * Offers samples; keeps, deduplicates and evicts as described in the module
+   * comment. The whole batch is one transaction: all or nothing.
+   *
+   * @throws TEXT_NOT_STRING | TEXT_EMPTY | TEXT_TOO_LARGE | DATA_MALFORMED for a bad sample (nothing is written)
+   * @throws STORE_BUSY | DISK_FULL | STORE_FAILED
+   */
+  add(samples: readonly SampleInput[], options: { source: string }): AddSamplesResult;
+  /**
+   * Up to `n` samples chosen at random with `seed`, stratified by length bucket
+   * (each bucket contributes in proportion to what it holds).
+   */
+  pick(options: PickOptions): Sample[];
+  /**
+   * Two disjoint stratified picks from one seed.
+   *
+   * @throws CALIB_EMPTY when the pool holds fewer than `nCalib + nVal` samples
+   */
+  pickDisjoint(nCalib: number, nVal: number, seed: number): DisjointPick;
+  /** A sample by id, or `undefined`. */
+  get(id: number): Sample | undefined;
+  /** Rows held. */
+  count(): number;
+  /** Totals and per-bucket figures. */
+  stats(): SampleStats;
+}
+
+/** Options for {@link createSampleStore}. */
+export interface SampleStoreOptions {
+  /** Token count of a text (the tokenizer's), used when a sample carries none. */
+  countTokens?: (text: string) => number;
+  /** Most samples held. @defaultValue {@link DEFAULT_MAX_SAMPLE_ROWS} */
+  maxRows?: number;
+  /** Most UTF-8 text bytes held. @defaultValue {@link DEFAULT_MAX_SAMPLE_BYTES} */
+  maxBytes?: number;
+  /** Randomness of the reservoir; seed it in tests. @defaultValue Math.random */
+  random?: Random;
+  /** Clock, in ms since the epoch. @defaultValue Date.now */
+  now?: () => number;
+}
+
+const WHITESPACE_RUN = /\s+/gu;
+const NOT_BLANK = /\S/u;
+const SOURCE = /^[A-Za-z0-9][\w.:-]{0,63}$/;
+
+/** The text that decides duplicates: NFC, trimmed, whitespace runs as one space. */
+export function normalizeSampleText(text: string): string {
+  return text.normalize("NFC").trim().replace(WHITESPACE_RUN, " ");
+}
+
+/** SHA-256 of {@link normalizeSampleText}, the pool's duplicate key. */
+export function sampleContentHash(text: string): Uint8Array {
+  return new Uint8Array(createHash("sha256").update(normalizeSampleText(text), "utf8").digest());
+}
+
+interface Bucket {
+  bucket: number;
+  minTokens: number;
+  maxTokens: number | null;
+  seen: number;
+  kept: number;
+  bytes: number;
+}
+
+function readBuckets(db: SqlDatabase): Bucket[] {
+  return db
+    .prepare("SELECT bucket, min_tokens, max_tokens, seen, kept, bytes FROM sample_buckets ORDER BY bucket")
+    .all()
+    .map((r) => ({
+      bucket: num(r, "bucket"),
+      minTokens: num(r, "min_tokens"),
+      maxTokens: numOrNull(r, "max_tokens"),
+      seen: num(r, "seen"),
+      kept: num(r, "kept"),
+      bytes: num(r, "bytes"),
+    }));
+}
+
+function bucketIndex(buckets: readonly Bucket[], tokens: number): number {
+  for (let i = buckets.length - 1; i >= 0; i--) {
+    const b = buckets[i] as Bucket;
+    if (tokens >= b.minTokens) return i;
+  }
+  return 0;
+}
+
+function toSample(r: SqlRow): Sample {
+  return {
+    id: num(r, "id"),
+    text: str(r, "text"),
+    tokenCount: num(r, "token_count"),
+    bytes: num(r, "bytes"),
+    bucket: num(r, "bucket"),
+    source: str(r, "source"),
+    label: numOrNull(r, "label"),
+    createdAt: num(r, "created_at"),
+  };
+}
+
+function positiveInt(value: number, what: string): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new QuantdError("CONFIG_INVALID", `${what} must be a positive integer, got ${value}`, {
+      details: { [what]: value },
+    });
+  }
+  return value;
+}
+
+function count(value: number, what: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new QuantdError("USAGE", `${what} must be a non-negative integer, got ${value}`);
+  }
+  return value;
+}
+
+interface Prepared {
+  text: string;
+  label: number | null;
+  hash: Uint8Array;
+  hashKey: string;
+  bytes: number;
+  tokenCount: number | undefined;
+}
+
+function validate(samples: readonly SampleInput[]): Prepared[] {
+  return samples.map((s, i) => {
+    const text: unknown = s?.text;
+    if (typeof text !== "string") {
+      throw new QuantdError("TEXT_NOT_STRING", `sample ${i}: text must be a string`, {
+        details: { index: i },
+      });
+    }
+    const bytes = Buffer.byteLength(text, "utf8");
+    if (bytes > MAX_SAMPLE_TEXT_BYTES) {
+      throw new QuantdError(
+        "TEXT_TOO_LARGE",
+        `sample ${i}: text is ${bytes} bytes, more than ${MAX_SAMPLE_TEXT_BYTES}`,
+        { details: { index: i, bytes } },
+      );
+    }
+    if (!NOT_BLANK.test(text)) {
+      throw new QuantdError("TEXT_EMPTY", `sample ${i}: text is empty`, { details: { index: i } });
+    }
+    const label = s.label ?? null;
+    if (label !== null && !(Number.isSafeInteger(label) && label >= 0)) {
+      throw new QuantdError("DATA_MALFORMED", `sample ${i}: label must be a class index (integer ≥ 0)`, {
+        details: { index: i, label: String(label) },
+      });
+    }
+    if (s.tokenCount !== undefined && !(Number.isSafeInteger(s.tokenCount) && s.tokenCount >= 0)) {
+      throw new QuantdError("DATA_MALFORMED", `sample ${i}: tokenCount must be an integer ≥ 0`, {
+        details: { index: i },
+      });
+    }
+    const hash = sampleContentHash(text);
+    return { text, label, hash, hashKey: Buffer.from(hash).toString("hex"), bytes, tokenCount: s.tokenCount };
+  });
+}
+
+/**
+ * The {@link SampleStore} over a migrated database.
+ *
+ * @throws CONFIG_INVALID when `maxRows` or `maxBytes` is not a positive integer
+ */
+export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions = {}): SampleStore {
+  const maxRows = positiveInt(options.maxRows ?? DEFAULT_MAX_SAMPLE_ROWS, "maxRows");
+  const maxBytes = positiveInt(options.maxBytes ?? DEFAULT_MAX_SAMPLE_BYTES, "maxBytes");
+  const random = options.random ?? Math.random;
+  const now = options.now ?? Date.now;
+  const countTokens = options.countTokens;
+
+  const findHash = db.prepare("SELECT id FROM samples WHERE content_hash = ?");
+  const insert = db.prepare(
+    "INSERT INTO samples (text, token_count, bytes, bucket, source, label, content_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+  );
+  const remove = db.prepare("DELETE FROM samples WHERE id = ?");
+  const bytesOf = db.prepare("SELECT bytes FROM samples WHERE id = ?");
+  const bucketIds = db.prepare("SELECT id, bucket FROM samples");
+  const setSeen = db.prepare("UPDATE sample_buckets SET seen = ? WHERE bucket = ?");
+  const bump = db.prepare("UPDATE counters SET value = value + ? WHERE name = ?");
+  const counter = db.prepare("SELECT value FROM counters WHERE name = ?");
+  const allIds = db.prepare("SELECT id, bucket FROM samples ORDER BY id");
+  const byIds = db.prepare(
+    "SELECT id, text, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id IN (SELECT value FROM json_each(?))",
+  );
+  const byId = db.prepare(
+    "SELECT id, text, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id = ?",
+  );
+  const countRows = db.prepare("SELECT count(*) AS n FROM samples");
+
+  function tokensOf(p: Prepared, index: number): number {
+    if (p.tokenCount !== undefined) return p.tokenCount;
+    if (countTokens === undefined) {
+      throw new QuantdError(
+        "INTERNAL",
+        "sample store has no countTokens and the sample carries no tokenCount",
+      );
+    }
+    const n = countTokens(p.text);
+    if (!Number.isSafeInteger(n) || n < 0) {
+      throw new QuantdError("INTERNAL", `countTokens returned ${n} for sample ${index}`);
+    }
+    return n;
+  }
+
+  function add(samples: readonly SampleInput[], opts: { source: string }): AddSamplesResult {
+    const source = opts.source;
+    if (typeof source !== "string" || !SOURCE.test(source)) {
+      throw new QuantdError(
+        "USAGE",
+        `sample source must be a short name of letters, digits and . _ : - (got ${JSON.stringify(source)})`,
+      );
+    }
+    const prepared = validate(samples);
+    const createdAt = now();
+    return db.transaction(() => {
+      const buckets = readBuckets(db);
+      let rows = 0;
+      let bytes = 0;
+      let seen = 0;
+      for (const b of buckets) {
+        rows += b.kept;
+        bytes += b.bytes;
+        seen += b.seen;
+      }
+      // Ids per bucket, loaded on the first eviction: a random pick and a
+      // removal are then O(1) instead of an OFFSET scan per eviction.
+      let idsByBucket: number[][] | undefined;
+      const loadIds = (): number[][] => {
+        const out = buckets.map((): number[] => []);
+        for (const r of bucketIds.all()) out[num(r, "bucket")]?.push(num(r, "id"));
+        return out;
+      };
+      const inBatch = new Set<string>();
+      const result: AddSamplesResult = { added: 0, duplicates: 0, evicted: 0, rejected: 0 };
+
+      prepared.forEach((p, index) => {
+        if (inBatch.has(p.hashKey) || findHash.get(p.hash) !== undefined) {
+          result.duplicates++;
+          return;
+        }
+        inBatch.add(p.hashKey);
+        if (p.bytes > maxBytes) {
+          result.rejected++;
+          return;
+        }
+        const tokens = tokensOf(p, index);
+        const bi = bucketIndex(buckets, tokens);
+        const bucket = buckets[bi] as Bucket;
+        bucket.seen++;
+        seen++;
+        const full = rows >= maxRows || bytes + p.bytes > maxBytes;
+        // Reservoir step: keep with probability K/N once full.
+        if (full && random() * seen >= rows) {
+          result.rejected++;
+          return;
+        }
+        const id = insert.run(
+          p.text,
+          tokens,
+          p.bytes,
+          bi,
+          source,
+          p.label,
+          p.hash,
+          createdAt,
+        ).lastInsertRowid;
+        bucket.kept++;
+        bucket.bytes += p.bytes;
+        rows++;
+        bytes += p.bytes;
+        result.added++;
+        if (idsByBucket !== undefined) idsByBucket[bi]?.push(id);
+        while (rows > maxRows || bytes > maxBytes) {
+          idsByBucket ??= loadIds();
+          const victim = pickVictim(buckets, idsByBucket, rows, seen, { id, bucket: bi }, random);
+          if (victim === undefined) break;
+          const vb = buckets[victim.bucket] as Bucket;
+          const vbytes = num(bytesOf.get(victim.id) ?? { bytes: 0 }, "bytes");
+          remove.run(victim.id);
+          vb.kept--;
+          vb.bytes -= vbytes;
+          rows--;
+          bytes -= vbytes;
+          result.evicted++;
+        }
+      });
+
+      for (const b of buckets) setSeen.run(b.seen, b.bucket);
+      if (result.duplicates > 0) bump.run(result.duplicates, "samples.duplicates");
+      if (result.evicted > 0) bump.run(result.evicted, "samples.evicted");
+      if (result.rejected > 0) bump.run(result.rejected, "samples.rejected");
+      return result;
+    });
+  }
+
+  function stratifiedOrder(seed: number, exclude: ReadonlySet<number>): number[][] {
+    const random = createRandom(seed);
+    const perBucket = readBuckets(db).map((): number[] => []);
+    for (const r of allIds.all()) {
+      const id = num(r, "id");
+      if (!exclude.has(id)) perBucket[num(r, "bucket")]?.push(id);
+    }
+    return perBucket.map((ids) => shuffle(ids, random));
+  }
+
+  function takeStratified(perBucket: number[][], n: number, seed: number): number[] {
+    const available = perBucket.reduce((s, ids) => s + ids.length, 0);
+    const want = Math.min(n, available);
+    if (want === 0) return [];
+    // Largest-remainder allocation of `want` over the buckets, by what each holds.
+    const quotas = perBucket.map((ids) => (ids.length * want) / available);
+    const alloc = quotas.map(Math.floor);
+    let left = want - alloc.reduce((s, k) => s + k, 0);
+    const byRemainder = quotas
+      .map((q, i) => ({ i, r: q - Math.floor(q) }))
+      .sort((a, b) => b.r - a.r || a.i - b.i);
+    for (const { i } of byRemainder) {
+      if (left === 0) break;
+      alloc[i] = (alloc[i] ?? 0) + 1;
+      left--;
+    }
+    const out: number[] = [];
+    perBucket.forEach((ids, i) => {
+      out.push(...ids.splice(0, alloc[i] ?? 0));
+    });
+    return shuffle(out, createRandom(seed ^ 0x5bd1e995));
+  }
+
+  function load(ids: readonly number[]): Sample[] {
+    if (ids.length === 0) return [];
+    const rows = new Map<number, Sample>();
+    for (const r of byIds.all(JSON.stringify(ids))) {
+      const s = toSample(r);
+      rows.set(s.id, s);
+    }
+    return ids.flatMap((id) => {
+      const s = rows.get(id);
+      return s === undefined ? [] : [s];
+    });
+  }
+
+  return {
+    add,
+    pick({ n, seed, exclude }: PickOptions): Sample[] {
+      count(n, "n");
+      return db.transaction(() => {
+        const perBucket = stratifiedOrder(seed, new Set(exclude ?? []));
+        return load(takeStratified(perBucket, n, seed));
+      });
+    },
+    pickDisjoint(nCalib: number, nVal: number, seed: number): DisjointPick {
+      count(nCalib, "nCalib");
+      count(nVal, "nVal");
+      return db.transaction(() => {
+        const perBucket = stratifiedOrder(seed, new Set());
+        const available = perBucket.reduce((s, ids) => s + ids.length, 0);
+        if (available < nCalib + nVal) {
+          throw new QuantdError(
+            "CALIB_EMPTY",
+            `the sample pool holds ${available} samples; ${nCalib} calibration + ${nVal} validation need ${nCalib + nVal}`,
+            { details: { available, needed: nCalib + nVal } },
+          );
+        }
+        // takeStratified removes what it takes, so the second pick cannot overlap the first.
+        const calibration = load(takeStratified(perBucket, nCalib, seed));
+        const validation = load(takeStratified(perBucket, nVal, seed + 1));
+        return { calibration, validation };
+      });
+    },
+    get(id: number): Sample | undefined {
+      const r = byId.get(id);
+      return r === undefined ? undefined : toSample(r);
+    },
+    count(): number {
+      return num(countRows.get() ?? { n: 0 }, "n");
+    },
+    stats(): SampleStats {
+      const buckets = readBuckets(db);
+      const value = (name: string): number => num(counter.get(name) ?? { value: 0 }, "value");
+      return {
+        rows: buckets.reduce((s, b) => s + b.kept, 0),
+        bytes: buckets.reduce((s, b) => s + b.bytes, 0),
+        seen: buckets.reduce((s, b) => s + b.seen, 0),
+        maxRows,
+        maxBytes,
+        duplicates: value("samples.duplicates"),
+        evicted: value("samples.evicted"),
+        rejected: value("samples.rejected"),
+        buckets,
+      };
+    },
+  };
+}
+
+/**
+ * The row to evict: a uniformly random row (never `keep`, the sample just
+ * added, which is in `idsByBucket`) of the bucket holding the most above its share `rows·seen_b/seen`.
+ * Removes the chosen id from `idsByBucket`.
+ */
+function pickVictim(
+  buckets: readonly Bucket[],
+  idsByBucket: number[][],
+  rows: number,
+  seen: number,
+  keep: { id: number; bucket: number },
+  random: Random,
+): { id: number; bucket: number } | undefined {
+  let best = -1;
+  let bestExcess = Number.NEGATIVE_INFINITY;
+  buckets.forEach((b, i) => {
+    const ids = idsByBucket[i] ?? [];
+    const evictable = ids.length - (i === keep.bucket ? 1 : 0);
+    if (evictable <= 0) return;
+    const excess = b.kept - (rows * b.seen) / seen;
+    if (excess > bestExcess) {
+      bestExcess = excess;
+      best = i;
+    }
+  });
+  const ids = idsByBucket[best];
+  if (ids === undefined) return undefined;
+  for (;;) {
+    const j = Math.floor(random() * ids.length);
+    const id = ids[j] as number;
+    if (id === keep.id) continue;
+    ids[j] = ids[ids.length - 1] as number;
+    ids.pop();
+    return { id, bucket: best };
+  }
+}
