@@ -304,12 +304,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
 
     for (const shape of opts.shapes) {
       const where = `${shapeLabel(shape)} t${threads}`;
+      // Failed models skip work; keep the bar honest by catching up to where this shape should end.
+      const shapeEnd = done + nModels * (opts.warmup + opts.runs);
       const series = new Map<Loaded, { feeds: Record<string, Tensor>; times: number[] }>();
       const failed = new Map<Loaded, QuantdError>();
       for (const l of loaded) {
         if (l.error !== undefined || l.session === undefined) {
           failed.set(l, l.error ?? new QuantdError("MODEL_LOAD_FAILED", `${l.model.path} did not load`));
-          tick(`skip ${l.model.label}`, opts.warmup);
           continue;
         }
         try {
@@ -347,6 +348,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         tick(`run ${l.model.label} ${where}`);
       }
 
+      if (done < shapeEnd) tick(`done ${where}`, shapeEnd - done);
       for (const l of loaded) {
         const key: RowKey = { model: l.model.label, path: l.model.path, family: l.family, shape, threads };
         const err = failed.get(l);
