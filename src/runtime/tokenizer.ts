@@ -203,7 +203,11 @@ function countSpecials(pieces: readonly TemplatePiece[]): number {
  * BERT tokenizer, and hence our golden data, uses): only the longer segment is cut
  * while the shorter fits in half the budget; otherwise the shorter keeps
  * floor(budget/2) and the longer the rest (on a tie the second segment keeps the
- * extra token). Python's slow tokenizer breaks ties the other way; we follow Rust.
+ * extra token). This is not quite "drop one token at a time from the longer":
+ * for 8 + 4 tokens into 7 Rust keeps 4 + 3, one-at-a-time would keep 3 + 4 or
+ * 4 + 3 depending on how ties are broken, and transformers' pure-Python ("slow")
+ * tokenizers may split such pairs differently. We follow Rust, as transformers'
+ * fast tokenizers (which produced the golden ids) do.
  */
 export function longestFirstLengths(n1: number, n2: number, budget: number): [number, number] {
   if (n1 + n2 <= budget) return [n1, n2];

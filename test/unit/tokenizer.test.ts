@@ -189,6 +189,20 @@ describe("truncation", () => {
     // the longer is cut down to the shorter before both shrink
     expect(longestFirstLengths(7, 9, 14)).toEqual([7, 7]);
     expect(longestFirstLengths(9, 6, 14)).toEqual([8, 6]);
+    // the cases of Rust tokenizers' own truncation test (utils/truncation.rs, max_length 7)
+    const rust: [number, number, number, number][] = [
+      [0, 8, 0, 7],
+      [2, 8, 2, 5],
+      [4, 4, 3, 4],
+      [4, 8, 3, 4],
+      [8, 0, 7, 0],
+      [8, 2, 5, 2],
+      [8, 4, 4, 3],
+      [8, 8, 3, 4],
+      [2, 4, 2, 4],
+    ];
+    for (const [n1, n2, k1, k2] of rust)
+      expect([n1, n2, longestFirstLengths(n1, n2, 7)]).toEqual([n1, n2, [k1, k2]]);
     for (let n1 = 0; n1 < 30; n1++) {
       for (let n2 = 0; n2 < 30; n2++) {
         for (const budget of [2, 5, 13, 16]) {
