@@ -161,6 +161,28 @@ export function argmax(data: ArrayLike<number>, offset = 0, n: number = data.len
   return best;
 }
 
+/**
+ * Validates a batch of inputs, naming the index of the first bad one.
+ *
+ * @throws USAGE for an empty batch; TEXT_* for a bad text
+ */
+function checkInputs(inputs: readonly TextInput[]): void {
+  if (!Array.isArray(inputs) || inputs.length === 0) {
+    throw new QuantdError("USAGE", "classify needs at least one input text");
+  }
+  for (const [i, input] of inputs.entries()) {
+    if (Array.isArray(input)) {
+      if (input.length !== 2) {
+        throw new QuantdError("TEXT_NOT_STRING", `input ${i} must be a text or a pair of texts`, {
+          details: { index: i },
+        });
+      }
+      validateText(input[0], { what: `input ${i} (first text)` });
+      validateText(input[1], { what: `input ${i} (second text)` });
+    } else validateText(input, { what: `input ${i}` });
+  }
+}
+
 /** A loaded text classifier. Create with {@link loadClassifier}; call {@link Classifier.release} when done. */
 export class Classifier {
   /** Label names, index = class id. */
@@ -201,18 +223,7 @@ export class Classifier {
    * @throws INFERENCE_FAILED when onnxruntime fails
    */
   async logits(inputs: readonly TextInput[], opts: EncodeBatchOptions = {}): Promise<EncodedLogits> {
-    if (!Array.isArray(inputs) || inputs.length === 0) {
-      throw new QuantdError("USAGE", "classify needs at least one input text");
-    }
-    for (const [i, input] of inputs.entries()) {
-      if (Array.isArray(input)) {
-        if (input.length !== 2) {
-          throw new QuantdError("TEXT_NOT_STRING", `input ${i} must be a text or a pair of texts`);
-        }
-        validateText(input[0], { what: `input ${i} (first text)` });
-        validateText(input[1], { what: `input ${i} (second text)` });
-      } else validateText(input, { what: `input ${i}` });
-    }
+    checkInputs(inputs);
     const encoding = this.tokenizer.encodeBatch(inputs, opts);
     const result = await this.runEncoded(encoding);
     return { ...result, encoding };
@@ -241,7 +252,8 @@ export class Classifier {
   }
 
   /**
-   * Classifies texts (or pairs), in batches of `batchSize`.
+   * Classifies texts (or pairs), in batches of `batchSize` grouped by token
+   * length; results are in input order.
    *
    * @throws as {@link Classifier.logits}
    */
@@ -250,46 +262,38 @@ export class Classifier {
     if (!Number.isInteger(batchSize) || batchSize < 1) {
       throw new QuantdError("USAGE", `batchSize must be a positive integer, got ${batchSize}`);
     }
-    if (!Array.isArray(inputs) || inputs.length === 0) {
-      throw new QuantdError("USAGE", "classify needs at least one input text");
-    }
-    const results: Classification[] = [];
-    for (let start = 0; start < inputs.length; start += batchSize) {
-      const chunk = inputs.slice(start, start + batchSize);
-      let out: EncodedLogits;
-      try {
-        out = await this.logits(chunk, opts);
-      } catch (err) {
-        // Re-index errors on a chunk to the caller's positions.
-        if (err instanceof QuantdError && start > 0 && err.code.startsWith("TEXT_")) {
-          const m = /input (\d+)/.exec(err.message);
-          if (m !== null) {
-            const at = start + Number(m[1]);
-            throw new QuantdError(err.code, err.message.replace(/input \d+/, `input ${at}`), {
-              cause: err.cause,
-              details: { ...err.details, index: at },
-            });
-          }
-        }
-        throw err;
-      }
-      for (let r = 0; r < out.batch; r++) {
+    checkInputs(inputs);
+    const encodings = inputs.map((input) =>
+      typeof input === "string"
+        ? this.tokenizer.encode(input, undefined, opts)
+        : this.tokenizer.encode(input[0], input[1], opts),
+    );
+    // Batch inputs of similar length together: padding to the batch's longest row is wasted work.
+    const order = Array.from({ length: inputs.length }, (_, i) => i);
+    order.sort((x, y) => encodings[x]!.inputIds.length - encodings[y]!.inputIds.length);
+    const results = new Array<Classification>(inputs.length);
+    for (let start = 0; start < order.length; start += batchSize) {
+      const rows = order.slice(start, start + batchSize);
+      const out = await this.runEncoded(
+        this.tokenizer.pad(
+          rows.map((i) => encodings[i]!),
+          opts,
+        ),
+      );
+      for (const [r, i] of rows.entries()) {
         const logits = Array.from(out.data.subarray(r * out.numLabels, (r + 1) * out.numLabels));
-        const probabilities = softmax(logits);
         const labelId = argmax(logits);
         if (labelId < 0 || logits.some(Number.isNaN)) {
-          throw new QuantdError(
-            "INFERENCE_FAILED",
-            `${this.modelPath} produced NaN logits for input ${start + r}`,
-          );
+          throw new QuantdError("INFERENCE_FAILED", `${this.modelPath} produced NaN logits for input ${i}`);
         }
-        results.push({
+        const probabilities = softmax(logits);
+        results[i] = {
           label: this.labels[labelId]!,
           labelId,
           score: probabilities[labelId]!,
           probabilities,
           logits,
-        });
+        };
       }
     }
     return results;
