@@ -17,8 +17,9 @@
 import { assertNever, QuantdError } from "../errors.ts";
 import type { GraphProto, ModelProto, NodeProto, TensorProto } from "../onnx/types.ts";
 
-/** How activation ranges are estimated from the calibration samples. */
-export type CalibrationMethod = "minmax" | "moving-average" | "percentile" | "entropy" | "mse";
+import type { CalibrationMethod } from "./calibrate.ts";
+
+export type { CalibrationMethod } from "./calibrate.ts";
 
 /** How an embedding table is scaled. */
 export type EmbeddingGranularity = "per-row" | "per-tensor";

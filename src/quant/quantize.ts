@@ -1,0 +1,269 @@
+/**
+ * The quantizer as a library function: plan → calibrate (static mode) → graph
+ * rewrite passes. The CLI, the accuracy gate with its sensitivity fallback and
+ * the report are built on top of {@link quantizeModel}; the fallback rebuilds
+ * with more nodes excluded by passing back the `ranges` of the first build, so
+ * a rebuild costs a rewrite (about a second), not a calibration.
+ *
+ * Defaults, as measured on the shipped BERT-Mini (SST-2, 4 layers × 256) on the
+ * 2-core x86 (AVX-512 VNNI) dev machine, seq 128, batch 1, 1 thread, p50,
+ * interleaved runs (figures filled in below from `bench/quant-compare.ts`):
+ * MEASUREMENTS_PLACEHOLDER
+ *
+ * Why these defaults:
+ * - QDQ only on MatMul/Gemm inputs (no output QuantizeLinear): ORT fuses each
+ *   into MatMulIntegerToFloat (int8 GEMM, float out), so LayerNorm, GELU,
+ *   Softmax and the residual adds stay fp32 and keep their transformer fusions
+ *   (BiasGelu, FusedMatMul). Output QDQ (→ QLinearMatMul + DequantizeLinear)
+ *   measured slower. ORT's own static tool quantizes every op (QLinearAdd,
+ *   QLinearSoftmax…), which costs both accuracy and time.
+ * - Per-channel int8 weights, uint8 activations, no reduce-range: the
+ *   qnnpack-style scheme MLAS runs natively on x86 (VNNI) and arm64 (dot).
+ * - Embedding tables int8 per row: the word table is more than half the file.
+ * - Attention activation×activation MatMuls stay fp32 by default (small at
+ *   seq 128, and Q·Kᵀ feeds a Softmax whose input range is wide).
+ */
+import { assertNever, QuantdError } from "../errors.ts";
+import type { GraphProto, ModelProto } from "../onnx/types.ts";
+import type { BatchEncoding } from "../runtime/tokenizer.ts";
+import { calibrate } from "./calibrate.ts";
+import { quantizeEmbeddings } from "./passes/embedding.ts";
+import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
+import { insertStaticQdq } from "./passes/qdq-static.ts";
+import { GraphRewrite } from "./passes/rewrite.ts";
+import {
+  applyRanges,
+  type DynamicQuantizeOptions,
+  defaultQuantizeOptions,
+  type EmbeddingTarget,
+  excludeNodes,
+  planQuantization,
+  type QuantizeOptions,
+  type QuantPlan,
+  type StaticQuantizeOptions,
+  type TensorRange,
+  type WeightMatMulTarget,
+} from "./plan.ts";
+import { computeActivationQParams, type QParams } from "./qparams.ts";
+
+export type { QuantizeOptions, QuantPlan } from "./plan.ts";
+
+/** What {@link quantizeModel} needs besides the options. */
+export interface QuantizeInputs {
+  /** Tokenized calibration batches (static mode, unless `ranges` is given). */
+  calibration?: readonly BatchEncoding[];
+  /**
+   * Activation ranges from an earlier build of the same model (its
+   * `QuantizeResult.ranges`): skips calibration, so a rebuild with more
+   * nodes excluded is cheap.
+   */
+  ranges?: ReadonlyMap<string, TensorRange>;
+}
+
+/**
+ * Options of {@link quantizeModel}: `type` plus any option to override (the
+ * rest come from {@link defaultQuantizeOptions}), plus the inputs.
+ */
+export type QuantizeModelOptions = (
+  | ({ type: "static" } & Partial<Omit<StaticQuantizeOptions, "type">>)
+  | ({ type: "dynamic" } & Partial<Omit<DynamicQuantizeOptions, "type">>)
+) &
+  QuantizeInputs;
+
+/** Wall-clock time of each stage, in milliseconds. */
+export interface QuantizeTimings {
+  planMs: number;
+  calibrationMs: number;
+  quantizationMs: number;
+  totalMs: number;
+}
+
+/** The quantized model and how it was made. */
+export interface QuantizeResult {
+  /** A new model; the input model is not modified. */
+  model: ModelProto;
+  /** The final plan (after dropping targets with unusable ranges). */
+  plan: QuantPlan;
+  /** The resolved options. */
+  options: QuantizeOptions;
+  /** Activation ranges used (static; empty for dynamic). */
+  ranges: ReadonlyMap<string, TensorRange>;
+  /** Quantization parameters written for each activation (static). */
+  qparams: ReadonlyMap<string, QParams>;
+  timings: QuantizeTimings;
+}
+
+/** Resolves partial options against the defaults. */
+export function resolveQuantizeOptions(opts: QuantizeModelOptions): QuantizeOptions {
+  const { calibration: _c, ranges: _r, ...rest } = opts;
+  switch (rest.type) {
+    case "static":
+      return defaultQuantizeOptions("static", stripUndefined(rest));
+    case "dynamic": {
+      const { type: _t, ...dyn } = stripUndefined(rest) as Partial<DynamicQuantizeOptions> & {
+        method?: unknown;
+        quantizeAttentionMatMuls?: unknown;
+      };
+      // Static-only fields (a caller building both modes from one object) mean nothing here.
+      const { method: _m, quantizeAttentionMatMuls: _q, ...dynamicOnly } = dyn;
+      return defaultQuantizeOptions("dynamic", dynamicOnly);
+    }
+    default:
+      return assertNever(rest, "quantization mode");
+  }
+}
+
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
+
+/**
+ * A copy of the model that passes may edit: new node and initializer lists and
+ * new node objects, sharing the (never mutated) tensors, so a 30 MB model is
+ * not duplicated and the caller's model stays as it was.
+ */
+function editableCopy(model: ModelProto): ModelProto {
+  const g = model.graph;
+  const graph: GraphProto = {
+    ...g,
+    node: g.node.map((n) => ({
+      ...n,
+      input: [...n.input],
+      output: [...n.output],
+      attribute: [...n.attribute],
+    })),
+    initializer: [...g.initializer],
+    input: [...g.input],
+    output: [...g.output],
+    valueInfo: [...g.valueInfo],
+  };
+  return { ...model, graph, opsetImport: [...model.opsetImport], metadataProps: [...model.metadataProps] };
+}
+
+/** The default-domain opset QuantizeLinear/DequantizeLinear need (per-axis scales: 13). */
+const MIN_QDQ_OPSET = 13;
+
+function checkOpset(model: ModelProto): void {
+  const def = model.opsetImport.find((o) => o.domain === "" || o.domain === "ai.onnx");
+  const v = def?.version ?? 0;
+  if (v < MIN_QDQ_OPSET) {
+    throw new QuantdError(
+      "QUANT_UNSUPPORTED",
+      `the model uses ONNX opset ${v}; quantd needs opset ${MIN_QDQ_OPSET} or newer (per-channel DequantizeLinear)`,
+      { details: { opset: v } },
+    );
+  }
+}
+
+/** Activation quantization parameters from calibrated ranges (uint8 asymmetric). */
+export function activationQParams(
+  plan: QuantPlan,
+  ranges: ReadonlyMap<string, TensorRange>,
+  reduceRange: boolean,
+): Map<string, QParams> {
+  const out = new Map<string, QParams>();
+  for (const name of plan.observe) {
+    const r = ranges.get(name);
+    if (r === undefined) continue;
+    out.set(name, computeActivationQParams(r.min, r.max, { reduceRange, type: "uint8" }));
+  }
+  return out;
+}
+
+/**
+ * Quantizes an fp32 model to int8.
+ *
+ * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
+ * @throws QUANT_UNSUPPORTED when the opset is too old
+ * @throws CALIB_EMPTY in static mode without calibration batches or ranges
+ * @throws USAGE when `exclude` names a node that is not in the model
+ * @throws CALIB_FAILED / QUANT_FAILED from calibration and the passes
+ */
+export async function quantizeModel(model: ModelProto, opts: QuantizeModelOptions): Promise<QuantizeResult> {
+  const t0 = performance.now();
+  const options = resolveQuantizeOptions(opts);
+  checkOpset(model);
+  let plan = planQuantization(model, options);
+  const planMs = performance.now() - t0;
+
+  let ranges: ReadonlyMap<string, TensorRange> = new Map();
+  let calibrationMs = 0;
+  switch (options.type) {
+    case "static": {
+      const tc = performance.now();
+      if (opts.ranges !== undefined) {
+        ranges = opts.ranges;
+      } else if (plan.observe.length > 0) {
+        const batches = opts.calibration ?? [];
+        if (batches.length === 0) {
+          throw new QuantdError(
+            "CALIB_EMPTY",
+            "static quantization needs calibration samples, and none were given",
+          );
+        }
+        const res = await calibrate(model, plan.observe, batches, { method: options.method });
+        ranges = res.ranges;
+      }
+      calibrationMs = performance.now() - tc;
+      plan = applyRanges(plan, ranges);
+      break;
+    }
+    case "dynamic":
+      break;
+    default:
+      assertNever(options, "quantization mode");
+  }
+
+  const tq = performance.now();
+  const out = editableCopy(model);
+  const rw = new GraphRewrite(out.graph);
+  const qparams =
+    options.type === "static" ? activationQParams(plan, ranges, options.reduceRange) : new Map();
+  const embeddings = plan.quantized.filter((t): t is EmbeddingTarget => t.kind === "embedding");
+  switch (options.type) {
+    case "static":
+      insertStaticQdq(rw, plan.quantized, qparams, options);
+      break;
+    case "dynamic":
+      insertDynamicMatMul(
+        rw,
+        plan.quantized.filter((t): t is WeightMatMulTarget => t.kind === "weight-matmul"),
+        options,
+      );
+      break;
+    default:
+      assertNever(options, "quantization mode");
+  }
+  quantizeEmbeddings(rw, embeddings, {
+    granularity: options.embeddingGranularity,
+    reduceRange: options.reduceRange,
+  });
+  rw.commit();
+  out.producerName = "quantd";
+  const quantizationMs = performance.now() - tq;
+  return {
+    model: out,
+    plan,
+    options,
+    ranges,
+    qparams,
+    timings: { planMs, calibrationMs, quantizationMs, totalMs: performance.now() - t0 },
+  };
+}
+
+/**
+ * Rebuilds a quantized model from an earlier result with `exclude` more nodes
+ * kept fp32, reusing its ranges (no calibration).
+ */
+export async function requantize(
+  model: ModelProto,
+  previous: Pick<QuantizeResult, "options" | "ranges">,
+  exclude: readonly string[],
+): Promise<QuantizeResult> {
+  const merged = [...new Set([...previous.options.exclude, ...exclude])];
+  const base: QuantizeModelOptions = { ...previous.options, exclude: merged, ranges: previous.ranges };
+  return quantizeModel(model, base);
+}
+
+/** Re-export for callers that hold a plan and want to narrow it without rebuilding. */
+export { excludeNodes };
