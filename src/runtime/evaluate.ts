@@ -162,7 +162,7 @@ export async function evaluate(
     compare === undefined || reuse ? undefined : texts.map((t) => compare.tokenizer.encode(t));
   const order = Array.from({ length: n }, (_, i) => i);
   // Stable sort: equal lengths keep file order, so a run is reproducible.
-  if (opts.sortByLength === true)
+  if (opts.sortByLength ?? true)
     order.sort((x, y) => encodings[x]!.inputIds.length - encodings[y]!.inputIds.length);
 
   const scatter = (into: Float32Array, rows: readonly number[], data: Float32Array): void => {
