@@ -1,0 +1,324 @@
+/**
+ * Structure of the int8 rewrites on a tiny synthetic BERT: what the plan picks
+ * and skips, the QDQ pairs and int8 weights the static pass writes, the
+ * MatMulInteger chains of the dynamic pass, the int8 embedding tables, and
+ * that the rewritten model still runs in onnxruntime close to fp32.
+ */
+import { describe, expect, test } from "bun:test";
+import { isQuantdError } from "../../src/errors.ts";
+import { encodeModel } from "../../src/onnx/codec.ts";
+import { tensorToArray } from "../../src/onnx/tensor.ts";
+import type { ModelProto, NodeProto, TensorProto } from "../../src/onnx/types.ts";
+import { DataType } from "../../src/onnx/types.ts";
+import {
+  applyRanges,
+  defaultQuantizeOptions,
+  excludeNodes,
+  planQuantization,
+  type WeightMatMulTarget,
+} from "../../src/quant/plan.ts";
+import { quantizeModel, requantize } from "../../src/quant/quantize.ts";
+import { createOrtSession } from "../../src/runtime/ort-session.ts";
+import type { BatchEncoding } from "../../src/runtime/tokenizer.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
+import { expectClose } from "../helpers/expect-close.ts";
+
+const tiny = SYNTHETIC_BERT_PRESETS.tiny;
+const fp32 = buildSyntheticBert(tiny);
+const LAYERS = tiny.layers;
+const POOLER = "/bert/pooler/dense/Gemm";
+const CLASSIFIER = "/classifier/Gemm";
+
+/** Deterministic right-padded batches of random token ids. */
+function randomBatches(count: number, batchSize: number, seqLen: number, seed = 7): BatchEncoding[] {
+  let s = seed;
+  const next = (n: number): number => {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    return s % n;
+  };
+  const out: BatchEncoding[] = [];
+  for (let b = 0; b < count; b++) {
+    const n = batchSize * seqLen;
+    const inputIds = new BigInt64Array(n);
+    const attentionMask = new BigInt64Array(n);
+    const lengths: number[] = [];
+    for (let r = 0; r < batchSize; r++) {
+      const len = 4 + next(seqLen - 3);
+      lengths.push(len);
+      for (let i = 0; i < seqLen; i++) {
+        inputIds[r * seqLen + i] = i < len ? BigInt(1 + next(tiny.vocab - 1)) : 0n;
+        attentionMask[r * seqLen + i] = i < len ? 1n : 0n;
+      }
+    }
+    out.push({
+      batchSize,
+      seqLen,
+      inputIds,
+      attentionMask,
+      tokenTypeIds: new BigInt64Array(n),
+      lengths,
+      truncated: lengths.map(() => false),
+    });
+  }
+  return out;
+}
+
+const calibration = randomBatches(4, 4, 16);
+
+function byName(model: ModelProto): Map<string, NodeProto> {
+  return new Map(model.graph.node.map((n) => [n.name, n]));
+}
+
+function producerOf(model: ModelProto, tensor: string): NodeProto | undefined {
+  return model.graph.node.find((n) => n.output.includes(tensor));
+}
+
+function initializer(model: ModelProto, name: string): TensorProto | undefined {
+  return model.graph.initializer.find((t) => t.name === name);
+}
+
+function count(model: ModelProto, opType: string): number {
+  return model.graph.node.filter((n) => n.opType === opType).length;
+}
+
+describe("plan", () => {
+  test("picks weight MatMuls, Gemms and embeddings; skips attention with a reason", () => {
+    const plan = planQuantization(fp32, defaultQuantizeOptions("static"));
+    const kinds = plan.quantized.map((t) => t.kind);
+    expect(kinds.filter((k) => k === "weight-matmul")).toHaveLength(LAYERS * 6 + 2);
+    expect(kinds.filter((k) => k === "embedding")).toHaveLength(3);
+    expect(plan.skipped.filter((s) => s.reason === "attention-disabled")).toHaveLength(LAYERS * 2);
+    const gemm = plan.quantized.find(
+      (t): t is WeightMatMulTarget => t.node === POOLER && t.kind === "weight-matmul",
+    );
+    expect(gemm?.channelAxis).toBe(0); // transB=1: output channels are rows
+    expect(gemm?.bias).toBe("bert.pooler.dense.bias");
+    // Q, K and V share their input: one observed tensor for three MatMuls.
+    expect(plan.observe.length).toBe(LAYERS * 4 + 2);
+    expect(new Set(plan.observe).size).toBe(plan.observe.length);
+  });
+
+  test("dynamic plans observe nothing; attention MatMuls can be enabled in static mode", () => {
+    expect(planQuantization(fp32, defaultQuantizeOptions("dynamic")).observe).toEqual([]);
+    const plan = planQuantization(fp32, defaultQuantizeOptions("static", { quantizeAttentionMatMuls: true }));
+    expect(plan.quantized.filter((t) => t.kind === "attention-matmul")).toHaveLength(LAYERS * 2);
+    expect(plan.skipped).toEqual([]);
+  });
+
+  test("exclude and disabled embeddings are recorded; unknown exclude names are a usage error", () => {
+    const q = "/bert/encoder/layer.0/attention/self/query/MatMul";
+    const plan = planQuantization(
+      fp32,
+      defaultQuantizeOptions("static", { exclude: [q], quantizeEmbeddings: false }),
+    );
+    expect(plan.skipped.find((s) => s.node === q)?.reason).toBe("excluded");
+    expect(plan.skipped.filter((s) => s.reason === "embeddings-disabled")).toHaveLength(3);
+    expect(plan.quantized.some((t) => t.node === q)).toBe(false);
+    let err: unknown;
+    try {
+      planQuantization(fp32, defaultQuantizeOptions("static", { exclude: ["no/such/node"] }));
+    } catch (e) {
+      err = e;
+    }
+    expect(isQuantdError(err, "USAGE")).toBe(true);
+  });
+
+  test("ranges holding a mask sentinel or nothing drop the target with a reason", () => {
+    const plan = planQuantization(fp32, defaultQuantizeOptions("static"));
+    const [first, second, ...rest] = plan.observe;
+    const ranges = new Map<string, { min: number; max: number }>();
+    ranges.set(first!, { min: -3.4028234663852886e38, max: 1 });
+    for (const name of rest) ranges.set(name, { min: -1, max: 1 });
+    const applied = applyRanges(plan, ranges);
+    const reasons = new Map(applied.skipped.map((s) => [s.node, s.reason]));
+    const readers = (t: string) =>
+      plan.quantized.filter((x): x is WeightMatMulTarget => x.kind === "weight-matmul" && x.activation === t);
+    for (const t of readers(first!)) expect(reasons.get(t.node)).toBe("mask-sentinel");
+    for (const t of readers(second!)) expect(reasons.get(t.node)).toBe("no-range");
+    expect(applied.observe).not.toContain(first);
+    const fewer = excludeNodes(applied, [CLASSIFIER]);
+    expect(fewer.skipped.find((s) => s.node === CLASSIFIER)?.reason).toBe("excluded");
+  });
+});
+
+describe("static QDQ rewrite", async () => {
+  const q = "/bert/encoder/layer.1/output/dense/MatMul";
+  const result = await quantizeModel(fp32, { type: "static", calibration, exclude: [q] });
+  const model = result.model;
+  const nodes = byName(model);
+
+  test("every quantized MatMul reads DQ(Q(activation)) and DQ(int8 per-channel weight)", () => {
+    const targets = result.plan.quantized.filter((t): t is WeightMatMulTarget => t.kind === "weight-matmul");
+    expect(targets).toHaveLength(LAYERS * 6 + 1);
+    for (const t of targets) {
+      const n = nodes.get(t.node)!;
+      const actDq = producerOf(model, n.input[0]!)!;
+      expect(actDq.opType).toBe("DequantizeLinear");
+      const actQ = producerOf(model, actDq.input[0]!)!;
+      expect(actQ.opType).toBe("QuantizeLinear");
+      expect(actQ.input[0]).toBe(t.activation);
+      const zp = initializer(model, actQ.input[2]!)!;
+      expect(zp.dataType).toBe(DataType.UINT8);
+      const scale = tensorToArray(initializer(model, actQ.input[1]!)!)[0] as number;
+      expect(scale).toBeGreaterThan(0);
+
+      const wDq = producerOf(model, n.input[1]!)!;
+      expect(wDq.opType).toBe("DequantizeLinear");
+      const wq = initializer(model, wDq.input[0]!)!;
+      expect(wq.dataType).toBe(DataType.INT8);
+      const outChannels = wq.dims[t.channelAxis]!;
+      const wScale = initializer(model, wDq.input[1]!)!;
+      expect(wScale.dims).toEqual([outChannels]);
+      const wZp = tensorToArray(initializer(model, wDq.input[2]!)!) as Int8Array;
+      expect(wZp.length).toBe(outChannels);
+      expect([...wZp].every((z) => z === 0)).toBe(true);
+      const values = tensorToArray(wq) as Int8Array;
+      expect(values.every((v) => v >= -127 && v <= 127)).toBe(true);
+      expect(wDq.attribute.find((a) => a.name === "axis")?.i).toBe(t.channelAxis);
+      // the fp32 weight is gone from the file
+      expect(initializer(model, t.weight)).toBeUndefined();
+    }
+  });
+
+  test("one QuantizeLinear per distinct activation; Gemm biases become int32", () => {
+    expect(count(model, "QuantizeLinear")).toBe(result.plan.observe.length);
+    const pooler = nodes.get(POOLER)!;
+    const biasDq = producerOf(model, pooler.input[2]!)!;
+    expect(biasDq.opType).toBe("DequantizeLinear");
+    expect(initializer(model, biasDq.input[0]!)!.dataType).toBe(DataType.INT32);
+  });
+
+  test("excluded and attention nodes are untouched", () => {
+    const orig = byName(fp32);
+    expect(nodes.get(q)!.input).toEqual(orig.get(q)!.input);
+    expect(initializer(model, orig.get(q)!.input[1]!)?.dataType).toBe(DataType.FLOAT);
+    const att = "/bert/encoder/layer.0/attention/self/MatMul";
+    expect(nodes.get(att)!.input).toEqual(orig.get(att)!.input);
+    expect(result.plan.skipped.find((s) => s.node === q)?.reason).toBe("excluded");
+  });
+
+  test("embedding tables are int8 with one scale per row", () => {
+    const gather = nodes.get("/bert/embeddings/word_embeddings/Gather")!;
+    const table = initializer(model, gather.input[0]!)!;
+    expect(table.dataType).toBe(DataType.INT8);
+    expect(table.dims).toEqual([tiny.vocab, tiny.hidden]);
+    const scaleGather = model.graph.node.find(
+      (n) => n.opType === "Gather" && n.input[1] === gather.input[1] && n !== gather,
+    );
+    expect(initializer(model, scaleGather!.input[0]!)!.dims).toEqual([tiny.vocab, 1]);
+    expect(initializer(model, "bert.embeddings.word_embeddings.weight")).toBeUndefined();
+  });
+
+  test("the input model is not modified", () => {
+    expect(count(fp32, "QuantizeLinear")).toBe(0);
+    expect(initializer(fp32, "bert.embeddings.word_embeddings.weight")?.dataType).toBe(DataType.FLOAT);
+  });
+
+  test("runs in onnxruntime with logits close to fp32", async () => {
+    const [ref, int8] = await Promise.all([
+      createOrtSession(encodeModel(fp32)),
+      createOrtSession(encodeModel(model)),
+    ]);
+    try {
+      for (const b of randomBatches(2, 2, 12, 99)) {
+        const dims = [b.batchSize, b.seqLen];
+        const feeds = {
+          input_ids: { type: "int64" as const, data: b.inputIds, dims },
+          attention_mask: { type: "int64" as const, data: b.attentionMask, dims },
+          token_type_ids: { type: "int64" as const, data: b.tokenTypeIds, dims },
+        };
+        const want = (await ref.run(feeds)).logits!.data as Float32Array;
+        const got = (await int8.run(feeds)).logits!.data as Float32Array;
+        const span = Math.max(...want.map(Math.abs));
+        expectClose(got, want, { atol: 0.05 * span + 1e-3, what: "int8 logits" });
+      }
+    } finally {
+      await Promise.all([ref.release(), int8.release()]);
+    }
+  });
+
+  test("a rebuild with more exclusions reuses the ranges and skips calibration", async () => {
+    const again = await requantize(fp32, result, [POOLER]);
+    expect(again.timings.calibrationMs).toBeLessThan(50);
+    expect(again.plan.skipped.find((s) => s.node === POOLER)?.reason).toBe("excluded");
+    expect(byName(again.model).get(POOLER)!.input).toEqual(byName(fp32).get(POOLER)!.input);
+  });
+
+  test("an already quantized model is refused", async () => {
+    let err: unknown;
+    try {
+      await quantizeModel(model, { type: "dynamic" });
+    } catch (e) {
+      err = e;
+    }
+    expect(isQuantdError(err, "MODEL_ALREADY_QUANTIZED")).toBe(true);
+  });
+
+  test("static mode without calibration data is CALIB_EMPTY", async () => {
+    let err: unknown;
+    try {
+      await quantizeModel(fp32, { type: "static", calibration: [] });
+    } catch (e) {
+      err = e;
+    }
+    expect(isQuantdError(err, "CALIB_EMPTY")).toBe(true);
+  });
+});
+
+describe("dynamic rewrite", async () => {
+  const result = await quantizeModel(fp32, { type: "dynamic", perChannel: false });
+  const model = result.model;
+
+  test("MatMulInteger chains with one DynamicQuantizeLinear per activation", () => {
+    const targets = result.plan.quantized.filter((t) => t.kind === "weight-matmul");
+    expect(count(model, "MatMulInteger")).toBe(targets.length);
+    expect(count(model, "DynamicQuantizeLinear")).toBe(LAYERS * 4 + 2);
+    expect(count(model, "QuantizeLinear")).toBe(0);
+    for (const mmi of model.graph.node.filter((n) => n.opType === "MatMulInteger")) {
+      const w = initializer(model, mmi.input[1]!)!;
+      expect(w.dataType).toBe(DataType.INT8);
+      // per-tensor requested: scalar zero point
+      expect(initializer(model, mmi.input[3]!)!.dims).toEqual([]);
+    }
+    // Gemm transB=1 weights are stored transposed as [K, N].
+    const pooler = model.graph.node.find((n) => n.opType === "MatMulInteger" && n.name.startsWith(POOLER))!;
+    expect(initializer(model, pooler.input[1]!)!.dims).toEqual([tiny.hidden, tiny.hidden]);
+    const classifier = model.graph.node.find(
+      (n) => n.opType === "MatMulInteger" && n.name.startsWith(CLASSIFIER),
+    )!;
+    expect(initializer(model, classifier.input[1]!)!.dims).toEqual([tiny.hidden, tiny.numLabels]);
+  });
+
+  test("bias Adds read the scaled product first, so ORT can fuse the bias", () => {
+    const biasAdds = model.graph.node.filter(
+      (n) => n.opType === "Add" && /(query|key|value|dense)\/Add$/.test(n.name),
+    );
+    expect(biasAdds.length).toBe(LAYERS * 6);
+    for (const add of biasAdds) {
+      expect(producerOf(model, add.input[0]!)?.opType).toBe("Mul");
+      expect(initializer(model, add.input[1]!)?.dims).toHaveLength(1);
+    }
+  });
+
+  test("runs in onnxruntime with logits close to fp32", async () => {
+    const [ref, int8] = await Promise.all([
+      createOrtSession(encodeModel(fp32)),
+      createOrtSession(encodeModel(model)),
+    ]);
+    try {
+      const b = randomBatches(1, 3, 10, 5)[0]!;
+      const dims = [b.batchSize, b.seqLen];
+      const feeds = {
+        input_ids: { type: "int64" as const, data: b.inputIds, dims },
+        attention_mask: { type: "int64" as const, data: b.attentionMask, dims },
+        token_type_ids: { type: "int64" as const, data: b.tokenTypeIds, dims },
+      };
+      const want = (await ref.run(feeds)).logits!.data as Float32Array;
+      const got = (await int8.run(feeds)).logits!.data as Float32Array;
+      const span = Math.max(...want.map(Math.abs));
+      expectClose(got, want, { atol: 0.05 * span + 1e-3, what: "int8 logits" });
+    } finally {
+      await Promise.all([ref.release(), int8.release()]);
+    }
+  });
+});
