@@ -4,7 +4,7 @@
  * in one directory; quantd writes its int8 model beside a copy of them. A user
  * may still keep the tokenizer elsewhere and point at it (`--tokenizer DIR`).
  */
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { QuantdError } from "../errors.ts";
 
@@ -34,6 +34,17 @@ function isFile(p: string): boolean {
   }
 }
 
+function onnxFilesIn(dir: string): string[] {
+  try {
+    return readdirSync(dir)
+      .filter((f) => f.endsWith(".onnx"))
+      .sort()
+      .slice(0, 5);
+  } catch {
+    return [];
+  }
+}
+
 /**
  * Locates a model and its tokenizer and config.
  *
@@ -48,13 +59,14 @@ export function findModelFiles(modelPath: string, tokenizerDir?: string): ModelF
   let model = resolve(modelPath);
   if (isDir(model)) model = join(model, "model.onnx");
   if (!isFile(model)) {
-    throw new QuantdError(
-      "FILE_NOT_FOUND",
-      isDir(resolve(modelPath))
-        ? `no model.onnx in directory ${modelPath}`
-        : `model file ${modelPath} does not exist`,
-      { details: { path: modelPath } },
-    );
+    let message = `model file ${modelPath} does not exist`;
+    if (isDir(resolve(modelPath))) {
+      const others = onnxFilesIn(resolve(modelPath));
+      message =
+        `no model.onnx in directory ${modelPath}` +
+        (others.length > 0 ? `; it has ${others.join(", ")}: pass one of them` : "");
+    }
+    throw new QuantdError("FILE_NOT_FOUND", message, { details: { path: modelPath } });
   }
   const modelDir = dirname(model);
   const tokDir = resolve(tokenizerDir ?? modelDir);

@@ -177,6 +177,17 @@ describe("model files and model checks", () => {
     "missing model, missing tokenizer with a --tokenizer hint, explicit tokenizer dir",
     async () => {
       expect(await codeOf(loadClassifier(join(tmp, "absent.onnx")))).toBe("FILE_NOT_FOUND");
+      const other = join(tmp, "other");
+      mkdirSync(other, { recursive: true });
+      writeFileSync(join(other, "model.int8.onnx"), "");
+      let missing: unknown;
+      try {
+        findModelFiles(other);
+      } catch (e) {
+        missing = e;
+      }
+      expect(isQuantdError(missing, "FILE_NOT_FOUND")).toBe(true);
+      expect((missing as Error).message).toContain("model.int8.onnx");
       const dir = join(tmp, "bare");
       mkdirSync(dir, { recursive: true });
       symlinkSync(resolve(shippedModelPath), join(dir, "model.onnx"));
