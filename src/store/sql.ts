@@ -41,7 +41,10 @@ export interface SqlDatabase {
   readonly path: string;
   /** Runs one or more statements without parameters (DDL, `BEGIN`, …). */
   exec(sql: string): void;
-  /** Compiles a statement; prepare once and reuse in hot paths. */
+  /**
+   * Compiles a statement. Prepare once and reuse: a statement lives until
+   * {@link SqlDatabase.close}, which finalizes it.
+   */
   prepare(sql: string): SqlStatement;
   /**
    * Runs `fn` inside `BEGIN IMMEDIATE … COMMIT`, rolling back when it throws

@@ -5,7 +5,7 @@
  * bench repositories.
  */
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { QuantdError } from "../../src/errors.ts";
 import { migrate, SCHEMA_VERSION } from "../../src/store/migrations.ts";
@@ -55,6 +55,8 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
           } finally {
             store.close();
           }
+          // A real close checkpoints the WAL into the database file and removes it.
+          assert.equal(existsSync(`${dbPath(dir)}-wal`), false, "WAL file left after close");
           const again = await open(dir);
           try {
             assert.deepEqual(migrate(again.db), []);

@@ -5,6 +5,7 @@
 import type { Command } from "../command.ts";
 import { benchCommand } from "./bench.ts";
 import { classifyCommand } from "./classify.ts";
+import { collectCommand } from "./collect.ts";
 import { demoCommand } from "./demo.ts";
 import { deviceCommand } from "./device.ts";
 import { evalCommand } from "./eval.ts";
@@ -15,5 +16,6 @@ export const commands: readonly Command[] = [
   classifyCommand,
   evalCommand,
   benchCommand,
+  collectCommand,
   deviceCommand,
 ];

@@ -57,6 +57,9 @@ class BunStatement implements SqlStatement {
 class BunDatabase implements SqlDatabase {
   readonly driver = "bun:sqlite";
   private isClosed = false;
+  // bun:sqlite only really closes (and checkpoints the WAL) once every statement
+  // is finalized, so the connection keeps its statements and finalizes them on close.
+  private readonly statements = new Set<Statement>();
 
   /** Whether {@link close} was called. */
   get closed(): boolean {
@@ -84,7 +87,9 @@ class BunDatabase implements SqlDatabase {
   prepare(sql: string): SqlStatement {
     if (this.closed) throw closedError(this.path);
     try {
-      return new BunStatement(this.db.prepare(sql), this, sql);
+      const stmt = this.db.prepare(sql);
+      this.statements.add(stmt);
+      return new BunStatement(stmt, this, sql);
     } catch (err) {
       throw toStoreError(err, this.path, `prepare ${sql}`);
     }
@@ -103,8 +108,13 @@ class BunDatabase implements SqlDatabase {
     if (this.closed) throw closedError(this.path);
     const sql = pragmaSql(name, value);
     try {
-      const row = this.db.prepare(sql).get() as SqlRow | null;
-      return row === null ? undefined : Object.values(row)[0];
+      const stmt = this.db.prepare(sql);
+      try {
+        const row = stmt.get() as SqlRow | null;
+        return row === null ? undefined : Object.values(row)[0];
+      } finally {
+        stmt.finalize();
+      }
     } catch (err) {
       throw toStoreError(err, this.path, sql);
     }
@@ -114,6 +124,8 @@ class BunDatabase implements SqlDatabase {
     if (this.isClosed) return;
     this.isClosed = true;
     try {
+      for (const stmt of this.statements) stmt.finalize();
+      this.statements.clear();
       this.db.close();
     } catch (err) {
       throw toStoreError(err, this.path, "close");
