@@ -41,7 +41,7 @@ export function klThresholdBins(h: Float64Array, quantizedBins: number): number 
   if (B <= nq) return B;
   const H = new Float64Array(B + 1);
   const L = new Float64Array(B + 1);
-  const Z = new Float64Array(B + 1);
+  const Z = new Int32Array(B + 1);
   for (let k = 0; k < B; k++) {
     const v = h[k]!;
     H[k + 1] = H[k]! + v;
@@ -51,33 +51,34 @@ export function klThresholdBins(h: Float64Array, quantizedBins: number): number 
   const N = H[B]!;
   if (N === 0) return B;
   const logN = Math.log(N);
+  // ln n for the non-empty-bin counts, so each group costs one Math.log (of its total) instead of two
+  const logInt = new Float64Array(B + 1);
+  for (let n = 1; n <= B; n++) logInt[n] = Math.log(n);
   let best = B;
   let bestKl = Number.POSITIVE_INFINITY;
   for (let i = nq; i <= B; i++) {
     const Sq = H[i]!;
     if (Sq === 0) continue;
-    const logSq = Math.log(Sq);
-    const outliers = N - Sq;
-    let kl = 0; // accumulated as N·KL, divided once at the end
-    let lastT = 0;
-    let lastN = 0;
-    for (let g = 0; g < nq; g++) {
-      const s = Math.floor((g * i) / nq);
-      const e = Math.floor(((g + 1) * i) / nq);
-      const T = H[e]! - H[s]!;
+    const shift = Math.log(Sq) - logN;
+    // Σ over non-empty bins of h·ln(p/q) = Σ_g [Σ h ln h + T·(ln Sq − ln N − ln T + ln n)], accumulated as N·KL
+    let kl = 0;
+    let s = 0;
+    for (let g = 1; g <= nq; g++) {
+      const e = Math.floor((g * i) / nq);
       const n = Z[e]! - Z[s]!;
-      if (n > 0) kl += L[e]! - L[s]! + T * (logSq - logN - Math.log(T / n));
-      if (g === nq - 1) {
-        lastT = T;
-        lastN = n;
+      if (n > 0) {
+        const T = H[e]! - H[s]!;
+        kl += L[e]! - L[s]! + T * (shift - Math.log(T) + logInt[n]!);
       }
+      s = e;
     }
-    // bin i-1 carries the clipped mass in P: replace its term
+    // bin i-1 carries the clipped mass in P: replace its term (its group starts at s_last)
+    const sLast = Math.floor(((nq - 1) * i) / nq);
+    const lastT = H[i]! - H[sLast]!;
+    const lastN = Z[i]! - Z[sLast]!;
     const hl = h[i - 1]!;
-    if (hl > 0) {
-      kl -= hl * Math.log(hl) + hl * (logSq - logN - Math.log(lastT / lastN));
-    }
-    const p = (hl + outliers) / N;
+    if (hl > 0) kl -= hl * Math.log(hl) + hl * (shift - Math.log(lastT) + logInt[lastN]!);
+    const p = (hl + (N - Sq)) / N;
     if (p > 0) {
       const q = hl > 0 ? lastT / lastN / Sq : Q_FLOOR;
       kl += N * p * Math.log(p / q);
