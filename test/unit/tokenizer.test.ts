@@ -120,6 +120,29 @@ describe("loadTokenizer on the shipped BERT-Mini", () => {
     }
   });
 
+  test("BertProcessing and absent post-processors give the same / no special tokens", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "quantd-tok-"));
+    try {
+      const tj = JSON.parse(readFileSync(join(shippedModelDir, "tokenizer.json"), "utf8"));
+      copyFileSync(join(shippedModelDir, "tokenizer_config.json"), join(dir, "tokenizer_config.json"));
+      tj.post_processor = { type: "BertProcessing", sep: ["[SEP]", SEP], cls: ["[CLS]", CLS] };
+      writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tj));
+      const bert = await loadTokenizer(dir);
+      expect(bert.encode("good", "bad")).toEqual(tok.encode("good", "bad"));
+      expect(bert.encode(LONG.text, undefined, { maxLength: 8 })).toEqual(
+        tok.encode(LONG.text, undefined, { maxLength: 8 }),
+      );
+      tj.post_processor = null;
+      writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tj));
+      const bare = await loadTokenizer(dir);
+      expect(bare.specialsSingle).toBe(0);
+      expect(bare.encode(KNOWN[0]!.text).inputIds).toEqual(KNOWN[0]!.ids.slice(1, -1));
+      expect(bare.encode("good", "bad").tokenTypeIds).toEqual([0, 1]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("missing or broken files give stable codes", async () => {
     const dir = mkdtempSync(join(tmpdir(), "quantd-tok-"));
     try {
