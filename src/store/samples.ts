@@ -115,7 +115,9 @@ export interface DisjointPick {
 export interface SampleStore {
   /**
    * Offers samples; keeps, deduplicates and evicts as described in the module
-   * comment. The whole batch is one transaction: all or nothing.
+   * comment. The whole batch is one transaction: all or nothing. A pool over
+   * lowered bounds (a config change) is first brought within them, the same
+   * stratified way, even by an empty batch.
    *
    * @throws TEXT_NOT_STRING | TEXT_EMPTY | TEXT_TOO_LARGE | DATA_MALFORMED for a bad sample (nothing is written)
    * @throws STORE_BUSY | DISK_FULL | STORE_FAILED
@@ -348,6 +350,24 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
       };
       const inBatch = new Set<string>();
       const result: AddSamplesResult = { added: 0, duplicates: 0, evicted: 0, rejected: 0 };
+      /** Evicts until both bounds hold, never `keep` (the row just added). */
+      const evictUntilWithin = (keep: { id: number; bucket: number }): void => {
+        while (rows > maxRows || bytes > maxBytes) {
+          idsByBucket ??= loadIds();
+          const victim = pickVictim(buckets, idsByBucket, rows, seen, keep, random);
+          if (victim === undefined) break;
+          const vb = buckets[victim.bucket] as Bucket;
+          const vbytes = num(bytesOf.get(victim.id) ?? { bytes: 0 }, "bytes");
+          remove.run(victim.id);
+          vb.kept--;
+          vb.bytes -= vbytes;
+          rows--;
+          bytes -= vbytes;
+          result.evicted++;
+        }
+      };
+      // The bounds may have been lowered since the last run (a config change): apply them first.
+      evictUntilWithin({ id: -1, bucket: -1 });
 
       prepared.forEach((p, index) => {
         if (inBatch.has(p.hashKey) || findHash.get(p.hash) !== undefined) {
@@ -386,19 +406,7 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
         bytes += p.bytes;
         result.added++;
         if (idsByBucket !== undefined) idsByBucket[bi]?.push(id);
-        while (rows > maxRows || bytes > maxBytes) {
-          idsByBucket ??= loadIds();
-          const victim = pickVictim(buckets, idsByBucket, rows, seen, { id, bucket: bi }, random);
-          if (victim === undefined) break;
-          const vb = buckets[victim.bucket] as Bucket;
-          const vbytes = num(bytesOf.get(victim.id) ?? { bytes: 0 }, "bytes");
-          remove.run(victim.id);
-          vb.kept--;
-          vb.bytes -= vbytes;
-          rows--;
-          bytes -= vbytes;
-          result.evicted++;
-        }
+        evictUntilWithin({ id, bucket: bi });
       });
 
       for (const b of buckets) setSeen.run(b.seen, b.bucket);

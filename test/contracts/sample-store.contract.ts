@@ -167,6 +167,36 @@ export function runSampleStoreContract(t: TestApi, target: StoreTarget): void {
       },
     );
 
+    t.test("lowered bounds apply at the next add, keeping the length mix", async () => {
+      await withTempDir(async (dir) => {
+        const { samples } = stream(300, 17);
+        const big = await open(dir, { samples: { countTokens: countWords, maxRows: 1000 } });
+        try {
+          assert.equal(big.samples.add(samples, { source: "file" }).added, 300);
+        } finally {
+          big.close();
+        }
+        const small = await open(dir, {
+          samples: { countTokens: countWords, maxRows: 100, random: createRandom(2) },
+        });
+        try {
+          assert.deepEqual(small.samples.add([], { source: "file" }), {
+            added: 0,
+            duplicates: 0,
+            evicted: 200,
+            rejected: 0,
+          });
+          const stats = small.samples.stats();
+          assert.equal(stats.rows, 100);
+          BUCKET_SHARE.forEach((share, b) => {
+            assert.ok(Math.abs((stats.buckets[b]?.kept ?? 0) - share * 100) <= 1, `bucket ${b}`);
+          });
+        } finally {
+          small.close();
+        }
+      });
+    });
+
     t.test("the byte bound holds too", async () => {
       await withTempDir(async (dir) => {
         const maxBytes = 20_000;
