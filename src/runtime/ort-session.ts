@@ -72,7 +72,8 @@ class OrtSession implements InferenceSession {
     for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrtTensor(t);
     let result: ort.InferenceSession.ReturnType;
     try {
-      result = fetches === undefined ? await session.run(ortFeeds) : await session.run(ortFeeds, [...fetches]);
+      result =
+        fetches === undefined ? await session.run(ortFeeds) : await session.run(ortFeeds, [...fetches]);
     } catch (err) {
       throw new QuantdError("INFERENCE_FAILED", `inference failed: ${(err as Error).message ?? err}`, {
         cause: err,
