@@ -305,15 +305,23 @@ export class Classifier {
   }
 }
 
-function labelsFromConfig(configPath: string | undefined): string[] | undefined {
-  if (configPath === undefined) return undefined;
+interface ModelConfig {
+  labels?: string[];
+  vocabSize?: number;
+}
+
+function readModelConfig(configPath: string | undefined): ModelConfig {
+  if (configPath === undefined) return {};
   let config: unknown;
   try {
     config = JSON.parse(readFileSync(configPath, "utf8"));
   } catch (err) {
     throw new QuantdError("CONFIG_INVALID", `${configPath} is not valid JSON`, { cause: err });
   }
-  if (!isRecord(config) || !isRecord(config["id2label"])) return undefined;
+  if (!isRecord(config)) throw new QuantdError("CONFIG_INVALID", `${configPath} is not a JSON object`);
+  const out: ModelConfig = {};
+  if (typeof config["vocab_size"] === "number") out.vocabSize = config["vocab_size"];
+  if (!isRecord(config["id2label"])) return out;
   const id2label = config["id2label"];
   const n = Object.keys(id2label).length;
   const labels: string[] = [];
@@ -324,7 +332,8 @@ function labelsFromConfig(configPath: string | undefined): string[] | undefined 
     }
     labels.push(name);
   }
-  return labels;
+  out.labels = labels;
+  return out;
 }
 
 /**
@@ -336,7 +345,8 @@ function labelsFromConfig(configPath: string | undefined): string[] | undefined 
  * output shape or, when that is symbolic, from one probe inference.
  *
  * @throws FILE_NOT_FOUND when the model does not exist
- * @throws TOKENIZER_NOT_FOUND / TOKENIZER_INVALID for a missing or bad tokenizer
+ * @throws TOKENIZER_NOT_FOUND / TOKENIZER_INVALID for a missing or bad tokenizer, or one
+ * with more tokens than the model's `vocab_size`
  * @throws MODEL_LOAD_FAILED when onnxruntime rejects the model
  * @throws MODEL_INPUTS_MISMATCH when the model is not a BERT-like classifier
  * @throws CONFIG_INVALID for an unreadable `config.json`
@@ -351,7 +361,17 @@ export async function loadClassifier(
   if (opts.maxLength !== undefined) tokOpts.maxLength = opts.maxLength;
   if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
   const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
-  const configLabels = labelsFromConfig(files.configPath);
+  const config = readModelConfig(files.configPath);
+  const configLabels = config.labels;
+  // A tokenizer from another model yields ids past the embedding table: ORT would fail later,
+  // on the first request, with an index error that names neither file.
+  if (config.vocabSize !== undefined && tokenizer.vocabSize > config.vocabSize) {
+    throw new QuantdError(
+      "TOKENIZER_INVALID",
+      `the tokenizer in ${files.tokenizerDir} has ${tokenizer.vocabSize} tokens but the model's ` +
+        `${files.configPath} has vocab_size ${config.vocabSize}: is it the model's own tokenizer?`,
+    );
+  }
 
   const session = await createOrtSession(files.model, opts.session ?? {});
   try {

@@ -240,6 +240,7 @@ export class Tokenizer {
   readonly specialsPair: number;
   readonly #hf: HfTokenizer;
   readonly #template: Template;
+  #vocabSize: number | undefined;
 
   /** @internal use {@link loadTokenizer} */
   constructor(
@@ -261,6 +262,16 @@ export class Tokenizer {
   /** Token ids of `text` without special tokens, untruncated. */
   tokenIds(text: string): number[] {
     return this.#hf.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /** Number of ids the tokenizer can produce (largest id + 1, added tokens included). */
+  get vocabSize(): number {
+    if (this.#vocabSize === undefined) {
+      let max = -1;
+      for (const id of this.#hf.get_vocab(true).values()) if (id > max) max = id;
+      this.#vocabSize = max + 1;
+    }
+    return this.#vocabSize;
   }
 
   /** The vocabulary id of a token string, if it has one. */

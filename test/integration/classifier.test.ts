@@ -230,6 +230,13 @@ describe("model files and model checks", () => {
       expect(await codeOf(loadClassifier(dir))).toBe("DATA_MISMATCH");
       writeFileSync(join(dir, "config.json"), "{oops");
       expect(await codeOf(loadClassifier(dir))).toBe("CONFIG_INVALID");
+      // a tokenizer with more tokens than the model's embedding table
+      writeFileSync(join(dir, "config.json"), JSON.stringify({ vocab_size: 8000 }));
+      expect(await codeOf(loadClassifier(dir))).toBe("TOKENIZER_INVALID");
+      writeFileSync(join(dir, "config.json"), JSON.stringify({ vocab_size: 16384 }));
+      const ok = await loadClassifier(dir);
+      expect(ok.tokenizer.vocabSize).toBe(16384);
+      await ok.release();
     },
     SLOW_TEST_MS,
   );
