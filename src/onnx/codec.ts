@@ -13,9 +13,8 @@ import { randomBytes } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
 import { open, readFile, rename, rm } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
-import protobuf from "protobufjs";
 import { QuantdError } from "../errors.ts";
-import { modelProtoType } from "./onnx-schema.ts";
+import { modelProtoType, onnxType } from "./onnx-schema.ts";
 import { dataTypeName, forEachTensor, isExternal, tensorByteLength, tensorRawBytes } from "./tensor.ts";
 import { AttributeType } from "./types.ts";
 import type {
@@ -260,7 +259,7 @@ function tensorIn(m: PbTensor): TensorProto {
 }
 
 function emptyTensor(): PbTensor {
-  return modelProtoType().lookupType("onnx.TensorProto").create() as unknown as PbTensor;
+  return onnxType("TensorProto").create() as unknown as PbTensor;
 }
 
 function sparseIn(m: PbSparse): SparseTensorProto {
@@ -753,6 +752,103 @@ export function decodeModel(bytes: Uint8Array): ModelProto {
   return decodeFrom(bytes, undefined);
 }
 
+// Large payloads are not copied through protobufjs's writer: the model is
+// encoded as a list of chunks in which each big `raw_data` is the tensor's own
+// buffer, framed by hand-written tags and lengths. Fields stay in field-number
+// order, as protobufjs (and ONNX's C++ library) write them, so the bytes are
+// the same as a plain encoding. encodeModel copies the chunks once into an
+// exact-size buffer; saveModel writes them straight to the file, which spares a
+// model-sized buffer (page-faulting in 440 MB took seconds on a busy board).
+
+/** raw_data at least this big is passed through by reference. */
+const PASS_THROUGH_BYTES = 1 << 16;
+
+/** Field numbers that the chunked encoder splices by hand. */
+const TENSOR_RAW_DATA = 9;
+const GRAPH_INITIALIZER = 5;
+const MODEL_GRAPH = 7;
+
+function varintBytes(n: number, out: number[]): void {
+  let v = n;
+  while (v >= 0x80) {
+    out.push((v % 0x80) | 0x80);
+    v = Math.floor(v / 0x80);
+  }
+  out.push(v);
+}
+
+/** Tag and length of a length-delimited field. */
+function framing(field: number, length: number): Uint8Array {
+  const out: number[] = [];
+  varintBytes((field << 3) | 2, out);
+  varintBytes(length, out);
+  return Uint8Array.from(out);
+}
+
+/** Encodes the fields of `o` whose numbers are below (`"before"`) or above (`"after"`) `pivot`. */
+function encodePart(typeName: string, o: Out, pivot: number, side: "before" | "after"): Uint8Array {
+  const type = onnxType(typeName);
+  const part: Out = {};
+  for (const [key, value] of Object.entries(o)) {
+    const id = type.fields[key]?.id;
+    if (id === undefined) continue;
+    if (side === "before" ? id < pivot : id > pivot) part[key] = value;
+  }
+  return type.encode(part).finish();
+}
+
+function chunksLength(chunks: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const c of chunks) n += c.byteLength;
+  return n;
+}
+
+function tensorChunks(t: TensorProto): Uint8Array[] {
+  const o = tensorOut(t);
+  const raw = t.rawData;
+  if (raw === undefined || raw.byteLength < PASS_THROUGH_BYTES)
+    return [onnxType("TensorProto").encode(o).finish()];
+  return [
+    encodePart("TensorProto", o, TENSOR_RAW_DATA, "before"),
+    framing(TENSOR_RAW_DATA, raw.byteLength),
+    raw,
+    encodePart("TensorProto", o, TENSOR_RAW_DATA, "after"),
+  ];
+}
+
+function graphChunks(g: GraphProto): Uint8Array[] {
+  const o = graphOut(g);
+  const chunks = [encodePart("GraphProto", o, GRAPH_INITIALIZER, "before")];
+  for (const t of g.initializer) {
+    const tc = tensorChunks(t);
+    chunks.push(framing(GRAPH_INITIALIZER, chunksLength(tc)), ...tc);
+  }
+  chunks.push(encodePart("GraphProto", o, GRAPH_INITIALIZER, "after"));
+  return chunks;
+}
+
+/** @throws MODEL_INVALID over protobuf's 2 GiB limit */
+function modelChunks(model: ModelProto): Uint8Array[] {
+  const o = modelOut({ ...model, graph: { ...model.graph, node: [], initializer: [] } });
+  delete o["graph"];
+  const graph = graphChunks(model.graph);
+  const graphLength = chunksLength(graph);
+  const chunks = [
+    encodePart("ModelProto", o, MODEL_GRAPH, "before"),
+    framing(MODEL_GRAPH, graphLength),
+    ...graph,
+    encodePart("ModelProto", o, MODEL_GRAPH, "after"),
+  ];
+  const total = chunksLength(chunks);
+  if (total > PROTOBUF_LIMIT) {
+    throw new QuantdError(
+      "MODEL_INVALID",
+      `model is ${(total / 2 ** 30).toFixed(2)} GiB, over protobuf's 2 GiB limit; save it with external data`,
+    );
+  }
+  return chunks;
+}
+
 /**
  * Encodes a model. The result is a fresh buffer that shares nothing with the
  * model. Tensors keep their storage form (rawData or typed fields).
@@ -760,23 +856,12 @@ export function decodeModel(bytes: Uint8Array): ModelProto {
  * @throws MODEL_INVALID when the model would exceed protobuf's 2 GiB limit (save it with external data)
  */
 export function encodeModel(model: ModelProto): Uint8Array {
-  const estimate = estimateEncodedSize(model);
-  if (estimate > PROTOBUF_LIMIT) {
-    throw new QuantdError(
-      "MODEL_INVALID",
-      `model is about ${(estimate / 2 ** 30).toFixed(2)} GiB, over protobuf's 2 GiB limit; save it with external data`,
-    );
-  }
-  const writer = new protobuf.Writer();
-  // Pre-size the buffer: growing by doubling would copy (and page-fault in) the
-  // tensor payloads several times, which dominates encode time on small boards.
-  writer.buf = new Uint8Array(estimate);
-  const out = modelProtoType().encode(modelOut(model), writer).finish(true);
-  if (out.byteLength > PROTOBUF_LIMIT) {
-    throw new QuantdError(
-      "MODEL_INVALID",
-      "encoded model exceeds protobuf's 2 GiB limit; save it with external data",
-    );
+  const chunks = modelChunks(model);
+  const out = new Uint8Array(chunksLength(chunks));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
   }
   return out;
 }
@@ -996,6 +1081,35 @@ async function writeAll(fh: FileHandle, bytes: Uint8Array, position: number): Pr
   }
 }
 
+/** Writes chunks in order, gathering small ones so the file is written in few large writes. */
+async function writeChunks(fh: FileHandle, chunks: readonly Uint8Array[]): Promise<void> {
+  const gather = new Uint8Array(1 << 20);
+  let filled = 0;
+  let position = 0;
+  const flush = async (): Promise<void> => {
+    if (filled === 0) return;
+    await writeAll(fh, gather.subarray(0, filled), position);
+    position += filled;
+    filled = 0;
+  };
+  for (const c of chunks) {
+    if (c.byteLength <= gather.byteLength - filled) {
+      gather.set(c, filled);
+      filled += c.byteLength;
+      continue;
+    }
+    await flush();
+    if (c.byteLength < gather.byteLength) {
+      gather.set(c, 0);
+      filled = c.byteLength;
+    } else {
+      await writeAll(fh, c, position);
+      position += c.byteLength;
+    }
+  }
+  await flush();
+}
+
 /** Writes a temp file beside `path`, fsyncs it, renames it over `path`, then fsyncs the directory. */
 async function writeFileAtomic(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
   const dir = dirname(resolve(path));
@@ -1065,6 +1179,6 @@ export async function saveModel(
       for (const c of plan.chunks) await writeAll(fh, c.bytes, c.offset);
     });
   }
-  const bytes = encodeModel(toEncode);
-  await writeFileAtomic(path, (fh) => writeAll(fh, bytes, 0));
+  const chunks = modelChunks(toEncode);
+  await writeFileAtomic(path, (fh) => writeChunks(fh, chunks));
 }

@@ -237,16 +237,18 @@ message FunctionProto {
 }
 `;
 
-let cached: protobuf.Type | undefined;
+let root: protobuf.Root | undefined;
 
 /**
- * The protobufjs type of `onnx.ModelProto` (field names in camelCase), parsed
- * once on first use.
+ * The protobufjs type of an ONNX message (`"ModelProto"`, `"TensorProto"`, …;
+ * field names in camelCase). The schema is parsed once, on first use.
  */
+export function onnxType(name: string): protobuf.Type {
+  if (root === undefined) root = protobuf.parse(ONNX_PROTO, { keepCase: false }).root;
+  return root.lookupType(`onnx.${name}`);
+}
+
+/** The protobufjs type of `onnx.ModelProto`. */
 export function modelProtoType(): protobuf.Type {
-  if (cached === undefined) {
-    const parsed = protobuf.parse(ONNX_PROTO, { keepCase: false });
-    cached = parsed.root.lookupType("onnx.ModelProto");
-  }
-  return cached;
+  return onnxType("ModelProto");
 }
