@@ -470,7 +470,7 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
       return db.transaction(() => {
         const perBucket = stratifiedOrder(seed, new Set(exclude ?? []));
         return load(takeStratified(perBucket, n, seed));
-      });
+      }, "deferred");
     },
     pickDisjoint(nCalib: number, nVal: number, seed: number): DisjointPick {
       count(nCalib, "nCalib");
@@ -489,7 +489,7 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
         const calibration = load(takeStratified(perBucket, nCalib, seed));
         const validation = load(takeStratified(perBucket, nVal, seed + 1));
         return { calibration, validation };
-      });
+      }, "deferred");
     },
     get(id: number): Sample | undefined {
       const r = byId.get(id);

@@ -33,6 +33,9 @@ export interface SqlStatement {
   all(...params: SqlValue[]): SqlRow[];
 }
 
+/** How a transaction takes its locks; see {@link SqlDatabase.transaction}. */
+export type TransactionMode = "immediate" | "deferred";
+
 /** An open SQLite connection. */
 export interface SqlDatabase {
   /** Which driver backs this connection (`bun:sqlite` or `better-sqlite3`), for logs and tests. */
@@ -47,13 +50,18 @@ export interface SqlDatabase {
    */
   prepare(sql: string): SqlStatement;
   /**
-   * Runs `fn` inside `BEGIN IMMEDIATE … COMMIT`, rolling back when it throws
-   * (the error is rethrown). Inside another transaction it becomes a savepoint.
-   * `fn` must be synchronous: SQLite transactions cannot span an `await`.
-   * Immediate mode takes the write lock up front, so two writers fail fast with
-   * `STORE_BUSY` instead of deadlocking on a lock upgrade.
+   * Runs `fn` inside `BEGIN … COMMIT`, rolling back when it throws (the error
+   * is rethrown). Inside another transaction it becomes a savepoint. `fn` must
+   * be synchronous: SQLite transactions cannot span an `await`.
+   *
+   * `immediate` (for anything that writes) takes the write lock up front, so two
+   * writers wait then fail with `STORE_BUSY` instead of deadlocking on a lock
+   * upgrade; `deferred` suits consistent multi-statement reads, which WAL never
+   * blocks.
+   *
+   * @defaultValue mode "immediate"
    */
-  transaction<T>(fn: () => T): T;
+  transaction<T>(fn: () => T, mode?: TransactionMode): T;
   /**
    * Reads (`pragma("journal_mode")`) or sets (`pragma("busy_timeout", 5000)`) a
    * pragma and returns the first column of its first row, if any.

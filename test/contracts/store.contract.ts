@@ -110,6 +110,7 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
           const holder = await open(dir, { samples: { countTokens: () => 1 } });
           const waiter = await open(dir, { busyTimeoutMs: 20, samples: { countTokens: () => 1 } });
           try {
+            holder.samples.add([{ text: "committed" }], { source: "file" });
             holder.db.exec("BEGIN IMMEDIATE");
             holder.samples.add([{ text: "held" }], { source: "file" });
             const err = throwsCode(
@@ -118,11 +119,16 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
             );
             assert.ok(err.cause !== undefined, "the driver error is kept as the cause");
             throwsCode(() => waiter.jobs.create({ type: "recalibrate" }), "STORE_BUSY");
-            // WAL: readers are not blocked by the writer, and see the last commit.
-            assert.equal(waiter.samples.count(), 0);
+            // WAL: readers (picks included) are not blocked by the writer, and see the last commit.
+            assert.equal(waiter.samples.count(), 1);
+            assert.deepEqual(
+              waiter.samples.pick({ n: 5, seed: 1 }).map((s) => s.text),
+              ["committed"],
+            );
+            assert.equal(waiter.samples.pickDisjoint(1, 0, 1).calibration.length, 1);
             holder.db.exec("COMMIT");
             assert.equal(waiter.samples.add([{ text: "blocked" }], { source: "file" }).added, 1);
-            assert.equal(holder.samples.count(), 2);
+            assert.equal(holder.samples.count(), 3);
           } finally {
             waiter.close();
             holder.close();

@@ -3,7 +3,15 @@
  * under Bun only; `open.ts` imports it dynamically so Node never sees it.
  */
 import { Database, type Statement } from "bun:sqlite";
-import type { SqlDatabase, SqlOpenOptions, SqlRow, SqlRunResult, SqlStatement, SqlValue } from "../sql.ts";
+import type {
+  SqlDatabase,
+  SqlOpenOptions,
+  SqlRow,
+  SqlRunResult,
+  SqlStatement,
+  SqlValue,
+  TransactionMode,
+} from "../sql.ts";
 import { closedError, pragmaSql, toStoreError } from "./common.ts";
 
 /** What a statement needs of its connection. */
@@ -95,10 +103,11 @@ class BunDatabase implements SqlDatabase {
     }
   }
 
-  transaction<T>(fn: () => T): T {
+  transaction<T>(fn: () => T, mode: TransactionMode = "immediate"): T {
     if (this.closed) throw closedError(this.path);
     try {
-      return this.db.transaction(fn).immediate();
+      const tx = this.db.transaction(fn);
+      return mode === "immediate" ? tx.immediate() : tx.deferred();
     } catch (err) {
       throw toStoreError(err, this.path, "transaction");
     }

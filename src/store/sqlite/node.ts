@@ -4,7 +4,15 @@
  * `open.ts` imports it dynamically so Bun never sees it.
  */
 import Database from "better-sqlite3";
-import type { SqlDatabase, SqlOpenOptions, SqlRow, SqlRunResult, SqlStatement, SqlValue } from "../sql.ts";
+import type {
+  SqlDatabase,
+  SqlOpenOptions,
+  SqlRow,
+  SqlRunResult,
+  SqlStatement,
+  SqlValue,
+  TransactionMode,
+} from "../sql.ts";
 import { closedError, pragmaSql, toStoreError } from "./common.ts";
 
 /** What a statement needs of its connection. */
@@ -90,10 +98,11 @@ class NodeDatabase implements SqlDatabase {
     }
   }
 
-  transaction<T>(fn: () => T): T {
+  transaction<T>(fn: () => T, mode: TransactionMode = "immediate"): T {
     if (this.closed) throw closedError(this.path);
     try {
-      return this.db.transaction(fn).immediate();
+      const tx = this.db.transaction(fn);
+      return mode === "immediate" ? tx.immediate() : tx.deferred();
     } catch (err) {
       throw toStoreError(err, this.path, "transaction");
     }
