@@ -699,7 +699,9 @@ function decodeFrom(bytes: Uint8Array, source: string | undefined): ModelProto {
   }
   let pb: PbModel;
   try {
-    pb = modelProtoType().decode(bytes) as unknown as PbModel;
+    // A plain Uint8Array view: given a Buffer, protobufjs would hand out Buffer slices.
+    const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    pb = modelProtoType().decode(view) as unknown as PbModel;
   } catch (err) {
     if (startsLikeModel(bytes)) {
       throw new QuantdError("MODEL_TRUNCATED", `${what} ends early: the ONNX model is truncated`, {
@@ -744,6 +746,10 @@ function decodeFrom(bytes: Uint8Array, source: string | undefined): ModelProto {
 /**
  * Decodes an ONNX ModelProto. Tensor `rawData` are views into `bytes` (no
  * copy), so `bytes` must not be modified while the model is in use.
+ *
+ * Bytes that decode but start with the ir_version tag and a plausible version
+ * (`08 01`…`08 40`) are reported as truncated rather than "not ONNX": that is
+ * how a cut-off model file looks.
  *
  * @throws MODEL_TRUNCATED when `bytes` is empty or ends inside the model
  * @throws MODEL_NOT_ONNX when `bytes` is not a ModelProto (no graph, no opset imports, implausible IR version, …)
@@ -1144,7 +1150,8 @@ async function writeFileAtomic(path: string, write: (fh: FileHandle) => Promise<
  * data; when overwriting a pair in place, a crash between the two renames can
  * leave the old model file beside the new side file, so write to a fresh
  * directory and swap that when an old pair must survive crashes.
- * The in-memory model is not changed.
+ * The in-memory model is not changed; large payloads are written from it by
+ * reference, so do not modify it until the returned promise settles.
  *
  * @throws MODEL_INVALID when a tensor's external data was not loaded, or the model is over 2 GiB with `externalData: false`
  * @throws USAGE when the external data location is outside the model's directory or is the model file

@@ -71,7 +71,7 @@ export interface StringStringEntry {
   value: string;
 }
 
-/** `TensorProto`. Only the fields that matter to quantd are typed; see `tensor.ts` for access. */
+/** `TensorProto`. Read and build payloads with `tensor.ts` rather than through these fields. */
 export interface TensorProto {
   name: string;
   dataType: DataType;

@@ -90,6 +90,13 @@ describe("tensor storage round trip", () => {
     raw.fill(0);
     expect(tensorToArray(decodeModel(again).graph.initializer[0]!)).toEqual(Float32Array.of(1, 2, 3, 4));
   });
+
+  test("a Buffer decodes like a Uint8Array (payloads are plain Uint8Array views)", () => {
+    const t = makeTensor("w", DataType.FLOAT, [2], Float32Array.of(1, 2));
+    const m = decodeModel(Buffer.from(encodeModel(modelWith([t]))));
+    expect(m.graph.initializer[0]!.rawData!.constructor).toBe(Uint8Array);
+    expect(m).toEqual(decodeModel(encodeModel(modelWith([t]))));
+  });
 });
 
 describe("int64 sentinels", () => {
