@@ -39,11 +39,24 @@ export function exitCodeFor(err: QuantdError): number {
   return err.code === "USAGE" ? 2 : 1;
 }
 
-/** Normalizes anything thrown into a QuantdError with a one-line message. */
+/**
+ * Normalizes anything thrown into a QuantdError. A foreign error keeps its
+ * type name (a `TypeError` is a bug worth reporting as such) but not itself as
+ * a cause, which would print its message twice; its stack is shown under
+ * QUANTD_DEBUG by {@link reportError}.
+ */
 function toQuantdError(err: unknown): QuantdError {
   if (err instanceof QuantdError) return err;
-  const message = err instanceof Error ? err.message : String(err);
-  return new QuantdError("INTERNAL", message === "" ? "unexpected failure" : message, { cause: err });
+  if (err instanceof Error) {
+    const name = err.name !== "" && err.name !== "Error" ? `${err.name}: ` : "";
+    const message = err.message === "" ? "unexpected failure" : err.message;
+    return new QuantdError(
+      "INTERNAL",
+      `${name}${message}`,
+      err.cause === undefined ? {} : { cause: err.cause },
+    );
+  }
+  return new QuantdError("INTERNAL", String(err));
 }
 
 /** Adds the `see quantd <cmd> --help` hint to a USAGE error. */
@@ -81,12 +94,22 @@ async function loadCommands(): Promise<readonly Command[]> {
   return mod.commands;
 }
 
+/** Options of {@link runCli}. */
+export interface RunCliOptions {
+  /** @defaultValue the process's stdout and stderr */
+  io?: CliIo;
+  /** @defaultValue every command of `commands/index.ts` */
+  commands?: readonly Command[];
+}
+
 /**
- * Runs `quantd` with `argv` (the words after `quantd`).
+ * Runs `quantd` with `argv` (the words after `quantd`). Never throws: every
+ * failure is rendered and turned into an exit code.
  *
  * @returns the process exit code: 0 success, 1 failure, 2 usage error
  */
-export async function runCli(argv: readonly string[], io: CliIo = processIo): Promise<number> {
+export async function runCli(argv: readonly string[], options: RunCliOptions = {}): Promise<number> {
+  const io = options.io ?? processIo;
   const first = argv[0];
   if (first === "--version" || first === "-V") {
     io.stdout(`quantd ${VERSION}\n`);
@@ -94,7 +117,7 @@ export async function runCli(argv: readonly string[], io: CliIo = processIo): Pr
   }
   let commands: readonly Command[];
   try {
-    commands = await loadCommands();
+    commands = options.commands ?? (await loadCommands());
   } catch (err) {
     return reportError(err, io, false, undefined);
   }
