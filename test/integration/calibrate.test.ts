@@ -63,7 +63,10 @@ async function directMinMax(names: readonly string[], batches: readonly BatchEnc
   const graph = { ...model.graph, output: [...model.graph.output] };
   const index = new GraphIndex(graph);
   for (const n of names) index.addGraphOutput(n);
-  const session = await createOrtSession(encodeModel({ ...model, graph }));
+  // the same optimization level calibrate uses by default, so fused kernels do not differ in the last bit
+  const session = await createOrtSession(encodeModel({ ...model, graph }), {
+    graphOptimizationLevel: "basic",
+  });
   const mm = new Map<string, { min: number; max: number; sentinel: number }>();
   for (const n of names) mm.set(n, { min: Infinity, max: -Infinity, sentinel: 0 });
   try {
