@@ -7,10 +7,12 @@
  * added to {@link DEMO_STEPS} as those parts land.
  */
 import { statSync } from "node:fs";
+import { arch, cpus } from "node:os";
 import { relative } from "node:path";
 import { QuantdError } from "../../errors.ts";
 import type { Classifier } from "../../runtime/classifier.ts";
 import { type EvalResult, evaluate } from "../../runtime/evaluate.ts";
+import { ORT_VERSION } from "../../runtime/ort-session.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { JSON_FLAG, openClassifier, THREADS_FLAG } from "../model-flags.ts";
@@ -68,8 +70,20 @@ const loadStep: DemoStep = {
     const bytes = statSync(SHIPPED_MODEL).size;
     const labels = state.classifier.labels;
     say(`${shown(SHIPPED_MODEL)}: fp32, ${formatBytes(bytes)}, labels ${labels.join(", ")}`);
-    say(`loaded in ${formatMs(state.loadMs)} (onnxruntime CPU, ${state.threads} thread(s))`);
-    state.results["load"] = { model: SHIPPED_MODEL, bytes, labels, loadMs: state.loadMs };
+    const cores = cpus();
+    const cpu = `${cores.length} × ${cores[0]?.model.trim() || "unknown CPU"} (${arch()})`;
+    say(
+      `loaded in ${formatMs(state.loadMs)}: onnxruntime ${ORT_VERSION}, ${state.threads} thread(s) on ${cpu}`,
+    );
+    state.results["load"] = {
+      model: SHIPPED_MODEL,
+      bytes,
+      labels,
+      loadMs: state.loadMs,
+      onnxruntime: ORT_VERSION,
+      cpu,
+      threads: state.threads,
+    };
   },
 };
 
