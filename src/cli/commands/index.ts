@@ -9,12 +9,14 @@ import { collectCommand } from "./collect.ts";
 import { demoCommand } from "./demo.ts";
 import { deviceCommand } from "./device.ts";
 import { evalCommand } from "./eval.ts";
+import { quantizeCommand } from "./quantize.ts";
 
 /** The commands of the CLI. */
 export const commands: readonly Command[] = [
   demoCommand,
   classifyCommand,
   evalCommand,
+  quantizeCommand,
   benchCommand,
   collectCommand,
   deviceCommand,
