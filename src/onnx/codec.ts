@@ -446,6 +446,12 @@ function modelIn(m: PbModel, graph: PbGraph): ModelProto {
 
 type Out = Record<string, unknown>;
 
+/** An optional field: written when set, even to "" (a decoded model says which were present). */
+function putOpt(o: Out, key: string, v: string | undefined): void {
+  if (v !== undefined) o[key] = v;
+}
+
+/** A field our types always carry: written unless empty, the proto default. */
 function putStr(o: Out, key: string, v: string | undefined): void {
   if (v !== undefined && v !== "") o[key] = v;
 }
@@ -471,9 +477,10 @@ function tensorOut(t: TensorProto): Out {
   if (t.int64Data !== undefined && t.int64Data.length > 0) o["int64Data"] = t.int64Data.map(fromBig);
   putList(o, "doubleData", t.doubleData);
   if (t.uint64Data !== undefined && t.uint64Data.length > 0) o["uint64Data"] = t.uint64Data.map(fromBig);
-  putStr(o, "docString", t.docString);
+  putOpt(o, "docString", t.docString);
   putList(o, "externalData", t.externalData);
-  if (t.dataLocation !== undefined && t.dataLocation !== 0) o["dataLocation"] = t.dataLocation;
+  // Some writers (onnx's Python helpers) set DEFAULT explicitly; keep it when present.
+  if (t.dataLocation !== undefined) o["dataLocation"] = t.dataLocation;
   putList(o, "metadataProps", t.metadataProps);
   return o;
 }
@@ -491,7 +498,7 @@ function shapeOut(s: TensorShapeProto): Out {
       // A dimension with neither value nor param is "unknown"; a 0 value must still be written.
       if (d.dimValue !== undefined) o["dimValue"] = fromNum(d.dimValue);
       else if (d.dimParam !== undefined) o["dimParam"] = d.dimParam;
-      putStr(o, "denotation", d.denotation);
+      putOpt(o, "denotation", d.denotation);
       return o;
     }),
   };
@@ -522,7 +529,7 @@ function typeOut(t: TypeProto): Out {
   } else if (t.opaqueType !== undefined) {
     o["opaqueType"] = { domain: t.opaqueType.domain, name: t.opaqueType.name };
   }
-  putStr(o, "denotation", t.denotation);
+  putOpt(o, "denotation", t.denotation);
   return o;
 }
 
@@ -530,7 +537,7 @@ function valueInfoOut(v: ValueInfoProto): Out {
   const o: Out = {};
   putStr(o, "name", v.name);
   if (v.type !== undefined) o["type"] = typeOut(v.type);
-  putStr(o, "docString", v.docString);
+  putOpt(o, "docString", v.docString);
   putList(o, "metadataProps", v.metadataProps);
   return o;
 }
@@ -552,8 +559,8 @@ function attributeOut(a: AttributeProto): Out {
   if (a.sparseTensors !== undefined && a.sparseTensors.length > 0)
     o["sparseTensors"] = a.sparseTensors.map(sparseOut);
   if (a.typeProtos !== undefined && a.typeProtos.length > 0) o["typeProtos"] = a.typeProtos.map(typeOut);
-  putStr(o, "refAttrName", a.refAttrName);
-  putStr(o, "docString", a.docString);
+  putOpt(o, "refAttrName", a.refAttrName);
+  putOpt(o, "docString", a.docString);
   return o;
 }
 
@@ -564,9 +571,9 @@ function nodeOut(n: NodeProto): Out {
   putStr(o, "name", n.name);
   putStr(o, "opType", n.opType);
   putStr(o, "domain", n.domain);
-  putStr(o, "overload", n.overload);
+  putOpt(o, "overload", n.overload);
   if (n.attribute.length > 0) o["attribute"] = n.attribute.map(attributeOut);
-  putStr(o, "docString", n.docString);
+  putOpt(o, "docString", n.docString);
   putList(o, "metadataProps", n.metadataProps);
   const dc = n.other?.["deviceConfigurations"];
   if (Array.isArray(dc)) o["deviceConfigurations"] = dc;
@@ -581,7 +588,7 @@ function graphOut(g: GraphProto): Out {
   if (g.sparseInitializer !== undefined && g.sparseInitializer.length > 0) {
     o["sparseInitializer"] = g.sparseInitializer.map(sparseOut);
   }
-  putStr(o, "docString", g.docString);
+  putOpt(o, "docString", g.docString);
   if (g.input.length > 0) o["input"] = g.input.map(valueInfoOut);
   if (g.output.length > 0) o["output"] = g.output.map(valueInfoOut);
   if (g.valueInfo.length > 0) o["valueInfo"] = g.valueInfo.map(valueInfoOut);
@@ -604,10 +611,10 @@ function functionOut(f: FunctionProto): Out {
   putList(o, "attribute", f.attribute);
   if (f.attributeProto.length > 0) o["attributeProto"] = f.attributeProto.map(attributeOut);
   if (f.node.length > 0) o["node"] = f.node.map(nodeOut);
-  putStr(o, "docString", f.docString);
+  putOpt(o, "docString", f.docString);
   if (f.opsetImport.length > 0) o["opsetImport"] = f.opsetImport.map(opsetOut);
   putStr(o, "domain", f.domain);
-  putStr(o, "overload", f.overload);
+  putOpt(o, "overload", f.overload);
   if (f.valueInfo.length > 0) o["valueInfo"] = f.valueInfo.map(valueInfoOut);
   putList(o, "metadataProps", f.metadataProps);
   return o;
