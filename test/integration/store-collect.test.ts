@@ -7,6 +7,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { collectCommand } from "../../src/cli/commands/collect.ts";
 import { runCli } from "../../src/cli/main.ts";
 import { openStore } from "../../src/store/store.ts";
 import { repoRoot } from "../helpers/paths.ts";
@@ -18,14 +19,15 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 async function collect(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = "";
   let err = "";
-  const code = await runCli(["collect", ...argv], {
-    stdout: (t) => {
+  const io = {
+    stdout: (t: string) => {
       out += t;
     },
-    stderr: (t) => {
+    stderr: (t: string) => {
       err += t;
     },
-  });
+  };
+  const code = await runCli(["collect", ...argv], { io, commands: [collectCommand] });
   return { code, out, err };
 }
 
