@@ -25,14 +25,15 @@ export function defaultStateDir(env: Record<string, string | undefined> = proces
 export const collectCommand: Command = {
   name: "collect",
   summary: "add the texts of a sample file to the store's sample pool",
-  usage: "--file FILE.tsv [--state-dir DIR] [--source NAME] [--max-rows N] [--max-bytes N] [--json]",
+  usage:
+    "--file FILE.tsv [--state-dir DIR] [--source NAME] [--max-rows N] [--max-bytes N] [--tokenizer DIR] [--json]",
   description:
     "Reads a tab-separated sample file with a header (`label<TAB>sentence`, or a `text` column, label " +
     "optional) and adds its texts to the sample pool in <state-dir>/quantd.db, creating the database if " +
     "needed. Texts already in the pool (same text up to whitespace and Unicode normalization) are dropped " +
     "as duplicates. The pool is bounded by --max-rows and --max-bytes (UTF-8 bytes of the texts); beyond " +
     "them it keeps a random sample stratified by token length, so later samples are not favoured over " +
-    "earlier ones. Token lengths come from the tokenizer of the shipped model unless --tokenizer is given.\n\n" +
+    "earlier ones; bounds lower than the pool's size evict down to them. Token lengths come from the tokenizer of the shipped model unless --tokenizer is given.\n\n" +
     "Prints how many samples were added, dropped as duplicates, evicted from the pool and not kept, then the " +
     "pool's size. The whole file is one transaction: on any error nothing is added.",
   flags: [
