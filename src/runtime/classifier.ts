@@ -5,7 +5,7 @@
  * keep the fp32 model's inputs and outputs.
  */
 import { readFileSync } from "node:fs";
-import { QuantdError } from "../errors.ts";
+import { assertNever, QuantdError } from "../errors.ts";
 import { findModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
 import { validateText } from "./text.ts";
@@ -109,7 +109,10 @@ export function feedsForEncoding(session: InferenceSession, enc: BatchEncoding):
   const dims = [enc.batchSize, enc.seqLen];
   const feeds: Record<string, Tensor> = {};
   for (const name of session.inputNames) {
-    if (!isBertInput(name)) checkBertInputs(session);
+    if (!isBertInput(name)) {
+      checkBertInputs(session); // throws, naming every input
+      continue;
+    }
     switch (name) {
       case "input_ids":
         feeds[name] = { type: "int64", data: enc.inputIds, dims };
@@ -120,6 +123,8 @@ export function feedsForEncoding(session: InferenceSession, enc: BatchEncoding):
       case "token_type_ids":
         feeds[name] = { type: "int64", data: enc.tokenTypeIds, dims };
         break;
+      default:
+        assertNever(name, "BERT input");
     }
   }
   return feeds;
