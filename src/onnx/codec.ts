@@ -856,7 +856,7 @@ function modelChunks(model: ModelProto): Uint8Array[] {
   if (total > PROTOBUF_LIMIT) {
     throw new QuantdError(
       "MODEL_INVALID",
-      `model is ${(total / 2 ** 30).toFixed(2)} GiB, over protobuf's 2 GiB limit; save it with external data`,
+      `model is ${total} bytes, over protobuf's limit of ${PROTOBUF_LIMIT}; save it with external data`,
     );
   }
   return chunks;

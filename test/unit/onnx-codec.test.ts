@@ -371,6 +371,16 @@ describe("external data references", () => {
     ).toBe("USAGE");
   });
 
+  test("a model over protobuf's 2 GiB limit is refused inline, without touching its payload", async () => {
+    // Pages of a fresh buffer are not committed until written, so this costs no memory.
+    const raw = new Uint8Array(2 ** 31 + 4096);
+    const huge = modelWith([{ name: "w", dataType: DataType.FLOAT, dims: [raw.length / 4], rawData: raw }]);
+    expect(codeOf(() => encodeModel(huge))).toBe("MODEL_INVALID");
+    expect(await codeOfAsync(() => saveModel(huge, join(tmp, "huge.onnx"), { externalData: false }))).toBe(
+      "MODEL_INVALID",
+    );
+  });
+
   test("saving into a missing directory fails cleanly", async () => {
     const m = modelWith([]);
     expect(await codeOfAsync(() => saveModel(m, join(tmp, "no", "such", "dir", "m.onnx")))).toBe(
