@@ -3,6 +3,8 @@
  * the fp32 model on held-out samples. Thin: parses flags and calls
  * {@link runQuantization}.
  */
+import { existsSync, openSync, readSync, closeSync } from "node:fs";
+import { QuantdError } from "../../errors.ts";
 import { parseGateThreshold } from "../../quant/gate.ts";
 import {
   CALIBRATION_METHODS,
@@ -11,9 +13,11 @@ import {
   type RequestedMode,
   type RunQuantizationOptions,
   runQuantization,
+  type SamplePool,
 } from "../../quant/pipeline.ts";
 import { type CalibrationMethod, defaultQuantizeOptions } from "../../quant/plan.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
+import { openStore, type Store } from "../../store/store.ts";
 import type { Command } from "../command.ts";
 import {
   expectNoPositionals,
@@ -29,6 +33,32 @@ import { formatBytes, formatMs, formatPercent } from "../render.ts";
 
 const MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
 const DEFAULT_METHOD: CalibrationMethod = defaultQuantizeOptions("static").method;
+
+const SQLITE_MAGIC = "SQLite format 3\0";
+
+/** True when `path` is a SQLite database (by its header, so any file name works). */
+function isSqliteFile(path: string): boolean {
+  if (path.endsWith(".db") || path.endsWith(".sqlite")) return true;
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, "r");
+    const head = Buffer.alloc(16);
+    return readSync(fd, head, 0, 16, 0) === 16 && head.toString("latin1") === SQLITE_MAGIC;
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** The store's sample pool as the pipeline's {@link SamplePool}. */
+function poolOf(store: Store, name: string): SamplePool {
+  return {
+    name,
+    count: () => store.samples.count(),
+    pickDisjoint: (nCalib, nVal, seed) => store.samples.pickDisjoint(nCalib, nVal, seed),
+  };
+}
 
 /** The `quantize` command. */
 export const quantizeCommand: Command = {
@@ -135,9 +165,10 @@ nothing at --out.
   async run(ctx) {
     const f = ctx.flags;
     expectNoPositionals(ctx.positionals);
+    const calib = flagRequired(f, "calib");
     const opts: RunQuantizationOptions = {
       model: flagRequired(f, "model"),
-      calib: flagRequired(f, "calib"),
+      calib,
       out: flagRequired(f, "out"),
       mode: flagChoice(f, "mode", MODES, "static"),
       method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
@@ -162,7 +193,23 @@ nothing at --out.
     const json = flagBool(f, "json");
     if (!json) opts.onProgress = (line) => ctx.err(line);
 
-    const { out, report: r } = await runQuantization(opts);
+    let store: Store | undefined;
+    if (existsSync(calib) && isSqliteFile(calib)) {
+      // A store quantd collected into: disjoint, length-stratified picks instead of file order.
+      store = await openStore(calib, { readonly: true });
+      opts.calib = poolOf(store, calib);
+    } else if (!existsSync(calib)) {
+      throw new QuantdError("FILE_NOT_FOUND", `samples file ${calib} does not exist`, {
+        details: { path: calib },
+      });
+    }
+    let result: Awaited<ReturnType<typeof runQuantization>>;
+    try {
+      result = await runQuantization(opts);
+    } finally {
+      store?.close();
+    }
+    const { out, report: r } = result;
     if (json) {
       ctx.out(JSON.stringify(r));
       return 0;

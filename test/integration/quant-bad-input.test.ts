@@ -1,0 +1,169 @@
+/**
+ * `quantd quantize` on bad input, as a user meets it (a real process): each
+ * case ends with one `error CODE: …` line (or a report entry), exit code 1,
+ * and nothing at --out — not even a temporary file.
+ */
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
+import { quantizeModel } from "../../src/quant/quantize.ts";
+import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
+
+// Each case spawns quantd, and some load a 30 MB model; a busy 2-core machine needs the margin.
+setDefaultTimeout(120_000);
+
+const dir = mkdtempSync(join(tmpdir(), "quantd-bad-input-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function quantize(args: string[]): Promise<Run> {
+  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), "quantize", ...args], {
+    cwd: repoRoot,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+/** The one error line quantd prints (progress lines come before it). */
+function errorLine(r: Run): string {
+  return r.stderr.trim().split("\n").at(-1) ?? "";
+}
+
+function expectNothingWritten(outDir: string, out: string): void {
+  expect(existsSync(out)).toBe(false);
+  expect(readdirSync(outDir).filter((f) => f.includes(".tmp") || f.startsWith("."))).toEqual([]);
+}
+
+const calibTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
+
+describe("calibration samples", () => {
+  test("a missing samples file is FILE_NOT_FOUND", async () => {
+    const outDir = mkdtempSync(join(dir, "missing-"));
+    const out = join(outDir, "int8.onnx");
+    const r = await quantize(["--model", shippedModelPath, "--calib", join(dir, "nope.tsv"), "--out", out]);
+    expect(r.code).toBe(1);
+    expect(errorLine(r)).toMatch(/^error FILE_NOT_FOUND: .*nope\.tsv/);
+    expect(r.stderr).not.toContain("    at ");
+    expectNothingWritten(outDir, out);
+  });
+
+  test("an empty file and a header-only file are CALIB_EMPTY", async () => {
+    for (const [name, content] of [
+      ["empty.tsv", ""],
+      ["header.tsv", "label\tsentence\n"],
+    ] as const) {
+      const path = join(dir, name);
+      writeFileSync(path, content);
+      const outDir = mkdtempSync(join(dir, "empty-"));
+      const out = join(outDir, "int8.onnx");
+      const r = await quantize(["--model", shippedModelPath, "--calib", path, "--out", out]);
+      expect(r.code).toBe(1);
+      expect(errorLine(r)).toMatch(/^error CALIB_EMPTY: /);
+      expectNothingWritten(outDir, out);
+    }
+  });
+
+  test("a single sample cannot be both calibrated on and held out: CALIB_EMPTY", async () => {
+    const path = join(dir, "one.tsv");
+    writeFileSync(path, "label\tsentence\n1\ta fine film\n");
+    const outDir = mkdtempSync(join(dir, "one-"));
+    const out = join(outDir, "int8.onnx");
+    const r = await quantize(["--model", shippedModelPath, "--calib", path, "--out", out]);
+    expect(r.code).toBe(1);
+    expect(errorLine(r)).toMatch(/^error CALIB_EMPTY: .*at least 2/);
+    expectNothingWritten(outDir, out);
+  });
+});
+
+describe("output", () => {
+  test("an output directory that is not a directory is FILE_WRITE_FAILED, before any work", async () => {
+    const notADir = join(dir, "plain-file");
+    writeFileSync(notADir, "x");
+    const out = join(notADir, "int8.onnx");
+    const r = await quantize(["--model", shippedModelPath, "--calib", calibTsv, "--out", out]);
+    expect(r.code).toBe(1);
+    expect(errorLine(r)).toMatch(/^error FILE_WRITE_FAILED: /);
+    // Checked before the model is even read: no "loading" progress line.
+    expect(r.stderr).not.toContain("loading");
+    expect(readFileSync(notADir, "utf8")).toBe("x");
+  });
+
+  test("a missing output directory is FILE_WRITE_FAILED", async () => {
+    const out = join(dir, "no-such-dir", "int8.onnx");
+    const r = await quantize(["--model", shippedModelPath, "--calib", calibTsv, "--out", out]);
+    expect(r.code).toBe(1);
+    expect(errorLine(r)).toMatch(/^error FILE_WRITE_FAILED: /);
+    expect(existsSync(join(dir, "no-such-dir"))).toBe(false);
+  });
+
+  test("--out equal to --model is refused as a usage error, the model untouched", async () => {
+    const r = await quantize(["--model", shippedModelPath, "--calib", calibTsv, "--out", shippedModelPath]);
+    expect(r.code).toBe(2);
+    expect(errorLine(r)).toMatch(/^error USAGE: .*never overwrites/);
+  });
+});
+
+describe("models", () => {
+  let int8Path = "";
+  beforeAll(async () => {
+    // A real int8 model, made by quantd's own quantizer (dynamic: no calibration needed).
+    const fp32 = await loadModel(shippedModelPath);
+    const { model } = await quantizeModel(fp32, { type: "dynamic" });
+    int8Path = join(dir, "already-int8.onnx");
+    await saveModel(model, int8Path);
+  });
+
+  test("an already quantized model is MODEL_ALREADY_QUANTIZED, nothing written", async () => {
+    const outDir = mkdtempSync(join(dir, "already-"));
+    const out = join(outDir, "int8.onnx");
+    const r = await quantize([
+      "--model",
+      int8Path,
+      "--tokenizer",
+      shippedModelDir,
+      "--calib",
+      calibTsv,
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(1);
+    expect(errorLine(r)).toMatch(
+      /^error MODEL_ALREADY_QUANTIZED: .*(DynamicQuantizeLinear|MatMulInteger|DequantizeLinear)/,
+    );
+    expectNothingWritten(outDir, out);
+  });
+
+  test("a file that is not ONNX is MODEL_NOT_ONNX", async () => {
+    const bogus = join(dir, "bogus.onnx");
+    writeFileSync(bogus, "this is not a protobuf model at all, just text");
+    const outDir = mkdtempSync(join(dir, "bogus-"));
+    const out = join(outDir, "int8.onnx");
+    const r = await quantize([
+      "--model",
+      bogus,
+      "--tokenizer",
+      shippedModelDir,
+      "--calib",
+      calibTsv,
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(1);
+    expect(errorLine(r)).toMatch(/^error (MODEL_NOT_ONNX|MODEL_TRUNCATED): /);
+    expectNothingWritten(outDir, out);
+  });
+});

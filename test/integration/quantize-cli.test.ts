@@ -1,0 +1,256 @@
+/**
+ * `quantd quantize` end to end, as a user runs it (a real process), on a tiny
+ * synthetic BERT (2 layers × 32, vocab 16384 so the shipped tokenizer fits):
+ * static, dynamic and auto modes write an int8 model that onnxruntime loads,
+ * the report has every section the issue asks for and agrees with the file on
+ * disk, over-long samples are truncated and counted, an unsupported op is
+ * skipped with its reason, and a SQLite store works as the sample source.
+ */
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
+import { makeNode } from "../../src/onnx/builder.ts";
+import { assertReportShape, type QuantizeReport } from "../../src/quant/report.ts";
+import { createOrtSession } from "../../src/runtime/ort-session.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
+import { repoRoot, shippedModelDir } from "../helpers/paths.ts";
+
+// Each test spawns quantd, which quantizes and validates; a busy 2-core machine needs the margin.
+setDefaultTimeout(120_000);
+
+const dir = mkdtempSync(join(tmpdir(), "quantd-quantize-cli-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const modelPath = join(dir, "tiny.onnx");
+const einsumModelPath = join(dir, "tiny-einsum.onnx");
+const samplesPath = join(dir, "samples.tsv");
+const CALIB = 16;
+const VAL = 48;
+/** 400 words: far beyond the tiny model's 128 positions. */
+const LONG = Array.from({ length: 400 }, (_, i) => (i % 2 === 0 ? "remarkably" : "tedious")).join(" ");
+const QUERY0 = "/bert/encoder/layer.0/attention/self/query/MatMul";
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function quantize(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), ...args], {
+    cwd: repoRoot,
+    env: { ...process.env, ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+function readReport(path: string): QuantizeReport {
+  const parsed: unknown = JSON.parse(readFileSync(path, "utf8"));
+  assertReportShape(parsed);
+  return parsed;
+}
+
+const common = (out: string, report: string, model = modelPath): string[] => [
+  "quantize",
+  "--model",
+  model,
+  "--tokenizer",
+  shippedModelDir,
+  "--calib",
+  samplesPath,
+  "--out",
+  out,
+  "--report",
+  report,
+  "--samples",
+  String(CALIB),
+  "--val-samples",
+  String(VAL),
+  "--threads",
+  "1",
+];
+
+beforeAll(async () => {
+  const model = buildSyntheticBert({ ...SYNTHETIC_BERT_PRESETS.tiny, vocab: 16384 });
+  await saveModel(model, modelPath);
+  // The same model with one projection as an Einsum: an op quantd has no int8 rewrite for.
+  const einsum = await loadModel(modelPath);
+  const i = einsum.graph.node.findIndex((n) => n.name === QUERY0);
+  const q = einsum.graph.node[i]!;
+  einsum.graph.node[i] = makeNode("Einsum", q.input, q.output, { equation: "bsi,io->bso" }, { name: QUERY0 });
+  await saveModel(einsum, einsumModelPath);
+
+  // Two over-long samples among the calibration rows, one among the validation rows.
+  const pool = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8")
+    .trim()
+    .split("\n")
+    .slice(1);
+  const rows = [`1\t${LONG}`, `0\t${LONG} again`, ...pool.slice(0, CALIB - 2), `1\t${LONG} once more`];
+  rows.push(...pool.slice(CALIB, CALIB + VAL - 1), ...pool.slice(CALIB + VAL, CALIB + VAL + 20));
+  writeFileSync(samplesPath, `label\tsentence\n${rows.join("\n")}\n`);
+});
+
+describe("quantd quantize on a synthetic BERT", () => {
+  test("static: writes an int8 model onnxruntime loads, and a complete report", async () => {
+    const out = join(dir, "static.onnx");
+    const reportPath = join(dir, "static.json");
+    const r = await quantize([...common(out, reportPath), "--mode", "static"]);
+    expect(r.stderr).not.toContain("error ");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`wrote ${out}`);
+    const report = readReport(reportPath);
+
+    // Hashes and sizes describe the files on disk.
+    const bytes = readFileSync(out);
+    expect(report.model.int8?.sha256).toBe(createHash("sha256").update(bytes).digest("hex"));
+    expect(report.model.int8?.bytes).toBe(bytes.byteLength);
+    expect(report.model.fp32.sha256).toBe(createHash("sha256").update(readFileSync(modelPath)).digest("hex"));
+    // The 16384 × 32 word table dominates the file; int8 brings it to about a quarter.
+    expect(report.model.sizeRatio).toBeGreaterThan(0.2);
+    expect(report.model.sizeRatio).toBeLessThan(0.35);
+
+    expect(report.outcome).toBe("written");
+    expect(report.mode).toBe("static");
+    expect(report.method).toBe("minmax");
+    expect(report.samples).toMatchObject({
+      calibration: CALIB,
+      validation: VAL,
+      truncated: { calibration: 2, validation: 1 },
+      maxSequenceLength: 128,
+    });
+    expect(report.gate).toMatchObject({ minAgreement: 0.995, passed: true, failures: [] });
+    expect(report.metrics.n).toBe(VAL);
+    expect(report.metrics.agreement).toBeGreaterThanOrEqual(0.995);
+    expect(report.metrics.labelled).toBe(VAL);
+    expect(report.metrics.accuracyDrop).toBeDefined();
+
+    // One range per quantized activation, each with its uint8 parameters.
+    const ranges = Object.entries(report.ranges);
+    expect(ranges.length).toBeGreaterThan(4);
+    for (const [, range] of ranges) {
+      expect(range.min).toBeLessThanOrEqual(0);
+      expect(range.max).toBeGreaterThanOrEqual(0);
+      expect(range.scale).toBeGreaterThan(0);
+      expect(range.zeroPoint).toBeGreaterThanOrEqual(0);
+      expect(range.zeroPoint).toBeLessThanOrEqual(255);
+    }
+    expect(report.layerError.length).toBeGreaterThan(4);
+    for (const e of report.layerError) expect(e.relError).toBeGreaterThanOrEqual(0);
+    // Attention's activation×activation MatMuls stay fp32 by default, and say so.
+    expect(report.skipped.some((s) => s.reason === "attention-disabled")).toBe(true);
+    expect(report.timings.calibrationMs).toBeGreaterThan(0);
+    expect(report.timings.quantizationMs).toBeGreaterThan(0);
+    expect(report.peakRssBytes).toBeGreaterThan(10 * 2 ** 20);
+
+    const session = await createOrtSession(out);
+    const ops = (await loadModel(out)).graph.node.map((n) => n.opType);
+    expect(ops).toContain("QuantizeLinear");
+    expect(ops).toContain("DequantizeLinear");
+    await session.release();
+  });
+
+  test("dynamic: no calibration, MatMulInteger in the model", async () => {
+    const out = join(dir, "dynamic.onnx");
+    const reportPath = join(dir, "dynamic.json");
+    const r = await quantize([...common(out, reportPath), "--mode", "dynamic"]);
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    expect(report.mode).toBe("dynamic");
+    expect(report.method).toBeUndefined();
+    expect(report.samples.calibration).toBe(0);
+    expect(report.timings.calibrationMs).toBe(0);
+    expect(Object.keys(report.ranges)).toEqual([]);
+    const ops = (await loadModel(out)).graph.node.map((n) => n.opType);
+    expect(ops).toContain("MatMulInteger");
+    expect(ops).toContain("DynamicQuantizeLinear");
+  });
+
+  test("auto: validates and times both formats, keeps the faster one that passes", async () => {
+    const out = join(dir, "auto.onnx");
+    const reportPath = join(dir, "auto.json");
+    const r = await quantize([...common(out, reportPath), "--mode", "auto"]);
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    expect(report.requestedMode).toBe("auto");
+    expect(report.candidates.map((c) => c.mode).sort()).toEqual(["dynamic", "static"]);
+    const passing = report.candidates.filter((c) => c.passed);
+    const chosen = report.candidates.filter((c) => c.chosen);
+    expect(chosen).toHaveLength(1);
+    expect(chosen[0]!.mode).toBe(report.mode);
+    // The random model's logits barely depend on its input, so both formats pass and both get timed.
+    expect(passing).toHaveLength(2);
+    for (const c of passing) expect(c.p50Ms).toBeGreaterThan(0);
+    expect(chosen[0]!.p50Ms).toBe(Math.min(...passing.map((c) => c.p50Ms!)));
+  });
+
+  test("--exclude keeps the named node fp32 and the report says it was the user", async () => {
+    const out = join(dir, "exclude.onnx");
+    const reportPath = join(dir, "exclude.json");
+    const r = await quantize([...common(out, reportPath), "--exclude", QUERY0]);
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    expect(report.options.exclude).toEqual([QUERY0]);
+    expect(report.keptFp32).toContainEqual({ node: QUERY0, opType: "MatMul", reason: "user-exclude" });
+    const q = (await loadModel(out)).graph.node.find((n) => n.name === QUERY0)!;
+    // Its weight is still the fp32 initializer, not a DequantizeLinear output.
+    expect(q.input[1]).toBe("bert.encoder.layer.0.attention.self.query.weight");
+  });
+
+  test("an unknown --exclude node is a usage error", async () => {
+    const out = join(dir, "bad-exclude.onnx");
+    const r = await quantize([...common(out, join(dir, "bad-exclude.json")), "--exclude", "/no/such/node"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(/^error USAGE: .*\/no\/such\/node/);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  test("an unsupported op (Einsum) is skipped with its reason, the rest quantized", async () => {
+    const out = join(dir, "einsum.onnx");
+    const reportPath = join(dir, "einsum.json");
+    const r = await quantize(common(out, reportPath, einsumModelPath));
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    const skipped = report.skipped.find((s) => s.node === QUERY0);
+    expect(skipped).toMatchObject({ opType: "Einsum", reason: "unsupported-op" });
+    expect(report.keptFp32).toContainEqual(expect.objectContaining({ node: QUERY0, reason: "unsupported" }));
+    expect(report.layerError.some((e) => e.node.endsWith("/key/MatMul"))).toBe(true);
+  });
+
+  test("--json prints the report on stdout", async () => {
+    const out = join(dir, "json.onnx");
+    const r = await quantize([...common(out, join(dir, "json.json")), "--mode", "dynamic", "--json"]);
+    expect(r.code).toBe(0);
+    const parsed: unknown = JSON.parse(r.stdout);
+    assertReportShape(parsed);
+    expect(parsed.model.int8?.path).toBe(out);
+  });
+
+  test("a SQLite store of collected samples works as --calib", async () => {
+    const stateDir = join(dir, "state");
+    const collected = await quantize(["collect", "--file", samplesPath, "--state-dir", stateDir]);
+    expect(collected.code).toBe(0);
+    const db = join(stateDir, "quantd.db");
+    const out = join(dir, "store.onnx");
+    const reportPath = join(dir, "store.json");
+    const args = common(out, reportPath);
+    args[args.indexOf(samplesPath)] = db;
+    const r = await quantize(args);
+    expect(r.stderr).not.toContain("error ");
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    expect(report.samples.source).toBe(db);
+    expect(report.samples.calibration).toBe(CALIB);
+    expect(report.samples.validation).toBe(VAL);
+  });
+});
