@@ -160,6 +160,16 @@ export function runSampleStoreContract(t: TestApi, target: StoreTarget): void {
               `mean stream position ${meanPosition} of ${n}`,
             );
             for (const s of kept) assert.equal(s.bucket, bucketOf[positionOf(s.text)]);
+
+            // The trigger-maintained per-bucket figures match the rows themselves.
+            const actual = store.db
+              .prepare("SELECT bucket, count(*) AS kept, sum(bytes) AS bytes FROM samples GROUP BY bucket")
+              .all();
+            for (const row of actual) {
+              const b = stats.buckets[Number(row["bucket"])];
+              assert.equal(b?.kept, row["kept"]);
+              assert.equal(b?.bytes, row["bytes"]);
+            }
           } finally {
             store.close();
           }

@@ -7,6 +7,6 @@ import { openBunSqlite } from "../../src/store/sqlite/bun.ts";
 import { runAllStoreContracts } from "../contracts/store.contract.ts";
 
 runAllStoreContracts(
-  { describe: (name, fn) => describe(name, fn), test: (name, fn) => test(name, fn) },
+  { describe: (name, fn) => describe(name, fn), test: (name, fn) => test(name, fn, 30_000) },
   { name: "bun:sqlite", opener: openBunSqlite, runtimeDriver: "bun:sqlite" },
 );

@@ -67,7 +67,7 @@ test("ingests the 4k SST-2 slice, then finds every row a duplicate", async () =>
   } finally {
     store.close();
   }
-});
+}, 30_000);
 
 test("a bounded pool keeps the file's length mix", async () => {
   const stateDir = join(tmp, "bounded");
@@ -80,7 +80,7 @@ test("a bounded pool keeps the file's length mix", async () => {
     const share = b.seen / r.pool.seen;
     expect(Math.abs(b.kept / 400 - share)).toBeLessThanOrEqual(0.02);
   }
-});
+}, 30_000);
 
 test("the state directory defaults to $QUANTD_STATE_DIR", async () => {
   const stateDir = join(tmp, "from-env");
@@ -106,7 +106,7 @@ test("the state directory defaults to $QUANTD_STATE_DIR", async () => {
   } finally {
     store.close();
   }
-});
+}, 30_000);
 
 test("bad input: missing file, bad flags, malformed file, bad source — clear codes, nothing written", async () => {
   const stateDir = join(tmp, "bad");
@@ -140,7 +140,7 @@ test("bad input: missing file, bad flags, malformed file, bad source — clear c
   } finally {
     store.close();
   }
-});
+}, 30_000);
 
 test("a state directory that is a file → STORE_FAILED", async () => {
   const notDir = join(tmp, "plain-file");
@@ -148,4 +148,4 @@ test("a state directory that is a file → STORE_FAILED", async () => {
   const res = await collect(["--file", trainTsv, "--state-dir", notDir]);
   expect(res.code).toBe(1);
   expect(res.err).toStartWith("error STORE_FAILED");
-});
+}, 30_000);

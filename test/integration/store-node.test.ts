@@ -70,4 +70,4 @@ test("store contract passes on better-sqlite3 under node --test", async () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-});
+}, 180_000);
