@@ -38,9 +38,20 @@ interface CommonQuantizeOptions {
   exclude: readonly string[];
 }
 
+/**
+ * How static int8 MatMuls are written: `qdq` is standard ONNX (QuantizeLinear →
+ * DequantizeLinear pairs any runtime understands; onnxruntime fuses them into
+ * MatMulIntegerToFloat); `fused` writes onnxruntime's MatMulIntegerToFloat
+ * directly with the bias folded in (same arithmetic, fewer nodes, faster, but
+ * onnxruntime-only).
+ */
+export type StaticFormat = "qdq" | "fused";
+
 /** Static quantization: activation ranges come from calibration; QDQ pairs are written into the graph. */
 export interface StaticQuantizeOptions extends CommonQuantizeOptions {
   type: "static";
+  /** @defaultValue "qdq" */
+  format: StaticFormat;
   /** Range estimator. @defaultValue "minmax" */
   method: CalibrationMethod;
   /** Also quantize the activation×activation MatMuls of attention. @defaultValue false */
@@ -86,6 +97,7 @@ export function defaultQuantizeOptions(
       return {
         ...common,
         method: "minmax",
+        format: "qdq",
         quantizeAttentionMatMuls: false,
         ...(overrides as Partial<StaticQuantizeOptions>),
         type: "static",

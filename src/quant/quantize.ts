@@ -30,7 +30,7 @@ import { calibrate } from "./calibrate.ts";
 import { quantizeEmbeddings } from "./passes/embedding.ts";
 import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
 import { insertStaticQdq } from "./passes/qdq-static.ts";
-import { GraphRewrite } from "./passes/rewrite.ts";
+import { GraphRewrite, MS_DOMAIN } from "./passes/rewrite.ts";
 import {
   applyRanges,
   type DynamicQuantizeOptions,
@@ -103,9 +103,10 @@ export function resolveQuantizeOptions(opts: QuantizeModelOptions): QuantizeOpti
       const { type: _t, ...dyn } = stripUndefined(rest) as Partial<DynamicQuantizeOptions> & {
         method?: unknown;
         quantizeAttentionMatMuls?: unknown;
+        format?: unknown;
       };
       // Static-only fields (a caller building both modes from one object) mean nothing here.
-      const { method: _m, quantizeAttentionMatMuls: _q, ...dynamicOnly } = dyn;
+      const { method: _m, quantizeAttentionMatMuls: _q, format: _f, ...dynamicOnly } = dyn;
       return defaultQuantizeOptions("dynamic", dynamicOnly);
     }
     default:
@@ -153,6 +154,10 @@ function checkOpset(model: ModelProto): void {
       { details: { opset: v } },
     );
   }
+}
+
+function ensureOpset(model: ModelProto, domain: string, version: number): void {
+  if (!model.opsetImport.some((o) => o.domain === domain)) model.opsetImport.push({ domain, version });
 }
 
 /** Activation quantization parameters from calibrated ranges (uint8 asymmetric). */
@@ -239,6 +244,7 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
     reduceRange: options.reduceRange,
   });
   rw.commit();
+  if (options.type === "static" && options.format === "fused") ensureOpset(out, MS_DOMAIN, 1);
   out.producerName = "quantd";
   const quantizationMs = performance.now() - tq;
   return {

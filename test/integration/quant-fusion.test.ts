@@ -142,13 +142,19 @@ describe("shipped BERT-Mini", async () => {
     calibration.push(tokenizer.encodeBatch(samples.slice(i, i + 8).map((s) => s.text)));
   }
 
-  for (const type of ["static", "dynamic"] as const) {
-    test(`${type}: ≤ 26 % of the fp32 file, and ORT runs every weight MatMul in int8`, async () => {
-      const result = await quantizeModel(fp32, { type, calibration });
+  const builds = [
+    { label: "static QDQ", opts: { type: "static", format: "qdq" } },
+    { label: "static fused", opts: { type: "static", format: "fused" } },
+    { label: "dynamic", opts: { type: "dynamic" } },
+  ] as const;
+  for (const { label, opts } of builds) {
+    const type = opts.type;
+    test(`${label}: ≤ 26 % of the fp32 file, and ORT runs every weight MatMul in int8`, async () => {
+      const result = await quantizeModel(fp32, { ...opts, calibration });
       const bytes = encodeModel(result.model).byteLength;
       expect(bytes / fp32Bytes).toBeLessThanOrEqual(0.26);
 
-      const opt = await ortOptimized(result.model, `bert-${type}`);
+      const opt = await ortOptimized(result.model, `bert-${label.replace(" ", "-")}`);
       const ops = opCounts(opt);
       const int8Kernels =
         (ops.get("MatMulIntegerToFloat") ?? 0) +
@@ -157,8 +163,11 @@ describe("shipped BERT-Mini", async () => {
       // 4 layers × 6 projections, plus pooler and classifier
       expect(int8Kernels).toBe(26);
       expect(fp32WeightMatMuls(opt).map((n) => n.name)).toEqual([]);
-      if (type === "static") expect(ops.get("QGemm")).toBe(2);
-      else expect(ops.get("DynamicQuantizeMatMul")).toBeGreaterThan(0);
+      if (label === "static QDQ") expect(ops.get("QGemm")).toBe(2);
+      if (label === "static fused") expect(ops.get("MatMulIntegerToFloat")).toBe(26);
+      if (type === "dynamic") expect(ops.get("DynamicQuantizeMatMul")).toBeGreaterThan(0);
+      // every bias was folded into the int8 kernel, except in the QDQ form where ORT leaves the Add
+      if (label !== "static QDQ") expect(ops.get("Add") ?? 0).toBeLessThan(20);
     }, 60_000);
   }
 });

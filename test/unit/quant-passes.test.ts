@@ -265,6 +265,51 @@ describe("static QDQ rewrite", async () => {
   });
 });
 
+describe("static fused format", async () => {
+  const result = await quantizeModel(fp32, { type: "static", format: "fused", calibration });
+  const model = result.model;
+  const qdq = await quantizeModel(fp32, { type: "static", calibration, ranges: result.ranges });
+
+  test("MatMulIntegerToFloat nodes with the bias folded in, QuantizeLinear shared", () => {
+    const mitf = model.graph.node.filter((n) => n.opType === "MatMulIntegerToFloat");
+    expect(mitf).toHaveLength(LAYERS * 6 + 2);
+    for (const n of mitf) {
+      expect(n.domain).toBe("com.microsoft");
+      expect(n.input).toHaveLength(7);
+      expect(producerOf(model, n.input[0]!)?.opType).toBe("QuantizeLinear");
+      const w = initializer(model, n.input[1]!)!;
+      expect(w.dataType).toBe(DataType.INT8);
+      expect(initializer(model, n.input[3]!)!.dims).toEqual([w.dims[1]!]);
+      expect(initializer(model, n.input[6]!)!.dims).toEqual([w.dims[1]!]);
+    }
+    expect(count(model, "QuantizeLinear")).toBe(result.plan.observe.length);
+    expect(count(model, "DequantizeLinear")).toBe(0);
+    expect(model.graph.node.filter((n) => /(query|key|value|dense)\/Add$/.test(n.name))).toEqual([]);
+    expect(model.opsetImport.some((o) => o.domain === "com.microsoft")).toBe(true);
+  });
+
+  test("computes what the QDQ form computes once ORT has fused it", async () => {
+    const [a, b] = await Promise.all([
+      createOrtSession(encodeModel(model)),
+      createOrtSession(encodeModel(qdq.model)),
+    ]);
+    try {
+      const batch = randomBatches(1, 2, 12, 3)[0]!;
+      const dims = [batch.batchSize, batch.seqLen];
+      const feeds = {
+        input_ids: { type: "int64" as const, data: batch.inputIds, dims },
+        attention_mask: { type: "int64" as const, data: batch.attentionMask, dims },
+        token_type_ids: { type: "int64" as const, data: batch.tokenTypeIds, dims },
+      };
+      const fused = (await a.run(feeds)).logits!.data as Float32Array;
+      const pairs = (await b.run(feeds)).logits!.data as Float32Array;
+      expectClose(fused, pairs, { atol: 1e-4, rtol: 1e-4, what: "fused vs QDQ logits" });
+    } finally {
+      await Promise.all([a.release(), b.release()]);
+    }
+  });
+});
+
 describe("dynamic rewrite", async () => {
   const result = await quantizeModel(fp32, { type: "dynamic", perChannel: false });
   const model = result.model;

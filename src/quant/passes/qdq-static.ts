@@ -16,16 +16,19 @@
 import { assertNever, QuantdError } from "../../errors.ts";
 import { makeTensor, tensorToFloat32 } from "../../onnx/tensor.ts";
 import { DataType } from "../../onnx/types.ts";
-import type { QuantTarget } from "../plan.ts";
+import type { NodeProto } from "../../onnx/types.ts";
+import type { QuantTarget, StaticFormat, WeightMatMulTarget } from "../plan.ts";
 import type { QParams } from "../qparams.ts";
 import { quantizeBias } from "../qparams.ts";
-import { type GraphRewrite, node } from "./rewrite.ts";
+import { type GraphRewrite, MS_DOMAIN, node } from "./rewrite.ts";
 import { type QuantizedWeight, quantizeWeight } from "./weights.ts";
 
 /** Options of {@link insertStaticQdq}. */
 export interface StaticQdqOptions {
   perChannel: boolean;
   reduceRange: boolean;
+  /** `qdq`: portable QDQ pairs ORT fuses itself; `fused`: onnxruntime's MatMulIntegerToFloat written directly. */
+  format: StaticFormat;
 }
 
 /** What the pass wrote, for the report and tests. */
@@ -33,11 +36,19 @@ export interface StaticQdqStats {
   quantizedNodes: number;
   quantizeLinear: number;
   dequantizeLinear: number;
+  /** MatMul/Gemm nodes written as MatMulIntegerToFloat (`fused` format). */
+  fused: number;
 }
 
-interface ActivationQdq {
-  output: string;
+interface QuantizedActivation {
+  /** uint8 output of the QuantizeLinear. */
+  quantized: string;
+  scale: string;
+  zeroPoint: string;
   qp: QParams;
+  /** Output of the DequantizeLinear (QDQ form), written on first use. */
+  dequantized: string | undefined;
+  anchor: NodeProto;
 }
 
 /**
@@ -52,7 +63,7 @@ export function insertStaticQdq(
   qparams: ReadonlyMap<string, QParams>,
   opts: StaticQdqOptions,
 ): StaticQdqStats {
-  const stats: StaticQdqStats = { quantizedNodes: 0, quantizeLinear: 0, dequantizeLinear: 0 };
+  const stats: StaticQdqStats = { quantizedNodes: 0, quantizeLinear: 0, dequantizeLinear: 0, fused: 0 };
   // The QuantizeLinear of an activation goes before its first quantized reader.
   const firstReader = new Map<string, number>();
   const noteReader = (tensor: string, key: string): void => {
@@ -64,13 +75,14 @@ export function insertStaticQdq(
     if (t.kind === "weight-matmul") noteReader(t.activation, t.node);
     else if (t.kind === "attention-matmul") for (const i of t.inputs) noteReader(i, t.node);
   }
-  const acts = new Map<string, ActivationQdq>();
-  const activation = (tensor: string): ActivationQdq => {
+  const acts = new Map<string, QuantizedActivation>();
+  const quantized = (tensor: string): QuantizedActivation => {
     const hit = acts.get(tensor);
     if (hit !== undefined) return hit;
     const qp = qparams.get(tensor);
-    if (qp === undefined)
+    if (qp === undefined) {
       throw new QuantdError("QUANT_FAILED", `no calibrated range for activation ${tensor}`);
+    }
     const anchor = rw.graph.node[firstReader.get(tensor) ?? -1];
     if (anchor === undefined) throw new QuantdError("INTERNAL", `no reader of ${tensor} among the targets`);
     const scale = rw.addInitializer(
@@ -80,17 +92,38 @@ export function insertStaticQdq(
     const zpData = qp.type === "uint8" ? new Uint8Array([qp.zeroPoint]) : new Int8Array([qp.zeroPoint]);
     const zp = rw.addInitializer(makeTensor(rw.uniqueName(`${tensor}_zero_point`), zpType, [], zpData));
     const q = rw.uniqueName(`${tensor}_QuantizeLinear_Output`);
-    const dq = rw.uniqueName(`${tensor}_DequantizeLinear_Output`);
     rw.insertBefore(
       anchor,
       node("QuantizeLinear", rw.uniqueName(`${tensor}_QuantizeLinear`), [tensor, scale, zp], [q]),
-      node("DequantizeLinear", rw.uniqueName(`${tensor}_DequantizeLinear`), [q, scale, zp], [dq]),
     );
     stats.quantizeLinear++;
-    stats.dequantizeLinear++;
-    const out = { output: dq, qp };
+    const out: QuantizedActivation = {
+      quantized: q,
+      scale,
+      zeroPoint: zp,
+      qp,
+      dequantized: undefined,
+      anchor,
+    };
     acts.set(tensor, out);
     return out;
+  };
+  const activation = (tensor: string): { output: string; qp: QParams } => {
+    const a = quantized(tensor);
+    if (a.dequantized === undefined) {
+      a.dequantized = rw.uniqueName(`${tensor}_DequantizeLinear_Output`);
+      rw.insertBefore(
+        a.anchor,
+        node(
+          "DequantizeLinear",
+          rw.uniqueName(`${tensor}_DequantizeLinear`),
+          [a.quantized, a.scale, a.zeroPoint],
+          [a.dequantized],
+        ),
+      );
+      stats.dequantizeLinear++;
+    }
+    return { output: a.dequantized, qp: a.qp };
   };
   const weights = new Map<string, QuantizedWeight>();
   const weightDq = new Map<string, string>();
@@ -98,6 +131,12 @@ export function insertStaticQdq(
     switch (t.kind) {
       case "weight-matmul": {
         const n = rw.nodeByKey(t.node);
+        if (opts.format === "fused") {
+          fuseMatMul(rw, n, t, quantized(t.activation), weights, opts);
+          stats.quantizedNodes++;
+          stats.fused++;
+          break;
+        }
         const act = activation(t.activation);
         const w = quantizeWeight(rw, weights, t.weight, {
           channelAxis: t.channelAxis,
@@ -191,4 +230,64 @@ function biasDq(
   );
   rw.dropIfUnused(bias);
   return out;
+}
+
+/**
+ * The bias Add that may be folded into a MatMul's output: the only reader of
+ * `tensor`, adding a constant float vector of `channels` elements.
+ */
+function foldableBiasAdd(
+  rw: GraphRewrite,
+  tensor: string,
+  channels: number,
+): { add: NodeProto; bias: string } | undefined {
+  const readers = rw.consumers(tensor);
+  const add = readers.length === 1 ? readers[0] : undefined;
+  if (add === undefined || add.opType !== "Add" || add.domain !== "" || add.input.length !== 2)
+    return undefined;
+  if (rw.graph.output.some((o) => o.name === tensor)) return undefined;
+  const bias = add.input[0] === tensor ? add.input[1]! : add.input[0]!;
+  const t = rw.initializer(bias);
+  if (t === undefined || t.dataType !== DataType.FLOAT || t.dims.length !== 1 || t.dims[0] !== channels)
+    return undefined;
+  return { add, bias };
+}
+
+/**
+ * `fused` format: QuantizeLinear(act) → com.microsoft MatMulIntegerToFloat with
+ * the int8 weight, both scales and zero points, and the bias (the Gemm's, or
+ * the following Add's, which is removed). This is the node ORT's optimizer
+ * would make from the QDQ form, plus the bias, which its QDQ fusion leaves as a
+ * separate Add (and which then blocks the Gelu fusion downstream).
+ */
+function fuseMatMul(
+  rw: GraphRewrite,
+  n: NodeProto,
+  t: WeightMatMulTarget,
+  act: QuantizedActivation,
+  weights: Map<string, QuantizedWeight>,
+  opts: StaticQdqOptions,
+): void {
+  const w = quantizeWeight(rw, weights, t.weight, {
+    channelAxis: t.channelAxis,
+    perChannel: opts.perChannel,
+    reduceRange: opts.reduceRange,
+    // MatMulIntegerToFloat wants B as [K, N]; a Gemm transB=1 weight is [N, K].
+    transpose: t.opType === "Gemm" && t.channelAxis === 0,
+  });
+  const channels = w.dims[1]!;
+  let output = n.output[0] ?? "";
+  let bias = t.bias;
+  if (bias === undefined) {
+    const folded = foldableBiasAdd(rw, output, channels);
+    if (folded !== undefined) {
+      bias = folded.bias;
+      output = folded.add.output[0] ?? "";
+      rw.replace(folded.add, []);
+    }
+  }
+  const inputs = [act.quantized, w.quantized, act.scale, w.scale, act.zeroPoint, w.zeroPoint];
+  if (bias !== undefined) inputs.push(bias);
+  const name = rw.uniqueName(`${n.name !== "" ? n.name : output}_MatMulIntegerToFloat`);
+  rw.replace(n, [node("MatMulIntegerToFloat", name, inputs, [output], {}, MS_DOMAIN)]);
 }
