@@ -1,0 +1,177 @@
+/**
+ * The accuracy gate's fallback, triggered by a planted outlier.
+ *
+ * The outlier is planted in the shipped (trained) BERT-Mini, the way real
+ * transformers grow them: one channel of layer 2's FFN input projection is
+ * scaled ×1000 and the matching row of the FFN output projection ÷1000, so the
+ * fp32 model computes nearly the same function, but the activation between the
+ * two (`…/layer.2/output/dense/MatMul`'s input) now spans a range 1000× wider
+ * than its other channels need; one uint8 scale for that tensor wipes them out.
+ *
+ * Why not the random synthetic BERT of `test/fixtures`: its logits barely
+ * depend on the input (random transformers collapse every input to nearly the
+ * same [CLS] vector), so top-1 agreement there is either trivially 100 % or
+ * flips on noise whatever is kept in fp32 — measured with its `plantOutlier`
+ * knob on every projection, several seeds and scales, and with a fitted head.
+ * A trained model has real margins, so the gate measures what it should.
+ */
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
+import { makeTensor, tensorToFloat32 } from "../../src/onnx/tensor.ts";
+import type { ModelProto } from "../../src/onnx/types.ts";
+import { assertReportShape, type QuantizeReport } from "../../src/quant/report.ts";
+import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
+
+// Two quantize runs of a 30 MB model with validation and rebuilds, on a busy 2-core machine.
+setDefaultTimeout(180_000);
+
+const dir = mkdtempSync(join(tmpdir(), "quantd-fallback-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const LAYER = 2;
+const CHANNEL = 7;
+const SCALE = 1000;
+const SENSITIVE = `/bert/encoder/layer.${LAYER}/output/dense/MatMul`;
+const modelPath = join(dir, "outlier.onnx");
+const calibTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
+
+/** Scales one FFN channel up on the way in and down on the way out (see the file comment). */
+function plantActivationOutlier(model: ModelProto, layer: number, channel: number, scale: number): void {
+  const g = model.graph;
+  const node = (name: string) => {
+    const n = g.node.find((x) => x.name === name);
+    if (n === undefined) throw new Error(`no node ${name}`);
+    return n;
+  };
+  const index = (name: string): number => g.initializer.findIndex((t) => t.name === name);
+  const edit = (name: string, fn: (v: Float32Array, dims: readonly number[]) => void): void => {
+    const k = index(name);
+    const t = g.initializer[k]!;
+    const v = Float32Array.from(tensorToFloat32(t));
+    fn(v, t.dims);
+    g.initializer[k] = makeTensor(t.name, t.dataType, t.dims, v);
+  };
+  const ffnIn = node(`/bert/encoder/layer.${layer}/intermediate/dense/MatMul`);
+  const ffnBias = node(`/bert/encoder/layer.${layer}/intermediate/dense/Add`).input.find(
+    (i) => index(i) >= 0,
+  )!;
+  const ffnOut = node(`/bert/encoder/layer.${layer}/output/dense/MatMul`);
+  edit(ffnIn.input[1]!, (w, [rows = 0, cols = 0]) => {
+    for (let i = 0; i < rows; i++) w[i * cols + channel]! *= scale;
+  });
+  edit(ffnBias, (b) => {
+    b[channel]! *= scale;
+  });
+  edit(ffnOut.input[1]!, (w, [, cols = 0]) => {
+    for (let j = 0; j < cols; j++) w[channel * cols + j]! /= scale;
+  });
+}
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function quantize(args: string[]): Promise<Run> {
+  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), "quantize", ...args], {
+    cwd: repoRoot,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+function readReport(path: string): QuantizeReport {
+  const parsed: unknown = JSON.parse(readFileSync(path, "utf8"));
+  assertReportShape(parsed);
+  return parsed;
+}
+
+const args = (out: string, report: string): string[] => [
+  "--model",
+  modelPath,
+  "--tokenizer",
+  shippedModelDir,
+  "--calib",
+  calibTsv,
+  "--samples",
+  "64",
+  "--val-samples",
+  "256",
+  "--out",
+  out,
+  "--report",
+  report,
+];
+
+beforeAll(async () => {
+  const model = await loadModel(shippedModelPath);
+  plantActivationOutlier(model, LAYER, CHANNEL, SCALE);
+  await saveModel(model, modelPath);
+});
+
+describe("sensitivity fallback on a planted outlier", () => {
+  test("without fallback the gate is not met: GATE_NOT_MET with the best figures, nothing written", async () => {
+    const out = join(dir, "no-fallback.onnx");
+    // A file already at --out must survive a failed run untouched.
+    writeFileSync(out, "previous model");
+    const reportPath = join(dir, "no-fallback.json");
+    const r = await quantize([...args(out, reportPath), "--trials", "0", "--json"]);
+    expect(r.code).toBe(1);
+    const error = JSON.parse(r.stdout) as { code: string; message: string; details: Record<string, unknown> };
+    expect(error.code).toBe("GATE_NOT_MET");
+    expect(error.message).toContain("nothing written");
+    const best = error.details["best"] as { agreement: number; n: number; meanAbsLogitDiff: number };
+    expect(best.n).toBe(256);
+    expect(best.agreement).toBeLessThan(0.995);
+    expect(best.meanAbsLogitDiff).toBeGreaterThan(0);
+    expect(readFileSync(out, "utf8")).toBe("previous model");
+
+    const report = readReport(reportPath);
+    expect(report.outcome).toBe("gate-not-met");
+    expect(report.model.int8).toBeUndefined();
+    expect(report.gate.passed).toBe(false);
+    expect(report.gate.failures[0]).toContain("below the gate");
+    expect(report.metrics.agreement).toBe(best.agreement);
+    // The per-layer error points at the node the outlier feeds.
+    expect(report.layerError[0]?.node).toBe(SENSITIVE);
+  });
+
+  test("with fallback the outlier's node is kept fp32, the gate holds, the report names it", async () => {
+    const out = join(dir, "fallback.onnx");
+    const reportPath = join(dir, "fallback.json");
+    const r = await quantize(args(out, reportPath));
+    expect(r.stderr).not.toContain("error ");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`kept in fp32 for accuracy: ${SENSITIVE}`);
+    const report = readReport(reportPath);
+    expect(report.outcome).toBe("written");
+    expect(report.metrics.agreement).toBeGreaterThanOrEqual(0.995);
+    const sensitive = report.keptFp32.filter((k) => k.reason === "sensitivity");
+    expect(sensitive[0]).toMatchObject({ node: SENSITIVE, opType: "MatMul" });
+    expect(sensitive[0]?.detail).toContain("relative error");
+    const trials = report.fallback.trials;
+    expect(trials.length).toBeGreaterThanOrEqual(1);
+    expect(trials.at(-1)?.passed).toBe(true);
+    expect(trials[0]?.keptFp32).toEqual([SENSITIVE]);
+
+    // In the written model that MatMul reads its fp32 weight; its neighbours are quantized.
+    const written = await loadModel(out);
+    const kept = written.graph.node.find((n) => n.name === SENSITIVE)!;
+    expect(written.graph.initializer.some((t) => t.name === kept.input[1])).toBe(true);
+    const neighbour = written.graph.node.find(
+      (n) => n.name === `/bert/encoder/layer.${LAYER}/intermediate/dense/MatMul`,
+    )!;
+    expect(neighbour.input[1]).toContain("DequantizeLinear");
+  });
+});
