@@ -8,7 +8,7 @@
 import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
 import type { Command, CommandContext } from "./command.ts";
-import { parseArgs, renderCommandHelp, renderMainHelp, usageError } from "./parse.ts";
+import { closest, parseArgs, renderCommandHelp, renderMainHelp, usageError } from "./parse.ts";
 
 /** The package version, printed by `quantd --version`. */
 export const VERSION: string = pkg.version;
@@ -152,7 +152,14 @@ export async function runCli(argv: readonly string[], options: RunCliOptions = {
     );
   }
   const cmd = find(first);
-  if (cmd === undefined) return reportError(usageError(`unknown command "${first}"`), io, false, undefined);
+  if (cmd === undefined) {
+    const near = closest(
+      first,
+      commands.map((c) => c.name),
+    );
+    const hint = near === undefined ? "" : ` (did you mean ${near}?)`;
+    return reportError(usageError(`unknown command "${first}"${hint}`), io, false, undefined);
+  }
 
   const rest = argv.slice(1);
   const json = wantsJson(cmd, rest);

@@ -71,7 +71,11 @@ export function parseArgs(specs: readonly FlagSpec[], argv: readonly string[]): 
       spec = arg.length === 2 ? byShort.get(arg.slice(1)) : undefined;
     }
     const shown = arg.includes("=") ? arg.slice(0, arg.indexOf("=")) : arg;
-    if (spec === undefined) throw usageError(`unknown flag ${shown}`, { flag: shown });
+    if (spec === undefined) {
+      const near = closest(shown.replace(/^-+/, ""), [...byName.keys()]);
+      const hint = near === undefined ? "" : ` (did you mean --${near}?)`;
+      throw usageError(`unknown flag ${shown}${hint}`, { flag: shown });
+    }
 
     if (spec.name === HELP_FLAG.name) {
       help = true;
@@ -101,6 +105,36 @@ export function parseArgs(specs: readonly FlagSpec[], argv: readonly string[]): 
     }
   }
   return { flags, positionals, help };
+}
+
+/** Levenshtein distance, for "did you mean" hints. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+/**
+ * The candidate nearest to `word` when it is a likely typo (at most 2 edits,
+ * and fewer than half its length), else undefined.
+ */
+export function closest(word: string, candidates: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = Number.POSITIVE_INFINITY;
+  for (const c of candidates) {
+    const d = editDistance(word, c);
+    if (d < bestD) {
+      bestD = d;
+      best = c;
+    }
+  }
+  return bestD <= 2 && bestD * 2 < word.length ? best : undefined;
 }
 
 /**

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import type { Command, FlagSpec } from "../../src/cli/command.ts";
 import {
+  closest,
   expectNoPositionals,
   flagBool,
   flagChoice,
@@ -78,6 +79,16 @@ describe("parseArgs", () => {
     expect(usageOf(() => parseArgs(specs, ["--frob"])).message).toBe("unknown flag --frob");
     expect(usageOf(() => parseArgs(specs, ["--frob=3"])).message).toBe("unknown flag --frob");
     expect(usageOf(() => parseArgs(specs, ["-x"])).message).toBe("unknown flag -x");
+    expect(usageOf(() => parseArgs(specs, ["--modle", "a"])).message).toBe(
+      "unknown flag --modle (did you mean --model?)",
+    );
+  });
+
+  test("closest suggests only likely typos", () => {
+    expect(closest("evl", ["eval", "demo"])).toBe("eval");
+    expect(closest("bacth", ["batch", "json"])).toBe("batch");
+    expect(closest("xyz", ["eval", "demo"])).toBeUndefined();
+    expect(closest("js", ["json"])).toBeUndefined();
   });
 
   test("missing value, at the end or before another flag", () => {
