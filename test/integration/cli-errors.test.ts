@@ -131,11 +131,23 @@ describe("model files", () => {
 
   test("truncated model", async () => {
     const run = await quantd(["eval", "--model", file("truncated.onnx"), "--data", shippedDevTsv]);
-    const line = expectOneError(
-      run,
-      run.stderr.includes("MODEL_TRUNCATED") ? "MODEL_TRUNCATED" : "MODEL_NOT_ONNX",
-    );
+    // onnxruntime alone says "Protobuf parsing failed"; the codec tells a cut-off file from a foreign one.
+    const line = expectOneError(run, "MODEL_TRUNCATED");
     expect(line).toContain("truncated.onnx");
+  });
+
+  test("a model without a tokenizer beside it points at --tokenizer", async () => {
+    const alone = mkdtempSync(join(tmpdir(), "quantd-cli-alone-"));
+    try {
+      copyFileSync(shippedModelPath, join(alone, "model.onnx"));
+      const line = expectOneError(
+        await quantd(["classify", "--model", join(alone, "model.onnx"), "fine"]),
+        "TOKENIZER_NOT_FOUND",
+      );
+      expect(line).toContain("--tokenizer");
+    } finally {
+      rmSync(alone, { recursive: true, force: true });
+    }
   });
 
   test("a text file is not a model", async () => {
@@ -170,7 +182,7 @@ describe("data and text", () => {
       await quantd(["eval", "--model", shippedModelPath, "--data", file("malformed.tsv")]),
       "DATA_MALFORMED",
     );
-    expect(line).toContain("3");
+    expect(line).toContain("malformed.tsv:3");
   });
 
   test("a TSV with a non-numeric label", async () => {
@@ -178,7 +190,7 @@ describe("data and text", () => {
       await quantd(["eval", "--model", shippedModelPath, "--data", file("bad-label.tsv")]),
       "DATA_MALFORMED",
     );
-    expect(line).toContain("3");
+    expect(line).toContain("bad-label.tsv:3");
   });
 
   test("missing TSV", async () => {
