@@ -153,6 +153,26 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
       });
     });
 
+    t.test("read-only: reads an existing store, refuses writes and missing files", async () => {
+      await withTempDir(async (dir) => {
+        const rw = await open(dir, { samples: { countTokens: () => 2 } });
+        rw.samples.add([{ text: "kept text" }], { source: "file" });
+        rw.close();
+        const ro = await open(dir, { readonly: true, samples: { countTokens: () => 2 } });
+        try {
+          assert.equal(ro.samples.count(), 1);
+          assert.equal(ro.schemaVersion, SCHEMA_VERSION);
+          throwsCode(() => ro.samples.add([{ text: "more" }], { source: "file" }), "STORE_FAILED");
+        } finally {
+          ro.close();
+        }
+        await rejectsCode(
+          openStore(join(dir, "missing.db"), { opener: target.opener, readonly: true }),
+          "STORE_FAILED",
+        );
+      });
+    });
+
     t.test("a closed store throws STORE_FAILED; closing twice is harmless", async () => {
       await withTempDir(async (dir) => {
         const store = await open(dir);
