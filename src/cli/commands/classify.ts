@@ -55,7 +55,8 @@ export const classifyCommand: Command = {
     "fp32 SST-2 BERT-Mini shipped with quantd; its tokenizer and label names are read from the model's " +
     "directory.\n\n" +
     "With --json, prints one object {model, labels, results: [{text, label, labelId, score, " +
-    "probabilities}]}. An empty, oversized (over 64 KiB) or non-UTF-8 text is an error naming its position.",
+    "probabilities}]}. An empty, oversized (over 64 KiB) or non-UTF-8 text is an error naming its position. " +
+    "Put -- before texts that start with a dash.",
   flags: [
     {
       name: "model",
