@@ -11,8 +11,10 @@ import { createOrtSession } from "./ort-session.ts";
 import { validateText } from "./text.ts";
 import {
   type BatchEncoding,
+  type BatchingMode,
   type EncodeBatchOptions,
   loadTokenizer,
+  planBatches,
   type TextInput,
   type Tokenizer,
 } from "./tokenizer.ts";
@@ -62,8 +64,14 @@ export interface LoadClassifierOptions {
 
 /** Options for {@link Classifier.classify}. */
 export interface ClassifyOptions extends EncodeBatchOptions {
-  /** Inputs per inference call. @defaultValue 32 */
+  /** Most inputs per inference call. @defaultValue 32 */
   batchSize?: number;
+  /**
+   * How inputs are grouped into batches; by default without padding, so an
+   * input's result does not depend on what else is classified with it.
+   * @defaultValue "unpadded"
+   */
+  batching?: BatchingMode;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -257,8 +265,8 @@ export class Classifier {
   }
 
   /**
-   * Classifies texts (or pairs), in batches of `batchSize` grouped by token
-   * length; results are in input order.
+   * Classifies texts (or pairs), in batches of at most `batchSize` planned by
+   * {@link planBatches}; results are in input order.
    *
    * @throws as {@link Classifier.logits}
    */
@@ -273,12 +281,13 @@ export class Classifier {
         ? this.tokenizer.encode(input, undefined, opts)
         : this.tokenizer.encode(input[0], input[1], opts),
     );
-    // Batch inputs of similar length together: padding to the batch's longest row is wasted work.
-    const order = Array.from({ length: inputs.length }, (_, i) => i);
-    order.sort((x, y) => encodings[x]!.inputIds.length - encodings[y]!.inputIds.length);
+    const plan = planBatches(
+      encodings.map((e) => e.inputIds.length),
+      batchSize,
+      opts.batching ?? "unpadded",
+    );
     const results = new Array<Classification>(inputs.length);
-    for (let start = 0; start < order.length; start += batchSize) {
-      const rows = order.slice(start, start + batchSize);
+    for (const rows of plan) {
       const out = await this.runEncoded(
         this.tokenizer.pad(
           rows.map((i) => encodings[i]!),

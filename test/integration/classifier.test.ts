@@ -115,7 +115,7 @@ describe("shipped fp32 BERT-Mini", () => {
     async () => {
       const texts = [...KNOWN.map((k) => k.text), "a gorgeous , witty , seductive movie ."];
       const all = await clf.classify(texts);
-      const chunked = await clf.classify(texts, { batchSize: 2 });
+      const chunked = await clf.classify(texts, { batchSize: 2, batching: "input-order" });
       expect(all.length).toBe(texts.length);
       for (const [i, c] of all.entries()) {
         expect(c.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);

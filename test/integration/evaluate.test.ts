@@ -4,6 +4,7 @@ import { resolve } from "node:path";
 import { isQuantdError } from "../../src/errors.ts";
 import { type Classifier, loadClassifier } from "../../src/runtime/classifier.ts";
 import { evaluate } from "../../src/runtime/evaluate.ts";
+import { planBatches } from "../../src/runtime/tokenizer.ts";
 import { readSamplesTsv, type Sample } from "../../src/runtime/tsv.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 import {
@@ -59,11 +60,18 @@ describe("evaluate on the shipped dev set", () => {
       expect(r.meanAbsLogitDiff).toBe(0);
       expect(r.predictions.length).toBe(872);
       expect(r.logits.length).toBe(872 * 2);
-      expect(r.latency.batches).toBe(Math.ceil(872 / 32));
-      expect(r.compareLatency?.batches).toBe(Math.ceil(872 / 32));
+      // unpadded batching: one length per batch, at most 32 rows
+      const plan = planBatches(
+        dev.map((s) => fp32.tokenizer.encode(s.text).inputIds.length),
+        32,
+        "unpadded",
+      );
+      expect(plan.length).toBeGreaterThan(Math.ceil(872 / 32));
+      expect(r.latency.batches).toBe(plan.length);
+      expect(r.compareLatency?.batches).toBe(plan.length);
       expect(r.latency.meanMsPerSample).toBeGreaterThan(0);
       expect(r.latency.p90MsPerBatch).toBeGreaterThanOrEqual(r.latency.p50MsPerBatch);
-      expect(progress.length).toBe(Math.ceil(872 / 32));
+      expect(progress.length).toBe(plan.length);
       expect(progress.at(-1)).toEqual([872, 872]);
       expect(progress.every(([d], i) => i === 0 || d > progress[i - 1]![0])).toBe(true);
     },
@@ -74,18 +82,20 @@ describe("evaluate on the shipped dev set", () => {
     "unlabelled samples give no accuracy; batch size 16 by default; batching and sorting leave results in input order",
     async () => {
       const pool = dev.slice(0, 40).map(({ text, line }) => ({ text, line }));
-      const r = await evaluate(fp32, pool);
+      const r = await evaluate(fp32, pool, { batching: "input-order" });
       expect(r.labelled).toBe(0);
       expect(r.accuracy).toBeUndefined();
       expect(r.agreement).toBeUndefined();
       expect(r.latency.batches).toBe(3);
-      // same predictions as the labelled run of the same sentences, at another batch size
-      const labelled = await evaluate(fp32, dev.slice(0, 40), { batchSize: 7, sortByLength: false });
-      expect(labelled.predictions).toEqual(r.predictions);
-      expectClose(labelled.logits, r.logits, {
-        atol: 1e-4,
-        what: "logits at batch 7 in file order vs 16 sorted",
-      });
+      // same predictions as the labelled run of the same sentences, batched otherwise
+      for (const batching of ["unpadded", "sorted"] as const) {
+        const other = await evaluate(fp32, dev.slice(0, 40), { batchSize: 7, batching });
+        expect(other.predictions).toEqual(r.predictions);
+        expectClose(other.logits, r.logits, {
+          atol: 1e-4,
+          what: `logits at batch 7 ${batching} vs 16 in input order`,
+        });
+      }
       // and the logits land in input order: compare with one-at-a-time classification
       const single = await fp32.classify(
         pool.slice(0, 5).map((s) => s.text),
@@ -125,6 +135,14 @@ describe("evaluate on the shipped dev set", () => {
 interface GoldenRow {
   text: string;
   "logits_ort-dynamic": [number, number];
+  "logits_ort-static-minmax": [number, number];
+}
+
+function readGolden(): GoldenRow[] {
+  return readFileSync(resolve(sharedDir, "data/sst2/golden.dev.jsonl"), "utf8")
+    .split("\n")
+    .filter((l) => l.trim() !== "")
+    .map((l) => JSON.parse(l) as GoldenRow);
 }
 
 describe("against ONNX Runtime's dynamic int8 reference", () => {
@@ -150,10 +168,7 @@ describe("against ONNX Runtime's dynamic int8 reference", () => {
         expect(r.agreement).toBe((872 - r.disagreements!) / 872); // 868/872 = 0.9954 on x86
         expect(r.maxAbsLogitDiff!).toBeGreaterThan(0);
         expect(r.meanAbsLogitDiff!).toBeLessThan(r.maxAbsLogitDiff!);
-        const golden = readFileSync(resolve(sharedDir, "data/sst2/golden.dev.jsonl"), "utf8")
-          .split("\n")
-          .filter((l) => l.trim() !== "")
-          .map((l) => JSON.parse(l) as GoldenRow);
+        const golden = readGolden();
         expect(golden.map((g) => g.text)).toEqual(dev.map((s) => s.text));
         expectClose(
           r.compareLogits!,
@@ -165,6 +180,34 @@ describe("against ONNX Runtime's dynamic int8 reference", () => {
         );
       } finally {
         await dynamic.release();
+      }
+    },
+    SLOW_TEST_MS,
+  );
+
+  test.skipIf(!hasShared)(
+    hasShared
+      ? "static QDQ reference at batch 16: unpadded batches reproduce Python's one-at-a-time logits"
+      : sharedSkipReason,
+    async () => {
+      const staticRef = await loadClassifier(
+        resolve(sharedDir, "models/sst2-bert-mini/reference/model.ort-static-minmax.onnx"),
+        { tokenizerDir: shippedModelDir },
+      );
+      try {
+        // Padded batches would move these logits by up to ~0.2: the reference quantizes the
+        // attention scores with a range calibrated without padding, so masked keys leak.
+        const r = await evaluate(fp32, dev, { compare: staticRef, batchSize: 16 });
+        const golden = readGolden();
+        expectClose(
+          r.compareLogits!,
+          golden.flatMap((g) => g["logits_ort-static-minmax"]),
+          { atol: 1e-4, what: "ort-static-minmax logits (batch 16, unpadded) vs Python ORT" },
+        );
+        expect(r.compareAccuracy!.toFixed(4)).toBe("0.8326");
+        expect(r.disagreements).toBe(8); // 864/872 = 99.08 %, as the shared README states
+      } finally {
+        await staticRef.release();
       }
     },
     SLOW_TEST_MS,

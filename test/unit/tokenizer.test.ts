@@ -4,7 +4,12 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { isQuantdError } from "../../src/errors.ts";
-import { loadTokenizer, longestFirstLengths, type Tokenizer } from "../../src/runtime/tokenizer.ts";
+import {
+  loadTokenizer,
+  longestFirstLengths,
+  planBatches,
+  type Tokenizer,
+} from "../../src/runtime/tokenizer.ts";
 import { hasShared, sharedDir, sharedSkipReason, shippedModelDir } from "../helpers/paths.ts";
 
 // Ids from ../shared/data/sst2/golden.dev.jsonl (Python transformers 5.17), embedded so that this
@@ -269,6 +274,25 @@ describe("truncation", () => {
 });
 
 describe("batches and padding", () => {
+  test("planBatches: unpadded groups equal lengths, sorted and input order cut full batches", () => {
+    const lengths = [5, 3, 5, 9, 3, 5, 5];
+    expect(planBatches(lengths, 2, "input-order")).toEqual([[0, 1], [2, 3], [4, 5], [6]]);
+    expect(planBatches(lengths, 2, "sorted")).toEqual([[1, 4], [0, 2], [5, 6], [3]]);
+    expect(planBatches(lengths, 2, "unpadded")).toEqual([[1, 4], [0, 2], [5, 6], [3]]);
+    expect(planBatches(lengths, 3, "sorted")).toEqual([[1, 4, 0], [2, 5, 6], [3]]);
+    expect(planBatches(lengths, 3, "unpadded")).toEqual([[1, 4], [0, 2, 5], [6], [3]]);
+    for (const mode of ["input-order", "sorted", "unpadded"] as const) {
+      expect(planBatches([], 4, mode)).toEqual([]);
+      expect(
+        planBatches(lengths, 100, mode)
+          .flat()
+          .sort((a, b) => a - b),
+      ).toEqual([0, 1, 2, 3, 4, 5, 6]);
+    }
+    expect(code(() => planBatches(lengths, 0, "sorted"))).toBe("USAGE");
+    expect(code(() => planBatches(lengths, 2, "random" as "sorted"))).toBe("USAGE");
+  });
+
   test("pads to the longest row by default, right side, mask 0 and type 0 on padding", () => {
     const texts = KNOWN.map((k) => k.text);
     const b = tok.encodeBatch(texts);
