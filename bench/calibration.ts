@@ -8,6 +8,7 @@
  *   bun bench/calibration.ts                       # 128 samples, every method
  *   bun bench/calibration.ts --samples 1024 --methods minmax,entropy
  *   bun bench/calibration.ts --batch-size 1
+ *   bun bench/calibration.ts --no-baseline --methods minmax --samples 1024   # peak RSS of calibration alone
  *
  * Not part of the test suite; figures are printed, never asserted.
  */
@@ -29,6 +30,7 @@ const { values } = parseArgs({
     methods: { type: "string", default: CALIBRATION_METHODS.join(",") },
     "batch-size": { type: "string", default: "8" },
     threads: { type: "string", default: "1" },
+    "no-baseline": { type: "boolean", default: false },
   },
 });
 const samples = Number(values.samples);
@@ -90,15 +92,19 @@ async function fp32Ms(batches: readonly BatchEncoding[]): Promise<number> {
 }
 
 const buckets = bucketed(batchSize);
-const fpBucketed = await fp32Ms(buckets);
-const fpSingle = await fp32Ms(singles);
+const baseline = values["no-baseline"] !== true;
+const fpBucketed = baseline ? await fp32Ms(buckets) : Number.NaN;
+const fpSingle = baseline ? await fp32Ms(singles) : Number.NaN;
 console.log(
   `${sentences.length} samples, ${observed.length} observed tensors (MatMul/Gemm activation inputs), ` +
     `batch size ${batchSize}, ${threads} thread(s)`,
 );
-console.log(
-  `fp32 inference: ${fpBucketed.toFixed(0)} ms in ${buckets.length} length-bucketed batches; ${fpSingle.toFixed(0)} ms one by one`,
-);
+if (baseline) {
+  console.log(
+    `fp32 inference: ${fpBucketed.toFixed(0)} ms in ${buckets.length} length-bucketed batches; ` +
+      `${fpSingle.toFixed(0)} ms one by one`,
+  );
+}
 for (const method of methods) {
   const r = await calibrate(model, observed, singles, { method, batchSize, session });
   console.log(
