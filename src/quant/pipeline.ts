@@ -35,7 +35,12 @@ import {
   type GateSpec,
   type LogitMatrix,
 } from "./gate.ts";
-import { assertNotQuantized, type CalibrationMethod, defaultQuantizeOptions } from "./plan.ts";
+import {
+  assertNotQuantized,
+  type CalibrationMethod,
+  defaultQuantizeOptions,
+  type StaticFormat,
+} from "./plan.ts";
 import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
 import {
   type CandidateEntry,
@@ -125,6 +130,8 @@ export interface RunQuantizationOptions {
   mode?: RequestedMode;
   /** Static calibration method. @defaultValue the quantizer's default (`defaultQuantizeOptions`) */
   method?: CalibrationMethod;
+  /** How static int8 MatMuls are written (portable QDQ or onnxruntime's fused kernel). @defaultValue the quantizer's default */
+  format?: StaticFormat;
   /** Calibration samples. @defaultValue {@link DEFAULT_CALIBRATION_SAMPLES} */
   samples?: number;
   /** Held-out validation samples. @defaultValue {@link DEFAULT_VALIDATION_SAMPLES} */
@@ -403,6 +410,7 @@ export async function measureP50(
 interface Candidate {
   mode: QuantizeMode;
   method?: CalibrationMethod;
+  format?: StaticFormat;
   model: ModelProto;
   metrics: GateMetrics;
   passed: boolean;
@@ -418,6 +426,10 @@ interface Candidate {
   calibrationMs: number;
   quantizationMs: number;
   p50Ms?: number;
+}
+
+function describeFormat(c: { mode: QuantizeMode; method?: string; format?: string }): string {
+  return [c.mode, c.method, c.format].filter((x) => x !== undefined).join("/");
 }
 
 /** @throws USAGE when `out` is the model itself; FILE_WRITE_FAILED when its directory is not writable */
@@ -527,6 +539,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   const perChannel = opts.perChannel ?? defaults.perChannel;
   const reduceRange = opts.reduceRange ?? defaults.reduceRange;
   const staticMethod = opts.method ?? defaults.method;
+  const staticFormat = opts.format ?? defaults.format;
 
   // Cheap checks first: a bad path should fail in milliseconds, not after calibration.
   const files = findModelFiles(opts.model, opts.tokenizerDir);
@@ -591,17 +604,24 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     }
   };
 
-  const formats: { mode: QuantizeMode; method?: CalibrationMethod }[] =
+  const formats: { mode: QuantizeMode; method?: CalibrationMethod; format?: StaticFormat }[] =
     requestedMode === "auto"
-      ? [{ mode: "static", method: staticMethod }, { mode: "dynamic" }]
+      ? [
+          { mode: "static", method: staticMethod, format: "qdq" },
+          { mode: "static", method: staticMethod, format: "fused" },
+          { mode: "dynamic" },
+        ]
       : requestedMode === "static"
-        ? [{ mode: "static", method: staticMethod }]
+        ? [{ mode: "static", method: staticMethod, format: staticFormat }]
         : [{ mode: "dynamic" }];
+  // Both static formats share one calibration: the ranges of the first static build.
+  let staticRanges: QuantizeResult["ranges"] | undefined;
+  let staticCalibrationMs = 0;
 
   const candidates: Candidate[] = [];
   const failedFormats: CandidateEntry[] = [];
   for (const f of formats) {
-    const label = f.mode === "static" ? `static/${f.method}` : "dynamic";
+    const label = f.mode === "static" ? `static/${f.method}/${f.format}` : "dynamic";
     progress(`quantizing (${label})`);
     let first: QuantizeResult;
     try {
@@ -611,10 +631,11 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
           ? {
               type: "static",
               method: f.method ?? staticMethod,
+              format: f.format ?? staticFormat,
               perChannel,
               reduceRange,
               exclude: userExclude,
-              calibration: calib.batches,
+              ...(staticRanges !== undefined ? { ranges: staticRanges } : { calibration: calib.batches }),
             }
           : { type: "dynamic", perChannel, reduceRange, exclude: userExclude },
       );
@@ -624,6 +645,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       failedFormats.push({
         mode: f.mode,
         ...(f.method !== undefined ? { method: f.method } : {}),
+        ...(f.format !== undefined ? { format: f.format } : {}),
         agreement: 0,
         meanAbsLogitDiff: Number.POSITIVE_INFINITY,
         passed: false,
@@ -631,6 +653,10 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
         note: QuantdError.from(err, "QUANT_FAILED").toLine(),
       });
       continue;
+    }
+    if (f.mode === "static" && staticRanges === undefined) {
+      staticRanges = first.ranges;
+      staticCalibrationMs = first.timings.calibrationMs;
     }
     progress(`validating (${label})`);
     const metrics = await validate(first.model);
@@ -660,7 +686,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     const verdict = checkGate(fb.best.metrics, gate);
     candidates.push({
       mode: f.mode,
-      ...(f.mode === "static" ? { method: f.method ?? staticMethod } : {}),
+      ...(f.mode === "static" ? { method: f.method ?? staticMethod, format: f.format ?? staticFormat } : {}),
       model: fb.best.model,
       metrics: fb.best.metrics,
       passed: verdict.passed,
@@ -673,7 +699,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
         .filter((s) => !(s.reason === "excluded" && !userExclude.includes(s.node)))
         .map((s) => ({ node: s.node, opType: s.opType, reason: s.reason, detail: s.detail })),
       ranges: rangesOf(first),
-      calibrationMs: first.timings.calibrationMs,
+      calibrationMs: f.mode === "static" ? staticCalibrationMs : 0,
       quantizationMs: first.timings.quantizationMs,
     });
   }
@@ -730,6 +756,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     requestedMode,
     mode: chosen.mode,
     ...(chosen.method !== undefined ? { method: chosen.method } : {}),
+    ...(chosen.format !== undefined ? { format: chosen.format } : {}),
     options: {
       perChannel,
       reduceRange,
@@ -758,6 +785,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
         (c): CandidateEntry => ({
           mode: c.mode,
           ...(c.method !== undefined ? { method: c.method } : {}),
+          ...(c.format !== undefined ? { format: c.format } : {}),
           agreement: c.metrics.agreement,
           meanAbsLogitDiff: c.metrics.meanAbsLogitDiff,
           passed: c.passed,
@@ -793,7 +821,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     throw new QuantdError(
       "GATE_NOT_MET",
       `no int8 candidate met the gate of ${(gate.minAgreement * 100).toFixed(2)} % agreement; best: ` +
-        `${chosen.mode}${chosen.method !== undefined ? `/${chosen.method}` : ""} with ` +
+        `${describeFormat(chosen)} with ` +
         `${(m.agreement * 100).toFixed(2)} % on ${m.n} held-out samples (mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}) ` +
         `after ${chosen.trials.length} fallback trial(s); nothing written at ${opts.out}`,
       {
@@ -801,6 +829,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
           best: {
             mode: chosen.mode,
             ...(chosen.method !== undefined ? { method: chosen.method } : {}),
+            ...(chosen.format !== undefined ? { format: chosen.format } : {}),
             n: m.n,
             agreement: m.agreement,
             maxAbsLogitDiff: m.maxAbsLogitDiff,

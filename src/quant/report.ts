@@ -78,6 +78,8 @@ export interface FallbackTrial {
 export interface CandidateEntry {
   mode: "static" | "dynamic";
   method?: string;
+  /** Static only: `qdq` (portable) or `fused` (onnxruntime's MatMulIntegerToFloat). */
+  format?: string;
   agreement: number;
   meanAbsLogitDiff: number;
   passed: boolean;
@@ -108,6 +110,8 @@ export interface QuantizeReport {
   mode: "static" | "dynamic";
   /** Calibration method (static mode only). */
   method?: string;
+  /** How static MatMuls are written: `qdq` or `fused` (static mode only). */
+  format?: string;
   options: {
     perChannel: boolean;
     reduceRange: boolean;

@@ -17,7 +17,7 @@
  */
 import { QuantdError } from "../errors.ts";
 import { encodeModel } from "../onnx/codec.ts";
-import type { ModelProto, ValueInfoProto } from "../onnx/types.ts";
+import type { ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.ts";
 import { feedsForEncoding } from "../runtime/classifier.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
@@ -33,6 +33,12 @@ export interface SensitivityTarget {
   output: string;
   /** Inputs computed by other nodes (not weights, not graph inputs). */
   activationInputs: string[];
+  /**
+   * The output of the bias Add that follows the node, when one does: compared
+   * instead of `output` when a rewrite folded the Add into the node (the fused
+   * MatMulIntegerToFloat writes the Add's output, and the MatMul's is gone).
+   */
+  biasAddOutput?: string;
 }
 
 /**
@@ -42,7 +48,12 @@ export interface SensitivityTarget {
 export function sensitivityTargets(fp32: ModelProto, nodeNames: readonly string[]): SensitivityTarget[] {
   const wanted = new Set(nodeNames);
   const produced = new Set<string>();
-  for (const n of fp32.graph.node) for (const o of n.output) produced.add(o);
+  const consumers = new Map<string, NodeProto[]>();
+  for (const n of fp32.graph.node) {
+    for (const o of n.output) produced.add(o);
+    for (const i of n.input) consumers.set(i, [...(consumers.get(i) ?? []), n]);
+  }
+  const constants = new Set(fp32.graph.initializer.map((t) => t.name));
   const targets: SensitivityTarget[] = [];
   for (const n of fp32.graph.node) {
     if (!wanted.has(n.name)) continue;
@@ -50,12 +61,18 @@ export function sensitivityTargets(fp32: ModelProto, nodeNames: readonly string[
     if (output === undefined || output === "") continue;
     // Gather's indices are int64 ids: only float activations carry quantization error.
     const floatInputs = n.opType === "Gather" ? [] : n.input;
-    targets.push({
+    const target: SensitivityTarget = {
       node: n.name,
       opType: n.opType,
       output,
       activationInputs: floatInputs.filter((i) => i !== "" && produced.has(i)),
-    });
+    };
+    const next = consumers.get(output);
+    const add = next?.length === 1 ? next[0] : undefined;
+    if (add?.opType === "Add" && add.input.some((i) => constants.has(i)) && add.output[0] !== undefined) {
+      target.biasAddOutput = add.output[0];
+    }
+    targets.push(target);
   }
   return targets;
 }
@@ -99,7 +116,13 @@ export async function measureLayerErrors(
   const inFp32 = producedNames(fp32);
   const names = [
     ...new Set(
-      targets.flatMap((t) => [t.output, ...t.activationInputs]).filter((n) => inBoth.has(n) && inFp32.has(n)),
+      targets
+        .flatMap((t) => [
+          t.output,
+          ...t.activationInputs,
+          ...(t.biasAddOutput !== undefined ? [t.biasAddOutput] : []),
+        ])
+        .filter((n) => inBoth.has(n) && inFp32.has(n)),
     ),
   ];
   if (names.length === 0 || batches.length === 0) return [];
@@ -151,14 +174,19 @@ export async function measureLayerErrors(
   };
   const entries: LayerErrorEntry[] = [];
   for (const t of targets) {
-    const out = relError(t.output);
+    let tensor = t.output;
+    let out = relError(tensor);
+    if (out === undefined && t.biasAddOutput !== undefined) {
+      tensor = t.biasAddOutput;
+      out = relError(tensor);
+    }
     if (out === undefined) continue;
     let upstream = 0;
     for (const i of t.activationInputs) upstream = Math.max(upstream, relError(i) ?? 0);
     entries.push({
       node: t.node,
       opType: t.opType,
-      tensor: t.output,
+      tensor,
       relError: out,
       addedError: out - upstream,
     });

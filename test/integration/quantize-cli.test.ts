@@ -123,6 +123,7 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(report.outcome).toBe("written");
     expect(report.mode).toBe("static");
     expect(report.method).toBe("minmax");
+    expect(report.format).toBe("qdq");
     expect(report.samples).toMatchObject({
       calibration: CALIB,
       validation: VAL,
@@ -160,6 +161,18 @@ describe("quantd quantize on a synthetic BERT", () => {
     await session.release();
   });
 
+  test("static --format fused: onnxruntime's MatMulIntegerToFloat with the bias folded in", async () => {
+    const out = join(dir, "fused.onnx");
+    const reportPath = join(dir, "fused.json");
+    const r = await quantize([...common(out, reportPath), "--format", "fused"]);
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    expect(report.format).toBe("fused");
+    const ops = (await loadModel(out)).graph.node.map((n) => n.opType);
+    expect(ops).toContain("MatMulIntegerToFloat");
+    expect(report.layerError.length).toBeGreaterThan(4);
+  });
+
   test("dynamic: no calibration, MatMulInteger in the model", async () => {
     const out = join(dir, "dynamic.onnx");
     const reportPath = join(dir, "dynamic.json");
@@ -183,13 +196,17 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(r.code).toBe(0);
     const report = readReport(reportPath);
     expect(report.requestedMode).toBe("auto");
-    expect(report.candidates.map((c) => c.mode).sort()).toEqual(["dynamic", "static"]);
+    expect(report.candidates.map((c) => [c.mode, c.format ?? "-"].join("/")).sort()).toEqual([
+      "dynamic/-",
+      "static/fused",
+      "static/qdq",
+    ]);
     const passing = report.candidates.filter((c) => c.passed);
     const chosen = report.candidates.filter((c) => c.chosen);
     expect(chosen).toHaveLength(1);
     expect(chosen[0]!.mode).toBe(report.mode);
-    // The random model's logits barely depend on its input, so both formats pass and both get timed.
-    expect(passing).toHaveLength(2);
+    // The random model's logits barely depend on its input, so every format passes and gets timed.
+    expect(passing).toHaveLength(3);
     for (const c of passing) expect(c.p50Ms).toBeGreaterThan(0);
     expect(chosen[0]!.p50Ms).toBe(Math.min(...passing.map((c) => c.p50Ms!)));
   });

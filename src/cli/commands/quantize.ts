@@ -15,7 +15,7 @@ import {
   runQuantization,
   type SamplePool,
 } from "../../quant/pipeline.ts";
-import { type CalibrationMethod, defaultQuantizeOptions } from "../../quant/plan.ts";
+import { type CalibrationMethod, defaultQuantizeOptions, type StaticFormat } from "../../quant/plan.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
 import { openStore, type Store } from "../../store/store.ts";
 import type { Command } from "../command.ts";
@@ -33,6 +33,8 @@ import { formatBytes, formatMs, formatPercent } from "../render.ts";
 
 const MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
 const DEFAULT_METHOD: CalibrationMethod = defaultQuantizeOptions("static").method;
+const DEFAULT_FORMAT: StaticFormat = defaultQuantizeOptions("static").format;
+const FORMATS: readonly StaticFormat[] = ["qdq", "fused"];
 
 const SQLITE_MAGIC = "SQLite format 3\0";
 
@@ -74,7 +76,8 @@ below --gate, the nodes that add the most error are kept in fp32, a few more per
 holds or --trials rebuilds are spent. If it cannot be met the command fails with GATE_NOT_MET and writes
 nothing at --out.
 
---mode auto builds static and dynamic int8, validates both and keeps the faster one that passes.`,
+--mode auto builds static int8 in both formats (qdq, fused) and dynamic int8, validates each, times
+the ones that pass at sequence 128 and keeps the fastest.`,
   flags: [
     { name: "model", type: "string", value: "FP32.onnx", description: "the fp32 model (or its directory)" },
     { name: "calib", type: "string", value: "SAMPLES", description: "samples: a TSV file or a .db store" },
@@ -92,6 +95,15 @@ nothing at --out.
       value: "METHOD",
       description: `static calibration method: ${CALIBRATION_METHODS.join(", ")}`,
       default: DEFAULT_METHOD,
+    },
+    {
+      name: "format",
+      type: "string",
+      value: "FORMAT",
+      description:
+        "how static MatMuls are written: qdq (standard ONNX QuantizeLinear/DequantizeLinear, any runtime) or " +
+        "fused (onnxruntime's MatMulIntegerToFloat with the bias folded in: faster, onnxruntime only)",
+      default: DEFAULT_FORMAT,
     },
     {
       name: "samples",
@@ -172,6 +184,7 @@ nothing at --out.
       out: flagRequired(f, "out"),
       mode: flagChoice(f, "mode", MODES, "static"),
       method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
+      format: flagChoice(f, "format", FORMATS, DEFAULT_FORMAT),
       samples: flagInt(f, "samples", { min: 1 }, DEFAULT_CALIBRATION_SAMPLES),
       validationSamples: flagInt(f, "val-samples", { min: 1 }, DEFAULT_VALIDATION_SAMPLES),
       perChannel: !flagBool(f, "per-tensor"),
@@ -217,7 +230,7 @@ nothing at --out.
     const m = r.metrics;
     ctx.out(`wrote ${out}`);
     ctx.out(
-      `  ${r.mode}${r.method !== undefined ? `/${r.method}` : ""}, ` +
+      `  ${[r.mode, r.method, r.format].filter((x) => x !== undefined).join("/")}, ` +
         `${formatBytes(r.model.int8?.bytes ?? 0)} (${formatPercent(r.model.sizeRatio ?? 0)} of fp32)`,
     );
     ctx.out(
