@@ -43,7 +43,7 @@ export const CALIBRATION_METHODS: readonly CalibrationMethod[] = [
  * collector's heuristics undercount; without a nudge the dead buffers of
  * earlier runs pile up and peak memory grows with the number of samples
  * (measured on BERT-Mini: peak RSS 1024 vs 128 samples +15 % at 32 MB, +4 % at
- * 8 MB, for about 2 ms of collection per 8 MB).
+ * 8 MB, for a few milliseconds of collection per 8 MB).
  */
 const COLLECT_EVERY_BYTES = 8 * 2 ** 20;
 
