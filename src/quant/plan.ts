@@ -452,6 +452,10 @@ function observedTensors(mode: QuantizeMode, targets: readonly QuantTarget[]): s
 export interface TensorRange {
   min: number;
   max: number;
+  /** Mask-sentinel values seen (|x| ≥ 1e30), which the observers leave out of [min, max]. */
+  sentinel?: number;
+  /** NaN and ±inf values seen, also left out. */
+  nonFinite?: number;
 }
 
 /** Magnitude beyond which a range is a sentinel (attention masks use -3.4e38 or -1e9·large), not data. */
@@ -464,6 +468,10 @@ function unusableRange(r: TensorRange | undefined): string | undefined {
     return `range [${r.min}, ${r.max}] holds a mask sentinel`;
   }
   if (r.min > r.max) return `range [${r.min}, ${r.max}] is empty`;
+  // The observers drop such values from the range; quantizing would clamp a mask's -inf to the range's
+  // minimum, which turns "never attend" into "attend a little".
+  if ((r.sentinel ?? 0) > 0) return `${r.sentinel} mask-sentinel value(s) seen (|x| ≥ 1e30)`;
+  if ((r.nonFinite ?? 0) > 0) return `${r.nonFinite} NaN/infinite value(s) seen`;
   return undefined;
 }
 

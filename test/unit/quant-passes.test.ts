@@ -125,9 +125,11 @@ describe("plan", () => {
 
   test("ranges holding a mask sentinel or nothing drop the target with a reason", () => {
     const plan = planQuantization(fp32, defaultQuantizeOptions("static"));
-    const [first, second, ...rest] = plan.observe;
-    const ranges = new Map<string, { min: number; max: number }>();
+    const [first, second, third, ...rest] = plan.observe;
+    const ranges = new Map<string, { min: number; max: number; sentinel?: number }>();
     ranges.set(first!, { min: -3.4028234663852886e38, max: 1 });
+    // what an observer reports after leaving the sentinels out of the range
+    ranges.set(third!, { min: -1, max: 1, sentinel: 12 });
     for (const name of rest) ranges.set(name, { min: -1, max: 1 });
     const applied = applyRanges(plan, ranges);
     const reasons = new Map(applied.skipped.map((s) => [s.node, s.reason]));
@@ -135,6 +137,9 @@ describe("plan", () => {
       plan.quantized.filter((x): x is WeightMatMulTarget => x.kind === "weight-matmul" && x.activation === t);
     for (const t of readers(first!)) expect(reasons.get(t.node)).toBe("mask-sentinel");
     for (const t of readers(second!)) expect(reasons.get(t.node)).toBe("no-range");
+    expect(readers(third!).length).toBeGreaterThan(0);
+    for (const t of readers(third!)) expect(reasons.get(t.node)).toBe("mask-sentinel");
+    for (const t of readers(rest[0]!)) expect(reasons.has(t.node)).toBe(false);
     expect(applied.observe).not.toContain(first);
     const fewer = excludeNodes(applied, [CLASSIFIER]);
     expect(fewer.skipped.find((s) => s.node === CLASSIFIER)?.reason).toBe("excluded");
