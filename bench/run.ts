@@ -5,19 +5,21 @@
  * - BERT-Mini family: the shared fp32 model (the repository copy when `../shared`
  *   is absent), ONNX Runtime's quantization tool outputs from
  *   `../shared/models/sst2-bert-mini/reference/` (skipped with a note without
- *   `../shared`), and quantd's static and dynamic int8 of it when given. Latency
+ *   `../shared`), and quantd's static and dynamic int8 of it (made here with
+ *   `quantd quantize`, or given). Latency
  *   on real SST-2 dev sentences cut or padded to each length; accuracy and top-1
  *   agreement with fp32 on the 872 dev sentences.
  * - BERT-base family: the synthetic BERT-base (12 × 768) in fp32, built to a
- *   temporary file by the fixture builder, and quantd's int8 of it when given.
+ *   temporary file by the fixture builder, and quantd's static and dynamic int8 of it.
  *
  * Not part of the test suite; speed and memory are read here, never asserted.
  *
  *   bun run bench                              # default run, a few minutes on 2 cores
  *   bun run bench --runs 50 --threads 1,2      # more runs, more thread counts
  *   bun run bench --quantd-static A.onnx --quantd-dynamic B.onnx \
- *                 --quantd-base-static C.onnx --quantd-base-dynamic D.onnx
+ *                 --quantd-base-static C.onnx --quantd-base-dynamic D.onnx   # already quantized
  *   bun run bench --no-base                    # skip BERT-base
+ *   bun run bench --no-quantize                # no quantd rows (fp32 and ORT only)
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -38,6 +40,7 @@ const shared = resolve(repoRoot, "../shared");
 const sharedMini = join(shared, "models/sst2-bert-mini");
 const repoMini = join(repoRoot, "calib/models/sst2-bert-mini/model.onnx");
 const devTsv = join(repoRoot, "calib/samples/sst2-dev.tsv");
+const trainTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
 const syntheticBuilder = join(repoRoot, "test/fixtures/build-synthetic-bert.ts");
 
 function arg(name: string): string | undefined {
@@ -63,10 +66,9 @@ export interface QuantdVariants {
 }
 
 /**
- * quantd's int8 rows of one family, from already-quantized files. This is where
- * the quantizer plugs in: quantize the family's fp32 model (static with
- * calibration, and dynamic), pass the output paths here. Until then the paths
- * come from `--quantd-*` flags, and no row is invented when they are absent.
+ * quantd's int8 rows of one family, from already-quantized files (made by
+ * {@link quantizeWithQuantd}, or given with `--quantd-*` flags). No row is
+ * invented for a variant that is absent.
  */
 export function quantdInt8Models(family: string, prefix: string, variants: QuantdVariants): BenchModel[] {
   const out: BenchModel[] = [];
@@ -78,12 +80,60 @@ export function quantdInt8Models(family: string, prefix: string, variants: Quant
   return out;
 }
 
-function variantsFromFlags(prefix: string): QuantdVariants {
+/**
+ * Quantizes `fp32` with `quantd quantize` in a child process, so the
+ * quantizer's peak memory stays out of this process, and the path is the one
+ * users take.
+ *
+ * @returns the int8 path, or a note saying why there is none
+ */
+function quantizeWithQuantd(
+  fp32: string,
+  mode: "static" | "dynamic",
+  out: string,
+  extra: readonly string[],
+): { path?: string; note?: string } {
+  console.error(`== quantd quantize --mode ${mode} ${fp32}`);
+  const t0 = performance.now();
+  const r = spawnSync(
+    process.execPath,
+    [join(repoRoot, "src/cli/main.ts"), "quantize", "--model", fp32, "--out", out, "--mode", mode, ...extra],
+    { stdio: ["ignore", "ignore", "pipe"], encoding: "utf8", cwd: repoRoot },
+  );
+  if (r.status !== 0 || !existsSync(out)) {
+    const last = (r.stderr ?? "").trim().split("\n").at(-1) ?? "";
+    return { note: `quantd ${mode} int8 of ${fp32} not measured: quantize failed (${last})` };
+  }
+  console.error(`   done in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+  return { path: out };
+}
+
+/**
+ * The quantd variants of one family: files given with `--<prefix>-static` /
+ * `--<prefix>-dynamic`, else quantized here (unless `--no-quantize`).
+ */
+function quantdVariants(
+  prefix: string,
+  fp32: string,
+  dir: string,
+  extra: readonly string[],
+  notes: string[],
+): QuantdVariants {
   const v: QuantdVariants = {};
-  const s = arg(`${prefix}-static`);
-  const d = arg(`${prefix}-dynamic`);
-  if (s !== undefined) v.static = resolve(s);
-  if (d !== undefined) v.dynamic = resolve(d);
+  for (const mode of ["static", "dynamic"] as const) {
+    const given = arg(`${prefix}-${mode}`);
+    if (given !== undefined) {
+      v[mode] = resolve(given);
+      continue;
+    }
+    if (process.argv.includes("--no-quantize")) continue;
+    const made = quantizeWithQuantd(fp32, mode, join(dir, `${prefix}.${mode}.onnx`), extra);
+    if (made.path !== undefined) v[mode] = made.path;
+    if (made.note !== undefined) {
+      console.error(made.note);
+      notes.push(made.note);
+    }
+  }
   return v;
 }
 
@@ -151,14 +201,22 @@ async function main(): Promise<void> {
       console.error(why);
       notes.push(why, "bert-mini fp32 is the repository copy calib/models/sst2-bert-mini/model.onnx");
     }
-    const miniQuantd = quantdInt8Models("bert-mini", "bert-mini", variantsFromFlags("quantd"));
-    if (miniQuantd.length === 0) {
+    // quantd calibrates on the same 128 sentences as the ORT reference, and validates on train sentences.
+    const calib = hasShared ? join(shared, "data/sst2/calibration-128.tsv") : trainTsv;
+    const miniExtra = ["--calib", calib, "--samples", "128", "--validate", trainTsv, "--val-samples", "512"];
+    if (process.argv.includes("--no-quantize")) notes.push("quantd int8 rows not measured (--no-quantize)");
+    else {
       notes.push(
-        "quantd int8 rows not measured: the quantizer is not wired into bench/run.ts yet " +
-          "(pass --quantd-static/--quantd-dynamic with quantized files, or plug it into quantdInt8Models)",
+        `quantd int8 of bert-mini: quantd quantize (defaults) calibrated on ${hasShared ? "../shared/data/sst2/calibration-128.tsv" : "the first 128 rows of calib/samples/sst2-train-4k.tsv"}, gate validated on 512 train sentences`,
       );
     }
-    mini.push(...miniQuantd);
+    mini.push(
+      ...quantdInt8Models(
+        "bert-mini",
+        "bert-mini",
+        quantdVariants("quantd", miniFp32, tmp, miniExtra, notes),
+      ),
+    );
     const samples: LabelledText[] = (await readSamplesTsv(devTsv, { requireLabels: true })).map((s) => ({
       text: s.text,
       label: s.label!,
@@ -195,8 +253,26 @@ async function main(): Promise<void> {
         const base: BenchModel[] = [
           { label: "bert-base fp32 (synthetic)", path: built.path, family: "bert-base" },
         ];
-        const baseQuantd = quantdInt8Models("bert-base", "bert-base", variantsFromFlags("quantd-base"));
-        base.push(...baseQuantd);
+        // Random weights: logits are near ties, so top-1 agreement means little; the gate is off (--gate 0).
+        const baseExtra = [
+          "--tokenizer",
+          join(repoRoot, "calib/models/sst2-bert-mini"),
+          "--calib",
+          trainTsv,
+          "--samples",
+          "32",
+          "--val-samples",
+          "32",
+          "--gate",
+          "0",
+        ];
+        const variants = quantdVariants("quantd-base", built.path, tmp, baseExtra, notes);
+        base.push(...quantdInt8Models("bert-base", "bert-base", variants));
+        if (!process.argv.includes("--no-quantize")) {
+          notes.push(
+            "quantd int8 of the synthetic bert-base: calibrated on 32 SST-2 train sentences (BERT-Mini tokenizer), gate off",
+          );
+        }
         notes.push(
           "bert-base rows: synthetic BERT-base (12 layers, hidden 768, random weights) on synthetic token ids",
         );

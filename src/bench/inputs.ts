@@ -24,7 +24,7 @@ export function shapeLabel(shape: Shape): string {
 
 /** Options for {@link syntheticFeeds}. */
 export interface SyntheticFeedOptions {
-  /** Token ids are drawn from `[min(1000, vocabSize - 1), vocabSize)`. */
+  /** Token ids are drawn from `[1000, vocabSize)`, or `[1, vocabSize)` for a vocabulary of 1000 or fewer. */
   vocabSize: number;
   /** PRNG seed. @defaultValue 1 */
   seed?: number;
@@ -127,7 +127,8 @@ export function syntheticFeeds(
       throw new QuantdError("USAGE", `${k} must be a positive integer, got ${v}`);
   }
   const rng = createRng(opts.seed ?? 1);
-  const lo = Math.min(FIRST_ORDINARY_TOKEN_ID, opts.vocabSize - 1);
+  // Id 0 is padding in BERT vocabularies; tiny test vocabularies have no special block to skip.
+  const lo = opts.vocabSize > FIRST_ORDINARY_TOKEN_ID ? FIRST_ORDINARY_TOKEN_ID : Math.min(1, opts.vocabSize - 1);
   const span = opts.vocabSize - lo;
   const dims = [shape.batch, shape.seq];
   const feeds: Record<string, Tensor> = {};

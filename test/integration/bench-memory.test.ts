@@ -1,7 +1,7 @@
 /**
  * Peak memory is measured in a fresh child process per model: the figure is
- * positive, includes the model (a 30 MB BERT-Mini costs more than a one-node
- * model), and a model the child cannot load comes back as that model's error.
+ * positive, includes the model (the 30 MB BERT-Mini costs more than the tiny
+ * synthetic BERT of 2 × 32), and a model the child cannot load comes back as that model's error.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -10,30 +10,25 @@ import { join } from "node:path";
 import { compareCandidate } from "../../src/bench/compare.ts";
 import { measurePeakMemory } from "../../src/bench/memory.ts";
 import { isQuantdError } from "../../src/errors.ts";
+import { saveModel } from "../../src/onnx/codec.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
-import { ONNX_FLOAT, ONNX_INT64, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 
 let dir: string;
 let tiny: string;
 
-beforeAll(() => {
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "quantd-bench-mem-"));
-  tiny = join(dir, "tiny.onnx");
-  writeFileSync(
-    tiny,
-    tinyOnnxModel(
-      [{ opType: "Cast", inputs: ["input_ids"], outputs: ["logits"], intAttrs: { to: ONNX_FLOAT } }],
-      [{ name: "input_ids", elemType: ONNX_INT64, dims: ["batch", "sequence"] }],
-      [{ name: "logits", elemType: ONNX_FLOAT, dims: ["batch", "sequence"] }],
-    ),
-  );
+  tiny = join(dir, "tiny-bert.onnx");
+  await saveModel(buildSyntheticBert(SYNTHETIC_BERT_PRESETS.tiny), tiny);
 });
 
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const probe = { shape: { batch: 1, seq: 64 }, threads: 1, vocabSize: 16384, runs: 2, seed: 1 };
+// vocabSize 512: ids valid for both the tiny synthetic BERT and BERT-Mini
+const probe = { shape: { batch: 1, seq: 64 }, threads: 1, vocabSize: 512, runs: 2, seed: 1 };
 
 test("a larger model has a larger peak resident memory in its own process", async () => {
   const small = await measurePeakMemory({ ...probe, model: tiny });
@@ -44,7 +39,7 @@ test("a larger model has a larger peak resident memory in its own process", asyn
     expect(m.peakRssBytes).toBeGreaterThan(m.baselineRssBytes);
     expect(m.loadMs).toBeGreaterThan(0);
   }
-  // BERT-Mini holds 30 MB of fp32 weights; allow for allocator slack but not for no difference at all
+  // BERT-Mini holds 30 MB of fp32 weights, the tiny BERT 0.1 MB; allow for allocator slack, not for no difference
   expect(large.peakRssBytes - small.peakRssBytes).toBeGreaterThan(20 * 1024 * 1024);
 });
 

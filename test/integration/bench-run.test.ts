@@ -14,6 +14,8 @@ import { type BenchResult, type BenchRow, type BenchRowOk, runBench } from "../.
 import { toBenchDocument } from "../../src/bench/report.ts";
 import { readSamplesTsv } from "../../src/runtime/tsv.ts";
 import { shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
+import { saveModel } from "../../src/onnx/codec.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 import { ONNX_FLOAT, ONNX_INT64, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 
 let dir: string;
@@ -168,4 +170,39 @@ test("with labelled data: real-text feeds, accuracy, agreement; data that does n
   // the same model again agrees with the first on every sentence
   const third = ok(r.rows[3]!);
   expect(third.quality).toEqual({ samples: 48, accuracy: q.accuracy, agreement: 1 });
+});
+
+test("a short run on the tiny synthetic BERT, memory included, gives a well-formed JSON document and chart", async () => {
+  const tiny = join(dir, "tiny-bert.onnx");
+  await saveModel(buildSyntheticBert(SYNTHETIC_BERT_PRESETS.tiny), tiny);
+  // no config.json beside it: the vocabulary size (512) comes from the graph
+  const r = await runBench({
+    models: [{ label: "tiny", path: tiny }],
+    shapes: [
+      { batch: 1, seq: 16 },
+      { batch: 4, seq: 64 },
+    ],
+    threads: [1],
+    runs: 5,
+    warmup: 1,
+    memoryRuns: 1,
+  });
+  expect(r.rows).toHaveLength(2);
+  for (const row of r.rows) {
+    const o = ok(row);
+    expect(o.latency.n).toBe(5);
+    const m = o.memory;
+    if (m === undefined || "error" in m) throw new Error(`no memory figure: ${JSON.stringify(m)}`);
+    expect(m.peakRssBytes).toBeGreaterThan(m.baselineRssBytes);
+  }
+  const doc = JSON.parse(JSON.stringify(toBenchDocument(r)));
+  expect(doc.rows.map((x: BenchRow) => `${x.model} ${x.shape.batch}x${x.shape.seq} ${x.status}`)).toEqual([
+    "tiny 1x16 ok",
+    "tiny 4x64 ok",
+  ]);
+  expect(typeof doc.machine.date).toBe("string");
+  const svg = renderChartSvg(r.rows);
+  expect(svg.startsWith("<svg ")).toBe(true);
+  // one bar per shape in the latency panel and one in the memory panel
+  expect(svg.match(/<rect class="bar" data-model="tiny"/g)).toHaveLength(4);
 });

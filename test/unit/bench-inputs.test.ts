@@ -55,10 +55,13 @@ describe("syntheticFeeds", () => {
       ...(c["input_ids"]!.data as BigInt64Array),
     ]);
   });
-  test("a vocabulary smaller than 1000 still gives valid ids", () => {
+  test("a vocabulary of 1000 or fewer gives random ids in [1, vocab)", () => {
     const feeds = syntheticFeeds(BERT_INPUTS.slice(0, 1), { batch: 1, seq: 64 }, { vocabSize: 50 });
     const values = [...(feeds["input_ids"]!.data as BigInt64Array)].map(Number);
-    expect(values.every((v) => v >= 49 && v < 50)).toBe(true);
+    expect(values.every((v) => v >= 1 && v < 50)).toBe(true);
+    expect(new Set(values).size).toBeGreaterThan(10);
+    const one = syntheticFeeds(BERT_INPUTS.slice(0, 1), { batch: 1, seq: 4 }, { vocabSize: 1 });
+    expect([...(one["input_ids"]!.data as BigInt64Array)]).toEqual([0n, 0n, 0n, 0n]);
   });
   test("int32 inputs and position ids", () => {
     const feeds = syntheticFeeds(
