@@ -154,9 +154,9 @@ function checkEncoding(enc: BatchEncoding, which: number): void {
 
 /**
  * Regroups rows by exact length into unpadded batches of at most `batchSize`
- * rows and `batchSize × FULL_BATCH_MAX_LENGTH` tokens.
+ * rows and `batchSize × FULL_BATCH_MAX_LENGTH` tokens. Exported for tests.
  */
-class LengthBuckets {
+export class LengthBuckets {
   readonly #batchSize: number;
   readonly #buckets = new Map<number, Row[]>();
 
