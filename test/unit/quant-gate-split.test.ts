@@ -1,0 +1,92 @@
+/**
+ * The held-out split the gate validates on: disjoint from calibration, in file
+ * order for a TSV, from the pool's disjoint pick for a store.
+ */
+import { describe, expect, test } from "bun:test";
+import { type QuantSample, type SamplePool, splitPool, splitSamples } from "../../src/quant/pipeline.ts";
+
+const samples = (n: number): QuantSample[] =>
+  Array.from({ length: n }, (_, i) => ({ text: `sentence ${i}`, origin: `f.tsv:${i + 2}` }));
+
+const texts = (xs: readonly QuantSample[]): string[] => xs.map((s) => s.text);
+
+describe("splitSamples", () => {
+  test("first N calibrate, the next M validate, nothing shared", () => {
+    const s = splitSamples(samples(100), 10, 20, false, "f.tsv");
+    expect(texts(s.calibration)).toEqual(texts(samples(10)));
+    expect(texts(s.validation)).toEqual(texts(samples(30).slice(10)));
+    expect(s.available).toBe(100);
+    expect(s.warnings).toEqual([]);
+  });
+
+  test("a short file gives validation what is left, and says so", () => {
+    const s = splitSamples(samples(25), 10, 20, false, "f.tsv");
+    expect(s.calibration).toHaveLength(10);
+    expect(s.validation).toHaveLength(15);
+    expect(s.warnings[0]).toContain("only 15 held-out samples");
+  });
+
+  test("a file no longer than --samples holds out its last quarter", () => {
+    const s = splitSamples(samples(128), 128, 512, false, "calibration-128.tsv");
+    expect(s.calibration).toHaveLength(96);
+    expect(s.validation).toHaveLength(32);
+    expect(new Set([...texts(s.calibration), ...texts(s.validation)]).size).toBe(128);
+    expect(s.warnings[0]).toContain("validating on the last 32");
+  });
+
+  test("with a separate validation file, all rows may calibrate", () => {
+    const s = splitSamples(samples(128), 128, 512, true, "f.tsv");
+    expect(s.calibration).toHaveLength(128);
+    expect(s.validation).toEqual([]);
+  });
+
+  test("no samples, or one without a validation file, is CALIB_EMPTY", () => {
+    expect(() => splitSamples([], 10, 10, false, "f.tsv")).toThrow(
+      expect.objectContaining({ code: "CALIB_EMPTY" }),
+    );
+    expect(() => splitSamples(samples(1), 10, 10, false, "f.tsv")).toThrow(
+      expect.objectContaining({ code: "CALIB_EMPTY" }),
+    );
+  });
+});
+
+describe("splitPool", () => {
+  function pool(n: number): SamplePool & { asked: [number, number, number][] } {
+    const asked: [number, number, number][] = [];
+    return {
+      name: "quantd.db",
+      asked,
+      count: () => n,
+      pickDisjoint(nCalib, nVal, seed) {
+        asked.push([nCalib, nVal, seed]);
+        const rows = Array.from({ length: n }, (_, i) => ({
+          id: i + 1,
+          text: `t${i}`,
+          label: i % 2 === 0 ? 1 : null,
+        }));
+        return { calibration: rows.slice(0, nCalib), validation: rows.slice(nCalib, nCalib + nVal) };
+      },
+    };
+  }
+
+  test("asks the pool for disjoint sets with the seed, labels kept where known", () => {
+    const p = pool(1000);
+    const s = splitPool(p, 128, 256, 7);
+    expect(p.asked).toEqual([[128, 256, 7]]);
+    expect(s.calibration).toHaveLength(128);
+    expect(s.validation).toHaveLength(256);
+    expect(s.calibration[0]).toEqual({ text: "t0", origin: "quantd.db#1", label: 1 });
+    expect(s.calibration[1]).toEqual({ text: "t1", origin: "quantd.db#2" });
+  });
+
+  test("a small pool keeps about a quarter for validation", () => {
+    const p = pool(40);
+    const s = splitPool(p, 128, 256, 1);
+    expect(p.asked).toEqual([[30, 10, 1]]);
+    expect(s.warnings[0]).toContain("holds 40 samples");
+  });
+
+  test("a pool of fewer than 2 samples is CALIB_EMPTY", () => {
+    expect(() => splitPool(pool(1), 128, 256, 1)).toThrow(expect.objectContaining({ code: "CALIB_EMPTY" }));
+  });
+});
