@@ -275,6 +275,58 @@ describe("entropy", () => {
     expect(klThresholdBins(far, 4)).toBe(16);
   });
 
+  test("prefix-sum search equals a direct evaluation of the described algorithm", () => {
+    // P = h[0..i) with the clipped mass added to bin i-1; Q = h[0..i) merged into nq groups and spread
+    // evenly over each group's non-empty bins; KL(P‖Q) over bins where P > 0 (q = 1e-7 where Q = 0)
+    const naive = (h: Float64Array, nq: number): number => {
+      let best = h.length;
+      let bestKl = Number.POSITIVE_INFINITY;
+      const total = h.reduce((a, b) => a + b, 0);
+      for (let i = nq; i <= h.length; i++) {
+        const P = Array.from(h.subarray(0, i));
+        let kept = 0;
+        for (const v of P) kept += v;
+        if (kept === 0) continue;
+        P[i - 1]! += total - kept;
+        const Q = new Array<number>(i).fill(0);
+        for (let g = 0; g < nq; g++) {
+          const s = Math.floor((g * i) / nq);
+          const e = Math.floor(((g + 1) * i) / nq);
+          let t = 0;
+          let n = 0;
+          for (let k = s; k < e; k++) {
+            t += h[k]!;
+            if (h[k]! > 0) n++;
+          }
+          for (let k = s; k < e; k++) Q[k] = h[k]! > 0 ? t / n : 0;
+        }
+        let kl = 0;
+        for (let k = 0; k < i; k++) {
+          if (P[k]! <= 0) continue;
+          const p = P[k]! / total;
+          const q = Q[k]! > 0 ? Q[k]! / kept : 1e-7;
+          kl += p * Math.log(p / q);
+        }
+        if (kl < bestKl - 1e-12) {
+          bestKl = kl;
+          best = i;
+        }
+      }
+      return best;
+    };
+    const r = rng(77);
+    for (let trial = 0; trial < 6; trial++) {
+      const h = new Float64Array(256);
+      const sigma = 20 + 30 * r();
+      for (let k = 0; k < h.length; k++) {
+        const v = 1000 * Math.exp(-((k / sigma) ** 2) / 2) * (0.5 + r());
+        h[k] = r() < 0.15 ? 0 : Math.floor(v);
+      }
+      h[200 + Math.floor(50 * r())] += 3;
+      expect(klThresholdBins(h, 32)).toBe(naive(h, 32));
+    }
+  });
+
   test("clips the outliers of a Gaussian", () => {
     const o = createObserver({ type: "entropy" });
     for (let b = 0; b < 10; b++) o.update(gaussian(10_000, 1, 100 + b));
