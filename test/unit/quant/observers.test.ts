@@ -322,7 +322,7 @@ describe("entropy", () => {
         const v = 1000 * Math.exp(-((k / sigma) ** 2) / 2) * (0.5 + r());
         h[k] = r() < 0.15 ? 0 : Math.floor(v);
       }
-      h[200 + Math.floor(50 * r())] += 3;
+      h[200 + Math.floor(50 * r())]! += 3;
       expect(klThresholdBins(h, 32)).toBe(naive(h, 32));
     }
   });
