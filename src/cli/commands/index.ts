@@ -3,6 +3,7 @@
  * command: one import and one entry here.
  */
 import type { Command } from "../command.ts";
+import { agentCommand } from "./agent.ts";
 import { benchCommand } from "./bench.ts";
 import { classifyCommand } from "./classify.ts";
 import { collectCommand } from "./collect.ts";
@@ -20,4 +21,5 @@ export const commands: readonly Command[] = [
   benchCommand,
   collectCommand,
   deviceCommand,
+  agentCommand,
 ];

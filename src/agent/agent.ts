@@ -1,0 +1,194 @@
+/**
+ * The agent process: listens first (so `/v2/health/live` answers and a second
+ * agent on the same socket is refused before anything heavy happens), opens
+ * the store, loads the model to serve (then `/v2/health/ready` turns 200), and
+ * on stop: refuses new work, drains the batch queue, closes the listeners,
+ * releases the sessions and closes the store.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { QuantdError } from "../errors.ts";
+import { MicroBatcher } from "../server/batcher.ts";
+import { type Listeners, startListeners } from "../server/listen.ts";
+import { createRoutes, ServerMetrics } from "../server/routes.ts";
+import { databasePath, openStore, type Store } from "../store/store.ts";
+import type { AgentConfig } from "./config.ts";
+import { ModelRegistry, type RegistryEvent } from "./registry.ts";
+
+/** Live-traffic samples are written to the store in groups, off the request path. */
+const CAPTURE_FLUSH_MS = 1000;
+const CAPTURE_FLUSH_TEXTS = 64;
+
+/** A running agent. */
+export interface Agent {
+  readonly config: AgentConfig;
+  readonly store: Store;
+  readonly registry: ModelRegistry;
+  readonly batcher: MicroBatcher;
+  readonly metrics: ServerMetrics;
+  readonly listeners: Listeners;
+  /** Stops gracefully (idempotent); resolves when everything is closed. */
+  stop(): Promise<void>;
+}
+
+/** Options of {@link startAgent}. */
+export interface StartAgentOptions {
+  /** Log lines (stderr in the CLI). */
+  log?: (line: string) => void;
+  /** Randomness of traffic capture. @defaultValue Math.random */
+  random?: () => number;
+}
+
+/** One line describing a registry event. */
+export function describeEvent(e: RegistryEvent): string {
+  switch (e.type) {
+    case "loaded":
+      return `serving model version ${e.version.id} (${e.version.kind}, ${e.version.sha256.slice(0, 12)})`;
+    case "swapped":
+      return `swapped ${e.from === undefined ? "in" : `version ${e.from} →`} version ${e.to.id} (${e.to.kind})`;
+    case "rejected":
+      return `rejected model${e.version === undefined ? "" : ` version ${e.version.id}`}: ${e.error.toLine()}`;
+    case "rolled-back":
+      return `rolled back (${e.trigger}) from version ${e.from} to ${e.to.id}: ${e.reason}`;
+    case "checks-passed":
+      return `version ${e.version.id} passed post-swap checks (p95 ${e.figures.p95Ms.toFixed(2)} ms, ${e.figures.failed}/${e.figures.batches} failed)`;
+  }
+}
+
+/**
+ * Starts the agent.
+ *
+ * @throws STATE_CONFLICT when another agent serves on the socket
+ * @throws CONFIG_INVALID when the socket path is taken by a non-socket
+ * @throws STORE_* when the database cannot be opened
+ * @throws MODEL_* / FILE_NOT_FOUND / TOKENIZER_* when no model can serve
+ */
+export async function startAgent(config: AgentConfig, options: StartAgentOptions = {}): Promise<Agent> {
+  const log = options.log ?? (() => undefined);
+  const random = options.random ?? Math.random;
+  try {
+    mkdirSync(config.stateDir, { recursive: true, mode: 0o750 });
+  } catch (err) {
+    throw new QuantdError("FILE_WRITE_FAILED", `cannot create the state directory ${config.stateDir}`, {
+      cause: err,
+    });
+  }
+
+  let metrics: ServerMetrics | undefined;
+  const registry: ModelRegistry = new ModelRegistry({
+    // Bound below, once the store is open; the registry reads it only from start().
+    get models() {
+      return store.models;
+    },
+    modelsDir: join(config.stateDir, "models"),
+    tokenizerDir: config.tokenizerDir,
+    threads: config.threads,
+    swap: config.swap,
+    onEvent: (e) => {
+      if (e.type === "swapped" && e.from !== undefined) metrics?.swaps.inc();
+      if (e.type === "rolled-back") metrics?.rollbacks.inc({ trigger: e.trigger });
+      log(describeEvent(e));
+    },
+  });
+  const batcher = new MicroBatcher(registry, {
+    ...config.batching,
+    onBatch: (size, ms) => {
+      metrics?.batchSize.observe(size);
+      metrics?.batchDuration.observe(ms / 1000);
+    },
+  });
+  metrics = new ServerMetrics({ queueDepth: () => batcher.depth, active: () => registry.active() });
+
+  let accepting = true;
+  let captured: string[] = [];
+  let captureTimer: ReturnType<typeof setTimeout> | undefined;
+  let store: Store;
+  const flushCapture = (): void => {
+    captureTimer = undefined;
+    const texts = captured;
+    captured = [];
+    if (texts.length === 0) return;
+    try {
+      store.samples.add(
+        texts.map((text) => ({ text })),
+        { source: "live" },
+      );
+    } catch (err) {
+      // Capture is best effort: a busy or full disk must not fail inference.
+      log(`capture: ${QuantdError.from(err).toLine()}`);
+    }
+  };
+  const handler = createRoutes({
+    modelName: config.modelName,
+    backend: registry,
+    batcher,
+    limits: config.limits,
+    metrics,
+    admin: registry,
+    accepting: () => accepting,
+    onClassified: config.capture.enabled
+      ? (texts) => {
+          for (const t of texts) if (random() < config.capture.rate) captured.push(t);
+          if (captured.length >= CAPTURE_FLUSH_TEXTS) flushCapture();
+          else if (captured.length > 0 && captureTimer === undefined) {
+            captureTimer = setTimeout(flushCapture, CAPTURE_FLUSH_MS);
+          }
+        }
+      : undefined,
+  });
+
+  const listeners = await startListeners({
+    socketPath: config.socketPath,
+    tcp: config.tcp,
+    maxRequestBodySize: config.limits.maxBodyBytes + 64 * 1024,
+    handler,
+  });
+  log(
+    `listening on ${config.socketPath}` +
+      (listeners.tcp === undefined ? "" : ` and http://${listeners.tcp.host}:${listeners.tcp.port}`),
+  );
+  try {
+    store = await openStore(databasePath(config.stateDir), {
+      samples: {
+        maxRows: config.samplePool.maxRows,
+        maxBytes: config.samplePool.maxBytes,
+        countTokens: (text) => registry.countTokens(text),
+      },
+    });
+  } catch (err) {
+    await listeners.stop();
+    throw err;
+  }
+  try {
+    await registry.start(config.model, config.modelExplicit);
+  } catch (err) {
+    await listeners.stop();
+    await registry.close();
+    store.close();
+    throw err;
+  }
+
+  let stopping: Promise<void> | undefined;
+  return {
+    config,
+    store,
+    registry,
+    batcher,
+    metrics,
+    listeners,
+    stop() {
+      stopping ??= (async () => {
+        accepting = false;
+        await batcher.drain();
+        await listeners.stop();
+        await batcher.drain();
+        if (captureTimer !== undefined) clearTimeout(captureTimer);
+        flushCapture();
+        await registry.close();
+        store.close();
+        log("stopped");
+      })();
+      return stopping;
+    },
+  };
+}

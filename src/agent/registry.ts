@@ -1,0 +1,544 @@
+/**
+ * The model registry: which model version serves, and the atomic hot swap.
+ *
+ * Promotion copies the candidate into `<stateDir>/models/` (temporary file,
+ * fsync, rename, fsync of the directory), records it in the store as a
+ * candidate, opens a session on the copy and verifies it with a probe batch —
+ * a file that does not decode, load or produce finite logits is rejected and
+ * never serves — then marks it active in the store (one durable transaction)
+ * and swaps the pointer the server reads. Batches already running keep a
+ * reference to the old session, which is released only when the last of them
+ * ends, so no request fails because of a swap.
+ *
+ * After a swap the new version is watched for `swap.window` batches; an error
+ * rate above `swap.errorRate`, or a p95 batch latency above `swap.p95Ratio`
+ * times the old version's, rolls back automatically. A job (or the admin
+ * route, or the fleet link) calls {@link ModelRegistry.promote}.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import {
+  closeSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
+import { join, resolve } from "node:path";
+import { isQuantdError, QuantdError } from "../errors.ts";
+import { decodeModel } from "../onnx/codec.ts";
+import type { ModelProto } from "../onnx/types.ts";
+import { type Classifier, loadClassifier } from "../runtime/classifier.ts";
+import type {
+  ActiveModelInfo,
+  BatchResult,
+  InferenceBackend,
+  ModelVersionView,
+  RegistryAdmin,
+} from "../server/types.ts";
+import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/models.ts";
+import type { SwapChecksConfig } from "./config.ts";
+
+/** Texts of the verification batch: short and long, so padding and attention over padding run. */
+export const PROBE_TEXTS: readonly string[] = [
+  "a quiet probe",
+  "the verification batch checks that a newly promoted model loads, runs and returns finite logits for every row.",
+];
+
+/** Something the registry did, for logs, metrics and the fleet link. */
+export type RegistryEvent =
+  | { type: "loaded"; version: ModelVersion }
+  | { type: "swapped"; from: number | undefined; to: ModelVersion }
+  | { type: "rejected"; version: ModelVersion | undefined; error: QuantdError }
+  | { type: "rolled-back"; from: number; to: ModelVersion; trigger: "command" | "auto"; reason: string }
+  | { type: "checks-passed"; version: ModelVersion; figures: PostSwapFigures };
+
+/** What the post-swap checks measured. */
+export interface PostSwapFigures {
+  batches: number;
+  failed: number;
+  errorRate: number;
+  p95Ms: number;
+  /** The previous version's p95 batch latency, when it had enough batches to tell. */
+  baselineP95Ms: number | undefined;
+}
+
+/** Options of {@link ModelRegistry}. */
+export interface RegistryOptions {
+  models: ModelRegistryStore;
+  /** Where model files are kept (`<stateDir>/models`). */
+  modelsDir: string;
+  /** Directory with tokenizer.json and config.json, shared by every version. */
+  tokenizerDir: string;
+  /** onnxruntime intra-op threads per session. */
+  threads: number;
+  swap: SwapChecksConfig;
+  onEvent?: (event: RegistryEvent) => void;
+}
+
+/** Options of {@link ModelRegistry.promote}. */
+export interface PromoteOptions {
+  /** Validation and benchmark figures to record with the version. */
+  metrics?: Record<string, unknown>;
+  /** The kind; detected from the graph's operators when absent. */
+  kind?: ModelKind;
+}
+
+/** A loaded version and the batches using it. */
+class Loaded {
+  refs = 0;
+  retired = false;
+  #released: Promise<void> | undefined;
+  #onIdle: (() => void) | undefined;
+  /** Recent batch latencies (ms), newest last, at most `window` long. */
+  readonly latencies: number[] = [];
+  batches = 0;
+  failed = 0;
+
+  constructor(
+    readonly version: ModelVersion,
+    readonly classifier: Classifier,
+    readonly window: number,
+  ) {}
+
+  record(ms: number, ok: boolean): void {
+    this.batches++;
+    if (!ok) this.failed++;
+    else {
+      this.latencies.push(ms);
+      if (this.latencies.length > this.window) this.latencies.shift();
+    }
+  }
+
+  /** Releases the session once no batch uses it. */
+  retire(): Promise<void> {
+    this.retired = true;
+    this.#released ??= new Promise<void>((resolve) => {
+      this.#onIdle = resolve;
+      if (this.refs === 0) resolve();
+    }).then(() => this.classifier.release());
+    return this.#released;
+  }
+
+  unref(): void {
+    this.refs--;
+    if (this.refs === 0 && this.retired) this.#onIdle?.();
+  }
+}
+
+/** p95 by nearest rank. */
+function p95(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil(0.95 * sorted.length) - 1)]!;
+}
+
+/** SHA-256 of bytes, lower-case hex. */
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/** The kind of a model, from its operators. */
+export function detectModelKind(model: ModelProto): ModelKind {
+  const ops = new Set(model.graph.node.map((n) => n.opType));
+  if (ops.has("DynamicQuantizeLinear") || ops.has("MatMulInteger")) return "int8-dynamic";
+  if (ops.has("QuantizeLinear") || ops.has("QLinearMatMul") || ops.has("DequantizeLinear"))
+    return "int8-static";
+  return "fp32";
+}
+
+/**
+ * Writes bytes to `dir/name` atomically and durably: temporary file in the same
+ * directory, fsync, rename, fsync of the directory (so the rename itself
+ * survives a power cut).
+ *
+ * @throws DISK_FULL when the disk is full (the temporary file is removed)
+ * @throws FILE_WRITE_FAILED on other errors
+ */
+export function writeFileDurably(dir: string, name: string, bytes: Uint8Array): string {
+  const target = join(dir, name);
+  const tmp = join(dir, `.${name}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  let fd: number | undefined;
+  try {
+    mkdirSync(dir, { recursive: true });
+    fd = openSync(tmp, "wx", 0o640);
+    let off = 0;
+    while (off < bytes.byteLength) off += writeSync(fd, bytes, off, bytes.byteLength - off);
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = undefined;
+    renameSync(tmp, target);
+    const dfd = openSync(dir, "r");
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
+    return target;
+  } catch (err) {
+    if (fd !== undefined) closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // never created, or already renamed
+    }
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new QuantdError(
+      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
+      `cannot write ${target}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+}
+
+function view(v: ModelVersion): ModelVersionView {
+  return {
+    id: v.id,
+    sha256: v.sha256,
+    path: v.path,
+    kind: v.kind,
+    state: v.state,
+    metrics: v.metrics,
+    reason: v.reason,
+  };
+}
+
+/** The serving model and its versions. Implements the server's backend and admin interfaces. */
+export class ModelRegistry implements InferenceBackend, RegistryAdmin {
+  readonly #opts: RegistryOptions;
+  #current: Loaded | undefined;
+  /** The version swapped from, with its p95, while the current one is under post-swap checks. */
+  #watch: { from: number; baselineP95Ms: number | undefined } | undefined;
+  /** Promotions and rollbacks run one at a time. */
+  #lock: Promise<unknown> = Promise.resolve();
+  readonly #retiring = new Set<Promise<void>>();
+  #closed = false;
+
+  constructor(opts: RegistryOptions) {
+    this.#opts = opts;
+  }
+
+  /** The serving model, or `undefined` before {@link ModelRegistry.start}. */
+  active(): ActiveModelInfo | undefined {
+    const c = this.#current;
+    if (c === undefined) return undefined;
+    return {
+      version: c.version.id,
+      kind: c.version.kind,
+      sha256: c.version.sha256,
+      labels: c.classifier.labels,
+    };
+  }
+
+  /** The serving version's record. */
+  activeVersion(): ModelVersion | undefined {
+    return this.#current?.version;
+  }
+
+  /**
+   * Runs one batch on the active model. The session stays alive until the
+   * batch ends even if a swap retires it meanwhile.
+   *
+   * @throws NOT_READY before a model is loaded; INFERENCE_FAILED from the runtime
+   */
+  async classify(texts: readonly string[]): Promise<BatchResult> {
+    const loaded = this.#current;
+    if (loaded === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+    loaded.refs++;
+    const t0 = performance.now();
+    let ok = false;
+    try {
+      const results = await loaded.classifier.classify(texts, { batchSize: Math.max(1, texts.length) });
+      ok = true;
+      return { results, model: { version: loaded.version.id, kind: loaded.version.kind } };
+    } finally {
+      loaded.unref();
+      loaded.record(performance.now() - t0, ok);
+      if (loaded === this.#current) this.#checkAfterSwap(loaded);
+    }
+  }
+
+  /**
+   * Token count of a text with the serving model's tokenizer, special tokens
+   * included (the sample store's length buckets).
+   *
+   * @throws NOT_READY before a model is loaded
+   */
+  countTokens(text: string): number {
+    const c = this.#current?.classifier;
+    if (c === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+    return c.tokenizer.tokenIds(text).length + c.tokenizer.specialsSingle;
+  }
+
+  /** Every registered version, newest first. */
+  list(): ModelVersionView[] {
+    return this.#opts.models.list().map(view);
+  }
+
+  /**
+   * Loads the model to serve at start: the store's active version when there is
+   * one and `preferInitial` is false, else `initialPath` (copied into the
+   * registry and made active).
+   *
+   * @throws MODEL_* / FILE_NOT_FOUND / TOKENIZER_* when the model cannot serve
+   */
+  async start(initialPath: string, preferInitial: boolean): Promise<ModelVersion> {
+    return this.#exclusive(async () => {
+      const active = this.#opts.models.active();
+      if (active !== undefined && !preferInitial) {
+        try {
+          this.#current = new Loaded(active, await this.#load(active), this.#opts.swap.window);
+          this.#opts.onEvent?.({ type: "loaded", version: active });
+          return active;
+        } catch (err) {
+          // The active file is gone or damaged (a disk error): fall back to the initial model rather than not serve.
+          this.#opts.onEvent?.({ type: "rejected", version: active, error: QuantdError.from(err) });
+        }
+      }
+      const version = await this.#promoteLocked(initialPath, { kind: undefined }, "start");
+      return version;
+    });
+  }
+
+  /**
+   * Promotes a candidate: copy, record, verify, swap. On failure the candidate
+   * is recorded as rejected (when it could be recorded at all) and the serving
+   * model is untouched.
+   *
+   * @throws FILE_NOT_FOUND | FILE_UNREADABLE when the candidate cannot be read
+   * @throws MODEL_TRUNCATED | MODEL_NOT_ONNX | MODEL_LOAD_FAILED | MODEL_INPUTS_MISMATCH | INFERENCE_FAILED for a corrupt or unusable candidate
+   * @throws MODEL_INVALID when the same file was rejected before
+   * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written
+   */
+  promote(candidatePath: string, options: PromoteOptions = {}): Promise<ModelVersionView> {
+    return this.#exclusive(async () => view(await this.#promoteLocked(candidatePath, options, "promote")));
+  }
+
+  /**
+   * Serves the previously active version again.
+   *
+   * @throws NOT_FOUND when no version was active before the current one
+   * @throws MODEL_* when its file no longer loads (the current version keeps serving)
+   */
+  rollback(reason: string): Promise<ModelVersionView> {
+    return this.#exclusive(async () => view(await this.#rollbackLocked(reason, "command")));
+  }
+
+  /** Stops serving: waits for running batches, releases every session. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#lock.catch(() => undefined);
+    const current = this.#current;
+    this.#current = undefined;
+    if (current !== undefined) this.#retire(current);
+    await Promise.all(this.#retiring);
+  }
+
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lock.then(() => {
+      if (this.#closed) throw new QuantdError("NOT_READY", "the registry is closed");
+      return fn();
+    });
+    this.#lock = run.catch(() => undefined);
+    return run;
+  }
+
+  #retire(loaded: Loaded): void {
+    const p = loaded.retire().catch(() => undefined);
+    this.#retiring.add(p);
+    void p.then(() => this.#retiring.delete(p));
+  }
+
+  /** Opens a session on a registered version and runs the probe batch. */
+  async #load(version: ModelVersion): Promise<Classifier> {
+    const classifier = await loadClassifier(version.path, {
+      tokenizerDir: this.#opts.tokenizerDir,
+      session: { intraOpThreads: this.#opts.threads },
+    });
+    try {
+      const results = await classifier.classify(PROBE_TEXTS, { batchSize: PROBE_TEXTS.length });
+      const current = this.#current;
+      if (current !== undefined && current.classifier.numLabels !== classifier.numLabels) {
+        throw new QuantdError(
+          "MODEL_INPUTS_MISMATCH",
+          `version ${version.id} has ${classifier.numLabels} labels but the serving model has ${current.classifier.numLabels}`,
+        );
+      }
+      if (results.length !== PROBE_TEXTS.length || results.some((r) => !r.logits.every(Number.isFinite))) {
+        throw new QuantdError(
+          "INFERENCE_FAILED",
+          `version ${version.id} produced non-finite logits on the probe batch`,
+        );
+      }
+    } catch (err) {
+      await classifier.release();
+      throw err;
+    }
+    return classifier;
+  }
+
+  async #promoteLocked(
+    candidatePath: string,
+    options: PromoteOptions,
+    why: "start" | "promote",
+  ): Promise<ModelVersion> {
+    const models = this.#opts.models;
+    let bytes: Uint8Array;
+    try {
+      bytes = readFileSync(resolve(candidatePath));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new QuantdError(
+        code === "ENOENT" ? "FILE_NOT_FOUND" : "FILE_UNREADABLE",
+        `cannot read candidate model ${candidatePath}: ${(err as Error).message}`,
+        { cause: err, details: { path: candidatePath } },
+      );
+    }
+    const sha256 = sha256Hex(bytes);
+    const reject = (version: ModelVersion | undefined, err: unknown): QuantdError => {
+      const qe = QuantdError.from(err, "MODEL_INVALID");
+      this.#opts.onEvent?.({ type: "rejected", version, error: qe });
+      return qe;
+    };
+    const known = models.getBySha256(sha256);
+    if (known?.state === "active" && this.#current?.version.id === known.id) return known;
+    if (known?.state === "rejected") {
+      throw reject(
+        known,
+        new QuantdError(
+          "MODEL_INVALID",
+          `model ${sha256.slice(0, 12)} was rejected before: ${known.reason ?? "no reason"}`,
+          {
+            details: { version: known.id },
+          },
+        ),
+      );
+    }
+    let kind: ModelKind;
+    try {
+      // The codec names what is wrong with a damaged file (truncated, not ONNX) where ORT only says "failed".
+      kind = options.kind ?? detectModelKind(decodeModel(bytes));
+    } catch (err) {
+      throw reject(undefined, err);
+    }
+    const path = writeFileDurably(this.#opts.modelsDir, `${sha256}.onnx`, bytes);
+    bytes = new Uint8Array(0);
+    const metrics = { ...(options.metrics ?? {}), source: resolve(candidatePath) };
+    const recorded = known ?? models.add({ sha256, path, kind, metrics });
+    let classifier: Classifier;
+    try {
+      classifier = await this.#load(recorded);
+    } catch (err) {
+      const qe = QuantdError.from(err, "MODEL_LOAD_FAILED");
+      let rejected: ModelVersion | undefined = recorded;
+      if (recorded.state === "candidate") {
+        rejected = models.reject(recorded.id, `${qe.code}: ${qe.message}`);
+        try {
+          unlinkSync(path);
+        } catch {
+          // kept: harmless, and named in the rejected record
+        }
+      }
+      throw reject(rejected, qe);
+    }
+    let active: ModelVersion;
+    try {
+      // Already active in the store (its file failed to load at start, then was copied again): nothing to switch.
+      active = recorded.state === "active" ? recorded : models.promote(recorded.id);
+    } catch (err) {
+      await classifier.release();
+      throw err;
+    }
+    this.#swapTo(new Loaded(active, classifier, this.#opts.swap.window), why === "promote");
+    return active;
+  }
+
+  #swapTo(next: Loaded, watch: boolean): void {
+    const prev = this.#current;
+    this.#current = next;
+    this.#watch =
+      watch && prev !== undefined
+        ? {
+            from: prev.version.id,
+            baselineP95Ms:
+              prev.latencies.length >= Math.min(20, this.#opts.swap.window) ? p95(prev.latencies) : undefined,
+          }
+        : undefined;
+    if (prev !== undefined) this.#retire(prev);
+    this.#opts.onEvent?.({ type: "swapped", from: prev?.version.id, to: next.version });
+  }
+
+  async #rollbackLocked(reason: string, trigger: "command" | "auto"): Promise<ModelVersion> {
+    const models = this.#opts.models;
+    const from = this.#current?.version.id;
+    // The store's rollback target: the retired version most recently active.
+    const target = models
+      .list("retired")
+      .filter((v) => v.activatedAt !== null)
+      .sort((a, b) => b.activatedAt! - a.activatedAt! || b.id - a.id)[0];
+    if (target === undefined)
+      throw new QuantdError("NOT_FOUND", "no earlier active model version to roll back to");
+    const classifier = await this.#load(target);
+    let active: ModelVersion;
+    try {
+      active = models.rollback(reason);
+    } catch (err) {
+      await classifier.release();
+      throw err;
+    }
+    this.#swapTo(new Loaded(active, classifier, this.#opts.swap.window), false);
+    this.#opts.onEvent?.({ type: "rolled-back", from: from ?? -1, to: active, trigger, reason });
+    return active;
+  }
+
+  /** Post-swap checks, run after each batch of the version under watch. */
+  #checkAfterSwap(loaded: Loaded): void {
+    const watch = this.#watch;
+    if (watch === undefined) return;
+    const { errorRate, p95Ratio, window } = this.#opts.swap;
+    // Failures count early: waiting a whole window of errors would fail far more requests than the rule allows.
+    const failedLimit = Math.floor(errorRate * window);
+    const done = loaded.batches >= window;
+    if (!done && loaded.failed <= failedLimit) return;
+    this.#watch = undefined;
+    const figures: PostSwapFigures = {
+      batches: loaded.batches,
+      failed: loaded.failed,
+      errorRate: loaded.failed / Math.max(1, loaded.batches),
+      p95Ms: p95(loaded.latencies),
+      baselineP95Ms: watch.baselineP95Ms,
+    };
+    let why: string | undefined;
+    if (loaded.failed > failedLimit) {
+      why = `error rate ${(figures.errorRate * 100).toFixed(1)} % over ${loaded.batches} batches exceeds ${(errorRate * 100).toFixed(1)} %`;
+    } else if (watch.baselineP95Ms !== undefined && figures.p95Ms > p95Ratio * watch.baselineP95Ms) {
+      why = `p95 batch latency ${figures.p95Ms.toFixed(2)} ms exceeds ${p95Ratio} × the previous version's ${watch.baselineP95Ms.toFixed(2)} ms`;
+    }
+    if (why === undefined) {
+      try {
+        const v = this.#opts.models.updateMetrics(loaded.version.id, { postSwap: figures });
+        this.#opts.onEvent?.({ type: "checks-passed", version: v, figures });
+      } catch {
+        // Figures are informative; a busy store must not affect serving.
+      }
+      return;
+    }
+    const reason = `post-swap check failed: ${why}`;
+    void this.#exclusive(async () => {
+      // A promotion or rollback may have happened meanwhile; then this verdict is stale.
+      if (this.#current !== loaded) return;
+      try {
+        this.#opts.models.updateMetrics(loaded.version.id, { postSwap: figures });
+      } catch {
+        // see above
+      }
+      await this.#rollbackLocked(reason, "auto");
+    }).catch((err) => {
+      if (!isQuantdError(err, "NOT_READY")) {
+        this.#opts.onEvent?.({ type: "rejected", version: loaded.version, error: QuantdError.from(err) });
+      }
+    });
+  }
+}

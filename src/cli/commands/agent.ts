@@ -1,0 +1,158 @@
+/**
+ * `quantd agent`: runs the on-device agent (store, model registry, inference
+ * server on a Unix socket) until SIGTERM or SIGINT; and `quantd agent models |
+ * promote FILE | rollback`, which talk to a running agent over its socket.
+ */
+import { resolve } from "node:path";
+import { detectDevice } from "../../../device/detect.ts";
+import { startAgent } from "../../agent/agent.ts";
+import { type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
+import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
+import type { Command, CommandContext } from "../command.ts";
+import { JSON_FLAG } from "../model-flags.ts";
+import { flagBool, flagString, usageError } from "../parse.ts";
+import { SHIPPED_MODEL } from "../paths.ts";
+
+function configFlags(ctx: CommandContext): ConfigFlags {
+  const flags: ConfigFlags = {};
+  const pairs: [keyof ConfigFlags, string][] = [
+    ["config", "config"],
+    ["stateDir", "state-dir"],
+    ["socket", "socket"],
+    ["model", "model"],
+    ["tcp", "tcp"],
+  ];
+  for (const [key, flag] of pairs) {
+    const v = flagString(ctx.flags, flag);
+    if (v !== undefined) flags[key] = v;
+  }
+  return flags;
+}
+
+async function serve(ctx: CommandContext): Promise<number> {
+  const { profile } = detectDevice();
+  const config = loadAgentConfig({ profile, defaultModel: SHIPPED_MODEL, flags: configFlags(ctx) });
+  const agent = await startAgent(config, { log: ctx.err });
+  const active = agent.registry.activeVersion();
+  ctx.err(
+    `ready: model ${config.modelName} version ${active?.id} (${active?.kind}), ${config.threads} threads`,
+  );
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: string): void => {
+      ctx.err(`${signal}: stopping (draining requests)`);
+      process.off("SIGTERM", onTerm);
+      process.off("SIGINT", onInt);
+      resolve();
+    };
+    const onTerm = (): void => onSignal("SIGTERM");
+    const onInt = (): void => onSignal("SIGINT");
+    process.on("SIGTERM", onTerm);
+    process.on("SIGINT", onInt);
+  });
+  await agent.stop();
+  return 0;
+}
+
+/** Calls a running agent's admin route. @throws the agent's error code, or NOT_READY when nothing listens */
+async function callAgent(socketPath: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  let res: Response;
+  try {
+    res = await fetch(`http://localhost${path}`, {
+      method,
+      unix: socketPath,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? null : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new QuantdError("NOT_READY", `no agent answers on ${socketPath}`, { cause: err });
+  }
+  const json = (await res.json().catch(() => ({}))) as { error?: QuantdErrorJSON };
+  if (!res.ok) {
+    const e = json.error;
+    throw new QuantdError(e?.code ?? "INTERNAL", e?.message ?? `agent answered ${res.status}`, {
+      details: e?.details ?? {},
+    });
+  }
+  return json;
+}
+
+/** The `agent` command. */
+export const agentCommand: Command = {
+  name: "agent",
+  summary: "run the on-device agent: inference over a Unix socket, model registry with hot swap",
+  usage:
+    "[--config FILE] [--state-dir DIR] [--socket PATH] [--model FILE] [--tcp HOST:PORT] | models | promote FILE | rollback",
+  description:
+    "Without an action, runs the agent until SIGTERM/SIGINT: opens the store in the state directory, " +
+    "registers and loads the model, and serves the Open Inference Protocol v2 (/v2/health/live, " +
+    "/v2/health/ready, /v2/models/NAME, /v2/models/NAME/infer), POST /v1/classify {texts} and " +
+    "Prometheus /metrics on the Unix socket (mode 0660), optionally also on a loopback TCP port.\n\n" +
+    "Configuration: a JSON or TOML file (--config, or QUANTD_CONFIG), then QUANTD_* environment " +
+    "variables (e.g. QUANTD_BATCHING_MAX_BATCH=8), then these flags.\n\n" +
+    "Actions on a running agent (through its socket): `models` lists the registered versions, " +
+    "`promote FILE` verifies a model and swaps it in, `rollback` serves the previous version again.",
+  flags: [
+    { name: "config", type: "string", value: "FILE", description: "config file (.json or .toml)" },
+    {
+      name: "state-dir",
+      type: "string",
+      value: "DIR",
+      description: "database and model versions",
+      default: "$STATE_DIRECTORY, else ~/.local/state/quantd",
+    },
+    {
+      name: "socket",
+      type: "string",
+      value: "PATH",
+      description: "Unix socket",
+      default: "$RUNTIME_DIRECTORY/quantd.sock, else <state-dir>/quantd.sock",
+    },
+    {
+      name: "model",
+      type: "string",
+      value: "FILE",
+      description: "initial model (served even when the store has another active version)",
+      default: "the store's active version, else the shipped fp32 model",
+    },
+    {
+      name: "tcp",
+      type: "string",
+      value: "HOST:PORT",
+      description: "also listen on TCP (loopback hosts only)",
+    },
+    JSON_FLAG,
+  ],
+  async run(ctx) {
+    const [action, ...rest] = ctx.positionals;
+    if (action === undefined) return serve(ctx);
+    const json = flagBool(ctx.flags, "json");
+    const { profile } = detectDevice();
+    const socketPath = loadAgentConfig({
+      profile,
+      defaultModel: SHIPPED_MODEL,
+      flags: configFlags(ctx),
+    }).socketPath;
+    let result: unknown;
+    switch (action) {
+      case "models":
+        result = await callAgent(socketPath, "GET", "/v1/models");
+        break;
+      case "promote": {
+        const file = rest[0];
+        if (file === undefined) throw usageError("promote needs the model FILE");
+        result = await callAgent(socketPath, "POST", "/v1/models/promote", { path: resolve(file) });
+        break;
+      }
+      case "rollback":
+        result = await callAgent(socketPath, "POST", "/v1/models/rollback", {
+          reason: "quantd agent rollback",
+        });
+        break;
+      default:
+        throw usageError(`unknown action "${action}" (models, promote, rollback)`);
+    }
+    if (json) ctx.out(JSON.stringify(result));
+    else ctx.out(JSON.stringify(result, null, 2));
+    return 0;
+  },
+};

@@ -1,0 +1,198 @@
+/**
+ * Dynamic micro-batching. Requests' texts join one queue; a batch leaves it
+ * when it holds `maxBatch` texts or `maxDelayMs` after its first text arrived,
+ * and never while the previous batch still runs (the session already uses every
+ * intra-op thread; two batches at once would only contend). Texts that arrive
+ * during a batch therefore wait for the next one and are batched together,
+ * which is where the throughput under concurrency comes from, while a lone
+ * request with `maxDelayMs = 0` is run at once.
+ *
+ * The queue is bounded in texts: a request that does not fit is refused whole
+ * with OVERLOADED (the server's 503 with Retry-After) instead of letting
+ * latency and memory grow without limit.
+ */
+import { QuantdError } from "../errors.ts";
+import type { Classification } from "../runtime/classifier.ts";
+import type { BatchResult, InferenceBackend } from "./types.ts";
+
+/** Options of {@link MicroBatcher}. */
+export interface BatcherOptions {
+  /** Most texts per inference batch. */
+  maxBatch: number;
+  /** Longest wait after a batch's first text, in ms. */
+  maxDelayMs: number;
+  /** Most texts queued (not counting the running batch). */
+  maxQueue: number;
+  /** Called after every batch (for metrics and post-swap checks). */
+  onBatch?: (size: number, durationMs: number, ok: boolean) => void;
+}
+
+interface Pending {
+  results: Classification[];
+  remaining: number;
+  model: BatchResult["model"] | undefined;
+  settled: boolean;
+  resolve: (r: BatchResult) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Entry {
+  text: string;
+  index: number;
+  pending: Pending;
+}
+
+/** Batches texts from concurrent requests onto an {@link InferenceBackend}. */
+export class MicroBatcher {
+  readonly #backend: InferenceBackend;
+  readonly #opts: BatcherOptions;
+  #queue: Entry[] = [];
+  #head = 0;
+  #firstAt = 0;
+  #running = false;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #scheduled = false;
+  #idleWaiters: (() => void)[] = [];
+  #avgBatchMs = 0;
+
+  constructor(backend: InferenceBackend, opts: BatcherOptions) {
+    this.#backend = backend;
+    this.#opts = opts;
+  }
+
+  /** Texts waiting (not counting the running batch). */
+  get depth(): number {
+    return this.#queue.length - this.#head;
+  }
+
+  /** Whether a batch is running. */
+  get busy(): boolean {
+    return this.#running;
+  }
+
+  /**
+   * Queues texts and resolves with their results in order, from one model
+   * version (the last batch's, if a swap split the request).
+   *
+   * @throws OVERLOADED when the queue cannot take all the texts; `details.retryAfterSeconds` says when to retry
+   */
+  submit(texts: readonly string[]): Promise<BatchResult> {
+    if (texts.length === 0) return Promise.reject(new QuantdError("REQUEST_INVALID", "no texts to classify"));
+    if (this.depth + texts.length > this.#opts.maxQueue) {
+      return Promise.reject(
+        new QuantdError(
+          "OVERLOADED",
+          `the inference queue is full (${this.depth} of ${this.#opts.maxQueue} texts waiting); retry later`,
+          {
+            details: {
+              queued: this.depth,
+              maxQueue: this.#opts.maxQueue,
+              retryAfterSeconds: this.retryAfterSeconds(),
+            },
+          },
+        ),
+      );
+    }
+    return new Promise<BatchResult>((resolve, reject) => {
+      const pending: Pending = {
+        results: new Array<Classification>(texts.length),
+        remaining: texts.length,
+        model: undefined,
+        settled: false,
+        resolve,
+        reject,
+      };
+      if (this.depth === 0) this.#firstAt = performance.now();
+      for (const [index, text] of texts.entries()) this.#queue.push({ text, index, pending });
+      this.#schedule();
+    });
+  }
+
+  /** Seconds until the queue has likely drained, at least 1 (for Retry-After). */
+  retryAfterSeconds(): number {
+    const batches = Math.ceil(this.depth / this.#opts.maxBatch) + 1;
+    return Math.max(1, Math.ceil((batches * this.#avgBatchMs) / 1000));
+  }
+
+  /** Resolves when the queue is empty and no batch runs. */
+  drain(): Promise<void> {
+    if (!this.#running && this.depth === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  #schedule(): void {
+    if (this.#running || this.depth === 0) return;
+    const wait = this.#firstAt + this.#opts.maxDelayMs - performance.now();
+    if (this.depth >= this.#opts.maxBatch || wait <= 0) {
+      if (this.#timer !== undefined) {
+        clearTimeout(this.#timer);
+        this.#timer = undefined;
+      }
+      // A microtask lets the texts of requests parsed in the same tick join this batch.
+      if (!this.#scheduled) {
+        this.#scheduled = true;
+        queueMicrotask(() => {
+          this.#scheduled = false;
+          void this.#flush();
+        });
+      }
+      return;
+    }
+    if (this.#timer === undefined) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        void this.#flush();
+      }, Math.ceil(wait));
+    }
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#running || this.depth === 0) return;
+    this.#running = true;
+    const end = Math.min(this.#queue.length, this.#head + this.#opts.maxBatch);
+    // Texts of a request that already failed in an earlier batch are not run.
+    const batch = this.#queue.slice(this.#head, end).filter((e) => !e.pending.settled);
+    this.#head = end;
+    if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
+    }
+    if (this.depth > 0) this.#firstAt = performance.now();
+    const t0 = performance.now();
+    let ok = true;
+    try {
+      if (batch.length > 0) {
+        const out = await this.#backend.classify(batch.map((e) => e.text));
+        for (const [i, e] of batch.entries()) {
+          const p = e.pending;
+          if (p.settled) continue;
+          p.results[e.index] = out.results[i]!;
+          p.model = out.model;
+          if (--p.remaining === 0) {
+            p.settled = true;
+            p.resolve({ results: p.results, model: p.model });
+          }
+        }
+      }
+    } catch (err) {
+      ok = false;
+      for (const e of batch) {
+        if (e.pending.settled) continue;
+        e.pending.settled = true;
+        e.pending.reject(err);
+      }
+    } finally {
+      const ms = performance.now() - t0;
+      if (batch.length > 0) {
+        this.#avgBatchMs = this.#avgBatchMs === 0 ? ms : 0.8 * this.#avgBatchMs + 0.2 * ms;
+        this.#opts.onBatch?.(batch.length, ms, ok);
+      }
+      this.#running = false;
+      if (this.depth === 0) {
+        const waiters = this.#idleWaiters;
+        this.#idleWaiters = [];
+        for (const w of waiters) w();
+      } else this.#schedule();
+    }
+  }
+}

@@ -1,0 +1,522 @@
+/**
+ * The HTTP API: Open Inference Protocol v2 (health, model metadata, infer),
+ * quantd's `/v1/classify`, Prometheus `/metrics`, and registry admin routes
+ * that only the Unix socket serves (its file mode is the access control; the
+ * loopback TCP listener gets inference only).
+ *
+ * Every failure is a JSON body `{"error": QuantdError.toJSON()}` with a 4xx or
+ * 5xx status chosen from the error code; nothing a client sends can crash the
+ * process or leak a stack trace.
+ */
+import { assertNever, isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
+import type { Classification } from "../runtime/classifier.ts";
+import { validateText } from "../runtime/text.ts";
+import type { MicroBatcher } from "./batcher.ts";
+import { Counter, Gauge, Histogram, MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
+import type { BatchResult, InferenceBackend, RegistryAdmin } from "./types.ts";
+
+/** Which listener a request came in on. */
+export type Listener = "unix" | "tcp";
+
+/** Request size limits. */
+export interface RequestLimits {
+  maxBodyBytes: number;
+  maxTexts: number;
+  maxTextBytes: number;
+}
+
+/** Everything the routes need. */
+export interface RoutesOptions {
+  /** The OIP model name (`/v2/models/{name}`). */
+  modelName: string;
+  backend: InferenceBackend;
+  batcher: MicroBatcher;
+  limits: RequestLimits;
+  metrics: ServerMetrics;
+  /** Registry admin routes; absent: not served. */
+  admin?: RegistryAdmin;
+  /** Called with the texts of every successful classification (traffic capture). */
+  onClassified?: (texts: readonly string[]) => void;
+  /** Whether the server still accepts work (false while shutting down). */
+  accepting?: () => boolean;
+}
+
+/** The HTTP status for an error code. */
+export function statusFor(code: QuantdErrorCode): number {
+  switch (code) {
+    case "REQUEST_INVALID":
+    case "TEXT_EMPTY":
+    case "TEXT_NOT_STRING":
+    case "TEXT_INVALID_UTF8":
+    case "USAGE":
+    case "MODEL_NOT_ONNX":
+    case "MODEL_TRUNCATED":
+    case "MODEL_INVALID":
+    case "MODEL_INPUTS_MISMATCH":
+    case "MODEL_LOAD_FAILED":
+    case "FILE_NOT_FOUND":
+    case "FILE_UNREADABLE":
+      return 400;
+    case "NOT_FOUND":
+    case "JOB_NOT_FOUND":
+      return 404;
+    case "STATE_CONFLICT":
+      return 409;
+    case "REQUEST_TOO_LARGE":
+    case "TEXT_TOO_LARGE":
+      return 413;
+    case "UNSUPPORTED_MEDIA_TYPE":
+      return 415;
+    case "OVERLOADED":
+    case "NOT_READY":
+    case "STORE_BUSY":
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+/** The metrics the server records. */
+export class ServerMetrics {
+  readonly registry = new MetricsRegistry();
+  readonly requests: Counter;
+  readonly errors: Counter;
+  readonly latency: Histogram;
+  readonly batchSize: Histogram;
+  readonly batchDuration: Histogram;
+  readonly swaps: Counter;
+  readonly rollbacks: Counter;
+
+  constructor(opts: {
+    queueDepth: () => number;
+    active: () => { version: number; kind: string } | undefined;
+  }) {
+    const r = this.registry;
+    this.requests = r.add(new Counter("quantd_requests_total", "HTTP requests by route and status"));
+    this.errors = r.add(new Counter("quantd_errors_total", "Failed requests by error code"));
+    this.latency = r.add(
+      new Histogram(
+        "quantd_request_duration_seconds",
+        "Request latency by route",
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      ),
+    );
+    this.batchSize = r.add(
+      new Histogram("quantd_batch_size", "Texts per inference batch", [1, 2, 4, 8, 16, 32, 64, 128, 256]),
+    );
+    this.batchDuration = r.add(
+      new Histogram(
+        "quantd_batch_duration_seconds",
+        "Inference time per batch",
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      ),
+    );
+    r.add(
+      new Gauge("quantd_queue_depth", "Texts waiting for a batch", () => [
+        { labels: {}, value: opts.queueDepth() },
+      ]),
+    );
+    r.add(
+      new Gauge("quantd_active_model_info", "The serving model version and kind (value 1)", () => {
+        const m = opts.active();
+        return m === undefined ? [] : [{ labels: { version: String(m.version), kind: m.kind }, value: 1 }];
+      }),
+    );
+    r.add(
+      new Gauge("quantd_active_model_version", "Registry id of the serving model", () => {
+        const m = opts.active();
+        return m === undefined ? [] : [{ labels: {}, value: m.version }];
+      }),
+    );
+    this.swaps = r.add(new Counter("quantd_model_swaps_total", "Model promotions served"));
+    this.rollbacks = r.add(new Counter("quantd_model_rollbacks_total", "Rollbacks, by trigger"));
+    r.add(
+      new Gauge("quantd_process_resident_memory_bytes", "Resident set size of the agent", () => [
+        { labels: {}, value: process.memoryUsage.rss() },
+      ]),
+    );
+  }
+}
+
+function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** The route template of a path, for metric labels (bounded cardinality). */
+function routeOf(method: string, path: string): string {
+  if (path.startsWith("/v2/models/")) {
+    if (path.endsWith("/infer")) return "/v2/models/{name}/infer";
+    if (path.endsWith("/ready")) return "/v2/models/{name}/ready";
+    return "/v2/models/{name}";
+  }
+  const known = [
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2",
+    "/v1/classify",
+    "/v1/models",
+    "/v1/models/promote",
+    "/v1/models/rollback",
+    "/metrics",
+  ];
+  return known.includes(path) ? `${method} ${path}` : "other";
+}
+
+/**
+ * Reads a JSON body within the size limit.
+ *
+ * @throws UNSUPPORTED_MEDIA_TYPE unless the content type is application/json
+ * @throws REQUEST_TOO_LARGE when the body exceeds `maxBytes` (checked on Content-Length first, then while reading)
+ * @throws REQUEST_INVALID when the body is not valid UTF-8 JSON
+ */
+export async function readJsonBody(req: Request, maxBytes: number): Promise<unknown> {
+  const type = (req.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
+  if (type !== "application/json") {
+    throw new QuantdError(
+      "UNSUPPORTED_MEDIA_TYPE",
+      `content type must be application/json, got ${type === "" ? "none" : type}`,
+      { details: { contentType: type } },
+    );
+  }
+  const declared = Number(req.headers.get("content-length") ?? Number.NaN);
+  const tooLarge = (n: number | string): QuantdError =>
+    new QuantdError("REQUEST_TOO_LARGE", `request body is ${n} bytes, more than the limit of ${maxBytes}`, {
+      details: { maxBytes },
+    });
+  if (Number.isFinite(declared) && declared > maxBytes) throw tooLarge(declared);
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  if (req.body !== null) {
+    const reader = req.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > maxBytes) {
+        await reader.cancel().catch(() => undefined);
+        throw tooLarge(`more than ${maxBytes}`);
+      }
+      chunks.push(value);
+    }
+  }
+  const bytes = Buffer.concat(chunks, total);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch (err) {
+    throw new QuantdError("REQUEST_INVALID", "request body is not valid UTF-8", { cause: err });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new QuantdError("REQUEST_INVALID", `request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Checks a request's texts against the limits.
+ *
+ * @throws REQUEST_INVALID when it is not a non-empty array or has more than `maxTexts`
+ * @throws TEXT_NOT_STRING | TEXT_EMPTY | TEXT_TOO_LARGE | TEXT_INVALID_UTF8 naming the bad index
+ */
+export function checkTexts(value: unknown, limits: RequestLimits, what = "texts"): string[] {
+  if (!Array.isArray(value)) throw new QuantdError("REQUEST_INVALID", `${what} must be an array of strings`);
+  if (value.length === 0)
+    throw new QuantdError("REQUEST_INVALID", `${what} is empty: give at least one text`);
+  if (value.length > limits.maxTexts) {
+    throw new QuantdError(
+      "REQUEST_TOO_LARGE",
+      `${what} has ${value.length} texts, more than the limit of ${limits.maxTexts}`,
+      {
+        details: { count: value.length, maxTexts: limits.maxTexts },
+      },
+    );
+  }
+  return value.map((t, i) => validateText(t, { maxBytes: limits.maxTextBytes, what: `${what}[${i}]` }));
+}
+
+/** Parsed OIP v2 inference request. */
+interface InferRequest {
+  id?: string;
+  texts: string[];
+  /** Output names to return, in order. */
+  outputs: OutputName[];
+}
+
+const OUTPUT_NAMES = ["logits", "label", "probabilities"] as const;
+type OutputName = (typeof OUTPUT_NAMES)[number];
+
+function parseInfer(body: unknown, limits: RequestLimits): InferRequest {
+  if (!isRecord(body)) throw new QuantdError("REQUEST_INVALID", "inference request must be a JSON object");
+  const inputs = body["inputs"];
+  if (!Array.isArray(inputs) || inputs.length !== 1 || !isRecord(inputs[0])) {
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      "inputs must hold exactly one tensor: {name, shape, datatype: BYTES, data}",
+    );
+  }
+  const input = inputs[0];
+  if (input["datatype"] !== "BYTES") {
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      `input datatype must be BYTES (UTF-8 text), got ${JSON.stringify(input["datatype"])}`,
+    );
+  }
+  const shape = input["shape"];
+  if (!Array.isArray(shape) || shape.length === 0 || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new QuantdError("REQUEST_INVALID", "input shape must be a list of non-negative integers, e.g. [2]");
+  }
+  const raw = input["data"];
+  // OIP allows nested row-major data; one level of nesting is what [n, 1] shapes produce.
+  const data = Array.isArray(raw) ? raw.flat() : raw;
+  const texts = checkTexts(data, limits, "inputs[0].data");
+  const elements = shape.reduce((a: number, d: number) => a * d, 1);
+  if (elements !== texts.length) {
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      `input shape [${shape.join(", ")}] holds ${elements} elements but data has ${texts.length}`,
+    );
+  }
+  let outputs: OutputName[] = [...OUTPUT_NAMES];
+  const requested = body["outputs"];
+  if (requested !== undefined) {
+    if (!Array.isArray(requested))
+      throw new QuantdError("REQUEST_INVALID", "outputs must be a list of {name}");
+    outputs = requested.map((o, i) => {
+      const name = isRecord(o) ? o["name"] : undefined;
+      const hit = OUTPUT_NAMES.find((n) => n === name);
+      if (hit === undefined) {
+        throw new QuantdError(
+          "REQUEST_INVALID",
+          `outputs[${i}]: unknown output ${JSON.stringify(name)}; the model has ${OUTPUT_NAMES.join(", ")}`,
+        );
+      }
+      return hit;
+    });
+  }
+  const out: InferRequest = { texts, outputs };
+  if (body["id"] !== undefined) {
+    if (typeof body["id"] !== "string") throw new QuantdError("REQUEST_INVALID", "id must be a string");
+    out.id = body["id"];
+  }
+  return out;
+}
+
+function oipOutput(
+  name: OutputName,
+  results: readonly Classification[],
+  numLabels: number,
+): Record<string, unknown> {
+  const n = results.length;
+  switch (name) {
+    case "logits":
+      return { name, datatype: "FP32", shape: [n, numLabels], data: results.flatMap((r) => r.logits) };
+    case "probabilities":
+      return { name, datatype: "FP32", shape: [n, numLabels], data: results.flatMap((r) => r.probabilities) };
+    case "label":
+      return { name, datatype: "BYTES", shape: [n], data: results.map((r) => r.label) };
+    default:
+      return assertNever(name, "output name");
+  }
+}
+
+/** Builds the request handler. */
+export function createRoutes(opts: RoutesOptions): (req: Request, listener: Listener) => Promise<Response> {
+  const { backend, batcher, limits, metrics, modelName } = opts;
+
+  const requireReady = (): void => {
+    if (opts.accepting !== undefined && !opts.accepting()) {
+      throw new QuantdError("NOT_READY", "the agent is shutting down");
+    }
+    if (backend.active() === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+  };
+  const requireModel = (name: string): void => {
+    if (name !== modelName) {
+      throw new QuantdError(
+        "NOT_FOUND",
+        `no model named ${JSON.stringify(name)}; this agent serves ${modelName}`,
+        {
+          details: { models: [modelName] },
+        },
+      );
+    }
+  };
+  const classify = async (texts: string[]): Promise<BatchResult> => {
+    requireReady();
+    const out = await batcher.submit(texts);
+    opts.onClassified?.(texts);
+    return out;
+  };
+
+  const metadata = (): Record<string, unknown> => {
+    const m = backend.active();
+    const numLabels = m?.labels.length ?? -1;
+    return {
+      name: modelName,
+      versions: m === undefined ? [] : [String(m.version)],
+      platform: "onnxruntime_onnx",
+      inputs: [{ name: "text", datatype: "BYTES", shape: [-1] }],
+      outputs: [
+        { name: "logits", datatype: "FP32", shape: [-1, numLabels] },
+        { name: "label", datatype: "BYTES", shape: [-1] },
+        { name: "probabilities", datatype: "FP32", shape: [-1, numLabels] },
+      ],
+      parameters: m === undefined ? {} : { kind: m.kind, sha256: m.sha256, labels: [...m.labels] },
+    };
+  };
+
+  async function dispatch(req: Request, url: URL, listener: Listener): Promise<Response> {
+    const method = req.method;
+    const path = url.pathname;
+    const allow = (...methods: string[]): void => {
+      if (!methods.includes(method)) {
+        throw new QuantdError(
+          "REQUEST_INVALID",
+          `${method} is not allowed on ${path}; use ${methods.join(" or ")}`,
+          {
+            details: { status: 405 },
+          },
+        );
+      }
+    };
+
+    if (path === "/v2/health/live") {
+      allow("GET", "HEAD");
+      return json({ live: true });
+    }
+    if (path === "/v2/health/ready") {
+      allow("GET", "HEAD");
+      requireReady();
+      return json({ ready: true });
+    }
+    if (path === "/v2") {
+      allow("GET");
+      return json({ name: "quantd", version: "0.1.0", extensions: [] });
+    }
+    if (path === "/metrics") {
+      allow("GET");
+      return new Response(metrics.registry.render(), {
+        headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+      });
+    }
+    const model = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer)?$/.exec(path);
+    if (model !== null) {
+      const name = decodeURIComponent(model[1]!);
+      requireModel(name);
+      const version = model[2];
+      const active = backend.active();
+      if (version !== undefined && (active === undefined || String(active.version) !== version)) {
+        throw new QuantdError("NOT_FOUND", `version ${version} of ${name} is not the serving version`, {
+          details: { serving: active?.version },
+        });
+      }
+      switch (model[3]) {
+        case undefined:
+          allow("GET");
+          return json(metadata());
+        case "/ready":
+          allow("GET");
+          requireReady();
+          return json({ name, ready: true });
+        default: {
+          allow("POST");
+          const request = parseInfer(await readJsonBody(req, limits.maxBodyBytes), limits);
+          const out = await classify(request.texts);
+          const numLabels = out.results[0]?.logits.length ?? 0;
+          const body: Record<string, unknown> = {
+            model_name: name,
+            model_version: String(out.model.version),
+            parameters: { kind: out.model.kind },
+            outputs: request.outputs.map((o) => oipOutput(o, out.results, numLabels)),
+          };
+          if (request.id !== undefined) body["id"] = request.id;
+          return json(body);
+        }
+      }
+    }
+    if (path === "/v1/classify") {
+      allow("POST");
+      const body = await readJsonBody(req, limits.maxBodyBytes);
+      if (!isRecord(body))
+        throw new QuantdError("REQUEST_INVALID", 'body must be an object {"texts": [...]}');
+      if (!("texts" in body))
+        throw new QuantdError("REQUEST_INVALID", 'body must have "texts": a list of strings');
+      const out = await classify(checkTexts(body["texts"], limits));
+      return json({
+        results: out.results.map((r) => ({ label: r.label, score: r.score, logits: r.logits })),
+        model: out.model,
+      });
+    }
+    if (path.startsWith("/v1/models") && opts.admin !== undefined && listener === "unix") {
+      const admin = opts.admin;
+      if (path === "/v1/models") {
+        allow("GET");
+        return json({ active: backend.active()?.version ?? null, versions: admin.list() });
+      }
+      if (path === "/v1/models/promote") {
+        allow("POST");
+        const body = await readJsonBody(req, limits.maxBodyBytes);
+        if (!isRecord(body) || typeof body["path"] !== "string" || body["path"] === "") {
+          throw new QuantdError(
+            "REQUEST_INVALID",
+            'body must be {"path": "/abs/model.onnx", "metrics"?: {...}}',
+          );
+        }
+        const m = body["metrics"];
+        if (m !== undefined && !isRecord(m))
+          throw new QuantdError("REQUEST_INVALID", "metrics must be an object");
+        const version = await admin.promote(body["path"], m === undefined ? {} : { metrics: m });
+        return json({ version });
+      }
+      if (path === "/v1/models/rollback") {
+        allow("POST");
+        let reason = "requested over the socket";
+        if (req.headers.get("content-length") !== "0" && req.body !== null) {
+          const body = await readJsonBody(req, limits.maxBodyBytes);
+          if (isRecord(body) && typeof body["reason"] === "string") reason = body["reason"];
+        }
+        const version = await admin.rollback(reason);
+        return json({ version });
+      }
+    }
+    throw new QuantdError("NOT_FOUND", `no route ${method} ${path}`);
+  }
+
+  return async (req, listener) => {
+    const t0 = performance.now();
+    let url: URL;
+    try {
+      url = new URL(req.url);
+    } catch {
+      url = new URL("http://localhost/");
+    }
+    const route = routeOf(req.method, url.pathname);
+    let res: Response;
+    try {
+      res = await dispatch(req, url, listener);
+    } catch (err) {
+      const qe = isQuantdError(err) ? err : QuantdError.from(err, "INTERNAL");
+      let status = statusFor(qe.code);
+      const headers: Record<string, string> = {};
+      if (qe.details?.["status"] === 405) {
+        status = 405;
+      }
+      if (status === 503) {
+        const retry = qe.details?.["retryAfterSeconds"];
+        headers["retry-after"] = String(typeof retry === "number" ? retry : 1);
+      }
+      metrics.errors.inc({ code: qe.code });
+      res = json({ error: qe.toJSON() }, status, headers);
+    }
+    metrics.requests.inc({ route, status: String(res.status) });
+    metrics.latency.observe((performance.now() - t0) / 1000, { route });
+    return res;
+  };
+}

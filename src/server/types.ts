@@ -1,0 +1,61 @@
+/**
+ * What the server needs from the layer that owns the models. The agent's
+ * registry implements these; the server never loads or swaps a model itself,
+ * so the HTTP code stays the same whether one model serves or a swap is under
+ * way.
+ */
+import type { Classification } from "../runtime/classifier.ts";
+
+/** The model serving requests. */
+export interface ActiveModelInfo {
+  /** Registry version id. */
+  version: number;
+  /** `fp32`, `int8-static` or `int8-dynamic`. */
+  kind: string;
+  sha256: string;
+  /** Label names, index = class id. */
+  labels: readonly string[];
+}
+
+/** The results of one inference batch and the model version that produced them. */
+export interface BatchResult {
+  results: Classification[];
+  model: { version: number; kind: string };
+}
+
+/** Runs inference on whatever model is active. */
+export interface InferenceBackend {
+  /** The active model, or `undefined` until one is loaded (the server is not ready). */
+  active(): ActiveModelInfo | undefined;
+  /**
+   * Classifies one batch on the active model. The model cannot be released
+   * while the call runs, even if a swap happens meanwhile.
+   *
+   * @throws NOT_READY before a model is loaded; INFERENCE_FAILED when the runtime fails
+   */
+  classify(texts: readonly string[]): Promise<BatchResult>;
+}
+
+/** A registered model version as the admin routes show it. */
+export interface ModelVersionView {
+  id: number;
+  sha256: string;
+  path: string;
+  kind: string;
+  state: string;
+  metrics: Record<string, unknown>;
+  reason: string | null;
+}
+
+/** Registry operations the admin routes expose (Unix socket only). */
+export interface RegistryAdmin {
+  /** Every registered version, newest first. */
+  list(): ModelVersionView[];
+  /**
+   * Copies a candidate into the registry, verifies it and makes it active.
+   * @throws MODEL_* when the candidate is corrupt or unusable (it is rejected, serving continues)
+   */
+  promote(candidatePath: string, options: { metrics?: Record<string, unknown> }): Promise<ModelVersionView>;
+  /** Serves the previously active version again. @throws NOT_FOUND when there is none */
+  rollback(reason: string): Promise<ModelVersionView>;
+}
