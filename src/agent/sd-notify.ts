@@ -146,7 +146,10 @@ function oneLine(s: string): string {
  * @param env - @defaultValue process.env
  * @param pid - @defaultValue process.pid
  */
-export function watchdogIntervalMs(env: NotifyEnv = process.env, pid: number = process.pid): number | undefined {
+export function watchdogIntervalMs(
+  env: NotifyEnv = process.env,
+  pid: number = process.pid,
+): number | undefined {
   const usec = env["WATCHDOG_USEC"];
   if (usec === undefined || !/^\d+$/.test(usec)) return undefined;
   const owner = env["WATCHDOG_PID"];
