@@ -70,14 +70,19 @@ export const quantizeCommand: Command = {
     "--model FP32.onnx --calib SAMPLES --out INT8.onnx [--mode static|dynamic|auto] [--method M] " +
     "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--report FILE]",
   description: `SAMPLES is a TSV (label<TAB>sentence with a header; the label may be empty) or a quantd SQLite
-store (.db). The first --samples rows calibrate; the next --val-samples rows are held out to validate the
-int8 model against fp32 (top-1 agreement, logit error, and accuracy when labels exist). When agreement is
-below --gate, the nodes that add the most error are kept in fp32, a few more per trial, until the gate
-holds or --trials rebuilds are spent. If it cannot be met the command fails with GATE_NOT_MET and writes
-nothing at --out.
+store (.db, as quantd collect fills it). From a TSV the first --samples rows calibrate and the next
+--val-samples rows are held out (a file with no rows left holds out its last quarter); from a store both
+sets are a seeded, length-stratified disjoint pick. Samples longer than the model allows are truncated
+and counted in the report.
 
---mode auto builds static int8 in both formats (qdq, fused) and dynamic int8, validates each, times
-the ones that pass at sequence 128 and keeps the fastest.`,
+The int8 model is validated against fp32 on the held-out samples (top-1 agreement, logit error, and
+accuracy when labels exist). When agreement is below --gate, the nodes that add the most error are kept
+in fp32, a few more per trial, until the gate holds or --trials rebuilds are spent. If it cannot be met
+the command fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still
+written).
+
+--mode auto builds static int8 in both formats (qdq, fused) and dynamic int8, validates each, times the
+ones that pass at sequence 128 and keeps the fastest.`,
   flags: [
     { name: "model", type: "string", value: "FP32.onnx", description: "the fp32 model (or its directory)" },
     { name: "calib", type: "string", value: "SAMPLES", description: "samples: a TSV file or a .db store" },
@@ -158,6 +163,13 @@ the ones that pass at sequence 128 and keeps the fastest.`,
       description: "fallback rebuilds allowed per format",
       default: String(DEFAULT_TRIAL_BUDGET),
     },
+    {
+      name: "seed",
+      type: "string",
+      value: "N",
+      description: "seed of the store's sample pick (same seed, same pool: same samples)",
+      default: "1",
+    },
     { name: "report", type: "string", value: "REPORT.json", description: "write the JSON report here" },
     {
       name: "tokenizer",
@@ -201,6 +213,7 @@ the ones that pass at sequence 128 and keeps the fastest.`,
     if (report !== undefined) opts.report = report;
     const tokenizer = flagString(f, "tokenizer");
     if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
+    opts.seed = flagInt(f, "seed", { min: 0 }, 1);
     const threads = flagInt(f, "threads", { min: 1, max: 1024 });
     if (threads !== undefined) opts.threads = threads;
     const json = flagBool(f, "json");
