@@ -36,6 +36,11 @@ interface CommonQuantizeOptions {
   embeddingGranularity: EmbeddingGranularity;
   /** Node names to keep in fp32 (user `--exclude`, or the gate's fallback). @defaultValue [] */
   exclude: readonly string[];
+  /**
+   * Replace run-time-computed Reshape shapes by constants where onnxruntime
+   * confirms the outputs do not change (see `passes/constant-reshape.ts`). @defaultValue true
+   */
+  simplifyShapes: boolean;
 }
 
 /**
@@ -91,6 +96,7 @@ export function defaultQuantizeOptions(
     quantizeEmbeddings: true,
     embeddingGranularity: "per-row",
     exclude: [],
+    simplifyShapes: true,
   };
   switch (type) {
     case "static":

@@ -24,12 +24,14 @@
  *   seq 128, and Q·Kᵀ feeds a Softmax whose input range is wide).
  */
 import { assertNever, QuantdError } from "../errors.ts";
+import { encodeModel } from "../onnx/codec.ts";
 import type { GraphProto, ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import { calibrate } from "./calibrate.ts";
 import { quantizeEmbeddings } from "./passes/embedding.ts";
 import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
 import { insertStaticQdq } from "./passes/qdq-static.ts";
+import { type ConstantReshapeResult, simplifyReshapeShapes } from "./passes/constant-reshape.ts";
 import { GraphRewrite, MS_DOMAIN } from "./passes/rewrite.ts";
 import {
   applyRanges,
@@ -90,6 +92,8 @@ export interface QuantizeResult {
   ranges: ReadonlyMap<string, TensorRange>;
   /** Quantization parameters written for each activation (static). */
   qparams: ReadonlyMap<string, QParams>;
+  /** What the Reshape-shape simplification did (or why it was reverted). */
+  shapes: ConstantReshapeResult;
   timings: QuantizeTimings;
 }
 
@@ -246,6 +250,9 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
   rw.commit();
   if (options.type === "static" && options.format === "fused") ensureOpset(out, MS_DOMAIN, 1);
   out.producerName = "quantd";
+  const shapes = options.simplifyShapes
+    ? await simplifyReshapeShapes(out, encodeModel)
+    : { reshapes: 0, removedNodes: 0, reverted: "disabled" };
   const quantizationMs = performance.now() - tq;
   return {
     model: out,
@@ -253,6 +260,7 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
     options,
     ranges,
     qparams,
+    shapes,
     timings: { planMs, calibrationMs, quantizationMs, totalMs: performance.now() - t0 },
   };
 }

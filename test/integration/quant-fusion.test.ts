@@ -142,6 +142,32 @@ describe("shipped BERT-Mini", async () => {
     calibration.push(tokenizer.encodeBatch(samples.slice(i, i + 8).map((s) => s.text)));
   }
 
+  test("the exporter's run-time Reshape shapes become constants, logits bit-identical", async () => {
+    const plain = await quantizeModel(fp32, { type: "dynamic", simplifyShapes: false });
+    const simple = await quantizeModel(fp32, { type: "dynamic" });
+    expect(simple.shapes.reverted).toBeUndefined();
+    expect(simple.shapes.reshapes).toBe(16);
+    expect(simple.model.graph.node.length).toBe(plain.model.graph.node.length - simple.shapes.removedNodes);
+    const [a, b] = await Promise.all([
+      createOrtSession(encodeModel(plain.model)),
+      createOrtSession(encodeModel(simple.model)),
+    ]);
+    try {
+      const enc = tokenizer.encodeBatch(samples.slice(0, 3).map((s) => s.text));
+      const dims = [enc.batchSize, enc.seqLen];
+      const feeds = {
+        input_ids: { type: "int64" as const, data: enc.inputIds, dims },
+        attention_mask: { type: "int64" as const, data: enc.attentionMask, dims },
+        token_type_ids: { type: "int64" as const, data: enc.tokenTypeIds, dims },
+      };
+      const want = (await a.run(feeds)).logits!.data as Float32Array;
+      const got = (await b.run(feeds)).logits!.data as Float32Array;
+      expectClose(got, want, { atol: 0, what: "logits with constant shapes" });
+    } finally {
+      await Promise.all([a.release(), b.release()]);
+    }
+  }, 60_000);
+
   const builds = [
     { label: "static QDQ", opts: { type: "static", format: "qdq" } },
     { label: "static fused", opts: { type: "static", format: "fused" } },
