@@ -544,7 +544,12 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   // Cheap checks first: a bad path should fail in milliseconds, not after calibration.
   const files = findModelFiles(opts.model, opts.tokenizerDir);
   checkOutPath(opts.out, files.model, "--out");
-  if (opts.report !== undefined) checkOutPath(opts.report, files.model, "--report");
+  if (opts.report !== undefined) {
+    checkOutPath(opts.report, files.model, "--report");
+    if (resolve(opts.report) === resolve(opts.out)) {
+      throw new QuantdError("USAGE", "--report and --out must be different files");
+    }
+  }
   const calibName = typeof opts.calib === "string" ? opts.calib : opts.calib.name;
   let split: SampleSplit;
   if (typeof opts.calib === "string") {
