@@ -411,13 +411,6 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
       "resolved",
     );
   }
-  if (config.limits.maxTextBytes > config.limits.maxBodyBytes) {
-    throw invalid(
-      "limits.maxTextBytes",
-      `must be <= limits.maxBodyBytes (${config.limits.maxBodyBytes})`,
-      "resolved",
-    );
-  }
   // Linux's sun_path holds 107 bytes; a longer path fails at bind with an unhelpful error.
   if (Buffer.byteLength(config.socketPath) > 107) {
     throw invalid(
