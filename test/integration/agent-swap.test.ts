@@ -1,0 +1,200 @@
+/**
+ * The registry's hot swap on real models over a real socket: fp32 → an int8
+ * model made by quantd's quantizer while clients hammer the server (no request
+ * may fail), corrupt and unusable candidates rejected while serving goes on,
+ * rollback on command and automatically after a failed post-swap check, and a
+ * restart serving the store's active version.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
+import {
+  call,
+  classifyOverSocket,
+  makeInt8Model,
+  metricValue,
+  TEXTS,
+  tempDir,
+  testConfig,
+} from "./agent-harness.ts";
+
+let dir: string;
+let int8Path: string;
+
+beforeAll(async () => {
+  dir = tempDir();
+  int8Path = await makeInt8Model(dir);
+});
+
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function modelOf(r: { body: Record<string, unknown> }): { version: number; kind: string } {
+  return r.body["model"] as { version: number; kind: string };
+}
+
+describe("swap, reject, rollback, restart (one agent, in order)", () => {
+  let agent: Agent;
+  let sock: string;
+  let stateDir: string;
+
+  beforeAll(async () => {
+    // A window no test reaches: the automatic checks are tested separately below.
+    const config = testConfig(join(dir, "a"), {
+      QUANTD_SWAP_WINDOW: "1000000",
+      QUANTD_BATCHING_MAX_BATCH: "8",
+    });
+    stateDir = config.stateDir;
+    agent = await startAgent(config);
+    sock = config.socketPath;
+  });
+  afterAll(async () => {
+    await agent?.stop();
+  });
+
+  test("zero failed requests while fp32 is swapped for int8 under load", async () => {
+    let stop = false;
+    const seen = new Map<string, number>();
+    const failures: string[] = [];
+    const client = async (c: number): Promise<void> => {
+      for (let i = 0; !stop; i++) {
+        const texts = [TEXTS[(c + i) % TEXTS.length]!, TEXTS[(c * 3 + i) % TEXTS.length]!];
+        try {
+          const r = await classifyOverSocket(sock, texts);
+          if (r.status !== 200) failures.push(`${r.status} ${JSON.stringify(r.body)}`);
+          else {
+            const m = modelOf(r);
+            const key = `${m.version}:${m.kind}`;
+            seen.set(key, (seen.get(key) ?? 0) + 1);
+          }
+        } catch (err) {
+          failures.push(String(err));
+        }
+      }
+    };
+    const clients = Array.from({ length: 8 }, (_, c) => client(c));
+    await Bun.sleep(400);
+    const promoted = await call(sock, "/v1/models/promote", {
+      body: JSON.stringify({ path: int8Path, metrics: { agreement: 0.99 } }),
+    });
+    await Bun.sleep(600);
+    stop = true;
+    await Promise.all(clients);
+
+    expect(failures).toEqual([]);
+    expect(promoted.status).toBe(200);
+    const version = promoted.body["version"] as {
+      id: number;
+      kind: string;
+      state: string;
+      metrics: Record<string, unknown>;
+    };
+    expect(version).toMatchObject({ id: 2, kind: "int8-dynamic", state: "active" });
+    expect(version.metrics["agreement"]).toBe(0.99);
+    // Requests were served by both versions: the swap happened during the load.
+    expect(seen.get("1:fp32") ?? 0).toBeGreaterThan(0);
+    expect(seen.get("2:int8-dynamic") ?? 0).toBeGreaterThan(0);
+    expect(agent.store.models.get(1)!.state).toBe("retired");
+    expect(agent.store.models.active()!.id).toBe(2);
+    // The registry's copy is named by content and identical to the candidate.
+    const copy = agent.store.models.get(2)!.path;
+    expect(copy.startsWith(join(stateDir, "models"))).toBe(true);
+    expect(readFileSync(copy).equals(readFileSync(int8Path))).toBe(true);
+    const metrics = await (await fetch("http://localhost/metrics", { unix: sock })).text();
+    expect(metricValue(metrics, 'quantd_active_model_info{version="2",kind="int8-dynamic"}')).toBe(1);
+    expect(metricValue(metrics, "quantd_model_swaps_total")).toBe(1);
+  });
+
+  test("a truncated candidate is rejected with MODEL_TRUNCATED and serving continues", async () => {
+    const bytes = readFileSync(int8Path);
+    const truncated = join(dir, "truncated.onnx");
+    writeFileSync(truncated, bytes.subarray(0, Math.floor(bytes.length / 2)));
+    const during = classifyOverSocket(sock, TEXTS);
+    const r = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: truncated }) });
+    expect(r.status).toBe(400);
+    expect((r.body["error"] as { code: string }).code).toBe("MODEL_TRUNCATED");
+    expect((await during).status).toBe(200);
+    const after = await classifyOverSocket(sock, ["still serving"]);
+    expect(after.status).toBe(200);
+    expect(modelOf(after)).toEqual({ version: 2, kind: "int8-dynamic" });
+    expect(agent.store.models.active()!.id).toBe(2);
+  });
+
+  test("a valid ONNX file that is not a classifier is recorded as rejected, never active", async () => {
+    const other = join(dir, "identity.onnx");
+    writeFileSync(
+      other,
+      tinyOnnxModel(
+        [{ opType: "Identity", inputs: ["x"], outputs: ["y"] }],
+        [{ name: "x", elemType: ONNX_FLOAT, dims: [1, 2] }],
+        [{ name: "y", elemType: ONNX_FLOAT, dims: [1, 2] }],
+      ),
+    );
+    const r = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: other }) });
+    expect(r.status).toBe(400);
+    expect((r.body["error"] as { code: string }).code).toBe("MODEL_INPUTS_MISMATCH");
+    const rejected = agent.store.models.list("rejected");
+    expect(rejected).toHaveLength(1);
+    expect(rejected[0]!.reason).toContain("MODEL_INPUTS_MISMATCH");
+    expect(existsSync(rejected[0]!.path)).toBe(false);
+    // Offered again: refused at once, naming the earlier rejection.
+    const again = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: other }) });
+    expect((again.body["error"] as { code: string; message: string }).message).toContain("rejected before");
+    expect(modelOf(await classifyOverSocket(sock, ["ok"])).version).toBe(2);
+  });
+
+  test("rollback on command restores the previous version", async () => {
+    const r = await call(sock, "/v1/models/rollback", { body: JSON.stringify({ reason: "test" }) });
+    expect(r.status).toBe(200);
+    expect(r.body["version"]).toMatchObject({ id: 1, kind: "fp32", state: "active" });
+    expect(modelOf(await classifyOverSocket(sock, TEXTS))).toEqual({ version: 1, kind: "fp32" });
+    const v2 = agent.store.models.get(2)!;
+    expect(v2.state).toBe("retired");
+    expect(v2.reason).toContain("test");
+  });
+
+  test("after a restart the store's active version serves", async () => {
+    // Promote int8 again (a retired version can come back), then restart on the same state dir.
+    const r = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: int8Path }) });
+    expect(r.status).toBe(200);
+    await agent.stop();
+    expect(existsSync(sock)).toBe(false);
+    agent = await startAgent(testConfig(join(dir, "a"), { QUANTD_SWAP_WINDOW: "1000000" }));
+    const after = await classifyOverSocket(sock, ["back again"]);
+    expect(after.status).toBe(200);
+    expect(modelOf(after)).toEqual({ version: 2, kind: "int8-dynamic" });
+  });
+});
+
+test("a failed post-swap check rolls back automatically", async () => {
+  // p95Ratio 0.01: any candidate slower than 1 % of the old model's p95 fails, so the rule must fire.
+  const agent = await startAgent(
+    testConfig(join(dir, "b"), { QUANTD_SWAP_WINDOW: "5", QUANTD_SWAP_P95_RATIO: "0.01" }),
+  );
+  const sock = agent.config.socketPath;
+  try {
+    for (let i = 0; i < 6; i++) expect((await classifyOverSocket(sock, [TEXTS[i]!])).status).toBe(200);
+    const promoted = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: int8Path }) });
+    expect(promoted.status).toBe(200);
+    const versions: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const r = await classifyOverSocket(sock, [TEXTS[i % TEXTS.length]!]);
+      expect(r.status).toBe(200);
+      versions.push(modelOf(r).version);
+    }
+    for (let i = 0; i < 50 && agent.registry.active()?.version !== 1; i++) await Bun.sleep(20);
+    expect(versions).toContain(2);
+    expect(agent.registry.active()?.version).toBe(1);
+    const v2 = agent.store.models.get(2)!;
+    expect(v2.state).toBe("retired");
+    expect(v2.reason).toContain("post-swap check failed: p95 batch latency");
+    expect((v2.metrics["postSwap"] as { batches: number }).batches).toBeGreaterThanOrEqual(5);
+    const metrics = await (await fetch("http://localhost/metrics", { unix: sock })).text();
+    expect(metricValue(metrics, 'quantd_model_rollbacks_total{trigger="auto"}')).toBe(1);
+  } finally {
+    await agent.stop();
+  }
+});
