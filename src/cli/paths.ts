@@ -4,9 +4,13 @@
  * through `bun link` and the `bin/quantd` entry).
  */
 import { join, resolve } from "node:path";
+import { executableDir, isCompiledBinary } from "../runtime/native-path.ts";
 
-/** The package root (the folder holding `package.json`). */
-export const PACKAGE_ROOT: string = resolve(import.meta.dir, "../..");
+/**
+ * The package root (the folder holding `package.json`); in a compiled release
+ * executable, the folder holding the executable (its tarball ships `calib/` beside it).
+ */
+export const PACKAGE_ROOT: string = isCompiledBinary() ? executableDir() : resolve(import.meta.dir, "../..");
 
 /** The shipped fp32 BERT-Mini SST-2 model folder (model, tokenizer, config). */
 export const SHIPPED_MODEL_DIR: string = join(PACKAGE_ROOT, "calib/models/sst2-bert-mini");
