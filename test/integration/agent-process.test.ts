@@ -1,0 +1,130 @@
+/**
+ * `quantd agent` as a process: a stale socket left by a killed process is
+ * cleaned, a second agent on a live socket refuses to start, a path that is not
+ * a socket is never removed, SIGTERM drains and removes the socket, and the
+ * loopback TCP listener serves inference but not the admin routes.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { existsSync, lstatSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { startAgent } from "../../src/agent/agent.ts";
+import { repoRoot } from "../helpers/paths.ts";
+import { call, classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
+
+let dir: string;
+beforeAll(() => {
+  dir = tempDir();
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const CLI = join(repoRoot, "src/cli/main.ts");
+const ENV = { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "" };
+
+function spawnAgent(stateDir: string, socket: string): Bun.Subprocess<"ignore", "pipe", "pipe"> {
+  return Bun.spawn(["bun", CLI, "agent", "--state-dir", stateDir, "--socket", socket], {
+    env: ENV,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+}
+
+async function waitReady(socket: string, proc: Bun.Subprocess, timeoutMs = 30_000): Promise<void> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < timeoutMs) {
+    if (proc.exitCode !== null) throw new Error(`agent exited with ${proc.exitCode}`);
+    try {
+      if ((await call(socket, "/v2/health/ready")).status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    await Bun.sleep(50);
+  }
+  throw new Error("agent not ready in time");
+}
+
+/** Leaves a socket file nobody listens on: its owner is SIGKILLed, so it cannot unlink it. */
+async function makeStaleSocket(path: string): Promise<void> {
+  const owner = Bun.spawn(
+    [
+      "bun",
+      "-e",
+      `require("node:net").createServer().listen(${JSON.stringify(path)}, () => console.log("up"))`,
+    ],
+    { stdout: "pipe", stderr: "inherit" },
+  );
+  const reader = owner.stdout.getReader();
+  await reader.read();
+  owner.kill("SIGKILL");
+  await owner.exited;
+}
+
+test("stale socket cleaned; second agent refused; SIGTERM drains and removes the socket", async () => {
+  const socket = join(dir, "run", "quantd.sock");
+  const stateDir = join(dir, "state1");
+  await Bun.$`mkdir -p ${join(dir, "run")}`.quiet();
+  await makeStaleSocket(socket);
+  expect(lstatSync(socket).isSocket()).toBe(true);
+
+  const agent = spawnAgent(stateDir, socket);
+  try {
+    await waitReady(socket, agent);
+    expect((await classifyOverSocket(socket, ["a fine film"])).status).toBe(200);
+
+    const second = spawnAgent(join(dir, "state2"), socket);
+    expect(await second.exited).toBe(1);
+    const err = await new Response(second.stderr).text();
+    expect(err).toContain("error STATE_CONFLICT");
+    expect(err).toContain("another agent is already serving");
+    // The first one is untouched.
+    expect((await classifyOverSocket(socket, ["still here"])).status).toBe(200);
+
+    const inflight = Array.from({ length: 8 }, () =>
+      classifyOverSocket(socket, ["drained before exit", "and this"]),
+    );
+    await Bun.sleep(5);
+    agent.kill("SIGTERM");
+    const settled = await Promise.allSettled(inflight);
+    // Requests accepted before the signal complete; one arriving after it may only be told NOT_READY.
+    for (const s of settled) {
+      if (s.status !== "fulfilled") continue;
+      if (s.value.status !== 200) expect((s.value.body["error"] as { code: string }).code).toBe("NOT_READY");
+    }
+    expect(settled.some((s) => s.status === "fulfilled" && s.value.status === 200)).toBe(true);
+    expect(await agent.exited).toBe(0);
+    expect(await new Response(agent.stderr).text()).toContain("stopped");
+    expect(existsSync(socket)).toBe(false);
+  } finally {
+    agent.kill("SIGKILL");
+  }
+}, 60_000);
+
+test("a socket path that is a regular file is refused and left alone", async () => {
+  const path = join(dir, "not-a-socket");
+  writeFileSync(path, "precious");
+  await expect(startAgent(testConfig(join(dir, "c"), {}, { socket: path }))).rejects.toMatchObject({
+    code: "CONFIG_INVALID",
+  });
+  expect(readFileSync(path, "utf8")).toBe("precious");
+});
+
+test("loopback TCP serves inference but not the admin routes", async () => {
+  const agent = await startAgent(testConfig(join(dir, "d"), {}, { tcp: "127.0.0.1:0" }));
+  try {
+    const port = agent.listeners.tcp!.port;
+    expect(port).toBeGreaterThan(0);
+    const res = await fetch(`http://127.0.0.1:${port}/v1/classify`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ texts: ["over tcp"] }),
+    });
+    expect(res.status).toBe(200);
+    const admin = await fetch(`http://127.0.0.1:${port}/v1/models`);
+    expect(admin.status).toBe(404);
+    expect((await call(agent.config.socketPath, "/v1/models")).status).toBe(200);
+  } finally {
+    await agent.stop();
+  }
+});
