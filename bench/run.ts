@@ -24,7 +24,7 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { renderChartSvg } from "../src/bench/chart.ts";
 import { createModelData, type LabelledText } from "../src/bench/data.ts";
 import { defaultThreads } from "../src/bench/defaults.ts";
@@ -236,7 +236,8 @@ async function main(): Promise<void> {
       threads,
       runs,
       warmup,
-      data: (m) => createModelData(m, samples),
+      // Every variant is BERT-Mini, with BERT-Mini's tokenizer (quantd's int8 files sit in a temporary folder).
+      data: (m) => createModelData(m, samples, { tokenizerDir: dirname(miniFp32) }),
     });
 
     // BERT-base family.

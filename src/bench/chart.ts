@@ -87,15 +87,24 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
   const barW = 22;
   const barGap = 4;
   const groupGap = 28;
-  const groupW = models.length * (barW + barGap) - barGap;
+  // A group holds only the models that have a row at its shape (BERT-base may run fewer shapes than BERT-Mini).
+  const members = groups.map((g) => models.filter((m) => rowAt(g.key, m) !== undefined));
+  const widthOf = (n: number): number => Math.max(barW, n * (barW + barGap) - barGap);
+  const groupXs: number[] = [];
+  let acc = 0;
+  for (const mem of members) {
+    groupXs.push(acc);
+    acc += widthOf(mem.length) + groupGap;
+  }
+  const barsW = acc + groupGap;
   const left = 70;
   const right = 24;
   // Wide enough for the bars and for the title lines (approximate glyph widths of the fonts used).
   const textW = Math.max((opts.subtitle?.length ?? 0) * 6.4, (opts.title ?? "quantd bench").length * 10.5);
-  const plotW = Math.ceil(Math.max(360, textW - right, groups.length * (groupW + groupGap) + groupGap));
+  const plotW = Math.ceil(Math.max(360, textW - right, barsW));
   const width = left + plotW + right;
   // With few groups the minimum width leaves room: centre the groups rather than crowd the left.
-  const slack = plotW - (groups.length * (groupW + groupGap) + groupGap);
+  const slack = plotW - barsW;
   const panelH = 230;
   const legendRowH = 20;
   const legendCols = Math.max(1, Math.floor((width - left) / 230));
@@ -164,12 +173,14 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
     out.push(`<line x1="${left}" x2="${left + plotW}" y1="${yBase}" y2="${yBase}" stroke="#333"/>`);
     out.push(`<line x1="${left}" x2="${left}" y1="${y0}" y2="${yBase}" stroke="#333"/>`);
     groups.forEach((g, gi) => {
-      const gx = left + groupGap + slack / 2 + gi * (groupW + groupGap);
+      const gx = left + groupGap + slack / 2 + groupXs[gi]!;
+      const groupW = widthOf(members[gi]!.length);
       out.push(
         `<text x="${gx + groupW / 2}" y="${yBase + 18}" text-anchor="middle" fill="#222">${esc(g.label)}</text>`,
       );
-      models.forEach((m, mi) => {
-        const x = gx + mi * (barW + barGap);
+      members[gi]!.forEach((m, slot) => {
+        const mi = models.indexOf(m);
+        const x = gx + slot * (barW + barGap);
         const r = rowAt(g.key, m);
         const colour = PALETTE[mi % PALETTE.length]!;
         const v = r?.status === "ok" ? panel.value(r) : undefined;
@@ -185,7 +196,7 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
         const y = scale(v);
         out.push(
           `<rect class="bar" data-model="${esc(m)}" x="${x}" y="${y.toFixed(1)}" width="${barW}" ` +
-            `height="${(yBase - y).toFixed(1)}" fill="${colour}"><title>${esc(m)} ${esc(g.label)}: ` +
+            `height="${(yBase - y).toFixed(1)}" fill="${colour}" stroke="#333" stroke-width="0.5"><title>${esc(m)} ${esc(g.label)}: ` +
             `${fmt(v)} ${panel.unit}</title></rect>`,
         );
         const w = panel.whisker?.(r);

@@ -100,7 +100,7 @@ export const benchCommand: Command = {
       multiple: true,
       value: "N,…",
       description: "intra-op thread counts",
-      default: `${defaultThreads()} (board profile)`,
+      default: String(defaultThreads()),
     },
     {
       name: "runs",
