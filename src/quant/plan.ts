@@ -46,16 +46,18 @@ interface CommonQuantizeOptions {
 /**
  * How static int8 MatMuls are written: `qdq` is standard ONNX (QuantizeLinear →
  * DequantizeLinear pairs any runtime understands; onnxruntime fuses them into
- * MatMulIntegerToFloat); `fused` writes onnxruntime's MatMulIntegerToFloat
- * directly with the bias folded in (same arithmetic, fewer nodes, faster, but
- * onnxruntime-only).
+ * MatMulIntegerToFloat but leaves each bias as a separate Add); `fused` writes
+ * onnxruntime's MatMulIntegerToFloat directly with the bias folded in: the
+ * same arithmetic (logits equal to 1e-4), 40 nodes fewer on BERT-Mini and
+ * ~7 % faster, but onnxruntime-only. quantd runs models with onnxruntime, so
+ * `fused` is the default; `qdq` is for models headed to other runtimes.
  */
 export type StaticFormat = "qdq" | "fused";
 
 /** Static quantization: activation ranges come from calibration; QDQ pairs are written into the graph. */
 export interface StaticQuantizeOptions extends CommonQuantizeOptions {
   type: "static";
-  /** @defaultValue "qdq" */
+  /** @defaultValue "fused" */
   format: StaticFormat;
   /** Range estimator. @defaultValue "minmax" */
   method: CalibrationMethod;
@@ -103,7 +105,7 @@ export function defaultQuantizeOptions(
       return {
         ...common,
         method: "minmax",
-        format: "qdq",
+        format: "fused",
         quantizeAttentionMatMuls: false,
         ...(overrides as Partial<StaticQuantizeOptions>),
         type: "static",

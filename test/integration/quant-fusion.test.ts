@@ -86,6 +86,7 @@ describe("one QDQ MatMul against the qnnpack integer reference", async () => {
   const xmax = Math.max(...x);
   const result = await quantizeModel(fp32, {
     type: "static",
+    format: "qdq",
     ranges: new Map([["x", { min: xmin, max: xmax }]]),
   });
   const model = result.model;

@@ -148,7 +148,7 @@ describe("plan", () => {
 
 describe("static QDQ rewrite", async () => {
   const q = "/bert/encoder/layer.1/output/dense/MatMul";
-  const result = await quantizeModel(fp32, { type: "static", calibration, exclude: [q] });
+  const result = await quantizeModel(fp32, { type: "static", format: "qdq", calibration, exclude: [q] });
   const model = result.model;
   const nodes = byName(model);
 
@@ -273,7 +273,7 @@ describe("static QDQ rewrite", async () => {
 describe("static fused format", async () => {
   const result = await quantizeModel(fp32, { type: "static", format: "fused", calibration });
   const model = result.model;
-  const qdq = await quantizeModel(fp32, { type: "static", calibration, ranges: result.ranges });
+  const qdq = await quantizeModel(fp32, { type: "static", format: "qdq", calibration, ranges: result.ranges });
 
   test("MatMulIntegerToFloat nodes with the bias folded in, QuantizeLinear shared", () => {
     const mitf = model.graph.node.filter((n) => n.opType === "MatMulIntegerToFloat");
