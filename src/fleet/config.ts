@@ -1,0 +1,139 @@
+/**
+ * The fleet link's configuration (the `fleet` section of the agent config, or
+ * `quantd agent --broker URL --device ID --fleet NAME`) and its translation
+ * into MQTT connection options.
+ */
+import { readFileSync } from "node:fs";
+import { QuantdError } from "../errors.ts";
+import { type MqttConnectOptions, parseBrokerUrl } from "./mqtt-client.ts";
+import { checkName } from "./protocol.ts";
+
+/** Default MQTT keepalive, in seconds. */
+export const DEFAULT_KEEPALIVE_SEC = 30;
+/** Default Will Delay: a reconnect within it shows no `offline` blip. */
+export const DEFAULT_WILL_DELAY_SEC = 15;
+/** Default session expiry: subscriptions and queued commands survive this long offline. */
+export const DEFAULT_SESSION_EXPIRY_SEC = 3600;
+/** Default telemetry sampling period. */
+export const DEFAULT_TELEMETRY_INTERVAL_MS = 1000;
+/** Default number of samples per telemetry message. */
+export const DEFAULT_TELEMETRY_BATCH = 10;
+
+/** How a device joins its fleet. */
+export interface FleetConfig {
+  /** `mqtt://host:port` or `mqtts://host:port`. */
+  broker: string;
+  /** Fleet name: the second topic level. */
+  fleet: string;
+  /** Device id: the third topic level and the MQTT client id. */
+  device: string;
+  /** PEM file of the CA that signed the broker certificate (mqtts). */
+  caFile?: string;
+  /** PEM client certificate and key files (mutual TLS). */
+  certFile?: string;
+  keyFile?: string;
+  username?: string;
+  password?: string;
+  /** @defaultValue {@link DEFAULT_KEEPALIVE_SEC} */
+  keepaliveSec?: number;
+  /** @defaultValue {@link DEFAULT_WILL_DELAY_SEC} */
+  willDelaySec?: number;
+  /** @defaultValue {@link DEFAULT_SESSION_EXPIRY_SEC} */
+  sessionExpirySec?: number;
+  /** @defaultValue {@link DEFAULT_TELEMETRY_INTERVAL_MS} */
+  telemetryIntervalMs?: number;
+  /** @defaultValue {@link DEFAULT_TELEMETRY_BATCH} */
+  telemetryBatch?: number;
+}
+
+function readPem(path: string | undefined, key: string): string | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    throw new QuantdError("CONFIG_INVALID", `${key}: cannot read ${path}`, { cause: err, details: { key } });
+  }
+}
+
+function positiveInt(v: number | undefined, key: string, fallback: number, min = 1): number {
+  if (v === undefined) return fallback;
+  if (!Number.isSafeInteger(v) || v < min) {
+    throw new QuantdError("CONFIG_INVALID", `${key} must be an integer >= ${min}, got ${v}`, {
+      details: { key },
+    });
+  }
+  return v;
+}
+
+/** A {@link FleetConfig} with defaults applied and files read. */
+export interface ResolvedFleetConfig {
+  fleet: string;
+  device: string;
+  keepaliveSec: number;
+  willDelaySec: number;
+  sessionExpirySec: number;
+  telemetryIntervalMs: number;
+  telemetryBatch: number;
+  /** Connection options without the will (the link adds it). */
+  connect: MqttConnectOptions;
+}
+
+/**
+ * Validates a fleet config, reads its certificate files and applies defaults.
+ *
+ * @throws CONFIG_INVALID naming the key: bad URL, bad fleet/device name, unreadable PEM file, cert without key, non-positive number
+ */
+export function resolveFleetConfig(config: FleetConfig): ResolvedFleetConfig {
+  const url = parseBrokerUrl(config.broker);
+  checkName(config.fleet, "fleet");
+  checkName(config.device, "device");
+  if ((config.certFile === undefined) !== (config.keyFile === undefined)) {
+    throw new QuantdError("CONFIG_INVALID", "a client certificate needs its key (certFile and keyFile)", {
+      details: { key: config.certFile === undefined ? "certFile" : "keyFile" },
+    });
+  }
+  if (url.protocol === "mqtt:" && (config.caFile ?? config.certFile) !== undefined) {
+    throw new QuantdError("CONFIG_INVALID", "certificates need an mqtts:// broker URL", {
+      details: { key: "broker" },
+    });
+  }
+  const keepaliveSec = positiveInt(config.keepaliveSec, "keepaliveSec", DEFAULT_KEEPALIVE_SEC);
+  const willDelaySec = positiveInt(config.willDelaySec, "willDelaySec", DEFAULT_WILL_DELAY_SEC, 0);
+  const sessionExpirySec = positiveInt(
+    config.sessionExpirySec,
+    "sessionExpirySec",
+    DEFAULT_SESSION_EXPIRY_SEC,
+  );
+  const connect: MqttConnectOptions = {
+    url: config.broker,
+    clientId: config.device,
+    keepaliveSec,
+    clean: false,
+    // The will waits for the delay or the end of the session, whichever is first:
+    // the session must outlive the delay or short reconnects would still flap.
+    sessionExpirySec: Math.max(sessionExpirySec, willDelaySec),
+  };
+  const ca = readPem(config.caFile, "caFile");
+  const cert = readPem(config.certFile, "certFile");
+  const key = readPem(config.keyFile, "keyFile");
+  if (ca !== undefined) connect.ca = ca;
+  if (cert !== undefined) connect.cert = cert;
+  if (key !== undefined) connect.key = key;
+  if (config.username !== undefined) connect.username = config.username;
+  if (config.password !== undefined) connect.password = config.password;
+  return {
+    fleet: config.fleet,
+    device: config.device,
+    keepaliveSec,
+    willDelaySec,
+    sessionExpirySec,
+    telemetryIntervalMs: positiveInt(
+      config.telemetryIntervalMs,
+      "telemetryIntervalMs",
+      DEFAULT_TELEMETRY_INTERVAL_MS,
+      10,
+    ),
+    telemetryBatch: positiveInt(config.telemetryBatch, "telemetryBatch", DEFAULT_TELEMETRY_BATCH),
+    connect,
+  };
+}

@@ -1,0 +1,435 @@
+/**
+ * The agent's fleet link: connects to the broker as the device (persistent
+ * session, retained `online` status, retained `offline` Last Will with a Will
+ * Delay), takes commands on `cmd/{name}` with MQTT 5 request/response, runs
+ * job commands one at a time through the store's job table, and sends
+ * progress and reports through the SQLite outbox so nothing acknowledged is
+ * lost. Telemetry is QoS 0, sampled periodically and sent in batches.
+ */
+import { QuantdError } from "../errors.ts";
+import type { FinalJobState, Job, JobStore } from "../store/jobs.ts";
+import type { OutboxStats, OutboxStore } from "../store/outbox.ts";
+import { type FleetConfig, type ResolvedFleetConfig, resolveFleetConfig } from "./config.ts";
+import type { AgentIdentity, FleetCommandHandler, FleetJobContext } from "./handler.ts";
+import { connectMqtt, type MqttConnection, type MqttMessage } from "./mqtt-client.ts";
+import { createOutboxPublisher, type OutboxPublisher, type PublisherStats } from "./outbox-publisher.ts";
+import {
+  type CommandReply,
+  type DeviceTopics,
+  deviceTopics,
+  encodeJson,
+  type FleetCommand,
+  JOB_COMMANDS,
+  type JobMessage,
+  type OutboxFigures,
+  parseCommand,
+  parseEnvelope,
+  parseTopic,
+  type ReportMessage,
+  type StatusMessage,
+  type TelemetryMessage,
+  type TelemetrySample,
+} from "./protocol.ts";
+
+/** Replies kept in memory for repeated command ids (job commands are also deduplicated by the job table). */
+const REPLY_CACHE_SIZE = 1024;
+
+/** What the link needs from the agent. */
+export interface FleetLinkDeps {
+  /** The agent's store: jobs (the fleet's job queue) and outbox (store-and-forward). */
+  store: { jobs: JobStore; outbox: OutboxStore };
+  handler: FleetCommandHandler;
+  /** Agent and model versions for the retained `online` status (read at every connect). */
+  status: () => AgentIdentity;
+  /** One telemetry sample (request rate, latency percentiles, RSS, CPU temperature); `at` is added. */
+  telemetry?: () => Omit<TelemetrySample, "at">;
+  /** @defaultValue Date.now */
+  now?: () => number;
+  log?: (line: string) => void;
+  /** Connects to the broker; tests may pass options through. @defaultValue {@link connectMqtt} */
+  connect?: typeof connectMqtt;
+}
+
+/** Figures of a running link. */
+export interface FleetLinkStats {
+  connected: boolean;
+  connects: number;
+  commands: number;
+  outbox: OutboxStats;
+  publisher: PublisherStats;
+  telemetrySent: number;
+}
+
+/** A running fleet link. */
+export interface FleetLink {
+  readonly config: ResolvedFleetConfig;
+  readonly topics: DeviceTopics;
+  readonly connected: boolean;
+  /** Resolves once connected (true) or after `timeoutMs` (false). */
+  waitConnected(timeoutMs: number): Promise<boolean>;
+  /**
+   * Queues a QoS 1 report through the outbox (for results the agent produces
+   * outside fleet commands). Its `id` is what subscribers dedupe on.
+   *
+   * @throws REQUEST_INVALID when the id is empty
+   */
+  report(report: Omit<ReportMessage, "device">): void;
+  /** Republishes the retained `online` status (after a model swap, say). */
+  refreshStatus(): Promise<void>;
+  /** Resolves true once every queued QoS 1 message is acknowledged, false after `timeoutMs`. */
+  flushed(timeoutMs: number): Promise<boolean>;
+  stats(): FleetLinkStats;
+  /**
+   * Stops: aborts running jobs (they stay IN_PROGRESS and run again next
+   * start), publishes a retained `offline` status, waits up to `flushMs` for
+   * the outbox, and disconnects.
+   */
+  stop(options?: { flushMs?: number }): Promise<void>;
+}
+
+function outboxFigures(s: OutboxStats): OutboxFigures {
+  return { queued: s.count, bytes: s.bytes, dropped: s.dropped };
+}
+
+function finalState(err: QuantdError): FinalJobState {
+  if (err.code === "GATE_NOT_MET") return "REJECTED";
+  if (err.code === "JOB_TIMED_OUT") return "TIMED_OUT";
+  return "FAILED";
+}
+
+/**
+ * Starts the link and returns at once; it connects (and reconnects) in the
+ * background, so an agent boots without a network.
+ *
+ * @throws CONFIG_INVALID on a bad broker URL, fleet or device name, or unreadable certificate file
+ */
+export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): FleetLink {
+  const resolved = resolveFleetConfig(config);
+  const topics = deviceTopics(resolved.fleet, resolved.device);
+  const now = deps.now ?? Date.now;
+  const log = deps.log ?? (() => {});
+  const { jobs, outbox } = deps.store;
+  const will: StatusMessage = {
+    state: "offline",
+    fleet: resolved.fleet,
+    device: resolved.device,
+    at: null,
+    reason: "will",
+  };
+  const conn: MqttConnection = (deps.connect ?? connectMqtt)({
+    ...resolved.connect,
+    will: {
+      topic: topics.status,
+      payload: JSON.stringify(will),
+      qos: 1,
+      retain: true,
+      delaySec: resolved.willDelaySec,
+    },
+  });
+  const publisher: OutboxPublisher = createOutboxPublisher(conn, outbox, { log });
+  const abort = new AbortController();
+  const replies = new Map<string, CommandReply>();
+  const pending = new Map<string, Promise<CommandReply>>();
+  let stopped = false;
+  let running: Job | undefined;
+  let connects = 0;
+  let commands = 0;
+  let telemetrySent = 0;
+  let samples: TelemetrySample[] = [];
+
+  const statusMessage = (): StatusMessage => {
+    const id = deps.status();
+    return {
+      state: "online",
+      fleet: resolved.fleet,
+      device: resolved.device,
+      at: now(),
+      agentVersion: id.agentVersion,
+      model: id.model,
+      outbox: outboxFigures(outbox.stats()),
+    };
+  };
+  const publishStatus = async (): Promise<void> => {
+    if (!conn.connected) return;
+    try {
+      await conn.publish(topics.status, encodeJson(statusMessage()), { qos: 1, retain: true });
+    } catch (err) {
+      log(`fleet: status not published: ${QuantdError.from(err).toLine()}`);
+    }
+  };
+
+  const publishJob = (job: Job): void => {
+    const msg: JobMessage = {
+      id: job.id,
+      type: job.type,
+      state: job.state,
+      stage: job.stage,
+      progress: job.progress,
+      at: now(),
+    };
+    publisher.enqueue(topics.job(job.id), encodeJson(msg));
+  };
+
+  const runJob = async (job: Job): Promise<void> => {
+    const ctx: FleetJobContext = {
+      jobId: job.id,
+      signal: abort.signal,
+      progress: (stage, fraction) => {
+        if (stopped) return;
+        const update: { stage: string; progress?: number } = { stage };
+        if (fraction !== undefined) update.progress = Math.min(1, Math.max(0, fraction));
+        publishJob(jobs.update(job.id, update));
+      },
+    };
+    let result: unknown;
+    let error: QuantdError | undefined;
+    try {
+      const cmd = parseCommand(job.type, job.params);
+      switch (cmd.name) {
+        case "recalibrate":
+          result = await deps.handler.recalibrate(cmd.params, ctx);
+          break;
+        case "quantize-dynamic":
+          result = await deps.handler.quantizeDynamic(cmd.params, ctx);
+          break;
+        case "bench":
+          result = await deps.handler.bench(cmd.params, ctx);
+          break;
+        case "rollback":
+          result = await deps.handler.rollback(cmd.params, ctx);
+          break;
+        case "status":
+        case "set-config":
+        case "collect":
+          throw new QuantdError("INTERNAL", `${cmd.name} is not a job command`);
+      }
+    } catch (err) {
+      error = QuantdError.from(err, "INTERNAL");
+    }
+    // Stopping mid-job leaves it IN_PROGRESS: the next start requeues and reruns it.
+    if (stopped) return;
+    const done =
+      error === undefined
+        ? jobs.finish(job.id, "SUCCEEDED", { result: result ?? null })
+        : jobs.finish(job.id, finalState(error), { error: error.toJSON() });
+    publishJob(done);
+    const report: ReportMessage = {
+      id: done.id,
+      device: resolved.device,
+      jobId: done.id,
+      type: done.type,
+      state: done.state,
+      startedAt: done.startedAt,
+      finishedAt: done.finishedAt,
+    };
+    if (done.result !== null) report.result = done.result;
+    if (done.error !== null) report.error = done.error;
+    publisher.enqueue(topics.report, encodeJson(report));
+  };
+
+  const pump = (): void => {
+    if (stopped || running !== undefined) return;
+    let job: Job | undefined;
+    try {
+      job = jobs.claimNext();
+    } catch (err) {
+      log(`fleet: cannot claim a job: ${QuantdError.from(err).toLine()}`);
+      return;
+    }
+    if (job === undefined) return;
+    running = job;
+    publishJob(job);
+    const current = job;
+    runJob(current)
+      .catch((err: unknown) => log(`fleet: job ${current.id}: ${QuantdError.from(err).toLine()}`))
+      .finally(() => {
+        running = undefined;
+        pump();
+      });
+  };
+
+  const execute = async (cmd: FleetCommand, id: string): Promise<unknown> => {
+    if (JOB_COMMANDS.includes(cmd.name)) {
+      // The job table is the idempotency record that survives restarts.
+      const job = jobs.create({ id, type: cmd.name, params: { ...cmd.params } });
+      queueMicrotask(pump);
+      return { jobId: job.id, state: job.state };
+    }
+    switch (cmd.name) {
+      case "status":
+        return {
+          ...statusMessage(),
+          ...(await deps.handler.status()),
+          running: running === undefined ? null : running.id,
+          lastJob: jobs.list({ limit: 1 })[0] ?? null,
+        };
+      case "set-config":
+        return await deps.handler.setConfig(cmd.params);
+      case "collect":
+        return await deps.handler.collect(cmd.params);
+      case "recalibrate":
+      case "quantize-dynamic":
+      case "bench":
+      case "rollback":
+        throw new QuantdError("INTERNAL", "unreachable: job command");
+    }
+  };
+
+  const answer = async (name: string, msg: MqttMessage): Promise<CommandReply> => {
+    let id: string | null = null;
+    try {
+      const env = parseEnvelope(msg.payload);
+      id = env.id;
+      const cached = replies.get(env.id);
+      if (cached !== undefined) return cached;
+      const inFlight = pending.get(env.id);
+      if (inFlight !== undefined) return await inFlight;
+      // An already-known job id answers from the table even when the cache was lost (restart).
+      const known = jobs.get(env.id);
+      if (known !== undefined)
+        return { id, command: name, ok: true, result: { jobId: known.id, state: known.state } };
+      if (env.expiresAt !== undefined && env.expiresAt <= now()) {
+        throw new QuantdError(
+          "COMMAND_EXPIRED",
+          `command ${env.id} expired at ${new Date(env.expiresAt).toISOString()}`,
+          {
+            details: { id: env.id, expiresAt: env.expiresAt },
+          },
+        );
+      }
+      const cmd = parseCommand(name, env.params);
+      const envId = env.id;
+      const work = execute(cmd, envId).then(
+        (result): CommandReply => ({ id: envId, command: name, ok: true, result }),
+        (err: unknown): CommandReply => ({
+          id: envId,
+          command: name,
+          ok: false,
+          error: QuantdError.from(err).toJSON(),
+        }),
+      );
+      pending.set(envId, work);
+      const reply = await work;
+      pending.delete(envId);
+      replies.set(envId, reply);
+      if (replies.size > REPLY_CACHE_SIZE) {
+        const oldest = replies.keys().next().value;
+        if (oldest !== undefined) replies.delete(oldest);
+      }
+      return reply;
+    } catch (err) {
+      return { id, command: name, ok: false, error: QuantdError.from(err, "COMMAND_INVALID").toJSON() };
+    }
+  };
+
+  const onCommand = async (name: string, msg: MqttMessage): Promise<void> => {
+    commands++;
+    const reply = await answer(name, msg);
+    if (!reply.ok) log(`fleet: command ${name} ${reply.id ?? "(no id)"} refused: ${reply.error.code}`);
+    if (msg.responseTopic === undefined) return;
+    // Replies skip the outbox: the requester waits with a timeout and retries with the same id.
+    const opts: Parameters<MqttConnection["publish"]>[2] = { qos: 1 };
+    if (msg.correlationData !== undefined) opts.correlationData = msg.correlationData;
+    try {
+      await conn.publish(msg.responseTopic, encodeJson(reply), opts);
+    } catch (err) {
+      log(`fleet: reply to ${msg.responseTopic} not sent: ${QuantdError.from(err).toLine()}`);
+    }
+  };
+
+  conn.onMessage((msg) => {
+    const t = parseTopic(msg.topic);
+    if (t === undefined || t.kind !== "cmd" || t.device !== resolved.device || t.fleet !== resolved.fleet)
+      return;
+    void onCommand(t.name, msg);
+  });
+  conn.onConnect(({ sessionPresent }) => {
+    connects++;
+    void publishStatus();
+    if (!sessionPresent) {
+      conn.subscribe([topics.cmdFilter], { qos: 1 }).catch((err: unknown) => {
+        log(`fleet: cannot subscribe to commands: ${QuantdError.from(err).toLine()}`);
+      });
+    }
+  });
+  conn.onError((err) => log(`fleet: ${err.toLine()}`));
+
+  // Jobs a previous process left running go back to the queue and run again.
+  for (const job of jobs.interrupted()) {
+    if (JOB_COMMANDS.includes(job.type as FleetCommand["name"])) jobs.requeue(job.id);
+  }
+  queueMicrotask(pump);
+
+  const telemetryTimer = setInterval(() => {
+    if (deps.telemetry === undefined) return;
+    try {
+      samples.push({ ...deps.telemetry(), at: now() });
+    } catch (err) {
+      log(`fleet: telemetry sample failed: ${QuantdError.from(err).toLine()}`);
+    }
+    if (samples.length < resolved.telemetryBatch) return;
+    const batch = samples;
+    samples = [];
+    if (!conn.connected) return;
+    const msg: TelemetryMessage = {
+      device: resolved.device,
+      at: now(),
+      samples: batch,
+      outbox: outboxFigures(outbox.stats()),
+    };
+    telemetrySent++;
+    conn.publish(topics.telemetry, encodeJson(msg), { qos: 0 }).catch(() => {});
+  }, resolved.telemetryIntervalMs);
+  telemetryTimer.unref?.();
+
+  return {
+    config: resolved,
+    topics,
+    get connected() {
+      return conn.connected;
+    },
+    waitConnected(timeoutMs) {
+      if (conn.connected) return Promise.resolve(true);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          off();
+          resolve(false);
+        }, timeoutMs);
+        const off = conn.onConnect(() => {
+          clearTimeout(timer);
+          off();
+          resolve(true);
+        });
+      });
+    },
+    report(report) {
+      if (typeof report.id !== "string" || report.id === "") {
+        throw new QuantdError("REQUEST_INVALID", "a report needs an id for subscribers to dedupe on");
+      }
+      publisher.enqueue(topics.report, encodeJson({ ...report, device: resolved.device }));
+    },
+    refreshStatus: publishStatus,
+    flushed: (timeoutMs) => publisher.flushed(timeoutMs),
+    stats: () => ({
+      connected: conn.connected,
+      connects,
+      commands,
+      outbox: outbox.stats(),
+      publisher: publisher.stats(),
+      telemetrySent,
+    }),
+    async stop(options = {}) {
+      if (stopped) return;
+      stopped = true;
+      clearInterval(telemetryTimer);
+      abort.abort();
+      await publisher.flushed(options.flushMs ?? 2000);
+      publisher.stop();
+      if (conn.connected) {
+        const bye: StatusMessage = { ...statusMessage(), state: "offline", reason: "shutdown" };
+        await conn.publish(topics.status, encodeJson(bye), { qos: 1, retain: true }).catch(() => {});
+      }
+      await conn.close();
+    },
+  };
+}

@@ -1,0 +1,329 @@
+/**
+ * The one file that imports mqtt.js. Everything else in `fleet/` talks to the
+ * broker through {@link MqttConnection}, a small MQTT 5 surface: publish
+ * (resolving on PUBACK for QoS 1), subscribe, messages with their request /
+ * response properties, and connect / close events.
+ */
+import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from "mqtt";
+import { QuantdError } from "../errors.ts";
+
+/** MQTT delivery guarantee used by quantd (QoS 2 is never needed: every message carries an id). */
+export type MqttQos = 0 | 1;
+
+/** A received message with the MQTT 5 properties quantd uses. */
+export interface MqttMessage {
+  topic: string;
+  payload: Uint8Array;
+  qos: number;
+  retain: boolean;
+  /** Where a request wants its reply (MQTT 5 Response Topic). */
+  responseTopic?: string;
+  /** Opaque bytes to echo in the reply (MQTT 5 Correlation Data). */
+  correlationData?: Uint8Array;
+  /** Seconds left before the message expires, as the broker forwarded it. */
+  messageExpiryInterval?: number;
+}
+
+/** Options of one publish. */
+export interface MqttPublishOptions {
+  /** @defaultValue 0 */
+  qos?: MqttQos;
+  /** @defaultValue false */
+  retain?: boolean;
+  responseTopic?: string;
+  correlationData?: Uint8Array;
+  /** Seconds after which the broker drops the message instead of delivering it. */
+  messageExpiryInterval?: number;
+}
+
+/** The Last Will: what the broker publishes when the client vanishes. */
+export interface MqttWill {
+  topic: string;
+  payload: string;
+  qos: MqttQos;
+  retain: boolean;
+  /** MQTT 5 Will Delay Interval in seconds: a reconnect within it cancels the will. */
+  delaySec?: number;
+}
+
+/** How to reach and log in to the broker. */
+export interface MqttConnectOptions {
+  /** `mqtt://host:port` or `mqtts://host:port`. */
+  url: string;
+  clientId: string;
+  username?: string;
+  password?: string;
+  /** PEM contents (not paths): the CA that signed the broker's certificate. */
+  ca?: string;
+  /** PEM client certificate and key for mutual TLS. */
+  cert?: string;
+  key?: string;
+  /** @defaultValue 30 */
+  keepaliveSec?: number;
+  /**
+   * Clean Start. With `false` the broker keeps subscriptions and queued QoS 1
+   * messages across reconnects for `sessionExpirySec`. @defaultValue true
+   */
+  clean?: boolean;
+  /** MQTT 5 Session Expiry Interval. @defaultValue 0 */
+  sessionExpirySec?: number;
+  will?: MqttWill;
+  /** Delay between reconnect attempts in ms; 0 disables reconnecting. @defaultValue 1000 */
+  reconnectPeriodMs?: number;
+  /** Give up the first connection attempt after this long, in ms. @defaultValue 10000 */
+  connectTimeoutMs?: number;
+}
+
+/** A live (or reconnecting) connection to the broker. */
+export interface MqttConnection {
+  readonly clientId: string;
+  /** Whether the connection is up right now. */
+  readonly connected: boolean;
+  /**
+   * Publishes a message. QoS 1 resolves when the broker acknowledged it
+   * (PUBACK), QoS 0 when it was written to the socket.
+   *
+   * @throws FLEET_UNAVAILABLE when the connection was closed or the broker refused it
+   */
+  publish(topic: string, payload: Uint8Array | string, options?: MqttPublishOptions): Promise<void>;
+  /**
+   * Subscribes to filters (and resolves on SUBACK).
+   *
+   * @throws FLEET_UNAVAILABLE when the broker refuses a filter (ACL) or the connection is gone
+   */
+  subscribe(filters: readonly string[], options?: { qos?: MqttQos }): Promise<void>;
+  /** Removes subscriptions. */
+  unsubscribe(filters: readonly string[]): Promise<void>;
+  /** Calls `fn` on every message; returns the unsubscribe function. */
+  onMessage(fn: (message: MqttMessage) => void): () => void;
+  /** Calls `fn` on every (re)connect. */
+  onConnect(fn: (info: { sessionPresent: boolean }) => void): () => void;
+  /** Calls `fn` whenever the connection drops. */
+  onClose(fn: () => void): () => void;
+  /** Calls `fn` with connection errors (refused login, TLS, …); reconnecting goes on. */
+  onError(fn: (err: QuantdError) => void): () => void;
+  /**
+   * Disconnects. Without `force`, in-flight messages get their acknowledgements
+   * first; `force` drops the socket at once (the broker then sends the will).
+   */
+  close(options?: { force?: boolean }): Promise<void>;
+}
+
+function unavailable(message: string, cause?: unknown): QuantdError {
+  return new QuantdError("FLEET_UNAVAILABLE", message, cause === undefined ? {} : { cause });
+}
+
+function toClientOptions(o: MqttConnectOptions): IClientOptions {
+  const opts: IClientOptions = {
+    protocolVersion: 5,
+    clientId: o.clientId,
+    keepalive: o.keepaliveSec ?? 30,
+    clean: o.clean ?? true,
+    reconnectPeriod: o.reconnectPeriodMs ?? 1000,
+    connectTimeout: o.connectTimeoutMs ?? 10_000,
+    // Offline QoS 0 (telemetry) is worthless later; QoS 1 goes through the SQLite outbox instead.
+    queueQoSZero: false,
+    resubscribe: true,
+    properties: { sessionExpiryInterval: o.sessionExpirySec ?? 0 },
+  };
+  if (o.username !== undefined) opts.username = o.username;
+  if (o.password !== undefined) opts.password = o.password;
+  if (o.ca !== undefined) opts.ca = o.ca;
+  if (o.cert !== undefined) opts.cert = o.cert;
+  if (o.key !== undefined) opts.key = o.key;
+  if (o.url.startsWith("mqtts:")) opts.rejectUnauthorized = true;
+  if (o.will !== undefined) {
+    opts.will = {
+      topic: o.will.topic,
+      payload: Buffer.from(o.will.payload, "utf8"),
+      qos: o.will.qos,
+      retain: o.will.retain,
+      properties: o.will.delaySec === undefined ? {} : { willDelayInterval: o.will.delaySec },
+    };
+  }
+  return opts;
+}
+
+/**
+ * Validates a broker URL.
+ *
+ * @throws CONFIG_INVALID unless it is `mqtt://` or `mqtts://` with a host
+ */
+export function parseBrokerUrl(url: string): URL {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (err) {
+    throw new QuantdError("CONFIG_INVALID", `broker URL ${JSON.stringify(url)} is not a URL`, {
+      cause: err,
+      details: { key: "broker" },
+    });
+  }
+  if ((u.protocol !== "mqtt:" && u.protocol !== "mqtts:") || u.hostname === "") {
+    throw new QuantdError(
+      "CONFIG_INVALID",
+      `broker URL must be mqtt://host[:port] or mqtts://host[:port], got ${url}`,
+      { details: { key: "broker" } },
+    );
+  }
+  return u;
+}
+
+function wrap(client: MqttClient, clientId: string): MqttConnection {
+  let closed = false;
+  const errorListeners = new Set<(err: QuantdError) => void>();
+  client.on("error", (err) => {
+    const e = unavailable(`MQTT connection error: ${err.message}`, err);
+    for (const fn of errorListeners) fn(e);
+  });
+  const listen = <A extends unknown[]>(
+    add: (fn: (...a: A) => void) => void,
+    remove: (fn: (...a: A) => void) => void,
+    fn: (...a: A) => void,
+  ): (() => void) => {
+    add(fn);
+    return () => remove(fn);
+  };
+  return {
+    clientId,
+    get connected() {
+      return client.connected;
+    },
+    async publish(topic, payload, options = {}) {
+      if (closed) throw unavailable("MQTT connection is closed");
+      const opts: IClientPublishOptions = { qos: options.qos ?? 0, retain: options.retain ?? false };
+      const props: NonNullable<IClientPublishOptions["properties"]> = {};
+      if (options.responseTopic !== undefined) props.responseTopic = options.responseTopic;
+      if (options.correlationData !== undefined) props.correlationData = Buffer.from(options.correlationData);
+      if (options.messageExpiryInterval !== undefined) {
+        props.messageExpiryInterval = options.messageExpiryInterval;
+      }
+      if (Object.keys(props).length > 0) opts.properties = props;
+      const body = typeof payload === "string" ? Buffer.from(payload, "utf8") : Buffer.from(payload);
+      try {
+        const ack = await client.publishAsync(topic, body, opts);
+        // MQTT 5 PUBACK reason codes >= 0x80 mean the broker did not take the message.
+        const rc = ack !== undefined && "reasonCode" in ack ? ack.reasonCode : undefined;
+        if (typeof rc === "number" && rc >= 0x80) {
+          throw unavailable(`broker refused the message on ${topic} (reason 0x${rc.toString(16)})`);
+        }
+      } catch (err) {
+        throw err instanceof QuantdError ? err : unavailable(`publish to ${topic} failed`, err);
+      }
+    },
+    async subscribe(filters, options = {}) {
+      if (closed) throw unavailable("MQTT connection is closed");
+      let grants: Awaited<ReturnType<MqttClient["subscribeAsync"]>>;
+      try {
+        grants = await client.subscribeAsync([...filters], { qos: options.qos ?? 1 });
+      } catch (err) {
+        throw unavailable(`subscribe to ${filters.join(", ")} failed`, err);
+      }
+      const refused = grants.filter((g) => g.qos >= 0x80);
+      if (refused.length > 0) {
+        throw unavailable(
+          `broker refused subscription to ${refused.map((g) => g.topic).join(", ")}`,
+          undefined,
+        );
+      }
+    },
+    async unsubscribe(filters) {
+      if (closed) return;
+      await client.unsubscribeAsync([...filters]);
+    },
+    onMessage(fn) {
+      const h = (topic: string, payload: Buffer, packet: mqtt.IPublishPacket): void => {
+        const p = packet.properties ?? {};
+        const m: MqttMessage = {
+          topic,
+          payload: new Uint8Array(payload),
+          qos: packet.qos,
+          retain: packet.retain,
+        };
+        if (p.responseTopic !== undefined) m.responseTopic = p.responseTopic;
+        if (p.correlationData !== undefined) m.correlationData = new Uint8Array(p.correlationData);
+        if (p.messageExpiryInterval !== undefined) m.messageExpiryInterval = p.messageExpiryInterval;
+        fn(m);
+      };
+      return listen(
+        (f) => client.on("message", f),
+        (f) => client.off("message", f),
+        h,
+      );
+    },
+    onConnect(fn) {
+      const h = (packet: mqtt.IConnackPacket): void => fn({ sessionPresent: packet.sessionPresent });
+      return listen(
+        (f) => client.on("connect", f),
+        (f) => client.off("connect", f),
+        h,
+      );
+    },
+    onClose(fn) {
+      const h = (): void => fn();
+      return listen(
+        (f) => client.on("close", f),
+        (f) => client.off("close", f),
+        h,
+      );
+    },
+    onError(fn) {
+      errorListeners.add(fn);
+      return () => errorListeners.delete(fn);
+    },
+    async close(options = {}) {
+      if (closed) return;
+      closed = true;
+      await client.endAsync(options.force ?? false);
+    },
+  };
+}
+
+/**
+ * Opens a connection that reconnects on its own and returns at once; use
+ * {@link MqttConnection.onConnect} to know when it is up. This is the agent's
+ * mode: a board boots with or without a network.
+ *
+ * @throws CONFIG_INVALID when the URL is not mqtt:// or mqtts://
+ */
+export function connectMqtt(options: MqttConnectOptions): MqttConnection {
+  parseBrokerUrl(options.url);
+  return wrap(mqtt.connect(options.url, toClientOptions(options)), options.clientId);
+}
+
+/**
+ * Connects and waits for the first CONNACK (the CLI's mode).
+ *
+ * @throws CONFIG_INVALID when the URL is not mqtt:// or mqtts://
+ * @throws FLEET_UNAVAILABLE when the broker cannot be reached or refuses the login within the timeout
+ */
+export async function connectMqttOnce(options: MqttConnectOptions): Promise<MqttConnection> {
+  parseBrokerUrl(options.url);
+  const client = mqtt.connect(options.url, { ...toClientOptions(options), reconnectPeriod: 0 });
+  const timeoutMs = options.connectTimeoutMs ?? 10_000;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(unavailable(`no answer from the broker at ${options.url} within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      client.once("connect", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      client.once("error", (err) => {
+        clearTimeout(timer);
+        reject(unavailable(`cannot connect to the broker at ${options.url}: ${err.message}`, err));
+      });
+      client.once("close", () => {
+        clearTimeout(timer);
+        reject(unavailable(`the broker at ${options.url} closed the connection`));
+      });
+    });
+  } catch (err) {
+    client.end(true);
+    throw err;
+  }
+  client.options.reconnectPeriod = options.reconnectPeriodMs ?? 1000;
+  return wrap(client, options.clientId);
+}

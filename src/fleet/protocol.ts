@@ -1,0 +1,456 @@
+/**
+ * The fleet wire protocol, shared by the agent's link, the controller and the
+ * CLI: topic names under `quantd/v1/{fleet}/{device}/`, the JSON payloads, and
+ * the validation of incoming commands. A command that fails validation is
+ * answered with a {@link QuantdError} (`COMMAND_INVALID`, `COMMAND_EXPIRED`)
+ * and changes nothing.
+ */
+import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
+import type { CalibrationMethod } from "../quant/calibrate.ts";
+import type { JobState } from "../store/jobs.ts";
+
+/** Version segment of every topic; bumped only for incompatible payload changes. */
+export const TOPIC_ROOT = "quantd/v1";
+
+/** What a fleet or device name may look like: one safe topic level, never starting with `_` (reserved). */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/** What a command id may look like (the same rule as job ids). */
+export const COMMAND_ID_PATTERN = /^[A-Za-z0-9][\w.:-]{0,127}$/;
+
+/**
+ * Checks a fleet or device name.
+ *
+ * @throws CONFIG_INVALID naming `key` when it is not one safe topic level
+ */
+export function checkName(value: string, key: string): string {
+  if (typeof value !== "string" || !NAME_PATTERN.test(value)) {
+    throw new QuantdError(
+      "CONFIG_INVALID",
+      `${key} must be 1-64 characters of letters, digits, '_', '.', '-' (starting with a letter or digit), got ${JSON.stringify(value)}`,
+      { details: { key } },
+    );
+  }
+  return value;
+}
+
+/** Topic builders for one device. */
+export interface DeviceTopics {
+  base: string;
+  status: string;
+  telemetry: string;
+  report: string;
+  job(id: string): string;
+  cmd(name: CommandName): string;
+  /** Filter the agent subscribes to for commands. */
+  cmdFilter: string;
+  /** Where a requester with this client id wants replies (under the device's own tree, so one ACL covers it). */
+  reply(requesterId: string): string;
+}
+
+/** The topics of `device` in `fleet`. @throws CONFIG_INVALID on a bad name */
+export function deviceTopics(fleet: string, device: string): DeviceTopics {
+  const base = `${TOPIC_ROOT}/${checkName(fleet, "fleet")}/${checkName(device, "device")}`;
+  return {
+    base,
+    status: `${base}/status`,
+    telemetry: `${base}/telemetry`,
+    report: `${base}/report`,
+    job: (id) => `${base}/jobs/${id}`,
+    cmd: (name) => `${base}/cmd/${name}`,
+    cmdFilter: `${base}/cmd/+`,
+    reply: (requesterId) => `${base}/reply/${requesterId}`,
+  };
+}
+
+/** The shared subscription controllers use, so replicas split the fleet's messages. */
+export const CONTROLLER_SHARED_FILTER = `$share/quantd-controllers/${TOPIC_ROOT}/+/+/#`;
+
+/** A topic of the fleet tree, decoded. */
+export type ParsedTopic =
+  | { kind: "status"; fleet: string; device: string }
+  | { kind: "telemetry"; fleet: string; device: string }
+  | { kind: "report"; fleet: string; device: string }
+  | { kind: "job"; fleet: string; device: string; jobId: string }
+  | { kind: "cmd"; fleet: string; device: string; name: string }
+  | { kind: "reply"; fleet: string; device: string; requester: string };
+
+/** Decodes a topic of the fleet tree, or `undefined` for anything else. */
+export function parseTopic(topic: string): ParsedTopic | undefined {
+  const parts = topic.split("/");
+  if (parts.length < 5 || `${parts[0]}/${parts[1]}` !== TOPIC_ROOT) return undefined;
+  const fleet = parts[2]!;
+  const device = parts[3]!;
+  if (!NAME_PATTERN.test(fleet) || !NAME_PATTERN.test(device)) return undefined;
+  const rest = parts.slice(4);
+  if (rest.length === 1) {
+    if (rest[0] === "status") return { kind: "status", fleet, device };
+    if (rest[0] === "telemetry") return { kind: "telemetry", fleet, device };
+    if (rest[0] === "report") return { kind: "report", fleet, device };
+    return undefined;
+  }
+  if (rest.length === 2) {
+    const [head, tail] = rest as [string, string];
+    if (head === "jobs") return { kind: "job", fleet, device, jobId: tail };
+    if (head === "cmd") return { kind: "cmd", fleet, device, name: tail };
+    if (head === "reply") return { kind: "reply", fleet, device, requester: tail };
+  }
+  return undefined;
+}
+
+// ---------------------------------------------------------------- payloads
+
+/** The model a device serves, as reported in its status. */
+export interface ModelInfo {
+  /** Registry version id. */
+  version: string;
+  /** `fp32`, `int8-static`, `int8-dynamic`, … as the registry names it. */
+  kind: string;
+  sha256?: string;
+}
+
+/** Outbox figures every status and telemetry message carries, so drops are visible fleet-wide. */
+export interface OutboxFigures {
+  queued: number;
+  bytes: number;
+  dropped: number;
+}
+
+/** The retained `status` message. */
+export interface StatusMessage {
+  state: "online" | "offline";
+  fleet: string;
+  device: string;
+  /** ms since the epoch; `null` in the Last Will (written at connect time, published later). */
+  at: number | null;
+  agentVersion?: string;
+  model?: ModelInfo | null;
+  outbox?: OutboxFigures;
+  /** Why offline: `will` (the broker lost the agent) or `shutdown`. */
+  reason?: "will" | "shutdown";
+}
+
+/** One telemetry sample, taken by the agent each interval. */
+export interface TelemetrySample {
+  at: number;
+  /** Requests per second over the interval. */
+  requestRate?: number;
+  latencyMs?: { p50: number; p95: number; p99: number };
+  rssBytes?: number;
+  cpuTempC?: number;
+  [key: string]: unknown;
+}
+
+/** A `telemetry` message: the samples since the last one. */
+export interface TelemetryMessage {
+  device: string;
+  at: number;
+  samples: TelemetrySample[];
+  outbox: OutboxFigures;
+}
+
+/** A `jobs/{id}` progress message. */
+export interface JobMessage {
+  id: string;
+  type: string;
+  state: JobState;
+  stage: string | null;
+  progress: number;
+  at: number;
+}
+
+/** A `report` message: a finished job's outcome (QoS 1, via the outbox). */
+export interface ReportMessage {
+  /** Unique per report (the job id: a job reports once) — subscribers dedupe on it. */
+  id: string;
+  device: string;
+  jobId: string;
+  type: string;
+  state: JobState;
+  result?: unknown;
+  error?: QuantdErrorJSON;
+  startedAt: number | null;
+  finishedAt: number | null;
+}
+
+/** A command's reply, on the request's Response Topic with its Correlation Data. */
+export type CommandReply =
+  | { id: string | null; command: string; ok: true; result: unknown }
+  | { id: string | null; command: string; ok: false; error: QuantdErrorJSON };
+
+// ---------------------------------------------------------------- commands
+
+/** Every command name, as the last level of `cmd/{name}`. */
+export const COMMAND_NAMES = [
+  "recalibrate",
+  "quantize-dynamic",
+  "bench",
+  "rollback",
+  "status",
+  "set-config",
+  "collect",
+] as const;
+
+/** A command name. */
+export type CommandName = (typeof COMMAND_NAMES)[number];
+
+/** Commands that queue a job (the reply says the job was accepted; progress and report follow). */
+export const JOB_COMMANDS: readonly CommandName[] = ["recalibrate", "quantize-dynamic", "bench", "rollback"];
+
+const METHODS: readonly CalibrationMethod[] = ["minmax", "moving-average", "percentile", "entropy", "mse"];
+
+/**
+ * Keys `set-config` may change. Paths (model, socket, state directory) are
+ * deliberately absent: a remote party must never point the agent at a file.
+ */
+export const SET_CONFIG_KEYS = {
+  "capture.enabled": "boolean",
+  "capture.rate": "fraction",
+  "batching.maxBatch": "int",
+  "batching.maxDelayMs": "int",
+  "limits.maxQueue": "int",
+  "telemetry.intervalMs": "int",
+} as const;
+
+/** A key `set-config` accepts. */
+export type SetConfigKey = keyof typeof SET_CONFIG_KEYS;
+
+/** The accuracy gate of a recalibration. */
+export interface GateParams {
+  /** Minimum int8/fp32 top-1 agreement on held-out samples, 0…1. */
+  minAgreement?: number;
+  /** Maximum accuracy drop vs fp32 on labelled samples, 0…1. */
+  maxAccuracyDrop?: number;
+}
+
+/** `recalibrate` parameters. */
+export interface RecalibrateParams {
+  samples?: number;
+  method?: CalibrationMethod;
+  gate?: GateParams;
+}
+
+/** `quantize-dynamic` parameters. */
+export interface QuantizeDynamicParams {
+  gate?: GateParams;
+}
+
+/** `bench` parameters. */
+export interface BenchParams {
+  /** Sequence length of the benchmark inputs. */
+  seq?: number;
+  iterations?: number;
+}
+
+/** `rollback` parameters. */
+export interface RollbackParams {
+  /** Registry version to return to. @defaultValue the previous version */
+  version?: string;
+}
+
+/** `collect` parameters. */
+export interface CollectParams {
+  action: "start" | "stop";
+  /** Share of live requests captured, 0…1 (start only). */
+  rate?: number;
+}
+
+/** `set-config` parameters: allow-listed keys only. */
+export type SetConfigParams = Partial<Record<SetConfigKey, number | boolean>>;
+
+/** A validated command. */
+export type FleetCommand =
+  | { name: "recalibrate"; params: RecalibrateParams }
+  | { name: "quantize-dynamic"; params: QuantizeDynamicParams }
+  | { name: "bench"; params: BenchParams }
+  | { name: "rollback"; params: RollbackParams }
+  | { name: "status"; params: Record<string, never> }
+  | { name: "set-config"; params: SetConfigParams }
+  | { name: "collect"; params: CollectParams };
+
+/** A command as it travels: an id (idempotency key), an expiry and parameters. */
+export interface CommandEnvelope {
+  id: string;
+  /** ms since the epoch after which the agent refuses the command. */
+  expiresAt?: number;
+  params?: Record<string, unknown>;
+}
+
+function invalid(message: string, details?: Record<string, unknown>): QuantdError {
+  return new QuantdError("COMMAND_INVALID", message, details === undefined ? {} : { details });
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function onlyKeys(o: Record<string, unknown>, allowed: readonly string[], what: string): void {
+  for (const k of Object.keys(o)) {
+    if (!allowed.includes(k)) {
+      throw invalid(`unknown ${what} parameter ${JSON.stringify(k)} (allowed: ${allowed.join(", ")})`, {
+        key: k,
+      });
+    }
+  }
+}
+
+function intIn(o: Record<string, unknown>, key: string, min: number, max: number): number | undefined {
+  const v = o[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    throw invalid(`${key} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`, { key });
+  }
+  return v;
+}
+
+function fraction(o: Record<string, unknown>, key: string): number | undefined {
+  const v = o[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > 1) {
+    throw invalid(`${key} must be a number in [0, 1], got ${JSON.stringify(v)}`, { key });
+  }
+  return v;
+}
+
+function parseGate(v: unknown): GateParams | undefined {
+  if (v === undefined) return undefined;
+  if (!isObject(v)) throw invalid("gate must be an object", { key: "gate" });
+  onlyKeys(v, ["minAgreement", "maxAccuracyDrop"], "gate");
+  const gate: GateParams = {};
+  const a = fraction(v, "minAgreement");
+  const d = fraction(v, "maxAccuracyDrop");
+  if (a !== undefined) gate.minAgreement = a;
+  if (d !== undefined) gate.maxAccuracyDrop = d;
+  return gate;
+}
+
+/**
+ * Validates a command's parameters.
+ *
+ * @throws COMMAND_INVALID on an unknown command, an unknown key, or a value of the wrong type or range
+ */
+export function parseCommand(name: string, raw: unknown): FleetCommand {
+  const p = raw ?? {};
+  if (!isObject(p)) throw invalid("params must be a JSON object");
+  if (!(COMMAND_NAMES as readonly string[]).includes(name)) {
+    throw invalid(`unknown command ${JSON.stringify(name)} (known: ${COMMAND_NAMES.join(", ")})`, {
+      command: name,
+    });
+  }
+  const cmd = name as CommandName;
+  switch (cmd) {
+    case "recalibrate": {
+      onlyKeys(p, ["samples", "method", "gate"], cmd);
+      const params: RecalibrateParams = {};
+      const samples = intIn(p, "samples", 1, 100_000);
+      if (samples !== undefined) params.samples = samples;
+      if (p.method !== undefined) {
+        if (typeof p.method !== "string" || !(METHODS as readonly string[]).includes(p.method)) {
+          throw invalid(`method must be one of ${METHODS.join(", ")}`, { key: "method" });
+        }
+        params.method = p.method as CalibrationMethod;
+      }
+      const gate = parseGate(p.gate);
+      if (gate !== undefined) params.gate = gate;
+      return { name: cmd, params };
+    }
+    case "quantize-dynamic": {
+      onlyKeys(p, ["gate"], cmd);
+      const gate = parseGate(p.gate);
+      return { name: cmd, params: gate === undefined ? {} : { gate } };
+    }
+    case "bench": {
+      onlyKeys(p, ["seq", "iterations"], cmd);
+      const params: BenchParams = {};
+      const seq = intIn(p, "seq", 1, 4096);
+      const iterations = intIn(p, "iterations", 1, 100_000);
+      if (seq !== undefined) params.seq = seq;
+      if (iterations !== undefined) params.iterations = iterations;
+      return { name: cmd, params };
+    }
+    case "rollback": {
+      onlyKeys(p, ["version"], cmd);
+      if (p.version !== undefined && (typeof p.version !== "string" || !NAME_PATTERN.test(p.version))) {
+        throw invalid("version must be a registry version id", { key: "version" });
+      }
+      return { name: cmd, params: typeof p.version === "string" ? { version: p.version } : {} };
+    }
+    case "status":
+      onlyKeys(p, [], cmd);
+      return { name: cmd, params: {} };
+    case "set-config": {
+      const keys = Object.keys(SET_CONFIG_KEYS);
+      onlyKeys(p, keys, "set-config");
+      if (Object.keys(p).length === 0) throw invalid("set-config needs at least one key");
+      const params: SetConfigParams = {};
+      for (const [k, v] of Object.entries(p)) {
+        const key = k as SetConfigKey;
+        const kind = SET_CONFIG_KEYS[key];
+        if (kind === "boolean") {
+          if (typeof v !== "boolean") throw invalid(`${key} must be true or false`, { key });
+          params[key] = v;
+        } else if (kind === "fraction") {
+          params[key] = fraction(p, key) as number;
+        } else {
+          params[key] = intIn(p, key, 0, 1_000_000) as number;
+        }
+      }
+      return { name: cmd, params };
+    }
+    case "collect": {
+      onlyKeys(p, ["action", "rate"], cmd);
+      if (p.action !== "start" && p.action !== "stop") {
+        throw invalid('collect needs action "start" or "stop"', { key: "action" });
+      }
+      const rate = fraction(p, "rate");
+      return { name: cmd, params: rate === undefined ? { action: p.action } : { action: p.action, rate } };
+    }
+  }
+}
+
+/**
+ * Decodes a command message body into its envelope.
+ *
+ * @throws COMMAND_INVALID when the body is not a JSON object with a valid `id`, a numeric `expiresAt` and object `params`
+ */
+export function parseEnvelope(payload: Uint8Array): CommandEnvelope {
+  let body: unknown;
+  try {
+    body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(payload));
+  } catch (err) {
+    throw new QuantdError("COMMAND_INVALID", "command body is not UTF-8 JSON", { cause: err });
+  }
+  if (!isObject(body)) throw invalid("command body must be a JSON object");
+  onlyKeys(body, ["id", "expiresAt", "params"], "command");
+  if (typeof body.id !== "string" || !COMMAND_ID_PATTERN.test(body.id)) {
+    throw invalid("command id must be 1-128 characters of letters, digits, '_', '.', ':', '-'", {
+      key: "id",
+    });
+  }
+  const env: CommandEnvelope = { id: body.id };
+  if (body.expiresAt !== undefined) {
+    if (typeof body.expiresAt !== "number" || !Number.isFinite(body.expiresAt)) {
+      throw invalid("expiresAt must be a time in ms since the epoch", { key: "expiresAt" });
+    }
+    env.expiresAt = body.expiresAt;
+  }
+  if (body.params !== undefined) {
+    if (!isObject(body.params)) throw invalid("params must be a JSON object", { key: "params" });
+    env.params = body.params;
+  }
+  return env;
+}
+
+/** Encodes a value as a UTF-8 JSON payload. */
+export function encodeJson(value: unknown): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(value));
+}
+
+/** Decodes a UTF-8 JSON payload, or `undefined` when it is not JSON. */
+export function decodeJson(payload: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder().decode(payload));
+  } catch {
+    return undefined;
+  }
+}
