@@ -1,0 +1,108 @@
+/**
+ * The x64 release executable, built for real and moved away from the
+ * repository (no node_modules within reach), classifies with the model shipped
+ * beside it, and gives the same probabilities as the CLI run from source.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { buildRelease } from "../../scripts/build.ts";
+import { expectClose } from "../helpers/expect-close.ts";
+
+const REPO = resolve(import.meta.dir, "../..");
+const canBuild = process.platform === "linux" && process.arch === "x64";
+const work = mkdtempSync(join(tmpdir(), "quantd-build-"));
+/** The release folder after the move. */
+const release = join(work, "elsewhere", "quantd");
+const exe = join(release, "quantd");
+
+interface ClassifyJson {
+  model: string;
+  results: { label: string; probabilities: number[] }[];
+}
+
+function run(cmd: string[], cwd: string): { code: number; stdout: string; stderr: string } {
+  const p = Bun.spawnSync(cmd, {
+    cwd,
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { PATH: process.env["PATH"] ?? "" },
+  });
+  return { code: p.exitCode, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+}
+
+beforeAll(async () => {
+  if (!canBuild) return;
+  const built = await buildRelease({ target: "linux-x64", outDir: join(work, "out"), tarball: false });
+  renameSync(join(work, "out"), join(work, "elsewhere"));
+  renameSync(join(work, "elsewhere", "quantd-linux-x64"), release);
+  expect(built.executable).toBe(join(work, "out", "quantd-linux-x64", "quantd"));
+}, 120_000);
+
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+describe.skipIf(!canBuild)("compiled x64 release", () => {
+  test("no node_modules is reachable from the release folder", () => {
+    for (let d = release; d !== dirname(d); d = dirname(d))
+      expect(existsSync(join(d, "node_modules"))).toBe(false);
+    expect(readdirSync(join(release, "lib")).sort()).toEqual([
+      "libonnxruntime.so.1",
+      "onnxruntime_binding.node",
+    ]);
+    expect(statSync(exe).mode & 0o111).not.toBe(0);
+  });
+
+  test("classify with the shipped model beside the executable matches the CLI from source", () => {
+    const texts = ["a fine film", "a dull, lifeless and tedious mess"];
+    const compiled = run([exe, "classify", "--json", ...texts], "/");
+    expect(compiled.stderr).toBe("");
+    expect(compiled.code).toBe(0);
+    const got = JSON.parse(compiled.stdout) as ClassifyJson;
+    expect(got.model).toBe(join(release, "calib/models/sst2-bert-mini/model.onnx"));
+    expect(got.results.map((r) => r.label)).toEqual(["positive", "negative"]);
+
+    const source = run(["bun", join(REPO, "src/cli/main.ts"), "classify", "--json", ...texts], REPO);
+    expect(source.code).toBe(0);
+    const want = JSON.parse(source.stdout) as ClassifyJson;
+    for (let i = 0; i < texts.length; i++) {
+      expectClose(got.results[i]!.probabilities, want.results[i]!.probabilities, {
+        atol: 1e-6,
+        what: texts[i],
+      });
+    }
+  });
+
+  test("an explicit --model path and the plain output work too", () => {
+    const r = run(
+      [exe, "classify", "--model", join(release, "calib/models/sst2-bert-mini"), "a fine film"],
+      "/tmp",
+    );
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^positive\s+0\.\d{4}\s+a fine film\n$/);
+  });
+
+  test("device --json and --version run", () => {
+    expect(run([exe, "--version"], "/").stdout).toMatch(/^quantd \d+\.\d+\.\d+\n$/);
+    const d = run([exe, "device", "--json"], "/");
+    expect(d.code).toBe(0);
+    expect((JSON.parse(d.stdout) as { profile: { id: string } }).profile.id).toBe("generic-x64");
+  });
+
+  test("without lib/ beside it: one FILE_NOT_FOUND line naming the folder", () => {
+    const lib = join(release, "lib");
+    const aside = join(work, "lib-aside");
+    renameSync(lib, aside);
+    try {
+      const r = run([exe, "classify", "a fine film"], "/");
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(
+        `error FILE_NOT_FOUND: onnxruntime's native files are missing from ${lib} ` +
+          "(onnxruntime_binding.node, libonnxruntime.so.1); the quantd executable needs the lib/ folder of its " +
+          "release tarball beside it\n",
+      );
+    } finally {
+      renameSync(aside, lib);
+    }
+  });
+});
