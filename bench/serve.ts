@@ -1,0 +1,244 @@
+/**
+ * `bun bench/serve.ts`: serving figures of `quantd agent` on this machine.
+ * Prints (median of several runs, never asserted):
+ *
+ * 1. Round trip over the Unix socket at batch 1 on the shared fp32 model vs
+ *    calling the classifier (tokenize + session + softmax) in process, same
+ *    threads, interleaved rounds. Target: socket ≤ +10 %.
+ * 2. 16 concurrent clients sending one text each, request after request:
+ *    throughput and p50/p99 latency with dynamic batching vs unbatched
+ *    (`maxBatch 1`). Target: batched ≥ 2 × unbatched.
+ * 3. Resident memory of an agent serving quantd's int8 model of the shared
+ *    model, after load and after serving. Target: ≤ 150 MB.
+ *
+ *   bun bench/serve.ts [--runs 5] [--threads N] [--seconds 3]
+ *
+ * Each agent is a separate `quantd agent` process, as on a board.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { loadModel, saveModel } from "../src/onnx/codec.ts";
+import { quantizeModel } from "../src/quant/quantize.ts";
+import { loadClassifier } from "../src/runtime/classifier.ts";
+
+const repoRoot = resolve(import.meta.dir, "..");
+const sharedDir = resolve(repoRoot, "../shared/models/sst2-bert-mini");
+const modelDir = (await Bun.file(join(sharedDir, "model.onnx")).exists())
+  ? sharedDir
+  : join(repoRoot, "calib/models/sst2-bert-mini");
+const CLI = join(repoRoot, "src/cli/main.ts");
+
+const { values } = parseArgs({
+  options: {
+    runs: { type: "string", default: "5" },
+    threads: { type: "string", default: "2" },
+    seconds: { type: "string", default: "3" },
+    requests: { type: "string", default: "200" },
+  },
+});
+const RUNS = Number(values.runs);
+const THREADS = Number(values.threads);
+const SECONDS = Number(values.seconds);
+const REQUESTS = Number(values.requests);
+
+const sentences = readFileSync(join(repoRoot, "calib/samples/sst2-dev.tsv"), "utf8")
+  .split("\n")
+  .slice(1)
+  .map((l) => l.split("\t")[1] ?? "")
+  .filter((s) => s.trim() !== "");
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function percentile(xs: readonly number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
+}
+
+interface RunningAgent {
+  socket: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+async function startAgentProcess(
+  dir: string,
+  name: string,
+  env: Record<string, string>,
+  model?: string,
+): Promise<RunningAgent> {
+  const socket = join(dir, `${name}.sock`);
+  const args = ["bun", CLI, "agent", "--state-dir", join(dir, name), "--socket", socket];
+  if (model !== undefined) args.push("--model", model);
+  const proc = Bun.spawn(args, {
+    env: { ...process.env, QUANTD_THREADS: String(THREADS), QUANTD_CONFIG: "", ...env },
+    stdout: "ignore",
+    stderr: "pipe",
+  });
+  const t0 = Date.now();
+  for (;;) {
+    if (proc.exitCode !== null)
+      throw new Error(`agent ${name} exited: ${await new Response(proc.stderr).text()}`);
+    try {
+      const r = await fetch("http://localhost/v2/health/ready", { unix: socket });
+      if (r.status === 200) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() - t0 > 60_000) throw new Error(`agent ${name} not ready`);
+    await Bun.sleep(50);
+  }
+  return {
+    socket,
+    pid: proc.pid,
+    async stop() {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+  };
+}
+
+async function classifyOnce(socket: string, texts: string[]): Promise<void> {
+  const res = await fetch("http://localhost/v1/classify", {
+    unix: socket,
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ texts }),
+  });
+  if (res.status !== 200) throw new Error(`classify answered ${res.status}: ${await res.text()}`);
+  await res.arrayBuffer();
+}
+
+function rssOf(pid: number): { rssMb: number; peakMb: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (field: string): number =>
+    Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
+  return { rssMb: kb("VmRSS") / 1024, peakMb: kb("VmHWM") / 1024 };
+}
+
+const dir = mkdtempSync(join(tmpdir(), "quantd-serve-bench-"));
+try {
+  console.log(`model ${join(modelDir, "model.onnx")}, ${THREADS} threads, ${RUNS} runs`);
+
+  // 1. Batch-1 round trip vs direct.
+  {
+    const agent = await startAgentProcess(dir, "rt", {}, join(modelDir, "model.onnx"));
+    const direct = await loadClassifier(join(modelDir, "model.onnx"), {
+      session: { intraOpThreads: THREADS },
+    });
+    const texts = sentences.slice(0, REQUESTS);
+    for (const t of texts.slice(0, 20)) {
+      await direct.classify([t]);
+      await classifyOnce(agent.socket, [t]);
+    }
+    const socketMedians: number[] = [];
+    const directMedians: number[] = [];
+    for (let run = 0; run < RUNS; run++) {
+      const s: number[] = [];
+      const d: number[] = [];
+      // Interleaved per request, so drift in machine load hits both equally.
+      for (const t of texts) {
+        let t0 = performance.now();
+        await direct.classify([t]);
+        d.push(performance.now() - t0);
+        t0 = performance.now();
+        await classifyOnce(agent.socket, [t]);
+        s.push(performance.now() - t0);
+      }
+      socketMedians.push(median(s));
+      directMedians.push(median(d));
+    }
+    await direct.release();
+    await agent.stop();
+    const sm = median(socketMedians);
+    const dm = median(directMedians);
+    console.log(
+      `round trip batch 1 (median of ${RUNS} medians of ${texts.length} requests): ` +
+        `direct ${dm.toFixed(3)} ms, socket ${sm.toFixed(3)} ms, overhead ${(((sm - dm) / dm) * 100).toFixed(1)} % ` +
+        `(+${(sm - dm).toFixed(3)} ms) [target <= +10 %]`,
+    );
+  }
+
+  // 2. 16 concurrent clients, batched vs unbatched.
+  {
+    const CLIENTS = 16;
+    const measure = async (socket: string): Promise<{ rps: number; p50: number; p99: number }> => {
+      const latencies: number[] = [];
+      const end = performance.now() + SECONDS * 1000;
+      const t0 = performance.now();
+      await Promise.all(
+        Array.from({ length: CLIENTS }, async (_, c) => {
+          for (let i = c; performance.now() < end; i += CLIENTS) {
+            const s = performance.now();
+            await classifyOnce(socket, [sentences[i % sentences.length]!]);
+            latencies.push(performance.now() - s);
+          }
+        }),
+      );
+      const elapsed = (performance.now() - t0) / 1000;
+      return {
+        rps: latencies.length / elapsed,
+        p50: percentile(latencies, 0.5),
+        p99: percentile(latencies, 0.99),
+      };
+    };
+    const batched = await startAgentProcess(
+      dir,
+      "batched",
+      { QUANTD_BATCHING_MAX_BATCH: "16" },
+      join(modelDir, "model.onnx"),
+    );
+    const unbatched = await startAgentProcess(
+      dir,
+      "unbatched",
+      { QUANTD_BATCHING_MAX_BATCH: "1" },
+      join(modelDir, "model.onnx"),
+    );
+    const b: { rps: number; p50: number; p99: number }[] = [];
+    const u: { rps: number; p50: number; p99: number }[] = [];
+    await measure(batched.socket);
+    await measure(unbatched.socket);
+    for (let run = 0; run < RUNS; run++) {
+      b.push(await measure(batched.socket));
+      u.push(await measure(unbatched.socket));
+    }
+    await batched.stop();
+    await unbatched.stop();
+    const show = (xs: { rps: number; p50: number; p99: number }[]): string =>
+      `${median(xs.map((x) => x.rps)).toFixed(1)} req/s, p50 ${median(xs.map((x) => x.p50)).toFixed(1)} ms, ` +
+      `p99 ${median(xs.map((x) => x.p99)).toFixed(1)} ms`;
+    const ratio = median(b.map((x) => x.rps)) / median(u.map((x) => x.rps));
+    console.log(`16 clients, batched (maxBatch 16): ${show(b)}`);
+    console.log(`16 clients, unbatched (maxBatch 1): ${show(u)}`);
+    console.log(`throughput batched / unbatched: ${ratio.toFixed(2)} × [target >= 2 ×]`);
+  }
+
+  // 3. RSS serving the int8 model.
+  {
+    const int8 = join(dir, "model-int8-dynamic.onnx");
+    const q = await quantizeModel(await loadModel(join(modelDir, "model.onnx")), { type: "dynamic" });
+    await saveModel(q.model, int8);
+    const agent = await startAgentProcess(dir, "int8", { QUANTD_TOKENIZER_DIR: modelDir }, int8);
+    const afterLoad = rssOf(agent.pid);
+    const end = performance.now() + SECONDS * 1000;
+    await Promise.all(
+      Array.from({ length: 16 }, async (_, c) => {
+        for (let i = c; performance.now() < end; i += 16)
+          await classifyOnce(agent.socket, [sentences[i % sentences.length]!]);
+      }),
+    );
+    const afterServing = rssOf(agent.pid);
+    await agent.stop();
+    console.log(
+      `agent RSS serving int8 (dynamic) model: after load ${afterLoad.rssMb.toFixed(1)} MB, after ${SECONDS} s of ` +
+        `16 clients ${afterServing.rssMb.toFixed(1)} MB, peak ${afterServing.peakMb.toFixed(1)} MB [target <= 150 MB]`,
+    );
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
