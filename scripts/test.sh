@@ -16,6 +16,23 @@ finish() {
 
 echo "== bootstrap"
 bash scripts/bootstrap.sh || { status=1; finish; }
+# The fleet tests start their own mosquitto (Debian package); the package's
+# system service, if it starts, is not used. Without root or apt the tests skip.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing mosquitto for the fleet tests"
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto; } >/dev/null 2>&1 ||
+    echo "mosquitto could not be installed; MQTT tests will skip"
+  command -v systemctl >/dev/null 2>&1 && systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+# The MQTT tests start a real mosquitto broker of their own and skip without the
+# binary. Install it when this machine can (root with apt); never fail for it.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] && [ "$(id -u)" -eq 0 ] &&
+  command -v apt-get >/dev/null 2>&1; then
+  echo "== installing mosquitto for the MQTT tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto; } \
+    >/dev/null 2>&1 || echo "mosquitto could not be installed; the MQTT tests will be skipped"
+fi
 
 echo "== format check"
 if ! bun x biome format . >/dev/null 2>&1; then
