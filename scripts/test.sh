@@ -25,15 +25,6 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] && com
   command -v systemctl >/dev/null 2>&1 && systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
-# The MQTT tests start a real mosquitto broker of their own and skip without the
-# binary. Install it when this machine can (root with apt); never fail for it.
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] && [ "$(id -u)" -eq 0 ] &&
-  command -v apt-get >/dev/null 2>&1; then
-  echo "== installing mosquitto for the MQTT tests"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto; } \
-    >/dev/null 2>&1 || echo "mosquitto could not be installed; the MQTT tests will be skipped"
-fi
-
 echo "== format check"
 if ! bun x biome format . >/dev/null 2>&1; then
   bun x biome format . 2>&1 | tail -40
