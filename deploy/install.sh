@@ -119,6 +119,7 @@ create_user() {
   install -D -m 0644 "$SRC/sysusers.conf" "$ROOT$SYSUSERS"
   if command -v systemd-sysusers >/dev/null 2>&1; then
     if [ -n "$ROOT" ]; then
+      mkdir -p "$ROOT/etc"
       systemd-sysusers --root="$ROOT" "$ROOT$SYSUSERS"
     else
       systemd-sysusers "$SYSUSERS"

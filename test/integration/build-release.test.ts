@@ -51,7 +51,7 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
       "onnxruntime_binding.node",
     ]);
     expect(statSync(exe).mode & 0o111).not.toBe(0);
-  });
+  }, 30_000);
 
   test("classify with the shipped model beside the executable matches the CLI from source", () => {
     const texts = ["a fine film", "a dull, lifeless and tedious mess"];
@@ -71,7 +71,7 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
         what: texts[i],
       });
     }
-  });
+  }, 30_000);
 
   test("an explicit --model path and the plain output work too", () => {
     const r = run(
@@ -80,14 +80,14 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     );
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^positive\s+0\.\d{4}\s+a fine film\n$/);
-  });
+  }, 30_000);
 
   test("device --json and --version run", () => {
     expect(run([exe, "--version"], "/").stdout).toMatch(/^quantd \d+\.\d+\.\d+\n$/);
     const d = run([exe, "device", "--json"], "/");
     expect(d.code).toBe(0);
     expect((JSON.parse(d.stdout) as { profile: { id: string } }).profile.id).toBe("generic-x64");
-  });
+  }, 30_000);
 
   test("without lib/ beside it: one FILE_NOT_FOUND line naming the folder", () => {
     const lib = join(release, "lib");
@@ -104,5 +104,5 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     } finally {
       renameSync(aside, lib);
     }
-  });
+  }, 30_000);
 });
