@@ -141,14 +141,23 @@ try {
     for (let run = 0; run < RUNS; run++) {
       const s: number[] = [];
       const d: number[] = [];
-      // Interleaved per request, so drift in machine load hits both equally.
-      for (const t of texts) {
-        let t0 = performance.now();
-        await direct.classify([t]);
-        d.push(performance.now() - t0);
-        t0 = performance.now();
-        await classifyOnce(agent.socket, [t]);
-        s.push(performance.now() - t0);
+      // Blocks alternate in order from run to run, so drift in machine load hits both alike; not per
+      // request: onnxruntime's worker threads spin for a while after a run and would steal the cores of
+      // whichever process runs next.
+      const block = async (which: "direct" | "socket"): Promise<void> => {
+        for (const t of texts) {
+          const t0 = performance.now();
+          if (which === "direct") await direct.classify([t]);
+          else await classifyOnce(agent.socket, [t]);
+          (which === "direct" ? d : s).push(performance.now() - t0);
+        }
+      };
+      if (run % 2 === 0) {
+        await block("direct");
+        await block("socket");
+      } else {
+        await block("socket");
+        await block("direct");
       }
       socketMedians.push(median(s));
       directMedians.push(median(d));
