@@ -49,6 +49,7 @@ export type QuantdErrorCode =
   | "JOB_NOT_FOUND"
   | "JOB_CANCELLED"
   | "JOB_TIMED_OUT"
+  | "JOB_INTERRUPTED"
   | "REQUEST_INVALID"
   | "REQUEST_TOO_LARGE"
   | "UNSUPPORTED_MEDIA_TYPE"

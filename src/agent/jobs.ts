@@ -1,7 +1,627 @@
 /**
- * Job runner for the agent's unattended jobs: one job at a time, the rest queued, cancellable, timed out,
- * every stage persisted so a crash resumes or fails cleanly. (Owned by the recalibration-job helper.)
+ * The job runner: runs the store's queued jobs one at a time (the store's
+ * `claimNext` refuses a second IN_PROGRESS job), persists each stage, stops a
+ * job cooperatively on cancel, timeout or shutdown, and after a crash or power
+ * cut either puts an interrupted job back in the queue — its handler then
+ * resumes from the last stage whose artefacts are intact — or fails it with
+ * `JOB_INTERRUPTED` once it has been interrupted too often.
  *
- * @module
+ * Each job gets a work directory `<workRoot>/<id>/` for its artefacts and a
+ * checkpoint file written atomically there; the directory is removed when the
+ * job ends. Only one runner per state directory: a lock file holding the
+ * runner's pid, taken over when that process is gone (a crash leaves it
+ * behind), tells `quantd job … --wait` whether an agent will run its job.
+ *
+ * The job runner and the recalibration job are owned by the jobs helper.
  */
-export {};
+import {
+  closeSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
+import { join } from "node:path";
+import { isQuantdError, QuantdError } from "../errors.ts";
+import type { Job, JobState, JobStore, NewJob } from "../store/jobs.ts";
+
+/** Default time a job may run before it is stopped as TIMED_OUT (1 hour: a Pi 4 calibrating a BERT-base takes minutes, not hours). */
+export const DEFAULT_JOB_TIMEOUT_MS = 60 * 60 * 1000;
+/** Default number of claims (first run plus resumes) before an interrupted job fails with `JOB_INTERRUPTED`. */
+export const DEFAULT_MAX_ATTEMPTS = 3;
+/** Default interval at which the runner looks for queued jobs (jobs queued by another process). */
+export const DEFAULT_POLL_MS = 1000;
+/** The lock file's name inside the work root. */
+export const RUNNER_LOCK_FILE = "runner.lock";
+/** The checkpoint file's name inside a job's work directory. */
+export const CHECKPOINT_FILE = "checkpoint.json";
+
+/** How a handler's job ended when it did not throw. */
+export type JobVerdict =
+  | { state: "SUCCEEDED"; result: unknown }
+  | { state: "REJECTED"; result: unknown; error: QuantdError };
+
+/** What a running job may use. */
+export interface JobContext {
+  /** The job as claimed (its `attempts` is above 1 when resumed after an interruption). */
+  readonly job: Job;
+  /** The job's own directory for artefacts; created, and removed when the job ends. */
+  readonly workDir: string;
+  /** Aborted on cancel, timeout or shutdown: pass it on to long operations that accept one. */
+  readonly signal: AbortSignal;
+  /**
+   * Records the stage (persisted with its progress, 0…1) and is a cancellation
+   * point.
+   *
+   * @throws JOB_CANCELLED | JOB_TIMED_OUT | JOB_INTERRUPTED (runner stopping) — let it propagate
+   * @throws STORE_BUSY | DISK_FULL | STORE_FAILED when the stage cannot be recorded
+   */
+  stage(name: string, progress?: number): void;
+  /** A cancellation point without a stage change. @throws JOB_CANCELLED | JOB_TIMED_OUT | JOB_INTERRUPTED */
+  check(): void;
+  /** The checkpoint written by an earlier attempt (or this one), or `undefined`. */
+  readCheckpoint(): Record<string, unknown> | undefined;
+  /** Replaces the checkpoint atomically and durably. @throws DISK_FULL | FILE_WRITE_FAILED */
+  writeCheckpoint(value: Record<string, unknown>): void;
+  /** A log line, prefixed with the job id. */
+  log(line: string): void;
+}
+
+/** Runs jobs of one type. */
+export interface JobHandler {
+  /**
+   * Does the job. Throws a QuantdError to fail it; returns REJECTED when the
+   * job ran but its outcome was refused (a gate not met, a slower model).
+   */
+  run(ctx: JobContext): Promise<JobVerdict>;
+}
+
+/** When the runner queues jobs by itself. */
+export interface JobSchedule {
+  /** The job to queue. */
+  job: Omit<NewJob, "id">;
+  /** Queue one every this many ms (none when undefined). */
+  everyMs?: number;
+  /** Queue one once this many new distinct samples reached the store since the last one (none when undefined). */
+  afterNewSamples?: number;
+  /** Distinct samples the store has seen so far (`samples.stats().seen`); needed by `afterNewSamples`. */
+  samplesSeen?: () => number;
+}
+
+/** Options of {@link JobRunner}. */
+export interface JobRunnerOptions {
+  jobs: JobStore;
+  /** Parent of the jobs' work directories and of the lock file (`<stateDir>/jobs`). */
+  workRoot: string;
+  /** A handler per job type; jobs of other types are left to whoever handles them. */
+  handlers: Readonly<Record<string, JobHandler>>;
+  /** @defaultValue {@link DEFAULT_JOB_TIMEOUT_MS} */
+  timeoutMs?: number;
+  /** @defaultValue {@link DEFAULT_MAX_ATTEMPTS} */
+  maxAttempts?: number;
+  /** @defaultValue {@link DEFAULT_POLL_MS} */
+  pollMs?: number;
+  /** Directories where stale temporary files of dead processes are removed at start (the registry's models dir). */
+  tempDirs?: readonly string[];
+  schedule?: JobSchedule;
+  log?: (line: string) => void;
+  /** Every persisted change of a job (claim, stage, end): for the fleet link's progress messages. */
+  onUpdate?: (job: Job) => void;
+  /** Clock, ms since the epoch. @defaultValue Date.now */
+  now?: () => number;
+}
+
+/** The states a job ends in. */
+export const FINAL_JOB_STATES: readonly JobState[] = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
+
+/** Whether a job has ended. */
+export function isFinished(job: Job): boolean {
+  return FINAL_JOB_STATES.includes(job.state);
+}
+
+/** True when a process with this pid exists (EPERM: it exists but belongs to someone else). */
+export function processAlive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** The pid holding the runner lock of `workRoot`, when that process is alive. */
+export function runnerLockHolder(workRoot: string): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync(join(workRoot, RUNNER_LOCK_FILE), "utf8");
+  } catch {
+    return undefined;
+  }
+  const pid = Number.parseInt(text.trim(), 10);
+  return processAlive(pid) ? pid : undefined;
+}
+
+/**
+ * Takes the runner lock of `workRoot`; a lock left by a dead process is taken
+ * over. Returns the release function.
+ *
+ * @throws STATE_CONFLICT when a live process holds it
+ * @throws FILE_WRITE_FAILED | DISK_FULL when the lock file cannot be written
+ */
+export function acquireRunnerLock(workRoot: string): () => void {
+  const path = join(workRoot, RUNNER_LOCK_FILE);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      mkdirSync(workRoot, { recursive: true });
+      const fd = openSync(path, "wx", 0o640);
+      try {
+        writeSync(fd, `${process.pid}\n`);
+      } finally {
+        closeSync(fd);
+      }
+      return () => {
+        try {
+          if (readFileSync(path, "utf8").trim() === String(process.pid)) unlinkSync(path);
+        } catch {
+          // already gone
+        }
+      };
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "EEXIST") {
+        throw new QuantdError(
+          code === "ENOSPC" ? "DISK_FULL" : "FILE_WRITE_FAILED",
+          `cannot write ${path}: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+      const holder = runnerLockHolder(workRoot);
+      if (holder !== undefined) {
+        throw new QuantdError("STATE_CONFLICT", `another job runner (pid ${holder}) uses ${workRoot}`, {
+          details: { pid: holder },
+        });
+      }
+      // Left by a process that died without releasing it.
+      rmSync(path, { force: true });
+    }
+  }
+  throw new QuantdError("STATE_CONFLICT", `cannot take the job runner lock ${path}`);
+}
+
+// The two temporary-file names our atomic writers use: the codec's `.NAME.PID.HEX.tmp` and the registry's `.NAME.tmp-PID-HEX`.
+const TEMP_NAMES = [/^\..+\.(\d+)\.[0-9a-f]+\.tmp$/, /^\..+\.tmp-(\d+)-[0-9a-f]+$/];
+
+/**
+ * Removes the temporary files of atomic writes whose writing process is gone
+ * (a crash between create and rename leaves them). Returns the removed names.
+ */
+export function removeStaleTempFiles(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    for (const re of TEMP_NAMES) {
+      const m = re.exec(name);
+      if (m === null) continue;
+      if (!processAlive(Number(m[1]))) {
+        rmSync(join(dir, name), { force: true });
+        removed.push(name);
+      }
+      break;
+    }
+  }
+  return removed;
+}
+
+/**
+ * Writes JSON to `path` atomically and durably (temporary file, fsync, rename).
+ *
+ * @throws DISK_FULL | FILE_WRITE_FAILED
+ */
+export function writeJsonDurably(path: string, value: unknown): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  let fd: number | undefined;
+  try {
+    fd = openSync(tmp, "w", 0o640);
+    writeSync(fd, JSON.stringify(value));
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = undefined;
+    renameSync(tmp, path);
+  } catch (err) {
+    if (fd !== undefined) closeSync(fd);
+    rmSync(tmp, { force: true });
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new QuantdError(
+      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
+      `cannot write ${path}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+}
+
+/** Why a running job is being stopped, set by the runner; checked at the job's next cancellation point. */
+type StopReason = "cancel" | "timeout" | "shutdown";
+
+interface Running {
+  job: Job;
+  abort: AbortController;
+  stop: StopReason | undefined;
+  done: Promise<Job | undefined>;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Runs the store's jobs. Use {@link JobRunner.start} in a long-lived process
+ * (the agent), or {@link JobRunner.recover} + {@link JobRunner.runNext} to run
+ * queued jobs in the foreground (`quantd job recalibrate --wait`).
+ */
+export class JobRunner {
+  readonly #o: JobRunnerOptions;
+  readonly #timeoutMs: number;
+  readonly #maxAttempts: number;
+  readonly #now: () => number;
+  #running: Running | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #release: (() => void) | undefined;
+  #started = false;
+  #stopped = false;
+  #lastScheduled: number;
+  #seenBaseline: number | undefined;
+
+  constructor(options: JobRunnerOptions) {
+    this.#o = options;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_JOB_TIMEOUT_MS;
+    this.#maxAttempts = options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+    this.#now = options.now ?? Date.now;
+    this.#lastScheduled = this.#now();
+    if (!(this.#timeoutMs > 0)) throw new QuantdError("CONFIG_INVALID", "job timeout must be positive");
+  }
+
+  /** The job running now, as claimed. */
+  get current(): Job | undefined {
+    return this.#running?.job;
+  }
+
+  #log(line: string): void {
+    this.#o.log?.(line);
+  }
+
+  #emit(job: Job): Job {
+    try {
+      this.#o.onUpdate?.(job);
+    } catch (err) {
+      this.#log(`jobs: update listener failed: ${QuantdError.from(err).toLine()}`);
+    }
+    return job;
+  }
+
+  /**
+   * Deals with jobs a previous process left IN_PROGRESS (call once, before
+   * claiming): each goes back to the queue to resume, unless it was already
+   * claimed `maxAttempts` times — then it fails with `JOB_INTERRUPTED`, its
+   * work directory removed. Stale temporary files are removed first.
+   * Returns the jobs it changed.
+   */
+  recover(): Job[] {
+    for (const dir of this.#o.tempDirs ?? []) {
+      for (const name of removeStaleTempFiles(dir)) this.#log(`jobs: removed stale temporary file ${name}`);
+    }
+    const changed: Job[] = [];
+    for (const job of this.#o.jobs.interrupted()) {
+      if (this.#o.handlers[job.type] === undefined) continue;
+      if (this.#running?.job.id === job.id) continue;
+      const workDir = join(this.#o.workRoot, job.id);
+      removeStaleTempFiles(workDir);
+      if (job.attempts >= this.#maxAttempts) {
+        const error = new QuantdError(
+          "JOB_INTERRUPTED",
+          `job ${job.id} was interrupted ${job.attempts} time(s) (last at stage ${job.stage ?? "start"}); not resumed again`,
+          { details: { stage: job.stage, attempts: job.attempts } },
+        );
+        changed.push(this.#emit(this.#o.jobs.finish(job.id, "FAILED", { error: error.toJSON() })));
+        rmSync(workDir, { recursive: true, force: true });
+        this.#log(`jobs: ${error.toLine()}`);
+      } else {
+        changed.push(this.#emit(this.#o.jobs.requeue(job.id)));
+        this.#log(`jobs: job ${job.id} was interrupted at stage ${job.stage ?? "start"}; queued to resume`);
+      }
+    }
+    return changed;
+  }
+
+  /**
+   * Claims the oldest queued job this runner handles and runs it to its end.
+   * Resolves with the finished job, or `undefined` when nothing was claimed (none
+   * queued, one already running, or the job was left to resume after a shutdown).
+   */
+  async runNext(): Promise<Job | undefined> {
+    if (this.#running !== undefined || this.#stopped) return undefined;
+    const next = this.#o.jobs.list({ state: "QUEUED", limit: 10_000 }).at(-1);
+    // claimNext takes the oldest queued job of any type: leave the queue to its owner if that is not ours.
+    if (next === undefined || this.#o.handlers[next.type] === undefined) return undefined;
+    const job = this.#o.jobs.claimNext();
+    if (job === undefined) return undefined;
+    const running: Running = {
+      job,
+      abort: new AbortController(),
+      stop: undefined,
+      done: Promise.resolve(undefined),
+    };
+    this.#running = running;
+    running.done = this.#run(running).finally(() => {
+      this.#running = undefined;
+    });
+    return running.done;
+  }
+
+  /**
+   * Cancels a job: a queued one fails at once (`JOB_CANCELLED`); a running one
+   * stops at its next stage boundary and then fails with `JOB_CANCELLED`.
+   *
+   * @throws JOB_NOT_FOUND
+   */
+  cancel(id: string): Job {
+    const job = this.#emit(this.#o.jobs.cancel(id));
+    const r = this.#running;
+    if (r !== undefined && r.job.id === id) {
+      r.stop ??= "cancel";
+      r.abort.abort(new QuantdError("JOB_CANCELLED", `job ${id} was cancelled`));
+    }
+    return job;
+  }
+
+  /**
+   * Starts the polling loop (and the schedule), after taking the runner lock
+   * and recovering interrupted jobs.
+   *
+   * @throws STATE_CONFLICT when another runner holds the lock
+   */
+  start(): void {
+    if (this.#started) return;
+    this.#release = acquireRunnerLock(this.#o.workRoot);
+    this.#started = true;
+    try {
+      this.recover();
+    } catch (err) {
+      this.#log(`jobs: recovery failed: ${QuantdError.from(err).toLine()}`);
+    }
+    const s = this.#o.schedule;
+    if (s?.afterNewSamples !== undefined && s.samplesSeen !== undefined) {
+      const last = this.#o.jobs.list({ limit: 100 }).find((j) => j.type === s.job.type);
+      const recorded = last?.params["samplesSeen"];
+      this.#seenBaseline = typeof recorded === "number" ? recorded : s.samplesSeen();
+    }
+    this.#tick();
+  }
+
+  /** Looks for work now rather than at the next poll. */
+  wake(): void {
+    if (!this.#started || this.#stopped) return;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#tick();
+  }
+
+  #tick(): void {
+    if (this.#stopped) return;
+    try {
+      this.#maybeSchedule();
+    } catch (err) {
+      this.#log(`jobs: schedule: ${QuantdError.from(err).toLine()}`);
+    }
+    let p: Promise<unknown> = Promise.resolve();
+    if (this.#running === undefined) {
+      try {
+        p = this.runNext();
+      } catch (err) {
+        // A busy database: try again at the next poll.
+        this.#log(`jobs: cannot claim a job: ${QuantdError.from(err).toLine()}`);
+      }
+    }
+    void p
+      .catch((err: unknown) => this.#log(`jobs: ${QuantdError.from(err).toLine()}`))
+      .finally(() => {
+        if (this.#stopped || this.#running !== undefined) return;
+        this.#timer = setTimeout(() => {
+          this.#timer = undefined;
+          this.#tick();
+        }, this.#o.pollMs ?? DEFAULT_POLL_MS);
+      });
+  }
+
+  #maybeSchedule(): void {
+    const s = this.#o.schedule;
+    if (s === undefined) return;
+    const pending = [
+      ...this.#o.jobs.list({ state: "QUEUED", limit: 1000 }),
+      ...this.#o.jobs.list({ state: "IN_PROGRESS", limit: 10 }),
+    ];
+    if (pending.some((j) => j.type === s.job.type)) return;
+    const now = this.#now();
+    const seen = s.samplesSeen?.();
+    let why: string | undefined;
+    if (s.everyMs !== undefined && now - this.#lastScheduled >= s.everyMs) why = "schedule";
+    else if (
+      s.afterNewSamples !== undefined &&
+      seen !== undefined &&
+      this.#seenBaseline !== undefined &&
+      seen - this.#seenBaseline >= s.afterNewSamples
+    ) {
+      why = `${seen - this.#seenBaseline} new samples`;
+    }
+    if (why === undefined) return;
+    const params = {
+      ...(s.job.params ?? {}),
+      trigger: why,
+      ...(seen !== undefined ? { samplesSeen: seen } : {}),
+    };
+    const job = this.#o.jobs.create({ type: s.job.type, params });
+    this.#lastScheduled = now;
+    if (seen !== undefined) this.#seenBaseline = seen;
+    this.#log(`jobs: queued ${job.type} job ${job.id} (${why})`);
+    this.#emit(job);
+  }
+
+  /**
+   * Stops polling; a running job stops at its next stage boundary and goes
+   * back to the queue (it resumes at the next start). Releases the lock.
+   */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const r = this.#running;
+    if (r !== undefined) {
+      r.stop ??= "shutdown";
+      r.abort.abort(new QuantdError("JOB_INTERRUPTED", "the job runner is stopping"));
+      await r.done.catch(() => undefined);
+    }
+    this.#release?.();
+    this.#release = undefined;
+  }
+
+  async #run(r: Running): Promise<Job | undefined> {
+    const { job } = r;
+    const jobs = this.#o.jobs;
+    const handler = this.#o.handlers[job.type];
+    const workDir = join(this.#o.workRoot, job.id);
+    const deadline = this.#now() + this.#timeoutMs;
+    const timer = setTimeout(() => {
+      r.stop ??= "timeout";
+      r.abort.abort(new QuantdError("JOB_TIMED_OUT", `job ${job.id} ran past its timeout`));
+    }, this.#timeoutMs);
+    this.#emit(job);
+    this.#log(
+      `jobs: running ${job.type} job ${job.id}${job.attempts > 1 ? ` (attempt ${job.attempts}, resuming after ${job.stage ?? "start"})` : ""}`,
+    );
+
+    const check = (): void => {
+      if (r.stop === undefined) {
+        if (this.#now() >= deadline) r.stop = "timeout";
+        else if (jobs.get(job.id)?.cancelRequested === true) r.stop = "cancel";
+      }
+      switch (r.stop) {
+        case undefined:
+          return;
+        case "cancel":
+          throw new QuantdError("JOB_CANCELLED", `job ${job.id} was cancelled`);
+        case "timeout":
+          throw new QuantdError("JOB_TIMED_OUT", `job ${job.id} ran longer than ${this.#timeoutMs} ms`, {
+            details: { timeoutMs: this.#timeoutMs },
+          });
+        case "shutdown":
+          throw new QuantdError("JOB_INTERRUPTED", "the job runner is stopping");
+      }
+    };
+    const checkpointPath = join(workDir, CHECKPOINT_FILE);
+    const ctx: JobContext = {
+      job,
+      workDir,
+      signal: r.abort.signal,
+      stage: (name, progress) => {
+        check();
+        const update: { stage: string; progress?: number } = { stage: name };
+        if (progress !== undefined) update.progress = Math.min(1, Math.max(0, progress));
+        this.#emit(jobs.update(job.id, update));
+      },
+      check,
+      readCheckpoint: () => {
+        try {
+          const v: unknown = JSON.parse(readFileSync(checkpointPath, "utf8"));
+          return typeof v === "object" && v !== null && !Array.isArray(v)
+            ? (v as Record<string, unknown>)
+            : undefined;
+        } catch {
+          // Absent or torn (it is written atomically, so torn means a disk fault): start over.
+          return undefined;
+        }
+      },
+      writeCheckpoint: (value) => writeJsonDurably(checkpointPath, value),
+      log: (line) => this.#log(`job ${job.id}: ${line}`),
+    };
+
+    let verdict: JobVerdict | undefined;
+    let error: QuantdError | undefined;
+    try {
+      if (handler === undefined) throw new QuantdError("INTERNAL", `no handler for ${job.type} jobs`);
+      try {
+        mkdirSync(workDir, { recursive: true, mode: 0o750 });
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        throw new QuantdError(
+          code === "ENOSPC" ? "DISK_FULL" : "FILE_WRITE_FAILED",
+          `cannot create ${workDir}: ${(err as Error).message}`,
+          { cause: err },
+        );
+      }
+      verdict = await handler.run(ctx);
+      // The last stage boundary: a cancel or timeout that arrived during the last stage still wins.
+      check();
+    } catch (err) {
+      error = QuantdError.from(err, "INTERNAL");
+    } finally {
+      clearTimeout(timer);
+    }
+
+    if (error !== undefined && r.stop === "shutdown" && isQuantdError(error, "JOB_INTERRUPTED")) {
+      // Not an end: the next start resumes it from its checkpoint.
+      try {
+        this.#emit(jobs.requeue(job.id));
+      } catch (err) {
+        this.#log(`jobs: job ${job.id} left IN_PROGRESS: ${QuantdError.from(err).toLine()}`);
+      }
+      this.#log(
+        `jobs: job ${job.id} stopped at stage ${jobs.get(job.id)?.stage ?? "?"}; it resumes at the next start`,
+      );
+      return undefined;
+    }
+    let done: Job | undefined;
+    const finish = (): Job => {
+      if (verdict !== undefined && error === undefined) {
+        return verdict.state === "SUCCEEDED"
+          ? jobs.finish(job.id, "SUCCEEDED", { result: verdict.result ?? null })
+          : jobs.finish(job.id, "REJECTED", {
+              result: verdict.result ?? null,
+              error: verdict.error.toJSON(),
+            });
+      }
+      const e = error ?? new QuantdError("INTERNAL", "job ended without a verdict");
+      return jobs.finish(job.id, e.code === "JOB_TIMED_OUT" ? "TIMED_OUT" : "FAILED", { error: e.toJSON() });
+    };
+    // A locked database may free up in a moment; if it does not, recovery at the next start ends the job.
+    for (let attempt = 0; attempt < 5 && done === undefined; attempt++) {
+      try {
+        done = finish();
+      } catch (err) {
+        const qe = QuantdError.from(err);
+        if (qe.code !== "STORE_BUSY" || attempt === 4) {
+          this.#log(`jobs: cannot record the end of job ${job.id}: ${qe.toLine()}`);
+          return undefined;
+        }
+        await sleep(200 * (attempt + 1));
+      }
+    }
+    rmSync(workDir, { recursive: true, force: true });
+    if (done !== undefined) {
+      this.#emit(done);
+      this.#log(
+        `jobs: ${done.type} job ${done.id} ${done.state}${done.error !== null ? `: ${done.error.code}: ${done.error.message}` : ""}`,
+      );
+    }
+    return done;
+  }
+}
