@@ -1,0 +1,214 @@
+/**
+ * The fleet controller: one MQTT client with a persistent session and a
+ * shared subscription (`$share/quantd-controllers/quantd/v1/+/+/#`), so
+ * several replicas split a large fleet's messages and a restarted controller
+ * receives what was queued for it. Every message goes into the
+ * {@link FleetStore}; listeners (the dashboard's live updates) hear about each
+ * change. The controller assumes nothing of the broker beyond MQTT 5 shared
+ * subscriptions: it works the same on one mosquitto, a bridge or a cluster.
+ */
+import { hostname } from "node:os";
+import { QuantdError } from "../../errors.ts";
+import { connectMqtt, type MqttConnection, type MqttMessage } from "../mqtt-client.ts";
+import {
+  CONTROLLER_SHARED_FILTER,
+  decodeJson,
+  type JobMessage,
+  type ParsedTopic,
+  parseTopic,
+  type ReportMessage,
+  type StatusMessage,
+  type TelemetryMessage,
+} from "../protocol.ts";
+import type { FleetStore } from "./store.ts";
+
+/** What changed, for live views. */
+export interface ControllerEvent {
+  kind: "status" | "telemetry" | "job" | "report";
+  fleet: string;
+  device: string;
+  at: number;
+}
+
+/** Options of {@link startController}. */
+export interface ControllerOptions {
+  broker: string;
+  store: FleetStore;
+  /** MQTT client id; distinct per replica, stable across restarts (the session is kept). @defaultValue `quantd-controller-<hostname>` */
+  clientId?: string;
+  username?: string;
+  password?: string;
+  /** PEM contents for mqtts. */
+  ca?: string;
+  cert?: string;
+  key?: string;
+  /** Telemetry older than this is pruned every minute. @defaultValue 7 days */
+  telemetryRetentionMs?: number;
+  log?: (line: string) => void;
+  now?: () => number;
+}
+
+/** Counters of a running controller. */
+export interface ControllerStats {
+  connected: boolean;
+  messages: number;
+  byKind: Record<ControllerEvent["kind"], number>;
+  /** Messages that were not valid fleet payloads (logged, skipped). */
+  malformed: number;
+  duplicateReports: number;
+}
+
+/** A running controller. */
+export interface FleetController {
+  readonly clientId: string;
+  readonly store: FleetStore;
+  /** Resolves once connected and subscribed (true) or after `timeoutMs` (false). */
+  waitReady(timeoutMs: number): Promise<boolean>;
+  onEvent(fn: (e: ControllerEvent) => void): () => void;
+  stats(): ControllerStats;
+  /** Disconnects (the session stays on the broker); the store is left open. */
+  stop(): Promise<void>;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Starts the controller; it connects and reconnects in the background.
+ *
+ * @throws CONFIG_INVALID on a bad broker URL
+ */
+export function startController(options: ControllerOptions): FleetController {
+  const log = options.log ?? (() => {});
+  const now = options.now ?? Date.now;
+  const clientId = options.clientId ?? `quantd-controller-${hostname()}`.replace(/[^\w.-]/g, "-");
+  const conn: MqttConnection = connectMqtt({
+    url: options.broker,
+    clientId,
+    clean: false,
+    sessionExpirySec: 7 * 24 * 3600,
+    ...(options.username === undefined ? {} : { username: options.username }),
+    ...(options.password === undefined ? {} : { password: options.password }),
+    ...(options.ca === undefined ? {} : { ca: options.ca }),
+    ...(options.cert === undefined ? {} : { cert: options.cert }),
+    ...(options.key === undefined ? {} : { key: options.key }),
+  });
+  const listeners = new Set<(e: ControllerEvent) => void>();
+  const stats: ControllerStats = {
+    connected: false,
+    messages: 0,
+    byKind: { status: 0, telemetry: 0, job: 0, report: 0 },
+    malformed: 0,
+    duplicateReports: 0,
+  };
+  let subscribed = false;
+  const readyWaiters = new Set<() => void>();
+  // Messages are stored one at a time, in arrival order, so a device's status
+  // and job updates never race each other.
+  let chain: Promise<void> = Promise.resolve();
+
+  const emit = (e: ControllerEvent): void => {
+    for (const fn of listeners) fn(e);
+  };
+
+  const ingest = async (t: ParsedTopic, m: MqttMessage): Promise<void> => {
+    const body = decodeJson(m.payload);
+    const at = now();
+    const bad = (): void => {
+      stats.malformed++;
+      log(`controller: skipped a malformed ${t.kind} message on ${m.topic}`);
+    };
+    if (!isObject(body)) return bad();
+    const { fleet, device } = t;
+    switch (t.kind) {
+      case "status":
+        if (body.state !== "online" && body.state !== "offline") return bad();
+        await options.store.recordStatus(fleet, device, body as unknown as StatusMessage, at);
+        break;
+      case "telemetry":
+        if (!Array.isArray(body.samples)) return bad();
+        await options.store.recordTelemetry(fleet, device, body as unknown as TelemetryMessage, at);
+        break;
+      case "job":
+        if (typeof body.id !== "string" || typeof body.state !== "string") return bad();
+        await options.store.recordJob(fleet, device, body as unknown as JobMessage, at);
+        break;
+      case "report":
+        if (typeof body.id !== "string" || typeof body.jobId !== "string") return bad();
+        if (!(await options.store.recordReport(fleet, device, body as unknown as ReportMessage, at))) {
+          stats.duplicateReports++;
+          return;
+        }
+        break;
+      case "cmd":
+      case "reply":
+        return;
+    }
+    stats.messages++;
+    stats.byKind[t.kind]++;
+    emit({ kind: t.kind, fleet, device, at });
+  };
+
+  conn.onMessage((m) => {
+    const t = parseTopic(m.topic);
+    if (t === undefined || t.kind === "cmd" || t.kind === "reply") return;
+    chain = chain
+      .then(() => ingest(t, m))
+      .catch((err: unknown) => {
+        log(`controller: cannot store ${m.topic}: ${QuantdError.from(err).toLine()}`);
+      });
+  });
+  conn.onConnect(() => {
+    stats.connected = true;
+    conn
+      .subscribe([CONTROLLER_SHARED_FILTER], { qos: 1 })
+      .then(() => {
+        subscribed = true;
+        for (const w of readyWaiters) w();
+        readyWaiters.clear();
+      })
+      .catch((err: unknown) => log(`controller: cannot subscribe: ${QuantdError.from(err).toLine()}`));
+  });
+  conn.onClose(() => {
+    stats.connected = false;
+  });
+  conn.onError((err) => log(`controller: ${err.toLine()}`));
+
+  const retention = options.telemetryRetentionMs ?? 7 * 24 * 3600 * 1000;
+  const pruneTimer = setInterval(() => {
+    options.store.pruneTelemetry(now() - retention).catch((err: unknown) => {
+      log(`controller: prune failed: ${QuantdError.from(err).toLine()}`);
+    });
+  }, 60_000);
+  pruneTimer.unref?.();
+
+  return {
+    clientId,
+    store: options.store,
+    waitReady(timeoutMs) {
+      if (subscribed && conn.connected) return Promise.resolve(true);
+      return new Promise((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          resolve(true);
+        };
+        const timer = setTimeout(() => {
+          readyWaiters.delete(done);
+          resolve(false);
+        }, timeoutMs);
+        readyWaiters.add(done);
+      });
+    },
+    onEvent(fn) {
+      listeners.add(fn);
+      return () => listeners.delete(fn);
+    },
+    stats: () => ({ ...stats, byKind: { ...stats.byKind } }),
+    async stop() {
+      clearInterval(pruneTimer);
+      await conn.close();
+      await chain;
+    },
+  };
+}

@@ -1,0 +1,290 @@
+/**
+ * The {@link FleetStore} on SQLite: the controller's own database (not the
+ * agent's), with its own migrations, opened through the store layer's
+ * adapters so it runs under Bun and Node alike.
+ */
+import type { QuantdErrorJSON } from "../../errors.ts";
+import type { JobState } from "../../store/jobs.ts";
+import { type Migration, migrate } from "../../store/migrations.ts";
+import { type OpenSqlOptions, openSqlDatabase } from "../../store/open.ts";
+import { jsonOrNull, num, str, strOrNull } from "../../store/row.ts";
+import type { SqlDatabase, SqlRow } from "../../store/sql.ts";
+import type { ModelInfo, OutboxFigures, ReportMessage, StatusMessage, TelemetrySample } from "../protocol.ts";
+import type { DeviceRecord, FleetStore, JobRecord, StatusRecord, TelemetryRecord } from "./store.ts";
+
+/** The controller database's schema, oldest first. Append, never edit. */
+export const FLEET_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "fleet devices, status history, telemetry, jobs, reports",
+    sql: `
+      CREATE TABLE devices (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        online INTEGER NOT NULL,
+        agent_version TEXT,
+        model TEXT,
+        outbox TEXT,
+        last_seen INTEGER NOT NULL,
+        status_at INTEGER NOT NULL,
+        last_telemetry TEXT,
+        last_report TEXT,
+        last_report_at INTEGER,
+        PRIMARY KEY (fleet, device)
+      );
+      CREATE TABLE status_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        at INTEGER NOT NULL
+      );
+      CREATE INDEX status_history_device ON status_history (fleet, device, id);
+      CREATE TABLE telemetry (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        sample TEXT NOT NULL
+      );
+      CREATE INDEX telemetry_device_at ON telemetry (fleet, device, at);
+      CREATE INDEX telemetry_at ON telemetry (at);
+      CREATE TABLE jobs (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        stage TEXT,
+        progress REAL NOT NULL,
+        updated_at INTEGER NOT NULL,
+        result TEXT,
+        error TEXT,
+        PRIMARY KEY (fleet, device, id)
+      );
+      CREATE INDEX jobs_updated ON jobs (fleet, updated_at);
+      CREATE TABLE reports (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        id TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (fleet, device, id)
+      );
+      CREATE INDEX reports_device ON reports (fleet, device, received_at);
+    `,
+  },
+];
+
+const FINAL = "('SUCCEEDED','FAILED','REJECTED','TIMED_OUT')";
+
+function toDevice(r: SqlRow): DeviceRecord {
+  return {
+    fleet: str(r, "fleet"),
+    device: str(r, "device"),
+    online: num(r, "online") === 1,
+    agentVersion: strOrNull(r, "agent_version"),
+    model: jsonOrNull(r, "model") as ModelInfo | null,
+    outbox: jsonOrNull(r, "outbox") as OutboxFigures | null,
+    lastSeen: num(r, "last_seen"),
+    statusAt: num(r, "status_at"),
+    lastTelemetry: jsonOrNull(r, "last_telemetry") as TelemetrySample | null,
+    lastReport: jsonOrNull(r, "last_report") as ReportMessage | null,
+  };
+}
+
+function toJob(r: SqlRow): JobRecord {
+  return {
+    fleet: str(r, "fleet"),
+    device: str(r, "device"),
+    id: str(r, "id"),
+    type: str(r, "type"),
+    state: str(r, "state") as JobState,
+    stage: strOrNull(r, "stage"),
+    progress: num(r, "progress"),
+    updatedAt: num(r, "updated_at"),
+    result: jsonOrNull(r, "result"),
+    error: jsonOrNull(r, "error") as QuantdErrorJSON | null,
+  };
+}
+
+const text = (v: unknown): string | null => (v === undefined || v === null ? null : JSON.stringify(v));
+
+/** A {@link FleetStore} over an open connection; migrates it first. */
+export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
+  migrate(db, FLEET_MIGRATIONS);
+  const touch = db.prepare(
+    `INSERT INTO devices (fleet, device, online, last_seen, status_at) VALUES (?, ?, 1, ?, 0)
+     ON CONFLICT (fleet, device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)`,
+  );
+  const lastStatus = db.prepare(
+    "SELECT state, reason, at FROM status_history WHERE fleet = ? AND device = ? ORDER BY id DESC LIMIT 1",
+  );
+  const addStatus = db.prepare(
+    "INSERT INTO status_history (fleet, device, state, reason, at) VALUES (?, ?, ?, ?, ?)",
+  );
+  const setStatus = db.prepare(
+    `UPDATE devices SET online = ?, agent_version = coalesce(?, agent_version), model = CASE WHEN ? THEN ? ELSE model END,
+       outbox = coalesce(?, outbox), status_at = ? WHERE fleet = ? AND device = ? AND status_at <= ?`,
+  );
+  const addSample = db.prepare("INSERT INTO telemetry (fleet, device, at, sample) VALUES (?, ?, ?, ?)");
+  const setTelemetry = db.prepare(
+    "UPDATE devices SET last_telemetry = ?, outbox = coalesce(?, outbox) WHERE fleet = ? AND device = ?",
+  );
+  const upsertJob = db.prepare(
+    `INSERT INTO jobs (fleet, device, id, type, state, stage, progress, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+     ON CONFLICT (fleet, device, id) DO UPDATE SET state = excluded.state, stage = excluded.stage,
+       progress = excluded.progress, updated_at = excluded.updated_at
+     WHERE jobs.state NOT IN ${FINAL} AND excluded.updated_at >= jobs.updated_at`,
+  );
+  const addReport = db.prepare(
+    "INSERT OR IGNORE INTO reports (fleet, device, id, received_at, body) VALUES (?, ?, ?, ?, ?)",
+  );
+  const finishJob = db.prepare(
+    `INSERT INTO jobs (fleet, device, id, type, state, stage, progress, updated_at, result, error)
+     VALUES (?, ?, ?, ?, ?, NULL, 1, ?, ?, ?)
+     ON CONFLICT (fleet, device, id) DO UPDATE SET state = excluded.state, result = excluded.result,
+       error = excluded.error, updated_at = max(jobs.updated_at, excluded.updated_at),
+       progress = CASE WHEN excluded.state = 'SUCCEEDED' THEN 1 ELSE jobs.progress END`,
+  );
+  const setReport = db.prepare(
+    `UPDATE devices SET last_report = ?, last_report_at = ? WHERE fleet = ? AND device = ?
+       AND (last_report_at IS NULL OR last_report_at <= ?)`,
+  );
+  const cols =
+    "fleet, device, online, agent_version, model, outbox, last_seen, status_at, last_telemetry, last_report";
+  const allDevices = db.prepare(`SELECT ${cols} FROM devices ORDER BY fleet, device`);
+  const fleetDevices = db.prepare(`SELECT ${cols} FROM devices WHERE fleet = ? ORDER BY device`);
+  const oneDevice = db.prepare(`SELECT ${cols} FROM devices WHERE fleet = ? AND device = ?`);
+  const history = db.prepare(
+    "SELECT state, reason, at FROM status_history WHERE fleet = ? AND device = ? ORDER BY id DESC LIMIT ?",
+  );
+  const reportsOf = db.prepare(
+    "SELECT body FROM reports WHERE fleet = ? AND device = ? ORDER BY received_at DESC, rowid DESC LIMIT ?",
+  );
+  const jobCols = "fleet, device, id, type, state, stage, progress, updated_at, result, error";
+  const oneJob = db.prepare(`SELECT ${jobCols} FROM jobs WHERE fleet = ? AND device = ? AND id = ?`);
+  const fleetJobs = db.prepare(
+    `SELECT ${jobCols} FROM jobs WHERE fleet = ? ORDER BY updated_at DESC LIMIT ?`,
+  );
+  const deviceJobs = db.prepare(
+    `SELECT ${jobCols} FROM jobs WHERE fleet = ? AND device = ? ORDER BY updated_at DESC LIMIT ?`,
+  );
+  const samplesOf = db.prepare(
+    "SELECT device, sample FROM telemetry WHERE fleet = ? AND device = ? AND at >= ? ORDER BY at, id LIMIT ?",
+  );
+  const prune = db.prepare("DELETE FROM telemetry WHERE at < ?");
+
+  return {
+    async recordStatus(fleet, device, status: StatusMessage, receivedAt) {
+      // The Last Will is written at connect time and carries no time of its own.
+      const at = status.at ?? receivedAt;
+      db.transaction(() => {
+        touch.run(fleet, device, receivedAt);
+        const last = lastStatus.get(fleet, device);
+        // Retained statuses are delivered again on every controller restart: record a change once.
+        const repeat = last !== undefined && str(last, "state") === status.state && num(last, "at") === at;
+        if (!repeat) addStatus.run(fleet, device, status.state, status.reason ?? null, at);
+        setStatus.run(
+          status.state === "online" ? 1 : 0,
+          status.agentVersion ?? null,
+          status.model === undefined ? 0 : 1,
+          text(status.model),
+          text(status.outbox),
+          at,
+          fleet,
+          device,
+          at,
+        );
+      });
+    },
+    async recordTelemetry(fleet, device, msg, receivedAt) {
+      db.transaction(() => {
+        touch.run(fleet, device, receivedAt);
+        for (const s of msg.samples) addSample.run(fleet, device, s.at, JSON.stringify(s));
+        const last = msg.samples.at(-1);
+        setTelemetry.run(text(last), text(msg.outbox), fleet, device);
+      });
+    },
+    async recordJob(fleet, device, msg, receivedAt) {
+      db.transaction(() => {
+        touch.run(fleet, device, receivedAt);
+        upsertJob.run(fleet, device, msg.id, msg.type, msg.state, msg.stage, msg.progress, msg.at);
+      });
+    },
+    async recordReport(fleet, device, report: ReportMessage, receivedAt) {
+      return db.transaction(() => {
+        touch.run(fleet, device, receivedAt);
+        const fresh = addReport.run(fleet, device, report.id, receivedAt, JSON.stringify(report)).changes > 0;
+        if (!fresh) return false;
+        const at = report.finishedAt ?? receivedAt;
+        finishJob.run(
+          fleet,
+          device,
+          report.jobId,
+          report.type,
+          report.state,
+          at,
+          text(report.result),
+          text(report.error),
+        );
+        setReport.run(JSON.stringify(report), at, fleet, device, at);
+        return true;
+      });
+    },
+    async devices(fleet) {
+      return (fleet === undefined ? allDevices.all() : fleetDevices.all(fleet)).map(toDevice);
+    },
+    async device(fleet, device) {
+      const r = oneDevice.get(fleet, device);
+      return r === undefined ? undefined : toDevice(r);
+    },
+    async statusHistory(fleet, device, limit = 100): Promise<StatusRecord[]> {
+      return history.all(fleet, device, limit).map((r) => ({
+        state: str(r, "state") as StatusRecord["state"],
+        reason: strOrNull(r, "reason") as StatusRecord["reason"],
+        at: num(r, "at"),
+      }));
+    },
+    async reports(fleet, device, limit = 100) {
+      return reportsOf.all(fleet, device, limit).map((r) => jsonOrNull(r, "body") as ReportMessage);
+    },
+    async job(fleet, device, id) {
+      const r = oneJob.get(fleet, device, id);
+      return r === undefined ? undefined : toJob(r);
+    },
+    async jobs(fleet, device, limit = 100) {
+      return (device === undefined ? fleetJobs.all(fleet, limit) : deviceJobs.all(fleet, device, limit)).map(
+        toJob,
+      );
+    },
+    async telemetry(fleet, device, since, limit = 10_000): Promise<TelemetryRecord[]> {
+      return samplesOf.all(fleet, device, since, limit).map((r) => ({
+        ...(jsonOrNull(r, "sample") as TelemetrySample),
+        device: str(r, "device"),
+      }));
+    },
+    async pruneTelemetry(before) {
+      return prune.run(before).changes;
+    },
+    async close() {
+      db.close();
+    },
+  };
+}
+
+/**
+ * Opens (creating) the controller database at `path`, or `:memory:`.
+ *
+ * @throws STORE_FAILED | STORE_BUSY | STORE_SCHEMA_TOO_NEW from the store layer
+ */
+export async function openSqliteFleetStore(path: string, options: OpenSqlOptions = {}): Promise<FleetStore> {
+  const db = await openSqlDatabase(path, options);
+  try {
+    return createSqliteFleetStore(db);
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * What the fleet controller remembers, behind one interface: devices and
+ * their status history, telemetry samples, job progress and reports. SQLite
+ * (`sqlite-store.ts`) is the implementation for one controller; the methods
+ * are asynchronous so a networked database can implement the same contract
+ * for several replicas.
+ */
+import type { QuantdErrorJSON } from "../../errors.ts";
+import type { JobState } from "../../store/jobs.ts";
+import type {
+  JobMessage,
+  ModelInfo,
+  OutboxFigures,
+  ReportMessage,
+  StatusMessage,
+  TelemetryMessage,
+  TelemetrySample,
+} from "../protocol.ts";
+
+/** A device as the controller knows it. */
+export interface DeviceRecord {
+  fleet: string;
+  device: string;
+  online: boolean;
+  agentVersion: string | null;
+  model: ModelInfo | null;
+  outbox: OutboxFigures | null;
+  /** When the controller last heard anything from it (ms since the epoch). */
+  lastSeen: number;
+  /** When its status last changed. */
+  statusAt: number;
+  /** Its latest telemetry sample. */
+  lastTelemetry: TelemetrySample | null;
+  /** Its latest report. */
+  lastReport: ReportMessage | null;
+}
+
+/** One status change. */
+export interface StatusRecord {
+  state: StatusMessage["state"];
+  reason: StatusMessage["reason"] | null;
+  at: number;
+}
+
+/** A job as the controller saw it through progress messages and its report. */
+export interface JobRecord {
+  fleet: string;
+  device: string;
+  id: string;
+  type: string;
+  state: JobState;
+  stage: string | null;
+  progress: number;
+  updatedAt: number;
+  result: unknown;
+  error: QuantdErrorJSON | null;
+}
+
+/** A telemetry sample with its device. */
+export interface TelemetryRecord extends TelemetrySample {
+  device: string;
+}
+
+/** The controller's storage. */
+export interface FleetStore {
+  /** Records a status message (a history row always; the device row when newer). */
+  recordStatus(fleet: string, device: string, status: StatusMessage, receivedAt: number): Promise<void>;
+  /** Keeps every sample of a telemetry batch and the latest on the device. */
+  recordTelemetry(fleet: string, device: string, msg: TelemetryMessage, receivedAt: number): Promise<void>;
+  /** Records a job progress message; an older message never overwrites a newer state. */
+  recordJob(fleet: string, device: string, msg: JobMessage, receivedAt: number): Promise<void>;
+  /** Records a report; false when its id was already recorded (QoS 1 duplicates). */
+  recordReport(fleet: string, device: string, report: ReportMessage, receivedAt: number): Promise<boolean>;
+  /** Devices, by fleet then name; one fleet when given. */
+  devices(fleet?: string): Promise<DeviceRecord[]>;
+  device(fleet: string, device: string): Promise<DeviceRecord | undefined>;
+  /** Status changes, newest first. @defaultValue limit 100 */
+  statusHistory(fleet: string, device: string, limit?: number): Promise<StatusRecord[]>;
+  /** Reports, newest first. @defaultValue limit 100 */
+  reports(fleet: string, device: string, limit?: number): Promise<ReportMessage[]>;
+  /** A job, or undefined. */
+  job(fleet: string, device: string, id: string): Promise<JobRecord | undefined>;
+  /** Jobs of a fleet (or one device), newest first. @defaultValue limit 100 */
+  jobs(fleet: string, device?: string, limit?: number): Promise<JobRecord[]>;
+  /** Telemetry samples taken at or after `since`, oldest first. @defaultValue limit 10000 */
+  telemetry(fleet: string, device: string, since: number, limit?: number): Promise<TelemetryRecord[]>;
+  /** Deletes telemetry older than `before` (ms); returns how many rows went. */
+  pruneTelemetry(before: number): Promise<number>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,179 @@
+/**
+ * The controller's {@link FleetStore} contract, for every implementation
+ * (SQLite now; a networked database for several replicas would run the same
+ * suite): status history and ordering, retained-status repeats, telemetry
+ * ranges and pruning, job state that never goes back, report dedupe.
+ */
+import assert from "node:assert/strict";
+import type { FleetStore } from "../../src/fleet/controller/store.ts";
+import type { ReportMessage, StatusMessage } from "../../src/fleet/protocol.ts";
+import type { TestApi } from "./harness.ts";
+
+const online = (at: number, model = "v1"): StatusMessage => ({
+  state: "online",
+  fleet: "f",
+  device: "d1",
+  at,
+  agentVersion: "0.1.0",
+  model: { version: model, kind: "int8-static" },
+  outbox: { queued: 0, bytes: 0, dropped: 0 },
+});
+
+const report = (
+  id: string,
+  finishedAt: number,
+  state: ReportMessage["state"] = "SUCCEEDED",
+): ReportMessage => ({
+  id,
+  device: "d1",
+  jobId: id,
+  type: "recalibrate",
+  state,
+  result: { agreement: 0.99 },
+  startedAt: finishedAt - 10,
+  finishedAt,
+});
+
+/** Registers the FleetStore contract; `make` returns a fresh, empty store. */
+export function runFleetStoreContract(t: TestApi, name: string, make: () => Promise<FleetStore>): void {
+  const withStore = async (fn: (s: FleetStore) => Promise<void>): Promise<void> => {
+    const s = await make();
+    try {
+      await fn(s);
+    } finally {
+      await s.close();
+    }
+  };
+
+  t.describe(`FleetStore contract (${name})`, () => {
+    t.test("a status creates the device; a will makes it offline; history is newest first", async () => {
+      await withStore(async (s) => {
+        await s.recordStatus("f", "d1", online(1000), 1001);
+        let d = await s.device("f", "d1");
+        assert.equal(d?.online, true);
+        assert.deepEqual(d?.model, { version: "v1", kind: "int8-static" });
+        assert.equal(d?.agentVersion, "0.1.0");
+        await s.recordStatus(
+          "f",
+          "d1",
+          { state: "offline", fleet: "f", device: "d1", at: null, reason: "will" },
+          2000,
+        );
+        d = await s.device("f", "d1");
+        assert.equal(d?.online, false);
+        // The will carries no model: the last known one stays.
+        assert.deepEqual(d?.model, { version: "v1", kind: "int8-static" });
+        assert.deepEqual(await s.statusHistory("f", "d1"), [
+          { state: "offline", reason: "will", at: 2000 },
+          { state: "online", reason: null, at: 1000 },
+        ]);
+        assert.equal(await s.device("f", "nope"), undefined);
+      });
+    });
+
+    t.test("a retained status delivered again adds no history; an older status does not win", async () => {
+      await withStore(async (s) => {
+        await s.recordStatus("f", "d1", online(1000), 1001);
+        await s.recordStatus("f", "d1", online(1000), 5000);
+        assert.equal((await s.statusHistory("f", "d1")).length, 1);
+        await s.recordStatus("f", "d1", online(3000, "v2"), 3001);
+        await s.recordStatus("f", "d1", online(2000, "v0"), 3002);
+        assert.equal((await s.device("f", "d1"))?.model?.version, "v2");
+        assert.equal((await s.device("f", "d1"))?.lastSeen, 5000);
+      });
+    });
+
+    t.test("devices are listed per fleet in name order", async () => {
+      await withStore(async (s) => {
+        await s.recordStatus("f", "b", { ...online(1), device: "b" }, 1);
+        await s.recordStatus("f", "a", { ...online(1), device: "a" }, 1);
+        await s.recordStatus("g", "c", { ...online(1), device: "c" }, 1);
+        assert.deepEqual(
+          (await s.devices("f")).map((d) => d.device),
+          ["a", "b"],
+        );
+        assert.deepEqual(
+          (await s.devices()).map((d) => `${d.fleet}/${d.device}`),
+          ["f/a", "f/b", "g/c"],
+        );
+      });
+    });
+
+    t.test("telemetry keeps every sample, the latest on the device, and prunes by time", async () => {
+      await withStore(async (s) => {
+        const samples = [1000, 2000, 3000].map((at) => ({ at, rssBytes: at * 10 }));
+        await s.recordTelemetry(
+          "f",
+          "d1",
+          { device: "d1", at: 3000, samples, outbox: { queued: 2, bytes: 9, dropped: 1 } },
+          3001,
+        );
+        const d = await s.device("f", "d1");
+        assert.deepEqual(d?.lastTelemetry, { at: 3000, rssBytes: 30000 });
+        assert.deepEqual(d?.outbox, { queued: 2, bytes: 9, dropped: 1 });
+        assert.deepEqual(
+          (await s.telemetry("f", "d1", 2000)).map((x) => x.at),
+          [2000, 3000],
+        );
+        assert.equal(await s.pruneTelemetry(2500), 2);
+        assert.deepEqual(
+          (await s.telemetry("f", "d1", 0)).map((x) => x.at),
+          [3000],
+        );
+      });
+    });
+
+    t.test(
+      "job progress never moves a job backwards; its report finishes it; duplicate reports are refused",
+      async () => {
+        await withStore(async (s) => {
+          const job = (
+            state: "QUEUED" | "IN_PROGRESS" | "SUCCEEDED",
+            at: number,
+            stage: string | null = null,
+          ) => ({
+            id: "j1",
+            type: "recalibrate",
+            state,
+            stage,
+            progress: 0.5,
+            at,
+          });
+          await s.recordJob("f", "d1", job("IN_PROGRESS", 200, "calibrating"), 201);
+          await s.recordJob("f", "d1", job("QUEUED", 100), 202);
+          assert.equal((await s.job("f", "d1", "j1"))?.state, "IN_PROGRESS");
+          assert.equal(await s.recordReport("f", "d1", report("j1", 300), 301), true);
+          assert.equal(await s.recordReport("f", "d1", report("j1", 300), 302), false);
+          await s.recordJob("f", "d1", job("IN_PROGRESS", 250, "late"), 303);
+          const j = await s.job("f", "d1", "j1");
+          assert.equal(j?.state, "SUCCEEDED");
+          assert.deepEqual(j?.result, { agreement: 0.99 });
+          assert.equal(j?.progress, 1);
+          assert.equal((await s.reports("f", "d1")).length, 1);
+          assert.equal((await s.device("f", "d1"))?.lastReport?.id, "j1");
+          assert.deepEqual(
+            (await s.jobs("f")).map((x) => x.id),
+            ["j1"],
+          );
+        });
+      },
+    );
+
+    t.test(
+      "a report without progress messages still creates the job; the newest report is the device's last",
+      async () => {
+        await withStore(async (s) => {
+          await s.recordReport("f", "d1", report("a", 100), 101);
+          await s.recordReport("f", "d1", report("b", 300, "REJECTED"), 301);
+          await s.recordReport("f", "d1", report("c", 200), 302);
+          assert.equal((await s.device("f", "d1"))?.lastReport?.id, "b");
+          assert.equal((await s.job("f", "d1", "b"))?.state, "REJECTED");
+          assert.deepEqual(
+            (await s.reports("f", "d1", 2)).map((r) => r.id),
+            ["c", "b"],
+          );
+        });
+      },
+    );
+  });
+}
