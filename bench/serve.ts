@@ -121,9 +121,24 @@ function rssOf(pid: number): { rssMb: number; peakMb: number } {
   return { rssMb: kb("VmRSS") / 1024, peakMb: kb("VmHWM") / 1024 };
 }
 
+/** User + system CPU time of a process, in ms (load on other cores does not inflate it as it does wall time). */
+function cpuMsOf(pid: number): number {
+  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+function loadAverage(): string {
+  return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+}
+
 const dir = mkdtempSync(join(tmpdir(), "quantd-serve-bench-"));
 try {
-  console.log(`model ${join(modelDir, "model.onnx")}, ${THREADS} threads, ${RUNS} runs`);
+  console.log(
+    `model ${join(modelDir, "model.onnx")}, ${THREADS} threads, ${RUNS} runs, load average ${loadAverage()} ` +
+      `on ${navigator.hardwareConcurrency} cores`,
+  );
 
   // 1. Batch-1 round trip vs direct.
   {
@@ -176,7 +191,10 @@ try {
   // 2. 16 concurrent clients, batched vs unbatched.
   {
     const CLIENTS = 16;
-    const measure = async (socket: string): Promise<{ rps: number; p50: number; p99: number }> => {
+    type Figures = { rps: number; p50: number; p99: number; cpuMsPerRequest: number };
+    const measure = async (agent: RunningAgent): Promise<Figures> => {
+      const socket = agent.socket;
+      const cpu0 = cpuMsOf(agent.pid);
       const latencies: number[] = [];
       const end = performance.now() + SECONDS * 1000;
       const t0 = performance.now();
@@ -194,6 +212,7 @@ try {
         rps: latencies.length / elapsed,
         p50: percentile(latencies, 0.5),
         p99: percentile(latencies, 0.99),
+        cpuMsPerRequest: (cpuMsOf(agent.pid) - cpu0) / latencies.length,
       };
     };
     const batched = await startAgentProcess(
@@ -208,19 +227,19 @@ try {
       { QUANTD_BATCHING_MAX_BATCH: "1" },
       join(modelDir, "model.onnx"),
     );
-    const b: { rps: number; p50: number; p99: number }[] = [];
-    const u: { rps: number; p50: number; p99: number }[] = [];
-    await measure(batched.socket);
-    await measure(unbatched.socket);
+    const b: Figures[] = [];
+    const u: Figures[] = [];
+    await measure(batched);
+    await measure(unbatched);
     for (let run = 0; run < RUNS; run++) {
-      b.push(await measure(batched.socket));
-      u.push(await measure(unbatched.socket));
+      b.push(await measure(batched));
+      u.push(await measure(unbatched));
     }
     await batched.stop();
     await unbatched.stop();
-    const show = (xs: { rps: number; p50: number; p99: number }[]): string =>
+    const show = (xs: Figures[]): string =>
       `${median(xs.map((x) => x.rps)).toFixed(1)} req/s, p50 ${median(xs.map((x) => x.p50)).toFixed(1)} ms, ` +
-      `p99 ${median(xs.map((x) => x.p99)).toFixed(1)} ms`;
+      `p99 ${median(xs.map((x) => x.p99)).toFixed(1)} ms, agent CPU ${median(xs.map((x) => x.cpuMsPerRequest)).toFixed(2)} ms/request`;
     const ratio = median(b.map((x) => x.rps)) / median(u.map((x) => x.rps));
     console.log(`16 clients, batched (maxBatch 16): ${show(b)}`);
     console.log(`16 clients, unbatched (maxBatch 1): ${show(u)}`);
@@ -248,6 +267,7 @@ try {
         `16 clients ${afterServing.rssMb.toFixed(1)} MB, peak ${afterServing.peakMb.toFixed(1)} MB [target <= 150 MB]`,
     );
   }
+  console.log(`load average at the end: ${loadAverage()}`);
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
