@@ -128,7 +128,8 @@ export function syntheticFeeds(
   }
   const rng = createRng(opts.seed ?? 1);
   // Id 0 is padding in BERT vocabularies; tiny test vocabularies have no special block to skip.
-  const lo = opts.vocabSize > FIRST_ORDINARY_TOKEN_ID ? FIRST_ORDINARY_TOKEN_ID : Math.min(1, opts.vocabSize - 1);
+  const lo =
+    opts.vocabSize > FIRST_ORDINARY_TOKEN_ID ? FIRST_ORDINARY_TOKEN_ID : Math.min(1, opts.vocabSize - 1);
   const span = opts.vocabSize - lo;
   const dims = [shape.batch, shape.seq];
   const feeds: Record<string, Tensor> = {};

@@ -69,7 +69,9 @@ export interface BenchOptions {
   /**
    * Real text, per model: given, latency uses tokenized text and rows carry
    * accuracy and agreement with the first model of the family. A model for which
-   * it returns a QuantdError gets that error in its rows.
+   * it returns a QuantdError gets that error in its rows. (The memory child
+   * still feeds synthetic ids of the same shape: memory depends on the shape,
+   * not on which tokens fill it.)
    */
   data?: (model: BenchModel) => Promise<ModelData>;
   /** Called as work is done, for a progress bar. */

@@ -3,7 +3,7 @@
  * terminal, a JSON document for machines (with the machine it ran on), and a
  * markdown table for the README.
  */
-import { cpus, arch, release, totalmem, type } from "node:os";
+import { arch, cpus, loadavg, release, totalmem, type } from "node:os";
 import { existsSync, readFileSync } from "node:fs";
 import type { QuantdErrorJSON } from "../errors.ts";
 import { ORT_VERSION } from "../runtime/ort-session.ts";
@@ -22,6 +22,11 @@ export interface MachineInfo {
   onnxruntime: string;
   /** ISO-8601 time the document was made. */
   date: string;
+  /**
+   * 1, 5 and 15 minute load averages when the document was made: a busy machine
+   * widens p90/p99, and this says whether it was busy.
+   */
+  loadAverage?: number[];
 }
 
 /** The JSON document `--json` writes and `bench/results/latest.json` holds. */
@@ -62,6 +67,7 @@ export function machineInfo(now: Date = new Date()): MachineInfo {
     bun: process.versions["bun"] ?? "not bun",
     onnxruntime: ORT_VERSION,
     date: now.toISOString(),
+    loadAverage: loadavg().map((x) => Math.round(x * 100) / 100),
   };
 }
 
@@ -213,7 +219,8 @@ export function renderMarkdown(doc: BenchDocument): string {
   const m = doc.machine;
   const lines = [
     `Measured ${m.date.slice(0, 16).replace("T", " ")} UTC on ${m.cpu} (${m.cores} cores, ` +
-      `${(m.memoryBytes / 1024 ** 3).toFixed(0)} GB), ${m.os}; Bun ${m.bun}, onnxruntime ${m.onnxruntime}. ` +
+      `${(m.memoryBytes / 1024 ** 3).toFixed(0)} GB), ${m.os}; Bun ${m.bun}, onnxruntime ${m.onnxruntime}` +
+      `${m.loadAverage !== undefined ? `; load average ${m.loadAverage.join(" / ")} (1/5/15 min) at the end` : ""}. ` +
       `${doc.warmup} warm-up and ${doc.runs} timed runs per row, models interleaved; ` +
       `${doc.realText ? "real tokenized text" : "synthetic token ids unless noted below"}. ` +
       "Peak RSS is the high-water mark of a fresh process that loads the model and runs it (runtime included). " +

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
+import { repoRoot, shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
 
 interface Run {
   code: number;
@@ -99,4 +99,33 @@ test("a broken model fails its rows, the others are measured, files are written,
   // not a terminal: no carriage-return redraws, plain progress lines only
   expect(r.stderr).not.toContain("\r");
   expect(r.stderr).toContain(`wrote ${json}`);
+});
+
+test("--data adds accuracy and agreement columns; all rows measured gives exit 0", async () => {
+  const tsv = join(dir, "few.tsv");
+  const dev = readFileSync(shippedDevTsv, "utf8").split("\n");
+  writeFileSync(tsv, `${dev.slice(0, 21).join("\n")}\n`);
+  const r = await quantd([
+    "bench",
+    "--model",
+    shippedModelPath,
+    "--model",
+    shippedModelPath,
+    "--seq",
+    "16",
+    "--runs",
+    "2",
+    "--warmup",
+    "0",
+    "--no-memory",
+    "--data",
+    tsv,
+  ]);
+  expect(r.stderr).not.toContain("error");
+  expect(r.code).toBe(0);
+  const lines = r.stdout.trim().split("\n");
+  expect(lines[0]).toMatch(/vs first\s+accuracy\s+agreement$/);
+  // the same file twice: labelled apart by number, identical predictions
+  expect(lines[1]).toMatch(/^sst2-bert-mini\/model#1\s+b1×s16\s+1\s.*\d+\.\d\d%\s+-$/);
+  expect(lines[2]).toMatch(/^sst2-bert-mini\/model#2\s+b1×s16\s+1\s.*100\.00%$/);
 });
