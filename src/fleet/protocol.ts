@@ -173,6 +173,20 @@ export interface ReportMessage {
   finishedAt: number | null;
 }
 
+/**
+ * The figures a job result should carry for the fleet dashboard (any other
+ * keys are kept as they are): measured int8 and fp32 p50 latency, top-1
+ * agreement of int8 with fp32 on held-out samples, labelled accuracy, and the
+ * model version the job produced.
+ */
+export interface ReportFigures {
+  int8P50Ms?: number;
+  fp32P50Ms?: number;
+  agreement?: number;
+  accuracy?: number;
+  modelVersion?: string;
+}
+
 /** A command's reply, on the request's Response Topic with its Correlation Data. */
 export type CommandReply =
   | { id: string | null; command: string; ok: true; result: unknown }

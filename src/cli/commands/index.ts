@@ -10,6 +10,7 @@ import { collectCommand } from "./collect.ts";
 import { demoCommand } from "./demo.ts";
 import { deviceCommand } from "./device.ts";
 import { evalCommand } from "./eval.ts";
+import { fleetCommand } from "./fleet.ts";
 import { quantizeCommand } from "./quantize.ts";
 
 /** The commands of the CLI. */
@@ -22,4 +23,5 @@ export const commands: readonly Command[] = [
   collectCommand,
   deviceCommand,
   agentCommand,
+  fleetCommand,
 ];

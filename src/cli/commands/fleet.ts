@@ -1,0 +1,340 @@
+/**
+ * `quantd fleet serve|devices|recalibrate|report|rollback`: the fleet
+ * controller and the operator's commands. Everything goes over MQTT, so the
+ * operator commands work with or without a running controller.
+ */
+import { readFileSync } from "node:fs";
+import { QuantdError } from "../../errors.ts";
+import { startController } from "../../fleet/controller/controller.ts";
+import { startDashboard } from "../../fleet/controller/http.ts";
+import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
+import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from "../../fleet/mqtt-client.ts";
+import { readFleetStatus, runJobCommand } from "../../fleet/operations.ts";
+import { checkName } from "../../fleet/protocol.ts";
+import { createFleetRequester } from "../../fleet/requester.ts";
+import type { Command, CommandContext, FlagSpec } from "../command.ts";
+import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
+import { formatMs, renderTable } from "../render.ts";
+
+const SUBCOMMANDS = ["serve", "devices", "recalibrate", "report", "rollback"] as const;
+type Sub = (typeof SUBCOMMANDS)[number];
+
+const CONNECTION_FLAGS: FlagSpec[] = [
+  { name: "broker", type: "string", value: "URL", description: "mqtt://host:port or mqtts://host:port" },
+  {
+    name: "fleet",
+    type: "string",
+    value: "NAME",
+    description: "fleet name (not for serve, which takes every fleet)",
+  },
+  { name: "ca", type: "string", value: "FILE", description: "PEM CA certificate of the broker (mqtts)" },
+  { name: "cert", type: "string", value: "FILE", description: "PEM client certificate (mutual TLS)" },
+  { name: "key", type: "string", value: "FILE", description: "PEM client key (mutual TLS)" },
+  { name: "username", type: "string", value: "NAME", description: "broker username" },
+  {
+    name: "password-env",
+    type: "string",
+    value: "VAR",
+    description: "environment variable holding the broker password (never on the command line)",
+  },
+  {
+    name: "client-id",
+    type: "string",
+    value: "ID",
+    description: "MQTT client id",
+    default: "quantd-cli-<random> (serve: quantd-controller-<hostname>)",
+  },
+];
+
+function readPem(ctx: CommandContext, flag: string): string | undefined {
+  const path = flagString(ctx.flags, flag);
+  if (path === undefined) return undefined;
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    throw new QuantdError("FILE_NOT_FOUND", `--${flag}: cannot read ${path}`, { cause: err });
+  }
+}
+
+function connectOptions(ctx: CommandContext, clientId: string): MqttConnectOptions {
+  const o: MqttConnectOptions = { url: flagRequired(ctx.flags, "broker"), clientId };
+  const ca = readPem(ctx, "ca");
+  const cert = readPem(ctx, "cert");
+  const key = readPem(ctx, "key");
+  if (ca !== undefined) o.ca = ca;
+  if (cert !== undefined) o.cert = cert;
+  if (key !== undefined) o.key = key;
+  const username = flagString(ctx.flags, "username");
+  if (username !== undefined) o.username = username;
+  const pwVar = flagString(ctx.flags, "password-env");
+  if (pwVar !== undefined) {
+    const pw = process.env[pwVar];
+    if (pw === undefined) throw usageError(`--password-env: $${pwVar} is not set`);
+    o.password = pw;
+  }
+  return o;
+}
+
+async function withConnection<T>(
+  ctx: CommandContext,
+  fn: (conn: MqttConnection, fleet: string) => Promise<T>,
+): Promise<T> {
+  const fleet = checkName(flagRequired(ctx.flags, "fleet"), "fleet");
+  const clientId = flagString(ctx.flags, "client-id") ?? `quantd-cli-${crypto.randomUUID().slice(0, 8)}`;
+  const conn = await connectMqttOnce(connectOptions(ctx, clientId));
+  try {
+    return await fn(conn, fleet);
+  } finally {
+    await conn.close();
+  }
+}
+
+function ago(at: number | null | undefined): string {
+  if (at === null || at === undefined) return "-";
+  const s = Math.max(0, Math.round((Date.now() - at) / 1000));
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
+}
+
+async function serve(ctx: CommandContext): Promise<number> {
+  const dbPath = flagString(ctx.flags, "db") ?? "quantd-fleet.db";
+  if (/^postgres(ql)?:\/\//.test(dbPath)) {
+    throw new QuantdError("CONFIG_INVALID", "PostgreSQL is not supported yet: use a SQLite file for --db", {
+      details: { key: "db" },
+    });
+  }
+  const store = await openSqliteFleetStore(dbPath);
+  const conn = connectOptions(ctx, flagString(ctx.flags, "client-id") ?? "");
+  const controller = startController({
+    broker: conn.url,
+    store,
+    ...(conn.clientId === "" ? {} : { clientId: conn.clientId }),
+    ...(conn.username === undefined ? {} : { username: conn.username }),
+    ...(conn.password === undefined ? {} : { password: conn.password }),
+    ...(conn.ca === undefined ? {} : { ca: conn.ca }),
+    ...(conn.cert === undefined ? {} : { cert: conn.cert }),
+    ...(conn.key === undefined ? {} : { key: conn.key }),
+    log: ctx.err,
+  });
+  const http = flagString(ctx.flags, "http");
+  const dashboard = http === undefined ? undefined : startDashboard(controller, http);
+  const ready = await controller.waitReady(10_000);
+  ctx.err(
+    `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${conn.url}, db ${dbPath}` +
+      (dashboard === undefined ? "" : `, dashboard ${dashboard.url}`),
+  );
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      ctx.err(`${signal}: stopping`);
+      process.off("SIGTERM", onTerm);
+      process.off("SIGINT", onInt);
+      resolve();
+    };
+    const onTerm = (): void => stop("SIGTERM");
+    const onInt = (): void => stop("SIGINT");
+    process.on("SIGTERM", onTerm);
+    process.on("SIGINT", onInt);
+  });
+  dashboard?.stop();
+  await controller.stop();
+  await store.close();
+  return 0;
+}
+
+async function devices(ctx: CommandContext): Promise<number> {
+  return await withConnection(ctx, async (conn, fleet) => {
+    const statuses = await readFleetStatus(conn, fleet);
+    if (flagBool(ctx.flags, "json")) {
+      ctx.out(JSON.stringify(statuses));
+      return 0;
+    }
+    if (statuses.length === 0) {
+      ctx.err(`no device of fleet ${fleet} has published a status`);
+      return 0;
+    }
+    const rows = [["device", "state", "agent", "model", "kind", "outbox", "since"]];
+    for (const s of statuses) {
+      rows.push([
+        s.device,
+        s.state,
+        s.agentVersion ?? "-",
+        s.model?.version ?? "-",
+        s.model?.kind ?? "-",
+        s.outbox === undefined ? "-" : `${s.outbox.queued} queued, ${s.outbox.dropped} dropped`,
+        ago(s.at),
+      ]);
+    }
+    for (const line of renderTable(rows)) ctx.out(line);
+    return 0;
+  });
+}
+
+function oneDevice(ctx: CommandContext, sub: string): string {
+  const rest = ctx.positionals.slice(1);
+  if (rest.length !== 1) throw usageError(`quantd fleet ${sub} takes one device name`);
+  return checkName(rest[0]!, "device");
+}
+
+async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"): Promise<number> {
+  const all = flagBool(ctx.flags, "all");
+  const named = ctx.positionals.slice(1);
+  if (all === named.length > 0) throw usageError(`quantd fleet ${sub} takes one device name or --all`);
+  if (named.length > 1) throw usageError(`quantd fleet ${sub} takes one device name (or --all)`);
+  const params: Record<string, unknown> = {};
+  if (sub === "recalibrate") {
+    const samples = flagInt(ctx.flags, "samples", { min: 1 });
+    if (samples !== undefined) params.samples = samples;
+    const method = flagString(ctx.flags, "method");
+    if (method !== undefined) params.method = method;
+  } else {
+    const version = flagString(ctx.flags, "version");
+    if (version !== undefined) params.version = version;
+  }
+  const json = flagBool(ctx.flags, "json");
+  const wait = flagBool(ctx.flags, "wait");
+  const timeoutSec = flagInt(ctx.flags, "timeout", { min: 1 }, 1800);
+  return await withConnection(ctx, async (conn, fleet) => {
+    const targets = all
+      ? (await readFleetStatus(conn, fleet)).filter((s) => s.state === "online").map((s) => s.device)
+      : [checkName(named[0]!, "device")];
+    if (targets.length === 0)
+      throw new QuantdError("FLEET_UNAVAILABLE", `no device of fleet ${fleet} is online`);
+    const requester = await createFleetRequester(conn, fleet);
+    try {
+      const outcomes = await runJobCommand(requester, targets, sub, params, {
+        wait,
+        waitTimeoutMs: timeoutSec * 1000,
+        onProgress: json
+          ? undefined
+          : (device, state, stage) => ctx.err(`${device}: ${state}${stage === null ? "" : ` (${stage})`}`),
+      });
+      if (json) {
+        ctx.out(JSON.stringify(all ? outcomes : outcomes[0]));
+      } else {
+        for (const o of outcomes) {
+          const why = o.error === undefined ? "" : ` ${o.error.code}: ${o.error.message}`;
+          ctx.out(`${o.device}: job ${o.id} ${o.state}${why}`);
+          if (o.report?.result !== undefined) ctx.out(`  result ${JSON.stringify(o.report.result)}`);
+          if (o.report?.error !== undefined)
+            ctx.out(`  error ${o.report.error.code}: ${o.report.error.message}`);
+        }
+      }
+      const failed = outcomes.filter((o) => o.state !== "SUCCEEDED" && (wait || o.state === "REFUSED"));
+      return failed.length === 0 ? 0 : 1;
+    } finally {
+      await requester.close();
+    }
+  });
+}
+
+async function report(ctx: CommandContext): Promise<number> {
+  const device = oneDevice(ctx, "report");
+  return await withConnection(ctx, async (conn, fleet) => {
+    const requester = await createFleetRequester(conn, fleet);
+    try {
+      const reply = await requester.request(device, "status", {}, { timeoutMs: 10_000 });
+      if (!reply.ok)
+        throw new QuantdError(reply.error.code, reply.error.message, { details: reply.error.details ?? {} });
+      const status = reply.result as Record<string, unknown> & { lastJob?: Record<string, unknown> | null };
+      if (flagBool(ctx.flags, "json")) {
+        ctx.out(JSON.stringify(status));
+        return 0;
+      }
+      const model = status.model as { version?: string; kind?: string } | null | undefined;
+      const rows = [
+        ["device", device],
+        ["state", String(status.state)],
+        ["agent", String(status.agentVersion ?? "-")],
+        ["model", model === null || model === undefined ? "-" : `${model.version} (${model.kind})`],
+      ];
+      const job = status.lastJob;
+      if (job !== null && job !== undefined) {
+        rows.push(["last job", `${job.id} ${job.type} ${job.state}`]);
+        const finished = typeof job.finishedAt === "number" ? job.finishedAt : undefined;
+        const started = typeof job.startedAt === "number" ? job.startedAt : undefined;
+        if (finished !== undefined && started !== undefined)
+          rows.push(["took", formatMs(finished - started)]);
+        if (job.result !== null && job.result !== undefined)
+          rows.push(["result", JSON.stringify(job.result)]);
+        if (job.error !== null && job.error !== undefined) rows.push(["error", JSON.stringify(job.error)]);
+      } else {
+        rows.push(["last job", "none"]);
+      }
+      for (const line of renderTable(rows)) ctx.out(line);
+      return 0;
+    } finally {
+      await requester.close();
+    }
+  });
+}
+
+/** The `fleet` command. */
+export const fleetCommand: Command = {
+  name: "fleet",
+  summary: "fleet controller and remote commands over MQTT (serve, devices, recalibrate, report, rollback)",
+  usage:
+    "serve --broker URL [--db FILE] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL --fleet NAME [--json]",
+  description:
+    "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
+    "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
+    "(--db), with a live dashboard on --http (loopback only: it has no authentication). Stops on SIGTERM/SIGINT.\n\n" +
+    "devices: lists the fleet's devices from their retained status messages.\n\n" +
+    "recalibrate DEVICE|--all: sends a recalibrate command (idempotent id, 60 s expiry) and prints the job id; " +
+    "with --wait, waits for the report; with --json, prints one JSON object (--all: an array) with `state` and the report. " +
+    "Exit 1 when a device refused or (with --wait) the job did not succeed.\n\n" +
+    "report DEVICE: asks the device for its status and last job's report.\n\n" +
+    "rollback DEVICE|--all: returns the device to its previous model version (or --version).",
+  flags: [
+    ...CONNECTION_FLAGS,
+    {
+      name: "db",
+      type: "string",
+      value: "FILE",
+      description: "serve: controller database",
+      default: "quantd-fleet.db",
+    },
+    {
+      name: "http",
+      type: "string",
+      value: "HOST:PORT",
+      description: "serve: dashboard address, e.g. 127.0.0.1:8080",
+    },
+    { name: "all", type: "boolean", description: "recalibrate/rollback: every online device of the fleet" },
+    { name: "wait", type: "boolean", description: "recalibrate/rollback: wait for the job's report" },
+    {
+      name: "timeout",
+      type: "string",
+      value: "SEC",
+      description: "longest wait for a report",
+      default: "1800",
+    },
+    { name: "samples", type: "string", value: "N", description: "recalibrate: calibration samples" },
+    { name: "method", type: "string", value: "NAME", description: "recalibrate: calibration method" },
+    { name: "version", type: "string", value: "ID", description: "rollback: model version to return to" },
+    { name: "json", type: "boolean", description: "print JSON" },
+  ],
+  async run(ctx) {
+    const sub = ctx.positionals[0];
+    if (sub === undefined || !(SUBCOMMANDS as readonly string[]).includes(sub)) {
+      throw usageError(
+        sub === undefined
+          ? `quantd fleet needs a subcommand: ${SUBCOMMANDS.join(", ")}`
+          : `unknown fleet subcommand ${JSON.stringify(sub)} (known: ${SUBCOMMANDS.join(", ")})`,
+      );
+    }
+    const s = sub as Sub;
+    switch (s) {
+      case "serve":
+        if (ctx.positionals.length > 1) throw usageError("quantd fleet serve takes no positional arguments");
+        return await serve(ctx);
+      case "devices":
+        if (ctx.positionals.length > 1)
+          throw usageError("quantd fleet devices takes no positional arguments");
+        return await devices(ctx);
+      case "recalibrate":
+      case "rollback":
+        return await jobCommand(ctx, s);
+      case "report":
+        return await report(ctx);
+    }
+  },
+};

@@ -1,0 +1,192 @@
+/**
+ * The controller's dashboard and JSON API on a loopback HTTP address: the
+ * device table (online, model version and kind, int8 vs fp32 latency,
+ * agreement, memory, last report), per-device latency and accuracy charts,
+ * and live updates over Server-Sent Events. No authentication: it binds to
+ * loopback only; put an authenticating proxy in front to share it.
+ */
+import { QuantdError } from "../../errors.ts";
+import type { ReportFigures } from "../protocol.ts";
+import type { FleetController } from "./controller.ts";
+import { DASHBOARD_HTML } from "./dashboard-page.ts";
+
+/** A running dashboard. */
+export interface Dashboard {
+  /** `http://host:port/` with the port actually bound. */
+  readonly url: string;
+  readonly port: number;
+  stop(): void;
+}
+
+/** How often live updates are pushed at most: a fleet of 1,000 boards must not flood the browser. */
+const PUSH_INTERVAL_MS = 500;
+
+const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|::1)$/;
+
+/**
+ * Parses `HOST:PORT` for the dashboard and refuses non-loopback hosts.
+ *
+ * @throws CONFIG_INVALID when malformed or not loopback
+ */
+export function parseHttpAddress(raw: string): { host: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(raw.trim());
+  const host = m?.[1]?.replace(/^\[|\]$/g, "");
+  const port = Number(m?.[2]);
+  if (m === null || host === undefined || !Number.isInteger(port) || port > 65535) {
+    throw new QuantdError("CONFIG_INVALID", `--http expects HOST:PORT, got ${JSON.stringify(raw)}`, {
+      details: { key: "http" },
+    });
+  }
+  if (!LOOPBACK.test(host)) {
+    throw new QuantdError(
+      "CONFIG_INVALID",
+      `--http must be a loopback address (the dashboard has no authentication), got ${host}`,
+      { details: { key: "http" } },
+    );
+  }
+  return { host, port };
+}
+
+function json(value: unknown, status = 200): Response {
+  return new Response(JSON.stringify(value), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" },
+  });
+}
+
+function notFound(what: string): Response {
+  return json({ error: new QuantdError("NOT_FOUND", `${what} not found`).toJSON() }, 404);
+}
+
+/** The figures the device table shows, from a report's result. */
+export function reportFigures(result: unknown): ReportFigures {
+  if (typeof result !== "object" || result === null) return {};
+  const r = result as Record<string, unknown>;
+  const out: ReportFigures = {};
+  for (const k of ["int8P50Ms", "fp32P50Ms", "agreement", "accuracy", "modelVersion"] as const) {
+    const v = r[k];
+    if (k === "modelVersion" ? typeof v === "string" : typeof v === "number") {
+      (out as Record<string, unknown>)[k] = v;
+    }
+  }
+  return out;
+}
+
+/**
+ * Serves the dashboard for `controller` on `address` (`127.0.0.1:8080`; port 0 picks one).
+ *
+ * @throws CONFIG_INVALID when the address is malformed or not loopback
+ */
+export function startDashboard(controller: FleetController, address: string): Dashboard {
+  const { host, port } = parseHttpAddress(address);
+  const store = controller.store;
+  const streams = new Set<ReadableStreamDefaultController<Uint8Array>>();
+  const encoder = new TextEncoder();
+  let changed = new Set<string>();
+  const offEvents = controller.onEvent((e) => changed.add(`${e.fleet}/${e.device}`));
+  const pushTimer = setInterval(() => {
+    if (changed.size === 0 || streams.size === 0) {
+      if (streams.size === 0) changed.clear();
+      return;
+    }
+    const devices = [...changed];
+    changed = new Set();
+    const chunk = encoder.encode(`event: changed\ndata: ${JSON.stringify({ devices })}\n\n`);
+    for (const s of streams) {
+      try {
+        s.enqueue(chunk);
+      } catch {
+        streams.delete(s);
+      }
+    }
+  }, PUSH_INTERVAL_MS);
+
+  const server = Bun.serve({
+    hostname: host,
+    port,
+    idleTimeout: 0,
+    async fetch(req) {
+      const url = new URL(req.url);
+      if (req.method !== "GET") return json({ error: { code: "REQUEST_INVALID", message: "GET only" } }, 405);
+      const parts = url.pathname
+        .split("/")
+        .filter((p) => p !== "")
+        .map(decodeURIComponent);
+      try {
+        if (parts.length === 0) {
+          return new Response(DASHBOARD_HTML, { headers: { "content-type": "text/html; charset=utf-8" } });
+        }
+        if (parts[0] !== "api") return notFound(url.pathname);
+        if (parts[1] === "stats" && parts.length === 2) return json(controller.stats());
+        if (parts[1] === "events" && parts.length === 2) {
+          let self: ReadableStreamDefaultController<Uint8Array> | undefined;
+          const body = new ReadableStream<Uint8Array>({
+            start(c) {
+              self = c;
+              streams.add(c);
+              c.enqueue(encoder.encode(": connected\n\n"));
+            },
+            cancel() {
+              if (self !== undefined) streams.delete(self);
+            },
+          });
+          return new Response(body, {
+            headers: {
+              "content-type": "text/event-stream",
+              "cache-control": "no-store",
+              connection: "keep-alive",
+            },
+          });
+        }
+        if (parts[1] !== "devices") return notFound(url.pathname);
+        if (parts.length === 2) {
+          const fleet = url.searchParams.get("fleet") ?? undefined;
+          const devices = await store.devices(fleet);
+          return json(devices.map((d) => ({ ...d, figures: reportFigures(d.lastReport?.result) })));
+        }
+        const [fleet, device] = [parts[2], parts[3]];
+        if (fleet === undefined || device === undefined) return notFound(url.pathname);
+        if (parts.length === 4) {
+          const d = await store.device(fleet, device);
+          if (d === undefined) return notFound(`device ${fleet}/${device}`);
+          const [history, reports, jobs] = await Promise.all([
+            store.statusHistory(fleet, device, 50),
+            store.reports(fleet, device, 200),
+            store.jobs(fleet, device, 50),
+          ]);
+          return json({
+            device: { ...d, figures: reportFigures(d.lastReport?.result) },
+            history,
+            reports: reports.map((r) => ({ ...r, figures: reportFigures(r.result) })),
+            jobs,
+          });
+        }
+        if (parts.length === 5 && parts[4] === "telemetry") {
+          const since = Number(url.searchParams.get("since") ?? Date.now() - 3600_000);
+          return json(await store.telemetry(fleet, device, Number.isFinite(since) ? since : 0, 5000));
+        }
+        return notFound(url.pathname);
+      } catch (err) {
+        return json({ error: QuantdError.from(err).toJSON() }, 500);
+      }
+    },
+  });
+  const bound = server.port ?? port;
+  return {
+    url: `http://${host.includes(":") ? `[${host}]` : host}:${bound}/`,
+    port: bound,
+    stop() {
+      clearInterval(pushTimer);
+      offEvents();
+      for (const s of streams) {
+        try {
+          s.close();
+        } catch {
+          // already closed by the client
+        }
+      }
+      streams.clear();
+      server.stop(true);
+    },
+  };
+}
