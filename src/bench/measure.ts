@@ -121,7 +121,9 @@ export interface BenchRowOk extends RowKey {
   latenciesMs: number[];
   /** Sequences per second (`batch` × 1000 / mean latency). */
   throughput: number;
+  /** Session creation time in this process (the first load of a run is primed; see the memory probe for a cold one). */
   loadMs: number;
+  /** Size of the `.onnx` file (external data files, which quantd's models do not use, are not counted). */
   sizeBytes: number;
   /** Peak memory, or why it could not be measured; undefined when memory was not asked for. */
   memory?: MemoryFigure | { error: QuantdErrorJSON };
