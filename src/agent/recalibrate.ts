@@ -31,10 +31,11 @@ import { CALIBRATION_METHODS, type PoolSample, runQuantization, type SamplePool 
 import type { CalibrationMethod } from "../quant/plan.ts";
 import type { QuantizeReport } from "../quant/report.ts";
 import type { ModelVersionView } from "../server/types.ts";
-import type { Store } from "../store/store.ts";
+import type { Job } from "../store/jobs.ts";
 import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
-import type { JobContext, JobHandler, JobVerdict } from "./jobs.ts";
+import type { Store } from "../store/store.ts";
+import { type JobContext, type JobHandler, JobRunner, type JobSchedule, type JobVerdict } from "./jobs.ts";
 
 /** The job type in the store. */
 export const RECALIBRATE_JOB = "recalibrate";
@@ -653,4 +654,36 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
       return { state: "SUCCEEDED", result: verdict };
     },
   };
+}
+
+/** Options of {@link createRecalibrationRunner}. */
+export interface RecalibrationRunnerOptions extends RecalibrationDeps {
+  store: Store;
+  /** The state directory: work directories go to `<stateDir>/jobs`, stale temporary files are cleaned in `<stateDir>/models`. */
+  stateDir: string;
+  timeoutMs?: number;
+  pollMs?: number;
+  schedule?: JobSchedule;
+  log?: (line: string) => void;
+  onUpdate?: (job: Job) => void;
+}
+
+/** `<stateDir>/jobs`: the jobs' work directories and the runner lock. */
+export function jobsDir(stateDir: string): string {
+  return join(stateDir, "jobs");
+}
+
+/** A {@link JobRunner} that runs recalibration jobs in a state directory. */
+export function createRecalibrationRunner(options: RecalibrationRunnerOptions): JobRunner {
+  return new JobRunner({
+    jobs: options.store.jobs,
+    workRoot: jobsDir(options.stateDir),
+    handlers: { [RECALIBRATE_JOB]: createRecalibrationHandler(options) },
+    tempDirs: [join(options.stateDir, "models")],
+    ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
+    ...(options.schedule !== undefined ? { schedule: options.schedule } : {}),
+    ...(options.log !== undefined ? { log: options.log } : {}),
+    ...(options.onUpdate !== undefined ? { onUpdate: options.onUpdate } : {}),
+  });
 }

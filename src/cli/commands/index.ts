@@ -11,6 +11,7 @@ import { demoCommand } from "./demo.ts";
 import { deviceCommand } from "./device.ts";
 import { evalCommand } from "./eval.ts";
 import { fleetCommand } from "./fleet.ts";
+import { jobCommand } from "./job.ts";
 import { quantizeCommand } from "./quantize.ts";
 
 /** The commands of the CLI. */
@@ -23,5 +24,6 @@ export const commands: readonly Command[] = [
   collectCommand,
   deviceCommand,
   agentCommand,
+  jobCommand,
   fleetCommand,
 ];

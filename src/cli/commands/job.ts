@@ -1,0 +1,360 @@
+/**
+ * `quantd job`: queues the agent's jobs and shows them. `recalibrate` queues a
+ * recalibration in the store of the state directory; a running agent's job
+ * runner picks it up. With `--wait` it waits for the end — running the job in
+ * this process when no runner holds the state directory's lock.
+ */
+import { resolve } from "node:path";
+import { detectDevice } from "../../../device/detect.ts";
+import { type AgentConfig, type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
+import { acquireRunnerLock, isFinished, runnerLockHolder } from "../../agent/jobs.ts";
+import {
+  createRecalibrationRunner,
+  jobsDir,
+  parseRecalibrateParams,
+  RECALIBRATE_JOB,
+  type RecalibrationResult,
+} from "../../agent/recalibrate.ts";
+import { ModelRegistry } from "../../agent/registry.ts";
+import { QuantdError } from "../../errors.ts";
+import { CALIBRATION_METHODS } from "../../quant/pipeline.ts";
+import { loadTokenizer } from "../../runtime/tokenizer.ts";
+import type { Job } from "../../store/jobs.ts";
+import { databasePath, openStore, type Store } from "../../store/store.ts";
+import type { Command, CommandContext } from "../command.ts";
+import { JSON_FLAG } from "../model-flags.ts";
+import { flagBool, flagInt, flagNumber, flagString, usageError } from "../parse.ts";
+import { SHIPPED_MODEL } from "../paths.ts";
+import { formatBytes, formatMs, formatPercent, renderTable } from "../render.ts";
+
+const POLL_MS = 500;
+
+function agentConfig(ctx: CommandContext): AgentConfig {
+  const flags: ConfigFlags = {};
+  const config = flagString(ctx.flags, "config");
+  const stateDir = flagString(ctx.flags, "state-dir");
+  const model = flagString(ctx.flags, "model");
+  if (config !== undefined) flags.config = config;
+  if (stateDir !== undefined) flags.stateDir = stateDir;
+  if (model !== undefined) flags.model = resolve(model);
+  return loadAgentConfig({ profile: detectDevice().profile, defaultModel: SHIPPED_MODEL, flags });
+}
+
+async function openConfiguredStore(config: AgentConfig): Promise<Store> {
+  const tokenizer = await loadTokenizer(config.tokenizerDir);
+  return openStore(databasePath(config.stateDir), {
+    samples: {
+      maxRows: config.samplePool.maxRows,
+      maxBytes: config.samplePool.maxBytes,
+      countTokens: (text) => tokenizer.tokenIds(text).length + tokenizer.specialsSingle,
+    },
+  });
+}
+
+function jobLine(j: Job): string {
+  const pct = `${Math.round(j.progress * 100)} %`;
+  const err = j.error === null ? "" : `  ${j.error.code}: ${j.error.message}`;
+  return `${j.id}  ${j.type}  ${j.state}  ${j.stage ?? "-"}  ${pct}${err}`;
+}
+
+/** Human lines for a finished recalibration. */
+export function describeRecalibration(job: Job): string[] {
+  const lines = [`job ${job.id}: ${job.state}${job.error === null ? "" : ` (${job.error.code})`}`];
+  const r = job.result as RecalibrationResult | null;
+  if (r === null || typeof r !== "object") {
+    if (job.error !== null) lines.push(`  ${job.error.message}`);
+    return lines;
+  }
+  const rows: string[][] = [["decision", r.decision]];
+  for (const reason of r.reasons) rows.push(["reason", reason]);
+  rows.push([
+    "samples",
+    `${r.samples.calibration} calibration + ${r.samples.validation} validation (pool ${r.samples.pool})`,
+  ]);
+  const v = r.validation;
+  if (v !== undefined) {
+    rows.push([
+      "agreement",
+      `${formatPercent(v.agreement)} of ${v.n} held-out (gate ${formatPercent(v.gate.minAgreement)})`,
+    ]);
+    if (v.accuracyReference !== undefined && v.accuracyCandidate !== undefined) {
+      rows.push([
+        "accuracy",
+        `fp32 ${formatPercent(v.accuracyReference)}, int8 ${formatPercent(v.accuracyCandidate)}`,
+      ]);
+    }
+  }
+  const b = r.bench;
+  if (b !== undefined) {
+    rows.push([
+      "latency p50",
+      `active ${formatMs(b.activeP50Ms)}, candidate ${formatMs(b.candidateP50Ms)} (ratio ${b.latencyRatio.toFixed(2)}, b${b.shape.batch}×s${b.shape.seq})`,
+    ]);
+    rows.push(["size", `active ${formatBytes(b.activeBytes)}, candidate ${formatBytes(b.candidateBytes)}`]);
+    if (b.memoryRatio !== undefined) rows.push(["peak RSS ratio", b.memoryRatio.toFixed(2)]);
+  }
+  if (r.candidate?.version !== undefined)
+    rows.push(["model version", `${r.candidate.version} (${r.candidate.kind})`]);
+  rows.push([
+    "stages",
+    Object.entries(r.stageMs)
+      .map(([k, ms]) => `${k} ${formatMs(ms)}`)
+      .join(", "),
+  ]);
+  for (const l of renderTable(rows)) lines.push(`  ${l}`);
+  return lines;
+}
+
+function recalibrateParams(ctx: CommandContext): Record<string, unknown> {
+  const raw: Record<string, unknown> = {};
+  const samples = flagInt(ctx.flags, "samples", { min: 1, max: 100_000 });
+  const validation = flagInt(ctx.flags, "validation-samples", { min: 1, max: 100_000 });
+  const method = flagString(ctx.flags, "method");
+  const gate = flagNumber(ctx.flags, "gate", { min: 0, max: 1 });
+  const seed = flagInt(ctx.flags, "seed", {});
+  if (samples !== undefined) raw["samples"] = samples;
+  if (validation !== undefined) raw["validationSamples"] = validation;
+  if (method !== undefined) raw["method"] = method;
+  if (gate !== undefined) raw["gate"] = gate;
+  if (seed !== undefined) raw["seed"] = seed;
+  // Validate now: a bad value should fail here, not later in the agent.
+  parseRecalibrateParams(raw);
+  return raw;
+}
+
+/** Polls the store until the job ends (another process runs it), printing stage changes. */
+async function pollUntilDone(store: Store, id: string, say: (l: string) => void): Promise<Job> {
+  let last = "";
+  for (;;) {
+    const j = store.jobs.require(id);
+    const now = `${j.state} ${j.stage ?? ""}`;
+    if (now !== last) {
+      say(
+        `job ${id}: ${j.state}${j.stage === null ? "" : ` at ${j.stage}`} (${Math.round(j.progress * 100)} %)`,
+      );
+      last = now;
+    }
+    if (isFinished(j)) return j;
+    await Bun.sleep(POLL_MS);
+  }
+}
+
+/** Runs queued jobs in this process until `id` has ended. */
+async function runHere(
+  config: AgentConfig,
+  store: Store,
+  id: string,
+  say: (l: string) => void,
+): Promise<Job> {
+  const release = acquireRunnerLock(jobsDir(config.stateDir));
+  const registry = new ModelRegistry({
+    models: store.models,
+    modelsDir: resolve(config.stateDir, "models"),
+    tokenizerDir: config.tokenizerDir,
+    threads: config.threads,
+    swap: config.swap,
+  });
+  const runner = createRecalibrationRunner({
+    store,
+    stateDir: config.stateDir,
+    promoter: registry,
+    baseModel: config.model,
+    tokenizerDir: config.tokenizerDir,
+    threads: config.threads,
+    log: say,
+    onUpdate: (j) => {
+      if (j.state === "IN_PROGRESS" && j.stage !== null)
+        say(`job ${j.id}: ${j.stage} (${Math.round(j.progress * 100)} %)`);
+    },
+  });
+  const onSignal = (): void => {
+    say("interrupted: stopping the job at its next stage boundary (it resumes at the next run)");
+    void runner.stop();
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    // The store's active version (or the base model, registered as the first version) is what a candidate must beat.
+    await registry.start(config.model, false);
+    runner.recover();
+    for (;;) {
+      const j = store.jobs.require(id);
+      if (isFinished(j)) return j;
+      const done = await runner.runNext();
+      if (done === undefined) {
+        const still = store.jobs.require(id);
+        if (isFinished(still)) return still;
+        throw new QuantdError(
+          "JOB_INTERRUPTED",
+          `job ${id} did not finish here (${still.state} at ${still.stage ?? "start"}); it resumes at the next run`,
+        );
+      }
+    }
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    await runner.stop();
+    await registry.close();
+    release();
+  }
+}
+
+async function recalibrate(ctx: CommandContext, json: boolean): Promise<number> {
+  const params = recalibrateParams(ctx);
+  const wait = flagBool(ctx.flags, "wait");
+  const config = agentConfig(ctx);
+  const store = await openConfiguredStore(config);
+  try {
+    const id = flagString(ctx.flags, "id");
+    const job = store.jobs.create({ type: RECALIBRATE_JOB, params, ...(id !== undefined ? { id } : {}) });
+    const holder = runnerLockHolder(jobsDir(config.stateDir));
+    if (!wait) {
+      if (json) ctx.out(JSON.stringify({ job, runner: holder ?? null }));
+      else {
+        ctx.out(`queued job ${job.id} (${job.type})`);
+        ctx.out(
+          holder !== undefined
+            ? `the job runner (pid ${holder}) will run it; follow it with: quantd job show ${job.id}`
+            : "no agent runs jobs in this state directory now: start `quantd agent`, or add --wait to run it here",
+        );
+      }
+      return 0;
+    }
+    const say = json ? () => undefined : ctx.err;
+    if (holder !== undefined) say(`job ${job.id} queued; the runner of pid ${holder} runs it`);
+    const done =
+      holder !== undefined
+        ? await pollUntilDone(store, job.id, say)
+        : await runHere(config, store, job.id, say);
+    if (json) ctx.out(JSON.stringify({ job: done }));
+    else for (const l of describeRecalibration(done)) ctx.out(l);
+    return done.state === "SUCCEEDED" ? 0 : 1;
+  } finally {
+    store.close();
+  }
+}
+
+/** The `job` command. */
+export const jobCommand: Command = {
+  name: "job",
+  summary: "queue a recalibration for the agent, or list, show and cancel jobs",
+  usage:
+    "recalibrate [--samples N] [--validation-samples N] [--method M] [--gate G] [--seed N] [--id ID] [--wait] | list | show ID | cancel ID  [--state-dir DIR] [--config FILE] [--json]",
+  description:
+    "`recalibrate` queues a recalibration in the state directory's store: pick disjoint calibration and " +
+    "validation samples from the sample pool (fill it with `quantd collect` or live capture), calibrate and " +
+    "quantize the fp32 model, validate against fp32 (agreement gate, sensitivity fallback), benchmark the " +
+    "candidate against the active model, then promote it (atomic write, verification, hot swap) or reject it " +
+    "with the reasons. One job runs at a time; others wait in the queue. A running `quantd agent` runs it; " +
+    "with --wait this command waits for the end, and runs the job itself when no agent holds the state " +
+    "directory. A job interrupted by a crash or power cut resumes from its last intact stage at the next " +
+    "start (after 3 interruptions it fails with JOB_INTERRUPTED).\n\n" +
+    "`list` shows recent jobs, `show ID` one job with its result, `cancel ID` cancels a queued job at once " +
+    "and a running one at its next stage boundary (it ends FAILED with JOB_CANCELLED).\n\n" +
+    "Exit code with --wait: 0 when promoted, 1 when rejected or failed.",
+  flags: [
+    {
+      name: "state-dir",
+      type: "string",
+      value: "DIR",
+      description: "the agent's state directory",
+      default: "as `quantd agent`",
+    },
+    {
+      name: "config",
+      type: "string",
+      value: "FILE",
+      description: "the agent's config file (.json or .toml)",
+    },
+    {
+      name: "model",
+      type: "string",
+      value: "FILE",
+      description: "fp32 model to recalibrate from",
+      default: "the agent's model",
+    },
+    { name: "samples", type: "string", value: "N", description: "calibration samples", default: "128" },
+    {
+      name: "validation-samples",
+      type: "string",
+      value: "N",
+      description: "held-out validation samples",
+      default: "256",
+    },
+    {
+      name: "method",
+      type: "string",
+      value: "M",
+      description: `calibration method: ${CALIBRATION_METHODS.join(", ")}`,
+      default: "the quantizer's",
+    },
+    {
+      name: "gate",
+      type: "string",
+      value: "G",
+      description: "minimum top-1 agreement with fp32 (0…1)",
+      default: "0.995",
+    },
+    { name: "seed", type: "string", value: "N", description: "seed of the sample pick", default: "1" },
+    {
+      name: "id",
+      type: "string",
+      value: "ID",
+      description: "job id (queuing the same id again queues nothing)",
+    },
+    {
+      name: "wait",
+      type: "boolean",
+      description: "wait for the end (run the job here when no agent runs it)",
+    },
+    JSON_FLAG,
+  ],
+  async run(ctx) {
+    const [action, arg, ...rest] = ctx.positionals;
+    const json = flagBool(ctx.flags, "json");
+    if (rest.length > 0) throw usageError(`unexpected argument ${rest[0]}`);
+    switch (action) {
+      case "recalibrate":
+        if (arg !== undefined) throw usageError(`unexpected argument ${arg}`);
+        return recalibrate(ctx, json);
+      case "list":
+      case "show":
+      case "cancel": {
+        if (action === "list" && arg !== undefined) throw usageError(`unexpected argument ${arg}`);
+        if (action !== "list" && arg === undefined) throw usageError(`quantd job ${action} needs a job id`);
+        const config = agentConfig(ctx);
+        const store = await openStore(databasePath(config.stateDir));
+        try {
+          if (action === "list") {
+            const jobs = store.jobs.list({ limit: 50 });
+            if (json) ctx.out(JSON.stringify({ jobs }));
+            else if (jobs.length === 0) ctx.out("no jobs");
+            else for (const j of jobs) ctx.out(jobLine(j));
+            return 0;
+          }
+          const id = arg!;
+          const job = action === "show" ? store.jobs.require(id) : store.jobs.cancel(id);
+          if (json) ctx.out(JSON.stringify({ job }));
+          else if (action === "cancel") {
+            ctx.out(
+              job.state === "IN_PROGRESS"
+                ? `job ${id} is running: it stops at its next stage boundary`
+                : jobLine(job),
+            );
+          } else {
+            ctx.out(jobLine(job));
+            if (isFinished(job) && job.type === RECALIBRATE_JOB)
+              for (const l of describeRecalibration(job)) ctx.out(l);
+          }
+          return 0;
+        } finally {
+          store.close();
+        }
+      }
+      case undefined:
+        throw usageError("quantd job needs an action: recalibrate, list, show ID or cancel ID");
+      default:
+        throw usageError(`unknown job action ${action}: recalibrate, list, show ID or cancel ID`);
+    }
+  },
+};

@@ -1,0 +1,110 @@
+/**
+ * Shared setup of the job runner and recalibration tests: a fresh state
+ * directory with a store seeded from the shipped SST-2 training sample, the
+ * registry as the promoter (offline, as `quantd job recalibrate --wait` uses
+ * it), and the recalibration runner over them.
+ */
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { DEFAULT_SWAP_CHECKS } from "../../src/agent/config.ts";
+import type { JobRunner } from "../../src/agent/jobs.ts";
+import { createRecalibrationRunner, type RecalibrateJobParams } from "../../src/agent/recalibrate.ts";
+import { ModelRegistry } from "../../src/agent/registry.ts";
+import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
+import { readSamplesTsv } from "../../src/runtime/tsv.ts";
+import { databasePath, openStore, type Store } from "../../src/store/store.ts";
+import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
+
+/** The shipped 4k-row SST-2 training sample: the pool the tests seed. */
+export const trainTsv: string = resolve(repoRoot, "calib/samples/sst2-train-4k.tsv");
+
+/** Small, fast job parameters: 64 + 64 samples, a short benchmark without child processes. */
+export const FAST_PARAMS: RecalibrateJobParams = {
+  samples: 64,
+  validationSamples: 64,
+  benchRuns: 10,
+  benchMemory: false,
+  // int8 static agrees on ~98–100 % of 64 samples; the tests are about the job, not the gate.
+  gate: 0.95,
+  // A shared 2-core machine makes latency noisy; the tests check the decision path, not the speed.
+  maxLatencyRatio: 1.5,
+};
+
+/** A fresh temporary directory. */
+export function tempDir(prefix = "quantd-jobs-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** Opens the store of `stateDir` with token counts from the shipped tokenizer. */
+export async function openTestStore(stateDir: string): Promise<Store> {
+  const tokenizer = await loadTokenizer(shippedModelDir);
+  return openStore(databasePath(stateDir), {
+    samples: { countTokens: (t) => tokenizer.tokenIds(t).length + tokenizer.specialsSingle },
+  });
+}
+
+/** Adds the first `n` rows of the shipped training sample to the pool. */
+export async function seedSamples(store: Store, n: number): Promise<void> {
+  const rows = (await readSamplesTsv(trainTsv)).slice(0, n);
+  store.samples.add(
+    rows.map((r) => ({ text: r.text, label: r.label ?? null })),
+    { source: "file" },
+  );
+}
+
+/** A registry over the store, not serving (the offline promoter). */
+export function offlineRegistry(store: Store, stateDir: string): ModelRegistry {
+  return new ModelRegistry({
+    models: store.models,
+    modelsDir: join(stateDir, "models"),
+    tokenizerDir: shippedModelDir,
+    threads: 1,
+    swap: DEFAULT_SWAP_CHECKS,
+  });
+}
+
+/** A state directory, its store seeded with `samples` rows, a registry and the runner. */
+export interface JobEnv {
+  stateDir: string;
+  store: Store;
+  registry: ModelRegistry;
+  runner: JobRunner;
+  log: string[];
+  close(): Promise<void>;
+}
+
+/** Builds a {@link JobEnv}. */
+export async function jobEnv(
+  options: { stateDir?: string; samples?: number; timeoutMs?: number; seed?: boolean } = {},
+): Promise<JobEnv> {
+  const stateDir = options.stateDir ?? join(tempDir(), "state");
+  const store = await openTestStore(stateDir);
+  if (options.seed ?? true) await seedSamples(store, options.samples ?? 400);
+  const registry = offlineRegistry(store, stateDir);
+  const log: string[] = [];
+  const runner = createRecalibrationRunner({
+    store,
+    stateDir,
+    promoter: registry,
+    baseModel: shippedModelPath,
+    tokenizerDir: shippedModelDir,
+    threads: 1,
+    fleet: "test-fleet",
+    device: "test-device",
+    log: (l) => log.push(l),
+    ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+  });
+  return {
+    stateDir,
+    store,
+    registry,
+    runner,
+    log,
+    async close() {
+      await runner.stop();
+      await registry.close();
+      store.close();
+    },
+  };
+}
