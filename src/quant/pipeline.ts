@@ -78,8 +78,14 @@ export const DEFAULT_CALIBRATION_SAMPLES = 128;
 export const DEFAULT_VALIDATION_SAMPLES = 512;
 /** Samples per calibration inference. */
 export const DEFAULT_CALIBRATION_BATCH = 8;
-/** Samples per validation inference. */
-export const VALIDATION_BATCH = 32;
+/**
+ * Samples per validation inference: one, unpadded, as a board serves a request.
+ * Dynamic quantization takes its activation range over the whole batch tensor,
+ * padding included, so a batched validation would judge a slightly different
+ * model than the one that answers single requests (it moved ORT's own dynamic
+ * model from 99.54 % to 99.43 % dev agreement).
+ */
+export const VALIDATION_BATCH = 1;
 /** Samples the sensitivity probe runs (both models, every quantized node exposed). */
 export const SENSITIVITY_PROBE_SAMPLES = 32;
 /** Sequence length of the latency comparison `auto` makes (the issue's target shape). */
