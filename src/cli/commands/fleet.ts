@@ -203,6 +203,7 @@ async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"):
       const outcomes = await runJobCommand(requester, targets, sub, params, {
         wait,
         waitTimeoutMs: timeoutSec * 1000,
+        replyTimeoutMs: flagInt(ctx.flags, "reply-timeout", { min: 1 }, 10) * 1000,
         onProgress: json
           ? undefined
           : (device, state, stage) => ctx.err(`${device}: ${state}${stage === null ? "" : ` (${stage})`}`),
@@ -231,7 +232,8 @@ async function report(ctx: CommandContext): Promise<number> {
   return await withConnection(ctx, async (conn, fleet) => {
     const requester = await createFleetRequester(conn, fleet);
     try {
-      const reply = await requester.request(device, "status", {}, { timeoutMs: 10_000 });
+      const timeoutMs = flagInt(ctx.flags, "reply-timeout", { min: 1 }, 10) * 1000;
+      const reply = await requester.request(device, "status", {}, { timeoutMs });
       if (!reply.ok)
         throw new QuantdError(reply.error.code, reply.error.message, { details: reply.error.details ?? {} });
       const status = reply.result as Record<string, unknown> & { lastJob?: Record<string, unknown> | null };
@@ -306,6 +308,13 @@ export const fleetCommand: Command = {
       value: "SEC",
       description: "longest wait for a report",
       default: "1800",
+    },
+    {
+      name: "reply-timeout",
+      type: "string",
+      value: "SEC",
+      description: "longest wait for a device's reply to a command",
+      default: "10",
     },
     { name: "samples", type: "string", value: "N", description: "recalibrate: calibration samples" },
     { name: "method", type: "string", value: "NAME", description: "recalibrate: calibration method" },

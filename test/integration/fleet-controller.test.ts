@@ -1,0 +1,315 @@
+/**
+ * The controller and the `quantd fleet` CLI against a real mosquitto and
+ * real device links: the controller stores statuses, telemetry, jobs and
+ * reports; `fleet devices`, `recalibrate --wait --json`, `report` and
+ * `rollback` run as real CLI processes; two controllers on the shared
+ * subscription split the messages without both taking one; the dashboard API
+ * and its live event stream answer.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { QuantdError } from "../../src/errors.ts";
+import { type FleetController, startController } from "../../src/fleet/controller/controller.ts";
+import { type Dashboard, parseHttpAddress, startDashboard } from "../../src/fleet/controller/http.ts";
+import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
+import type { FleetStore } from "../../src/fleet/controller/store.ts";
+import type { FleetCommandHandler } from "../../src/fleet/handler.ts";
+import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
+import { openStore, type Store } from "../../src/store/store.ts";
+import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
+import { repoRoot } from "../helpers/paths.ts";
+
+if (!hasMosquitto) console.warn(mosquittoSkipReason);
+
+const MAIN = join(repoRoot, "src/cli/main.ts");
+
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const proc = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  proc.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  proc.stderr.on("data", (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number>((r) => proc.once("exit", (c) => r(c ?? -1)));
+  return { code, out, err };
+}
+
+async function until(cond: () => boolean | Promise<boolean>, ms = 8000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await Bun.sleep(20);
+  }
+}
+
+/** A board's work as the seam sees it: the figures a recalibration reports, a rollback that fails when asked. */
+function boardHandler(name: string, model: { version: string }): FleetCommandHandler {
+  let n = 0;
+  return {
+    async recalibrate(params, ctx) {
+      ctx.progress("calibrating", 0.4);
+      await Bun.sleep(30);
+      ctx.progress("validating", 0.8);
+      n++;
+      model.version = `${name}-v${n + 1}`;
+      return {
+        int8P50Ms: 3.2,
+        fp32P50Ms: 8.1,
+        agreement: 0.99 - n * 0.001,
+        modelVersion: model.version,
+        params,
+      };
+    },
+    async quantizeDynamic() {
+      return {};
+    },
+    async bench() {
+      return {};
+    },
+    async rollback(params) {
+      if (params.version === "missing") throw new QuantdError("NOT_FOUND", "no such model version");
+      return { modelVersion: "v1" };
+    },
+    status: async () => ({ queueDepth: 0 }),
+    setConfig: async (p) => ({ ...p }),
+    collect: async (p) => ({ capturing: p.action === "start" }),
+  };
+}
+
+describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
+  let broker: Mosquitto;
+  let dir: string;
+  let store: FleetStore;
+  let controller: FleetController;
+  let dashboard: Dashboard;
+  const boards: { link: FleetLink; store: Store }[] = [];
+
+  beforeAll(async () => {
+    broker = await startMosquitto();
+    dir = mkdtempSync(join(tmpdir(), "quantd-fleet-ctl-"));
+    store = await openSqliteFleetStore(join(dir, "controller.db"));
+    controller = startController({ broker: broker.url, store, clientId: "ctl-a" });
+    expect(await controller.waitReady(5000)).toBe(true);
+    dashboard = startDashboard(controller, "127.0.0.1:0");
+    for (const name of ["pi-1", "pi-2"]) {
+      const s = await openStore(join(dir, `${name}.db`));
+      const model = { version: `${name}-v1` };
+      let rss = 100 * 1048576;
+      const link = createFleetLink(
+        { broker: broker.url, fleet: "lab", device: name, telemetryIntervalMs: 50, telemetryBatch: 4 },
+        {
+          store: s,
+          handler: boardHandler(name, model),
+          status: () => ({ agentVersion: "0.1.0", model: { version: model.version, kind: "int8-static" } }),
+          telemetry: () => {
+            rss += 1024;
+            return { requestRate: 5, latencyMs: { p50: 3, p95: 5, p99: 7 }, rssBytes: rss };
+          },
+        },
+      );
+      expect(await link.waitConnected(5000)).toBe(true);
+      boards.push({ link, store: s });
+    }
+  });
+  afterAll(async () => {
+    dashboard?.stop();
+    for (const b of boards) {
+      await b.link.stop({ flushMs: 500 });
+      b.store.close();
+    }
+    await controller?.stop();
+    await store?.close();
+    await broker?.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("the controller records both devices online with versions and telemetry", async () => {
+    await until(
+      async () =>
+        (await store.devices("lab")).filter((d) => d.online && d.lastTelemetry !== null).length === 2,
+    );
+    const [a] = await store.devices("lab");
+    expect(a).toMatchObject({ fleet: "lab", device: "pi-1", online: true, agentVersion: "0.1.0" });
+    expect(a?.model).toEqual({ version: "pi-1-v1", kind: "int8-static" });
+    expect(a?.lastTelemetry?.latencyMs).toEqual({ p50: 3, p95: 5, p99: 7 });
+    expect((await store.telemetry("lab", "pi-1", 0)).length).toBeGreaterThanOrEqual(4);
+  });
+
+  test("fleet devices lists the retained statuses", async () => {
+    const r = await cli(["fleet", "devices", "--broker", broker.url, "--fleet", "lab", "--json"]);
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const list = JSON.parse(r.out) as { device: string; state: string; model: { version: string } }[];
+    expect(list.map((d) => [d.device, d.state])).toEqual([
+      ["pi-1", "online"],
+      ["pi-2", "online"],
+    ]);
+    const table = await cli(["fleet", "devices", "--broker", broker.url, "--fleet", "lab"]);
+    expect(table.out).toMatch(/pi-2\s+online\s+0\.1\.0\s+pi-2-v1\s+int8-static/);
+  }, 30_000);
+
+  test("fleet recalibrate --wait --json prints the finished job with its state and report; the controller stores it", async () => {
+    const r = await cli([
+      "fleet",
+      "recalibrate",
+      "pi-1",
+      "--samples",
+      "64",
+      "--wait",
+      "--json",
+      "--broker",
+      broker.url,
+      "--fleet",
+      "lab",
+    ]);
+    expect(r.code).toBe(0);
+    const job = JSON.parse(r.out) as {
+      device: string;
+      id: string;
+      state: string;
+      report: { result: { agreement: number } };
+    };
+    expect(job).toMatchObject({ device: "pi-1", state: "SUCCEEDED" });
+    expect(job.report.result).toMatchObject({
+      agreement: 0.989,
+      modelVersion: "pi-1-v2",
+      params: { samples: 64 },
+    });
+    await until(async () => (await store.job("lab", "pi-1", job.id))?.state === "SUCCEEDED");
+    const stored = await store.job("lab", "pi-1", job.id);
+    expect(stored?.result).toEqual(job.report.result);
+    expect((await store.device("lab", "pi-1"))?.lastReport?.id).toBe(job.id);
+  }, 30_000);
+
+  test("fleet recalibrate --all reaches every online device", async () => {
+    const r = await cli([
+      "fleet",
+      "recalibrate",
+      "--all",
+      "--wait",
+      "--json",
+      "--broker",
+      broker.url,
+      "--fleet",
+      "lab",
+    ]);
+    expect(r.code).toBe(0);
+    const jobs = JSON.parse(r.out) as { device: string; state: string }[];
+    expect(jobs.map((j) => [j.device, j.state])).toEqual([
+      ["pi-1", "SUCCEEDED"],
+      ["pi-2", "SUCCEEDED"],
+    ]);
+  }, 30_000);
+
+  test("fleet report prints the device's last job; rollback reports failure with the device's error code", async () => {
+    const r = await cli(["fleet", "report", "pi-1", "--broker", broker.url, "--fleet", "lab"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/last job\s+recalibrate-\S+ recalibrate SUCCEEDED/);
+    expect(r.out).toMatch(/model\s+pi-1-v3 \(int8-static\)/);
+
+    const bad = await cli([
+      "fleet",
+      "rollback",
+      "pi-2",
+      "--version",
+      "missing",
+      "--wait",
+      "--json",
+      "--broker",
+      broker.url,
+      "--fleet",
+      "lab",
+    ]);
+    expect(bad.code).toBe(1);
+    expect(JSON.parse(bad.out)).toMatchObject({
+      device: "pi-2",
+      state: "FAILED",
+      report: { error: { code: "NOT_FOUND" } },
+    });
+
+    const nobody = await cli([
+      "fleet",
+      "report",
+      "pi-9",
+      "--reply-timeout",
+      "1",
+      "--broker",
+      broker.url,
+      "--fleet",
+      "lab",
+    ]);
+    expect(nobody.code).not.toBe(0);
+    expect(nobody.err).toContain("FLEET_UNAVAILABLE");
+  }, 30_000);
+
+  test("the dashboard serves the table data, device detail, telemetry and live events", async () => {
+    const events = await fetch(`${dashboard.url}api/events`);
+    const reader = events.body!.getReader();
+    const devices = (await (await fetch(`${dashboard.url}api/devices`)).json()) as {
+      device: string;
+      figures: { agreement?: number; int8P50Ms?: number };
+    }[];
+    expect(devices.map((d) => d.device)).toEqual(["pi-1", "pi-2"]);
+    expect(devices[0]?.figures).toMatchObject({ int8P50Ms: 3.2, fp32P50Ms: 8.1 });
+    const detail = (await (await fetch(`${dashboard.url}api/devices/lab/pi-1`)).json()) as {
+      reports: unknown[];
+      history: unknown[];
+    };
+    expect(detail.reports.length).toBe(2);
+    expect(detail.history.length).toBeGreaterThanOrEqual(1);
+    const samples = (await (
+      await fetch(`${dashboard.url}api/devices/lab/pi-1/telemetry?since=0`)
+    ).json()) as unknown[];
+    expect(samples.length).toBeGreaterThan(0);
+    expect((await fetch(`${dashboard.url}api/devices/lab/nope`)).status).toBe(404);
+    const html = await (await fetch(dashboard.url)).text();
+    expect(html).toContain("<title>quantd fleet</title>");
+    // Telemetry keeps flowing, so a `changed` event must come within a second or two.
+    let text = "";
+    const deadline = Date.now() + 5000;
+    while (!text.includes("event: changed") && Date.now() < deadline) {
+      const { value } = await reader.read();
+      text += new TextDecoder().decode(value);
+    }
+    await reader.cancel();
+    expect(text).toContain("event: changed");
+    expect(text).toMatch(/"devices":\["lab\/pi-[12]"/);
+    expect(() => parseHttpAddress("0.0.0.0:8080")).toThrow(
+      expect.objectContaining({ code: "CONFIG_INVALID" }),
+    );
+  });
+
+  test("two controllers on the shared subscription split the messages: each report stored once in all", async () => {
+    const other = await openSqliteFleetStore(join(dir, "controller-b.db"));
+    const b = startController({ broker: broker.url, store: other, clientId: "ctl-b" });
+    try {
+      expect(await b.waitReady(5000)).toBe(true);
+      const before = controller.stats().byKind.report;
+      const total = 20;
+      for (let i = 0; i < total; i++) {
+        boards[i % 2]!.link.report({
+          id: `split-${i}`,
+          jobId: `split-${i}`,
+          type: "bench",
+          state: "SUCCEEDED",
+          result: { i },
+          startedAt: null,
+          finishedAt: Date.now(),
+        });
+      }
+      await until(() => controller.stats().byKind.report - before + b.stats().byKind.report === total);
+      await Bun.sleep(200);
+      const a = controller.stats().byKind.report - before;
+      const bb = b.stats().byKind.report;
+      expect(a + bb).toBe(total);
+      // mosquitto distributes shared subscriptions round-robin: both replicas get some.
+      expect(a).toBeGreaterThan(0);
+      expect(bb).toBeGreaterThan(0);
+    } finally {
+      await b.stop();
+      await other.close();
+    }
+  });
+});
