@@ -67,7 +67,7 @@ export const quantizeCommand: Command = {
   name: "quantize",
   summary: "convert an fp32 BERT to int8, validated against fp32 on held-out samples",
   usage:
-    "--model FP32.onnx --calib SAMPLES --out INT8.onnx [--mode static|dynamic|auto] [--method M] " +
+    "--model FP32.onnx --calib SAMPLES --out INT8.onnx [--mode static|dynamic|auto] [--method M] [--format qdq|fused] " +
     "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--report FILE]",
   description: `SAMPLES is a TSV (label<TAB>sentence with a header; the label may be empty) or a quantd SQLite
 store (.db, as quantd collect fills it). From a TSV the first --samples rows calibrate and the next
