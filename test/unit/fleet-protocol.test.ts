@@ -1,0 +1,158 @@
+/**
+ * The fleet wire protocol without a broker: topic names, command validation
+ * (allow-lists, ranges, never paths), envelopes, and the link's config.
+ */
+import { describe, expect, test } from "bun:test";
+import { resolveFleetConfig } from "../../src/fleet/config.ts";
+import {
+  COMMAND_NAMES,
+  CONTROLLER_SHARED_FILTER,
+  deviceTopics,
+  parseCommand,
+  parseEnvelope,
+  parseTopic,
+} from "../../src/fleet/protocol.ts";
+
+const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
+const code = (fn: () => unknown): string => {
+  try {
+    fn();
+  } catch (err) {
+    return (err as { code: string }).code;
+  }
+  return "no error";
+};
+
+describe("topics", () => {
+  test("every topic of a device sits under quantd/v1/{fleet}/{device}/ and parses back", () => {
+    const t = deviceTopics("lab", "pi-4.a_1");
+    expect(t.status).toBe("quantd/v1/lab/pi-4.a_1/status");
+    expect(parseTopic(t.status)).toEqual({ kind: "status", fleet: "lab", device: "pi-4.a_1" });
+    expect(parseTopic(t.telemetry)?.kind).toBe("telemetry");
+    expect(parseTopic(t.report)?.kind).toBe("report");
+    expect(parseTopic(t.job("j-1"))).toEqual({ kind: "job", fleet: "lab", device: "pi-4.a_1", jobId: "j-1" });
+    expect(parseTopic(t.cmd("set-config"))).toMatchObject({ kind: "cmd", name: "set-config" });
+    expect(parseTopic(t.reply("cli-1"))).toMatchObject({ kind: "reply", requester: "cli-1" });
+    expect(t.cmdFilter).toBe("quantd/v1/lab/pi-4.a_1/cmd/+");
+    expect(CONTROLLER_SHARED_FILTER).toBe("$share/quantd-controllers/quantd/v1/+/+/#");
+  });
+
+  test("names that would break the topic tree or collide with wildcards are refused", () => {
+    for (const bad of ["", "a/b", "+", "#", "_ctl", "-x", "a b", "x".repeat(65)]) {
+      expect(code(() => deviceTopics("lab", bad))).toBe("CONFIG_INVALID");
+    }
+    expect(parseTopic("quantd/v2/lab/d/status")).toBeUndefined();
+    expect(parseTopic("quantd/v1/lab/d/status/extra/more")).toBeUndefined();
+    expect(parseTopic("quantd/v1/lab/d/whatever")).toBeUndefined();
+  });
+});
+
+describe("commands", () => {
+  test("every command name parses with empty or valid params", () => {
+    for (const name of COMMAND_NAMES) {
+      const params =
+        name === "collect" ? { action: "start" } : name === "set-config" ? { "capture.enabled": true } : {};
+      expect(parseCommand(name, params).name).toBe(name);
+    }
+  });
+
+  test("recalibrate checks samples, method and gate", () => {
+    expect(
+      parseCommand("recalibrate", { samples: 256, method: "entropy", gate: { minAgreement: 0.98 } }),
+    ).toEqual({
+      name: "recalibrate",
+      params: { samples: 256, method: "entropy", gate: { minAgreement: 0.98 } },
+    });
+    expect(code(() => parseCommand("recalibrate", { samples: 0 }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("recalibrate", { samples: 1.5 }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("recalibrate", { method: "kl" }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("recalibrate", { gate: { minAgreement: 2 } }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("recalibrate", { gate: { other: 1 } }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("recalibrate", { model: "/tmp/x.onnx" }))).toBe("COMMAND_INVALID");
+  });
+
+  test("set-config accepts only allow-listed keys with typed values, never paths", () => {
+    expect(parseCommand("set-config", { "capture.rate": 0.5, "batching.maxBatch": 16 })).toEqual({
+      name: "set-config",
+      params: { "capture.rate": 0.5, "batching.maxBatch": 16 },
+    });
+    for (const bad of [
+      { model: "/etc/passwd" },
+      { stateDir: "/" },
+      { socketPath: "/tmp/s" },
+      { "capture.rate": 2 },
+      { "capture.enabled": "yes" },
+      { "batching.maxBatch": -1 },
+      {},
+    ]) {
+      expect(code(() => parseCommand("set-config", bad))).toBe("COMMAND_INVALID");
+    }
+  });
+
+  test("collect needs start or stop; unknown commands and non-object params are refused", () => {
+    expect(parseCommand("collect", { action: "stop" })).toEqual({
+      name: "collect",
+      params: { action: "stop" },
+    });
+    expect(code(() => parseCommand("collect", {}))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("reboot", {}))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("status", [1]))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("status", { x: 1 }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("rollback", { version: "../../etc" }))).toBe("COMMAND_INVALID");
+  });
+
+  test("envelopes need an id; expiresAt must be a number; nothing else is accepted", () => {
+    expect(parseEnvelope(bytes('{"id":"c-1","expiresAt":5,"params":{"a":1}}'))).toEqual({
+      id: "c-1",
+      expiresAt: 5,
+      params: { a: 1 },
+    });
+    for (const bad of [
+      "not json",
+      "[]",
+      "{}",
+      '{"id":""}',
+      '{"id":"a/b"}',
+      '{"id":"x","expiresAt":"soon"}',
+      '{"id":"x","params":[]}',
+      '{"id":"x","extra":1}',
+    ]) {
+      expect(code(() => parseEnvelope(bytes(bad)))).toBe("COMMAND_INVALID");
+    }
+    expect(code(() => parseEnvelope(new Uint8Array([0xff, 0xfe])))).toBe("COMMAND_INVALID");
+  });
+});
+
+describe("link config", () => {
+  test("defaults: persistent session outliving the will delay, device id as client id", () => {
+    const c = resolveFleetConfig({ broker: "mqtt://127.0.0.1:1883", fleet: "lab", device: "pi-1" });
+    expect(c.connect).toMatchObject({
+      clientId: "pi-1",
+      clean: false,
+      keepaliveSec: 30,
+      sessionExpirySec: 3600,
+    });
+    expect(c.willDelaySec).toBe(15);
+    const long = resolveFleetConfig({
+      broker: "mqtt://h",
+      fleet: "lab",
+      device: "pi-1",
+      willDelaySec: 7200,
+      sessionExpirySec: 60,
+    });
+    expect(long.connect.sessionExpirySec).toBe(7200);
+  });
+
+  test("bad URLs, names, numbers and certificate setups are CONFIG_INVALID", () => {
+    const base = { broker: "mqtt://h", fleet: "lab", device: "pi-1" };
+    expect(code(() => resolveFleetConfig({ ...base, broker: "http://h" }))).toBe("CONFIG_INVALID");
+    expect(code(() => resolveFleetConfig({ ...base, broker: "nonsense" }))).toBe("CONFIG_INVALID");
+    expect(code(() => resolveFleetConfig({ ...base, device: "a/b" }))).toBe("CONFIG_INVALID");
+    expect(code(() => resolveFleetConfig({ ...base, keepaliveSec: 0 }))).toBe("CONFIG_INVALID");
+    expect(code(() => resolveFleetConfig({ ...base, certFile: "/x.pem" }))).toBe("CONFIG_INVALID");
+    expect(code(() => resolveFleetConfig({ ...base, caFile: "/nonexistent.pem" }))).toBe("CONFIG_INVALID");
+    expect(
+      code(() => resolveFleetConfig({ ...base, broker: "mqtts://h", caFile: "/nonexistent/ca.pem" })),
+    ).toBe("CONFIG_INVALID");
+  });
+});
