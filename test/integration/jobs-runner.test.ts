@@ -1,0 +1,273 @@
+/**
+ * The job runner's rules on a real store, with a small handler of its own
+ * (stages, a checkpoint, a wait between stages) so that queueing,
+ * cancellation, timeouts, shutdown and recovery are checked in milliseconds;
+ * the recalibration job itself is exercised in recalibrate-*.test.ts.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  acquireRunnerLock,
+  type JobHandler,
+  JobRunner,
+  type JobRunnerOptions,
+  RUNNER_LOCK_FILE,
+  removeStaleTempFiles,
+  runnerLockHolder,
+} from "../../src/agent/jobs.ts";
+import { isQuantdError } from "../../src/errors.ts";
+import type { Job } from "../../src/store/jobs.ts";
+import { databasePath, openStore, type Store } from "../../src/store/store.ts";
+import { tempDir } from "./jobs-harness.ts";
+
+const STAGES = ["one", "two", "three"] as const;
+
+/** Three stages, `stageMs` apart; records which stages ran, resumes after the last checkpointed one. */
+function stagedHandler(ran: string[], stageMs = 30): JobHandler & { active: number; maxActive: number } {
+  const h = {
+    active: 0,
+    maxActive: 0,
+    async run(ctx: Parameters<JobHandler["run"]>[0]) {
+      h.active++;
+      h.maxActive = Math.max(h.maxActive, h.active);
+      try {
+        const done = (ctx.readCheckpoint()?.["done"] as string[] | undefined) ?? [];
+        for (const [i, s] of STAGES.entries()) {
+          if (done.includes(s)) continue;
+          ctx.stage(s, i / STAGES.length);
+          await Bun.sleep(stageMs);
+          ran.push(`${ctx.job.id}:${s}`);
+          done.push(s);
+          ctx.writeCheckpoint({ done });
+        }
+        return { state: "SUCCEEDED" as const, result: { stages: done } };
+      } finally {
+        h.active--;
+      }
+    },
+  };
+  return h;
+}
+
+let stores: Store[] = [];
+const runners: JobRunner[] = [];
+afterEach(async () => {
+  for (const r of runners.splice(0)) await r.stop();
+  for (const s of stores) s.close();
+  stores = [];
+});
+
+async function setup(
+  handler: JobHandler,
+  extra: Partial<JobRunnerOptions> = {},
+): Promise<{ store: Store; runner: JobRunner; workRoot: string; dir: string }> {
+  const dir = tempDir();
+  const store = await openStore(databasePath(dir));
+  stores.push(store);
+  const workRoot = join(dir, "jobs");
+  const runner = new JobRunner({
+    jobs: store.jobs,
+    workRoot,
+    handlers: { staged: handler },
+    pollMs: 20,
+    ...extra,
+  });
+  runners.push(runner);
+  return { store, runner, workRoot, dir };
+}
+
+async function until(pred: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const t0 = Date.now();
+  while (!pred()) {
+    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(10);
+  }
+}
+
+const finished = (store: Store, id: string): boolean =>
+  ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"].includes(store.jobs.require(id).state);
+
+describe("job runner", () => {
+  test("queued jobs run one at a time, oldest first, each stage persisted; work dirs removed", async () => {
+    const ran: string[] = [];
+    const handler = stagedHandler(ran);
+    const seen: Job[] = [];
+    const { store, runner, workRoot } = await setup(handler, { onUpdate: (j) => seen.push(j) });
+    const a = store.jobs.create({ type: "staged", id: "a" });
+    const b = store.jobs.create({ type: "staged", id: "b" });
+    const c = store.jobs.create({ type: "staged", id: "c" });
+    runner.start();
+    await until(() => [a, b, c].every((j) => finished(store, j.id)), "three jobs");
+    expect(handler.maxActive).toBe(1);
+    expect(ran).toEqual(["a", "b", "c"].flatMap((id) => STAGES.map((s) => `${id}:${s}`)));
+    const [ja, jb, jc] = [a, b, c].map((j) => store.jobs.require(j.id));
+    expect([ja!.state, jb!.state, jc!.state]).toEqual(["SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]);
+    expect(jb!.startedAt!).toBeGreaterThanOrEqual(ja!.finishedAt!);
+    expect(jc!.startedAt!).toBeGreaterThanOrEqual(jb!.finishedAt!);
+    expect(ja!.result).toEqual({ stages: [...STAGES] });
+    // Every stage was recorded in the store as it started.
+    expect(seen.filter((j) => j.id === "a" && j.state === "IN_PROGRESS").map((j) => j.stage)).toEqual([
+      null,
+      ...STAGES,
+    ]);
+    expect(readdirSync(workRoot).filter((n) => n !== RUNNER_LOCK_FILE)).toEqual([]);
+  });
+
+  test("cancel: a queued job fails at once and never runs; a running one stops at its next stage", async () => {
+    const ran: string[] = [];
+    const { store, runner } = await setup(stagedHandler(ran, 150));
+    const running = store.jobs.create({ type: "staged", id: "running" });
+    const queued = store.jobs.create({ type: "staged", id: "queued" });
+    const p = runner.runNext();
+    await until(() => store.jobs.require("running").stage === "one", "the first stage");
+    const q = runner.cancel(queued.id);
+    expect(q.state).toBe("FAILED");
+    expect(q.error?.code).toBe("JOB_CANCELLED");
+    expect(runner.cancel(running.id).state).toBe("IN_PROGRESS");
+    const done = await p;
+    expect(done?.state).toBe("FAILED");
+    expect(done?.error?.code).toBe("JOB_CANCELLED");
+    expect(done?.stage).toBe("one");
+    expect(ran).toEqual(["running:one"]);
+    expect(await runner.runNext()).toBeUndefined();
+    expect(ran).toEqual(["running:one"]);
+  });
+
+  test("a cancel recorded by another process (the CLI) is seen at the next stage boundary", async () => {
+    const ran: string[] = [];
+    const { store, runner, dir } = await setup(stagedHandler(ran, 100));
+    store.jobs.create({ type: "staged", id: "x" });
+    const p = runner.runNext();
+    await until(() => store.jobs.require("x").stage === "one", "the first stage");
+    const other = await openStore(databasePath(dir));
+    stores.push(other);
+    other.jobs.cancel("x");
+    const done = await p;
+    expect(done?.state).toBe("FAILED");
+    expect(done?.error?.code).toBe("JOB_CANCELLED");
+    expect(ran).toEqual(["x:one"]);
+  });
+
+  test("a job past its timeout ends TIMED_OUT at its next stage boundary", async () => {
+    const ran: string[] = [];
+    const { store, runner } = await setup(stagedHandler(ran, 120), { timeoutMs: 180 });
+    store.jobs.create({ type: "staged", id: "slow" });
+    const done = await runner.runNext();
+    expect(done?.state).toBe("TIMED_OUT");
+    expect(done?.error?.code).toBe("JOB_TIMED_OUT");
+    expect(ran.length).toBeLessThan(STAGES.length);
+  });
+
+  test("stop during a job requeues it; the next runner resumes after its last checkpointed stage", async () => {
+    const ran: string[] = [];
+    const { store, runner, workRoot } = await setup(stagedHandler(ran, 80));
+    store.jobs.create({ type: "staged", id: "r" });
+    runner.start();
+    await until(() => store.jobs.require("r").stage === "two", "the second stage");
+    await runner.stop();
+    const stopped = store.jobs.require("r");
+    expect(stopped.state).toBe("QUEUED");
+    expect(stopped.stage).toBe("two");
+    const ran2: string[] = [];
+    const next = new JobRunner({ jobs: store.jobs, workRoot, handlers: { staged: stagedHandler(ran2, 10) } });
+    runners.push(next);
+    const done = await next.runNext();
+    expect(done?.state).toBe("SUCCEEDED");
+    expect(done?.attempts).toBe(2);
+    // "one" was checkpointed before the stop and is not run again.
+    expect(ran).toContain("r:one");
+    expect(ran2).not.toContain("r:one");
+    expect(ran2).toContain("r:three");
+  });
+
+  test("recover: a job left IN_PROGRESS by a dead process is requeued, or fails with JOB_INTERRUPTED after max attempts", async () => {
+    const ran: string[] = [];
+    const { store, runner, workRoot } = await setup(stagedHandler(ran, 1), { maxAttempts: 2 });
+    store.jobs.create({ type: "staged", id: "crashed" });
+    store.jobs.claimNext();
+    store.jobs.update("crashed", { stage: "two", progress: 0.5 });
+    mkdirSync(join(workRoot, "crashed"), { recursive: true });
+    // A temporary file of an atomic write by a process that is gone (pid 2^22 + 1 is above Linux's pid_max default).
+    const stale = ".candidate.onnx.4194305.deadbeef.tmp";
+    writeFileSync(join(workRoot, "crashed", stale), "partial");
+    const changed = runner.recover();
+    expect(changed.map((j) => [j.id, j.state, j.stage])).toEqual([["crashed", "QUEUED", "two"]]);
+    expect(existsSync(join(workRoot, "crashed", stale))).toBe(false);
+    // Claimed again (attempt 2) and "crashed" again.
+    expect(store.jobs.claimNext()?.attempts).toBe(2);
+    const failed = runner.recover();
+    expect(failed.map((j) => [j.id, j.state, j.error?.code])).toEqual([
+      ["crashed", "FAILED", "JOB_INTERRUPTED"],
+    ]);
+    expect(existsSync(join(workRoot, "crashed"))).toBe(false);
+  });
+
+  test("jobs of a type without a handler are left in the queue for their owner", async () => {
+    const ran: string[] = [];
+    const { store, runner } = await setup(stagedHandler(ran, 1));
+    store.jobs.create({ type: "bench", id: "theirs" });
+    store.jobs.create({ type: "staged", id: "ours" });
+    expect(await runner.runNext()).toBeUndefined();
+    expect(store.jobs.require("theirs").state).toBe("QUEUED");
+    expect(store.jobs.require("ours").state).toBe("QUEUED");
+  });
+
+  test("runner lock: a live holder refuses a second runner; a dead holder's lock is taken over", async () => {
+    const { workRoot } = await setup(stagedHandler([], 1));
+    const release = acquireRunnerLock(workRoot);
+    expect(runnerLockHolder(workRoot)).toBe(process.pid);
+    let err: unknown;
+    try {
+      acquireRunnerLock(workRoot);
+    } catch (e) {
+      err = e;
+    }
+    expect(isQuantdError(err, "STATE_CONFLICT")).toBe(true);
+    release();
+    expect(runnerLockHolder(workRoot)).toBeUndefined();
+    writeFileSync(join(workRoot, RUNNER_LOCK_FILE), "4194305\n");
+    expect(runnerLockHolder(workRoot)).toBeUndefined();
+    const again = acquireRunnerLock(workRoot);
+    expect(runnerLockHolder(workRoot)).toBe(process.pid);
+    again();
+  });
+
+  test("stale temporary files of dead writers are removed, live ones and other files kept", () => {
+    const dir = tempDir();
+    const names = [
+      ".m.onnx.4194305.0badcafe.tmp",
+      `.m.onnx.${process.pid}.0badcafe.tmp`,
+      ".abc.onnx.tmp-4194305-0badcafe",
+      "abc.onnx",
+    ];
+    for (const n of names) writeFileSync(join(dir, n), "x");
+    expect(removeStaleTempFiles(dir).sort()).toEqual([
+      ".abc.onnx.tmp-4194305-0badcafe",
+      ".m.onnx.4194305.0badcafe.tmp",
+    ]);
+    expect(readdirSync(dir).sort()).toEqual([`.m.onnx.${process.pid}.0badcafe.tmp`, "abc.onnx"].sort());
+  });
+
+  test("schedule: a job is queued after N new samples, once, and again after N more", async () => {
+    const ran: string[] = [];
+    let seen = 100;
+    const { store, runner } = await setup(stagedHandler(ran, 1), {
+      schedule: { job: { type: "staged" }, afterNewSamples: 50, samplesSeen: () => seen },
+    });
+    runner.start();
+    await Bun.sleep(80);
+    expect(store.jobs.list()).toHaveLength(0);
+    seen = 160;
+    await until(
+      () => store.jobs.list().length === 1 && finished(store, store.jobs.list()[0]!.id),
+      "a scheduled job",
+    );
+    const first = store.jobs.list()[0]!;
+    expect(first.params["samplesSeen"]).toBe(160);
+    await Bun.sleep(80);
+    expect(store.jobs.list()).toHaveLength(1);
+    seen = 215;
+    await until(() => store.jobs.list().length === 2, "a second scheduled job");
+  });
+});
