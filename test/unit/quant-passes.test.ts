@@ -6,8 +6,9 @@
  */
 import { describe, expect, test } from "bun:test";
 import { isQuantdError } from "../../src/errors.ts";
+import { makeGraph, makeModel, makeNode, makeValueInfo } from "../../src/onnx/builder.ts";
 import { encodeModel } from "../../src/onnx/codec.ts";
-import { tensorToArray } from "../../src/onnx/tensor.ts";
+import { makeTensor, tensorToArray } from "../../src/onnx/tensor.ts";
 import type { ModelProto, NodeProto, TensorProto } from "../../src/onnx/types.ts";
 import { DataType } from "../../src/onnx/types.ts";
 import {
@@ -273,7 +274,12 @@ describe("static QDQ rewrite", async () => {
 describe("static fused format", async () => {
   const result = await quantizeModel(fp32, { type: "static", format: "fused", calibration });
   const model = result.model;
-  const qdq = await quantizeModel(fp32, { type: "static", format: "qdq", calibration, ranges: result.ranges });
+  const qdq = await quantizeModel(fp32, {
+    type: "static",
+    format: "qdq",
+    calibration,
+    ranges: result.ranges,
+  });
 
   test("MatMulIntegerToFloat nodes with the bias folded in, QuantizeLinear shared", () => {
     const mitf = model.graph.node.filter((n) => n.opType === "MatMulIntegerToFloat");
@@ -371,4 +377,68 @@ describe("dynamic rewrite", async () => {
       await Promise.all([ref.release(), int8.release()]);
     }
   });
+});
+
+describe("shared weights and Gemm without transB", () => {
+  // x → MatMul(W) → MatMul(W again) → Gemm(W2 [4, 3], bias, transB = 0) → y
+  const W = Float32Array.from({ length: 16 }, (_, i) => Math.sin(i + 1) * 0.5);
+  const W2 = Float32Array.from({ length: 12 }, (_, i) => Math.cos(i * 0.7) * 0.6);
+  const model = makeModel({
+    graph: makeGraph({
+      name: "shared",
+      nodes: [
+        makeNode("MatMul", ["x", "W"], ["h1"], {}, { name: "mm1" }),
+        makeNode("MatMul", ["h1", "W"], ["h2"], {}, { name: "mm2" }),
+        makeNode("Gemm", ["h2", "W2", "b2"], ["y"], { transB: 0 }, { name: "gemm" }),
+      ],
+      inputs: [makeValueInfo("x", DataType.FLOAT, ["n", 4])],
+      outputs: [makeValueInfo("y", DataType.FLOAT, ["n", 3])],
+      initializers: [
+        makeTensor("W", DataType.FLOAT, [4, 4], W),
+        makeTensor("W2", DataType.FLOAT, [4, 3], W2),
+        makeTensor("b2", DataType.FLOAT, [3], Float32Array.of(0.1, -0.2, 0.3)),
+      ],
+    }),
+  });
+  const x = Float32Array.from({ length: 20 }, (_, i) => Math.sin(i * 0.37) * 1.5);
+  const ranges = new Map([
+    ["x", { min: -1.5, max: 1.5 }],
+    ["h1", { min: -3, max: 3 }],
+    ["h2", { min: -5, max: 5 }],
+  ]);
+
+  for (const opts of [
+    { type: "static", format: "qdq", ranges },
+    { type: "static", format: "fused", ranges },
+    { type: "dynamic" },
+  ] as const) {
+    test(`${opts.type}${"format" in opts ? `/${opts.format}` : ""}: one int8 copy of W, close to fp32`, async () => {
+      const r = await quantizeModel(model, opts);
+      const q = r.model;
+      expect(r.plan.quantized.map((t) => t.node)).toEqual(["mm1", "mm2", "gemm"]);
+      const int8 = q.graph.initializer.filter((t) => t.dataType === DataType.INT8 && t.dims.length === 2);
+      expect(int8.map((t) => t.dims)).toEqual([
+        [4, 4],
+        [4, 3],
+      ]);
+      expect(initializer(q, "W")).toBeUndefined();
+      const gemmW = int8.find((t) => t.dims[1] === 3)!;
+      const scales = q.graph.initializer.find(
+        (t) => t.name === `${gemmW.name.replace("_quantized", "")}_scale`,
+      );
+      expect(scales?.dims).toEqual([3]); // transB = 0: output channels are columns
+      const [a, b] = await Promise.all([
+        createOrtSession(encodeModel(model)),
+        createOrtSession(encodeModel(q)),
+      ]);
+      try {
+        const feeds = { x: { type: "float32" as const, data: x, dims: [5, 4] } };
+        const want = (await a.run(feeds)).y!.data as Float32Array;
+        const got = (await b.run(feeds)).y!.data as Float32Array;
+        expectClose(got, want, { atol: 0.05, rtol: 0.02, what: "y" });
+      } finally {
+        await Promise.all([a.release(), b.release()]);
+      }
+    });
+  }
 });
