@@ -442,3 +442,55 @@ describe("shared weights and Gemm without transB", () => {
     });
   }
 });
+
+describe("candidates that stay fp32", () => {
+  const w = (name: string, dims: number[]) =>
+    makeTensor(name, DataType.FLOAT, dims, new Float32Array(dims.reduce((a, b) => a * b, 1)).fill(0.25));
+  const model = (opset = 17) =>
+    makeModel({
+      opsets: [{ domain: "", version: opset }],
+      graph: makeGraph({
+        name: "odd",
+        nodes: [
+          makeNode("Gemm", ["x", "Wt"], ["g"], { transA: 1 }, { name: "gemm_transA" }),
+          makeNode("MatMul", ["g", "W3"], ["m"], {}, { name: "matmul_rank3_weight" }),
+          makeNode("Conv", ["img", "K"], ["c"], {}, { name: "conv" }),
+          makeNode("MatMul", ["x", "x2"], ["mm"], {}, { name: "activation_matmul" }),
+        ],
+        inputs: [
+          makeValueInfo("x", DataType.FLOAT, [4, 4]),
+          makeValueInfo("x2", DataType.FLOAT, [4, 4]),
+          makeValueInfo("img", DataType.FLOAT, [1, 1, 4, 4]),
+        ],
+        outputs: [
+          makeValueInfo("m", DataType.FLOAT),
+          makeValueInfo("c", DataType.FLOAT),
+          makeValueInfo("mm", DataType.FLOAT),
+        ],
+        initializers: [w("Wt", [4, 4]), w("W3", [2, 4, 4]), w("K", [1, 1, 3, 3])],
+      }),
+    });
+
+  test("each gets a reason and nothing is rewritten", async () => {
+    const r = await quantizeModel(model(), { type: "dynamic" });
+    const reasons = Object.fromEntries(r.plan.skipped.map((s) => [s.node, s.reason]));
+    expect(reasons).toEqual({
+      gemm_transA: "unsupported-attributes",
+      matmul_rank3_weight: "unsupported-attributes",
+      conv: "unsupported-op",
+      activation_matmul: "non-constant-weight",
+    });
+    expect(r.plan.quantized).toEqual([]);
+    expect(r.model.graph.node.map((n) => n.opType)).toEqual(["Gemm", "MatMul", "Conv", "MatMul"]);
+  });
+
+  test("an opset without per-axis DequantizeLinear is QUANT_UNSUPPORTED", async () => {
+    let err: unknown;
+    try {
+      await quantizeModel(model(11), { type: "dynamic" });
+    } catch (e) {
+      err = e;
+    }
+    expect(isQuantdError(err, "QUANT_UNSUPPORTED")).toBe(true);
+  });
+});
