@@ -13,6 +13,8 @@ import { type Listeners, startListeners } from "../server/listen.ts";
 import { createRoutes, ServerMetrics } from "../server/routes.ts";
 import { databasePath, openStore, type Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
+import type { JobRunner } from "./jobs.ts";
+import { createRecalibrationRunner } from "./recalibrate.ts";
 import { ModelRegistry, type RegistryEvent } from "./registry.ts";
 
 /** Live-traffic samples are written to the store in groups, off the request path. */
@@ -27,6 +29,8 @@ export interface Agent {
   readonly batcher: MicroBatcher;
   readonly metrics: ServerMetrics;
   readonly listeners: Listeners;
+  /** The recalibration job runner, unless another process holds the state directory's runner lock. */
+  readonly jobs: JobRunner | undefined;
   /** Stops gracefully (idempotent); resolves when everything is closed. */
   stop(): Promise<void>;
 }
@@ -37,6 +41,8 @@ export interface StartAgentOptions {
   log?: (line: string) => void;
   /** Randomness of traffic capture. @defaultValue Math.random */
   random?: () => number;
+  /** Run queued recalibration jobs. @defaultValue true */
+  runJobs?: boolean;
 }
 
 /** One line describing a registry event. */
@@ -168,6 +174,26 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     throw err;
   }
 
+  // Jobs run in the agent because a promotion must swap the session this process serves from.
+  let jobs: JobRunner | undefined;
+  if (options.runJobs ?? true) {
+    const runner = createRecalibrationRunner({
+      store,
+      stateDir: config.stateDir,
+      promoter: registry,
+      baseModel: config.model,
+      tokenizerDir: config.tokenizerDir,
+      log,
+    });
+    try {
+      runner.start();
+      jobs = runner;
+    } catch (err) {
+      // Another process (a `quantd job --wait`) runs this state directory's jobs: serve anyway.
+      log(`jobs: not running jobs here: ${QuantdError.from(err).toLine()}`);
+    }
+  }
+
   let stopping: Promise<void> | undefined;
   return {
     config,
@@ -176,9 +202,12 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     batcher,
     metrics,
     listeners,
+    jobs,
     stop() {
       stopping ??= (async () => {
         accepting = false;
+        // A running job pauses at its next stage boundary and resumes at the next start.
+        await jobs?.stop();
         await batcher.drain();
         await listeners.stop();
         await batcher.drain();
