@@ -311,6 +311,7 @@ function isAttentionMatMul(
  * Finds what to quantize in an fp32 model.
  *
  * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
+ * @throws USAGE when `exclude` names a node the model does not have
  */
 export function planQuantization(model: ModelProto, opts: QuantizeOptions): QuantPlan {
   assertNotQuantized(model);

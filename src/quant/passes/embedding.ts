@@ -10,7 +10,9 @@
  *   weights no longer coarsen the common ones): Gather(int8 table) and
  *   Gather(scales [rows, 1]) → Cast to float → Mul. A DequantizeLinear cannot
  *   express this (its axis would index the gathered rows, not table rows), and
- *   DequantizeLinear→Gather would dequantize the whole table on every run.
+ *   DequantizeLinear→Gather would dequantize the whole table on every run
+ *   (ORT does not fold a DequantizeLinear of an initializer): measured 28 %
+ *   slower on BERT-Mini.
  */
 import { assertNever, QuantdError } from "../../errors.ts";
 import { makeTensor, tensorToFloat32 } from "../../onnx/tensor.ts";
