@@ -37,7 +37,7 @@ export interface RoutesOptions {
   admin?: RegistryAdmin;
   /** Called with the texts of every successful classification (traffic capture). */
   onClassified?: (texts: readonly string[]) => void;
-  /** Whether the server still accepts work (false while shutting down). */
+  /** False while shutting down: readiness checks fail, requests already received still complete. */
   accepting?: () => boolean;
 }
 
@@ -331,11 +331,16 @@ function oipOutput(
 export function createRoutes(opts: RoutesOptions): (req: Request, listener: Listener) => Promise<Response> {
   const { backend, batcher, limits, metrics, modelName } = opts;
 
+  const requireLoaded = (): void => {
+    if (backend.active() === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+  };
+  // A stopping agent says so to health checks (load balancers, systemd) but still finishes requests that
+  // reached it: the listener has stopped accepting connections by then.
   const requireReady = (): void => {
     if (opts.accepting !== undefined && !opts.accepting()) {
       throw new QuantdError("NOT_READY", "the agent is shutting down");
     }
-    if (backend.active() === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+    requireLoaded();
   };
   const requireModel = (name: string): void => {
     if (name !== modelName) {
@@ -349,7 +354,7 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
     }
   };
   const classify = async (texts: string[]): Promise<BatchResult> => {
-    requireReady();
+    requireLoaded();
     const out = await batcher.submit(texts);
     opts.onClassified?.(texts);
     return out;

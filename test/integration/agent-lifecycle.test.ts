@@ -1,0 +1,103 @@
+/**
+ * The agent's start, stop and traffic capture: the socket answers `live` at
+ * once but `ready` only once the model is loaded, a stopping agent finishes
+ * what it accepted, and with capture on, classified texts land in the sample
+ * store as `live` samples.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { existsSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { startAgent } from "../../src/agent/agent.ts";
+import { ModelRegistry } from "../../src/agent/registry.ts";
+import { MicroBatcher } from "../../src/server/batcher.ts";
+import { startListeners } from "../../src/server/listen.ts";
+import { createRoutes, ServerMetrics } from "../../src/server/routes.ts";
+import { databasePath, openStore } from "../../src/store/store.ts";
+import { call, classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
+
+let dir: string;
+beforeAll(() => {
+  dir = tempDir();
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("live at once, ready only after the model is loaded", async () => {
+  // The agent's own parts, started in its order, with the check in between: listening, then the model.
+  const config = testConfig(join(dir, "a"));
+  const store = await openStore(databasePath(config.stateDir));
+  const registry = new ModelRegistry({
+    models: store.models,
+    modelsDir: join(config.stateDir, "models"),
+    tokenizerDir: config.tokenizerDir,
+    threads: 1,
+    swap: config.swap,
+  });
+  const batcher = new MicroBatcher(registry, config.batching);
+  const metrics = new ServerMetrics({ queueDepth: () => batcher.depth, active: () => registry.active() });
+  const listeners = await startListeners({
+    socketPath: config.socketPath,
+    maxRequestBodySize: config.limits.maxBodyBytes,
+    handler: createRoutes({ modelName: "m", backend: registry, batcher, limits: config.limits, metrics }),
+  });
+  try {
+    expect((await call(config.socketPath, "/v2/health/live")).status).toBe(200);
+    const before = await call(config.socketPath, "/v2/health/ready");
+    expect(before.status).toBe(503);
+    expect((before.body["error"] as { code: string }).code).toBe("NOT_READY");
+    expect(before.headers.get("retry-after")).toBe("1");
+    const early = await classifyOverSocket(config.socketPath, ["too early"]);
+    expect(early.status).toBe(503);
+    expect((early.body["error"] as { code: string }).code).toBe("NOT_READY");
+
+    await registry.start(config.model, false);
+    expect((await call(config.socketPath, "/v2/health/ready")).status).toBe(200);
+    expect((await classifyOverSocket(config.socketPath, ["now"])).status).toBe(200);
+  } finally {
+    await listeners.stop();
+    await registry.close();
+    store.close();
+  }
+});
+
+test("a stopping agent finishes the requests it received, then removes its socket", async () => {
+  const agent = await startAgent(testConfig(join(dir, "d")));
+  const sock = agent.config.socketPath;
+  const inflight = classifyOverSocket(sock, TEXTS);
+  await Bun.sleep(1);
+  const stopping = agent.stop();
+  expect((await inflight).status).toBe(200);
+  await stopping;
+  expect(existsSync(sock)).toBe(false);
+});
+
+test("capture on: classified texts become live samples in the store", async () => {
+  const agent = await startAgent(
+    testConfig(join(dir, "b"), { QUANTD_CAPTURE_ENABLED: "true", QUANTD_CAPTURE_RATE: "1" }),
+  );
+  try {
+    const texts = TEXTS.slice(0, 5);
+    expect((await classifyOverSocket(agent.config.socketPath, texts)).status).toBe(200);
+    // A rejected request captures nothing.
+    expect((await classifyOverSocket(agent.config.socketPath, ["fine", ""])).status).toBe(400);
+    // Capture is written in groups, at most a second later.
+    for (let i = 0; i < 40 && agent.store.samples.count() < texts.length; i++) await Bun.sleep(50);
+    const picked = agent.store.samples.pick({ n: 100, seed: 1 });
+    expect(picked.map((s) => s.text).sort()).toEqual([...texts].sort());
+    expect(picked.every((s) => s.source === "live" && s.tokenCount > 2)).toBe(true);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test("capture off by default", async () => {
+  const agent = await startAgent(testConfig(join(dir, "c")));
+  try {
+    expect((await classifyOverSocket(agent.config.socketPath, TEXTS.slice(0, 3))).status).toBe(200);
+    await Bun.sleep(1100);
+    expect(agent.store.samples.count()).toBe(0);
+  } finally {
+    await agent.stop();
+  }
+});
