@@ -167,6 +167,13 @@ function editableCopy(model: ModelProto): ModelProto {
   return { ...model, graph, opsetImport: [...model.opsetImport], metadataProps: [...model.metadataProps] };
 }
 
+/**
+ * Reshape rewrites already confirmed by onnxruntime, per fp32 input model: the
+ * gate's fallback and `auto` mode rebuild from the same model several times,
+ * and each check costs two session loads.
+ */
+const verifiedShapes = new WeakMap<ModelProto, string>();
+
 /** The default-domain opset QuantizeLinear/DequantizeLinear need (per-axis scales: 13). */
 const MIN_QDQ_OPSET = 13;
 
@@ -273,8 +280,9 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
   if (options.type === "static" && options.format === "fused") ensureOpset(out, MS_DOMAIN, 1);
   out.producerName = "quantd";
   const shapes = options.simplifyShapes
-    ? await simplifyReshapeShapes(out, encodeModel)
+    ? await simplifyReshapeShapes(out, encodeModel, verifiedShapes.get(model))
     : { reshapes: 0, removedNodes: 0, reverted: "disabled" };
+  if (shapes.signature !== undefined) verifiedShapes.set(model, shapes.signature);
   const quantizationMs = performance.now() - tq;
   return {
     model: out,

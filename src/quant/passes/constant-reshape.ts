@@ -29,6 +29,12 @@ export interface ConstantReshapeResult {
   removedNodes: number;
   /** Why the rewrite was not kept, when it was not. */
   reverted?: string;
+  /**
+   * The rewrite applied: Reshape names and constant shapes. Pass it back as
+   * `trusted` for another model built from the same fp32 graph to skip the
+   * onnxruntime check (the quantization passes never touch shape arithmetic).
+   */
+  signature?: string;
 }
 
 /** Ops that only compute shapes; removed when nothing reads them any more. */
@@ -191,10 +197,12 @@ async function verify(
  * models) changes nothing. Edits `model` in place when the rewrite is kept.
  *
  * @param encode - the model serializer (the codec's `encodeModel`), injected to run both versions in ORT
+ * @param trusted - the `signature` of an earlier verified rewrite of the same fp32 graph: skips the check
  */
 export async function simplifyReshapeShapes(
   model: ModelProto,
   encode: (m: ModelProto) => Uint8Array,
+  trusted?: string,
 ): Promise<ConstantReshapeResult> {
   const idx = new GraphIndex(model.graph);
   const plan: { node: NodeProto; shape: bigint[] }[] = [];
@@ -204,6 +212,7 @@ export async function simplifyReshapeShapes(
     if (shape !== undefined) plan.push({ node: n, shape });
   }
   if (plan.length === 0) return { reshapes: 0, removedNodes: 0 };
+  const signature = JSON.stringify(plan.map((p) => [p.node.name, p.shape.map(String)]));
   const copy: ModelProto = {
     ...model,
     graph: {
@@ -221,8 +230,10 @@ export async function simplifyReshapeShapes(
     target.input[1] = name;
   }
   const removedNodes = removeDeadShapeNodes(copy);
-  const reverted = await verify(encode(model), encode(copy), model.graph.input);
-  if (reverted !== undefined) return { reshapes: 0, removedNodes: 0, reverted };
+  if (signature !== trusted) {
+    const reverted = await verify(encode(model), encode(copy), model.graph.input);
+    if (reverted !== undefined) return { reshapes: 0, removedNodes: 0, reverted };
+  }
   model.graph = copy.graph;
-  return { reshapes: plan.length, removedNodes };
+  return { reshapes: plan.length, removedNodes, signature };
 }
