@@ -494,3 +494,26 @@ describe("candidates that stay fp32", () => {
     expect(isQuantdError(err, "QUANT_UNSUPPORTED")).toBe(true);
   });
 });
+
+describe("reduce-range", () => {
+  test("weights stay within ±64 and activations within [0, 127]", async () => {
+    const r = await quantizeModel(fp32, { type: "static", format: "qdq", calibration, reduceRange: true });
+    const weights = r.model.graph.initializer.filter(
+      (t) => t.dataType === DataType.INT8 && t.dims.length === 2,
+    );
+    expect(weights.length).toBeGreaterThan(0);
+    for (const t of weights) {
+      const v = tensorToArray(t) as Int8Array;
+      expect(Math.max(...v)).toBeLessThanOrEqual(64);
+      expect(Math.min(...v)).toBeGreaterThanOrEqual(-64);
+    }
+    for (const qp of r.qparams.values()) {
+      expect(qp.zeroPoint).toBeGreaterThanOrEqual(0);
+      expect(qp.zeroPoint).toBeLessThanOrEqual(127);
+    }
+    const full = await quantizeModel(fp32, { type: "static", format: "qdq", ranges: r.ranges });
+    const [name, reduced] = [...r.qparams.entries()][0]!;
+    // half the levels: about twice the step
+    expect(reduced.scale / full.qparams.get(name)!.scale).toBeCloseTo(255 / 127, 2);
+  });
+});
