@@ -7,12 +7,15 @@
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
+import type { FleetLink } from "../fleet/link.ts";
 import { MicroBatcher } from "../server/batcher.ts";
 import { type Listeners, startListeners } from "../server/listen.ts";
 import { createRoutes, ServerMetrics } from "../server/routes.ts";
 import { databasePath, openStore, type Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
+import { startAgentFleetLink } from "./fleet.ts";
 import type { JobRunner } from "./jobs.ts";
 import { createRecalibrationRunner } from "./recalibrate.ts";
 import { ModelRegistry, type RegistryEvent } from "./registry.ts";
@@ -31,6 +34,8 @@ export interface Agent {
   readonly listeners: Listeners;
   /** The recalibration job runner, unless another process holds the state directory's runner lock. */
   readonly jobs: JobRunner | undefined;
+  /** The fleet link, when a broker is configured. */
+  readonly fleet: FleetLink | undefined;
   /** Stops gracefully (idempotent); resolves when everything is closed. */
   stop(): Promise<void>;
 }
@@ -184,6 +189,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       baseModel: config.model,
       tokenizerDir: config.tokenizerDir,
       log,
+      // Reports of fleet-run jobs name the configured fleet and device; the link publishes every job change.
+      ...(config.fleet === undefined ? {} : { fleet: config.fleet.fleet, device: config.fleet.device }),
+      onUpdate: (job) => fleet?.jobUpdated(job),
     });
     try {
       runner.start();
@@ -191,6 +199,29 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     } catch (err) {
       // Another process (a `quantd job --wait`) runs this state directory's jobs: serve anyway.
       log(`jobs: not running jobs here: ${QuantdError.from(err).toLine()}`);
+    }
+  }
+
+  let fleet: FleetLink | undefined;
+  if (config.fleet !== undefined) {
+    try {
+      fleet = startAgentFleetLink(config.fleet, {
+        config,
+        store,
+        registry,
+        batcher,
+        metrics,
+        runner: jobs,
+        agentVersion: pkg.version,
+        log,
+      });
+      log(`fleet: device ${config.fleet.device} of fleet ${config.fleet.fleet} via ${config.fleet.broker}`);
+    } catch (err) {
+      await jobs?.stop();
+      await listeners.stop();
+      await registry.close();
+      store.close();
+      throw err;
     }
   }
 
@@ -203,11 +234,14 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     metrics,
     listeners,
     jobs,
+    fleet,
     stop() {
       stopping ??= (async () => {
         accepting = false;
         // A running job pauses at its next stage boundary and resumes at the next start.
         await jobs?.stop();
+        // After the runner, so a paused job's last change is queued; the outbox keeps what is not sent.
+        await fleet?.stop({ flushMs: 1000 });
         await batcher.drain();
         await listeners.stop();
         await batcher.drain();

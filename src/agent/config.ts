@@ -5,10 +5,11 @@
  * CONFIG_INVALID line naming the key instead of surfacing hours later.
  */
 import { readFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { homedir, hostname } from "node:os";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import type { BoardProfile } from "../../device/profiles.ts";
 import { QuantdError } from "../errors.ts";
+import type { FleetConfig } from "../fleet/config.ts";
 import type { TcpAddress } from "../server/listen.ts";
 
 /** Micro-batching of inference requests. */
@@ -79,6 +80,8 @@ export interface AgentConfig {
   swap: SwapChecksConfig;
   /** Sample pool bounds. */
   samplePool: { maxRows: number; maxBytes: number };
+  /** The fleet link (`fleet.*` keys, or `--broker --device --fleet`); undefined when no broker is set. */
+  fleet: FleetConfig | undefined;
 }
 
 /** Values given on the command line; they win over the file and the environment. */
@@ -88,6 +91,10 @@ export interface ConfigFlags {
   socket?: string;
   model?: string;
   tcp?: string;
+  /** Fleet broker URL, device id and fleet name (`fleet.broker`, `fleet.device`, `fleet.fleet`). */
+  broker?: string;
+  device?: string;
+  fleet?: string;
 }
 
 /** Inputs of {@link loadAgentConfig}. */
@@ -145,6 +152,17 @@ const KEYS: readonly KeySpec[] = [
   { path: "swap.window", type: "int", min: 1, max: 1_000_000 },
   { path: "samplePool.maxRows", type: "int", min: 1 },
   { path: "samplePool.maxBytes", type: "int", min: 1 },
+  { path: "fleet.broker", type: "string" },
+  { path: "fleet.fleet", type: "string" },
+  { path: "fleet.device", type: "string" },
+  { path: "fleet.caFile", type: "string" },
+  { path: "fleet.certFile", type: "string" },
+  { path: "fleet.keyFile", type: "string" },
+  { path: "fleet.username", type: "string" },
+  { path: "fleet.password", type: "string" },
+  { path: "fleet.keepaliveSec", type: "int", min: 1, max: 65535 },
+  { path: "fleet.willDelaySec", type: "int", min: 0, max: 86_400 },
+  { path: "fleet.telemetryIntervalMs", type: "int", min: 10, max: 3_600_000 },
 ];
 
 /** `batching.maxBatch` → `QUANTD_BATCHING_MAX_BATCH`. */
@@ -302,6 +320,34 @@ function defaultStateDir(env: Record<string, string | undefined>): string {
   return join(xdg !== undefined && xdg !== "" ? xdg : join(homedir(), ".local/state"), "quantd");
 }
 
+/** The fleet section, when a broker is set (the device id defaults to the host name, the fleet to `default`). */
+function fleetConfig(
+  values: Map<string, unknown>,
+  pathValue: (key: string) => string | undefined,
+): FleetConfig | undefined {
+  const str = (key: string): string | undefined => values.get(key) as string | undefined;
+  const broker = str("fleet.broker");
+  if (broker === undefined) return undefined;
+  const fleet: FleetConfig = {
+    broker,
+    fleet: str("fleet.fleet") ?? "default",
+    device: str("fleet.device") ?? hostname().replace(/[^A-Za-z0-9_.-]/g, "-"),
+  };
+  for (const key of ["caFile", "certFile", "keyFile"] as const) {
+    const v = pathValue(`fleet.${key}`);
+    if (v !== undefined) fleet[key] = v;
+  }
+  for (const key of ["username", "password"] as const) {
+    const v = str(`fleet.${key}`);
+    if (v !== undefined) fleet[key] = v;
+  }
+  for (const key of ["keepaliveSec", "willDelaySec", "telemetryIntervalMs"] as const) {
+    const v = values.get(`fleet.${key}`) as number | undefined;
+    if (v !== undefined) fleet[key] = v;
+  }
+  return fleet;
+}
+
 /**
  * Resolves the agent's configuration.
  *
@@ -337,6 +383,9 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
   if (flags.socket !== undefined) set("socketPath", flags.socket, "--socket");
   if (flags.model !== undefined) set("model", flags.model, "--model");
   if (flags.tcp !== undefined) set("tcp", flags.tcp, "--tcp");
+  if (flags.broker !== undefined) set("fleet.broker", flags.broker, "--broker");
+  if (flags.device !== undefined) set("fleet.device", flags.device, "--device");
+  if (flags.fleet !== undefined) set("fleet.fleet", flags.fleet, "--fleet");
 
   // Relative paths in a file are relative to the file, as a reader of the file expects.
   const pathValue = (key: string): string | undefined => {
@@ -396,6 +445,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
       maxRows: num("samplePool.maxRows", opts.profile.samplePool.maxRows),
       maxBytes: num("samplePool.maxBytes", opts.profile.samplePool.maxBytes),
     },
+    fleet: fleetConfig(values, pathValue),
   };
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(config.modelName)) {
     throw invalid(

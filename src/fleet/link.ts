@@ -7,7 +7,7 @@
  * lost. Telemetry is QoS 0, sampled periodically and sent in batches.
  */
 import { QuantdError } from "../errors.ts";
-import type { FinalJobState, Job, JobStore } from "../store/jobs.ts";
+import type { FinalJobState, Job, JobState, JobStore } from "../store/jobs.ts";
 import type { OutboxStats, OutboxStore } from "../store/outbox.ts";
 import { type FleetConfig, type ResolvedFleetConfig, resolveFleetConfig } from "./config.ts";
 import type { AgentIdentity, FleetCommandHandler, FleetJobContext } from "./handler.ts";
@@ -48,6 +48,26 @@ export interface FleetLinkDeps {
   log?: (line: string) => void;
   /** Connects to the broker; tests may pass options through. @defaultValue {@link connectMqtt} */
   connect?: typeof connectMqtt;
+  /**
+   * The agent's own job runner, for the job types it runs (its recalibration
+   * job, say). The link then only queues those jobs and wakes the runner; the
+   * agent passes every change of a job to {@link FleetLink.jobUpdated}. Other
+   * job commands run in the link through the handler's job methods.
+   */
+  runner?: ExternalJobRunner;
+}
+
+/** A job runner outside the link that shares the store's job table. */
+export interface ExternalJobRunner {
+  /** Job types the runner claims; the link never claims these. */
+  readonly types: readonly string[];
+  /**
+   * The job for a command, or undefined to let the link run it with the handler.
+   * The returned type must be one of {@link ExternalJobRunner.types}.
+   */
+  jobFor(cmd: FleetCommand): { type: string; params: Record<string, unknown> } | undefined;
+  /** Makes the runner look at the queue now rather than at its next poll. */
+  wake(): void;
 }
 
 /** Figures of a running link. */
@@ -74,6 +94,11 @@ export interface FleetLink {
    * @throws REQUEST_INVALID when the id is empty
    */
   report(report: Omit<ReportMessage, "device">): void;
+  /**
+   * Publishes a job's change (its `jobs/{id}` message) and, once it has ended,
+   * its report. For jobs run by an {@link ExternalJobRunner}.
+   */
+  jobUpdated(job: Job): void;
   /** Republishes the retained `online` status (after a model swap, say). */
   refreshStatus(): Promise<void>;
   /** Resolves true once every queued QoS 1 message is acknowledged, false after `timeoutMs`. */
@@ -90,6 +115,8 @@ export interface FleetLink {
 function outboxFigures(s: OutboxStats): OutboxFigures {
   return { queued: s.count, bytes: s.bytes, dropped: s.dropped };
 }
+
+const FINAL_STATES: readonly JobState[] = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
 
 function finalState(err: QuantdError): FinalJobState {
   if (err.code === "GATE_NOT_MET") return "REJECTED";
@@ -170,6 +197,27 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
     publisher.enqueue(topics.job(job.id), encodeJson(msg));
   };
 
+  const publishReport = (done: Job): void => {
+    const report: ReportMessage = {
+      id: done.id,
+      device: resolved.device,
+      jobId: done.id,
+      type: done.type,
+      state: done.state,
+      startedAt: done.startedAt,
+      finishedAt: done.finishedAt,
+    };
+    if (done.result !== null) report.result = done.result;
+    if (done.error !== null) report.error = done.error;
+    publisher.enqueue(topics.report, encodeJson(report));
+  };
+
+  const external = new Set(deps.runner?.types ?? []);
+  // The link runs fleet job commands nobody else claims; the type check keeps
+  // it from taking a job another runner owns (claimNext takes any type).
+  const ownsType = (type: string): boolean =>
+    !external.has(type) && (JOB_COMMANDS as readonly string[]).includes(type);
+
   const runJob = async (job: Job): Promise<void> => {
     const ctx: FleetJobContext = {
       jobId: job.id,
@@ -213,24 +261,15 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
         ? jobs.finish(job.id, "SUCCEEDED", { result: result ?? null })
         : jobs.finish(job.id, finalState(error), { error: error.toJSON() });
     publishJob(done);
-    const report: ReportMessage = {
-      id: done.id,
-      device: resolved.device,
-      jobId: done.id,
-      type: done.type,
-      state: done.state,
-      startedAt: done.startedAt,
-      finishedAt: done.finishedAt,
-    };
-    if (done.result !== null) report.result = done.result;
-    if (done.error !== null) report.error = done.error;
-    publisher.enqueue(topics.report, encodeJson(report));
+    publishReport(done);
   };
 
   const pump = (): void => {
     if (stopped || running !== undefined) return;
     let job: Job | undefined;
     try {
+      const oldest = jobs.list({ state: "QUEUED", limit: 10_000 }).at(-1);
+      if (oldest === undefined || !ownsType(oldest.type)) return;
       job = jobs.claimNext();
     } catch (err) {
       log(`fleet: cannot claim a job: ${QuantdError.from(err).toLine()}`);
@@ -251,6 +290,19 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
   const execute = async (cmd: FleetCommand, id: string): Promise<unknown> => {
     if (JOB_COMMANDS.includes(cmd.name)) {
       // The job table is the idempotency record that survives restarts.
+      const delegated = deps.runner?.jobFor(cmd);
+      if (delegated !== undefined) {
+        if (!external.has(delegated.type)) {
+          throw new QuantdError(
+            "INTERNAL",
+            `job type ${delegated.type} is not one the agent's runner claims`,
+          );
+        }
+        const job = jobs.create({ id, type: delegated.type, params: delegated.params });
+        publishJob(job);
+        deps.runner?.wake();
+        return { jobId: job.id, state: job.state };
+      }
       const job = jobs.create({ id, type: cmd.name, params: { ...cmd.params } });
       queueMicrotask(pump);
       return { jobId: job.id, state: job.state };
@@ -356,9 +408,15 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
 
   // Jobs a previous process left running go back to the queue and run again.
   for (const job of jobs.interrupted()) {
-    if (JOB_COMMANDS.includes(job.type as FleetCommand["name"])) jobs.requeue(job.id);
+    if (ownsType(job.type)) jobs.requeue(job.id);
   }
   queueMicrotask(pump);
+  // Others (the agent's jobs) may write to the outbox directly; pick their rows up.
+  const drainTimer = setInterval(() => {
+    publisher.drain();
+    pump();
+  }, 1000);
+  drainTimer.unref?.();
 
   const telemetryTimer = setInterval(() => {
     if (deps.telemetry === undefined) return;
@@ -408,6 +466,15 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       }
       publisher.enqueue(topics.report, encodeJson({ ...report, device: resolved.device }));
     },
+    jobUpdated(job) {
+      if (stopped) return;
+      try {
+        publishJob(job);
+        if (FINAL_STATES.includes(job.state)) publishReport(job);
+      } catch (err) {
+        log(`fleet: job ${job.id} update not queued: ${QuantdError.from(err).toLine()}`);
+      }
+    },
     refreshStatus: publishStatus,
     flushed: (timeoutMs) => publisher.flushed(timeoutMs),
     stats: () => ({
@@ -422,6 +489,7 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       if (stopped) return;
       stopped = true;
       clearInterval(telemetryTimer);
+      clearInterval(drainTimer);
       abort.abort();
       await publisher.flushed(options.flushMs ?? 2000);
       publisher.stop();

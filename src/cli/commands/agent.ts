@@ -21,6 +21,9 @@ function configFlags(ctx: CommandContext): ConfigFlags {
     ["socket", "socket"],
     ["model", "model"],
     ["tcp", "tcp"],
+    ["broker", "broker"],
+    ["device", "device"],
+    ["fleet", "fleet"],
   ];
   for (const [key, flag] of pairs) {
     const v = flagString(ctx.flags, flag);
@@ -120,6 +123,21 @@ export const agentCommand: Command = {
       value: "HOST:PORT",
       description: "also listen on TCP (loopback hosts only)",
     },
+    {
+      name: "broker",
+      type: "string",
+      value: "URL",
+      description:
+        "join a fleet: MQTT broker, mqtt://host:port or mqtts://host:port (more in the config's fleet section)",
+    },
+    {
+      name: "device",
+      type: "string",
+      value: "ID",
+      description: "fleet device id (MQTT client id)",
+      default: "the host name",
+    },
+    { name: "fleet", type: "string", value: "NAME", description: "fleet name", default: "default" },
     JSON_FLAG,
   ],
   async run(ctx) {

@@ -1,0 +1,218 @@
+/**
+ * The agent's side of the fleet link: what each fleet command does in a
+ * running agent. Recalibration (static or dynamic) is queued for the agent's
+ * job runner, which owns the `recalibrate` job type; rollback, bench, status,
+ * set-config and collect act on the live registry, batcher and config.
+ * Telemetry samples come from the server's metrics.
+ */
+import { readFileSync } from "node:fs";
+import { QuantdError } from "../errors.ts";
+import type { FleetConfig } from "../fleet/config.ts";
+import type { FleetCommandHandler } from "../fleet/handler.ts";
+import { createFleetLink, type ExternalJobRunner, type FleetLink } from "../fleet/link.ts";
+import type { TelemetrySample } from "../fleet/protocol.ts";
+import type { MicroBatcher } from "../server/batcher.ts";
+import type { ServerMetrics } from "../server/routes.ts";
+import type { Store } from "../store/store.ts";
+import type { AgentConfig } from "./config.ts";
+import type { JobRunner } from "./jobs.ts";
+import { RECALIBRATE_JOB } from "./recalibrate.ts";
+import { type ModelRegistry, PROBE_TEXTS } from "./registry.ts";
+
+/** What the link needs from a running agent. */
+export interface AgentFleetParts {
+  config: AgentConfig;
+  store: Store;
+  registry: ModelRegistry;
+  batcher: MicroBatcher;
+  metrics: ServerMetrics;
+  /** The job runner, when this process runs jobs (another process may hold the runner lock). */
+  runner: JobRunner | undefined;
+  agentVersion: string;
+  log?: (line: string) => void;
+}
+
+function cpuTempC(): number | undefined {
+  try {
+    const milli = Number(readFileSync("/sys/class/thermal/thermal_zone0/temp", "utf8").trim());
+    return Number.isFinite(milli) ? milli / 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The bucket upper bound below which `q` of the observations fall (a histogram quantile, in the histogram's unit). */
+function quantile(buckets: { le: number; count: number }[], total: number, q: number): number | undefined {
+  if (total <= 0) return undefined;
+  const rank = q * total;
+  for (const b of buckets) if (b.count >= rank) return b.le;
+  return buckets.at(-1)?.le;
+}
+
+/** Telemetry since the previous call: request rate and batch latency percentiles from the metrics, RSS, CPU temperature. */
+function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "at"> {
+  let last = { at: performance.now(), texts: 0, buckets: [] as { le: number; count: number }[], count: 0 };
+  return () => {
+    const now = performance.now();
+    const size = parts.metrics.batchSize.snapshot();
+    const dur = parts.metrics.batchDuration.snapshot();
+    const delta = dur.buckets.map((b, i) => ({ le: b.le, count: b.count - (last.buckets[i]?.count ?? 0) }));
+    const n = dur.count - last.count;
+    const seconds = Math.max(1e-3, (now - last.at) / 1000);
+    const sample: Omit<TelemetrySample, "at"> = {
+      requestRate: (size.sum - last.texts) / seconds,
+      rssBytes: process.memoryUsage().rss,
+      queueDepth: parts.batcher.depth,
+    };
+    const p50 = quantile(delta, n, 0.5);
+    const p95 = quantile(delta, n, 0.95);
+    const p99 = quantile(delta, n, 0.99);
+    if (p50 !== undefined && p95 !== undefined && p99 !== undefined) {
+      sample.latencyMs = { p50: p50 * 1000, p95: p95 * 1000, p99: p99 * 1000 };
+    }
+    const temp = cpuTempC();
+    if (temp !== undefined) sample.cpuTempC = temp;
+    last = { at: now, texts: size.sum, buckets: dur.buckets, count: dur.count };
+    return sample;
+  };
+}
+
+/** The agent's {@link FleetCommandHandler}. */
+export function createAgentFleetHandler(parts: AgentFleetParts): FleetCommandHandler {
+  const { registry, config } = parts;
+  const queued = async (): Promise<never> => {
+    // The link hands these to the job runner (see the ExternalJobRunner below); reaching here is a wiring bug.
+    throw new QuantdError("INTERNAL", "recalibration runs in the agent's job runner, not in the fleet link");
+  };
+  return {
+    recalibrate: queued,
+    quantizeDynamic: queued,
+    async bench(params, ctx) {
+      // End-to-end latency of the serving model (tokenize + run) on the probe texts, one batch per run.
+      const runs = params.iterations ?? 30;
+      const texts = [...PROBE_TEXTS];
+      await registry.classify(texts);
+      const times: number[] = [];
+      for (let i = 0; i < runs; i++) {
+        if (ctx.signal.aborted)
+          throw new QuantdError("JOB_CANCELLED", "bench stopped: the agent is shutting down");
+        const t0 = performance.now();
+        await registry.classify(texts);
+        times.push(performance.now() - t0);
+        if (i % 10 === 9) ctx.progress("measuring", (i + 1) / runs);
+      }
+      times.sort((a, b) => a - b);
+      const at = (q: number): number => times[Math.min(times.length - 1, Math.floor(q * times.length))] ?? 0;
+      const active = registry.active();
+      return {
+        modelVersion: active === undefined ? null : String(active.version),
+        kind: active?.kind ?? null,
+        batch: texts.length,
+        runs,
+        p50Ms: at(0.5),
+        p95Ms: at(0.95),
+      };
+    },
+    async rollback(params) {
+      if (params.version !== undefined) {
+        throw new QuantdError(
+          "COMMAND_INVALID",
+          "this agent rolls back to the previously active version only; send rollback without a version",
+          { details: { key: "version" } },
+        );
+      }
+      const v = await registry.rollback("fleet rollback command");
+      return { modelVersion: String(v.id), kind: v.kind, sha256: v.sha256 };
+    },
+    async status() {
+      const active = registry.active();
+      return {
+        serving: active === undefined ? null : { version: active.version, kind: active.kind },
+        queueDepth: parts.batcher.depth,
+        capture: { ...config.capture },
+        jobs: parts.runner === undefined ? "another process" : "this agent",
+      };
+    },
+    async setConfig(params) {
+      // Only settings the running agent reads live can change; the others need a restart and are refused.
+      for (const key of Object.keys(params)) {
+        if (key !== "capture.rate") {
+          throw new QuantdError(
+            "CONFIG_INVALID",
+            `${key} cannot change while the agent runs; set it in the config file`,
+            {
+              details: { key },
+            },
+          );
+        }
+      }
+      const rate = params["capture.rate"];
+      if (typeof rate === "number") {
+        if (!config.capture.enabled) {
+          throw new QuantdError(
+            "CONFIG_INVALID",
+            "capture is off in this agent's config; capture.rate has no effect",
+            {
+              details: { key: "capture.rate" },
+            },
+          );
+        }
+        if (!(rate > 0))
+          throw new QuantdError("CONFIG_INVALID", "capture.rate must be > 0 (use collect stop)");
+        config.capture.rate = rate;
+      }
+      return { "capture.rate": config.capture.rate };
+    },
+    async collect(params) {
+      // Capture is wired at agent start; collect toggles it by its rate (0 = off) when it was enabled.
+      if (!config.capture.enabled) {
+        throw new QuantdError(
+          "CONFIG_INVALID",
+          "start the agent with capture.enabled = true to collect live samples",
+          {
+            details: { key: "capture.enabled" },
+          },
+        );
+      }
+      config.capture.rate =
+        params.action === "stop" ? 0 : (params.rate ?? (config.capture.rate > 0 ? config.capture.rate : 0.1));
+      return {
+        capturing: config.capture.rate > 0,
+        rate: config.capture.rate,
+        pool: parts.store.samples.stats(),
+      };
+    },
+  };
+}
+
+/**
+ * Starts the fleet link of a running agent.
+ *
+ * @throws CONFIG_INVALID from the fleet config
+ */
+export function startAgentFleetLink(fleet: FleetConfig, parts: AgentFleetParts): FleetLink {
+  const runner: ExternalJobRunner = {
+    types: [RECALIBRATE_JOB],
+    jobFor(cmd) {
+      if (cmd.name === "recalibrate") return { type: RECALIBRATE_JOB, params: { ...cmd.params } };
+      if (cmd.name === "quantize-dynamic")
+        return { type: RECALIBRATE_JOB, params: { ...cmd.params, mode: "dynamic" } };
+      return undefined;
+    },
+    wake: () => parts.runner?.wake(),
+  };
+  return createFleetLink(fleet, {
+    store: parts.store,
+    handler: createAgentFleetHandler(parts),
+    runner,
+    status: () => {
+      const v = parts.registry.activeVersion();
+      return {
+        agentVersion: parts.agentVersion,
+        model: v === undefined ? null : { version: String(v.id), kind: v.kind, sha256: v.sha256 },
+      };
+    },
+    telemetry: telemetrySampler(parts),
+    ...(parts.log === undefined ? {} : { log: parts.log }),
+  });
+}

@@ -1,0 +1,106 @@
+/**
+ * The real agent on the fleet: `startAgent` with `--broker --device --fleet`
+ * serving the shipped BERT-Mini, its job runner taking fleet recalibrations,
+ * and the agent's command handler (bench on the live registry, rollback,
+ * status). Measures command received → job IN_PROGRESS on loopback.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { rmSync } from "node:fs";
+import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
+import { decodeJson, type JobMessage, type StatusMessage } from "../../src/fleet/protocol.ts";
+import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
+import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
+import { tempDir, testConfig } from "./agent-harness.ts";
+
+if (!hasMosquitto) console.warn(mosquittoSkipReason);
+
+describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
+  let broker: Mosquitto;
+  let dir: string;
+  let agent: Agent;
+  let conn: MqttConnection;
+  let req: FleetRequester;
+  const statuses: StatusMessage[] = [];
+  const progress: { device: string; msg: JobMessage; t: number }[] = [];
+
+  beforeAll(async () => {
+    broker = await startMosquitto();
+    dir = tempDir("quantd-fleet-agent-");
+    conn = await connectMqttOnce({ url: broker.url, clientId: "operator" });
+    conn.onMessage((m) => {
+      if (m.topic === "quantd/v1/lab/board-1/status") statuses.push(decodeJson(m.payload) as StatusMessage);
+    });
+    await conn.subscribe(["quantd/v1/lab/board-1/status"], { qos: 1 });
+    req = await createFleetRequester(conn, "lab");
+    req.onJobProgress((device, msg) => progress.push({ device, msg, t: performance.now() }));
+    agent = await startAgent(testConfig(dir, {}, { broker: broker.url, device: "board-1", fleet: "lab" }));
+    expect(await agent.fleet!.waitConnected(5000)).toBe(true);
+  }, 60_000);
+  afterAll(async () => {
+    await agent?.stop();
+    await req?.close();
+    await conn?.close();
+    await broker?.dispose();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("the retained status names the agent and the serving model", async () => {
+    const deadline = Date.now() + 5000;
+    while (!statuses.some((s) => s.state === "online") && Date.now() < deadline) await Bun.sleep(20);
+    const online = statuses.find((s) => s.state === "online")!;
+    const active = agent.registry.activeVersion()!;
+    expect(online.model).toEqual({ version: String(active.id), kind: active.kind, sha256: active.sha256 });
+    expect(online.agentVersion).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
+  test("status and bench run on the live registry", async () => {
+    const status = await req.request("board-1", "status");
+    expect(status).toMatchObject({ ok: true, result: { jobs: "this agent", queueDepth: 0 } });
+    const done = req.waitForReport("board-1", "bench-1", 60_000);
+    expect(await req.request("board-1", "bench", { iterations: 5 }, { id: "bench-1" })).toMatchObject({
+      ok: true,
+    });
+    const report = (await done).report;
+    expect(report.state).toBe("SUCCEEDED");
+    const r = report.result as { p50Ms: number; p95Ms: number; runs: number; kind: string };
+    expect(r.runs).toBe(5);
+    expect(r.p50Ms).toBeGreaterThan(0);
+    expect(r.p95Ms).toBeGreaterThanOrEqual(r.p50Ms);
+  }, 60_000);
+
+  test("a fleet recalibration goes to the agent's job runner: IN_PROGRESS within 1 s, then its report", async () => {
+    const sent = performance.now();
+    const done = req.waitForReport("board-1", "recal-1", 120_000);
+    const reply = await req.request("board-1", "recalibrate", { samples: 16 }, { id: "recal-1" });
+    expect(reply).toMatchObject({ ok: true, result: { jobId: "recal-1", state: "QUEUED" } });
+    const finished = await done;
+    const started = progress.find((p) => p.msg.id === "recal-1" && p.msg.state === "IN_PROGRESS");
+    expect(started).toBeDefined();
+    const latency = started!.t - sent;
+    console.log(`fleet command → job IN_PROGRESS (real agent, loopback): ${latency.toFixed(0)} ms`);
+    expect(latency).toBeLessThan(1000);
+    // The pool is empty: the job runs and fails cleanly with the store's code, reported to the fleet.
+    expect(finished.state).toBe("FAILED");
+    expect(finished.report.error?.code).toBe("CALIB_EMPTY");
+    expect(agent.store.jobs.require("recal-1")).toMatchObject({ type: "recalibrate", state: "FAILED" });
+  }, 120_000);
+
+  test("a rollback with no earlier version fails with NOT_FOUND; set-config refuses what cannot change live", async () => {
+    const done = req.waitForReport("board-1", "rb-1", 30_000);
+    await req.request("board-1", "rollback", {}, { id: "rb-1" });
+    expect((await done).report.error?.code).toBe("NOT_FOUND");
+    const set = await req.request("board-1", "set-config", { "batching.maxBatch": 4 });
+    expect(set).toMatchObject({
+      ok: false,
+      error: { code: "CONFIG_INVALID", details: { key: "batching.maxBatch" } },
+    });
+  }, 30_000);
+
+  test("stopping the agent publishes offline (shutdown)", async () => {
+    await agent.stop();
+    const deadline = Date.now() + 5000;
+    while (statuses.at(-1)?.state !== "offline" && Date.now() < deadline) await Bun.sleep(20);
+    expect(statuses.at(-1)).toMatchObject({ state: "offline", reason: "shutdown", device: "board-1" });
+  });
+});
