@@ -64,6 +64,8 @@ export interface RecalibrateJobParams {
   gate?: number | { minAgreement?: number; maxAccuracyDrop?: number };
   /** Seed of the sample pick. @defaultValue 1 */
   seed?: number;
+  /** Sensitivity-fallback rebuilds allowed when the gate is not met (0: none). @defaultValue the quantizer's */
+  trialBudget?: number;
   /** @defaultValue {@link DEFAULT_MAX_LATENCY_RATIO} */
   maxLatencyRatio?: number;
   /** @defaultValue {@link DEFAULT_MAX_MEMORY_RATIO} */
@@ -213,6 +215,13 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
     if (v === undefined) continue;
     if (typeof v !== "number" || !(v > 0 && v < 100)) fail("USAGE", `${key} must be a positive ratio`);
     out[key] = v;
+  }
+  const budget = raw["trialBudget"];
+  if (budget !== undefined) {
+    if (typeof budget !== "number" || !Number.isInteger(budget) || budget < 0 || budget > 1000) {
+      fail("USAGE", `trialBudget must be an integer in 0…1000, got ${JSON.stringify(budget)}`);
+    }
+    out.trialBudget = budget;
   }
   const runs = positiveInt(raw["benchRuns"], "benchRuns", 100_000);
   if (runs !== undefined) out.benchRuns = runs;
@@ -497,6 +506,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
               ...(p.method !== undefined ? { method: p.method } : {}),
               ...(minAgreement !== undefined ? { gate: minAgreement } : {}),
               ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
+              ...(p.trialBudget !== undefined ? { trialBudget: p.trialBudget } : {}),
               samples: calibration.length,
               validationSamples: validation.length,
               ...(deps.tokenizerDir !== undefined ? { tokenizerDir: deps.tokenizerDir } : {}),

@@ -13,6 +13,7 @@ import { createRecalibrationRunner, type RecalibrateJobParams } from "../../src/
 import { ModelRegistry } from "../../src/agent/registry.ts";
 import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { readSamplesTsv } from "../../src/runtime/tsv.ts";
+import type { Job } from "../../src/store/jobs.ts";
 import { databasePath, openStore, type Store } from "../../src/store/store.ts";
 import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 
@@ -37,16 +38,18 @@ export function tempDir(prefix = "quantd-jobs-"): string {
 }
 
 /** Opens the store of `stateDir` with token counts from the shipped tokenizer. */
-export async function openTestStore(stateDir: string): Promise<Store> {
+export async function openTestStore(stateDir: string, busyTimeoutMs?: number): Promise<Store> {
   const tokenizer = await loadTokenizer(shippedModelDir);
   return openStore(databasePath(stateDir), {
     samples: { countTokens: (t) => tokenizer.tokenIds(t).length + tokenizer.specialsSingle },
+    ...(busyTimeoutMs !== undefined ? { busyTimeoutMs } : {}),
   });
 }
 
-/** Adds the first `n` rows of the shipped training sample to the pool. */
-export async function seedSamples(store: Store, n: number): Promise<void> {
-  const rows = (await readSamplesTsv(trainTsv)).slice(0, n);
+/** Adds the first `n` rows of the shipped training sample (or the rows at `lines`) to the pool. */
+export async function seedSamples(store: Store, n: number, lines?: readonly number[]): Promise<void> {
+  const all = await readSamplesTsv(trainTsv);
+  const rows = lines === undefined ? all.slice(0, n) : all.filter((r) => lines.includes(r.line));
   store.samples.add(
     rows.map((r) => ({ text: r.text, label: r.label ?? null })),
     { source: "file" },
@@ -76,12 +79,26 @@ export interface JobEnv {
 
 /** Builds a {@link JobEnv}. */
 export async function jobEnv(
-  options: { stateDir?: string; samples?: number; timeoutMs?: number; seed?: boolean } = {},
+  options: {
+    stateDir?: string;
+    samples?: number;
+    /** Seed these lines of the training sample instead of the first `samples`. */
+    lines?: readonly number[];
+    seed?: boolean;
+    timeoutMs?: number;
+    busyTimeoutMs?: number;
+    onUpdate?: (job: Job) => void;
+    /** Called before the registry registers and loads the base model (e.g. to mount the models dir). */
+    beforeStart?: (stateDir: string) => void;
+  } = {},
 ): Promise<JobEnv> {
   const stateDir = options.stateDir ?? join(tempDir(), "state");
-  const store = await openTestStore(stateDir);
-  if (options.seed ?? true) await seedSamples(store, options.samples ?? 400);
+  const store = await openTestStore(stateDir, options.busyTimeoutMs);
+  if (options.seed ?? true) await seedSamples(store, options.samples ?? 400, options.lines);
+  options.beforeStart?.(stateDir);
   const registry = offlineRegistry(store, stateDir);
+  // As `quantd job recalibrate --wait` does: the store's active version serves, else the fp32 model becomes version 1.
+  await registry.start(shippedModelPath, false);
   const log: string[] = [];
   const runner = createRecalibrationRunner({
     store,
@@ -93,6 +110,7 @@ export async function jobEnv(
     fleet: "test-fleet",
     device: "test-device",
     log: (l) => log.push(l),
+    ...(options.onUpdate !== undefined ? { onUpdate: options.onUpdate } : {}),
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
   });
   return {
