@@ -16,20 +16,10 @@
  * route, or the fleet link) calls {@link ModelRegistry.promote}.
  */
 import { createHash, randomBytes } from "node:crypto";
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  unlinkSync,
-  writeSync,
-} from "node:fs";
+import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { decodeModel } from "../onnx/codec.ts";
-import type { ModelProto } from "../onnx/types.ts";
 import {
   argmax,
   type Classification,
@@ -210,50 +200,75 @@ export function sha256Hex(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
-/** The kind of a model, from its operators. */
-export function detectModelKind(model: ModelProto): ModelKind {
-  const ops = new Set(model.graph.node.map((n) => n.opType));
-  if (ops.has("DynamicQuantizeLinear") || ops.has("MatMulInteger")) return "int8-dynamic";
-  if (ops.has("QuantizeLinear") || ops.has("QLinearMatMul") || ops.has("DequantizeLinear"))
-    return "int8-static";
+/** SHA-256 in 4 MiB steps, yielding to the event loop between them. */
+export async function sha256HexChunked(bytes: Uint8Array): Promise<string> {
+  const hash = createHash("sha256");
+  const step = 4 * 1024 * 1024;
+  for (let off = 0; off < bytes.byteLength; off += step) {
+    hash.update(bytes.subarray(off, off + step));
+    if (off + step < bytes.byteLength) await new Promise<void>((r) => setImmediate(r));
+  }
+  return hash.digest("hex");
+}
+
+/**
+ * The kind of a serialized model, from the operator names its bytes hold
+ * (decoding a model blocks the event loop for hundreds of ms on a board; a
+ * byte search takes a few).
+ */
+export function detectModelKindFromBytes(bytes: Uint8Array): ModelKind {
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (buf.includes("DynamicQuantizeLinear") || buf.includes("MatMulInteger")) return "int8-dynamic";
+  if (buf.includes("QuantizeLinear") || buf.includes("QLinearMatMul")) return "int8-static";
   return "fp32";
 }
 
 /**
- * Writes bytes to `dir/name` atomically and durably: temporary file in the same
- * directory, fsync, rename, fsync of the directory (so the rename itself
- * survives a power cut).
+ * onnxruntime says only that it could not load a file; the codec names what
+ * is wrong with it (truncated, not ONNX). Decoding is slow, so it runs only
+ * after a failure.
+ */
+async function diagnoseLoadFailure(path: string, err: QuantdError): Promise<QuantdError> {
+  if (err.code !== "MODEL_LOAD_FAILED") return err;
+  try {
+    decodeModel(await Bun.file(path).bytes());
+  } catch (decodeErr) {
+    if (isQuantdError(decodeErr) && decodeErr.code.startsWith("MODEL_")) return decodeErr;
+  }
+  return err;
+}
+
+/**
+ * Writes bytes to `dir/name` atomically and durably, without blocking the
+ * event loop: temporary file in the same directory, fsync, rename, fsync of
+ * the directory (so the rename itself survives a power cut).
  *
  * @throws DISK_FULL when the disk is full (the temporary file is removed)
  * @throws FILE_WRITE_FAILED on other errors
  */
-export function writeFileDurably(dir: string, name: string, bytes: Uint8Array): string {
+export async function writeFileDurablyAsync(dir: string, name: string, bytes: Uint8Array): Promise<string> {
   const target = join(dir, name);
   const tmp = join(dir, `.${name}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
-  let fd: number | undefined;
+  let fh: FileHandle | undefined;
   try {
-    mkdirSync(dir, { recursive: true });
-    fd = openSync(tmp, "wx", 0o640);
+    await mkdir(dir, { recursive: true });
+    fh = await open(tmp, "wx", 0o640);
     let off = 0;
-    while (off < bytes.byteLength) off += writeSync(fd, bytes, off, bytes.byteLength - off);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(tmp, target);
-    const dfd = openSync(dir, "r");
+    while (off < bytes.byteLength) off += (await fh.write(bytes, off, bytes.byteLength - off)).bytesWritten;
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await rename(tmp, target);
+    const dh = await open(dir, "r");
     try {
-      fsyncSync(dfd);
+      await dh.sync();
     } finally {
-      closeSync(dfd);
+      await dh.close();
     }
     return target;
   } catch (err) {
-    if (fd !== undefined) closeSync(fd);
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // never created, or already renamed
-    }
+    await fh?.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
     const code = (err as NodeJS.ErrnoException).code;
     throw new QuantdError(
       code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
@@ -455,9 +470,10 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     why: "start" | "promote",
   ): Promise<ModelVersion> {
     const models = this.#opts.models;
+    // Everything here is asynchronous or chunked: a promotion runs while the server keeps answering.
     let bytes: Uint8Array;
     try {
-      bytes = readFileSync(resolve(candidatePath));
+      bytes = await Bun.file(resolve(candidatePath)).bytes();
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       throw new QuantdError(
@@ -466,7 +482,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         { cause: err, details: { path: candidatePath } },
       );
     }
-    const sha256 = sha256Hex(bytes);
+    const sha256 = await sha256HexChunked(bytes);
     const reject = (version: ModelVersion | undefined, err: unknown): QuantdError => {
       const qe = QuantdError.from(err, "MODEL_INVALID");
       this.#opts.onEvent?.({ type: "rejected", version, error: qe });
@@ -486,14 +502,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         ),
       );
     }
-    let kind: ModelKind;
-    try {
-      // The codec names what is wrong with a damaged file (truncated, not ONNX) where ORT only says "failed".
-      kind = options.kind ?? detectModelKind(decodeModel(bytes));
-    } catch (err) {
-      throw reject(undefined, err);
-    }
-    const path = writeFileDurably(this.#opts.modelsDir, `${sha256}.onnx`, bytes);
+    const kind: ModelKind = options.kind ?? detectModelKindFromBytes(bytes);
+    const path = await writeFileDurablyAsync(this.#opts.modelsDir, `${sha256}.onnx`, bytes);
     bytes = new Uint8Array(0);
     const metrics = { ...(options.metrics ?? {}), source: resolve(candidatePath) };
     const recorded = known ?? models.add({ sha256, path, kind, metrics });
@@ -501,15 +511,12 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     try {
       classifier = await this.#load(recorded);
     } catch (err) {
-      const qe = QuantdError.from(err, "MODEL_LOAD_FAILED");
+      const qe = await diagnoseLoadFailure(path, QuantdError.from(err, "MODEL_LOAD_FAILED"));
       let rejected: ModelVersion | undefined = recorded;
       if (recorded.state === "candidate") {
         rejected = models.reject(recorded.id, `${qe.code}: ${qe.message}`);
-        try {
-          unlinkSync(path);
-        } catch {
-          // kept: harmless, and named in the rejected record
-        }
+        // A copy left behind is harmless, and named in the rejected record.
+        await unlink(path).catch(() => undefined);
       }
       throw reject(rejected, qe);
     }

@@ -121,6 +121,11 @@ describe("swap, reject, rollback, restart (one agent, in order)", () => {
     expect(after.status).toBe(200);
     expect(modelOf(after)).toEqual({ version: 2, kind: "int8-dynamic" });
     expect(agent.store.models.active()!.id).toBe(2);
+    // Recorded as rejected, with the codec's diagnosis, and its copy removed.
+    const rejected = agent.store.models.list("rejected");
+    expect(rejected).toHaveLength(1);
+    expect(rejected[0]!.reason).toContain("MODEL_TRUNCATED");
+    expect(existsSync(rejected[0]!.path)).toBe(false);
   });
 
   test("a valid ONNX file that is not a classifier is recorded as rejected, never active", async () => {
@@ -136,9 +141,10 @@ describe("swap, reject, rollback, restart (one agent, in order)", () => {
     const r = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: other }) });
     expect(r.status).toBe(400);
     expect((r.body["error"] as { code: string }).code).toBe("MODEL_INPUTS_MISMATCH");
-    const rejected = agent.store.models.list("rejected");
+    const rejected = agent.store.models
+      .list("rejected")
+      .filter((v) => v.reason?.includes("MODEL_INPUTS_MISMATCH"));
     expect(rejected).toHaveLength(1);
-    expect(rejected[0]!.reason).toContain("MODEL_INPUTS_MISMATCH");
     expect(existsSync(rejected[0]!.path)).toBe(false);
     // Offered again: refused at once, naming the earlier rejection.
     const again = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: other }) });
