@@ -5,7 +5,8 @@
  * QDQ and dynamic results in `../shared/models/sst2-bert-mini/reference/`.
  *
  *   bun bench/quantize-targets.ts            # the BERT-Mini targets (a few minutes on 2 cores)
- *   bun bench/quantize-targets.ts --base     # also the synthetic BERT-base, every method (heavy)
+ *   bun bench/quantize-targets.ts --base     # also the synthetic BERT-base, every method (heavy, ~10 min)
+ *   bun bench/quantize-targets.ts --base-only # only the synthetic BERT-base (needs no ../shared)
  *   bun bench/quantize-targets.ts --runs 400 # more timed runs per model
  *
  * Prints figures and PASS/MISS per target; never fails on a miss (speed and
@@ -278,6 +279,15 @@ interface Variant {
 async function main(): Promise<void> {
   if (process.argv.includes("--child-calibrate")) {
     await childCalibrate(Number(arg("--child-calibrate")));
+    return;
+  }
+  if (process.argv.includes("--base-only")) {
+    const work = mkdtempSync(join(tmpdir(), "quantd-targets-"));
+    try {
+      await syntheticBase(work, Number(arg("--threads") ?? String(availableParallelism())));
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
     return;
   }
   if (![fp32Path, refStatic, refDynamic, calibTsv, devTsv].every((p) => existsSync(p))) {
