@@ -90,7 +90,10 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** Copies `bytes` into a fresh, aligned buffer, byte-swapping elements of `size` bytes on big-endian hosts. */
 function copyLE(bytes: Uint8Array, size: number): ArrayBuffer {
-  const copy = bytes.slice();
+  // Not `bytes.slice()`: on a Node Buffer, slice() returns a view of the whole
+  // pooled buffer, so `.buffer` would be the entire model file.
+  const copy = new Uint8Array(bytes.byteLength);
+  copy.set(bytes);
   if (!LITTLE_ENDIAN && size > 1) {
     for (let i = 0; i + size <= copy.length; i += size) copy.subarray(i, i + size).reverse();
   }

@@ -100,3 +100,15 @@ describe("tensor helpers", () => {
     expect(tensorToFloat32(i64)).toEqual(Float32Array.of(5, -3));
   });
 });
+
+describe("payloads inside a larger buffer", () => {
+  test("a rawData view into a Node Buffer reads only its own bytes", () => {
+    // Node's Buffer.slice() shares memory; a copy made with it once returned the whole pool.
+    const pool = Buffer.alloc(64, 0xff);
+    const values = new Float32Array([1.5, -2, 3.25]);
+    Buffer.from(values.buffer).copy(pool, 13);
+    const t = makeTensor("w", DataType.FLOAT, [3], new Float32Array(3));
+    t.rawData = pool.subarray(13, 25);
+    expect(Array.from(tensorToArray(t) as Float32Array)).toEqual([1.5, -2, 3.25]);
+  });
+});
