@@ -101,6 +101,75 @@ test("stale socket cleaned; second agent refused; SIGTERM drains and removes the
   }
 }, 60_000);
 
+const hasPython = Bun.which("python3") !== null;
+
+// systemd's side of Type=notify: a datagram socket printing each message until STOPPING=1.
+const NOTIFY_RECEIVER = `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(60)
+print("bound", flush=True)
+while True:
+    data = s.recv(4096).decode()
+    print(repr(data), flush=True)
+    if "STOPPING=1" in data:
+        break
+`;
+
+test.skipIf(!hasPython)(
+  "systemd: READY=1 once the model is loaded, watchdog pings, STOPPING=1 on SIGTERM",
+  async () => {
+    const notifySocket = join(dir, "notify.sock");
+    const receiver = Bun.spawn(["python3", "-c", NOTIFY_RECEIVER, notifySocket], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const reader = receiver.stdout.getReader();
+    const decoder = new TextDecoder();
+    let out = "";
+    while (!out.includes("bound\n")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(await new Response(receiver.stderr).text());
+      out += decoder.decode(value);
+    }
+    const socket = join(dir, "notify-agent.sock");
+    const agent = Bun.spawn(
+      ["bun", CLI, "agent", "--state-dir", join(dir, "state-notify"), "--socket", socket],
+      {
+        env: { ...ENV, NOTIFY_SOCKET: notifySocket, WATCHDOG_USEC: "200000" },
+        stdin: "ignore",
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+    );
+    try {
+      await waitReady(socket, agent);
+      await Bun.sleep(400);
+      agent.kill("SIGTERM");
+      expect(await agent.exited).toBe(0);
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += decoder.decode(value);
+      }
+      const messages = out
+        .split("\n")
+        .slice(1)
+        .filter((l) => l !== "");
+      expect(messages[0]).toContain("READY=1");
+      expect(messages[0]).toContain(`MAINPID=${agent.pid}`);
+      expect(messages[0]).toContain("STATUS=serving sst2-bert-mini version 1 (fp32)");
+      expect(messages.filter((m) => m.includes("WATCHDOG=1")).length).toBeGreaterThanOrEqual(2);
+      expect(messages.at(-1)).toContain("STOPPING=1");
+    } finally {
+      agent.kill("SIGKILL");
+      receiver.kill();
+    }
+  },
+  60_000,
+);
+
 test("a socket path that is a regular file is refused and left alone", async () => {
   const path = join(dir, "not-a-socket");
   writeFileSync(path, "precious");

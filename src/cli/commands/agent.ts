@@ -7,6 +7,7 @@ import { resolve } from "node:path";
 import { detectDevice } from "../../../device/detect.ts";
 import { startAgent } from "../../agent/agent.ts";
 import { type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
+import { notifyReady, notifyStopping, notifyWatchdog, watchdogIntervalMs } from "../../agent/sd-notify.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { JSON_FLAG } from "../model-flags.ts";
@@ -37,11 +38,17 @@ async function serve(ctx: CommandContext): Promise<number> {
   const config = loadAgentConfig({ profile, defaultModel: SHIPPED_MODEL, flags: configFlags(ctx) });
   const agent = await startAgent(config, { log: ctx.err });
   const active = agent.registry.activeVersion();
-  ctx.err(
-    `ready: model ${config.modelName} version ${active?.id} (${active?.kind}), ${config.threads} threads`,
-  );
+  const status = `serving ${config.modelName} version ${active?.id} (${active?.kind}) on ${config.socketPath}`;
+  ctx.err(`ready: ${status}, ${config.threads} threads`);
+  // systemd (Type=notify): ready only now that the model is loaded; the watchdog is petted from the
+  // event loop, so a wedged loop stops the pings and systemd restarts the agent.
+  notifyReady(status);
+  const watchdogMs = watchdogIntervalMs();
+  const watchdog = watchdogMs === undefined ? undefined : setInterval(() => notifyWatchdog(), watchdogMs);
   await new Promise<void>((resolve) => {
     const onSignal = (signal: string): void => {
+      notifyStopping();
+      if (watchdog !== undefined) clearInterval(watchdog);
       ctx.err(`${signal}: stopping (draining requests)`);
       process.off("SIGTERM", onTerm);
       process.off("SIGINT", onInt);
