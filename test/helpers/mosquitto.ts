@@ -46,6 +46,8 @@ export interface MosquittoOptions {
   /** Lines of a mosquitto ACL file (`user NAME`, `topic readwrite …`, `pattern …`). */
   acl?: string[];
   tls?: BrokerTls;
+  /** More config lines, appended as they are (a bridge `connection` section, say). */
+  extraConfig?: string[];
 }
 
 /** A running broker. */
@@ -136,6 +138,8 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
       `require_certificate ${options.tls.requireCertificate === true ? "true" : "false"}`,
     );
   }
+  // Bridge sections must come last: every line after `connection` belongs to the bridge.
+  if (options.extraConfig !== undefined) lines.push(...options.extraConfig);
   const conf = join(dir, "mosquitto.conf");
   writeFileSync(conf, `${lines.join("\n")}\n`);
 
