@@ -169,6 +169,31 @@ function routeOf(method: string, path: string): string {
   return known.includes(path) ? `${method} ${path}` : "other";
 }
 
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Reads a body of undeclared length (chunked), refusing it as soon as it passes `maxBytes`. */
+async function readLimited(
+  req: Request,
+  maxBytes: number,
+  tooLarge: (n: string) => QuantdError,
+): Promise<Uint8Array> {
+  if (req.body === null) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const reader = req.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > maxBytes) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge(`more than ${maxBytes}`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks, total);
+}
+
 /**
  * Reads a JSON body within the size limit.
  *
@@ -191,25 +216,13 @@ export async function readJsonBody(req: Request, maxBytes: number): Promise<unkn
       details: { maxBytes },
     });
   if (Number.isFinite(declared) && declared > maxBytes) throw tooLarge(declared);
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  if (req.body !== null) {
-    const reader = req.body.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.byteLength;
-      if (total > maxBytes) {
-        await reader.cancel().catch(() => undefined);
-        throw tooLarge(`more than ${maxBytes}`);
-      }
-      chunks.push(value);
-    }
-  }
-  const bytes = Buffer.concat(chunks, total);
+  let bytes: Uint8Array;
+  // A declared length within the limit is what the server reads at most: one buffer, no stream.
+  if (Number.isFinite(declared)) bytes = new Uint8Array(await req.arrayBuffer());
+  else bytes = await readLimited(req, maxBytes, tooLarge);
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    text = STRICT_UTF8.decode(bytes);
   } catch (err) {
     throw new QuantdError("REQUEST_INVALID", "request body is not valid UTF-8", { cause: err });
   }

@@ -187,6 +187,29 @@ describe("bad input is a 4xx with the error code, and the server keeps serving",
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("REQUEST_INVALID");
   });
 
+  test("an oversized body sent chunked, without Content-Length, is refused while reading", async () => {
+    const chunk = new TextEncoder().encode(`"${"y".repeat(1000)}",`);
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent === 0) controller.enqueue(new TextEncoder().encode('{"texts": ['));
+        if (sent++ < 10) controller.enqueue(chunk);
+        else {
+          controller.enqueue(new TextEncoder().encode('"z"]}'));
+          controller.close();
+        }
+      },
+    });
+    const res = await fetch("http://localhost/v1/classify", {
+      unix: sock,
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
+    expect(res.status).toBe(413);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe("REQUEST_TOO_LARGE");
+  });
+
   test("still serving after every bad request", async () => {
     expect((await classifyOverSocket(sock, ["still fine"])).status).toBe(200);
   });
