@@ -6,19 +6,36 @@
  * lines; later steps (calibrate → quantize → validate → bench → serve) are
  * added to {@link DEMO_STEPS} as those parts land.
  */
-import { statSync } from "node:fs";
-import { arch, cpus } from "node:os";
-import { relative } from "node:path";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { arch, cpus, tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { type Agent, startAgent } from "../../agent/agent.ts";
+import { loadAgentConfig } from "../../agent/config.ts";
+import { isFinished } from "../../agent/jobs.ts";
+import { RECALIBRATE_JOB, type RecalibrationResult } from "../../agent/recalibrate.ts";
 import { QuantdError } from "../../errors.ts";
-import type { Classifier } from "../../runtime/classifier.ts";
+import { type Classifier, loadClassifier } from "../../runtime/classifier.ts";
 import { type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { ORT_VERSION } from "../../runtime/ort-session.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
+import type { Job } from "../../store/jobs.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { JSON_FLAG, openClassifier, THREADS_FLAG } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagInt } from "../parse.ts";
-import { PACKAGE_ROOT, SHIPPED_DEV_TSV, SHIPPED_MODEL } from "../paths.ts";
+import { PACKAGE_ROOT, SHIPPED_DEV_TSV, SHIPPED_MODEL, SHIPPED_MODEL_DIR } from "../paths.ts";
 import { createProgress, formatBytes, formatMs, formatPercent, renderTable } from "../render.ts";
+import { describeRecalibration } from "./job.ts";
+
+/** The shipped SST-2 training sample the demo seeds the agent's store with. */
+export const SHIPPED_TRAIN_TSV: string = join(PACKAGE_ROOT, "calib/samples/sst2-train-4k.tsv");
+
+/** The demo's recalibration: the agent's defaults, without the memory benchmark (it spawns processes). */
+export const DEMO_RECALIBRATION = {
+  samples: 128,
+  validationSamples: 256,
+  benchRuns: 30,
+  benchMemory: false,
+} as const;
 
 /** Sentences the demo classifies: clear cases both ways and a hedged one. */
 export const DEMO_SENTENCES: readonly string[] = [
@@ -38,6 +55,19 @@ export interface DemoState {
   loadMs?: number;
   evaluation?: EvalResult;
   evalWallMs?: number;
+  /** Temporary directory of the agent's state and socket (removed at the end). */
+  agentDir?: string;
+  agent?: Agent;
+  socketPath?: string;
+  /** The finished recalibration job. */
+  job?: Job;
+  jobWallMs?: number;
+  /** The promoted int8 model file, when the job promoted one. */
+  int8Path?: string;
+  /** What the socket answered for {@link DEMO_SENTENCES}. */
+  served?: { version: number; kind: string; sameAsFp32: number; n: number };
+  /** int8 evaluated on the dev set against fp32 (`compare`), one sentence per run. */
+  comparison?: EvalResult;
   /** Machine-readable results, keyed by step name (printed by `--json`). */
   results: Record<string, unknown>;
 }
@@ -145,30 +175,307 @@ const evaluateStep: DemoStep = {
   },
 };
 
-/** The steps, in order. Later issues add calibrate, quantize, validate, bench and serve here. */
-export const DEMO_STEPS: readonly DemoStep[] = [loadStep, classifyStep, evaluateStep];
+/** Starts the agent on a temporary state directory and socket, serving the fp32 model. */
+const agentStep: DemoStep = {
+  name: "agent",
+  async run(state, say) {
+    const dir = mkdtempSync(join(tmpdir(), "quantd-demo-"));
+    state.agentDir = dir;
+    // env {}: the demo shows the shipped defaults, whatever QUANTD_* the shell holds.
+    const config = loadAgentConfig({
+      profile: { threads: state.threads, samplePool: { maxRows: 20_000, maxBytes: 8 * 1024 * 1024 } },
+      defaultModel: SHIPPED_MODEL,
+      env: {},
+      flags: { stateDir: join(dir, "state"), socket: join(dir, "quantd.sock") },
+    });
+    const t0 = performance.now();
+    const agent = await startAgent(config);
+    state.agent = agent;
+    state.socketPath = config.socketPath;
+    const v = agent.registry.activeVersion();
+    say(`state directory ${dir}: SQLite store, model registry, job runner`);
+    say(
+      `serving ${v?.kind} model version ${v?.id} on ${config.socketPath} (started in ${formatMs(performance.now() - t0)})`,
+    );
+    state.results["agent"] = {
+      stateDir: config.stateDir,
+      socket: config.socketPath,
+      version: v?.id,
+      kind: v?.kind,
+    };
+  },
+};
+
+/** Fills the agent's sample pool from the shipped training sample (as `quantd collect` or live capture would). */
+const seedStep: DemoStep = {
+  name: "seed",
+  async run(state, say) {
+    const agent = need(state.agent, "the agent");
+    const rows = await readSamplesTsv(SHIPPED_TRAIN_TSV);
+    const r = agent.store.samples.add(
+      rows.map((row) => ({ text: row.text, label: row.label ?? null })),
+      { source: "file" },
+    );
+    const stats = agent.store.samples.stats();
+    say(
+      `${shown(SHIPPED_TRAIN_TSV)}: ${rows.length} sentences → pool of ${stats.rows} (${r.duplicates} duplicates dropped), ${formatBytes(stats.bytes)} of text`,
+    );
+    state.results["seed"] = { file: SHIPPED_TRAIN_TSV, read: rows.length, ...r, pool: stats.rows };
+  },
+};
+
+/** Queues a recalibration job; the agent's runner picks, calibrates, quantizes, validates, benchmarks and promotes. */
+const recalibrateStep: DemoStep = {
+  name: "recalibrate",
+  async run(state, say) {
+    const agent = need(state.agent, "the agent");
+    const runner = need(agent.jobs, "the agent's job runner");
+    const t0 = performance.now();
+    const queued = agent.store.jobs.create({ type: RECALIBRATE_JOB, params: { ...DEMO_RECALIBRATION } });
+    runner.wake();
+    say(
+      `job ${queued.id}: ${DEMO_RECALIBRATION.samples} calibration + ${DEMO_RECALIBRATION.validationSamples} held-out samples from the pool`,
+    );
+    let last = "";
+    let job = agent.store.jobs.require(queued.id);
+    while (!isFinished(job)) {
+      if (job.stage !== null && job.stage !== last) {
+        say(`  ${formatMs(performance.now() - t0).padStart(8)}  ${job.stage}`);
+        last = job.stage;
+      }
+      await Bun.sleep(100);
+      job = agent.store.jobs.require(queued.id);
+    }
+    state.job = job;
+    state.jobWallMs = performance.now() - t0;
+    for (const line of describeRecalibration(job)) say(line);
+    const r = job.result as RecalibrationResult | null;
+    const active = agent.store.models.active();
+    if (job.state === "SUCCEEDED" && active !== undefined && active.kind !== "fp32")
+      state.int8Path = active.path;
+    state.results["recalibrate"] = {
+      job: job.id,
+      state: job.state,
+      error: job.error,
+      wallMs: state.jobWallMs,
+      result: r,
+    };
+  },
+};
+
+/** Classifies the demo sentences through the agent's Unix socket (`POST /v1/classify`). */
+const serveStep: DemoStep = {
+  name: "serve",
+  async run(state, say) {
+    const socket = need(state.socketPath, "the socket");
+    const res = await fetch("http://localhost/v1/classify", {
+      unix: socket,
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ texts: DEMO_SENTENCES }),
+    });
+    const body = (await res.json()) as {
+      results?: { label: string; score: number }[];
+      model?: { version: number; kind: string };
+      error?: { code: string; message: string };
+    };
+    if (!res.ok || body.results === undefined || body.model === undefined) {
+      throw new QuantdError(
+        "INTERNAL",
+        `the agent answered ${res.status}: ${body.error?.message ?? "no results"}`,
+      );
+    }
+    const fp32 = (state.results["classify"] as { label: string }[] | undefined) ?? [];
+    const rows = body.results.map((r, i) => [r.label, r.score.toFixed(4), DEMO_SENTENCES[i]!]);
+    for (const line of renderTable(rows, ["left", "right", "left"])) say(line);
+    const same = body.results.filter((r, i) => fp32[i]?.label === r.label).length;
+    say(
+      `answered by ${body.model.kind} model version ${body.model.version} over ${socket}; ${same}/${body.results.length} labels as fp32`,
+    );
+    state.served = {
+      version: body.model.version,
+      kind: body.model.kind,
+      sameAsFp32: same,
+      n: body.results.length,
+    };
+    state.results["serve"] = { ...state.served, results: body.results };
+  },
+};
+
+/** The promoted int8 model against fp32 on the dev set, on the same sentences, one per run. */
+const compareStep: DemoStep = {
+  name: "compare",
+  async run(state, say) {
+    const fp32 = need(state.classifier, "the model");
+    if (state.int8Path === undefined) {
+      say("no int8 model was promoted: nothing to compare (see the recalibration above)");
+      return;
+    }
+    const int8 = await loadClassifier(state.int8Path, {
+      tokenizerDir: SHIPPED_MODEL_DIR,
+      session: { intraOpThreads: state.threads },
+    });
+    try {
+      const all = await readSamplesTsv(SHIPPED_DEV_TSV, { requireLabels: true, labels: fp32.labels });
+      const samples = state.limit === undefined ? all : all.slice(0, state.limit);
+      const progress = createProgress("compare");
+      let r: EvalResult;
+      try {
+        r = await evaluate(int8, samples, {
+          batchSize: 1,
+          compare: fp32,
+          onProgress: (done, total) => progress.update(done, total),
+        });
+      } finally {
+        progress.done();
+      }
+      state.comparison = r;
+      const rows = [
+        ["", "fp32", "int8"],
+        ["size", formatBytes(statSync(SHIPPED_MODEL).size), formatBytes(statSync(state.int8Path).size)],
+        ["accuracy", pct(r.compareAccuracy), pct(r.accuracy)],
+        ["latency p50", ms(r.compareLatency?.p50MsPerBatch), ms(r.latency.p50MsPerBatch)],
+        ["latency p90", ms(r.compareLatency?.p90MsPerBatch), ms(r.latency.p90MsPerBatch)],
+      ];
+      say(`${shown(SHIPPED_DEV_TSV)}: ${r.n} sentences, both models on the same inputs, one per run`);
+      for (const line of renderTable(rows, ["left", "right", "right"])) say(line);
+      say(
+        `agreement: int8 picks the fp32 class on ${pct(r.agreement)} of them (${r.disagreements ?? 0} differ)`,
+      );
+      state.results["compare"] = {
+        n: r.n,
+        fp32: {
+          bytes: statSync(SHIPPED_MODEL).size,
+          accuracy: r.compareAccuracy,
+          latencyMsP50: r.compareLatency?.p50MsPerBatch,
+          latencyMsP90: r.compareLatency?.p90MsPerBatch,
+        },
+        int8: {
+          bytes: statSync(state.int8Path).size,
+          accuracy: r.accuracy,
+          latencyMsP50: r.latency.p50MsPerBatch,
+          latencyMsP90: r.latency.p90MsPerBatch,
+        },
+        agreement: r.agreement,
+      };
+    } finally {
+      await int8.release();
+    }
+  },
+};
+
+function pct(x: number | undefined): string {
+  return x === undefined ? "n/a" : formatPercent(x);
+}
+
+function ms(x: number | undefined): string {
+  return x === undefined ? "n/a" : formatMs(x);
+}
+
+/** The steps, in order. */
+export const DEMO_STEPS: readonly DemoStep[] = [
+  loadStep,
+  classifyStep,
+  evaluateStep,
+  agentStep,
+  seedStep,
+  recalibrateStep,
+  serveStep,
+  compareStep,
+];
+
+/** The recalibration's lines of the summary: what the job did and int8 against fp32. */
+function int8Summary(state: DemoState): string[][] {
+  const rows: string[][] = [];
+  const job = state.job;
+  if (job === undefined) return rows;
+  const r = job.result as RecalibrationResult | null;
+  const secs = state.jobWallMs === undefined ? "" : ` in ${(state.jobWallMs / 1000).toFixed(1)} s`;
+  if (job.state !== "SUCCEEDED" || r === null) {
+    rows.push([
+      "recalibration",
+      `${job.state}${secs}: ${job.error?.code ?? ""} ${job.error?.message ?? ""}`.trim(),
+    ]);
+    return rows;
+  }
+  rows.push([
+    "recalibration",
+    `${job.state}${secs}: ${r.samples.calibration} calibration + ${r.samples.validation} held-out store samples, ` +
+      `${r.candidate?.kind} promoted as version ${r.candidate?.version}`,
+  ]);
+  rows.push([
+    "stages",
+    Object.entries(r.stageMs)
+      .map(([k, v]) => `${k} ${formatMs(v)}`)
+      .join(", "),
+  ]);
+  if (r.validation !== undefined) {
+    rows.push([
+      "held-out gate",
+      `int8 = fp32 on ${formatPercent(r.validation.agreement)} of ${r.validation.n} (gate ${formatPercent(r.validation.gate.minAgreement)})`,
+    ]);
+  }
+  const c = state.comparison;
+  if (state.int8Path !== undefined) {
+    const fp32Bytes = statSync(SHIPPED_MODEL).size;
+    const int8Bytes = statSync(state.int8Path).size;
+    rows.push([
+      "size",
+      `fp32 ${formatBytes(fp32Bytes)} → int8 ${formatBytes(int8Bytes)} (${(fp32Bytes / int8Bytes).toFixed(1)}× smaller)`,
+    ]);
+  }
+  if (c !== undefined) {
+    rows.push([
+      "dev accuracy",
+      `fp32 ${pct(c.compareAccuracy)} → int8 ${pct(c.accuracy)} on ${c.n} sentences`,
+    ]);
+    rows.push(["dev agreement", `int8 = fp32 on ${pct(c.agreement)}`]);
+    const f = c.compareLatency?.p50MsPerBatch;
+    const i = c.latency.p50MsPerBatch;
+    rows.push([
+      "dev latency",
+      `p50 fp32 ${ms(f)} → int8 ${ms(i)}${f !== undefined ? ` (${(f / i).toFixed(2)}× faster)` : ""}, ` +
+        `p90 ${ms(c.compareLatency?.p90MsPerBatch)} → ${ms(c.latency.p90MsPerBatch)} per sentence`,
+    ]);
+  }
+  if (state.served !== undefined) {
+    rows.push([
+      "socket",
+      `${state.served.n} sentences served by ${state.served.kind} version ${state.served.version}, ${state.served.sameAsFp32}/${state.served.n} labels as fp32`,
+    ]);
+  }
+  return rows;
+}
 
 function summary(state: DemoState): string[] {
   const e = state.evaluation;
   const rows: string[][] = [["model", `${shown(SHIPPED_MODEL)} (fp32)`]];
   if (e !== undefined) {
     if (e.accuracy !== undefined)
-      rows.push(["accuracy", `${formatPercent(e.accuracy)} on ${e.n} SST-2 dev sentences`]);
-    rows.push([
-      "latency",
-      `p50 ${formatMs(e.latency.p50MsPerBatch)}, p90 ${formatMs(e.latency.p90MsPerBatch)}`,
-    ]);
-    if (state.evalWallMs !== undefined) {
-      rows.push(["throughput", `${((e.n / state.evalWallMs) * 1000).toFixed(0)} sentences/s`]);
+      rows.push(["accuracy", `${formatPercent(e.accuracy)} on ${e.n} SST-2 dev sentences (fp32)`]);
+    // With the int8 comparison, its latency rows (both models on the same inputs) replace fp32's alone.
+    if (state.comparison === undefined) {
+      rows.push([
+        "latency",
+        `p50 ${formatMs(e.latency.p50MsPerBatch)}, p90 ${formatMs(e.latency.p90MsPerBatch)}`,
+      ]);
+      if (state.evalWallMs !== undefined) {
+        rows.push(["throughput", `${((e.n / state.evalWallMs) * 1000).toFixed(0)} sentences/s`]);
+      }
     }
   }
-  rows.push(["next", "int8 quantization, validation and benchmarking join this demo as they land"]);
+  rows.push(...int8Summary(state));
   return renderTable(rows).map((l) => `  ${l}`);
 }
 
 async function runDemo(ctx: CommandContext, state: DemoState, json: boolean): Promise<void> {
   const say = json ? () => {} : (line: string) => ctx.out(`      ${line}`);
-  if (!json) ctx.out("quantd demo: the shipped fp32 BERT-Mini SST-2 sentiment model on this machine\n");
+  if (!json) {
+    ctx.out(
+      "quantd demo: the shipped fp32 BERT-Mini SST-2 sentiment model on this machine, then the agent " +
+        "recalibrating it to int8 from its sample store and serving it over a Unix socket\n",
+    );
+  }
   for (const [i, step] of DEMO_STEPS.entries()) {
     if (!json) ctx.out(`[${i + 1}/${DEMO_STEPS.length}] ${step.name}`);
     await step.run(state, say);
@@ -183,13 +490,19 @@ async function runDemo(ctx: CommandContext, state: DemoState, json: boolean): Pr
 /** The `demo` command. */
 export const demoCommand: Command = {
   name: "demo",
-  summary: "run quantd on the shipped BERT-Mini SST-2 model: classify, evaluate, report",
+  summary:
+    "run quantd on the shipped BERT-Mini SST-2 model: classify, evaluate, recalibrate to int8 in the agent, serve, compare",
   usage: "[--threads N] [--limit N] [--json]",
   description:
     "Loads the fp32 BERT-Mini SST-2 model shipped in calib/models/sst2-bert-mini, classifies a few " +
     "sentences, and evaluates it on the 872 labelled SST-2 dev sentences in calib/samples/sst2-dev.tsv, " +
     "one sentence per inference run (as a board serves requests): accuracy, latency per sentence " +
-    "(p50, p90) and throughput. Needs nothing outside the repository.\n\n" +
+    "(p50, p90) and throughput. Then starts the agent on a temporary state directory and Unix socket, " +
+    "seeds its sample store with calib/samples/sst2-train-4k.tsv, queues a recalibration job (disjoint " +
+    "calibration and held-out samples from the store, calibrate, quantize, validate against fp32, benchmark " +
+    "against the serving fp32 model, promote with a hot swap), classifies the sentences again through the " +
+    "socket, and compares int8 with fp32 on the dev sentences (size, accuracy, agreement, latency). The " +
+    "temporary directory is removed at the end. Needs nothing outside the repository.\n\n" +
     "With --json, prints one object with each step's results.",
   flags: [
     THREADS_FLAG,
@@ -212,6 +525,8 @@ export const demoCommand: Command = {
     try {
       await runDemo(ctx, state, flagBool(ctx.flags, "json"));
     } finally {
+      await state.agent?.stop();
+      if (state.agentDir !== undefined) rmSync(state.agentDir, { recursive: true, force: true });
       await state.classifier?.release();
     }
     return 0;
