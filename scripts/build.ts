@@ -127,19 +127,26 @@ export interface BuildExecutableOptions {
  * @throws Error with Bun's build messages when compilation fails
  */
 export async function buildExecutable(opts: BuildExecutableOptions): Promise<void> {
-  const result = await Bun.build({
-    entrypoints: [join(REPO_ROOT, "src/cli/main.ts")],
-    compile: {
-      target: `bun-${opts.target}`,
-      executablePath: bunRuntime(opts.target),
-      outfile: opts.outfile,
-      // A service must not pick up a stray .env or bunfig.toml from its working directory.
-      autoloadDotenv: false,
-      autoloadBunfig: false,
-    },
-    minify: { syntax: true, whitespace: true },
-    plugins: [ortBindingFromLibDir()],
-  });
+  let result: Bun.BuildOutput;
+  try {
+    result = await Bun.build({
+      entrypoints: [join(REPO_ROOT, "src/cli/main.ts")],
+      compile: {
+        target: `bun-${opts.target}`,
+        executablePath: bunRuntime(opts.target),
+        outfile: opts.outfile,
+        // A service must not pick up a stray .env or bunfig.toml from its working directory.
+        autoloadDotenv: false,
+        autoloadBunfig: false,
+      },
+      minify: { syntax: true, whitespace: true },
+      plugins: [ortBindingFromLibDir()],
+    });
+  } catch (err) {
+    // Bun throws an AggregateError whose `errors` hold the build messages.
+    const messages = err instanceof AggregateError ? err.errors.map((e) => String(e)) : [String(err)];
+    throw new Error(`bun build failed:\n${messages.join("\n")}`);
+  }
   if (!result.success) {
     throw new Error(`bun build failed:\n${result.logs.map((l) => String(l)).join("\n")}`);
   }

@@ -40,6 +40,28 @@ function install(...args: string[]): { code: number; stdout: string; stderr: str
   return { code: p.exitCode, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
 }
 
+/** Receives sd_notify datagrams on a path socket and prints each as one line (newlines escaped). */
+const RECEIVER = `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+print("bound", flush=True)
+while True:
+    print(s.recv(4096).decode().replace("\\n", "\\\\n"), flush=True)
+`;
+
+async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for await (const chunk of stream) {
+    buffered += decoder.decode(chunk, { stream: true });
+    for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+      yield buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+    }
+  }
+}
+
 function mode(path: string): string {
   return (statSync(path).mode & 0o7777).toString(8);
 }
@@ -118,6 +140,52 @@ describe.skipIf(!canBuild)("install.sh --root", () => {
     expect(readdirSync(join(root, "opt"))).toEqual(["quantd"]);
     if (hasSysusers) expect(readFileSync(join(root, "etc/passwd"), "utf8")).toBe(passwd);
   }, 60_000);
+
+  test.skipIf(Bun.which("python3") === null)(
+    "the unit's ExecStart, run as systemd would: READY=1 once serving, WATCHDOG=1, STOPPING=1 on SIGTERM",
+    async () => {
+      const unit = readFileSync(join(root, "etc/systemd/system/quantd.service"), "utf8");
+      const execStart = /^ExecStart=(.*)$/m.exec(unit)![1]!.split(" ");
+      const argv = execStart.map((a) => (a.startsWith("/") ? join(root, a) : a));
+      const notifySocket = join(work, "notify.sock");
+      const receiver = Bun.spawn(["python3", "-c", RECEIVER, notifySocket], {
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const messages = lines(receiver.stdout);
+      expect((await messages.next()).value).toBe("bound");
+      const env = {
+        PATH: process.env["PATH"] ?? "",
+        STATE_DIRECTORY: join(work, "state"),
+        RUNTIME_DIRECTORY: join(work, "run"),
+        NOTIFY_SOCKET: notifySocket,
+        WATCHDOG_USEC: "1000000",
+      };
+      mkdirSync(env.STATE_DIRECTORY);
+      mkdirSync(env.RUNTIME_DIRECTORY);
+      const agent = Bun.spawn(argv, { cwd: env.STATE_DIRECTORY, env, stdout: "pipe", stderr: "pipe" });
+      try {
+        const ready = (await messages.next()).value as string;
+        expect(ready).toStartWith(`READY=1\\nMAINPID=${agent.pid}\\nSTATUS=serving sst2-bert-mini`);
+        expect(existsSync(join(env.RUNTIME_DIRECTORY, "quantd.sock"))).toBe(true);
+        expect(existsSync(join(env.STATE_DIRECTORY, "quantd.db"))).toBe(true);
+        expect((await messages.next()).value).toBe("WATCHDOG=1");
+        agent.kill("SIGTERM");
+        let last = "";
+        while (last !== "STOPPING=1") {
+          const m = await messages.next();
+          if (m.done === true) break;
+          last = m.value;
+        }
+        expect(last).toBe("STOPPING=1");
+        expect(await agent.exited).toBe(0);
+      } finally {
+        agent.kill("SIGKILL");
+        receiver.kill();
+      }
+    },
+    60_000,
+  );
 
   test.skipIf(!hasAnalyze)(
     "systemd-analyze verify passes on the installed unit, and fails without its binary",
