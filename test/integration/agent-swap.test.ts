@@ -9,6 +9,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
+import { shippedModelPath } from "../helpers/paths.ts";
 import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 import {
   call,
@@ -200,6 +202,41 @@ test("a failed post-swap check rolls back automatically", async () => {
     expect((v2.metrics["postSwap"] as { batches: number }).batches).toBeGreaterThanOrEqual(5);
     const metrics = await (await fetch("http://localhost/metrics", { unix: sock })).text();
     expect(metricValue(metrics, 'quantd_model_rollbacks_total{trigger="auto"}')).toBe(1);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test("an error rate above the limit after a swap rolls back automatically", async () => {
+  // A real fault: the candidate's position table is cut to 32 rows, so onnxruntime fails (Gather out of
+  // bounds) on any text longer than 32 tokens, while the short probe batch still passes verification.
+  const model = await loadModel(shippedModelPath);
+  const positions = model.graph.initializer.find((t) => /position_embeddings/i.test(t.name))!;
+  const width = positions.dims[1]!;
+  positions.dims = [32, width];
+  positions.rawData = positions.rawData!.slice(0, 32 * width * 4);
+  const faulty = join(dir, "short-positions.onnx");
+  await saveModel(model, faulty);
+
+  const agent = await startAgent(
+    testConfig(join(dir, "c"), { QUANTD_SWAP_WINDOW: "20", QUANTD_SWAP_ERROR_RATE: "0.05" }),
+  );
+  const sock = agent.config.socketPath;
+  const long = `${TEXTS[4]} ${TEXTS[4]}`;
+  try {
+    const promoted = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: faulty }) });
+    expect(promoted.status).toBe(200);
+    expect((await classifyOverSocket(sock, ["short and fine"])).status).toBe(200);
+    // window 20 × 5 % allows one failed batch; the second triggers the rollback.
+    const failed = [await classifyOverSocket(sock, [long]), await classifyOverSocket(sock, [long])];
+    expect(failed.map((r) => r.status)).toEqual([500, 500]);
+    expect((failed[0]!.body["error"] as { code: string }).code).toBe("INFERENCE_FAILED");
+    for (let i = 0; i < 50 && agent.registry.active()?.version !== 1; i++) await Bun.sleep(20);
+    expect(agent.registry.active()?.version).toBe(1);
+    const after = await classifyOverSocket(sock, [long]);
+    expect(after.status).toBe(200);
+    expect(modelOf(after)).toEqual({ version: 1, kind: "fp32" });
+    expect(agent.store.models.get(2)!.reason).toContain("post-swap check failed: error rate");
   } finally {
     await agent.stop();
   }
