@@ -130,7 +130,12 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
     expect(jetson[9]).toMatch(/^recalibrate SUCCEEDED \d+ s ago$/);
     expect((await rowText("pi-1"))[9]).toBe("–");
     const dot = page.locator('tr.device[data-key="lab/pi-1"] .dot');
-    expect(await dot.evaluate((el) => getComputedStyle(el).backgroundColor)).toBe("rgb(42, 157, 74)");
+    // Page-side code as a string: the test's TypeScript has no DOM library.
+    const color = await page.evaluate(
+      `getComputedStyle(document.querySelector('tr.device[data-key="lab/pi-1"] .dot')).backgroundColor`,
+    );
+    expect(color).toBe("rgb(42, 157, 74)");
+    expect(await dot.getAttribute("title")).toBe("online");
   });
 
   test("a row opens latency and agreement charts drawn from the stored history", async () => {
@@ -151,10 +156,7 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
       .waitFor({ timeout: 10_000 });
     const agreement = page.locator('#accuracy polyline[data-series="agreement"]');
     await page.waitForFunction(
-      () =>
-        (
-          document.querySelector('#accuracy polyline[data-series="agreement"]')?.getAttribute("points") ?? ""
-        ).split(" ").length === 3,
+      `(document.querySelector('#accuracy polyline[data-series="agreement"]')?.getAttribute("points") ?? "").split(" ").length === 3`,
       undefined,
       { timeout: 10_000 },
     );
