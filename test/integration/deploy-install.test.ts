@@ -154,21 +154,27 @@ describe.skipIf(!canBuild)("install.sh --root", () => {
       });
       const messages = lines(receiver.stdout);
       expect((await messages.next()).value).toBe("bound");
-      const env = {
+      const env: Record<string, string> = {
         PATH: process.env["PATH"] ?? "",
+        // systemd sets HOME to the user's home, which is the state directory.
+        HOME: join(work, "state"),
         STATE_DIRECTORY: join(work, "state"),
         RUNTIME_DIRECTORY: join(work, "run"),
         NOTIFY_SOCKET: notifySocket,
         WATCHDOG_USEC: "1000000",
       };
-      mkdirSync(env.STATE_DIRECTORY);
-      mkdirSync(env.RUNTIME_DIRECTORY);
-      const agent = Bun.spawn(argv, { cwd: env.STATE_DIRECTORY, env, stdout: "pipe", stderr: "pipe" });
+      for (const m of unit.matchAll(/^Environment=(\w+)=(.*)$/gm)) env[m[1]!] = m[2]!;
+      expect(env["ORT_DISABLE_TELEMETRY"]).toBe("1");
+      const stateDir = env["STATE_DIRECTORY"]!;
+      const runtimeDir = env["RUNTIME_DIRECTORY"]!;
+      mkdirSync(stateDir);
+      mkdirSync(runtimeDir);
+      const agent = Bun.spawn(argv, { cwd: stateDir, env, stdout: "pipe", stderr: "pipe" });
       try {
         const ready = (await messages.next()).value as string;
         expect(ready).toStartWith(`READY=1\\nMAINPID=${agent.pid}\\nSTATUS=serving sst2-bert-mini`);
-        expect(existsSync(join(env.RUNTIME_DIRECTORY, "quantd.sock"))).toBe(true);
-        expect(existsSync(join(env.STATE_DIRECTORY, "quantd.db"))).toBe(true);
+        expect(existsSync(join(runtimeDir, "quantd.sock"))).toBe(true);
+        expect(existsSync(join(stateDir, "quantd.db"))).toBe(true);
         expect((await messages.next()).value).toBe("WATCHDOG=1");
         agent.kill("SIGTERM");
         let last = "";
@@ -179,6 +185,8 @@ describe.skipIf(!canBuild)("install.sh --root", () => {
         }
         expect(last).toBe("STOPPING=1");
         expect(await agent.exited).toBe(0);
+        // onnxruntime's telemetry store stays off (it would be $HOME/.cache/Microsoft/DeveloperTools).
+        expect(existsSync(join(stateDir, ".cache"))).toBe(false);
       } finally {
         agent.kill("SIGKILL");
         receiver.kill();
