@@ -4,16 +4,22 @@
  * registry as the promoter (offline, as `quantd job recalibrate --wait` uses
  * it), and the recalibration runner over them.
  */
-import { mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { DEFAULT_SWAP_CHECKS } from "../../src/agent/config.ts";
-import type { JobRunner } from "../../src/agent/jobs.ts";
-import { createRecalibrationRunner, type RecalibrateJobParams } from "../../src/agent/recalibrate.ts";
-import { ModelRegistry } from "../../src/agent/registry.ts";
+import { CHECKPOINT_FILE, type JobRunner } from "../../src/agent/jobs.ts";
+import {
+  createRecalibrationRunner,
+  jobsDir,
+  RECALIBRATE_JOB,
+  type RecalibrateJobParams,
+} from "../../src/agent/recalibrate.ts";
+import { ModelRegistry, sha256Hex } from "../../src/agent/registry.ts";
 import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { readSamplesTsv } from "../../src/runtime/tsv.ts";
 import type { Job } from "../../src/store/jobs.ts";
+import type { ModelKind } from "../../src/store/models.ts";
 import { databasePath, openStore, type Store } from "../../src/store/store.ts";
 import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 
@@ -125,4 +131,40 @@ export async function jobEnv(
       store.close();
     },
   };
+}
+
+/**
+ * Places a candidate in a job's work directory with a checkpoint saying the
+ * pick and the quantization are done (as a crash after those stages leaves
+ * it), then queues the job: the runner resumes it at the benchmark. The pick is
+ * the one the job would make (64 + 64, seed 1). Returns the candidate's SHA-256.
+ */
+export function queueResumedJob(
+  store: Store,
+  stateDir: string,
+  id: string,
+  params: RecalibrateJobParams,
+  bytes: Uint8Array,
+  report?: unknown,
+  kind: ModelKind = "int8-static",
+): string {
+  const pick = store.samples.pickDisjoint(64, 64, 1);
+  const dir = join(jobsDir(stateDir), id);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "candidate.onnx"), bytes);
+  if (report !== undefined) writeFileSync(join(dir, "report.json"), JSON.stringify(report));
+  const sha256 = sha256Hex(bytes);
+  writeFileSync(
+    join(dir, CHECKPOINT_FILE),
+    JSON.stringify({
+      pick: {
+        calibration: pick.calibration.map((s) => s.id),
+        validation: pick.validation.map((s) => s.id),
+        pool: store.samples.count(),
+      },
+      quantize: { sha256, bytes: bytes.byteLength, kind },
+    }),
+  );
+  store.jobs.create({ id, type: RECALIBRATE_JOB, params: { ...params } });
+  return sha256;
 }

@@ -13,7 +13,6 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CHECKPOINT_FILE } from "../../src/agent/jobs.ts";
 import {
   jobsDir,
   RECALIBRATE_JOB,
@@ -24,7 +23,7 @@ import { sha256Hex } from "../../src/agent/registry.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import { databasePath } from "../../src/store/store.ts";
-import { FAST_PARAMS, type JobEnv, jobEnv } from "./jobs-harness.ts";
+import { FAST_PARAMS, type JobEnv, jobEnv, queueResumedJob } from "./jobs-harness.ts";
 
 /**
  * Lines of the shipped training sample on which the fp32 model's two logits
@@ -65,32 +64,13 @@ afterAll(async () => {
   for (const e of envs) await e.close();
 });
 
-/** Places the shared candidate in a job's work directory with a checkpoint saying pick and quantize are done, and queues the job. */
 function queueResumed(
   e: JobEnv,
   id: string,
   params: RecalibrateJobParams,
   bytes: Uint8Array = candidate,
 ): string {
-  const pick = e.store.samples.pickDisjoint(64, 64, 1);
-  const dir = join(jobsDir(e.stateDir), id);
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "candidate.onnx"), bytes);
-  writeFileSync(join(dir, "report.json"), JSON.stringify(candidateReport));
-  const sha256 = sha256Hex(bytes);
-  writeFileSync(
-    join(dir, CHECKPOINT_FILE),
-    JSON.stringify({
-      pick: {
-        calibration: pick.calibration.map((s) => s.id),
-        validation: pick.validation.map((s) => s.id),
-        pool: e.store.samples.count(),
-      },
-      quantize: { sha256, bytes: bytes.byteLength, kind: "int8-static" },
-    }),
-  );
-  e.store.jobs.create({ id, type: RECALIBRATE_JOB, params: { ...params } });
-  return sha256;
+  return queueResumedJob(e.store, e.stateDir, id, params, bytes, candidateReport);
 }
 
 /** The fp32 model is still version 1, active and serving. */

@@ -1,0 +1,128 @@
+/**
+ * `quantd job` as a user runs it: queue, list, show and cancel without an
+ * agent, bad input, and `recalibrate --wait` while an agent serves — the
+ * agent's runner (in this test process) runs the job and hot-swaps the model
+ * it serves on its socket; the CLI only waits.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
+import { quantizeModel } from "../../src/quant/quantize.ts";
+import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
+import { classifyOverSocket, testConfig } from "./agent-harness.ts";
+import { FAST_PARAMS, queueResumedJob, seedSamples, tempDir } from "./jobs-harness.ts";
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function quantd(args: string[]): Promise<Run> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env))
+    if (v !== undefined && !k.startsWith("QUANTD_")) env[k] = v;
+  const p = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), ...args], {
+    env,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+let agent: Agent | undefined;
+afterAll(async () => {
+  await agent?.stop();
+});
+
+describe("quantd job", () => {
+  test("without an agent: queue (says who will run it), list, show, cancel; bad input is a usage error", async () => {
+    const stateDir = join(tempDir(), "state");
+    const q = await quantd(["job", "recalibrate", "--state-dir", stateDir, "--samples", "32", "--id", "j1"]);
+    expect(q.code).toBe(0);
+    expect(q.stdout).toContain("queued job j1 (recalibrate)");
+    expect(q.stdout).toContain("no agent runs jobs in this state directory");
+
+    const again = await quantd(["job", "recalibrate", "--state-dir", stateDir, "--id", "j1", "--json"]);
+    expect(JSON.parse(again.stdout).job).toMatchObject({
+      id: "j1",
+      state: "QUEUED",
+      params: { samples: 32 },
+    });
+
+    const list = await quantd(["job", "list", "--state-dir", stateDir]);
+    expect(list.stdout).toMatch(/^j1 {2}recalibrate {2}QUEUED {2}- {2}0 %$/m);
+
+    const cancel = await quantd(["job", "cancel", "j1", "--state-dir", stateDir]);
+    expect(cancel.code).toBe(0);
+    expect(cancel.stdout).toContain("FAILED");
+    const show = await quantd(["job", "show", "j1", "--state-dir", stateDir, "--json"]);
+    expect(JSON.parse(show.stdout).job).toMatchObject({ state: "FAILED", error: { code: "JOB_CANCELLED" } });
+
+    const missing = await quantd(["job", "show", "nope", "--state-dir", stateDir]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("JOB_NOT_FOUND");
+    for (const bad of [
+      ["job", "recalibrate", "--gate", "2"],
+      ["job", "recalibrate", "--method", "median"],
+      ["job", "recalibrate", "--samples", "0"],
+      ["job", "frobnicate"],
+      ["job"],
+      ["job", "show"],
+    ]) {
+      const r = await quantd([...bad, "--state-dir", stateDir]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain("USAGE");
+    }
+  }, 60_000);
+
+  test("with an agent serving: `recalibrate --wait` waits for the agent's runner, which promotes and hot-swaps", async () => {
+    const dir = tempDir();
+    const config = testConfig(dir);
+    agent = await startAgent(config);
+    expect(agent.jobs).toBeDefined();
+    expect((await classifyOverSocket(config.socketPath, ["fine ."])).body["model"]).toEqual({
+      version: 1,
+      kind: "fp32",
+    });
+    await seedSamples(agent.store, 300);
+    // An int8 candidate already built by an attempt that was interrupted (dynamic int8: no calibration, ~2 s),
+    // so this test spends its time on the hand-off, not on calibrating.
+    const q = await quantizeModel(await loadModel(shippedModelPath), { type: "dynamic" });
+    const file = join(dir, "int8.onnx");
+    await saveModel(q.model, file);
+    queueResumedJob(
+      agent.store,
+      config.stateDir,
+      "via-agent",
+      FAST_PARAMS,
+      new Uint8Array(readFileSync(file)),
+      undefined,
+      "int8-dynamic",
+    );
+
+    const r = await quantd([
+      "job",
+      "recalibrate",
+      "--state-dir",
+      config.stateDir,
+      "--id",
+      "via-agent",
+      "--wait",
+    ]);
+    expect(r.stderr).toContain(`the runner of pid ${process.pid} runs it`);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("job via-agent: SUCCEEDED");
+    expect(r.stdout).toMatch(/decision\s+promoted/);
+    expect(r.stdout).toMatch(/model version\s+2 \(int8-dynamic\)/);
+    const served = await classifyOverSocket(config.socketPath, ["a gripping , beautifully acted film ."]);
+    expect(served.body["model"]).toEqual({ version: 2, kind: "int8-dynamic" });
+  }, 90_000);
+});
