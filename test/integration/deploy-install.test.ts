@@ -224,6 +224,30 @@ describe.skipIf(!canBuild)("install.sh --root", () => {
     30_000,
   );
 
+  test.skipIf(!hasAnalyze)(
+    "systemd-analyze security (offline) rates the hardening OK, exposure at most 2.0",
+    () => {
+      // Runs after the verify test, which put the system units under the root.
+      const p = Bun.spawnSync(
+        [
+          "systemd-analyze",
+          "security",
+          "--offline=yes",
+          "--threshold=20",
+          `--root=${root}`,
+          "quantd.service",
+        ],
+        { stdout: "pipe", stderr: "pipe" },
+      );
+      const out = p.stdout.toString() + p.stderr.toString();
+      const score = /Overall exposure level for quantd\.service: (\d+\.\d+) (\w+)/.exec(out);
+      expect(score?.[2]).toBe("OK");
+      expect(Number(score?.[1])).toBeLessThanOrEqual(2.0);
+      expect(p.exitCode).toBe(0);
+    },
+    30_000,
+  );
+
   test("bad options fail with a message", () => {
     const purge = install("--purge");
     expect(purge.code).toBe(1);
