@@ -40,6 +40,8 @@ export const DEFAULT_JOB_TIMEOUT_MS = 60 * 60 * 1000;
 export const DEFAULT_MAX_ATTEMPTS = 3;
 /** Default interval at which the runner looks for queued jobs (jobs queued by another process). */
 export const DEFAULT_POLL_MS = 1000;
+/** Default wait in {@link JobRunner.stop} for a running job to reach its next stage boundary. */
+export const DEFAULT_STOP_WAIT_MS = 20_000;
 /** The lock file's name inside the work root. */
 export const RUNNER_LOCK_FILE = "runner.lock";
 /** The checkpoint file's name inside a job's work directory. */
@@ -482,9 +484,12 @@ export class JobRunner {
 
   /**
    * Stops polling; a running job stops at its next stage boundary and goes
-   * back to the queue (it resumes at the next start). Releases the lock.
+   * back to the queue (it resumes at the next start). A stage that does not
+   * reach its boundary within `waitMs` (a long calibration on a slow board) is
+   * not waited for: the job stays IN_PROGRESS, and the next start resumes it
+   * from its checkpoint as after a crash. Releases the lock.
    */
-  async stop(): Promise<void> {
+  async stop(options: { waitMs?: number } = {}): Promise<void> {
     this.#stopped = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
@@ -492,7 +497,22 @@ export class JobRunner {
     if (r !== undefined) {
       r.stop ??= "shutdown";
       r.abort.abort(new QuantdError("JOB_INTERRUPTED", "the job runner is stopping"));
-      await r.done.catch(() => undefined);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const waited = await Promise.race([
+        r.done.then(
+          () => true,
+          () => true,
+        ),
+        new Promise<false>((resolve) => {
+          timer = setTimeout(() => resolve(false), options.waitMs ?? DEFAULT_STOP_WAIT_MS);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (!waited) {
+        this.#log(
+          `jobs: job ${r.job.id} did not reach a stage boundary in time; it resumes at the next start`,
+        );
+      }
     }
     this.#release?.();
     this.#release = undefined;

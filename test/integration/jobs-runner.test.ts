@@ -181,6 +181,23 @@ describe("job runner", () => {
     expect(ran2).toContain("r:three");
   });
 
+  test("stop does not wait past waitMs for a long stage: the job stays IN_PROGRESS, then is requeued at its boundary", async () => {
+    const ran: string[] = [];
+    const { store, runner } = await setup(stagedHandler(ran, 600));
+    store.jobs.create({ type: "staged", id: "long" });
+    const p = runner.runNext();
+    await until(() => store.jobs.require("long").stage === "one", "the first stage");
+    const t0 = performance.now();
+    await runner.stop({ waitMs: 50 });
+    expect(performance.now() - t0).toBeLessThan(400);
+    expect(store.jobs.require("long").state).toBe("IN_PROGRESS");
+    expect(await p).toBeUndefined();
+    const j = store.jobs.require("long");
+    // Stopped on entering stage two: the recorded stage is the last one begun, its checkpoint says it is done.
+    expect([j.state, j.stage]).toEqual(["QUEUED", "one"]);
+    expect(ran).toEqual(["long:one"]);
+  });
+
   test("recover: a job left IN_PROGRESS by a dead process is requeued, or fails with JOB_INTERRUPTED after max attempts", async () => {
     const ran: string[] = [];
     const { store, runner, workRoot } = await setup(stagedHandler(ran, 1), { maxAttempts: 2 });
