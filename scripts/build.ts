@@ -8,7 +8,7 @@
  *
  *   quantd                     the `bun build --compile` executable of src/cli/main.ts
  *   lib/                       onnxruntime_binding.node + libonnxruntime.so.1 for that platform
- *   calib/models/sst2-bert-mini/, calib/samples/sst2-dev.tsv   the shipped model and dev set
+ *   calib/models/sst2-bert-mini/, calib/samples/*.tsv   the shipped model and SST-2 samples (demo, eval)
  *   quantd.service, config.default.json, install.sh, sysusers.conf   from deploy/
  *
  * Cross-compiling needs Bun's runtime for the other platform. Bun would
@@ -191,7 +191,10 @@ export async function buildRelease(opts: BuildReleaseOptions): Promise<BuiltRele
   for (const f of ["model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json"]) {
     cpSync(join(REPO_ROOT, modelDir, f), join(dir, modelDir, f));
   }
-  cpSync(join(REPO_ROOT, "calib/samples/sst2-dev.tsv"), join(dir, "calib/samples/sst2-dev.tsv"));
+  cpSync(join(REPO_ROOT, "calib/samples"), join(dir, "calib/samples"), {
+    recursive: true,
+    filter: (src) => src.endsWith(".tsv") || statSync(src).isDirectory(),
+  });
   for (const f of ["quantd.service", "config.default.json", "sysusers.conf"]) {
     copyFileSync(join(REPO_ROOT, "deploy", f), join(dir, f));
   }
