@@ -16,18 +16,20 @@ finish() {
 
 echo "== bootstrap"
 bash scripts/bootstrap.sh || { status=1; finish; }
-# The fleet tests start their own mosquitto (Debian package; its system service,
-# if it starts, is not used) and drive the dashboard in Debian's chromium.
+# The fleet tests start their own mosquitto and PostgreSQL (Debian packages;
+# system services they may start are not used) and drive the dashboard in
+# Debian's chromium.
 # Without root or apt the tests that need them skip.
 fleet_pkgs=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || fleet_pkgs="mosquitto"
 command -v chromium >/dev/null 2>&1 || fleet_pkgs="$fleet_pkgs chromium"
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || fleet_pkgs="$fleet_pkgs postgresql"
 if [ -n "$fleet_pkgs" ] && command -v apt-get >/dev/null 2>&1; then
   echo "== installing$fleet_pkgs for the fleet tests"
   # shellcheck disable=SC2086
   { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $fleet_pkgs; } >/dev/null 2>&1 ||
     echo "could not install$fleet_pkgs; the fleet tests needing them will skip"
-  command -v systemctl >/dev/null 2>&1 && systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  command -v systemctl >/dev/null 2>&1 && systemctl disable --now mosquitto postgresql >/dev/null 2>&1 || true
 fi
 
 echo "== format check"

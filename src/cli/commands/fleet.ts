@@ -97,12 +97,12 @@ function ago(at: number | null | undefined): string {
 
 async function serve(ctx: CommandContext): Promise<number> {
   const dbPath = flagString(ctx.flags, "db") ?? "quantd-fleet.db";
-  if (/^postgres(ql)?:\/\//.test(dbPath)) {
-    throw new QuantdError("CONFIG_INVALID", "PostgreSQL is not supported yet: use a SQLite file for --db", {
-      details: { key: "db" },
-    });
-  }
-  const store = await openSqliteFleetStore(dbPath);
+  // A postgres:// URL is for several replicas sharing one state; a path is one controller's SQLite file.
+  const store = /^postgres(ql)?:\/\//.test(dbPath)
+    ? await (await import("../../fleet/controller/postgres-store.ts")).openPostgresFleetStore(dbPath)
+    : await openSqliteFleetStore(dbPath);
+  // Logs name the database but never its password.
+  const shownDb = dbPath.replace(/(\/\/[^:@/]*):[^@/]*@/, "$1:…@");
   const conn = connectOptions(ctx, flagString(ctx.flags, "client-id") ?? "");
   const controller = startController({
     broker: conn.url,
@@ -119,7 +119,7 @@ async function serve(ctx: CommandContext): Promise<number> {
   const dashboard = http === undefined ? undefined : startDashboard(controller, http);
   const ready = await controller.waitReady(10_000);
   ctx.err(
-    `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${conn.url}, db ${dbPath}` +
+    `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${conn.url}, db ${shownDb}` +
       (dashboard === undefined ? "" : `, dashboard ${dashboard.url}`),
   );
   await new Promise<void>((resolve) => {
@@ -274,11 +274,11 @@ export const fleetCommand: Command = {
   name: "fleet",
   summary: "fleet controller and remote commands over MQTT (serve, devices, recalibrate, report, rollback)",
   usage:
-    "serve --broker URL [--db FILE] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL --fleet NAME [--json]",
+    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL --fleet NAME [--json]",
   description:
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
-    "(--db), with a live dashboard on --http (loopback only: it has no authentication). Stops on SIGTERM/SIGINT.\n\n" +
+    "(--db; a postgres:// URL for several replicas sharing one state), with a live dashboard on --http (loopback only: it has no authentication). Stops on SIGTERM/SIGINT.\n\n" +
     "devices: lists the fleet's devices from their retained status messages.\n\n" +
     "recalibrate DEVICE|--all: sends a recalibrate command (idempotent id, 60 s expiry) and prints the job id; " +
     "with --wait, waits for the report; with --json, prints one JSON object (--all: an array) with `state` and the report. " +
@@ -291,7 +291,7 @@ export const fleetCommand: Command = {
       name: "db",
       type: "string",
       value: "FILE",
-      description: "serve: controller database",
+      description: "serve: SQLite file, or postgres://user@host/db shared by several replicas",
       default: "quantd-fleet.db",
     },
     {
