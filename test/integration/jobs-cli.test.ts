@@ -8,6 +8,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { acquireRunnerLock } from "../../src/agent/jobs.ts";
+import { jobsDir } from "../../src/agent/recalibrate.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
 import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
@@ -82,6 +84,19 @@ describe("quantd job", () => {
       expect(r.stderr).toContain("USAGE");
     }
   }, 60_000);
+
+  test("--wait while another runner holds the state dir: waits, and says so when that runner goes away first", async () => {
+    const stateDir = join(tempDir(), "state");
+    const release = acquireRunnerLock(jobsDir(stateDir));
+    const p = quantd(["job", "recalibrate", "--state-dir", stateDir, "--id", "orphan", "--wait"]);
+    await Bun.sleep(1500);
+    release();
+    const r = await p;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`the runner of pid ${process.pid} runs it`);
+    expect(r.stderr).toContain("JOB_INTERRUPTED");
+    expect(r.stderr).toContain("quantd job recalibrate --id orphan --wait");
+  }, 30_000);
 
   test("with an agent serving: `recalibrate --wait` waits for the agent's runner, which promotes and hot-swaps", async () => {
     const dir = tempDir();

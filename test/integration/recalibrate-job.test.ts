@@ -173,6 +173,16 @@ describe("recalibration job", () => {
     ]);
   }, 60_000);
 
+  test("an empty sample pool: FAILED (CALIB_EMPTY) saying what to do, nothing else touched", async () => {
+    const e = await env({ seed: false });
+    e.store.jobs.create({ id: "empty", type: RECALIBRATE_JOB, params: { ...FAST_PARAMS } });
+    const done = (await e.runner.runNext())!;
+    expect(done.state).toBe("FAILED");
+    expect(done.error?.code).toBe("CALIB_EMPTY");
+    expect(done.error?.message).toContain("collect some first");
+    await expectServingUnchanged(e);
+  }, 30_000);
+
   test("resumes from an intact candidate: no recalibration, benchmark → promote → report", async () => {
     const e = await env();
     const sha = queueResumed(e, "resumed", FAST_PARAMS);

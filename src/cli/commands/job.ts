@@ -122,8 +122,18 @@ function recalibrateParams(ctx: CommandContext): Record<string, unknown> {
   return raw;
 }
 
-/** Polls the store until the job ends (another process runs it), printing stage changes. */
-async function pollUntilDone(store: Store, id: string, say: (l: string) => void): Promise<Job> {
+/**
+ * Polls the store until the job ends (the runner of another process runs it),
+ * printing stage changes.
+ *
+ * @throws JOB_INTERRUPTED when that runner goes away before the job ends
+ */
+async function pollUntilDone(
+  store: Store,
+  stateDir: string,
+  id: string,
+  say: (l: string) => void,
+): Promise<Job> {
   let last = "";
   for (;;) {
     const j = store.jobs.require(id);
@@ -135,6 +145,17 @@ async function pollUntilDone(store: Store, id: string, say: (l: string) => void)
       last = now;
     }
     if (isFinished(j)) return j;
+    if (runnerLockHolder(jobsDir(stateDir)) === undefined) {
+      // Read once more: the runner may have finished the job and exited between the two reads.
+      const again = store.jobs.require(id);
+      if (isFinished(again)) return again;
+      throw new QuantdError(
+        "JOB_INTERRUPTED",
+        `the job runner stopped before job ${id} ended (${again.state} at ${again.stage ?? "start"}); ` +
+          `it resumes when the agent starts again, or run: quantd job recalibrate --id ${id} --wait`,
+        { details: { id, state: again.state, stage: again.stage } },
+      );
+    }
     await Bun.sleep(POLL_MS);
   }
 }
@@ -224,7 +245,7 @@ async function recalibrate(ctx: CommandContext, json: boolean): Promise<number> 
     if (holder !== undefined) say(`job ${job.id} queued; the runner of pid ${holder} runs it`);
     const done =
       holder !== undefined
-        ? await pollUntilDone(store, job.id, say)
+        ? await pollUntilDone(store, config.stateDir, job.id, say)
         : await runHere(config, store, job.id, say);
     if (json) ctx.out(JSON.stringify({ job: done }));
     else for (const l of describeRecalibration(done)) ctx.out(l);
