@@ -316,6 +316,61 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     expect(rec.calls.map((c) => c.name)).toEqual(["bench", "rollback"]);
   });
 
+  test("a full outbox drops the oldest reports, counts them, and the counts reach the fleet", async () => {
+    const own = await startMosquitto();
+    cleanups.push(() => own.dispose());
+    await own.stop();
+    const store = await openStore(join(dir, "dev-full.db"), { outboxMaxBytes: 4000 });
+    cleanups.push(() => store.close());
+    const rec: Recorded = { calls: [], release: () => {} };
+    const link = createFleetLink(
+      { broker: own.url, fleet: "lab", device: "dev-full", telemetryIntervalMs: 50, telemetryBatch: 1 },
+      {
+        store,
+        handler: recordingHandler(rec, { block: false }),
+        status: () => ({ agentVersion: "0.1.0", model: null }),
+        telemetry: () => ({ rssBytes: 1 }),
+      },
+    );
+    cleanups.push(() => link.stop({ flushMs: 0 }));
+    const body = "x".repeat(200);
+    for (let i = 0; i < 100; i++) {
+      link.report({
+        id: `full-${i}`,
+        jobId: `full-${i}`,
+        type: "bench",
+        state: "SUCCEEDED",
+        result: body,
+        startedAt: null,
+        finishedAt: i,
+      });
+    }
+    const stats = store.outbox.stats();
+    expect(stats.dropped).toBeGreaterThan(50);
+    expect(stats.bytes).toBeLessThanOrEqual(4000);
+    const kept = stats.count;
+
+    await own.start();
+    const watcher = await connectMqttOnce({ url: own.url, clientId: "watch-full" });
+    cleanups.push(() => watcher.close());
+    const reports: string[] = [];
+    let status: StatusMessage | undefined;
+    let telemetryDropped: number | undefined;
+    watcher.onMessage((m) => {
+      const body = decodeJson(m.payload) as { id?: string; outbox?: { dropped: number } };
+      if (m.topic.endsWith("/report")) reports.push(body.id ?? "");
+      if (m.topic.endsWith("/status")) status = body as StatusMessage;
+      if (m.topic.endsWith("/telemetry")) telemetryDropped = body.outbox?.dropped;
+    });
+    await watcher.subscribe(["quantd/v1/lab/dev-full/#"], { qos: 1 });
+    expect(await link.waitConnected(5000)).toBe(true);
+    await until(() => reports.length >= kept && telemetryDropped !== undefined && status !== undefined, 8000);
+    // The newest reports survive, in order; the oldest were the ones dropped.
+    expect(reports.slice(0, kept)).toEqual(Array.from({ length: kept }, (_, i) => `full-${100 - kept + i}`));
+    expect(status?.outbox?.dropped).toBe(stats.dropped);
+    expect(telemetryDropped).toBe(stats.dropped);
+  });
+
   test("an unreachable broker is FLEET_UNAVAILABLE for a requester; a bad URL is CONFIG_INVALID", async () => {
     await expect(
       connectMqttOnce({ url: "mqtt://127.0.0.1:1", clientId: "nobody", connectTimeoutMs: 2000 }),
