@@ -32,6 +32,11 @@ if [ -n "$fleet_pkgs" ] && command -v apt-get >/dev/null 2>&1; then
   command -v systemctl >/dev/null 2>&1 && systemctl disable --now mosquitto postgresql >/dev/null 2>&1 || true
 fi
 
+# The arm64 smoke test runs the arm64 release under qemu-user with Debian's arm64
+# libraries; installed with apt when missing, else that test skips.
+bash device/arm64/ensure-packages.sh >/dev/null 2>&1 ||
+  echo "could not install the arm64 emulation packages; the arm64 smoke test will skip"
+
 echo "== format check"
 if ! bun x biome format . >/dev/null 2>&1; then
   bun x biome format . 2>&1 | tail -40
