@@ -24,7 +24,7 @@ export const ORT_NATIVE_FILES = ["onnxruntime_binding.node", "libonnxruntime.so.
 
 /** True when this code runs inside a `bun build --compile` executable (its modules live in Bun's `/$bunfs`). */
 export function isCompiledBinary(): boolean {
-  return import.meta.dir.startsWith("/$bunfs") || import.meta.dir.startsWith("B:\\~BUN");
+  return import.meta.dir.startsWith("/$bunfs/");
 }
 
 /**
