@@ -10,6 +10,8 @@ import { type AgentConfig, type ConfigFlags, loadAgentConfig } from "../../agent
 import { acquireRunnerLock, isFinished, runnerLockHolder } from "../../agent/jobs.ts";
 import {
   createRecalibrationRunner,
+  DEFAULT_RECALIBRATE_SAMPLES,
+  DEFAULT_RECALIBRATE_VALIDATION,
   jobsDir,
   parseRecalibrateParams,
   RECALIBRATE_JOB,
@@ -17,7 +19,9 @@ import {
 } from "../../agent/recalibrate.ts";
 import { ModelRegistry } from "../../agent/registry.ts";
 import { QuantdError } from "../../errors.ts";
+import { DEFAULT_GATE_AGREEMENT } from "../../quant/gate.ts";
 import { CALIBRATION_METHODS } from "../../quant/pipeline.ts";
+import { defaultQuantizeOptions } from "../../quant/plan.ts";
 import { loadTokenizer } from "../../runtime/tokenizer.ts";
 import type { Job } from "../../store/jobs.ts";
 import { databasePath, openStore, type Store } from "../../store/store.ts";
@@ -33,10 +37,8 @@ function agentConfig(ctx: CommandContext): AgentConfig {
   const flags: ConfigFlags = {};
   const config = flagString(ctx.flags, "config");
   const stateDir = flagString(ctx.flags, "state-dir");
-  const model = flagString(ctx.flags, "model");
   if (config !== undefined) flags.config = config;
   if (stateDir !== undefined) flags.stateDir = stateDir;
-  if (model !== undefined) flags.model = resolve(model);
   return loadAgentConfig({ profile: detectDevice().profile, defaultModel: SHIPPED_MODEL, flags });
 }
 
@@ -288,33 +290,32 @@ export const jobCommand: Command = {
       description: "the agent's config file (.json or .toml)",
     },
     {
-      name: "model",
+      name: "samples",
       type: "string",
-      value: "FILE",
-      description: "fp32 model to recalibrate from",
-      default: "the agent's model",
+      value: "N",
+      description: "calibration samples",
+      default: String(DEFAULT_RECALIBRATE_SAMPLES),
     },
-    { name: "samples", type: "string", value: "N", description: "calibration samples", default: "128" },
     {
       name: "validation-samples",
       type: "string",
       value: "N",
       description: "held-out validation samples",
-      default: "256",
+      default: String(DEFAULT_RECALIBRATE_VALIDATION),
     },
     {
       name: "method",
       type: "string",
       value: "M",
       description: `calibration method: ${CALIBRATION_METHODS.join(", ")}`,
-      default: "the quantizer's",
+      default: defaultQuantizeOptions("static").method,
     },
     {
       name: "gate",
       type: "string",
       value: "G",
       description: "minimum top-1 agreement with fp32 (0…1)",
-      default: "0.995",
+      default: String(DEFAULT_GATE_AGREEMENT),
     },
     { name: "seed", type: "string", value: "N", description: "seed of the sample pick", default: "1" },
     {
