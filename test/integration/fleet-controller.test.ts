@@ -18,6 +18,7 @@ import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import type { FleetCommandHandler } from "../../src/fleet/handler.ts";
 import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
+import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { repoRoot } from "../helpers/paths.ts";
@@ -279,6 +280,32 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     expect(() => parseHttpAddress("0.0.0.0:8080")).toThrow(
       expect.objectContaining({ code: "CONFIG_INVALID" }),
     );
+  });
+
+  test("malformed device messages are counted and skipped; nothing reaches the store; bad URLs are 404", async () => {
+    const rogue = await connectMqttOnce({ url: broker.url, clientId: "rogue" });
+    try {
+      const before = controller.stats().malformed;
+      const bad: [string, string][] = [
+        ["quantd/v1/lab/rogue/status", "not json"],
+        ["quantd/v1/lab/rogue/status", '{"state":"exploded"}'],
+        ["quantd/v1/lab/rogue/telemetry", '{"samples":[{"at":"yesterday"}]}'],
+        [
+          "quantd/v1/lab/rogue/jobs/x",
+          '{"id":"x","type":"t","state":"DONE","stage":null,"progress":1,"at":1}',
+        ],
+        [
+          "quantd/v1/lab/rogue/report",
+          '{"id":"x","jobId":"x","type":"t","state":"SUCCEEDED","finishedAt":"soon"}',
+        ],
+      ];
+      for (const [topic, body] of bad) await rogue.publish(topic, body, { qos: 1 });
+      await until(() => controller.stats().malformed - before === bad.length);
+      expect(await store.device("lab", "rogue")).toBeUndefined();
+      expect((await fetch(`${dashboard.url}api/devices/%E0%A4%A/x`)).status).toBe(404);
+    } finally {
+      await rogue.close();
+    }
   });
 
   test("two controllers on the shared subscription split the messages: each report stored once in all", async () => {

@@ -74,6 +74,41 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+const JOB_STATES = ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
+const isTime = (v: unknown): boolean => typeof v === "number" && Number.isFinite(v);
+const isTimeOrNull = (v: unknown): boolean => v === null || isTime(v);
+
+// Devices are not trusted to be well-formed: a payload goes to the store only
+// when every field the store indexes or orders by has the right type.
+function isStatus(b: Record<string, unknown>): b is Record<string, unknown> & StatusMessage {
+  return (b.state === "online" || b.state === "offline") && (b.at === undefined || isTimeOrNull(b.at));
+}
+
+function isTelemetry(b: Record<string, unknown>): b is Record<string, unknown> & TelemetryMessage {
+  return Array.isArray(b.samples) && b.samples.every((x) => isObject(x) && isTime(x.at));
+}
+
+function isJob(b: Record<string, unknown>): b is Record<string, unknown> & JobMessage {
+  return (
+    typeof b.id === "string" &&
+    typeof b.type === "string" &&
+    JOB_STATES.includes(String(b.state)) &&
+    (b.stage === null || typeof b.stage === "string") &&
+    typeof b.progress === "number" &&
+    isTime(b.at)
+  );
+}
+
+function isReport(b: Record<string, unknown>): b is Record<string, unknown> & ReportMessage {
+  return (
+    typeof b.id === "string" &&
+    typeof b.jobId === "string" &&
+    typeof b.type === "string" &&
+    JOB_STATES.includes(String(b.state)) &&
+    (b.finishedAt === undefined || isTimeOrNull(b.finishedAt))
+  );
+}
+
 /**
  * Starts the controller; it connects and reconnects in the background.
  *
@@ -123,20 +158,20 @@ export function startController(options: ControllerOptions): FleetController {
     const { fleet, device } = t;
     switch (t.kind) {
       case "status":
-        if (body.state !== "online" && body.state !== "offline") return bad();
-        await options.store.recordStatus(fleet, device, body as unknown as StatusMessage, at);
+        if (!isStatus(body)) return bad();
+        await options.store.recordStatus(fleet, device, body, at);
         break;
       case "telemetry":
-        if (!Array.isArray(body.samples)) return bad();
-        await options.store.recordTelemetry(fleet, device, body as unknown as TelemetryMessage, at);
+        if (!isTelemetry(body)) return bad();
+        await options.store.recordTelemetry(fleet, device, body, at);
         break;
       case "job":
-        if (typeof body.id !== "string" || typeof body.state !== "string") return bad();
-        await options.store.recordJob(fleet, device, body as unknown as JobMessage, at);
+        if (!isJob(body)) return bad();
+        await options.store.recordJob(fleet, device, body, at);
         break;
       case "report":
-        if (typeof body.id !== "string" || typeof body.jobId !== "string") return bad();
-        if (!(await options.store.recordReport(fleet, device, body as unknown as ReportMessage, at))) {
+        if (!isReport(body)) return bad();
+        if (!(await options.store.recordReport(fleet, device, body, at))) {
           stats.duplicateReports++;
           return;
         }

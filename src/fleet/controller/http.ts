@@ -108,11 +108,11 @@ export function startDashboard(controller: FleetController, address: string): Da
     async fetch(req) {
       const url = new URL(req.url);
       if (req.method !== "GET") return json({ error: { code: "REQUEST_INVALID", message: "GET only" } }, 405);
-      const parts = url.pathname
-        .split("/")
-        .filter((p) => p !== "")
-        .map(decodeURIComponent);
       try {
+        const parts = url.pathname
+          .split("/")
+          .filter((p) => p !== "")
+          .map(decodeURIComponent);
         if (parts.length === 0) {
           return new Response(DASHBOARD_HTML, { headers: { "content-type": "text/html; charset=utf-8" } });
         }
@@ -167,6 +167,7 @@ export function startDashboard(controller: FleetController, address: string): Da
         }
         return notFound(url.pathname);
       } catch (err) {
+        if (err instanceof URIError) return notFound(url.pathname);
         return json({ error: QuantdError.from(err).toJSON() }, 500);
       }
     },
