@@ -337,7 +337,11 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     try {
       const results = await classifyBucketed(loaded.classifier, texts);
       ok = true;
-      return { results, model: { version: loaded.version.id, kind: loaded.version.kind } };
+      return {
+        results,
+        model: { version: loaded.version.id, kind: loaded.version.kind },
+        inferenceMs: performance.now() - t0,
+      };
     } finally {
       loaded.unref();
       loaded.record(performance.now() - t0, ok);

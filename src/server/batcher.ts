@@ -31,6 +31,7 @@ interface Pending {
   results: Classification[];
   remaining: number;
   model: BatchResult["model"] | undefined;
+  inferenceMs: number;
   settled: boolean;
   resolve: (r: BatchResult) => void;
   reject: (e: unknown) => void;
@@ -98,6 +99,7 @@ export class MicroBatcher {
         results: new Array<Classification>(texts.length),
         remaining: texts.length,
         model: undefined,
+        inferenceMs: 0,
         settled: false,
         resolve,
         reject,
@@ -163,14 +165,19 @@ export class MicroBatcher {
     try {
       if (batch.length > 0) {
         const out = await this.#backend.classify(batch.map((e) => e.text));
+        const counted = new Set<Pending>();
         for (const [i, e] of batch.entries()) {
           const p = e.pending;
           if (p.settled) continue;
           p.results[e.index] = out.results[i]!;
           p.model = out.model;
+          if (!counted.has(p)) {
+            counted.add(p);
+            p.inferenceMs += out.inferenceMs;
+          }
           if (--p.remaining === 0) {
             p.settled = true;
-            p.resolve({ results: p.results, model: p.model });
+            p.resolve({ results: p.results, model: p.model, inferenceMs: p.inferenceMs });
           }
         }
       }

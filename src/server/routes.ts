@@ -145,6 +145,14 @@ function json(body: unknown, status = 200, headers: Record<string, string> = {})
   });
 }
 
+/**
+ * `Server-Timing: inference;dur=…`: the model's share of the request, so a
+ * client can tell transport and queueing from inference.
+ */
+function serverTiming(out: BatchResult): Record<string, string> {
+  return { "server-timing": `inference;dur=${out.inferenceMs.toFixed(3)}` };
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
@@ -455,7 +463,7 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
             outputs: request.outputs.map((o) => oipOutput(o, out.results, numLabels)),
           };
           if (request.id !== undefined) body["id"] = request.id;
-          return json(body);
+          return json(body, 200, serverTiming(out));
         }
       }
     }
@@ -467,10 +475,14 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
       if (!("texts" in body))
         throw new QuantdError("REQUEST_INVALID", 'body must have "texts": a list of strings');
       const out = await classify(checkTexts(body["texts"], limits));
-      return json({
-        results: out.results.map((r) => ({ label: r.label, score: r.score, logits: r.logits })),
-        model: out.model,
-      });
+      return json(
+        {
+          results: out.results.map((r) => ({ label: r.label, score: r.score, logits: r.logits })),
+          model: out.model,
+        },
+        200,
+        serverTiming(out),
+      );
     }
     if (path.startsWith("/v1/models") && opts.admin !== undefined && listener === "unix") {
       const admin = opts.admin;

@@ -21,6 +21,8 @@ export interface ActiveModelInfo {
 export interface BatchResult {
   results: Classification[];
   model: { version: number; kind: string };
+  /** Time spent in the model (tokenize, run, softmax), in ms: summed over the batches a request spanned. */
+  inferenceMs: number;
 }
 
 /** Runs inference on whatever model is active. */

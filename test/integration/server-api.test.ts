@@ -66,6 +66,8 @@ describe("inference", () => {
       expectClose([results[i]!.score], [w.score], { atol: 1e-5, rtol: 0 });
     }
     expect(r.body["model"]).toEqual({ version: 1, kind: "fp32" });
+    const timing = /^inference;dur=([\d.]+)$/.exec(r.headers.get("server-timing") ?? "");
+    expect(Number(timing?.[1])).toBeGreaterThan(0);
   });
 
   test("OIP infer: BYTES in; logits [n,2], label [n], probabilities [n,2] out", async () => {
