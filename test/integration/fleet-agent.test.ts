@@ -8,10 +8,15 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
-import { decodeJson, type JobMessage, type StatusMessage } from "../../src/fleet/protocol.ts";
+import {
+  decodeJson,
+  type JobMessage,
+  type StatusMessage,
+  type TelemetryMessage,
+} from "../../src/fleet/protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
-import { tempDir, testConfig } from "./agent-harness.ts";
+import { classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
@@ -34,7 +39,14 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     await conn.subscribe(["quantd/v1/lab/board-1/status"], { qos: 1 });
     req = await createFleetRequester(conn, "lab");
     req.onJobProgress((device, msg) => progress.push({ device, msg, t: performance.now() }));
-    agent = await startAgent(testConfig(dir, {}, { broker: broker.url, device: "board-1", fleet: "lab" }));
+    // Telemetry every 50 ms × 10 samples, so a message arrives within the test.
+    agent = await startAgent(
+      testConfig(
+        dir,
+        { QUANTD_FLEET_TELEMETRY_INTERVAL_MS: "50" },
+        { broker: broker.url, device: "board-1", fleet: "lab" },
+      ),
+    );
     expect(await agent.fleet!.waitConnected(5000)).toBe(true);
   }, 60_000);
   afterAll(async () => {
@@ -53,6 +65,28 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     expect(online.model).toEqual({ version: String(active.id), kind: active.kind, sha256: active.sha256 });
     expect(online.agentVersion).toMatch(/^\d+\.\d+\.\d+/);
   });
+
+  test("telemetry carries request rate, batch latency percentiles and RSS from the live server", async () => {
+    const seen: TelemetryMessage[] = [];
+    const off = conn.onMessage((m) => {
+      if (m.topic === "quantd/v1/lab/board-1/telemetry") seen.push(decodeJson(m.payload) as TelemetryMessage);
+    });
+    await conn.subscribe(["quantd/v1/lab/board-1/telemetry"], { qos: 0 });
+    const deadline = Date.now() + 10_000;
+    while (!seen.some((t) => t.samples.some((x) => x.latencyMs !== undefined)) && Date.now() < deadline) {
+      expect(
+        (await classifyOverSocket(agent.config.socketPath, ["a fine film", "dull and slow"])).status,
+      ).toBe(200);
+      await Bun.sleep(100);
+    }
+    off();
+    const busy = seen.flatMap((t) => t.samples).find((x) => x.latencyMs !== undefined);
+    expect(busy?.latencyMs?.p50).toBeGreaterThan(0);
+    expect(busy?.requestRate).toBeGreaterThan(0);
+    expect(busy?.rssBytes).toBeGreaterThan(50 * 1048576);
+    expect(seen[0]?.samples.length).toBe(10);
+    expect(seen[0]?.outbox).toMatchObject({ dropped: 0 });
+  }, 30_000);
 
   test("status and bench run on the live registry", async () => {
     const status = await req.request("board-1", "status");
