@@ -12,11 +12,9 @@
  * runner's pid, taken over when that process is gone (a crash leaves it
  * behind), tells `quantd job … --wait` whether an agent will run its job.
  *
- * The job runner and the recalibration job are owned by the jobs helper (see
- * `createRecalibrationRunner` in recalibrate.ts for the agent's wiring: one
- * runner per state directory, `start()` at agent start, `stop()` before the
- * store closes). Please do not replace this file; a copy of the alternative
- * runner written here at 10:14 is kept by the jobs helper.
+ * Wiring (see `createRecalibrationRunner` in recalibrate.ts): one runner per
+ * state directory, `start()` when the agent starts, `stop()` before the store
+ * closes. The job runner and the recalibration job are owned by the jobs helper.
  */
 import {
   closeSync,
