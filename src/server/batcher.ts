@@ -41,6 +41,8 @@ interface Entry {
   text: string;
   index: number;
   pending: Pending;
+  /** When it was queued (performance.now()): its batch leaves at the latest maxDelayMs later. */
+  at: number;
 }
 
 /** Batches texts from concurrent requests onto an {@link InferenceBackend}. */
@@ -49,7 +51,6 @@ export class MicroBatcher {
   readonly #opts: BatcherOptions;
   #queue: Entry[] = [];
   #head = 0;
-  #firstAt = 0;
   #running = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #scheduled = false;
@@ -104,8 +105,8 @@ export class MicroBatcher {
         resolve,
         reject,
       };
-      if (this.depth === 0) this.#firstAt = performance.now();
-      for (const [index, text] of texts.entries()) this.#queue.push({ text, index, pending });
+      const at = performance.now();
+      for (const [index, text] of texts.entries()) this.#queue.push({ text, index, pending, at });
       this.#schedule();
     });
   }
@@ -124,7 +125,8 @@ export class MicroBatcher {
 
   #schedule(): void {
     if (this.#running || this.depth === 0) return;
-    const wait = this.#firstAt + this.#opts.maxDelayMs - performance.now();
+    // The oldest waiting text sets the deadline, also for texts left over from a full batch.
+    const wait = this.#queue[this.#head]!.at + this.#opts.maxDelayMs - performance.now();
     if (this.depth >= this.#opts.maxBatch || wait <= 0) {
       if (this.#timer !== undefined) {
         clearTimeout(this.#timer);
@@ -159,7 +161,6 @@ export class MicroBatcher {
       this.#queue = this.#queue.slice(this.#head);
       this.#head = 0;
     }
-    if (this.depth > 0) this.#firstAt = performance.now();
     const t0 = performance.now();
     let ok = true;
     try {
