@@ -122,8 +122,8 @@ describe("quantd quantize on a synthetic BERT", () => {
 
     expect(report.outcome).toBe("written");
     expect(report.mode).toBe("static");
-    expect(report.method).toBe("minmax");
-    expect(report.format).toBe("qdq");
+    expect(report.method).toBe("entropy");
+    expect(report.format).toBe("fused");
     expect(report.samples).toMatchObject({
       calibration: CALIB,
       validation: VAL,
@@ -155,21 +155,24 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(report.peakRssBytes).toBeGreaterThan(10 * 2 ** 20);
 
     const session = await createOrtSession(out);
+    // The default static format is onnxruntime's MatMulIntegerToFloat with the bias folded in.
     const ops = (await loadModel(out)).graph.node.map((n) => n.opType);
     expect(ops).toContain("QuantizeLinear");
-    expect(ops).toContain("DequantizeLinear");
+    expect(ops).toContain("MatMulIntegerToFloat");
+    expect(ops).not.toContain("DequantizeLinear");
     await session.release();
   });
 
-  test("static --format fused: onnxruntime's MatMulIntegerToFloat with the bias folded in", async () => {
-    const out = join(dir, "fused.onnx");
-    const reportPath = join(dir, "fused.json");
-    const r = await quantize([...common(out, reportPath), "--format", "fused"]);
+  test("static --format qdq: portable QuantizeLinear/DequantizeLinear pairs", async () => {
+    const out = join(dir, "qdq.onnx");
+    const reportPath = join(dir, "qdq.json");
+    const r = await quantize([...common(out, reportPath), "--format", "qdq"]);
     expect(r.code).toBe(0);
     const report = readReport(reportPath);
-    expect(report.format).toBe("fused");
+    expect(report.format).toBe("qdq");
     const ops = (await loadModel(out)).graph.node.map((n) => n.opType);
-    expect(ops).toContain("MatMulIntegerToFloat");
+    expect(ops).toContain("DequantizeLinear");
+    expect(ops).not.toContain("MatMulIntegerToFloat");
     expect(report.layerError.length).toBeGreaterThan(4);
   });
 
