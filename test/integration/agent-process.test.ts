@@ -197,3 +197,45 @@ test("loopback TCP serves inference but not the admin routes", async () => {
     await agent.stop();
   }
 });
+
+test("quantd agent models | promote | rollback talk to a running agent", async () => {
+  const agent = await startAgent(testConfig(join(dir, "e")), { runJobs: false });
+  const cli = async (...args: string[]): Promise<{ code: number; out: string; err: string }> => {
+    const p = Bun.spawn(["bun", CLI, "agent", ...args, "--socket", agent.config.socketPath], {
+      env: ENV,
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [out, err, code] = await Promise.all([
+      new Response(p.stdout).text(),
+      new Response(p.stderr).text(),
+      p.exited,
+    ]);
+    return { code, out, err };
+  };
+  try {
+    const models = await cli("models", "--json");
+    expect(models.code).toBe(0);
+    const listed = JSON.parse(models.out) as { active: number; versions: { id: number; state: string }[] };
+    expect(listed.active).toBe(1);
+    expect(listed.versions.map((v) => [v.id, v.state])).toEqual([[1, "active"]]);
+
+    const nothing = await cli("rollback");
+    expect(nothing.code).toBe(1);
+    expect(nothing.err).toContain("error NOT_FOUND");
+
+    const missing = await cli("promote", join(dir, "no-such-model.onnx"));
+    expect(missing.code).toBe(1);
+    expect(missing.err).toContain("error FILE_NOT_FOUND");
+    expect(agent.registry.active()?.version).toBe(1);
+  } finally {
+    await agent.stop();
+  }
+  const gone = Bun.spawn(["bun", CLI, "agent", "models", "--socket", agent.config.socketPath], {
+    env: ENV,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  expect(await gone.exited).toBe(1);
+  expect(await new Response(gone.stderr).text()).toContain("error NOT_READY");
+}, 60_000);
