@@ -99,7 +99,10 @@ export interface FleetLink {
    * its report. For jobs run by an {@link ExternalJobRunner}.
    */
   jobUpdated(job: Job): void;
-  /** Republishes the retained `online` status (after a model swap, say). */
+  /**
+   * Republishes the retained `online` status now. The link also does so by
+   * itself when `status()` changes (a model swap), checked every telemetry interval.
+   */
   refreshStatus(): Promise<void>;
   /** Resolves true once every queued QoS 1 message is acknowledged, false after `timeoutMs`. */
   flushed(timeoutMs: number): Promise<boolean>;
@@ -176,9 +179,16 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       outbox: outboxFigures(outbox.stats()),
     };
   };
+  // What the last retained status said about the agent; a change (a model swap) republishes it.
+  let publishedIdentity = "";
+  const identity = (): string => {
+    const id = deps.status();
+    return JSON.stringify([id.agentVersion, id.model]);
+  };
   const publishStatus = async (): Promise<void> => {
     if (!conn.connected) return;
     try {
+      publishedIdentity = identity();
       await conn.publish(topics.status, encodeJson(statusMessage()), { qos: 1, retain: true });
     } catch (err) {
       log(`fleet: status not published: ${QuantdError.from(err).toLine()}`);
@@ -419,6 +429,7 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
   drainTimer.unref?.();
 
   const telemetryTimer = setInterval(() => {
+    if (conn.connected && !stopped && identity() !== publishedIdentity) void publishStatus();
     if (deps.telemetry === undefined) return;
     try {
       samples.push({ ...deps.telemetry(), at: now() });

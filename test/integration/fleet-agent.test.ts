@@ -5,8 +5,13 @@
  * status). Measures command received → job IN_PROGRESS on loopback.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { type FleetController, startController } from "../../src/fleet/controller/controller.ts";
+import { reportFigures } from "../../src/fleet/controller/http.ts";
+import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
+import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
 import {
   decodeJson,
@@ -16,6 +21,7 @@ import {
 } from "../../src/fleet/protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
+import { repoRoot } from "../helpers/paths.ts";
 import { classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
@@ -26,6 +32,8 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
   let agent: Agent;
   let conn: MqttConnection;
   let req: FleetRequester;
+  let fleetStore: FleetStore;
+  let controller: FleetController;
   const statuses: StatusMessage[] = [];
   const progress: { device: string; msg: JobMessage; t: number }[] = [];
 
@@ -38,6 +46,13 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     });
     await conn.subscribe(["quantd/v1/lab/board-1/status"], { qos: 1 });
     req = await createFleetRequester(conn, "lab");
+    fleetStore = await openSqliteFleetStore(":memory:");
+    controller = startController({
+      broker: broker.url,
+      store: fleetStore,
+      clientId: "agent-test-controller",
+    });
+    expect(await controller.waitReady(5000)).toBe(true);
     req.onJobProgress((device, msg) => progress.push({ device, msg, t: performance.now() }));
     // Telemetry every 50 ms × 10 samples, so a message arrives within the test.
     agent = await startAgent(
@@ -51,6 +66,8 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
   }, 60_000);
   afterAll(async () => {
     await agent?.stop();
+    await controller?.stop();
+    await fleetStore?.close();
     await req?.close();
     await conn?.close();
     await broker?.dispose();
@@ -130,6 +147,48 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
       error: { code: "CONFIG_INVALID", details: { key: "batching.maxBatch" } },
     });
   }, 30_000);
+
+  test("a real recalibration over the fleet promotes an int8 model; the controller and the status follow", async () => {
+    const rows = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8")
+      .split("\n")
+      .slice(1, 601)
+      .filter((l) => l.includes("\t"))
+      .map((l) => ({ text: l.split("\t")[1]! }));
+    agent.store.samples.add(rows, { source: "file" });
+    const done = req.waitForReport("board-1", "recal-real", 300_000);
+    const reply = await req.request("board-1", "recalibrate", { samples: 64 }, { id: "recal-real" });
+    expect(reply.ok).toBe(true);
+    const finished = await done;
+    expect(finished.state).toBe("SUCCEEDED");
+    expect(finished.report.result).toMatchObject({ decision: "promoted" });
+    const active = agent.registry.activeVersion()!;
+    expect(active.kind).toMatch(/^int8-/);
+    // The retained status follows the swap without a reconnect.
+    const deadline = Date.now() + 5000;
+    while (statuses.at(-1)?.model?.version !== String(active.id) && Date.now() < deadline)
+      await Bun.sleep(50);
+    expect(statuses.at(-1)?.model).toMatchObject({ version: String(active.id), kind: active.kind });
+    // The controller stored the report; the dashboard's figures come out of the agent's result.
+    while (
+      (await fleetStore.device("lab", "board-1"))?.lastReport?.id !== "recal-real" &&
+      Date.now() < deadline + 5000
+    ) {
+      await Bun.sleep(50);
+    }
+    const stored = await fleetStore.device("lab", "board-1");
+    const figures = reportFigures(stored?.lastReport?.result);
+    console.log(`real recalibration over MQTT: ${JSON.stringify(figures)}`);
+    expect(figures.int8P50Ms).toBeGreaterThan(0);
+    expect(figures.fp32P50Ms).toBeGreaterThan(0);
+    expect(figures.agreement).toBeGreaterThanOrEqual(0.99);
+    expect(figures.modelVersion).toBe(String(active.id));
+
+    // And back: a fleet rollback serves the fp32 version again.
+    const back = req.waitForReport("board-1", "rb-2", 60_000);
+    await req.request("board-1", "rollback", {}, { id: "rb-2" });
+    expect((await back).state).toBe("SUCCEEDED");
+    expect(agent.registry.activeVersion()?.kind).toBe("fp32");
+  }, 300_000);
 
   test("stopping the agent publishes offline (shutdown)", async () => {
     await agent.stop();

@@ -62,13 +62,39 @@ function notFound(what: string): Response {
 export function reportFigures(result: unknown): ReportFigures {
   if (typeof result !== "object" || result === null) return {};
   const r = result as Record<string, unknown>;
+  const obj = (v: unknown): Record<string, unknown> =>
+    typeof v === "object" && v !== null ? (v as Record<string, unknown>) : {};
+  const num = (v: unknown): number | undefined =>
+    typeof v === "number" && Number.isFinite(v) ? v : undefined;
   const out: ReportFigures = {};
-  for (const k of ["int8P50Ms", "fp32P50Ms", "agreement", "accuracy", "modelVersion"] as const) {
-    const v = r[k];
-    if (k === "modelVersion" ? typeof v === "string" : typeof v === "number") {
-      (out as Record<string, unknown>)[k] = v;
-    }
-  }
+  // The agent's recalibration result: figures of the active (before) and candidate models.
+  const bench = obj(r.bench);
+  const active = obj(r.active);
+  const candidate = obj(r.candidate);
+  const isInt8 = (kind: unknown): boolean => typeof kind === "string" && kind.startsWith("int8");
+  const int8 =
+    num(r.int8P50Ms) ??
+    (isInt8(candidate.kind)
+      ? num(bench.candidateP50Ms)
+      : isInt8(active.kind)
+        ? num(bench.activeP50Ms)
+        : undefined);
+  const fp32 =
+    num(r.fp32P50Ms) ??
+    (active.kind === "fp32"
+      ? num(bench.activeP50Ms)
+      : candidate.kind === "fp32"
+        ? num(bench.candidateP50Ms)
+        : undefined);
+  const agreement = num(r.agreement) ?? num(obj(r.validation).agreement);
+  const accuracy = num(r.accuracy);
+  if (int8 !== undefined) out.int8P50Ms = int8;
+  if (fp32 !== undefined) out.fp32P50Ms = fp32;
+  if (agreement !== undefined) out.agreement = agreement;
+  if (accuracy !== undefined) out.accuracy = accuracy;
+  if (typeof r.modelVersion === "string") out.modelVersion = r.modelVersion;
+  else if (r.decision === "promoted" && typeof candidate.version === "number")
+    out.modelVersion = String(candidate.version);
   return out;
 }
 
