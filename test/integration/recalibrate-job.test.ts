@@ -194,6 +194,34 @@ describe("recalibration job", () => {
     expect(e.store.models.active()?.sha256).toBe(sha);
   }, 60_000);
 
+  test("two queued recalibrations run one at a time, in order; the second finds its candidate already serving", async () => {
+    let inProgress = 0;
+    let maxInProgress = 0;
+    const e = await env({
+      // Every persisted change of either job: count what the store holds IN_PROGRESS at that moment.
+      onUpdate: () => {
+        inProgress = e.store.jobs.list({ state: "IN_PROGRESS" }).length;
+        maxInProgress = Math.max(maxInProgress, inProgress);
+      },
+    });
+    queueResumed(e, "one", FAST_PARAMS);
+    queueResumed(e, "two", FAST_PARAMS);
+    e.runner.start();
+    const t0 = Date.now();
+    const ended = (id: string): boolean =>
+      !["QUEUED", "IN_PROGRESS"].includes(e.store.jobs.require(id).state);
+    while (!(ended("one") && ended("two")) && Date.now() - t0 < 50_000) await Bun.sleep(50);
+    const [one, two] = [e.store.jobs.require("one"), e.store.jobs.require("two")];
+    expect([one.state, two.state]).toEqual(["SUCCEEDED", "SUCCEEDED"]);
+    expect(maxInProgress).toBe(1);
+    expect(two.startedAt!).toBeGreaterThanOrEqual(one.finishedAt!);
+    expect((one.result as RecalibrationResult).candidate?.version).toBe(2);
+    // Same candidate: benchmarked against itself (now active), not promoted twice.
+    expect((two.result as RecalibrationResult).active.version).toBe(2);
+    expect(e.log.some((l) => l.includes("job two: resuming: the candidate was already promoted"))).toBe(true);
+    expect(e.store.models.list().map((v) => v.state)).toEqual(["active", "retired"]);
+  }, 60_000);
+
   test("slower than the active model: REJECTED (BENCH_FAILED) with the figures, the candidate recorded as rejected", async () => {
     const e = await env();
     const sha = queueResumed(e, "slow", { ...FAST_PARAMS, maxLatencyRatio: 0.01 });
