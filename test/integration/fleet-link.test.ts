@@ -371,6 +371,33 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     expect(telemetryDropped).toBe(stats.dropped);
   });
 
+  test("a job a crashed link left IN_PROGRESS runs again at the next start and is reported once", async () => {
+    const path = join(dir, "dev-crash.db");
+    const before = await openStore(path);
+    // What a kill -9 mid-job leaves behind: the job claimed, at a stage, never finished.
+    before.jobs.create({ id: "crashed-1", type: "bench", params: { seq: 32 } });
+    before.jobs.claimNext();
+    before.jobs.update("crashed-1", { stage: "measuring", progress: 0.5 });
+    // A job of a type the link does not own stays as it is.
+    before.jobs.create({ id: "foreign-1", type: "calibrate-nightly", params: {} });
+    before.close();
+
+    const watcher = await connectMqttOnce({ url: broker.url, clientId: "watch-crash" });
+    cleanups.push(() => watcher.close());
+    const reports: string[] = [];
+    watcher.onMessage((m) => {
+      if (m.topic.endsWith("/report")) reports.push((decodeJson(m.payload) as { id: string }).id);
+    });
+    await watcher.subscribe(["quantd/v1/lab/dev-crash/report"], { qos: 1 });
+    const { rec, store } = await setup("dev-crash");
+    await until(() => reports.length > 0);
+    await Bun.sleep(300);
+    expect(reports).toEqual(["crashed-1"]);
+    expect(rec.calls.map((c) => [c.name, c.params])).toEqual([["bench", { seq: 32 }]]);
+    expect(store.jobs.require("crashed-1")).toMatchObject({ state: "SUCCEEDED", attempts: 2 });
+    expect(store.jobs.require("foreign-1").state).toBe("QUEUED");
+  });
+
   test("an unreachable broker is FLEET_UNAVAILABLE for a requester; a bad URL is CONFIG_INVALID", async () => {
     await expect(
       connectMqttOnce({ url: "mqtt://127.0.0.1:1", clientId: "nobody", connectTimeoutMs: 2000 }),
