@@ -22,6 +22,7 @@ import {
 import { sha256Hex } from "../../src/agent/registry.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
+import type { SqlDatabase } from "../../src/store/sql.ts";
 import { databasePath } from "../../src/store/store.ts";
 import { FAST_PARAMS, type JobEnv, jobEnv, queueResumedJob } from "./jobs-harness.ts";
 
@@ -331,27 +332,31 @@ describe("recalibration job", () => {
   test("database locked while promoting: FAILED (STORE_BUSY) with the reason once the lock is gone; serving continues", async () => {
     let sha = "";
     let locked: Promise<void> | undefined;
+    let other: SqlDatabase | undefined;
     const e = await env({
       busyTimeoutMs: 100,
       onUpdate: (j) => {
-        if (j.stage !== "promote" || j.state !== "IN_PROGRESS" || locked !== undefined) return;
-        // Another process takes the write lock just as the registry is about to record the candidate.
+        if (j.stage !== "promote" || j.state !== "IN_PROGRESS" || locked !== undefined || other === undefined)
+          return;
+        // Another process takes the write lock (synchronously, here) just before the registry records the candidate.
+        const db = other;
+        db.exec("BEGIN IMMEDIATE");
         locked = (async () => {
-          const other = await openSqlDatabase(databasePath(e.stateDir));
-          other.exec("BEGIN IMMEDIATE");
           const copy = join(e.stateDir, "models", `${sha}.onnx`);
           const t0 = Date.now();
           while (!existsSync(copy) && Date.now() - t0 < 20_000) await Bun.sleep(10);
           // The registry records the version right after the copy: its busy timeout (100 ms) has passed by now.
           await Bun.sleep(400);
-          other.exec("COMMIT");
-          other.close();
+          db.exec("COMMIT");
         })();
       },
     });
+    other = await openSqlDatabase(databasePath(e.stateDir));
     sha = queueResumed(e, "locked", FAST_PARAMS);
     const done = (await e.runner.runNext())!;
     await locked;
+    other.close();
+    expect(locked).toBeDefined();
     expect(done.state).toBe("FAILED");
     expect(done.error?.code).toBe("STORE_BUSY");
     expect(e.store.models.getBySha256(sha)).toBeUndefined();
