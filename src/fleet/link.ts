@@ -389,6 +389,19 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
     const reply = await answer(name, msg);
     if (!reply.ok) log(`fleet: command ${name} ${reply.id ?? "(no id)"} refused: ${reply.error.code}`);
     if (msg.responseTopic === undefined) return;
+    // A requester must not be able to make the device publish anywhere (its status, another device's
+    // commands): replies go only under the device's own reply/ level, as createFleetRequester asks.
+    const replyLevel = parseTopic(msg.responseTopic);
+    if (
+      replyLevel?.kind !== "reply" ||
+      replyLevel.fleet !== resolved.fleet ||
+      replyLevel.device !== resolved.device
+    ) {
+      log(
+        `fleet: command ${name}: response topic ${msg.responseTopic} is outside ${topics.base}/reply/; not answered`,
+      );
+      return;
+    }
     // Replies skip the outbox: the requester waits with a timeout and retries with the same id.
     const opts: Parameters<MqttConnection["publish"]>[2] = { qos: 1 };
     if (msg.correlationData !== undefined) opts.correlationData = msg.correlationData;

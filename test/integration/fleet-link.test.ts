@@ -291,6 +291,20 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     expect(rec.calls).toEqual([]);
     expect(store.jobs.list()).toEqual([]);
 
+    // A response topic outside the device's reply/ level (here: its own status) gets no answer at all.
+    const hijack: string[] = [];
+    ctl.onMessage((m) => {
+      if (m.topic === "quantd/v1/lab/dev-bad/status" && !m.retain)
+        hijack.push(new TextDecoder().decode(m.payload));
+    });
+    await ctl.subscribe(["quantd/v1/lab/dev-bad/status"]);
+    await ctl.publish("quantd/v1/lab/dev-bad/cmd/status", '{"id":"h-1"}', {
+      qos: 1,
+      responseTopic: "quantd/v1/lab/dev-bad/status",
+    });
+    await Bun.sleep(300);
+    expect(hijack).toEqual([]);
+
     const ok = await req.request("dev-bad", "set-config", { "capture.rate": 0.25 }, { id: "s-1" });
     expect(ok).toEqual({ id: "s-1", command: "set-config", ok: true, result: { "capture.rate": 0.25 } });
     const okAgain = await req.request("dev-bad", "set-config", { "capture.rate": 0.25 }, { id: "s-1" });
