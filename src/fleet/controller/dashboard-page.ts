@@ -30,6 +30,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   figcaption { font-weight: 600; margin-bottom: 0.3rem; }
   svg text { font-size: 10px; fill: #667; }
   .empty { color: #889; padding: 1rem 0; }
+  .p50 { color: #2b6cb0; } .p95 { color: #dd6b20; } .agr { color: #2a9d4a; }
 </style>
 </head>
 <body>
@@ -45,8 +46,8 @@ export const DASHBOARD_HTML = `<!doctype html>
 <section id="detail">
   <h2 id="detail-title"></h2>
   <div class="charts">
-    <figure><figcaption>Latency (ms, p50 / p95 from telemetry)</figcaption><svg id="latency" width="520" height="200"></svg></figure>
-    <figure><figcaption>Accuracy (int8/fp32 agreement per report)</figcaption><svg id="accuracy" width="520" height="200"></svg></figure>
+    <figure><figcaption>Latency, ms: <span class="p50">p50</span> / <span class="p95">p95</span> from telemetry</figcaption><svg id="latency" width="520" height="200"></svg></figure>
+    <figure><figcaption>Accuracy: <span class="agr">int8/fp32 agreement</span> per report</figcaption><svg id="accuracy" width="520" height="200"></svg></figure>
   </div>
 </section>
 <script>
