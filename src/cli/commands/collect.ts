@@ -4,22 +4,13 @@
  * stays within its bounds by stratified reservoir sampling, so collecting a
  * large file keeps a sample representative of it rather than its first rows.
  */
-import { resolve } from "node:path";
-import { loadTokenizer } from "../../runtime/tokenizer.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
-import { DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_SAMPLE_ROWS } from "../../store/samples.ts";
-import { databasePath, openStore } from "../../store/store.ts";
+import { databasePath } from "../../store/store.ts";
 import type { Command } from "../command.ts";
+import { AGENT_STATE_FLAGS, agentConfigFromFlags, openAgentStore } from "../agent-state.ts";
 import { JSON_FLAG } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagInt, flagRequired, flagString } from "../parse.ts";
-import { SHIPPED_MODEL_DIR } from "../paths.ts";
 import { formatBytes } from "../render.ts";
-
-/** The state directory when `--state-dir` is absent: `$QUANTD_STATE_DIR`, else `./.quantd`. */
-export function defaultStateDir(env: Record<string, string | undefined> = process.env): string {
-  const fromEnv = env["QUANTD_STATE_DIR"];
-  return fromEnv !== undefined && fromEnv !== "" ? fromEnv : ".quantd";
-}
 
 /** The `collect` command. */
 export const collectCommand: Command = {
@@ -33,18 +24,12 @@ export const collectCommand: Command = {
     "needed. Texts already in the pool (same text up to whitespace and Unicode normalization) are dropped " +
     "as duplicates. The pool is bounded by --max-rows and --max-bytes (UTF-8 bytes of the texts); beyond " +
     "them it keeps a random sample stratified by token length, so later samples are not favoured over " +
-    "earlier ones; bounds lower than the pool's size evict down to them. Token lengths come from the tokenizer of the shipped model unless --tokenizer is given.\n\n" +
+    "earlier ones; bounds lower than the pool's size evict down to them. Token lengths come from the tokenizer beside the agent's model unless --tokenizer is given.\n\n" +
     "Prints how many samples were added, dropped as duplicates, evicted from the pool and not kept, then the " +
     "pool's size. The whole file is one transaction: on any error nothing is added.",
   flags: [
     { name: "file", short: "f", type: "string", value: "FILE.tsv", description: "sample file to ingest" },
-    {
-      name: "state-dir",
-      type: "string",
-      value: "DIR",
-      description: "state directory holding quantd.db",
-      default: "$QUANTD_STATE_DIR, else ./.quantd",
-    },
+    ...AGENT_STATE_FLAGS,
     {
       name: "source",
       type: "string",
@@ -57,41 +42,42 @@ export const collectCommand: Command = {
       type: "string",
       value: "N",
       description: "most samples the pool keeps",
-      default: String(DEFAULT_MAX_SAMPLE_ROWS),
+      default: "the agent's samplePool.maxRows (from the board profile)",
     },
     {
       name: "max-bytes",
       type: "string",
       value: "N",
       description: "most UTF-8 text bytes the pool keeps",
-      default: String(DEFAULT_MAX_SAMPLE_BYTES),
+      default: "the agent's samplePool.maxBytes (from the board profile)",
     },
     {
       name: "tokenizer",
       type: "string",
       value: "DIR",
       description: "directory with tokenizer.json, for token lengths",
-      default: "the shipped calib/models/sst2-bert-mini",
+      default: "the tokenizer beside the agent's model",
     },
     JSON_FLAG,
   ],
   async run(ctx) {
     expectNoPositionals(ctx.positionals);
     const file = flagRequired(ctx.flags, "file");
-    const stateDir = resolve(flagString(ctx.flags, "state-dir") ?? defaultStateDir());
+    const config = agentConfigFromFlags(ctx.flags);
     const source = flagString(ctx.flags, "source", "file")!;
-    const maxRows = flagInt(ctx.flags, "max-rows", { min: 1, max: 10_000_000 }, DEFAULT_MAX_SAMPLE_ROWS);
-    const maxBytes = flagInt(ctx.flags, "max-bytes", { min: 1, max: 2 ** 40 }, DEFAULT_MAX_SAMPLE_BYTES);
+    const maxRows = flagInt(ctx.flags, "max-rows", { min: 1, max: 10_000_000 }, config.samplePool.maxRows);
+    const maxBytes = flagInt(ctx.flags, "max-bytes", { min: 1, max: 2 ** 40 }, config.samplePool.maxBytes);
     const json = flagBool(ctx.flags, "json");
 
     const started = performance.now();
     const samples = await readSamplesTsv(file);
-    const tokenizer = await loadTokenizer(flagString(ctx.flags, "tokenizer", SHIPPED_MODEL_DIR)!);
-    // Untruncated length with the special tokens: what the model would be asked to read.
-    const countTokens = (text: string): number => tokenizer.tokenIds(text).length + tokenizer.specialsSingle;
-
-    const dbPath = databasePath(stateDir);
-    const store = await openStore(dbPath, { samples: { countTokens, maxRows, maxBytes } });
+    const tokenizerDir = flagString(ctx.flags, "tokenizer");
+    const dbPath = databasePath(config.stateDir);
+    const store = await openAgentStore(config, {
+      maxRows,
+      maxBytes,
+      ...(tokenizerDir === undefined ? {} : { tokenizerDir }),
+    });
     try {
       const result = store.samples.add(
         samples.map((s) => ({ text: s.text, label: s.label ?? null })),

@@ -5,8 +5,7 @@
  * this process when no runner holds the state directory's lock.
  */
 import { resolve } from "node:path";
-import { detectDevice } from "../../../device/detect.ts";
-import { type AgentConfig, type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
+import type { AgentConfig } from "../../agent/config.ts";
 import { acquireRunnerLock, isFinished, runnerLockHolder } from "../../agent/jobs.ts";
 import {
   createRecalibrationRunner,
@@ -22,36 +21,15 @@ import { QuantdError } from "../../errors.ts";
 import { DEFAULT_GATE_AGREEMENT } from "../../quant/gate.ts";
 import { CALIBRATION_METHODS } from "../../quant/pipeline.ts";
 import { defaultQuantizeOptions } from "../../quant/plan.ts";
-import { loadTokenizer } from "../../runtime/tokenizer.ts";
 import type { Job } from "../../store/jobs.ts";
 import { databasePath, openStore, type Store } from "../../store/store.ts";
 import type { Command, CommandContext } from "../command.ts";
+import { AGENT_STATE_FLAGS, agentConfigFromFlags, openAgentStore } from "../agent-state.ts";
 import { JSON_FLAG } from "../model-flags.ts";
 import { flagBool, flagInt, flagNumber, flagString, usageError } from "../parse.ts";
-import { SHIPPED_MODEL } from "../paths.ts";
 import { formatBytes, formatMs, formatPercent, renderTable } from "../render.ts";
 
 const POLL_MS = 500;
-
-function agentConfig(ctx: CommandContext): AgentConfig {
-  const flags: ConfigFlags = {};
-  const config = flagString(ctx.flags, "config");
-  const stateDir = flagString(ctx.flags, "state-dir");
-  if (config !== undefined) flags.config = config;
-  if (stateDir !== undefined) flags.stateDir = stateDir;
-  return loadAgentConfig({ profile: detectDevice().profile, defaultModel: SHIPPED_MODEL, flags });
-}
-
-async function openConfiguredStore(config: AgentConfig): Promise<Store> {
-  const tokenizer = await loadTokenizer(config.tokenizerDir);
-  return openStore(databasePath(config.stateDir), {
-    samples: {
-      maxRows: config.samplePool.maxRows,
-      maxBytes: config.samplePool.maxBytes,
-      countTokens: (text) => tokenizer.tokenIds(text).length + tokenizer.specialsSingle,
-    },
-  });
-}
 
 function jobLine(j: Job): string {
   const pct = `${Math.round(j.progress * 100)} %`;
@@ -225,8 +203,8 @@ async function runHere(
 async function recalibrate(ctx: CommandContext, json: boolean): Promise<number> {
   const params = recalibrateParams(ctx);
   const wait = flagBool(ctx.flags, "wait");
-  const config = agentConfig(ctx);
-  const store = await openConfiguredStore(config);
+  const config = agentConfigFromFlags(ctx.flags);
+  const store = await openAgentStore(config);
   try {
     const id = flagString(ctx.flags, "id");
     const job = store.jobs.create({ type: RECALIBRATE_JOB, params, ...(id !== undefined ? { id } : {}) });
@@ -276,19 +254,7 @@ export const jobCommand: Command = {
     "and a running one at its next stage boundary (it ends FAILED with JOB_CANCELLED).\n\n" +
     "Exit code with --wait: 0 when promoted, 1 when rejected or failed.",
   flags: [
-    {
-      name: "state-dir",
-      type: "string",
-      value: "DIR",
-      description: "the agent's state directory",
-      default: "as `quantd agent`",
-    },
-    {
-      name: "config",
-      type: "string",
-      value: "FILE",
-      description: "the agent's config file (.json or .toml)",
-    },
+    ...AGENT_STATE_FLAGS,
     {
       name: "samples",
       type: "string",
@@ -344,7 +310,7 @@ export const jobCommand: Command = {
       case "cancel": {
         if (action === "list" && arg !== undefined) throw usageError(`unexpected argument ${arg}`);
         if (action !== "list" && arg === undefined) throw usageError(`quantd job ${action} needs a job id`);
-        const config = agentConfig(ctx);
+        const config = agentConfigFromFlags(ctx.flags);
         const store = await openStore(databasePath(config.stateDir));
         try {
           if (action === "list") {
