@@ -4,9 +4,10 @@
  */
 
 /**
- * Intra-op threads when none are asked for. 1 for now; the board profile
- * (`device/`'s `profile.threads`) is meant to supply this, and this function is
- * the one place to wire it in.
+ * Intra-op threads of the library when none are asked for: 1, so that a
+ * comparison (the agent's promotion step, `bun run bench`) does not compete
+ * with serving for cores. `quantd bench` defaults to the board profile's
+ * threads instead.
  */
 export function defaultThreads(): number {
   return 1;

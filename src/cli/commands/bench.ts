@@ -7,6 +7,7 @@ import { writeFileSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { renderChartSvg } from "../../bench/chart.ts";
 import { createModelData } from "../../bench/data.ts";
+import { detectDevice } from "../../../device/detect.ts";
 import {
   DEFAULT_BATCHES,
   DEFAULT_RUNS,
@@ -30,6 +31,15 @@ import {
   flagString,
   usageError,
 } from "../parse.ts";
+
+/** Threads the board profile serves with; the library default (1) when the board is not supported. */
+function profileThreads(): number {
+  try {
+    return detectDevice().profile.threads;
+  } catch {
+    return defaultThreads();
+  }
+}
 
 /**
  * Table labels for model paths: the file name without `.onnx`, prefixed by its
@@ -100,7 +110,7 @@ export const benchCommand: Command = {
       multiple: true,
       value: "N,…",
       description: "intra-op thread counts",
-      default: String(defaultThreads()),
+      default: "the board profile's threads (see quantd device)",
     },
     {
       name: "runs",
@@ -150,7 +160,7 @@ export const benchCommand: Command = {
     if (paths.length === 0) throw usageError("bench needs at least one --model FILE", { flag: "model" });
     const seqs = flagIntList(ctx.flags, "seq", { min: 1, max: 8192 }, DEFAULT_SEQS);
     const batches = flagIntList(ctx.flags, "batch", { min: 1, max: 4096 }, DEFAULT_BATCHES);
-    const threads = flagIntList(ctx.flags, "threads", { min: 1, max: 1024 }, [defaultThreads()]);
+    const threads = flagIntList(ctx.flags, "threads", { min: 1, max: 1024 }, [profileThreads()]);
     const runs = flagInt(ctx.flags, "runs", { min: 1 }, DEFAULT_RUNS);
     const warmup = flagInt(ctx.flags, "warmup", { min: 0 }, DEFAULT_WARMUP);
     const seed = flagInt(ctx.flags, "seed", { min: 0 }, 1);
