@@ -17,7 +17,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { decodeModel } from "../onnx/codec.ts";
 import {
@@ -200,16 +200,15 @@ export function sha256Hex(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
-/** SHA-256 in 4 MiB steps, yielding to the event loop between them. */
-export async function sha256HexChunked(bytes: Uint8Array): Promise<string> {
-  const hash = createHash("sha256");
-  const step = 4 * 1024 * 1024;
-  for (let off = 0; off < bytes.byteLength; off += step) {
-    hash.update(bytes.subarray(off, off + step));
-    if (off + step < bytes.byteLength) await new Promise<void>((r) => setImmediate(r));
-  }
-  return hash.digest("hex");
-}
+/** Operator names that mark a model's kind, most specific first. */
+const KIND_MARKERS: readonly (readonly [string, ModelKind])[] = [
+  ["DynamicQuantizeLinear", "int8-dynamic"],
+  ["MatMulInteger", "int8-dynamic"],
+  ["QuantizeLinear", "int8-static"],
+  ["QLinearMatMul", "int8-static"],
+];
+/** Longest marker: a chunk keeps this many bytes of the previous one so a name split across reads is found. */
+const MARKER_OVERLAP = Math.max(...KIND_MARKERS.map(([m]) => m.length));
 
 /**
  * The kind of a serialized model, from the operator names its bytes hold
@@ -217,10 +216,139 @@ export async function sha256HexChunked(bytes: Uint8Array): Promise<string> {
  * byte search takes a few).
  */
 export function detectModelKindFromBytes(bytes: Uint8Array): ModelKind {
-  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (buf.includes("DynamicQuantizeLinear") || buf.includes("MatMulInteger")) return "int8-dynamic";
-  if (buf.includes("QuantizeLinear") || buf.includes("QLinearMatMul")) return "int8-static";
+  const found = new Set<ModelKind>();
+  scanKindMarkers(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), found);
+  return kindOf(found);
+}
+
+function scanKindMarkers(buf: Buffer, found: Set<ModelKind>): void {
+  for (const [marker, kind] of KIND_MARKERS) if (!found.has(kind) && buf.includes(marker)) found.add(kind);
+}
+
+function kindOf(found: ReadonlySet<ModelKind>): ModelKind {
+  if (found.has("int8-dynamic")) return "int8-dynamic";
+  if (found.has("int8-static")) return "int8-static";
   return "fp32";
+}
+
+/** A model file copied into the registry's directory under a temporary name. */
+interface StagedCopy {
+  tmpPath: string;
+  sha256: string;
+  kind: ModelKind;
+}
+
+/** Bytes per read when copying a model: memory stays flat whatever the model's size. */
+const COPY_CHUNK = 1024 * 1024;
+
+function writeError(target: string, err: unknown): QuantdError {
+  const code = (err as NodeJS.ErrnoException).code;
+  return new QuantdError(
+    code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
+    `cannot write ${target}: ${(err as Error).message}`,
+    { cause: err },
+  );
+}
+
+/**
+ * Copies `src` to a temporary file in `dir` in 1 MiB reads, hashing it and
+ * looking for the operator names of its kind on the way, then fsyncs it. The
+ * model is never held in memory whole (a 30 MB fp32 model would stay in the
+ * agent's resident set long after the copy), and the event loop is never
+ * blocked for more than one chunk.
+ *
+ * @throws FILE_NOT_FOUND | FILE_UNREADABLE when `src` cannot be read
+ * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written (nothing is left behind)
+ */
+export async function stageCopy(src: string, dir: string): Promise<StagedCopy> {
+  let input: FileHandle;
+  try {
+    input = await open(src, "r");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new QuantdError(
+      code === "ENOENT" ? "FILE_NOT_FOUND" : "FILE_UNREADABLE",
+      `cannot read candidate model ${src}: ${(err as Error).message}`,
+      { cause: err, details: { path: src } },
+    );
+  }
+  const tmpPath = join(dir, `.candidate.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  let out: FileHandle | undefined;
+  try {
+    try {
+      await mkdir(dir, { recursive: true });
+      out = await open(tmpPath, "wx", 0o640);
+    } catch (err) {
+      throw writeError(tmpPath, err);
+    }
+    const hash = createHash("sha256");
+    const found = new Set<ModelKind>();
+    const buf = Buffer.allocUnsafe(MARKER_OVERLAP + COPY_CHUNK);
+    let carry = 0;
+    for (;;) {
+      let n: number;
+      try {
+        n = (await input.read(buf, carry, COPY_CHUNK, null)).bytesRead;
+      } catch (err) {
+        throw new QuantdError(
+          "FILE_UNREADABLE",
+          `cannot read candidate model ${src}: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+      if (n === 0) break;
+      const chunk = buf.subarray(carry, carry + n);
+      hash.update(chunk);
+      scanKindMarkers(buf.subarray(0, carry + n), found);
+      try {
+        let off = 0;
+        while (off < n) off += (await out.write(chunk, off, n - off)).bytesWritten;
+      } catch (err) {
+        throw writeError(tmpPath, err);
+      }
+      const keep = Math.min(MARKER_OVERLAP, carry + n);
+      buf.copyWithin(0, carry + n - keep, carry + n);
+      carry = keep;
+    }
+    try {
+      await out.sync();
+      await out.close();
+      out = undefined;
+    } catch (err) {
+      throw writeError(tmpPath, err);
+    }
+    return { tmpPath, sha256: hash.digest("hex"), kind: kindOf(found) };
+  } catch (err) {
+    await out?.close().catch(() => undefined);
+    await unlink(tmpPath).catch(() => undefined);
+    throw err;
+  } finally {
+    await input.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Gives a staged copy its final name durably: rename, then fsync of the
+ * directory so the rename itself survives a power cut.
+ *
+ * @throws FILE_WRITE_FAILED (the temporary file is removed)
+ */
+async function commitCopy(staged: StagedCopy, target: string): Promise<string> {
+  try {
+    await rename(staged.tmpPath, target);
+    const dh = await open(dirname(target), "r");
+    try {
+      await dh.sync();
+    } finally {
+      await dh.close();
+    }
+    return target;
+  } catch (err) {
+    await unlink(staged.tmpPath).catch(() => undefined);
+    throw writeError(target, err);
+  }
 }
 
 /**
@@ -236,46 +364,6 @@ async function diagnoseLoadFailure(path: string, err: QuantdError): Promise<Quan
     if (isQuantdError(decodeErr) && decodeErr.code.startsWith("MODEL_")) return decodeErr;
   }
   return err;
-}
-
-/**
- * Writes bytes to `dir/name` atomically and durably, without blocking the
- * event loop: temporary file in the same directory, fsync, rename, fsync of
- * the directory (so the rename itself survives a power cut).
- *
- * @throws DISK_FULL when the disk is full (the temporary file is removed)
- * @throws FILE_WRITE_FAILED on other errors
- */
-export async function writeFileDurablyAsync(dir: string, name: string, bytes: Uint8Array): Promise<string> {
-  const target = join(dir, name);
-  const tmp = join(dir, `.${name}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
-  let fh: FileHandle | undefined;
-  try {
-    await mkdir(dir, { recursive: true });
-    fh = await open(tmp, "wx", 0o640);
-    let off = 0;
-    while (off < bytes.byteLength) off += (await fh.write(bytes, off, bytes.byteLength - off)).bytesWritten;
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, target);
-    const dh = await open(dir, "r");
-    try {
-      await dh.sync();
-    } finally {
-      await dh.close();
-    }
-    return target;
-  } catch (err) {
-    await fh?.close().catch(() => undefined);
-    await unlink(tmp).catch(() => undefined);
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new QuantdError(
-      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
-      `cannot write ${target}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  }
 }
 
 function view(v: ModelVersion): ModelVersionView {
@@ -475,24 +563,20 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   ): Promise<ModelVersion> {
     const models = this.#opts.models;
     // Everything here is asynchronous or chunked: a promotion runs while the server keeps answering.
-    let bytes: Uint8Array;
-    try {
-      bytes = await Bun.file(resolve(candidatePath)).bytes();
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      throw new QuantdError(
-        code === "ENOENT" ? "FILE_NOT_FOUND" : "FILE_UNREADABLE",
-        `cannot read candidate model ${candidatePath}: ${(err as Error).message}`,
-        { cause: err, details: { path: candidatePath } },
-      );
-    }
-    const sha256 = await sha256HexChunked(bytes);
+    const staged = await stageCopy(resolve(candidatePath), this.#opts.modelsDir);
+    const sha256 = staged.sha256;
     const reject = (version: ModelVersion | undefined, err: unknown): QuantdError => {
       const qe = QuantdError.from(err, "MODEL_INVALID");
       this.#opts.onEvent?.({ type: "rejected", version, error: qe });
       return qe;
     };
     const known = models.getBySha256(sha256);
+    if (
+      known?.state === "rejected" ||
+      (known?.state === "active" && this.#current?.version.id === known.id)
+    ) {
+      await unlink(staged.tmpPath).catch(() => undefined);
+    }
     if (known?.state === "active" && this.#current?.version.id === known.id) return known;
     if (known?.state === "rejected") {
       throw reject(
@@ -506,9 +590,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         ),
       );
     }
-    const kind: ModelKind = options.kind ?? detectModelKindFromBytes(bytes);
-    const path = await writeFileDurablyAsync(this.#opts.modelsDir, `${sha256}.onnx`, bytes);
-    bytes = new Uint8Array(0);
+    const kind: ModelKind = options.kind ?? staged.kind;
+    const path = await commitCopy(staged, join(this.#opts.modelsDir, `${sha256}.onnx`));
     const metrics = { ...(options.metrics ?? {}), source: resolve(candidatePath) };
     const recorded = known ?? models.add({ sha256, path, kind, metrics });
     let classifier: Classifier;
