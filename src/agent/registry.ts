@@ -38,6 +38,9 @@ import type {
 import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/models.ts";
 import type { SwapChecksConfig } from "./config.ts";
 
+/** Retired int8 versions whose files are kept for rollback (the most recently active ones). */
+export const KEEP_RETIRED = 2;
+
 /** Texts of the verification batch: short and long, so padding and attention over padding run. */
 export const PROBE_TEXTS: readonly string[] = [
   "a quiet probe",
@@ -632,6 +635,30 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         : undefined;
     if (prev !== undefined) this.#retire(prev);
     this.#opts.onEvent?.({ type: "swapped", from: prev?.version.id, to: next.version });
+    void this.#prune(next.version.id);
+  }
+
+  /**
+   * Deletes the files of retired versions beyond the {@link KEEP_RETIRED} most
+   * recently active ones (a board recalibrating daily would otherwise fill its
+   * disk); their records stay, with the file gone. fp32 versions are kept:
+   * they are what a rollback to full precision needs.
+   */
+  async #prune(activeId: number): Promise<void> {
+    let retired: ModelVersion[];
+    try {
+      retired = this.#opts.models
+        .list("retired")
+        .filter((v) => v.id !== activeId && v.kind !== "fp32")
+        .sort((a, b) => (b.activatedAt ?? 0) - (a.activatedAt ?? 0) || b.id - a.id);
+    } catch {
+      return; // a busy store: prune at the next swap
+    }
+    const modelsDir = resolve(this.#opts.modelsDir);
+    for (const v of retired.slice(KEEP_RETIRED)) {
+      if (dirname(resolve(v.path)) !== modelsDir) continue; // never delete a file the registry did not write
+      await unlink(v.path).catch(() => undefined);
+    }
   }
 
   async #rollbackLocked(reason: string, trigger: "command" | "auto"): Promise<ModelVersion> {

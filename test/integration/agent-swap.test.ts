@@ -241,3 +241,36 @@ test("an error rate above the limit after a swap rolls back automatically", asyn
     await agent.stop();
   }
 });
+
+test("old retired int8 files are pruned, keeping the two most recent and every fp32", async () => {
+  const agent = await startAgent(testConfig(join(dir, "d"), { QUANTD_SWAP_WINDOW: "1000000" }), {
+    runJobs: false,
+  });
+  try {
+    // Variants of the int8 model that differ only in their doc string: distinct files, same behaviour.
+    const base = await loadModel(int8Path);
+    for (let i = 1; i <= 4; i++) {
+      base.docString = `variant ${i}`;
+      const path = join(dir, `variant-${i}.onnx`);
+      await saveModel(base, path);
+      const r = await call(agent.config.socketPath, "/v1/models/promote", { body: JSON.stringify({ path }) });
+      expect(r.status).toBe(200);
+    }
+    await Bun.sleep(50); // pruning runs after the swap, off the request path
+    const versions = agent.store.models.list();
+    expect(versions.map((v) => [v.id, v.kind, v.state])).toEqual([
+      [5, "int8-dynamic", "active"],
+      [4, "int8-dynamic", "retired"],
+      [3, "int8-dynamic", "retired"],
+      [2, "int8-dynamic", "retired"],
+      [1, "fp32", "retired"],
+    ]);
+    expect(versions.map((v) => existsSync(v.path))).toEqual([true, true, true, false, true]);
+    // The rollback target is kept and still loads.
+    const back = await call(agent.config.socketPath, "/v1/models/rollback", { body: "{}" });
+    expect(back.status).toBe(200);
+    expect((back.body["version"] as { id: number }).id).toBe(4);
+  } finally {
+    await agent.stop();
+  }
+});
