@@ -8,6 +8,7 @@
  *
  *   bun bench/fleet-load.ts                        # 1000 devices, 30 s, own mosquitto
  *   bun bench/fleet-load.ts --devices 200 --seconds 20 --broker mqtt://127.0.0.1:1883
+ *   bun bench/fleet-load.ts --postgres             # the controller on a PostgreSQL server started here
  *
  * Not part of the test suite; figures are printed, never asserted.
  */
@@ -18,6 +19,7 @@ import { join, resolve } from "node:path";
 import { connectMqtt, type MqttConnection } from "../src/fleet/mqtt-client.ts";
 import { encodeJson, type StatusMessage, type TelemetryMessage } from "../src/fleet/protocol.ts";
 import { freePort, startMosquitto } from "../test/helpers/mosquitto.ts";
+import { type Postgres, startPostgres } from "../test/helpers/postgres.ts";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -57,6 +59,8 @@ const brokerUrl = ownBroker?.url ?? arg("broker", "");
 const httpPort = await freePort();
 const dashboard = `http://127.0.0.1:${httpPort}/`;
 let controller: ChildProcess | undefined;
+const pg: Postgres | undefined = process.argv.includes("--postgres") ? await startPostgres() : undefined;
+const db = pg === undefined ? join(dir, "controller.db") : await pg.createDatabase("fleet_load");
 const devices: MqttConnection[] = [];
 
 try {
@@ -69,7 +73,7 @@ try {
       "--broker",
       brokerUrl,
       "--db",
-      join(dir, "controller.db"),
+      db,
       "--http",
       `127.0.0.1:${httpPort}`,
       "--client-id",
@@ -160,9 +164,9 @@ try {
   const cpuPct = ((after.cpuSec - before.cpuSec) / wall) * 100;
   console.log(
     [
-      `devices: ${DEVICES} (${devicesSeen} known to the controller), telemetry 1/s each, window ${wall.toFixed(1)} s`,
+      `store: ${pg === undefined ? "SQLite" : "PostgreSQL"}; devices: ${DEVICES} (${devicesSeen} known to the controller), telemetry 1/s each, window ${wall.toFixed(1)} s`,
       `telemetry sent ${sentInWindow}, stored by the controller ${stored} (${((stored / sentInWindow) * 100).toFixed(1)} %), ` +
-        `${(stored / wall).toFixed(0)} msg/s`,
+        `${(stored / wall).toFixed(0)} msg/s, dropped under overload ${statsAfter.droppedTelemetry - statsBefore.droppedTelemetry}`,
       `controller CPU ${cpuPct.toFixed(1)} % of one core (idle before load: ${idle.cpuSec.toFixed(2)} s cumulative)`,
       `controller RSS ${(after.rssBytes / 1048576).toFixed(0)} MiB (peak ${(after.hwmBytes / 1048576).toFixed(0)} MiB)`,
     ].join("\n"),
@@ -175,5 +179,6 @@ try {
     await exited;
   }
   await ownBroker?.dispose();
+  await pg?.dispose();
   rmSync(dir, { recursive: true, force: true });
 }

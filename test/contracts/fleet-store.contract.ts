@@ -102,12 +102,14 @@ export function runFleetStoreContract(t: TestApi, name: string, make: () => Prom
     t.test("telemetry keeps every sample, the latest on the device, and prunes by time", async () => {
       await withStore(async (s) => {
         const samples = [1000, 2000, 3000].map((at) => ({ at, rssBytes: at * 10 }));
-        await s.recordTelemetry(
-          "f",
-          "d1",
-          { device: "d1", at: 3000, samples, outbox: { queued: 2, bytes: 9, dropped: 1 } },
-          3001,
-        );
+        await s.recordTelemetry([
+          {
+            fleet: "f",
+            device: "d1",
+            msg: { device: "d1", at: 3000, samples, outbox: { queued: 2, bytes: 9, dropped: 1 } },
+            receivedAt: 3001,
+          },
+        ]);
         const d = await s.device("f", "d1");
         assert.deepEqual(d?.lastTelemetry, { at: 3000, rssBytes: 30000 });
         assert.deepEqual(d?.outbox, { queued: 2, bytes: 9, dropped: 1 });
@@ -122,6 +124,33 @@ export function runFleetStoreContract(t: TestApi, name: string, make: () => Prom
         );
       });
     });
+
+    t.test(
+      "a group of telemetry messages from several devices lands in one call; the newest per device wins",
+      async () => {
+        await withStore(async (s) => {
+          const item = (device: string, at: number) => ({
+            fleet: "f",
+            device,
+            msg: { device, at, samples: [{ at, rssBytes: at }], outbox: { queued: 0, bytes: 0, dropped: 0 } },
+            receivedAt: at + 1,
+          });
+          await s.recordTelemetry([item("a", 10), item("b", 20), item("a", 30)]);
+          assert.deepEqual(
+            (await s.devices("f")).map((d) => [d.device, d.lastTelemetry?.at, d.lastSeen]),
+            [
+              ["a", 30, 31],
+              ["b", 20, 21],
+            ],
+          );
+          assert.deepEqual(
+            (await s.telemetry("f", "a", 0)).map((x) => x.at),
+            [10, 30],
+          );
+          await s.recordTelemetry([]);
+        });
+      },
+    );
 
     t.test(
       "job progress never moves a job backwards; its report finishes it; duplicate reports are refused",

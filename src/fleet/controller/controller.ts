@@ -20,7 +20,14 @@ import {
   type StatusMessage,
   type TelemetryMessage,
 } from "../protocol.ts";
-import type { FleetStore } from "./store.ts";
+import type { FleetStore, TelemetryItem } from "./store.ts";
+
+/** Telemetry messages written per transaction at most. */
+export const TELEMETRY_GROUP = 500;
+/** Longest wait before a partial group of telemetry is written, in ms. */
+export const TELEMETRY_FLUSH_MS = 200;
+/** Telemetry messages waiting for the store beyond which new ones are dropped and counted. */
+export const MAX_TELEMETRY_BACKLOG = 50_000;
 
 /** What changed, for live views. */
 export interface ControllerEvent {
@@ -56,6 +63,8 @@ export interface ControllerStats {
   /** Messages that were not valid fleet payloads (logged, skipped). */
   malformed: number;
   duplicateReports: number;
+  /** Telemetry messages dropped because the store fell behind (see {@link MAX_TELEMETRY_BACKLOG}). */
+  droppedTelemetry: number;
 }
 
 /** A running controller. */
@@ -136,6 +145,7 @@ export function startController(options: ControllerOptions): FleetController {
     byKind: { status: 0, telemetry: 0, job: 0, report: 0 },
     malformed: 0,
     duplicateReports: 0,
+    droppedTelemetry: 0,
   };
   let subscribed = false;
   const readyWaiters = new Set<() => void>();
@@ -162,9 +172,8 @@ export function startController(options: ControllerOptions): FleetController {
         await options.store.recordStatus(fleet, device, body, at);
         break;
       case "telemetry":
-        if (!isTelemetry(body)) return bad();
-        await options.store.recordTelemetry(fleet, device, body, at);
-        break;
+        // Handled in groups by queueTelemetry; never chained one by one.
+        return;
       case "job":
         if (!isJob(body)) return bad();
         await options.store.recordJob(fleet, device, body, at);
@@ -185,9 +194,62 @@ export function startController(options: ControllerOptions): FleetController {
     emit({ kind: t.kind, fleet, device, at });
   };
 
+  // Telemetry is the bulk of the traffic (a message per device per interval):
+  // it is written in groups, one transaction each, and under overload the
+  // newest is dropped and counted rather than queued without bound (it is QoS 0).
+  let telemetry: TelemetryItem[] = [];
+  let telemetryInFlight = 0;
+  let flushTimer: ReturnType<typeof setTimeout> | undefined;
+  const flushTelemetry = (): void => {
+    if (flushTimer !== undefined) clearTimeout(flushTimer);
+    flushTimer = undefined;
+    if (telemetry.length === 0) return;
+    const items = telemetry;
+    telemetry = [];
+    chain = chain
+      .then(() => options.store.recordTelemetry(items))
+      .then(() => {
+        stats.messages += items.length;
+        stats.byKind.telemetry += items.length;
+        const seen = new Set<string>();
+        for (const it of items) {
+          const key = `${it.fleet}/${it.device}`;
+          if (seen.has(key)) continue;
+          seen.add(key);
+          emit({ kind: "telemetry", fleet: it.fleet, device: it.device, at: it.receivedAt });
+        }
+      })
+      .catch((err: unknown) => {
+        log(`controller: cannot store ${items.length} telemetry messages: ${QuantdError.from(err).toLine()}`);
+      })
+      .finally(() => {
+        telemetryInFlight -= items.length;
+      });
+  };
+  const queueTelemetry = (t: ParsedTopic, m: MqttMessage): void => {
+    const body = decodeJson(m.payload);
+    if (!isObject(body) || !isTelemetry(body)) {
+      stats.malformed++;
+      log(`controller: skipped a malformed telemetry message on ${m.topic}`);
+      return;
+    }
+    if (telemetryInFlight >= MAX_TELEMETRY_BACKLOG) {
+      stats.droppedTelemetry++;
+      return;
+    }
+    telemetryInFlight++;
+    telemetry.push({ fleet: t.fleet, device: t.device, msg: body, receivedAt: now() });
+    if (telemetry.length >= TELEMETRY_GROUP) flushTelemetry();
+    else flushTimer ??= setTimeout(flushTelemetry, TELEMETRY_FLUSH_MS);
+  };
+
   conn.onMessage((m) => {
     const t = parseTopic(m.topic);
     if (t === undefined || t.kind === "cmd" || t.kind === "reply") return;
+    if (t.kind === "telemetry") {
+      queueTelemetry(t, m);
+      return;
+    }
     chain = chain
       .then(() => ingest(t, m))
       .catch((err: unknown) => {
@@ -243,6 +305,7 @@ export function startController(options: ControllerOptions): FleetController {
     async stop() {
       clearInterval(pruneTimer);
       await conn.close();
+      flushTelemetry();
       await chain;
     },
   };

@@ -223,22 +223,48 @@ export async function openPostgresFleetStore(
         throw storeError(err, "recordStatus");
       }
     },
-    async recordTelemetry(fleet, device, msg, receivedAt) {
+    async recordTelemetry(items) {
+      if (items.length === 0) return;
+      // Three statements for the whole group (arrays unnested server-side), not three per message.
+      const sf: string[] = [];
+      const sd: string[] = [];
+      const sa: number[] = [];
+      const ss: string[] = [];
+      const latest = new Map<string, (typeof items)[number]>();
+      for (const item of items) {
+        for (const sample of item.msg.samples) {
+          sf.push(item.fleet);
+          sd.push(item.device);
+          sa.push(sample.at);
+          ss.push(JSON.stringify(sample));
+        }
+        latest.set(`${item.fleet}/${item.device}`, item);
+      }
+      const last = [...latest.values()];
       try {
         await sql.begin(async (tx) => {
-          await tx.unsafe(touch, [fleet, device, receivedAt]);
-          for (const sample of msg.samples) {
-            await tx.unsafe("INSERT INTO telemetry (fleet, device, at, sample) VALUES ($1, $2, $3, $4)", [
-              fleet,
-              device,
-              sample.at,
-              JSON.stringify(sample),
-            ]);
-          }
+          // One row per device: ON CONFLICT may touch a row only once per statement.
           await tx.unsafe(
-            "UPDATE devices SET last_telemetry = $1, outbox = coalesce($2, outbox) WHERE fleet = $3 AND device = $4",
-            [text(msg.samples.at(-1)), text(msg.outbox), fleet, device],
+            `INSERT INTO devices AS d (fleet, device, online, last_seen, status_at, last_telemetry, outbox)
+             SELECT f, dv, true, seen, 0, tel, ob FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
+               AS t(f, dv, seen, tel, ob)
+             ON CONFLICT (fleet, device) DO UPDATE SET last_seen = greatest(d.last_seen, excluded.last_seen),
+               last_telemetry = coalesce(excluded.last_telemetry, d.last_telemetry), outbox = coalesce(excluded.outbox, d.outbox)`,
+            [
+              last.map((x) => x.fleet),
+              last.map((x) => x.device),
+              last.map((x) => x.receivedAt),
+              last.map((x) => text(x.msg.samples.at(-1))),
+              last.map((x) => text(x.msg.outbox)),
+            ],
           );
+          if (sf.length > 0) {
+            await tx.unsafe(
+              `INSERT INTO telemetry (fleet, device, at, sample)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])`,
+              [sf, sd, sa, ss],
+            );
+          }
         });
       } catch (err) {
         throw storeError(err, "recordTelemetry");

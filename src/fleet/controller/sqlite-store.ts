@@ -199,12 +199,14 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
         );
       });
     },
-    async recordTelemetry(fleet, device, msg, receivedAt) {
+    async recordTelemetry(items) {
       db.transaction(() => {
-        touch.run(fleet, device, receivedAt);
-        for (const s of msg.samples) addSample.run(fleet, device, s.at, JSON.stringify(s));
-        const last = msg.samples.at(-1);
-        setTelemetry.run(text(last), text(msg.outbox), fleet, device);
+        for (const { fleet, device, msg, receivedAt } of items) {
+          touch.run(fleet, device, receivedAt);
+          for (const s of msg.samples) addSample.run(fleet, device, s.at, JSON.stringify(s));
+          const last = msg.samples.at(-1);
+          setTelemetry.run(text(last), text(msg.outbox), fleet, device);
+        }
       });
     },
     async recordJob(fleet, device, msg, receivedAt) {

@@ -61,12 +61,24 @@ export interface TelemetryRecord extends TelemetrySample {
   device: string;
 }
 
+/** One telemetry message as the controller received it. */
+export interface TelemetryItem {
+  fleet: string;
+  device: string;
+  msg: TelemetryMessage;
+  receivedAt: number;
+}
+
 /** The controller's storage. */
 export interface FleetStore {
   /** Records a status message (a history row always; the device row when newer). */
   recordStatus(fleet: string, device: string, status: StatusMessage, receivedAt: number): Promise<void>;
-  /** Keeps every sample of a telemetry batch and the latest on the device. */
-  recordTelemetry(fleet: string, device: string, msg: TelemetryMessage, receivedAt: number): Promise<void>;
+  /**
+   * Keeps every sample of each telemetry message and the latest on its device,
+   * in one transaction: the controller writes telemetry in groups because a
+   * thousand devices send a thousand messages a second.
+   */
+  recordTelemetry(items: readonly TelemetryItem[]): Promise<void>;
   /** Records a job progress message; an older message never overwrites a newer state. */
   recordJob(fleet: string, device: string, msg: JobMessage, receivedAt: number): Promise<void>;
   /** Records a report; false when its id was already recorded (QoS 1 duplicates). */
