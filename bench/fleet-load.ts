@@ -46,11 +46,15 @@ function procSample(pid: number): ProcSample {
   return { cpuSec: ticks / 100, rssBytes: kb("VmRSS"), hwmBytes: kb("VmHWM") };
 }
 
-async function stats(
-  url: string,
-): Promise<{ byKind: { telemetry: number; status: number }; malformed: number }> {
+interface ControllerFigures {
+  byKind: { telemetry: number; status: number };
+  malformed: number;
+  droppedTelemetry: number;
+}
+
+async function stats(url: string): Promise<ControllerFigures> {
   const res = await fetch(`${url}api/stats`);
-  return (await res.json()) as { byKind: { telemetry: number; status: number }; malformed: number };
+  return (await res.json()) as ControllerFigures;
 }
 
 const dir = mkdtempSync(join(tmpdir(), "quantd-fleet-load-"));
