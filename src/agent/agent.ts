@@ -8,11 +8,12 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { QuantdError } from "../errors.ts";
+import { isQuantdError, QuantdError } from "../errors.ts";
 import type { FleetLink } from "../fleet/link.ts";
 import { MicroBatcher } from "../server/batcher.ts";
 import { type Listeners, startListeners } from "../server/listen.ts";
 import { createRoutes, ServerMetrics } from "../server/routes.ts";
+import { DEFAULT_BUSY_TIMEOUT_MS } from "../store/open.ts";
 import { databasePath, openStore, type Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
 import { startAgentFleetLink } from "./fleet.ts";
@@ -23,6 +24,10 @@ import { ModelRegistry, type RegistryEvent } from "./registry.ts";
 /** Live-traffic samples are written to the store in groups, off the request path. */
 const CAPTURE_FLUSH_MS = 1000;
 const CAPTURE_FLUSH_TEXTS = 64;
+/** Longest wait for another process's write lock when writing captured samples, in ms. */
+const CAPTURE_BUSY_TIMEOUT_MS = 20;
+/** Captured texts kept while the store stays locked; older ones are dropped. */
+const CAPTURE_MAX_PENDING = 1024;
 
 /** A running agent. */
 export interface Agent {
@@ -115,18 +120,29 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   let captureTimer: ReturnType<typeof setTimeout> | undefined;
   let store: Store;
   const flushCapture = (): void => {
+    if (captureTimer !== undefined) clearTimeout(captureTimer);
     captureTimer = undefined;
     const texts = captured;
     captured = [];
     if (texts.length === 0) return;
+    // SQLite waits for a lock by blocking the thread, and this thread serves requests: wait briefly,
+    // and when another process (`quantd collect`, a job) holds the write lock, keep the texts for later.
+    store.db.pragma("busy_timeout", CAPTURE_BUSY_TIMEOUT_MS);
     try {
       store.samples.add(
         texts.map((text) => ({ text })),
         { source: "live" },
       );
     } catch (err) {
-      // Capture is best effort: a busy or full disk must not fail inference.
-      log(`capture: ${QuantdError.from(err).toLine()}`);
+      if (isQuantdError(err, "STORE_BUSY")) {
+        captured = [...texts, ...captured].slice(-CAPTURE_MAX_PENDING);
+        captureTimer = setTimeout(flushCapture, CAPTURE_FLUSH_MS);
+      } else {
+        // Capture is best effort: a full disk must not fail inference.
+        log(`capture: ${QuantdError.from(err).toLine()}`);
+      }
+    } finally {
+      store.db.pragma("busy_timeout", DEFAULT_BUSY_TIMEOUT_MS);
     }
   };
   const handler = createRoutes({

@@ -12,6 +12,7 @@ import { ModelRegistry } from "../../src/agent/registry.ts";
 import { MicroBatcher } from "../../src/server/batcher.ts";
 import { startListeners } from "../../src/server/listen.ts";
 import { createRoutes, ServerMetrics } from "../../src/server/routes.ts";
+import { openSqlDatabase } from "../../src/store/open.ts";
 import { databasePath, openStore } from "../../src/store/store.ts";
 import { call, classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
 
@@ -87,6 +88,34 @@ test("capture on: classified texts become live samples in the store", async () =
     expect(picked.map((s) => s.text).sort()).toEqual([...texts].sort());
     expect(picked.every((s) => s.source === "live" && s.tokenCount > 2)).toBe(true);
   } finally {
+    await agent.stop();
+  }
+});
+
+test("capture while another process holds the store's write lock: serving goes on, the samples wait", async () => {
+  const agent = await startAgent(
+    testConfig(join(dir, "e"), { QUANTD_CAPTURE_ENABLED: "true", QUANTD_CAPTURE_RATE: "1" }),
+    { runJobs: false },
+  );
+  // A second connection, as `quantd collect` in another process would hold it.
+  const other = await openSqlDatabase(databasePath(agent.config.stateDir));
+  try {
+    other.exec("BEGIN IMMEDIATE");
+    const texts = TEXTS.slice(0, 3);
+    const t0 = performance.now();
+    expect((await classifyOverSocket(agent.config.socketPath, texts)).status).toBe(200);
+    await Bun.sleep(1300); // past the first capture flush, which meets the lock
+    // Far below the store's 5 s busy timeout: the flush did not block the server waiting for the lock.
+    expect((await classifyOverSocket(agent.config.socketPath, ["during the lock"])).status).toBe(200);
+    expect(performance.now() - t0).toBeLessThan(4000);
+    expect(agent.store.samples.count()).toBe(0); // the lock really kept the first flush out
+    other.exec("COMMIT");
+    for (let i = 0; i < 60 && agent.store.samples.count() < 4; i++) await Bun.sleep(50);
+    const kept = agent.store.samples.pick({ n: 100, seed: 1 }).map((s) => s.text);
+    expect(kept.sort()).toEqual([...texts, "during the lock"].sort());
+  } finally {
+    if (other.inTransaction) other.exec("ROLLBACK");
+    other.close();
     await agent.stop();
   }
 });
