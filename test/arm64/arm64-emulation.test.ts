@@ -55,6 +55,7 @@ interface Timed<T> {
 }
 
 interface BoardRun {
+  hwcap: { arch: string; hwcap: string; asimddp: boolean };
   device: {
     facts: { model: string; features: string[] };
     profile: { id: string; preferredFormats: string[] };
@@ -125,6 +126,7 @@ async function runBoard(board: EmulatedBoard): Promise<BoardRun> {
   const dynamicModel = join(work, `arm-dynamic-${board}.onnx`);
   const seconds: Record<string, number> = {};
 
+  const hwcap = await spawn(arm([bunArm64, join(REPO, "device/arm64/hwcap.ts")]), `${board} hwcap`);
   const device = await spawn(arm([bunArm64, cli, "device", "--json"]), `${board} device`);
   seconds["device"] = device.seconds;
   const st = await spawn(
@@ -166,6 +168,7 @@ async function runBoard(board: EmulatedBoard): Promise<BoardRun> {
   );
   seconds["compiled classify"] = compiled.seconds;
   return {
+    hwcap: JSON.parse(hwcap.value),
     device: JSON.parse(device.value),
     logits: JSON.parse(logits.value) as LogitsReport,
     staticModel,
@@ -243,6 +246,12 @@ describe.skipIf(!enabled)("arm64 under qemu-user", () => {
         expect(device.profile.id).toBe(board);
         expect(device.facts.features.includes("asimddp")).toBe(board === "rpi5");
         expect(device.profile.preferredFormats[0]).toBe(board === "rpi5" ? "int8-static" : "int8-dynamic");
+      }, 1_800_000);
+
+      test("the emulated CPU offers dot-product instructions (onnxruntime's sdot/udot kernels) only as a Pi 5", async () => {
+        const { hwcap } = await get();
+        expect(hwcap.arch).toBe("arm64");
+        expect(hwcap.asimddp).toBe(board === "rpi5");
       }, 1_800_000);
 
       test("fp32 logits match x86", async () => {
