@@ -109,8 +109,10 @@ export function sdNotify(state: string, env: NotifyEnv = process.env): boolean {
 
 /**
  * Tells systemd the service is ready (the socket listens, the model is loaded).
+ * Sends `READY=1`, `MAINPID` and, when given, `STATUS`.
  *
  * @param status - optional human status shown by `systemctl status`
+ * @param env - where `NOTIFY_SOCKET` is read. @defaultValue process.env
  * @returns whether the notification was sent
  */
 export function notifyReady(status?: string, env: NotifyEnv = process.env): boolean {
@@ -119,17 +121,32 @@ export function notifyReady(status?: string, env: NotifyEnv = process.env): bool
   return sdNotify(lines.join("\n"), env);
 }
 
-/** Pets the watchdog; call every {@link watchdogIntervalMs}. @returns whether it was sent */
+/**
+ * Pets the watchdog (`WATCHDOG=1`); call every {@link watchdogIntervalMs}.
+ *
+ * @param env - @defaultValue process.env
+ * @returns whether it was sent
+ */
 export function notifyWatchdog(env: NotifyEnv = process.env): boolean {
   return sdNotify("WATCHDOG=1", env);
 }
 
-/** Tells systemd the service is shutting down. @returns whether it was sent */
+/**
+ * Tells systemd the service is shutting down (`STOPPING=1`).
+ *
+ * @param env - @defaultValue process.env
+ * @returns whether it was sent
+ */
 export function notifyStopping(env: NotifyEnv = process.env): boolean {
   return sdNotify("STOPPING=1", env);
 }
 
-/** Sets the free-form status line of `systemctl status`. @returns whether it was sent */
+/**
+ * Sets the free-form status line of `systemctl status` (newlines become spaces).
+ *
+ * @param env - @defaultValue process.env
+ * @returns whether it was sent
+ */
 export function notifyStatus(status: string, env: NotifyEnv = process.env): boolean {
   return sdNotify(`STATUS=${oneLine(status)}`, env);
 }
