@@ -3,6 +3,7 @@
  * {@link InferenceSession} interface so the rest of quantd never sees the native
  * binding (and a different backend could be dropped in here).
  */
+import { dlopen, FFIType, ptr } from "bun:ffi";
 import * as ort from "onnxruntime-node";
 import { QuantdError } from "../errors.ts";
 import type {
@@ -91,6 +92,34 @@ class OrtSession implements InferenceSession {
   }
 }
 
+let telemetryChecked = false;
+
+/**
+ * Turns off onnxruntime's telemetry unless the user set ORT_DISABLE_TELEMETRY.
+ * ORT 1.30 otherwise writes a usage database under ~/.cache/Microsoft on every
+ * run (and carries upload code): not what a board or a workstation expects of
+ * a local tool, and under systemd's ProtectHome it cannot write there anyway.
+ * ORT reads the variable with getenv() when its environment is created (the
+ * first session), and Bun's `process.env` does not reach the C environment, so
+ * it is set through libc.
+ */
+function disableOrtTelemetry(): void {
+  if (telemetryChecked) return;
+  telemetryChecked = true;
+  if (process.env["ORT_DISABLE_TELEMETRY"] !== undefined) return;
+  try {
+    const libc = dlopen("libc.so.6", {
+      setenv: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    });
+    const name = Buffer.from("ORT_DISABLE_TELEMETRY\0", "utf8");
+    const value = Buffer.from("1\0", "utf8");
+    libc.symbols.setenv(ptr(name), ptr(value), 0);
+    libc.close();
+  } catch {
+    // Not glibc (or no FFI): ORT keeps its default; nothing else depends on it.
+  }
+}
+
 function toOrtOptions(o: SessionOptions): ort.InferenceSession.SessionOptions {
   const opts: ort.InferenceSession.SessionOptions = {
     executionProviders: ["cpu"],
@@ -116,6 +145,7 @@ export async function createOrtSession(
   model: string | Uint8Array,
   options: SessionOptions = {},
 ): Promise<InferenceSession> {
+  disableOrtTelemetry();
   try {
     const session =
       typeof model === "string"

@@ -1,0 +1,34 @@
+import { expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { repoRoot } from "../helpers/paths.ts";
+
+async function classifyWithHome(home: string, extraEnv: Record<string, string> = {}): Promise<number> {
+  const env: Record<string, string> = {
+    PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+    HOME: home,
+    ...extraEnv,
+  };
+  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), "classify", "a fine film"], {
+    cwd: repoRoot,
+    env,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  return await proc.exited;
+}
+
+test("onnxruntime writes no telemetry database unless the user asks for it", async () => {
+  const home = mkdtempSync(join(tmpdir(), "quantd-home-"));
+  const store = join(home, ".cache/Microsoft/DeveloperTools/.onnxruntime");
+  try {
+    expect(await classifyWithHome(home)).toBe(0);
+    expect(existsSync(store)).toBe(false);
+    // The user's explicit choice wins, which also shows this test can see the database.
+    expect(await classifyWithHome(home, { ORT_DISABLE_TELEMETRY: "0" })).toBe(0);
+    expect(existsSync(store)).toBe(true);
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+}, 60_000);
