@@ -9,8 +9,11 @@
  *      sensitivity fallback), write the candidate atomically
  *   3. `benchmark` — candidate vs the active model under the same conditions
  *   4. `promote`   — the registry copies, verifies and hot-swaps it
- *   5. `report`    — figures into the store (model metrics, bench results) and
- *      a `report` message into the outbox for the fleet link
+ *   5. `report`    — figures into the store (model metrics, bench results)
+ *
+ * The job's `report` message goes into the outbox once the runner has recorded
+ * its end, whatever the end (see {@link createRecalibrationRunner}); the fleet
+ * link sends what the outbox holds and does not report these jobs again.
  *
  * A checkpoint records each completed stage; a resumed job skips those whose
  * artefacts are intact (the candidate's SHA-256 is checked before it is
@@ -35,7 +38,14 @@ import type { Job } from "../store/jobs.ts";
 import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
-import { type JobContext, type JobHandler, JobRunner, type JobSchedule, type JobVerdict } from "./jobs.ts";
+import {
+  isFinished,
+  type JobContext,
+  type JobHandler,
+  JobRunner,
+  type JobSchedule,
+  type JobVerdict,
+} from "./jobs.ts";
 
 /** The job type in the store. */
 export const RECALIBRATE_JOB = "recalibrate";
@@ -100,7 +110,7 @@ export interface RecalibrationDeps {
   tokenizerDir?: string;
   /** Intra-op threads of the job's sessions (leave cores to serving). @defaultValue 1 */
   threads?: number;
-  /** Names in the outbox topic `quantd/v1/{fleet}/{device}/report`. @defaultValue fleet `local`, device the host name */
+  /** Names in the report's outbox topic `quantd/v1/{fleet}/{device}/report`. @defaultValue fleet `local`, device the host name */
   fleet?: string;
   device?: string;
   /** Defaults for parameters a job leaves out (the agent's config). */
@@ -299,11 +309,28 @@ function benchFigures(c: CandidateComparison, runs: number): BenchFigures {
   return f;
 }
 
-/** The report without the bulky per-tensor tables: what travels over MQTT. */
-function slimReport(report: QuantizeReport | undefined): Record<string, unknown> | undefined {
-  if (report === undefined) return undefined;
-  const { ranges: _r, layerError: _l, ...rest } = report;
-  return rest;
+/** The result without the quantizer's bulky per-tensor tables: what travels over MQTT. */
+function slimResult(result: unknown): unknown {
+  if (typeof result !== "object" || result === null || !("report" in result)) return result;
+  const { report, ...rest } = result as { report?: unknown };
+  if (typeof report !== "object" || report === null) return result;
+  const { ranges: _r, layerError: _l, ...slim } = report as QuantizeReport;
+  return { ...rest, report: slim };
+}
+
+/** The `report` message of a finished job (the fleet's {@link ReportMessage} shape). */
+export function recalibrationReport(job: Job, device: string): Record<string, unknown> {
+  return {
+    id: job.id,
+    device,
+    jobId: job.id,
+    type: job.type,
+    state: job.state,
+    ...(job.result !== null ? { result: slimResult(job.result) } : {}),
+    ...(job.error !== null ? { error: job.error } : {}),
+    startedAt: job.startedAt,
+    finishedAt: job.finishedAt,
+  };
 }
 
 /**
@@ -315,18 +342,11 @@ function slimReport(report: QuantizeReport | undefined): Record<string, unknown>
  * `STORE_BUSY`… when the device could not do the work.
  */
 export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler {
-  const fleet = deps.fleet ?? "local";
-  const device = deps.device ?? defaultDevice();
   const threads = deps.threads ?? 1;
   const { store } = deps;
 
-  /** Records figures in the store and queues the report message; a full outbox never fails the job. */
-  const finishReport = (
-    ctx: JobContext,
-    verdict: RecalibrationResult,
-    state: "SUCCEEDED" | "REJECTED",
-    error: QuantdError | undefined,
-  ): void => {
+  /** Records the figures in the store (the report message is queued once the job has ended). */
+  const finishReport = (ctx: JobContext, verdict: RecalibrationResult): void => {
     ctx.stage("report", 0.95);
     const b = verdict.bench;
     const v = verdict.candidate?.version;
@@ -367,22 +387,6 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         ...(verdict.validation !== undefined ? { validation: verdict.validation } : {}),
         ...(b !== undefined ? { bench: b } : {}),
       });
-    }
-    const message = {
-      id: ctx.job.id,
-      device,
-      jobId: ctx.job.id,
-      type: ctx.job.type,
-      state,
-      result: { ...verdict, report: slimReport(verdict.report) },
-      ...(error !== undefined ? { error: error.toJSON() } : {}),
-      startedAt: ctx.job.startedAt,
-      finishedAt: Date.now(),
-    };
-    try {
-      store.outbox.enqueue(reportTopic(fleet, device), JSON.stringify(message));
-    } catch (err) {
-      ctx.log(`report not queued: ${QuantdError.from(err).toLine()}`);
     }
   };
 
@@ -525,7 +529,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
           if (!isQuantdError(err, "GATE_NOT_MET")) throw err;
           report = readReport();
           const verdict = result("rejected", [err.message]);
-          await timed("report", () => finishReport(ctx, verdict, "REJECTED", err));
+          await timed("report", () => finishReport(ctx, verdict));
           return { state: "REJECTED", result: verdict, error: err };
         }
         const sha256 = fileSha256(candidatePath);
@@ -558,7 +562,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
           candidate,
           ...(bench !== undefined ? { bench } : {}),
         };
-        finishReport(ctx, verdict, "REJECTED", error);
+        finishReport(ctx, verdict);
         return { state: "REJECTED", result: verdict, error };
       };
       const verifyCandidate = (): void => {
@@ -660,7 +664,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
 
       // ---- 5. report
       const verdict: RecalibrationResult = { ...result("promoted", []), candidate, bench };
-      await timed("report", () => finishReport(ctx, verdict, "SUCCEEDED", undefined));
+      await timed("report", () => finishReport(ctx, verdict));
       return { state: "SUCCEEDED", result: verdict };
     },
   };
@@ -683,8 +687,33 @@ export function jobsDir(stateDir: string): string {
   return join(stateDir, "jobs");
 }
 
-/** A {@link JobRunner} that runs recalibration jobs in a state directory. */
+/**
+ * A {@link JobRunner} that runs recalibration jobs in a state directory.
+ *
+ * Every recalibration job that ends — succeeded, rejected, failed (an empty
+ * pool, a full disk, cancelled, timed out, interrupted too often) — queues
+ * exactly one `report` message in the store's outbox, here, after the runner
+ * recorded the end and before `onUpdate` hears of it. The outbox keeps it
+ * whether or not a fleet link runs in this process (`quantd job --wait` has
+ * none); the agent's link drains it.
+ */
 export function createRecalibrationRunner(options: RecalibrationRunnerOptions): JobRunner {
+  const device = options.device ?? defaultDevice();
+  const topic = reportTopic(options.fleet ?? "local", device);
+  // The runner announces an end once; the set guards against a second announcement queuing a second report.
+  const reported = new Set<string>();
+  const onUpdate = (job: Job): void => {
+    if (job.type === RECALIBRATE_JOB && isFinished(job) && !reported.has(job.id)) {
+      reported.add(job.id);
+      if (reported.size > 256) reported.delete(reported.values().next().value ?? "");
+      try {
+        options.store.outbox.enqueue(topic, JSON.stringify(recalibrationReport(job, device)));
+      } catch (err) {
+        options.log?.(`job ${job.id}: report not queued: ${QuantdError.from(err).toLine()}`);
+      }
+    }
+    options.onUpdate?.(job);
+  };
   return new JobRunner({
     jobs: options.store.jobs,
     workRoot: jobsDir(options.stateDir),
@@ -694,6 +723,6 @@ export function createRecalibrationRunner(options: RecalibrationRunnerOptions): 
     ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
     ...(options.schedule !== undefined ? { schedule: options.schedule } : {}),
     ...(options.log !== undefined ? { log: options.log } : {}),
-    ...(options.onUpdate !== undefined ? { onUpdate: options.onUpdate } : {}),
+    onUpdate,
   });
 }

@@ -7,7 +7,7 @@
  * lost. Telemetry is QoS 0, sampled periodically and sent in batches.
  */
 import { QuantdError } from "../errors.ts";
-import type { FinalJobState, Job, JobState, JobStore } from "../store/jobs.ts";
+import type { FinalJobState, Job, JobStore } from "../store/jobs.ts";
 import type { OutboxStats, OutboxStore } from "../store/outbox.ts";
 import { type FleetConfig, type ResolvedFleetConfig, resolveFleetConfig } from "./config.ts";
 import type { AgentIdentity, FleetCommandHandler, FleetJobContext } from "./handler.ts";
@@ -51,8 +51,11 @@ export interface FleetLinkDeps {
   /**
    * The agent's own job runner, for the job types it runs (its recalibration
    * job, say). The link then only queues those jobs and wakes the runner; the
-   * agent passes every change of a job to {@link FleetLink.jobUpdated}. Other
-   * job commands run in the link through the handler's job methods.
+   * agent passes every change of a job to {@link FleetLink.jobUpdated}. Such a
+   * runner queues each job's report in the outbox itself, so that it is kept
+   * when no link runs (another process ran the job); the link sends it from
+   * there and never reports these jobs again. Other job commands run in the
+   * link through the handler's job methods, and the link reports them.
    */
   runner?: ExternalJobRunner;
 }
@@ -95,8 +98,9 @@ export interface FleetLink {
    */
   report(report: Omit<ReportMessage, "device">): void;
   /**
-   * Publishes a job's change (its `jobs/{id}` message) and, once it has ended,
-   * its report. For jobs run by an {@link ExternalJobRunner}.
+   * Publishes a job's change (its `jobs/{id}` message), and with it what the
+   * outbox holds (the report the runner queued when the job ended). For jobs
+   * run by an {@link ExternalJobRunner}.
    */
   jobUpdated(job: Job): void;
   /**
@@ -118,8 +122,6 @@ export interface FleetLink {
 function outboxFigures(s: OutboxStats): OutboxFigures {
   return { queued: s.count, bytes: s.bytes, dropped: s.dropped };
 }
-
-const FINAL_STATES: readonly JobState[] = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
 
 function finalState(err: QuantdError): FinalJobState {
   if (err.code === "GATE_NOT_MET") return "REJECTED";
@@ -493,8 +495,10 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
     jobUpdated(job) {
       if (stopped) return;
       try {
+        // No report here: the runner queued it before telling us, and this enqueue drains the
+        // outbox, report included. (The link used to queue a second report of its own, so each
+        // recalibration reached subscribers twice and they deduped it by id.)
         publishJob(job);
-        if (FINAL_STATES.includes(job.state)) publishReport(job);
       } catch (err) {
         log(`fleet: job ${job.id} update not queued: ${QuantdError.from(err).toLine()}`);
       }

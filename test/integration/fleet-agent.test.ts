@@ -31,6 +31,9 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
   let dir: string;
   let agent: Agent;
   let conn: MqttConnection;
+  /** A client of its own that counts every report message by id (the requester dedupes; this must not). */
+  let counter: MqttConnection;
+  const reportCounts = new Map<string, number>();
   let req: FleetRequester;
   let fleetStore: FleetStore;
   let controller: FleetController;
@@ -46,6 +49,12 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     });
     await conn.subscribe(["quantd/v1/lab/board-1/status"], { qos: 1 });
     req = await createFleetRequester(conn, "lab");
+    counter = await connectMqttOnce({ url: broker.url, clientId: "report-counter" });
+    counter.onMessage((m) => {
+      const id = (decodeJson(m.payload) as { id: string }).id;
+      reportCounts.set(id, (reportCounts.get(id) ?? 0) + 1);
+    });
+    await counter.subscribe(["quantd/v1/lab/board-1/report"], { qos: 1 });
     fleetStore = await openSqliteFleetStore(":memory:");
     controller = startController({
       broker: broker.url,
@@ -70,6 +79,7 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     await fleetStore?.close();
     await req?.close();
     await conn?.close();
+    await counter?.close();
     await broker?.dispose();
     if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   });
@@ -135,6 +145,9 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     expect(finished.state).toBe("FAILED");
     expect(finished.report.error?.code).toBe("CALIB_EMPTY");
     expect(agent.store.jobs.require("recal-1")).toMatchObject({ type: "recalibrate", state: "FAILED" });
+    // One report per job: the runner queues it, the link only sends it (it used to queue a second one).
+    await Bun.sleep(500);
+    expect(reportCounts.get("recal-1")).toBe(1);
   }, 120_000);
 
   test("a rollback with no earlier version fails with NOT_FOUND; set-config refuses what cannot change live", async () => {
@@ -161,6 +174,8 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     const finished = await done;
     expect(finished.state).toBe("SUCCEEDED");
     expect(finished.report.result).toMatchObject({ decision: "promoted" });
+    await Bun.sleep(500);
+    expect(reportCounts.get("recal-real")).toBe(1);
     const active = agent.registry.activeVersion()!;
     expect(active.kind).toMatch(/^int8-/);
     // The retained status follows the swap without a reconnect.

@@ -182,6 +182,10 @@ describe("recalibration job", () => {
     expect(done.error?.code).toBe("CALIB_EMPTY");
     expect(done.error?.message).toContain("collect some first");
     await expectServingUnchanged(e);
+    // A failure is reported too, once, by the runner (the handler never got to its report stage).
+    expect(outboxReports(e).map((m) => [m["id"], m["state"], (m["error"] as { code: string }).code])).toEqual(
+      [["empty", "FAILED", "CALIB_EMPTY"]],
+    );
   }, 30_000);
 
   test("resumes from an intact candidate: no recalibration, benchmark → promote → report", async () => {
