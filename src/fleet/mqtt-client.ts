@@ -74,6 +74,14 @@ export interface MqttConnectOptions {
   connectTimeoutMs?: number;
 }
 
+/** What the broker's CONNACK said. */
+export interface ConnectInfo {
+  /** The broker kept the session (subscriptions, queued messages) from before. */
+  sessionPresent: boolean;
+  /** MQTT 5 Shared Subscription Available: absent in the CONNACK means yes. */
+  sharedSubscriptions: boolean;
+}
+
 /** A live (or reconnecting) connection to the broker. */
 export interface MqttConnection {
   readonly clientId: string;
@@ -97,7 +105,7 @@ export interface MqttConnection {
   /** Calls `fn` on every message; returns the unsubscribe function. */
   onMessage(fn: (message: MqttMessage) => void): () => void;
   /** Calls `fn` on every (re)connect. */
-  onConnect(fn: (info: { sessionPresent: boolean }) => void): () => void;
+  onConnect(fn: (info: ConnectInfo) => void): () => void;
   /** Calls `fn` whenever the connection drops. */
   onClose(fn: () => void): () => void;
   /** Calls `fn` with connection errors (refused login, TLS, …); reconnecting goes on. */
@@ -252,7 +260,11 @@ function wrap(client: MqttClient, clientId: string): MqttConnection {
       );
     },
     onConnect(fn) {
-      const h = (packet: mqtt.IConnackPacket): void => fn({ sessionPresent: packet.sessionPresent });
+      const h = (packet: mqtt.IConnackPacket): void =>
+        fn({
+          sessionPresent: packet.sessionPresent,
+          sharedSubscriptions: packet.properties?.sharedSubscriptionAvailable !== false,
+        });
       return listen(
         (f) => client.on("connect", f),
         (f) => client.off("connect", f),

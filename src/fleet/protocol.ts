@@ -66,6 +66,9 @@ export function deviceTopics(fleet: string, device: string): DeviceTopics {
 /** The shared subscription controllers use, so replicas split the fleet's messages. */
 export const CONTROLLER_SHARED_FILTER = `$share/quantd-controllers/${TOPIC_ROOT}/+/+/#`;
 
+/** The same messages without sharing, for a broker that has no shared subscriptions (one controller only). */
+export const CONTROLLER_FILTER = `${TOPIC_ROOT}/+/+/#`;
+
 /** A topic of the fleet tree, decoded. */
 export type ParsedTopic =
   | { kind: "status"; fleet: string; device: string }

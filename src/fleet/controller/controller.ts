@@ -5,12 +5,14 @@
  * receives what was queued for it. Every message goes into the
  * {@link FleetStore}; listeners (the dashboard's live updates) hear about each
  * change. The controller assumes nothing of the broker beyond MQTT 5 shared
- * subscriptions: it works the same on one mosquitto, a bridge or a cluster.
+ * subscriptions: it works the same on one mosquitto, a bridge or a cluster
+ * (and, as the only controller, on a broker without them).
  */
 import { hostname } from "node:os";
 import { QuantdError } from "../../errors.ts";
 import { connectMqtt, type MqttConnection, type MqttMessage } from "../mqtt-client.ts";
 import {
+  CONTROLLER_FILTER,
   CONTROLLER_SHARED_FILTER,
   decodeJson,
   type JobMessage,
@@ -256,10 +258,15 @@ export function startController(options: ControllerOptions): FleetController {
         log(`controller: cannot store ${m.topic}: ${QuantdError.from(err).toLine()}`);
       });
   });
-  conn.onConnect(() => {
+  conn.onConnect(({ sharedSubscriptions }) => {
     stats.connected = true;
+    // A broker without shared subscriptions (the embedded one of `quantd demo`) says so in its
+    // CONNACK and refuses `$share/…`: subscribe plainly then, which is right for one controller.
+    if (!sharedSubscriptions) {
+      log("controller: the broker has no shared subscriptions; subscribing as the only controller");
+    }
     conn
-      .subscribe([CONTROLLER_SHARED_FILTER], { qos: 1 })
+      .subscribe([sharedSubscriptions ? CONTROLLER_SHARED_FILTER : CONTROLLER_FILTER], { qos: 1 })
       .then(() => {
         subscribed = true;
         for (const w of readyWaiters) w();
