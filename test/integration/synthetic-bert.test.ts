@@ -10,11 +10,14 @@ import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import type { InferenceSession, Tensor } from "../../src/runtime/types.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
+import { collectLogits } from "../../src/quant/pipeline.ts";
 import {
   buildSyntheticBert,
+  type MarginStats,
+  marginStats,
   SYNTHETIC_BERT_PRESETS,
   type SyntheticBertConfig,
-  syntheticBertMatMulName,
+  syntheticBertInputs,
   syntheticBertParamCount,
 } from "../fixtures/synthetic-bert.ts";
 
@@ -140,42 +143,156 @@ describe("synthetic BERT (tiny)", () => {
   });
 });
 
+describe("sentiment path", () => {
+  /** Logit margins of a config over 200 random [CLS] … [SEP] inputs. */
+  async function margins(config: SyntheticBertConfig): Promise<MarginStats> {
+    const s = await createOrtSession(encodeModel(buildSyntheticBert(config)));
+    try {
+      const l = await collectLogits(s, syntheticBertInputs(200, 50, config.vocab, 64, 12));
+      return marginStats(l.data, l.rows);
+    } finally {
+      await s.release();
+    }
+  }
+
+  test("logits follow the words with a trained classifier's margins, both classes common", async () => {
+    const m = await margins(tiny);
+    expect(m.p50).toBeGreaterThan(1);
+    expect(m.p95).toBeGreaterThan(3);
+    expect(m.class1).toBeGreaterThan(0.3);
+    expect(m.class1).toBeLessThan(0.7);
+  });
+
+  test("without it (sentiment 0) the random BERT's logits are near ties on one class", async () => {
+    const m = await margins({ ...tiny, sentiment: 0 });
+    expect(m.p50).toBeLessThan(0.5);
+    expect(Math.min(m.class1, 1 - m.class1)).toBeLessThan(0.1);
+  });
+
+  test("[CLS] learns the sentence: the same words in another order keep the class mostly, other words flip it often", async () => {
+    const s = await createOrtSession(encodeModel(buildSyntheticBert(tiny)));
+    try {
+      const inputs = syntheticBertInputs(100, 100, tiny.vocab, 48, 3);
+      const base = await collectLogits(s, inputs);
+      // Reverse the words between [CLS] and [SEP].
+      const b = inputs[0]!;
+      const reversed = BigInt64Array.from(b.inputIds);
+      for (let r = 0; r < b.batchSize; r++) {
+        const len = b.lengths[r]!;
+        for (let j = 1; j < len - 1; j++)
+          reversed[r * b.seqLen + j] = b.inputIds[r * b.seqLen + len - 1 - j]!;
+      }
+      const other = syntheticBertInputs(100, 100, tiny.vocab, 48, 4);
+      const rev = await collectLogits(s, [{ ...b, inputIds: reversed }]);
+      const oth = await collectLogits(s, other);
+      const sign = (l: Float32Array, r: number) => l[2 * r + 1]! > l[2 * r]!;
+      let sameRev = 0;
+      let sameOther = 0;
+      for (let r = 0; r < 100; r++) {
+        if (sign(rev.data, r) === sign(base.data, r)) sameRev++;
+        if (sign(oth.data, r) === sign(base.data, r)) sameOther++;
+      }
+      expect(sameRev).toBeGreaterThan(sameOther + 10);
+      expect(sameOther).toBeLessThan(75);
+    } finally {
+      await s.release();
+    }
+  });
+});
+
 describe("planted outlier", () => {
-  test("scales one output channel of the chosen projection and leaves everything else as it was", async () => {
-    const config: SyntheticBertConfig = { ...tiny, plantOutlier: { layer: 1, node: "ffn_out", scale: 60 } };
+  const valueCol = (w: Float32Array, ch: number) =>
+    Array.from({ length: tiny.hidden }, (_, i) => w[i * tiny.hidden + ch]!);
+  const initializer = (m: ModelProto, name: string) =>
+    tensorToArray(m.graph.initializer.find((t) => t.name === name)!) as Float32Array;
+  /** Largest |x| of the outlier channel and of the others, at a tensor, over a few inputs. */
+  async function peaks(m: ModelProto, tensor: string): Promise<{ outlier: number; rest: number }> {
+    new GraphIndex(m.graph).addGraphOutput(tensor);
+    const s = await createOrtSession(encodeModel(m));
+    try {
+      const r = await s.run(batch([[101, 5, 6, 7, 8, 9, 102]]));
+      const t = r[tensor]!;
+      const width = t.dims.at(-1)!;
+      const perChannel = new Float32Array(width);
+      (t.data as Float32Array).forEach((v, i) => {
+        perChannel[i % width] = Math.max(perChannel[i % width]!, Math.abs(v));
+      });
+      const sorted = Array.from(perChannel).sort((a, b) => b - a);
+      return { outlier: sorted[0]!, rest: sorted[1]! };
+    } finally {
+      await s.release();
+    }
+  }
+
+  test("attn_out: one value channel ×1000, the attention-output row ÷1000; fp32 logits unchanged", async () => {
+    const config: SyntheticBertConfig = {
+      ...tiny,
+      plantOutlier: { layer: 1, node: "attn_out", scale: 1000 },
+    };
     const planted = buildSyntheticBert(config);
     const plain = buildSyntheticBert(tiny);
-    const weight = "bert.encoder.layer.1.output.dense.weight";
+    const P = "bert.encoder.layer.1.attention";
+    const touched = [`${P}.self.value.weight`, `${P}.self.value.bias`, `${P}.output.dense.weight`];
     plain.graph.initializer.forEach((t, k) => {
-      const u = planted.graph.initializer[k]!;
-      const same = Buffer.from(u.rawData!).equals(Buffer.from(t.rawData!));
-      const touched = t.name === weight || t.name === "bert.encoder.layer.1.output.dense.bias";
-      expect(`${t.name}: ${same}`).toBe(`${t.name}: ${!touched}`);
+      const same = Buffer.from(planted.graph.initializer[k]!.rawData!).equals(Buffer.from(t.rawData!));
+      expect(`${t.name}: ${same}`).toBe(`${t.name}: ${!touched.includes(t.name)}`);
     });
-    const w0 = tensorToArray(plain.graph.initializer.find((t) => t.name === weight)!) as Float32Array;
-    const w1 = tensorToArray(planted.graph.initializer.find((t) => t.name === weight)!) as Float32Array;
+    const v0 = initializer(plain, touched[0]!);
+    const v1 = initializer(planted, touched[0]!);
     const cols = new Set<number>();
-    w0.forEach((v, i) => {
-      if (w1[i] !== v) {
-        expect(w1[i]! / v).toBeCloseTo(60, 3);
-        cols.add(i % tiny.hidden);
-      }
+    v0.forEach((x, i) => {
+      if (v1[i] !== x) cols.add(i % tiny.hidden);
     });
     expect(cols.size).toBe(1);
+    const ch = [...cols][0]!;
+    expectClose(
+      valueCol(v1, ch),
+      valueCol(v0, ch).map((x) => x * 1000),
+      { atol: 0, rtol: 1e-6, what: "value column" },
+    );
 
-    // The projection's output now has an outlier channel.
-    const out = syntheticBertMatMulName(1, "ffn_out").replace(/MatMul$/, "Add_output_0");
-    const peak = async (m: ModelProto): Promise<number> => {
-      new GraphIndex(m.graph).addGraphOutput(out);
+    // The attention-output projection's input now has one channel ~1000× the others…
+    const input = "/bert/encoder/layer.1/attention/self/Reshape_3_output_0";
+    const p = await peaks(structuredClone(planted), input);
+    expect(p.outlier).toBeGreaterThan(100 * p.rest);
+    // …while fp32 computes the same function.
+    const run = async (m: ModelProto) => {
       const s = await createOrtSession(encodeModel(m));
       try {
-        const r = await s.run(batch([[101, 5, 6, 7, 102]]));
-        return Math.max(...Array.from(r[out]!.data as Float32Array, Math.abs));
+        return row(await logits(s, batch([[101, 40, 41, 42, 43, 102]])), 0, 2);
       } finally {
         await s.release();
       }
     };
-    expect(await peak(planted)).toBeGreaterThan(10 * (await peak(plain)));
+    expectClose(await run(planted), await run(plain), { atol: 1e-3, what: "logits" });
+  });
+
+  test("ffn_out: one FFN channel ×60 in, ÷60 out; fp32 logits nearly unchanged", async () => {
+    const planted = buildSyntheticBert({ ...tiny, plantOutlier: { layer: 0, node: "ffn_out", scale: 60 } });
+    const plain = buildSyntheticBert(tiny);
+    const input = "/bert/encoder/layer.0/intermediate/intermediate_act_fn/Mul_1_output_0";
+    const p = await peaks(structuredClone(planted), input);
+    expect(p.outlier).toBeGreaterThan(10 * p.rest);
+    const q = await peaks(structuredClone(plain), input);
+    expect(q.outlier).toBeLessThan(10 * q.rest);
+    const s0 = await createOrtSession(encodeModel(plain));
+    const s1 = await createOrtSession(encodeModel(planted));
+    try {
+      const feeds = batch([[101, 40, 41, 42, 43, 102]]);
+      expectClose(row(await logits(s1, feeds), 0, 2), row(await logits(s0, feeds), 0, 2), {
+        atol: 0.1,
+        what: "logits",
+      });
+    } finally {
+      await s0.release();
+      await s1.release();
+    }
+  });
+
+  test("only attn_out and ffn_out take an outlier", () => {
+    expect(() =>
+      buildSyntheticBert({ ...tiny, plantOutlier: { layer: 0, node: "query" as "attn_out", scale: 10 } }),
+    ).toThrow(/attn_out or ffn_out/);
   });
 });
 
