@@ -1,9 +1,12 @@
 /**
  * `quantd demo` end to end, as a user runs it from another directory: the
- * fp32 steps, the agent on a temporary socket, a recalibration job that
- * promotes int8, classification through the socket and the int8/fp32
- * comparison — asserted on the summary lines and on `--json`. Both runs go in
- * parallel to keep the test's wall time near one demo's.
+ * fp32 steps, then the fleet loop — the embedded MQTT broker, the agent on a
+ * temporary socket joined to the fleet, the controller seeing it online, a
+ * recalibration sent over MQTT that promotes int8 and whose report reaches the
+ * controller's store exactly once — then classification through the socket by
+ * int8 and the int8/fp32 comparison, asserted on the printed lines and on
+ * `--json`. Both runs go in parallel (each with its own broker on its own
+ * port) to keep the test's wall time near one demo's.
  */
 import { describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
@@ -42,8 +45,21 @@ function percent(text: string, re: RegExp): number {
   return Number(m[1]) / 100;
 }
 
+const STEPS = [
+  "load",
+  "classify",
+  "evaluate",
+  "broker",
+  "agent",
+  "seed",
+  "controller",
+  "recalibrate",
+  "serve",
+  "compare",
+];
+
 describe("quantd demo", () => {
-  test("recalibrates to int8 in the agent, serves it over the socket and summarizes fp32 vs int8", async () => {
+  test("runs the fleet loop: broker, agent, controller, recalibration over MQTT, the device's report, int8 over the socket", async () => {
     const cwd = mkdtempSync(join(tmpdir(), "quantd-demo-cwd-"));
     try {
       const [human, json] = await Promise.all([
@@ -54,22 +70,40 @@ describe("quantd demo", () => {
       expect(human.stderr).not.toContain("error");
       expect(human.code).toBe(0);
       const out = human.stdout;
-      for (const [i, step] of [
-        "load",
-        "classify",
-        "evaluate",
-        "agent",
-        "seed",
-        "recalibrate",
-        "serve",
-        "compare",
-      ].entries()) {
-        expect(out).toContain(`[${i + 1}/8] ${step}`);
-      }
+      for (const [i, step] of STEPS.entries()) expect(out).toContain(`[${i + 1}/${STEPS.length}] ${step}`);
+      // The fleet loop, as printed while it runs.
+      expect(out).toMatch(/embedded MQTT 5 broker \(aedes, .*\) on mqtt:\/\/127\.0\.0\.1:\d+/);
+      expect(out).toMatch(
+        /fleet link: device demo-device of fleet demo, connected to mqtt:\/\/127\.0\.0\.1:\d+/,
+      );
+      expect(out).toMatch(
+        /demo-device: online \(retained status\), agent \d+\.\d+\.\d+, fp32 model version 1/,
+      );
+      expect(out).toContain(
+        "command recalibrate → demo-device on quantd/v1/demo/demo-device/cmd/recalibrate",
+      );
+      expect(out).toMatch(/ QUEUED\n/);
+      expect(out).toMatch(/ IN_PROGRESS calibrate\n/);
+      expect(out).toMatch(/ SUCCEEDED\n/);
+      // The device's report, from the controller's store: received once.
+      const report = out.slice(out.indexOf("demo-device's report as the controller stored it"));
+      expect(report).toMatch(
+        /^demo-device's report as the controller stored it \(1 report, 0 duplicate received\):/,
+      );
+      expect(report).toMatch(/serving\s+int8-static model version 2 \(retained status\)/);
+      expect(report).toMatch(/size\s+fp32 28\.9 MB → int8-static [\d.]+ MB \([3-4]\.\d× smaller\)/);
+      expect(report).toMatch(/latency p50\s+fp32 [\d.]+ ms → int8-static [\d.]+ ms \(ratio [\d.]+;/);
+      expect(report).toMatch(/peak RSS\s+[\d.]+ MB → [\d.]+ MB/);
+      expect(report).toMatch(/agreement\s+int8 = fp32 on [\d.]+% of 256 held-out \(gate 99\.50%\)/);
+      expect(report).toMatch(/accuracy\s+fp32 [\d.]+% → int8 [\d.]+% \(held-out labels\)/);
+      expect(out).toMatch(/answered by int8-static model version 2 over \S+quantd\.sock/);
       const summary = out.slice(out.indexOf("\nSummary"));
       expect(summary).toMatch(/accuracy\s+\d+\.\d\d% on 48 SST-2 dev sentences \(fp32\)/);
       expect(summary).toMatch(
-        /recalibration\s+SUCCEEDED in [\d.]+ s: 128 calibration \+ 256 held-out store samples, int8-static promoted as version 2/,
+        /fleet\s+demo-device online at the controller via the embedded broker, serving int8-static version 2/,
+      );
+      expect(summary).toMatch(
+        /recalibration\s+SUCCEEDED in [\d.]+ s over MQTT: 128 calibration \+ 256 held-out store samples, int8-static promoted as version 2/,
       );
       expect(summary).toMatch(/stages\s+pick .*, quantize .*, benchmark .*, promote .*, report /);
       expect(
@@ -92,8 +126,19 @@ describe("quantd demo", () => {
         steps: string[];
         classify: { label: string }[];
         evaluate: { n: number; accuracy: number; latencyMsP50: number; throughputPerSec: number };
+        broker: { url: string; embedded: boolean };
+        agent: { fleet: string; device: string };
+        controller: {
+          dashboard: string;
+          device: { online: boolean; model: { kind: string; version: string } };
+        };
         recalibrate: {
+          via: string;
           state: string;
+          stored: boolean;
+          reports: number;
+          duplicateReports: number;
+          device: { online: boolean; model: { kind: string; version: string } };
           result: { decision: string; candidate: { kind: string; version: number } };
         };
         serve: { version: number; kind: string; results: { label: string }[] };
@@ -104,16 +149,7 @@ describe("quantd demo", () => {
           int8: { bytes: number; accuracy: number };
         };
       };
-      expect(j.steps).toEqual([
-        "load",
-        "classify",
-        "evaluate",
-        "agent",
-        "seed",
-        "recalibrate",
-        "serve",
-        "compare",
-      ]);
+      expect(j.steps).toEqual(STEPS);
       expect(j.classify.map((c) => c.label)).toEqual([
         "positive",
         "negative",
@@ -125,7 +161,19 @@ describe("quantd demo", () => {
       expect(j.evaluate.accuracy).toBeGreaterThan(0.6);
       expect(j.evaluate.latencyMsP50).toBeGreaterThan(0);
       expect(j.evaluate.throughputPerSec).toBeGreaterThan(0);
-      expect(j.recalibrate.state).toBe("SUCCEEDED");
+      expect(j.broker).toMatchObject({ embedded: true });
+      expect(j.broker.url).toMatch(/^mqtt:\/\/127\.0\.0\.1:\d+$/);
+      expect(j.agent).toMatchObject({ fleet: "demo", device: "demo-device" });
+      expect(j.controller.dashboard).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
+      expect(j.controller.device).toMatchObject({ online: true, model: { kind: "fp32", version: "1" } });
+      expect(j.recalibrate).toMatchObject({
+        via: "mqtt",
+        state: "SUCCEEDED",
+        stored: true,
+        reports: 1,
+        duplicateReports: 0,
+        device: { online: true, model: { kind: "int8-static", version: "2" } },
+      });
       expect(j.recalibrate.result.decision).toBe("promoted");
       expect(j.recalibrate.result.candidate).toMatchObject({ kind: "int8-static", version: 2 });
       expect(j.serve).toMatchObject({ version: 2, kind: "int8-static" });

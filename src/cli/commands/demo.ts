@@ -1,41 +1,55 @@
 /**
  * `quantd demo`: what quantd does, end to end, on the model and samples shipped
- * in the repository, with nothing else needed (no `../shared`, no network).
+ * in the repository, with nothing else needed (no `../shared`, no network, no
+ * broker to install): the fp32 model alone, then the full fleet loop on this
+ * machine — an MQTT broker (embedded unless `--broker` names one), the agent
+ * on a temporary socket joined to fleet `demo`, the fleet controller, a
+ * recalibration the controller's side sends over MQTT (the path of
+ * `quantd fleet recalibrate --wait`), the device's report as the controller
+ * stored it, and the promoted int8 model answering over the socket.
  *
  * The demo is a list of named steps sharing one state, each printing its own
- * lines; later steps (calibrate → quantize → validate → bench → serve) are
- * added to {@link DEMO_STEPS} as those parts land.
+ * lines ({@link DEMO_STEPS}).
  */
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { arch, cpus, tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { type Agent, startAgent } from "../../agent/agent.ts";
 import { loadAgentConfig } from "../../agent/config.ts";
-import { isFinished } from "../../agent/jobs.ts";
-import { RECALIBRATE_JOB, type RecalibrationResult } from "../../agent/recalibrate.ts";
+import type { RecalibrationResult } from "../../agent/recalibrate.ts";
 import { QuantdError } from "../../errors.ts";
+import { type FleetController, startController } from "../../fleet/controller/controller.ts";
+import { type Dashboard, startDashboard } from "../../fleet/controller/http.ts";
+import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
+import type { DeviceRecord, FleetStore } from "../../fleet/controller/store.ts";
+import { type EmbeddedBroker, startEmbeddedBroker } from "../../fleet/embedded-broker.ts";
+import { connectMqttOnce, type MqttConnection, parseBrokerUrl } from "../../fleet/mqtt-client.ts";
+import { runJobCommand } from "../../fleet/operations.ts";
+import type { ReportMessage } from "../../fleet/protocol.ts";
+import { createFleetRequester, type FleetRequester } from "../../fleet/requester.ts";
 import { type Classifier, loadClassifier } from "../../runtime/classifier.ts";
 import { type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { ORT_VERSION } from "../../runtime/ort-session.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
-import type { Job } from "../../store/jobs.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { JSON_FLAG, openClassifier, THREADS_FLAG } from "../model-flags.ts";
-import { expectNoPositionals, flagBool, flagInt } from "../parse.ts";
+import { expectNoPositionals, flagBool, flagInt, flagString } from "../parse.ts";
 import { PACKAGE_ROOT, SHIPPED_DEV_TSV, SHIPPED_MODEL, SHIPPED_MODEL_DIR } from "../paths.ts";
 import { createProgress, formatBytes, formatMs, formatPercent, renderTable } from "../render.ts";
-import { describeRecalibration } from "./job.ts";
 
 /** The shipped SST-2 training sample the demo seeds the agent's store with. */
 export const SHIPPED_TRAIN_TSV: string = join(PACKAGE_ROOT, "calib/samples/sst2-train-4k.tsv");
 
-/** The demo's recalibration: the agent's defaults, without the memory benchmark (it spawns processes). */
-export const DEMO_RECALIBRATION = {
-  samples: 128,
-  validationSamples: 256,
-  benchRuns: 30,
-  benchMemory: false,
-} as const;
+/** The demo's fleet and device names (topics `quantd/v1/demo/demo-device/…`). */
+export const DEMO_FLEET = "demo";
+export const DEMO_DEVICE = "demo-device";
+
+/**
+ * The recalibration command the demo sends: as `quantd fleet recalibrate
+ * demo-device --samples 128`; the agent's defaults do the rest (256 held-out
+ * samples, 30 benchmark runs with peak memory, the 99.5 % agreement gate).
+ */
+export const DEMO_RECALIBRATION = { samples: 128 } as const;
 
 /** Sentences the demo classifies: clear cases both ways and a hedged one. */
 export const DEMO_SENTENCES: readonly string[] = [
@@ -55,12 +69,23 @@ export interface DemoState {
   loadMs?: number;
   evaluation?: EvalResult;
   evalWallMs?: number;
-  /** Temporary directory of the agent's state and socket (removed at the end). */
+  /** `--broker`: an existing broker instead of the embedded one. */
+  brokerUrl?: string;
+  broker?: EmbeddedBroker;
+  /** Temporary directory of the agent's state and socket and the controller's database (removed at the end). */
   agentDir?: string;
   agent?: Agent;
   socketPath?: string;
-  /** The finished recalibration job. */
-  job?: Job;
+  fleetStore?: FleetStore;
+  controller?: FleetController;
+  dashboard?: Dashboard;
+  /** The operator's MQTT connection and requester (what `quantd fleet …` opens). */
+  ops?: MqttConnection;
+  requester?: FleetRequester;
+  /** The device as the controller saw it once the job's report was in. */
+  device?: DeviceRecord;
+  /** The recalibration job's report, as the controller stored it. */
+  report?: ReportMessage;
   jobWallMs?: number;
   /** The promoted int8 model file, when the job promoted one. */
   int8Path?: string;
@@ -175,10 +200,28 @@ const evaluateStep: DemoStep = {
   },
 };
 
-/** Starts the agent on a temporary state directory and socket, serving the fp32 model. */
+/** Starts the embedded MQTT 5 broker on a random loopback port, unless `--broker` names one. */
+const brokerStep: DemoStep = {
+  name: "broker",
+  async run(state, say) {
+    if (state.brokerUrl !== undefined) {
+      parseBrokerUrl(state.brokerUrl);
+      say(`using the broker at ${state.brokerUrl} (--broker)`);
+      state.results["broker"] = { url: state.brokerUrl, embedded: false };
+      return;
+    }
+    state.broker = await startEmbeddedBroker();
+    state.brokerUrl = state.broker.url;
+    say(`embedded MQTT 5 broker (aedes, in this process, no authentication) on ${state.brokerUrl}`);
+    state.results["broker"] = { url: state.brokerUrl, embedded: true };
+  },
+};
+
+/** Starts the agent on a temporary state directory and socket, serving the fp32 model and joined to the fleet. */
 const agentStep: DemoStep = {
   name: "agent",
   async run(state, say) {
+    const broker = need(state.brokerUrl, "the broker");
     const dir = mkdtempSync(join(tmpdir(), "quantd-demo-"));
     state.agentDir = dir;
     // env {}: the demo shows the shipped defaults, whatever QUANTD_* the shell holds.
@@ -186,22 +229,89 @@ const agentStep: DemoStep = {
       profile: { threads: state.threads, samplePool: { maxRows: 20_000, maxBytes: 8 * 1024 * 1024 } },
       defaultModel: SHIPPED_MODEL,
       env: {},
-      flags: { stateDir: join(dir, "state"), socket: join(dir, "quantd.sock") },
+      flags: {
+        stateDir: join(dir, "state"),
+        socket: join(dir, "quantd.sock"),
+        broker,
+        device: DEMO_DEVICE,
+        fleet: DEMO_FLEET,
+      },
     });
     const t0 = performance.now();
     const agent = await startAgent(config);
     state.agent = agent;
     state.socketPath = config.socketPath;
+    const connected = (await agent.fleet?.waitConnected(10_000)) ?? false;
+    if (!connected) {
+      throw new QuantdError("FLEET_UNAVAILABLE", `the agent could not connect to the broker at ${broker}`);
+    }
     const v = agent.registry.activeVersion();
     say(`state directory ${dir}: SQLite store, model registry, job runner`);
     say(
       `serving ${v?.kind} model version ${v?.id} on ${config.socketPath} (started in ${formatMs(performance.now() - t0)})`,
     );
+    say(`fleet link: device ${DEMO_DEVICE} of fleet ${DEMO_FLEET}, connected to ${broker}`);
     state.results["agent"] = {
       stateDir: config.stateDir,
       socket: config.socketPath,
       version: v?.id,
       kind: v?.kind,
+      fleet: DEMO_FLEET,
+      device: DEMO_DEVICE,
+    };
+  },
+};
+
+/** Polls `get` until it returns a value or `ms` have passed (then the last answer, undefined). */
+async function until<T>(get: () => Promise<T | undefined>, ms: number): Promise<T | undefined> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await get();
+    if (v !== undefined || Date.now() > end) return v;
+    await Bun.sleep(50);
+  }
+}
+
+/** Starts the fleet controller (SQLite in the temporary directory, dashboard on a free loopback port). */
+const controllerStep: DemoStep = {
+  name: "controller",
+  async run(state, say) {
+    const broker = need(state.brokerUrl, "the broker");
+    const dir = need(state.agentDir, "the temporary directory");
+    const dbPath = join(dir, "fleet.db");
+    state.fleetStore = await openSqliteFleetStore(dbPath);
+    const suffix = crypto.randomUUID().slice(0, 8);
+    state.controller = startController({
+      broker,
+      store: state.fleetStore,
+      clientId: `quantd-demo-controller-${suffix}`,
+      // One fleet, one run: no shared subscription, no session left on the broker.
+      transient: { fleet: DEMO_FLEET },
+    });
+    state.dashboard = startDashboard(state.controller, "127.0.0.1:0");
+    if (!(await state.controller.waitReady(10_000))) {
+      throw new QuantdError("FLEET_UNAVAILABLE", `the controller could not subscribe at ${broker}`);
+    }
+    // The operator's side, as `quantd fleet recalibrate` connects: its own client and reply topic.
+    state.ops = await connectMqttOnce({ url: broker, clientId: `quantd-demo-cli-${suffix}` });
+    state.requester = await createFleetRequester(state.ops, DEMO_FLEET);
+    const store = state.fleetStore;
+    const device = await until(async () => {
+      const d = await store.device(DEMO_FLEET, DEMO_DEVICE);
+      return d?.online === true ? d : undefined;
+    }, 10_000);
+    if (device === undefined) {
+      throw new QuantdError("FLEET_UNAVAILABLE", `${DEMO_DEVICE} did not show up online at the controller`);
+    }
+    say(`SQLite ${dbPath}, subscribed to quantd/v1/${DEMO_FLEET}/+/#; dashboard ${state.dashboard.url}`);
+    say(
+      `${DEMO_DEVICE}: online (retained status), agent ${device.agentVersion ?? "?"}, ` +
+        `${device.model?.kind ?? "no"} model version ${device.model?.version ?? "-"}`,
+    );
+    state.results["controller"] = {
+      db: dbPath,
+      dashboard: state.dashboard.url,
+      device: { online: device.online, model: device.model },
     };
   },
 };
@@ -224,41 +334,137 @@ const seedStep: DemoStep = {
   },
 };
 
-/** Queues a recalibration job; the agent's runner picks, calibrates, quantizes, validates, benchmarks and promotes. */
+function asResult(report: ReportMessage | undefined): RecalibrationResult | undefined {
+  const r = report?.result;
+  return typeof r === "object" && r !== null && "decision" in r ? (r as RecalibrationResult) : undefined;
+}
+
+/** The device's report as the controller stored it, as table lines. */
+function describeReport(device: DeviceRecord | undefined, report: ReportMessage): string[] {
+  const r = asResult(report);
+  const rows: string[][] = [["state", report.state]];
+  if (report.error !== undefined) rows.push(["error", `${report.error.code}: ${report.error.message}`]);
+  if (device?.model !== null && device?.model !== undefined) {
+    rows.push(["serving", `${device.model.kind} model version ${device.model.version} (retained status)`]);
+  }
+  if (r !== undefined) {
+    rows.push(["decision", `${r.decision}${r.reasons.length > 0 ? `: ${r.reasons.join("; ")}` : ""}`]);
+    rows.push([
+      "samples",
+      `${r.samples.calibration} calibration + ${r.samples.validation} held-out from a pool of ${r.samples.pool}`,
+    ]);
+    const b = r.bench;
+    if (b !== undefined) {
+      rows.push([
+        "size",
+        `${r.active.kind ?? "active"} ${formatBytes(b.activeBytes)} → ${r.candidate?.kind ?? "int8"} ${formatBytes(b.candidateBytes)} ` +
+          `(${(b.activeBytes / b.candidateBytes).toFixed(1)}× smaller)`,
+      ]);
+      rows.push([
+        "latency p50",
+        `${r.active.kind ?? "active"} ${formatMs(b.activeP50Ms)} → ${r.candidate?.kind ?? "int8"} ${formatMs(b.candidateP50Ms)} ` +
+          `(ratio ${b.latencyRatio.toFixed(2)}; batch ${b.shape.batch} × ${b.shape.seq} tokens, ${b.runs} runs each)`,
+      ]);
+      if (b.activePeakRssBytes !== undefined && b.candidatePeakRssBytes !== undefined) {
+        rows.push([
+          "peak RSS",
+          `${formatBytes(b.activePeakRssBytes)} → ${formatBytes(b.candidatePeakRssBytes)} (a process loading each model)`,
+        ]);
+      }
+    }
+    const v = r.validation;
+    if (v !== undefined) {
+      rows.push([
+        "agreement",
+        `int8 = fp32 on ${formatPercent(v.agreement)} of ${v.n} held-out (gate ${formatPercent(v.gate.minAgreement)})`,
+      ]);
+      if (v.accuracyReference !== undefined && v.accuracyCandidate !== undefined) {
+        rows.push([
+          "accuracy",
+          `fp32 ${formatPercent(v.accuracyReference)} → int8 ${formatPercent(v.accuracyCandidate)} (held-out labels)`,
+        ]);
+      }
+    }
+    rows.push([
+      "stages",
+      Object.entries(r.stageMs)
+        .map(([k, ms]) => `${k} ${formatMs(ms)}`)
+        .join(", "),
+    ]);
+  }
+  return renderTable(rows).map((l) => `  ${l}`);
+}
+
+/**
+ * The controller's side sends a recalibration over MQTT (as `quantd fleet
+ * recalibrate demo-device --wait`): the agent queues it for its job runner,
+ * which picks, calibrates, quantizes, validates, benchmarks and promotes;
+ * progress and the report come back over MQTT, the report through the
+ * agent's outbox into the controller's store.
+ */
 const recalibrateStep: DemoStep = {
   name: "recalibrate",
   async run(state, say) {
-    const agent = need(state.agent, "the agent");
-    const runner = need(agent.jobs, "the agent's job runner");
+    const requester = need(state.requester, "the requester");
+    const store = need(state.fleetStore, "the controller's store");
     const t0 = performance.now();
-    const queued = agent.store.jobs.create({ type: RECALIBRATE_JOB, params: { ...DEMO_RECALIBRATION } });
-    runner.wake();
-    say(
-      `job ${queued.id}: ${DEMO_RECALIBRATION.samples} calibration + ${DEMO_RECALIBRATION.validationSamples} held-out samples from the pool`,
-    );
     let last = "";
-    let job = agent.store.jobs.require(queued.id);
-    while (!isFinished(job)) {
-      if (job.stage !== null && job.stage !== last) {
-        say(`  ${formatMs(performance.now() - t0).padStart(8)}  ${job.stage}`);
-        last = job.stage;
-      }
-      await Bun.sleep(100);
-      job = agent.store.jobs.require(queued.id);
-    }
-    state.job = job;
+    say(
+      `command recalibrate → ${DEMO_DEVICE} on quantd/v1/${DEMO_FLEET}/${DEMO_DEVICE}/cmd/recalibrate ` +
+        `(MQTT 5 request/response, ${DEMO_RECALIBRATION.samples} calibration samples)`,
+    );
+    const [outcome] = await runJobCommand(requester, [DEMO_DEVICE], "recalibrate", DEMO_RECALIBRATION, {
+      wait: true,
+      waitTimeoutMs: 600_000,
+      onProgress: (_device, jobState, stage) => {
+        const what = stage === null || jobState !== "IN_PROGRESS" ? jobState : `${jobState} ${stage}`;
+        if (what === last) return;
+        last = what;
+        say(`  ${formatMs(performance.now() - t0).padStart(8)}  ${what}`);
+      },
+    });
     state.jobWallMs = performance.now() - t0;
-    for (const line of describeRecalibration(job)) say(line);
-    const r = job.result as RecalibrationResult | null;
+    if (outcome === undefined || outcome.report === undefined) {
+      throw new QuantdError(
+        "FLEET_UNAVAILABLE",
+        `no report from ${DEMO_DEVICE}: ${outcome?.state ?? "no outcome"} ${outcome?.error?.message ?? ""}`.trim(),
+      );
+    }
+    // The controller stores the same report from its own subscription; the retained status follows the swap.
+    const wanted = outcome.report;
+    const kind = asResult(wanted)?.candidate?.kind;
+    const stored = await until(async () => {
+      const d = await store.device(DEMO_FLEET, DEMO_DEVICE);
+      const swapped = wanted.state !== "SUCCEEDED" || kind === undefined || d?.model?.kind === kind;
+      return d?.lastReport?.id === wanted.id && swapped ? d : undefined;
+    }, 10_000);
+    state.device = stored ?? (await store.device(DEMO_FLEET, DEMO_DEVICE));
+    state.report = stored?.lastReport ?? wanted;
+    const reports = await store.reports(DEMO_FLEET, DEMO_DEVICE);
+    const stats = need(state.controller, "the controller").stats();
+    say(`job ${outcome.id}: ${outcome.state} in ${(state.jobWallMs / 1000).toFixed(1)} s`);
+    say(
+      stored === undefined
+        ? "the controller has not stored the report (printed as the requester received it):"
+        : `${DEMO_DEVICE}'s report as the controller stored it (${reports.length} report, ` +
+            `${stats.duplicateReports} duplicate received):`,
+    );
+    for (const line of describeReport(state.device, state.report)) say(line);
+    const agent = need(state.agent, "the agent");
     const active = agent.store.models.active();
-    if (job.state === "SUCCEEDED" && active !== undefined && active.kind !== "fp32")
+    if (outcome.state === "SUCCEEDED" && active !== undefined && active.kind !== "fp32")
       state.int8Path = active.path;
     state.results["recalibrate"] = {
-      job: job.id,
-      state: job.state,
-      error: job.error,
+      via: "mqtt",
+      job: outcome.id,
+      state: outcome.state,
+      error: outcome.report.error ?? null,
       wallMs: state.jobWallMs,
-      result: r,
+      result: outcome.report.result ?? null,
+      stored: stored !== undefined,
+      device: state.device === undefined ? null : { online: state.device.online, model: state.device.model },
+      reports: reports.length,
+      duplicateReports: stats.duplicateReports,
     };
   },
 };
@@ -377,8 +583,10 @@ export const DEMO_STEPS: readonly DemoStep[] = [
   loadStep,
   classifyStep,
   evaluateStep,
+  brokerStep,
   agentStep,
   seedStep,
+  controllerStep,
   recalibrateStep,
   serveStep,
   compareStep,
@@ -387,20 +595,28 @@ export const DEMO_STEPS: readonly DemoStep[] = [
 /** The recalibration's lines of the summary: what the job did and int8 against fp32. */
 function int8Summary(state: DemoState): string[][] {
   const rows: string[][] = [];
-  const job = state.job;
-  if (job === undefined) return rows;
-  const r = job.result as RecalibrationResult | null;
+  const report = state.report;
+  if (report === undefined) return rows;
+  const r = asResult(report);
   const secs = state.jobWallMs === undefined ? "" : ` in ${(state.jobWallMs / 1000).toFixed(1)} s`;
-  if (job.state !== "SUCCEEDED" || r === null) {
+  const d = state.device;
+  if (d !== undefined) {
+    rows.push([
+      "fleet",
+      `${d.device} ${d.online ? "online" : "offline"} at the controller via ${state.broker === undefined ? state.brokerUrl : "the embedded broker"}, ` +
+        `serving ${d.model?.kind ?? "?"} version ${d.model?.version ?? "?"}`,
+    ]);
+  }
+  if (report.state !== "SUCCEEDED" || r === undefined) {
     rows.push([
       "recalibration",
-      `${job.state}${secs}: ${job.error?.code ?? ""} ${job.error?.message ?? ""}`.trim(),
+      `${report.state}${secs} over MQTT: ${report.error?.code ?? ""} ${report.error?.message ?? ""}`.trim(),
     ]);
     return rows;
   }
   rows.push([
     "recalibration",
-    `${job.state}${secs}: ${r.samples.calibration} calibration + ${r.samples.validation} held-out store samples, ` +
+    `${report.state}${secs} over MQTT: ${r.samples.calibration} calibration + ${r.samples.validation} held-out store samples, ` +
       `${r.candidate?.kind} promoted as version ${r.candidate?.version}`,
   ]);
   rows.push([
@@ -472,8 +688,9 @@ async function runDemo(ctx: CommandContext, state: DemoState, json: boolean): Pr
   const say = json ? () => {} : (line: string) => ctx.out(`      ${line}`);
   if (!json) {
     ctx.out(
-      "quantd demo: the shipped fp32 BERT-Mini SST-2 sentiment model on this machine, then the agent " +
-        "recalibrating it to int8 from its sample store and serving it over a Unix socket\n",
+      "quantd demo: the shipped fp32 BERT-Mini SST-2 sentiment model on this machine, then the fleet loop: " +
+        "an MQTT broker, the agent on a Unix socket, the controller sending it a recalibration over MQTT, " +
+        "the device's int8 report, and int8 serving over the socket\n",
     );
   }
   for (const [i, step] of DEMO_STEPS.entries()) {
@@ -487,22 +704,51 @@ async function runDemo(ctx: CommandContext, state: DemoState, json: boolean): Pr
   }
 }
 
+/** Stops what the demo started, last started first; each part stops even when another fails to. */
+async function shutdown(state: DemoState): Promise<void> {
+  const steps: (() => Promise<void> | void)[] = [
+    () => state.requester?.close(),
+    () => state.ops?.close(),
+    // The agent publishes its retained `offline` status before the controller goes.
+    () => state.agent?.stop(),
+    () => state.dashboard?.stop(),
+    () => state.controller?.stop(),
+    () => state.fleetStore?.close(),
+    () => state.broker?.close(),
+    () => state.classifier?.release(),
+  ];
+  for (const step of steps) {
+    try {
+      await step();
+    } catch {
+      // Shutting down: the error that ended the demo (if any) is the one to show.
+    }
+  }
+  if (state.agentDir !== undefined) rmSync(state.agentDir, { recursive: true, force: true });
+}
+
 /** The `demo` command. */
 export const demoCommand: Command = {
   name: "demo",
   summary:
-    "run quantd on the shipped BERT-Mini SST-2 model: classify, evaluate, recalibrate to int8 in the agent, serve, compare",
-  usage: "[--threads N] [--limit N] [--json]",
+    "run quantd on the shipped BERT-Mini SST-2 model: classify, evaluate, then the fleet loop (broker, agent, controller, recalibration over MQTT), serve int8, compare",
+  usage: "[--threads N] [--limit N] [--broker URL] [--json]",
   description:
     "Loads the fp32 BERT-Mini SST-2 model shipped in calib/models/sst2-bert-mini, classifies a few " +
     "sentences, and evaluates it on the 872 labelled SST-2 dev sentences in calib/samples/sst2-dev.tsv, " +
     "one sentence per inference run (as a board serves requests): accuracy, latency per sentence " +
-    "(p50, p90) and throughput. Then starts the agent on a temporary state directory and Unix socket, " +
-    "seeds its sample store with calib/samples/sst2-train-4k.tsv, queues a recalibration job (disjoint " +
-    "calibration and held-out samples from the store, calibrate, quantize, validate against fp32, benchmark " +
-    "against the serving fp32 model, promote with a hot swap), classifies the sentences again through the " +
-    "socket, and compares int8 with fp32 on the dev sentences (size, accuracy, agreement, latency). The " +
-    "temporary directory is removed at the end. Needs nothing outside the repository.\n\n" +
+    "(p50, p90) and throughput. Then runs the fleet loop on this machine: an MQTT 5 broker embedded in " +
+    "the process on a free loopback port (unless --broker names one), the agent on a temporary state " +
+    "directory and Unix socket joined to fleet demo as device demo-device, its sample store seeded with " +
+    "calib/samples/sst2-train-4k.tsv, and the fleet controller (SQLite in the temporary directory, " +
+    "dashboard on a free loopback port). The controller's side sends a recalibrate command over MQTT, as " +
+    "`quantd fleet recalibrate demo-device --wait` does; the agent's job runner picks disjoint calibration " +
+    "and held-out samples from the store, calibrates, quantizes, validates against fp32, benchmarks against " +
+    "the serving fp32 model and promotes with a hot swap, and the device's report (model, size, latency, " +
+    "memory, agreement, accuracy) comes back over MQTT into the controller's store and is printed. Then the " +
+    "sentences are classified again through the socket, by int8, and int8 is compared with fp32 on the dev " +
+    "sentences. Everything is stopped and the temporary directory removed at the end. Needs nothing outside " +
+    "the repository.\n\n" +
     "With --json, prints one object with each step's results.",
   flags: [
     THREADS_FLAG,
@@ -513,6 +759,13 @@ export const demoCommand: Command = {
       description: "evaluate only the first N dev sentences",
       default: "all 872",
     },
+    {
+      name: "broker",
+      type: "string",
+      value: "URL",
+      description: "use this MQTT 5 broker (mqtt://host:port, no login) instead of the embedded one",
+      default: "an embedded broker on 127.0.0.1:<free port>",
+    },
     JSON_FLAG,
   ],
   async run(ctx) {
@@ -522,12 +775,12 @@ export const demoCommand: Command = {
       limit: flagInt(ctx.flags, "limit", { min: 1 }),
       results: {},
     };
+    const broker = flagString(ctx.flags, "broker");
+    if (broker !== undefined) state.brokerUrl = broker;
     try {
       await runDemo(ctx, state, flagBool(ctx.flags, "json"));
     } finally {
-      await state.agent?.stop();
-      if (state.agentDir !== undefined) rmSync(state.agentDir, { recursive: true, force: true });
-      await state.classifier?.release();
+      await shutdown(state);
     }
     return 0;
   },

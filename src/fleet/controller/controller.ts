@@ -14,6 +14,7 @@ import { connectMqtt, type MqttConnection, type MqttMessage } from "../mqtt-clie
 import {
   CONTROLLER_FILTER,
   CONTROLLER_SHARED_FILTER,
+  checkName,
   decodeJson,
   type JobMessage,
   type ParsedTopic,
@@ -21,6 +22,7 @@ import {
   type ReportMessage,
   type StatusMessage,
   type TelemetryMessage,
+  TOPIC_ROOT,
 } from "../protocol.ts";
 import type { FleetStore, TelemetryItem } from "./store.ts";
 
@@ -51,6 +53,14 @@ export interface ControllerOptions {
   ca?: string;
   cert?: string;
   key?: string;
+  /**
+   * A controller for one fleet and one run (`quantd demo`): a plain
+   * subscription to that fleet's topics and a session that ends with the
+   * connection. On a shared broker it must neither take messages from the
+   * replicas' shared group nor leave a session behind that queues messages for
+   * nobody. @defaultValue every fleet, shared subscription, persistent session
+   */
+  transient?: { fleet: string };
   /** Telemetry older than this is pruned every minute (1,000 devices at 1 sample/s is 86 M rows a day). @defaultValue 24 hours */
   telemetryRetentionMs?: number;
   log?: (line: string) => void;
@@ -123,17 +133,19 @@ function isReport(b: Record<string, unknown>): b is Record<string, unknown> & Re
 /**
  * Starts the controller; it connects and reconnects in the background.
  *
- * @throws CONFIG_INVALID on a bad broker URL
+ * @throws CONFIG_INVALID on a bad broker URL or transient fleet name
  */
 export function startController(options: ControllerOptions): FleetController {
   const log = options.log ?? (() => {});
   const now = options.now ?? Date.now;
   const clientId = options.clientId ?? `quantd-controller-${hostname()}`.replace(/[^\w.-]/g, "-");
+  const transient = options.transient;
+  if (transient !== undefined) checkName(transient.fleet, "fleet");
   const conn: MqttConnection = connectMqtt({
     url: options.broker,
     clientId,
-    clean: false,
-    sessionExpirySec: 7 * 24 * 3600,
+    clean: transient !== undefined,
+    sessionExpirySec: transient !== undefined ? 0 : 7 * 24 * 3600,
     ...(options.username === undefined ? {} : { username: options.username }),
     ...(options.password === undefined ? {} : { password: options.password }),
     ...(options.ca === undefined ? {} : { ca: options.ca }),
@@ -262,11 +274,17 @@ export function startController(options: ControllerOptions): FleetController {
     stats.connected = true;
     // A broker without shared subscriptions (the embedded one of `quantd demo`) says so in its
     // CONNACK and refuses `$share/…`: subscribe plainly then, which is right for one controller.
-    if (!sharedSubscriptions) {
+    if (!sharedSubscriptions && transient === undefined) {
       log("controller: the broker has no shared subscriptions; subscribing as the only controller");
     }
+    const filter =
+      transient !== undefined
+        ? `${TOPIC_ROOT}/${transient.fleet}/+/#`
+        : sharedSubscriptions
+          ? CONTROLLER_SHARED_FILTER
+          : CONTROLLER_FILTER;
     conn
-      .subscribe([sharedSubscriptions ? CONTROLLER_SHARED_FILTER : CONTROLLER_FILTER], { qos: 1 })
+      .subscribe([filter], { qos: 1 })
       .then(() => {
         subscribed = true;
         for (const w of readyWaiters) w();
