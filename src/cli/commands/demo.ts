@@ -205,7 +205,6 @@ const brokerStep: DemoStep = {
   name: "broker",
   async run(state, say) {
     if (state.brokerUrl !== undefined) {
-      parseBrokerUrl(state.brokerUrl);
       say(`using the broker at ${state.brokerUrl} (--broker)`);
       state.results["broker"] = { url: state.brokerUrl, embedded: false };
       return;
@@ -776,7 +775,8 @@ export const demoCommand: Command = {
       results: {},
     };
     const broker = flagString(ctx.flags, "broker");
-    if (broker !== undefined) state.brokerUrl = broker;
+    // A bad URL fails before any step runs, not after the fp32 evaluation.
+    if (broker !== undefined) state.brokerUrl = parseBrokerUrl(broker).href.replace(/\/$/, "");
     try {
       await runDemo(ctx, state, flagBool(ctx.flags, "json"));
     } finally {
