@@ -122,6 +122,31 @@ describe("the embedded MQTT 5 broker", () => {
     }
   }, 30_000);
 
+  test("a transient controller takes only its fleet's messages", async () => {
+    const store = await openSqliteFleetStore(":memory:");
+    const controller = startController({
+      broker: broker.url,
+      store,
+      clientId: "transient-controller",
+      transient: { fleet: "mine" },
+    });
+    const pub = await connectMqttOnce({ url: broker.url, clientId: "transient-publisher" });
+    try {
+      expect(await controller.waitReady(5000)).toBe(true);
+      for (const fleet of ["other", "mine"]) {
+        const status: StatusMessage = { state: "online", fleet, device: "b1", at: Date.now() };
+        await pub.publish(`quantd/v1/${fleet}/b1/status`, JSON.stringify(status), { qos: 1 });
+      }
+      await until(async () => (await store.devices()).length > 0);
+      await Bun.sleep(200);
+      expect((await store.devices()).map((d) => `${d.fleet}/${d.device}`)).toEqual(["mine/b1"]);
+    } finally {
+      await pub.close();
+      await controller.stop();
+      await store.close();
+    }
+  });
+
   test("close() ends every connection", async () => {
     const b = await startEmbeddedBroker();
     const c = await connectMqttOnce({ url: b.url, clientId: "closer", reconnectPeriodMs: 0 });
