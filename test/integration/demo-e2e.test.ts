@@ -20,7 +20,15 @@ interface Run {
   stderr: string;
 }
 
-async function demo(args: string[], cwd: string): Promise<Run> {
+/**
+ * Runs the demo; with `whileStaying`, the run has `--stay`: once stderr says it
+ * stays, `whileStaying` gets stderr so far, then the demo is sent SIGINT.
+ */
+async function demo(
+  args: string[],
+  cwd: string,
+  whileStaying?: (stderr: string) => Promise<void>,
+): Promise<Run> {
   const env: Record<string, string> = {};
   // The demo must not depend on the caller's QUANTD_* settings.
   for (const [k, v] of Object.entries(process.env))
@@ -31,11 +39,20 @@ async function demo(args: string[], cwd: string): Promise<Run> {
     stdout: "pipe",
     stderr: "pipe",
   });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(p.stdout).text(),
-    new Response(p.stderr).text(),
-    p.exited,
-  ]);
+  let stderr = "";
+  const readErr = (async () => {
+    const decoder = new TextDecoder();
+    let staying = false;
+    for await (const chunk of p.stderr) {
+      stderr += decoder.decode(chunk, { stream: true });
+      if (whileStaying !== undefined && !staying && stderr.includes("Ctrl-C")) {
+        staying = true;
+        // A failed check must still stop the demo, or the test hangs until its timeout.
+        void whileStaying(stderr).finally(() => p.kill("SIGINT"));
+      }
+    }
+  })();
+  const [stdout, code] = await Promise.all([new Response(p.stdout).text(), p.exited, readErr]);
   return { code, stdout, stderr };
 }
 
@@ -61,10 +78,27 @@ const STEPS = [
 describe("quantd demo", () => {
   test("runs the fleet loop: broker, agent, controller, recalibration over MQTT, the device's report, int8 over the socket", async () => {
     const cwd = mkdtempSync(join(tmpdir(), "quantd-demo-cwd-"));
+    let dashboard: {
+      device: string;
+      online: boolean;
+      model: { kind: string; version: string };
+      lastReport: { state: string } | null;
+      figures: { int8P50Ms?: number; fp32P50Ms?: number; agreement?: number; modelVersion?: string };
+    }[] = [];
     try {
       const [human, json] = await Promise.all([
         demo(["--limit", "48"], cwd),
-        demo(["--json", "--limit", "32"], cwd),
+        demo(["--json", "--limit", "32", "--stay"], cwd, async (err) => {
+          // --stay: the controller's dashboard serves the device with its report until SIGINT.
+          const url = /dashboard (http:\/\/127\.0\.0\.1:\d+\/)/.exec(err)?.[1];
+          try {
+            const res = await fetch(`${url}api/devices?fleet=demo`);
+            dashboard = (await res.json()) as typeof dashboard;
+          } catch (e) {
+            dashboard = [];
+            console.error(`dashboard not reached: ${e}`);
+          }
+        }),
       ]);
 
       expect(human.stderr).not.toContain("error");
@@ -122,6 +156,18 @@ describe("quantd demo", () => {
       expect(existsSync(dir!)).toBe(false);
 
       expect(json.code).toBe(0);
+      expect(json.stderr).toContain("still running (--stay): dashboard http://127.0.0.1:");
+      expect(dashboard).toHaveLength(1);
+      expect(dashboard[0]).toMatchObject({
+        device: "demo-device",
+        online: true,
+        model: { kind: "int8-static", version: "2" },
+        lastReport: { state: "SUCCEEDED" },
+        figures: { modelVersion: "2" },
+      });
+      expect(dashboard[0]!.figures.int8P50Ms).toBeGreaterThan(0);
+      expect(dashboard[0]!.figures.fp32P50Ms).toBeGreaterThan(0);
+      expect(dashboard[0]!.figures.agreement).toBeGreaterThanOrEqual(0.995);
       const j = JSON.parse(json.stdout) as {
         steps: string[];
         classify: { label: string }[];

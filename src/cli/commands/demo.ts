@@ -703,6 +703,26 @@ async function runDemo(ctx: CommandContext, state: DemoState, json: boolean): Pr
   }
 }
 
+/** Keeps everything running until SIGINT or SIGTERM, saying where to look (on stderr: stdout may be JSON). */
+async function stay(ctx: CommandContext, state: DemoState): Promise<void> {
+  ctx.err("");
+  ctx.err(`still running (--stay): dashboard ${state.dashboard?.url ?? "-"}`);
+  ctx.err(
+    `  socket:  curl --unix-socket ${state.socketPath} http://localhost/v1/classify -d '{"texts":["a fine film"]}'`,
+  );
+  ctx.err(`  fleet:   quantd fleet devices --broker ${state.brokerUrl} --fleet ${DEMO_FLEET}`);
+  ctx.err("Ctrl-C (SIGINT) or SIGTERM stops it and removes the temporary directory");
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      resolve();
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+}
+
 /** Stops what the demo started, last started first; each part stops even when another fails to. */
 async function shutdown(state: DemoState): Promise<void> {
   const steps: (() => Promise<void> | void)[] = [
@@ -731,7 +751,7 @@ export const demoCommand: Command = {
   name: "demo",
   summary:
     "run quantd on the shipped BERT-Mini SST-2 model: classify, evaluate, then the fleet loop (broker, agent, controller, recalibration over MQTT), serve int8, compare",
-  usage: "[--threads N] [--limit N] [--broker URL] [--json]",
+  usage: "[--threads N] [--limit N] [--broker URL] [--stay] [--json]",
   description:
     "Loads the fp32 BERT-Mini SST-2 model shipped in calib/models/sst2-bert-mini, classifies a few " +
     "sentences, and evaluates it on the 872 labelled SST-2 dev sentences in calib/samples/sst2-dev.tsv, " +
@@ -748,6 +768,9 @@ export const demoCommand: Command = {
     "sentences are classified again through the socket, by int8, and int8 is compared with fp32 on the dev " +
     "sentences. Everything is stopped and the temporary directory removed at the end. Needs nothing outside " +
     "the repository.\n\n" +
+    "With --stay, the broker, agent, controller and dashboard keep running after the summary until " +
+    "SIGINT (Ctrl-C) or SIGTERM, to look at the dashboard, classify over the socket or send `quantd fleet` " +
+    "commands; the lines saying where go to stderr.\n\n" +
     "With --json, prints one object with each step's results.",
   flags: [
     THREADS_FLAG,
@@ -765,6 +788,11 @@ export const demoCommand: Command = {
       description: "use this MQTT 5 broker (mqtt://host:port, no login) instead of the embedded one",
       default: "an embedded broker on 127.0.0.1:<free port>",
     },
+    {
+      name: "stay",
+      type: "boolean",
+      description: "keep the broker, agent, controller and dashboard running until Ctrl-C",
+    },
     JSON_FLAG,
   ],
   async run(ctx) {
@@ -779,6 +807,7 @@ export const demoCommand: Command = {
     if (broker !== undefined) state.brokerUrl = parseBrokerUrl(broker).href.replace(/\/$/, "");
     try {
       await runDemo(ctx, state, flagBool(ctx.flags, "json"));
+      if (flagBool(ctx.flags, "stay")) await stay(ctx, state);
     } finally {
       await shutdown(state);
     }
