@@ -122,12 +122,12 @@ describe("quantd demo", () => {
       // The device's report, from the controller's store: received once.
       const report = out.slice(out.indexOf("demo-device's report as the controller stored it"));
       expect(report).toMatch(
-        /^demo-device's report as the controller stored it \(1 report, 0 duplicate received\):/,
+        /^demo-device's report as the controller stored it \(1 report, 0 duplicates received\):/,
       );
       expect(report).toMatch(/serving\s+int8-static model version 2 \(retained status\)/);
       expect(report).toMatch(/size\s+fp32 28\.9 MB → int8-static [\d.]+ MB \([3-4]\.\d× smaller\)/);
       expect(report).toMatch(/latency p50\s+fp32 [\d.]+ ms → int8-static [\d.]+ ms \(ratio [\d.]+;/);
-      expect(report).toMatch(/peak RSS\s+[\d.]+ MB → [\d.]+ MB/);
+      expect(report).toMatch(/peak RSS\s+fp32 [\d.]+ MB → int8-static [\d.]+ MB/);
       expect(report).toMatch(/agreement\s+int8 = fp32 on [\d.]+% of 256 held-out \(gate 99\.50%\)/);
       expect(report).toMatch(/accuracy\s+fp32 [\d.]+% → int8 [\d.]+% \(held-out labels\)/);
       expect(out).toMatch(/answered by int8-static model version 2 over \S+quantd\.sock/);

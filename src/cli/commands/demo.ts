@@ -333,6 +333,10 @@ const seedStep: DemoStep = {
   },
 };
 
+function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function asResult(report: ReportMessage | undefined): RecalibrationResult | undefined {
   const r = report?.result;
   return typeof r === "object" && r !== null && "decision" in r ? (r as RecalibrationResult) : undefined;
@@ -367,7 +371,8 @@ function describeReport(device: DeviceRecord | undefined, report: ReportMessage)
       if (b.activePeakRssBytes !== undefined && b.candidatePeakRssBytes !== undefined) {
         rows.push([
           "peak RSS",
-          `${formatBytes(b.activePeakRssBytes)} → ${formatBytes(b.candidatePeakRssBytes)} (a process loading each model)`,
+          `${r.active.kind ?? "active"} ${formatBytes(b.activePeakRssBytes)} → ${r.candidate?.kind ?? "int8"} ` +
+            `${formatBytes(b.candidatePeakRssBytes)} (a process loading each model)`,
         ]);
       }
     }
@@ -445,8 +450,8 @@ const recalibrateStep: DemoStep = {
     say(
       stored === undefined
         ? "the controller has not stored the report (printed as the requester received it):"
-        : `${DEMO_DEVICE}'s report as the controller stored it (${reports.length} report, ` +
-            `${stats.duplicateReports} duplicate received):`,
+        : `${DEMO_DEVICE}'s report as the controller stored it (${plural(reports.length, "report")}, ` +
+            `${plural(stats.duplicateReports, "duplicate")} received):`,
     );
     for (const line of describeReport(state.device, state.report)) say(line);
     const agent = need(state.agent, "the agent");
