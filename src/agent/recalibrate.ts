@@ -102,7 +102,7 @@ export interface Promoter {
 
 /** What the job needs. */
 export interface RecalibrationDeps {
-  store: Pick<Store, "samples" | "models" | "bench" | "outbox">;
+  store: Pick<Store, "samples" | "models" | "bench">;
   promoter: Promoter;
   /** The fp32 model every recalibration starts from (never an int8 one). */
   baseModel: string;
