@@ -5,13 +5,15 @@
  * recalibration sent over MQTT that promotes int8 and whose report reaches the
  * controller's store exactly once — then classification through the socket by
  * int8 and the int8/fp32 comparison, asserted on the printed lines and on
- * `--json`. Both runs go in parallel (each with its own broker on its own
- * port) to keep the test's wall time near one demo's.
+ * `--json`. The human run uses the embedded broker; the `--json --stay` run
+ * uses `--broker` with a real mosquitto when there is one (the embedded broker
+ * otherwise). Both go in parallel to keep the test's wall time near one demo's.
  */
 import { describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { hasMosquitto, type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
 import { repoRoot } from "../helpers/paths.ts";
 
 interface Run {
@@ -85,10 +87,13 @@ describe("quantd demo", () => {
       lastReport: { state: string } | null;
       figures: { int8P50Ms?: number; fp32P50Ms?: number; agreement?: number; modelVersion?: string };
     }[] = [];
+    let mosquitto: Mosquitto | undefined;
     try {
+      mosquitto = hasMosquitto ? await startMosquitto() : undefined;
+      const brokerArgs = mosquitto === undefined ? [] : ["--broker", mosquitto.url];
       const [human, json] = await Promise.all([
         demo(["--limit", "48"], cwd),
-        demo(["--json", "--limit", "32", "--stay"], cwd, async (err) => {
+        demo(["--json", "--limit", "32", "--stay", ...brokerArgs], cwd, async (err) => {
           // --stay: the controller's dashboard serves the device with its report until SIGINT.
           const url = /dashboard (http:\/\/127\.0\.0\.1:\d+\/)/.exec(err)?.[1];
           try {
@@ -207,8 +212,11 @@ describe("quantd demo", () => {
       expect(j.evaluate.accuracy).toBeGreaterThan(0.6);
       expect(j.evaluate.latencyMsP50).toBeGreaterThan(0);
       expect(j.evaluate.throughputPerSec).toBeGreaterThan(0);
-      expect(j.broker).toMatchObject({ embedded: true });
-      expect(j.broker.url).toMatch(/^mqtt:\/\/127\.0\.0\.1:\d+$/);
+      expect(j.broker).toEqual(
+        mosquitto === undefined
+          ? { embedded: true, url: expect.stringMatching(/^mqtt:\/\/127\.0\.0\.1:\d+$/) }
+          : { embedded: false, url: mosquitto.url },
+      );
       expect(j.agent).toMatchObject({ fleet: "demo", device: "demo-device" });
       expect(j.controller.dashboard).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
       expect(j.controller.device).toMatchObject({ online: true, model: { kind: "fp32", version: "1" } });
@@ -228,6 +236,7 @@ describe("quantd demo", () => {
       expect(j.compare.int8.bytes).toBeLessThan(0.3 * j.compare.fp32.bytes);
       expect(j.compare.agreement).toBeGreaterThanOrEqual(0.9);
     } finally {
+      await mosquitto?.dispose();
       rmSync(cwd, { recursive: true, force: true });
     }
   }, 240_000);
