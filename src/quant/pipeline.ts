@@ -63,14 +63,8 @@ export type QuantizeMode = "static" | "dynamic";
 /** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
 export type RequestedMode = QuantizeMode | "auto";
 
-/** Every calibration method, in the order `--help` lists them. */
-export const CALIBRATION_METHODS: readonly CalibrationMethod[] = [
-  "minmax",
-  "moving-average",
-  "percentile",
-  "entropy",
-  "mse",
-];
+/** Every calibration method, in the order `--help` lists them (re-exported so callers of the pipeline need one import). */
+export { CALIBRATION_METHODS } from "./calibrate.ts";
 
 /** Default calibration sample count. */
 export const DEFAULT_CALIBRATION_SAMPLES = 128;

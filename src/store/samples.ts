@@ -170,14 +170,8 @@ export function sampleContentHash(text: string): Uint8Array {
   return new Uint8Array(createHash("sha256").update(normalizeSampleText(text), "utf8").digest());
 }
 
-interface Bucket {
-  bucket: number;
-  minTokens: number;
-  maxTokens: number | null;
-  seen: number;
-  kept: number;
-  bytes: number;
-}
+/** A bucket row as the reservoir works on it: the same fields the stats report. */
+type Bucket = SampleBucketStats;
 
 function readBuckets(db: SqlDatabase): Bucket[] {
   return db
