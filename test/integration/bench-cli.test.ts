@@ -6,28 +6,11 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot, shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
+import { shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
+import { type CliRun, runQuantd } from "../helpers/run-cli.ts";
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function quantd(args: string[]): Promise<Run> {
-  const proc = Bun.spawn(["bun", "src/cli/main.ts", ...args], {
-    cwd: repoRoot,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    env: { ...process.env, QUANTD_DEBUG: "" },
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { code, stdout, stderr };
+function quantd(args: string[]): Promise<CliRun> {
+  return runQuantd(args, { env: { ...process.env, QUANTD_DEBUG: "" } });
 }
 
 let dir: string;

@@ -8,36 +8,22 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot, shippedDevTsv, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
+import { shippedDevTsv, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
+import { type CliRun, runQuantd } from "../helpers/run-cli.ts";
 import { buildModelWithOtherInputs } from "./cli-fixtures.ts";
 
 // Each test spawns quantd and loads a real model; 5 s is too short on a busy 2-core board.
 setDefaultTimeout(60_000);
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function quantd(args: string[], stdin?: string): Promise<Run> {
-  const proc = Bun.spawn(["bun", "src/cli/main.ts", ...args], {
-    cwd: repoRoot,
-    stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin),
-    stdout: "pipe",
-    stderr: "pipe",
+function quantd(args: string[], stdin?: string): Promise<CliRun> {
+  return runQuantd(args, {
     env: { ...process.env, QUANTD_DEBUG: "" },
+    ...(stdin === undefined ? {} : { stdin }),
   });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { code, stdout, stderr };
 }
 
 /** Asserts the one-line error contract and returns the line. */
-function expectOneError(run: Run, code: string, exit = 1): string {
+function expectOneError(run: CliRun, code: string, exit = 1): string {
   const lines = run.stderr.split("\n").filter((l) => l !== "");
   expect(lines).toHaveLength(1);
   const line = lines[0]!;

@@ -7,33 +7,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { repoRoot, shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
+import { runQuantd as quantd, runCommand as run } from "../helpers/run-cli.ts";
 
 // Each test spawns quantd and loads a real model; 5 s is too short on a busy 2-core board.
 setDefaultTimeout(60_000);
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(cmd: string[], opts: { stdin?: string; cwd?: string } = {}): Promise<Run> {
-  const proc = Bun.spawn(cmd, {
-    cwd: opts.cwd ?? repoRoot,
-    stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { code, stdout, stderr };
-}
-
-const quantd = (args: string[], opts: { stdin?: string; cwd?: string } = {}): Promise<Run> =>
-  run(["bun", join(repoRoot, "src/cli/main.ts"), ...args], opts);
 
 const version = (await Bun.file(join(repoRoot, "package.json")).json()) as { version: string };
 

@@ -12,31 +12,13 @@ import { acquireRunnerLock } from "../../src/agent/jobs.ts";
 import { jobsDir } from "../../src/agent/recalibrate.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
-import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
+import { shippedModelPath } from "../helpers/paths.ts";
+import { type CliRun, envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 import { classifyOverSocket, testConfig } from "./agent-harness.ts";
 import { FAST_PARAMS, queueResumedJob, seedSamples, tempDir } from "./jobs-harness.ts";
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function quantd(args: string[]): Promise<Run> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env))
-    if (v !== undefined && !k.startsWith("QUANTD_")) env[k] = v;
-  const p = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), ...args], {
-    env,
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(p.stdout).text(),
-    new Response(p.stderr).text(),
-    p.exited,
-  ]);
-  return { code, stdout, stderr };
+function quantd(args: string[]): Promise<CliRun> {
+  return runQuantd(args, { env: envWithoutQuantd() });
 }
 
 let agent: Agent | undefined;

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
 import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
+import { type CliRun, runQuantd } from "../helpers/run-cli.ts";
 
 // Each case spawns quantd, and some load a 30 MB model; a busy 2-core machine needs the margin.
 setDefaultTimeout(120_000);
@@ -17,29 +18,12 @@ setDefaultTimeout(120_000);
 const dir = mkdtempSync(join(tmpdir(), "quantd-bad-input-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function quantize(args: string[]): Promise<Run> {
-  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), "quantize", ...args], {
-    cwd: repoRoot,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { code, stdout, stderr };
+function quantize(args: string[]): Promise<CliRun> {
+  return runQuantd(["quantize", ...args]);
 }
 
 /** The one error line quantd prints (progress lines come before it). */
-function errorLine(r: Run): string {
+function errorLine(r: CliRun): string {
   return r.stderr.trim().split("\n").at(-1) ?? "";
 }
 

@@ -11,12 +11,13 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { makeNode } from "../../src/onnx/builder.ts";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { assertReportShape, type QuantizeReport } from "../../src/quant/report.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 import { repoRoot, shippedModelDir } from "../helpers/paths.ts";
+import { type CliRun, runQuantd } from "../helpers/run-cli.ts";
 
 // Each test spawns quantd, which quantizes and validates; a busy 2-core machine needs the margin.
 setDefaultTimeout(120_000);
@@ -33,26 +34,8 @@ const VAL = 48;
 const LONG = Array.from({ length: 400 }, (_, i) => (i % 2 === 0 ? "remarkably" : "tedious")).join(" ");
 const QUERY0 = "/bert/encoder/layer.0/attention/self/query/MatMul";
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function quantize(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), ...args], {
-    cwd: repoRoot,
-    env: { ...process.env, ...env },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { code, stdout, stderr };
+function quantize(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  return runQuantd(args, { env: { ...process.env, ...env } });
 }
 
 function readReport(path: string): QuantizeReport {

@@ -13,22 +13,13 @@ import { CHECKPOINT_FILE, RUNNER_LOCK_FILE } from "../../src/agent/jobs.ts";
 import { jobsDir, RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { sha256Hex } from "../../src/agent/registry.ts";
 import type { Store } from "../../src/store/store.ts";
-import { repoRoot } from "../helpers/paths.ts";
+import { cliMain, envWithoutQuantd } from "../helpers/run-cli.ts";
 import { FAST_PARAMS, type JobEnv, jobEnv, openTestStore, seedSamples, tempDir } from "./jobs-harness.ts";
-
-const cli = join(repoRoot, "src/cli/main.ts");
-
-function childEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env))
-    if (v !== undefined && !k.startsWith("QUANTD_")) env[k] = v;
-  return env;
-}
 
 /** Starts `quantd job recalibrate --wait` on the queued job `id`. */
 function startChild(stateDir: string, id: string): { child: ChildProcess; output: () => string } {
-  const child = spawn("bun", [cli, "job", "recalibrate", "--state-dir", stateDir, "--id", id, "--wait"], {
-    env: childEnv(),
+  const child = spawn("bun", [cliMain, "job", "recalibrate", "--state-dir", stateDir, "--id", id, "--wait"], {
+    env: envWithoutQuantd(),
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
