@@ -20,6 +20,7 @@ import {
 } from "../../src/runtime/classifier.ts";
 import { findModelFiles } from "../../src/runtime/model-files.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
+import { codeOfAsync } from "../helpers/error-code.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 import {
   hasShared,
@@ -71,15 +72,6 @@ afterAll(async () => {
   await clf.release();
   rmSync(tmp, { recursive: true, force: true });
 });
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return isQuantdError(err) ? err.code : `non-QuantdError: ${String(err)}`;
-  }
-  return "no error";
-}
 
 describe("shipped fp32 BERT-Mini", () => {
   test("labels, output and inputs", () => {
@@ -140,11 +132,11 @@ describe("shipped fp32 BERT-Mini", () => {
   test(
     "bad inputs give text error codes naming the caller's index",
     async () => {
-      expect(await codeOf(clf.classify(["fine", ""]))).toBe("TEXT_EMPTY");
-      expect(await codeOf(clf.classify(["fine", 3 as unknown as string]))).toBe("TEXT_NOT_STRING");
-      expect(await codeOf(clf.classify(["x".repeat(70_000)]))).toBe("TEXT_TOO_LARGE");
-      expect(await codeOf(clf.classify(["bad \ud800"]))).toBe("TEXT_INVALID_UTF8");
-      expect(await codeOf(clf.classify([]))).toBe("USAGE");
+      expect(await codeOfAsync(clf.classify(["fine", ""]))).toBe("TEXT_EMPTY");
+      expect(await codeOfAsync(clf.classify(["fine", 3 as unknown as string]))).toBe("TEXT_NOT_STRING");
+      expect(await codeOfAsync(clf.classify(["x".repeat(70_000)]))).toBe("TEXT_TOO_LARGE");
+      expect(await codeOfAsync(clf.classify(["bad \ud800"]))).toBe("TEXT_INVALID_UTF8");
+      expect(await codeOfAsync(clf.classify([]))).toBe("USAGE");
       let err: unknown;
       try {
         await clf.classify(["a", "b", "c", "  "], { batchSize: 2 });
@@ -176,7 +168,7 @@ describe("model files and model checks", () => {
   test(
     "missing model, missing tokenizer with a --tokenizer hint, explicit tokenizer dir",
     async () => {
-      expect(await codeOf(loadClassifier(join(tmp, "absent.onnx")))).toBe("FILE_NOT_FOUND");
+      expect(await codeOfAsync(loadClassifier(join(tmp, "absent.onnx")))).toBe("FILE_NOT_FOUND");
       const other = join(tmp, "other");
       mkdirSync(other, { recursive: true });
       writeFileSync(join(other, "model.int8.onnx"), "");
@@ -199,7 +191,7 @@ describe("model files and model checks", () => {
       }
       expect(isQuantdError(err, "TOKENIZER_NOT_FOUND")).toBe(true);
       expect((err as Error).message).toContain("--tokenizer");
-      expect(await codeOf(loadClassifier(dir, { tokenizerDir: tmp }))).toBe("TOKENIZER_NOT_FOUND");
+      expect(await codeOfAsync(loadClassifier(dir, { tokenizerDir: tmp }))).toBe("TOKENIZER_NOT_FOUND");
       const c = await loadClassifier(dir, { tokenizerDir: shippedModelDir, maxLength: 16 });
       try {
         // config.json found in the tokenizer directory when not beside the model
@@ -227,12 +219,12 @@ describe("model files and model checks", () => {
       expect(c.labels).toEqual(["LABEL_0", "LABEL_1"]);
       await c.release();
       writeFileSync(join(dir, "config.json"), JSON.stringify({ id2label: { 0: "a", 1: "b", 2: "c" } }));
-      expect(await codeOf(loadClassifier(dir))).toBe("DATA_MISMATCH");
+      expect(await codeOfAsync(loadClassifier(dir))).toBe("DATA_MISMATCH");
       writeFileSync(join(dir, "config.json"), "{oops");
-      expect(await codeOf(loadClassifier(dir))).toBe("CONFIG_INVALID");
+      expect(await codeOfAsync(loadClassifier(dir))).toBe("CONFIG_INVALID");
       // a tokenizer with more tokens than the model's embedding table
       writeFileSync(join(dir, "config.json"), JSON.stringify({ vocab_size: 8000 }));
-      expect(await codeOf(loadClassifier(dir))).toBe("TOKENIZER_INVALID");
+      expect(await codeOfAsync(loadClassifier(dir))).toBe("TOKENIZER_INVALID");
       writeFileSync(join(dir, "config.json"), JSON.stringify({ vocab_size: 16384 }));
       const ok = await loadClassifier(dir);
       expect(ok.tokenizer.vocabSize).toBe(16384);
@@ -245,7 +237,9 @@ describe("model files and model checks", () => {
     const dir = join(tmp, "garbage");
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, "model.onnx"), "this is not a protobuf");
-    expect(await codeOf(loadClassifier(dir, { tokenizerDir: shippedModelDir }))).toBe("MODEL_LOAD_FAILED");
+    expect(await codeOfAsync(loadClassifier(dir, { tokenizerDir: shippedModelDir }))).toBe(
+      "MODEL_LOAD_FAILED",
+    );
   });
 
   test("a model without BERT inputs is refused with MODEL_INPUTS_MISMATCH naming its inputs", async () => {

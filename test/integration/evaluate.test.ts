@@ -6,6 +6,7 @@ import { type Classifier, loadClassifier } from "../../src/runtime/classifier.ts
 import { evaluate } from "../../src/runtime/evaluate.ts";
 import { planBatches } from "../../src/runtime/tokenizer.ts";
 import { readSamplesTsv, type Sample } from "../../src/runtime/tsv.ts";
+import { codeOfAsync } from "../helpers/error-code.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 import {
   hasShared,
@@ -28,15 +29,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await fp32.release();
 });
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return isQuantdError(err) ? err.code : `non-QuantdError: ${String(err)}`;
-  }
-  return "no error";
-}
 
 describe("evaluate on the shipped dev set", () => {
   test(
@@ -113,9 +105,9 @@ describe("evaluate on the shipped dev set", () => {
   test(
     "bad inputs: no samples, label out of range, bad batch size, bad text",
     async () => {
-      expect(await codeOf(evaluate(fp32, []))).toBe("DATA_EMPTY");
-      expect(await codeOf(evaluate(fp32, [{ text: "ok", label: 2, line: 2 }]))).toBe("DATA_MISMATCH");
-      expect(await codeOf(evaluate(fp32, dev.slice(0, 2), { batchSize: 0 }))).toBe("USAGE");
+      expect(await codeOfAsync(evaluate(fp32, []))).toBe("DATA_EMPTY");
+      expect(await codeOfAsync(evaluate(fp32, [{ text: "ok", label: 2, line: 2 }]))).toBe("DATA_MISMATCH");
+      expect(await codeOfAsync(evaluate(fp32, dev.slice(0, 2), { batchSize: 0 }))).toBe("USAGE");
       let err: unknown;
       try {
         await evaluate(fp32, [

@@ -9,8 +9,8 @@ import {
   findVocabSizeInGraph,
   syntheticFeeds,
 } from "../../src/bench/inputs.ts";
-import { isQuantdError } from "../../src/errors.ts";
 import type { TensorInfo } from "../../src/runtime/types.ts";
+import { codeOf } from "../helpers/error-code.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
 import { ONNX_FLOAT, ONNX_INT64, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 
@@ -19,15 +19,6 @@ const BERT_INPUTS: TensorInfo[] = [
   { name: "attention_mask", type: "int64", dims: ["batch", "sequence"] },
   { name: "token_type_ids", type: "int64", dims: ["batch", "sequence"] },
 ];
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return isQuantdError(err) ? err.code : "not a QuantdError";
-  }
-  return undefined;
-}
 
 describe("syntheticFeeds", () => {
   test("ids in [1000, vocab), mask all ones, token types zeros, [batch, seq] dims", () => {

@@ -2,7 +2,6 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { isQuantdError, QuantdError } from "../../src/errors.ts";
 import {
   INT64_MAX,
   INT64_MIN,
@@ -15,6 +14,7 @@ import { decodeModel, encodeModel, loadModel, saveModel } from "../../src/onnx/c
 import { makeTensor, type TensorArray, tensorToArray } from "../../src/onnx/tensor.ts";
 import type { DataType as DataTypeT, ModelProto } from "../../src/onnx/types.ts";
 import { AttributeType, DataType } from "../../src/onnx/types.ts";
+import { codeOf, codeOfAsync } from "../helpers/error-code.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "quantd-onnx-codec-"));
@@ -30,28 +30,6 @@ function modelWith(initializers: ReturnType<typeof makeTensor>[]): ModelProto {
       initializers,
     }),
   });
-}
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return isQuantdError(err) ? err.code : `not a QuantdError: ${String(err)}`;
-  }
-  return undefined;
-}
-
-async function codeOfAsync(fn: () => Promise<unknown>): Promise<string | undefined> {
-  try {
-    await fn();
-  } catch (err) {
-    if (err instanceof QuantdError) {
-      expect(err.toLine()).not.toContain("\n");
-      return err.code;
-    }
-    return `not a QuantdError: ${String(err)}`;
-  }
-  return undefined;
 }
 
 describe("tensor storage round trip", () => {

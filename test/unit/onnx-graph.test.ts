@@ -1,5 +1,4 @@
 import { describe, expect, test } from "bun:test";
-import { isQuantdError } from "../../src/errors.ts";
 import {
   INT64_MAX,
   makeAttribute,
@@ -20,6 +19,7 @@ import {
 import { makeTensor, tensorToArray } from "../../src/onnx/tensor.ts";
 import type { GraphProto, NodeProto } from "../../src/onnx/types.ts";
 import { AttributeType, DataType } from "../../src/onnx/types.ts";
+import { codeOf } from "../helpers/error-code.ts";
 
 /** x → MatMul(W) → Add(b) → Relu → y, plus a Constant feeding a Mul on the side. */
 function smallGraph(): GraphProto {
@@ -45,15 +45,6 @@ function smallGraph(): GraphProto {
 
 function names(nodes: readonly NodeProto[]): string[] {
   return nodes.map((n) => n.name);
-}
-
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return isQuantdError(err) ? err.code : String(err);
-  }
-  return undefined;
 }
 
 describe("GraphIndex queries", () => {
@@ -103,7 +94,7 @@ describe("GraphIndex queries", () => {
     cyclic.node[0]!.input[0] = "y"; // MatMul reads Relu's output
     const cix = new GraphIndex(cyclic);
     expect(cix.isAcyclic()).toBe(false);
-    expect(code(() => cix.topologicalOrder())).toBe("MODEL_INVALID");
+    expect(codeOf(() => cix.topologicalOrder())).toBe("MODEL_INVALID");
   });
 
   test("a sorted graph keeps its order", () => {
@@ -193,7 +184,7 @@ describe("GraphIndex edits", () => {
     expect(order.indexOf("pre")).toBe(order.indexOf("relu") - 1);
     expect(order.indexOf("post")).toBe(order.indexOf("relu") + 1);
     expect(
-      code(() => ix.insertNode(makeNode("Identity", ["y"], ["z"]), { after: makeNode("X", [], []) })),
+      codeOf(() => ix.insertNode(makeNode("Identity", ["y"], ["z"]), { after: makeNode("X", [], []) })),
     ).toBe("INTERNAL");
   });
 
@@ -228,7 +219,7 @@ describe("GraphIndex edits", () => {
     expect(ix.addGraphOutput("h2_i")).toBe(v);
     expect(ix.addGraphOutput("h3", DataType.FLOAT).name).toBe("h3");
     expect(g.output.map((o) => o.name)).toEqual(["y", "h2_i", "h3"]);
-    expect(code(() => ix.addGraphOutput("nowhere"))).toBe("MODEL_INVALID");
+    expect(codeOf(() => ix.addGraphOutput("nowhere"))).toBe("MODEL_INVALID");
   });
 
   test("subgraph reads from the outer scope count as consumers", () => {
@@ -262,7 +253,7 @@ describe("builders and lookups", () => {
     expect(types(["a", "b"])).toBe(AttributeType.STRINGS);
     expect(types(makeTensor("t", DataType.FLOAT, [], Float32Array.of(1)))).toBe(AttributeType.TENSOR);
     expect(types(smallGraph())).toBe(AttributeType.GRAPH);
-    expect(code(() => makeAttribute("a", []))).toBe("USAGE");
+    expect(codeOf(() => makeAttribute("a", []))).toBe("USAGE");
 
     const n = makeNode("LayerNormalization", ["x", "g", "b"], ["y"], {
       axis: -1,

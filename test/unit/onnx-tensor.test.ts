@@ -1,5 +1,4 @@
 import { describe, expect, test } from "bun:test";
-import { isQuantdError } from "../../src/errors.ts";
 import {
   bfloat16ToFloat32,
   dataTypeName,
@@ -14,15 +13,7 @@ import {
   tensorToFloat32,
 } from "../../src/onnx/tensor.ts";
 import { DataType } from "../../src/onnx/types.ts";
-
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return isQuantdError(err) ? err.code : String(err);
-  }
-  return undefined;
-}
+import { codeOf } from "../helpers/error-code.ts";
 
 describe("tensor helpers", () => {
   test("names, counts and byte lengths", () => {
@@ -33,7 +24,7 @@ describe("tensor helpers", () => {
     expect(tensorByteLength({ name: "a", dataType: DataType.INT64, dims: [3, 2] })).toBe(48);
     expect(tensorByteLength({ name: "a", dataType: DataType.INT4, dims: [3] })).toBe(2);
     expect(tensorByteLength({ name: "a", dataType: DataType.BOOL, dims: [5] })).toBe(5);
-    expect(code(() => tensorByteLength({ name: "s", dataType: DataType.STRING, dims: [1] }))).toBe(
+    expect(codeOf(() => tensorByteLength({ name: "s", dataType: DataType.STRING, dims: [1] }))).toBe(
       "QUANT_UNSUPPORTED",
     );
   });
@@ -50,16 +41,16 @@ describe("tensor helpers", () => {
 
   test("payload size mismatches and unloaded external data are MODEL_INVALID", () => {
     const t = makeTensor("w", DataType.FLOAT, [2], Float32Array.of(1, 2));
-    expect(code(() => tensorToArray({ ...t, dims: [3] }))).toBe("MODEL_INVALID");
-    expect(code(() => tensorToArray({ ...t, rawData: new Uint8Array(7) }))).toBe("MODEL_INVALID");
+    expect(codeOf(() => tensorToArray({ ...t, dims: [3] }))).toBe("MODEL_INVALID");
+    expect(codeOf(() => tensorToArray({ ...t, rawData: new Uint8Array(7) }))).toBe("MODEL_INVALID");
     const ext = { name: "e", dataType: DataType.FLOAT, dims: [2], dataLocation: 1 } as const;
     expect(isExternal({ ...ext, dims: [2] })).toBe(true);
-    expect(code(() => tensorToArray({ ...ext, dims: [2] }))).toBe("MODEL_INVALID");
+    expect(codeOf(() => tensorToArray({ ...ext, dims: [2] }))).toBe("MODEL_INVALID");
   });
 
   test("makeTensor checks the array kind and length, and copies", () => {
-    expect(code(() => makeTensor("w", DataType.FLOAT, [2], Float64Array.of(1, 2)))).toBe("MODEL_INVALID");
-    expect(code(() => makeTensor("w", DataType.INT8, [3], Int8Array.of(1, 2)))).toBe("MODEL_INVALID");
+    expect(codeOf(() => makeTensor("w", DataType.FLOAT, [2], Float64Array.of(1, 2)))).toBe("MODEL_INVALID");
+    expect(codeOf(() => makeTensor("w", DataType.INT8, [3], Int8Array.of(1, 2)))).toBe("MODEL_INVALID");
     const data = Int8Array.of(1, -2);
     const t = makeTensor("w", DataType.INT8, [2], data);
     data[0] = 100;

@@ -6,15 +6,7 @@ import {
   firstInvalidUtf8Offset,
   validateText,
 } from "../../src/runtime/text.ts";
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    return isQuantdError(err) ? err.code : `non-QuantdError: ${String(err)}`;
-  }
-  return "no error";
-}
+import { codeOf } from "../helpers/error-code.ts";
 
 describe("validateText", () => {
   test("returns good text unchanged, including non-ASCII and emoji", () => {
@@ -24,19 +16,19 @@ describe("validateText", () => {
 
   test("rejects non-strings", () => {
     for (const v of [undefined, null, 42, {}, ["a"], Buffer.from("a")]) {
-      expect(code(() => validateText(v))).toBe("TEXT_NOT_STRING");
+      expect(codeOf(() => validateText(v))).toBe("TEXT_NOT_STRING");
     }
   });
 
   test("rejects empty and whitespace-only text", () => {
     for (const v of ["", " ", "\t\n ", "\u00a0\u3000"])
-      expect(code(() => validateText(v))).toBe("TEXT_EMPTY");
+      expect(codeOf(() => validateText(v))).toBe("TEXT_EMPTY");
   });
 
   test("rejects lone surrogates but not pairs", () => {
-    expect(code(() => validateText("bad \ud800 text"))).toBe("TEXT_INVALID_UTF8");
-    expect(code(() => validateText("bad \udc00"))).toBe("TEXT_INVALID_UTF8");
-    expect(code(() => validateText("\udc00\ud800"))).toBe("TEXT_INVALID_UTF8");
+    expect(codeOf(() => validateText("bad \ud800 text"))).toBe("TEXT_INVALID_UTF8");
+    expect(codeOf(() => validateText("bad \udc00"))).toBe("TEXT_INVALID_UTF8");
+    expect(codeOf(() => validateText("\udc00\ud800"))).toBe("TEXT_INVALID_UTF8");
     expect(validateText("ok \ud83d\ude00")).toBe("ok 😀");
   });
 
@@ -55,10 +47,10 @@ describe("validateText", () => {
 
   test("the limit counts UTF-8 bytes, not characters", () => {
     expect(validateText("é".repeat(50), { maxBytes: 100 })).toHaveLength(50);
-    expect(code(() => validateText("é".repeat(51), { maxBytes: 100 }))).toBe("TEXT_TOO_LARGE");
+    expect(codeOf(() => validateText("é".repeat(51), { maxBytes: 100 }))).toBe("TEXT_TOO_LARGE");
     expect(validateText("a".repeat(100), { maxBytes: 100 })).toHaveLength(100);
-    expect(code(() => validateText("a".repeat(101), { maxBytes: 100 }))).toBe("TEXT_TOO_LARGE");
-    expect(code(() => validateText("😀".repeat(26), { maxBytes: 100 }))).toBe("TEXT_TOO_LARGE");
+    expect(codeOf(() => validateText("a".repeat(101), { maxBytes: 100 }))).toBe("TEXT_TOO_LARGE");
+    expect(codeOf(() => validateText("😀".repeat(26), { maxBytes: 100 }))).toBe("TEXT_TOO_LARGE");
     expect(validateText("a".repeat(DEFAULT_MAX_TEXT_BYTES))).toHaveLength(DEFAULT_MAX_TEXT_BYTES);
   });
 });

@@ -3,13 +3,13 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { isQuantdError } from "../../src/errors.ts";
 import {
   loadTokenizer,
   longestFirstLengths,
   planBatches,
   type Tokenizer,
 } from "../../src/runtime/tokenizer.ts";
+import { codeOf, codeOfAsync } from "../helpers/error-code.ts";
 import { hasShared, sharedDir, sharedSkipReason, shippedModelDir } from "../helpers/paths.ts";
 
 // Ids from ../shared/data/sst2/golden.dev.jsonl (Python transformers 5.17), embedded so that this
@@ -49,24 +49,6 @@ let tok: Tokenizer;
 beforeAll(async () => {
   tok = await loadTokenizer(shippedModelDir);
 });
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    return isQuantdError(err) ? err.code : `non-QuantdError: ${String(err)}`;
-  }
-  return "no error";
-}
-
-async function codeAsync(fn: () => Promise<unknown>): Promise<string> {
-  try {
-    await fn();
-  } catch (err) {
-    return isQuantdError(err) ? err.code : `non-QuantdError: ${String(err)}`;
-  }
-  return "no error";
-}
 
 describe("loadTokenizer on the shipped BERT-Mini", () => {
   test("reads limits and special ids", () => {
@@ -119,7 +101,7 @@ describe("loadTokenizer on the shipped BERT-Mini", () => {
       rmSync(join(dir, "config.json"));
       // transformers' "no limit" sentinel does not count; nothing else sets one, so BERT's 512 applies
       expect((await loadTokenizer(dir)).maxLength).toBe(512);
-      expect(await codeAsync(() => loadTokenizer(dir, { maxLength: 0 }))).toBe("USAGE");
+      expect(await codeOfAsync(() => loadTokenizer(dir, { maxLength: 0 }))).toBe("USAGE");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -151,16 +133,16 @@ describe("loadTokenizer on the shipped BERT-Mini", () => {
   test("missing or broken files give stable codes", async () => {
     const dir = mkdtempSync(join(tmpdir(), "quantd-tok-"));
     try {
-      expect(await codeAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_NOT_FOUND");
-      expect(await codeAsync(() => loadTokenizer(join(dir, "absent")))).toBe("TOKENIZER_NOT_FOUND");
+      expect(await codeOfAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_NOT_FOUND");
+      expect(await codeOfAsync(() => loadTokenizer(join(dir, "absent")))).toBe("TOKENIZER_NOT_FOUND");
       writeFileSync(join(dir, "tokenizer.json"), "{ not json");
-      expect(await codeAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_INVALID");
+      expect(await codeOfAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_INVALID");
       writeFileSync(join(dir, "tokenizer.json"), JSON.stringify({ version: "1.0" }));
-      expect(await codeAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_INVALID");
+      expect(await codeOfAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_INVALID");
       const tj = JSON.parse(readFileSync(join(shippedModelDir, "tokenizer.json"), "utf8"));
       tj.post_processor = { type: "SomethingNew" };
       writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tj));
-      expect(await codeAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_INVALID");
+      expect(await codeOfAsync(() => loadTokenizer(dir))).toBe("TOKENIZER_INVALID");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -261,13 +243,13 @@ describe("truncation", () => {
   });
 
   test("non-string input is refused", () => {
-    expect(code(() => tok.encode(undefined as unknown as string))).toBe("TEXT_NOT_STRING");
-    expect(code(() => tok.encode("a", 5 as unknown as string))).toBe("TEXT_NOT_STRING");
+    expect(codeOf(() => tok.encode(undefined as unknown as string))).toBe("TEXT_NOT_STRING");
+    expect(codeOf(() => tok.encode("a", 5 as unknown as string))).toBe("TEXT_NOT_STRING");
   });
 
   test("maxLength too small for the special tokens is a usage error", () => {
-    expect(code(() => tok.encode("good", undefined, { maxLength: 2 }))).toBe("USAGE");
-    expect(code(() => tok.encode("good", "bad", { maxLength: 4 }))).toBe("USAGE");
+    expect(codeOf(() => tok.encode("good", undefined, { maxLength: 2 }))).toBe("USAGE");
+    expect(codeOf(() => tok.encode("good", "bad", { maxLength: 4 }))).toBe("USAGE");
     expect(tok.encode("good movie", undefined, { maxLength: 3 }).inputIds.length).toBe(3);
     expect(tok.encode("good movie", "bad", { maxLength: 5 }).inputIds.length).toBe(5);
   });
@@ -289,8 +271,8 @@ describe("batches and padding", () => {
           .sort((a, b) => a - b),
       ).toEqual([0, 1, 2, 3, 4, 5, 6]);
     }
-    expect(code(() => planBatches(lengths, 0, "sorted"))).toBe("USAGE");
-    expect(code(() => planBatches(lengths, 2, "random" as "sorted"))).toBe("USAGE");
+    expect(codeOf(() => planBatches(lengths, 0, "sorted"))).toBe("USAGE");
+    expect(codeOf(() => planBatches(lengths, 2, "random" as "sorted"))).toBe("USAGE");
   });
 
   test("pads to the longest row by default, right side, mask 0 and type 0 on padding", () => {
@@ -328,8 +310,8 @@ describe("batches and padding", () => {
   test("padding none needs equal lengths", () => {
     const b = tok.encodeBatch([KNOWN[1]!.text, "bad ."], { padding: "none" });
     expect(b.seqLen).toBe(4);
-    expect(code(() => tok.encodeBatch([KNOWN[0]!.text, "bad ."], { padding: "none" }))).toBe("USAGE");
-    expect(code(() => tok.encodeBatch([]))).toBe("USAGE");
+    expect(codeOf(() => tok.encodeBatch([KNOWN[0]!.text, "bad ."], { padding: "none" }))).toBe("USAGE");
+    expect(codeOf(() => tok.encodeBatch([]))).toBe("USAGE");
   });
 });
 
