@@ -17,8 +17,8 @@
  * default quantized bin count is 255 there and 128 (7 bits per sign) otherwise.
  */
 import { QuantdError } from "../../errors.ts";
-import { DEFAULT_BINS, Histogram, scanValues } from "./histogram.ts";
-import { type Observer, RunningStats, type TensorRange } from "./observer.ts";
+import { DEFAULT_BINS, Histogram } from "./histogram.ts";
+import { HistogramObserver, type TensorRange } from "./observer.ts";
 
 /** Options for {@link EntropyObserver}. */
 export interface EntropyOptions {
@@ -92,34 +92,23 @@ export function klThresholdBins(h: Float64Array, quantizedBins: number): number 
 }
 
 /** Range = KL-optimal symmetric threshold. */
-export class EntropyObserver implements Observer {
+export class EntropyObserver extends HistogramObserver {
   readonly type = "entropy" as const;
   readonly quantizedBins: number | undefined;
-  readonly #stats = new RunningStats();
-  readonly #hist: Histogram;
 
   /** @throws USAGE when quantizedBins is not an integer ≥ 2 or exceeds the bin count */
   constructor(opts: EntropyOptions = {}) {
-    this.#hist = new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: true });
+    super(new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: true }));
     const q = opts.quantizedBins;
-    if (q !== undefined && (!Number.isInteger(q) || q < 2 || q > this.#hist.bins)) {
-      throw new QuantdError(
-        "USAGE",
-        `quantized bins must be an integer in [2, ${this.#hist.bins}], got ${q}`,
-      );
+    if (q !== undefined && (!Number.isInteger(q) || q < 2 || q > this.hist.bins)) {
+      throw new QuantdError("USAGE", `quantized bins must be an integer in [2, ${this.hist.bins}], got ${q}`);
     }
     this.quantizedBins = q;
   }
 
-  update(data: Float32Array): void {
-    const s = scanValues(data);
-    this.#stats.add(s);
-    this.#hist.update(data, s);
-  }
-
   result(): TensorRange {
-    const h = this.#hist;
-    const st = this.#stats;
+    const h = this.hist;
+    const st = this.stats;
     if (h.total === 0) return st.range(0, 0);
     const oneSigned = st.min >= 0 || st.max <= 0;
     const nq = this.quantizedBins ?? (oneSigned ? 255 : 128);

@@ -13,8 +13,8 @@
  * measured error says more about bin placement than about the range.
  */
 import { QuantdError } from "../../errors.ts";
-import { DEFAULT_BINS, Histogram, type HistogramSnapshot, scanValues } from "./histogram.ts";
-import { type Observer, RunningStats, type TensorRange } from "./observer.ts";
+import { DEFAULT_BINS, Histogram, type HistogramSnapshot } from "./histogram.ts";
+import { HistogramObserver, type TensorRange } from "./observer.ts";
 
 /** Options for {@link MseObserver}. */
 export interface MseOptions {
@@ -82,12 +82,10 @@ class Moments {
 }
 
 /** Range = [a, b] minimizing expected quantization MSE over the histogram. */
-export class MseObserver implements Observer {
+export class MseObserver extends HistogramObserver {
   readonly type = "mse" as const;
   readonly levels: number;
   readonly symmetric: boolean;
-  readonly #stats = new RunningStats();
-  readonly #hist: Histogram;
 
   /** @throws USAGE when levels is not a number ≥ 1 */
   constructor(opts: MseOptions = {}) {
@@ -95,21 +93,16 @@ export class MseObserver implements Observer {
     if (!(levels >= 1) || !Number.isFinite(levels)) {
       throw new QuantdError("USAGE", `levels must be a finite number ≥ 1, got ${levels}`);
     }
+    const symmetric = opts.symmetric === true;
+    super(new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: symmetric }));
     this.levels = levels;
-    this.symmetric = opts.symmetric === true;
-    this.#hist = new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: this.symmetric });
-  }
-
-  update(data: Float32Array): void {
-    const s = scanValues(data);
-    this.#stats.add(s);
-    this.#hist.update(data, s);
+    this.symmetric = symmetric;
   }
 
   result(): TensorRange {
-    const st = this.#stats;
-    if (this.#hist.total === 0) return st.range(0, 0);
-    const snap = this.#hist.snapshot();
+    const st = this.stats;
+    if (this.hist.total === 0) return st.range(0, 0);
+    const snap = this.hist.snapshot();
     const m = new Moments(snap);
     const levels = this.levels;
     if (this.symmetric) {

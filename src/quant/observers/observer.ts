@@ -4,7 +4,7 @@
  * and at most one fixed-size histogram), so memory does not grow with the
  * number of samples.
  */
-import type { HistogramSnapshot, ScanStats } from "./histogram.ts";
+import { type Histogram, type HistogramSnapshot, type ScanStats, scanValues } from "./histogram.ts";
 
 /** The calibrated range of one tensor, with what the observer saw. */
 export interface TensorRange {
@@ -74,4 +74,29 @@ export class RunningStats {
     if (histogram !== undefined) r.histogram = histogram;
     return r;
   }
+}
+
+/**
+ * What the histogram-based observers (percentile, entropy, MSE) share: exact
+ * counts and extremes plus one fixed-size histogram, both fed from the same
+ * scan of each batch. Subclasses only choose the range.
+ */
+export abstract class HistogramObserver implements Observer {
+  abstract readonly type: ObserverType;
+  /** Counts and exact extremes over every batch. */
+  protected readonly stats = new RunningStats();
+  /** The histogram the range is chosen from. */
+  protected readonly hist: Histogram;
+
+  protected constructor(hist: Histogram) {
+    this.hist = hist;
+  }
+
+  update(data: Float32Array): void {
+    const s = scanValues(data);
+    this.stats.add(s);
+    this.hist.update(data, s);
+  }
+
+  abstract result(): TensorRange;
 }

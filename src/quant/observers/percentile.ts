@@ -6,8 +6,8 @@
  * percentile of |x| and returns [-t, t] (clamped to what was observed).
  */
 import { QuantdError } from "../../errors.ts";
-import { DEFAULT_BINS, Histogram, scanValues } from "./histogram.ts";
-import { type Observer, RunningStats, type TensorRange } from "./observer.ts";
+import { DEFAULT_BINS, Histogram } from "./histogram.ts";
+import { HistogramObserver, type TensorRange } from "./observer.ts";
 
 /** Default percentile kept. */
 export const DEFAULT_PERCENTILE = 99.999;
@@ -23,36 +23,29 @@ export interface PercentileOptions {
 }
 
 /** Range = central percentile of the values (or of |x| when symmetric). */
-export class PercentileObserver implements Observer {
+export class PercentileObserver extends HistogramObserver {
   readonly type = "percentile" as const;
   readonly percentile: number;
   readonly symmetric: boolean;
-  readonly #stats = new RunningStats();
-  readonly #hist: Histogram;
 
   constructor(opts: PercentileOptions = {}) {
     const p = opts.percentile ?? DEFAULT_PERCENTILE;
     if (!(p > 0 && p <= 100)) throw new QuantdError("USAGE", `percentile must be in (0, 100], got ${p}`);
+    const symmetric = opts.symmetric === true;
+    super(new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: symmetric }));
     this.percentile = p;
-    this.symmetric = opts.symmetric === true;
-    this.#hist = new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: this.symmetric });
-  }
-
-  update(data: Float32Array): void {
-    const s = scanValues(data);
-    this.#stats.add(s);
-    this.#hist.update(data, s);
+    this.symmetric = symmetric;
   }
 
   result(): TensorRange {
-    const h = this.#hist;
-    if (h.total === 0) return this.#stats.range(0, 0);
+    const h = this.hist;
+    if (h.total === 0) return this.stats.range(0, 0);
     const keep = this.percentile / 100;
     if (this.symmetric) {
       const t = h.quantile(keep);
-      return this.#stats.range(-t, t, h.snapshot());
+      return this.stats.range(-t, t, h.snapshot());
     }
     const cut = (1 - keep) / 2;
-    return this.#stats.range(h.quantile(cut), h.quantile(1 - cut), h.snapshot());
+    return this.stats.range(h.quantile(cut), h.quantile(1 - cut), h.snapshot());
   }
 }

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { createRng as rng } from "../../../src/bench/inputs.ts";
 import { isQuantdError } from "../../../src/errors.ts";
 import {
   createObserver,
@@ -9,18 +10,6 @@ import {
   scanValues,
 } from "../../../src/quant/observers/index.ts";
 import { computeActivationQParams, dequantizeValue, quantizeValue } from "../../../src/quant/qparams.ts";
-
-/** Deterministic uniform [0, 1) (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function gaussian(n: number, sigma: number, seed: number): Float32Array {
   const r = rng(seed);
