@@ -18,7 +18,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { connectMqtt, type MqttConnection } from "../src/fleet/mqtt-client.ts";
 import { encodeJson, type StatusMessage, type TelemetryMessage } from "../src/fleet/protocol.ts";
-import { freePort, startMosquitto } from "../test/helpers/mosquitto.ts";
+import { startMosquitto } from "../test/helpers/mosquitto.ts";
+import { freePort } from "../test/helpers/net.ts";
 import { type Postgres, startPostgres } from "../test/helpers/postgres.ts";
 
 function arg(name: string, fallback: string): string {

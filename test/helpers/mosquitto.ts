@@ -7,9 +7,9 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { acceptsConnections, freePort } from "./net.ts";
 
 function findMosquitto(): string | undefined {
   for (const p of ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]) {
@@ -66,30 +66,6 @@ export interface Mosquitto {
   dispose(): Promise<void>;
   /** What the broker logged (for failing tests). */
   log(): string;
-}
-
-/** A free loopback TCP port (bound then released). */
-export async function freePort(): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function accepts(port: number): Promise<boolean> {
-  return await new Promise((resolve) => {
-    const s = createConnection({ port, host: "127.0.0.1" });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
 }
 
 /**
@@ -154,7 +130,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {
       if (proc.exitCode !== null) throw new Error(`mosquitto exited (${proc.exitCode}): ${logText}`);
-      if (await accepts(port)) return;
+      if (await acceptsConnections(port)) return;
       await Bun.sleep(20);
     }
     proc.kill("SIGKILL");

@@ -6,10 +6,9 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort } from "./mosquitto.ts";
+import { acceptsConnections, freePort } from "./net.ts";
 
 function findBin(): string | undefined {
   const root = "/usr/lib/postgresql";
@@ -45,17 +44,6 @@ function run(cmd: string, args: string[]): ReturnType<typeof spawnSync> {
   return asRoot
     ? spawnSync("runuser", ["-u", "postgres", "--", cmd, ...args], { encoding: "utf8" })
     : spawnSync(cmd, args, { encoding: "utf8" });
-}
-
-async function accepts(port: number): Promise<boolean> {
-  return await new Promise((resolve) => {
-    const s = createConnection({ port, host: "127.0.0.1" });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
 }
 
 /** initdb + postgres on a random port; resolves once it accepts connections and a query. */
@@ -105,7 +93,7 @@ export async function startPostgres(): Promise<Postgres> {
     log += d.toString();
   });
   const deadline = Date.now() + 20_000;
-  while (!log.includes("ready to accept connections") || !(await accepts(port))) {
+  while (!log.includes("ready to accept connections") || !(await acceptsConnections(port))) {
     if (proc.exitCode !== null) throw new Error(`postgres exited: ${log}`);
     if (Date.now() > deadline) {
       proc.kill("SIGKILL");

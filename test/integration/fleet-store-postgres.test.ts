@@ -10,9 +10,10 @@ import { join } from "node:path";
 import { openPostgresFleetStore } from "../../src/fleet/controller/postgres-store.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { encodeJson } from "../../src/fleet/protocol.ts";
-import { freePort, hasMosquitto, startMosquitto } from "../helpers/mosquitto.ts";
-import { repoRoot } from "../helpers/paths.ts";
 import { runFleetStoreContract } from "../contracts/fleet-store.contract.ts";
+import { hasMosquitto, startMosquitto } from "../helpers/mosquitto.ts";
+import { freePort } from "../helpers/net.ts";
+import { repoRoot } from "../helpers/paths.ts";
 import { hasPostgres, type Postgres, postgresSkipReason, startPostgres } from "../helpers/postgres.ts";
 
 if (!hasPostgres) console.warn(postgresSkipReason);
