@@ -115,7 +115,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   maxTextBytes: 64 * 1024,
 };
 
-/** Default post-swap checks (the rule: p95 above 1.2 × the old model's rolls back). */
+/** Default post-swap checks: over its first 200 batches, more than 1 % failed batches or a p95 batch latency above 1.2 × the old model's rolls a new model back. */
 export const DEFAULT_SWAP_CHECKS: SwapChecksConfig = { errorRate: 0.01, p95Ratio: 1.2, window: 200 };
 
 type KeyType = "string" | "int" | "number" | "boolean" | "tcp";

@@ -14,7 +14,7 @@
  *
  * Wiring (see `createRecalibrationRunner` in recalibrate.ts): one runner per
  * state directory, `start()` when the agent starts, `stop()` before the store
- * closes. The job runner and the recalibration job are owned by the jobs helper.
+ * closes.
  */
 import {
   closeSync,

@@ -21,8 +21,6 @@
  * promoted. Refusals — gate not met, slower or larger than the active model,
  * a candidate that does not load — end the job REJECTED with the reasons and the
  * quantizer's report; the serving model is untouched.
- *
- * The job runner and the recalibration job are owned by the jobs helper.
  */
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, statSync } from "node:fs";

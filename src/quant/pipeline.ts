@@ -82,7 +82,7 @@ export const DEFAULT_CALIBRATION_BATCH = 8;
 export const VALIDATION_BATCH = 1;
 /** Samples the sensitivity probe runs (both models, every quantized node exposed). */
 export const SENSITIVITY_PROBE_SAMPLES = 32;
-/** Sequence length of the latency comparison `auto` makes (the issue's target shape). */
+/** Sequence length of the latency comparison `auto` makes (the shape quantd's latency targets are stated for). */
 export const AUTO_BENCH_SEQ = 128;
 
 /** One text to calibrate or validate on. */
