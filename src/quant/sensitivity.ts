@@ -240,6 +240,8 @@ export interface FallbackResult<M> {
  * again, because removing one bad node changes the error every later node sees.
  * The number added per trial grows (1, 1, 1, 2, 3, 4, …) so a model with many
  * mildly sensitive nodes is still reached within a small budget.
+ *
+ * @throws USAGE when `opts.budget` is not a non-negative integer
  */
 export async function runFallback<M>(
   start: FallbackCandidate<M>,

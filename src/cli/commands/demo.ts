@@ -40,8 +40,9 @@ import { createProgress, formatBytes, formatMs, formatPercent, renderTable } fro
 /** The shipped SST-2 training sample the demo seeds the agent's store with. */
 export const SHIPPED_TRAIN_TSV: string = join(PACKAGE_ROOT, "calib/samples/sst2-train-4k.tsv");
 
-/** The demo's fleet and device names (topics `quantd/v1/demo/demo-device/…`). */
+/** The demo's fleet name (topics `quantd/v1/demo/demo-device/…`). */
 export const DEMO_FLEET = "demo";
+/** The demo's device name. */
 export const DEMO_DEVICE = "demo-device";
 
 /**
