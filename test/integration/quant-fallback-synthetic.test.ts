@@ -6,7 +6,7 @@
  * The tiny synthetic BERT (2 × 32, vocab 16384 so the shipped tokenizer fits)
  * has its sentiment path (see `test/fixtures/synthetic-bert.ts`), so its logits
  * depend on the sentence with margins of a few units and the gate measures
- * something. `plantOutlier` makes one channel of layer 1's attention context
+ * something. `plantOutlier` makes one channel of layer 0's attention context
  * (the input of its attention-output projection) 1000× larger, through the value
  * projection, and that projection's weight row 1000× smaller: fp32 computes the
  * same function, but one uint8 scale for that tensor rounds its other channels
@@ -36,7 +36,7 @@ const dir = mkdtempSync(join(tmpdir(), "quantd-fallback-synthetic-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const tiny: SyntheticBertConfig = { ...SYNTHETIC_BERT_PRESETS.tiny, vocab: 16384 };
-const LAYER = 1;
+const LAYER = 0;
 const SENSITIVE = syntheticBertMatMulName(LAYER, "attn_out");
 const plainPath = join(dir, "fp32-plain.onnx");
 const outlierPath = join(dir, "fp32-outlier.onnx");
