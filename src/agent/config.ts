@@ -103,6 +103,7 @@ export interface LoadConfigOptions {
   profile: Pick<BoardProfile, "threads" | "samplePool">;
   /** The shipped fp32 model, used when nothing names one. */
   defaultModel: string;
+  /** Command-line values; they override the environment and the file. */
   flags?: ConfigFlags;
   /** @defaultValue process.env */
   env?: Record<string, string | undefined>;

@@ -112,7 +112,9 @@ export interface JobRunnerOptions {
   pollMs?: number;
   /** Directories where stale temporary files of dead processes are removed at start (the registry's models dir). */
   tempDirs?: readonly string[];
+  /** Jobs the runner queues by itself (none when absent). */
   schedule?: JobSchedule;
+  /** The runner's log lines (dropped when absent). */
   log?: (line: string) => void;
   /** Every persisted change of a job (claim, stage, end): for the fleet link's progress messages. */
   onUpdate?: (job: Job) => void;

@@ -41,7 +41,7 @@ import {
   type JobContext,
   type JobHandler,
   JobRunner,
-  type JobSchedule,
+  type JobRunnerOptions,
   type JobVerdict,
 } from "./jobs.ts";
 
@@ -669,15 +669,12 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
 }
 
 /** Options of {@link createRecalibrationRunner}. */
-export interface RecalibrationRunnerOptions extends RecalibrationDeps {
+export interface RecalibrationRunnerOptions
+  extends RecalibrationDeps,
+    Pick<JobRunnerOptions, "timeoutMs" | "pollMs" | "schedule" | "log" | "onUpdate"> {
   store: Store;
   /** The state directory: work directories go to `<stateDir>/jobs`, stale temporary files are cleaned in `<stateDir>/models`. */
   stateDir: string;
-  timeoutMs?: number;
-  pollMs?: number;
-  schedule?: JobSchedule;
-  log?: (line: string) => void;
-  onUpdate?: (job: Job) => void;
 }
 
 /** `<stateDir>/jobs`: the jobs' work directories and the runner lock. */

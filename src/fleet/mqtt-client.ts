@@ -30,7 +30,9 @@ export interface MqttPublishOptions {
   qos?: MqttQos;
   /** @defaultValue false */
   retain?: boolean;
+  /** MQTT 5 Response Topic: where the receiver should publish its reply. */
   responseTopic?: string;
+  /** MQTT 5 Correlation Data, echoed in the reply so the requester can match it. */
   correlationData?: Uint8Array;
   /** Seconds after which the broker drops the message instead of delivering it. */
   messageExpiryInterval?: number;
@@ -51,6 +53,7 @@ export interface MqttConnectOptions {
   /** `mqtt://host:port` or `mqtts://host:port`. */
   url: string;
   clientId: string;
+  /** Broker login. */
   username?: string;
   password?: string;
   /** PEM contents (not paths): the CA that signed the broker's certificate. */
@@ -67,6 +70,7 @@ export interface MqttConnectOptions {
   clean?: boolean;
   /** MQTT 5 Session Expiry Interval. @defaultValue 0 */
   sessionExpirySec?: number;
+  /** Published by the broker when this client vanishes (none when absent). */
   will?: MqttWill;
   /** Delay between reconnect attempts in ms; 0 disables reconnecting. @defaultValue 1000 */
   reconnectPeriodMs?: number;

@@ -46,6 +46,7 @@ export interface OutboxPublisherOptions {
   window?: number;
   /** Wait before retrying after a failed publish on a live connection, in ms. @defaultValue 500 */
   retryDelayMs?: number;
+  /** The publisher's log lines (dropped when absent). */
   log?: (line: string) => void;
 }
 

@@ -121,6 +121,7 @@ export interface MakeNodeOptions {
   name?: string;
   /** Operator set domain. @defaultValue "" (the default ONNX domain) */
   domain?: string;
+  /** Free text kept in the model file (`doc_string`). */
   docString?: string;
 }
 
@@ -183,6 +184,7 @@ export interface MakeGraphOptions {
   initializers?: TensorProto[];
   /** @defaultValue [] */
   valueInfo?: ValueInfoProto[];
+  /** Free text kept in the model file (`doc_string`). */
   docString?: string;
 }
 
@@ -211,7 +213,7 @@ export interface MakeModelOptions {
   producerName?: string;
   /** @defaultValue "" */
   producerVersion?: string;
-  /** @defaultValue "" */
+  /** Free text kept in the model file (`doc_string`). @defaultValue "" */
   docString?: string;
   /** @defaultValue [] */
   metadataProps?: StringStringEntry[];

@@ -216,6 +216,7 @@ const ARRAY_KINDS: ReadonlyMap<number, new (length: number) => TensorArray> = ne
 export interface MakeTensorOptions {
   /** Store the payload as `rawData` (as exporters do) rather than in a typed field. @defaultValue true */
   raw?: boolean;
+  /** Free text kept in the model file (`doc_string`). */
   docString?: string;
 }
 

@@ -95,6 +95,7 @@ function producedNames(model: ModelProto): Set<string> {
 
 /** Options for {@link measureLayerErrors}. */
 export interface LayerErrorOptions {
+  /** onnxruntime options of the sessions that run both models. */
   session?: SessionOptions;
 }
 

@@ -47,9 +47,10 @@ export interface ControllerOptions {
   store: FleetStore;
   /** MQTT client id; distinct per replica, stable across restarts (the session is kept). @defaultValue `quantd-controller-<hostname>` */
   clientId?: string;
+  /** Broker login. */
   username?: string;
   password?: string;
-  /** PEM contents for mqtts. */
+  /** PEM contents for mqtts: the broker's CA, and the client certificate and key for mutual TLS. */
   ca?: string;
   cert?: string;
   key?: string;
@@ -63,7 +64,9 @@ export interface ControllerOptions {
   transient?: { fleet: string };
   /** Telemetry older than this is pruned every minute (1,000 devices at 1 sample/s is 86 M rows a day). @defaultValue 24 hours */
   telemetryRetentionMs?: number;
+  /** The controller's log lines (dropped when absent). */
   log?: (line: string) => void;
+  /** Clock, ms since the epoch. @defaultValue Date.now */
   now?: () => number;
 }
 
