@@ -20,10 +20,12 @@
  *
  * Each agent is a separate `quantd agent` process, as on a board.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import type { Socket } from "bun";
+import { classifyBucketed } from "../src/agent/registry.ts";
 import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { quantizeModel } from "../src/quant/quantize.ts";
 import { loadClassifier } from "../src/runtime/classifier.ts";
@@ -71,6 +73,85 @@ interface RunningAgent {
   stop(): Promise<void>;
 }
 
+/** What one classify request answered. */
+interface Answer {
+  status: number;
+  /** The agent's inference time from `Server-Timing`, in ms. */
+  inferenceMs: number;
+  body: Buffer;
+}
+
+/**
+ * A minimal HTTP/1.1 keep-alive client on a Unix socket, one request in flight
+ * per connection. The load generator shares two cores with the agent, so it
+ * must cost as little CPU as it can: no fetch, no header objects, no new
+ * connection per request (Bun's fetch over a Unix socket costs the client
+ * ~0.05 ms more per request than this).
+ */
+class RawHttpConnection {
+  #socket: Socket<undefined> | undefined;
+  #buf: Buffer = Buffer.alloc(0);
+  #waiter: { resolve: (a: Answer) => void; reject: (e: unknown) => void } | undefined;
+
+  static async open(path: string): Promise<RawHttpConnection> {
+    const c = new RawHttpConnection();
+    c.#socket = await Bun.connect({
+      unix: path,
+      socket: {
+        data: (_s, chunk) => c.#onData(chunk),
+        close: () => c.#fail(new Error("connection closed")),
+        error: (_s, e) => c.#fail(e),
+      },
+    });
+    return c;
+  }
+
+  #fail(e: unknown): void {
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.reject(e);
+  }
+
+  #onData(chunk: Buffer): void {
+    this.#buf = this.#buf.length === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
+    const head = this.#buf.indexOf("\r\n\r\n");
+    if (head < 0) return;
+    const header = this.#buf.toString("latin1", 0, head);
+    const len = Number(/\r\ncontent-length: *(\d+)/i.exec(header)?.[1] ?? 0);
+    if (this.#buf.length < head + 4 + len) return;
+    const body = this.#buf.subarray(head + 4, head + 4 + len);
+    this.#buf = this.#buf.subarray(head + 4 + len);
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.resolve({
+      status: Number(header.slice(9, 12)),
+      inferenceMs: Number(/inference;dur=([\d.]+)/.exec(header)?.[1] ?? Number.NaN),
+      body,
+    });
+  }
+
+  post(path: string, json: string): Promise<Answer> {
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+      this.#socket!.write(
+        `POST ${path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n` +
+          `Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`,
+      );
+    });
+  }
+
+  close(): void {
+    this.#socket?.end();
+  }
+}
+
+/** Classifies one text over `conn`; returns the agent's inference time (`Server-Timing`), in ms. */
+async function classifyOnce(conn: RawHttpConnection, text: string): Promise<number> {
+  const a = await conn.post("/v1/classify", JSON.stringify({ texts: [text] }));
+  if (a.status !== 200) throw new Error(`classify answered ${a.status}: ${a.body.toString()}`);
+  return a.inferenceMs;
+}
+
 async function startAgentProcess(
   dir: string,
   name: string,
@@ -108,19 +189,6 @@ async function startAgentProcess(
   };
 }
 
-/** Classifies over the socket; returns the agent's inference time from `Server-Timing`, in ms. */
-async function classifyOnce(socket: string, texts: string[]): Promise<number> {
-  const res = await fetch("http://localhost/v1/classify", {
-    unix: socket,
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ texts }),
-  });
-  if (res.status !== 200) throw new Error(`classify answered ${res.status}: ${await res.text()}`);
-  await res.arrayBuffer();
-  return Number(/inference;dur=([\d.]+)/.exec(res.headers.get("server-timing") ?? "")?.[1] ?? Number.NaN);
-}
-
 function rssOf(pid: number): { rssMb: number; peakMb: number } {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const kb = (field: string): number =>
@@ -140,6 +208,45 @@ function loadAverage(): string {
   return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 }
 
+/** Texts and batches the agent has run so far (its `quantd_batch_size` histogram). */
+async function batchCounts(socket: string): Promise<{ texts: number; batches: number }> {
+  const text = await (await fetch("http://localhost/metrics", { unix: socket })).text();
+  const n = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? 0);
+  return { texts: n("quantd_batch_size_sum"), batches: n("quantd_batch_size_count") };
+}
+
+/** CPU time of this process (the load generator), in ms. */
+function ownCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/**
+ * A process answering `/v1/classify` with a fixed body of the agent's shape and
+ * no work: the round trip of the same client to it is the floor that Bun's
+ * HTTP over the Unix socket and two process wake-ups put under any server.
+ */
+async function startFloorServer(socket: string): Promise<{ stop(): Promise<void> }> {
+  const code = `
+    const body = JSON.stringify({ results: [{ label: "positive", score: 0.98, logits: [-2.1, 1.9] }],
+      model: { version: 1, kind: "fp32" } });
+    Bun.serve({ unix: ${JSON.stringify(socket)}, async fetch(req) {
+      await req.arrayBuffer();
+      return new Response(body, { headers: { "content-type": "application/json", "server-timing": "inference;dur=0" } });
+    } });`;
+  const proc = Bun.spawn(["bun", "-e", code], { stdout: "ignore", stderr: "inherit" });
+  for (let i = 0; !existsSync(socket); i++) {
+    if (i > 200) throw new Error("floor server did not start");
+    await Bun.sleep(25);
+  }
+  return {
+    async stop() {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+  };
+}
+
 const dir = mkdtempSync(join(tmpdir(), "quantd-serve-bench-"));
 try {
   console.log(
@@ -147,106 +254,172 @@ try {
       `on ${navigator.hardwareConcurrency} cores`,
   );
 
+  const direct = await loadClassifier(join(modelDir, "model.onnx"), {
+    session: { intraOpThreads: THREADS },
+  });
+  const texts = sentences.slice(0, REQUESTS);
+  // The bench library's standard shape: sentences joined up to about 128 tokens.
+  const long: string[] = [];
+  for (let i = 0; long.length < texts.length; i++) {
+    let t = sentences[i % sentences.length]!;
+    for (let j = 1; direct.tokenizer.tokenIds(t).length < 120; j++)
+      t += ` ${sentences[(i + j * 7) % sentences.length]}`;
+    long.push(t);
+  }
+  const meanTokens = (xs: readonly string[]): number =>
+    xs.reduce((a, t) => a + direct.tokenizer.encode(t).inputIds.length, 0) / xs.length;
+
   // 1. Batch-1 round trip vs direct.
   {
     const agent = await startAgentProcess(dir, "rt", {}, join(modelDir, "model.onnx"));
-    const direct = await loadClassifier(join(modelDir, "model.onnx"), {
-      session: { intraOpThreads: THREADS },
-    });
+    const conn = await RawHttpConnection.open(agent.socket);
+    const floorSocket = join(dir, "floor.sock");
+    const floor = await startFloorServer(floorSocket);
+    const floorConn = await RawHttpConnection.open(floorSocket);
     const roundTrip = async (texts: readonly string[], what: string): Promise<void> => {
       for (const t of texts.slice(0, 20)) {
         await direct.classify([t]);
-        await classifyOnce(agent.socket, [t]);
+        await classifyOnce(conn, t);
+        await classifyOnce(floorConn, t);
       }
       const socketMedians: number[] = [];
       const directMedians: number[] = [];
+      const floorMedians: number[] = [];
       // Per request: round trip minus the agent's own inference time (Server-Timing), immune to drift
       // in machine load between the direct and the socket blocks.
       const overheadMs: number[] = [];
-      const overheadRatio: number[] = [];
+      const inferenceMs: number[] = [];
       for (let run = 0; run < RUNS; run++) {
         const s: number[] = [];
         const d: number[] = [];
+        const f: number[] = [];
         // Blocks alternate in order from run to run, so drift in machine load hits both alike; not per
         // request: onnxruntime's worker threads spin for a while after a run and would steal the cores of
         // whichever process runs next.
-        const block = async (which: "direct" | "socket"): Promise<void> => {
+        const block = async (which: "direct" | "socket" | "floor"): Promise<void> => {
           for (const t of texts) {
             const t0 = performance.now();
             if (which === "direct") {
               await direct.classify([t]);
               d.push(performance.now() - t0);
+            } else if (which === "floor") {
+              await classifyOnce(floorConn, t);
+              f.push(performance.now() - t0);
             } else {
-              const inference = await classifyOnce(agent.socket, [t]);
+              const inference = await classifyOnce(conn, t);
               const rtt = performance.now() - t0;
               s.push(rtt);
               overheadMs.push(rtt - inference);
-              overheadRatio.push(rtt / inference - 1);
+              inferenceMs.push(inference);
             }
           }
         };
-        if (run % 2 === 0) {
-          await block("direct");
-          await block("socket");
-        } else {
-          await block("socket");
-          await block("direct");
-        }
+        const order: ("direct" | "socket")[] = run % 2 === 0 ? ["direct", "socket"] : ["socket", "direct"];
+        for (const b of order) await block(b);
+        await block("floor");
         socketMedians.push(median(s));
         directMedians.push(median(d));
+        floorMedians.push(median(f));
       }
       const sm = median(socketMedians);
       const dm = median(directMedians);
+      const fm = median(floorMedians);
       console.log(
-        `round trip batch 1, ${what} (median of ${RUNS} medians of ${texts.length} requests): ` +
-          `direct ${dm.toFixed(3)} ms, socket ${sm.toFixed(3)} ms, overhead ${(((sm - dm) / dm) * 100).toFixed(1)} % ` +
+        `round trip batch 1, ${what}, ${meanTokens(texts).toFixed(0)} tokens on average ` +
+          `(median of ${RUNS} medians of ${texts.length} requests): direct ${dm.toFixed(3)} ms, ` +
+          `socket ${sm.toFixed(3)} ms, overhead ${(((sm - dm) / dm) * 100).toFixed(1)} % ` +
           `(+${(sm - dm).toFixed(3)} ms) [target <= +10 %]`,
       );
+      const oh = median(overheadMs);
+      const inf = median(inferenceMs);
       console.log(
-        `  per request, round trip vs the agent's own inference time: +${median(overheadMs).toFixed(3)} ms, ` +
-          `+${(median(overheadRatio) * 100).toFixed(1)} % (median of ${overheadMs.length})`,
+        `  per request: agent's inference ${inf.toFixed(3)} ms (Server-Timing), round trip minus it ` +
+          `+${oh.toFixed(3)} ms = +${((oh / inf) * 100).toFixed(1)} %; floor (a no-work Bun server, same client) ` +
+          `${fm.toFixed(3)} ms = ${((fm / inf) * 100).toFixed(1)} % of the inference`,
       );
     };
-    const texts = sentences.slice(0, REQUESTS);
     await roundTrip(texts, "SST-2 dev sentences");
-    // The bench library's standard shape: sentences joined up to about 128 tokens.
-    const long: string[] = [];
-    for (let i = 0; long.length < texts.length; i++) {
-      let t = sentences[i % sentences.length]!;
-      for (let j = 1; direct.tokenizer.tokenIds(t).length < 120; j++)
-        t += ` ${sentences[(i + j * 7) % sentences.length]}`;
-      long.push(t);
-    }
     await roundTrip(long, "~128-token texts");
-    await direct.release();
+    conn.close();
+    floorConn.close();
+    await floor.stop();
     await agent.stop();
   }
 
-  // 2. 16 concurrent clients, batched vs unbatched.
+  // 2. What batching can give at most: onnxruntime alone, CPU per text at batch 1 vs batch 16 (the
+  // agent's length buckets), in this process with the agents idle.
+  {
+    for (const [what, xs] of [
+      ["SST-2", texts],
+      ["~128-token", long],
+    ] as const) {
+      const n = Math.min(xs.length, 96);
+      const perText = async (batch: number): Promise<number> => {
+        const one = async (): Promise<void> => {
+          for (let i = 0; i < n; i += batch) await classifyBucketed(direct, xs.slice(i, i + batch));
+        };
+        await one();
+        const cpu: number[] = [];
+        for (let r = 0; r < RUNS; r++) {
+          const c0 = ownCpuMs();
+          await one();
+          cpu.push((ownCpuMs() - c0) / n);
+        }
+        return median(cpu);
+      };
+      const b1 = await perText(1);
+      const b16 = await perText(16);
+      console.log(
+        `in process, ${what} texts: CPU ${b1.toFixed(3)} ms/text at batch 1, ${b16.toFixed(3)} ms/text at ` +
+          `batch 16 (length buckets): batching alone can give at most ${(b1 / b16).toFixed(2)} ×`,
+      );
+    }
+  }
+
+  // 3. 16 concurrent clients, batched vs unbatched (same agent code, maxBatch 1).
   {
     const CLIENTS = 16;
-    type Figures = { rps: number; p50: number; p99: number; cpuMsPerRequest: number };
-    const measure = async (agent: RunningAgent): Promise<Figures> => {
-      const socket = agent.socket;
+    type Figures = {
+      rps: number;
+      p50: number;
+      p99: number;
+      cpuMsPerRequest: number;
+      clientCpuMsPerRequest: number;
+      meanBatch: number;
+    };
+    const conns = new Map<RunningAgent, RawHttpConnection[]>();
+    const measure = async (agent: RunningAgent, xs: readonly string[]): Promise<Figures> => {
+      let cs = conns.get(agent);
+      if (cs === undefined) {
+        cs = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpConnection.open(agent.socket)));
+        conns.set(agent, cs);
+      }
+      const b0 = await batchCounts(agent.socket);
       const cpu0 = cpuMsOf(agent.pid);
+      const own0 = ownCpuMs();
       const latencies: number[] = [];
       const end = performance.now() + SECONDS * 1000;
       const t0 = performance.now();
       await Promise.all(
-        Array.from({ length: CLIENTS }, async (_, c) => {
+        cs.map(async (conn, c) => {
           for (let i = c; performance.now() < end; i += CLIENTS) {
             const s = performance.now();
-            await classifyOnce(socket, [sentences[i % sentences.length]!]);
+            await classifyOnce(conn, xs[i % xs.length]!);
             latencies.push(performance.now() - s);
           }
         }),
       );
       const elapsed = (performance.now() - t0) / 1000;
+      const cpu = cpuMsOf(agent.pid) - cpu0;
+      const own = ownCpuMs() - own0;
+      const b1 = await batchCounts(agent.socket);
       return {
         rps: latencies.length / elapsed,
         p50: percentile(latencies, 0.5),
         p99: percentile(latencies, 0.99),
-        cpuMsPerRequest: (cpuMsOf(agent.pid) - cpu0) / latencies.length,
+        cpuMsPerRequest: cpu / latencies.length,
+        clientCpuMsPerRequest: own / latencies.length,
+        meanBatch: (b1.texts - b0.texts) / Math.max(1, b1.batches - b0.batches),
       };
     };
     const batched = await startAgentProcess(
@@ -261,39 +434,58 @@ try {
       { QUANTD_BATCHING_MAX_BATCH: "1" },
       join(modelDir, "model.onnx"),
     );
-    const b: Figures[] = [];
-    const u: Figures[] = [];
-    await measure(batched);
-    await measure(unbatched);
-    for (let run = 0; run < RUNS; run++) {
-      b.push(await measure(batched));
-      u.push(await measure(unbatched));
-    }
-    await batched.stop();
-    await unbatched.stop();
     const show = (xs: Figures[]): string =>
       `${median(xs.map((x) => x.rps)).toFixed(1)} req/s, p50 ${median(xs.map((x) => x.p50)).toFixed(1)} ms, ` +
-      `p99 ${median(xs.map((x) => x.p99)).toFixed(1)} ms, agent CPU ${median(xs.map((x) => x.cpuMsPerRequest)).toFixed(2)} ms/request`;
-    const ratio = median(b.map((x) => x.rps)) / median(u.map((x) => x.rps));
-    console.log(`16 clients, batched (maxBatch 16): ${show(b)}`);
-    console.log(`16 clients, unbatched (maxBatch 1): ${show(u)}`);
-    console.log(`throughput batched / unbatched: ${ratio.toFixed(2)} × [target >= 2 ×]`);
+      `p99 ${median(xs.map((x) => x.p99)).toFixed(1)} ms, mean batch ${median(xs.map((x) => x.meanBatch)).toFixed(1)}, ` +
+      `CPU/request agent ${median(xs.map((x) => x.cpuMsPerRequest)).toFixed(2)} ms, ` +
+      `load generator ${median(xs.map((x) => x.clientCpuMsPerRequest)).toFixed(2)} ms`;
+    for (const [what, xs] of [
+      ["SST-2 sentences", texts],
+      ["~128-token texts", long],
+    ] as const) {
+      const b: Figures[] = [];
+      const u: Figures[] = [];
+      await measure(batched, xs);
+      await measure(unbatched, xs);
+      // Interleaved, alternating which goes first, so drift in machine load hits both alike.
+      for (let run = 0; run < RUNS; run++) {
+        if (run % 2 === 0) {
+          b.push(await measure(batched, xs));
+          u.push(await measure(unbatched, xs));
+        } else {
+          u.push(await measure(unbatched, xs));
+          b.push(await measure(batched, xs));
+        }
+      }
+      const ratios = b.map((x, i) => x.rps / u[i]!.rps);
+      console.log(`16 clients, ${what}, batched (maxBatch 16): ${show(b)}`);
+      console.log(`16 clients, ${what}, unbatched (maxBatch 1): ${show(u)}`);
+      console.log(
+        `  throughput batched / unbatched: ${median(ratios).toFixed(2)} × (median of ${RUNS} paired runs; ` +
+          `range ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) [target >= 2 ×]`,
+      );
+    }
+    for (const cs of conns.values()) for (const c of cs) c.close();
+    await batched.stop();
+    await unbatched.stop();
   }
 
-  // 3. RSS serving the int8 model.
+  // 4. RSS serving the int8 model.
   {
     const int8 = join(dir, "model-int8-dynamic.onnx");
     const q = await quantizeModel(await loadModel(join(modelDir, "model.onnx")), { type: "dynamic" });
     await saveModel(q.model, int8);
     const agent = await startAgentProcess(dir, "int8", { QUANTD_TOKENIZER_DIR: modelDir }, int8);
     const afterLoad = rssOf(agent.pid);
+    const cs = await Promise.all(Array.from({ length: 16 }, () => RawHttpConnection.open(agent.socket)));
     const end = performance.now() + SECONDS * 1000;
     await Promise.all(
-      Array.from({ length: 16 }, async (_, c) => {
+      cs.map(async (conn, c) => {
         for (let i = c; performance.now() < end; i += 16)
-          await classifyOnce(agent.socket, [sentences[i % sentences.length]!]);
+          await classifyOnce(conn, sentences[i % sentences.length]!);
       }),
     );
+    for (const c of cs) c.close();
     const afterServing = rssOf(agent.pid);
     await agent.stop();
     console.log(
@@ -301,6 +493,7 @@ try {
         `16 clients ${afterServing.rssMb.toFixed(1)} MB, peak ${afterServing.peakMb.toFixed(1)} MB [target <= 150 MB]`,
     );
   }
+  await direct.release();
   console.log(`load average at the end: ${loadAverage()}`);
 } finally {
   rmSync(dir, { recursive: true, force: true });
