@@ -28,7 +28,7 @@ export interface Tensor<T extends TensorElementType = TensorElementType> {
 /** Graph optimization level, as onnxruntime names them. */
 export type GraphOptimizationLevel = "disabled" | "basic" | "extended" | "all";
 
-/** Options for {@link createSession}-style factories. */
+/** Options of a session factory (`createOrtSession` in ort-session.ts). */
 export interface SessionOptions {
   /** Intra-op threads. @defaultValue the board profile's choice, else 1 */
   intraOpThreads?: number;
