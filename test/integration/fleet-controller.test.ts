@@ -22,6 +22,7 @@ import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { repoRoot } from "../helpers/paths.ts";
+import { until } from "../helpers/until.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
@@ -35,14 +36,6 @@ async function cli(args: string[]): Promise<{ code: number; out: string; err: st
   proc.stderr.on("data", (d: Buffer) => (err += d.toString()));
   const code = await new Promise<number>((r) => proc.once("exit", (c) => r(c ?? -1)));
   return { code, out, err };
-}
-
-async function until(cond: () => boolean | Promise<boolean>, ms = 8000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(20);
-  }
 }
 
 /** A board's work as the seam sees it: the figures a recalibration reports, a rollback that fails when asked. */
@@ -130,6 +123,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     await until(
       async () =>
         (await store.devices("lab")).filter((d) => d.online && d.lastTelemetry !== null).length === 2,
+      8000,
     );
     const [a] = await store.devices("lab");
     expect(a).toMatchObject({ fleet: "lab", device: "pi-1", online: true, agentVersion: "0.1.0" });
@@ -178,7 +172,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
       modelVersion: "pi-1-v2",
       params: { samples: 64 },
     });
-    await until(async () => (await store.job("lab", "pi-1", job.id))?.state === "SUCCEEDED");
+    await until(async () => (await store.job("lab", "pi-1", job.id))?.state === "SUCCEEDED", 8000);
     const stored = await store.job("lab", "pi-1", job.id);
     expect(stored?.result).toEqual(job.report.result);
     expect((await store.device("lab", "pi-1"))?.lastReport?.id).toBe(job.id);
@@ -300,7 +294,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
         ],
       ];
       for (const [topic, body] of bad) await rogue.publish(topic, body, { qos: 1 });
-      await until(() => controller.stats().malformed - before === bad.length);
+      await until(() => controller.stats().malformed - before === bad.length, 8000);
       expect(await store.device("lab", "rogue")).toBeUndefined();
       expect((await fetch(`${dashboard.url}api/devices/%E0%A4%A/x`)).status).toBe(404);
     } finally {
@@ -326,7 +320,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
           finishedAt: Date.now(),
         });
       }
-      await until(() => controller.stats().byKind.report - before + b.stats().byKind.report === total);
+      await until(() => controller.stats().byKind.report - before + b.stats().byKind.report === total, 8000);
       await Bun.sleep(200);
       const a = controller.stats().byKind.report - before;
       const bb = b.stats().byKind.report;

@@ -19,6 +19,7 @@ import { connectMqtt, connectMqttOnce, type MqttConnection } from "../../src/fle
 import { decodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
 import { createFleetRequester } from "../../src/fleet/requester.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
+import { until } from "../helpers/until.ts";
 
 const handler: FleetCommandHandler = {
   recalibrate: async () => ({ agreement: 1 }),
@@ -32,14 +33,6 @@ const handler: FleetCommandHandler = {
   setConfig: async (p) => ({ ...p }),
   collect: async () => ({ capturing: false }),
 };
-
-async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(20);
-  }
-}
 
 describe("the embedded MQTT 5 broker", () => {
   let broker: EmbeddedBroker;

@@ -23,6 +23,7 @@ import { type CommandReply, decodeJson, encodeJson, type StatusMessage } from ".
 import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
+import { until } from "../helpers/until.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
@@ -112,14 +113,6 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     });
     await conn.subscribe([filter], { qos: 1 });
     return got;
-  }
-
-  async function until(cond: () => boolean, ms = 5000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error("condition not met in time");
-      await Bun.sleep(10);
-    }
   }
 
   test("online status is retained with agent and model versions", async () => {

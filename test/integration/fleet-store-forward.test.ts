@@ -15,6 +15,7 @@ import { connectMqtt, type MqttConnection } from "../../src/fleet/mqtt-client.ts
 import { decodeJson, type ReportMessage } from "../../src/fleet/protocol.ts";
 import { openStore } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
+import { until } from "../helpers/until.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
@@ -60,14 +61,6 @@ function startChild(db: string, from: number, to: number, delayMs: number): Chil
   });
   const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
   return { proc, lastEnqueued: () => last, flushed, exited };
-}
-
-async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(10);
-  }
 }
 
 test.skipIf(!hasMosquitto)(

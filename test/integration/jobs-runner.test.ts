@@ -19,6 +19,7 @@ import {
 import { isQuantdError } from "../../src/errors.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { databasePath, openStore, type Store } from "../../src/store/store.ts";
+import { until } from "../helpers/until.ts";
 import { tempDir } from "./jobs-harness.ts";
 
 const STAGES = ["one", "two", "three"] as const;
@@ -77,14 +78,6 @@ async function setup(
   return { store, runner, workRoot, dir };
 }
 
-async function until(pred: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const t0 = Date.now();
-  while (!pred()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(10);
-  }
-}
-
 const finished = (store: Store, id: string): boolean =>
   ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"].includes(store.jobs.require(id).state);
 
@@ -98,7 +91,7 @@ describe("job runner", () => {
     const b = store.jobs.create({ type: "staged", id: "b" });
     const c = store.jobs.create({ type: "staged", id: "c" });
     runner.start();
-    await until(() => [a, b, c].every((j) => finished(store, j.id)), "three jobs");
+    await until(() => [a, b, c].every((j) => finished(store, j.id)), 10_000, "three jobs");
     expect(handler.maxActive).toBe(1);
     expect(ran).toEqual(["a", "b", "c"].flatMap((id) => STAGES.map((s) => `${id}:${s}`)));
     const [ja, jb, jc] = [a, b, c].map((j) => store.jobs.require(j.id));
@@ -120,7 +113,7 @@ describe("job runner", () => {
     const running = store.jobs.create({ type: "staged", id: "running" });
     const queued = store.jobs.create({ type: "staged", id: "queued" });
     const p = runner.runNext();
-    await until(() => store.jobs.require("running").stage === "one", "the first stage");
+    await until(() => store.jobs.require("running").stage === "one", 10_000, "the first stage");
     const q = runner.cancel(queued.id);
     expect(q.state).toBe("FAILED");
     expect(q.error?.code).toBe("JOB_CANCELLED");
@@ -139,7 +132,7 @@ describe("job runner", () => {
     const { store, runner, dir } = await setup(stagedHandler(ran, 100));
     store.jobs.create({ type: "staged", id: "x" });
     const p = runner.runNext();
-    await until(() => store.jobs.require("x").stage === "one", "the first stage");
+    await until(() => store.jobs.require("x").stage === "one", 10_000, "the first stage");
     const other = await openStore(databasePath(dir));
     stores.push(other);
     other.jobs.cancel("x");
@@ -164,7 +157,7 @@ describe("job runner", () => {
     const { store, runner, workRoot } = await setup(stagedHandler(ran, 80));
     store.jobs.create({ type: "staged", id: "r" });
     runner.start();
-    await until(() => store.jobs.require("r").stage === "two", "the second stage");
+    await until(() => store.jobs.require("r").stage === "two", 10_000, "the second stage");
     await runner.stop();
     const stopped = store.jobs.require("r");
     expect(stopped.state).toBe("QUEUED");
@@ -186,7 +179,7 @@ describe("job runner", () => {
     const { store, runner } = await setup(stagedHandler(ran, 600));
     store.jobs.create({ type: "staged", id: "long" });
     const p = runner.runNext();
-    await until(() => store.jobs.require("long").stage === "one", "the first stage");
+    await until(() => store.jobs.require("long").stage === "one", 10_000, "the first stage");
     const t0 = performance.now();
     await runner.stop({ waitMs: 50 });
     expect(performance.now() - t0).toBeLessThan(400);
@@ -278,6 +271,7 @@ describe("job runner", () => {
     seen = 160;
     await until(
       () => store.jobs.list().length === 1 && finished(store, store.jobs.list()[0]!.id),
+      10_000,
       "a scheduled job",
     );
     const first = store.jobs.list()[0]!;
@@ -285,6 +279,6 @@ describe("job runner", () => {
     await Bun.sleep(80);
     expect(store.jobs.list()).toHaveLength(1);
     seen = 215;
-    await until(() => store.jobs.list().length === 2, "a second scheduled job");
+    await until(() => store.jobs.list().length === 2, 10_000, "a second scheduled job");
   });
 });
