@@ -21,6 +21,7 @@ import { DataType } from "../../src/onnx/types.ts";
 import { matMulIntegerReference, matMulIntegerToFloatReference } from "../../src/quant/qnnpack-reference.ts";
 import { quantizeValue } from "../../src/quant/qparams.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
+import { feedsForEncoding } from "../../src/runtime/classifier.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import { type BatchEncoding, loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { readSamplesTsv } from "../../src/runtime/tsv.ts";
@@ -155,12 +156,7 @@ describe("shipped BERT-Mini", async () => {
     ]);
     try {
       const enc = tokenizer.encodeBatch(samples.slice(0, 3).map((s) => s.text));
-      const dims = [enc.batchSize, enc.seqLen];
-      const feeds = {
-        input_ids: { type: "int64" as const, data: enc.inputIds, dims },
-        attention_mask: { type: "int64" as const, data: enc.attentionMask, dims },
-        token_type_ids: { type: "int64" as const, data: enc.tokenTypeIds, dims },
-      };
+      const feeds = feedsForEncoding(a, enc);
       const want = (await a.run(feeds)).logits!.data as Float32Array;
       const got = (await b.run(feeds)).logits!.data as Float32Array;
       expectClose(got, want, { atol: 0, what: "logits with constant shapes" });

@@ -19,6 +19,7 @@ import {
   type WeightMatMulTarget,
 } from "../../src/quant/plan.ts";
 import { quantizeModel, requantize } from "../../src/quant/quantize.ts";
+import { feedsForEncoding } from "../../src/runtime/classifier.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import type { BatchEncoding } from "../../src/runtime/tokenizer.ts";
 import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
@@ -227,12 +228,7 @@ describe("static QDQ rewrite", async () => {
     ]);
     try {
       for (const b of randomBatches(2, 2, 12, 99)) {
-        const dims = [b.batchSize, b.seqLen];
-        const feeds = {
-          input_ids: { type: "int64" as const, data: b.inputIds, dims },
-          attention_mask: { type: "int64" as const, data: b.attentionMask, dims },
-          token_type_ids: { type: "int64" as const, data: b.tokenTypeIds, dims },
-        };
+        const feeds = feedsForEncoding(ref, b);
         const want = (await ref.run(feeds)).logits!.data as Float32Array;
         const got = (await int8.run(feeds)).logits!.data as Float32Array;
         const span = Math.max(...want.map(Math.abs));
@@ -306,12 +302,7 @@ describe("static fused format", async () => {
     ]);
     try {
       const batch = randomBatches(1, 2, 12, 3)[0]!;
-      const dims = [batch.batchSize, batch.seqLen];
-      const feeds = {
-        input_ids: { type: "int64" as const, data: batch.inputIds, dims },
-        attention_mask: { type: "int64" as const, data: batch.attentionMask, dims },
-        token_type_ids: { type: "int64" as const, data: batch.tokenTypeIds, dims },
-      };
+      const feeds = feedsForEncoding(a, batch);
       const fused = (await a.run(feeds)).logits!.data as Float32Array;
       const pairs = (await b.run(feeds)).logits!.data as Float32Array;
       expectClose(fused, pairs, { atol: 1e-4, rtol: 1e-4, what: "fused vs QDQ logits" });
@@ -363,12 +354,7 @@ describe("dynamic rewrite", async () => {
     ]);
     try {
       const b = randomBatches(1, 3, 10, 5)[0]!;
-      const dims = [b.batchSize, b.seqLen];
-      const feeds = {
-        input_ids: { type: "int64" as const, data: b.inputIds, dims },
-        attention_mask: { type: "int64" as const, data: b.attentionMask, dims },
-        token_type_ids: { type: "int64" as const, data: b.tokenTypeIds, dims },
-      };
+      const feeds = feedsForEncoding(ref, b);
       const want = (await ref.run(feeds)).logits!.data as Float32Array;
       const got = (await int8.run(feeds)).logits!.data as Float32Array;
       const span = Math.max(...want.map(Math.abs));
