@@ -8,6 +8,7 @@
  * weeks keeps its latest reports and never fills its disk.
  */
 import { QuantdError } from "../errors.ts";
+import { createCounters } from "./counters.ts";
 import { blob, num, str } from "./row.ts";
 import type { SqlDatabase, SqlRow } from "./sql.ts";
 
@@ -85,8 +86,7 @@ export function createOutboxStore(
     throw new QuantdError("CONFIG_INVALID", `outbox maxBytes must be a positive integer, got ${maxBytes}`);
   }
   const now = options.now ?? Date.now;
-  const counter = db.prepare("SELECT value FROM counters WHERE name = ?");
-  const bump = db.prepare("UPDATE counters SET value = value + ? WHERE name = ?");
+  const counters = createCounters(db);
   const insert = db.prepare(
     "INSERT INTO outbox (topic, payload, qos, bytes, created_at) VALUES (?, ?, ?, ?, ?)",
   );
@@ -94,7 +94,6 @@ export function createOutboxStore(
   const remove = db.prepare("DELETE FROM outbox WHERE id = ?");
   const peek = db.prepare("SELECT id, topic, payload, qos, created_at FROM outbox ORDER BY id LIMIT ?");
   const countRows = db.prepare("SELECT count(*) AS n FROM outbox");
-  const value = (name: string): number => num(counter.get(name) ?? { value: 0 }, "value");
 
   return {
     enqueue(topic: string, payload: Uint8Array | string, opts: { qos?: Qos } = {}): EnqueueResult {
@@ -115,13 +114,13 @@ export function createOutboxStore(
       const bytes = Buffer.byteLength(topic, "utf8") + body.byteLength;
       return db.transaction(() => {
         if (bytes > maxBytes) {
-          bump.run(1, "outbox.dropped");
-          bump.run(bytes, "outbox.dropped_bytes");
+          counters.add("outbox.dropped", 1);
+          counters.add("outbox.dropped_bytes", bytes);
           return { id: null, dropped: 1 };
         }
         let dropped = 0;
         let droppedBytes = 0;
-        while (value("outbox.bytes") + bytes > maxBytes) {
+        while (counters.get("outbox.bytes") + bytes > maxBytes) {
           const o = oldest.get();
           if (o === undefined) break;
           remove.run(num(o, "id"));
@@ -129,8 +128,8 @@ export function createOutboxStore(
           droppedBytes += num(o, "bytes");
         }
         if (dropped > 0) {
-          bump.run(dropped, "outbox.dropped");
-          bump.run(droppedBytes, "outbox.dropped_bytes");
+          counters.add("outbox.dropped", dropped);
+          counters.add("outbox.dropped_bytes", droppedBytes);
         }
         const id = insert.run(topic, body, qos, bytes, now()).lastInsertRowid;
         return { id, dropped };
@@ -146,10 +145,10 @@ export function createOutboxStore(
     stats(): OutboxStats {
       return {
         count: num(countRows.get() ?? { n: 0 }, "n"),
-        bytes: value("outbox.bytes"),
+        bytes: counters.get("outbox.bytes"),
         maxBytes,
-        dropped: value("outbox.dropped"),
-        droppedBytes: value("outbox.dropped_bytes"),
+        dropped: counters.get("outbox.dropped"),
+        droppedBytes: counters.get("outbox.dropped_bytes"),
       };
     },
   };

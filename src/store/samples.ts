@@ -18,6 +18,7 @@
  */
 import { createHash } from "node:crypto";
 import { QuantdError } from "../errors.ts";
+import { createCounters } from "./counters.ts";
 import { createRandom, type Random, shuffle } from "./random.ts";
 import { num, numOrNull, str } from "./row.ts";
 import type { SqlDatabase, SqlRow } from "./sql.ts";
@@ -290,8 +291,7 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
   const bytesOf = db.prepare("SELECT bytes FROM samples WHERE id = ?");
   const bucketIds = db.prepare("SELECT id, bucket FROM samples");
   const setSeen = db.prepare("UPDATE sample_buckets SET seen = ? WHERE bucket = ?");
-  const bump = db.prepare("UPDATE counters SET value = value + ? WHERE name = ?");
-  const counter = db.prepare("SELECT value FROM counters WHERE name = ?");
+  const counters = createCounters(db);
   const allIds = db.prepare("SELECT id, bucket FROM samples ORDER BY id");
   const byIds = db.prepare(
     "SELECT id, text, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id IN (SELECT value FROM json_each(?))",
@@ -417,9 +417,9 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
       });
 
       for (const b of buckets) setSeen.run(b.seen, b.bucket);
-      if (result.duplicates > 0) bump.run(result.duplicates, "samples.duplicates");
-      if (result.evicted > 0) bump.run(result.evicted, "samples.evicted");
-      if (result.rejected > 0) bump.run(result.rejected, "samples.rejected");
+      if (result.duplicates > 0) counters.add("samples.duplicates", result.duplicates);
+      if (result.evicted > 0) counters.add("samples.evicted", result.evicted);
+      if (result.rejected > 0) counters.add("samples.rejected", result.rejected);
       return result;
     });
   }
@@ -507,16 +507,15 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
     },
     stats(): SampleStats {
       const buckets = readBuckets(db);
-      const value = (name: string): number => num(counter.get(name) ?? { value: 0 }, "value");
       return {
         rows: buckets.reduce((s, b) => s + b.kept, 0),
         bytes: buckets.reduce((s, b) => s + b.bytes, 0),
         seen: buckets.reduce((s, b) => s + b.seen, 0),
         maxRows,
         maxBytes,
-        duplicates: value("samples.duplicates"),
-        evicted: value("samples.evicted"),
-        rejected: value("samples.rejected"),
+        duplicates: counters.get("samples.duplicates"),
+        evicted: counters.get("samples.evicted"),
+        rejected: counters.get("samples.rejected"),
         buckets,
       };
     },
