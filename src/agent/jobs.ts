@@ -288,6 +288,7 @@ export class JobRunner {
   #lastScheduled: number;
   #seenBaseline: number | undefined;
 
+  /** @throws CONFIG_INVALID when `timeoutMs` is not positive */
   constructor(options: JobRunnerOptions) {
     this.#o = options;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_JOB_TIMEOUT_MS;

@@ -96,6 +96,7 @@ export class Histogram {
   #width = 0;
   #total = 0;
 
+  /** @throws USAGE when bins is not an integer in [8, 2^20] */
   constructor(opts: HistogramOptions = {}) {
     const bins = opts.bins ?? DEFAULT_BINS;
     if (!Number.isInteger(bins) || bins < 8 || bins > 1 << 20) {

@@ -26,6 +26,7 @@ export class MovingAverageMinMaxObserver implements Observer {
   #max = 0;
   #batches = 0;
 
+  /** @throws USAGE when the averaging constant is not in (0, 1] */
   constructor(opts: MovingAverageMinMaxOptions = {}) {
     const c = opts.averagingConstant ?? DEFAULT_AVERAGING_CONSTANT;
     if (!(c > 0 && c <= 1)) throw new QuantdError("USAGE", `averaging constant must be in (0, 1], got ${c}`);

@@ -28,6 +28,7 @@ export class PercentileObserver extends HistogramObserver {
   readonly percentile: number;
   readonly symmetric: boolean;
 
+  /** @throws USAGE when the percentile is not in (0, 100] or bins is out of range */
   constructor(opts: PercentileOptions = {}) {
     const p = opts.percentile ?? DEFAULT_PERCENTILE;
     if (!(p > 0 && p <= 100)) throw new QuantdError("USAGE", `percentile must be in (0, 100], got ${p}`);
