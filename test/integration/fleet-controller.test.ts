@@ -7,7 +7,6 @@
  * and its live event stream answer.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,21 +20,14 @@ import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
-import { repoRoot } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 import { until } from "../helpers/until.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
-const MAIN = join(repoRoot, "src/cli/main.ts");
-
 async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const proc = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  proc.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  proc.stderr.on("data", (d: Buffer) => (err += d.toString()));
-  const code = await new Promise<number>((r) => proc.once("exit", (c) => r(c ?? -1)));
-  return { code, out, err };
+  const r = await runQuantd(args);
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 /** A board's work as the seam sees it: the figures a recalibration reports, a rollback that fails when asked. */
