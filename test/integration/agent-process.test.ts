@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync, lstatSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "../../src/agent/agent.ts";
-import { repoRoot } from "../helpers/paths.ts";
+import { cliMain, runQuantd } from "../helpers/run-cli.ts";
 import { call, classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
 
 let dir: string;
@@ -19,11 +19,10 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const CLI = join(repoRoot, "src/cli/main.ts");
 const ENV = { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "" };
 
 function spawnAgent(stateDir: string, socket: string): Bun.Subprocess<"ignore", "pipe", "pipe"> {
-  return Bun.spawn(["bun", CLI, "agent", "--state-dir", stateDir, "--socket", socket], {
+  return Bun.spawn(["bun", cliMain, "agent", "--state-dir", stateDir, "--socket", socket], {
     env: ENV,
     stdin: "ignore",
     stdout: "pipe",
@@ -135,7 +134,7 @@ test.skipIf(!hasPython)(
     }
     const socket = join(dir, "notify-agent.sock");
     const agent = Bun.spawn(
-      ["bun", CLI, "agent", "--state-dir", join(dir, "state-notify"), "--socket", socket],
+      ["bun", cliMain, "agent", "--state-dir", join(dir, "state-notify"), "--socket", socket],
       {
         env: { ...ENV, NOTIFY_SOCKET: notifySocket, WATCHDOG_USEC: "200000" },
         stdin: "ignore",
@@ -201,17 +200,8 @@ test("loopback TCP serves inference but not the admin routes", async () => {
 test("quantd agent models | promote | rollback talk to a running agent", async () => {
   const agent = await startAgent(testConfig(join(dir, "e")), { runJobs: false });
   const cli = async (...args: string[]): Promise<{ code: number; out: string; err: string }> => {
-    const p = Bun.spawn(["bun", CLI, "agent", ...args, "--socket", agent.config.socketPath], {
-      env: ENV,
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    const [out, err, code] = await Promise.all([
-      new Response(p.stdout).text(),
-      new Response(p.stderr).text(),
-      p.exited,
-    ]);
-    return { code, out, err };
+    const r = await runQuantd(["agent", ...args, "--socket", agent.config.socketPath], { env: ENV });
+    return { code: r.code, out: r.stdout, err: r.stderr };
   };
   try {
     const models = await cli("models", "--json");
@@ -231,11 +221,7 @@ test("quantd agent models | promote | rollback talk to a running agent", async (
   } finally {
     await agent.stop();
   }
-  const gone = Bun.spawn(["bun", CLI, "agent", "models", "--socket", agent.config.socketPath], {
-    env: ENV,
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  expect(await gone.exited).toBe(1);
-  expect(await new Response(gone.stderr).text()).toContain("error NOT_READY");
+  const gone = await runQuantd(["agent", "models", "--socket", agent.config.socketPath], { env: ENV });
+  expect(gone.code).toBe(1);
+  expect(gone.stderr).toContain("error NOT_READY");
 }, 60_000);

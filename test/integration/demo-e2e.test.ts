@@ -14,7 +14,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hasMosquitto, type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
-import { repoRoot } from "../helpers/paths.ts";
+import { cliMain, envWithoutQuantd } from "../helpers/run-cli.ts";
 
 interface Run {
   code: number;
@@ -31,13 +31,10 @@ async function demo(
   cwd: string,
   whileStaying?: (stderr: string) => Promise<void>,
 ): Promise<Run> {
-  const env: Record<string, string> = {};
-  // The demo must not depend on the caller's QUANTD_* settings.
-  for (const [k, v] of Object.entries(process.env))
-    if (v !== undefined && !k.startsWith("QUANTD_")) env[k] = v;
-  const p = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), "demo", ...args], {
+  const p = Bun.spawn(["bun", cliMain, "demo", ...args], {
     cwd,
-    env,
+    // The demo must not depend on the caller's QUANTD_* settings.
+    env: envWithoutQuantd(),
     stdout: "pipe",
     stderr: "pipe",
   });

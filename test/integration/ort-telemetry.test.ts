@@ -2,7 +2,7 @@ import { expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 
 async function classifyWithHome(home: string, extraEnv: Record<string, string> = {}): Promise<number> {
   const env: Record<string, string> = {
@@ -10,13 +10,7 @@ async function classifyWithHome(home: string, extraEnv: Record<string, string> =
     HOME: home,
     ...extraEnv,
   };
-  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), "classify", "a fine film"], {
-    cwd: repoRoot,
-    env,
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  return await proc.exited;
+  return (await runQuantd(["classify", "a fine film"], { env })).code;
 }
 
 test("onnxruntime writes no telemetry database unless the user asks for it", async () => {
