@@ -18,7 +18,7 @@ import { databasePath, openStore, type Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
 import { startAgentFleetLink } from "./fleet.ts";
 import type { JobRunner } from "./jobs.ts";
-import { createRecalibrationRunner } from "./recalibrate.ts";
+import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
 import { ModelRegistry, type RegistryEvent } from "./registry.ts";
 
 /** Live-traffic samples are written to the store in groups, off the request path. */
@@ -208,6 +208,21 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       // Reports of fleet-run jobs name the configured fleet and device; the link publishes every job change.
       ...(config.fleet === undefined ? {} : { fleet: config.fleet.fleet, device: config.fleet.device }),
       onUpdate: (job) => fleet?.jobUpdated(job),
+      timeoutMs: config.jobs.timeoutMs,
+      ...(config.jobs.recalibrateEveryMs === undefined && config.jobs.recalibrateAfterSamples === undefined
+        ? {}
+        : {
+            schedule: {
+              job: { type: RECALIBRATE_JOB, params: {} },
+              ...(config.jobs.recalibrateEveryMs === undefined
+                ? {}
+                : { everyMs: config.jobs.recalibrateEveryMs }),
+              ...(config.jobs.recalibrateAfterSamples === undefined
+                ? {}
+                : { afterNewSamples: config.jobs.recalibrateAfterSamples }),
+              samplesSeen: () => store.samples.stats().seen,
+            },
+          }),
     });
     try {
       runner.start();

@@ -80,8 +80,23 @@ export interface AgentConfig {
   swap: SwapChecksConfig;
   /** Sample pool bounds. */
   samplePool: { maxRows: number; maxBytes: number };
+  /** The job runner: its timeout and when it queues a recalibration by itself. */
+  jobs: JobsConfig;
   /** The fleet link (`fleet.*` keys, or `--broker --device --fleet`); undefined when no broker is set. */
   fleet: FleetConfig | undefined;
+}
+
+/**
+ * The agent's job runner. A recalibration is queued by `quantd job`, by the
+ * fleet, and, when set, on a schedule and after enough new samples.
+ */
+export interface JobsConfig {
+  /** A job running longer ends TIMED_OUT. @defaultValue 60 minutes */
+  timeoutMs: number;
+  /** Queue a recalibration this often (`jobs.recalibrateEveryHours`). @defaultValue never */
+  recalibrateEveryMs: number | undefined;
+  /** Queue one once this many new distinct samples reached the pool (`jobs.recalibrateAfterSamples`). @defaultValue never */
+  recalibrateAfterSamples: number | undefined;
 }
 
 /** Values given on the command line; they win over the file and the environment. */
@@ -151,6 +166,9 @@ const KEYS: readonly KeySpec[] = [
   { path: "swap.errorRate", type: "number", min: 0, max: 1 },
   { path: "swap.p95Ratio", type: "number", above: 0 },
   { path: "swap.window", type: "int", min: 1, max: 1_000_000 },
+  { path: "jobs.timeoutMinutes", type: "number", above: 0, max: 7 * 24 * 60 },
+  { path: "jobs.recalibrateEveryHours", type: "number", above: 0, max: 24 * 365 },
+  { path: "jobs.recalibrateAfterSamples", type: "int", min: 1 },
   { path: "samplePool.maxRows", type: "int", min: 1 },
   { path: "samplePool.maxBytes", type: "int", min: 1 },
   { path: "fleet.broker", type: "string" },
@@ -403,6 +421,10 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     return flagFor[key] !== undefined || (env[envName(key)] ?? "") !== "";
   };
   const num = (key: string, fallback: number): number => (values.get(key) as number | undefined) ?? fallback;
+  const optionalNum = (key: string, unit: number): number | undefined => {
+    const v = values.get(key) as number | undefined;
+    return v === undefined ? undefined : v * unit;
+  };
 
   const stateDir = pathValue("stateDir") ?? resolve(defaultStateDir(env));
   const runtimeDir = env["RUNTIME_DIRECTORY"]?.split(":")[0];
@@ -436,6 +458,11 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     capture: {
       enabled: (values.get("capture.enabled") as boolean | undefined) ?? false,
       rate: num("capture.rate", 0.1),
+    },
+    jobs: {
+      timeoutMs: num("jobs.timeoutMinutes", 60) * 60_000,
+      recalibrateEveryMs: optionalNum("jobs.recalibrateEveryHours", 3_600_000),
+      recalibrateAfterSamples: optionalNum("jobs.recalibrateAfterSamples", 1),
     },
     swap: {
       errorRate: num("swap.errorRate", DEFAULT_SWAP_CHECKS.errorRate),

@@ -96,6 +96,29 @@ describe("sources and precedence", () => {
     expect(c.capture).toEqual({ enabled: true, rate: 0.5 });
   });
 
+  test("job runner: timeout, and a recalibration schedule only when asked for", () => {
+    const plain = loadAgentConfig(base);
+    expect(plain.jobs).toEqual({
+      timeoutMs: 3_600_000,
+      recalibrateEveryMs: undefined,
+      recalibrateAfterSamples: undefined,
+    });
+    const p = file(
+      "jobs.toml",
+      "[jobs]\ntimeoutMinutes = 30\nrecalibrateEveryHours = 24\nrecalibrateAfterSamples = 500\n",
+    );
+    const c = loadAgentConfig({ ...base, flags: { config: p } });
+    expect(c.jobs).toEqual({
+      timeoutMs: 1_800_000,
+      recalibrateEveryMs: 86_400_000,
+      recalibrateAfterSamples: 500,
+    });
+    const err = configError(() =>
+      loadAgentConfig({ ...base, env: { QUANTD_JOBS_RECALIBRATE_AFTER_SAMPLES: "0" } }),
+    );
+    expect(err.message).toContain("jobs.recalibrateAfterSamples");
+  });
+
   test("environment over file, flags over environment", () => {
     const p = file(
       "prec.json",
