@@ -61,7 +61,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import type { Socket } from "bun";
+import type { Socket, Subprocess } from "bun";
 import { classifyBucketed } from "../src/agent/registry.ts";
 import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { quantizeModel } from "../src/quant/quantize.ts";
@@ -102,6 +102,13 @@ function median(xs: readonly number[]): number {
 function percentile(xs: readonly number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
+}
+
+/** Every process the bench started, killed at the end even when a step throws. */
+const children: Subprocess[] = [];
+function spawned<T extends Subprocess>(p: T): T {
+  children.push(p);
+  return p;
 }
 
 interface RunningAgent {
@@ -198,11 +205,13 @@ async function startAgentProcess(
   const socket = join(dir, `${name}.sock`);
   const args = ["bun", CLI, "agent", "--state-dir", join(dir, name), "--socket", socket];
   if (model !== undefined) args.push("--model", model);
-  const proc = Bun.spawn(args, {
-    env: { ...process.env, QUANTD_THREADS: String(THREADS), QUANTD_CONFIG: "", ...env },
-    stdout: "ignore",
-    stderr: "pipe",
-  });
+  const proc = spawned(
+    Bun.spawn(args, {
+      env: { ...process.env, QUANTD_THREADS: String(THREADS), QUANTD_CONFIG: "", ...env },
+      stdout: "ignore",
+      stderr: "pipe",
+    }),
+  );
   const t0 = Date.now();
   for (;;) {
     if (proc.exitCode !== null)
@@ -278,7 +287,7 @@ async function startFloorServer(socket: string): Promise<{ stop(): Promise<void>
       const dur = (performance.now() - t0).toFixed(3);
       return new Response(body, { headers: { "content-type": "application/json", "server-timing": "inference;dur=" + dur } });
     } });`;
-  const proc = Bun.spawn(["bun", "-e", code], { stdout: "ignore", stderr: "inherit" });
+  const proc = spawned(Bun.spawn(["bun", "-e", code], { stdout: "ignore", stderr: "inherit" }));
   for (let i = 0; !existsSync(socket); i++) {
     if (i > 200) throw new Error("floor server did not start");
     await Bun.sleep(25);
@@ -551,5 +560,6 @@ try {
   await direct.release();
   console.log(`load average at the end: ${loadAverage()}`);
 } finally {
+  for (const p of children) if (p.exitCode === null) p.kill("SIGTERM");
   rmSync(dir, { recursive: true, force: true });
 }
