@@ -30,7 +30,13 @@ export interface ModelDataOptions {
    * @defaultValue beside the model, else one folder up (where a `reference/` variant's original sits)
    */
   tokenizerDir?: string;
-  /** Texts per inference when predicting. @defaultValue 32 */
+  /**
+   * Texts per inference when predicting. One at a time by default: padding
+   * leaks into ORT's static tool output (it quantizes the masked scores) and a
+   * dynamic model's activation range spans the batch, so only batch 1 gives
+   * each model's own figures, the way the reference numbers were taken.
+   * @defaultValue 1
+   */
   batchSize?: number;
 }
 
@@ -87,7 +93,7 @@ export async function createModelData(
   const vocabSize = model.vocabSize ?? findVocabSize(model.path);
   const texts = samples.map((s) => s.text);
   const labels = samples.map((s) => s.label);
-  const batchSize = opts.batchSize ?? 32;
+  const batchSize = opts.batchSize ?? 1;
 
   return {
     labels,
