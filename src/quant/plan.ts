@@ -60,7 +60,7 @@ export interface StaticQuantizeOptions extends CommonQuantizeOptions {
   type: "static";
   /** @defaultValue "fused" */
   format: StaticFormat;
-  /** Range estimator. @defaultValue "entropy" */
+  /** Range estimator. @defaultValue "percentile" */
   method: CalibrationMethod;
   /** Also quantize the activation×activation MatMuls of attention. @defaultValue false */
   quantizeAttentionMatMuls: boolean;
@@ -105,7 +105,7 @@ export function defaultQuantizeOptions(
     case "static":
       return {
         ...common,
-        method: "entropy",
+        method: "percentile",
         format: "fused",
         quantizeAttentionMatMuls: false,
         ...(overrides as Partial<StaticQuantizeOptions>),

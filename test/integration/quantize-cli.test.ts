@@ -105,7 +105,7 @@ describe("quantd quantize on a synthetic BERT", () => {
 
     expect(report.outcome).toBe("written");
     expect(report.mode).toBe("static");
-    expect(report.method).toBe("entropy");
+    expect(report.method).toBe("percentile");
     expect(report.format).toBe("fused");
     expect(report.samples).toMatchObject({
       calibration: CALIB,
