@@ -21,11 +21,10 @@ import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { decodeModel } from "../onnx/codec.ts";
 import {
-  argmax,
   type Classification,
   type Classifier,
+  classificationOfRow,
   loadClassifier,
-  softmax,
 } from "../runtime/classifier.ts";
 import type { Encoding } from "../runtime/tokenizer.ts";
 import type {
@@ -222,19 +221,7 @@ export async function classifyBucketed(
     const rows = bucket.map((k) => order[k]!);
     const out = await classifier.runEncoded(classifier.tokenizer.pad(rows.map((i) => encodings[i]!)));
     for (const [r, i] of rows.entries()) {
-      const logits = Array.from(out.data.subarray(r * out.numLabels, (r + 1) * out.numLabels));
-      const labelId = argmax(logits);
-      if (labelId < 0 || logits.some(Number.isNaN)) {
-        throw new QuantdError("INFERENCE_FAILED", `${classifier.modelPath} produced NaN logits`);
-      }
-      const probabilities = softmax(logits);
-      results[i] = {
-        label: classifier.labels[labelId]!,
-        labelId,
-        score: probabilities[labelId]!,
-        probabilities,
-        logits,
-      };
+      results[i] = classificationOfRow(out, r, classifier.labels, classifier.modelPath);
     }
   }
   return results;

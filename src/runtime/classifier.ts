@@ -175,6 +175,25 @@ export function argmax(data: ArrayLike<number>, offset = 0, n: number = data.len
 }
 
 /**
+ * Row `row` of a `[batch, labels]` logits output as a {@link Classification}.
+ * @throws INFERENCE_FAILED when the row holds NaN (a broken model, never a user's input)
+ */
+export function classificationOfRow(
+  out: { data: Float32Array; numLabels: number },
+  row: number,
+  labels: readonly string[],
+  what: string,
+): Classification {
+  const logits = Array.from(out.data.subarray(row * out.numLabels, (row + 1) * out.numLabels));
+  const labelId = argmax(logits);
+  if (labelId < 0 || logits.some(Number.isNaN)) {
+    throw new QuantdError("INFERENCE_FAILED", `${what}: the model produced NaN logits`);
+  }
+  const probabilities = softmax(logits);
+  return { label: labels[labelId]!, labelId, score: probabilities[labelId]!, probabilities, logits };
+}
+
+/**
  * Validates a batch of inputs, naming the index of the first bad one.
  *
  * @throws USAGE for an empty batch; TEXT_* for a bad text
@@ -295,19 +314,7 @@ export class Classifier {
         ),
       );
       for (const [r, i] of rows.entries()) {
-        const logits = Array.from(out.data.subarray(r * out.numLabels, (r + 1) * out.numLabels));
-        const labelId = argmax(logits);
-        if (labelId < 0 || logits.some(Number.isNaN)) {
-          throw new QuantdError("INFERENCE_FAILED", `${this.modelPath} produced NaN logits for input ${i}`);
-        }
-        const probabilities = softmax(logits);
-        results[i] = {
-          label: this.labels[labelId]!,
-          labelId,
-          score: probabilities[labelId]!,
-          probabilities,
-          logits,
-        };
+        results[i] = classificationOfRow(out, r, this.labels, `${this.modelPath}, input ${i}`);
       }
     }
     return results;
