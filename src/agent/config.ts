@@ -10,6 +10,7 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import type { BoardProfile } from "../../device/profiles.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/config.ts";
+import { isRecord } from "../json.ts";
 import type { TcpAddress } from "../server/listen.ts";
 
 /** Micro-batching of inference requests. */
@@ -197,10 +198,6 @@ function invalid(key: string, message: string, source: string): QuantdError {
   return new QuantdError("CONFIG_INVALID", `config key ${key} (${source}): ${message}`, {
     details: { key, source },
   });
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 const LOOPBACK_NAMES = new Set(["localhost", "::1", "[::1]", "ip6-localhost"]);

@@ -6,6 +6,7 @@
  * and changes nothing.
  */
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
+import { isRecord } from "../json.ts";
 import type { CalibrationMethod } from "../quant/calibrate.ts";
 import type { JobState } from "../store/jobs.ts";
 
@@ -297,10 +298,6 @@ function invalid(message: string, details?: Record<string, unknown>): QuantdErro
   return new QuantdError("COMMAND_INVALID", message, details === undefined ? {} : { details });
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
 function onlyKeys(o: Record<string, unknown>, allowed: readonly string[], what: string): void {
   for (const k of Object.keys(o)) {
     if (!allowed.includes(k)) {
@@ -331,7 +328,7 @@ function fraction(o: Record<string, unknown>, key: string): number | undefined {
 
 function parseGate(v: unknown): GateParams | undefined {
   if (v === undefined) return undefined;
-  if (!isObject(v)) throw invalid("gate must be an object", { key: "gate" });
+  if (!isRecord(v)) throw invalid("gate must be an object", { key: "gate" });
   onlyKeys(v, ["minAgreement", "maxAccuracyDrop"], "gate");
   const gate: GateParams = {};
   const a = fraction(v, "minAgreement");
@@ -348,7 +345,7 @@ function parseGate(v: unknown): GateParams | undefined {
  */
 export function parseCommand(name: string, raw: unknown): FleetCommand {
   const p = raw ?? {};
-  if (!isObject(p)) throw invalid("params must be a JSON object");
+  if (!isRecord(p)) throw invalid("params must be a JSON object");
   if (!(COMMAND_NAMES as readonly string[]).includes(name)) {
     throw invalid(`unknown command ${JSON.stringify(name)} (known: ${COMMAND_NAMES.join(", ")})`, {
       command: name,
@@ -437,7 +434,7 @@ export function parseEnvelope(payload: Uint8Array): CommandEnvelope {
   } catch (err) {
     throw new QuantdError("COMMAND_INVALID", "command body is not UTF-8 JSON", { cause: err });
   }
-  if (!isObject(body)) throw invalid("command body must be a JSON object");
+  if (!isRecord(body)) throw invalid("command body must be a JSON object");
   onlyKeys(body, ["id", "expiresAt", "params"], "command");
   if (typeof body.id !== "string" || !COMMAND_ID_PATTERN.test(body.id)) {
     throw invalid("command id must be 1-128 characters of letters, digits, '_', '.', ':', '-'", {
@@ -452,7 +449,7 @@ export function parseEnvelope(payload: Uint8Array): CommandEnvelope {
     env.expiresAt = body.expiresAt;
   }
   if (body.params !== undefined) {
-    if (!isObject(body.params)) throw invalid("params must be a JSON object", { key: "params" });
+    if (!isRecord(body.params)) throw invalid("params must be a JSON object", { key: "params" });
     env.params = body.params;
   }
   return env;

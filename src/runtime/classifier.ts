@@ -6,6 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { assertNever, QuantdError } from "../errors.ts";
+import { isRecord } from "../json.ts";
 import { findModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
 import { validateText } from "./text.ts";
@@ -72,10 +73,6 @@ export interface ClassifyOptions extends EncodeBatchOptions {
    * @defaultValue "unpadded"
    */
   batching?: BatchingMode;
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 function isBertInput(name: string): name is BertInputName {

@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { QuantdError } from "../errors.ts";
+import { isRecord } from "../json.ts";
 
 /** One input: a text, or a pair of texts (e.g. question and passage). */
 export type TextInput = string | readonly [string, string];
@@ -80,10 +81,6 @@ type TemplatePiece =
 interface Template {
   single: TemplatePiece[];
   pair: TemplatePiece[];
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 function invalid(dir: string, why: string, cause?: unknown): QuantdError {

@@ -9,6 +9,7 @@
  * process or leak a stack trace.
  */
 import { assertNever, isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
+import { isRecord } from "../json.ts";
 import type { Classification } from "../runtime/classifier.ts";
 import { validateText } from "../runtime/text.ts";
 import type { MicroBatcher } from "./batcher.ts";
@@ -151,10 +152,6 @@ function json(body: unknown, status = 200, headers: Record<string, string> = {})
  */
 function serverTiming(out: BatchResult): Record<string, string> {
   return { "server-timing": `inference;dur=${out.inferenceMs.toFixed(3)}` };
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 /** The route template of a path, for metric labels (bounded cardinality). */

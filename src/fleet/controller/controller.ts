@@ -10,6 +10,7 @@
  */
 import { hostname } from "node:os";
 import { QuantdError } from "../../errors.ts";
+import { isRecord } from "../../json.ts";
 import { connectMqtt, type MqttConnection, type MqttMessage } from "../mqtt-client.ts";
 import {
   CONTROLLER_FILTER,
@@ -94,10 +95,6 @@ export interface FleetController {
   stop(): Promise<void>;
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
 const JOB_STATES = ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
 const isTime = (v: unknown): boolean => typeof v === "number" && Number.isFinite(v);
 const isTimeOrNull = (v: unknown): boolean => v === null || isTime(v);
@@ -109,7 +106,7 @@ function isStatus(b: Record<string, unknown>): b is Record<string, unknown> & St
 }
 
 function isTelemetry(b: Record<string, unknown>): b is Record<string, unknown> & TelemetryMessage {
-  return Array.isArray(b.samples) && b.samples.every((x) => isObject(x) && isTime(x.at));
+  return Array.isArray(b.samples) && b.samples.every((x) => isRecord(x) && isTime(x.at));
 }
 
 function isJob(b: Record<string, unknown>): b is Record<string, unknown> & JobMessage {
@@ -181,7 +178,7 @@ export function startController(options: ControllerOptions): FleetController {
       stats.malformed++;
       log(`controller: skipped a malformed ${t.kind} message on ${m.topic}`);
     };
-    if (!isObject(body)) return bad();
+    if (!isRecord(body)) return bad();
     const { fleet, device } = t;
     switch (t.kind) {
       case "status":
@@ -245,7 +242,7 @@ export function startController(options: ControllerOptions): FleetController {
   };
   const queueTelemetry = (t: ParsedTopic, m: MqttMessage): void => {
     const body = decodeJson(m.payload);
-    if (!isObject(body) || !isTelemetry(body)) {
+    if (!isRecord(body) || !isTelemetry(body)) {
       stats.malformed++;
       log(`controller: skipped a malformed telemetry message on ${m.topic}`);
       return;
