@@ -20,6 +20,7 @@ import { makeTensor, tensorToFloat32 } from "../../src/onnx/tensor.ts";
 import type { ModelProto } from "../../src/onnx/types.ts";
 import { assertReportShape, type QuantizeReport } from "../../src/quant/report.ts";
 import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
+import { type CliRun, runQuantd } from "../helpers/run-cli.ts";
 
 // Two quantize runs of a 30 MB model with validation and rebuilds, on a busy 2-core machine.
 setDefaultTimeout(180_000);
@@ -66,25 +67,8 @@ function plantActivationOutlier(model: ModelProto, layer: number, channel: numbe
   });
 }
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function quantize(args: string[]): Promise<Run> {
-  const proc = Bun.spawn(["bun", join(repoRoot, "src/cli/main.ts"), "quantize", ...args], {
-    cwd: repoRoot,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  return { code, stdout, stderr };
+function quantize(args: string[]): Promise<CliRun> {
+  return runQuantd(["quantize", ...args]);
 }
 
 function readReport(path: string): QuantizeReport {
