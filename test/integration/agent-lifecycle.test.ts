@@ -63,10 +63,16 @@ test("live at once, ready only after the model is loaded", async () => {
 });
 
 test("a stopping agent finishes the requests it received, then removes its socket", async () => {
-  const agent = await startAgent(testConfig(join(dir, "d")));
+  // A long batching delay keeps the request queued, so the agent is seen holding it before it stops.
+  const agent = await startAgent(testConfig(join(dir, "d"), { QUANTD_BATCHING_MAX_DELAY_MS: "500" }));
   const sock = agent.config.socketPath;
-  const inflight = classifyOverSocket(sock, TEXTS);
-  await Bun.sleep(1);
+  let settled = false;
+  const inflight = classifyOverSocket(sock, TEXTS).finally(() => {
+    settled = true;
+  });
+  // Stop only once the server holds the request (queued or running), however slow the machine.
+  while (!settled && agent.batcher.depth === 0 && !agent.batcher.busy) await Bun.sleep(0);
+  expect(settled).toBe(false);
   const stopping = agent.stop();
   expect((await inflight).status).toBe(200);
   await stopping;
