@@ -9,7 +9,8 @@ import { existsSync, lstatSync, readFileSync, rmSync, writeFileSync } from "node
 import { join } from "node:path";
 import { startAgent } from "../../src/agent/agent.ts";
 import { cliMain, runQuantd } from "../helpers/run-cli.ts";
-import { call, classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
+import { until } from "../helpers/until.ts";
+import { call, classifyOverSocket, metricValue, tempDir, testConfig } from "./agent-harness.ts";
 
 let dir: string;
 beforeAll(() => {
@@ -21,9 +22,13 @@ afterAll(() => {
 
 const ENV = { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "" };
 
-function spawnAgent(stateDir: string, socket: string): Bun.Subprocess<"ignore", "pipe", "pipe"> {
+function spawnAgent(
+  stateDir: string,
+  socket: string,
+  env: Record<string, string> = {},
+): Bun.Subprocess<"ignore", "pipe", "pipe"> {
   return Bun.spawn(["bun", cliMain, "agent", "--state-dir", stateDir, "--socket", socket], {
-    env: ENV,
+    env: { ...ENV, ...env },
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -67,7 +72,8 @@ test("stale socket cleaned; second agent refused; SIGTERM drains and removes the
   await makeStaleSocket(socket);
   expect(lstatSync(socket).isSocket()).toBe(true);
 
-  const agent = spawnAgent(stateDir, socket);
+  // A long batching delay keeps requests queued, so the test can see the agent holding them before SIGTERM.
+  const agent = spawnAgent(stateDir, socket, { QUANTD_BATCHING_MAX_DELAY_MS: "400" });
   try {
     await waitReady(socket, agent);
     expect((await classifyOverSocket(socket, ["a fine film"])).status).toBe(200);
@@ -80,10 +86,19 @@ test("stale socket cleaned; second agent refused; SIGTERM drains and removes the
     // The first one is untouched.
     expect((await classifyOverSocket(socket, ["still here"])).status).toBe(200);
 
-    const inflight = Array.from({ length: 8 }, () =>
+    // Eight texts, under the batch size of 16: they wait the full delay.
+    const inflight = Array.from({ length: 4 }, () =>
       classifyOverSocket(socket, ["drained before exit", "and this"]),
     );
-    await Bun.sleep(5);
+    await until(
+      async () =>
+        (metricValue(
+          await (await fetch("http://localhost/metrics", { unix: socket })).text(),
+          "quantd_queue_depth",
+        ) ?? 0) > 0,
+      10_000,
+      "the agent to queue a request",
+    );
     agent.kill("SIGTERM");
     const settled = await Promise.allSettled(inflight);
     // Requests accepted before the signal complete; one arriving after it may only be told NOT_READY.

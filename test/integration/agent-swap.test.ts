@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
+import { until } from "../helpers/until.ts";
 import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 import {
   call,
