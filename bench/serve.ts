@@ -18,7 +18,7 @@
  * 4. Resident memory of an agent serving quantd's int8 (dynamic) model of the
  *    shared model, after load and after serving. Target: ≤ 150 MB.
  *
- *   bun bench/serve.ts [--runs 5] [--threads N] [--seconds 3] [--requests 200]
+ *   bun bench/serve.ts [--runs 5] [--threads N] [--seconds 3] [--requests 200] [--only 1,2,3,4]
  *
  * The client is a raw HTTP/1.1 keep-alive client (0.06–0.2 ms CPU per request),
  * so the load generator takes little of the two cores; each agent is a
@@ -80,8 +80,11 @@ const { values } = parseArgs({
     threads: { type: "string", default: "2" },
     seconds: { type: "string", default: "3" },
     requests: { type: "string", default: "200" },
+    only: { type: "string", default: "1,2,3,4" },
   },
 });
+/** Which of the numbered sections below to run (`--only 1,3`). */
+const ONLY = new Set(values.only.split(",").map((s) => Number(s.trim())));
 const RUNS = Number(values.runs);
 const THREADS = Number(values.threads);
 const SECONDS = Number(values.seconds);
@@ -331,7 +334,7 @@ try {
     xs.reduce((a, t) => a + direct.tokenizer.encode(t).inputIds.length, 0) / xs.length;
 
   // 1. Batch-1 round trip vs direct.
-  {
+  if (ONLY.has(1)) {
     const agent = await startAgentProcess(dir, "rt", {}, join(modelDir, "model.onnx"));
     const conn = await RawHttpConnection.open(agent.socket);
     const floorSocket = join(dir, "floor.sock");
@@ -410,7 +413,7 @@ try {
 
   // 2. What batching can give at most: onnxruntime alone, CPU per text at batch 1 vs batch 16 (the
   // agent's runs of similar length), in this process with the agents idle.
-  {
+  if (ONLY.has(2)) {
     for (const [what, xs] of [
       ["SST-2 phrase", phrases],
       ["SST-2 dev", texts],
@@ -440,7 +443,7 @@ try {
   }
 
   // 3. 16 concurrent clients, batched vs unbatched (same agent code, maxBatch 1).
-  {
+  if (ONLY.has(3)) {
     const CLIENTS = 16;
     type Figures = {
       rps: number;
@@ -535,7 +538,7 @@ try {
   }
 
   // 4. RSS serving the int8 model.
-  {
+  if (ONLY.has(4)) {
     const int8 = join(dir, "model-int8-dynamic.onnx");
     const q = await quantizeModel(await loadModel(join(modelDir, "model.onnx")), { type: "dynamic" });
     await saveModel(q.model, int8);

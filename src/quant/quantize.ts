@@ -247,8 +247,9 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
         }
         const res = await calibrate(model, plan.observe, batches, { method: options.method });
         ranges = res.ranges;
+        // Reused ranges mean no calibration ran: the time stays 0.
+        calibrationMs = performance.now() - tc;
       }
-      calibrationMs = performance.now() - tc;
       plan = applyRanges(plan, ranges);
       break;
     }

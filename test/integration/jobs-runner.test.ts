@@ -176,13 +176,14 @@ describe("job runner", () => {
 
   test("stop does not wait past waitMs for a long stage: the job stays IN_PROGRESS, then is requeued at its boundary", async () => {
     const ran: string[] = [];
-    const { store, runner } = await setup(stagedHandler(ran, 600));
+    const { store, runner } = await setup(stagedHandler(ran, 3000));
     store.jobs.create({ type: "staged", id: "long" });
     const p = runner.runNext();
     await until(() => store.jobs.require("long").stage === "one", 10_000, "the first stage");
     const t0 = performance.now();
     await runner.stop({ waitMs: 50 });
-    expect(performance.now() - t0).toBeLessThan(400);
+    // Well short of the 3 s stage, however loaded the machine.
+    expect(performance.now() - t0).toBeLessThan(1500);
     expect(store.jobs.require("long").state).toBe("IN_PROGRESS");
     expect(await p).toBeUndefined();
     const j = store.jobs.require("long");

@@ -241,7 +241,7 @@ describe("static QDQ rewrite", async () => {
 
   test("a rebuild with more exclusions reuses the ranges and skips calibration", async () => {
     const again = await requantize(fp32, result, [POOLER]);
-    expect(again.timings.calibrationMs).toBeLessThan(50);
+    expect(again.timings.calibrationMs).toBe(0);
     expect(again.plan.skipped.find((s) => s.node === POOLER)?.reason).toBe("excluded");
     expect(byName(again.model).get(POOLER)!.input).toEqual(byName(fp32).get(POOLER)!.input);
   });
