@@ -178,11 +178,17 @@ class RawHttpConnection {
   }
 
   post(path: string, json: string): Promise<Answer> {
+    return this.request("POST", path, json);
+  }
+
+  request(method: "GET" | "POST", path: string, json?: string): Promise<Answer> {
     return new Promise((resolve, reject) => {
       this.#waiter = { resolve, reject };
       this.#socket!.write(
-        `POST ${path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n` +
-          `Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`,
+        json === undefined
+          ? `${method} ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`
+          : `${method} ${path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n` +
+              `Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`,
       );
     });
   }
@@ -301,6 +307,88 @@ async function startFloorServer(socket: string): Promise<{ stop(): Promise<void>
       await proc.exited;
     },
   };
+}
+
+/** Closed-loop clients of the load figures: one request in flight each. */
+const CLIENTS = 16;
+
+/** What {@link loadFigures} measured. */
+interface Figures {
+  rps: number;
+  p50: number;
+  p99: number;
+  cpuMsPerRequest: number;
+  clientCpuMsPerRequest: number;
+  meanBatch: number;
+  /** Round trips of `/v2/health/live` sent every 10 ms meanwhile on one more connection, when asked. */
+  health: number[];
+}
+
+/**
+ * {@link CLIENTS} clients, one text per request, one keep-alive connection each
+ * (kept in `conns` across calls), for `--seconds`; with `probeHealth`, one
+ * more connection asks `/v2/health/live` every 10 ms meanwhile.
+ */
+async function loadFigures(
+  agent: RunningAgent,
+  xs: readonly string[],
+  conns: Map<RunningAgent, RawHttpConnection[]>,
+  probeHealth = false,
+): Promise<Figures> {
+  let cs = conns.get(agent);
+  if (cs === undefined) {
+    cs = await Promise.all(Array.from({ length: CLIENTS + 1 }, () => RawHttpConnection.open(agent.socket)));
+    conns.set(agent, cs);
+  }
+  const probe = cs[CLIENTS]!;
+  const b0 = await batchCounts(agent.socket);
+  const cpu0 = cpuMsOf(agent.pid);
+  const own0 = ownCpuMs();
+  const latencies: number[] = [];
+  const health: number[] = [];
+  const end = performance.now() + SECONDS * 1000;
+  const t0 = performance.now();
+  const probing = (async () => {
+    while (probeHealth && performance.now() < end) {
+      const s = performance.now();
+      const a = await probe.request("GET", "/v2/health/live");
+      if (a.status !== 200) throw new Error(`health answered ${a.status}`);
+      health.push(performance.now() - s);
+      await Bun.sleep(10);
+    }
+  })();
+  await Promise.all(
+    cs.slice(0, CLIENTS).map(async (conn, c) => {
+      for (let i = c; performance.now() < end; i += CLIENTS) {
+        const s = performance.now();
+        await classifyOnce(conn, xs[i % xs.length]!);
+        latencies.push(performance.now() - s);
+      }
+    }),
+  );
+  const elapsed = (performance.now() - t0) / 1000;
+  await probing;
+  const cpu = cpuMsOf(agent.pid) - cpu0;
+  const own = ownCpuMs() - own0;
+  const b1 = await batchCounts(agent.socket);
+  return {
+    rps: latencies.length / elapsed,
+    p50: percentile(latencies, 0.5),
+    p99: percentile(latencies, 0.99),
+    cpuMsPerRequest: cpu / latencies.length,
+    clientCpuMsPerRequest: own / latencies.length,
+    meanBatch: (b1.texts - b0.texts) / Math.max(1, b1.batches - b0.batches),
+    health,
+  };
+}
+
+function show(xs: readonly Figures[]): string {
+  return (
+    `${median(xs.map((x) => x.rps)).toFixed(1)} req/s, p50 ${median(xs.map((x) => x.p50)).toFixed(1)} ms, ` +
+    `p99 ${median(xs.map((x) => x.p99)).toFixed(1)} ms, mean batch ${median(xs.map((x) => x.meanBatch)).toFixed(1)}, ` +
+    `CPU/request agent ${median(xs.map((x) => x.cpuMsPerRequest)).toFixed(2)} ms, ` +
+    `load generator ${median(xs.map((x) => x.clientCpuMsPerRequest)).toFixed(2)} ms`
+  );
 }
 
 const dir = mkdtempSync(join(tmpdir(), "quantd-serve-bench-"));
@@ -444,50 +532,9 @@ try {
 
   // 3. 16 concurrent clients, batched vs unbatched (same agent code, maxBatch 1).
   if (ONLY.has(3)) {
-    const CLIENTS = 16;
-    type Figures = {
-      rps: number;
-      p50: number;
-      p99: number;
-      cpuMsPerRequest: number;
-      clientCpuMsPerRequest: number;
-      meanBatch: number;
-    };
     const conns = new Map<RunningAgent, RawHttpConnection[]>();
-    const measure = async (agent: RunningAgent, xs: readonly string[]): Promise<Figures> => {
-      let cs = conns.get(agent);
-      if (cs === undefined) {
-        cs = await Promise.all(Array.from({ length: CLIENTS }, () => RawHttpConnection.open(agent.socket)));
-        conns.set(agent, cs);
-      }
-      const b0 = await batchCounts(agent.socket);
-      const cpu0 = cpuMsOf(agent.pid);
-      const own0 = ownCpuMs();
-      const latencies: number[] = [];
-      const end = performance.now() + SECONDS * 1000;
-      const t0 = performance.now();
-      await Promise.all(
-        cs.map(async (conn, c) => {
-          for (let i = c; performance.now() < end; i += CLIENTS) {
-            const s = performance.now();
-            await classifyOnce(conn, xs[i % xs.length]!);
-            latencies.push(performance.now() - s);
-          }
-        }),
-      );
-      const elapsed = (performance.now() - t0) / 1000;
-      const cpu = cpuMsOf(agent.pid) - cpu0;
-      const own = ownCpuMs() - own0;
-      const b1 = await batchCounts(agent.socket);
-      return {
-        rps: latencies.length / elapsed,
-        p50: percentile(latencies, 0.5),
-        p99: percentile(latencies, 0.99),
-        cpuMsPerRequest: cpu / latencies.length,
-        clientCpuMsPerRequest: own / latencies.length,
-        meanBatch: (b1.texts - b0.texts) / Math.max(1, b1.batches - b0.batches),
-      };
-    };
+    const measure = (agent: RunningAgent, xs: readonly string[]): Promise<Figures> =>
+      loadFigures(agent, xs, conns);
     const batched = await startAgentProcess(
       dir,
       "batched",
@@ -500,11 +547,6 @@ try {
       { QUANTD_BATCHING_MAX_BATCH: "1" },
       join(modelDir, "model.onnx"),
     );
-    const show = (xs: Figures[]): string =>
-      `${median(xs.map((x) => x.rps)).toFixed(1)} req/s, p50 ${median(xs.map((x) => x.p50)).toFixed(1)} ms, ` +
-      `p99 ${median(xs.map((x) => x.p99)).toFixed(1)} ms, mean batch ${median(xs.map((x) => x.meanBatch)).toFixed(1)}, ` +
-      `CPU/request agent ${median(xs.map((x) => x.cpuMsPerRequest)).toFixed(2)} ms, ` +
-      `load generator ${median(xs.map((x) => x.clientCpuMsPerRequest)).toFixed(2)} ms`;
     for (const [what, xs] of [
       ["SST-2 phrases", phrases],
       ["SST-2 dev sentences", texts],
@@ -535,6 +577,59 @@ try {
     for (const cs of conns.values()) for (const c of cs) c.close();
     await batched.stop();
     await unbatched.stop();
+  }
+
+  // 5. Inference in a worker thread (the agent's default) vs on the server's JS thread, batched: batch-1
+  // round trip, 16-client throughput, and how long a health check waits meanwhile. Interleaved pairs.
+  if (ONLY.has(5)) {
+    const fp32 = join(modelDir, "model.onnx");
+    const worker = await startAgentProcess(dir, "worker", { QUANTD_INFERENCE_THREAD: "true" }, fp32);
+    const jsThread = await startAgentProcess(dir, "js-thread", { QUANTD_INFERENCE_THREAD: "false" }, fp32);
+    const conns = new Map<RunningAgent, RawHttpConnection[]>();
+    const single = new Map<RunningAgent, RawHttpConnection>();
+    for (const a of [worker, jsThread]) single.set(a, await RawHttpConnection.open(a.socket));
+    const roundTrips = async (agent: RunningAgent, xs: readonly string[]): Promise<number> => {
+      const conn = single.get(agent)!;
+      const rtt: number[] = [];
+      for (const t of xs) {
+        const t0 = performance.now();
+        await classifyOnce(conn, t);
+        rtt.push(performance.now() - t0);
+      }
+      return median(rtt);
+    };
+    for (const [what, xs] of [
+      ["SST-2 dev sentences", texts],
+      ["~128-token texts", long],
+    ] as const) {
+      const rt = { worker: [] as number[], js: [] as number[] };
+      const load = { worker: [] as Figures[], js: [] as Figures[] };
+      await roundTrips(worker, xs.slice(0, 20));
+      await roundTrips(jsThread, xs.slice(0, 20));
+      for (let run = 0; run < RUNS; run++) {
+        const order = run % 2 === 0 ? [worker, jsThread] : [jsThread, worker];
+        for (const a of order) (a === worker ? rt.worker : rt.js).push(await roundTrips(a, xs));
+        for (const a of order)
+          (a === worker ? load.worker : load.js).push(await loadFigures(a, xs, conns, true));
+      }
+      const healthOf = (fs: Figures[]): string => {
+        const all = fs.flatMap((f) => f.health);
+        return `p50 ${percentile(all, 0.5).toFixed(2)} ms, p99 ${percentile(all, 0.99).toFixed(2)} ms, max ${Math.max(...all).toFixed(1)} ms`;
+      };
+      const rps = (fs: Figures[]): number => median(fs.map((f) => f.rps));
+      console.log(
+        `inference thread, ${what}: batch-1 round trip ${median(rt.worker).toFixed(3)} ms (JS thread ${median(rt.js).toFixed(3)} ms); ` +
+          `16 clients ${rps(load.worker).toFixed(1)} req/s (JS thread ${rps(load.js).toFixed(1)}, ` +
+          `${(rps(load.worker) / rps(load.js)).toFixed(2)} ×); health check under that load ${healthOf(load.worker)} ` +
+          `(JS thread ${healthOf(load.js)})`,
+      );
+      console.log(`  worker: ${show(load.worker)}`);
+      console.log(`  JS thread: ${show(load.js)}`);
+    }
+    for (const c of single.values()) c.close();
+    for (const cs of conns.values()) for (const c of cs) c.close();
+    await worker.stop();
+    await jsThread.stop();
   }
 
   // 4. RSS serving the int8 model.

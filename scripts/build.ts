@@ -130,7 +130,8 @@ export async function buildExecutable(opts: BuildExecutableOptions): Promise<voi
   let result: Bun.BuildOutput;
   try {
     result = await Bun.build({
-      entrypoints: [join(REPO_ROOT, "src/cli/main.ts")],
+      // The inference thread's entry is bundled beside the CLI's (a worker is loaded by path).
+      entrypoints: [join(REPO_ROOT, "src/cli/main.ts"), join(REPO_ROOT, "src/runtime/session-thread.ts")],
       compile: {
         target: `bun-${opts.target}`,
         executablePath: bunRuntime(opts.target),

@@ -99,6 +99,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     modelsDir: join(config.stateDir, "models"),
     tokenizerDir: config.tokenizerDir,
     threads: config.threads,
+    offThread: config.inferenceThread,
     swap: config.swap,
     onEvent: (e) => {
       if (e.type === "swapped" && e.from !== undefined) metrics?.swaps.inc();

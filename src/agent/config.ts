@@ -75,6 +75,15 @@ export interface AgentConfig {
   modelName: string;
   /** onnxruntime intra-op threads. */
   threads: number;
+  /**
+   * Run the serving model in a worker thread, so the server keeps reading
+   * requests, answering health checks and writing responses while a batch
+   * runs. Off by default: on two x86 cores it added ~0.4 ms to a batch-1
+   * round trip and no throughput (`bun bench/serve.ts --only 5`); worth it
+   * where one batch runs for long (a large model, long texts) and health
+   * checks must not wait for it. @defaultValue false
+   */
+  inferenceThread: boolean;
   batching: BatchingConfig;
   limits: LimitsConfig;
   capture: CaptureConfig;
@@ -156,6 +165,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "tokenizerDir", type: "string" },
   { path: "modelName", type: "string" },
   { path: "threads", type: "int", min: 1, max: 256 },
+  { path: "inferenceThread", type: "boolean" },
   { path: "batching.maxBatch", type: "int", min: 1, max: 4096 },
   { path: "batching.maxDelayMs", type: "number", min: 0, max: 10_000 },
   { path: "batching.maxQueue", type: "int", min: 1, max: 1_000_000 },
@@ -442,6 +452,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     tokenizerDir,
     modelName: (values.get("modelName") as string | undefined) ?? basename(dirname(model)),
     threads: num("threads", opts.profile.threads),
+    inferenceThread: (values.get("inferenceThread") as boolean | undefined) ?? false,
     batching: {
       maxBatch,
       maxDelayMs: num("batching.maxDelayMs", 0),

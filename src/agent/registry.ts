@@ -73,6 +73,8 @@ export interface RegistryOptions {
   tokenizerDir: string;
   /** onnxruntime intra-op threads per session. */
   threads: number;
+  /** Run each version's session in a worker thread. @defaultValue false */
+  offThread?: boolean;
   swap: SwapChecksConfig;
   onEvent?: (event: RegistryEvent) => void;
 }
@@ -565,6 +567,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     const classifier = await loadClassifier(version.path, {
       tokenizerDir: this.#opts.tokenizerDir,
       session: { intraOpThreads: this.#opts.threads },
+      offThread: this.#opts.offThread ?? false,
     });
     try {
       const results = await classifier.classify(PROBE_TEXTS, { batchSize: PROBE_TEXTS.length });

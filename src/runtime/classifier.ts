@@ -9,6 +9,7 @@ import { assertNever, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import { findModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
+import { createThreadedSession } from "./threaded-session.ts";
 import { validateText } from "./text.ts";
 import {
   type BatchEncoding,
@@ -59,6 +60,11 @@ export interface LoadClassifierOptions {
   tokenizerDir?: string;
   /** onnxruntime session options. */
   session?: SessionOptions;
+  /**
+   * Run the session in a worker thread, so that the calling thread (a
+   * server's) stays free while a batch runs. @defaultValue false
+   */
+  offThread?: boolean;
   /** Upper bound on the sequence length. @defaultValue the tokenizer's and model's limit (512) */
   maxLength?: number;
 }
@@ -391,7 +397,9 @@ export async function loadClassifier(
     );
   }
 
-  const session = await createOrtSession(files.model, opts.session ?? {});
+  const session = opts.offThread
+    ? await createThreadedSession(files.model, opts.session ?? {})
+    : await createOrtSession(files.model, opts.session ?? {});
   try {
     checkBertInputs(session, files.model);
     const outputName = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];

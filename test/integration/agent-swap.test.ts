@@ -39,17 +39,21 @@ function modelOf(r: { body: Record<string, unknown> }): { version: number; kind:
   return r.body["model"] as { version: number; kind: string };
 }
 
-describe("swap, reject, rollback, restart (one agent, in order)", () => {
+// Both places the serving session can run: the server's JS thread (the default) and a worker thread.
+describe.each([
+  ["JS thread", "false"],
+  ["inference thread", "true"],
+])("swap, reject, rollback, restart (one agent, in order; %s)", (_where, inferenceThread) => {
   let agent: Agent;
   let sock: string;
   let stateDir: string;
+  const env = { QUANTD_SWAP_WINDOW: "1000000", QUANTD_INFERENCE_THREAD: inferenceThread };
+  let agentDir: string;
 
   beforeAll(async () => {
+    agentDir = join(dir, `a-${inferenceThread}`);
     // A window no test reaches: the automatic checks are tested separately below.
-    const config = testConfig(join(dir, "a"), {
-      QUANTD_SWAP_WINDOW: "1000000",
-      QUANTD_BATCHING_MAX_BATCH: "8",
-    });
+    const config = testConfig(agentDir, { ...env, QUANTD_BATCHING_MAX_BATCH: "8" });
     stateDir = config.stateDir;
     agent = await startAgent(config);
     sock = config.socketPath;
@@ -171,7 +175,7 @@ describe("swap, reject, rollback, restart (one agent, in order)", () => {
     expect(r.status).toBe(200);
     await agent.stop();
     expect(existsSync(sock)).toBe(false);
-    agent = await startAgent(testConfig(join(dir, "a"), { QUANTD_SWAP_WINDOW: "1000000" }));
+    agent = await startAgent(testConfig(agentDir, env));
     const after = await classifyOverSocket(sock, ["back again"]);
     expect(after.status).toBe(200);
     expect(modelOf(after)).toEqual({ version: 2, kind: "int8-dynamic" });
@@ -257,7 +261,8 @@ test("old retired int8 files are pruned, keeping the two most recent and every f
       const r = await call(agent.config.socketPath, "/v1/models/promote", { body: JSON.stringify({ path }) });
       expect(r.status).toBe(200);
     }
-    await Bun.sleep(50); // pruning runs after the swap, off the request path
+    // Pruning runs after the swap, off the request path.
+    await until(() => !existsSync(agent.store.models.get(2)!.path), 5000, "version 2's file to be pruned");
     const versions = agent.store.models.list();
     expect(versions.map((v) => [v.id, v.kind, v.state])).toEqual([
       [5, "int8-dynamic", "active"],

@@ -1,7 +1,8 @@
 /**
  * The x64 release executable, built for real and moved away from the
  * repository (no node_modules within reach), classifies with the model shipped
- * beside it, and gives the same probabilities as the CLI run from source.
+ * beside it, gives the same probabilities as the CLI run from source, and runs
+ * the agent (whose inference thread is a second bundled entry point).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
@@ -9,6 +10,8 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { buildRelease } from "../../scripts/build.ts";
 import { expectClose } from "../helpers/expect-close.ts";
+import { until } from "../helpers/until.ts";
+import { call, classifyOverSocket } from "./agent-harness.ts";
 
 const REPO = resolve(import.meta.dir, "../..");
 const canBuild = process.platform === "linux" && process.arch === "x64";
@@ -81,6 +84,38 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^positive\s+0\.\d{4}\s+a fine film\n$/);
   }, 30_000);
+
+  test("the agent serves over its socket, inference in its worker thread", async () => {
+    const state = join(work, "agent-state");
+    const socket = join(work, "agent.sock");
+    const agent = Bun.spawn([exe, "agent", "--state-dir", state, "--socket", socket], {
+      cwd: "/",
+      // The inference thread on: its entry must have been bundled beside the CLI's.
+      env: { PATH: process.env["PATH"] ?? "", QUANTD_THREADS: "1", QUANTD_INFERENCE_THREAD: "true" },
+      stdout: "ignore",
+      stderr: "pipe",
+    });
+    try {
+      await until(
+        async () => {
+          if (agent.exitCode !== null) throw new Error(await new Response(agent.stderr).text());
+          return (await call(socket, "/v2/health/ready").catch(() => undefined))?.status === 200;
+        },
+        30_000,
+        "the compiled agent to be ready",
+      );
+      const r = await classifyOverSocket(socket, ["a fine film", "a dull, lifeless and tedious mess"]);
+      expect(r.status).toBe(200);
+      expect((r.body["results"] as { label: string }[]).map((x) => x.label)).toEqual([
+        "positive",
+        "negative",
+      ]);
+    } finally {
+      agent.kill("SIGTERM");
+      expect(await agent.exited).toBe(0);
+    }
+    expect(await new Response(agent.stderr).text()).toContain("stopped");
+  }, 60_000);
 
   test("device --json and --version run", () => {
     expect(run([exe, "--version"], "/").stdout).toMatch(/^quantd \d+\.\d+\.\d+\n$/);
