@@ -19,9 +19,10 @@
  *    ≥ 2 × unbatched.
  * 4. Resident memory of an agent serving quantd's int8 (dynamic) model of the
  *    shared model, after load and after serving. Target: ≤ 150 MB.
- * 5. The optional inference thread (`inferenceThread`) against the default
- *    JS thread: batch-1 round trip, 16-client throughput, and the round trip
- *    of `/v2/health/live` asked every 10 ms under that load.
+ * 5. The optional inference thread (`inferenceThread`, with `--threads` or
+ *    one onnxruntime thread) against the default JS thread, serving the int8
+ *    model: batch-1 round trip, 16-client throughput, and the round trip of
+ *    `/v2/health/live` asked every 10 ms under that load.
  *
  *   bun bench/serve.ts [--runs 5] [--threads N] [--seconds 3] [--requests 200] [--only 1,2,3,4,5]
  *
@@ -153,18 +154,31 @@ class RawHttpConnection {
   #socket: Socket<undefined> | undefined;
   #buf: Buffer = Buffer.alloc(0);
   #waiter: { resolve: (a: Answer) => void; reject: (e: unknown) => void } | undefined;
+  #path = "";
+  #closed = false;
+  #closing = false;
 
   static async open(path: string): Promise<RawHttpConnection> {
     const c = new RawHttpConnection();
-    c.#socket = await Bun.connect({
-      unix: path,
+    c.#path = path;
+    await c.#connect();
+    return c;
+  }
+
+  async #connect(): Promise<void> {
+    this.#closed = false;
+    this.#buf = Buffer.alloc(0);
+    this.#socket = await Bun.connect({
+      unix: this.#path,
       socket: {
-        data: (_s, chunk) => c.#onData(chunk),
-        close: () => c.#fail(new Error("connection closed")),
-        error: (_s, e) => c.#fail(e),
+        data: (_s, chunk) => this.#onData(chunk),
+        close: () => {
+          this.#closed = true;
+          this.#fail(new Error("connection closed"));
+        },
+        error: (_s, e) => this.#fail(e),
       },
     });
-    return c;
   }
 
   #fail(e: unknown): void {
@@ -195,7 +209,9 @@ class RawHttpConnection {
     return this.request("POST", path, json);
   }
 
-  request(method: "GET" | "POST", path: string, json?: string): Promise<Answer> {
+  async request(method: "GET" | "POST", path: string, json?: string): Promise<Answer> {
+    // The server closes a connection left idle past its timeout (while other agents are measured): open anew.
+    if (this.#closed && !this.#closing) await this.#connect();
     return new Promise((resolve, reject) => {
       this.#waiter = { resolve, reject };
       this.#socket!.write(
@@ -208,6 +224,7 @@ class RawHttpConnection {
   }
 
   close(): void {
+    this.#closing = true;
     this.#socket?.end();
   }
 }
@@ -644,12 +661,29 @@ try {
   // 5. Inference in a worker thread (the agent's default) vs on the server's JS thread, batched: batch-1
   // round trip, 16-client throughput, and how long a health check waits meanwhile. Interleaved pairs.
   if (ONLY.has(5)) {
-    const fp32 = join(modelDir, "model.onnx");
-    const worker = await startAgentProcess(dir, "worker", { QUANTD_INFERENCE_THREAD: "true" }, fp32);
-    const jsThread = await startAgentProcess(dir, "js-thread", { QUANTD_INFERENCE_THREAD: "false" }, fp32);
+    const variants: { name: string; env: Record<string, string> }[] = [
+      { name: `JS thread, ${THREADS} onnxruntime threads`, env: { QUANTD_INFERENCE_THREAD: "false" } },
+      { name: `inference thread, ${THREADS} onnxruntime threads`, env: { QUANTD_INFERENCE_THREAD: "true" } },
+      // One onnxruntime thread in the worker leaves the other core to the server's own work.
+      {
+        name: "inference thread, 1 onnxruntime thread",
+        env: { QUANTD_INFERENCE_THREAD: "true", QUANTD_THREADS: "1" },
+      },
+    ];
+    const agents: RunningAgent[] = [];
+    for (const [i, v] of variants.entries()) {
+      agents.push(
+        await startAgentProcess(
+          dir,
+          `thread-${i}`,
+          { QUANTD_TOKENIZER_DIR: modelDir, ...v.env },
+          int8Static(),
+        ),
+      );
+    }
     const conns = new Map<RunningAgent, RawHttpConnection[]>();
     const single = new Map<RunningAgent, RawHttpConnection>();
-    for (const a of [worker, jsThread]) single.set(a, await RawHttpConnection.open(a.socket));
+    for (const a of agents) single.set(a, await RawHttpConnection.open(a.socket));
     const roundTrips = async (agent: RunningAgent, xs: readonly string[]): Promise<number> => {
       const conn = single.get(agent)!;
       const rtt: number[] = [];
@@ -660,38 +694,36 @@ try {
       }
       return median(rtt);
     };
+    const healthOf = (fs: Figures[]): string => {
+      const all = fs.flatMap((f) => f.health);
+      return `p50 ${percentile(all, 0.5).toFixed(2)} ms, p99 ${percentile(all, 0.99).toFixed(2)} ms, max ${Math.max(...all).toFixed(1)} ms`;
+    };
     for (const [what, xs] of [
       ["SST-2 dev sentences", texts],
       ["~128-token texts", long],
     ] as const) {
-      const rt = { worker: [] as number[], js: [] as number[] };
-      const load = { worker: [] as Figures[], js: [] as Figures[] };
-      await roundTrips(worker, xs.slice(0, 20));
-      await roundTrips(jsThread, xs.slice(0, 20));
+      const rt = agents.map(() => [] as number[]);
+      const load = agents.map(() => [] as Figures[]);
+      for (const a of agents) await roundTrips(a, xs.slice(0, 20));
       for (let run = 0; run < RUNS; run++) {
-        const order = run % 2 === 0 ? [worker, jsThread] : [jsThread, worker];
-        for (const a of order) (a === worker ? rt.worker : rt.js).push(await roundTrips(a, xs));
-        for (const a of order)
-          (a === worker ? load.worker : load.js).push(await loadFigures(a, xs, conns, true));
+        // Rotated order from run to run, so drift in machine load hits every variant alike.
+        const order = agents.map((_, i) => (i + run) % agents.length);
+        for (const i of order) rt[i]!.push(await roundTrips(agents[i]!, xs));
+        for (const i of order) load[i]!.push(await loadFigures(agents[i]!, xs, conns, true));
       }
-      const healthOf = (fs: Figures[]): string => {
-        const all = fs.flatMap((f) => f.health);
-        return `p50 ${percentile(all, 0.5).toFixed(2)} ms, p99 ${percentile(all, 0.99).toFixed(2)} ms, max ${Math.max(...all).toFixed(1)} ms`;
-      };
-      const rps = (fs: Figures[]): number => median(fs.map((f) => f.rps));
-      console.log(
-        `inference thread, ${what}: batch-1 round trip ${median(rt.worker).toFixed(3)} ms (JS thread ${median(rt.js).toFixed(3)} ms); ` +
-          `16 clients ${rps(load.worker).toFixed(1)} req/s (JS thread ${rps(load.js).toFixed(1)}, ` +
-          `${(rps(load.worker) / rps(load.js)).toFixed(2)} ×); health check under that load ${healthOf(load.worker)} ` +
-          `(JS thread ${healthOf(load.js)})`,
-      );
-      console.log(`  worker: ${show(load.worker)}`);
-      console.log(`  JS thread: ${show(load.js)}`);
+      const base = median(load[0]!.map((f) => f.rps));
+      for (const [i, v] of variants.entries()) {
+        const rps = median(load[i]!.map((f) => f.rps));
+        console.log(
+          `int8 static, ${what}, ${v.name}: batch-1 round trip ${median(rt[i]!).toFixed(3)} ms; 16 clients ` +
+            `${(rps / base).toFixed(2)} × the first; health check under that load ${healthOf(load[i]!)}`,
+        );
+        console.log(`  ${show(load[i]!)}`);
+      }
     }
     for (const c of single.values()) c.close();
     for (const cs of conns.values()) for (const c of cs) c.close();
-    await worker.stop();
-    await jsThread.stop();
+    for (const a of agents) await a.stop();
   }
 
   // 4. RSS serving the int8 model.

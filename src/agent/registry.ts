@@ -234,12 +234,23 @@ export function sha256Hex(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
-/** Operator names that mark a model's kind, most specific first. */
-const KIND_MARKERS: readonly (readonly [string, ModelKind])[] = [
-  ["DynamicQuantizeLinear", "int8-dynamic"],
-  ["MatMulInteger", "int8-dynamic"],
-  ["QuantizeLinear", "int8-static"],
-  ["QLinearMatMul", "int8-static"],
+/**
+ * An operator name as a serialized NodeProto holds it: field 4 (`op_type`,
+ * tag 0x22), its length, the name. Matching the whole field, not the bare
+ * name, keeps `MatMulIntegerToFloat` (a static model's fused kernel) from
+ * reading as `MatMulInteger`, and `QuantizeLinear` from matching inside
+ * `DynamicQuantizeLinear`.
+ */
+function opTypeField(name: string): Buffer {
+  return Buffer.concat([Buffer.from([0x22, name.length]), Buffer.from(name, "latin1")]);
+}
+
+/** Operators that mark a model's kind, most specific first. */
+const KIND_MARKERS: readonly (readonly [Buffer, ModelKind])[] = [
+  [opTypeField("DynamicQuantizeLinear"), "int8-dynamic"],
+  [opTypeField("MatMulInteger"), "int8-dynamic"],
+  [opTypeField("QuantizeLinear"), "int8-static"],
+  [opTypeField("QLinearMatMul"), "int8-static"],
 ];
 /** Longest marker: a chunk keeps this many bytes of the previous one so a name split across reads is found. */
 const MARKER_OVERLAP = Math.max(...KIND_MARKERS.map(([m]) => m.length));

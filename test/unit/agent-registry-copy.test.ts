@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { detectModelKindFromBytes, stageCopy } from "../../src/agent/registry.ts";
 import { QuantdError } from "../../src/errors.ts";
+import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "quantd-copy-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -22,19 +23,48 @@ function fileWith(name: string, marker: string, at: number, size: number): { pat
   return { path, bytes };
 }
 
+/** An operator name as a serialized NodeProto holds it: field 4 (tag 0x22), length, name. */
+function opField(name: string): string {
+  return `\x22${String.fromCharCode(name.length)}${name}`;
+}
+
+/** The bytes of a graph of nodes with these operators (hand-encoded, not by quantd's codec). */
+function graphOf(...ops: string[]): Uint8Array {
+  return tinyOnnxModel(
+    ops.map((opType, i) => ({ opType, inputs: [i === 0 ? "x" : `t${i}`], outputs: [`t${i + 1}`] })),
+    [{ name: "x", elemType: ONNX_FLOAT, dims: [1, 2] }],
+    [{ name: `t${ops.length}`, elemType: ONNX_FLOAT, dims: [1, 2] }],
+  );
+}
+
 test("a marker straddling the 1 MiB read boundary is found; bytes and hash are the source's", async () => {
-  const { path, bytes } = fileWith("dyn.onnx", "MatMulInteger", 1024 * 1024 - 5, 3 * 1024 * 1024 + 17);
+  const { path, bytes } = fileWith(
+    "dyn.onnx",
+    opField("MatMulInteger"),
+    1024 * 1024 - 5,
+    3 * 1024 * 1024 + 17,
+  );
   const staged = await stageCopy(path, join(dir, "models"));
   expect(staged.kind).toBe("int8-dynamic");
   expect(staged.sha256).toBe(createHash("sha256").update(bytes).digest("hex"));
   expect(readFileSync(staged.tmpPath).equals(bytes)).toBe(true);
 });
 
-test("kinds: dynamic wins over static (DynamicQuantizeLinear holds QuantizeLinear), none is fp32", async () => {
-  expect(detectModelKindFromBytes(Buffer.from("xxDynamicQuantizeLinearxx"))).toBe("int8-dynamic");
-  expect(detectModelKindFromBytes(Buffer.from("..QuantizeLinear..DequantizeLinear.."))).toBe("int8-static");
-  expect(detectModelKindFromBytes(Buffer.from("MatMul Gemm Softmax"))).toBe("fp32");
-  const staticFile = fileWith("static.onnx", "QuantizeLinear", 10, 100);
+test("kinds from the graph's operators, matched whole", async () => {
+  expect(detectModelKindFromBytes(graphOf("DynamicQuantizeLinear", "MatMulIntegerToFloat"))).toBe(
+    "int8-dynamic",
+  );
+  expect(detectModelKindFromBytes(graphOf("DynamicQuantizeLinear", "MatMulInteger"))).toBe("int8-dynamic");
+  // quantd's default static format: fixed-scale QuantizeLinear feeding the fused MatMulIntegerToFloat.
+  expect(detectModelKindFromBytes(graphOf("QuantizeLinear", "MatMulIntegerToFloat"))).toBe("int8-static");
+  expect(detectModelKindFromBytes(graphOf("QuantizeLinear", "DequantizeLinear", "MatMul"))).toBe(
+    "int8-static",
+  );
+  expect(detectModelKindFromBytes(graphOf("QLinearMatMul"))).toBe("int8-static");
+  expect(detectModelKindFromBytes(graphOf("MatMul", "Gemm", "Softmax"))).toBe("fp32");
+  // A name inside other text (a doc string, a tensor name) is not an operator.
+  expect(detectModelKindFromBytes(Buffer.from("..DynamicQuantizeLinear..MatMulInteger.."))).toBe("fp32");
+  const staticFile = fileWith("static.onnx", opField("QuantizeLinear"), 10, 100);
   expect((await stageCopy(staticFile.path, join(dir, "models"))).kind).toBe("int8-static");
 });
 
