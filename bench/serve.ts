@@ -49,10 +49,19 @@
  * | int8 batched req/s, p99                      | 2279, 19 ms   | 1111, 25 ms | 293, 77 ms  |
  * | int8 unbatched req/s, p99                    | 1412, 28 ms   | 688, 42 ms  | 227, 98 ms  |
  * | agent RSS, int8, after serving (peak)        | 132.9 (132.9) MB |          |             |
- * | inference thread: batch-1 round trip vs JS   |               | +0.60 ms    | +0.41 ms    |
- * | inference thread: 16-client req/s vs JS      |               | 0.87 ×      | 0.92 ×      |
- * | health check p50 / max under load, thread    |               | 0.47 / 12.6 ms | 0.47 / 21.0 ms |
- * | health check p50 / max under load, JS thread |               | 3.18 / 21.2 ms | 9.51 / 58.3 ms |
+ *
+ * Section 5, int8 static (12:58 UTC, same command with `--only 5`):
+ *
+ * | figure                                       | SST-2 dev      | ~128 tokens    |
+ * |----------------------------------------------|----------------|----------------|
+ * | batch-1 round trip: JS / thread / thread, 1 t| 1.49 / 1.34 / 1.26 ms | 4.11 / 4.37 / 4.19 ms |
+ * | 16 clients req/s, same order                 | 1064 / 965 / 1104 | 324 / 308 / 272 |
+ * | agent CPU per request, same order            | 1.75 / 1.91 / 1.03 ms | 5.92 / 6.18 / 4.04 ms |
+ * | health check p50 / max under that load       | 1.95 / 17.6, 0.36 / 24.9, 0.27 / 8.8 ms | 5.99 / 31.0, 0.37 / 23.4, 0.27 / 15.0 ms |
+ *
+ * (An earlier run of section 5 on the fp32 model: the thread added 0.4–0.6 ms
+ * at batch 1 and gave 0.87–0.92 × the throughput. Batch-1 figures move by
+ * ±0.3 ms between runs on this machine.)
  *
  * Why the first two targets are not met here:
  * - Socket ≤ +10 %: met at ~128 tokens per request (+8.6 %), not at 23
@@ -70,7 +79,8 @@
  *   int8 model the agent serves after a recalibration; it would need a
  *   per-text cost at batch 16 half that at batch 1. Running inference in a
  *   worker thread (section 5) does not help: onnxruntime's two threads
- *   already use both cores.
+ *   already use both cores, and with one onnxruntime thread the worker gets
+ *   the same throughput on sentences for less CPU, less at 128 tokens.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -78,10 +78,10 @@ export interface AgentConfig {
   /**
    * Run the serving model in a worker thread, so the server keeps reading
    * requests, answering health checks and writing responses while a batch
-   * runs. Off by default: on two x86 cores it added 0.4–0.6 ms to a batch-1
-   * round trip and cost 8–13 % of 16-client throughput (`bun bench/serve.ts
-   * --only 5`); worth it where one batch runs for long (a large model, long
-   * texts) and health checks must not wait for it. @defaultValue false
+   * runs. Off by default: on two x86 cores it gave no throughput
+   * (`bun bench/serve.ts --only 5`); worth it where one batch runs for long
+   * (a large model, long texts) and health checks must not wait for it.
+   * @defaultValue false
    */
   inferenceThread: boolean;
   batching: BatchingConfig;
