@@ -16,7 +16,6 @@ import { createRoutes, ServerMetrics } from "../server/routes.ts";
 import { DEFAULT_BUSY_TIMEOUT_MS } from "../store/open.ts";
 import { databasePath, openStore, type Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
-import { startAgentFleetLink } from "./fleet.ts";
 import type { JobRunner } from "./jobs.ts";
 import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
 import { ModelRegistry, type RegistryEvent } from "./registry.ts";
@@ -99,7 +98,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     modelsDir: join(config.stateDir, "models"),
     tokenizerDir: config.tokenizerDir,
     threads: config.threads,
-    offThread: config.inferenceThread,
+    workers: config.inferenceWorkers,
     swap: config.swap,
     onEvent: (e) => {
       if (e.type === "swapped" && e.from !== undefined) metrics?.swaps.inc();
@@ -109,6 +108,8 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   });
   const batcher = new MicroBatcher(registry, {
     ...config.batching,
+    // One batch per worker thread at once; one on the JS thread.
+    concurrency: Math.max(1, config.inferenceWorkers),
     onBatch: (size, ms) => {
       metrics?.batchSize.observe(size);
       metrics?.batchDuration.observe(ms / 1000);
@@ -237,6 +238,8 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   let fleet: FleetLink | undefined;
   if (config.fleet !== undefined) {
     try {
+      // The MQTT client is loaded only by agents that join a fleet.
+      const { startAgentFleetLink } = await import("./fleet.ts");
       fleet = startAgentFleetLink(config.fleet, {
         config,
         store,

@@ -76,14 +76,15 @@ export interface AgentConfig {
   /** onnxruntime intra-op threads. */
   threads: number;
   /**
-   * Run the serving model in a worker thread, so the server keeps reading
-   * requests, answering health checks and writing responses while a batch
-   * runs. Off by default: on two x86 cores it gave no throughput
-   * (`bun bench/serve.ts --only 5`); worth it where one batch runs for long
-   * (a large model, long texts) and health checks must not wait for it.
-   * @defaultValue false
+   * Worker threads that run the serving model, each with its own session
+   * (and `threads` onnxruntime threads); the batcher runs as many batches at
+   * once. With 0 the model runs on the server's JS thread. Workers keep the
+   * server answering health checks while batches run, and several workers
+   * with one onnxruntime thread each serve more than one session with several
+   * threads (`bun bench/serve.ts --only 5`), at the memory of one session per
+   * worker. @defaultValue 0
    */
-  inferenceThread: boolean;
+  inferenceWorkers: number;
   batching: BatchingConfig;
   limits: LimitsConfig;
   capture: CaptureConfig;
@@ -165,7 +166,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "tokenizerDir", type: "string" },
   { path: "modelName", type: "string" },
   { path: "threads", type: "int", min: 1, max: 256 },
-  { path: "inferenceThread", type: "boolean" },
+  { path: "inferenceWorkers", type: "int", min: 0, max: 64 },
   { path: "batching.maxBatch", type: "int", min: 1, max: 4096 },
   { path: "batching.maxDelayMs", type: "number", min: 0, max: 10_000 },
   { path: "batching.maxQueue", type: "int", min: 1, max: 1_000_000 },
@@ -452,7 +453,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     tokenizerDir,
     modelName: (values.get("modelName") as string | undefined) ?? basename(dirname(model)),
     threads: num("threads", opts.profile.threads),
-    inferenceThread: (values.get("inferenceThread") as boolean | undefined) ?? false,
+    inferenceWorkers: num("inferenceWorkers", 0),
     batching: {
       maxBatch,
       maxDelayMs: num("batching.maxDelayMs", 0),

@@ -26,10 +26,10 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { type CandidateComparison, compareCandidate } from "../bench/compare.ts";
+import type { CandidateComparison } from "../bench/compare.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
-import { CALIBRATION_METHODS, type PoolSample, runQuantization, type SamplePool } from "../quant/pipeline.ts";
-import type { CalibrationMethod } from "../quant/plan.ts";
+import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
+import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
 import type { QuantizeReport } from "../quant/report.ts";
 import type { ModelVersionView } from "../server/types.ts";
 import type { Job } from "../store/jobs.ts";
@@ -498,6 +498,8 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         const minAgreement = typeof gate === "number" ? gate : gate?.minAgreement;
         const maxAccuracyDrop = typeof gate === "object" ? gate.maxAccuracyDrop : undefined;
         try {
+          // The quantizer and the bench library are loaded when a job needs them, not while the agent only serves.
+          const { runQuantization } = await import("../quant/pipeline.ts");
           const r = await timed("quantize", () =>
             runQuantization({
               model: deps.baseModel,
@@ -587,6 +589,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         const runs = p.benchRuns ?? DEFAULT_RECALIBRATE_BENCH_RUNS;
         let comparison: CandidateComparison;
         try {
+          const { compareCandidate } = await import("../bench/compare.ts");
           comparison = await timed("benchmark", () =>
             compareCandidate(activePath, candidatePath, {
               threads,

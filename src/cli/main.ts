@@ -87,9 +87,12 @@ function wantsJson(cmd: Command, argv: readonly string[]): boolean {
   return (end === -1 ? argv : argv.slice(0, end)).includes("--json");
 }
 
-async function loadCommands(): Promise<readonly Command[]> {
+async function loadCommands(first: string | undefined): Promise<readonly Command[]> {
   // Loaded lazily so that a command module that fails to load (a missing native
-  // library, say) is reported as one INTERNAL line instead of a crash.
+  // library, say) is reported as one INTERNAL line instead of a crash. The
+  // service loads only its own command: the others' modules (the quantizer,
+  // the bench library, the fleet controller) would stay in its memory for good.
+  if (first === "agent") return [(await import("./commands/agent.ts")).agentCommand];
   const mod = await import("./commands/index.ts");
   return mod.commands;
 }
@@ -117,7 +120,7 @@ export async function runCli(argv: readonly string[], options: RunCliOptions = {
   }
   let commands: readonly Command[];
   try {
-    commands = options.commands ?? (await loadCommands());
+    commands = options.commands ?? (await loadCommands(first));
   } catch (err) {
     return reportError(err, io, false, undefined);
   }

@@ -25,17 +25,9 @@ import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { InferenceSession, SessionOptions, Tensor } from "../runtime/types.ts";
 import { createObserver, type Observer, type ObserverSpec, type TensorRange } from "./observers/index.ts";
 
-/** How activation ranges are estimated. */
-export type CalibrationMethod = "minmax" | "moving-average" | "percentile" | "entropy" | "mse";
+import type { CalibrationMethod } from "./methods.ts";
 
-/** The calibration methods, for CLI parsing and help. */
-export const CALIBRATION_METHODS: readonly CalibrationMethod[] = [
-  "minmax",
-  "moving-average",
-  "percentile",
-  "entropy",
-  "mse",
-];
+export { CALIBRATION_METHODS, type CalibrationMethod } from "./methods.ts";
 
 /**
  * Bytes of fetched tensors after which garbage is collected. onnxruntime hands

@@ -9,7 +9,7 @@ import { assertNever, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import { findModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
-import { createThreadedSession } from "./threaded-session.ts";
+import { createSessionPool } from "./threaded-session.ts";
 import { validateText } from "./text.ts";
 import {
   type BatchEncoding,
@@ -61,10 +61,12 @@ export interface LoadClassifierOptions {
   /** onnxruntime session options. */
   session?: SessionOptions;
   /**
-   * Run the session in a worker thread, so that the calling thread (a
-   * server's) stays free while a batch runs. @defaultValue false
+   * Worker threads to run the model in, each with its own session; runs go
+   * to the least busy, so concurrent runs proceed at once and the calling
+   * thread (a server's) stays free meanwhile. 0 runs it in the calling
+   * thread. @defaultValue 0
    */
-  offThread?: boolean;
+  workers?: number;
   /** Upper bound on the sequence length. @defaultValue the tokenizer's and model's limit (512) */
   maxLength?: number;
 }
@@ -397,9 +399,11 @@ export async function loadClassifier(
     );
   }
 
-  const session = opts.offThread
-    ? await createThreadedSession(files.model, opts.session ?? {})
-    : await createOrtSession(files.model, opts.session ?? {});
+  const workers = opts.workers ?? 0;
+  const session =
+    workers > 0
+      ? await createSessionPool(files.model, opts.session ?? {}, workers)
+      : await createOrtSession(files.model, opts.session ?? {});
   try {
     checkBertInputs(session, files.model);
     const outputName = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];

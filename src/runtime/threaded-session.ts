@@ -187,3 +187,69 @@ export function createThreadedSession(
     worker.postMessage(message);
   });
 }
+
+/** Sessions on one model in several worker threads; each run goes to the one with the fewest runs queued. */
+class SessionPool implements InferenceSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  readonly inputs: readonly TensorInfo[];
+  readonly outputs: readonly TensorInfo[];
+  readonly #sessions: readonly InferenceSession[];
+  readonly #queued: number[];
+
+  constructor(sessions: readonly InferenceSession[]) {
+    const first = sessions[0]!;
+    this.#sessions = sessions;
+    this.#queued = sessions.map(() => 0);
+    this.inputNames = first.inputNames;
+    this.outputNames = first.outputNames;
+    this.inputs = first.inputs;
+    this.outputs = first.outputs;
+  }
+
+  async run(feeds: Record<string, Tensor>, fetches?: readonly string[]): Promise<Record<string, Tensor>> {
+    let pick = 0;
+    for (let i = 1; i < this.#queued.length; i++) if (this.#queued[i]! < this.#queued[pick]!) pick = i;
+    this.#queued[pick]!++;
+    try {
+      return await this.#sessions[pick]!.run(feeds, fetches);
+    } finally {
+      this.#queued[pick]!--;
+    }
+  }
+
+  async release(): Promise<void> {
+    await Promise.all(this.#sessions.map((s) => s.release()));
+  }
+}
+
+/**
+ * Opens `size` sessions on a model file, each in its own worker thread, as one
+ * {@link InferenceSession}: concurrent runs (a server's batches) go to
+ * different threads and so run at once, each on its own onnxruntime session
+ * (weights are not shared: memory grows with `size`). One thread when `size`
+ * is 1.
+ *
+ * @throws MODEL_LOAD_FAILED when ORT rejects the model (every thread is ended)
+ * @throws INFERENCE_FAILED when a thread cannot start
+ */
+export async function createSessionPool(
+  model: string,
+  options: SessionOptions,
+  size: number,
+): Promise<InferenceSession> {
+  if (!Number.isInteger(size) || size < 1) {
+    throw new QuantdError("USAGE", `a session pool needs a whole number of threads ≥ 1, got ${size}`);
+  }
+  if (size === 1) return createThreadedSession(model, options);
+  const opened = await Promise.allSettled(
+    Array.from({ length: size }, () => createThreadedSession(model, options)),
+  );
+  const sessions = opened.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+  const failed = opened.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failed !== undefined) {
+    await Promise.all(sessions.map((s) => s.release()));
+    throw failed.reason;
+  }
+  return new SessionPool(sessions);
+}

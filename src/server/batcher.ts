@@ -1,11 +1,12 @@
 /**
  * Dynamic micro-batching. Requests' texts join one queue; a batch leaves it
  * when it holds `maxBatch` texts or `maxDelayMs` after its first text arrived,
- * and never while the previous batch still runs (the session already uses every
- * intra-op thread; two batches at once would only contend). Texts that arrive
- * during a batch therefore wait for the next one and are batched together,
- * which is where the throughput under concurrency comes from, while a lone
- * request with `maxDelayMs = 0` is run at once.
+ * and never while `concurrency` batches already run (1 for a session on the
+ * server's thread, which uses every intra-op thread: two batches at once would
+ * only contend; one per worker thread of a session pool). Texts that arrive
+ * while the batches run therefore wait for the next one and are batched
+ * together, which is where the throughput under concurrency comes from, while
+ * a lone request with `maxDelayMs = 0` is run at once.
  *
  * The queue is bounded in texts: a request that does not fit is refused whole
  * with OVERLOADED (the server's 503 with Retry-After) instead of letting
@@ -23,6 +24,8 @@ export interface BatcherOptions {
   maxDelayMs: number;
   /** Most texts queued (not counting the running batch). */
   maxQueue: number;
+  /** Most batches running at once (the backend's worker threads). @defaultValue 1 */
+  concurrency?: number;
   /** Called after every batch (for metrics and post-swap checks). */
   onBatch?: (size: number, durationMs: number, ok: boolean) => void;
 }
@@ -51,7 +54,8 @@ export class MicroBatcher {
   readonly #opts: BatcherOptions;
   #queue: Entry[] = [];
   #head = 0;
-  #running = false;
+  /** Batches running. */
+  #running = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #scheduled = false;
   #idleWaiters: (() => void)[] = [];
@@ -69,7 +73,11 @@ export class MicroBatcher {
 
   /** Whether a batch is running. */
   get busy(): boolean {
-    return this.#running;
+    return this.#running > 0;
+  }
+
+  get #concurrency(): number {
+    return this.#opts.concurrency ?? 1;
   }
 
   /**
@@ -114,17 +122,17 @@ export class MicroBatcher {
   /** Seconds until the queue has likely drained, at least 1 (for Retry-After). */
   retryAfterSeconds(): number {
     const batches = Math.ceil(this.depth / this.#opts.maxBatch) + 1;
-    return Math.max(1, Math.ceil((batches * this.#avgBatchMs) / 1000));
+    return Math.max(1, Math.ceil((batches * this.#avgBatchMs) / this.#concurrency / 1000));
   }
 
   /** Resolves when the queue is empty and no batch runs. */
   drain(): Promise<void> {
-    if (!this.#running && this.depth === 0) return Promise.resolve();
+    if (this.#running === 0 && this.depth === 0) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
   #schedule(): void {
-    if (this.#running || this.depth === 0) return;
+    if (this.#running >= this.#concurrency || this.depth === 0) return;
     // The oldest waiting text sets the deadline, also for texts left over from a full batch.
     const wait = this.#queue[this.#head]!.at + this.#opts.maxDelayMs - performance.now();
     if (this.depth >= this.#opts.maxBatch || wait <= 0) {
@@ -151,8 +159,8 @@ export class MicroBatcher {
   }
 
   async #flush(): Promise<void> {
-    if (this.#running || this.depth === 0) return;
-    this.#running = true;
+    if (this.#running >= this.#concurrency || this.depth === 0) return;
+    this.#running++;
     const end = Math.min(this.#queue.length, this.#head + this.#opts.maxBatch);
     // Texts of a request that already failed in an earlier batch are not run.
     const batch = this.#queue.slice(this.#head, end).filter((e) => !e.pending.settled);
@@ -161,6 +169,8 @@ export class MicroBatcher {
       this.#queue = this.#queue.slice(this.#head);
       this.#head = 0;
     }
+    // Another slot free and texts left over (more than a batch was queued): schedule the next batch now.
+    this.#schedule();
     const t0 = performance.now();
     let ok = true;
     try {
@@ -195,12 +205,12 @@ export class MicroBatcher {
         this.#avgBatchMs = this.#avgBatchMs === 0 ? ms : 0.8 * this.#avgBatchMs + 0.2 * ms;
         this.#opts.onBatch?.(batch.length, ms, ok);
       }
-      this.#running = false;
-      if (this.depth === 0) {
+      this.#running--;
+      if (this.depth === 0 && this.#running === 0) {
         const waiters = this.#idleWaiters;
         this.#idleWaiters = [];
         for (const w of waiters) w();
-      } else this.#schedule();
+      } else if (this.depth > 0) this.#schedule();
     }
   }
 }

@@ -39,19 +39,20 @@ function modelOf(r: { body: Record<string, unknown> }): { version: number; kind:
   return r.body["model"] as { version: number; kind: string };
 }
 
-// Both places the serving session can run: the server's JS thread (the default) and a worker thread.
+// Both places the serving session can run: the server's JS thread (the default), and a pool of two worker
+// threads with two batches running at once.
 describe.each([
-  ["JS thread", "false"],
-  ["inference thread", "true"],
-])("swap, reject, rollback, restart (one agent, in order; %s)", (_where, inferenceThread) => {
+  ["JS thread", "0"],
+  ["2 inference workers", "2"],
+])("swap, reject, rollback, restart (one agent, in order; %s)", (_where, workers) => {
   let agent: Agent;
   let sock: string;
   let stateDir: string;
-  const env = { QUANTD_SWAP_WINDOW: "1000000", QUANTD_INFERENCE_THREAD: inferenceThread };
+  const env = { QUANTD_SWAP_WINDOW: "1000000", QUANTD_INFERENCE_WORKERS: workers };
   let agentDir: string;
 
   beforeAll(async () => {
-    agentDir = join(dir, `a-${inferenceThread}`);
+    agentDir = join(dir, `a-${workers}`);
     // A window no test reaches: the automatic checks are tested separately below.
     const config = testConfig(agentDir, { ...env, QUANTD_BATCHING_MAX_BATCH: "8" });
     stateDir = config.stateDir;

@@ -90,8 +90,8 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     const socket = join(work, "agent.sock");
     const agent = Bun.spawn([exe, "agent", "--state-dir", state, "--socket", socket], {
       cwd: "/",
-      // The inference thread on: its entry must have been bundled beside the CLI's.
-      env: { PATH: process.env["PATH"] ?? "", QUANTD_THREADS: "1", QUANTD_INFERENCE_THREAD: "true" },
+      // An inference worker: its entry must have been bundled beside the CLI's.
+      env: { PATH: process.env["PATH"] ?? "", QUANTD_THREADS: "1", QUANTD_INFERENCE_WORKERS: "1" },
       stdout: "ignore",
       stderr: "pipe",
     });

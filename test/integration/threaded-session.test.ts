@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadClassifier } from "../../src/runtime/classifier.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
-import { createThreadedSession } from "../../src/runtime/threaded-session.ts";
+import { createSessionPool, createThreadedSession } from "../../src/runtime/threaded-session.ts";
 import type { InferenceSession, Tensor } from "../../src/runtime/types.ts";
 import { codeOfAsync } from "../helpers/error-code.ts";
 import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
@@ -128,13 +128,35 @@ test("release finishes the runs posted before it; later runs are refused", async
 
 test("a classifier loaded off-thread classifies like one on this thread", async () => {
   const texts = ["a gorgeous, witty, seductive movie.", "unflinchingly bleak and desperate"];
-  const a = await loadClassifier(shippedModelPath, { offThread: true, session: { intraOpThreads: 1 } });
+  const a = await loadClassifier(shippedModelPath, { workers: 1, session: { intraOpThreads: 1 } });
   const b = await loadClassifier(shippedModelPath, { session: { intraOpThreads: 1 } });
   try {
     expect(await a.classify(texts)).toEqual(await b.classify(texts));
   } finally {
     await Promise.all([a.release(), b.release()]);
   }
+}, 60_000);
+
+test("a pool of threads answers like one session, refuses a size below 1, and ends every thread on a bad model", async () => {
+  const pool = await createSessionPool(shippedModelPath, { intraOpThreads: 1 }, 3);
+  try {
+    expect(pool.outputNames).toEqual(local.outputNames);
+    const lens = [3, 7, 12, 20, 31, 45];
+    const outs = await Promise.all(lens.map((len, i) => pool.run(feeds(2, len, i))));
+    for (const [i, len] of lens.entries()) {
+      const want = (await local.run(feeds(2, len, i)))["logits"]!;
+      expect(Array.from(outs[i]!["logits"]!.data as Float32Array)).toEqual(
+        Array.from(want.data as Float32Array),
+      );
+    }
+  } finally {
+    await pool.release();
+  }
+  expect(await codeOfAsync(pool.run(feeds(1, 4)))).toBe("INFERENCE_FAILED");
+  expect(await codeOfAsync(createSessionPool(shippedModelPath, {}, 0))).toBe("USAGE");
+  const junk = join(dir, "junk-pool.onnx");
+  writeFileSync(junk, "not a model either");
+  expect(await codeOfAsync(createSessionPool(junk, {}, 2))).toBe("MODEL_LOAD_FAILED");
 }, 60_000);
 
 test("an idle threaded session does not keep the process alive", async () => {

@@ -60,7 +60,7 @@ describe("defaults", () => {
     expect(c.swap).toEqual({ errorRate: 0.01, p95Ratio: 1.2, window: 200 });
     expect(c.batching.maxBatch).toBeGreaterThan(1);
     expect(c.capture.enabled).toBe(false);
-    expect(c.inferenceThread).toBe(false);
+    expect(c.inferenceWorkers).toBe(0);
   });
 
   test("socket in the state dir without RUNTIME_DIRECTORY", () => {
@@ -131,7 +131,7 @@ describe("sources and precedence", () => {
         QUANTD_THREADS: "2",
         QUANTD_STATE_DIR: "/from/env",
         QUANTD_CAPTURE_ENABLED: "yes",
-        QUANTD_INFERENCE_THREAD: "true",
+        QUANTD_INFERENCE_WORKERS: "2",
       },
       flags: { config: p, stateDir: "/from/flag", model: "m/model.onnx" },
     });
@@ -139,7 +139,7 @@ describe("sources and precedence", () => {
     expect(c.stateDir).toBe("/from/flag");
     expect(c.batching.maxBatch).toBe(2);
     expect(c.capture.enabled).toBe(true);
-    expect(c.inferenceThread).toBe(true);
+    expect(c.inferenceWorkers).toBe(2);
     expect(c.modelExplicit).toBe(true);
     expect(c.model).toBe(join(process.cwd(), "m/model.onnx"));
   });
