@@ -5,7 +5,8 @@
  * answering health checks and writing responses for as long as a batch runs.
  * Here the caller's thread only posts the input tensors (copied: a few kB) and
  * is free until the outputs come back; runs are queued in the worker in the
- * order they were posted.
+ * order they were posted. {@link createSessionPool} opens several such
+ * sessions as one, so that concurrent runs proceed side by side.
  *
  * The worker ({@link ./session-thread.ts}) opens the session through
  * `ort-session.ts`, still the one file that imports onnxruntime-node.
