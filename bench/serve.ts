@@ -38,24 +38,27 @@
  * waits for whichever thread the kernel descheduled (at load 3–5, 2 threads
  * halved throughput).
  *
- * Figures (2026-11-27 12:40 UTC, 2 vCPUs, nothing else running,
- * `nice -n -10 bun bench/serve.ts --runs 5 --seconds 3 --requests 100`, 2 threads):
+ * Figures (2026-11-27, 2 vCPUs, nothing else running,
+ * `nice -n -10 bun bench/serve.ts --runs 5 --seconds 3 --requests 100`, 2 threads;
+ * sections 1 and 3 at 13:40 UTC, after the memory changes of section 4,
+ * section 2 at 12:40 UTC):
  *
  * | figure                                       | SST-2 phrases | SST-2 dev   | ~128 tokens |
  * |----------------------------------------------|---------------|-------------|-------------|
  * | tokens per text                              | 6             | 23          | 134         |
- * | socket over direct (wall, blocks)            |               | +16.0 %     | +10.9 %     |
- * | round trip − agent inference, per request    |               | +17.6 %     | +8.6 %      |
- * | same, floor server (no quantd code)          |               | +7.9 %      | +3.6 %      |
+ * | socket over direct (wall, blocks)            |               | +34.6 %     | +13.7 %     |
+ * | round trip − agent inference, per request    |               | +17.6 %     | +7.5 %      |
+ * | same, floor server (no quantd code)          |               | +7.4 %      | +3.2 %      |
  * | onnxruntime alone, batch 16 vs 1, fp32       | 1.96 ×        | 1.22 ×      | 1.24 ×      |
  * | onnxruntime alone, batch 16 vs 1, int8 static| 2.17 ×        | 1.45 ×      | 1.40 ×      |
- * | 16 clients, batched / unbatched, fp32        | 1.47 ×        | 1.31 ×      | 1.11 ×      |
- * | 16 clients, batched / unbatched, int8 static | 1.76 ×        | 1.61 ×      | 1.42 ×      |
- * | int8 batched req/s, p99                      | 2279, 19 ms   | 1111, 25 ms | 293, 77 ms  |
- * | int8 unbatched req/s, p99                    | 1412, 28 ms   | 688, 42 ms  | 227, 98 ms  |
+ * | 16 clients, batched / unbatched, fp32        | 1.58 ×        | 1.24 ×      | 1.37 ×      |
+ * | 16 clients, batched / unbatched, int8 static | 2.14 ×        | 1.26 ×      | 1.34 ×      |
+ * | int8 batched req/s, p99                      | 2543, 18 ms   | 1238, 26 ms | 355, 72 ms  |
+ * | int8 unbatched req/s, p99                    | 1099, 28 ms   | 964, 29 ms  | 261, 92 ms  |
+ * | (12:40 run, before: int8 batched / unbatched)| 1.76 ×        | 1.61 ×      | 1.42 ×      |
  * | agent RSS, int8 static, after serving (peak) |               | 124.2 MB    | 140.3 (145.1) MB |
  *
- * Section 5, int8 static (13:25 UTC, same command with `--only 5`); columns:
+ * Section 5, int8 static (same command with `--only 5`, before the memory changes); columns:
  * JS thread with 2 onnxruntime threads (the default) / 1 worker with 2 / 2
  * workers with 1 each:
  *
@@ -74,8 +77,8 @@
  * spin between small GEMMs); the cost is one session's memory per worker.
  *
  * Why the first two targets are not met here:
- * - Socket ≤ +10 %: met at ~128 tokens per request (+8.6 %), not at 23
- *   tokens (+17.6 %). The floor server alone (Bun's HTTP and the wake-ups of
+ * - Socket ≤ +10 %: met at ~128 tokens per request (+7.5 to +8.6 %), not at
+ *   23 tokens (+17.6 %). The floor server alone (Bun's HTTP and the wake-ups of
  *   two processes) costs +0.12 ms, half the budget of a 1.5 ms inference.
  *   Timed in process, without a socket, the agent's request path outside
  *   inference costs 0.06–0.08 ms, though only 0.005 ms with an instant fake
@@ -85,8 +88,9 @@
  *   over batch 1, which on two cores is 1.2–1.5 × for sentences: a 23-token
  *   text is already a 23-row GEMM at batch 1, and batch 16 mostly buys
  *   parallel efficiency across the two threads. The served ratio is above that
- *   bound (batching also saves per-request work) and reaches 1.6–1.8 × on the
- *   int8 model the agent serves after a recalibration; it would need a
+ *   bound (batching also saves per-request work): 1.3–1.6 × on sentences with
+ *   the int8 model the agent serves after a recalibration, 1.8–2.1 × on short
+ *   phrases, moving that much from run to run; it would need a
  *   per-text cost at batch 16 half that at batch 1. Workers (section 5) run
  *   batches side by side; they do not change what a batch saves per text.
  */
