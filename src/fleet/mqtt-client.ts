@@ -181,6 +181,24 @@ export function parseBrokerUrl(url: string): URL {
   return u;
 }
 
+/**
+ * The connection options of a checked broker URL. mqtt.js would parse a URL
+ * string with Node's legacy `url.parse()`, which prints a deprecation warning
+ * into the agent's log at every start.
+ */
+function brokerOptions(u: URL): IClientOptions {
+  const protocol = u.protocol === "mqtts:" ? "mqtts" : "mqtt";
+  const opts: IClientOptions = {
+    protocol,
+    // An IPv6 literal comes bracketed in a URL, bare in a socket address.
+    host: u.hostname.replace(/^\[(.*)\]$/, "$1"),
+    port: u.port === "" ? (protocol === "mqtts" ? 8883 : 1883) : Number(u.port),
+  };
+  if (u.username !== "") opts.username = decodeURIComponent(u.username);
+  if (u.password !== "") opts.password = decodeURIComponent(u.password);
+  return opts;
+}
+
 function wrap(client: MqttClient, clientId: string): MqttConnection {
   let closed = false;
   const errorListeners = new Set<(err: QuantdError) => void>();
@@ -303,8 +321,8 @@ function wrap(client: MqttClient, clientId: string): MqttConnection {
  * @throws CONFIG_INVALID when the URL is not mqtt:// or mqtts://
  */
 export function connectMqtt(options: MqttConnectOptions): MqttConnection {
-  parseBrokerUrl(options.url);
-  return wrap(mqtt.connect(options.url, toClientOptions(options)), options.clientId);
+  const broker = brokerOptions(parseBrokerUrl(options.url));
+  return wrap(mqtt.connect({ ...broker, ...toClientOptions(options) }), options.clientId);
 }
 
 /**
@@ -314,8 +332,8 @@ export function connectMqtt(options: MqttConnectOptions): MqttConnection {
  * @throws FLEET_UNAVAILABLE when the broker cannot be reached or refuses the login within the timeout
  */
 export async function connectMqttOnce(options: MqttConnectOptions): Promise<MqttConnection> {
-  parseBrokerUrl(options.url);
-  const client = mqtt.connect(options.url, { ...toClientOptions(options), reconnectPeriod: 0 });
+  const broker = brokerOptions(parseBrokerUrl(options.url));
+  const client = mqtt.connect({ ...broker, ...toClientOptions(options), reconnectPeriod: 0 });
   const timeoutMs = options.connectTimeoutMs ?? 10_000;
   try {
     await new Promise<void>((resolve, reject) => {

@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { buildRelease } from "../../scripts/build.ts";
 import { expectClose } from "../helpers/expect-close.ts";
+import { hasMosquitto, startMosquitto } from "../helpers/mosquitto.ts";
 import { until } from "../helpers/until.ts";
 import { call, classifyOverSocket } from "./agent-harness.ts";
 
@@ -85,10 +86,15 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     expect(r.stdout).toMatch(/^positive\s+0\.\d{4}\s+a fine film\n$/);
   }, 30_000);
 
-  test("the agent serves over its socket, inference in its worker thread", async () => {
+  test("the agent serves over its socket, inference in its worker thread, joined to a broker", async () => {
     const state = join(work, "agent-state");
     const socket = join(work, "agent.sock");
-    const agent = Bun.spawn([exe, "agent", "--state-dir", state, "--socket", socket], {
+    // With a broker: the MQTT client (loaded only then) is bundled too, and the bundle prints no runtime
+    // warnings (mqtt.js's own parsing of a URL string printed a url.parse() deprecation warning here).
+    const broker = hasMosquitto ? await startMosquitto() : undefined;
+    const fleetFlags =
+      broker === undefined ? [] : ["--broker", broker.url, "--fleet", "lab", "--device", "rel"];
+    const agent = Bun.spawn([exe, "agent", "--state-dir", state, "--socket", socket, ...fleetFlags], {
       cwd: "/",
       // An inference worker: its entry must have been bundled beside the CLI's.
       env: { PATH: process.env["PATH"] ?? "", QUANTD_THREADS: "1", QUANTD_INFERENCE_WORKERS: "1" },
@@ -113,8 +119,12 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     } finally {
       agent.kill("SIGTERM");
       expect(await agent.exited).toBe(0);
+      await broker?.dispose();
     }
-    expect(await new Response(agent.stderr).text()).toContain("stopped");
+    const log = await new Response(agent.stderr).text();
+    expect(log).toContain("stopped");
+    expect(log).not.toContain("Warning");
+    if (broker !== undefined) expect(log).toContain("fleet: device rel of fleet lab");
   }, 60_000);
 
   test("device --json and --version run", () => {
