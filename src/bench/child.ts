@@ -4,7 +4,9 @@
  * Spawned by `memory.ts` so that each model's figure starts from an empty
  * process and no model's allocations (or ORT arenas) count against another.
  *
- * Usage: `bun src/bench/child.ts '<MemoryProbeRequest as JSON>'`
+ * Usage: `bun src/bench/child.ts '<MemoryProbeRequest as JSON>'`; a compiled
+ * quantd executable runs {@link runMemoryProbe} itself when started with
+ * {@link MEMORY_PROBE_ENV} set (it has no source tree to spawn this file from).
  */
 import { QuantdError } from "../errors.ts";
 import type { MemoryProbeReply, MemoryProbeRequest } from "./memory.ts";
@@ -14,10 +16,18 @@ function reply(r: MemoryProbeReply): void {
   process.stdout.write(`${JSON.stringify(r)}\n`);
 }
 
-async function main(): Promise<number> {
+/** Set to `1` in the environment of a compiled quantd to make it the memory probe instead of the CLI. */
+export const MEMORY_PROBE_ENV = "QUANTD_MEMORY_PROBE";
+
+/**
+ * Measures one model as the request `raw` (JSON) says and prints the answer as
+ * one JSON line on stdout.
+ *
+ * @returns the exit code: 0 measured, 1 failed (the error is the answer), 2 a bad request
+ */
+export async function runMemoryProbe(raw: string | undefined): Promise<number> {
   // Taken before onnxruntime is even imported: the runtime's own cost is part of what a model costs.
   const baseline = readProcessMemory();
-  const raw = process.argv[2];
   let req: MemoryProbeRequest;
   try {
     req = JSON.parse(raw ?? "") as MemoryProbeRequest;
@@ -55,4 +65,4 @@ async function main(): Promise<number> {
   }
 }
 
-process.exitCode = await main();
+if (import.meta.main) process.exitCode = await runMemoryProbe(process.argv[2]);

@@ -7,6 +7,7 @@ import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import type { GraphOptimizationLevel } from "../runtime/types.ts";
+import { MEMORY_PROBE_ENV } from "./child.ts";
 import type { Shape } from "./inputs.ts";
 
 /** What the child process is asked to do (passed as JSON in argv). */
@@ -57,6 +58,9 @@ export interface MeasureMemoryOptions {
 
 const CHILD = join(import.meta.dir, "child.ts");
 
+/** Running as an executable built by `bun build --compile`: no source tree, the probe is in the executable. */
+const COMPILED = import.meta.url.includes("/$bunfs/");
+
 function defaultRuntime(): string {
   return process.versions["bun"] !== undefined ? process.execPath : "bun";
 }
@@ -73,9 +77,16 @@ export async function measurePeakMemory(
   opts: MeasureMemoryOptions = {},
 ): Promise<MemoryFigure> {
   const timeoutMs = opts.timeoutMs ?? 300_000;
-  const child = spawn(opts.runtime ?? defaultRuntime(), [CHILD, JSON.stringify(req)], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  // A compiled quantd is its own probe (see child.ts); from source, Bun runs child.ts.
+  const child =
+    COMPILED && opts.runtime === undefined
+      ? spawn(process.execPath, [JSON.stringify(req)], {
+          stdio: ["ignore", "pipe", "pipe"],
+          env: { ...process.env, [MEMORY_PROBE_ENV]: "1" },
+        })
+      : spawn(opts.runtime ?? defaultRuntime(), [CHILD, JSON.stringify(req)], {
+          stdio: ["ignore", "pipe", "pipe"],
+        });
   let stdout = "";
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (s: string) => {

@@ -6,6 +6,7 @@
  * `QUANTD_DEBUG=1`, never for errors a user caused.
  */
 import pkg from "../../package.json" with { type: "json" };
+import { MEMORY_PROBE_ENV, runMemoryProbe } from "../bench/child.ts";
 import { QuantdError } from "../errors.ts";
 import type { Command, CommandContext } from "./command.ts";
 import { closest, parseArgs, renderCommandHelp, renderMainHelp, usageError } from "./parse.ts";
@@ -216,4 +217,8 @@ export async function main(): Promise<never> {
   process.exit(code);
 }
 
-if (import.meta.main) await main();
+if (import.meta.main) {
+  // A compiled quantd spawns itself as `quantd bench`'s memory probe: one model in a fresh process.
+  if (process.env[MEMORY_PROBE_ENV] === "1") process.exit(await runMemoryProbe(process.argv[2]));
+  await main();
+}

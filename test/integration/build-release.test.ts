@@ -5,7 +5,7 @@
  * the agent (whose inference thread is a second bundled entry point).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { buildRelease } from "../../scripts/build.ts";
@@ -125,6 +125,40 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     expect(log).toContain("stopped");
     expect(log).not.toContain("Warning");
     if (broker !== undefined) expect(log).toContain("fleet: device rel of fleet lab");
+  }, 60_000);
+
+  test("bench measures peak memory in a fresh process of the executable itself", () => {
+    const out = join(work, "bench.json");
+    const model = join(release, "calib/models/sst2-bert-mini/model.onnx");
+    const r = run(
+      [
+        exe,
+        "bench",
+        "--model",
+        model,
+        "--seq",
+        "16",
+        "--batch",
+        "1",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        out,
+      ],
+      "/",
+    );
+    expect(r.code).toBe(0);
+    const rows = (
+      JSON.parse(readFileSync(out, "utf8")) as {
+        rows: { status: string; memory?: { peakRssBytes: number; baselineRssBytes: number } }[];
+      }
+    ).rows;
+    expect(rows.map((x) => x.status)).toEqual(["ok"]);
+    // The probe loaded the model: its peak is well above what the process held before onnxruntime.
+    const m = rows[0]!.memory!;
+    expect(m.peakRssBytes).toBeGreaterThan(m.baselineRssBytes + 10 * 1024 * 1024);
   }, 60_000);
 
   test("device --json and --version run", () => {
