@@ -6,6 +6,7 @@
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
+import { isCompiledBinary } from "../runtime/native-path.ts";
 import type { GraphOptimizationLevel } from "../runtime/types.ts";
 import { MEMORY_PROBE_ENV } from "./child.ts";
 import type { Shape } from "./inputs.ts";
@@ -58,9 +59,6 @@ export interface MeasureMemoryOptions {
 
 const CHILD = join(import.meta.dir, "child.ts");
 
-/** Running as an executable built by `bun build --compile`: no source tree, the probe is in the executable. */
-const COMPILED = import.meta.url.includes("/$bunfs/");
-
 function defaultRuntime(): string {
   return process.versions["bun"] !== undefined ? process.execPath : "bun";
 }
@@ -79,7 +77,7 @@ export async function measurePeakMemory(
   const timeoutMs = opts.timeoutMs ?? 300_000;
   // A compiled quantd is its own probe (see child.ts); from source, Bun runs child.ts.
   const child =
-    COMPILED && opts.runtime === undefined
+    isCompiledBinary() && opts.runtime === undefined
       ? spawn(process.execPath, [JSON.stringify(req)], {
           stdio: ["ignore", "pipe", "pipe"],
           env: { ...process.env, [MEMORY_PROBE_ENV]: "1" },

@@ -23,9 +23,8 @@ import { feedsForEncoding } from "../runtime/classifier.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { InferenceSession, SessionOptions, Tensor } from "../runtime/types.ts";
-import { createObserver, type Observer, type ObserverSpec, type TensorRange } from "./observers/index.ts";
-
 import type { CalibrationMethod } from "./methods.ts";
+import { createObserver, type Observer, type ObserverSpec, type TensorRange } from "./observers/index.ts";
 
 export { CALIBRATION_METHODS, type CalibrationMethod } from "./methods.ts";
 

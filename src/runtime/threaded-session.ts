@@ -12,6 +12,7 @@
  * `ort-session.ts`, still the one file that imports onnxruntime-node.
  */
 import { QuantdError, type QuantdErrorCode, type QuantdErrorJSON } from "../errors.ts";
+import { isCompiledBinary } from "./native-path.ts";
 import type { InferenceSession, SessionOptions, Tensor, TensorInfo } from "./types.ts";
 
 /** Messages to the worker. */
@@ -35,7 +36,7 @@ export type FromSessionThread =
   | { type: "released" };
 
 /** A QuantdError again from its wire form (the worker's causes become this error's cause). */
-export function errorFromThread(json: QuantdErrorJSON, fallback: QuantdErrorCode): QuantdError {
+function errorFromThread(json: QuantdErrorJSON, fallback: QuantdErrorCode): QuantdError {
   const code = typeof json.code === "string" ? json.code : fallback;
   const causes = json.causes ?? [];
   return new QuantdError(code, json.message, {
@@ -136,8 +137,8 @@ class ThreadedSession implements InferenceSession {
  * the folder it has in `src/`), relative to the executable's virtual root.
  */
 function workerEntry(): string {
-  const compiled = import.meta.url.includes("/$bunfs/");
-  return new URL(compiled ? "./runtime/session-thread.ts" : "./session-thread.ts", import.meta.url).href;
+  const entry = isCompiledBinary() ? "./runtime/session-thread.ts" : "./session-thread.ts";
+  return new URL(entry, import.meta.url).href;
 }
 
 /**
