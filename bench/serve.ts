@@ -361,17 +361,7 @@ async function startFloorServer(socket: string): Promise<{ stop(): Promise<void>
       const dur = (performance.now() - t0).toFixed(3);
       return new Response(body, { headers: { "content-type": "application/json", "server-timing": "inference;dur=" + dur } });
     } });`;
-  const proc = spawned(Bun.spawn(["bun", "-e", code], { stdout: "ignore", stderr: "inherit" }));
-  for (let i = 0; !existsSync(socket); i++) {
-    if (i > 200) throw new Error("floor server did not start");
-    await Bun.sleep(25);
-  }
-  return {
-    async stop() {
-      proc.kill("SIGTERM");
-      await proc.exited;
-    },
-  };
+  return serveScript(code, socket, "floor server");
 }
 
 /**
@@ -397,10 +387,15 @@ async function startMinimalServer(socket: string, model: string): Promise<{ stop
       return new Response(JSON.stringify({ results: results.map((r) => ({ label: r.label, score: r.score, logits: r.logits })) }),
         { headers: { "content-type": "application/json", "server-timing": "inference;dur=" + dur } });
     } });`;
+  return serveScript(code, socket, "minimal server");
+}
+
+/** Runs `code` in a Bun process and resolves once it listens on `socket` (10 s at most). */
+async function serveScript(code: string, socket: string, what: string): Promise<{ stop(): Promise<void> }> {
   const proc = spawned(Bun.spawn(["bun", "-e", code], { stdout: "ignore", stderr: "inherit" }));
   for (let i = 0; !existsSync(socket); i++) {
-    if (proc.exitCode !== null) throw new Error("minimal server exited");
-    if (i > 400) throw new Error("minimal server did not start");
+    if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}`);
+    if (i > 400) throw new Error(`${what} did not start`);
     await Bun.sleep(25);
   }
   return {
