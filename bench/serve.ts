@@ -335,6 +335,12 @@ async function batchCounts(socket: string): Promise<{ texts: number; batches: nu
   return { texts: n("quantd_batch_size_sum"), batches: n("quantd_batch_size_count") };
 }
 
+/** A ratio as a signed percentage change: 1.074 → "+7.4 %", 0.975 → "-2.5 %". */
+function signedPercent(ratio: number): string {
+  const p = (ratio - 1) * 100;
+  return `${p >= 0 ? "+" : ""}${p.toFixed(1)} %`;
+}
+
 /** CPU time of this process (the load generator), in ms. */
 function ownCpuMs(): number {
   const u = process.cpuUsage();
@@ -618,7 +624,7 @@ try {
       const mm = median(minimalMedians);
       console.log(
         `  a minimal Bun server calling the same classifier (no quantd serving code): ${mm.toFixed(3)} ms, ` +
-          `+${(((mm - dm) / dm) * 100).toFixed(1)} % over direct; the agent over it ${(((sm - mm) / mm) * 100).toFixed(1)} %`,
+          `${signedPercent(mm / dm)} over direct; the agent over it ${signedPercent(sm / mm)}`,
       );
       const oh = median(overheadMs);
       const inf = median(inferenceMs);
