@@ -578,7 +578,7 @@ try {
         const d: number[] = [];
         const f: number[] = [];
         const m: number[] = [];
-        // Blocks alternate in order from run to run, so drift in machine load hits both alike; not per
+        // Blocks rotate in order from run to run, so drift in machine load hits all three alike; not per
         // request: onnxruntime's worker threads spin for a while after a run and would steal the cores of
         // whichever process runs next.
         const block = async (which: "direct" | "socket" | "minimal" | "floor"): Promise<void> => {
