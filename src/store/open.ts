@@ -32,7 +32,8 @@ async function runtimeOpener(): Promise<SqlOpener> {
     if (runtime === "bun") return (await import("./sqlite/bun.ts")).openBunSqlite;
     return (await import("./sqlite/node.ts")).openNodeSqlite;
   } catch (err) {
-    const hint = runtime === "node" ? " (is the better-sqlite3 addon built? run scripts/bootstrap.sh)" : "";
+    const hint =
+      runtime === "node" ? " (is the better-sqlite3 addon built? run scripts/build-node-sqlite.sh)" : "";
     throw new QuantdError("STORE_FAILED", `cannot load the SQLite driver for ${runtime}${hint}`, {
       cause: err,
     });

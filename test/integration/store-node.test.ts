@@ -35,7 +35,10 @@ function tapCount(output: string, key: string): number | undefined {
 
 test("store contract passes on better-sqlite3 under node --test", async () => {
   const addon = join(repoRoot, "node_modules/better-sqlite3/build/Release/better_sqlite3.node");
-  expect(existsSync(addon), `better-sqlite3 addon not built (${addon}); run scripts/bootstrap.sh`).toBe(true);
+  expect(
+    existsSync(addon),
+    `better-sqlite3 addon not built (${addon}); run scripts/build-node-sqlite.sh`,
+  ).toBe(true);
 
   const dir = mkdtempSync(join(tmpdir(), "quantd-store-node-"));
   try {
