@@ -19,6 +19,9 @@ export type QuantdErrorCode =
   | "MODEL_INPUTS_MISMATCH"
   | "MODEL_ALREADY_QUANTIZED"
   | "MODEL_LOAD_FAILED"
+  | "MODEL_TOO_LARGE"
+  | "MODEL_TASK_MISMATCH"
+  | "MODEL_PROBE_FAILED"
   | "INFERENCE_FAILED"
   // tokenizer and text
   | "TOKENIZER_NOT_FOUND"
@@ -43,6 +46,7 @@ export type QuantdErrorCode =
   | "STORE_FAILED"
   | "STORE_BUSY"
   | "STORE_SCHEMA_TOO_NEW"
+  | "STORE_CORRUPT"
   | "STATE_CONFLICT"
   | "DISK_FULL"
   | "CONFIG_INVALID"

@@ -36,7 +36,7 @@ export interface Agent {
   readonly batcher: MicroBatcher;
   readonly metrics: ServerMetrics;
   readonly listeners: Listeners;
-  /** The recalibration job runner, unless another process holds the state directory's runner lock. */
+  /** The recalibration job runner (`running` is false while another process holds the runner lock: it retries). */
   readonly jobs: JobRunner | undefined;
   /** The fleet link, when a broker is configured. */
   readonly fleet: FleetLink | undefined;
@@ -197,6 +197,8 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     throw err;
   }
 
+  // Declared before the runner starts: resuming an interrupted job reports through it at once.
+  let fleet: FleetLink | undefined;
   // Jobs run in the agent because a promotion must swap the session this process serves from.
   let jobs: JobRunner | undefined;
   if (options.runJobs ?? true) {
@@ -226,16 +228,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
             },
           }),
     });
-    try {
-      runner.start();
-      jobs = runner;
-    } catch (err) {
-      // Another process (a `quantd job --wait`) runs this state directory's jobs: serve anyway.
-      log(`jobs: not running jobs here: ${QuantdError.from(err).toLine()}`);
-    }
+    jobs = runner;
   }
 
-  let fleet: FleetLink | undefined;
   if (config.fleet !== undefined) {
     try {
       // The MQTT client is loaded only by agents that join a fleet.
@@ -252,13 +247,17 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       });
       log(`fleet: device ${config.fleet.device} of fleet ${config.fleet.fleet} via ${config.fleet.broker}`);
     } catch (err) {
-      await jobs?.stop();
       await listeners.stop();
       await registry.close();
       store.close();
       throw err;
     }
   }
+
+  // After the fleet link exists: resuming an interrupted job reports its changes through it.
+  // Another process (a `quantd job --wait`) may hold the state directory's runner lock, or the disk be
+  // full: serve anyway, and take the lock once it is free.
+  jobs?.start({ retryLock: true });
 
   let stopping: Promise<void> | undefined;
   return {

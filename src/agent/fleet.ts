@@ -130,7 +130,7 @@ export function createAgentFleetHandler(parts: AgentFleetParts): FleetCommandHan
         serving: active === undefined ? null : { version: active.version, kind: active.kind },
         queueDepth: parts.batcher.depth,
         capture: { ...config.capture },
-        jobs: parts.runner === undefined ? "another process" : "this agent",
+        jobs: parts.runner?.running === true ? "this agent" : "another process",
       };
     },
     async setConfig(params) {

@@ -16,16 +16,17 @@
  * state directory, `start()` when the agent starts, `stop()` before the store
  * closes.
  */
+import { randomBytes } from "node:crypto";
 import {
   closeSync,
   fsyncSync,
+  linkSync,
   mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
   renameSync,
   rmSync,
-  unlinkSync,
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -40,6 +41,10 @@ export const DEFAULT_MAX_ATTEMPTS = 3;
 export const DEFAULT_POLL_MS = 1000;
 /** Default wait in {@link JobRunner.stop} for a running job to reach its next stage boundary. */
 export const DEFAULT_STOP_WAIT_MS = 20_000;
+/** First wait before taking a refused runner lock again; doubled up to {@link LOCK_RETRY_MAX_MS}. */
+export const LOCK_RETRY_FIRST_MS = 1000;
+/** Longest wait between two attempts at the runner lock. */
+export const LOCK_RETRY_MAX_MS = 60_000;
 /** The lock file's name inside the work root. */
 export const RUNNER_LOCK_FILE = "runner.lock";
 /** The checkpoint file's name inside a job's work directory. */
@@ -141,65 +146,147 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** The pid holding the runner lock of `workRoot`, when that process is alive. */
-export function runnerLockHolder(workRoot: string): number | undefined {
-  let text: string;
+/** What a runner lock file says about its holder. */
+interface LockOwner {
+  pid: number;
+  /** The holder's start time in clock ticks after boot (`/proc/PID/stat` field 22); absent off Linux. */
+  start?: number;
+  /** The boot the holder ran in (`/proc/sys/kernel/random/boot_id`). */
+  boot?: string;
+}
+
+function readProc(path: string): string | undefined {
   try {
-    text = readFileSync(join(workRoot, RUNNER_LOCK_FILE), "utf8");
+    return readFileSync(path, "utf8");
   } catch {
     return undefined;
   }
-  const pid = Number.parseInt(text.trim(), 10);
-  return processAlive(pid) ? pid : undefined;
+}
+
+/** A process's start time in clock ticks after boot, or `undefined` off Linux or when it is gone. */
+function processStartTicks(pid: number): number | undefined {
+  const stat = readProc(`/proc/${pid}/stat`);
+  if (stat === undefined) return undefined;
+  // The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const start = Number(fields[19]);
+  return Number.isSafeInteger(start) ? start : undefined;
+}
+
+function bootId(): string | undefined {
+  return readProc("/proc/sys/kernel/random/boot_id")?.trim();
+}
+
+/** The identity this process writes into a lock it takes. */
+function selfLockOwner(): LockOwner {
+  const owner: LockOwner = { pid: process.pid };
+  const start = processStartTicks(process.pid);
+  const boot = bootId();
+  if (start !== undefined) owner.start = start;
+  if (boot !== undefined) owner.boot = boot;
+  return owner;
+}
+
+/** Parses a lock file: JSON `{pid, start, boot}`, or the bare pid earlier versions wrote. */
+function parseLockOwner(text: string): LockOwner | undefined {
+  const trimmed = text.trim();
+  if (/^\d+$/.test(trimmed)) return { pid: Number(trimmed) };
+  try {
+    const v: unknown = JSON.parse(trimmed);
+    if (typeof v !== "object" || v === null) return undefined;
+    const o = v as Record<string, unknown>;
+    if (typeof o["pid"] !== "number") return undefined;
+    const owner: LockOwner = { pid: o["pid"] };
+    if (typeof o["start"] === "number") owner.start = o["start"];
+    if (typeof o["boot"] === "string") owner.boot = o["boot"];
+    return owner;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
- * Takes the runner lock of `workRoot`; a lock left by a dead process is taken
- * over. Returns the release function.
+ * Whether the process a lock names still holds it: alive, and the same
+ * process — a pid is reused after a reboot or a wrap-around, so the holder's
+ * boot and start time must match too. A bare-pid lock of an earlier version
+ * counts only when its process runs quantd.
+ */
+function ownerHolds(owner: LockOwner): boolean {
+  if (!processAlive(owner.pid)) return false;
+  if (owner.start === undefined) {
+    const cmdline = readProc(`/proc/${owner.pid}/cmdline`);
+    return cmdline === undefined || cmdline.includes("quantd");
+  }
+  if (owner.boot !== undefined && bootId() !== undefined && owner.boot !== bootId()) return false;
+  const start = processStartTicks(owner.pid);
+  return start === undefined || start === owner.start;
+}
+
+/** The pid holding the runner lock of `workRoot`, when that process is alive and is the one that took it. */
+export function runnerLockHolder(workRoot: string): number | undefined {
+  const text = readProc(join(workRoot, RUNNER_LOCK_FILE));
+  const owner = text === undefined ? undefined : parseLockOwner(text);
+  return owner !== undefined && ownerHolds(owner) ? owner.pid : undefined;
+}
+
+/**
+ * Takes the runner lock of `workRoot`; a lock left by a process that is gone
+ * (or whose pid now names another process) is taken over. The lock is written
+ * whole to a temporary file and linked into place, so a full disk never leaves
+ * an empty lock behind. Returns the release function.
  *
  * @throws STATE_CONFLICT when a live process holds it
  * @throws FILE_WRITE_FAILED | DISK_FULL when the lock file cannot be written
  */
 export function acquireRunnerLock(workRoot: string): () => void {
   const path = join(workRoot, RUNNER_LOCK_FILE);
-  for (let attempt = 0; attempt < 2; attempt++) {
+  const tmp = join(workRoot, `.${RUNNER_LOCK_FILE}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  const writeFailed = (err: unknown): QuantdError => {
+    const code = (err as NodeJS.ErrnoException).code;
+    return new QuantdError(
+      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
+      `cannot write ${path}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  };
+  const content = `${JSON.stringify(selfLockOwner())}\n`;
+  try {
+    mkdirSync(workRoot, { recursive: true, mode: 0o750 });
+    const fd = openSync(tmp, "wx", 0o640);
     try {
-      mkdirSync(workRoot, { recursive: true });
-      const fd = openSync(path, "wx", 0o640);
-      try {
-        writeSync(fd, `${process.pid}\n`);
-      } finally {
-        closeSync(fd);
-      }
-      return () => {
-        try {
-          if (readFileSync(path, "utf8").trim() === String(process.pid)) unlinkSync(path);
-        } catch {
-          // already gone
-        }
-      };
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "EEXIST") {
-        throw new QuantdError(
-          code === "ENOSPC" ? "DISK_FULL" : "FILE_WRITE_FAILED",
-          `cannot write ${path}: ${(err as Error).message}`,
-          {
-            cause: err,
-          },
-        );
-      }
-      const holder = runnerLockHolder(workRoot);
-      if (holder !== undefined) {
-        throw new QuantdError("STATE_CONFLICT", `another job runner (pid ${holder}) uses ${workRoot}`, {
-          details: { pid: holder },
-        });
-      }
-      // Left by a process that died without releasing it.
-      rmSync(path, { force: true });
+      writeSync(fd, content);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
     }
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw writeFailed(err);
   }
-  throw new QuantdError("STATE_CONFLICT", `cannot take the job runner lock ${path}`);
+  try {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        linkSync(tmp, path);
+        return () => {
+          const owner = parseLockOwner(readProc(path) ?? "");
+          if (owner?.pid === process.pid) rmSync(path, { force: true });
+        };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw writeFailed(err);
+        const holder = runnerLockHolder(workRoot);
+        if (holder !== undefined) {
+          throw new QuantdError("STATE_CONFLICT", `another job runner (pid ${holder}) uses ${workRoot}`, {
+            details: { pid: holder },
+          });
+        }
+        // Left by a process that died without releasing it, or naming a pid another process now has.
+        rmSync(path, { force: true });
+      }
+    }
+    throw new QuantdError("STATE_CONFLICT", `cannot take the job runner lock ${path}`);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
 }
 
 // The two temporary-file names our atomic writers use: the codec's `.NAME.PID.HEX.tmp` and the registry's `.NAME.tmp-PID-HEX`.
@@ -393,13 +480,23 @@ export class JobRunner {
 
   /**
    * Starts the polling loop (and the schedule), after taking the runner lock
-   * and recovering interrupted jobs.
+   * and recovering interrupted jobs. With `retryLock`, a lock that cannot be
+   * taken (another runner holds it, a full disk) is retried with back-off
+   * until it can, instead of throwing: the agent then runs jobs as soon as the
+   * other runner ends or space is freed, without a restart.
    *
-   * @throws STATE_CONFLICT when another runner holds the lock
+   * @throws STATE_CONFLICT when another runner holds the lock (without `retryLock`)
+   * @throws DISK_FULL | FILE_WRITE_FAILED when the lock cannot be written (without `retryLock`)
    */
-  start(): void {
-    if (this.#started) return;
-    this.#release = acquireRunnerLock(this.#o.workRoot);
+  start(options: { retryLock?: boolean } = {}): void {
+    if (this.#started || this.#stopped) return;
+    try {
+      this.#release = acquireRunnerLock(this.#o.workRoot);
+    } catch (err) {
+      if (!(options.retryLock ?? false)) throw err;
+      this.#retryLock(QuantdError.from(err), LOCK_RETRY_FIRST_MS);
+      return;
+    }
     this.#started = true;
     try {
       this.recover();
@@ -413,6 +510,29 @@ export class JobRunner {
       this.#seenBaseline = typeof recorded === "number" ? recorded : s.samplesSeen();
     }
     this.#tick();
+  }
+
+  /** Whether this runner holds the lock and runs jobs (false while it waits for the lock). */
+  get running(): boolean {
+    return this.#started && !this.#stopped;
+  }
+
+  #retryLock(err: QuantdError, delayMs: number): void {
+    if (delayMs === LOCK_RETRY_FIRST_MS || delayMs >= LOCK_RETRY_MAX_MS) {
+      this.#log(
+        `jobs: cannot take the runner lock, retrying in ${Math.round(delayMs / 1000)} s: ${err.toLine()}`,
+      );
+    }
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (this.#stopped) return;
+      try {
+        this.start();
+        this.#log("jobs: took the runner lock; running jobs here");
+      } catch (next) {
+        this.#retryLock(QuantdError.from(next), Math.min(LOCK_RETRY_MAX_MS, delayMs * 2));
+      }
+    }, delayMs);
   }
 
   /** Looks for work now rather than at the next poll. */

@@ -8,12 +8,13 @@
  * 5xx status chosen from the error code; nothing a client sends can crash the
  * process or leak a stack trace.
  */
-import { assertNever, isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
+import { assertNever, isQuantdError, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import type { Classification } from "../runtime/classifier.ts";
 import { validateText } from "../runtime/text.ts";
 import type { MicroBatcher } from "./batcher.ts";
 import { Counter, Gauge, Histogram, MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
+import { statusFor } from "./status.ts";
 import type { BatchResult, InferenceBackend, RegistryAdmin } from "./types.ts";
 
 /** Which listener a request came in on. */
@@ -40,41 +41,6 @@ export interface RoutesOptions {
   onClassified?: (texts: readonly string[]) => void;
   /** False while shutting down: readiness checks fail, requests already received still complete. */
   accepting?: () => boolean;
-}
-
-/** The HTTP status for an error code. */
-export function statusFor(code: QuantdErrorCode): number {
-  switch (code) {
-    case "REQUEST_INVALID":
-    case "TEXT_EMPTY":
-    case "TEXT_NOT_STRING":
-    case "TEXT_INVALID_UTF8":
-    case "USAGE":
-    case "MODEL_NOT_ONNX":
-    case "MODEL_TRUNCATED":
-    case "MODEL_INVALID":
-    case "MODEL_INPUTS_MISMATCH":
-    case "MODEL_LOAD_FAILED":
-    case "FILE_NOT_FOUND":
-    case "FILE_UNREADABLE":
-      return 400;
-    case "NOT_FOUND":
-    case "JOB_NOT_FOUND":
-      return 404;
-    case "STATE_CONFLICT":
-      return 409;
-    case "REQUEST_TOO_LARGE":
-    case "TEXT_TOO_LARGE":
-      return 413;
-    case "UNSUPPORTED_MEDIA_TYPE":
-      return 415;
-    case "OVERLOADED":
-    case "NOT_READY":
-    case "STORE_BUSY":
-      return 503;
-    default:
-      return 500;
-  }
 }
 
 /** The metrics the server records. */
@@ -345,6 +311,19 @@ function oipOutput(
   }
 }
 
+/**
+ * A %-decoded path segment.
+ *
+ * @throws REQUEST_INVALID on a malformed escape (`%ZZ`, a lone `%`, bytes that are not UTF-8)
+ */
+function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new QuantdError("REQUEST_INVALID", `malformed %-escape in path segment ${JSON.stringify(segment)}`);
+  }
+}
+
 /** Builds the request handler. */
 export function createRoutes(opts: RoutesOptions): (req: Request, listener: Listener) => Promise<Response> {
   const { backend, batcher, limits, metrics, modelName } = opts;
@@ -431,7 +410,7 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
     }
     const model = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer)?$/.exec(path);
     if (model !== null) {
-      const name = decodeURIComponent(model[1]!);
+      const name = decodePathSegment(model[1]!);
       requireModel(name);
       const version = model[2];
       const active = backend.active();

@@ -136,3 +136,28 @@ test("capture off by default", async () => {
     await agent.stop();
   }
 });
+
+test("a job interrupted by the last stop is resumed at start and its change reaches the fleet outbox", async () => {
+  const config = testConfig(join(dir, "resume"), {
+    // Nothing listens there: the link keeps its messages in the outbox until a broker answers.
+    QUANTD_FLEET_BROKER: "mqtt://127.0.0.1:9",
+    QUANTD_FLEET_DEVICE: "board-1",
+    QUANTD_FLEET_FLEET: "lab",
+  });
+  const before = await openStore(databasePath(config.stateDir));
+  before.jobs.create({ type: "recalibrate", id: "cut-short" });
+  expect(before.jobs.claimNext()?.id).toBe("cut-short");
+  before.close();
+  const logs: string[] = [];
+  const agent = await startAgent(config, { log: (l) => logs.push(l) });
+  try {
+    expect(logs.join("\n")).toContain("job cut-short was interrupted");
+    expect(logs.join("\n")).not.toContain("before initialization");
+    const jobMessages = agent.store.outbox
+      .peek(1000)
+      .filter((m) => m.topic.includes("/job") && new TextDecoder().decode(m.payload).includes("cut-short"));
+    expect(jobMessages.length).toBeGreaterThan(0);
+  } finally {
+    await agent.stop();
+  }
+});

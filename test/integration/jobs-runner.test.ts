@@ -5,7 +5,9 @@
  * the recalibration job itself is exercised in recalibrate-*.test.ts.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   acquireRunnerLock,
@@ -77,6 +79,20 @@ async function setup(
   runners.push(runner);
   return { store, runner, workRoot, dir };
 }
+
+/** Root on Linux may mount a tiny tmpfs to fill. */
+const canMount = ((): boolean => {
+  if (process.platform !== "linux" || process.getuid?.() !== 0) return false;
+  const probe = join(tmpdir(), `quantd-mount-probe-${process.pid}`);
+  mkdirSync(probe, { recursive: true });
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=4k", "tmpfs", probe], { stdio: "ignore" });
+    execFileSync("umount", [probe], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+})();
 
 const finished = (store: Store, id: string): boolean =>
   ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"].includes(store.jobs.require(id).state);
@@ -242,6 +258,67 @@ describe("job runner", () => {
     const again = acquireRunnerLock(workRoot);
     expect(runnerLockHolder(workRoot)).toBe(process.pid);
     again();
+  });
+
+  test("runner lock: a live pid that is not the process that took it (pid reuse) is a stale lock", async () => {
+    const { workRoot } = await setup(stagedHandler([], 1));
+    mkdirSync(workRoot, { recursive: true });
+    // pid 1 is alive, but it is not the process that wrote this lock (another start time), nor a quantd.
+    writeFileSync(join(workRoot, RUNNER_LOCK_FILE), `${JSON.stringify({ pid: 1, start: 1, boot: "x" })}\n`);
+    expect(runnerLockHolder(workRoot)).toBeUndefined();
+    writeFileSync(join(workRoot, RUNNER_LOCK_FILE), "1\n");
+    expect(runnerLockHolder(workRoot)).toBeUndefined();
+    const release = acquireRunnerLock(workRoot);
+    expect(runnerLockHolder(workRoot)).toBe(process.pid);
+    release();
+    // Empty or torn: nobody holds it.
+    writeFileSync(join(workRoot, RUNNER_LOCK_FILE), "");
+    expect(runnerLockHolder(workRoot)).toBeUndefined();
+    acquireRunnerLock(workRoot)();
+    expect(readdirSync(workRoot)).toEqual([]);
+  });
+
+  test("runner lock: start({retryLock}) waits for a held lock with back-off and runs jobs once it is free", async () => {
+    const ran: string[] = [];
+    const logs: string[] = [];
+    const { store, runner, workRoot } = await setup(stagedHandler(ran, 1), { log: (l) => logs.push(l) });
+    const release = acquireRunnerLock(workRoot);
+    store.jobs.create({ type: "staged", id: "later" });
+    runner.start({ retryLock: true });
+    expect(runner.running).toBe(false);
+    expect(logs.join("\n")).toContain("cannot take the runner lock, retrying");
+    await Bun.sleep(300);
+    expect(store.jobs.require("later").state).toBe("QUEUED");
+    release();
+    await until(() => finished(store, "later"), 10_000);
+    expect(runner.running).toBe(true);
+    expect(store.jobs.require("later").state).toBe("SUCCEEDED");
+    expect(logs.join("\n")).toContain("took the runner lock");
+  });
+
+  test.skipIf(!canMount)("runner lock on a full disk: DISK_FULL and no lock file left behind", () => {
+    const dir = tempDir();
+    const workRoot = join(dir, "jobs");
+    mkdirSync(workRoot, { recursive: true });
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=4k", "tmpfs", workRoot]);
+    try {
+      // Fill the tmpfs so that not even a small file's first block fits.
+      try {
+        writeFileSync(join(workRoot, "filler"), Buffer.alloc(64 * 1024, 1));
+      } catch {
+        // ENOSPC: full, as wanted (the partial file stays)
+      }
+      let err: unknown;
+      try {
+        acquireRunnerLock(workRoot);
+      } catch (e) {
+        err = e;
+      }
+      expect(isQuantdError(err, "DISK_FULL")).toBe(true);
+      expect(readdirSync(workRoot)).toEqual(["filler"]);
+    } finally {
+      execFileSync("umount", ["-l", workRoot], { stdio: "ignore" });
+    }
   });
 
   test("stale temporary files of dead writers are removed, live ones and other files kept", () => {

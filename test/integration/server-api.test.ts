@@ -168,6 +168,8 @@ describe("bad input is a 4xx with the error code, and the server keeps serving",
         "REQUEST_INVALID",
       ],
       ["GET on classify", () => call(sock, "/v1/classify"), 405, "REQUEST_INVALID"],
+      ["a bad %-escape in a model name", () => call(sock, "/v2/models/%ZZ"), 400, "REQUEST_INVALID"],
+      ["a lone % in a model name", () => call(sock, "/v2/models/a%/infer"), 400, "REQUEST_INVALID"],
     ];
   for (const [name, send, status, code] of cases) {
     test(name, async () => {

@@ -5,7 +5,8 @@
  */
 import { describe, expect, test } from "bun:test";
 import { Counter, Gauge, Histogram, MetricsRegistry } from "../../src/server/metrics.ts";
-import { checkTexts, statusFor } from "../../src/server/routes.ts";
+import { checkTexts } from "../../src/server/routes.ts";
+import { statusFor } from "../../src/server/status.ts";
 
 describe("exposition format", () => {
   test("counter, gauge and histogram render as Prometheus text", () => {
