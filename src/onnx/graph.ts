@@ -9,6 +9,7 @@
  * a BERT.
  */
 import { QuantdError } from "../errors.ts";
+import { type InferredType, inferTypes, type TypeInference, type UnknownOpNode } from "./infer.ts";
 import { makeTensor, tensorToArray } from "./tensor.ts";
 import type {
   AttributeProto,
@@ -77,6 +78,8 @@ export class GraphIndex {
   #initializers = new Map<string, TensorProto>();
   #names = new Set<string>();
   #counter = 0;
+  /** Inferred types, computed on first use and dropped by every edit. */
+  #inferred: TypeInference | undefined;
 
   constructor(graph: GraphProto) {
     this.graph = graph;
@@ -85,6 +88,7 @@ export class GraphIndex {
 
   /** Recomputes every map from `graph`. Needed only after editing `graph` directly. */
   rebuild(): void {
+    this.#inferred = undefined;
     this.#producer.clear();
     this.#consumers.clear();
     this.#initializers.clear();
@@ -100,6 +104,7 @@ export class GraphIndex {
   }
 
   #indexNode(n: NodeProto): void {
+    this.#inferred = undefined;
     if (n.name !== "") this.#names.add(n.name);
     for (const o of n.output) {
       if (o === "") continue;
@@ -151,6 +156,7 @@ export class GraphIndex {
 
   /** Adds an initializer, or replaces the one with the same name (in place, keeping its position). */
   setInitializer(t: TensorProto): void {
+    this.#inferred = undefined;
     const old = this.#initializers.get(t.name);
     if (old !== undefined) {
       const at = this.graph.initializer.indexOf(old);
@@ -167,6 +173,7 @@ export class GraphIndex {
    * carry). Returns whether it existed. Nodes reading it are not changed.
    */
   removeInitializer(name: string): boolean {
+    this.#inferred = undefined;
     const t = this.#initializers.get(name);
     if (t === undefined) return false;
     this.graph.initializer.splice(this.graph.initializer.indexOf(t), 1);
@@ -224,6 +231,7 @@ export class GraphIndex {
    * of them must be rewired by the caller. Returns whether it was present.
    */
   removeNode(node: NodeProto): boolean {
+    this.#inferred = undefined;
     const at = this.graph.node.indexOf(node);
     if (at < 0) return false;
     this.graph.node.splice(at, 1);
@@ -240,6 +248,7 @@ export class GraphIndex {
    * outer scope are not rewritten.
    */
   replaceAllUses(from: string, to: string, except: Iterable<NodeProto> = []): number {
+    this.#inferred = undefined;
     const skip = new Set(except);
     let changed = 0;
     for (const n of [...this.consumers(from)]) {
@@ -265,6 +274,7 @@ export class GraphIndex {
    * @throws INTERNAL when the node has no such input slot
    */
   setNodeInput(node: NodeProto, slot: number, tensor: string): void {
+    this.#inferred = undefined;
     const old = node.input[slot];
     if (old === undefined) throw new QuantdError("INTERNAL", `node ${node.name} has no input ${slot}`);
     node.input[slot] = tensor;
@@ -384,84 +394,29 @@ export class GraphIndex {
   }
 
   /**
-   * The element type of `tensor`: from value info, graph inputs/outputs,
-   * initializers or Constant nodes, else inferred from its producer (Cast's
-   * `to`, comparison ops → BOOL, Shape → INT64, QuantizeLinear → its zero
-   * point's type, most others → the type of their first input).
+   * The element type of `tensor`: declared for graph inputs and initializers,
+   * else inferred through the ops that compute it ({@link inferTypes}: standard
+   * ops and onnxruntime's contrib ops); a file's value_info is used only behind
+   * an op inference does not know.
    */
   elemType(tensor: string): DataType | undefined {
-    return this.#elemType(tensor, new Set());
+    return this.tensorType(tensor)?.elemType;
   }
 
-  #declared(tensor: string): DataType | undefined {
-    const g = this.graph;
-    for (const list of [g.valueInfo, g.input, g.output]) {
-      const v = list.find((x) => x.name === tensor);
-      const et = v?.type?.tensorType?.elemType;
-      if (et !== undefined && et !== DT.UNDEFINED) return et;
-    }
-    return this.#initializers.get(tensor)?.dataType;
+  /** The element type and (best-effort) shape of `tensor`, as {@link GraphIndex.elemType} finds it. */
+  tensorType(tensor: string): InferredType | undefined {
+    this.#inferred ??= inferTypes(this.graph);
+    const t = this.#inferred.types.get(tensor);
+    if (t !== undefined) return t;
+    const out = this.graph.output.find((o) => o.name === tensor)?.type?.tensorType;
+    if (out === undefined || out.elemType === DT.UNDEFINED) return undefined;
+    return { elemType: out.elemType, shape: undefined };
   }
 
-  #elemType(tensor: string, visiting: Set<string>): DataType | undefined {
-    const declared = this.#declared(tensor);
-    if (declared !== undefined) return declared;
-    const n = this.#producer.get(tensor);
-    if (n === undefined || visiting.has(tensor) || (n.domain !== "" && n.domain !== "ai.onnx"))
-      return undefined;
-    visiting.add(tensor);
-    const input = (k: number): DataType | undefined => {
-      const name = n.input[k];
-      return name === undefined || name === "" ? undefined : this.#elemType(name, visiting);
-    };
-    const slot = n.output.indexOf(tensor);
-    switch (n.opType) {
-      case "Constant":
-        return constantNodeTensor(n)?.dataType;
-      case "Cast":
-        return getAttrInt(n, "to") as DataType | undefined;
-      case "CastLike":
-        return input(1);
-      case "Shape":
-      case "Size":
-      case "NonZero":
-      case "ArgMax":
-      case "ArgMin":
-        return DT.INT64;
-      case "Equal":
-      case "Less":
-      case "LessOrEqual":
-      case "Greater":
-      case "GreaterOrEqual":
-      case "And":
-      case "Or":
-      case "Xor":
-      case "Not":
-      case "IsNaN":
-      case "IsInf":
-        return DT.BOOL;
-      case "ConstantOfShape": {
-        const v = getAttribute(n, "value")?.t;
-        return v?.dataType ?? DT.FLOAT;
-      }
-      case "QuantizeLinear":
-        return input(2) ?? DT.UINT8;
-      case "DequantizeLinear":
-        return input(1) ?? DT.FLOAT;
-      case "DynamicQuantizeLinear":
-        return slot === 1 ? DT.FLOAT : DT.UINT8;
-      case "MatMulInteger":
-      case "ConvInteger":
-        return DT.INT32;
-      case "Where":
-        return input(1);
-      case "TopK":
-        return slot === 1 ? DT.INT64 : input(0);
-      case "LayerNormalization":
-        return slot === 0 ? input(0) : DT.FLOAT;
-      default:
-        return input(0);
-    }
+  /** Nodes whose op type inference does not know (their outputs' types come from value_info, or nowhere). */
+  unknownOps(): readonly UnknownOpNode[] {
+    this.#inferred ??= inferTypes(this.graph);
+    return this.#inferred.unknownOps;
   }
 
   /**
@@ -490,6 +445,27 @@ export class GraphIndex {
       throw new QuantdError("MODEL_INVALID", `cannot output ${tensor}: its element type is unknown`);
     }
     const v: ValueInfoProto = { name: tensor, type: { tensorType: { elemType: et } } };
+    this.graph.output.push(v);
+    return v;
+  }
+
+  /**
+   * Adds `tensor` to the graph outputs for a probe run: typed as
+   * {@link GraphIndex.addGraphOutput} would, or, behind an op inference does
+   * not know, with no type at all, which onnxruntime accepts and fills in from
+   * its own kernels (the session's output metadata then tells the type).
+   *
+   * @throws MODEL_INVALID when the tensor is not in the graph
+   */
+  addProbeOutput(tensor: string): ValueInfoProto {
+    const et = this.elemType(tensor);
+    if (et !== undefined) return this.addGraphOutput(tensor, et);
+    const existing = this.graph.output.find((o) => o.name === tensor);
+    if (existing !== undefined) return existing;
+    if (!this.#producer.has(tensor)) {
+      throw new QuantdError("MODEL_INVALID", `cannot output ${tensor}: no node has that output`);
+    }
+    const v: ValueInfoProto = { name: tensor };
     this.graph.output.push(v);
     return v;
   }

@@ -329,7 +329,7 @@ export async function calibrate(
   let observeMs = 0;
   let uncollected = 0;
   try {
-    for (const name of plan.fetched) index.addGraphOutput(name);
+    for (const name of plan.fetched) index.addProbeOutput(name);
     // "basic" by default: exposing the observed tensors blocks most extended fusions anyway, and the
     // extended optimizer passes cost more session-creation time than they save over a calibration run
     session = await createOrtSession(encodeModel({ ...model, graph }), {
