@@ -400,12 +400,12 @@ async function commitCopy(staged: StagedCopy, target: string): Promise<string> {
  * is wrong with it (truncated, not ONNX). Decoding is slow, so it runs only
  * after a failure.
  */
-async function diagnoseLoadFailure(path: string, err: QuantdError): Promise<QuantdError> {
+async function diagnoseLoadFailure(path: string, shownPath: string, err: QuantdError): Promise<QuantdError> {
   if (err.code !== "MODEL_LOAD_FAILED") return err;
   try {
     // The codec (and protobufjs) is loaded only then: an agent that only serves never needs it.
     const { decodeModel } = await import("../onnx/codec.ts");
-    decodeModel(await Bun.file(path).bytes());
+    decodeModel(await Bun.file(path).bytes(), shownPath);
   } catch (decodeErr) {
     if (isQuantdError(decodeErr) && decodeErr.code.startsWith("MODEL_")) return decodeErr;
   }
@@ -647,7 +647,12 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     try {
       classifier = await this.#load(recorded);
     } catch (err) {
-      const qe = await diagnoseLoadFailure(path, QuantdError.from(err, "MODEL_LOAD_FAILED"));
+      // The staged copy holds the same bytes; the error names the file the user gave.
+      const qe = await diagnoseLoadFailure(
+        path,
+        resolve(candidatePath),
+        QuantdError.from(err, "MODEL_LOAD_FAILED"),
+      );
       let rejected: ModelVersion | undefined = recorded;
       if (recorded.state === "candidate") {
         rejected = models.reject(recorded.id, `${qe.code}: ${qe.message}`);

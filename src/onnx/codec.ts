@@ -759,10 +759,11 @@ function decodeFrom(bytes: Uint8Array, source: string | undefined): ModelProto {
  * how a cut-off model file looks.
  *
  * @throws MODEL_TRUNCATED when `bytes` is empty or ends inside the model
+ * @param source - the file the bytes came from, named in error messages @defaultValue "the bytes"
  * @throws MODEL_NOT_ONNX when `bytes` is not a ModelProto (no graph, no opset imports, implausible IR version, …)
  */
-export function decodeModel(bytes: Uint8Array): ModelProto {
-  return decodeFrom(bytes, undefined);
+export function decodeModel(bytes: Uint8Array, source?: string): ModelProto {
+  return decodeFrom(bytes, source);
 }
 
 // Large payloads are not copied through protobufjs's writer: the model is

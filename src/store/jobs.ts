@@ -75,6 +75,14 @@ export interface JobStore {
   get(id: string): Job | undefined;
   /** A job. @throws JOB_NOT_FOUND */
   require(id: string): Job;
+  /**
+   * The job whose id is `idOrPrefix`, or else the one job whose id starts with
+   * it (as git takes a commit's unique prefix).
+   *
+   * @throws JOB_NOT_FOUND when no job matches
+   * @throws USAGE when the prefix matches several jobs (they are listed)
+   */
+  resolve(idOrPrefix: string): Job;
   /** Jobs, newest first, optionally in one state. @defaultValue limit 100 */
   list(options?: { state?: JobState; limit?: number }): Job[];
   /**
@@ -156,6 +164,10 @@ export function createJobStore(db: SqlDatabase, now: () => number = Date.now): J
   const requeue = db.prepare(
     "UPDATE jobs SET state = 'QUEUED', updated_at = ? WHERE id = ? AND state = 'IN_PROGRESS'",
   );
+  // substr, not LIKE: an id may hold `_`, which LIKE reads as a wildcard.
+  const byPrefix = db.prepare(
+    "SELECT id FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY created_at DESC, rowid DESC LIMIT 6",
+  );
 
   const find = (id: string): Job | undefined => {
     const r = byId.get(id);
@@ -204,6 +216,20 @@ export function createJobStore(db: SqlDatabase, now: () => number = Date.now): J
     },
     get: find,
     require: mustFind,
+    resolve(idOrPrefix: string): Job {
+      const exact = find(idOrPrefix);
+      if (exact !== undefined || idOrPrefix === "") return exact ?? mustFind(idOrPrefix);
+      const ids = byPrefix
+        .all(idOrPrefix.length, idOrPrefix)
+        .map((r) => str(r, "id"))
+        .sort();
+      if (ids.length === 1) return mustFind(ids[0]!);
+      if (ids.length === 0) return mustFind(idOrPrefix);
+      const shown = ids.length > 5 ? `${ids.slice(0, 5).join(", ")}, …` : ids.join(", ");
+      throw new QuantdError("USAGE", `job id prefix ${idOrPrefix} is ambiguous: ${shown}`, {
+        details: { prefix: idOrPrefix, candidates: ids.slice(0, 5) },
+      });
+    },
     list(options: { state?: JobState; limit?: number } = {}): Job[] {
       const limit = Math.max(1, Math.min(options.limit ?? 100, 10_000));
       const rows = options.state === undefined ? listAll.all(limit) : listState.all(options.state, limit);

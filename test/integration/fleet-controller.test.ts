@@ -170,6 +170,17 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     expect((await store.device("lab", "pi-1"))?.lastReport?.id).toBe(job.id);
   }, 30_000);
 
+  test("fleet recalibrate --wait without --json prints a summary per device", async () => {
+    const r = await cli(["fleet", "recalibrate", "pi-2", "--wait", "--broker", broker.url, "--fleet", "lab"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^pi-2:\n {2}job recalibrate-\S+ \(recalibrate\): SUCCEEDED\n/);
+    expect(r.out).toMatch(/^\s+agreement\s+98\.90%$/m);
+    expect(r.out).toMatch(/^\s+fp32P50Ms\s+8\.10 ms$/m);
+    expect(r.out).toMatch(/^\s+modelVersion\s+pi-2-v2$/m);
+    expect(r.out).not.toContain("{");
+    expect(r.err).toContain("pi-2: SUCCEEDED");
+  }, 30_000);
+
   test("fleet recalibrate --all reaches every online device", async () => {
     const r = await cli([
       "fleet",
@@ -193,8 +204,13 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
   test("fleet report prints the device's last job; rollback reports failure with the device's error code", async () => {
     const r = await cli(["fleet", "report", "pi-1", "--broker", broker.url, "--fleet", "lab"]);
     expect(r.code).toBe(0);
-    expect(r.out).toMatch(/last job\s+recalibrate-\S+ recalibrate SUCCEEDED/);
+    expect(r.out).toMatch(/last job\s+recalibrate-\S+ \(recalibrate\)/);
+    expect(r.out).toMatch(/^job recalibrate-\S+ \(recalibrate\): SUCCEEDED$/m);
     expect(r.out).toMatch(/model\s+pi-1-v3 \(int8-static\)/);
+    // A summary a person reads: figures with their units, one per line, not the report as one JSON line.
+    expect(r.out).toMatch(/^\s+agreement\s+98\.80%$/m);
+    expect(r.out).toMatch(/^\s+int8P50Ms\s+3\.20 ms$/m);
+    expect(r.out).not.toContain("{");
 
     const bad = await cli([
       "fleet",

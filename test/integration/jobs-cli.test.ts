@@ -46,9 +46,29 @@ describe("quantd job", () => {
 
     const cancel = await quantd(["job", "cancel", "j1", "--state-dir", stateDir]);
     expect(cancel.code).toBe(0);
-    expect(cancel.stdout).toContain("FAILED");
+    expect(cancel.stdout).toBe("job j1 cancelled before it started\n");
     const show = await quantd(["job", "show", "j1", "--state-dir", stateDir, "--json"]);
     expect(JSON.parse(show.stdout).job).toMatchObject({ state: "FAILED", error: { code: "JOB_CANCELLED" } });
+    // Cancelling it again is not a silent success: it already ended.
+    const twice = await quantd(["job", "cancel", "j1", "--state-dir", stateDir]);
+    expect(twice.code).toBe(1);
+    expect(twice.stderr).toBe(
+      "error STATE_CONFLICT: job j1 already ended FAILED; there is nothing to cancel\n",
+    );
+
+    // Ids are taken by a unique prefix, as git takes commits; an ambiguous one lists the candidates.
+    for (const id of ["batch-7f3a", "batch-7e01"])
+      expect((await quantd(["job", "recalibrate", "--state-dir", stateDir, "--id", id])).code).toBe(0);
+    const byPrefix = await quantd(["job", "show", "batch-7f", "--state-dir", stateDir]);
+    expect(byPrefix.code).toBe(0);
+    expect(byPrefix.stdout).toStartWith("batch-7f3a  recalibrate  QUEUED");
+    const ambiguous = await quantd(["job", "cancel", "batch-7", "--state-dir", stateDir]);
+    expect(ambiguous.code).toBe(2);
+    expect(ambiguous.stderr).toContain(
+      "error USAGE: job id prefix batch-7 is ambiguous: batch-7e01, batch-7f3a",
+    );
+    const cancelPrefix = await quantd(["job", "cancel", "batch-7e", "--state-dir", stateDir]);
+    expect(cancelPrefix.stdout).toBe("job batch-7e01 cancelled before it started\n");
 
     const missing = await quantd(["job", "show", "nope", "--state-dir", stateDir]);
     expect(missing.code).toBe(1);

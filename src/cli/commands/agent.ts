@@ -9,10 +9,23 @@ import { startAgent } from "../../agent/agent.ts";
 import { type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
 import { notifyReady, notifyStopping, notifyWatchdog, watchdogIntervalMs } from "../../agent/sd-notify.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
+import type { ModelVersionView } from "../../server/types.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { JSON_FLAG } from "../model-flags.ts";
-import { flagBool, flagString, usageError } from "../parse.ts";
+import { expectNoPositionals, flagBool, flagString, usageError } from "../parse.ts";
 import { SHIPPED_MODEL } from "../paths.ts";
+import { describeModelVersion, describeModelVersions } from "../summaries.ts";
+
+/** `GET /v1/models`. */
+interface ModelsReply {
+  active: number | null;
+  versions: ModelVersionView[];
+}
+
+/** `POST /v1/models/promote|rollback`. */
+interface VersionReply {
+  version: ModelVersionView;
+}
 
 function configFlags(ctx: CommandContext): ConfigFlags {
   const flags: ConfigFlags = {};
@@ -74,7 +87,12 @@ async function callAgent(socketPath: string, method: string, path: string, body?
       body: body === undefined ? null : JSON.stringify(body),
     });
   } catch (err) {
-    throw new QuantdError("NOT_READY", `no agent answers on ${socketPath}`, { cause: err });
+    // ENOENT or ECONNREFUSED both mean the agent is not running there; Bun's own text for them
+    // ("Was there a typo in the url or port?") would only mislead, so the cause stays in details.
+    const errno = (err as { code?: unknown }).code;
+    throw new QuantdError("NOT_READY", `no agent listens on ${socketPath}`, {
+      details: { socket: socketPath, ...(typeof errno === "string" ? { errno } : {}) },
+    });
   }
   const json = (await res.json().catch(() => ({}))) as { error?: QuantdErrorJSON };
   if (!res.ok) {
@@ -100,7 +118,8 @@ export const agentCommand: Command = {
     "Configuration: a JSON or TOML file (--config, or QUANTD_CONFIG), then QUANTD_* environment " +
     "variables (e.g. QUANTD_BATCHING_MAX_BATCH=8), then these flags.\n\n" +
     "Actions on a running agent (through its socket): `models` lists the registered versions, " +
-    "`promote FILE` verifies a model and swaps it in, `rollback` serves the previous version again.",
+    "`promote FILE` verifies a model and swaps it in, `rollback` serves the previous version again; " +
+    "each prints a table (the serving version marked *), or with --json the agent's full answer.",
   flags: [
     { name: "config", type: "string", value: "FILE", description: "config file (.json or .toml)" },
     {
@@ -157,27 +176,35 @@ export const agentCommand: Command = {
       defaultModel: SHIPPED_MODEL,
       flags: configFlags(ctx),
     }).socketPath;
-    let result: unknown;
+    const print = (result: unknown, human: () => string[]): number => {
+      if (json) ctx.out(JSON.stringify(result));
+      else for (const line of human()) ctx.out(line);
+      return 0;
+    };
     switch (action) {
-      case "models":
-        result = await callAgent(socketPath, "GET", "/v1/models");
-        break;
-      case "promote": {
-        const file = rest[0];
-        if (file === undefined) throw usageError("promote needs the model FILE");
-        result = await callAgent(socketPath, "POST", "/v1/models/promote", { path: resolve(file) });
-        break;
+      case "models": {
+        expectNoPositionals(rest);
+        const r = (await callAgent(socketPath, "GET", "/v1/models")) as ModelsReply;
+        return print(r, () => describeModelVersions(r.versions, r.active));
       }
-      case "rollback":
-        result = await callAgent(socketPath, "POST", "/v1/models/rollback", {
+      case "promote": {
+        const [file, ...extra] = rest;
+        if (file === undefined) throw usageError("promote needs the model FILE");
+        expectNoPositionals(extra);
+        const r = (await callAgent(socketPath, "POST", "/v1/models/promote", {
+          path: resolve(file),
+        })) as VersionReply;
+        return print(r, () => describeModelVersion("promoted: now serving", r.version));
+      }
+      case "rollback": {
+        expectNoPositionals(rest);
+        const r = (await callAgent(socketPath, "POST", "/v1/models/rollback", {
           reason: "quantd agent rollback",
-        });
-        break;
+        })) as VersionReply;
+        return print(r, () => describeModelVersion("rolled back: now serving", r.version));
+      }
       default:
         throw usageError(`unknown action "${action}" (models, promote, rollback)`);
     }
-    if (json) ctx.out(JSON.stringify(result));
-    else ctx.out(JSON.stringify(result, null, 2));
-    return 0;
   },
 };

@@ -6,20 +6,35 @@
  */
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import { databasePath } from "../../store/store.ts";
-import type { Command } from "../command.ts";
+import type { Command, ParsedFlags } from "../command.ts";
 import { AGENT_STATE_FLAGS, agentConfigFromFlags, openAgentStore } from "../agent-state.ts";
 import { JSON_FLAG } from "../model-flags.ts";
-import { expectNoPositionals, flagBool, flagInt, flagRequired, flagString } from "../parse.ts";
+import { expectNoPositionals, flagBool, flagInt, flagString, usageError } from "../parse.ts";
 import { formatBytes } from "../render.ts";
+
+/** The sample file: `quantd collect FILE` or `quantd collect --file FILE`, not both. @throws USAGE */
+function sampleFile(flags: ParsedFlags, positionals: readonly string[]): string {
+  const flag = flagString(flags, "file");
+  if (flag === undefined) {
+    const [file, ...rest] = positionals;
+    if (file === undefined || file === "")
+      throw usageError("collect needs a sample file: quantd collect FILE.tsv");
+    expectNoPositionals(rest);
+    return file;
+  }
+  if (positionals.length > 0)
+    throw usageError(`give the sample file once: --file ${flag} or ${positionals[0]}, not both`);
+  return flag;
+}
 
 /** The `collect` command. */
 export const collectCommand: Command = {
   name: "collect",
   summary: "add the texts of a sample file to the store's sample pool",
   usage:
-    "--file FILE.tsv [--state-dir DIR] [--source NAME] [--max-rows N] [--max-bytes N] [--tokenizer DIR] [--json]",
+    "FILE.tsv | --file FILE.tsv [--state-dir DIR] [--source NAME] [--max-rows N] [--max-bytes N] [--tokenizer DIR] [--json]",
   description:
-    "Reads a tab-separated sample file with a header (`label<TAB>sentence`, or a `text` column, label " +
+    "Reads a tab-separated sample file (given as the argument or with --file) with a header (`label<TAB>sentence`, or a `text` column, label " +
     "optional) and adds its texts to the sample pool in <state-dir>/quantd.db, creating the database if " +
     "needed. Texts already in the pool (same text up to whitespace and Unicode normalization) are dropped " +
     "as duplicates. The pool is bounded by --max-rows and --max-bytes (UTF-8 bytes of the texts); beyond " +
@@ -61,8 +76,7 @@ export const collectCommand: Command = {
     JSON_FLAG,
   ],
   async run(ctx) {
-    expectNoPositionals(ctx.positionals);
-    const file = flagRequired(ctx.flags, "file");
+    const file = sampleFile(ctx.flags, ctx.positionals);
     const config = agentConfigFromFlags(ctx.flags);
     const source = flagString(ctx.flags, "source", "file")!;
     const maxRows = flagInt(ctx.flags, "max-rows", { min: 1, max: 10_000_000 }, config.samplePool.maxRows);

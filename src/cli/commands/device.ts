@@ -1,10 +1,33 @@
 /**
  * `quantd device`: what board quantd detected here and the defaults it chose.
  */
+import { statSync } from "node:fs";
 import { detectDevice } from "../../../device/detect.ts";
+import { QuantdError } from "../../errors.ts";
 import type { Command } from "../command.ts";
 import { expectNoPositionals, flagBool, flagString } from "../parse.ts";
 import { renderTable } from "../render.ts";
+
+/**
+ * A recorded board's root must exist: read as-is, a typo would silently describe an
+ * empty board (no cores, no memory) instead of failing.
+ * @throws FILE_NOT_FOUND when `root` is not a directory
+ */
+function checkRoot(root: string): void {
+  let isDir = false;
+  try {
+    isDir = statSync(root).isDirectory();
+  } catch (err) {
+    throw new QuantdError("FILE_NOT_FOUND", `--root: no directory ${root}`, {
+      cause: err,
+      details: { path: root },
+    });
+  }
+  if (!isDir)
+    throw new QuantdError("FILE_NOT_FOUND", `--root: ${root} is not a directory`, {
+      details: { path: root },
+    });
+}
 
 /** The `device` command. */
 export const deviceCommand: Command = {
@@ -22,6 +45,7 @@ export const deviceCommand: Command = {
   async run(ctx) {
     expectNoPositionals(ctx.positionals);
     const root = flagString(ctx.flags, "root");
+    if (root !== undefined) checkRoot(root);
     const { facts, profile } = detectDevice(root === undefined ? {} : { root });
     if (flagBool(ctx.flags, "json")) {
       ctx.out(JSON.stringify({ facts, profile }, null, 2));

@@ -14,7 +14,8 @@ import { checkName } from "../../fleet/protocol.ts";
 import { createFleetRequester } from "../../fleet/requester.ts";
 import type { Command, CommandContext, FlagSpec } from "../command.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
-import { formatMs, renderTable } from "../render.ts";
+import { renderTable } from "../render.ts";
+import { describeDeviceStatus, describeFleetOutcome } from "../summaries.ts";
 
 const SUBCOMMANDS = ["serve", "devices", "recalibrate", "report", "rollback"] as const;
 type Sub = (typeof SUBCOMMANDS)[number];
@@ -211,13 +212,7 @@ async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"):
       if (json) {
         ctx.out(JSON.stringify(all ? outcomes : outcomes[0]));
       } else {
-        for (const o of outcomes) {
-          const why = o.error === undefined ? "" : ` ${o.error.code}: ${o.error.message}`;
-          ctx.out(`${o.device}: job ${o.id} ${o.state}${why}`);
-          if (o.report?.result !== undefined) ctx.out(`  result ${JSON.stringify(o.report.result)}`);
-          if (o.report?.error !== undefined)
-            ctx.out(`  error ${o.report.error.code}: ${o.report.error.message}`);
-        }
+        for (const o of outcomes) for (const l of describeFleetOutcome(o)) ctx.out(l);
       }
       const failed = outcomes.filter((o) => o.state !== "SUCCEEDED" && (wait || o.state === "REFUSED"));
       return failed.length === 0 ? 0 : 1;
@@ -236,32 +231,12 @@ async function report(ctx: CommandContext): Promise<number> {
       const reply = await requester.request(device, "status", {}, { timeoutMs });
       if (!reply.ok)
         throw new QuantdError(reply.error.code, reply.error.message, { details: reply.error.details ?? {} });
-      const status = reply.result as Record<string, unknown> & { lastJob?: Record<string, unknown> | null };
+      const status = reply.result as Record<string, unknown>;
       if (flagBool(ctx.flags, "json")) {
         ctx.out(JSON.stringify(status));
         return 0;
       }
-      const model = status.model as { version?: string; kind?: string } | null | undefined;
-      const rows = [
-        ["device", device],
-        ["state", String(status.state)],
-        ["agent", String(status.agentVersion ?? "-")],
-        ["model", model === null || model === undefined ? "-" : `${model.version} (${model.kind})`],
-      ];
-      const job = status.lastJob;
-      if (job !== null && job !== undefined) {
-        rows.push(["last job", `${job.id} ${job.type} ${job.state}`]);
-        const finished = typeof job.finishedAt === "number" ? job.finishedAt : undefined;
-        const started = typeof job.startedAt === "number" ? job.startedAt : undefined;
-        if (finished !== undefined && started !== undefined)
-          rows.push(["took", formatMs(finished - started)]);
-        if (job.result !== null && job.result !== undefined)
-          rows.push(["result", JSON.stringify(job.result)]);
-        if (job.error !== null && job.error !== undefined) rows.push(["error", JSON.stringify(job.error)]);
-      } else {
-        rows.push(["last job", "none"]);
-      }
-      for (const line of renderTable(rows)) ctx.out(line);
+      for (const line of describeDeviceStatus(device, status)) ctx.out(line);
       return 0;
     } finally {
       await requester.close();
@@ -281,7 +256,8 @@ export const fleetCommand: Command = {
     "(--db; a postgres:// URL for several replicas sharing one state), with a live dashboard on --http (loopback only: it has no authentication). Stops on SIGTERM/SIGINT.\n\n" +
     "devices: lists the fleet's devices from their retained status messages.\n\n" +
     "recalibrate DEVICE|--all: sends a recalibrate command (idempotent id, 60 s expiry) and prints the job id; " +
-    "with --wait, waits for the report; with --json, prints one JSON object (--all: an array) with `state` and the report. " +
+    "with --wait, waits for the report and prints a summary per device (decision, agreement, latency, size, stages); " +
+    "with --json, prints one JSON object (--all: an array) with `state` and the full report. " +
     "Exit 1 when a device refused or (with --wait) the job did not succeed.\n\n" +
     "report DEVICE: asks the device for its status and last job's report.\n\n" +
     "rollback DEVICE|--all: returns the device to its previous model version (or --version).",

@@ -17,7 +17,7 @@ import {
   type RecalibrationResult,
 } from "../../agent/recalibrate.ts";
 import { ModelRegistry } from "../../agent/registry.ts";
-import { QuantdError } from "../../errors.ts";
+import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import { DEFAULT_GATE_AGREEMENT } from "../../quant/gate.ts";
 import { CALIBRATION_METHODS } from "../../quant/pipeline.ts";
 import { defaultQuantizeOptions } from "../../quant/plan.ts";
@@ -38,7 +38,12 @@ function jobLine(j: Job): string {
 }
 
 /** Human lines for a finished recalibration. */
-export function describeRecalibration(job: Job): string[] {
+export function describeRecalibration(job: {
+  id: string;
+  state: string;
+  error: QuantdErrorJSON | null;
+  result: unknown;
+}): string[] {
   const lines = [`job ${job.id}: ${job.state}${job.error === null ? "" : ` (${job.error.code})`}`];
   const r = job.result as RecalibrationResult | null;
   if (r === null || typeof r !== "object") {
@@ -251,7 +256,8 @@ export const jobCommand: Command = {
     "directory. A job interrupted by a crash or power cut resumes from its last intact stage at the next " +
     "start (after 3 interruptions it fails with JOB_INTERRUPTED).\n\n" +
     "`list` shows recent jobs, `show ID` one job with its result, `cancel ID` cancels a queued job at once " +
-    "and a running one at its next stage boundary (it ends FAILED with JOB_CANCELLED).\n\n" +
+    "and a running one at its next stage boundary (it ends FAILED with JOB_CANCELLED); cancelling a job that " +
+    "already ended fails with STATE_CONFLICT. ID may be any unique prefix of a job id, as in git.\n\n" +
     "Exit code with --wait: 0 when promoted, 1 when rejected or failed.",
   flags: [
     ...AGENT_STATE_FLAGS,
@@ -320,14 +326,21 @@ export const jobCommand: Command = {
             else for (const j of jobs) ctx.out(jobLine(j));
             return 0;
           }
-          const id = arg!;
-          const job = action === "show" ? store.jobs.require(id) : store.jobs.cancel(id);
+          const found = store.jobs.resolve(arg!);
+          if (action === "cancel" && isFinished(found)) {
+            throw new QuantdError(
+              "STATE_CONFLICT",
+              `job ${found.id} already ended ${found.state}; there is nothing to cancel`,
+              { details: { id: found.id, state: found.state } },
+            );
+          }
+          const job = action === "show" ? found : store.jobs.cancel(found.id);
           if (json) ctx.out(JSON.stringify({ job }));
           else if (action === "cancel") {
             ctx.out(
               job.state === "IN_PROGRESS"
-                ? `job ${id} is running: it stops at its next stage boundary`
-                : jobLine(job),
+                ? `job ${job.id} is running: it stops at its next stage boundary`
+                : `job ${job.id} cancelled before it started`,
             );
           } else {
             ctx.out(jobLine(job));

@@ -1,0 +1,104 @@
+/**
+ * The human summaries of job reports and device statuses: a recalibration's
+ * report (as the agent sends it over MQTT) reads as the local `quantd job`
+ * summary does; any other job's result becomes a table with units; nothing
+ * falls back to a line of JSON.
+ */
+import { describe, expect, test } from "bun:test";
+import type { RecalibrationResult } from "../../src/agent/recalibrate.ts";
+import {
+  describeDeviceStatus,
+  describeFleetOutcome,
+  describeJob,
+  fieldRows,
+} from "../../src/cli/summaries.ts";
+
+const RESULT: RecalibrationResult = {
+  decision: "promoted",
+  reasons: [],
+  samples: { calibration: 256, validation: 128, pool: 3000 },
+  candidate: { sha256: "ab".repeat(32), bytes: 3_500_000, kind: "int8-static", version: 4 },
+  active: { path: "/var/lib/quantd/models/x.onnx", version: 3, kind: "fp32", bytes: 11_200_000 },
+  validation: {
+    n: 128,
+    agreement: 0.9921875,
+    disagreements: 1,
+    maxAbsLogitDiff: 0.4,
+    meanAbsLogitDiff: 0.05,
+    labelled: 128,
+    gate: { minAgreement: 0.98, passed: true, failures: [] },
+  },
+  bench: {
+    shape: { batch: 1, seq: 64 },
+    threads: 2,
+    runs: 40,
+    activeP50Ms: 9.5,
+    candidateP50Ms: 4.25,
+    activeP90Ms: 10,
+    candidateP90Ms: 5,
+    latencyRatio: 0.45,
+    activeBytes: 11_200_000,
+    candidateBytes: 3_500_000,
+  },
+  stageMs: { pick: 12, quantize: 20_500, benchmark: 4_000, promote: 300, report: 2 },
+};
+
+describe("summaries", () => {
+  test("a fleet report of a recalibration reads like the local job summary: decision, agreement, latency, size, stages", () => {
+    const lines = describeFleetOutcome({
+      device: "pi-7",
+      id: "recalibrate-1",
+      state: "SUCCEEDED",
+      report: { id: "recalibrate-1", type: "recalibrate", state: "SUCCEEDED", result: RESULT },
+    });
+    const text = lines.join("\n");
+    expect(lines[0]).toBe("pi-7:");
+    expect(lines[1]).toBe("  job recalibrate-1: SUCCEEDED");
+    expect(text).toMatch(/decision\s+promoted/);
+    expect(text).toMatch(/agreement\s+99\.22%/);
+    expect(text).toMatch(/latency p50\s+active 9\.50 ms, candidate 4\.25 ms/);
+    expect(text).toMatch(/size\s+active 10\.7 MB, candidate 3\.3 MB/);
+    expect(text).toMatch(/stages\s+pick 12\.0 ms, quantize 20500 ms, benchmark 4000 ms/);
+    expect(text).not.toContain("{");
+  });
+
+  test("a failed job shows its error; a refused command its reason", () => {
+    const failed = describeJob({
+      id: "rb-1",
+      type: "rollback",
+      state: "FAILED",
+      error: { code: "NOT_FOUND", message: "no earlier version" },
+    });
+    expect(failed).toEqual([
+      "job rb-1 (rollback): FAILED (NOT_FOUND)",
+      "  error  NOT_FOUND: no earlier version",
+    ]);
+    expect(
+      describeFleetOutcome({
+        device: "pi-2",
+        id: "x",
+        state: "REFUSED",
+        error: { code: "FLEET_UNAVAILABLE", message: "no reply from pi-2 within 10 s" },
+      }),
+    ).toEqual(["pi-2: job x REFUSED FLEET_UNAVAILABLE: no reply from pi-2 within 10 s"]);
+  });
+
+  test("other results become rows with units; a status names the serving model and the last job", () => {
+    expect(fieldRows({ p50Ms: 3.2, rssBytes: 2048, batch: 8, model: { version: "7" } })).toEqual([
+      ["p50Ms", "3.20 ms"],
+      ["rssBytes", "2.0 KB"],
+      ["batch", "8"],
+      ["model.version", "7"],
+    ]);
+    const lines = describeDeviceStatus("pi-1", {
+      state: "online",
+      agentVersion: "0.1.0",
+      serving: { version: 4, kind: "int8-static" },
+      queueDepth: 0,
+      lastJob: { id: "j9", type: "recalibrate", state: "SUCCEEDED", result: RESULT, error: null },
+    });
+    expect(lines).toContain("model     4 (int8-static)");
+    expect(lines).toContain("last job  j9 (recalibrate)");
+    expect(lines).toContain("job j9: SUCCEEDED");
+  });
+});
