@@ -25,6 +25,8 @@ const CAPTURE_FLUSH_MS = 1000;
 const CAPTURE_FLUSH_TEXTS = 64;
 /** Longest wait for another process's write lock when writing captured samples, in ms. */
 const CAPTURE_BUSY_TIMEOUT_MS = 20;
+/** Stored samples added to the probe batch of a promoted version. */
+const PROBE_SAMPLES = 14;
 /** Captured texts kept while the store stays locked; older ones are dropped. */
 const CAPTURE_MAX_PENDING = 1024;
 
@@ -100,6 +102,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     threads: config.threads,
     workers: config.inferenceWorkers,
     swap: config.swap,
+    maxModelBytes: config.limits.maxModelBytes,
+    // A new version is also probed on a few stored inputs, not only on the fixed probe texts.
+    probeTexts: () => store.samples.pick({ n: PROBE_SAMPLES, seed: Date.now() }).map((s) => s.text),
     onEvent: (e) => {
       if (e.type === "swapped" && e.from !== undefined) metrics?.swaps.inc();
       if (e.type === "rolled-back") metrics?.rollbacks.inc({ trigger: e.trigger });

@@ -35,6 +35,8 @@ export interface LimitsConfig {
   maxTexts: number;
   /** Largest text, in UTF-8 bytes. */
   maxTextBytes: number;
+  /** Largest model file a promotion accepts, in bytes. */
+  maxModelBytes: number;
 }
 
 /** Opt-in capture of live traffic into the sample pool. */
@@ -140,6 +142,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   maxBodyBytes: 1024 * 1024,
   maxTexts: 256,
   maxTextBytes: 64 * 1024,
+  maxModelBytes: 1024 * 1024 * 1024,
 };
 
 /** Default post-swap checks: over its first 200 batches, more than 1 % failed batches or a p95 batch latency above 1.2 × the old model's rolls a new model back. */
@@ -173,6 +176,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "limits.maxBodyBytes", type: "int", min: 64, max: 1024 * 1024 * 1024 },
   { path: "limits.maxTexts", type: "int", min: 1, max: 100_000 },
   { path: "limits.maxTextBytes", type: "int", min: 1, max: 16 * 1024 * 1024 },
+  { path: "limits.maxModelBytes", type: "int", min: 1024, max: 2 * 1024 * 1024 * 1024 },
   { path: "capture.enabled", type: "boolean" },
   { path: "capture.rate", type: "number", above: 0, max: 1 },
   { path: "swap.errorRate", type: "number", min: 0, max: 1 },
@@ -463,6 +467,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
       maxBodyBytes: num("limits.maxBodyBytes", DEFAULT_LIMITS.maxBodyBytes),
       maxTexts: num("limits.maxTexts", DEFAULT_LIMITS.maxTexts),
       maxTextBytes: num("limits.maxTextBytes", DEFAULT_LIMITS.maxTextBytes),
+      maxModelBytes: num("limits.maxModelBytes", DEFAULT_LIMITS.maxModelBytes),
     },
     capture: {
       enabled: (values.get("capture.enabled") as boolean | undefined) ?? false,

@@ -3,9 +3,11 @@
  *
  * Promotion copies the candidate into `<stateDir>/models/` (temporary file,
  * fsync, rename, fsync of the directory), records it in the store as a
- * candidate, opens a session on the copy and verifies it with a probe batch —
- * a file that does not decode, load or produce finite logits is rejected and
- * never serves — then marks it active in the store (one durable transaction)
+ * candidate, opens a session on the copy and verifies it with a probe batch
+ * (fixed texts and a few stored samples) — a file that is not a regular file
+ * within `limits.maxModelBytes`, does not decode or load, has another label
+ * set than the serving model, or gives NaN or input-independent logits is
+ * rejected and never serves — then marks it active in the store (one durable transaction)
  * and swaps the pointer the server reads. Batches already running keep a
  * reference to the old session, which is released only when the last of them
  * ends, so no request fails because of a swap.
@@ -16,6 +18,7 @@
  * route, or the fleet link) calls {@link ModelRegistry.promote}.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { constants } from "node:fs";
 import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
@@ -76,7 +79,18 @@ export interface RegistryOptions {
   workers?: number;
   swap: SwapChecksConfig;
   onEvent?: (event: RegistryEvent) => void;
+  /** Largest candidate file accepted by a promotion, in bytes. @defaultValue {@link DEFAULT_MAX_MODEL_BYTES} */
+  maxModelBytes?: number;
+  /** Stored texts (the sample pool) added to the probe batch of a new version, so it is checked on real inputs. */
+  probeTexts?: () => readonly string[];
 }
+
+/** Default bound on a candidate model file: ONNX's protobuf limit is 2 GiB, a board's memory far less. */
+export const DEFAULT_MAX_MODEL_BYTES = 1024 * 1024 * 1024;
+/** Smallest spread of a logit across the probe rows: below it the model answers the same whatever the input. */
+const MIN_LOGIT_SPREAD = 1e-6;
+/** Largest model the load-failure diagnosis decodes whole (beyond, it checks the file's framing only). */
+const FULL_DECODE_MAX_BYTES = 64 * 1024 * 1024;
 
 /** Options of {@link ModelRegistry.promote}. */
 export interface PromoteOptions {
@@ -294,20 +308,27 @@ function writeError(target: string, err: unknown): QuantdError {
   );
 }
 
+function tooLarge(src: string, bytes: number, maxBytes: number): QuantdError {
+  return new QuantdError(
+    "MODEL_TOO_LARGE",
+    `candidate model ${src} is ${bytes} bytes or more, over the limit of ${maxBytes} (limits.maxModelBytes)`,
+    { details: { path: src, bytes, maxBytes } },
+  );
+}
+
 /**
- * Copies `src` to a temporary file in `dir` in 1 MiB reads, hashing it and
- * looking for the operator names of its kind on the way, then fsyncs it. The
- * model is never held in memory whole (a 30 MB fp32 model would stay in the
- * agent's resident set long after the copy), and the event loop is never
- * blocked for more than one chunk.
+ * Opens a candidate for reading, refusing anything but a regular file within
+ * the size bound. The open itself never blocks (O_NONBLOCK: a FIFO would
+ * otherwise wait for a writer forever, holding the registry's lock), and the
+ * type is checked on the opened descriptor, so a path swapped after a check
+ * cannot slip a device (`/dev/zero` copies until the disk is full) through.
  *
- * @throws FILE_NOT_FOUND | FILE_UNREADABLE when `src` cannot be read
- * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written (nothing is left behind)
+ * @throws FILE_NOT_FOUND | FILE_UNREADABLE (not a regular file) | MODEL_TOO_LARGE
  */
-export async function stageCopy(src: string, dir: string): Promise<StagedCopy> {
+async function openRegularFile(src: string, maxBytes: number): Promise<FileHandle> {
   let input: FileHandle;
   try {
-    input = await open(src, "r");
+    input = await open(src, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     throw new QuantdError(
@@ -316,6 +337,49 @@ export async function stageCopy(src: string, dir: string): Promise<StagedCopy> {
       { cause: err, details: { path: src } },
     );
   }
+  try {
+    const st = await input.stat();
+    if (!st.isFile()) {
+      const what = st.isFIFO()
+        ? "a FIFO"
+        : st.isCharacterDevice() || st.isBlockDevice()
+          ? "a device"
+          : st.isSocket()
+            ? "a socket"
+            : st.isDirectory()
+              ? "a directory"
+              : "not a regular file";
+      throw new QuantdError(
+        "FILE_UNREADABLE",
+        `candidate model ${src} is ${what}; only a regular file can be promoted`,
+        { details: { path: src } },
+      );
+    }
+    if (st.size > maxBytes) throw tooLarge(src, st.size, maxBytes);
+    return input;
+  } catch (err) {
+    await input.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Copies `src` to a temporary file in `dir` in 1 MiB reads, hashing it and
+ * looking for the operator names of its kind on the way, then fsyncs it. The
+ * model is never held in memory whole (a 30 MB fp32 model would stay in the
+ * agent's resident set long after the copy), and the event loop is never
+ * blocked for more than one chunk.
+ *
+ * @throws FILE_NOT_FOUND | FILE_UNREADABLE when `src` cannot be read or is not a regular file
+ * @throws MODEL_TOO_LARGE when it holds more than `maxBytes`
+ * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written (nothing is left behind)
+ */
+export async function stageCopy(
+  src: string,
+  dir: string,
+  maxBytes = DEFAULT_MAX_MODEL_BYTES,
+): Promise<StagedCopy> {
+  const input = await openRegularFile(src, maxBytes);
   const tmpPath = join(dir, `.candidate.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
   let out: FileHandle | undefined;
   try {
@@ -329,6 +393,7 @@ export async function stageCopy(src: string, dir: string): Promise<StagedCopy> {
     const found = new Set<ModelKind>();
     const buf = Buffer.allocUnsafe(MARKER_OVERLAP + COPY_CHUNK);
     let carry = 0;
+    let copied = 0;
     for (;;) {
       let n: number;
       try {
@@ -343,6 +408,9 @@ export async function stageCopy(src: string, dir: string): Promise<StagedCopy> {
         );
       }
       if (n === 0) break;
+      copied += n;
+      // The file may grow while it is copied: the bound holds for what is read, not only for its size at open.
+      if (copied > maxBytes) throw tooLarge(src, copied, maxBytes);
       const chunk = buf.subarray(carry, carry + n);
       hash.update(chunk);
       scanKindMarkers(buf.subarray(0, carry + n), found);
@@ -396,13 +464,18 @@ async function commitCopy(staged: StagedCopy, target: string): Promise<string> {
 }
 
 /**
- * onnxruntime says only that it could not load a file; the codec names what
- * is wrong with it (truncated, not ONNX). Decoding is slow, so it runs only
- * after a failure.
+ * onnxruntime says only that it could not load a file; the file's framing, and
+ * for a model of ordinary size the codec, name what is wrong with it
+ * (truncated, not ONNX). It runs only after a failure, and never holds a large
+ * file in memory: beyond {@link FULL_DECODE_MAX_BYTES} only the top-level
+ * framing is read.
  */
 async function diagnoseLoadFailure(path: string, shownPath: string, err: QuantdError): Promise<QuantdError> {
   if (err.code !== "MODEL_LOAD_FAILED") return err;
   try {
+    const { scanModelFile } = await import("../onnx/file-scan.ts");
+    const scan = await scanModelFile(path);
+    if (scan.bytes > FULL_DECODE_MAX_BYTES) return err;
     // The codec (and protobufjs) is loaded only then: an agent that only serves never needs it.
     const { decodeModel } = await import("../onnx/codec.ts");
     decodeModel(await Bun.file(path).bytes(), shownPath);
@@ -531,7 +604,9 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    * model is untouched.
    *
    * @throws FILE_NOT_FOUND | FILE_UNREADABLE when the candidate cannot be read
-   * @throws MODEL_TRUNCATED | MODEL_NOT_ONNX | MODEL_LOAD_FAILED | MODEL_INPUTS_MISMATCH | INFERENCE_FAILED for a corrupt or unusable candidate
+   * @throws MODEL_TRUNCATED | MODEL_NOT_ONNX | MODEL_LOAD_FAILED | MODEL_INPUTS_MISMATCH for a corrupt or unusable candidate
+   * @throws MODEL_TASK_MISMATCH | MODEL_PROBE_FAILED for a candidate of another task, or NaN or constant logits
+   * @throws MODEL_TOO_LARGE | FILE_UNREADABLE for a file over `maxModelBytes`, or not a regular file
    * @throws MODEL_INVALID when the same file was rejected before
    * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written
    */
@@ -574,35 +649,85 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     void p.then(() => this.#retiring.delete(p));
   }
 
-  /** Opens a session on a registered version and runs the probe batch. */
+  /**
+   * Opens a session on a registered version and runs the probe batch: the
+   * fixed probe texts and a few stored samples. A version must do the serving
+   * model's task (the same labels), give finite logits, and not answer the
+   * same whatever the input.
+   *
+   * @throws MODEL_TASK_MISMATCH | MODEL_PROBE_FAILED | MODEL_* from loading
+   */
   async #load(version: ModelVersion): Promise<Classifier> {
-    const classifier = await loadClassifier(version.path, {
-      tokenizerDir: this.#opts.tokenizerDir,
-      // onnxruntime's memory patterns are planned and kept per input shape, and served batches come in many
-      // shapes: off, an agent under 16 clients of ~128-token texts held 139 MB instead of 157 MB, at the same speed.
-      session: { intraOpThreads: this.#opts.threads, enableMemPattern: false },
-      workers: this.#opts.workers ?? 0,
-    });
+    let classifier: Classifier;
     try {
-      const results = await classifier.classify(PROBE_TEXTS, { batchSize: PROBE_TEXTS.length });
+      classifier = await loadClassifier(version.path, {
+        tokenizerDir: this.#opts.tokenizerDir,
+        // onnxruntime's memory patterns are planned and kept per input shape, and served batches come in many
+        // shapes: off, an agent under 16 clients of ~128-token texts held 139 MB instead of 157 MB, at the same speed.
+        session: { intraOpThreads: this.#opts.threads, enableMemPattern: false },
+        workers: this.#opts.workers ?? 0,
+      });
+    } catch (err) {
+      // config.json's labels are the task every version shares: another label count is another task.
+      if (isQuantdError(err, "DATA_MISMATCH")) {
+        throw new QuantdError("MODEL_TASK_MISMATCH", `version ${version.id}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
+    try {
       const current = this.#current;
       if (current !== undefined && current.classifier.numLabels !== classifier.numLabels) {
         throw new QuantdError(
-          "MODEL_INPUTS_MISMATCH",
+          "MODEL_TASK_MISMATCH",
           `version ${version.id} has ${classifier.numLabels} labels but the serving model has ${current.classifier.numLabels}`,
+          { details: { labels: classifier.numLabels, serving: current.classifier.numLabels } },
         );
       }
-      if (results.length !== PROBE_TEXTS.length || results.some((r) => !r.logits.every(Number.isFinite))) {
-        throw new QuantdError(
-          "INFERENCE_FAILED",
-          `version ${version.id} produced non-finite logits on the probe batch`,
-        );
-      }
+      await this.#probe(version, classifier);
     } catch (err) {
       await classifier.release();
       throw err;
     }
     return classifier;
+  }
+
+  /** The probe batch. @throws MODEL_PROBE_FAILED */
+  async #probe(version: ModelVersion, classifier: Classifier): Promise<void> {
+    let stored: readonly string[] = [];
+    try {
+      stored = this.#opts.probeTexts?.() ?? [];
+    } catch {
+      // A busy store: the fixed probe texts still check the model.
+    }
+    const texts = [...PROBE_TEXTS, ...stored];
+    let results: Classification[];
+    try {
+      results = await classifier.classify(texts, { batchSize: PROBE_TEXTS.length });
+    } catch (err) {
+      if (!isQuantdError(err, "INFERENCE_FAILED")) throw err;
+      throw new QuantdError(
+        "MODEL_PROBE_FAILED",
+        `version ${version.id} failed the probe batch: ${err.message}`,
+        {
+          cause: err,
+        },
+      );
+    }
+    if (results.length !== texts.length || results.some((r) => !r.logits.every(Number.isFinite))) {
+      throw new QuantdError(
+        "MODEL_PROBE_FAILED",
+        `version ${version.id} produced non-finite logits on the probe batch`,
+      );
+    }
+    const first = results[0]!.logits;
+    const spread = Math.max(...results.flatMap((r) => r.logits.map((v, j) => Math.abs(v - first[j]!))));
+    if (!(spread > MIN_LOGIT_SPREAD)) {
+      throw new QuantdError(
+        "MODEL_PROBE_FAILED",
+        `version ${version.id} gives the same logits for all ${texts.length} probe texts: it does not depend on its input`,
+        { details: { probeTexts: texts.length, spread } },
+      );
+    }
   }
 
   async #promoteLocked(
@@ -612,7 +737,10 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   ): Promise<ModelVersion> {
     const models = this.#opts.models;
     // Everything here is asynchronous or chunked: a promotion runs while the server keeps answering.
-    const staged = await stageCopy(resolve(candidatePath), this.#opts.modelsDir);
+    // The bound is on promotions; the model the agent is configured to start with is the operator's choice.
+    const maxBytes =
+      why === "promote" ? (this.#opts.maxModelBytes ?? DEFAULT_MAX_MODEL_BYTES) : Number.POSITIVE_INFINITY;
+    const staged = await stageCopy(resolve(candidatePath), this.#opts.modelsDir, maxBytes);
     const sha256 = staged.sha256;
     const reject = (version: ModelVersion | undefined, err: unknown): QuantdError => {
       const qe = QuantdError.from(err, "MODEL_INVALID");

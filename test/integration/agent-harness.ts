@@ -76,6 +76,47 @@ export async function makeInt8Model(dir: string): Promise<string> {
   return out;
 }
 
+/** Ways to break the shipped model's classifier head while it still loads. */
+export type HeadVariant = "three-labels" | "nan-logits" | "constant-logits";
+
+/**
+ * The shipped fp32 model with its classifier head changed: a third label
+ * (another task), NaN bias (NaN logits), or zero weights (the bias whatever
+ * the input). Saved under `dir`; returns the path.
+ */
+export async function makeHeadVariant(dir: string, variant: HeadVariant): Promise<string> {
+  const out = join(dir, `candidate-${variant}.onnx`);
+  const model = await loadModel(shippedModelPath);
+  const init = (name: string) => model.graph.initializer.find((t) => t.name === name)!;
+  const weight = init("classifier.weight");
+  const bias = init("classifier.bias");
+  const w = new Float32Array(weight.rawData!.slice().buffer);
+  const b = new Float32Array(bias.rawData!.slice().buffer);
+  switch (variant) {
+    case "three-labels": {
+      const hidden = weight.dims[1] as number;
+      const w3 = new Float32Array(3 * hidden);
+      w3.set(w);
+      w3.set(w.subarray(0, hidden), 2 * hidden);
+      weight.dims = [3, hidden];
+      weight.rawData = new Uint8Array(w3.buffer);
+      bias.dims = [3];
+      bias.rawData = new Uint8Array(Float32Array.from([b[0]!, b[1]!, 0]).buffer);
+      const dim = model.graph.output[0]!.type!.tensorType!.shape!.dim[1]!;
+      dim.dimValue = 3;
+      break;
+    }
+    case "nan-logits":
+      bias.rawData = new Uint8Array(Float32Array.from([Number.NaN, Number.NaN]).buffer);
+      break;
+    case "constant-logits":
+      weight.rawData = new Uint8Array(new Float32Array(w.length).buffer);
+      break;
+  }
+  await saveModel(model, out);
+  return out;
+}
+
 /** The value of an unlabelled (or exactly-labelled) Prometheus series, or undefined. */
 export function metricValue(text: string, series: string): number | undefined {
   for (const line of text.split("\n")) {

@@ -6,7 +6,15 @@
  * restart serving the store's active version.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
@@ -16,6 +24,7 @@ import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 import {
   call,
   classifyOverSocket,
+  makeHeadVariant,
   makeInt8Model,
   metricValue,
   TEXTS,
@@ -280,4 +289,75 @@ test("old retired int8 files are pruned, keeping the two most recent and every f
   } finally {
     await agent.stop();
   }
+});
+
+describe("promote refuses what it cannot serve, with a 4xx and its code, and keeps serving", () => {
+  let agent: Agent;
+  let sock: string;
+  beforeAll(async () => {
+    agent = await startAgent(
+      testConfig(join(dir, "refuse"), {
+        QUANTD_SWAP_WINDOW: "1000000",
+        QUANTD_LIMITS_MAX_MODEL_BYTES: "40000000",
+      }),
+      { runJobs: false },
+    );
+    sock = agent.config.socketPath;
+    agent.store.samples.add(
+      TEXTS.map((text) => ({ text })),
+      { source: "file" },
+    );
+  });
+  afterAll(async () => {
+    await agent.stop();
+  });
+
+  const promote = (path: string) => call(sock, "/v1/models/promote", { body: JSON.stringify({ path }) });
+  const expectRefused = async (path: string, status: number, code: string): Promise<string> => {
+    const r = await promote(path);
+    const error = r.body["error"] as { code: string; message: string };
+    expect({ status: r.status, code: error.code }).toEqual({ status, code });
+    const still = await classifyOverSocket(sock, ["still serving"]);
+    expect(still.status).toBe(200);
+    expect(modelOf(still).version).toBe(1);
+    return error.message;
+  };
+
+  test("a FIFO is refused at once (it would block the registry), and the next promotion is not held up", async () => {
+    const fifo = join(dir, "model.fifo");
+    Bun.spawnSync(["mkfifo", fifo]);
+    expect(await expectRefused(fifo, 400, "FILE_UNREADABLE")).toContain("a FIFO");
+    expect((await call(sock, "/v1/models")).status).toBe(200);
+    expect(await expectRefused(fifo, 400, "FILE_UNREADABLE")).toContain("only a regular file");
+  });
+
+  test("a symlink to /dev/zero is refused, nothing is copied", async () => {
+    const link = join(dir, "zero.onnx");
+    symlinkSync("/dev/zero", link);
+    expect(await expectRefused(link, 400, "FILE_UNREADABLE")).toContain("a device");
+    expect(readdirSync(join(agent.config.stateDir, "models")).filter((n) => n.startsWith("."))).toEqual([]);
+  });
+
+  test("a file over limits.maxModelBytes is refused with 413 naming the limit", async () => {
+    const big = join(dir, "big.onnx");
+    writeFileSync(big, "");
+    truncateSync(big, 40_000_001);
+    expect(await expectRefused(big, 413, "MODEL_TOO_LARGE")).toContain("limits.maxModelBytes");
+  });
+
+  test("a model with another label set is MODEL_TASK_MISMATCH (422)", async () => {
+    const path = await makeHeadVariant(dir, "three-labels");
+    expect(await expectRefused(path, 422, "MODEL_TASK_MISMATCH")).toContain("3");
+  });
+
+  test("NaN logits and input-independent logits fail the probe: MODEL_PROBE_FAILED (422)", async () => {
+    expect(
+      await expectRefused(await makeHeadVariant(dir, "nan-logits"), 422, "MODEL_PROBE_FAILED"),
+    ).toContain("NaN logits");
+    expect(
+      await expectRefused(await makeHeadVariant(dir, "constant-logits"), 422, "MODEL_PROBE_FAILED"),
+    ).toContain(`same logits for all ${2 + TEXTS.length} probe texts`);
+    const rejected = agent.store.models.list("rejected").map((v) => v.reason ?? "");
+    expect(rejected.filter((r) => r.startsWith("MODEL_PROBE_FAILED"))).toHaveLength(2);
+  });
 });
