@@ -10,6 +10,7 @@ import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { isQuantdError, QuantdError } from "../errors.ts";
 import type { FleetLink } from "../fleet/link.ts";
+import { redactUrl } from "../redact.ts";
 import { MicroBatcher } from "../server/batcher.ts";
 import { type Listeners, startListeners } from "../server/listen.ts";
 import { createRoutes, ServerMetrics } from "../server/routes.ts";
@@ -250,7 +251,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
         agentVersion: pkg.version,
         log,
       });
-      log(`fleet: device ${config.fleet.device} of fleet ${config.fleet.fleet} via ${config.fleet.broker}`);
+      log(
+        `fleet: device ${config.fleet.device} of fleet ${config.fleet.fleet} via ${redactUrl(config.fleet.broker)}`,
+      );
     } catch (err) {
       await listeners.stop();
       await registry.close();

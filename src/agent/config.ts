@@ -198,6 +198,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "fleet.keepaliveSec", type: "int", min: 1, max: 65535 },
   { path: "fleet.willDelaySec", type: "int", min: 0, max: 86_400 },
   { path: "fleet.telemetryIntervalMs", type: "int", min: 10, max: 3_600_000 },
+  { path: "fleet.maxPacketBytes", type: "int", min: 131_072, max: 268_435_455 },
 ];
 
 /** `batching.maxBatch` → `QUANTD_BATCHING_MAX_BATCH`. */
@@ -372,7 +373,7 @@ function fleetConfig(
     const v = str(`fleet.${key}`);
     if (v !== undefined) fleet[key] = v;
   }
-  for (const key of ["keepaliveSec", "willDelaySec", "telemetryIntervalMs"] as const) {
+  for (const key of ["keepaliveSec", "willDelaySec", "telemetryIntervalMs", "maxPacketBytes"] as const) {
     const v = values.get(`fleet.${key}`) as number | undefined;
     if (v !== undefined) fleet[key] = v;
   }

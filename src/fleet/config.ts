@@ -5,8 +5,8 @@
  */
 import { readFileSync } from "node:fs";
 import { QuantdError } from "../errors.ts";
-import { type MqttConnectOptions, parseBrokerUrl } from "./mqtt-client.ts";
-import { checkName } from "./protocol.ts";
+import { DEFAULT_MAX_PACKET_BYTES, type MqttConnectOptions, parseBrokerUrl } from "./mqtt-client.ts";
+import { checkName, MAX_COMMAND_BYTES, MAX_TELEMETRY_SAMPLES } from "./protocol.ts";
 
 /** Default MQTT keepalive, in seconds. */
 export const DEFAULT_KEEPALIVE_SEC = 30;
@@ -42,8 +42,10 @@ export interface FleetConfig {
   sessionExpirySec?: number;
   /** @defaultValue {@link DEFAULT_TELEMETRY_INTERVAL_MS} */
   telemetryIntervalMs?: number;
-  /** @defaultValue {@link DEFAULT_TELEMETRY_BATCH} */
+  /** Samples per telemetry message, at most `MAX_TELEMETRY_SAMPLES`. @defaultValue {@link DEFAULT_TELEMETRY_BATCH} */
   telemetryBatch?: number;
+  /** MQTT 5 Maximum Packet Size announced in CONNECT. @defaultValue {@link DEFAULT_MAX_PACKET_BYTES} */
+  maxPacketBytes?: number;
 }
 
 function readPem(path: string | undefined, key: string): string | undefined {
@@ -55,10 +57,16 @@ function readPem(path: string | undefined, key: string): string | undefined {
   }
 }
 
-function positiveInt(v: number | undefined, key: string, fallback: number, min = 1): number {
+function positiveInt(
+  v: number | undefined,
+  key: string,
+  fallback: number,
+  min = 1,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (v === undefined) return fallback;
-  if (!Number.isSafeInteger(v) || v < min) {
-    throw new QuantdError("CONFIG_INVALID", `${key} must be an integer >= ${min}, got ${v}`, {
+  if (!Number.isSafeInteger(v) || v < min || v > max) {
+    throw new QuantdError("CONFIG_INVALID", `${key} must be an integer in [${min}, ${max}], got ${v}`, {
       details: { key },
     });
   }
@@ -112,6 +120,14 @@ export function resolveFleetConfig(config: FleetConfig): ResolvedFleetConfig {
     // The will waits for the delay or the end of the session, whichever is first:
     // the session must outlive the delay or short reconnects would still flap.
     sessionExpirySec: Math.max(sessionExpirySec, willDelaySec),
+    // A packet must hold the largest command; MQTT caps it at 256 MiB.
+    maxPacketBytes: positiveInt(
+      config.maxPacketBytes,
+      "maxPacketBytes",
+      DEFAULT_MAX_PACKET_BYTES,
+      MAX_COMMAND_BYTES * 2,
+      268_435_455,
+    ),
   };
   const ca = readPem(config.caFile, "caFile");
   const cert = readPem(config.certFile, "certFile");
@@ -133,7 +149,13 @@ export function resolveFleetConfig(config: FleetConfig): ResolvedFleetConfig {
       DEFAULT_TELEMETRY_INTERVAL_MS,
       10,
     ),
-    telemetryBatch: positiveInt(config.telemetryBatch, "telemetryBatch", DEFAULT_TELEMETRY_BATCH),
+    telemetryBatch: positiveInt(
+      config.telemetryBatch,
+      "telemetryBatch",
+      DEFAULT_TELEMETRY_BATCH,
+      1,
+      MAX_TELEMETRY_SAMPLES,
+    ),
     connect,
   };
 }

@@ -21,6 +21,8 @@ import {
   type FleetCommand,
   JOB_COMMANDS,
   type JobMessage,
+  MAX_COMMAND_BYTES,
+  MAX_REPORT_BYTES,
   type OutboxFigures,
   parseCommand,
   parseEnvelope,
@@ -123,6 +125,21 @@ function outboxFigures(s: OutboxStats): OutboxFigures {
   return { queued: s.count, bytes: s.bytes, dropped: s.dropped };
 }
 
+/**
+ * A report's payload within {@link MAX_REPORT_BYTES}: a result too large to
+ * send is replaced by its size (the controller would refuse the whole report,
+ * and the job's outcome matters more than its bulk).
+ */
+export function encodeReport(report: ReportMessage): Uint8Array {
+  const body = encodeJson(report);
+  if (body.byteLength <= MAX_REPORT_BYTES) return body;
+  const cut: ReportMessage = { ...report, result: { truncated: true, resultBytes: body.byteLength } };
+  if (report.error !== undefined) {
+    cut.error = { code: report.error.code, message: report.error.message.slice(0, 4096) };
+  }
+  return encodeJson(cut);
+}
+
 function finalState(err: QuantdError): FinalJobState {
   if (err.code === "GATE_NOT_MET") return "REJECTED";
   if (err.code === "JOB_TIMED_OUT") return "TIMED_OUT";
@@ -221,7 +238,7 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
     };
     if (done.result !== null) report.result = done.result;
     if (done.error !== null) report.error = done.error;
-    publisher.enqueue(topics.report, encodeJson(report));
+    publisher.enqueue(topics.report, encodeReport(report));
   };
 
   const external = new Set(deps.runner?.types ?? []);
@@ -342,6 +359,13 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
   const answer = async (name: string, msg: MqttMessage): Promise<CommandReply> => {
     let id: string | null = null;
     try {
+      if (msg.payload.byteLength > MAX_COMMAND_BYTES) {
+        throw new QuantdError(
+          "REQUEST_TOO_LARGE",
+          `command body of ${msg.payload.byteLength} bytes exceeds ${MAX_COMMAND_BYTES}`,
+          { details: { bytes: msg.payload.byteLength, max: MAX_COMMAND_BYTES } },
+        );
+      }
       const env = parseEnvelope(msg.payload);
       id = env.id;
       const cached = replies.get(env.id);
@@ -420,14 +444,14 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       return;
     void onCommand(t.name, msg);
   });
-  conn.onConnect(({ sessionPresent }) => {
+  conn.onConnect(() => {
     connects++;
     void publishStatus();
-    if (!sessionPresent) {
-      conn.subscribe([topics.cmdFilter], { qos: 1 }).catch((err: unknown) => {
-        log(`fleet: cannot subscribe to commands: ${QuantdError.from(err).toLine()}`);
-      });
-    }
+    // On every CONNACK, session present or not: a broker restored from its
+    // persistence file may hold the session without every subscription.
+    conn.subscribe([topics.cmdFilter], { qos: 1 }).catch((err: unknown) => {
+      log(`fleet: cannot subscribe to commands: ${QuantdError.from(err).toLine()}`);
+    });
   });
   conn.onError((err) => log(`fleet: ${err.toLine()}`));
 
@@ -490,7 +514,7 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       if (typeof report.id !== "string" || report.id === "") {
         throw new QuantdError("REQUEST_INVALID", "a report needs an id for subscribers to dedupe on");
       }
-      publisher.enqueue(topics.report, encodeJson({ ...report, device: resolved.device }));
+      publisher.enqueue(topics.report, encodeReport({ ...report, device: resolved.device }));
     },
     jobUpdated(job) {
       if (stopped) return;

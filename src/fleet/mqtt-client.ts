@@ -6,6 +6,7 @@
  */
 import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from "mqtt";
 import { QuantdError } from "../errors.ts";
+import { maskSecret, redactUrl } from "../redact.ts";
 
 /** MQTT delivery guarantee used by quantd (QoS 2 is never needed: every message carries an id). */
 export type MqttQos = 0 | 1;
@@ -76,6 +77,28 @@ export interface MqttConnectOptions {
   reconnectPeriodMs?: number;
   /** Give up the first connection attempt after this long, in ms. @defaultValue 10000 */
   connectTimeoutMs?: number;
+  /**
+   * MQTT 5 Maximum Packet Size sent in CONNECT: the broker drops (and never
+   * delivers) anything larger to this client, so one oversized message cannot
+   * be read into memory. @defaultValue {@link DEFAULT_MAX_PACKET_BYTES}
+   */
+  maxPacketBytes?: number;
+}
+
+/**
+ * Default Maximum Packet Size a quantd client accepts: 1 MiB holds the largest
+ * report a device sends (see `MAX_REPORT_BYTES`) with room for MQTT overhead.
+ */
+export const DEFAULT_MAX_PACKET_BYTES = 1024 * 1024;
+
+/** How the broker acknowledged a QoS 1 publish. */
+export interface PublishOutcome {
+  /**
+   * MQTT 5 PUBACK reason 0x10: the broker took the message but nobody was
+   * subscribed, so it went nowhere (a controller that lost its shared
+   * subscription in a broker restart has not subscribed again yet, say).
+   */
+  noSubscribers: boolean;
 }
 
 /** What the broker's CONNACK said. */
@@ -97,9 +120,13 @@ export interface MqttConnection {
    *
    * @throws FLEET_UNAVAILABLE when the connection was closed or the broker refused it
    */
-  publish(topic: string, payload: Uint8Array | string, options?: MqttPublishOptions): Promise<void>;
+  publish(topic: string, payload: Uint8Array | string, options?: MqttPublishOptions): Promise<PublishOutcome>;
   /**
-   * Subscribes to filters (and resolves on SUBACK).
+   * Subscribes to filters (and resolves on SUBACK). A SUBSCRIBE is always
+   * sent, also for a filter subscribed before, and nothing is re-subscribed
+   * behind the caller's back: owners subscribe again on every CONNACK,
+   * session present or not, because mosquitto 2.0 with `persistence true`
+   * restores a session without its `$share/…` subscriptions.
    *
    * @throws FLEET_UNAVAILABLE when the broker refuses a filter (ACL) or the connection is gone
    */
@@ -135,8 +162,14 @@ function toClientOptions(o: MqttConnectOptions): IClientOptions {
     connectTimeout: o.connectTimeoutMs ?? 10_000,
     // Offline QoS 0 (telemetry) is worthless later; QoS 1 goes through the SQLite outbox instead.
     queueQoSZero: false,
-    resubscribe: true,
-    properties: { sessionExpiryInterval: o.sessionExpirySec ?? 0 },
+    // mqtt.js skips a SUBSCRIBE for a filter it believes it holds and re-sends
+    // only after a session-less CONNACK; both are wrong after a persistent
+    // broker's restart (see subscribe above), so it keeps no subscription list.
+    resubscribe: false,
+    properties: {
+      sessionExpiryInterval: o.sessionExpirySec ?? 0,
+      maximumPacketSize: o.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES,
+    },
   };
   if (o.username !== undefined) opts.username = o.username;
   if (o.password !== undefined) opts.password = o.password;
@@ -199,11 +232,28 @@ function brokerOptions(u: URL): IClientOptions {
   return opts;
 }
 
-function wrap(client: MqttClient, clientId: string): MqttConnection {
+/** MQTT 5 PUBACK reason "No matching subscribers". */
+const RC_NO_SUBSCRIBERS = 0x10;
+
+function wrap(client: MqttClient, clientId: string, password: string | undefined): MqttConnection {
   let closed = false;
   const errorListeners = new Set<(err: QuantdError) => void>();
+  // mqtt.js resolves a publish with the PUBLISH packet and swallows PUBACK
+  // reason 0x10; the packet stream still shows it, keyed by message id.
+  const noSubscribers = new Set<number>();
+  client.on("packetreceive", (packet) => {
+    if (
+      packet.cmd === "puback" &&
+      packet.reasonCode === RC_NO_SUBSCRIBERS &&
+      packet.messageId !== undefined
+    ) {
+      noSubscribers.add(packet.messageId);
+    }
+  });
+  client.on("close", () => noSubscribers.clear());
   client.on("error", (err) => {
-    const e = unavailable(`MQTT connection error: ${err.message}`, err);
+    // No cause: its message could carry the password, and causes are printed.
+    const e = unavailable(`MQTT connection error: ${maskSecret(err.message, password)}`);
     for (const fn of errorListeners) fn(e);
   });
   const listen = <A extends unknown[]>(
@@ -231,14 +281,17 @@ function wrap(client: MqttClient, clientId: string): MqttConnection {
       if (Object.keys(props).length > 0) opts.properties = props;
       const body = typeof payload === "string" ? Buffer.from(payload, "utf8") : Buffer.from(payload);
       try {
-        const ack = await client.publishAsync(topic, body, opts);
-        // MQTT 5 PUBACK reason codes >= 0x80 mean the broker did not take the message.
-        const rc = ack !== undefined && "reasonCode" in ack ? ack.reasonCode : undefined;
-        if (typeof rc === "number" && rc >= 0x80) {
-          throw unavailable(`broker refused the message on ${topic} (reason 0x${rc.toString(16)})`);
-        }
+        const sent = await client.publishAsync(topic, body, opts);
+        const id = sent?.messageId;
+        const nobody = id !== undefined && noSubscribers.delete(id);
+        return { noSubscribers: nobody };
       } catch (err) {
-        throw err instanceof QuantdError ? err : unavailable(`publish to ${topic} failed`, err);
+        // mqtt.js rejects PUBACK reason codes >= 0x80 (ACL, quota) with the code on the error.
+        const rc = (err as { code?: unknown }).code;
+        if (typeof rc === "number" && rc >= 0x80) {
+          throw unavailable(`broker refused the message on ${topic} (reason 0x${rc.toString(16)})`, err);
+        }
+        throw unavailable(`publish to ${topic} failed`, err);
       }
     },
     async subscribe(filters, options = {}) {
@@ -322,7 +375,13 @@ function wrap(client: MqttClient, clientId: string): MqttConnection {
  */
 export function connectMqtt(options: MqttConnectOptions): MqttConnection {
   const broker = brokerOptions(parseBrokerUrl(options.url));
-  return wrap(mqtt.connect({ ...broker, ...toClientOptions(options) }), options.clientId);
+  const opts = { ...broker, ...toClientOptions(options) };
+  return wrap(mqtt.connect(opts), options.clientId, passwordOf(opts));
+}
+
+function passwordOf(opts: IClientOptions): string | undefined {
+  const pw = opts.password;
+  return pw === undefined ? undefined : String(pw);
 }
 
 /**
@@ -333,12 +392,15 @@ export function connectMqtt(options: MqttConnectOptions): MqttConnection {
  */
 export async function connectMqttOnce(options: MqttConnectOptions): Promise<MqttConnection> {
   const broker = brokerOptions(parseBrokerUrl(options.url));
-  const client = mqtt.connect({ ...broker, ...toClientOptions(options), reconnectPeriod: 0 });
+  const opts = { ...broker, ...toClientOptions(options), reconnectPeriod: 0 };
+  const client = mqtt.connect(opts);
+  const password = passwordOf(opts);
+  const shown = redactUrl(options.url);
   const timeoutMs = options.connectTimeoutMs ?? 10_000;
   try {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(unavailable(`no answer from the broker at ${options.url} within ${timeoutMs} ms`)),
+        () => reject(unavailable(`no answer from the broker at ${shown} within ${timeoutMs} ms`)),
         timeoutMs,
       );
       client.once("connect", () => {
@@ -347,11 +409,11 @@ export async function connectMqttOnce(options: MqttConnectOptions): Promise<Mqtt
       });
       client.once("error", (err) => {
         clearTimeout(timer);
-        reject(unavailable(`cannot connect to the broker at ${options.url}: ${err.message}`, err));
+        reject(unavailable(`cannot connect to the broker at ${shown}: ${maskSecret(err.message, password)}`));
       });
       client.once("close", () => {
         clearTimeout(timer);
-        reject(unavailable(`the broker at ${options.url} closed the connection`));
+        reject(unavailable(`the broker at ${shown} closed the connection`));
       });
     });
   } catch (err) {
@@ -359,5 +421,5 @@ export async function connectMqttOnce(options: MqttConnectOptions): Promise<Mqtt
     throw err;
   }
   client.options.reconnectPeriod = options.reconnectPeriodMs ?? 1000;
-  return wrap(client, options.clientId);
+  return wrap(client, options.clientId, password);
 }

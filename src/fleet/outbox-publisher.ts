@@ -21,6 +21,13 @@ export interface PublisherStats {
   refused: number;
   /** Messages currently on the wire. */
   inFlight: number;
+  /**
+   * PUBACKs saying nobody was subscribed (reason 0x10): the row stayed and was
+   * sent again later, since a controller may be about to subscribe again.
+   */
+  noSubscribers: number;
+  /** Rows dropped after {@link OutboxPublisherOptions.noSubscriberTtlMs} of nobody subscribing. */
+  unheard: number;
 }
 
 /** Drains an {@link OutboxStore} over an {@link MqttConnection}. */
@@ -46,9 +53,22 @@ export interface OutboxPublisherOptions {
   window?: number;
   /** Wait before retrying after a failed publish on a live connection, in ms. @defaultValue 500 */
   retryDelayMs?: number;
+  /**
+   * How long a message nobody is subscribed to is kept and retried (with
+   * backoff from `retryDelayMs` up to 30 s) before it is dropped and counted
+   * as unheard. After a mosquitto restart with persistence a controller's
+   * shared subscription is gone until it subscribes again; a device that
+   * reconnects first must not lose its reports in that gap. @defaultValue 1 hour
+   */
+  noSubscriberTtlMs?: number;
   /** The publisher's log lines (dropped when absent). */
   log?: (line: string) => void;
+  /** @defaultValue Date.now */
+  now?: () => number;
 }
+
+/** Longest wait between retries of a message nobody was subscribed to. */
+const MAX_HOLD_MS = 30_000;
 
 /** Builds a publisher; it starts draining on every connect of `conn`. */
 export function createOutboxPublisher(
@@ -59,6 +79,13 @@ export function createOutboxPublisher(
   const window = Math.max(1, options.window ?? DEFAULT_PUBLISH_WINDOW);
   const retryDelayMs = options.retryDelayMs ?? 500;
   const log = options.log ?? (() => {});
+  const now = options.now ?? Date.now;
+  const noSubscriberTtlMs = options.noSubscriberTtlMs ?? 3_600_000;
+  // id → when nobody was first subscribed, the wait before the next try and when that is due.
+  const held = new Map<number, { since: number; delayMs: number; until: number }>();
+  let noSubscriberAcks = 0;
+  let unheard = 0;
+  let holdTimer: ReturnType<typeof setTimeout> | undefined;
   // id → connection generation it was sent on: a late PUBACK or failure from an
   // older connection must not disturb the bookkeeping of a resend.
   const inFlight = new Map<number, number>();
@@ -75,20 +102,58 @@ export function createOutboxPublisher(
     waiters.clear();
   };
 
+  const scheduleHeld = (): void => {
+    if (stopped || holdTimer !== undefined || held.size === 0) return;
+    const due = Math.min(...[...held.values()].map((h) => h.until));
+    holdTimer = setTimeout(
+      () => {
+        holdTimer = undefined;
+        drain();
+      },
+      Math.max(10, due - now()),
+    );
+    holdTimer.unref?.();
+  };
+
+  // The broker took the message but nobody was subscribed: keep it for a later try, or give up.
+  const hold = (id: number, topic: string): void => {
+    noSubscriberAcks++;
+    const t = now();
+    const prev = held.get(id);
+    if (prev !== undefined && t - prev.since >= noSubscriberTtlMs) {
+      held.delete(id);
+      if (outbox.ack(id)) unheard++;
+      log(`outbox: dropped message ${id} on ${topic}: nobody subscribed for ${noSubscriberTtlMs} ms`);
+      notifyIfEmpty();
+      return;
+    }
+    const delayMs = prev === undefined ? retryDelayMs : Math.min(MAX_HOLD_MS, prev.delayMs * 2);
+    held.set(id, { since: prev?.since ?? t, delayMs, until: t + delayMs });
+    scheduleHeld();
+  };
+
   const drain = (): void => {
     if (stopped || !conn.connected) return;
+    const t = now();
     while (inFlight.size < window) {
-      const next = outbox.peek(inFlight.size + window).filter((m) => !inFlight.has(m.id));
+      const next = outbox
+        .peek(inFlight.size + held.size + window)
+        .filter((m) => !inFlight.has(m.id) && (held.get(m.id)?.until ?? 0) <= t);
       if (next.length === 0) break;
       for (const m of next) {
         if (inFlight.size >= window) break;
         const gen = generation;
         inFlight.set(m.id, gen);
         conn.publish(m.topic, m.payload, { qos: 1 }).then(
-          () => {
+          ({ noSubscribers }) => {
+            if (inFlight.get(m.id) === gen) inFlight.delete(m.id);
+            if (noSubscribers) {
+              hold(m.id, m.topic);
+              return;
+            }
+            held.delete(m.id);
             // A PUBACK is proof of delivery whichever connection carried it.
             if (outbox.ack(m.id)) acked++;
-            if (inFlight.get(m.id) === gen) inFlight.delete(m.id);
             notifyIfEmpty();
             drain();
           },
@@ -97,6 +162,7 @@ export function createOutboxPublisher(
             inFlight.delete(m.id);
             const e = QuantdError.from(err, "FLEET_UNAVAILABLE");
             if (/refused the message/.test(e.message)) {
+              held.delete(m.id);
               // Retrying a message the broker refuses would block the queue forever.
               if (outbox.ack(m.id)) refused++;
               log(`outbox: dropped message ${m.id} on ${m.topic}: ${e.message}`);
@@ -118,6 +184,8 @@ export function createOutboxPublisher(
   conn.onConnect(() => {
     generation++;
     inFlight.clear();
+    // A new connection may find the subscribers back: try held messages at once (their age is kept).
+    for (const h of held.values()) h.until = 0;
     drain();
   });
   conn.onClose(() => {
@@ -147,10 +215,11 @@ export function createOutboxPublisher(
         waiters.add(done);
       });
     },
-    stats: () => ({ acked, refused, inFlight: inFlight.size }),
+    stats: () => ({ acked, refused, inFlight: inFlight.size, noSubscribers: noSubscriberAcks, unheard }),
     stop() {
       stopped = true;
       if (retryTimer !== undefined) clearTimeout(retryTimer);
+      if (holdTimer !== undefined) clearTimeout(holdTimer);
       for (const w of waiters) w();
       waiters.clear();
     },

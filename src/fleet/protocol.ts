@@ -19,6 +19,25 @@ export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 /** What a command id may look like (the same rule as job ids). */
 export const COMMAND_ID_PATTERN = /^[A-Za-z0-9][\w.:-]{0,127}$/;
 
+// ---------------------------------------------------------------- size caps
+// Every message is bounded, so nobody who can publish can make a device or a
+// controller read, parse or store without limit. The MQTT Maximum Packet Size
+// (1 MiB by default) stops bigger packets at the broker; these caps are the
+// payload schemas' own.
+
+/** Largest command body a device parses. */
+export const MAX_COMMAND_BYTES = 64 * 1024;
+/** Largest `status` body the controller stores. */
+export const MAX_STATUS_BYTES = 16 * 1024;
+/** Largest `jobs/{id}` body the controller stores. */
+export const MAX_JOB_BYTES = 16 * 1024;
+/** Largest `report` body: a device cuts its result down to fit, the controller refuses more. */
+export const MAX_REPORT_BYTES = 256 * 1024;
+/** Largest `telemetry` body the controller parses. */
+export const MAX_TELEMETRY_BYTES = 256 * 1024;
+/** Samples per `telemetry` message the controller keeps (the newest; the rest are counted). */
+export const MAX_TELEMETRY_SAMPLES = 120;
+
 /**
  * Checks a fleet or device name.
  *

@@ -98,7 +98,12 @@ export async function createFleetRequester(conn: MqttConnection, fleet: string):
       for (const fn of progressListeners) fn(t.device, body);
     }
   });
-  await conn.subscribe([replyFilter, reportFilter, jobFilter], { qos: 1 });
+  const filters = [replyFilter, reportFilter, jobFilter];
+  await conn.subscribe(filters, { qos: 1 });
+  // Again on every later CONNACK: the connection keeps no subscription list of its own.
+  const offConnect = conn.onConnect(() => {
+    conn.subscribe(filters, { qos: 1 }).catch(() => {});
+  });
 
   return {
     async request(device, name, params = {}, options = {}) {
@@ -175,7 +180,8 @@ export async function createFleetRequester(conn: MqttConnection, fleet: string):
     },
     async close() {
       off();
-      await conn.unsubscribe([replyFilter, reportFilter, jobFilter]).catch(() => {});
+      offConnect();
+      await conn.unsubscribe(filters).catch(() => {});
     },
   };
 }

@@ -201,6 +201,9 @@ export function runFleetStoreContract(t: TestApi, name: string, make: () => Prom
             (await s.reports("f", "d1", 2)).map((r) => r.id),
             ["c", "b"],
           );
+          assert.equal((await s.report("f", "d1", "b"))?.state, "REJECTED");
+          assert.equal(await s.report("f", "d1", "nope"), undefined);
+          assert.equal(await s.report("f", "d2", "b"), undefined);
         });
       },
     );

@@ -12,6 +12,7 @@ import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from ".
 import { readFleetStatus, runJobCommand } from "../../fleet/operations.ts";
 import { checkName } from "../../fleet/protocol.ts";
 import { createFleetRequester } from "../../fleet/requester.ts";
+import { redactUrl } from "../../redact.ts";
 import type { Command, CommandContext, FlagSpec } from "../command.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
 import { renderTable } from "../render.ts";
@@ -37,6 +38,13 @@ const CONNECTION_FLAGS: FlagSpec[] = [
     type: "string",
     value: "VAR",
     description: "environment variable holding the broker password (never on the command line)",
+  },
+  {
+    name: "max-packet-bytes",
+    type: "string",
+    value: "N",
+    description: "MQTT Maximum Packet Size: the broker drops larger messages to this client",
+    default: "1048576",
   },
   {
     name: "client-id",
@@ -65,6 +73,8 @@ function connectOptions(ctx: CommandContext, clientId: string): MqttConnectOptio
   if (ca !== undefined) o.ca = ca;
   if (cert !== undefined) o.cert = cert;
   if (key !== undefined) o.key = key;
+  const maxPacket = flagInt(ctx.flags, "max-packet-bytes", { min: 131_072, max: 268_435_455 });
+  if (maxPacket !== undefined) o.maxPacketBytes = maxPacket;
   const username = flagString(ctx.flags, "username");
   if (username !== undefined) o.username = username;
   const pwVar = flagString(ctx.flags, "password-env");
@@ -103,7 +113,7 @@ async function serve(ctx: CommandContext): Promise<number> {
     ? await (await import("../../fleet/controller/postgres-store.ts")).openPostgresFleetStore(dbPath)
     : await openSqliteFleetStore(dbPath);
   // Logs name the database but never its password.
-  const shownDb = dbPath.replace(/(\/\/[^:@/]*):[^@/]*@/, "$1:…@");
+  const shownDb = redactUrl(dbPath);
   const conn = connectOptions(ctx, flagString(ctx.flags, "client-id") ?? "");
   const controller = startController({
     broker: conn.url,
@@ -114,13 +124,14 @@ async function serve(ctx: CommandContext): Promise<number> {
     ...(conn.ca === undefined ? {} : { ca: conn.ca }),
     ...(conn.cert === undefined ? {} : { cert: conn.cert }),
     ...(conn.key === undefined ? {} : { key: conn.key }),
+    ...(conn.maxPacketBytes === undefined ? {} : { maxPacketBytes: conn.maxPacketBytes }),
     log: ctx.err,
   });
   const http = flagString(ctx.flags, "http");
   const dashboard = http === undefined ? undefined : startDashboard(controller, http);
   const ready = await controller.waitReady(10_000);
   ctx.err(
-    `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${conn.url}, db ${shownDb}` +
+    `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${redactUrl(conn.url)}, db ${shownDb}` +
       (dashboard === undefined ? "" : `, dashboard ${dashboard.url}`),
   );
   await new Promise<void>((resolve) => {

@@ -18,6 +18,11 @@ import {
   checkName,
   decodeJson,
   type JobMessage,
+  MAX_JOB_BYTES,
+  MAX_REPORT_BYTES,
+  MAX_STATUS_BYTES,
+  MAX_TELEMETRY_BYTES,
+  MAX_TELEMETRY_SAMPLES,
   type ParsedTopic,
   parseTopic,
   type ReportMessage,
@@ -63,6 +68,14 @@ export interface ControllerOptions {
    * nobody. @defaultValue every fleet, shared subscription, persistent session
    */
   transient?: { fleet: string };
+  /**
+   * Subscribe with `$share/quantd-controllers/…` so replicas split the
+   * fleet's messages; false takes every message on a plain subscription (one
+   * controller, or several that each want everything). @defaultValue true
+   */
+  shared?: boolean;
+  /** MQTT 5 Maximum Packet Size announced in CONNECT. @defaultValue `DEFAULT_MAX_PACKET_BYTES` (1 MiB) */
+  maxPacketBytes?: number;
   /** Telemetry older than this is pruned every minute (1,000 devices at 1 sample/s is 86 M rows a day). @defaultValue 24 hours */
   telemetryRetentionMs?: number;
   /** The controller's log lines (dropped when absent). */
@@ -74,6 +87,8 @@ export interface ControllerOptions {
 /** Counters of a running controller. */
 export interface ControllerStats {
   connected: boolean;
+  /** Subscriptions sent: one per CONNACK. */
+  subscribes: number;
   messages: number;
   byKind: Record<ControllerEvent["kind"], number>;
   /** Messages that were not valid fleet payloads (logged, skipped). */
@@ -81,7 +96,19 @@ export interface ControllerStats {
   duplicateReports: number;
   /** Telemetry messages dropped because the store fell behind (see {@link MAX_TELEMETRY_BACKLOG}). */
   droppedTelemetry: number;
+  /** Messages refused for exceeding their kind's size cap (`MAX_REPORT_BYTES`, …). */
+  oversize: number;
+  /** Telemetry samples dropped beyond `MAX_TELEMETRY_SAMPLES` in one message (the newest are kept). */
+  truncatedSamples: number;
 }
+
+/** The size cap of each kind of device message. */
+const SIZE_CAPS: Record<ControllerEvent["kind"], number> = {
+  status: MAX_STATUS_BYTES,
+  telemetry: MAX_TELEMETRY_BYTES,
+  job: MAX_JOB_BYTES,
+  report: MAX_REPORT_BYTES,
+};
 
 /** A running controller. */
 export interface FleetController {
@@ -151,15 +178,19 @@ export function startController(options: ControllerOptions): FleetController {
     ...(options.ca === undefined ? {} : { ca: options.ca }),
     ...(options.cert === undefined ? {} : { cert: options.cert }),
     ...(options.key === undefined ? {} : { key: options.key }),
+    ...(options.maxPacketBytes === undefined ? {} : { maxPacketBytes: options.maxPacketBytes }),
   });
   const listeners = new Set<(e: ControllerEvent) => void>();
   const stats: ControllerStats = {
     connected: false,
+    subscribes: 0,
     messages: 0,
     byKind: { status: 0, telemetry: 0, job: 0, report: 0 },
     malformed: 0,
     duplicateReports: 0,
     droppedTelemetry: 0,
+    oversize: 0,
+    truncatedSamples: 0,
   };
   let subscribed = false;
   const readyWaiters = new Set<() => void>();
@@ -247,6 +278,14 @@ export function startController(options: ControllerOptions): FleetController {
       log(`controller: skipped a malformed telemetry message on ${m.topic}`);
       return;
     }
+    const extra = body.samples.length - MAX_TELEMETRY_SAMPLES;
+    if (extra > 0) {
+      stats.truncatedSamples += extra;
+      body.samples = body.samples.slice(extra);
+      log(
+        `controller: kept the newest ${MAX_TELEMETRY_SAMPLES} of ${extra + MAX_TELEMETRY_SAMPLES} samples on ${m.topic}`,
+      );
+    }
     if (telemetryInFlight >= MAX_TELEMETRY_BACKLOG) {
       stats.droppedTelemetry++;
       return;
@@ -260,6 +299,13 @@ export function startController(options: ControllerOptions): FleetController {
   conn.onMessage((m) => {
     const t = parseTopic(m.topic);
     if (t === undefined || t.kind === "cmd" || t.kind === "reply") return;
+    if (m.payload.byteLength > SIZE_CAPS[t.kind]) {
+      stats.oversize++;
+      log(
+        `controller: refused a ${m.payload.byteLength}-byte ${t.kind} message on ${m.topic} (cap ${SIZE_CAPS[t.kind]})`,
+      );
+      return;
+    }
     if (t.kind === "telemetry") {
       queueTelemetry(t, m);
       return;
@@ -270,17 +316,21 @@ export function startController(options: ControllerOptions): FleetController {
         log(`controller: cannot store ${m.topic}: ${QuantdError.from(err).toLine()}`);
       });
   });
+  // Subscribe on every CONNACK, session present or not: mosquitto 2.0 with
+  // `persistence true` restores the session after a restart but not its
+  // `$share/…` subscription, and the controller would otherwise go deaf.
   conn.onConnect(({ sharedSubscriptions }) => {
     stats.connected = true;
+    stats.subscribes++;
     // A broker without shared subscriptions (the embedded one of `quantd demo`) says so in its
     // CONNACK and refuses `$share/…`: subscribe plainly then, which is right for one controller.
-    if (!sharedSubscriptions && transient === undefined) {
+    if (!sharedSubscriptions && transient === undefined && options.shared !== false) {
       log("controller: the broker has no shared subscriptions; subscribing as the only controller");
     }
     const filter =
       transient !== undefined
         ? `${TOPIC_ROOT}/${transient.fleet}/+/#`
-        : sharedSubscriptions
+        : sharedSubscriptions && options.shared !== false
           ? CONTROLLER_SHARED_FILTER
           : CONTROLLER_FILTER;
     conn
@@ -294,6 +344,7 @@ export function startController(options: ControllerOptions): FleetController {
   });
   conn.onClose(() => {
     stats.connected = false;
+    subscribed = false;
   });
   conn.onError((err) => log(`controller: ${err.toLine()}`));
 

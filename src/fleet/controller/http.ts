@@ -6,9 +6,10 @@
  * loopback only; put an authenticating proxy in front to share it.
  */
 import { QuantdError } from "../../errors.ts";
-import type { ReportFigures } from "../protocol.ts";
+import type { ReportFigures, ReportMessage } from "../protocol.ts";
 import type { FleetController } from "./controller.ts";
 import { DASHBOARD_HTML } from "./dashboard-page.ts";
+import type { DeviceRecord } from "./store.ts";
 
 /** A running dashboard. */
 export interface Dashboard {
@@ -98,6 +99,47 @@ export function reportFigures(result: unknown): ReportFigures {
   return out;
 }
 
+/** What a listing says of a report: its outcome and figures, never its (possibly large) result. */
+export interface ReportSummary {
+  id: string;
+  jobId: string;
+  type: string;
+  state: ReportMessage["state"];
+  startedAt: number | null;
+  finishedAt: number | null;
+  /** The error's code and the start of its message, when the job failed. */
+  error?: { code: string; message: string };
+  figures: ReportFigures;
+}
+
+/** A report's summary: `/api/devices` stays small however large the reports are. */
+export function summarizeReport(r: ReportMessage): ReportSummary {
+  const out: ReportSummary = {
+    id: String(r.id),
+    jobId: String(r.jobId),
+    type: String(r.type),
+    state: r.state,
+    startedAt: typeof r.startedAt === "number" ? r.startedAt : null,
+    finishedAt: typeof r.finishedAt === "number" ? r.finishedAt : null,
+    figures: reportFigures(r.result),
+  };
+  if (r.error !== undefined && r.error !== null) {
+    out.error = { code: String(r.error.code), message: String(r.error.message).slice(0, 200) };
+  }
+  return out;
+}
+
+function deviceSummary(d: DeviceRecord): Omit<DeviceRecord, "lastReport"> & {
+  lastReport: ReportSummary | null;
+  figures: ReportFigures;
+} {
+  return {
+    ...d,
+    lastReport: d.lastReport === null ? null : summarizeReport(d.lastReport),
+    figures: reportFigures(d.lastReport?.result),
+  };
+}
+
 /**
  * Serves the dashboard for `controller` on `address` (`127.0.0.1:8080`; port 0 picks one).
  *
@@ -168,7 +210,7 @@ export function startDashboard(controller: FleetController, address: string): Da
         if (parts.length === 2) {
           const fleet = url.searchParams.get("fleet") ?? undefined;
           const devices = await store.devices(fleet);
-          return json(devices.map((d) => ({ ...d, figures: reportFigures(d.lastReport?.result) })));
+          return json(devices.map(deviceSummary));
         }
         const [fleet, device] = [parts[2], parts[3]];
         if (fleet === undefined || device === undefined) return notFound(url.pathname);
@@ -181,11 +223,17 @@ export function startDashboard(controller: FleetController, address: string): Da
             store.jobs(fleet, device, 50),
           ]);
           return json({
-            device: { ...d, figures: reportFigures(d.lastReport?.result) },
+            device: deviceSummary(d),
             history,
-            reports: reports.map((r) => ({ ...r, figures: reportFigures(r.result) })),
-            jobs,
+            reports: reports.map(summarizeReport),
+            // A job's result is its report's: served whole on the report's own route.
+            jobs: jobs.map(({ result: _result, ...j }) => j),
           });
+        }
+        if (parts.length === 6 && parts[4] === "reports") {
+          const r = await store.report(fleet, device, parts[5]!);
+          if (r === undefined) return notFound(`report ${parts[5]} of ${fleet}/${device}`);
+          return json({ ...r, figures: reportFigures(r.result) });
         }
         if (parts.length === 5 && parts[4] === "telemetry") {
           const since = Number(url.searchParams.get("since") ?? Date.now() - 3600_000);

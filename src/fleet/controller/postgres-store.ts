@@ -354,6 +354,14 @@ export async function openPostgresFleetStore(
       );
       return rows.map((r) => parse(r.body, "body") as ReportMessage);
     },
+    async report(fleet, device, id) {
+      const [r] = await q("SELECT body FROM reports WHERE fleet = $1 AND device = $2 AND id = $3", [
+        fleet,
+        device,
+        id,
+      ]);
+      return r === undefined ? undefined : (parse(r.body, "body") as ReportMessage);
+    },
     async job(fleet, device, id) {
       const [r] = await q(`SELECT ${jobCols} FROM jobs WHERE fleet = $1 AND device = $2 AND id = $3`, [
         fleet,

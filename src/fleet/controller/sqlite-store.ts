@@ -160,6 +160,7 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
   const history = db.prepare(
     "SELECT state, reason, at FROM status_history WHERE fleet = ? AND device = ? ORDER BY id DESC LIMIT ?",
   );
+  const oneReport = db.prepare("SELECT body FROM reports WHERE fleet = ? AND device = ? AND id = ?");
   const reportsOf = db.prepare(
     "SELECT body FROM reports WHERE fleet = ? AND device = ? ORDER BY received_at DESC, rowid DESC LIMIT ?",
   );
@@ -251,6 +252,10 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
     },
     async reports(fleet, device, limit = 100) {
       return reportsOf.all(fleet, device, limit).map((r) => jsonOrNull(r, "body") as ReportMessage);
+    },
+    async report(fleet, device, id) {
+      const r = oneReport.get(fleet, device, id);
+      return r === undefined ? undefined : (jsonOrNull(r, "body") as ReportMessage);
     },
     async job(fleet, device, id) {
       const r = oneJob.get(fleet, device, id);

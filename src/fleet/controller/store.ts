@@ -90,6 +90,8 @@ export interface FleetStore {
   statusHistory(fleet: string, device: string, limit?: number): Promise<StatusRecord[]>;
   /** Reports, newest first. @defaultValue limit 100 */
   reports(fleet: string, device: string, limit?: number): Promise<ReportMessage[]>;
+  /** One report by id, or undefined. */
+  report(fleet: string, device: string, id: string): Promise<ReportMessage | undefined>;
   /** A job, or undefined. */
   job(fleet: string, device: string, id: string): Promise<JobRecord | undefined>;
   /** Jobs of a fleet (or one device), newest first. @defaultValue limit 100 */
