@@ -15,6 +15,7 @@ import { dataTypeName } from "../../src/onnx/tensor.ts";
 import type { ModelProto } from "../../src/onnx/types.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import { saveOrtOptimized } from "../fixtures/exporters/ort-optimized.ts";
+import { buildTransformerOptimizedBert } from "../fixtures/exporters/transformer-optimizer.ts";
 import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
 
@@ -93,6 +94,13 @@ describe("inferred types agree with onnxruntime", () => {
     expect(m.graph.node.some((n) => n.opType === "FusedMatMul")).toBe(true);
     expect(m.graph.valueInfo).toEqual([]);
     expect(await expectAgreesWithOrt(m)).toBeGreaterThan(50);
+  });
+  test("the Python transformer optimizer's shapes (EmbedLayerNormalization, Attention / MultiHeadAttention, SkipLayerNormalization, BiasGelu / FastGelu / Gelu)", async () => {
+    for (const style of ["attention", "mha"] as const) {
+      expect(
+        await expectAgreesWithOrt(buildTransformerOptimizedBert(SYNTHETIC_BERT_PRESETS.tiny, style)),
+      ).toBeGreaterThan(20);
+    }
   });
   test("the shipped BERT-Mini and its optimized copy", async () => {
     expect(await expectAgreesWithOrt(await loadModel(shippedModelPath))).toBeGreaterThan(100);
