@@ -481,6 +481,7 @@ const UNSUPPORTED_REASONS: ReadonlySet<string> = new Set([
   "non-constant-weight",
   "mask-sentinel",
   "no-range",
+  "unknown-op",
 ]);
 
 function keptNodes(fp32: ModelProto, userExclude: readonly string[], c: Candidate): KeptFp32Node[] {

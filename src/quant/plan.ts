@@ -16,6 +16,7 @@
  */
 import { assertNever, QuantdError } from "../errors.ts";
 import type { GraphProto, ModelProto, NodeProto, TensorProto } from "../onnx/types.ts";
+import { inferTypes } from "../onnx/infer.ts";
 
 import type { CalibrationMethod } from "./calibrate.ts";
 
@@ -151,8 +152,30 @@ export interface EmbeddingTarget {
   table: string;
 }
 
+/**
+ * onnxruntime's fused `Attention` (com.microsoft, as its transformer optimizer
+ * writes it): one packed Q/K/V projection [in, 3·hidden] plus the attention
+ * itself. Rewritten to `QAttention`, onnxruntime's int8 kernel for it (uint8
+ * input, int8 weights with one scale per output column).
+ */
+export interface PackedAttentionTarget {
+  kind: "packed-attention";
+  node: string;
+  opType: "Attention";
+  /** The input (input 0). */
+  activation: string;
+  /** The packed weight initializer (input 1). */
+  weight: string;
+  /** The packed bias initializer (input 2). */
+  bias: string;
+}
+
 /** One thing the rewrite passes will quantize. */
-export type QuantTarget = WeightMatMulTarget | AttentionMatMulTarget | EmbeddingTarget;
+export type QuantTarget =
+  | WeightMatMulTarget
+  | AttentionMatMulTarget
+  | EmbeddingTarget
+  | PackedAttentionTarget;
 
 /** Why a candidate node stays fp32. */
 export type SkipReason =
@@ -163,7 +186,8 @@ export type SkipReason =
   | "attention-disabled"
   | "embeddings-disabled"
   | "mask-sentinel"
-  | "no-range";
+  | "no-range"
+  | "unknown-op";
 
 /** A node that stays fp32, with the reason (for the report). */
 export interface SkippedNode {
@@ -213,16 +237,29 @@ const UNSUPPORTED_HEAVY_OPS: ReadonlySet<string> = new Set([
   "GRU",
   "RNN",
   "Einsum",
-  "Attention",
-  "MultiHeadAttention",
-  "FusedMatMul",
+  "FusedConv",
+  "FusedGemm",
   "EmbedLayerNormalization",
+]);
+
+/**
+ * Attributes of `Attention` that `QAttention` takes as they are. Anything else
+ * (rotary embeddings, unequal Q/K/V sizes, a shared past buffer) keeps the node fp32.
+ */
+const QATTENTION_ATTRIBUTES: ReadonlySet<string> = new Set([
+  "num_heads",
+  "unidirectional",
+  "mask_filter_value",
+  "scale",
 ]);
 
 /** The name quantd uses for a node: its own, or `opType#index` when the exporter left it empty. */
 export function nodeKey(node: NodeProto, index: number): string {
   return node.name !== "" ? node.name : `${node.opType}#${index}`;
 }
+
+/** The domain of onnxruntime's contrib ops. */
+const MS_DOMAIN = "com.microsoft";
 
 function isDefaultDomain(node: NodeProto): boolean {
   return node.domain === "" || node.domain === "ai.onnx";
@@ -339,8 +376,64 @@ export function planQuantization(model: ModelProto, opts: QuantizeOptions): Quan
     detail,
   });
   const initializer = (name: string): TensorProto | undefined => constants.get(name);
+  const packedAttention = (n: NodeProto, key: string): PackedAttentionTarget | SkippedNode => {
+    const [input = "", w = "", b = ""] = n.input;
+    const weight = initializer(w);
+    const bias = initializer(b);
+    const cols = weight?.dims[1] ?? 0;
+    if (weight === undefined || weight.dims.length !== 2 || weight.dataType !== 1 || cols % 3 !== 0) {
+      return skip(
+        key,
+        n.opType,
+        "non-constant-weight",
+        `packed weight ${w} is not a constant [in, 3·hidden] float matrix`,
+      );
+    }
+    if (bias === undefined || bias.dims.length !== 1 || bias.dims[0] !== cols || bias.dataType !== 1) {
+      return skip(
+        key,
+        n.opType,
+        "unsupported-attributes",
+        `bias ${b} is not a constant float vector of ${cols}`,
+      );
+    }
+    if (n.input.slice(4).some((i) => i !== "") || (consumers.get(n.output[1] ?? "")?.length ?? 0) > 0) {
+      return skip(
+        key,
+        n.opType,
+        "unsupported-attributes",
+        "Attention with past state or an attention bias input",
+      );
+    }
+    const extra = n.attribute.filter((a) => !QATTENTION_ATTRIBUTES.has(a.name)).map((a) => a.name);
+    if (extra.length > 0 || attrInt(n, "unidirectional", 0) !== 0) {
+      return skip(
+        key,
+        n.opType,
+        "unsupported-attributes",
+        `Attention with ${extra.join(", ") || "unidirectional"}: QAttention has no such form`,
+      );
+    }
+    if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+    return {
+      kind: "packed-attention",
+      node: key,
+      opType: "Attention",
+      activation: input,
+      weight: w,
+      bias: b,
+    };
+  };
 
   const classify = (n: NodeProto, key: string): QuantTarget | SkippedNode | undefined => {
+    if (n.domain === MS_DOMAIN && n.opType === "Attention") return packedAttention(n, key);
+    if (n.domain === MS_DOMAIN && n.opType === "FusedMatMul") {
+      // Lowered to MatMul beforehand when its B is a plain weight; what is left multiplies activations.
+      const what = constants.has(n.input[1] ?? "")
+        ? "a transposed-batch or transA weight"
+        : "two activations";
+      return skip(key, n.opType, "attention-disabled", `FusedMatMul of ${what} kept fp32`);
+    }
     if (!isDefaultDomain(n)) {
       if (!UNSUPPORTED_HEAVY_OPS.has(n.opType)) return undefined;
       return skip(key, n.opType, "unsupported-op", `${n.domain}:${n.opType} is kept fp32`);
@@ -426,6 +519,18 @@ export function planQuantization(model: ModelProto, opts: QuantizeOptions): Quan
     if ("kind" in r) targets.push(r);
     else skipped.push(r);
   });
+  // Ops quantd does not know run in fp32 as they are; the report names each one.
+  const listed = new Set(skipped.map((x) => x.node));
+  const keyOf = new Map(graph.node.map((n, i) => [n, nodeKey(n, i)]));
+  const unknown = new Set(inferTypes(graph).unknownOps.map((u) => `${u.domain}:${u.opType}:${u.node}`));
+  for (const n of graph.node) {
+    const key = keyOf.get(n)!;
+    if (listed.has(key) || !unknown.has(`${n.domain}:${n.opType}:${n.name}`)) continue;
+    const op = n.domain === "" ? n.opType : `${n.domain}:${n.opType}`;
+    skipped.push(
+      skip(key, n.opType, "unknown-op", `${op} is not an op quantd knows; it runs in fp32 as it is`),
+    );
+  }
 
   for (const name of exclude) {
     if (!graph.node.some((n, i) => nodeKey(n, i) === name)) {
@@ -443,6 +548,7 @@ function observedTensors(mode: QuantizeMode, targets: readonly QuantTarget[]): s
   for (const t of targets) {
     switch (t.kind) {
       case "weight-matmul":
+      case "packed-attention":
         seen.add(t.activation);
         break;
       case "attention-matmul":
@@ -495,7 +601,11 @@ export function applyRanges(plan: QuantPlan, ranges: ReadonlyMap<string, TensorR
   const skipped = [...plan.skipped];
   for (const t of plan.quantized) {
     const inputs =
-      t.kind === "weight-matmul" ? [t.activation] : t.kind === "attention-matmul" ? [...t.inputs] : [];
+      t.kind === "weight-matmul" || t.kind === "packed-attention"
+        ? [t.activation]
+        : t.kind === "attention-matmul"
+          ? [...t.inputs]
+          : [];
     let problem: string | undefined;
     let reason: SkipReason = "no-range";
     for (const i of inputs) {

@@ -57,6 +57,7 @@ import type { GraphProto, ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import { calibrate } from "./calibrate.ts";
 import { quantizeEmbeddings } from "./passes/embedding.ts";
+import { type LoweredNode, lowerContribOps } from "./passes/lower-contrib.ts";
 import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
 import { insertStaticQdq } from "./passes/qdq-static.ts";
 import { type ConstantReshapeResult, simplifyReshapeShapes } from "./passes/constant-reshape.ts";
@@ -66,6 +67,7 @@ import {
   type DynamicQuantizeOptions,
   defaultQuantizeOptions,
   type EmbeddingTarget,
+  type PackedAttentionTarget,
   excludeNodes,
   planQuantization,
   type QuantizeOptions,
@@ -122,6 +124,8 @@ export interface QuantizeResult {
   qparams: ReadonlyMap<string, QParams>;
   /** What the Reshape-shape simplification did (or why it was reverted). */
   shapes: ConstantReshapeResult;
+  /** Fused contrib ops lowered to standard ops before planning (FusedGemm, FusedMatMul, EmbedLayerNormalization). */
+  lowered: LoweredNode[];
   timings: QuantizeTimings;
 }
 
@@ -223,10 +227,13 @@ export function activationQParams(
  * @throws USAGE when `exclude` names a node that is not in the model
  * @throws CALIB_FAILED / QUANT_FAILED from calibration and the passes
  */
-export async function quantizeModel(model: ModelProto, opts: QuantizeModelOptions): Promise<QuantizeResult> {
+export async function quantizeModel(input: ModelProto, opts: QuantizeModelOptions): Promise<QuantizeResult> {
   const t0 = performance.now();
   const options = resolveQuantizeOptions(opts);
-  checkOpset(model);
+  checkOpset(input);
+  // Fused contrib ops that hide a weight become the standard ops they fuse; the rest of the
+  // pipeline then sees one graph (same function) whose weights are all in reach.
+  const { model, lowered } = lowerContribOps(input);
   let plan = planQuantization(model, options);
   const planMs = performance.now() - t0;
 
@@ -272,7 +279,10 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
     case "dynamic":
       insertDynamicMatMul(
         rw,
-        plan.quantized.filter((t): t is WeightMatMulTarget => t.kind === "weight-matmul"),
+        plan.quantized.filter(
+          (t): t is WeightMatMulTarget | PackedAttentionTarget =>
+            t.kind === "weight-matmul" || t.kind === "packed-attention",
+        ),
         options,
       );
       break;
@@ -287,9 +297,9 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
   if (options.type === "static" && options.format === "fused") ensureOpset(out, MS_DOMAIN, 1);
   out.producerName = "quantd";
   const shapes = options.simplifyShapes
-    ? await simplifyReshapeShapes(out, encodeModel, verifiedShapes.get(model))
+    ? await simplifyReshapeShapes(out, encodeModel, verifiedShapes.get(input))
     : { reshapes: 0, removedNodes: 0, reverted: "disabled" };
-  if (shapes.signature !== undefined) verifiedShapes.set(model, shapes.signature);
+  if (shapes.signature !== undefined) verifiedShapes.set(input, shapes.signature);
   const quantizationMs = performance.now() - tq;
   return {
     model: out,
@@ -298,6 +308,7 @@ export async function quantizeModel(model: ModelProto, opts: QuantizeModelOption
     ranges,
     qparams,
     shapes,
+    lowered,
     timings: { planMs, calibrationMs, quantizationMs, totalMs: performance.now() - t0 },
   };
 }

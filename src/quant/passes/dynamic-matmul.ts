@@ -11,7 +11,8 @@
 import { QuantdError } from "../../errors.ts";
 import { DataType } from "../../onnx/types.ts";
 import type { NodeProto } from "../../onnx/types.ts";
-import type { WeightMatMulTarget } from "../plan.ts";
+import type { PackedAttentionTarget, WeightMatMulTarget } from "../plan.ts";
+import { writeQAttention } from "./qattention.ts";
 import { type GraphRewrite, node } from "./rewrite.ts";
 import { type QuantizedWeight, quantizeWeight } from "./weights.ts";
 
@@ -40,13 +41,14 @@ function biasSecond(rw: GraphRewrite, tensor: string): void {
 }
 
 /**
- * Rewrites the `weight-matmul` targets of a dynamic plan; returns how many.
+ * Rewrites the `weight-matmul` and `packed-attention` targets of a dynamic plan
+ * (the latter to QAttention fed by a DynamicQuantizeLinear); returns how many.
  *
  * @throws QUANT_FAILED when a planned node is missing or a weight is not a float matrix
  */
 export function insertDynamicMatMul(
   rw: GraphRewrite,
-  targets: readonly WeightMatMulTarget[],
+  targets: readonly (WeightMatMulTarget | PackedAttentionTarget)[],
   opts: DynamicMatMulOptions,
 ): number {
   const firstReader = new Map<string, number>();
@@ -80,8 +82,12 @@ export function insertDynamicMatMul(
   };
   const weights = new Map<string, QuantizedWeight>();
   for (const t of targets) {
-    const n = rw.nodeByKey(t.node);
     const act = activation(t.activation);
+    if (t.kind === "packed-attention") {
+      writeQAttention(rw, t, act, weights, opts);
+      continue;
+    }
+    const n = rw.nodeByKey(t.node);
     // MatMulInteger wants B as [K, N]; a Gemm transB=1 weight is [N, K].
     const transpose = t.opType === "Gemm" && t.channelAxis === 0;
     const w = quantizeWeight(rw, weights, t.weight, {

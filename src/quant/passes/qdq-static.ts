@@ -20,6 +20,7 @@ import type { NodeProto } from "../../onnx/types.ts";
 import type { QuantTarget, StaticFormat, WeightMatMulTarget } from "../plan.ts";
 import type { QParams } from "../qparams.ts";
 import { quantizeBias } from "../qparams.ts";
+import { writeQAttention } from "./qattention.ts";
 import { type GraphRewrite, MS_DOMAIN, node } from "./rewrite.ts";
 import { type QuantizedWeight, quantizeWeight } from "./weights.ts";
 
@@ -52,7 +53,7 @@ interface QuantizedActivation {
 }
 
 /**
- * Rewrites the `weight-matmul` and `attention-matmul` targets of a static plan.
+ * Rewrites the `weight-matmul`, `attention-matmul` and `packed-attention` targets of a static plan.
  * `qparams` holds the calibrated parameters of every activation they read.
  *
  * @throws QUANT_FAILED when an activation has no parameters or a planned node is missing
@@ -72,7 +73,7 @@ export function insertStaticQdq(
     if (cur === undefined || pos < cur) firstReader.set(tensor, pos);
   };
   for (const t of targets) {
-    if (t.kind === "weight-matmul") noteReader(t.activation, t.node);
+    if (t.kind === "weight-matmul" || t.kind === "packed-attention") noteReader(t.activation, t.node);
     else if (t.kind === "attention-matmul") for (const i of t.inputs) noteReader(i, t.node);
   }
   const acts = new Map<string, QuantizedActivation>();
@@ -176,6 +177,10 @@ export function insertStaticQdq(
         stats.quantizedNodes++;
         break;
       }
+      case "packed-attention":
+        writeQAttention(rw, t, quantized(t.activation), weights, opts);
+        stats.quantizedNodes++;
+        break;
       case "embedding":
         break;
       default:
