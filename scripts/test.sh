@@ -28,6 +28,8 @@ fleet_pkgs=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || fleet_pkgs="mosquitto"
 command -v chromium >/dev/null 2>&1 || fleet_pkgs="$fleet_pkgs chromium"
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || fleet_pkgs="$fleet_pkgs postgresql"
+# zsh runs the generated zsh completion (test/integration/completion.test.ts).
+command -v zsh >/dev/null 2>&1 || fleet_pkgs="$fleet_pkgs zsh"
 if [ -n "$fleet_pkgs" ] && command -v apt-get >/dev/null 2>&1; then
   echo "== installing$fleet_pkgs for the fleet tests"
   apt_log=$(mktemp)

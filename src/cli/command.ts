@@ -40,6 +40,8 @@ export interface Command {
   usage: string;
   /** Longer description for `quantd <name> --help`. */
   description?: string;
+  /** The words its first argument may be (`agent models`, `job list`), for shell completion. */
+  actions?: readonly string[];
   flags: FlagSpec[];
   /** Returns the process exit code. Throws QuantdError for user-facing failures. */
   run(ctx: CommandContext): Promise<number>;

@@ -110,6 +110,7 @@ export const agentCommand: Command = {
   summary: "run the on-device agent: inference over a Unix socket, model registry with hot swap",
   usage:
     "[--config FILE] [--state-dir DIR] [--socket PATH] [--model FILE] [--tcp HOST:PORT] | models | promote FILE | rollback",
+  actions: ["models", "promote", "rollback"],
   description:
     "Without an action, runs the agent until SIGTERM/SIGINT: opens the store in the state directory, " +
     "registers and loads the model, and serves the Open Inference Protocol v2 (/v2/health/live, " +

@@ -259,6 +259,7 @@ async function report(ctx: CommandContext): Promise<number> {
 export const fleetCommand: Command = {
   name: "fleet",
   summary: "fleet controller and remote commands over MQTT (serve, devices, recalibrate, report, rollback)",
+  actions: SUBCOMMANDS,
   usage:
     "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL --fleet NAME [--json]",
   description:

@@ -7,6 +7,7 @@ import { agentCommand } from "./agent.ts";
 import { benchCommand } from "./bench.ts";
 import { classifyCommand } from "./classify.ts";
 import { collectCommand } from "./collect.ts";
+import { completionCommand } from "./completion.ts";
 import { demoCommand } from "./demo.ts";
 import { deviceCommand } from "./device.ts";
 import { evalCommand } from "./eval.ts";
@@ -26,4 +27,5 @@ export const commands: readonly Command[] = [
   agentCommand,
   jobCommand,
   fleetCommand,
+  completionCommand,
 ];

@@ -244,6 +244,7 @@ async function recalibrate(ctx: CommandContext, json: boolean): Promise<number> 
 export const jobCommand: Command = {
   name: "job",
   summary: "queue a recalibration for the agent, or list, show and cancel jobs",
+  actions: ["recalibrate", "list", "show", "cancel"],
   usage:
     "recalibrate [--samples N] [--validation-samples N] [--method M] [--gate G] [--seed N] [--id ID] [--wait] | list | show ID | cancel ID  [--state-dir DIR] [--config FILE] [--json]",
   description:
