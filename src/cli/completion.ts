@@ -1,3 +1,4 @@
+// biome-ignore-all lint/suspicious/noTemplateCurlyInString: these strings are shell code, whose ${…} is bash syntax
 /**
  * Shell completion scripts for bash and zsh, generated from the command
  * registry (each command's name, summary, actions and {@link FlagSpec} list),

@@ -1,3 +1,4 @@
+// biome-ignore-all lint/suspicious/noTemplateCurlyInString: these strings are shell code, whose ${…} is bash syntax
 /**
  * `quantd completion bash|zsh`: the scripts come from the command registry and
  * complete in the real shells — commands, a command's actions, its flags, and
