@@ -5,7 +5,7 @@
  * on stop: refuses new work, drains the batch queue, closes the listeners,
  * releases the sessions and closes the store.
  */
-import { mkdirSync } from "node:fs";
+import { chmodSync, mkdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { isQuantdError, QuantdError } from "../errors.ts";
@@ -15,11 +15,12 @@ import { MicroBatcher } from "../server/batcher.ts";
 import { type Listeners, startListeners } from "../server/listen.ts";
 import { createRoutes, ServerMetrics } from "../server/routes.ts";
 import { DEFAULT_BUSY_TIMEOUT_MS } from "../store/open.ts";
-import { databasePath, openStore, type Store } from "../store/store.ts";
+import { openStoreRecovering } from "../store/recover.ts";
+import { databasePath, type Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
 import type { JobRunner } from "./jobs.ts";
 import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
-import { ModelRegistry, type RegistryEvent } from "./registry.ts";
+import { ModelRegistry, type RegistryEvent, reregisterModelFiles } from "./registry.ts";
 
 /** Live-traffic samples are written to the store in groups, off the request path. */
 const CAPTURE_FLUSH_MS = 1000;
@@ -73,6 +74,71 @@ export function describeEvent(e: RegistryEvent): string {
   }
 }
 
+/** Permission bits the state directory may never have: group write, anything for others (0750 at most). */
+const STATE_DIR_MODE_FORBIDDEN = 0o027;
+
+/**
+ * Creates the state directory, or takes group write and every permission of
+ * others off an existing one, whoever created it: it holds the collected
+ * inputs and the models.
+ *
+ * @throws FILE_WRITE_FAILED when it cannot be created or its mode changed
+ */
+function prepareStateDir(stateDir: string, log: (line: string) => void): void {
+  try {
+    mkdirSync(stateDir, { recursive: true, mode: 0o750 });
+    const mode = statSync(stateDir).mode & 0o7777;
+    if ((mode & STATE_DIR_MODE_FORBIDDEN) !== 0) {
+      chmodSync(stateDir, mode & ~STATE_DIR_MODE_FORBIDDEN);
+      log(
+        `state directory ${stateDir} was mode ${mode.toString(8)}; now ${(mode & ~STATE_DIR_MODE_FORBIDDEN).toString(8)}`,
+      );
+    }
+  } catch (err) {
+    throw new QuantdError("FILE_WRITE_FAILED", `cannot prepare the state directory ${stateDir}`, {
+      cause: err,
+    });
+  }
+}
+
+/**
+ * Opens the store; a damaged database is moved aside (and said so) and a
+ * fresh one created, into which the model files on disk are registered again
+ * so the board keeps serving the model it served.
+ */
+async function openAgentStore(
+  config: AgentConfig,
+  registry: ModelRegistry,
+  log: (line: string) => void,
+): Promise<Store> {
+  const { store, setAside } = await openStoreRecovering(databasePath(config.stateDir), {
+    samples: {
+      maxRows: config.samplePool.maxRows,
+      maxBytes: config.samplePool.maxBytes,
+      countTokens: (text) => registry.countTokens(text),
+    },
+  });
+  if (setAside === undefined) return store;
+  log(
+    `store: the database was damaged (${setAside.reason}); kept as ${setAside.movedTo}, started a fresh one`,
+  );
+  try {
+    const { versions, active, skipped } = await reregisterModelFiles(
+      store.models,
+      join(config.stateDir, "models"),
+    );
+    log(
+      `store: registered ${versions.length} model file(s) again` +
+        (active === undefined ? "" : `, version ${active.id} (${active.sha256.slice(0, 12)}) active`) +
+        (skipped.length === 0 ? "" : `; skipped ${skipped.join(", ")} (content does not match the name)`),
+    );
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+  return store;
+}
+
 /**
  * Starts the agent.
  *
@@ -84,13 +150,7 @@ export function describeEvent(e: RegistryEvent): string {
 export async function startAgent(config: AgentConfig, options: StartAgentOptions = {}): Promise<Agent> {
   const log = options.log ?? (() => undefined);
   const random = options.random ?? Math.random;
-  try {
-    mkdirSync(config.stateDir, { recursive: true, mode: 0o750 });
-  } catch (err) {
-    throw new QuantdError("FILE_WRITE_FAILED", `cannot create the state directory ${config.stateDir}`, {
-      cause: err,
-    });
-  }
+  prepareStateDir(config.stateDir, log);
 
   let metrics: ServerMetrics | undefined;
   const registry: ModelRegistry = new ModelRegistry({
@@ -183,13 +243,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       (listeners.tcp === undefined ? "" : ` and http://${listeners.tcp.host}:${listeners.tcp.port}`),
   );
   try {
-    store = await openStore(databasePath(config.stateDir), {
-      samples: {
-        maxRows: config.samplePool.maxRows,
-        maxBytes: config.samplePool.maxBytes,
-        countTokens: (text) => registry.countTokens(text),
-      },
-    });
+    store = await openAgentStore(config, registry, log);
   } catch (err) {
     await listeners.stop();
     throw err;

@@ -18,7 +18,7 @@
  * route, or the fleet link) calls {@link ModelRegistry.promote}.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { constants } from "node:fs";
+import { constants, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
@@ -389,41 +389,15 @@ export async function stageCopy(
     } catch (err) {
       throw writeError(tmpPath, err);
     }
-    const hash = createHash("sha256");
-    const found = new Set<ModelKind>();
-    const buf = Buffer.allocUnsafe(MARKER_OVERLAP + COPY_CHUNK);
-    let carry = 0;
-    let copied = 0;
-    for (;;) {
-      let n: number;
-      try {
-        n = (await input.read(buf, carry, COPY_CHUNK, null)).bytesRead;
-      } catch (err) {
-        throw new QuantdError(
-          "FILE_UNREADABLE",
-          `cannot read candidate model ${src}: ${(err as Error).message}`,
-          {
-            cause: err,
-          },
-        );
-      }
-      if (n === 0) break;
-      copied += n;
-      // The file may grow while it is copied: the bound holds for what is read, not only for its size at open.
-      if (copied > maxBytes) throw tooLarge(src, copied, maxBytes);
-      const chunk = buf.subarray(carry, carry + n);
-      hash.update(chunk);
-      scanKindMarkers(buf.subarray(0, carry + n), found);
+    const sink = out;
+    const print = await fingerprint(input, src, maxBytes, async (chunk) => {
       try {
         let off = 0;
-        while (off < n) off += (await out.write(chunk, off, n - off)).bytesWritten;
+        while (off < chunk.length) off += (await sink.write(chunk, off, chunk.length - off)).bytesWritten;
       } catch (err) {
         throw writeError(tmpPath, err);
       }
-      const keep = Math.min(MARKER_OVERLAP, carry + n);
-      buf.copyWithin(0, carry + n - keep, carry + n);
-      carry = keep;
-    }
+    });
     try {
       await out.sync();
       await out.close();
@@ -431,7 +405,7 @@ export async function stageCopy(
     } catch (err) {
       throw writeError(tmpPath, err);
     }
-    return { tmpPath, sha256: hash.digest("hex"), kind: kindOf(found) };
+    return { tmpPath, ...print };
   } catch (err) {
     await out?.close().catch(() => undefined);
     await unlink(tmpPath).catch(() => undefined);
@@ -439,6 +413,133 @@ export async function stageCopy(
   } finally {
     await input.close().catch(() => undefined);
   }
+}
+
+/**
+ * Reads an open model file in 1 MiB chunks, hashing it and looking for the
+ * operator names of its kind, passing each chunk on to `onChunk`.
+ *
+ * @throws FILE_UNREADABLE when a read fails; MODEL_TOO_LARGE past `maxBytes`
+ */
+async function fingerprint(
+  input: FileHandle,
+  src: string,
+  maxBytes: number,
+  onChunk: (chunk: Buffer) => Promise<void> = async () => undefined,
+): Promise<{ sha256: string; kind: ModelKind }> {
+  const hash = createHash("sha256");
+  const found = new Set<ModelKind>();
+  const buf = Buffer.allocUnsafe(MARKER_OVERLAP + COPY_CHUNK);
+  let carry = 0;
+  let copied = 0;
+  for (;;) {
+    let n: number;
+    try {
+      n = (await input.read(buf, carry, COPY_CHUNK, null)).bytesRead;
+    } catch (err) {
+      throw new QuantdError("FILE_UNREADABLE", `cannot read model ${src}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    if (n === 0) break;
+    copied += n;
+    // The file may grow while it is read: the bound holds for what is read, not only for its size at open.
+    if (copied > maxBytes) throw tooLarge(src, copied, maxBytes);
+    const chunk = buf.subarray(carry, carry + n);
+    hash.update(chunk);
+    scanKindMarkers(buf.subarray(0, carry + n), found);
+    await onChunk(chunk);
+    const keep = Math.min(MARKER_OVERLAP, carry + n);
+    buf.copyWithin(0, carry + n - keep, carry + n);
+    carry = keep;
+  }
+  return { sha256: hash.digest("hex"), kind: kindOf(found) };
+}
+
+/** The file naming the serving version's SHA-256 in the models directory, kept beside the store's record. */
+export const ACTIVE_MODEL_FILE = "ACTIVE";
+
+/**
+ * Records which model serves in a plain file next to the models, so that a
+ * store lost to corruption can be rebuilt with the same active version. Best
+ * effort: the store stays the authority while it is intact.
+ */
+function writeActiveMarker(modelsDir: string, sha256: string): void {
+  const target = join(modelsDir, ACTIVE_MODEL_FILE);
+  // Named like the registry's other temporary files, so a stale one is removed at the next start.
+  const tmp = join(modelsDir, `.${ACTIVE_MODEL_FILE}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  try {
+    writeFileSync(tmp, `${sha256}\n`, { mode: 0o640 });
+    renameSync(tmp, target);
+  } catch {
+    rmSync(tmp, { force: true });
+  }
+}
+
+/** What {@link reregisterModelFiles} rebuilt. */
+export interface Reregistered {
+  /** Versions registered, oldest first. */
+  versions: ModelVersion[];
+  /** The version made active (the one named by the ACTIVE file, else the newest), if any. */
+  active: ModelVersion | undefined;
+  /** Files skipped: their content does not match their name. */
+  skipped: string[];
+}
+
+/**
+ * Registers the model files of `modelsDir` (`<sha256>.onnx`, as the registry
+ * names its copies) in a fresh store after the old one was lost: each file's
+ * content is hashed against its name, registered oldest first by modification
+ * time and promoted in turn, so rollback goes to the one before; the version
+ * named by the ACTIVE file (else the newest) ends active.
+ *
+ * @throws STORE_* when the store cannot be written
+ */
+export async function reregisterModelFiles(
+  models: ModelRegistryStore,
+  modelsDir: string,
+): Promise<Reregistered> {
+  let names: string[];
+  try {
+    names = readdirSync(modelsDir).filter((n) => /^[0-9a-f]{64}\.onnx$/.test(n));
+  } catch {
+    return { versions: [], active: undefined, skipped: [] };
+  }
+  let marked: string | undefined;
+  try {
+    marked = readFileSync(join(modelsDir, ACTIVE_MODEL_FILE), "utf8").trim();
+  } catch {
+    // No marker: the newest file ends active.
+  }
+  const files = names
+    .map((name) => ({ name, path: join(modelsDir, name), mtime: statSync(join(modelsDir, name)).mtimeMs }))
+    .sort((a, b) => a.mtime - b.mtime);
+  const found: { path: string; sha256: string; kind: ModelKind }[] = [];
+  const skipped: string[] = [];
+  for (const f of files) {
+    let print: { sha256: string; kind: ModelKind };
+    try {
+      const input = await openRegularFile(f.path, Number.POSITIVE_INFINITY);
+      try {
+        print = await fingerprint(input, f.path, Number.POSITIVE_INFINITY);
+      } finally {
+        await input.close().catch(() => undefined);
+      }
+    } catch {
+      skipped.push(f.name);
+      continue;
+    }
+    if (`${print.sha256}.onnx` !== f.name) skipped.push(f.name);
+    else found.push({ path: f.path, ...print });
+  }
+  const last = found.find((f) => f.sha256 === marked) ?? found.at(-1);
+  const ordered = last === undefined ? found : [...found.filter((f) => f !== last), last];
+  const versions: ModelVersion[] = [];
+  for (const f of ordered) {
+    const v = models.add({ sha256: f.sha256, path: f.path, kind: f.kind, metrics: { reregistered: true } });
+    versions.push(models.promote(v.id));
+  }
+  return { versions, active: versions.at(-1), skipped };
 }
 
 /**
@@ -586,6 +687,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       if (active !== undefined && !preferInitial) {
         try {
           this.#current = new Loaded(active, await this.#load(active), this.#opts.swap.window);
+          writeActiveMarker(this.#opts.modelsDir, active.sha256);
           this.#opts.onEvent?.({ type: "loaded", version: active });
           return active;
         } catch (err) {
@@ -813,6 +915,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
           }
         : undefined;
     if (prev !== undefined) this.#retire(prev);
+    writeActiveMarker(this.#opts.modelsDir, next.version.sha256);
     this.#opts.onEvent?.({ type: "swapped", from: prev?.version.id, to: next.version });
     void this.#prune(next.version.id);
   }

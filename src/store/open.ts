@@ -3,7 +3,7 @@
  * under Bun, better-sqlite3 under Node. The one place the choice is made; each
  * adapter is imported dynamically so a runtime never loads the other's driver.
  */
-import { mkdirSync, statSync } from "node:fs";
+import { chmodSync, mkdirSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { QuantdError } from "../errors.ts";
 import type { SqlDatabase, SqlOpener } from "./sql.ts";
@@ -86,9 +86,38 @@ export async function openSqlDatabase(path: string, options: OpenSqlOptions = {}
   const db = open(path, { readonly });
   try {
     configureDatabase(db, options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS, readonly);
+    if (!readonly && path !== ":memory:") restrictDatabaseMode(path);
   } catch (err) {
     db.close();
     throw err;
   }
   return db;
+}
+
+/** Permission bits a database file may never have: execute, group write, anything for others. */
+const DATABASE_MODE_FORBIDDEN = 0o137;
+
+/**
+ * Takes group write and every permission of others off the database and its
+ * WAL and shared-memory files (0640 at most), whoever created them: they hold
+ * the collected inputs, which are the users' data. SQLite creates them with
+ * the process umask, often 0644.
+ *
+ * @throws STORE_FAILED when a mode cannot be changed
+ */
+export function restrictDatabaseMode(path: string): void {
+  for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+    let mode: number;
+    try {
+      mode = statSync(file).mode & 0o7777;
+    } catch {
+      continue; // no WAL yet
+    }
+    if ((mode & DATABASE_MODE_FORBIDDEN) === 0) continue;
+    try {
+      chmodSync(file, mode & ~DATABASE_MODE_FORBIDDEN);
+    } catch (err) {
+      throw new QuantdError("STORE_FAILED", `cannot restrict the permissions of ${file}`, { cause: err });
+    }
+  }
 }

@@ -98,7 +98,7 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
           junk,
           "this is not a database, just some text that is long enough to be a header..........",
         );
-        await rejectsCode(openStore(junk, { opener: target.opener }), "STORE_FAILED");
+        await rejectsCode(openStore(junk, { opener: target.opener }), "STORE_CORRUPT");
         await rejectsCode(openStore(dir, { opener: target.opener }), "STORE_FAILED");
       });
     });

@@ -4,15 +4,7 @@
  * tells a truncated model from bytes that are not ONNX at all.
  */
 import { afterAll, expect, test } from "bun:test";
-import {
-  closeSync,
-  mkdtempSync,
-  openSync,
-  rmSync,
-  truncateSync,
-  writeFileSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { QuantdError } from "../../src/errors.ts";

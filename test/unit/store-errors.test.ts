@@ -19,8 +19,8 @@ describe("toStoreError", () => {
     ["SQLITE_LOCKED", "STORE_BUSY"],
     ["SQLITE_LOCKED_SHAREDCACHE", "STORE_BUSY"],
     ["SQLITE_FULL", "DISK_FULL"],
-    ["SQLITE_NOTADB", "STORE_FAILED"],
-    ["SQLITE_CORRUPT", "STORE_FAILED"],
+    ["SQLITE_NOTADB", "STORE_CORRUPT"],
+    ["SQLITE_CORRUPT", "STORE_CORRUPT"],
     ["SQLITE_CONSTRAINT_UNIQUE", "STORE_FAILED"],
     ["SQLITE_IOERR_WRITE", "STORE_FAILED"],
   ])("%s → %s, keeping the cause", (sqliteCode, code) => {

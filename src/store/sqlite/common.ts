@@ -17,7 +17,7 @@ function sqliteCode(err: unknown): string | undefined {
  * transaction body, say) passes through unchanged.
  *
  * `SQLITE_BUSY*` and `SQLITE_LOCKED*` → `STORE_BUSY` (retryable); `SQLITE_FULL` →
- * `DISK_FULL`; everything else → `STORE_FAILED`.
+ * `DISK_FULL`; `SQLITE_NOTADB` and `SQLITE_CORRUPT*` → `STORE_CORRUPT`; everything else → `STORE_FAILED`.
  *
  * @param action - what was being done, e.g. `open /var/lib/quantd/quantd.db`
  */
@@ -40,7 +40,7 @@ export function toStoreError(err: unknown, path: string, action: string): Quantd
   }
   if (code?.startsWith("SQLITE_NOTADB") || code?.startsWith("SQLITE_CORRUPT")) {
     return new QuantdError(
-      "STORE_FAILED",
+      "STORE_CORRUPT",
       `${path} is not a valid SQLite database or is corrupt (${action})`,
       {
         cause: err,
