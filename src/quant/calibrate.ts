@@ -115,6 +115,7 @@ interface Row {
   inputIds: BigInt64Array;
   tokenTypeIds: BigInt64Array;
   truncated: boolean;
+  positions: BatchEncoding["positions"];
 }
 
 function checkEncoding(enc: BatchEncoding, which: number): void {
@@ -174,6 +175,7 @@ export class LengthBuckets {
         inputIds: enc.inputIds.slice(base, base + len),
         tokenTypeIds: enc.tokenTypeIds.slice(base, base + len),
         truncated: enc.truncated[r] ?? false,
+        positions: enc.positions,
       };
       let bucket = this.#buckets.get(len);
       if (bucket === undefined) {
@@ -214,6 +216,8 @@ function stack(rows: readonly Row[], len: number): BatchEncoding {
     tokenTypeIds,
     lengths: new Array<number>(n).fill(len),
     truncated: rows.map((r) => r.truncated),
+    // Rows of one tokenizer share its position style.
+    ...(rows[0]?.positions !== undefined ? { positions: rows[0].positions } : {}),
   };
 }
 

@@ -22,8 +22,12 @@ import {
 } from "./tokenizer.ts";
 import type { InferenceSession, SessionOptions, Tensor } from "./types.ts";
 
-/** The inputs a BERT-like classifier may declare; `input_ids` is required. */
-export const BERT_INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"] as const;
+/**
+ * The inputs a BERT-like classifier may declare; `input_ids` is required. Exporters
+ * drop the ones a model does not read (DistilBERT, RoBERTa: no `token_type_ids`)
+ * and some keep `position_ids` as an input.
+ */
+export const BERT_INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids", "position_ids"] as const;
 
 /** One of {@link BERT_INPUT_NAMES}. */
 export type BertInputName = (typeof BERT_INPUT_NAMES)[number];
@@ -89,7 +93,8 @@ function isBertInput(name: string): name is BertInputName {
 
 /**
  * Checks that a session takes BERT inputs: `input_ids` plus optionally
- * `attention_mask` and `token_type_ids`, all int64, and nothing else.
+ * `attention_mask`, `token_type_ids` and `position_ids`, each int64 or int32
+ * (some exporters and converters write int32 ids), and nothing else.
  *
  * @throws MODEL_INPUTS_MISMATCH naming the inputs the model has
  */
@@ -99,22 +104,55 @@ export function checkBertInputs(session: InferenceSession, what = "model"): void
   const problems: string[] = [];
   if (!session.inputNames.includes("input_ids")) problems.push("it has no input_ids input");
   if (unknown.length > 0) problems.push(`quantd cannot feed ${unknown.join(", ")}`);
-  const notInt64 = session.inputs.filter((i) => isBertInput(i.name) && i.type !== "int64").map((i) => i.name);
-  if (notInt64.length > 0) problems.push(`${notInt64.join(", ")} must be int64`);
+  const notInt = session.inputs
+    .filter((i) => isBertInput(i.name) && i.type !== "int64" && i.type !== "int32")
+    .map((i) => i.name);
+  if (notInt.length > 0) problems.push(`${notInt.join(", ")} must be int64 or int32`);
   if (problems.length > 0) {
     throw new QuantdError(
       "MODEL_INPUTS_MISMATCH",
       `${what} is not a BERT-like classifier: ${problems.join("; ")}. It has inputs: ${has}; ` +
-        `expected input_ids and optionally attention_mask, token_type_ids (int64 [batch, sequence])`,
+        `expected input_ids and optionally attention_mask, token_type_ids, position_ids (int64 or int32 [batch, sequence])`,
       { details: { inputs: session.inputs.map((i) => ({ name: i.name, type: i.type })) } },
     );
   }
 }
 
 /**
+ * `position_ids` of a batch as the model's embeddings would compute them
+ * (see {@link PositionStyle}): `arange` on every row, or, after the padding
+ * index, the running count of real tokens plus `paddingIdx` with padding at `paddingIdx`.
+ */
+export function positionIdsOf(enc: BatchEncoding): BigInt64Array {
+  const { batchSize, seqLen, attentionMask } = enc;
+  const style = enc.positions ?? { kind: "arange" };
+  const out = new BigInt64Array(batchSize * seqLen);
+  for (let r = 0; r < batchSize; r++) {
+    const base = r * seqLen;
+    let seen = 0n;
+    for (let j = 0; j < seqLen; j++) {
+      if (style.kind === "arange") out[base + j] = BigInt(j);
+      else {
+        const real = attentionMask[base + j] !== 0n;
+        if (real) seen++;
+        out[base + j] = BigInt(style.paddingIdx) + (real ? seen : 0n);
+      }
+    }
+  }
+  return out;
+}
+
+/** An int64 tensor, converted to int32 when the model declares that type. */
+function idsTensor(data: BigInt64Array, dims: number[], type: string | undefined): Tensor {
+  if (type !== "int32") return { type: "int64", data, dims };
+  return { type: "int32", data: Int32Array.from(data, (x) => Number(x)), dims };
+}
+
+/**
  * Builds the feeds for a batch, with only the inputs `session` declares, so it
- * serves any BERT-like model (with or without `token_type_ids`), including the
- * instrumented copies the calibration runner makes.
+ * serves any BERT-like model (with or without `token_type_ids`, with
+ * `position_ids`, with int32 ids), including the instrumented copies the
+ * calibration runner makes.
  *
  * @throws MODEL_INPUTS_MISMATCH when the session declares an input that is not a BERT input
  */
@@ -126,15 +164,19 @@ export function feedsForEncoding(session: InferenceSession, enc: BatchEncoding):
       checkBertInputs(session); // throws, naming every input
       continue;
     }
+    const type = session.inputs.find((i) => i.name === name)?.type;
     switch (name) {
       case "input_ids":
-        feeds[name] = { type: "int64", data: enc.inputIds, dims };
+        feeds[name] = idsTensor(enc.inputIds, dims, type);
         break;
       case "attention_mask":
-        feeds[name] = { type: "int64", data: enc.attentionMask, dims };
+        feeds[name] = idsTensor(enc.attentionMask, dims, type);
         break;
       case "token_type_ids":
-        feeds[name] = { type: "int64", data: enc.tokenTypeIds, dims };
+        feeds[name] = idsTensor(enc.tokenTypeIds, dims, type);
+        break;
+      case "position_ids":
+        feeds[name] = idsTensor(positionIdsOf(enc), dims, type);
         break;
       default:
         assertNever(name, "BERT input");

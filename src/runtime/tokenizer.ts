@@ -41,6 +41,15 @@ export interface Encoding {
   truncated: boolean;
 }
 
+/**
+ * How a model numbers token positions, for models that take `position_ids` as
+ * an input:
+ * - `"arange"`: 0, 1, 2, … on every row, padding included (BERT, ELECTRA, DistilBERT, ALBERT);
+ * - `"after-padding"`: real tokens count from `paddingIdx + 1` and padding gets
+ *   `paddingIdx` (RoBERTa, XLM-R, CamemBERT, MPNet: `create_position_ids_from_input_ids`).
+ */
+export type PositionStyle = { kind: "arange" } | { kind: "after-padding"; paddingIdx: number };
+
 /** A padded batch, laid out row-major as `[batchSize, seqLen]`, ready to feed a BERT. */
 export interface BatchEncoding {
   batchSize: number;
@@ -53,6 +62,8 @@ export interface BatchEncoding {
   lengths: number[];
   /** Whether each row was truncated. */
   truncated: boolean[];
+  /** How `position_ids` are filled for a model that takes them. @defaultValue `{ kind: "arange" }` */
+  positions?: PositionStyle;
 }
 
 /** Options for {@link loadTokenizer}. */
@@ -115,8 +126,13 @@ function readJson(
  * Reads the special-token template from `post_processor` so that the tokens
  * (and their type ids) are exactly those Python would insert.
  */
-function parseTemplate(pp: unknown, tokenId: (t: string) => number | undefined, dir: string): Template {
-  if (pp === null || pp === undefined) return { single: [seq("A", 0)], pair: [seq("A", 0), seq("B", 1)] };
+function parseTemplate(
+  pp: unknown,
+  tokenId: (t: string) => number | undefined,
+  dir: string,
+  fallback: Template = BARE,
+): Template {
+  if (pp === null || pp === undefined) return fallback;
   if (!isRecord(pp)) throw invalid(dir, "post_processor is not an object");
   switch (pp["type"]) {
     case "TemplateProcessing": {
@@ -159,9 +175,10 @@ function parseTemplate(pp: unknown, tokenId: (t: string) => number | undefined, 
       const special = (id: number, typeId: number): TemplatePiece => ({ kind: "special", ids: [id], typeId });
       return {
         single: [special(c, 0), seq("A", 0), special(s, 0)],
-        // RoBERTa separates pairs with two [SEP]s and uses no segment ids.
+        // RoBERTa separates pairs with two </s>. Its models read no segment ids, but Rust `tokenizers`
+        // (and so Python) still gives the second half type id 1, as BertProcessing does.
         pair: roberta
-          ? [special(c, 0), seq("A", 0), special(s, 0), special(s, 0), seq("B", 0), special(s, 0)]
+          ? [special(c, 0), seq("A", 0), special(s, 0), special(s, 1), seq("B", 1), special(s, 1)]
           : [special(c, 0), seq("A", 0), special(s, 0), seq("B", 1), special(s, 1)],
       };
     }
@@ -175,10 +192,10 @@ function parseTemplate(pp: unknown, tokenId: (t: string) => number | undefined, 
             p["type"] === "BertProcessing" ||
             p["type"] === "RobertaProcessing"),
       );
-      return parseTemplate(inner ?? null, tokenId, dir);
+      return parseTemplate(inner ?? null, tokenId, dir, fallback);
     }
     case "ByteLevel":
-      return parseTemplate(null, tokenId, dir);
+      return fallback;
     default:
       throw invalid(dir, `unsupported post_processor type ${JSON.stringify(pp["type"])}`);
   }
@@ -186,6 +203,75 @@ function parseTemplate(pp: unknown, tokenId: (t: string) => number | undefined, 
 
 function seq(which: "A" | "B", typeId: number): TemplatePiece {
   return { kind: "sequence", which, typeId };
+}
+
+/** No special tokens at all: what Rust `tokenizers` does without a post-processor. */
+const BARE: Template = { single: [seq("A", 0)], pair: [seq("A", 0), seq("B", 1)] };
+
+/**
+ * transformers' tokenizer classes that join a pair as `<s> A </s></s> B </s>`
+ * with segment ids all 0 (their `build_inputs_with_special_tokens` and
+ * `create_token_type_ids_from_sequences`); every other class uses BERT's
+ * `[CLS] A [SEP] B [SEP]` with segment 1 for B and its [SEP].
+ */
+const DOUBLE_SEP_CLASSES = /^(Roberta|XLMRoberta|Camembert|MPNet|Longformer|Bart|Mbart|Flaubert|Xlm)/i;
+
+/**
+ * The template for a tokenizer.json without a post-processor (some converted
+ * exports lose it, yet their model was trained with special tokens): the
+ * `cls_token` (or `bos_token`) and `sep_token` (or `eos_token`) of
+ * tokenizer_config.json, laid out as its `tokenizer_class` lays them out. With
+ * neither declared, no special tokens, as Rust `tokenizers` does.
+ */
+function templateFromConfig(
+  config: Record<string, unknown>,
+  tokenId: (t: string) => number | undefined,
+): Template {
+  const idOf = (...keys: string[]): number | undefined => {
+    for (const key of keys) {
+      const v = config[key];
+      const name =
+        typeof v === "string" ? v : isRecord(v) && typeof v["content"] === "string" ? v["content"] : "";
+      const id = name === "" ? undefined : tokenId(name);
+      if (id !== undefined) return id;
+    }
+    return undefined;
+  };
+  const c = idOf("cls_token", "bos_token");
+  const s = idOf("sep_token", "eos_token");
+  if (c === undefined || s === undefined) return BARE;
+  const special = (id: number, typeId: number): TemplatePiece => ({ kind: "special", ids: [id], typeId });
+  const doubleSep = DOUBLE_SEP_CLASSES.test(String(config["tokenizer_class"] ?? ""));
+  return {
+    single: [special(c, 0), seq("A", 0), special(s, 0)],
+    pair: doubleSep
+      ? [special(c, 0), seq("A", 0), special(s, 0), special(s, 0), seq("B", 0), special(s, 0)]
+      : [special(c, 0), seq("A", 0), special(s, 0), seq("B", 1), special(s, 1)],
+  };
+}
+
+/**
+ * transformers' model types whose embeddings number positions from the
+ * padding index (`create_position_ids_from_input_ids`).
+ */
+const AFTER_PADDING_MODELS = new Set([
+  "roberta",
+  "xlm-roberta",
+  "xlm-roberta-xl",
+  "camembert",
+  "mpnet",
+  "longformer",
+  "data2vec-text",
+  "ibert",
+]);
+
+/** The position style of a model's `config.json` (its `model_type` and `pad_token_id`). */
+function positionStyleOf(modelConfig: unknown): PositionStyle {
+  if (!isRecord(modelConfig) || !AFTER_PADDING_MODELS.has(String(modelConfig["model_type"]))) {
+    return { kind: "arange" };
+  }
+  const pad = modelConfig["pad_token_id"];
+  return { kind: "after-padding", paddingIdx: typeof pad === "number" && pad >= 0 ? pad : 1 };
 }
 
 function countSpecials(pieces: readonly TemplatePiece[]): number {
@@ -283,6 +369,8 @@ export class Tokenizer {
   readonly specialsSingle: number;
   /** Special tokens added to a pair (3 for BERT: `[CLS]`, `[SEP]`, `[SEP]`). */
   readonly specialsPair: number;
+  /** How the model numbers positions (from its `config.json`), for models that take `position_ids`. */
+  readonly positions: PositionStyle;
   readonly #hf: HfTokenizer;
   readonly #template: Template;
   #vocabSize: number | undefined;
@@ -294,8 +382,10 @@ export class Tokenizer {
     template: Template,
     maxLength: number,
     specialIds: SpecialTokenIds,
+    positions: PositionStyle = { kind: "arange" },
   ) {
     this.dir = dir;
+    this.positions = positions;
     this.#hf = hf;
     this.#template = template;
     this.maxLength = maxLength;
@@ -446,6 +536,7 @@ export class Tokenizer {
       tokenTypeIds,
       lengths,
       truncated: encodings.map((e) => e.truncated),
+      positions: this.positions,
     };
   }
 
@@ -497,16 +588,25 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
     throw invalid(dir, `@huggingface/tokenizers rejected it (${(err as Error).message})`, err);
   }
   const tokenId = (t: string): number | undefined => hf.token_to_id(t);
-  const template = parseTemplate(tokenizerJson["post_processor"], tokenId, dir);
+  const template = parseTemplate(
+    tokenizerJson["post_processor"],
+    tokenId,
+    dir,
+    templateFromConfig(tokenizerConfig, tokenId),
+  );
 
   const limits: number[] = [];
   const mml = tokenizerConfig["model_max_length"];
   if (typeof mml === "number" && mml > 0 && mml < NO_LIMIT) limits.push(Math.floor(mml));
   const modelConfigPath = opts.configPath ?? join(dir, "config.json");
+  let positions: PositionStyle = { kind: "arange" };
   if (existsSync(modelConfigPath)) {
     const modelConfig = readJson(modelConfigPath, dir, "CONFIG_INVALID");
+    positions = positionStyleOf(modelConfig);
     const mpe = isRecord(modelConfig) ? modelConfig["max_position_embeddings"] : undefined;
-    if (typeof mpe === "number" && mpe > 0) limits.push(Math.floor(mpe));
+    // Positions after the padding index leave paddingIdx + 1 rows of the table unused (RoBERTa: 514 → 512).
+    const unused = positions.kind === "after-padding" ? positions.paddingIdx + 1 : 0;
+    if (typeof mpe === "number" && mpe > unused) limits.push(Math.floor(mpe) - unused);
   }
   if (opts.maxLength !== undefined) {
     if (!Number.isInteger(opts.maxLength) || opts.maxLength <= 0) {
@@ -530,5 +630,5 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
     // Padding positions are masked out, so any id works when a tokenizer declares none; 0 is BERT's.
     pad: named("pad_token", "[PAD]") ?? 0,
   };
-  return new Tokenizer(dir, hf, template, maxLength, specialIds);
+  return new Tokenizer(dir, hf, template, maxLength, specialIds, positions);
 }

@@ -107,7 +107,7 @@ describe("loadTokenizer on the shipped BERT-Mini", () => {
     }
   });
 
-  test("BertProcessing and absent post-processors give the same / no special tokens", async () => {
+  test("BertProcessing, and absent post-processors with or without specials in tokenizer_config.json", async () => {
     const dir = mkdtempSync(join(tmpdir(), "quantd-tok-"));
     try {
       const tj = JSON.parse(readFileSync(join(shippedModelDir, "tokenizer.json"), "utf8"));
@@ -121,6 +121,11 @@ describe("loadTokenizer on the shipped BERT-Mini", () => {
       );
       tj.post_processor = null;
       writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tj));
+      // Without a post-processor the specials come from tokenizer_config.json (BertTokenizer's layout) …
+      const fromConfig = await loadTokenizer(dir);
+      expect(fromConfig.encode("good", "bad")).toEqual(tok.encode("good", "bad"));
+      // … and with none declared there, there are none (Rust tokenizers adds nothing).
+      writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ model_max_length: 512 }));
       const bare = await loadTokenizer(dir);
       expect(bare.specialsSingle).toBe(0);
       expect(bare.encode(KNOWN[0]!.text).inputIds).toEqual(KNOWN[0]!.ids.slice(1, -1));
