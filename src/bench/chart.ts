@@ -15,6 +15,9 @@ export interface ChartOptions {
   subtitle?: string;
 }
 
+/** Width of one character of a 12 px group label, a little above DejaVu Sans's average so labels never touch. */
+const GROUP_LABEL_CHAR_W = 7.4;
+
 // Colour-blind-safe palette (Okabe–Ito), in the order models are listed.
 const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"];
 
@@ -90,11 +93,15 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
   // A group holds only the models that have a row at its shape (BERT-base may run fewer shapes than BERT-Mini).
   const members = groups.map((g) => models.filter((m) => rowAt(g.key, m) !== undefined));
   const widthOf = (n: number): number => Math.max(barW, n * (barW + barGap) - barGap);
+  // A group's slot is as wide as its bars or its label, whichever is wider, so that neighbouring
+  // labels never overlap (2 models × 2 shapes: 48 px of bars under a 100 px label).
+  const labelW = (label: string): number => Math.ceil(label.length * GROUP_LABEL_CHAR_W);
+  const slotW = groups.map((g, gi) => Math.max(widthOf(members[gi]!.length), labelW(g.label)));
   const groupXs: number[] = [];
   let acc = 0;
-  for (const mem of members) {
+  for (const w of slotW) {
     groupXs.push(acc);
-    acc += widthOf(mem.length) + groupGap;
+    acc += w + groupGap;
   }
   const barsW = acc + groupGap;
   const left = 70;
@@ -173,10 +180,11 @@ export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {
     out.push(`<line x1="${left}" x2="${left + plotW}" y1="${yBase}" y2="${yBase}" stroke="#333"/>`);
     out.push(`<line x1="${left}" x2="${left}" y1="${y0}" y2="${yBase}" stroke="#333"/>`);
     groups.forEach((g, gi) => {
-      const gx = left + groupGap + slack / 2 + groupXs[gi]!;
+      const slotX = left + groupGap + slack / 2 + groupXs[gi]!;
       const groupW = widthOf(members[gi]!.length);
+      const gx = slotX + (slotW[gi]! - groupW) / 2;
       out.push(
-        `<text x="${gx + groupW / 2}" y="${yBase + 18}" text-anchor="middle" fill="#222">${esc(g.label)}</text>`,
+        `<text class="group-label" x="${slotX + slotW[gi]! / 2}" y="${yBase + 18}" text-anchor="middle" fill="#222">${esc(g.label)}</text>`,
       );
       members[gi]!.forEach((m, slot) => {
         const mi = models.indexOf(m);

@@ -160,14 +160,50 @@ export function syntheticFeeds(
   return feeds;
 }
 
-function vocabFromConfig(path: string): number | undefined {
+function intFromConfig(path: string, key: string): number | undefined {
   if (!existsSync(path)) return undefined;
   try {
-    const v: unknown = (JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>)["vocab_size"];
+    const v: unknown = (JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>)[key];
     return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : undefined;
   } catch {
     return undefined;
   }
+}
+
+function vocabFromConfig(path: string): number | undefined {
+  return intFromConfig(path, "vocab_size");
+}
+
+/** A model's longest sequence and where that figure came from, for messages. */
+export interface MaxPositions {
+  positions: number;
+  /** `config.json` (with its path) or the graph's position-embedding table. */
+  source: string;
+}
+
+/**
+ * The longest sequence a model takes: `max_position_embeddings` of the
+ * `config.json` beside it (or one folder up), else the row count of an
+ * initializer named like a position-embedding table. A longer `seq` fails
+ * inside onnxruntime with a broadcast error that does not say why.
+ *
+ * @returns the bound, or undefined when neither says it (no bound is checked then)
+ * @throws MODEL_NOT_ONNX, MODEL_TRUNCATED, FILE_NOT_FOUND as `loadModel`, when the graph is read
+ */
+export async function findMaxPositions(modelPath: string): Promise<MaxPositions | undefined> {
+  for (const config of [
+    join(dirname(modelPath), "config.json"),
+    join(dirname(dirname(modelPath)), "config.json"),
+  ]) {
+    const positions = intFromConfig(config, "max_position_embeddings");
+    if (positions !== undefined) return { positions, source: `max_position_embeddings in ${config}` };
+  }
+  const model = await loadModel(modelPath, { loadExternalData: false });
+  for (const t of model.graph.initializer) {
+    if (/position_embeddings/i.test(t.name) && t.dims.length === 2 && t.dims[0]! > 0)
+      return { positions: t.dims[0]!, source: `the position-embedding table ${t.name}` };
+  }
+  return undefined;
 }
 
 /**

@@ -4,7 +4,8 @@
  * everywhere, and one place that turns onnxruntime's opaque "could not load"
  * into the codec's precise reason.
  */
-import { isQuantdError } from "../errors.ts";
+import { detectDevice } from "../../device/detect.ts";
+import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
 import { type Classifier, loadClassifier } from "../runtime/classifier.ts";
 import { findModelFiles } from "../runtime/model-files.ts";
@@ -20,14 +21,54 @@ export const TOKENIZER_FLAG: FlagSpec = {
   default: "the model's directory",
 };
 
+/**
+ * The one default of every `--threads` (and of the agent's `threads`): the
+ * `QUANTD_THREADS` environment variable, else the board profile's threads
+ * (`quantd device`: the cores less one for the agent's own work on a board).
+ */
+export const THREADS_DEFAULT_TEXT = "$QUANTD_THREADS, else the board profile's threads (quantd device)";
+
 /** `--threads N`: onnxruntime intra-op threads. */
 export const THREADS_FLAG: FlagSpec = {
   name: "threads",
   type: "string",
   value: "N",
   description: "onnxruntime intra-op threads",
-  default: "1",
+  default: THREADS_DEFAULT_TEXT,
 };
+
+/**
+ * Threads when `--threads` is not given: see {@link THREADS_DEFAULT_TEXT}. An
+ * unsupported board (detection refuses it) falls back to 1.
+ *
+ * @throws CONFIG_INVALID when QUANTD_THREADS is not an integer in 1…256
+ */
+export function defaultCliThreads(env: Record<string, string | undefined> = process.env): number {
+  const fromEnv = env["QUANTD_THREADS"];
+  if (fromEnv !== undefined && fromEnv !== "") {
+    const n = Number(fromEnv.trim());
+    if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) {
+      throw new QuantdError(
+        "CONFIG_INVALID",
+        `QUANTD_THREADS must be an integer in 1…${MAX_THREADS}, got "${fromEnv}"`,
+        {
+          details: { key: "QUANTD_THREADS", value: fromEnv },
+        },
+      );
+    }
+    return n;
+  }
+  try {
+    return detectDevice().profile.threads;
+  } catch {
+    return 1;
+  }
+}
+
+/** `--threads`, else {@link defaultCliThreads}. @throws USAGE */
+export function threadsFlag(flags: ParsedFlags): number {
+  return flagInt(flags, "threads", { min: 1, max: MAX_THREADS }) ?? defaultCliThreads();
+}
 
 /** `--batch N`: texts per inference call. */
 export const BATCH_FLAG: FlagSpec = {
@@ -66,7 +107,7 @@ export function batchFlag(flags: ParsedFlags): number {
  * @throws USAGE for a bad `--threads`
  */
 export async function openClassifier(modelPath: string, flags: ParsedFlags): Promise<Classifier> {
-  const threads = flagInt(flags, "threads", { min: 1, max: MAX_THREADS }, 1);
+  const threads = threadsFlag(flags);
   const tokenizerDir = flagString(flags, "tokenizer");
   try {
     return await loadClassifier(

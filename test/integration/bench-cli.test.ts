@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
-import { type CliRun, runQuantd } from "../helpers/run-cli.ts";
+import { type CliRun, envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 
 function quantd(args: string[]): Promise<CliRun> {
   return runQuantd(args, { env: { ...process.env, QUANTD_DEBUG: "" } });
@@ -36,6 +36,40 @@ test("no --model is a usage error", async () => {
   expect(r.stderr).toContain("error USAGE: bench needs at least one --model");
 });
 
+test("--seq beyond the model's maximum length is a usage error before anything runs", async () => {
+  const r = await quantd(["bench", "--model", shippedModelPath, "--seq", "32,1024", "--no-memory"]);
+  expect(r.code).toBe(2);
+  expect(r.stdout).toBe("");
+  // One line that says why, not onnxruntime's broadcast error (once logged by onnxruntime, once in the row).
+  expect(r.stderr).toBe(
+    `error USAGE: --seq 1024 is beyond the maximum length of model: 512 tokens (max_position_embeddings in ${join(shippedModelPath, "../config.json")}); use --seq up to 512; see quantd bench --help\n`,
+  );
+});
+
+test("--json prints the results document on stdout; --json FILE (its old meaning) points to --out", async () => {
+  const r = await quantd([
+    "bench",
+    "--model",
+    shippedModelPath,
+    "--seq",
+    "8",
+    "--threads",
+    "1",
+    "--runs",
+    "2",
+    "--warmup",
+    "0",
+    "--no-memory",
+    "--json",
+  ]);
+  expect(r.code).toBe(0);
+  const doc = JSON.parse(r.stdout) as { rows: { model: string; status: string; shape: { seq: number } }[] };
+  expect(doc.rows.map((x) => [x.model, x.status, x.shape.seq])).toEqual([["model", "ok", 8]]);
+  const old = await quantd(["bench", "--model", shippedModelPath, "--json", "results.json"]);
+  expect(old.code).toBe(2);
+  expect(JSON.parse(old.stdout).message).toContain("write them to a file with --out results.json");
+});
+
 test("a broken model fails its rows, the others are measured, files are written, exit 1", async () => {
   const broken = join(dir, "broken.onnx");
   writeFileSync(broken, "garbage");
@@ -58,7 +92,7 @@ test("a broken model fails its rows, the others are measured, files are written,
     "--warmup",
     "1",
     "--no-memory",
-    "--json",
+    "--out",
     json,
     "--plot",
     svg,
@@ -116,3 +150,32 @@ test("--data adds accuracy and agreement columns; all rows measured gives exit 0
   expect(lines[1]).toMatch(/^sst2-bert-mini\/model#1\s+b1×s16\s+1\s.*\d+\.\d\d%\s+-$/);
   expect(lines[2]).toMatch(/^sst2-bert-mini\/model#2\s+b1×s16\s+1\s.*100\.00%$/);
 });
+
+test("--threads defaults the one documented way: $QUANTD_THREADS, else the board profile's threads", async () => {
+  const run = (env: Record<string, string>) =>
+    runQuantd(
+      [
+        "bench",
+        "--model",
+        shippedModelPath,
+        "--seq",
+        "8",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--no-memory",
+        "--json",
+      ],
+      { env: { ...envWithoutQuantd(), ...env } },
+    );
+  const threadsOf = (r: CliRun): number[] =>
+    (JSON.parse(r.stdout) as { rows: { threads: number }[] }).rows.map((x) => x.threads);
+  const device = await runQuantd(["device", "--json"], { env: envWithoutQuantd() });
+  const profile = (JSON.parse(device.stdout) as { profile: { threads: number } }).profile.threads;
+  expect(threadsOf(await run({}))).toEqual([profile]);
+  expect(threadsOf(await run({ QUANTD_THREADS: "3" }))).toEqual([3]);
+  const bad = await run({ QUANTD_THREADS: "lots" });
+  expect(bad.code).toBe(1);
+  expect(JSON.parse(bad.stdout)).toMatchObject({ code: "CONFIG_INVALID" });
+}, 30_000);

@@ -7,21 +7,15 @@ import { writeFileSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { renderChartSvg } from "../../bench/chart.ts";
 import { createModelData } from "../../bench/data.ts";
-import { detectDevice } from "../../../device/detect.ts";
-import {
-  DEFAULT_BATCHES,
-  DEFAULT_RUNS,
-  DEFAULT_SEQS,
-  DEFAULT_WARMUP,
-  defaultThreads,
-} from "../../bench/defaults.ts";
-import type { Shape } from "../../bench/inputs.ts";
+import { DEFAULT_BATCHES, DEFAULT_RUNS, DEFAULT_SEQS, DEFAULT_WARMUP } from "../../bench/defaults.ts";
+import { findMaxPositions, type MaxPositions, type Shape } from "../../bench/inputs.ts";
 import { type BenchModel, type ModelData, runBench } from "../../bench/measure.ts";
 import { createBenchProgress } from "../../bench/progress.ts";
 import { machineInfo, renderTerminalTable, toBenchDocument } from "../../bench/report.ts";
 import { QuantdError } from "../../errors.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { Command } from "../command.ts";
+import { defaultCliThreads, JSON_FLAG, THREADS_DEFAULT_TEXT } from "../model-flags.ts";
 import {
   expectNoPositionals,
   flagBool,
@@ -31,15 +25,6 @@ import {
   flagString,
   usageError,
 } from "../parse.ts";
-
-/** Threads the board profile serves with; the library default (1) when the board is not supported. */
-function profileThreads(): number {
-  try {
-    return detectDevice().profile.threads;
-  } catch {
-    return defaultThreads();
-  }
-}
 
 /**
  * Table labels for model paths: the file name without `.onnx`, prefixed by its
@@ -62,13 +47,54 @@ function writeOut(path: string, text: string, what: string): void {
   }
 }
 
+/**
+ * Rejects arguments; `--json FILE` (the flag's meaning before `--out`) gets a hint.
+ * @throws USAGE
+ */
+function rejectPositionals(positionals: readonly string[]): void {
+  const first = positionals[0];
+  if (first !== undefined && /\.json$/i.test(first)) {
+    throw usageError(
+      `unexpected argument "${first}": --json prints the results on stdout; write them to a file with --out ${first}`,
+      { argument: first },
+    );
+  }
+  expectNoPositionals(positionals);
+}
+
+/**
+ * Refuses a sequence length beyond a model's position table before anything
+ * runs: onnxruntime would fail in the embeddings with a broadcast error that
+ * does not say why. A model that cannot be read is left to fail in its rows.
+ *
+ * @throws USAGE naming the model, its bound and where the bound comes from
+ */
+async function checkSeqFits(models: readonly BenchModel[], seqs: readonly number[]): Promise<void> {
+  const longest = Math.max(...seqs);
+  for (const m of models) {
+    let max: MaxPositions | undefined;
+    try {
+      max = await findMaxPositions(m.path);
+    } catch {
+      continue;
+    }
+    if (max !== undefined && longest > max.positions) {
+      throw usageError(
+        `--seq ${longest} is beyond the maximum length of ${m.label}: ${max.positions} tokens ` +
+          `(${max.source}); use --seq up to ${max.positions}`,
+        { flag: "seq", value: longest, max: max.positions, model: m.path },
+      );
+    }
+  }
+}
+
 /** The `bench` command. */
 export const benchCommand: Command = {
   name: "bench",
   summary: "compare latency, throughput, load time, size and peak memory of models",
   usage:
     "--model A.onnx [--model B.onnx …] [--seq 32,128] [--batch 1,8] [--threads 1,N] [--runs N] [--warmup N] " +
-    "[--data FILE.tsv] [--json OUT.json] [--plot OUT.svg]",
+    "[--data FILE.tsv] [--out OUT.json] [--plot OUT.svg] [--json]",
   description:
     "Runs every model at every shape (batch × seq) and thread count: warm-up runs, then timed runs " +
     "interleaved across models (A B A B …) so that machine drift affects all alike. Prints p50/p90/p99 " +
@@ -79,7 +105,11 @@ export const benchCommand: Command = {
     "text: then each model's tokenizer (beside the model or one folder up, or --tokenizer) cuts or pads " +
     "it to each seq, and the table adds accuracy and top-1 agreement with the first model.\n\n" +
     "A missing or broken model, a shape a model rejects or data that does not fit a model is an error in " +
-    "that model's rows; the others still run, and the exit code is 1.",
+    "that model's rows; the others still run, and the exit code is 1. A --seq beyond a model's maximum " +
+    "length (max_position_embeddings in its config.json, else its position-embedding table) is a usage " +
+    "error before anything runs.\n\n" +
+    "--json prints the results document on stdout instead of the table; --out writes the same document " +
+    "to a file beside the table.",
   flags: [
     {
       name: "model",
@@ -110,7 +140,7 @@ export const benchCommand: Command = {
       multiple: true,
       value: "N,…",
       description: "intra-op thread counts",
-      default: "the board profile's threads (see quantd device)",
+      default: THREADS_DEFAULT_TEXT,
     },
     {
       name: "runs",
@@ -138,7 +168,7 @@ export const benchCommand: Command = {
       value: "DIR",
       description: "tokenizer directory for --data (default: beside each model)",
     },
-    { name: "json", type: "string", value: "OUT.json", description: "write the results as JSON" },
+    { name: "out", type: "string", value: "OUT.json", description: "write the results as JSON to this file" },
     {
       name: "plot",
       type: "string",
@@ -153,25 +183,28 @@ export const benchCommand: Command = {
       description: "seed of the synthetic token ids",
       default: "1",
     },
+    JSON_FLAG,
   ],
   async run(ctx) {
-    expectNoPositionals(ctx.positionals);
+    rejectPositionals(ctx.positionals);
     const paths = flagList(ctx.flags, "model");
     if (paths.length === 0) throw usageError("bench needs at least one --model FILE", { flag: "model" });
     const seqs = flagIntList(ctx.flags, "seq", { min: 1, max: 8192 }, DEFAULT_SEQS);
     const batches = flagIntList(ctx.flags, "batch", { min: 1, max: 4096 }, DEFAULT_BATCHES);
-    const threads = flagIntList(ctx.flags, "threads", { min: 1, max: 1024 }, [profileThreads()]);
+    const threads = flagIntList(ctx.flags, "threads", { min: 1, max: 1024 }, [defaultCliThreads()]);
     const runs = flagInt(ctx.flags, "runs", { min: 1 }, DEFAULT_RUNS);
     const warmup = flagInt(ctx.flags, "warmup", { min: 0 }, DEFAULT_WARMUP);
     const seed = flagInt(ctx.flags, "seed", { min: 0 }, 1);
     const dataPath = flagString(ctx.flags, "data");
     const tokenizerDir = flagString(ctx.flags, "tokenizer");
-    const jsonPath = flagString(ctx.flags, "json");
+    const json = flagBool(ctx.flags, "json");
+    const outPath = flagString(ctx.flags, "out");
     const plotPath = flagString(ctx.flags, "plot");
 
     const labels = modelLabels(paths);
     const models: BenchModel[] = paths.map((path, i) => ({ label: labels[i]!, path }));
     const shapes: Shape[] = batches.flatMap((batch) => seqs.map((seq) => ({ batch, seq })));
+    await checkSeqFits(models, seqs);
 
     let data: ((m: BenchModel) => Promise<ModelData>) | undefined;
     if (dataPath !== undefined) {
@@ -193,11 +226,13 @@ export const benchCommand: Command = {
       ...(data !== undefined ? { data } : {}),
     }).finally(() => progress.done());
 
-    for (const line of renderTerminalTable(result)) ctx.out(line);
     const machine = machineInfo();
-    if (jsonPath !== undefined) {
-      writeOut(jsonPath, `${JSON.stringify(toBenchDocument(result, machine), null, 2)}\n`, "JSON results");
-      ctx.err(`wrote ${jsonPath}`);
+    const doc = toBenchDocument(result, machine);
+    if (json) ctx.out(JSON.stringify(doc));
+    else for (const line of renderTerminalTable(result)) ctx.out(line);
+    if (outPath !== undefined) {
+      writeOut(outPath, `${JSON.stringify(doc, null, 2)}\n`, "JSON results");
+      ctx.err(`wrote ${outPath}`);
     }
     if (plotPath !== undefined) {
       const subtitle = `${machine.cpu}, ${machine.cores} cores · Bun ${machine.bun} · onnxruntime ${machine.onnxruntime} · ${machine.date.slice(0, 10)}`;

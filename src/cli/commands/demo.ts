@@ -32,7 +32,7 @@ import { type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { ORT_VERSION } from "../../runtime/ort-session.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { Command, CommandContext } from "../command.ts";
-import { JSON_FLAG, openClassifier, THREADS_FLAG } from "../model-flags.ts";
+import { JSON_FLAG, openClassifier, THREADS_FLAG, threadsFlag } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagInt, flagString } from "../parse.ts";
 import { PACKAGE_ROOT, SHIPPED_DEV_TSV, SHIPPED_MODEL, SHIPPED_MODEL_DIR } from "../paths.ts";
 import { createProgress, formatBytes, formatMs, formatPercent, renderTable } from "../render.ts";
@@ -804,7 +804,7 @@ export const demoCommand: Command = {
   async run(ctx) {
     expectNoPositionals(ctx.positionals);
     const state: DemoState = {
-      threads: flagInt(ctx.flags, "threads", { min: 1, max: 256 }, 1),
+      threads: threadsFlag(ctx.flags),
       limit: flagInt(ctx.flags, "limit", { min: 1 }),
       results: {},
     };

@@ -19,6 +19,7 @@ import { type CalibrationMethod, defaultQuantizeOptions, type StaticFormat } fro
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
 import { openStore, type Store } from "../../store/store.ts";
 import type { Command } from "../command.ts";
+import { THREADS_FLAG, threadsFlag } from "../model-flags.ts";
 import {
   expectNoPositionals,
   flagBool,
@@ -177,13 +178,7 @@ ones that pass at sequence 128 and keeps the fastest.`,
       value: "DIR",
       description: "tokenizer directory (default: beside the model)",
     },
-    {
-      name: "threads",
-      type: "string",
-      value: "N",
-      description: "onnxruntime intra-op threads",
-      default: "all cores",
-    },
+    THREADS_FLAG,
     { name: "json", type: "boolean", description: "print the report (or the error) as JSON on stdout" },
   ],
   async run(ctx) {
@@ -214,8 +209,7 @@ ones that pass at sequence 128 and keeps the fastest.`,
     const tokenizer = flagString(f, "tokenizer");
     if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
     opts.seed = flagInt(f, "seed", { min: 0 }, 1);
-    const threads = flagInt(f, "threads", { min: 1, max: 1024 });
-    if (threads !== undefined) opts.threads = threads;
+    opts.threads = threadsFlag(f);
     const json = flagBool(f, "json");
     if (!json) opts.onProgress = (line) => ctx.err(line);
 
