@@ -14,7 +14,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hasMosquitto, type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
-import { cliMain, envWithoutQuantd } from "../helpers/run-cli.ts";
+import { type CliRun, cliMain, envWithoutQuantd, runCommand } from "../helpers/run-cli.ts";
 
 interface Run {
   code: number;
@@ -85,6 +85,7 @@ describe("quantd demo", () => {
       figures: { int8P50Ms?: number; fp32P50Ms?: number; agreement?: number; modelVersion?: string };
     }[] = [];
     let mosquitto: Mosquitto | undefined;
+    let curled: CliRun = { code: -1, stdout: "", stderr: "not run" };
     try {
       mosquitto = hasMosquitto ? await startMosquitto() : undefined;
       const brokerArgs = mosquitto === undefined ? [] : ["--broker", mosquitto.url];
@@ -93,6 +94,9 @@ describe("quantd demo", () => {
         demo(["--json", "--limit", "32", "--stay", ...brokerArgs], cwd, async (err) => {
           // --stay: the controller's dashboard serves the device with its report until SIGINT.
           const url = /dashboard (http:\/\/127\.0\.0\.1:\d+\/)/.exec(err)?.[1];
+          // The curl example works as printed, pasted into a shell.
+          const curl = /^ {2}socket: {2}(curl .*)$/m.exec(err)?.[1] ?? "false";
+          curled = await runCommand(["bash", "-c", curl]);
           try {
             const res = await fetch(`${url}api/devices?fleet=demo`);
             dashboard = (await res.json()) as typeof dashboard;
@@ -159,6 +163,8 @@ describe("quantd demo", () => {
 
       expect(json.code).toBe(0);
       expect(json.stderr).toContain("still running (--stay): dashboard http://127.0.0.1:");
+      expect(curled.code).toBe(0); // (curl draws its progress meter on stderr when not on a terminal)
+      expect(JSON.parse(curled.stdout)).toMatchObject({ model: { kind: "int8-static", version: 2 } });
       expect(dashboard).toHaveLength(1);
       expect(dashboard[0]).toMatchObject({
         device: "demo-device",

@@ -7,8 +7,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { shippedDevTsv } from "../helpers/paths.ts";
-import { cliMain, envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
+import { repoRoot, shippedDevTsv } from "../helpers/paths.ts";
+import { cliMain, envWithoutQuantd, runCommand, runQuantd } from "../helpers/run-cli.ts";
 import { until } from "../helpers/until.ts";
 import { call, makeInt8Model, tempDir } from "./agent-harness.ts";
 
@@ -136,5 +136,12 @@ describe("quantd collect and device", () => {
     const ok = await quantd(["device", "--root", board]);
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/^cores\s+\d+$/m);
+    // bin/quantd, as the README says to run it from anywhere: relative paths from the caller's directory.
+    const fromDir = await runCommand([join(repoRoot, "bin/quantd"), "device", "--root", "board"], {
+      cwd: dir,
+      env: ENV,
+    });
+    expect(fromDir.stderr).toBe("");
+    expect(fromDir.stdout).toBe(ok.stdout);
   });
 });

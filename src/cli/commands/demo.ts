@@ -714,7 +714,7 @@ async function stay(ctx: CommandContext, state: DemoState): Promise<void> {
   ctx.err("");
   ctx.err(`still running (--stay): dashboard ${state.dashboard?.url ?? "-"}`);
   ctx.err(
-    `  socket:  curl --unix-socket ${state.socketPath} http://localhost/v1/classify -d '{"texts":["a fine film"]}'`,
+    `  socket:  curl --unix-socket ${state.socketPath} -H 'content-type: application/json' http://localhost/v1/classify -d '{"texts":["a fine film"]}'`,
   );
   ctx.err(`  fleet:   quantd fleet devices --broker ${state.brokerUrl} --fleet ${DEMO_FLEET}`);
   ctx.err("Ctrl-C (SIGINT) or SIGTERM stops it and removes the temporary directory");
