@@ -4,7 +4,7 @@
  * Everything is validated once, at start, so a typo fails the service with one
  * CONFIG_INVALID line naming the key instead of surfacing hours later.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { homedir, hostname } from "node:os";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import type { BoardProfile } from "../../device/profiles.ts";
@@ -446,7 +446,9 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     (runtimeDir !== undefined && runtimeDir !== ""
       ? join(runtimeDir, "quantd.sock")
       : join(stateDir, "quantd.sock"));
-  const model = pathValue("model") ?? resolve(opts.defaultModel);
+  const given = pathValue("model") ?? resolve(opts.defaultModel);
+  // A model directory (Optimum's layout, or what `quantize --out DIR` writes) serves its model.onnx.
+  const model = statSync(given, { throwIfNoEntry: false })?.isDirectory() ? join(given, "model.onnx") : given;
   const tokenizerDir = pathValue("tokenizerDir") ?? dirname(model);
   const maxBatch = num("batching.maxBatch", 16);
   const config: AgentConfig = {

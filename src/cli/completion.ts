@@ -18,7 +18,8 @@ type ValueKind = "file" | "dir" | "free";
 
 function valueKind(spec: FlagSpec): ValueKind {
   const v = spec.value ?? "";
-  if (/DIR/.test(v)) return "dir";
+  // FILE|DIR (a model or its directory): file completion, which offers directories too.
+  if (/DIR/.test(v) && !/FILE|\.onnx/.test(v)) return "dir";
   if (/FILE|PATH|SAMPLES|REPORT|\.(onnx|tsv|json|svg)$/.test(v)) return "file";
   return "free";
 }

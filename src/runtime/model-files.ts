@@ -4,7 +4,7 @@
  * in one directory; quantd writes its int8 model beside a copy of them. A user
  * may still keep the tokenizer elsewhere and point at it (`--tokenizer DIR`).
  */
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { QuantdError } from "../errors.ts";
 
@@ -85,4 +85,82 @@ export function findModelFiles(modelPath: string, tokenizerDir?: string): ModelF
     }
   }
   return files;
+}
+
+/**
+ * The files of a Hugging Face model directory besides the model itself that
+ * tokenizers and runtimes read; those a model has are copied beside its int8
+ * version so that the output directory stands alone, as Optimum's does.
+ */
+export const MODEL_DIR_FILES: readonly string[] = [
+  "config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "vocab.txt",
+  "vocab.json",
+  "merges.txt",
+  "sentencepiece.bpe.model",
+  "spm.model",
+  "tokenizer.model",
+];
+
+/** Where an output model goes, from the path a user gave. */
+export interface ModelOutput {
+  /** The `.onnx` file to write. */
+  model: string;
+  /** Its directory. */
+  dir: string;
+  /** The path named a directory (existing, ending in `/`, or without `.onnx`): write `model.onnx` in it. */
+  asDirectory: boolean;
+  /** The directory does not exist yet (the caller creates it, and removes it if nothing gets written). */
+  newDir: boolean;
+}
+
+/**
+ * Reads an output path: an existing directory, a path ending in `/` or one
+ * without the `.onnx` extension names a model directory (`DIR/model.onnx`);
+ * anything else is the model file itself.
+ */
+export function planModelOutput(out: string): ModelOutput {
+  const path = resolve(out);
+  const asDirectory =
+    isDir(path) || (!existsSync(path) && (out.endsWith("/") || !path.toLowerCase().endsWith(".onnx")));
+  const model = asDirectory ? join(path, "model.onnx") : path;
+  const dir = dirname(model);
+  return { model, dir, asDirectory, newDir: !existsSync(dir) };
+}
+
+/**
+ * Copies the model directory files ({@link MODEL_DIR_FILES}) of `files` into
+ * `dir`, each through a temporary name and a rename, so a reader never sees half
+ * a tokenizer. A file already at its destination (the same path) is left alone.
+ *
+ * @returns the names copied
+ * @throws FILE_WRITE_FAILED when a copy fails
+ */
+export function copyModelDirFiles(files: ModelFiles, dir: string): string[] {
+  const copied: string[] = [];
+  for (const name of MODEL_DIR_FILES) {
+    const source =
+      name === "config.json"
+        ? (files.configPath ?? join(files.tokenizerDir, name))
+        : join(files.tokenizerDir, name);
+    const dest = join(dir, name);
+    if (!isFile(source) || resolve(source) === resolve(dest)) continue;
+    const temp = `${dest}.tmp-${process.pid}`;
+    try {
+      copyFileSync(source, temp);
+      renameSync(temp, dest);
+    } catch (err) {
+      rmSync(temp, { force: true });
+      throw new QuantdError("FILE_WRITE_FAILED", `cannot copy ${source} to ${dest}`, {
+        cause: err,
+        details: { path: dest },
+      });
+    }
+    copied.push(name);
+  }
+  return copied;
 }

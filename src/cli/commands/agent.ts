@@ -140,8 +140,9 @@ export const agentCommand: Command = {
     {
       name: "model",
       type: "string",
-      value: "FILE",
-      description: "initial model (served even when the store has another active version)",
+      value: "FILE|DIR",
+      description:
+        "initial model, or a model directory with model.onnx (served even when the store has another active version)",
       default: "the store's active version, else the shipped fp32 model",
     },
     {

@@ -3,7 +3,8 @@
  * the fp32 model on held-out samples. Thin: parses flags and calls
  * {@link runQuantization}.
  */
-import { existsSync, openSync, readSync, closeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { QuantdError } from "../../errors.ts";
 import { parseGateThreshold } from "../../quant/gate.ts";
 import {
@@ -17,6 +18,7 @@ import {
 } from "../../quant/pipeline.ts";
 import { type CalibrationMethod, defaultQuantizeOptions, type StaticFormat } from "../../quant/plan.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
+import { copyModelDirFiles, findModelFiles, planModelOutput } from "../../runtime/model-files.ts";
 import { openStore, type Store } from "../../store/store.ts";
 import type { Command } from "../command.ts";
 import { THREADS_FLAG, threadsFlag } from "../model-flags.ts";
@@ -68,7 +70,7 @@ export const quantizeCommand: Command = {
   name: "quantize",
   summary: "convert an fp32 BERT to int8, validated against fp32 on held-out samples",
   usage:
-    "--model FP32.onnx --calib SAMPLES --out INT8.onnx [--mode static|dynamic|auto] [--method M] [--format qdq|fused] " +
+    "--model FP32.onnx --calib SAMPLES --out INT8.onnx|DIR [--mode static|dynamic|auto] [--method M] [--format qdq|fused] " +
     "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--report FILE]",
   description: `SAMPLES is a TSV (label<TAB>sentence with a header; the label may be empty) or a quantd SQLite
 store (.db, as quantd collect fills it). From a TSV the first --samples rows calibrate and the next
@@ -82,12 +84,23 @@ in fp32, a few more per trial, until the gate holds or --trials rebuilds are spe
 the command fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still
 written).
 
+--out DIR (an existing directory, a path ending in /, or one without .onnx), or a file in a directory
+that does not exist yet, makes a self-contained model directory, as Optimum writes one: the int8 model
+(DIR/model.onnx), the model's tokenizer and config files copied beside it, and the report
+(DIR/quantize-report.json unless --report says otherwise). classify, eval, bench and the agent then
+take that directory with no other flag.
+
 --mode auto builds static int8 in both formats (qdq, fused) and dynamic int8, validates each, times the
 ones that pass at sequence 128 and keeps the fastest.`,
   flags: [
     { name: "model", type: "string", value: "FP32.onnx", description: "the fp32 model (or its directory)" },
     { name: "calib", type: "string", value: "SAMPLES", description: "samples: a TSV file or a .db store" },
-    { name: "out", type: "string", value: "INT8.onnx", description: "where the int8 model is written" },
+    {
+      name: "out",
+      type: "string",
+      value: "INT8.onnx|DIR",
+      description: "where the int8 model is written (a directory: a self-contained model directory)",
+    },
     {
       name: "mode",
       type: "string",
@@ -185,10 +198,11 @@ ones that pass at sequence 128 and keeps the fastest.`,
     const f = ctx.flags;
     expectNoPositionals(ctx.positionals);
     const calib = flagRequired(f, "calib");
+    const output = planModelOutput(flagRequired(f, "out"));
     const opts: RunQuantizationOptions = {
       model: flagRequired(f, "model"),
       calib,
-      out: flagRequired(f, "out"),
+      out: output.model,
       mode: flagChoice(f, "mode", MODES, "static"),
       method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
       format: flagChoice(f, "format", FORMATS, DEFAULT_FORMAT),
@@ -204,7 +218,8 @@ ones that pass at sequence 128 and keeps the fastest.`,
     if (validate !== undefined) opts.validate = validate;
     const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
     if (drop !== undefined) opts.maxAccuracyDrop = drop / 100;
-    const report = flagString(f, "report");
+    const report =
+      flagString(f, "report") ?? (output.asDirectory ? join(output.dir, "quantize-report.json") : undefined);
     if (report !== undefined) opts.report = report;
     const tokenizer = flagString(f, "tokenizer");
     if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
@@ -224,8 +239,17 @@ ones that pass at sequence 128 and keeps the fastest.`,
       });
     }
     let result: Awaited<ReturnType<typeof runQuantization>>;
+    let copied: string[] = [];
+    // A new directory exists only once the model is in it: any failure removes it again.
+    if (output.newDir) mkdirSync(output.dir, { recursive: true });
     try {
       result = await runQuantization(opts);
+      if (output.asDirectory || output.newDir) {
+        copied = copyModelDirFiles(findModelFiles(opts.model, opts.tokenizerDir), output.dir);
+      }
+    } catch (err) {
+      if (output.newDir) rmSync(output.dir, { recursive: true, force: true });
+      throw err;
     } finally {
       store?.close();
     }
@@ -260,6 +284,7 @@ ones that pass at sequence 128 and keeps the fastest.`,
       `  calibration ${formatMs(r.timings.calibrationMs)}, quantization ${formatMs(r.timings.quantizationMs)}, ` +
         `total ${formatMs(r.timings.totalMs)}, peak RSS ${formatBytes(r.peakRssBytes)}`,
     );
+    if (copied.length > 0) ctx.out(`  beside it: ${copied.join(", ")}`);
     if (report !== undefined) ctx.out(`  report: ${report}`);
     return 0;
   },
