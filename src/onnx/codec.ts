@@ -912,6 +912,8 @@ export interface LoadModelOptions {
    * @defaultValue true
    */
   loadExternalData?: boolean;
+  /** Told each external data file read, with its size (a model's size on disk is the file plus these). */
+  onExternalFile?: (path: string, bytes: number) => void;
 }
 
 interface ExternalRef {
@@ -963,7 +965,11 @@ function resolveInside(
   return full;
 }
 
-async function loadExternalData(model: ModelProto, modelPath: string): Promise<void> {
+async function loadExternalData(
+  model: ModelProto,
+  modelPath: string,
+  onFile?: (path: string, bytes: number) => void,
+): Promise<void> {
   const dir = dirname(resolve(modelPath));
   const files = new Map<string, Uint8Array>();
   const pending: TensorProto[] = [];
@@ -977,6 +983,7 @@ async function loadExternalData(model: ModelProto, modelPath: string): Promise<v
     if (data === undefined) {
       data = await readBytes(file, `external data file of ${modelPath}`);
       files.set(file, data);
+      onFile?.(file, data.byteLength);
     }
     const end = ref.length === undefined ? data.byteLength : ref.offset + ref.length;
     if (end > data.byteLength || ref.offset > data.byteLength) {
@@ -1011,7 +1018,7 @@ async function loadExternalData(model: ModelProto, modelPath: string): Promise<v
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<ModelProto> {
   const bytes = await readBytes(path, "model file");
   const model = decodeFrom(bytes, path);
-  if (options.loadExternalData ?? true) await loadExternalData(model, path);
+  if (options.loadExternalData ?? true) await loadExternalData(model, path, options.onExternalFile);
   return model;
 }
 

@@ -573,7 +573,9 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   if (opts.validate !== undefined) split.validation = (await readSampleTsv(opts.validate)).slice(0, nVal);
 
   progress(`loading ${files.model}`);
-  const fp32 = await loadModel(files.model);
+  // The size ratio compares whole models: an external-data model's weights are in its side files.
+  let externalBytes = 0;
+  const fp32 = await loadModel(files.model, { onExternalFile: (_, bytes) => (externalBytes += bytes) });
   assertNotQuantized(fp32);
   const fp32Facts = await describeFile(files.model);
 
@@ -856,7 +858,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   await saveModel(chosen.model, opts.out);
   const int8Facts = await describeFile(opts.out);
   report.model.int8 = int8Facts;
-  report.model.sizeRatio = int8Facts.bytes / fp32Facts.bytes;
+  report.model.sizeRatio = int8Facts.bytes / (fp32Facts.bytes + externalBytes);
   await finish();
   return { out: resolve(opts.out), report };
 }

@@ -53,6 +53,7 @@
  */
 import { assertNever, QuantdError } from "../errors.ts";
 import { encodeModel } from "../onnx/codec.ts";
+import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { GraphProto, ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import { calibrate } from "./calibrate.ts";
@@ -126,6 +127,8 @@ export interface QuantizeResult {
   shapes: ConstantReshapeResult;
   /** Fused contrib ops lowered to standard ops before planning (FusedGemm, FusedMatMul, EmbedLayerNormalization). */
   lowered: LoweredNode[];
+  /** The model's default-domain opset and the one written (13 when an opset 11/12 model was upgraded). */
+  opset: { from: number; to: number };
   timings: QuantizeTimings;
 }
 
@@ -184,21 +187,6 @@ function editableCopy(model: ModelProto): ModelProto {
  */
 const verifiedShapes = new WeakMap<ModelProto, string>();
 
-/** The default-domain opset QuantizeLinear/DequantizeLinear need (per-axis scales: 13). */
-const MIN_QDQ_OPSET = 13;
-
-function checkOpset(model: ModelProto): void {
-  const def = model.opsetImport.find((o) => o.domain === "" || o.domain === "ai.onnx");
-  const v = def?.version ?? 0;
-  if (v < MIN_QDQ_OPSET) {
-    throw new QuantdError(
-      "QUANT_UNSUPPORTED",
-      `the model uses ONNX opset ${v}; quantd needs opset ${MIN_QDQ_OPSET} or newer (per-channel DequantizeLinear)`,
-      { details: { opset: v } },
-    );
-  }
-}
-
 function ensureOpset(model: ModelProto, domain: string, version: number): void {
   if (!model.opsetImport.some((o) => o.domain === domain)) model.opsetImport.push({ domain, version });
 }
@@ -222,7 +210,7 @@ export function activationQParams(
  * Quantizes an fp32 model to int8.
  *
  * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
- * @throws QUANT_UNSUPPORTED when the opset is too old
+ * @throws QUANT_UNSUPPORTED when the opset is older than 11, or an opset 11/12 node cannot be moved to 13
  * @throws CALIB_EMPTY in static mode without calibration batches or ranges
  * @throws USAGE when `exclude` names a node that is not in the model
  * @throws CALIB_FAILED / QUANT_FAILED from calibration and the passes
@@ -230,10 +218,11 @@ export function activationQParams(
 export async function quantizeModel(input: ModelProto, opts: QuantizeModelOptions): Promise<QuantizeResult> {
   const t0 = performance.now();
   const options = resolveQuantizeOptions(opts);
-  checkOpset(input);
+  // Per-channel DequantizeLinear needs opset 13: older TorchScript exports (11, 12) are moved up.
+  const opset = upgradeOpset(input);
   // Fused contrib ops that hide a weight become the standard ops they fuse; the rest of the
   // pipeline then sees one graph (same function) whose weights are all in reach.
-  const { model, lowered } = lowerContribOps(input);
+  const { model, lowered } = lowerContribOps(opset.model);
   let plan = planQuantization(model, options);
   const planMs = performance.now() - t0;
 
@@ -309,6 +298,7 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
     qparams,
     shapes,
     lowered,
+    opset: { from: opset.from, to: opset.to },
     timings: { planMs, calibrationMs, quantizationMs, totalMs: performance.now() - t0 },
   };
 }
