@@ -20,7 +20,7 @@ import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
-import { runQuantd } from "../helpers/run-cli.ts";
+import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 import { until } from "../helpers/until.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
@@ -135,6 +135,16 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     ]);
     const table = await cli(["fleet", "devices", "--broker", broker.url, "--fleet", "lab"]);
     expect(table.out).toMatch(/pi-2\s+online\s+0\.1\.0\s+pi-2-v1\s+int8-static/);
+    // Without --fleet, the fleet defaults as the agent's does: $QUANTD_FLEET_FLEET, else `default`.
+    const byEnv = await runQuantd(["fleet", "devices", "--broker", broker.url, "--json"], {
+      env: { ...envWithoutQuantd(), QUANTD_FLEET_FLEET: "lab" },
+    });
+    expect((JSON.parse(byEnv.stdout) as unknown[]).length).toBe(2);
+    const byDefault = await runQuantd(["fleet", "devices", "--broker", broker.url], {
+      env: envWithoutQuantd(),
+    });
+    expect(byDefault.code).toBe(0);
+    expect(byDefault.stderr).toBe("no device of fleet default has published a status\n");
   }, 30_000);
 
   test("fleet recalibrate --wait --json prints the finished job with its state and report; the controller stores it", async () => {

@@ -165,7 +165,13 @@ export const agentCommand: Command = {
       description: "fleet device id (MQTT client id)",
       default: "the host name",
     },
-    { name: "fleet", type: "string", value: "NAME", description: "fleet name", default: "default" },
+    {
+      name: "fleet",
+      type: "string",
+      value: "NAME",
+      description: "fleet name",
+      default: "the config's fleet.fleet ($QUANTD_FLEET_FLEET), else default",
+    },
     JSON_FLAG,
   ],
   async run(ctx) {

@@ -28,6 +28,7 @@ const CONNECTION_FLAGS: FlagSpec[] = [
     type: "string",
     value: "NAME",
     description: "fleet name (not for serve, which takes every fleet)",
+    default: "$QUANTD_FLEET_FLEET, else default, as for quantd agent",
   },
   { name: "ca", type: "string", value: "FILE", description: "PEM CA certificate of the broker (mqtts)" },
   { name: "cert", type: "string", value: "FILE", description: "PEM client certificate (mutual TLS)" },
@@ -86,11 +87,17 @@ function connectOptions(ctx: CommandContext, clientId: string): MqttConnectOptio
   return o;
 }
 
+/** `--fleet`, defaulting as the agent's fleet.fleet does (its environment variable, else `default`). */
+function operatorFleet(ctx: CommandContext): string {
+  const fromEnv = process.env["QUANTD_FLEET_FLEET"];
+  return flagString(ctx.flags, "fleet") ?? (fromEnv === undefined || fromEnv === "" ? "default" : fromEnv);
+}
+
 async function withConnection<T>(
   ctx: CommandContext,
   fn: (conn: MqttConnection, fleet: string) => Promise<T>,
 ): Promise<T> {
-  const fleet = checkName(flagRequired(ctx.flags, "fleet"), "fleet");
+  const fleet = checkName(operatorFleet(ctx), "fleet");
   const clientId = flagString(ctx.flags, "client-id") ?? `quantd-cli-${crypto.randomUUID().slice(0, 8)}`;
   const conn = await connectMqttOnce(connectOptions(ctx, clientId));
   try {
@@ -261,7 +268,7 @@ export const fleetCommand: Command = {
   summary: "fleet controller and remote commands over MQTT (serve, devices, recalibrate, report, rollback)",
   actions: SUBCOMMANDS,
   usage:
-    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL --fleet NAME [--json]",
+    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] [--json]",
   description:
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
