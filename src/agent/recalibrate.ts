@@ -30,7 +30,9 @@ import type { CandidateComparison } from "../bench/compare.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
 import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
+import type { GateDecision } from "../quant/gate.ts";
 import type { QuantizeReport } from "../quant/report.ts";
+import { gateSpecOf, planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
 import type { ModelVersionView } from "../server/types.ts";
 import type { Job } from "../store/jobs.ts";
 import type { ModelKind } from "../store/models.ts";
@@ -49,8 +51,8 @@ import {
 export const RECALIBRATE_JOB = "recalibrate";
 /** Default calibration samples of a recalibration. */
 export const DEFAULT_RECALIBRATE_SAMPLES = 128;
-/** Default held-out validation samples. */
-export const DEFAULT_RECALIBRATE_VALIDATION = 256;
+/** Default held-out validation samples: sized from the default gate (2,368 for 99.5 % at 95 %; see `validationSizeFor`). */
+export const DEFAULT_RECALIBRATE_VALIDATION = validationSizeFor(gateSpecOf({}));
 /** Default largest accepted candidate/active latency ratio: a candidate more than 5 % slower is refused. */
 export const DEFAULT_MAX_LATENCY_RATIO = 1.05;
 /** Default largest accepted candidate/active peak-RSS ratio. */
@@ -62,7 +64,7 @@ export const DEFAULT_RECALIBRATE_BENCH_RUNS = 30;
 export interface RecalibrateJobParams {
   /** Calibration samples. @defaultValue {@link DEFAULT_RECALIBRATE_SAMPLES} */
   samples?: number;
-  /** Held-out validation samples. @defaultValue {@link DEFAULT_RECALIBRATE_VALIDATION} */
+  /** Held-out validation samples. @defaultValue sized from the gate ({@link DEFAULT_RECALIBRATE_VALIDATION} for the default one) */
   validationSamples?: number;
   /** Calibration method. @defaultValue the quantizer's default */
   method?: CalibrationMethod;
@@ -70,6 +72,12 @@ export interface RecalibrateJobParams {
   mode?: "static" | "dynamic" | "auto";
   /** Minimum top-1 agreement with fp32 (a fraction), or the fleet's `{minAgreement, maxAccuracyDrop}`. @defaultValue the quantizer's gate */
   gate?: number | { minAgreement?: number; maxAccuracyDrop?: number };
+  /** What must clear the gate: the agreement's lower bound or, explicitly, its point estimate. @defaultValue "bound" */
+  decideOn?: GateDecision;
+  /** Confidence of the lower bound (a fraction). @defaultValue 0.95 */
+  confidence?: number;
+  /** Leave near-ties (fp32 top-2 margin below this) out of the gate. @defaultValue 0 */
+  ignoreMargin?: number;
   /** Seed of the sample pick. @defaultValue 1 */
   seed?: number;
   /** Sensitivity-fallback rebuilds allowed when the gate is not met (0: none). @defaultValue the quantizer's */
@@ -213,6 +221,25 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
       ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
     };
   } else if (gate !== undefined) fail("USAGE", `gate must be a fraction or {minAgreement, maxAccuracyDrop}`);
+  const decideOn = raw["decideOn"];
+  if (decideOn !== undefined) {
+    if (decideOn !== "bound" && decideOn !== "point") {
+      fail("USAGE", `decideOn must be bound or point, got ${JSON.stringify(decideOn)}`);
+    }
+    out.decideOn = decideOn;
+  }
+  const confidence = fraction(raw["confidence"], "confidence");
+  if (confidence !== undefined) {
+    if (confidence >= 1) fail("USAGE", "confidence must be below 1");
+    out.confidence = confidence;
+  }
+  const ignoreMargin = raw["ignoreMargin"];
+  if (ignoreMargin !== undefined) {
+    if (typeof ignoreMargin !== "number" || !(ignoreMargin >= 0 && ignoreMargin < 1)) {
+      fail("USAGE", `ignoreMargin must be a margin in [0, 1), got ${JSON.stringify(ignoreMargin)}`);
+    }
+    out.ignoreMargin = ignoreMargin;
+  }
   const seed = raw["seed"];
   if (seed !== undefined) {
     if (typeof seed !== "number" || !Number.isSafeInteger(seed)) fail("USAGE", "seed must be an integer");
@@ -239,6 +266,20 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
     out.benchMemory = memory;
   }
   return out;
+}
+
+/** The gate a job's parameters ask for. */
+function gateOf(p: RecalibrateJobParams): ReturnType<typeof gateSpecOf> {
+  const g = p.gate;
+  const minAgreement = typeof g === "number" ? g : g?.minAgreement;
+  const maxAccuracyDrop = typeof g === "object" ? g.maxAccuracyDrop : undefined;
+  return gateSpecOf({
+    ...(minAgreement !== undefined ? { gate: minAgreement } : {}),
+    ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
+    ...(p.confidence !== undefined ? { confidence: p.confidence } : {}),
+    ...(p.decideOn !== undefined ? { decideOn: p.decideOn } : {}),
+    ...(p.ignoreMargin !== undefined ? { ignoreMargin: p.ignoreMargin } : {}),
+  });
 }
 
 /** SHA-256 of a file, lower-case hex, or `undefined` when it cannot be read. */
@@ -424,8 +465,6 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
           delete cp.quantize;
           delete cp.benchmark;
         }
-        const nCalib = p.samples ?? DEFAULT_RECALIBRATE_SAMPLES;
-        const nVal = p.validationSamples ?? DEFAULT_RECALIBRATE_VALIDATION;
         if (pool < 2) {
           throw new QuantdError(
             "CALIB_EMPTY",
@@ -435,14 +474,12 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
             },
           );
         }
-        let c = nCalib;
-        let v = nVal;
-        if (c + v > pool) {
-          v = Math.max(1, Math.min(nVal, Math.floor(pool / 4)));
-          c = Math.min(nCalib, pool - v);
-          ctx.log(`the pool holds ${pool} samples: calibrating on ${c}, validating on ${v}`);
-        }
-        const pick = store.samples.pickDisjoint(c, v, p.seed ?? 1);
+        // Validation sized from the gate; when the pool is short, validation gets the samples first.
+        const gate = gateOf(p);
+        const req = splitRequestOf(gate, p.samples, p.validationSamples ?? validationSizeFor(gate));
+        const plan = planSplit(pool, req, "samples in the pool");
+        ctx.log(`split: ${plan.line}`);
+        const pick = store.samples.pickDisjoint(plan.calibration, plan.validation, p.seed ?? 1);
         calibration = pick.calibration;
         validation = pick.validation;
         cp.pick = {
@@ -494,9 +531,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         delete cp.quantize;
         delete cp.benchmark;
         ctx.stage("calibrate", 0.05);
-        const gate = p.gate;
-        const minAgreement = typeof gate === "number" ? gate : gate?.minAgreement;
-        const maxAccuracyDrop = typeof gate === "object" ? gate.maxAccuracyDrop : undefined;
+        const gate = gateOf(p);
         try {
           // The quantizer and the bench library are loaded when a job needs them, not while the agent only serves.
           const { runQuantization } = await import("../quant/pipeline.ts");
@@ -508,8 +543,11 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
               report: reportPath,
               mode: p.mode ?? "static",
               ...(p.method !== undefined ? { method: p.method } : {}),
-              ...(minAgreement !== undefined ? { gate: minAgreement } : {}),
-              ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
+              gate: gate.minAgreement,
+              ...(gate.maxAccuracyDrop !== undefined ? { maxAccuracyDrop: gate.maxAccuracyDrop } : {}),
+              ...(gate.confidence !== undefined ? { confidence: gate.confidence } : {}),
+              ...(gate.decideOn !== undefined ? { decideOn: gate.decideOn } : {}),
+              ...(gate.ignoreMargin !== undefined ? { ignoreMargin: gate.ignoreMargin } : {}),
               ...(p.trialBudget !== undefined ? { trialBudget: p.trialBudget } : {}),
               samples: calibration.length,
               validationSamples: validation.length,

@@ -6,6 +6,7 @@
  * size, stages) and leave the rest to `--json`.
  */
 import type { QuantdErrorJSON } from "../errors.ts";
+import { describeRecordedAgreement } from "../quant/gate.ts";
 import type { ModelVersionView } from "../server/types.ts";
 import { describeRecalibration } from "./commands/job.ts";
 import { formatBytes, formatMs, formatPercent, renderTable } from "./render.ts";
@@ -167,7 +168,7 @@ export function describeModelVersion(verb: string, v: ModelVersionView): string[
   ];
   const source = v.metrics["source"];
   if (typeof source === "string" && source !== v.path) rows.splice(1, 0, ["from", source]);
-  const agreement = figure(v.metrics, ["validation", "agreement"]);
-  if (agreement !== undefined) rows.push(["agreement", `${(agreement * 100).toFixed(2)}%`]);
+  const agreement = describeRecordedAgreement(v.metrics["validation"]);
+  if (agreement !== undefined) rows.push(["agreement", agreement]);
   return [`${verb} version ${v.id}`, ...renderTable(rows).map((l) => `  ${l}`)];
 }

@@ -9,6 +9,7 @@
  * tries.
  */
 import { QuantdError } from "../errors.ts";
+import { clopperPearsonLower, DEFAULT_CONFIDENCE, samplesToCertify } from "./confidence.ts";
 
 /** Logits of `rows` samples over `cols` classes, row-major. */
 export interface LogitMatrix {
@@ -37,6 +38,41 @@ export interface GateMetrics {
   accuracyCandidate?: number;
   /** `accuracyReference − accuracyCandidate` (a fraction; positive means the candidate lost accuracy). */
   accuracyDrop?: number;
+  /** Samples the gate counts: `n`, less the near-ties when {@link GateSpec.ignoreMargin} is set. */
+  gateN: number;
+  /** Samples among those that agree. */
+  gateAgreements: number;
+  /** Confidence level of {@link GateMetrics.agreementLower} (0..1). */
+  confidence: number;
+  /** One-sided Clopper–Pearson lower bound of the agreement the gate counts, at `confidence`. */
+  agreementLower: number;
+  /** Flips split by fp32's own top-2 margin (softmax probability of its best class minus the second's). */
+  margin: MarginView;
+}
+
+/** Where flips happen: on near-ties no int8 model can keep, or on inputs fp32 is sure of. */
+export interface MarginView {
+  /** Margin below which an input counts as a near-tie. */
+  threshold: number;
+  /** Samples whose fp32 margin is below `threshold`. */
+  nearTies: number;
+  /** Flips among them. */
+  nearTieFlips: number;
+  /** Flips on the other (confident) samples. */
+  confidentFlips: number;
+  /** True when the gate left the near-ties out (`--ignore-margin`). */
+  ignored: boolean;
+}
+
+/** Margin of the near-tie view when the gate does not ignore near-ties. */
+export const DEFAULT_NEAR_TIE_MARGIN = 0.01;
+
+/** Options of {@link compareLogits} beyond the samples themselves. */
+export interface CompareOptions {
+  /** @defaultValue {@link DEFAULT_CONFIDENCE} */
+  confidence?: number;
+  /** Leave samples whose fp32 margin is below this out of the gate's count. @defaultValue 0 (count all) */
+  ignoreMargin?: number;
 }
 
 /** The thresholds a candidate must meet. */
@@ -45,7 +81,20 @@ export interface GateSpec {
   minAgreement: number;
   /** Largest accepted accuracy drop (fraction), checked only when labels exist. @defaultValue no bound */
   maxAccuracyDrop?: number;
+  /** Confidence level of the agreement's lower bound. @defaultValue {@link DEFAULT_CONFIDENCE} */
+  confidence?: number;
+  /**
+   * What must clear `minAgreement`: the lower confidence bound (`bound`), or,
+   * by explicit choice, the point estimate (`point`), which a small validation
+   * set passes by luck. @defaultValue "bound"
+   */
+  decideOn?: GateDecision;
+  /** fp32 top-2 margin under which a sample is a near-tie the gate leaves out. @defaultValue 0 (none left out) */
+  ignoreMargin?: number;
 }
+
+/** What the gate compares with its threshold. */
+export type GateDecision = "bound" | "point";
 
 /** The default gate: 99.5 % top-1 agreement with fp32. */
 export const DEFAULT_GATE_AGREEMENT = 0.995;
@@ -89,6 +138,7 @@ export function compareLogits(
   reference: LogitMatrix,
   candidate: LogitMatrix,
   labels?: readonly (number | undefined)[],
+  options: CompareOptions = {},
 ): GateMetrics {
   if (reference.rows !== candidate.rows || reference.cols !== candidate.cols) {
     throw new QuantdError(
@@ -102,13 +152,23 @@ export function compareLogits(
   const n = reference.rows;
   const refTop = argmaxRows(reference);
   const candTop = argmaxRows(candidate);
+  const margins = topTwoMargins(reference);
+  const ignoreMargin = options.ignoreMargin ?? 0;
+  const tieMargin = ignoreMargin > 0 ? ignoreMargin : DEFAULT_NEAR_TIE_MARGIN;
   let agree = 0;
+  let nearTies = 0;
+  let nearTieFlips = 0;
   let labelled = 0;
   let refCorrect = 0;
   let candCorrect = 0;
   for (let r = 0; r < n; r++) {
     const top = refTop[r]!;
-    if (top !== -1 && top === candTop[r]) agree++;
+    const same = top !== -1 && top === candTop[r];
+    if (same) agree++;
+    if (margins[r]! < tieMargin) {
+      nearTies++;
+      if (!same) nearTieFlips++;
+    }
     const label = labels?.[r];
     if (label !== undefined) {
       labelled++;
@@ -126,6 +186,10 @@ export function compareLogits(
     if (dd > maxAbs) maxAbs = dd;
     sumAbs += dd;
   }
+  const confidence = options.confidence ?? DEFAULT_CONFIDENCE;
+  const ignored = ignoreMargin > 0;
+  const gateN = ignored ? n - nearTies : n;
+  const gateAgreements = ignored ? agree - (nearTies - nearTieFlips) : agree;
   const metrics: GateMetrics = {
     n,
     agreement: n === 0 ? 0 : agree / n,
@@ -133,6 +197,17 @@ export function compareLogits(
     maxAbsLogitDiff: maxAbs,
     meanAbsLogitDiff: total === 0 ? 0 : sumAbs / total,
     labelled,
+    gateN,
+    gateAgreements,
+    confidence,
+    agreementLower: clopperPearsonLower(gateAgreements, gateN, confidence),
+    margin: {
+      threshold: tieMargin,
+      nearTies,
+      nearTieFlips,
+      confidentFlips: n - agree - nearTieFlips,
+      ignored,
+    },
   };
   if (labelled > 0) {
     metrics.accuracyReference = refCorrect / labelled;
@@ -143,16 +218,63 @@ export function compareLogits(
 }
 
 /**
+ * fp32's confidence in its own answer, per row: softmax probability of the
+ * best class minus the second's (1 for a one-class output, 0 for a row with
+ * NaN). A flip where this is tiny is a near-tie that rounding alone decides.
+ */
+export function topTwoMargins(m: LogitMatrix): Float64Array {
+  const out = new Float64Array(m.rows);
+  for (let r = 0; r < m.rows; r++) {
+    let max = Number.NEGATIVE_INFINITY;
+    for (let c = 0; c < m.cols; c++) max = Math.max(max, m.data[r * m.cols + c]!);
+    if (!Number.isFinite(max)) continue;
+    let sum = 0;
+    let best = 0;
+    let second = 0;
+    for (let c = 0; c < m.cols; c++) {
+      const e = Math.exp(m.data[r * m.cols + c]! - max);
+      sum += e;
+      if (e > best) {
+        second = best;
+        best = e;
+      } else if (e > second) second = e;
+    }
+    out[r] = Number.isFinite(sum) && sum > 0 ? (best - second) / sum : 0;
+  }
+  return out;
+}
+
+/**
  * Checks metrics against a gate. An empty sample set never passes: a gate with
- * nothing to look at has not been met.
+ * nothing to look at has not been met. By default the agreement's lower
+ * confidence bound must clear the threshold, so a set too small to tell 99.5 %
+ * from 95 % fails, and says how many samples it would take.
  */
 export function checkGate(metrics: GateMetrics, spec: GateSpec): GateVerdict {
   const failures: string[] = [];
-  if (metrics.n === 0) failures.push("no validation samples");
-  else if (metrics.agreement < spec.minAgreement) {
+  const confidence = spec.confidence ?? DEFAULT_CONFIDENCE;
+  const decideOn = spec.decideOn ?? "bound";
+  const needed = samplesToCertify(spec.minAgreement, confidence);
+  const lower =
+    metrics.confidence === confidence
+      ? metrics.agreementLower
+      : clopperPearsonLower(metrics.gateAgreements, metrics.gateN, confidence);
+  const point = metrics.gateN === 0 ? 0 : metrics.gateAgreements / metrics.gateN;
+  if (metrics.gateN === 0) failures.push("no validation samples");
+  else if (decideOn === "bound" && metrics.gateN < needed) {
     failures.push(
-      `top-1 agreement ${pct(metrics.agreement)} is below the gate ${pct(spec.minAgreement)} ` +
-        `(${metrics.disagreements} of ${metrics.n} samples differ)`,
+      `${formatCount(metrics.gateN)} held-out samples cannot certify ${pct(spec.minAgreement)} agreement ` +
+        `at ${formatConfidence(confidence)} even with no flip: it takes ${formatCount(needed)}`,
+    );
+  } else if (decideOn === "bound" && lower < spec.minAgreement) {
+    failures.push(
+      `agreement ${describeAgreement(metrics, confidence)}: its lower bound is below the gate ${pct(spec.minAgreement)} ` +
+        `(${metrics.gateN - metrics.gateAgreements} of ${formatCount(metrics.gateN)} samples differ)`,
+    );
+  } else if (decideOn === "point" && point < spec.minAgreement) {
+    failures.push(
+      `top-1 agreement ${pct(point)} is below the gate ${pct(spec.minAgreement)} ` +
+        `(${metrics.gateN - metrics.gateAgreements} of ${formatCount(metrics.gateN)} samples differ)`,
     );
   }
   if (spec.maxAccuracyDrop !== undefined && metrics.accuracyDrop !== undefined) {
@@ -166,12 +288,97 @@ export function checkGate(metrics: GateMetrics, spec: GateSpec): GateVerdict {
 }
 
 /**
- * Orders candidates from best to worst: higher agreement, then smaller mean
- * logit error. Used to pick the "best candidate" a failed gate reports.
+ * Orders candidates from best to worst: higher lower bound, then higher
+ * agreement, then smaller mean logit error. Used to pick the "best candidate"
+ * a failed gate reports.
  */
 export function compareCandidates(a: GateMetrics, b: GateMetrics): number {
+  if (a.agreementLower !== b.agreementLower) return b.agreementLower - a.agreementLower;
   if (a.agreement !== b.agreement) return b.agreement - a.agreement;
   return a.meanAbsLogitDiff - b.meanAbsLogitDiff;
+}
+
+/**
+ * The agreement as every quantd surface prints it:
+ * `99.8 % (≥ 99.3 % at 95 %, n = 1,024)`. Both figures are rounded down, so
+ * the printed bound never reads above the gate when the gate failed.
+ *
+ * @param confidence - print the bound at this level instead of the metrics' own
+ */
+export function describeAgreement(
+  m: Pick<GateMetrics, "agreement" | "agreementLower" | "confidence" | "gateN" | "gateAgreements"> & {
+    margin?: Pick<MarginView, "ignored" | "nearTies">;
+  },
+  confidence: number = m.confidence,
+): string {
+  const lower =
+    confidence === m.confidence
+      ? m.agreementLower
+      : clopperPearsonLower(m.gateAgreements, m.gateN, confidence);
+  const ignored = m.margin?.ignored === true && m.margin.nearTies > 0;
+  const point = ignored ? (m.gateN === 0 ? 0 : m.gateAgreements / m.gateN) : m.agreement;
+  const tail = ignored ? ` without ${formatCount(m.margin?.nearTies ?? 0)} near-ties` : "";
+  return `${floorPct(point)} (≥ ${floorPct(lower)} at ${formatConfidence(confidence)}, n = ${formatCount(m.gateN)}${tail})`;
+}
+
+/**
+ * The agreement line of a recorded validation (a job result's `validation`, as
+ * stored or received over MQTT): `99.8 % (≥ 99.3 % at 95 %, n = 1,024), gate
+ * 99.5 % on the bound`. Results recorded before the bound existed print their
+ * point estimate and n. `undefined` when `v` holds no agreement.
+ */
+export function describeRecordedAgreement(v: unknown): string | undefined {
+  if (typeof v !== "object" || v === null) return undefined;
+  const r = v as Record<string, unknown>;
+  const num = (x: unknown): number | undefined => (typeof x === "number" ? x : undefined);
+  const agreement = num(r["agreement"]);
+  const n = num(r["n"]);
+  if (agreement === undefined || n === undefined) return undefined;
+  const gate = (typeof r["gate"] === "object" && r["gate"] !== null ? r["gate"] : {}) as Record<
+    string,
+    unknown
+  >;
+  const min = num(gate["minAgreement"]);
+  const on = gate["decideOn"] === "point" ? "point estimate" : "bound";
+  const gateText = min === undefined ? "" : `, gate ${Number((min * 100).toFixed(3))} % on the ${on}`;
+  const lower = num(r["agreementLower"]);
+  const confidence = num(r["confidence"]);
+  const gateN = num(r["gateN"]);
+  const gateAgreements = num(r["gateAgreements"]);
+  if (
+    lower === undefined ||
+    confidence === undefined ||
+    gateN === undefined ||
+    gateAgreements === undefined
+  ) {
+    return `${pct(agreement)} of ${formatCount(n)} held-out${gateText}`;
+  }
+  const margin = r["margin"] as Partial<MarginView> | undefined;
+  return `${describeAgreement({
+    agreement,
+    agreementLower: lower,
+    confidence,
+    gateN,
+    gateAgreements,
+    ...(margin !== undefined && typeof margin === "object"
+      ? { margin: { ignored: margin.ignored === true, nearTies: margin.nearTies ?? 0 } }
+      : {}),
+  })}${gateText}`;
+}
+
+/** `1,024`: thousands separated, as the report line shows sample counts. */
+export function formatCount(n: number): string {
+  return Number.isFinite(n) ? Math.round(n).toLocaleString("en-US") : "∞";
+}
+
+/** `95 %`, `99.9 %`. */
+export function formatConfidence(c: number): string {
+  return `${Number((c * 100).toFixed(2))} %`;
+}
+
+function floorPct(x: number): string {
+  // The epsilon keeps 0.998 (997.9999… after scaling) from flooring to 99.7.
+  return `${(Math.floor(x * 1000 + 1e-7) / 10).toFixed(1)} %`;
 }
 
 /**

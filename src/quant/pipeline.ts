@@ -26,13 +26,15 @@ import { createOrtSession, ORT_VERSION } from "../runtime/ort-session.ts";
 import { type BatchEncoding, loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import { readSamplesTsv } from "../runtime/tsv.ts";
 import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
+import { DEFAULT_CONFIDENCE } from "./confidence.ts";
 import {
   checkGate,
   compareCandidates,
   compareLogits,
   DEFAULT_GATE_AGREEMENT,
+  describeAgreement,
+  type GateDecision,
   type GateMetrics,
-  type GateSpec,
   type LogitMatrix,
 } from "./gate.ts";
 import {
@@ -56,6 +58,25 @@ import {
   writeReport,
 } from "./report.ts";
 import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, runFallback, sensitivityTargets } from "./sensitivity.ts";
+import {
+  assertCertifiable,
+  DEFAULT_CALIBRATION_SAMPLES,
+  gateSpecOf,
+  planSplit,
+  type SplitRequest,
+  splitRequestOf,
+} from "./split.ts";
+
+export {
+  assertCertifiable,
+  DEFAULT_CALIBRATION_SAMPLES,
+  gateSpecOf,
+  MIN_CALIBRATION_SAMPLES,
+  planSplit,
+  type SplitPlan,
+  type SplitRequest,
+  splitRequestOf,
+} from "./split.ts";
 
 /** The int8 formats quantd writes. */
 export type QuantizeMode = "static" | "dynamic";
@@ -66,10 +87,6 @@ export type RequestedMode = QuantizeMode | "auto";
 /** Every calibration method, in the order `--help` lists them (re-exported so callers of the pipeline need one import). */
 export { CALIBRATION_METHODS } from "./calibrate.ts";
 
-/** Default calibration sample count. */
-export const DEFAULT_CALIBRATION_SAMPLES = 128;
-/** Default held-out validation sample count. */
-export const DEFAULT_VALIDATION_SAMPLES = 512;
 /** Samples per calibration inference. */
 export const DEFAULT_CALIBRATION_BATCH = 8;
 /**
@@ -92,6 +109,8 @@ export interface QuantSample {
   label?: number;
   /** Where it came from, for messages (`calib.tsv:12`, `store#42`). */
   origin: string;
+  /** The pool's id of the sample, when it came from one (keys the fp32 logits cache). */
+  id?: number;
 }
 
 /** A sample as a pool hands it out (the store's rows fit this shape). */
@@ -134,7 +153,7 @@ export interface RunQuantizationOptions {
   format?: StaticFormat;
   /** Calibration samples. @defaultValue {@link DEFAULT_CALIBRATION_SAMPLES} */
   samples?: number;
-  /** Held-out validation samples. @defaultValue {@link DEFAULT_VALIDATION_SAMPLES} */
+  /** Held-out validation samples. @defaultValue every sample left after calibration */
   validationSamples?: number;
   /** A separate TSV of held-out samples; then all of `calib` may calibrate. */
   validate?: string;
@@ -148,6 +167,12 @@ export interface RunQuantizationOptions {
   gate?: number;
   /** Largest accepted accuracy drop (fraction), when samples carry labels. @defaultValue no bound */
   maxAccuracyDrop?: number;
+  /** Confidence level of the agreement's lower bound. @defaultValue {@link DEFAULT_CONFIDENCE} */
+  confidence?: number;
+  /** Decide on the lower bound (default) or, explicitly, on the point estimate. @defaultValue "bound" */
+  decideOn?: GateDecision;
+  /** Leave near-ties (fp32 top-2 margin below this) out of the gate. @defaultValue 0 */
+  ignoreMargin?: number;
   /** Fallback rebuilds allowed per candidate format. @defaultValue {@link DEFAULT_TRIAL_BUDGET} */
   trialBudget?: number;
   /** Write the report JSON here (also when the gate is not met). */
@@ -177,6 +202,8 @@ export interface SampleSplit {
   available: number;
   /** How the split departed from what was asked, if it did. */
   warnings: string[];
+  /** The split in one line: sizes, and why (see {@link planSplit}). */
+  line: string;
 }
 
 /** Encoded samples, with the bookkeeping the report needs. */
@@ -201,16 +228,15 @@ export function modelMaxPositions(model: ModelProto): number | undefined {
 
 /**
  * Splits samples into disjoint calibration and validation sets, in file order:
- * the first `nCalib` calibrate, the next `nVal` validate. When nothing is left
- * after calibration, the last quarter is held out instead (and a warning says
- * so): a gate checked on calibration samples would prove nothing.
+ * the first calibrate, the following ones validate ({@link planSplit} sizes
+ * both). A gate checked on calibration samples would prove nothing, so at least
+ * one row is always held out.
  *
  * @throws CALIB_EMPTY when there are no samples, or only one and no separate validation set
  */
 export function splitSamples(
   samples: readonly QuantSample[],
-  nCalib: number,
-  nVal: number,
+  req: SplitRequest,
   separateValidation: boolean,
   source: string,
 ): SampleSplit {
@@ -218,9 +244,15 @@ export function splitSamples(
   if (available === 0) {
     throw new QuantdError("CALIB_EMPTY", `${source} holds no samples`, { details: { path: source } });
   }
-  const warnings: string[] = [];
   if (separateValidation) {
-    return { calibration: samples.slice(0, nCalib), validation: [], available, warnings };
+    const calibration = samples.slice(0, req.calibration ?? DEFAULT_CALIBRATION_SAMPLES);
+    return {
+      calibration,
+      validation: [],
+      available,
+      warnings: [],
+      line: `${available.toLocaleString("en-US")} rows: ${calibration.length} calibrate`,
+    };
   }
   if (available < 2) {
     throw new QuantdError(
@@ -229,29 +261,27 @@ export function splitSamples(
       { details: { path: source, available } },
     );
   }
-  let calibCount = Math.min(nCalib, available);
-  if (calibCount >= available) {
-    const held = Math.max(1, Math.floor(available / 4));
-    calibCount = available - held;
-    warnings.push(
-      `${source} has ${available} samples, not more than --samples ${nCalib}: calibrating on the first ` +
-        `${calibCount} and validating on the last ${held}`,
-    );
+  const plan = planSplit(available, req);
+  const warnings: string[] = [];
+  if (req.validation !== undefined && plan.validation < req.validation) {
+    warnings.push(`only ${plan.validation} held-out samples to validate on (asked for ${req.validation})`);
   }
-  const validation = samples.slice(calibCount, calibCount + nVal);
-  if (validation.length < nVal && warnings.length === 0) {
-    warnings.push(`only ${validation.length} held-out samples to validate on (asked for ${nVal})`);
-  }
-  return { calibration: samples.slice(0, calibCount), validation, available, warnings };
+  return {
+    calibration: samples.slice(0, plan.calibration),
+    validation: samples.slice(plan.calibration, plan.calibration + plan.validation),
+    available,
+    warnings,
+    line: plan.line,
+  };
 }
 
 /**
- * Disjoint sets from a pool; asks for fewer when the pool is small, keeping
- * about a quarter for validation.
+ * Disjoint sets from a pool, sized by {@link planSplit} (validation defaults to
+ * every sample left after calibration).
  *
  * @throws CALIB_EMPTY when the pool holds fewer than 2 samples
  */
-export function splitPool(pool: SamplePool, nCalib: number, nVal: number, seed: number): SampleSplit {
+export function splitPool(pool: SamplePool, req: SplitRequest, seed: number): SampleSplit {
   const available = pool.count();
   if (available < 2) {
     throw new QuantdError(
@@ -262,25 +292,26 @@ export function splitPool(pool: SamplePool, nCalib: number, nVal: number, seed: 
       },
     );
   }
+  const plan = planSplit(available, req, "samples");
   const warnings: string[] = [];
-  let c = nCalib;
-  let v = nVal;
-  if (c + v > available) {
-    v = Math.max(1, Math.min(nVal, Math.floor(available / 4)));
-    c = Math.min(nCalib, available - v);
-    warnings.push(`${pool.name} holds ${available} samples: calibrating on ${c}, validating on ${v}`);
+  if (req.validation !== undefined && plan.validation < req.validation) {
+    warnings.push(
+      `${pool.name} holds ${available} samples: calibrating on ${plan.calibration}, validating on ${plan.validation}`,
+    );
   }
-  const pick = pool.pickDisjoint(c, v, seed);
+  const pick = pool.pickDisjoint(plan.calibration, plan.validation, seed);
   const conv = (s: PoolSample, i: number): QuantSample => ({
     text: s.text,
     origin: `${pool.name}#${s.id ?? i}`,
     ...(typeof s.label === "number" ? { label: s.label } : {}),
+    ...(s.id !== undefined ? { id: s.id } : {}),
   });
   return {
     calibration: pick.calibration.map(conv),
     validation: pick.validation.map(conv),
     available,
     warnings,
+    line: plan.line,
   };
 }
 
@@ -528,12 +559,10 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   const t0 = performance.now();
   const progress = opts.onProgress ?? (() => undefined);
   const requestedMode = opts.mode ?? "static";
-  const gate: GateSpec = { minAgreement: opts.gate ?? DEFAULT_GATE_AGREEMENT };
-  if (opts.maxAccuracyDrop !== undefined) gate.maxAccuracyDrop = opts.maxAccuracyDrop;
+  const gate = gateSpecOf(opts);
   const threads = opts.threads ?? availableParallelism();
   const session: SessionOptions = { intraOpThreads: threads };
-  const nCalib = opts.samples ?? DEFAULT_CALIBRATION_SAMPLES;
-  const nVal = opts.validationSamples ?? DEFAULT_VALIDATION_SAMPLES;
+  const splitReq = splitRequestOf(gate, opts.samples, opts.validationSamples);
   const budget = opts.trialBudget ?? DEFAULT_TRIAL_BUDGET;
   const userExclude = [...new Set(opts.exclude ?? [])];
   const defaults = defaultQuantizeOptions("static");
@@ -554,23 +583,33 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   const calibName = typeof opts.calib === "string" ? opts.calib : opts.calib.name;
   let split: SampleSplit;
   if (typeof opts.calib === "string") {
-    split = splitSamples(
-      await readSampleTsv(opts.calib),
-      nCalib,
-      nVal,
-      opts.validate !== undefined,
-      calibName,
-    );
+    split = splitSamples(await readSampleTsv(opts.calib), splitReq, opts.validate !== undefined, calibName);
   } else {
     split =
       opts.validate !== undefined
         ? {
-            ...splitPool(opts.calib, Math.min(nCalib, opts.calib.count() - 1), 1, opts.seed ?? 1),
+            ...splitPool(
+              opts.calib,
+              {
+                ...splitReq,
+                calibration: Math.min(
+                  splitReq.calibration ?? DEFAULT_CALIBRATION_SAMPLES,
+                  opts.calib.count() - 1,
+                ),
+                validation: 1,
+              },
+              opts.seed ?? 1,
+            ),
             validation: [],
           }
-        : splitPool(opts.calib, nCalib, nVal, opts.seed ?? 1);
+        : splitPool(opts.calib, splitReq, opts.seed ?? 1);
   }
-  if (opts.validate !== undefined) split.validation = (await readSampleTsv(opts.validate)).slice(0, nVal);
+  if (opts.validate !== undefined) {
+    split.validation = (await readSampleTsv(opts.validate)).slice(0, opts.validationSamples);
+    split.line = `${split.calibration.length} calibrate, ${split.validation.length} validate from ${opts.validate} (${splitReq.gateWords} needs ≥ ${splitReq.needed.toLocaleString("en-US")})`;
+  }
+  progress(`split: ${split.line}`);
+  assertCertifiable(gate, split.validation.length, splitReq.needed);
 
   progress(`loading ${files.model}`);
   // The size ratio compares whole models: an external-data model's weights are in its side files.
@@ -605,7 +644,10 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     const t = performance.now();
     const s = await createOrtSession(encodeModel(model), session);
     try {
-      return compareLogits(reference, await collectLogits(s, val.batches), val.labels);
+      return compareLogits(reference, await collectLogits(s, val.batches), val.labels, {
+        confidence: gate.confidence ?? DEFAULT_CONFIDENCE,
+        ignoreMargin: gate.ignoreMargin ?? 0,
+      });
     } finally {
       await s.release();
       validationMs += performance.now() - t;
@@ -780,6 +822,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       validation: split.validation.length,
       truncated: { calibration: isStatic ? calib.truncated : 0, validation: val.truncated },
       maxSequenceLength: maxLength,
+      split: split.line,
     },
     gate: { ...gate, passed: chosen.passed, failures: chosen.failures },
     metrics: chosen.metrics,
@@ -795,6 +838,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
           ...(c.method !== undefined ? { method: c.method } : {}),
           ...(c.format !== undefined ? { format: c.format } : {}),
           agreement: c.metrics.agreement,
+          agreementLower: c.metrics.agreementLower,
           meanAbsLogitDiff: c.metrics.meanAbsLogitDiff,
           passed: c.passed,
           ...(c.p50Ms !== undefined ? { p50Ms: c.p50Ms } : {}),
@@ -829,8 +873,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     throw new QuantdError(
       "GATE_NOT_MET",
       `no int8 candidate met the gate of ${(gate.minAgreement * 100).toFixed(2)} % agreement; best: ` +
-        `${describeFormat(chosen)} with ` +
-        `${(m.agreement * 100).toFixed(2)} % on ${m.n} held-out samples (mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}) ` +
+        `${describeFormat(chosen)} with agreement ${describeAgreement(m)} (mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}) ` +
         `after ${chosen.trials.length} fallback trial(s); nothing written at ${opts.out}`,
       {
         details: {
@@ -840,6 +883,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
             ...(chosen.format !== undefined ? { format: chosen.format } : {}),
             n: m.n,
             agreement: m.agreement,
+            agreementLower: m.agreementLower,
             maxAbsLogitDiff: m.maxAbsLogitDiff,
             meanAbsLogitDiff: m.meanAbsLogitDiff,
             ...(m.accuracyDrop !== undefined ? { accuracyDrop: m.accuracyDrop } : {}),

@@ -81,6 +81,8 @@ export interface CandidateEntry {
   /** Static only: `qdq` (portable) or `fused` (onnxruntime's MatMulIntegerToFloat). */
   format?: string;
   agreement: number;
+  /** Lower confidence bound of the agreement (at the gate's confidence). */
+  agreementLower?: number;
   meanAbsLogitDiff: number;
   passed: boolean;
   /** p50 latency at the benchmark shape, when measured. */
@@ -129,10 +131,18 @@ export interface QuantizeReport {
     /** Samples cut to the model's longest sequence. */
     truncated: { calibration: number; validation: number };
     maxSequenceLength: number;
+    /** The split in one line, with why (absent in reports written before it existed). */
+    split?: string;
   };
   gate: {
     minAgreement: number;
     maxAccuracyDrop?: number;
+    /** Confidence level of the agreement's lower bound. */
+    confidence?: number;
+    /** `bound` (the lower bound must clear `minAgreement`) or `point`. */
+    decideOn?: "bound" | "point";
+    /** fp32 top-2 margin under which samples were left out of the gate. */
+    ignoreMargin?: number;
     passed: boolean;
     failures: string[];
   };

@@ -29,7 +29,8 @@ const modelPath = join(dir, "tiny.onnx");
 const einsumModelPath = join(dir, "tiny-einsum.onnx");
 const samplesPath = join(dir, "samples.tsv");
 const CALIB = 16;
-const VAL = 48;
+// Enough that the default gate (99.5 % on the 95 % lower bound) can pass with one flip.
+const VAL = 960;
 /** 400 words: far beyond the tiny model's 128 positions. */
 const LONG = Array.from({ length: 400 }, (_, i) => (i % 2 === 0 ? "remarkably" : "tedious")).join(" ");
 const QUERY0 = "/bert/encoder/layer.0/attention/self/query/MatMul";
@@ -237,6 +238,34 @@ describe("quantd quantize on a synthetic BERT", () => {
     const parsed: unknown = JSON.parse(r.stdout);
     assertReportShape(parsed);
     expect(parsed.model.int8?.path).toBe(out);
+  });
+
+  test("the usual 128-row file cannot certify 99.5 %: GATE_NOT_MET at once, saying how many it takes", async () => {
+    const small = join(dir, "calibration-128.tsv");
+    const rows = readFileSync(samplesPath, "utf8").trim().split("\n").slice(0, 129);
+    writeFileSync(small, `${rows.join("\n")}\n`);
+    const base = common(join(dir, "small.onnx"), join(dir, "small.json"));
+    const args = base.slice(0, base.indexOf("--samples")).concat(["--threads", "1"]);
+    args[args.indexOf(samplesPath)] = small;
+    const r = await quantize(args);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("split: 128 rows: 32 calibrate, 96 validate (calibration cut from 128");
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(
+      /^error GATE_NOT_MET: 96 held-out samples cannot certify 99\.50 % agreement at 95 % even with no flip: it takes 598;/,
+    );
+    expect(existsSync(join(dir, "small.onnx"))).toBe(false);
+
+    // Deciding on the point estimate is a choice the user makes, and the summary still shows the bound.
+    const point = await quantize([...args, "--gate-on", "point"]);
+    expect(point.code).toBe(0);
+    expect(point.stdout).toContain("split: 128 rows: 96 calibrate, 32 validate");
+    expect(point.stdout).toMatch(/agreement \d+\.\d % \(≥ \d+\.\d % at 95 %, n = 32\)/);
+    expect(point.stdout).toMatch(
+      /flips: \d+ on near-ties \(fp32 margin < 0\.01, \d+ such samples\), \d+ on confident inputs/,
+    );
+    const report = readReport(join(dir, "small.json"));
+    expect(report.gate).toMatchObject({ decideOn: "point", confidence: 0.95, passed: true });
+    expect(report.metrics.agreementLower).toBeLessThan(0.92);
   });
 
   test("a SQLite store of collected samples works as --calib", async () => {

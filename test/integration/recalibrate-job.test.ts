@@ -109,6 +109,8 @@ describe("recalibration job", () => {
     expect(r.samples).toEqual({ calibration: 64, validation: 64, pool: main.store.samples.count() });
     expect(r.validation?.n).toBe(64);
     expect(r.validation?.agreement).toBeGreaterThanOrEqual(0.95);
+    expect(r.validation?.agreementLower).toBeLessThan(r.validation!.agreement);
+    expect(r.validation?.gate).toMatchObject({ decideOn: "point", confidence: 0.95 });
     expect(r.validation?.gate.passed).toBe(true);
     expect(r.report?.outcome).toBe("written");
     expect(Object.keys(r.stageMs)).toEqual(["pick", "quantize", "benchmark", "promote", "report"]);
@@ -173,6 +175,25 @@ describe("recalibration job", () => {
       ["REJECTED", "GATE_NOT_MET"],
     ]);
   }, 60_000);
+
+  test("a validation set too small to certify the gate: REJECTED at once, saying how many samples it takes", async () => {
+    const e = await env();
+    e.store.jobs.create({
+      id: "few",
+      type: RECALIBRATE_JOB,
+      params: { ...FAST_PARAMS, gate: 0.995, decideOn: "bound" },
+    });
+    const done = (await e.runner.runNext())!;
+    expect(done.state).toBe("REJECTED");
+    expect(done.error?.code).toBe("GATE_NOT_MET");
+    expect(done.error?.message).toContain(
+      "64 held-out samples cannot certify 99.50 % agreement at 95 % even with no flip: it takes 598",
+    );
+    const r = done.result as RecalibrationResult;
+    expect(r.samples.validation).toBe(64);
+    expect(r.stageMs["quantize"]).toBeLessThan(5000);
+    await expectServingUnchanged(e);
+  }, 30_000);
 
   test("an empty sample pool: FAILED (CALIB_EMPTY) saying what to do, nothing else touched", async () => {
     const e = await env({ seed: false });

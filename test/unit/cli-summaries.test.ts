@@ -26,7 +26,12 @@ const RESULT: RecalibrationResult = {
     maxAbsLogitDiff: 0.4,
     meanAbsLogitDiff: 0.05,
     labelled: 128,
-    gate: { minAgreement: 0.98, passed: true, failures: [] },
+    gateN: 128,
+    gateAgreements: 127,
+    confidence: 0.95,
+    agreementLower: 0.96365,
+    margin: { threshold: 0.01, nearTies: 2, nearTieFlips: 1, confidentFlips: 0, ignored: false },
+    gate: { minAgreement: 0.98, decideOn: "point", passed: true, failures: [] },
   },
   bench: {
     shape: { batch: 1, seq: 64 },
@@ -55,7 +60,7 @@ describe("summaries", () => {
     expect(lines[0]).toBe("pi-7:");
     expect(lines[1]).toBe("  job recalibrate-1: SUCCEEDED");
     expect(text).toMatch(/decision\s+promoted/);
-    expect(text).toMatch(/agreement\s+99\.22%/);
+    expect(text).toMatch(/agreement\s+99\.2 % \(≥ 96\.3 % at 95 %, n = 128\), gate 98 % on the point estimate/);
     expect(text).toMatch(/latency p50\s+active 9\.50 ms, candidate 4\.25 ms/);
     expect(text).toMatch(/size\s+active 10\.7 MB, candidate 3\.3 MB/);
     expect(text).toMatch(/stages\s+pick 12\.0 ms, quantize 20500 ms, benchmark 4000 ms/);

@@ -2,9 +2,11 @@
  * The fallback search of `sensitivity.ts` on a model whose accuracy is a known
  * function of which nodes are quantized: each node costs a fixed amount of
  * agreement. The real build/validate/rank are exercised end to end in
- * test/integration/quant-fallback.test.ts; here the search order and the budget.
+ * test/integration/quant-fallback.test.ts; here the search order and the budget,
+ * so the gate decides on the point estimate (the bound is tested in quant-gate).
  */
 import { describe, expect, test } from "bun:test";
+import { clopperPearsonLower } from "../../src/quant/confidence.ts";
 import type { GateMetrics } from "../../src/quant/gate.ts";
 import type { LayerErrorEntry } from "../../src/quant/report.ts";
 import { type FallbackHooks, runFallback } from "../../src/quant/sensitivity.ts";
@@ -15,13 +17,19 @@ function metricsFor(kept: readonly string[]): GateMetrics {
   const lost = Object.entries(cost)
     .filter(([n]) => !kept.includes(n))
     .reduce((s, [, c]) => s + c, 0);
+  const agree = 10000 - Math.round(lost * 10000);
   return {
     n: 10000,
-    agreement: 1 - lost,
-    disagreements: Math.round(lost * 10000),
+    agreement: agree / 10000,
+    disagreements: 10000 - agree,
     maxAbsLogitDiff: lost * 10,
     meanAbsLogitDiff: lost,
     labelled: 0,
+    gateN: 10000,
+    gateAgreements: agree,
+    confidence: 0.95,
+    agreementLower: clopperPearsonLower(agree, 10000),
+    margin: { threshold: 0.01, nearTies: 0, nearTieFlips: 0, confidentFlips: 10000 - agree, ignored: false },
   };
 }
 
@@ -44,7 +52,7 @@ describe("runFallback", () => {
   test("a candidate that already passes is returned untouched, without ranking or rebuilding", async () => {
     const log: string[][] = [];
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
-      gate: { minAgreement: 0.9 },
+      gate: { minAgreement: 0.9, decideOn: "point" },
     });
     expect(r.passed).toBe(true);
     expect(r.trials).toEqual([]);
@@ -56,7 +64,7 @@ describe("runFallback", () => {
     const log: string[][] = [];
     // 99.8 % needs the loss at most 0.002: keep b (0.02), d (0.004), f (0.003) → 0.0017 left
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
-      gate: { minAgreement: 0.998 },
+      gate: { minAgreement: 0.998, decideOn: "point" },
     });
     expect(r.passed).toBe(true);
     expect(r.keptFp32.map((k) => k.node)).toEqual(["b", "d", "f"]);
@@ -68,7 +76,7 @@ describe("runFallback", () => {
   test("adds more nodes per trial as the list grows", async () => {
     const log: string[][] = [];
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
-      gate: { minAgreement: 0.99999 },
+      gate: { minAgreement: 0.99999, decideOn: "point" },
     });
     // step sizes 1, 1, 1, 1, 2 → every node kept after five rebuilds
     expect(log.map((k) => k.length)).toEqual([1, 2, 3, 4, 6]);
@@ -78,7 +86,7 @@ describe("runFallback", () => {
   test("an exhausted budget returns the best candidate seen and says it did not pass", async () => {
     const log: string[][] = [];
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
-      gate: { minAgreement: 0.9999 },
+      gate: { minAgreement: 0.9999, decideOn: "point" },
       budget: 2,
     });
     expect(r.passed).toBe(false);
@@ -90,7 +98,7 @@ describe("runFallback", () => {
   test("ignored nodes (user excludes) are never picked", async () => {
     const log: string[][] = [];
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
-      gate: { minAgreement: 0.985 },
+      gate: { minAgreement: 0.985, decideOn: "point" },
       ignore: ["b"],
     });
     expect(log.flat()).not.toContain("b");

@@ -3,7 +3,21 @@
  * order for a TSV, from the pool's disjoint pick for a store.
  */
 import { describe, expect, test } from "bun:test";
-import { type QuantSample, type SamplePool, splitPool, splitSamples } from "../../src/quant/pipeline.ts";
+import {
+  type QuantSample,
+  type SamplePool,
+  type SplitRequest,
+  splitPool,
+  splitSamples,
+} from "../../src/quant/pipeline.ts";
+
+/** A gate that needs `needed` held-out samples, with explicit counts where given. */
+const req = (calibration?: number, validation?: number, needed = 1): SplitRequest => ({
+  needed,
+  gateWords: "the gate",
+  ...(calibration !== undefined ? { calibration } : {}),
+  ...(validation !== undefined ? { validation } : {}),
+});
 
 const samples = (n: number): QuantSample[] =>
   Array.from({ length: n }, (_, i) => ({ text: `sentence ${i}`, origin: `f.tsv:${i + 2}` }));
@@ -12,7 +26,7 @@ const texts = (xs: readonly QuantSample[]): string[] => xs.map((s) => s.text);
 
 describe("splitSamples", () => {
   test("first N calibrate, the next M validate, nothing shared", () => {
-    const s = splitSamples(samples(100), 10, 20, false, "f.tsv");
+    const s = splitSamples(samples(100), req(10, 20), false, "f.tsv");
     expect(texts(s.calibration)).toEqual(texts(samples(10)));
     expect(texts(s.validation)).toEqual(texts(samples(30).slice(10)));
     expect(s.available).toBe(100);
@@ -20,31 +34,42 @@ describe("splitSamples", () => {
   });
 
   test("a short file gives validation what is left, and says so", () => {
-    const s = splitSamples(samples(25), 10, 20, false, "f.tsv");
+    const s = splitSamples(samples(25), req(10, 20), false, "f.tsv");
     expect(s.calibration).toHaveLength(10);
     expect(s.validation).toHaveLength(15);
     expect(s.warnings[0]).toContain("only 15 held-out samples");
   });
 
-  test("a file no longer than --samples holds out its last quarter", () => {
-    const s = splitSamples(samples(128), 128, 512, false, "calibration-128.tsv");
+  test("a file no longer than --samples holds out its last quarter, and the line says why", () => {
+    const s = splitSamples(samples(128), req(128, 512), false, "calibration-128.tsv");
     expect(s.calibration).toHaveLength(96);
     expect(s.validation).toHaveLength(32);
     expect(new Set([...texts(s.calibration), ...texts(s.validation)]).size).toBe(128);
-    expect(s.warnings[0]).toContain("validating on the last 32");
+    expect(s.line).toContain("--samples 128 leaves no row to validate on");
+  });
+
+  test("by default every row after calibration validates; scarce rows go to validation first", () => {
+    const s = splitSamples(samples(1000), req(undefined, undefined, 598), false, "f.tsv");
+    expect(s.calibration).toHaveLength(128);
+    expect(s.validation).toHaveLength(872);
+    expect(s.warnings).toEqual([]);
+    const scarce = splitSamples(samples(700), req(undefined, undefined, 598), false, "f.tsv");
+    expect(scarce.calibration).toHaveLength(102);
+    expect(scarce.validation).toHaveLength(598);
+    expect(texts(scarce.validation)[0]).toBe("sentence 102");
   });
 
   test("with a separate validation file, all rows may calibrate", () => {
-    const s = splitSamples(samples(128), 128, 512, true, "f.tsv");
+    const s = splitSamples(samples(128), req(128, 512), true, "f.tsv");
     expect(s.calibration).toHaveLength(128);
     expect(s.validation).toEqual([]);
   });
 
   test("no samples, or one without a validation file, is CALIB_EMPTY", () => {
-    expect(() => splitSamples([], 10, 10, false, "f.tsv")).toThrow(
+    expect(() => splitSamples([], req(10, 10), false, "f.tsv")).toThrow(
       expect.objectContaining({ code: "CALIB_EMPTY" }),
     );
-    expect(() => splitSamples(samples(1), 10, 10, false, "f.tsv")).toThrow(
+    expect(() => splitSamples(samples(1), req(10, 10), false, "f.tsv")).toThrow(
       expect.objectContaining({ code: "CALIB_EMPTY" }),
     );
   });
@@ -71,22 +96,27 @@ describe("splitPool", () => {
 
   test("asks the pool for disjoint sets with the seed, labels kept where known", () => {
     const p = pool(1000);
-    const s = splitPool(p, 128, 256, 7);
+    const s = splitPool(p, req(128, 256), 7);
     expect(p.asked).toEqual([[128, 256, 7]]);
     expect(s.calibration).toHaveLength(128);
     expect(s.validation).toHaveLength(256);
-    expect(s.calibration[0]).toEqual({ text: "t0", origin: "quantd.db#1", label: 1 });
-    expect(s.calibration[1]).toEqual({ text: "t1", origin: "quantd.db#2" });
+    expect(s.calibration[0]).toEqual({ text: "t0", origin: "quantd.db#1", label: 1, id: 1 });
+    expect(s.calibration[1]).toEqual({ text: "t1", origin: "quantd.db#2", id: 2 });
   });
 
-  test("a small pool keeps about a quarter for validation", () => {
+  test("a small pool gives validation what the gate needs first, at least a quarter", () => {
     const p = pool(40);
-    const s = splitPool(p, 128, 256, 1);
+    const s = splitPool(p, req(undefined, undefined), 1);
     expect(p.asked).toEqual([[30, 10, 1]]);
-    expect(s.warnings[0]).toContain("holds 40 samples");
+    expect(s.line).toContain("40 samples: 30 calibrate, 10 validate");
+    const q = pool(100);
+    splitPool(q, req(undefined, undefined, 59), 1);
+    expect(q.asked).toEqual([[41, 59, 1]]);
   });
 
   test("a pool of fewer than 2 samples is CALIB_EMPTY", () => {
-    expect(() => splitPool(pool(1), 128, 256, 1)).toThrow(expect.objectContaining({ code: "CALIB_EMPTY" }));
+    expect(() => splitPool(pool(1), req(128, 256), 1)).toThrow(
+      expect.objectContaining({ code: "CALIB_EMPTY" }),
+    );
   });
 });

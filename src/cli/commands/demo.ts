@@ -30,6 +30,7 @@ import { createFleetRequester, type FleetRequester } from "../../fleet/requester
 import { type Classifier, loadClassifier } from "../../runtime/classifier.ts";
 import { type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { ORT_VERSION } from "../../runtime/ort-session.ts";
+import { describeRecordedAgreement } from "../../quant/gate.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { JSON_FLAG, openClassifier, THREADS_FLAG, threadsFlag } from "../model-flags.ts";
@@ -47,8 +48,9 @@ export const DEMO_DEVICE = "demo-device";
 
 /**
  * The recalibration command the demo sends: as `quantd fleet recalibrate
- * demo-device --samples 128`; the agent's defaults do the rest (256 held-out
- * samples, 30 benchmark runs with peak memory, the 99.5 % agreement gate).
+ * demo-device --samples 128`; the agent's defaults do the rest (held-out
+ * samples sized from the gate, 30 benchmark runs with peak memory, the 99.5 %
+ * agreement gate on its 95 % lower bound).
  */
 export const DEMO_RECALIBRATION = { samples: 128 } as const;
 
@@ -379,10 +381,7 @@ function describeReport(device: DeviceRecord | undefined, report: ReportMessage)
     }
     const v = r.validation;
     if (v !== undefined) {
-      rows.push([
-        "agreement",
-        `int8 = fp32 on ${formatPercent(v.agreement)} of ${v.n} held-out (gate ${formatPercent(v.gate.minAgreement)})`,
-      ]);
+      rows.push(["agreement", `int8 = fp32 on ${describeRecordedAgreement(v) ?? "-"}`]);
       if (v.accuracyReference !== undefined && v.accuracyCandidate !== undefined) {
         rows.push([
           "accuracy",
@@ -631,10 +630,7 @@ function int8Summary(state: DemoState): string[][] {
       .join(", "),
   ]);
   if (r.validation !== undefined) {
-    rows.push([
-      "held-out gate",
-      `int8 = fp32 on ${formatPercent(r.validation.agreement)} of ${r.validation.n} (gate ${formatPercent(r.validation.gate.minAgreement)})`,
-    ]);
+    rows.push(["held-out gate", `int8 = fp32 on ${describeRecordedAgreement(r.validation) ?? "-"}`]);
   }
   const c = state.comparison;
   if (state.int8Path !== undefined) {

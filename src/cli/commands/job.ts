@@ -18,7 +18,7 @@ import {
 } from "../../agent/recalibrate.ts";
 import { ModelRegistry } from "../../agent/registry.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
-import { DEFAULT_GATE_AGREEMENT } from "../../quant/gate.ts";
+import { DEFAULT_GATE_AGREEMENT, describeRecordedAgreement } from "../../quant/gate.ts";
 import { CALIBRATION_METHODS } from "../../quant/pipeline.ts";
 import { defaultQuantizeOptions } from "../../quant/plan.ts";
 import type { Job } from "../../store/jobs.ts";
@@ -58,10 +58,7 @@ export function describeRecalibration(job: {
   ]);
   const v = r.validation;
   if (v !== undefined) {
-    rows.push([
-      "agreement",
-      `${formatPercent(v.agreement)} of ${v.n} held-out (gate ${formatPercent(v.gate.minAgreement)})`,
-    ]);
+    rows.push(["agreement", describeRecordedAgreement(v) ?? "-"]);
     if (v.accuracyReference !== undefined && v.accuracyCandidate !== undefined) {
       rows.push([
         "accuracy",
@@ -102,6 +99,10 @@ function recalibrateParams(ctx: CommandContext): Record<string, unknown> {
   if (method !== undefined) raw["method"] = method;
   if (gate !== undefined) raw["gate"] = gate;
   if (seed !== undefined) raw["seed"] = seed;
+  const decideOn = flagString(ctx.flags, "gate-on");
+  if (decideOn !== undefined) raw["decideOn"] = decideOn;
+  const ignoreMargin = flagNumber(ctx.flags, "ignore-margin", { min: 0, max: 1 });
+  if (ignoreMargin !== undefined) raw["ignoreMargin"] = ignoreMargin;
   // Validate now: a bad value should fail here, not later in the agent.
   parseRecalibrateParams(raw);
   return raw;
@@ -246,7 +247,7 @@ export const jobCommand: Command = {
   summary: "queue a recalibration for the agent, or list, show and cancel jobs",
   actions: ["recalibrate", "list", "show", "cancel"],
   usage:
-    "recalibrate [--samples N] [--validation-samples N] [--method M] [--gate G] [--seed N] [--id ID] [--wait] | list | show ID | cancel ID  [--state-dir DIR] [--config FILE] [--json]",
+    "recalibrate [--samples N] [--validation-samples N] [--method M] [--gate G] [--gate-on bound|point] [--seed N] [--id ID] [--wait] | list | show ID | cancel ID  [--state-dir DIR] [--config FILE] [--json]",
   description:
     "`recalibrate` queues a recalibration in the state directory's store: pick disjoint calibration and " +
     "validation samples from the sample pool (fill it with `quantd collect` or live capture), calibrate and " +
@@ -273,7 +274,8 @@ export const jobCommand: Command = {
       name: "validation-samples",
       type: "string",
       value: "N",
-      description: "held-out validation samples",
+      description:
+        "held-out validation samples (sized from the gate: enough that one flip still certifies it)",
       default: String(DEFAULT_RECALIBRATE_VALIDATION),
     },
     {
@@ -289,6 +291,19 @@ export const jobCommand: Command = {
       value: "G",
       description: "minimum top-1 agreement with fp32 (0…1)",
       default: String(DEFAULT_GATE_AGREEMENT),
+    },
+    {
+      name: "gate-on",
+      type: "string",
+      value: "WHAT",
+      description: "what must clear --gate: bound (the agreement's 95 % lower confidence bound) or point",
+      default: "bound",
+    },
+    {
+      name: "ignore-margin",
+      type: "string",
+      value: "MARGIN",
+      description: "leave near-ties (fp32 top-2 softmax margin below MARGIN) out of the gate",
     },
     { name: "seed", type: "string", value: "N", description: "seed of the sample pick", default: "1" },
     {

@@ -6,11 +6,11 @@
 import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { QuantdError } from "../../errors.ts";
-import { parseGateThreshold } from "../../quant/gate.ts";
+import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
+import { describeAgreement, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
 import {
   CALIBRATION_METHODS,
   DEFAULT_CALIBRATION_SAMPLES,
-  DEFAULT_VALIDATION_SAMPLES,
   type RequestedMode,
   type RunQuantizationOptions,
   runQuantization,
@@ -38,6 +38,7 @@ const MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
 const DEFAULT_METHOD: CalibrationMethod = defaultQuantizeOptions("static").method;
 const DEFAULT_FORMAT: StaticFormat = defaultQuantizeOptions("static").format;
 const FORMATS: readonly StaticFormat[] = ["qdq", "fused"];
+const DECISIONS: readonly GateDecision[] = ["bound", "point"];
 
 const SQLITE_MAGIC = "SQLite format 3\0";
 
@@ -65,24 +66,37 @@ function poolOf(store: Store, name: string): SamplePool {
   };
 }
 
+/** A confidence level as users write it: `95` or `0.95`, strictly between 0 and 1 as a fraction. @throws USAGE */
+function parseConfidence(raw: number): number {
+  const c = raw > 1 ? raw / 100 : raw;
+  if (!(c > 0 && c < 1))
+    throw new QuantdError("USAGE", `--confidence must be between 0 and 100 %, exclusive, got ${raw}`);
+  return c;
+}
+
 /** The `quantize` command. */
 export const quantizeCommand: Command = {
   name: "quantize",
   summary: "convert an fp32 BERT to int8, validated against fp32 on held-out samples",
   usage:
     "--model FP32.onnx --calib SAMPLES --out INT8.onnx|DIR [--mode static|dynamic|auto] [--method M] [--format qdq|fused] " +
-    "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--report FILE]",
+    "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--gate-on bound|point] [--report FILE]",
   description: `SAMPLES is a TSV (label<TAB>sentence with a header; the label may be empty) or a quantd SQLite
-store (.db, as quantd collect fills it). From a TSV the first --samples rows calibrate and the next
---val-samples rows are held out (a file with no rows left holds out its last quarter); from a store both
-sets are a seeded, length-stratified disjoint pick. Samples longer than the model allows are truncated
-and counted in the report.
+store (.db, as quantd collect fills it). From a TSV the first --samples rows calibrate and every row
+after them is held out for validation (at most --val-samples); from a store both sets are a seeded,
+length-stratified disjoint pick. Calibration needs tens of samples, validation hundreds, so when rows
+are scarce the default split gives validation the rows and calibrates on fewer (down to 32); the split
+is explained in one line. Samples longer than the model allows are truncated and counted in the report.
 
-The int8 model is validated against fp32 on the held-out samples (top-1 agreement, logit error, and
-accuracy when labels exist). When agreement is below --gate, the nodes that add the most error are kept
-in fp32, a few more per trial, until the gate holds or --trials rebuilds are spent. If it cannot be met
-the command fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still
-written).
+The int8 model is validated against fp32 on the held-out samples (top-1 agreement with its one-sided
+Clopper–Pearson lower bound, logit error, flips on near-ties vs confident inputs, and accuracy when
+labels exist). The gate passes when the lower bound at --confidence clears --gate, printed as
+"agreement 99.8 % (≥ 99.3 % at 95 %, n = 1,024)"; certifying 99.5 % at 95 % takes at least 598 held-out
+samples with no flip, and a smaller set fails at once saying how many it takes. --gate-on point decides
+on the point estimate instead (a small set then passes by luck). When the gate is not met, the nodes
+that add the most error are kept in fp32, a few more per trial, until the gate holds or --trials
+rebuilds are spent. If it cannot be met the command fails with GATE_NOT_MET and writes nothing at --out
+(the report, if asked for, is still written).
 
 --out DIR (an existing directory, a path ending in /, or one without .onnx), or a file in a directory
 that does not exist yet, makes a self-contained model directory, as Optimum writes one: the int8 model
@@ -136,7 +150,7 @@ ones that pass at sequence 128 and keeps the fastest.`,
       type: "string",
       value: "M",
       description: "held-out validation samples (taken after the calibration ones)",
-      default: String(DEFAULT_VALIDATION_SAMPLES),
+      default: "every remaining row",
     },
     {
       name: "validate",
@@ -163,6 +177,29 @@ ones that pass at sequence 128 and keeps the fastest.`,
       value: "AGREEMENT",
       description: "minimum top-1 agreement with fp32, in % (or a fraction)",
       default: "99.5",
+    },
+    {
+      name: "gate-on",
+      type: "string",
+      value: "WHAT",
+      description:
+        "what must clear --gate: bound (the agreement's lower confidence bound) or point (the measured agreement)",
+      default: "bound",
+    },
+    {
+      name: "confidence",
+      type: "string",
+      value: "LEVEL",
+      description: "confidence of the lower bound, in % (or a fraction)",
+      default: String(DEFAULT_CONFIDENCE * 100),
+    },
+    {
+      name: "ignore-margin",
+      type: "string",
+      value: "MARGIN",
+      description:
+        "leave near-ties out of the gate: samples where fp32's top-2 softmax margin is below MARGIN (e.g. 0.01)",
+      default: "0 (count every sample)",
     },
     {
       name: "max-accuracy-drop",
@@ -206,14 +243,22 @@ ones that pass at sequence 128 and keeps the fastest.`,
       mode: flagChoice(f, "mode", MODES, "static"),
       method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
       format: flagChoice(f, "format", FORMATS, DEFAULT_FORMAT),
-      samples: flagInt(f, "samples", { min: 1 }, DEFAULT_CALIBRATION_SAMPLES),
-      validationSamples: flagInt(f, "val-samples", { min: 1 }, DEFAULT_VALIDATION_SAMPLES),
+      decideOn: flagChoice(f, "gate-on", DECISIONS, "bound"),
+      confidence: parseConfidence(
+        flagNumber(f, "confidence", { min: 0, max: 100 }, DEFAULT_CONFIDENCE * 100),
+      ),
       perChannel: !flagBool(f, "per-tensor"),
       reduceRange: flagBool(f, "reduce-range"),
       exclude: flagList(f, "exclude"),
       gate: parseGateThreshold(flagNumber(f, "gate", { min: 0, max: 100 }, 99.5)),
       trialBudget: flagInt(f, "trials", { min: 0, max: 1000 }, DEFAULT_TRIAL_BUDGET),
     };
+    const samples = flagInt(f, "samples", { min: 1 });
+    if (samples !== undefined) opts.samples = samples;
+    const valSamples = flagInt(f, "val-samples", { min: 1 });
+    if (valSamples !== undefined) opts.validationSamples = valSamples;
+    const ignoreMargin = flagNumber(f, "ignore-margin", { min: 0, max: 1 });
+    if (ignoreMargin !== undefined && ignoreMargin > 0) opts.ignoreMargin = ignoreMargin;
     const validate = flagString(f, "validate");
     if (validate !== undefined) opts.validate = validate;
     const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
@@ -265,11 +310,18 @@ ones that pass at sequence 128 and keeps the fastest.`,
         `${formatBytes(r.model.int8?.bytes ?? 0)} (${formatPercent(r.model.sizeRatio ?? 0)} of fp32)`,
     );
     ctx.out(
-      `  agreement ${formatPercent(m.agreement)} on ${m.n} held-out samples` +
+      `  split: ${r.samples.split ?? `${r.samples.calibration} calibrate, ${r.samples.validation} validate`}`,
+    );
+    ctx.out(
+      `  agreement ${describeAgreement(m)}` +
         (m.accuracyDrop !== undefined
           ? `, accuracy ${formatPercent(m.accuracyCandidate ?? 0)} (fp32 ${formatPercent(m.accuracyReference ?? 0)})`
           : "") +
         `, max |logit diff| ${m.maxAbsLogitDiff.toFixed(4)}`,
+    );
+    ctx.out(
+      `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
+        `${m.margin.confidentFlips} on confident inputs; mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`,
     );
     const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
     if (sensitive.length > 0) ctx.out(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
