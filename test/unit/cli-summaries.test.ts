@@ -60,7 +60,9 @@ describe("summaries", () => {
     expect(lines[0]).toBe("pi-7:");
     expect(lines[1]).toBe("  job recalibrate-1: SUCCEEDED");
     expect(text).toMatch(/decision\s+promoted/);
-    expect(text).toMatch(/agreement\s+99\.2 % \(≥ 96\.3 % at 95 %, n = 128\), gate 98 % on the point estimate/);
+    expect(text).toMatch(
+      /agreement\s+99\.2 % \(≥ 96\.3 % at 95 %, n = 128\), gate 98 % on the point estimate/,
+    );
     expect(text).toMatch(/latency p50\s+active 9\.50 ms, candidate 4\.25 ms/);
     expect(text).toMatch(/size\s+active 10\.7 MB, candidate 3\.3 MB/);
     expect(text).toMatch(/stages\s+pick 12\.0 ms, quantize 20500 ms, benchmark 4000 ms/);
