@@ -38,6 +38,7 @@ import {
   type LogitMatrix,
 } from "./gate.ts";
 import {
+  assertFloat32Model,
   assertNotQuantized,
   type CalibrationMethod,
   defaultQuantizeOptions,
@@ -48,6 +49,7 @@ import {
   type CandidateEntry,
   describeFile,
   type FallbackTrial,
+  type GraphChanges,
   type KeptFp32Node,
   type LayerErrorEntry,
   peakRssBytes,
@@ -453,6 +455,8 @@ interface Candidate {
   quantizedNodes: string[];
   trials: FallbackTrial[];
   skipped: SkippedNode[];
+  /** What was done to the graph before quantizing it (opset upgrade, contrib ops lowered). */
+  graph: GraphChanges;
   ranges: Record<string, TensorRangeEntry>;
   calibrationMs: number;
   quantizationMs: number;
@@ -616,6 +620,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   let externalBytes = 0;
   const fp32 = await loadModel(files.model, { onExternalFile: (_, bytes) => (externalBytes += bytes) });
   assertNotQuantized(fp32);
+  assertFloat32Model(fp32);
   const fp32Facts = await describeFile(files.model);
 
   const tokOpts: { maxLength?: number; configPath?: string } = {};
@@ -748,6 +753,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       skipped: best.plan.skipped
         .filter((s) => !(s.reason === "excluded" && !userExclude.includes(s.node)))
         .map((s) => ({ node: s.node, opType: s.opType, reason: s.reason, detail: s.detail })),
+      graph: { opset: first.opset, lowered: first.lowered },
       ranges: rangesOf(first),
       calibrationMs: f.mode === "static" ? staticCalibrationMs : 0,
       quantizationMs: first.timings.quantizationMs,
@@ -830,6 +836,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     layerError: chosen.layerError,
     keptFp32: keptNodes(fp32, userExclude, chosen),
     skipped: chosen.skipped,
+    graph: chosen.graph,
     fallback: { budget, trials: chosen.trials },
     candidates: [
       ...candidates.map(

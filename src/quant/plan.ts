@@ -310,6 +310,38 @@ export function assertNotQuantized(model: ModelProto): void {
   }
 }
 
+/** Float types quantd does not quantize from: it calibrates and validates against fp32. */
+const HALF_TYPES: ReadonlyMap<number, string> = new Map([
+  [10, "float16"],
+  [16, "bfloat16"],
+]);
+
+/**
+ * Fails on a float16 (or bfloat16) model, naming the first half-precision
+ * weight, input or output: quantd quantizes from fp32, the reference the
+ * accuracy gate compares with, and does not convert (an fp16 → fp32 upcast
+ * would change the function the user shipped, and their fp32 export is the
+ * better source).
+ *
+ * @throws QUANT_UNSUPPORTED naming the tensor
+ */
+export function assertFloat32Model(model: ModelProto): void {
+  const g = model.graph;
+  const typed = [...g.input, ...g.output].map((v) => ({
+    name: v.name,
+    type: v.type?.tensorType?.elemType ?? 0,
+  }));
+  const tensors = [...g.initializer.map((t) => ({ name: t.name, type: t.dataType })), ...typed];
+  const half = tensors.find((t) => HALF_TYPES.has(t.type));
+  if (half === undefined) return;
+  const kind = HALF_TYPES.get(half.type)!;
+  throw new QuantdError(
+    "QUANT_UNSUPPORTED",
+    `the model is ${kind} (tensor ${half.name} is ${kind}); quantd quantizes fp32 models: quantize the fp32 export instead`,
+    { details: { tensor: half.name, dataType: kind } },
+  );
+}
+
 /**
  * Tells whether a MatMul with two activation inputs belongs to attention: one
  * operand comes (through Reshape/Transpose only) from a Softmax, or the output
@@ -349,10 +381,12 @@ function isAttentionMatMul(
  * Finds what to quantize in an fp32 model.
  *
  * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
+ * @throws QUANT_UNSUPPORTED for a float16/bfloat16 model
  * @throws USAGE when `exclude` names a node the model does not have
  */
 export function planQuantization(model: ModelProto, opts: QuantizeOptions): QuantPlan {
   assertNotQuantized(model);
+  assertFloat32Model(model);
   const graph = model.graph;
   const constants = constantNames(graph);
   const producers = new Map<string, NodeProto>();

@@ -92,6 +92,14 @@ export interface CandidateEntry {
   note?: string;
 }
 
+/** What quantd did to the fp32 graph before quantizing it (the same function, in ops it can quantize). */
+export interface GraphChanges {
+  /** The model's default-domain opset, and the one written (13 for an upgraded opset 11/12 model). */
+  opset: { from: number; to: number };
+  /** Fused contrib ops rewritten as the standard ops they fuse (FusedGemm, FusedMatMul, EmbedLayerNormalization). */
+  lowered: { node: string; opType: string; into: string }[];
+}
+
 /** The report JSON (schema {@link REPORT_SCHEMA}). */
 export interface QuantizeReport {
   schema: typeof REPORT_SCHEMA;
@@ -154,6 +162,8 @@ export interface QuantizeReport {
   layerError: LayerErrorEntry[];
   keptFp32: KeptFp32Node[];
   skipped: SkippedNode[];
+  /** Graph rewrites made before quantizing (absent in reports written before they existed). */
+  graph?: GraphChanges;
   fallback: { budget: number; trials: FallbackTrial[] };
   candidates: CandidateEntry[];
   timings: {

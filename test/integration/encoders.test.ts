@@ -79,6 +79,17 @@ function expectExplained(report: QuantizeReport, model: ModelProto): void {
   expect(unexplained).toEqual([]);
 }
 
+/** Contrib ops each onnxruntime-optimized fixture must have had lowered before quantizing. */
+const LOWERED: Readonly<Record<string, readonly string[]>> = {
+  "ort-extended": ["FusedGemm"],
+  "ort-all": ["FusedGemm"],
+  "ts-opset11-ort-extended": ["FusedGemm", "FusedMatMul"],
+  "dynamo-opset18-ort-extended": ["FusedGemm"],
+  "ort-transformers-attention": ["EmbedLayerNormalization"],
+  "ort-transformers-mha": ["EmbedLayerNormalization"],
+  "shipped-ort-extended": ["FusedGemm"],
+};
+
 describe.each(fixtures.map((f) => [f.name, f] as const))("%s", (name, fixture) => {
   const fixtureDir = join(dir, name);
   let modelPath: string;
@@ -103,7 +114,11 @@ describe.each(fixtures.map((f) => [f.name, f] as const))("%s", (name, fixture) =
     expect(report.outcome).toBe("written");
     expect(report.metrics.agreement).toBeGreaterThanOrEqual(0.995);
     expect(report.model.sizeRatio ?? 1).toBeLessThan(0.32);
-    expectExplained(report, await loadModel(out));
+    const model = await loadModel(out);
+    expectExplained(report, model);
+    expect(new Set(report.graph?.lowered.map((l) => l.opType))).toEqual(new Set(LOWERED[name] ?? []));
+    expect(report.graph?.opset.to).toBe(Math.max(13, report.graph?.opset.from ?? 0));
+    expect(model.opsetImport.find((o) => o.domain === "")?.version).toBe(report.graph?.opset.to);
   });
 
   test("dynamic int8 meets the gate", async () => {
