@@ -18,6 +18,7 @@ import { DEFAULT_BUSY_TIMEOUT_MS } from "../store/open.ts";
 import { openStoreRecovering } from "../store/recover.ts";
 import { databasePath, type Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
+import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
 import type { JobRunner } from "./jobs.ts";
 import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
 import { ModelRegistry, type RegistryEvent, reregisterModelFiles } from "./registry.ts";
@@ -172,6 +173,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       log(describeEvent(e));
     },
   });
+  const heap = new TrimAfterPeaks({ trim: await heapTrimmer() });
   const batcher = new MicroBatcher(registry, {
     ...config.batching,
     // One batch per worker thread at once; one on the JS thread.
@@ -179,6 +181,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     onBatch: (size, ms) => {
       metrics?.batchSize.observe(size);
       metrics?.batchDuration.observe(ms / 1000);
+      heap.afterBatch();
     },
   });
   metrics = new ServerMetrics({ queueDepth: () => batcher.depth, active: () => registry.active() });
@@ -218,6 +221,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     backend: registry,
     batcher,
     limits: config.limits,
+    countTokens: (texts) => registry.requestTokens(texts),
     metrics,
     admin: registry,
     accepting: () => accepting,
@@ -342,6 +346,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
         await listeners.stop();
         await batcher.drain();
         if (captureTimer !== undefined) clearTimeout(captureTimer);
+        heap.stop();
         flushCapture();
         await registry.close();
         store.close();

@@ -37,6 +37,8 @@ export interface LimitsConfig {
   maxTextBytes: number;
   /** Largest model file a promotion accepts, in bytes. */
   maxModelBytes: number;
+  /** Most tokens in one request (each text counted up to the model's sequence limit). */
+  maxRequestTokens: number;
 }
 
 /** Opt-in capture of live traffic into the sample pool. */
@@ -84,7 +86,9 @@ export interface AgentConfig {
    * server answering health checks while batches run, and several workers
    * with one onnxruntime thread each serve more than one session with several
    * threads (`bun bench/serve.ts --only 5`), at the memory of one session per
-   * worker. @defaultValue 0
+   * worker. The default, one worker, keeps health checks and other requests
+   * answered while a large request runs (onnxruntime-node runs a session
+   * synchronously on its calling thread). @defaultValue 1
    */
   inferenceWorkers: number;
   batching: BatchingConfig;
@@ -143,6 +147,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   maxTexts: 256,
   maxTextBytes: 64 * 1024,
   maxModelBytes: 1024 * 1024 * 1024,
+  maxRequestTokens: 16 * 1024,
 };
 
 /** Default post-swap checks: over its first 200 batches, more than 1 % failed batches or a p95 batch latency above 1.2 × the old model's rolls a new model back. */
@@ -177,6 +182,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "limits.maxTexts", type: "int", min: 1, max: 100_000 },
   { path: "limits.maxTextBytes", type: "int", min: 1, max: 16 * 1024 * 1024 },
   { path: "limits.maxModelBytes", type: "int", min: 1024, max: 2 * 1024 * 1024 * 1024 },
+  { path: "limits.maxRequestTokens", type: "int", min: 1, max: 100_000_000 },
   { path: "capture.enabled", type: "boolean" },
   { path: "capture.rate", type: "number", above: 0, max: 1 },
   { path: "swap.errorRate", type: "number", min: 0, max: 1 },
@@ -460,7 +466,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     tokenizerDir,
     modelName: (values.get("modelName") as string | undefined) ?? basename(dirname(model)),
     threads: num("threads", opts.profile.threads),
-    inferenceWorkers: num("inferenceWorkers", 0),
+    inferenceWorkers: num("inferenceWorkers", 1),
     batching: {
       maxBatch,
       maxDelayMs: num("batching.maxDelayMs", 0),
@@ -471,6 +477,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
       maxTexts: num("limits.maxTexts", DEFAULT_LIMITS.maxTexts),
       maxTextBytes: num("limits.maxTextBytes", DEFAULT_LIMITS.maxTextBytes),
       maxModelBytes: num("limits.maxModelBytes", DEFAULT_LIMITS.maxModelBytes),
+      maxRequestTokens: num("limits.maxRequestTokens", DEFAULT_LIMITS.maxRequestTokens),
     },
     capture: {
       enabled: (values.get("capture.enabled") as boolean | undefined) ?? false,

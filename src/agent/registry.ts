@@ -18,7 +18,7 @@
  * route, or the fleet link) calls {@link ModelRegistry.promote}.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { constants, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { constants, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
@@ -217,6 +217,28 @@ export function planRuns(sortedLengths: readonly number[], runCost = RUN_COST_TO
   return runs.reverse();
 }
 
+/** Most padded tokens (rows × longest row) in one onnxruntime run: bounds a run's working memory. */
+export const MAX_RUN_TOKENS = 4096;
+
+/**
+ * Splits planned runs (indices into the sorted lengths) whose padded size
+ * exceeds `maxTokens`, so that one run's activations stay bounded whatever a
+ * batch holds (at least one row per run).
+ */
+export function capRuns(
+  runs: readonly number[][],
+  lengthOf: (k: number) => number,
+  maxTokens = MAX_RUN_TOKENS,
+): number[][] {
+  const out: number[][] = [];
+  for (const run of runs) {
+    const longest = Math.max(...run.map(lengthOf));
+    const rows = Math.max(1, Math.floor(maxTokens / Math.max(1, longest)));
+    for (let i = 0; i < run.length; i += rows) out.push(run.slice(i, i + rows));
+  }
+  return out;
+}
+
 /**
  * Classifies texts (already validated) in runs of similar length planned by
  * `plan` (on the token counts sorted ascending); results in input order.
@@ -232,7 +254,10 @@ export async function classifyBucketed(
   const order = Array.from({ length: texts.length }, (_, i) => i);
   order.sort((a, b) => encodings[a]!.inputIds.length - encodings[b]!.inputIds.length);
   const results = new Array<Classification>(texts.length);
-  for (const bucket of plan(order.map((i) => encodings[i]!.inputIds.length))) {
+  for (const bucket of capRuns(
+    plan(order.map((i) => encodings[i]!.inputIds.length)),
+    (k) => encodings[order[k]!]!.inputIds.length,
+  )) {
     const rows = bucket.map((k) => order[k]!);
     const out = await classifier.runEncoded(classifier.tokenizer.pad(rows.map((i) => encodings[i]!)));
     for (const [r, i] of rows.entries()) {
@@ -240,6 +265,28 @@ export async function classifyBucketed(
     }
   }
   return results;
+}
+
+/** Characters per token below which a text prefix is sure to hold `maxLength` tokens (WordPiece tokens are rarely longer). */
+const CHARS_PER_TOKEN_BOUND = 8;
+
+/**
+ * `min(maxLength, tokens(text) + specials)`, tokenizing only a prefix of a
+ * long text when the prefix already reaches the limit. The prefix ends at a
+ * space, so no word is cut into more pieces than it has whole.
+ */
+export function cappedTokenCount(
+  text: string,
+  maxLength: number,
+  specials: number,
+  count: (text: string) => number,
+): number {
+  const limit = maxLength * CHARS_PER_TOKEN_BOUND;
+  if (text.length > limit) {
+    const cut = text.lastIndexOf(" ", limit);
+    if (cut > 0 && count(text.slice(0, cut)) + specials >= maxLength) return maxLength;
+  }
+  return Math.min(maxLength, count(text) + specials);
 }
 
 /** SHA-256 of bytes, lower-case hex. */
@@ -456,23 +503,25 @@ async function fingerprint(
   return { sha256: hash.digest("hex"), kind: kindOf(found) };
 }
 
-/** The file naming the serving version's SHA-256 in the models directory, kept beside the store's record. */
-export const ACTIVE_MODEL_FILE = "ACTIVE";
+/** The file naming the serving version's SHA-256, in the state directory (beside `models/`). */
+export const ACTIVE_MODEL_FILE = "active-model";
+
+/** `<stateDir>/active-model` for the registry's `<stateDir>/models`. */
+function activeMarkerPath(modelsDir: string): string {
+  return join(dirname(resolve(modelsDir)), ACTIVE_MODEL_FILE);
+}
 
 /**
  * Records which model serves in a plain file next to the models, so that a
  * store lost to corruption can be rebuilt with the same active version. Best
- * effort: the store stays the authority while it is intact.
+ * effort, and not atomic on purpose (a torn name matches no file, and the
+ * newest file is taken): the store stays the authority while it is intact.
  */
 function writeActiveMarker(modelsDir: string, sha256: string): void {
-  const target = join(modelsDir, ACTIVE_MODEL_FILE);
-  // Named like the registry's other temporary files, so a stale one is removed at the next start.
-  const tmp = join(modelsDir, `.${ACTIVE_MODEL_FILE}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
   try {
-    writeFileSync(tmp, `${sha256}\n`, { mode: 0o640 });
-    renameSync(tmp, target);
+    writeFileSync(activeMarkerPath(modelsDir), `${sha256}\n`, { mode: 0o640 });
   } catch {
-    rmSync(tmp, { force: true });
+    // A full disk: the store still knows.
   }
 }
 
@@ -480,7 +529,7 @@ function writeActiveMarker(modelsDir: string, sha256: string): void {
 export interface Reregistered {
   /** Versions registered, oldest first. */
   versions: ModelVersion[];
-  /** The version made active (the one named by the ACTIVE file, else the newest), if any. */
+  /** The version made active (the one named by `active-model`, else the newest), if any. */
   active: ModelVersion | undefined;
   /** Files skipped: their content does not match their name. */
   skipped: string[];
@@ -491,7 +540,7 @@ export interface Reregistered {
  * names its copies) in a fresh store after the old one was lost: each file's
  * content is hashed against its name, registered oldest first by modification
  * time and promoted in turn, so rollback goes to the one before; the version
- * named by the ACTIVE file (else the newest) ends active.
+ * named by `<stateDir>/active-model` (else the newest) ends active.
  *
  * @throws STORE_* when the store cannot be written
  */
@@ -507,7 +556,7 @@ export async function reregisterModelFiles(
   }
   let marked: string | undefined;
   try {
-    marked = readFileSync(join(modelsDir, ACTIVE_MODEL_FILE), "utf8").trim();
+    marked = readFileSync(activeMarkerPath(modelsDir), "utf8").trim();
   } catch {
     // No marker: the newest file ends active.
   }
@@ -669,6 +718,23 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     return c.tokenizer.tokenIds(text).length + c.tokenizer.specialsSingle;
   }
 
+  /**
+   * Tokens a request costs the serving model: each text's count, special
+   * tokens included, up to the model's sequence limit (the rest is truncated
+   * away). A long text is tokenized only as far as the limit needs.
+   *
+   * @throws NOT_READY before a model is loaded
+   */
+  requestTokens(texts: readonly string[]): number {
+    const c = this.#current?.classifier;
+    if (c === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+    const { maxLength, specialsSingle } = c.tokenizer;
+    let total = 0;
+    for (const text of texts)
+      total += cappedTokenCount(text, maxLength, specialsSingle, (t) => c.tokenizer.tokenIds(t).length);
+    return total;
+  }
+
   /** Every registered version, newest first. */
   list(): ModelVersionView[] {
     return this.#opts.models.list().map(view);
@@ -766,7 +832,9 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         tokenizerDir: this.#opts.tokenizerDir,
         // onnxruntime's memory patterns are planned and kept per input shape, and served batches come in many
         // shapes: off, an agent under 16 clients of ~128-token texts held 139 MB instead of 157 MB, at the same speed.
-        session: { intraOpThreads: this.#opts.threads, enableMemPattern: false },
+        // Its arena too: kept, it holds the peak of the largest batch ever served (an agent went from 130 to
+        // 430 MB after one long request and stayed there); off, that memory is freed after the run.
+        session: { intraOpThreads: this.#opts.threads, enableMemPattern: false, enableCpuMemArena: false },
         workers: this.#opts.workers ?? 0,
       });
     } catch (err) {

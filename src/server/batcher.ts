@@ -8,6 +8,11 @@
  * together, which is where the throughput under concurrency comes from, while
  * a lone request with `maxDelayMs = 0` is run at once.
  *
+ * Batches are filled fairly: each waiting request contributes an equal share
+ * of a batch (round robin, in arrival order), so a request of hundreds of
+ * texts is split into batches interleaved with other clients' requests
+ * instead of holding the model until it is done.
+ *
  * The queue is bounded in texts: a request that does not fit is refused whole
  * with OVERLOADED (the server's 503 with Retry-After) instead of letting
  * latency and memory grow without limit.
@@ -40,20 +45,30 @@ interface Pending {
   reject: (e: unknown) => void;
 }
 
+/** A request's texts waiting in the queue. */
+interface Queued {
+  texts: readonly string[];
+  /** Index of its first text not yet in a batch. */
+  next: number;
+  pending: Pending;
+  /** When it was queued (performance.now()): its first batch leaves at the latest maxDelayMs later. */
+  at: number;
+}
+
 interface Entry {
   text: string;
   index: number;
   pending: Pending;
-  /** When it was queued (performance.now()): its batch leaves at the latest maxDelayMs later. */
-  at: number;
 }
 
 /** Batches texts from concurrent requests onto an {@link InferenceBackend}. */
 export class MicroBatcher {
   readonly #backend: InferenceBackend;
   readonly #opts: BatcherOptions;
-  #queue: Entry[] = [];
-  #head = 0;
+  /** Requests with texts not yet in a batch, in arrival order. */
+  #queue: Queued[] = [];
+  /** Texts waiting, over all requests. */
+  #waiting = 0;
   /** Batches running. */
   #running = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -68,7 +83,7 @@ export class MicroBatcher {
 
   /** Texts waiting (not counting the running batch). */
   get depth(): number {
-    return this.#queue.length - this.#head;
+    return this.#waiting;
   }
 
   /** Whether a batch is running. */
@@ -113,8 +128,8 @@ export class MicroBatcher {
         resolve,
         reject,
       };
-      const at = performance.now();
-      for (const [index, text] of texts.entries()) this.#queue.push({ text, index, pending, at });
+      this.#queue.push({ texts, next: 0, pending, at: performance.now() });
+      this.#waiting += texts.length;
       this.#schedule();
     });
   }
@@ -134,7 +149,7 @@ export class MicroBatcher {
   #schedule(): void {
     if (this.#running >= this.#concurrency || this.depth === 0) return;
     // The oldest waiting text sets the deadline, also for texts left over from a full batch.
-    const wait = this.#queue[this.#head]!.at + this.#opts.maxDelayMs - performance.now();
+    const wait = this.#queue[0]!.at + this.#opts.maxDelayMs - performance.now();
     if (this.depth >= this.#opts.maxBatch || wait <= 0) {
       if (this.#timer !== undefined) {
         clearTimeout(this.#timer);
@@ -158,17 +173,36 @@ export class MicroBatcher {
     }
   }
 
+  /**
+   * The next batch: up to `maxBatch` texts, an equal share from each waiting
+   * request in arrival order (the first requests get the remainder), so that
+   * a large request cannot hold back the ones behind it. The rest of a
+   * request that already failed in an earlier batch is dropped.
+   */
+  #takeBatch(): Entry[] {
+    const batch: Entry[] = [];
+    const max = this.#opts.maxBatch;
+    for (const q of this.#queue) if (q.pending.settled) this.#waiting -= q.texts.length - q.next;
+    this.#queue = this.#queue.filter((q) => !q.pending.settled);
+    while (batch.length < max && this.#queue.length > 0) {
+      const share = Math.max(1, Math.floor((max - batch.length) / this.#queue.length));
+      for (const q of this.#queue) {
+        const take = Math.min(share, q.texts.length - q.next, max - batch.length);
+        for (let k = 0; k < take; k++, q.next++) {
+          batch.push({ text: q.texts[q.next]!, index: q.next, pending: q.pending });
+        }
+        this.#waiting -= take;
+        if (batch.length >= max) break;
+      }
+      this.#queue = this.#queue.filter((q) => q.next < q.texts.length);
+    }
+    return batch;
+  }
+
   async #flush(): Promise<void> {
     if (this.#running >= this.#concurrency || this.depth === 0) return;
     this.#running++;
-    const end = Math.min(this.#queue.length, this.#head + this.#opts.maxBatch);
-    // Texts of a request that already failed in an earlier batch are not run.
-    const batch = this.#queue.slice(this.#head, end).filter((e) => !e.pending.settled);
-    this.#head = end;
-    if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
-      this.#queue = this.#queue.slice(this.#head);
-      this.#head = 0;
-    }
+    const batch = this.#takeBatch();
     // Another slot free and texts left over (more than a batch was queued): schedule the next batch now.
     this.#schedule();
     const t0 = performance.now();

@@ -25,6 +25,8 @@ export interface RequestLimits {
   maxBodyBytes: number;
   maxTexts: number;
   maxTextBytes: number;
+  /** Most tokens in one request, counted by {@link RoutesOptions.countTokens} (unchecked without it). */
+  maxRequestTokens?: number;
 }
 
 /** Everything the routes need. */
@@ -37,6 +39,8 @@ export interface RoutesOptions {
   metrics: ServerMetrics;
   /** Registry admin routes; absent: not served. */
   admin?: RegistryAdmin;
+  /** Tokens a request's texts cost the model (each up to its sequence limit), for `limits.maxRequestTokens`. */
+  countTokens?: (texts: readonly string[]) => number;
   /** Called with the texts of every successful classification (traffic capture). */
   onClassified?: (texts: readonly string[]) => void;
   /** False while shutting down: readiness checks fail, requests already received still complete. */
@@ -352,9 +356,25 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
   };
   const classify = async (texts: string[]): Promise<BatchResult> => {
     requireLoaded();
+    checkTokenBudget(texts);
     const out = await batcher.submit(texts);
     opts.onClassified?.(texts);
     return out;
+  };
+
+  // A request within the byte limits can still cost minutes of inference (hundreds of texts at the model's
+  // sequence limit): refuse it before it holds the model.
+  const checkTokenBudget = (texts: readonly string[]): void => {
+    const max = limits.maxRequestTokens;
+    if (max === undefined || opts.countTokens === undefined) return;
+    const tokens = opts.countTokens(texts);
+    if (tokens > max) {
+      throw new QuantdError(
+        "REQUEST_TOO_LARGE",
+        `the texts hold ${tokens} tokens, more than the limit of ${max} per request (limits.maxRequestTokens); split the request`,
+        { details: { tokens, maxRequestTokens: max } },
+      );
+    }
   };
 
   const metadata = (): Record<string, unknown> => {

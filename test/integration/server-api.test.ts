@@ -20,7 +20,11 @@ let sock: string;
 beforeAll(async () => {
   dir = tempDir();
   agent = await startAgent(
-    testConfig(dir, { QUANTD_LIMITS_MAX_BODY_BYTES: "4096", QUANTD_LIMITS_MAX_TEXTS: "64" }),
+    testConfig(dir, {
+      QUANTD_LIMITS_MAX_BODY_BYTES: "4096",
+      QUANTD_LIMITS_MAX_TEXTS: "64",
+      QUANTD_LIMITS_MAX_REQUEST_TOKENS: "400",
+    }),
   );
   sock = agent.config.socketPath;
   direct = await loadClassifier(shippedModelPath);
@@ -212,6 +216,19 @@ describe("bad input is a 4xx with the error code, and the server keeps serving",
     });
     expect(res.status).toBe(413);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("REQUEST_TOO_LARGE");
+  });
+
+  test("a request over limits.maxRequestTokens is 413 naming the limit; each text counts up to the model's limit", async () => {
+    const words = "a quiet sentence about nothing in particular ".repeat(22);
+    const r = await classifyOverSocket(sock, [words, words, words]);
+    expect(r.status).toBe(413);
+    const error = r.body["error"] as { code: string; message: string; details: Record<string, number> };
+    expect(error.code).toBe("REQUEST_TOO_LARGE");
+    expect(error.message).toContain("limits.maxRequestTokens");
+    expect(error.details["maxRequestTokens"]).toBe(400);
+    expect(error.details["tokens"]).toBeGreaterThan(400);
+    // One of them fits.
+    expect((await classifyOverSocket(sock, [words])).status).toBe(200);
   });
 
   test("still serving after every bad request", async () => {

@@ -60,7 +60,7 @@ describe("defaults", () => {
     expect(c.swap).toEqual({ errorRate: 0.01, p95Ratio: 1.2, window: 200 });
     expect(c.batching.maxBatch).toBeGreaterThan(1);
     expect(c.capture.enabled).toBe(false);
-    expect(c.inferenceWorkers).toBe(0);
+    expect(c.inferenceWorkers).toBe(1);
   });
 
   test("socket in the state dir without RUNTIME_DIRECTORY", () => {

@@ -102,3 +102,25 @@ test("drain waits for every running batch", async () => {
   expect(drained).toBe(true);
   await Promise.all([a, b]);
 });
+
+test("a large request is interleaved with later ones: each waiting request gets an equal share of a batch", async () => {
+  const backend = new GatedBackend();
+  const batcher = new MicroBatcher(backend, { maxBatch: 4, maxDelayMs: 0, maxQueue: 1000 });
+  const big = batcher.submit(Array.from({ length: 20 }, (_, i) => `big${i}`));
+  await settle();
+  expect(backend.batches).toEqual([["big0", "big1", "big2", "big3"]]);
+  const small = [batcher.submit(["s1"]), batcher.submit(["s2", "s2b"]), batcher.submit(["s3"])];
+  backend.finishOne();
+  await settle();
+  // Not the big request's next four: one text of each waiting request.
+  expect(backend.batches[1]).toEqual(["big4", "s1", "s2", "s3"]);
+  backend.finishOne();
+  await settle();
+  // Two requests left waiting: two texts each, the big one filling what the other cannot.
+  expect(backend.batches[2]).toEqual(["big5", "big6", "s2b", "big7"]);
+  await runAll(backend, Promise.all([big, ...small]));
+  const results = await Promise.all([big, ...small]);
+  expect(results[0]!.results.map((r) => r.label)).toEqual(Array.from({ length: 20 }, (_, i) => `big${i}`));
+  expect(results[2]!.results.map((r) => r.label)).toEqual(["s2", "s2b"]);
+  expect(batcher.depth).toBe(0);
+});
