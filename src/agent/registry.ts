@@ -630,7 +630,13 @@ async function diagnoseLoadFailure(path: string, shownPath: string, err: QuantdE
     const { decodeModel } = await import("../onnx/codec.ts");
     decodeModel(await Bun.file(path).bytes(), shownPath);
   } catch (decodeErr) {
-    if (isQuantdError(decodeErr) && decodeErr.code.startsWith("MODEL_")) return decodeErr;
+    if (isQuantdError(decodeErr) && decodeErr.code.startsWith("MODEL_")) {
+      // The staged copy's name means nothing to whoever asked to promote their file: name theirs.
+      if (!decodeErr.message.includes(path)) return decodeErr;
+      return new QuantdError(decodeErr.code, decodeErr.message.replaceAll(path, shownPath), {
+        details: { ...decodeErr.details, path: shownPath },
+      });
+    }
   }
   return err;
 }

@@ -11,6 +11,7 @@ import { notifyReady, notifyStopping, notifyWatchdog, watchdogIntervalMs } from 
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import type { ModelVersionView } from "../../server/types.ts";
 import type { Command, CommandContext } from "../command.ts";
+import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { JSON_FLAG } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagString, usageError } from "../parse.ts";
 import { SHIPPED_MODEL } from "../paths.ts";
@@ -47,12 +48,13 @@ function configFlags(ctx: CommandContext): ConfigFlags {
 }
 
 async function serve(ctx: CommandContext): Promise<number> {
+  const logger = loggerFromFlags(ctx.flags, ctx.err);
   const { profile } = detectDevice();
   const config = loadAgentConfig({ profile, defaultModel: SHIPPED_MODEL, flags: configFlags(ctx) });
-  const agent = await startAgent(config, { log: ctx.err });
+  const agent = await startAgent(config, { log: logger.line });
   const active = agent.registry.activeVersion();
   const status = `serving ${config.modelName} version ${active?.id} (${active?.kind}) on ${config.socketPath}`;
-  ctx.err(`ready: ${status}, ${config.threads} threads`);
+  logger.info(`ready: ${status}, ${config.threads} threads`);
   // systemd (Type=notify): ready only now that the model is loaded; the watchdog is petted from the
   // event loop, so a wedged loop stops the pings and systemd restarts the agent.
   notifyReady(status);
@@ -62,7 +64,7 @@ async function serve(ctx: CommandContext): Promise<number> {
     const onSignal = (signal: string): void => {
       notifyStopping();
       if (watchdog !== undefined) clearInterval(watchdog);
-      ctx.err(`${signal}: stopping (draining requests)`);
+      logger.info(`${signal}: stopping (draining requests)`);
       process.off("SIGTERM", onTerm);
       process.off("SIGINT", onInt);
       resolve();
@@ -172,6 +174,7 @@ export const agentCommand: Command = {
       description: "fleet name",
       default: "the config's fleet.fleet ($QUANTD_FLEET_FLEET), else default",
     },
+    ...LOG_FLAGS,
     JSON_FLAG,
   ],
   async run(ctx) {

@@ -14,6 +14,7 @@ import { checkName } from "../../fleet/protocol.ts";
 import { createFleetRequester } from "../../fleet/requester.ts";
 import { redactUrl } from "../../redact.ts";
 import type { Command, CommandContext, FlagSpec } from "../command.ts";
+import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
 import { renderTable } from "../render.ts";
 import { describeDeviceStatus, describeFleetOutcome } from "../summaries.ts";
@@ -114,6 +115,7 @@ function ago(at: number | null | undefined): string {
 }
 
 async function serve(ctx: CommandContext): Promise<number> {
+  const logger = loggerFromFlags(ctx.flags, ctx.err);
   const dbPath = flagString(ctx.flags, "db") ?? "quantd-fleet.db";
   // A postgres:// URL is for several replicas sharing one state; a path is one controller's SQLite file.
   const store = /^postgres(ql)?:\/\//.test(dbPath)
@@ -132,18 +134,18 @@ async function serve(ctx: CommandContext): Promise<number> {
     ...(conn.cert === undefined ? {} : { cert: conn.cert }),
     ...(conn.key === undefined ? {} : { key: conn.key }),
     ...(conn.maxPacketBytes === undefined ? {} : { maxPacketBytes: conn.maxPacketBytes }),
-    log: ctx.err,
+    log: logger.line,
   });
   const http = flagString(ctx.flags, "http");
   const dashboard = http === undefined ? undefined : startDashboard(controller, http);
   const ready = await controller.waitReady(10_000);
-  ctx.err(
+  logger.info(
     `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${redactUrl(conn.url)}, db ${shownDb}` +
       (dashboard === undefined ? "" : `, dashboard ${dashboard.url}`),
   );
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
-      ctx.err(`${signal}: stopping`);
+      logger.info(`${signal}: stopping`);
       process.off("SIGTERM", onTerm);
       process.off("SIGINT", onInt);
       resolve();
@@ -315,6 +317,7 @@ export const fleetCommand: Command = {
     { name: "method", type: "string", value: "NAME", description: "recalibrate: calibration method" },
     { name: "version", type: "string", value: "ID", description: "rollback: model version to return to" },
     { name: "json", type: "boolean", description: "print JSON" },
+    ...LOG_FLAGS.map((f) => ({ ...f, description: `serve: ${f.description}` })),
   ],
   async run(ctx) {
     const sub = ctx.positionals[0];
