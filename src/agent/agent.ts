@@ -8,30 +8,29 @@
 import { chmodSync, mkdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { isQuantdError, QuantdError } from "../errors.ts";
+import { QuantdError } from "../errors.ts";
 import type { FleetLink } from "../fleet/link.ts";
 import { redactUrl } from "../redact.ts";
 import { MicroBatcher } from "../server/batcher.ts";
 import { type Listeners, startListeners } from "../server/listen.ts";
 import { createRoutes, ServerMetrics } from "../server/routes.ts";
-import { DEFAULT_BUSY_TIMEOUT_MS } from "../store/open.ts";
 import { openStoreRecovering } from "../store/recover.ts";
 import { databasePath, type Store } from "../store/store.ts";
+import { CaptureQueue } from "./capture-queue.ts";
 import type { AgentConfig } from "./config.ts";
 import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
 import type { JobRunner } from "./jobs.ts";
 import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
 import { ModelRegistry, type RegistryEvent, reregisterModelFiles } from "./registry.ts";
 
-/** Live-traffic samples are written to the store in groups, off the request path. */
-const CAPTURE_FLUSH_MS = 1000;
-const CAPTURE_FLUSH_TEXTS = 64;
-/** Longest wait for another process's write lock when writing captured samples, in ms. */
-const CAPTURE_BUSY_TIMEOUT_MS = 20;
+/**
+ * Longest wait of the serving process for another process's SQLite write lock, in ms. SQLite waits by
+ * blocking the thread, and this thread answers requests: a write that meets a lock fails fast with
+ * STORE_BUSY (capture retries later; a job's stage record is skipped; an admin call gets 503).
+ */
+const SERVING_BUSY_TIMEOUT_MS = 20;
 /** Stored samples added to the probe batch of a promoted version. */
 const PROBE_SAMPLES = 14;
-/** Captured texts kept while the store stays locked; older ones are dropped. */
-const CAPTURE_MAX_PENDING = 1024;
 
 /** A running agent. */
 export interface Agent {
@@ -113,6 +112,7 @@ async function openAgentStore(
   log: (line: string) => void,
 ): Promise<Store> {
   const { store, setAside } = await openStoreRecovering(databasePath(config.stateDir), {
+    busyTimeoutMs: SERVING_BUSY_TIMEOUT_MS,
     samples: {
       maxRows: config.samplePool.maxRows,
       maxBytes: config.samplePool.maxBytes,
@@ -187,35 +187,14 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   metrics = new ServerMetrics({ queueDepth: () => batcher.depth, active: () => registry.active() });
 
   let accepting = true;
-  let captured: string[] = [];
-  let captureTimer: ReturnType<typeof setTimeout> | undefined;
   let store: Store;
-  const flushCapture = (): void => {
-    if (captureTimer !== undefined) clearTimeout(captureTimer);
-    captureTimer = undefined;
-    const texts = captured;
-    captured = [];
-    if (texts.length === 0) return;
-    // SQLite waits for a lock by blocking the thread, and this thread serves requests: wait briefly,
-    // and when another process (`quantd collect`, a job) holds the write lock, keep the texts for later.
-    store.db.pragma("busy_timeout", CAPTURE_BUSY_TIMEOUT_MS);
-    try {
-      store.samples.add(
-        texts.map((text) => ({ text })),
-        { source: "live" },
-      );
-    } catch (err) {
-      if (isQuantdError(err, "STORE_BUSY")) {
-        captured = [...texts, ...captured].slice(-CAPTURE_MAX_PENDING);
-        captureTimer = setTimeout(flushCapture, CAPTURE_FLUSH_MS);
-      } else {
-        // Capture is best effort: a full disk must not fail inference.
-        log(`capture: ${QuantdError.from(err).toLine()}`);
-      }
-    } finally {
-      store.db.pragma("busy_timeout", DEFAULT_BUSY_TIMEOUT_MS);
-    }
-  };
+  const capture = new CaptureQueue({
+    samples: () => store.samples,
+    rate: config.capture.rate,
+    random,
+    onDropped: (n) => metrics?.storeWritesDropped.inc({ kind: "capture" }, n),
+    log,
+  });
   const handler = createRoutes({
     modelName: config.modelName,
     backend: registry,
@@ -225,15 +204,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     metrics,
     admin: registry,
     accepting: () => accepting,
-    onClassified: config.capture.enabled
-      ? (texts) => {
-          for (const t of texts) if (random() < config.capture.rate) captured.push(t);
-          if (captured.length >= CAPTURE_FLUSH_TEXTS) flushCapture();
-          else if (captured.length > 0 && captureTimer === undefined) {
-            captureTimer = setTimeout(flushCapture, CAPTURE_FLUSH_MS);
-          }
-        }
-      : undefined,
+    onClassified: config.capture.enabled ? (texts) => capture.offer(texts) : undefined,
   });
 
   const listeners = await startListeners({
@@ -345,9 +316,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
         await batcher.drain();
         await listeners.stop();
         await batcher.drain();
-        if (captureTimer !== undefined) clearTimeout(captureTimer);
         heap.stop();
-        flushCapture();
+        capture.flush();
+        capture.stop();
         await registry.close();
         store.close();
         log("stopped");

@@ -45,6 +45,8 @@ export const DEFAULT_STOP_WAIT_MS = 20_000;
 export const LOCK_RETRY_FIRST_MS = 1000;
 /** Longest wait between two attempts at the runner lock. */
 export const LOCK_RETRY_MAX_MS = 60_000;
+/** How long the end of a job waits for a locked store before it is left to the next start's recovery. */
+const FINISH_RETRY_MS = 120_000;
 /** The lock file's name inside the work root. */
 export const RUNNER_LOCK_FILE = "runner.lock";
 /** The checkpoint file's name inside a job's work directory. */
@@ -681,7 +683,14 @@ export class JobRunner {
         check();
         const update: { stage: string; progress?: number } = { stage: name };
         if (progress !== undefined) update.progress = Math.min(1, Math.max(0, progress));
-        this.#emit(jobs.update(job.id, update));
+        try {
+          this.#emit(jobs.update(job.id, update));
+        } catch (err) {
+          // A stage record is progress information (resuming goes by the checkpoint): when another process
+          // holds the store's lock, go on without it rather than fail the job or wait on the lock.
+          if (!isQuantdError(err, "STORE_BUSY")) throw err;
+          this.#log(`jobs: job ${job.id} stage ${name} not recorded: the store is locked`);
+        }
       },
       check,
       readCheckpoint: () => {
@@ -747,17 +756,20 @@ export class JobRunner {
       const e = error ?? new QuantdError("INTERNAL", "job ended without a verdict");
       return jobs.finish(job.id, e.code === "JOB_TIMED_OUT" ? "TIMED_OUT" : "FAILED", { error: e.toJSON() });
     };
-    // A locked database may free up in a moment; if it does not, recovery at the next start ends the job.
-    for (let attempt = 0; attempt < 5 && done === undefined; attempt++) {
+    // A locked database frees up sooner or later: wait for it (asynchronously, with back-off, for about
+    // FINISH_RETRY_MS); if it does not, recovery at the next start ends the job.
+    for (let attempt = 0, waited = 0; done === undefined; attempt++) {
       try {
         done = finish();
       } catch (err) {
         const qe = QuantdError.from(err);
-        if (qe.code !== "STORE_BUSY" || attempt === 4) {
+        if (qe.code !== "STORE_BUSY" || waited >= FINISH_RETRY_MS) {
           this.#log(`jobs: cannot record the end of job ${job.id}: ${qe.toLine()}`);
           return undefined;
         }
-        await sleep(200 * (attempt + 1));
+        const ms = Math.min(5000, 200 * 2 ** attempt);
+        await sleep(ms);
+        waited += ms;
       }
     }
     rmSync(workDir, { recursive: true, force: true });

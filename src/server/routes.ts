@@ -57,6 +57,7 @@ export class ServerMetrics {
   readonly batchDuration: Histogram;
   readonly swaps: Counter;
   readonly rollbacks: Counter;
+  readonly storeWritesDropped: Counter;
 
   constructor(opts: {
     queueDepth: () => number;
@@ -101,6 +102,12 @@ export class ServerMetrics {
     );
     this.swaps = r.add(new Counter("quantd_model_swaps_total", "Model promotions served"));
     this.rollbacks = r.add(new Counter("quantd_model_rollbacks_total", "Rollbacks, by trigger"));
+    this.storeWritesDropped = r.add(
+      new Counter(
+        "quantd_store_writes_dropped_total",
+        "Rows the serving process gave up writing (store locked too long, or full), by kind",
+      ),
+    );
     r.add(
       new Gauge("quantd_process_resident_memory_bytes", "Resident set size of the agent", () => [
         { labels: {}, value: process.memoryUsage.rss() },

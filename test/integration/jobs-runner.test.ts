@@ -20,6 +20,7 @@ import {
 } from "../../src/agent/jobs.ts";
 import { isQuantdError } from "../../src/errors.ts";
 import type { Job } from "../../src/store/jobs.ts";
+import { openSqlDatabase } from "../../src/store/open.ts";
 import { databasePath, openStore, type Store } from "../../src/store/store.ts";
 import { until } from "../helpers/until.ts";
 import { tempDir } from "./jobs-harness.ts";
@@ -319,6 +320,35 @@ describe("job runner", () => {
     } finally {
       execFileSync("umount", ["-l", workRoot], { stdio: "ignore" });
     }
+  });
+
+  test("a store locked by another process: stages go unrecorded, the job runs on and its end waits for the lock", async () => {
+    const ran: string[] = [];
+    const logs: string[] = [];
+    const dir = tempDir();
+    // The serving process's connection: it waits only briefly for a lock.
+    const store = await openStore(databasePath(dir), { busyTimeoutMs: 20 });
+    stores.push(store);
+    const runner = new JobRunner({
+      jobs: store.jobs,
+      workRoot: join(dir, "jobs"),
+      handlers: { staged: stagedHandler(ran, 30) },
+      pollMs: 20,
+      log: (l) => logs.push(l),
+    });
+    runners.push(runner);
+    store.jobs.create({ type: "staged", id: "locked" });
+    const other = await openSqlDatabase(databasePath(dir));
+    const done = runner.runNext();
+    await Bun.sleep(10);
+    other.exec("BEGIN IMMEDIATE");
+    await Bun.sleep(400);
+    other.exec("COMMIT");
+    other.close();
+    const job = await done;
+    expect(job?.state).toBe("SUCCEEDED");
+    expect(ran).toEqual(["locked:one", "locked:two", "locked:three"]);
+    expect(logs.join("\n")).toContain("not recorded: the store is locked");
   });
 
   test("stale temporary files of dead writers are removed, live ones and other files kept", () => {
