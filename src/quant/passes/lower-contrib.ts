@@ -264,6 +264,15 @@ export function lowerContribOps(model: ModelProto): LoweredModel {
     });
   }
   if (lowered.length === 0) return { model, lowered };
-  const graph = { ...g, node: nodes, initializer: [...g.initializer, ...added] };
+  // A weight the lowered node read in another form (FusedMatMul's B before alpha·op(B)) is dead now:
+  // left in, it would ship in the int8 file as fp32 bytes nothing reads.
+  const read = new Set<string>([...g.output.map((o) => o.name), ...g.input.map((i) => i.name)]);
+  for (const n of nodes) for (const i of n.input) read.add(i);
+  // Only what a lowered node read is a candidate: a subgraph may read other initializers unseen here.
+  const replaced = new Set<string>();
+  const kept = new Set(nodes);
+  for (const n of g.node) if (!kept.has(n)) for (const i of n.input) replaced.add(i);
+  const initializer = [...g.initializer, ...added].filter((t) => read.has(t.name) || !replaced.has(t.name));
+  const graph = { ...g, node: nodes, initializer };
   return { model: { ...model, graph }, lowered };
 }

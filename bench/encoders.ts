@@ -1,0 +1,157 @@
+/**
+ * One row per encoder fixture (`test/fixtures/exporters/index.ts`: each
+ * exporter's graph shape of the synthetic BERT, onnxruntime-optimized copies,
+ * external data, the shipped BERT-Mini): static int8 with default flags and
+ * dynamic int8, each validated against fp32 on held-out SST-2 sentences, with
+ * top-1 agreement, the size ratio, the fp32 weight nodes left and why, and the
+ * graph changes made before quantizing (opset upgrade, contrib ops lowered).
+ *
+ *   bun bench/encoders.ts                  # mini-sized synthetic fixtures (4 × 256) + the shipped model
+ *   bun bench/encoders.ts --size tiny      # 2 × 32 (what the tests use; per-row embedding scales weigh more)
+ *   bun bench/encoders.ts --only ort-extended,ts-opset11-tanh-mul --val 1024 --calib 128
+ *   bun bench/encoders.ts --decide-on point  # gate on the point estimate (default: its 95 % lower bound)
+ *   bun bench/encoders.ts --markdown FILE  # also write the table to FILE
+ *
+ * A fixture that fails prints its error code in the row; the script never
+ * fails on a miss (the targets — gate met, ≤ 27 % size — are read, not asserted).
+ * Other architectures join by adding fixtures to the list in
+ * `test/fixtures/exporters/index.ts`.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { isQuantdError } from "../src/errors.ts";
+import { runQuantization } from "../src/quant/pipeline.ts";
+import type { QuantizeReport } from "../src/quant/report.ts";
+import {
+  type EncoderFixture,
+  shippedEncoderFixtures,
+  syntheticEncoderFixtures,
+  TEST_BERT,
+} from "../test/fixtures/exporters/index.ts";
+import { SYNTHETIC_BERT_PRESETS, type SyntheticBertConfig } from "../test/fixtures/synthetic-bert.ts";
+
+const repoRoot = resolve(import.meta.dir, "..");
+const shippedDir = join(repoRoot, "calib/models/sst2-bert-mini");
+const poolTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
+
+const { values } = parseArgs({
+  options: {
+    size: { type: "string", default: "mini" },
+    only: { type: "string" },
+    calib: { type: "string", default: "128" },
+    val: { type: "string", default: "1024" },
+    "decide-on": { type: "string", default: "bound" },
+    threads: { type: "string", default: "1" },
+    markdown: { type: "string" },
+  },
+});
+
+const SIZES: Record<string, SyntheticBertConfig> = {
+  tiny: TEST_BERT,
+  // BERT-Mini's shape with the shipped tokenizer's vocabulary, so the shipped WordPiece tokenizer fits.
+  mini: { ...SYNTHETIC_BERT_PRESETS.mini, vocab: 16384 },
+};
+
+/** One fixture's figures in one mode. */
+interface ModeRow {
+  agreement?: number;
+  /** The agreement's 95 % lower confidence bound, what the default gate decides on. */
+  lower?: number;
+  sizeRatio?: number;
+  fp32Left: string[];
+  error?: string;
+  report?: QuantizeReport;
+}
+
+function keptSummary(report: QuantizeReport): string[] {
+  return report.keptFp32.map((k) => `${k.opType ?? "?"} ${k.node} (${k.detail ?? k.reason})`);
+}
+
+async function quantize(
+  model: string,
+  out: string,
+  mode: "static" | "dynamic",
+  samples: string,
+): Promise<ModeRow> {
+  try {
+    const { report } = await runQuantization({
+      model,
+      calib: samples,
+      out,
+      mode,
+      samples: Number(values.calib),
+      validationSamples: Number(values.val),
+      decideOn: values["decide-on"] === "point" ? "point" : "bound",
+      threads: Number(values.threads),
+    });
+    const row: ModeRow = {
+      agreement: report.metrics.agreement,
+      lower: report.metrics.agreementLower,
+      fp32Left: keptSummary(report),
+      report,
+    };
+    if (report.model.sizeRatio !== undefined) row.sizeRatio = report.model.sizeRatio;
+    return row;
+  } catch (err) {
+    return { fp32Left: [], error: isQuantdError(err) ? `${err.code}: ${err.message}` : String(err) };
+  }
+}
+
+const pct = (x: number | undefined): string => (x === undefined ? "—" : `${(x * 100).toFixed(2)} %`);
+const agreement = (r: ModeRow): string =>
+  r.error !== undefined ? "FAILED" : `${pct(r.agreement)} (≥ ${pct(r.lower)})`;
+
+async function main(): Promise<void> {
+  const config = SIZES[values.size];
+  if (config === undefined) throw new Error(`--size must be one of ${Object.keys(SIZES).join(", ")}`);
+  const only = values.only?.split(",").filter((s) => s !== "");
+  const all: EncoderFixture[] = [
+    ...syntheticEncoderFixtures(config),
+    ...shippedEncoderFixtures(join(shippedDir, "model.onnx")),
+  ];
+  const fixtures = only === undefined ? all : all.filter((f) => only.includes(f.name));
+  const dir = mkdtempSync(join(tmpdir(), "quantd-bench-encoders-"));
+  const samples = join(dir, "samples.tsv");
+  const pool = readFileSync(poolTsv, "utf8").trim().split("\n");
+  writeFileSync(samples, `${pool.slice(0, 1 + Number(values.calib) + Number(values.val)).join("\n")}\n`);
+  const lines = [
+    `encoders: synthetic ${values.size} (${config.layers} × ${config.hidden}, vocab ${config.vocab}) + shipped BERT-Mini; ` +
+      `${values.calib} calibration / ${values.val} held-out SST-2 train sentences; default flags, gate 99.5 % on the ${values["decide-on"] === "point" ? "point estimate" : "95 % lower bound"}`,
+    "",
+    "| fixture | static agreement (95 % bound) | static size | dynamic agreement (bound) | dynamic size | opset | lowered | fp32 weight nodes left (why) |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  ];
+  console.log(lines.join("\n"));
+  try {
+    for (const f of fixtures) {
+      const model = await f.build(join(dir, f.name), shippedDir);
+      const st = await quantize(model, join(dir, f.name, "int8-static.onnx"), "static", samples);
+      const dy = await quantize(model, join(dir, f.name, "int8-dynamic.onnx"), "dynamic", samples);
+      const graph = st.report?.graph ?? dy.report?.graph;
+      const opset =
+        graph === undefined
+          ? "—"
+          : graph.opset.from === graph.opset.to
+            ? `${graph.opset.to}`
+            : `${graph.opset.from}→${graph.opset.to}`;
+      const lowered =
+        graph === undefined || graph.lowered.length === 0
+          ? "—"
+          : [...new Set(graph.lowered.map((l) => l.opType))].join(", ");
+      const left =
+        st.error ??
+        dy.error ??
+        (st.fp32Left.length === 0 ? "none" : `${st.fp32Left.length}: ${st.fp32Left.join("; ")}`);
+      const row = `| ${f.name} | ${agreement(st)} | ${pct(st.sizeRatio)} | ${agreement(dy)} | ${pct(dy.sizeRatio)} | ${opset} | ${lowered} | ${left} |`;
+      lines.push(row);
+      console.log(row);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  if (values.markdown !== undefined) writeFileSync(values.markdown, `${lines.join("\n")}\n`);
+}
+
+await main();
