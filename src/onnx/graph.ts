@@ -32,6 +32,35 @@ export function getOpsetVersion(model: ModelProto, domain = ""): number | undefi
   return undefined;
 }
 
+/**
+ * A copy of the model that passes may edit: new node, initializer, input,
+ * output, value-info and opset lists and new node objects, sharing the (never
+ * mutated) tensors, so a 30 MB model is not duplicated and the caller's model
+ * stays as it was.
+ */
+export function copyForEdit(model: ModelProto): ModelProto {
+  const g = model.graph;
+  const graph: GraphProto = {
+    ...g,
+    node: g.node.map((n) => ({
+      ...n,
+      input: [...n.input],
+      output: [...n.output],
+      attribute: [...n.attribute],
+    })),
+    initializer: [...g.initializer],
+    input: [...g.input],
+    output: [...g.output],
+    valueInfo: [...g.valueInfo],
+  };
+  return {
+    ...model,
+    graph,
+    opsetImport: model.opsetImport.map((o) => ({ ...o })),
+    metadataProps: [...model.metadataProps],
+  };
+}
+
 /** The attribute `name` of a node, or undefined. */
 export function getAttribute(node: NodeProto, name: string): AttributeProto | undefined {
   return node.attribute.find((a) => a.name === name);

@@ -59,33 +59,35 @@ function attrInt(n: NodeProto, name: string, fallback: number): number {
   return attr(n, name)?.i ?? fallback;
 }
 
+/** Elementwise ops of one float input: output type and shape are input 0's. */
+const UNARY: readonly string[] = [
+  ...["Neg", "Abs", "Sqrt", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Elu", "Selu"],
+  ...["Celu", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Reciprocal", "Floor", "Ceil"],
+  ...["Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh"],
+  ...["Atanh", "Mish", "ThresholdedRelu", "Shrink", "Clip", "Identity"],
+];
+
+/** Elementwise ops of several inputs, broadcast (input 0's type). */
+const BINARY: readonly string[] = [
+  ...["Add", "Sub", "Mul", "Div", "Pow", "Mod", "Min", "Max", "Mean", "Sum", "PRelu", "BitShift"],
+];
+
+/** Ops that normalize along an axis: output type and shape are input 0's. */
+const NORMALIZING: readonly string[] = [
+  ...["Softmax", "LogSoftmax", "Hardmax", "BatchNormalization", "InstanceNormalization"],
+  ...["GroupNormalization", "LpNormalization", "MeanVarianceNormalization", "CumSum", "Trilu"],
+];
+
 /** Ops whose outputs all have the element type of input 0 (elementwise, data movement, reductions, linear algebra). */
 const SAME_AS_INPUT0: ReadonlySet<string> = new Set([
-  ...["Add", "Sub", "Mul", "Div", "Pow", "Mod", "Min", "Max", "Mean", "Sum", "PRelu", "BitShift"],
-  ...[
-    "Neg",
-    "Abs",
-    "Sqrt",
-    "Exp",
-    "Log",
-    "Erf",
-    "Tanh",
-    "Sigmoid",
-    "Relu",
-    "LeakyRelu",
-    "Elu",
-    "Selu",
-    "Celu",
-  ],
-  ...["Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Reciprocal", "Floor", "Ceil", "Round"],
-  ...["Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Mish"],
-  ...["ThresholdedRelu", "Shrink", "Clip", "Identity", "MatMul", "Gemm", "Einsum", "Det"],
-  ...["Softmax", "LogSoftmax", "Hardmax", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"],
+  ...UNARY,
+  ...BINARY,
+  ...NORMALIZING,
+  ...["MatMul", "Gemm", "Einsum", "Det", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"],
   ...["Expand", "Tile", "Slice", "Concat", "Pad", "Split", "Gather", "GatherElements", "GatherND"],
-  ...["ScatterND", "ScatterElements", "Trilu", "CumSum", "ReverseSequence", "Compress", "Resize"],
+  ...["ScatterND", "ScatterElements", "ReverseSequence", "Compress", "Resize"],
   ...["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2"],
-  ...["ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Conv", "ConvTranspose", "BatchNormalization"],
-  ...["InstanceNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"],
+  ...["ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Conv", "ConvTranspose"],
   ...["MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "DepthToSpace", "SpaceToDepth"],
   ...["Range"],
 ]);
@@ -121,44 +123,14 @@ const BOOL_OUT: ReadonlySet<string> = new Set([
 ]);
 
 /** Elementwise ops whose output shape is the broadcast of their inputs'. */
-const BROADCAST: ReadonlySet<string> = new Set([
-  ...["Add", "Sub", "Mul", "Div", "Pow", "Mod", "Min", "Max", "Mean", "Sum", "PRelu", "Where", "BitShift"],
-  ...BOOL_OUT,
-]);
+const BROADCAST: ReadonlySet<string> = new Set([...BINARY, "Where", ...BOOL_OUT]);
 
 /** Ops whose output 0 has the shape of input 0. */
 const SAME_SHAPE: ReadonlySet<string> = new Set([
-  ...[
-    "Neg",
-    "Abs",
-    "Sqrt",
-    "Exp",
-    "Log",
-    "Erf",
-    "Tanh",
-    "Sigmoid",
-    "Relu",
-    "LeakyRelu",
-    "Elu",
-    "Selu",
-    "Celu",
-  ],
-  ...["Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Reciprocal", "Floor", "Ceil", "Round"],
-  ...["Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Mish"],
-  ...[
-    "ThresholdedRelu",
-    "Shrink",
-    "Clip",
-    "Identity",
-    "Softmax",
-    "LogSoftmax",
-    "Hardmax",
-    "Cast",
-    "CastLike",
-  ],
-  ...["Not", "IsNaN", "IsInf", "CumSum", "Trilu", "LayerNormalization", "InstanceNormalization", "Dropout"],
-  ...["BatchNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"],
-  ...["ScatterND", "ScatterElements", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"],
+  ...UNARY,
+  ...NORMALIZING,
+  ...["Cast", "CastLike", "Not", "IsNaN", "IsInf", "LayerNormalization", "Dropout", "ScatterND"],
+  ...["ScatterElements", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"],
 ]);
 
 /** com.microsoft ops whose output 0 has the shape of input 0. */

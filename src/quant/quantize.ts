@@ -53,8 +53,9 @@
  */
 import { assertNever, QuantdError } from "../errors.ts";
 import { encodeModel } from "../onnx/codec.ts";
+import { copyForEdit } from "../onnx/graph.ts";
 import { upgradeOpset } from "../onnx/opset-upgrade.ts";
-import type { GraphProto, ModelProto } from "../onnx/types.ts";
+import type { ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import { calibrate } from "./calibrate.ts";
 import { quantizeEmbeddings } from "./passes/embedding.ts";
@@ -158,29 +159,6 @@ function stripUndefined<T extends object>(o: T): T {
 }
 
 /**
- * A copy of the model that passes may edit: new node and initializer lists and
- * new node objects, sharing the (never mutated) tensors, so a 30 MB model is
- * not duplicated and the caller's model stays as it was.
- */
-function editableCopy(model: ModelProto): ModelProto {
-  const g = model.graph;
-  const graph: GraphProto = {
-    ...g,
-    node: g.node.map((n) => ({
-      ...n,
-      input: [...n.input],
-      output: [...n.output],
-      attribute: [...n.attribute],
-    })),
-    initializer: [...g.initializer],
-    input: [...g.input],
-    output: [...g.output],
-    valueInfo: [...g.valueInfo],
-  };
-  return { ...model, graph, opsetImport: [...model.opsetImport], metadataProps: [...model.metadataProps] };
-}
-
-/**
  * Reshape rewrites already confirmed by onnxruntime, per fp32 input model: the
  * gate's fallback and `auto` mode rebuild from the same model several times,
  * and each check costs two session loads.
@@ -256,7 +234,7 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
   }
 
   const tq = performance.now();
-  const out = editableCopy(model);
+  const out = copyForEdit(model);
   const rw = new GraphRewrite(out.graph);
   const qparams =
     options.type === "static" ? activationQParams(plan, ranges, options.reduceRange) : new Map();
