@@ -11,8 +11,11 @@ import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
 import type { FleetLink } from "../fleet/link.ts";
 import { redactUrl } from "../redact.ts";
+import { ORT_VERSION } from "../runtime/ort-session.ts";
 import { MicroBatcher } from "../server/batcher.ts";
 import { type Listeners, startListeners } from "../server/listen.ts";
+import { addProcessMetrics } from "../server/metrics.ts";
+import { type MetricsListener, startMetricsListener } from "../server/metrics-listener.ts";
 import { createRoutes, ServerMetrics } from "../server/routes.ts";
 import { openStoreRecovering } from "../store/recover.ts";
 import { databasePath, type Store } from "../store/store.ts";
@@ -40,6 +43,8 @@ export interface Agent {
   readonly batcher: MicroBatcher;
   readonly metrics: ServerMetrics;
   readonly listeners: Listeners;
+  /** The read-only `/metrics` listener of `metrics.listen`, when configured. */
+  readonly metricsListener: MetricsListener | undefined;
   /** The recalibration job runner (`running` is false while another process holds the runner lock: it retries). */
   readonly jobs: JobRunner | undefined;
   /** The fleet link, when a broker is configured. */
@@ -185,6 +190,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     },
   });
   metrics = new ServerMetrics({ queueDepth: () => batcher.depth, active: () => registry.active() });
+  addProcessMetrics(metrics.registry, { version: pkg.version, bun: Bun.version, onnxruntime: ORT_VERSION });
 
   let accepting = true;
   let store: Store;
@@ -291,6 +297,21 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     }
   }
 
+  let scrape: MetricsListener | undefined;
+  if (config.metricsListen !== undefined) {
+    try {
+      const registryOfMetrics = metrics.registry;
+      scrape = startMetricsListener(config.metricsListen, () => registryOfMetrics.render());
+      log(`metrics: GET /metrics on http://${scrape.address.host}:${scrape.address.port} (read-only)`);
+    } catch (err) {
+      await fleet?.stop({ flushMs: 0 });
+      await listeners.stop();
+      await registry.close();
+      store.close();
+      throw err;
+    }
+  }
+
   // After the fleet link exists: resuming an interrupted job reports its changes through it.
   // Another process (a `quantd job --wait`) may hold the state directory's runner lock, or the disk be
   // full: serve anyway, and take the lock once it is free.
@@ -304,6 +325,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     batcher,
     metrics,
     listeners,
+    metricsListener: scrape,
     jobs,
     fleet,
     stop() {
@@ -315,6 +337,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
         await fleet?.stop({ flushMs: 1000 });
         await batcher.drain();
         await listeners.stop();
+        await scrape?.stop();
         await batcher.drain();
         heap.stop();
         capture.flush();

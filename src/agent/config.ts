@@ -69,6 +69,12 @@ export interface AgentConfig {
   socketPath: string;
   /** Optional TCP listener, loopback only. */
   tcp: TcpConfig | undefined;
+  /**
+   * Where a Prometheus scraper reads `/metrics` (`metrics.listen`, any host): a
+   * separate listener that serves that one read-only route and nothing of the
+   * inference or admin API. @defaultValue none: `/metrics` on the socket only
+   */
+  metricsListen: TcpAddress | undefined;
   /** The initial fp32 model. */
   model: string;
   /** Whether `model` was asked for explicitly (then it is served even if the store has an active version). */
@@ -123,6 +129,8 @@ export interface ConfigFlags {
   socket?: string;
   model?: string;
   tcp?: string;
+  /** `metrics.listen`: HOST:PORT of the read-only `/metrics` listener. */
+  metricsListen?: string;
   /** Fleet broker URL, device id and fleet name (`fleet.broker`, `fleet.device`, `fleet.fleet`). */
   broker?: string;
   device?: string;
@@ -153,7 +161,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
 /** Default post-swap checks: over its first 200 batches, more than 1 % failed batches or a p95 batch latency above 1.2 × the old model's rolls a new model back. */
 export const DEFAULT_SWAP_CHECKS: SwapChecksConfig = { errorRate: 0.01, p95Ratio: 1.2, window: 200 };
 
-type KeyType = "string" | "int" | "number" | "boolean" | "tcp";
+type KeyType = "string" | "int" | "number" | "boolean" | "tcp" | "address";
 
 interface KeySpec {
   /** Dotted path in the file, e.g. `batching.maxBatch`. */
@@ -170,6 +178,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "stateDir", type: "string" },
   { path: "socketPath", type: "string" },
   { path: "tcp", type: "tcp" },
+  { path: "metrics.listen", type: "address" },
   { path: "model", type: "string" },
   { path: "tokenizerDir", type: "string" },
   { path: "modelName", type: "string" },
@@ -239,6 +248,24 @@ export function isLoopbackHost(host: string): boolean {
  * @throws CONFIG_INVALID for a malformed value or a non-loopback host
  */
 export function parseTcp(raw: unknown, key = "tcp", source = "flag"): TcpConfig {
+  const { host, port } = parseAddress(raw, key, source);
+  if (!isLoopbackHost(host)) {
+    throw invalid(
+      key,
+      `host ${host} is not a loopback address: the TCP listener serves only 127.0.0.0/8, ::1 or localhost`,
+      source,
+    );
+  }
+  return { host, port };
+}
+
+/**
+ * Parses `HOST:PORT` (`[::1]:8080` for IPv6) or `{host, port}`, any host: for
+ * listeners that serve nothing a client could change (the metrics listener).
+ *
+ * @throws CONFIG_INVALID for a malformed value
+ */
+export function parseAddress(raw: unknown, key: string, source = "flag"): TcpAddress {
   let host: string;
   let port: unknown;
   if (isRecord(raw)) {
@@ -254,13 +281,6 @@ export function parseTcp(raw: unknown, key = "tcp", source = "flag"): TcpConfig 
   if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535) {
     throw invalid(key, `port must be an integer in 0..65535, got ${JSON.stringify(port)}`, source);
   }
-  if (!isLoopbackHost(host)) {
-    throw invalid(
-      key,
-      `host ${host} is not a loopback address: the TCP listener serves only 127.0.0.0/8, ::1 or localhost`,
-      source,
-    );
-  }
   return { host, port };
 }
 
@@ -273,6 +293,8 @@ function coerce(spec: KeySpec, raw: unknown, source: string): unknown {
       return raw;
     case "tcp":
       return parseTcp(raw, spec.path, source);
+    case "address":
+      return parseAddress(raw, spec.path, source);
     case "boolean": {
       if (typeof raw === "boolean") return raw;
       if (fromEnv && typeof raw === "string") {
@@ -421,6 +443,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
   if (flags.socket !== undefined) set("socketPath", flags.socket, "--socket");
   if (flags.model !== undefined) set("model", flags.model, "--model");
   if (flags.tcp !== undefined) set("tcp", flags.tcp, "--tcp");
+  if (flags.metricsListen !== undefined) set("metrics.listen", flags.metricsListen, "--metrics-listen");
   if (flags.broker !== undefined) set("fleet.broker", flags.broker, "--broker");
   if (flags.device !== undefined) set("fleet.device", flags.device, "--device");
   if (flags.fleet !== undefined) set("fleet.fleet", flags.fleet, "--fleet");
@@ -461,6 +484,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     stateDir,
     socketPath,
     tcp: values.get("tcp") as TcpConfig | undefined,
+    metricsListen: values.get("metrics.listen") as TcpAddress | undefined,
     model,
     modelExplicit: values.has("model"),
     tokenizerDir,

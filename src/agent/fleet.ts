@@ -12,6 +12,7 @@ import type { FleetCommandHandler } from "../fleet/handler.ts";
 import { createFleetLink, type ExternalJobRunner, type FleetLink } from "../fleet/link.ts";
 import type { TelemetrySample } from "../fleet/protocol.ts";
 import type { MicroBatcher } from "../server/batcher.ts";
+import { readProcessFigures } from "../server/process-figures.ts";
 import type { ServerMetrics } from "../server/routes.ts";
 import type { Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
@@ -63,6 +64,8 @@ function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "
       requestRate: (size.sum - last.texts) / seconds,
       rssBytes: process.memoryUsage().rss,
       queueDepth: parts.batcher.depth,
+      // The `process_*` figures of /metrics, for boards no scraper reaches.
+      process: readProcessFigures(),
     };
     const p50 = quantile(delta, n, 0.5);
     const p95 = quantile(delta, n, 0.95);

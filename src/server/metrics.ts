@@ -4,6 +4,8 @@
  * cost more memory on a 1 GB board than these few maps.
  */
 
+import { type ProcessFigures, readProcessFigures } from "./process-figures.ts";
+
 type Labels = Record<string, string>;
 
 function escapeLabel(v: string): string {
@@ -31,10 +33,14 @@ interface Metric {
 /** A monotonically increasing count, per label set. */
 export class Counter implements Metric {
   readonly #values = new Map<string, { labels: Labels; value: number }>();
+  /** @param initial - label sets shown at 0 before their first event, so a scraper sees the series from the start */
   constructor(
     readonly name: string,
     readonly help: string,
-  ) {}
+    initial: readonly Labels[] = [],
+  ) {
+    for (const labels of initial) this.#values.set(labelText(labels), { labels, value: 0 });
+  }
 
   /** Adds `by` (default 1) to the series of `labels`. */
   inc(labels: Labels = {}, by = 1): void {
@@ -148,6 +154,64 @@ export class MetricsRegistry {
     const out: string[] = [];
     for (const m of this.#metrics) m.render(out);
     return `${out.join("\n")}\n`;
+  }
+}
+
+/** What `quantd_build_info` labels. */
+export interface BuildInfo {
+  version: string;
+  bun: string;
+  onnxruntime?: string;
+}
+
+/**
+ * Registers the standard `process_*` metrics (as Prometheus client libraries
+ * name them, so existing dashboards and alerts apply) and `quantd_build_info`.
+ */
+export function addProcessMetrics(registry: MetricsRegistry, build: BuildInfo): void {
+  const one = (value: number | undefined) => (value === undefined ? [] : [{ labels: {}, value }]);
+  const gauge = (name: string, help: string, read: (f: ProcessFigures) => number | undefined): void => {
+    registry.add(new Gauge(name, help, () => one(read(readProcessFigures()))));
+  };
+  registry.add(
+    new ReadCounter(
+      "process_cpu_seconds_total",
+      "Total user and system CPU time spent in seconds",
+      () => readProcessFigures().cpuSeconds,
+    ),
+  );
+  gauge("process_resident_memory_bytes", "Resident memory size in bytes", (f) => f.residentBytes);
+  gauge("process_virtual_memory_bytes", "Virtual memory size in bytes", (f) => f.virtualBytes);
+  gauge(
+    "process_start_time_seconds",
+    "Start time of the process since unix epoch in seconds",
+    (f) => f.startTimeSeconds,
+  );
+  gauge("process_open_fds", "Number of open file descriptors", (f) => f.openFds);
+  gauge("process_max_fds", "Maximum number of open file descriptors", (f) => f.maxFds);
+  const labels: Labels = { version: build.version, bun: build.bun };
+  if (build.onnxruntime !== undefined) labels["onnxruntime"] = build.onnxruntime;
+  registry.add(
+    new Gauge("quantd_build_info", "Versions of quantd and what it runs on (value 1)", () => [
+      { labels, value: 1 },
+    ]),
+  );
+}
+
+/** A counter whose value is read when scraped (CPU seconds). */
+class ReadCounter implements Metric {
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly read: () => number,
+  ) {}
+
+  render(out: string[]): void {
+    out.push(
+      `# HELP ${this.name} ${this.help}`,
+      `# TYPE ${this.name} counter`,
+      `${this.name} ${formatNumber(this.read())}`,
+    );
   }
 }
 

@@ -100,12 +100,18 @@ export class ServerMetrics {
         return m === undefined ? [] : [{ labels: {}, value: m.version }];
       }),
     );
-    this.swaps = r.add(new Counter("quantd_model_swaps_total", "Model promotions served"));
-    this.rollbacks = r.add(new Counter("quantd_model_rollbacks_total", "Rollbacks, by trigger"));
+    this.swaps = r.add(new Counter("quantd_model_swaps_total", "Model promotions served", [{}]));
+    this.rollbacks = r.add(
+      new Counter("quantd_model_rollbacks_total", "Rollbacks, by trigger", [
+        { trigger: "command" },
+        { trigger: "auto" },
+      ]),
+    );
     this.storeWritesDropped = r.add(
       new Counter(
         "quantd_store_writes_dropped_total",
         "Rows the serving process gave up writing (store locked too long, or full), by kind",
+        [{ kind: "capture" }],
       ),
     );
     r.add(

@@ -111,6 +111,12 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     expect(busy?.latencyMs?.p50).toBeGreaterThan(0);
     expect(busy?.requestRate).toBeGreaterThan(0);
     expect(busy?.rssBytes).toBeGreaterThan(50 * 1048576);
+    // The process_* figures of /metrics travel too, for boards no scraper reaches.
+    const proc = busy?.["process"] as Record<string, number> | undefined;
+    expect(proc?.["cpuSeconds"]).toBeGreaterThan(0);
+    expect(proc?.["residentBytes"]).toBeGreaterThan(50 * 1048576);
+    expect(proc?.["openFds"]).toBeGreaterThan(3);
+    expect(Math.abs(proc!["startTimeSeconds"]! - (Date.now() / 1000 - process.uptime()))).toBeLessThan(5);
     expect(seen[0]?.samples.length).toBe(10);
     expect(seen[0]?.outbox).toMatchObject({ dropped: 0 });
   }, 30_000);

@@ -36,6 +36,7 @@ function configFlags(ctx: CommandContext): ConfigFlags {
     ["socket", "socket"],
     ["model", "model"],
     ["tcp", "tcp"],
+    ["metricsListen", "metrics-listen"],
     ["broker", "broker"],
     ["device", "device"],
     ["fleet", "fleet"],
@@ -152,6 +153,13 @@ export const agentCommand: Command = {
       type: "string",
       value: "HOST:PORT",
       description: "also listen on TCP (loopback hosts only)",
+    },
+    {
+      name: "metrics-listen",
+      type: "string",
+      value: "HOST:PORT",
+      description:
+        "also serve GET /metrics (only that, read-only) on this address, any host, for a Prometheus scraper (config metrics.listen)",
     },
     {
       name: "broker",
