@@ -76,9 +76,8 @@ class OrtSession implements InferenceSession {
       result =
         fetches === undefined ? await session.run(ortFeeds) : await session.run(ortFeeds, [...fetches]);
     } catch (err) {
-      throw new QuantdError("INFERENCE_FAILED", `inference failed: ${(err as Error).message ?? err}`, {
-        cause: err,
-      });
+      // onnxruntime's words travel as the cause, shown once after this message (not repeated inside it).
+      throw new QuantdError("INFERENCE_FAILED", "onnxruntime failed to run the model", { cause: err });
     }
     const out: Record<string, Tensor> = {};
     for (const [name, v] of Object.entries(result)) out[name] = fromOrtValue(name, v);
@@ -129,7 +128,9 @@ function toOrtOptions(o: SessionOptions): ort.InferenceSession.SessionOptions {
     enableCpuMemArena: o.enableCpuMemArena ?? true,
     enableMemPattern: o.enableMemPattern ?? true,
     executionMode: "sequential",
-    logSeverityLevel: 3,
+    // Fatal only: every error onnxruntime would log also reaches quantd as an exception, which it reports
+    // once, in its own words with onnxruntime's as the cause (at 3 the same error was printed twice).
+    logSeverityLevel: 4,
   };
   if (o.optimizedModelFilePath !== undefined) opts.optimizedModelFilePath = o.optimizedModelFilePath;
   return opts;

@@ -6,8 +6,8 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
-import { type CliRun, envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
+import { repoRoot, shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
+import { type CliRun, envWithoutQuantd, runCommand, runQuantd } from "../helpers/run-cli.ts";
 
 function quantd(args: string[]): Promise<CliRun> {
   return runQuantd(args, { env: { ...process.env, QUANTD_DEBUG: "" } });
@@ -179,3 +179,17 @@ test("--threads defaults the one documented way: $QUANTD_THREADS, else the board
   expect(bad.code).toBe(1);
   expect(JSON.parse(bad.stdout)).toMatchObject({ code: "CONFIG_INVALID" });
 }, 30_000);
+
+test("an inference error is reported once, in quantd's words: onnxruntime logs nothing of its own", async () => {
+  // A sequence beyond the position table, past the CLI's check: onnxruntime fails in the embeddings.
+  const script = `
+    import { createOrtSession } from ${JSON.stringify(join(repoRoot, "src/runtime/ort-session.ts"))};
+    const s = await createOrtSession(${JSON.stringify(shippedModelPath)});
+    const t = (v) => ({ type: "int64", dims: [1, 1024], data: new BigInt64Array(1024).fill(v) });
+    try { await s.run({ input_ids: t(1n), attention_mask: t(1n), token_type_ids: t(0n) }); }
+    catch (e) { console.log(e.toLine()); }`;
+  const r = await runCommand(["bun", "-e", script]);
+  expect(r.stderr).toBe("");
+  expect(r.stdout).toStartWith("error INFERENCE_FAILED: onnxruntime failed to run the model (cause: ");
+  expect(r.stdout.match(/Attempting to broadcast/g)).toHaveLength(1);
+});
