@@ -38,6 +38,7 @@ import type { Job } from "../store/jobs.ts";
 import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
+import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
 import {
   isFinished,
   type JobContext,
@@ -533,10 +534,10 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         ctx.stage("calibrate", 0.05);
         const gate = gateOf(p);
         try {
-          // The quantizer and the bench library are loaded when a job needs them, not while the agent only serves.
-          const { runQuantization } = await import("../quant/pipeline.ts");
+          // In a child process: its memory goes back to the system when it ends, and the agent keeps serving.
           const r = await timed("quantize", () =>
-            runQuantization({
+            runQuantizationInChild({
+              signal: ctx.signal,
               model: deps.baseModel,
               calib: fixedPool("store", calibration, validation),
               out: candidatePath,
@@ -627,13 +628,13 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         const runs = p.benchRuns ?? DEFAULT_RECALIBRATE_BENCH_RUNS;
         let comparison: CandidateComparison;
         try {
-          const { compareCandidate } = await import("../bench/compare.ts");
           comparison = await timed("benchmark", () =>
-            compareCandidate(activePath, candidatePath, {
+            compareCandidateInChild(activePath, candidatePath, {
               threads,
               runs,
               warmup: Math.min(5, runs),
               memory: p.benchMemory ?? true,
+              signal: ctx.signal,
             }),
           );
         } catch (err) {

@@ -6,6 +6,7 @@
  * `QUANTD_DEBUG=1`, never for errors a user caused.
  */
 import pkg from "../../package.json" with { type: "json" };
+import { JOB_CHILD_ENV, runJobChild } from "../agent/job-child.ts";
 import { MEMORY_PROBE_ENV, runMemoryProbe } from "../bench/child.ts";
 import { QuantdError } from "../errors.ts";
 import type { Command, CommandContext } from "./command.ts";
@@ -220,5 +221,7 @@ export async function main(): Promise<never> {
 if (import.meta.main) {
   // A compiled quantd spawns itself as `quantd bench`'s memory probe: one model in a fresh process.
   if (process.env[MEMORY_PROBE_ENV] === "1") process.exit(await runMemoryProbe(process.argv[2]));
+  // …and as a job's child process (calibration, quantization, benchmark): see agent/job-child.ts.
+  if (process.env[JOB_CHILD_ENV] === "1") process.exit(await runJobChild());
   await main();
 }

@@ -1,0 +1,259 @@
+/**
+ * A job's heavy work in a separate process: calibration, quantization and
+ * validation (one `quantize` call), and the benchmark against the serving
+ * model (one `compare` call). The agent serves from its own process; a child
+ * that calibrates a BERT allocates hundreds of MB, and all of it goes back to
+ * the operating system when the child exits, instead of staying in the
+ * serving process's heap. The agent supervises it: cancelling the job signals
+ * it (SIGTERM, then SIGKILL after a grace period), a timeout kills it, and a
+ * child that dies without an answer fails the job with its exit reason.
+ *
+ * Protocol: the request is one JSON object on the child's stdin; the child
+ * writes JSON lines on stdout — `{"progress": line}` for each progress line,
+ * then one `{"ok": true, "value": …}` or `{"ok": false, "error": …}`. From the
+ * source tree the child is `bun src/agent/job-child.ts`; a compiled quantd runs
+ * itself with {@link JOB_CHILD_ENV} set (it has no source tree to spawn).
+ */
+import { spawn } from "node:child_process";
+import { isQuantdError, QuantdError, type QuantdErrorCode, type QuantdErrorJSON } from "../errors.ts";
+import type { CandidateComparison, CompareOptions } from "../bench/compare.ts";
+import type {
+  PoolSample,
+  QuantizationResult,
+  RunQuantizationOptions,
+  SamplePool,
+} from "../quant/pipeline.ts";
+import { isCompiledBinary } from "../runtime/native-path.ts";
+
+/** Set to `1` in the environment of a compiled quantd to make it a job child instead of the CLI. */
+export const JOB_CHILD_ENV = "QUANTD_JOB_CHILD";
+
+/** Grace between SIGTERM and SIGKILL when a job is cancelled or the agent stops. */
+export const JOB_CHILD_GRACE_MS = 3000;
+
+/** Quantization options as they cross the process boundary: the pool as its two fixed sets. */
+export type ChildQuantizeOptions = Omit<RunQuantizationOptions, "calib" | "onProgress"> & {
+  calib: { name: string; calibration: PoolSample[]; validation: PoolSample[] };
+};
+
+/** What the agent asks a job child to do. */
+export type JobChildRequest =
+  | { op: "quantize"; options: ChildQuantizeOptions }
+  | { op: "compare"; active: string; candidate: string; options: CompareOptions };
+
+type ChildLine = { progress: string } | { ok: true; value: unknown } | { ok: false; error: QuantdErrorJSON };
+
+/** A pool that hands out exactly the given sets. */
+function fixedSets(name: string, calibration: PoolSample[], validation: PoolSample[]): SamplePool {
+  return {
+    name,
+    count: () => calibration.length + validation.length,
+    pickDisjoint: () => ({ calibration, validation }),
+  };
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function writeLine(line: ChildLine): Promise<void> {
+  return new Promise((resolve) => {
+    if (process.stdout.write(`${JSON.stringify(line)}\n`)) resolve();
+    else process.stdout.once("drain", resolve);
+  });
+}
+
+/**
+ * The child's side: reads the request from stdin, runs it, answers on stdout.
+ *
+ * @returns the exit code: 0 answered ok, 1 answered with an error, 2 a bad request
+ */
+export async function runJobChild(): Promise<number> {
+  // Not inherited by what this child spawns (the benchmark's memory probes are quantd too).
+  delete process.env[JOB_CHILD_ENV];
+  let req: JobChildRequest;
+  try {
+    req = JSON.parse(await readStdin()) as JobChildRequest;
+  } catch (err) {
+    const error = new QuantdError("USAGE", "a job child needs a JSON request on stdin", { cause: err });
+    await writeLine({ ok: false, error: error.toJSON() });
+    return 2;
+  }
+  try {
+    let value: unknown;
+    if (req.op === "quantize") {
+      const { runQuantization } = await import("../quant/pipeline.ts");
+      const { calib, ...rest } = req.options;
+      value = await runQuantization({
+        ...rest,
+        calib: fixedSets(calib.name, calib.calibration, calib.validation),
+        onProgress: (line) => {
+          process.stdout.write(`${JSON.stringify({ progress: line })}\n`);
+        },
+      });
+    } else if (req.op === "compare") {
+      const { compareCandidate } = await import("../bench/compare.ts");
+      value = await compareCandidate(req.active, req.candidate, req.options);
+    } else {
+      throw new QuantdError(
+        "USAGE",
+        `unknown job child operation ${JSON.stringify((req as { op: unknown }).op)}`,
+      );
+    }
+    await writeLine({ ok: true, value });
+    return 0;
+  } catch (err) {
+    await writeLine({ ok: false, error: QuantdError.from(err).toJSON() });
+    return 1;
+  }
+}
+
+/** A QuantdError again from its wire form, details and causes kept. */
+function errorFromChild(json: QuantdErrorJSON): QuantdError {
+  const causes = json.causes ?? [];
+  return new QuantdError(json.code, json.message, {
+    ...(json.details === undefined ? {} : { details: json.details }),
+    ...(causes.length === 0 ? {} : { cause: new Error(causes.join("; ")) }),
+  });
+}
+
+/** Options of {@link runInJobChild}. */
+export interface RunInChildOptions {
+  /** Aborting it stops the child: SIGKILL when the reason is JOB_TIMED_OUT, else SIGTERM then SIGKILL. */
+  signal?: AbortSignal;
+  /** Each progress line; throwing from it stops the child and rejects with what it threw. */
+  onProgress?: (line: string) => void;
+  /** The error code of a child that died without an answer. */
+  crashCode: QuantdErrorCode;
+  /** Told the child's pid once it is started (logs, and the fault suite's kills). */
+  onSpawn?: (pid: number) => void;
+}
+
+/**
+ * Runs `req` in a fresh child process and resolves with its answer.
+ *
+ * @throws the child's own QuantdError when it answered with one
+ * @throws the abort reason (JOB_CANCELLED, JOB_TIMED_OUT, JOB_INTERRUPTED) when stopped by the signal
+ * @throws `crashCode` naming the exit code or signal when the child died without an answer
+ */
+export function runInJobChild<T>(req: JobChildRequest, options: RunInChildOptions): Promise<T> {
+  const env = { ...process.env, [JOB_CHILD_ENV]: "1" };
+  const child = isCompiledBinary()
+    ? spawn(process.execPath, [], { stdio: ["pipe", "pipe", "pipe"], env })
+    : spawn(process.execPath, [import.meta.path], { stdio: ["pipe", "pipe", "pipe"], env });
+  if (child.pid !== undefined) options.onSpawn?.(child.pid);
+  return new Promise<T>((resolve, reject) => {
+    let answer: ChildLine | undefined;
+    let stopped: unknown;
+    let stderr = "";
+    let buffered = "";
+    let graceTimer: ReturnType<typeof setTimeout> | undefined;
+    const stop = (reason: unknown, hard: boolean): void => {
+      if (stopped !== undefined) return;
+      stopped = reason;
+      child.kill(hard ? "SIGKILL" : "SIGTERM");
+      if (!hard) graceTimer = setTimeout(() => child.kill("SIGKILL"), JOB_CHILD_GRACE_MS);
+    };
+    const onAbort = (): void => {
+      const reason = options.signal?.reason;
+      stop(
+        reason ?? new QuantdError("JOB_CANCELLED", "the job was stopped"),
+        isQuantdError(reason, "JOB_TIMED_OUT"),
+      );
+    };
+    if (options.signal?.aborted) onAbort();
+    else options.signal?.addEventListener("abort", onAbort, { once: true });
+
+    child.stdout.setEncoding("utf8").on("data", (s: string) => {
+      buffered += s;
+      for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+        const text = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        let line: ChildLine;
+        try {
+          line = JSON.parse(text) as ChildLine;
+        } catch {
+          continue; // a stray print of a library: not part of the protocol
+        }
+        if ("progress" in line) {
+          if (stopped !== undefined) continue;
+          try {
+            options.onProgress?.(line.progress);
+          } catch (err) {
+            stop(err, false);
+          }
+        } else answer = line;
+      }
+    });
+    child.stderr.setEncoding("utf8").on("data", (s: string) => {
+      stderr = (stderr + s).slice(-2000);
+    });
+    child.stdin.on("error", () => undefined); // a child that died early: reported by its exit
+    child.stdin.end(JSON.stringify(req));
+    child.on("error", (err) => {
+      reject(
+        new QuantdError(options.crashCode, `could not start the job's ${req.op} process`, { cause: err }),
+      );
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(graceTimer);
+      options.signal?.removeEventListener("abort", onAbort);
+      if (stopped !== undefined) return reject(stopped);
+      if (answer !== undefined && "ok" in answer) {
+        return answer.ok ? resolve(answer.value as T) : reject(errorFromChild(answer.error));
+      }
+      const how =
+        signal !== null
+          ? `was killed by ${signal}${signal === "SIGKILL" ? " (out of memory?)" : ""}`
+          : `exited with code ${code}`;
+      reject(
+        new QuantdError(options.crashCode, `the job's ${req.op} process ${how} without an answer`, {
+          details: { exitCode: code, signal, stderr: stderr.trim().split("\n").slice(-5).join("\n") },
+        }),
+      );
+    });
+  });
+}
+
+/**
+ * Quantizes in a child process: {@link runQuantization} with the same
+ * options; the pool's two sets are picked here and sent along, and `signal`
+ * stops the child.
+ */
+export function runQuantizationInChild(
+  options: Omit<RunQuantizationOptions, "calib"> & { calib: SamplePool; signal?: AbortSignal },
+): Promise<QuantizationResult> {
+  const { calib, onProgress, signal, ...rest } = options;
+  const sets = calib.pickDisjoint(options.samples ?? 0, options.validationSamples ?? 0, options.seed ?? 1);
+  return runInJobChild(
+    {
+      op: "quantize",
+      options: {
+        ...rest,
+        calib: { name: calib.name, calibration: [...sets.calibration], validation: [...sets.validation] },
+      },
+    },
+    {
+      crashCode: "QUANT_FAILED",
+      ...(signal === undefined ? {} : { signal }),
+      ...(onProgress === undefined ? {} : { onProgress }),
+    },
+  );
+}
+
+/** Benchmarks the candidate against the active model in a child process ({@link compareCandidate}). */
+export function compareCandidateInChild(
+  activePath: string,
+  candidatePath: string,
+  options: CompareOptions & { signal?: AbortSignal },
+): Promise<CandidateComparison> {
+  const { signal, ...rest } = options;
+  return runInJobChild(
+    { op: "compare", active: activePath, candidate: candidatePath, options: rest },
+    { crashCode: "BENCH_FAILED", ...(signal === undefined ? {} : { signal }) },
+  );
+}
+
+if (import.meta.main) process.exit(await runJobChild());

@@ -1,0 +1,119 @@
+/**
+ * A job's heavy work in a supervised child process, on the shipped model:
+ * the child quantizes and answers with the quantizer's result and progress
+ * lines; an abort stops it at once (SIGTERM) with the abort's reason; a child
+ * killed from outside fails with its exit reason; the child's own errors come
+ * back with their codes and details.
+ */
+import { afterAll, expect, test } from "bun:test";
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { runInJobChild, runQuantizationInChild } from "../../src/agent/job-child.ts";
+import { isQuantdError, QuantdError } from "../../src/errors.ts";
+import type { PoolSample } from "../../src/quant/pipeline.ts";
+import { processAlive } from "../../src/agent/jobs.ts";
+import { shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
+import { tempDir } from "./agent-harness.ts";
+
+const dir = tempDir("quantd-job-child-");
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const sentences: PoolSample[] = readFileSync(shippedDevTsv, "utf8")
+  .split("\n")
+  .slice(1, 97)
+  .map((line, id) => ({ text: line.split("\t")[1]!, id }));
+const pool = {
+  name: "test",
+  count: () => sentences.length,
+  pickDisjoint: () => ({ calibration: sentences.slice(0, 32), validation: sentences.slice(32, 96) }),
+};
+
+test("quantizes in a child: the candidate and the quantizer's result, progress lines on the way", async () => {
+  const out = join(dir, "int8.onnx");
+  const progress: string[] = [];
+  const r = await runQuantizationInChild({
+    model: shippedModelPath,
+    calib: pool,
+    out,
+    mode: "dynamic",
+    // 64 held-out samples certify nothing at 95 %: decide on the measured agreement.
+    decideOn: "point",
+    gate: 0.9,
+    samples: 32,
+    validationSamples: 64,
+    threads: 1,
+    onProgress: (line) => progress.push(line),
+  });
+  expect(existsSync(out)).toBe(true);
+  expect(r.out).toBe(out);
+  expect(r.report.metrics).toBeDefined();
+  expect(progress.length).toBeGreaterThan(0);
+}, 60_000);
+
+test("an abort stops the child at once with the abort's reason; a timeout kills it", async () => {
+  for (const code of ["JOB_CANCELLED", "JOB_TIMED_OUT"] as const) {
+    const abort = new AbortController();
+    const t0 = performance.now();
+    const run = runQuantizationInChild({
+      model: shippedModelPath,
+      calib: pool,
+      out: join(dir, `stopped-${code}.onnx`),
+      samples: 32,
+      validationSamples: 64,
+      threads: 1,
+      signal: abort.signal,
+      onProgress: () => abort.abort(new QuantdError(code, "stop")),
+    });
+    let err: unknown;
+    try {
+      await run;
+    } catch (e) {
+      err = e;
+    }
+    expect(isQuantdError(err, code)).toBe(true);
+    expect(performance.now() - t0).toBeLessThan(30_000);
+  }
+}, 60_000);
+
+test("a child killed from outside fails with its exit reason; the child's own errors keep code and details", async () => {
+  let pid = 0;
+  const run = runInJobChild(
+    {
+      op: "compare",
+      active: shippedModelPath,
+      candidate: shippedModelPath,
+      options: { runs: 100_000, memory: false },
+    },
+    { crashCode: "BENCH_FAILED", onSpawn: (p) => (pid = p) },
+  );
+  await Bun.sleep(1500);
+  expect(processAlive(pid)).toBe(true);
+  process.kill(pid, "SIGKILL");
+  let err: unknown;
+  try {
+    await run;
+  } catch (e) {
+    err = e;
+  }
+  expect(isQuantdError(err, "BENCH_FAILED")).toBe(true);
+  expect((err as QuantdError).message).toContain("was killed by SIGKILL");
+  expect(processAlive(pid)).toBe(false);
+
+  let own: unknown;
+  try {
+    await runInJobChild(
+      {
+        op: "compare",
+        active: join(dir, "missing.onnx"),
+        candidate: shippedModelPath,
+        options: { runs: 1, memory: false },
+      },
+      { crashCode: "BENCH_FAILED" },
+    );
+  } catch (e) {
+    own = e;
+  }
+  expect(isQuantdError(own)).toBe(true);
+  expect((own as QuantdError).code).not.toBe("BENCH_FAILED");
+  expect((own as QuantdError).message).toContain("missing.onnx");
+}, 60_000);
