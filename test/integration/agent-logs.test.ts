@@ -3,11 +3,13 @@
  * `quantd agent` process: with JOURNAL_STREAM naming its stderr (as systemd
  * sets it) every line has a priority prefix; `--log-level` drops information;
  * `--log-format json` writes one object per line; a broker that is not there is
- * logged with back-off rather than at every reconnect attempt (once a second).
+ * logged with back-off rather than at every reconnect attempt (once a second);
+ * `quantd fleet serve` takes the same flags.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
+import { hasMosquitto, startMosquitto } from "../helpers/mosquitto.ts";
 import { cliMain, envWithoutQuantd } from "../helpers/run-cli.ts";
 import { until } from "../helpers/until.ts";
 import { call, tempDir } from "./agent-harness.ts";
@@ -97,3 +99,52 @@ test("a bad --log-level is a usage error", async () => {
     'error USAGE: --log-level must be one of error, warn, info, debug, got "loud"',
   );
 });
+
+test.skipIf(!hasMosquitto)(
+  "fleet serve takes the same log flags: JSON lines at info",
+  async () => {
+    const broker = await startMosquitto();
+    try {
+      const proc = Bun.spawn(
+        [
+          "bun",
+          cliMain,
+          "fleet",
+          "serve",
+          "--broker",
+          broker.url,
+          "--db",
+          join(dir, "fleet.db"),
+          "--log-format",
+          "json",
+        ],
+        { env: envWithoutQuantd(), stdin: "ignore", stdout: "ignore", stderr: "pipe" },
+      );
+      let text = "";
+      const reading = (async () => {
+        const decoder = new TextDecoder();
+        for await (const chunk of proc.stderr) text += decoder.decode(chunk);
+      })();
+      await until(
+        () => text.includes("subscribed") || proc.exitCode !== null,
+        30_000,
+        "the controller to subscribe",
+      );
+      proc.kill("SIGTERM");
+      expect(await proc.exited).toBe(0);
+      await reading;
+      const entries = text
+        .trimEnd()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { level: string; msg: string });
+      expect(entries[0]).toMatchObject({
+        level: "info",
+        msg: expect.stringMatching(/^subscribed: controller /),
+      });
+      expect(entries.at(-1)).toMatchObject({ level: "info", msg: "SIGTERM: stopping" });
+    } finally {
+      await broker.dispose();
+    }
+  },
+  60_000,
+);
