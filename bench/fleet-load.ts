@@ -17,7 +17,10 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { connectMqtt, type MqttConnection } from "../src/fleet/mqtt-client.ts";
+import { openPostgresFleetStore } from "../src/fleet/controller/postgres-store.ts";
+import { openSqliteFleetStore } from "../src/fleet/controller/sqlite-store.ts";
 import { encodeJson, type StatusMessage, type TelemetryMessage } from "../src/fleet/protocol.ts";
+import { generateSigningKey } from "../src/fleet/signing.ts";
 import { startMosquitto } from "../test/helpers/mosquitto.ts";
 import { freePort } from "../test/helpers/net.ts";
 import { type Postgres, startPostgres } from "../test/helpers/postgres.ts";
@@ -68,6 +71,16 @@ const pg: Postgres | undefined = process.argv.includes("--postgres") ? await sta
 const db = pg === undefined ? join(dir, "controller.db") : await pg.createDatabase("fleet_load");
 const devices: MqttConnection[] = [];
 
+// Every simulated device signs with its own key, enrolled before the controller starts (as
+// `quantd fleet enroll` would): the controller stores nothing else.
+const keys = Array.from({ length: DEVICES }, () => generateSigningKey().key);
+const deviceName = (i: number): string => `sim-${String(i).padStart(4, "0")}`;
+{
+  const store = pg === undefined ? await openSqliteFleetStore(db) : await openPostgresFleetStore(db);
+  for (const [i, key] of keys.entries()) await store.enroll(FLEET, deviceName(i), key.publicKey, Date.now());
+  await store.close();
+}
+
 try {
   controller = spawn(
     process.execPath,
@@ -111,8 +124,10 @@ try {
         agentVersion: "sim",
         model: { version: "1", kind: "int8-static" },
       };
+      const topic = `quantd/v1/${FLEET}/${device}/status`;
+      const body = encodeJson(status);
       conn
-        .publish(`quantd/v1/${FLEET}/${device}/status`, encodeJson(status), { qos: 1, retain: true })
+        .publish(topic, body, { qos: 1, retain: true, userProperties: keys[i]!.sign(topic, body) })
         .catch(() => {});
     });
     devices.push(conn);
@@ -141,9 +156,9 @@ try {
         outbox: { queued: 0, bytes: 0, dropped: 0 },
       };
       sent++;
-      conn
-        .publish(`quantd/v1/${FLEET}/sim-${String(i).padStart(4, "0")}/telemetry`, encodeJson(msg))
-        .catch(() => {});
+      const topic = `quantd/v1/${FLEET}/${deviceName(i)}/telemetry`;
+      const body = encodeJson(msg);
+      conn.publish(topic, body, { userProperties: keys[i]!.sign(topic, body) }).catch(() => {});
     }
   };
   // Warm-up (the controller stores the first statuses), then the measured window.

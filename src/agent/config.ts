@@ -214,6 +214,8 @@ const KEYS: readonly KeySpec[] = [
   { path: "fleet.willDelaySec", type: "int", min: 0, max: 86_400 },
   { path: "fleet.telemetryIntervalMs", type: "int", min: 10, max: 3_600_000 },
   { path: "fleet.maxPacketBytes", type: "int", min: 131_072, max: 268_435_455 },
+  { path: "fleet.operatorKeys", type: "string" },
+  { path: "fleet.deviceKeyFile", type: "string" },
 ];
 
 /** `batching.maxBatch` → `QUANTD_BATCHING_MAX_BATCH`. */
@@ -393,7 +395,10 @@ function fleetConfig(
     fleet: str("fleet.fleet") ?? "default",
     device: str("fleet.device") ?? hostname().replace(/[^A-Za-z0-9_.-]/g, "-"),
   };
-  for (const key of ["caFile", "certFile", "keyFile"] as const) {
+  // Operator public keys: comma- or space-separated, so one environment variable holds several (rotation).
+  const operatorKeys = str("fleet.operatorKeys");
+  if (operatorKeys !== undefined) fleet.operatorKeys = operatorKeys.split(/[\s,]+/).filter((k) => k !== "");
+  for (const key of ["caFile", "certFile", "keyFile", "deviceKeyFile"] as const) {
     const v = pathValue(`fleet.${key}`);
     if (v !== undefined) fleet[key] = v;
   }

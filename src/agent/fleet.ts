@@ -6,11 +6,13 @@
  * Telemetry samples come from the server's metrics.
  */
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/config.ts";
 import type { FleetCommandHandler } from "../fleet/handler.ts";
 import { createFleetLink, type ExternalJobRunner, type FleetLink } from "../fleet/link.ts";
 import type { TelemetrySample } from "../fleet/protocol.ts";
+import { loadOrCreateSigningKey } from "../fleet/signing.ts";
 import type { MicroBatcher } from "../server/batcher.ts";
 import { readProcessFigures } from "../server/process-figures.ts";
 import type { ServerMetrics } from "../server/routes.ts";
@@ -19,6 +21,9 @@ import type { AgentConfig } from "./config.ts";
 import type { JobRunner } from "./jobs.ts";
 import { RECALIBRATE_JOB } from "./recalibrate.ts";
 import { type ModelRegistry, PROBE_TEXTS } from "./registry.ts";
+
+/** The device key's file name in the state directory when `fleet.deviceKeyFile` is not set. */
+export const DEVICE_KEY_FILE = "fleet-device.key";
 
 /** What the link needs from a running agent. */
 export interface AgentFleetParts {
@@ -194,6 +199,17 @@ export function createAgentFleetHandler(parts: AgentFleetParts): FleetCommandHan
  * @throws CONFIG_INVALID from the fleet config
  */
 export function startAgentFleetLink(fleet: FleetConfig, parts: AgentFleetParts): FleetLink {
+  const keyFile = fleet.deviceKeyFile ?? join(parts.config.stateDir, DEVICE_KEY_FILE);
+  const { key: deviceKey, created } = loadOrCreateSigningKey(keyFile);
+  parts.log?.(
+    `fleet: device key ${deviceKey.publicKey}${created ? ` (new, in ${keyFile})` : ""}; ` +
+      `enrol it: quantd fleet enroll ${fleet.device} --fleet ${fleet.fleet} --pubkey ${deviceKey.publicKey}`,
+  );
+  if ((fleet.operatorKeys ?? []).length === 0) {
+    parts.log?.(
+      "fleet: no operator key is trusted (fleet.operatorKeys): every fleet command will be refused",
+    );
+  }
   const runner: ExternalJobRunner = {
     types: [RECALIBRATE_JOB],
     jobFor(cmd) {
@@ -206,6 +222,8 @@ export function startAgentFleetLink(fleet: FleetConfig, parts: AgentFleetParts):
   };
   return createFleetLink(fleet, {
     store: parts.store,
+    deviceKey,
+    jobTimeoutMs: parts.config.jobs.timeoutMs,
     handler: createAgentFleetHandler(parts),
     runner,
     status: () => {

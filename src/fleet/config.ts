@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { QuantdError } from "../errors.ts";
 import { DEFAULT_MAX_PACKET_BYTES, type MqttConnectOptions, parseBrokerUrl } from "./mqtt-client.ts";
 import { checkName, MAX_COMMAND_BYTES, MAX_TELEMETRY_SAMPLES } from "./protocol.ts";
+import { parsePublicKey } from "./signing.ts";
 
 /** Default MQTT keepalive, in seconds. */
 export const DEFAULT_KEEPALIVE_SEC = 30;
@@ -46,6 +47,18 @@ export interface FleetConfig {
   telemetryBatch?: number;
   /** MQTT 5 Maximum Packet Size announced in CONNECT. @defaultValue {@link DEFAULT_MAX_PACKET_BYTES} */
   maxPacketBytes?: number;
+  /**
+   * Public keys of the operators whose signed commands this device runs
+   * (several for rotation). Empty: every command is refused with
+   * COMMAND_UNAUTHORIZED. @defaultValue []
+   */
+  operatorKeys?: readonly string[];
+  /**
+   * The device's private signing key (PEM), created on first start when
+   * missing; the agent logs its public half for enrolment.
+   * @defaultValue `<stateDir>/fleet-device.key`
+   */
+  deviceKeyFile?: string;
 }
 
 function readPem(path: string | undefined, key: string): string | undefined {
@@ -73,6 +86,20 @@ function positiveInt(
   return v;
 }
 
+function checkedKeys(keys: readonly string[]): string[] {
+  return keys.map((k, i) => {
+    try {
+      parsePublicKey(k);
+    } catch (err) {
+      throw new QuantdError("CONFIG_INVALID", `operatorKeys[${i}] is not an Ed25519 public key`, {
+        cause: err,
+        details: { key: "operatorKeys" },
+      });
+    }
+    return k.trim();
+  });
+}
+
 /** A {@link FleetConfig} with defaults applied and files read. */
 export interface ResolvedFleetConfig {
   fleet: string;
@@ -82,6 +109,8 @@ export interface ResolvedFleetConfig {
   sessionExpirySec: number;
   telemetryIntervalMs: number;
   telemetryBatch: number;
+  /** Trusted operator public keys, checked. */
+  operatorKeys: string[];
   /** Connection options without the will (the link adds it). */
   connect: MqttConnectOptions;
 }
@@ -149,6 +178,7 @@ export function resolveFleetConfig(config: FleetConfig): ResolvedFleetConfig {
       DEFAULT_TELEMETRY_INTERVAL_MS,
       10,
     ),
+    operatorKeys: checkedKeys(config.operatorKeys ?? []),
     telemetryBatch: positiveInt(
       config.telemetryBatch,
       "telemetryBatch",

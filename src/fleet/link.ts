@@ -10,10 +10,13 @@ import { QuantdError } from "../errors.ts";
 import type { FinalJobState, Job, JobStore } from "../store/jobs.ts";
 import type { OutboxStats, OutboxStore } from "../store/outbox.ts";
 import { type FleetConfig, type ResolvedFleetConfig, resolveFleetConfig } from "./config.ts";
+import type { SqlDatabase } from "../store/sql.ts";
+import { createCommandLedger } from "./command-ledger.ts";
 import type { AgentIdentity, FleetCommandHandler, FleetJobContext } from "./handler.ts";
 import { connectMqtt, type MqttConnection, type MqttMessage } from "./mqtt-client.ts";
 import { createOutboxPublisher, type OutboxPublisher, type PublisherStats } from "./outbox-publisher.ts";
 import {
+  type CommandEnvelope,
   type CommandReply,
   type DeviceTopics,
   deviceTopics,
@@ -22,6 +25,7 @@ import {
   JOB_COMMANDS,
   type JobMessage,
   MAX_COMMAND_BYTES,
+  MAX_COMMAND_TTL_MS,
   MAX_REPORT_BYTES,
   type OutboxFigures,
   parseCommand,
@@ -32,19 +36,43 @@ import {
   type TelemetryMessage,
   type TelemetrySample,
 } from "./protocol.ts";
+import {
+  createKeyring,
+  generateSigningKey,
+  PUB_PROPERTY,
+  type SignatureProblem,
+  type SigningKey,
+} from "./signing.ts";
 
 /** Replies kept in memory for repeated command ids (job commands are also deduplicated by the job table). */
 const REPLY_CACHE_SIZE = 1024;
 
+/** Default longest run of a job the link runs itself. */
+export const DEFAULT_LINK_JOB_TIMEOUT_MS = 10 * 60_000;
+
+/** How often a running link job looks for `quantd job cancel`. */
+const CANCEL_POLL_MS = 250;
+
 /** What the link needs from the agent. */
 export interface FleetLinkDeps {
   /** The agent's store: jobs (the fleet's job queue) and outbox (store-and-forward). */
-  store: { jobs: JobStore; outbox: OutboxStore };
+  store: { jobs: JobStore; outbox: OutboxStore; db: SqlDatabase };
   handler: FleetCommandHandler;
   /** Agent and model versions for the retained `online` status (read at every connect). */
   status: () => AgentIdentity;
   /** One telemetry sample (request rate, latency percentiles, RSS, CPU temperature); `at` is added. */
   telemetry?: () => Omit<TelemetrySample, "at">;
+  /**
+   * The device's own key: every message it publishes is signed with it, and
+   * the controller stores only what an enrolled device key signed.
+   * @defaultValue a new key for this link only (its public half is {@link FleetLink.publicKey})
+   */
+  deviceKey?: SigningKey;
+  /**
+   * Longest a job the link runs (bench, rollback) may take; it then ends
+   * TIMED_OUT. @defaultValue {@link DEFAULT_LINK_JOB_TIMEOUT_MS}
+   */
+  jobTimeoutMs?: number;
   /** @defaultValue Date.now */
   now?: () => number;
   log?: (line: string) => void;
@@ -80,6 +108,8 @@ export interface FleetLinkStats {
   connected: boolean;
   connects: number;
   commands: number;
+  /** Commands refused before anything ran: unsigned, unknown key, bad signature, replayed or expired. */
+  unauthorized: number;
   outbox: OutboxStats;
   publisher: PublisherStats;
   telemetrySent: number;
@@ -88,6 +118,8 @@ export interface FleetLinkStats {
 /** A running fleet link. */
 export interface FleetLink {
   readonly config: ResolvedFleetConfig;
+  /** The device key's public half, for enrolment at the controller. */
+  readonly publicKey: string;
   readonly topics: DeviceTopics;
   readonly connected: boolean;
   /** Resolves once connected (true) or after `timeoutMs` (false). */
@@ -140,6 +172,63 @@ export function encodeReport(report: ReportMessage): Uint8Array {
   return encodeJson(cut);
 }
 
+function runHandler(handler: FleetCommandHandler, cmd: FleetCommand, ctx: FleetJobContext): Promise<unknown> {
+  switch (cmd.name) {
+    case "recalibrate":
+      return handler.recalibrate(cmd.params, ctx);
+    case "quantize-dynamic":
+      return handler.quantizeDynamic(cmd.params, ctx);
+    case "bench":
+      return handler.bench(cmd.params, ctx);
+    case "rollback":
+      return handler.rollback(cmd.params, ctx);
+    case "status":
+    case "set-config":
+    case "collect":
+      return Promise.reject(new QuantdError("INTERNAL", `${cmd.name} is not a job command`));
+  }
+}
+
+function unauthorizedCommand(problem: SignatureProblem, trusted: number): QuantdError {
+  const why =
+    trusted === 0
+      ? "this device trusts no operator key (fleet.operatorKeys); every command is refused"
+      : problem === "unsigned"
+        ? "the command is not signed"
+        : problem === "unknown-key"
+          ? "the command is signed by a key this device does not trust"
+          : "the command's signature does not match";
+  return new QuantdError("COMMAND_UNAUTHORIZED", why, { details: { reason: problem } });
+}
+
+/**
+ * A signed command must say when it expires, and not too far ahead: the
+ * replay ledger keeps each id until then.
+ *
+ * @throws COMMAND_EXPIRED when due; COMMAND_UNAUTHORIZED without `expiresAt` or beyond {@link MAX_COMMAND_TTL_MS}
+ */
+function checkExpiry(env: CommandEnvelope, at: number): void {
+  if (env.expiresAt === undefined) {
+    throw new QuantdError("COMMAND_UNAUTHORIZED", `command ${env.id} has no expiresAt`, {
+      details: { id: env.id, reason: "no-expiry" },
+    });
+  }
+  if (env.expiresAt <= at) {
+    throw new QuantdError(
+      "COMMAND_EXPIRED",
+      `command ${env.id} expired at ${new Date(env.expiresAt).toISOString()}`,
+      { details: { id: env.id, expiresAt: env.expiresAt } },
+    );
+  }
+  if (env.expiresAt - at > MAX_COMMAND_TTL_MS) {
+    throw new QuantdError(
+      "COMMAND_UNAUTHORIZED",
+      `command ${env.id} expires more than ${MAX_COMMAND_TTL_MS / 3_600_000} h ahead`,
+      { details: { id: env.id, reason: "expiry-too-far" } },
+    );
+  }
+}
+
 function finalState(err: QuantdError): FinalJobState {
   if (err.code === "GATE_NOT_MET") return "REJECTED";
   if (err.code === "JOB_TIMED_OUT") return "TIMED_OUT";
@@ -158,6 +247,17 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
   const now = deps.now ?? Date.now;
   const log = deps.log ?? (() => {});
   const { jobs, outbox } = deps.store;
+  const operators = createKeyring(resolved.operatorKeys);
+  const deviceKey = deps.deviceKey ?? generateSigningKey().key;
+  const seen = createCommandLedger(deps.store.db, now);
+  const jobTimeoutMs = deps.jobTimeoutMs ?? DEFAULT_LINK_JOB_TIMEOUT_MS;
+  // Everything the device publishes is signed; the status also carries the public key (trust on first use).
+  const signed = (topic: string, payload: Uint8Array): Record<string, string> =>
+    deviceKey.sign(topic, payload);
+  const statusProps = (topic: string, payload: Uint8Array): Record<string, string> => ({
+    ...signed(topic, payload),
+    [PUB_PROPERTY]: deviceKey.publicKey,
+  });
   const will: StatusMessage = {
     state: "offline",
     fleet: resolved.fleet,
@@ -173,9 +273,10 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       qos: 1,
       retain: true,
       delaySec: resolved.willDelaySec,
+      userProperties: statusProps(topics.status, encodeJson(will)),
     },
   });
-  const publisher: OutboxPublisher = createOutboxPublisher(conn, outbox, { log });
+  const publisher: OutboxPublisher = createOutboxPublisher(conn, outbox, { log, sign: signed });
   const abort = new AbortController();
   const replies = new Map<string, CommandReply>();
   const pending = new Map<string, Promise<CommandReply>>();
@@ -183,6 +284,7 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
   let running: Job | undefined;
   let connects = 0;
   let commands = 0;
+  let unauthorized = 0;
   let telemetrySent = 0;
   let samples: TelemetrySample[] = [];
 
@@ -208,7 +310,12 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
     if (!conn.connected) return;
     try {
       publishedIdentity = identity();
-      await conn.publish(topics.status, encodeJson(statusMessage()), { qos: 1, retain: true });
+      const body = encodeJson(statusMessage());
+      await conn.publish(topics.status, body, {
+        qos: 1,
+        retain: true,
+        userProperties: statusProps(topics.status, body),
+      });
     } catch (err) {
       log(`fleet: status not published: ${QuantdError.from(err).toLine()}`);
     }
@@ -248,9 +355,29 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
     !external.has(type) && (JOB_COMMANDS as readonly string[]).includes(type);
 
   const runJob = async (job: Job): Promise<void> => {
+    // The job stops on the link's stop, on `quantd job cancel` and at its timeout, whichever is first.
+    const jobAbort = new AbortController();
+    const stop = (reason: QuantdError): void => {
+      if (!jobAbort.signal.aborted) jobAbort.abort(reason);
+    };
+    const onLinkStop = (): void => stop(new QuantdError("JOB_INTERRUPTED", "the fleet link is stopping"));
+    abort.signal.addEventListener("abort", onLinkStop);
+    const timeout = setTimeout(
+      () => stop(new QuantdError("JOB_TIMED_OUT", `job ${job.id} ran longer than ${jobTimeoutMs} ms`)),
+      jobTimeoutMs,
+    );
+    const cancelPoll = setInterval(() => {
+      if (jobs.get(job.id)?.cancelRequested === true) {
+        stop(new QuantdError("JOB_CANCELLED", `job ${job.id} was cancelled`));
+      }
+    }, CANCEL_POLL_MS);
+    const aborted = new Promise<never>((_, reject) => {
+      jobAbort.signal.addEventListener("abort", () => reject(jobAbort.signal.reason));
+    });
+    aborted.catch(() => {});
     const ctx: FleetJobContext = {
       jobId: job.id,
-      signal: abort.signal,
+      signal: jobAbort.signal,
       progress: (stage, fraction) => {
         if (stopped) return;
         const update: { stage: string; progress?: number } = { stage };
@@ -262,26 +389,14 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
     let error: QuantdError | undefined;
     try {
       const cmd = parseCommand(job.type, job.params);
-      switch (cmd.name) {
-        case "recalibrate":
-          result = await deps.handler.recalibrate(cmd.params, ctx);
-          break;
-        case "quantize-dynamic":
-          result = await deps.handler.quantizeDynamic(cmd.params, ctx);
-          break;
-        case "bench":
-          result = await deps.handler.bench(cmd.params, ctx);
-          break;
-        case "rollback":
-          result = await deps.handler.rollback(cmd.params, ctx);
-          break;
-        case "status":
-        case "set-config":
-        case "collect":
-          throw new QuantdError("INTERNAL", `${cmd.name} is not a job command`);
-      }
+      // A handler that does not look at the signal still ends the job on time.
+      result = await Promise.race([runHandler(deps.handler, cmd, ctx), aborted]);
     } catch (err) {
-      error = QuantdError.from(err, "INTERNAL");
+      error = QuantdError.from(jobAbort.signal.aborted ? jobAbort.signal.reason : err, "INTERNAL");
+    } finally {
+      clearTimeout(timeout);
+      clearInterval(cancelPoll);
+      abort.signal.removeEventListener("abort", onLinkStop);
     }
     // Stopping mid-job leaves it IN_PROGRESS: the next start requeues and reruns it.
     if (stopped) return;
@@ -366,8 +481,13 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
           { details: { bytes: msg.payload.byteLength, max: MAX_COMMAND_BYTES } },
         );
       }
+      // Nothing is parsed, looked up or run before the signature holds: the
+      // topic it covers binds the command to this fleet, device and name.
+      const problem = operators.check(msg.topic, msg.payload, msg.userProperties);
+      if (problem !== undefined) throw unauthorizedCommand(problem, operators.size);
       const env = parseEnvelope(msg.payload);
       id = env.id;
+      // A retry of a signed command (same id) gets the same answer; it never runs twice.
       const cached = replies.get(env.id);
       if (cached !== undefined) return cached;
       const inFlight = pending.get(env.id);
@@ -376,12 +496,13 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       const known = jobs.get(env.id);
       if (known !== undefined)
         return { id, command: name, ok: true, result: { jobId: known.id, state: known.state } };
-      if (env.expiresAt !== undefined && env.expiresAt <= now()) {
+      checkExpiry(env, now());
+      if (!seen.claim(env.id, env.expiresAt as number)) {
         throw new QuantdError(
-          "COMMAND_EXPIRED",
-          `command ${env.id} expired at ${new Date(env.expiresAt).toISOString()}`,
+          "COMMAND_UNAUTHORIZED",
+          `command ${env.id} was already run; ids are never reused`,
           {
-            details: { id: env.id, expiresAt: env.expiresAt },
+            details: { id: env.id, reason: "replayed" },
           },
         );
       }
@@ -406,7 +527,9 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       }
       return reply;
     } catch (err) {
-      return { id, command: name, ok: false, error: QuantdError.from(err, "COMMAND_INVALID").toJSON() };
+      const e = QuantdError.from(err, "COMMAND_INVALID");
+      if (e.code === "COMMAND_UNAUTHORIZED" || e.code === "COMMAND_EXPIRED") unauthorized++;
+      return { id, command: name, ok: false, error: e.toJSON() };
     }
   };
 
@@ -429,10 +552,14 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       return;
     }
     // Replies skip the outbox: the requester waits with a timeout and retries with the same id.
-    const opts: Parameters<MqttConnection["publish"]>[2] = { qos: 1 };
+    const body = encodeJson(reply);
+    const opts: Parameters<MqttConnection["publish"]>[2] = {
+      qos: 1,
+      userProperties: signed(msg.responseTopic, body),
+    };
     if (msg.correlationData !== undefined) opts.correlationData = msg.correlationData;
     try {
-      await conn.publish(msg.responseTopic, encodeJson(reply), opts);
+      await conn.publish(msg.responseTopic, body, opts);
     } catch (err) {
       log(`fleet: reply to ${msg.responseTopic} not sent: ${QuantdError.from(err).toLine()}`);
     }
@@ -486,13 +613,17 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       outbox: outboxFigures(outbox.stats()),
     };
     telemetrySent++;
-    conn.publish(topics.telemetry, encodeJson(msg), { qos: 0 }).catch(() => {});
+    const body = encodeJson(msg);
+    conn
+      .publish(topics.telemetry, body, { qos: 0, userProperties: signed(topics.telemetry, body) })
+      .catch(() => {});
   }, resolved.telemetryIntervalMs);
   telemetryTimer.unref?.();
 
   return {
     config: resolved,
     topics,
+    publicKey: deviceKey.publicKey,
     get connected() {
       return conn.connected;
     },
@@ -533,6 +664,7 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       connected: conn.connected,
       connects,
       commands,
+      unauthorized,
       outbox: outbox.stats(),
       publisher: publisher.stats(),
       telemetrySent,
@@ -546,8 +678,18 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       await publisher.flushed(options.flushMs ?? 2000);
       publisher.stop();
       if (conn.connected) {
-        const bye: StatusMessage = { ...statusMessage(), state: "offline", reason: "shutdown" };
-        await conn.publish(topics.status, encodeJson(bye), { qos: 1, retain: true }).catch(() => {});
+        const bye = encodeJson({
+          ...statusMessage(),
+          state: "offline",
+          reason: "shutdown",
+        } satisfies StatusMessage);
+        await conn
+          .publish(topics.status, bye, {
+            qos: 1,
+            retain: true,
+            userProperties: statusProps(topics.status, bye),
+          })
+          .catch(() => {});
       }
       await conn.close();
     },

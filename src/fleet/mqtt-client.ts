@@ -23,6 +23,8 @@ export interface MqttMessage {
   correlationData?: Uint8Array;
   /** Seconds left before the message expires, as the broker forwarded it. */
   messageExpiryInterval?: number;
+  /** MQTT 5 User Properties (the first value of a repeated name). */
+  userProperties?: Record<string, string>;
 }
 
 /** Options of one publish. */
@@ -37,6 +39,8 @@ export interface MqttPublishOptions {
   correlationData?: Uint8Array;
   /** Seconds after which the broker drops the message instead of delivering it. */
   messageExpiryInterval?: number;
+  /** MQTT 5 User Properties (quantd's signatures). */
+  userProperties?: Record<string, string>;
 }
 
 /** The Last Will: what the broker publishes when the client vanishes. */
@@ -47,6 +51,8 @@ export interface MqttWill {
   retain: boolean;
   /** MQTT 5 Will Delay Interval in seconds: a reconnect within it cancels the will. */
   delaySec?: number;
+  /** MQTT 5 User Properties of the will. */
+  userProperties?: Record<string, string>;
 }
 
 /** How to reach and log in to the broker. */
@@ -183,7 +189,10 @@ function toClientOptions(o: MqttConnectOptions): IClientOptions {
       payload: Buffer.from(o.will.payload, "utf8"),
       qos: o.will.qos,
       retain: o.will.retain,
-      properties: o.will.delaySec === undefined ? {} : { willDelayInterval: o.will.delaySec },
+      properties: {
+        ...(o.will.delaySec === undefined ? {} : { willDelayInterval: o.will.delaySec }),
+        ...(o.will.userProperties === undefined ? {} : { userProperties: o.will.userProperties }),
+      },
     };
   }
   return opts;
@@ -278,6 +287,7 @@ function wrap(client: MqttClient, clientId: string, password: string | undefined
       if (options.messageExpiryInterval !== undefined) {
         props.messageExpiryInterval = options.messageExpiryInterval;
       }
+      if (options.userProperties !== undefined) props.userProperties = options.userProperties;
       if (Object.keys(props).length > 0) opts.properties = props;
       const body = typeof payload === "string" ? Buffer.from(payload, "utf8") : Buffer.from(payload);
       try {
@@ -326,6 +336,11 @@ function wrap(client: MqttClient, clientId: string, password: string | undefined
         if (p.responseTopic !== undefined) m.responseTopic = p.responseTopic;
         if (p.correlationData !== undefined) m.correlationData = new Uint8Array(p.correlationData);
         if (p.messageExpiryInterval !== undefined) m.messageExpiryInterval = p.messageExpiryInterval;
+        if (p.userProperties !== undefined) {
+          const up: Record<string, string> = {};
+          for (const [k, v] of Object.entries(p.userProperties)) up[k] = String(Array.isArray(v) ? v[0] : v);
+          m.userProperties = up;
+        }
         fn(m);
       };
       return listen(

@@ -63,6 +63,8 @@ export interface OutboxPublisherOptions {
   noSubscriberTtlMs?: number;
   /** The publisher's log lines (dropped when absent). */
   log?: (line: string) => void;
+  /** User properties signing each message (the device key; deterministic, so a resend carries the same). */
+  sign?: (topic: string, payload: Uint8Array) => Record<string, string>;
   /** @defaultValue Date.now */
   now?: () => number;
 }
@@ -144,39 +146,42 @@ export function createOutboxPublisher(
         if (inFlight.size >= window) break;
         const gen = generation;
         inFlight.set(m.id, gen);
-        conn.publish(m.topic, m.payload, { qos: 1 }).then(
-          ({ noSubscribers }) => {
-            if (inFlight.get(m.id) === gen) inFlight.delete(m.id);
-            if (noSubscribers) {
-              hold(m.id, m.topic);
-              return;
-            }
-            held.delete(m.id);
-            // A PUBACK is proof of delivery whichever connection carried it.
-            if (outbox.ack(m.id)) acked++;
-            notifyIfEmpty();
-            drain();
-          },
-          (err: unknown) => {
-            if (inFlight.get(m.id) !== gen) return;
-            inFlight.delete(m.id);
-            const e = QuantdError.from(err, "FLEET_UNAVAILABLE");
-            if (/refused the message/.test(e.message)) {
+        const props = options.sign?.(m.topic, m.payload);
+        conn
+          .publish(m.topic, m.payload, props === undefined ? { qos: 1 } : { qos: 1, userProperties: props })
+          .then(
+            ({ noSubscribers }) => {
+              if (inFlight.get(m.id) === gen) inFlight.delete(m.id);
+              if (noSubscribers) {
+                hold(m.id, m.topic);
+                return;
+              }
               held.delete(m.id);
-              // Retrying a message the broker refuses would block the queue forever.
-              if (outbox.ack(m.id)) refused++;
-              log(`outbox: dropped message ${m.id} on ${m.topic}: ${e.message}`);
+              // A PUBACK is proof of delivery whichever connection carried it.
+              if (outbox.ack(m.id)) acked++;
+              notifyIfEmpty();
               drain();
-              return;
-            }
-            if (conn.connected && !stopped && retryTimer === undefined) {
-              retryTimer = setTimeout(() => {
-                retryTimer = undefined;
+            },
+            (err: unknown) => {
+              if (inFlight.get(m.id) !== gen) return;
+              inFlight.delete(m.id);
+              const e = QuantdError.from(err, "FLEET_UNAVAILABLE");
+              if (/refused the message/.test(e.message)) {
+                held.delete(m.id);
+                // Retrying a message the broker refuses would block the queue forever.
+                if (outbox.ack(m.id)) refused++;
+                log(`outbox: dropped message ${m.id} on ${m.topic}: ${e.message}`);
                 drain();
-              }, retryDelayMs);
-            }
-          },
-        );
+                return;
+              }
+              if (conn.connected && !stopped && retryTimer === undefined) {
+                retryTimer = setTimeout(() => {
+                  retryTimer = undefined;
+                  drain();
+                }, retryDelayMs);
+              }
+            },
+          );
       }
     }
   };

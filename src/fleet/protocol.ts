@@ -25,6 +25,8 @@ export const COMMAND_ID_PATTERN = /^[A-Za-z0-9][\w.:-]{0,127}$/;
 // (1 MiB by default) stops bigger packets at the broker; these caps are the
 // payload schemas' own.
 
+/** Furthest ahead a signed command may expire; a device remembers each command id until then. */
+export const MAX_COMMAND_TTL_MS = 24 * 3_600_000;
 /** Largest command body a device parses. */
 export const MAX_COMMAND_BYTES = 64 * 1024;
 /** Largest `status` body the controller stores. */
@@ -228,6 +230,15 @@ export const COMMAND_NAMES = [
   "collect",
 ] as const;
 
+// Every command's cost is bounded by its parameters' ranges (and every job by the job timeout):
+// a command from a trusted operator can still be a mistake.
+/** Most calibration samples a `recalibrate` command may ask for. */
+export const MAX_COMMAND_SAMPLES = 10_000;
+/** Most runs a `bench` command may ask for (a run is one batch of the probe texts). */
+export const MAX_BENCH_ITERATIONS = 1_000;
+/** Longest sequence a `bench` command may ask for. */
+export const MAX_BENCH_SEQ = 512;
+
 /** A command name. */
 export type CommandName = (typeof COMMAND_NAMES)[number];
 
@@ -375,7 +386,7 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
     case "recalibrate": {
       onlyKeys(p, ["samples", "method", "gate"], cmd);
       const params: RecalibrateParams = {};
-      const samples = intIn(p, "samples", 1, 100_000);
+      const samples = intIn(p, "samples", 1, MAX_COMMAND_SAMPLES);
       if (samples !== undefined) params.samples = samples;
       if (p.method !== undefined) {
         if (typeof p.method !== "string" || !(METHODS as readonly string[]).includes(p.method)) {
@@ -395,8 +406,8 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
     case "bench": {
       onlyKeys(p, ["seq", "iterations"], cmd);
       const params: BenchParams = {};
-      const seq = intIn(p, "seq", 1, 4096);
-      const iterations = intIn(p, "iterations", 1, 100_000);
+      const seq = intIn(p, "seq", 1, MAX_BENCH_SEQ);
+      const iterations = intIn(p, "iterations", 1, MAX_BENCH_ITERATIONS);
       if (seq !== undefined) params.seq = seq;
       if (iterations !== undefined) params.iterations = iterations;
       return { name: cmd, params };

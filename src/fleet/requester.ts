@@ -20,6 +20,7 @@ import {
   type ReportMessage,
   TOPIC_ROOT,
 } from "./protocol.ts";
+import type { SigningKey } from "./signing.ts";
 
 /** Default time a command stays valid. */
 export const DEFAULT_COMMAND_TTL_MS = 60_000;
@@ -69,8 +70,22 @@ export interface FleetRequester {
   close(): Promise<void>;
 }
 
+/** Options of {@link createFleetRequester}. */
+export interface FleetRequesterOptions {
+  /**
+   * The operator key every command is signed with. Devices run only commands
+   * signed by a key they trust; unsigned ones get COMMAND_UNAUTHORIZED.
+   */
+  signer?: SigningKey;
+}
+
 /** Subscribes to this client's replies in `fleet` and returns a requester. */
-export async function createFleetRequester(conn: MqttConnection, fleet: string): Promise<FleetRequester> {
+export async function createFleetRequester(
+  conn: MqttConnection,
+  fleet: string,
+  requesterOptions: FleetRequesterOptions = {},
+): Promise<FleetRequester> {
+  const signer = requesterOptions.signer;
   const waiting = new Map<string, (reply: CommandReply) => void>();
   const reportWaiters = new Map<string, (r: ReportMessage) => void>();
   const seenReports = new Map<string, ReportMessage>();
@@ -132,8 +147,11 @@ export async function createFleetRequester(conn: MqttConnection, fleet: string):
           resolve(r);
         });
       });
+      const topic = topics.cmd(name as CommandName);
+      const body = encodeJson(env);
       try {
-        await conn.publish(topics.cmd(name as CommandName), encodeJson(env), {
+        await conn.publish(topic, body, {
+          ...(signer === undefined ? {} : { userProperties: signer.sign(topic, body) }),
           qos: 1,
           responseTopic: topics.reply(conn.clientId),
           correlationData: correlation,

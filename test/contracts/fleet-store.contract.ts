@@ -188,6 +188,37 @@ export function runFleetStoreContract(t: TestApi, name: string, make: () => Prom
       },
     );
 
+    t.test("enrolments: an operator's key replaces a proposal; a proposal never replaces a key", async () => {
+      await withStore(async (s) => {
+        assert.equal(await s.enrolment("f", "d1"), undefined);
+        assert.equal(await s.proposeEnrolment("f", "d1", "key-a", 10), true);
+        assert.equal(await s.proposeEnrolment("f", "d1", "key-b", 11), false);
+        assert.deepEqual(await s.enrolment("f", "d1"), {
+          fleet: "f",
+          device: "d1",
+          publicKey: "key-a",
+          state: "pending",
+          at: 10,
+        });
+        await s.enroll("f", "d1", "key-c", 12);
+        assert.equal(await s.proposeEnrolment("f", "d1", "key-d", 13), false);
+        assert.equal((await s.enrolment("f", "d1"))?.publicKey, "key-c");
+        assert.equal((await s.enrolment("f", "d1"))?.state, "enrolled");
+        await s.proposeEnrolment("f", "d2", "key-e", 14);
+        assert.deepEqual(
+          (await s.enrolments("pending")).map((e) => e.device),
+          ["d2"],
+        );
+        assert.equal((await s.enrolments()).length, 2);
+        assert.equal(await s.removeEnrolment("f", "d2"), true);
+        assert.equal(await s.removeEnrolment("f", "d2"), false);
+        assert.deepEqual(
+          (await s.enrolments()).map((e) => e.device),
+          ["d1"],
+        );
+      });
+    });
+
     t.test(
       "a report without progress messages still creates the job; the newest report is the device's last",
       async () => {

@@ -20,6 +20,8 @@ import {
   type TelemetryMessage,
 } from "../../src/fleet/protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
+import { writeNewSigningKey } from "../../src/fleet/signing.ts";
+import { enroll, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { repoRoot } from "../helpers/paths.ts";
 import { classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
@@ -48,7 +50,7 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
       if (m.topic === "quantd/v1/lab/board-1/status") statuses.push(decodeJson(m.payload) as StatusMessage);
     });
     await conn.subscribe(["quantd/v1/lab/board-1/status"], { qos: 1 });
-    req = await createFleetRequester(conn, "lab");
+    req = await createFleetRequester(conn, "lab", { signer: operator });
     counter = await connectMqttOnce({ url: broker.url, clientId: "report-counter" });
     counter.onMessage((m) => {
       const id = (decodeJson(m.payload) as { id: string }).id;
@@ -62,12 +64,19 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
       clientId: "agent-test-controller",
     });
     expect(await controller.waitReady(5000)).toBe(true);
+    // The board's key, made and enrolled before it first speaks, as an installer would.
+    const deviceKeyFile = join(dir, "board-1.key");
+    await enroll(fleetStore, "lab", [["board-1", writeNewSigningKey(deviceKeyFile).publicKey]]);
     req.onJobProgress((device, msg) => progress.push({ device, msg, t: performance.now() }));
     // Telemetry every 50 ms × 10 samples, so a message arrives within the test.
     agent = await startAgent(
       testConfig(
         dir,
-        { QUANTD_FLEET_TELEMETRY_INTERVAL_MS: "50" },
+        {
+          QUANTD_FLEET_TELEMETRY_INTERVAL_MS: "50",
+          QUANTD_FLEET_OPERATOR_KEYS: operator.publicKey,
+          QUANTD_FLEET_DEVICE_KEY_FILE: deviceKeyFile,
+        },
         { broker: broker.url, device: "board-1", fleet: "lab" },
       ),
     );

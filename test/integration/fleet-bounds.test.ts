@@ -22,6 +22,7 @@ import { MAX_COMMAND_BYTES, MAX_REPORT_BYTES, MAX_TELEMETRY_SAMPLES } from "../.
 import { createFleetRequester } from "../../src/fleet/requester.ts";
 import { QuantdError } from "../../src/errors.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
+import { enroll, newDeviceKey } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { until } from "../helpers/until.ts";
 
@@ -47,6 +48,12 @@ describe.skipIf(!hasMosquitto)("bounded fleet messages", () => {
   let device: { link: FleetLink; store: Store };
   let rogue: MqttConnection;
   const logs: string[] = [];
+  const deviceKey = newDeviceKey();
+  // What the rogue client sends is signed with the device's key: the caps alone must refuse it.
+  const signed = (topic: string, body: string) => ({
+    qos: 1 as const,
+    userProperties: deviceKey.sign(topic, new TextEncoder().encode(body)),
+  });
 
   beforeAll(async () => {
     broker = await startMosquitto({ users: { ctl: "ctl-secret-1", dev: "dev-secret-2", op: "op-secret-3" } });
@@ -62,9 +69,16 @@ describe.skipIf(!hasMosquitto)("bounded fleet messages", () => {
     expect(await controller.waitReady(5000)).toBe(true);
     dashboard = startDashboard(controller, "127.0.0.1:0");
     const s = await openStore(join(dir, "device.db"));
+    await enroll(store, "lab", [["pi-1", deviceKey.publicKey]]);
     const link = createFleetLink(
       { broker: url("dev", "dev-secret-2"), fleet: "lab", device: "pi-1" },
-      { store: s, handler, status: () => ({ agentVersion: "0.1.0", model: null }), log: (l) => logs.push(l) },
+      {
+        store: s,
+        deviceKey,
+        handler,
+        status: () => ({ agentVersion: "0.1.0", model: null }),
+        log: (l) => logs.push(l),
+      },
     );
     expect(await link.waitConnected(5000)).toBe(true);
     device = { link, store: s };
@@ -116,23 +130,28 @@ describe.skipIf(!hasMosquitto)("bounded fleet messages", () => {
       startedAt: null,
       finishedAt: 1,
     };
-    await rogue.publish("quantd/v1/lab/pi-1/report", JSON.stringify(huge), { qos: 1 });
+    const hugeBody = JSON.stringify(huge);
+    await rogue.publish("quantd/v1/lab/pi-1/report", hugeBody, signed("quantd/v1/lab/pi-1/report", hugeBody));
+    const bigStatus = JSON.stringify({
+      state: "online",
+      fleet: "lab",
+      device: "pi-1",
+      at: 1,
+      agentVersion: "v".repeat(20_000),
+    });
     await rogue.publish(
       "quantd/v1/lab/pi-1/status",
-      JSON.stringify({
-        state: "online",
-        fleet: "lab",
-        device: "pi-1",
-        at: 1,
-        agentVersion: "v".repeat(20_000),
-      }),
-      { qos: 1 },
+      bigStatus,
+      signed("quantd/v1/lab/pi-1/status", bigStatus),
     );
     const samples = Array.from({ length: 500 }, (_, i) => ({ at: 1_000 + i, requestRate: i }));
-    await rogue.publish(
-      "quantd/v1/lab/pi-1/telemetry",
-      JSON.stringify({ device: "pi-1", at: 2_000, samples, outbox: { queued: 0, bytes: 0, dropped: 0 } }),
-    );
+    const tel = JSON.stringify({
+      device: "pi-1",
+      at: 2_000,
+      samples,
+      outbox: { queued: 0, bytes: 0, dropped: 0 },
+    });
+    await rogue.publish("quantd/v1/lab/pi-1/telemetry", tel, signed("quantd/v1/lab/pi-1/telemetry", tel));
     await until(() => controller.stats().oversize - s0.oversize === 2, 5000, "two oversize refusals");
     await until(
       () => controller.stats().truncatedSamples - s0.truncatedSamples === 500 - MAX_TELEMETRY_SAMPLES,

@@ -18,6 +18,7 @@ import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
 import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
 import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
+import { enroll, newDeviceKey, OPERATOR_KEYS, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
@@ -72,10 +73,13 @@ describe.skipIf(!hasMosquitto)("fleet across a mosquitto bridge", () => {
     while (!edge.log().includes("edge-1") && Date.now() < deadline) await Bun.sleep(50);
     await Bun.sleep(300);
     const s = await openStore(join(dir, "edge-device.db"));
+    const deviceKey = newDeviceKey();
+    await enroll(store, "sites", [["edge-pi", deviceKey.publicKey]]);
     const link = createFleetLink(
-      { broker: edge.url, fleet: "sites", device: "edge-pi" },
+      { broker: edge.url, fleet: "sites", device: "edge-pi", operatorKeys: OPERATOR_KEYS },
       {
         store: s,
+        deviceKey,
         handler,
         status: () => ({ agentVersion: "0.1.0", model: { version: "3", kind: "int8-static" } }),
       },
@@ -83,7 +87,7 @@ describe.skipIf(!hasMosquitto)("fleet across a mosquitto bridge", () => {
     expect(await link.waitConnected(5000)).toBe(true);
     device = { link, store: s };
     op = await connectMqttOnce({ url: core.url, clientId: "core-operator" });
-    req = await createFleetRequester(op, "sites");
+    req = await createFleetRequester(op, "sites", { signer: operator });
   }, 30_000);
   afterAll(async () => {
     await req?.close();

@@ -20,6 +20,7 @@ import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { createFleetRequester } from "../../src/fleet/requester.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
+import { enroll, newDeviceKey, OPERATOR_KEYS, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { until } from "../helpers/until.ts";
 
@@ -72,8 +73,10 @@ async function startRig(replicas: number, shared: boolean): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), "quantd-fleet-restart-"));
   const stores: FleetStore[] = [];
   const controllers: FleetController[] = [];
+  const deviceKey = newDeviceKey();
   for (let i = 0; i < replicas; i++) {
     const store = await openSqliteFleetStore(join(dir, `controller-${i}.db`));
+    await enroll(store, "lab", [["pi-1", deviceKey.publicKey]]);
     stores.push(store);
     const c = startController({ broker: broker.url, store, clientId: `ctl-${i}`, shared });
     controllers.push(c);
@@ -81,8 +84,14 @@ async function startRig(replicas: number, shared: boolean): Promise<Rig> {
   }
   const store = await openStore(join(dir, "device.db"));
   const link = createFleetLink(
-    { broker: broker.url, fleet: "lab", device: "pi-1", telemetryIntervalMs: 1000 },
-    { store, handler: slowBoard(2500), status: () => ({ agentVersion: "0.1.0", model: null }) },
+    {
+      broker: broker.url,
+      fleet: "lab",
+      device: "pi-1",
+      telemetryIntervalMs: 1000,
+      operatorKeys: OPERATOR_KEYS,
+    },
+    { store, deviceKey, handler: slowBoard(2500), status: () => ({ agentVersion: "0.1.0", model: null }) },
   );
   expect(await link.waitConnected(5000)).toBe(true);
   rig = { broker, dir, stores, controllers, device: { link, store } };
@@ -107,7 +116,7 @@ async function jobState(r: Rig, id: string): Promise<string | undefined> {
 async function sendBench(r: Rig, id: string): Promise<void> {
   const conn = await connectMqttOnce({ url: r.broker.url, clientId: `op-${id}` });
   try {
-    const requester = await createFleetRequester(conn, "lab");
+    const requester = await createFleetRequester(conn, "lab", { signer: operator });
     const reply = await requester.request("pi-1", "bench", {}, { id });
     expect(reply.ok).toBe(true);
     await requester.close();

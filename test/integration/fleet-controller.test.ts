@@ -20,13 +20,16 @@ import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
+import { enroll, newDeviceKey, OPERATOR_KEY_FILE, OPERATOR_KEYS } from "../helpers/fleet-keys.ts";
 import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 import { until } from "../helpers/until.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
 async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const r = await runQuantd(args);
+  // Commands are signed with the operator key the boards trust.
+  const signed = ["recalibrate", "rollback", "report"].includes(args[1] ?? "");
+  const r = await runQuantd(signed ? [...args, "--key", OPERATOR_KEY_FILE] : args);
   return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
@@ -71,6 +74,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
   let controller: FleetController;
   let dashboard: Dashboard;
   const boards: { link: FleetLink; store: Store }[] = [];
+  const deviceKeys: [string, string][] = [];
 
   beforeAll(async () => {
     broker = await startMosquitto();
@@ -81,12 +85,23 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     dashboard = startDashboard(controller, "127.0.0.1:0");
     for (const name of ["pi-1", "pi-2"]) {
       const s = await openStore(join(dir, `${name}.db`));
+      const deviceKey = newDeviceKey();
+      deviceKeys.push([name, deviceKey.publicKey]);
+      await enroll(store, "lab", [[name, deviceKey.publicKey]]);
       const model = { version: `${name}-v1` };
       let rss = 100 * 1048576;
       const link = createFleetLink(
-        { broker: broker.url, fleet: "lab", device: name, telemetryIntervalMs: 50, telemetryBatch: 4 },
+        {
+          broker: broker.url,
+          fleet: "lab",
+          device: name,
+          telemetryIntervalMs: 50,
+          telemetryBatch: 4,
+          operatorKeys: OPERATOR_KEYS,
+        },
         {
           store: s,
+          deviceKey,
           handler: boardHandler(name, model),
           status: () => ({ agentVersion: "0.1.0", model: { version: model.version, kind: "int8-static" } }),
           telemetry: () => {
@@ -296,6 +311,9 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
 
   test("malformed device messages are counted and skipped; nothing reaches the store; bad URLs are 404", async () => {
     const rogue = await connectMqttOnce({ url: broker.url, clientId: "rogue" });
+    // An enrolled device that signs what it sends, so that what is refused is the payload.
+    const key = newDeviceKey();
+    await enroll(store, "lab", [["rogue", key.publicKey]]);
     try {
       const before = controller.stats().malformed;
       const bad: [string, string][] = [
@@ -311,7 +329,12 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
           '{"id":"x","jobId":"x","type":"t","state":"SUCCEEDED","finishedAt":"soon"}',
         ],
       ];
-      for (const [topic, body] of bad) await rogue.publish(topic, body, { qos: 1 });
+      for (const [topic, body] of bad) {
+        await rogue.publish(topic, body, {
+          qos: 1,
+          userProperties: key.sign(topic, new TextEncoder().encode(body)),
+        });
+      }
       await until(() => controller.stats().malformed - before === bad.length, 8000);
       expect(await store.device("lab", "rogue")).toBeUndefined();
       expect((await fetch(`${dashboard.url}api/devices/%E0%A4%A/x`)).status).toBe(404);
@@ -322,6 +345,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
 
   test("two controllers on the shared subscription split the messages: each report stored once in all", async () => {
     const other = await openSqliteFleetStore(join(dir, "controller-b.db"));
+    await enroll(other, "lab", deviceKeys);
     const b = startController({ broker: broker.url, store: other, clientId: "ctl-b" });
     try {
       expect(await b.waitReady(5000)).toBe(true);

@@ -17,6 +17,7 @@ import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import type { FleetCommandHandler } from "../../src/fleet/handler.ts";
 import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
+import { enroll, newDeviceKey } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 
 const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => existsSync(p));
@@ -68,10 +69,13 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
     for (const name of ["jetson-1", "pi-1"]) {
       const s = await openStore(join(dir, `${name}.db`));
       let t = 0;
+      const deviceKey = newDeviceKey();
+      await enroll(store, "lab", [[name, deviceKey.publicKey]]);
       const link = createFleetLink(
         { broker: broker.url, fleet: "lab", device: name, telemetryIntervalMs: 100, telemetryBatch: 2 },
         {
           store: s,
+          deviceKey,
           handler,
           status: () => ({ agentVersion: "0.1.0", model: { version: "2", kind: "int8-static" } }),
           telemetry: () => {

@@ -19,6 +19,7 @@ import { connectMqtt, connectMqttOnce, type MqttConnection } from "../../src/fle
 import { decodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
 import { createFleetRequester } from "../../src/fleet/requester.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
+import { enroll, newDeviceKey, OPERATOR_KEYS, operator } from "../helpers/fleet-keys.ts";
 import { until } from "../helpers/until.ts";
 
 const handler: FleetCommandHandler = {
@@ -63,10 +64,13 @@ describe("the embedded MQTT 5 broker", () => {
     });
     const store: Store = await openStore(join(dir, "device.db"));
     let deviceConn: MqttConnection | undefined;
+    const deviceKey = newDeviceKey();
+    await enroll(fleetStore, "demo", [["board", deviceKey.publicKey]]);
     const link: FleetLink = createFleetLink(
-      { broker: broker.url, fleet: "demo", device: "board", willDelaySec: 1 },
+      { broker: broker.url, fleet: "demo", device: "board", willDelaySec: 1, operatorKeys: OPERATOR_KEYS },
       {
         store,
+        deviceKey,
         handler,
         status: () => ({ agentVersion: "0.1.0", model: { version: "1", kind: "fp32" } }),
         connect: (o) => {
@@ -81,7 +85,7 @@ describe("the embedded MQTT 5 broker", () => {
       if (m.topic === "quantd/v1/demo/board/status") statuses.push(decodeJson(m.payload) as StatusMessage);
     });
     await ops.subscribe(["quantd/v1/demo/board/status"], { qos: 1 });
-    const req = await createFleetRequester(ops, "demo");
+    const req = await createFleetRequester(ops, "demo", { signer: operator });
     try {
       expect(await controller.waitReady(5000)).toBe(true);
       expect(logs.join("\n")).toContain("no shared subscriptions");
@@ -126,9 +130,16 @@ describe("the embedded MQTT 5 broker", () => {
     const pub = await connectMqttOnce({ url: broker.url, clientId: "transient-publisher" });
     try {
       expect(await controller.waitReady(5000)).toBe(true);
+      const key = newDeviceKey();
       for (const fleet of ["other", "mine"]) {
+        await enroll(store, fleet, [["b1", key.publicKey]]);
         const status: StatusMessage = { state: "online", fleet, device: "b1", at: Date.now() };
-        await pub.publish(`quantd/v1/${fleet}/b1/status`, JSON.stringify(status), { qos: 1 });
+        const topic = `quantd/v1/${fleet}/b1/status`;
+        const body = JSON.stringify(status);
+        await pub.publish(topic, body, {
+          qos: 1,
+          userProperties: key.sign(topic, new TextEncoder().encode(body)),
+        });
       }
       await until(async () => (await store.devices()).length > 0);
       await Bun.sleep(200);

@@ -22,6 +22,7 @@ import {
 import { type CommandReply, decodeJson, encodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
+import { OPERATOR_KEYS, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { until } from "../helpers/until.ts";
 
@@ -83,7 +84,13 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     const gate = { block: opts.block ?? false };
     let conn: MqttConnection | undefined;
     const link: FleetLink = createFleetLink(
-      { broker: broker.url, fleet: "lab", device, willDelaySec: opts.willDelaySec ?? 1 },
+      {
+        broker: broker.url,
+        fleet: "lab",
+        device,
+        willDelaySec: opts.willDelaySec ?? 1,
+        operatorKeys: OPERATOR_KEYS,
+      },
       {
         store,
         handler: recordingHandler(rec, gate),
@@ -96,7 +103,7 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     );
     expect(await link.waitConnected(5000)).toBe(true);
     const ctl = await connectMqttOnce({ url: broker.url, clientId: `ctl-${device}` });
-    const req: FleetRequester = await createFleetRequester(ctl, "lab");
+    const req: FleetRequester = await createFleetRequester(ctl, "lab", { signer: operator });
     cleanups.push(async () => {
       await req.close();
       await ctl.close();
@@ -274,8 +281,13 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
       if (m.topic.endsWith("/reply/raw")) replies.push(decodeJson(m.payload) as CommandReply);
     });
     await ctl.subscribe(["quantd/v1/lab/dev-bad/reply/raw"]);
+    // Signed, so that it is the body that is refused.
     await ctl.publish("quantd/v1/lab/dev-bad/cmd/recalibrate", "{not json", {
       qos: 1,
+      userProperties: operator.sign(
+        "quantd/v1/lab/dev-bad/cmd/recalibrate",
+        new TextEncoder().encode("{not json"),
+      ),
       responseTopic: "quantd/v1/lab/dev-bad/reply/raw",
       correlationData: new Uint8Array([1, 2, 3]),
     });

@@ -11,9 +11,11 @@ import { openPostgresFleetStore } from "../../src/fleet/controller/postgres-stor
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { encodeJson } from "../../src/fleet/protocol.ts";
 import { runFleetStoreContract } from "../contracts/fleet-store.contract.ts";
+import { newDeviceKey } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, startMosquitto } from "../helpers/mosquitto.ts";
 import { freePort } from "../helpers/net.ts";
 import { repoRoot } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 import { hasPostgres, type Postgres, postgresSkipReason, startPostgres } from "../helpers/postgres.ts";
 
 if (!hasPostgres) console.warn(postgresSkipReason);
@@ -78,7 +80,24 @@ describe.skipIf(!hasPostgres || !hasMosquitto)(
       // Trust auth ignores the password; it is there to check that no log shows it.
       const url = (await fresh()).replace("//postgres@", "//postgres:s3cret@");
       const replicas: { proc: ChildProcess; http: string }[] = [];
+      // The simulated devices' key, enrolled as an operator would, before the replicas start.
+      const deviceKey = newDeviceKey();
       try {
+        for (const device of ["d0", "d1", "d2"]) {
+          const r = await runQuantd([
+            "fleet",
+            "enroll",
+            device,
+            "--fleet",
+            "lab",
+            "--pubkey",
+            deviceKey.publicKey,
+            "--db",
+            url,
+          ]);
+          expect(r.stderr).not.toContain("s3cret");
+          expect(r.code).toBe(0);
+        }
         for (const name of ["a", "b"]) {
           const port = await freePort();
           const proc = spawn(
@@ -107,26 +126,24 @@ describe.skipIf(!hasPostgres || !hasMosquitto)(
           }
           // The password part of the URL never reaches the log.
           expect(err).not.toContain("s3cret");
-          expect(err).toContain("postgres://postgres:…@");
+          expect(err).toContain("postgres://postgres:***@");
           replicas.push({ proc, http: `http://127.0.0.1:${port}/` });
         }
         const dev = await connectMqttOnce({ url: broker.url, clientId: "sim-device" });
         const total = 30;
         for (let i = 0; i < total; i++) {
           const device = `d${i % 3}`;
-          await dev.publish(
-            `quantd/v1/lab/${device}/report`,
-            encodeJson({
-              id: `r${i}`,
-              device,
-              jobId: `r${i}`,
-              type: "bench",
-              state: "SUCCEEDED",
-              startedAt: 1,
-              finishedAt: 2 + i,
-            }),
-            { qos: 1 },
-          );
+          const topic = `quantd/v1/lab/${device}/report`;
+          const body = encodeJson({
+            id: `r${i}`,
+            device,
+            jobId: `r${i}`,
+            type: "bench",
+            state: "SUCCEEDED",
+            startedAt: 1,
+            finishedAt: 2 + i,
+          });
+          await dev.publish(topic, body, { qos: 1, userProperties: deviceKey.sign(topic, body) });
         }
         await dev.close();
         const stats = async (http: string): Promise<number> =>

@@ -16,6 +16,7 @@ import { connectMqttOnce, type MqttConnectOptions } from "../../src/fleet/mqtt-c
 import { decodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
 import { createFleetRequester } from "../../src/fleet/requester.ts";
 import { openStore } from "../../src/store/store.ts";
+import { OPERATOR_KEYS, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 
 const hasOpenssl = spawnSync("openssl", ["version"]).status === 0;
@@ -159,13 +160,14 @@ describe.skipIf(skip)("fleet over TLS with passwords and a per-device ACL", () =
         keyFile: join(dir, "pi-1.key"),
         username: "pi-1",
         password: users["pi-1"],
+        operatorKeys: OPERATOR_KEYS,
       },
       { store, handler, status: () => ({ agentVersion: "0.1.0", model: null }) },
     );
     try {
       expect(await link.waitConnected(5000)).toBe(true);
       const op = await connectMqttOnce(client("operator"));
-      const req = await createFleetRequester(op, "lab");
+      const req = await createFleetRequester(op, "lab", { signer: operator });
       const reply = await req.request("pi-1", "status", {}, { timeoutMs: 5000 });
       expect(reply).toMatchObject({ ok: true, result: { state: "online", secure: true } });
       await req.close();

@@ -27,6 +27,7 @@ import { connectMqttOnce, type MqttConnection, parseBrokerUrl } from "../../flee
 import { runJobCommand } from "../../fleet/operations.ts";
 import type { ReportMessage } from "../../fleet/protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../../fleet/requester.ts";
+import { type SigningKey, writeNewSigningKey } from "../../fleet/signing.ts";
 import { type Classifier, loadClassifier } from "../../runtime/classifier.ts";
 import { type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { ORT_VERSION } from "../../runtime/ort-session.ts";
@@ -82,6 +83,9 @@ export interface DemoState {
   fleetStore?: FleetStore;
   controller?: FleetController;
   dashboard?: Dashboard;
+  /** The operator key of this run (in the temporary directory) and its file, for `--key` with `--stay`. */
+  operatorKey?: SigningKey;
+  operatorKeyFile?: string;
   /** The operator's MQTT connection and requester (what `quantd fleet …` opens). */
   ops?: MqttConnection;
   requester?: FleetRequester;
@@ -226,11 +230,15 @@ const agentStep: DemoStep = {
     const broker = need(state.brokerUrl, "the broker");
     const dir = mkdtempSync(join(tmpdir(), "quantd-demo-"));
     state.agentDir = dir;
-    // env {}: the demo shows the shipped defaults, whatever QUANTD_* the shell holds.
+    // The operator key of this run (as `quantd fleet keygen` writes one): the agent trusts it and
+    // runs only the commands it signs; the agent makes its own device key in its state directory.
+    state.operatorKeyFile = join(dir, "operator.key");
+    state.operatorKey = writeNewSigningKey(state.operatorKeyFile);
+    // Otherwise env {}: the demo shows the shipped defaults, whatever QUANTD_* the shell holds.
     const config = loadAgentConfig({
       profile: { threads: state.threads, samplePool: { maxRows: 20_000, maxBytes: 8 * 1024 * 1024 } },
       defaultModel: SHIPPED_MODEL,
-      env: {},
+      env: { QUANTD_FLEET_OPERATOR_KEYS: state.operatorKey.publicKey },
       flags: {
         stateDir: join(dir, "state"),
         socket: join(dir, "quantd.sock"),
@@ -282,6 +290,10 @@ const controllerStep: DemoStep = {
     const dir = need(state.agentDir, "the temporary directory");
     const dbPath = join(dir, "fleet.db");
     state.fleetStore = await openSqliteFleetStore(dbPath);
+    // Enrol the device's key before subscribing, as `quantd fleet enroll` would: the controller stores
+    // only what an enrolled device signed (its retained status included).
+    const deviceKey = need(state.agent?.fleet?.publicKey, "the agent's device key");
+    await state.fleetStore.enroll(DEMO_FLEET, DEMO_DEVICE, deviceKey, Date.now());
     const suffix = crypto.randomUUID().slice(0, 8);
     state.controller = startController({
       broker,
@@ -296,7 +308,9 @@ const controllerStep: DemoStep = {
     }
     // The operator's side, as `quantd fleet recalibrate` connects: its own client and reply topic.
     state.ops = await connectMqttOnce({ url: broker, clientId: `quantd-demo-cli-${suffix}` });
-    state.requester = await createFleetRequester(state.ops, DEMO_FLEET);
+    state.requester = await createFleetRequester(state.ops, DEMO_FLEET, {
+      signer: need(state.operatorKey, "the operator key"),
+    });
     const store = state.fleetStore;
     const device = await until(async () => {
       const d = await store.device(DEMO_FLEET, DEMO_DEVICE);
@@ -306,6 +320,9 @@ const controllerStep: DemoStep = {
       throw new QuantdError("FLEET_UNAVAILABLE", `${DEMO_DEVICE} did not show up online at the controller`);
     }
     say(`SQLite ${dbPath}, subscribed to quantd/v1/${DEMO_FLEET}/+/#; dashboard ${state.dashboard.url}`);
+    say(
+      `${DEMO_DEVICE} enrolled with device key ${deviceKey}; commands signed with ${state.operatorKeyFile}`,
+    );
     say(
       `${DEMO_DEVICE}: online (retained status), agent ${device.agentVersion ?? "?"}, ` +
         `${device.model?.kind ?? "no"} model version ${device.model?.version ?? "-"}`,
@@ -713,6 +730,9 @@ async function stay(ctx: CommandContext, state: DemoState): Promise<void> {
     `  socket:  curl --unix-socket ${state.socketPath} -H 'content-type: application/json' http://localhost/v1/classify -d '{"texts":["a fine film"]}'`,
   );
   ctx.err(`  fleet:   quantd fleet devices --broker ${state.brokerUrl} --fleet ${DEMO_FLEET}`);
+  ctx.err(
+    `  command: quantd fleet report ${DEMO_DEVICE} --broker ${state.brokerUrl} --fleet ${DEMO_FLEET} --key ${state.operatorKeyFile ?? "-"}`,
+  );
   ctx.err("Ctrl-C (SIGINT) or SIGTERM stops it and removes the temporary directory");
   await new Promise<void>((resolve) => {
     const stop = (): void => {

@@ -10,8 +10,16 @@ import { startDashboard } from "../../fleet/controller/http.ts";
 import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
 import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from "../../fleet/mqtt-client.ts";
 import { readFleetStatus, runJobCommand } from "../../fleet/operations.ts";
+import type { FleetStore } from "../../fleet/controller/store.ts";
 import { checkName } from "../../fleet/protocol.ts";
 import { createFleetRequester } from "../../fleet/requester.ts";
+import {
+  keyId,
+  parsePublicKey,
+  readSigningKey,
+  type SigningKey,
+  writeNewSigningKey,
+} from "../../fleet/signing.ts";
 import { redactUrl } from "../../redact.ts";
 import type { Command, CommandContext, FlagSpec } from "../command.ts";
 import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
@@ -19,7 +27,7 @@ import { flagBool, flagInt, flagRequired, flagString, usageError } from "../pars
 import { renderTable } from "../render.ts";
 import { describeDeviceStatus, describeFleetOutcome } from "../summaries.ts";
 
-const SUBCOMMANDS = ["serve", "devices", "recalibrate", "report", "rollback"] as const;
+const SUBCOMMANDS = ["serve", "devices", "recalibrate", "report", "rollback", "keygen", "enroll"] as const;
 type Sub = (typeof SUBCOMMANDS)[number];
 
 const CONNECTION_FLAGS: FlagSpec[] = [
@@ -32,8 +40,16 @@ const CONNECTION_FLAGS: FlagSpec[] = [
     default: "$QUANTD_FLEET_FLEET, else default, as for quantd agent",
   },
   { name: "ca", type: "string", value: "FILE", description: "PEM CA certificate of the broker (mqtts)" },
-  { name: "cert", type: "string", value: "FILE", description: "PEM client certificate (mutual TLS)" },
-  { name: "key", type: "string", value: "FILE", description: "PEM client key (mutual TLS)" },
+  { name: "tls-cert", type: "string", value: "FILE", description: "PEM client certificate (mutual TLS)" },
+  { name: "tls-key", type: "string", value: "FILE", description: "PEM client key (mutual TLS)" },
+  {
+    name: "key",
+    type: "string",
+    value: "FILE",
+    description:
+      "operator signing key (quantd fleet keygen) for recalibrate, rollback and report; keygen: where to write it",
+    default: "$QUANTD_FLEET_KEY_FILE",
+  },
   { name: "username", type: "string", value: "NAME", description: "broker username" },
   {
     name: "password-env",
@@ -70,8 +86,8 @@ function readPem(ctx: CommandContext, flag: string): string | undefined {
 function connectOptions(ctx: CommandContext, clientId: string): MqttConnectOptions {
   const o: MqttConnectOptions = { url: flagRequired(ctx.flags, "broker"), clientId };
   const ca = readPem(ctx, "ca");
-  const cert = readPem(ctx, "cert");
-  const key = readPem(ctx, "key");
+  const cert = readPem(ctx, "tls-cert");
+  const key = readPem(ctx, "tls-key");
   if (ca !== undefined) o.ca = ca;
   if (cert !== undefined) o.cert = cert;
   if (key !== undefined) o.key = key;
@@ -108,6 +124,61 @@ async function withConnection<T>(
   }
 }
 
+/**
+ * The operator key commands are signed with: `--key FILE`, else
+ * `$QUANTD_FLEET_KEY_FILE`. Devices refuse unsigned commands, so it is required.
+ *
+ * @throws USAGE when neither is given; FILE_NOT_FOUND | CONFIG_INVALID from the file
+ */
+function operatorKey(ctx: CommandContext): SigningKey {
+  const path = flagString(ctx.flags, "key") ?? process.env.QUANTD_FLEET_KEY_FILE;
+  if (path === undefined || path === "") {
+    throw usageError(
+      "commands are signed: pass --key FILE (an operator key from quantd fleet keygen, trusted by the devices) or set QUANTD_FLEET_KEY_FILE",
+    );
+  }
+  return readSigningKey(path);
+}
+
+async function keygen(ctx: CommandContext): Promise<number> {
+  const path = flagString(ctx.flags, "key") ?? ctx.positionals[1];
+  if (path === undefined)
+    throw usageError("quantd fleet keygen needs --key FILE (where to write the private key)");
+  const key = writeNewSigningKey(path);
+  if (flagBool(ctx.flags, "json")) {
+    ctx.out(
+      JSON.stringify({ key: path, publicKeyFile: `${path}.pub`, publicKey: key.publicKey, kid: key.kid }),
+    );
+  } else {
+    ctx.err(`wrote ${path} (private, mode 0600) and ${path}.pub`);
+    ctx.out(key.publicKey);
+  }
+  return 0;
+}
+
+async function openFleetStore(dbPath: string): Promise<FleetStore> {
+  // A postgres:// URL is for several replicas sharing one state; a path is one controller's SQLite file.
+  return /^postgres(ql)?:\/\//.test(dbPath)
+    ? await (await import("../../fleet/controller/postgres-store.ts")).openPostgresFleetStore(dbPath)
+    : await openSqliteFleetStore(dbPath);
+}
+
+async function enroll(ctx: CommandContext): Promise<number> {
+  const device = oneDevice(ctx, "enroll");
+  const fleet = checkName(operatorFleet(ctx), "fleet");
+  const pubkey = flagRequired(ctx.flags, "pubkey");
+  parsePublicKey(pubkey);
+  const dbPath = flagString(ctx.flags, "db") ?? "quantd-fleet.db";
+  const store = await openFleetStore(dbPath);
+  try {
+    await store.enroll(fleet, device, pubkey.trim(), Date.now());
+  } finally {
+    await store.close();
+  }
+  ctx.err(`enrolled ${fleet}/${device} (key ${keyId(pubkey.trim())}) in ${redactUrl(dbPath)}`);
+  return 0;
+}
+
 function ago(at: number | null | undefined): string {
   if (at === null || at === undefined) return "-";
   const s = Math.max(0, Math.round((Date.now() - at) / 1000));
@@ -117,10 +188,7 @@ function ago(at: number | null | undefined): string {
 async function serve(ctx: CommandContext): Promise<number> {
   const logger = loggerFromFlags(ctx.flags, ctx.err);
   const dbPath = flagString(ctx.flags, "db") ?? "quantd-fleet.db";
-  // A postgres:// URL is for several replicas sharing one state; a path is one controller's SQLite file.
-  const store = /^postgres(ql)?:\/\//.test(dbPath)
-    ? await (await import("../../fleet/controller/postgres-store.ts")).openPostgresFleetStore(dbPath)
-    : await openSqliteFleetStore(dbPath);
+  const store = await openFleetStore(dbPath);
   // Logs name the database but never its password.
   const shownDb = redactUrl(dbPath);
   const conn = connectOptions(ctx, flagString(ctx.flags, "client-id") ?? "");
@@ -210,6 +278,7 @@ async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"):
     const version = flagString(ctx.flags, "version");
     if (version !== undefined) params.version = version;
   }
+  const signer = operatorKey(ctx);
   const json = flagBool(ctx.flags, "json");
   const wait = flagBool(ctx.flags, "wait");
   const timeoutSec = flagInt(ctx.flags, "timeout", { min: 1 }, 1800);
@@ -219,7 +288,7 @@ async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"):
       : [checkName(named[0]!, "device")];
     if (targets.length === 0)
       throw new QuantdError("FLEET_UNAVAILABLE", `no device of fleet ${fleet} is online`);
-    const requester = await createFleetRequester(conn, fleet);
+    const requester = await createFleetRequester(conn, fleet, { signer });
     try {
       const outcomes = await runJobCommand(requester, targets, sub, params, {
         wait,
@@ -244,8 +313,9 @@ async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"):
 
 async function report(ctx: CommandContext): Promise<number> {
   const device = oneDevice(ctx, "report");
+  const signer = operatorKey(ctx);
   return await withConnection(ctx, async (conn, fleet) => {
-    const requester = await createFleetRequester(conn, fleet);
+    const requester = await createFleetRequester(conn, fleet, { signer });
     try {
       const timeoutMs = flagInt(ctx.flags, "reply-timeout", { min: 1 }, 10) * 1000;
       const reply = await requester.request(device, "status", {}, { timeoutMs });
@@ -267,13 +337,15 @@ async function report(ctx: CommandContext): Promise<number> {
 /** The `fleet` command. */
 export const fleetCommand: Command = {
   name: "fleet",
-  summary: "fleet controller and remote commands over MQTT (serve, devices, recalibrate, report, rollback)",
+  summary:
+    "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll)",
   actions: SUBCOMMANDS,
   usage:
-    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] [--json]",
+    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE]",
   description:
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
+    "(only messages signed by an enrolled device key; the rest are refused and counted in /api/stats) " +
     "(--db; a postgres:// URL for several replicas sharing one state), with a live dashboard on --http (loopback only: it has no authentication). Stops on SIGTERM/SIGINT.\n\n" +
     "devices: lists the fleet's devices from their retained status messages.\n\n" +
     "recalibrate DEVICE|--all: sends a recalibrate command (idempotent id, 60 s expiry) and prints the job id; " +
@@ -281,7 +353,13 @@ export const fleetCommand: Command = {
     "with --json, prints one JSON object (--all: an array) with `state` and the full report. " +
     "Exit 1 when a device refused or (with --wait) the job did not succeed.\n\n" +
     "report DEVICE: asks the device for its status and last job's report.\n\n" +
-    "rollback DEVICE|--all: returns the device to its previous model version (or --version).",
+    "rollback DEVICE|--all: returns the device to its previous model version (or --version).\n\n" +
+    "recalibrate, report and rollback sign each command with the operator key (--key FILE or $QUANTD_FLEET_KEY_FILE); " +
+    "devices run only commands signed by a key in their fleet.operatorKeys and refuse the rest with COMMAND_UNAUTHORIZED.\n\n" +
+    "keygen --key FILE: writes a new Ed25519 operator key (FILE, mode 0600, and FILE.pub) and prints the public key " +
+    "to put in the devices' fleet.operatorKeys.\n\n" +
+    "enroll DEVICE --fleet NAME --pubkey KEY: records the device's public key (logged by the agent at start) in the " +
+    "controller's database (--db), so the controller stores what the device signs.",
   flags: [
     ...CONNECTION_FLAGS,
     {
@@ -318,6 +396,12 @@ export const fleetCommand: Command = {
     { name: "version", type: "string", value: "ID", description: "rollback: model version to return to" },
     { name: "json", type: "boolean", description: "print JSON" },
     ...LOG_FLAGS.map((f) => ({ ...f, description: `serve: ${f.description}` })),
+    {
+      name: "pubkey",
+      type: "string",
+      value: "KEY",
+      description: "enroll: the device's public key (the agent logs it at start; base64url, 43 characters)",
+    },
   ],
   async run(ctx) {
     const sub = ctx.positionals[0];
@@ -342,6 +426,10 @@ export const fleetCommand: Command = {
         return await jobCommand(ctx, s);
       case "report":
         return await report(ctx);
+      case "keygen":
+        return await keygen(ctx);
+      case "enroll":
+        return await enroll(ctx);
     }
   },
 };

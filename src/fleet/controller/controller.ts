@@ -30,6 +30,8 @@ import {
   type TelemetryMessage,
   TOPIC_ROOT,
 } from "../protocol.ts";
+import { keyId, parsePublicKey } from "../signing.ts";
+import { createDeviceKeys } from "./device-keys.ts";
 import type { FleetStore, TelemetryItem } from "./store.ts";
 
 /** Telemetry messages written per transaction at most. */
@@ -100,6 +102,12 @@ export interface ControllerStats {
   oversize: number;
   /** Telemetry samples dropped beyond `MAX_TELEMETRY_SAMPLES` in one message (the newest are kept). */
   truncatedSamples: number;
+  /** Device messages refused before anything was stored: nothing unsigned, forged or from a device not enrolled is kept. */
+  refused: {
+    unsigned: number;
+    badSignature: number;
+    notEnrolled: number;
+  };
 }
 
 /** The size cap of each kind of device message. */
@@ -118,6 +126,15 @@ export interface FleetController {
   waitReady(timeoutMs: number): Promise<boolean>;
   onEvent(fn: (e: ControllerEvent) => void): () => void;
   stats(): ControllerStats;
+  /** Enrols a device's key now (its later messages are stored); `quantd fleet enroll` writes the store directly instead. */
+  enroll(fleet: string, device: string, publicKey: string): Promise<void>;
+  /**
+   * Confirms the key a device presented (trust on first use), only if it is
+   * still the pending one: an operator confirms the key they saw.
+   *
+   * @throws NOT_FOUND when no such key is pending
+   */
+  confirmEnrolment(fleet: string, device: string, publicKey: string): Promise<void>;
   /** Disconnects (the session stays on the broker); the store is left open. */
   stop(): Promise<void>;
 }
@@ -191,6 +208,27 @@ export function startController(options: ControllerOptions): FleetController {
     droppedTelemetry: 0,
     oversize: 0,
     truncatedSamples: 0,
+    refused: { unsigned: 0, badSignature: 0, notEnrolled: 0 },
+  };
+  const keys = createDeviceKeys(options.store, now);
+  // Logged once per device and reason, so a flood does not flood the log.
+  const warned = new Set<string>();
+  const authentic = async (t: ParsedTopic, m: MqttMessage): Promise<boolean> => {
+    const r = await keys.check(t.fleet, t.device, m.topic, m.payload, m.userProperties);
+    if (r.ok) return true;
+    if (r.reason === "unsigned") stats.refused.unsigned++;
+    else if (r.reason === "bad-signature") stats.refused.badSignature++;
+    else stats.refused.notEnrolled++;
+    const key = `${t.fleet}/${t.device}/${r.reason}`;
+    if (r.reason === "not-enrolled" && r.proposed) {
+      log(
+        `controller: ${t.fleet}/${t.device} is not enrolled; it presented a key, confirm it on the dashboard or with quantd fleet enroll`,
+      );
+    } else if (!warned.has(key) && warned.size < 10_000) {
+      warned.add(key);
+      log(`controller: refused ${t.kind} from ${t.fleet}/${t.device}: ${r.reason}`);
+    }
+    return false;
   };
   let subscribed = false;
   const readyWaiters = new Set<() => void>();
@@ -307,11 +345,19 @@ export function startController(options: ControllerOptions): FleetController {
       return;
     }
     if (t.kind === "telemetry") {
-      queueTelemetry(t, m);
+      authentic(t, m)
+        .then((ok) => {
+          if (ok) queueTelemetry(t, m);
+        })
+        .catch((err: unknown) =>
+          log(`controller: cannot check ${m.topic}: ${QuantdError.from(err).toLine()}`),
+        );
       return;
     }
     chain = chain
-      .then(() => ingest(t, m))
+      .then(async () => {
+        if (await authentic(t, m)) await ingest(t, m);
+      })
       .catch((err: unknown) => {
         log(`controller: cannot store ${m.topic}: ${QuantdError.from(err).toLine()}`);
       });
@@ -377,7 +423,25 @@ export function startController(options: ControllerOptions): FleetController {
       listeners.add(fn);
       return () => listeners.delete(fn);
     },
-    stats: () => ({ ...stats, byKind: { ...stats.byKind } }),
+    stats: () => ({ ...stats, byKind: { ...stats.byKind }, refused: { ...stats.refused } }),
+    async enroll(fleet, device, publicKey) {
+      checkName(fleet, "fleet");
+      checkName(device, "device");
+      parsePublicKey(publicKey);
+      await options.store.enroll(fleet, device, publicKey.trim(), now());
+      keys.forget(fleet, device);
+    },
+    async confirmEnrolment(fleet, device, publicKey) {
+      const e = await options.store.enrolment(fleet, device);
+      if (e?.state !== "pending" || e.publicKey !== publicKey.trim()) {
+        throw new QuantdError("NOT_FOUND", `no pending key ${publicKey} for ${fleet}/${device}`, {
+          details: { fleet, device },
+        });
+      }
+      await options.store.enroll(fleet, device, e.publicKey, now());
+      keys.forget(fleet, device);
+      log(`controller: ${fleet}/${device} enrolled (key ${keyId(e.publicKey)})`);
+    },
     async stop() {
       clearInterval(pruneTimer);
       await conn.close();

@@ -31,6 +31,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   svg text { font-size: 10px; fill: #667; }
   .empty { color: #889; padding: 1rem 0; }
   .p50 { color: #2b6cb0; } .p95 { color: #dd6b20; } .agr { color: #2a9d4a; }
+  #trust { margin-top: 1rem; } #refused { color: #445; } code { font-size: 0.85rem; }
 </style>
 </head>
 <body>
@@ -43,6 +44,14 @@ export const DASHBOARD_HTML = `<!doctype html>
   <tbody id="devices"></tbody>
 </table>
 <div class="empty" id="none" hidden>No device has reported yet.</div>
+<section id="trust">
+  <p id="refused">Refused device messages: –</p>
+  <div id="pending-box" hidden>
+    <h2>Devices waiting for enrolment</h2>
+    <p>These devices are not enrolled; nothing they send is stored. Confirm a key only when it is the one the device printed (<code>quantd fleet enroll</code> does the same from a shell).</p>
+    <table><thead><tr><th>device</th><th>fleet</th><th>public key</th><th>first seen</th><th></th></tr></thead><tbody id="pending"></tbody></table>
+  </div>
+</section>
 <section id="detail">
   <h2 id="detail-title"></h2>
   <div class="charts">
@@ -152,12 +161,44 @@ async function loadDetail() {
     { name: "agreement", color: "#2a9d4a", points: reports.map((r) => [r.finishedAt || 0, r.figures.agreement]) },
   ], { fmt: (v) => (v * 100).toFixed(1) + "%" });
 }
+async function loadTrust() {
+  const [stats, pendingKeys] = await Promise.all([
+    fetch("/api/stats").then((r) => r.json()),
+    fetch("/api/enrolments?state=pending").then((r) => r.json()),
+  ]);
+  const r = stats.refused;
+  document.getElementById("refused").textContent =
+    "Refused device messages: " + r.unsigned + " unsigned, " + r.badSignature + " bad signature, " +
+    r.notEnrolled + " from devices not enrolled; " + stats.oversize + " oversize";
+  const body = document.getElementById("pending");
+  body.replaceChildren();
+  document.getElementById("pending-box").hidden = pendingKeys.length === 0;
+  for (const e of pendingKeys) {
+    const tr = document.createElement("tr");
+    cell(tr, e.device);
+    cell(tr, e.fleet);
+    cell(tr, e.publicKey);
+    cell(tr, ago(e.at));
+    const td = cell(tr, "");
+    const button = document.createElement("button");
+    button.textContent = "confirm";
+    button.addEventListener("click", async () => {
+      const url = "/api/enrolments/" + encodeURIComponent(e.fleet) + "/" + encodeURIComponent(e.device) + "/confirm";
+      await fetch(url, { method: "POST", headers: { "content-type": "application/json", "x-quantd-confirm": "1" }, body: JSON.stringify({ publicKey: e.publicKey }) });
+      loadTrust();
+    });
+    td.appendChild(button);
+    body.appendChild(tr);
+  }
+}
 let pending = false;
 function refresh() {
   if (pending) return;
   pending = true;
-  setTimeout(() => { pending = false; loadDevices(); loadDetail(); }, 100);
+  setTimeout(() => { pending = false; loadDevices(); loadDetail(); loadTrust(); }, 100);
 }
+setInterval(loadTrust, 5000);
+loadTrust();
 const events = new EventSource("/api/events");
 events.addEventListener("changed", refresh);
 loadDevices();

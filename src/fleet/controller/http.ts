@@ -169,12 +169,36 @@ export function startDashboard(controller: FleetController, address: string): Da
     }
   }, PUSH_INTERVAL_MS);
 
+  // The one write: confirming a device key offered for trust on first use. The custom header
+  // makes a browser preflight any cross-site attempt (which this server never approves).
+  const post = async (req: Request, url: URL): Promise<Response> => {
+    const parts = url.pathname.split("/").filter((p) => p !== "");
+    if (parts.length !== 5 || parts[0] !== "api" || parts[1] !== "enrolments" || parts[4] !== "confirm") {
+      return notFound(url.pathname);
+    }
+    if (req.headers.get("x-quantd-confirm") !== "1") {
+      return json({ error: new QuantdError("REQUEST_INVALID", "missing x-quantd-confirm: 1").toJSON() }, 400);
+    }
+    try {
+      const body = (await req.json()) as { publicKey?: unknown };
+      if (typeof body.publicKey !== "string")
+        throw new QuantdError("REQUEST_INVALID", "body needs publicKey");
+      const [fleet, device] = [decodeURIComponent(parts[2]!), decodeURIComponent(parts[3]!)];
+      await controller.confirmEnrolment(fleet, device, body.publicKey);
+      return json({ fleet, device, state: "enrolled" });
+    } catch (err) {
+      const e = QuantdError.from(err, "REQUEST_INVALID");
+      return json({ error: e.toJSON() }, e.code === "NOT_FOUND" ? 404 : 400);
+    }
+  };
+
   const server = Bun.serve({
     hostname: host,
     port,
     idleTimeout: 0,
     async fetch(req) {
       const url = new URL(req.url);
+      if (req.method === "POST") return await post(req, url);
       if (req.method !== "GET") return json({ error: { code: "REQUEST_INVALID", message: "GET only" } }, 405);
       try {
         const parts = url.pathname
@@ -186,6 +210,12 @@ export function startDashboard(controller: FleetController, address: string): Da
         }
         if (parts[0] !== "api") return notFound(url.pathname);
         if (parts[1] === "stats" && parts.length === 2) return json(controller.stats());
+        if (parts[1] === "enrolments" && parts.length === 2) {
+          const state = url.searchParams.get("state");
+          return json(
+            await store.enrolments(state === "pending" || state === "enrolled" ? state : undefined),
+          );
+        }
         if (parts[1] === "events" && parts.length === 2) {
           let self: ReadableStreamDefaultController<Uint8Array> | undefined;
           const body = new ReadableStream<Uint8Array>({

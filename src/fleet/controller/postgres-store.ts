@@ -10,7 +10,14 @@ import { SQL } from "bun";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import type { JobState } from "../../store/jobs.ts";
 import type { ModelInfo, OutboxFigures, ReportMessage, StatusMessage, TelemetrySample } from "../protocol.ts";
-import type { DeviceRecord, FleetStore, JobRecord, StatusRecord, TelemetryRecord } from "./store.ts";
+import type {
+  DeviceRecord,
+  EnrolmentRecord,
+  FleetStore,
+  JobRecord,
+  StatusRecord,
+  TelemetryRecord,
+} from "./store.ts";
 
 /** Schema steps, oldest first; `quantd_fleet_schema` records the version. Append, never edit. */
 export const POSTGRES_MIGRATIONS: readonly { version: number; sql: string }[] = [
@@ -75,11 +82,34 @@ export const POSTGRES_MIGRATIONS: readonly { version: number; sql: string }[] = 
       CREATE INDEX reports_device ON reports (fleet, device, received_at);
     `,
   },
+  {
+    version: 2,
+    sql: `
+      CREATE TABLE enrolments (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('enrolled', 'pending')),
+        at BIGINT NOT NULL,
+        PRIMARY KEY (fleet, device)
+      );
+    `,
+  },
 ];
 
 const FINAL = "('SUCCEEDED','FAILED','REJECTED','TIMED_OUT')";
 
 type Row = Record<string, unknown>;
+
+function toEnrolment(r: Row): EnrolmentRecord {
+  return {
+    fleet: String(r.fleet),
+    device: String(r.device),
+    publicKey: String(r.public_key),
+    state: r.state === "enrolled" ? "enrolled" : "pending",
+    at: Number(r.at),
+  };
+}
 
 const text = (v: unknown): string | null => (v === undefined || v === null ? null : JSON.stringify(v));
 
@@ -353,6 +383,39 @@ export async function openPostgresFleetStore(
         [fleet, device, limit],
       );
       return rows.map((r) => parse(r.body, "body") as ReportMessage);
+    },
+    async enroll(fleet, device, publicKey, at) {
+      await q(
+        `INSERT INTO enrolments (fleet, device, public_key, state, at) VALUES ($1, $2, $3, 'enrolled', $4)
+         ON CONFLICT (fleet, device) DO UPDATE SET public_key = excluded.public_key, state = 'enrolled', at = excluded.at`,
+        [fleet, device, publicKey, at],
+      );
+    },
+    async proposeEnrolment(fleet, device, publicKey, at) {
+      const rows = await q(
+        `INSERT INTO enrolments (fleet, device, public_key, state, at) VALUES ($1, $2, $3, 'pending', $4)
+         ON CONFLICT (fleet, device) DO NOTHING RETURNING fleet`,
+        [fleet, device, publicKey, at],
+      );
+      return rows.length === 1;
+    },
+    async removeEnrolment(fleet, device) {
+      const rows = await q("DELETE FROM enrolments WHERE fleet = $1 AND device = $2 RETURNING fleet", [
+        fleet,
+        device,
+      ]);
+      return rows.length === 1;
+    },
+    async enrolment(fleet, device) {
+      const [r] = await q("SELECT * FROM enrolments WHERE fleet = $1 AND device = $2", [fleet, device]);
+      return r === undefined ? undefined : toEnrolment(r);
+    },
+    async enrolments(state) {
+      const rows =
+        state === undefined
+          ? await q("SELECT * FROM enrolments ORDER BY fleet, device")
+          : await q("SELECT * FROM enrolments WHERE state = $1 ORDER BY fleet, device", [state]);
+      return rows.map(toEnrolment);
     },
     async report(fleet, device, id) {
       const [r] = await q("SELECT body FROM reports WHERE fleet = $1 AND device = $2 AND id = $3", [

@@ -10,7 +10,14 @@ import { type OpenSqlOptions, openSqlDatabase } from "../../store/open.ts";
 import { jsonOrNull, num, str, strOrNull } from "../../store/row.ts";
 import type { SqlDatabase, SqlRow } from "../../store/sql.ts";
 import type { ModelInfo, OutboxFigures, ReportMessage, StatusMessage, TelemetrySample } from "../protocol.ts";
-import type { DeviceRecord, FleetStore, JobRecord, StatusRecord, TelemetryRecord } from "./store.ts";
+import type {
+  DeviceRecord,
+  EnrolmentRecord,
+  FleetStore,
+  JobRecord,
+  StatusRecord,
+  TelemetryRecord,
+} from "./store.ts";
 
 /** The controller database's schema, oldest first. Append, never edit. */
 export const FLEET_MIGRATIONS: readonly Migration[] = [
@@ -75,7 +82,31 @@ export const FLEET_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX reports_device ON reports (fleet, device, received_at);
     `,
   },
+  {
+    version: 2,
+    name: "fleet device keys (enrolments)",
+    sql: `
+      CREATE TABLE enrolments (
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('enrolled', 'pending')),
+        at INTEGER NOT NULL,
+        PRIMARY KEY (fleet, device)
+      );
+    `,
+  },
 ];
+
+function toEnrolment(r: SqlRow): EnrolmentRecord {
+  return {
+    fleet: str(r, "fleet"),
+    device: str(r, "device"),
+    publicKey: str(r, "public_key"),
+    state: str(r, "state") === "enrolled" ? "enrolled" : "pending",
+    at: num(r, "at"),
+  };
+}
 
 const FINAL = "('SUCCEEDED','FAILED','REJECTED','TIMED_OUT')";
 
@@ -160,6 +191,17 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
   const history = db.prepare(
     "SELECT state, reason, at FROM status_history WHERE fleet = ? AND device = ? ORDER BY id DESC LIMIT ?",
   );
+  const enrollStmt = db.prepare(
+    `INSERT INTO enrolments (fleet, device, public_key, state, at) VALUES (?, ?, ?, 'enrolled', ?)
+     ON CONFLICT (fleet, device) DO UPDATE SET public_key = excluded.public_key, state = 'enrolled', at = excluded.at`,
+  );
+  const proposeStmt = db.prepare(
+    "INSERT OR IGNORE INTO enrolments (fleet, device, public_key, state, at) VALUES (?, ?, ?, 'pending', ?)",
+  );
+  const removeEnrolmentStmt = db.prepare("DELETE FROM enrolments WHERE fleet = ? AND device = ?");
+  const oneEnrolment = db.prepare("SELECT * FROM enrolments WHERE fleet = ? AND device = ?");
+  const allEnrolments = db.prepare("SELECT * FROM enrolments ORDER BY fleet, device");
+  const enrolmentsIn = db.prepare("SELECT * FROM enrolments WHERE state = ? ORDER BY fleet, device");
   const oneReport = db.prepare("SELECT body FROM reports WHERE fleet = ? AND device = ? AND id = ?");
   const reportsOf = db.prepare(
     "SELECT body FROM reports WHERE fleet = ? AND device = ? ORDER BY received_at DESC, rowid DESC LIMIT ?",
@@ -252,6 +294,22 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
     },
     async reports(fleet, device, limit = 100) {
       return reportsOf.all(fleet, device, limit).map((r) => jsonOrNull(r, "body") as ReportMessage);
+    },
+    async enroll(fleet, device, publicKey, at) {
+      enrollStmt.run(fleet, device, publicKey, at);
+    },
+    async proposeEnrolment(fleet, device, publicKey, at) {
+      return proposeStmt.run(fleet, device, publicKey, at).changes === 1;
+    },
+    async removeEnrolment(fleet, device) {
+      return removeEnrolmentStmt.run(fleet, device).changes === 1;
+    },
+    async enrolment(fleet, device) {
+      const r = oneEnrolment.get(fleet, device);
+      return r === undefined ? undefined : toEnrolment(r);
+    },
+    async enrolments(state) {
+      return (state === undefined ? allEnrolments.all() : enrolmentsIn.all(state)).map(toEnrolment);
     },
     async report(fleet, device, id) {
       const r = oneReport.get(fleet, device, id);

@@ -69,8 +69,33 @@ export interface TelemetryItem {
   receivedAt: number;
 }
 
+/**
+ * A device's public key as the controller knows it: `enrolled` by an
+ * operator (`quantd fleet enroll`, or confirming on the dashboard), or
+ * `pending` when a device that is not enrolled presented it on its own
+ * (trust on first use, until an operator confirms).
+ */
+export interface EnrolmentRecord {
+  fleet: string;
+  device: string;
+  /** base64url of the raw Ed25519 public key. */
+  publicKey: string;
+  state: "enrolled" | "pending";
+  at: number;
+}
+
 /** The controller's storage. */
 export interface FleetStore {
+  /** Enrols a device's key (replacing any key or pending proposal): its signed messages are stored from now on. */
+  enroll(fleet: string, device: string, publicKey: string, at: number): Promise<void>;
+  /** Records a key a device presented on its own, unless the device already has a record; true when recorded. */
+  proposeEnrolment(fleet: string, device: string, publicKey: string, at: number): Promise<boolean>;
+  /** Removes a device's key or proposal (its messages are refused again); false when there was none. */
+  removeEnrolment(fleet: string, device: string): Promise<boolean>;
+  /** A device's enrolment, or undefined. */
+  enrolment(fleet: string, device: string): Promise<EnrolmentRecord | undefined>;
+  /** Every enrolment of one state (or all), by fleet then device. */
+  enrolments(state?: EnrolmentRecord["state"]): Promise<EnrolmentRecord[]>;
   /** Records a status message (a history row always; the device row when newer). */
   recordStatus(fleet: string, device: string, status: StatusMessage, receivedAt: number): Promise<void>;
   /**
