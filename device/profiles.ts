@@ -9,6 +9,23 @@ export type BoardId = "rpi4" | "rpi5" | "jetson-orin" | "generic-arm64" | "gener
 /** int8 formats the quantizer can produce, in the order a board should try them. */
 export type Int8Format = "int8-static" | "int8-dynamic";
 
+/**
+ * One int8 build `quantize --mode auto` tries: static (calibrated, written as
+ * portable QDQ or onnxruntime's fused MatMulIntegerToFloat, with uint8 or
+ * int8 activations against int8 weights: U8S8 or S8S8) or dynamic.
+ */
+export interface AutoCandidate {
+  mode: "static" | "dynamic";
+  format?: "qdq" | "fused";
+  activations?: "uint8" | "int8";
+}
+
+/** The candidates `--mode auto` times on a board, and why those. */
+export interface AutoCandidates {
+  candidates: AutoCandidate[];
+  why: string;
+}
+
 /** Defaults for one kind of board. */
 export interface BoardProfile {
   id: BoardId;
@@ -21,6 +38,8 @@ export interface BoardProfile {
   threads: number;
   /** Formats `quantize --mode auto` and the recalibration job try first. */
   preferredFormats: Int8Format[];
+  /** Every int8 form that can be the fastest on this board: `--mode auto` builds, validates and times each. */
+  auto: AutoCandidates;
   /**
    * Use 7-bit weights. Only x86 without VNNI needs it: its u8×s8 multiply-add
    * (vpmaddubsw) saturates int16 pairs with full 8-bit weights.
@@ -59,6 +78,36 @@ function memoryMaxFor(memTotalMb: number): number {
   return Math.min(1024, Math.max(384, Math.floor(memTotalMb / 4)));
 }
 
+const U8S8_FUSED: AutoCandidate = { mode: "static", format: "fused", activations: "uint8" };
+const S8S8_FUSED: AutoCandidate = { mode: "static", format: "fused", activations: "int8" };
+const U8S8_QDQ: AutoCandidate = { mode: "static", format: "qdq", activations: "uint8" };
+const S8S8_QDQ: AutoCandidate = { mode: "static", format: "qdq", activations: "int8" };
+const DYNAMIC: AutoCandidate = { mode: "dynamic" };
+
+/**
+ * The int8 forms worth timing on a CPU. On arm64, MLAS has kernels for both
+ * U8S8 and S8S8: with the dot-product extension both run on sdot/udot and
+ * either can win by core; without it (Cortex-A72, Pi 4) they take different
+ * NEON widening-multiply paths, so both are timed there too. x86 MLAS has
+ * VNNI/AVX2 kernels for U8S8 only; S8S8 takes a slow path (4–20 × slower,
+ * measured on a VNNI EPYC), so it is not tried.
+ */
+export function autoCandidatesFor(facts: Pick<DeviceFacts, "arch" | "features">): AutoCandidates {
+  if (facts.arch === "arm64") {
+    const dot = facts.features.includes("asimddp");
+    return {
+      candidates: [U8S8_FUSED, S8S8_FUSED, U8S8_QDQ, S8S8_QDQ, DYNAMIC],
+      why: dot
+        ? "arm64 with dot product (asimddp): U8S8 and S8S8 both run on sdot/udot kernels and either can be faster on this core, so both are timed, fused and QDQ, beside dynamic"
+        : "arm64 without dot product: U8S8 and S8S8 take different NEON widening-multiply kernels, so both are timed, fused and QDQ, beside dynamic (no requantization per MatMul)",
+    };
+  }
+  return {
+    candidates: [U8S8_FUSED, U8S8_QDQ, DYNAMIC],
+    why: "x86: onnxruntime's VNNI/AVX2 int8 kernels take uint8 activations with int8 weights (U8S8); S8S8 runs on a slow path there and is not tried",
+  };
+}
+
 /**
  * Builds the profile for a board from the facts.
  *
@@ -71,6 +120,7 @@ export function profileFor(id: BoardId, facts: DeviceFacts): BoardProfile {
   const threads = threadsFor(facts.cores);
   const memoryMaxMb = memoryMaxFor(facts.memTotalMb);
   const hasDot = facts.features.includes("asimddp");
+  const auto = autoCandidatesFor(facts);
   const samplePool = {
     maxRows: facts.memTotalMb >= 4096 ? 20_000 : 5_000,
     maxBytes: (facts.memTotalMb >= 4096 ? 32 : 8) * MIB,
@@ -83,6 +133,7 @@ export function profileFor(id: BoardId, facts: DeviceFacts): BoardProfile {
         threads,
         preferredFormats: ["int8-dynamic", "int8-static"],
         reduceRange: false,
+        auto,
         memoryMaxMb,
         samplePool,
       };
@@ -93,6 +144,7 @@ export function profileFor(id: BoardId, facts: DeviceFacts): BoardProfile {
         threads,
         preferredFormats: ["int8-static", "int8-dynamic"],
         reduceRange: false,
+        auto,
         memoryMaxMb,
         samplePool,
       };
@@ -103,6 +155,7 @@ export function profileFor(id: BoardId, facts: DeviceFacts): BoardProfile {
         threads,
         preferredFormats: ["int8-static", "int8-dynamic"],
         reduceRange: false,
+        auto,
         memoryMaxMb,
         samplePool,
       };
@@ -113,6 +166,7 @@ export function profileFor(id: BoardId, facts: DeviceFacts): BoardProfile {
         threads,
         preferredFormats: hasDot ? ["int8-static", "int8-dynamic"] : ["int8-dynamic", "int8-static"],
         reduceRange: false,
+        auto,
         memoryMaxMb,
         samplePool,
       };
@@ -124,6 +178,7 @@ export function profileFor(id: BoardId, facts: DeviceFacts): BoardProfile {
         threads,
         preferredFormats: ["int8-static", "int8-dynamic"],
         reduceRange: !vnni && facts.features.includes("avx2"),
+        auto,
         memoryMaxMb,
         samplePool,
       };

@@ -38,6 +38,7 @@ import {
   type LogitMatrix,
 } from "./gate.ts";
 import {
+  type ActivationType,
   assertFloat32Model,
   assertNotQuantized,
   type CalibrationMethod,
@@ -185,6 +186,11 @@ export interface RunQuantizationOptions {
   threads?: number;
   /** Seed of a pool's pick. @defaultValue 1 */
   seed?: number;
+  /**
+   * What `--mode auto` builds and times, and why (a board profile's `auto`).
+   * @defaultValue both static forms with uint8 activations, and dynamic
+   */
+  autoCandidates?: { candidates: readonly AutoCandidate[]; why: string };
   /** Progress lines (for a CLI's stderr). */
   onProgress?: (line: string) => void;
 }
@@ -444,6 +450,7 @@ interface Candidate {
   mode: QuantizeMode;
   method?: CalibrationMethod;
   format?: StaticFormat;
+  activations?: ActivationType;
   model: ModelProto;
   metrics: GateMetrics;
   passed: boolean;
@@ -463,8 +470,46 @@ interface Candidate {
   p50Ms?: number;
 }
 
-function describeFormat(c: { mode: QuantizeMode; method?: string; format?: string }): string {
-  return [c.mode, c.method, c.format].filter((x) => x !== undefined).join("/");
+function describeFormat(c: {
+  mode: QuantizeMode;
+  method?: string;
+  format?: string;
+  activations?: string;
+}): string {
+  const pairing = c.activations === undefined ? undefined : c.activations === "int8" ? "s8s8" : "u8s8";
+  return [c.mode, c.method, c.format, pairing].filter((x) => x !== undefined).join("/");
+}
+
+/** One format to build: a mode and, for static, how it is calibrated and written. */
+interface FormatChoice {
+  mode: QuantizeMode;
+  method?: CalibrationMethod;
+  format?: StaticFormat;
+  activations?: ActivationType;
+}
+
+/** One int8 form `--mode auto` may try (a board profile lists the ones worth timing on it). */
+export interface AutoCandidate {
+  mode: QuantizeMode;
+  format?: StaticFormat;
+  activations?: ActivationType;
+}
+
+/** `--mode auto`'s candidates without a board profile: both static forms with uint8 activations, and dynamic. */
+const DEFAULT_AUTO_CANDIDATES: readonly AutoCandidate[] = [
+  { mode: "static", format: "qdq" },
+  { mode: "static", format: "fused" },
+  { mode: "dynamic" },
+];
+
+/** Why the chosen candidate won, in one line, for the report. */
+function autoDecision(chosen: Candidate, passing: readonly Candidate[], seq: number): string {
+  if (passing.length <= 1) return `${describeFormat(chosen)}: the only candidate that met the gate`;
+  const others = passing
+    .filter((c) => c !== chosen)
+    .sort((a, b) => (a.p50Ms ?? 0) - (b.p50Ms ?? 0))
+    .map((c) => `${describeFormat(c)} ${(c.p50Ms ?? 0).toFixed(2)} ms`);
+  return `${describeFormat(chosen)}: fastest candidate that met the gate, p50 ${(chosen.p50Ms ?? 0).toFixed(2)} ms at sequence ${seq} (then ${others.join(", ")})`;
 }
 
 /** @throws USAGE when `out` is the model itself; FILE_WRITE_FAILED when its directory is not writable */
@@ -659,13 +704,19 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     }
   };
 
-  const formats: { mode: QuantizeMode; method?: CalibrationMethod; format?: StaticFormat }[] =
+  const formats: FormatChoice[] =
     requestedMode === "auto"
-      ? [
-          { mode: "static", method: staticMethod, format: "qdq" },
-          { mode: "static", method: staticMethod, format: "fused" },
-          { mode: "dynamic" },
-        ]
+      ? (opts.autoCandidates?.candidates ?? DEFAULT_AUTO_CANDIDATES).map(
+          (c): FormatChoice =>
+            c.mode === "static"
+              ? {
+                  mode: "static",
+                  method: staticMethod,
+                  format: c.format ?? staticFormat,
+                  activations: c.activations ?? "uint8",
+                }
+              : { mode: "dynamic" },
+        )
       : requestedMode === "static"
         ? [{ mode: "static", method: staticMethod, format: staticFormat }]
         : [{ mode: "dynamic" }];
@@ -676,7 +727,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   const candidates: Candidate[] = [];
   const failedFormats: CandidateEntry[] = [];
   for (const f of formats) {
-    const label = f.mode === "static" ? `static/${f.method}/${f.format}` : "dynamic";
+    const label = describeFormat(f);
     progress(`quantizing (${label})`);
     let first: QuantizeResult;
     try {
@@ -687,6 +738,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
               type: "static",
               method: f.method ?? staticMethod,
               format: f.format ?? staticFormat,
+              activations: f.activations ?? "uint8",
               perChannel,
               reduceRange,
               exclude: userExclude,
@@ -701,6 +753,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
         mode: f.mode,
         ...(f.method !== undefined ? { method: f.method } : {}),
         ...(f.format !== undefined ? { format: f.format } : {}),
+        ...(f.activations !== undefined ? { activations: f.activations } : {}),
         agreement: 0,
         meanAbsLogitDiff: Number.POSITIVE_INFINITY,
         passed: false,
@@ -741,7 +794,13 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     const verdict = checkGate(fb.best.metrics, gate);
     candidates.push({
       mode: f.mode,
-      ...(f.mode === "static" ? { method: f.method ?? staticMethod, format: f.format ?? staticFormat } : {}),
+      ...(f.mode === "static"
+        ? {
+            method: f.method ?? staticMethod,
+            format: f.format ?? staticFormat,
+            ...(f.activations !== undefined ? { activations: f.activations } : {}),
+          }
+        : {}),
       model: fb.best.model,
       metrics: fb.best.metrics,
       passed: verdict.passed,
@@ -837,6 +896,16 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     keptFp32: keptNodes(fp32, userExclude, chosen),
     skipped: chosen.skipped,
     graph: chosen.graph,
+    ...(requestedMode === "auto"
+      ? {
+          auto: {
+            why:
+              opts.autoCandidates?.why ??
+              "no board profile given: both static forms (uint8 activations) and dynamic",
+            decision: autoDecision(chosen, passing, Math.min(AUTO_BENCH_SEQ, maxLength)),
+          },
+        }
+      : {}),
     fallback: { budget, trials: chosen.trials },
     candidates: [
       ...candidates.map(
@@ -844,6 +913,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
           mode: c.mode,
           ...(c.method !== undefined ? { method: c.method } : {}),
           ...(c.format !== undefined ? { format: c.format } : {}),
+          ...(c.activations !== undefined ? { activations: c.activations } : {}),
           agreement: c.metrics.agreement,
           agreementLower: c.metrics.agreementLower,
           meanAbsLogitDiff: c.metrics.meanAbsLogitDiff,

@@ -56,6 +56,9 @@ interface CommonQuantizeOptions {
  */
 export type StaticFormat = "qdq" | "fused";
 
+/** Activation quantization type of static int8. */
+export type ActivationType = "uint8" | "int8";
+
 /** Static quantization: activation ranges come from calibration; QDQ pairs are written into the graph. */
 export interface StaticQuantizeOptions extends CommonQuantizeOptions {
   type: "static";
@@ -65,6 +68,14 @@ export interface StaticQuantizeOptions extends CommonQuantizeOptions {
   method: CalibrationMethod;
   /** Also quantize the activation×activation MatMuls of attention. @defaultValue false */
   quantizeAttentionMatMuls: boolean;
+  /**
+   * Activation type: `uint8` (asymmetric; U8S8 with the int8 weights, MLAS's
+   * native pairing on x86 VNNI and arm64) or `int8` (S8S8, which arm64 boards
+   * run with their signed dot-product or NEON kernels, and x86 only through a
+   * slow path). `quantize --mode auto` tries what the board's profile lists.
+   * @defaultValue "uint8"
+   */
+  activations: ActivationType;
 }
 
 /** Dynamic quantization: activations are quantized at run time (DynamicQuantizeLinear); no calibration. */
@@ -109,6 +120,7 @@ export function defaultQuantizeOptions(
         method: "percentile",
         format: "fused",
         quantizeAttentionMatMuls: false,
+        activations: "uint8",
         ...(overrides as Partial<StaticQuantizeOptions>),
         type: "static",
       };

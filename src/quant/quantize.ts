@@ -65,6 +65,7 @@ import { insertStaticQdq } from "./passes/qdq-static.ts";
 import { type ConstantReshapeResult, simplifyReshapeShapes } from "./passes/constant-reshape.ts";
 import { GraphRewrite, MS_DOMAIN } from "./passes/rewrite.ts";
 import {
+  type ActivationType,
   applyRanges,
   type DynamicQuantizeOptions,
   defaultQuantizeOptions,
@@ -144,9 +145,10 @@ export function resolveQuantizeOptions(opts: QuantizeModelOptions): QuantizeOpti
         method?: unknown;
         quantizeAttentionMatMuls?: unknown;
         format?: unknown;
+        activations?: unknown;
       };
       // Static-only fields (a caller building both modes from one object) mean nothing here.
-      const { method: _m, quantizeAttentionMatMuls: _q, format: _f, ...dynamicOnly } = dyn;
+      const { method: _m, quantizeAttentionMatMuls: _q, format: _f, activations: _a, ...dynamicOnly } = dyn;
       return defaultQuantizeOptions("dynamic", dynamicOnly);
     }
     default:
@@ -169,17 +171,18 @@ function ensureOpset(model: ModelProto, domain: string, version: number): void {
   if (!model.opsetImport.some((o) => o.domain === domain)) model.opsetImport.push({ domain, version });
 }
 
-/** Activation quantization parameters from calibrated ranges (uint8 asymmetric). */
+/** Activation quantization parameters from calibrated ranges (asymmetric, uint8 unless asked for int8). */
 export function activationQParams(
   plan: QuantPlan,
   ranges: ReadonlyMap<string, TensorRange>,
   reduceRange: boolean,
+  type: ActivationType = "uint8",
 ): Map<string, QParams> {
   const out = new Map<string, QParams>();
   for (const name of plan.observe) {
     const r = ranges.get(name);
     if (r === undefined) continue;
-    out.set(name, computeActivationQParams(r.min, r.max, { reduceRange, type: "uint8" }));
+    out.set(name, computeActivationQParams(r.min, r.max, { reduceRange, type }));
   }
   return out;
 }
@@ -237,7 +240,9 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
   const out = copyForEdit(model);
   const rw = new GraphRewrite(out.graph);
   const qparams =
-    options.type === "static" ? activationQParams(plan, ranges, options.reduceRange) : new Map();
+    options.type === "static"
+      ? activationQParams(plan, ranges, options.reduceRange, options.activations)
+      : new Map();
   const embeddings = plan.quantized.filter((t): t is EmbeddingTarget => t.kind === "embedding");
   switch (options.type) {
     case "static":

@@ -80,6 +80,8 @@ export interface CandidateEntry {
   method?: string;
   /** Static only: `qdq` (portable) or `fused` (onnxruntime's MatMulIntegerToFloat). */
   format?: string;
+  /** Static only: activation type, `uint8` (U8S8 with the int8 weights) or `int8` (S8S8). */
+  activations?: string;
   agreement: number;
   /** Lower confidence bound of the agreement (at the gate's confidence). */
   agreementLower?: number;
@@ -164,6 +166,8 @@ export interface QuantizeReport {
   skipped: SkippedNode[];
   /** Graph rewrites made before quantizing (absent in reports written before they existed). */
   graph?: GraphChanges;
+  /** `--mode auto`: why these candidates (the board profile's reason) and why the winner won. */
+  auto?: { why: string; decision: string };
   fallback: { budget: number; trials: FallbackTrial[] };
   candidates: CandidateEntry[];
   timings: {

@@ -64,6 +64,14 @@ export const deviceCommand: Command = {
       ["glibc", facts.glibc ?? "unknown"],
       ["threads", String(profile.threads)],
       ["formats to try", profile.preferredFormats.join(", ")],
+      [
+        "auto candidates",
+        profile.auto.candidates
+          .map((c) =>
+            c.mode === "dynamic" ? "dynamic" : `${c.format}/${c.activations === "int8" ? "s8s8" : "u8s8"}`,
+          )
+          .join(", "),
+      ],
       ["reduce range", profile.reduceRange ? "yes" : "no"],
       ["memory max", `${profile.memoryMaxMb} MiB`],
       ["sample pool", `${profile.samplePool.maxRows} rows, ${profile.samplePool.maxBytes / 1048576} MiB`],

@@ -5,6 +5,7 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { detectDevice } from "../../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
 import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeAgreement, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
@@ -104,8 +105,10 @@ that does not exist yet, makes a self-contained model directory, as Optimum writ
 (DIR/quantize-report.json unless --report says otherwise). classify, eval, bench and the agent then
 take that directory with no other flag.
 
---mode auto builds static int8 in both formats (qdq, fused) and dynamic int8, validates each, times the
-ones that pass at sequence 128 and keeps the fastest.`,
+--mode auto builds every int8 form that can be the fastest on the detected board (quantd device): static
+int8 in both formats (qdq, fused) with uint8 activations (U8S8), also with int8 activations (S8S8) on
+arm64, and dynamic int8; it validates each, times the ones that pass at sequence 128 and keeps the
+fastest. The report says why these candidates and why the winner won.`,
   flags: [
     { name: "model", type: "string", value: "FP32.onnx", description: "the fp32 model (or its directory)" },
     { name: "calib", type: "string", value: "SAMPLES", description: "samples: a TSV file or a .db store" },
@@ -272,6 +275,8 @@ ones that pass at sequence 128 and keeps the fastest.`,
     opts.threads = threadsFlag(f);
     const json = flagBool(f, "json");
     if (!json) opts.onProgress = (line) => ctx.err(line);
+    // The candidates worth timing depend on the CPU's int8 kernels: the board profile lists them.
+    if (opts.mode === "auto") opts.autoCandidates = detectDevice().profile.auto;
 
     let store: Store | undefined;
     if (existsSync(calib) && isSqliteFile(calib)) {
@@ -306,7 +311,7 @@ ones that pass at sequence 128 and keeps the fastest.`,
     const m = r.metrics;
     ctx.out(`wrote ${out}`);
     ctx.out(
-      `  ${[r.mode, r.method, r.format].filter((x) => x !== undefined).join("/")}, ` +
+      `  ${[r.mode, r.method, r.format, r.candidates.find((c) => c.chosen)?.activations === "int8" ? "s8s8" : undefined].filter((x) => x !== undefined).join("/")}, ` +
         `${formatBytes(r.model.int8?.bytes ?? 0)} (${formatPercent(r.model.sizeRatio ?? 0)} of fp32)`,
     );
     ctx.out(
@@ -323,6 +328,7 @@ ones that pass at sequence 128 and keeps the fastest.`,
       `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
         `${m.margin.confidentFlips} on confident inputs; mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`,
     );
+    if (r.auto !== undefined) ctx.out(`  auto: ${r.auto.decision}`);
     const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
     if (sensitive.length > 0) ctx.out(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
     if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {
