@@ -48,6 +48,12 @@ export interface MosquittoOptions {
   tls?: BrokerTls;
   /** More config lines, appended as they are (a bridge `connection` section, say). */
   extraConfig?: string[];
+  /**
+   * A whole config instead of the generated one (a shipped file with its
+   * paths rewritten), given the port and the broker's temporary directory;
+   * the other options are then ignored.
+   */
+  config?: (port: number, dir: string) => string[];
 }
 
 /** A running broker. */
@@ -117,7 +123,9 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
   // Bridge sections must come last: every line after `connection` belongs to the bridge.
   if (options.extraConfig !== undefined) lines.push(...options.extraConfig);
   const conf = join(dir, "mosquitto.conf");
-  writeFileSync(conf, `${lines.join("\n")}\n`);
+  const text = options.config === undefined ? lines : options.config(port, dir);
+  if (options.config !== undefined && process.getuid?.() === 0) text.push("user root");
+  writeFileSync(conf, `${text.join("\n")}\n`);
 
   let child: ChildProcess | undefined;
   let logText = "";

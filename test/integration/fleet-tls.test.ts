@@ -6,8 +6,7 @@
  * are refused.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { FleetCommandHandler } from "../../src/fleet/handler.ts";
@@ -17,82 +16,11 @@ import { decodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
 import { createFleetRequester } from "../../src/fleet/requester.ts";
 import { openStore } from "../../src/store/store.ts";
 import { OPERATOR_KEYS, operator } from "../helpers/fleet-keys.ts";
+import { hasOpenssl, makePki } from "../helpers/pki.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 
-const hasOpenssl = spawnSync("openssl", ["version"]).status === 0;
 const skip = !hasMosquitto || !hasOpenssl;
 if (skip) console.warn(hasMosquitto ? "openssl missing: TLS fleet tests skipped" : mosquittoSkipReason);
-
-function openssl(args: string[], cwd: string): void {
-  const r = spawnSync("openssl", args, { cwd, encoding: "utf8" });
-  if (r.status !== 0) throw new Error(`openssl ${args.join(" ")}: ${r.stderr}`);
-}
-
-/** A CA, a server certificate for 127.0.0.1, and one client certificate per name. */
-function makePki(dir: string, clients: string[]): void {
-  openssl(
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-days",
-      "2",
-      "-subj",
-      "/CN=quantd test CA",
-      "-keyout",
-      "ca.key",
-      "-out",
-      "ca.pem",
-    ],
-    dir,
-  );
-  const sign = (name: string, cn: string, ext: string): void => {
-    writeFileSync(join(dir, `${name}.ext`), ext);
-    openssl(
-      [
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        `/CN=${cn}`,
-        "-keyout",
-        `${name}.key`,
-        "-out",
-        `${name}.csr`,
-      ],
-      dir,
-    );
-    openssl(
-      [
-        "x509",
-        "-req",
-        "-in",
-        `${name}.csr`,
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        `${name}.ext`,
-        "-out",
-        `${name}.pem`,
-      ],
-      dir,
-    );
-  };
-  sign("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
-  for (const c of clients) sign(c, c, "extendedKeyUsage=clientAuth\n");
-}
 
 const noWork = async (): Promise<never> => {
   throw new Error("not used");
