@@ -14,8 +14,8 @@
  *
  * A fixture that fails prints its error code in the row; the script never
  * fails on a miss (the targets — gate met, ≤ 27 % size — are read, not asserted).
- * Other architectures join by adding fixtures to the list in
- * `test/fixtures/exporters/index.ts`.
+ * The architecture fixtures of `test/fixtures/encoders/` (DistilBERT,
+ * RoBERTa, ALBERT, …; `arch-*` rows, at their own default size) follow.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -25,6 +25,7 @@ import { isQuantdError } from "../src/errors.ts";
 import { runQuantization } from "../src/quant/pipeline.ts";
 import type { QuantizeReport } from "../src/quant/report.ts";
 import {
+  architectureEncoderFixtures,
   type EncoderFixture,
   shippedEncoderFixtures,
   syntheticEncoderFixtures,
@@ -110,6 +111,7 @@ async function main(): Promise<void> {
   const all: EncoderFixture[] = [
     ...syntheticEncoderFixtures(config),
     ...shippedEncoderFixtures(join(shippedDir, "model.onnx")),
+    ...architectureEncoderFixtures(),
   ];
   const fixtures = only === undefined ? all : all.filter((f) => only.includes(f.name));
   const dir = mkdtempSync(join(tmpdir(), "quantd-bench-encoders-"));
