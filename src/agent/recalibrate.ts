@@ -52,7 +52,7 @@ import {
 export const RECALIBRATE_JOB = "recalibrate";
 /** Default calibration samples of a recalibration. */
 export const DEFAULT_RECALIBRATE_SAMPLES = 128;
-/** Default held-out validation samples: sized from the default gate (2,368 for 99.5 % at 95 %; see `validationSizeFor`). */
+/** Default held-out validation samples: sized from the default gate (2,752 for 99.5 % at 95 %; see `validationSizeFor`). */
 export const DEFAULT_RECALIBRATE_VALIDATION = validationSizeFor(gateSpecOf({}));
 /** Default largest accepted candidate/active latency ratio: a candidate more than 5 % slower is refused. */
 export const DEFAULT_MAX_LATENCY_RATIO = 1.05;
@@ -109,7 +109,7 @@ export interface Promoter {
 
 /** What the job needs. */
 export interface RecalibrationDeps {
-  store: Pick<Store, "samples" | "models" | "bench">;
+  store: Pick<Store, "samples" | "models" | "bench" | "logits">;
   promoter: Promoter;
   /** The fp32 model every recalibration starts from (never an int8 one). */
   baseModel: string;
@@ -554,6 +554,8 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
               validationSamples: validation.length,
               ...(deps.tokenizerDir !== undefined ? { tokenizerDir: deps.tokenizerDir } : {}),
               threads,
+              // fp32 logits of stored samples, kept for the next candidate and the next job.
+              referenceCache: store.logits,
               onProgress: (line) => {
                 // The quantizer's progress lines are its stage boundaries: each is a cancellation point.
                 if (line.startsWith("validating") || line.startsWith("fallback")) ctx.stage("validate", 0.4);

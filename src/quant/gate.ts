@@ -48,6 +48,17 @@ export interface GateMetrics {
   agreementLower: number;
   /** Flips split by fp32's own top-2 margin (softmax probability of its best class minus the second's). */
   margin: MarginView;
+  /**
+   * Confidence level the bound was computed at, when validation looked at the
+   * gate more than once (early stopping spends the confidence among the looks:
+   * see `lookLevels`), so that `agreementLower` holds at `confidence` whenever
+   * validation stopped. Absent: `confidence` itself.
+   */
+  boundLevel?: number;
+  /** Samples the set held, when validation stopped before the end of it. */
+  planned?: number;
+  /** Why validation stopped early: the bound had `passed`, or could no longer pass (`failed`). */
+  stopped?: "passed" | "failed";
 }
 
 /** Where flips happen: on near-ties no int8 model can keep, or on inputs fp32 is sure of. */
@@ -73,6 +84,8 @@ export interface CompareOptions {
   confidence?: number;
   /** Leave samples whose fp32 margin is below this out of the gate's count. @defaultValue 0 (count all) */
   ignoreMargin?: number;
+  /** Level of the bound (see {@link GateMetrics.boundLevel}). @defaultValue `confidence` */
+  boundLevel?: number;
 }
 
 /** The thresholds a candidate must meet. */
@@ -187,6 +200,7 @@ export function compareLogits(
     sumAbs += dd;
   }
   const confidence = options.confidence ?? DEFAULT_CONFIDENCE;
+  const level = options.boundLevel ?? confidence;
   const ignored = ignoreMargin > 0;
   const gateN = ignored ? n - nearTies : n;
   const gateAgreements = ignored ? agree - (nearTies - nearTieFlips) : agree;
@@ -200,7 +214,7 @@ export function compareLogits(
     gateN,
     gateAgreements,
     confidence,
-    agreementLower: clopperPearsonLower(gateAgreements, gateN, confidence),
+    agreementLower: clopperPearsonLower(gateAgreements, gateN, level),
     margin: {
       threshold: tieMargin,
       nearTies,
@@ -209,6 +223,7 @@ export function compareLogits(
       ignored,
     },
   };
+  if (level !== confidence) metrics.boundLevel = level;
   if (labelled > 0) {
     metrics.accuracyReference = refCorrect / labelled;
     metrics.accuracyCandidate = candCorrect / labelled;
@@ -254,14 +269,21 @@ export function checkGate(metrics: GateMetrics, spec: GateSpec): GateVerdict {
   const failures: string[] = [];
   const confidence = spec.confidence ?? DEFAULT_CONFIDENCE;
   const decideOn = spec.decideOn ?? "bound";
-  const needed = samplesToCertify(spec.minAgreement, confidence);
+  const level = metrics.boundLevel ?? confidence;
+  const needed = samplesToCertify(spec.minAgreement, level);
   const lower =
     metrics.confidence === confidence
       ? metrics.agreementLower
-      : clopperPearsonLower(metrics.gateAgreements, metrics.gateN, confidence);
+      : clopperPearsonLower(metrics.gateAgreements, metrics.gateN, level);
   const point = metrics.gateN === 0 ? 0 : metrics.gateAgreements / metrics.gateN;
   if (metrics.gateN === 0) failures.push("no validation samples");
-  else if (decideOn === "bound" && metrics.gateN < needed) {
+  else if (decideOn === "bound" && metrics.stopped === "failed") {
+    failures.push(
+      `agreement ${describeAgreement(metrics, confidence)}: stopped after ${formatCount(metrics.n)} of ` +
+        `${formatCount(metrics.planned ?? metrics.n)} samples, as its lower bound could no longer reach the gate ` +
+        `${pct(spec.minAgreement)} (${metrics.gateN - metrics.gateAgreements} samples differ)`,
+    );
+  } else if (decideOn === "bound" && (metrics.planned ?? metrics.gateN) < needed) {
     failures.push(
       `${formatCount(metrics.gateN)} held-out samples cannot certify ${pct(spec.minAgreement)} agreement ` +
         `at ${formatConfidence(confidence)} even with no flip: it takes ${formatCount(needed)}`,
@@ -306,18 +328,21 @@ export function compareCandidates(a: GateMetrics, b: GateMetrics): number {
  * @param confidence - print the bound at this level instead of the metrics' own
  */
 export function describeAgreement(
-  m: Pick<GateMetrics, "agreement" | "agreementLower" | "confidence" | "gateN" | "gateAgreements"> & {
+  m: Pick<GateMetrics, "n" | "agreement" | "agreementLower" | "confidence" | "gateN" | "gateAgreements"> & {
     margin?: Pick<MarginView, "ignored" | "nearTies">;
+    boundLevel?: number;
+    planned?: number;
   },
   confidence: number = m.confidence,
 ): string {
   const lower =
     confidence === m.confidence
       ? m.agreementLower
-      : clopperPearsonLower(m.gateAgreements, m.gateN, confidence);
+      : clopperPearsonLower(m.gateAgreements, m.gateN, m.boundLevel ?? confidence);
   const ignored = m.margin?.ignored === true && m.margin.nearTies > 0;
   const point = ignored ? (m.gateN === 0 ? 0 : m.gateAgreements / m.gateN) : m.agreement;
-  const tail = ignored ? ` without ${formatCount(m.margin?.nearTies ?? 0)} near-ties` : "";
+  const early = m.planned !== undefined && m.planned > m.n ? ` of ${formatCount(m.planned)}` : "";
+  const tail = `${early}${ignored ? ` without ${formatCount(m.margin?.nearTies ?? 0)} near-ties` : ""}`;
   return `${floorPct(point)} (≥ ${floorPct(lower)} at ${formatConfidence(confidence)}, n = ${formatCount(m.gateN)}${tail})`;
 }
 
@@ -345,6 +370,8 @@ export function describeRecordedAgreement(v: unknown): string | undefined {
   const confidence = num(r["confidence"]);
   const gateN = num(r["gateN"]);
   const gateAgreements = num(r["gateAgreements"]);
+  const boundLevel = num(r["boundLevel"]);
+  const planned = num(r["planned"]);
   if (
     lower === undefined ||
     confidence === undefined ||
@@ -355,15 +382,34 @@ export function describeRecordedAgreement(v: unknown): string | undefined {
   }
   const margin = r["margin"] as Partial<MarginView> | undefined;
   return `${describeAgreement({
+    n,
     agreement,
     agreementLower: lower,
     confidence,
     gateN,
     gateAgreements,
+    ...(boundLevel !== undefined ? { boundLevel } : {}),
+    ...(planned !== undefined ? { planned } : {}),
     ...(margin !== undefined && typeof margin === "object"
       ? { margin: { ignored: margin.ignored === true, nearTies: margin.nearTies ?? 0 } }
       : {}),
   })}${gateText}`;
+}
+
+/** Share of 1 − confidence spent on the last look (the whole set); the earlier looks share the rest. */
+export const FINAL_LOOK_SHARE = 0.8;
+
+/**
+ * Levels of the bounds when the gate is checked at `looks` growing prefixes:
+ * together they hold at `confidence` (Bonferroni: the α of the looks add up
+ * to α). The last look, on the whole set, keeps most of α, so a set that runs
+ * to its end is judged almost as if nobody had looked early; the earlier looks
+ * need stronger evidence to stop.
+ */
+export function lookLevels(confidence: number, looks: number): { interim: number; final: number } {
+  if (looks <= 1) return { interim: confidence, final: confidence };
+  const alpha = 1 - confidence;
+  return { interim: 1 - (alpha * (1 - FINAL_LOOK_SHARE)) / (looks - 1), final: 1 - alpha * FINAL_LOOK_SHARE };
 }
 
 /** `1,024`: thousands separated, as the report line shows sample counts. */

@@ -23,19 +23,16 @@ import type { ModelProto } from "../onnx/types.ts";
 import { feedsForEncoding } from "../runtime/classifier.ts";
 import { findModelFiles } from "../runtime/model-files.ts";
 import { createOrtSession, ORT_VERSION } from "../runtime/ort-session.ts";
-import { type BatchEncoding, loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
+import { type BatchEncoding, loadTokenizer } from "../runtime/tokenizer.ts";
 import { readSamplesTsv } from "../runtime/tsv.ts";
 import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
-import { DEFAULT_CONFIDENCE } from "./confidence.ts";
 import {
   checkGate,
   compareCandidates,
-  compareLogits,
   DEFAULT_GATE_AGREEMENT,
   describeAgreement,
   type GateDecision,
   type GateMetrics,
-  type LogitMatrix,
 } from "./gate.ts";
 import {
   type ActivationType,
@@ -61,6 +58,7 @@ import {
   writeReport,
 } from "./report.ts";
 import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, runFallback, sensitivityTargets } from "./sensitivity.ts";
+import { createValidator, encodeSamples, type ReferenceLogitsCache } from "./validate.ts";
 import {
   assertCertifiable,
   DEFAULT_CALIBRATION_SAMPLES,
@@ -70,6 +68,13 @@ import {
   splitRequestOf,
 } from "./split.ts";
 
+export {
+  collectLogits,
+  type EncodedSamples,
+  encodeSamples,
+  type ReferenceLogitsCache,
+  VALIDATION_BATCH,
+} from "./validate.ts";
 export {
   assertCertifiable,
   DEFAULT_CALIBRATION_SAMPLES,
@@ -92,14 +97,6 @@ export { CALIBRATION_METHODS } from "./calibrate.ts";
 
 /** Samples per calibration inference. */
 export const DEFAULT_CALIBRATION_BATCH = 8;
-/**
- * Samples per validation inference: one, unpadded, as a board serves a request.
- * Dynamic quantization takes its activation range over the whole batch tensor,
- * padding included, so a batched validation would judge a slightly different
- * model than the one that answers single requests (it moved ORT's own dynamic
- * model from 99.54 % to 99.43 % dev agreement).
- */
-export const VALIDATION_BATCH = 1;
 /** Samples the sensitivity probe runs (both models, every quantized node exposed). */
 export const SENSITIVITY_PROBE_SAMPLES = 32;
 /** Sequence length of the latency comparison `auto` makes (the shape quantd's latency targets are stated for). */
@@ -191,6 +188,10 @@ export interface RunQuantizationOptions {
    * @defaultValue both static forms with uint8 activations, and dynamic
    */
   autoCandidates?: { candidates: readonly AutoCandidate[]; why: string };
+  /** fp32 logits kept across runs (the agent's store). @defaultValue none: computed every run */
+  referenceCache?: ReferenceLogitsCache;
+  /** Stop validating a candidate once its verdict is certain (see `validate.ts`). @defaultValue true */
+  earlyStop?: boolean;
   /** Progress lines (for a CLI's stderr). */
   onProgress?: (line: string) => void;
 }
@@ -212,15 +213,6 @@ export interface SampleSplit {
   warnings: string[];
   /** The split in one line: sizes, and why (see {@link planSplit}). */
   line: string;
-}
-
-/** Encoded samples, with the bookkeeping the report needs. */
-export interface EncodedSamples {
-  batches: BatchEncoding[];
-  /** Samples cut to the model's longest sequence. */
-  truncated: number;
-  /** Labels in batch order (undefined where a sample has none). */
-  labels: (number | undefined)[];
 }
 
 /**
@@ -350,65 +342,6 @@ export async function readSampleTsv(path: string): Promise<QuantSample[]> {
     }
     throw err;
   }
-}
-
-/**
- * Tokenizes samples into batches sorted by length (so padding is small),
- * remembering labels in batch order. Samples longer than `maxLength` are cut
- * (longest-first, special tokens kept) and counted.
- */
-export function encodeSamples(
-  tokenizer: Tokenizer,
-  samples: readonly QuantSample[],
-  batchSize: number,
-  maxLength: number,
-): EncodedSamples {
-  const encoded = samples.map((s, i) => ({ i, e: tokenizer.encode(s.text, undefined, { maxLength }) }));
-  encoded.sort((a, b) => a.e.inputIds.length - b.e.inputIds.length || a.i - b.i);
-  const batches: BatchEncoding[] = [];
-  const labels: (number | undefined)[] = [];
-  let truncated = 0;
-  for (let start = 0; start < encoded.length; start += batchSize) {
-    const chunk = encoded.slice(start, start + batchSize);
-    batches.push(tokenizer.pad(chunk.map((c) => c.e)));
-    for (const c of chunk) {
-      labels.push(samples[c.i]!.label);
-      if (c.e.truncated) truncated++;
-    }
-  }
-  return { batches, truncated, labels };
-}
-
-/** Runs `session` over batches and stacks its logits into one matrix. @throws INFERENCE_FAILED */
-export async function collectLogits(
-  session: InferenceSession,
-  batches: readonly BatchEncoding[],
-): Promise<LogitMatrix> {
-  const output = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];
-  if (output === undefined) throw new QuantdError("INFERENCE_FAILED", "model has no outputs");
-  const parts: Float32Array[] = [];
-  let rows = 0;
-  let cols = 0;
-  for (const b of batches) {
-    const out = await session.run(feedsForEncoding(session, b), [output]);
-    const t = out[output];
-    if (t === undefined || t.type !== "float32" || t.dims.length !== 2 || t.dims[0] !== b.batchSize) {
-      throw new QuantdError(
-        "INFERENCE_FAILED",
-        `output ${output} should be float32 [batch, classes], got ${t?.type} [${t?.dims.join(", ")}]`,
-      );
-    }
-    cols = t.dims[1]!;
-    rows += b.batchSize;
-    parts.push(Float32Array.from(t.data as Float32Array));
-  }
-  const data = new Float32Array(rows * cols);
-  let at = 0;
-  for (const p of parts) {
-    data.set(p, at);
-    at += p.length;
-  }
-  return { data, rows, cols };
 }
 
 /**
@@ -675,31 +608,26 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
   const maxLength = tokenizer.maxLength;
   const calib = encodeSamples(tokenizer, split.calibration, DEFAULT_CALIBRATION_BATCH, maxLength);
-  const val = encodeSamples(tokenizer, split.validation, VALIDATION_BATCH, maxLength);
   const probe = encodeSamples(tokenizer, split.validation.slice(0, SENSITIVITY_PROBE_SAMPLES), 8, maxLength);
 
-  progress(`fp32 reference on ${split.validation.length} held-out samples`);
-  const tVal0 = performance.now();
-  const fp32Session = await createOrtSession(files.model, session);
-  let reference: LogitMatrix;
-  try {
-    reference = await collectLogits(fp32Session, val.batches);
-  } finally {
-    await fp32Session.release();
-  }
-  let validationMs = performance.now() - tVal0;
+  const validator = createValidator({
+    tokenizer,
+    maxLength,
+    samples: split.validation,
+    gate,
+    fp32: { path: files.model, sha256: fp32Facts.sha256 },
+    session,
+    ...(opts.referenceCache !== undefined ? { cache: opts.referenceCache } : {}),
+    earlyStop: opts.earlyStop ?? true,
+  });
+  let validationMs = 0;
   let fallbackMs = 0;
 
-  const validate = async (model: ModelProto): Promise<GateMetrics> => {
+  const validate = async (model: ModelProto, mode: QuantizeMode): Promise<GateMetrics> => {
     const t = performance.now();
-    const s = await createOrtSession(encodeModel(model), session);
     try {
-      return compareLogits(reference, await collectLogits(s, val.batches), val.labels, {
-        confidence: gate.confidence ?? DEFAULT_CONFIDENCE,
-        ignoreMargin: gate.ignoreMargin ?? 0,
-      });
+      return (await validator.validate(model, mode === "dynamic")).metrics;
     } finally {
-      await s.release();
       validationMs += performance.now() - t;
     }
   };
@@ -767,7 +695,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       staticCalibrationMs = first.timings.calibrationMs;
     }
     progress(`validating (${label})`);
-    const metrics = await validate(first.model);
+    const metrics = await validate(first.model, f.mode);
     const targets = sensitivityTargets(
       fp32,
       first.plan.quantized.map((t) => t.node),
@@ -784,7 +712,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
           builds.set(r.model, r);
           return r.model;
         },
-        validate,
+        validate: (model) => validate(model, f.mode),
         rank: (model) => measureLayerErrors(fp32, model, targets, probe.batches, { session }),
       },
       { gate, budget, ignore: userExclude },
@@ -885,7 +813,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       available: split.available,
       calibration: isStatic ? split.calibration.length : 0,
       validation: split.validation.length,
-      truncated: { calibration: isStatic ? calib.truncated : 0, validation: val.truncated },
+      truncated: { calibration: isStatic ? calib.truncated : 0, validation: validator.truncated },
       maxSequenceLength: maxLength,
       split: split.line,
     },
@@ -935,6 +863,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       totalMs: 0,
     },
     peakRssBytes: 0,
+    validation: validator.summary(),
     warnings: split.warnings,
   };
 

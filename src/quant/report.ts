@@ -12,6 +12,7 @@ import { rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { QuantdError } from "../errors.ts";
 import type { GateMetrics } from "./gate.ts";
+import type { ValidationSummary } from "./validate.ts";
 
 /** Schema tag of the report JSON. */
 export const REPORT_SCHEMA = "quantd.quantize-report/1";
@@ -62,8 +63,10 @@ export interface LayerErrorEntry {
   tensor: string;
   /** ‖int8 − fp32‖ / ‖fp32‖ of that tensor over the probe samples. */
   relError: number;
-  /** Error this node adds over the worst of its inputs (what the fallback ranks by). */
+  /** Error this node adds over the worst of its inputs (the fallback's estimate of what keeping it fp32 gains). */
   addedError: number;
+  /** Bytes keeping it in fp32 adds to the model (its float weights at 4 bytes instead of 1). */
+  fp32CostBytes?: number;
 }
 
 /** One fallback attempt: the candidate rebuilt with some nodes kept in fp32. */
@@ -72,6 +75,12 @@ export interface FallbackTrial {
   agreement: number;
   meanAbsLogitDiff: number;
   passed: boolean;
+  /** Nodes this trial added to `keptFp32` (the best estimated gain per byte first). */
+  added?: string[];
+  /** Lower confidence bound of the agreement. */
+  agreementLower?: number;
+  /** What the trial bought against the candidate it started from: agreement points (fraction) and bytes paid. */
+  bought?: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
 }
 
 /** One format `--mode auto` tried. */
@@ -180,6 +189,8 @@ export interface QuantizeReport {
   };
   /** Peak resident memory of the process over the run, in bytes. */
   peakRssBytes: number;
+  /** How validation ran: batches, looks, fp32 logits reused, early stops (absent in older reports). */
+  validation?: ValidationSummary;
   /** Non-fatal notes (e.g. how the validation set was split off). */
   warnings: string[];
 }

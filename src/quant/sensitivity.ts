@@ -33,6 +33,8 @@ export interface SensitivityTarget {
   output: string;
   /** Inputs computed by other nodes (not weights, not graph inputs). */
   activationInputs: string[];
+  /** Float weight elements the node reads (what keeping it in fp32 costs, at 3 bytes each over int8). */
+  weightElements?: number;
   /**
    * The output of the bias Add that follows the node, when one does: compared
    * instead of `output` when a rewrite folded the Add into the node (the fused
@@ -54,6 +56,9 @@ export function sensitivityTargets(fp32: ModelProto, nodeNames: readonly string[
     for (const i of n.input) consumers.set(i, [...(consumers.get(i) ?? []), n]);
   }
   const constants = new Set(fp32.graph.initializer.map((t) => t.name));
+  const elements = new Map(
+    fp32.graph.initializer.map((t) => [t.name, t.dims.reduce((a, d) => a * Number(d), 1)]),
+  );
   const targets: SensitivityTarget[] = [];
   for (const n of fp32.graph.node) {
     if (!wanted.has(n.name)) continue;
@@ -67,6 +72,8 @@ export function sensitivityTargets(fp32: ModelProto, nodeNames: readonly string[
       output,
       activationInputs: floatInputs.filter((i) => i !== "" && produced.has(i)),
     };
+    const weights = n.input.reduce((sum, i) => sum + (elements.get(i) ?? 0), 0);
+    if (weights > 0) target.weightElements = weights;
     const next = consumers.get(output);
     const add = next?.length === 1 ? next[0] : undefined;
     if (add?.opType === "Add" && add.input.some((i) => constants.has(i)) && add.output[0] !== undefined) {
@@ -190,6 +197,7 @@ export async function measureLayerErrors(
       tensor,
       relError: out,
       addedError: out - upstream,
+      ...(t.weightElements !== undefined ? { fp32CostBytes: t.weightElements * 3 } : {}),
     });
   }
   return entries.sort((a, b) => b.addedError - a.addedError || b.relError - a.relError);
@@ -220,6 +228,25 @@ export interface FallbackOptions {
   ignore?: readonly string[];
 }
 
+/**
+ * Bytes every node costs on top of its weights when ranking by gain per cost:
+ * keeps weightless nodes (attention MatMuls) from ranking first on cost alone,
+ * and is about one 256 × 256 projection's price.
+ */
+export const FALLBACK_COST_FLOOR_BYTES = 256 * 1024;
+
+/**
+ * The fallback's order: estimated gain (the error a node adds) per cost (the
+ * bytes keeping it fp32 adds, plus a floor), best first. A large embedding
+ * table with a middling error goes after a small projection with the same
+ * error: keeping it costs 12 MB for what 200 KB would buy.
+ */
+export function byGainPerCost(a: LayerErrorEntry, b: LayerErrorEntry): number {
+  const score = (e: LayerErrorEntry): number =>
+    Math.max(0, e.addedError) / ((e.fp32CostBytes ?? 0) + FALLBACK_COST_FLOOR_BYTES);
+  return score(b) - score(a) || b.addedError - a.addedError;
+}
+
 /** Rebuilds the fallback may try before giving up. */
 export const DEFAULT_TRIAL_BUDGET = 8;
 
@@ -236,8 +263,10 @@ export interface FallbackResult<M> {
 }
 
 /**
- * Keeps the most sensitive nodes in fp32, a few more each trial, until the gate
- * holds or the budget is spent. After each rebuild the ranking is measured
+ * Keeps nodes in fp32, a few more each trial, the best estimated gain per cost
+ * first ({@link byGainPerCost}), until the gate holds or the budget is spent;
+ * each trial records what it bought (agreement, bound, logit error) and paid
+ * (bytes). After each rebuild the ranking is measured
  * again, because removing one bad node changes the error every later node sees.
  * The number added per trial grows (1, 1, 1, 2, 3, 4, …) so a model with many
  * mildly sensitive nodes is still reached within a small budget.
@@ -267,18 +296,30 @@ export async function runFallback<M>(
   for (let trial = 0; trial < budget; trial++) {
     const step = Math.max(1, Math.floor(kept.length / 2));
     const keptNames = new Set(kept.map((k) => k.node));
-    const next = ranked.filter((e) => !keptNames.has(e.node) && !ignore.has(e.node)).slice(0, step);
+    const next = ranked
+      .filter((e) => !keptNames.has(e.node) && !ignore.has(e.node))
+      .sort(byGainPerCost)
+      .slice(0, step);
     if (next.length === 0) break;
     kept.push(...next);
     const names = kept.map((k) => k.node);
     const model = await hooks.rebuild(names);
     const metrics = await hooks.validate(model);
     const passed = checkGate(metrics, opts.gate).passed;
+    const from = current.metrics;
     trials.push({
       keptFp32: names,
       agreement: metrics.agreement,
       meanAbsLogitDiff: metrics.meanAbsLogitDiff,
       passed,
+      added: next.map((e) => e.node),
+      agreementLower: metrics.agreementLower,
+      bought: {
+        agreement: metrics.agreement - from.agreement,
+        agreementLower: metrics.agreementLower - from.agreementLower,
+        meanAbsLogitDiff: metrics.meanAbsLogitDiff - from.meanAbsLogitDiff,
+        bytes: next.reduce((sum, e) => sum + (e.fp32CostBytes ?? 0), 0),
+      },
     });
     current = { model, metrics };
     if (passed || compareCandidates(metrics, best.metrics) < 0) {

@@ -5,7 +5,13 @@
  */
 import { QuantdError } from "../errors.ts";
 import { clopperPearsonLower, DEFAULT_CONFIDENCE, samplesToCertify } from "./confidence.ts";
-import { DEFAULT_GATE_AGREEMENT, formatConfidence, type GateDecision, type GateSpec } from "./gate.ts";
+import {
+  DEFAULT_GATE_AGREEMENT,
+  formatConfidence,
+  type GateDecision,
+  type GateSpec,
+  lookLevels,
+} from "./gate.ts";
 
 /** Default calibration sample count. */
 export const DEFAULT_CALIBRATION_SAMPLES = 128;
@@ -130,7 +136,7 @@ export function assertCertifiable(gate: GateSpec, have: number, needed: number):
 /**
  * Validation samples a device should hold out for a gate: enough that a
  * candidate flipping half as often as the gate allows still certifies it
- * (2,368 for 99.5 % at 95 %), so a good candidate is not refused for a few
+ * (2,752 for 99.5 % at 95 %), so a good candidate is not refused for a few
  * unlucky near-ties. Rounded up to a multiple of 64. The point-estimate gate
  * keeps the former 256.
  */
@@ -139,9 +145,33 @@ export function validationSizeFor(gate: GateSpec): number {
   const g = gate.minAgreement;
   const confidence = gate.confidence ?? DEFAULT_CONFIDENCE;
   if (g >= 1) return Number.POSITIVE_INFINITY;
+  // At the level the validator will use: early-stop looks spend the confidence among them.
   const certifies = (n: number): boolean =>
-    clopperPearsonLower(n - Math.ceil((n * (1 - g)) / 2), n, confidence) >= g;
+    clopperPearsonLower(
+      n - Math.ceil((n * (1 - g)) / 2),
+      n,
+      lookLevels(confidence, planLooks(n, gate, true).length).final,
+    ) >= g;
   let n = 64;
   while (!certifies(n) && n < 1_000_000) n += 64;
   return n;
+}
+
+/**
+ * Prefix sizes at which to check the gate: doubling from the least that can
+ * certify it, ending at `n`. One look (at `n`) when the set is under twice
+ * that, or when the gate decides on the point estimate.
+ */
+export function planLooks(n: number, gate: GateSpec, earlyStop: boolean): number[] {
+  if (!earlyStop || gate.decideOn === "point" || n <= 0) return [n];
+  const confidence = gate.confidence ?? DEFAULT_CONFIDENCE;
+  for (let k = 2; k <= 8; k++) {
+    const first = samplesToCertify(gate.minAgreement, lookLevels(confidence, k).interim);
+    if (n < 2 * first) return [n];
+    const looks: number[] = [];
+    for (let at = first; at < n; at *= 2) looks.push(at);
+    looks.push(n);
+    if (looks.length <= k) return looks;
+  }
+  return [n];
 }

@@ -143,6 +143,26 @@ CREATE TRIGGER outbox_bytes_delete AFTER DELETE ON outbox BEGIN
 END;
 `,
   },
+  {
+    version: 2,
+    name: "fp32 reference logits cached per model and sample",
+    sql: `
+-- The fp32 model's logits on a stored sample, so validation reuses them across
+-- candidates and jobs. Keyed by the model file's SHA-256: a new base model
+-- simply misses. Rows go when their sample goes (ids may be reused).
+CREATE TABLE reference_logits (
+  model_sha256 TEXT    NOT NULL CHECK (length(model_sha256) = 64),
+  sample_id    INTEGER NOT NULL,
+  logits       BLOB    NOT NULL,
+  created_at   INTEGER NOT NULL,
+  PRIMARY KEY (model_sha256, sample_id)
+) WITHOUT ROWID;
+CREATE INDEX reference_logits_sample ON reference_logits (sample_id);
+CREATE TRIGGER samples_logits_delete AFTER DELETE ON samples BEGIN
+  DELETE FROM reference_logits WHERE sample_id = OLD.id;
+END;
+`,
+  },
 ];
 
 /** The schema version this build of quantd writes. */

@@ -14,6 +14,7 @@
 import { join } from "node:path";
 import { type BenchStore, createBenchStore } from "./bench.ts";
 import { createJobStore, type JobStore } from "./jobs.ts";
+import { createReferenceLogitsStore, type ReferenceLogitsStore } from "./logits.ts";
 import { migrate, schemaVersion } from "./migrations.ts";
 import { createModelRegistryStore, type ModelRegistryStore } from "./models.ts";
 import { type OpenSqlOptions, openSqlDatabase } from "./open.ts";
@@ -50,6 +51,8 @@ export interface Store {
   readonly jobs: JobStore;
   readonly outbox: OutboxStore;
   readonly bench: BenchStore;
+  /** fp32 reference logits cached per model and sample (validation reuses them). */
+  readonly logits: ReferenceLogitsStore;
   /** Closes the connection (idempotent). */
   close(): void;
 }
@@ -73,6 +76,7 @@ export function createStore(db: SqlDatabase, options: StoreOptions = {}): Store 
     jobs: createJobStore(db, now),
     outbox: createOutboxStore(db, outboxOptions),
     bench: createBenchStore(db, now),
+    logits: createReferenceLogitsStore(db, now),
     close: () => db.close(),
   };
 }

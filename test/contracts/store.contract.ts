@@ -363,6 +363,44 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
       });
     });
 
+    t.test(
+      "reference logits: exact float32 round trip per model and sample, gone with their sample",
+      async () => {
+        await withTempDir(async (dir) => {
+          const store = await open(dir, { samples: { countTokens: () => 1, maxRows: 2 } });
+          try {
+            store.samples.add([{ text: "one" }, { text: "two" }], { source: "file" });
+            const [a, b] = store.samples.pick({ n: 10, seed: 1 }).map((x) => x.id);
+            const row = Float32Array.from([0.1, -3.25, 1e-30, Number.NEGATIVE_INFINITY]);
+            store.logits.put(sha("c"), [
+              { id: a!, logits: row },
+              { id: b!, logits: Float32Array.from([1, 2]) },
+              // a sample the pool does not hold is not cached
+              { id: 9999, logits: Float32Array.from([5, 6]) },
+            ]);
+            const got = store.logits.get(sha("c"), [a!, b!, 9999]);
+            assert.deepEqual([...got.keys()].sort(), [a!, b!].sort());
+            assert.deepEqual([...got.get(a!)!], [...row]);
+            assert.equal(store.logits.get(sha("d"), [a!]).size, 0);
+            assert.equal(store.logits.count(), 2);
+            // A third sample evicts one of the two (maxRows 2): its logits go with it.
+            store.samples.add([{ text: "three" }], { source: "file" });
+            const held = new Set(store.samples.pick({ n: 10, seed: 1 }).map((x) => x.id));
+            const left = [a!, b!].filter((id) => held.has(id));
+            assert.equal(store.logits.get(sha("c"), [a!, b!]).size, left.length);
+            // Another base model: its rows replace the old model's.
+            store.logits.put(sha("d"), [{ id: left[0]!, logits: Float32Array.from([7, 8]) }]);
+            assert.deepEqual([...store.logits.get(sha("d"), [left[0]!]).get(left[0]!)!], [7, 8]);
+            assert.equal(store.logits.count(sha("c")), 0);
+            assert.equal(store.logits.prune([]), 1);
+            assert.equal(store.logits.count(), 0);
+          } finally {
+            store.close();
+          }
+        });
+      },
+    );
+
     t.test("bench results: stored with their model version and job, newest first", async () => {
       await withTempDir(async (dir) => {
         const store = await open(dir);

@@ -135,7 +135,7 @@ describe("quantd demo", () => {
       expect(report).toMatch(/latency p50\s+fp32 [\d.]+ ms → int8-static [\d.]+ ms \(ratio [\d.]+;/);
       expect(report).toMatch(/peak RSS\s+fp32 [\d.]+ MB → int8-static [\d.]+ MB/);
       expect(report).toMatch(
-        /agreement\s+int8 = fp32 on [\d.]+ % \(≥ [\d.]+ % at 95 %, n = 2,368\), gate 99\.5 % on the bound/,
+        /agreement\s+int8 = fp32 on [\d.]+ % \(≥ [\d.]+ % at 95 %, n = [\d,]+(?: of 2,752)?\), gate 99\.5 % on the bound/,
       );
       expect(report).toMatch(/accuracy\s+fp32 [\d.]+% → int8 [\d.]+% \(held-out labels\)/);
       expect(out).toMatch(/answered by int8-static model version 2 over \S+quantd\.sock/);
@@ -145,13 +145,13 @@ describe("quantd demo", () => {
         /fleet\s+demo-device online at the controller via the embedded broker, serving int8-static version 2/,
       );
       expect(summary).toMatch(
-        /recalibration\s+SUCCEEDED in [\d.]+ s over MQTT: 128 calibration \+ 2368 held-out store samples, int8-static promoted as version 2/,
+        /recalibration\s+SUCCEEDED in [\d.]+ s over MQTT: 128 calibration \+ 2752 held-out store samples, int8-static promoted as version 2/,
       );
       expect(summary).toMatch(/stages\s+pick .*, quantize .*, benchmark .*, promote .*, report /);
       expect(
         percent(
           summary,
-          /held-out gate\s+int8 = fp32 on [\d.]+ % \(≥ ([\d.]+) % at 95 %, n = 2,368\), gate 99\.5 %/,
+          /held-out gate\s+int8 = fp32 on [\d.]+ % \(≥ ([\d.]+) % at 95 %, n = [\d,]+(?: of 2,752)?\), gate 99\.5 %/,
         ),
       ).toBeGreaterThanOrEqual(0.995);
       expect(summary).toMatch(/size\s+fp32 28\.9 MB → int8 [\d.]+ MB \([3-4]\.\d× smaller\)/);

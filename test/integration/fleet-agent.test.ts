@@ -180,8 +180,8 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
   test("a real recalibration over the fleet promotes an int8 model; the controller and the status follow", async () => {
     const rows = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8")
       .split("\n")
-      // 64 calibrate; the default gate's validation pool (2,368) needs the rest
-      .slice(1, 2601)
+      // 64 calibrate; the default gate's validation pool (2,752) needs the rest
+      .slice(1, 2901)
       .filter((l) => l.includes("\t"))
       .map((l) => ({ text: l.split("\t")[1]! }));
     agent.store.samples.add(rows, { source: "file" });

@@ -111,6 +111,9 @@ describe("recalibration job", () => {
     expect(r.validation?.agreement).toBeGreaterThanOrEqual(0.95);
     expect(r.validation?.agreementLower).toBeLessThan(r.validation!.agreement);
     expect(r.validation?.gate).toMatchObject({ decideOn: "point", confidence: 0.95 });
+    // The fp32 logits of the held-out samples are in the store for the next candidate and the next job.
+    expect(r.report?.validation?.reference).toMatchObject({ computed: 64, fromCache: 0 });
+    expect(main.store.logits.count()).toBe(64);
     expect(r.validation?.gate.passed).toBe(true);
     expect(r.report?.outcome).toBe("written");
     expect(Object.keys(r.stageMs)).toEqual(["pick", "quantize", "benchmark", "promote", "report"]);

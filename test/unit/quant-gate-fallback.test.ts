@@ -95,6 +95,26 @@ describe("runFallback", () => {
     expect(r.keptFp32.map((k) => k.node)).toEqual(["b", "d"]);
   });
 
+  test("each trial says what it bought and paid; a costly node goes after a cheap one of similar gain", async () => {
+    const log: string[][] = [];
+    // b is an embedding-sized table: 12 MB to keep fp32 for 0.02; d a small projection for 0.004.
+    const bytes: Record<string, number> = { b: 12 * 2 ** 20, d: 196_608, f: 196_608 };
+    const priced: FallbackHooks<string[]> = {
+      ...hooks(log),
+      rank: async (kept) =>
+        (await hooks([]).rank(kept)).map((e) => ({ ...e, fp32CostBytes: bytes[e.node] ?? 196_608 })),
+    };
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, priced, {
+      gate: { minAgreement: 0.99, decideOn: "point" },
+    });
+    expect(log[0]).toEqual(["d"]);
+    expect(r.trials[0]!.added).toEqual(["d"]);
+    expect(r.trials[0]!.bought?.bytes).toBe(196_608);
+    expect(r.trials[0]!.bought?.agreement).toBeCloseTo(0.004, 12);
+    expect(r.trials[0]!.bought?.agreementLower).toBeGreaterThan(0);
+    expect(r.trials.some((t) => t.added?.includes("b"))).toBe(true);
+  });
+
   test("ignored nodes (user excludes) are never picked", async () => {
     const log: string[][] = [];
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {

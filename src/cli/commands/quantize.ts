@@ -94,7 +94,11 @@ Clopper–Pearson lower bound, logit error, flips on near-ties vs confident inpu
 labels exist). The gate passes when the lower bound at --confidence clears --gate, printed as
 "agreement 99.8 % (≥ 99.3 % at 95 %, n = 1,024)"; certifying 99.5 % at 95 % takes at least 598 held-out
 samples with no flip, and a smaller set fails at once saying how many it takes. --gate-on point decides
-on the point estimate instead (a small set then passes by luck). When the gate is not met, the nodes
+on the point estimate instead (a small set then passes by luck). fp32 and static int8 run in batches of
+samples of similar length; dynamic int8 one sample at a time (its ranges are per batch). A candidate
+stops early once it can no longer pass, or, on a set at least twice what the gate needs, once it has
+passed at one of a few looks (then each look's bound is at 1 − 5 %/looks, so the verdict still holds at
+95 %); --full-validation runs every sample. When the gate is not met, the nodes
 that add the most error are kept in fp32, a few more per trial, until the gate holds or --trials
 rebuilds are spent. If it cannot be met the command fails with GATE_NOT_MET and writes nothing at --out
 (the report, if asked for, is still written).
@@ -197,6 +201,12 @@ fastest. The report says why these candidates and why the winner won.`,
       default: String(DEFAULT_CONFIDENCE * 100),
     },
     {
+      name: "full-validation",
+      type: "boolean",
+      description:
+        "validate every held-out sample: no early stop when the verdict is already certain (the bound is then the plain one, not corrected for looks)",
+    },
+    {
       name: "ignore-margin",
       type: "string",
       value: "MARGIN",
@@ -262,6 +272,7 @@ fastest. The report says why these candidates and why the winner won.`,
     if (valSamples !== undefined) opts.validationSamples = valSamples;
     const ignoreMargin = flagNumber(f, "ignore-margin", { min: 0, max: 1 });
     if (ignoreMargin !== undefined && ignoreMargin > 0) opts.ignoreMargin = ignoreMargin;
+    if (flagBool(f, "full-validation")) opts.earlyStop = false;
     const validate = flagString(f, "validate");
     if (validate !== undefined) opts.validate = validate;
     const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
@@ -329,6 +340,27 @@ fastest. The report says why these candidates and why the winner won.`,
         `${m.margin.confidentFlips} on confident inputs; mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`,
     );
     if (r.auto !== undefined) ctx.out(`  auto: ${r.auto.decision}`);
+    const v = r.validation;
+    if (v !== undefined) {
+      const stops = [
+        v.earlyStops.passed > 0 ? `${v.earlyStops.passed} passed early` : "",
+        v.earlyStops.failed > 0 ? `${v.earlyStops.failed} failed early` : "",
+      ].filter((x) => x !== "");
+      ctx.out(
+        `  validation: ${formatMs(r.timings.validationMs)}, batches of ${v.batchSize} by length, ` +
+          `fp32 logits ${v.reference.computed} computed + ${v.reference.fromCache} cached` +
+          (v.looks.length > 1 ? `, looks at ${v.looks.join(", ")}` : "") +
+          (stops.length > 0 ? ` (${stops.join(", ")})` : ""),
+      );
+    }
+    for (const [i, t] of r.fallback.trials.entries()) {
+      if (t.bought === undefined) continue;
+      const pts = (x: number): string => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
+      ctx.out(
+        `  fallback trial ${i + 1}: kept ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)}): ` +
+          `agreement ${pts(t.bought.agreement)}, bound ${pts(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
+      );
+    }
     const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
     if (sensitive.length > 0) ctx.out(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
     if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {

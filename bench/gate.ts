@@ -1,0 +1,335 @@
+/**
+ * The accuracy gate's targets (issue 18), measured in one run on this machine:
+ *
+ * 1. Cost: validating 1,024 held-out samples for 3 candidates (static qdq,
+ *    static fused, dynamic) with quantd's validator (length-bucketed batches,
+ *    fp32 logits computed once, early stop), cold and with the fp32 logits
+ *    cached, against one fp32 pass over the same samples (one at a time, as
+ *    validation ran before, and batched) and against the former validation
+ *    (fp32 + every candidate one sample at a time). Target: ≤ 2 × one fp32 pass.
+ * 2. Coverage: many seeded splits of a large held-out pool into 1,024 samples
+ *    to validate on and the rest; the reported 95 % lower bound must be at or
+ *    below the agreement on the rest in ≥ 95 % of splits, and the gate must
+ *    never pass a candidate whose agreement on the rest is below the gate
+ *    minus the bound's width.
+ *
+ * On the shared BERT-Mini (../shared; SST-2 train sentences) and on the
+ * synthetic BERT of test/fixtures (with and without a planted outlier, so one
+ * candidate is below the gate).
+ *
+ *   bun bench/gate.ts                 # both models, 3 timing rounds, 1,000 splits
+ *   bun bench/gate.ts --rounds 5 --splits 2000 --pool 8000
+ *   bun bench/gate.ts --out bench/results/gate.md
+ *
+ * Prints figures and PASS/MISS per target; never fails on a miss.
+ */
+import { writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { join, resolve } from "node:path";
+import { median } from "../src/bench/stats.ts";
+import { encodeModel, loadModel, saveModel } from "../src/onnx/codec.ts";
+import type { ModelProto } from "../src/onnx/types.ts";
+import { clopperPearsonLower } from "../src/quant/confidence.ts";
+import { argmaxRows, compareLogits, type GateSpec } from "../src/quant/gate.ts";
+import {
+  collectLogits,
+  encodeSamples,
+  type QuantSample,
+  type ReferenceLogitsCache,
+  readSampleTsv,
+} from "../src/quant/pipeline.ts";
+import { quantizeModel } from "../src/quant/quantize.ts";
+import { describeFile } from "../src/quant/report.ts";
+import { createValidator } from "../src/quant/validate.ts";
+import { createOrtSession, ORT_VERSION } from "../src/runtime/ort-session.ts";
+import { loadTokenizer, type Tokenizer } from "../src/runtime/tokenizer.ts";
+import { createRandom, shuffle } from "../src/store/random.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../test/fixtures/synthetic-bert.ts";
+
+const repoRoot = resolve(import.meta.dir, "..");
+const shared = resolve(repoRoot, "../shared");
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(name);
+  return i === -1 ? fallback : Number(process.argv[i + 1]);
+}
+const ROUNDS = arg("--rounds", 3);
+const SPLITS = arg("--splits", 1000);
+const POOL = arg("--pool", 6000);
+const N_VAL = 1024;
+const outIndex = process.argv.indexOf("--out");
+const OUT = outIndex === -1 ? undefined : process.argv[outIndex + 1];
+
+const GATE: GateSpec = { minAgreement: 0.995, confidence: 0.95 };
+const session = { intraOpThreads: 1 };
+const lines: string[] = [];
+const say = (l = ""): void => {
+  lines.push(l);
+  console.log(l);
+};
+const pct = (x: number): string => `${(x * 100).toFixed(2)} %`;
+const mark = (ok: boolean): string => (ok ? "PASS" : "MISS");
+const secs = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
+
+interface Subject {
+  name: string;
+  fp32Path: string;
+  tokenizer: Tokenizer;
+  calibration: QuantSample[];
+  /** 1,024 samples for the timing. */
+  timing: QuantSample[];
+  /** The large pool the splits are drawn from. */
+  pool: QuantSample[];
+  candidates: { name: string; model: ModelProto; perSample: boolean }[];
+}
+
+async function candidatesOf(
+  fp32: ModelProto,
+  tokenizer: Tokenizer,
+  calibration: QuantSample[],
+): Promise<Subject["candidates"]> {
+  const calib = encodeSamples(tokenizer, calibration, 8, tokenizer.maxLength).batches;
+  const qdq = await quantizeModel(fp32, { type: "static", format: "qdq", calibration: calib });
+  const fused = await quantizeModel(fp32, { type: "static", format: "fused", ranges: qdq.ranges });
+  const dynamic = await quantizeModel(fp32, { type: "dynamic" });
+  return [
+    { name: "static/qdq", model: qdq.model, perSample: false },
+    { name: "static/fused", model: fused.model, perSample: false },
+    { name: "dynamic", model: dynamic.model, perSample: true },
+  ];
+}
+
+/** ms of one pass of `model` over `samples` in batches of `batch`. */
+async function pass(model: string | Uint8Array, tokenizer: Tokenizer, samples: QuantSample[], batch: number) {
+  const enc = encodeSamples(tokenizer, samples, batch, tokenizer.maxLength);
+  const s = await createOrtSession(model, session);
+  try {
+    const t0 = performance.now();
+    await collectLogits(s, enc.batches);
+    return performance.now() - t0;
+  } finally {
+    await s.release();
+  }
+}
+
+function memoryCache(): ReferenceLogitsCache {
+  const rows = new Map<string, Float32Array>();
+  return {
+    get: (sha, ids) => {
+      const out = new Map<number, Float32Array>();
+      for (const id of ids) {
+        const r = rows.get(`${sha}/${id}`);
+        if (r !== undefined) out.set(id, r);
+      }
+      return out;
+    },
+    put: (sha, put) => {
+      for (const r of put) rows.set(`${sha}/${r.id}`, r.logits);
+    },
+  };
+}
+
+async function timing(s: Subject): Promise<void> {
+  say(`### ${s.name}: validating ${N_VAL} samples for ${s.candidates.length} candidates`);
+  say();
+  const sha = (await describeFile(s.fp32Path)).sha256;
+  const t: Record<string, number[]> = { fp32b1: [], fp32b16: [], former: [], cold: [], warm: [] };
+  const cache = memoryCache();
+  for (let r = 0; r < ROUNDS; r++) {
+    t.fp32b1!.push(await pass(s.fp32Path, s.tokenizer, s.timing, 1));
+    t.fp32b16!.push(await pass(s.fp32Path, s.tokenizer, s.timing, 16));
+    // The former validation: fp32 and every candidate, one sample at a time.
+    let former = t.fp32b1!.at(-1)!;
+    for (const c of s.candidates) former += await pass(encodeModel(c.model), s.tokenizer, s.timing, 1);
+    t.former!.push(former);
+    for (const which of ["cold", "warm"] as const) {
+      // Only the first round is cold: later ones would find the cache filled.
+      if (which === "cold" && r > 0) continue;
+      const v = createValidator({
+        tokenizer: s.tokenizer,
+        maxLength: s.tokenizer.maxLength,
+        samples: s.timing,
+        gate: GATE,
+        fp32: { path: s.fp32Path, sha256: sha },
+        session,
+        ...(which === "warm" ? { cache } : {}),
+      });
+      const t0 = performance.now();
+      for (const c of s.candidates) await v.validate(c.model, c.perSample);
+      t[which]!.push(performance.now() - t0);
+      if (which === "cold" && r === 0) {
+        // Fill the cache from a cold run for the warm ones.
+        const filler = createValidator({
+          tokenizer: s.tokenizer,
+          maxLength: s.tokenizer.maxLength,
+          samples: s.timing,
+          gate: GATE,
+          fp32: { path: s.fp32Path, sha256: sha },
+          session,
+          cache,
+        });
+        await filler.validate(s.candidates[0]!.model, false);
+      }
+    }
+  }
+  const cold = t.cold![0]!;
+  const warm = median(t.warm!);
+  const b1 = median(t.fp32b1!);
+  const b16 = median(t.fp32b16!);
+  say("| run | median | × fp32 one at a time | × fp32 batched |");
+  say("| --- | --- | --- | --- |");
+  const row = (name: string, ms: number) =>
+    say(`| ${name} | ${secs(ms)} | ${(ms / b1).toFixed(2)} | ${(ms / b16).toFixed(2)} |`);
+  row("one fp32 pass, one sample at a time", b1);
+  row("one fp32 pass, batches of 16 by length", b16);
+  row("former validation (fp32 + 3 candidates, one at a time)", median(t.former!));
+  row("quantd validator, cold (fp32 logits computed)", cold);
+  row("quantd validator, fp32 logits cached", warm);
+  say();
+  say(
+    `target ≤ 2 × one fp32 pass (one at a time): cold ${(cold / b1).toFixed(2)} × ${mark(cold / b1 <= 2)}, ` +
+      `cached ${(warm / b1).toFixed(2)} × ${mark(warm / b1 <= 2)}; against the batched fp32 pass: cold ` +
+      `${(cold / b16).toFixed(2)} ×, cached ${(warm / b16).toFixed(2)} × (${ROUNDS} rounds, medians)`,
+  );
+  say();
+}
+
+/** Whether each pool sample's top-1 class is the same in the candidate as in fp32. */
+async function agreeFlags(s: Subject, model: ModelProto | string): Promise<Uint8Array> {
+  const enc = encodeSamples(s.tokenizer, s.pool, 16, s.tokenizer.maxLength);
+  const run = async (m: ModelProto | string) => {
+    const sess = await createOrtSession(typeof m === "string" ? m : encodeModel(m), session);
+    try {
+      return await collectLogits(sess, enc.batches);
+    } finally {
+      await sess.release();
+    }
+  };
+  const ref = argmaxRows(await run(s.fp32Path));
+  const cand = argmaxRows(await run(model));
+  const flags = new Uint8Array(s.pool.length);
+  for (const [row, i] of enc.order.entries()) flags[i] = ref[row] === cand[row] ? 1 : 0;
+  return flags;
+}
+
+async function coverage(s: Subject): Promise<void> {
+  say(
+    `### ${s.name}: ${SPLITS} seeded splits of ${s.pool.length} held-out samples (${N_VAL} validate, the rest check)`,
+  );
+  say();
+  say("| candidate | agreement on all | bound covers the rest | gate passed | passed below gate − width |");
+  say("| --- | --- | --- | --- | --- |");
+  let allCovered = true;
+  let neverBad = true;
+  for (const c of s.candidates.slice(0, 1).concat(s.candidates.slice(2))) {
+    const flags = await agreeFlags(s, c.model);
+    await reportSplits(`${c.name}`, flags);
+  }
+  async function reportSplits(name: string, flags: Uint8Array): Promise<void> {
+    const all = flags.reduce((a, b) => a + b, 0) / flags.length;
+    let covered = 0;
+    let passed = 0;
+    let bad = 0;
+    const idx = Array.from(flags, (_, i) => i);
+    for (let seed = 1; seed <= SPLITS; seed++) {
+      const order = shuffle([...idx], createRandom(seed));
+      let agreeVal = 0;
+      for (let k = 0; k < N_VAL; k++) agreeVal += flags[order[k]!]!;
+      let agreeRest = 0;
+      for (let k = N_VAL; k < order.length; k++) agreeRest += flags[order[k]!]!;
+      const rest = agreeRest / (order.length - N_VAL);
+      const lower = clopperPearsonLower(agreeVal, N_VAL, GATE.confidence);
+      if (lower <= rest) covered++;
+      if (lower >= GATE.minAgreement) {
+        passed++;
+        if (rest < GATE.minAgreement - (agreeVal / N_VAL - lower)) bad++;
+      }
+    }
+    allCovered &&= covered / SPLITS >= 0.95;
+    neverBad &&= bad === 0;
+    say(`| ${name} | ${pct(all)} | ${pct(covered / SPLITS)} | ${passed} of ${SPLITS} | ${bad} |`);
+  }
+  if (s.name.startsWith("synthetic")) {
+    const outlier = buildSyntheticBert({
+      ...SYNTHETIC_BERT_PRESETS.tiny,
+      vocab: 16384,
+      plantOutlier: { layer: 1, node: "attn_out", scale: 1000 },
+    });
+    const path = join(repoRoot, ".bench-gate-outlier.onnx");
+    await saveModel(outlier, path);
+    const calib = encodeSamples(s.tokenizer, s.calibration, 8, s.tokenizer.maxLength).batches;
+    const bad = await quantizeModel(outlier, { type: "static", calibration: calib });
+    const sub: Subject = { ...s, fp32Path: path };
+    await reportSplits("static, planted outlier", await agreeFlags(sub, bad.model));
+    (await import("node:fs")).rmSync(path, { force: true });
+  }
+  say();
+  say(
+    `targets: the 95 % bound covers the rest in ≥ 95 % of splits ${mark(allCovered)}; ` +
+      `no pass below the gate minus the bound's width ${mark(neverBad)}`,
+  );
+  say();
+}
+
+async function sharedSubject(): Promise<Subject | undefined> {
+  const fp32Path = join(shared, "models/sst2-bert-mini/model.onnx");
+  const train = join(shared, "data/sst2/train.tsv");
+  try {
+    const tokenizer = await loadTokenizer(join(shared, "models/sst2-bert-mini"));
+    // Full sentences (the shipped pool) for timing; the phrases of the SST-2 train set for the splits.
+    const sentences = await readSampleTsv(join(repoRoot, "calib/samples/sst2-train-4k.tsv"));
+    const phrases = await readSampleTsv(train);
+    const pool = shuffle(phrases.slice(1), createRandom(18))
+      .slice(0, POOL)
+      .map((x, i) => ({ ...x, id: i + 1 }));
+    const calibration = sentences.slice(0, 128);
+    return {
+      name: "shared BERT-Mini (SST-2)",
+      fp32Path,
+      tokenizer,
+      calibration,
+      timing: sentences.slice(128, 128 + N_VAL).map((x, i) => ({ ...x, id: i + 1 })),
+      pool,
+      candidates: await candidatesOf(await loadModel(fp32Path), tokenizer, calibration),
+    };
+  } catch (err) {
+    say(`(shared model skipped: ${(err as Error).message})`);
+    return undefined;
+  }
+}
+
+async function syntheticSubject(): Promise<Subject> {
+  const fp32 = buildSyntheticBert({ ...SYNTHETIC_BERT_PRESETS.tiny, vocab: 16384 });
+  const fp32Path = join(repoRoot, ".bench-gate-synthetic.onnx");
+  await saveModel(fp32, fp32Path);
+  const tokenizer = await loadTokenizer(join(repoRoot, "calib/models/sst2-bert-mini"), { maxLength: 128 });
+  const sentences = await readSampleTsv(join(repoRoot, "calib/samples/sst2-train-4k.tsv"));
+  const calibration = sentences.slice(0, 128);
+  return {
+    name: "synthetic BERT (tiny, test/fixtures)",
+    fp32Path,
+    tokenizer,
+    calibration,
+    timing: sentences.slice(128, 128 + N_VAL).map((x, i) => ({ ...x, id: i + 1 })),
+    pool: sentences.slice(128).map((x, i) => ({ ...x, id: i + 1 })),
+    candidates: await candidatesOf(fp32, tokenizer, calibration),
+  };
+}
+
+say(`## quantd gate benchmark (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`);
+say();
+say(
+  `${cpus()[0]?.model ?? "cpu"} × ${cpus().length}, onnxruntime ${ORT_VERSION}, 1 intra-op thread; ` +
+    `gate ${pct(GATE.minAgreement)} on the 95 % lower bound`,
+);
+say();
+const subjects = [await sharedSubject(), await syntheticSubject()].filter((x) => x !== undefined);
+for (const s of subjects) await timing(s);
+for (const s of subjects) await coverage(s);
+say(
+  `load average ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" / ")} (1/5/15 min) at the end`,
+);
+(await import("node:fs")).rmSync(join(repoRoot, ".bench-gate-synthetic.onnx"), { force: true });
+if (OUT !== undefined) writeFileSync(OUT, `${lines.join("\n")}\n`);
