@@ -30,7 +30,7 @@ import { median } from "../src/bench/stats.ts";
 import { encodeModel, loadModel, saveModel } from "../src/onnx/codec.ts";
 import type { ModelProto } from "../src/onnx/types.ts";
 import { clopperPearsonLower } from "../src/quant/confidence.ts";
-import { argmaxRows, compareLogits, type GateSpec } from "../src/quant/gate.ts";
+import { argmaxRows, type GateSpec } from "../src/quant/gate.ts";
 import {
   collectLogits,
   encodeSamples,

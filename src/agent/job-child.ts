@@ -31,9 +31,14 @@ export const JOB_CHILD_ENV = "QUANTD_JOB_CHILD";
 /** Grace between SIGTERM and SIGKILL when a job is cancelled or the agent stops. */
 export const JOB_CHILD_GRACE_MS = 3000;
 
-/** Quantization options as they cross the process boundary: the pool as its two fixed sets. */
-export type ChildQuantizeOptions = Omit<RunQuantizationOptions, "calib" | "onProgress"> & {
+/**
+ * Quantization options as they cross the process boundary: the pool as its two
+ * fixed sets, and the fp32 logits cache as the path of the store that holds it
+ * (the child opens it).
+ */
+export type ChildQuantizeOptions = Omit<RunQuantizationOptions, "calib" | "onProgress" | "referenceCache"> & {
   calib: { name: string; calibration: PoolSample[]; validation: PoolSample[] };
+  referenceCacheDb?: string;
 };
 
 /** What the agent asks a job child to do. */
@@ -85,14 +90,26 @@ export async function runJobChild(): Promise<number> {
     let value: unknown;
     if (req.op === "quantize") {
       const { runQuantization } = await import("../quant/pipeline.ts");
-      const { calib, ...rest } = req.options;
-      value = await runQuantization({
-        ...rest,
-        calib: fixedSets(calib.name, calib.calibration, calib.validation),
-        onProgress: (line) => {
-          process.stdout.write(`${JSON.stringify({ progress: line })}\n`);
-        },
-      });
+      const { calib, referenceCacheDb, ...rest } = req.options;
+      // The agent's store, for the fp32 logits cache only; without it validation just computes them.
+      const store =
+        referenceCacheDb === undefined
+          ? undefined
+          : await (await import("../store/store.ts"))
+              .openStore(referenceCacheDb, { busyTimeoutMs: 2000 })
+              .catch(() => undefined);
+      try {
+        value = await runQuantization({
+          ...rest,
+          calib: fixedSets(calib.name, calib.calibration, calib.validation),
+          ...(store === undefined ? {} : { referenceCache: store.logits }),
+          onProgress: (line) => {
+            process.stdout.write(`${JSON.stringify({ progress: line })}\n`);
+          },
+        });
+      } finally {
+        store?.close();
+      }
     } else if (req.op === "compare") {
       const { compareCandidate } = await import("../bench/compare.ts");
       value = await compareCandidate(req.active, req.candidate, req.options);
@@ -223,7 +240,12 @@ export function runInJobChild<T>(req: JobChildRequest, options: RunInChildOption
  * stops the child.
  */
 export function runQuantizationInChild(
-  options: Omit<RunQuantizationOptions, "calib"> & { calib: SamplePool; signal?: AbortSignal },
+  options: Omit<RunQuantizationOptions, "calib" | "referenceCache"> & {
+    calib: SamplePool;
+    signal?: AbortSignal;
+    /** The store whose fp32 logits cache the child uses (its database path). */
+    referenceCacheDb?: string;
+  },
 ): Promise<QuantizationResult> {
   const { calib, onProgress, signal, ...rest } = options;
   const sets = calib.pickDisjoint(options.samples ?? 0, options.validationSamples ?? 0, options.seed ?? 1);

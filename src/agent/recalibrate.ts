@@ -109,7 +109,7 @@ export interface Promoter {
 
 /** What the job needs. */
 export interface RecalibrationDeps {
-  store: Pick<Store, "samples" | "models" | "bench" | "logits">;
+  store: Pick<Store, "samples" | "models" | "bench" | "db">;
   promoter: Promoter;
   /** The fp32 model every recalibration starts from (never an int8 one). */
   baseModel: string;
@@ -555,7 +555,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
               ...(deps.tokenizerDir !== undefined ? { tokenizerDir: deps.tokenizerDir } : {}),
               threads,
               // fp32 logits of stored samples, kept for the next candidate and the next job.
-              referenceCache: store.logits,
+              referenceCacheDb: store.db.path,
               onProgress: (line) => {
                 // The quantizer's progress lines are its stage boundaries: each is a cancellation point.
                 if (line.startsWith("validating") || line.startsWith("fallback")) ctx.stage("validate", 0.4);
