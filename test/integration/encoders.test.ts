@@ -86,6 +86,7 @@ const LOWERED: Readonly<Record<string, readonly string[]>> = {
   "ts-opset11-ort-extended": ["FusedGemm", "FusedMatMul"],
   "dynamo-opset18-ort-extended": ["FusedGemm"],
   "ort-transformers-attention": ["EmbedLayerNormalization"],
+  "ort-transformers-int32": ["EmbedLayerNormalization"],
   "ort-transformers-mha": ["EmbedLayerNormalization"],
   "shipped-ort-extended": ["FusedGemm"],
 };

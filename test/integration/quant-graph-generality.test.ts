@@ -24,6 +24,7 @@ import { quantizeModel } from "../../src/quant/quantize.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import type { Tensor } from "../../src/runtime/types.ts";
 import { cloneModel } from "../fixtures/exporters/graph-edit.ts";
+import { syntheticEncoderFixtures } from "../fixtures/exporters/index.ts";
 import { buildTorchScriptBert } from "../fixtures/exporters/torchscript.ts";
 import { buildTransformerOptimizedBert } from "../fixtures/exporters/transformer-optimizer.ts";
 import {
@@ -32,6 +33,7 @@ import {
   syntheticBertInputs,
 } from "../fixtures/synthetic-bert.ts";
 import { repoRoot, shippedModelDir } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 
 setDefaultTimeout(60_000);
 
@@ -168,6 +170,25 @@ describe("contrib ops lowered to the standard ops they fuse", () => {
       expect(r.model.graph.node.some((n) => n.opType === "Attention")).toBe(false);
       expect(maxAbsDiff(ref, await logitsOf(r.model))).toBeLessThan(0.5);
     }
+  });
+});
+
+describe("the issue's reproduction, through the CLI", () => {
+  test("quantd quantize (static, defaults) on a model onnxruntime saved at level extended", async () => {
+    const fixture = syntheticEncoderFixtures(tiny).find((f) => f.name === "ort-extended")!;
+    const model = await fixture.build(join(dir, "opt"), shippedModelDir);
+    const samples = join(dir, "repro.tsv");
+    const pool = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8").trim().split("\n");
+    writeFileSync(samples, `${pool.slice(0, 1 + 16 + 64).join("\n")}\n`);
+    const out = join(dir, "opt", "int8.onnx");
+    const r = await runQuantd([
+      ...["quantize", "--model", model, "--calib", samples, "--out", out],
+      ...["--samples", "16", "--val-samples", "64", "--gate-on", "point", "--threads", "1"],
+    ]);
+    expect(r.stderr).not.toContain("element type is unknown");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("static/percentile/fused");
+    expect(existsSync(out)).toBe(true);
   });
 });
 
