@@ -77,4 +77,9 @@ fail=$(grep -Eo '^ *[0-9]+ fail$' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0
 skip=$(grep -Eo '^ *[0-9]+ skip$' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
 rm -f "$log"
 [ "$test_status" -eq 0 ] || status=1
+
+# The fault suite against real agents, small (a few minutes): fails on a 5xx, a failed request
+# under swaps, or an agent that does not serve its model after a kill or a corrupt database.
+echo "== fault suite (bun bench/faults.ts --short)"
+bun bench/faults.ts --short || status=1
 finish
