@@ -21,10 +21,13 @@ function kbField(status: string, name: string): number | undefined {
   return m === null ? undefined : Number(m[1]) * 1024;
 }
 
-/** Reads the current process's peak and current resident memory. */
-export function readProcessMemory(): ProcessMemory {
+/**
+ * Reads the peak and current resident memory of this process, or of another
+ * one by pid (Linux only for another process: a bench watching its children).
+ */
+export function readProcessMemory(pid: number | "self" = "self"): ProcessMemory {
   try {
-    const status = readFileSync("/proc/self/status", "utf8");
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
     const peak = kbField(status, "VmHWM");
     const rss = kbField(status, "VmRSS");
     if (peak !== undefined && rss !== undefined)
@@ -32,6 +35,7 @@ export function readProcessMemory(): ProcessMemory {
   } catch {
     // not Linux (or /proc not mounted): fall through to the portable figure
   }
+  if (pid !== "self") return { peakRssBytes: 0, rssBytes: 0, source: "resource-usage" };
   // maxRSS is in kilobytes on every platform Node and Bun report it for.
   const peak = process.resourceUsage().maxRSS * 1024;
   return { peakRssBytes: peak, rssBytes: process.memoryUsage().rss, source: "resource-usage" };

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import { QuantdError } from "../errors.ts";
-import { DEFAULT_MAX_PACKET_BYTES, type MqttConnectOptions, parseBrokerUrl } from "./mqtt-client.ts";
+import { type MqttConnectOptions, parseBrokerUrl } from "./mqtt-client.ts";
 import { checkName, MAX_COMMAND_BYTES, MAX_TELEMETRY_SAMPLES } from "./protocol.ts";
 import { parsePublicKey } from "./signing.ts";
 
@@ -17,6 +17,11 @@ export const DEFAULT_WILL_DELAY_SEC = 15;
 export const DEFAULT_SESSION_EXPIRY_SEC = 3600;
 /** Default telemetry sampling period. */
 export const DEFAULT_TELEMETRY_INTERVAL_MS = 1000;
+/**
+ * Default Maximum Packet Size of a device: room for the largest command it
+ * parses and no more, so nothing larger ever reaches its memory.
+ */
+export const DEFAULT_DEVICE_MAX_PACKET_BYTES = 2 * MAX_COMMAND_BYTES;
 /** Default number of samples per telemetry message. */
 export const DEFAULT_TELEMETRY_BATCH = 10;
 
@@ -45,7 +50,7 @@ export interface FleetConfig {
   telemetryIntervalMs?: number;
   /** Samples per telemetry message, at most `MAX_TELEMETRY_SAMPLES`. @defaultValue {@link DEFAULT_TELEMETRY_BATCH} */
   telemetryBatch?: number;
-  /** MQTT 5 Maximum Packet Size announced in CONNECT. @defaultValue {@link DEFAULT_MAX_PACKET_BYTES} */
+  /** MQTT 5 Maximum Packet Size announced in CONNECT. @defaultValue {@link DEFAULT_DEVICE_MAX_PACKET_BYTES} */
   maxPacketBytes?: number;
   /**
    * Public keys of the operators whose signed commands this device runs
@@ -153,7 +158,7 @@ export function resolveFleetConfig(config: FleetConfig): ResolvedFleetConfig {
     maxPacketBytes: positiveInt(
       config.maxPacketBytes,
       "maxPacketBytes",
-      DEFAULT_MAX_PACKET_BYTES,
+      DEFAULT_DEVICE_MAX_PACKET_BYTES,
       MAX_COMMAND_BYTES * 2,
       268_435_455,
     ),

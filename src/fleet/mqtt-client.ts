@@ -92,8 +92,10 @@ export interface MqttConnectOptions {
 }
 
 /**
- * Default Maximum Packet Size a quantd client accepts: 1 MiB holds the largest
- * report a device sends (see `MAX_REPORT_BYTES`) with room for MQTT overhead.
+ * Default Maximum Packet Size of a quantd client (the operator CLI): 1 MiB
+ * holds the largest report (`MAX_REPORT_BYTES`) with room to spare. Devices
+ * and controllers announce less (`DEFAULT_DEVICE_MAX_PACKET_BYTES`,
+ * `DEFAULT_CONTROLLER_MAX_PACKET_BYTES`).
  */
 export const DEFAULT_MAX_PACKET_BYTES = 1024 * 1024;
 
@@ -329,7 +331,8 @@ function wrap(client: MqttClient, clientId: string, password: string | undefined
         const p = packet.properties ?? {};
         const m: MqttMessage = {
           topic,
-          payload: new Uint8Array(payload),
+          // A view, not a copy: a large message is in memory once.
+          payload: new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength),
           qos: packet.qos,
           retain: packet.retain,
         };

@@ -34,9 +34,9 @@ export const MAX_STATUS_BYTES = 16 * 1024;
 /** Largest `jobs/{id}` body the controller stores. */
 export const MAX_JOB_BYTES = 16 * 1024;
 /** Largest `report` body: a device cuts its result down to fit, the controller refuses more. */
-export const MAX_REPORT_BYTES = 256 * 1024;
+export const MAX_REPORT_BYTES = 128 * 1024;
 /** Largest `telemetry` body the controller parses. */
-export const MAX_TELEMETRY_BYTES = 256 * 1024;
+export const MAX_TELEMETRY_BYTES = 128 * 1024;
 /** Samples per `telemetry` message the controller keeps (the newest; the rest are counted). */
 export const MAX_TELEMETRY_SAMPLES = 120;
 

@@ -103,7 +103,7 @@ describe.skipIf(!hasMosquitto)("bounded fleet messages", () => {
 
   test("a packet over the Maximum Packet Size never reaches the device; a command over its cap is refused unread", async () => {
     const before = device.link.stats().commands;
-    // 2 MiB: the broker drops it for this client (1 MiB announced in CONNECT).
+    // 2 MiB: the broker drops it for this client (128 KiB announced in CONNECT).
     await rogue.publish("quantd/v1/lab/pi-1/cmd/bench", "x".repeat(2 * 1024 * 1024), { qos: 1 });
     const requester = await createFleetRequester(rogue, "lab");
     try {

@@ -62,7 +62,7 @@ const CONNECTION_FLAGS: FlagSpec[] = [
     type: "string",
     value: "N",
     description: "MQTT Maximum Packet Size: the broker drops larger messages to this client",
-    default: "1048576",
+    default: "1048576 (serve: 262144)",
   },
   {
     name: "client-id",

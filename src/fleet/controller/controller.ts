@@ -34,6 +34,9 @@ import { keyId, parsePublicKey } from "../signing.ts";
 import { createDeviceKeys } from "./device-keys.ts";
 import type { FleetStore, TelemetryItem } from "./store.ts";
 
+/** Default Maximum Packet Size of a controller: room for the largest report, the largest message it stores. */
+export const DEFAULT_CONTROLLER_MAX_PACKET_BYTES = 2 * MAX_REPORT_BYTES;
+
 /** Telemetry messages written per transaction at most. */
 export const TELEMETRY_GROUP = 500;
 /** Longest wait before a partial group of telemetry is written, in ms. */
@@ -76,7 +79,7 @@ export interface ControllerOptions {
    * controller, or several that each want everything). @defaultValue true
    */
   shared?: boolean;
-  /** MQTT 5 Maximum Packet Size announced in CONNECT. @defaultValue `DEFAULT_MAX_PACKET_BYTES` (1 MiB) */
+  /** MQTT 5 Maximum Packet Size announced in CONNECT. @defaultValue {@link DEFAULT_CONTROLLER_MAX_PACKET_BYTES} */
   maxPacketBytes?: number;
   /** Telemetry older than this is pruned every minute (1,000 devices at 1 sample/s is 86 M rows a day). @defaultValue 24 hours */
   telemetryRetentionMs?: number;
@@ -195,7 +198,7 @@ export function startController(options: ControllerOptions): FleetController {
     ...(options.ca === undefined ? {} : { ca: options.ca }),
     ...(options.cert === undefined ? {} : { cert: options.cert }),
     ...(options.key === undefined ? {} : { key: options.key }),
-    ...(options.maxPacketBytes === undefined ? {} : { maxPacketBytes: options.maxPacketBytes }),
+    maxPacketBytes: options.maxPacketBytes ?? DEFAULT_CONTROLLER_MAX_PACKET_BYTES,
   });
   const listeners = new Set<(e: ControllerEvent) => void>();
   const stats: ControllerStats = {
