@@ -4,7 +4,7 @@
  * in one directory; quantd writes its int8 model beside a copy of them. A user
  * may still keep the tokenizer elsewhere and point at it (`--tokenizer DIR`).
  */
-import { copyFileSync, existsSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { QuantdError } from "../errors.ts";
 
@@ -130,6 +130,27 @@ export function planModelOutput(out: string): ModelOutput {
   const model = asDirectory ? join(path, "model.onnx") : path;
   const dir = dirname(model);
   return { model, dir, asDirectory, newDir: !existsSync(dir) };
+}
+
+/**
+ * Creates `dir` and any missing parents for a model output.
+ *
+ * @returns the topmost directory it created (remove it to undo the whole chain), or
+ *   `undefined` when `dir` already existed
+ * @throws DISK_FULL when the disk is full; FILE_WRITE_FAILED when a parent is a file
+ *   or cannot be written
+ */
+export function createOutputDir(dir: string): string | undefined {
+  try {
+    return mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new QuantdError(
+      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
+      `cannot create the output directory ${dir}: ${code ?? String(err)}`,
+      { cause: err, details: { path: dir } },
+    );
+  }
 }
 
 /**

@@ -144,7 +144,7 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
         "2",
         "--warmup",
         "1",
-        "--json",
+        "--out",
         out,
       ],
       "/",

@@ -86,12 +86,17 @@ describe("output", () => {
     expect(readFileSync(notADir, "utf8")).toBe("x");
   });
 
-  test("a missing output directory is FILE_WRITE_FAILED", async () => {
-    const out = join(dir, "no-such-dir", "int8.onnx");
+  // A file in a missing directory makes that directory (quantize-model-dir.test.ts); one whose
+  // ancestor is a file cannot be made, and is refused before any work.
+  test("an output directory that cannot be created is FILE_WRITE_FAILED, before any work", async () => {
+    const blocker = join(dir, "blocker");
+    writeFileSync(blocker, "x");
+    const out = join(blocker, "sub", "int8.onnx");
     const r = await quantize(["--model", shippedModelPath, "--calib", calibTsv, "--out", out]);
     expect(r.code).toBe(1);
     expect(errorLine(r)).toMatch(/^error FILE_WRITE_FAILED: /);
-    expect(existsSync(join(dir, "no-such-dir"))).toBe(false);
+    expect(r.stderr).not.toContain("loading");
+    expect(readFileSync(blocker, "utf8")).toBe("x");
   });
 
   test("--out equal to --model is refused as a usage error, the model untouched", async () => {

@@ -18,7 +18,7 @@ function sampleFile(flags: ParsedFlags, positionals: readonly string[]): string 
   if (flag === undefined) {
     const [file, ...rest] = positionals;
     if (file === undefined || file === "")
-      throw usageError("collect needs a sample file: quantd collect FILE.tsv");
+      throw usageError("collect needs a sample file: quantd collect FILE.tsv (or --file FILE.tsv)");
     expectNoPositionals(rest);
     return file;
   }

@@ -3,7 +3,7 @@
  * the fp32 model on held-out samples. Thin: parses flags and calls
  * {@link runQuantization}.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync } from "node:fs";
+import { closeSync, existsSync, openSync, readSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { detectDevice } from "../../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
@@ -19,7 +19,12 @@ import {
 } from "../../quant/pipeline.ts";
 import { type CalibrationMethod, defaultQuantizeOptions, type StaticFormat } from "../../quant/plan.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
-import { copyModelDirFiles, findModelFiles, planModelOutput } from "../../runtime/model-files.ts";
+import {
+  copyModelDirFiles,
+  createOutputDir,
+  findModelFiles,
+  planModelOutput,
+} from "../../runtime/model-files.ts";
 import { openStore, type Store } from "../../store/store.ts";
 import type { Command } from "../command.ts";
 import { THREADS_FLAG, threadsFlag } from "../model-flags.ts";
@@ -302,14 +307,15 @@ fastest. The report says why these candidates and why the winner won.`,
     let result: Awaited<ReturnType<typeof runQuantization>>;
     let copied: string[] = [];
     // A new directory exists only once the model is in it: any failure removes it again.
-    if (output.newDir) mkdirSync(output.dir, { recursive: true });
+    let createdDir: string | undefined;
     try {
+      if (output.newDir) createdDir = createOutputDir(output.dir);
       result = await runQuantization(opts);
       if (output.asDirectory || output.newDir) {
         copied = copyModelDirFiles(findModelFiles(opts.model, opts.tokenizerDir), output.dir);
       }
     } catch (err) {
-      if (output.newDir) rmSync(output.dir, { recursive: true, force: true });
+      if (createdDir !== undefined) rmSync(createdDir, { recursive: true, force: true });
       throw err;
     } finally {
       store?.close();
