@@ -28,6 +28,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import type { CandidateComparison } from "../bench/compare.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
+import { encodeReport } from "../fleet/protocol.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
 import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
 import type { GateDecision } from "../quant/gate.ts";
@@ -746,7 +747,8 @@ export function createRecalibrationRunner(options: RecalibrationRunnerOptions): 
       reported.add(job.id);
       if (reported.size > 256) reported.delete(reported.values().next().value ?? "");
       try {
-        options.store.outbox.enqueue(topic, JSON.stringify(recalibrationReport(job, device)));
+        // Within the fleet's report cap, or the controller would refuse the whole report.
+        options.store.outbox.enqueue(topic, encodeReport(recalibrationReport(job, device)));
       } catch (err) {
         options.log?.(`job ${job.id}: report not queued: ${QuantdError.from(err).toLine()}`);
       }

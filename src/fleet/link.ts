@@ -21,12 +21,12 @@ import {
   type DeviceTopics,
   deviceTopics,
   encodeJson,
+  encodeReport,
   type FleetCommand,
   JOB_COMMANDS,
   type JobMessage,
   MAX_COMMAND_BYTES,
   MAX_COMMAND_TTL_MS,
-  MAX_REPORT_BYTES,
   type OutboxFigures,
   parseCommand,
   parseEnvelope,
@@ -155,21 +155,6 @@ export interface FleetLink {
 
 function outboxFigures(s: OutboxStats): OutboxFigures {
   return { queued: s.count, bytes: s.bytes, dropped: s.dropped };
-}
-
-/**
- * A report's payload within {@link MAX_REPORT_BYTES}: a result too large to
- * send is replaced by its size (the controller would refuse the whole report,
- * and the job's outcome matters more than its bulk).
- */
-export function encodeReport(report: ReportMessage): Uint8Array {
-  const body = encodeJson(report);
-  if (body.byteLength <= MAX_REPORT_BYTES) return body;
-  const cut: ReportMessage = { ...report, result: { truncated: true, resultBytes: body.byteLength } };
-  if (report.error !== undefined) {
-    cut.error = { code: report.error.code, message: report.error.message.slice(0, 4096) };
-  }
-  return encodeJson(cut);
 }
 
 function runHandler(handler: FleetCommandHandler, cmd: FleetCommand, ctx: FleetJobContext): Promise<unknown> {

@@ -498,3 +498,20 @@ export function decodeJson(payload: Uint8Array): unknown {
     return undefined;
   }
 }
+
+/**
+ * A report's payload within {@link MAX_REPORT_BYTES}: a result too large to
+ * send is replaced by its size (the controller would refuse the whole report,
+ * and the job's outcome matters more than its bulk).
+ */
+export function encodeReport<R extends { result?: unknown; error?: QuantdErrorJSON | null }>(
+  report: R,
+): Uint8Array {
+  const body = encodeJson(report);
+  if (body.byteLength <= MAX_REPORT_BYTES) return body;
+  const cut: R = { ...report, result: { truncated: true, resultBytes: body.byteLength } };
+  if (report.error !== undefined && report.error !== null) {
+    cut.error = { code: report.error.code, message: String(report.error.message).slice(0, 4096) };
+  }
+  return encodeJson(cut);
+}

@@ -4,10 +4,16 @@
  */
 import { describe, expect, test } from "bun:test";
 import { resolveFleetConfig } from "../../src/fleet/config.ts";
+import { generateSigningKey } from "../../src/fleet/signing.ts";
 import {
   COMMAND_NAMES,
   CONTROLLER_SHARED_FILTER,
+  decodeJson,
   deviceTopics,
+  encodeReport,
+  MAX_COMMAND_BYTES,
+  MAX_REPORT_BYTES,
+  MAX_TELEMETRY_SAMPLES,
   parseCommand,
   parseEnvelope,
   parseTopic,
@@ -154,5 +160,42 @@ describe("link config", () => {
     expect(
       code(() => resolveFleetConfig({ ...base, broker: "mqtts://h", caFile: "/nonexistent/ca.pem" })),
     ).toBe("CONFIG_INVALID");
+  });
+
+  test("operator keys must be Ed25519 public keys; caps on telemetry batch and packet size", () => {
+    const base = { broker: "mqtt://h", fleet: "lab", device: "pi-1" };
+    expect(code(() => resolveFleetConfig({ ...base, operatorKeys: ["not-a-key"] }))).toBe("CONFIG_INVALID");
+    expect(code(() => resolveFleetConfig({ ...base, telemetryBatch: MAX_TELEMETRY_SAMPLES + 1 }))).toBe(
+      "CONFIG_INVALID",
+    );
+    expect(code(() => resolveFleetConfig({ ...base, maxPacketBytes: 1000 }))).toBe("CONFIG_INVALID");
+    const key = generateSigningKey().key.publicKey;
+    expect(resolveFleetConfig({ ...base, operatorKeys: [` ${key} `] }).operatorKeys).toEqual([key]);
+    expect(resolveFleetConfig(base).connect.maxPacketBytes).toBe(2 * MAX_COMMAND_BYTES);
+  });
+});
+
+describe("reports within the cap", () => {
+  test("a result too large to send is replaced by its size; id, state and error stay", () => {
+    const report = {
+      id: "j-1",
+      device: "pi-1",
+      jobId: "j-1",
+      type: "recalibrate",
+      state: "FAILED" as const,
+      result: { blob: "x".repeat(MAX_REPORT_BYTES) },
+      error: { code: "INTERNAL" as const, message: "m".repeat(10_000) },
+      startedAt: 1,
+      finishedAt: 2,
+    };
+    const body = encodeReport(report);
+    expect(body.byteLength).toBeLessThanOrEqual(MAX_REPORT_BYTES);
+    const back = decodeJson(body) as typeof report & { result: { truncated: boolean; resultBytes: number } };
+    expect(back).toMatchObject({ id: "j-1", state: "FAILED", error: { code: "INTERNAL" } });
+    expect(back.result.truncated).toBe(true);
+    expect(back.result.resultBytes).toBeGreaterThan(MAX_REPORT_BYTES);
+    expect(back.error.message.length).toBe(4096);
+    const small = { ...report, result: { ok: true }, error: null };
+    expect(decodeJson(encodeReport(small))).toEqual(small);
   });
 });
