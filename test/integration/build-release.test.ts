@@ -161,6 +161,39 @@ describe.skipIf(!canBuild)("compiled x64 release", () => {
     expect(m.peakRssBytes).toBeGreaterThan(m.baselineRssBytes + 10 * 1024 * 1024);
   }, 60_000);
 
+  test("a recalibration runs its heavy work in a child process of the executable itself", () => {
+    const state = join(work, "job-state");
+    const collect = run(
+      [exe, "collect", join(release, "calib/samples/sst2-dev.tsv"), "--state-dir", state],
+      "/",
+    );
+    expect(collect.code).toBe(0);
+    const r = run(
+      [
+        exe,
+        "job",
+        "recalibrate",
+        "--state-dir",
+        state,
+        "--samples",
+        "32",
+        "--validation-samples",
+        "200",
+        "--gate",
+        "0.9",
+        "--gate-on",
+        "point",
+        "--wait",
+      ],
+      "/",
+    );
+    // Promoted: the quantize and benchmark children (QUANTD_JOB_CHILD) answered; a child that could
+    // not start or died would fail the job with QUANT_FAILED / BENCH_FAILED naming its exit.
+    expect(r.stderr).not.toContain("process exited");
+    expect(r.stderr).not.toContain("could not start");
+    expect(r.code).toBe(0);
+  }, 120_000);
+
   test("device --json and --version run", () => {
     expect(run([exe, "--version"], "/").stdout).toMatch(/^quantd \d+\.\d+\.\d+\n$/);
     const d = run([exe, "device", "--json"], "/");
