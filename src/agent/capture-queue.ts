@@ -32,6 +32,8 @@ export class CaptureQueue {
   readonly #o: CaptureQueueOptions;
   #pending: string[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** A write met a locked store: the next attempt waits for the retry timer. */
+  #retrying = false;
   /** Texts dropped so far. */
   dropped = 0;
 
@@ -43,7 +45,9 @@ export class CaptureQueue {
   offer(texts: readonly string[]): void {
     for (const t of texts) if (this.#o.random() < this.#o.rate) this.#pending.push(t);
     this.#trim();
-    if (this.#pending.length === 0) return;
+    // While the store is locked, the retry timer decides: flushing at every request would make each one
+    // wait out the busy timeout.
+    if (this.#pending.length === 0 || this.#retrying) return;
     const soon = this.#pending.length >= (this.#o.flushTexts ?? 64);
     if (soon && this.#timer !== undefined) clearTimeout(this.#timer);
     else if (this.#timer !== undefined) return;
@@ -54,6 +58,7 @@ export class CaptureQueue {
   flush(): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#retrying = false;
     const texts = this.#pending;
     this.#pending = [];
     if (texts.length === 0) return;
@@ -66,7 +71,9 @@ export class CaptureQueue {
       if (isQuantdError(err, "STORE_BUSY")) {
         this.#pending = [...texts, ...this.#pending];
         this.#trim();
+        this.#retrying = true;
         this.#timer = setTimeout(() => this.flush(), this.#o.flushMs ?? 1000);
+        return;
       } else {
         // Capture is best effort: a full disk must not fail inference.
         this.#drop(texts.length);
