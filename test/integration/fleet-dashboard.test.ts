@@ -171,6 +171,30 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
     expect(await dot.getAttribute("title")).toBe("offline");
   });
 
+  test("a device that is not enrolled waits on the page; confirming its key stores what it sends", async () => {
+    const s = await openStore(join(dir, "newbie.db"));
+    const link = createFleetLink(
+      { broker: broker.url, fleet: "lab", device: "newbie" },
+      { store: s, handler, status: () => ({ agentVersion: "0.1.0", model: { version: "1", kind: "fp32" } }) },
+    );
+    boards.push({ link, store: s });
+    expect(await link.waitConnected(5000)).toBe(true);
+    const row = page.locator("#pending tr").filter({ hasText: "newbie" });
+    await row.waitFor({ timeout: 10_000 });
+    expect(await row.locator("td").nth(2).textContent()).toBe(link.publicKey);
+    expect(await page.locator("#refused").textContent()).toMatch(/[1-9]\d* from devices not enrolled/);
+    expect(await store.device("lab", "newbie")).toBeUndefined();
+    await row.locator("button").click();
+    await page.locator("#pending-box").waitFor({ state: "hidden", timeout: 10_000 });
+    expect((await store.enrolment("lab", "newbie"))?.state).toBe("enrolled");
+    // From now on the device's messages are stored (its status again, as after a model swap).
+    await link.refreshStatus();
+    const deadline = Date.now() + 8000;
+    while ((await store.device("lab", "newbie"))?.online !== true && Date.now() < deadline)
+      await Bun.sleep(50);
+    expect((await store.device("lab", "newbie"))?.online).toBe(true);
+  });
+
   test("screenshot: the page renders at the viewport size with the table and both charts", async () => {
     const path = join(dir, "dashboard.png");
     await page.screenshot({ path, fullPage: true });
