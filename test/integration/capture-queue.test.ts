@@ -6,7 +6,6 @@
  */
 import { afterAll, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
-import { join } from "node:path";
 import { CaptureQueue } from "../../src/agent/capture-queue.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import { databasePath, openStore } from "../../src/store/store.ts";
