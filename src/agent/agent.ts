@@ -20,6 +20,7 @@ import { createRoutes, ServerMetrics } from "../server/routes.ts";
 import { openStoreRecovering } from "../store/recover.ts";
 import { databasePath, type Store } from "../store/store.ts";
 import { CaptureQueue } from "./capture-queue.ts";
+import { coverageOf, createDriftMonitor, type DriftMonitor } from "./drift.ts";
 import type { AgentConfig } from "./config.ts";
 import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
 import type { JobRunner } from "./jobs.ts";
@@ -159,6 +160,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   prepareStateDir(config.stateDir, log);
 
   let metrics: ServerMetrics | undefined;
+  let drift: DriftMonitor | undefined;
   const registry: ModelRegistry = new ModelRegistry({
     // Bound below, once the store is open; the registry reads it only from start().
     get models() {
@@ -173,6 +175,8 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     // A new version is also probed on a few stored inputs, not only on the fixed probe texts.
     probeTexts: () => store.samples.pick({ n: PROBE_SAMPLES, seed: Date.now() }).map((s) => s.text),
     onEvent: (e) => {
+      // A new serving model: live inputs are counted against what its calibration covered.
+      if (e.type === "swapped" || e.type === "rolled-back") drift?.setCoverage(activeCoverage());
       if (e.type === "swapped" && e.from !== undefined) metrics?.swaps.inc();
       if (e.type === "rolled-back") metrics?.rollbacks.inc({ trigger: e.trigger });
       log(describeEvent(e));
@@ -201,6 +205,16 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     onDropped: (n) => metrics?.storeWritesDropped.inc({ kind: "capture" }, n),
     log,
   });
+  const activeCoverage = () => coverageOf(registry.activeVersion()?.metrics);
+  drift = createDriftMonitor({
+    countTokens: (text) => registry.countTokens(text),
+    metrics: metrics.registry,
+    ...(config.jobs.recalibrateOnDrift === undefined
+      ? {}
+      : { recalibrateShare: config.jobs.recalibrateOnDrift }),
+    // Kept whatever the capture rate: the recalibration they call for has to calibrate on them.
+    onOutOfCoverage: (texts) => capture.offer(texts, 1),
+  });
   const handler = createRoutes({
     modelName: config.modelName,
     backend: registry,
@@ -210,7 +224,10 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     metrics,
     admin: registry,
     accepting: () => accepting,
-    onClassified: config.capture.enabled ? (texts) => capture.offer(texts) : undefined,
+    onClassified: (texts) => {
+      drift?.observe(texts);
+      if (config.capture.enabled) capture.offer(texts);
+    },
   });
 
   const listeners = await startListeners({
@@ -231,6 +248,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   }
   try {
     await registry.start(config.model, config.modelExplicit);
+    drift.setCoverage(activeCoverage());
   } catch (err) {
     await listeners.stop();
     await registry.close();
@@ -249,12 +267,15 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       promoter: registry,
       baseModel: config.model,
       tokenizerDir: config.tokenizerDir,
+      liveLengths: () => drift?.snapshot().lengths,
       log,
       // Reports of fleet-run jobs name the configured fleet and device; the link publishes every job change.
       ...(config.fleet === undefined ? {} : { fleet: config.fleet.fleet, device: config.fleet.device }),
       onUpdate: (job) => fleet?.jobUpdated(job),
       timeoutMs: config.jobs.timeoutMs,
-      ...(config.jobs.recalibrateEveryMs === undefined && config.jobs.recalibrateAfterSamples === undefined
+      ...(config.jobs.recalibrateEveryMs === undefined &&
+      config.jobs.recalibrateAfterSamples === undefined &&
+      config.jobs.recalibrateOnDrift === undefined
         ? {}
         : {
             schedule: {
@@ -266,6 +287,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
                 ? {}
                 : { afterNewSamples: config.jobs.recalibrateAfterSamples }),
               samplesSeen: () => store.samples.stats().seen,
+              due: () => drift?.recalibrationDue(),
             },
           }),
     });
@@ -284,6 +306,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
         metrics,
         runner: jobs,
         agentVersion: pkg.version,
+        drift,
         log,
       });
       log(

@@ -41,9 +41,9 @@ export class CaptureQueue {
     this.#o = options;
   }
 
-  /** Samples texts of a served request into the queue; the write happens later, on a timer. */
-  offer(texts: readonly string[]): void {
-    for (const t of texts) if (this.#o.random() < this.#o.rate) this.#pending.push(t);
+  /** Samples texts of a served request into the queue (at `rate`, the configured one by default); the write happens later, on a timer. */
+  offer(texts: readonly string[], rate: number = this.#o.rate): void {
+    for (const t of texts) if (this.#o.random() < rate) this.#pending.push(t);
     this.#trim();
     // While the store is locked, the retry timer decides: flushing at every request would make each one
     // wait out the busy timeout.

@@ -120,6 +120,12 @@ export interface JobsConfig {
   recalibrateEveryMs: number | undefined;
   /** Queue one once this many new distinct samples reached the pool (`jobs.recalibrateAfterSamples`). @defaultValue never */
   recalibrateAfterSamples: number | undefined;
+  /**
+   * Queue one once this share of live inputs (after 200) is longer than the
+   * active int8 model's calibration covered (`jobs.recalibrateOnDrift`, e.g.
+   * 0.05); those inputs are kept in the sample pool for it. @defaultValue never
+   */
+  recalibrateOnDrift: number | undefined;
 }
 
 /** Values given on the command line; they win over the file and the environment. */
@@ -200,6 +206,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "jobs.timeoutMinutes", type: "number", above: 0, max: 7 * 24 * 60 },
   { path: "jobs.recalibrateEveryHours", type: "number", above: 0, max: 24 * 365 },
   { path: "jobs.recalibrateAfterSamples", type: "int", min: 1 },
+  { path: "jobs.recalibrateOnDrift", type: "number", above: 0, max: 1 },
   { path: "samplePool.maxRows", type: "int", min: 1 },
   { path: "samplePool.maxBytes", type: "int", min: 1 },
   { path: "fleet.broker", type: "string" },
@@ -516,6 +523,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
       timeoutMs: num("jobs.timeoutMinutes", 60) * 60_000,
       recalibrateEveryMs: optionalNum("jobs.recalibrateEveryHours", 3_600_000),
       recalibrateAfterSamples: optionalNum("jobs.recalibrateAfterSamples", 1),
+      recalibrateOnDrift: optionalNum("jobs.recalibrateOnDrift", 1),
     },
     swap: {
       errorRate: num("swap.errorRate", DEFAULT_SWAP_CHECKS.errorRate),

@@ -5,6 +5,7 @@
  * set-config and collect act on the live registry, batcher and config.
  * Telemetry samples come from the server's metrics.
  */
+import type { DriftMonitor } from "./drift.ts";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { QuantdError } from "../errors.ts";
@@ -35,6 +36,8 @@ export interface AgentFleetParts {
   /** The job runner, when this process runs jobs (another process may hold the runner lock). */
   runner: JobRunner | undefined;
   agentVersion: string;
+  /** Live input lengths against the active model's coverage, sent with the telemetry. */
+  drift?: DriftMonitor;
   log?: (line: string) => void;
 }
 
@@ -80,6 +83,17 @@ function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "
     }
     const temp = cpuTempC();
     if (temp !== undefined) sample.cpuTempC = temp;
+    const drift = parts.drift?.snapshot();
+    if (drift !== undefined) {
+      // Since the serving model started (or the last drift recalibration): how many inputs fell outside its calibration.
+      sample.drift = {
+        inputs: drift.inputs,
+        outOfCoverage: drift.outOfCoverage,
+        share: drift.share,
+        longestTokens: drift.lengths.max,
+        ...(drift.coverage !== undefined ? { coveredTokens: drift.coverage.maxTokens } : {}),
+      };
+    }
     last = { at: now, texts: size.sum, buckets: dur.buckets, count: dur.count };
     return sample;
   };

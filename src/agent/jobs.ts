@@ -102,6 +102,8 @@ export interface JobSchedule {
   afterNewSamples?: number;
   /** Distinct samples the store has seen so far (`samples.stats().seen`); needed by `afterNewSamples`. */
   samplesSeen?: () => number;
+  /** Why a job is due now for another reason (live inputs drifting), or undefined; asked only when none is pending. */
+  due?: () => string | undefined;
 }
 
 /** Options of {@link JobRunner}. */
@@ -591,7 +593,7 @@ export class JobRunner {
       seen - this.#seenBaseline >= s.afterNewSamples
     ) {
       why = `${seen - this.#seenBaseline} new samples`;
-    }
+    } else if (s.due !== undefined) why = s.due();
     if (why === undefined) return;
     const params = {
       ...(s.job.params ?? {}),

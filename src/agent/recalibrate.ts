@@ -31,6 +31,7 @@ import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
 import { encodeReport } from "../fleet/protocol.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
 import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
+import type { LengthHistogram } from "../quant/drift.ts";
 import type { GateDecision } from "../quant/gate.ts";
 import type { QuantizeReport } from "../quant/report.ts";
 import { gateSpecOf, planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
@@ -123,6 +124,8 @@ export interface RecalibrationDeps {
   device?: string;
   /** Defaults for parameters a job leaves out (the agent's config). */
   defaults?: RecalibrateJobParams;
+  /** Token lengths of the live traffic the agent served, for the report's comparison with the samples'. */
+  liveLengths?: () => LengthHistogram | undefined;
 }
 
 /** How the recalibration ended, in the job's result and the report message. */
@@ -534,6 +537,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         delete cp.benchmark;
         ctx.stage("calibrate", 0.05);
         const gate = gateOf(p);
+        const live = deps.liveLengths?.();
         try {
           // In a child process: its memory goes back to the system when it ends, and the agent keeps serving.
           const r = await timed("quantize", () =>
@@ -557,6 +561,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
               threads,
               // fp32 logits of stored samples, kept for the next candidate and the next job.
               referenceCacheDb: store.db.path,
+              ...(live !== undefined && live.n > 0 ? { liveLengths: live } : {}),
               onProgress: (line) => {
                 // The quantizer's progress lines are its stage boundaries: each is a cancellation point.
                 if (line.startsWith("validating") || line.startsWith("fallback")) ctx.stage("validate", 0.4);
@@ -676,6 +681,8 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
       const metrics: Record<string, unknown> = {
         job: ctx.job.id,
         ...(report !== undefined ? { validation: report.metrics, gate: report.gate } : {}),
+        // What the serving agent counts live inputs against (see agent/drift.ts).
+        ...(report?.coverage !== undefined ? { coverage: report.coverage } : {}),
         bench,
       };
       const already = store.models.getBySha256(cand.sha256);

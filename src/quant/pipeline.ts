@@ -58,6 +58,13 @@ import {
   writeReport,
 } from "./report.ts";
 import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, runFallback, sensitivityTargets } from "./sensitivity.ts";
+import {
+  type LengthCoverage,
+  type LengthHistogram,
+  type LengthSets,
+  lengthHistogram,
+  lengthWarnings,
+} from "./drift.ts";
 import { createValidator, encodeSamples, type ReferenceLogitsCache } from "./validate.ts";
 import {
   assertCertifiable,
@@ -192,6 +199,8 @@ export interface RunQuantizationOptions {
   referenceCache?: ReferenceLogitsCache;
   /** Stop validating a candidate once its verdict is certain (see `validate.ts`). @defaultValue true */
   earlyStop?: boolean;
+  /** Token lengths of live traffic (the agent counts them), reported beside the samples' and warned about. */
+  liveLengths?: LengthHistogram;
   /** Progress lines (for a CLI's stderr). */
   onProgress?: (line: string) => void;
 }
@@ -790,6 +799,14 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     fallbackMs += performance.now() - tL;
   }
   const isStatic = chosen.mode === "static";
+  const lengths: LengthSets = {
+    calibration: lengthHistogram(calib.lengths),
+    validation: lengthHistogram(validator.lengths),
+    ...(opts.liveLengths !== undefined ? { live: opts.liveLengths } : {}),
+  };
+  const coverage: LengthCoverage = isStatic
+    ? { maxTokens: lengths.calibration.max, basis: "calibration" }
+    : { maxTokens: lengths.validation.max, basis: "validation" };
   const report: QuantizeReport = {
     schema: REPORT_SCHEMA,
     createdAt: new Date().toISOString(),
@@ -816,7 +833,9 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       truncated: { calibration: isStatic ? calib.truncated : 0, validation: validator.truncated },
       maxSequenceLength: maxLength,
       split: split.line,
+      lengths,
     },
+    coverage,
     gate: { ...gate, passed: chosen.passed, failures: chosen.failures },
     metrics: chosen.metrics,
     ranges: chosen.ranges,
@@ -864,7 +883,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     },
     peakRssBytes: 0,
     validation: validator.summary(),
-    warnings: split.warnings,
+    warnings: [...split.warnings, ...lengthWarnings(lengths, coverage)],
   };
 
   const finish = async (): Promise<void> => {

@@ -11,6 +11,7 @@ import { createReadStream, readFileSync } from "node:fs";
 import { rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { QuantdError } from "../errors.ts";
+import type { LengthCoverage, LengthSets } from "./drift.ts";
 import type { GateMetrics } from "./gate.ts";
 import type { ValidationSummary } from "./validate.ts";
 
@@ -152,7 +153,11 @@ export interface QuantizeReport {
     maxSequenceLength: number;
     /** The split in one line, with why (absent in reports written before it existed). */
     split?: string;
+    /** Token lengths of the calibration and validation samples, and of live traffic when the agent counted it. */
+    lengths?: LengthSets;
   };
+  /** Input lengths the model's ranges (static) or the gate (dynamic) covered: what the agent counts live inputs against. */
+  coverage?: LengthCoverage;
   gate: {
     minAgreement: number;
     maxAccuracyDrop?: number;

@@ -55,6 +55,8 @@ export interface EncodedSamples {
   labels: (number | undefined)[];
   /** Index in `samples` of each row, in batch order. */
   order: number[];
+  /** Token count of each row (before padding), in batch order. */
+  lengths: number[];
 }
 
 /**
@@ -73,6 +75,7 @@ export function encodeSamples(
   const batches: BatchEncoding[] = [];
   const labels: (number | undefined)[] = [];
   const order: number[] = [];
+  const lengths: number[] = [];
   let truncated = 0;
   for (let start = 0; start < encoded.length; start += batchSize) {
     const chunk = encoded.slice(start, start + batchSize);
@@ -80,10 +83,11 @@ export function encodeSamples(
     for (const c of chunk) {
       labels.push(samples[c.i]!.label);
       order.push(c.i);
+      lengths.push(c.e.inputIds.length);
       if (c.e.truncated) truncated++;
     }
   }
-  return { batches, truncated, labels, order };
+  return { batches, truncated, labels, order, lengths };
 }
 
 /** Samples per validation batch (fp32 and static candidates). */
@@ -156,6 +160,8 @@ export interface Validator {
   summary(): ValidationSummary;
   /** Samples truncated to the model's longest sequence. */
   readonly truncated: number;
+  /** Token count of every validation sample. */
+  readonly lengths: readonly number[];
 }
 
 /** The order samples are validated in: by SHA-1 of the text, a fixed shuffle any file order survives. */
@@ -343,6 +349,7 @@ export function createValidator(opts: ValidatorOptions): Validator {
     get truncated() {
       return truncated;
     },
+    lengths: chunks.flatMap((c) => c.batched.lengths),
   };
 }
 

@@ -115,6 +115,10 @@ describe("quantd quantize on a synthetic BERT", () => {
       maxSequenceLength: 128,
     });
     expect(report.gate).toMatchObject({ minAgreement: 0.995, passed: true, failures: [] });
+    // Token lengths of both sets; the two over-long calibration rows were cut to the model's 128.
+    expect(report.samples.lengths?.calibration).toMatchObject({ n: CALIB, max: 128 });
+    expect(report.samples.lengths?.validation.n).toBe(VAL);
+    expect(report.coverage).toEqual({ maxTokens: 128, basis: "calibration" });
     expect(report.metrics.n).toBe(VAL);
     expect(report.metrics.agreement).toBeGreaterThanOrEqual(0.995);
     expect(report.metrics.labelled).toBe(VAL);

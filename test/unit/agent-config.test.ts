@@ -103,17 +103,23 @@ describe("sources and precedence", () => {
       timeoutMs: 3_600_000,
       recalibrateEveryMs: undefined,
       recalibrateAfterSamples: undefined,
+      recalibrateOnDrift: undefined,
     });
     const p = file(
       "jobs.toml",
-      "[jobs]\ntimeoutMinutes = 30\nrecalibrateEveryHours = 24\nrecalibrateAfterSamples = 500\n",
+      "[jobs]\ntimeoutMinutes = 30\nrecalibrateEveryHours = 24\nrecalibrateAfterSamples = 500\nrecalibrateOnDrift = 0.05\n",
     );
     const c = loadAgentConfig({ ...base, flags: { config: p } });
     expect(c.jobs).toEqual({
       timeoutMs: 1_800_000,
       recalibrateEveryMs: 86_400_000,
       recalibrateAfterSamples: 500,
+      recalibrateOnDrift: 0.05,
     });
+    expect(
+      configError(() => loadAgentConfig({ ...base, env: { QUANTD_JOBS_RECALIBRATE_ON_DRIFT: "1.5" } }))
+        .message,
+    ).toContain("jobs.recalibrateOnDrift");
     const err = configError(() =>
       loadAgentConfig({ ...base, env: { QUANTD_JOBS_RECALIBRATE_AFTER_SAMPLES: "0" } }),
     );

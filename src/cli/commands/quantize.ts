@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { detectDevice } from "../../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
 import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
+import { describeLengths } from "../../quant/drift.ts";
 import { describeAgreement, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
 import {
   CALIBRATION_METHODS,
@@ -365,6 +366,12 @@ fastest. The report says why these candidates and why the winner won.`,
       ctx.out(
         `  fallback trial ${i + 1}: kept ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)}): ` +
           `agreement ${pts(t.bought.agreement)}, bound ${pts(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
+      );
+    }
+    const lengths = r.samples.lengths;
+    if (lengths !== undefined) {
+      ctx.out(
+        `  lengths: calibration ${describeLengths(lengths.calibration)}; validation ${describeLengths(lengths.validation)}`,
       );
     }
     const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
