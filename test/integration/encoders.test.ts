@@ -87,6 +87,7 @@ const LOWERED: Readonly<Record<string, readonly string[]>> = {
   "dynamo-opset18-ort-extended": ["FusedGemm"],
   "ort-transformers-attention": ["EmbedLayerNormalization"],
   "ort-transformers-int32": ["EmbedLayerNormalization"],
+  "optimum-o2-raw-mask": ["EmbedLayerNormalization"],
   "ort-transformers-mha": ["EmbedLayerNormalization"],
   "shipped-ort-extended": ["FusedGemm"],
 };
