@@ -116,8 +116,8 @@ export function createAgentFleetHandler(parts: AgentFleetParts): FleetCommandHan
       await registry.classify(texts);
       const times: number[] = [];
       for (let i = 0; i < runs; i++) {
-        if (ctx.signal.aborted)
-          throw new QuantdError("JOB_CANCELLED", "bench stopped: the agent is shutting down");
+        // Cancelled (quantd job cancel), timed out or the agent stopping: the reason says which.
+        if (ctx.signal.aborted) throw QuantdError.from(ctx.signal.reason, "JOB_CANCELLED");
         const t0 = performance.now();
         await registry.classify(texts);
         times.push(performance.now() - t0);

@@ -209,16 +209,16 @@ export function parseBrokerUrl(url: string): URL {
   let u: URL;
   try {
     u = new URL(url);
-  } catch (err) {
-    throw new QuantdError("CONFIG_INVALID", `broker URL ${JSON.stringify(url)} is not a URL`, {
-      cause: err,
+  } catch {
+    // No cause and no raw echo: the text may carry a password.
+    throw new QuantdError("CONFIG_INVALID", `broker URL ${JSON.stringify(redactUrl(url))} is not a URL`, {
       details: { key: "broker" },
     });
   }
   if ((u.protocol !== "mqtt:" && u.protocol !== "mqtts:") || u.hostname === "") {
     throw new QuantdError(
       "CONFIG_INVALID",
-      `broker URL must be mqtt://host[:port] or mqtts://host[:port], got ${url}`,
+      `broker URL must be mqtt://host[:port] or mqtts://host[:port], got ${redactUrl(url)}`,
       { details: { key: "broker" } },
     );
   }

@@ -24,6 +24,8 @@ import { writeNewSigningKey } from "../../src/fleet/signing.ts";
 import { enroll, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { repoRoot } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
+import { until } from "../helpers/until.ts";
 import { classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
@@ -129,6 +131,23 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     expect(seen[0]?.samples.length).toBe(10);
     expect(seen[0]?.outbox).toMatchObject({ dropped: 0 });
   }, 30_000);
+
+  test("a bench sent over the fleet obeys quantd job cancel", async () => {
+    const done = req.waitForReport("board-1", "bench-cancel", 60_000);
+    const reply = await req.request("board-1", "bench", { iterations: 1000 }, { id: "bench-cancel" });
+    expect(reply.ok).toBe(true);
+    await until(
+      () => agent.store.jobs.get("bench-cancel")?.state === "IN_PROGRESS",
+      10_000,
+      "the bench running",
+    );
+    const r = await runQuantd(["job", "cancel", "bench-cancel", "--state-dir", agent.config.stateDir]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const finished = await done;
+    expect(finished.state).toBe("FAILED");
+    expect(finished.report.error?.code).toBe("JOB_CANCELLED");
+  }, 60_000);
 
   test("status and bench run on the live registry", async () => {
     const status = await req.request("board-1", "status");

@@ -228,6 +228,15 @@ describe.skipIf(!hasMosquitto)("bounded fleet messages", () => {
     }
     const q = QuantdError.from(err);
     seen.push(q.toLine(), JSON.stringify(q.toJSON()));
+    // A URL with the wrong scheme, or no URL at all, is refused without echoing its password.
+    for (const bad of ["http://dev:secret-5@127.0.0.1:1", "mqtt://dev:secret-6@"]) {
+      try {
+        connectMqtt({ url: bad, clientId: "bad-url" });
+      } catch (e) {
+        seen.push(QuantdError.from(e).toLine());
+      }
+    }
+    expect(seen.some((l) => l.includes("CONFIG_INVALID"))).toBe(true);
     expect(q.message).toContain("dev:***@");
     for (const line of [...seen, ...logs]) {
       expect(line).not.toMatch(/secret-\d/);
