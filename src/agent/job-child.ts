@@ -99,8 +99,14 @@ export async function runJobChild(): Promise<number> {
               .openStore(referenceCacheDb, { busyTimeoutMs: 2000 })
               .catch(() => undefined);
       try {
+        // `auto` times the int8 forms worth trying on this board (its profile lists them and why).
+        const auto =
+          rest.mode === "auto" && rest.autoCandidates === undefined
+            ? { autoCandidates: (await import("../../device/detect.ts")).detectDevice().profile.auto }
+            : {};
         value = await runQuantization({
           ...rest,
+          ...auto,
           calib: fixedSets(calib.name, calib.calibration, calib.validation),
           ...(store === undefined ? {} : { referenceCache: store.logits }),
           onProgress: (line) => {
