@@ -1,7 +1,9 @@
 /**
  * The agent's fleet link: connects to the broker as the device (persistent
  * session, retained `online` status, retained `offline` Last Will with a Will
- * Delay), takes commands on `cmd/{name}` with MQTT 5 request/response, runs
+ * Delay), takes commands on `cmd/{name}` with MQTT 5 request/response (only
+ * those signed by a trusted operator key, never the same id twice), signs
+ * everything it publishes with the device key, runs
  * job commands one at a time through the store's job table, and sends
  * progress and reports through the SQLite outbox so nothing acknowledged is
  * lost. Telemetry is QoS 0, sampled periodically and sent in batches.

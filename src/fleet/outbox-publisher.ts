@@ -137,6 +137,11 @@ export function createOutboxPublisher(
   const drain = (): void => {
     if (stopped || !conn.connected) return;
     const t = now();
+    // Rows the outbox dropped while held (it was full) are forgotten here: ids only grow.
+    if (held.size > 0) {
+      const oldest = outbox.peek(1)[0]?.id;
+      for (const id of held.keys()) if (oldest === undefined || id < oldest) held.delete(id);
+    }
     while (inFlight.size < window) {
       const next = outbox
         .peek(inFlight.size + held.size + window)

@@ -4,7 +4,11 @@
  * several replicas split a large fleet's messages and a restarted controller
  * receives what was queued for it. Every message goes into the
  * {@link FleetStore}; listeners (the dashboard's live updates) hear about each
- * change. The controller assumes nothing of the broker beyond MQTT 5 shared
+ * change. Nothing is stored unless it is signed by the sending device's
+ * enrolled key (see `device-keys.ts`) and within its kind's size cap;
+ * refusals are counted. It subscribes again on every CONNACK, since a
+ * persistent mosquitto restores the session without its `$share` filter.
+ * The controller assumes nothing of the broker beyond MQTT 5 shared
  * subscriptions: it works the same on one mosquitto, a bridge or a cluster
  * (and, as the only controller, on a broker without them).
  */
