@@ -173,6 +173,37 @@ describe("contrib ops lowered to the standard ops they fuse", () => {
   });
 });
 
+describe("shared weights (ALBERT: one layer's weights used by every layer)", () => {
+  test("are quantized once and read by every node that shared them, static and dynamic", async () => {
+    const m = cloneModel(buildSyntheticBert(tiny));
+    const g = m.graph;
+    // Layer 1 reads layer 0's weights and biases, as ALBERT's exporter writes its shared layer.
+    const shared = (name: string) => name.replace("layer.1.", "layer.0.");
+    for (const n of g.node) n.input = n.input.map((i) => (i.includes("layer.1.") ? shared(i) : i));
+    g.initializer = g.initializer.filter((t) => !t.name.includes("layer.1."));
+    const weights = g.initializer.filter((t) => t.dims.length === 2).map((t) => t.name);
+    for (const type of ["static", "dynamic"] as const) {
+      const r = await quantizeModel(m, { type, calibration: inputs });
+      const int8 = r.model.graph.initializer.filter(
+        (t) => t.dataType === DataType.INT8 && t.dims.length === 2,
+      );
+      // One int8 copy per distinct fp32 weight (embedding tables included), none per use.
+      expect(int8.length).toBe(weights.length);
+      expect(
+        r.model.graph.initializer.some(
+          (t) =>
+            t.name.includes("layer.0.attention.self.query.weight") &&
+            t.dataType === DataType.FLOAT &&
+            t.dims.length === 2,
+        ),
+      ).toBe(false);
+      const query = int8.find((t) => t.name.startsWith("bert.encoder.layer.0.attention.self.query.weight"));
+      expect(r.model.graph.node.filter((n) => n.input.includes(query?.name ?? "")).length).toBe(2);
+      expect(maxAbsDiff(await logitsOf(m), await logitsOf(r.model))).toBeLessThan(0.5);
+    }
+  });
+});
+
 describe("the issue's reproduction, through the CLI", () => {
   test("quantd quantize (static, defaults) on a model onnxruntime saved at level extended", async () => {
     const fixture = syntheticEncoderFixtures(tiny).find((f) => f.name === "ort-extended")!;
