@@ -610,11 +610,18 @@ export function inferTypes(graph: GraphProto): TypeInference {
       const t = constantValue(n);
       if (t !== undefined && n.output[0] !== undefined) constants.set(n.output[0], t);
     }
-    const outs = inferNodeTypes(
-      n,
-      (x) => types.get(x),
-      (x) => constants.get(x),
-    );
+    let outs: Output[] | undefined;
+    try {
+      outs = inferNodeTypes(
+        n,
+        (x) => types.get(x),
+        (x) => constants.get(x),
+      );
+    } catch {
+      // A malformed constant or attribute: the node is typed as an unknown op would be (value_info,
+      // else a probe run), and onnxruntime, which will run it, is the one to judge it.
+      outs = undefined;
+    }
     if (outs === undefined) unknownOps.push({ node: n.name, opType: n.opType, domain: n.domain });
     n.output.forEach((o, k) => {
       if (o === "") return;

@@ -14,6 +14,7 @@ import { inferTypes } from "../../src/onnx/infer.ts";
 import { dataTypeName } from "../../src/onnx/tensor.ts";
 import type { ModelProto } from "../../src/onnx/types.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
+import { architectureEncoderFixtures } from "../fixtures/exporters/index.ts";
 import { saveOrtOptimized } from "../fixtures/exporters/ort-optimized.ts";
 import { buildTransformerOptimizedBert } from "../fixtures/exporters/transformer-optimizer.ts";
 import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
@@ -100,6 +101,12 @@ describe("inferred types agree with onnxruntime", () => {
       expect(
         await expectAgreesWithOrt(buildTransformerOptimizedBert(SYNTHETIC_BERT_PRESETS.tiny, style)),
       ).toBeGreaterThan(20);
+    }
+  });
+  test("every architecture fixture saved by onnxruntime's optimizer (SkipLayerNormalization, FastGelu, Gelu, …)", async () => {
+    for (const f of architectureEncoderFixtures().filter((x) => x.name.endsWith("-ort-extended"))) {
+      const path = await f.build(join(dir, f.name), "");
+      expect(await expectAgreesWithOrt(await loadModel(path))).toBeGreaterThan(20);
     }
   });
   test("the shipped BERT-Mini and its optimized copy", async () => {
