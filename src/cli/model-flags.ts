@@ -9,8 +9,16 @@ import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
 import { type Classifier, loadClassifier } from "../runtime/classifier.ts";
 import { findModelFiles } from "../runtime/model-files.ts";
+import { loadTaskModel, type TaskModel } from "../runtime/task-model.ts";
+import {
+  parsePoolingMode,
+  parseTaskKind,
+  POOLING_MODES,
+  TASK_KINDS,
+  type TaskOverride,
+} from "../runtime/task.ts";
 import type { FlagSpec, ParsedFlags } from "./command.ts";
-import { flagInt, flagString } from "./parse.ts";
+import { flagInt, flagList, flagString, parseNumberValue, usageError } from "./parse.ts";
 
 /** `--tokenizer DIR`. */
 export const TOKENIZER_FLAG: FlagSpec = {
@@ -116,6 +124,82 @@ export async function openClassifier(modelPath: string, flags: ParsedFlags): Pro
         ? { session: { intraOpThreads: threads } }
         : { tokenizerDir, session: { intraOpThreads: threads } },
     );
+  } catch (err) {
+    if (isQuantdError(err, "MODEL_LOAD_FAILED")) {
+      await explainLoadFailure(findModelFiles(modelPath, tokenizerDir).model);
+    }
+    throw err;
+  }
+}
+
+/** `--task`, `--pooling`, `--normalize`, `--threshold`: what a user sets over task detection. */
+export const TASK_FLAGS: FlagSpec[] = [
+  {
+    name: "task",
+    type: "string",
+    value: "TASK",
+    description: `what the model does, over what quantd derives from its outputs and files (${TASK_KINDS.join(", ")}); one the model's outputs contradict is an error`,
+    default: "detected",
+  },
+  {
+    name: "pooling",
+    type: "string",
+    value: "MODE",
+    description: `embeddings: how token vectors are pooled (${POOLING_MODES.join(", ")})`,
+    default: "1_Pooling/config.json, else mean",
+  },
+  {
+    name: "normalize",
+    type: "string",
+    value: "on|off",
+    description: "embeddings: L2-normalize the pooled vector",
+    default: "on when the model directory has a Normalize module",
+  },
+  {
+    name: "threshold",
+    type: "string",
+    value: "P[,P…]",
+    description: "multi-label: the sigmoid probability at which a label is on, one for all or one per label",
+    default: "0.5",
+  },
+];
+
+/** The {@link TASK_FLAGS} as a {@link TaskOverride}. @throws USAGE */
+export function taskOverrideFlags(flags: ParsedFlags): TaskOverride {
+  const out: TaskOverride = {};
+  const task = flagString(flags, "task");
+  if (task !== undefined) out.kind = parseTaskKind(task);
+  const pooling = flagString(flags, "pooling");
+  if (pooling !== undefined) out.pooling = parsePoolingMode(pooling);
+  const normalize = flagString(flags, "normalize");
+  if (normalize !== undefined) {
+    if (normalize !== "on" && normalize !== "off")
+      throw usageError(`--normalize must be on or off, got "${normalize}"`);
+    out.normalize = normalize === "on";
+  }
+  const thresholds = flagList(flags, "threshold").flatMap((v) => v.split(","));
+  if (thresholds.length > 0) {
+    const values = thresholds.map((t) => parseNumberValue("threshold", t.trim(), { min: 0, max: 1 }));
+    out.thresholds = values.length === 1 ? values[0]! : values;
+  }
+  return out;
+}
+
+/**
+ * Opens a model of any task with the `--tokenizer`, `--threads` and task flags.
+ *
+ * @throws as {@link openClassifier}; MODEL_TASK_MISMATCH when the outputs match no task or contradict `--task`
+ */
+export async function openTaskModel(modelPath: string, flags: ParsedFlags): Promise<TaskModel> {
+  const threads = threadsFlag(flags);
+  const tokenizerDir = flagString(flags, "tokenizer");
+  const task = taskOverrideFlags(flags);
+  try {
+    return await loadTaskModel(modelPath, {
+      ...(tokenizerDir === undefined ? {} : { tokenizerDir }),
+      session: { intraOpThreads: threads },
+      task,
+    });
   } catch (err) {
     if (isQuantdError(err, "MODEL_LOAD_FAILED")) {
       await explainLoadFailure(findModelFiles(modelPath, tokenizerDir).model);

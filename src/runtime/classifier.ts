@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { assertNever, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import { findModelFiles } from "./model-files.ts";
+import { findModelFiles, type ModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
 import { createSessionPool } from "./threaded-session.ts";
 import { validateText } from "./text.ts";
@@ -249,17 +249,24 @@ function checkInputs(inputs: readonly TextInput[]): void {
   if (!Array.isArray(inputs) || inputs.length === 0) {
     throw new QuantdError("USAGE", "classify needs at least one input text");
   }
-  for (const [i, input] of inputs.entries()) {
-    if (Array.isArray(input)) {
-      if (input.length !== 2) {
-        throw new QuantdError("TEXT_NOT_STRING", `input ${i} must be a text or a pair of texts`, {
-          details: { index: i },
-        });
-      }
-      validateText(input[0], { what: `input ${i} (first text)` });
-      validateText(input[1], { what: `input ${i} (second text)` });
-    } else validateText(input, { what: `input ${i}` });
-  }
+  for (const [i, input] of inputs.entries()) validateInput(input, i);
+}
+
+/**
+ * Validates one input, a text or a pair, naming its index.
+ *
+ * @throws TEXT_NOT_STRING, TEXT_EMPTY, TEXT_TOO_LARGE, TEXT_INVALID_UTF8
+ */
+export function validateInput(input: TextInput, i: number): void {
+  if (Array.isArray(input)) {
+    if (input.length !== 2) {
+      throw new QuantdError("TEXT_NOT_STRING", `input ${i} must be a text or a pair of texts`, {
+        details: { index: i },
+      });
+    }
+    validateText(input[0], { what: `input ${i} (first text)` });
+    validateText(input[1], { what: `input ${i} (second text)` });
+  } else validateText(input, { what: `input ${i}` });
 }
 
 /** A loaded text classifier. Create with {@link loadClassifier}; call {@link Classifier.release} when done. */
@@ -404,6 +411,52 @@ function readModelConfig(configPath: string | undefined): ModelConfig {
   return out;
 }
 
+/** The parts every model runner opens: its files, tokenizer and session (inputs checked). */
+export interface ModelParts {
+  files: ModelFiles;
+  tokenizer: Tokenizer;
+  session: InferenceSession;
+}
+
+/**
+ * Finds a model's files, loads its tokenizer (checked against the config's
+ * `vocab_size`) and opens its session, checking that it takes BERT inputs.
+ *
+ * @throws as {@link loadClassifier}, except for the output checks
+ */
+export async function openModelParts(
+  modelPath: string,
+  opts: LoadClassifierOptions = {},
+): Promise<ModelParts> {
+  const files = findModelFiles(modelPath, opts.tokenizerDir);
+  const tokOpts: { maxLength?: number; configPath?: string } = {};
+  if (opts.maxLength !== undefined) tokOpts.maxLength = opts.maxLength;
+  if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
+  const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
+  const config = readModelConfig(files.configPath);
+  // A tokenizer from another model yields ids past the embedding table: ORT would fail later,
+  // on the first request, with an index error that names neither file.
+  if (config.vocabSize !== undefined && tokenizer.vocabSize > config.vocabSize) {
+    throw new QuantdError(
+      "TOKENIZER_INVALID",
+      `the tokenizer in ${files.tokenizerDir} has ${tokenizer.vocabSize} tokens but the model's ` +
+        `${files.configPath} has vocab_size ${config.vocabSize}: is it the model's own tokenizer?`,
+    );
+  }
+  const workers = opts.workers ?? 0;
+  const session =
+    workers > 0
+      ? await createSessionPool(files.model, opts.session ?? {}, workers)
+      : await createOrtSession(files.model, opts.session ?? {});
+  try {
+    checkBertInputs(session, files.model);
+  } catch (err) {
+    await session.release();
+    throw err;
+  }
+  return { files, tokenizer, session };
+}
+
 /**
  * Loads a classifier: finds the model's tokenizer and config, opens an
  * onnxruntime session and checks the model's inputs and output.
@@ -424,30 +477,9 @@ export async function loadClassifier(
   modelPath: string,
   opts: LoadClassifierOptions = {},
 ): Promise<Classifier> {
-  const files = findModelFiles(modelPath, opts.tokenizerDir);
-  const tokOpts: { maxLength?: number; configPath?: string } = {};
-  if (opts.maxLength !== undefined) tokOpts.maxLength = opts.maxLength;
-  if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
-  const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
-  const config = readModelConfig(files.configPath);
-  const configLabels = config.labels;
-  // A tokenizer from another model yields ids past the embedding table: ORT would fail later,
-  // on the first request, with an index error that names neither file.
-  if (config.vocabSize !== undefined && tokenizer.vocabSize > config.vocabSize) {
-    throw new QuantdError(
-      "TOKENIZER_INVALID",
-      `the tokenizer in ${files.tokenizerDir} has ${tokenizer.vocabSize} tokens but the model's ` +
-        `${files.configPath} has vocab_size ${config.vocabSize}: is it the model's own tokenizer?`,
-    );
-  }
-
-  const workers = opts.workers ?? 0;
-  const session =
-    workers > 0
-      ? await createSessionPool(files.model, opts.session ?? {}, workers)
-      : await createOrtSession(files.model, opts.session ?? {});
+  const { files, tokenizer, session } = await openModelParts(modelPath, opts);
+  const configLabels = readModelConfig(files.configPath).labels;
   try {
-    checkBertInputs(session, files.model);
     const outputName = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];
     const output = session.outputs.find((o) => o.name === outputName);
     if (outputName === undefined || output === undefined) {

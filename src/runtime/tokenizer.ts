@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
+import { alignTokens, type PieceStyle, pieceStyleOf, type TokenSpan } from "./token-align.ts";
 
 /** One input: a text, or a pair of texts (e.g. question and passage). */
 export type TextInput = string | readonly [string, string];
@@ -371,6 +372,8 @@ export class Tokenizer {
   readonly specialsPair: number;
   /** How the model numbers positions (from its `config.json`), for models that take `position_ids`. */
   readonly positions: PositionStyle;
+  /** How the vocabulary writes its pieces (for character offsets). */
+  readonly pieceStyle: PieceStyle;
   readonly #hf: HfTokenizer;
   readonly #template: Template;
   #vocabSize: number | undefined;
@@ -383,8 +386,10 @@ export class Tokenizer {
     maxLength: number,
     specialIds: SpecialTokenIds,
     positions: PositionStyle = { kind: "arange" },
+    pieceStyle: PieceStyle = { byteLevel: false, metaspace: false, uncased: false },
   ) {
     this.dir = dir;
+    this.pieceStyle = pieceStyle;
     this.positions = positions;
     this.#hf = hf;
     this.#template = template;
@@ -465,6 +470,30 @@ export class Tokenizer {
       }
     }
     return { inputIds, tokenTypeIds, truncated };
+  }
+
+  /**
+   * Where each position of `enc` (the encoding of `text` alone, by {@link Tokenizer.encode})
+   * comes from: its character span of `text` and whether it continues a word, or
+   * `undefined` for a special token.
+   */
+  spans(text: string, enc: Encoding): (TokenSpan | undefined)[] {
+    const ids = this.tokenIds(text);
+    const aligned = alignTokens(
+      text,
+      ids.map((id) => this.#hf.id_to_token(id) ?? ""),
+      this.pieceStyle,
+    );
+    const out: (TokenSpan | undefined)[] = [];
+    let k = 0;
+    for (const p of this.#template.single) {
+      if (p.kind === "special") for (const _ of p.ids) out.push(undefined);
+      else {
+        const kept = enc.inputIds.length - this.specialsSingle;
+        for (let j = 0; j < kept; j++) out.push(aligned[k++]);
+      }
+    }
+    return out;
   }
 
   /**
@@ -630,5 +659,5 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
     // Padding positions are masked out, so any id works when a tokenizer declares none; 0 is BERT's.
     pad: named("pad_token", "[PAD]") ?? 0,
   };
-  return new Tokenizer(dir, hf, template, maxLength, specialIds, positions);
+  return new Tokenizer(dir, hf, template, maxLength, specialIds, positions, pieceStyleOf(tokenizerJson));
 }

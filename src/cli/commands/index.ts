@@ -12,6 +12,7 @@ import { demoCommand } from "./demo.ts";
 import { deviceCommand } from "./device.ts";
 import { evalCommand } from "./eval.ts";
 import { fleetCommand } from "./fleet.ts";
+import { inferCommand } from "./infer.ts";
 import { jobCommand } from "./job.ts";
 import { quantizeCommand } from "./quantize.ts";
 
@@ -19,6 +20,7 @@ import { quantizeCommand } from "./quantize.ts";
 export const commands: readonly Command[] = [
   demoCommand,
   classifyCommand,
+  inferCommand,
   evalCommand,
   quantizeCommand,
   benchCommand,
