@@ -158,6 +158,8 @@ export interface RunQuantizationOptions {
   method?: CalibrationMethod;
   /** How static int8 MatMuls are written (portable QDQ or onnxruntime's fused kernel). @defaultValue the quantizer's default */
   format?: StaticFormat;
+  /** Static activation type (U8S8 or S8S8 with the int8 weights); `auto` takes it from `autoCandidates`. @defaultValue "uint8" */
+  activations?: ActivationType;
   /** Calibration samples. @defaultValue {@link DEFAULT_CALIBRATION_SAMPLES} */
   samples?: number;
   /** Held-out validation samples. @defaultValue every sample left after calibration */
@@ -418,7 +420,8 @@ function describeFormat(c: {
   format?: string;
   activations?: string;
 }): string {
-  const pairing = c.activations === undefined ? undefined : c.activations === "int8" ? "s8s8" : "u8s8";
+  // uint8 activations (U8S8) are the default and go unnamed; S8S8 says so.
+  const pairing = c.activations === "int8" ? "s8s8" : undefined;
   return [c.mode, c.method, c.format, pairing].filter((x) => x !== undefined).join("/");
 }
 
@@ -655,7 +658,14 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
               : { mode: "dynamic" },
         )
       : requestedMode === "static"
-        ? [{ mode: "static", method: staticMethod, format: staticFormat }]
+        ? [
+            {
+              mode: "static",
+              method: staticMethod,
+              format: staticFormat,
+              activations: opts.activations ?? "uint8",
+            },
+          ]
         : [{ mode: "dynamic" }];
   // Both static formats share one calibration: the ranges of the first static build.
   let staticRanges: QuantizeResult["ranges"] | undefined;

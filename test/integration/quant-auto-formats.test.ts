@@ -16,6 +16,7 @@ import { runQuantization } from "../../src/quant/pipeline.ts";
 import { TEST_BERT } from "../fixtures/exporters/index.ts";
 import { buildSyntheticBert } from "../fixtures/synthetic-bert.ts";
 import { repoRoot, shippedModelDir } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 
 setDefaultTimeout(60_000);
 
@@ -89,5 +90,32 @@ describe("--mode auto with a board's candidates", () => {
       expect(zeroPoints.length).toBeGreaterThan(0);
       expect(new Set(zeroPoints)).toEqual(new Set([want]));
     }
+  });
+
+  test("quantize --activations int8 writes S8S8 static int8 (what an arm64 board may pick by hand)", async () => {
+    const out = join(dir, "s8s8.onnx");
+    const r = await runQuantd([
+      ...["quantize", "--model", modelPath, "--tokenizer", shippedModelDir, "--calib", samples, "--out", out],
+      ...[
+        "--activations",
+        "int8",
+        "--samples",
+        "32",
+        "--val-samples",
+        "200",
+        "--gate-on",
+        "point",
+        "--threads",
+        "1",
+      ],
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("static/percentile/fused/s8s8");
+    const model = await loadModel(out);
+    const zeroPoints = model.graph.node
+      .filter((n) => n.opType === "QuantizeLinear")
+      .map((n) => model.graph.initializer.find((t) => t.name === n.input[2])?.dataType);
+    expect(zeroPoints.length).toBeGreaterThan(0);
+    expect(new Set(zeroPoints)).toEqual(new Set([DataType.INT8]));
   });
 });

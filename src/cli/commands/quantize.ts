@@ -18,7 +18,12 @@ import {
   runQuantization,
   type SamplePool,
 } from "../../quant/pipeline.ts";
-import { type CalibrationMethod, defaultQuantizeOptions, type StaticFormat } from "../../quant/plan.ts";
+import {
+  type ActivationType,
+  type CalibrationMethod,
+  defaultQuantizeOptions,
+  type StaticFormat,
+} from "../../quant/plan.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
 import {
   copyModelDirFiles,
@@ -45,6 +50,7 @@ const MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
 const DEFAULT_METHOD: CalibrationMethod = defaultQuantizeOptions("static").method;
 const DEFAULT_FORMAT: StaticFormat = defaultQuantizeOptions("static").format;
 const FORMATS: readonly StaticFormat[] = ["qdq", "fused"];
+const ACTIVATIONS: readonly ActivationType[] = ["uint8", "int8"];
 const DECISIONS: readonly GateDecision[] = ["bound", "point"];
 
 const SQLITE_MAGIC = "SQLite format 3\0";
@@ -150,6 +156,15 @@ fastest. The report says why these candidates and why the winner won.`,
         "how static MatMuls are written: qdq (standard ONNX QuantizeLinear/DequantizeLinear, any runtime) or " +
         "fused (onnxruntime's MatMulIntegerToFloat with the bias folded in: faster, onnxruntime only)",
       default: DEFAULT_FORMAT,
+    },
+    {
+      name: "activations",
+      type: "string",
+      value: "TYPE",
+      description:
+        "static activation type: uint8 (U8S8 with the int8 weights; onnxruntime's fast pairing on x86 and arm64) " +
+        "or int8 (S8S8: for arm64 boards where it times faster; slow on x86)",
+      default: "uint8",
     },
     {
       name: "samples",
@@ -262,6 +277,7 @@ fastest. The report says why these candidates and why the winner won.`,
       mode: flagChoice(f, "mode", MODES, "static"),
       method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
       format: flagChoice(f, "format", FORMATS, DEFAULT_FORMAT),
+      activations: flagChoice(f, "activations", ACTIVATIONS, "uint8"),
       decideOn: flagChoice(f, "gate-on", DECISIONS, "bound"),
       confidence: parseConfidence(
         flagNumber(f, "confidence", { min: 0, max: 100 }, DEFAULT_CONFIDENCE * 100),
