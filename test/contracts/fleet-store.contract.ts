@@ -219,6 +219,67 @@ export function runFleetStoreContract(t: TestApi, name: string, make: () => Prom
       });
     });
 
+    t.test("releases: recorded once by id, newest first, manifest bytes kept exactly", async () => {
+      await withStore(async (s) => {
+        const rel = (id: string, createdAt: number) => ({
+          id,
+          version: `v-${id.slice(0, 2)}`,
+          task: "text-classification",
+          notes: "ünïcode notes",
+          bytes: 5_000_000_000,
+          createdAt,
+          manifest: `{\n  "schema": "quantd-release-v1", "id": "${id}"\n}\n`,
+          signature: { kid: "0123456789abcdef", sig: "c2ln" },
+        });
+        const a = rel("a".repeat(64), 10);
+        assert.equal(await s.addRelease(a), true);
+        assert.equal(await s.addRelease({ ...a, notes: "other" }), false);
+        assert.equal(await s.addRelease(rel("b".repeat(64), 20)), true);
+        assert.deepEqual(await s.release(a.id), a);
+        assert.equal(await s.release("c".repeat(64)), undefined);
+        assert.deepEqual(
+          (await s.releases()).map((r) => r.createdAt),
+          [20, 10],
+        );
+        assert.equal((await s.releases(1)).length, 1);
+      });
+    });
+
+    t.test("rollouts: saved only over the revision read, so two writers never lose a change", async () => {
+      await withStore(async (s) => {
+        const r = {
+          id: "r1",
+          fleet: "f",
+          release: "a".repeat(64),
+          state: "running",
+          createdAt: 1,
+          updatedAt: 1,
+          body: { wave: 0, devices: { d1: "pending" } },
+        };
+        assert.equal(await s.saveRollout(r, 0), true);
+        assert.equal(await s.saveRollout(r, 0), false);
+        const first = await s.rollout("r1");
+        assert.equal(first?.revision, 1);
+        assert.deepEqual(first?.body, r.body);
+        // Two writers read revision 1; only the first save lands.
+        assert.equal(await s.saveRollout({ ...r, state: "paused", updatedAt: 2 }, 1), true);
+        assert.equal(await s.saveRollout({ ...r, state: "halted", updatedAt: 3 }, 1), false);
+        const now = await s.rollout("r1");
+        assert.equal(now?.state, "paused");
+        assert.equal(now?.revision, 2);
+        await s.saveRollout({ ...r, id: "r2", createdAt: 5, state: "completed" }, 0);
+        assert.deepEqual(
+          (await s.rollouts()).map((x) => x.id),
+          ["r2", "r1"],
+        );
+        assert.deepEqual(
+          (await s.rollouts(["running", "paused"])).map((x) => x.id),
+          ["r1"],
+        );
+        assert.equal(await s.rollout("nope"), undefined);
+      });
+    });
+
     t.test(
       "a report without progress messages still creates the job; the newest report is the device's last",
       async () => {

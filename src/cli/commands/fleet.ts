@@ -26,8 +26,18 @@ import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
 import { renderTable } from "../render.ts";
 import { describeDeviceStatus, describeFleetOutcome } from "../summaries.ts";
+import { DEFAULT_RELEASES_DIR, releaseCommand } from "./fleet-release.ts";
 
-const SUBCOMMANDS = ["serve", "devices", "recalibrate", "report", "rollback", "keygen", "enroll"] as const;
+const SUBCOMMANDS = [
+  "serve",
+  "devices",
+  "recalibrate",
+  "report",
+  "rollback",
+  "keygen",
+  "enroll",
+  "release",
+] as const;
 type Sub = (typeof SUBCOMMANDS)[number];
 
 const CONNECTION_FLAGS: FlagSpec[] = [
@@ -205,7 +215,8 @@ async function serve(ctx: CommandContext): Promise<number> {
     log: logger.line,
   });
   const http = flagString(ctx.flags, "http");
-  const dashboard = http === undefined ? undefined : startDashboard(controller, http);
+  const releasesDir = flagString(ctx.flags, "releases-dir") ?? DEFAULT_RELEASES_DIR;
+  const dashboard = http === undefined ? undefined : startDashboard(controller, http, { releasesDir });
   const ready = await controller.waitReady(10_000);
   logger.info(
     `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${redactUrl(conn.url)}, db ${shownDb}` +
@@ -338,10 +349,10 @@ async function report(ctx: CommandContext): Promise<number> {
 export const fleetCommand: Command = {
   name: "fleet",
   summary:
-    "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll)",
+    "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll, release)",
   actions: SUBCOMMANDS,
   usage:
-    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE]",
+    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list",
   description:
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
@@ -359,7 +370,12 @@ export const fleetCommand: Command = {
     "keygen --key FILE: writes a new Ed25519 operator key (FILE, mode 0600, and FILE.pub) and prints the public key " +
     "to put in the devices' fleet.operatorKeys.\n\n" +
     "enroll DEVICE --fleet NAME --pubkey KEY: records the device's public key (logged by the agent at start) in the " +
-    "controller's database (--db), so the controller stores what the device signs.",
+    "controller's database (--db), so the controller stores what the device signs.\n\n" +
+    "release create DIR --release-key FILE --version NAME [--notes TEXT] [--task NAME]: packs an fp32 model directory " +
+    "(model.onnx, tokenizer and config files, an optional labelled validation.tsv) into a content-addressed release " +
+    "(id: SHA-256 of its manifest, which lists each file's SHA-256 and size) signed by the release key; the files go " +
+    "to --releases-dir, the manifest to --db, and serve's --http serves them to devices (GET /releases/ID, with range " +
+    "requests on /releases/ID/files/NAME). release list: the releases in --db.",
   flags: [
     ...CONNECTION_FLAGS,
     {
@@ -393,7 +409,34 @@ export const fleetCommand: Command = {
     },
     { name: "samples", type: "string", value: "N", description: "recalibrate: calibration samples" },
     { name: "method", type: "string", value: "NAME", description: "recalibrate: calibration method" },
-    { name: "version", type: "string", value: "ID", description: "rollback: model version to return to" },
+    {
+      name: "version",
+      type: "string",
+      value: "ID",
+      description: "rollback: model version to return to; release create: the release's version name",
+    },
+    { name: "notes", type: "string", value: "TEXT", description: "release create: release notes" },
+    {
+      name: "task",
+      type: "string",
+      value: "NAME",
+      description: "release create: the model's task",
+      default: "text-classification",
+    },
+    {
+      name: "release-key",
+      type: "string",
+      value: "FILE",
+      description: "release create: the release signing key (quantd fleet keygen)",
+      default: "$QUANTD_RELEASE_KEY_FILE",
+    },
+    {
+      name: "releases-dir",
+      type: "string",
+      value: "DIR",
+      description: "serve, release create: where release files are kept",
+      default: DEFAULT_RELEASES_DIR,
+    },
     { name: "json", type: "boolean", description: "print JSON" },
     ...LOG_FLAGS.map((f) => ({ ...f, description: `serve: ${f.description}` })),
     {
@@ -430,6 +473,8 @@ export const fleetCommand: Command = {
         return await keygen(ctx);
       case "enroll":
         return await enroll(ctx);
+      case "release":
+        return await releaseCommand(ctx, openFleetStore);
     }
   },
 };

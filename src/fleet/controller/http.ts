@@ -9,6 +9,7 @@ import { QuantdError } from "../../errors.ts";
 import type { ReportFigures, ReportMessage } from "../protocol.ts";
 import type { FleetController } from "./controller.ts";
 import { DASHBOARD_HTML } from "./dashboard-page.ts";
+import { serveRelease } from "./release-routes.ts";
 import type { DeviceRecord } from "./store.ts";
 
 /** A running dashboard. */
@@ -140,12 +141,22 @@ function deviceSummary(d: DeviceRecord): Omit<DeviceRecord, "lastReport"> & {
   };
 }
 
+/** Options of {@link startDashboard}. */
+export interface DashboardOptions {
+  /** Where release files are kept: served under `/releases/{id}/files/{name}` for devices to download. */
+  releasesDir?: string;
+}
+
 /**
  * Serves the dashboard for `controller` on `address` (`127.0.0.1:8080`; port 0 picks one).
  *
  * @throws CONFIG_INVALID when the address is malformed or not loopback
  */
-export function startDashboard(controller: FleetController, address: string): Dashboard {
+export function startDashboard(
+  controller: FleetController,
+  address: string,
+  options: DashboardOptions = {},
+): Dashboard {
   const { host, port } = parseHttpAddress(address);
   const store = controller.store;
   const streams = new Set<ReadableStreamDefaultController<Uint8Array>>();
@@ -208,7 +219,13 @@ export function startDashboard(controller: FleetController, address: string): Da
         if (parts.length === 0) {
           return new Response(DASHBOARD_HTML, { headers: { "content-type": "text/html; charset=utf-8" } });
         }
+        const release = await serveRelease(store, options.releasesDir, parts, req);
+        if (release !== undefined) return release;
         if (parts[0] !== "api") return notFound(url.pathname);
+        if (parts[1] === "releases" && parts.length === 2) {
+          // Listings without the manifests' bytes: those are on /releases/{id}.
+          return json((await store.releases()).map(({ manifest: _m, ...r }) => r));
+        }
         if (parts[1] === "stats" && parts.length === 2) return json(controller.stats());
         if (parts[1] === "enrolments" && parts.length === 2) {
           const state = url.searchParams.get("state");

@@ -13,6 +13,8 @@ import type { ModelInfo, OutboxFigures, ReportMessage, StatusMessage, TelemetryS
 import type {
   DeviceRecord,
   EnrolmentRecord,
+  ReleaseRecord,
+  RolloutRecord,
   FleetStore,
   JobRecord,
   StatusRecord,
@@ -95,11 +97,63 @@ export const POSTGRES_MIGRATIONS: readonly { version: number; sql: string }[] = 
       );
     `,
   },
+  {
+    version: 3,
+    sql: `
+      CREATE TABLE releases (
+        id TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        task TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        manifest TEXT NOT NULL,
+        signature TEXT NOT NULL
+      );
+      CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        fleet TEXT NOT NULL,
+        release TEXT NOT NULL,
+        state TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        body TEXT NOT NULL
+      );
+      CREATE INDEX rollouts_state ON rollouts (state, created_at);
+    `,
+  },
 ];
 
 const FINAL = "('SUCCEEDED','FAILED','REJECTED','TIMED_OUT')";
 
 type Row = Record<string, unknown>;
+
+function toRelease(r: Row): ReleaseRecord {
+  return {
+    id: String(r.id),
+    version: String(r.version),
+    task: String(r.task),
+    notes: String(r.notes),
+    bytes: Number(r.bytes),
+    createdAt: Number(r.created_at),
+    manifest: String(r.manifest),
+    signature: parse(r.signature, "signature") as ReleaseRecord["signature"],
+  };
+}
+
+function toRollout(r: Row): RolloutRecord {
+  return {
+    id: String(r.id),
+    fleet: String(r.fleet),
+    release: String(r.release),
+    state: String(r.state),
+    revision: Number(r.revision),
+    createdAt: Number(r.created_at),
+    updatedAt: Number(r.updated_at),
+    body: parse(r.body, "body"),
+  };
+}
 
 function toEnrolment(r: Row): EnrolmentRecord {
   return {
@@ -220,6 +274,53 @@ export async function openPostgresFleetStore(
      ON CONFLICT (fleet, device) DO UPDATE SET last_seen = greatest(devices.last_seen, excluded.last_seen)`;
 
   return {
+    async addRelease(r) {
+      const rows = await q(
+        `INSERT INTO releases (id, version, task, notes, bytes, created_at, manifest, signature)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING RETURNING id`,
+        [r.id, r.version, r.task, r.notes, r.bytes, r.createdAt, r.manifest, JSON.stringify(r.signature)],
+      );
+      return rows.length === 1;
+    },
+    async release(id) {
+      const [r] = await q("SELECT * FROM releases WHERE id = $1", [id]);
+      return r === undefined ? undefined : toRelease(r);
+    },
+    async releases(limit = 100) {
+      return (await q("SELECT * FROM releases ORDER BY created_at DESC, id LIMIT $1", [limit])).map(
+        toRelease,
+      );
+    },
+    async saveRollout(r, expectedRevision) {
+      const body = JSON.stringify(r.body);
+      const rows =
+        expectedRevision === 0
+          ? await q(
+              `INSERT INTO rollouts (id, fleet, release, state, revision, created_at, updated_at, body)
+               VALUES ($1, $2, $3, $4, 1, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING id`,
+              [r.id, r.fleet, r.release, r.state, r.createdAt, r.updatedAt, body],
+            )
+          : await q(
+              `UPDATE rollouts SET state = $1, revision = revision + 1, updated_at = $2, body = $3
+               WHERE id = $4 AND revision = $5 RETURNING id`,
+              [r.state, r.updatedAt, body, r.id, expectedRevision],
+            );
+      return rows.length === 1;
+    },
+    async rollout(id) {
+      const [r] = await q("SELECT * FROM rollouts WHERE id = $1", [id]);
+      return r === undefined ? undefined : toRollout(r);
+    },
+    async rollouts(states, limit = 100) {
+      const rows =
+        states === undefined
+          ? await q("SELECT * FROM rollouts ORDER BY created_at DESC, id LIMIT $1", [limit])
+          : await q("SELECT * FROM rollouts WHERE state = ANY($1) ORDER BY created_at DESC, id LIMIT $2", [
+              [...states],
+              limit,
+            ]);
+      return rows.map(toRollout);
+    },
     async recordStatus(fleet, device, status: StatusMessage, receivedAt) {
       const at = status.at ?? receivedAt;
       try {

@@ -15,6 +15,8 @@ import type {
   EnrolmentRecord,
   FleetStore,
   JobRecord,
+  ReleaseRecord,
+  RolloutRecord,
   StatusRecord,
   TelemetryRecord,
 } from "./store.ts";
@@ -96,7 +98,60 @@ export const FLEET_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    name: "fleet releases and rollouts",
+    sql: `
+      CREATE TABLE releases (
+        id TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        task TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        manifest TEXT NOT NULL,
+        signature TEXT NOT NULL
+      );
+      CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        fleet TEXT NOT NULL,
+        release TEXT NOT NULL,
+        state TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        body TEXT NOT NULL
+      );
+      CREATE INDEX rollouts_state ON rollouts (state, created_at);
+    `,
+  },
 ];
+
+function toRelease(r: SqlRow): ReleaseRecord {
+  return {
+    id: str(r, "id"),
+    version: str(r, "version"),
+    task: str(r, "task"),
+    notes: str(r, "notes"),
+    bytes: num(r, "bytes"),
+    createdAt: num(r, "created_at"),
+    manifest: str(r, "manifest"),
+    signature: jsonOrNull(r, "signature") as ReleaseRecord["signature"],
+  };
+}
+
+function toRollout(r: SqlRow): RolloutRecord {
+  return {
+    id: str(r, "id"),
+    fleet: str(r, "fleet"),
+    release: str(r, "release"),
+    state: str(r, "state"),
+    revision: num(r, "revision"),
+    createdAt: num(r, "created_at"),
+    updatedAt: num(r, "updated_at"),
+    body: jsonOrNull(r, "body"),
+  };
+}
 
 function toEnrolment(r: SqlRow): EnrolmentRecord {
   return {
@@ -218,8 +273,61 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
     "SELECT device, sample FROM telemetry WHERE fleet = ? AND device = ? AND at >= ? ORDER BY at, id LIMIT ?",
   );
   const prune = db.prepare("DELETE FROM telemetry WHERE at < ?");
+  const addReleaseStmt = db.prepare(
+    `INSERT OR IGNORE INTO releases (id, version, task, notes, bytes, created_at, manifest, signature)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+  );
+  const oneRelease = db.prepare("SELECT * FROM releases WHERE id = ?");
+  const allReleases = db.prepare("SELECT * FROM releases ORDER BY created_at DESC, id LIMIT ?");
+  const insertRollout = db.prepare(
+    `INSERT OR IGNORE INTO rollouts (id, fleet, release, state, revision, created_at, updated_at, body)
+     VALUES (?, ?, ?, ?, 1, ?, ?, ?)`,
+  );
+  const updateRollout = db.prepare(
+    "UPDATE rollouts SET state = ?, revision = revision + 1, updated_at = ?, body = ? WHERE id = ? AND revision = ?",
+  );
+  const oneRollout = db.prepare("SELECT * FROM rollouts WHERE id = ?");
+  const allRollouts = db.prepare("SELECT * FROM rollouts ORDER BY created_at DESC, id LIMIT ?");
 
   return {
+    async addRelease(r) {
+      return (
+        addReleaseStmt.run(
+          r.id,
+          r.version,
+          r.task,
+          r.notes,
+          r.bytes,
+          r.createdAt,
+          r.manifest,
+          JSON.stringify(r.signature),
+        ).changes > 0
+      );
+    },
+    async release(id) {
+      const r = oneRelease.get(id);
+      return r === undefined ? undefined : toRelease(r);
+    },
+    async releases(limit = 100) {
+      return allReleases.all(limit).map(toRelease);
+    },
+    async saveRollout(r, expectedRevision) {
+      const body = JSON.stringify(r.body);
+      if (expectedRevision === 0) {
+        return (
+          insertRollout.run(r.id, r.fleet, r.release, r.state, r.createdAt, r.updatedAt, body).changes > 0
+        );
+      }
+      return updateRollout.run(r.state, r.updatedAt, body, r.id, expectedRevision).changes > 0;
+    },
+    async rollout(id) {
+      const r = oneRollout.get(id);
+      return r === undefined ? undefined : toRollout(r);
+    },
+    async rollouts(states, limit = 100) {
+      const rows = allRollouts.all(states === undefined ? limit : 10_000).map(toRollout);
+      return (states === undefined ? rows : rows.filter((r) => states.includes(r.state))).slice(0, limit);
+    },
     async recordStatus(fleet, device, status: StatusMessage, receivedAt) {
       // The Last Will is written at connect time and carries no time of its own.
       const at = status.at ?? receivedAt;

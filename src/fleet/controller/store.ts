@@ -84,8 +84,56 @@ export interface EnrolmentRecord {
   at: number;
 }
 
+/** A release the controller holds (its files are on disk, under the releases directory). */
+export interface ReleaseRecord {
+  /** SHA-256 of the manifest bytes. */
+  id: string;
+  version: string;
+  task: string;
+  notes: string;
+  /** Total bytes of its files. */
+  bytes: number;
+  createdAt: number;
+  /** The manifest's exact bytes (what the signature covers). */
+  manifest: string;
+  signature: { kid: string; sig: string };
+}
+
+/**
+ * A rollout as stored: a few indexed columns and the whole state as one
+ * document. Writers compare and swap on `revision`, so two replicas (or a
+ * restarted controller and the CLI) never lose each other's change.
+ */
+export interface RolloutRecord {
+  id: string;
+  fleet: string;
+  release: string;
+  /** `running`, `paused`, `halted`, `completed` or `aborted`. */
+  state: string;
+  /** Incremented by every save. */
+  revision: number;
+  createdAt: number;
+  updatedAt: number;
+  /** The rollout's state document (waves, devices, figures, halt reason). */
+  body: unknown;
+}
+
 /** The controller's storage. */
 export interface FleetStore {
+  /** Records a release; false when that id is already recorded. */
+  addRelease(r: ReleaseRecord): Promise<boolean>;
+  release(id: string): Promise<ReleaseRecord | undefined>;
+  /** Releases, newest first. @defaultValue limit 100 */
+  releases(limit?: number): Promise<ReleaseRecord[]>;
+  /**
+   * Saves a rollout when its stored revision is still `expectedRevision`
+   * (0: it must not exist yet), storing it with revision `expectedRevision + 1`.
+   * False when someone else saved it meanwhile: re-read and decide again.
+   */
+  saveRollout(r: Omit<RolloutRecord, "revision">, expectedRevision: number): Promise<boolean>;
+  rollout(id: string): Promise<RolloutRecord | undefined>;
+  /** Rollouts, newest first; only those in `states` when given. @defaultValue limit 100 */
+  rollouts(states?: readonly string[], limit?: number): Promise<RolloutRecord[]>;
   /** Enrols a device's key (replacing any key or pending proposal): its signed messages are stored from now on. */
   enroll(fleet: string, device: string, publicKey: string, at: number): Promise<void>;
   /** Records a key a device presented on its own, unless the device already has a record; true when recorded. */
