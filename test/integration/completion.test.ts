@@ -57,7 +57,7 @@ describe("completion", () => {
     expect(await bashComplete("quantd ag")).toEqual(["agent"]);
     expect(await bashComplete("quantd j")).toEqual(["job"]);
     expect(await bashComplete("quantd agent ")).toEqual(["models", "promote", "rollback"]);
-    expect(await bashComplete("quantd fleet re")).toEqual(["recalibrate", "report"]);
+    expect(await bashComplete("quantd fleet re")).toEqual(["recalibrate", "report", "release"]);
     expect((await bashComplete("quantd bench --se")).sort()).toEqual(["--seed", "--seq"]);
     expect(await bashComplete("quantd classify --model m")).toEqual(["model.onnx"]);
     expect(await bashComplete("quantd job list --state-dir ")).toEqual(["state"]);
