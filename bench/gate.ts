@@ -9,9 +9,12 @@
  *    (fp32 + every candidate one sample at a time). Target: ≤ 2 × one fp32 pass.
  * 2. Coverage: many seeded splits of a large held-out pool into 1,024 samples
  *    to validate on and the rest; the reported 95 % lower bound must be at or
- *    below the agreement on the rest in ≥ 95 % of splits, and the gate must
- *    never pass a candidate whose agreement on the rest is below the gate
- *    minus the bound's width.
+ *    below the true agreement (on the whole pool the sets are drawn from) in
+ *    ≥ 95 % of splits, and the gate must never pass a candidate whose
+ *    agreement on the rest (a larger held-out set) is below the gate minus the
+ *    bound's width. Coverage against the rest alone is printed too: it is
+ *    lower, as the rest is itself a sample and is short exactly where the
+ *    validation set is long.
  *
  * On the shared BERT-Mini (../shared; SST-2 train sentences) and on the
  * synthetic BERT of test/fixtures (with and without a planted outlier, so one
@@ -142,34 +145,25 @@ async function timing(s: Subject): Promise<void> {
     let former = t.fp32b1!.at(-1)!;
     for (const c of s.candidates) former += await pass(encodeModel(c.model), s.tokenizer, s.timing, 1);
     t.former!.push(former);
-    for (const which of ["cold", "warm"] as const) {
-      // Only the first round is cold: later ones would find the cache filled.
-      if (which === "cold" && r > 0) continue;
-      const v = createValidator({
+    const validator = (withCache: boolean) =>
+      createValidator({
         tokenizer: s.tokenizer,
         maxLength: s.tokenizer.maxLength,
         samples: s.timing,
         gate: GATE,
         fp32: { path: s.fp32Path, sha256: sha },
         session,
-        ...(which === "warm" ? { cache } : {}),
+        ...(withCache ? { cache } : {}),
       });
+    for (const which of ["cold", "warm"] as const) {
+      // Only the first round is cold: later ones would find the cache filled.
+      if (which === "cold" && r > 0) continue;
+      const v = validator(which === "warm");
       const t0 = performance.now();
       for (const c of s.candidates) await v.validate(c.model, c.perSample);
       t[which]!.push(performance.now() - t0);
-      if (which === "cold" && r === 0) {
-        // Fill the cache from a cold run for the warm ones.
-        const filler = createValidator({
-          tokenizer: s.tokenizer,
-          maxLength: s.tokenizer.maxLength,
-          samples: s.timing,
-          gate: GATE,
-          fp32: { path: s.fp32Path, sha256: sha },
-          session,
-          cache,
-        });
-        await filler.validate(s.candidates[0]!.model, false);
-      }
+      // Fill the cache (untimed) for the warm runs.
+      if (which === "cold") await validator(true).validate(s.candidates[0]!.model, false);
     }
   }
   const cold = t.cold![0]!;
@@ -217,8 +211,10 @@ async function coverage(s: Subject): Promise<void> {
     `### ${s.name}: ${SPLITS} seeded splits of ${s.pool.length} held-out samples (${N_VAL} validate, the rest check)`,
   );
   say();
-  say("| candidate | agreement on all | bound covers the rest | gate passed | passed below gate − width |");
-  say("| --- | --- | --- | --- | --- |");
+  say(
+    "| candidate | agreement on all (true) | bound ≤ true | bound ≤ rest | gate passed | passed, rest below gate − width |",
+  );
+  say("| --- | --- | --- | --- | --- | --- |");
   let allCovered = true;
   let neverBad = true;
   for (const c of s.candidates.slice(0, 1).concat(s.candidates.slice(2))) {
@@ -228,6 +224,7 @@ async function coverage(s: Subject): Promise<void> {
   async function reportSplits(name: string, flags: Uint8Array): Promise<void> {
     const all = flags.reduce((a, b) => a + b, 0) / flags.length;
     let covered = 0;
+    let coveredRest = 0;
     let passed = 0;
     let bad = 0;
     const idx = Array.from(flags, (_, i) => i);
@@ -239,7 +236,8 @@ async function coverage(s: Subject): Promise<void> {
       for (let k = N_VAL; k < order.length; k++) agreeRest += flags[order[k]!]!;
       const rest = agreeRest / (order.length - N_VAL);
       const lower = clopperPearsonLower(agreeVal, N_VAL, GATE.confidence);
-      if (lower <= rest) covered++;
+      if (lower <= all) covered++;
+      if (lower <= rest) coveredRest++;
       if (lower >= GATE.minAgreement) {
         passed++;
         if (rest < GATE.minAgreement - (agreeVal / N_VAL - lower)) bad++;
@@ -247,7 +245,9 @@ async function coverage(s: Subject): Promise<void> {
     }
     allCovered &&= covered / SPLITS >= 0.95;
     neverBad &&= bad === 0;
-    say(`| ${name} | ${pct(all)} | ${pct(covered / SPLITS)} | ${passed} of ${SPLITS} | ${bad} |`);
+    say(
+      `| ${name} | ${pct(all)} | ${pct(covered / SPLITS)} | ${pct(coveredRest / SPLITS)} | ${passed} of ${SPLITS} | ${bad} |`,
+    );
   }
   if (s.name.startsWith("synthetic")) {
     const outlier = buildSyntheticBert({
@@ -265,7 +265,7 @@ async function coverage(s: Subject): Promise<void> {
   }
   say();
   say(
-    `targets: the 95 % bound covers the rest in ≥ 95 % of splits ${mark(allCovered)}; ` +
+    `targets: the 95 % bound is at or below the true agreement in ≥ 95 % of splits ${mark(allCovered)}; ` +
       `no pass below the gate minus the bound's width ${mark(neverBad)}`,
   );
   say();

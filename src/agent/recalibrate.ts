@@ -225,6 +225,11 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
       ...(minAgreement !== undefined ? { minAgreement } : {}),
       ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
     };
+    // The fleet's gate object may carry how to decide too (`quantd fleet recalibrate` sends one object).
+    if (raw["decideOn"] === undefined && g["decideOn"] !== undefined)
+      raw = { ...raw, decideOn: g["decideOn"] };
+    if (raw["confidence"] === undefined && g["confidence"] !== undefined)
+      raw = { ...raw, confidence: g["confidence"] };
   } else if (gate !== undefined) fail("USAGE", `gate must be a fraction or {minAgreement, maxAccuracyDrop}`);
   const decideOn = raw["decideOn"];
   if (decideOn !== undefined) {

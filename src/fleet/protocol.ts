@@ -269,6 +269,10 @@ export interface GateParams {
   minAgreement?: number;
   /** Maximum accuracy drop vs fp32 on labelled samples, 0…1. */
   maxAccuracyDrop?: number;
+  /** What must clear `minAgreement`: the agreement's lower confidence bound (default) or the point estimate. */
+  decideOn?: "bound" | "point";
+  /** Confidence of the lower bound, 0…1 (default 0.95). */
+  confidence?: number;
 }
 
 /** `recalibrate` parameters. */
@@ -359,12 +363,21 @@ function fraction(o: Record<string, unknown>, key: string): number | undefined {
 function parseGate(v: unknown): GateParams | undefined {
   if (v === undefined) return undefined;
   if (!isRecord(v)) throw invalid("gate must be an object", { key: "gate" });
-  onlyKeys(v, ["minAgreement", "maxAccuracyDrop"], "gate");
+  onlyKeys(v, ["minAgreement", "maxAccuracyDrop", "decideOn", "confidence"], "gate");
   const gate: GateParams = {};
   const a = fraction(v, "minAgreement");
   const d = fraction(v, "maxAccuracyDrop");
+  const c = fraction(v, "confidence");
   if (a !== undefined) gate.minAgreement = a;
   if (d !== undefined) gate.maxAccuracyDrop = d;
+  if (c !== undefined) gate.confidence = c;
+  const on = v["decideOn"];
+  if (on !== undefined) {
+    if (on !== "bound" && on !== "point") {
+      throw invalid(`gate.decideOn must be bound or point, got ${JSON.stringify(on)}`, { key: "decideOn" });
+    }
+    gate.decideOn = on;
+  }
   return gate;
 }
 

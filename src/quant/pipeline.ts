@@ -631,6 +631,8 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
     session,
     ...(opts.referenceCache !== undefined ? { cache: opts.referenceCache } : {}),
     earlyStop: opts.earlyStop ?? true,
+    // Without an attention mask padding would change every shorter sample's logits: one sample at a time.
+    ...(fp32.graph.input.some((i) => i.name === "attention_mask") ? {} : { batchSize: 1 }),
   });
   let validationMs = 0;
   let fallbackMs = 0;

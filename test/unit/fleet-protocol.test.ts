@@ -2,6 +2,7 @@
  * The fleet wire protocol without a broker: topic names, command validation
  * (allow-lists, ranges, never paths), envelopes, and the link's config.
  */
+import { parseRecalibrateParams } from "../../src/agent/recalibrate.ts";
 import { describe, expect, test } from "bun:test";
 import { resolveFleetConfig } from "../../src/fleet/config.ts";
 import { generateSigningKey } from "../../src/fleet/signing.ts";
@@ -73,6 +74,15 @@ describe("commands", () => {
     expect(code(() => parseCommand("recalibrate", { samples: 1.5 }))).toBe("COMMAND_INVALID");
     expect(code(() => parseCommand("recalibrate", { method: "kl" }))).toBe("COMMAND_INVALID");
     expect(code(() => parseCommand("recalibrate", { gate: { minAgreement: 2 } }))).toBe("COMMAND_INVALID");
+    // How the gate decides travels with it: the lower bound (default) or, explicitly, the point estimate.
+    expect(
+      parseCommand("recalibrate", { gate: { minAgreement: 0.99, decideOn: "point", confidence: 0.9 } })
+        .params,
+    ).toEqual({ gate: { minAgreement: 0.99, decideOn: "point", confidence: 0.9 } });
+    expect(
+      parseRecalibrateParams({ gate: { minAgreement: 0.99, decideOn: "point", confidence: 0.9 } }),
+    ).toEqual({ gate: { minAgreement: 0.99 }, decideOn: "point", confidence: 0.9 });
+    expect(code(() => parseCommand("recalibrate", { gate: { decideOn: "luck" } }))).toBe("COMMAND_INVALID");
     expect(code(() => parseCommand("recalibrate", { gate: { other: 1 } }))).toBe("COMMAND_INVALID");
     expect(code(() => parseCommand("recalibrate", { model: "/tmp/x.onnx" }))).toBe("COMMAND_INVALID");
   });

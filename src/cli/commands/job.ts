@@ -59,6 +59,8 @@ export function describeRecalibration(job: {
   const v = r.validation;
   if (v !== undefined) {
     rows.push(["agreement", describeRecordedAgreement(v) ?? "-"]);
+    // Length drift and split notes of the quantizer's report: what a reader should not miss.
+    for (const w of r.report?.warnings ?? []) rows.push(["warning", w]);
     if (v.accuracyReference !== undefined && v.accuracyCandidate !== undefined) {
       rows.push([
         "accuracy",
