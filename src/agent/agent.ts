@@ -5,7 +5,8 @@
  * on stop: refuses new work, drains the batch queue, closes the listeners,
  * releases the sessions and closes the store.
  */
-import { chmodSync, mkdirSync, statSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, statSync } from "node:fs";
+import { DEFAULT_KEEP_RELEASES } from "../fleet/config.ts";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
@@ -25,6 +26,7 @@ import type { AgentConfig } from "./config.ts";
 import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
 import type { JobRunner } from "./jobs.ts";
 import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
+import { releaseOf } from "./release.ts";
 import { ModelRegistry, type RegistryEvent, reregisterModelFiles } from "./registry.ts";
 
 /**
@@ -265,8 +267,23 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       store,
       stateDir: config.stateDir,
       promoter: registry,
-      baseModel: config.model,
+      // A promoted release's int8 version names its fp32 base: later recalibrations start from it,
+      // and after a rollback from the previous version's (the configured model when it has none).
+      baseModel: () => {
+        const base = releaseOf(store.models.active()?.metrics)?.base;
+        return base !== undefined && existsSync(base) ? base : config.model;
+      },
       tokenizerDir: config.tokenizerDir,
+      ...(config.fleet === undefined
+        ? {}
+        : {
+            release: {
+              releaseKeys: config.fleet.releaseKeys ?? [],
+              keep: config.fleet.keepReleases ?? DEFAULT_KEEP_RELEASES,
+              servingLabels: () => registry.active()?.labels,
+              servingTokenizerDir: () => config.tokenizerDir,
+            },
+          }),
       liveLengths: () => drift?.snapshot().lengths,
       log,
       // Reports of fleet-run jobs name the configured fleet and device; the link publishes every job change.

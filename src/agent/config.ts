@@ -223,6 +223,8 @@ const KEYS: readonly KeySpec[] = [
   { path: "fleet.maxPacketBytes", type: "int", min: 131_072, max: 268_435_455 },
   { path: "fleet.operatorKeys", type: "string" },
   { path: "fleet.deviceKeyFile", type: "string" },
+  { path: "fleet.releaseKeys", type: "string" },
+  { path: "fleet.keepReleases", type: "int", min: 1, max: 100 },
 ];
 
 /** `batching.maxBatch` → `QUANTD_BATCHING_MAX_BATCH`. */
@@ -405,6 +407,10 @@ function fleetConfig(
   // Operator public keys: comma- or space-separated, so one environment variable holds several (rotation).
   const operatorKeys = str("fleet.operatorKeys");
   if (operatorKeys !== undefined) fleet.operatorKeys = operatorKeys.split(/[\s,]+/).filter((k) => k !== "");
+  const releaseKeys = str("fleet.releaseKeys");
+  if (releaseKeys !== undefined) fleet.releaseKeys = releaseKeys.split(/[\s,]+/).filter((k) => k !== "");
+  const keepReleases = values.get("fleet.keepReleases") as number | undefined;
+  if (keepReleases !== undefined) fleet.keepReleases = keepReleases;
   for (const key of ["caFile", "certFile", "keyFile", "deviceKeyFile"] as const) {
     const v = pathValue(`fleet.${key}`);
     if (v !== undefined) fleet[key] = v;

@@ -21,6 +21,7 @@ import type { Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
 import type { JobRunner } from "./jobs.ts";
 import { RECALIBRATE_JOB } from "./recalibrate.ts";
+import { RELEASE_JOB } from "./release.ts";
 import { type ModelRegistry, PROBE_TEXTS } from "./registry.ts";
 
 /** The device key's file name in the state directory when `fleet.deviceKeyFile` is not set. */
@@ -225,8 +226,9 @@ export function startAgentFleetLink(fleet: FleetConfig, parts: AgentFleetParts):
     );
   }
   const runner: ExternalJobRunner = {
-    types: [RECALIBRATE_JOB],
+    types: [RECALIBRATE_JOB, RELEASE_JOB],
     jobFor(cmd) {
+      if (cmd.name === "release") return { type: RELEASE_JOB, params: { ...cmd.params } };
       if (cmd.name === "recalibrate") return { type: RECALIBRATE_JOB, params: { ...cmd.params } };
       if (cmd.name === "quantize-dynamic")
         return { type: RECALIBRATE_JOB, params: { ...cmd.params, mode: "dynamic" } };

@@ -41,6 +41,7 @@ import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
 import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
+import { createReleaseHandler, RELEASE_JOB, type ReleaseJobDeps } from "./release.ts";
 import {
   isFinished,
   type JobContext,
@@ -113,8 +114,11 @@ export interface Promoter {
 export interface RecalibrationDeps {
   store: Pick<Store, "samples" | "models" | "bench" | "db">;
   promoter: Promoter;
-  /** The fp32 model every recalibration starts from (never an int8 one). */
-  baseModel: string;
+  /**
+   * The fp32 model every recalibration starts from (never an int8 one); a
+   * function is asked at each job's start (the base changes with a release).
+   */
+  baseModel: string | (() => string);
   /** Tokenizer directory. @defaultValue beside the base model */
   tokenizerDir?: string;
   /** Intra-op threads of the job's sessions (leave cores to serving). @defaultValue 1 */
@@ -126,6 +130,13 @@ export interface RecalibrationDeps {
   defaults?: RecalibrateJobParams;
   /** Token lengths of the live traffic the agent served, for the report's comparison with the samples'. */
   liveLengths?: () => LengthHistogram | undefined;
+  /**
+   * A last check of the candidate before it is promoted (a release's labelled
+   * validation set): reasons to reject it, empty to go on.
+   */
+  vet?: (candidatePath: string, ctx: JobContext) => Promise<string[]>;
+  /** Kept in the promoted version's metrics (the release it came from and its fp32 base). */
+  promoteMetrics?: Record<string, unknown>;
 }
 
 /** How the recalibration ended, in the job's result and the report message. */
@@ -442,6 +453,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
   return {
     async run(ctx: JobContext): Promise<JobVerdict> {
       const p: RecalibrateJobParams = { ...deps.defaults, ...parseRecalibrateParams(ctx.job.params) };
+      const baseModel = typeof deps.baseModel === "function" ? deps.baseModel() : deps.baseModel;
       const stageMs: Record<string, number> = {};
       const timed = async <T>(name: string, fn: () => Promise<T> | T): Promise<T> => {
         const t0 = performance.now();
@@ -503,7 +515,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
 
       const activeRecord = store.models.active();
       const activePath =
-        activeRecord !== undefined && existsSync(activeRecord.path) ? activeRecord.path : deps.baseModel;
+        activeRecord !== undefined && existsSync(activeRecord.path) ? activeRecord.path : baseModel;
       const active: RecalibrationResult["active"] = {
         path: activePath,
         ...(activeRecord !== undefined && activeRecord.path === activePath
@@ -548,7 +560,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
           const r = await timed("quantize", () =>
             runQuantizationInChild({
               signal: ctx.signal,
-              model: deps.baseModel,
+              model: baseModel,
               calib: fixedPool("store", calibration, validation),
               out: candidatePath,
               report: reportPath,
@@ -684,6 +696,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
 
       // ---- 4. promote
       const metrics: Record<string, unknown> = {
+        ...deps.promoteMetrics,
         job: ctx.job.id,
         ...(report !== undefined ? { validation: report.metrics, gate: report.gate } : {}),
         // What the serving agent counts live inputs against (see agent/drift.ts).
@@ -695,6 +708,14 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
         candidate.version = cp.promote?.version ?? already?.id;
         ctx.log("resuming: the candidate was already promoted");
       } else {
+        const vet = deps.vet;
+        if (vet !== undefined) {
+          ctx.stage("vet", 0.8);
+          const reasons = await timed("vet", () => vet(candidatePath, ctx));
+          if (reasons.length > 0) {
+            return rejectCandidate(reasons, new QuantdError("GATE_NOT_MET", reasons.join("; ")), bench);
+          }
+        }
         ctx.stage("promote", 0.85);
         try {
           verifyCandidate();
@@ -732,6 +753,8 @@ export interface RecalibrationRunnerOptions
   store: Store;
   /** The state directory: work directories go to `<stateDir>/jobs`, stale temporary files are cleaned in `<stateDir>/models`. */
   stateDir: string;
+  /** Runs fleet release jobs too (`release.ts`) when given. */
+  release?: Pick<ReleaseJobDeps, "releaseKeys" | "keep" | "servingLabels" | "servingTokenizerDir">;
 }
 
 /** `<stateDir>/jobs`: the jobs' work directories and the runner lock. */
@@ -755,7 +778,11 @@ export function createRecalibrationRunner(options: RecalibrationRunnerOptions): 
   // The runner announces an end once; the set guards against a second announcement queuing a second report.
   const reported = new Set<string>();
   const onUpdate = (job: Job): void => {
-    if (job.type === RECALIBRATE_JOB && isFinished(job) && !reported.has(job.id)) {
+    if (
+      (job.type === RECALIBRATE_JOB || job.type === RELEASE_JOB) &&
+      isFinished(job) &&
+      !reported.has(job.id)
+    ) {
       reported.add(job.id);
       if (reported.size > 256) reported.delete(reported.values().next().value ?? "");
       try {
@@ -770,7 +797,12 @@ export function createRecalibrationRunner(options: RecalibrationRunnerOptions): 
   return new JobRunner({
     jobs: options.store.jobs,
     workRoot: jobsDir(options.stateDir),
-    handlers: { [RECALIBRATE_JOB]: createRecalibrationHandler(options) },
+    handlers: {
+      [RECALIBRATE_JOB]: createRecalibrationHandler(options),
+      ...(options.release === undefined
+        ? {}
+        : { [RELEASE_JOB]: createReleaseHandler({ ...options, ...options.release }) }),
+    },
     tempDirs: [join(options.stateDir, "models")],
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),

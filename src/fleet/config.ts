@@ -64,7 +64,18 @@ export interface FleetConfig {
    * @defaultValue `<stateDir>/fleet-device.key`
    */
   deviceKeyFile?: string;
+  /**
+   * Public keys whose signed releases this device takes (`quantd fleet
+   * release create --release-key`). Empty: every release is refused before
+   * download. @defaultValue []
+   */
+  releaseKeys?: readonly string[];
+  /** Releases kept on disk at most (the serving model's and its rollback target's are always kept). @defaultValue {@link DEFAULT_KEEP_RELEASES} */
+  keepReleases?: number;
 }
+
+/** Default of {@link FleetConfig.keepReleases}. */
+export const DEFAULT_KEEP_RELEASES = 3;
 
 function readPem(path: string | undefined, key: string): string | undefined {
   if (path === undefined) return undefined;
@@ -91,14 +102,14 @@ function positiveInt(
   return v;
 }
 
-function checkedKeys(keys: readonly string[]): string[] {
+function checkedKeys(keys: readonly string[], what = "operatorKeys"): string[] {
   return keys.map((k, i) => {
     try {
       parsePublicKey(k);
     } catch (err) {
-      throw new QuantdError("CONFIG_INVALID", `operatorKeys[${i}] is not an Ed25519 public key`, {
+      throw new QuantdError("CONFIG_INVALID", `${what}[${i}] is not an Ed25519 public key`, {
         cause: err,
-        details: { key: "operatorKeys" },
+        details: { key: what },
       });
     }
     return k.trim();
@@ -116,6 +127,9 @@ export interface ResolvedFleetConfig {
   telemetryBatch: number;
   /** Trusted operator public keys, checked. */
   operatorKeys: string[];
+  /** Trusted release public keys, checked. */
+  releaseKeys: string[];
+  keepReleases: number;
   /** Connection options without the will (the link adds it). */
   connect: MqttConnectOptions;
 }
@@ -184,6 +198,8 @@ export function resolveFleetConfig(config: FleetConfig): ResolvedFleetConfig {
       10,
     ),
     operatorKeys: checkedKeys(config.operatorKeys ?? []),
+    releaseKeys: checkedKeys(config.releaseKeys ?? [], "releaseKeys"),
+    keepReleases: positiveInt(config.keepReleases, "keepReleases", DEFAULT_KEEP_RELEASES, 1, 100),
     telemetryBatch: positiveInt(
       config.telemetryBatch,
       "telemetryBatch",

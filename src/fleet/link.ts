@@ -169,6 +169,9 @@ function runHandler(handler: FleetCommandHandler, cmd: FleetCommand, ctx: FleetJ
       return handler.bench(cmd.params, ctx);
     case "rollback":
       return handler.rollback(cmd.params, ctx);
+    case "release":
+      // Downloading and recalibrating is the agent's job runner's (ExternalJobRunner.jobFor).
+      return Promise.reject(new QuantdError("INTERNAL", "release runs in the agent's job runner"));
     case "status":
     case "set-config":
     case "collect":
@@ -454,6 +457,7 @@ export function createFleetLink(config: FleetConfig, deps: FleetLinkDeps): Fleet
       case "quantize-dynamic":
       case "bench":
       case "rollback":
+      case "release":
         throw new QuantdError("INTERNAL", "unreachable: job command");
     }
   };

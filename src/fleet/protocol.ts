@@ -228,6 +228,7 @@ export const COMMAND_NAMES = [
   "status",
   "set-config",
   "collect",
+  "release",
 ] as const;
 
 // Every command's cost is bounded by its parameters' ranges (and every job by the job timeout):
@@ -243,7 +244,13 @@ export const MAX_BENCH_SEQ = 512;
 export type CommandName = (typeof COMMAND_NAMES)[number];
 
 /** Commands that queue a job (the reply says the job was accepted; progress and report follow). */
-export const JOB_COMMANDS: readonly CommandName[] = ["recalibrate", "quantize-dynamic", "bench", "rollback"];
+export const JOB_COMMANDS: readonly CommandName[] = [
+  "recalibrate",
+  "quantize-dynamic",
+  "bench",
+  "rollback",
+  "release",
+];
 
 const METHODS: readonly CalibrationMethod[] = ["minmax", "moving-average", "percentile", "entropy", "mse"];
 
@@ -300,6 +307,23 @@ export interface RollbackParams {
   version?: string;
 }
 
+/**
+ * `release` parameters: take release `release` (its id, the SHA-256 of its
+ * signed manifest) from `url` (the controller's HTTP base), check it against
+ * the device's trusted release keys and recalibrate on it as the new fp32 base.
+ */
+export interface ReleaseParams {
+  release: string;
+  url: string;
+  samples?: number;
+  gate?: GateParams;
+  /** Largest accepted candidate/serving latency ratio in the job's benchmark. */
+  maxLatencyRatio?: number;
+}
+
+/** Longest release URL a command may carry. */
+export const MAX_RELEASE_URL_CHARS = 2048;
+
 /** `collect` parameters. */
 export interface CollectParams {
   action: "start" | "stop";
@@ -318,7 +342,8 @@ export type FleetCommand =
   | { name: "rollback"; params: RollbackParams }
   | { name: "status"; params: Record<string, never> }
   | { name: "set-config"; params: SetConfigParams }
-  | { name: "collect"; params: CollectParams };
+  | { name: "collect"; params: CollectParams }
+  | { name: "release"; params: ReleaseParams };
 
 /** A command as it travels: an id (idempotency key), an expiry and parameters. */
 export interface CommandEnvelope {
@@ -451,6 +476,32 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
         } else {
           params[key] = intIn(p, key, 0, 1_000_000) as number;
         }
+      }
+      return { name: cmd, params };
+    }
+    case "release": {
+      onlyKeys(p, ["release", "url", "samples", "gate", "maxLatencyRatio"], cmd);
+      if (typeof p.release !== "string" || !/^[0-9a-f]{64}$/.test(p.release)) {
+        throw invalid("release must be a release id (64 hex digits)", { key: "release" });
+      }
+      if (
+        typeof p.url !== "string" ||
+        p.url.length > MAX_RELEASE_URL_CHARS ||
+        !/^https?:\/\/[^\s]+$/.test(p.url)
+      ) {
+        throw invalid("url must be the controller's http:// or https:// address", { key: "url" });
+      }
+      const params: ReleaseParams = { release: p.release, url: p.url };
+      const samples = intIn(p, "samples", 1, MAX_COMMAND_SAMPLES);
+      if (samples !== undefined) params.samples = samples;
+      const gate = parseGate(p.gate);
+      if (gate !== undefined) params.gate = gate;
+      const ratio = p.maxLatencyRatio;
+      if (ratio !== undefined) {
+        if (typeof ratio !== "number" || !(ratio > 0 && ratio < 100)) {
+          throw invalid("maxLatencyRatio must be a positive ratio below 100", { key: "maxLatencyRatio" });
+        }
+        params.maxLatencyRatio = ratio;
       }
       return { name: cmd, params };
     }

@@ -58,9 +58,31 @@ describe("commands", () => {
   test("every command name parses with empty or valid params", () => {
     for (const name of COMMAND_NAMES) {
       const params =
-        name === "collect" ? { action: "start" } : name === "set-config" ? { "capture.enabled": true } : {};
+        name === "collect"
+          ? { action: "start" }
+          : name === "set-config"
+            ? { "capture.enabled": true }
+            : name === "release"
+              ? { release: "a".repeat(64), url: "http://127.0.0.1:8080/" }
+              : {};
       expect(parseCommand(name, params).name).toBe(name);
     }
+  });
+
+  test("release needs a release id and the controller's http(s) address; nothing else is taken", () => {
+    const ok = { release: "0f".repeat(32), url: "https://controller.example/" };
+    expect(parseCommand("release", { ...ok, samples: 64, gate: { minAgreement: 0.99 } })).toEqual({
+      name: "release",
+      params: { ...ok, samples: 64, gate: { minAgreement: 0.99 } },
+    });
+    expect(code(() => parseCommand("release", { url: ok.url }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("release", { ...ok, release: "../../etc" }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("release", { ...ok, url: "file:///etc/passwd" }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("release", { ...ok, url: `http://x/${"a".repeat(3000)}` }))).toBe(
+      "COMMAND_INVALID",
+    );
+    expect(code(() => parseCommand("release", { ...ok, path: "/tmp/model.onnx" }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("release", { ...ok, maxLatencyRatio: -1 }))).toBe("COMMAND_INVALID");
   });
 
   test("recalibrate checks samples, method and gate", () => {

@@ -5,7 +5,8 @@
  * serves to devices over HTTP.
  */
 import type { FleetStore } from "../../fleet/controller/store.ts";
-import { buildRelease, releaseBytes, storeReleaseFiles } from "../../fleet/release.ts";
+import { publishRelease } from "../../fleet/controller/release-routes.ts";
+import { buildRelease, releaseBytes } from "../../fleet/release.ts";
 import { readSigningKey, type SigningKey } from "../../fleet/signing.ts";
 import { redactUrl } from "../../redact.ts";
 import type { CommandContext } from "../command.ts";
@@ -51,21 +52,10 @@ export async function releaseCommand(
       ...(task !== undefined ? { task } : {}),
     });
     const releasesDir = flagString(ctx.flags, "releases-dir") ?? DEFAULT_RELEASES_DIR;
-    // Files first: a release in the database is one whose files are all there.
-    await storeReleaseFiles(releasesDir, dir, release);
     const store = await openStore(dbPath);
     let added: boolean;
     try {
-      added = await store.addRelease({
-        id: release.id,
-        version,
-        task: release.manifest.task,
-        notes: release.manifest.notes,
-        bytes: releaseBytes(release.manifest),
-        createdAt: release.manifest.createdAt,
-        manifest: release.manifestText,
-        signature: release.signature,
-      });
+      added = await publishRelease(store, releasesDir, dir, release);
     } finally {
       await store.close();
     }

@@ -10,7 +10,13 @@
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { QuantdError } from "../../errors.ts";
-import { RELEASE_FILE_PATTERN, RELEASE_ID_PATTERN } from "../release.ts";
+import {
+  RELEASE_FILE_PATTERN,
+  RELEASE_ID_PATTERN,
+  releaseBytes,
+  type SignedRelease,
+  storeReleaseFiles,
+} from "../release.ts";
 import type { FleetStore } from "./store.ts";
 
 function problem(code: "NOT_FOUND" | "REQUEST_INVALID", message: string, status: number): Response {
@@ -93,5 +99,31 @@ export async function serveRelease(
       "content-range": `bytes ${range.start}-${range.end}/${size}`,
       "content-length": String(range.end - range.start + 1),
     },
+  });
+}
+
+/**
+ * Puts a built release into the controller's keeping: its files under
+ * `releasesDir` first (a release in the store is one whose files are all
+ * there), then its manifest and signature in the store.
+ *
+ * @returns false when the store already held it
+ */
+export async function publishRelease(
+  store: FleetStore,
+  releasesDir: string,
+  srcDir: string,
+  release: SignedRelease,
+): Promise<boolean> {
+  await storeReleaseFiles(releasesDir, srcDir, release);
+  return await store.addRelease({
+    id: release.id,
+    version: release.manifest.version,
+    task: release.manifest.task,
+    notes: release.manifest.notes,
+    bytes: releaseBytes(release.manifest),
+    createdAt: release.manifest.createdAt,
+    manifest: release.manifestText,
+    signature: release.signature,
   });
 }
