@@ -10,6 +10,7 @@
  */
 import { QuantdError } from "../errors.ts";
 import { clopperPearsonLower, DEFAULT_CONFIDENCE, samplesToCertify } from "./confidence.ts";
+import type { TaskFigures } from "./task-metrics.ts";
 
 /** Logits of `rows` samples over `cols` classes, row-major. */
 export interface LogitMatrix {
@@ -59,6 +60,12 @@ export interface GateMetrics {
   planned?: number;
   /** Why validation stopped early: the bound had `passed`, or could no longer pass (`failed`). */
   stopped?: "passed" | "failed";
+  /**
+   * The task's own figures, for a model other than a single-text classifier:
+   * what a trial is (`n` counts tokens or label decisions there) and the point
+   * checks (mean cosine, Pearson, …) the gate also applies (see `task-metrics.ts`).
+   */
+  task?: TaskFigures;
 }
 
 /** Where flips happen: on near-ties no int8 model can keep, or on inputs fp32 is sure of. */
@@ -298,6 +305,9 @@ export function checkGate(metrics: GateMetrics, spec: GateSpec): GateVerdict {
       `top-1 agreement ${pct(point)} is below the gate ${pct(spec.minAgreement)} ` +
         `(${metrics.gateN - metrics.gateAgreements} of ${formatCount(metrics.gateN)} samples differ)`,
     );
+  }
+  for (const c of metrics.task?.checks ?? []) {
+    if (!c.passed) failures.push(`${c.name} ${c.value.toFixed(4)} is below ${c.min}`);
   }
   if (spec.maxAccuracyDrop !== undefined && metrics.accuracyDrop !== undefined) {
     if (metrics.accuracyDrop > spec.maxAccuracyDrop) {

@@ -24,6 +24,8 @@ import { feedsForEncoding } from "../runtime/classifier.ts";
 import { findModelFiles } from "../runtime/model-files.ts";
 import { createOrtSession, ORT_VERSION } from "../runtime/ort-session.ts";
 import { type BatchEncoding, loadTokenizer } from "../runtime/tokenizer.ts";
+import { PAIR_COLUMN_NAMES, readInputsTsv } from "../runtime/input-tsv.ts";
+import type { TaskOverride } from "../runtime/task.ts";
 import { readSamplesTsv } from "../runtime/tsv.ts";
 import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
 import {
@@ -65,6 +67,8 @@ import {
   lengthHistogram,
   lengthWarnings,
 } from "./drift.ts";
+import type { TaskThresholds } from "./task-metrics.ts";
+import { createTaskValidator, taskOfModel } from "./task-validate.ts";
 import { createValidator, encodeSamples, type ReferenceLogitsCache } from "./validate.ts";
 import {
   assertCertifiable,
@@ -112,6 +116,8 @@ export const AUTO_BENCH_SEQ = 128;
 /** One text to calibrate or validate on. */
 export interface QuantSample {
   text: string;
+  /** The second text of a pair (a pair classifier's samples). */
+  pair?: string;
   /** Class id, when known. */
   label?: number;
   /** Where it came from, for messages (`calib.tsv:12`, `store#42`). */
@@ -123,6 +129,8 @@ export interface QuantSample {
 /** A sample as a pool hands it out (the store's rows fit this shape). */
 export interface PoolSample {
   text: string;
+  /** The second text of a pair. */
+  pair?: string | null;
   label?: number | null;
   id?: number;
 }
@@ -203,6 +211,10 @@ export interface RunQuantizationOptions {
   earlyStop?: boolean;
   /** Token lengths of live traffic (the agent counts them), reported beside the samples' and warned about. */
   liveLengths?: LengthHistogram;
+  /** What the user set over the model's detected task (`--task`, `--threshold`, …). @defaultValue detected */
+  task?: TaskOverride;
+  /** Thresholds of the task metrics (embeddings, regression). @defaultValue `DEFAULT_TASK_THRESHOLDS` */
+  taskThresholds?: Partial<TaskThresholds>;
   /** Progress lines (for a CLI's stderr). */
   onProgress?: (line: string) => void;
 }
@@ -313,6 +325,7 @@ export function splitPool(pool: SamplePool, req: SplitRequest, seed: number): Sa
   const pick = pool.pickDisjoint(plan.calibration, plan.validation, seed);
   const conv = (s: PoolSample, i: number): QuantSample => ({
     text: s.text,
+    ...(typeof s.pair === "string" ? { pair: s.pair } : {}),
     origin: `${pool.name}#${s.id ?? i}`,
     ...(typeof s.label === "number" ? { label: s.label } : {}),
     ...(s.id !== undefined ? { id: s.id } : {}),
@@ -324,6 +337,16 @@ export function splitPool(pool: SamplePool, req: SplitRequest, seed: number): Sa
     warnings,
     line: plan.line,
   };
+}
+
+/** Whether a TSV's header names the two text columns of a pair (see `input-tsv.ts`). */
+async function hasPairHeader(path: string): Promise<boolean> {
+  const head = (await Bun.file(path).slice(0, 4096).text()).split("\n")[0] ?? "";
+  const cols = head
+    .replace(/\r$/, "")
+    .replace(/^\ufeff/, "")
+    .split("\t");
+  return PAIR_COLUMN_NAMES.some(([a, b]) => cols.includes(a) && cols.includes(b));
 }
 
 /**
@@ -338,6 +361,14 @@ export async function readSampleTsv(path: string): Promise<QuantSample[]> {
     throw new QuantdError("FILE_NOT_FOUND", `samples file ${path} does not exist`, { details: { path } });
   }
   try {
+    if (await hasPairHeader(path)) {
+      return (await readInputsTsv(path)).map((r) => ({
+        text: typeof r.input === "string" ? r.input : r.input[0],
+        ...(typeof r.input === "string" ? {} : { pair: r.input[1] }),
+        origin: `${path}:${r.line}`,
+        ...(r.label !== undefined && /^\d+$/.test(r.label) ? { label: Number(r.label) } : {}),
+      }));
+    }
     const rows = await readSamplesTsv(path);
     return rows.map((r) => ({
       text: r.text,
@@ -622,18 +653,30 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   const calib = encodeSamples(tokenizer, split.calibration, DEFAULT_CALIBRATION_BATCH, maxLength);
   const probe = encodeSamples(tokenizer, split.validation.slice(0, SENSITIVITY_PROBE_SAMPLES), 8, maxLength);
 
-  const validator = createValidator({
+  // A single-text classifier keeps the validator with early stop and the fp32 cache; other tasks compare their own outputs.
+  const task = taskOfModel(fp32, files, opts.task);
+  const validatorOptions = {
     tokenizer,
     maxLength,
     samples: split.validation,
     gate,
     fp32: { path: files.model, sha256: fp32Facts.sha256 },
     session,
-    ...(opts.referenceCache !== undefined ? { cache: opts.referenceCache } : {}),
-    earlyStop: opts.earlyStop ?? true,
     // Without an attention mask padding would change every shorter sample's logits: one sample at a time.
     ...(fp32.graph.input.some((i) => i.name === "attention_mask") ? {} : { batchSize: 1 }),
-  });
+  };
+  const validator =
+    task.kind === "classification"
+      ? createValidator({
+          ...validatorOptions,
+          ...(opts.referenceCache !== undefined ? { cache: opts.referenceCache } : {}),
+          earlyStop: opts.earlyStop ?? true,
+        })
+      : createTaskValidator({
+          ...validatorOptions,
+          task,
+          ...(opts.taskThresholds !== undefined ? { thresholds: opts.taskThresholds } : {}),
+        });
   let validationMs = 0;
   let fallbackMs = 0;
 
@@ -911,7 +954,15 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       "GATE_NOT_MET",
       `no int8 candidate met the gate of ${(gate.minAgreement * 100).toFixed(2)} % agreement; best: ` +
         `${describeFormat(chosen)} with agreement ${describeAgreement(m)} (mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}) ` +
-        `after ${chosen.trials.length} fallback trial(s); nothing written at ${opts.out}`,
+        `after ${chosen.trials.length} fallback trial(s)` +
+        // A task's own checks (mean cosine, Pearson) fail a candidate whose agreement passes: say which.
+        (m.task !== undefined && m.task.checks.some((c) => !c.passed)
+          ? ` (${m.task.checks
+              .filter((c) => !c.passed)
+              .map((c) => `${c.name} ${c.value.toFixed(4)} is below ${c.min}`)
+              .join("; ")})`
+          : "") +
+        `; nothing written at ${opts.out}`,
       {
         details: {
           best: {

@@ -70,7 +70,7 @@ export function encodeSamples(
   batchSize: number,
   maxLength: number,
 ): EncodedSamples {
-  const encoded = samples.map((s, i) => ({ i, e: tokenizer.encode(s.text, undefined, { maxLength }) }));
+  const encoded = samples.map((s, i) => ({ i, e: tokenizer.encode(s.text, s.pair, { maxLength }) }));
   encoded.sort((a, b) => a.e.inputIds.length - b.e.inputIds.length || a.i - b.i);
   const batches: BatchEncoding[] = [];
   const labels: (number | undefined)[] = [];

@@ -10,6 +10,7 @@ import { QuantdError } from "../../errors.ts";
 import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeLengths } from "../../quant/drift.ts";
 import { describeAgreement, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
+import { describeTaskFigures } from "../../quant/task-metrics.ts";
 import {
   CALIBRATION_METHODS,
   DEFAULT_CALIBRATION_SAMPLES,
@@ -33,7 +34,7 @@ import {
 } from "../../runtime/model-files.ts";
 import { openStore, type Store } from "../../store/store.ts";
 import type { Command } from "../command.ts";
-import { THREADS_FLAG, threadsFlag } from "../model-flags.ts";
+import { TASK_FLAGS, taskOverrideFlags, THREADS_FLAG, threadsFlag } from "../model-flags.ts";
 import {
   expectNoPositionals,
   flagBool,
@@ -263,6 +264,7 @@ fastest. The report says why these candidates and why the winner won.`,
       description: "tokenizer directory (default: beside the model)",
     },
     THREADS_FLAG,
+    ...TASK_FLAGS,
     { name: "json", type: "boolean", description: "print the report (or the error) as JSON on stdout" },
   ],
   async run(ctx) {
@@ -305,6 +307,7 @@ fastest. The report says why these candidates and why the winner won.`,
     const tokenizer = flagString(f, "tokenizer");
     if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
     opts.seed = flagInt(f, "seed", { min: 0 }, 1);
+    opts.task = taskOverrideFlags(f);
     opts.threads = threadsFlag(f);
     const json = flagBool(f, "json");
     if (!json) opts.onProgress = (line) => ctx.err(line);
@@ -362,6 +365,7 @@ fastest. The report says why these candidates and why the winner won.`,
       `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
         `${m.margin.confidentFlips} on confident inputs; mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`,
     );
+    if (m.task !== undefined) ctx.out(`  ${describeTaskFigures(m.task)}`);
     if (r.auto !== undefined) ctx.out(`  auto: ${r.auto.decision}`);
     const v = r.validation;
     if (v !== undefined) {

@@ -1,0 +1,97 @@
+/**
+ * The per-task comparison the gate judges, on hand-made outputs: what a trial
+ * is for each task, when it agrees, the point statistics and their checks.
+ */
+import { describe, expect, test } from "bun:test";
+import { checkGate } from "../../src/quant/gate.ts";
+import { compareTaskOutputs, neighbourOverlap, pearson } from "../../src/quant/task-metrics.ts";
+import type { TaskSpec } from "../../src/runtime/task.ts";
+
+const rows = (...xs: number[][]) => ({ rows: xs.length, data: xs.map((x) => Float32Array.from(x)) });
+const spec = (kind: TaskSpec["kind"], labels: string[], extra: Partial<TaskSpec> = {}): TaskSpec => ({
+  kind,
+  output: "logits",
+  labels,
+  source: "test",
+  ...extra,
+});
+
+describe("trials and agreement per task", () => {
+  test("token classification counts non-special tokens, and samples whose every token agrees", () => {
+    // Sample 0: two tokens; sample 1: three tokens, the last one flips (label 0 → 1).
+    const ref = rows([2, 0, 0, 3], [1, 0, 0, 1, 2, 0]);
+    const cand = rows([1.9, 0.1, 0.2, 2.9], [1, 0, 0, 1, 0, 2]);
+    const m = compareTaskOutputs(spec("token-classification", ["O", "X"]), ref, cand);
+    expect([m.n, m.gateAgreements, m.disagreements]).toEqual([5, 4, 1]);
+    expect(m.task).toMatchObject({ unit: "token", samples: 2, sampleAgreement: 0.5 });
+    expect(m.maxAbsLogitDiff).toBeCloseTo(2, 6);
+  });
+
+  test("multi-label counts (sample, label) decisions on each label's own threshold", () => {
+    // Threshold 0.8 ↔ logit ln 4 ≈ 1.386 for label 0; 0.5 ↔ 0 for label 1.
+    const task = spec("multi-label", ["a", "b"], { thresholds: [0.8, 0.5] });
+    const ref = rows([1.5, -0.1], [1.0, 0.2]);
+    const cand = rows([1.3, -0.2], [1.2, 0.1]);
+    const m = compareTaskOutputs(task, ref, cand);
+    // Sample 0 label 0 flips (1.5 on, 1.3 off); the rest keep their side.
+    expect([m.n, m.gateAgreements]).toEqual([4, 3]);
+    expect(m.task).toMatchObject({ unit: "label decision", sampleAgreement: 0.5 });
+  });
+
+  test("embeddings: a sample agrees at cosine ≥ 0.98; mean cosine and neighbour overlap are checked", () => {
+    const task = spec("embedding", [], { output: "last_hidden_state", pooling: "mean", normalize: true });
+    const ref = rows([1, 0], [0, 1], [1, 1]);
+    // Sample 2 turns by 45° (cosine 0.707).
+    const cand = rows([1, 0.01], [0, 1], [1, 0]);
+    const m = compareTaskOutputs(task, ref, cand);
+    expect([m.n, m.gateAgreements]).toEqual([3, 2]);
+    const f = m.task!.figures;
+    expect(f["minCosine"]).toBeCloseTo(Math.SQRT1_2, 6);
+    expect(f["meanCosine"]).toBeCloseTo((1 / Math.hypot(1, 0.01) + 1 + Math.SQRT1_2) / 3, 6);
+    expect(m.task!.checks.map((c) => [c.name, c.passed])).toEqual([
+      ["mean cosine", false],
+      // Three samples: each one's neighbours are the two others, whatever int8 does.
+      ["top-5 neighbour overlap", true],
+    ]);
+    const verdict = checkGate(m, { minAgreement: 0.5, decideOn: "point" });
+    expect(verdict.passed).toBe(false);
+    expect(verdict.failures.join("; ")).toMatch(/mean cosine 0\.9\d+ is below 0\.99/);
+  });
+
+  test("neighbour overlap: the same nearest neighbours give 1, swapped ones less", () => {
+    const a = [
+      [1, 0],
+      [0.9, 0.1],
+      [0, 1],
+      [0.1, 0.9],
+    ].map((v) => Float32Array.from(v));
+    expect(neighbourOverlap(a, a, 1)).toBe(1);
+    const b = [
+      [1, 0],
+      [0.1, 0.9],
+      [0, 1],
+      [0.9, 0.1],
+    ].map((v) => Float32Array.from(v));
+    // Rows 1 and 3 trade places: every sample's nearest neighbour changes.
+    expect(neighbourOverlap(a, b, 1)).toBe(0);
+  });
+
+  test("regression: |Δ| within 5 % of fp32's p95 − p5, Pearson checked", () => {
+    const ref = rows(...Array.from({ length: 21 }, (_, i) => [i / 4]));
+    const cand = rows(...Array.from({ length: 21 }, (_, i) => [i / 4 + (i === 10 ? 0.5 : 0.01)]));
+    const m = compareTaskOutputs(spec("regression", ["score"]), ref, cand);
+    // p95 − p5 over 0, 0.25, …, 5: s[floor(0.95·21)] − s[floor(0.05·21)] = 4.75 − 0.25 = 4.5; tolerance 0.225.
+    expect(m.task!.figures["tolerance"]).toBeCloseTo(0.225, 6);
+    expect([m.n, m.gateAgreements]).toEqual([21, 20]);
+    expect(m.task!.figures["maxAbsError"]).toBeCloseTo(0.5, 6);
+    expect(m.task!.checks[0]!.passed).toBe(true);
+    expect(pearson([1, 2, 3], [2, 4, 6])).toBeCloseTo(1, 12);
+    expect(pearson([1, 2, 3], [3, 2, 1])).toBeCloseTo(-1, 12);
+  });
+
+  test("outputs of different samples are refused", () => {
+    expect(() => compareTaskOutputs(spec("regression", ["s"]), rows([1]), rows([1], [2]))).toThrow(
+      expect.objectContaining({ code: "DATA_MISMATCH" }),
+    );
+  });
+});
