@@ -36,7 +36,8 @@ import {
 function outputInfo(v: ValueInfoProto): TensorInfo {
   const t = v.type?.tensorType;
   const declared = t?.shape?.dim;
-  const dims = declared === undefined ? ["batch", "labels"] : declared.map((d) => d.dimValue ?? d.dimParam ?? "?");
+  const dims =
+    declared === undefined ? ["batch", "labels"] : declared.map((d) => d.dimValue ?? d.dimParam ?? "?");
   return { name: v.name, type: t?.elemType === DataType.FLOAT ? "float32" : "other", dims };
 }
 
