@@ -956,7 +956,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
         `${describeFormat(chosen)} with agreement ${describeAgreement(m)} (mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}) ` +
         `after ${chosen.trials.length} fallback trial(s)` +
         // A task's own checks (mean cosine, Pearson) fail a candidate whose agreement passes: say which.
-        (m.task !== undefined && m.task.checks.some((c) => !c.passed)
+        (m.task?.checks.some((c) => !c.passed)
           ? ` (${m.task.checks
               .filter((c) => !c.passed)
               .map((c) => `${c.name} ${c.value.toFixed(4)} is below ${c.min}`)

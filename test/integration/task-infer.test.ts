@@ -126,12 +126,12 @@ describe("results", () => {
       if (r?.task !== "embedding") throw new Error("not an embedding");
       const norm = Math.hypot(...r.embedding);
       expect(norm).toBeGreaterThan(1.5);
-      r.embedding.forEach((v, i) => expect(v / norm).toBeCloseTo(a.embedding[i]!, 5));
+      for (const [i, v] of r.embedding.entries()) expect(v / norm).toBeCloseTo(a.embedding[i]!, 5);
       // The same vector by hand from last_hidden_state of a padded batch.
       const enc = raw.tokenizer.encodeBatch(texts);
       const out = await raw.runEncoded(enc);
       const byHand = poolRow(out.data, 0, enc.seqLen, 128, enc.attentionMask, "mean");
-      byHand.forEach((v, i) => expect(v).toBeCloseTo(r.embedding[i]!, 4));
+      for (const [i, v] of byHand.entries()) expect(v).toBeCloseTo(r.embedding[i]!, 4);
     } finally {
       await raw.release();
     }
@@ -232,7 +232,7 @@ describe("quantd infer", () => {
     );
     expect(tok.code).toBe(0);
     expect(tok.stdout).toMatch(
-      /^a wonderful, moving film\n(  (POS|NEG) {2}\d\.\d{4} {2}\[\d+, \d+\) {2}.+\n)+$/,
+      /^a wonderful, moving film\n( {2}(POS|NEG) {2}\d\.\d{4} {2}\[\d+, \d+\) {2}.+\n)+$/,
     );
     const emb = await runQuantd(["infer", "--model", dirs.embedding, "a film"], { env });
     expect(emb.stdout).toMatch(/^dim 128 {2}norm 1\.0000 {2}\[/);
