@@ -35,6 +35,7 @@ import {
   describeAgreement,
   type GateDecision,
   type GateMetrics,
+  type GateSpec,
 } from "./gate.ts";
 import {
   type ActivationType,
@@ -52,6 +53,7 @@ import {
   type GraphChanges,
   type KeptFp32Node,
   type LayerErrorEntry,
+  type MethodTrial,
   peakRssBytes,
   type QuantizeReport,
   REPORT_SCHEMA,
@@ -420,6 +422,54 @@ export async function measureP50(
   }
 }
 
+/** Calibration methods the fallback tries, in order, before keeping any node in fp32. */
+export const FALLBACK_METHODS: readonly CalibrationMethod[] = ["percentile", "mse", "entropy"];
+
+/**
+ * The first step of the fallback for a static candidate that misses the gate:
+ * the same model calibrated with the other methods of {@link FALLBACK_METHODS}
+ * (percentile clips outliers, MSE and entropy pick the range that loses the
+ * least). A method costs a calibration pass and a validation (which stops as
+ * soon as it cannot pass), and not a byte of model size, so it goes before any
+ * node is kept in fp32. Stops at the first that passes; otherwise the best
+ * (highest bound) is where the fp32 fallback starts.
+ */
+async function tryMethods(
+  first: QuantizeResult,
+  firstMetrics: GateMetrics,
+  method: CalibrationMethod,
+  gate: GateSpec,
+  build: (m: CalibrationMethod) => Promise<{ result: QuantizeResult; metrics: GateMetrics }>,
+): Promise<{
+  start: { result: QuantizeResult; metrics: GateMetrics; method: CalibrationMethod };
+  trials: MethodTrial[];
+}> {
+  let start = { result: first, metrics: firstMetrics, method };
+  const trials: MethodTrial[] = [];
+  for (const m of FALLBACK_METHODS.filter((x) => x !== method)) {
+    const t0 = performance.now();
+    const alt = await build(m);
+    const passed = checkGate(alt.metrics, gate).passed;
+    trials.push({
+      method: m,
+      agreement: alt.metrics.agreement,
+      agreementLower: alt.metrics.agreementLower,
+      meanAbsLogitDiff: alt.metrics.meanAbsLogitDiff,
+      passed,
+      ms: performance.now() - t0,
+      bought: {
+        agreement: alt.metrics.agreement - firstMetrics.agreement,
+        agreementLower: alt.metrics.agreementLower - firstMetrics.agreementLower,
+        meanAbsLogitDiff: alt.metrics.meanAbsLogitDiff - firstMetrics.meanAbsLogitDiff,
+        bytes: 0,
+      },
+    });
+    if (passed || compareCandidates(alt.metrics, start.metrics) < 0) start = { ...alt, method: m };
+    if (passed) break;
+  }
+  return { start, trials };
+}
+
 /** One int8 format tried, with its fallback history. */
 interface Candidate {
   mode: QuantizeMode;
@@ -436,6 +486,8 @@ interface Candidate {
   /** Nodes quantized in `model`. */
   quantizedNodes: string[];
   trials: FallbackTrial[];
+  /** Other calibration methods tried before the fp32 fallback. */
+  methodTrials: MethodTrial[];
   skipped: SkippedNode[];
   /** What was done to the graph before quantizing it (opset upgrade, contrib ops lowered). */
   graph: GraphChanges;
@@ -714,6 +766,8 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
         : [{ mode: "dynamic" }];
   // Both static formats share one calibration: the ranges of the first static build.
   let staticRanges: QuantizeResult["ranges"] | undefined;
+  // Ranges of the other methods the fallback tried, shared by the static formats.
+  const methodRanges = new Map<CalibrationMethod, QuantizeResult["ranges"]>();
   let staticCalibrationMs = 0;
 
   const candidates: Candidate[] = [];
@@ -759,20 +813,42 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       staticCalibrationMs = first.timings.calibrationMs;
     }
     progress(`validating (${label})`);
-    const metrics = await validate(first.model, f.mode);
+    const firstMetrics = await validate(first.model, f.mode);
+    const tFb = performance.now();
+    // Other calibration methods first: they cost time, not bytes (see tryMethods).
+    const tried =
+      f.mode === "static" && budget > 0 && !checkGate(firstMetrics, gate).passed
+        ? await tryMethods(first, firstMetrics, f.method ?? staticMethod, gate, async (m) => {
+            progress(`fallback (${label}): calibrating with ${m} instead`);
+            const known = methodRanges.get(m);
+            const alt = await quantizeModel(fp32, {
+              type: "static",
+              method: m,
+              format: f.format ?? staticFormat,
+              activations: f.activations ?? "uint8",
+              perChannel,
+              reduceRange,
+              exclude: userExclude,
+              ...(known !== undefined ? { ranges: known } : { calibration: calib.batches }),
+            });
+            methodRanges.set(m, alt.ranges);
+            return { result: alt, metrics: await validate(alt.model, f.mode) };
+          })
+        : { start: { result: first, metrics: firstMetrics, method: f.method ?? staticMethod }, trials: [] };
+    const base = tried.start.result;
+    const metrics = tried.start.metrics;
     const targets = sensitivityTargets(
       fp32,
-      first.plan.quantized.map((t) => t.node),
+      base.plan.quantized.map((t) => t.node),
     );
-    const tFb = performance.now();
-    let best = first;
-    const builds = new Map<ModelProto, QuantizeResult>([[first.model, first]]);
+    let best = base;
+    const builds = new Map<ModelProto, QuantizeResult>([[base.model, base]]);
     const fb = await runFallback(
-      { model: first.model, metrics },
+      { model: base.model, metrics },
       {
         rebuild: async (keep) => {
           progress(`fallback (${label}): keeping ${keep.length} node(s) in fp32`);
-          const r = await requantize(fp32, first, keep);
+          const r = await requantize(fp32, base, keep);
           builds.set(r.model, r);
           return r.model;
         },
@@ -782,13 +858,13 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       { gate, budget, ignore: userExclude },
     );
     fallbackMs += performance.now() - tFb;
-    best = builds.get(fb.best.model) ?? first;
+    best = builds.get(fb.best.model) ?? base;
     const verdict = checkGate(fb.best.metrics, gate);
     candidates.push({
       mode: f.mode,
       ...(f.mode === "static"
         ? {
-            method: f.method ?? staticMethod,
+            method: tried.start.method,
             format: f.format ?? staticFormat,
             ...(f.activations !== undefined ? { activations: f.activations } : {}),
           }
@@ -801,11 +877,12 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
       layerError: fb.ranking,
       quantizedNodes: best.plan.quantized.map((t) => t.node),
       trials: fb.trials,
+      methodTrials: tried.trials,
       skipped: best.plan.skipped
         .filter((s) => !(s.reason === "excluded" && !userExclude.includes(s.node)))
         .map((s) => ({ node: s.node, opType: s.opType, reason: s.reason, detail: s.detail })),
       graph: { opset: first.opset, lowered: first.lowered },
-      ranges: rangesOf(first),
+      ranges: rangesOf(base),
       calibrationMs: f.mode === "static" ? staticCalibrationMs : 0,
       quantizationMs: first.timings.quantizationMs,
     });
@@ -908,7 +985,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
           },
         }
       : {}),
-    fallback: { budget, trials: chosen.trials },
+    fallback: { budget, trials: chosen.trials, methods: chosen.methodTrials },
     candidates: [
       ...candidates.map(
         (c): CandidateEntry => ({

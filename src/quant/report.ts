@@ -84,6 +84,19 @@ export interface FallbackTrial {
   bought?: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
 }
 
+/** The candidate calibrated with another method, tried before any node is kept in fp32. */
+export interface MethodTrial {
+  method: string;
+  agreement: number;
+  agreementLower: number;
+  meanAbsLogitDiff: number;
+  passed: boolean;
+  /** Calibration and validation time, ms. */
+  ms: number;
+  /** Against the original method's candidate (a method costs no bytes). */
+  bought: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
+}
+
 /** One format `--mode auto` tried. */
 export interface CandidateEntry {
   mode: "static" | "dynamic";
@@ -182,7 +195,8 @@ export interface QuantizeReport {
   graph?: GraphChanges;
   /** `--mode auto`: why these candidates (the board profile's reason) and why the winner won. */
   auto?: { why: string; decision: string };
-  fallback: { budget: number; trials: FallbackTrial[] };
+  /** The fallback: other calibration methods first (`methods`, absent in older reports), then nodes kept in fp32 (`trials`). */
+  fallback: { budget: number; trials: FallbackTrial[]; methods?: MethodTrial[] };
   candidates: CandidateEntry[];
   timings: {
     calibrationMs: number;

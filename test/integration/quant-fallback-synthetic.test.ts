@@ -113,5 +113,13 @@ describe("fallback on a synthetic BERT with a planted outlier layer", () => {
     expect(sensitive.map((k) => k.node)).toEqual([SENSITIVE]);
     expect(report.fallback.trials[0]?.keptFp32).toEqual([SENSITIVE]);
     expect(report.fallback.trials.at(-1)?.passed).toBe(true);
+    // Other calibration methods came first (they cost no bytes); none could absorb a ×1000 channel.
+    expect(report.fallback.methods?.map((m) => [m.method, m.passed, m.bought.bytes])).toEqual([
+      ["mse", false, 0],
+      ["entropy", false, 0],
+    ]);
+    // The fp32 trial says what it bought: the agreement it added, for the bytes of that MatMul's weights.
+    expect(report.fallback.trials[0]?.bought?.bytes).toBeGreaterThan(0);
+    expect(report.fallback.trials.at(-1)?.bought?.agreement).toBeGreaterThan(0);
   });
 });

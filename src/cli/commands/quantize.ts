@@ -110,11 +110,12 @@ samples with no flip, and a smaller set fails at once saying how many it takes. 
 on the point estimate instead (a small set then passes by luck). fp32 and static int8 run in batches of
 samples of similar length; dynamic int8 one sample at a time (its ranges are per batch). A candidate
 stops early once it can no longer pass, or, on a set at least twice what the gate needs, once it has
-passed at one of a few looks (then each look's bound is at 1 − 5 %/looks, so the verdict still holds at
-95 %); --full-validation runs every sample. When the gate is not met, the nodes
-that add the most error are kept in fp32, a few more per trial, until the gate holds or --trials
-rebuilds are spent. If it cannot be met the command fails with GATE_NOT_MET and writes nothing at --out
-(the report, if asked for, is still written).
+passed at one of a few looks (the looks share the 5 %, 80 % of it kept for the last, so the verdict still
+holds at 95 %); --full-validation runs every sample. When the gate is not met, the other calibration
+methods (percentile, mse, entropy) are tried first, as they cost no bytes; then nodes are kept in fp32, a
+few more per trial, the best estimated gain (the error a node adds) per byte first, until the gate holds
+or --trials rebuilds are spent; the summary says what each trial bought. If it cannot be met the command
+fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still written).
 
 --out DIR (an existing directory, a path ending in /, or one without .onnx), or a file in a directory
 that does not exist yet, makes a self-contained model directory, as Optimum writes one: the int8 model
@@ -378,6 +379,13 @@ fastest. The report says why these candidates and why the winner won.`,
           `fp32 logits ${v.reference.computed} computed + ${v.reference.fromCache} cached` +
           (v.looks.length > 1 ? `, looks at ${v.looks.join(", ")}` : "") +
           (stops.length > 0 ? ` (${stops.join(", ")})` : ""),
+      );
+    }
+    for (const t of r.fallback.methods ?? []) {
+      const pts = (x: number): string => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
+      ctx.out(
+        `  fallback: calibrated with ${t.method} instead (no bytes, ${formatMs(t.ms)}): ` +
+          `agreement ${pts(t.bought.agreement)}, bound ${pts(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
       );
     }
     for (const [i, t] of r.fallback.trials.entries()) {
