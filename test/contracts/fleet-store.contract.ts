@@ -83,6 +83,39 @@ export function runFleetStoreContract(t: TestApi, name: string, make: () => Prom
       });
     });
 
+    t.test(
+      "model history: one entry per change, repeats and late statuses add none, newest first",
+      async () => {
+        await withStore(async (s) => {
+          await s.recordStatus("f", "d1", online(1000, "1"), 1001);
+          // The retained status delivered again, and a heartbeat with the same model.
+          await s.recordStatus("f", "d1", online(1000, "1"), 1500);
+          await s.recordStatus("f", "d1", online(1200, "1"), 1201);
+          await s.recordStatus("f", "d1", online(2000, "2"), 2001);
+          await s.recordStatus(
+            "f",
+            "d1",
+            { ...online(3000, "1"), model: { version: "1", kind: "fp32" } },
+            3001,
+          );
+          // Late: version 2 was already the latest at 2500.
+          await s.recordStatus("f", "d1", online(2500, "2"), 3002);
+          // A will carries no model: no entry.
+          await s.recordStatus("f", "d1", { state: "offline", fleet: "f", device: "d1", at: null }, 4000);
+          assert.deepEqual(await s.modelHistory("f", "d1"), [
+            { version: "1", kind: "fp32", at: 3000 },
+            { version: "2", kind: "int8-static", at: 2000 },
+            { version: "1", kind: "int8-static", at: 1000 },
+          ]);
+          assert.deepEqual(
+            (await s.modelHistory("f", "d1", 1)).map((m) => m.at),
+            [3000],
+          );
+          assert.deepEqual(await s.modelHistory("f", "d2"), []);
+        });
+      },
+    );
+
     t.test("devices are listed per fleet in name order", async () => {
       await withStore(async (s) => {
         await s.recordStatus("f", "b", { ...online(1), device: "b" }, 1);

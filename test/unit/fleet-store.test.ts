@@ -21,7 +21,7 @@ describe("SQLite FleetStore file", () => {
       await a.close();
       const b = await openSqliteFleetStore(path);
       expect((await b.devices()).map((d) => d.device)).toEqual(["d"]);
-      expect(FLEET_MIGRATIONS.at(-1)?.version).toBe(3);
+      expect(FLEET_MIGRATIONS.at(-1)?.version).toBe(4);
       await b.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });

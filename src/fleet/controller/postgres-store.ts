@@ -17,6 +17,7 @@ import type {
   RolloutRecord,
   FleetStore,
   JobRecord,
+  ModelChange,
   StatusRecord,
   TelemetryRecord,
 } from "./store.ts";
@@ -121,6 +122,20 @@ export const POSTGRES_MIGRATIONS: readonly { version: number; sql: string }[] = 
         body TEXT NOT NULL
       );
       CREATE INDEX rollouts_state ON rollouts (state, created_at);
+    `,
+  },
+  {
+    version: 4,
+    sql: `
+      CREATE TABLE model_history (
+        id BIGSERIAL PRIMARY KEY,
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        version TEXT NOT NULL,
+        kind TEXT,
+        at BIGINT NOT NULL
+      );
+      CREATE INDEX model_history_device ON model_history (fleet, device, at);
     `,
   },
 ];
@@ -334,6 +349,27 @@ export async function openPostgresFleetStore(
                WHERE last.state = $3 AND last.at = $5)`,
             [fleet, device, status.state, status.reason ?? null, at],
           );
+          if (
+            status.model !== undefined &&
+            status.model !== null &&
+            typeof status.model.version === "string"
+          ) {
+            // A change only: not when the latest model known at that time is the same one.
+            await tx.unsafe(
+              `INSERT INTO model_history (fleet, device, version, kind, at)
+               SELECT $1, $2, $3, $4::text, $5 WHERE NOT EXISTS (
+                 SELECT 1 FROM (SELECT version, kind FROM model_history WHERE fleet = $1 AND device = $2 AND at <= $5
+                   ORDER BY at DESC, id DESC LIMIT 1) last
+                 WHERE last.version = $3 AND last.kind IS NOT DISTINCT FROM $4::text)`,
+              [
+                fleet,
+                device,
+                status.model.version,
+                typeof status.model.kind === "string" ? status.model.kind : null,
+                at,
+              ],
+            );
+          }
           await tx.unsafe(
             `UPDATE devices SET online = $1, agent_version = coalesce($2, agent_version),
                model = CASE WHEN $3 THEN $4 ELSE model END, outbox = coalesce($5, outbox), status_at = $6
@@ -477,6 +513,13 @@ export async function openPostgresFleetStore(
         reason: sOrNull(r.reason) as StatusRecord["reason"],
         at: n(r.at),
       }));
+    },
+    async modelHistory(fleet, device, limit = 100): Promise<ModelChange[]> {
+      const rows = await q(
+        "SELECT version, kind, at FROM model_history WHERE fleet = $1 AND device = $2 ORDER BY at DESC, id DESC LIMIT $3",
+        [fleet, device, limit],
+      );
+      return rows.map((r) => ({ version: s(r.version), kind: sOrNull(r.kind), at: n(r.at) }));
     },
     async reports(fleet, device, limit = 100) {
       const rows = await q(

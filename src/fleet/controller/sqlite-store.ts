@@ -15,6 +15,7 @@ import type {
   EnrolmentRecord,
   FleetStore,
   JobRecord,
+  ModelChange,
   ReleaseRecord,
   RolloutRecord,
   StatusRecord,
@@ -125,6 +126,21 @@ export const FLEET_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX rollouts_state ON rollouts (state, created_at);
     `,
   },
+  {
+    version: 4,
+    name: "fleet model history (per-device model changes)",
+    sql: `
+      CREATE TABLE model_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        fleet TEXT NOT NULL,
+        device TEXT NOT NULL,
+        version TEXT NOT NULL,
+        kind TEXT,
+        at INTEGER NOT NULL
+      );
+      CREATE INDEX model_history_device ON model_history (fleet, device, at);
+    `,
+  },
 ];
 
 function toRelease(r: SqlRow): ReleaseRecord {
@@ -213,6 +229,17 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
   const setStatus = db.prepare(
     `UPDATE devices SET online = ?, agent_version = coalesce(?, agent_version), model = CASE WHEN ? THEN ? ELSE model END,
        outbox = coalesce(?, outbox), status_at = ? WHERE fleet = ? AND device = ? AND status_at <= ?`,
+  );
+  // A change is recorded when the model differs from the latest one known at that time, so a
+  // retained status delivered again (or an older one arriving late) adds no entry.
+  const addModel = db.prepare(
+    `INSERT INTO model_history (fleet, device, version, kind, at)
+     SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (
+       SELECT 1 FROM (SELECT version, kind FROM model_history WHERE fleet = ?1 AND device = ?2 AND at <= ?5
+         ORDER BY at DESC, id DESC LIMIT 1) last WHERE last.version = ?3 AND last.kind IS ?4)`,
+  );
+  const modelsOf = db.prepare(
+    "SELECT version, kind, at FROM model_history WHERE fleet = ? AND device = ? ORDER BY at DESC, id DESC LIMIT ?",
   );
   const addSample = db.prepare("INSERT INTO telemetry (fleet, device, at, sample) VALUES (?, ?, ?, ?)");
   const setTelemetry = db.prepare(
@@ -337,6 +364,10 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
         // Retained statuses are delivered again on every controller restart: record a change once.
         const repeat = last !== undefined && str(last, "state") === status.state && num(last, "at") === at;
         if (!repeat) addStatus.run(fleet, device, status.state, status.reason ?? null, at);
+        if (status.model !== undefined && status.model !== null && typeof status.model.version === "string") {
+          const kind = typeof status.model.kind === "string" ? status.model.kind : null;
+          addModel.run(fleet, device, status.model.version, kind, at);
+        }
         setStatus.run(
           status.state === "online" ? 1 : 0,
           status.agentVersion ?? null,
@@ -397,6 +428,13 @@ export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
       return history.all(fleet, device, limit).map((r) => ({
         state: str(r, "state") as StatusRecord["state"],
         reason: strOrNull(r, "reason") as StatusRecord["reason"],
+        at: num(r, "at"),
+      }));
+    },
+    async modelHistory(fleet, device, limit = 100): Promise<ModelChange[]> {
+      return modelsOf.all(fleet, device, limit).map((r) => ({
+        version: str(r, "version"),
+        kind: strOrNull(r, "kind"),
         at: num(r, "at"),
       }));
     },

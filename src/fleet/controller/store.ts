@@ -42,6 +42,14 @@ export interface StatusRecord {
   at: number;
 }
 
+/** A change of a device's serving model, as its statuses announced it. */
+export interface ModelChange {
+  version: string;
+  kind: string | null;
+  /** When the status announcing it was sent (ms since the epoch). */
+  at: number;
+}
+
 /** A job as the controller saw it through progress messages and its report. */
 export interface JobRecord {
   fleet: string;
@@ -161,6 +169,12 @@ export interface FleetStore {
   device(fleet: string, device: string): Promise<DeviceRecord | undefined>;
   /** Status changes, newest first. @defaultValue limit 100 */
   statusHistory(fleet: string, device: string, limit?: number): Promise<StatusRecord[]>;
+  /**
+   * The device's serving models, one entry per change its statuses announced
+   * (a retained status delivered again adds nothing), newest first.
+   * @defaultValue limit 100
+   */
+  modelHistory(fleet: string, device: string, limit?: number): Promise<ModelChange[]>;
   /** Reports, newest first. @defaultValue limit 100 */
   reports(fleet: string, device: string, limit?: number): Promise<ReportMessage[]>;
   /** One report by id, or undefined. */
