@@ -19,6 +19,10 @@ import { loadAgentConfig } from "../../agent/config.ts";
 import type { RecalibrationResult } from "../../agent/recalibrate.ts";
 import { QuantdError } from "../../errors.ts";
 import { type FleetController, startController } from "../../fleet/controller/controller.ts";
+import {
+  createDashboardCommands,
+  type DashboardCommands,
+} from "../../fleet/controller/dashboard-commands.ts";
 import { type Dashboard, startDashboard } from "../../fleet/controller/http.ts";
 import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
 import type { DeviceRecord, FleetStore } from "../../fleet/controller/store.ts";
@@ -83,6 +87,8 @@ export interface DemoState {
   fleetStore?: FleetStore;
   controller?: FleetController;
   dashboard?: Dashboard;
+  /** The dashboard's actions, signed with the run's operator key. */
+  dashboardCommands?: DashboardCommands;
   /** The operator key of this run (in the temporary directory) and its file, for `--key` with `--stay`. */
   operatorKey?: SigningKey;
   operatorKeyFile?: string;
@@ -302,7 +308,12 @@ const controllerStep: DemoStep = {
       // One fleet, one run: no shared subscription, no session left on the broker.
       transient: { fleet: DEMO_FLEET },
     });
-    state.dashboard = startDashboard(state.controller, "127.0.0.1:0");
+    // The dashboard acts as the operator does: its commands are signed with the run's operator key.
+    state.dashboardCommands = createDashboardCommands({
+      connect: () => connectMqttOnce({ url: broker, clientId: `quantd-demo-dashboard-${suffix}` }),
+      signer: need(state.operatorKey, "the operator key"),
+    });
+    state.dashboard = startDashboard(state.controller, "127.0.0.1:0", { commands: state.dashboardCommands });
     if (!(await state.controller.waitReady(10_000))) {
       throw new QuantdError("FLEET_UNAVAILABLE", `the controller could not subscribe at ${broker}`);
     }
@@ -753,6 +764,7 @@ async function shutdown(state: DemoState): Promise<void> {
     // The agent publishes its retained `offline` status before the controller goes.
     () => state.agent?.stop(),
     () => state.dashboard?.stop(),
+    () => state.dashboardCommands?.close(),
     () => state.controller?.stop(),
     () => state.fleetStore?.close(),
     () => state.broker?.close(),

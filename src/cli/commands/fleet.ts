@@ -6,7 +6,12 @@
 import { readFileSync } from "node:fs";
 import { QuantdError } from "../../errors.ts";
 import { startController } from "../../fleet/controller/controller.ts";
-import { startDashboard } from "../../fleet/controller/http.ts";
+import type { DashboardCredentials } from "../../fleet/controller/dashboard-auth.ts";
+import {
+  createDashboardCommands,
+  type DashboardCommands,
+} from "../../fleet/controller/dashboard-commands.ts";
+import { type DashboardOptions, startDashboard } from "../../fleet/controller/http.ts";
 import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
 import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from "../../fleet/mqtt-client.ts";
 import { readFleetStatus, runJobCommand } from "../../fleet/operations.ts";
@@ -57,7 +62,7 @@ const CONNECTION_FLAGS: FlagSpec[] = [
     type: "string",
     value: "FILE",
     description:
-      "operator signing key (quantd fleet keygen) for recalibrate, rollback and report; keygen: where to write it",
+      "operator signing key (quantd fleet keygen) for recalibrate, rollback, report and serve's dashboard actions; keygen: where to write it",
     default: "$QUANTD_FLEET_KEY_FILE",
   },
   { name: "username", type: "string", value: "NAME", description: "broker username" },
@@ -195,6 +200,53 @@ function ago(at: number | null | undefined): string {
   return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
 }
 
+/** A secret named by an `--…-env VAR` flag: never on the command line, where `ps` shows it. */
+function secretFromEnv(ctx: CommandContext, flag: string): string | undefined {
+  const name = flagString(ctx.flags, flag);
+  if (name === undefined) return undefined;
+  const value = process.env[name];
+  if (value === undefined || value === "") throw usageError(`--${flag}: $${name} is not set`);
+  return value;
+}
+
+/** The dashboard's credentials, TLS and actions from serve's flags. */
+function dashboardOptions(
+  ctx: CommandContext,
+  conn: MqttConnectOptions,
+  log: (line: string) => void,
+): DashboardOptions {
+  const credentials: DashboardCredentials = {};
+  const token = secretFromEnv(ctx, "http-token-env");
+  if (token !== undefined) credentials.token = token;
+  const user = flagString(ctx.flags, "http-user");
+  const password = secretFromEnv(ctx, "http-password-env");
+  if ((user === undefined) !== (password === undefined)) {
+    throw usageError("--http-user and --http-password-env go together");
+  }
+  if (user !== undefined && password !== undefined) credentials.user = { name: user, password };
+  const cert = flagString(ctx.flags, "http-cert");
+  const key = flagString(ctx.flags, "http-key");
+  if ((cert === undefined) !== (key === undefined))
+    throw usageError("--http-cert and --http-key go together");
+  const options: DashboardOptions = {
+    credentials,
+    log,
+    behindProxy: flagBool(ctx.flags, "http-behind-proxy"),
+  };
+  if (cert !== undefined && key !== undefined) options.tls = { certFile: cert, keyFile: key };
+  // Dashboard actions are signed like `quantd fleet recalibrate`: with the operator key, when one is given.
+  const keyPath = flagString(ctx.flags, "key") ?? process.env.QUANTD_FLEET_KEY_FILE;
+  if (keyPath !== undefined && keyPath !== "") {
+    const signer = readSigningKey(keyPath);
+    const clientId = `${conn.clientId === "" ? "quantd-controller" : conn.clientId}-ops-${crypto.randomUUID().slice(0, 8)}`;
+    options.commands = createDashboardCommands({
+      connect: () => connectMqttOnce({ ...conn, clientId }),
+      signer,
+    });
+  }
+  return options;
+}
+
 async function serve(ctx: CommandContext): Promise<number> {
   const logger = loggerFromFlags(ctx.flags, ctx.err);
   const dbPath = flagString(ctx.flags, "db") ?? "quantd-fleet.db";
@@ -216,7 +268,15 @@ async function serve(ctx: CommandContext): Promise<number> {
   });
   const http = flagString(ctx.flags, "http");
   const releasesDir = flagString(ctx.flags, "releases-dir") ?? DEFAULT_RELEASES_DIR;
-  const dashboard = http === undefined ? undefined : startDashboard(controller, http, { releasesDir });
+  let commands: DashboardCommands | undefined;
+  const dashboard =
+    http === undefined
+      ? undefined
+      : (() => {
+          const options = { ...dashboardOptions(ctx, conn, logger.line), releasesDir };
+          commands = options.commands;
+          return startDashboard(controller, http, options);
+        })();
   const ready = await controller.waitReady(10_000);
   logger.info(
     `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${redactUrl(conn.url)}, db ${shownDb}` +
@@ -235,6 +295,7 @@ async function serve(ctx: CommandContext): Promise<number> {
     process.on("SIGINT", onInt);
   });
   dashboard?.stop();
+  await commands?.close();
   await controller.stop();
   await store.close();
   return 0;
@@ -357,7 +418,11 @@ export const fleetCommand: Command = {
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
     "(only messages signed by an enrolled device key; the rest are refused and counted in /api/stats) " +
-    "(--db; a postgres:// URL for several replicas sharing one state), with a live dashboard on --http (loopback only: it has no authentication). Stops on SIGTERM/SIGINT.\n\n" +
+    "(--db; a postgres:// URL for several replicas sharing one state), with a live dashboard on --http: fleet aggregates, " +
+    "alerts, device history and charts, and actions (recalibrate, quantize-dynamic, rollback, bench) signed with the operator key " +
+    "(--key; without it the buttons say why they are disabled). On loopback it needs no login; on any other address it needs " +
+    "credentials (--http-token-env, or --http-user with --http-password-env) and TLS (--http-cert/--http-key, or " +
+    "--http-behind-proxy behind a reverse proxy, see docs/fleet.md). Stops on SIGTERM/SIGINT.\n\n" +
     "devices: lists the fleet's devices from their retained status messages.\n\n" +
     "recalibrate DEVICE|--all: sends a recalibrate command (idempotent id, 60 s expiry) and prints the job id; " +
     "with --wait, waits for the report and prints a summary per device (decision, agreement, latency, size, stages); " +
@@ -389,7 +454,34 @@ export const fleetCommand: Command = {
       name: "http",
       type: "string",
       value: "HOST:PORT",
-      description: "serve: dashboard address, e.g. 127.0.0.1:8080",
+      description: "serve: dashboard address, e.g. 127.0.0.1:8080 (non-loopback: needs credentials and TLS)",
+    },
+    {
+      name: "http-token-env",
+      type: "string",
+      value: "VAR",
+      description:
+        "serve: environment variable holding the dashboard token (login page, or Authorization: Bearer)",
+    },
+    { name: "http-user", type: "string", value: "NAME", description: "serve: dashboard username" },
+    {
+      name: "http-password-env",
+      type: "string",
+      value: "VAR",
+      description: "serve: environment variable holding the dashboard password of --http-user",
+    },
+    {
+      name: "http-cert",
+      type: "string",
+      value: "FILE",
+      description: "serve: PEM certificate: serve the dashboard over HTTPS",
+    },
+    { name: "http-key", type: "string", value: "FILE", description: "serve: PEM private key of --http-cert" },
+    {
+      name: "http-behind-proxy",
+      type: "boolean",
+      description:
+        "serve: a reverse proxy terminates TLS in front of the dashboard (allows a non-loopback --http without --http-cert)",
     },
     { name: "all", type: "boolean", description: "recalibrate/rollback: every online device of the fleet" },
     { name: "wait", type: "boolean", description: "recalibrate/rollback: wait for the job's report" },

@@ -1,16 +1,32 @@
 /**
- * The controller's dashboard and JSON API on a loopback HTTP address: the
- * device table (online, model version and kind, int8 vs fp32 latency,
- * agreement, memory, last report), per-device latency and accuracy charts,
- * and live updates over Server-Sent Events. No authentication: it binds to
- * loopback only; put an authenticating proxy in front to share it.
+ * The controller's dashboard and JSON API: fleet aggregates and alerts, the
+ * device table with filters, per-device history (model versions with their
+ * promotion and rollback markers, jobs with stages, figures and the reason of
+ * a failure) and time charts, live updates over Server-Sent Events, and
+ * actions (job commands signed with the operator key, see
+ * `dashboard-commands.ts`). Who may use it is `dashboard-auth.ts`'s concern:
+ * without credentials it binds to loopback only; on any other address it
+ * needs credentials and TLS (a certificate here, or a reverse proxy in front).
  */
 import { QuantdError } from "../../errors.ts";
+import { isRecord } from "../../json.ts";
+import { readFileSync } from "node:fs";
 import type { ReportFigures, ReportMessage } from "../protocol.ts";
 import type { FleetController } from "./controller.ts";
-import { DASHBOARD_HTML } from "./dashboard-page.ts";
+import { createDashboardAuth, type DashboardCredentials, type Principal } from "./dashboard-auth.ts";
+import { type ActionTarget, DASHBOARD_COMMANDS, type DashboardCommands } from "./dashboard-commands.ts";
+import { DASHBOARD_HTML, loginPage } from "./dashboard-page.ts";
 import { serveRelease } from "./release-routes.ts";
-import type { DeviceRecord } from "./store.ts";
+import {
+  DEVICE_STATES,
+  failureReason,
+  fleetAggregates,
+  fleetAlerts,
+  inState,
+  markModelChanges,
+  recentJobs,
+} from "./fleet-view.ts";
+import type { DeviceRecord, FleetStore, JobRecord } from "./store.ts";
 
 /** A running dashboard. */
 export interface Dashboard {
@@ -26,11 +42,11 @@ const PUSH_INTERVAL_MS = 500;
 const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|::1)$/;
 
 /**
- * Parses `HOST:PORT` for the dashboard and refuses non-loopback hosts.
+ * Parses `HOST:PORT` for the dashboard.
  *
- * @throws CONFIG_INVALID when malformed or not loopback
+ * @throws CONFIG_INVALID when malformed
  */
-export function parseHttpAddress(raw: string): { host: string; port: number } {
+export function parseHttpAddress(raw: string): { host: string; port: number; loopback: boolean } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(raw.trim());
   const host = m?.[1]?.replace(/^\[|\]$/g, "");
   const port = Number(m?.[2]);
@@ -39,14 +55,7 @@ export function parseHttpAddress(raw: string): { host: string; port: number } {
       details: { key: "http" },
     });
   }
-  if (!LOOPBACK.test(host)) {
-    throw new QuantdError(
-      "CONFIG_INVALID",
-      `--http must be a loopback address (the dashboard has no authentication), got ${host}`,
-      { details: { key: "http" } },
-    );
-  }
-  return { host, port };
+  return { host, port, loopback: LOOPBACK.test(host) };
 }
 
 function json(value: unknown, status = 200): Response {
@@ -110,6 +119,8 @@ export interface ReportSummary {
   finishedAt: number | null;
   /** The error's code and the start of its message, when the job failed. */
   error?: { code: string; message: string };
+  /** Why it failed or was rejected, one line. */
+  reason?: string;
   figures: ReportFigures;
 }
 
@@ -127,7 +138,22 @@ export function summarizeReport(r: ReportMessage): ReportSummary {
   if (r.error !== undefined && r.error !== null) {
     out.error = { code: String(r.error.code), message: String(r.error.message).slice(0, 200) };
   }
+  const reason = failureReason(r.error, r.result);
+  if (reason !== undefined) out.reason = reason.slice(0, 300);
   return out;
+}
+
+/** A job as the device history lists it: state, stage, figures, stage times and why it failed, not its result. */
+function jobSummary(j: JobRecord): Omit<JobRecord, "result"> & {
+  figures: ReportFigures;
+  stageMs: Record<string, number> | null;
+  reason?: string;
+} {
+  const { result, ...rest } = j;
+  const stageMs =
+    isRecord(result) && isRecord(result.stageMs) ? (result.stageMs as Record<string, number>) : null;
+  const reason = failureReason(j.error, result);
+  return { ...rest, figures: reportFigures(result), stageMs, ...(reason === undefined ? {} : { reason }) };
 }
 
 function deviceSummary(d: DeviceRecord): Omit<DeviceRecord, "lastReport"> & {
@@ -145,19 +171,136 @@ function deviceSummary(d: DeviceRecord): Omit<DeviceRecord, "lastReport"> & {
 export interface DashboardOptions {
   /** Where release files are kept: served under `/releases/{id}/files/{name}` for devices to download. */
   releasesDir?: string;
+  /** Who may use it; required on a non-loopback address. @defaultValue none (loopback only) */
+  credentials?: DashboardCredentials;
+  /** PEM certificate and key files: serve HTTPS. */
+  tls?: { certFile: string; keyFile: string };
+  /**
+   * TLS is terminated by a reverse proxy in front (see docs/fleet.md): a
+   * non-loopback address without a certificate is then allowed, and cookies
+   * are marked Secure. @defaultValue false
+   */
+  behindProxy?: boolean;
+  /** How actions are sent; absent when the controller has no operator key. */
+  commands?: DashboardCommands;
+  /** Why actions are unavailable, shown on the disabled buttons. @defaultValue says to start with --key */
+  commandsDisabledReason?: string;
+  /** Log lines (actions taken, with who took them). */
+  log?: (line: string) => void;
+}
+
+/** Why actions are disabled when no operator key was given. */
+export const NO_OPERATOR_KEY =
+  "the controller has no operator key: start quantd fleet serve with --key FILE (quantd fleet keygen) or $QUANTD_FLEET_KEY_FILE";
+
+function refuseAddress(host: string, options: DashboardOptions): void {
+  const c = options.credentials;
+  if (c?.token === undefined && c?.user === undefined) {
+    throw new QuantdError(
+      "CONFIG_INVALID",
+      `--http on ${host} (not loopback) needs credentials: --http-token-env VAR or --http-user NAME with --http-password-env VAR`,
+      { details: { key: "http" } },
+    );
+  }
+  if (options.tls === undefined && options.behindProxy !== true) {
+    throw new QuantdError(
+      "CONFIG_INVALID",
+      `--http on ${host} (not loopback) needs TLS: --http-cert FILE with --http-key FILE, or --http-behind-proxy when a reverse proxy terminates TLS (docs/fleet.md)`,
+      { details: { key: "http" } },
+    );
+  }
+}
+
+function readTls(tls: NonNullable<DashboardOptions["tls"]>): { cert: string; key: string } {
+  const read = (path: string, flag: string): string => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (err) {
+      throw new QuantdError("FILE_NOT_FOUND", `${flag}: cannot read ${path}`, {
+        cause: err,
+        details: { path },
+      });
+    }
+  };
+  return { cert: read(tls.certFile, "--http-cert"), key: read(tls.keyFile, "--http-key") };
+}
+
+function errorResponse(err: unknown): Response {
+  const e = QuantdError.from(err, "REQUEST_INVALID");
+  const status =
+    e.code === "NOT_FOUND" ? 404 : e.code === "REQUEST_INVALID" || e.code === "CONFIG_INVALID" ? 400 : 500;
+  return json({ error: e.toJSON() }, status);
+}
+
+/** Whether a browser request comes from the dashboard's own origin (when the browser says). */
+function sameOrigin(req: Request): boolean {
+  const origin = req.headers.get("origin");
+  if (origin === null) return true;
+  try {
+    return new URL(origin).host === req.headers.get("host");
+  } catch {
+    return false;
+  }
+}
+
+async function readJsonBody(req: Request): Promise<Record<string, unknown>> {
+  let body: unknown;
+  try {
+    body = await req.json();
+  } catch (err) {
+    throw new QuantdError("REQUEST_INVALID", "the body is not JSON", { cause: err });
+  }
+  if (!isRecord(body)) throw new QuantdError("REQUEST_INVALID", "the body must be a JSON object");
+  return body;
+}
+
+function parseTargets(v: unknown): ActionTarget[] {
+  if (!Array.isArray(v))
+    throw new QuantdError("REQUEST_INVALID", "targets must be an array of {fleet, device}");
+  return v.map((t) => {
+    if (!isRecord(t) || typeof t.fleet !== "string" || typeof t.device !== "string") {
+      throw new QuantdError("REQUEST_INVALID", "each target needs fleet and device strings");
+    }
+    return { fleet: t.fleet, device: t.device };
+  });
+}
+
+/** Devices with figures, filtered by fleet and state, with the fleet's aggregates and alerts. */
+async function overview(store: FleetStore, fleet: string | undefined, state: string | null, now: number) {
+  const all = await store.devices(fleet);
+  const jobs = await recentJobs(store, all);
+  const alerts = fleetAlerts(all, jobs, now);
+  const alerting = new Set(alerts.map((a) => `${a.fleet}/${a.device}`));
+  const devices = all.filter((d) => inState(d, state, alerting));
+  const fleets = fleet === undefined ? [...new Set(all.map((d) => d.fleet))] : [fleet];
+  return {
+    fleets,
+    aggregates: fleetAggregates(all, (d) => reportFigures(d.lastReport?.result)),
+    alerts,
+    devices: devices.map(deviceSummary),
+  };
 }
 
 /**
  * Serves the dashboard for `controller` on `address` (`127.0.0.1:8080`; port 0 picks one).
  *
- * @throws CONFIG_INVALID when the address is malformed or not loopback
+ * @throws CONFIG_INVALID when the address is malformed, or not loopback without credentials and TLS;
+ *   FILE_NOT_FOUND when a TLS file cannot be read
  */
 export function startDashboard(
   controller: FleetController,
   address: string,
   options: DashboardOptions = {},
 ): Dashboard {
-  const { host, port } = parseHttpAddress(address);
+  const { host, port, loopback } = parseHttpAddress(address);
+  if (!loopback) refuseAddress(host, options);
+  const tls = options.tls === undefined ? undefined : readTls(options.tls);
+  const auth = createDashboardAuth({
+    credentials: options.credentials ?? {},
+    secureCookies: tls !== undefined || options.behindProxy === true,
+  });
+  const log = options.log ?? (() => {});
+  const commands = options.commands;
   const store = controller.store;
   const streams = new Set<ReadableStreamDefaultController<Uint8Array>>();
   const encoder = new TextEncoder();
@@ -180,122 +323,224 @@ export function startDashboard(
     }
   }, PUSH_INTERVAL_MS);
 
-  // The one write: confirming a device key offered for trust on first use. The custom header
-  // makes a browser preflight any cross-site attempt (which this server never approves).
-  const post = async (req: Request, url: URL): Promise<Response> => {
-    const parts = url.pathname.split("/").filter((p) => p !== "");
-    if (parts.length !== 5 || parts[0] !== "api" || parts[1] !== "enrolments" || parts[4] !== "confirm") {
-      return notFound(url.pathname);
+  const session = (who: Principal) => ({
+    user: who.name,
+    csrf: who.csrf,
+    authRequired: auth.required,
+    actions: {
+      enabled: commands !== undefined,
+      commands: DASHBOARD_COMMANDS,
+      ...(commands === undefined
+        ? { reason: options.commandsDisabledReason ?? NO_OPERATOR_KEY }
+        : { kid: commands.kid }),
+    },
+  });
+
+  const login = async (req: Request): Promise<Response> => {
+    if (!sameOrigin(req))
+      return json({ error: { code: "REQUEST_INVALID", message: "cross-origin login" } }, 403);
+    const form = new URLSearchParams(await req.text());
+    const ok = await auth.login(form);
+    if (ok === undefined) {
+      return new Response(loginPage(auth.required, "wrong credentials"), {
+        status: 401,
+        headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
+      });
     }
-    if (req.headers.get("x-quantd-confirm") !== "1") {
-      return json({ error: new QuantdError("REQUEST_INVALID", "missing x-quantd-confirm: 1").toJSON() }, 400);
+    log(`dashboard: ${ok.name} logged in`);
+    return new Response(null, { status: 303, headers: { location: "/", "set-cookie": ok.cookie } });
+  };
+
+  // Writes: the principal's CSRF token (cookie sessions and the open loopback mode) in a header.
+  const post = async (req: Request, who: Principal, parts: string[]): Promise<Response> => {
+    if (who.csrf !== null && req.headers.get("x-quantd-csrf") !== who.csrf) {
+      return json(
+        { error: new QuantdError("REQUEST_INVALID", "missing or wrong x-quantd-csrf header").toJSON() },
+        403,
+      );
     }
-    try {
-      const body = (await req.json()) as { publicKey?: unknown };
+    if (parts.length === 1 && parts[0] === "logout") {
+      return new Response(null, {
+        status: 303,
+        headers: { location: "/login", "set-cookie": auth.logout(req) },
+      });
+    }
+    if (parts[0] !== "api") return notFound(`/${parts.join("/")}`);
+    if (parts.length === 2 && parts[1] === "actions") {
+      if (commands === undefined) {
+        return json(
+          {
+            error: new QuantdError(
+              "COMMAND_UNAUTHORIZED",
+              options.commandsDisabledReason ?? NO_OPERATOR_KEY,
+            ).toJSON(),
+          },
+          409,
+        );
+      }
+      const body = await readJsonBody(req);
+      const targets = parseTargets(body.targets);
+      const params = isRecord(body.params) ? body.params : {};
+      const outcomes = await commands.send(String(body.action), targets, params);
+      for (const o of outcomes) {
+        log(
+          `dashboard: ${who.name} sent ${String(body.action)} to ${o.fleet}/${o.device}: ${o.state} (job ${o.id})`,
+        );
+      }
+      return json({ action: body.action, outcomes });
+    }
+    // Confirming a device key offered for trust on first use.
+    if (parts.length === 5 && parts[1] === "enrolments" && parts[4] === "confirm") {
+      const body = await readJsonBody(req);
       if (typeof body.publicKey !== "string")
         throw new QuantdError("REQUEST_INVALID", "body needs publicKey");
-      const [fleet, device] = [decodeURIComponent(parts[2]!), decodeURIComponent(parts[3]!)];
+      const [fleet, device] = [parts[2]!, parts[3]!];
       await controller.confirmEnrolment(fleet, device, body.publicKey);
+      log(`dashboard: ${who.name} enrolled ${fleet}/${device}`);
       return json({ fleet, device, state: "enrolled" });
-    } catch (err) {
-      const e = QuantdError.from(err, "REQUEST_INVALID");
-      return json({ error: e.toJSON() }, e.code === "NOT_FOUND" ? 404 : 400);
     }
+    return notFound(`/${parts.join("/")}`);
+  };
+
+  const events = (): Response => {
+    let self: ReadableStreamDefaultController<Uint8Array> | undefined;
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        self = c;
+        streams.add(c);
+        c.enqueue(encoder.encode(": connected\n\n"));
+      },
+      cancel() {
+        if (self !== undefined) streams.delete(self);
+      },
+    });
+    return new Response(body, {
+      headers: { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" },
+    });
+  };
+
+  const deviceDetail = async (fleet: string, device: string): Promise<Response> => {
+    const d = await store.device(fleet, device);
+    if (d === undefined) return notFound(`device ${fleet}/${device}`);
+    const [history, reports, jobs, models] = await Promise.all([
+      store.statusHistory(fleet, device, 50),
+      store.reports(fleet, device, 200),
+      store.jobs(fleet, device, 50),
+      store.modelHistory(fleet, device, 50),
+    ]);
+    return json({
+      device: deviceSummary(d),
+      history,
+      models: markModelChanges(models, reports),
+      reports: reports.map(summarizeReport),
+      jobs: jobs.map(jobSummary),
+    });
+  };
+
+  const get = async (url: URL, who: Principal, parts: string[]): Promise<Response> => {
+    if (parts.length === 0) {
+      return new Response(DASHBOARD_HTML, {
+        headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
+      });
+    }
+    if (parts[0] !== "api") return notFound(url.pathname);
+    const [, what, fleet, device, sub, id] = parts;
+    if (parts.length === 2) {
+      switch (what) {
+        case "session":
+          return json(session(who));
+        case "stats":
+          return json(controller.stats());
+        case "releases":
+          // Listings without the manifests' bytes: those are on /releases/{id}.
+          return json((await store.releases()).map(({ manifest: _m, ...r }) => r));
+        case "events":
+          return events();
+        case "enrolments": {
+          const state = url.searchParams.get("state");
+          return json(
+            await store.enrolments(state === "pending" || state === "enrolled" ? state : undefined),
+          );
+        }
+        case "overview":
+        case "devices": {
+          const state = url.searchParams.get("state");
+          if (state !== null && !(DEVICE_STATES as readonly string[]).includes(state)) {
+            throw new QuantdError("REQUEST_INVALID", `state must be one of ${DEVICE_STATES.join(", ")}`);
+          }
+          const view = await overview(store, url.searchParams.get("fleet") ?? undefined, state, Date.now());
+          return json(what === "devices" ? view.devices : view);
+        }
+      }
+      return notFound(url.pathname);
+    }
+    if (what !== "devices" || fleet === undefined || device === undefined) return notFound(url.pathname);
+    if (parts.length === 4) return await deviceDetail(fleet, device);
+    if (parts.length === 6 && sub === "reports" && id !== undefined) {
+      const r = await store.report(fleet, device, id);
+      if (r === undefined) return notFound(`report ${id} of ${fleet}/${device}`);
+      return json({ ...r, figures: reportFigures(r.result) });
+    }
+    if (parts.length === 5 && sub === "telemetry") {
+      const since = Number(url.searchParams.get("since") ?? Date.now() - 3600_000);
+      return json(await store.telemetry(fleet, device, Number.isFinite(since) ? since : 0, 5000));
+    }
+    return notFound(url.pathname);
   };
 
   const server = Bun.serve({
     hostname: host,
     port,
     idleTimeout: 0,
+    ...(tls === undefined ? {} : { tls }),
     async fetch(req) {
       const url = new URL(req.url);
-      if (req.method === "POST") return await post(req, url);
-      if (req.method !== "GET") return json({ error: { code: "REQUEST_INVALID", message: "GET only" } }, 405);
       try {
         const parts = url.pathname
           .split("/")
           .filter((p) => p !== "")
           .map(decodeURIComponent);
-        if (parts.length === 0) {
-          return new Response(DASHBOARD_HTML, { headers: { "content-type": "text/html; charset=utf-8" } });
+        if (parts.length === 1 && parts[0] === "login") {
+          if (req.method === "POST") return await login(req);
+          return new Response(loginPage(auth.required), {
+            headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
+          });
         }
-        const release = await serveRelease(store, options.releasesDir, parts, req);
+        // Signed, content-addressed release files for devices, which have no dashboard login
+        // (see release-routes.ts): served before the operator's authentication.
+        const release =
+          req.method === "GET" ? await serveRelease(store, options.releasesDir, parts, req) : undefined;
         if (release !== undefined) return release;
-        if (parts[0] !== "api") return notFound(url.pathname);
-        if (parts[1] === "releases" && parts.length === 2) {
-          // Listings without the manifests' bytes: those are on /releases/{id}.
-          return json((await store.releases()).map(({ manifest: _m, ...r }) => r));
-        }
-        if (parts[1] === "stats" && parts.length === 2) return json(controller.stats());
-        if (parts[1] === "enrolments" && parts.length === 2) {
-          const state = url.searchParams.get("state");
+        const who = auth.identify(req);
+        if (who === undefined) {
+          if (req.method === "GET" && parts[0] !== "api" && auth.required) {
+            return new Response(null, { status: 303, headers: { location: "/login" } });
+          }
           return json(
-            await store.enrolments(state === "pending" || state === "enrolled" ? state : undefined),
+            {
+              error: new QuantdError(
+                "COMMAND_UNAUTHORIZED",
+                auth.required
+                  ? "log in first (/login) or send Authorization: Bearer TOKEN"
+                  : "this dashboard answers loopback host names only",
+              ).toJSON(),
+            },
+            auth.required ? 401 : 403,
           );
         }
-        if (parts[1] === "events" && parts.length === 2) {
-          let self: ReadableStreamDefaultController<Uint8Array> | undefined;
-          const body = new ReadableStream<Uint8Array>({
-            start(c) {
-              self = c;
-              streams.add(c);
-              c.enqueue(encoder.encode(": connected\n\n"));
-            },
-            cancel() {
-              if (self !== undefined) streams.delete(self);
-            },
-          });
-          return new Response(body, {
-            headers: {
-              "content-type": "text/event-stream",
-              "cache-control": "no-store",
-              connection: "keep-alive",
-            },
-          });
-        }
-        if (parts[1] !== "devices") return notFound(url.pathname);
-        if (parts.length === 2) {
-          const fleet = url.searchParams.get("fleet") ?? undefined;
-          const devices = await store.devices(fleet);
-          return json(devices.map(deviceSummary));
-        }
-        const [fleet, device] = [parts[2], parts[3]];
-        if (fleet === undefined || device === undefined) return notFound(url.pathname);
-        if (parts.length === 4) {
-          const d = await store.device(fleet, device);
-          if (d === undefined) return notFound(`device ${fleet}/${device}`);
-          const [history, reports, jobs] = await Promise.all([
-            store.statusHistory(fleet, device, 50),
-            store.reports(fleet, device, 200),
-            store.jobs(fleet, device, 50),
-          ]);
-          return json({
-            device: deviceSummary(d),
-            history,
-            reports: reports.map(summarizeReport),
-            // A job's result is its report's: served whole on the report's own route.
-            jobs: jobs.map(({ result: _result, ...j }) => j),
-          });
-        }
-        if (parts.length === 6 && parts[4] === "reports") {
-          const r = await store.report(fleet, device, parts[5]!);
-          if (r === undefined) return notFound(`report ${parts[5]} of ${fleet}/${device}`);
-          return json({ ...r, figures: reportFigures(r.result) });
-        }
-        if (parts.length === 5 && parts[4] === "telemetry") {
-          const since = Number(url.searchParams.get("since") ?? Date.now() - 3600_000);
-          return json(await store.telemetry(fleet, device, Number.isFinite(since) ? since : 0, 5000));
-        }
-        return notFound(url.pathname);
+        if (req.method === "POST") return await post(req, who, parts);
+        if (req.method !== "GET")
+          return json({ error: { code: "REQUEST_INVALID", message: "GET or POST only" } }, 405);
+        return await get(url, who, parts);
       } catch (err) {
         if (err instanceof URIError) return notFound(url.pathname);
-        return json({ error: QuantdError.from(err).toJSON() }, 500);
+        return errorResponse(err);
       }
     },
   });
   const bound = server.port ?? port;
   return {
-    url: `http://${host.includes(":") ? `[${host}]` : host}:${bound}/`,
+    url: `${tls === undefined ? "http" : "https"}://${host.includes(":") ? `[${host}]` : host}:${bound}/`,
     port: bound,
     stop() {
       clearInterval(pushTimer);
