@@ -192,6 +192,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     onBatch: (size, ms) => {
       metrics?.batchSize.observe(size);
       metrics?.batchDuration.observe(ms / 1000);
+      metrics?.recentBatchMs.add(ms);
       heap.afterBatch();
     },
   });

@@ -8,6 +8,7 @@
 import type { DriftMonitor } from "./drift.ts";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { percentile } from "../bench/stats.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/config.ts";
 import type { FleetCommandHandler } from "../fleet/handler.ts";
@@ -51,36 +52,72 @@ function cpuTempC(): number | undefined {
   }
 }
 
-/** The bucket upper bound below which `q` of the observations fall (a histogram quantile, in the histogram's unit). */
-function quantile(buckets: { le: number; count: number }[], total: number, q: number): number | undefined {
-  if (total <= 0) return undefined;
-  const rank = q * total;
-  for (const b of buckets) if (b.count >= rank) return b.le;
-  return buckets.at(-1)?.le;
+/** Where this process's cgroup v2 files are (systemd's MemoryMax= lands in its memory.max), or undefined. */
+function cgroupDir(): string | undefined {
+  try {
+    const line = readFileSync("/proc/self/cgroup", "utf8")
+      .split("\n")
+      .find((l) => l.startsWith("0::"));
+    return line === undefined ? undefined : join("/sys/fs/cgroup", line.slice(3).trim());
+  } catch {
+    return undefined;
+  }
 }
 
-/** Telemetry since the previous call: request rate and batch latency percentiles from the metrics, RSS, CPU temperature. */
+/**
+ * The memory this process may use: its cgroup's memory.max (MemoryMax= of
+ * the systemd unit), else the board's physical memory; undefined when neither
+ * can be read.
+ */
+function memoryLimitBytes(dir: string | undefined): number | undefined {
+  if (dir !== undefined) {
+    try {
+      const raw = readFileSync(join(dir, "memory.max"), "utf8").trim();
+      const v = Number(raw);
+      if (raw !== "max" && Number.isFinite(v) && v > 0) return v;
+    } catch {
+      // No cgroup v2 memory controller here: fall back to physical memory.
+    }
+  }
+  try {
+    const m = /^MemTotal:\s+(\d+)\s+kB/m.exec(readFileSync("/proc/meminfo", "utf8"));
+    return m === null ? undefined : Number(m[1]) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Telemetry since the previous call: request rate, batch latency percentiles
+ * (computed from the batch times of the interval, not from histogram bucket
+ * bounds, which would read 5 ms for anything between 2.5 and 5 ms), RSS and
+ * the memory limit, CPU temperature.
+ */
 function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "at"> {
-  let last = { at: performance.now(), texts: 0, buckets: [] as { le: number; count: number }[], count: 0 };
+  let last = { at: performance.now(), texts: 0 };
+  const cgroup = cgroupDir();
+  // A previous interval's batches belong to no sample: start from now.
+  parts.metrics.recentBatchMs.drain();
   return () => {
     const now = performance.now();
     const size = parts.metrics.batchSize.snapshot();
-    const dur = parts.metrics.batchDuration.snapshot();
-    const delta = dur.buckets.map((b, i) => ({ le: b.le, count: b.count - (last.buckets[i]?.count ?? 0) }));
-    const n = dur.count - last.count;
+    const batches = parts.metrics.recentBatchMs.drain().values;
     const seconds = Math.max(1e-3, (now - last.at) / 1000);
+    const limit = memoryLimitBytes(cgroup);
     const sample: Omit<TelemetrySample, "at"> = {
       requestRate: (size.sum - last.texts) / seconds,
       rssBytes: process.memoryUsage().rss,
+      ...(limit === undefined ? {} : { memoryLimitBytes: limit }),
       queueDepth: parts.batcher.depth,
       // The `process_*` figures of /metrics, for boards no scraper reaches.
       process: readProcessFigures(),
     };
-    const p50 = quantile(delta, n, 0.5);
-    const p95 = quantile(delta, n, 0.95);
-    const p99 = quantile(delta, n, 0.99);
-    if (p50 !== undefined && p95 !== undefined && p99 !== undefined) {
-      sample.latencyMs = { p50: p50 * 1000, p95: p95 * 1000, p99: p99 * 1000 };
+    if (batches.length > 0) {
+      sample.latencyMs = {
+        p50: percentile(batches, 50),
+        p95: percentile(batches, 95),
+        p99: percentile(batches, 99),
+      };
     }
     const temp = cpuTempC();
     if (temp !== undefined) sample.cpuTempC = temp;
@@ -95,7 +132,7 @@ function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "
         ...(drift.coverage !== undefined ? { coveredTokens: drift.coverage.maxTokens } : {}),
       };
     }
-    last = { at: now, texts: size.sum, buckets: dur.buckets, count: dur.count };
+    last = { at: now, texts: size.sum };
     return sample;
   };
 }

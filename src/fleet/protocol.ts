@@ -160,8 +160,11 @@ export interface TelemetrySample {
   at: number;
   /** Requests per second over the interval. */
   requestRate?: number;
+  /** Percentiles of the interval's batch times, in ms (absent when no batch ran). */
   latencyMs?: { p50: number; p95: number; p99: number };
   rssBytes?: number;
+  /** The memory the agent may use: its cgroup's memory.max (systemd MemoryMax=), else physical memory. */
+  memoryLimitBytes?: number;
   cpuTempC?: number;
   [key: string]: unknown;
 }

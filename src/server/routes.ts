@@ -16,6 +16,7 @@ import type { MicroBatcher } from "./batcher.ts";
 import { Counter, Gauge, Histogram, MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
 import { statusFor } from "./status.ts";
 import type { BatchResult, InferenceBackend, RegistryAdmin } from "./types.ts";
+import { RecentValues } from "./recent-values.ts";
 
 /** Which listener a request came in on. */
 export type Listener = "unix" | "tcp";
@@ -55,6 +56,8 @@ export class ServerMetrics {
   readonly latency: Histogram;
   readonly batchSize: Histogram;
   readonly batchDuration: Histogram;
+  /** Batch times (ms) since fleet telemetry last looked: its p50/p95/p99 are computed from these. */
+  readonly recentBatchMs = new RecentValues();
   readonly swaps: Counter;
   readonly rollbacks: Counter;
   readonly storeWritesDropped: Counter;

@@ -171,29 +171,37 @@ export interface MarkedModelChange extends ModelChange {
 const CAUSE_WINDOW_MS = 120_000;
 
 /**
- * Marks each model change (newest first) with the job that caused it: the
- * closest report within {@link CAUSE_WINDOW_MS} that promoted a candidate or
- * rolled back.
+ * Marks each model change (newest first) with the job that caused it: a
+ * report that promoted a candidate or rolled back explains the one change
+ * closest to it, within {@link CAUSE_WINDOW_MS}.
  */
 export function markModelChanges(
   changes: readonly ModelChange[],
   reports: readonly ReportMessage[],
 ): MarkedModelChange[] {
-  const causes = reports.filter(
-    (r) =>
-      r.state === "SUCCEEDED" &&
-      typeof r.finishedAt === "number" &&
-      (r.type === "rollback" || (isRecord(r.result) && r.result.decision === "promoted")),
-  );
-  return changes.map((c, i) => {
-    let best: ReportMessage | undefined;
-    for (const r of causes) {
-      const gap = Math.abs((r.finishedAt ?? 0) - c.at);
-      if (gap <= CAUSE_WINDOW_MS && (best === undefined || gap < Math.abs((best.finishedAt ?? 0) - c.at)))
-        best = r;
+  const explained = new Map<number, { report: ReportMessage; gap: number }>();
+  for (const r of reports) {
+    if (r.state !== "SUCCEEDED" || typeof r.finishedAt !== "number") continue;
+    if (r.type !== "rollback" && !(isRecord(r.result) && r.result.decision === "promoted")) continue;
+    let closest = -1;
+    for (let i = 0; i < changes.length; i++) {
+      const gap = Math.abs(r.finishedAt - changes[i]!.at);
+      if (gap <= CAUSE_WINDOW_MS && (closest < 0 || gap < Math.abs(r.finishedAt - changes[closest]!.at)))
+        closest = i;
     }
-    if (best !== undefined) {
-      return { ...c, marker: best.type === "rollback" ? "rollback" : "promoted", jobId: String(best.jobId) };
+    if (closest < 0) continue;
+    const gap = Math.abs(r.finishedAt - changes[closest]!.at);
+    const held = explained.get(closest);
+    if (held === undefined || gap < held.gap) explained.set(closest, { report: r, gap });
+  }
+  return changes.map((c, i) => {
+    const cause = explained.get(i)?.report;
+    if (cause !== undefined) {
+      return {
+        ...c,
+        marker: cause.type === "rollback" ? "rollback" : "promoted",
+        jobId: String(cause.jobId),
+      };
     }
     return { ...c, marker: i === changes.length - 1 ? "first" : "changed" };
   });
