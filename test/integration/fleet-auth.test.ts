@@ -352,9 +352,12 @@ describe.skipIf(!hasMosquitto)("fleet authorization", () => {
       const url = `${dashboard.url}api/enrolments/lab/newcomer/confirm`;
       const post = (headers: Record<string, string>, publicKey: string) =>
         fetch(url, { method: "POST", headers, body: JSON.stringify({ publicKey }) });
-      expect((await post({}, link.publicKey)).status).toBe(400);
-      expect((await post({ "x-quantd-confirm": "1" }, generateSigningKey().key.publicKey)).status).toBe(404);
-      expect((await post({ "x-quantd-confirm": "1" }, link.publicKey)).status).toBe(200);
+      // Writes carry the dashboard's CSRF token (from /api/session, which another origin cannot read).
+      const { csrf } = (await (await fetch(`${dashboard.url}api/session`)).json()) as { csrf: string };
+      expect((await post({}, link.publicKey)).status).toBe(403);
+      expect((await post({ "x-quantd-csrf": "guess" }, link.publicKey)).status).toBe(403);
+      expect((await post({ "x-quantd-csrf": csrf }, generateSigningKey().key.publicKey)).status).toBe(404);
+      expect((await post({ "x-quantd-csrf": csrf }, link.publicKey)).status).toBe(200);
       expect((await store.enrolment("lab", "newcomer"))?.state).toBe("enrolled");
 
       // A status presenting another key for an enrolled device changes nothing.

@@ -7,7 +7,7 @@
  * and its live event stream answer.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { QuantdError } from "../../src/errors.ts";
@@ -22,6 +22,7 @@ import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { enroll, newDeviceKey, OPERATOR_KEY_FILE, OPERATOR_KEYS } from "../helpers/fleet-keys.ts";
 import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
+import { hasOpenssl, makePki } from "../helpers/pki.ts";
 import { until } from "../helpers/until.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
@@ -304,10 +305,83 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     await reader.cancel();
     expect(text).toContain("event: changed");
     expect(text).toMatch(/"devices":\["lab\/pi-[12]"/);
-    expect(() => parseHttpAddress("0.0.0.0:8080")).toThrow(
-      expect.objectContaining({ code: "CONFIG_INVALID" }),
+    expect(parseHttpAddress("0.0.0.0:8080")).toEqual({ host: "0.0.0.0", port: 8080, loopback: false });
+    expect(parseHttpAddress("[::1]:80")).toEqual({ host: "::1", port: 80, loopback: true });
+    expect(() => parseHttpAddress("8080")).toThrow(expect.objectContaining({ code: "CONFIG_INVALID" }));
+    // Not loopback: credentials, then TLS (or a reverse proxy) are required.
+    expect(() => startDashboard(controller, "0.0.0.0:0")).toThrow(/needs credentials/);
+    expect(() => startDashboard(controller, "0.0.0.0:0", { credentials: { token: "t" } })).toThrow(
+      /needs TLS/,
     );
   });
+
+  test.skipIf(!hasOpenssl)(
+    "off loopback the dashboard needs credentials and TLS: HTTPS from a certificate file, or a reverse proxy",
+    async () => {
+      const pki = mkdtempSync(join(tmpdir(), "quantd-dash-pki-"));
+      makePki(pki, []);
+      const secured = startDashboard(controller, "0.0.0.0:0", {
+        credentials: { token: "s3cret-token" },
+        tls: { certFile: join(pki, "server.pem"), keyFile: join(pki, "server.key") },
+      });
+      try {
+        expect(secured.url).toBe(`https://0.0.0.0:${secured.port}/`);
+        const url = `https://127.0.0.1:${secured.port}/`;
+        const tls = { ca: readFileSync(join(pki, "ca.pem"), "utf8") };
+        expect((await fetch(`${url}api/overview`, { tls })).status).toBe(401);
+        const page = await fetch(url, { tls, redirect: "manual" });
+        expect([page.status, page.headers.get("location")]).toEqual([303, "/login"]);
+        const bearer = await fetch(`${url}api/overview`, {
+          tls,
+          headers: { authorization: "Bearer s3cret-token" },
+        });
+        expect(bearer.status).toBe(200);
+        const form = { "content-type": "application/x-www-form-urlencoded" };
+        const login = await fetch(`${url}login`, {
+          method: "POST",
+          tls,
+          redirect: "manual",
+          headers: form,
+          body: "token=s3cret-token",
+        });
+        expect(login.status).toBe(303);
+        expect(login.headers.get("set-cookie")).toMatch(
+          /^quantd_session=[\w-]+; Path=\/; HttpOnly; SameSite=Strict; Secure;/,
+        );
+        // A login posted from another origin's page is refused.
+        const cross = await fetch(`${url}login`, {
+          method: "POST",
+          tls,
+          redirect: "manual",
+          headers: { ...form, origin: "https://evil.example" },
+          body: "token=s3cret-token",
+        });
+        expect(cross.status).toBe(403);
+      } finally {
+        secured.stop();
+        rmSync(pki, { recursive: true, force: true });
+      }
+      // Behind a reverse proxy that terminates TLS: plain HTTP here, Secure cookies for the proxy's HTTPS.
+      const proxied = startDashboard(controller, "0.0.0.0:0", {
+        credentials: { user: { name: "ops", password: "pw" } },
+        behindProxy: true,
+      });
+      try {
+        const login = await fetch(`http://127.0.0.1:${proxied.port}/login`, {
+          method: "POST",
+          redirect: "manual",
+          headers: { "content-type": "application/x-www-form-urlencoded" },
+          body: "username=ops&password=pw",
+        });
+        expect(login.headers.get("set-cookie")).toContain("; Secure;");
+        const cookie = (login.headers.get("set-cookie") ?? "").split(";")[0] ?? "";
+        const session = await fetch(`http://127.0.0.1:${proxied.port}/api/session`, { headers: { cookie } });
+        expect(((await session.json()) as { user: string }).user).toBe("ops");
+      } finally {
+        proxied.stop();
+      }
+    },
+  );
 
   test("malformed device messages are counted and skipped; nothing reaches the store; bad URLs are 404", async () => {
     const rogue = await connectMqttOnce({ url: broker.url, clientId: "rogue" });

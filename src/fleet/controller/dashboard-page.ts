@@ -123,7 +123,11 @@ const fmtPct = (v) => (typeof v === "number" ? (v * 100).toFixed(1) + " %" : "�
 const fmtMem = (v) => (typeof v === "number" ? (v / 1048576).toFixed(0) + " MiB" : "–");
 const pad2 = (n) => String(n).padStart(2, "0");
 const clock = (t, seconds) => { const d = new Date(t); return pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + (seconds ? ":" + pad2(d.getSeconds()) : ""); };
-const stamp = (t) => (typeof t === "number" && t > 0 ? new Date(t).toLocaleString() : "–");
+const stamp = (t) => {
+  if (typeof t !== "number" || t <= 0) return "–";
+  const d = new Date(t);
+  return d.getFullYear() + "-" + pad2(d.getMonth() + 1) + "-" + pad2(d.getDate()) + " " + clock(t, true);
+};
 const ago = (t) => {
   if (typeof t !== "number") return "–";
   const s = Math.max(0, Math.round((Date.now() - t) / 1000));
@@ -313,7 +317,7 @@ function drawChart(svg, series, opts) {
   if (points.length === 0) { el("text", { x: 10, y: 20 }, opts.empty || "no data yet"); return; }
   const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
   let x0 = Math.min(...xs), x1 = Math.max(...xs);
-  if (x1 - x0 < 60000) { const mid = (x0 + x1) / 2; x0 = mid - 30000; x1 = mid + 30000; }
+  if (x1 - x0 < 10000) { const mid = (x0 + x1) / 2; x0 = mid - 5000; x1 = mid + 5000; }
   let y0 = Math.min(...ys), y1 = Math.max(...ys);
   if (opts.yMin !== undefined) y0 = Math.min(y0, opts.yMin);
   // A flat series gets a visible range around it, so its axis does not read "100 %" at both ends.
@@ -334,7 +338,7 @@ function drawChart(svg, series, opts) {
   el("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" });
   el("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" });
   const span = x1 - x0;
-  const tstep = [10e3, 30e3, 60e3, 300e3, 600e3, 1800e3, 3600e3, 6 * 3600e3, 86400e3, 7 * 86400e3].find((s) => span / s <= 6) || 30 * 86400e3;
+  const tstep = [1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 300e3, 600e3, 1800e3, 3600e3, 6 * 3600e3, 86400e3, 7 * 86400e3].find((s) => span / s <= 6) || 30 * 86400e3;
   const seconds = tstep < 60e3;
   for (let t = Math.ceil(x0 / tstep) * tstep; t <= x1; t += tstep) {
     el("line", { x1: sx(t), x2: sx(t), y1: H - B, y2: H - B + 4, class: "axis" });

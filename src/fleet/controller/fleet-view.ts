@@ -83,7 +83,8 @@ export function fleetAlerts(
     }
     const rss = d.lastTelemetry?.rssBytes;
     const limit = memoryLimit(d);
-    if (typeof rss === "number" && limit !== undefined && rss >= MEMORY_ALERT_SHARE * limit) {
+    // An offline device's last sample says nothing of its memory now.
+    if (d.online && typeof rss === "number" && limit !== undefined && rss >= MEMORY_ALERT_SHARE * limit) {
       alerts.push({
         kind: "memory",
         fleet: d.fleet,

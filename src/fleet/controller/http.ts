@@ -156,14 +156,40 @@ function jobSummary(j: JobRecord): Omit<JobRecord, "result"> & {
   return { ...rest, figures: reportFigures(result), stageMs, ...(reason === undefined ? {} : { reason }) };
 }
 
-function deviceSummary(d: DeviceRecord): Omit<DeviceRecord, "lastReport"> & {
-  lastReport: ReportSummary | null;
-  figures: ReportFigures;
-} {
-  return {
-    ...d,
-    lastReport: d.lastReport === null ? null : summarizeReport(d.lastReport),
-    figures: reportFigures(d.lastReport?.result),
+/** A device as listed: its last report summarized, and the figures of its latest report that had any. */
+function deviceSummary(
+  d: DeviceRecord,
+  figures: ReportFigures = reportFigures(d.lastReport?.result),
+): Omit<DeviceRecord, "lastReport"> & { lastReport: ReportSummary | null; figures: ReportFigures } {
+  return { ...d, lastReport: d.lastReport === null ? null : summarizeReport(d.lastReport), figures };
+}
+
+/** How many of a device's reports are searched for its latest figures. */
+const FIGURES_LOOKBACK = 20;
+
+const FIGURE_KEYS = ["int8P50Ms", "fp32P50Ms", "agreement", "accuracy"] as const;
+
+/**
+ * Each figure from the device's latest report that had it: a bench or a
+ * rollback after a recalibration must not blank the table's agreement (nor
+ * a recalibration the bench's latency). Looked up once per device and last
+ * report, then cached.
+ */
+function createFiguresCache(store: FleetStore): (d: DeviceRecord) => Promise<ReportFigures> {
+  const cache = new Map<string, { reportId: string; figures: ReportFigures }>();
+  return async (d) => {
+    const own = reportFigures(d.lastReport?.result);
+    if (d.lastReport === null || FIGURE_KEYS.every((k) => own[k] !== undefined)) return own;
+    const key = `${d.fleet}/${d.device}`;
+    const hit = cache.get(key);
+    if (hit?.reportId === d.lastReport.id) return hit.figures;
+    const figures: ReportFigures = { ...own };
+    for (const r of await store.reports(d.fleet, d.device, FIGURES_LOOKBACK)) {
+      const f = reportFigures(r.result);
+      for (const k of FIGURE_KEYS) if (figures[k] === undefined && f[k] !== undefined) figures[k] = f[k];
+    }
+    cache.set(key, { reportId: d.lastReport.id, figures });
+    return figures;
   };
 }
 
@@ -266,8 +292,16 @@ function parseTargets(v: unknown): ActionTarget[] {
 }
 
 /** Devices with figures, filtered by fleet and state, with the fleet's aggregates and alerts. */
-async function overview(store: FleetStore, fleet: string | undefined, state: string | null, now: number) {
+async function overview(
+  store: FleetStore,
+  latestFigures: (d: DeviceRecord) => Promise<ReportFigures>,
+  fleet: string | undefined,
+  state: string | null,
+  now: number,
+) {
   const all = await store.devices(fleet);
+  const figures = new Map<DeviceRecord, ReportFigures>();
+  for (const d of all) figures.set(d, await latestFigures(d));
   const jobs = await recentJobs(store, all);
   const alerts = fleetAlerts(all, jobs, now);
   const alerting = new Set(alerts.map((a) => `${a.fleet}/${a.device}`));
@@ -275,9 +309,9 @@ async function overview(store: FleetStore, fleet: string | undefined, state: str
   const fleets = fleet === undefined ? [...new Set(all.map((d) => d.fleet))] : [fleet];
   return {
     fleets,
-    aggregates: fleetAggregates(all, (d) => reportFigures(d.lastReport?.result)),
+    aggregates: fleetAggregates(all, (d) => figures.get(d) ?? {}),
     alerts,
-    devices: devices.map(deviceSummary),
+    devices: devices.map((d) => deviceSummary(d, figures.get(d))),
   };
 }
 
@@ -302,6 +336,7 @@ export function startDashboard(
   const log = options.log ?? (() => {});
   const commands = options.commands;
   const store = controller.store;
+  const latestFigures = createFiguresCache(store);
   const streams = new Set<ReadableStreamDefaultController<Uint8Array>>();
   const encoder = new TextEncoder();
   let changed = new Set<string>();
@@ -429,7 +464,7 @@ export function startDashboard(
       store.modelHistory(fleet, device, 50),
     ]);
     return json({
-      device: deviceSummary(d),
+      device: deviceSummary(d, await latestFigures(d)),
       history,
       models: markModelChanges(models, reports),
       reports: reports.map(summarizeReport),
@@ -468,7 +503,13 @@ export function startDashboard(
           if (state !== null && !(DEVICE_STATES as readonly string[]).includes(state)) {
             throw new QuantdError("REQUEST_INVALID", `state must be one of ${DEVICE_STATES.join(", ")}`);
           }
-          const view = await overview(store, url.searchParams.get("fleet") ?? undefined, state, Date.now());
+          const view = await overview(
+            store,
+            latestFigures,
+            url.searchParams.get("fleet") ?? undefined,
+            state,
+            Date.now(),
+          );
           return json(what === "devices" ? view.devices : view);
         }
       }
