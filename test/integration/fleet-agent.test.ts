@@ -128,6 +128,11 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     expect(proc?.["residentBytes"]).toBeGreaterThan(50 * 1048576);
     expect(proc?.["openFds"]).toBeGreaterThan(3);
     expect(Math.abs(proc!["startTimeSeconds"]! - (Date.now() / 1000 - process.uptime()))).toBeLessThan(5);
+    // Live input lengths against the serving model's calibration (the fp32 model has none: nothing outside).
+    const drift = busy?.["drift"] as Record<string, number> | undefined;
+    expect(drift?.["inputs"]).toBeGreaterThan(0);
+    expect(drift?.["outOfCoverage"]).toBe(0);
+    expect(drift?.["longestTokens"]).toBeGreaterThanOrEqual(4);
     expect(seen[0]?.samples.length).toBe(10);
     expect(seen[0]?.outbox).toMatchObject({ dropped: 0 });
   }, 30_000);
