@@ -94,7 +94,12 @@ function memoryLimitBytes(dir: string | undefined): number | undefined {
  * the memory limit, CPU temperature.
  */
 function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "at"> {
-  let last = { at: performance.now(), texts: 0 };
+  let last = {
+    at: performance.now(),
+    texts: 0,
+    requests: parts.metrics.requests.total(),
+    errors: parts.metrics.errors.total(),
+  };
   const cgroup = cgroupDir();
   // A previous interval's batches belong to no sample: start from now.
   parts.metrics.recentBatchMs.drain();
@@ -109,6 +114,9 @@ function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "
       rssBytes: process.memoryUsage().rss,
       ...(limit === undefined ? {} : { memoryLimitBytes: limit }),
       queueDepth: parts.batcher.depth,
+      // Requests and failed requests over the interval: a rollout's error-rate gate reads them.
+      requests: parts.metrics.requests.total() - last.requests,
+      errors: parts.metrics.errors.total() - last.errors,
       // The `process_*` figures of /metrics, for boards no scraper reaches.
       process: readProcessFigures(),
     };
@@ -132,7 +140,12 @@ function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "
         ...(drift.coverage !== undefined ? { coveredTokens: drift.coverage.maxTokens } : {}),
       };
     }
-    last = { at: now, texts: size.sum };
+    last = {
+      at: now,
+      texts: size.sum,
+      requests: parts.metrics.requests.total(),
+      errors: parts.metrics.errors.total(),
+    };
     return sample;
   };
 }

@@ -55,6 +55,13 @@ export class Counter implements Metric {
     return this.#values.get(labelText(labels))?.value ?? 0;
   }
 
+  /** Sum over every series. */
+  total(): number {
+    let sum = 0;
+    for (const { value } of this.#values.values()) sum += value;
+    return sum;
+  }
+
   render(out: string[]): void {
     out.push(`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`);
     for (const { labels, value } of this.#values.values()) {

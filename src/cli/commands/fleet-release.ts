@@ -2,15 +2,30 @@
  * `quantd fleet release create DIR | list`: packs an fp32 model directory into
  * a signed, content-addressed release in the controller's store (metadata in
  * its database, files under `--releases-dir`), which `quantd fleet serve`
- * serves to devices over HTTP.
+ * serves to devices over HTTP. `quantd fleet rollout start|status|pause|
+ * resume|abort`: rollouts live in the same store, where every controller
+ * replica's engine picks them up.
  */
 import type { FleetStore } from "../../fleet/controller/store.ts";
+import { QuantdError } from "../../errors.ts";
 import { publishRelease } from "../../fleet/controller/release-routes.ts";
+import {
+  changeRollout,
+  createRollout,
+  DEFAULT_PENDING_EXPIRY_MS,
+  DEFAULT_SOAK_MS,
+  DEFAULT_WAVES,
+  findRollout,
+  parseDuration,
+  parseGate,
+  parseWaves,
+  type Rollout,
+} from "../../fleet/controller/rollout.ts";
 import { buildRelease, releaseBytes } from "../../fleet/release.ts";
 import { readSigningKey, type SigningKey } from "../../fleet/signing.ts";
 import { redactUrl } from "../../redact.ts";
 import type { CommandContext } from "../command.ts";
-import { flagBool, flagString, usageError } from "../parse.ts";
+import { flagBool, flagInt, flagString, usageError } from "../parse.ts";
 import { renderTable } from "../render.ts";
 
 /** Default directory of release files (beside the default database). */
@@ -96,4 +111,109 @@ export async function releaseCommand(
     }
   }
   throw usageError("quantd fleet release needs create DIR or list");
+}
+
+/** One line per wave and device of a rollout, for `rollout status`. */
+function describeRollout(r: Rollout): string[] {
+  const b = r.body;
+  const lines = [
+    `rollout ${r.id}: release ${b.releaseVersion} (${r.release.slice(0, 16)}) on fleet ${r.fleet}: ${r.state}` +
+      (b.haltReason !== undefined ? ` — ${b.haltReason}` : ""),
+  ];
+  const rows: string[][] = [
+    ["wave", "device", "state", "agreement", "latency ratio", "error rate", "reason"],
+  ];
+  const pct = (v: number | undefined): string => (v === undefined ? "-" : `${(v * 100).toFixed(2)} %`);
+  const fix = (v: number | undefined, n: number): string => (v === undefined ? "-" : v.toFixed(n));
+  b.waves.forEach((w, i) => {
+    for (const name of w.devices) {
+      const d = b.devices[name]!;
+      const f = d.figures ?? {};
+      rows.push([
+        `${i + 1} ${w.state}`,
+        name,
+        d.state,
+        pct(f.agreement),
+        fix(f.telemetryLatencyRatio ?? f.latencyRatio, 3),
+        fix(f.errorRate, 4),
+        (d.reason ?? "").slice(0, 60),
+      ]);
+    }
+  });
+  return [...lines, ...renderTable(rows)];
+}
+
+/** Runs `quantd fleet rollout start|status|pause|resume|abort` against the controller's store. */
+export async function rolloutCommand(
+  ctx: CommandContext,
+  fleet: string,
+  openStore: (db: string) => Promise<FleetStore>,
+): Promise<number> {
+  const action = ctx.positionals[1];
+  const arg = ctx.positionals[2];
+  const store = await openStore(flagString(ctx.flags, "db") ?? "quantd-fleet.db");
+  const print = (r: Rollout): void => {
+    if (flagBool(ctx.flags, "json")) ctx.out(JSON.stringify(r));
+    else for (const line of describeRollout(r)) ctx.out(line);
+  };
+  try {
+    switch (action) {
+      case "start": {
+        if (arg === undefined) throw usageError("quantd fleet rollout start RELEASE --fleet NAME");
+        const release = await findRelease(store, arg);
+        const waves = flagString(ctx.flags, "waves");
+        const gate = flagString(ctx.flags, "gate");
+        const soak = flagString(ctx.flags, "soak");
+        const expiry = flagString(ctx.flags, "pending-expiry");
+        const samples = flagInt(ctx.flags, "samples", { min: 1, max: 10_000 });
+        const r = await createRollout(store, {
+          release,
+          fleet,
+          waves: waves === undefined ? [...DEFAULT_WAVES] : parseWaves(waves),
+          gate: gate === undefined ? {} : parseGate(gate),
+          soakMs: soak === undefined ? DEFAULT_SOAK_MS : parseDuration(soak, "soak"),
+          pendingExpiryMs:
+            expiry === undefined ? DEFAULT_PENDING_EXPIRY_MS : parseDuration(expiry, "pending-expiry"),
+          ...(samples !== undefined ? { samples } : {}),
+        });
+        ctx.err(
+          `rollout ${r.id} started; a controller with --key drives it (quantd fleet rollout status ${r.id})`,
+        );
+        print(r);
+        return 0;
+      }
+      case "status":
+        print(await findRollout(store, arg));
+        return 0;
+      case "pause":
+      case "resume":
+      case "abort":
+        if (arg === undefined) throw usageError(`quantd fleet rollout ${action} ID`);
+        print(await changeRollout(store, arg, action));
+        return 0;
+      default:
+        throw usageError(
+          "quantd fleet rollout needs start RELEASE, status [ID], pause ID, resume ID or abort ID",
+        );
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+/** A release by id, unique id prefix or version name. @throws NOT_FOUND */
+async function findRelease(store: FleetStore, what: string): Promise<string> {
+  const all = await store.releases(1000);
+  const hits = all.filter(
+    (r) => r.id === what || r.version === what || (what.length >= 6 && r.id.startsWith(what)),
+  );
+  if (hits.length !== 1) {
+    throw new QuantdError(
+      "NOT_FOUND",
+      hits.length === 0
+        ? `no release ${JSON.stringify(what)}`
+        : `${JSON.stringify(what)} names ${hits.length} releases; give the id`,
+    );
+  }
+  return hits[0]!.id;
 }

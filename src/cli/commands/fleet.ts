@@ -12,6 +12,7 @@ import {
   type DashboardCommands,
 } from "../../fleet/controller/dashboard-commands.ts";
 import { type DashboardOptions, startDashboard } from "../../fleet/controller/http.ts";
+import { type RolloutEngine, startRolloutEngine } from "../../fleet/controller/rollout.ts";
 import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
 import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from "../../fleet/mqtt-client.ts";
 import { readFleetStatus, runJobCommand } from "../../fleet/operations.ts";
@@ -31,7 +32,7 @@ import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
 import { renderTable } from "../render.ts";
 import { describeDeviceStatus, describeFleetOutcome } from "../summaries.ts";
-import { DEFAULT_RELEASES_DIR, releaseCommand } from "./fleet-release.ts";
+import { DEFAULT_RELEASES_DIR, releaseCommand, rolloutCommand } from "./fleet-release.ts";
 
 const SUBCOMMANDS = [
   "serve",
@@ -42,6 +43,7 @@ const SUBCOMMANDS = [
   "keygen",
   "enroll",
   "release",
+  "rollout",
 ] as const;
 type Sub = (typeof SUBCOMMANDS)[number];
 
@@ -282,6 +284,22 @@ async function serve(ctx: CommandContext): Promise<number> {
     `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${redactUrl(conn.url)}, db ${shownDb}` +
       (dashboard === undefined ? "" : `, dashboard ${dashboard.url}`),
   );
+  // Rollouts are driven by every replica that can sign commands (the store arbitrates between them).
+  const keyPath = flagString(ctx.flags, "key") ?? process.env.QUANTD_FLEET_KEY_FILE;
+  const releaseUrl = flagString(ctx.flags, "release-url") ?? dashboard?.url;
+  let rollouts: RolloutEngine | undefined;
+  if (keyPath !== undefined && keyPath !== "" && releaseUrl !== undefined) {
+    rollouts = startRolloutEngine({
+      store,
+      connect: { ...conn, clientId: `${controller.clientId}-rollouts` },
+      signer: readSigningKey(keyPath),
+      releaseUrl,
+      log: logger.line,
+    });
+    logger.info(`rollouts: driven by this controller; devices download releases from ${releaseUrl}`);
+  } else {
+    logger.info("rollouts: not driven here (needs --key to sign commands and --http or --release-url)");
+  }
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info(`${signal}: stopping`);
@@ -294,6 +312,7 @@ async function serve(ctx: CommandContext): Promise<number> {
     process.on("SIGTERM", onTerm);
     process.on("SIGINT", onInt);
   });
+  await rollouts?.stop();
   dashboard?.stop();
   await commands?.close();
   await controller.stop();
@@ -413,7 +432,7 @@ export const fleetCommand: Command = {
     "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll, release)",
   actions: SUBCOMMANDS,
   usage:
-    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list",
+    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list | rollout start RELEASE --fleet NAME [--waves 1,10,50,100%] [--gate agreement=99.5,latencyRatio=1.1,errorRate=0.01] [--soak 10m] | rollout status|pause|resume|abort ID",
   description:
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
@@ -440,7 +459,14 @@ export const fleetCommand: Command = {
     "(model.onnx, tokenizer and config files, an optional labelled validation.tsv) into a content-addressed release " +
     "(id: SHA-256 of its manifest, which lists each file's SHA-256 and size) signed by the release key; the files go " +
     "to --releases-dir, the manifest to --db, and serve's --http serves them to devices (GET /releases/ID, with range " +
-    "requests on /releases/ID/files/NAME). release list: the releases in --db.",
+    "requests on /releases/ID/files/NAME). release list: the releases in --db.\n\n" +
+    "rollout start RELEASE --fleet NAME: puts a release (id, id prefix or version) on the fleet's devices in waves " +
+    "(--waves, cumulative percentages, the first is the canary) with --db's controller: each device downloads, " +
+    "quantizes and checks it; a wave passes when every device that took it succeeded within --gate (agreement " +
+    "with the new fp32 in percent, latency ratio of the benchmark and of post-swap telemetry, post-swap error rate) " +
+    "and --soak passed; a breach halts the rollout and rolls that wave back. Devices offline in their wave get it on " +
+    "return until --pending-expiry. rollout status [ID] | pause ID | resume ID | abort ID. The controller (serve) " +
+    "drives rollouts when it has --key (the operator key the devices trust) and --http or --release-url.",
   flags: [
     ...CONNECTION_FLAGS,
     {
@@ -523,6 +549,40 @@ export const fleetCommand: Command = {
       default: "$QUANTD_RELEASE_KEY_FILE",
     },
     {
+      name: "waves",
+      type: "string",
+      value: "LIST",
+      description: "rollout start: wave sizes",
+      default: "1,10,50,100%",
+    },
+    {
+      name: "gate",
+      type: "string",
+      value: "LIST",
+      description: "rollout start: agreement=PERCENT,latencyRatio=RATIO,errorRate=FRACTION",
+    },
+    {
+      name: "soak",
+      type: "string",
+      value: "DURATION",
+      description: "rollout start: soak per wave",
+      default: "10m",
+    },
+    {
+      name: "pending-expiry",
+      type: "string",
+      value: "DURATION",
+      description: "rollout start: how long an offline device may still get the release",
+      default: "24h",
+    },
+    {
+      name: "release-url",
+      type: "string",
+      value: "URL",
+      description: "serve: the address devices download releases from",
+      default: "the --http address",
+    },
+    {
       name: "releases-dir",
       type: "string",
       value: "DIR",
@@ -567,6 +627,8 @@ export const fleetCommand: Command = {
         return await enroll(ctx);
       case "release":
         return await releaseCommand(ctx, openFleetStore);
+      case "rollout":
+        return await rolloutCommand(ctx, checkName(operatorFleet(ctx), "fleet"), openFleetStore);
     }
   },
 };
