@@ -211,6 +211,8 @@ export interface ReportFigures {
   int8P50Ms?: number;
   fp32P50Ms?: number;
   agreement?: number;
+  /** The agreement's lower confidence bound (the gate's figure), when the report carries it. */
+  agreementLower?: number;
   accuracy?: number;
   modelVersion?: string;
 }

@@ -120,6 +120,11 @@ const picked = new Set();
 let listed = [];
 const fmtMs = (v) => (typeof v === "number" ? v.toFixed(2) + " ms" : "–");
 const fmtPct = (v) => (typeof v === "number" ? (v * 100).toFixed(1) + " %" : "–");
+// The agreement with the gate's lower bound when the report has it: "99.8 % (≥ 99.3 %)".
+// Rounded down, as quantd prints it everywhere: a bound never reads above a gate it missed.
+const floorPct = (v) => (Math.floor(v * 1000 + 1e-7) / 10).toFixed(1) + " %";
+const fmtAgreement = (f) =>
+  fmtPct(f.agreement) + (typeof f.agreementLower === "number" ? " (≥ " + floorPct(f.agreementLower) + ")" : "");
 const fmtMem = (v) => (typeof v === "number" ? (v / 1048576).toFixed(0) + " MiB" : "–");
 const pad2 = (n) => String(n).padStart(2, "0");
 const clock = (t, seconds) => { const d = new Date(t); return pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + (seconds ? ":" + pad2(d.getSeconds()) : ""); };
@@ -237,7 +242,7 @@ async function loadDevices() {
     cell(tr, d.model ? d.model.kind : "–");
     cell(tr, fmtMs(d.figures.int8P50Ms), "num");
     cell(tr, fmtMs(d.figures.fp32P50Ms), "num");
-    cell(tr, fmtPct(d.figures.agreement), "num");
+    cell(tr, fmtAgreement(d.figures), "num");
     cell(tr, fmtMs(d.lastTelemetry && d.lastTelemetry.latencyMs ? d.lastTelemetry.latencyMs.p95 : undefined), "num");
     cell(tr, fmtMem(d.lastTelemetry ? d.lastTelemetry.rssBytes : undefined), "num");
     cell(tr, d.outbox ? d.outbox.queued + " / " + d.outbox.dropped + " dropped" : "–");
@@ -423,7 +428,7 @@ async function loadDetail() {
     cell(tr, j.type);
     cell(tr, j.state);
     cell(tr, j.stage || (j.state === "IN_PROGRESS" ? Math.round(j.progress * 100) + " %" : "–"));
-    cell(tr, fmtPct(j.figures.agreement), "num");
+    cell(tr, fmtAgreement(j.figures), "num");
     cell(tr, fmtMs(j.figures.int8P50Ms), "num");
     cell(tr, j.stageMs ? Object.entries(j.stageMs).map(([k, v]) => k + " " + (v / 1000).toFixed(1) + " s").join(", ") : "–");
     cell(tr, j.reason || "", "why");

@@ -102,6 +102,9 @@ export function reportFigures(result: unknown): ReportFigures {
   if (int8 !== undefined) out.int8P50Ms = int8;
   if (fp32 !== undefined) out.fp32P50Ms = fp32;
   if (agreement !== undefined) out.agreement = agreement;
+  // Only beside its own agreement: a bound from another report would describe another model.
+  const lower = num(r.agreement) === undefined ? num(obj(r.validation).agreementLower) : undefined;
+  if (agreement !== undefined && lower !== undefined) out.agreementLower = lower;
   if (accuracy !== undefined) out.accuracy = accuracy;
   if (typeof r.modelVersion === "string") out.modelVersion = r.modelVersion;
   else if (r.decision === "promoted" && typeof candidate.version === "number")
@@ -187,6 +190,13 @@ function createFiguresCache(store: FleetStore): (d: DeviceRecord) => Promise<Rep
     for (const r of await store.reports(d.fleet, d.device, FIGURES_LOOKBACK)) {
       const f = reportFigures(r.result);
       for (const k of FIGURE_KEYS) if (figures[k] === undefined && f[k] !== undefined) figures[k] = f[k];
+      // The bound travels with the agreement of the same report.
+      if (
+        figures.agreement === f.agreement &&
+        figures.agreementLower === undefined &&
+        f.agreementLower !== undefined
+      )
+        figures.agreementLower = f.agreementLower;
     }
     cache.set(key, { reportId: d.lastReport.id, figures });
     return figures;
