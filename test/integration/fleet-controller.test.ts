@@ -383,6 +383,24 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     },
   );
 
+  test("fleet serve refuses a non-loopback dashboard without credentials or TLS before it starts", async () => {
+    const serve = (extra: string[], env: Record<string, string> = {}) =>
+      runQuantd(["fleet", "serve", "--broker", broker.url, "--db", join(dir, "refused.db"), ...extra], {
+        env: { ...envWithoutQuantd(), ...env },
+      });
+    const bare = await serve(["--http", "0.0.0.0:0"]);
+    expect(bare.code).not.toBe(0);
+    expect(bare.stderr).toContain("CONFIG_INVALID: --http on 0.0.0.0 (not loopback) needs credentials");
+    const noTls = await serve(["--http", "0.0.0.0:0", "--http-token-env", "DASH_TOKEN"], { DASH_TOKEN: "t" });
+    expect(noTls.stderr).toContain(
+      "needs TLS: --http-cert FILE with --http-key FILE, or --http-behind-proxy",
+    );
+    const unset = await serve(["--http", "127.0.0.1:0", "--http-token-env", "DASH_NOPE"]);
+    expect(unset.stderr).toContain("--http-token-env: $DASH_NOPE is not set");
+    const half = await serve(["--http", "127.0.0.1:0", "--http-user", "ops"]);
+    expect(half.stderr).toContain("--http-user and --http-password-env go together");
+  });
+
   test("malformed device messages are counted and skipped; nothing reaches the store; bad URLs are 404", async () => {
     const rogue = await connectMqttOnce({ url: broker.url, clientId: "rogue" });
     // An enrolled device that signs what it sends, so that what is refused is the payload.

@@ -7,11 +7,8 @@ import { readFileSync } from "node:fs";
 import { QuantdError } from "../../errors.ts";
 import { startController } from "../../fleet/controller/controller.ts";
 import type { DashboardCredentials } from "../../fleet/controller/dashboard-auth.ts";
-import {
-  createDashboardCommands,
-  type DashboardCommands,
-} from "../../fleet/controller/dashboard-commands.ts";
-import { type DashboardOptions, startDashboard } from "../../fleet/controller/http.ts";
+import { createDashboardCommands } from "../../fleet/controller/dashboard-commands.ts";
+import { checkDashboardAddress, type DashboardOptions, startDashboard } from "../../fleet/controller/http.ts";
 import { type RolloutEngine, startRolloutEngine } from "../../fleet/controller/rollout.ts";
 import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
 import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from "../../fleet/mqtt-client.ts";
@@ -252,10 +249,16 @@ function dashboardOptions(
 async function serve(ctx: CommandContext): Promise<number> {
   const logger = loggerFromFlags(ctx.flags, ctx.err);
   const dbPath = flagString(ctx.flags, "db") ?? "quantd-fleet.db";
+  const conn = connectOptions(ctx, flagString(ctx.flags, "client-id") ?? "");
+  // The dashboard's address, credentials, TLS files and operator key are checked before anything starts.
+  const http = flagString(ctx.flags, "http");
+  const releasesDir = flagString(ctx.flags, "releases-dir") ?? DEFAULT_RELEASES_DIR;
+  const options =
+    http === undefined ? undefined : { ...dashboardOptions(ctx, conn, logger.line), releasesDir };
+  if (http !== undefined && options !== undefined) checkDashboardAddress(http, options);
   const store = await openFleetStore(dbPath);
   // Logs name the database but never its password.
   const shownDb = redactUrl(dbPath);
-  const conn = connectOptions(ctx, flagString(ctx.flags, "client-id") ?? "");
   const controller = startController({
     broker: conn.url,
     store,
@@ -268,17 +271,8 @@ async function serve(ctx: CommandContext): Promise<number> {
     ...(conn.maxPacketBytes === undefined ? {} : { maxPacketBytes: conn.maxPacketBytes }),
     log: logger.line,
   });
-  const http = flagString(ctx.flags, "http");
-  const releasesDir = flagString(ctx.flags, "releases-dir") ?? DEFAULT_RELEASES_DIR;
-  let commands: DashboardCommands | undefined;
-  const dashboard =
-    http === undefined
-      ? undefined
-      : (() => {
-          const options = { ...dashboardOptions(ctx, conn, logger.line), releasesDir };
-          commands = options.commands;
-          return startDashboard(controller, http, options);
-        })();
+  const commands = options?.commands;
+  const dashboard = http === undefined ? undefined : startDashboard(controller, http, options);
   const ready = await controller.waitReady(10_000);
   logger.info(
     `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${redactUrl(conn.url)}, db ${shownDb}` +
@@ -432,7 +426,7 @@ export const fleetCommand: Command = {
     "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll, release)",
   actions: SUBCOMMANDS,
   usage:
-    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list | rollout start RELEASE --fleet NAME [--waves 1,10,50,100%] [--gate agreement=99.5,latencyRatio=1.1,errorRate=0.01] [--soak 10m] | rollout status|pause|resume|abort ID",
+    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT [--key FILE] [--http-token-env VAR] [--http-user NAME --http-password-env VAR] [--http-cert FILE --http-key FILE|--http-behind-proxy]] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list | rollout start RELEASE --fleet NAME [--waves 1,10,50,100%] [--gate agreement=99.5,latencyRatio=1.1,errorRate=0.01] [--soak 10m] | rollout status|pause|resume|abort ID",
   description:
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +

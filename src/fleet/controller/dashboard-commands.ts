@@ -7,12 +7,20 @@
 import { QuantdError } from "../../errors.ts";
 import type { MqttConnection } from "../mqtt-client.ts";
 import { type DeviceJobOutcome, runJobCommand } from "../operations.ts";
-import { type CommandName, checkName, JOB_COMMANDS } from "../protocol.ts";
+import { type CommandName, checkName } from "../protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../requester.ts";
 import type { SigningKey } from "../signing.ts";
 
-/** The job commands the dashboard offers. */
-export const DASHBOARD_COMMANDS = JOB_COMMANDS;
+/**
+ * The job commands the dashboard offers on devices. A release needs a release
+ * to name: it is started from the rollout view, not from these buttons.
+ */
+export const DASHBOARD_COMMANDS: readonly CommandName[] = [
+  "recalibrate",
+  "quantize-dynamic",
+  "rollback",
+  "bench",
+];
 
 /** Most devices one dashboard action may address. */
 export const MAX_ACTION_TARGETS = 1000;

@@ -18,6 +18,7 @@ const STYLE = `
   th { font-weight: 600; color: #445; background: #f1f3f5; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   td.why { white-space: normal; color: #a12c2c; max-width: 28rem; }
+  td.wrap { white-space: normal; max-width: 22rem; }
   tr.device { cursor: pointer; }
   tr.device:hover, tr.selected { background: #eef4ff; }
   .dot { display: inline-block; width: 0.6rem; height: 0.6rem; border-radius: 50%; margin-right: 0.4rem; }
@@ -103,7 +104,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   <div class="bar" id="detail-actions"></div>
   <div class="charts">
     <figure><figcaption>Latency, ms (<span class="p50">p50</span>, <span class="p95">p95</span> of each telemetry interval)</figcaption><svg id="latency" width="540" height="210"></svg></figure>
-    <figure><figcaption>Memory, MiB (<span class="mem">resident</span><span id="mem-limit-label" hidden>, <span class="lim">limit</span></span>)</figcaption><svg id="memory" width="540" height="210"></svg></figure>
+    <figure><figcaption>Memory, MiB (<span class="mem">resident</span><span id="mem-limit-label"></span>)</figcaption><svg id="memory" width="540" height="210"></svg></figure>
     <figure><figcaption>Request rate, <span class="rate">texts/s</span></figcaption><svg id="rate" width="540" height="210"></svg></figure>
     <figure><figcaption>Agreement with fp32, % (<span class="agr">per report</span>)</figcaption><svg id="accuracy" width="540" height="210"></svg></figure>
   </div>
@@ -358,7 +359,8 @@ function drawChart(svg, series, opts) {
     });
     if (s.dash) path.setAttribute("stroke-dasharray", "4 3");
     path.dataset.series = s.name;
-    if (s.dots) for (const p of s.points) el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: s.color });
+    // A series of one or two points draws its points too: a polyline of one point is invisible.
+    if (s.dots || s.points.length < 3) for (const p of s.points) el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: s.color });
   }
 }
 function detailButtons(key) {
@@ -395,10 +397,21 @@ async function loadDetail() {
   ], { unit: "ms", yMin: 0, empty: "no requests served in the last hour" });
   const mem = samples.filter((s) => typeof s.rssBytes === "number");
   const limits = mem.filter((s) => typeof s.memoryLimitBytes === "number");
-  document.getElementById("mem-limit-label").hidden = limits.length === 0;
+  // A limit far above the process (physical memory, no MemoryMax=) would flatten the chart: say it instead.
+  const peak = Math.max(0, ...mem.map((s) => s.rssBytes));
+  const limit = limits.length > 0 ? limits[limits.length - 1].memoryLimitBytes : undefined;
+  const drawLimit = limit !== undefined && limit <= 4 * peak;
+  const limitLabel = document.getElementById("mem-limit-label");
+  limitLabel.replaceChildren();
+  if (limit !== undefined) {
+    const l = document.createElement("span");
+    l.className = "lim";
+    l.textContent = drawLimit ? "limit" : "limit " + fmtMem(limit);
+    limitLabel.append(", ", l);
+  }
   drawChart(document.getElementById("memory"), [
     { name: "rss", color: "#6b46c1", points: mem.map((s) => [s.at, s.rssBytes / 1048576]) },
-    { name: "limit", color: "#c23b3b", dash: true, points: limits.map((s) => [s.at, s.memoryLimitBytes / 1048576]) },
+    { name: "limit", color: "#c23b3b", dash: true, points: drawLimit ? limits.map((s) => [s.at, s.memoryLimitBytes / 1048576]) : [] },
   ], { unit: "MiB", yMin: 0 });
   const rate = samples.filter((s) => typeof s.requestRate === "number");
   drawChart(document.getElementById("rate"), [
@@ -430,7 +443,7 @@ async function loadDetail() {
     cell(tr, j.stage || (j.state === "IN_PROGRESS" ? Math.round(j.progress * 100) + " %" : "–"));
     cell(tr, fmtAgreement(j.figures), "num");
     cell(tr, fmtMs(j.figures.int8P50Ms), "num");
-    cell(tr, j.stageMs ? Object.entries(j.stageMs).map(([k, v]) => k + " " + (v / 1000).toFixed(1) + " s").join(", ") : "–");
+    cell(tr, j.stageMs ? Object.entries(j.stageMs).map(([k, v]) => k + " " + (v / 1000).toFixed(1) + " s").join(", ") : "–", "wrap");
     cell(tr, j.reason || "", "why");
     jobs.appendChild(tr);
   }

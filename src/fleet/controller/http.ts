@@ -229,6 +229,17 @@ export interface DashboardOptions {
 export const NO_OPERATOR_KEY =
   "the controller has no operator key: start quantd fleet serve with --key FILE (quantd fleet keygen) or $QUANTD_FLEET_KEY_FILE";
 
+/**
+ * Checks where the dashboard would listen: off loopback it needs credentials
+ * and TLS (a certificate, or a reverse proxy in front).
+ *
+ * @throws CONFIG_INVALID when the address is malformed or its requirements are not met
+ */
+export function checkDashboardAddress(address: string, options: DashboardOptions): void {
+  const { host, loopback } = parseHttpAddress(address);
+  if (!loopback) refuseAddress(host, options);
+}
+
 function refuseAddress(host: string, options: DashboardOptions): void {
   const c = options.credentials;
   if (c?.token === undefined && c?.user === undefined) {
