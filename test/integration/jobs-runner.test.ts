@@ -7,7 +7,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   acquireRunnerLock,
@@ -22,6 +21,7 @@ import { isQuantdError } from "../../src/errors.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import { databasePath, openStore, type Store } from "../../src/store/store.ts";
+import { canMountTmpfs } from "../helpers/can-mount.ts";
 import { until } from "../helpers/until.ts";
 import { tempDir } from "./jobs-harness.ts";
 
@@ -80,20 +80,6 @@ async function setup(
   runners.push(runner);
   return { store, runner, workRoot, dir };
 }
-
-/** Root on Linux may mount a tiny tmpfs to fill. */
-const canMount = ((): boolean => {
-  if (process.platform !== "linux" || process.getuid?.() !== 0) return false;
-  const probe = join(tmpdir(), `quantd-mount-probe-${process.pid}`);
-  mkdirSync(probe, { recursive: true });
-  try {
-    execFileSync("mount", ["-t", "tmpfs", "-o", "size=4k", "tmpfs", probe], { stdio: "ignore" });
-    execFileSync("umount", [probe], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 const finished = (store: Store, id: string): boolean =>
   ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"].includes(store.jobs.require(id).state);
@@ -297,7 +283,7 @@ describe("job runner", () => {
     expect(logs.join("\n")).toContain("took the runner lock");
   });
 
-  test.skipIf(!canMount)("runner lock on a full disk: DISK_FULL and no lock file left behind", () => {
+  test.skipIf(!canMountTmpfs)("runner lock on a full disk: DISK_FULL and no lock file left behind", () => {
     const dir = tempDir();
     const workRoot = join(dir, "jobs");
     mkdirSync(workRoot, { recursive: true });

@@ -11,7 +11,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   jobsDir,
@@ -24,6 +23,7 @@ import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import type { SqlDatabase } from "../../src/store/sql.ts";
 import { databasePath } from "../../src/store/store.ts";
+import { canMountTmpfs } from "../helpers/can-mount.ts";
 import { FAST_PARAMS, type JobEnv, jobEnv, queueResumedJob } from "./jobs-harness.ts";
 
 /**
@@ -318,24 +318,12 @@ describe("recalibration job", () => {
     expect(names.filter((n) => n.startsWith("."))).toEqual([]);
   }, 60_000);
 
-  const canMount = ((): boolean => {
-    if (process.platform !== "linux" || process.getuid?.() !== 0) return false;
-    const probe = join(tmpdir(), `quantd-mount-probe-${process.pid}`);
-    mkdirSync(probe, { recursive: true });
-    try {
-      execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", probe], { stdio: "ignore" });
-      execFileSync("umount", [probe], { stdio: "ignore" });
-      return true;
-    } catch {
-      return false;
-    }
-  })();
   const mounted: string[] = [];
   afterAll(() => {
     for (const m of mounted) execFileSync("umount", ["-l", m], { stdio: "ignore" });
   });
 
-  test.skipIf(!canMount)(
+  test.skipIf(!canMountTmpfs)(
     "disk full (a 32 MiB tmpfs holding the fp32 model): FAILED (DISK_FULL), no partial file, the fp32 model keeps serving",
     async () => {
       const e = await env({
