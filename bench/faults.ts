@@ -21,6 +21,8 @@
  *   active model after the restart
  * - memory after a recalibration: RSS serving the int8 model (target ≤ 150 MB)
  *
+ *   bun bench/faults.ts [--short] [--only fuzz,load,largest,lock,kill,disk,corrupt,memory]
+ *
  * `--short` (CI, `scripts/test.sh`) runs every probe smaller: 400 fuzzed
  * requests, 3 s lock, 2 s load, one kill point each. Figures are printed,
  * never asserted, except that `--short` exits 1 when a probe found a 5xx,
@@ -47,6 +49,12 @@ const CLI = join(ROOT, "src/cli/main.ts");
 const MODEL = join(ROOT, "calib/models/sst2-bert-mini/model.onnx");
 const DEV_TSV = join(ROOT, "calib/samples/sst2-dev.tsv");
 const SHORT = process.argv.includes("--short");
+/** `--only fuzz,load,largest,lock,kill,disk,corrupt,memory`: a subset of the probes (the table is then not saved). */
+const ONLY = ((): Set<string> | undefined => {
+  const i = process.argv.indexOf("--only");
+  return i < 0 ? undefined : new Set((process.argv[i + 1] ?? "").split(","));
+})();
+const wanted = (probe: string): boolean => ONLY === undefined || ONLY.has(probe);
 const N_FUZZ = SHORT ? 400 : 10_000;
 const LOAD_MS = SHORT ? 2000 : 10_000;
 const LOCK_MS = SHORT ? 3000 : 25_000;
@@ -676,22 +684,29 @@ const startedAt = new Date();
 console.error(`fault suite${SHORT ? " (short)" : ""} in ${work}`);
 try {
   const models = await variants(2);
-  const main = await startAgent("main");
-  try {
-    await fuzzProbe(main);
-    await loadProbe(main, models);
-    await largestRequestProbe(main);
-  } finally {
-    await main.stop();
+  // fuzz, load and the largest request share one agent; the other probes start their own.
+  const shared: [string, (agent: AgentProc) => Promise<void>][] = [
+    ["fuzz", fuzzProbe],
+    ["load", (agent) => loadProbe(agent, models)],
+    ["largest", largestRequestProbe],
+  ];
+  if (shared.some(([name]) => wanted(name))) {
+    const main = await startAgent("main");
+    try {
+      for (const [name, probe] of shared) if (wanted(name)) await probe(main);
+    } finally {
+      await main.stop();
+    }
   }
   const probes: [string, () => Promise<void>][] = [
-    ["external DB lock", lockProbe],
-    ["kill -9", () => killProbes(models)],
-    ["disk full", () => diskFullProbe(models[0]!)],
-    ["corrupt DB", () => corruptProbe(models[1]!)],
-    ["memory after a recalibration", recalibrationMemoryProbe],
+    ["lock", lockProbe],
+    ["kill", () => killProbes(models)],
+    ["disk", () => diskFullProbe(models[0]!)],
+    ["corrupt", () => corruptProbe(models[1]!)],
+    ["memory", recalibrationMemoryProbe],
   ];
   for (const [name, probe] of probes) {
+    if (!wanted(name)) continue;
     try {
       await probe();
     } catch (err) {
@@ -721,5 +736,5 @@ const table = [
   "",
 ].join("\n");
 console.log(table);
-if (!SHORT) writeFileSync(join(ROOT, "bench/results/faults-latest.md"), table);
+if (!SHORT && ONLY === undefined) writeFileSync(join(ROOT, "bench/results/faults-latest.md"), table);
 if (SHORT && rows.some((r) => r.hard === true && r.ok === false)) process.exit(1);
