@@ -115,6 +115,7 @@ import { classifyBucketed } from "../src/agent/registry.ts";
 import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { quantizeModel } from "../src/quant/quantize.ts";
 import { loadClassifier } from "../src/runtime/classifier.ts";
+import { loadTaskModel } from "../src/runtime/task-model.ts";
 
 const repoRoot = resolve(import.meta.dir, "..");
 const sharedDir = resolve(repoRoot, "../shared/models/sst2-bert-mini");
@@ -647,12 +648,13 @@ try {
   // 2. What batching can give at most: onnxruntime alone, CPU per text at batch 1 vs batch 16 (the
   // agent's runs of similar length), in this process with the agents idle.
   if (ONLY.has(2)) {
-    const int8 = await loadClassifier(int8Static(), {
+    const int8 = await loadTaskModel(int8Static(), {
       tokenizerDir: modelDir,
       session: { intraOpThreads: THREADS },
     });
+    const fp32 = await loadTaskModel(join(modelDir, "model.onnx"), { session: { intraOpThreads: THREADS } });
     for (const [modelName, classifier] of [
-      ["fp32", direct],
+      ["fp32", fp32],
       ["int8 static", int8],
     ] as const) {
       for (const [what, xs] of [
@@ -688,6 +690,7 @@ try {
       }
     }
     await int8.release();
+    await fp32.release();
   }
 
   // 3. 16 concurrent clients, batched vs unbatched (same agent code, maxBatch 1).

@@ -22,13 +22,9 @@ import { constants, readdirSync, readFileSync, statSync, writeFileSync } from "n
 import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
-import {
-  type Classification,
-  type Classifier,
-  classificationOfRow,
-  loadClassifier,
-} from "../runtime/classifier.ts";
-import type { Encoding } from "../runtime/tokenizer.ts";
+import { inputsOf, type TaskOverride } from "../runtime/task.ts";
+import { loadTaskModel, type TaskModel, type TaskResult } from "../runtime/task-model.ts";
+import type { Encoding, TextInput } from "../runtime/tokenizer.ts";
 import type {
   ActiveModelInfo,
   BatchResult,
@@ -83,6 +79,8 @@ export interface RegistryOptions {
   maxModelBytes?: number;
   /** Stored texts (the sample pool) added to the probe batch of a new version, so it is checked on real inputs. */
   probeTexts?: () => readonly string[];
+  /** What the operator set over the model's detected task (agent config `task`). @defaultValue detected */
+  task?: TaskOverride;
 }
 
 /** Default bound on a candidate model file: ONNX's protobuf limit is 2 GiB, a board's memory far less. */
@@ -113,7 +111,7 @@ class Loaded {
 
   constructor(
     readonly version: ModelVersion,
-    readonly classifier: Classifier,
+    readonly model: TaskModel,
     readonly window: number,
   ) {}
 
@@ -132,7 +130,7 @@ class Loaded {
     this.#released ??= new Promise<void>((resolve) => {
       this.#onIdle = resolve;
       if (this.refs === 0) resolve();
-    }).then(() => this.classifier.release());
+    }).then(() => this.model.release());
     return this.#released;
   }
 
@@ -240,29 +238,30 @@ export function capRuns(
 }
 
 /**
- * Classifies texts (already validated) in runs of similar length planned by
- * `plan` (on the token counts sorted ascending); results in input order.
+ * Runs inputs (texts or pairs, already checked against the task) in runs of
+ * similar length planned by `plan` (on the token counts sorted ascending);
+ * results in input order.
  *
- * @throws INFERENCE_FAILED when the runtime fails or returns NaN logits
+ * @throws INFERENCE_FAILED when the runtime fails or returns NaN
  */
 export async function classifyBucketed(
-  classifier: Classifier,
-  texts: readonly string[],
+  model: TaskModel,
+  inputs: readonly TextInput[],
   plan: (sortedLengths: readonly number[]) => number[][] = planRuns,
-): Promise<Classification[]> {
-  const encodings: Encoding[] = texts.map((t) => classifier.tokenizer.encode(t));
-  const order = Array.from({ length: texts.length }, (_, i) => i);
+): Promise<TaskResult[]> {
+  const encodings: Encoding[] = inputs.map((x) => model.encode(x));
+  const order = Array.from({ length: inputs.length }, (_, i) => i);
   order.sort((a, b) => encodings[a]!.inputIds.length - encodings[b]!.inputIds.length);
-  const results = new Array<Classification>(texts.length);
+  const results = new Array<TaskResult>(inputs.length);
   for (const bucket of capRuns(
     plan(order.map((i) => encodings[i]!.inputIds.length)),
     (k) => encodings[order[k]!]!.inputIds.length,
   )) {
     const rows = bucket.map((k) => order[k]!);
-    const out = await classifier.runEncoded(classifier.tokenizer.pad(rows.map((i) => encodings[i]!)));
-    for (const [r, i] of rows.entries()) {
-      results[i] = classificationOfRow(out, r, classifier.labels, classifier.modelPath);
-    }
+    const enc = model.tokenizer.pad(rows.map((i) => encodings[i]!));
+    const out = await model.runEncoded(enc);
+    for (const [r, i] of rows.entries())
+      results[i] = model.resultOf(out, r, enc, inputs[i]!, encodings[i]!, i);
   }
   return results;
 }
@@ -287,6 +286,14 @@ export function cappedTokenCount(
     if (cut > 0 && count(text.slice(0, cut)) + specials >= maxLength) return maxLength;
   }
   return Math.min(maxLength, count(text) + specials);
+}
+
+/** The mean of each label's logit over a token model's `[tokens, width]` row. */
+function meanOverTokens(row: Float32Array, width: number): Float32Array {
+  const out = new Float32Array(width);
+  const tokens = row.length / width;
+  for (let t = 0; t < tokens; t++) for (let j = 0; j < width; j++) out[j]! += row[t * width + j]! / tokens;
+  return out;
 }
 
 /** SHA-256 of bytes, lower-case hex. */
@@ -676,7 +683,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       version: c.version.id,
       kind: c.version.kind,
       sha256: c.version.sha256,
-      labels: c.classifier.labels,
+      labels: c.model.labels,
+      task: c.model.task,
     };
   }
 
@@ -691,14 +699,14 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    *
    * @throws NOT_READY before a model is loaded; INFERENCE_FAILED from the runtime
    */
-  async classify(texts: readonly string[]): Promise<BatchResult> {
+  async classify(texts: readonly TextInput[]): Promise<BatchResult> {
     const loaded = this.#current;
     if (loaded === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
     loaded.refs++;
     const t0 = performance.now();
     let ok = false;
     try {
-      const results = await classifyBucketed(loaded.classifier, texts);
+      const results = await classifyBucketed(loaded.model, texts);
       ok = true;
       return {
         results,
@@ -719,7 +727,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    * @throws NOT_READY before a model is loaded
    */
   countTokens(text: string): number {
-    const c = this.#current?.classifier;
+    const c = this.#current?.model;
     if (c === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
     return c.tokenizer.tokenIds(text).length + c.tokenizer.specialsSingle;
   }
@@ -732,7 +740,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    * @throws NOT_READY before a model is loaded
    */
   requestTokens(texts: readonly string[]): number {
-    const c = this.#current?.classifier;
+    const c = this.#current?.model;
     if (c === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
     const { maxLength, specialsSingle } = c.tokenizer;
     let total = 0;
@@ -831,10 +839,10 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    *
    * @throws MODEL_TASK_MISMATCH | MODEL_PROBE_FAILED | MODEL_* from loading
    */
-  async #load(version: ModelVersion): Promise<Classifier> {
-    let classifier: Classifier;
+  async #load(version: ModelVersion): Promise<TaskModel> {
+    let model: TaskModel;
     try {
-      classifier = await loadClassifier(version.path, {
+      model = await loadTaskModel(version.path, {
         tokenizerDir: this.#opts.tokenizerDir,
         // onnxruntime's memory patterns are planned and kept per input shape, and served batches come in many
         // shapes: off, an agent under 16 clients of ~128-token texts held 139 MB instead of 157 MB, at the same speed.
@@ -842,6 +850,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         // 430 MB after one long request and stayed there); off, that memory is freed after the run.
         session: { intraOpThreads: this.#opts.threads, enableMemPattern: false, enableCpuMemArena: false },
         workers: this.#opts.workers ?? 0,
+        ...(this.#opts.task !== undefined ? { task: this.#opts.task } : {}),
       });
     } catch (err) {
       // config.json's labels are the task every version shares: another label count is another task.
@@ -851,24 +860,41 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       throw err;
     }
     try {
-      const current = this.#current;
-      if (current !== undefined && current.classifier.numLabels !== classifier.numLabels) {
+      const serving = this.#current?.model.task;
+      const task = model.task;
+      if (
+        serving !== undefined &&
+        (serving.kind !== task.kind || serving.labels.length !== task.labels.length)
+      ) {
+        const describe = (t: typeof task) =>
+          t.kind === "embedding" ? "embedding" : `${t.kind} (${t.labels.length} labels)`;
         throw new QuantdError(
           "MODEL_TASK_MISMATCH",
-          `version ${version.id} has ${classifier.numLabels} labels but the serving model has ${current.classifier.numLabels}`,
-          { details: { labels: classifier.numLabels, serving: current.classifier.numLabels } },
+          `version ${version.id} does ${describe(task)} but the serving model does ${describe(serving)}`,
+          {
+            details: {
+              task: task.kind,
+              labels: task.labels.length,
+              serving: { task: serving.kind, labels: serving.labels.length },
+            },
+          },
         );
       }
-      await this.#probe(version, classifier);
+      await this.#probe(version, model);
     } catch (err) {
-      await classifier.release();
+      await model.release();
       throw err;
     }
-    return classifier;
+    return model;
   }
 
-  /** The probe batch. @throws MODEL_PROBE_FAILED */
-  async #probe(version: ModelVersion, classifier: Classifier): Promise<void> {
+  /**
+   * The probe batch: finite outputs that depend on the input. A token model's
+   * rows are compared by their mean over tokens (rows differ in length).
+   *
+   * @throws MODEL_PROBE_FAILED
+   */
+  async #probe(version: ModelVersion, model: TaskModel): Promise<void> {
     let stored: readonly string[] = [];
     try {
       stored = this.#opts.probeTexts?.() ?? [];
@@ -876,9 +902,13 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       // A busy store: the fixed probe texts still check the model.
     }
     const texts = [...PROBE_TEXTS, ...stored];
-    let results: Classification[];
+    const inputs: TextInput[] =
+      inputsOf(model.task.kind) === "pair"
+        ? texts.map((t, i) => [t, texts[(i + 1) % texts.length]!] as const)
+        : texts;
+    let rows: Float32Array[];
     try {
-      results = await classifier.classify(texts, { batchSize: PROBE_TEXTS.length });
+      rows = (await model.outputs(inputs, { batchSize: PROBE_TEXTS.length })).data;
     } catch (err) {
       if (!isQuantdError(err, "INFERENCE_FAILED")) throw err;
       throw new QuantdError(
@@ -889,14 +919,16 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         },
       );
     }
-    if (results.length !== texts.length || results.some((r) => !r.logits.every(Number.isFinite))) {
+    if (rows.length !== inputs.length || rows.some((r) => !r.every(Number.isFinite))) {
       throw new QuantdError(
         "MODEL_PROBE_FAILED",
-        `version ${version.id} produced non-finite logits on the probe batch`,
+        `version ${version.id} produced non-finite outputs (NaN logits or ±∞) on the probe batch`,
       );
     }
-    const first = results[0]!.logits;
-    const spread = Math.max(...results.flatMap((r) => r.logits.map((v, j) => Math.abs(v - first[j]!))));
+    const width = model.task.kind === "token-classification" ? model.task.labels.length : 0;
+    const summary = rows.map((r) => (width > 0 ? meanOverTokens(r, width) : r));
+    const first = summary[0]!;
+    const spread = Math.max(...summary.flatMap((r) => Array.from(r, (v, j) => Math.abs(v - first[j]!))));
     if (!(spread > MIN_LOGIT_SPREAD)) {
       throw new QuantdError(
         "MODEL_PROBE_FAILED",
@@ -947,7 +979,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     const path = await commitCopy(staged, join(this.#opts.modelsDir, `${sha256}.onnx`));
     const metrics = { ...(options.metrics ?? {}), source: resolve(candidatePath) };
     const recorded = known ?? models.add({ sha256, path, kind, metrics });
-    let classifier: Classifier;
+    let classifier: TaskModel;
     try {
       classifier = await this.#load(recorded);
     } catch (err) {

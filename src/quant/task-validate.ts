@@ -47,10 +47,11 @@ function outputInfo(v: ValueInfoProto): TensorInfo {
  * @throws as {@link detectTask}
  */
 export function taskOfModel(model: ModelProto, files: ModelFiles, override: TaskOverride = {}): TaskSpec {
-  const taskFiles =
-    files.configPath === undefined
-      ? { model: files.model }
-      : { model: files.model, configPath: files.configPath };
+  const taskFiles = {
+    model: files.model,
+    tokenizerDir: files.tokenizerDir,
+    ...(files.configPath === undefined ? {} : { configPath: files.configPath }),
+  };
   return detectTask(model.graph.output.map(outputInfo), taskFiles, override);
 }
 

@@ -74,7 +74,14 @@ export type TaskResult =
   | ({ task: "classification" | "pair-classification" } & Classification)
   | { task: "multi-label"; labels: LabelDecision[]; active: string[]; logits: number[] }
   | { task: "regression"; value: number; values: number[] }
-  | { task: "token-classification"; entities: Entity[]; tokens: TokenLabel[] }
+  | {
+      task: "token-classification";
+      entities: Entity[];
+      tokens: TokenLabel[];
+      /** The text and its tokens' logits and offsets, to group entities by another strategy ({@link groupEntities}). */
+      text: string;
+      infos: TokenInfo[];
+    }
   | { task: "embedding"; embedding: number[] };
 
 /** The raw outputs of a batch, per task, in the form validation compares them. */
@@ -146,7 +153,7 @@ export class TaskModel {
     const results = new Array<TaskResult>(inputs.length);
     const aggregation = opts.aggregation ?? "simple";
     await this.#runAll(inputs, opts, (out, r, enc, i, encoding) => {
-      results[i] = this.#result(out, r, enc, inputs[i]!, encoding, i, aggregation);
+      results[i] = this.resultOf(out, r, enc, inputs[i]!, encoding, i, aggregation);
     });
     return results;
   }
@@ -172,7 +179,7 @@ export class TaskModel {
     each: (out: RawOutput, row: number, enc: BatchEncoding, index: number, encoding: Encoding) => void,
   ): Promise<void> {
     checkTaskInputs(this.task, inputs, this.modelPath);
-    const encodings = inputs.map((x) => this.#encode(x, opts));
+    const encodings = inputs.map((x) => this.encode(x, opts));
     const lengths = encodings.map((e) => e.inputIds.length);
     for (const rows of planBatches(lengths, opts.batchSize ?? 32, "unpadded")) {
       const enc = this.tokenizer.pad(rows.map((i) => encodings[i]!));
@@ -181,7 +188,8 @@ export class TaskModel {
     }
   }
 
-  #encode(input: TextInput, opts: EncodeOptions): Encoding {
+  /** Encodes one input (a text or a pair) as {@link TaskModel.infer} does. */
+  encode(input: TextInput, opts: EncodeOptions = {}): Encoding {
     return typeof input === "string"
       ? this.tokenizer.encode(input, undefined, opts)
       : this.tokenizer.encode(input[0], input[1], opts);
@@ -254,14 +262,19 @@ export class TaskModel {
     return this.task.normalize === true ? l2Normalize(pooled) : pooled;
   }
 
-  #result(
+  /**
+   * The result of row `r` of a batch's output, for the input `input` (encoded as `encoding`, at `index` in its request).
+   *
+   * @throws INFERENCE_FAILED when the row holds NaN
+   */
+  resultOf(
     out: RawOutput,
     r: number,
     enc: BatchEncoding,
     input: TextInput,
     encoding: Encoding,
     index: number,
-    aggregation: Aggregation,
+    aggregation: Aggregation = "simple",
   ): TaskResult {
     const what = `${this.modelPath}, input ${index}`;
     const row = this.#rawRow(out, r, enc);
@@ -307,7 +320,8 @@ export class TaskModel {
     const spans = this.tokenizer.spans(text, encoding);
     const tokens: TokenInfo[] = spans.map((span: TokenSpan | undefined, j) => {
       const at = (r * enc.seqLen + j) * width;
-      const logits = out.data.subarray(at, at + width);
+      // A copy: the result outlives the batch's output (a server regroups entities per request).
+      const logits = out.data.slice(at, at + width);
       if (span === undefined) return { special: true, subword: false, logits };
       return { special: false, subword: span.subword, start: span.start, end: span.end, logits };
     });
@@ -322,7 +336,14 @@ export class TaskModel {
         label: e.entity,
         score: e.score,
       })),
+      text,
+      infos: tokens,
     };
+  }
+
+  /** Label names (index = id); empty for embeddings. */
+  get labels(): readonly string[] {
+    return this.task.labels;
   }
 
   /** Frees the native session. The model must not be used afterwards. */
@@ -342,10 +363,11 @@ export class TaskModel {
 export async function loadTaskModel(modelPath: string, opts: LoadTaskModelOptions = {}): Promise<TaskModel> {
   const { files, tokenizer, session } = await openModelParts(modelPath, opts);
   try {
-    const taskFiles =
-      files.configPath === undefined
-        ? { model: files.model }
-        : { model: files.model, configPath: files.configPath };
+    const taskFiles = {
+      model: files.model,
+      tokenizerDir: files.tokenizerDir,
+      ...(files.configPath === undefined ? {} : { configPath: files.configPath }),
+    };
     const task = detectTask(session.outputs, taskFiles, opts.task);
     if (task.kind !== "embedding" && task.labels.length === 0) {
       // Symbolic label dimension: one tiny inference tells.
@@ -361,4 +383,11 @@ export async function loadTaskModel(modelPath: string, opts: LoadTaskModelOption
     await session.release();
     throw err;
   }
+}
+
+/** A result as JSON shows it: without the per-token internals a server keeps for regrouping. */
+export function publicResult(r: TaskResult): Record<string, unknown> {
+  if (r.task !== "token-classification") return { ...r };
+  const { infos: _infos, text: _text, ...rest } = r;
+  return rest;
 }

@@ -63,6 +63,11 @@ export interface TaskFiles {
   configPath?: string;
   /** The model file (its directory, and that directory's parent, are searched for `modules.json`). */
   model: string;
+  /**
+   * The tokenizer's directory, searched for `modules.json` too: an agent serves a copy of the
+   * model from its state directory, with the files of the directory it was started from.
+   */
+  tokenizerDir?: string;
 }
 
 /** Output names that carry per-token hidden states, in the order they are preferred. */
@@ -148,9 +153,12 @@ export interface SentenceTransformersLayout {
  *
  * @throws CONFIG_INVALID for an unreadable `modules.json` or pooling config, or a pooling mode quantd does not run
  */
-export function readSentenceTransformers(model: string): SentenceTransformersLayout | undefined {
+export function readSentenceTransformers(
+  model: string,
+  tokenizerDir?: string,
+): SentenceTransformersLayout | undefined {
   const here = dirname(model);
-  for (const dir of [here, dirname(here)]) {
+  for (const dir of [here, dirname(here), ...(tokenizerDir !== undefined ? [tokenizerDir] : [])]) {
     const modulesPath = join(dir, "modules.json");
     if (!existsSync(modulesPath)) continue;
     const modules = readJsonFile(modulesPath);
@@ -290,7 +298,7 @@ export function detectTask(
   override: TaskOverride = {},
 ): TaskSpec {
   const config = readConfigTask(files.configPath);
-  const st = readSentenceTransformers(files.model);
+  const st = readSentenceTransformers(files.model, files.tokenizerDir);
   const found = taskFromOutputs(outputs, config, st !== undefined);
   if (found === undefined) {
     throw new QuantdError(

@@ -18,7 +18,8 @@
  * latency and memory grow without limit.
  */
 import { QuantdError } from "../errors.ts";
-import type { Classification } from "../runtime/classifier.ts";
+import type { TaskResult } from "../runtime/task-model.ts";
+import type { TextInput } from "../runtime/tokenizer.ts";
 import type { BatchResult, InferenceBackend } from "./types.ts";
 
 /** Options of {@link MicroBatcher}. */
@@ -36,7 +37,7 @@ export interface BatcherOptions {
 }
 
 interface Pending {
-  results: Classification[];
+  results: TaskResult[];
   remaining: number;
   model: BatchResult["model"] | undefined;
   inferenceMs: number;
@@ -47,7 +48,7 @@ interface Pending {
 
 /** A request's texts waiting in the queue. */
 interface Queued {
-  texts: readonly string[];
+  texts: readonly TextInput[];
   /** Index of its first text not yet in a batch. */
   next: number;
   pending: Pending;
@@ -56,7 +57,7 @@ interface Queued {
 }
 
 interface Entry {
-  text: string;
+  text: TextInput;
   index: number;
   pending: Pending;
 }
@@ -96,12 +97,12 @@ export class MicroBatcher {
   }
 
   /**
-   * Queues texts and resolves with their results in order, from one model
+   * Queues texts (or pairs) and resolves with their results in order, from one model
    * version (the last batch's, if a swap split the request).
    *
    * @throws OVERLOADED when the queue cannot take all the texts; `details.retryAfterSeconds` says when to retry
    */
-  submit(texts: readonly string[]): Promise<BatchResult> {
+  submit(texts: readonly TextInput[]): Promise<BatchResult> {
     if (texts.length === 0) return Promise.reject(new QuantdError("REQUEST_INVALID", "no texts to classify"));
     if (this.depth + texts.length > this.#opts.maxQueue) {
       return Promise.reject(
@@ -120,7 +121,7 @@ export class MicroBatcher {
     }
     return new Promise<BatchResult>((resolve, reject) => {
       const pending: Pending = {
-        results: new Array<Classification>(texts.length),
+        results: new Array<TaskResult>(texts.length),
         remaining: texts.length,
         model: undefined,
         inferenceMs: 0,

@@ -8,10 +8,13 @@
  * 5xx status chosen from the error code; nothing a client sends can crash the
  * process or leak a stack trace.
  */
-import { assertNever, isQuantdError, QuantdError } from "../errors.ts";
+import { isQuantdError, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import type { Classification } from "../runtime/classifier.ts";
+import { AGGREGATIONS, type Aggregation, groupEntities } from "../runtime/entities.ts";
+import { inputsOf, type TaskKind, type TaskSpec } from "../runtime/task.ts";
+import { checkTaskInputs, publicResult, type TaskResult } from "../runtime/task-model.ts";
 import { validateText } from "../runtime/text.ts";
+import type { TextInput } from "../runtime/tokenizer.ts";
 import type { MicroBatcher } from "./batcher.ts";
 import { Counter, Gauge, Histogram, MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
 import { statusFor } from "./status.ts";
@@ -152,6 +155,8 @@ function routeOf(method: string, path: string): string {
     "/v2/health/ready",
     "/v2",
     "/v1/classify",
+    "/v1/embed",
+    "/v1/tokens",
     "/v1/models",
     "/v1/models/promote",
     "/v1/models/rollback",
@@ -246,18 +251,75 @@ export function checkTexts(value: unknown, limits: RequestLimits, what = "texts"
   return value.map((t, i) => validateText(t, { maxBytes: limits.maxTextBytes, what: `${what}[${i}]` }));
 }
 
+/**
+ * Pairs from a request's `pairs`: a list of `[a, b]` lists of two texts.
+ *
+ * @throws REQUEST_INVALID / REQUEST_TOO_LARGE / TEXT_* as {@link checkTexts}, naming the bad pair
+ */
+export function checkPairs(value: unknown, limits: RequestLimits, what = "pairs"): [string, string][] {
+  if (!Array.isArray(value))
+    throw new QuantdError("REQUEST_INVALID", `${what} must be a list of [text, text] pairs`);
+  if (value.length === 0)
+    throw new QuantdError("REQUEST_INVALID", `${what} is empty: give at least one pair`);
+  // A pair is two texts: the text limit counts both.
+  if (value.length * 2 > limits.maxTexts) {
+    throw new QuantdError(
+      "REQUEST_TOO_LARGE",
+      `${what} has ${value.length} pairs (${value.length * 2} texts), more than the limit of ${limits.maxTexts} texts`,
+      { details: { count: value.length * 2, maxTexts: limits.maxTexts } },
+    );
+  }
+  return value.map((p, i) => {
+    if (!Array.isArray(p) || p.length !== 2) {
+      throw new QuantdError("REQUEST_INVALID", `${what}[${i}] must be a list of two texts [a, b]`, {
+        details: { index: i },
+      });
+    }
+    const text = (t: unknown, k: number) =>
+      validateText(t, { maxBytes: limits.maxTextBytes, what: `${what}[${i}][${k}]` });
+    return [text(p[0], 0), text(p[1], 1)];
+  });
+}
+
 /** Parsed OIP v2 inference request. */
 interface InferRequest {
   id?: string;
-  texts: string[];
+  inputs: TextInput[];
   /** Output names to return, in order. */
-  outputs: OutputName[];
+  outputs: string[];
 }
 
-const OUTPUT_NAMES = ["logits", "label", "probabilities"] as const;
-type OutputName = (typeof OUTPUT_NAMES)[number];
+/** The OIP outputs a task's model answers with, and their shapes (`-1`: the batch). */
+export function oipOutputsOf(task: TaskSpec): { name: string; datatype: string; shape: number[] }[] {
+  const n = task.labels.length;
+  switch (task.kind) {
+    case "classification":
+    case "pair-classification":
+      return [
+        { name: "logits", datatype: "FP32", shape: [-1, n] },
+        { name: "label", datatype: "BYTES", shape: [-1] },
+        { name: "probabilities", datatype: "FP32", shape: [-1, n] },
+      ];
+    case "multi-label":
+      return [
+        { name: "logits", datatype: "FP32", shape: [-1, n] },
+        { name: "probabilities", datatype: "FP32", shape: [-1, n] },
+        { name: "active", datatype: "BOOL", shape: [-1, n] },
+      ];
+    case "regression":
+      return [
+        { name: "logits", datatype: "FP32", shape: [-1, n] },
+        { name: "value", datatype: "FP32", shape: [-1] },
+      ];
+    case "token-classification":
+      // Entities are records of varying count: one JSON text per input, as OIP carries structured data.
+      return [{ name: "entities", datatype: "BYTES", shape: [-1] }];
+    case "embedding":
+      return [{ name: "embedding", datatype: "FP32", shape: [-1, -1] }];
+  }
+}
 
-function parseInfer(body: unknown, limits: RequestLimits): InferRequest {
+function parseInfer(body: unknown, limits: RequestLimits, task: TaskSpec): InferRequest {
   if (!isRecord(body)) throw new QuantdError("REQUEST_INVALID", "inference request must be a JSON object");
   const inputs = body["inputs"];
   if (!Array.isArray(inputs) || inputs.length !== 1 || !isRecord(inputs[0])) {
@@ -277,8 +339,18 @@ function parseInfer(body: unknown, limits: RequestLimits): InferRequest {
   if (!Array.isArray(shape) || shape.length === 0 || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
     throw new QuantdError("REQUEST_INVALID", "input shape must be a list of non-negative integers, e.g. [2]");
   }
+  const pairs = inputsOf(task.kind) === "pair";
+  if (pairs !== (shape.length === 2 && shape[1] === 2)) {
+    throw new QuantdError(
+      "DATA_MISMATCH",
+      pairs
+        ? `the model is a ${task.kind} model: its input is [n, 2] (a pair of texts per row), got shape [${shape.join(", ")}]`
+        : `the model is a ${task.kind} model: its input is one text per row ([n] or [n, 1]), got shape [${shape.join(", ")}]`,
+      { details: { task: task.kind, shape } },
+    );
+  }
   const raw = input["data"];
-  // OIP allows nested row-major data; one level of nesting is what [n, 1] shapes produce.
+  // OIP allows nested row-major data; one level of nesting is what [n, 1] and [n, 2] shapes produce.
   const data = Array.isArray(raw) ? raw.flat() : raw;
   const texts = checkTexts(data, limits, "inputs[0].data");
   const elements = shape.reduce((a: number, d: number) => a * d, 1);
@@ -288,24 +360,28 @@ function parseInfer(body: unknown, limits: RequestLimits): InferRequest {
       `input shape [${shape.join(", ")}] holds ${elements} elements but data has ${texts.length}`,
     );
   }
-  let outputs: OutputName[] = [...OUTPUT_NAMES];
+  const rows: TextInput[] = pairs
+    ? Array.from({ length: texts.length / 2 }, (_, i) => [texts[2 * i]!, texts[2 * i + 1]!] as const)
+    : texts;
+  const names = oipOutputsOf(task).map((o) => o.name);
+  let outputs = names;
   const requested = body["outputs"];
   if (requested !== undefined) {
     if (!Array.isArray(requested))
       throw new QuantdError("REQUEST_INVALID", "outputs must be a list of {name}");
     outputs = requested.map((o, i) => {
       const name = isRecord(o) ? o["name"] : undefined;
-      const hit = OUTPUT_NAMES.find((n) => n === name);
+      const hit = names.find((n) => n === name);
       if (hit === undefined) {
         throw new QuantdError(
           "REQUEST_INVALID",
-          `outputs[${i}]: unknown output ${JSON.stringify(name)}; the model has ${OUTPUT_NAMES.join(", ")}`,
+          `outputs[${i}]: unknown output ${JSON.stringify(name)}; the model has ${names.join(", ")}`,
         );
       }
       return hit;
     });
   }
-  const out: InferRequest = { texts, outputs };
+  const out: InferRequest = { inputs: rows, outputs };
   if (body["id"] !== undefined) {
     if (typeof body["id"] !== "string") throw new QuantdError("REQUEST_INVALID", "id must be a string");
     out.id = body["id"];
@@ -313,23 +389,77 @@ function parseInfer(body: unknown, limits: RequestLimits): InferRequest {
   return out;
 }
 
-function oipOutput(
-  name: OutputName,
-  results: readonly Classification[],
-  numLabels: number,
-): Record<string, unknown> {
+/** One OIP output tensor of a batch's results. */
+function oipOutput(name: string, results: readonly TaskResult[], task: TaskSpec): Record<string, unknown> {
   const n = results.length;
+  const cols = task.labels.length;
+  const tensor = (datatype: string, shape: number[], data: unknown[]) => ({ name, datatype, shape, data });
+  const pick = <T>(f: (r: TaskResult) => T[] | T): T[] => results.flatMap((r) => f(r));
   switch (name) {
     case "logits":
-      return { name, datatype: "FP32", shape: [n, numLabels], data: results.flatMap((r) => r.logits) };
+      return tensor(
+        "FP32",
+        [n, cols],
+        pick((r) => ("logits" in r ? r.logits : "values" in r ? r.values : [])),
+      );
     case "probabilities":
-      return { name, datatype: "FP32", shape: [n, numLabels], data: results.flatMap((r) => r.probabilities) };
+      return tensor(
+        "FP32",
+        [n, cols],
+        pick((r) =>
+          r.task === "multi-label"
+            ? r.labels.map((l) => l.score)
+            : "probabilities" in r
+              ? r.probabilities
+              : [],
+        ),
+      );
     case "label":
-      return { name, datatype: "BYTES", shape: [n], data: results.map((r) => r.label) };
+      return tensor(
+        "BYTES",
+        [n],
+        pick((r) => ("label" in r ? r.label : "")),
+      );
+    case "active":
+      return tensor(
+        "BOOL",
+        [n, cols],
+        pick((r) => (r.task === "multi-label" ? r.labels.map((l) => l.on) : [])),
+      );
+    case "value":
+      return tensor(
+        "FP32",
+        [n],
+        pick((r) => (r.task === "regression" ? r.value : 0)),
+      );
+    case "entities":
+      return tensor(
+        "BYTES",
+        [n],
+        pick((r) => (r.task === "token-classification" ? JSON.stringify(r.entities) : "[]")),
+      );
+    case "embedding": {
+      const width = results[0]?.task === "embedding" ? results[0].embedding.length : 0;
+      return tensor(
+        "FP32",
+        [n, width],
+        pick((r) => (r.task === "embedding" ? r.embedding : [])),
+      );
+    }
     default:
-      return assertNever(name, "output name");
+      throw new QuantdError("INTERNAL", `unknown output ${name}`);
   }
 }
+
+/** The route serving each task's simple API. */
+const ROUTE_OF_TASK: Readonly<Record<TaskKind, string>> = {
+  classification: "/v1/classify",
+  "pair-classification": "/v1/classify",
+  "multi-label": "/v1/classify",
+  regression: "/v1/classify",
+  "token-classification": "/v1/tokens",
+  embedding: "/v1/embed",
+};
 
 /**
  * A %-decoded path segment.
@@ -342,6 +472,28 @@ function decodePathSegment(segment: string): string {
   } catch {
     throw new QuantdError("REQUEST_INVALID", `malformed %-escape in path segment ${JSON.stringify(segment)}`);
   }
+}
+
+/** A `/v1/classify` result: label, score and logits (classification, pairs), as the task has them otherwise. */
+function classifyResult(r: TaskResult): Record<string, unknown> {
+  if (r.task === "classification" || r.task === "pair-classification") {
+    return { label: r.label, score: r.score, logits: r.logits };
+  }
+  const { task: _task, ...rest } = publicResult(r);
+  return rest;
+}
+
+/** A request's `aggregation`, `simple` when absent. @throws REQUEST_INVALID */
+function aggregationOf(value: unknown): Aggregation {
+  if (value === undefined) return "simple";
+  const hit = AGGREGATIONS.find((a) => a === value);
+  if (hit === undefined) {
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      `aggregation must be one of ${AGGREGATIONS.join(", ")}, got ${JSON.stringify(value)}`,
+    );
+  }
+  return hit;
 }
 
 /** Builds the request handler. */
@@ -370,11 +522,33 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
       );
     }
   };
-  const classify = async (texts: string[]): Promise<BatchResult> => {
-    requireLoaded();
+  /** The serving model's task. @throws NOT_READY before a model is loaded */
+  const activeTask = (): TaskSpec => {
+    const m = backend.active();
+    if (m === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+    return m.task;
+  };
+  /** Refuses a route the serving model's task does not answer, naming the one it does. */
+  const requireRoute = (route: string): TaskSpec => {
+    const task = activeTask();
+    if (ROUTE_OF_TASK[task.kind] !== route) {
+      throw new QuantdError(
+        "DATA_MISMATCH",
+        `this agent's model does ${task.kind}: use POST ${ROUTE_OF_TASK[task.kind]} (or /v2/models/${modelName}/infer), not ${route}`,
+        { details: { task: task.kind, route: ROUTE_OF_TASK[task.kind] } },
+      );
+    }
+    return task;
+  };
+  // Inputs are checked against the task here, per request: in a batch, one request's bad input would fail the others.
+  const classify = async (inputs: TextInput[]): Promise<BatchResult> => {
+    checkTaskInputs(activeTask(), inputs, modelName);
+    const texts = inputs.flatMap((x) => (typeof x === "string" ? [x] : [x[0], x[1]]));
     checkTokenBudget(texts);
-    const out = await batcher.submit(texts);
-    opts.onClassified?.(texts);
+    const out = await batcher.submit(inputs);
+    // The store keeps single texts; pairs are not captured.
+    const singles = inputs.filter((x): x is string => typeof x === "string");
+    if (singles.length > 0) opts.onClassified?.(singles);
     return out;
   };
 
@@ -395,18 +569,15 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
 
   const metadata = (): Record<string, unknown> => {
     const m = backend.active();
-    const numLabels = m?.labels.length ?? -1;
+    const pairs = m !== undefined && inputsOf(m.task.kind) === "pair";
     return {
       name: modelName,
       versions: m === undefined ? [] : [String(m.version)],
       platform: "onnxruntime_onnx",
-      inputs: [{ name: "text", datatype: "BYTES", shape: [-1] }],
-      outputs: [
-        { name: "logits", datatype: "FP32", shape: [-1, numLabels] },
-        { name: "label", datatype: "BYTES", shape: [-1] },
-        { name: "probabilities", datatype: "FP32", shape: [-1, numLabels] },
-      ],
-      parameters: m === undefined ? {} : { kind: m.kind, sha256: m.sha256, labels: [...m.labels] },
+      inputs: [{ name: "text", datatype: "BYTES", shape: pairs ? [-1, 2] : [-1] }],
+      outputs: m === undefined ? [] : oipOutputsOf(m.task),
+      parameters:
+        m === undefined ? {} : { kind: m.kind, sha256: m.sha256, labels: [...m.labels], task: m.task.kind },
     };
   };
 
@@ -465,14 +636,14 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
           return json({ name, ready: true });
         default: {
           allow("POST");
-          const request = parseInfer(await readJsonBody(req, limits.maxBodyBytes), limits);
-          const out = await classify(request.texts);
-          const numLabels = out.results[0]?.logits.length ?? 0;
+          const task = activeTask();
+          const request = parseInfer(await readJsonBody(req, limits.maxBodyBytes), limits, task);
+          const out = await classify(request.inputs);
           const body: Record<string, unknown> = {
             model_name: name,
             model_version: String(out.model.version),
-            parameters: { kind: out.model.kind },
-            outputs: request.outputs.map((o) => oipOutput(o, out.results, numLabels)),
+            parameters: { kind: out.model.kind, task: task.kind },
+            outputs: request.outputs.map((o) => oipOutput(o, out.results, task)),
           };
           if (request.id !== undefined) body["id"] = request.id;
           return json(body, 200, serverTiming(out));
@@ -483,18 +654,64 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
       allow("POST");
       const body = await readJsonBody(req, limits.maxBodyBytes);
       if (!isRecord(body))
+        throw new QuantdError(
+          "REQUEST_INVALID",
+          'body must be an object {"texts": [...]} or {"pairs": [[a, b], ...]}',
+        );
+      if ("texts" in body === "pairs" in body)
+        throw new QuantdError(
+          "REQUEST_INVALID",
+          'body must have either "texts" (a list of strings) or "pairs" (a list of [a, b] lists)',
+        );
+      requireRoute(path);
+      const inputs: TextInput[] =
+        "pairs" in body ? checkPairs(body["pairs"], limits) : checkTexts(body["texts"], limits);
+      const out = await classify(inputs);
+      return json({ results: out.results.map(classifyResult), model: out.model }, 200, serverTiming(out));
+    }
+    if (path === "/v1/embed") {
+      allow("POST");
+      const body = await readJsonBody(req, limits.maxBodyBytes);
+      if (!isRecord(body) || !("texts" in body))
         throw new QuantdError("REQUEST_INVALID", 'body must be an object {"texts": [...]}');
-      if (!("texts" in body))
-        throw new QuantdError("REQUEST_INVALID", 'body must have "texts": a list of strings');
+      const task = requireRoute(path);
       const out = await classify(checkTexts(body["texts"], limits));
+      const embeddings = out.results.map((r) => (r.task === "embedding" ? r.embedding : []));
       return json(
         {
-          results: out.results.map((r) => ({ label: r.label, score: r.score, logits: r.logits })),
+          embeddings,
+          dimensions: embeddings[0]?.length ?? 0,
+          normalized: task.normalize === true,
+          ...(task.pooling !== undefined ? { pooling: task.pooling } : {}),
           model: out.model,
         },
         200,
         serverTiming(out),
       );
+    }
+    if (path === "/v1/tokens") {
+      allow("POST");
+      const body = await readJsonBody(req, limits.maxBodyBytes);
+      if (!isRecord(body) || !("texts" in body))
+        throw new QuantdError(
+          "REQUEST_INVALID",
+          'body must be an object {"texts": [...], "aggregation"?: "none|simple|first|average|max"}',
+        );
+      const aggregation = aggregationOf(body["aggregation"]);
+      const task = requireRoute(path);
+      const out = await classify(checkTexts(body["texts"], limits));
+      const results = out.results.map((r) =>
+        r.task === "token-classification"
+          ? {
+              entities:
+                aggregation === "simple"
+                  ? r.entities
+                  : groupEntities(r.text, r.infos, task.labels, aggregation),
+              tokens: r.tokens,
+            }
+          : {},
+      );
+      return json({ results, aggregation, model: out.model }, 200, serverTiming(out));
     }
     if (path.startsWith("/v1/models") && opts.admin !== undefined && listener === "unix") {
       const admin = opts.admin;

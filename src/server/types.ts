@@ -4,7 +4,9 @@
  * so the HTTP code stays the same whether one model serves or a swap is under
  * way.
  */
-import type { Classification } from "../runtime/classifier.ts";
+import type { TaskSpec } from "../runtime/task.ts";
+import type { TaskResult } from "../runtime/task-model.ts";
+import type { TextInput } from "../runtime/tokenizer.ts";
 
 /** The model serving requests. */
 export interface ActiveModelInfo {
@@ -13,13 +15,15 @@ export interface ActiveModelInfo {
   /** `fp32`, `int8-static` or `int8-dynamic`. */
   kind: string;
   sha256: string;
-  /** Label names, index = class id. */
+  /** Label names, index = class id (empty for embeddings). */
   labels: readonly string[];
+  /** What the model does, and how its outputs are read. */
+  task: TaskSpec;
 }
 
 /** The results of one inference batch and the model version that produced them. */
 export interface BatchResult {
-  results: Classification[];
+  results: TaskResult[];
   model: { version: number; kind: string };
   /** Time spent in the model (tokenize, run, softmax), in ms: summed over the batches a request spanned. */
   inferenceMs: number;
@@ -30,12 +34,13 @@ export interface InferenceBackend {
   /** The active model, or `undefined` until one is loaded (the server is not ready). */
   active(): ActiveModelInfo | undefined;
   /**
-   * Classifies one batch on the active model. The model cannot be released
-   * while the call runs, even if a swap happens meanwhile.
+   * Runs one batch of inputs (texts, or pairs for a pair classifier, already
+   * checked against the task) on the active model. The model cannot be
+   * released while the call runs, even if a swap happens meanwhile.
    *
    * @throws NOT_READY before a model is loaded; INFERENCE_FAILED when the runtime fails
    */
-  classify(texts: readonly string[]): Promise<BatchResult>;
+  classify(inputs: readonly TextInput[]): Promise<BatchResult>;
 }
 
 /** A registered model version as the admin routes show it. */

@@ -82,7 +82,7 @@ async function expectServingUnchanged(e: JobEnv): Promise<void> {
   expect(e.registry.activeVersion()?.id).toBe(1);
   const out = await e.registry.classify(["a warm , funny and moving film ."]);
   expect(out.model.version).toBe(1);
-  expect(out.results[0]?.label).toBeDefined();
+  expect(out.results[0]).toMatchObject({ task: "classification", label: expect.any(String) });
 }
 
 /** No temporary or partial files in the models dir; only whole `<sha256>.onnx` files. */

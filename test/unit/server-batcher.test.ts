@@ -5,7 +5,8 @@
  * `drain` waiting for every running batch.
  */
 import { expect, test } from "bun:test";
-import type { Classification } from "../../src/runtime/classifier.ts";
+import type { TaskResult } from "../../src/runtime/task-model.ts";
+import type { TextInput } from "../../src/runtime/tokenizer.ts";
 import { MicroBatcher } from "../../src/server/batcher.ts";
 import type { ActiveModelInfo, BatchResult, InferenceBackend } from "../../src/server/types.ts";
 
@@ -17,17 +18,31 @@ class GatedBackend implements InferenceBackend {
   readonly #open: (() => void)[] = [];
 
   active(): ActiveModelInfo {
-    return { version: 1, kind: "fp32", sha256: "0", labels: ["a", "b"] };
+    return {
+      version: 1,
+      kind: "fp32",
+      sha256: "0",
+      labels: ["a", "b"],
+      task: { kind: "classification", output: "logits", labels: ["a", "b"], source: "test" },
+    };
   }
 
-  async classify(texts: readonly string[]): Promise<BatchResult> {
+  async classify(inputs: readonly TextInput[]): Promise<BatchResult> {
+    const texts = inputs.map(String);
     this.running++;
     this.maxRunning = Math.max(this.maxRunning, this.running);
     this.batches.push([...texts]);
     await new Promise<void>((resolve) => this.#open.push(resolve));
     this.running--;
     const results = texts.map(
-      (t): Classification => ({ label: t, labelId: 0, score: 1, logits: [0, 0], probabilities: [1, 0] }),
+      (t): TaskResult => ({
+        task: "classification",
+        label: t,
+        labelId: 0,
+        score: 1,
+        logits: [0, 0],
+        probabilities: [1, 0],
+      }),
     );
     return { results, model: { version: 1, kind: "fp32" }, inferenceMs: 1 };
   }
@@ -39,6 +54,9 @@ class GatedBackend implements InferenceBackend {
     return f !== undefined;
   }
 }
+
+/** The label the gated backend gave a result (its text). */
+const labelOf = (r: TaskResult): string | undefined => ("label" in r ? r.label : undefined);
 
 /** Lets queued microtasks and the batcher's scheduling run. */
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 0));
@@ -66,7 +84,7 @@ for (const concurrency of [1, 2, 3]) {
     await runAll(backend, Promise.all(requests));
     expect(backend.maxRunning).toBe(concurrency);
     const results = await Promise.all(requests);
-    for (const [i, r] of results.entries()) expect(r.results.map((c) => c.label)).toEqual([`t${i}`, `u${i}`]);
+    for (const [i, r] of results.entries()) expect(r.results.map(labelOf)).toEqual([`t${i}`, `u${i}`]);
     expect(backend.batches.flat()).toHaveLength(48);
     expect(batcher.depth).toBe(0);
     expect(batcher.busy).toBe(false);
@@ -80,7 +98,7 @@ test("a lone request runs at once even with free slots left", async () => {
   await settle();
   expect(backend.batches).toEqual([["alone"]]);
   backend.finishOne();
-  expect((await one).results[0]!.label).toBe("alone");
+  expect(labelOf((await one).results[0]!)).toBe("alone");
 });
 
 test("drain waits for every running batch", async () => {
@@ -120,7 +138,7 @@ test("a large request is interleaved with later ones: each waiting request gets 
   expect(backend.batches[2]).toEqual(["big5", "big6", "s2b", "big7"]);
   await runAll(backend, Promise.all([big, ...small]));
   const results = await Promise.all([big, ...small]);
-  expect(results[0]!.results.map((r) => r.label)).toEqual(Array.from({ length: 20 }, (_, i) => `big${i}`));
-  expect(results[2]!.results.map((r) => r.label)).toEqual(["s2", "s2b"]);
+  expect(results[0]!.results.map(labelOf)).toEqual(Array.from({ length: 20 }, (_, i) => `big${i}`));
+  expect(results[2]!.results.map(labelOf)).toEqual(["s2", "s2b"]);
   expect(batcher.depth).toBe(0);
 });

@@ -10,7 +10,7 @@ import { QuantdError } from "../../errors.ts";
 import { AGGREGATIONS, type Aggregation } from "../../runtime/entities.ts";
 import { readInputsTsv } from "../../runtime/input-tsv.ts";
 import { inputsOf } from "../../runtime/task.ts";
-import type { TaskResult } from "../../runtime/task-model.ts";
+import { publicResult, type TaskResult } from "../../runtime/task-model.ts";
 import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
 import type { TextInput } from "../../runtime/tokenizer.ts";
 import type { Command } from "../command.ts";
@@ -183,7 +183,7 @@ export const inferCommand: Command = {
           JSON.stringify({
             model: model.modelPath,
             task: model.task,
-            results: results.map((r, i) => ({ input: inputs[i], ...r })),
+            results: results.map((r, i) => ({ input: inputs[i], ...publicResult(r) })),
           }),
         );
       } else
