@@ -331,17 +331,24 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
         expect((await fetch(`${url}api/overview`, { tls })).status).toBe(401);
         const page = await fetch(url, { tls, redirect: "manual" });
         expect([page.status, page.headers.get("location")]).toEqual([303, "/login"]);
+        // The login page: only the configured way in, and never framed by another site.
+        const loginPage = await fetch(`${url}login`, { tls });
+        expect(loginPage.headers.get("x-frame-options")).toBe("DENY");
+        expect(loginPage.headers.get("content-security-policy")).toContain("frame-ancestors 'none'");
+        const form = await loginPage.text();
+        expect(form).toContain('name="token"');
+        expect(form).not.toContain('name="password"');
         const bearer = await fetch(`${url}api/overview`, {
           tls,
           headers: { authorization: "Bearer s3cret-token" },
         });
         expect(bearer.status).toBe(200);
-        const form = { "content-type": "application/x-www-form-urlencoded" };
+        const formType = { "content-type": "application/x-www-form-urlencoded" };
         const login = await fetch(`${url}login`, {
           method: "POST",
           tls,
           redirect: "manual",
-          headers: form,
+          headers: formType,
           body: "token=s3cret-token",
         });
         expect(login.status).toBe(303);
@@ -353,7 +360,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
           method: "POST",
           tls,
           redirect: "manual",
-          headers: { ...form, origin: "https://evil.example" },
+          headers: { ...formType, origin: "https://evil.example" },
           body: "token=s3cret-token",
         });
         expect(cross.status).toBe(403);

@@ -221,4 +221,14 @@ describe("dashboard authentication", () => {
     now += 61_000;
     expect(auth.identify(req({ cookie: (second?.cookie ?? "").split(";")[0] ?? "" }))).toBeUndefined();
   });
+
+  test("after 30 failed logins in a minute every login is refused until the minute has passed", async () => {
+    let now = NOW;
+    const auth = createDashboardAuth({ credentials: { token: "tok" }, secureCookies: false, now: () => now });
+    expect(auth.methods).toEqual({ token: true, user: false });
+    await Promise.all(Array.from({ length: 30 }, () => auth.login(new URLSearchParams({ token: "guess" }))));
+    expect(await auth.login(new URLSearchParams({ token: "tok" }))).toBeUndefined();
+    now += 60_001;
+    expect((await auth.login(new URLSearchParams({ token: "tok" })))?.name).toBe("token");
+  });
 });

@@ -31,6 +31,8 @@ export interface Principal {
 export interface DashboardAuth {
   /** Whether credentials are configured. */
   readonly required: boolean;
+  /** Which ways of logging in are configured (for the login form). */
+  readonly methods: { token: boolean; user: boolean };
   /** The principal of a request, or undefined when it is not authenticated (or its Host is refused). */
   identify(req: Request): Principal | undefined;
   /** Checks a login form; the session cookie's header on success. */
@@ -55,6 +57,8 @@ const COOKIE = "quantd_session";
 const MAX_SESSIONS = 1000;
 /** Delay of a failed login: slows guessing without locking anyone out. */
 const FAILED_LOGIN_DELAY_MS = 400;
+/** Failed logins per minute beyond which every login is refused until the minute has passed (parallel guessing). */
+const MAX_FAILED_LOGINS_PER_MINUTE = 30;
 const LOOPBACK_HOST = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\])(:\d+)?$/i;
 
 /** Compares secrets in constant time (digests first, so lengths do not leak either). */
@@ -90,8 +94,10 @@ export function createDashboardAuth(options: DashboardAuthOptions): DashboardAut
     return h?.startsWith("Bearer ") ? h.slice(7).trim() : undefined;
   };
 
+  let failures: number[] = [];
   return {
     required,
+    methods: { token: credentials.token !== undefined, user: credentials.user !== undefined },
     identify(req) {
       if (!required) {
         return LOOPBACK_HOST.test(req.headers.get("host") ?? "")
@@ -114,6 +120,12 @@ export function createDashboardAuth(options: DashboardAuthOptions): DashboardAut
       return { name: s.name, csrf: s.csrf };
     },
     async login(form) {
+      const t = now();
+      failures = failures.filter((at) => at > t - 60_000);
+      if (failures.length >= MAX_FAILED_LOGINS_PER_MINUTE) {
+        await Bun.sleep(FAILED_LOGIN_DELAY_MS);
+        return undefined;
+      }
       const token = form.get("token");
       const user = form.get("username");
       const password = form.get("password");
@@ -126,6 +138,7 @@ export function createDashboardAuth(options: DashboardAuthOptions): DashboardAut
         if (okUser && okPassword) name = credentials.user.name;
       }
       if (name === undefined) {
+        failures.push(t);
         await Bun.sleep(FAILED_LOGIN_DELAY_MS);
         return undefined;
       }

@@ -508,17 +508,25 @@ start();
 </html>
 `;
 
-/** The login page: a token, or a username and password (whichever the controller was given). */
-export function loginPage(required: boolean, error?: string): string {
-  const body = required
-    ? `<form method="post" action="/login">
+/** The login page: a token, or a username and password, whichever the controller was given. */
+export function loginPage(methods: { token: boolean; user: boolean }, error?: string): string {
+  const fields = [
+    methods.user
+      ? `<p><label>username <input name="username" autocomplete="username"></label></p>
+  <p><label>password <input name="password" type="password" autocomplete="current-password"></label></p>`
+      : "",
+    methods.token
+      ? `<p>${methods.user ? "or " : ""}<label>token <input name="token" type="password" autocomplete="off"></label></p>`
+      : "",
+  ].join("\n  ");
+  const body =
+    methods.token || methods.user
+      ? `<form method="post" action="/login">
   ${error === undefined ? "" : `<p class="err">${error}</p>`}
-  <p><label>username <input name="username" autocomplete="username"></label></p>
-  <p><label>password <input name="password" type="password" autocomplete="current-password"></label></p>
-  <p>or <label>token <input name="token" type="password" autocomplete="off"></label></p>
+  ${fields}
   <p><button type="submit">log in</button></p>
 </form>`
-    : `<p>This dashboard listens on loopback without credentials: no login needed. <a href="/">Open it</a>.</p>`;
+      : `<p>This dashboard listens on loopback without credentials: no login needed. <a href="/">Open it</a>.</p>`;
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>quantd fleet: log in</title>
 <style>body { font: 14px system-ui, sans-serif; margin: 3rem auto; max-width: 26rem; color: #1d2430; } .err { color: #a12c2c; } input { font: inherit; }</style>

@@ -65,6 +65,25 @@ function json(value: unknown, status = 200): Response {
   });
 }
 
+/**
+ * Headers of the dashboard's pages: no framing (a page that acts must not be
+ * clickjacked), nothing loaded from elsewhere, forms posted only here.
+ */
+const PAGE_HEADERS = {
+  "content-type": "text/html; charset=utf-8",
+  "cache-control": "no-store",
+  "content-security-policy":
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+  "x-frame-options": "DENY",
+  "x-content-type-options": "nosniff",
+  // same-origin, not no-referrer: with no-referrer a form post says `Origin: null` and the login check refuses it.
+  "referrer-policy": "same-origin",
+};
+
+function html(body: string, status = 200): Response {
+  return new Response(body, { status, headers: PAGE_HEADERS });
+}
+
 function notFound(what: string): Response {
   return json({ error: new QuantdError("NOT_FOUND", `${what} not found`).toJSON() }, 404);
 }
@@ -398,10 +417,7 @@ export function startDashboard(
     const form = new URLSearchParams(await req.text());
     const ok = await auth.login(form);
     if (ok === undefined) {
-      return new Response(loginPage(auth.required, "wrong credentials"), {
-        status: 401,
-        headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
-      });
+      return html(loginPage(auth.methods, "wrong credentials"), 401);
     }
     log(`dashboard: ${ok.name} logged in`);
     return new Response(null, { status: 303, headers: { location: "/", "set-cookie": ok.cookie } });
@@ -495,9 +511,7 @@ export function startDashboard(
 
   const get = async (url: URL, who: Principal, parts: string[]): Promise<Response> => {
     if (parts.length === 0) {
-      return new Response(DASHBOARD_HTML, {
-        headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
-      });
+      return html(DASHBOARD_HTML);
     }
     if (parts[0] !== "api") return notFound(url.pathname);
     const [, what, fleet, device, sub, id] = parts;
@@ -564,9 +578,7 @@ export function startDashboard(
           .map(decodeURIComponent);
         if (parts.length === 1 && parts[0] === "login") {
           if (req.method === "POST") return await login(req);
-          return new Response(loginPage(auth.required), {
-            headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
-          });
+          return html(loginPage(auth.methods));
         }
         // Signed, content-addressed release files for devices, which have no dashboard login
         // (see release-routes.ts): served before the operator's authentication.
