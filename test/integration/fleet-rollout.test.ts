@@ -8,8 +8,9 @@
  * rollout, the canary is rolled back and no other device serves it.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { chromium } from "playwright-core";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import { releaseOf } from "../../src/agent/release.ts";
 import { type FleetController, startController } from "../../src/fleet/controller/controller.ts";
@@ -33,6 +34,7 @@ import { call, tempDir, testConfig } from "./agent-harness.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
+const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => existsSync(p));
 const BOARDS = ["board-1", "board-2", "board-3", "board-4"];
 const FLEET = "plant";
 
@@ -206,6 +208,41 @@ describe.skipIf(!hasMosquitto)("rollouts over a fleet of real agents", () => {
       expect(halted.body.devices[b]?.state).toBe("skipped");
       expect(servingRelease(b)).not.toBe(rel.id);
     }
+    // The dashboard shows the waves, each device's state and figures, and the halt reason.
+    const api = (await (await fetch(`${dashboard.url}api/rollouts/${started.id}`)).json()) as Rollout;
+    expect(api.state).toBe("halted");
+    if (CHROMIUM !== undefined) {
+      const browser = await chromium.launch({
+        executablePath: CHROMIUM,
+        args: ["--no-sandbox", "--disable-gpu"],
+      });
+      try {
+        const page = await browser.newPage();
+        await page.goto(dashboard.url);
+        // The newest rollout (this one) comes first; the completed one is listed below it.
+        const newest = page.locator("#rollout-list table").first();
+        const canaryRow = newest.locator('tr[data-rollout-device="board-1"]');
+        await canaryRow.waitFor({ timeout: 20_000 });
+        expect(await canaryRow.locator("td").allTextContents()).toEqual([
+          "1 failed",
+          "board-1",
+          "rolled-back",
+          expect.stringMatching(/ %$/),
+          expect.stringMatching(/^\d/),
+          expect.anything(),
+          expect.stringMatching(/ %$/),
+          expect.stringContaining("error rate"),
+        ]);
+        const other = await newest.locator('tr[data-rollout-device="board-2"] td').allTextContents();
+        expect(other.slice(0, 3)).toEqual(["2 waiting", "board-2", "skipped"]);
+        expect(await page.locator("#rollout-list p.halt").first().textContent()).toBe(
+          `halted: ${halted.body.haltReason}`,
+        );
+        expect(await page.locator("#rollout-list p.rollout").first().textContent()).toContain(started.id);
+      } finally {
+        await browser.close();
+      }
+    } else console.warn("chromium not installed: the dashboard's rollout section was not rendered");
     console.log(
       `devices serving the release that failed its gate: ${BOARDS.filter((b) => servingRelease(b) === rel.id).length}`,
     );

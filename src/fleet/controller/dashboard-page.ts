@@ -28,6 +28,7 @@ const STYLE = `
   .card b { display: block; font-size: 1.25rem; font-variant-numeric: tabular-nums; }
   .card span { color: #667; font-size: 0.8rem; }
   #alerts { list-style: none; padding: 0; margin: 0 0 1rem; }
+  p.halt { color: #a12c2c; font-weight: 600; }
   #alerts li { background: #fff4f2; border-left: 4px solid #c23b3b; padding: 0.3rem 0.6rem; margin-bottom: 0.25rem; }
   #alerts li.memory, #alerts li.outbox-drops { background: #fff9eb; border-color: #dd8b20; }
   #alerts .kind { font-weight: 600; margin-right: 0.5rem; }
@@ -89,8 +90,10 @@ export const DASHBOARD_HTML = `<!doctype html>
   <tbody id="devices"></tbody>
 </table>
 <div class="empty" id="none" hidden>No device matches.</div>
-<!-- Rollouts (issue 14) add their own section here. -->
-<section id="rollouts"></section>
+<section id="rollouts" hidden>
+  <h2>Rollouts</h2>
+  <div id="rollout-list"></div>
+</section>
 <section id="trust">
   <p id="refused">Refused device messages: –</p>
   <div id="pending-box" hidden>
@@ -475,6 +478,53 @@ async function loadTrust() {
     body.appendChild(tr);
   }
 }
+// Rollouts: each wave's devices with their state, the figures that decided them, and the halt reason.
+async function loadRollouts() {
+  const rollouts = await api("/api/rollouts");
+  const box = document.getElementById("rollout-list");
+  box.replaceChildren();
+  document.getElementById("rollouts").hidden = rollouts.length === 0;
+  for (const r of rollouts.slice(0, 3)) {
+    const b = r.body;
+    const head = document.createElement("p");
+    head.className = "rollout";
+    head.textContent = r.id + " · release " + b.releaseVersion + " · fleet " + r.fleet + " · " + r.state +
+      " · wave " + Math.min(b.current + 1, b.waves.length) + " of " + b.waves.length + " · updated " + ago(r.updatedAt);
+    box.appendChild(head);
+    if (b.haltReason) {
+      const why = document.createElement("p");
+      why.className = "halt";
+      why.textContent = "halted: " + b.haltReason;
+      box.appendChild(why);
+    }
+    const table = document.createElement("table");
+    const thead = document.createElement("tr");
+    for (const h of ["wave", "device", "state", "agreement", "bench latency ratio", "post-swap latency ratio", "error rate", "reason"]) {
+      const th = document.createElement("th");
+      th.textContent = h;
+      thead.appendChild(th);
+    }
+    table.appendChild(thead);
+    b.waves.forEach((w, i) => {
+      for (const name of w.devices) {
+        const d = b.devices[name] || {};
+        const f = d.figures || {};
+        const tr = document.createElement("tr");
+        tr.dataset.rolloutDevice = name;
+        cell(tr, (i + 1) + " " + w.state);
+        cell(tr, name);
+        cell(tr, d.state || "–");
+        cell(tr, fmtPct(f.agreement), "num");
+        cell(tr, typeof f.latencyRatio === "number" ? f.latencyRatio.toFixed(3) : "–", "num");
+        cell(tr, typeof f.telemetryLatencyRatio === "number" ? f.telemetryLatencyRatio.toFixed(3) : "–", "num");
+        cell(tr, typeof f.errorRate === "number" ? (f.errorRate * 100).toFixed(2) + " %" : "–", "num");
+        cell(tr, d.reason || "", "why");
+        table.appendChild(tr);
+      }
+    });
+    box.appendChild(table);
+  }
+}
 let pending = false;
 function refresh() {
   if (pending) return;
@@ -493,6 +543,8 @@ async function start() {
   note.hidden = session.actions.enabled;
   note.textContent = session.actions.enabled ? "" : "Actions disabled: " + session.actions.reason;
   setInterval(loadTrust, 5000);
+  setInterval(loadRollouts, 3000);
+  loadRollouts();
   // Ages and offline alerts move with time even when no device speaks.
   setInterval(refresh, 15000);
   loadTrust();

@@ -515,8 +515,15 @@ export function startDashboard(
     }
     if (parts[0] !== "api") return notFound(url.pathname);
     const [, what, fleet, device, sub, id] = parts;
+    if (what === "rollouts" && parts.length === 3 && fleet !== undefined) {
+      const r = await store.rollout(fleet);
+      return r === undefined ? notFound(`rollout ${fleet}`) : json(r);
+    }
     if (parts.length === 2) {
       switch (what) {
+        case "rollouts":
+          // The newest rollouts whole: waves, devices, figures, halt reason and events.
+          return json(await store.rollouts(undefined, 10));
         case "session":
           return json(session(who));
         case "stats":
