@@ -9,9 +9,10 @@
  *
  * The fixtures carry a planted sentiment path, so their fp32 margins are those
  * of a fine-tuned classifier (checked first) and agreement means something.
- * Static int8 with default flags must meet the gate (≥ 99.5 % top-1 on the
- * held-out samples quantize validates on) and weigh at most 27 % of fp32, plus
- * the weights of any node the report keeps in fp32 (with its reason).
+ * Static int8 with default flags must meet the default gate (the lower 95 %
+ * bound of top-1 agreement ≥ 99.5 % on the held-out samples quantize
+ * validates on) and weigh at most 27 % of fp32, plus the weights of any node
+ * the report keeps in fp32 (each with its reason).
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -34,11 +35,12 @@ setDefaultTimeout(180_000);
 const dir = mkdtempSync(join(tmpdir(), "quantd-encoders-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** quantize's defaults: 128 calibration rows, the next 512 held out. */
+/** quantize's defaults on this file: 128 calibration rows, the other 1,024 held out (certifying 99.5 % takes ≥ 598). */
 const samples = join(dir, "train.tsv");
 const GATE = 0.995;
 const SIZE_TARGET = 0.27;
-const devRows = readFileSync(shippedDevTsv, "utf8").trim().split("\n");
+// The shipped TSVs have CRLF line ends.
+const devRows = readFileSync(shippedDevTsv, "utf8").trim().split(/\r?\n/);
 /** 400 labelled SST-2 dev rows: neither calibration nor the gate saw them. */
 const heldOut = join(dir, "dev-400.tsv");
 const HELD_OUT = 400;
@@ -47,7 +49,7 @@ const SOCKET_TEXTS = devRows.slice(1, 33).map((l) => l.slice(l.indexOf("\t") + 1
 
 beforeAll(() => {
   const rows = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8").trim().split("\n");
-  writeFileSync(samples, `${rows.slice(0, 1 + 128 + 512).join("\n")}\n`);
+  writeFileSync(samples, `${rows.slice(0, 1 + 128 + 1024).join("\n")}\n`);
   writeFileSync(heldOut, `${devRows.slice(0, 1 + HELD_OUT).join("\n")}\n`);
 });
 
@@ -106,7 +108,7 @@ describe.each(ARCHITECTURES.map((a) => [a.name, a] as [string, Architecture]))("
     assertReportShape(parsed);
     const report = parsed;
     expect(report.outcome).toBe("written");
-    expect(report.metrics.n).toBe(512);
+    expect(report.metrics.n).toBe(1024);
     expect(report.metrics.agreement).toBeGreaterThanOrEqual(GATE);
     // int8 moved the logits: the gate was not passed by a model quantization did not touch.
     expect(report.metrics.maxAbsLogitDiff).toBeGreaterThan(1e-3);
@@ -114,7 +116,7 @@ describe.each(ARCHITECTURES.map((a) => [a.name, a] as [string, Architecture]))("
     if (mode === "static") {
       const fp32Bytes = report.model.fp32.bytes;
       const allowance = (await keptWeightBytes(join(fp32Dir, "model.onnx"), report)) / fp32Bytes;
-      expect(report.model.sizeRatio!).toBeLessThanOrEqual(SIZE_TARGET + allowance);
+      expect(report.model.sizeRatio!).toBeLessThanOrEqual((arch.sizeTarget ?? SIZE_TARGET) + allowance);
     }
 
     // Validate on sentences neither calibration nor the gate saw.
