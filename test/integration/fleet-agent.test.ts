@@ -120,6 +120,14 @@ describe.skipIf(!hasMosquitto)("the agent on the fleet", () => {
     off();
     const busy = seen.flatMap((t) => t.samples).find((x) => x.latencyMs !== undefined);
     expect(busy?.latencyMs?.p50).toBeGreaterThan(0);
+    // Real quantiles of the interval's batch times, not the histogram's bucket bounds (1, 2.5, 5, 10 … ms).
+    const bounds = [1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500];
+    const { p50, p95, p99 } = busy!.latencyMs!;
+    expect(bounds.includes(p50) && bounds.includes(p95) && bounds.includes(p99)).toBe(false);
+    expect(p50).toBeLessThanOrEqual(p95);
+    expect(p95).toBeLessThanOrEqual(p99);
+    // The memory the agent may use (cgroup memory.max, else physical memory), for the dashboard's alert.
+    expect(busy?.memoryLimitBytes).toBeGreaterThan(busy?.rssBytes ?? 0);
     expect(busy?.requestRate).toBeGreaterThan(0);
     expect(busy?.rssBytes).toBeGreaterThan(50 * 1048576);
     // The process_* figures of /metrics travel too, for boards no scraper reaches.

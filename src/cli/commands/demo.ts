@@ -738,6 +738,9 @@ async function stay(ctx: CommandContext, state: DemoState): Promise<void> {
   ctx.err("");
   ctx.err(`still running (--stay): dashboard ${state.dashboard?.url ?? "-"}`);
   ctx.err(
+    `  its buttons (recalibrate, quantize-dynamic, rollback, bench) sign with ${state.operatorKeyFile ?? "-"}`,
+  );
+  ctx.err(
     `  socket:  curl --unix-socket ${state.socketPath} -H 'content-type: application/json' http://localhost/v1/classify -d '{"texts":["a fine film"]}'`,
   );
   ctx.err(`  fleet:   quantd fleet devices --broker ${state.brokerUrl} --fleet ${DEMO_FLEET}`);
