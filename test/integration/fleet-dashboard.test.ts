@@ -334,6 +334,14 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
     await page.locator("#summary").filter({ hasText: "2 devices, 1 online" }).waitFor({ timeout: 10_000 });
     expect(await page.locator('tr.device[data-key="lab/pi-1"] .dot').getAttribute("title")).toBe("offline");
     await page.locator("#alerts li.offline").filter({ hasText: "pi-1" }).waitFor({ timeout: 5000 });
+    // Its status history says when and why.
+    await page.locator('tr.device[data-key="lab/pi-1"]').click();
+    await page
+      .locator("#status-history")
+      .filter({ hasText: /^Status: offline \(shutdown\) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d · online / })
+      .waitFor({ timeout: 5000 });
+    await page.locator('tr.device[data-key="lab/jetson-1"]').click();
+    await page.locator("#detail-title").filter({ hasText: "jetson-1 (lab)" }).waitFor({ timeout: 5000 });
     await shot(page, "dashboard-overview.png");
   });
 

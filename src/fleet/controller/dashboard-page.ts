@@ -104,6 +104,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 </section>
 <section id="detail">
   <h2 id="detail-title"></h2>
+  <p id="status-history"></p>
   <div class="bar" id="detail-actions"></div>
   <div class="charts">
     <figure><figcaption>Latency, ms (<span class="p50">p50</span>, <span class="p95">p95</span> of each telemetry interval)</figcaption><svg id="latency" width="540" height="210"></svg></figure>
@@ -424,6 +425,8 @@ async function loadDetail() {
   drawChart(document.getElementById("accuracy"), [
     { name: "agreement", color: "#2a9d4a", dots: true, points: reports.map((r) => [r.finishedAt || 0, r.figures.agreement]) },
   ], { unit: "%", scale: 100, minSpan: 0.01, yMax: 1, empty: "no report with an agreement yet" });
+  document.getElementById("status-history").textContent = "Status: " + (detail.history.length === 0 ? "–" :
+    detail.history.slice(0, 8).map((h) => h.state + (h.reason ? " (" + h.reason + ")" : "") + " " + stamp(h.at)).join(" · "));
   const models = document.getElementById("models");
   models.replaceChildren();
   for (const m of detail.models) {
