@@ -46,6 +46,7 @@ const CLIENT_CODES: readonly QuantdErrorCode[] = [
   "CALIB_EMPTY",
   "COMMAND_INVALID",
   "COMMAND_EXPIRED",
+  "COMMAND_UNAUTHORIZED",
 ];
 
 /** Transient conditions: 503 (with Retry-After from the routes), so a client retries. */
