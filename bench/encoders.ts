@@ -3,14 +3,18 @@
  * exporter's graph shape of the synthetic BERT, onnxruntime-optimized copies,
  * external data, the shipped BERT-Mini): static int8 with default flags and
  * dynamic int8, each validated against fp32 on held-out SST-2 sentences, with
- * top-1 agreement, the size ratio, the fp32 weight nodes left and why, and the
- * graph changes made before quantizing (opset upgrade, contrib ops lowered).
+ * top-1 agreement, the size ratio, the fp32 weight nodes left and why, the
+ * graph changes made before quantizing (opset upgrade, contrib ops lowered),
+ * and the p50 latency of fp32 and static int8 at batch 1 × 128 tokens (runs
+ * interleaved, so load from other jobs hits both alike; the ratio is the
+ * median of per-pair ratios).
  *
  *   bun bench/encoders.ts                  # mini-sized synthetic fixtures (4 × 256) + the shipped model
  *   bun bench/encoders.ts --size tiny      # 2 × 32 (what the tests use; per-row embedding scales weigh more)
  *   bun bench/encoders.ts --only ort-extended,ts-opset11-tanh-mul --val 1024 --calib 128
  *   bun bench/encoders.ts --decide-on point  # gate on the point estimate (default: its 95 % lower bound)
  *   bun bench/encoders.ts --markdown FILE  # also write the table to FILE
+ *   bun bench/encoders.ts --only arch-roberta --runs 50  # latency runs per model (default 30)
  *
  * A fixture that fails prints its error code in the row; the script never
  * fails on a miss (the targets — gate met, ≤ 27 % size — are read, not asserted).
@@ -22,8 +26,10 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { isQuantdError } from "../src/errors.ts";
+import { medianRatio, percentile } from "../src/bench/stats.ts";
 import { runQuantization } from "../src/quant/pipeline.ts";
 import type { QuantizeReport } from "../src/quant/report.ts";
+import { feedsForEncoding, loadClassifier } from "../src/runtime/classifier.ts";
 import {
   architectureEncoderFixtures,
   type EncoderFixture,
@@ -45,6 +51,7 @@ const { values } = parseArgs({
     val: { type: "string", default: "1024" },
     "decide-on": { type: "string", default: "bound" },
     threads: { type: "string", default: "1" },
+    runs: { type: "string", default: "30" },
     markdown: { type: "string" },
   },
 });
@@ -100,6 +107,47 @@ async function quantize(
   }
 }
 
+/** p50 latencies of two models on one batch of 1 × 128 tokens, runs interleaved. */
+interface Latency {
+  fp32Ms: number;
+  int8Ms: number;
+  /** Median of per-pair int8/fp32 ratios. */
+  ratio: number;
+}
+
+async function latency(fp32: string, int8: string): Promise<Latency | string> {
+  const session = { intraOpThreads: Number(values.threads) };
+  const a = await loadClassifier(fp32, { session });
+  const b = await loadClassifier(int8, { session });
+  try {
+    const text = readFileSync(poolTsv, "utf8").split("\n").slice(1, 40).join(" ");
+    const enc = a.tokenizer.encodeBatch([text], { maxLength: 128, padding: "max_length" });
+    const feedsA = feedsForEncoding(a.session, enc);
+    const feedsB = feedsForEncoding(b.session, enc);
+    const timeOne = async (c: typeof a, feeds: typeof feedsA): Promise<number> => {
+      const t0 = performance.now();
+      await c.session.run(feeds, [c.outputName]);
+      return performance.now() - t0;
+    };
+    for (let w = 0; w < 5; w++) {
+      await timeOne(a, feedsA);
+      await timeOne(b, feedsB);
+    }
+    const ta: number[] = [];
+    const tb: number[] = [];
+    for (let r = 0; r < Number(values.runs); r++) {
+      ta.push(await timeOne(a, feedsA));
+      tb.push(await timeOne(b, feedsB));
+    }
+    return { fp32Ms: percentile(ta, 50), int8Ms: percentile(tb, 50), ratio: medianRatio(ta, tb) };
+  } catch (err) {
+    return isQuantdError(err) ? `${err.code}: ${err.message}` : String(err);
+  } finally {
+    await a.release();
+    await b.release();
+  }
+}
+
 const pct = (x: number | undefined): string => (x === undefined ? "—" : `${(x * 100).toFixed(2)} %`);
 const agreement = (r: ModeRow): string =>
   r.error !== undefined ? "FAILED" : `${pct(r.agreement)} (≥ ${pct(r.lower)})`;
@@ -122,8 +170,8 @@ async function main(): Promise<void> {
     `encoders: synthetic ${values.size} (${config.layers} × ${config.hidden}, vocab ${config.vocab}) + shipped BERT-Mini; ` +
       `${values.calib} calibration / ${values.val} held-out SST-2 train sentences; default flags, gate 99.5 % on the ${values["decide-on"] === "point" ? "point estimate" : "95 % lower bound"}`,
     "",
-    "| fixture | static agreement (95 % bound) | static size | dynamic agreement (bound) | dynamic size | opset | lowered | fp32 weight nodes left (why) |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| fixture | static agreement (95 % bound) | static size | dynamic agreement (bound) | dynamic size | p50 fp32 | p50 static int8 (ratio) | opset | lowered | fp32 weight nodes left (why) |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   console.log(lines.join("\n"));
   try {
@@ -146,7 +194,12 @@ async function main(): Promise<void> {
         st.error ??
         dy.error ??
         (st.fp32Left.length === 0 ? "none" : `${st.fp32Left.length}: ${st.fp32Left.join("; ")}`);
-      const row = `| ${f.name} | ${agreement(st)} | ${pct(st.sizeRatio)} | ${agreement(dy)} | ${pct(dy.sizeRatio)} | ${opset} | ${lowered} | ${left} |`;
+      const lat = st.error === undefined ? await latency(model, join(dir, f.name, "int8-static.onnx")) : "—";
+      const times =
+        typeof lat === "string"
+          ? `${lat} | —`
+          : `${lat.fp32Ms.toFixed(2)} ms | ${lat.int8Ms.toFixed(2)} ms (${lat.ratio.toFixed(2)} ×)`;
+      const row = `| ${f.name} | ${agreement(st)} | ${pct(st.sizeRatio)} | ${agreement(dy)} | ${pct(dy.sizeRatio)} | ${times} | ${opset} | ${lowered} | ${left} |`;
       lines.push(row);
       console.log(row);
     }
