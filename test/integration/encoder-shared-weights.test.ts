@@ -1,0 +1,80 @@
+/**
+ * ALBERT's one layer serves every layer: each of its weights is one
+ * initializer that four MatMuls read. Quantized, it must stay one: one int8
+ * tensor (with its scales) read by the same four nodes, and no fp32 copy left,
+ * so the int8 file is a quarter of the fp32 one and not four times that.
+ */
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadModel } from "../../src/onnx/codec.ts";
+import type { ModelProto } from "../../src/onnx/types.ts";
+import { runQuantization } from "../../src/quant/pipeline.ts";
+import { architecture } from "../fixtures/encoders/architectures.ts";
+import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
+import { repoRoot } from "../helpers/paths.ts";
+
+setDefaultTimeout(120_000);
+
+const dir = mkdtempSync(join(tmpdir(), "quantd-shared-weights-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const arch = architecture("albert");
+const samples = join(dir, "samples.tsv");
+const SHARED = [
+  "attention.query",
+  "attention.key",
+  "attention.value",
+  "attention.dense",
+  "ffn",
+  "ffn_output",
+].map((m) => `albert.encoder.albert_layer_groups.0.albert_layers.0.${m}.weight`);
+let fp32: ModelProto;
+let fp32Dir: string;
+
+beforeAll(async () => {
+  fp32Dir = (await writeEncoderFixture(arch, join(dir, "albert"))).dir;
+  fp32 = await loadModel(join(fp32Dir, "model.onnx"));
+  const rows = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8").trim().split("\n");
+  writeFileSync(samples, `${rows.slice(0, 1 + 32 + 100).join("\n")}\n`);
+});
+
+const readers = (m: ModelProto, tensor: string): string[] =>
+  m.graph.node.filter((n) => n.input.includes(tensor)).map((n) => n.name);
+
+describe("ALBERT's shared layer", () => {
+  test("the fp32 fixture shares it: every weight is one initializer read by each layer's MatMul", () => {
+    for (const w of SHARED) expect(readers(fp32, w)).toHaveLength(arch.layers);
+  });
+
+  test.each(["static", "dynamic"] as const)(
+    "%s int8: one int8 tensor per shared weight, read by every layer, no fp32 copy",
+    async (mode) => {
+      const out = join(dir, `albert-${mode}.onnx`);
+      // No fallback: every node is quantized, so every reader must share the one int8 tensor.
+      await runQuantization({
+        model: fp32Dir,
+        calib: samples,
+        out,
+        mode,
+        samples: 32,
+        validationSamples: 100,
+        trialBudget: 0,
+        gate: 0,
+        decideOn: "point",
+        threads: 1,
+      });
+      const int8 = await loadModel(out);
+      const names = new Set(int8.graph.initializer.map((t) => t.name));
+      for (const w of SHARED) {
+        expect(names.has(w)).toBe(false);
+        const quantized = int8.graph.initializer.filter(
+          (t) => t.name.startsWith(w) && t.dataType === 3 && t.dims.length === 2,
+        );
+        expect(quantized.map((t) => t.name)).toHaveLength(1);
+        expect(readers(int8, quantized[0]!.name)).toHaveLength(arch.layers);
+      }
+    },
+  );
+});
