@@ -1,5 +1,6 @@
 /**
- * BERT-style tokenization with truncation and padding.
+ * Tokenization for BERT-family encoders (WordPiece, byte-level BPE,
+ * SentencePiece Unigram or BPE behind Metaspace) with truncation and padding.
  *
  * `@huggingface/tokenizers` reproduces the Python (Rust `tokenizers`) ids exactly
  * but ignores the truncation and padding settings, so this module asks it only
