@@ -253,6 +253,7 @@ async function download(
         throw new QuantdError("FLEET_UNAVAILABLE", `${p.url} answered ${res.status} for ${f.path}`);
       }
       const fd = openSync(path, size > 0 ? "a" : "w");
+      let unlogged = 0;
       try {
         if (res.body !== null) {
           for await (const chunk of res.body) {
@@ -267,6 +268,11 @@ async function download(
             size += chunk.byteLength;
             done += chunk.byteLength;
             log.bytes += chunk.byteLength;
+            // The count survives a kill -9 to within a MiB.
+            if ((unlogged += chunk.byteLength) >= 1024 * 1024) {
+              unlogged = 0;
+              writeLog(logPath, log);
+            }
             ctx.check();
           }
         }
