@@ -398,10 +398,17 @@ export function createReleaseHandler(deps: ReleaseJobDeps): JobHandler {
       ctx.stage("download", 0.02);
       mkdirSync(root, { recursive: true });
       let dir: string;
+      const t0 = performance.now();
       try {
         const got = await download(rel, p, root, ctx, freeBytes);
         dir = got.dir;
-        facts.download = { bytes: got.log.bytes, attempts: got.log.attempts, releaseBytes: releaseBytes(m) };
+        facts.download = {
+          bytes: got.log.bytes,
+          attempts: got.log.attempts,
+          releaseBytes: releaseBytes(m),
+          // This attempt's wall time (a resumed download's earlier attempts are not in it).
+          ms: Math.round(performance.now() - t0),
+        };
       } catch (err) {
         const e = QuantdError.from(err);
         if (e.code === "DATA_MISMATCH") return rejected([e.message], e, facts);

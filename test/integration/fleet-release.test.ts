@@ -106,6 +106,65 @@ describe("quantd fleet release create", () => {
   });
 });
 
+describe("quantd fleet rollout", () => {
+  test("start plans canary-first waves over the fleet's devices; status, pause, resume and abort change the store", async () => {
+    const store = await openSqliteFleetStore(db);
+    const [rec] = await store.releases();
+    for (const d of ["pi-1", "pi-2", "pi-3", "pi-4", "pi-5"]) {
+      await store.recordStatus("plant", d, { state: "online", fleet: "plant", device: d, at: 1 }, 2);
+    }
+    await store.close();
+    const base = ["fleet", "rollout"];
+    const where = ["--db", db, "--fleet", "plant"];
+    const bad = await runQuantd([...base, "start", "v2", ...where, "--waves", "50,10"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--waves must grow");
+    const badGate = await runQuantd([...base, "start", "v2", ...where, "--gate", "agreement=150"]);
+    expect(badGate.stderr).toContain("--gate takes");
+    const started = await runQuantd([
+      ...base,
+      "start",
+      "v2",
+      ...where,
+      "--gate",
+      "agreement=99.5,latencyRatio=1.1,errorRate=0.01",
+      "--soak",
+      "10m",
+      "--json",
+    ]);
+    expect(started.code).toBe(0);
+    const r = JSON.parse(started.stdout) as {
+      id: string;
+      release: string;
+      state: string;
+      body: { waves: { devices: string[] }[]; spec: Record<string, unknown> };
+    };
+    expect(r.release).toBe(rec!.id);
+    expect(r.state).toBe("running");
+    expect(r.body.waves.map((w) => w.devices)).toEqual([["pi-1"], ["pi-2"], ["pi-3"], ["pi-4", "pi-5"]]);
+    expect(r.body.spec).toMatchObject({
+      gate: { agreement: 99.5, latencyRatio: 1.1, errorRate: 0.01 },
+      soakMs: 600_000,
+      pendingExpiryMs: 86_400_000,
+    });
+    const again = await runQuantd([...base, "start", rec!.id.slice(0, 12), ...where]);
+    expect(again.stderr).toContain("STATE_CONFLICT");
+    const status = await runQuantd([...base, "status", r.id, "--db", db]);
+    expect(status.stdout).toContain(`rollout ${r.id}: release v2`);
+    expect(status.stdout).toMatch(/1 waiting\s+pi-1\s+waiting/);
+    const state = async (action: string): Promise<string> => {
+      const out = await runQuantd([...base, action, r.id, "--db", db, "--json"]);
+      // With --json an error is a JSON object on stdout too.
+      return out.code === 0 ? (JSON.parse(out.stdout) as { state: string }).state : out.stdout + out.stderr;
+    };
+    expect(await state("resume")).toContain("STATE_CONFLICT");
+    expect(await state("pause")).toBe("paused");
+    expect(await state("resume")).toBe("running");
+    expect(await state("abort")).toBe("aborted");
+    expect(await state("abort")).toContain("STATE_CONFLICT");
+  });
+});
+
 describe("a device's check of a release", () => {
   test("an unknown key, a changed manifest, no trusted key: refused before anything is read", async () => {
     const store = await openSqliteFleetStore(db);

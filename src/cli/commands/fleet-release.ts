@@ -160,14 +160,13 @@ export async function rolloutCommand(
     switch (action) {
       case "start": {
         if (arg === undefined) throw usageError("quantd fleet rollout start RELEASE --fleet NAME");
-        const release = await findRelease(store, arg);
         const waves = flagString(ctx.flags, "waves");
         const gate = flagString(ctx.flags, "gate");
         const soak = flagString(ctx.flags, "soak");
         const expiry = flagString(ctx.flags, "pending-expiry");
         const samples = flagInt(ctx.flags, "samples", { min: 1, max: 10_000 });
-        const r = await createRollout(store, {
-          release,
+        // Every flag is checked before the store is asked anything.
+        const spec = {
           fleet,
           waves: waves === undefined ? [...DEFAULT_WAVES] : parseWaves(waves),
           gate: gate === undefined ? {} : parseGate(gate),
@@ -175,7 +174,8 @@ export async function rolloutCommand(
           pendingExpiryMs:
             expiry === undefined ? DEFAULT_PENDING_EXPIRY_MS : parseDuration(expiry, "pending-expiry"),
           ...(samples !== undefined ? { samples } : {}),
-        });
+        };
+        const r = await createRollout(store, { ...spec, release: await findRelease(store, arg) });
         ctx.err(
           `rollout ${r.id} started; a controller with --key drives it (quantd fleet rollout status ${r.id})`,
         );

@@ -478,8 +478,14 @@ export function startRolloutEngine(options: RolloutEngineOptions): RolloutEngine
     }
     if (d.state === "sent") {
       const job: JobRecord | undefined = await store.job(r.fleet, name, d.jobId);
-      if (job === undefined || !["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"].includes(job.state))
-        return false;
+      if (job === undefined || !["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"].includes(job.state)) {
+        // A device that took the job and never reported within the pending expiry may serve anything: a failure.
+        if (at - (d.sentAt ?? d.since) <= body.spec.pendingExpiryMs) return false;
+        d.state = "failed";
+        d.reason = `no report within ${Math.round(body.spec.pendingExpiryMs / 60_000)} min of the release`;
+        addEvent(body, at, `${name}: ${d.reason}`);
+        return true;
+      }
       const f = reportedFigures(job.result);
       d.finishedAt = job.updatedAt;
       d.promoted = f.promoted;
