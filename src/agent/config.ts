@@ -4,13 +4,14 @@
  * Everything is validated once, at start, so a typo fails the service with one
  * CONFIG_INVALID line naming the key instead of surfacing hours later.
  */
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { homedir, hostname } from "node:os";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import type { BoardProfile } from "../../device/profiles.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/config.ts";
 import { isRecord } from "../json.ts";
+import { modelFileOf } from "../runtime/model-files.ts";
 import type { TcpAddress } from "../server/listen.ts";
 
 /** Micro-batching of inference requests. */
@@ -495,7 +496,7 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
       : join(stateDir, "quantd.sock"));
   const given = pathValue("model") ?? resolve(opts.defaultModel);
   // A model directory (Optimum's layout, or what `quantize --out DIR` writes) serves its model.onnx.
-  const model = statSync(given, { throwIfNoEntry: false })?.isDirectory() ? join(given, "model.onnx") : given;
+  const model = modelFileOf(given);
   const tokenizerDir = pathValue("tokenizerDir") ?? dirname(model);
   const maxBatch = num("batching.maxBatch", 16);
   const config: AgentConfig = {

@@ -46,6 +46,14 @@ function onnxFilesIn(dir: string): string[] {
 }
 
 /**
+ * The model file a path names: `model.onnx` inside a model directory (Optimum's
+ * layout, or what `quantize --out DIR` writes), else the path itself.
+ */
+export function modelFileOf(path: string): string {
+  return isDir(path) ? join(path, "model.onnx") : path;
+}
+
+/**
  * Locates a model and its tokenizer and config.
  *
  * `modelPath` may be the `.onnx` file or a directory holding `model.onnx`. The

@@ -84,6 +84,24 @@ describe("quantize --out DIR", () => {
     const label = (s: string) => (JSON.parse(s) as { results: { label: string }[] }).results[0]?.label ?? "";
     expect(["negative", "positive"]).toContain(label(int8.stdout));
     expect(label(int8.stdout)).toBe(label(fp32.stdout));
+
+    // bench and eval take the directory too.
+    const bench = await runQuantd([
+      "bench",
+      "--model",
+      out,
+      "--seq",
+      "16",
+      "--batch",
+      "1",
+      "--runs",
+      "2",
+      "--warmup",
+      "0",
+      "--json",
+    ]);
+    expect(bench.code).toBe(0);
+    expect(JSON.stringify(JSON.parse(bench.stdout))).not.toContain("error");
   });
 
   test("an existing empty directory works the same", async () => {

@@ -13,6 +13,7 @@ import { type BenchModel, type ModelData, runBench } from "../../bench/measure.t
 import { createBenchProgress } from "../../bench/progress.ts";
 import { machineInfo, renderTerminalTable, toBenchDocument } from "../../bench/report.ts";
 import { QuantdError } from "../../errors.ts";
+import { modelFileOf } from "../../runtime/model-files.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { Command } from "../command.ts";
 import { defaultCliThreads, JSON_FLAG, THREADS_DEFAULT_TEXT } from "../model-flags.ts";
@@ -115,8 +116,8 @@ export const benchCommand: Command = {
       name: "model",
       type: "string",
       multiple: true,
-      value: "FILE",
-      description: "an .onnx model; the first is the baseline",
+      value: "FILE|DIR",
+      description: "an .onnx model or a model directory; the first is the baseline",
     },
     {
       name: "seq",
@@ -202,7 +203,7 @@ export const benchCommand: Command = {
     const plotPath = flagString(ctx.flags, "plot");
 
     const labels = modelLabels(paths);
-    const models: BenchModel[] = paths.map((path, i) => ({ label: labels[i]!, path }));
+    const models: BenchModel[] = paths.map((path, i) => ({ label: labels[i]!, path: modelFileOf(path) }));
     const shapes: Shape[] = batches.flatMap((batch) => seqs.map((seq) => ({ batch, seq })));
     await checkSeqFits(models, seqs);
 
