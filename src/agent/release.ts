@@ -269,7 +269,8 @@ async function download(
             done += chunk.byteLength;
             log.bytes += chunk.byteLength;
             // The count survives a kill -9 to within a MiB.
-            if ((unlogged += chunk.byteLength) >= 1024 * 1024) {
+            unlogged += chunk.byteLength;
+            if (unlogged >= 1024 * 1024) {
               unlogged = 0;
               writeLog(logPath, log);
             }
