@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
-import { releaseOf } from "../../src/agent/release.ts";
+import { createReleaseHandler, RELEASE_JOB, releaseOf } from "../../src/agent/release.ts";
 import { type FleetController, startController } from "../../src/fleet/controller/controller.ts";
 import { type Dashboard, startDashboard } from "../../src/fleet/controller/http.ts";
 import { publishRelease } from "../../src/fleet/controller/release-routes.ts";
@@ -20,6 +20,7 @@ import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
 import { buildRelease, type SignedRelease } from "../../src/fleet/release.ts";
+import type { Job } from "../../src/store/jobs.ts";
 import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
 import { type SigningKey, writeNewSigningKey } from "../../src/fleet/signing.ts";
 import { enroll, operator } from "../helpers/fleet-keys.ts";
@@ -164,4 +165,58 @@ describe.skipIf(!hasMosquitto)("a release on a real agent", () => {
     expect(first).toBeDefined();
     expect(existsSync(join(agent.config.stateDir, "releases", first!.id))).toBe(true);
   }, 300_000);
+  test("a disk that cannot hold the release fails the job before any download", async () => {
+    const rel = await publish("v6-big", 0.01);
+    const stateDir = join(dir, "small-disk");
+    mkdirSync(stateDir, { recursive: true });
+    // The agent's own parts, with a file system that reports 1 MiB free.
+    const handler = createReleaseHandler({
+      store: agent.store,
+      promoter: agent.registry,
+      baseModel: agent.config.model,
+      stateDir,
+      releaseKeys: [releaseKey.publicKey],
+      keep: 3,
+      servingLabels: () => agent.registry.active()?.labels,
+      servingTokenizerDir: () => agent.config.tokenizerDir,
+      freeBytes: () => 1024 * 1024,
+    });
+    // The job as the runner would hand it over (not queued in the agent's table, whose runner would take it).
+    const job: Job = {
+      id: "rel-disk",
+      type: RELEASE_JOB,
+      state: "IN_PROGRESS",
+      stage: null,
+      progress: 0,
+      params: { release: rel.id, url: dashboard.url, ...FAST },
+      result: null,
+      error: null,
+      cancelRequested: false,
+      attempts: 1,
+      createdAt: Date.now(),
+      updatedAt: Date.now(),
+      startedAt: Date.now(),
+      finishedAt: null,
+    };
+    const stages: string[] = [];
+    const err = await handler
+      .run({
+        job,
+        workDir: join(stateDir, "work"),
+        signal: new AbortController().signal,
+        stage: (name) => stages.push(name),
+        check: () => {},
+        readCheckpoint: () => undefined,
+        writeCheckpoint: () => {},
+        log: () => {},
+      })
+      .then(
+        () => undefined,
+        (e: unknown) => e as { code?: string; details?: Record<string, unknown> },
+      );
+    expect(err?.code).toBe("DISK_FULL");
+    expect(err?.details?.free).toBe(1024 * 1024);
+    expect(stages).toEqual(["manifest", "download"]);
+    expect(existsSync(join(stateDir, "releases", `${rel.id}.part`, "model.onnx"))).toBe(false);
+  }, 60_000);
 });

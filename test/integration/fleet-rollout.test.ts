@@ -128,7 +128,7 @@ describe.skipIf(!hasMosquitto)("rollouts over a fleet of real agents", () => {
     if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   });
 
-  test("a good release goes through every wave: an offline device gets it on return, a controller restart continues it", async () => {
+  test("a good release goes through every wave: an offline device gets it on return, a controller restart and a second replica continue it", async () => {
     const rel = await publish("v2", 0.05);
     // board-4 (last wave) is offline when the rollout starts.
     await agents.get("board-4")!.stop();
@@ -152,6 +152,15 @@ describe.skipIf(!hasMosquitto)("rollouts over a fleet of real agents", () => {
     await waitFor(started.id, (r) => r.body.current >= 1, 180_000);
     await stopControllerSide();
     await startControllerSide();
+    // And a second replica on the same database drives it at the same time.
+    const replicaStore = await openSqliteFleetStore(dbPath());
+    const replica = startRolloutEngine({
+      store: replicaStore,
+      connect: { url: broker.url, clientId: "rollout-engine-2" },
+      signer: operator,
+      releaseUrl: dashboard.url,
+      tickMs: 250,
+    });
     const lastWave = await waitFor(
       started.id,
       (r) => r.body.devices["board-3"]?.state === "succeeded",
@@ -162,6 +171,12 @@ describe.skipIf(!hasMosquitto)("rollouts over a fleet of real agents", () => {
     await startBoard("board-4", true);
     const done = await waitFor(started.id, (r) => r.state !== "running", 180_000);
     const seconds = (performance.now() - t0) / 1000;
+    await replica.stop();
+    await replicaStore.close();
+    // Two engines, one story: every device was sent the release once (saves are compare-and-swap).
+    for (const b of BOARDS) {
+      expect(done.body.events.filter((e) => e.line === `${b}: release sent`).length).toBe(1);
+    }
     console.log(
       `rollout of ${BOARDS.length} boards (one offline, one controller restart): ${seconds.toFixed(1)} s`,
     );
