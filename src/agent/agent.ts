@@ -26,7 +26,7 @@ import type { AgentConfig } from "./config.ts";
 import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
 import type { JobRunner } from "./jobs.ts";
 import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
-import { releaseOf } from "./release.ts";
+import { createReleaseHandler, RELEASE_JOB, releaseOf } from "./release.ts";
 import { ModelRegistry, type RegistryEvent, reregisterModelFiles } from "./registry.ts";
 
 /**
@@ -278,11 +278,18 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       ...(config.fleet === undefined
         ? {}
         : {
-            release: {
-              releaseKeys: config.fleet.releaseKeys ?? [],
-              keep: config.fleet.keepReleases ?? DEFAULT_KEEP_RELEASES,
-              servingLabels: () => registry.active()?.labels,
-              servingTokenizerDir: () => config.tokenizerDir,
+            // Fleet releases: a new fp32 base, downloaded, checked and recalibrated by the same runner.
+            moreHandlers: (deps) => {
+              const fleetConfig = config.fleet;
+              return {
+                [RELEASE_JOB]: createReleaseHandler({
+                  ...deps,
+                  releaseKeys: fleetConfig?.releaseKeys ?? [],
+                  keep: fleetConfig?.keepReleases ?? DEFAULT_KEEP_RELEASES,
+                  servingLabels: () => registry.active()?.labels,
+                  servingTokenizerDir: () => config.tokenizerDir,
+                }),
+              };
             },
           }),
       liveLengths: () => drift?.snapshot().lengths,

@@ -41,7 +41,6 @@ import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
 import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
-import { createReleaseHandler, RELEASE_JOB, type ReleaseJobDeps } from "./release.ts";
 import {
   isFinished,
   type JobContext,
@@ -753,8 +752,12 @@ export interface RecalibrationRunnerOptions
   store: Store;
   /** The state directory: work directories go to `<stateDir>/jobs`, stale temporary files are cleaned in `<stateDir>/models`. */
   stateDir: string;
-  /** Runs fleet release jobs too (`release.ts`) when given. */
-  release?: Pick<ReleaseJobDeps, "releaseKeys" | "keep" | "servingLabels" | "servingTokenizerDir">;
+  /**
+   * Handlers of further job types built on the recalibration (the fleet's
+   * release job, `release.ts`), made from these same options; their jobs are
+   * reported like recalibrations.
+   */
+  moreHandlers?: (options: RecalibrationRunnerOptions) => Readonly<Record<string, JobHandler>>;
 }
 
 /** `<stateDir>/jobs`: the jobs' work directories and the runner lock. */
@@ -774,15 +777,15 @@ export function jobsDir(stateDir: string): string {
  */
 export function createRecalibrationRunner(options: RecalibrationRunnerOptions): JobRunner {
   const device = options.device ?? defaultDevice();
+  const handlers: Readonly<Record<string, JobHandler>> = {
+    [RECALIBRATE_JOB]: createRecalibrationHandler(options),
+    ...options.moreHandlers?.(options),
+  };
   const topic = reportTopic(options.fleet ?? "local", device);
   // The runner announces an end once; the set guards against a second announcement queuing a second report.
   const reported = new Set<string>();
   const onUpdate = (job: Job): void => {
-    if (
-      (job.type === RECALIBRATE_JOB || job.type === RELEASE_JOB) &&
-      isFinished(job) &&
-      !reported.has(job.id)
-    ) {
+    if (handlers[job.type] !== undefined && isFinished(job) && !reported.has(job.id)) {
       reported.add(job.id);
       if (reported.size > 256) reported.delete(reported.values().next().value ?? "");
       try {
@@ -797,12 +800,7 @@ export function createRecalibrationRunner(options: RecalibrationRunnerOptions): 
   return new JobRunner({
     jobs: options.store.jobs,
     workRoot: jobsDir(options.stateDir),
-    handlers: {
-      [RECALIBRATE_JOB]: createRecalibrationHandler(options),
-      ...(options.release === undefined
-        ? {}
-        : { [RELEASE_JOB]: createReleaseHandler({ ...options, ...options.release }) }),
-    },
+    handlers,
     tempDirs: [join(options.stateDir, "models")],
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
