@@ -423,7 +423,7 @@ async function report(ctx: CommandContext): Promise<number> {
 export const fleetCommand: Command = {
   name: "fleet",
   summary:
-    "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll, release)",
+    "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll, release, rollout)",
   actions: SUBCOMMANDS,
   usage:
     "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT [--key FILE] [--http-token-env VAR] [--http-user NAME --http-password-env VAR] [--http-cert FILE --http-key FILE|--http-behind-proxy]] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list | rollout start RELEASE --fleet NAME [--waves 1,10,50,100%] [--gate agreement=99.5,latencyRatio=1.1,errorRate=0.01] [--soak 10m] | rollout status|pause|resume|abort ID",
@@ -519,7 +519,12 @@ export const fleetCommand: Command = {
       description: "longest wait for a device's reply to a command",
       default: "10",
     },
-    { name: "samples", type: "string", value: "N", description: "recalibrate: calibration samples" },
+    {
+      name: "samples",
+      type: "string",
+      value: "N",
+      description: "recalibrate, rollout start: calibration samples (each device's)",
+    },
     { name: "method", type: "string", value: "NAME", description: "recalibrate: calibration method" },
     {
       name: "version",
