@@ -3,42 +3,23 @@
  * memory a large batch freed in its arenas (one per thread that allocated:
  * the server's and the inference worker's), so an agent's resident set stays
  * at the peak of the largest request it ever served. `malloc_trim(0)` returns
- * the free pages of every arena. The one file that loads `bun:ffi`; off glibc
- * (musl, macOS) trimming is a no-op.
+ * the free pages of every arena (glibc only: off it, trimming is a no-op).
  */
+import { fixMmapThreshold, mallocTrim } from "./libc.ts";
 
 /** Trims the C heap; returns false when this platform cannot. */
 export type HeapTrimmer = () => boolean;
 
-let trimmer: HeapTrimmer | undefined;
-
-/** mallopt's parameter number for the mmap threshold (glibc's malloc.h). */
-const M_MMAP_THRESHOLD = -3;
-/** glibc's initial threshold, kept fixed: blocks of 128 KiB and more get their own mapping. */
+/** glibc's initial mmap threshold, kept fixed: blocks of 128 KiB and more get their own mapping. */
 const MMAP_THRESHOLD_BYTES = 128 * 1024;
 
-/** The process's heap trimmer (loaded once). */
+/** The process's heap trimmer; fixes glibc's mmap threshold on the way (see libc.ts). */
 export async function heapTrimmer(): Promise<HeapTrimmer> {
-  if (trimmer !== undefined) return trimmer;
-  try {
-    if (process.platform !== "linux") throw new Error("not Linux");
-    const { dlopen, FFIType } = await import("bun:ffi");
-    const libc = dlopen("libc.so.6", {
-      malloc_trim: { args: [FFIType.u64], returns: FFIType.i32 },
-      mallopt: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    });
-    // glibc raises its mmap threshold each time a large block is freed, up to 32 MB, after which a batch's
-    // tensors come from the arenas and stay there; a fixed threshold keeps them in their own mappings,
-    // unmapped as soon as they are freed.
-    libc.symbols.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-    trimmer = () => {
-      libc.symbols.malloc_trim(0);
-      return true;
-    };
-  } catch {
-    trimmer = () => false;
-  }
-  return trimmer;
+  // glibc raises its mmap threshold each time a large block is freed, up to 32 MB, after which a batch's
+  // tensors come from the arenas and stay there; a fixed threshold keeps them in their own mappings,
+  // unmapped as soon as they are freed.
+  await fixMmapThreshold(MMAP_THRESHOLD_BYTES);
+  return mallocTrim();
 }
 
 /** Options of {@link TrimAfterPeaks}. */

@@ -8,7 +8,8 @@
  * it (SIGTERM, then SIGKILL after a grace period), a timeout kills it, and a
  * child that dies without an answer fails the job with its exit reason.
  *
- * Protocol: the request is one JSON object on the child's stdin; the child
+ * Protocol: the request is one JSON line on the child's stdin, which the
+ * agent then keeps open (its end means the agent died: the child exits); the child
  * writes JSON lines on stdout — `{"progress": line}` for each progress line,
  * then one `{"ok": true, "value": …}` or `{"ok": false, "error": …}`. From the
  * source tree the child is `bun src/agent/job-child.ts`; a compiled quantd runs
@@ -24,6 +25,7 @@ import type {
   SamplePool,
 } from "../quant/pipeline.ts";
 import { isCompiledBinary } from "../runtime/native-path.ts";
+import { dieWithParent } from "./libc.ts";
 
 /** Set to `1` in the environment of a compiled quantd to make it a job child instead of the CLI. */
 export const JOB_CHILD_ENV = "QUANTD_JOB_CHILD";
@@ -57,10 +59,32 @@ function fixedSets(name: string, calibration: PoolSample[], validation: PoolSamp
   };
 }
 
-async function readStdin(): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString("utf8");
+/**
+ * Reads the request (the first line of stdin), then watches stdin for its
+ * end: the agent keeps its end open for as long as it lives, so the end means
+ * the agent died (kill -9, a crash) and this child must not go on calibrating
+ * for nobody.
+ */
+function readRequestAndWatchParent(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    let done = false;
+    process.stdin.setEncoding("utf8");
+    process.stdin.on("data", (s: string) => {
+      if (done) return;
+      text += s;
+      const nl = text.indexOf("\n");
+      if (nl >= 0) {
+        done = true;
+        resolve(text.slice(0, nl));
+      }
+    });
+    process.stdin.on("end", () => {
+      if (!done) return reject(new Error("stdin ended before a request line"));
+      process.stderr.write("job child: the agent went away; stopping\n");
+      process.exit(3);
+    });
+  });
 }
 
 function writeLine(line: ChildLine): Promise<void> {
@@ -78,9 +102,14 @@ function writeLine(line: ChildLine): Promise<void> {
 export async function runJobChild(): Promise<number> {
   // Not inherited by what this child spawns (the benchmark's memory probes are quantd too).
   delete process.env[JOB_CHILD_ENV];
+  // The kernel kills this child with the agent (kill -9, a crash), even in the middle of a synchronous
+  // onnxruntime run; the end of stdin below covers the rest (no glibc) between runs.
+  const parent = process.ppid;
+  await dieWithParent();
+  if (process.ppid !== parent) return 3;
   let req: JobChildRequest;
   try {
-    req = JSON.parse(await readStdin()) as JobChildRequest;
+    req = JSON.parse(await readRequestAndWatchParent()) as JobChildRequest;
   } catch (err) {
     const error = new QuantdError("USAGE", "a job child needs a JSON request on stdin", { cause: err });
     await writeLine({ ok: false, error: error.toJSON() });
@@ -214,7 +243,8 @@ export function runInJobChild<T>(req: JobChildRequest, options: RunInChildOption
       stderr = (stderr + s).slice(-2000);
     });
     child.stdin.on("error", () => undefined); // a child that died early: reported by its exit
-    child.stdin.end(JSON.stringify(req));
+    // One line, and the pipe left open: its end tells the child that this process died.
+    child.stdin.write(`${JSON.stringify(req)}\n`);
     child.on("error", (err) => {
       reject(
         new QuantdError(options.crashCode, `could not start the job's ${req.op} process`, { cause: err }),
@@ -222,6 +252,7 @@ export function runInJobChild<T>(req: JobChildRequest, options: RunInChildOption
     });
     child.on("close", (code, signal) => {
       clearTimeout(graceTimer);
+      child.stdin.destroy();
       options.signal?.removeEventListener("abort", onAbort);
       if (stopped !== undefined) return reject(stopped);
       if (answer !== undefined && "ok" in answer) {

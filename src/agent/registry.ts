@@ -249,7 +249,7 @@ export async function classifyBucketed(
   inputs: readonly TextInput[],
   plan: (sortedLengths: readonly number[]) => number[][] = planRuns,
 ): Promise<TaskResult[]> {
-  const encodings: Encoding[] = inputs.map((x) => model.encode(x));
+  const encodings = await encodeYielding(model, inputs);
   const order = Array.from({ length: inputs.length }, (_, i) => i);
   order.sort((a, b) => encodings[a]!.inputIds.length - encodings[b]!.inputIds.length);
   const results = new Array<TaskResult>(inputs.length);
@@ -264,6 +264,35 @@ export async function classifyBucketed(
       results[i] = model.resultOf(out, r, enc, inputs[i]!, encodings[i]!, i);
   }
   return results;
+}
+
+/** Longest stretch of tokenizing on the server's thread before it lets other requests (health checks) in, in ms. */
+const TOKENIZE_SLICE_MS = 4;
+
+/**
+ * Tokenizes on the server's thread in slices of {@link TOKENIZE_SLICE_MS},
+ * yielding to the event loop between them: a batch of long texts takes tens
+ * of ms to tokenize, and health checks must not wait that long.
+ */
+async function encodeYielding(model: TaskModel, inputs: readonly TextInput[]): Promise<Encoding[]> {
+  const encodings: Encoding[] = [];
+  const pause = slicer(TOKENIZE_SLICE_MS);
+  for (const x of inputs) {
+    encodings.push(model.encode(x));
+    await pause();
+  }
+  return encodings;
+}
+
+/** A function that yields to the event loop once `ms` have passed since it last did (else resolves at once). */
+function slicer(ms: number): () => Promise<void> | undefined {
+  let since = performance.now();
+  return () => {
+    if (performance.now() - since <= ms) return undefined;
+    return new Promise<void>((r) => setImmediate(r)).then(() => {
+      since = performance.now();
+    });
+  };
 }
 
 /** Characters per token below which a text prefix is sure to hold `maxLength` tokens (WordPiece tokens are rarely longer). */
@@ -739,13 +768,17 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    *
    * @throws NOT_READY before a model is loaded
    */
-  requestTokens(texts: readonly string[]): number {
+  async requestTokens(texts: readonly string[]): Promise<number> {
     const c = this.#current?.model;
     if (c === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
     const { maxLength, specialsSingle } = c.tokenizer;
     let total = 0;
-    for (const text of texts)
+    // As when tokenizing a batch: long texts are not counted in one stretch that health checks wait behind.
+    const pause = slicer(TOKENIZE_SLICE_MS);
+    for (const text of texts) {
       total += cappedTokenCount(text, maxLength, specialsSingle, (t) => c.tokenizer.tokenIds(t).length);
+      await pause();
+    }
     return total;
   }
 

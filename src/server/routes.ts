@@ -44,7 +44,7 @@ export interface RoutesOptions {
   /** Registry admin routes; absent: not served. */
   admin?: RegistryAdmin;
   /** Tokens a request's texts cost the model (each up to its sequence limit), for `limits.maxRequestTokens`. */
-  countTokens?: (texts: readonly string[]) => number;
+  countTokens?: (texts: readonly string[]) => number | Promise<number>;
   /** Called with the texts of every successful classification (traffic capture). */
   onClassified?: (texts: readonly string[]) => void;
   /** False while shutting down: readiness checks fail, requests already received still complete. */
@@ -544,7 +544,7 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
   const classify = async (inputs: TextInput[]): Promise<BatchResult> => {
     checkTaskInputs(activeTask(), inputs, modelName);
     const texts = inputs.flatMap((x) => (typeof x === "string" ? [x] : [x[0], x[1]]));
-    checkTokenBudget(texts);
+    await checkTokenBudget(texts);
     const out = await batcher.submit(inputs);
     // The store keeps single texts; pairs are not captured.
     const singles = inputs.filter((x): x is string => typeof x === "string");
@@ -554,10 +554,10 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
 
   // A request within the byte limits can still cost minutes of inference (hundreds of texts at the model's
   // sequence limit): refuse it before it holds the model.
-  const checkTokenBudget = (texts: readonly string[]): void => {
+  const checkTokenBudget = async (texts: readonly string[]): Promise<void> => {
     const max = limits.maxRequestTokens;
     if (max === undefined || opts.countTokens === undefined) return;
-    const tokens = opts.countTokens(texts);
+    const tokens = await opts.countTokens(texts);
     if (tokens > max) {
       throw new QuantdError(
         "REQUEST_TOO_LARGE",

@@ -117,3 +117,32 @@ test("a child killed from outside fails with its exit reason; the child's own er
   expect((own as QuantdError).code).not.toBe("BENCH_FAILED");
   expect((own as QuantdError).message).toContain("missing.onnx");
 }, 60_000);
+
+test("a child whose agent is killed (kill -9) stops by itself instead of working on for nobody", async () => {
+  const script = `
+    const { runInJobChild } = await import(${JSON.stringify(join(import.meta.dir, "../../src/agent/job-child.ts"))});
+    void runInJobChild(
+      { op: "compare", active: ${JSON.stringify(shippedModelPath)}, candidate: ${JSON.stringify(shippedModelPath)}, options: { runs: 100000, memory: false } },
+      { crashCode: "BENCH_FAILED", onSpawn: (pid) => console.log(pid) },
+    ).catch(() => undefined);
+    await Bun.sleep(600000);
+  `;
+  const agent = Bun.spawn(["bun", "-e", script], { stdout: "pipe", stderr: "ignore" });
+  const reader = agent.stdout.getReader();
+  const childPid = Number(new TextDecoder().decode((await reader.read()).value).trim());
+  expect(processAlive(childPid)).toBe(true);
+  agent.kill("SIGKILL");
+  await agent.exited;
+  // Exited: gone, or a zombie until init reaps it.
+  const running = (): boolean => {
+    try {
+      const stat = readFileSync(`/proc/${childPid}/stat`, "utf8");
+      return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+    } catch {
+      return false;
+    }
+  };
+  const t0 = Date.now();
+  while (running() && Date.now() - t0 < 20_000) await Bun.sleep(100);
+  expect(running()).toBe(false);
+}, 60_000);
