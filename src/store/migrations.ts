@@ -173,11 +173,11 @@ export function schemaVersion(db: SqlDatabase): number {
   return Number(db.pragma("user_version") ?? 0);
 }
 
-function refuseNewer(db: SqlDatabase, found: number): never {
+function refuseNewer(db: SqlDatabase, found: number, supported: number): never {
   throw new QuantdError(
     "STORE_SCHEMA_TOO_NEW",
-    `database ${db.path} has schema version ${found}, newer than ${SCHEMA_VERSION} that this quantd supports; upgrade quantd or use another state directory`,
-    { details: { path: db.path, found, supported: SCHEMA_VERSION } },
+    `database ${db.path} has schema version ${found}, newer than ${supported} that this quantd supports; upgrade quantd or use another state directory`,
+    { details: { path: db.path, found, supported } },
   );
 }
 
@@ -192,7 +192,7 @@ function refuseNewer(db: SqlDatabase, found: number): never {
 export function migrate(db: SqlDatabase, migrations: readonly Migration[] = MIGRATIONS): number[] {
   const latest = migrations[migrations.length - 1]?.version ?? 0;
   const start = schemaVersion(db);
-  if (start > latest) refuseNewer(db, start);
+  if (start > latest) refuseNewer(db, start, latest);
   const applied: number[] = [];
   for (const m of migrations) {
     if (m.version <= start) continue;
