@@ -20,7 +20,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { readProcessMemory } from "../src/bench/proc-memory.ts";
+import { readProcessMemory } from "../src/core/process-memory.ts";
 import { type FleetController, startController } from "../src/fleet/controller/controller.ts";
 import { openSqliteFleetStore } from "../src/fleet/controller/sqlite-store.ts";
 import type { FleetStore } from "../src/fleet/controller/store.ts";

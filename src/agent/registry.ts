@@ -21,6 +21,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { constants, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import { nearestRankPercentile } from "../core/stats.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { inputsOf, type TaskOverride } from "../runtime/task.ts";
 import { loadTaskModel, type TaskModel, type TaskResult } from "../runtime/task-model.ts";
@@ -138,13 +139,6 @@ class Loaded {
     this.refs--;
     if (this.refs === 0 && this.retired) this.#onIdle?.();
   }
-}
-
-/** p95 by nearest rank. */
-function p95(values: readonly number[]): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil(0.95 * sorted.length) - 1)]!;
 }
 
 /** Largest share of padding tokens a length bucket may hold before the next, longer text starts another. */
@@ -1050,7 +1044,9 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         ? {
             from: prev.version.id,
             baselineP95Ms:
-              prev.latencies.length >= Math.min(20, this.#opts.swap.window) ? p95(prev.latencies) : undefined,
+              prev.latencies.length >= Math.min(20, this.#opts.swap.window)
+                ? nearestRankPercentile(prev.latencies, 95)
+                : undefined,
           }
         : undefined;
     if (prev !== undefined) this.#retire(prev);
@@ -1119,7 +1115,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       batches: loaded.batches,
       failed: loaded.failed,
       errorRate: loaded.failed / Math.max(1, loaded.batches),
-      p95Ms: p95(loaded.latencies),
+      p95Ms: nearestRankPercentile(loaded.latencies, 95),
       baselineP95Ms: watch.baselineP95Ms,
     };
     let why: string | undefined;

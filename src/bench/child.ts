@@ -8,9 +8,9 @@
  * quantd executable runs {@link runMemoryProbe} itself when started with
  * {@link MEMORY_PROBE_ENV} set (it has no source tree to spawn this file from).
  */
+import { readProcessMemory } from "../core/process-memory.ts";
 import { QuantdError } from "../errors.ts";
 import type { MemoryProbeReply, MemoryProbeRequest } from "./memory.ts";
-import { readProcessMemory } from "./proc-memory.ts";
 
 function reply(r: MemoryProbeReply): void {
   process.stdout.write(`${JSON.stringify(r)}\n`);

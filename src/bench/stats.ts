@@ -3,6 +3,7 @@
  * they can be checked on fixed synthetic timings and reused by the agent's
  * promotion step without running a model.
  */
+import { percentileOfSorted } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 
 /** Summary of one series of latencies, in milliseconds. */
@@ -45,15 +46,6 @@ export function percentile(values: readonly number[], p: number): number {
     [...values].sort((a, b) => a - b),
     p,
   );
-}
-
-function percentileOfSorted(sorted: readonly number[], p: number): number {
-  const h = (p / 100) * (sorted.length - 1);
-  const lo = Math.floor(h);
-  const hi = Math.ceil(h);
-  const a = sorted[lo]!;
-  const b = sorted[hi]!;
-  return a + (h - lo) * (b - a);
 }
 
 /** Arithmetic mean. @throws BENCH_FAILED on an empty series */

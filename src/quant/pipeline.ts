@@ -17,6 +17,7 @@ import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { dirname, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
+import { peakRssBytes } from "../core/process-memory.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { encodeModel, loadModel, saveModel } from "../onnx/codec.ts";
 import type { ModelProto } from "../onnx/types.ts";
@@ -54,7 +55,6 @@ import {
   type KeptFp32Node,
   type LayerErrorEntry,
   type MethodTrial,
-  peakRssBytes,
   type QuantizeReport,
   REPORT_SCHEMA,
   type SkippedNode,

@@ -7,7 +7,7 @@
  * a field may be added within a version, never renamed or removed.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, readFileSync } from "node:fs";
+import { createReadStream } from "node:fs";
 import { rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { QuantdError } from "../errors.ts";
@@ -240,22 +240,6 @@ export async function describeFile(path: string): Promise<FileFacts> {
 /** SHA-256 and size of bytes about to be written at `path`. */
 export function describeBytes(path: string, bytes: Uint8Array): FileFacts {
   return { path, sha256: createHash("sha256").update(bytes).digest("hex"), bytes: bytes.byteLength };
-}
-
-/**
- * Peak resident memory of this process so far, in bytes: the larger of
- * getrusage's `maxRSS` and `/proc/self/status` VmHWM (the latter is what `top`
- * users compare against; the former is what exists off Linux).
- */
-export function peakRssBytes(): number {
-  let peak = process.resourceUsage().maxRSS * 1024;
-  try {
-    const m = /VmHWM:\s+(\d+)\s+kB/.exec(readFileSync("/proc/self/status", "utf8"));
-    if (m?.[1] !== undefined) peak = Math.max(peak, Number(m[1]) * 1024);
-  } catch {
-    // not Linux: maxRSS is all there is
-  }
-  return peak;
 }
 
 /**

@@ -5,6 +5,7 @@
  * under evaluation; it counts inference only (tokenization is shared by both
  * models and measured by neither), so it is comparable between models.
  */
+import { percentile } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 import { argmax, type BatchLogits, type Classifier } from "./classifier.ts";
 import { validateText } from "./text.ts";
@@ -78,16 +79,6 @@ export interface EvalResult {
   compareLogits?: Float32Array;
   /** Classes per sample. */
   numLabels: number;
-}
-
-/** Linear-interpolation percentile (as numpy's default) of unsorted values; NaN for none. */
-function percentile(values: readonly number[], p: number): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const pos = (p / 100) * (sorted.length - 1);
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
 }
 
 function summarizeLatency(batchMs: readonly number[], n: number): EvalLatency {

@@ -40,3 +40,13 @@ export function readProcessMemory(pid: number | "self" = "self"): ProcessMemory 
   const peak = process.resourceUsage().maxRSS * 1024;
   return { peakRssBytes: peak, rssBytes: process.memoryUsage().rss, source: "resource-usage" };
 }
+
+/**
+ * Peak resident memory of this process so far, in bytes: the larger of
+ * getrusage's `maxRSS` and `/proc/self/status` VmHWM (the latter is what `top`
+ * users compare against; the former is what exists off Linux).
+ */
+export function peakRssBytes(): number {
+  const usage = process.resourceUsage().maxRSS * 1024;
+  return Math.max(usage, readProcessMemory().peakRssBytes);
+}
