@@ -1,6 +1,6 @@
 /**
  * The few glibc calls the agent makes, through `bun:ffi`: the one file that
- * loads it. Each call is a no-op (returns false) off glibc (musl, macOS) or
+ * binds libc. Each call is a no-op (returns false) off glibc (musl, macOS) or
  * when libc cannot be loaded, so callers treat them as best effort.
  */
 
