@@ -5,7 +5,7 @@
  * `question`/`sentence`, `premise`/`hypothesis`, `text_a`/`text_b`,
  * `text`/`text_pair`), and optionally a `label` column kept as written (a
  * class name or id, several names joined by `,` for multi-label, a number for
- * regression). Strict like the sample reader: a bad byte, a wrong column count
+ * regression) and an `entities` column (`TYPE@start:end …`, token classification). Strict like the sample reader: a bad byte, a wrong column count
  * or an empty text names the file and line.
  */
 import { readFile } from "node:fs/promises";
@@ -29,6 +29,8 @@ export interface InputRow {
   input: TextInput;
   /** The `label` column as written, when the file has one. */
   label?: string;
+  /** The `entities` column as written (token classification's gold: `TYPE@start:end …`). */
+  entities?: string;
   /** 1-based line (the header is line 1). */
   line: number;
 }
@@ -56,6 +58,7 @@ export function parseInputsTsv(content: Uint8Array, where: string): InputRow[] {
     );
   }
   const labelCol = col("label");
+  const entitiesCol = col("entities");
   const rows: InputRow[] = [];
   for (let i = 1; i < lines.length; i++) {
     const line = i + 1;
@@ -75,6 +78,7 @@ export function parseInputsTsv(content: Uint8Array, where: string): InputRow[] {
       line,
     };
     if (labelCol >= 0) row.label = cells[labelCol]!;
+    if (entitiesCol >= 0) row.entities = cells[entitiesCol]!;
     rows.push(row);
   }
   if (rows.length === 0) throw new QuantdError("DATA_EMPTY", `${where} has a header but no rows`);

@@ -137,6 +137,16 @@ describe("simple routes", () => {
       if (w.task !== "embedding") throw new Error("not an embedding");
       expectClose(got[i]!, w.embedding, { atol: 1e-5, rtol: 0 });
     }
+    // base64 of little-endian float32: the same vectors, exactly as float32.
+    const b64 = await post("embedding", "/v1/embed", { texts: TEXTS, encoding: "base64" });
+    expect(b64.body["encoding"]).toBe("base64");
+    for (const [i, e] of (b64.body["embeddings"] as string[]).entries()) {
+      const bytes = Buffer.from(e, "base64");
+      const v = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+      expect(Array.from(v)).toEqual(Array.from(Float32Array.from(got[i]!)));
+    }
+    const bad = await post("embedding", "/v1/embed", { texts: TEXTS, encoding: "hex" });
+    expect(bad.status).toBe(400);
   });
 
   test("/v1/tokens: entities by each aggregation, offsets into the text", async () => {

@@ -4,7 +4,8 @@
  */
 import { describe, expect, test } from "bun:test";
 import { checkGate } from "../../src/quant/gate.ts";
-import { compareTaskOutputs, neighbourOverlap, pearson } from "../../src/quant/task-metrics.ts";
+import { compareTaskOutputs } from "../../src/quant/task-metrics.ts";
+import { neighbourOverlap, pearson, spearman } from "../../src/runtime/stats.ts";
 import type { TaskSpec } from "../../src/runtime/task.ts";
 
 const rows = (...xs: number[][]) => ({ rows: xs.length, data: xs.map((x) => Float32Array.from(x)) });
@@ -87,6 +88,9 @@ describe("trials and agreement per task", () => {
     expect(m.task!.checks[0]!.passed).toBe(true);
     expect(pearson([1, 2, 3], [2, 4, 6])).toBeCloseTo(1, 12);
     expect(pearson([1, 2, 3], [3, 2, 1])).toBeCloseTo(-1, 12);
+    // Ranks [1, 2.5, 2.5, 4] against [1, 2, 3, 4]: Pearson of the ranks = 4.5 / √(4.5·5) = 0.9487.
+    expect(spearman([1, 5, 5, 9], [10, 20, 30, 40])).toBeCloseTo(4.5 / Math.sqrt(4.5 * 5), 12);
+    expect(spearman([1, 2, 3], [1, 4, 9])).toBeCloseTo(1, 12);
   });
 
   test("outputs of different samples are refused", () => {

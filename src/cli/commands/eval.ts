@@ -10,15 +10,21 @@ import { findModelFiles } from "../../runtime/model-files.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import { isQuantdError } from "../../errors.ts";
 import type { Command, ParsedFlags } from "../command.ts";
+import { AGGREGATIONS } from "../../runtime/entities.ts";
+import { readInputsTsv } from "../../runtime/input-tsv.ts";
+import { evaluateTask, type TaskEvalReport } from "../../runtime/task-eval.ts";
+import type { TaskModel } from "../../runtime/task-model.ts";
 import {
   BATCH_FLAG,
   batchFlag,
   JSON_FLAG,
   openClassifier,
+  openTaskModel,
+  TASK_FLAGS,
   THREADS_FLAG,
   TOKENIZER_FLAG,
 } from "../model-flags.ts";
-import { expectNoPositionals, flagBool, flagRequired, flagString } from "../parse.ts";
+import { expectNoPositionals, flagBool, flagChoice, flagInt, flagRequired, flagString } from "../parse.ts";
 import { createProgress, formatMs, formatPercent, renderTable } from "../render.ts";
 
 /** What `quantd eval --json` prints: the figures of {@link EvalResult} without per-sample arrays. */
@@ -107,6 +113,68 @@ async function openCompare(path: string, ctxFlags: ParsedFlags, main: Classifier
   return openClassifier(path, ctxFlags);
 }
 
+/** Human lines for a task evaluation (every task but single-text classification). */
+export function renderTaskEvalReport(r: TaskEvalReport, model: string, data: string): string[] {
+  const rows: string[][] = [
+    ["model", `${shortPath(model)} (${r.task})`],
+    ["data", `${shortPath(data)} (${r.n} rows)`],
+  ];
+  const pct = (x: number | undefined) => (x === undefined ? undefined : formatPercent(x));
+  const add = (name: string, v: string | undefined) => {
+    if (v !== undefined) rows.push([name, v]);
+  };
+  add("accuracy", pct(r.accuracy));
+  add("macro F1", pct(r.macroF1));
+  add("micro F1", pct(r.microF1));
+  add("exact match", pct(r.exactMatch));
+  add("Spearman", r.spearman?.toFixed(4));
+  add("Pearson", r.pearson?.toFixed(4));
+  add("mean |error|", r.meanAbsError?.toPrecision(4));
+  if (r.entityF1 !== undefined) {
+    add(
+      "entity F1",
+      `${pct(r.entityF1)} (precision ${pct(r.entityPrecision)}, recall ${pct(r.entityRecall)})`,
+    );
+    for (const [type, t] of Object.entries(r.perType ?? {})) {
+      add(
+        `  ${type}`,
+        `F1 ${pct(t.f1)}, precision ${pct(t.precision)}, recall ${pct(t.recall)}, ${t.support} gold`,
+      );
+    }
+  }
+  add(`recall@${r.k}`, pct(r.recallAtK));
+  add("mean cosine", r.meanCosine?.toFixed(4));
+  return renderTable(rows);
+}
+
+/** `eval` of a model whose task is not single-text classification: its own measures (`task-eval.ts`). */
+async function runTaskEval(
+  model: TaskModel,
+  dataPath: string,
+  comparePath: string | undefined,
+  flags: ParsedFlags,
+): Promise<{ report: TaskEvalReport; lines: string[] }> {
+  const rows = await readInputsTsv(dataPath);
+  let compare: TaskModel | undefined;
+  try {
+    if (comparePath !== undefined) {
+      compare = await openTaskModel(
+        comparePath,
+        flagString(flags, "tokenizer") === undefined ? { ...flags, tokenizer: model.tokenizer.dir } : flags,
+      );
+    }
+    const report = await evaluateTask(model, rows, {
+      batchSize: batchFlag(flags),
+      aggregation: flagChoice(flags, "aggregation", AGGREGATIONS, "simple"),
+      k: flagInt(flags, "k", { min: 1, max: 1000 }, 10),
+      ...(compare !== undefined ? { compare } : {}),
+    });
+    return { report, lines: renderTaskEvalReport(report, model.modelPath, resolve(dataPath)) };
+  } finally {
+    await compare?.release();
+  }
+}
+
 /** The `eval` command. */
 export const evalCommand: Command = {
   name: "eval",
@@ -146,6 +214,21 @@ export const evalCommand: Command = {
     TOKENIZER_FLAG,
     BATCH_FLAG,
     THREADS_FLAG,
+    ...TASK_FLAGS,
+    {
+      name: "aggregation",
+      type: "string",
+      value: "S",
+      description: `token classification: how tokens become entities (${AGGREGATIONS.join(", ")})`,
+      default: "simple",
+    },
+    {
+      name: "k",
+      type: "string",
+      value: "K",
+      description: "embeddings: neighbours of recall@k",
+      default: "10",
+    },
     JSON_FLAG,
   ],
   async run(ctx) {
@@ -155,6 +238,19 @@ export const evalCommand: Command = {
     const comparePath = flagString(ctx.flags, "compare");
     const json = flagBool(ctx.flags, "json");
     const batchSize = batchFlag(ctx.flags);
+
+    // Other tasks have their own measures; a single-text classifier keeps the classifier's evaluation.
+    const taskModel = await openTaskModel(modelPath, ctx.flags);
+    try {
+      if (taskModel.task.kind !== "classification") {
+        const { report, lines } = await runTaskEval(taskModel, dataPath, comparePath, ctx.flags);
+        if (json) ctx.out(JSON.stringify({ model: taskModel.modelPath, data: resolve(dataPath), ...report }));
+        else for (const line of lines) ctx.out(line);
+        return 0;
+      }
+    } finally {
+      await taskModel.release();
+    }
 
     const model = await openClassifier(modelPath, ctx.flags);
     let compare: Classifier | undefined;

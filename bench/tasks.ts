@@ -1,0 +1,304 @@
+/**
+ * The task heads' targets, printed (never asserted):
+ * 1. static int8 with default flags meets each task's default gate on its
+ *    fixture (`test/fixtures/tasks/`): trial unit, agreement with its 95 %
+ *    bound, the task's own figures, size ratio, fallback trials;
+ * 2. over the agent's socket, real agent processes serving the int8 models:
+ *    texts per second of the embedding model next to the sentence classifier
+ *    of the same encoder body (and the other heads), C concurrent clients of
+ *    one SST-2 sentence each; medians of runs;
+ * 3. memory per task: the agent's resident set after loading, and its peak
+ *    after the load.
+ *
+ *   bun bench/tasks.ts [--val 1024] [--clients 8] [--seconds 3] [--runs 3] [--markdown FILE]
+ */
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import type { Subprocess } from "bun";
+import { isQuantdError } from "../src/errors.ts";
+import { runQuantization } from "../src/quant/pipeline.ts";
+import type { QuantizeReport } from "../src/quant/report.ts";
+import { copyModelDirFiles, findModelFiles } from "../src/runtime/model-files.ts";
+import { writeEncoderFixture } from "../test/fixtures/encoders/write-fixture.ts";
+import { TASK_FIXTURES, writeTaskFixture } from "../test/fixtures/tasks/task-heads.ts";
+
+const repoRoot = resolve(import.meta.dir, "..");
+const CLI = join(repoRoot, "src/cli/main.ts");
+const poolTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
+const devTsv = join(repoRoot, "calib/samples/sst2-dev.tsv");
+
+const { values } = parseArgs({
+  options: {
+    val: { type: "string", default: "1024" },
+    clients: { type: "string", default: "8" },
+    seconds: { type: "string", default: "3" },
+    runs: { type: "string", default: "3" },
+    markdown: { type: "string" },
+  },
+});
+const VAL = Number(values.val);
+const CLIENTS = Number(values.clients);
+const SECONDS = Number(values.seconds);
+const RUNS = Number(values.runs);
+
+type Kind = "classification" | (typeof TASK_FIXTURES)[number];
+/** A served route: each task's, and embeddings also as base64 float32. */
+type Served = Kind | "embedding (base64)";
+const KINDS: readonly Kind[] = ["classification", ...TASK_FIXTURES];
+
+const root = mkdtempSync(join(tmpdir(), "quantd-bench-tasks-"));
+const children: Subprocess[] = [];
+const lines: string[] = [];
+const say = (line: string): void => {
+  console.log(line);
+  lines.push(line);
+};
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? Number.NaN;
+}
+
+/** A fixture of each kind; `classification` is the BERT architecture fixture the task heads are built on. */
+async function fixture(kind: Kind): Promise<string> {
+  const dir = join(root, kind, "fp32");
+  if (kind === "classification") await writeEncoderFixture("bert", dir);
+  else await writeTaskFixture(kind, dir);
+  return dir;
+}
+
+/** Pairs of SST-2 sentences for the pair classifier's calibration and validation. */
+function pairsTsv(): string {
+  const rows = readFileSync(poolTsv, "utf8")
+    .split("\n")
+    .slice(1)
+    .filter((l) => l !== "");
+  const texts = rows.map((r) => r.split("\t")[0]!);
+  const out = ["premise\thypothesis"];
+  for (let i = 0; i + 1 < texts.length; i += 2) out.push(`${texts[i]}\t${texts[i + 1]}`);
+  const path = join(root, "pairs.tsv");
+  writeFileSync(path, `${out.join("\n")}\n`);
+  return path;
+}
+
+interface GateRow {
+  kind: Kind;
+  report?: QuantizeReport;
+  error?: string;
+  int8Dir?: string;
+}
+
+async function quantizeEach(dirs: Record<Kind, string>): Promise<GateRow[]> {
+  const pairs = pairsTsv();
+  const rows: GateRow[] = [];
+  for (const kind of KINDS) {
+    const int8Dir = join(root, kind, "int8");
+    mkdirSync(int8Dir, { recursive: true });
+    try {
+      const { report } = await runQuantization({
+        model: dirs[kind],
+        calib: kind === "pair-classification" ? pairs : poolTsv,
+        out: join(int8Dir, "model.onnx"),
+        validationSamples: VAL,
+        threads: 1,
+      });
+      copyModelDirFiles(findModelFiles(dirs[kind]), int8Dir);
+      for (const extra of ["modules.json", "1_Pooling", "2_Normalize"]) {
+        try {
+          Bun.spawnSync(["cp", "-r", join(dirs[kind], extra), int8Dir]);
+        } catch {
+          // Only the embedding fixture has them.
+        }
+      }
+      rows.push({ kind, report, int8Dir });
+    } catch (err) {
+      rows.push({ kind, error: isQuantdError(err) ? `${err.code}: ${err.message}` : String(err) });
+    }
+  }
+  return rows;
+}
+
+function pct(x: number | undefined): string {
+  return x === undefined ? "—" : `${(Math.floor(x * 1000) / 10).toFixed(1)} %`;
+}
+
+function taskFigures(r: QuantizeReport): string {
+  const t = r.metrics.task;
+  if (t === undefined) return "";
+  const f = t.figures;
+  const parts: string[] = [];
+  if (t.unit !== "sample") parts.push(`all ${t.unit}s of a sample agree: ${pct(t.sampleAgreement)}`);
+  if (f["meanCosine"] !== undefined) {
+    parts.push(
+      `cos mean ${f["meanCosine"].toFixed(4)}, worst 1 % ${f["worst1PctCosine"]!.toFixed(4)}, top-5 overlap ${f["neighbourOverlap"]!.toFixed(3)}`,
+    );
+  }
+  if (f["pearson"] !== undefined)
+    parts.push(`Pearson ${f["pearson"].toFixed(4)}, max |err| ${f["maxAbsError"]!.toFixed(4)}`);
+  return parts.join("; ");
+}
+
+function printGates(rows: readonly GateRow[]): void {
+  say("");
+  say(
+    `## 1. Static int8, default flags, default gate (99.5 % on the 95 % lower bound), ${VAL} held-out samples`,
+  );
+  say("");
+  say("| task | trial | n | agreement | 95 % bound | gate | fallback trials | size | task figures |");
+  say("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |");
+  for (const row of rows) {
+    if (row.report === undefined) {
+      say(`| ${row.kind} | | | | | not met: ${row.error} | | | |`);
+      continue;
+    }
+    const r = row.report;
+    const m = r.metrics;
+    say(
+      `| ${row.kind} | ${m.task?.unit ?? "sample"} | ${m.n.toLocaleString("en-US")} | ${pct(m.agreement)} | ${pct(m.agreementLower)} | ` +
+        `${r.gate.passed ? "met" : "not met"} | ${r.fallback.trials.length} | ${pct(r.model.sizeRatio)} | ${taskFigures(r)} |`,
+    );
+  }
+}
+
+interface RunningAgent {
+  socket: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+async function startAgentProcess(name: string, model: string): Promise<RunningAgent> {
+  const socket = join(root, `${name}.sock`);
+  const proc = Bun.spawn(
+    ["bun", CLI, "agent", "--state-dir", join(root, `state-${name}`), "--socket", socket, "--model", model],
+    {
+      env: { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "", QUANTD_LOG_LEVEL: "error" },
+      stdout: "ignore",
+      stderr: "pipe",
+    },
+  );
+  children.push(proc);
+  const t0 = Date.now();
+  for (;;) {
+    if (proc.exitCode !== null)
+      throw new Error(`agent ${name} exited: ${await new Response(proc.stderr).text()}`);
+    try {
+      if ((await fetch("http://localhost/v2/health/ready", { unix: socket })).status === 200) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() - t0 > 60_000) throw new Error(`agent ${name} not ready`);
+    await Bun.sleep(50);
+  }
+  return {
+    socket,
+    pid: proc.pid,
+    async stop() {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+  };
+}
+
+function memoryOf(pid: number): { rssMb: number; peakMb: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (field: string): number =>
+    Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
+  return { rssMb: kb("VmRSS") / 1024, peakMb: kb("VmHWM") / 1024 };
+}
+
+/** The route and body of one request of each task. */
+function requestOf(kind: Served, text: string, other: string): { path: string; body: string } {
+  switch (kind) {
+    case "embedding":
+      return { path: "/v1/embed", body: JSON.stringify({ texts: [text] }) };
+    case "embedding (base64)":
+      return { path: "/v1/embed", body: JSON.stringify({ texts: [text], encoding: "base64" }) };
+    case "token-classification":
+      return { path: "/v1/tokens", body: JSON.stringify({ texts: [text] }) };
+    case "pair-classification":
+      return { path: "/v1/classify", body: JSON.stringify({ pairs: [[text, other]] }) };
+    default:
+      return { path: "/v1/classify", body: JSON.stringify({ texts: [text] }) };
+  }
+}
+
+/** Texts per second with `CLIENTS` clients sending one text at a time for `SECONDS`. */
+async function throughput(kind: Served, agent: RunningAgent, texts: readonly string[]): Promise<number> {
+  let done = 0;
+  const until = performance.now() + SECONDS * 1000;
+  const client = async (c: number): Promise<void> => {
+    for (let i = c; performance.now() < until; i += CLIENTS) {
+      const { path, body } = requestOf(kind, texts[i % texts.length]!, texts[(i + 1) % texts.length]!);
+      const r = await fetch(`http://localhost${path}`, {
+        unix: agent.socket,
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      if (r.status !== 200) throw new Error(`${kind} ${path} answered ${r.status}: ${await r.text()}`);
+      await r.arrayBuffer();
+      done++;
+    }
+  };
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: CLIENTS }, (_, c) => client(c)));
+  return done / ((performance.now() - t0) / 1000);
+}
+
+async function serveEach(rows: readonly GateRow[]): Promise<void> {
+  const texts = readFileSync(devTsv, "utf8")
+    .split("\n")
+    .slice(1)
+    .filter((l) => l !== "")
+    .map((l) => l.split("\t")[0]!);
+  say("");
+  say(
+    `## 2–3. Agents serving the int8 models over the Unix socket (1 onnxruntime thread, ${CLIENTS} clients, ` +
+      `one SST-2 dev sentence per request, ${RUNS} runs of ${SECONDS} s, median)`,
+  );
+  say("");
+  say("| task | texts/s | × classification | RSS after load | RSS after the runs | peak RSS |");
+  say("| --- | ---: | ---: | ---: | ---: | ---: |");
+  // Every agent up at once and measured in rounds (A B C … A B C …): drift of a shared machine hits all alike.
+  const agents: { kind: Served; agent: RunningAgent; loadedMb: number }[] = [];
+  try {
+    for (const row of rows) {
+      if (row.int8Dir === undefined) continue;
+      const agent = await startAgentProcess(row.kind, row.int8Dir);
+      const loadedMb = memoryOf(agent.pid).rssMb;
+      const served: Served[] = row.kind === "embedding" ? ["embedding", "embedding (base64)"] : [row.kind];
+      for (const kind of served) agents.push({ kind, agent, loadedMb });
+    }
+    const rates = new Map<Served, number[]>(agents.map((a) => [a.kind, []]));
+    for (const a of agents) await throughput(a.kind, a.agent, texts.slice(0, 64)); // warm-up
+    for (let r = 0; r < RUNS; r++) {
+      for (const a of agents) rates.get(a.kind)!.push(await throughput(a.kind, a.agent, texts));
+    }
+    const classification = median(rates.get("classification") ?? []);
+    for (const a of agents) {
+      const rate = median(rates.get(a.kind)!);
+      const after = memoryOf(a.agent.pid);
+      say(
+        `| ${a.kind} | ${rate.toFixed(0)} | ${(rate / classification).toFixed(2)} × | ${a.loadedMb.toFixed(0)} MB | ` +
+          `${after.rssMb.toFixed(0)} MB | ${after.peakMb.toFixed(0)} MB |`,
+      );
+    }
+  } finally {
+    for (const a of new Set(agents.map((x) => x.agent))) await a.stop();
+  }
+}
+
+try {
+  say(`# bench/tasks.ts — ${new Date().toISOString()}, ${navigator.hardwareConcurrency} cores`);
+  const dirs = {} as Record<Kind, string>;
+  for (const kind of KINDS) dirs[kind] = await fixture(kind);
+  const rows = await quantizeEach(dirs);
+  printGates(rows);
+  await serveEach(rows);
+  if (values.markdown !== undefined) writeFileSync(values.markdown, `${lines.join("\n")}\n`);
+} finally {
+  for (const c of children) c.kill("SIGKILL");
+  rmSync(root, { recursive: true, force: true });
+}

@@ -1,0 +1,162 @@
+/**
+ * `quantd eval` for every task on its fixture, with gold data derived from the
+ * model's own answers so the expected figures are known exactly: perfect
+ * scores on the model's own answers, then hand-counted ones after an edit.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseInputsTsv } from "../../src/runtime/input-tsv.ts";
+import { evaluateTask } from "../../src/runtime/task-eval.ts";
+import { loadTaskModel, type TaskModel } from "../../src/runtime/task-model.ts";
+import { corpusSentences } from "../fixtures/encoders/tokenizers.ts";
+import { TASK_FIXTURES, type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
+import { codeOfAsync } from "../helpers/error-code.ts";
+import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
+
+const root = mkdtempSync(join(tmpdir(), "quantd-task-eval-"));
+const dirs = {} as Record<TaskFixtureKind, string>;
+const models = {} as Record<TaskFixtureKind, TaskModel>;
+const texts = corpusSentences().slice(600, 640);
+
+beforeAll(async () => {
+  for (const kind of TASK_FIXTURES) {
+    dirs[kind] = (await writeTaskFixture(kind, join(root, kind))).dir;
+    models[kind] = await loadTaskModel(dirs[kind], { session: { intraOpThreads: 1 } });
+  }
+});
+afterAll(async () => {
+  for (const m of Object.values(models)) await m.release();
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** Rows of a TSV written from a header and cells. */
+const tsv = (header: string[], rows: string[][]) =>
+  parseInputsTsv(new TextEncoder().encode([header, ...rows].map((r) => r.join("\t")).join("\n")), "gold.tsv");
+
+describe("scores per task", () => {
+  test("token classification: seqeval-style entity F1 (type and both ends must match)", async () => {
+    const results = await models["token-classification"].infer(texts);
+    const gold = results.map((r) =>
+      r.task === "token-classification" ? r.entities.map((e) => `${e.entity}@${e.start}:${e.end}`) : [],
+    );
+    const perfect = await evaluateTask(
+      models["token-classification"],
+      tsv(
+        ["text", "entities"],
+        texts.map((t, i) => [t, gold[i]!.join(" ")]),
+      ),
+    );
+    expect([perfect.entityPrecision, perfect.entityRecall, perfect.entityF1]).toEqual([1, 1, 1]);
+    // Drop one gold entity (a false positive) and move another's end by one (a miss and a false positive).
+    const total = gold.flat().length;
+    const i = gold.findIndex((g) => g.length >= 2);
+    const edited = gold.map((g) => [...g]);
+    edited[i]!.shift();
+    const [type, span] = edited[i]![0]!.split("@") as [string, string];
+    const [s, e] = span.split(":").map(Number) as [number, number];
+    edited[i]![0] = `${type}@${s}:${e + 1}`;
+    const r = await evaluateTask(
+      models["token-classification"],
+      tsv(
+        ["text", "entities"],
+        texts.map((t, k) => [t, edited[k]!.join(" ")]),
+      ),
+    );
+    // Predicted: total, right: total − 2; gold: total − 1.
+    expect(r.entityPrecision).toBeCloseTo((total - 2) / total, 12);
+    expect(r.entityRecall).toBeCloseTo((total - 2) / (total - 1), 12);
+    const bad = tsv(["text", "entities"], [[texts[0]!, "POS@5"]]);
+    expect(await codeOfAsync(evaluateTask(models["token-classification"], bad))).toBe("DATA_MALFORMED");
+  });
+
+  test("regression: Spearman and mean |error|; multi-label: micro/macro F1 and exact match", async () => {
+    const values = (await models.regression.infer(texts)).map((r) => (r.task === "regression" ? r.value : 0));
+    const own = await evaluateTask(
+      models.regression,
+      tsv(
+        ["sentence", "label"],
+        texts.map((t, i) => [t, String(values[i])]),
+      ),
+    );
+    expect(own.spearman).toBeCloseTo(1, 12);
+    expect(own.meanAbsError).toBeLessThan(1e-6);
+    const reversed = await evaluateTask(
+      models.regression,
+      tsv(
+        ["sentence", "label"],
+        texts.map((t, i) => [t, String(-values[i]!)]),
+      ),
+    );
+    expect(reversed.spearman).toBeCloseTo(-1, 12);
+
+    const ml = await models["multi-label"].infer(texts);
+    const active = ml.map((r) => (r.task === "multi-label" ? r.active.join(",") : ""));
+    const mlOwn = await evaluateTask(
+      models["multi-label"],
+      tsv(
+        ["sentence", "label"],
+        texts.map((t, i) => [t, active[i]!]),
+      ),
+    );
+    expect([mlOwn.microF1, mlOwn.macroF1, mlOwn.exactMatch]).toEqual([1, 1, 1]);
+    // Clear the gold of the first sample with labels: its labels become false positives.
+    const k = active.findIndex((a) => a !== "");
+    const on = active[k]!.split(",").length;
+    const predicted = active.reduce((n, a) => n + (a === "" ? 0 : a.split(",").length), 0);
+    const cleared = active.map((a, i) => (i === k ? "" : a));
+    const mlEdit = await evaluateTask(
+      models["multi-label"],
+      tsv(
+        ["sentence", "label"],
+        texts.map((t, i) => [t, cleared[i]!]),
+      ),
+    );
+    expect(mlEdit.exactMatch).toBeCloseTo((texts.length - 1) / texts.length, 12);
+    const tp = predicted - on;
+    expect(mlEdit.microF1).toBeCloseTo((2 * tp) / (2 * tp + on), 12);
+  });
+
+  test("pairs: accuracy over pairs; embeddings: recall@k against a reference, and a clear error without one", async () => {
+    const pairs = texts.slice(0, 20).map((t, i) => [t, texts[i + 20]!] as const);
+    const labels = (await models["pair-classification"].infer(pairs)).map((r) =>
+      "label" in r ? r.label : "",
+    );
+    const acc = await evaluateTask(
+      models["pair-classification"],
+      tsv(
+        ["premise", "hypothesis", "label"],
+        pairs.map(([a, b], i) => [a, b, labels[i]!]),
+      ),
+    );
+    expect([acc.accuracy, acc.macroF1]).toEqual([1, 1]);
+    const rows = tsv(
+      ["sentence"],
+      texts.map((t) => [t]),
+    );
+    const self = await evaluateTask(models.embedding, rows, { compare: models.embedding, k: 5 });
+    expect([self.recallAtK, self.k]).toEqual([1, 5]);
+    expect(self.meanCosine).toBeCloseTo(1, 6);
+    expect(await codeOfAsync(evaluateTask(models.embedding, rows))).toBe("USAGE");
+  });
+});
+
+test("quantd eval prints each task's measures", async () => {
+  const path = join(root, "reg.tsv");
+  writeFileSync(path, "sentence\tlabel\na wonderful film\t4.5\na dull mess\t1\nit is a film\t2.5\n");
+  const run = await runQuantd(["eval", "--model", dirs.regression, "--data", path, "--json"], {
+    env: envWithoutQuantd(),
+  });
+  expect(run.stderr).toBe("");
+  const out = JSON.parse(run.stdout);
+  expect(out).toMatchObject({ task: "regression", n: 3 });
+  expect(typeof out.spearman).toBe("number");
+  const emb = await runQuantd(["eval", "--model", dirs.embedding, "--data", path], {
+    env: envWithoutQuantd(),
+  });
+  expect([emb.code, emb.stderr]).toEqual([
+    2,
+    expect.stringMatching(/^error USAGE: an embedding model has no labels/),
+  ]);
+});
