@@ -27,7 +27,7 @@ beforeAll(async () => {
   // Pairs of SST-2 sentences, stored as pairs: premise / hypothesis columns.
   const s = corpusSentences();
   const lines = ["premise\thypothesis"];
-  for (let i = 0; i + 1 < 1800; i += 2) lines.push(`${s[i]}\t${s[i + 1]}`);
+  for (let i = 0; i + 1 < s.length; i += 2) lines.push(`${s[i]}\t${s[i + 1]}`);
   writeFileSync(pairsTsv, `${lines.join("\n")}\n`);
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -37,39 +37,47 @@ const quantize = (kind: TaskFixtureKind, extra: Partial<Parameters<typeof runQua
     model: dirs[kind],
     calib: kind === "pair-classification" ? pairsTsv : calib,
     out: join(root, `${kind}-int8.onnx`),
-    validationSamples: 700,
+    // A pair's label rests on a difference of two means, more often near its threshold than a sentence's
+    // polarity: a flip or two in a thousand, so the set must be large enough for the bound to clear 99.5 %.
+    validationSamples: kind === "pair-classification" ? 1800 : 700,
     threads: 1,
     ...extra,
   });
 
 describe("static int8 with defaults meets each task's gate on its fixture", () => {
   for (const kind of TASK_FIXTURES) {
-    test(kind, async () => {
-      const { report } = await quantize(kind);
-      const m = report.metrics;
-      expect(report.gate).toMatchObject({ passed: true, failures: [] });
-      expect(m.task?.kind).toBe(kind);
-      expect(m.agreementLower).toBeGreaterThanOrEqual(0.995);
-      const unit: Record<string, TaskFigures["unit"]> = {
-        "token-classification": "token",
-        "multi-label": "label decision",
-      };
-      expect(m.task?.unit).toBe(unit[kind] ?? "sample");
-      if (kind === "token-classification") expect(m.n).toBeGreaterThan(700 * 3);
-      if (kind === "multi-label") expect(m.n).toBe(700 * 4);
-      if (kind === "embedding") {
-        expect(m.task!.figures["meanCosine"]).toBeGreaterThan(0.99);
-        expect(m.task!.figures["neighbourOverlap"]).toBeGreaterThan(0.9);
-      }
-      if (kind === "regression") expect(m.task!.figures["pearson"]).toBeGreaterThan(0.99);
-      // The int8 model is the same task and answers as fp32 does on a clear input.
-      const int8 = await loadTaskModel(join(root, `${kind}-int8.onnx`), { tokenizerDir: dirs[kind] });
-      try {
-        expect(int8.task.kind).toBe(kind);
-      } finally {
-        await int8.release();
-      }
-    });
+    // The pair classifier's first candidate flips a few of 1,800 pairs: the fallback's trials take a minute on 2 cores.
+    const timeout = kind === "pair-classification" ? 240_000 : 120_000;
+    test(
+      kind,
+      async () => {
+        const { report } = await quantize(kind);
+        const m = report.metrics;
+        expect(report.gate).toMatchObject({ passed: true, failures: [] });
+        expect(m.task?.kind).toBe(kind);
+        expect(m.agreementLower).toBeGreaterThanOrEqual(0.995);
+        const unit: Record<string, TaskFigures["unit"]> = {
+          "token-classification": "token",
+          "multi-label": "label decision",
+        };
+        expect(m.task?.unit).toBe(unit[kind] ?? "sample");
+        if (kind === "token-classification") expect(m.n).toBeGreaterThan(700 * 3);
+        if (kind === "multi-label") expect(m.n).toBe(700 * 4);
+        if (kind === "embedding") {
+          expect(m.task!.figures["meanCosine"]).toBeGreaterThan(0.99);
+          expect(m.task!.figures["neighbourOverlap"]).toBeGreaterThan(0.9);
+        }
+        if (kind === "regression") expect(m.task!.figures["pearson"]).toBeGreaterThan(0.99);
+        // The int8 model is the same task and answers as fp32 does on a clear input.
+        const int8 = await loadTaskModel(join(root, `${kind}-int8.onnx`), { tokenizerDir: dirs[kind] });
+        try {
+          expect(int8.task.kind).toBe(kind);
+        } finally {
+          await int8.release();
+        }
+      },
+      timeout,
+    );
   }
 });
 

@@ -130,7 +130,7 @@ describe("results", () => {
       // The same vector by hand from last_hidden_state of a padded batch.
       const enc = raw.tokenizer.encodeBatch(texts);
       const out = await raw.runEncoded(enc);
-      const byHand = poolRow(out.data, 0, enc.seqLen, 128, enc.attentionMask, "mean");
+      const byHand = poolRow(out.data, 0, enc.seqLen, out.dims[2]!, enc.attentionMask, "mean");
       for (const [i, v] of byHand.entries()) expect(v).toBeCloseTo(r.embedding[i]!, 4);
     } finally {
       await raw.release();
@@ -138,16 +138,23 @@ describe("results", () => {
   });
 
   test("pairs: the order of the texts matters (segments are read through token_type_ids)", async () => {
-    const good = "a moving, beautiful and wonderful film";
-    const bad = "a dull, tedious and pointless mess";
-    const [ab, ba] = await models["pair-classification"].infer([
-      [bad, good],
-      [good, bad],
-    ]);
-    if (ab?.task !== "pair-classification" || ba?.task !== "pair-classification")
-      throw new Error("not pairs");
-    expect(ab.label).not.toBe(ba.label);
-    expect(Math.max(ab.score, ba.score)).toBeGreaterThan(0.9);
+    // The head compares segment B's mean polarity with segment A's: swapping the texts mostly swaps the label.
+    const pairs = held.slice(0, 30).map((a, i) => [a, held[i + 30]!] as const);
+    const swapped = pairs.map(([a, b]) => [b, a] as const);
+    const ab = await models["pair-classification"].infer(pairs);
+    const ba = await models["pair-classification"].infer(swapped);
+    const label = (r: (typeof ab)[number]) => (r.task === "pair-classification" ? r.label : "");
+    const flips = ab.filter((r, i) => label(r) !== label(ba[i]!)).length;
+    expect(flips / pairs.length).toBeGreaterThan(0.5);
+    // And a pair run as one text (segment A only) is another input altogether.
+    const joined = await loadTaskModel(dirs["pair-classification"], { task: { kind: "classification" } });
+    try {
+      const one = await joined.infer(pairs.map(([a, b]) => `${a} ${b}`));
+      const same = one.filter((r, i) => r.task === "classification" && r.label === label(ab[i]!)).length;
+      expect(same).toBeLessThan(pairs.length);
+    } finally {
+      await joined.release();
+    }
   });
 
   test("multi-label: sigmoid per label, thresholds decide", async () => {
@@ -235,7 +242,7 @@ describe("quantd infer", () => {
       /^a wonderful, moving film\n( {2}(POS|NEG) {2}\d\.\d{4} {2}\[\d+, \d+\) {2}.+\n)+$/,
     );
     const emb = await runQuantd(["infer", "--model", dirs.embedding, "a film"], { env });
-    expect(emb.stdout).toMatch(/^dim 128 {2}norm 1\.0000 {2}\[/);
+    expect(emb.stdout).toMatch(/^dim \d+ {2}norm 1\.0000 {2}\[/);
     const single = await runQuantd(["infer", "--model", dirs["pair-classification"], "one text"], { env });
     expect([single.code, single.stderr]).toEqual([
       1,
