@@ -391,6 +391,15 @@ export function describeRecordedAgreement(v: unknown): string | undefined {
     return `${pct(agreement)} of ${formatCount(n)} held-out${gateText}`;
   }
   const margin = r["margin"] as Partial<MarginView> | undefined;
+  // Another task's trials (tokens, label decisions) and figures (cosine, Pearson), so a report says what agreed.
+  const task = r["task"] as Partial<TaskFigures> | undefined;
+  const taskText =
+    task !== undefined &&
+    typeof task === "object" &&
+    typeof task.kind === "string" &&
+    task.kind !== "classification"
+      ? ` (${task.kind}: ${task.unit ?? "sample"}s${describeTaskPoints(task.figures)})`
+      : "";
   return `${describeAgreement({
     n,
     agreement,
@@ -403,7 +412,17 @@ export function describeRecordedAgreement(v: unknown): string | undefined {
     ...(margin !== undefined && typeof margin === "object"
       ? { margin: { ignored: margin.ignored === true, nearTies: margin.nearTies ?? 0 } }
       : {}),
-  })}${gateText}`;
+  })}${taskText}${gateText}`;
+}
+
+/** `, mean cosine 0.9998, Pearson 0.9991`: the point figures a task's report records, for one line. */
+function describeTaskPoints(figures: unknown): string {
+  if (typeof figures !== "object" || figures === null) return "";
+  const f = figures as Record<string, unknown>;
+  const parts: string[] = [];
+  if (typeof f["meanCosine"] === "number") parts.push(`mean cosine ${f["meanCosine"].toFixed(4)}`);
+  if (typeof f["pearson"] === "number") parts.push(`Pearson ${f["pearson"].toFixed(4)}`);
+  return parts.map((p) => `, ${p}`).join("");
 }
 
 /** Share of 1 − confidence spent on the last look (the whole set); the earlier looks share the rest. */

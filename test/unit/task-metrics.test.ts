@@ -3,7 +3,7 @@
  * is for each task, when it agrees, the point statistics and their checks.
  */
 import { describe, expect, test } from "bun:test";
-import { checkGate } from "../../src/quant/gate.ts";
+import { checkGate, describeRecordedAgreement } from "../../src/quant/gate.ts";
 import { compareTaskOutputs } from "../../src/quant/task-metrics.ts";
 import { neighbourOverlap, pearson, spearman } from "../../src/runtime/stats.ts";
 import type { TaskSpec } from "../../src/runtime/task.ts";
@@ -98,4 +98,30 @@ describe("trials and agreement per task", () => {
       expect.objectContaining({ code: "DATA_MISMATCH" }),
     );
   });
+});
+
+test("a recorded validation of another task names its trials and figures", () => {
+  const v = {
+    n: 1000,
+    agreement: 0.999,
+    agreementLower: 0.995,
+    confidence: 0.95,
+    gateN: 1000,
+    gateAgreements: 999,
+    gate: { minAgreement: 0.995 },
+  };
+  expect(
+    describeRecordedAgreement({
+      ...v,
+      task: { kind: "embedding", unit: "sample", figures: { meanCosine: 0.99991 } },
+    }),
+  ).toBe(
+    "99.9 % (≥ 99.5 % at 95 %, n = 1,000) (embedding: samples, mean cosine 0.9999), gate 99.5 % on the bound",
+  );
+  expect(describeRecordedAgreement({ ...v, task: { kind: "token-classification", unit: "token" } })).toMatch(
+    /\(token-classification: tokens\), gate/,
+  );
+  expect(describeRecordedAgreement({ ...v, task: { kind: "classification", unit: "sample" } })).toBe(
+    "99.9 % (≥ 99.5 % at 95 %, n = 1,000), gate 99.5 % on the bound",
+  );
 });
