@@ -170,6 +170,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     },
     modelsDir: join(config.stateDir, "models"),
     tokenizerDir: config.tokenizerDir,
+    task: config.task,
     threads: config.threads,
     workers: config.inferenceWorkers,
     swap: config.swap,

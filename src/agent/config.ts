@@ -12,6 +12,13 @@ import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/config.ts";
 import { isRecord } from "../json.ts";
 import { modelFileOf } from "../runtime/model-files.ts";
+import {
+  POOLING_MODES,
+  type PoolingMode,
+  TASK_KINDS,
+  type TaskKind,
+  type TaskOverride,
+} from "../runtime/task.ts";
 import type { TcpAddress } from "../server/listen.ts";
 
 /** Micro-batching of inference requests. */
@@ -84,6 +91,11 @@ export interface AgentConfig {
   tokenizerDir: string;
   /** The model name in the Open Inference Protocol routes. @defaultValue the initial model's directory name */
   modelName: string;
+  /**
+   * What the operator sets over the task detected from the model (`task.kind`, `task.pooling`,
+   * `task.normalize`); a setting the model's outputs contradict stops the start. @defaultValue detected
+   */
+  task: TaskOverride;
   /** onnxruntime intra-op threads. */
   threads: number;
   /**
@@ -168,7 +180,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
 /** Default post-swap checks: over its first 200 batches, more than 1 % failed batches or a p95 batch latency above 1.2 × the old model's rolls a new model back. */
 export const DEFAULT_SWAP_CHECKS: SwapChecksConfig = { errorRate: 0.01, p95Ratio: 1.2, window: 200 };
 
-type KeyType = "string" | "int" | "number" | "boolean" | "tcp" | "address";
+type KeyType = "string" | "int" | "number" | "boolean" | "tcp" | "address" | "task" | "pooling";
 
 interface KeySpec {
   /** Dotted path in the file, e.g. `batching.maxBatch`. */
@@ -189,6 +201,9 @@ const KEYS: readonly KeySpec[] = [
   { path: "model", type: "string" },
   { path: "tokenizerDir", type: "string" },
   { path: "modelName", type: "string" },
+  { path: "task.kind", type: "task" },
+  { path: "task.pooling", type: "pooling" },
+  { path: "task.normalize", type: "boolean" },
   { path: "threads", type: "int", min: 1, max: 256 },
   { path: "inferenceWorkers", type: "int", min: 0, max: 64 },
   { path: "batching.maxBatch", type: "int", min: 1, max: 4096 },
@@ -303,6 +318,14 @@ function coerce(spec: KeySpec, raw: unknown, source: string): unknown {
       if (typeof raw !== "string" || raw.trim() === "")
         throw invalid(spec.path, "must be a non-empty string", source);
       return raw;
+    case "task":
+    case "pooling": {
+      const allowed: readonly string[] = spec.type === "task" ? TASK_KINDS : POOLING_MODES;
+      if (typeof raw !== "string" || !allowed.includes(raw)) {
+        throw invalid(spec.path, `must be one of ${allowed.join(", ")}, got ${JSON.stringify(raw)}`, source);
+      }
+      return raw;
+    }
     case "tcp":
       return parseTcp(raw, spec.path, source);
     case "address":
@@ -508,6 +531,11 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     modelExplicit: values.has("model"),
     tokenizerDir,
     modelName: (values.get("modelName") as string | undefined) ?? basename(dirname(model)),
+    task: {
+      ...(values.has("task.kind") ? { kind: values.get("task.kind") as TaskKind } : {}),
+      ...(values.has("task.pooling") ? { pooling: values.get("task.pooling") as PoolingMode } : {}),
+      ...(values.has("task.normalize") ? { normalize: values.get("task.normalize") as boolean } : {}),
+    },
     threads: num("threads", opts.profile.threads),
     inferenceWorkers: num("inferenceWorkers", 1),
     batching: {

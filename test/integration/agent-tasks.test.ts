@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import { loadTaskModel, type TaskModel } from "../../src/runtime/task-model.ts";
 import { TASK_FIXTURES, type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
+import { codeOf, codeOfAsync } from "../helpers/error-code.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 import { call, metricValue, tempDir, testConfig } from "./agent-harness.ts";
 
@@ -272,5 +273,30 @@ describe("bad input and limits", () => {
       /does token-classification \(3 labels\) but the serving model does embedding/,
     );
     expect((await post("embedding", "/v1/embed", { texts: ["a"] })).status).toBe(200);
+  });
+});
+
+describe("the task in the agent's config", () => {
+  test("task.normalize and task.kind override detection; a contradiction or a bad value stops the start", async () => {
+    const dir = join(root, "config-override");
+    const model = { model: join(dirs.embedding, "model.onnx") };
+    const raw = await startAgent(testConfig(join(dir, "a"), { QUANTD_TASK_NORMALIZE: "off" }, model));
+    try {
+      const r = await call(raw.config.socketPath, "/v1/embed", {
+        body: JSON.stringify({ texts: ["a film"] }),
+      });
+      expect(r.body["normalized"]).toBe(false);
+      expect(Math.hypot(...(r.body["embeddings"] as number[][])[0]!)).toBeGreaterThan(1.5);
+    } finally {
+      await raw.stop();
+    }
+    expect(
+      await codeOfAsync(
+        startAgent(testConfig(join(dir, "b"), { QUANTD_TASK_KIND: "classification" }, model)),
+      ),
+    ).toBe("MODEL_TASK_MISMATCH");
+    expect(codeOf(() => testConfig(join(dir, "c"), { QUANTD_TASK_KIND: "ner" }, model))).toBe(
+      "CONFIG_INVALID",
+    );
   });
 });
