@@ -25,11 +25,11 @@ import {
   openSync,
   readdirSync,
   readFileSync,
-  renameSync,
   rmSync,
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import { writeFailure, writeFileDurableSync } from "../core/files.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import type { Job, JobState, JobStore, NewJob } from "../store/jobs.ts";
 
@@ -245,14 +245,9 @@ export function runnerLockHolder(workRoot: string): number | undefined {
 export function acquireRunnerLock(workRoot: string): () => void {
   const path = join(workRoot, RUNNER_LOCK_FILE);
   const tmp = join(workRoot, `.${RUNNER_LOCK_FILE}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
-  const writeFailed = (err: unknown): QuantdError => {
-    const code = (err as NodeJS.ErrnoException).code;
-    return new QuantdError(
-      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
-      `cannot write ${path}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  };
+  const writeFailed = (err: unknown): QuantdError =>
+    writeFailure(err, `cannot write ${path}: ${(err as Error).message}`);
+
   const content = `${JSON.stringify(selfLockOwner())}\n`;
   try {
     mkdirSync(workRoot, { recursive: true, mode: 0o750 });
@@ -293,7 +288,7 @@ export function acquireRunnerLock(workRoot: string): () => void {
   }
 }
 
-// The two temporary-file names our atomic writers use: the codec's `.NAME.PID.HEX.tmp` and the registry's `.NAME.tmp-PID-HEX`.
+// The two temporary-file names our atomic writers use: core/files.ts's `.NAME.PID.HEX.tmp` and the registry's `.NAME.tmp-PID-HEX`.
 const TEMP_NAMES = [/^\..+\.(\d+)\.[0-9a-f]+\.tmp$/, /^\..+\.tmp-(\d+)-[0-9a-f]+$/];
 
 /**
@@ -328,25 +323,7 @@ export function removeStaleTempFiles(dir: string): string[] {
  * @throws DISK_FULL | FILE_WRITE_FAILED
  */
 export function writeJsonDurably(path: string, value: unknown): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  let fd: number | undefined;
-  try {
-    fd = openSync(tmp, "w", 0o640);
-    writeSync(fd, JSON.stringify(value));
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(tmp, path);
-  } catch (err) {
-    if (fd !== undefined) closeSync(fd);
-    rmSync(tmp, { force: true });
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new QuantdError(
-      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
-      `cannot write ${path}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  }
+  writeFileDurableSync(path, JSON.stringify(value), 0o640);
 }
 
 /** Why a running job is being stopped, set by the runner; checked at the job's next cancellation point. */
@@ -717,12 +694,7 @@ export class JobRunner {
       try {
         mkdirSync(workDir, { recursive: true, mode: 0o750 });
       } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        throw new QuantdError(
-          code === "ENOSPC" ? "DISK_FULL" : "FILE_WRITE_FAILED",
-          `cannot create ${workDir}: ${(err as Error).message}`,
-          { cause: err },
-        );
+        throw writeFailure(err, `cannot create ${workDir}: ${(err as Error).message}`);
       }
       verdict = await handler.run(ctx);
       // The last stage boundary: a cancel or timeout that arrived during the last stage still wins.

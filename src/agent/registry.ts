@@ -21,6 +21,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { constants, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import { writeFailure } from "../core/files.ts";
 import { nearestRankPercentile } from "../core/stats.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { inputsOf, type TaskOverride } from "../runtime/task.ts";
@@ -377,12 +378,7 @@ interface StagedCopy {
 const COPY_CHUNK = 1024 * 1024;
 
 function writeError(target: string, err: unknown): QuantdError {
-  const code = (err as NodeJS.ErrnoException).code;
-  return new QuantdError(
-    code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
-    `cannot write ${target}: ${(err as Error).message}`,
-    { cause: err },
-  );
+  return writeFailure(err, `cannot write ${target}: ${(err as Error).message}`);
 }
 
 function tooLarge(src: string, bytes: number, maxBytes: number): QuantdError {

@@ -9,10 +9,10 @@
  * decoded re-encodes to the same tensor payload bytes; the shipped BERT
  * re-encodes byte-identically.
  */
-import { randomBytes } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
-import { open, readFile, rename, rm } from "node:fs/promises";
-import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { readFile } from "node:fs/promises";
+import { basename, dirname, isAbsolute, relative, resolve, sep } from "node:path";
+import { errnoOf, writeFileDurable } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
 import { modelProtoType, onnxType } from "./onnx-schema.ts";
 import { dataTypeName, forEachTensor, isExternal, tensorByteLength, tensorRawBytes } from "./tensor.ts";
@@ -883,17 +883,12 @@ export function encodeModel(model: ModelProto): Uint8Array {
 // ---------------------------------------------------------------------------
 // Files
 
-function errno(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === "string" ? code : undefined;
-}
-
 async function readBytes(path: string, what: string): Promise<Uint8Array> {
   let buf: Buffer;
   try {
     buf = await readFile(path);
   } catch (err) {
-    const code = errno(err);
+    const code = errnoOf(err);
     if (code === "ENOENT" || code === "ENOTDIR") {
       throw new QuantdError("FILE_NOT_FOUND", `${what} not found: ${path}`, { cause: err });
     }
@@ -1086,13 +1081,6 @@ function planExternal(model: ModelProto, options: ExternalDataOptions, modelPath
   return { model: { ...model, graph: { ...model.graph, initializer } }, location, chunks };
 }
 
-function writeError(err: unknown, path: string): QuantdError {
-  if (err instanceof QuantdError) return err;
-  if (errno(err) === "ENOSPC")
-    return new QuantdError("DISK_FULL", `no space left writing ${path}`, { cause: err });
-  return new QuantdError("FILE_WRITE_FAILED", `cannot write ${path}`, { cause: err });
-}
-
 async function writeAll(fh: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
   let done = 0;
   while (done < bytes.byteLength) {
@@ -1129,32 +1117,6 @@ async function writeChunks(fh: FileHandle, chunks: readonly Uint8Array[]): Promi
     }
   }
   await flush();
-}
-
-/** Writes a temp file beside `path`, fsyncs it, renames it over `path`, then fsyncs the directory. */
-async function writeFileAtomic(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
-  const dir = dirname(resolve(path));
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
-  let fh: FileHandle | undefined;
-  try {
-    fh = await open(tmp, "wx", 0o644);
-    await write(fh);
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, path);
-  } catch (err) {
-    await fh?.close().catch(() => undefined);
-    await rm(tmp, { force: true }).catch(() => undefined);
-    throw writeError(err, path);
-  }
-  // Make the rename itself durable; not every filesystem lets a directory be fsynced.
-  try {
-    const d = await open(dir, "r");
-    await d.sync().finally(() => d.close());
-  } catch {
-    // best effort
-  }
 }
 
 /**
@@ -1197,10 +1159,10 @@ export async function saveModel(
     const plan = planExternal(model, external, path);
     toEncode = plan.model;
     const dataPath = resolve(dirname(resolve(path)), plan.location);
-    await writeFileAtomic(dataPath, async (fh) => {
+    await writeFileDurable(dataPath, async (fh) => {
       for (const c of plan.chunks) await writeAll(fh, c.bytes, c.offset);
     });
   }
   const chunks = modelChunks(toEncode);
-  await writeFileAtomic(path, (fh) => writeChunks(fh, chunks));
+  await writeFileDurable(path, (fh) => writeChunks(fh, chunks));
 }

@@ -8,8 +8,8 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { rename, rm, stat, writeFile } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { stat } from "node:fs/promises";
+import { writeFileDurable } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
 import type { LengthCoverage, LengthSets } from "./drift.ts";
 import type { GateMetrics } from "./gate.ts";
@@ -252,25 +252,14 @@ export function renderReport(report: QuantizeReport): string {
 }
 
 /**
- * Writes the report atomically (a temporary file beside it, then a rename), so
- * a reader never sees half a report.
+ * Writes the report atomically and durably (a temporary file beside it, fsync,
+ * then a rename), so a reader never sees half a report.
  *
+ * @throws DISK_FULL when the disk is full
  * @throws FILE_WRITE_FAILED when the file cannot be written
  */
 export async function writeReport(path: string, report: QuantizeReport): Promise<void> {
-  await writeFileAtomic(path, renderReport(report));
-}
-
-/** Writes text or bytes to `path` through a temporary sibling and a rename. @throws FILE_WRITE_FAILED */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
-  try {
-    await writeFile(tmp, data);
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true }).catch(() => undefined);
-    throw new QuantdError("FILE_WRITE_FAILED", `cannot write ${path}`, { cause: err, details: { path } });
-  }
+  await writeFileDurable(path, renderReport(report));
 }
 
 /**

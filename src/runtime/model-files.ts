@@ -6,6 +6,7 @@
  */
 import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
+import { errnoOf, writeFailure } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
 
 /** The files {@link findModelFiles} located, as absolute paths. */
@@ -152,12 +153,9 @@ export function createOutputDir(dir: string): string | undefined {
   try {
     return mkdirSync(dir, { recursive: true });
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new QuantdError(
-      code === "ENOSPC" || code === "EDQUOT" ? "DISK_FULL" : "FILE_WRITE_FAILED",
-      `cannot create the output directory ${dir}: ${code ?? String(err)}`,
-      { cause: err, details: { path: dir } },
-    );
+    throw writeFailure(err, `cannot create the output directory ${dir}: ${errnoOf(err) ?? String(err)}`, {
+      path: dir,
+    });
   }
 }
 

@@ -1,8 +1,14 @@
 /**
  * The leaf helpers in `src/core/`: both percentile definitions against values
- * computed by hand and with numpy, and this process's memory figures.
+ * computed by hand and with numpy, this process's memory figures, and durable
+ * writes with the errno mapping every writer shares.
  */
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { writeFailure, writeFileDurable, writeFileDurableSync } from "../../src/core/files.ts";
+import { QuantdError } from "../../src/errors.ts";
 import { peakRssBytes, readProcessMemory } from "../../src/core/process-memory.ts";
 import { nearestRankPercentile, percentile, percentileOfSorted } from "../../src/core/stats.ts";
 import { expectClose } from "../helpers/expect-close.ts";
@@ -43,5 +49,57 @@ describe("process memory", () => {
     const big = new Uint8Array(before.peakRssBytes - before.rssBytes + 64 * 1024 * 1024).fill(1);
     expect(peakRssBytes()).toBeGreaterThan(before.peakRssBytes + 32 * 1024 * 1024);
     expect(big[big.length - 1]).toBe(1);
+  });
+});
+
+describe("durable writes", () => {
+  const dir = mkdtempSync(join(tmpdir(), "quantd-core-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("a full disk and an exhausted quota are DISK_FULL, anything else FILE_WRITE_FAILED, a QuantdError is kept", () => {
+    const errno = (code: string) => Object.assign(new Error(code), { code });
+    expect(writeFailure(errno("ENOSPC"), "cannot write x").code).toBe("DISK_FULL");
+    expect(writeFailure(errno("EDQUOT"), "cannot write x").code).toBe("DISK_FULL");
+    expect(writeFailure(errno("EACCES"), "cannot write x").code).toBe("FILE_WRITE_FAILED");
+    expect(writeFailure(new Error("no errno"), "cannot write x").code).toBe("FILE_WRITE_FAILED");
+    const own = new QuantdError("MODEL_TOO_LARGE", "too large");
+    expect(writeFailure(own, "cannot write x")).toBe(own);
+    const mapped = writeFailure(errno("ENOSPC"), "cannot write /x", { path: "/x" });
+    expect(mapped.message).toBe("cannot write /x");
+    expect(mapped.details).toEqual({ path: "/x" });
+    expect(mapped.cause).toBeInstanceOf(Error);
+  });
+
+  test("replaces the file whole, with the mode asked for, and leaves no temporary file", async () => {
+    const path = join(dir, "state.json");
+    writeFileSync(path, "old");
+    await writeFileDurable(path, "new text");
+    expect(readFileSync(path, "utf8")).toBe("new text");
+    await writeFileDurable(path, async (fh) => {
+      await fh.write("written ");
+      await fh.write("through the handle");
+    });
+    expect(readFileSync(path, "utf8")).toBe("written through the handle");
+    writeFileDurableSync(path, new Uint8Array([1, 2, 3]), 0o640);
+    expect([...readFileSync(path)]).toEqual([1, 2, 3]);
+    writeFileDurableSync(join(dir, "fresh"), "x", 0o600);
+    expect(statSync(join(dir, "fresh")).mode & 0o777).toBe(0o600);
+    expect(readdirSync(dir).sort()).toEqual(["fresh", "state.json"]);
+  });
+
+  test("a failed write leaves the old file and no temporary file", async () => {
+    const path = join(dir, "keep.json");
+    writeFileSync(path, "old");
+    const failing = writeFileDurable(path, async () => {
+      throw Object.assign(new Error("no space"), { code: "ENOSPC" });
+    });
+    await expect(failing).rejects.toMatchObject({ code: "DISK_FULL" });
+    expect(readFileSync(path, "utf8")).toBe("old");
+    expect(readdirSync(dir).filter((n) => n.includes("keep"))).toEqual(["keep.json"]);
+    const underFile = join(path, "child");
+    await expect(writeFileDurable(underFile, "x")).rejects.toMatchObject({ code: "FILE_WRITE_FAILED" });
+    expect(() => writeFileDurableSync(underFile, "x")).toThrow(
+      expect.objectContaining({ code: "FILE_WRITE_FAILED" }),
+    );
   });
 });
