@@ -22,11 +22,11 @@
  * a candidate that does not load — end the job REJECTED with the reasons and the
  * quantizer's report; the serving model is untouched.
  */
-import { createHash } from "node:crypto";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { CandidateComparison } from "../bench/compare.ts";
+import { sha256FileSync } from "../core/hash.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
 import { encodeReport } from "../fleet/protocol.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
@@ -302,10 +302,10 @@ function gateOf(p: RecalibrateJobParams): ReturnType<typeof gateSpecOf> {
   });
 }
 
-/** SHA-256 of a file, lower-case hex, or `undefined` when it cannot be read. */
+/** SHA-256 of a file, lower-case hex, or `undefined` when it cannot be read (a checkpointed candidate that is gone). */
 export function fileSha256(path: string): string | undefined {
   try {
-    return createHash("sha256").update(readFileSync(path)).digest("hex");
+    return sha256FileSync(path);
   } catch {
     return undefined;
   }

@@ -23,7 +23,6 @@
  * previous one. At most `keep` releases stay on disk; those of the serving
  * version and of the versions a rollback can return to are never removed.
  */
-import { createHash } from "node:crypto";
 import {
   closeSync,
   existsSync,
@@ -39,6 +38,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import { sha256File, sha256FileSync } from "../core/hash.ts";
 import { QuantdError } from "../errors.ts";
 import { parseCommand, type ReleaseParams } from "../fleet/protocol.ts";
 import {
@@ -47,7 +47,6 @@ import {
   type ReleaseManifest,
   releaseBytes,
   type SignedRelease,
-  sha256OfFile,
   verifyRelease,
 } from "../fleet/release.ts";
 import { evaluate } from "../runtime/evaluate.ts";
@@ -158,7 +157,7 @@ function incompatibility(m: ReleaseManifest, deps: ReleaseJobDeps): string[] {
   const dir = deps.servingTokenizerDir();
   const local = dir === undefined ? undefined : join(dir, "tokenizer.json");
   if (tok !== undefined && local !== undefined && existsSync(local)) {
-    const sha = createHash("sha256").update(readFileSync(local)).digest("hex");
+    const sha = sha256FileSync(local);
     if (sha !== tok.sha256) {
       reasons.push(
         "the release's tokenizer.json differs from the one this agent serves with (a release keeps the tokenizer; change it with the agent's tokenizerDir and a restart)",
@@ -283,7 +282,7 @@ async function download(
       }
       ctx.stage("download", 0.02 + 0.08 * (done / Math.max(1, total)));
     }
-    if (size !== f.size || (await sha256OfFile(path)) !== f.sha256) {
+    if (size !== f.size || (await sha256File(path)) !== f.sha256) {
       rmSync(path, { force: true });
       throw new QuantdError(
         "DATA_MISMATCH",

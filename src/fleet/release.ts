@@ -13,7 +13,6 @@
  */
 import { createHash } from "node:crypto";
 import {
-  createReadStream,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -25,6 +24,7 @@ import {
 } from "node:fs";
 import { copyFile } from "node:fs/promises";
 import { join } from "node:path";
+import { sha256File } from "../core/hash.ts";
 import { QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import {
@@ -224,13 +224,6 @@ export function verifyRelease(
   };
 }
 
-/** SHA-256 of a file, streamed (a release's model may be hundreds of MB). */
-export async function sha256OfFile(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
-}
-
 /** Options of {@link buildRelease}. */
 export interface BuildReleaseOptions {
   key: SigningKey;
@@ -292,7 +285,7 @@ export async function buildRelease(dir: string, options: BuildReleaseOptions): P
         },
       );
     }
-    files.push({ path: name, sha256: await sha256OfFile(join(dir, name)), size: st.size });
+    files.push({ path: name, sha256: await sha256File(join(dir, name)), size: st.size });
   }
   if (files.length > MAX_RELEASE_FILES)
     throw new QuantdError("USAGE", `a release holds at most ${MAX_RELEASE_FILES} files`);
@@ -349,10 +342,7 @@ export async function storeReleaseFiles(
     mkdirSync(tmp, { recursive: true });
     for (const f of release.manifest.files) {
       await copyFile(join(srcDir, f.path), join(tmp, f.path));
-      if (
-        statSync(join(tmp, f.path)).size !== f.size ||
-        (await sha256OfFile(join(tmp, f.path))) !== f.sha256
-      ) {
+      if (statSync(join(tmp, f.path)).size !== f.size || (await sha256File(join(tmp, f.path))) !== f.sha256) {
         throw new QuantdError("DATA_MISMATCH", `${join(srcDir, f.path)} changed while the release was made`);
       }
     }

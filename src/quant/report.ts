@@ -7,9 +7,9 @@
  * a field may be added within a version, never renamed or removed.
  */
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { writeFileDurable } from "../core/files.ts";
+import { sha256File } from "../core/hash.ts";
 import { QuantdError } from "../errors.ts";
 import type { LengthCoverage, LengthSets } from "./drift.ts";
 import type { GateMetrics } from "./gate.ts";
@@ -228,13 +228,13 @@ export async function describeFile(path: string): Promise<FileFacts> {
     const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "FILE_NOT_FOUND" : "FILE_UNREADABLE";
     throw new QuantdError(code, `cannot read ${path}`, { cause: err, details: { path } });
   }
-  const hash = createHash("sha256");
+  let sha256: string;
   try {
-    for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+    sha256 = await sha256File(path);
   } catch (err) {
     throw new QuantdError("FILE_UNREADABLE", `cannot read ${path}`, { cause: err, details: { path } });
   }
-  return { path, sha256: hash.digest("hex"), bytes };
+  return { path, sha256, bytes };
 }
 
 /** SHA-256 and size of bytes about to be written at `path`. */

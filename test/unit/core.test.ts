@@ -4,10 +4,12 @@
  * writes with the errno mapping every writer shares.
  */
 import { afterAll, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeFailure, writeFileDurable, writeFileDurableSync } from "../../src/core/files.ts";
+import { sha256File, sha256FileSync } from "../../src/core/hash.ts";
 import { QuantdError } from "../../src/errors.ts";
 import { peakRssBytes, readProcessMemory } from "../../src/core/process-memory.ts";
 import { nearestRankPercentile, percentile, percentileOfSorted } from "../../src/core/stats.ts";
@@ -101,5 +103,38 @@ describe("durable writes", () => {
     expect(() => writeFileDurableSync(underFile, "x")).toThrow(
       expect.objectContaining({ code: "FILE_WRITE_FAILED" }),
     );
+  });
+});
+
+describe("file hashes", () => {
+  const dir = mkdtempSync(join(tmpdir(), "quantd-hash-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("match the published SHA-256 test vectors, across read-chunk boundaries", async () => {
+    const abc = join(dir, "abc");
+    writeFileSync(abc, "abc");
+    const want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    expect(await sha256File(abc)).toBe(want);
+    expect(sha256FileSync(abc)).toBe(want);
+    // FIPS 180-2's one million 'a's, and a file of three 1 MiB read chunks and a bit.
+    const million = join(dir, "million");
+    writeFileSync(million, "a".repeat(1_000_000));
+    const wantMillion = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
+    expect(await sha256File(million)).toBe(wantMillion);
+    expect(sha256FileSync(million)).toBe(wantMillion);
+    const big = join(dir, "big");
+    const bytes = Uint8Array.from({ length: 3 * 1024 * 1024 + 17 }, (_, i) => (i * 31) & 0xff);
+    writeFileSync(big, bytes);
+    const wantBig = createHash("sha256").update(bytes).digest("hex");
+    expect(await sha256File(big)).toBe(wantBig);
+    expect(sha256FileSync(big)).toBe(wantBig);
+    const empty = join(dir, "empty");
+    writeFileSync(empty, "");
+    expect(sha256FileSync(empty)).toBe("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  });
+
+  test("a missing file is the file system's ENOENT", async () => {
+    await expect(sha256File(join(dir, "missing"))).rejects.toMatchObject({ code: "ENOENT" });
+    expect(() => sha256FileSync(join(dir, "missing"))).toThrow(expect.objectContaining({ code: "ENOENT" }));
   });
 });
