@@ -124,7 +124,7 @@ async function openAgentStore(
     samples: {
       maxRows: config.samplePool.maxRows,
       maxBytes: config.samplePool.maxBytes,
-      countTokens: (text) => registry.countTokens(text),
+      countTokens: (text, pair) => registry.countTokens(text, pair),
     },
   });
   if (setAside === undefined) return store;
@@ -228,9 +228,10 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     metrics,
     admin: registry,
     accepting: () => accepting,
-    onClassified: (texts) => {
-      drift?.observe(texts);
-      if (config.capture.enabled) capture.offer(texts);
+    onClassified: (inputs) => {
+      // Drift watches single texts' lengths against calibration; pairs are captured as pairs.
+      drift?.observe(inputs.filter((x): x is string => typeof x === "string"));
+      if (config.capture.enabled) capture.offer(inputs);
     },
   });
 

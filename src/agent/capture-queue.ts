@@ -7,6 +7,7 @@
  * does not fit in it is dropped and counted rather than stalling serving.
  */
 import { isQuantdError, QuantdError } from "../errors.ts";
+import type { TextInput } from "../runtime/tokenizer.ts";
 import type { SampleStore } from "../store/samples.ts";
 
 /** Options of {@link CaptureQueue}. */
@@ -30,7 +31,7 @@ export interface CaptureQueueOptions {
 /** Sampled texts on their way to the sample store. */
 export class CaptureQueue {
   readonly #o: CaptureQueueOptions;
-  #pending: string[] = [];
+  #pending: TextInput[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   /** A write met a locked store: the next attempt waits for the retry timer. */
   #retrying = false;
@@ -42,7 +43,7 @@ export class CaptureQueue {
   }
 
   /** Samples texts of a served request into the queue (at `rate`, the configured one by default); the write happens later, on a timer. */
-  offer(texts: readonly string[], rate: number = this.#o.rate): void {
+  offer(texts: readonly TextInput[], rate: number = this.#o.rate): void {
     for (const t of texts) if (this.#o.random() < rate) this.#pending.push(t);
     this.#trim();
     // While the store is locked, the retry timer decides: flushing at every request would make each one
@@ -64,7 +65,8 @@ export class CaptureQueue {
     if (texts.length === 0) return;
     try {
       this.#o.samples().add(
-        texts.map((text) => ({ text })),
+        // A pair is stored as one sample of two texts, as the model reads it.
+        texts.map((x) => (typeof x === "string" ? { text: x } : { text: x[0], pair: x[1] })),
         { source: "live" },
       );
     } catch (err) {

@@ -329,7 +329,7 @@ function kindOfReport(report: QuantizeReport): ModelKind {
 
 /** A fixed pick as the quantizer's sample pool: it hands out exactly these sets. */
 function fixedPool(name: string, calibration: readonly Sample[], validation: readonly Sample[]): SamplePool {
-  const conv = (s: Sample): PoolSample => ({ text: s.text, label: s.label, id: s.id });
+  const conv = (s: Sample): PoolSample => ({ text: s.text, pair: s.pair, label: s.label, id: s.id });
   return {
     name,
     count: () => calibration.length + validation.length,

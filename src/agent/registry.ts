@@ -745,10 +745,12 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    *
    * @throws NOT_READY before a model is loaded
    */
-  countTokens(text: string): number {
+  countTokens(text: string, pair?: string): number {
     const c = this.#current?.model;
     if (c === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
-    return c.tokenizer.tokenIds(text).length + c.tokenizer.specialsSingle;
+    const t = c.tokenizer;
+    if (pair !== undefined) return t.tokenIds(text).length + t.tokenIds(pair).length + t.specialsPair;
+    return t.tokenIds(text).length + t.specialsSingle;
   }
 
   /**

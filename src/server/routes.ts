@@ -45,8 +45,8 @@ export interface RoutesOptions {
   admin?: RegistryAdmin;
   /** Tokens a request's texts cost the model (each up to its sequence limit), for `limits.maxRequestTokens`. */
   countTokens?: (texts: readonly string[]) => number | Promise<number>;
-  /** Called with the texts of every successful classification (traffic capture). */
-  onClassified?: (texts: readonly string[]) => void;
+  /** Called with the inputs (texts or pairs) of every successful request (traffic capture). */
+  onClassified?: (inputs: readonly TextInput[]) => void;
   /** False while shutting down: readiness checks fail, requests already received still complete. */
   accepting?: () => boolean;
 }
@@ -546,9 +546,7 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
     const texts = inputs.flatMap((x) => (typeof x === "string" ? [x] : [x[0], x[1]]));
     await checkTokenBudget(texts);
     const out = await batcher.submit(inputs);
-    // The store keeps single texts; pairs are not captured.
-    const singles = inputs.filter((x): x is string => typeof x === "string");
-    if (singles.length > 0) opts.onClassified?.(singles);
+    opts.onClassified?.(inputs);
     return out;
   };
 

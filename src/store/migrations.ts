@@ -163,6 +163,15 @@ CREATE TRIGGER samples_logits_delete AFTER DELETE ON samples BEGIN
 END;
 `,
   },
+  {
+    version: 3,
+    name: "samples keep the second text of a pair",
+    sql: `
+-- A pair classifier's inputs are two texts: stored as such, so calibration and
+-- validation feed the model pairs. NULL for a single text.
+ALTER TABLE samples ADD COLUMN pair TEXT;
+`,
+  },
 ];
 
 /** The schema version this build of quantd writes. */

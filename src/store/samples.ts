@@ -20,7 +20,7 @@ import { createHash } from "node:crypto";
 import { QuantdError } from "../errors.ts";
 import { createCounters } from "./counters.ts";
 import { createRandom, type Random, shuffle } from "./random.ts";
-import { num, numOrNull, str } from "./row.ts";
+import { num, numOrNull, str, strOrNull } from "./row.ts";
 import type { SqlDatabase, SqlRow } from "./sql.ts";
 
 /** Default bound on the number of samples kept. */
@@ -34,6 +34,8 @@ export const MAX_SAMPLE_TEXT_BYTES = 64 * 1024;
 export interface SampleInput {
   /** The text as the model would receive it. */
   text: string;
+  /** The second text of a pair (a pair classifier's input); absent or `null` for a single text. */
+  pair?: string | null;
   /** Class index when known (labelled files); `null` or absent for live traffic. */
   label?: number | null;
   /** Token count when the caller already has it; otherwise the store's `countTokens` is used. */
@@ -44,6 +46,8 @@ export interface SampleInput {
 export interface Sample {
   id: number;
   text: string;
+  /** The second text of a pair; `null` for a single text. */
+  pair: string | null;
   tokenCount: number;
   /** UTF-8 bytes of `text`, what the byte bound counts. */
   bytes: number;
@@ -146,7 +150,7 @@ export interface SampleStore {
 /** Options for {@link createSampleStore}. */
 export interface SampleStoreOptions {
   /** Token count of a text (the tokenizer's), used when a sample carries none. */
-  countTokens?: (text: string) => number;
+  countTokens?: (text: string, pair?: string) => number;
   /** Most samples held. @defaultValue {@link DEFAULT_MAX_SAMPLE_ROWS} */
   maxRows?: number;
   /** Most UTF-8 text bytes held. @defaultValue {@link DEFAULT_MAX_SAMPLE_BYTES} */
@@ -200,6 +204,7 @@ function toSample(r: SqlRow): Sample {
   return {
     id: num(r, "id"),
     text: str(r, "text"),
+    pair: strOrNull(r, "pair"),
     tokenCount: num(r, "token_count"),
     bytes: num(r, "bytes"),
     bucket: num(r, "bucket"),
@@ -227,6 +232,7 @@ function count(value: number, what: string): number {
 
 interface Prepared {
   text: string;
+  pair: string | null;
   label: number | null;
   hash: Uint8Array;
   hashKey: string;
@@ -244,7 +250,14 @@ function validate(samples: readonly SampleInput[]): Prepared[] {
         details: { index: i },
       });
     }
-    const bytes = Buffer.byteLength(text, "utf8");
+    const pair: unknown = s.pair ?? null;
+    if (pair !== null && (typeof pair !== "string" || !NOT_BLANK.test(pair))) {
+      throw new QuantdError("TEXT_NOT_STRING", `sample ${i}: pair must be a non-empty string`, {
+        details: { index: i },
+      });
+    }
+    // A pair is one sample: its two texts count together against the byte bounds.
+    const bytes = Buffer.byteLength(text, "utf8") + (pair === null ? 0 : Buffer.byteLength(pair, "utf8"));
     if (bytes > MAX_SAMPLE_TEXT_BYTES) {
       throw new QuantdError(
         "TEXT_TOO_LARGE",
@@ -266,8 +279,17 @@ function validate(samples: readonly SampleInput[]): Prepared[] {
         details: { index: i },
       });
     }
-    const hash = sampleContentHash(text);
-    return { text, label, hash, hashKey: Buffer.from(hash).toString("hex"), bytes, tokenCount: s.tokenCount };
+    // NUL never occurs in a text a user sends through JSON by accident: it keeps (a, bc) apart from (ab, c).
+    const hash = sampleContentHash(pair === null ? text : `${text}\u0000${pair}`);
+    return {
+      text,
+      pair,
+      label,
+      hash,
+      hashKey: Buffer.from(hash).toString("hex"),
+      bytes,
+      tokenCount: s.tokenCount,
+    };
   });
 }
 
@@ -285,7 +307,7 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
 
   const findHash = db.prepare("SELECT id FROM samples WHERE content_hash = ?");
   const insert = db.prepare(
-    "INSERT INTO samples (text, token_count, bytes, bucket, source, label, content_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "INSERT INTO samples (text, pair, token_count, bytes, bucket, source, label, content_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
   );
   const remove = db.prepare("DELETE FROM samples WHERE id = ?");
   const bytesOf = db.prepare("SELECT bytes FROM samples WHERE id = ?");
@@ -294,10 +316,10 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
   const counters = createCounters(db);
   const allIds = db.prepare("SELECT id, bucket FROM samples ORDER BY id");
   const byIds = db.prepare(
-    "SELECT id, text, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id IN (SELECT value FROM json_each(?))",
+    "SELECT id, text, pair, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id IN (SELECT value FROM json_each(?))",
   );
   const byId = db.prepare(
-    "SELECT id, text, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id = ?",
+    "SELECT id, text, pair, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id = ?",
   );
   const countRows = db.prepare("SELECT count(*) AS n FROM samples");
 
@@ -311,7 +333,8 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
         "sample store has no countTokens and the sample carries no tokenCount",
       );
     }
-    const n = countTokens(p.text);
+    // A pair is stratified by the length of the two texts the model reads together.
+    const n = p.pair === null ? countTokens(p.text) : countTokens(p.text, p.pair);
     if (!Number.isSafeInteger(n) || n < 0) {
       throw new QuantdError("INTERNAL", `countTokens returned ${n} for sample ${index}`);
     }
@@ -399,6 +422,7 @@ export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions =
         }
         const id = insert.run(
           p.text,
+          p.pair,
           tokens,
           p.bytes,
           bi,
