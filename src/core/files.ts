@@ -6,7 +6,7 @@
  * `DISK_FULL`: the user's remedy is the same).
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
+import { closeSync, copyFileSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { QuantdError } from "../errors.ts";
@@ -139,4 +139,29 @@ export function writeFileDurableSync(path: string, content: string | Uint8Array,
     throw writeFailure(err, `cannot write ${path}: ${(err as Error).message}`, { path });
   }
   syncDirSync(dirname(resolve(path)));
+}
+
+/**
+ * Copies `source` over `dest` atomically and durably: a temporary sibling of
+ * `dest`, fsync, rename, fsync of the directory.
+ *
+ * @param message - the failure's message @defaultValue `cannot copy SOURCE to DEST`
+ * @throws DISK_FULL | FILE_WRITE_FAILED (a missing or unreadable source too)
+ */
+export function copyFileDurableSync(source: string, dest: string, message?: string): void {
+  const tmp = tempBeside(dest);
+  try {
+    copyFileSync(source, tmp);
+    const fd = openSync(tmp, "r+");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, dest);
+  } catch (err) {
+    removeQuietly(tmp);
+    throw writeFailure(err, message ?? `cannot copy ${source} to ${dest}`, { path: dest });
+  }
+  syncDirSync(dirname(resolve(dest)));
 }

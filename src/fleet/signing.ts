@@ -15,8 +15,9 @@ import {
   sign,
   verify,
 } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
+import { writeFailure, writeFileDurableSync } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
 
 /** User property carrying the signature (base64url). */
@@ -144,16 +145,10 @@ export function writeNewSigningKey(path: string): SigningKey {
   const { key, pem } = generateSigningKey();
   try {
     mkdirSync(dirname(path), { recursive: true });
-    const tmp = `${path}.tmp-${process.pid}`;
-    writeFileSync(tmp, pem, { mode: 0o600 });
-    chmodSync(tmp, 0o600);
-    renameSync(tmp, path);
-    writeFileSync(`${path}.pub`, `${key.publicKey}\n`);
+    writeFileDurableSync(path, pem, 0o600);
+    writeFileDurableSync(`${path}.pub`, `${key.publicKey}\n`);
   } catch (err) {
-    throw new QuantdError("FILE_WRITE_FAILED", `cannot write the key ${path}`, {
-      cause: err,
-      details: { path },
-    });
+    throw writeFailure(err, `cannot write the key ${path}`, { path });
   }
   return key;
 }

@@ -4,9 +4,9 @@
  * in one directory; quantd writes its int8 model beside a copy of them. A user
  * may still keep the tokenizer elsewhere and point at it (`--tokenizer DIR`).
  */
-import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { errnoOf, writeFailure } from "../core/files.ts";
+import { copyFileDurableSync, errnoOf, writeFailure } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
 
 /** The files {@link findModelFiles} located, as absolute paths. */
@@ -165,7 +165,7 @@ export function createOutputDir(dir: string): string | undefined {
  * a tokenizer. A file already at its destination (the same path) is left alone.
  *
  * @returns the names copied
- * @throws FILE_WRITE_FAILED when a copy fails
+ * @throws DISK_FULL when the disk is full; FILE_WRITE_FAILED when a copy fails otherwise
  */
 export function copyModelDirFiles(files: ModelFiles, dir: string): string[] {
   const copied: string[] = [];
@@ -176,17 +176,7 @@ export function copyModelDirFiles(files: ModelFiles, dir: string): string[] {
         : join(files.tokenizerDir, name);
     const dest = join(dir, name);
     if (!isFile(source) || resolve(source) === resolve(dest)) continue;
-    const temp = `${dest}.tmp-${process.pid}`;
-    try {
-      copyFileSync(source, temp);
-      renameSync(temp, dest);
-    } catch (err) {
-      rmSync(temp, { force: true });
-      throw new QuantdError("FILE_WRITE_FAILED", `cannot copy ${source} to ${dest}`, {
-        cause: err,
-        details: { path: dest },
-      });
-    }
+    copyFileDurableSync(source, dest);
     copied.push(name);
   }
   return copied;

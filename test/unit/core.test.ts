@@ -8,7 +8,12 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeFailure, writeFileDurable, writeFileDurableSync } from "../../src/core/files.ts";
+import {
+  copyFileDurableSync,
+  writeFailure,
+  writeFileDurable,
+  writeFileDurableSync,
+} from "../../src/core/files.ts";
 import { sha256File, sha256FileSync } from "../../src/core/hash.ts";
 import { QuantdError } from "../../src/errors.ts";
 import { peakRssBytes, readProcessMemory } from "../../src/core/process-memory.ts";
@@ -103,6 +108,31 @@ describe("durable writes", () => {
     expect(() => writeFileDurableSync(underFile, "x")).toThrow(
       expect.objectContaining({ code: "FILE_WRITE_FAILED" }),
     );
+  });
+});
+
+describe("durable copies", () => {
+  const dir = mkdtempSync(join(tmpdir(), "quantd-copy-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("replace the destination whole; a missing source leaves it and no temporary file", () => {
+    const src = join(dir, "tokenizer.json");
+    const dest = join(dir, "out.json");
+    writeFileSync(src, '{"new": true}');
+    writeFileSync(dest, "old");
+    copyFileDurableSync(src, dest);
+    expect(readFileSync(dest, "utf8")).toBe('{"new": true}');
+    const err = (() => {
+      try {
+        copyFileDurableSync(join(dir, "missing"), dest);
+      } catch (e) {
+        return e as QuantdError;
+      }
+    })();
+    expect(err?.code).toBe("FILE_WRITE_FAILED");
+    expect(err?.message).toContain("cannot copy");
+    expect(readFileSync(dest, "utf8")).toBe('{"new": true}');
+    expect(readdirSync(dir).sort()).toEqual(["out.json", "tokenizer.json"]);
   });
 });
 
