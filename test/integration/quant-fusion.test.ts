@@ -18,7 +18,7 @@ import { encodeModel, loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { makeTensor, tensorToArray } from "../../src/onnx/tensor.ts";
 import type { ModelProto, NodeProto } from "../../src/onnx/types.ts";
 import { DataType } from "../../src/onnx/types.ts";
-import { matMulIntegerReference, matMulIntegerToFloatReference } from "../../src/quant/qnnpack-reference.ts";
+import { matMulIntegerReference, matMulIntegerToFloatReference } from "../helpers/qnnpack-reference.ts";
 import { quantizeValue } from "../../src/quant/qparams.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
 import { feedsForEncoding } from "../../src/runtime/classifier.ts";

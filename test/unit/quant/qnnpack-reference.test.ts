@@ -5,7 +5,7 @@ import {
   matMulIntegerToFloatReference,
   qlinearMatMulReference,
   requantize,
-} from "../../../src/quant/qnnpack-reference.ts";
+} from "../../helpers/qnnpack-reference.ts";
 import { expectClose } from "../../helpers/expect-close.ts";
 
 // A [2, 3] uint8 with zero point 128: A - 128 = [[1, 2, -2], [0, 127, -128]]

@@ -8,10 +8,11 @@
  *
  * Float steps follow onnxruntime's MLAS output stage: the int32 accumulator is
  * converted to float32, multiplied by a float32 multiplier, rounded half to even
- * (`nearbyint`), offset by the output zero point and saturated.
+ * (`nearbyint`), offset by the output zero point and saturated. A test oracle,
+ * so it lives under test/ and never ships.
  */
-import { QuantdError } from "../errors.ts";
-import { roundHalfToEven } from "./qparams.ts";
+import { QuantdError } from "../../src/errors.ts";
+import { roundHalfToEven } from "../../src/quant/qparams.ts";
 
 /** Scale and zero point of a per-tensor uint8 tensor. */
 export interface U8Params {
