@@ -23,9 +23,7 @@
  * 4. Resident memory of an agent serving quantd's int8 models (dynamic and
  *    static) of the shared model: after load, after 16 clients of SST-2
  *    sentences, then of ~128-token texts (the largest batches), and its peak.
- *    Target: ≤ 150 MB. (Figures in the table from 14:05 UTC, after the agent
- *    stopped loading the other commands' modules and onnxruntime's per-shape
- *    memory patterns: before, 131 MB on sentences but 157–161 MB on long texts.)
+ *    Target: ≤ 150 MB.
  * 5. Inference workers (`inferenceWorkers`: one with `--threads`
  *    onnxruntime threads, or two with one each) against the default JS
  *    thread, serving the int8 model: batch-1 round trip, 16-client throughput,
@@ -41,70 +39,7 @@
  * waits for whichever thread the kernel descheduled (at load 3–5, 2 threads
  * halved throughput).
  *
- * Figures (2026-11-27, 2 vCPUs, nothing else running,
- * `nice -n -10 bun bench/serve.ts --runs 5 --seconds 3 --requests 100`, 2 threads;
- * sections 1 and 3 at 13:40 UTC, after the memory changes of section 4,
- * section 2 at 12:40 UTC):
- *
- * | figure                                       | SST-2 phrases | SST-2 dev   | ~128 tokens |
- * |----------------------------------------------|---------------|-------------|-------------|
- * | tokens per text                              | 6             | 23          | 134         |
- * | socket over direct (wall, blocks)            |               | +34.6 %     | +13.7 %     |
- * | round trip − agent inference, per request    |               | +17.6 %     | +7.5 %      |
- * | same, floor server (no quantd code)          |               | +7.4 %      | +3.2 %      |
- * | onnxruntime alone, batch 16 vs 1, fp32       | 1.96 ×        | 1.22 ×      | 1.24 ×      |
- * | onnxruntime alone, batch 16 vs 1, int8 static| 2.17 ×        | 1.45 ×      | 1.40 ×      |
- * | 16 clients, batched / unbatched, fp32        | 1.58 ×        | 1.24 ×      | 1.37 ×      |
- * | 16 clients, batched / unbatched, int8 static | 2.14 ×        | 1.26 ×      | 1.34 ×      |
- * | int8 batched req/s, p99                      | 2543, 18 ms   | 1238, 26 ms | 355, 72 ms  |
- * | int8 unbatched req/s, p99                    | 1099, 28 ms   | 964, 29 ms  | 261, 92 ms  |
- * | (12:40 run, before: int8 batched / unbatched)| 1.76 ×        | 1.61 ×      | 1.42 ×      |
- * | agent RSS, int8 static, after serving (peak) |               | 124.2 MB    | 140.3 (145.1) MB |
- *
- * Section 5, int8 static (same command with `--only 5`, before the memory changes); columns:
- * JS thread with 2 onnxruntime threads (the default) / 1 worker with 2 / 2
- * workers with 1 each:
- *
- * | figure                          | SST-2 dev                    | ~128 tokens                  |
- * |---------------------------------|------------------------------|------------------------------|
- * | batch-1 round trip              | 1.48 / 1.48 / 1.40 ms        | 4.44 / 4.45 / 5.00 ms        |
- * | 16 clients, req/s               | 1032 / 1000 / 1349 (1.31 ×)  | 309 / 281 / 365 (1.18 ×)     |
- * | p99 under 16 clients            | 31.4 / 32.9 / 30.1 ms        | 92.6 / 87.9 / 131.5 ms       |
- * | mean batch                      | 7.3 / 7.2 / 2.5              | 7.8 / 7.6 / 2.1              |
- * | agent CPU per request           | 1.79 / 1.89 / 1.17 ms        | 6.18 / 6.76 / 4.74 ms        |
- * | agent RSS after the load        | 134 / 134 / 164 MB           | 158 / 152 / 228 MB           |
- * | health check p50 / max, loaded  | 2.02 / 25.2, 0.35 / 17.5, 0.44 / 14.4 ms | 5.86 / 27.0, 0.46 / 15.2, 0.42 / 16.1 ms |
- *
- * Two sessions with one onnxruntime thread each use the two cores better
- * than one session with two threads (whose threads wait on each other and
- * spin between small GEMMs); the cost is one session's memory per worker.
- *
- * Why the first two targets are not met here:
- * - Socket ≤ +10 %: met at ~128 tokens per request (+7.5 to +8.6 %), not at
- *   23 tokens (+17.6 %). The floor server alone (Bun's HTTP and the wake-ups of
- *   two processes) costs +0.12 ms, half the budget of a 1.5 ms inference. The
- *   minimal server (14:28–14:31 UTC, five runs of section 1, 5 or 9 blocks
- *   each) was +6.4, +7.6, +22.4, +25.5 and +31.4 % over direct calls at 23
- *   tokens, and the agent −8.2, −2.5, +10.4, +11.5 and +21.5 % over the
- *   minimal server (run-to-run spread on this VM is as large as the figures;
- *   at ~128 tokens: minimal +4.7 to +10.4 %, agent over it 0.0 to +6.5 %). So
- *   a server with no validation, batching or metrics at all misses the target
- *   in most runs; quantd's serving code adds 0–0.15 ms to it.
- *   Timed in process, without a socket, the agent's request path outside
- *   inference costs 0.06–0.08 ms, though only 0.005 ms with an instant fake
- *   model: the difference shows up only next to a real onnxruntime run (caches
- *   and onnxruntime's threads), not in quantd's parsing, batching or replies.
- * - Batched ≥ 2 ×: serving follows what onnxruntime gives per text at batch 16
- *   over batch 1, which on two cores is 1.1–1.5 × for sentences (14:29 UTC:
- *   int8 1.13 ×, fp32 0.88 × with 2 threads; int8 1.20 ×, fp32 1.30 × with
- *   `--threads 1`, so not a matter of threading): a 23-token
- *   text is already a 23-row GEMM at batch 1, and batch 16 mostly buys
- *   parallel efficiency across the two threads. The served ratio is above that
- *   bound (batching also saves per-request work): 1.3–1.6 × on sentences with
- *   the int8 model the agent serves after a recalibration, 1.8–2.1 × on short
- *   phrases, moving that much from run to run; it would need a
- *   per-text cost at batch 16 half that at batch 1. Workers (section 5) run
- *   batches side by side; they do not change what a batch saves per text.
+ * Figures from a run, with what they mean for the targets: `bench/results/serve.md`.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -5,21 +5,8 @@
  * with more nodes excluded by passing back the `ranges` of the first build, so
  * a rebuild costs a rewrite (about a second), not a calibration.
  *
- * Figures on the shipped BERT-Mini (SST-2, 4 layers × 256), 2-core x86 with
- * AVX-512 VNNI shared with other jobs (load 6–10), seq 128, batch 1, 1 thread,
- * interleaved; latency as a ratio to ORT's dynamic reference (the faster of
- * ORT's two), by process CPU time (wall-clock p50 under that load in brackets).
- * Calibration: `calibration-128.tsv`; agreement/accuracy: 872 SST-2 dev
- * sentences, one at a time. `bun bench/quant-variants.ts` prints the table.
- *
- *   model                size    latency       agreement  accuracy (fp32 83.26)
- *   ORT static (ref)     26.02%  1.39 (1.51)   99.08%     83.26
- *   ORT dynamic (ref)    25.53%  1.00 (1.00)   99.54%     83.26
- *   static qdq/minmax    25.74%  0.92 (0.94)   99.77%     83.26
- *   static fused/minmax  25.69%  0.84 (0.88)   99.77%     83.26
- *   static fused/entropy 25.69%  0.84 (0.85)   100.00%    83.26
- *   dynamic              25.74%  0.87 (0.89)   99.89%     83.14
- *   fp32                 100%    1.83 (1.89)
+ * The measured variants and methods behind these defaults (`bun bench/quant-variants.ts`):
+ * `bench/results/quant-variants.md`.
  *
  * Why these defaults:
  * - Only MatMul/Gemm inputs are quantized (no QuantizeLinear on outputs): ORT
@@ -43,13 +30,9 @@
  * - Pooler and classifier quantized: keeping the pooler fp32 gives 100 %
  *   agreement but 26.44 % of the file, over the 26 % target.
  * - Run-time Reshape shapes become constants (126 nodes fewer, ~2.5 %).
- * - percentile (99.999 %) is the default method. With the gate validated on
- *   512 held-out train sentences, dev agreement / accuracy (fp32 83.26 %) were:
- *   percentile 99.89 % / 83.37, minmax 99.77 % / 83.26, mse 99.77 % / 83.26,
- *   entropy 99.89 % / 83.14 (`quantd quantize --method M` then
- *   `quantd eval --compare --batch 1`). The methods differ by one or two
- *   near-tie sentences (fp32 margins under 0.03), so any of them is a sound
- *   choice; percentile is the one that neither loses agreement nor accuracy.
+ * - percentile (99.999 %) is the default method: on the shipped model the
+ *   methods differ by one or two near-tie sentences, and percentile is the one
+ *   that lost neither agreement nor accuracy there.
  */
 import { assertNever, QuantdError } from "../errors.ts";
 import { encodeModel } from "../onnx/codec.ts";
