@@ -54,7 +54,10 @@ export async function openAgentStore(
     samples: {
       maxRows: pool.maxRows ?? config.samplePool.maxRows,
       maxBytes: pool.maxBytes ?? config.samplePool.maxBytes,
-      countTokens: (text) => tokenizer.tokenIds(text).length + tokenizer.specialsSingle,
+      countTokens: (text, pair) =>
+        pair === undefined
+          ? tokenizer.tokenIds(text).length + tokenizer.specialsSingle
+          : tokenizer.tokenIds(text).length + tokenizer.tokenIds(pair).length + tokenizer.specialsPair,
     },
   });
 }

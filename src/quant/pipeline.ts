@@ -25,7 +25,7 @@ import { feedsForEncoding } from "../runtime/classifier.ts";
 import { findModelFiles } from "../runtime/model-files.ts";
 import { createOrtSession, ORT_VERSION } from "../runtime/ort-session.ts";
 import { type BatchEncoding, loadTokenizer } from "../runtime/tokenizer.ts";
-import { PAIR_COLUMN_NAMES, readInputsTsv } from "../runtime/input-tsv.ts";
+import { isPairFile, readInputsTsv } from "../runtime/input-tsv.ts";
 import type { TaskOverride } from "../runtime/task.ts";
 import { readSamplesTsv } from "../runtime/tsv.ts";
 import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
@@ -341,16 +341,6 @@ export function splitPool(pool: SamplePool, req: SplitRequest, seed: number): Sa
   };
 }
 
-/** Whether a TSV's header names the two text columns of a pair (see `input-tsv.ts`). */
-async function hasPairHeader(path: string): Promise<boolean> {
-  const head = (await Bun.file(path).slice(0, 4096).text()).split("\n")[0] ?? "";
-  const cols = head
-    .replace(/\r$/, "")
-    .replace(/^\ufeff/, "")
-    .split("\t");
-  return PAIR_COLUMN_NAMES.some(([a, b]) => cols.includes(a) && cols.includes(b));
-}
-
 /**
  * Reads every sample of a TSV file.
  *
@@ -363,7 +353,7 @@ export async function readSampleTsv(path: string): Promise<QuantSample[]> {
     throw new QuantdError("FILE_NOT_FOUND", `samples file ${path} does not exist`, { details: { path } });
   }
   try {
-    if (await hasPairHeader(path)) {
+    if (await isPairFile(path)) {
       return (await readInputsTsv(path)).map((r) => ({
         text: typeof r.input === "string" ? r.input : r.input[0],
         ...(typeof r.input === "string" ? {} : { pair: r.input[1] }),

@@ -85,6 +85,21 @@ export function parseInputsTsv(content: Uint8Array, where: string): InputRow[] {
   return rows;
 }
 
+/** Whether a TSV's header names the two text columns of a pair (its first 4 KiB are read). */
+export async function isPairFile(path: string): Promise<boolean> {
+  let head: string;
+  try {
+    head = (await Bun.file(path).slice(0, 4096).text()).split("\n")[0] ?? "";
+  } catch {
+    return false; // The reader that follows names what is wrong with the file.
+  }
+  const cols = head
+    .replace(/\r$/, "")
+    .replace(/^\ufeff/, "")
+    .split("\t");
+  return PAIR_COLUMN_NAMES.some(([a, b]) => cols.includes(a) && cols.includes(b));
+}
+
 /**
  * Reads an input file (see {@link parseInputsTsv}).
  *

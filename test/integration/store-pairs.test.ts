@@ -17,6 +17,7 @@ import { openSqlDatabase } from "../../src/store/open.ts";
 import { openStore } from "../../src/store/store.ts";
 import { corpusSentences } from "../fixtures/encoders/tokenizers.ts";
 import { writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
+import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 import { call, testConfig } from "./agent-harness.ts";
 
 const root = mkdtempSync(join(tmpdir(), "quantd-store-pairs-"));
@@ -138,5 +139,32 @@ test("live pairs are captured as pairs", async () => {
     expect(stored).toEqual([expect.objectContaining({ text: "a wonderful film", pair: "a dull mess" })]);
   } finally {
     await agent.stop();
+  }
+});
+
+test("quantd collect stores a pair file's rows as pairs", async () => {
+  const file = join(root, "pairs.tsv");
+  await Bun.write(
+    file,
+    "premise\thypothesis\tlabel\na wonderful film\ta dull mess\t1\nit rains\tit pours\t0\n",
+  );
+  const stateDir = join(root, "collect");
+  const run = await runQuantd(
+    ["collect", "--file", file, "--state-dir", stateDir, "--tokenizer", pairModel, "--json"],
+    {
+      env: envWithoutQuantd(),
+    },
+  );
+  expect(run.stderr).toBe("");
+  expect(JSON.parse(run.stdout)).toMatchObject({ read: 2, added: 2 });
+  const store = await openStore(join(stateDir, "quantd.db"));
+  try {
+    const rows = store.samples.pick({ n: 5, seed: 1 }).map((s) => [s.text, s.pair, s.label]);
+    expect(rows.sort()).toEqual([
+      ["a wonderful film", "a dull mess", 1],
+      ["it rains", "it pours", 0],
+    ]);
+  } finally {
+    store.close();
   }
 });

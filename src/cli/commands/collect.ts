@@ -4,7 +4,9 @@
  * stays within its bounds by stratified reservoir sampling, so collecting a
  * large file keeps a sample representative of it rather than its first rows.
  */
+import { isPairFile, readInputsTsv } from "../../runtime/input-tsv.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
+import type { SampleInput } from "../../store/samples.ts";
 import { databasePath } from "../../store/store.ts";
 import type { Command, ParsedFlags } from "../command.ts";
 import { AGENT_STATE_FLAGS, agentConfigFromFlags, openAgentStore } from "../agent-state.ts";
@@ -25,6 +27,21 @@ function sampleFile(flags: ParsedFlags, positionals: readonly string[]): string 
   if (positionals.length > 0)
     throw usageError(`give the sample file once: --file ${flag} or ${positionals[0]}, not both`);
   return flag;
+}
+
+/**
+ * The samples of a file: a pair file (two text columns, as `quantd infer` reads them) gives pairs, whose
+ * `label` is kept when it is a class id; any other file is read as `label<TAB>sentence`.
+ */
+async function readSampleInputs(file: string): Promise<SampleInput[]> {
+  if (await isPairFile(file)) {
+    return (await readInputsTsv(file)).map((r) => ({
+      text: typeof r.input === "string" ? r.input : r.input[0],
+      pair: typeof r.input === "string" ? null : r.input[1],
+      label: r.label !== undefined && /^\d+$/.test(r.label) ? Number(r.label) : null,
+    }));
+  }
+  return (await readSamplesTsv(file)).map((s) => ({ text: s.text, label: s.label ?? null }));
 }
 
 /** The `collect` command. */
@@ -84,7 +101,7 @@ export const collectCommand: Command = {
     const json = flagBool(ctx.flags, "json");
 
     const started = performance.now();
-    const samples = await readSamplesTsv(file);
+    const samples = await readSampleInputs(file);
     const tokenizerDir = flagString(ctx.flags, "tokenizer");
     const dbPath = databasePath(config.stateDir);
     const store = await openAgentStore(config, {
@@ -93,10 +110,7 @@ export const collectCommand: Command = {
       ...(tokenizerDir === undefined ? {} : { tokenizerDir }),
     });
     try {
-      const result = store.samples.add(
-        samples.map((s) => ({ text: s.text, label: s.label ?? null })),
-        { source },
-      );
+      const result = store.samples.add(samples, { source });
       const stats = store.samples.stats();
       const seconds = (performance.now() - started) / 1000;
       if (json) {
