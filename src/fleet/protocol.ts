@@ -213,6 +213,11 @@ export interface ReportFigures {
   agreement?: number;
   /** The agreement's lower confidence bound (the gate's figure), when the report carries it. */
   agreementLower?: number;
+  /**
+   * What the agreement counts for a model other than a sentence classifier, e.g.
+   * `token-classification: tokens` (from the validation's task figures).
+   */
+  task?: string;
   accuracy?: number;
   modelVersion?: string;
 }

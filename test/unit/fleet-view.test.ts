@@ -232,3 +232,14 @@ describe("dashboard authentication", () => {
     expect((await auth.login(new URLSearchParams({ token: "tok" })))?.name).toBe("token");
   });
 });
+
+test("a report of another task than a classifier says what its agreement counted", () => {
+  const validation = { agreement: 0.996, agreementLower: 0.995, n: 14_854 };
+  expect(
+    reportFigures({ validation: { ...validation, task: { kind: "token-classification", unit: "token" } } }),
+  ).toMatchObject({ agreement: 0.996, agreementLower: 0.995, task: "token-classification: tokens" });
+  expect(
+    reportFigures({ validation: { ...validation, task: { kind: "classification", unit: "sample" } } }).task,
+  ).toBe(undefined);
+  expect(reportFigures({ validation }).task).toBe(undefined);
+});

@@ -128,8 +128,10 @@ const fmtPct = (v) => (typeof v === "number" ? (v * 100).toFixed(1) + " %" : "�
 // The agreement with the gate's lower bound when the report has it: "99.8 % (≥ 99.3 %)".
 // Rounded down, as quantd prints it everywhere: a bound never reads above a gate it missed.
 const floorPct = (v) => (Math.floor(v * 1000 + 1e-7) / 10).toFixed(1) + " %";
+// Another task than a sentence classifier says what agreed: "99.6 % (≥ 99.5 %) token-classification: tokens".
 const fmtAgreement = (f) =>
-  fmtPct(f.agreement) + (typeof f.agreementLower === "number" ? " (≥ " + floorPct(f.agreementLower) + ")" : "");
+  fmtPct(f.agreement) + (typeof f.agreementLower === "number" ? " (≥ " + floorPct(f.agreementLower) + ")" : "") +
+  (typeof f.task === "string" ? " " + f.task : "");
 const fmtMem = (v) => (typeof v === "number" ? (v / 1048576).toFixed(0) + " MiB" : "–");
 const pad2 = (n) => String(n).padStart(2, "0");
 const clock = (t, seconds) => { const d = new Date(t); return pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + (seconds ? ":" + pad2(d.getSeconds()) : ""); };

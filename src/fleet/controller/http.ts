@@ -124,6 +124,13 @@ export function reportFigures(result: unknown): ReportFigures {
   // Only beside its own agreement: a bound from another report would describe another model.
   const lower = num(r.agreement) === undefined ? num(obj(r.validation).agreementLower) : undefined;
   if (agreement !== undefined && lower !== undefined) out.agreementLower = lower;
+  // What the agreement counted (tokens, label decisions, samples at cosine ≥ 0.98), for another task than a classifier.
+  const task = obj(obj(r.validation).task);
+  if (agreement !== undefined && num(r.agreement) === undefined && typeof task.kind === "string") {
+    if (task.kind !== "classification") {
+      out.task = `${task.kind}: ${typeof task.unit === "string" ? task.unit : "sample"}s`;
+    }
+  }
   if (accuracy !== undefined) out.accuracy = accuracy;
   if (typeof r.modelVersion === "string") out.modelVersion = r.modelVersion;
   else if (r.decision === "promoted" && typeof candidate.version === "number")
@@ -216,6 +223,8 @@ function createFiguresCache(store: FleetStore): (d: DeviceRecord) => Promise<Rep
         f.agreementLower !== undefined
       )
         figures.agreementLower = f.agreementLower;
+      if (figures.agreement === f.agreement && figures.task === undefined && f.task !== undefined)
+        figures.task = f.task;
     }
     cache.set(key, { reportId: d.lastReport.id, figures });
     return figures;
