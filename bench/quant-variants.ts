@@ -17,7 +17,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { encodeModel, loadModel, saveModel } from "../src/onnx/codec.ts";
-import type { CalibrationMethod } from "../src/quant/plan.ts";
+import type { CalibrationMethod } from "../src/quant/methods.ts";
 import { type QuantizeModelOptions, quantizeModel } from "../src/quant/quantize.ts";
 import { loadClassifier } from "../src/runtime/classifier.ts";
 import { evaluate } from "../src/runtime/evaluate.ts";

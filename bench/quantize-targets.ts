@@ -23,8 +23,8 @@ import { syntheticFeeds } from "../src/bench/inputs.ts";
 import { encodeModel, loadModel, saveModel } from "../src/onnx/codec.ts";
 import { compareLogits, type GateMetrics, type LogitMatrix } from "../src/quant/gate.ts";
 import type { QuantizeReport } from "../src/quant/report.ts";
+import { CALIBRATION_METHODS } from "../src/quant/methods.ts";
 import {
-  CALIBRATION_METHODS,
   collectLogits,
   encodeSamples,
   type QuantSample,

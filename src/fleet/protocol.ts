@@ -7,7 +7,7 @@
  */
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import type { CalibrationMethod } from "../quant/calibrate.ts";
+import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
 import type { JobState } from "../store/jobs.ts";
 
 /** Version segment of every topic; bumped only for incompatible payload changes. */
@@ -262,8 +262,6 @@ export const JOB_COMMANDS: readonly CommandName[] = [
   "release",
 ];
 
-const METHODS: readonly CalibrationMethod[] = ["minmax", "moving-average", "percentile", "entropy", "mse"];
-
 /**
  * Keys `set-config` may change. Paths (model, socket, state directory) are
  * deliberately absent: a remote party must never point the agent at a file.
@@ -437,8 +435,8 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
       const samples = intIn(p, "samples", 1, MAX_COMMAND_SAMPLES);
       if (samples !== undefined) params.samples = samples;
       if (p.method !== undefined) {
-        if (typeof p.method !== "string" || !(METHODS as readonly string[]).includes(p.method)) {
-          throw invalid(`method must be one of ${METHODS.join(", ")}`, { key: "method" });
+        if (typeof p.method !== "string" || !(CALIBRATION_METHODS as readonly string[]).includes(p.method)) {
+          throw invalid(`method must be one of ${CALIBRATION_METHODS.join(", ")}`, { key: "method" });
         }
         params.method = p.method as CalibrationMethod;
       }

@@ -26,8 +26,6 @@ import type { InferenceSession, SessionOptions, Tensor } from "../runtime/types.
 import type { CalibrationMethod } from "./methods.ts";
 import { createObserver, type Observer, type ObserverSpec, type TensorRange } from "./observers/index.ts";
 
-export { CALIBRATION_METHODS, type CalibrationMethod } from "./methods.ts";
-
 /**
  * Bytes of fetched tensors after which garbage is collected. onnxruntime hands
  * every output over in a fresh buffer held outside the JS heap, which the

@@ -38,11 +38,11 @@ import {
   type GateMetrics,
   type GateSpec,
 } from "./gate.ts";
+import type { CalibrationMethod } from "./methods.ts";
 import {
   type ActivationType,
   assertFloat32Model,
   assertNotQuantized,
-  type CalibrationMethod,
   defaultQuantizeOptions,
   type StaticFormat,
 } from "./plan.ts";
@@ -104,9 +104,6 @@ export type QuantizeMode = "static" | "dynamic";
 
 /** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
 export type RequestedMode = QuantizeMode | "auto";
-
-/** Every calibration method, in the order `--help` lists them (re-exported so callers of the pipeline need one import). */
-export { CALIBRATION_METHODS } from "./calibrate.ts";
 
 /** Samples per calibration inference. */
 export const DEFAULT_CALIBRATION_BATCH = 8;

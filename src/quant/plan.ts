@@ -18,9 +18,7 @@ import { assertNever, QuantdError } from "../errors.ts";
 import type { GraphProto, ModelProto, NodeProto, TensorProto } from "../onnx/types.ts";
 import { inferTypes } from "../onnx/infer.ts";
 
-import type { CalibrationMethod } from "./calibrate.ts";
-
-export type { CalibrationMethod } from "./calibrate.ts";
+import type { CalibrationMethod } from "./methods.ts";
 
 /** How an embedding table is scaled. */
 export type EmbeddingGranularity = "per-row" | "per-tensor";

@@ -19,7 +19,7 @@ import {
 import { ModelRegistry } from "../../agent/registry.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import { DEFAULT_GATE_AGREEMENT, describeRecordedAgreement } from "../../quant/gate.ts";
-import { CALIBRATION_METHODS } from "../../quant/pipeline.ts";
+import { CALIBRATION_METHODS } from "../../quant/methods.ts";
 import { defaultQuantizeOptions } from "../../quant/plan.ts";
 import type { Job } from "../../store/jobs.ts";
 import { databasePath, openStore, type Store } from "../../store/store.ts";

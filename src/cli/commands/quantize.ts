@@ -11,20 +11,15 @@ import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeLengths } from "../../quant/drift.ts";
 import { describeAgreement, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
 import { describeTaskFigures } from "../../quant/task-metrics.ts";
+import { CALIBRATION_METHODS, type CalibrationMethod } from "../../quant/methods.ts";
 import {
-  CALIBRATION_METHODS,
   DEFAULT_CALIBRATION_SAMPLES,
   type RequestedMode,
   type RunQuantizationOptions,
   runQuantization,
   type SamplePool,
 } from "../../quant/pipeline.ts";
-import {
-  type ActivationType,
-  type CalibrationMethod,
-  defaultQuantizeOptions,
-  type StaticFormat,
-} from "../../quant/plan.ts";
+import { type ActivationType, defaultQuantizeOptions, type StaticFormat } from "../../quant/plan.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
 import {
   copyModelDirFiles,
