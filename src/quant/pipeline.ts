@@ -44,6 +44,7 @@ import {
   assertFloat32Model,
   assertNotQuantized,
   defaultQuantizeOptions,
+  type QuantizeMode,
   type StaticFormat,
 } from "./plan.ts";
 import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
@@ -57,7 +58,7 @@ import {
   type MethodTrial,
   type QuantizeReport,
   REPORT_SCHEMA,
-  type SkippedNode,
+  type SkippedNodeEntry,
   type TensorRangeEntry,
   writeReport,
 } from "./report.ts";
@@ -98,9 +99,6 @@ export {
   type SplitRequest,
   splitRequestOf,
 } from "./split.ts";
-
-/** The int8 formats quantd writes. */
-export type QuantizeMode = "static" | "dynamic";
 
 /** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
 export type RequestedMode = QuantizeMode | "auto";
@@ -475,7 +473,7 @@ interface Candidate {
   trials: FallbackTrial[];
   /** Other calibration methods tried before the fp32 fallback. */
   methodTrials: MethodTrial[];
-  skipped: SkippedNode[];
+  skipped: SkippedNodeEntry[];
   /** What was done to the graph before quantizing it (opset upgrade, contrib ops lowered). */
   graph: GraphChanges;
   ranges: Record<string, TensorRangeEntry>;

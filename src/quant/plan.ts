@@ -19,6 +19,7 @@ import type { GraphProto, ModelProto, NodeProto, TensorProto } from "../onnx/typ
 import { inferTypes } from "../onnx/infer.ts";
 
 import type { CalibrationMethod } from "./methods.ts";
+import type { TensorRange as ObservedRange } from "./observers/observer.ts";
 
 /** How an embedding table is scaled. */
 export type EmbeddingGranularity = "per-row" | "per-tensor";
@@ -608,15 +609,12 @@ function observedTensors(mode: QuantizeMode, targets: readonly QuantTarget[]): s
   return [...seen];
 }
 
-/** The observed range of one tensor, as calibration reports it. */
-export interface TensorRange {
-  min: number;
-  max: number;
-  /** Mask-sentinel values seen (|x| ≥ 1e30), which the observers leave out of [min, max]. */
-  sentinel?: number;
-  /** NaN and ±inf values seen, also left out. */
-  nonFinite?: number;
-}
+/**
+ * The part of a calibrated range ({@link ObservedRange}) the planner reads: a
+ * previous build's ranges can be passed back without their histograms.
+ */
+export type TensorRange = Pick<ObservedRange, "min" | "max"> &
+  Partial<Pick<ObservedRange, "sentinel" | "nonFinite">>;
 
 /** Magnitude beyond which a range is a sentinel (attention masks use -3.4e38 or -1e9·large), not data. */
 const SENTINEL_MAGNITUDE = 1e30;

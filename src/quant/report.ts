@@ -39,7 +39,7 @@ export interface KeptFp32Node {
 }
 
 /** A node the planner looked at and did not quantize, with its reason (as the planner states it). */
-export interface SkippedNode {
+export interface SkippedNodeEntry {
   node: string;
   opType: string;
   /** The planner's reason code (`unsupported-op`, `excluded`, `mask-sentinel`, …). */
@@ -190,7 +190,7 @@ export interface QuantizeReport {
   /** Per-layer output error against fp32 (worst first); empty when not measured. */
   layerError: LayerErrorEntry[];
   keptFp32: KeptFp32Node[];
-  skipped: SkippedNode[];
+  skipped: SkippedNodeEntry[];
   /** Graph rewrites made before quantizing (absent in reports written before they existed). */
   graph?: GraphChanges;
   /** `--mode auto`: why these candidates (the board profile's reason) and why the winner won. */
