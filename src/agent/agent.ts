@@ -277,6 +277,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
         return base !== undefined && existsSync(base) ? base : config.model;
       },
       tokenizerDir: config.tokenizerDir,
+      task: config.task,
       ...(config.fleet === undefined
         ? {}
         : {

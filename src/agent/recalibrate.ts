@@ -35,6 +35,7 @@ import type { LengthHistogram } from "../quant/drift.ts";
 import type { GateDecision } from "../quant/gate.ts";
 import type { QuantizeReport } from "../quant/report.ts";
 import { gateSpecOf, planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
+import type { TaskOverride } from "../runtime/task.ts";
 import type { ModelVersionView } from "../server/types.ts";
 import type { Job } from "../store/jobs.ts";
 import type { ModelKind } from "../store/models.ts";
@@ -120,6 +121,8 @@ export interface RecalibrationDeps {
   baseModel: string | (() => string);
   /** Tokenizer directory. @defaultValue beside the base model */
   tokenizerDir?: string;
+  /** What the agent's config sets over the model's detected task: validation judges that task. @defaultValue detected */
+  task?: TaskOverride;
   /** Intra-op threads of the job's sessions (leave cores to serving). @defaultValue 1 */
   threads?: number;
   /** Names in the report's outbox topic `quantd/v1/{fleet}/{device}/report`. @defaultValue fleet `local`, device the host name */
@@ -574,6 +577,7 @@ export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler 
               samples: calibration.length,
               validationSamples: validation.length,
               ...(deps.tokenizerDir !== undefined ? { tokenizerDir: deps.tokenizerDir } : {}),
+              ...(deps.task !== undefined ? { task: deps.task } : {}),
               threads,
               // fp32 logits of stored samples, kept for the next candidate and the next job.
               referenceCacheDb: store.db.path,
