@@ -8,7 +8,7 @@
 import type { DriftMonitor } from "./drift.ts";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { percentile } from "../bench/stats.ts";
+import { percentile } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/config.ts";
 import type { FleetCommandHandler } from "../fleet/handler.ts";

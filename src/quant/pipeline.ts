@@ -38,6 +38,7 @@ import {
   type GateMetrics,
   type GateSpec,
 } from "./gate.ts";
+import { DEFAULT_CALIBRATION_BATCH_SIZE } from "./calibrate.ts";
 import type { CalibrationMethod } from "./methods.ts";
 import {
   type ActivationType,
@@ -103,8 +104,6 @@ export {
 /** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
 export type RequestedMode = QuantizeMode | "auto";
 
-/** Samples per calibration inference. */
-export const DEFAULT_CALIBRATION_BATCH = 8;
 /** Samples the sensitivity probe runs (both models, every quantized node exposed). */
 export const SENSITIVITY_PROBE_SAMPLES = 32;
 /** Sequence length of the latency comparison `auto` makes (the shape quantd's latency targets are stated for). */
@@ -687,7 +686,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
   const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
   const maxLength = tokenizer.maxLength;
-  const calib = encodeSamples(tokenizer, split.calibration, DEFAULT_CALIBRATION_BATCH, maxLength);
+  const calib = encodeSamples(tokenizer, split.calibration, DEFAULT_CALIBRATION_BATCH_SIZE, maxLength);
   const probe = encodeSamples(tokenizer, split.validation.slice(0, SENSITIVITY_PROBE_SAMPLES), 8, maxLength);
 
   // A single-text classifier keeps the validator with early stop and the fp32 cache; other tasks compare their own outputs.
