@@ -10,7 +10,7 @@ import { QuantdError } from "../errors.ts";
 import { argmax, type BatchLogits, type Classifier } from "./classifier.ts";
 import { validateText } from "./text.ts";
 import { type BatchEncoding, type BatchingMode, planBatches } from "./tokenizer.ts";
-import type { Sample } from "./tsv.ts";
+import type { TsvSample } from "./tsv.ts";
 
 /** Options for {@link evaluate}. */
 export interface EvaluateOptions {
@@ -115,7 +115,7 @@ async function timed(model: Classifier, enc: BatchEncoding): Promise<{ out: Batc
  */
 export async function evaluate(
   model: Classifier,
-  samples: readonly Sample[],
+  samples: readonly TsvSample[],
   opts: EvaluateOptions = {},
 ): Promise<EvalResult> {
   const n = samples.length;

@@ -10,7 +10,7 @@ import { QuantdError } from "../errors.ts";
 import { decodeUtf8Strict, firstInvalidUtf8Offset, type ValidateTextOptions, validateText } from "./text.ts";
 
 /** One input text, with its label id when the file has one. */
-export interface Sample {
+export interface TsvSample {
   text: string;
   /** Class id (index into the model's labels). */
   label?: number;
@@ -54,7 +54,7 @@ export function parseSamplesTsv(
   content: Uint8Array | string,
   where: string,
   opts: ReadSamplesOptions = {},
-): Sample[] {
+): TsvSample[] {
   let text: string;
   if (typeof content === "string") text = content.charCodeAt(0) === 0xfeff ? content.slice(1) : content;
   else {
@@ -102,7 +102,7 @@ export function parseSamplesTsv(
   const textOpts: ValidateTextOptions = {};
   if (opts.maxTextBytes !== undefined) textOpts.maxBytes = opts.maxTextBytes;
 
-  const samples: Sample[] = [];
+  const samples: TsvSample[] = [];
   for (let i = 1; i < lines.length; i++) {
     const raw = lines[i]!;
     // Blank lines (typically the one after the final newline) hold no sample.
@@ -124,7 +124,7 @@ export function parseSamplesTsv(
       // Build the located message only on failure: a 67k-row pool should not format 67k names.
       text = validateText(fields[textCol], { ...textOpts, what: `${where}:${line}` });
     }
-    const sample: Sample = { text, line };
+    const sample: TsvSample = { text, line };
     if (labelCol >= 0) {
       const value = fields[labelCol]!.trim();
       if (value !== "") sample.label = parseLabel(value, labelIds, opts.labels, where, line);
@@ -180,7 +180,7 @@ function parseLabel(
  * @throws DATA_EMPTY when the file holds no samples
  * @throws TEXT_EMPTY / TEXT_TOO_LARGE (`file:line`) for an empty or oversized text
  */
-export async function readSamplesTsv(path: string, opts: ReadSamplesOptions = {}): Promise<Sample[]> {
+export async function readSamplesTsv(path: string, opts: ReadSamplesOptions = {}): Promise<TsvSample[]> {
   let bytes: Uint8Array;
   try {
     bytes = await readFile(path);
@@ -201,7 +201,7 @@ export async function readSamplesTsv(path: string, opts: ReadSamplesOptions = {}
 }
 
 /** Label ids of samples, or undefined unless every sample has one. */
-export function sampleLabels(samples: readonly Sample[]): number[] | undefined {
+export function sampleLabels(samples: readonly TsvSample[]): number[] | undefined {
   const labels: number[] = [];
   for (const s of samples) {
     if (s.label === undefined) return undefined;

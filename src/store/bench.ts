@@ -8,7 +8,7 @@ import { jsonObject, num, numOrNull, str, strOrNull, toJsonText } from "./row.ts
 import type { SqlDatabase, SqlRow } from "./sql.ts";
 
 /** A stored benchmark run. */
-export interface BenchResult {
+export interface StoredBenchResult {
   id: number;
   /** What was measured, e.g. `latency-b1` or `throughput-16c`. */
   name: string;
@@ -39,16 +39,21 @@ export interface BenchStore {
    *
    * @throws STORE_FAILED when `modelVersionId` or `jobId` names nothing (foreign key)
    */
-  add(result: NewBenchResult): BenchResult;
+  add(result: NewBenchResult): StoredBenchResult;
   /** Results, newest first, filtered by model version and/or job. @defaultValue limit 100 */
-  list(filter?: { modelVersionId?: number; jobId?: string; name?: string; limit?: number }): BenchResult[];
+  list(filter?: {
+    modelVersionId?: number;
+    jobId?: string;
+    name?: string;
+    limit?: number;
+  }): StoredBenchResult[];
   /** The newest result of `name` for a model version, or `undefined`. */
-  latest(modelVersionId: number, name: string): BenchResult | undefined;
+  latest(modelVersionId: number, name: string): StoredBenchResult | undefined;
 }
 
 const COLUMNS = "id, name, model_version_id, job_id, model_sha256, config, metrics, created_at";
 
-function toResult(r: SqlRow): BenchResult {
+function toResult(r: SqlRow): StoredBenchResult {
   return {
     id: num(r, "id"),
     name: str(r, "name"),
@@ -73,7 +78,7 @@ export function createBenchStore(db: SqlDatabase, now: () => number = Date.now):
   );
 
   return {
-    add(result: NewBenchResult): BenchResult {
+    add(result: NewBenchResult): StoredBenchResult {
       if (typeof result.name !== "string" || result.name === "") {
         throw new QuantdError("INTERNAL", "bench result needs a name");
       }
@@ -91,14 +96,14 @@ export function createBenchStore(db: SqlDatabase, now: () => number = Date.now):
         throw new QuantdError("STORE_FAILED", `bench result ${id} vanished after insert`);
       return toResult(row);
     },
-    list(filter = {}): BenchResult[] {
+    list(filter = {}): StoredBenchResult[] {
       const limit = Math.max(1, Math.min(filter.limit ?? 100, 10_000));
       const m = filter.modelVersionId ?? null;
       const j = filter.jobId ?? null;
       const n = filter.name ?? null;
       return list.all(m, m, j, j, n, n, limit).map(toResult);
     },
-    latest(modelVersionId: number, name: string): BenchResult | undefined {
+    latest(modelVersionId: number, name: string): StoredBenchResult | undefined {
       const r = list.get(modelVersionId, modelVersionId, null, null, name, name, 1);
       return r === undefined ? undefined : toResult(r);
     },

@@ -5,7 +5,7 @@ import { isQuantdError } from "../../src/errors.ts";
 import { type Classifier, loadClassifier } from "../../src/runtime/classifier.ts";
 import { evaluate } from "../../src/runtime/evaluate.ts";
 import { planBatches } from "../../src/runtime/tokenizer.ts";
-import { readSamplesTsv, type Sample } from "../../src/runtime/tsv.ts";
+import { readSamplesTsv, type TsvSample } from "../../src/runtime/tsv.ts";
 import { codeOfAsync } from "../helpers/error-code.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 import {
@@ -21,7 +21,7 @@ import {
 const SLOW_TEST_MS = 60_000;
 
 let fp32: Classifier;
-let dev: Sample[];
+let dev: TsvSample[];
 beforeAll(async () => {
   fp32 = await loadClassifier(shippedModelPath);
   dev = await readSamplesTsv(shippedDevTsv, { requireLabels: true, labels: fp32.labels });
