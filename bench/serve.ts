@@ -51,6 +51,7 @@ import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { quantizeModel } from "../src/quant/quantize.ts";
 import { loadClassifier } from "../src/runtime/classifier.ts";
 import { loadTaskModel } from "../src/runtime/task-model.ts";
+import { type RunningAgent, rssOf, startAgentProcess as startAgent } from "./agent-process.ts";
 
 const repoRoot = resolve(import.meta.dir, "..");
 const sharedDir = resolve(repoRoot, "../shared/models/sst2-bert-mini");
@@ -97,12 +98,6 @@ const children: Subprocess[] = [];
 function spawned<T extends Subprocess>(p: T): T {
   children.push(p);
   return p;
-}
-
-interface RunningAgent {
-  socket: string;
-  pid: number;
-  stop(): Promise<void>;
 }
 
 /** What one classify request answered. */
@@ -206,50 +201,21 @@ async function classifyOnce(conn: RawHttpConnection, text: string): Promise<numb
   return a.inferenceMs;
 }
 
-async function startAgentProcess(
+/** An agent process of this bench, killed at the end with the others. */
+function startAgentProcess(
   dir: string,
   name: string,
   env: Record<string, string>,
   model?: string,
 ): Promise<RunningAgent> {
-  const socket = join(dir, `${name}.sock`);
-  const args = ["bun", CLI, "agent", "--state-dir", join(dir, name), "--socket", socket];
-  if (model !== undefined) args.push("--model", model);
-  const proc = spawned(
-    Bun.spawn(args, {
-      env: { ...process.env, QUANTD_THREADS: String(THREADS), QUANTD_CONFIG: "", ...env },
-      stdout: "ignore",
-      stderr: "pipe",
-    }),
-  );
-  const t0 = Date.now();
-  for (;;) {
-    if (proc.exitCode !== null)
-      throw new Error(`agent ${name} exited: ${await new Response(proc.stderr).text()}`);
-    try {
-      const r = await fetch("http://localhost/v2/health/ready", { unix: socket });
-      if (r.status === 200) break;
-    } catch {
-      // not up yet
-    }
-    if (Date.now() - t0 > 60_000) throw new Error(`agent ${name} not ready`);
-    await Bun.sleep(50);
-  }
-  return {
-    socket,
-    pid: proc.pid,
-    async stop() {
-      proc.kill("SIGTERM");
-      await proc.exited;
-    },
-  };
-}
-
-function rssOf(pid: number): { rssMb: number; peakMb: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (field: string): number =>
-    Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
-  return { rssMb: kb("VmRSS") / 1024, peakMb: kb("VmHWM") / 1024 };
+  return startAgent({
+    dir,
+    name,
+    env,
+    threads: THREADS,
+    onSpawn: spawned,
+    ...(model !== undefined ? { model } : {}),
+  });
 }
 
 /** User + system CPU time of a process, in ms (load on other cores does not inflate it as it does wall time). */

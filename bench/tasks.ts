@@ -23,9 +23,9 @@ import type { QuantizeReport } from "../src/quant/report.ts";
 import { copyModelDirFiles, findModelFiles } from "../src/runtime/model-files.ts";
 import { writeEncoderFixture } from "../test/fixtures/encoders/write-fixture.ts";
 import { TASK_FIXTURES, writeTaskFixture } from "../test/fixtures/tasks/task-heads.ts";
+import { type RunningAgent, rssOf, startAgentProcess } from "./agent-process.ts";
 
 const repoRoot = resolve(import.meta.dir, "..");
-const CLI = join(repoRoot, "src/cli/main.ts");
 const poolTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
 const devTsv = join(repoRoot, "calib/samples/sst2-dev.tsv");
 
@@ -105,13 +105,6 @@ async function quantizeEach(dirs: Record<Kind, string>): Promise<GateRow[]> {
         threads: 1,
       });
       copyModelDirFiles(findModelFiles(dirs[kind]), int8Dir);
-      for (const extra of ["modules.json", "1_Pooling", "2_Normalize"]) {
-        try {
-          Bun.spawnSync(["cp", "-r", join(dirs[kind], extra), int8Dir]);
-        } catch {
-          // Only the embedding fixture has them.
-        }
-      }
       rows.push({ kind, report, int8Dir });
     } catch (err) {
       rows.push({ kind, error: isQuantdError(err) ? `${err.code}: ${err.message}` : String(err) });
@@ -162,50 +155,15 @@ function printGates(rows: readonly GateRow[]): void {
   }
 }
 
-interface RunningAgent {
-  socket: string;
-  pid: number;
-  stop(): Promise<void>;
-}
-
-async function startAgentProcess(name: string, model: string): Promise<RunningAgent> {
-  const socket = join(root, `${name}.sock`);
-  const proc = Bun.spawn(
-    ["bun", CLI, "agent", "--state-dir", join(root, `state-${name}`), "--socket", socket, "--model", model],
-    {
-      env: { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "", QUANTD_LOG_LEVEL: "error" },
-      stdout: "ignore",
-      stderr: "pipe",
-    },
-  );
-  children.push(proc);
-  const t0 = Date.now();
-  for (;;) {
-    if (proc.exitCode !== null)
-      throw new Error(`agent ${name} exited: ${await new Response(proc.stderr).text()}`);
-    try {
-      if ((await fetch("http://localhost/v2/health/ready", { unix: socket })).status === 200) break;
-    } catch {
-      // not up yet
-    }
-    if (Date.now() - t0 > 60_000) throw new Error(`agent ${name} not ready`);
-    await Bun.sleep(50);
-  }
-  return {
-    socket,
-    pid: proc.pid,
-    async stop() {
-      proc.kill("SIGTERM");
-      await proc.exited;
-    },
-  };
-}
-
-function memoryOf(pid: number): { rssMb: number; peakMb: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (field: string): number =>
-    Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
-  return { rssMb: kb("VmRSS") / 1024, peakMb: kb("VmHWM") / 1024 };
+function startTaskAgent(name: string, model: string): Promise<RunningAgent> {
+  return startAgentProcess({
+    dir: root,
+    name,
+    model,
+    threads: 1,
+    env: { QUANTD_LOG_LEVEL: "error" },
+    onSpawn: (p) => children.push(p),
+  });
 }
 
 /** The route and body of one request of each task. */
@@ -266,8 +224,8 @@ async function serveEach(rows: readonly GateRow[]): Promise<void> {
   try {
     for (const row of rows) {
       if (row.int8Dir === undefined) continue;
-      const agent = await startAgentProcess(row.kind, row.int8Dir);
-      const loadedMb = memoryOf(agent.pid).rssMb;
+      const agent = await startTaskAgent(row.kind, row.int8Dir);
+      const loadedMb = rssOf(agent.pid).rssMb;
       const served: Served[] = row.kind === "embedding" ? ["embedding", "embedding (base64)"] : [row.kind];
       for (const kind of served) agents.push({ kind, agent, loadedMb });
     }
@@ -279,7 +237,7 @@ async function serveEach(rows: readonly GateRow[]): Promise<void> {
     const classification = median(rates.get("classification") ?? []);
     for (const a of agents) {
       const rate = median(rates.get(a.kind)!);
-      const after = memoryOf(a.agent.pid);
+      const after = rssOf(a.agent.pid);
       say(
         `| ${a.kind} | ${rate.toFixed(0)} | ${(rate / classification).toFixed(2)} × | ${a.loadedMb.toFixed(0)} MB | ` +
           `${after.rssMb.toFixed(0)} MB | ${after.peakMb.toFixed(0)} MB |`,

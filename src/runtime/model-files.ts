@@ -4,7 +4,7 @@
  * in one directory; quantd writes its int8 model beside a copy of them. A user
  * may still keep the tokenizer elsewhere and point at it (`--tokenizer DIR`).
  */
-import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { copyFileDurableSync, errnoOf, writeFailure } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
@@ -178,6 +178,46 @@ export function copyModelDirFiles(files: ModelFiles, dir: string): string[] {
     if (!isFile(source) || resolve(source) === resolve(dest)) continue;
     copyFileDurableSync(source, dest);
     copied.push(name);
+  }
+  copied.push(...copySentenceTransformersFiles(files, dir));
+  return copied;
+}
+
+/** sentence-transformers' files beside a model, besides each module's own `config.json`. */
+const SENTENCE_TRANSFORMERS_FILES = [
+  "modules.json",
+  "sentence_bert_config.json",
+  "config_sentence_transformers.json",
+];
+
+/**
+ * The sentence-transformers layout of an embedding model (`modules.json` and
+ * each module's directory with its `config.json`, e.g. `1_Pooling/config.json`,
+ * `2_Normalize/`): without it the copy would pool and normalize differently.
+ */
+function copySentenceTransformersFiles(files: ModelFiles, dir: string): string[] {
+  const from = [dirname(files.model), files.tokenizerDir].find((d) => isFile(join(d, "modules.json")));
+  if (from === undefined || resolve(from) === resolve(dir)) return [];
+  const copied: string[] = [];
+  for (const name of SENTENCE_TRANSFORMERS_FILES) {
+    if (!isFile(join(from, name))) continue;
+    copyFileDurableSync(join(from, name), join(dir, name));
+    copied.push(name);
+  }
+  let modules: unknown;
+  try {
+    modules = JSON.parse(readFileSync(join(from, "modules.json"), "utf8"));
+  } catch {
+    return copied; // An unreadable modules.json is reported where it is read (task detection).
+  }
+  for (const m of Array.isArray(modules) ? modules : []) {
+    const path = typeof m === "object" && m !== null && typeof m.path === "string" ? m.path : "";
+    if (path === "" || path.includes("..") || !isDir(join(from, path))) continue;
+    createOutputDir(join(dir, path));
+    if (isFile(join(from, path, "config.json"))) {
+      copyFileDurableSync(join(from, path, "config.json"), join(dir, path, "config.json"));
+      copied.push(`${path}/config.json`);
+    } else copied.push(`${path}/`);
   }
   return copied;
 }

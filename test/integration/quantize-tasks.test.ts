@@ -135,3 +135,22 @@ describe("the gate fails what breaks a task", () => {
     expect(bad.stderr).toMatch(/^error MODEL_TASK_MISMATCH: .* cannot run as embedding/m);
   });
 });
+
+test("quantize --out DIR keeps an embedding model's sentence-transformers layout, so the copy pools and normalizes alike", async () => {
+  const out = join(root, "embedding-dir");
+  const env = envWithoutQuantd();
+  const run = await runQuantd(
+    ["quantize", "--model", dirs.embedding, "--calib", calib, "--val-samples", "700", "--out", `${out}/`],
+    { env },
+  );
+  expect(run.code).toBe(0);
+  expect(run.stdout).toContain(
+    "modules.json, sentence_bert_config.json, 1_Pooling/config.json, 2_Normalize/",
+  );
+  const int8 = await loadTaskModel(out);
+  try {
+    expect(int8.task).toMatchObject({ kind: "embedding", pooling: "mean", normalize: true });
+  } finally {
+    await int8.release();
+  }
+}, 120_000);
