@@ -47,7 +47,7 @@ fi
 # With them, the full emulation test (test/arm64: Pi 4 and Pi 5 CPUs quantize and
 # classify, logits compared with this machine's; 4-7 minutes) is part of the suite.
 arm64_log=$(mktemp)
-if bash device/arm64/ensure-packages.sh >"$arm64_log" 2>&1; then
+if bash test/arm64/ensure-packages.sh >"$arm64_log" 2>&1; then
   export QUANTD_ARM64=1
 else
   echo "could not install the arm64 emulation packages; the arm64 tests will skip. The last lines:"

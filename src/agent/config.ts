@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { homedir, hostname } from "node:os";
 import { basename, dirname, extname, join, resolve } from "node:path";
-import type { BoardProfile } from "../../device/profiles.ts";
+import type { BoardProfile } from "../device/profiles.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/config.ts";
 import { isRecord } from "../json.ts";

@@ -131,7 +131,7 @@ export async function runJobChild(): Promise<number> {
         // `auto` times the int8 forms worth trying on this board (its profile lists them and why).
         const auto =
           rest.mode === "auto" && rest.autoCandidates === undefined
-            ? { autoCandidates: (await import("../../device/detect.ts")).detectDevice().profile.auto }
+            ? { autoCandidates: (await import("../device/detect.ts")).detectDevice().profile.auto }
             : {};
         value = await runQuantization({
           ...rest,

@@ -4,7 +4,7 @@
  * same config file, environment and board profile, so that what one command
  * writes the agent reads.
  */
-import { detectDevice } from "../../device/detect.ts";
+import { detectDevice } from "../device/detect.ts";
 import { type AgentConfig, type ConfigFlags, loadAgentConfig } from "../agent/config.ts";
 import { loadTokenizer } from "../runtime/tokenizer.ts";
 import { databasePath, openStore, type Store } from "../store/store.ts";

@@ -4,7 +4,7 @@
  * everywhere, and one place that turns onnxruntime's opaque "could not load"
  * into the codec's precise reason.
  */
-import { detectDevice } from "../../device/detect.ts";
+import { detectDevice } from "../device/detect.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
 import { type Classifier, loadClassifier } from "../runtime/classifier.ts";

@@ -14,15 +14,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { type LogitsReport, modelLogits } from "../../device/arm64/logits.ts";
+import { type LogitsReport, modelLogits } from "./logits.ts";
 import { softmax } from "../../src/runtime/classifier.ts";
-import {
-  BOARD_CPU,
-  type EmulatedBoard,
-  makeSysroot,
-  missingPrerequisites,
-  qemuArgv,
-} from "../../device/arm64/emulator.ts";
+import { BOARD_CPU, type EmulatedBoard, makeSysroot, missingPrerequisites, qemuArgv } from "./emulator.ts";
 import { buildRelease, bunRuntime } from "../../scripts/build.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 
@@ -126,7 +120,7 @@ async function runBoard(board: EmulatedBoard): Promise<BoardRun> {
   const dynamicModel = join(work, `arm-dynamic-${board}.onnx`);
   const seconds: Record<string, number> = {};
 
-  const hwcap = await spawn(arm([bunArm64, join(REPO, "device/arm64/hwcap.ts")]), `${board} hwcap`);
+  const hwcap = await spawn(arm([bunArm64, join(REPO, "test/arm64/hwcap.ts")]), `${board} hwcap`);
   const device = await spawn(arm([bunArm64, cli, "device", "--json"]), `${board} device`);
   seconds["device"] = device.seconds;
   const st = await spawn(
@@ -142,7 +136,7 @@ async function runBoard(board: EmulatedBoard): Promise<BoardRun> {
   const logits = await spawn(
     arm([
       bunArm64,
-      join(REPO, "device/arm64/logits.ts"),
+      join(REPO, "test/arm64/logits.ts"),
       MODEL_DIR,
       devTsv,
       FP32,

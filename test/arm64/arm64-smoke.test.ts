@@ -4,14 +4,14 @@
  * classifies with the shipped model through the arm64 onnxruntime in its lib/,
  * giving the x86 probabilities. Part of `bun test` (about a minute); skipped
  * with the reason when qemu or the arm64 libraries are not installed
- * (`device/arm64/ensure-packages.sh` installs them). The full comparison,
+ * (`test/arm64/ensure-packages.sh` installs them). The full comparison,
  * quantization included, is `bun run test:arm64`.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { makeSysroot, missingPrerequisites, qemuArgv } from "../../device/arm64/emulator.ts";
+import { makeSysroot, missingPrerequisites, qemuArgv } from "./emulator.ts";
 import { buildRelease } from "../../scripts/build.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 

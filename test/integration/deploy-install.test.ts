@@ -94,7 +94,7 @@ describe.skipIf(!canBuild)("install.sh --root", () => {
 
   test("first install: program, link, unit with the profile's MemoryMax, user, config", () => {
     // generic-arm64's recorded board has 3.9 GB: a quarter is 978 MiB, unlike the 1024 default.
-    const r = install("--device-root", join(REPO, "device/fixtures/generic-arm64"));
+    const r = install("--device-root", join(REPO, "test/fixtures/boards/generic-arm64"));
     expect(r.stderr.replace(/^Creating (group|user) .*\n/gm, "")).toBe("");
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("MemoryMax=978M");

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { detectDevice } from "../../device/detect.ts";
+import { detectDevice } from "../../src/device/detect.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { DataType } from "../../src/onnx/types.ts";
 import { runQuantization } from "../../src/quant/pipeline.ts";
@@ -22,7 +22,7 @@ setDefaultTimeout(60_000);
 
 const dir = mkdtempSync(join(tmpdir(), "quantd-auto-formats-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const boards = join(import.meta.dir, "../../device/fixtures");
+const boards = join(import.meta.dir, "../fixtures/boards");
 const profile = (board: string) => detectDevice({ root: join(boards, board), glibc: "2.36" }).profile;
 
 describe("the candidates each board's profile lists", () => {

@@ -1,10 +1,10 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { chooseBoard, detectDevice, readFacts } from "../../device/detect.ts";
-import { profileFor } from "../../device/profiles.ts";
+import { chooseBoard, detectDevice, readFacts } from "../../src/device/detect.ts";
+import { profileFor } from "../../src/device/profiles.ts";
 import { isQuantdError } from "../../src/errors.ts";
 
-const fixtures = join(import.meta.dir, "../../device/fixtures");
+const fixtures = join(import.meta.dir, "../fixtures/boards");
 const at = (board: string, glibc: string | null = "2.36") =>
   detectDevice({ root: join(fixtures, board), glibc });
 

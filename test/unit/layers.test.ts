@@ -26,9 +26,8 @@ const LAYERS: readonly { layer: string; rank: number; prefix: string }[] = [
   { layer: "leaf", rank: 0, prefix: "src/log.ts" },
   { layer: "leaf", rank: 0, prefix: "src/redact.ts" },
   { layer: "onnx", rank: 1, prefix: "src/onnx/" },
-  // Board detection and profiles (still outside src/; issue 16 moves it in).
-  { layer: "device", rank: 1, prefix: "device/detect.ts" },
-  { layer: "device", rank: 1, prefix: "device/profiles.ts" },
+  // Board detection and profiles.
+  { layer: "device", rank: 1, prefix: "src/device/" },
   { layer: "runtime", rank: 2, prefix: "src/runtime/" },
   { layer: "quant", rank: 3, prefix: "src/quant/" },
   { layer: "bench", rank: 3, prefix: "src/bench/" },
@@ -136,7 +135,7 @@ function importSpecifiers(code: string): string[] {
   return out;
 }
 
-/** The production files: everything under `src/` and the top-level `device/*.ts`. */
+/** The production files: everything under `src/`. */
 function productionFiles(): string[] {
   const out: string[] = [];
   const walk = (dir: string) => {
@@ -147,9 +146,6 @@ function productionFiles(): string[] {
     }
   };
   walk(join(ROOT, "src"));
-  for (const name of readdirSync(join(ROOT, "device"))) {
-    if (name.endsWith(".ts")) out.push(join("device", name));
-  }
   return out.sort();
 }
 

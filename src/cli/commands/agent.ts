@@ -4,7 +4,7 @@
  * promote FILE | rollback`, which talk to a running agent over its socket.
  */
 import { resolve } from "node:path";
-import { detectDevice } from "../../../device/detect.ts";
+import { detectDevice } from "../../device/detect.ts";
 import { startAgent } from "../../agent/agent.ts";
 import { type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
 import { notifyReady, notifyStopping, notifyWatchdog, watchdogIntervalMs } from "../../agent/sd-notify.ts";

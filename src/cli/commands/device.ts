@@ -2,7 +2,7 @@
  * `quantd device`: what board quantd detected here and the defaults it chose.
  */
 import { statSync } from "node:fs";
-import { detectDevice } from "../../../device/detect.ts";
+import { detectDevice } from "../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
 import type { Command } from "../command.ts";
 import { expectNoPositionals, flagBool, flagString } from "../parse.ts";

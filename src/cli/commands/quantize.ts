@@ -5,7 +5,7 @@
  */
 import { closeSync, existsSync, openSync, readSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { detectDevice } from "../../../device/detect.ts";
+import { detectDevice } from "../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
 import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeLengths } from "../../quant/drift.ts";

@@ -31,7 +31,7 @@ export const APT_PACKAGES = [
 /** Where Debian's cross packages put the arm64 runtime libraries. */
 export const CROSS_LIB_DIR = "/usr/aarch64-linux-gnu/lib";
 
-const FIXTURES = resolve(import.meta.dir, "../fixtures");
+const FIXTURES = resolve(import.meta.dir, "../fixtures/boards");
 
 /** The qemu-user executable for aarch64, or undefined when none is installed. */
 export function findQemu(): string | undefined {

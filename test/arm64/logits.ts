@@ -3,7 +3,7 @@
  * object, so the arm64 emulation test can run the same code under qemu and on
  * the host and compare the numbers.
  *
- *   bun device/arm64/logits.ts TOKENIZER_DIR DATA.tsv MODEL.onnx [MODEL.onnx…]
+ *   bun test/arm64/logits.ts TOKENIZER_DIR DATA.tsv MODEL.onnx [MODEL.onnx…]
  *
  * Output: `{"arch": "arm64", "logits": {"<model path>": [[l0, l1], …]}}`, rows
  * in file order. One intra-op thread, unpadded batches: the numbers do not
@@ -46,7 +46,7 @@ export async function modelLogits(
 if (import.meta.main) {
   const [tokenizerDir, data, ...models] = process.argv.slice(2);
   if (tokenizerDir === undefined || data === undefined || models.length === 0) {
-    console.error("usage: bun device/arm64/logits.ts TOKENIZER_DIR DATA.tsv MODEL.onnx [MODEL.onnx…]");
+    console.error("usage: bun test/arm64/logits.ts TOKENIZER_DIR DATA.tsv MODEL.onnx [MODEL.onnx…]");
     process.exit(2);
   }
   try {

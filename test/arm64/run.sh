@@ -3,5 +3,5 @@
 # QUANTD_ARM64=1), after installing the Debian packages it needs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bash device/arm64/ensure-packages.sh
+bash test/arm64/ensure-packages.sh
 QUANTD_ARM64=1 exec bun test --timeout 1800000 test/arm64 "$@"

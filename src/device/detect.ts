@@ -6,7 +6,7 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { QuantdError } from "../src/errors.ts";
+import { QuantdError } from "../errors.ts";
 import { type BoardId, type BoardProfile, type DeviceFacts, profileFor } from "./profiles.ts";
 
 /** Where to read facts from; every field defaults to the running machine. */
