@@ -7,19 +7,14 @@
  * replica's engine picks them up.
  */
 import type { FleetStore } from "../../fleet/controller/store.ts";
-import { QuantdError } from "../../errors.ts";
 import { publishRelease } from "../../fleet/controller/release-routes.ts";
 import {
   changeRollout,
   createRollout,
-  DEFAULT_PENDING_EXPIRY_MS,
-  DEFAULT_SOAK_MS,
-  DEFAULT_WAVES,
+  findRelease,
   findRollout,
-  parseDuration,
-  parseGate,
-  parseWaves,
   type Rollout,
+  rolloutSpec,
 } from "../../fleet/controller/rollout.ts";
 import { buildRelease, releaseBytes } from "../../fleet/release.ts";
 import { readSigningKey, type SigningKey } from "../../fleet/signing.ts";
@@ -160,22 +155,16 @@ export async function rolloutCommand(
     switch (action) {
       case "start": {
         if (arg === undefined) throw usageError("quantd fleet rollout start RELEASE --fleet NAME");
-        const waves = flagString(ctx.flags, "waves");
-        const gate = flagString(ctx.flags, "gate");
-        const soak = flagString(ctx.flags, "soak");
-        const expiry = flagString(ctx.flags, "pending-expiry");
         const samples = flagInt(ctx.flags, "samples", { min: 1, max: 10_000 });
         // Every flag is checked before the store is asked anything.
-        const spec = {
-          fleet,
-          waves: waves === undefined ? [...DEFAULT_WAVES] : parseWaves(waves),
-          gate: gate === undefined ? {} : parseGate(gate),
-          soakMs: soak === undefined ? DEFAULT_SOAK_MS : parseDuration(soak, "soak"),
-          pendingExpiryMs:
-            expiry === undefined ? DEFAULT_PENDING_EXPIRY_MS : parseDuration(expiry, "pending-expiry"),
+        const spec = rolloutSpec({
+          waves: flagString(ctx.flags, "waves"),
+          gate: flagString(ctx.flags, "gate"),
+          soak: flagString(ctx.flags, "soak"),
+          pendingExpiry: flagString(ctx.flags, "pending-expiry"),
           ...(samples !== undefined ? { samples } : {}),
-        };
-        const r = await createRollout(store, { ...spec, release: await findRelease(store, arg) });
+        });
+        const r = await createRollout(store, { ...spec, fleet, release: await findRelease(store, arg) });
         ctx.err(
           `rollout ${r.id} started; a controller with --key drives it (quantd fleet rollout status ${r.id})`,
         );
@@ -199,21 +188,4 @@ export async function rolloutCommand(
   } finally {
     await store.close();
   }
-}
-
-/** A release by id, unique id prefix or version name. @throws NOT_FOUND */
-async function findRelease(store: FleetStore, what: string): Promise<string> {
-  const all = await store.releases(1000);
-  const hits = all.filter(
-    (r) => r.id === what || r.version === what || (what.length >= 6 && r.id.startsWith(what)),
-  );
-  if (hits.length !== 1) {
-    throw new QuantdError(
-      "NOT_FOUND",
-      hits.length === 0
-        ? `no release ${JSON.stringify(what)}`
-        : `${JSON.stringify(what)} names ${hits.length} releases; give the id`,
-    );
-  }
-  return hits[0]!.id;
 }

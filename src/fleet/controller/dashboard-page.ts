@@ -6,6 +6,12 @@
  * `/api/events` Server-Sent Events stream. Text from devices is only ever
  * set as text (`textContent`), never parsed as HTML.
  */
+import { DEFAULT_SOAK_MS, DEFAULT_WAVES } from "./rollout.ts";
+
+/** The rollout form's defaults: the same as `quantd fleet rollout start`'s. */
+const DEFAULT_WAVES_TEXT = `${DEFAULT_WAVES.join(",")}%`;
+const DEFAULT_SOAK_TEXT =
+  DEFAULT_SOAK_MS % 60_000 === 0 ? `${DEFAULT_SOAK_MS / 60_000}m` : `${DEFAULT_SOAK_MS / 1000}s`;
 
 const STYLE = `
   body { font: 14px system-ui, sans-serif; margin: 1.5rem; color: #1d2430; background: #fafbfc; }
@@ -75,10 +81,16 @@ export const DASHBOARD_HTML = `<!doctype html>
   <button data-action="quantize-dynamic">quantize-dynamic</button>
   <button data-action="rollback">rollback</button>
   <button data-action="bench">bench</button>
-  <!-- Rollout actions (start, pause, abort) go in #rollout-actions. -->
-  <span id="rollout-actions"></span>
   <span id="confirm" hidden>Send <b id="confirm-what"></b>? <button class="go" id="confirm-go">send</button> <button id="confirm-cancel">cancel</button></span>
   <span class="note" id="actions-note" hidden></span>
+</div>
+<div class="bar" id="rollout-actions">
+  <label>release <select id="rollout-release"></select></label>
+  <label>on fleet <select id="rollout-fleet"></select></label>
+  <label>waves <input id="rollout-waves" value="${DEFAULT_WAVES_TEXT}" size="12"></label>
+  <label>gate <input id="rollout-gate" placeholder="agreement=99.5,latencyRatio=1.1,errorRate=0.01" size="34"></label>
+  <label>soak <input id="rollout-soak" value="${DEFAULT_SOAK_TEXT}" size="5"></label>
+  <button id="rollout-start">start rollout</button>
 </div>
 <div id="action-result"></div>
 <table>
@@ -207,13 +219,9 @@ function renderOverview(view) {
     li.textContent = (view.alerts.length - 20) + " more alerts";
     alerts.appendChild(li);
   }
-  const sel = document.getElementById("filter-fleet");
   for (const f of view.fleets) {
-    if (![...sel.options].some((o) => o.value === f)) {
-      const o = document.createElement("option");
-      o.value = f; o.textContent = f;
-      sel.appendChild(o);
-    }
+    addOption(document.getElementById("filter-fleet"), f, f);
+    addOption(document.getElementById("rollout-fleet"), f, f);
   }
 }
 function jobText(r) {
@@ -281,6 +289,50 @@ function updateActions() {
     b.disabled = !enabled;
     b.title = enabled ? b.dataset.action + " on this device" : "disabled: " + (session ? session.actions.reason : "");
   }
+  updateRolloutStart();
+}
+function updateRolloutStart() {
+  const enabled = session && session.actions.enabled;
+  const b = document.getElementById("rollout-start");
+  const release = document.getElementById("rollout-release").value, fleet = document.getElementById("rollout-fleet").value;
+  b.disabled = !enabled || !release || !fleet;
+  b.title = !enabled ? (session ? "disabled: " + session.actions.reason : "") :
+    !release ? "no release stored: quantd fleet release create DIR" : !fleet ? "no fleet with devices" : "start a rollout of this release on the fleet";
+}
+// Rollouts go through the confirm step too; what is sent is the CLI's rollout start|pause|resume|abort.
+function askRollout(label, path, body) {
+  pendingAction = { rollout: { label, path, body } };
+  document.getElementById("confirm-what").textContent = label;
+  document.getElementById("confirm").hidden = false;
+}
+async function sendRollout({ label, path, body }) {
+  const out = document.getElementById("action-result");
+  out.textContent = label + "…";
+  const res = await post(path, body);
+  out.textContent = res.error ? label + ": " + res.error.code + ": " + res.error.message : label + ": rollout " + res.id + " " + res.state;
+  loadRollouts();
+}
+document.getElementById("rollout-start").addEventListener("click", () => {
+  const sel = document.getElementById("rollout-release");
+  const fleet = document.getElementById("rollout-fleet").value;
+  askRollout("start rollout of " + sel.selectedOptions[0].textContent + " on fleet " + fleet, "/api/rollouts", {
+    release: sel.value, fleet,
+    waves: document.getElementById("rollout-waves").value.trim(),
+    gate: document.getElementById("rollout-gate").value.trim(),
+    soak: document.getElementById("rollout-soak").value.trim(),
+  });
+});
+for (const id of ["rollout-release", "rollout-fleet"]) document.getElementById(id).addEventListener("change", updateRolloutStart);
+function addOption(sel, value, text) {
+  if ([...sel.options].some((o) => o.value === value)) return;
+  const o = document.createElement("option");
+  o.value = value; o.textContent = text;
+  sel.appendChild(o);
+}
+async function loadReleases() {
+  const sel = document.getElementById("rollout-release");
+  for (const r of await api("/api/releases")) addOption(sel, r.id, r.version + " (" + r.id.slice(0, 12) + ")");
+  updateRolloutStart();
 }
 function ask(action, keys) {
   pendingAction = { action, keys };
@@ -289,9 +341,10 @@ function ask(action, keys) {
 }
 async function send() {
   if (pendingAction === null) return;
-  const { action, keys } = pendingAction;
+  const { action, keys, rollout } = pendingAction;
   pendingAction = null;
   document.getElementById("confirm").hidden = true;
+  if (rollout) return await sendRollout(rollout);
   const out = document.getElementById("action-result");
   out.textContent = "sending " + action + " to " + keys.length + " device(s)…";
   const res = await post("/api/actions", { action, targets: actionTargets(keys) });
@@ -502,6 +555,21 @@ async function loadRollouts() {
       why.textContent = "halted: " + b.haltReason;
       box.appendChild(why);
     }
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const enabled = session && session.actions.enabled;
+    const allowed = { pause: r.state === "running", resume: r.state === "paused", abort: r.state !== "aborted" && r.state !== "completed" };
+    for (const action of ["pause", "resume", "abort"]) {
+      const button = document.createElement("button");
+      button.textContent = action;
+      button.dataset.rolloutAction = action;
+      button.dataset.rollout = r.id;
+      button.disabled = !enabled || !allowed[action];
+      button.title = !enabled ? "disabled: " + (session ? session.actions.reason : "") : allowed[action] ? action + " rollout " + r.id : "the rollout is " + r.state;
+      button.addEventListener("click", () => askRollout(action + " rollout " + r.id, "/api/rollouts/" + encodeURIComponent(r.id) + "/" + action, {}));
+      bar.appendChild(button);
+    }
+    box.appendChild(bar);
     const table = document.createElement("table");
     const thead = document.createElement("tr");
     for (const h of ["wave", "device", "state", "agreement", "bench latency ratio", "post-swap latency ratio", "error rate", "reason"]) {
@@ -548,8 +616,9 @@ async function start() {
   note.hidden = session.actions.enabled;
   note.textContent = session.actions.enabled ? "" : "Actions disabled: " + session.actions.reason;
   setInterval(loadTrust, 5000);
-  setInterval(loadRollouts, 3000);
+  setInterval(() => { loadRollouts(); loadReleases(); }, 3000);
   loadRollouts();
+  loadReleases();
   // Ages and offline alerts move with time even when no device speaks.
   setInterval(refresh, 15000);
   loadTrust();

@@ -17,6 +17,7 @@ import { createDashboardAuth, type DashboardCredentials, type Principal } from "
 import { type ActionTarget, DASHBOARD_COMMANDS, type DashboardCommands } from "./dashboard-commands.ts";
 import { DASHBOARD_HTML, loginPage } from "./dashboard-page.ts";
 import { serveRelease } from "./release-routes.ts";
+import { changeRollout, createRollout, findRelease, type Rollout, rolloutSpec } from "./rollout.ts";
 import {
   DEVICE_STATES,
   failureReason,
@@ -303,7 +304,13 @@ function readTls(tls: NonNullable<DashboardOptions["tls"]>): { cert: string; key
 function errorResponse(err: unknown): Response {
   const e = QuantdError.from(err, "REQUEST_INVALID");
   const status =
-    e.code === "NOT_FOUND" ? 404 : e.code === "REQUEST_INVALID" || e.code === "CONFIG_INVALID" ? 400 : 500;
+    e.code === "NOT_FOUND"
+      ? 404
+      : e.code === "STATE_CONFLICT"
+        ? 409
+        : e.code === "REQUEST_INVALID" || e.code === "CONFIG_INVALID" || e.code === "USAGE"
+          ? 400
+          : 500;
   return json({ error: e.toJSON() }, status);
 }
 
@@ -338,6 +345,32 @@ function parseTargets(v: unknown): ActionTarget[] {
     }
     return { fleet: t.fleet, device: t.device };
   });
+}
+
+/** The optional text fields of a rollout start: absent or empty takes the CLI's default. */
+function optionalText(body: Record<string, unknown>, key: string): string | undefined {
+  const v = body[key];
+  if (v === undefined || v === null || v === "") return undefined;
+  if (typeof v !== "string") throw new QuantdError("REQUEST_INVALID", `${key} must be a string`);
+  return v;
+}
+
+/**
+ * `POST /api/rollouts {release, fleet, waves?, gate?, soak?, pendingExpiry?}`:
+ * the same checks and store write as `quantd fleet rollout start`.
+ */
+async function startRolloutFrom(store: FleetStore, body: Record<string, unknown>): Promise<Rollout> {
+  const release = optionalText(body, "release");
+  const fleet = optionalText(body, "fleet");
+  if (release === undefined || fleet === undefined)
+    throw new QuantdError("REQUEST_INVALID", "a rollout needs release and fleet");
+  const spec = rolloutSpec({
+    waves: optionalText(body, "waves"),
+    gate: optionalText(body, "gate"),
+    soak: optionalText(body, "soak"),
+    pendingExpiry: optionalText(body, "pendingExpiry"),
+  });
+  return await createRollout(store, { ...spec, fleet, release: await findRelease(store, release) });
 }
 
 /** Devices with figures, filtered by fleet and state, with the fleet's aggregates and alerts. */
@@ -447,18 +480,33 @@ export function startDashboard(
       });
     }
     if (parts[0] !== "api") return notFound(`/${parts.join("/")}`);
-    if (parts.length === 2 && parts[1] === "actions") {
-      if (commands === undefined) {
-        return json(
-          {
-            error: new QuantdError(
-              "COMMAND_UNAUTHORIZED",
-              options.commandsDisabledReason ?? NO_OPERATOR_KEY,
-            ).toJSON(),
-          },
-          409,
-        );
-      }
+    // Actions and rollouts need the operator key: without it nothing signs the commands they lead to.
+    const acting = parts[1] === "actions" || parts[1] === "rollouts";
+    if (acting && commands === undefined) {
+      return json(
+        {
+          error: new QuantdError(
+            "COMMAND_UNAUTHORIZED",
+            options.commandsDisabledReason ?? NO_OPERATOR_KEY,
+          ).toJSON(),
+        },
+        409,
+      );
+    }
+    if (parts.length === 2 && parts[1] === "rollouts") {
+      const r = await startRolloutFrom(store, await readJsonBody(req));
+      log(`dashboard: ${who.name} started rollout ${r.id} of ${r.body.releaseVersion} on fleet ${r.fleet}`);
+      return json(r);
+    }
+    const change = parts[3];
+    if (parts.length === 4 && parts[1] === "rollouts") {
+      if (change !== "pause" && change !== "resume" && change !== "abort")
+        return notFound(`/${parts.join("/")}`);
+      const r = await changeRollout(store, parts[2]!, change);
+      log(`dashboard: ${who.name} sent ${change} to rollout ${r.id}: now ${r.state}`);
+      return json(r);
+    }
+    if (parts.length === 2 && parts[1] === "actions" && commands !== undefined) {
       const body = await readJsonBody(req);
       const targets = parseTargets(body.targets);
       const params = isRecord(body.params) ? body.params : {};

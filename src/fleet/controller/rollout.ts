@@ -106,6 +106,8 @@ export interface RolloutBody {
   waves: WaveRollout[];
   devices: Record<string, DeviceRollout>;
   haltReason?: string;
+  /** When an operator paused it (while paused): resuming moves the soak clock on by the pause. */
+  pausedAt?: number;
   /** The newest events, oldest first (at most 100). */
   events: { at: number; line: string }[];
 }
@@ -301,6 +303,8 @@ export async function changeRollout(
     const state: RolloutState = action === "pause" ? "paused" : action === "resume" ? "running" : "aborted";
     const body = structuredClone(r.body);
     addEvent(body, now, `${action} by an operator`);
+    if (action === "pause") body.pausedAt = now;
+    if (action === "resume") resumeSoak(body, now);
     if (action === "abort") {
       for (const d of Object.values(body.devices))
         if (d.state === "waiting" || d.state === "pending") d.state = "skipped";
@@ -310,6 +314,66 @@ export async function changeRollout(
     }
   }
   throw new QuantdError("STATE_CONFLICT", `rollout ${idOrPrefix} keeps changing; try again`);
+}
+
+/**
+ * A paused rollout is not watched (no telemetry is judged), so a soak must not
+ * pass while paused: the current wave's soak starts again later by the pause's
+ * length, as if the pause had not happened.
+ */
+function resumeSoak(body: RolloutBody, now: number): void {
+  const wave = body.waves[body.current];
+  if (body.pausedAt !== undefined && wave?.state === "soaking" && wave.soakSince !== undefined) {
+    wave.soakSince += Math.max(0, now - body.pausedAt);
+  }
+  delete body.pausedAt;
+}
+
+/** What an operator typed for a rollout (the CLI's flags, the dashboard's form); absent fields take the defaults. */
+export interface RolloutSpecInput {
+  waves?: string;
+  gate?: string;
+  soak?: string;
+  pendingExpiry?: string;
+  samples?: number;
+}
+
+/**
+ * The spec of `rollout start` from what an operator typed, checked before the
+ * store is asked anything: waves {@link DEFAULT_WAVES}, no gate, soak
+ * {@link DEFAULT_SOAK_MS}, pending expiry {@link DEFAULT_PENDING_EXPIRY_MS}.
+ *
+ * @throws USAGE naming the field that is malformed
+ */
+export function rolloutSpec(input: RolloutSpecInput): RolloutSpec {
+  const { waves, gate, soak, pendingExpiry, samples } = input;
+  return {
+    waves: waves === undefined ? [...DEFAULT_WAVES] : parseWaves(waves),
+    gate: gate === undefined ? {} : parseGate(gate),
+    soakMs: soak === undefined ? DEFAULT_SOAK_MS : parseDuration(soak, "soak"),
+    pendingExpiryMs:
+      pendingExpiry === undefined
+        ? DEFAULT_PENDING_EXPIRY_MS
+        : parseDuration(pendingExpiry, "pending-expiry"),
+    ...(samples !== undefined ? { samples } : {}),
+  };
+}
+
+/** A release by id, unique id prefix or version name. @throws NOT_FOUND */
+export async function findRelease(store: FleetStore, what: string): Promise<string> {
+  const all = await store.releases(1000);
+  const hits = all.filter(
+    (r) => r.id === what || r.version === what || (what.length >= 6 && r.id.startsWith(what)),
+  );
+  if (hits.length !== 1) {
+    throw new QuantdError(
+      "NOT_FOUND",
+      hits.length === 0
+        ? `no release ${JSON.stringify(what)}`
+        : `${JSON.stringify(what)} names ${hits.length} releases; give the id`,
+    );
+  }
+  return hits[0]!.id;
 }
 
 // ---------------------------------------------------------------- the engine
