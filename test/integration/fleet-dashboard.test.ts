@@ -345,6 +345,92 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
     await shot(page, "dashboard-overview.png");
   });
 
+  test("rollouts from the page: a stored release started on a fleet with the CLI's defaults, then paused, resumed and aborted", async () => {
+    const release = "0123abcd".repeat(8);
+    await store.addRelease({
+      id: release,
+      version: "v2-retrained",
+      task: "text-classification",
+      notes: "",
+      bytes: 1024,
+      createdAt: Date.now(),
+      manifest: "{}",
+      signature: { kid: "0123456789abcdef", sig: "c2ln" },
+    });
+    // The page lists stored releases by itself (no reload).
+    await page
+      .locator("#rollout-release option")
+      .filter({ hasText: "v2-retrained" })
+      .waitFor({ state: "attached", timeout: 10_000 });
+    await page.locator("#rollout-release").selectOption(release);
+    await page.locator("#rollout-fleet").selectOption("lab");
+    expect(await page.locator("#rollout-waves").inputValue()).toBe("1,10,50,100%");
+    expect(await page.locator("#rollout-soak").inputValue()).toBe("10m");
+    await page.locator("#rollout-gate").fill("agreement=99.5");
+    await page.locator("#rollout-start").click();
+    expect(await page.locator("#confirm-what").textContent()).toBe(
+      "start rollout of v2-retrained (0123abcd0123) on fleet lab",
+    );
+    await page.locator("#confirm-go").click();
+    await page
+      .locator("#action-result")
+      .filter({ hasText: /: rollout ro-[0-9a-f]{8} running$/ })
+      .waitFor({ timeout: 10_000 });
+    const [started] = await store.rollouts();
+    expect(started?.fleet).toBe("lab");
+    expect(started?.release).toBe(release);
+    expect(started?.state).toBe("running");
+    expect((started?.body as { spec?: unknown } | undefined)?.spec).toEqual({
+      waves: [1, 10, 50, 100],
+      gate: { agreement: 99.5 },
+      soakMs: 600_000,
+      pendingExpiryMs: 86_400_000,
+    });
+    const id = started!.id;
+    // A second rollout on the same fleet is refused with the CLI's reason.
+    await page.locator("#rollout-start").click();
+    await page.locator("#confirm-go").click();
+    await page
+      .locator("#action-result")
+      .filter({ hasText: `STATE_CONFLICT: fleet lab already has rollout ${id} (running); abort it first` })
+      .waitFor({ timeout: 10_000 });
+    expect((await store.rollouts()).length).toBe(1);
+
+    const button = (action: string) =>
+      page.locator(`#rollout-list button[data-rollout="${id}"][data-rollout-action="${action}"]`);
+    const act = async (action: string, state: string): Promise<void> => {
+      await until(`${action} enabled`, async () => await button(action).isEnabled());
+      await button(action).click();
+      expect(await page.locator("#confirm-what").textContent()).toBe(`${action} rollout ${id}`);
+      await page.locator("#confirm-go").click();
+      await until(`rollout ${state}`, async () => (await store.rollout(id))?.state === state);
+      await page
+        .locator("#action-result")
+        .filter({ hasText: `rollout ${id} ${state}` })
+        .waitFor({ timeout: 10_000 });
+    };
+    await act("pause", "paused");
+    await until("pause disabled", async () => await button("pause").isDisabled());
+    expect(await button("pause").getAttribute("title")).toBe("the rollout is paused");
+    expect(((await store.rollout(id))?.body as { pausedAt?: number } | undefined)?.pausedAt).toBeNumber();
+    await act("resume", "running");
+    await act("abort", "aborted");
+    const aborted = (await store.rollout(id))?.body as {
+      devices: Record<string, { state: string }>;
+      events: { line: string }[];
+    };
+    expect(Object.values(aborted.devices).map((d) => d.state)).toEqual(["skipped", "skipped"]);
+    expect(aborted.events.map((e) => e.line).slice(-3)).toEqual([
+      "pause by an operator",
+      "resume by an operator",
+      "abort by an operator",
+    ]);
+    await until("every rollout button disabled", async () => {
+      for (const a of ["pause", "resume", "abort"]) if (!(await button(a).isDisabled())) return false;
+      return true;
+    });
+  });
+
   test("without an operator key the buttons are disabled and say why; the API refuses actions", async () => {
     const keyless = startDashboard(controller, "127.0.0.1:0");
     const p = await browser.newPage({ viewport: { width: 1280, height: 800 } });
@@ -358,6 +444,12 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
       const bench = p.locator('#actions button[data-action="bench"]');
       expect(await bench.isDisabled()).toBe(true);
       expect(await bench.getAttribute("title")).toMatch(/^disabled: the controller has no operator key/);
+      const start = p.locator("#rollout-start");
+      expect(await start.isDisabled()).toBe(true);
+      expect(await start.getAttribute("title")).toMatch(/^disabled: the controller has no operator key/);
+      const abort = p.locator('#rollout-list button[data-rollout-action="abort"]').first();
+      await abort.waitFor({ timeout: 10_000 });
+      expect(await abort.getAttribute("title")).toMatch(/^disabled: the controller has no operator key/);
       const session = (await (await fetch(`${keyless.url}api/session`)).json()) as { csrf: string };
       const res = await fetch(`${keyless.url}api/actions`, {
         method: "POST",
@@ -366,6 +458,20 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
       });
       expect(res.status).toBe(409);
       expect(((await res.json()) as { error: { code: string } }).error.code).toBe("COMMAND_UNAUTHORIZED");
+      for (const [path, body] of [
+        ["api/rollouts", { release: "v2-retrained", fleet: "lab" }],
+        ["api/rollouts/ro-00000000/pause", {}],
+      ] as const) {
+        const refused = await fetch(`${keyless.url}${path}`, {
+          method: "POST",
+          headers: { "x-quantd-csrf": session.csrf, "content-type": "application/json" },
+          body: JSON.stringify(body),
+        });
+        expect(refused.status).toBe(409);
+        expect(((await refused.json()) as { error: { code: string } }).error.code).toBe(
+          "COMMAND_UNAUTHORIZED",
+        );
+      }
     } finally {
       await p.close();
       keyless.stop();
