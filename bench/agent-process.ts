@@ -3,9 +3,9 @@
  * directory and socket, ready once its health route says so, with the
  * resident-memory figures of /proc. Shared by `serve.ts` and `tasks.ts`.
  */
-import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { readProcessMemory } from "../src/core/process-memory.ts";
 
 const CLI = join(resolve(import.meta.dir, ".."), "src/cli/main.ts");
 
@@ -71,8 +71,6 @@ export async function startAgentProcess(opts: AgentProcessOptions): Promise<Runn
 
 /** A process's resident set now and at its peak (VmRSS, VmHWM), in MB. */
 export function rssOf(pid: number): { rssMb: number; peakMb: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (field: string): number =>
-    Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
-  return { rssMb: kb("VmRSS") / 1024, peakMb: kb("VmHWM") / 1024 };
+  const m = readProcessMemory(pid);
+  return { rssMb: m.rssBytes / 1048576, peakMb: m.peakRssBytes / 1048576 };
 }

@@ -41,8 +41,13 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { createRng } from "../src/bench/inputs.ts";
+import { nearestRankPercentile } from "../src/core/stats.ts";
 import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { openStore } from "../src/store/store.ts";
+import { rssOf } from "./agent-process.ts";
+
+const rssMb = (pid: number): number => rssOf(pid).rssMb;
 
 const ROOT = resolve(import.meta.dir, "..");
 const CLI = join(ROOT, "src/cli/main.ts");
@@ -73,33 +78,6 @@ const sentences = readFileSync(DEV_TSV, "utf8")
   .slice(1)
   .filter((l) => l.includes("\t"))
   .map((l) => l.split("\t")[1]!);
-
-/** Seeded PRNG (mulberry32): the same run fuzzes the same requests. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return Number.NaN;
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]!;
-}
-
-function rssMb(pid: number): number {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8");
-    return Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) / 1024;
-  } catch {
-    return Number.NaN;
-  }
-}
 
 interface AgentProc {
   socket: string;
@@ -347,7 +325,7 @@ async function fuzzProbe(agent: AgentProc): Promise<void> {
     sock: agent.socket,
     rel: "../../etc/passwd",
   };
-  const r = rng(15);
+  const r = createRng(15);
   const byStatus = new Map<number, number>();
   const fiveHundreds: string[] = [];
   let next = 0;
@@ -390,7 +368,7 @@ async function loadProbe(agent: AgentProc, models: string[]): Promise<void> {
   const plain = await load(agent.socket, 16, () => Date.now() > end);
   row({
     probe: "load (16 clients)",
-    figures: `${plain.ms.length} ok, p50 ${percentile(plain.ms, 0.5).toFixed(1)} ms, p99 ${percentile(plain.ms, 0.99).toFixed(1)} ms, errors ${plain.failed}; RSS ${before.toFixed(0)} → ${rssMb(agent.pid).toFixed(0)} MB`,
+    figures: `${plain.ms.length} ok, p50 ${nearestRankPercentile(plain.ms, 50).toFixed(1)} ms, p99 ${nearestRankPercentile(plain.ms, 99).toFixed(1)} ms, errors ${plain.failed}; RSS ${before.toFixed(0)} → ${rssMb(agent.pid).toFixed(0)} MB`,
     target: "0 errors",
     ok: plain.failed === 0,
   });
@@ -406,7 +384,7 @@ async function loadProbe(agent: AgentProc, models: string[]): Promise<void> {
   const swapped = await loading;
   row({
     probe: "swaps under load",
-    figures: `${swaps} promotions (${swapErrors} refused), ${swapped.ms.length} requests ok, ${swapped.failed} failed, p99 ${percentile(swapped.ms, 0.99).toFixed(1)} ms`,
+    figures: `${swaps} promotions (${swapErrors} refused), ${swapped.ms.length} requests ok, ${swapped.failed} failed, p99 ${nearestRankPercentile(swapped.ms, 99).toFixed(1)} ms`,
     target: "0 failed requests",
     ok: swapped.failed === 0 && swaps > 0,
     hard: true,
@@ -437,10 +415,13 @@ async function largestRequestProbe(agent: AgentProc): Promise<void> {
   const tooBig = await classify(agent.socket, [...texts, ...texts.slice(0, 2)]);
   row({
     probe: `largest legal request (${texts.length} × 512 tokens)`,
-    figures: `status ${reply.status} in ${reply.ms.toFixed(0)} ms; health p50 ${percentile(health, 0.5).toFixed(1)} / p99 ${percentile(health, 0.99).toFixed(1)} / max ${Math.max(...health).toFixed(1)} ms (${health.length} probes); RSS ${before.toFixed(0)} → ${right.toFixed(0)} → ${quiet.toFixed(0)} MB 1 s later; one over the budget: ${tooBig.status}`,
+    figures: `status ${reply.status} in ${reply.ms.toFixed(0)} ms; health p50 ${nearestRankPercentile(health, 50).toFixed(1)} / p99 ${nearestRankPercentile(health, 99).toFixed(1)} / max ${Math.max(...health).toFixed(1)} ms (${health.length} probes); RSS ${before.toFixed(0)} → ${right.toFixed(0)} → ${quiet.toFixed(0)} MB 1 s later; one over the budget: ${tooBig.status}`,
     target: "health p99 ≤ 50 ms; RSS back within 10 MB; over budget 413",
     ok:
-      reply.status === 200 && percentile(health, 0.99) <= 50 && quiet - before <= 10 && tooBig.status === 413,
+      reply.status === 200 &&
+      nearestRankPercentile(health, 99) <= 50 &&
+      quiet - before <= 10 &&
+      tooBig.status === 413,
   });
 }
 
@@ -473,7 +454,7 @@ async function lockProbe(): Promise<void> {
     const dropped = /^quantd_store_writes_dropped_total\{kind="capture"\} (\d+)/m.exec(metrics)?.[1] ?? "0";
     row({
       probe: `external DB lock (${LOCK_MS / 1000} s, capture on, a job queued)`,
-      figures: `${during.ms.length} requests, p50 ${percentile(during.ms, 0.5).toFixed(1)} ms, worst ${Math.max(...during.ms).toFixed(1)} ms, failed ${during.failed}; without the lock p50 ${percentile(without.ms, 0.5).toFixed(1)} ms, worst ${Math.max(...without.ms).toFixed(1)} ms; capture rows dropped ${dropped}`,
+      figures: `${during.ms.length} requests, p50 ${nearestRankPercentile(during.ms, 50).toFixed(1)} ms, worst ${Math.max(...during.ms).toFixed(1)} ms, failed ${during.failed}; without the lock p50 ${nearestRankPercentile(without.ms, 50).toFixed(1)} ms, worst ${Math.max(...without.ms).toFixed(1)} ms; capture rows dropped ${dropped}`,
       target: "worst stall ≤ 50 ms",
       ok: during.failed === 0 && Math.max(...during.ms) <= 50,
     });

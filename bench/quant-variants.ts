@@ -25,6 +25,7 @@ import { createOrtSession } from "../src/runtime/ort-session.ts";
 import { type BatchEncoding, loadTokenizer } from "../src/runtime/tokenizer.ts";
 import { readSamplesTsv } from "../src/runtime/tsv.ts";
 import type { InferenceSession, Tensor } from "../src/runtime/types.ts";
+import { median } from "../src/core/stats.ts";
 
 const repoRoot = resolve(import.meta.dir, "..");
 const shared = resolve(repoRoot, "../shared");
@@ -148,11 +149,6 @@ function seq128Feeds(session: InferenceSession): Record<string, Tensor> {
     token_type_ids: { type: "int64", data: new BigInt64Array(seq), dims: [1, seq] },
   };
   return Object.fromEntries(session.inputNames.map((n) => [n, all[n]!]));
-}
-
-function median(values: readonly number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[s.length >> 1]!;
 }
 
 async function interleaved(

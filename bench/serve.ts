@@ -47,6 +47,7 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { Socket, Subprocess } from "bun";
 import { classifyBucketed } from "../src/agent/registry.ts";
+import { median, nearestRankPercentile } from "../src/core/stats.ts";
 import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { quantizeModel } from "../src/quant/quantize.ts";
 import { loadClassifier } from "../src/runtime/classifier.ts";
@@ -81,17 +82,6 @@ const sentences = readFileSync(join(repoRoot, "calib/samples/sst2-dev.tsv"), "ut
   .slice(1)
   .map((l) => l.split("\t")[1] ?? "")
   .filter((s) => s.trim() !== "");
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function percentile(xs: readonly number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
-}
 
 /** Every process the bench started, killed at the end even when a step throws. */
 const children: Subprocess[] = [];
@@ -378,8 +368,8 @@ async function loadFigures(
   const b1 = await batchCounts(agent.socket);
   return {
     rps: latencies.length / elapsed,
-    p50: percentile(latencies, 0.5),
-    p99: percentile(latencies, 0.99),
+    p50: nearestRankPercentile(latencies, 50),
+    p99: nearestRankPercentile(latencies, 99),
     cpuMsPerRequest: cpu / latencies.length,
     clientCpuMsPerRequest: own / latencies.length,
     meanBatch: (b1.texts - b0.texts) / Math.max(1, b1.batches - b0.batches),
@@ -690,7 +680,7 @@ try {
     };
     const healthOf = (fs: Figures[]): string => {
       const all = fs.flatMap((f) => f.health);
-      return `p50 ${percentile(all, 0.5).toFixed(2)} ms, p99 ${percentile(all, 0.99).toFixed(2)} ms, max ${Math.max(...all).toFixed(1)} ms`;
+      return `p50 ${nearestRankPercentile(all, 50).toFixed(2)} ms, p99 ${nearestRankPercentile(all, 99).toFixed(2)} ms, max ${Math.max(...all).toFixed(1)} ms`;
     };
     for (const [what, xs] of [
       ["SST-2 dev sentences", texts],

@@ -24,6 +24,7 @@ import { copyModelDirFiles, findModelFiles } from "../src/runtime/model-files.ts
 import { writeEncoderFixture } from "../test/fixtures/encoders/write-fixture.ts";
 import { TASK_FIXTURES, writeTaskFixture } from "../test/fixtures/tasks/task-heads.ts";
 import { type RunningAgent, rssOf, startAgentProcess } from "./agent-process.ts";
+import { median } from "../src/core/stats.ts";
 
 const repoRoot = resolve(import.meta.dir, "..");
 const poolTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
@@ -55,11 +56,6 @@ const say = (line: string): void => {
   console.log(line);
   lines.push(line);
 };
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? Number.NaN;
-}
 
 /** A fixture of each kind; `classification` is the BERT architecture fixture the task heads are built on. */
 async function fixture(kind: Kind): Promise<string> {

@@ -31,6 +31,11 @@ export function percentile(values: readonly number[], p: number): number {
   return percentileOfSorted(ascending(values), p);
 }
 
+/** The median ({@link percentile} 50: the mean of the two middle values for an even count); NaN for none. */
+export function median(values: readonly number[]): number {
+  return percentile(values, 50);
+}
+
 /**
  * The `p`-th percentile by nearest rank: the smallest observed value with at
  * least `p` % of the values at or below it. NaN for no values.

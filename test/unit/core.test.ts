@@ -17,7 +17,7 @@ import {
 import { sha256File, sha256FileSync } from "../../src/core/hash.ts";
 import { QuantdError } from "../../src/errors.ts";
 import { peakRssBytes, readProcessMemory } from "../../src/core/process-memory.ts";
-import { nearestRankPercentile, percentile, percentileOfSorted } from "../../src/core/stats.ts";
+import { median, nearestRankPercentile, percentile, percentileOfSorted } from "../../src/core/stats.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 
 describe("percentiles", () => {
@@ -30,6 +30,8 @@ describe("percentiles", () => {
     );
     expect(xs).toEqual([50, 15, 40, 20, 35]);
     expect(percentileOfSorted([1, 2, 3, 4], 50)).toBe(2.5);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([9, 1, 5])).toBe(5);
   });
 
   test("nearest rank is always an observed value: the smallest with p % at or below it", () => {
@@ -43,6 +45,7 @@ describe("percentiles", () => {
 
   test("no values is NaN under both definitions", () => {
     expect(percentile([], 50)).toBeNaN();
+    expect(median([])).toBeNaN();
     expect(percentileOfSorted([], 50)).toBeNaN();
     expect(nearestRankPercentile([], 95)).toBeNaN();
   });
