@@ -30,6 +30,9 @@ import { dieWithParent } from "./libc.ts";
 /** Set to `1` in the environment of a compiled quantd to make it a job child instead of the CLI. */
 export const JOB_CHILD_ENV = "QUANTD_JOB_CHILD";
 
+/** The agent's pid, passed to its job child so the child can tell whether the agent died before it started. */
+const JOB_PARENT_ENV = "QUANTD_JOB_PARENT_PID";
+
 /** Grace between SIGTERM and SIGKILL when a job is cancelled or the agent stops. */
 export const JOB_CHILD_GRACE_MS = 3000;
 
@@ -101,10 +104,13 @@ function writeLine(line: ChildLine): Promise<void> {
  */
 export async function runJobChild(): Promise<number> {
   // Not inherited by what this child spawns (the benchmark's memory probes are quantd too).
+  // The agent's pid as it spawned us: if it died before this line (a kill -9 right after the spawn), our
+  // ppid already names init, and a ppid read here would not tell.
+  const parent = Number(process.env[JOB_PARENT_ENV]) || process.ppid;
   delete process.env[JOB_CHILD_ENV];
+  delete process.env[JOB_PARENT_ENV];
   // The kernel kills this child with the agent (kill -9, a crash), even in the middle of a synchronous
   // onnxruntime run; the end of stdin below covers the rest (no glibc) between runs.
-  const parent = process.ppid;
   await dieWithParent();
   if (process.ppid !== parent) return 3;
   let req: JobChildRequest;
@@ -191,7 +197,7 @@ export interface RunInChildOptions {
  * @throws `crashCode` naming the exit code or signal when the child died without an answer
  */
 export function runInJobChild<T>(req: JobChildRequest, options: RunInChildOptions): Promise<T> {
-  const env = { ...process.env, [JOB_CHILD_ENV]: "1" };
+  const env = { ...process.env, [JOB_CHILD_ENV]: "1", [JOB_PARENT_ENV]: String(process.pid) };
   const child = isCompiledBinary()
     ? spawn(process.execPath, [], { stdio: ["pipe", "pipe", "pipe"], env })
     : spawn(process.execPath, [import.meta.path], { stdio: ["pipe", "pipe", "pipe"], env });
