@@ -229,9 +229,11 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     metrics,
     admin: registry,
     accepting: () => accepting,
-    onClassified: (inputs) => {
-      // Drift watches single texts' lengths against calibration; pairs are captured as pairs.
-      drift?.observe(inputs.filter((x): x is string => typeof x === "string"));
+    onClassified: (inputs, tokenCounts) => {
+      // Drift watches single texts' lengths against calibration; pairs are captured as pairs. The budget
+      // check's counts line up with the inputs only when none is a pair.
+      const texts = inputs.filter((x): x is string => typeof x === "string");
+      drift?.observe(texts, texts.length === inputs.length ? tokenCounts : undefined);
       if (config.capture.enabled) capture.offer(inputs);
     },
   });

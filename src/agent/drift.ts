@@ -45,8 +45,11 @@ export interface DriftMonitorOptions {
 
 /** The agent's drift counters. */
 export interface DriftMonitor {
-  /** Counts classified texts. Never throws (serving must not fail for a counter). */
-  observe(texts: readonly string[]): void;
+  /**
+   * Counts classified texts, with their token counts when the caller already has them (else
+   * `countTokens`). Never throws (serving must not fail for a counter).
+   */
+  observe(texts: readonly string[], tokenCounts?: readonly number[]): void;
   /** Sets the active model's coverage (on start and after every swap) and restarts the counts. */
   setCoverage(coverage: LengthCoverage | undefined): void;
   snapshot(): DriftSnapshot;
@@ -86,11 +89,11 @@ export function createDriftMonitor(options: DriftMonitorOptions): DriftMonitor {
     outOfCoverage = 0;
   };
   return {
-    observe(texts) {
+    observe(texts, tokenCounts) {
       try {
         const outside: string[] = [];
-        for (const text of texts) {
-          const n = options.countTokens(text);
+        for (const [i, text] of texts.entries()) {
+          const n = tokenCounts?.[i] ?? options.countTokens(text);
           lengthsMetric?.observe(n);
           counts.counts[lengthBucket(n)]!++;
           counts.n++;

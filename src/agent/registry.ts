@@ -754,24 +754,24 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   }
 
   /**
-   * Tokens a request costs the serving model: each text's count, special
-   * tokens included, up to the model's sequence limit (the rest is truncated
-   * away). A long text is tokenized only as far as the limit needs.
+   * Tokens each text of a request costs the serving model, special tokens
+   * included, up to the model's sequence limit (the rest is truncated away).
+   * A long text is tokenized only as far as the limit needs.
    *
    * @throws NOT_READY before a model is loaded
    */
-  async requestTokens(texts: readonly string[]): Promise<number> {
+  async requestTokens(texts: readonly string[]): Promise<number[]> {
     const c = this.#current?.model;
     if (c === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
     const { maxLength, specialsSingle } = c.tokenizer;
-    let total = 0;
+    const counts: number[] = [];
     // As when tokenizing a batch: long texts are not counted in one stretch that health checks wait behind.
     const pause = slicer(TOKENIZE_SLICE_MS);
     for (const text of texts) {
-      total += cappedTokenCount(text, maxLength, specialsSingle, (t) => c.tokenizer.tokenIds(t).length);
+      counts.push(cappedTokenCount(text, maxLength, specialsSingle, (t) => c.tokenizer.tokenIds(t).length));
       await pause();
     }
-    return total;
+    return counts;
   }
 
   /** Every registered version, newest first. */

@@ -43,10 +43,14 @@ export interface RoutesOptions {
   metrics: ServerMetrics;
   /** Registry admin routes; absent: not served. */
   admin?: RegistryAdmin;
-  /** Tokens a request's texts cost the model (each up to its sequence limit), for `limits.maxRequestTokens`. */
-  countTokens?: (texts: readonly string[]) => number | Promise<number>;
-  /** Called with the inputs (texts or pairs) of every successful request (traffic capture). */
-  onClassified?: (inputs: readonly TextInput[]) => void;
+  /** Tokens each text costs the model (up to its sequence limit), for `limits.maxRequestTokens`. */
+  countTokens?: (texts: readonly string[]) => readonly number[] | Promise<readonly number[]>;
+  /**
+   * Called with the inputs (texts or pairs) of every successful request (traffic capture, drift), and
+   * each text's token count when the budget check counted them (aligned with the inputs' texts, a pair
+   * giving two), so that nobody tokenizes the request again.
+   */
+  onClassified?: (inputs: readonly TextInput[], tokenCounts: readonly number[] | undefined) => void;
   /** False while shutting down: readiness checks fail, requests already received still complete. */
   accepting?: () => boolean;
 }
@@ -467,18 +471,20 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
   const classify = async (inputs: TextInput[]): Promise<BatchResult> => {
     checkTaskInputs(activeTask(), inputs, modelName);
     const texts = inputs.flatMap((x) => (typeof x === "string" ? [x] : [x[0], x[1]]));
-    await checkTokenBudget(texts);
+    const tokenCounts = await checkTokenBudget(texts);
     const out = await batcher.submit(inputs);
-    opts.onClassified?.(inputs);
+    opts.onClassified?.(inputs, tokenCounts);
     return out;
   };
 
   // A request within the byte limits can still cost minutes of inference (hundreds of texts at the model's
   // sequence limit): refuse it before it holds the model.
-  const checkTokenBudget = async (texts: readonly string[]): Promise<void> => {
+  const checkTokenBudget = async (texts: readonly string[]): Promise<readonly number[] | undefined> => {
     const max = limits.maxRequestTokens;
-    if (max === undefined || opts.countTokens === undefined) return;
-    const tokens = await opts.countTokens(texts);
+    if (max === undefined || opts.countTokens === undefined) return undefined;
+    const counts = await opts.countTokens(texts);
+    let tokens = 0;
+    for (const n of counts) tokens += n;
     if (tokens > max) {
       throw new QuantdError(
         "REQUEST_TOO_LARGE",
@@ -486,6 +492,7 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
         { details: { tokens, maxRequestTokens: max } },
       );
     }
+    return counts;
   };
 
   const metadata = (): Record<string, unknown> => {
