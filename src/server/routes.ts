@@ -10,7 +10,7 @@
  */
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import { AGGREGATIONS, type Aggregation, groupEntities } from "../runtime/entities.ts";
+import { AGGREGATIONS, type Aggregation, groupEntities, type TokenInfo } from "../runtime/entities.ts";
 import { inputsOf, type TaskKind, type TaskSpec } from "../runtime/task.ts";
 import { checkTaskInputs, publicResult, type TaskResult } from "../runtime/task-model.ts";
 import { validateText } from "../runtime/text.ts";
@@ -240,7 +240,13 @@ export function oipOutputsOf(task: TaskSpec): { name: string; datatype: string; 
       ];
     case "token-classification":
       // Entities are records of varying count: one JSON text per input, as OIP carries structured data.
-      return [{ name: "entities", datatype: "BYTES", shape: [-1] }];
+      // Per-token tensors are padded to the request's longest sequence: `token_count` says how many rows are real.
+      return [
+        { name: "entities", datatype: "BYTES", shape: [-1] },
+        { name: "logits", datatype: "FP32", shape: [-1, -1, n] },
+        { name: "offsets", datatype: "INT32", shape: [-1, -1, 2] },
+        { name: "token_count", datatype: "INT32", shape: [-1] },
+      ];
     case "embedding":
       return [{ name: "embedding", datatype: "FP32", shape: [-1, -1] }];
   }
@@ -322,6 +328,7 @@ function oipOutput(name: string, results: readonly TaskResult[], task: TaskSpec)
   const cols = task.labels.length;
   const tensor = (datatype: string, shape: number[], data: unknown[]) => ({ name, datatype, shape, data });
   const pick = <T>(f: (r: TaskResult) => T[] | T): T[] => results.flatMap((r) => f(r));
+  if (task.kind === "token-classification" && name !== "entities") return tokenTensor(name, results, cols);
   switch (name) {
     case "logits":
       return tensor(
@@ -373,6 +380,39 @@ function oipOutput(name: string, results: readonly TaskResult[], task: TaskSpec)
         pick((r) => (r.task === "embedding" ? r.embedding : [])),
       );
     }
+    default:
+      throw new QuantdError("INTERNAL", `unknown output ${name}`);
+  }
+}
+
+/**
+ * A per-token output of a token classifier's results: `logits` [n, tokens, labels],
+ * `offsets` [n, tokens, 2] (character span in the text, -1 for [CLS]/[SEP]) and
+ * `token_count` [n]. Every token of the encoding is there, special ones included,
+ * so row j is the model's position j; rows past an input's count are zeros (-1 offsets).
+ */
+function tokenTensor(name: string, results: readonly TaskResult[], cols: number): Record<string, unknown> {
+  const infos = results.map((r) => (r.task === "token-classification" ? r.infos : []));
+  const longest = Math.max(0, ...infos.map((t) => t.length));
+  const padded = (row: (t: TokenInfo | undefined) => number[]): number[] =>
+    infos.flatMap((t) => Array.from({ length: longest }, (_, j) => row(t[j])).flat());
+  switch (name) {
+    case "logits":
+      return {
+        name,
+        datatype: "FP32",
+        shape: [results.length, longest, cols],
+        data: padded((t) => (t === undefined ? new Array<number>(cols).fill(0) : Array.from(t.logits))),
+      };
+    case "offsets":
+      return {
+        name,
+        datatype: "INT32",
+        shape: [results.length, longest, 2],
+        data: padded((t) => [t?.start ?? -1, t?.end ?? -1]),
+      };
+    case "token_count":
+      return { name, datatype: "INT32", shape: [results.length], data: infos.map((t) => t.length) };
     default:
       throw new QuantdError("INTERNAL", `unknown output ${name}`);
   }

@@ -64,7 +64,7 @@ async function oipName(kind: TaskFixtureKind): Promise<string> {
 describe("OIP v2 per task", () => {
   test("metadata names each task's inputs and outputs", async () => {
     const want: Record<TaskFixtureKind, { input: number[]; outputs: string[] }> = {
-      "token-classification": { input: [-1], outputs: ["entities"] },
+      "token-classification": { input: [-1], outputs: ["entities", "logits", "offsets", "token_count"] },
       embedding: { input: [-1], outputs: ["embedding"] },
       "pair-classification": { input: [-1, 2], outputs: ["logits", "label", "probabilities"] },
       "multi-label": { input: [-1], outputs: ["logits", "probabilities", "active"] },
@@ -101,6 +101,38 @@ describe("OIP v2 per task", () => {
     const entities = JSON.parse((tok.body["outputs"] as { data: string[] }[])[0]!.data[0]!);
     expect(entities.length).toBeGreaterThan(0);
     for (const en of entities) expect(en.word).toBe(TEXTS[0]!.slice(en.start, en.end));
+    // Per-token logits: [n, longest, labels], each input's rows those of the model run directly, the rest zeros.
+    const perToken = await infer("token-classification", [2], [TEXTS[0]!, TEXTS[2]!]);
+    const tensors = Object.fromEntries(
+      (perToken.body["outputs"] as { name: string; shape: number[]; data: number[] }[]).map((o) => [
+        o.name,
+        o,
+      ]),
+    );
+    const wantTokens = await direct["token-classification"].infer([TEXTS[0]!, TEXTS[2]!]);
+    const infos = wantTokens.map((w) => (w.task === "token-classification" ? w.infos : []));
+    const longest = Math.max(...infos.map((t) => t.length));
+    expect(infos[1]!.length).toBeLessThan(longest);
+    expect(tensors["token_count"]!.data).toEqual(infos.map((t) => t.length));
+    expect(tensors["logits"]!.shape).toEqual([2, longest, 3]);
+    expect(tensors["offsets"]!.shape).toEqual([2, longest, 2]);
+    for (const [i, t] of infos.entries()) {
+      for (let j = 0; j < longest; j++) {
+        const at = (i * longest + j) * 3;
+        const row = tensors["logits"]!.data.slice(at, at + 3);
+        const span = tensors["offsets"]!.data.slice((i * longest + j) * 2, (i * longest + j) * 2 + 2);
+        if (j < t.length) {
+          expectClose(row, Array.from(t[j]!.logits), { atol: 1e-5, rtol: 0 });
+          expect(span).toEqual(t[j]!.special ? [-1, -1] : [t[j]!.start!, t[j]!.end!]);
+        } else {
+          expect([row, span]).toEqual([
+            [0, 0, 0],
+            [-1, -1],
+          ]);
+        }
+      }
+    }
+    expect(infos[0]![0]!.special).toBe(true);
 
     const pair = await infer("pair-classification", [2, 2], [TEXTS[0]!, TEXTS[1]!, TEXTS[1]!, TEXTS[0]!]);
     expect(pair.status).toBe(200);
