@@ -6,11 +6,11 @@
  * releases the sessions and closes the store.
  */
 import { chmodSync, existsSync, mkdirSync, statSync } from "node:fs";
-import { DEFAULT_KEEP_RELEASES } from "../fleet/config.ts";
+import { DEFAULT_KEEP_RELEASES } from "../fleet/device/config.ts";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
-import type { FleetLink } from "../fleet/link.ts";
+import type { FleetLink } from "../fleet/device/link.ts";
 import { redactUrl } from "../redact.ts";
 import { ORT_VERSION } from "../runtime/ort-session.ts";
 import { MicroBatcher } from "../server/batcher.ts";

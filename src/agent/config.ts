@@ -9,7 +9,7 @@ import { homedir, hostname } from "node:os";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import type { BoardProfile } from "../device/profiles.ts";
 import { QuantdError } from "../errors.ts";
-import type { FleetConfig } from "../fleet/config.ts";
+import type { FleetConfig } from "../fleet/device/config.ts";
 import { isRecord } from "../json.ts";
 import { modelFileOf } from "../runtime/model-files.ts";
 import {

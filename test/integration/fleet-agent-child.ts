@@ -5,7 +5,7 @@
  * to the outbox. Then waits for the outbox to empty and prints `flushed`.
  * The parent kills it with SIGKILL mid-stream and starts it again.
  */
-import { createFleetLink } from "../../src/fleet/link.ts";
+import { createFleetLink } from "../../src/fleet/device/link.ts";
 import { openStore } from "../../src/store/store.ts";
 
 const [dbPath, broker, fromText, toText, delayText] = process.argv.slice(2);

@@ -19,7 +19,7 @@ import {
   type StatusMessage,
   type TelemetryMessage,
 } from "../../src/fleet/protocol.ts";
-import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
+import { createFleetRequester, type FleetRequester } from "../../src/fleet/operator/requester.ts";
 import { writeNewSigningKey } from "../../src/fleet/signing.ts";
 import { enroll, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";

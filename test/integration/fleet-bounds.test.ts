@@ -15,11 +15,11 @@ import { type FleetController, startController } from "../../src/fleet/controlle
 import { type Dashboard, startDashboard } from "../../src/fleet/controller/http.ts";
 import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
-import type { FleetCommandHandler } from "../../src/fleet/handler.ts";
-import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
+import type { FleetCommandHandler } from "../../src/fleet/device/handler.ts";
+import { createFleetLink, type FleetLink } from "../../src/fleet/device/link.ts";
 import { connectMqtt, connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
 import { MAX_COMMAND_BYTES, MAX_REPORT_BYTES, MAX_TELEMETRY_SAMPLES } from "../../src/fleet/protocol.ts";
-import { createFleetRequester } from "../../src/fleet/requester.ts";
+import { createFleetRequester } from "../../src/fleet/operator/requester.ts";
 import { QuantdError } from "../../src/errors.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { enroll, newDeviceKey } from "../helpers/fleet-keys.ts";

@@ -15,8 +15,8 @@ import { type FleetController, startController } from "../../src/fleet/controlle
 import { type Dashboard, parseHttpAddress, startDashboard } from "../../src/fleet/controller/http.ts";
 import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
-import type { FleetCommandHandler } from "../../src/fleet/handler.ts";
-import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
+import type { FleetCommandHandler } from "../../src/fleet/device/handler.ts";
+import { createFleetLink, type FleetLink } from "../../src/fleet/device/link.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";

@@ -22,8 +22,8 @@ import {
 import { type Dashboard, startDashboard } from "../../src/fleet/controller/http.ts";
 import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
-import type { FleetCommandHandler } from "../../src/fleet/handler.ts";
-import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
+import type { FleetCommandHandler } from "../../src/fleet/device/handler.ts";
+import { createFleetLink, type FleetLink } from "../../src/fleet/device/link.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import type { ModelInfo } from "../../src/fleet/protocol.ts";
 import { QuantdError } from "../../src/errors.ts";

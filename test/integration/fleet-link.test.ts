@@ -11,8 +11,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { QuantdError } from "../../src/errors.ts";
-import type { FleetCommandHandler, FleetJobContext } from "../../src/fleet/handler.ts";
-import { createFleetLink, type FleetLink } from "../../src/fleet/link.ts";
+import type { FleetCommandHandler, FleetJobContext } from "../../src/fleet/device/handler.ts";
+import { createFleetLink, type FleetLink } from "../../src/fleet/device/link.ts";
 import {
   connectMqtt,
   connectMqttOnce,
@@ -20,7 +20,7 @@ import {
   type MqttMessage,
 } from "../../src/fleet/mqtt-client.ts";
 import { type CommandReply, decodeJson, encodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
-import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
+import { createFleetRequester, type FleetRequester } from "../../src/fleet/operator/requester.ts";
 import { openStore, type Store } from "../../src/store/store.ts";
 import { OPERATOR_KEYS, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";

@@ -21,7 +21,7 @@ import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
 import { buildRelease, type SignedRelease } from "../../src/fleet/release.ts";
 import type { Job } from "../../src/store/jobs.ts";
-import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
+import { createFleetRequester, type FleetRequester } from "../../src/fleet/operator/requester.ts";
 import { type SigningKey, writeNewSigningKey } from "../../src/fleet/signing.ts";
 import { enroll, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";

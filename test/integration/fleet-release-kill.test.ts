@@ -16,7 +16,7 @@ import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
 import { buildRelease, releaseBytes } from "../../src/fleet/release.ts";
-import { createFleetRequester, type FleetRequester } from "../../src/fleet/requester.ts";
+import { createFleetRequester, type FleetRequester } from "../../src/fleet/operator/requester.ts";
 import { writeNewSigningKey } from "../../src/fleet/signing.ts";
 import {
   type AgentProcess,

@@ -4,7 +4,7 @@
  */
 import { parseRecalibrateParams } from "../../src/agent/recalibrate.ts";
 import { describe, expect, test } from "bun:test";
-import { resolveFleetConfig } from "../../src/fleet/config.ts";
+import { resolveFleetConfig } from "../../src/fleet/device/config.ts";
 import { generateSigningKey } from "../../src/fleet/signing.ts";
 import {
   COMMAND_NAMES,

@@ -32,13 +32,18 @@ const LAYERS: readonly { layer: string; rank: number; prefix: string }[] = [
   { layer: "quant", rank: 3, prefix: "src/quant/" },
   { layer: "bench", rank: 3, prefix: "src/bench/" },
   { layer: "store", rank: 3, prefix: "src/store/" },
-  // The device's side of the fleet (protocol, link, MQTT client) and the socket server.
+  // The socket server, and what every side of the fleet shares: the protocol, signing, the MQTT client,
+  // release manifests.
   { layer: "server", rank: 4, prefix: "src/server/" },
   { layer: "fleet", rank: 4, prefix: "src/fleet/" },
-  // The agent composes server and fleet link; the controller sits on the fleet protocol.
-  { layer: "agent", rank: 5, prefix: "src/agent/" },
-  { layer: "fleet/controller", rank: 5, prefix: "src/fleet/controller/" },
-  { layer: "cli", rank: 6, prefix: "src/cli/" },
+  // The two ends that send commands and the one that answers them, on the shared fleet layer: the
+  // device's link (never the operator's requester) and the operator's requester (never the link).
+  { layer: "fleet/device", rank: 5, prefix: "src/fleet/device/" },
+  { layer: "fleet/operator", rank: 5, prefix: "src/fleet/operator/" },
+  // The agent composes server and device link; the controller sits on the protocol and the operator side.
+  { layer: "agent", rank: 6, prefix: "src/agent/" },
+  { layer: "fleet/controller", rank: 6, prefix: "src/fleet/controller/" },
+  { layer: "cli", rank: 7, prefix: "src/cli/" },
 ];
 
 /** Files outside the layers that any layer may read: the package's own metadata. */
@@ -212,12 +217,17 @@ describe("layers", () => {
   test("an import up, a sibling import, a stray package and a new folder are each caught", () => {
     const typeUp = `import type { AgentConfig } from "../agent/config.ts";`;
     expect(violationsIn("src/runtime/x.ts", typeUp)).toEqual([
-      "src/runtime/x.ts (runtime, rank 2) → src/agent/config.ts (agent, rank 5)",
+      "src/runtime/x.ts (runtime, rank 2) → src/agent/config.ts (agent, rank 6)",
     ]);
     const dynamicSibling = `const m = await import("../store/store.ts");`;
     expect(violationsIn("src/quant/x.ts", dynamicSibling)).toHaveLength(1);
     expect(violationsIn("src/errors.ts", `export { x } from "./onnx/types.ts";`)).toHaveLength(1);
-    expect(violationsIn("src/fleet/link.ts", `import "./controller/store.ts";`)).toHaveLength(1);
+    expect(violationsIn("src/fleet/device/link.ts", `import "../controller/store.ts";`)).toHaveLength(1);
+    // The device and operator sides of the fleet are siblings: neither reads the other.
+    expect(violationsIn("src/fleet/device/link.ts", `import "../operator/requester.ts";`)).toEqual([
+      "src/fleet/device/link.ts (fleet/device, rank 5) → src/fleet/operator/requester.ts (fleet/operator, rank 5)",
+    ]);
+    expect(violationsIn("src/fleet/protocol.ts", `import "./device/link.ts";`)).toHaveLength(1);
     expect(violationsIn("src/cli/x.ts", `import { InferenceSession } from "onnxruntime-node";`)).toHaveLength(
       1,
     );

@@ -12,10 +12,10 @@ import { checkDashboardAddress, type DashboardOptions, startDashboard } from "..
 import { type RolloutEngine, startRolloutEngine } from "../../fleet/controller/rollout.ts";
 import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
 import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from "../../fleet/mqtt-client.ts";
-import { readFleetStatus, runJobCommand } from "../../fleet/operations.ts";
+import { readFleetStatus, runJobCommand } from "../../fleet/operator/operations.ts";
 import type { FleetStore } from "../../fleet/controller/store.ts";
 import { checkName } from "../../fleet/protocol.ts";
-import { createFleetRequester } from "../../fleet/requester.ts";
+import { createFleetRequester } from "../../fleet/operator/requester.ts";
 import {
   keyId,
   parsePublicKey,

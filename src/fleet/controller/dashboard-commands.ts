@@ -6,9 +6,9 @@
  */
 import { QuantdError } from "../../errors.ts";
 import type { MqttConnection } from "../mqtt-client.ts";
-import { type DeviceJobOutcome, runJobCommand } from "../operations.ts";
+import { type DeviceJobOutcome, runJobCommand } from "../operator/operations.ts";
 import { type CommandName, checkName } from "../protocol.ts";
-import { createFleetRequester, type FleetRequester } from "../requester.ts";
+import { createFleetRequester, type FleetRequester } from "../operator/requester.ts";
 import type { SigningKey } from "../signing.ts";
 
 /**

@@ -23,7 +23,7 @@ import { QuantdError } from "../../errors.ts";
 import { isRecord } from "../../json.ts";
 import { connectMqtt, type MqttConnectOptions, type MqttConnection } from "../mqtt-client.ts";
 import { checkName, type CommandReply, MAX_COMMAND_TTL_MS } from "../protocol.ts";
-import { createFleetRequester, type FleetRequester } from "../requester.ts";
+import { createFleetRequester, type FleetRequester } from "../operator/requester.ts";
 import type { SigningKey } from "../signing.ts";
 import type { DeviceRecord, FleetStore, JobRecord, RolloutRecord, TelemetryRecord } from "./store.ts";
 

@@ -8,14 +8,14 @@
  * progress and reports through the SQLite outbox so nothing acknowledged is
  * lost. Telemetry is QoS 0, sampled periodically and sent in batches.
  */
-import { QuantdError } from "../errors.ts";
-import type { FinalJobState, Job, JobStore } from "../store/jobs.ts";
-import type { OutboxStats, OutboxStore } from "../store/outbox.ts";
+import { QuantdError } from "../../errors.ts";
+import type { FinalJobState, Job, JobStore } from "../../store/jobs.ts";
+import type { OutboxStats, OutboxStore } from "../../store/outbox.ts";
 import { type FleetConfig, type ResolvedFleetConfig, resolveFleetConfig } from "./config.ts";
-import type { SqlDatabase } from "../store/sql.ts";
+import type { SqlDatabase } from "../../store/sql.ts";
 import { createCommandLedger } from "./command-ledger.ts";
 import type { AgentIdentity, FleetCommandHandler, FleetJobContext } from "./handler.ts";
-import { connectMqtt, type MqttConnection, type MqttMessage } from "./mqtt-client.ts";
+import { connectMqtt, type MqttConnection, type MqttMessage } from "../mqtt-client.ts";
 import { createOutboxPublisher, type OutboxPublisher, type PublisherStats } from "./outbox-publisher.ts";
 import {
   type CommandEnvelope,
@@ -37,14 +37,14 @@ import {
   type StatusMessage,
   type TelemetryMessage,
   type TelemetrySample,
-} from "./protocol.ts";
+} from "../protocol.ts";
 import {
   createKeyring,
   generateSigningKey,
   PUB_PROPERTY,
   type SignatureProblem,
   type SigningKey,
-} from "./signing.ts";
+} from "../signing.ts";
 
 /** Replies kept in memory for repeated command ids (job commands are also deduplicated by the job table). */
 const REPLY_CACHE_SIZE = 1024;

@@ -8,7 +8,7 @@
  * The table lives in the agent's database but belongs to the fleet link, so
  * it is created here (`IF NOT EXISTS`) rather than in the store's migrations.
  */
-import type { SqlDatabase } from "../store/sql.ts";
+import type { SqlDatabase } from "../../store/sql.ts";
 
 /** Ids of commands accepted by this device. */
 export interface CommandLedger {

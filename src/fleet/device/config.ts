@@ -4,10 +4,10 @@
  * into MQTT connection options.
  */
 import { readFileSync } from "node:fs";
-import { QuantdError } from "../errors.ts";
-import { type MqttConnectOptions, parseBrokerUrl } from "./mqtt-client.ts";
-import { checkName, MAX_COMMAND_BYTES, MAX_TELEMETRY_SAMPLES } from "./protocol.ts";
-import { parsePublicKey } from "./signing.ts";
+import { QuantdError } from "../../errors.ts";
+import { type MqttConnectOptions, parseBrokerUrl } from "../mqtt-client.ts";
+import { checkName, MAX_COMMAND_BYTES, MAX_TELEMETRY_SAMPLES } from "../protocol.ts";
+import { parsePublicKey } from "../signing.ts";
 
 /** Default MQTT keepalive, in seconds. */
 export const DEFAULT_KEEPALIVE_SEC = 30;

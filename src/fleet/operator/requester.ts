@@ -6,8 +6,8 @@
  * for a job's final report.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import { QuantdError } from "../errors.ts";
-import type { MqttConnection } from "./mqtt-client.ts";
+import { QuantdError } from "../../errors.ts";
+import type { MqttConnection } from "../mqtt-client.ts";
 import {
   type CommandEnvelope,
   type CommandName,
@@ -19,8 +19,8 @@ import {
   parseTopic,
   type ReportMessage,
   TOPIC_ROOT,
-} from "./protocol.ts";
-import type { SigningKey } from "./signing.ts";
+} from "../protocol.ts";
+import type { SigningKey } from "../signing.ts";
 
 /** Default time a command stays valid. */
 export const DEFAULT_COMMAND_TTL_MS = 60_000;

@@ -6,9 +6,9 @@
  * between publish and PUBACK resends the message, so delivery is at least
  * once: every payload carries an id for subscribers to dedupe on.
  */
-import { QuantdError } from "../errors.ts";
-import type { EnqueueResult, OutboxStore } from "../store/outbox.ts";
-import type { MqttConnection } from "./mqtt-client.ts";
+import { QuantdError } from "../../errors.ts";
+import type { EnqueueResult, OutboxStore } from "../../store/outbox.ts";
+import type { MqttConnection } from "../mqtt-client.ts";
 
 /** Default number of unacknowledged messages on the wire. */
 export const DEFAULT_PUBLISH_WINDOW = 32;

@@ -13,7 +13,7 @@ import type {
   RecalibrateParams,
   RollbackParams,
   SetConfigParams,
-} from "./protocol.ts";
+} from "../protocol.ts";
 
 /** What a running job may do besides returning its result. */
 export interface FleetJobContext {

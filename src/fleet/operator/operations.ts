@@ -4,8 +4,8 @@
  * or many devices, optionally waiting for each job's report. The CLI's
  * `quantd fleet …` commands are thin wrappers over these.
  */
-import { QuantdError } from "../errors.ts";
-import type { MqttConnection } from "./mqtt-client.ts";
+import { QuantdError } from "../../errors.ts";
+import type { MqttConnection } from "../mqtt-client.ts";
 import {
   type CommandName,
   checkName,
@@ -13,7 +13,7 @@ import {
   parseTopic,
   type StatusMessage,
   TOPIC_ROOT,
-} from "./protocol.ts";
+} from "../protocol.ts";
 import type { FleetRequester, FinishedJob } from "./requester.ts";
 
 /**
