@@ -212,13 +212,15 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   });
   const activeCoverage = () => coverageOf(registry.activeVersion()?.metrics);
   drift = createDriftMonitor({
-    countTokens: (text) => registry.countTokens(text),
+    countTokens: (input) =>
+      typeof input === "string" ? registry.countTokens(input) : registry.countTokens(input[0], input[1]),
+    pairTokens: (first, second) => registry.pairTokens(first, second),
     metrics: metrics.registry,
     ...(config.jobs.recalibrateOnDrift === undefined
       ? {}
       : { recalibrateShare: config.jobs.recalibrateOnDrift }),
     // Kept whatever the capture rate: the recalibration they call for has to calibrate on them.
-    onOutOfCoverage: (texts) => capture.offer(texts, 1),
+    onOutOfCoverage: (inputs) => capture.offer(inputs, 1),
   });
   const handler = createRoutes({
     modelName: config.modelName,
@@ -230,10 +232,8 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     admin: registry,
     accepting: () => accepting,
     onClassified: (inputs, tokenCounts) => {
-      // Drift watches single texts' lengths against calibration; pairs are captured as pairs. The budget
-      // check's counts line up with the inputs only when none is a pair.
-      const texts = inputs.filter((x): x is string => typeof x === "string");
-      drift?.observe(texts, texts.length === inputs.length ? tokenCounts : undefined);
+      // Drift watches inputs' lengths (a pair's two texts together) against calibration; pairs are captured as pairs.
+      drift?.observe(inputs, tokenCounts);
       if (config.capture.enabled) capture.offer(inputs);
     },
   });

@@ -1,6 +1,7 @@
 /**
  * Live inputs against what the serving model was calibrated on. Every
- * classified text's token length is counted (a histogram, exported on
+ * classified input's token length is counted (a pair's as the model encodes
+ * the two texts together, as calibration measured it; a histogram, exported on
  * /metrics and in the fleet telemetry), and so are the inputs longer than any
  * sample the active int8 model's ranges were measured on (its `coverage`,
  * recorded at promotion). Past a configured share of such inputs
@@ -12,6 +13,7 @@
  * on the serving path, which costs every request a copy of each tensor.
  */
 import { type LengthCoverage, type LengthHistogram, lengthBucket, lengthHistogram } from "../quant/drift.ts";
+import type { TextInput } from "../runtime/tokenizer.ts";
 import { Counter, Histogram, type MetricsRegistry } from "../server/metrics.ts";
 
 /** Live inputs counted before a drift share is trusted. */
@@ -33,23 +35,29 @@ export interface DriftSnapshot {
 
 /** Options of {@link createDriftMonitor}. */
 export interface DriftMonitorOptions {
-  /** Token count of a text as the serving model's tokenizer sees it (special tokens included). */
-  countTokens: (text: string) => number;
+  /** Token count of an input (a text, or a pair encoded together) as the serving model sees it, special tokens included. */
+  countTokens: (input: TextInput) => number;
+  /**
+   * A pair's token count from its two texts' counts (each as a single text, special tokens included), so
+   * that counts the caller already has serve for pairs too. Without it a pair is counted with `countTokens`.
+   */
+  pairTokens?: (first: number, second: number) => number;
   /** Where the counters are exported (`/metrics`). */
   metrics?: MetricsRegistry;
   /** Share of out-of-coverage inputs that asks for a recalibration (`jobs.recalibrateOnDrift`). @defaultValue never */
   recalibrateShare?: number;
-  /** Out-of-coverage texts, to be kept in the sample pool (called only when `recalibrateShare` is set). */
-  onOutOfCoverage?: (texts: string[]) => void;
+  /** Out-of-coverage inputs (pairs as pairs), to be kept in the sample pool (called only when `recalibrateShare` is set). */
+  onOutOfCoverage?: (inputs: TextInput[]) => void;
 }
 
 /** The agent's drift counters. */
 export interface DriftMonitor {
   /**
-   * Counts classified texts, with their token counts when the caller already has them (else
-   * `countTokens`). Never throws (serving must not fail for a counter).
+   * Counts classified inputs, with the token count of every text when the caller already has them
+   * (aligned with the texts, a pair giving two; else `countTokens`). Never throws (serving must not fail
+   * for a counter).
    */
-  observe(texts: readonly string[], tokenCounts?: readonly number[]): void;
+  observe(inputs: readonly TextInput[], tokenCounts?: readonly number[]): void;
   /** Sets the active model's coverage (on start and after every swap) and restarts the counts. */
   setCoverage(coverage: LengthCoverage | undefined): void;
   snapshot(): DriftSnapshot;
@@ -72,12 +80,16 @@ export function coverageOf(metrics: Record<string, unknown> | undefined): Length
 /** A drift monitor; its metrics are registered in `options.metrics`. */
 export function createDriftMonitor(options: DriftMonitorOptions): DriftMonitor {
   const lengthsMetric = options.metrics?.add(
-    new Histogram("quantd_input_tokens", "Token length of classified texts", [8, 16, 32, 64, 128, 256, 512]),
+    new Histogram(
+      "quantd_input_tokens",
+      "Token length of classified inputs (a pair's two texts together)",
+      [8, 16, 32, 64, 128, 256, 512],
+    ),
   );
   const outMetric = options.metrics?.add(
     new Counter(
       "quantd_inputs_out_of_coverage_total",
-      "Classified texts longer than any sample the active model was calibrated on",
+      "Classified inputs longer than any sample the active model was calibrated on",
     ),
   );
   outMetric?.inc({ reason: "length" }, 0);
@@ -89,11 +101,12 @@ export function createDriftMonitor(options: DriftMonitorOptions): DriftMonitor {
     outOfCoverage = 0;
   };
   return {
-    observe(texts, tokenCounts) {
+    observe(inputs, tokenCounts) {
       try {
-        const outside: string[] = [];
-        for (const [i, text] of texts.entries()) {
-          const n = tokenCounts?.[i] ?? options.countTokens(text);
+        const outside: TextInput[] = [];
+        const lengths = inputLengths(inputs, tokenCounts, options);
+        for (const [i, input] of inputs.entries()) {
+          const n = lengths[i]!;
           lengthsMetric?.observe(n);
           counts.counts[lengthBucket(n)]!++;
           counts.n++;
@@ -101,7 +114,7 @@ export function createDriftMonitor(options: DriftMonitorOptions): DriftMonitor {
           if (coverage !== undefined && n > coverage.maxTokens) {
             outOfCoverage++;
             outMetric?.inc({ reason: "length" });
-            outside.push(text);
+            outside.push(input);
           }
         }
         if (outside.length > 0 && options.recalibrateShare !== undefined) options.onOutOfCoverage?.(outside);
@@ -134,4 +147,26 @@ export function createDriftMonitor(options: DriftMonitorOptions): DriftMonitor {
       return why;
     },
   };
+}
+
+/**
+ * Token count of each input: from the caller's per-text counts when they line up with the inputs'
+ * texts (a pair's two joined by `pairTokens`), else counted afresh.
+ */
+function inputLengths(
+  inputs: readonly TextInput[],
+  tokenCounts: readonly number[] | undefined,
+  options: Pick<DriftMonitorOptions, "countTokens" | "pairTokens">,
+): number[] {
+  const texts = inputs.reduce((n, x) => n + (typeof x === "string" ? 1 : 2), 0);
+  const counts = tokenCounts?.length === texts ? tokenCounts : undefined;
+  let at = 0;
+  return inputs.map((input) => {
+    if (typeof input === "string") return counts?.[at++] ?? options.countTokens(input);
+    const [a, b] = [counts?.[at], counts?.[at + 1]];
+    at += 2;
+    return a !== undefined && b !== undefined && options.pairTokens !== undefined
+      ? options.pairTokens(a, b)
+      : options.countTokens(input);
+  });
 }

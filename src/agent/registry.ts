@@ -754,6 +754,19 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   }
 
   /**
+   * Token count of a pair encoded together, from its texts' counts as
+   * {@link ModelRegistry.requestTokens} gives them (each with a single text's
+   * special tokens), up to the model's sequence limit.
+   *
+   * @throws NOT_READY before a model is loaded
+   */
+  pairTokens(first: number, second: number): number {
+    const t = this.#current?.model.tokenizer;
+    if (t === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
+    return Math.min(t.maxLength, first + second - 2 * t.specialsSingle + t.specialsPair);
+  }
+
+  /**
    * Tokens each text of a request costs the serving model, special tokens
    * included, up to the model's sequence limit (the rest is truncated away).
    * A long text is tokenized only as far as the limit needs.

@@ -13,9 +13,13 @@ import {
   lengthHistogram,
   lengthWarnings,
 } from "../../src/quant/drift.ts";
+import type { TextInput } from "../../src/runtime/tokenizer.ts";
 import { MetricsRegistry } from "../../src/server/metrics.ts";
 
 const words = (n: number): string => Array.from({ length: n }, () => "w").join(" ");
+/** Words of a text, or of a pair's two texts plus one separator, as a toy tokenizer counts them. */
+const wordCount = (x: TextInput): number =>
+  typeof x === "string" ? x.split(" ").length : x[0].split(" ").length + x[1].split(" ").length + 1;
 
 describe("length histograms", () => {
   test("bucket by the store's edges, count and keep the longest", () => {
@@ -49,7 +53,7 @@ describe("length histograms", () => {
 describe("the agent's drift monitor", () => {
   test("counts every input and those longer than the coverage, exported on /metrics", () => {
     const metrics = new MetricsRegistry();
-    const m = createDriftMonitor({ countTokens: (t) => t.split(" ").length, metrics });
+    const m = createDriftMonitor({ countTokens: wordCount, metrics });
     m.observe([words(3), words(12)]);
     // No coverage (an fp32 model): nothing is out of coverage.
     expect(m.snapshot()).toMatchObject({ inputs: 2, outOfCoverage: 0, share: 0 });
@@ -64,9 +68,9 @@ describe("the agent's drift monitor", () => {
   });
 
   test("past the share, after enough inputs, a recalibration is due once and the texts go to the pool", () => {
-    const kept: string[] = [];
+    const kept: TextInput[] = [];
     const m = createDriftMonitor({
-      countTokens: (t) => t.split(" ").length,
+      countTokens: wordCount,
       recalibrateShare: 0.05,
       onOutOfCoverage: (texts) => kept.push(...texts),
     });
@@ -86,7 +90,7 @@ describe("the agent's drift monitor", () => {
   });
 
   test("without recalibrateOnDrift nothing is due and no text is kept", () => {
-    const kept: string[] = [];
+    const kept: TextInput[] = [];
     const m = createDriftMonitor({ countTokens: () => 50, onOutOfCoverage: (t) => kept.push(...t) });
     m.setCoverage({ maxTokens: 10, basis: "validation" });
     m.observe(Array.from({ length: 500 }, () => "x"));
@@ -103,6 +107,39 @@ describe("the agent's drift monitor", () => {
     expect(coverageOf({ coverage: { maxTokens: "61" } })).toBeUndefined();
     expect(coverageOf({})).toBeUndefined();
     expect(coverageOf(undefined)).toBeUndefined();
+  });
+
+  test("a pair counts once, at the length of its two texts together; kept for the pool as a pair", () => {
+    const kept: TextInput[] = [];
+    const counted: TextInput[] = [];
+    const m = createDriftMonitor({
+      countTokens: (x) => {
+        counted.push(x);
+        return wordCount(x);
+      },
+      // Two texts of 1 + n words and a separator: the two single-text specials become the pair's three.
+      pairTokens: (a, b) => a + b - 2 + 3,
+      recalibrateShare: 0.05,
+      onOutOfCoverage: (inputs) => kept.push(...inputs),
+    });
+    m.setCoverage({ maxTokens: 10, basis: "calibration" });
+    // Each text alone (6 words) is inside the coverage; the pair (13 tokens) is not.
+    const long: TextInput = [words(6), words(6)];
+    const short: TextInput = [words(2), words(2)];
+    m.observe([long, short]);
+    expect(m.snapshot()).toMatchObject({ inputs: 2, outOfCoverage: 1 });
+    expect(m.snapshot().lengths.max).toBe(13);
+    expect(kept).toEqual([long]);
+    expect(counted).toEqual([long, short]);
+    // The caller's per-text counts (a pair gives two, with single-text specials) serve without a second count.
+    counted.length = 0;
+    m.observe([long, words(3), short], [8, 8, 5, 4, 4]);
+    expect(counted).toEqual([]);
+    expect(m.snapshot()).toMatchObject({ inputs: 5, outOfCoverage: 2 });
+    expect(m.snapshot().lengths.max).toBe(17);
+    // Counts that do not line up with the texts are not trusted.
+    m.observe([long], [8]);
+    expect(counted).toEqual([long]);
   });
 
   test("a tokenizer that throws never fails the request", () => {
