@@ -1,8 +1,13 @@
 /**
  * The HTTP API: Open Inference Protocol v2 (health, model metadata, infer),
- * quantd's `/v1/classify`, Prometheus `/metrics`, and registry admin routes
- * that only the Unix socket serves (its file mode is the access control; the
- * loopback TCP listener gets inference only).
+ * quantd's `/v1/classify`, `/v1/embed` and `/v1/tokens`, Prometheus
+ * `/metrics`, and registry admin routes that only the Unix socket serves (its
+ * file mode is the access control; the loopback TCP listener gets inference
+ * only).
+ *
+ * One table, {@link ROUTES}, names every route: its path, the methods it
+ * allows, its handler and (from its path) its metrics label. Dispatch and the
+ * request metrics both read it, so a new route is one row and one handler.
  *
  * Every failure is a JSON body `{"error": QuantdError.toJSON()}` with a 4xx or
  * 5xx status chosen from the error code; nothing a client sends can crash the
@@ -10,28 +15,22 @@
  */
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import { AGGREGATIONS, type Aggregation, groupEntities, type TokenInfo } from "../runtime/entities.ts";
-import { inputsOf, type TaskKind, type TaskSpec } from "../runtime/task.ts";
+import { AGGREGATIONS, type Aggregation, groupEntities } from "../runtime/entities.ts";
+import type { TaskKind, TaskSpec } from "../runtime/task.ts";
 import { checkTaskInputs, publicResult, type TaskResult } from "../runtime/task-model.ts";
-import { validateText } from "../runtime/text.ts";
 import type { TextInput } from "../runtime/tokenizer.ts";
 import type { MicroBatcher } from "./batcher.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
+import { oipMetadata, oipOutput, parseInfer } from "./oip.ts";
+import { checkPairs, checkTexts, type RequestLimits, readJsonBody } from "./request-body.ts";
 import type { ServerMetrics } from "./server-metrics.ts";
 import { statusFor } from "./status.ts";
 import type { BatchResult, InferenceBackend, RegistryAdmin } from "./types.ts";
 
+export type { RequestLimits } from "./request-body.ts";
+
 /** Which listener a request came in on. */
 export type Listener = "unix" | "tcp";
-
-/** Request size limits. */
-export interface RequestLimits {
-  maxBodyBytes: number;
-  maxTexts: number;
-  maxTextBytes: number;
-  /** Most tokens in one request, counted by {@link RoutesOptions.countTokens} (unchecked without it). */
-  maxRequestTokens?: number;
-}
 
 /** Everything the routes need. */
 export interface RoutesOptions {
@@ -55,6 +54,26 @@ export interface RoutesOptions {
   accepting?: () => boolean;
 }
 
+/** A request a route matched, as its handler sees it. */
+interface RouteRequest {
+  req: Request;
+  /** The `{name}` segment of a model route, %-decoded. */
+  name: string;
+}
+
+/** Answers one route's requests. */
+type Handler = (s: Serving, r: RouteRequest) => Response | Promise<Response>;
+
+/** One row of the route table. */
+interface Route {
+  /** The documented path; `{name}` stands for the model name (and an optional `/versions/{version}`). */
+  path: string;
+  methods: readonly string[];
+  handler: Handler;
+  /** Served on the Unix socket only, and only when the agent has a registry (admin routes). */
+  admin?: true;
+}
+
 function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body), {
     status,
@@ -70,352 +89,9 @@ function serverTiming(out: BatchResult): Record<string, string> {
   return { "server-timing": `inference;dur=${out.inferenceMs.toFixed(3)}` };
 }
 
-/** The route template of a path, for metric labels (bounded cardinality). */
-function routeOf(method: string, path: string): string {
-  if (path.startsWith("/v2/models/")) {
-    if (path.endsWith("/infer")) return "/v2/models/{name}/infer";
-    if (path.endsWith("/ready")) return "/v2/models/{name}/ready";
-    return "/v2/models/{name}";
-  }
-  const known = [
-    "/v2/health/live",
-    "/v2/health/ready",
-    "/v2",
-    "/v1/classify",
-    "/v1/embed",
-    "/v1/tokens",
-    "/v1/models",
-    "/v1/models/promote",
-    "/v1/models/rollback",
-    "/metrics",
-  ];
-  return known.includes(path) ? `${method} ${path}` : "other";
-}
-
-const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
-
-/** Reads a body of undeclared length (chunked), refusing it as soon as it passes `maxBytes`. */
-async function readLimited(
-  req: Request,
-  maxBytes: number,
-  tooLarge: (n: string) => QuantdError,
-): Promise<Uint8Array> {
-  if (req.body === null) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  const reader = req.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > maxBytes) {
-      await reader.cancel().catch(() => undefined);
-      throw tooLarge(`more than ${maxBytes}`);
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks, total);
-}
-
-/**
- * Reads a JSON body within the size limit.
- *
- * @throws UNSUPPORTED_MEDIA_TYPE unless the content type is application/json
- * @throws REQUEST_TOO_LARGE when the body exceeds `maxBytes` (checked on Content-Length first, then while reading)
- * @throws REQUEST_INVALID when the body is not valid UTF-8 JSON
- */
-export async function readJsonBody(req: Request, maxBytes: number): Promise<unknown> {
-  const type = (req.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
-  if (type !== "application/json") {
-    throw new QuantdError(
-      "UNSUPPORTED_MEDIA_TYPE",
-      `content type must be application/json, got ${type === "" ? "none" : type}`,
-      { details: { contentType: type } },
-    );
-  }
-  const declared = Number(req.headers.get("content-length") ?? Number.NaN);
-  const tooLarge = (n: number | string): QuantdError =>
-    new QuantdError("REQUEST_TOO_LARGE", `request body is ${n} bytes, more than the limit of ${maxBytes}`, {
-      details: { maxBytes },
-    });
-  if (Number.isFinite(declared) && declared > maxBytes) throw tooLarge(declared);
-  let bytes: Uint8Array;
-  // A declared length within the limit is what the server reads at most: one buffer, no stream.
-  if (Number.isFinite(declared)) bytes = new Uint8Array(await req.arrayBuffer());
-  else bytes = await readLimited(req, maxBytes, tooLarge);
-  let text: string;
-  try {
-    text = STRICT_UTF8.decode(bytes);
-  } catch (err) {
-    throw new QuantdError("REQUEST_INVALID", "request body is not valid UTF-8", { cause: err });
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new QuantdError("REQUEST_INVALID", `request body is not valid JSON: ${(err as Error).message}`);
-  }
-}
-
-/**
- * Checks a request's texts against the limits.
- *
- * @throws REQUEST_INVALID when it is not a non-empty array or has more than `maxTexts`
- * @throws TEXT_NOT_STRING | TEXT_EMPTY | TEXT_TOO_LARGE | TEXT_INVALID_UTF8 naming the bad index
- */
-export function checkTexts(value: unknown, limits: RequestLimits, what = "texts"): string[] {
-  if (!Array.isArray(value)) throw new QuantdError("REQUEST_INVALID", `${what} must be an array of strings`);
-  if (value.length === 0)
-    throw new QuantdError("REQUEST_INVALID", `${what} is empty: give at least one text`);
-  if (value.length > limits.maxTexts) {
-    throw new QuantdError(
-      "REQUEST_TOO_LARGE",
-      `${what} has ${value.length} texts, more than the limit of ${limits.maxTexts}`,
-      {
-        details: { count: value.length, maxTexts: limits.maxTexts },
-      },
-    );
-  }
-  return value.map((t, i) => validateText(t, { maxBytes: limits.maxTextBytes, what: `${what}[${i}]` }));
-}
-
-/**
- * Pairs from a request's `pairs`: a list of `[a, b]` lists of two texts.
- *
- * @throws REQUEST_INVALID / REQUEST_TOO_LARGE / TEXT_* as {@link checkTexts}, naming the bad pair
- */
-export function checkPairs(value: unknown, limits: RequestLimits, what = "pairs"): [string, string][] {
-  if (!Array.isArray(value))
-    throw new QuantdError("REQUEST_INVALID", `${what} must be a list of [text, text] pairs`);
-  if (value.length === 0)
-    throw new QuantdError("REQUEST_INVALID", `${what} is empty: give at least one pair`);
-  // A pair is two texts: the text limit counts both.
-  if (value.length * 2 > limits.maxTexts) {
-    throw new QuantdError(
-      "REQUEST_TOO_LARGE",
-      `${what} has ${value.length} pairs (${value.length * 2} texts), more than the limit of ${limits.maxTexts} texts`,
-      { details: { count: value.length * 2, maxTexts: limits.maxTexts } },
-    );
-  }
-  return value.map((p, i) => {
-    if (!Array.isArray(p) || p.length !== 2) {
-      throw new QuantdError("REQUEST_INVALID", `${what}[${i}] must be a list of two texts [a, b]`, {
-        details: { index: i },
-      });
-    }
-    const text = (t: unknown, k: number) =>
-      validateText(t, { maxBytes: limits.maxTextBytes, what: `${what}[${i}][${k}]` });
-    return [text(p[0], 0), text(p[1], 1)];
-  });
-}
-
-/** Parsed OIP v2 inference request. */
-interface InferRequest {
-  id?: string;
-  inputs: TextInput[];
-  /** Output names to return, in order. */
-  outputs: string[];
-}
-
-/** The OIP outputs a task's model answers with, and their shapes (`-1`: the batch). */
-export function oipOutputsOf(task: TaskSpec): { name: string; datatype: string; shape: number[] }[] {
-  const n = task.labels.length;
-  switch (task.kind) {
-    case "classification":
-    case "pair-classification":
-      return [
-        { name: "logits", datatype: "FP32", shape: [-1, n] },
-        { name: "label", datatype: "BYTES", shape: [-1] },
-        { name: "probabilities", datatype: "FP32", shape: [-1, n] },
-      ];
-    case "multi-label":
-      return [
-        { name: "logits", datatype: "FP32", shape: [-1, n] },
-        { name: "probabilities", datatype: "FP32", shape: [-1, n] },
-        { name: "active", datatype: "BOOL", shape: [-1, n] },
-      ];
-    case "regression":
-      return [
-        { name: "logits", datatype: "FP32", shape: [-1, n] },
-        { name: "value", datatype: "FP32", shape: [-1] },
-      ];
-    case "token-classification":
-      // Entities are records of varying count: one JSON text per input, as OIP carries structured data.
-      // Per-token tensors are padded to the request's longest sequence: `token_count` says how many rows are real.
-      return [
-        { name: "entities", datatype: "BYTES", shape: [-1] },
-        { name: "logits", datatype: "FP32", shape: [-1, -1, n] },
-        { name: "offsets", datatype: "INT32", shape: [-1, -1, 2] },
-        { name: "token_count", datatype: "INT32", shape: [-1] },
-      ];
-    case "embedding":
-      return [{ name: "embedding", datatype: "FP32", shape: [-1, -1] }];
-  }
-}
-
-function parseInfer(body: unknown, limits: RequestLimits, task: TaskSpec): InferRequest {
-  if (!isRecord(body)) throw new QuantdError("REQUEST_INVALID", "inference request must be a JSON object");
-  const inputs = body["inputs"];
-  if (!Array.isArray(inputs) || inputs.length !== 1 || !isRecord(inputs[0])) {
-    throw new QuantdError(
-      "REQUEST_INVALID",
-      "inputs must hold exactly one tensor: {name, shape, datatype: BYTES, data}",
-    );
-  }
-  const input = inputs[0];
-  if (input["datatype"] !== "BYTES") {
-    throw new QuantdError(
-      "REQUEST_INVALID",
-      `input datatype must be BYTES (UTF-8 text), got ${JSON.stringify(input["datatype"])}`,
-    );
-  }
-  const shape = input["shape"];
-  if (!Array.isArray(shape) || shape.length === 0 || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw new QuantdError("REQUEST_INVALID", "input shape must be a list of non-negative integers, e.g. [2]");
-  }
-  const pairs = inputsOf(task.kind) === "pair";
-  if (pairs !== (shape.length === 2 && shape[1] === 2)) {
-    throw new QuantdError(
-      "DATA_MISMATCH",
-      pairs
-        ? `the model is a ${task.kind} model: its input is [n, 2] (a pair of texts per row), got shape [${shape.join(", ")}]`
-        : `the model is a ${task.kind} model: its input is one text per row ([n] or [n, 1]), got shape [${shape.join(", ")}]`,
-      { details: { task: task.kind, shape } },
-    );
-  }
-  const raw = input["data"];
-  // OIP allows nested row-major data; one level of nesting is what [n, 1] and [n, 2] shapes produce.
-  const data = Array.isArray(raw) ? raw.flat() : raw;
-  const texts = checkTexts(data, limits, "inputs[0].data");
-  const elements = shape.reduce((a: number, d: number) => a * d, 1);
-  if (elements !== texts.length) {
-    throw new QuantdError(
-      "REQUEST_INVALID",
-      `input shape [${shape.join(", ")}] holds ${elements} elements but data has ${texts.length}`,
-    );
-  }
-  const rows: TextInput[] = pairs
-    ? Array.from({ length: texts.length / 2 }, (_, i) => [texts[2 * i]!, texts[2 * i + 1]!] as const)
-    : texts;
-  const names = oipOutputsOf(task).map((o) => o.name);
-  let outputs = names;
-  const requested = body["outputs"];
-  if (requested !== undefined) {
-    if (!Array.isArray(requested))
-      throw new QuantdError("REQUEST_INVALID", "outputs must be a list of {name}");
-    outputs = requested.map((o, i) => {
-      const name = isRecord(o) ? o["name"] : undefined;
-      const hit = names.find((n) => n === name);
-      if (hit === undefined) {
-        throw new QuantdError(
-          "REQUEST_INVALID",
-          `outputs[${i}]: unknown output ${JSON.stringify(name)}; the model has ${names.join(", ")}`,
-        );
-      }
-      return hit;
-    });
-  }
-  const out: InferRequest = { inputs: rows, outputs };
-  if (body["id"] !== undefined) {
-    if (typeof body["id"] !== "string") throw new QuantdError("REQUEST_INVALID", "id must be a string");
-    out.id = body["id"];
-  }
-  return out;
-}
-
-/** One OIP output tensor of a batch's results. */
-function oipOutput(name: string, results: readonly TaskResult[], task: TaskSpec): Record<string, unknown> {
-  const n = results.length;
-  const cols = task.labels.length;
-  const tensor = (datatype: string, shape: number[], data: unknown[]) => ({ name, datatype, shape, data });
-  const pick = <T>(f: (r: TaskResult) => T[] | T): T[] => results.flatMap((r) => f(r));
-  if (task.kind === "token-classification" && name !== "entities") return tokenTensor(name, results, cols);
-  switch (name) {
-    case "logits":
-      return tensor(
-        "FP32",
-        [n, cols],
-        pick((r) => ("logits" in r ? r.logits : "values" in r ? r.values : [])),
-      );
-    case "probabilities":
-      return tensor(
-        "FP32",
-        [n, cols],
-        pick((r) =>
-          r.task === "multi-label"
-            ? r.labels.map((l) => l.score)
-            : "probabilities" in r
-              ? r.probabilities
-              : [],
-        ),
-      );
-    case "label":
-      return tensor(
-        "BYTES",
-        [n],
-        pick((r) => ("label" in r ? r.label : "")),
-      );
-    case "active":
-      return tensor(
-        "BOOL",
-        [n, cols],
-        pick((r) => (r.task === "multi-label" ? r.labels.map((l) => l.on) : [])),
-      );
-    case "value":
-      return tensor(
-        "FP32",
-        [n],
-        pick((r) => (r.task === "regression" ? r.value : 0)),
-      );
-    case "entities":
-      return tensor(
-        "BYTES",
-        [n],
-        pick((r) => (r.task === "token-classification" ? JSON.stringify(r.entities) : "[]")),
-      );
-    case "embedding": {
-      const width = results[0]?.task === "embedding" ? results[0].embedding.length : 0;
-      return tensor(
-        "FP32",
-        [n, width],
-        pick((r) => (r.task === "embedding" ? r.embedding : [])),
-      );
-    }
-    default:
-      throw new QuantdError("INTERNAL", `unknown output ${name}`);
-  }
-}
-
-/**
- * A per-token output of a token classifier's results: `logits` [n, tokens, labels],
- * `offsets` [n, tokens, 2] (character span in the text, -1 for [CLS]/[SEP]) and
- * `token_count` [n]. Every token of the encoding is there, special ones included,
- * so row j is the model's position j; rows past an input's count are zeros (-1 offsets).
- */
-function tokenTensor(name: string, results: readonly TaskResult[], cols: number): Record<string, unknown> {
-  const infos = results.map((r) => (r.task === "token-classification" ? r.infos : []));
-  const longest = Math.max(0, ...infos.map((t) => t.length));
-  const padded = (row: (t: TokenInfo | undefined) => number[]): number[] =>
-    infos.flatMap((t) => Array.from({ length: longest }, (_, j) => row(t[j])).flat());
-  switch (name) {
-    case "logits":
-      return {
-        name,
-        datatype: "FP32",
-        shape: [results.length, longest, cols],
-        data: padded((t) => (t === undefined ? new Array<number>(cols).fill(0) : Array.from(t.logits))),
-      };
-    case "offsets":
-      return {
-        name,
-        datatype: "INT32",
-        shape: [results.length, longest, 2],
-        data: padded((t) => [t?.start ?? -1, t?.end ?? -1]),
-      };
-    case "token_count":
-      return { name, datatype: "INT32", shape: [results.length], data: infos.map((t) => t.length) };
-    default:
-      throw new QuantdError("INTERNAL", `unknown output ${name}`);
-  }
+/** A JSON reply with the batch's inference time as `Server-Timing`. */
+function timed(body: unknown, out: BatchResult): Response {
+  return json(body, 200, serverTiming(out));
 }
 
 /** The route serving each task's simple API. */
@@ -427,19 +103,6 @@ const ROUTE_OF_TASK: Readonly<Record<TaskKind, string>> = {
   "token-classification": "/v1/tokens",
   embedding: "/v1/embed",
 };
-
-/**
- * A %-decoded path segment.
- *
- * @throws REQUEST_INVALID on a malformed escape (`%ZZ`, a lone `%`, bytes that are not UTF-8)
- */
-function decodePathSegment(segment: string): string {
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    throw new QuantdError("REQUEST_INVALID", `malformed %-escape in path segment ${JSON.stringify(segment)}`);
-  }
-}
 
 /** A `/v1/classify` result: label, score and logits (classification, pairs), as the task has them otherwise. */
 function classifyResult(r: TaskResult): Record<string, unknown> {
@@ -463,66 +126,79 @@ function aggregationOf(value: unknown): Aggregation {
   return hit;
 }
 
-/** Builds the request handler. */
-export function createRoutes(opts: RoutesOptions): (req: Request, listener: Listener) => Promise<Response> {
-  const { backend, batcher, limits, metrics, modelName } = opts;
+/**
+ * What the handlers share: the options, and the checks and the inference call
+ * every inference route makes the same way.
+ */
+class Serving {
+  constructor(readonly opts: RoutesOptions) {}
 
-  const requireLoaded = (): void => {
-    if (backend.active() === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
-  };
-  // A stopping agent says so to health checks (load balancers, systemd) but still finishes requests that
-  // reached it: the listener has stopped accepting connections by then.
-  const requireReady = (): void => {
-    if (opts.accepting !== undefined && !opts.accepting()) {
+  /** @throws NOT_READY while shutting down or before a model is loaded */
+  requireReady(): void {
+    // A stopping agent says so to health checks (load balancers, systemd) but still finishes requests that
+    // reached it: the listener has stopped accepting connections by then.
+    if (this.opts.accepting !== undefined && !this.opts.accepting()) {
       throw new QuantdError("NOT_READY", "the agent is shutting down");
     }
-    requireLoaded();
-  };
-  const requireModel = (name: string): void => {
-    if (name !== modelName) {
-      throw new QuantdError(
-        "NOT_FOUND",
-        `no model named ${JSON.stringify(name)}; this agent serves ${modelName}`,
-        {
-          details: { models: [modelName] },
-        },
-      );
-    }
-  };
+    this.activeTask();
+  }
+
   /** The serving model's task. @throws NOT_READY before a model is loaded */
-  const activeTask = (): TaskSpec => {
-    const m = backend.active();
+  activeTask(): TaskSpec {
+    const m = this.opts.backend.active();
     if (m === undefined) throw new QuantdError("NOT_READY", "no model is loaded yet");
     return m.task;
-  };
+  }
+
   /** Refuses a route the serving model's task does not answer, naming the one it does. */
-  const requireRoute = (route: string): TaskSpec => {
-    const task = activeTask();
+  requireRoute(route: string): TaskSpec {
+    const task = this.activeTask();
     if (ROUTE_OF_TASK[task.kind] !== route) {
       throw new QuantdError(
         "DATA_MISMATCH",
-        `this agent's model does ${task.kind}: use POST ${ROUTE_OF_TASK[task.kind]} (or /v2/models/${modelName}/infer), not ${route}`,
+        `this agent's model does ${task.kind}: use POST ${ROUTE_OF_TASK[task.kind]} (or /v2/models/${this.opts.modelName}/infer), not ${route}`,
         { details: { task: task.kind, route: ROUTE_OF_TASK[task.kind] } },
       );
     }
     return task;
-  };
-  // Inputs are checked against the task here, per request: in a batch, one request's bad input would fail the others.
-  const classify = async (inputs: TextInput[]): Promise<BatchResult> => {
-    checkTaskInputs(activeTask(), inputs, modelName);
+  }
+
+  /** The registry admin. Dispatch serves admin routes only when there is one. */
+  admin(): RegistryAdmin {
+    if (this.opts.admin === undefined) throw new QuantdError("INTERNAL", "admin route without a registry");
+    return this.opts.admin;
+  }
+
+  /** The request's JSON body within the size limit. */
+  body(req: Request): Promise<unknown> {
+    return readJsonBody(req, this.opts.limits.maxBodyBytes);
+  }
+
+  /** A body of the shape `{"texts": [...], ...}`. @throws REQUEST_INVALID naming `usage` otherwise */
+  async textsBody(req: Request, usage: string): Promise<Record<string, unknown>> {
+    const body = await this.body(req);
+    if (!isRecord(body) || !("texts" in body))
+      throw new QuantdError("REQUEST_INVALID", `body must be an object ${usage}`);
+    return body;
+  }
+
+  /** Runs inputs through the batcher on the serving model. */
+  async classify(inputs: TextInput[]): Promise<BatchResult> {
+    // Inputs are checked against the task here, per request: in a batch, one request's bad input would fail the others.
+    checkTaskInputs(this.activeTask(), inputs, this.opts.modelName);
     const texts = inputs.flatMap((x) => (typeof x === "string" ? [x] : [x[0], x[1]]));
-    const tokenCounts = await checkTokenBudget(texts);
-    const out = await batcher.submit(inputs);
-    opts.onClassified?.(inputs, tokenCounts);
+    const tokenCounts = await this.checkTokenBudget(texts);
+    const out = await this.opts.batcher.submit(inputs);
+    this.opts.onClassified?.(inputs, tokenCounts);
     return out;
-  };
+  }
 
   // A request within the byte limits can still cost minutes of inference (hundreds of texts at the model's
   // sequence limit): refuse it before it holds the model.
-  const checkTokenBudget = async (texts: readonly string[]): Promise<readonly number[] | undefined> => {
-    const max = limits.maxRequestTokens;
-    if (max === undefined || opts.countTokens === undefined) return undefined;
-    const counts = await opts.countTokens(texts);
+  private async checkTokenBudget(texts: readonly string[]): Promise<readonly number[] | undefined> {
+    const max = this.opts.limits.maxRequestTokens;
+    if (max === undefined || this.opts.countTokens === undefined) return undefined;
+    const counts = await this.opts.countTokens(texts);
     let tokens = 0;
     for (const n of counts) tokens += n;
     if (tokens > max) {
@@ -533,231 +209,302 @@ export function createRoutes(opts: RoutesOptions): (req: Request, listener: List
       );
     }
     return counts;
-  };
-
-  const metadata = (): Record<string, unknown> => {
-    const m = backend.active();
-    const pairs = m !== undefined && inputsOf(m.task.kind) === "pair";
-    return {
-      name: modelName,
-      versions: m === undefined ? [] : [String(m.version)],
-      platform: "onnxruntime_onnx",
-      inputs: [{ name: "text", datatype: "BYTES", shape: pairs ? [-1, 2] : [-1] }],
-      outputs: m === undefined ? [] : oipOutputsOf(m.task),
-      parameters:
-        m === undefined ? {} : { kind: m.kind, sha256: m.sha256, labels: [...m.labels], task: m.task.kind },
-    };
-  };
-
-  async function dispatch(req: Request, url: URL, listener: Listener): Promise<Response> {
-    const method = req.method;
-    const path = url.pathname;
-    const allow = (...methods: string[]): void => {
-      if (!methods.includes(method)) {
-        throw new QuantdError(
-          "REQUEST_INVALID",
-          `${method} is not allowed on ${path}; use ${methods.join(" or ")}`,
-          {
-            details: { status: 405 },
-          },
-        );
-      }
-    };
-
-    if (path === "/v2/health/live") {
-      allow("GET", "HEAD");
-      return json({ live: true });
-    }
-    if (path === "/v2/health/ready") {
-      allow("GET", "HEAD");
-      requireReady();
-      return json({ ready: true });
-    }
-    if (path === "/v2") {
-      allow("GET");
-      return json({ name: "quantd", version: "0.1.0", extensions: [] });
-    }
-    if (path === "/metrics") {
-      allow("GET");
-      return new Response(metrics.registry.render(), {
-        headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
-      });
-    }
-    const model = /^\/v2\/models\/([^/]+)(?:\/versions\/([^/]+))?(\/ready|\/infer)?$/.exec(path);
-    if (model !== null) {
-      const name = decodePathSegment(model[1]!);
-      requireModel(name);
-      const version = model[2];
-      const active = backend.active();
-      if (version !== undefined && (active === undefined || String(active.version) !== version)) {
-        throw new QuantdError("NOT_FOUND", `version ${version} of ${name} is not the serving version`, {
-          details: { serving: active?.version },
-        });
-      }
-      switch (model[3]) {
-        case undefined:
-          allow("GET");
-          return json(metadata());
-        case "/ready":
-          allow("GET");
-          requireReady();
-          return json({ name, ready: true });
-        default: {
-          allow("POST");
-          const task = activeTask();
-          const request = parseInfer(await readJsonBody(req, limits.maxBodyBytes), limits, task);
-          const out = await classify(request.inputs);
-          const body: Record<string, unknown> = {
-            model_name: name,
-            model_version: String(out.model.version),
-            parameters: { kind: out.model.kind, task: task.kind },
-            outputs: request.outputs.map((o) => oipOutput(o, out.results, task)),
-          };
-          if (request.id !== undefined) body["id"] = request.id;
-          return json(body, 200, serverTiming(out));
-        }
-      }
-    }
-    if (path === "/v1/classify") {
-      allow("POST");
-      const body = await readJsonBody(req, limits.maxBodyBytes);
-      if (!isRecord(body))
-        throw new QuantdError(
-          "REQUEST_INVALID",
-          'body must be an object {"texts": [...]} or {"pairs": [[a, b], ...]}',
-        );
-      if ("texts" in body === "pairs" in body)
-        throw new QuantdError(
-          "REQUEST_INVALID",
-          'body must have either "texts" (a list of strings) or "pairs" (a list of [a, b] lists)',
-        );
-      requireRoute(path);
-      const inputs: TextInput[] =
-        "pairs" in body ? checkPairs(body["pairs"], limits) : checkTexts(body["texts"], limits);
-      const out = await classify(inputs);
-      return json({ results: out.results.map(classifyResult), model: out.model }, 200, serverTiming(out));
-    }
-    if (path === "/v1/embed") {
-      allow("POST");
-      const body = await readJsonBody(req, limits.maxBodyBytes);
-      if (!isRecord(body) || !("texts" in body))
-        throw new QuantdError(
-          "REQUEST_INVALID",
-          'body must be an object {"texts": [...], "encoding"?: "float|base64"}',
-        );
-      const encoding = body["encoding"] ?? "float";
-      if (encoding !== "float" && encoding !== "base64") {
-        throw new QuantdError(
-          "REQUEST_INVALID",
-          `encoding must be float or base64, got ${JSON.stringify(encoding)}`,
-        );
-      }
-      const task = requireRoute(path);
-      const out = await classify(checkTexts(body["texts"], limits));
-      const vectors = out.results.map((r) => (r.task === "embedding" ? r.embedding : []));
-      // Printing floats as JSON numbers costs more than the model for a short text (~1 µs each); base64 of
-      // little-endian float32 is what clients that handle many vectors ask for.
-      const embeddings =
-        encoding === "float"
-          ? vectors
-          : vectors.map((v) => Buffer.from(Float32Array.from(v).buffer).toString("base64"));
-      return json(
-        {
-          embeddings,
-          encoding,
-          dimensions: vectors[0]?.length ?? 0,
-          normalized: task.normalize === true,
-          ...(task.pooling !== undefined ? { pooling: task.pooling } : {}),
-          model: out.model,
-        },
-        200,
-        serverTiming(out),
-      );
-    }
-    if (path === "/v1/tokens") {
-      allow("POST");
-      const body = await readJsonBody(req, limits.maxBodyBytes);
-      if (!isRecord(body) || !("texts" in body))
-        throw new QuantdError(
-          "REQUEST_INVALID",
-          'body must be an object {"texts": [...], "aggregation"?: "none|simple|first|average|max"}',
-        );
-      const aggregation = aggregationOf(body["aggregation"]);
-      const task = requireRoute(path);
-      const out = await classify(checkTexts(body["texts"], limits));
-      const results = out.results.map((r) =>
-        r.task === "token-classification"
-          ? {
-              entities:
-                aggregation === "simple"
-                  ? r.entities
-                  : groupEntities(r.text, r.infos, task.labels, aggregation),
-              tokens: r.tokens,
-            }
-          : {},
-      );
-      return json({ results, aggregation, model: out.model }, 200, serverTiming(out));
-    }
-    if (path.startsWith("/v1/models") && opts.admin !== undefined && listener === "unix") {
-      const admin = opts.admin;
-      if (path === "/v1/models") {
-        allow("GET");
-        return json({ active: backend.active()?.version ?? null, versions: admin.list() });
-      }
-      if (path === "/v1/models/promote") {
-        allow("POST");
-        const body = await readJsonBody(req, limits.maxBodyBytes);
-        if (!isRecord(body) || typeof body["path"] !== "string" || body["path"] === "") {
-          throw new QuantdError(
-            "REQUEST_INVALID",
-            'body must be {"path": "/abs/model.onnx", "metrics"?: {...}}',
-          );
-        }
-        const m = body["metrics"];
-        if (m !== undefined && !isRecord(m))
-          throw new QuantdError("REQUEST_INVALID", "metrics must be an object");
-        const version = await admin.promote(body["path"], m === undefined ? {} : { metrics: m });
-        return json({ version });
-      }
-      if (path === "/v1/models/rollback") {
-        allow("POST");
-        let reason = "requested over the socket";
-        if (req.headers.get("content-length") !== "0" && req.body !== null) {
-          const body = await readJsonBody(req, limits.maxBodyBytes);
-          if (isRecord(body) && typeof body["reason"] === "string") reason = body["reason"];
-        }
-        const version = await admin.rollback(reason);
-        return json({ version });
-      }
-    }
-    throw new QuantdError("NOT_FOUND", `no route ${method} ${path}`);
   }
+}
 
+// ---- Handlers, in the order of the table.
+
+function healthLive(): Response {
+  return json({ live: true });
+}
+
+function healthReady(s: Serving): Response {
+  s.requireReady();
+  return json({ ready: true });
+}
+
+function serverMetadata(): Response {
+  return json({ name: "quantd", version: "0.1.0", extensions: [] });
+}
+
+function prometheusMetrics(s: Serving): Response {
+  return new Response(s.opts.metrics.registry.render(), {
+    headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+  });
+}
+
+function modelMetadata(s: Serving): Response {
+  return json(oipMetadata(s.opts.modelName, s.opts.backend.active()));
+}
+
+function modelReady(s: Serving, { name }: RouteRequest): Response {
+  s.requireReady();
+  return json({ name, ready: true });
+}
+
+async function modelInfer(s: Serving, { req, name }: RouteRequest): Promise<Response> {
+  const task = s.activeTask();
+  const request = parseInfer(await s.body(req), s.opts.limits, task);
+  const out = await s.classify(request.inputs);
+  const body: Record<string, unknown> = {
+    model_name: name,
+    model_version: String(out.model.version),
+    parameters: { kind: out.model.kind, task: task.kind },
+    outputs: request.outputs.map((o) => oipOutput(o, out.results, task)),
+  };
+  if (request.id !== undefined) body["id"] = request.id;
+  return timed(body, out);
+}
+
+async function classifyTexts(s: Serving, { req }: RouteRequest): Promise<Response> {
+  const body = await s.body(req);
+  if (!isRecord(body))
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      'body must be an object {"texts": [...]} or {"pairs": [[a, b], ...]}',
+    );
+  if ("texts" in body === "pairs" in body)
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      'body must have either "texts" (a list of strings) or "pairs" (a list of [a, b] lists)',
+    );
+  s.requireRoute("/v1/classify");
+  const limits = s.opts.limits;
+  const inputs: TextInput[] =
+    "pairs" in body ? checkPairs(body["pairs"], limits) : checkTexts(body["texts"], limits);
+  const out = await s.classify(inputs);
+  return timed({ results: out.results.map(classifyResult), model: out.model }, out);
+}
+
+async function embedTexts(s: Serving, { req }: RouteRequest): Promise<Response> {
+  const body = await s.textsBody(req, '{"texts": [...], "encoding"?: "float|base64"}');
+  const encoding = body["encoding"] ?? "float";
+  if (encoding !== "float" && encoding !== "base64") {
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      `encoding must be float or base64, got ${JSON.stringify(encoding)}`,
+    );
+  }
+  const task = s.requireRoute("/v1/embed");
+  const out = await s.classify(checkTexts(body["texts"], s.opts.limits));
+  const vectors = out.results.map((r) => (r.task === "embedding" ? r.embedding : []));
+  // Printing floats as JSON numbers costs more than the model for a short text (~1 µs each); base64 of
+  // little-endian float32 is what clients that handle many vectors ask for.
+  const embeddings =
+    encoding === "float"
+      ? vectors
+      : vectors.map((v) => Buffer.from(Float32Array.from(v).buffer).toString("base64"));
+  return timed(
+    {
+      embeddings,
+      encoding,
+      dimensions: vectors[0]?.length ?? 0,
+      normalized: task.normalize === true,
+      ...(task.pooling !== undefined ? { pooling: task.pooling } : {}),
+      model: out.model,
+    },
+    out,
+  );
+}
+
+async function tokenEntities(s: Serving, { req }: RouteRequest): Promise<Response> {
+  const body = await s.textsBody(req, '{"texts": [...], "aggregation"?: "none|simple|first|average|max"}');
+  const aggregation = aggregationOf(body["aggregation"]);
+  const task = s.requireRoute("/v1/tokens");
+  const out = await s.classify(checkTexts(body["texts"], s.opts.limits));
+  const results = out.results.map((r) =>
+    r.task === "token-classification"
+      ? {
+          entities:
+            aggregation === "simple" ? r.entities : groupEntities(r.text, r.infos, task.labels, aggregation),
+          tokens: r.tokens,
+        }
+      : {},
+  );
+  return timed({ results, aggregation, model: out.model }, out);
+}
+
+function listModels(s: Serving): Response {
+  return json({ active: s.opts.backend.active()?.version ?? null, versions: s.admin().list() });
+}
+
+async function promoteModel(s: Serving, { req }: RouteRequest): Promise<Response> {
+  const body = await s.body(req);
+  if (!isRecord(body) || typeof body["path"] !== "string" || body["path"] === "") {
+    throw new QuantdError("REQUEST_INVALID", 'body must be {"path": "/abs/model.onnx", "metrics"?: {...}}');
+  }
+  const m = body["metrics"];
+  if (m !== undefined && !isRecord(m)) throw new QuantdError("REQUEST_INVALID", "metrics must be an object");
+  const version = await s.admin().promote(body["path"], m === undefined ? {} : { metrics: m });
+  return json({ version });
+}
+
+async function rollbackModel(s: Serving, { req }: RouteRequest): Promise<Response> {
+  let reason = "requested over the socket";
+  // The body is optional: a bare POST rolls back with the default reason.
+  if (req.headers.get("content-length") !== "0" && req.body !== null) {
+    const body = await s.body(req);
+    if (isRecord(body) && typeof body["reason"] === "string") reason = body["reason"];
+  }
+  const version = await s.admin().rollback(reason);
+  return json({ version });
+}
+
+/** Every route the agent serves. */
+const ROUTES: readonly Route[] = [
+  { path: "/v2/health/live", methods: ["GET", "HEAD"], handler: healthLive },
+  { path: "/v2/health/ready", methods: ["GET", "HEAD"], handler: healthReady },
+  { path: "/v2", methods: ["GET"], handler: serverMetadata },
+  { path: "/metrics", methods: ["GET"], handler: prometheusMetrics },
+  { path: "/v2/models/{name}", methods: ["GET"], handler: modelMetadata },
+  { path: "/v2/models/{name}/ready", methods: ["GET"], handler: modelReady },
+  { path: "/v2/models/{name}/infer", methods: ["POST"], handler: modelInfer },
+  { path: "/v1/classify", methods: ["POST"], handler: classifyTexts },
+  { path: "/v1/embed", methods: ["POST"], handler: embedTexts },
+  { path: "/v1/tokens", methods: ["POST"], handler: tokenEntities },
+  { path: "/v1/models", methods: ["GET"], handler: listModels, admin: true },
+  { path: "/v1/models/promote", methods: ["POST"], handler: promoteModel, admin: true },
+  { path: "/v1/models/rollback", methods: ["POST"], handler: rollbackModel, admin: true },
+];
+
+/** A route's path matcher: `{name}` is one segment, optionally followed by `/versions/{version}`. */
+function patternOf(path: string): RegExp | undefined {
+  if (!path.includes("{name}")) return undefined;
+  return new RegExp(`^${path.replace("{name}", "([^/]+)(?:/versions/([^/]+))?")}$`);
+}
+
+const MATCHERS = ROUTES.map((route) => ({ route, pattern: patternOf(route.path) }));
+
+/** The route a path names, with its pattern's match (templated routes only). */
+interface Found {
+  route: Route;
+  segments?: RegExpExecArray;
+}
+
+function findRoute(path: string): Found | undefined {
+  for (const { route, pattern } of MATCHERS) {
+    if (pattern === undefined) {
+      if (route.path === path) return { route };
+      continue;
+    }
+    const segments = pattern.exec(path);
+    if (segments !== null) return { route, segments };
+  }
+  return undefined;
+}
+
+/**
+ * The metrics label of a request (bounded cardinality): `METHOD path` for a fixed path, the template for a
+ * model route (whose name and version would be unbounded), `other` for a path no route serves.
+ */
+function metricsLabel(method: string, found: Found | undefined): string {
+  if (found === undefined) return "other";
+  return found.segments === undefined ? `${method} ${found.route.path}` : found.route.path;
+}
+
+/**
+ * A %-decoded path segment.
+ *
+ * @throws REQUEST_INVALID on a malformed escape (`%ZZ`, a lone `%`, bytes that are not UTF-8)
+ */
+function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new QuantdError("REQUEST_INVALID", `malformed %-escape in path segment ${JSON.stringify(segment)}`);
+  }
+}
+
+/**
+ * The model a model route names, checked before its method: this agent's model, and the serving version
+ * when the path names one.
+ *
+ * @throws REQUEST_INVALID on a malformed name; NOT_FOUND on another model or version
+ */
+function servedModelName(s: Serving, segments: RegExpExecArray): string {
+  const { modelName, backend } = s.opts;
+  const name = decodePathSegment(segments[1]!);
+  if (name !== modelName) {
+    throw new QuantdError(
+      "NOT_FOUND",
+      `no model named ${JSON.stringify(name)}; this agent serves ${modelName}`,
+      {
+        details: { models: [modelName] },
+      },
+    );
+  }
+  const version = segments[2];
+  const active = backend.active();
+  if (version !== undefined && (active === undefined || String(active.version) !== version)) {
+    throw new QuantdError("NOT_FOUND", `version ${version} of ${name} is not the serving version`, {
+      details: { serving: active?.version },
+    });
+  }
+  return name;
+}
+
+/** @throws REQUEST_INVALID with status 405 when the route does not take `method` */
+function allowMethod(route: Route, method: string, path: string): void {
+  if (!route.methods.includes(method)) {
+    throw new QuantdError(
+      "REQUEST_INVALID",
+      `${method} is not allowed on ${path}; use ${route.methods.join(" or ")}`,
+      {
+        details: { status: 405 },
+      },
+    );
+  }
+}
+
+/** Runs the route's handler after the checks every route shares. @throws NOT_FOUND when no route serves the path here */
+function dispatch(
+  s: Serving,
+  req: Request,
+  path: string,
+  found: Found | undefined,
+  listener: Listener,
+): Response | Promise<Response> {
+  const served =
+    found !== undefined &&
+    (found.route.admin !== true || (s.opts.admin !== undefined && listener === "unix"));
+  if (!served) throw new QuantdError("NOT_FOUND", `no route ${req.method} ${path}`);
+  const name = found.segments === undefined ? "" : servedModelName(s, found.segments);
+  allowMethod(found.route, req.method, path);
+  return found.route.handler(s, { req, name });
+}
+
+/** The JSON error reply of a failed request, its status from the error code. */
+function errorResponse(err: unknown, metrics: ServerMetrics): Response {
+  const qe = isQuantdError(err) ? err : QuantdError.from(err, "INTERNAL");
+  const status = qe.details?.["status"] === 405 ? 405 : statusFor(qe.code);
+  const headers: Record<string, string> = {};
+  if (status === 503) {
+    const retry = qe.details?.["retryAfterSeconds"];
+    headers["retry-after"] = String(typeof retry === "number" ? retry : 1);
+  }
+  metrics.errors.inc({ code: qe.code });
+  return json({ error: qe.toJSON() }, status, headers);
+}
+
+/** Builds the request handler: dispatch by {@link ROUTES}, errors as JSON, every request counted and timed. */
+export function createRoutes(opts: RoutesOptions): (req: Request, listener: Listener) => Promise<Response> {
+  const serving = new Serving(opts);
+  const { metrics } = opts;
   return async (req, listener) => {
     const t0 = performance.now();
-    let url: URL;
+    let path = "/";
     try {
-      url = new URL(req.url);
+      path = new URL(req.url).pathname;
     } catch {
-      url = new URL("http://localhost/");
+      // A URL Bun accepted but URL cannot parse is no route's path: it counts as `other` and gets a 404.
     }
-    const route = routeOf(req.method, url.pathname);
+    const found = findRoute(path);
+    const route = metricsLabel(req.method, found);
     let res: Response;
     try {
-      res = await dispatch(req, url, listener);
+      res = await dispatch(serving, req, path, found, listener);
     } catch (err) {
-      const qe = isQuantdError(err) ? err : QuantdError.from(err, "INTERNAL");
-      let status = statusFor(qe.code);
-      const headers: Record<string, string> = {};
-      if (qe.details?.["status"] === 405) {
-        status = 405;
-      }
-      if (status === 503) {
-        const retry = qe.details?.["retryAfterSeconds"];
-        headers["retry-after"] = String(typeof retry === "number" ? retry : 1);
-      }
-      metrics.errors.inc({ code: qe.code });
-      res = json({ error: qe.toJSON() }, status, headers);
+      res = errorResponse(err, metrics);
     }
     metrics.requests.inc({ route, status: String(res.status) });
     metrics.latency.observe((performance.now() - t0) / 1000, { route });

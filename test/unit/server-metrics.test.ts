@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { Counter, Gauge, Histogram, MetricsRegistry } from "../../src/server/metrics.ts";
-import { checkTexts } from "../../src/server/routes.ts";
+import { checkTexts } from "../../src/server/request-body.ts";
 import { statusFor } from "../../src/server/status.ts";
 
 describe("exposition format", () => {
