@@ -1,5 +1,5 @@
 /**
- * The store contract on better-sqlite3 under a real Node process, so that
+ * The store contracts (agent store, controller FleetStore) on better-sqlite3 under a real Node process, so that
  * `bun test` covers both drivers. better-sqlite3 cannot load under Bun, so
  * `test/node/store-node.entry.ts` is bundled for Node (the drivers kept
  * external, adapters in lazily loaded chunks) and run with `node --test`; this
@@ -10,21 +10,21 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { runFleetStoreContract } from "../contracts/fleet-store.contract.ts";
 import { runAllStoreContracts } from "../contracts/store.contract.ts";
 import { repoRoot } from "../helpers/paths.ts";
 
-/** How many tests the contract registers, counted by registering them with a counting runner. */
+/** How many tests the contracts register, counted by registering them with a counting runner. */
 function contractTestCount(): number {
   let n = 0;
-  runAllStoreContracts(
-    {
-      describe: (_name, fn) => fn(),
-      test: () => {
-        n++;
-      },
+  const counting = {
+    describe: (_name: string, fn: () => void) => fn(),
+    test: () => {
+      n++;
     },
-    { name: "count", opener: () => undefined as never, runtimeDriver: "" },
-  );
+  };
+  runAllStoreContracts(counting, { name: "count", opener: () => undefined as never, runtimeDriver: "" });
+  runFleetStoreContract(counting, "count", () => undefined as never);
   return n;
 }
 
@@ -33,7 +33,7 @@ function tapCount(output: string, key: string): number | undefined {
   return m === null ? undefined : Number(m[1]);
 }
 
-test("store contract passes on better-sqlite3 under node --test", async () => {
+test("store contracts pass on better-sqlite3 under node --test", async () => {
   const addon = join(repoRoot, "node_modules/better-sqlite3/build/Release/better_sqlite3.node");
   expect(
     existsSync(addon),

@@ -3,13 +3,11 @@
  * agent's), with its own migrations, opened through the store layer's
  * adapters so it runs under Bun and Node alike.
  */
-import type { QuantdErrorJSON } from "../../errors.ts";
-import type { JobState } from "../../store/jobs.ts";
 import { type Migration, migrate } from "../../store/migrations.ts";
 import { type OpenSqlOptions, openSqlDatabase } from "../../store/open.ts";
 import { jsonOrNull, num, str, strOrNull } from "../../store/row.ts";
-import type { SqlDatabase, SqlRow } from "../../store/sql.ts";
-import type { ModelInfo, OutboxFigures, ReportMessage, StatusMessage, TelemetrySample } from "../protocol.ts";
+import type { SqlDatabase, SqlRow, SqlStatement } from "../../store/sql.ts";
+import type { JobMessage, ReportMessage, StatusMessage } from "../protocol.ts";
 import type {
   DeviceRecord,
   EnrolmentRecord,
@@ -19,470 +17,302 @@ import type {
   ReleaseRecord,
   RolloutRecord,
   StatusRecord,
+  TelemetryItem,
   TelemetryRecord,
 } from "./store.ts";
+import {
+  DEVICE_COLUMNS,
+  FINAL_JOB_STATES_SQL,
+  FleetRowReader,
+  JOB_COLUMNS,
+  jsonTextOrNull as text,
+} from "./store-rows.ts";
+import { fleetMigrations } from "./store-schema.ts";
 
-/** The controller database's schema, oldest first. Append, never edit. */
-export const FLEET_MIGRATIONS: readonly Migration[] = [
-  {
-    version: 1,
-    name: "fleet devices, status history, telemetry, jobs, reports",
-    sql: `
-      CREATE TABLE devices (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        online INTEGER NOT NULL,
-        agent_version TEXT,
-        model TEXT,
-        outbox TEXT,
-        last_seen INTEGER NOT NULL,
-        status_at INTEGER NOT NULL,
-        last_telemetry TEXT,
-        last_report TEXT,
-        last_report_at INTEGER,
-        PRIMARY KEY (fleet, device)
-      );
-      CREATE TABLE status_history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT,
-        at INTEGER NOT NULL
-      );
-      CREATE INDEX status_history_device ON status_history (fleet, device, id);
-      CREATE TABLE telemetry (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        sample TEXT NOT NULL
-      );
-      CREATE INDEX telemetry_device_at ON telemetry (fleet, device, at);
-      CREATE INDEX telemetry_at ON telemetry (at);
-      CREATE TABLE jobs (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        state TEXT NOT NULL,
-        stage TEXT,
-        progress REAL NOT NULL,
-        updated_at INTEGER NOT NULL,
-        result TEXT,
-        error TEXT,
-        PRIMARY KEY (fleet, device, id)
-      );
-      CREATE INDEX jobs_updated ON jobs (fleet, updated_at);
-      CREATE TABLE reports (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        id TEXT NOT NULL,
-        received_at INTEGER NOT NULL,
-        body TEXT NOT NULL,
-        PRIMARY KEY (fleet, device, id)
-      );
-      CREATE INDEX reports_device ON reports (fleet, device, received_at);
-    `,
-  },
-  {
-    version: 2,
-    name: "fleet device keys (enrolments)",
-    sql: `
-      CREATE TABLE enrolments (
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        public_key TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('enrolled', 'pending')),
-        at INTEGER NOT NULL,
-        PRIMARY KEY (fleet, device)
-      );
-    `,
-  },
-  {
-    version: 3,
-    name: "fleet releases and rollouts",
-    sql: `
-      CREATE TABLE releases (
-        id TEXT PRIMARY KEY,
-        version TEXT NOT NULL,
-        task TEXT NOT NULL,
-        notes TEXT NOT NULL,
-        bytes INTEGER NOT NULL,
-        created_at INTEGER NOT NULL,
-        manifest TEXT NOT NULL,
-        signature TEXT NOT NULL
-      );
-      CREATE TABLE rollouts (
-        id TEXT PRIMARY KEY,
-        fleet TEXT NOT NULL,
-        release TEXT NOT NULL,
-        state TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        body TEXT NOT NULL
-      );
-      CREATE INDEX rollouts_state ON rollouts (state, created_at);
-    `,
-  },
-  {
-    version: 4,
-    name: "fleet model history (per-device model changes)",
-    sql: `
-      CREATE TABLE model_history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        fleet TEXT NOT NULL,
-        device TEXT NOT NULL,
-        version TEXT NOT NULL,
-        kind TEXT,
-        at INTEGER NOT NULL
-      );
-      CREATE INDEX model_history_device ON model_history (fleet, device, at);
-    `,
-  },
-];
+/** The controller database's schema on SQLite, oldest first. Append, never edit (in `store-schema.ts`). */
+export const FLEET_MIGRATIONS: readonly Migration[] = fleetMigrations("sqlite");
 
-function toRelease(r: SqlRow): ReleaseRecord {
-  return {
-    id: str(r, "id"),
-    version: str(r, "version"),
-    task: str(r, "task"),
-    notes: str(r, "notes"),
-    bytes: num(r, "bytes"),
-    createdAt: num(r, "created_at"),
-    manifest: str(r, "manifest"),
-    signature: jsonOrNull(r, "signature") as ReleaseRecord["signature"],
-  };
-}
+const rows = new FleetRowReader<SqlRow>({
+  str,
+  strOrNull,
+  num,
+  bool: (r, col) => num(r, col) === 1,
+  json: jsonOrNull,
+});
 
-function toRollout(r: SqlRow): RolloutRecord {
-  return {
-    id: str(r, "id"),
-    fleet: str(r, "fleet"),
-    release: str(r, "release"),
-    state: str(r, "state"),
-    revision: num(r, "revision"),
-    createdAt: num(r, "created_at"),
-    updatedAt: num(r, "updated_at"),
-    body: jsonOrNull(r, "body"),
-  };
-}
-
-function toEnrolment(r: SqlRow): EnrolmentRecord {
-  return {
-    fleet: str(r, "fleet"),
-    device: str(r, "device"),
-    publicKey: str(r, "public_key"),
-    state: str(r, "state") === "enrolled" ? "enrolled" : "pending",
-    at: num(r, "at"),
-  };
-}
-
-const FINAL = "('SUCCEEDED','FAILED','REJECTED','TIMED_OUT')";
-
-function toDevice(r: SqlRow): DeviceRecord {
-  return {
-    fleet: str(r, "fleet"),
-    device: str(r, "device"),
-    online: num(r, "online") === 1,
-    agentVersion: strOrNull(r, "agent_version"),
-    model: jsonOrNull(r, "model") as ModelInfo | null,
-    outbox: jsonOrNull(r, "outbox") as OutboxFigures | null,
-    lastSeen: num(r, "last_seen"),
-    statusAt: num(r, "status_at"),
-    lastTelemetry: jsonOrNull(r, "last_telemetry") as TelemetrySample | null,
-    lastReport: jsonOrNull(r, "last_report") as ReportMessage | null,
-  };
-}
-
-function toJob(r: SqlRow): JobRecord {
-  return {
-    fleet: str(r, "fleet"),
-    device: str(r, "device"),
-    id: str(r, "id"),
-    type: str(r, "type"),
-    state: str(r, "state") as JobState,
-    stage: strOrNull(r, "stage"),
-    progress: num(r, "progress"),
-    updatedAt: num(r, "updated_at"),
-    result: jsonOrNull(r, "result"),
-    error: jsonOrNull(r, "error") as QuantdErrorJSON | null,
-  };
-}
-
-const text = (v: unknown): string | null => (v === undefined || v === null ? null : JSON.stringify(v));
-
-/** A {@link FleetStore} over an open connection; migrates it first. */
-export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
-  migrate(db, FLEET_MIGRATIONS);
-  const touch = db.prepare(
-    `INSERT INTO devices (fleet, device, online, last_seen, status_at) VALUES (?, ?, 1, ?, 0)
+/**
+ * Every statement of the store, prepared once. Only anonymous `?` parameters:
+ * better-sqlite3 refuses numbered ones (`?1`) bound positionally.
+ */
+const QUERIES = {
+  touch: `INSERT INTO devices (fleet, device, online, last_seen, status_at) VALUES (?, ?, 1, ?, 0)
      ON CONFLICT (fleet, device) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)`,
-  );
-  const lastStatus = db.prepare(
+  lastStatus:
     "SELECT state, reason, at FROM status_history WHERE fleet = ? AND device = ? ORDER BY id DESC LIMIT 1",
-  );
-  const addStatus = db.prepare(
-    "INSERT INTO status_history (fleet, device, state, reason, at) VALUES (?, ?, ?, ?, ?)",
-  );
-  const setStatus = db.prepare(
-    `UPDATE devices SET online = ?, agent_version = coalesce(?, agent_version), model = CASE WHEN ? THEN ? ELSE model END,
+  addStatus: "INSERT INTO status_history (fleet, device, state, reason, at) VALUES (?, ?, ?, ?, ?)",
+  setStatus: `UPDATE devices SET online = ?, agent_version = coalesce(?, agent_version), model = CASE WHEN ? THEN ? ELSE model END,
        outbox = coalesce(?, outbox), status_at = ? WHERE fleet = ? AND device = ? AND status_at <= ?`,
-  );
   // A change is recorded when the model differs from the latest one known at that time, so a
   // retained status delivered again (or an older one arriving late) adds no entry.
-  const addModel = db.prepare(
-    `INSERT INTO model_history (fleet, device, version, kind, at)
-     SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (
-       SELECT 1 FROM (SELECT version, kind FROM model_history WHERE fleet = ?1 AND device = ?2 AND at <= ?5
-         ORDER BY at DESC, id DESC LIMIT 1) last WHERE last.version = ?3 AND last.kind IS ?4)`,
-  );
-  const modelsOf = db.prepare(
+  // Parameters: fleet, device, version, kind, at, then fleet, device, at, version, kind again.
+  addModel: `INSERT INTO model_history (fleet, device, version, kind, at)
+     SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (
+       SELECT 1 FROM (SELECT version, kind FROM model_history WHERE fleet = ? AND device = ? AND at <= ?
+         ORDER BY at DESC, id DESC LIMIT 1) last WHERE last.version = ? AND last.kind IS ?)`,
+  modelsOf:
     "SELECT version, kind, at FROM model_history WHERE fleet = ? AND device = ? ORDER BY at DESC, id DESC LIMIT ?",
-  );
-  const addSample = db.prepare("INSERT INTO telemetry (fleet, device, at, sample) VALUES (?, ?, ?, ?)");
-  const setTelemetry = db.prepare(
+  addSample: "INSERT INTO telemetry (fleet, device, at, sample) VALUES (?, ?, ?, ?)",
+  setTelemetry:
     "UPDATE devices SET last_telemetry = ?, outbox = coalesce(?, outbox) WHERE fleet = ? AND device = ?",
-  );
-  const upsertJob = db.prepare(
-    `INSERT INTO jobs (fleet, device, id, type, state, stage, progress, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+  upsertJob: `INSERT INTO jobs (fleet, device, id, type, state, stage, progress, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
      ON CONFLICT (fleet, device, id) DO UPDATE SET state = excluded.state, stage = excluded.stage,
        progress = excluded.progress, updated_at = excluded.updated_at
-     WHERE jobs.state NOT IN ${FINAL} AND excluded.updated_at >= jobs.updated_at`,
-  );
-  const addReport = db.prepare(
-    "INSERT OR IGNORE INTO reports (fleet, device, id, received_at, body) VALUES (?, ?, ?, ?, ?)",
-  );
-  const finishJob = db.prepare(
-    `INSERT INTO jobs (fleet, device, id, type, state, stage, progress, updated_at, result, error)
+     WHERE jobs.state NOT IN ${FINAL_JOB_STATES_SQL} AND excluded.updated_at >= jobs.updated_at`,
+  addReport: "INSERT OR IGNORE INTO reports (fleet, device, id, received_at, body) VALUES (?, ?, ?, ?, ?)",
+  finishJob: `INSERT INTO jobs (fleet, device, id, type, state, stage, progress, updated_at, result, error)
      VALUES (?, ?, ?, ?, ?, NULL, 1, ?, ?, ?)
      ON CONFLICT (fleet, device, id) DO UPDATE SET state = excluded.state, result = excluded.result,
        error = excluded.error, updated_at = max(jobs.updated_at, excluded.updated_at),
        progress = CASE WHEN excluded.state = 'SUCCEEDED' THEN 1 ELSE jobs.progress END`,
-  );
-  const setReport = db.prepare(
-    `UPDATE devices SET last_report = ?, last_report_at = ? WHERE fleet = ? AND device = ?
+  setReport: `UPDATE devices SET last_report = ?, last_report_at = ? WHERE fleet = ? AND device = ?
        AND (last_report_at IS NULL OR last_report_at <= ?)`,
-  );
-  const cols =
-    "fleet, device, online, agent_version, model, outbox, last_seen, status_at, last_telemetry, last_report";
-  const allDevices = db.prepare(`SELECT ${cols} FROM devices ORDER BY fleet, device`);
-  const fleetDevices = db.prepare(`SELECT ${cols} FROM devices WHERE fleet = ? ORDER BY device`);
-  const oneDevice = db.prepare(`SELECT ${cols} FROM devices WHERE fleet = ? AND device = ?`);
-  const history = db.prepare(
+  allDevices: `SELECT ${DEVICE_COLUMNS} FROM devices ORDER BY fleet, device`,
+  fleetDevices: `SELECT ${DEVICE_COLUMNS} FROM devices WHERE fleet = ? ORDER BY device`,
+  oneDevice: `SELECT ${DEVICE_COLUMNS} FROM devices WHERE fleet = ? AND device = ?`,
+  history:
     "SELECT state, reason, at FROM status_history WHERE fleet = ? AND device = ? ORDER BY id DESC LIMIT ?",
-  );
-  const enrollStmt = db.prepare(
-    `INSERT INTO enrolments (fleet, device, public_key, state, at) VALUES (?, ?, ?, 'enrolled', ?)
+  enroll: `INSERT INTO enrolments (fleet, device, public_key, state, at) VALUES (?, ?, ?, 'enrolled', ?)
      ON CONFLICT (fleet, device) DO UPDATE SET public_key = excluded.public_key, state = 'enrolled', at = excluded.at`,
-  );
-  const proposeStmt = db.prepare(
+  propose:
     "INSERT OR IGNORE INTO enrolments (fleet, device, public_key, state, at) VALUES (?, ?, ?, 'pending', ?)",
-  );
-  const removeEnrolmentStmt = db.prepare("DELETE FROM enrolments WHERE fleet = ? AND device = ?");
-  const oneEnrolment = db.prepare("SELECT * FROM enrolments WHERE fleet = ? AND device = ?");
-  const allEnrolments = db.prepare("SELECT * FROM enrolments ORDER BY fleet, device");
-  const enrolmentsIn = db.prepare("SELECT * FROM enrolments WHERE state = ? ORDER BY fleet, device");
-  const oneReport = db.prepare("SELECT body FROM reports WHERE fleet = ? AND device = ? AND id = ?");
-  const reportsOf = db.prepare(
+  removeEnrolment: "DELETE FROM enrolments WHERE fleet = ? AND device = ?",
+  oneEnrolment: "SELECT * FROM enrolments WHERE fleet = ? AND device = ?",
+  allEnrolments: "SELECT * FROM enrolments ORDER BY fleet, device",
+  enrolmentsIn: "SELECT * FROM enrolments WHERE state = ? ORDER BY fleet, device",
+  oneReport: "SELECT body FROM reports WHERE fleet = ? AND device = ? AND id = ?",
+  reportsOf:
     "SELECT body FROM reports WHERE fleet = ? AND device = ? ORDER BY received_at DESC, rowid DESC LIMIT ?",
-  );
-  const jobCols = "fleet, device, id, type, state, stage, progress, updated_at, result, error";
-  const oneJob = db.prepare(`SELECT ${jobCols} FROM jobs WHERE fleet = ? AND device = ? AND id = ?`);
-  const fleetJobs = db.prepare(
-    `SELECT ${jobCols} FROM jobs WHERE fleet = ? ORDER BY updated_at DESC LIMIT ?`,
-  );
-  const deviceJobs = db.prepare(
-    `SELECT ${jobCols} FROM jobs WHERE fleet = ? AND device = ? ORDER BY updated_at DESC LIMIT ?`,
-  );
-  const samplesOf = db.prepare(
+  oneJob: `SELECT ${JOB_COLUMNS} FROM jobs WHERE fleet = ? AND device = ? AND id = ?`,
+  fleetJobs: `SELECT ${JOB_COLUMNS} FROM jobs WHERE fleet = ? ORDER BY updated_at DESC LIMIT ?`,
+  deviceJobs: `SELECT ${JOB_COLUMNS} FROM jobs WHERE fleet = ? AND device = ? ORDER BY updated_at DESC LIMIT ?`,
+  samplesOf:
     "SELECT device, sample FROM telemetry WHERE fleet = ? AND device = ? AND at >= ? ORDER BY at, id LIMIT ?",
-  );
-  const prune = db.prepare("DELETE FROM telemetry WHERE at < ?");
-  const addReleaseStmt = db.prepare(
-    `INSERT OR IGNORE INTO releases (id, version, task, notes, bytes, created_at, manifest, signature)
+  prune: "DELETE FROM telemetry WHERE at < ?",
+  addRelease: `INSERT OR IGNORE INTO releases (id, version, task, notes, bytes, created_at, manifest, signature)
      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-  );
-  const oneRelease = db.prepare("SELECT * FROM releases WHERE id = ?");
-  const allReleases = db.prepare("SELECT * FROM releases ORDER BY created_at DESC, id LIMIT ?");
-  const insertRollout = db.prepare(
-    `INSERT OR IGNORE INTO rollouts (id, fleet, release, state, revision, created_at, updated_at, body)
+  oneRelease: "SELECT * FROM releases WHERE id = ?",
+  allReleases: "SELECT * FROM releases ORDER BY created_at DESC, id LIMIT ?",
+  insertRollout: `INSERT OR IGNORE INTO rollouts (id, fleet, release, state, revision, created_at, updated_at, body)
      VALUES (?, ?, ?, ?, 1, ?, ?, ?)`,
-  );
-  const updateRollout = db.prepare(
+  updateRollout:
     "UPDATE rollouts SET state = ?, revision = revision + 1, updated_at = ?, body = ? WHERE id = ? AND revision = ?",
-  );
-  const oneRollout = db.prepare("SELECT * FROM rollouts WHERE id = ?");
-  const allRollouts = db.prepare("SELECT * FROM rollouts ORDER BY created_at DESC, id LIMIT ?");
+  oneRollout: "SELECT * FROM rollouts WHERE id = ?",
+  allRollouts: "SELECT * FROM rollouts ORDER BY created_at DESC, id LIMIT ?",
+} as const;
 
-  return {
-    async addRelease(r) {
+type Statements = { readonly [K in keyof typeof QUERIES]: SqlStatement };
+
+function prepareAll(db: SqlDatabase): Statements {
+  const out: Partial<Record<keyof typeof QUERIES, SqlStatement>> = {};
+  for (const key of Object.keys(QUERIES) as (keyof typeof QUERIES)[]) out[key] = db.prepare(QUERIES[key]);
+  return out as Statements;
+}
+
+const maybe = <T>(r: SqlRow | undefined, read: (r: SqlRow) => T): T | undefined =>
+  r === undefined ? undefined : read(r);
+
+/**
+ * The {@link FleetStore} over one SQLite connection. SQLite serializes the
+ * writers, so each ordering rule may be a read then a write inside one
+ * transaction.
+ */
+class SqliteFleetStore implements FleetStore {
+  private readonly q: Statements;
+
+  constructor(private readonly db: SqlDatabase) {
+    migrate(db, FLEET_MIGRATIONS);
+    this.q = prepareAll(db);
+  }
+
+  // Releases and rollouts.
+
+  async addRelease(r: ReleaseRecord): Promise<boolean> {
+    const signature = JSON.stringify(r.signature);
+    const args = [r.id, r.version, r.task, r.notes, r.bytes, r.createdAt, r.manifest, signature] as const;
+    return this.q.addRelease.run(...args).changes > 0;
+  }
+
+  async release(id: string): Promise<ReleaseRecord | undefined> {
+    return maybe(this.q.oneRelease.get(id), (r) => rows.release(r));
+  }
+
+  async releases(limit = 100): Promise<ReleaseRecord[]> {
+    return this.q.allReleases.all(limit).map((r) => rows.release(r));
+  }
+
+  async saveRollout(r: Omit<RolloutRecord, "revision">, expectedRevision: number): Promise<boolean> {
+    const body = JSON.stringify(r.body);
+    if (expectedRevision === 0) {
       return (
-        addReleaseStmt.run(
-          r.id,
-          r.version,
-          r.task,
-          r.notes,
-          r.bytes,
-          r.createdAt,
-          r.manifest,
-          JSON.stringify(r.signature),
-        ).changes > 0
+        this.q.insertRollout.run(r.id, r.fleet, r.release, r.state, r.createdAt, r.updatedAt, body).changes >
+        0
       );
-    },
-    async release(id) {
-      const r = oneRelease.get(id);
-      return r === undefined ? undefined : toRelease(r);
-    },
-    async releases(limit = 100) {
-      return allReleases.all(limit).map(toRelease);
-    },
-    async saveRollout(r, expectedRevision) {
-      const body = JSON.stringify(r.body);
-      if (expectedRevision === 0) {
-        return (
-          insertRollout.run(r.id, r.fleet, r.release, r.state, r.createdAt, r.updatedAt, body).changes > 0
-        );
+    }
+    return this.q.updateRollout.run(r.state, r.updatedAt, body, r.id, expectedRevision).changes > 0;
+  }
+
+  async rollout(id: string): Promise<RolloutRecord | undefined> {
+    return maybe(this.q.oneRollout.get(id), (r) => rows.rollout(r));
+  }
+
+  async rollouts(states?: readonly string[], limit = 100): Promise<RolloutRecord[]> {
+    const all = this.q.allRollouts.all(states === undefined ? limit : 10_000).map((r) => rows.rollout(r));
+    return (states === undefined ? all : all.filter((r) => states.includes(r.state))).slice(0, limit);
+  }
+
+  // Device keys.
+
+  async enroll(fleet: string, device: string, publicKey: string, at: number): Promise<void> {
+    this.q.enroll.run(fleet, device, publicKey, at);
+  }
+
+  async proposeEnrolment(fleet: string, device: string, publicKey: string, at: number): Promise<boolean> {
+    return this.q.propose.run(fleet, device, publicKey, at).changes === 1;
+  }
+
+  async removeEnrolment(fleet: string, device: string): Promise<boolean> {
+    return this.q.removeEnrolment.run(fleet, device).changes === 1;
+  }
+
+  async enrolment(fleet: string, device: string): Promise<EnrolmentRecord | undefined> {
+    return maybe(this.q.oneEnrolment.get(fleet, device), (r) => rows.enrolment(r));
+  }
+
+  async enrolments(state?: EnrolmentRecord["state"]): Promise<EnrolmentRecord[]> {
+    const found = state === undefined ? this.q.allEnrolments.all() : this.q.enrolmentsIn.all(state);
+    return found.map((r) => rows.enrolment(r));
+  }
+
+  // What devices send.
+
+  async recordStatus(
+    fleet: string,
+    device: string,
+    status: StatusMessage,
+    receivedAt: number,
+  ): Promise<void> {
+    // The Last Will is written at connect time and carries no time of its own.
+    const at = status.at ?? receivedAt;
+    const q = this.q;
+    this.db.transaction(() => {
+      q.touch.run(fleet, device, receivedAt);
+      const last = q.lastStatus.get(fleet, device);
+      // Retained statuses are delivered again on every controller restart: record a change once.
+      const repeat = last !== undefined && str(last, "state") === status.state && num(last, "at") === at;
+      if (!repeat) q.addStatus.run(fleet, device, status.state, status.reason ?? null, at);
+      if (status.model !== undefined && status.model !== null && typeof status.model.version === "string") {
+        const { version } = status.model;
+        const kind = typeof status.model.kind === "string" ? status.model.kind : null;
+        q.addModel.run(fleet, device, version, kind, at, fleet, device, at, version, kind);
       }
-      return updateRollout.run(r.state, r.updatedAt, body, r.id, expectedRevision).changes > 0;
-    },
-    async rollout(id) {
-      const r = oneRollout.get(id);
-      return r === undefined ? undefined : toRollout(r);
-    },
-    async rollouts(states, limit = 100) {
-      const rows = allRollouts.all(states === undefined ? limit : 10_000).map(toRollout);
-      return (states === undefined ? rows : rows.filter((r) => states.includes(r.state))).slice(0, limit);
-    },
-    async recordStatus(fleet, device, status: StatusMessage, receivedAt) {
-      // The Last Will is written at connect time and carries no time of its own.
-      const at = status.at ?? receivedAt;
-      db.transaction(() => {
-        touch.run(fleet, device, receivedAt);
-        const last = lastStatus.get(fleet, device);
-        // Retained statuses are delivered again on every controller restart: record a change once.
-        const repeat = last !== undefined && str(last, "state") === status.state && num(last, "at") === at;
-        if (!repeat) addStatus.run(fleet, device, status.state, status.reason ?? null, at);
-        if (status.model !== undefined && status.model !== null && typeof status.model.version === "string") {
-          const kind = typeof status.model.kind === "string" ? status.model.kind : null;
-          addModel.run(fleet, device, status.model.version, kind, at);
-        }
-        setStatus.run(
-          status.state === "online" ? 1 : 0,
-          status.agentVersion ?? null,
-          status.model === undefined ? 0 : 1,
-          text(status.model),
-          text(status.outbox),
-          at,
-          fleet,
-          device,
-          at,
-        );
-      });
-    },
-    async recordTelemetry(items) {
-      db.transaction(() => {
-        for (const { fleet, device, msg, receivedAt } of items) {
-          touch.run(fleet, device, receivedAt);
-          for (const s of msg.samples) addSample.run(fleet, device, s.at, JSON.stringify(s));
-          const last = msg.samples.at(-1);
-          setTelemetry.run(text(last), text(msg.outbox), fleet, device);
-        }
-      });
-    },
-    async recordJob(fleet, device, msg, receivedAt) {
-      db.transaction(() => {
-        touch.run(fleet, device, receivedAt);
-        upsertJob.run(fleet, device, msg.id, msg.type, msg.state, msg.stage, msg.progress, msg.at);
-      });
-    },
-    async recordReport(fleet, device, report: ReportMessage, receivedAt) {
-      return db.transaction(() => {
-        touch.run(fleet, device, receivedAt);
-        const fresh = addReport.run(fleet, device, report.id, receivedAt, JSON.stringify(report)).changes > 0;
-        if (!fresh) return false;
-        const at = report.finishedAt ?? receivedAt;
-        finishJob.run(
-          fleet,
-          device,
-          report.jobId,
-          report.type,
-          report.state,
-          at,
-          text(report.result),
-          text(report.error),
-        );
-        setReport.run(JSON.stringify(report), at, fleet, device, at);
-        return true;
-      });
-    },
-    async devices(fleet) {
-      return (fleet === undefined ? allDevices.all() : fleetDevices.all(fleet)).map(toDevice);
-    },
-    async device(fleet, device) {
-      const r = oneDevice.get(fleet, device);
-      return r === undefined ? undefined : toDevice(r);
-    },
-    async statusHistory(fleet, device, limit = 100): Promise<StatusRecord[]> {
-      return history.all(fleet, device, limit).map((r) => ({
-        state: str(r, "state") as StatusRecord["state"],
-        reason: strOrNull(r, "reason") as StatusRecord["reason"],
-        at: num(r, "at"),
-      }));
-    },
-    async modelHistory(fleet, device, limit = 100): Promise<ModelChange[]> {
-      return modelsOf.all(fleet, device, limit).map((r) => ({
-        version: str(r, "version"),
-        kind: strOrNull(r, "kind"),
-        at: num(r, "at"),
-      }));
-    },
-    async reports(fleet, device, limit = 100) {
-      return reportsOf.all(fleet, device, limit).map((r) => jsonOrNull(r, "body") as ReportMessage);
-    },
-    async enroll(fleet, device, publicKey, at) {
-      enrollStmt.run(fleet, device, publicKey, at);
-    },
-    async proposeEnrolment(fleet, device, publicKey, at) {
-      return proposeStmt.run(fleet, device, publicKey, at).changes === 1;
-    },
-    async removeEnrolment(fleet, device) {
-      return removeEnrolmentStmt.run(fleet, device).changes === 1;
-    },
-    async enrolment(fleet, device) {
-      const r = oneEnrolment.get(fleet, device);
-      return r === undefined ? undefined : toEnrolment(r);
-    },
-    async enrolments(state) {
-      return (state === undefined ? allEnrolments.all() : enrolmentsIn.all(state)).map(toEnrolment);
-    },
-    async report(fleet, device, id) {
-      const r = oneReport.get(fleet, device, id);
-      return r === undefined ? undefined : (jsonOrNull(r, "body") as ReportMessage);
-    },
-    async job(fleet, device, id) {
-      const r = oneJob.get(fleet, device, id);
-      return r === undefined ? undefined : toJob(r);
-    },
-    async jobs(fleet, device, limit = 100) {
-      return (device === undefined ? fleetJobs.all(fleet, limit) : deviceJobs.all(fleet, device, limit)).map(
-        toJob,
-      );
-    },
-    async telemetry(fleet, device, since, limit = 10_000): Promise<TelemetryRecord[]> {
-      return samplesOf.all(fleet, device, since, limit).map((r) => ({
-        ...(jsonOrNull(r, "sample") as TelemetrySample),
-        device: str(r, "device"),
-      }));
-    },
-    async pruneTelemetry(before) {
-      return prune.run(before).changes;
-    },
-    async close() {
-      db.close();
-    },
-  };
+      const online = status.state === "online" ? 1 : 0;
+      const hasModel = status.model === undefined ? 0 : 1;
+      const [model, outbox] = [text(status.model), text(status.outbox)];
+      q.setStatus.run(online, status.agentVersion ?? null, hasModel, model, outbox, at, fleet, device, at);
+    });
+  }
+
+  async recordTelemetry(items: readonly TelemetryItem[]): Promise<void> {
+    const q = this.q;
+    this.db.transaction(() => {
+      for (const { fleet, device, msg, receivedAt } of items) {
+        q.touch.run(fleet, device, receivedAt);
+        for (const s of msg.samples) q.addSample.run(fleet, device, s.at, JSON.stringify(s));
+        q.setTelemetry.run(text(msg.samples.at(-1)), text(msg.outbox), fleet, device);
+      }
+    });
+  }
+
+  async recordJob(fleet: string, device: string, msg: JobMessage, receivedAt: number): Promise<void> {
+    const q = this.q;
+    this.db.transaction(() => {
+      q.touch.run(fleet, device, receivedAt);
+      q.upsertJob.run(fleet, device, msg.id, msg.type, msg.state, msg.stage, msg.progress, msg.at);
+    });
+  }
+
+  async recordReport(
+    fleet: string,
+    device: string,
+    report: ReportMessage,
+    receivedAt: number,
+  ): Promise<boolean> {
+    const q = this.q;
+    return this.db.transaction(() => {
+      q.touch.run(fleet, device, receivedAt);
+      const body = JSON.stringify(report);
+      if (q.addReport.run(fleet, device, report.id, receivedAt, body).changes === 0) return false;
+      const at = report.finishedAt ?? receivedAt;
+      const [result, error] = [text(report.result), text(report.error)];
+      q.finishJob.run(fleet, device, report.jobId, report.type, report.state, at, result, error);
+      q.setReport.run(body, at, fleet, device, at);
+      return true;
+    });
+  }
+
+  // Reads for the dashboard and the CLI.
+
+  async devices(fleet?: string): Promise<DeviceRecord[]> {
+    const found = fleet === undefined ? this.q.allDevices.all() : this.q.fleetDevices.all(fleet);
+    return found.map((r) => rows.device(r));
+  }
+
+  async device(fleet: string, device: string): Promise<DeviceRecord | undefined> {
+    return maybe(this.q.oneDevice.get(fleet, device), (r) => rows.device(r));
+  }
+
+  async statusHistory(fleet: string, device: string, limit = 100): Promise<StatusRecord[]> {
+    return this.q.history.all(fleet, device, limit).map((r) => rows.status(r));
+  }
+
+  async modelHistory(fleet: string, device: string, limit = 100): Promise<ModelChange[]> {
+    return this.q.modelsOf.all(fleet, device, limit).map((r) => rows.modelChange(r));
+  }
+
+  async reports(fleet: string, device: string, limit = 100): Promise<ReportMessage[]> {
+    return this.q.reportsOf.all(fleet, device, limit).map((r) => rows.report(r));
+  }
+
+  async report(fleet: string, device: string, id: string): Promise<ReportMessage | undefined> {
+    return maybe(this.q.oneReport.get(fleet, device, id), (r) => rows.report(r));
+  }
+
+  async job(fleet: string, device: string, id: string): Promise<JobRecord | undefined> {
+    return maybe(this.q.oneJob.get(fleet, device, id), (r) => rows.job(r));
+  }
+
+  async jobs(fleet: string, device?: string, limit = 100): Promise<JobRecord[]> {
+    const found =
+      device === undefined ? this.q.fleetJobs.all(fleet, limit) : this.q.deviceJobs.all(fleet, device, limit);
+    return found.map((r) => rows.job(r));
+  }
+
+  async telemetry(fleet: string, device: string, since: number, limit = 10_000): Promise<TelemetryRecord[]> {
+    return this.q.samplesOf.all(fleet, device, since, limit).map((r) => rows.telemetry(r));
+  }
+
+  async pruneTelemetry(before: number): Promise<number> {
+    return this.q.prune.run(before).changes;
+  }
+
+  async close(): Promise<void> {
+    this.db.close();
+  }
+}
+
+/** A {@link FleetStore} over an open connection; migrates it first. */
+export function createSqliteFleetStore(db: SqlDatabase): FleetStore {
+  return new SqliteFleetStore(db);
 }
 
 /**
