@@ -293,257 +293,337 @@ function validate(samples: readonly SampleInput[]): Prepared[] {
   });
 }
 
+/** The statements of the sample pool, prepared once per connection. */
+function prepareStatements(db: SqlDatabase) {
+  const sampleColumns = "id, text, pair, token_count, bytes, bucket, source, label, created_at";
+  return {
+    findHash: db.prepare("SELECT id FROM samples WHERE content_hash = ?"),
+    insert: db.prepare(
+      "INSERT INTO samples (text, pair, token_count, bytes, bucket, source, label, content_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ),
+    remove: db.prepare("DELETE FROM samples WHERE id = ?"),
+    bytesOf: db.prepare("SELECT bytes FROM samples WHERE id = ?"),
+    bucketIds: db.prepare("SELECT id, bucket FROM samples"),
+    setSeen: db.prepare("UPDATE sample_buckets SET seen = ? WHERE bucket = ?"),
+    allIds: db.prepare("SELECT id, bucket FROM samples ORDER BY id"),
+    byIds: db.prepare(`SELECT ${sampleColumns} FROM samples WHERE id IN (SELECT value FROM json_each(?))`),
+    byId: db.prepare(`SELECT ${sampleColumns} FROM samples WHERE id = ?`),
+    countRows: db.prepare("SELECT count(*) AS n FROM samples"),
+  };
+}
+
+type Statements = ReturnType<typeof prepareStatements>;
+
+/** A row of the pool and its bucket. */
+interface PoolRow {
+  id: number;
+  bucket: number;
+}
+
 /**
- * The {@link SampleStore} over a migrated database.
- *
- * @throws CONFIG_INVALID when `maxRows` or `maxBytes` is not a positive integer
+ * One add's view of the pool inside its transaction: the bucket figures and
+ * totals, kept current as rows are kept and evicted, and what the add did.
  */
-export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions = {}): SampleStore {
-  const maxRows = positiveInt(options.maxRows ?? DEFAULT_MAX_SAMPLE_ROWS, "maxRows");
-  const maxBytes = positiveInt(options.maxBytes ?? DEFAULT_MAX_SAMPLE_BYTES, "maxBytes");
-  const random = options.random ?? Math.random;
-  const now = options.now ?? Date.now;
-  const countTokens = options.countTokens;
+class Reservoir {
+  readonly result: AddSamplesResult = { added: 0, duplicates: 0, evicted: 0, rejected: 0 };
+  private rows = 0;
+  private bytes = 0;
+  private seen = 0;
+  /**
+   * Ids per bucket, loaded on the first eviction: a random pick and a
+   * removal are then O(1) instead of an OFFSET scan per eviction.
+   */
+  private idsByBucket: number[][] | undefined;
 
-  const findHash = db.prepare("SELECT id FROM samples WHERE content_hash = ?");
-  const insert = db.prepare(
-    "INSERT INTO samples (text, pair, token_count, bytes, bucket, source, label, content_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-  );
-  const remove = db.prepare("DELETE FROM samples WHERE id = ?");
-  const bytesOf = db.prepare("SELECT bytes FROM samples WHERE id = ?");
-  const bucketIds = db.prepare("SELECT id, bucket FROM samples");
-  const setSeen = db.prepare("UPDATE sample_buckets SET seen = ? WHERE bucket = ?");
-  const counters = createCounters(db);
-  const allIds = db.prepare("SELECT id, bucket FROM samples ORDER BY id");
-  const byIds = db.prepare(
-    "SELECT id, text, pair, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id IN (SELECT value FROM json_each(?))",
-  );
-  const byId = db.prepare(
-    "SELECT id, text, pair, token_count, bytes, bucket, source, label, created_at FROM samples WHERE id = ?",
-  );
-  const countRows = db.prepare("SELECT count(*) AS n FROM samples");
+  constructor(
+    private readonly buckets: Bucket[],
+    private readonly q: Statements,
+    private readonly bounds: { maxRows: number; maxBytes: number },
+    private readonly random: Random,
+  ) {
+    for (const b of buckets) {
+      this.rows += b.kept;
+      this.bytes += b.bytes;
+      this.seen += b.seen;
+    }
+  }
 
-  function tokensOf(p: Prepared, index: number): number {
+  /**
+   * Counts a distinct sample of `tokens` as seen and keeps it with the
+   * reservoir's probability (always while the pool has room), evicting to
+   * stay within the bounds.
+   */
+  offer(p: Prepared, tokens: number, source: string, createdAt: number): void {
+    const bi = bucketIndex(this.buckets, tokens);
+    const bucket = this.buckets[bi] as Bucket;
+    bucket.seen++;
+    this.seen++;
+    const full = this.rows >= this.bounds.maxRows || this.bytes + p.bytes > this.bounds.maxBytes;
+    // Reservoir step: keep with probability K/N once full.
+    if (full && this.random() * this.seen >= this.rows) {
+      this.result.rejected++;
+      return;
+    }
+    const id = this.q.insert.run(
+      p.text,
+      p.pair,
+      tokens,
+      p.bytes,
+      bi,
+      source,
+      p.label,
+      p.hash,
+      createdAt,
+    ).lastInsertRowid;
+    bucket.kept++;
+    bucket.bytes += p.bytes;
+    this.rows++;
+    this.bytes += p.bytes;
+    this.result.added++;
+    this.idsByBucket?.[bi]?.push(id);
+    this.evictUntilWithin({ id, bucket: bi });
+  }
+
+  /** Evicts until both bounds hold, never `keep` (the row just added). */
+  evictUntilWithin(keep: PoolRow): void {
+    while (this.rows > this.bounds.maxRows || this.bytes > this.bounds.maxBytes) {
+      this.idsByBucket ??= this.loadIds();
+      const victim = pickVictim(this.buckets, this.idsByBucket, this.rows, this.seen, keep, this.random);
+      if (victim === undefined) break;
+      const vb = this.buckets[victim.bucket] as Bucket;
+      const vbytes = num(this.q.bytesOf.get(victim.id) ?? { bytes: 0 }, "bytes");
+      this.q.remove.run(victim.id);
+      vb.kept--;
+      vb.bytes -= vbytes;
+      this.rows--;
+      this.bytes -= vbytes;
+      this.result.evicted++;
+    }
+  }
+
+  /** Writes each bucket's seen count back. */
+  saveSeen(): void {
+    for (const b of this.buckets) this.q.setSeen.run(b.seen, b.bucket);
+  }
+
+  private loadIds(): number[][] {
+    const out = this.buckets.map((): number[] => []);
+    for (const r of this.q.bucketIds.all()) out[num(r, "bucket")]?.push(num(r, "id"));
+    return out;
+  }
+}
+
+/**
+ * Up to `n` ids taken from `perBucket` (shuffled ids per bucket), each bucket
+ * contributing in proportion to what it holds; what is taken is removed from
+ * `perBucket`.
+ */
+function takeStratified(perBucket: number[][], n: number, seed: number): number[] {
+  const available = perBucket.reduce((s, ids) => s + ids.length, 0);
+  const want = Math.min(n, available);
+  if (want === 0) return [];
+  // Largest-remainder allocation of `want` over the buckets, by what each holds.
+  const quotas = perBucket.map((ids) => (ids.length * want) / available);
+  const alloc = quotas.map(Math.floor);
+  let left = want - alloc.reduce((s, k) => s + k, 0);
+  const byRemainder = quotas
+    .map((q, i) => ({ i, r: q - Math.floor(q) }))
+    .sort((a, b) => b.r - a.r || a.i - b.i);
+  for (const { i } of byRemainder) {
+    if (left === 0) break;
+    alloc[i] = (alloc[i] ?? 0) + 1;
+    left--;
+  }
+  const out: number[] = [];
+  perBucket.forEach((ids, i) => {
+    out.push(...ids.splice(0, alloc[i] ?? 0));
+  });
+  return shuffle(out, createRandom(seed ^ 0x5bd1e995));
+}
+
+/** The {@link SampleStore} over one connection. */
+class SqliteSampleStore implements SampleStore {
+  private readonly maxRows: number;
+  private readonly maxBytes: number;
+  private readonly random: Random;
+  private readonly now: () => number;
+  private readonly countTokens: SampleStoreOptions["countTokens"];
+  private readonly q: Statements;
+  private readonly counters: ReturnType<typeof createCounters>;
+
+  constructor(
+    private readonly db: SqlDatabase,
+    options: SampleStoreOptions,
+  ) {
+    this.maxRows = positiveInt(options.maxRows ?? DEFAULT_MAX_SAMPLE_ROWS, "maxRows");
+    this.maxBytes = positiveInt(options.maxBytes ?? DEFAULT_MAX_SAMPLE_BYTES, "maxBytes");
+    this.random = options.random ?? Math.random;
+    this.now = options.now ?? Date.now;
+    this.countTokens = options.countTokens;
+    this.q = prepareStatements(db);
+    this.counters = createCounters(db);
+  }
+
+  add(samples: readonly SampleInput[], opts: { source: string }): AddSamplesResult {
+    const source = checkSource(opts.source);
+    const prepared = validate(samples);
+    this.countTokensOfFresh(prepared);
+    const createdAt = this.now();
+    return this.db.transaction(() => {
+      const bounds = { maxRows: this.maxRows, maxBytes: this.maxBytes };
+      const pool = new Reservoir(readBuckets(this.db), this.q, bounds, this.random);
+      // The bounds may have been lowered since the last run (a config change): apply them first.
+      pool.evictUntilWithin({ id: -1, bucket: -1 });
+      const inBatch = new Set<string>();
+      prepared.forEach((p, index) => {
+        if (inBatch.has(p.hashKey) || this.q.findHash.get(p.hash) !== undefined) {
+          pool.result.duplicates++;
+          return;
+        }
+        inBatch.add(p.hashKey);
+        if (p.bytes > this.maxBytes) {
+          pool.result.rejected++;
+          return;
+        }
+        pool.offer(p, this.tokensOf(p, index), source, createdAt);
+      });
+      pool.saveSeen();
+      this.countOutcomes(pool.result);
+      return pool.result;
+    });
+  }
+
+  pick({ n, seed, exclude }: PickOptions): Sample[] {
+    count(n, "n");
+    return this.db.transaction(() => {
+      const perBucket = this.stratifiedOrder(seed, new Set(exclude ?? []));
+      return this.load(takeStratified(perBucket, n, seed));
+    }, "deferred");
+  }
+
+  pickDisjoint(nCalib: number, nVal: number, seed: number): DisjointPick {
+    count(nCalib, "nCalib");
+    count(nVal, "nVal");
+    return this.db.transaction(() => {
+      const perBucket = this.stratifiedOrder(seed, new Set());
+      const available = perBucket.reduce((s, ids) => s + ids.length, 0);
+      if (available < nCalib + nVal) {
+        throw new QuantdError(
+          "CALIB_EMPTY",
+          `the sample pool holds ${available} samples; ${nCalib} calibration + ${nVal} validation need ${nCalib + nVal}`,
+          { details: { available, needed: nCalib + nVal } },
+        );
+      }
+      // takeStratified removes what it takes, so the second pick cannot overlap the first.
+      const calibration = this.load(takeStratified(perBucket, nCalib, seed));
+      const validation = this.load(takeStratified(perBucket, nVal, seed + 1));
+      return { calibration, validation };
+    }, "deferred");
+  }
+
+  get(id: number): Sample | undefined {
+    const r = this.q.byId.get(id);
+    return r === undefined ? undefined : toSample(r);
+  }
+
+  count(): number {
+    return num(this.q.countRows.get() ?? { n: 0 }, "n");
+  }
+
+  stats(): SampleStats {
+    const buckets = readBuckets(this.db);
+    return {
+      rows: buckets.reduce((s, b) => s + b.kept, 0),
+      bytes: buckets.reduce((s, b) => s + b.bytes, 0),
+      seen: buckets.reduce((s, b) => s + b.seen, 0),
+      maxRows: this.maxRows,
+      maxBytes: this.maxBytes,
+      duplicates: this.counters.get("samples.duplicates"),
+      evicted: this.counters.get("samples.evicted"),
+      rejected: this.counters.get("samples.rejected"),
+      buckets,
+    };
+  }
+
+  /**
+   * Tokenizing is the slow part of an add (~0.15 ms a sentence): do it before
+   * taking the write lock, for the samples not already in the pool, so a big
+   * file does not hold live capture off for seconds.
+   */
+  private countTokensOfFresh(prepared: Prepared[]): void {
+    const fresh = new Set<string>();
+    prepared.forEach((p, index) => {
+      if (fresh.has(p.hashKey) || this.q.findHash.get(p.hash) !== undefined) return;
+      fresh.add(p.hashKey);
+      p.countedTokens = this.tokensOf(p, index);
+    });
+  }
+
+  private tokensOf(p: Prepared, index: number): number {
     if (p.tokenCount !== undefined) return p.tokenCount;
     const known = p.countedTokens;
     if (known !== undefined) return known;
-    if (countTokens === undefined) {
+    if (this.countTokens === undefined) {
       throw new QuantdError(
         "INTERNAL",
         "sample store has no countTokens and the sample carries no tokenCount",
       );
     }
     // A pair is stratified by the length of the two texts the model reads together.
-    const n = p.pair === null ? countTokens(p.text) : countTokens(p.text, p.pair);
+    const n = p.pair === null ? this.countTokens(p.text) : this.countTokens(p.text, p.pair);
     if (!Number.isSafeInteger(n) || n < 0) {
       throw new QuantdError("INTERNAL", `countTokens returned ${n} for sample ${index}`);
     }
     return n;
   }
 
-  function add(samples: readonly SampleInput[], opts: { source: string }): AddSamplesResult {
-    const source = opts.source;
-    if (typeof source !== "string" || !SOURCE.test(source)) {
-      throw new QuantdError(
-        "USAGE",
-        `sample source must be a short name of letters, digits and . _ : - (got ${JSON.stringify(source)})`,
-      );
-    }
-    const prepared = validate(samples);
-    // Tokenizing is the slow part of an add (~0.15 ms a sentence): do it before
-    // taking the write lock, for the samples not already in the pool, so a big
-    // file does not hold live capture off for seconds.
-    const fresh = new Set<string>();
-    prepared.forEach((p, index) => {
-      if (fresh.has(p.hashKey) || findHash.get(p.hash) !== undefined) return;
-      fresh.add(p.hashKey);
-      p.countedTokens = tokensOf(p, index);
-    });
-    const createdAt = now();
-    return db.transaction(() => {
-      const buckets = readBuckets(db);
-      let rows = 0;
-      let bytes = 0;
-      let seen = 0;
-      for (const b of buckets) {
-        rows += b.kept;
-        bytes += b.bytes;
-        seen += b.seen;
-      }
-      // Ids per bucket, loaded on the first eviction: a random pick and a
-      // removal are then O(1) instead of an OFFSET scan per eviction.
-      let idsByBucket: number[][] | undefined;
-      const loadIds = (): number[][] => {
-        const out = buckets.map((): number[] => []);
-        for (const r of bucketIds.all()) out[num(r, "bucket")]?.push(num(r, "id"));
-        return out;
-      };
-      const inBatch = new Set<string>();
-      const result: AddSamplesResult = { added: 0, duplicates: 0, evicted: 0, rejected: 0 };
-      /** Evicts until both bounds hold, never `keep` (the row just added). */
-      const evictUntilWithin = (keep: { id: number; bucket: number }): void => {
-        while (rows > maxRows || bytes > maxBytes) {
-          idsByBucket ??= loadIds();
-          const victim = pickVictim(buckets, idsByBucket, rows, seen, keep, random);
-          if (victim === undefined) break;
-          const vb = buckets[victim.bucket] as Bucket;
-          const vbytes = num(bytesOf.get(victim.id) ?? { bytes: 0 }, "bytes");
-          remove.run(victim.id);
-          vb.kept--;
-          vb.bytes -= vbytes;
-          rows--;
-          bytes -= vbytes;
-          result.evicted++;
-        }
-      };
-      // The bounds may have been lowered since the last run (a config change): apply them first.
-      evictUntilWithin({ id: -1, bucket: -1 });
-
-      prepared.forEach((p, index) => {
-        if (inBatch.has(p.hashKey) || findHash.get(p.hash) !== undefined) {
-          result.duplicates++;
-          return;
-        }
-        inBatch.add(p.hashKey);
-        if (p.bytes > maxBytes) {
-          result.rejected++;
-          return;
-        }
-        const tokens = tokensOf(p, index);
-        const bi = bucketIndex(buckets, tokens);
-        const bucket = buckets[bi] as Bucket;
-        bucket.seen++;
-        seen++;
-        const full = rows >= maxRows || bytes + p.bytes > maxBytes;
-        // Reservoir step: keep with probability K/N once full.
-        if (full && random() * seen >= rows) {
-          result.rejected++;
-          return;
-        }
-        const id = insert.run(
-          p.text,
-          p.pair,
-          tokens,
-          p.bytes,
-          bi,
-          source,
-          p.label,
-          p.hash,
-          createdAt,
-        ).lastInsertRowid;
-        bucket.kept++;
-        bucket.bytes += p.bytes;
-        rows++;
-        bytes += p.bytes;
-        result.added++;
-        if (idsByBucket !== undefined) idsByBucket[bi]?.push(id);
-        evictUntilWithin({ id, bucket: bi });
-      });
-
-      for (const b of buckets) setSeen.run(b.seen, b.bucket);
-      if (result.duplicates > 0) counters.add("samples.duplicates", result.duplicates);
-      if (result.evicted > 0) counters.add("samples.evicted", result.evicted);
-      if (result.rejected > 0) counters.add("samples.rejected", result.rejected);
-      return result;
-    });
+  private countOutcomes(result: AddSamplesResult): void {
+    if (result.duplicates > 0) this.counters.add("samples.duplicates", result.duplicates);
+    if (result.evicted > 0) this.counters.add("samples.evicted", result.evicted);
+    if (result.rejected > 0) this.counters.add("samples.rejected", result.rejected);
   }
 
-  function stratifiedOrder(seed: number, exclude: ReadonlySet<number>): number[][] {
+  private stratifiedOrder(seed: number, exclude: ReadonlySet<number>): number[][] {
     const random = createRandom(seed);
-    const perBucket = readBuckets(db).map((): number[] => []);
-    for (const r of allIds.all()) {
+    const perBucket = readBuckets(this.db).map((): number[] => []);
+    for (const r of this.q.allIds.all()) {
       const id = num(r, "id");
       if (!exclude.has(id)) perBucket[num(r, "bucket")]?.push(id);
     }
     return perBucket.map((ids) => shuffle(ids, random));
   }
 
-  function takeStratified(perBucket: number[][], n: number, seed: number): number[] {
-    const available = perBucket.reduce((s, ids) => s + ids.length, 0);
-    const want = Math.min(n, available);
-    if (want === 0) return [];
-    // Largest-remainder allocation of `want` over the buckets, by what each holds.
-    const quotas = perBucket.map((ids) => (ids.length * want) / available);
-    const alloc = quotas.map(Math.floor);
-    let left = want - alloc.reduce((s, k) => s + k, 0);
-    const byRemainder = quotas
-      .map((q, i) => ({ i, r: q - Math.floor(q) }))
-      .sort((a, b) => b.r - a.r || a.i - b.i);
-    for (const { i } of byRemainder) {
-      if (left === 0) break;
-      alloc[i] = (alloc[i] ?? 0) + 1;
-      left--;
-    }
-    const out: number[] = [];
-    perBucket.forEach((ids, i) => {
-      out.push(...ids.splice(0, alloc[i] ?? 0));
-    });
-    return shuffle(out, createRandom(seed ^ 0x5bd1e995));
-  }
-
-  function load(ids: readonly number[]): Sample[] {
+  private load(ids: readonly number[]): Sample[] {
     if (ids.length === 0) return [];
-    const rows = new Map<number, Sample>();
-    for (const r of byIds.all(JSON.stringify(ids))) {
+    const found = new Map<number, Sample>();
+    for (const r of this.q.byIds.all(JSON.stringify(ids))) {
       const s = toSample(r);
-      rows.set(s.id, s);
+      found.set(s.id, s);
     }
     return ids.flatMap((id) => {
-      const s = rows.get(id);
+      const s = found.get(id);
       return s === undefined ? [] : [s];
     });
   }
+}
 
-  return {
-    add,
-    pick({ n, seed, exclude }: PickOptions): Sample[] {
-      count(n, "n");
-      return db.transaction(() => {
-        const perBucket = stratifiedOrder(seed, new Set(exclude ?? []));
-        return load(takeStratified(perBucket, n, seed));
-      }, "deferred");
-    },
-    pickDisjoint(nCalib: number, nVal: number, seed: number): DisjointPick {
-      count(nCalib, "nCalib");
-      count(nVal, "nVal");
-      return db.transaction(() => {
-        const perBucket = stratifiedOrder(seed, new Set());
-        const available = perBucket.reduce((s, ids) => s + ids.length, 0);
-        if (available < nCalib + nVal) {
-          throw new QuantdError(
-            "CALIB_EMPTY",
-            `the sample pool holds ${available} samples; ${nCalib} calibration + ${nVal} validation need ${nCalib + nVal}`,
-            { details: { available, needed: nCalib + nVal } },
-          );
-        }
-        // takeStratified removes what it takes, so the second pick cannot overlap the first.
-        const calibration = load(takeStratified(perBucket, nCalib, seed));
-        const validation = load(takeStratified(perBucket, nVal, seed + 1));
-        return { calibration, validation };
-      }, "deferred");
-    },
-    get(id: number): Sample | undefined {
-      const r = byId.get(id);
-      return r === undefined ? undefined : toSample(r);
-    },
-    count(): number {
-      return num(countRows.get() ?? { n: 0 }, "n");
-    },
-    stats(): SampleStats {
-      const buckets = readBuckets(db);
-      return {
-        rows: buckets.reduce((s, b) => s + b.kept, 0),
-        bytes: buckets.reduce((s, b) => s + b.bytes, 0),
-        seen: buckets.reduce((s, b) => s + b.seen, 0),
-        maxRows,
-        maxBytes,
-        duplicates: counters.get("samples.duplicates"),
-        evicted: counters.get("samples.evicted"),
-        rejected: counters.get("samples.rejected"),
-        buckets,
-      };
-    },
-  };
+function checkSource(source: string): string {
+  if (typeof source !== "string" || !SOURCE.test(source)) {
+    throw new QuantdError(
+      "USAGE",
+      `sample source must be a short name of letters, digits and . _ : - (got ${JSON.stringify(source)})`,
+    );
+  }
+  return source;
+}
+
+/**
+ * The {@link SampleStore} over a migrated database.
+ *
+ * @throws CONFIG_INVALID when `maxRows` or `maxBytes` is not a positive integer
+ */
+export function createSampleStore(db: SqlDatabase, options: SampleStoreOptions = {}): SampleStore {
+  return new SqliteSampleStore(db, options);
 }
 
 /**
@@ -556,9 +636,9 @@ function pickVictim(
   idsByBucket: number[][],
   rows: number,
   seen: number,
-  keep: { id: number; bucket: number },
+  keep: PoolRow,
   random: Random,
-): { id: number; bucket: number } | undefined {
+): PoolRow | undefined {
   let best = -1;
   let bestExcess = Number.NEGATIVE_INFINITY;
   buckets.forEach((b, i) => {
