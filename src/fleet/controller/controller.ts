@@ -37,16 +37,10 @@ import {
 import { keyId, parsePublicKey } from "../signing.ts";
 import { createDeviceKeys } from "./device-keys.ts";
 import type { FleetStore, TelemetryItem } from "./store.ts";
+import { TelemetryBatcher } from "./telemetry-batcher.ts";
 
 /** Default Maximum Packet Size of a controller: room for the largest report, the largest message it stores. */
 export const DEFAULT_CONTROLLER_MAX_PACKET_BYTES = 2 * MAX_REPORT_BYTES;
-
-/** Telemetry messages written per transaction at most. */
-export const TELEMETRY_GROUP = 500;
-/** Longest wait before a partial group of telemetry is written, in ms. */
-export const TELEMETRY_FLUSH_MS = 200;
-/** Telemetry messages waiting for the store beyond which new ones are dropped and counted. */
-export const MAX_TELEMETRY_BACKLOG = 50_000;
 
 /** What changed, for live views. */
 export interface ControllerEvent {
@@ -103,7 +97,7 @@ export interface ControllerStats {
   /** Messages that were not valid fleet payloads (logged, skipped). */
   malformed: number;
   duplicateReports: number;
-  /** Telemetry messages dropped because the store fell behind (see {@link MAX_TELEMETRY_BACKLOG}). */
+  /** Telemetry messages dropped because the store fell behind (see `MAX_TELEMETRY_BACKLOG`). */
   droppedTelemetry: number;
   /** Messages refused for exceeding their kind's size cap (`MAX_REPORT_BYTES`, …). */
   oversize: number;
@@ -181,31 +175,13 @@ function isReport(b: Record<string, unknown>): b is Record<string, unknown> & Re
   );
 }
 
-/**
- * Starts the controller; it connects and reconnects in the background.
- *
- * @throws CONFIG_INVALID on a bad broker URL or transient fleet name
- */
-export function startController(options: ControllerOptions): FleetController {
-  const log = options.log ?? (() => {});
-  const now = options.now ?? Date.now;
-  const clientId = options.clientId ?? `quantd-controller-${hostname()}`.replace(/[^\w.-]/g, "-");
-  const transient = options.transient;
-  if (transient !== undefined) checkName(transient.fleet, "fleet");
-  const conn: MqttConnection = connectMqtt({
-    url: options.broker,
-    clientId,
-    clean: transient !== undefined,
-    sessionExpirySec: transient !== undefined ? 0 : 7 * 24 * 3600,
-    ...(options.username === undefined ? {} : { username: options.username }),
-    ...(options.password === undefined ? {} : { password: options.password }),
-    ...(options.ca === undefined ? {} : { ca: options.ca }),
-    ...(options.cert === undefined ? {} : { cert: options.cert }),
-    ...(options.key === undefined ? {} : { key: options.key }),
-    maxPacketBytes: options.maxPacketBytes ?? DEFAULT_CONTROLLER_MAX_PACKET_BYTES,
-  });
-  const listeners = new Set<(e: ControllerEvent) => void>();
-  const stats: ControllerStats = {
+/** Telemetry older than this is pruned by default. */
+const DEFAULT_TELEMETRY_RETENTION_MS = 24 * 3600 * 1000;
+/** How often old telemetry is pruned. */
+const PRUNE_INTERVAL_MS = 60_000;
+
+function emptyStats(): ControllerStats {
+  return {
     connected: false,
     subscribes: 0,
     messages: 0,
@@ -217,243 +193,293 @@ export function startController(options: ControllerOptions): FleetController {
     truncatedSamples: 0,
     refused: { unsigned: 0, badSignature: 0, notEnrolled: 0 },
   };
-  const keys = createDeviceKeys(options.store, now);
-  // Logged once per device and reason, so a flood does not flood the log.
-  const warned = new Set<string>();
-  const authentic = async (t: ParsedTopic, m: MqttMessage): Promise<boolean> => {
-    const r = await keys.check(t.fleet, t.device, m.topic, m.payload, m.userProperties);
+}
+
+/** The broker connection of a controller: a persistent session unless it is transient. */
+function connectController(options: ControllerOptions, clientId: string): MqttConnection {
+  const transient = options.transient !== undefined;
+  return connectMqtt({
+    url: options.broker,
+    clientId,
+    clean: transient,
+    sessionExpirySec: transient ? 0 : 7 * 24 * 3600,
+    ...(options.username === undefined ? {} : { username: options.username }),
+    ...(options.password === undefined ? {} : { password: options.password }),
+    ...(options.ca === undefined ? {} : { ca: options.ca }),
+    ...(options.cert === undefined ? {} : { cert: options.cert }),
+    ...(options.key === undefined ? {} : { key: options.key }),
+    maxPacketBytes: options.maxPacketBytes ?? DEFAULT_CONTROLLER_MAX_PACKET_BYTES,
+  });
+}
+
+/**
+ * The running controller: each device message is checked (size cap,
+ * signature), then stored; status, job and report messages one at a time in
+ * arrival order, telemetry in groups.
+ */
+class Controller implements FleetController {
+  readonly clientId: string;
+  readonly store: FleetStore;
+  private readonly conn: MqttConnection;
+  private readonly counters = emptyStats();
+  private readonly keys: ReturnType<typeof createDeviceKeys>;
+  /** Refusals logged, once per device and reason, so a flood does not flood the log. */
+  private readonly warned = new Set<string>();
+  private readonly listeners = new Set<(e: ControllerEvent) => void>();
+  private readonly readyWaiters = new Set<() => void>();
+  private subscribed = false;
+  /**
+   * Messages are stored one at a time, in arrival order, so a device's status
+   * and job updates never race each other.
+   */
+  private chain: Promise<void> = Promise.resolve();
+  private readonly telemetry = new TelemetryBatcher((items) => this.storeTelemetry(items));
+  private readonly pruneTimer: ReturnType<typeof setInterval>;
+  private readonly log: (line: string) => void;
+  private readonly now: () => number;
+
+  constructor(private readonly options: ControllerOptions) {
+    this.log = options.log ?? (() => {});
+    this.now = options.now ?? Date.now;
+    this.clientId = options.clientId ?? `quantd-controller-${hostname()}`.replace(/[^\w.-]/g, "-");
+    this.store = options.store;
+    if (options.transient !== undefined) checkName(options.transient.fleet, "fleet");
+    this.conn = connectController(options, this.clientId);
+    this.keys = createDeviceKeys(options.store, this.now);
+    this.conn.onMessage((m) => this.receive(m));
+    this.conn.onConnect(({ sharedSubscriptions }) => this.subscribe(sharedSubscriptions));
+    this.conn.onClose(() => {
+      this.counters.connected = false;
+      this.subscribed = false;
+    });
+    this.conn.onError((err) => this.log(`controller: ${err.toLine()}`));
+    this.pruneTimer = this.startPruning();
+  }
+
+  waitReady(timeoutMs: number): Promise<boolean> {
+    if (this.subscribed && this.conn.connected) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.readyWaiters.delete(done);
+        resolve(false);
+      }, timeoutMs);
+      this.readyWaiters.add(done);
+    });
+  }
+
+  onEvent(fn: (e: ControllerEvent) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  stats(): ControllerStats {
+    const c = this.counters;
+    return { ...c, byKind: { ...c.byKind }, refused: { ...c.refused } };
+  }
+
+  async enroll(fleet: string, device: string, publicKey: string): Promise<void> {
+    checkName(fleet, "fleet");
+    checkName(device, "device");
+    parsePublicKey(publicKey);
+    await this.store.enroll(fleet, device, publicKey.trim(), this.now());
+    this.keys.forget(fleet, device);
+  }
+
+  async confirmEnrolment(fleet: string, device: string, publicKey: string): Promise<void> {
+    const e = await this.store.enrolment(fleet, device);
+    if (e?.state !== "pending" || e.publicKey !== publicKey.trim()) {
+      throw new QuantdError("NOT_FOUND", `no pending key ${publicKey} for ${fleet}/${device}`, {
+        details: { fleet, device },
+      });
+    }
+    await this.store.enroll(fleet, device, e.publicKey, this.now());
+    this.keys.forget(fleet, device);
+    this.log(`controller: ${fleet}/${device} enrolled (key ${keyId(e.publicKey)})`);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.pruneTimer);
+    await this.conn.close();
+    this.telemetry.flush();
+    await this.chain;
+  }
+
+  /** One message from the broker: capped, authenticated, then stored. */
+  private receive(m: MqttMessage): void {
+    const t = parseTopic(m.topic);
+    if (t === undefined || t.kind === "cmd" || t.kind === "reply") return;
+    const cap = SIZE_CAPS[t.kind];
+    if (m.payload.byteLength > cap) {
+      this.counters.oversize++;
+      this.log(
+        `controller: refused a ${m.payload.byteLength}-byte ${t.kind} message on ${m.topic} (cap ${cap})`,
+      );
+      return;
+    }
+    const kind = t.kind;
+    if (kind === "telemetry") {
+      this.authentic(t, m)
+        .then((ok) => {
+          if (ok) this.queueTelemetry(t, m);
+        })
+        .catch((err: unknown) =>
+          this.log(`controller: cannot check ${m.topic}: ${QuantdError.from(err).toLine()}`),
+        );
+      return;
+    }
+    this.chain = this.chain
+      .then(async () => {
+        if (await this.authentic(t, m)) await this.ingest(t, kind, m);
+      })
+      .catch((err: unknown) => {
+        this.log(`controller: cannot store ${m.topic}: ${QuantdError.from(err).toLine()}`);
+      });
+  }
+
+  // Subscribe on every CONNACK, session present or not: mosquitto 2.0 with
+  // `persistence true` restores the session after a restart but not its
+  // `$share/…` subscription, and the controller would otherwise go deaf.
+  private subscribe(sharedSubscriptions: boolean): void {
+    this.counters.connected = true;
+    this.counters.subscribes++;
+    this.conn
+      .subscribe([this.filter(sharedSubscriptions)], { qos: 1 })
+      .then(() => {
+        this.subscribed = true;
+        for (const w of this.readyWaiters) w();
+        this.readyWaiters.clear();
+      })
+      .catch((err: unknown) => this.log(`controller: cannot subscribe: ${QuantdError.from(err).toLine()}`));
+  }
+
+  /** What to subscribe to, given whether the broker's CONNACK offers shared subscriptions. */
+  private filter(sharedSubscriptions: boolean): string {
+    const { transient, shared } = this.options;
+    if (transient !== undefined) return `${TOPIC_ROOT}/${transient.fleet}/+/#`;
+    if (shared === false) return CONTROLLER_FILTER;
+    if (sharedSubscriptions) return CONTROLLER_SHARED_FILTER;
+    // A broker without shared subscriptions (the embedded one of `quantd demo`) says so in its
+    // CONNACK and refuses `$share/…`: subscribe plainly then, which is right for one controller.
+    this.log("controller: the broker has no shared subscriptions; subscribing as the only controller");
+    return CONTROLLER_FILTER;
+  }
+
+  /** Whether the message is signed by its device's enrolled key; refusals are counted and logged. */
+  private async authentic(t: ParsedTopic, m: MqttMessage): Promise<boolean> {
+    const r = await this.keys.check(t.fleet, t.device, m.topic, m.payload, m.userProperties);
     if (r.ok) return true;
-    if (r.reason === "unsigned") stats.refused.unsigned++;
-    else if (r.reason === "bad-signature") stats.refused.badSignature++;
-    else stats.refused.notEnrolled++;
+    const refused = this.counters.refused;
+    if (r.reason === "unsigned") refused.unsigned++;
+    else if (r.reason === "bad-signature") refused.badSignature++;
+    else refused.notEnrolled++;
     const key = `${t.fleet}/${t.device}/${r.reason}`;
     if (r.reason === "not-enrolled" && r.proposed) {
-      log(
+      this.log(
         `controller: ${t.fleet}/${t.device} is not enrolled; it presented a key, confirm it on the dashboard or with quantd fleet enroll`,
       );
-    } else if (!warned.has(key) && warned.size < 10_000) {
-      warned.add(key);
-      log(`controller: refused ${t.kind} from ${t.fleet}/${t.device}: ${r.reason}`);
+    } else if (!this.warned.has(key) && this.warned.size < 10_000) {
+      this.warned.add(key);
+      this.log(`controller: refused ${t.kind} from ${t.fleet}/${t.device}: ${r.reason}`);
     }
     return false;
-  };
-  let subscribed = false;
-  const readyWaiters = new Set<() => void>();
-  // Messages are stored one at a time, in arrival order, so a device's status
-  // and job updates never race each other.
-  let chain: Promise<void> = Promise.resolve();
+  }
 
-  const emit = (e: ControllerEvent): void => {
-    for (const fn of listeners) fn(e);
-  };
-
-  const ingest = async (t: ParsedTopic, m: MqttMessage): Promise<void> => {
+  /** Stores a status, job or report message. */
+  private async ingest(t: ParsedTopic, kind: "status" | "job" | "report", m: MqttMessage): Promise<void> {
     const body = decodeJson(m.payload);
-    const at = now();
-    const bad = (): void => {
-      stats.malformed++;
-      log(`controller: skipped a malformed ${t.kind} message on ${m.topic}`);
-    };
-    if (!isRecord(body)) return bad();
+    const at = this.now();
     const { fleet, device } = t;
-    switch (t.kind) {
+    if (!isRecord(body)) return this.malformed(kind, m.topic);
+    switch (kind) {
       case "status":
-        if (!isStatus(body)) return bad();
-        await options.store.recordStatus(fleet, device, body, at);
+        if (!isStatus(body)) return this.malformed(kind, m.topic);
+        await this.store.recordStatus(fleet, device, body, at);
         break;
-      case "telemetry":
-        // Handled in groups by queueTelemetry; never chained one by one.
-        return;
       case "job":
-        if (!isJob(body)) return bad();
-        await options.store.recordJob(fleet, device, body, at);
+        if (!isJob(body)) return this.malformed(kind, m.topic);
+        await this.store.recordJob(fleet, device, body, at);
         break;
       case "report":
-        if (!isReport(body)) return bad();
-        if (!(await options.store.recordReport(fleet, device, body, at))) {
-          stats.duplicateReports++;
+        if (!isReport(body)) return this.malformed(kind, m.topic);
+        if (!(await this.store.recordReport(fleet, device, body, at))) {
+          this.counters.duplicateReports++;
           return;
         }
         break;
-      case "cmd":
-      case "reply":
-        return;
     }
-    stats.messages++;
-    stats.byKind[t.kind]++;
-    emit({ kind: t.kind, fleet, device, at });
-  };
+    this.counters.messages++;
+    this.counters.byKind[kind]++;
+    this.emit({ kind, fleet, device, at });
+  }
 
-  // Telemetry is the bulk of the traffic (a message per device per interval):
-  // it is written in groups, one transaction each, and under overload the
-  // newest is dropped and counted rather than queued without bound (it is QoS 0).
-  let telemetry: TelemetryItem[] = [];
-  let telemetryInFlight = 0;
-  let flushTimer: ReturnType<typeof setTimeout> | undefined;
-  const flushTelemetry = (): void => {
-    if (flushTimer !== undefined) clearTimeout(flushTimer);
-    flushTimer = undefined;
-    if (telemetry.length === 0) return;
-    const items = telemetry;
-    telemetry = [];
-    chain = chain
-      .then(() => options.store.recordTelemetry(items))
+  private malformed(kind: string, topic: string): void {
+    this.counters.malformed++;
+    this.log(`controller: skipped a malformed ${kind} message on ${topic}`);
+  }
+
+  private emit(e: ControllerEvent): void {
+    for (const fn of this.listeners) fn(e);
+  }
+
+  private queueTelemetry(t: ParsedTopic, m: MqttMessage): void {
+    const body = decodeJson(m.payload);
+    if (!isRecord(body) || !isTelemetry(body)) return this.malformed("telemetry", m.topic);
+    const extra = body.samples.length - MAX_TELEMETRY_SAMPLES;
+    if (extra > 0) {
+      this.counters.truncatedSamples += extra;
+      body.samples = body.samples.slice(extra);
+      this.log(
+        `controller: kept the newest ${MAX_TELEMETRY_SAMPLES} of ${extra + MAX_TELEMETRY_SAMPLES} samples on ${m.topic}`,
+      );
+    }
+    const item = { fleet: t.fleet, device: t.device, msg: body, receivedAt: this.now() };
+    if (!this.telemetry.push(item)) this.counters.droppedTelemetry++;
+  }
+
+  /** Writes a group of telemetry on the chain, then tells the listeners once per device. */
+  private storeTelemetry(items: TelemetryItem[]): Promise<void> {
+    this.chain = this.chain
+      .then(() => this.store.recordTelemetry(items))
       .then(() => {
-        stats.messages += items.length;
-        stats.byKind.telemetry += items.length;
+        this.counters.messages += items.length;
+        this.counters.byKind.telemetry += items.length;
         const seen = new Set<string>();
         for (const it of items) {
           const key = `${it.fleet}/${it.device}`;
           if (seen.has(key)) continue;
           seen.add(key);
-          emit({ kind: "telemetry", fleet: it.fleet, device: it.device, at: it.receivedAt });
+          this.emit({ kind: "telemetry", fleet: it.fleet, device: it.device, at: it.receivedAt });
         }
       })
       .catch((err: unknown) => {
-        log(`controller: cannot store ${items.length} telemetry messages: ${QuantdError.from(err).toLine()}`);
-      })
-      .finally(() => {
-        telemetryInFlight -= items.length;
-      });
-  };
-  const queueTelemetry = (t: ParsedTopic, m: MqttMessage): void => {
-    const body = decodeJson(m.payload);
-    if (!isRecord(body) || !isTelemetry(body)) {
-      stats.malformed++;
-      log(`controller: skipped a malformed telemetry message on ${m.topic}`);
-      return;
-    }
-    const extra = body.samples.length - MAX_TELEMETRY_SAMPLES;
-    if (extra > 0) {
-      stats.truncatedSamples += extra;
-      body.samples = body.samples.slice(extra);
-      log(
-        `controller: kept the newest ${MAX_TELEMETRY_SAMPLES} of ${extra + MAX_TELEMETRY_SAMPLES} samples on ${m.topic}`,
-      );
-    }
-    if (telemetryInFlight >= MAX_TELEMETRY_BACKLOG) {
-      stats.droppedTelemetry++;
-      return;
-    }
-    telemetryInFlight++;
-    telemetry.push({ fleet: t.fleet, device: t.device, msg: body, receivedAt: now() });
-    if (telemetry.length >= TELEMETRY_GROUP) flushTelemetry();
-    else flushTimer ??= setTimeout(flushTelemetry, TELEMETRY_FLUSH_MS);
-  };
-
-  conn.onMessage((m) => {
-    const t = parseTopic(m.topic);
-    if (t === undefined || t.kind === "cmd" || t.kind === "reply") return;
-    if (m.payload.byteLength > SIZE_CAPS[t.kind]) {
-      stats.oversize++;
-      log(
-        `controller: refused a ${m.payload.byteLength}-byte ${t.kind} message on ${m.topic} (cap ${SIZE_CAPS[t.kind]})`,
-      );
-      return;
-    }
-    if (t.kind === "telemetry") {
-      authentic(t, m)
-        .then((ok) => {
-          if (ok) queueTelemetry(t, m);
-        })
-        .catch((err: unknown) =>
-          log(`controller: cannot check ${m.topic}: ${QuantdError.from(err).toLine()}`),
+        this.log(
+          `controller: cannot store ${items.length} telemetry messages: ${QuantdError.from(err).toLine()}`,
         );
-      return;
-    }
-    chain = chain
-      .then(async () => {
-        if (await authentic(t, m)) await ingest(t, m);
-      })
-      .catch((err: unknown) => {
-        log(`controller: cannot store ${m.topic}: ${QuantdError.from(err).toLine()}`);
       });
-  });
-  // Subscribe on every CONNACK, session present or not: mosquitto 2.0 with
-  // `persistence true` restores the session after a restart but not its
-  // `$share/…` subscription, and the controller would otherwise go deaf.
-  conn.onConnect(({ sharedSubscriptions }) => {
-    stats.connected = true;
-    stats.subscribes++;
-    // A broker without shared subscriptions (the embedded one of `quantd demo`) says so in its
-    // CONNACK and refuses `$share/…`: subscribe plainly then, which is right for one controller.
-    if (!sharedSubscriptions && transient === undefined && options.shared !== false) {
-      log("controller: the broker has no shared subscriptions; subscribing as the only controller");
-    }
-    const filter =
-      transient !== undefined
-        ? `${TOPIC_ROOT}/${transient.fleet}/+/#`
-        : sharedSubscriptions && options.shared !== false
-          ? CONTROLLER_SHARED_FILTER
-          : CONTROLLER_FILTER;
-    conn
-      .subscribe([filter], { qos: 1 })
-      .then(() => {
-        subscribed = true;
-        for (const w of readyWaiters) w();
-        readyWaiters.clear();
-      })
-      .catch((err: unknown) => log(`controller: cannot subscribe: ${QuantdError.from(err).toLine()}`));
-  });
-  conn.onClose(() => {
-    stats.connected = false;
-    subscribed = false;
-  });
-  conn.onError((err) => log(`controller: ${err.toLine()}`));
+    return this.chain;
+  }
 
-  const retention = options.telemetryRetentionMs ?? 24 * 3600 * 1000;
-  const pruneTimer = setInterval(() => {
-    options.store.pruneTelemetry(now() - retention).catch((err: unknown) => {
-      log(`controller: prune failed: ${QuantdError.from(err).toLine()}`);
-    });
-  }, 60_000);
-  pruneTimer.unref?.();
-
-  return {
-    clientId,
-    store: options.store,
-    waitReady(timeoutMs) {
-      if (subscribed && conn.connected) return Promise.resolve(true);
-      return new Promise((resolve) => {
-        const done = (): void => {
-          clearTimeout(timer);
-          resolve(true);
-        };
-        const timer = setTimeout(() => {
-          readyWaiters.delete(done);
-          resolve(false);
-        }, timeoutMs);
-        readyWaiters.add(done);
+  private startPruning(): ReturnType<typeof setInterval> {
+    const retention = this.options.telemetryRetentionMs ?? DEFAULT_TELEMETRY_RETENTION_MS;
+    const timer = setInterval(() => {
+      this.store.pruneTelemetry(this.now() - retention).catch((err: unknown) => {
+        this.log(`controller: prune failed: ${QuantdError.from(err).toLine()}`);
       });
-    },
-    onEvent(fn) {
-      listeners.add(fn);
-      return () => listeners.delete(fn);
-    },
-    stats: () => ({ ...stats, byKind: { ...stats.byKind }, refused: { ...stats.refused } }),
-    async enroll(fleet, device, publicKey) {
-      checkName(fleet, "fleet");
-      checkName(device, "device");
-      parsePublicKey(publicKey);
-      await options.store.enroll(fleet, device, publicKey.trim(), now());
-      keys.forget(fleet, device);
-    },
-    async confirmEnrolment(fleet, device, publicKey) {
-      const e = await options.store.enrolment(fleet, device);
-      if (e?.state !== "pending" || e.publicKey !== publicKey.trim()) {
-        throw new QuantdError("NOT_FOUND", `no pending key ${publicKey} for ${fleet}/${device}`, {
-          details: { fleet, device },
-        });
-      }
-      await options.store.enroll(fleet, device, e.publicKey, now());
-      keys.forget(fleet, device);
-      log(`controller: ${fleet}/${device} enrolled (key ${keyId(e.publicKey)})`);
-    },
-    async stop() {
-      clearInterval(pruneTimer);
-      await conn.close();
-      flushTelemetry();
-      await chain;
-    },
-  };
+    }, PRUNE_INTERVAL_MS);
+    timer.unref?.();
+    return timer;
+  }
+}
+
+/**
+ * Starts the controller; it connects and reconnects in the background.
+ *
+ * @throws CONFIG_INVALID on a bad broker URL or transient fleet name
+ */
+export function startController(options: ControllerOptions): FleetController {
+  return new Controller(options);
 }
