@@ -427,7 +427,10 @@ class Controller implements FleetController {
 
   private queueTelemetry(t: ParsedTopic, m: MqttMessage): void {
     const body = decodeJson(m.payload);
-    if (!isRecord(body) || !isTelemetry(body)) return this.malformed("telemetry", m.topic);
+    if (!isRecord(body) || !isTelemetry(body)) {
+      this.malformed("telemetry", m.topic);
+      return;
+    }
     const extra = body.samples.length - MAX_TELEMETRY_SAMPLES;
     if (extra > 0) {
       this.counters.truncatedSamples += extra;
