@@ -18,7 +18,7 @@ import { TaskModel, type TaskOutputs } from "../runtime/task-model.ts";
 import type { TextInput } from "../runtime/tokenizer.ts";
 import type { TensorInfo } from "../runtime/types.ts";
 import { DEFAULT_CONFIDENCE } from "./confidence.ts";
-import type { QuantSample } from "./pipeline.ts";
+import type { QuantSample } from "./samples.ts";
 import { compareTaskOutputs, type TaskThresholds } from "./task-metrics.ts";
 import {
   type CandidateValidation,

@@ -41,7 +41,7 @@ import {
   lookLevels,
   topTwoMargins,
 } from "./gate.ts";
-import type { QuantSample } from "./pipeline.ts";
+import type { QuantSample } from "./samples.ts";
 import { planLooks } from "./split.ts";
 
 export { planLooks } from "./split.ts";

@@ -1,0 +1,397 @@
+/**
+ * The candidates of a quantization run: each int8 format asked for is built,
+ * validated against fp32 and, when it misses the gate, sent through the
+ * fallback (other calibration methods first, then nodes kept in fp32). The
+ * second stage of `runQuantization`; the third picks among what it returns.
+ */
+import { isQuantdError, QuantdError } from "../errors.ts";
+import type { ModelProto } from "../onnx/types.ts";
+import type { BatchEncoding } from "../runtime/tokenizer.ts";
+import type { SessionOptions } from "../runtime/types.ts";
+import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from "./gate.ts";
+import type { CalibrationMethod } from "./methods.ts";
+import type { ActivationType, QuantizeMode, StaticFormat } from "./plan.ts";
+import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
+import type {
+  CandidateEntry,
+  FallbackTrial,
+  GraphChanges,
+  LayerErrorEntry,
+  MethodTrial,
+  SkippedNodeEntry,
+  TensorRangeEntry,
+} from "./report.ts";
+import { type FallbackResult, measureLayerErrors, runFallback, sensitivityTargets } from "./sensitivity.ts";
+
+/** One format to build: a mode and, for static, how it is calibrated and written. */
+export interface FormatChoice {
+  mode: QuantizeMode;
+  method?: CalibrationMethod;
+  format?: StaticFormat;
+  activations?: ActivationType;
+}
+
+/** One int8 form `--mode auto` may try (a board profile lists the ones worth timing on it). */
+export interface AutoCandidate {
+  mode: QuantizeMode;
+  format?: StaticFormat;
+  activations?: ActivationType;
+}
+
+/** `--mode auto`'s candidates without a board profile: both static forms with uint8 activations, and dynamic. */
+export const DEFAULT_AUTO_CANDIDATES: readonly AutoCandidate[] = [
+  { mode: "static", format: "qdq" },
+  { mode: "static", format: "fused" },
+  { mode: "dynamic" },
+];
+
+/** Calibration methods the fallback tries, in order, before keeping any node in fp32. */
+export const FALLBACK_METHODS: readonly CalibrationMethod[] = ["percentile", "mse", "entropy"];
+
+/** One int8 format tried, with its fallback history. */
+export interface Candidate extends FormatChoice {
+  model: ModelProto;
+  metrics: GateMetrics;
+  passed: boolean;
+  failures: string[];
+  keptSensitive: LayerErrorEntry[];
+  /** Per-layer error of the original build (worst first); measured late when the fallback did not run. */
+  layerError: LayerErrorEntry[];
+  /** Nodes quantized in `model`. */
+  quantizedNodes: string[];
+  trials: FallbackTrial[];
+  /** Other calibration methods tried before the fp32 fallback. */
+  methodTrials: MethodTrial[];
+  skipped: SkippedNodeEntry[];
+  /** What was done to the graph before quantizing it (opset upgrade, contrib ops lowered). */
+  graph: GraphChanges;
+  ranges: Record<string, TensorRangeEntry>;
+  calibrationMs: number;
+  quantizationMs: number;
+  p50Ms?: number;
+}
+
+/** How every candidate of a run is built (resolved from the run's options). */
+export interface BuildSettings {
+  gate: GateSpec;
+  /** Fallback rebuilds allowed per candidate format. */
+  budget: number;
+  /** Nodes the user excluded. */
+  exclude: readonly string[];
+  perChannel: boolean;
+  reduceRange: boolean;
+  /** Static calibration method. */
+  method: CalibrationMethod;
+  /** How static MatMuls are written. */
+  format: StaticFormat;
+  session: SessionOptions;
+}
+
+/** What the candidates are built from and judged by. */
+export interface CandidateInputs {
+  fp32: ModelProto;
+  /** Calibration batches (static builds). */
+  calibration: readonly BatchEncoding[];
+  /** Batches the sensitivity probe runs. */
+  probe: readonly BatchEncoding[];
+  /** Validates a candidate against fp32 on the held-out samples. */
+  validate(model: ModelProto, mode: QuantizeMode): Promise<GateMetrics>;
+  progress(line: string): void;
+}
+
+/** What {@link buildCandidates} returns. */
+export interface BuiltCandidates {
+  candidates: Candidate[];
+  /** Formats that could not be built (auto mode goes on without them). */
+  failed: CandidateEntry[];
+  /** Time spent in the fallback (methods, rebuilds and their validations), ms. */
+  fallbackMs: number;
+}
+
+/** The mode and format fields of a candidate, for a report entry or an error's details. */
+export function formatFields(c: FormatChoice): {
+  mode: QuantizeMode;
+  method?: CalibrationMethod;
+  format?: StaticFormat;
+  activations?: ActivationType;
+} {
+  return {
+    mode: c.mode,
+    ...(c.method !== undefined ? { method: c.method } : {}),
+    ...(c.format !== undefined ? { format: c.format } : {}),
+    ...(c.activations !== undefined ? { activations: c.activations } : {}),
+  };
+}
+
+/** `static/minmax/qdq`, `static/minmax/fused/s8s8`, `dynamic`. */
+export function describeFormat(c: {
+  mode: QuantizeMode;
+  method?: string;
+  format?: string;
+  activations?: string;
+}): string {
+  // uint8 activations (U8S8) are the default and go unnamed; S8S8 says so.
+  const pairing = c.activations === "int8" ? "s8s8" : undefined;
+  return [c.mode, c.method, c.format, pairing].filter((x) => x !== undefined).join("/");
+}
+
+/** The formats a run builds: what `--mode` names, or for `auto` the board profile's (or the default) list. */
+export function formatsToTry(
+  requested: QuantizeMode | "auto",
+  s: BuildSettings,
+  activations: ActivationType | undefined,
+  auto: readonly AutoCandidate[] | undefined,
+): FormatChoice[] {
+  const staticChoice = (format: StaticFormat, act: ActivationType): FormatChoice => ({
+    mode: "static",
+    method: s.method,
+    format,
+    activations: act,
+  });
+  if (requested === "auto") {
+    return (auto ?? DEFAULT_AUTO_CANDIDATES).map((c) =>
+      c.mode === "static"
+        ? staticChoice(c.format ?? s.format, c.activations ?? "uint8")
+        : { mode: "dynamic" },
+    );
+  }
+  return requested === "static" ? [staticChoice(s.format, activations ?? "uint8")] : [{ mode: "dynamic" }];
+}
+
+/**
+ * Calibration ranges a run has computed, by method: both static formats (and
+ * the fallback's method trials) share one calibration pass per method.
+ */
+class RangeCache {
+  readonly byMethod = new Map<CalibrationMethod, QuantizeResult["ranges"]>();
+  /** Calibration time of the first static build (what the report shows). */
+  calibrationMs = 0;
+}
+
+/**
+ * Builds, validates and (when it misses the gate) falls back on every format,
+ * in order. In auto mode a format that cannot be built is recorded and the
+ * others go on.
+ *
+ * @throws QUANT_* from the quantizer (outside auto mode), USAGE always
+ */
+export async function buildCandidates(
+  formats: readonly FormatChoice[],
+  inputs: CandidateInputs,
+  settings: BuildSettings,
+  autoMode: boolean,
+): Promise<BuiltCandidates> {
+  const ranges = new RangeCache();
+  const out: BuiltCandidates = { candidates: [], failed: [], fallbackMs: 0 };
+  for (const f of formats) {
+    inputs.progress(`quantizing (${describeFormat(f)})`);
+    let first: QuantizeResult;
+    try {
+      first = await buildFormat(
+        f,
+        f.method ?? settings.method,
+        inputs.fp32,
+        inputs.calibration,
+        settings,
+        ranges,
+      );
+    } catch (err) {
+      // In auto mode one format failing must not sink the other.
+      if (!autoMode || (isQuantdError(err) && err.code === "USAGE")) throw err;
+      out.failed.push(failedEntry(f, err));
+      continue;
+    }
+    inputs.progress(`validating (${describeFormat(f)})`);
+    const metrics = await inputs.validate(first.model, f.mode);
+    const t = performance.now();
+    const candidate = await improveCandidate(f, { result: first, metrics }, inputs, settings, ranges);
+    out.fallbackMs += performance.now() - t;
+    out.candidates.push(candidate);
+  }
+  return out;
+}
+
+/** The report entry of a format that could not be built. */
+function failedEntry(f: FormatChoice, err: unknown): CandidateEntry {
+  return {
+    ...formatFields(f),
+    agreement: 0,
+    meanAbsLogitDiff: Number.POSITIVE_INFINITY,
+    passed: false,
+    chosen: false,
+    note: QuantdError.from(err, "QUANT_FAILED").toLine(),
+  };
+}
+
+/** One build of a format: static with `method`'s ranges (computed once per run and method), or dynamic. */
+async function buildFormat(
+  f: FormatChoice,
+  method: CalibrationMethod,
+  fp32: ModelProto,
+  calibration: readonly BatchEncoding[],
+  s: BuildSettings,
+  ranges: RangeCache,
+): Promise<QuantizeResult> {
+  const common = { perChannel: s.perChannel, reduceRange: s.reduceRange, exclude: s.exclude };
+  if (f.mode === "dynamic") return quantizeModel(fp32, { type: "dynamic", ...common });
+  const known = ranges.byMethod.get(method);
+  const result = await quantizeModel(fp32, {
+    type: "static",
+    method,
+    format: f.format ?? s.format,
+    activations: f.activations ?? "uint8",
+    ...common,
+    ...(known !== undefined ? { ranges: known } : { calibration }),
+  });
+  if (known === undefined) {
+    if (ranges.byMethod.size === 0) ranges.calibrationMs = result.timings.calibrationMs;
+    ranges.byMethod.set(method, result.ranges);
+  }
+  return result;
+}
+
+/**
+ * A validated build of a format, after the fallback when it missed the gate:
+ * other calibration methods first ({@link tryMethods}), then nodes kept in fp32
+ * (`runFallback`), each trial recorded.
+ */
+async function improveCandidate(
+  f: FormatChoice,
+  built: { result: QuantizeResult; metrics: GateMetrics },
+  inputs: CandidateInputs,
+  s: BuildSettings,
+  ranges: RangeCache,
+): Promise<Candidate> {
+  const label = describeFormat(f);
+  const { result: first, metrics: firstMetrics } = built;
+  const method = f.method ?? s.method;
+  // Other calibration methods first: they cost time, not bytes (see tryMethods).
+  const tried =
+    f.mode === "static" && s.budget > 0 && !checkGate(firstMetrics, s.gate).passed
+      ? await tryMethods(first, firstMetrics, method, s.gate, async (m) => {
+          inputs.progress(`fallback (${label}): calibrating with ${m} instead`);
+          const alt = await buildFormat(f, m, inputs.fp32, inputs.calibration, s, ranges);
+          return { result: alt, metrics: await inputs.validate(alt.model, f.mode) };
+        })
+      : { start: { result: first, metrics: firstMetrics, method }, trials: [] };
+  const base = tried.start.result;
+  const builds = new Map<ModelProto, QuantizeResult>([[base.model, base]]);
+  const targets = sensitivityTargets(
+    inputs.fp32,
+    base.plan.quantized.map((t) => t.node),
+  );
+  const fb = await runFallback(
+    { model: base.model, metrics: tried.start.metrics },
+    {
+      rebuild: async (keep) => {
+        inputs.progress(`fallback (${label}): keeping ${keep.length} node(s) in fp32`);
+        const r = await requantize(inputs.fp32, base, keep);
+        builds.set(r.model, r);
+        return r.model;
+      },
+      validate: (model) => inputs.validate(model, f.mode),
+      rank: (model) => measureLayerErrors(inputs.fp32, model, targets, inputs.probe, { session: s.session }),
+    },
+    { gate: s.gate, budget: s.budget, ignore: s.exclude },
+  );
+  const best = builds.get(fb.best.model) ?? base;
+  return candidateOf(f, { first, base, best, method: tried.start.method }, fb, tried.trials, s, ranges);
+}
+
+/** The candidate record of a format after its fallback. */
+function candidateOf(
+  f: FormatChoice,
+  builds: { first: QuantizeResult; base: QuantizeResult; best: QuantizeResult; method: CalibrationMethod },
+  fb: FallbackResult<ModelProto>,
+  methodTrials: MethodTrial[],
+  s: BuildSettings,
+  ranges: RangeCache,
+): Candidate {
+  const verdict = checkGate(fb.best.metrics, s.gate);
+  const isStatic = f.mode === "static";
+  return {
+    mode: f.mode,
+    ...(isStatic
+      ? {
+          method: builds.method,
+          format: f.format ?? s.format,
+          ...(f.activations !== undefined ? { activations: f.activations } : {}),
+        }
+      : {}),
+    model: fb.best.model,
+    metrics: fb.best.metrics,
+    passed: verdict.passed,
+    failures: verdict.failures,
+    keptSensitive: fb.keptFp32,
+    layerError: fb.ranking,
+    quantizedNodes: builds.best.plan.quantized.map((t) => t.node),
+    trials: fb.trials,
+    methodTrials,
+    skipped: builds.best.plan.skipped
+      .filter((x) => !(x.reason === "excluded" && !s.exclude.includes(x.node)))
+      .map((x) => ({ node: x.node, opType: x.opType, reason: x.reason, detail: x.detail })),
+    graph: { opset: builds.first.opset, lowered: builds.first.lowered },
+    ranges: rangesOf(builds.base),
+    calibrationMs: isStatic ? ranges.calibrationMs : 0,
+    quantizationMs: builds.first.timings.quantizationMs,
+  };
+}
+
+/**
+ * The first step of the fallback for a static candidate that misses the gate:
+ * the same model calibrated with the other methods of {@link FALLBACK_METHODS}
+ * (percentile clips outliers, MSE and entropy pick the range that loses the
+ * least). A method costs a calibration pass and a validation (which stops as
+ * soon as it cannot pass), and not a byte of model size, so it goes before any
+ * node is kept in fp32. Stops at the first that passes; otherwise the best
+ * (highest bound) is where the fp32 fallback starts.
+ */
+async function tryMethods(
+  first: QuantizeResult,
+  firstMetrics: GateMetrics,
+  method: CalibrationMethod,
+  gate: GateSpec,
+  build: (m: CalibrationMethod) => Promise<{ result: QuantizeResult; metrics: GateMetrics }>,
+): Promise<{
+  start: { result: QuantizeResult; metrics: GateMetrics; method: CalibrationMethod };
+  trials: MethodTrial[];
+}> {
+  let start = { result: first, metrics: firstMetrics, method };
+  const trials: MethodTrial[] = [];
+  for (const m of FALLBACK_METHODS.filter((x) => x !== method)) {
+    const t0 = performance.now();
+    const alt = await build(m);
+    const passed = checkGate(alt.metrics, gate).passed;
+    trials.push({
+      method: m,
+      agreement: alt.metrics.agreement,
+      agreementLower: alt.metrics.agreementLower,
+      meanAbsLogitDiff: alt.metrics.meanAbsLogitDiff,
+      passed,
+      ms: performance.now() - t0,
+      bought: {
+        agreement: alt.metrics.agreement - firstMetrics.agreement,
+        agreementLower: alt.metrics.agreementLower - firstMetrics.agreementLower,
+        meanAbsLogitDiff: alt.metrics.meanAbsLogitDiff - firstMetrics.meanAbsLogitDiff,
+        bytes: 0,
+      },
+    });
+    if (passed || compareCandidates(alt.metrics, start.metrics) < 0) start = { ...alt, method: m };
+    if (passed) break;
+  }
+  return { start, trials };
+}
+
+/** The report's ranges of a build: each tensor's calibrated range with its scale and zero point. */
+function rangesOf(result: QuantizeResult): Record<string, TensorRangeEntry> {
+  const out: Record<string, TensorRangeEntry> = {};
+  for (const [name, r] of result.ranges) {
+    const qp = result.qparams.get(name);
+    out[name] = {
+      min: r.min,
+      max: r.max,
+      ...(qp !== undefined ? { scale: qp.scale, zeroPoint: qp.zeroPoint } : {}),
+    };
+  }
+  return out;
+}
