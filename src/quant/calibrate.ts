@@ -324,11 +324,9 @@ export async function calibrate(
     : Number.NaN;
   if (total === 0)
     throw new QuantdError("CALIB_EMPTY", "calibration needs at least one sample, none were given");
-  let samples = 0;
-  let batches = 0;
-  let setupMs = 0;
-  let inferenceMs = 0;
-  let observeMs = 0;
+  // Rows and runs done, and where the time went (the result's `timings`).
+  const done = { samples: 0, batches: 0 };
+  const timings = { setupMs: 0, inferenceMs: 0, observeMs: 0 };
   let uncollected = 0;
   try {
     for (const name of plan.fetched) index.addProbeOutput(name);
@@ -339,7 +337,7 @@ export async function calibrate(
       ...opts.session,
     });
     const live = session;
-    setupMs = performance.now() - t0;
+    timings.setupMs = performance.now() - t0;
     const fetches = plan.fetched;
 
     const run = async (enc: BatchEncoding): Promise<void> => {
@@ -355,17 +353,17 @@ export async function calibrate(
       if (fetches.length > 0) {
         let out: Record<string, Tensor>;
         const tr = performance.now();
-        observeMs += tr - ta;
+        timings.observeMs += tr - ta;
         try {
           out = await live.run(feeds, fetches);
         } catch (err) {
-          throw new QuantdError("CALIB_FAILED", `calibration run ${batches + 1} failed`, {
+          throw new QuantdError("CALIB_FAILED", `calibration run ${done.batches + 1} failed`, {
             cause: err,
             details: { batchSize: enc.batchSize, seqLen: enc.seqLen },
           });
         }
         const to = performance.now();
-        inferenceMs += to - tr;
+        timings.inferenceMs += to - tr;
         for (const name of fetches) {
           const t = out[name];
           if (t === undefined) throw new QuantdError("CALIB_FAILED", `onnxruntime did not return ${name}`);
@@ -376,11 +374,11 @@ export async function calibrate(
           uncollected = 0;
           collectGarbage();
         }
-        observeMs += performance.now() - to;
+        timings.observeMs += performance.now() - to;
       }
-      batches++;
-      samples += enc.batchSize;
-      opts.onProgress?.(samples, total);
+      done.batches++;
+      done.samples += enc.batchSize;
+      opts.onProgress?.(done.samples, total);
     };
 
     const buckets = new LengthBuckets(batchSize);
@@ -391,7 +389,7 @@ export async function calibrate(
       for (const ready of buckets.add(enc)) await run(ready);
     }
     for (const ready of buckets.flush()) await run(ready);
-    if (samples === 0)
+    if (done.samples === 0)
       throw new QuantdError("CALIB_EMPTY", "calibration needs at least one sample, none were given");
   } catch (err) {
     throw QuantdError.from(err, "CALIB_FAILED");
@@ -402,12 +400,12 @@ export async function calibrate(
   const tResult = performance.now();
   const ranges = new Map<string, TensorRange>();
   for (const name of names) ranges.set(name, observers.get(name)!.result());
-  observeMs += performance.now() - tResult;
+  timings.observeMs += performance.now() - tResult;
   return {
     ranges,
-    samples,
-    batches,
+    samples: done.samples,
+    batches: done.batches,
     elapsedMs: performance.now() - t0,
-    timings: { setupMs, inferenceMs, observeMs },
+    timings,
   };
 }

@@ -170,42 +170,16 @@ export function compareLogits(
     throw new QuantdError("DATA_MISMATCH", `${labels.length} labels for ${reference.rows} samples`);
   }
   const n = reference.rows;
-  const refTop = argmaxRows(reference);
-  const candTop = argmaxRows(candidate);
-  const margins = topTwoMargins(reference);
   const ignoreMargin = options.ignoreMargin ?? 0;
   const tieMargin = ignoreMargin > 0 ? ignoreMargin : DEFAULT_NEAR_TIE_MARGIN;
-  let agree = 0;
-  let nearTies = 0;
-  let nearTieFlips = 0;
-  let labelled = 0;
-  let refCorrect = 0;
-  let candCorrect = 0;
-  for (let r = 0; r < n; r++) {
-    const top = refTop[r]!;
-    const same = top !== -1 && top === candTop[r];
-    if (same) agree++;
-    if (margins[r]! < tieMargin) {
-      nearTies++;
-      if (!same) nearTieFlips++;
-    }
-    const label = labels?.[r];
-    if (label !== undefined) {
-      labelled++;
-      if (top === label) refCorrect++;
-      if (candTop[r] === label) candCorrect++;
-    }
-  }
-  let maxAbs = 0;
-  let sumAbs = 0;
-  const total = n * reference.cols;
-  for (let i = 0; i < total; i++) {
-    const d = Math.abs(candidate.data[i]! - reference.data[i]!);
-    // NaN in either model is as far off as it gets
-    const dd = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
-    if (dd > maxAbs) maxAbs = dd;
-    sumAbs += dd;
-  }
+  const { agree, nearTies, nearTieFlips, labelled, refCorrect, candCorrect } = countAgreement(
+    argmaxRows(reference),
+    argmaxRows(candidate),
+    topTwoMargins(reference),
+    tieMargin,
+    labels,
+  );
+  const { maxAbs, sumAbs, total } = logitError(reference, candidate);
   const confidence = options.confidence ?? DEFAULT_CONFIDENCE;
   const level = options.boundLevel ?? confidence;
   const ignored = ignoreMargin > 0;
@@ -237,6 +211,58 @@ export function compareLogits(
     metrics.accuracyDrop = (refCorrect - candCorrect) / labelled;
   }
   return metrics;
+}
+
+/** Per-sample counts of {@link compareLogits}: top-1 agreement, near-ties and their flips, accuracy of both models. */
+function countAgreement(
+  refTop: Int32Array,
+  candTop: Int32Array,
+  margins: Float64Array,
+  tieMargin: number,
+  labels: readonly (number | undefined)[] | undefined,
+): {
+  agree: number;
+  nearTies: number;
+  nearTieFlips: number;
+  labelled: number;
+  refCorrect: number;
+  candCorrect: number;
+} {
+  const c = { agree: 0, nearTies: 0, nearTieFlips: 0, labelled: 0, refCorrect: 0, candCorrect: 0 };
+  for (let r = 0; r < refTop.length; r++) {
+    const top = refTop[r]!;
+    const same = top !== -1 && top === candTop[r];
+    if (same) c.agree++;
+    if (margins[r]! < tieMargin) {
+      c.nearTies++;
+      if (!same) c.nearTieFlips++;
+    }
+    const label = labels?.[r];
+    if (label !== undefined) {
+      c.labelled++;
+      if (top === label) c.refCorrect++;
+      if (candTop[r] === label) c.candCorrect++;
+    }
+  }
+  return c;
+}
+
+/** Largest and summed |candidate − reference| over every logit (NaN counts as infinitely far). */
+function logitError(
+  reference: LogitMatrix,
+  candidate: LogitMatrix,
+): { maxAbs: number; sumAbs: number; total: number } {
+  let maxAbs = 0;
+  let sumAbs = 0;
+  const total = reference.rows * reference.cols;
+  for (let i = 0; i < total; i++) {
+    const d = Math.abs(candidate.data[i]! - reference.data[i]!);
+    // NaN in either model is as far off as it gets
+    const dd = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
+    if (dd > maxAbs) maxAbs = dd;
+    sumAbs += dd;
+  }
+  return { maxAbs, sumAbs, total };
 }
 
 /**

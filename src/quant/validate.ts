@@ -28,7 +28,7 @@ import { encodeModel } from "../onnx/codec.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import { feedsForEncoding } from "../runtime/classifier.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
-import type { BatchEncoding, Tokenizer } from "../runtime/tokenizer.ts";
+import { type BatchEncoding, planBatches, type Tokenizer } from "../runtime/tokenizer.ts";
 import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
 import { clopperPearsonLower, DEFAULT_CONFIDENCE, samplesToCertify } from "./confidence.ts";
 import {
@@ -62,32 +62,33 @@ export interface EncodedSamples {
 /**
  * Tokenizes samples into batches sorted by length (so padding is small),
  * remembering labels in batch order. Samples longer than `maxLength` are cut
- * (longest-first, special tokens kept) and counted.
+ * (longest-first, special tokens kept) and counted. `"unpadded"` batching puts
+ * only samples of one token length together, as serving does; rows come in
+ * the same order either way (by length, then by index).
  */
 export function encodeSamples(
   tokenizer: Tokenizer,
   samples: readonly QuantSample[],
   batchSize: number,
   maxLength: number,
+  batching: "sorted" | "unpadded" = "sorted",
 ): EncodedSamples {
-  const encoded = samples.map((s, i) => ({ i, e: tokenizer.encode(s.text, s.pair, { maxLength }) }));
-  encoded.sort((a, b) => a.e.inputIds.length - b.e.inputIds.length || a.i - b.i);
-  const batches: BatchEncoding[] = [];
-  const labels: (number | undefined)[] = [];
-  const order: number[] = [];
-  const lengths: number[] = [];
-  let truncated = 0;
-  for (let start = 0; start < encoded.length; start += batchSize) {
-    const chunk = encoded.slice(start, start + batchSize);
-    batches.push(tokenizer.pad(chunk.map((c) => c.e)));
-    for (const c of chunk) {
-      labels.push(samples[c.i]!.label);
-      order.push(c.i);
-      lengths.push(c.e.inputIds.length);
-      if (c.e.truncated) truncated++;
+  const encoded = samples.map((s) => tokenizer.encode(s.text, s.pair, { maxLength }));
+  const out: EncodedSamples = { batches: [], truncated: 0, labels: [], order: [], lengths: [] };
+  for (const rows of planBatches(
+    encoded.map((e) => e.inputIds.length),
+    batchSize,
+    batching,
+  )) {
+    out.batches.push(tokenizer.pad(rows.map((i) => encoded[i]!)));
+    for (const i of rows) {
+      out.labels.push(samples[i]!.label);
+      out.order.push(i);
+      out.lengths.push(encoded[i]!.inputIds.length);
+      if (encoded[i]!.truncated) out.truncated++;
     }
   }
-  return { batches, truncated, labels, order, lengths };
+  return out;
 }
 
 /** Samples per validation batch (fp32 and static candidates). */
@@ -173,10 +174,39 @@ function hashOrder(samples: readonly QuantSample[]): number[] {
 /** One look's worth of samples, encoded both ways, with its fp32 logits once computed. */
 interface Chunk {
   samples: QuantSample[];
+  /** Length-sorted batches (fp32 and static candidates). */
   batched: EncodedSamples;
-  single: EncodedSamples;
+  /** Batches of one token length each, as serving forms them (dynamic candidates); rows in `batched`'s order. */
+  unpadded: EncodedSamples;
   reference?: LogitMatrix;
   margins?: Float64Array;
+}
+
+/** A validator's fixed plan (looks, levels, encoded chunks) and its running figures. */
+interface ValidationPlan {
+  opts: ValidatorOptions;
+  n: number;
+  batchSize: number;
+  earlyStop: boolean;
+  confidence: number;
+  levels: { interim: number; final: number };
+  ignoreMargin: number;
+  /** fp32 top-2 margin under which a sample is a near-tie. */
+  tieMargin: number;
+  chunks: Chunk[];
+  stats: ValidationSummary;
+}
+
+/** What the gate has counted of one candidate so far, and the rows it ran. */
+interface Tally {
+  /** Samples run. */
+  seen: number;
+  /** Samples the gate counts (near-ties left out under `ignoreMargin`), and those that agreed. */
+  gateN: number;
+  gateAgree: number;
+  refParts: LogitMatrix[];
+  candParts: LogitMatrix[];
+  labels: (number | undefined)[];
 }
 
 /**
@@ -185,6 +215,18 @@ interface Chunk {
  * @throws INFERENCE_FAILED / MODEL_LOAD_FAILED from onnxruntime (when validating)
  */
 export function createValidator(opts: ValidatorOptions): Validator {
+  const plan = planValidation(opts);
+  return {
+    looks: plan.stats.looks,
+    validate: (model, dynamicRanges) => validateCandidate(plan, model, dynamicRanges),
+    summary: () => structuredClone(plan.stats),
+    truncated: plan.chunks.reduce((sum, c) => sum + c.batched.truncated, 0),
+    lengths: plan.chunks.flatMap((c) => c.batched.lengths),
+  };
+}
+
+/** The looks and their levels, and the samples in hash order cut into one chunk per look, encoded both ways. */
+function planValidation(opts: ValidatorOptions): ValidationPlan {
   const confidence = opts.gate.confidence ?? DEFAULT_CONFIDENCE;
   const batchSize = opts.batchSize ?? VALIDATION_BATCH;
   const n = opts.samples.length;
@@ -193,164 +235,188 @@ export function createValidator(opts: ValidatorOptions): Validator {
   const levels = lookLevels(confidence, looks.length);
   const ordered = hashOrder(opts.samples).map((i) => opts.samples[i]!);
   const chunks: Chunk[] = [];
-  let truncated = 0;
   for (let start = 0, k = 0; k < looks.length; start = looks[k]!, k++) {
     const samples = ordered.slice(start, looks[k]);
-    const batched = encodeSamples(opts.tokenizer, samples, batchSize, opts.maxLength);
-    const single = encodeSamples(opts.tokenizer, samples, 1, opts.maxLength);
-    truncated += batched.truncated;
-    chunks.push({ samples, batched, single });
+    chunks.push({
+      samples,
+      batched: encodeSamples(opts.tokenizer, samples, batchSize, opts.maxLength),
+      unpadded: encodeSamples(opts.tokenizer, samples, 1, opts.maxLength, "unpadded"),
+    });
   }
   const ignoreMargin = opts.gate.ignoreMargin ?? 0;
-  const tieMargin = ignoreMargin > 0 ? ignoreMargin : DEFAULT_NEAR_TIE_MARGIN;
-  const stats: ValidationSummary = {
-    samples: n,
-    batchSize,
-    looks,
-    lookLevels: levels,
-    reference: { fromCache: 0, computed: 0, ms: 0 },
-    candidateSamples: 0,
-    candidateMs: 0,
-    earlyStops: { passed: 0, failed: 0 },
-  };
-
-  /** fp32 logits of a chunk: cached rows where the store has them, the rest computed. */
-  const referenceOf = async (chunk: Chunk): Promise<LogitMatrix> => {
-    if (chunk.reference !== undefined) return chunk.reference;
-    const t0 = performance.now();
-    const ids = chunk.batched.order.map((i) => chunk.samples[i]!.id);
-    const known = ids.filter((id): id is number => id !== undefined);
-    const cached = readCache(opts.cache, opts.fp32.sha256, known);
-    // Rows (in batch order) the cache does not hold: computed in length-sorted batches of their own.
-    const missing = ids.flatMap((id, r) => (id !== undefined && cached.has(id) ? [] : [r]));
-    let computed: LogitMatrix | undefined;
-    let computedOrder: number[] = [];
-    if (missing.length > 0) {
-      const subset = missing.map((r) => chunk.samples[chunk.batched.order[r]!]!);
-      const enc = encodeSamples(opts.tokenizer, subset, batchSize, opts.maxLength);
-      const session = await createOrtSession(opts.fp32.path, opts.session);
-      try {
-        computed = await collectLogits(session, enc.batches);
-      } finally {
-        await session.release();
-      }
-      computedOrder = enc.order.map((k) => missing[k]!);
-      stats.reference.computed += missing.length;
-    }
-    const cols = computed?.cols ?? cached.values().next().value?.length ?? 0;
-    const data = new Float32Array(ids.length * cols);
-    for (const [r, id] of ids.entries()) {
-      const row = id === undefined ? undefined : cached.get(id);
-      if (row !== undefined) data.set(row.subarray(0, cols), r * cols);
-    }
-    if (computed !== undefined) {
-      const fresh: { id: number; logits: Float32Array }[] = [];
-      for (const [k, r] of computedOrder.entries()) {
-        const row = computed.data.slice(k * cols, (k + 1) * cols);
-        data.set(row, r * cols);
-        const id = ids[r];
-        if (id !== undefined) fresh.push({ id, logits: row });
-      }
-      try {
-        if (opts.cache !== undefined && fresh.length > 0) opts.cache.put(opts.fp32.sha256, fresh);
-      } catch {
-        // A cache is an optimization: a locked or full store must not fail the validation.
-      }
-    }
-    stats.reference.fromCache += ids.length - missing.length;
-    const matrix: LogitMatrix = { data, rows: ids.length, cols };
-    chunk.reference = matrix;
-    chunk.margins = topTwoMargins(matrix);
-    stats.reference.ms += performance.now() - t0;
-    return matrix;
-  };
-
-  const validate = async (model: ModelProto, perSample: boolean): Promise<CandidateValidation> => {
-    const t0 = performance.now();
-    const refParts: LogitMatrix[] = [];
-    const candParts: LogitMatrix[] = [];
-    const labels: (number | undefined)[] = [];
-    // Running tallies of what the gate counts, for the futility check after every batch.
-    let seen = 0;
-    let gateN = 0;
-    let gateAgree = 0;
-    let stopped: EarlyStop | undefined;
-    const session = await createOrtSession(encodeModel(model), opts.session);
-    try {
-      for (const [k, chunk] of chunks.entries()) {
-        const reference = await referenceOf(chunk);
-        const enc = perSample ? chunk.single : chunk.batched;
-        const refTop = argmaxRows(reference);
-        const parts: Float32Array[] = [];
-        let row = 0;
-        for (const batch of enc.batches) {
-          const out = await runBatch(session, batch);
-          parts.push(out.data);
-          const top = argmaxRows(out);
-          for (let r = 0; r < out.rows; r++, row++) {
-            const counted = ignoreMargin <= 0 || chunk.margins![row]! >= tieMargin;
-            if (!counted) continue;
-            gateN++;
-            if (refTop[row] !== -1 && refTop[row] === top[r]) gateAgree++;
-          }
-          // Futility: even if every sample left agreed, the bound at the end would miss the gate.
-          const left = n - seen - row;
-          if (
-            earlyStop &&
-            opts.gate.decideOn !== "point" &&
-            clopperPearsonLower(gateAgree + left, gateN + left, levels.final) < opts.gate.minAgreement
-          ) {
-            stopped = "failed";
-            break;
-          }
-        }
-        const cand = stack(parts, row, reference.cols);
-        refParts.push(row === reference.rows ? reference : sliceRows(reference, row));
-        candParts.push(cand);
-        labels.push(...enc.labels.slice(0, row));
-        seen += row;
-        if (stopped !== undefined) break;
-        // Passed already: the bound at this look clears the gate (accuracy bounds need every sample).
-        if (
-          k < chunks.length - 1 &&
-          opts.gate.decideOn !== "point" &&
-          opts.gate.maxAccuracyDrop === undefined &&
-          gateN >= samplesToCertify(opts.gate.minAgreement, levels.interim) &&
-          clopperPearsonLower(gateAgree, gateN, levels.interim) >= opts.gate.minAgreement
-        ) {
-          stopped = "passed";
-          break;
-        }
-      }
-    } finally {
-      await session.release();
-    }
-    const metrics = compareLogits(concatRows(refParts), concatRows(candParts), labels, {
-      confidence,
-      ignoreMargin,
-      // A pass at an earlier look was tested at the stricter interim level; anything else at the last look's.
-      boundLevel: stopped === "passed" ? levels.interim : levels.final,
-    });
-    if (stopped !== undefined) {
-      metrics.stopped = stopped;
-      stats.earlyStops[stopped]++;
-    }
-    metrics.planned = n;
-    const ms = performance.now() - t0;
-    stats.candidateSamples += seen;
-    stats.candidateMs += ms;
-    return { metrics, samples: seen, ...(stopped !== undefined ? { stopped } : {}), ms };
-  };
-
   return {
-    looks,
-    validate,
-    summary: () => structuredClone(stats),
-    get truncated() {
-      return truncated;
+    opts,
+    n,
+    batchSize,
+    earlyStop,
+    confidence,
+    levels,
+    ignoreMargin,
+    tieMargin: ignoreMargin > 0 ? ignoreMargin : DEFAULT_NEAR_TIE_MARGIN,
+    chunks,
+    stats: {
+      samples: n,
+      batchSize,
+      looks,
+      lookLevels: levels,
+      reference: { fromCache: 0, computed: 0, ms: 0 },
+      candidateSamples: 0,
+      candidateMs: 0,
+      earlyStops: { passed: 0, failed: 0 },
     },
-    lengths: chunks.flatMap((c) => c.batched.lengths),
   };
+}
+
+/** fp32 logits of a chunk (batch order): cached rows where the store has them, the rest computed and stored. */
+async function referenceOf(plan: ValidationPlan, chunk: Chunk): Promise<LogitMatrix> {
+  if (chunk.reference !== undefined) return chunk.reference;
+  const t0 = performance.now();
+  const { opts, stats } = plan;
+  const ids = chunk.batched.order.map((i) => chunk.samples[i]!.id);
+  const cached = readCache(
+    opts.cache,
+    opts.fp32.sha256,
+    ids.filter((id): id is number => id !== undefined),
+  );
+  // Rows (in batch order) the cache does not hold: computed in length-sorted batches of their own.
+  const missing = ids.flatMap((id, r) => (id !== undefined && cached.has(id) ? [] : [r]));
+  const computed = missing.length > 0 ? await computeReference(plan, chunk, missing) : undefined;
+  const cols = computed?.logits.cols ?? cached.values().next().value?.length ?? 0;
+  const data = new Float32Array(ids.length * cols);
+  for (const [r, id] of ids.entries()) {
+    const row = id === undefined ? undefined : cached.get(id);
+    if (row !== undefined) data.set(row.subarray(0, cols), r * cols);
+  }
+  if (computed !== undefined) {
+    const fresh: { id: number; logits: Float32Array }[] = [];
+    for (const [k, r] of computed.rows.entries()) {
+      const row = computed.logits.data.slice(k * cols, (k + 1) * cols);
+      data.set(row, r * cols);
+      const id = ids[r];
+      if (id !== undefined) fresh.push({ id, logits: row });
+    }
+    writeCache(opts.cache, opts.fp32.sha256, fresh);
+  }
+  stats.reference.computed += missing.length;
+  stats.reference.fromCache += ids.length - missing.length;
+  const matrix: LogitMatrix = { data, rows: ids.length, cols };
+  chunk.reference = matrix;
+  chunk.margins = topTwoMargins(matrix);
+  stats.reference.ms += performance.now() - t0;
+  return matrix;
+}
+
+/** fp32 logits of the `missing` rows of a chunk (batch-order row numbers), with the row each logit row belongs to. */
+async function computeReference(
+  plan: ValidationPlan,
+  chunk: Chunk,
+  missing: readonly number[],
+): Promise<{ logits: LogitMatrix; rows: number[] }> {
+  const { opts } = plan;
+  const subset = missing.map((r) => chunk.samples[chunk.batched.order[r]!]!);
+  const enc = encodeSamples(opts.tokenizer, subset, plan.batchSize, opts.maxLength);
+  const session = await createOrtSession(opts.fp32.path, opts.session);
+  try {
+    return { logits: await collectLogits(session, enc.batches), rows: enc.order.map((k) => missing[k]!) };
+  } finally {
+    await session.release();
+  }
+}
+
+/**
+ * Validates one candidate chunk by chunk (look by look), stopping early when
+ * the verdict is certain (see the module comment).
+ */
+async function validateCandidate(
+  plan: ValidationPlan,
+  model: ModelProto,
+  dynamicRanges: boolean,
+): Promise<CandidateValidation> {
+  const t0 = performance.now();
+  const tally: Tally = { seen: 0, gateN: 0, gateAgree: 0, refParts: [], candParts: [], labels: [] };
+  let stopped: EarlyStop | undefined;
+  const session = await createOrtSession(encodeModel(model), plan.opts.session);
+  try {
+    for (const [k, chunk] of plan.chunks.entries()) {
+      stopped = await runChunk(plan, session, chunk, dynamicRanges, tally);
+      if (stopped === undefined && k < plan.chunks.length - 1 && passedAtLook(plan, tally))
+        stopped = "passed";
+      if (stopped !== undefined) break;
+    }
+  } finally {
+    await session.release();
+  }
+  const metrics = compareLogits(concatRows(tally.refParts), concatRows(tally.candParts), tally.labels, {
+    confidence: plan.confidence,
+    ignoreMargin: plan.ignoreMargin,
+    // A pass at an earlier look was tested at the stricter interim level; anything else at the last look's.
+    boundLevel: stopped === "passed" ? plan.levels.interim : plan.levels.final,
+  });
+  if (stopped !== undefined) {
+    metrics.stopped = stopped;
+    plan.stats.earlyStops[stopped]++;
+  }
+  metrics.planned = plan.n;
+  const ms = performance.now() - t0;
+  plan.stats.candidateSamples += tally.seen;
+  plan.stats.candidateMs += ms;
+  return { metrics, samples: tally.seen, ...(stopped !== undefined ? { stopped } : {}), ms };
+}
+
+/**
+ * Runs a candidate over one chunk, batch by batch, counting what the gate
+ * counts; `"failed"` as soon as even every sample left agreeing could not lift
+ * the bound over the gate (futility).
+ */
+async function runChunk(
+  plan: ValidationPlan,
+  session: InferenceSession,
+  chunk: Chunk,
+  dynamicRanges: boolean,
+  tally: Tally,
+): Promise<EarlyStop | undefined> {
+  const { gate } = plan.opts;
+  const reference = await referenceOf(plan, chunk);
+  const enc = dynamicRanges ? chunk.unpadded : chunk.batched;
+  const refTop = argmaxRows(reference);
+  const parts: Float32Array[] = [];
+  let row = 0;
+  let stopped: EarlyStop | undefined;
+  for (const batch of enc.batches) {
+    const out = await runBatch(session, batch);
+    parts.push(out.data);
+    const top = argmaxRows(out);
+    for (let r = 0; r < out.rows; r++, row++) {
+      if (plan.ignoreMargin > 0 && chunk.margins![row]! < plan.tieMargin) continue;
+      tally.gateN++;
+      if (refTop[row] !== -1 && refTop[row] === top[r]) tally.gateAgree++;
+    }
+    const left = plan.n - tally.seen - row;
+    if (
+      plan.earlyStop &&
+      gate.decideOn !== "point" &&
+      clopperPearsonLower(tally.gateAgree + left, tally.gateN + left, plan.levels.final) < gate.minAgreement
+    ) {
+      stopped = "failed";
+      break;
+    }
+  }
+  tally.candParts.push(stack(parts, row, reference.cols));
+  tally.refParts.push(row === reference.rows ? reference : sliceRows(reference, row));
+  tally.labels.push(...enc.labels.slice(0, row));
+  tally.seen += row;
+  return stopped;
+}
+
+/** Passed already: the bound at this look clears the gate (accuracy bounds need every sample). */
+function passedAtLook(plan: ValidationPlan, tally: Tally): boolean {
+  const gate = plan.opts.gate;
+  return (
+    gate.decideOn !== "point" &&
+    gate.maxAccuracyDrop === undefined &&
+    tally.gateN >= samplesToCertify(gate.minAgreement, plan.levels.interim) &&
+    clopperPearsonLower(tally.gateAgree, tally.gateN, plan.levels.interim) >= gate.minAgreement
+  );
 }
 
 /** The cached rows of `ids`; none when there is no cache or it cannot be read (it is only an optimization). */
@@ -364,6 +430,20 @@ function readCache(
     return cache.get(sha256, ids);
   } catch {
     return new Map();
+  }
+}
+
+/** Stores fresh rows; a locked or full store must not fail the validation (a cache is an optimization). */
+function writeCache(
+  cache: ReferenceLogitsCache | undefined,
+  sha256: string,
+  rows: readonly { id: number; logits: Float32Array }[],
+): void {
+  if (cache === undefined || rows.length === 0) return;
+  try {
+    cache.put(sha256, rows);
+  } catch {
+    // see above
   }
 }
 

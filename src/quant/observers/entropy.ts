@@ -17,7 +17,7 @@
  * default quantized bin count is 255 there and 128 (7 bits per sign) otherwise.
  */
 import { QuantdError } from "../../errors.ts";
-import { DEFAULT_BINS, Histogram } from "./histogram.ts";
+import type { DEFAULT_BINS } from "./histogram.ts";
 import { HistogramObserver, type TensorRange } from "./observer.ts";
 
 /** Options for {@link EntropyObserver}. */
@@ -98,7 +98,7 @@ export class EntropyObserver extends HistogramObserver {
 
   /** @throws USAGE when quantizedBins is not an integer ≥ 2 or exceeds the bin count */
   constructor(opts: EntropyOptions = {}) {
-    super(new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: true }));
+    super({ bins: opts.bins, symmetric: true });
     const q = opts.quantizedBins;
     if (q !== undefined && (!Number.isInteger(q) || q < 2 || q > this.hist.bins)) {
       throw new QuantdError("USAGE", `quantized bins must be an integer in [2, ${this.hist.bins}], got ${q}`);

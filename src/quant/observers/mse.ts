@@ -13,7 +13,7 @@
  * measured error says more about bin placement than about the range.
  */
 import { QuantdError } from "../../errors.ts";
-import { DEFAULT_BINS, Histogram, type HistogramSnapshot } from "./histogram.ts";
+import type { DEFAULT_BINS, HistogramSnapshot } from "./histogram.ts";
 import { HistogramObserver, type TensorRange } from "./observer.ts";
 
 /** Options for {@link MseObserver}. */
@@ -85,7 +85,6 @@ class Moments {
 export class MseObserver extends HistogramObserver {
   readonly type = "mse" as const;
   readonly levels: number;
-  readonly symmetric: boolean;
 
   /** @throws USAGE when levels is not a number ≥ 1 */
   constructor(opts: MseOptions = {}) {
@@ -93,10 +92,8 @@ export class MseObserver extends HistogramObserver {
     if (!(levels >= 1) || !Number.isFinite(levels)) {
       throw new QuantdError("USAGE", `levels must be a finite number ≥ 1, got ${levels}`);
     }
-    const symmetric = opts.symmetric === true;
-    super(new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: symmetric }));
+    super(opts);
     this.levels = levels;
-    this.symmetric = symmetric;
   }
 
   result(): TensorRange {

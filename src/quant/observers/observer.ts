@@ -4,7 +4,7 @@
  * and at most one fixed-size histogram), so memory does not grow with the
  * number of samples.
  */
-import { type Histogram, type HistogramSnapshot, type ScanStats, scanValues } from "./histogram.ts";
+import { DEFAULT_BINS, Histogram, type HistogramSnapshot, type ScanStats, scanValues } from "./histogram.ts";
 
 /** The calibrated range of one tensor, with what the observer saw. */
 export interface TensorRange {
@@ -87,9 +87,13 @@ export abstract class HistogramObserver implements Observer {
   protected readonly stats = new RunningStats();
   /** The histogram the range is chosen from. */
   protected readonly hist: Histogram;
+  /** The range is chosen over |x| (a symmetric [-t, t]). */
+  readonly symmetric: boolean;
 
-  protected constructor(hist: Histogram) {
-    this.hist = hist;
+  /** @throws USAGE when `bins` is out of range */
+  protected constructor(opts: { bins?: number | undefined; symmetric?: boolean | undefined }) {
+    this.symmetric = opts.symmetric === true;
+    this.hist = new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: this.symmetric });
   }
 
   update(data: Float32Array): void {

@@ -6,7 +6,7 @@
  * percentile of |x| and returns [-t, t] (clamped to what was observed).
  */
 import { QuantdError } from "../../errors.ts";
-import { DEFAULT_BINS, Histogram } from "./histogram.ts";
+import type { DEFAULT_BINS } from "./histogram.ts";
 import { HistogramObserver, type TensorRange } from "./observer.ts";
 
 /** Default percentile kept. */
@@ -26,16 +26,13 @@ export interface PercentileOptions {
 export class PercentileObserver extends HistogramObserver {
   readonly type = "percentile" as const;
   readonly percentile: number;
-  readonly symmetric: boolean;
 
   /** @throws USAGE when the percentile is not in (0, 100] or bins is out of range */
   constructor(opts: PercentileOptions = {}) {
     const p = opts.percentile ?? DEFAULT_PERCENTILE;
     if (!(p > 0 && p <= 100)) throw new QuantdError("USAGE", `percentile must be in (0, 100], got ${p}`);
-    const symmetric = opts.symmetric === true;
-    super(new Histogram({ bins: opts.bins ?? DEFAULT_BINS, abs: symmetric }));
+    super(opts);
     this.percentile = p;
-    this.symmetric = symmetric;
   }
 
   result(): TensorRange {
