@@ -56,175 +56,258 @@ interface Panel {
   whisker?: (r: BenchRowOk) => number | undefined;
 }
 
+/** Pixel sizes of the chart. */
+const BAR_W = 22;
+const BAR_GAP = 4;
+const GROUP_GAP = 28;
+const LEFT = 70;
+const RIGHT = 24;
+const PANEL_H = 230;
+const PANEL_GAP = 78;
+const LEGEND_ROW_H = 20;
+const LEGEND_COL_W = 230;
+
+const PANELS: readonly Panel[] = [
+  {
+    title: "Latency p50 (whisker: p90)",
+    unit: "ms",
+    value: (r) => r.latency.p50,
+    whisker: (r) => r.latency.p90,
+  },
+  {
+    title: "Peak resident memory of a fresh process",
+    unit: "MB",
+    value: (r) =>
+      r.memory === undefined || "error" in r.memory ? undefined : r.memory.peakRssBytes / (1024 * 1024),
+  },
+];
+
+/** One group of bars: a (shape, threads) and the models that have a row there. */
+interface Group {
+  key: string;
+  label: string;
+  members: string[];
+  /** Left edge of the group's slot, from the first slot. */
+  x: number;
+  /** Width of the slot: its bars or its label, whichever is wider. */
+  slotW: number;
+}
+
+/** Where everything goes. */
+interface Layout {
+  rows: readonly BenchRow[];
+  models: string[];
+  groups: Group[];
+  plotW: number;
+  width: number;
+  height: number;
+  /** Top of the first panel. */
+  top: number;
+  /** Room left over by few groups, split on both sides to centre them. */
+  slack: number;
+  legendCols: number;
+}
+
+function groupKey(r: BenchRow): string {
+  return `${r.shape.batch}x${r.shape.seq}t${r.threads}`;
+}
+
+function rowAt(rows: readonly BenchRow[], key: string, model: string): BenchRow | undefined {
+  return rows.find((r) => r.model === model && groupKey(r) === key);
+}
+
+/** Width of `n` bars side by side. */
+function barsWidth(n: number): number {
+  return Math.max(BAR_W, n * (BAR_W + BAR_GAP) - BAR_GAP);
+}
+
+/** The groups in row order, each with its models and slot. */
+function groupsOf(rows: readonly BenchRow[], models: readonly string[]): Group[] {
+  const groups: Group[] = [];
+  let x = 0;
+  for (const r of rows) {
+    const key = groupKey(r);
+    if (groups.some((g) => g.key === key)) continue;
+    const label = `${shapeLabel(r.shape)} · ${r.threads} thr`;
+    // A group holds only the models that have a row at its shape (BERT-base may run fewer shapes than BERT-Mini).
+    const members = models.filter((m) => rowAt(rows, key, m) !== undefined);
+    // A group's slot is as wide as its bars or its label, whichever is wider, so that neighbouring
+    // labels never overlap (2 models × 2 shapes: 48 px of bars under a 100 px label).
+    const slotW = Math.max(barsWidth(members.length), Math.ceil(label.length * GROUP_LABEL_CHAR_W));
+    groups.push({ key, label, members, x, slotW });
+    x += slotW + GROUP_GAP;
+  }
+  return groups;
+}
+
+function layoutOf(rows: readonly BenchRow[], opts: ChartOptions): Layout {
+  const models = [...new Set(rows.map((r) => r.model))];
+  const groups = groupsOf(rows, models);
+  const last = groups.at(-1);
+  const barsW = (last === undefined ? 0 : last.x + last.slotW + GROUP_GAP) + GROUP_GAP;
+  // Wide enough for the bars and for the title lines (approximate glyph widths of the fonts used).
+  const textW = Math.max((opts.subtitle?.length ?? 0) * 6.4, (opts.title ?? "quantd bench").length * 10.5);
+  const plotW = Math.ceil(Math.max(360, textW - RIGHT, barsW));
+  const width = LEFT + plotW + RIGHT;
+  const legendCols = Math.max(1, Math.floor((width - LEFT) / LEGEND_COL_W));
+  const legendH = Math.ceil(models.length / legendCols) * LEGEND_ROW_H;
+  const top = 56 + legendH + 40;
+  const height = top + PANELS.length * (PANEL_H + PANEL_GAP) - PANEL_GAP + 40;
+  // With few groups the minimum width leaves room: centre the groups rather than crowd the left.
+  return { rows, models, groups, plotW, width, height, top, slack: plotW - barsW, legendCols };
+}
+
+/** The SVG element, background, titles and legend. */
+function headerSvg(layout: Layout, opts: ChartOptions): string[] {
+  const { width, height } = layout;
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
+      `font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">`,
+    `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
+    `<text x="${LEFT}" y="24" font-size="17" font-weight="bold">${esc(opts.title ?? "quantd bench")}</text>`,
+  ];
+  if (opts.subtitle !== undefined) {
+    out.push(`<text x="${LEFT}" y="42" font-size="11" fill="#555">${esc(opts.subtitle)}</text>`);
+  }
+  layout.models.forEach((m, i) => {
+    const x = LEFT + (i % layout.legendCols) * LEGEND_COL_W;
+    const y = 56 + Math.floor(i / layout.legendCols) * LEGEND_ROW_H;
+    out.push(
+      `<g class="legend"><rect x="${x}" y="${y}" width="14" height="14" fill="${PALETTE[i % PALETTE.length]}"/>` +
+        `<text x="${x + 20}" y="${y + 11}">${esc(m)}</text></g>`,
+    );
+  });
+  return out;
+}
+
+/** A panel's value axis: its ticks, whether it is logarithmic, and value → y. */
+interface Axis {
+  ticks: number[];
+  log: boolean;
+  y: (v: number) => number;
+}
+
+function axisOf(panel: Panel, rows: readonly BenchRow[], yBase: number): Axis {
+  const vals: number[] = [];
+  for (const r of rows) {
+    if (r.status !== "ok") continue;
+    const v = panel.value(r);
+    const w = panel.whisker?.(r);
+    if (v !== undefined && v > 0) vals.push(v);
+    if (w !== undefined && w > 0) vals.push(w);
+  }
+  const max = vals.length > 0 ? Math.max(...vals) : 1;
+  const min = vals.length > 0 ? Math.min(...vals) : 1;
+  const log = max / min > 30;
+  const tickList = ticks(max, log, min);
+  const lo = log ? tickList[0]! : 0;
+  const hi = tickList.at(-1)!;
+  const y = (v: number): number => {
+    const f = log
+      ? (Math.log10(v) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))
+      : (v - lo) / (hi - lo);
+    return yBase - Math.max(0, Math.min(1, f)) * PANEL_H;
+  };
+  return { ticks: tickList, log, y };
+}
+
+/** One panel: title, axis with grid lines, then every group's bars. */
+function panelSvg(layout: Layout, panel: Panel, pi: number): string[] {
+  const { plotW } = layout;
+  const y0 = layout.top + pi * (PANEL_H + PANEL_GAP);
+  const yBase = y0 + PANEL_H;
+  const axis = axisOf(panel, layout.rows, yBase);
+  const out = [
+    `<g class="panel" data-panel="${pi === 0 ? "latency" : "memory"}">`,
+    `<text x="${LEFT}" y="${y0 - 12}" font-size="14" font-weight="bold">${esc(panel.title)}</text>`,
+    `<text transform="translate(16 ${y0 + PANEL_H / 2}) rotate(-90)" text-anchor="middle" fill="#333">` +
+      `${esc(panel.unit)}${axis.log ? " (log scale)" : ""}</text>`,
+  ];
+  for (const t of axis.ticks) {
+    const y = axis.y(t);
+    out.push(
+      `<line x1="${LEFT}" x2="${LEFT + plotW}" y1="${y}" y2="${y}" stroke="#e3e3e3"/>`,
+      `<text x="${LEFT - 6}" y="${y + 4}" text-anchor="end" fill="#333">${Number(t.toPrecision(6))}</text>`,
+    );
+  }
+  out.push(`<line x1="${LEFT}" x2="${LEFT + plotW}" y1="${yBase}" y2="${yBase}" stroke="#333"/>`);
+  out.push(`<line x1="${LEFT}" x2="${LEFT}" y1="${y0}" y2="${yBase}" stroke="#333"/>`);
+  for (const g of layout.groups) out.push(...groupSvg(layout, panel, axis, g, yBase));
+  out.push("</g>");
+  return out;
+}
+
+/** A group's label under the axis and one bar per member model. */
+function groupSvg(layout: Layout, panel: Panel, axis: Axis, g: Group, yBase: number): string[] {
+  const slotX = LEFT + GROUP_GAP + layout.slack / 2 + g.x;
+  const gx = slotX + (g.slotW - barsWidth(g.members.length)) / 2;
+  const out = [
+    `<text class="group-label" x="${slotX + g.slotW / 2}" y="${yBase + 18}" text-anchor="middle" fill="#222">${esc(g.label)}</text>`,
+  ];
+  g.members.forEach((m, slot) => {
+    const r = rowAt(layout.rows, g.key, m);
+    if (r === undefined) return;
+    const x = gx + slot * (BAR_W + BAR_GAP);
+    const colour = PALETTE[layout.models.indexOf(m) % PALETTE.length]!;
+    out.push(...barSvg({ panel, axis, row: r, label: g.label, x, yBase, colour }));
+  });
+  return out;
+}
+
+/** One model's bar with its whisker and value, or a red note where the row has no value. */
+function barSvg(bar: {
+  panel: Panel;
+  axis: Axis;
+  row: BenchRow;
+  label: string;
+  x: number;
+  yBase: number;
+  colour: string;
+}): string[] {
+  const { panel, axis, row: r, x, yBase } = bar;
+  const v = r.status === "ok" ? panel.value(r) : undefined;
+  if (r.status !== "ok" || v === undefined || !(v > 0)) {
+    const why = r.status === "ok" ? "n/a" : "error";
+    return [
+      `<text x="${x + BAR_W / 2}" y="${yBase - 6}" text-anchor="middle" font-size="10" fill="#b00" ` +
+        `transform="rotate(-90 ${x + BAR_W / 2} ${yBase - 6})" dy="4">${why}</text>`,
+    ];
+  }
+  const m = r.model;
+  const y = axis.y(v);
+  const out = [
+    `<rect class="bar" data-model="${esc(m)}" x="${x}" y="${y.toFixed(1)}" width="${BAR_W}" ` +
+      `height="${(yBase - y).toFixed(1)}" fill="${bar.colour}" stroke="#333" stroke-width="0.5"><title>${esc(m)} ${esc(bar.label)}: ` +
+      `${fmt(v)} ${panel.unit}</title></rect>`,
+  ];
+  const w = panel.whisker?.(r);
+  let labelY = y;
+  if (w !== undefined && w > v) {
+    const wy = axis.y(w);
+    const cx = x + BAR_W / 2;
+    out.push(
+      `<line x1="${cx}" x2="${cx}" y1="${y.toFixed(1)}" y2="${wy.toFixed(1)}" stroke="#222"/>`,
+      `<line x1="${cx - 5}" x2="${cx + 5}" y1="${wy.toFixed(1)}" y2="${wy.toFixed(1)}" stroke="#222"/>`,
+    );
+    labelY = wy;
+  }
+  out.push(
+    `<text x="${x + BAR_W / 2}" y="${(labelY - 4).toFixed(1)}" text-anchor="middle" font-size="9" ` +
+      `fill="#222">${fmt(v)}</text>`,
+  );
+  return out;
+}
+
 /**
  * Renders the chart. Latency uses a logarithmic axis when the bars span more
  * than a factor of 30 (a BERT-base next to a BERT-Mini would otherwise flatten
  * the small bars to nothing); the axis title says so.
  */
 export function renderChartSvg(rows: readonly BenchRow[], opts: ChartOptions = {}): string {
-  const models = [...new Set(rows.map((r) => r.model))];
-  const groups: { key: string; label: string }[] = [];
-  for (const r of rows) {
-    const key = `${r.shape.batch}x${r.shape.seq}t${r.threads}`;
-    if (!groups.some((g) => g.key === key))
-      groups.push({ key, label: `${shapeLabel(r.shape)} · ${r.threads} thr` });
-  }
-  const rowAt = (g: string, m: string): BenchRow | undefined =>
-    rows.find((r) => r.model === m && `${r.shape.batch}x${r.shape.seq}t${r.threads}` === g);
-
-  const panels: Panel[] = [
-    {
-      title: "Latency p50 (whisker: p90)",
-      unit: "ms",
-      value: (r) => r.latency.p50,
-      whisker: (r) => r.latency.p90,
-    },
-    {
-      title: "Peak resident memory of a fresh process",
-      unit: "MB",
-      value: (r) =>
-        r.memory === undefined || "error" in r.memory ? undefined : r.memory.peakRssBytes / (1024 * 1024),
-    },
-  ];
-
-  const barW = 22;
-  const barGap = 4;
-  const groupGap = 28;
-  // A group holds only the models that have a row at its shape (BERT-base may run fewer shapes than BERT-Mini).
-  const members = groups.map((g) => models.filter((m) => rowAt(g.key, m) !== undefined));
-  const widthOf = (n: number): number => Math.max(barW, n * (barW + barGap) - barGap);
-  // A group's slot is as wide as its bars or its label, whichever is wider, so that neighbouring
-  // labels never overlap (2 models × 2 shapes: 48 px of bars under a 100 px label).
-  const labelW = (label: string): number => Math.ceil(label.length * GROUP_LABEL_CHAR_W);
-  const slotW = groups.map((g, gi) => Math.max(widthOf(members[gi]!.length), labelW(g.label)));
-  const groupXs: number[] = [];
-  let acc = 0;
-  for (const w of slotW) {
-    groupXs.push(acc);
-    acc += w + groupGap;
-  }
-  const barsW = acc + groupGap;
-  const left = 70;
-  const right = 24;
-  // Wide enough for the bars and for the title lines (approximate glyph widths of the fonts used).
-  const textW = Math.max((opts.subtitle?.length ?? 0) * 6.4, (opts.title ?? "quantd bench").length * 10.5);
-  const plotW = Math.ceil(Math.max(360, textW - right, barsW));
-  const width = left + plotW + right;
-  // With few groups the minimum width leaves room: centre the groups rather than crowd the left.
-  const slack = plotW - barsW;
-  const panelH = 230;
-  const legendRowH = 20;
-  const legendCols = Math.max(1, Math.floor((width - left) / 230));
-  const legendH = Math.ceil(models.length / legendCols) * legendRowH;
-  const top = 56 + legendH + 40;
-  const panelGap = 78;
-  const height = top + panels.length * (panelH + panelGap) - panelGap + 40;
-
-  const out: string[] = [];
-  out.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
-      `font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">`,
-  );
-  out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`);
-  out.push(
-    `<text x="${left}" y="24" font-size="17" font-weight="bold">${esc(opts.title ?? "quantd bench")}</text>`,
-  );
-  if (opts.subtitle !== undefined) {
-    out.push(`<text x="${left}" y="42" font-size="11" fill="#555">${esc(opts.subtitle)}</text>`);
-  }
-  models.forEach((m, i) => {
-    const x = left + (i % legendCols) * 230;
-    const y = 56 + Math.floor(i / legendCols) * legendRowH;
-    out.push(
-      `<g class="legend"><rect x="${x}" y="${y}" width="14" height="14" fill="${PALETTE[i % PALETTE.length]}"/>` +
-        `<text x="${x + 20}" y="${y + 11}">${esc(m)}</text></g>`,
-    );
-  });
-
-  panels.forEach((panel, pi) => {
-    const y0 = top + pi * (panelH + panelGap);
-    const yBase = y0 + panelH;
-    const vals: number[] = [];
-    for (const r of rows) {
-      if (r.status !== "ok") continue;
-      const v = panel.value(r);
-      const w = panel.whisker?.(r);
-      if (v !== undefined && v > 0) vals.push(v);
-      if (w !== undefined && w > 0) vals.push(w);
-    }
-    const max = vals.length > 0 ? Math.max(...vals) : 1;
-    const min = vals.length > 0 ? Math.min(...vals) : 1;
-    const log = max / min > 30;
-    const tickList = ticks(max, log, min);
-    const lo = log ? tickList[0]! : 0;
-    const hi = tickList.at(-1)!;
-    const scale = (v: number): number => {
-      const f = log
-        ? (Math.log10(v) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))
-        : (v - lo) / (hi - lo);
-      return yBase - Math.max(0, Math.min(1, f)) * panelH;
-    };
-    out.push(`<g class="panel" data-panel="${pi === 0 ? "latency" : "memory"}">`);
-    out.push(
-      `<text x="${left}" y="${y0 - 12}" font-size="14" font-weight="bold">${esc(panel.title)}</text>`,
-      `<text transform="translate(16 ${y0 + panelH / 2}) rotate(-90)" text-anchor="middle" fill="#333">` +
-        `${esc(panel.unit)}${log ? " (log scale)" : ""}</text>`,
-    );
-    for (const t of tickList) {
-      const y = scale(t);
-      out.push(
-        `<line x1="${left}" x2="${left + plotW}" y1="${y}" y2="${y}" stroke="#e3e3e3"/>`,
-        `<text x="${left - 6}" y="${y + 4}" text-anchor="end" fill="#333">${Number(t.toPrecision(6))}</text>`,
-      );
-    }
-    out.push(`<line x1="${left}" x2="${left + plotW}" y1="${yBase}" y2="${yBase}" stroke="#333"/>`);
-    out.push(`<line x1="${left}" x2="${left}" y1="${y0}" y2="${yBase}" stroke="#333"/>`);
-    groups.forEach((g, gi) => {
-      const slotX = left + groupGap + slack / 2 + groupXs[gi]!;
-      const groupW = widthOf(members[gi]!.length);
-      const gx = slotX + (slotW[gi]! - groupW) / 2;
-      out.push(
-        `<text class="group-label" x="${slotX + slotW[gi]! / 2}" y="${yBase + 18}" text-anchor="middle" fill="#222">${esc(g.label)}</text>`,
-      );
-      members[gi]!.forEach((m, slot) => {
-        const mi = models.indexOf(m);
-        const x = gx + slot * (barW + barGap);
-        const r = rowAt(g.key, m);
-        const colour = PALETTE[mi % PALETTE.length]!;
-        const v = r?.status === "ok" ? panel.value(r) : undefined;
-        if (r === undefined) return;
-        if (r.status !== "ok" || v === undefined || !(v > 0)) {
-          const why = r.status === "ok" ? "n/a" : "error";
-          out.push(
-            `<text x="${x + barW / 2}" y="${yBase - 6}" text-anchor="middle" font-size="10" fill="#b00" ` +
-              `transform="rotate(-90 ${x + barW / 2} ${yBase - 6})" dy="4">${why}</text>`,
-          );
-          return;
-        }
-        const y = scale(v);
-        out.push(
-          `<rect class="bar" data-model="${esc(m)}" x="${x}" y="${y.toFixed(1)}" width="${barW}" ` +
-            `height="${(yBase - y).toFixed(1)}" fill="${colour}" stroke="#333" stroke-width="0.5"><title>${esc(m)} ${esc(g.label)}: ` +
-            `${fmt(v)} ${panel.unit}</title></rect>`,
-        );
-        const w = panel.whisker?.(r);
-        let labelY = y;
-        if (w !== undefined && w > v) {
-          const wy = scale(w);
-          const cx = x + barW / 2;
-          out.push(
-            `<line x1="${cx}" x2="${cx}" y1="${y.toFixed(1)}" y2="${wy.toFixed(1)}" stroke="#222"/>`,
-            `<line x1="${cx - 5}" x2="${cx + 5}" y1="${wy.toFixed(1)}" y2="${wy.toFixed(1)}" stroke="#222"/>`,
-          );
-          labelY = wy;
-        }
-        out.push(
-          `<text x="${x + barW / 2}" y="${(labelY - 4).toFixed(1)}" text-anchor="middle" font-size="9" ` +
-            `fill="#222">${fmt(v)}</text>`,
-        );
-      });
-    });
-    out.push("</g>");
+  const layout = layoutOf(rows, opts);
+  const out = headerSvg(layout, opts);
+  PANELS.forEach((panel, pi) => {
+    out.push(...panelSvg(layout, panel, pi));
   });
   out.push("</svg>");
   return `${out.join("\n")}\n`;

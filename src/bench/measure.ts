@@ -207,6 +207,30 @@ function fileSize(path: string): number {
   }
 }
 
+/** Counts work units done for {@link BenchOptions.onProgress}. */
+class Progress {
+  done = 0;
+  constructor(
+    readonly total: number,
+    private readonly onProgress: BenchOptions["onProgress"],
+  ) {}
+
+  tick(what: string, units = 1): void {
+    this.done += units;
+    this.onProgress?.({ done: Math.min(this.done, this.total), total: this.total, what });
+  }
+}
+
+/** Work units of a whole run: loads, warm-up and timed runs, memory probes, evaluations. */
+function workUnits(opts: BenchOptions, withMemory: boolean): number {
+  const nModels = opts.models.length;
+  const perGroup = nModels * (1 + opts.shapes.length * (opts.warmup + opts.runs + (withMemory ? 1 : 0)));
+  return opts.threads.length * perGroup + (opts.data !== undefined ? nModels : 0);
+}
+
+/** Predictions and labels of a model on the labelled data, or why there are none. */
+type QualityInput = { predictions: number[]; labels: readonly number[] } | QuantdError;
+
 /**
  * Runs the benchmark. Never throws for a bad model, shape or data file: those
  * become {@link BenchRowError} rows.
@@ -217,198 +241,281 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   validateBenchOptions(opts);
   const seed = opts.seed ?? 1;
   const withMemory = opts.memory ?? true;
-  const nModels = opts.models.length;
-  const perGroup = nModels * (1 + opts.shapes.length * (opts.warmup + opts.runs + (withMemory ? 1 : 0)));
-  const total = opts.threads.length * perGroup + (opts.data !== undefined ? nModels : 0);
-  let done = 0;
-  const tick = (what: string, units = 1): void => {
-    done += units;
-    opts.onProgress?.({ done: Math.min(done, total), total, what });
-  };
-
-  // Data and quality are per model, independent of shape and threads: prepare them once.
-  const dataByModel = new Map<string, ModelData | QuantdError>();
-  if (opts.data !== undefined) {
-    for (const m of opts.models) {
-      try {
-        dataByModel.set(m.label, await opts.data(m));
-      } catch (err) {
-        dataByModel.set(m.label, QuantdError.from(err, "DATA_MISMATCH"));
-      }
-    }
-  }
-  const quality = new Map<string, { predictions: number[]; labels: readonly number[] } | QuantdError>();
-
-  // The first session of a process pays one-off set-up costs (~150 ms on BERT-Mini); load and drop one
-  // so that the first model's load time is not inflated relative to the others.
-  for (const m of opts.models) {
-    try {
-      await (await createOrtSession(m.path, { intraOpThreads: opts.threads[0]! })).release();
-      break;
-    } catch {
-      // a broken model fails later in its own row; prime with the next one
-    }
-  }
+  const progress = new Progress(workUnits(opts, withMemory), opts.onProgress);
+  const dataByModel = await prepareData(opts);
+  const quality = new Map<string, QualityInput>();
+  await primeRuntime(opts);
 
   const rows: BenchRow[] = [];
   for (const threads of opts.threads) {
-    const loaded: Loaded[] = [];
-    for (const model of opts.models) {
-      const l: Loaded = { model, family: model.family ?? "default" };
-      loaded.push(l);
-      try {
-        l.sizeBytes = fileSize(model.path);
-        const t0 = performance.now();
-        l.session = await createOrtSession(model.path, {
-          intraOpThreads: threads,
-          ...(opts.graphOptimizationLevel !== undefined
-            ? { graphOptimizationLevel: opts.graphOptimizationLevel }
-            : {}),
-        });
-        l.loadMs = performance.now() - t0;
-        // After the load, so a broken model reports itself rather than a tokenizer it lacks.
-        const data = dataByModel.get(model.label);
-        if (data instanceof QuantdError) throw data;
-        l.data = data;
-        l.vocabSize = model.vocabSize ?? findVocabSize(model.path);
-        if (l.data === undefined && l.vocabSize === undefined) {
-          l.vocabSize = await findVocabSizeInGraph(model.path);
-          if (l.vocabSize === undefined) {
-            throw new QuantdError(
-              "MODEL_INPUTS_MISMATCH",
-              `vocabulary size of ${model.path} unknown: no config.json with vocab_size beside it and no ` +
-                "embedding Gather on input_ids in the graph",
-            );
-          }
-        }
-      } catch (err) {
-        l.error = QuantdError.from(err, "MODEL_LOAD_FAILED");
-      }
-      tick(`load ${model.label} t${threads}`);
-    }
-
+    const loaded = await loadModels(opts, threads, dataByModel, progress);
     // Accuracy and agreement: once per model, with the first thread count's sessions.
-    if (opts.data !== undefined && threads === opts.threads[0]) {
-      for (const l of loaded) {
-        if (l.session !== undefined && l.data !== undefined) {
-          try {
-            quality.set(l.model.label, {
-              predictions: await l.data.predict(l.session),
-              labels: l.data.labels,
-            });
-          } catch (err) {
-            quality.set(l.model.label, QuantdError.from(err, "DATA_MISMATCH"));
-          }
-        } else if (l.error !== undefined) {
-          quality.set(l.model.label, l.error);
-        }
-        tick(`evaluate ${l.model.label}`);
-      }
-    }
-
-    for (const shape of opts.shapes) {
-      const where = `${shapeLabel(shape)} t${threads}`;
-      // Failed models skip work; keep the bar honest by catching up to where this shape should end.
-      const shapeEnd = done + nModels * (opts.warmup + opts.runs);
-      const series = new Map<Loaded, { feeds: Record<string, Tensor>; times: number[] }>();
-      const failed = new Map<Loaded, QuantdError>();
-      for (const l of loaded) {
-        if (l.error !== undefined || l.session === undefined) {
-          failed.set(l, l.error ?? new QuantdError("MODEL_LOAD_FAILED", `${l.model.path} did not load`));
-          continue;
-        }
-        try {
-          const feeds =
-            l.data !== undefined
-              ? l.data.feedsFor(l.session, shape)
-              : syntheticFeeds(l.session.inputs, shape, { vocabSize: l.vocabSize!, seed });
-          for (let i = 0; i < opts.warmup; i++) {
-            await l.session.run(feeds);
-            tick(`warm-up ${l.model.label} ${where}`);
-          }
-          series.set(l, { feeds, times: [] });
-        } catch (err) {
-          failed.set(l, QuantdError.from(err, "INFERENCE_FAILED"));
-        }
-      }
-
-      // Interleaved A B A B …: a model that fails mid-way drops out; the others go on.
-      const active = [...series.keys()];
-      for (const idx of interleavedOrder(active.length, opts.runs)) {
-        const l = active[idx]!;
-        const s = series.get(l);
-        if (s === undefined || failed.has(l)) {
-          tick(`skip ${l.model.label}`);
-          continue;
-        }
-        const t0 = performance.now();
-        try {
-          await l.session!.run(s.feeds);
-          s.times.push(performance.now() - t0);
-        } catch (err) {
-          failed.set(l, QuantdError.from(err, "INFERENCE_FAILED"));
-          series.delete(l);
-        }
-        tick(`run ${l.model.label} ${where}`);
-      }
-
-      if (done < shapeEnd) tick(`done ${where}`, shapeEnd - done);
-      for (const l of loaded) {
-        const key: RowKey = { model: l.model.label, path: l.model.path, family: l.family, shape, threads };
-        const err = failed.get(l);
-        const s = series.get(l);
-        if (err !== undefined || s === undefined) {
-          const row: BenchRowError = { ...key, status: "error", error: errorJson(err) };
-          if (l.sizeBytes !== undefined) row.sizeBytes = l.sizeBytes;
-          if (l.loadMs !== undefined) row.loadMs = l.loadMs;
-          rows.push(row);
-          if (withMemory) tick(`skip memory ${l.model.label}`);
-          continue;
-        }
-        const latency = summarize(s.times);
-        const row: BenchRowOk = {
-          ...key,
-          status: "ok",
-          latency,
-          latenciesMs: s.times,
-          throughput: throughput(shape.batch, latency.mean),
-          loadMs: l.loadMs!,
-          sizeBytes: l.sizeBytes!,
-        };
-        rows.push(row);
-      }
-    }
+    if (opts.data !== undefined && threads === opts.threads[0]) await evaluate(loaded, quality, progress);
+    for (const shape of opts.shapes)
+      rows.push(...(await measureShape(opts, loaded, shape, threads, seed, progress)));
     for (const l of loaded) await l.session?.release();
-
     // Memory after the sessions are released, so children do not compete with them for RAM.
-    if (withMemory) {
-      for (const row of rows) {
-        if (row.status !== "ok" || row.threads !== threads) continue;
-        const l = loaded.find((x) => x.model.label === row.model)!;
-        try {
-          row.memory = await measurePeakMemory({
-            model: row.path,
-            shape: row.shape,
-            threads,
-            // Memory does not depend on which ids are fed; id 1 exists in any vocabulary.
-            vocabSize: l.vocabSize ?? 2,
-            runs: opts.memoryRuns ?? 3,
-            seed,
-            ...(opts.graphOptimizationLevel !== undefined
-              ? { graphOptimizationLevel: opts.graphOptimizationLevel }
-              : {}),
-          });
-        } catch (err) {
-          row.memory = { error: errorJson(err) };
-        }
-        tick(`memory ${row.model} ${shapeLabel(row.shape)} t${threads}`);
-      }
-    }
+    if (withMemory) await measureMemory(opts, rows, loaded, threads, seed, progress);
   }
 
   attachRatios(rows, opts.models);
   if (opts.data !== undefined) attachQuality(rows, opts.models, quality);
   return { rows, runs: opts.runs, warmup: opts.warmup, seed, realText: opts.data !== undefined };
+}
+
+/** Data and quality are per model, independent of shape and threads: prepared once, an error kept per model. */
+async function prepareData(opts: BenchOptions): Promise<Map<string, ModelData | QuantdError>> {
+  const dataByModel = new Map<string, ModelData | QuantdError>();
+  if (opts.data === undefined) return dataByModel;
+  for (const m of opts.models) {
+    try {
+      dataByModel.set(m.label, await opts.data(m));
+    } catch (err) {
+      dataByModel.set(m.label, QuantdError.from(err, "DATA_MISMATCH"));
+    }
+  }
+  return dataByModel;
+}
+
+/**
+ * The first session of a process pays one-off set-up costs (~150 ms on BERT-Mini); load and drop one
+ * so that the first model's load time is not inflated relative to the others.
+ */
+async function primeRuntime(opts: BenchOptions): Promise<void> {
+  for (const m of opts.models) {
+    try {
+      await (await createOrtSession(m.path, { intraOpThreads: opts.threads[0]! })).release();
+      return;
+    } catch {
+      // a broken model fails later in its own row; prime with the next one
+    }
+  }
+}
+
+/** The graph optimization level option, when one is set. */
+function optimizationOf(opts: BenchOptions): { graphOptimizationLevel?: GraphOptimizationLevel } {
+  return opts.graphOptimizationLevel !== undefined
+    ? { graphOptimizationLevel: opts.graphOptimizationLevel }
+    : {};
+}
+
+/** Every model's session at `threads`, its data and vocabulary, or why it cannot run. */
+async function loadModels(
+  opts: BenchOptions,
+  threads: number,
+  dataByModel: Map<string, ModelData | QuantdError>,
+  progress: Progress,
+): Promise<Loaded[]> {
+  const loaded: Loaded[] = [];
+  for (const model of opts.models) {
+    const l: Loaded = { model, family: model.family ?? "default" };
+    loaded.push(l);
+    try {
+      await loadModel(l, opts, threads, dataByModel.get(model.label));
+    } catch (err) {
+      l.error = QuantdError.from(err, "MODEL_LOAD_FAILED");
+    }
+    progress.tick(`load ${model.label} t${threads}`);
+  }
+  return loaded;
+}
+
+async function loadModel(
+  l: Loaded,
+  opts: BenchOptions,
+  threads: number,
+  data: ModelData | QuantdError | undefined,
+): Promise<void> {
+  const { model } = l;
+  l.sizeBytes = fileSize(model.path);
+  const t0 = performance.now();
+  l.session = await createOrtSession(model.path, { intraOpThreads: threads, ...optimizationOf(opts) });
+  l.loadMs = performance.now() - t0;
+  // After the load, so a broken model reports itself rather than a tokenizer it lacks.
+  if (data instanceof QuantdError) throw data;
+  l.data = data;
+  l.vocabSize = model.vocabSize ?? findVocabSize(model.path);
+  if (l.data === undefined && l.vocabSize === undefined) {
+    l.vocabSize = await findVocabSizeInGraph(model.path);
+    if (l.vocabSize === undefined) {
+      throw new QuantdError(
+        "MODEL_INPUTS_MISMATCH",
+        `vocabulary size of ${model.path} unknown: no config.json with vocab_size beside it and no ` +
+          "embedding Gather on input_ids in the graph",
+      );
+    }
+  }
+}
+
+/** Predictions of every loaded model on its labelled data, for accuracy and agreement. */
+async function evaluate(
+  loaded: readonly Loaded[],
+  quality: Map<string, QualityInput>,
+  progress: Progress,
+): Promise<void> {
+  for (const l of loaded) {
+    if (l.session !== undefined && l.data !== undefined) {
+      try {
+        quality.set(l.model.label, { predictions: await l.data.predict(l.session), labels: l.data.labels });
+      } catch (err) {
+        quality.set(l.model.label, QuantdError.from(err, "DATA_MISMATCH"));
+      }
+    } else if (l.error !== undefined) {
+      quality.set(l.model.label, l.error);
+    }
+    progress.tick(`evaluate ${l.model.label}`);
+  }
+}
+
+/** A model's feeds at one shape and its timed runs so far. */
+interface Series {
+  feeds: Record<string, Tensor>;
+  times: number[];
+}
+
+/** The rows of one shape at `threads`: warm-up, interleaved timed runs, one row per model. */
+async function measureShape(
+  opts: BenchOptions,
+  loaded: readonly Loaded[],
+  shape: Shape,
+  threads: number,
+  seed: number,
+  progress: Progress,
+): Promise<BenchRow[]> {
+  const where = `${shapeLabel(shape)} t${threads}`;
+  // Failed models skip work; keep the bar honest by catching up to where this shape should end.
+  const shapeEnd = progress.done + loaded.length * (opts.warmup + opts.runs);
+  const state: ShapeState = { series: new Map(), failed: new Map() };
+  await warmUp(opts, loaded, shape, seed, state, progress, where);
+  await timeInterleaved(opts.runs, state, progress, where);
+  if (progress.done < shapeEnd) progress.tick(`done ${where}`, shapeEnd - progress.done);
+  const rows = loaded.map((l) => rowOf(l, shape, threads, state.series.get(l), state.failed.get(l)));
+  // An error row has no memory probe: its unit is done now.
+  if (opts.memory ?? true) {
+    for (const row of rows) if (row.status === "error") progress.tick(`skip memory ${row.model}`);
+  }
+  return rows;
+}
+
+/** Where each model of a shape stands: its series while it runs, its error once it failed. */
+interface ShapeState {
+  series: Map<Loaded, Series>;
+  failed: Map<Loaded, QuantdError>;
+}
+
+/** Feeds and untimed runs of every model that loaded; a model that fails here is marked failed. */
+async function warmUp(
+  opts: BenchOptions,
+  loaded: readonly Loaded[],
+  shape: Shape,
+  seed: number,
+  { series, failed }: ShapeState,
+  progress: Progress,
+  where: string,
+): Promise<void> {
+  for (const l of loaded) {
+    if (l.error !== undefined || l.session === undefined) {
+      failed.set(l, l.error ?? new QuantdError("MODEL_LOAD_FAILED", `${l.model.path} did not load`));
+      continue;
+    }
+    try {
+      const feeds =
+        l.data !== undefined
+          ? l.data.feedsFor(l.session, shape)
+          : syntheticFeeds(l.session.inputs, shape, { vocabSize: l.vocabSize!, seed });
+      for (let i = 0; i < opts.warmup; i++) {
+        await l.session.run(feeds);
+        progress.tick(`warm-up ${l.model.label} ${where}`);
+      }
+      series.set(l, { feeds, times: [] });
+    } catch (err) {
+      failed.set(l, QuantdError.from(err, "INFERENCE_FAILED"));
+    }
+  }
+}
+
+/** Interleaved A B A B …: a model that fails mid-way drops out; the others go on. */
+async function timeInterleaved(
+  runs: number,
+  { series, failed }: ShapeState,
+  progress: Progress,
+  where: string,
+): Promise<void> {
+  const active = [...series.keys()];
+  for (const idx of interleavedOrder(active.length, runs)) {
+    const l = active[idx]!;
+    const s = series.get(l);
+    if (s === undefined || failed.has(l)) {
+      progress.tick(`skip ${l.model.label}`);
+      continue;
+    }
+    const t0 = performance.now();
+    try {
+      await l.session!.run(s.feeds);
+      s.times.push(performance.now() - t0);
+    } catch (err) {
+      failed.set(l, QuantdError.from(err, "INFERENCE_FAILED"));
+      series.delete(l);
+    }
+    progress.tick(`run ${l.model.label} ${where}`);
+  }
+}
+
+/** A model's row at one shape: its latency figures, or the error that stopped it. */
+function rowOf(
+  l: Loaded,
+  shape: Shape,
+  threads: number,
+  s: Series | undefined,
+  err: QuantdError | undefined,
+): BenchRow {
+  const key: RowKey = { model: l.model.label, path: l.model.path, family: l.family, shape, threads };
+  if (err !== undefined || s === undefined) {
+    const row: BenchRowError = { ...key, status: "error", error: errorJson(err) };
+    if (l.sizeBytes !== undefined) row.sizeBytes = l.sizeBytes;
+    if (l.loadMs !== undefined) row.loadMs = l.loadMs;
+    return row;
+  }
+  const latency = summarize(s.times);
+  return {
+    ...key,
+    status: "ok",
+    latency,
+    latenciesMs: s.times,
+    throughput: throughput(shape.batch, latency.mean),
+    loadMs: l.loadMs!,
+    sizeBytes: l.sizeBytes!,
+  };
+}
+
+/** Peak memory of each measured row at `threads`, each in a fresh child process. */
+async function measureMemory(
+  opts: BenchOptions,
+  rows: readonly BenchRow[],
+  loaded: readonly Loaded[],
+  threads: number,
+  seed: number,
+  progress: Progress,
+): Promise<void> {
+  for (const row of rows) {
+    if (row.status !== "ok" || row.threads !== threads) continue;
+    const l = loaded.find((x) => x.model.label === row.model)!;
+    try {
+      row.memory = await measurePeakMemory({
+        model: row.path,
+        shape: row.shape,
+        threads,
+        // Memory does not depend on which ids are fed; id 1 exists in any vocabulary.
+        vocabSize: l.vocabSize ?? 2,
+        runs: opts.memoryRuns ?? 3,
+        seed,
+        ...optimizationOf(opts),
+      });
+    } catch (err) {
+      row.memory = { error: errorJson(err) };
+    }
+    progress.tick(`memory ${row.model} ${shapeLabel(row.shape)} t${threads}`);
+  }
 }
 
 function firstOfFamily(models: readonly BenchModel[], family: string): BenchModel | undefined {
@@ -440,7 +547,7 @@ function attachRatios(rows: BenchRow[], models: readonly BenchModel[]): void {
 function attachQuality(
   rows: BenchRow[],
   models: readonly BenchModel[],
-  quality: Map<string, { predictions: number[]; labels: readonly number[] } | QuantdError>,
+  quality: Map<string, QualityInput>,
 ): void {
   const computed = new Map<string, Quality | { error: QuantdErrorJSON }>();
   for (const m of models) {
