@@ -25,10 +25,11 @@ import {
   copyModelDirFiles,
   createOutputDir,
   findModelFiles,
+  type ModelOutput,
   planModelOutput,
 } from "../../runtime/model-files.ts";
 import { openStore, type Store } from "../../store/store.ts";
-import type { Command } from "../command.ts";
+import type { Command, ParsedFlags } from "../command.ts";
 import { TASK_FLAGS, taskOverrideFlags, THREADS_FLAG, threadsFlag } from "../model-flags.ts";
 import {
   expectNoPositionals,
@@ -264,154 +265,200 @@ fastest. The report says why these candidates and why the winner won.`,
     { name: "json", type: "boolean", description: "print the report (or the error) as JSON on stdout" },
   ],
   async run(ctx) {
-    const f = ctx.flags;
     expectNoPositionals(ctx.positionals);
-    const calib = flagRequired(f, "calib");
-    const output = planModelOutput(flagRequired(f, "out"));
-    const opts: RunQuantizationOptions = {
-      model: flagRequired(f, "model"),
-      calib,
-      out: output.model,
-      mode: flagChoice(f, "mode", MODES, "static"),
-      method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
-      format: flagChoice(f, "format", FORMATS, DEFAULT_FORMAT),
-      activations: flagChoice(f, "activations", ACTIVATIONS, "uint8"),
-      decideOn: flagChoice(f, "gate-on", DECISIONS, "bound"),
-      confidence: parseConfidence(
-        flagNumber(f, "confidence", { min: 0, max: 100 }, DEFAULT_CONFIDENCE * 100),
-      ),
-      perChannel: !flagBool(f, "per-tensor"),
-      reduceRange: flagBool(f, "reduce-range"),
-      exclude: flagList(f, "exclude"),
-      gate: parseGateThreshold(flagNumber(f, "gate", { min: 0, max: 100 }, 99.5)),
-      trialBudget: flagInt(f, "trials", { min: 0, max: 1000 }, DEFAULT_TRIAL_BUDGET),
-    };
-    const samples = flagInt(f, "samples", { min: 1 });
-    if (samples !== undefined) opts.samples = samples;
-    const valSamples = flagInt(f, "val-samples", { min: 1 });
-    if (valSamples !== undefined) opts.validationSamples = valSamples;
-    const ignoreMargin = flagNumber(f, "ignore-margin", { min: 0, max: 1 });
-    if (ignoreMargin !== undefined && ignoreMargin > 0) opts.ignoreMargin = ignoreMargin;
-    if (flagBool(f, "full-validation")) opts.earlyStop = false;
-    const validate = flagString(f, "validate");
-    if (validate !== undefined) opts.validate = validate;
-    const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
-    if (drop !== undefined) opts.maxAccuracyDrop = drop / 100;
-    const report =
-      flagString(f, "report") ?? (output.asDirectory ? join(output.dir, "quantize-report.json") : undefined);
-    if (report !== undefined) opts.report = report;
-    const tokenizer = flagString(f, "tokenizer");
-    if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
-    opts.seed = flagInt(f, "seed", { min: 0 }, 1);
-    opts.task = taskOverrideFlags(f);
-    opts.threads = threadsFlag(f);
-    const json = flagBool(f, "json");
+    const { opts, output } = quantizeOptions(ctx.flags);
+    const json = flagBool(ctx.flags, "json");
     if (!json) opts.onProgress = (line) => ctx.err(line);
-    // The candidates worth timing depend on the CPU's int8 kernels: the board profile lists them.
-    if (opts.mode === "auto") opts.autoCandidates = detectDevice().profile.auto;
-
-    let store: Store | undefined;
-    if (existsSync(calib) && isSqliteFile(calib)) {
-      // A store quantd collected into: disjoint, length-stratified picks instead of file order.
-      store = await openStore(calib, { readonly: true });
-      opts.calib = poolOf(store, calib);
-    } else if (!existsSync(calib)) {
-      throw new QuantdError("FILE_NOT_FOUND", `samples file ${calib} does not exist`, {
-        details: { path: calib },
-      });
-    }
-    let result: Awaited<ReturnType<typeof runQuantization>>;
-    let copied: string[] = [];
-    // A new directory exists only once the model is in it: any failure removes it again.
-    let createdDir: string | undefined;
-    try {
-      if (output.newDir) createdDir = createOutputDir(output.dir);
-      result = await runQuantization(opts);
-      if (output.asDirectory || output.newDir) {
-        copied = copyModelDirFiles(findModelFiles(opts.model, opts.tokenizerDir), output.dir);
-      }
-    } catch (err) {
-      if (createdDir !== undefined) rmSync(createdDir, { recursive: true, force: true });
-      throw err;
-    } finally {
-      store?.close();
-    }
-    const { out, report: r } = result;
+    const { result, copied } = await quantizeInto(opts, output);
     if (json) {
-      ctx.out(JSON.stringify(r));
+      ctx.out(JSON.stringify(result.report));
       return 0;
     }
-    const m = r.metrics;
-    ctx.out(`wrote ${out}`);
-    ctx.out(
-      `  ${[r.mode, r.method, r.format, r.candidates.find((c) => c.chosen)?.activations === "int8" ? "s8s8" : undefined].filter((x) => x !== undefined).join("/")}, ` +
-        `${formatBytes(r.model.int8?.bytes ?? 0)} (${formatPercent(r.model.sizeRatio ?? 0)} of fp32)`,
-    );
-    ctx.out(
-      `  split: ${r.samples.split ?? `${r.samples.calibration} calibrate, ${r.samples.validation} validate`}`,
-    );
-    ctx.out(
-      `  agreement ${describeAgreement(m)}` +
-        (m.accuracyDrop !== undefined
-          ? `, accuracy ${formatPercent(m.accuracyCandidate ?? 0)} (fp32 ${formatPercent(m.accuracyReference ?? 0)})`
-          : "") +
-        `, max |logit diff| ${m.maxAbsLogitDiff.toFixed(4)}`,
-    );
-    ctx.out(
-      `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
-        `${m.margin.confidentFlips} on confident inputs; mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`,
-    );
-    if (m.task !== undefined) ctx.out(`  ${describeTaskFigures(m.task)}`);
-    if (r.auto !== undefined) ctx.out(`  auto: ${r.auto.decision}`);
-    const v = r.validation;
-    if (v !== undefined) {
-      const stops = [
-        v.earlyStops.passed > 0 ? `${v.earlyStops.passed} passed early` : "",
-        v.earlyStops.failed > 0 ? `${v.earlyStops.failed} failed early` : "",
-      ].filter((x) => x !== "");
-      ctx.out(
-        `  validation: ${formatMs(r.timings.validationMs)}, batches of ${v.batchSize} by length, ` +
-          `fp32 logits ${v.reference.computed} computed + ${v.reference.fromCache} cached` +
-          (v.looks.length > 1 ? `, looks at ${v.looks.join(", ")}` : "") +
-          (stops.length > 0 ? ` (${stops.join(", ")})` : ""),
-      );
-    }
-    for (const t of r.fallback.methods ?? []) {
-      const pts = (x: number): string => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
-      ctx.out(
-        `  fallback: calibrated with ${t.method} instead (no bytes, ${formatMs(t.ms)}): ` +
-          `agreement ${pts(t.bought.agreement)}, bound ${pts(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
-      );
-    }
-    for (const [i, t] of r.fallback.trials.entries()) {
-      if (t.bought === undefined) continue;
-      const pts = (x: number): string => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
-      ctx.out(
-        `  fallback trial ${i + 1}: kept ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)}): ` +
-          `agreement ${pts(t.bought.agreement)}, bound ${pts(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
-      );
-    }
-    const lengths = r.samples.lengths;
-    if (lengths !== undefined) {
-      ctx.out(
-        `  lengths: calibration ${describeLengths(lengths.calibration)}; validation ${describeLengths(lengths.validation)}`,
-      );
-    }
-    const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
-    if (sensitive.length > 0) ctx.out(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
-    if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {
-      ctx.out(
-        `  truncated to ${r.samples.maxSequenceLength} tokens: ${r.samples.truncated.calibration} calibration, ` +
-          `${r.samples.truncated.validation} validation samples`,
-      );
-    }
-    for (const w of r.warnings) ctx.err(`warning: ${w}`);
-    ctx.out(
-      `  calibration ${formatMs(r.timings.calibrationMs)}, quantization ${formatMs(r.timings.quantizationMs)}, ` +
-        `total ${formatMs(r.timings.totalMs)}, peak RSS ${formatBytes(r.peakRssBytes)}`,
-    );
+    ctx.out(`wrote ${result.out}`);
+    for (const line of summaryLines(result.report)) ctx.out(line);
+    for (const w of result.report.warnings) ctx.err(`warning: ${w}`);
+    ctx.out(timingLine(result.report));
     if (copied.length > 0) ctx.out(`  beside it: ${copied.join(", ")}`);
-    if (report !== undefined) ctx.out(`  report: ${report}`);
+    if (opts.report !== undefined) ctx.out(`  report: ${opts.report}`);
     return 0;
   },
 };
+
+type QuantizationResult = Awaited<ReturnType<typeof runQuantization>>;
+type QuantizationReport = QuantizationResult["report"];
+/** The pipeline's options with the samples still named by their path (a file, or a store to open). */
+type FileOptions = RunQuantizationOptions & { calib: string };
+
+/** The pipeline's options and where the model goes, from the flags. @throws USAGE on a bad flag value */
+function quantizeOptions(f: ParsedFlags): { opts: FileOptions; output: ModelOutput } {
+  const calib = flagRequired(f, "calib");
+  const output = planModelOutput(flagRequired(f, "out"));
+  const opts: FileOptions = {
+    model: flagRequired(f, "model"),
+    calib,
+    out: output.model,
+    mode: flagChoice(f, "mode", MODES, "static"),
+    method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
+    format: flagChoice(f, "format", FORMATS, DEFAULT_FORMAT),
+    activations: flagChoice(f, "activations", ACTIVATIONS, "uint8"),
+    decideOn: flagChoice(f, "gate-on", DECISIONS, "bound"),
+    confidence: parseConfidence(flagNumber(f, "confidence", { min: 0, max: 100 }, DEFAULT_CONFIDENCE * 100)),
+    perChannel: !flagBool(f, "per-tensor"),
+    reduceRange: flagBool(f, "reduce-range"),
+    exclude: flagList(f, "exclude"),
+    gate: parseGateThreshold(flagNumber(f, "gate", { min: 0, max: 100 }, 99.5)),
+    trialBudget: flagInt(f, "trials", { min: 0, max: 1000 }, DEFAULT_TRIAL_BUDGET),
+  };
+  const samples = flagInt(f, "samples", { min: 1 });
+  if (samples !== undefined) opts.samples = samples;
+  const valSamples = flagInt(f, "val-samples", { min: 1 });
+  if (valSamples !== undefined) opts.validationSamples = valSamples;
+  const ignoreMargin = flagNumber(f, "ignore-margin", { min: 0, max: 1 });
+  if (ignoreMargin !== undefined && ignoreMargin > 0) opts.ignoreMargin = ignoreMargin;
+  if (flagBool(f, "full-validation")) opts.earlyStop = false;
+  const validate = flagString(f, "validate");
+  if (validate !== undefined) opts.validate = validate;
+  const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
+  if (drop !== undefined) opts.maxAccuracyDrop = drop / 100;
+  const report =
+    flagString(f, "report") ?? (output.asDirectory ? join(output.dir, "quantize-report.json") : undefined);
+  if (report !== undefined) opts.report = report;
+  const tokenizer = flagString(f, "tokenizer");
+  if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
+  opts.seed = flagInt(f, "seed", { min: 0 }, 1);
+  opts.task = taskOverrideFlags(f);
+  opts.threads = threadsFlag(f);
+  // The candidates worth timing depend on the CPU's int8 kernels: the board profile lists them.
+  if (opts.mode === "auto") opts.autoCandidates = detectDevice().profile.auto;
+  return { opts, output };
+}
+
+/**
+ * Runs the pipeline into the output: samples from a store (disjoint, length-stratified picks) or a file,
+ * and the model directory's other files copied beside a model written into a directory. A directory this
+ * run created is removed again when it fails.
+ *
+ * @throws FILE_NOT_FOUND when the samples file does not exist; whatever the pipeline throws
+ */
+async function quantizeInto(
+  opts: FileOptions,
+  output: ModelOutput,
+): Promise<{ result: QuantizationResult; copied: string[] }> {
+  const calib = opts.calib;
+  let store: Store | undefined;
+  if (existsSync(calib) && isSqliteFile(calib)) {
+    store = await openStore(calib, { readonly: true });
+  } else if (!existsSync(calib)) {
+    throw new QuantdError("FILE_NOT_FOUND", `samples file ${calib} does not exist`, {
+      details: { path: calib },
+    });
+  }
+  // A new directory exists only once the model is in it: any failure removes it again.
+  let createdDir: string | undefined;
+  try {
+    if (output.newDir) createdDir = createOutputDir(output.dir);
+    const result = await runQuantization(
+      store === undefined ? opts : { ...opts, calib: poolOf(store, calib) },
+    );
+    const copied =
+      output.asDirectory || output.newDir
+        ? copyModelDirFiles(findModelFiles(opts.model, opts.tokenizerDir), output.dir)
+        : [];
+    return { result, copied };
+  } catch (err) {
+    if (createdDir !== undefined) rmSync(createdDir, { recursive: true, force: true });
+    throw err;
+  } finally {
+    store?.close();
+  }
+}
+
+/** A change in points, signed: `+0.40 pt`. */
+function points(x: number): string {
+  return `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
+}
+
+/** The human summary under `wrote …`: the model, the split, the gate's figures, what fallback bought. */
+function summaryLines(r: QuantizationReport): string[] {
+  const m = r.metrics;
+  const variant = [
+    r.mode,
+    r.method,
+    r.format,
+    r.candidates.find((c) => c.chosen)?.activations === "int8" ? "s8s8" : undefined,
+  ].filter((x) => x !== undefined);
+  const out = [
+    `  ${variant.join("/")}, ${formatBytes(r.model.int8?.bytes ?? 0)} (${formatPercent(r.model.sizeRatio ?? 0)} of fp32)`,
+    `  split: ${r.samples.split ?? `${r.samples.calibration} calibrate, ${r.samples.validation} validate`}`,
+    `  agreement ${describeAgreement(m)}` +
+      (m.accuracyDrop !== undefined
+        ? `, accuracy ${formatPercent(m.accuracyCandidate ?? 0)} (fp32 ${formatPercent(m.accuracyReference ?? 0)})`
+        : "") +
+      `, max |logit diff| ${m.maxAbsLogitDiff.toFixed(4)}`,
+    `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
+      `${m.margin.confidentFlips} on confident inputs; mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`,
+  ];
+  if (m.task !== undefined) out.push(`  ${describeTaskFigures(m.task)}`);
+  if (r.auto !== undefined) out.push(`  auto: ${r.auto.decision}`);
+  const validation = validationLine(r);
+  if (validation !== undefined) out.push(validation);
+  out.push(...fallbackLines(r));
+  const lengths = r.samples.lengths;
+  if (lengths !== undefined) {
+    out.push(
+      `  lengths: calibration ${describeLengths(lengths.calibration)}; validation ${describeLengths(lengths.validation)}`,
+    );
+  }
+  const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
+  if (sensitive.length > 0) out.push(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
+  if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {
+    out.push(
+      `  truncated to ${r.samples.maxSequenceLength} tokens: ${r.samples.truncated.calibration} calibration, ` +
+        `${r.samples.truncated.validation} validation samples`,
+    );
+  }
+  return out;
+}
+
+/** How validation went: its time, batches, cached fp32 logits, looks and early stops. */
+function validationLine(r: QuantizationReport): string | undefined {
+  const v = r.validation;
+  if (v === undefined) return undefined;
+  const stops = [
+    v.earlyStops.passed > 0 ? `${v.earlyStops.passed} passed early` : "",
+    v.earlyStops.failed > 0 ? `${v.earlyStops.failed} failed early` : "",
+  ].filter((x) => x !== "");
+  return (
+    `  validation: ${formatMs(r.timings.validationMs)}, batches of ${v.batchSize} by length, ` +
+    `fp32 logits ${v.reference.computed} computed + ${v.reference.fromCache} cached` +
+    (v.looks.length > 1 ? `, looks at ${v.looks.join(", ")}` : "") +
+    (stops.length > 0 ? ` (${stops.join(", ")})` : "")
+  );
+}
+
+/** What each fallback (another calibration method, nodes kept in fp32) bought. */
+function fallbackLines(r: QuantizationReport): string[] {
+  const out: string[] = [];
+  for (const t of r.fallback.methods ?? []) {
+    out.push(
+      `  fallback: calibrated with ${t.method} instead (no bytes, ${formatMs(t.ms)}): ` +
+        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
+    );
+  }
+  for (const [i, t] of r.fallback.trials.entries()) {
+    if (t.bought === undefined) continue;
+    out.push(
+      `  fallback trial ${i + 1}: kept ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)}): ` +
+        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
+    );
+  }
+  return out;
+}
+
+/** Where the time and memory went. */
+function timingLine(r: QuantizationReport): string {
+  return (
+    `  calibration ${formatMs(r.timings.calibrationMs)}, quantization ${formatMs(r.timings.quantizationMs)}, ` +
+    `total ${formatMs(r.timings.totalMs)}, peak RSS ${formatBytes(r.peakRssBytes)}`
+  );
+}
