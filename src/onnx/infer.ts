@@ -245,187 +245,233 @@ function reduceShape(
   return out;
 }
 
-/** Output types of a default-domain node, or undefined for an op this pass does not know. */
-function inferDefault(n: NodeProto, ctx: NodeContext): Output[] | undefined {
+/** Inference of one op: the output types of a node from its inputs, or undefined when they cannot be told. */
+type Rule = (n: NodeProto, ctx: NodeContext) => Output[] | undefined;
+
+/** One output of input 0's element type and the given shape. */
+function same(ctx: NodeContext, shape: InferredDim[] | undefined): Output[] {
+  return [typed(ctx.input(0)?.elemType, shape)];
+}
+
+/** Input 0's shape. */
+function shape0(ctx: NodeContext): InferredDim[] | undefined {
+  return ctx.input(0)?.shape;
+}
+
+/** The same rule under several op names. */
+function each(ops: readonly string[], rule: Rule): Record<string, Rule> {
+  return Object.fromEntries(ops.map((op) => [op, rule]));
+}
+
+const REDUCE_OPS = [
+  ...["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2"],
+  ...["ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"],
+];
+
+function shapeOp(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  if (s0 === undefined) return [{ elemType: DataType.INT64, shape: [undefined] }];
+  const start = normAxis(attrInt(n, "start", 0), s0.length);
+  const endAttr = attr(n, "end")?.i;
+  const end = endAttr === undefined ? s0.length : Math.min(s0.length, normAxis(endAttr, s0.length));
+  return [{ elemType: DataType.INT64, shape: [Math.max(0, end - Math.max(0, start))] }];
+}
+
+function layerNormalization(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  const stash = attrInt(n, "stash_type", DataType.FLOAT) as DataType;
+  const axis = s0 === undefined ? undefined : normAxis(attrInt(n, "axis", -1), s0.length);
+  const stat = s0 === undefined || axis === undefined ? undefined : s0.map((d, k) => (k < axis ? d : 1));
+  return [typed(ctx.input(0)?.elemType, s0), typed(stash, stat), typed(stash, stat)];
+}
+
+function gemm(n: NodeProto, ctx: NodeContext): Output[] {
+  const a = transposeLast2(shape0(ctx), attrInt(n, "transA", 0) === 1);
+  const b = transposeLast2(ctx.input(1)?.shape, attrInt(n, "transB", 0) === 1);
+  return same(ctx, matmulShape(a, b));
+}
+
+function transpose(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  if (s0 === undefined) return same(ctx, undefined);
+  const perm = attr(n, "perm")?.ints ?? s0.map((_, k) => s0.length - 1 - k);
+  return same(
+    ctx,
+    perm.map((p) => s0[p]),
+  );
+}
+
+function reshape(n: NodeProto, ctx: NodeContext): Output[] {
+  const target = ints(ctx.constant(1));
+  if (target !== undefined)
+    return same(ctx, reshapeShape(shape0(ctx), target, attrInt(n, "allowzero", 0) === 1));
+  const len = ctx.input(1)?.shape?.[0];
+  return same(ctx, typeof len === "number" ? new Array<InferredDim>(len).fill(undefined) : undefined);
+}
+
+function flatten(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  if (s0 === undefined) return same(ctx, undefined);
+  const axis = normAxis(attrInt(n, "axis", 1), s0.length);
+  const prod = (ds: InferredDim[]): InferredDim =>
+    ds.every((d) => typeof d === "number") ? (ds as number[]).reduce((a, b) => a * b, 1) : undefined;
+  return same(ctx, [prod(s0.slice(0, axis)), prod(s0.slice(axis))]);
+}
+
+function unsqueeze(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  const axes = axesOf(n, ctx, 1);
+  if (s0 === undefined || axes === undefined) return same(ctx, undefined);
+  const rank = s0.length + axes.length;
+  const at = new Set(axes.map((a) => normAxis(a, rank)));
+  const out: InferredDim[] = [];
+  let src = 0;
+  for (let k = 0; k < rank; k++) out.push(at.has(k) ? 1 : s0[src++]);
+  return same(ctx, out);
+}
+
+function squeeze(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  const axes = axesOf(n, ctx, 1);
+  if (s0 === undefined) return same(ctx, undefined);
+  if (axes === undefined) {
+    if ((n.input[1] ?? "") !== "") return same(ctx, undefined);
+    return s0.every((d) => d !== undefined && typeof d === "number")
+      ? same(
+          ctx,
+          s0.filter((d) => d !== 1),
+        )
+      : same(ctx, undefined);
+  }
+  const at = new Set(axes.map((a) => normAxis(a, s0.length)));
+  return same(
+    ctx,
+    s0.filter((_, k) => !at.has(k)),
+  );
+}
+
+function gather(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  const idx = ctx.input(1)?.shape;
+  if (s0 === undefined || idx === undefined) return same(ctx, undefined);
+  const axis = normAxis(attrInt(n, "axis", 0), s0.length);
+  return same(ctx, [...s0.slice(0, axis), ...idx, ...s0.slice(axis + 1)]);
+}
+
+function concat(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  const shapes = n.input.map((_, k) => ctx.input(k)?.shape);
+  if (s0 === undefined || shapes.some((s) => s === undefined)) return same(ctx, undefined);
+  const axis = normAxis(attrInt(n, "axis", 0), s0.length);
+  const out = [...s0];
+  let total: InferredDim = 0;
+  for (const s of shapes as InferredDim[][]) {
+    const d = s[axis];
+    total = typeof total === "number" && typeof d === "number" ? total + d : undefined;
+  }
+  out[axis] = total;
+  return same(ctx, out);
+}
+
+function reduce(n: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  const axes = axesOf(n, ctx, 1);
+  const keep = attrInt(n, "keepdims", 1) === 1;
+  if (axes === undefined && (n.input[1] ?? "") === "" && attrInt(n, "noop_with_empty_axes", 0) === 1)
+    return same(ctx, s0);
+  return same(
+    ctx,
+    reduceShape(s0, axes ?? (n.input[1] === undefined || n.input[1] === "" ? [] : undefined), keep),
+  );
+}
+
+/** Default-domain ops whose output types need more than their family's rule (see {@link inferByFamily}). */
+const DEFAULT_RULES: Readonly<Record<string, Rule>> = {
+  Constant: (n) => {
+    const t = constantValue(n);
+    return t === undefined ? undefined : [{ elemType: t.dataType, shape: [...t.dims] }];
+  },
+  Cast: (n, ctx) => [typed(attr(n, "to")?.i as DataType | undefined, shape0(ctx))],
+  CastLike: (_, ctx) => [typed(ctx.input(1)?.elemType, shape0(ctx))],
+  Shape: shapeOp,
+  Size: () => [{ elemType: DataType.INT64, shape: [] }],
+  NonZero: (_, ctx) => [{ elemType: DataType.INT64, shape: [shape0(ctx)?.length, undefined] }],
+  ...each(["ArgMax", "ArgMin"], (n, ctx) => [
+    {
+      elemType: DataType.INT64,
+      shape: reduceShape(shape0(ctx), [attrInt(n, "axis", 0)], attrInt(n, "keepdims", 1) === 1),
+    },
+  ]),
+  ConstantOfShape: (n, ctx) => {
+    const v = attr(n, "value")?.t;
+    return [{ elemType: v?.dataType ?? DataType.FLOAT, shape: ints(ctx.constant(0)) ?? undefined }];
+  },
+  QuantizeLinear: (n, ctx) => {
+    const to = attr(n, "output_dtype")?.i;
+    const zp = ctx.input(2)?.elemType;
+    return [typed((to !== undefined && to !== 0 ? to : (zp ?? DataType.UINT8)) as DataType, shape0(ctx))];
+  },
+  DequantizeLinear: (_, ctx) => [typed(ctx.input(1)?.elemType ?? DataType.FLOAT, shape0(ctx))],
+  DynamicQuantizeLinear: (_, ctx) => [
+    typed(DataType.UINT8, shape0(ctx)),
+    typed(DataType.FLOAT, []),
+    typed(DataType.UINT8, []),
+  ],
+  MatMulInteger: (_, ctx) => [typed(DataType.INT32, matmulShape(shape0(ctx), ctx.input(1)?.shape))],
+  ConvInteger: () => [typed(DataType.INT32, undefined)],
+  Where: (_, ctx) => {
+    const shape = broadcast([shape0(ctx), ctx.input(1)?.shape, ctx.input(2)?.shape]);
+    return [typed(ctx.input(1)?.elemType ?? ctx.input(2)?.elemType, shape)];
+  },
+  TopK: (_, ctx) => [typed(ctx.input(0)?.elemType, undefined), typed(DataType.INT64, undefined)],
+  Dropout: (_, ctx) => [typed(ctx.input(0)?.elemType, shape0(ctx)), typed(DataType.BOOL, shape0(ctx))],
+  LayerNormalization: layerNormalization,
+  OneHot: (_, ctx) => [typed(ctx.input(2)?.elemType, undefined)],
+  ...each(["EyeLike", "RandomNormalLike", "RandomUniformLike", "Bernoulli"], (n, ctx) => {
+    const dt = attr(n, "dtype")?.i;
+    return [typed((dt ?? ctx.input(0)?.elemType) as DataType | undefined, shape0(ctx))];
+  }),
+  ...each(["RandomNormal", "RandomUniform"], (n) => [
+    typed((attr(n, "dtype")?.i ?? DataType.FLOAT) as DataType, attr(n, "shape")?.ints),
+  ]),
+  Unique: (_, ctx) => [
+    typed(ctx.input(0)?.elemType, undefined),
+    ...[1, 2, 3].map(() => typed(DataType.INT64, undefined)),
+  ],
+  MatMul: (_, ctx) => same(ctx, matmulShape(shape0(ctx), ctx.input(1)?.shape)),
+  Gemm: gemm,
+  Transpose: transpose,
+  Reshape: reshape,
+  Flatten: flatten,
+  Unsqueeze: unsqueeze,
+  Squeeze: squeeze,
+  Gather: gather,
+  Concat: concat,
+  // Rank is kept; sizes depend on run-time values.
+  ...each(["Slice", "Tile", "Pad"], (_, ctx) =>
+    same(
+      ctx,
+      shape0(ctx)?.map(() => undefined),
+    ),
+  ),
+  // Expand may raise the rank: unknown.
+  Expand: (_, ctx) => same(ctx, undefined),
+  Split: (n, ctx) =>
+    n.output.map(() =>
+      typed(
+        ctx.input(0)?.elemType,
+        shape0(ctx)?.map(() => undefined),
+      ),
+    ),
+  ...each(REDUCE_OPS, reduce),
+  Range: (_, ctx) => same(ctx, [undefined]),
+};
+
+/** Output types of a default-domain node by the families of ops: comparisons, broadcasts, input 0's type. */
+function inferByFamily(n: NodeProto, ctx: NodeContext): Output[] | undefined {
+  const op = n.opType;
   const in0 = ctx.input(0);
   const s0 = in0?.shape;
-  const op = n.opType;
-  const same = (shape: InferredDim[] | undefined): Output[] => [typed(in0?.elemType, shape)];
-  switch (op) {
-    case "Constant": {
-      const t = constantValue(n);
-      return t === undefined ? undefined : [{ elemType: t.dataType, shape: [...t.dims] }];
-    }
-    case "Cast":
-      return [typed(attr(n, "to")?.i as DataType | undefined, s0)];
-    case "CastLike":
-      return [typed(ctx.input(1)?.elemType, s0)];
-    case "Shape": {
-      if (s0 === undefined) return [{ elemType: DataType.INT64, shape: [undefined] }];
-      const start = normAxis(attrInt(n, "start", 0), s0.length);
-      const endAttr = attr(n, "end")?.i;
-      const end = endAttr === undefined ? s0.length : Math.min(s0.length, normAxis(endAttr, s0.length));
-      return [{ elemType: DataType.INT64, shape: [Math.max(0, end - Math.max(0, start))] }];
-    }
-    case "Size":
-      return [{ elemType: DataType.INT64, shape: [] }];
-    case "NonZero":
-      return [{ elemType: DataType.INT64, shape: [s0?.length, undefined] }];
-    case "ArgMax":
-    case "ArgMin":
-      return [
-        {
-          elemType: DataType.INT64,
-          shape: reduceShape(s0, [attrInt(n, "axis", 0)], attrInt(n, "keepdims", 1) === 1),
-        },
-      ];
-    case "ConstantOfShape": {
-      const v = attr(n, "value")?.t;
-      return [{ elemType: v?.dataType ?? DataType.FLOAT, shape: ints(ctx.constant(0)) ?? undefined }];
-    }
-    case "QuantizeLinear": {
-      const to = attr(n, "output_dtype")?.i;
-      const zp = ctx.input(2)?.elemType;
-      return [typed((to !== undefined && to !== 0 ? to : (zp ?? DataType.UINT8)) as DataType, s0)];
-    }
-    case "DequantizeLinear":
-      return [typed(ctx.input(1)?.elemType ?? DataType.FLOAT, s0)];
-    case "DynamicQuantizeLinear":
-      return [typed(DataType.UINT8, s0), typed(DataType.FLOAT, []), typed(DataType.UINT8, [])];
-    case "MatMulInteger":
-      return [typed(DataType.INT32, matmulShape(s0, ctx.input(1)?.shape))];
-    case "ConvInteger":
-      return [typed(DataType.INT32, undefined)];
-    case "Where": {
-      const shape = broadcast([s0, ctx.input(1)?.shape, ctx.input(2)?.shape]);
-      return [typed(ctx.input(1)?.elemType ?? ctx.input(2)?.elemType, shape)];
-    }
-    case "TopK":
-      return [typed(in0?.elemType, undefined), typed(DataType.INT64, undefined)];
-    case "Dropout":
-      return [typed(in0?.elemType, s0), typed(DataType.BOOL, s0)];
-    case "LayerNormalization": {
-      const stash = attrInt(n, "stash_type", DataType.FLOAT) as DataType;
-      const axis = s0 === undefined ? undefined : normAxis(attrInt(n, "axis", -1), s0.length);
-      const stat = s0 === undefined || axis === undefined ? undefined : s0.map((d, k) => (k < axis ? d : 1));
-      return [typed(in0?.elemType, s0), typed(stash, stat), typed(stash, stat)];
-    }
-    case "OneHot":
-      return [typed(ctx.input(2)?.elemType, undefined)];
-    case "EyeLike":
-    case "RandomNormalLike":
-    case "RandomUniformLike":
-    case "Bernoulli": {
-      const dt = attr(n, "dtype")?.i;
-      return [typed((dt ?? in0?.elemType) as DataType | undefined, s0)];
-    }
-    case "RandomNormal":
-    case "RandomUniform":
-      return [typed((attr(n, "dtype")?.i ?? DataType.FLOAT) as DataType, attr(n, "shape")?.ints)];
-    case "Unique":
-      return [typed(in0?.elemType, undefined), ...[1, 2, 3].map(() => typed(DataType.INT64, undefined))];
-    case "MatMul":
-      return same(matmulShape(s0, ctx.input(1)?.shape));
-    case "Gemm": {
-      const a = transposeLast2(s0, attrInt(n, "transA", 0) === 1);
-      const b = transposeLast2(ctx.input(1)?.shape, attrInt(n, "transB", 0) === 1);
-      return same(matmulShape(a, b));
-    }
-    case "Transpose": {
-      if (s0 === undefined) return same(undefined);
-      const perm = attr(n, "perm")?.ints ?? s0.map((_, k) => s0.length - 1 - k);
-      return same(perm.map((p) => s0[p]));
-    }
-    case "Reshape": {
-      const target = ints(ctx.constant(1));
-      if (target !== undefined) return same(reshapeShape(s0, target, attrInt(n, "allowzero", 0) === 1));
-      const len = ctx.input(1)?.shape?.[0];
-      return same(typeof len === "number" ? new Array<InferredDim>(len).fill(undefined) : undefined);
-    }
-    case "Flatten": {
-      if (s0 === undefined) return same(undefined);
-      const axis = normAxis(attrInt(n, "axis", 1), s0.length);
-      const prod = (ds: InferredDim[]): InferredDim =>
-        ds.every((d) => typeof d === "number") ? (ds as number[]).reduce((a, b) => a * b, 1) : undefined;
-      return same([prod(s0.slice(0, axis)), prod(s0.slice(axis))]);
-    }
-    case "Unsqueeze": {
-      const axes = axesOf(n, ctx, 1);
-      if (s0 === undefined || axes === undefined) return same(undefined);
-      const rank = s0.length + axes.length;
-      const at = new Set(axes.map((a) => normAxis(a, rank)));
-      const out: InferredDim[] = [];
-      let src = 0;
-      for (let k = 0; k < rank; k++) out.push(at.has(k) ? 1 : s0[src++]);
-      return same(out);
-    }
-    case "Squeeze": {
-      const axes = axesOf(n, ctx, 1);
-      if (s0 === undefined) return same(undefined);
-      if (axes === undefined) {
-        if ((n.input[1] ?? "") !== "") return same(undefined);
-        return s0.every((d) => d !== undefined && typeof d === "number")
-          ? same(s0.filter((d) => d !== 1))
-          : same(undefined);
-      }
-      const at = new Set(axes.map((a) => normAxis(a, s0.length)));
-      return same(s0.filter((_, k) => !at.has(k)));
-    }
-    case "Gather": {
-      const idx = ctx.input(1)?.shape;
-      if (s0 === undefined || idx === undefined) return same(undefined);
-      const axis = normAxis(attrInt(n, "axis", 0), s0.length);
-      return same([...s0.slice(0, axis), ...idx, ...s0.slice(axis + 1)]);
-    }
-    case "Concat": {
-      const shapes = n.input.map((_, k) => ctx.input(k)?.shape);
-      if (s0 === undefined || shapes.some((s) => s === undefined)) return same(undefined);
-      const axis = normAxis(attrInt(n, "axis", 0), s0.length);
-      const out = [...s0];
-      let total: InferredDim = 0;
-      for (const s of shapes as InferredDim[][]) {
-        const d = s[axis];
-        total = typeof total === "number" && typeof d === "number" ? total + d : undefined;
-      }
-      out[axis] = total;
-      return same(out);
-    }
-    case "Slice":
-    case "Expand":
-    case "Tile":
-    case "Pad":
-      // Rank is kept (Expand may raise it: unknown then); sizes depend on run-time values.
-      return same(op === "Expand" ? undefined : s0?.map(() => undefined));
-    case "Split": {
-      const outs = n.output.map(() =>
-        typed(
-          in0?.elemType,
-          s0?.map(() => undefined),
-        ),
-      );
-      return outs;
-    }
-    case "ReduceMean":
-    case "ReduceSum":
-    case "ReduceMax":
-    case "ReduceMin":
-    case "ReduceProd":
-    case "ReduceL1":
-    case "ReduceL2":
-    case "ReduceLogSum":
-    case "ReduceLogSumExp":
-    case "ReduceSumSquare": {
-      const axes = axesOf(n, ctx, 1);
-      const keep = attrInt(n, "keepdims", 1) === 1;
-      if (axes === undefined && (n.input[1] ?? "") === "" && attrInt(n, "noop_with_empty_axes", 0) === 1)
-        return same(s0);
-      return same(
-        reduceShape(s0, axes ?? (n.input[1] === undefined || n.input[1] === "" ? [] : undefined), keep),
-      );
-    }
-    case "Range":
-      return same([undefined]);
-  }
   if (BOOL_OUT.has(op)) {
     return [
       typed(
@@ -435,84 +481,110 @@ function inferDefault(n: NodeProto, ctx: NodeContext): Output[] | undefined {
     ];
   }
   if (SAME_AS_INPUT0.has(op)) {
-    if (BROADCAST.has(op)) return same(broadcast(n.input.map((_, k) => ctx.input(k)?.shape)));
+    if (BROADCAST.has(op)) return same(ctx, broadcast(n.input.map((_, k) => ctx.input(k)?.shape)));
     if (SAME_SHAPE.has(op)) return n.output.map(() => typed(in0?.elemType, s0));
     return n.output.map(() => typed(in0?.elemType, undefined));
   }
   return undefined;
 }
 
+/** Output types of a default-domain node, or undefined for an op this pass does not know. */
+function inferDefault(n: NodeProto, ctx: NodeContext): Output[] | undefined {
+  const rule = Object.hasOwn(DEFAULT_RULES, n.opType) ? DEFAULT_RULES[n.opType] : undefined;
+  return rule !== undefined ? rule(n, ctx) : inferByFamily(n, ctx);
+}
+
+/** The statistics outputs of a layer normalization: the input's shape with the last axis 1. */
+function statShape(s: InferredDim[] | undefined): InferredDim[] | undefined {
+  return s === undefined ? undefined : [...s.slice(0, -1), 1];
+}
+
+function fusedMatMul(n: NodeProto, ctx: NodeContext): Output[] {
+  const a = transposeLast2(shape0(ctx), attrInt(n, "transA", 0) === 1);
+  const b = transposeLast2(ctx.input(1)?.shape, attrInt(n, "transB", 0) === 1);
+  const batched = attrInt(n, "transBatchA", 0) === 1 || attrInt(n, "transBatchB", 0) === 1;
+  return same(ctx, batched ? undefined : matmulShape(a, b));
+}
+
+function attention(n: NodeProto, ctx: NodeContext): Output[] {
+  // input [B, S, in], weights [in, 3·hidden] (or qkv_hidden_sizes); output [B, S, v_hidden]
+  const s0 = shape0(ctx);
+  const et0 = ctx.input(0)?.elemType;
+  const qkv = attr(n, "qkv_hidden_sizes")?.ints;
+  const w = ctx.input(1)?.shape?.[1];
+  const hidden = qkv !== undefined && qkv.length === 3 ? qkv[2] : typeof w === "number" ? w / 3 : undefined;
+  const shape = s0 === undefined ? undefined : [s0[0], s0[1], hidden];
+  return [typed(et0, shape), typed(et0, undefined)];
+}
+
+function multiHeadAttention(_: NodeProto, ctx: NodeContext): Output[] {
+  const s0 = shape0(ctx);
+  const et0 = ctx.input(0)?.elemType;
+  const v = ctx.input(2)?.shape;
+  const shape =
+    s0 !== undefined && s0.length === 3 ? [s0[0], s0[1], v?.length === 3 ? v[2] : undefined] : undefined;
+  return [typed(et0, shape), typed(et0, undefined), typed(et0, undefined)];
+}
+
+function embedLayerNormalization(_: NodeProto, ctx: NodeContext): Output[] {
+  // inputs: input_ids, segment_ids, word_embedding, position_embedding, segment_embedding, gamma, beta, mask, position_ids
+  const s0 = shape0(ctx);
+  const table = ctx.input(2);
+  const hidden = table?.shape?.[1];
+  const shape = s0 === undefined ? undefined : [s0[0], s0[1], hidden];
+  return [
+    typed(table?.elemType, shape),
+    typed(DataType.INT32, s0 === undefined ? undefined : [s0[0]]),
+    typed(table?.elemType, shape),
+  ];
+}
+
+/** com.microsoft ops whose output types need more than input 0's type (see {@link MS_SAME_AS_INPUT0}). */
+const MS_RULES: Readonly<Record<string, Rule>> = {
+  FusedMatMul: fusedMatMul,
+  FusedGemm: gemm,
+  Attention: attention,
+  MultiHeadAttention: multiHeadAttention,
+  ...each(["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"], (_, ctx) => {
+    const s0 = shape0(ctx);
+    const et0 = ctx.input(0)?.elemType;
+    return [
+      typed(et0, s0),
+      typed(DataType.FLOAT, statShape(s0)),
+      typed(DataType.FLOAT, statShape(s0)),
+      typed(et0, s0),
+    ];
+  }),
+  ...each(["LayerNormalization", "SimplifiedLayerNormalization"], (_, ctx) => {
+    const s0 = shape0(ctx);
+    return [
+      typed(ctx.input(0)?.elemType, s0),
+      typed(DataType.FLOAT, statShape(s0)),
+      typed(DataType.FLOAT, statShape(s0)),
+    ];
+  }),
+  EmbedLayerNormalization: embedLayerNormalization,
+  MatMulIntegerToFloat: (_, ctx) => [
+    typed(ctx.input(2)?.elemType ?? DataType.FLOAT, matmulShape(shape0(ctx), ctx.input(1)?.shape)),
+  ],
+  DynamicQuantizeMatMul: (_, ctx) => [typed(DataType.FLOAT, matmulShape(shape0(ctx), ctx.input(1)?.shape))],
+  QAttention: (_, ctx) => [
+    typed(ctx.input(3)?.elemType ?? DataType.FLOAT, undefined),
+    typed(ctx.input(3)?.elemType ?? DataType.FLOAT, undefined),
+  ],
+  QGemm: (n, ctx) => [typed((n.input[7] ?? "") === "" ? DataType.FLOAT : ctx.input(7)?.elemType, undefined)],
+  QuantizeLinear: (_, ctx) => [typed(ctx.input(2)?.elemType ?? DataType.UINT8, shape0(ctx))],
+  DequantizeLinear: (_, ctx) => [typed(ctx.input(1)?.elemType ?? DataType.FLOAT, shape0(ctx))],
+};
+
 /** Output types of a com.microsoft node, or undefined for an op this pass does not know. */
 function inferMicrosoft(n: NodeProto, ctx: NodeContext): Output[] | undefined {
-  const in0 = ctx.input(0);
-  const s0 = in0?.shape;
-  const et0 = in0?.elemType;
-  switch (n.opType) {
-    case "FusedMatMul": {
-      const a = transposeLast2(s0, attrInt(n, "transA", 0) === 1);
-      const b = transposeLast2(ctx.input(1)?.shape, attrInt(n, "transB", 0) === 1);
-      const batched = attrInt(n, "transBatchA", 0) === 1 || attrInt(n, "transBatchB", 0) === 1;
-      return [typed(et0, batched ? undefined : matmulShape(a, b))];
-    }
-    case "FusedGemm": {
-      const a = transposeLast2(s0, attrInt(n, "transA", 0) === 1);
-      const b = transposeLast2(ctx.input(1)?.shape, attrInt(n, "transB", 0) === 1);
-      return [typed(et0, matmulShape(a, b))];
-    }
-    case "Attention": {
-      // input [B, S, in], weights [in, 3·hidden] (or qkv_hidden_sizes); output [B, S, v_hidden]
-      const qkv = attr(n, "qkv_hidden_sizes")?.ints;
-      const w = ctx.input(1)?.shape?.[1];
-      const hidden =
-        qkv !== undefined && qkv.length === 3 ? qkv[2] : typeof w === "number" ? w / 3 : undefined;
-      const shape = s0 === undefined ? undefined : [s0[0], s0[1], hidden];
-      return [typed(et0, shape), typed(et0, undefined)];
-    }
-    case "MultiHeadAttention": {
-      const v = ctx.input(2)?.shape;
-      const shape =
-        s0 !== undefined && s0.length === 3 ? [s0[0], s0[1], v?.length === 3 ? v[2] : undefined] : undefined;
-      return [typed(et0, shape), typed(et0, undefined), typed(et0, undefined)];
-    }
-    case "SkipLayerNormalization":
-    case "SkipSimplifiedLayerNormalization": {
-      const stat = s0 === undefined ? undefined : [...s0.slice(0, -1), 1];
-      return [typed(et0, s0), typed(DataType.FLOAT, stat), typed(DataType.FLOAT, stat), typed(et0, s0)];
-    }
-    case "LayerNormalization":
-    case "SimplifiedLayerNormalization": {
-      const stat = s0 === undefined ? undefined : [...s0.slice(0, -1), 1];
-      return [typed(et0, s0), typed(DataType.FLOAT, stat), typed(DataType.FLOAT, stat)];
-    }
-    case "EmbedLayerNormalization": {
-      // inputs: input_ids, segment_ids, word_embedding, position_embedding, segment_embedding, gamma, beta, mask, position_ids
-      const table = ctx.input(2);
-      const hidden = table?.shape?.[1];
-      const shape = s0 === undefined ? undefined : [s0[0], s0[1], hidden];
-      return [
-        typed(table?.elemType, shape),
-        typed(DataType.INT32, s0 === undefined ? undefined : [s0[0]]),
-        typed(table?.elemType, shape),
-      ];
-    }
-    case "MatMulIntegerToFloat":
-      return [typed(ctx.input(2)?.elemType ?? DataType.FLOAT, matmulShape(s0, ctx.input(1)?.shape))];
-    case "DynamicQuantizeMatMul":
-      return [typed(DataType.FLOAT, matmulShape(s0, ctx.input(1)?.shape))];
-    case "QAttention":
-      return [
-        typed(ctx.input(3)?.elemType ?? DataType.FLOAT, undefined),
-        typed(ctx.input(3)?.elemType ?? DataType.FLOAT, undefined),
-      ];
-    case "QGemm":
-      return [typed((n.input[7] ?? "") === "" ? DataType.FLOAT : ctx.input(7)?.elemType, undefined)];
-    case "QuantizeLinear":
-      return [typed(ctx.input(2)?.elemType ?? DataType.UINT8, s0)];
-    case "DequantizeLinear":
-      return [typed(ctx.input(1)?.elemType ?? DataType.FLOAT, s0)];
-  }
+  const rule = Object.hasOwn(MS_RULES, n.opType) ? MS_RULES[n.opType] : undefined;
+  if (rule !== undefined) return rule(n, ctx);
   if (MS_SAME_AS_INPUT0.has(n.opType)) {
-    return n.output.map(() => typed(et0, MS_SAME_SHAPE.has(n.opType) ? s0 : undefined));
+    return n.output.map(() =>
+      typed(ctx.input(0)?.elemType, MS_SAME_SHAPE.has(n.opType) ? shape0(ctx) : undefined),
+    );
   }
   return undefined;
 }
