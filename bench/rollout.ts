@@ -23,13 +23,8 @@ import { releaseOf } from "../src/agent/release.ts";
 import { startController } from "../src/fleet/controller/controller.ts";
 import { startDashboard } from "../src/fleet/controller/http.ts";
 import { publishRelease } from "../src/fleet/controller/release-routes.ts";
-import {
-  createRollout,
-  findRollout,
-  parseDuration,
-  type Rollout,
-  startRolloutEngine,
-} from "../src/fleet/controller/rollout.ts";
+import { createRollout, findRollout, parseDuration, type Rollout } from "../src/fleet/controller/rollout.ts";
+import { startRolloutEngine } from "../src/fleet/controller/rollout-engine.ts";
 import { openSqliteFleetStore } from "../src/fleet/controller/sqlite-store.ts";
 import { buildRelease, releaseBytes, type SignedRelease } from "../src/fleet/release.ts";
 import { writeNewSigningKey } from "../src/fleet/signing.ts";

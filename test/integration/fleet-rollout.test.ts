@@ -16,13 +16,8 @@ import { releaseOf } from "../../src/agent/release.ts";
 import { type FleetController, startController } from "../../src/fleet/controller/controller.ts";
 import { type Dashboard, startDashboard } from "../../src/fleet/controller/http.ts";
 import { publishRelease } from "../../src/fleet/controller/release-routes.ts";
-import {
-  createRollout,
-  findRollout,
-  type Rollout,
-  type RolloutEngine,
-  startRolloutEngine,
-} from "../../src/fleet/controller/rollout.ts";
+import { createRollout, findRollout, type Rollout } from "../../src/fleet/controller/rollout.ts";
+import { type RolloutEngine, startRolloutEngine } from "../../src/fleet/controller/rollout-engine.ts";
 import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import { buildRelease, type SignedRelease } from "../../src/fleet/release.ts";

@@ -6,13 +6,8 @@
  * has already succeeded), so the engine's broker is never reached.
  */
 import { afterEach, expect, test } from "bun:test";
-import {
-  changeRollout,
-  createRollout,
-  findRollout,
-  type RolloutEngine,
-  startRolloutEngine,
-} from "../../src/fleet/controller/rollout.ts";
+import { changeRollout, createRollout, findRollout } from "../../src/fleet/controller/rollout.ts";
+import { type RolloutEngine, startRolloutEngine } from "../../src/fleet/controller/rollout-engine.ts";
 import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import { operator } from "../helpers/fleet-keys.ts";

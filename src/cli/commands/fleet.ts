@@ -9,13 +9,13 @@ import { startController } from "../../fleet/controller/controller.ts";
 import type { DashboardCredentials } from "../../fleet/controller/dashboard-auth.ts";
 import { createDashboardCommands } from "../../fleet/controller/dashboard-commands.ts";
 import { checkDashboardAddress, type DashboardOptions, startDashboard } from "../../fleet/controller/http.ts";
-import { type RolloutEngine, startRolloutEngine } from "../../fleet/controller/rollout.ts";
+import { type RolloutEngine, startRolloutEngine } from "../../fleet/controller/rollout-engine.ts";
 import { openSqliteFleetStore } from "../../fleet/controller/sqlite-store.ts";
-import { connectMqttOnce, type MqttConnectOptions, type MqttConnection } from "../../fleet/mqtt-client.ts";
-import { readFleetStatus, runJobCommand } from "../../fleet/operator/operations.ts";
 import type { FleetStore } from "../../fleet/controller/store.ts";
-import { checkName } from "../../fleet/protocol.ts";
+import { connectMqttOnce, type MqttConnection, type MqttConnectOptions } from "../../fleet/mqtt-client.ts";
+import { readFleetStatus, runJobCommand } from "../../fleet/operator/operations.ts";
 import { createFleetRequester } from "../../fleet/operator/requester.ts";
+import { checkName } from "../../fleet/protocol.ts";
 import {
   keyId,
   parsePublicKey,

@@ -7,8 +7,8 @@
 import { QuantdError } from "../../errors.ts";
 import type { MqttConnection } from "../mqtt-client.ts";
 import { type DeviceJobOutcome, runJobCommand } from "../operator/operations.ts";
-import { type CommandName, checkName } from "../protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../operator/requester.ts";
+import { type CommandName, checkName } from "../protocol.ts";
 import type { SigningKey } from "../signing.ts";
 
 /**

@@ -8,16 +8,15 @@
  * without credentials it binds to loopback only; on any other address it
  * needs credentials and TLS (a certificate here, or a reverse proxy in front).
  */
+
+import { readFileSync } from "node:fs";
 import { QuantdError } from "../../errors.ts";
 import { isRecord } from "../../json.ts";
-import { readFileSync } from "node:fs";
 import type { ReportFigures, ReportMessage } from "../protocol.ts";
 import type { FleetController } from "./controller.ts";
 import { createDashboardAuth, type DashboardCredentials, type Principal } from "./dashboard-auth.ts";
 import { type ActionTarget, DASHBOARD_COMMANDS, type DashboardCommands } from "./dashboard-commands.ts";
 import { DASHBOARD_HTML, loginPage } from "./dashboard-page.ts";
-import { serveRelease } from "./release-routes.ts";
-import { changeRollout, createRollout, findRelease, type Rollout, rolloutSpec } from "./rollout.ts";
 import {
   DEVICE_STATES,
   failureReason,
@@ -27,6 +26,8 @@ import {
   markModelChanges,
   recentJobs,
 } from "./fleet-view.ts";
+import { serveRelease } from "./release-routes.ts";
+import { changeRollout, createRollout, findRelease, type Rollout, rolloutSpec } from "./rollout.ts";
 import type { DeviceRecord, FleetStore, JobRecord } from "./store.ts";
 
 /** A running dashboard. */
