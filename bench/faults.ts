@@ -41,7 +41,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { createRng } from "../src/bench/inputs.ts";
+import { mulberry32 } from "../src/core/random.ts";
 import { nearestRankPercentile } from "../src/core/stats.ts";
 import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { openStore } from "../src/store/store.ts";
@@ -325,7 +325,7 @@ async function fuzzProbe(agent: AgentProc): Promise<void> {
     sock: agent.socket,
     rel: "../../etc/passwd",
   };
-  const r = createRng(15);
+  const r = mulberry32(15);
   const byStatus = new Map<number, number>();
   const fiveHundreds: string[] = [];
   let next = 0;

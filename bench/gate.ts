@@ -46,7 +46,7 @@ import { describeFile } from "../src/quant/report.ts";
 import { createValidator } from "../src/quant/validate.ts";
 import { createOrtSession, ORT_VERSION } from "../src/runtime/ort-session.ts";
 import { loadTokenizer, type Tokenizer } from "../src/runtime/tokenizer.ts";
-import { createRandom, shuffle } from "../src/store/random.ts";
+import { createRandom, shuffle } from "../src/core/random.ts";
 import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../test/fixtures/synthetic-bert.ts";
 
 const repoRoot = resolve(import.meta.dir, "..");

@@ -6,6 +6,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { mulberry32 } from "../core/random.ts";
 import { QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
 import type { NodeProto } from "../onnx/types.ts";
@@ -32,21 +33,6 @@ export interface SyntheticFeedOptions {
 
 /** The lowest synthetic token id: ids below 1000 are special and unused tokens in BERT vocabularies. */
 export const FIRST_ORDINARY_TOKEN_ID = 1000;
-
-/**
- * A small seeded PRNG (mulberry32). Returns floats in [0, 1). Not for
- * cryptography; enough to make random token ids repeatable across processes.
- */
-export function createRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** What a BERT input carries, recognised by name as the HF exporter names them. */
 type InputRole = "ids" | "mask" | "type" | "position";
@@ -126,7 +112,7 @@ export function syntheticFeeds(
     if (!Number.isSafeInteger(v) || v < 1)
       throw new QuantdError("USAGE", `${k} must be a positive integer, got ${v}`);
   }
-  const rng = createRng(opts.seed ?? 1);
+  const rng = mulberry32(opts.seed ?? 1);
   // Id 0 is padding in BERT vocabularies; tiny test vocabularies have no special block to skip.
   const lo =
     opts.vocabSize > FIRST_ORDINARY_TOKEN_ID ? FIRST_ORDINARY_TOKEN_ID : Math.min(1, opts.vocabSize - 1);

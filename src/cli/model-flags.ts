@@ -9,14 +9,14 @@ import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
 import { type Classifier, loadClassifier } from "../runtime/classifier.ts";
 import { findModelFiles } from "../runtime/model-files.ts";
-import { loadTaskModel, type TaskModel } from "../runtime/task-model.ts";
 import {
+  POOLING_MODES,
   parsePoolingMode,
   parseTaskKind,
-  POOLING_MODES,
   TASK_KINDS,
   type TaskOverride,
 } from "../runtime/task.ts";
+import { loadTaskModel, type TaskModel } from "../runtime/task-model.ts";
 import type { FlagSpec, ParsedFlags } from "./command.ts";
 import { flagInt, flagList, flagString, parseNumberValue, usageError } from "./parse.ts";
 
@@ -93,6 +93,9 @@ export const JSON_FLAG: FlagSpec = {
   type: "boolean",
   description: "print one JSON object on stdout (errors too, as {code, message})",
 };
+
+/** `--tokenizer`, `--threads`, `--batch`: how every command that runs a model over texts loads and feeds it. */
+export const INFERENCE_FLAGS: readonly FlagSpec[] = [TOKENIZER_FLAG, THREADS_FLAG, BATCH_FLAG];
 
 /** Largest accepted `--threads` and `--batch`; beyond this is a typo, not a setting. */
 const MAX_THREADS = 256;

@@ -119,68 +119,58 @@ export function autoCandidatesFor(facts: Pick<DeviceFacts, "arch" | "features">)
 export function profileFor(id: BoardId, facts: DeviceFacts): BoardProfile {
   const threads = threadsFor(facts.cores);
   const memoryMaxMb = memoryMaxFor(facts.memTotalMb);
-  const hasDot = facts.features.includes("asimddp");
   const auto = autoCandidatesFor(facts);
   const samplePool = {
     maxRows: facts.memTotalMb >= 4096 ? 20_000 : 5_000,
     maxBytes: (facts.memTotalMb >= 4096 ? 32 : 8) * MIB,
   };
+  const board = boardTraits(id, facts);
+  return {
+    id,
+    name: board.name,
+    threads,
+    preferredFormats: board.preferredFormats,
+    reduceRange: board.reduceRange,
+    auto,
+    memoryMaxMb,
+    samplePool,
+  };
+}
+
+/** What sets one board apart: its name, the int8 forms it prefers, whether weights need a reduced range. */
+function boardTraits(
+  id: BoardId,
+  facts: DeviceFacts,
+): Pick<BoardProfile, "name" | "preferredFormats" | "reduceRange"> {
+  const dotFirst: BoardProfile["preferredFormats"] = ["int8-static", "int8-dynamic"];
   switch (id) {
     case "rpi4":
       return {
-        id,
         name: "Raspberry Pi 4",
-        threads,
         preferredFormats: ["int8-dynamic", "int8-static"],
         reduceRange: false,
-        auto,
-        memoryMaxMb,
-        samplePool,
       };
     case "rpi5":
-      return {
-        id,
-        name: "Raspberry Pi 5",
-        threads,
-        preferredFormats: ["int8-static", "int8-dynamic"],
-        reduceRange: false,
-        auto,
-        memoryMaxMb,
-        samplePool,
-      };
+      return { name: "Raspberry Pi 5", preferredFormats: dotFirst, reduceRange: false };
     case "jetson-orin":
       return {
-        id,
         name: facts.model?.replace(/ Developer Kit$/, "") ?? "NVIDIA Jetson Orin",
-        threads,
-        preferredFormats: ["int8-static", "int8-dynamic"],
+        preferredFormats: dotFirst,
         reduceRange: false,
-        auto,
-        memoryMaxMb,
-        samplePool,
       };
     case "generic-arm64":
       return {
-        id,
         name: "generic arm64",
-        threads,
-        preferredFormats: hasDot ? ["int8-static", "int8-dynamic"] : ["int8-dynamic", "int8-static"],
+        preferredFormats: facts.features.includes("asimddp") ? dotFirst : ["int8-dynamic", "int8-static"],
         reduceRange: false,
-        auto,
-        memoryMaxMb,
-        samplePool,
       };
     case "generic-x64": {
+      // Without VNNI, AVX2's u8×s8 multiply-add saturates at int16: weights keep 7 bits.
       const vnni = facts.features.some((f) => f === "avx512_vnni" || f === "avx_vnni");
       return {
-        id,
         name: "generic x64",
-        threads,
-        preferredFormats: ["int8-static", "int8-dynamic"],
+        preferredFormats: dotFirst,
         reduceRange: !vnni && facts.features.includes("avx2"),
-        auto,
-        memoryMaxMb,
-        samplePool,
       };
     }
   }

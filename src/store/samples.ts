@@ -19,7 +19,7 @@
 import { createHash } from "node:crypto";
 import { QuantdError } from "../errors.ts";
 import { createCounters } from "./counters.ts";
-import { createRandom, type Random, shuffle } from "./random.ts";
+import { createRandom, type Random, shuffle } from "../core/random.ts";
 import { num, numOrNull, str, strOrNull } from "./row.ts";
 import type { SqlDatabase, SqlRow } from "./sql.ts";
 

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { createRandom, shuffle } from "../../src/store/random.ts";
+import { createRandom, shuffle } from "../../src/core/random.ts";
 import type { SampleInput } from "../../src/store/samples.ts";
 import { openStore, type StoreOptions } from "../../src/store/store.ts";
 import { type StoreTarget, type TestApi, throwsCode, withTempDir } from "./harness.ts";

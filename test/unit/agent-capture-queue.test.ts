@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CaptureQueue } from "../../src/agent/capture-queue.ts";
-import { createRandom } from "../../src/store/random.ts";
+import { createRandom } from "../../src/core/random.ts";
 import { openStore } from "../../src/store/store.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "quantd-capture-queue-"));

@@ -4,7 +4,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   checkShapeFits,
-  createRng,
   findVocabSize,
   findVocabSizeInGraph,
   syntheticFeeds,
@@ -86,16 +85,6 @@ describe("syntheticFeeds", () => {
     );
     expect(codeOf(() => syntheticFeeds(BERT_INPUTS, { batch: 0, seq: 4 }, { vocabSize: 9 }))).toBe("USAGE");
   });
-});
-
-test("createRng is deterministic and in [0, 1)", () => {
-  const r1 = createRng(42);
-  const r2 = createRng(42);
-  for (let i = 0; i < 1000; i++) {
-    const x = r1();
-    expect(x).toBe(r2());
-    expect(x >= 0 && x < 1).toBe(true);
-  }
 });
 
 test("findVocabSize reads config.json beside the shipped model", () => {

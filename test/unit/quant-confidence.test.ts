@@ -14,7 +14,7 @@ import {
 } from "../../src/quant/confidence.ts";
 import { checkGate, compareLogits, type LogitMatrix } from "../../src/quant/gate.ts";
 import { planSplit, splitRequestOf } from "../../src/quant/split.ts";
-import { createRandom, shuffle } from "../../src/store/random.ts";
+import { createRandom, shuffle } from "../../src/core/random.ts";
 
 describe("Clopper–Pearson", () => {
   test("logGamma matches factorials", () => {

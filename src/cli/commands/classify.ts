@@ -6,14 +6,7 @@
 import type { Classification } from "../../runtime/classifier.ts";
 import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
 import type { Command } from "../command.ts";
-import {
-  BATCH_FLAG,
-  batchFlag,
-  JSON_FLAG,
-  openClassifier,
-  THREADS_FLAG,
-  TOKENIZER_FLAG,
-} from "../model-flags.ts";
+import { batchFlag, INFERENCE_FLAGS, JSON_FLAG, openClassifier } from "../model-flags.ts";
 import { flagBool, flagString, usageError } from "../parse.ts";
 import { SHIPPED_MODEL } from "../paths.ts";
 
@@ -66,9 +59,7 @@ export const classifyCommand: Command = {
       description: "ONNX text classifier (a file, or a directory with model.onnx)",
       default: "the shipped calib/models/sst2-bert-mini/model.onnx",
     },
-    TOKENIZER_FLAG,
-    THREADS_FLAG,
-    BATCH_FLAG,
+    ...INFERENCE_FLAGS,
     JSON_FLAG,
   ],
   async run(ctx) {

@@ -4,25 +4,23 @@
  * check an engineer runs on an int8 model against its fp32 parent.
  */
 import { relative, resolve } from "node:path";
-import type { Classifier } from "../../runtime/classifier.ts";
-import { type EvalLatency, type EvalResult, evaluate } from "../../runtime/evaluate.ts";
-import { findModelFiles } from "../../runtime/model-files.ts";
-import { readSamplesTsv } from "../../runtime/tsv.ts";
 import { isQuantdError } from "../../errors.ts";
-import type { Command, ParsedFlags } from "../command.ts";
+import type { Classifier } from "../../runtime/classifier.ts";
 import { AGGREGATIONS } from "../../runtime/entities.ts";
+import { type EvalLatency, type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { readInputsTsv } from "../../runtime/input-tsv.ts";
+import { findModelFiles } from "../../runtime/model-files.ts";
 import { evaluateTask, type TaskEvalReport } from "../../runtime/task-eval.ts";
 import type { TaskModel } from "../../runtime/task-model.ts";
+import { readSamplesTsv } from "../../runtime/tsv.ts";
+import type { Command, ParsedFlags } from "../command.ts";
 import {
-  BATCH_FLAG,
   batchFlag,
+  INFERENCE_FLAGS,
   JSON_FLAG,
   openClassifier,
   openTaskModel,
   TASK_FLAGS,
-  THREADS_FLAG,
-  TOKENIZER_FLAG,
 } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagChoice, flagInt, flagRequired, flagString } from "../parse.ts";
 import { createProgress, formatMs, formatPercent, renderTable } from "../render.ts";
@@ -211,9 +209,7 @@ export const evalCommand: Command = {
       value: "FILE",
       description: "a second model to compare with (e.g. the fp32 parent of an int8 model)",
     },
-    TOKENIZER_FLAG,
-    BATCH_FLAG,
-    THREADS_FLAG,
+    ...INFERENCE_FLAGS,
     ...TASK_FLAGS,
     {
       name: "aggregation",

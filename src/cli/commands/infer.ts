@@ -14,15 +14,7 @@ import { publicResult, type TaskResult } from "../../runtime/task-model.ts";
 import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
 import type { TextInput } from "../../runtime/tokenizer.ts";
 import type { Command } from "../command.ts";
-import {
-  BATCH_FLAG,
-  batchFlag,
-  JSON_FLAG,
-  openTaskModel,
-  TASK_FLAGS,
-  THREADS_FLAG,
-  TOKENIZER_FLAG,
-} from "../model-flags.ts";
+import { batchFlag, INFERENCE_FLAGS, JSON_FLAG, openTaskModel, TASK_FLAGS } from "../model-flags.ts";
 import { flagBool, flagChoice, flagString, usageError } from "../parse.ts";
 import { SHIPPED_MODEL } from "../paths.ts";
 import { stdinLines } from "./classify.ts";
@@ -148,9 +140,7 @@ export const inferCommand: Command = {
       description: `token classification: how tokens become entities (${AGGREGATIONS.join(", ")})`,
       default: "simple",
     },
-    TOKENIZER_FLAG,
-    THREADS_FLAG,
-    BATCH_FLAG,
+    ...INFERENCE_FLAGS,
     JSON_FLAG,
   ],
   async run(ctx) {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { createRng as rng } from "../../../src/bench/inputs.ts";
+import { mulberry32 as rng } from "../../../src/core/random.ts";
 import { isQuantdError } from "../../../src/errors.ts";
 import {
   createObserver,
