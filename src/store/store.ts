@@ -12,7 +12,7 @@
  * }
  */
 import { join } from "node:path";
-import { type BenchStore, createBenchStore } from "./bench.ts";
+import { type BenchStore, createBenchStore } from "./bench-results.ts";
 import { createJobStore, type JobStore } from "./jobs.ts";
 import { createReferenceLogitsStore, type ReferenceLogitsStore } from "./logits.ts";
 import { migrate, schemaVersion } from "./migrations.ts";
