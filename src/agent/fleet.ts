@@ -16,7 +16,7 @@ import { createFleetLink, type ExternalJobRunner, type FleetLink } from "../flee
 import type { TelemetrySample } from "../fleet/protocol.ts";
 import { loadOrCreateSigningKey } from "../fleet/signing.ts";
 import type { MicroBatcher } from "../server/batcher.ts";
-import { readProcessFigures } from "../server/process-figures.ts";
+import { readProcessFigures } from "../core/process-figures.ts";
 import type { ServerMetrics } from "../server/server-metrics.ts";
 import type { Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";

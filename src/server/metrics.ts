@@ -4,7 +4,7 @@
  * cost more memory on a 1 GB board than these few maps.
  */
 
-import { type ProcessFigures, readProcessFigures } from "./process-figures.ts";
+import { type ProcessFigures, readProcessFigures } from "../core/process-figures.ts";
 
 type Labels = Record<string, string>;
 
