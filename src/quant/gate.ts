@@ -309,12 +309,14 @@ export function checkGate(metrics: GateMetrics, spec: GateSpec): GateVerdict {
       ? metrics.agreementLower
       : clopperPearsonLower(metrics.gateAgreements, metrics.gateN, level);
   const point = metrics.gateN === 0 ? 0 : metrics.gateAgreements / metrics.gateN;
+  // What the counts count: samples, or another task's trials (tokens, label decisions).
+  const units = `${metrics.task?.unit ?? "sample"}s`;
   if (metrics.gateN === 0) failures.push("no validation samples");
   else if (decideOn === "bound" && metrics.stopped === "failed") {
     failures.push(
       `agreement ${describeAgreement(metrics, confidence)}: stopped after ${formatCount(metrics.n)} of ` +
-        `${formatCount(metrics.planned ?? metrics.n)} samples, as its lower bound could no longer reach the gate ` +
-        `${pct(spec.minAgreement)} (${metrics.gateN - metrics.gateAgreements} samples differ)`,
+        `${formatCount(metrics.planned ?? metrics.n)} ${units}, as its lower bound could no longer reach the gate ` +
+        `${pct(spec.minAgreement)} (${metrics.gateN - metrics.gateAgreements} ${units} differ)`,
     );
   } else if (decideOn === "bound" && (metrics.planned ?? metrics.gateN) < needed) {
     failures.push(

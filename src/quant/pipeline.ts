@@ -304,8 +304,8 @@ async function loadReference(run: Run, split: SampleSplit): Promise<Reference> {
 }
 
 /**
- * A single-text classifier gets the validator with early stop and the fp32
- * cache; other tasks compare their own outputs.
+ * A single-text classifier gets the validator of logits; other tasks compare
+ * their own outputs. Both stop early and keep fp32's outputs in the cache.
  */
 function validatorFor(
   run: Run,
@@ -323,14 +323,10 @@ function validatorFor(
     session: run.settings.session,
     // Without an attention mask padding would change every shorter sample's logits: one sample at a time.
     ...(m.fp32.graph.input.some((i) => i.name === "attention_mask") ? {} : { batchSize: 1 }),
+    ...(opts.referenceCache !== undefined ? { cache: opts.referenceCache } : {}),
+    earlyStop: opts.earlyStop ?? true,
   };
-  if (task.kind === "classification") {
-    return createValidator({
-      ...common,
-      ...(opts.referenceCache !== undefined ? { cache: opts.referenceCache } : {}),
-      earlyStop: opts.earlyStop ?? true,
-    });
-  }
+  if (task.kind === "classification") return createValidator(common);
   return createTaskValidator({
     ...common,
     task,

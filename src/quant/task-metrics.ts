@@ -28,6 +28,7 @@
  * such (`unit`), and the per-sample figure (every token, or every label, of
  * the sample agrees) is reported beside it.
  */
+import { percentile } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 import { cosine } from "../runtime/pooling.ts";
 import { neighbourOverlap, pearson } from "../runtime/stats.ts";
@@ -157,24 +158,172 @@ function absDiff(a: readonly Float32Array[], b: readonly Float32Array[]): { max:
   return { max, mean: count === 0 ? 0 : sum / count };
 }
 
-function quantileOf(xs: readonly number[], q: number): number {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+/** The trials of one sample and how many of them agree. */
+export interface SampleTrials {
+  n: number;
+  agree: number;
 }
 
-/** One samples' rows split into per-sample runs of `width`, agreeing when every trial agrees. */
-function sampleAgreementOf(rowsPerSample: readonly number[], agreeByTrial: readonly boolean[]): number {
-  let at = 0;
-  let all = 0;
-  for (const n of rowsPerSample) {
-    let ok = true;
-    for (let i = 0; i < n; i++) if (!agreeByTrial[at + i]) ok = false;
-    if (ok) all++;
-    at += n;
-  }
-  return rowsPerSample.length === 0 ? 0 : all / rowsPerSample.length;
+/** What judging one sample's trials needs beyond its two rows. */
+export interface TrialRule {
+  thresholds: TaskThresholds;
+  /** Regression: the largest |Δ| that agrees ({@link regressionTolerance} of the fp32 values). */
+  tolerance: number;
 }
+
+/**
+ * Regression's agreement tolerance: a fraction of the spread (p95 − p5) of
+ * fp32's values, or of 1 when they do not spread.
+ */
+export function regressionTolerance(reference: readonly Float32Array[], t: TaskThresholds): number {
+  const values = reference.map((r) => r[0]!);
+  const spread = percentile(values, 95) - percentile(values, 5);
+  return t.regressionTolerance * (spread > 0 ? spread : 1);
+}
+
+/**
+ * One sample's trials (see the module comment's table): its rows of fp32 and
+ * of the candidate compared as the gate counts them. Validation runs it as
+ * samples come, to stop a candidate that can no longer pass.
+ */
+export function sampleTrials(
+  task: TaskSpec,
+  reference: Float32Array,
+  candidate: Float32Array,
+  rule: TrialRule,
+): SampleTrials {
+  switch (task.kind) {
+    case "classification":
+    case "pair-classification":
+    case "token-classification": {
+      const cols = task.labels.length;
+      const refTop = argmaxRows(matrixOf([reference], cols));
+      const candTop = argmaxRows(matrixOf([candidate], cols));
+      const agree = refTop.reduce((k, top, r) => k + (top !== -1 && top === candTop[r] ? 1 : 0), 0);
+      return { n: refTop.length, agree };
+    }
+    case "multi-label": {
+      const thresholds = task.thresholds ?? task.labels.map(() => 0.5);
+      let agree = 0;
+      for (let k = 0; k < reference.length; k++) {
+        const cut = Math.log(thresholds[k]! / (1 - thresholds[k]!));
+        if (reference[k]! >= cut === candidate[k]! >= cut) agree++;
+      }
+      return { n: reference.length, agree };
+    }
+    case "embedding":
+      return { n: 1, agree: cosine(reference, candidate) >= rule.thresholds.sampleCosine ? 1 : 0 };
+    case "regression":
+      return { n: 1, agree: Math.abs(candidate[0]! - reference[0]!) <= rule.tolerance ? 1 : 0 };
+  }
+}
+
+/** What every task's comparison starts from: the samples' trials, and the settings of the bound. */
+interface Comparison {
+  task: TaskSpec;
+  reference: TaskOutputs;
+  candidate: TaskOutputs;
+  trials: SampleTrials[];
+  confidence: number;
+  level: number;
+  thresholds: TaskThresholds;
+  tolerance: number;
+  labels?: readonly (number | undefined)[];
+}
+
+/** The task figures every comparison shares: unit, samples and the share of samples whose every trial agrees. */
+function figuresOf(c: Comparison, unit: TaskFigures["unit"]): TaskFigures {
+  const samples = c.reference.rows;
+  const whole = c.trials.filter((t) => t.agree === t.n).length;
+  return {
+    kind: c.task.kind,
+    unit,
+    samples,
+    sampleAgreement: samples === 0 ? 0 : whole / samples,
+    figures: {},
+    checks: [],
+  };
+}
+
+/** Agreement of `c.trials` as the gate reads it, with the logits' distance. */
+function trialMetrics(c: Comparison): GateMetrics {
+  const k = c.trials.reduce((s, t) => s + t.agree, 0);
+  const n = c.trials.reduce((s, t) => s + t.n, 0);
+  return proportionMetrics(k, n, absDiff(c.reference.data, c.candidate.data), c.confidence, c.level);
+}
+
+/** Classification, pairs and tokens: top-1 labels compared by the classifier's own comparison (margins, accuracy). */
+function compareLabels(c: Comparison): GateMetrics {
+  const cols = c.task.labels.length;
+  const token = c.task.kind === "token-classification";
+  const m = compareLogits(
+    matrixOf(c.reference.data, cols),
+    matrixOf(c.candidate.data, cols),
+    token ? undefined : c.labels,
+    { confidence: c.confidence, boundLevel: c.level },
+  );
+  m.task = figuresOf(c, token ? "token" : "sample");
+  if (token) m.task.figures["tokens"] = m.n;
+  return m;
+}
+
+function compareMultiLabel(c: Comparison): GateMetrics {
+  const m = trialMetrics(c);
+  m.task = figuresOf(c, "label decision");
+  return m;
+}
+
+function compareEmbeddings(c: Comparison): GateMetrics {
+  const t = c.thresholds;
+  const cos = c.reference.data.map((r, i) => cosine(r, c.candidate.data[i]!));
+  const mean = cos.reduce((s, x) => s + x, 0) / Math.max(1, cos.length);
+  const overlap = neighbourOverlap(c.reference.data, c.candidate.data, t.neighbours);
+  const m = trialMetrics(c);
+  m.task = figuresOf(c, "sample");
+  m.task.figures = {
+    meanCosine: mean,
+    worst1PctCosine: percentile(cos, 1),
+    minCosine: Math.min(...cos),
+    neighbourOverlap: overlap,
+  };
+  m.task.checks = [
+    { name: "mean cosine", value: mean, min: t.meanCosine, passed: mean >= t.meanCosine },
+    {
+      name: `top-${t.neighbours} neighbour overlap`,
+      value: overlap,
+      min: t.neighbourOverlap,
+      passed: overlap >= t.neighbourOverlap,
+    },
+  ];
+  return m;
+}
+
+function compareRegression(c: Comparison): GateMetrics {
+  const ref = c.reference.data.map((r) => r[0]!);
+  const cand = c.candidate.data.map((r) => r[0]!);
+  const r = pearson(ref, cand);
+  const m = trialMetrics(c);
+  m.task = figuresOf(c, "sample");
+  m.task.figures = {
+    pearson: r,
+    maxAbsError: Math.max(...ref.map((v, i) => Math.abs(cand[i]! - v))),
+    tolerance: c.tolerance,
+  };
+  m.task.checks = [
+    { name: "Pearson correlation", value: r, min: c.thresholds.pearson, passed: r >= c.thresholds.pearson },
+  ];
+  return m;
+}
+
+/** Each task's comparison. */
+const COMPARE: Readonly<Record<TaskKind, (c: Comparison) => GateMetrics>> = {
+  classification: compareLabels,
+  "pair-classification": compareLabels,
+  "token-classification": compareLabels,
+  "multi-label": compareMultiLabel,
+  embedding: compareEmbeddings,
+  regression: compareRegression,
+};
 
 /**
  * Compares a candidate's task outputs with fp32's on the same samples (see the module comment).
@@ -197,126 +346,21 @@ export function compareTaskOutputs(
     );
   }
   const confidence = opts.confidence ?? DEFAULT_CONFIDENCE;
-  const level = opts.boundLevel ?? confidence;
-  const t = { ...DEFAULT_TASK_THRESHOLDS, ...opts.thresholds };
-  const samples = reference.rows;
-  switch (task.kind) {
-    case "classification":
-    case "pair-classification": {
-      const cols = task.labels.length;
-      const m = compareLogits(matrixOf(reference.data, cols), matrixOf(candidate.data, cols), opts.labels, {
-        confidence,
-        boundLevel: level,
-      });
-      m.task = {
-        kind: task.kind,
-        unit: "sample",
-        samples,
-        sampleAgreement: m.agreement,
-        figures: {},
-        checks: [],
-      };
-      return m;
-    }
-    case "token-classification": {
-      const cols = task.labels.length;
-      const ref = matrixOf(reference.data, cols);
-      const cand = matrixOf(candidate.data, cols);
-      const m = compareLogits(ref, cand, undefined, { confidence, boundLevel: level });
-      const refTop = argmaxRows(ref);
-      const candTop = argmaxRows(cand);
-      const agree = Array.from(refTop, (top, r) => top !== -1 && top === candTop[r]);
-      const perSample = reference.data.map((r) => r.length / cols);
-      m.task = {
-        kind: task.kind,
-        unit: "token",
-        samples,
-        sampleAgreement: sampleAgreementOf(perSample, agree),
-        figures: { tokens: ref.rows },
-        checks: [],
-      };
-      return m;
-    }
-    case "multi-label": {
-      const thresholds = task.thresholds ?? task.labels.map(() => 0.5);
-      const logitOf = (p: number) => Math.log(p / (1 - p));
-      const agree: boolean[] = [];
-      for (const [i, row] of reference.data.entries()) {
-        for (let k = 0; k < row.length; k++) {
-          const cut = logitOf(thresholds[k]!);
-          agree.push(row[k]! >= cut === candidate.data[i]![k]! >= cut);
-        }
-      }
-      const k = agree.filter(Boolean).length;
-      const m = proportionMetrics(
-        k,
-        agree.length,
-        absDiff(reference.data, candidate.data),
-        confidence,
-        level,
-      );
-      m.task = {
-        kind: task.kind,
-        unit: "label decision",
-        samples,
-        sampleAgreement: sampleAgreementOf(
-          reference.data.map((r) => r.length),
-          agree,
-        ),
-        figures: {},
-        checks: [],
-      };
-      return m;
-    }
-    case "embedding": {
-      const cos = reference.data.map((r, i) => cosine(r, candidate.data[i]!));
-      const k = cos.filter((c) => c >= t.sampleCosine).length;
-      const m = proportionMetrics(k, samples, absDiff(reference.data, candidate.data), confidence, level);
-      const mean = cos.reduce((s, c) => s + c, 0) / Math.max(1, samples);
-      const overlap = neighbourOverlap(reference.data, candidate.data, t.neighbours);
-      m.task = {
-        kind: task.kind,
-        unit: "sample",
-        samples,
-        sampleAgreement: m.agreement,
-        figures: {
-          meanCosine: mean,
-          worst1PctCosine: quantileOf(cos, 0.01),
-          minCosine: Math.min(...cos),
-          neighbourOverlap: overlap,
-        },
-        checks: [
-          { name: "mean cosine", value: mean, min: t.meanCosine, passed: mean >= t.meanCosine },
-          {
-            name: `top-${t.neighbours} neighbour overlap`,
-            value: overlap,
-            min: t.neighbourOverlap,
-            passed: overlap >= t.neighbourOverlap,
-          },
-        ],
-      };
-      return m;
-    }
-    case "regression": {
-      const ref = reference.data.map((r) => r[0]!);
-      const cand = candidate.data.map((r) => r[0]!);
-      const spread = quantileOf(ref, 0.95) - quantileOf(ref, 0.05);
-      const tolerance = t.regressionTolerance * (spread > 0 ? spread : 1);
-      const errors = ref.map((v, i) => Math.abs(cand[i]! - v));
-      const k = errors.filter((e) => e <= tolerance).length;
-      const m = proportionMetrics(k, samples, absDiff(reference.data, candidate.data), confidence, level);
-      const r = pearson(ref, cand);
-      m.task = {
-        kind: task.kind,
-        unit: "sample",
-        samples,
-        sampleAgreement: m.agreement,
-        figures: { pearson: r, maxAbsError: Math.max(...errors), tolerance },
-        checks: [{ name: "Pearson correlation", value: r, min: t.pearson, passed: r >= t.pearson }],
-      };
-      return m;
-    }
-  }
+  const thresholds = { ...DEFAULT_TASK_THRESHOLDS, ...opts.thresholds };
+  const rule = {
+    thresholds,
+    tolerance: task.kind === "regression" ? regressionTolerance(reference.data, thresholds) : 0,
+  };
+  return COMPARE[task.kind]({
+    task,
+    reference,
+    candidate,
+    trials: reference.data.map((r, i) => sampleTrials(task, r, candidate.data[i]!, rule)),
+    confidence,
+    level: opts.boundLevel ?? confidence,
+    ...rule,
+    ...(opts.labels !== undefined ? { labels: opts.labels } : {}),
+  });
 }
 
 /**

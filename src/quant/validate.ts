@@ -30,7 +30,8 @@ import { feedsForEncoding } from "../runtime/classifier.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import { type BatchEncoding, planBatches, type Tokenizer } from "../runtime/tokenizer.ts";
 import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
-import { clopperPearsonLower, DEFAULT_CONFIDENCE, samplesToCertify } from "./confidence.ts";
+import { DEFAULT_CONFIDENCE } from "./confidence.ts";
+import { cannotPass, passesAtLook } from "./early-stop.ts";
 import {
   argmaxRows,
   compareLogits,
@@ -166,7 +167,7 @@ export interface Validator {
 }
 
 /** The order samples are validated in: by SHA-1 of the text, a fixed shuffle any file order survives. */
-function hashOrder(samples: readonly QuantSample[]): number[] {
+export function hashOrder(samples: readonly QuantSample[]): number[] {
   const key = samples.map((s) => createHash("sha1").update(s.text).digest("hex"));
   return samples.map((_, i) => i).sort((a, b) => (key[a]! < key[b]! ? -1 : key[a]! > key[b]! ? 1 : a - b));
 }
@@ -394,8 +395,7 @@ async function runChunk(
     const left = plan.n - tally.seen - row;
     if (
       plan.earlyStop &&
-      gate.decideOn !== "point" &&
-      clopperPearsonLower(tally.gateAgree + left, tally.gateN + left, plan.levels.final) < gate.minAgreement
+      cannotPass(gate, { n: tally.gateN, agree: tally.gateAgree }, left, plan.levels.final)
     ) {
       stopped = "failed";
       break;
@@ -410,17 +410,11 @@ async function runChunk(
 
 /** Passed already: the bound at this look clears the gate (accuracy bounds need every sample). */
 function passedAtLook(plan: ValidationPlan, tally: Tally): boolean {
-  const gate = plan.opts.gate;
-  return (
-    gate.decideOn !== "point" &&
-    gate.maxAccuracyDrop === undefined &&
-    tally.gateN >= samplesToCertify(gate.minAgreement, plan.levels.interim) &&
-    clopperPearsonLower(tally.gateAgree, tally.gateN, plan.levels.interim) >= gate.minAgreement
-  );
+  return passesAtLook(plan.opts.gate, { n: tally.gateN, agree: tally.gateAgree }, plan.levels.interim);
 }
 
 /** The cached rows of `ids`; none when there is no cache or it cannot be read (it is only an optimization). */
-function readCache(
+export function readCache(
   cache: ReferenceLogitsCache | undefined,
   sha256: string,
   ids: readonly number[],
@@ -434,7 +428,7 @@ function readCache(
 }
 
 /** Stores fresh rows; a locked or full store must not fail the validation (a cache is an optimization). */
-function writeCache(
+export function writeCache(
   cache: ReferenceLogitsCache | undefined,
   sha256: string,
   rows: readonly { id: number; logits: Float32Array }[],
