@@ -212,8 +212,7 @@ export function flagInt(
   opts: NumberFlagOptions = {},
   fallback?: number,
 ): number | undefined {
-  const raw = flagString(flags, name);
-  return raw === undefined ? fallback : parseIntValue(name, raw, opts);
+  return parsedFlag(flags, name, fallback, (raw) => parseIntValue(name, raw, opts));
 }
 
 /**
@@ -234,8 +233,18 @@ export function flagNumber(
   opts: NumberFlagOptions = {},
   fallback?: number,
 ): number | undefined {
+  return parsedFlag(flags, name, fallback, (raw) => parseNumberValue(name, raw, opts));
+}
+
+/** A flag's value through `parse`, or `fallback` when the flag is absent. */
+function parsedFlag<T>(
+  flags: ParsedFlags,
+  name: string,
+  fallback: T | undefined,
+  parse: (raw: string) => T,
+): T | undefined {
   const raw = flagString(flags, name);
-  return raw === undefined ? fallback : parseNumberValue(name, raw, opts);
+  return raw === undefined ? fallback : parse(raw);
 }
 
 /**
