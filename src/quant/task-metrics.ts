@@ -368,7 +368,12 @@ export function compareTaskOutputs(
  * `task token-classification: agreement counts tokens (4,310 over 400 samples), every token agrees on 97.5 % of samples`.
  */
 export function describeTaskFigures(t: TaskFigures): string {
-  const parts = [`task ${t.kind}: agreement counts ${t.unit}s`];
+  return [`task ${t.kind}: agreement counts ${t.unit}s`, ...taskFigureParts(t)].join("; ");
+}
+
+/** The figures of {@link describeTaskFigures} without the task's name: `every token agrees on …`, `cosine mean …`. */
+export function taskFigureParts(t: TaskFigures): string[] {
+  const parts: string[] = [];
   if (t.unit !== "sample")
     parts.push(`every ${t.unit} agrees on ${(t.sampleAgreement * 100).toFixed(1)} % of ${t.samples} samples`);
   const f = t.figures;
@@ -385,5 +390,5 @@ export function describeTaskFigures(t: TaskFigures): string {
   }
   const failed = t.checks.filter((c) => !c.passed).map((c) => `${c.name} below ${c.min}`);
   if (failed.length > 0) parts.push(`failed: ${failed.join(", ")}`);
-  return parts.join("; ");
+  return parts;
 }

@@ -14,7 +14,9 @@ import { createBenchProgress } from "../../bench/progress.ts";
 import { machineInfo, renderTerminalTable, toBenchDocument } from "../../bench/report.ts";
 import { QuantdError } from "../../errors.ts";
 import { modelFileOf } from "../../runtime/model-files.ts";
+import { readInputsTsv } from "../../runtime/input-tsv.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
+import { benchTasks, classifiersOnly, renderBenchTasks } from "../bench-tasks.ts";
 import type { Command } from "../command.ts";
 import { defaultCliThreads, JSON_FLAG, THREADS_DEFAULT_TEXT } from "../model-flags.ts";
 import {
@@ -105,6 +107,11 @@ export const benchCommand: Command = {
     "Inputs are random token ids (fixed seed) with a full attention mask, unless --data gives labelled " +
     "text: then each model's tokenizer (beside the model or one folder up, or --tokenizer) cuts or pads " +
     "it to each seq, and the table adds accuracy and top-1 agreement with the first model.\n\n" +
+    "Below the table a line per model names its task (detected from the model and its files). For models " +
+    "other than sentence classifiers, --data (texts, or pairs in two text columns; no labels needed) gives " +
+    "instead the task's own agreement with the first model, as the quantize gate counts it: tokens, label " +
+    "decisions, samples at cosine ≥ 0.98 with the mean cosine and neighbour overlap, regression values with " +
+    "Pearson; their latency runs on synthetic ids.\n\n" +
     "A missing or broken model, a shape a model rejects or data that does not fit a model is an error in " +
     "that model's rows; the others still run, and the exit code is 1. A --seq beyond a model's maximum " +
     "length (max_position_embeddings in its config.json, else its position-embedding table) is a usage " +
@@ -207,8 +214,14 @@ export const benchCommand: Command = {
     const shapes: Shape[] = batches.flatMap((batch) => seqs.map((seq) => ({ batch, seq })));
     await checkSeqFits(models, seqs);
 
+    // Another task than a sentence classifier is judged by its own metric on the data, not by label accuracy.
+    let tasks = await benchTasks(models, tokenizerDir);
+    const taskRows =
+      dataPath === undefined || classifiersOnly(tasks) ? undefined : await readInputsTsv(dataPath);
+    if (taskRows !== undefined) tasks = await benchTasks(models, tokenizerDir, taskRows);
+
     let data: ((m: BenchModel) => Promise<ModelData>) | undefined;
-    if (dataPath !== undefined) {
+    if (dataPath !== undefined && taskRows === undefined) {
       const samples = await readSamplesTsv(dataPath, { requireLabels: true });
       const labelled = samples.map((s) => ({ text: s.text, label: s.label! }));
       data = (m) => createModelData(m, labelled, tokenizerDir === undefined ? {} : { tokenizerDir });
@@ -228,9 +241,9 @@ export const benchCommand: Command = {
     }).finally(() => progress.done());
 
     const machine = machineInfo();
-    const doc = toBenchDocument(result, machine);
+    const doc = { ...toBenchDocument(result, machine), tasks };
     if (json) ctx.out(JSON.stringify(doc));
-    else for (const line of renderTerminalTable(result)) ctx.out(line);
+    else for (const line of [...renderTerminalTable(result), ...renderBenchTasks(tasks)]) ctx.out(line);
     if (outPath !== undefined) {
       writeOut(outPath, `${JSON.stringify(doc, null, 2)}\n`, "JSON results");
       ctx.err(`wrote ${outPath}`);
