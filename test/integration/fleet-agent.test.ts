@@ -9,17 +9,17 @@ import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import { type FleetController, startController } from "../../src/fleet/controller/controller.ts";
-import { reportFigures } from "../../src/fleet/controller/http.ts";
+import { reportFigures } from "../../src/fleet/controller/device-views.ts";
 import { openSqliteFleetStore } from "../../src/fleet/controller/sqlite-store.ts";
 import type { FleetStore } from "../../src/fleet/controller/store.ts";
 import { connectMqttOnce, type MqttConnection } from "../../src/fleet/mqtt-client.ts";
+import { createFleetRequester, type FleetRequester } from "../../src/fleet/operator/requester.ts";
 import {
   decodeJson,
   type JobMessage,
   type StatusMessage,
   type TelemetryMessage,
 } from "../../src/fleet/protocol.ts";
-import { createFleetRequester, type FleetRequester } from "../../src/fleet/operator/requester.ts";
 import { writeNewSigningKey } from "../../src/fleet/signing.ts";
 import { enroll, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, type Mosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";

@@ -6,6 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { createDashboardAuth } from "../../src/fleet/controller/dashboard-auth.ts";
+import { reportFigures } from "../../src/fleet/controller/device-views.ts";
 import {
   FAILED_JOB_WINDOW_MS,
   failureReason,
@@ -14,7 +15,6 @@ import {
   inState,
   markModelChanges,
 } from "../../src/fleet/controller/fleet-view.ts";
-import { reportFigures } from "../../src/fleet/controller/http.ts";
 import type { DeviceRecord, JobRecord } from "../../src/fleet/controller/store.ts";
 import type { ReportMessage } from "../../src/fleet/protocol.ts";
 
