@@ -164,6 +164,15 @@ function cell(tr, text, cls) {
   tr.appendChild(td);
   return td;
 }
+// Replaces a table body's rows: one row per item, filled by fill(tr, item).
+function fillRows(body, items, fill) {
+  body.replaceChildren();
+  for (const item of items) {
+    const tr = document.createElement("tr");
+    fill(tr, item);
+    body.appendChild(tr);
+  }
+}
 const api = (path) => fetch(path, { credentials: "same-origin" }).then((r) => {
   if (r.status === 401) { location.href = "/login"; throw new Error("log in"); }
   return r.json();
@@ -234,12 +243,9 @@ async function loadDevices() {
   const devices = view.devices;
   listed = devices.map((d) => d.fleet + "/" + d.device);
   for (const k of [...picked]) if (!listed.includes(k)) picked.delete(k);
-  const body = document.getElementById("devices");
-  body.replaceChildren();
   document.getElementById("none").hidden = devices.length > 0;
-  for (const d of devices) {
+  fillRows(document.getElementById("devices"), devices, (tr, d) => {
     const key = d.fleet + "/" + d.device;
-    const tr = document.createElement("tr");
     tr.className = "device" + (key === selected ? " selected" : "");
     tr.dataset.key = key;
     const box = document.createElement("input");
@@ -268,8 +274,7 @@ async function loadDevices() {
     }
     cell(tr, ago(d.lastSeen));
     tr.addEventListener("click", () => { selected = key; loadDevices(); loadDetail(); });
-    body.appendChild(tr);
-  }
+  });
   document.getElementById("select-all").checked = listed.length > 0 && listed.every((k) => picked.has(k));
   updateActions();
 }
@@ -482,21 +487,14 @@ async function loadDetail() {
   ], { unit: "%", scale: 100, minSpan: 0.01, yMax: 1, empty: "no report with an agreement yet" });
   document.getElementById("status-history").textContent = "Status: " + (detail.history.length === 0 ? "–" :
     detail.history.slice(0, 8).map((h) => h.state + (h.reason ? " (" + h.reason + ")" : "") + " " + stamp(h.at)).join(" · "));
-  const models = document.getElementById("models");
-  models.replaceChildren();
-  for (const m of detail.models) {
-    const tr = document.createElement("tr");
+  fillRows(document.getElementById("models"), detail.models, (tr, m) => {
     cell(tr, stamp(m.at));
     cell(tr, m.version);
     cell(tr, m.kind || "–");
     cell(tr, m.marker, "marker " + m.marker);
     cell(tr, m.jobId || "–");
-    models.appendChild(tr);
-  }
-  const jobs = document.getElementById("jobs");
-  jobs.replaceChildren();
-  for (const j of detail.jobs) {
-    const tr = document.createElement("tr");
+  });
+  fillRows(document.getElementById("jobs"), detail.jobs, (tr, j) => {
     cell(tr, stamp(j.updatedAt));
     cell(tr, j.id);
     cell(tr, j.type);
@@ -506,8 +504,7 @@ async function loadDetail() {
     cell(tr, fmtMs(j.figures.int8P50Ms), "num");
     cell(tr, j.stageMs ? Object.entries(j.stageMs).map(([k, v]) => k + " " + (v / 1000).toFixed(1) + " s").join(", ") : "–", "wrap");
     cell(tr, j.reason || "", "why");
-    jobs.appendChild(tr);
-  }
+  });
 }
 async function loadTrust() {
   const [stats, pendingKeys] = await Promise.all([api("/api/stats"), api("/api/enrolments?state=pending")]);
@@ -515,11 +512,8 @@ async function loadTrust() {
   document.getElementById("refused").textContent =
     "Refused device messages: " + r.unsigned + " unsigned, " + r.badSignature + " bad signature, " +
     r.notEnrolled + " from devices not enrolled; " + stats.oversize + " oversize";
-  const body = document.getElementById("pending");
-  body.replaceChildren();
   document.getElementById("pending-box").hidden = pendingKeys.length === 0;
-  for (const e of pendingKeys) {
-    const tr = document.createElement("tr");
+  fillRows(document.getElementById("pending"), pendingKeys, (tr, e) => {
     cell(tr, e.device);
     cell(tr, e.fleet);
     cell(tr, e.publicKey);
@@ -533,8 +527,7 @@ async function loadTrust() {
       loadTrust();
     });
     td.appendChild(button);
-    body.appendChild(tr);
-  }
+  });
 }
 // Rollouts: each wave's devices with their state, the figures that decided them, and the halt reason.
 async function loadRollouts() {
