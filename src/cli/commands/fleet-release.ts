@@ -17,24 +17,23 @@ import {
   rolloutSpec,
 } from "../../fleet/controller/rollout.ts";
 import { buildRelease, releaseBytes } from "../../fleet/release.ts";
-import { readSigningKey, type SigningKey } from "../../fleet/signing.ts";
+import type { SigningKey } from "../../fleet/signing.ts";
 import { redactUrl } from "../../redact.ts";
 import type { CommandContext } from "../command.ts";
 import { flagBool, flagInt, flagString, usageError } from "../parse.ts";
 import { renderTable } from "../render.ts";
+import { RELEASE_KEY, requiredKey } from "./fleet-keys.ts";
 
 /** Default directory of release files (beside the default database). */
 export const DEFAULT_RELEASES_DIR = "quantd-releases";
 
 /** The release signing key: `--release-key FILE`, else `$QUANTD_RELEASE_KEY_FILE`. */
 function releaseKey(ctx: CommandContext): SigningKey {
-  const path = flagString(ctx.flags, "release-key") ?? process.env.QUANTD_RELEASE_KEY_FILE;
-  if (path === undefined || path === "") {
-    throw usageError(
-      "releases are signed: pass --release-key FILE (a key from quantd fleet keygen, trusted by the devices' fleet.releaseKeys) or set QUANTD_RELEASE_KEY_FILE",
-    );
-  }
-  return readSigningKey(path);
+  return requiredKey(
+    ctx,
+    RELEASE_KEY,
+    "releases are signed: pass --release-key FILE (a key from quantd fleet keygen, trusted by the devices' fleet.releaseKeys) or set QUANTD_RELEASE_KEY_FILE",
+  );
 }
 
 /** Runs `quantd fleet release …` against the controller's store. */

@@ -29,6 +29,7 @@ import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
 import { renderTable } from "../render.ts";
 import { describeDeviceStatus, describeFleetOutcome } from "../summaries.ts";
+import { keyPath, OPERATOR_KEY, requiredKey } from "./fleet-keys.ts";
 import { DEFAULT_RELEASES_DIR, releaseCommand, rolloutCommand } from "./fleet-release.ts";
 
 const SUBCOMMANDS = [
@@ -145,13 +146,11 @@ async function withConnection<T>(
  * @throws USAGE when neither is given; FILE_NOT_FOUND | CONFIG_INVALID from the file
  */
 function operatorKey(ctx: CommandContext): SigningKey {
-  const path = flagString(ctx.flags, "key") ?? process.env.QUANTD_FLEET_KEY_FILE;
-  if (path === undefined || path === "") {
-    throw usageError(
-      "commands are signed: pass --key FILE (an operator key from quantd fleet keygen, trusted by the devices) or set QUANTD_FLEET_KEY_FILE",
-    );
-  }
-  return readSigningKey(path);
+  return requiredKey(
+    ctx,
+    OPERATOR_KEY,
+    "commands are signed: pass --key FILE (an operator key from quantd fleet keygen, trusted by the devices) or set QUANTD_FLEET_KEY_FILE",
+  );
 }
 
 async function keygen(ctx: CommandContext): Promise<number> {
@@ -234,9 +233,9 @@ function dashboardOptions(
   };
   if (cert !== undefined && key !== undefined) options.tls = { certFile: cert, keyFile: key };
   // Dashboard actions are signed like `quantd fleet recalibrate`: with the operator key, when one is given.
-  const keyPath = flagString(ctx.flags, "key") ?? process.env.QUANTD_FLEET_KEY_FILE;
-  if (keyPath !== undefined && keyPath !== "") {
-    const signer = readSigningKey(keyPath);
+  const operatorKeyPath = keyPath(ctx, OPERATOR_KEY);
+  if (operatorKeyPath !== undefined) {
+    const signer = readSigningKey(operatorKeyPath);
     const clientId = `${conn.clientId === "" ? "quantd-controller" : conn.clientId}-ops-${crypto.randomUUID().slice(0, 8)}`;
     options.commands = createDashboardCommands({
       connect: () => connectMqttOnce({ ...conn, clientId }),
@@ -279,14 +278,14 @@ async function serve(ctx: CommandContext): Promise<number> {
       (dashboard === undefined ? "" : `, dashboard ${dashboard.url}`),
   );
   // Rollouts are driven by every replica that can sign commands (the store arbitrates between them).
-  const keyPath = flagString(ctx.flags, "key") ?? process.env.QUANTD_FLEET_KEY_FILE;
+  const operatorKeyPath = keyPath(ctx, OPERATOR_KEY);
   const releaseUrl = flagString(ctx.flags, "release-url") ?? dashboard?.url;
   let rollouts: RolloutEngine | undefined;
-  if (keyPath !== undefined && keyPath !== "" && releaseUrl !== undefined) {
+  if (operatorKeyPath !== undefined && releaseUrl !== undefined) {
     rollouts = startRolloutEngine({
       store,
       connect: { ...conn, clientId: `${controller.clientId}-rollouts` },
-      signer: readSigningKey(keyPath),
+      signer: readSigningKey(operatorKeyPath),
       releaseUrl,
       log: logger.line,
     });
