@@ -23,6 +23,7 @@ import type {
   TelemetryRecord,
 } from "./store.ts";
 import {
+  announcedModel,
   DEVICE_COLUMNS,
   FINAL_JOB_STATES_SQL,
   FleetRowReader,
@@ -229,8 +230,8 @@ class PostgresFleetStore implements FleetStore {
            WHERE last.state = $3 AND last.at = $5)`,
         [fleet, device, status.state, status.reason ?? null, at],
       );
-      if (status.model !== undefined && status.model !== null && typeof status.model.version === "string") {
-        const kind = typeof status.model.kind === "string" ? status.model.kind : null;
+      const model = announcedModel(status);
+      if (model !== undefined) {
         // A change only: not when the latest model known at that time is the same one.
         await tx.unsafe(
           `INSERT INTO model_history (fleet, device, version, kind, at)
@@ -238,7 +239,7 @@ class PostgresFleetStore implements FleetStore {
              SELECT 1 FROM (SELECT version, kind FROM model_history WHERE fleet = $1 AND device = $2 AND at <= $5
                ORDER BY at DESC, id DESC LIMIT 1) last
              WHERE last.version = $3 AND last.kind IS NOT DISTINCT FROM $4::text)`,
-          [fleet, device, status.model.version, kind, at],
+          [fleet, device, model.version, model.kind, at],
         );
       }
       await tx.unsafe(

@@ -21,6 +21,7 @@ import type {
   TelemetryRecord,
 } from "./store.ts";
 import {
+  announcedModel,
   DEVICE_COLUMNS,
   FINAL_JOB_STATES_SQL,
   FleetRowReader,
@@ -210,9 +211,9 @@ class SqliteFleetStore implements FleetStore {
       // Retained statuses are delivered again on every controller restart: record a change once.
       const repeat = last !== undefined && str(last, "state") === status.state && num(last, "at") === at;
       if (!repeat) q.addStatus.run(fleet, device, status.state, status.reason ?? null, at);
-      if (status.model !== undefined && status.model !== null && typeof status.model.version === "string") {
-        const { version } = status.model;
-        const kind = typeof status.model.kind === "string" ? status.model.kind : null;
+      const announced = announcedModel(status);
+      if (announced !== undefined) {
+        const { version, kind } = announced;
         q.addModel.run(fleet, device, version, kind, at, fleet, device, at, version, kind);
       }
       const online = status.state === "online" ? 1 : 0;

@@ -4,10 +4,11 @@
  * value is read differs (SQLite's strict typed reads; PostgreSQL's client
  * returns 64-bit integers as strings and booleans as booleans), so each store
  * passes its {@link ColumnReader} and the mapping itself is written once.
+ * The few rules both stores apply before writing live here too.
  */
 import type { QuantdErrorJSON } from "../../errors.ts";
 import type { JobState } from "../../store/jobs.ts";
-import type { ModelInfo, OutboxFigures, ReportMessage, TelemetrySample } from "../protocol.ts";
+import type { ModelInfo, OutboxFigures, ReportMessage, StatusMessage, TelemetrySample } from "../protocol.ts";
 import type {
   DeviceRecord,
   EnrolmentRecord,
@@ -38,6 +39,16 @@ export const JOB_COLUMNS = "fleet, device, id, type, state, stage, progress, upd
 
 /** The job states a progress message may no longer change, as an SQL list. */
 export const FINAL_JOB_STATES_SQL = "('SUCCEEDED','FAILED','REJECTED','TIMED_OUT')";
+
+/**
+ * The model a status announces, for the model history; undefined when it
+ * names none (a Last Will, an agent not serving yet).
+ */
+export function announcedModel(status: StatusMessage): { version: string; kind: string | null } | undefined {
+  const model = status.model;
+  if (model === undefined || model === null || typeof model.version !== "string") return undefined;
+  return { version: model.version, kind: typeof model.kind === "string" ? model.kind : null };
+}
 
 /** A value for a nullable JSON column: `null` for absent or null. */
 export function jsonTextOrNull(v: unknown): string | null {
