@@ -23,7 +23,7 @@ import type { AgentConfig } from "./config.ts";
 import type { JobRunner } from "./jobs.ts";
 import { RECALIBRATE_JOB } from "./recalibrate.ts";
 import { RELEASE_JOB } from "./release.ts";
-import { type ModelRegistry, PROBE_TEXTS } from "./registry.ts";
+import { type ModelRegistry, PROBE_TEXTS, probeInputs } from "./registry.ts";
 
 /** The device key's file name in the state directory when `fleet.deviceKeyFile` is not set. */
 export const DEVICE_KEY_FILE = "fleet-device.key";
@@ -161,9 +161,11 @@ export function createAgentFleetHandler(parts: AgentFleetParts): FleetCommandHan
     recalibrate: queued,
     quantizeDynamic: queued,
     async bench(params, ctx) {
-      // End-to-end latency of the serving model (tokenize + run) on the probe texts, one batch per run.
+      // End-to-end latency of the serving model (tokenize + run) on the probe texts (pairs for a pair
+      // classifier), one batch per run.
       const runs = params.iterations ?? 30;
-      const texts = [...PROBE_TEXTS];
+      const served = registry.active();
+      const texts = served === undefined ? [...PROBE_TEXTS] : probeInputs(served.task.kind, PROBE_TEXTS);
       await registry.classify(texts);
       const times: number[] = [];
       for (let i = 0; i < runs; i++) {
@@ -180,6 +182,7 @@ export function createAgentFleetHandler(parts: AgentFleetParts): FleetCommandHan
       return {
         modelVersion: active === undefined ? null : String(active.version),
         kind: active?.kind ?? null,
+        task: active?.task.kind ?? null,
         batch: texts.length,
         runs,
         p50Ms: at(0.5),

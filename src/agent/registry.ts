@@ -24,7 +24,7 @@ import { dirname, join, resolve } from "node:path";
 import { writeFailure } from "../core/files.ts";
 import { nearestRankPercentile } from "../core/stats.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
-import { inputsOf, type TaskOverride } from "../runtime/task.ts";
+import { inputsOf, type TaskKind, type TaskOverride } from "../runtime/task.ts";
 import { loadTaskModel, type TaskModel, type TaskResult } from "../runtime/task-model.ts";
 import type { Encoding, TextInput } from "../runtime/tokenizer.ts";
 import type {
@@ -45,6 +45,13 @@ export const PROBE_TEXTS: readonly string[] = [
   "a quiet probe",
   "the verification batch checks that a newly promoted model loads, runs and returns finite logits for every row.",
 ];
+
+/** Probe texts as a model of `kind` takes them: as they are, or each paired with the next (a pair classifier). */
+export function probeInputs(kind: TaskKind, texts: readonly string[]): TextInput[] {
+  return inputsOf(kind) === "pair"
+    ? texts.map((t, i) => [t, texts[(i + 1) % texts.length]!] as const)
+    : [...texts];
+}
 
 /** Something the registry did, for logs, metrics and the fleet link. */
 export type RegistryEvent =
@@ -939,11 +946,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     } catch {
       // A busy store: the fixed probe texts still check the model.
     }
-    const texts = [...PROBE_TEXTS, ...stored];
-    const inputs: TextInput[] =
-      inputsOf(model.task.kind) === "pair"
-        ? texts.map((t, i) => [t, texts[(i + 1) % texts.length]!] as const)
-        : texts;
+    const inputs = probeInputs(model.task.kind, [...PROBE_TEXTS, ...stored]);
     let rows: Float32Array[];
     try {
       rows = (await model.outputs(inputs, { batchSize: PROBE_TEXTS.length })).data;
@@ -970,8 +973,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     if (!(spread > MIN_LOGIT_SPREAD)) {
       throw new QuantdError(
         "MODEL_PROBE_FAILED",
-        `version ${version.id} gives the same logits for all ${texts.length} probe texts: it does not depend on its input`,
-        { details: { probeTexts: texts.length, spread } },
+        `version ${version.id} gives the same logits for all ${inputs.length} probe texts: it does not depend on its input`,
+        { details: { probeTexts: inputs.length, spread } },
       );
     }
   }

@@ -218,8 +218,26 @@ export interface ReportFigures {
    * `token-classification: tokens` (from the validation's task figures).
    */
   task?: string;
+  /**
+   * The figure a user of that task reads beside the agreement (from the same
+   * validation): mean cosine to fp32 (embeddings), Pearson (regression), the
+   * share of samples whose every token or label decision agrees (token
+   * classification, multi-label).
+   */
+  taskMetric?: TaskMetric;
   accuracy?: number;
   modelVersion?: string;
+}
+
+/** A task's own figure in a report (see {@link ReportFigures.taskMetric}). */
+export interface TaskMetric {
+  /** The task (`embedding`, `regression`, …). */
+  kind: string;
+  /** `mean cosine`, `Pearson`, `samples whose every token agrees`. */
+  name: string;
+  value: number;
+  /** Shown as a percentage (a share of samples) rather than a coefficient. */
+  share: boolean;
 }
 
 /** A command's reply, on the request's Response Topic with its Correlation Data. */

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { type AgentFleetParts, createAgentFleetHandler } from "../../src/agent/fleet.ts";
 import { loadTaskModel, type TaskModel } from "../../src/runtime/task-model.ts";
 import { TASK_FIXTURES, type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
 import { codeOf, codeOfAsync } from "../helpers/error-code.ts";
@@ -305,6 +306,25 @@ describe("bad input and limits", () => {
       /does token-classification \(3 labels\) but the serving model does embedding/,
     );
     expect((await post("embedding", "/v1/embed", { texts: ["a"] })).status).toBe(200);
+  });
+});
+
+describe("the fleet's bench command", () => {
+  test("runs a pair classifier on pairs and says the task it measured", async () => {
+    const a = agents["pair-classification"];
+    // Only the live registry is the bench's: the rest of the fleet parts stay unused here.
+    const parts = {
+      config: a.config,
+      store: a.store,
+      registry: a.registry,
+      runner: undefined,
+      agentVersion: "test",
+    };
+    const fleet = createAgentFleetHandler(parts as unknown as AgentFleetParts);
+    const ctx = { jobId: "bench-pairs", signal: new AbortController().signal, progress: () => {} };
+    const r = await fleet.bench({ iterations: 3 }, ctx);
+    expect(r).toMatchObject({ task: "pair-classification", batch: 2, runs: 3, kind: "fp32" });
+    expect((r as { p50Ms: number }).p50Ms).toBeGreaterThan(0);
   });
 });
 

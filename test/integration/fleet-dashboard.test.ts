@@ -345,6 +345,66 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
     await shot(page, "dashboard-overview.png");
   });
 
+  test("another task's report shows what its agreement counted and the task's own figure, in the device row and the jobs", async () => {
+    const taskReport = (id: string, task: Record<string, unknown>, agreement: number): void =>
+      boards[0]!.link.report({
+        id,
+        jobId: id,
+        type: "recalibrate",
+        state: "SUCCEEDED",
+        result: {
+          decision: "promoted",
+          candidate: { version: 3, kind: "int8-static" },
+          validation: { agreement, agreementLower: agreement - 0.002, n: 14_854, task },
+        },
+        startedAt: Date.now() - 1000,
+        finishedAt: Date.now(),
+      });
+    const agreementCell = page.locator('tr.device[data-key="lab/jetson-1"] td.num').nth(2);
+    taskReport(
+      "r-tokens",
+      {
+        kind: "token-classification",
+        unit: "token",
+        samples: 700,
+        sampleAgreement: 0.9757,
+        figures: { tokens: 14_854 },
+      },
+      0.9964,
+    );
+    await agreementCell.filter({ hasText: "99.6 %" }).waitFor({ timeout: 10_000 });
+    expect(await agreementCell.locator(".task").textContent()).toBe("token-classification: tokens");
+    expect(await agreementCell.locator(".task-metric").textContent()).toBe(
+      "97.6 % samples whose every token agrees",
+    );
+    expect(await agreementCell.locator(".bound").textContent()).toBe("≥ 99.4 %");
+    expect(await agreementCell.getAttribute("title")).toBe(
+      "≥ 99.4 %; token-classification: tokens; 97.6 % samples whose every token agrees",
+    );
+    taskReport(
+      "r-embed",
+      {
+        kind: "embedding",
+        unit: "sample",
+        samples: 700,
+        sampleAgreement: 0.999,
+        figures: { meanCosine: 0.99981 },
+      },
+      0.999,
+    );
+    await agreementCell.filter({ hasText: "99.9 %" }).waitFor({ timeout: 10_000 });
+    expect(await agreementCell.locator(".task").textContent()).toBe("embedding: samples");
+    expect(await agreementCell.locator(".task-metric").textContent()).toBe("mean cosine 0.9998");
+    // The jobs of the device list each with its own figure.
+    await page.locator('tr.device[data-key="lab/jetson-1"]').click();
+    const jobRow = page.locator("#jobs tr").filter({ hasText: "r-tokens" });
+    await jobRow.waitFor({ timeout: 10_000 });
+    expect(await jobRow.locator("td .task-metric").textContent()).toBe(
+      "97.6 % samples whose every token agrees",
+    );
+    await shot(page, "dashboard-tasks.png");
+  });
+
   test("rollouts from the page: a stored release started on a fleet with the CLI's defaults, then paused, resumed and aborted", async () => {
     const release = "0123abcd".repeat(8);
     await store.addRelease({

@@ -243,3 +243,31 @@ test("a report of another task than a classifier says what its agreement counted
   ).toBe(undefined);
   expect(reportFigures({ validation }).task).toBe(undefined);
 });
+
+test("a report of another task carries the task's own figure: mean cosine, Pearson, whole samples agreeing", () => {
+  const validation = { agreement: 0.999, agreementLower: 0.996, n: 1024 };
+  const figure = (task: Record<string, unknown>) =>
+    reportFigures({ validation: { ...validation, task } }).taskMetric;
+  expect(figure({ kind: "embedding", unit: "sample", figures: { meanCosine: 0.9998 } })).toEqual({
+    kind: "embedding",
+    name: "mean cosine",
+    value: 0.9998,
+    share: false,
+  });
+  expect(figure({ kind: "regression", unit: "sample", figures: { pearson: 0.9991 } })).toMatchObject({
+    name: "Pearson",
+    value: 0.9991,
+  });
+  expect(figure({ kind: "token-classification", unit: "token", sampleAgreement: 0.975 })).toEqual({
+    kind: "token-classification",
+    name: "samples whose every token agrees",
+    value: 0.975,
+    share: true,
+  });
+  expect(figure({ kind: "multi-label", unit: "label decision", sampleAgreement: 0.99 })?.name).toBe(
+    "samples whose every label agrees",
+  );
+  // A pair classifier's figure is its agreement; a malformed figure is left out.
+  expect(figure({ kind: "pair-classification", unit: "sample" })).toBeUndefined();
+  expect(figure({ kind: "embedding", unit: "sample", figures: { meanCosine: "high" } })).toBeUndefined();
+});

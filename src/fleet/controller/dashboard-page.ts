@@ -23,6 +23,7 @@ const STYLE = `
   th, td { text-align: left; padding: 0.35rem 0.6rem; border-bottom: 1px solid #e3e6ea; white-space: nowrap; }
   th { font-weight: 600; color: #445; background: #f1f3f5; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
+  td .note { font-size: 0.8em; color: #5a6472; max-width: 10rem; margin-left: auto; white-space: normal; }
   td.why { white-space: normal; color: #a12c2c; max-width: 28rem; }
   td.wrap { white-space: normal; max-width: 22rem; }
   tr.device { cursor: pointer; }
@@ -137,13 +138,36 @@ const picked = new Set();
 let listed = [];
 const fmtMs = (v) => (typeof v === "number" ? v.toFixed(2) + " ms" : "–");
 const fmtPct = (v) => (typeof v === "number" ? (v * 100).toFixed(1) + " %" : "–");
-// The agreement with the gate's lower bound when the report has it: "99.8 % (≥ 99.3 %)".
-// Rounded down, as quantd prints it everywhere: a bound never reads above a gate it missed.
 const floorPct = (v) => (Math.floor(v * 1000 + 1e-7) / 10).toFixed(1) + " %";
-// Another task than a sentence classifier says what agreed: "99.6 % (≥ 99.5 %) token-classification: tokens".
-const fmtAgreement = (f) =>
-  fmtPct(f.agreement) + (typeof f.agreementLower === "number" ? " (≥ " + floorPct(f.agreementLower) + ")" : "") +
-  (typeof f.task === "string" ? " " + f.task : "");
+// A task's own figure: a share of samples as a percentage, a coefficient (cosine, Pearson) to 4 places.
+const fmtTaskMetric = (m) =>
+  m && typeof m.value === "number"
+    ? m.share ? fmtPct(m.value) + " " + m.name : m.name + " " + m.value.toFixed(4)
+    : "";
+// The agreement cell: the agreement, then in small lines the gate's lower bound when the report has it
+// (rounded down, as quantd prints it everywhere: a bound never reads above a gate it missed) and, for
+// another task than a sentence classifier, what agreed and the task's own figure:
+// "99.6 %", "≥ 99.5 %", "token-classification: tokens", "97.5 % samples whose every token agrees".
+function agreementCell(tr, f) {
+  const td = cell(tr, fmtPct(f.agreement), "num");
+  const notes = [];
+  const note = (cls, text) => {
+    const div = document.createElement("div");
+    div.className = "note " + cls;
+    div.textContent = text;
+    td.appendChild(div);
+    notes.push(text);
+  };
+  if (typeof f.agreement !== "number") return td;
+  if (typeof f.agreementLower === "number") note("bound", "≥ " + floorPct(f.agreementLower));
+  if (typeof f.task === "string") {
+    note("task", f.task);
+    const figure = fmtTaskMetric(f.taskMetric);
+    if (figure !== "") note("task-metric", figure);
+  }
+  if (notes.length > 0) td.title = notes.join("; ");
+  return td;
+}
 const fmtMem = (v) => (typeof v === "number" ? (v / 1048576).toFixed(0) + " MiB" : "–");
 const pad2 = (n) => String(n).padStart(2, "0");
 const clock = (t, seconds) => { const d = new Date(t); return pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + (seconds ? ":" + pad2(d.getSeconds()) : ""); };
@@ -263,7 +287,7 @@ async function loadDevices() {
     cell(tr, d.model ? d.model.kind : "–");
     cell(tr, fmtMs(d.figures.int8P50Ms), "num");
     cell(tr, fmtMs(d.figures.fp32P50Ms), "num");
-    cell(tr, fmtAgreement(d.figures), "num");
+    agreementCell(tr, d.figures);
     cell(tr, fmtMs(d.lastTelemetry && d.lastTelemetry.latencyMs ? d.lastTelemetry.latencyMs.p95 : undefined), "num");
     cell(tr, fmtMem(d.lastTelemetry ? d.lastTelemetry.rssBytes : undefined), "num");
     cell(tr, d.outbox ? d.outbox.queued + " / " + d.outbox.dropped + " dropped" : "–");
@@ -500,7 +524,7 @@ async function loadDetail() {
     cell(tr, j.type);
     cell(tr, j.state);
     cell(tr, j.stage || (j.state === "IN_PROGRESS" ? Math.round(j.progress * 100) + " %" : "–"));
-    cell(tr, fmtAgreement(j.figures), "num");
+    agreementCell(tr, j.figures);
     cell(tr, fmtMs(j.figures.int8P50Ms), "num");
     cell(tr, j.stageMs ? Object.entries(j.stageMs).map(([k, v]) => k + " " + (v / 1000).toFixed(1) + " s").join(", ") : "–", "wrap");
     cell(tr, j.reason || "", "why");

@@ -6,9 +6,31 @@
  * beside the fleet's aggregates and alerts (`fleet-view.ts`).
  */
 import { isRecord } from "../../json.ts";
-import type { ReportFigures, ReportMessage } from "../protocol.ts";
+import type { ReportFigures, ReportMessage, TaskMetric } from "../protocol.ts";
 import { failureReason, fleetAggregates, fleetAlerts, inState, recentJobs } from "./fleet-view.ts";
 import type { DeviceRecord, FleetStore, JobRecord } from "./store.ts";
+
+/** The task's own figure of a recorded validation's `task` (see {@link ReportFigures.taskMetric}). */
+function taskMetricOf(kind: string, task: Record<string, unknown>): TaskMetric | undefined {
+  const figures = (typeof task.figures === "object" && task.figures !== null ? task.figures : {}) as Record<
+    string,
+    unknown
+  >;
+  const pick = (name: string, value: unknown, share: boolean): TaskMetric | undefined =>
+    typeof value === "number" && Number.isFinite(value) ? { kind, name, value, share } : undefined;
+  switch (kind) {
+    case "embedding":
+      return pick("mean cosine", figures.meanCosine, false);
+    case "regression":
+      return pick("Pearson", figures.pearson, false);
+    case "token-classification":
+      return pick("samples whose every token agrees", task.sampleAgreement, true);
+    case "multi-label":
+      return pick("samples whose every label agrees", task.sampleAgreement, true);
+    default:
+      return undefined;
+  }
+}
 
 /** The figures the device table shows, from a report's result. */
 export function reportFigures(result: unknown): ReportFigures {
@@ -52,6 +74,8 @@ export function reportFigures(result: unknown): ReportFigures {
     if (task.kind !== "classification") {
       out.task = `${task.kind}: ${typeof task.unit === "string" ? task.unit : "sample"}s`;
     }
+    const metric = taskMetricOf(task.kind, task);
+    if (metric !== undefined) out.taskMetric = metric;
   }
   if (accuracy !== undefined) out.accuracy = accuracy;
   if (typeof r.modelVersion === "string") out.modelVersion = r.modelVersion;
@@ -147,6 +171,8 @@ export function createFiguresCache(store: FleetStore): (d: DeviceRecord) => Prom
         figures.agreementLower = f.agreementLower;
       if (figures.agreement === f.agreement && figures.task === undefined && f.task !== undefined)
         figures.task = f.task;
+      if (figures.agreement === f.agreement && figures.taskMetric === undefined && f.taskMetric !== undefined)
+        figures.taskMetric = f.taskMetric;
     }
     cache.set(key, { reportId: d.lastReport.id, figures });
     return figures;
