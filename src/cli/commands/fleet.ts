@@ -258,16 +258,13 @@ async function serve(ctx: CommandContext): Promise<number> {
   const store = await openFleetStore(dbPath);
   // Logs name the database but never its password.
   const shownDb = redactUrl(dbPath);
+  // connectOptions sets only the login, TLS and packet-size fields the controller takes by the same names.
+  const { url: broker, clientId, ...login } = conn;
   const controller = startController({
-    broker: conn.url,
+    ...login,
+    broker,
     store,
-    ...(conn.clientId === "" ? {} : { clientId: conn.clientId }),
-    ...(conn.username === undefined ? {} : { username: conn.username }),
-    ...(conn.password === undefined ? {} : { password: conn.password }),
-    ...(conn.ca === undefined ? {} : { ca: conn.ca }),
-    ...(conn.cert === undefined ? {} : { cert: conn.cert }),
-    ...(conn.key === undefined ? {} : { key: conn.key }),
-    ...(conn.maxPacketBytes === undefined ? {} : { maxPacketBytes: conn.maxPacketBytes }),
+    ...(clientId === "" ? {} : { clientId }),
     log: logger.line,
   });
   const commands = options?.commands;
