@@ -40,7 +40,12 @@ export interface ModelDataOptions {
   batchSize?: number;
 }
 
-function tokenizerDirFor(modelPath: string, given: string | undefined): string | undefined {
+/**
+ * Where a benchmarked model's tokenizer is: `given`, else beside the model
+ * (`undefined`: the loader's default), else one folder up (where a `reference/`
+ * variant's original sits).
+ */
+export function tokenizerDirFor(modelPath: string, given: string | undefined): string | undefined {
   if (given !== undefined) return given;
   const dir = dirname(modelPath);
   if (existsSync(join(dir, "tokenizer.json"))) return undefined;

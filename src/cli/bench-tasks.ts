@@ -6,8 +6,7 @@
  * with Pearson): the metric the quantize gate judges, on the data's texts or
  * pairs. A sentence classifier keeps the table's accuracy and top-1 agreement.
  */
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { tokenizerDirFor } from "../bench/data.ts";
 import type { BenchModel } from "../bench/measure.ts";
 import { QuantdError } from "../errors.ts";
 import { describeAgreement } from "../quant/gate.ts";
@@ -39,15 +38,6 @@ export interface BenchTask {
   };
 }
 
-/** The tokenizer directory: given, beside the model, else one folder up (where a variant's original sits). */
-function tokenizerDirOf(modelPath: string, given: string | undefined): string | undefined {
-  if (given !== undefined) return given;
-  const dir = dirname(modelPath);
-  if (existsSync(join(dir, "tokenizer.json"))) return undefined;
-  const parent = dirname(dir);
-  return existsSync(join(parent, "tokenizer.json")) ? parent : undefined;
-}
-
 /**
  * Each model's task and, with `rows`, its outputs on them (one session per
  * model, released before the next opens).
@@ -59,7 +49,7 @@ async function readTasks(
 ): Promise<{ task: BenchTask; spec?: TaskSpec; outputs?: TaskOutputs }[]> {
   const out: { task: BenchTask; spec?: TaskSpec; outputs?: TaskOutputs }[] = [];
   for (const m of models) {
-    const dir = tokenizerDirOf(m.path, tokenizerDir);
+    const dir = tokenizerDirFor(m.path, tokenizerDir);
     try {
       const model = await loadTaskModel(m.path, {
         session: { intraOpThreads: 1 },

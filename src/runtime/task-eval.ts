@@ -14,7 +14,8 @@ import type { Aggregation } from "./entities.ts";
 import type { InputRow } from "./input-tsv.ts";
 import { cosine } from "./pooling.ts";
 import { neighbourOverlap, pearson, spearman } from "./stats.ts";
-import type { TaskModel, TaskResult } from "./task-model.ts";
+import type { TaskSpec } from "./task.ts";
+import type { InferOptions, TaskModel, TaskResult } from "./task-model.ts";
 
 /** Figures of one evaluation; which are set depends on the task. */
 export interface TaskEvalReport {
@@ -77,7 +78,24 @@ function requireLabel(row: InputRow): string {
   return row.label;
 }
 
-function macroOf(counts: readonly { tp: number; fp: number; fn: number }[]): number {
+/** True positives, false positives and false negatives of one label or entity type. */
+interface Counts {
+  tp: number;
+  fp: number;
+  fn: number;
+}
+
+/** The sums of `counts`, as `f1` takes them. */
+function totalOf(counts: readonly Counts[]): [number, number, number] {
+  const t = counts.reduce((a, c) => ({ tp: a.tp + c.tp, fp: a.fp + c.fp, fn: a.fn + c.fn }), {
+    tp: 0,
+    fp: 0,
+    fn: 0,
+  });
+  return [t.tp, t.fp, t.fn];
+}
+
+function macroOf(counts: readonly Counts[]): number {
   return counts.reduce((s, c) => s + f1(c.tp, c.fp, c.fn).f1, 0) / Math.max(1, counts.length);
 }
 
@@ -95,6 +113,163 @@ function goldEntities(row: InputRow): Set<string> {
   return out;
 }
 
+/** What a scorer of one task reads: its task, the labelled rows and the model's result for each. */
+interface Scored<K extends TaskSpec["kind"]> {
+  task: TaskSpec & { kind: K };
+  rows: readonly InputRow[];
+  results: readonly TaskResult[];
+}
+
+/** Accuracy and macro F1 of single labels (classification, pairs). */
+function scoreLabels(s: Scored<"classification" | "pair-classification">): Partial<TaskEvalReport> {
+  const counts = s.task.labels.map(() => ({ tp: 0, fp: 0, fn: 0 }));
+  let correct = 0;
+  for (const [i, row] of s.rows.entries()) {
+    const gold = labelId(row, requireLabel(row), s.task.labels);
+    const r = s.results[i]!;
+    const pred = "labelId" in r ? r.labelId : -1;
+    if (pred === gold) {
+      correct++;
+      counts[gold]!.tp++;
+    } else {
+      counts[gold]!.fn++;
+      if (pred >= 0) counts[pred]!.fp++;
+    }
+  }
+  return { accuracy: correct / s.rows.length, macroF1: macroOf(counts) };
+}
+
+/** Micro and macro F1 and exact match of label sets. */
+function scoreMultiLabel(s: Scored<"multi-label">): Partial<TaskEvalReport> {
+  const counts = s.task.labels.map(() => ({ tp: 0, fp: 0, fn: 0 }));
+  let exact = 0;
+  for (const [i, row] of s.rows.entries()) {
+    const cell = requireLabel(row).trim();
+    const gold = new Set(
+      cell === "" ? [] : cell.split(",").map((c) => labelId(row, c.trim(), s.task.labels)),
+    );
+    const r = s.results[i]!;
+    const pred = new Set(r.task === "multi-label" ? r.labels.flatMap((l, k) => (l.on ? [k] : [])) : []);
+    let same = true;
+    for (let k = 0; k < s.task.labels.length; k++) {
+      const field = gold.has(k) ? (pred.has(k) ? "tp" : "fn") : pred.has(k) ? "fp" : undefined;
+      if (field !== undefined) counts[k]![field]++;
+      if (field === "fn" || field === "fp") same = false;
+    }
+    if (same) exact++;
+  }
+  return {
+    microF1: f1(...totalOf(counts)).f1,
+    macroF1: macroOf(counts),
+    exactMatch: exact / s.rows.length,
+  };
+}
+
+/** Spearman, Pearson and mean absolute error of values. */
+function scoreRegression(s: Scored<"regression">): Partial<TaskEvalReport> {
+  const gold = s.rows.map((row) => {
+    const v = Number(requireLabel(row));
+    if (!Number.isFinite(v)) throw bad(row, `label ${JSON.stringify(row.label)} is not a number`);
+    return v;
+  });
+  const pred = s.results.map((r) => (r.task === "regression" ? r.value : Number.NaN));
+  return {
+    spearman: spearman(gold, pred),
+    pearson: pearson(gold, pred),
+    meanAbsError: gold.reduce((sum, g, i) => sum + Math.abs(g - pred[i]!), 0) / gold.length,
+  };
+}
+
+/** Entity precision, recall and F1 as seqeval counts them, overall and per type. */
+function scoreEntities(s: Scored<"token-classification">): Partial<TaskEvalReport> {
+  const byType = new Map<string, Counts>();
+  const count = (key: string, field: keyof Counts) => {
+    const type = key.slice(0, key.lastIndexOf("@"));
+    const c = byType.get(type) ?? { tp: 0, fp: 0, fn: 0 };
+    c[field]++;
+    byType.set(type, c);
+  };
+  for (const [i, row] of s.rows.entries()) {
+    const gold = goldEntities(row);
+    const r = s.results[i]!;
+    const pred = new Set(
+      r.task === "token-classification" ? r.entities.map((e) => `${e.entity}@${e.start}:${e.end}`) : [],
+    );
+    for (const p of pred) count(p, gold.has(p) ? "tp" : "fp");
+    for (const g of gold) if (!pred.has(g)) count(g, "fn");
+  }
+  const t = f1(...totalOf([...byType.values()]));
+  return {
+    entityPrecision: t.precision,
+    entityRecall: t.recall,
+    entityF1: t.f1,
+    perType: Object.fromEntries(
+      [...byType.entries()]
+        .sort()
+        .map(([type, c]) => [type, { ...f1(c.tp, c.fp, c.fn), support: c.tp + c.fn }]),
+    ),
+  };
+}
+
+/**
+ * Recall@k of each text's nearest neighbours against the reference model's, and the mean cosine between the two.
+ *
+ * @throws USAGE without a reference model
+ */
+async function scoreEmbeddings(
+  model: TaskModel,
+  rows: readonly InputRow[],
+  infer: InferOptions,
+  opts: TaskEvalOptions,
+): Promise<Partial<TaskEvalReport>> {
+  if (opts.compare === undefined) {
+    throw new QuantdError(
+      "USAGE",
+      "an embedding model has no labels to score: give --compare REFERENCE for recall@k against its neighbours",
+    );
+  }
+  const k = opts.k ?? 10;
+  const inputs = rows.map((r) => r.input);
+  const mine = (await model.outputs(inputs, infer)).data;
+  const ref = (await opts.compare.outputs(inputs, infer)).data;
+  return {
+    k,
+    recallAtK: neighbourOverlap(ref, mine, k),
+    meanCosine: mine.reduce((s, v, i) => s + cosine(v, ref[i]!), 0) / Math.max(1, mine.length),
+  };
+}
+
+/** Every row has the gold column its task is scored on. @throws DATA_MALFORMED naming the first that lacks it */
+function checkGold(kind: TaskSpec["kind"], rows: readonly InputRow[]): void {
+  const tokens = kind === "token-classification";
+  for (const row of rows) {
+    if (tokens ? row.entities === undefined : row.label === undefined) {
+      throw bad(row, tokens ? "no entities column (TYPE@start:end …)" : "no label");
+    }
+  }
+}
+
+/** The scorer of each labelled task. */
+function scoreOf(
+  task: TaskSpec,
+  rows: readonly InputRow[],
+  results: readonly TaskResult[],
+): Partial<TaskEvalReport> {
+  switch (task.kind) {
+    case "classification":
+    case "pair-classification":
+      return scoreLabels({ task: { ...task, kind: task.kind }, rows, results });
+    case "multi-label":
+      return scoreMultiLabel({ task: { ...task, kind: task.kind }, rows, results });
+    case "regression":
+      return scoreRegression({ task: { ...task, kind: task.kind }, rows, results });
+    case "token-classification":
+      return scoreEntities({ task: { ...task, kind: task.kind }, rows, results });
+    case "embedding":
+      throw new QuantdError("INTERNAL", "embeddings are scored against a reference model");
+  }
+}
+
 /**
  * Evaluates `model` on labelled rows (see the module comment for each task's columns).
  *
@@ -106,134 +281,13 @@ export async function evaluateTask(
   opts: TaskEvalOptions = {},
 ): Promise<TaskEvalReport> {
   const task = model.task;
-  const inputs = rows.map((r) => r.input);
   const infer = { batchSize: opts.batchSize ?? 32, aggregation: opts.aggregation ?? "simple" };
   const report: TaskEvalReport = { task: task.kind, n: rows.length };
-  if (task.kind === "embedding") {
-    if (opts.compare === undefined) {
-      throw new QuantdError(
-        "USAGE",
-        "an embedding model has no labels to score: give --compare REFERENCE for recall@k against its neighbours",
-      );
-    }
-    const k = opts.k ?? 10;
-    const mine = (await model.outputs(inputs, infer)).data;
-    const ref = (await opts.compare.outputs(inputs, infer)).data;
-    report.k = k;
-    report.recallAtK = neighbourOverlap(ref, mine, k);
-    report.meanCosine = mine.reduce((s, v, i) => s + cosine(v, ref[i]!), 0) / Math.max(1, mine.length);
-    return report;
-  }
-  for (const row of rows) {
-    if (task.kind === "token-classification" ? row.entities === undefined : row.label === undefined) {
-      throw bad(
-        row,
-        task.kind === "token-classification" ? "no entities column (TYPE@start:end …)" : "no label",
-      );
-    }
-  }
-  const results: TaskResult[] = await model.infer(inputs, infer);
-  switch (task.kind) {
-    case "classification":
-    case "pair-classification": {
-      const counts = task.labels.map(() => ({ tp: 0, fp: 0, fn: 0 }));
-      let correct = 0;
-      for (const [i, row] of rows.entries()) {
-        const gold = labelId(row, requireLabel(row), task.labels);
-        const r = results[i]!;
-        const pred = "labelId" in r ? r.labelId : -1;
-        if (pred === gold) {
-          correct++;
-          counts[gold]!.tp++;
-        } else {
-          counts[gold]!.fn++;
-          if (pred >= 0) counts[pred]!.fp++;
-        }
-      }
-      report.accuracy = correct / rows.length;
-      report.macroF1 = macroOf(counts);
-      return report;
-    }
-    case "multi-label": {
-      const counts = task.labels.map(() => ({ tp: 0, fp: 0, fn: 0 }));
-      let exact = 0;
-      for (const [i, row] of rows.entries()) {
-        const cell = requireLabel(row).trim();
-        const gold = new Set(
-          cell === "" ? [] : cell.split(",").map((c) => labelId(row, c.trim(), task.labels)),
-        );
-        const r = results[i]!;
-        const pred = new Set(r.task === "multi-label" ? r.labels.flatMap((l, k) => (l.on ? [k] : [])) : []);
-        let same = gold.size === pred.size;
-        for (let k = 0; k < task.labels.length; k++) {
-          if (gold.has(k) && pred.has(k)) counts[k]!.tp++;
-          else if (gold.has(k)) {
-            counts[k]!.fn++;
-            same = false;
-          } else if (pred.has(k)) {
-            counts[k]!.fp++;
-            same = false;
-          }
-        }
-        if (same) exact++;
-      }
-      const total = counts.reduce((a, c) => ({ tp: a.tp + c.tp, fp: a.fp + c.fp, fn: a.fn + c.fn }), {
-        tp: 0,
-        fp: 0,
-        fn: 0,
-      });
-      report.microF1 = f1(total.tp, total.fp, total.fn).f1;
-      report.macroF1 = macroOf(counts);
-      report.exactMatch = exact / rows.length;
-      return report;
-    }
-    case "regression": {
-      const gold = rows.map((row) => {
-        const v = Number(requireLabel(row));
-        if (!Number.isFinite(v)) throw bad(row, `label ${JSON.stringify(row.label)} is not a number`);
-        return v;
-      });
-      const pred = results.map((r) => (r.task === "regression" ? r.value : Number.NaN));
-      report.spearman = spearman(gold, pred);
-      report.pearson = pearson(gold, pred);
-      report.meanAbsError = gold.reduce((s, g, i) => s + Math.abs(g - pred[i]!), 0) / gold.length;
-      return report;
-    }
-    case "token-classification": {
-      const byType = new Map<string, { tp: number; fp: number; fn: number }>();
-      const count = (key: string, field: "tp" | "fp" | "fn") => {
-        const type = key.slice(0, key.lastIndexOf("@"));
-        const c = byType.get(type) ?? { tp: 0, fp: 0, fn: 0 };
-        c[field]++;
-        byType.set(type, c);
-      };
-      for (const [i, row] of rows.entries()) {
-        const gold = goldEntities(row);
-        const r = results[i]!;
-        const pred = new Set(
-          r.task === "token-classification" ? r.entities.map((e) => `${e.entity}@${e.start}:${e.end}`) : [],
-        );
-        for (const p of pred) count(p, gold.has(p) ? "tp" : "fp");
-        for (const g of gold) if (!pred.has(g)) count(g, "fn");
-      }
-      const total = [...byType.values()].reduce(
-        (a, c) => ({ tp: a.tp + c.tp, fp: a.fp + c.fp, fn: a.fn + c.fn }),
-        {
-          tp: 0,
-          fp: 0,
-          fn: 0,
-        },
-      );
-      const t = f1(total.tp, total.fp, total.fn);
-      report.entityPrecision = t.precision;
-      report.entityRecall = t.recall;
-      report.entityF1 = t.f1;
-      report.perType = Object.fromEntries(
-        [...byType.entries()]
-          .sort()
-          .map(([type, c]) => [type, { ...f1(c.tp, c.fp, c.fn), support: c.tp + c.fn }]),
-      );
-      return report;
-    }
-  }
+  if (task.kind === "embedding") return { ...report, ...(await scoreEmbeddings(model, rows, infer, opts)) };
+  checkGold(task.kind, rows);
+  const results = await model.infer(
+    rows.map((r) => r.input),
+    infer,
+  );
+  return { ...report, ...scoreOf(task, rows, results) };
 }
