@@ -129,24 +129,42 @@ function taskFigures(r: QuantizeReport): string {
   return parts.join("; ");
 }
 
+/** `12.3 s, 2,048 sample-runs, 1 failed early`: what validating every candidate cost, with early stops. */
+function validationText(r: QuantizeReport): string {
+  const v = r.validation;
+  if (v === undefined) return "";
+  const stops = [
+    v.earlyStops.passed > 0 ? `${v.earlyStops.passed} passed early` : "",
+    v.earlyStops.failed > 0 ? `${v.earlyStops.failed} failed early` : "",
+  ].filter((x) => x !== "");
+  return [
+    `${(r.timings.validationMs / 1000).toFixed(1)} s`,
+    `${v.candidateSamples.toLocaleString("en-US")} sample-runs`,
+    ...stops,
+  ].join(", ");
+}
+
 function printGates(rows: readonly GateRow[]): void {
   say("");
   say(
     `## 1. Static int8, default flags, default gate (99.5 % on the 95 % lower bound), ${VAL} held-out samples`,
   );
   say("");
-  say("| task | trial | n | agreement | 95 % bound | gate | fallback trials | size | task figures |");
-  say("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |");
+  say(
+    "| task | trial | n | agreement | 95 % bound | gate | fallback trials | size | validation | task figures |",
+  );
+  say("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |");
   for (const row of rows) {
     if (row.report === undefined) {
-      say(`| ${row.kind} | | | | | not met: ${row.error} | | | |`);
+      say(`| ${row.kind} | | | | | not met: ${row.error} | | | | |`);
       continue;
     }
     const r = row.report;
     const m = r.metrics;
     say(
       `| ${row.kind} | ${m.task?.unit ?? "sample"} | ${m.n.toLocaleString("en-US")} | ${pct(m.agreement)} | ${pct(m.agreementLower)} | ` +
-        `${r.gate.passed ? "met" : "not met"} | ${r.fallback.trials.length} | ${pct(r.model.sizeRatio)} | ${taskFigures(r)} |`,
+        `${r.gate.passed ? "met" : "not met"} | ${r.fallback.trials.length} | ${pct(r.model.sizeRatio)} | ` +
+        `${validationText(r)} | ${taskFigures(r)} |`,
     );
   }
 }
