@@ -5,8 +5,7 @@
  * on stop: refuses new work, drains the batch queue, closes the listeners,
  * releases the sessions and closes the store.
  */
-import { chmodSync, existsSync, mkdirSync, statSync } from "node:fs";
-import { DEFAULT_KEEP_RELEASES } from "../fleet/device/config.ts";
+import { chmodSync, mkdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
@@ -25,10 +24,13 @@ import { CaptureQueue } from "./capture-queue.ts";
 import { coverageOf, createDriftMonitor, type DriftMonitor } from "./drift.ts";
 import type { AgentConfig } from "./config.ts";
 import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
-import type { JobRunner } from "./jobs.ts";
-import { createRecalibrationRunner, RECALIBRATE_JOB } from "./recalibrate.ts";
-import { createReleaseHandler, RELEASE_JOB, releaseOf } from "./release.ts";
-import { ModelRegistry, type RegistryEvent, reregisterModelFiles } from "./registry.ts";
+import type { JobEngine } from "../jobs/engine.ts";
+import type { JobSchedule } from "../jobs/schedule.ts";
+import { RECALIBRATE_JOB } from "./recalibrate.ts";
+import type { ModelRegistry, RegistryEvent } from "./registry.ts";
+import { reregisterModelFiles } from "./registry.ts";
+import { servingJobHandlers } from "./serving-jobs.ts";
+import { type AgentServices, createAgentServices } from "./services.ts";
 
 /**
  * Longest wait of the serving process for another process's SQLite write lock, in ms. SQLite waits by
@@ -36,8 +38,6 @@ import { ModelRegistry, type RegistryEvent, reregisterModelFiles } from "./regis
  * STORE_BUSY (capture retries later; a job's stage record is skipped; an admin call gets 503).
  */
 const SERVING_BUSY_TIMEOUT_MS = 20;
-/** Stored samples added to the probe batch of a promoted version. */
-const PROBE_SAMPLES = 14;
 
 /** A running agent. */
 export interface Agent {
@@ -49,8 +49,8 @@ export interface Agent {
   readonly listeners: Listeners;
   /** The read-only `/metrics` listener of `metrics.listen`, when configured. */
   readonly metricsListener: MetricsListener | undefined;
-  /** The recalibration job runner (`running` is false while another process holds the runner lock: it retries). */
-  readonly jobs: JobRunner | undefined;
+  /** The job engine, running every job type (`running` is false while another process holds the runner lock: it retries). */
+  readonly jobs: JobEngine | undefined;
   /** The fleet link, when a broker is configured. */
   readonly fleet: FleetLink | undefined;
   /** Stops gracefully (idempotent); resolves when everything is closed. */
@@ -63,7 +63,7 @@ export interface StartAgentOptions {
   log?: (line: string) => void;
   /** Randomness of traffic capture. @defaultValue Math.random */
   random?: () => number;
-  /** Run queued recalibration jobs. @defaultValue true */
+  /** Run queued jobs. @defaultValue true */
   runJobs?: boolean;
 }
 
@@ -149,43 +149,76 @@ async function openAgentStore(
   return store;
 }
 
-/**
- * Starts the agent.
- *
- * @throws STATE_CONFLICT when another agent serves on the socket
- * @throws CONFIG_INVALID when the socket path is taken by a non-socket
- * @throws STORE_* when the database cannot be opened
- * @throws MODEL_* / FILE_NOT_FOUND / TOKENIZER_* when no model can serve
- */
-export async function startAgent(config: AgentConfig, options: StartAgentOptions = {}): Promise<Agent> {
-  const log = options.log ?? (() => undefined);
-  const random = options.random ?? Math.random;
-  prepareStateDir(config.stateDir, log);
+/** The scheduled recalibrations the config asks for, if any. */
+function recalibrationSchedule(
+  config: AgentConfig,
+  drift: () => DriftMonitor | undefined,
+): ((store: Store) => JobSchedule) | undefined {
+  const { recalibrateEveryMs, recalibrateAfterSamples, recalibrateOnDrift } = config.jobs;
+  if (
+    recalibrateEveryMs === undefined &&
+    recalibrateAfterSamples === undefined &&
+    recalibrateOnDrift === undefined
+  ) {
+    return undefined;
+  }
+  return (store) => ({
+    job: { type: RECALIBRATE_JOB, params: {} },
+    ...(recalibrateEveryMs === undefined ? {} : { everyMs: recalibrateEveryMs }),
+    ...(recalibrateAfterSamples === undefined ? {} : { afterNewSamples: recalibrateAfterSamples }),
+    samplesSeen: () => store.samples.stats().seen,
+    due: () => drift()?.recalibrationDue(),
+  });
+}
 
+/** What serves inference, built before anything is opened so the server can listen first. */
+interface Serving {
+  services: AgentServices;
+  metrics: ServerMetrics;
+  batcher: MicroBatcher;
+  capture: CaptureQueue;
+  drift: DriftMonitor;
+  heap: TrimAfterPeaks;
+  routes: ReturnType<typeof createRoutes>;
+  /** Refuses new work from now on. */
+  refuse(): void;
+}
+
+/** Where the fleet link goes once it exists: the job engine tells it of every job change. */
+interface LinkSlot {
+  link: FleetLink | undefined;
+}
+
+/** Stage 1: the services, the batcher and metrics, capture, drift and the routes over them. */
+async function buildServing(
+  config: AgentConfig,
+  options: StartAgentOptions,
+  log: (line: string) => void,
+  slot: LinkSlot,
+): Promise<Serving> {
   let metrics: ServerMetrics | undefined;
   let drift: DriftMonitor | undefined;
-  const registry: ModelRegistry = new ModelRegistry({
-    // Bound below, once the store is open; the registry reads it only from start().
-    get models() {
-      return store.models;
-    },
-    modelsDir: join(config.stateDir, "models"),
-    tokenizerDir: config.tokenizerDir,
-    task: config.task,
-    threads: config.threads,
-    workers: config.inferenceWorkers,
-    swap: config.swap,
-    maxModelBytes: config.limits.maxModelBytes,
-    // A new version is also probed on a few stored inputs, not only on the fixed probe texts.
-    probeTexts: () => store.samples.pick({ n: PROBE_SAMPLES, seed: Date.now() }).map((s) => s.text),
-    onEvent: (e) => {
+  const activeCoverage = () => coverageOf(services.registry.activeVersion()?.metrics);
+  const services: AgentServices = createAgentServices(config, {
+    serving: true,
+    openStore: (registry) => openAgentStore(config, registry, log),
+    onRegistryEvent: (e) => {
       // A new serving model: live inputs are counted against what its calibration covered.
       if (e.type === "swapped" || e.type === "rolled-back") drift?.setCoverage(activeCoverage());
       if (e.type === "swapped" && e.from !== undefined) metrics?.swaps.inc();
       if (e.type === "rolled-back") metrics?.rollbacks.inc({ trigger: e.trigger });
       log(describeEvent(e));
     },
+    handlers: servingJobHandlers,
+    liveLengths: () => drift?.snapshot().lengths,
+    ...(() => {
+      const schedule = recalibrationSchedule(config, () => drift);
+      return schedule === undefined ? {} : { schedule };
+    })(),
+    onUpdate: (job) => slot.link?.jobUpdated(job),
+    log,
   });
+  const { registry } = services;
   const heap = new TrimAfterPeaks({ trim: await heapTrimmer() });
   const batcher = new MicroBatcher(registry, {
     ...config.batching,
@@ -200,17 +233,13 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   });
   metrics = new ServerMetrics({ queueDepth: () => batcher.depth, active: () => registry.active() });
   addProcessMetrics(metrics.registry, { version: pkg.version, bun: Bun.version, onnxruntime: ORT_VERSION });
-
-  let accepting = true;
-  let store: Store;
   const capture = new CaptureQueue({
-    samples: () => store.samples,
+    samples: () => services.store.samples,
     rate: config.capture.rate,
-    random,
+    random: options.random ?? Math.random,
     onDropped: (n) => metrics?.storeWritesDropped.inc({ kind: "capture" }, n),
     log,
   });
-  const activeCoverage = () => coverageOf(registry.activeVersion()?.metrics);
   drift = createDriftMonitor({
     countTokens: (input) =>
       typeof input === "string" ? registry.countTokens(input) : registry.countTokens(input[0], input[1]),
@@ -222,7 +251,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     // Kept whatever the capture rate: the recalibration they call for has to calibrate on them.
     onOutOfCoverage: (inputs) => capture.offer(inputs, 1),
   });
-  const handler = createRoutes({
+  const monitor = drift;
+  let accepting = true;
+  const routes = createRoutes({
     modelName: config.modelName,
     backend: registry,
     batcher,
@@ -233,161 +264,117 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     accepting: () => accepting,
     onClassified: (inputs, tokenCounts) => {
       // Drift watches inputs' lengths (a pair's two texts together) against calibration; pairs are captured as pairs.
-      drift?.observe(inputs, tokenCounts);
+      monitor.observe(inputs, tokenCounts);
       if (config.capture.enabled) capture.offer(inputs);
     },
   });
+  const refuse = (): void => {
+    accepting = false;
+  };
+  return { services, metrics, batcher, capture, drift, heap, routes, refuse };
+}
 
+/** Stage 2: the socket (and TCP) listeners; a second agent on the socket is refused here. */
+async function listen(
+  config: AgentConfig,
+  serving: Serving,
+  log: (line: string) => void,
+): Promise<Listeners> {
   const listeners = await startListeners({
     socketPath: config.socketPath,
     tcp: config.tcp,
     maxRequestBodySize: config.limits.maxBodyBytes + 64 * 1024,
-    handler,
+    handler: serving.routes,
   });
   log(
     `listening on ${config.socketPath}` +
       (listeners.tcp === undefined ? "" : ` and http://${listeners.tcp.host}:${listeners.tcp.port}`),
   );
-  try {
-    store = await openAgentStore(config, registry, log);
-  } catch (err) {
-    await listeners.stop();
-    throw err;
-  }
-  try {
-    await registry.start(config.model, config.modelExplicit);
-    drift.setCoverage(activeCoverage());
-  } catch (err) {
-    await listeners.stop();
-    await registry.close();
-    store.close();
-    throw err;
-  }
+  return listeners;
+}
 
-  // Declared before the runner starts: resuming an interrupted job reports through it at once.
-  let fleet: FleetLink | undefined;
-  // Jobs run in the agent because a promotion must swap the session this process serves from.
-  let jobs: JobRunner | undefined;
-  if (options.runJobs ?? true) {
-    const runner = createRecalibrationRunner({
-      store,
-      stateDir: config.stateDir,
-      promoter: registry,
-      // A promoted release's int8 version names its fp32 base: later recalibrations start from it,
-      // and after a rollback from the previous version's (the configured model when it has none).
-      baseModel: () => {
-        const base = releaseOf(store.models.active()?.metrics)?.base;
-        return base !== undefined && existsSync(base) ? base : config.model;
-      },
-      tokenizerDir: config.tokenizerDir,
-      task: config.task,
-      ...(config.fleet === undefined
-        ? {}
-        : {
-            // Fleet releases: a new fp32 base, downloaded, checked and recalibrated by the same runner.
-            moreHandlers: (deps) => {
-              const fleetConfig = config.fleet;
-              return {
-                [RELEASE_JOB]: createReleaseHandler({
-                  ...deps,
-                  releaseKeys: fleetConfig?.releaseKeys ?? [],
-                  keep: fleetConfig?.keepReleases ?? DEFAULT_KEEP_RELEASES,
-                  servingLabels: () => registry.active()?.labels,
-                  servingTokenizerDir: () => config.tokenizerDir,
-                }),
-              };
-            },
-          }),
-      liveLengths: () => drift?.snapshot().lengths,
-      log,
-      // Reports of fleet-run jobs name the configured fleet and device; the link publishes every job change.
-      ...(config.fleet === undefined ? {} : { fleet: config.fleet.fleet, device: config.fleet.device }),
-      onUpdate: (job) => fleet?.jobUpdated(job),
-      timeoutMs: config.jobs.timeoutMs,
-      ...(config.jobs.recalibrateEveryMs === undefined &&
-      config.jobs.recalibrateAfterSamples === undefined &&
-      config.jobs.recalibrateOnDrift === undefined
-        ? {}
-        : {
-            schedule: {
-              job: { type: RECALIBRATE_JOB, params: {} },
-              ...(config.jobs.recalibrateEveryMs === undefined
-                ? {}
-                : { everyMs: config.jobs.recalibrateEveryMs }),
-              ...(config.jobs.recalibrateAfterSamples === undefined
-                ? {}
-                : { afterNewSamples: config.jobs.recalibrateAfterSamples }),
-              samplesSeen: () => store.samples.stats().seen,
-              due: () => drift?.recalibrationDue(),
-            },
-          }),
-    });
-    jobs = runner;
-  }
+/** Stage 3: the store, then the model to serve (`/v2/health/ready` turns 200). */
+async function openAndLoad(config: AgentConfig, serving: Serving): Promise<void> {
+  const { services, drift } = serving;
+  await services.open();
+  await services.registry.start(config.model, config.modelExplicit);
+  drift.setCoverage(coverageOf(services.registry.activeVersion()?.metrics));
+}
 
-  if (config.fleet !== undefined) {
-    try {
-      // The MQTT client is loaded only by agents that join a fleet.
-      const { startAgentFleetLink } = await import("./fleet.ts");
-      fleet = startAgentFleetLink(config.fleet, {
-        config,
-        store,
-        registry,
-        batcher,
-        metrics,
-        runner: jobs,
-        agentVersion: pkg.version,
-        drift,
-        log,
-      });
-      log(
-        `fleet: device ${config.fleet.device} of fleet ${config.fleet.fleet} via ${redactUrl(config.fleet.broker)}`,
-      );
-    } catch (err) {
-      await listeners.stop();
-      await registry.close();
-      store.close();
-      throw err;
-    }
-  }
+/** Stage 4: the fleet link, when a broker is configured. */
+async function joinFleet(
+  config: AgentConfig,
+  serving: Serving,
+  runJobs: boolean,
+  log: (line: string) => void,
+): Promise<FleetLink | undefined> {
+  if (config.fleet === undefined) return undefined;
+  // The MQTT client is loaded only by agents that join a fleet.
+  const { startAgentFleetLink } = await import("./fleet.ts");
+  const { services } = serving;
+  const link = startAgentFleetLink(config.fleet, {
+    config,
+    store: services.store,
+    registry: services.registry,
+    batcher: serving.batcher,
+    metrics: serving.metrics,
+    // Job commands queue jobs for the engine either way; it runs them only when this process runs jobs.
+    engine: services.engine,
+    runsJobs: runJobs,
+    agentVersion: pkg.version,
+    drift: serving.drift,
+    log,
+  });
+  log(
+    `fleet: device ${config.fleet.device} of fleet ${config.fleet.fleet} via ${redactUrl(config.fleet.broker)}`,
+  );
+  return link;
+}
 
-  let scrape: MetricsListener | undefined;
-  if (config.metricsListen !== undefined) {
-    try {
-      const registryOfMetrics = metrics.registry;
-      scrape = startMetricsListener(config.metricsListen, () => registryOfMetrics.render());
-      log(`metrics: GET /metrics on http://${scrape.address.host}:${scrape.address.port} (read-only)`);
-    } catch (err) {
-      await fleet?.stop({ flushMs: 0 });
-      await listeners.stop();
-      await registry.close();
-      store.close();
-      throw err;
-    }
-  }
+/** Stage 5: the read-only `/metrics` listener of `metrics.listen`, when configured. */
+function startScrape(
+  config: AgentConfig,
+  serving: Serving,
+  log: (line: string) => void,
+): MetricsListener | undefined {
+  if (config.metricsListen === undefined) return undefined;
+  const registryOfMetrics = serving.metrics.registry;
+  const scrape = startMetricsListener(config.metricsListen, () => registryOfMetrics.render());
+  log(`metrics: GET /metrics on http://${scrape.address.host}:${scrape.address.port} (read-only)`);
+  return scrape;
+}
 
-  // After the fleet link exists: resuming an interrupted job reports its changes through it.
-  // Another process (a `quantd job --wait`) may hold the state directory's runner lock, or the disk be
-  // full: serve anyway, and take the lock once it is free.
-  jobs?.start({ retryLock: true });
-
+/** The running agent's handle, and its orderly stop. */
+function runningAgent(
+  config: AgentConfig,
+  serving: Serving,
+  parts: {
+    listeners: Listeners;
+    scrape: MetricsListener | undefined;
+    fleet: FleetLink | undefined;
+    jobs: JobEngine | undefined;
+  },
+  log: (line: string) => void,
+): Agent {
+  const { services, batcher, capture, heap } = serving;
+  const { listeners, scrape, fleet, jobs } = parts;
   let stopping: Promise<void> | undefined;
   return {
     config,
-    store,
-    registry,
+    store: services.store,
+    registry: services.registry,
     batcher,
-    metrics,
+    metrics: serving.metrics,
     listeners,
     metricsListener: scrape,
     jobs,
     fleet,
     stop() {
       stopping ??= (async () => {
-        accepting = false;
+        serving.refuse();
         // A running job pauses at its next stage boundary and resumes at the next start.
         await jobs?.stop();
-        // After the runner, so a paused job's last change is queued; the outbox keeps what is not sent.
+        // After the engine, so a paused job's last change is queued; the outbox keeps what is not sent.
         await fleet?.stop({ flushMs: 1000 });
         await batcher.drain();
         await listeners.stop();
@@ -396,11 +383,46 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
         heap.stop();
         capture.flush();
         capture.stop();
-        await registry.close();
-        store.close();
+        await services.close();
         log("stopped");
       })();
       return stopping;
     },
   };
+}
+
+/**
+ * Starts the agent: serving parts, listeners, store and model, fleet link,
+ * metrics listener, then the job engine (in that order; a failure at any
+ * stage undoes the stages before it).
+ *
+ * @throws STATE_CONFLICT when another agent serves on the socket
+ * @throws CONFIG_INVALID when the socket path is taken by a non-socket
+ * @throws STORE_* when the database cannot be opened
+ * @throws MODEL_* / FILE_NOT_FOUND / TOKENIZER_* when no model can serve
+ */
+export async function startAgent(config: AgentConfig, options: StartAgentOptions = {}): Promise<Agent> {
+  const log = options.log ?? (() => undefined);
+  const runJobs = options.runJobs ?? true;
+  prepareStateDir(config.stateDir, log);
+  const slot: LinkSlot = { link: undefined };
+  const serving = await buildServing(config, options, log, slot);
+  const listeners = await listen(config, serving, log);
+  let scrape: MetricsListener | undefined;
+  try {
+    await openAndLoad(config, serving);
+    slot.link = await joinFleet(config, serving, runJobs, log);
+    scrape = startScrape(config, serving, log);
+  } catch (err) {
+    await slot.link?.stop({ flushMs: 0 });
+    await listeners.stop();
+    await serving.services.close();
+    throw err;
+  }
+  // After the fleet link exists: resuming an interrupted job reports its changes through it.
+  // Another process (a `quantd job --wait`) may hold the state directory's runner lock, or the disk be
+  // full: serve anyway, and take the lock once it is free.
+  const jobs = runJobs ? serving.services.engine : undefined;
+  jobs?.start({ retryLock: true });
+  return runningAgent(config, serving, { listeners, scrape, fleet: slot.link, jobs }, log);
 }

@@ -10,6 +10,7 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import type { BoardProfile } from "../device/profiles.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/device/config.ts";
+import { deviceNameOf } from "../fleet/protocol.ts";
 import { isRecord } from "../json.ts";
 import { modelFileOf } from "../runtime/model-files.ts";
 import {
@@ -426,7 +427,7 @@ function fleetConfig(
   const fleet: FleetConfig = {
     broker,
     fleet: str("fleet.fleet") ?? "default",
-    device: str("fleet.device") ?? hostname().replace(/[^A-Za-z0-9_.-]/g, "-"),
+    device: str("fleet.device") ?? deviceNameOf(hostname()),
   };
   // Operator public keys: comma- or space-separated, so one environment variable holds several (rotation).
   const operatorKeys = str("fleet.operatorKeys");

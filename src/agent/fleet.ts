@@ -1,9 +1,9 @@
 /**
- * The agent's side of the fleet link: what each fleet command does in a
- * running agent. Recalibration (static or dynamic) is queued for the agent's
- * job runner, which owns the `recalibrate` job type; rollback, bench, status,
- * set-config and collect act on the live registry, batcher and config.
- * Telemetry samples come from the server's metrics.
+ * The agent's side of the fleet link: its job commands queue jobs for the
+ * agent's one job engine (recalibrate, quantize-dynamic, release, and bench
+ * and rollback from serving-jobs.ts); status, set-config and collect act on
+ * the live registry, batcher and config. Telemetry samples come from the
+ * server's metrics.
  */
 import type { DriftMonitor } from "./drift.ts";
 import { readFileSync } from "node:fs";
@@ -12,7 +12,7 @@ import { percentile } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/device/config.ts";
 import type { FleetCommandHandler } from "../fleet/device/handler.ts";
-import { createFleetLink, type ExternalJobRunner, type FleetLink } from "../fleet/device/link.ts";
+import { createFleetLink, type FleetLink } from "../fleet/device/link.ts";
 import type { TelemetrySample } from "../fleet/protocol.ts";
 import { loadOrCreateSigningKey } from "../fleet/signing.ts";
 import type { MicroBatcher } from "../server/batcher.ts";
@@ -20,10 +20,8 @@ import { readProcessFigures } from "../core/process-figures.ts";
 import type { ServerMetrics } from "../server/server-metrics.ts";
 import type { Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
-import type { JobRunner } from "./jobs.ts";
-import { RECALIBRATE_JOB } from "./recalibrate.ts";
-import { RELEASE_JOB } from "./release.ts";
-import { type ModelRegistry, PROBE_TEXTS, probeInputs } from "./registry.ts";
+import type { JobEngine } from "../jobs/engine.ts";
+import type { ModelRegistry } from "./registry.ts";
 
 /** The device key's file name in the state directory when `fleet.deviceKeyFile` is not set. */
 export const DEVICE_KEY_FILE = "fleet-device.key";
@@ -35,8 +33,10 @@ export interface AgentFleetParts {
   registry: ModelRegistry;
   batcher: MicroBatcher;
   metrics: ServerMetrics;
-  /** The job runner, when this process runs jobs (another process may hold the runner lock). */
-  runner: JobRunner | undefined;
+  /** The agent's job engine: job commands queue jobs for it. */
+  engine: JobEngine;
+  /** Whether this process runs the engine's jobs (`engine.running` is false while another process holds the runner lock). */
+  runsJobs: boolean;
   agentVersion: string;
   /** Live input lengths against the active model's coverage, sent with the telemetry. */
   drift?: DriftMonitor;
@@ -153,60 +153,14 @@ function telemetrySampler(parts: AgentFleetParts): () => Omit<TelemetrySample, "
 /** The agent's {@link FleetCommandHandler}. */
 export function createAgentFleetHandler(parts: AgentFleetParts): FleetCommandHandler {
   const { registry, config } = parts;
-  const queued = async (): Promise<never> => {
-    // The link hands these to the job runner (see the ExternalJobRunner below); reaching here is a wiring bug.
-    throw new QuantdError("INTERNAL", "recalibration runs in the agent's job runner, not in the fleet link");
-  };
   return {
-    recalibrate: queued,
-    quantizeDynamic: queued,
-    async bench(params, ctx) {
-      // End-to-end latency of the serving model (tokenize + run) on the probe texts (pairs for a pair
-      // classifier), one batch per run.
-      const runs = params.iterations ?? 30;
-      const served = registry.active();
-      const texts = served === undefined ? [...PROBE_TEXTS] : probeInputs(served.task.kind, PROBE_TEXTS);
-      await registry.classify(texts);
-      const times: number[] = [];
-      for (let i = 0; i < runs; i++) {
-        // Cancelled (quantd job cancel), timed out or the agent stopping: the reason says which.
-        if (ctx.signal.aborted) throw QuantdError.from(ctx.signal.reason, "JOB_CANCELLED");
-        const t0 = performance.now();
-        await registry.classify(texts);
-        times.push(performance.now() - t0);
-        if (i % 10 === 9) ctx.progress("measuring", (i + 1) / runs);
-      }
-      times.sort((a, b) => a - b);
-      const at = (q: number): number => times[Math.min(times.length - 1, Math.floor(q * times.length))] ?? 0;
-      const active = registry.active();
-      return {
-        modelVersion: active === undefined ? null : String(active.version),
-        kind: active?.kind ?? null,
-        task: active?.task.kind ?? null,
-        batch: texts.length,
-        runs,
-        p50Ms: at(0.5),
-        p95Ms: at(0.95),
-      };
-    },
-    async rollback(params) {
-      if (params.version !== undefined) {
-        throw new QuantdError(
-          "COMMAND_INVALID",
-          "this agent rolls back to the previously active version only; send rollback without a version",
-          { details: { key: "version" } },
-        );
-      }
-      const v = await registry.rollback("fleet rollback command");
-      return { modelVersion: String(v.id), kind: v.kind, sha256: v.sha256 };
-    },
     async status() {
       const active = registry.active();
       return {
         serving: active === undefined ? null : { version: active.version, kind: active.kind },
         queueDepth: parts.batcher.depth,
         capture: { ...config.capture },
-        jobs: parts.runner?.running === true ? "this agent" : "another process",
+        jobs: parts.runsJobs && parts.engine.running ? "this agent" : "another process",
       };
     },
     async setConfig(params) {
@@ -278,23 +232,11 @@ export function startAgentFleetLink(fleet: FleetConfig, parts: AgentFleetParts):
       "fleet: no operator key is trusted (fleet.operatorKeys): every fleet command will be refused",
     );
   }
-  const runner: ExternalJobRunner = {
-    types: [RECALIBRATE_JOB, RELEASE_JOB],
-    jobFor(cmd) {
-      if (cmd.name === "release") return { type: RELEASE_JOB, params: { ...cmd.params } };
-      if (cmd.name === "recalibrate") return { type: RECALIBRATE_JOB, params: { ...cmd.params } };
-      if (cmd.name === "quantize-dynamic")
-        return { type: RECALIBRATE_JOB, params: { ...cmd.params, mode: "dynamic" } };
-      return undefined;
-    },
-    wake: () => parts.runner?.wake(),
-  };
   return createFleetLink(fleet, {
     store: parts.store,
     deviceKey,
-    jobTimeoutMs: parts.config.jobs.timeoutMs,
     handler: createAgentFleetHandler(parts),
-    runner,
+    engine: parts.engine,
     status: () => {
       const v = parts.registry.activeVersion();
       return {

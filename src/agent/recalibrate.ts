@@ -11,9 +11,9 @@
  *   4. `promote`   — the registry copies, verifies and hot-swaps it
  *   5. `report`    — figures into the store (model metrics, bench results)
  *
- * The job's `report` message goes into the outbox once the runner has recorded
- * its end, whatever the end (see {@link createRecalibrationRunner}); the fleet
- * link sends what the outbox holds and does not report these jobs again.
+ * The job's `report` message goes into the outbox once the job engine has
+ * recorded its end, whatever the end (the engine's report hook, wired in
+ * services.ts); the fleet link sends what the outbox holds.
  *
  * A checkpoint records each completed stage; a resumed job skips those whose
  * artefacts are intact (the candidate's SHA-256 is checked before it is
@@ -23,79 +23,34 @@
  * quantizer's report; the serving model is untouched.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { hostname } from "node:os";
 import { join } from "node:path";
 import type { CandidateComparison } from "../bench/compare.ts";
 import { sha256FileSync } from "../core/hash.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
-import { encodeReport } from "../fleet/protocol.ts";
-import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
 import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
 import type { LengthHistogram } from "../quant/drift.ts";
-import type { GateDecision } from "../quant/gate.ts";
 import type { QuantizeReport } from "../quant/report.ts";
-import { gateSpecOf, planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
+import { planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
 import type { TaskOverride } from "../runtime/task.ts";
 import type { ModelVersionView } from "../server/types.ts";
-import type { Job } from "../store/jobs.ts";
 import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
 import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
+import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
 import {
-  isFinished,
-  type JobContext,
-  type JobHandler,
-  JobRunner,
-  type JobRunnerOptions,
-  type JobVerdict,
-} from "./jobs.ts";
+  DEFAULT_MAX_LATENCY_RATIO,
+  DEFAULT_MAX_MEMORY_RATIO,
+  DEFAULT_RECALIBRATE_BENCH_RUNS,
+  gateOf,
+  parseRecalibrateParams,
+  type RecalibrateJobParams,
+} from "./recalibrate-params.ts";
 
 /** The job type in the store. */
 export const RECALIBRATE_JOB = "recalibrate";
-/** Default calibration samples of a recalibration. */
-export const DEFAULT_RECALIBRATE_SAMPLES = 128;
-/** Default held-out validation samples: sized from the default gate (2,752 for 99.5 % at 95 %; see `validationSizeFor`). */
-export const DEFAULT_RECALIBRATE_VALIDATION = validationSizeFor(gateSpecOf({}));
-/** Default largest accepted candidate/active latency ratio: a candidate more than 5 % slower is refused. */
-export const DEFAULT_MAX_LATENCY_RATIO = 1.05;
-/** Default largest accepted candidate/active peak-RSS ratio. */
-export const DEFAULT_MAX_MEMORY_RATIO = 1.1;
-/** Default benchmark: timed runs per model (the bench library's interleaved pairs). */
-export const DEFAULT_RECALIBRATE_BENCH_RUNS = 30;
-
-/** Parameters of a recalibration job (as stored with the job; every field optional). */
-export interface RecalibrateJobParams {
-  /** Calibration samples. @defaultValue {@link DEFAULT_RECALIBRATE_SAMPLES} */
-  samples?: number;
-  /** Held-out validation samples. @defaultValue sized from the gate ({@link DEFAULT_RECALIBRATE_VALIDATION} for the default one) */
-  validationSamples?: number;
-  /** Calibration method. @defaultValue the quantizer's default */
-  method?: CalibrationMethod;
-  /** int8 format. @defaultValue "static" */
-  mode?: "static" | "dynamic" | "auto";
-  /** Minimum top-1 agreement with fp32 (a fraction), or the fleet's `{minAgreement, maxAccuracyDrop}`. @defaultValue the quantizer's gate */
-  gate?: number | { minAgreement?: number; maxAccuracyDrop?: number };
-  /** What must clear the gate: the agreement's lower bound or, explicitly, its point estimate. @defaultValue "bound" */
-  decideOn?: GateDecision;
-  /** Confidence of the lower bound (a fraction). @defaultValue 0.95 */
-  confidence?: number;
-  /** Leave near-ties (fp32 top-2 margin below this) out of the gate. @defaultValue 0 */
-  ignoreMargin?: number;
-  /** Seed of the sample pick. @defaultValue 1 */
-  seed?: number;
-  /** Sensitivity-fallback rebuilds allowed when the gate is not met (0: none). @defaultValue the quantizer's */
-  trialBudget?: number;
-  /** @defaultValue {@link DEFAULT_MAX_LATENCY_RATIO} */
-  maxLatencyRatio?: number;
-  /** @defaultValue {@link DEFAULT_MAX_MEMORY_RATIO} */
-  maxMemoryRatio?: number;
-  /** Timed benchmark runs per model. @defaultValue {@link DEFAULT_RECALIBRATE_BENCH_RUNS} */
-  benchRuns?: number;
-  /** Measure peak memory (two child processes). @defaultValue true */
-  benchMemory?: boolean;
-}
-
+/** The job type of the fleet's `quantize-dynamic` command: a recalibration to dynamic int8. */
+export const QUANTIZE_DYNAMIC_JOB = "quantize-dynamic";
 /** The part of the registry the job needs: the agent's `ModelRegistry` satisfies it. */
 export interface Promoter {
   /**
@@ -125,9 +80,6 @@ export interface RecalibrationDeps {
   task?: TaskOverride;
   /** Intra-op threads of the job's sessions (leave cores to serving). @defaultValue 1 */
   threads?: number;
-  /** Names in the report's outbox topic `quantd/v1/{fleet}/{device}/report`. @defaultValue fleet `local`, device the host name */
-  fleet?: string;
-  device?: string;
   /** Defaults for parameters a job leaves out (the agent's config). */
   defaults?: RecalibrateJobParams;
   /** Token lengths of the live traffic the agent served, for the report's comparison with the samples'. */
@@ -184,127 +136,6 @@ interface Checkpoint {
   promote?: { version: number };
 }
 
-function fail(code: QuantdErrorCode, message: string): never {
-  throw new QuantdError(code, message);
-}
-
-function fraction(v: unknown, key: string): number | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== "number" || !(v > 0 && v <= 1))
-    fail("USAGE", `${key} must be a fraction in (0, 1], got ${JSON.stringify(v)}`);
-  return v;
-}
-
-function positiveInt(v: unknown, key: string, max: number): number | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > max) {
-    fail("USAGE", `${key} must be an integer in 1…${max}, got ${JSON.stringify(v)}`);
-  }
-  return v;
-}
-
-/**
- * Validates job parameters (they come from the CLI, a schedule or the fleet).
- *
- * @throws USAGE naming the bad key
- */
-export function parseRecalibrateParams(raw: Record<string, unknown>): RecalibrateJobParams {
-  const out: RecalibrateJobParams = {};
-  const samples = positiveInt(raw["samples"], "samples", 100_000);
-  if (samples !== undefined) out.samples = samples;
-  const validation = positiveInt(raw["validationSamples"], "validationSamples", 100_000);
-  if (validation !== undefined) out.validationSamples = validation;
-  const method = raw["method"];
-  if (method !== undefined) {
-    if (typeof method !== "string" || !CALIBRATION_METHODS.includes(method as CalibrationMethod)) {
-      fail("USAGE", `method must be one of ${CALIBRATION_METHODS.join(", ")}, got ${JSON.stringify(method)}`);
-    }
-    out.method = method as CalibrationMethod;
-  }
-  const mode = raw["mode"];
-  if (mode !== undefined) {
-    if (mode !== "static" && mode !== "dynamic" && mode !== "auto") {
-      fail("USAGE", `mode must be static, dynamic or auto, got ${JSON.stringify(mode)}`);
-    }
-    out.mode = mode;
-  }
-  const gate = raw["gate"];
-  if (typeof gate === "number") out.gate = fraction(gate, "gate")!;
-  else if (typeof gate === "object" && gate !== null && !Array.isArray(gate)) {
-    const g = gate as Record<string, unknown>;
-    const minAgreement = fraction(g["minAgreement"], "gate.minAgreement");
-    const maxAccuracyDrop = fraction(g["maxAccuracyDrop"], "gate.maxAccuracyDrop");
-    out.gate = {
-      ...(minAgreement !== undefined ? { minAgreement } : {}),
-      ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
-    };
-    // The fleet's gate object may carry how to decide too (`quantd fleet recalibrate` sends one object).
-    if (raw["decideOn"] === undefined && g["decideOn"] !== undefined)
-      raw = { ...raw, decideOn: g["decideOn"] };
-    if (raw["confidence"] === undefined && g["confidence"] !== undefined)
-      raw = { ...raw, confidence: g["confidence"] };
-  } else if (gate !== undefined) fail("USAGE", `gate must be a fraction or {minAgreement, maxAccuracyDrop}`);
-  const decideOn = raw["decideOn"];
-  if (decideOn !== undefined) {
-    if (decideOn !== "bound" && decideOn !== "point") {
-      fail("USAGE", `decideOn must be bound or point, got ${JSON.stringify(decideOn)}`);
-    }
-    out.decideOn = decideOn;
-  }
-  const confidence = fraction(raw["confidence"], "confidence");
-  if (confidence !== undefined) {
-    if (confidence >= 1) fail("USAGE", "confidence must be below 1");
-    out.confidence = confidence;
-  }
-  const ignoreMargin = raw["ignoreMargin"];
-  if (ignoreMargin !== undefined) {
-    if (typeof ignoreMargin !== "number" || !(ignoreMargin >= 0 && ignoreMargin < 1)) {
-      fail("USAGE", `ignoreMargin must be a margin in [0, 1), got ${JSON.stringify(ignoreMargin)}`);
-    }
-    out.ignoreMargin = ignoreMargin;
-  }
-  const seed = raw["seed"];
-  if (seed !== undefined) {
-    if (typeof seed !== "number" || !Number.isSafeInteger(seed)) fail("USAGE", "seed must be an integer");
-    out.seed = seed;
-  }
-  for (const key of ["maxLatencyRatio", "maxMemoryRatio"] as const) {
-    const v = raw[key];
-    if (v === undefined) continue;
-    if (typeof v !== "number" || !(v > 0 && v < 100)) fail("USAGE", `${key} must be a positive ratio`);
-    out[key] = v;
-  }
-  const budget = raw["trialBudget"];
-  if (budget !== undefined) {
-    if (typeof budget !== "number" || !Number.isInteger(budget) || budget < 0 || budget > 1000) {
-      fail("USAGE", `trialBudget must be an integer in 0…1000, got ${JSON.stringify(budget)}`);
-    }
-    out.trialBudget = budget;
-  }
-  const runs = positiveInt(raw["benchRuns"], "benchRuns", 100_000);
-  if (runs !== undefined) out.benchRuns = runs;
-  const memory = raw["benchMemory"];
-  if (memory !== undefined) {
-    if (typeof memory !== "boolean") fail("USAGE", "benchMemory must be true or false");
-    out.benchMemory = memory;
-  }
-  return out;
-}
-
-/** The gate a job's parameters ask for. */
-function gateOf(p: RecalibrateJobParams): ReturnType<typeof gateSpecOf> {
-  const g = p.gate;
-  const minAgreement = typeof g === "number" ? g : g?.minAgreement;
-  const maxAccuracyDrop = typeof g === "object" ? g.maxAccuracyDrop : undefined;
-  return gateSpecOf({
-    ...(minAgreement !== undefined ? { gate: minAgreement } : {}),
-    ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
-    ...(p.confidence !== undefined ? { confidence: p.confidence } : {}),
-    ...(p.decideOn !== undefined ? { decideOn: p.decideOn } : {}),
-    ...(p.ignoreMargin !== undefined ? { ignoreMargin: p.ignoreMargin } : {}),
-  });
-}
-
 /** SHA-256 of a file, lower-case hex, or `undefined` when it cannot be read (a checkpointed candidate that is gone). */
 export function fileSha256(path: string): string | undefined {
   try {
@@ -312,18 +143,6 @@ export function fileSha256(path: string): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** `quantd/v1/{fleet}/{device}/report`. */
-export function reportTopic(fleet: string, device: string): string {
-  return `quantd/v1/${fleet}/${device}/report`;
-}
-
-function defaultDevice(): string {
-  const h = hostname()
-    .replace(/[^A-Za-z0-9_.-]/g, "-")
-    .replace(/^[^A-Za-z0-9]+/, "");
-  return h === "" ? "device" : h.slice(0, 64);
 }
 
 function kindOfReport(report: QuantizeReport): ModelKind {
@@ -371,8 +190,8 @@ function benchFigures(c: CandidateComparison, runs: number): BenchFigures {
   return f;
 }
 
-/** The result without the quantizer's bulky per-tensor tables: what travels over MQTT. */
-function slimResult(result: unknown): unknown {
+/** A recalibration's result without the quantizer's bulky per-tensor tables: what its report carries over MQTT. */
+export function slimRecalibrationResult(result: unknown): unknown {
   if (typeof result !== "object" || result === null || !("report" in result)) return result;
   const { report, ...rest } = result as { report?: unknown };
   if (typeof report !== "object" || report === null) return result;
@@ -380,436 +199,434 @@ function slimResult(result: unknown): unknown {
   return { ...rest, report: slim };
 }
 
-/** The `report` message of a finished job (the fleet's {@link ReportMessage} shape). */
-export function recalibrationReport(job: Job, device: string): Record<string, unknown> {
-  return {
-    id: job.id,
-    device,
-    jobId: job.id,
-    type: job.type,
-    state: job.state,
-    ...(job.result !== null ? { result: slimResult(job.result) } : {}),
-    ...(job.error !== null ? { error: job.error } : {}),
-    startedAt: job.startedAt,
-    finishedAt: job.finishedAt,
-  };
+/** Records a verdict's figures in the store: both models' benchmark runs and the candidate's metrics. */
+function recordFigures(store: RecalibrationDeps["store"], jobId: string, verdict: RecalibrationResult): void {
+  const b = verdict.bench;
+  const v = verdict.candidate?.version;
+  if (b !== undefined) {
+    const config = { shape: b.shape, threads: b.threads, runs: b.runs };
+    store.bench.add({
+      name: "recalibrate-active",
+      jobId,
+      modelVersionId: verdict.active.version ?? null,
+      modelSha256: verdict.active.sha256 ?? null,
+      config,
+      metrics: {
+        p50Ms: b.activeP50Ms,
+        p90Ms: b.activeP90Ms,
+        peakRssBytes: b.activePeakRssBytes ?? null,
+        bytes: b.activeBytes,
+      },
+    });
+    store.bench.add({
+      name: "recalibrate-candidate",
+      jobId,
+      modelVersionId: v ?? null,
+      modelSha256: verdict.candidate?.sha256 ?? null,
+      config,
+      metrics: {
+        p50Ms: b.candidateP50Ms,
+        p90Ms: b.candidateP90Ms,
+        peakRssBytes: b.candidatePeakRssBytes ?? null,
+        bytes: b.candidateBytes,
+        latencyRatio: b.latencyRatio,
+        memoryRatio: b.memoryRatio ?? null,
+      },
+    });
+  }
+  if (v !== undefined) {
+    store.models.updateMetrics(v, {
+      job: jobId,
+      ...(verdict.validation !== undefined ? { validation: verdict.validation } : {}),
+      ...(b !== undefined ? { bench: b } : {}),
+    });
+  }
+}
+
+/** Why a benchmark's candidate is refused: slower or larger than the active model beyond the job's ratios. */
+function benchRefusals(bench: BenchFigures, p: RecalibrateJobParams): string[] {
+  const reasons: string[] = [];
+  const maxLat = p.maxLatencyRatio ?? DEFAULT_MAX_LATENCY_RATIO;
+  const maxMem = p.maxMemoryRatio ?? DEFAULT_MAX_MEMORY_RATIO;
+  if (bench.latencyRatio > maxLat) {
+    reasons.push(
+      `slower than the active model: latency ratio ${bench.latencyRatio.toFixed(3)} > ${maxLat} (p50 ${bench.candidateP50Ms.toFixed(2)} vs ${bench.activeP50Ms.toFixed(2)} ms)`,
+    );
+  }
+  if (bench.memoryRatio !== undefined && bench.memoryRatio > maxMem) {
+    reasons.push(
+      `uses more memory than the active model: peak RSS ratio ${bench.memoryRatio.toFixed(3)} > ${maxMem}`,
+    );
+  }
+  return reasons;
 }
 
 /**
- * The recalibration job's handler.
+ * One attempt at a recalibration, as its five stages (see the file's
+ * header): each stage method either moves the job on (returns undefined) or
+ * ends it with a verdict. What the stages share — the parameters, the
+ * checkpoint, the picked samples, the active model, the quantizer's report,
+ * the candidate — lives on the run.
+ */
+class RecalibrationRun {
+  readonly #deps: RecalibrationDeps;
+  readonly #ctx: JobContext;
+  readonly #p: RecalibrateJobParams;
+  readonly #baseModel: string;
+  readonly #threads: number;
+  readonly #stageMs: Record<string, number> = {};
+  readonly #cp: Checkpoint;
+  readonly #candidatePath: string;
+  readonly #reportPath: string;
+  #calibration: Sample[] = [];
+  #validation: Sample[] = [];
+  #samples: RecalibrationResult["samples"] = { calibration: 0, validation: 0, pool: 0 };
+  #active: RecalibrationResult["active"] = { path: "" };
+  #report: QuantizeReport | undefined;
+  #candidate: NonNullable<RecalibrationResult["candidate"]> | undefined;
+  #bench: BenchFigures | undefined;
+
+  constructor(deps: RecalibrationDeps, ctx: JobContext, forced: Pick<RecalibrateJobParams, "mode">) {
+    this.#deps = deps;
+    this.#ctx = ctx;
+    this.#p = { ...deps.defaults, ...parseRecalibrateParams(ctx.job.params), ...forced };
+    this.#baseModel = typeof deps.baseModel === "function" ? deps.baseModel() : deps.baseModel;
+    this.#threads = deps.threads ?? 1;
+    this.#cp = (ctx.readCheckpoint() as Checkpoint | undefined) ?? {};
+    this.#candidatePath = join(ctx.workDir, "candidate.onnx");
+    this.#reportPath = join(ctx.workDir, "report.json");
+  }
+
+  /** Runs the stages in order; the first that ends the job gives its verdict. */
+  async run(): Promise<JobVerdict> {
+    await this.#pick();
+    this.#readActive();
+    return (
+      (await this.#quantize()) ??
+      (await this.#benchmark()) ??
+      (await this.#promote()) ??
+      (await this.#finish())
+    );
+  }
+
+  async #timed<T>(name: string, fn: () => Promise<T> | T): Promise<T> {
+    const t0 = performance.now();
+    try {
+      return await fn();
+    } finally {
+      this.#stageMs[name] = (this.#stageMs[name] ?? 0) + (performance.now() - t0);
+    }
+  }
+
+  #save(): void {
+    this.#ctx.writeCheckpoint(this.#cp as Record<string, unknown>);
+  }
+
+  #result(decision: RecalibrationResult["decision"], reasons: string[]): RecalibrationResult {
+    const report = this.#report;
+    return {
+      decision,
+      reasons,
+      samples: this.#samples,
+      active: this.#active,
+      stageMs: this.#stageMs,
+      ...(report !== undefined ? { validation: { ...report.metrics, gate: report.gate }, report } : {}),
+    };
+  }
+
+  /** The figures into the store, as the `report` stage (the report message is queued once the job has ended). */
+  #recordReport(verdict: RecalibrationResult): void {
+    this.#ctx.stage("report", 0.95);
+    recordFigures(this.#deps.store, this.#ctx.job.id, verdict);
+  }
+
+  /** 1. Disjoint calibration and validation samples: the checkpointed pick when its samples are all still stored. */
+  async #pick(): Promise<void> {
+    const { store } = this.#deps;
+    const cp = this.#cp;
+    this.#ctx.stage("pick", 0.02);
+    const pool = store.samples.count();
+    await this.#timed("pick", () => {
+      if (cp.pick !== undefined) {
+        const c = cp.pick.calibration.map((id) => store.samples.get(id));
+        const v = cp.pick.validation.map((id) => store.samples.get(id));
+        if (c.every((s) => s !== undefined) && v.every((s) => s !== undefined)) {
+          this.#calibration = c as Sample[];
+          this.#validation = v as Sample[];
+          return;
+        }
+        // Evicted meanwhile: pick afresh (and everything after the pick is stale).
+        delete cp.quantize;
+        delete cp.benchmark;
+      }
+      if (pool < 2) {
+        throw new QuantdError(
+          "CALIB_EMPTY",
+          `the sample pool holds ${pool} sample(s); a recalibration needs at least 2 (collect some first)`,
+          { details: { pool } },
+        );
+      }
+      // Validation sized from the gate; when the pool is short, validation gets the samples first.
+      const gate = gateOf(this.#p);
+      const req = splitRequestOf(gate, this.#p.samples, this.#p.validationSamples ?? validationSizeFor(gate));
+      const plan = planSplit(pool, req, "samples in the pool");
+      this.#ctx.log(`split: ${plan.line}`);
+      const pick = store.samples.pickDisjoint(plan.calibration, plan.validation, this.#p.seed ?? 1);
+      this.#calibration = pick.calibration;
+      this.#validation = pick.validation;
+      cp.pick = {
+        calibration: this.#calibration.map((s) => s.id),
+        validation: this.#validation.map((s) => s.id),
+        pool,
+      };
+      this.#save();
+    });
+    this.#samples = { calibration: this.#calibration.length, validation: this.#validation.length, pool };
+  }
+
+  /** What the candidate must beat: the active version when its file is there, else the fp32 base. */
+  #readActive(): void {
+    const activeRecord = this.#deps.store.models.active();
+    const path =
+      activeRecord !== undefined && existsSync(activeRecord.path) ? activeRecord.path : this.#baseModel;
+    this.#active = {
+      path,
+      ...(activeRecord !== undefined && activeRecord.path === path
+        ? { sha256: activeRecord.sha256, version: activeRecord.id, kind: activeRecord.kind }
+        : { kind: "fp32" }),
+    };
+    try {
+      this.#active.bytes = statSync(path).size;
+    } catch {
+      // reported by the benchmark
+    }
+  }
+
+  #readReport(): QuantizeReport | undefined {
+    try {
+      return JSON.parse(readFileSync(this.#reportPath, "utf8")) as QuantizeReport;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The quantizer's options for this run, in a child process. */
+  #quantizeInChild(): ReturnType<typeof runQuantizationInChild> {
+    const { deps, p } = { deps: this.#deps, p: this.#p };
+    const ctx = this.#ctx;
+    const gate = gateOf(p);
+    const live = deps.liveLengths?.();
+    return runQuantizationInChild({
+      signal: ctx.signal,
+      model: this.#baseModel,
+      calib: fixedPool("store", this.#calibration, this.#validation),
+      out: this.#candidatePath,
+      report: this.#reportPath,
+      mode: p.mode ?? "static",
+      ...(p.method !== undefined ? { method: p.method } : {}),
+      gate: gate.minAgreement,
+      ...(gate.maxAccuracyDrop !== undefined ? { maxAccuracyDrop: gate.maxAccuracyDrop } : {}),
+      ...(gate.confidence !== undefined ? { confidence: gate.confidence } : {}),
+      ...(gate.decideOn !== undefined ? { decideOn: gate.decideOn } : {}),
+      ...(gate.ignoreMargin !== undefined ? { ignoreMargin: gate.ignoreMargin } : {}),
+      ...(p.trialBudget !== undefined ? { trialBudget: p.trialBudget } : {}),
+      samples: this.#calibration.length,
+      validationSamples: this.#validation.length,
+      ...(deps.tokenizerDir !== undefined ? { tokenizerDir: deps.tokenizerDir } : {}),
+      ...(deps.task !== undefined ? { task: deps.task } : {}),
+      threads: this.#threads,
+      // fp32 logits of stored samples, kept for the next candidate and the next job.
+      referenceCacheDb: deps.store.db.path,
+      ...(live !== undefined && live.n > 0 ? { liveLengths: live } : {}),
+      onProgress: (line) => {
+        // The quantizer's progress lines are its stage boundaries: each is a cancellation point.
+        if (line.startsWith("validating") || line.startsWith("fallback")) ctx.stage("validate", 0.4);
+        else if (line.startsWith("writing")) ctx.stage("write", 0.55);
+        else if (line.startsWith("quantizing")) ctx.stage("calibrate", 0.1);
+        else ctx.check();
+      },
+    });
+  }
+
+  /** 2. Calibrate, quantize, validate (in a child process), unless an intact candidate is checkpointed. */
+  async #quantize(): Promise<JobVerdict | undefined> {
+    const cp = this.#cp;
+    if (cp.quantize !== undefined && fileSha256(this.#candidatePath) === cp.quantize.sha256) {
+      this.#report = this.#readReport();
+      this.#ctx.log("resuming: the candidate from the previous attempt is intact");
+    } else {
+      delete cp.quantize;
+      delete cp.benchmark;
+      this.#ctx.stage("calibrate", 0.05);
+      try {
+        // In a child process: its memory goes back to the system when it ends, and the agent keeps serving.
+        this.#report = (await this.#timed("quantize", () => this.#quantizeInChild())).report;
+      } catch (err) {
+        if (!isQuantdError(err, "GATE_NOT_MET")) throw err;
+        this.#report = this.#readReport();
+        const verdict = this.#result("rejected", [err.message]);
+        await this.#timed("report", () => this.#recordReport(verdict));
+        return { state: "REJECTED", result: verdict, error: err };
+      }
+      const sha256 = fileSha256(this.#candidatePath);
+      if (sha256 === undefined)
+        throw new QuantdError("FILE_WRITE_FAILED", `the candidate ${this.#candidatePath} was not written`);
+      cp.quantize = { sha256, bytes: statSync(this.#candidatePath).size, kind: kindOfReport(this.#report) };
+      this.#save();
+    }
+    this.#candidate = { sha256: cp.quantize.sha256, bytes: cp.quantize.bytes, kind: cp.quantize.kind };
+    return undefined;
+  }
+
+  #cand(): NonNullable<RecalibrationResult["candidate"]> {
+    if (this.#candidate === undefined) throw new QuantdError("INTERNAL", "no candidate before its stage");
+    return this.#candidate;
+  }
+
+  /** Ends the job REJECTED: the candidate recorded as a rejected version, the figures in the store. */
+  #reject(reasons: string[], error: QuantdError): JobVerdict {
+    const { store } = this.#deps;
+    const candidate = this.#cand();
+    let version = store.models.getBySha256(candidate.sha256);
+    if (version === undefined) {
+      version = store.models.add({
+        sha256: candidate.sha256,
+        path: this.#candidatePath,
+        kind: candidate.kind,
+        metrics: { job: this.#ctx.job.id },
+      });
+    }
+    if (version.state === "candidate") version = store.models.reject(version.id, reasons.join("; "));
+    candidate.version = version.id;
+    const verdict: RecalibrationResult = {
+      ...this.#result("rejected", reasons),
+      candidate,
+      ...(this.#bench !== undefined ? { bench: this.#bench } : {}),
+    };
+    this.#recordReport(verdict);
+    return { state: "REJECTED", result: verdict, error };
+  }
+
+  /** The candidate on disk is still the one checkpointed (a corrupt candidate is never benchmarked or promoted). */
+  #verifyCandidate(): QuantdError | undefined {
+    if (fileSha256(this.#candidatePath) === this.#cand().sha256) return undefined;
+    return new QuantdError(
+      "MODEL_INVALID",
+      `the candidate ${this.#candidatePath} changed on disk since it was written (SHA-256 mismatch); not promoted`,
+    );
+  }
+
+  /** 3. Candidate vs the active model under the same conditions (the checkpointed figures for the same active model). */
+  async #benchmark(): Promise<JobVerdict | undefined> {
+    const cp = this.#cp;
+    if (cp.benchmark === undefined || cp.benchmark.activePath !== this.#active.path) {
+      this.#ctx.stage("benchmark", 0.65);
+      const changed = this.#verifyCandidate();
+      if (changed !== undefined) return this.#reject([changed.message], changed);
+      const runs = this.#p.benchRuns ?? DEFAULT_RECALIBRATE_BENCH_RUNS;
+      let comparison: CandidateComparison;
+      try {
+        comparison = await this.#timed("benchmark", () =>
+          compareCandidateInChild(this.#active.path, this.#candidatePath, {
+            threads: this.#threads,
+            runs,
+            warmup: Math.min(5, runs),
+            memory: this.#p.benchMemory ?? true,
+            signal: this.#ctx.signal,
+          }),
+        );
+      } catch (err) {
+        const qe = QuantdError.from(err, "BENCH_FAILED");
+        if (qe.details?.["which"] === "candidate" && CANDIDATE_FAULTS.has(qe.code))
+          return this.#reject([qe.message], qe);
+        throw qe;
+      }
+      this.#ctx.check();
+      const figures = benchFigures(comparison, runs);
+      cp.benchmark = { figures, reasons: benchRefusals(figures, this.#p), activePath: this.#active.path };
+      this.#save();
+    }
+    this.#bench = cp.benchmark.figures;
+    const { reasons } = cp.benchmark;
+    return reasons.length === 0
+      ? undefined
+      : this.#reject(reasons, new QuantdError("BENCH_FAILED", reasons.join("; ")));
+  }
+
+  /** 4. The last vetting (a release's labelled set), then the registry copies, verifies and hot-swaps it. */
+  async #promote(): Promise<JobVerdict | undefined> {
+    const { deps } = { deps: this.#deps };
+    const cp = this.#cp;
+    const candidate = this.#cand();
+    const already = deps.store.models.getBySha256(candidate.sha256);
+    if (cp.promote !== undefined || already?.state === "active") {
+      const version = cp.promote?.version ?? already?.id;
+      if (version !== undefined) candidate.version = version;
+      this.#ctx.log("resuming: the candidate was already promoted");
+      return undefined;
+    }
+    const vet = deps.vet;
+    if (vet !== undefined) {
+      this.#ctx.stage("vet", 0.8);
+      const reasons = await this.#timed("vet", () => vet(this.#candidatePath, this.#ctx));
+      if (reasons.length > 0)
+        return this.#reject(reasons, new QuantdError("GATE_NOT_MET", reasons.join("; ")));
+    }
+    this.#ctx.stage("promote", 0.85);
+    const changed = this.#verifyCandidate();
+    if (changed !== undefined) return this.#reject([changed.message], changed);
+    const report = this.#report;
+    const metrics: Record<string, unknown> = {
+      ...deps.promoteMetrics,
+      job: this.#ctx.job.id,
+      ...(report !== undefined ? { validation: report.metrics, gate: report.gate } : {}),
+      // What the serving agent counts live inputs against (see agent/drift.ts).
+      ...(report?.coverage !== undefined ? { coverage: report.coverage } : {}),
+      bench: this.#bench,
+    };
+    let promoted: ModelVersionView;
+    try {
+      promoted = await this.#timed("promote", () =>
+        deps.promoter.promote(this.#candidatePath, { metrics, kind: candidate.kind }),
+      );
+    } catch (err) {
+      const qe = QuantdError.from(err, "INTERNAL");
+      if (!CANDIDATE_FAULTS.has(qe.code)) throw qe;
+      return this.#reject([qe.message], qe);
+    }
+    candidate.version = promoted.id;
+    cp.promote = { version: promoted.id };
+    this.#save();
+    return undefined;
+  }
+
+  /** 5. The figures into the store; the job succeeded. */
+  async #finish(): Promise<JobVerdict> {
+    const verdict: RecalibrationResult = {
+      ...this.#result("promoted", []),
+      candidate: this.#cand(),
+      ...(this.#bench !== undefined ? { bench: this.#bench } : {}),
+    };
+    await this.#timed("report", () => this.#recordReport(verdict));
+    return { state: "SUCCEEDED", result: verdict };
+  }
+}
+
+/**
+ * The recalibration job's handler (`forced.mode: "dynamic"` for the fleet's
+ * quantize-dynamic jobs).
  *
  * Ends REJECTED with `GATE_NOT_MET` (agreement or accuracy below the gate),
  * `BENCH_FAILED` (slower or larger than the active model) or the candidate's
  * load error; FAILED with `CALIB_EMPTY`, `DISK_FULL`, `FILE_WRITE_FAILED`,
  * `STORE_BUSY`… when the device could not do the work.
  */
-export function createRecalibrationHandler(deps: RecalibrationDeps): JobHandler {
-  const threads = deps.threads ?? 1;
-  const { store } = deps;
-
-  /** Records the figures in the store (the report message is queued once the job has ended). */
-  const finishReport = (ctx: JobContext, verdict: RecalibrationResult): void => {
-    ctx.stage("report", 0.95);
-    const b = verdict.bench;
-    const v = verdict.candidate?.version;
-    if (b !== undefined) {
-      const config = { shape: b.shape, threads: b.threads, runs: b.runs };
-      store.bench.add({
-        name: "recalibrate-active",
-        jobId: ctx.job.id,
-        modelVersionId: verdict.active.version ?? null,
-        modelSha256: verdict.active.sha256 ?? null,
-        config,
-        metrics: {
-          p50Ms: b.activeP50Ms,
-          p90Ms: b.activeP90Ms,
-          peakRssBytes: b.activePeakRssBytes ?? null,
-          bytes: b.activeBytes,
-        },
-      });
-      store.bench.add({
-        name: "recalibrate-candidate",
-        jobId: ctx.job.id,
-        modelVersionId: v ?? null,
-        modelSha256: verdict.candidate?.sha256 ?? null,
-        config,
-        metrics: {
-          p50Ms: b.candidateP50Ms,
-          p90Ms: b.candidateP90Ms,
-          peakRssBytes: b.candidatePeakRssBytes ?? null,
-          bytes: b.candidateBytes,
-          latencyRatio: b.latencyRatio,
-          memoryRatio: b.memoryRatio ?? null,
-        },
-      });
-    }
-    if (v !== undefined) {
-      store.models.updateMetrics(v, {
-        job: ctx.job.id,
-        ...(verdict.validation !== undefined ? { validation: verdict.validation } : {}),
-        ...(b !== undefined ? { bench: b } : {}),
-      });
-    }
-  };
-
+export function createRecalibrationHandler(
+  deps: RecalibrationDeps,
+  forced: Pick<RecalibrateJobParams, "mode"> = {},
+): JobHandler {
   return {
-    async run(ctx: JobContext): Promise<JobVerdict> {
-      const p: RecalibrateJobParams = { ...deps.defaults, ...parseRecalibrateParams(ctx.job.params) };
-      const baseModel = typeof deps.baseModel === "function" ? deps.baseModel() : deps.baseModel;
-      const stageMs: Record<string, number> = {};
-      const timed = async <T>(name: string, fn: () => Promise<T> | T): Promise<T> => {
-        const t0 = performance.now();
-        try {
-          return await fn();
-        } finally {
-          stageMs[name] = (stageMs[name] ?? 0) + (performance.now() - t0);
-        }
-      };
-      const cp: Checkpoint = (ctx.readCheckpoint() as Checkpoint | undefined) ?? {};
-      const save = (): void => ctx.writeCheckpoint(cp as Record<string, unknown>);
-      const candidatePath = join(ctx.workDir, "candidate.onnx");
-      const reportPath = join(ctx.workDir, "report.json");
-
-      // ---- 1. pick
-      ctx.stage("pick", 0.02);
-      let calibration: Sample[] = [];
-      let validation: Sample[] = [];
-      const pool = store.samples.count();
-      await timed("pick", () => {
-        if (cp.pick !== undefined) {
-          const get = (id: number): Sample | undefined => store.samples.get(id);
-          const c = cp.pick.calibration.map(get);
-          const v = cp.pick.validation.map(get);
-          // Evicted meanwhile: pick afresh (and everything after the pick is stale).
-          if (c.every((s) => s !== undefined) && v.every((s) => s !== undefined)) {
-            calibration = c as Sample[];
-            validation = v as Sample[];
-            return;
-          }
-          delete cp.quantize;
-          delete cp.benchmark;
-        }
-        if (pool < 2) {
-          throw new QuantdError(
-            "CALIB_EMPTY",
-            `the sample pool holds ${pool} sample(s); a recalibration needs at least 2 (collect some first)`,
-            {
-              details: { pool },
-            },
-          );
-        }
-        // Validation sized from the gate; when the pool is short, validation gets the samples first.
-        const gate = gateOf(p);
-        const req = splitRequestOf(gate, p.samples, p.validationSamples ?? validationSizeFor(gate));
-        const plan = planSplit(pool, req, "samples in the pool");
-        ctx.log(`split: ${plan.line}`);
-        const pick = store.samples.pickDisjoint(plan.calibration, plan.validation, p.seed ?? 1);
-        calibration = pick.calibration;
-        validation = pick.validation;
-        cp.pick = {
-          calibration: calibration.map((s) => s.id),
-          validation: validation.map((s) => s.id),
-          pool,
-        };
-        save();
-      });
-      const samples = { calibration: calibration.length, validation: validation.length, pool };
-
-      const activeRecord = store.models.active();
-      const activePath =
-        activeRecord !== undefined && existsSync(activeRecord.path) ? activeRecord.path : baseModel;
-      const active: RecalibrationResult["active"] = {
-        path: activePath,
-        ...(activeRecord !== undefined && activeRecord.path === activePath
-          ? { sha256: activeRecord.sha256, version: activeRecord.id, kind: activeRecord.kind }
-          : { kind: "fp32" }),
-      };
-      try {
-        active.bytes = statSync(activePath).size;
-      } catch {
-        // reported by the benchmark
-      }
-
-      let report: QuantizeReport | undefined;
-      const readReport = (): QuantizeReport | undefined => {
-        try {
-          return JSON.parse(readFileSync(reportPath, "utf8")) as QuantizeReport;
-        } catch {
-          return undefined;
-        }
-      };
-      const result = (decision: RecalibrationResult["decision"], reasons: string[]): RecalibrationResult => ({
-        decision,
-        reasons,
-        samples,
-        active,
-        stageMs,
-        ...(report !== undefined ? { validation: { ...report.metrics, gate: report.gate }, report } : {}),
-      });
-
-      // ---- 2. calibrate, quantize, validate
-      if (cp.quantize !== undefined && fileSha256(candidatePath) === cp.quantize.sha256) {
-        report = readReport();
-        ctx.log("resuming: the candidate from the previous attempt is intact");
-      } else {
-        delete cp.quantize;
-        delete cp.benchmark;
-        ctx.stage("calibrate", 0.05);
-        const gate = gateOf(p);
-        const live = deps.liveLengths?.();
-        try {
-          // In a child process: its memory goes back to the system when it ends, and the agent keeps serving.
-          const r = await timed("quantize", () =>
-            runQuantizationInChild({
-              signal: ctx.signal,
-              model: baseModel,
-              calib: fixedPool("store", calibration, validation),
-              out: candidatePath,
-              report: reportPath,
-              mode: p.mode ?? "static",
-              ...(p.method !== undefined ? { method: p.method } : {}),
-              gate: gate.minAgreement,
-              ...(gate.maxAccuracyDrop !== undefined ? { maxAccuracyDrop: gate.maxAccuracyDrop } : {}),
-              ...(gate.confidence !== undefined ? { confidence: gate.confidence } : {}),
-              ...(gate.decideOn !== undefined ? { decideOn: gate.decideOn } : {}),
-              ...(gate.ignoreMargin !== undefined ? { ignoreMargin: gate.ignoreMargin } : {}),
-              ...(p.trialBudget !== undefined ? { trialBudget: p.trialBudget } : {}),
-              samples: calibration.length,
-              validationSamples: validation.length,
-              ...(deps.tokenizerDir !== undefined ? { tokenizerDir: deps.tokenizerDir } : {}),
-              ...(deps.task !== undefined ? { task: deps.task } : {}),
-              threads,
-              // fp32 logits of stored samples, kept for the next candidate and the next job.
-              referenceCacheDb: store.db.path,
-              ...(live !== undefined && live.n > 0 ? { liveLengths: live } : {}),
-              onProgress: (line) => {
-                // The quantizer's progress lines are its stage boundaries: each is a cancellation point.
-                if (line.startsWith("validating") || line.startsWith("fallback")) ctx.stage("validate", 0.4);
-                else if (line.startsWith("writing")) ctx.stage("write", 0.55);
-                else if (line.startsWith("quantizing")) ctx.stage("calibrate", 0.1);
-                else ctx.check();
-              },
-            }),
-          );
-          report = r.report;
-        } catch (err) {
-          if (!isQuantdError(err, "GATE_NOT_MET")) throw err;
-          report = readReport();
-          const verdict = result("rejected", [err.message]);
-          await timed("report", () => finishReport(ctx, verdict));
-          return { state: "REJECTED", result: verdict, error: err };
-        }
-        const sha256 = fileSha256(candidatePath);
-        if (sha256 === undefined)
-          throw new QuantdError("FILE_WRITE_FAILED", `the candidate ${candidatePath} was not written`);
-        cp.quantize = { sha256, bytes: statSync(candidatePath).size, kind: kindOfReport(report) };
-        save();
-      }
-      const cand = cp.quantize;
-      const candidate: NonNullable<RecalibrationResult["candidate"]> = {
-        sha256: cand.sha256,
-        bytes: cand.bytes,
-        kind: cand.kind,
-      };
-      const rejectCandidate = (reasons: string[], error: QuantdError, bench?: BenchFigures): JobVerdict => {
-        const known = store.models.getBySha256(cand.sha256);
-        let version = known;
-        if (known === undefined) {
-          version = store.models.add({
-            sha256: cand.sha256,
-            path: candidatePath,
-            kind: cand.kind,
-            metrics: { job: ctx.job.id },
-          });
-        }
-        if (version?.state === "candidate") version = store.models.reject(version.id, reasons.join("; "));
-        if (version !== undefined) candidate.version = version.id;
-        const verdict: RecalibrationResult = {
-          ...result("rejected", reasons),
-          candidate,
-          ...(bench !== undefined ? { bench } : {}),
-        };
-        finishReport(ctx, verdict);
-        return { state: "REJECTED", result: verdict, error };
-      };
-      const verifyCandidate = (): void => {
-        if (fileSha256(candidatePath) !== cand.sha256) {
-          throw new QuantdError(
-            "MODEL_INVALID",
-            `the candidate ${candidatePath} changed on disk since it was written (SHA-256 mismatch); not promoted`,
-          );
-        }
-      };
-
-      // ---- 3. benchmark
-      let bench: BenchFigures;
-      if (cp.benchmark !== undefined && cp.benchmark.activePath === activePath) {
-        bench = cp.benchmark.figures;
-      } else {
-        ctx.stage("benchmark", 0.65);
-        try {
-          verifyCandidate();
-        } catch (err) {
-          const qe = QuantdError.from(err);
-          return rejectCandidate([qe.message], qe);
-        }
-        const runs = p.benchRuns ?? DEFAULT_RECALIBRATE_BENCH_RUNS;
-        let comparison: CandidateComparison;
-        try {
-          comparison = await timed("benchmark", () =>
-            compareCandidateInChild(activePath, candidatePath, {
-              threads,
-              runs,
-              warmup: Math.min(5, runs),
-              memory: p.benchMemory ?? true,
-              signal: ctx.signal,
-            }),
-          );
-        } catch (err) {
-          const qe = QuantdError.from(err, "BENCH_FAILED");
-          if (qe.details?.["which"] === "candidate" && CANDIDATE_FAULTS.has(qe.code))
-            return rejectCandidate([qe.message], qe);
-          throw qe;
-        }
-        ctx.check();
-        bench = benchFigures(comparison, runs);
-        const reasons: string[] = [];
-        const maxLat = p.maxLatencyRatio ?? DEFAULT_MAX_LATENCY_RATIO;
-        const maxMem = p.maxMemoryRatio ?? DEFAULT_MAX_MEMORY_RATIO;
-        if (bench.latencyRatio > maxLat) {
-          reasons.push(
-            `slower than the active model: latency ratio ${bench.latencyRatio.toFixed(3)} > ${maxLat} (p50 ${bench.candidateP50Ms.toFixed(2)} vs ${bench.activeP50Ms.toFixed(2)} ms)`,
-          );
-        }
-        if (bench.memoryRatio !== undefined && bench.memoryRatio > maxMem) {
-          reasons.push(
-            `uses more memory than the active model: peak RSS ratio ${bench.memoryRatio.toFixed(3)} > ${maxMem}`,
-          );
-        }
-        cp.benchmark = { figures: bench, reasons, activePath };
-        save();
-      }
-      if (cp.benchmark.reasons.length > 0) {
-        return rejectCandidate(
-          cp.benchmark.reasons,
-          new QuantdError("BENCH_FAILED", cp.benchmark.reasons.join("; ")),
-          bench,
-        );
-      }
-
-      // ---- 4. promote
-      const metrics: Record<string, unknown> = {
-        ...deps.promoteMetrics,
-        job: ctx.job.id,
-        ...(report !== undefined ? { validation: report.metrics, gate: report.gate } : {}),
-        // What the serving agent counts live inputs against (see agent/drift.ts).
-        ...(report?.coverage !== undefined ? { coverage: report.coverage } : {}),
-        bench,
-      };
-      const already = store.models.getBySha256(cand.sha256);
-      if (cp.promote !== undefined || already?.state === "active") {
-        candidate.version = cp.promote?.version ?? already?.id;
-        ctx.log("resuming: the candidate was already promoted");
-      } else {
-        const vet = deps.vet;
-        if (vet !== undefined) {
-          ctx.stage("vet", 0.8);
-          const reasons = await timed("vet", () => vet(candidatePath, ctx));
-          if (reasons.length > 0) {
-            return rejectCandidate(reasons, new QuantdError("GATE_NOT_MET", reasons.join("; ")), bench);
-          }
-        }
-        ctx.stage("promote", 0.85);
-        try {
-          verifyCandidate();
-        } catch (err) {
-          const qe = QuantdError.from(err);
-          return rejectCandidate([qe.message], qe, bench);
-        }
-        let promoted: ModelVersionView;
-        try {
-          promoted = await timed("promote", () =>
-            deps.promoter.promote(candidatePath, { metrics, kind: cand.kind }),
-          );
-        } catch (err) {
-          const qe = QuantdError.from(err, "INTERNAL");
-          if (!CANDIDATE_FAULTS.has(qe.code)) throw qe;
-          return rejectCandidate([qe.message], qe, bench);
-        }
-        candidate.version = promoted.id;
-        cp.promote = { version: promoted.id };
-        save();
-      }
-
-      // ---- 5. report
-      const verdict: RecalibrationResult = { ...result("promoted", []), candidate, bench };
-      await timed("report", () => finishReport(ctx, verdict));
-      return { state: "SUCCEEDED", result: verdict };
-    },
+    reportResult: slimRecalibrationResult,
+    run: (ctx) => new RecalibrationRun(deps, ctx, forced).run(),
   };
-}
-
-/** Options of {@link createRecalibrationRunner}. */
-export interface RecalibrationRunnerOptions
-  extends RecalibrationDeps,
-    Pick<JobRunnerOptions, "timeoutMs" | "pollMs" | "schedule" | "log" | "onUpdate"> {
-  store: Store;
-  /** The state directory: work directories go to `<stateDir>/jobs`, stale temporary files are cleaned in `<stateDir>/models`. */
-  stateDir: string;
-  /**
-   * Handlers of further job types built on the recalibration (the fleet's
-   * release job, `release.ts`), made from these same options; their jobs are
-   * reported like recalibrations.
-   */
-  moreHandlers?: (options: RecalibrationRunnerOptions) => Readonly<Record<string, JobHandler>>;
-}
-
-/** `<stateDir>/jobs`: the jobs' work directories and the runner lock. */
-export function jobsDir(stateDir: string): string {
-  return join(stateDir, "jobs");
-}
-
-/**
- * A {@link JobRunner} that runs recalibration jobs in a state directory.
- *
- * Every recalibration job that ends — succeeded, rejected, failed (an empty
- * pool, a full disk, cancelled, timed out, interrupted too often) — queues
- * exactly one `report` message in the store's outbox, here, after the runner
- * recorded the end and before `onUpdate` hears of it. The outbox keeps it
- * whether or not a fleet link runs in this process (`quantd job --wait` has
- * none); the agent's link drains it.
- */
-export function createRecalibrationRunner(options: RecalibrationRunnerOptions): JobRunner {
-  const device = options.device ?? defaultDevice();
-  const handlers: Readonly<Record<string, JobHandler>> = {
-    [RECALIBRATE_JOB]: createRecalibrationHandler(options),
-    ...options.moreHandlers?.(options),
-  };
-  const topic = reportTopic(options.fleet ?? "local", device);
-  // The runner announces an end once; the set guards against a second announcement queuing a second report.
-  const reported = new Set<string>();
-  const onUpdate = (job: Job): void => {
-    if (handlers[job.type] !== undefined && isFinished(job) && !reported.has(job.id)) {
-      reported.add(job.id);
-      if (reported.size > 256) reported.delete(reported.values().next().value ?? "");
-      try {
-        // Within the fleet's report cap, or the controller would refuse the whole report.
-        options.store.outbox.enqueue(topic, encodeReport(recalibrationReport(job, device)));
-      } catch (err) {
-        options.log?.(`job ${job.id}: report not queued: ${QuantdError.from(err).toLine()}`);
-      }
-    }
-    options.onUpdate?.(job);
-  };
-  return new JobRunner({
-    jobs: options.store.jobs,
-    workRoot: jobsDir(options.stateDir),
-    handlers,
-    tempDirs: [join(options.stateDir, "models")],
-    ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
-    ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
-    ...(options.schedule !== undefined ? { schedule: options.schedule } : {}),
-    ...(options.log !== undefined ? { log: options.log } : {}),
-    onUpdate,
-  });
 }

@@ -52,8 +52,12 @@ import {
 import { evaluate } from "../runtime/evaluate.ts";
 import { loadClassifier } from "../runtime/classifier.ts";
 import { readSamplesTsv } from "../runtime/tsv.ts";
-import type { JobContext, JobHandler, JobVerdict } from "./jobs.ts";
-import { createRecalibrationHandler, type RecalibrationDeps } from "./recalibrate.ts";
+import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
+import {
+  createRecalibrationHandler,
+  type RecalibrationDeps,
+  slimRecalibrationResult,
+} from "./recalibrate.ts";
 
 /** The job type in the store. */
 export const RELEASE_JOB = "release";
@@ -369,6 +373,7 @@ export function createReleaseHandler(deps: ReleaseJobDeps): JobHandler {
       return Number(s.bavail) * Number(s.bsize);
     });
   return {
+    reportResult: slimRecalibrationResult,
     async run(ctx) {
       const cmd = parseCommand("release", ctx.job.params);
       if (cmd.name !== "release") throw new QuantdError("INTERNAL", "not a release job");

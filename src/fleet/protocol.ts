@@ -8,7 +8,7 @@
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
-import type { JobState } from "../store/jobs.ts";
+import type { Job, JobState } from "../store/jobs.ts";
 
 /** Version segment of every topic; bumped only for incompatible payload changes. */
 export const TOPIC_ROOT = "quantd/v1";
@@ -54,6 +54,23 @@ export function checkName(value: string, key: string): string {
     );
   }
   return value;
+}
+
+/** The fleet a device's reports name when it belongs to none (`quantd job … --wait` without a `fleet` config). */
+export const LOCAL_FLEET = "local";
+
+/**
+ * A host name made into a device name: every character a topic level may not
+ * hold becomes `-`, what does not start with a letter or digit is cut, at most
+ * 64 characters; `device` when nothing is left. The one rule for a device's
+ * default name (the agent's config and the reports of jobs run without one).
+ */
+export function deviceNameOf(host: string): string {
+  const name = host
+    .replace(/[^A-Za-z0-9_.-]/g, "-")
+    .replace(/^[^A-Za-z0-9]+/, "")
+    .slice(0, 64);
+  return name === "" ? "device" : name;
 }
 
 /** Topic builders for one device. */
@@ -199,6 +216,27 @@ export interface ReportMessage {
   error?: QuantdErrorJSON;
   startedAt: number | null;
   finishedAt: number | null;
+}
+
+/** The `report` message of a finished job: its id is the report's, so a job reports once. */
+export function jobReport(job: Job, device: string): ReportMessage {
+  const report: ReportMessage = {
+    id: job.id,
+    device,
+    jobId: job.id,
+    type: job.type,
+    state: job.state,
+    startedAt: job.startedAt,
+    finishedAt: job.finishedAt,
+  };
+  if (job.result !== null) report.result = job.result;
+  if (job.error !== null) report.error = job.error;
+  return report;
+}
+
+/** The `jobs/{id}` message of a job's change. */
+export function jobMessage(job: Job, at: number): JobMessage {
+  return { id: job.id, type: job.type, state: job.state, stage: job.stage, progress: job.progress, at };
 }
 
 /**

@@ -316,6 +316,35 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
       },
     );
 
+    t.test(
+      "jobs: claimNext(types) takes the oldest queued job of those types, still one at a time",
+      async () => {
+        await withTempDir(async (dir) => {
+          let clock = 1000;
+          const store = await open(dir, { now: () => clock++ });
+          try {
+            const j = store.jobs;
+            const foreign = j.create({ type: "calibrate-nightly", id: "a-foreign" });
+            const bench = j.create({ type: "bench", id: "b-bench" });
+            const recal = j.create({ type: "recalibrate", id: "c-recal" });
+            // A queued job of a type the caller does not run never blocks the ones it does.
+            assert.equal(j.claimNext(["recalibrate", "bench"])?.id, bench.id);
+            assert.equal(j.claimNext(["recalibrate"]), undefined, "one job at a time, whatever its type");
+            j.finish(bench.id, "SUCCEEDED");
+            assert.equal(j.claimNext(["nothing-queued"]), undefined);
+            assert.equal(j.claimNext([]), undefined);
+            assert.equal(j.claimNext(["recalibrate"])?.id, recal.id);
+            j.finish(recal.id, "SUCCEEDED");
+            assert.equal(j.require(foreign.id).state, "QUEUED");
+            // Without types, any type (the oldest).
+            assert.equal(j.claimNext()?.id, foreign.id);
+          } finally {
+            store.close();
+          }
+        });
+      },
+    );
+
     t.test("outbox: in order, ack removes, bounded by bytes with counted drops", async () => {
       await withTempDir(async (dir) => {
         const store = await open(dir, { outboxMaxBytes: 100 });

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
-import { type AgentFleetParts, createAgentFleetHandler } from "../../src/agent/fleet.ts";
+import { isFinished } from "../../src/jobs/handler.ts";
 import { loadTaskModel, type TaskModel } from "../../src/runtime/task-model.ts";
 import { TASK_FIXTURES, type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
 import { codeOf, codeOfAsync } from "../helpers/error-code.ts";
@@ -312,19 +312,15 @@ describe("bad input and limits", () => {
 describe("the fleet's bench command", () => {
   test("runs a pair classifier on pairs and says the task it measured", async () => {
     const a = agents["pair-classification"];
-    // Only the live registry is the bench's: the rest of the fleet parts stay unused here.
-    const parts = {
-      config: a.config,
-      store: a.store,
-      registry: a.registry,
-      runner: undefined,
-      agentVersion: "test",
-    };
-    const fleet = createAgentFleetHandler(parts as unknown as AgentFleetParts);
-    const ctx = { jobId: "bench-pairs", signal: new AbortController().signal, progress: () => {} };
-    const r = await fleet.bench({ iterations: 3 }, ctx);
-    expect(r).toMatchObject({ task: "pair-classification", batch: 2, runs: 3, kind: "fp32" });
-    expect((r as { p50Ms: number }).p50Ms).toBeGreaterThan(0);
+    // The job a fleet `bench` command queues, run by the agent's own job engine.
+    const job = a.store.jobs.create({ id: "bench-pairs", type: "bench", params: { iterations: 3 } });
+    a.jobs?.wake();
+    const deadline = Date.now() + 30_000;
+    while (!isFinished(a.store.jobs.require(job.id)) && Date.now() < deadline) await Bun.sleep(20);
+    const done = a.store.jobs.require(job.id);
+    expect(done.state).toBe("SUCCEEDED");
+    expect(done.result).toMatchObject({ task: "pair-classification", batch: 2, runs: 3, kind: "fp32" });
+    expect((done.result as { p50Ms: number }).p50Ms).toBeGreaterThan(0);
   });
 });
 

@@ -230,7 +230,14 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     const inProgress = progress.find((p) => p.state === "IN_PROGRESS")!;
     // Generous on a loaded machine; the ≤ 1 s figure is what the fleet-agent test prints.
     expect(inProgress.t - sent).toBeLessThan(5000);
-    expect(progress.map((p) => p.stage)).toEqual([null, "calibrating", "validating", "validating"]);
+    // Queued (as the command is accepted), claimed, each stage, the end: as an agent's jobs report.
+    expect(progress.map((p) => [p.state, p.stage])).toEqual([
+      ["QUEUED", null],
+      ["IN_PROGRESS", null],
+      ["IN_PROGRESS", "calibrating"],
+      ["IN_PROGRESS", "validating"],
+      ["SUCCEEDED", "validating"],
+    ]);
     expect(rec.calls).toEqual([
       { name: "recalibrate", params: { samples: 64, method: "percentile" }, at: expect.any(Number) },
     ]);

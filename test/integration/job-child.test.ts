@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { runInJobChild, runQuantizationInChild } from "../../src/agent/job-child.ts";
 import { isQuantdError, QuantdError } from "../../src/errors.ts";
 import type { PoolSample } from "../../src/quant/pipeline.ts";
-import { processAlive } from "../../src/agent/jobs.ts";
+import { processAlive } from "../../src/jobs/runner-lock.ts";
 import { shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
 import { tempDir } from "./agent-harness.ts";
 

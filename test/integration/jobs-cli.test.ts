@@ -5,13 +5,14 @@
  * it serves on its socket; the CLI only waits.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
-import { acquireRunnerLock } from "../../src/agent/jobs.ts";
-import { jobsDir } from "../../src/agent/recalibrate.ts";
+import { acquireRunnerLock } from "../../src/jobs/runner-lock.ts";
+import { jobsDir } from "../../src/agent/services.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
+import { databasePath, openStore } from "../../src/store/store.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
 import { type CliRun, envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 import { classifyOverSocket, testConfig } from "./agent-harness.ts";
@@ -84,6 +85,45 @@ describe("quantd job", () => {
       const r = await quantd([...bad, "--state-dir", stateDir]);
       expect(r.code).toBe(2);
       expect(r.stderr).toContain("USAGE");
+    }
+  }, 60_000);
+
+  test("--wait run here reports on the configured fleet's topic, as the agent would, with the agent's device name", async () => {
+    const dir = tempDir();
+    const stateDir = join(dir, "state");
+    const config = join(dir, "quantd.json");
+    // No broker needs to answer: the report waits in the outbox for the agent's link.
+    writeFileSync(
+      config,
+      JSON.stringify({ fleet: { broker: "mqtt://127.0.0.1:1", fleet: "lab", device: "pi-7" } }),
+    );
+    // An empty pool: the job fails at its first stage, which is enough to be reported.
+    const r = await quantd([
+      "job",
+      "recalibrate",
+      "--config",
+      config,
+      "--state-dir",
+      stateDir,
+      "--id",
+      "here-1",
+      "--wait",
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("job here-1: FAILED (CALIB_EMPTY)");
+    const store = await openStore(databasePath(stateDir));
+    try {
+      const reports = store.outbox.peek(10).filter((m) => m.topic.endsWith("/report"));
+      expect(reports.map((m) => m.topic)).toEqual(["quantd/v1/lab/pi-7/report"]);
+      const body = JSON.parse(new TextDecoder().decode(reports[0]!.payload)) as Record<string, unknown>;
+      expect(body).toMatchObject({
+        id: "here-1",
+        device: "pi-7",
+        state: "FAILED",
+        error: { code: "CALIB_EMPTY" },
+      });
+    } finally {
+      store.close();
     }
   }, 60_000);
 

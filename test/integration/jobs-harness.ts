@@ -2,19 +2,17 @@
  * Shared setup of the job runner and recalibration tests: a fresh state
  * directory with a store seeded from the shipped SST-2 training sample, the
  * registry as the promoter (offline, as `quantd job recalibrate --wait` uses
- * it), and the recalibration runner over them.
+ * it), and the agent's job engine over them.
  */
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { DEFAULT_SWAP_CHECKS } from "../../src/agent/config.ts";
-import { CHECKPOINT_FILE, type JobRunner } from "../../src/agent/jobs.ts";
-import {
-  createRecalibrationRunner,
-  jobsDir,
-  RECALIBRATE_JOB,
-  type RecalibrateJobParams,
-} from "../../src/agent/recalibrate.ts";
+import type { JobEngine } from "../../src/jobs/engine.ts";
+import { CHECKPOINT_FILE } from "../../src/jobs/running-job.ts";
+import { RECALIBRATE_JOB } from "../../src/agent/recalibrate.ts";
+import type { RecalibrateJobParams } from "../../src/agent/recalibrate-params.ts";
+import { createAgentJobEngine, jobsDir } from "../../src/agent/services.ts";
 import { ModelRegistry, sha256Hex } from "../../src/agent/registry.ts";
 import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { readSamplesTsv } from "../../src/runtime/tsv.ts";
@@ -80,7 +78,7 @@ export interface JobEnv {
   stateDir: string;
   store: Store;
   registry: ModelRegistry;
-  runner: JobRunner;
+  runner: JobEngine;
   log: string[];
   close(): Promise<void>;
 }
@@ -108,15 +106,14 @@ export async function jobEnv(
   // As `quantd job recalibrate --wait` does: the store's active version serves, else the fp32 model becomes version 1.
   await registry.start(shippedModelPath, false);
   const log: string[] = [];
-  const runner = createRecalibrationRunner({
+  const runner = createAgentJobEngine({
     store,
     stateDir,
     promoter: registry,
     baseModel: shippedModelPath,
     tokenizerDir: shippedModelDir,
     threads: 1,
-    fleet: "test-fleet",
-    device: "test-device",
+    identity: { fleet: "test-fleet", device: "test-device" },
     log: (l) => log.push(l),
     ...(options.onUpdate !== undefined ? { onUpdate: options.onUpdate } : {}),
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),

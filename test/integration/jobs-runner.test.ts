@@ -8,15 +8,14 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { JobEngine, type JobEngineOptions } from "../../src/jobs/engine.ts";
+import type { JobHandler } from "../../src/jobs/handler.ts";
 import {
   acquireRunnerLock,
-  type JobHandler,
-  JobRunner,
-  type JobRunnerOptions,
   RUNNER_LOCK_FILE,
   removeStaleTempFiles,
   runnerLockHolder,
-} from "../../src/agent/jobs.ts";
+} from "../../src/jobs/runner-lock.ts";
 import { isQuantdError } from "../../src/errors.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
@@ -55,7 +54,7 @@ function stagedHandler(ran: string[], stageMs = 30): JobHandler & { active: numb
 }
 
 let stores: Store[] = [];
-const runners: JobRunner[] = [];
+const runners: JobEngine[] = [];
 afterEach(async () => {
   for (const r of runners.splice(0)) await r.stop();
   for (const s of stores) s.close();
@@ -64,13 +63,13 @@ afterEach(async () => {
 
 async function setup(
   handler: JobHandler,
-  extra: Partial<JobRunnerOptions> = {},
-): Promise<{ store: Store; runner: JobRunner; workRoot: string; dir: string }> {
+  extra: Partial<JobEngineOptions> = {},
+): Promise<{ store: Store; runner: JobEngine; workRoot: string; dir: string }> {
   const dir = tempDir();
   const store = await openStore(databasePath(dir));
   stores.push(store);
   const workRoot = join(dir, "jobs");
-  const runner = new JobRunner({
+  const runner = new JobEngine({
     jobs: store.jobs,
     workRoot,
     handlers: { staged: handler },
@@ -166,7 +165,7 @@ describe("job runner", () => {
     expect(stopped.state).toBe("QUEUED");
     expect(stopped.stage).toBe("two");
     const ran2: string[] = [];
-    const next = new JobRunner({ jobs: store.jobs, workRoot, handlers: { staged: stagedHandler(ran2, 10) } });
+    const next = new JobEngine({ jobs: store.jobs, workRoot, handlers: { staged: stagedHandler(ran2, 10) } });
     runners.push(next);
     const done = await next.runNext();
     expect(done?.state).toBe("SUCCEEDED");
@@ -217,14 +216,97 @@ describe("job runner", () => {
     expect(existsSync(join(workRoot, "crashed"))).toBe(false);
   });
 
-  test("jobs of a type without a handler are left in the queue for their owner", async () => {
+  test("jobs of a type without a handler are left in the queue for their owner, and block none of ours", async () => {
     const ran: string[] = [];
     const { store, runner } = await setup(stagedHandler(ran, 1));
     store.jobs.create({ type: "bench", id: "theirs" });
     store.jobs.create({ type: "staged", id: "ours" });
+    // The engine claims only its own types (claimNext(types)): the older foreign job is skipped, not run.
+    expect((await runner.runNext())?.id).toBe("ours");
+    expect(ran).toEqual(["ours:one", "ours:two", "ours:three"]);
     expect(await runner.runNext()).toBeUndefined();
     expect(store.jobs.require("theirs").state).toBe("QUEUED");
-    expect(store.jobs.require("ours").state).toBe("QUEUED");
+    expect(store.jobs.require("ours").state).toBe("SUCCEEDED");
+  });
+
+  test("a cancel recorded by another process aborts the running job's signal without waiting for a stage", async () => {
+    let sawAbort = false;
+    const waiting: JobHandler = {
+      async run(ctx) {
+        ctx.stage("waiting", 0.1);
+        // No stage boundary until the signal says stop: only the engine's watch can end it.
+        await new Promise<void>((resolve) =>
+          ctx.signal.addEventListener("abort", () => resolve(), { once: true }),
+        );
+        sawAbort = true;
+        ctx.check();
+        return { state: "SUCCEEDED", result: null };
+      },
+    };
+    const { store, runner } = await setup(waiting);
+    store.jobs.create({ type: "staged", id: "long" });
+    const p = runner.runNext();
+    await until(() => store.jobs.require("long").stage === "waiting", 10_000, "the job's stage");
+    // As `quantd job cancel` in another process does: the store alone, not this engine.
+    store.jobs.cancel("long");
+    const done = await p;
+    expect(sawAbort).toBe(true);
+    expect(done?.state).toBe("FAILED");
+    expect(done?.error?.code).toBe("JOB_CANCELLED");
+  });
+
+  test("report: each job this engine ends is reported once, with the handler's report form, before onUpdate", async () => {
+    const order: string[] = [];
+    const reported: Job[] = [];
+    const handler: JobHandler = {
+      reportResult: (r) => ({ slim: (r as { big: string; n: number }).n }),
+      async run() {
+        return { state: "SUCCEEDED", result: { big: "x".repeat(100), n: 7 } };
+      },
+    };
+    const { store, runner } = await setup(handler, {
+      report: (j) => {
+        reported.push(j);
+        order.push(`report ${j.id}`);
+      },
+      onUpdate: (j) => {
+        if (j.state !== "IN_PROGRESS" && j.state !== "QUEUED") order.push(`update ${j.id} ${j.state}`);
+      },
+    });
+    store.jobs.create({ type: "staged", id: "r1" });
+    const queued = store.jobs.create({ type: "staged", id: "r2" });
+    await runner.runNext();
+    runner.cancel(queued.id);
+    runner.cancel(queued.id);
+    expect(reported.map((j) => [j.id, j.state, j.result])).toEqual([
+      ["r1", "SUCCEEDED", { slim: 7 }],
+      ["r2", "FAILED", null],
+    ]);
+    expect(order).toEqual([
+      "report r1",
+      "update r1 SUCCEEDED",
+      "report r2",
+      "update r2 FAILED",
+      "update r2 FAILED",
+    ]);
+    // The store keeps the whole result; only the report is slimmed.
+    expect(store.jobs.require("r1").result).toEqual({ big: "x".repeat(100), n: 7 });
+  });
+
+  test("a handler's own timeout overrides the engine's", async () => {
+    const slow: JobHandler = {
+      timeoutMs: 50,
+      async run(ctx) {
+        await Bun.sleep(200);
+        ctx.check();
+        return { state: "SUCCEEDED", result: null };
+      },
+    };
+    const { store, runner } = await setup(slow, { timeoutMs: 60_000 });
+    store.jobs.create({ type: "staged", id: "quick" });
+    const done = await runner.runNext();
+    expect(done?.state).toBe("TIMED_OUT");
+    expect(done?.error?.code).toBe("JOB_TIMED_OUT");
   });
 
   test("runner lock: a live holder refuses a second runner; a dead holder's lock is taken over", async () => {
@@ -315,7 +397,7 @@ describe("job runner", () => {
     // The serving process's connection: it waits only briefly for a lock.
     const store = await openStore(databasePath(dir), { busyTimeoutMs: 20 });
     stores.push(store);
-    const runner = new JobRunner({
+    const runner = new JobEngine({
       jobs: store.jobs,
       workRoot: join(dir, "jobs"),
       handlers: { staged: stagedHandler(ran, 30) },

@@ -12,12 +12,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import {
-  jobsDir,
-  RECALIBRATE_JOB,
-  type RecalibrateJobParams,
-  type RecalibrationResult,
-} from "../../src/agent/recalibrate.ts";
+import type { RecalibrateJobParams } from "../../src/agent/recalibrate-params.ts";
+import { RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
+import { jobsDir } from "../../src/agent/services.ts";
 import { sha256Hex } from "../../src/agent/registry.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";

@@ -2,7 +2,7 @@
  * The fleet wire protocol without a broker: topic names, command validation
  * (allow-lists, ranges, never paths), envelopes, and the link's config.
  */
-import { parseRecalibrateParams } from "../../src/agent/recalibrate.ts";
+import { parseRecalibrateParams } from "../../src/agent/recalibrate-params.ts";
 import { describe, expect, test } from "bun:test";
 import { resolveFleetConfig } from "../../src/fleet/device/config.ts";
 import { generateSigningKey } from "../../src/fleet/signing.ts";
@@ -18,6 +18,8 @@ import {
   parseCommand,
   parseEnvelope,
   parseTopic,
+  deviceNameOf,
+  NAME_PATTERN,
 } from "../../src/fleet/protocol.ts";
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -229,5 +231,21 @@ describe("reports within the cap", () => {
     expect(back.error.message.length).toBe(4096);
     const small = { ...report, result: { ok: true }, error: null };
     expect(decodeJson(encodeReport(small))).toEqual(small);
+  });
+
+  test("a host name becomes a device name by one rule: a valid topic level, whatever the host is called", () => {
+    const cases: [string, string][] = [
+      ["pi-4", "pi-4"],
+      ["pi 4 (lab)", "pi-4--lab-"],
+      ["-hidden.local", "hidden.local"],
+      ["..__", "device"],
+      ["", "device"],
+      ["é-board", "board"],
+      ["x".repeat(70), "x".repeat(64)],
+    ];
+    for (const [host, name] of cases) {
+      expect({ host, name: deviceNameOf(host) }).toEqual({ host, name });
+      expect(NAME_PATTERN.test(deviceNameOf(host))).toBe(true);
+    }
   });
 });

@@ -32,6 +32,8 @@ const LAYERS: readonly { layer: string; rank: number; prefix: string }[] = [
   { layer: "quant", rank: 3, prefix: "src/quant/" },
   { layer: "bench", rank: 3, prefix: "src/bench/" },
   { layer: "store", rank: 3, prefix: "src/store/" },
+  // The one job engine over the store's job table: the agent's jobs and a fleet link's run in it.
+  { layer: "jobs", rank: 4, prefix: "src/jobs/" },
   // The socket server, and what every side of the fleet shares: the protocol, signing, the MQTT client,
   // release manifests.
   { layer: "server", rank: 4, prefix: "src/server/" },
@@ -228,6 +230,14 @@ describe("layers", () => {
       "src/fleet/device/link.ts (fleet/device, rank 5) → src/fleet/operator/requester.ts (fleet/operator, rank 5)",
     ]);
     expect(violationsIn("src/fleet/protocol.ts", `import "./device/link.ts";`)).toHaveLength(1);
+    // The job engine sits below every fleet side and the agent: it knows no topic and no registry.
+    expect(violationsIn("src/jobs/engine.ts", `import "../fleet/protocol.ts";`)).toHaveLength(1);
+    expect(violationsIn("src/jobs/engine.ts", `import type { A } from "../agent/services.ts";`)).toHaveLength(
+      1,
+    );
+    expect(
+      violationsIn("src/fleet/device/link.ts", `import { JobEngine } from "../../jobs/engine.ts";`),
+    ).toEqual([]);
     expect(violationsIn("src/cli/x.ts", `import { InferenceSession } from "onnxruntime-node";`)).toHaveLength(
       1,
     );

@@ -4,20 +4,17 @@
  * runner picks it up. With `--wait` it waits for the end — running the job in
  * this process when no runner holds the state directory's lock.
  */
-import { resolve } from "node:path";
-import type { AgentConfig } from "../../agent/config.ts";
-import { acquireRunnerLock, isFinished, runnerLockHolder } from "../../agent/jobs.ts";
+import { QUANTIZE_DYNAMIC_JOB, RECALIBRATE_JOB, type RecalibrationResult } from "../../agent/recalibrate.ts";
 import {
-  createRecalibrationRunner,
   DEFAULT_RECALIBRATE_SAMPLES,
   DEFAULT_RECALIBRATE_VALIDATION,
-  jobsDir,
   parseRecalibrateParams,
-  RECALIBRATE_JOB,
-  type RecalibrationResult,
-} from "../../agent/recalibrate.ts";
-import { ModelRegistry } from "../../agent/registry.ts";
+} from "../../agent/recalibrate-params.ts";
+import { RELEASE_JOB } from "../../agent/release.ts";
+import { type AgentServices, createAgentServices, jobsDir } from "../../agent/services.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
+import { isFinished } from "../../jobs/handler.ts";
+import { acquireRunnerLock, runnerLockHolder } from "../../jobs/runner-lock.ts";
 import { DEFAULT_GATE_AGREEMENT, describeRecordedAgreement } from "../../quant/gate.ts";
 import { CALIBRATION_METHODS } from "../../quant/methods.ts";
 import { defaultQuantizeOptions } from "../../quant/plan.ts";
@@ -30,6 +27,12 @@ import { flagBool, flagInt, flagNumber, flagString, usageError } from "../parse.
 import { formatBytes, formatMs, formatPercent, renderTable } from "../render.ts";
 
 const POLL_MS = 500;
+/** Job types whose result is a recalibration's (a release ends in one too). */
+const RECALIBRATION_TYPES: ReadonlySet<string> = new Set([
+  RECALIBRATE_JOB,
+  QUANTIZE_DYNAMIC_JOB,
+  RELEASE_JOB,
+]);
 
 function jobLine(j: Job): string {
   const pct = `${Math.round(j.progress * 100)} %`;
@@ -148,48 +151,27 @@ async function pollUntilDone(
   }
 }
 
-/** Runs queued jobs in this process until `id` has ended. */
-async function runHere(
-  config: AgentConfig,
-  store: Store,
-  id: string,
-  say: (l: string) => void,
-): Promise<Job> {
+/**
+ * Runs queued jobs in this process until `id` has ended, with the agent's own
+ * services (the same registry, job engine and fleet identity as `quantd agent`).
+ */
+async function runHere(services: AgentServices, id: string, say: (l: string) => void): Promise<Job> {
+  const { config, store, engine, registry } = services;
   const release = acquireRunnerLock(jobsDir(config.stateDir));
-  const registry = new ModelRegistry({
-    models: store.models,
-    modelsDir: resolve(config.stateDir, "models"),
-    tokenizerDir: config.tokenizerDir,
-    threads: config.threads,
-    swap: config.swap,
-  });
-  const runner = createRecalibrationRunner({
-    store,
-    stateDir: config.stateDir,
-    promoter: registry,
-    baseModel: config.model,
-    tokenizerDir: config.tokenizerDir,
-    threads: config.threads,
-    log: say,
-    onUpdate: (j) => {
-      if (j.state === "IN_PROGRESS" && j.stage !== null)
-        say(`job ${j.id}: ${j.stage} (${Math.round(j.progress * 100)} %)`);
-    },
-  });
   const onSignal = (): void => {
     say("interrupted: stopping the job at its next stage boundary (it resumes at the next run)");
-    void runner.stop();
+    void engine.stop();
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
     // The store's active version (or the base model, registered as the first version) is what a candidate must beat.
     await registry.start(config.model, false);
-    runner.recover();
+    engine.recover();
     for (;;) {
       const j = store.jobs.require(id);
       if (isFinished(j)) return j;
-      const done = await runner.runNext();
+      const done = await engine.runNext();
       if (done === undefined) {
         const still = store.jobs.require(id);
         if (isFinished(still)) return still;
@@ -202,8 +184,7 @@ async function runHere(
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    await runner.stop();
-    await registry.close();
+    await engine.stop();
     release();
   }
 }
@@ -212,7 +193,16 @@ async function recalibrate(ctx: CommandContext, json: boolean): Promise<number> 
   const params = recalibrateParams(ctx);
   const wait = flagBool(ctx.flags, "wait");
   const config = agentConfigFromFlags(ctx.flags);
-  const store = await openAgentStore(config);
+  const say = json || !wait ? () => undefined : ctx.err;
+  const services = createAgentServices(config, {
+    openStore: () => openAgentStore(config),
+    log: say,
+    onUpdate: (j) => {
+      if (j.state === "IN_PROGRESS" && j.stage !== null)
+        say(`job ${j.id}: ${j.stage} (${Math.round(j.progress * 100)} %)`);
+    },
+  });
+  const store = await services.open();
   try {
     const id = flagString(ctx.flags, "id");
     const job = store.jobs.create({ type: RECALIBRATE_JOB, params, ...(id !== undefined ? { id } : {}) });
@@ -229,17 +219,16 @@ async function recalibrate(ctx: CommandContext, json: boolean): Promise<number> 
       }
       return 0;
     }
-    const say = json ? () => undefined : ctx.err;
     if (holder !== undefined) say(`job ${job.id} queued; the runner of pid ${holder} runs it`);
     const done =
       holder !== undefined
         ? await pollUntilDone(store, config.stateDir, job.id, say)
-        : await runHere(config, store, job.id, say);
+        : await runHere(services, job.id, say);
     if (json) ctx.out(JSON.stringify({ job: done }));
     else for (const l of describeRecalibration(done)) ctx.out(l);
     return done.state === "SUCCEEDED" ? 0 : 1;
   } finally {
-    store.close();
+    await services.close();
   }
 }
 
@@ -362,7 +351,7 @@ export const jobCommand: Command = {
             );
           } else {
             ctx.out(jobLine(job));
-            if (isFinished(job) && job.type === RECALIBRATE_JOB)
+            if (isFinished(job) && RECALIBRATION_TYPES.has(job.type))
               for (const l of describeRecalibration(job)) ctx.out(l);
           }
           return 0;
