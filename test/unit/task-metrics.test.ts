@@ -4,7 +4,12 @@
  */
 import { describe, expect, test } from "bun:test";
 import { checkGate, describeRecordedAgreement } from "../../src/quant/gate.ts";
-import { compareTaskOutputs } from "../../src/quant/task-metrics.ts";
+import {
+  compareTaskOutputs,
+  DEFAULT_TASK_THRESHOLDS,
+  regressionTolerance,
+  sampleTrials,
+} from "../../src/quant/task-metrics.ts";
 import { neighbourOverlap, pearson, spearman } from "../../src/runtime/stats.ts";
 import type { TaskSpec } from "../../src/runtime/task.ts";
 
@@ -91,6 +96,44 @@ describe("trials and agreement per task", () => {
     // Ranks [1, 2.5, 2.5, 4] against [1, 2, 3, 4]: Pearson of the ranks = 4.5 / √(4.5·5) = 0.9487.
     expect(spearman([1, 5, 5, 9], [10, 20, 30, 40])).toBeCloseTo(4.5 / Math.sqrt(4.5 * 5), 12);
     expect(spearman([1, 2, 3], [1, 4, 9])).toBeCloseTo(1, 12);
+  });
+
+  test("one sample's trials, as validation counts them to stop early, add up to the comparison's", () => {
+    const cases: [TaskSpec, ReturnType<typeof rows>, ReturnType<typeof rows>][] = [
+      [
+        spec("token-classification", ["O", "X"]),
+        rows([2, 0, 0, 3], [1, 0, 0, 1, 2, 0]),
+        rows([1.9, 0.1, 0.2, 2.9], [1, 0, 0, 1, 0, 2]),
+      ],
+      [
+        spec("multi-label", ["a", "b"], { thresholds: [0.8, 0.5] }),
+        rows([1.5, -0.1], [1.0, 0.2]),
+        rows([1.3, -0.2], [1.2, 0.1]),
+      ],
+      [
+        spec("embedding", [], { output: "last_hidden_state" }),
+        rows([1, 0], [0, 1], [1, 1]),
+        rows([1, 0.01], [0, 1], [1, 0]),
+      ],
+      [spec("regression", ["score"]), rows([0], [1], [2], [3]), rows([0.05], [1.5], [2], [3.01])],
+    ];
+    for (const [task, ref, cand] of cases) {
+      const rule = {
+        thresholds: DEFAULT_TASK_THRESHOLDS,
+        tolerance: regressionTolerance(ref.data, DEFAULT_TASK_THRESHOLDS),
+      };
+      const trials = ref.data.map((r, i) => sampleTrials(task, r, cand.data[i]!, rule));
+      const m = compareTaskOutputs(task, ref, cand);
+      expect([trials.reduce((s, t) => s + t.n, 0), trials.reduce((s, t) => s + t.agree, 0)]).toEqual([
+        m.gateN,
+        m.gateAgreements,
+      ]);
+    }
+    // Regression: 5 % of p95 − p5 of 0, 1, 2, 3 (2.85 − 0.15 = 2.7, interpolated): 0.135; |1.5 − 1| is outside.
+    expect(regressionTolerance(rows([0], [1], [2], [3]).data, DEFAULT_TASK_THRESHOLDS)).toBeCloseTo(
+      0.135,
+      12,
+    );
   });
 
   test("outputs of different samples are refused", () => {
