@@ -46,7 +46,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { Socket, Subprocess } from "bun";
-import { classifyBucketed } from "../src/agent/registry.ts";
+import { classifyBucketed } from "../src/agent/run-planning.ts";
 import { median, nearestRankPercentile } from "../src/core/stats.ts";
 import { loadModel, saveModel } from "../src/onnx/codec.ts";
 import { quantizeModel } from "../src/quant/quantize.ts";

@@ -10,6 +10,8 @@ import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
 import type { FleetLink } from "../fleet/device/link.ts";
+import type { JobEngine } from "../jobs/engine.ts";
+import type { JobSchedule } from "../jobs/schedule.ts";
 import { redactUrl } from "../redact.ts";
 import { ORT_VERSION } from "../runtime/ort-session.ts";
 import { MicroBatcher } from "../server/batcher.ts";
@@ -21,16 +23,14 @@ import { ServerMetrics } from "../server/server-metrics.ts";
 import { openStoreRecovering } from "../store/recover.ts";
 import { databasePath, type Store } from "../store/store.ts";
 import { CaptureQueue } from "./capture-queue.ts";
-import { coverageOf, createDriftMonitor, type DriftMonitor } from "./drift.ts";
 import type { AgentConfig } from "./config.ts";
+import { coverageOf, createDriftMonitor, type DriftMonitor } from "./drift.ts";
 import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
-import type { JobEngine } from "../jobs/engine.ts";
-import type { JobSchedule } from "../jobs/schedule.ts";
 import { RECALIBRATE_JOB } from "./recalibrate.ts";
 import type { ModelRegistry, RegistryEvent } from "./registry.ts";
-import { reregisterModelFiles } from "./registry.ts";
-import { servingJobHandlers } from "./serving-jobs.ts";
+import { reregisterModelFiles } from "./model-files.ts";
 import { type AgentServices, createAgentServices } from "./services.ts";
+import { servingJobHandlers } from "./serving-jobs.ts";
 
 /**
  * Longest wait of the serving process for another process's SQLite write lock, in ms. SQLite waits by

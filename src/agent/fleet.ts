@@ -5,9 +5,10 @@
  * the live registry, batcher and config. Telemetry samples come from the
  * server's metrics.
  */
-import type { DriftMonitor } from "./drift.ts";
+
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { readProcessFigures } from "../core/process-figures.ts";
 import { percentile } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/device/config.ts";
@@ -15,12 +16,12 @@ import type { FleetCommandHandler } from "../fleet/device/handler.ts";
 import { createFleetLink, type FleetLink } from "../fleet/device/link.ts";
 import type { TelemetrySample } from "../fleet/protocol.ts";
 import { loadOrCreateSigningKey } from "../fleet/signing.ts";
+import type { JobEngine } from "../jobs/engine.ts";
 import type { MicroBatcher } from "../server/batcher.ts";
-import { readProcessFigures } from "../core/process-figures.ts";
 import type { ServerMetrics } from "../server/server-metrics.ts";
 import type { Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
-import type { JobEngine } from "../jobs/engine.ts";
+import type { DriftMonitor } from "./drift.ts";
 import type { ModelRegistry } from "./registry.ts";
 
 /** The device key's file name in the state directory when `fleet.deviceKeyFile` is not set. */

@@ -16,8 +16,8 @@
  * itself with {@link JOB_CHILD_ENV} set (it has no source tree to spawn).
  */
 import { spawn } from "node:child_process";
-import { isQuantdError, QuantdError, type QuantdErrorCode, type QuantdErrorJSON } from "../errors.ts";
 import type { CandidateComparison, CompareOptions } from "../bench/compare.ts";
+import { isQuantdError, QuantdError, type QuantdErrorCode, type QuantdErrorJSON } from "../errors.ts";
 import type {
   PoolSample,
   QuantizationResult,

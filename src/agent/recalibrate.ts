@@ -27,8 +27,9 @@ import { join } from "node:path";
 import type { CandidateComparison } from "../bench/compare.ts";
 import { sha256FileSync } from "../core/hash.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
-import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
+import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
 import type { LengthHistogram } from "../quant/drift.ts";
+import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
 import type { QuantizeReport } from "../quant/report.ts";
 import { planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
 import type { TaskOverride } from "../runtime/task.ts";
@@ -37,7 +38,6 @@ import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
 import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
-import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
 import {
   DEFAULT_MAX_LATENCY_RATIO,
   DEFAULT_MAX_MEMORY_RATIO,

@@ -49,10 +49,10 @@ import {
   type SignedRelease,
   verifyRelease,
 } from "../fleet/release.ts";
-import { evaluate } from "../runtime/evaluate.ts";
-import { loadClassifier } from "../runtime/classifier.ts";
-import { readSamplesTsv } from "../runtime/tsv.ts";
 import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
+import { loadClassifier } from "../runtime/classifier.ts";
+import { evaluate } from "../runtime/evaluate.ts";
+import { readSamplesTsv } from "../runtime/tsv.ts";
 import {
   createRecalibrationHandler,
   type RecalibrationDeps,

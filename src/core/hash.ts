@@ -1,6 +1,7 @@
 /**
  * SHA-256 of files, read in chunks: a model may be hundreds of MB and a board
- * has little memory, so no caller reads a whole file to hash it.
+ * has little memory, so no caller reads a whole file to hash it. And of bytes
+ * already in memory.
  */
 import { createHash } from "node:crypto";
 import { closeSync, createReadStream, openSync, readSync } from "node:fs";
@@ -36,4 +37,9 @@ export function sha256FileSync(path: string): string {
     closeSync(fd);
   }
   return hash.digest("hex");
+}
+
+/** SHA-256 of bytes, lower-case hex. */
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
 }

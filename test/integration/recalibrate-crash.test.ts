@@ -13,7 +13,7 @@ import { RUNNER_LOCK_FILE } from "../../src/jobs/runner-lock.ts";
 import { CHECKPOINT_FILE } from "../../src/jobs/running-job.ts";
 import { RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { jobsDir } from "../../src/agent/services.ts";
-import { sha256Hex } from "../../src/agent/registry.ts";
+import { sha256Hex } from "../../src/core/hash.ts";
 import type { Store } from "../../src/store/store.ts";
 import { cliMain, envWithoutQuantd } from "../helpers/run-cli.ts";
 import { FAST_PARAMS, type JobEnv, jobEnv, openTestStore, seedSamples, tempDir } from "./jobs-harness.ts";

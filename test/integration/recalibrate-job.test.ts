@@ -15,7 +15,7 @@ import { join } from "node:path";
 import type { RecalibrateJobParams } from "../../src/agent/recalibrate-params.ts";
 import { RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { jobsDir } from "../../src/agent/services.ts";
-import { sha256Hex } from "../../src/agent/registry.ts";
+import { sha256Hex } from "../../src/core/hash.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import type { SqlDatabase } from "../../src/store/sql.ts";

@@ -3,7 +3,7 @@
  * allowed waste, order is kept, and equal lengths stay in one bucket.
  */
 import { expect, test } from "bun:test";
-import { lengthBuckets, MAX_PADDING_WASTE } from "../../src/agent/registry.ts";
+import { lengthBuckets, MAX_PADDING_WASTE } from "../../src/agent/run-planning.ts";
 
 test("equal lengths make one bucket", () => {
   expect(lengthBuckets([12, 12, 12, 12])).toEqual([[0, 1, 2, 3]]);

@@ -3,7 +3,7 @@
  * that minimises `Σ (runCost + rows × longest)`.
  */
 import { expect, test } from "bun:test";
-import { planRuns, RUN_COST_TOKENS } from "../../src/agent/registry.ts";
+import { planRuns, RUN_COST_TOKENS } from "../../src/agent/run-planning.ts";
 
 /** Estimated cost of a plan, as planRuns counts it. */
 function cost(lengths: readonly number[], runs: number[][], runCost: number): number {

@@ -8,7 +8,8 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { detectModelKindFromBytes, stageCopy } from "../../src/agent/registry.ts";
+import { stageCopy } from "../../src/agent/model-files.ts";
+import { detectModelKindFromBytes } from "../../src/agent/model-kind.ts";
 import { QuantdError } from "../../src/errors.ts";
 import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 

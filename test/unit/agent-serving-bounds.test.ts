@@ -6,7 +6,7 @@
  */
 import { expect, test } from "bun:test";
 import { TrimAfterPeaks } from "../../src/agent/heap-trim.ts";
-import { capRuns, cappedTokenCount, planRuns } from "../../src/agent/registry.ts";
+import { capRuns, cappedTokenCount, planRuns } from "../../src/agent/run-planning.ts";
 
 test("capRuns splits a run whose rows × longest exceed the budget, keeping order and every row", () => {
   const lengths = [10, 10, 12, 500, 510, 512, 512, 512, 512, 512];
