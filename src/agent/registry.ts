@@ -1,9 +1,8 @@
-
 import { unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { inputsOf, type TaskKind, type TaskOverride } from "../runtime/task.ts";
-import { loadTaskModel, type TaskModel, } from "../runtime/task-model.ts";
+import { loadTaskModel, type TaskModel } from "../runtime/task-model.ts";
 import type { TextInput } from "../runtime/tokenizer.ts";
 import type {
   ActiveModelInfo,
