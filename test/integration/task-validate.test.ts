@@ -21,6 +21,7 @@ import { planLooks } from "../../src/quant/split.ts";
 import { createTaskValidator, referenceKey } from "../../src/quant/task-validate.ts";
 import type { ReferenceLogitsCache } from "../../src/quant/validate.ts";
 import type { TaskSpec } from "../../src/runtime/task.ts";
+import { openStore } from "../../src/store/store.ts";
 import { loadTaskModel } from "../../src/runtime/task-model.ts";
 import type { Tokenizer } from "../../src/runtime/tokenizer.ts";
 import { type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
@@ -139,6 +140,47 @@ describe("fp32's task outputs are cached", () => {
     expect(b.metrics.n).toBe(fresh.metrics.n);
     expect(b.metrics.agreement).toBeLessThan(1);
   });
+});
+
+test("the agent's store keeps a task's fp32 outputs: the next validator reads them from SQLite", async () => {
+  const store = await openStore(join(root, "agent.db"));
+  try {
+    store.samples.add(
+      samples
+        .slice(0, 120)
+        .map((s) => ({
+          text: s.text,
+          tokenCount: fixtures.embedding.tokenizer.encode(s.text).inputIds.length,
+        })),
+      { source: "test" },
+    );
+    const pooled = store.samples
+      .pick({ n: 120, seed: 1 })
+      .map((s) => ({ text: s.text, origin: `store#${s.id}`, id: s.id }));
+    const f = fixtures.embedding;
+    const make = () =>
+      createTaskValidator({
+        task: f.task,
+        tokenizer: f.tokenizer,
+        maxLength: 128,
+        samples: pooled,
+        gate,
+        fp32: { path: f.path, sha256: f.sha256 },
+        session,
+        earlyStop: false,
+        cache: store.logits,
+      });
+    const first = make();
+    const a = await first.validate(f.model, false);
+    expect(first.summary().reference).toMatchObject({ computed: 120, fromCache: 0 });
+    expect(store.logits.count(referenceKey(f.sha256, f.task, 128))).toBe(120);
+    const second = make();
+    const b = await second.validate(f.model, false);
+    expect(second.summary().reference).toMatchObject({ computed: 0, fromCache: 120 });
+    expect(b.metrics).toEqual(a.metrics);
+  } finally {
+    store.close();
+  }
 });
 
 describe("early stopping", () => {
