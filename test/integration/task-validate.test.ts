@@ -5,7 +5,7 @@
  * that breaks the task stops early as failed, with the reason in the gate's
  * words; one that already certifies the gate stops at the first look as
  * passed, its bound at the looks' stricter level; early stopping judges as
- * the whole set does.
+ * the whole set does; the agent's SQLite store keeps the outputs for the next run.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash } from "node:crypto";
@@ -146,12 +146,10 @@ test("the agent's store keeps a task's fp32 outputs: the next validator reads th
   const store = await openStore(join(root, "agent.db"));
   try {
     store.samples.add(
-      samples
-        .slice(0, 120)
-        .map((s) => ({
-          text: s.text,
-          tokenCount: fixtures.embedding.tokenizer.encode(s.text).inputIds.length,
-        })),
+      samples.slice(0, 120).map((s) => ({
+        text: s.text,
+        tokenCount: fixtures.embedding.tokenizer.encode(s.text).inputIds.length,
+      })),
       { source: "test" },
     );
     const pooled = store.samples
