@@ -5,8 +5,15 @@
  * - Batches with length bucketing, as serving runs them: samples sorted by
  *   token length, so a batch pads little. Static int8 and fp32 give the same
  *   logits padded or not (padding is masked, scales are fixed). Dynamic int8
- *   takes its activation range over the whole batch tensor, so a dynamic
- *   candidate runs one unpadded sample at a time, as a single request would.
+ *   takes each activation's range over the whole batch tensor, so a row's
+ *   logits depend on its batch mates: a dynamic candidate runs in the batches
+ *   serving forms, up to {@link VALIDATION_BATCH} (the agent's default
+ *   `batching.maxBatch`) samples of one token length each, with no padding
+ *   (the server's micro-batches go through `planBatches(…, "unpadded")`). That
+ *   is what users get under load; an idle server runs a sample alone, which
+ *   differs only in the grid: a batch's range contains each row's own, so a
+ *   row in a batch is quantized on a grid at least as coarse. `bench/gate.ts`
+ *   checks the bound so gated against the agreement each sample gets alone.
  * - fp32 reference logits are computed once per run, chunk by chunk as a
  *   candidate first needs them, and cached by model SHA-256 and sample id
  *   (the agent's store keeps them), so the next candidate and the next job
@@ -122,7 +129,7 @@ export interface CandidateValidation {
 export interface ValidationSummary {
   /** Validation samples. */
   samples: number;
-  /** fp32 and static batches: up to this many samples of similar length. */
+  /** Most samples per batch: of similar length (fp32, static), of one length (dynamic). */
   batchSize: number;
   /** Prefix sizes at which the gate was checked (the last is the whole set). */
   looks: number[];
@@ -156,8 +163,12 @@ export interface ValidatorOptions {
 export interface Validator {
   /** The looks and their confidence, fixed for the run. */
   readonly looks: readonly number[];
-  /** Validates one candidate; `perSample` runs it one sample at a time (dynamic int8). */
-  validate(model: ModelProto, perSample: boolean): Promise<CandidateValidation>;
+  /**
+   * Validates one candidate; `dynamicRanges` (dynamic int8, whose ranges are
+   * taken per batch at run time) runs it in batches of one token length, as
+   * serving does, instead of length-sorted padded ones.
+   */
+  validate(model: ModelProto, dynamicRanges: boolean): Promise<CandidateValidation>;
   /** What was done so far. */
   summary(): ValidationSummary;
   /** Samples truncated to the model's longest sequence. */
@@ -241,7 +252,7 @@ function planValidation(opts: ValidatorOptions): ValidationPlan {
     chunks.push({
       samples,
       batched: encodeSamples(opts.tokenizer, samples, batchSize, opts.maxLength),
-      unpadded: encodeSamples(opts.tokenizer, samples, 1, opts.maxLength, "unpadded"),
+      unpadded: encodeSamples(opts.tokenizer, samples, batchSize, opts.maxLength, "unpadded"),
     });
   }
   const ignoreMargin = opts.gate.ignoreMargin ?? 0;

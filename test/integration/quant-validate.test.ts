@@ -1,7 +1,7 @@
 /**
  * Validation at scale on the tiny synthetic BERT with the shipped tokenizer:
  * batched validation (length-bucketed) judges static int8 as one sample at a
- * time does; fp32 logits come from the cache on a second run; a candidate that
+ * time does, and dynamic int8 as serving's batches run it; fp32 logits come from the cache on a second run; a candidate that
  * cannot pass stops early as failed, one that already certifies the gate stops
  * early as passed, and in both cases the verdict is what the whole set gives.
  */
@@ -13,7 +13,11 @@ import { join } from "node:path";
 import { saveModel } from "../../src/onnx/codec.ts";
 import type { ModelProto } from "../../src/onnx/types.ts";
 import { loadTokenizer, type Tokenizer } from "../../src/runtime/tokenizer.ts";
-import { checkGate, type GateSpec } from "../../src/quant/gate.ts";
+import { encodeModel } from "../../src/onnx/codec.ts";
+import { checkGate, compareLogits, type GateSpec, type LogitMatrix } from "../../src/quant/gate.ts";
+import { createOrtSession } from "../../src/runtime/ort-session.ts";
+import type { TaskSpec } from "../../src/runtime/task.ts";
+import { TaskModel } from "../../src/runtime/task-model.ts";
 import { encodeSamples, type QuantSample } from "../../src/quant/pipeline.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
 import { createValidator, planLooks, type ReferenceLogitsCache } from "../../src/quant/validate.ts";
@@ -101,6 +105,42 @@ describe("validator", () => {
     expect(Math.abs(batched.metrics.meanAbsLogitDiff - single.metrics.meanAbsLogitDiff)).toBeLessThan(1e-4);
     // int8 moved the logits: the comparison is not of a model with itself.
     expect(batched.metrics.meanAbsLogitDiff).toBeGreaterThan(0);
+  });
+
+  test("a dynamic candidate runs in serving's batches (one token length, up to 16 samples), not alone", async () => {
+    const dynamic = (await quantizeModel(fp32, { type: "dynamic" })).model;
+    const n = 400;
+    const validated = (await validator({ n }).validate(dynamic, true)).metrics;
+    // Serving's path: the micro-batch goes through TaskModel, which runs planBatches(…, "unpadded").
+    // The validator sees the samples in its hash order; so does this run.
+    const set = samples.slice(200, 200 + n);
+    const key = set.map((x) => createHash("sha1").update(x.text).digest("hex"));
+    const ordered = set
+      .map((_, i) => i)
+      .sort((a, b) => (key[a]! < key[b]! ? -1 : key[a]! > key[b]! ? 1 : a - b))
+      .map((i) => set[i]!.text);
+    const task: TaskSpec = { kind: "classification", output: "logits", labels: ["0", "1"], source: "test" };
+    const served = async (model: string | Uint8Array): Promise<LogitMatrix> => {
+      const s = await createOrtSession(model, session);
+      try {
+        const out = await new TaskModel("m", s, tokenizer, task).outputs(ordered, {
+          batchSize: 16,
+          maxLength: 128,
+        });
+        const data = new Float32Array(out.rows * 2);
+        out.data.forEach((row, i) => data.set(row, i * 2));
+        return { data, rows: out.rows, cols: 2 };
+      } finally {
+        await s.release();
+      }
+    };
+    const asServed = compareLogits(await served(fp32Path), await served(encodeModel(dynamic)));
+    expect(validated.n).toBe(n);
+    expect(validated.agreement).toBe(asServed.agreement);
+    expect(Math.abs(validated.meanAbsLogitDiff - asServed.meanAbsLogitDiff)).toBeLessThan(1e-6);
+    // Batch mates matter to dynamic int8: one sample at a time gives other logits.
+    const alone = (await validator({ n, batchSize: 1 }).validate(dynamic, true)).metrics;
+    expect(Math.abs(alone.meanAbsLogitDiff - validated.meanAbsLogitDiff)).toBeGreaterThan(1e-4);
   });
 
   test("the fp32 logits are computed once and come from the cache on the next run", async () => {
