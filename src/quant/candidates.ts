@@ -12,6 +12,7 @@ import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from ".
 import type { CalibrationMethod } from "./methods.ts";
 import type { ActivationType, QuantizeMode, StaticFormat } from "./plan.ts";
 import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
+import { trialFigures, tryTensorMethods, type ValidatedBuild } from "./method-mix.ts";
 import type {
   CandidateEntry,
   FallbackTrial,
@@ -19,6 +20,7 @@ import type {
   LayerErrorEntry,
   MethodTrial,
   SkippedNodeEntry,
+  TensorMethodTrial,
   TensorRangeEntry,
 } from "./report.ts";
 import { type FallbackResult, measureLayerErrors, runFallback, sensitivityTargets } from "./sensitivity.ts";
@@ -62,6 +64,8 @@ export interface Candidate extends FormatChoice {
   trials: FallbackTrial[];
   /** Other calibration methods tried before the fp32 fallback. */
   methodTrials: MethodTrial[];
+  /** Builds with a calibration method per tensor, tried after the methods. */
+  tensorMethodTrials: TensorMethodTrial[];
   skipped: SkippedNodeEntry[];
   /** What was done to the graph before quantizing it (opset upgrade, contrib ops lowered). */
   graph: GraphChanges;
@@ -251,37 +255,54 @@ async function buildFormat(
 }
 
 /**
- * A validated build of a format, after the fallback when it missed the gate:
- * other calibration methods first ({@link tryMethods}), then nodes kept in fp32
- * (`runFallback`), each trial recorded.
+ * A validated build of a format, after the fallback when it missed the gate,
+ * cheapest first: other calibration methods for the whole model
+ * ({@link tryMethods}) and a method per tensor (`method-mix.ts`) cost time and
+ * no bytes; then nodes kept in fp32 (`runFallback`), the best estimated gain
+ * per byte first. Each trial is recorded with what it bought.
  */
 async function improveCandidate(
   f: FormatChoice,
-  built: { result: QuantizeResult; metrics: GateMetrics },
+  built: ValidatedBuild,
   inputs: CandidateInputs,
   s: BuildSettings,
   ranges: RangeCache,
 ): Promise<Candidate> {
   const label = describeFormat(f);
-  const { result: first, metrics: firstMetrics } = built;
   const method = f.method ?? s.method;
-  // Other calibration methods first: they cost time, not bytes (see tryMethods).
+  const rank = (result: QuantizeResult) => {
+    const targets = sensitivityTargets(
+      inputs.fp32,
+      result.plan.quantized.map((t) => t.node),
+    );
+    return (model: ModelProto) =>
+      measureLayerErrors(inputs.fp32, model, targets, inputs.probe, { session: s.session });
+  };
+  const validate = (model: ModelProto) => inputs.validate(model, f.mode);
   const tried =
-    f.mode === "static" && s.budget > 0 && !checkGate(firstMetrics, s.gate).passed
-      ? await tryMethods(first, firstMetrics, method, s.gate, async (m) => {
+    f.mode === "static" && s.budget > 0 && !checkGate(built.metrics, s.gate).passed
+      ? await tryMethods({ ...built, method }, s.gate, async (m) => {
           inputs.progress(`fallback (${label}): calibrating with ${m} instead`);
           const alt = await buildFormat(f, m, inputs.fp32, inputs.calibration, s, ranges);
-          return { result: alt, metrics: await inputs.validate(alt.model, f.mode) };
+          return { result: alt, metrics: await validate(alt.model) };
         })
-      : { start: { result: first, metrics: firstMetrics, method }, trials: [] };
-  const base = tried.start.result;
+      : { start: { ...built, method }, trials: [], builds: new Map<CalibrationMethod, ValidatedBuild>() };
+  const start = tried.start;
+  const mixed =
+    tried.trials.length > 0 && !checkGate(start.metrics, s.gate).passed
+      ? await tryTensorMethods(start, tried.builds, s.gate, {
+          rank: rank(start.result),
+          rebuild: (r) => {
+            inputs.progress(`fallback (${label}): a calibration method per tensor`);
+            return requantize(inputs.fp32, { options: start.result.options, ranges: r }, []);
+          },
+          validate,
+        })
+      : { best: start, trials: [] };
+  const base = mixed.best.result;
   const builds = new Map<ModelProto, QuantizeResult>([[base.model, base]]);
-  const targets = sensitivityTargets(
-    inputs.fp32,
-    base.plan.quantized.map((t) => t.node),
-  );
   const fb = await runFallback(
-    { model: base.model, metrics: tried.start.metrics },
+    { model: base.model, metrics: mixed.best.metrics },
     {
       rebuild: async (keep) => {
         inputs.progress(`fallback (${label}): keeping ${keep.length} node(s) in fp32`);
@@ -289,13 +310,20 @@ async function improveCandidate(
         builds.set(r.model, r);
         return r.model;
       },
-      validate: (model) => inputs.validate(model, f.mode),
-      rank: (model) => measureLayerErrors(inputs.fp32, model, targets, inputs.probe, { session: s.session }),
+      validate,
+      rank: rank(base),
     },
     { gate: s.gate, budget: s.budget, ignore: s.exclude },
   );
   const best = builds.get(fb.best.model) ?? base;
-  return candidateOf(f, { first, base, best, method: tried.start.method }, fb, tried.trials, s, ranges);
+  return candidateOf(
+    f,
+    { first: built.result, base, best, method: start.method },
+    fb,
+    { methods: tried.trials, tensors: mixed.trials },
+    s,
+    ranges,
+  );
 }
 
 /** The candidate record of a format after its fallback. */
@@ -303,7 +331,7 @@ function candidateOf(
   f: FormatChoice,
   builds: { first: QuantizeResult; base: QuantizeResult; best: QuantizeResult; method: CalibrationMethod },
   fb: FallbackResult<ModelProto>,
-  methodTrials: MethodTrial[],
+  steps: { methods: MethodTrial[]; tensors: TensorMethodTrial[] },
   s: BuildSettings,
   ranges: RangeCache,
 ): Candidate {
@@ -326,7 +354,8 @@ function candidateOf(
     layerError: fb.ranking,
     quantizedNodes: builds.best.plan.quantized.map((t) => t.node),
     trials: fb.trials,
-    methodTrials,
+    methodTrials: steps.methods,
+    tensorMethodTrials: steps.tensors,
     skipped: builds.best.plan.skipped
       .filter((x) => !(x.reason === "excluded" && !s.exclude.includes(x.node)))
       .map((x) => ({ node: x.node, opType: x.opType, reason: x.reason, detail: x.detail })),
@@ -344,42 +373,31 @@ function candidateOf(
  * least). A method costs a calibration pass and a validation (which stops as
  * soon as it cannot pass), and not a byte of model size, so it goes before any
  * node is kept in fp32. Stops at the first that passes; otherwise the best
- * (highest bound) is where the fp32 fallback starts.
+ * (highest bound) is where the next step starts, and every method's build is
+ * what the per-tensor step mixes.
  */
 async function tryMethods(
-  first: QuantizeResult,
-  firstMetrics: GateMetrics,
-  method: CalibrationMethod,
+  first: ValidatedBuild & { method: CalibrationMethod },
   gate: GateSpec,
-  build: (m: CalibrationMethod) => Promise<{ result: QuantizeResult; metrics: GateMetrics }>,
+  build: (m: CalibrationMethod) => Promise<ValidatedBuild>,
 ): Promise<{
-  start: { result: QuantizeResult; metrics: GateMetrics; method: CalibrationMethod };
+  start: ValidatedBuild & { method: CalibrationMethod };
   trials: MethodTrial[];
+  builds: Map<CalibrationMethod, ValidatedBuild>;
 }> {
-  let start = { result: first, metrics: firstMetrics, method };
+  let start = first;
+  const builds = new Map<CalibrationMethod, ValidatedBuild>([[first.method, first]]);
   const trials: MethodTrial[] = [];
-  for (const m of FALLBACK_METHODS.filter((x) => x !== method)) {
+  for (const m of FALLBACK_METHODS.filter((x) => x !== first.method)) {
     const t0 = performance.now();
     const alt = await build(m);
+    builds.set(m, alt);
     const passed = checkGate(alt.metrics, gate).passed;
-    trials.push({
-      method: m,
-      agreement: alt.metrics.agreement,
-      agreementLower: alt.metrics.agreementLower,
-      meanAbsLogitDiff: alt.metrics.meanAbsLogitDiff,
-      passed,
-      ms: performance.now() - t0,
-      bought: {
-        agreement: alt.metrics.agreement - firstMetrics.agreement,
-        agreementLower: alt.metrics.agreementLower - firstMetrics.agreementLower,
-        meanAbsLogitDiff: alt.metrics.meanAbsLogitDiff - firstMetrics.meanAbsLogitDiff,
-        bytes: 0,
-      },
-    });
+    trials.push({ method: m, ...trialFigures(alt.metrics, first.metrics, passed, performance.now() - t0) });
     if (passed || compareCandidates(alt.metrics, start.metrics) < 0) start = { ...alt, method: m };
     if (passed) break;
   }
-  return { start, trials };
+  return { start, trials, builds };
 }
 
 /** The report's ranges of a build: each tensor's calibrated range with its scale and zero point. */

@@ -84,17 +84,33 @@ export interface FallbackTrial {
   bought?: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
 }
 
-/** The candidate calibrated with another method, tried before any node is kept in fp32. */
-export interface MethodTrial {
-  method: string;
+/** What a trial that costs no bytes measured, and bought against the build it started from. */
+export interface TrialFigures {
   agreement: number;
   agreementLower: number;
   meanAbsLogitDiff: number;
   passed: boolean;
-  /** Calibration and validation time, ms. */
+  /** Build and validation time, ms. */
   ms: number;
-  /** Against the original method's candidate (a method costs no bytes). */
+  /** Against the build the step started from (bytes are 0: a range costs none). */
   bought: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
+}
+
+/** The candidate calibrated with another method, tried before any node is kept in fp32. */
+export interface MethodTrial extends TrialFigures {
+  method: string;
+}
+
+/**
+ * A build whose tensors each take the range of their best calibration method
+ * (`method-mix.ts`), tried after the whole-model methods and before any node is
+ * kept in fp32.
+ */
+export interface TensorMethodTrial extends TrialFigures {
+  /** Tensors whose range came from another method, with the error their readers were estimated to lose. */
+  tensors: { tensor: string; method: string; gain: number }[];
+  /** The result (and the fp32 fallback after it) builds on this trial. */
+  used?: boolean;
 }
 
 /** One format `--mode auto` tried. */
@@ -195,8 +211,16 @@ export interface QuantizeReport {
   graph?: GraphChanges;
   /** `--mode auto`: why these candidates (the board profile's reason) and why the winner won. */
   auto?: { why: string; decision: string };
-  /** The fallback: other calibration methods first (`methods`, absent in older reports), then nodes kept in fp32 (`trials`). */
-  fallback: { budget: number; trials: FallbackTrial[]; methods?: MethodTrial[] };
+  /**
+   * The fallback: other calibration methods first (`methods`, absent in older reports), then a method per
+   * tensor (`tensorMethods`, absent in older reports), then nodes kept in fp32 (`trials`).
+   */
+  fallback: {
+    budget: number;
+    trials: FallbackTrial[];
+    methods?: MethodTrial[];
+    tensorMethods?: TensorMethodTrial[];
+  };
   candidates: CandidateEntry[];
   timings: {
     calibrationMs: number;

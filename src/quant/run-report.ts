@@ -104,7 +104,12 @@ export function buildReport(r: ReportInputs): QuantizeReport {
           },
         }
       : {}),
-    fallback: { budget: r.settings.budget, trials: chosen.trials, methods: chosen.methodTrials },
+    fallback: {
+      budget: r.settings.budget,
+      trials: chosen.trials,
+      methods: chosen.methodTrials,
+      tensorMethods: chosen.tensorMethodTrials,
+    },
     candidates: [...r.candidates.built.map((c) => candidateEntry(c, chosen)), ...r.candidates.failed],
     timings: {
       calibrationMs: isStatic ? chosen.calibrationMs : 0,

@@ -19,8 +19,11 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isQuantdError } from "../../src/errors.ts";
-import { saveModel } from "../../src/onnx/codec.ts";
-import { runQuantization } from "../../src/quant/pipeline.ts";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
+import type { CalibrationMethod } from "../../src/quant/methods.ts";
+import { encodeSamples, runQuantization } from "../../src/quant/pipeline.ts";
+import { quantizeModel } from "../../src/quant/quantize.ts";
+import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import {
   buildSyntheticBert,
   SYNTHETIC_BERT_PRESETS,
@@ -121,5 +124,48 @@ describe("fallback on a synthetic BERT with a planted outlier layer", () => {
     // The fp32 trial says what it bought: the agreement it added, for the bytes of that MatMul's weights.
     expect(report.fallback.trials[0]?.bought?.bytes).toBeGreaterThan(0);
     expect(report.fallback.trials.at(-1)?.bought?.agreement).toBeGreaterThan(0);
+  });
+
+  test("between the methods and fp32: a method per tensor, each range as that method calibrates it", async () => {
+    const { report } = await runQuantization(options(outlierPath, "tensor-methods"));
+    const start = report.method;
+    const mixes = report.fallback.tensorMethods ?? [];
+    // The methods failed, so the per-tensor step ran on their builds; it moved at least one tensor.
+    expect(mixes.length).toBeGreaterThan(0);
+    for (const t of mixes) {
+      expect(t.bought.bytes).toBe(0);
+      expect(t.tensors.length).toBeGreaterThan(0);
+      for (const x of t.tensors) {
+        expect(x.method).not.toBe(start);
+        expect(x.gain).toBeGreaterThan(0);
+      }
+    }
+    // Trials in the order of estimated gain: the first moves every tensor with a gain, the next the better half.
+    if (mixes.length > 1)
+      expect(mixes[1]!.tensors).toEqual(mixes[0]!.tensors.slice(0, mixes[1]!.tensors.length));
+    // No ×1000 channel is absorbed by a range: fp32 still keeps that MatMul.
+    expect(report.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node)).toEqual([SENSITIVE]);
+    // The result builds on the trial marked used: its tensors have the range their method's calibration gives.
+    const used = mixes.find((t) => t.used === true);
+    expect(used).toBeDefined();
+    const fp32 = await loadModel(outlierPath);
+    const pool = readFileSync(samplesPath, "utf8")
+      .trim()
+      .split("\n")
+      .slice(1, 1 + CALIB);
+    const tokenizer = await loadTokenizer(shippedModelDir);
+    const calib = encodeSamples(
+      tokenizer,
+      pool.map((l, i) => ({ text: l.split("\t")[1]!, origin: `${i}` })),
+      8,
+      tokenizer.maxLength,
+    );
+    for (const x of used!.tensors) {
+      const m = x.method as CalibrationMethod;
+      const ranges = (await quantizeModel(fp32, { type: "static", method: m, calibration: calib.batches }))
+        .ranges;
+      expect(report.ranges[x.tensor]?.min).toBeCloseTo(ranges.get(x.tensor)!.min, 5);
+      expect(report.ranges[x.tensor]?.max).toBeCloseTo(ranges.get(x.tensor)!.max, 5);
+    }
   });
 });

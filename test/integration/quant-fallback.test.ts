@@ -8,6 +8,11 @@
  * two (`…/layer.2/output/dense/MatMul`'s input) now spans a range 1000× wider
  * than its other channels need; one uint8 scale for that tensor wipes them out.
  *
+ * With one such channel, entropy calibration (its threshold clips the channel,
+ * one of 1,024) comes closest, and the fallback's per-tensor step passes at no
+ * byte by giving the other tensors back the methods that serve them better;
+ * with sixteen, no range serves the tensor and the node it feeds is kept fp32.
+ *
  * `quant-fallback-synthetic.test.ts` does the same on the synthetic BERT of
  * `test/fixtures`; this one shows it on a model trained on real text.
  */
@@ -31,8 +36,11 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const LAYER = 2;
 const CHANNEL = 7;
 const SCALE = 1000;
+/** Channels of the wide outlier: 16, spread over the FFN's 1,024. */
+const WIDE_CHANNELS = Array.from({ length: 16 }, (_, k) => CHANNEL + k * 29);
 const SENSITIVE = `/bert/encoder/layer.${LAYER}/output/dense/MatMul`;
 const modelPath = join(dir, "outlier.onnx");
+const wideModelPath = join(dir, "outlier-wide.onnx");
 const calibTsv = join(repoRoot, "calib/samples/sst2-train-4k.tsv");
 
 /** Scales one FFN channel up on the way in and down on the way out (see the file comment). */
@@ -77,9 +85,9 @@ function readReport(path: string): QuantizeReport {
   return parsed;
 }
 
-const args = (out: string, report: string): string[] => [
+const args = (out: string, report: string, model = modelPath): string[] => [
   "--model",
-  modelPath,
+  model,
   "--tokenizer",
   shippedModelDir,
   "--calib",
@@ -102,6 +110,9 @@ beforeAll(async () => {
   const model = await loadModel(shippedModelPath);
   plantActivationOutlier(model, LAYER, CHANNEL, SCALE);
   await saveModel(model, modelPath);
+  const wide = await loadModel(shippedModelPath);
+  for (const c of WIDE_CHANNELS) plantActivationOutlier(wide, LAYER, c, SCALE);
+  await saveModel(wide, wideModelPath);
 });
 
 describe("sensitivity fallback on a planted outlier", () => {
@@ -131,10 +142,41 @@ describe("sensitivity fallback on a planted outlier", () => {
     expect(report.layerError[0]?.node).toBe(SENSITIVE);
   });
 
-  test("with fallback the outlier's node is kept fp32, the gate holds, the report names it", async () => {
+  test("a one-channel outlier: the best whole-model method clips it, the per-tensor step gives the other tensors back their best method, no byte kept fp32", async () => {
+    const out = join(dir, "tensor-methods.onnx");
+    const reportPath = join(dir, "tensor-methods.json");
+    const r = await quantize(args(out, reportPath));
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    expect(report.outcome).toBe("written");
+    expect(report.metrics.agreement).toBeGreaterThanOrEqual(0.995);
+    // No whole-model method passed; entropy (its KL threshold clips the ×1000 channel) came closest.
+    expect(report.fallback.methods?.some((m) => m.passed)).toBe(false);
+    expect(report.method).toBe("entropy");
+    // The per-tensor step passed and says what it bought.
+    const used = report.fallback.tensorMethods?.find((t) => t.used === true);
+    expect(used?.passed).toBe(true);
+    expect(used?.bought.bytes).toBe(0);
+    expect(used?.bought.agreement).toBeGreaterThan(0);
+    // It moved other tensors (largest estimated gain first) and left the outlier's tensor on entropy.
+    const fp32 = await loadModel(modelPath);
+    const outlierTensor = fp32.graph.node.find((n) => n.name === SENSITIVE)!.input[0];
+    const moved = used?.tensors ?? [];
+    expect(moved.length).toBeGreaterThan(0);
+    expect(moved.map((t) => t.tensor)).not.toContain(outlierTensor);
+    expect(moved.map((t) => t.gain)).toEqual([...moved.map((t) => t.gain)].sort((x, y) => y - x));
+    expect(report.keptFp32.filter((k) => k.reason === "sensitivity")).toEqual([]);
+    expect(report.fallback.trials).toEqual([]);
+    expect((await loadModel(out)).graph.node.some((n) => n.name === SENSITIVE)).toBe(false);
+    expect(r.stdout).toMatch(
+      /fallback: \d+ tensor\(s\) calibrated with [a-z/]+ instead \(no bytes, .*gate met/,
+    );
+  });
+
+  test("a sixteen-channel outlier: the outlier's node is kept fp32, the gate holds, the report names it", async () => {
     const out = join(dir, "fallback.onnx");
     const reportPath = join(dir, "fallback.json");
-    const r = await quantize(args(out, reportPath));
+    const r = await quantize(args(out, reportPath, wideModelPath));
     expect(r.stderr).not.toContain("error ");
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(`kept in fp32 for accuracy: ${SENSITIVE}`);

@@ -436,12 +436,19 @@ function validationLine(r: QuantizationReport): string | undefined {
   );
 }
 
-/** What each fallback (another calibration method, nodes kept in fp32) bought. */
+/** What each fallback (another calibration method, a method per tensor, nodes kept in fp32) bought. */
 function fallbackLines(r: QuantizationReport): string[] {
   const out: string[] = [];
   for (const t of r.fallback.methods ?? []) {
     out.push(
       `  fallback: calibrated with ${t.method} instead (no bytes, ${formatMs(t.ms)}): ` +
+        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
+    );
+  }
+  for (const t of r.fallback.tensorMethods ?? []) {
+    const methods = [...new Set(t.tensors.map((x) => x.method))].join("/");
+    out.push(
+      `  fallback: ${t.tensors.length} tensor(s) calibrated with ${methods} instead (no bytes, ${formatMs(t.ms)}): ` +
         `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
     );
   }
