@@ -9,11 +9,11 @@
 import { tokenizerDirFor } from "../bench/data.ts";
 import type { BenchModel } from "../bench/measure.ts";
 import { QuantdError } from "../errors.ts";
-import { describeAgreement } from "../quant/gate.ts";
+import { describeAgreement, type GateMetrics } from "../quant/gate.ts";
 import { compareTaskOutputs, taskFigureParts } from "../quant/task-metrics.ts";
-import type { InputRow } from "../runtime/input-tsv.ts";
+import { type InputRow, readInputsTsv } from "../runtime/input-tsv.ts";
 import type { TaskSpec } from "../runtime/task.ts";
-import { loadTaskModel, type TaskOutputs } from "../runtime/task-model.ts";
+import { loadTaskModel, type TaskModel, type TaskOutputs } from "../runtime/task-model.ts";
 
 /** One model's task, as the bench document records it. */
 export interface BenchTask {
@@ -22,7 +22,7 @@ export interface BenchTask {
   task?: TaskSpec["kind"];
   /** Labels of its head (0 for embeddings). */
   labels?: number;
-  /** Why the task could not be told (the model's rows say why it could not run). */
+  /** Why the task could not be told (the model's rows say why it could not run), or the model not run on the data. */
   error?: string;
   /** With `--data`: the task's agreement with the first model of the same task, as the gate counts it. */
   versusFirst?: {
@@ -38,71 +38,97 @@ export interface BenchTask {
   };
 }
 
+/** One model as read: its task entry, its spec, and its outputs on the data when they were asked for. */
+interface ReadTask {
+  task: BenchTask;
+  spec?: TaskSpec;
+  outputs?: TaskOutputs;
+}
+
 /**
- * Each model's task and, with `rows`, its outputs on them (one session per
- * model, released before the next opens).
+ * Each model's task and, for a model other than a sentence classifier when
+ * `rowsOf` is given, its outputs on the data (one session per model, released
+ * before the next opens). A model that cannot be read, or run on the data,
+ * says why in its entry.
  */
 async function readTasks(
   models: readonly BenchModel[],
   tokenizerDir: string | undefined,
-  rows: readonly InputRow[] | undefined,
-): Promise<{ task: BenchTask; spec?: TaskSpec; outputs?: TaskOutputs }[]> {
-  const out: { task: BenchTask; spec?: TaskSpec; outputs?: TaskOutputs }[] = [];
+  rowsOf: (() => Promise<readonly InputRow[]>) | undefined,
+): Promise<ReadTask[]> {
+  const out: ReadTask[] = [];
+  const why = (err: unknown, code: "MODEL_LOAD_FAILED" | "DATA_MISMATCH"): string => {
+    const e = QuantdError.from(err, code);
+    return `${e.code}: ${e.message}`;
+  };
   for (const m of models) {
     const dir = tokenizerDirFor(m.path, tokenizerDir);
+    let model: TaskModel;
     try {
-      const model = await loadTaskModel(m.path, {
+      model = await loadTaskModel(m.path, {
         session: { intraOpThreads: 1 },
         ...(dir !== undefined ? { tokenizerDir: dir } : {}),
       });
-      try {
-        const spec = model.task;
-        const task: BenchTask = { model: m.label, task: spec.kind, labels: spec.labels.length };
-        const outputs = rows === undefined ? undefined : await model.outputs(rows.map((r) => r.input));
-        out.push({ task, spec, ...(outputs !== undefined ? { outputs } : {}) });
-      } finally {
-        await model.release();
+    } catch (err) {
+      out.push({ task: { model: m.label, error: why(err, "MODEL_LOAD_FAILED") } });
+      continue;
+    }
+    const spec = model.task;
+    const read: ReadTask = { task: { model: m.label, task: spec.kind, labels: spec.labels.length }, spec };
+    try {
+      if (rowsOf !== undefined && spec.kind !== "classification") {
+        read.outputs = await model.outputs((await rowsOf()).map((r) => r.input));
       }
     } catch (err) {
-      const e = QuantdError.from(err, "MODEL_LOAD_FAILED");
-      out.push({ task: { model: m.label, error: `${e.code}: ${e.message}` } });
+      read.task.error = why(err, "DATA_MISMATCH");
+    } finally {
+      await model.release();
     }
+    out.push(read);
   }
   return out;
 }
 
 /**
- * The task of every model, and with `rows` the task's agreement of each with
- * the first model of the same task (see the module comment).
+ * The task of every model, and with `dataPath` (texts, or pairs in two text
+ * columns) the task's agreement of each model other than a sentence
+ * classifier with the first model of the same task (see the module comment).
+ * The file is read only when such a model needs it.
  *
- * @throws nothing for a model that cannot be read: its entry says why
+ * @throws nothing for a model or a file that cannot be read: the entries say why
  */
 export async function benchTasks(
   models: readonly BenchModel[],
   tokenizerDir: string | undefined,
-  rows?: readonly InputRow[],
+  dataPath?: string,
 ): Promise<BenchTask[]> {
-  const read = await readTasks(models, tokenizerDir, rows);
+  let rows: Promise<readonly InputRow[]> | undefined;
+  const rowsOf = dataPath === undefined ? undefined : () => (rows ??= readInputsTsv(dataPath));
+  const read = await readTasks(models, tokenizerDir, rowsOf);
   for (const r of read) {
     const first = read.find((b) => b.spec?.kind === r.spec?.kind && b.outputs !== undefined);
     if (r.spec === undefined || r.outputs === undefined || first === undefined || first === r) continue;
-    const m = compareTaskOutputs(r.spec, first.outputs!, r.outputs);
-    const unit = m.task?.unit ?? "sample";
-    r.task.versusFirst = {
-      baseline: first.task.model,
-      unit,
-      n: m.n,
-      agreement: m.agreement,
-      agreementLower: m.agreementLower,
-      confidence: m.confidence,
-      figures: m.task?.figures ?? {},
-      line: [
-        `${unit} agreement ${describeAgreement(m)}`,
-        ...(m.task === undefined ? [] : taskFigureParts(m.task)),
-      ].join("; "),
-    };
+    r.task.versusFirst = versus(first.task.model, compareTaskOutputs(r.spec, first.outputs!, r.outputs));
   }
   return read.map((r) => r.task);
+}
+
+/** A comparison with the first model as the bench records and prints it. */
+function versus(baseline: string, m: GateMetrics): NonNullable<BenchTask["versusFirst"]> {
+  const unit = m.task?.unit ?? "sample";
+  return {
+    baseline,
+    unit,
+    n: m.n,
+    agreement: m.agreement,
+    agreementLower: m.agreementLower,
+    confidence: m.confidence,
+    figures: m.task?.figures ?? {},
+    line: [
+      `${unit} agreement ${describeAgreement(m)}`,
+      ...(m.task === undefined ? [] : taskFigureParts(m.task)),
+    ].join("; "),
+  };
 }
 
 /** Whether `--data` keeps the table's accuracy and top-1 agreement: every model that could be read classifies sentences. */
@@ -116,6 +142,7 @@ export function renderBenchTasks(tasks: readonly BenchTask[]): string[] {
     if (t.task === undefined) return `task ${t.model}: unknown (${t.error ?? "not read"})`;
     const labels = t.task === "embedding" ? "" : ` (${t.labels} labels)`;
     const vs = t.versusFirst === undefined ? "" : `; vs ${t.versusFirst.baseline}: ${t.versusFirst.line}`;
-    return `task ${t.model}: ${t.task}${labels}${vs}`;
+    const error = t.error === undefined ? "" : `; on the data: error ${t.error}`;
+    return `task ${t.model}: ${t.task}${labels}${vs}${error}`;
   });
 }

@@ -87,6 +87,17 @@ test("the task of each model below the table; --data gives a token classifier's 
   expect(doc.tasks[1]!.versusFirst!.n).toBeGreaterThan(60);
 }, 120_000);
 
+test("data a task cannot take is said in its line, the latency rows still measured", async () => {
+  const pairs = join(root, "pairs.tsv");
+  writeFileSync(pairs, "premise\thypothesis\na film\tit is a film\n");
+  const r = await bench([base], ["--data", pairs]);
+  expect(r.code).toBe(0);
+  expect(r.stdout).toMatch(/^model\s+b1×s16\s+1\s+\d/m);
+  expect(r.stdout).toMatch(
+    /^task model: token-classification \(3 labels\); on the data: error DATA_MISMATCH: input 0 is a pair of texts, but .* is a token-classification model/m,
+  );
+}, 120_000);
+
 test("a sentence classifier is named too", async () => {
   const r = await bench([dirname(shippedModelPath)], []);
   expect(r.code).toBe(0);

@@ -14,7 +14,6 @@ import { createBenchProgress } from "../../bench/progress.ts";
 import { machineInfo, renderTerminalTable, toBenchDocument } from "../../bench/report.ts";
 import { QuantdError } from "../../errors.ts";
 import { modelFileOf } from "../../runtime/model-files.ts";
-import { readInputsTsv } from "../../runtime/input-tsv.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import { benchTasks, classifiersOnly, renderBenchTasks } from "../bench-tasks.ts";
 import type { Command } from "../command.ts";
@@ -215,13 +214,9 @@ export const benchCommand: Command = {
     await checkSeqFits(models, seqs);
 
     // Another task than a sentence classifier is judged by its own metric on the data, not by label accuracy.
-    let tasks = await benchTasks(models, tokenizerDir);
-    const taskRows =
-      dataPath === undefined || classifiersOnly(tasks) ? undefined : await readInputsTsv(dataPath);
-    if (taskRows !== undefined) tasks = await benchTasks(models, tokenizerDir, taskRows);
-
+    const tasks = await benchTasks(models, tokenizerDir, dataPath);
     let data: ((m: BenchModel) => Promise<ModelData>) | undefined;
-    if (dataPath !== undefined && taskRows === undefined) {
+    if (dataPath !== undefined && classifiersOnly(tasks)) {
       const samples = await readSamplesTsv(dataPath, { requireLabels: true });
       const labelled = samples.map((s) => ({ text: s.text, label: s.label! }));
       data = (m) => createModelData(m, labelled, tokenizerDir === undefined ? {} : { tokenizerDir });
