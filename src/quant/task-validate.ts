@@ -223,7 +223,13 @@ class TaskValidator implements Validator {
     return structuredClone(this.#stats);
   }
 
-  async validate(model: ModelProto, perSample: boolean): Promise<CandidateValidation> {
+  /**
+   * Validates one candidate. Every candidate runs in batches of one token
+   * length, unpadded, as serving forms them (`TaskModel.outputs`), so a dynamic
+   * candidate (`_dynamicRanges`: ranges taken per batch) sees the batch mates
+   * it would in serving and a static one the logits it has padded or not.
+   */
+  async validate(model: ModelProto, _dynamicRanges: boolean): Promise<CandidateValidation> {
     const t0 = performance.now();
     const run: Run = {
       reference: [],
@@ -238,7 +244,7 @@ class TaskValidator implements Validator {
     try {
       const runner = new TaskModel("the int8 candidate", session, this.#opts.tokenizer, this.#task);
       for (let k = 0; k < this.#chunks.length && stopped === undefined; k++) {
-        stopped = await this.#runChunk(runner, k, run, perSample);
+        stopped = await this.#runChunk(runner, k, run);
         if (stopped === undefined && this.#earlyStop && k < this.#chunks.length - 1) {
           metrics = this.#passedAt(run);
           if (metrics !== undefined) stopped = "passed";
@@ -265,16 +271,11 @@ class TaskValidator implements Validator {
   }
 
   /** Runs one chunk on the candidate, step by step; `failed` as soon as it can no longer pass. */
-  async #runChunk(
-    runner: TaskModel,
-    k: number,
-    run: Run,
-    perSample: boolean,
-  ): Promise<EarlyStop | undefined> {
+  async #runChunk(runner: TaskModel, k: number, run: Run): Promise<EarlyStop | undefined> {
     const chunk = this.#chunks[k]!;
     const reference = await this.#referenceOf(chunk);
     const rule = this.#ruleFor(k);
-    const batchSize = perSample ? 1 : this.#batchSize;
+    const batchSize = this.#batchSize;
     for (let at = 0; at < chunk.inputs.length; at += TASK_VALIDATION_STEP) {
       const step = chunk.inputs.slice(at, at + TASK_VALIDATION_STEP);
       const out = await runner.outputs(step, { maxLength: this.#opts.maxLength, batchSize });

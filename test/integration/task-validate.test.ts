@@ -17,6 +17,7 @@ import { makeTensor, tensorToFloat32 } from "../../src/onnx/tensor.ts";
 import { DataType, type ModelProto } from "../../src/onnx/types.ts";
 import { checkGate, type GateSpec } from "../../src/quant/gate.ts";
 import type { QuantSample } from "../../src/quant/pipeline.ts";
+import { quantizeModel } from "../../src/quant/quantize.ts";
 import { planLooks } from "../../src/quant/split.ts";
 import { createTaskValidator, referenceKey } from "../../src/quant/task-validate.ts";
 import type { ReferenceLogitsCache } from "../../src/quant/validate.ts";
@@ -179,6 +180,18 @@ test("the agent's store keeps a task's fp32 outputs: the next validator reads th
   } finally {
     store.close();
   }
+});
+
+test("a dynamic int8 candidate is validated on every sample, its labels held", async () => {
+  const f = fixtures["token-classification"];
+  const dynamic = (await quantizeModel(f.model, { type: "dynamic" })).model;
+  const v = validator("token-classification", { n: 200 });
+  const r = await v.validate(dynamic, true);
+  expect(r.samples).toBe(200);
+  expect(r.metrics.n).toBe(r.metrics.planned!);
+  // int8 moved the logits, yet the labels of almost every token hold.
+  expect(r.metrics.meanAbsLogitDiff).toBeGreaterThan(0);
+  expect(r.metrics.agreement).toBeGreaterThan(0.95);
 });
 
 describe("early stopping", () => {
