@@ -462,6 +462,21 @@ function fleetConfig(
  * @throws CONFIG_INVALID naming the key, and where the bad value came from, for any invalid value or unknown key
  */
 export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
+  const sources = readSources(opts);
+  const config = assembleConfig(opts, sources);
+  checkResolved(config);
+  return config;
+}
+
+/** The raw values of every source, lowest precedence first (each checked as it is read), and how to read paths. */
+interface Sources {
+  values: Map<string, unknown>;
+  /** A path value: relative to the config file when it came from the file, else to the working directory. */
+  pathValue: (key: string) => string | undefined;
+}
+
+/** Reads the file, the environment and the flags, in that order of precedence. */
+function readSources(opts: LoadConfigOptions): Sources {
   const env = opts.env ?? process.env;
   const flags = opts.flags ?? {};
   const values = new Map<string, unknown>();
@@ -482,35 +497,42 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     const raw = env[name];
     if (raw !== undefined && raw !== "") set(spec.path, raw, `env ${name}`);
   }
-  if (flags.stateDir !== undefined) set("stateDir", flags.stateDir, "--state-dir");
-  if (flags.socket !== undefined) set("socketPath", flags.socket, "--socket");
-  if (flags.model !== undefined) set("model", flags.model, "--model");
-  if (flags.tcp !== undefined) set("tcp", flags.tcp, "--tcp");
-  if (flags.metricsListen !== undefined) set("metrics.listen", flags.metricsListen, "--metrics-listen");
-  if (flags.broker !== undefined) set("fleet.broker", flags.broker, "--broker");
-  if (flags.device !== undefined) set("fleet.device", flags.device, "--device");
-  if (flags.fleet !== undefined) set("fleet.fleet", flags.fleet, "--fleet");
+  const flagKeys: readonly [string | undefined, string, string][] = [
+    [flags.stateDir, "stateDir", "--state-dir"],
+    [flags.socket, "socketPath", "--socket"],
+    [flags.model, "model", "--model"],
+    [flags.tcp, "tcp", "--tcp"],
+    [flags.metricsListen, "metrics.listen", "--metrics-listen"],
+    [flags.broker, "fleet.broker", "--broker"],
+    [flags.device, "fleet.device", "--device"],
+    [flags.fleet, "fleet.fleet", "--fleet"],
+  ];
+  for (const [value, path, flag] of flagKeys) if (value !== undefined) set(path, value, flag);
 
   // Relative paths in a file are relative to the file, as a reader of the file expects.
+  const flagFor: Record<string, string | undefined> = {
+    stateDir: flags.stateDir,
+    socketPath: flags.socket,
+    model: flags.model,
+  };
+  const flagsOrEnvSet = (key: string): boolean =>
+    flagFor[key] !== undefined || (env[envName(key)] ?? "") !== "";
   const pathValue = (key: string): string | undefined => {
     const v = values.get(key) as string | undefined;
     if (v === undefined) return undefined;
     return fileDir !== undefined && !flagsOrEnvSet(key) ? resolve(fileDir, v) : resolve(v);
   };
-  const flagsOrEnvSet = (key: string): boolean => {
-    const flagFor: Record<string, string | undefined> = {
-      stateDir: flags.stateDir,
-      socketPath: flags.socket,
-      model: flags.model,
-    };
-    return flagFor[key] !== undefined || (env[envName(key)] ?? "") !== "";
-  };
+  return { values, pathValue };
+}
+
+/** The configuration from the sources' values, with the board profile's and the built-in defaults. */
+function assembleConfig(opts: LoadConfigOptions, { values, pathValue }: Sources): AgentConfig {
+  const env = opts.env ?? process.env;
   const num = (key: string, fallback: number): number => (values.get(key) as number | undefined) ?? fallback;
   const optionalNum = (key: string, unit: number): number | undefined => {
     const v = values.get(key) as number | undefined;
     return v === undefined ? undefined : v * unit;
   };
-
   const stateDir = pathValue("stateDir") ?? resolve(defaultStateDir(env));
   const runtimeDir = env["RUNTIME_DIRECTORY"]?.split(":")[0];
   const socketPath =
@@ -521,16 +543,15 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
   const given = pathValue("model") ?? resolve(opts.defaultModel);
   // A model directory (Optimum's layout, or what `quantize --out DIR` writes) serves its model.onnx.
   const model = modelFileOf(given);
-  const tokenizerDir = pathValue("tokenizerDir") ?? dirname(model);
   const maxBatch = num("batching.maxBatch", 16);
-  const config: AgentConfig = {
+  return {
     stateDir,
     socketPath,
     tcp: values.get("tcp") as TcpConfig | undefined,
     metricsListen: values.get("metrics.listen") as TcpAddress | undefined,
     model,
     modelExplicit: values.has("model"),
-    tokenizerDir,
+    tokenizerDir: pathValue("tokenizerDir") ?? dirname(model),
     modelName: (values.get("modelName") as string | undefined) ?? basename(dirname(model)),
     task: {
       ...(values.has("task.kind") ? { kind: values.get("task.kind") as TaskKind } : {}),
@@ -572,6 +593,10 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
     },
     fleet: fleetConfig(values, pathValue),
   };
+}
+
+/** What only the resolved configuration can show: a bad model name, a short queue, a socket path too long. */
+function checkResolved(config: AgentConfig): void {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(config.modelName)) {
     throw invalid(
       "modelName",
@@ -594,5 +619,4 @@ export function loadAgentConfig(opts: LoadConfigOptions): AgentConfig {
       "resolved",
     );
   }
-  return config;
 }

@@ -246,6 +246,40 @@ function brokerOptions(u: URL): IClientOptions {
 /** MQTT 5 PUBACK reason "No matching subscribers". */
 const RC_NO_SUBSCRIBERS = 0x10;
 
+/** mqtt.js's options for a publish with these MQTT 5 properties. */
+function toPublishOptions(options: MqttPublishOptions): IClientPublishOptions {
+  const opts: IClientPublishOptions = { qos: options.qos ?? 0, retain: options.retain ?? false };
+  const props: NonNullable<IClientPublishOptions["properties"]> = {};
+  if (options.responseTopic !== undefined) props.responseTopic = options.responseTopic;
+  if (options.correlationData !== undefined) props.correlationData = Buffer.from(options.correlationData);
+  if (options.messageExpiryInterval !== undefined)
+    props.messageExpiryInterval = options.messageExpiryInterval;
+  if (options.userProperties !== undefined) props.userProperties = options.userProperties;
+  if (Object.keys(props).length > 0) opts.properties = props;
+  return opts;
+}
+
+/** A received PUBLISH as an {@link MqttMessage}. */
+function toMqttMessage(topic: string, payload: Buffer, packet: mqtt.IPublishPacket): MqttMessage {
+  const p = packet.properties ?? {};
+  const m: MqttMessage = {
+    topic,
+    // A view, not a copy: a large message is in memory once.
+    payload: new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength),
+    qos: packet.qos,
+    retain: packet.retain,
+  };
+  if (p.responseTopic !== undefined) m.responseTopic = p.responseTopic;
+  if (p.correlationData !== undefined) m.correlationData = new Uint8Array(p.correlationData);
+  if (p.messageExpiryInterval !== undefined) m.messageExpiryInterval = p.messageExpiryInterval;
+  if (p.userProperties !== undefined) {
+    const up: Record<string, string> = {};
+    for (const [k, v] of Object.entries(p.userProperties)) up[k] = String(Array.isArray(v) ? v[0] : v);
+    m.userProperties = up;
+  }
+  return m;
+}
+
 function wrap(client: MqttClient, clientId: string, password: string | undefined): MqttConnection {
   let closed = false;
   const errorListeners = new Set<(err: QuantdError) => void>();
@@ -282,15 +316,7 @@ function wrap(client: MqttClient, clientId: string, password: string | undefined
     },
     async publish(topic, payload, options = {}) {
       if (closed) throw unavailable("MQTT connection is closed");
-      const opts: IClientPublishOptions = { qos: options.qos ?? 0, retain: options.retain ?? false };
-      const props: NonNullable<IClientPublishOptions["properties"]> = {};
-      if (options.responseTopic !== undefined) props.responseTopic = options.responseTopic;
-      if (options.correlationData !== undefined) props.correlationData = Buffer.from(options.correlationData);
-      if (options.messageExpiryInterval !== undefined) {
-        props.messageExpiryInterval = options.messageExpiryInterval;
-      }
-      if (options.userProperties !== undefined) props.userProperties = options.userProperties;
-      if (Object.keys(props).length > 0) opts.properties = props;
+      const opts = toPublishOptions(options);
       const body = typeof payload === "string" ? Buffer.from(payload, "utf8") : Buffer.from(payload);
       try {
         const sent = await client.publishAsync(topic, body, opts);
@@ -327,25 +353,8 @@ function wrap(client: MqttClient, clientId: string, password: string | undefined
       await client.unsubscribeAsync([...filters]);
     },
     onMessage(fn) {
-      const h = (topic: string, payload: Buffer, packet: mqtt.IPublishPacket): void => {
-        const p = packet.properties ?? {};
-        const m: MqttMessage = {
-          topic,
-          // A view, not a copy: a large message is in memory once.
-          payload: new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength),
-          qos: packet.qos,
-          retain: packet.retain,
-        };
-        if (p.responseTopic !== undefined) m.responseTopic = p.responseTopic;
-        if (p.correlationData !== undefined) m.correlationData = new Uint8Array(p.correlationData);
-        if (p.messageExpiryInterval !== undefined) m.messageExpiryInterval = p.messageExpiryInterval;
-        if (p.userProperties !== undefined) {
-          const up: Record<string, string> = {};
-          for (const [k, v] of Object.entries(p.userProperties)) up[k] = String(Array.isArray(v) ? v[0] : v);
-          m.userProperties = up;
-        }
-        fn(m);
-      };
+      const h = (topic: string, payload: Buffer, packet: mqtt.IPublishPacket): void =>
+        fn(toMqttMessage(topic, payload, packet));
       return listen(
         (f) => client.on("message", f),
         (f) => client.off("message", f),
