@@ -117,14 +117,14 @@ export interface AgentConfig {
   swap: SwapChecksConfig;
   /** Sample pool bounds. */
   samplePool: { maxRows: number; maxBytes: number };
-  /** The job runner: its timeout and when it queues a recalibration by itself. */
+  /** The job engine: its timeout and when it queues a recalibration by itself. */
   jobs: JobsConfig;
   /** The fleet link (`fleet.*` keys, or `--broker --device --fleet`); undefined when no broker is set. */
   fleet: FleetConfig | undefined;
 }
 
 /**
- * The agent's job runner. A recalibration is queued by `quantd job`, by the
+ * The agent's job engine. A recalibration is queued by `quantd job`, by the
  * fleet, and, when set, on a schedule and after enough new samples.
  */
 export interface JobsConfig {

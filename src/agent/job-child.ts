@@ -97,6 +97,56 @@ function writeLine(line: ChildLine): Promise<void> {
   });
 }
 
+/** Calibration, quantization and validation: the quantizer's progress lines go to the parent as they come. */
+async function quantizeOp(req: Extract<JobChildRequest, { op: "quantize" }>): Promise<unknown> {
+  const { runQuantization } = await import("../quant/pipeline.ts");
+  const { calib, referenceCacheDb, ...rest } = req.options;
+  // The agent's store, for the fp32 logits cache only; without it validation just computes them.
+  const store =
+    referenceCacheDb === undefined
+      ? undefined
+      : await (await import("../store/store.ts"))
+          .openStore(referenceCacheDb, { busyTimeoutMs: 2000 })
+          .catch(() => undefined);
+  try {
+    // `auto` times the int8 forms worth trying on this board (its profile lists them and why).
+    const auto =
+      rest.mode === "auto" && rest.autoCandidates === undefined
+        ? { autoCandidates: (await import("../device/detect.ts")).detectDevice().profile.auto }
+        : {};
+    return await runQuantization({
+      ...rest,
+      ...auto,
+      calib: fixedSets(calib.name, calib.calibration, calib.validation),
+      ...(store === undefined ? {} : { referenceCache: store.logits }),
+      onProgress: (line) => {
+        process.stdout.write(`${JSON.stringify({ progress: line })}\n`);
+      },
+    });
+  } finally {
+    store?.close();
+  }
+}
+
+/** The candidate benchmarked against the serving model. */
+async function compareOp(req: Extract<JobChildRequest, { op: "compare" }>): Promise<unknown> {
+  const { compareCandidate } = await import("../bench/compare.ts");
+  return await compareCandidate(req.active, req.candidate, req.options);
+}
+
+/**
+ * What a job child can do, one entry per operation: a job type whose heavy
+ * work should leave the serving process adds its operation here and calls
+ * {@link runInJobChild} from its handler (the supervision, cancellation and
+ * error transport are the same for all).
+ */
+const CHILD_OPS: {
+  readonly [K in JobChildRequest["op"]]: (req: Extract<JobChildRequest, { op: K }>) => Promise<unknown>;
+} = {
+  quantize: quantizeOp,
+  compare: compareOp,
+};
+
 /**
  * The child's side: reads the request from stdin, runs it, answers on stdout.
  *
@@ -122,44 +172,12 @@ export async function runJobChild(): Promise<number> {
     return 2;
   }
   try {
-    let value: unknown;
-    if (req.op === "quantize") {
-      const { runQuantization } = await import("../quant/pipeline.ts");
-      const { calib, referenceCacheDb, ...rest } = req.options;
-      // The agent's store, for the fp32 logits cache only; without it validation just computes them.
-      const store =
-        referenceCacheDb === undefined
-          ? undefined
-          : await (await import("../store/store.ts"))
-              .openStore(referenceCacheDb, { busyTimeoutMs: 2000 })
-              .catch(() => undefined);
-      try {
-        // `auto` times the int8 forms worth trying on this board (its profile lists them and why).
-        const auto =
-          rest.mode === "auto" && rest.autoCandidates === undefined
-            ? { autoCandidates: (await import("../device/detect.ts")).detectDevice().profile.auto }
-            : {};
-        value = await runQuantization({
-          ...rest,
-          ...auto,
-          calib: fixedSets(calib.name, calib.calibration, calib.validation),
-          ...(store === undefined ? {} : { referenceCache: store.logits }),
-          onProgress: (line) => {
-            process.stdout.write(`${JSON.stringify({ progress: line })}\n`);
-          },
-        });
-      } finally {
-        store?.close();
-      }
-    } else if (req.op === "compare") {
-      const { compareCandidate } = await import("../bench/compare.ts");
-      value = await compareCandidate(req.active, req.candidate, req.options);
-    } else {
-      throw new QuantdError(
-        "USAGE",
-        `unknown job child operation ${JSON.stringify((req as { op: unknown }).op)}`,
-      );
+    // Own keys only: a request naming `constructor` must not reach Object's.
+    const op = Object.hasOwn(CHILD_OPS, req.op) ? CHILD_OPS[req.op] : undefined;
+    if (op === undefined) {
+      throw new QuantdError("USAGE", `unknown job child operation ${JSON.stringify(req.op)}`);
     }
+    const value = await op(req as never);
     await writeLine({ ok: true, value });
     return 0;
   } catch (err) {

@@ -1,7 +1,7 @@
 /**
  * Persistent jobs (recalibration and the like). Every state change is one
  * transaction, so after a crash or power cut the table says exactly where each
- * job stood; the job runner (a later layer) decides whether an interrupted job
+ * job stood; the job engine (`src/jobs/`, a later layer) decides whether an interrupted job
  * resumes from its recorded stage or fails.
  *
  * States: QUEUED → IN_PROGRESS (claimed) → SUCCEEDED | FAILED | REJECTED |

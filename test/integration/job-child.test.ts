@@ -146,3 +146,18 @@ test("a child whose agent is killed (kill -9) stops by itself instead of working
   while (running() && Date.now() - t0 < 20_000) await Bun.sleep(100);
   expect(running()).toBe(false);
 }, 60_000);
+
+test("an operation the child does not have is a USAGE error, an inherited name included", async () => {
+  for (const op of ["frobnicate", "constructor", "toString"]) {
+    let err: unknown;
+    try {
+      await runInJobChild({ op } as unknown as Parameters<typeof runInJobChild>[0], {
+        crashCode: "INTERNAL",
+      });
+    } catch (e) {
+      err = e;
+    }
+    expect({ op, code: (err as QuantdError).code }).toEqual({ op, code: "USAGE" });
+    expect((err as QuantdError).message).toContain(`unknown job child operation "${op}"`);
+  }
+}, 30_000);
