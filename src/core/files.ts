@@ -6,7 +6,17 @@
  * `DISK_FULL`: the user's remedy is the same).
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, copyFileSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  fsyncSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from "node:fs";
 import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { QuantdError } from "../errors.ts";
@@ -152,7 +162,10 @@ export function copyFileDurableSync(source: string, dest: string, message?: stri
   const tmp = tempBeside(dest);
   try {
     copyFileSync(source, tmp);
-    const fd = openSync(tmp, "r+");
+    // copyFileSync keeps the source's mode: a read-only source (a package's model directory) would give
+    // a copy its owner cannot write, which a user without root could then neither fsync here nor edit.
+    chmodSync(tmp, (statSync(tmp).mode & 0o7777) | 0o200);
+    const fd = openSync(tmp, "r");
     try {
       fsyncSync(fd);
     } finally {

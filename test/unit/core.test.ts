@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -136,6 +136,19 @@ describe("durable copies", () => {
     expect(err?.message).toContain("cannot copy");
     expect(readFileSync(dest, "utf8")).toBe('{"new": true}');
     expect(readdirSync(dir).sort()).toEqual(["out.json", "tokenizer.json"]);
+  });
+
+  test("a read-only source (a model directory installed read-only) gives a copy its owner can write", () => {
+    // Run as a service user, not root: fsync through a write handle on a 0444 copy failed with EACCES,
+    // so `quantize --out DIR` from a read-only model directory failed after all its work.
+    const src = join(dir, "readonly-config.json");
+    const dest = join(dir, "copied-config.json");
+    writeFileSync(src, "{}");
+    chmodSync(src, 0o444);
+    copyFileDurableSync(src, dest);
+    expect(statSync(dest).mode & 0o777).toBe(0o644);
+    rmSync(src);
+    rmSync(dest);
   });
 });
 
