@@ -104,11 +104,13 @@ labels exist). The gate passes when the lower bound at --confidence clears --gat
 "agreement 99.8 % (≥ 99.3 % at 95 %, n = 1,024)"; certifying 99.5 % at 95 % takes at least 598 held-out
 samples with no flip, and a smaller set fails at once saying how many it takes. --gate-on point decides
 on the point estimate instead (a small set then passes by luck). fp32 and static int8 run in batches of
-samples of similar length; dynamic int8 one sample at a time (its ranges are per batch). A candidate
+samples of similar length; dynamic int8 in the batches serving forms, samples of one token length (its
+ranges are per batch). A candidate
 stops early once it can no longer pass, or, on a set at least twice what the gate needs, once it has
 passed at one of a few looks (the looks share the 5 %, 80 % of it kept for the last, so the verdict still
 holds at 95 %); --full-validation runs every sample. When the gate is not met, the other calibration
-methods (percentile, mse, entropy) are tried first, as they cost no bytes; then nodes are kept in fp32, a
+methods (percentile, mse, entropy) are tried first, then a method per tensor (each tensor's range from
+the method under which the nodes reading it add the least error), as they cost no bytes; then nodes are kept in fp32, a
 few more per trial, the best estimated gain (the error a node adds) per byte first, until the gate holds
 or --trials rebuilds are spent; the summary says what each trial bought. If it cannot be met the command
 fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still written).
