@@ -140,6 +140,19 @@ export class QuantdError extends Error {
     return json;
   }
 
+  /**
+   * The error again from its wire form (a worker's, a child process's or the agent's answer):
+   * code, message and details as sent, the sent causes as this error's cause, so that
+   * {@link toLine} and {@link toJSON} show them as the sender would have.
+   */
+  static fromJSON(json: QuantdErrorJSON): QuantdError {
+    const causes = json.causes ?? [];
+    return new QuantdError(json.code, json.message, {
+      ...(json.details === undefined ? {} : { details: json.details }),
+      ...(causes.length === 0 ? {} : { cause: new AggregateError(causes.map((c) => new Error(c))) }),
+    });
+  }
+
   /** Wraps anything thrown into a QuantdError, keeping a QuantdError as is. */
   static from(err: unknown, code: QuantdErrorCode = "INTERNAL", message?: string): QuantdError {
     if (err instanceof QuantdError) return err;

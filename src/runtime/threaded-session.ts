@@ -37,12 +37,7 @@ export type FromSessionThread =
 
 /** A QuantdError again from its wire form (the worker's causes become this error's cause). */
 function errorFromThread(json: QuantdErrorJSON, fallback: QuantdErrorCode): QuantdError {
-  const code = typeof json.code === "string" ? json.code : fallback;
-  const causes = json.causes ?? [];
-  return new QuantdError(code, json.message, {
-    ...(json.details === undefined ? {} : { details: json.details }),
-    ...(causes.length === 0 ? {} : { cause: new Error(causes.join("; ")) }),
-  });
+  return QuantdError.fromJSON({ ...json, code: typeof json.code === "string" ? json.code : fallback });
 }
 
 interface Waiter {

@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { repoRoot, shippedDevTsv } from "../helpers/paths.ts";
 import { cliMain, envWithoutQuantd, runCommand, runQuantd } from "../helpers/run-cli.ts";
 import { until } from "../helpers/until.ts";
@@ -100,6 +101,17 @@ describe("quantd agent models | promote | rollback", () => {
       const back = await quantd(["agent", "rollback", ...flags]);
       expect(back.code).toBe(0);
       expect(back.stdout).toStartWith("rolled back: now serving version 1\n");
+
+      // A model onnxruntime cannot load: the agent's answer carries onnxruntime's reason, and so does the CLI.
+      const unloadable = join(dir, "unknown-op.onnx");
+      const m = await loadModel(int8);
+      m.graph.node.find((n) => n.opType === "Softmax")!.opType = "NoSuchOp";
+      await saveModel(m, unloadable);
+      const refused = await quantd(["agent", "promote", unloadable, ...flags]);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toStartWith("error MODEL_LOAD_FAILED: ");
+      expect(refused.stderr).toMatch(/\(cause: .*NoSuchOp/);
+
       const extra = await quantd(["agent", "models", "extra", ...flags]);
       expect(extra.code).toBe(2);
     } finally {

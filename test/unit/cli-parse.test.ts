@@ -205,3 +205,21 @@ describe("help", () => {
     expect(wrap("averyveryverylongword x", 4)).toEqual(["averyveryverylongword", "x"]);
   });
 });
+
+describe("errors from another process", () => {
+  test("fromJSON renders an error as its sender would: code, message, details and each cause", () => {
+    const sent = new QuantdError("MODEL_LOAD_FAILED", "onnxruntime could not load m.onnx", {
+      details: { path: "m.onnx" },
+      cause: new Error("Load model failed: unknown op NoSuchOp", { cause: new Error("line 3") }),
+    });
+    const received = QuantdError.fromJSON(JSON.parse(JSON.stringify(sent.toJSON())));
+    expect(received.toLine()).toBe(sent.toLine());
+    expect(received.toJSON()).toEqual(sent.toJSON());
+    expect(received.toLine()).toBe(
+      "error MODEL_LOAD_FAILED: onnxruntime could not load m.onnx (cause: Load model failed: unknown op NoSuchOp; line 3)",
+    );
+    expect(QuantdError.fromJSON({ code: "NOT_READY", message: "no model" }).toLine()).toBe(
+      "error NOT_READY: no model",
+    );
+  });
+});

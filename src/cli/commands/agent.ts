@@ -99,9 +99,13 @@ async function callAgent(socketPath: string, method: string, path: string, body?
   }
   const json = (await res.json().catch(() => ({}))) as { error?: QuantdErrorJSON };
   if (!res.ok) {
+    // The agent's causes (onnxruntime's reason a model does not load) are what the user can act on.
     const e = json.error;
-    throw new QuantdError(e?.code ?? "INTERNAL", e?.message ?? `agent answered ${res.status}`, {
-      details: e?.details ?? {},
+    throw QuantdError.fromJSON({
+      details: {},
+      ...e,
+      code: e?.code ?? "INTERNAL",
+      message: e?.message ?? `agent answered ${res.status}`,
     });
   }
   return json;
