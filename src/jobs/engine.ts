@@ -316,24 +316,27 @@ export class JobEngine {
     } catch (err) {
       this.#log(`jobs: schedule: ${QuantdError.from(err).toLine()}`);
     }
-    let p: Promise<unknown> = Promise.resolve();
-    if (this.#running === undefined) {
-      try {
-        p = this.runNext();
-      } catch (err) {
+    // Whether a job ended: then the next one is looked for at once, not a poll later.
+    const ran =
+      this.#running === undefined
+        ? this.runNext().then((done) => done !== undefined)
+        : Promise.resolve(false);
+    void ran
+      .catch((err: unknown) => {
         // A busy database: try again at the next poll.
-        this.#log(`jobs: cannot claim a job: ${QuantdError.from(err).toLine()}`);
-      }
-    }
-    void p
-      .catch((err: unknown) => this.#log(`jobs: ${QuantdError.from(err).toLine()}`))
-      .finally(() => {
+        this.#log(`jobs: ${QuantdError.from(err).toLine()}`);
+        return false;
+      })
+      .then((again) => {
         if (this.#stopped || this.#running !== undefined) return;
         if (this.#timer !== undefined) clearTimeout(this.#timer);
-        this.#timer = setTimeout(() => {
-          this.#timer = undefined;
-          this.#tick();
-        }, this.#o.pollMs ?? DEFAULT_POLL_MS);
+        this.#timer = setTimeout(
+          () => {
+            this.#timer = undefined;
+            this.#tick();
+          },
+          again ? 0 : (this.#o.pollMs ?? DEFAULT_POLL_MS),
+        );
       });
   }
 

@@ -293,6 +293,16 @@ describe("job runner", () => {
     expect(store.jobs.require("r1").result).toEqual({ big: "x".repeat(100), n: 7 });
   });
 
+  test("queued jobs run back to back: the next is claimed when one ends, not a poll later", async () => {
+    const ran: string[] = [];
+    const { store, runner } = await setup(stagedHandler(ran, 1), { pollMs: 60_000 });
+    for (const id of ["q1", "q2", "q3"]) store.jobs.create({ type: "staged", id });
+    runner.start();
+    // A minute between polls: only claiming on each job's end gets the three done in time.
+    await until(() => ["q1", "q2", "q3"].every((id) => finished(store, id)), 10_000, "three jobs");
+    expect(ran.filter((r) => r.endsWith(":three"))).toEqual(["q1:three", "q2:three", "q3:three"]);
+  });
+
   test("a handler's own timeout overrides the engine's", async () => {
     const slow: JobHandler = {
       timeoutMs: 50,
