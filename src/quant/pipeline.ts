@@ -268,15 +268,18 @@ function startRun(opts: RunQuantizationOptions): Run {
   };
 }
 
-/** Stage 1: the samples, split; refused when the held-out set cannot certify the gate. */
+/** Stage 1: the samples, split. */
 async function takeSamples(run: Run): Promise<SampleSplit> {
   const split = await loadSplit(run.opts, run.splitReq);
   run.progress(`split: ${split.line}`);
-  assertCertifiable(run.settings.gate, split.validation.length, run.splitReq.needed);
   return split;
 }
 
-/** Stage 2: the fp32 model checked and loaded, its tokenizer, the encoded samples, and the validator for its task. */
+/**
+ * Stage 2: the fp32 model checked and loaded, its tokenizer, the encoded
+ * samples, and the validator for its task; refused when the held-out set
+ * cannot certify the gate.
+ */
 async function loadReference(run: Run, split: SampleSplit): Promise<Reference> {
   run.progress(`loading ${run.files.model}`);
   let externalBytes = 0;
@@ -290,6 +293,10 @@ async function loadReference(run: Run, split: SampleSplit): Promise<Reference> {
   if (run.files.configPath !== undefined) tokOpts.configPath = run.files.configPath;
   const tokenizer = await loadTokenizer(run.files.tokenizerDir, tokOpts);
   const maxLength = tokenizer.maxLength;
+  const validator = validatorFor(run, split, { fp32, facts, tokenizer, maxLength });
+  // Refused before calibration when the held-out set cannot certify the gate: counted in the bound's trials,
+  // which for a token classifier (tokens) or a multi-label head (label decisions) outnumber the samples.
+  assertCertifiable(run.settings.gate, validator.trials.count, run.splitReq.needed, validator.trials.unit);
   return {
     fp32,
     facts,
@@ -298,7 +305,7 @@ async function loadReference(run: Run, split: SampleSplit): Promise<Reference> {
     maxLength,
     calibration: encodeSamples(tokenizer, split.calibration, DEFAULT_CALIBRATION_BATCH_SIZE, maxLength),
     probe: encodeSamples(tokenizer, split.validation.slice(0, SENSITIVITY_PROBE_SAMPLES), 8, maxLength),
-    validator: validatorFor(run, split, { fp32, facts, tokenizer, maxLength }),
+    validator,
     validationMs: 0,
   };
 }

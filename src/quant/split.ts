@@ -118,15 +118,17 @@ export function splitRequestOf(gate: GateSpec, calibration?: number, validation?
 /**
  * Fails before any work when the validation set is too small for the gate to
  * pass even with no flip: hours of calibration would end in the same verdict.
+ * `have` counts the trials of the gate's bound: samples, or another task's
+ * tokens or label decisions (`unit`).
  *
- * @throws GATE_NOT_MET naming the samples needed
+ * @throws GATE_NOT_MET naming the trials needed
  */
-export function assertCertifiable(gate: GateSpec, have: number, needed: number): void {
+export function assertCertifiable(gate: GateSpec, have: number, needed: number, unit = "sample"): void {
   if (gate.decideOn === "point" || have >= needed) return;
   const confidence = gate.confidence ?? DEFAULT_CONFIDENCE;
   throw new QuantdError(
     "GATE_NOT_MET",
-    `${have} held-out samples cannot certify ${(gate.minAgreement * 100).toFixed(2)} % agreement at ` +
+    `${have.toLocaleString("en-US")} held-out ${unit}s cannot certify ${(gate.minAgreement * 100).toFixed(2)} % agreement at ` +
       `${formatConfidence(confidence)} even with no flip: it takes ${needed.toLocaleString("en-US")}; give more ` +
       "samples (or a --validate file), lower the gate, or decide on the point estimate (--gate-on point)",
     { details: { validation: have, needed, gate: gate.minAgreement, confidence } },

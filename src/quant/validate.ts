@@ -175,6 +175,11 @@ export interface Validator {
   readonly truncated: number;
   /** Token count of every validation sample. */
   readonly lengths: readonly number[];
+  /**
+   * Trials the whole set holds, all the gate's bound can count: the samples,
+   * or another task's tokens or label decisions (`task-validate.ts`).
+   */
+  readonly trials: { count: number; unit: string };
 }
 
 /** The order samples are validated in: by SHA-1 of the text, a fixed shuffle any file order survives. */
@@ -234,6 +239,7 @@ export function createValidator(opts: ValidatorOptions): Validator {
     summary: () => structuredClone(plan.stats),
     truncated: plan.chunks.reduce((sum, c) => sum + c.batched.truncated, 0),
     lengths: plan.chunks.flatMap((c) => c.batched.lengths),
+    trials: { count: plan.n, unit: "sample" },
   };
 }
 

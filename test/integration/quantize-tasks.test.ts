@@ -93,6 +93,18 @@ describe("the gate fails what breaks a task", () => {
     expect(String((err as Error).message)).toMatch(/mean cosine 0\.\d+ is below 0\.99999999/);
   });
 
+  test("whether a held-out set can certify the gate is counted in the bound's trials: tokens pass where samples would not", async () => {
+    // 99 % at 95 % takes 299 trials with no flip: 120 sentences are too few, their ~1,800 tokens are not.
+    const tokens = await quantize("token-classification", { validationSamples: 120, gate: 0.99 });
+    expect(tokens.report.metrics.task?.unit).toBe("token");
+    expect(tokens.report.metrics.n).toBeGreaterThan(299);
+    const err = await quantize("regression", { validationSamples: 120, gate: 0.99 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "GATE_NOT_MET" });
+    expect(String((err as Error).message)).toMatch(
+      /^120 held-out samples cannot certify 99\.00 % agreement at 95 % even with no flip: it takes 299;/,
+    );
+  }, 120_000);
+
   test("a pair classifier refuses single-text samples, naming what it expected", async () => {
     const err = await quantize("pair-classification", { calib }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: "DATA_MISMATCH" });
