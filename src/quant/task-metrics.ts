@@ -158,6 +158,16 @@ function absDiff(a: readonly Float32Array[], b: readonly Float32Array[]): { max:
   return { max, mean: count === 0 ? 0 : sum / count };
 }
 
+/** What one trial of each task's bound is (see the module comment's table). */
+export const TRIAL_UNIT: Readonly<Record<TaskKind, TaskFigures["unit"]>> = {
+  classification: "sample",
+  "pair-classification": "sample",
+  "token-classification": "token",
+  "multi-label": "label decision",
+  embedding: "sample",
+  regression: "sample",
+};
+
 /** The trials of one sample and how many of them agree. */
 export interface SampleTrials {
   n: number;
@@ -232,7 +242,8 @@ interface Comparison {
 }
 
 /** The task figures every comparison shares: unit, samples and the share of samples whose every trial agrees. */
-function figuresOf(c: Comparison, unit: TaskFigures["unit"]): TaskFigures {
+function figuresOf(c: Comparison): TaskFigures {
+  const unit = TRIAL_UNIT[c.task.kind];
   const samples = c.reference.rows;
   const whole = c.trials.filter((t) => t.agree === t.n).length;
   return {
@@ -262,14 +273,14 @@ function compareLabels(c: Comparison): GateMetrics {
     token ? undefined : c.labels,
     { confidence: c.confidence, boundLevel: c.level },
   );
-  m.task = figuresOf(c, token ? "token" : "sample");
+  m.task = figuresOf(c);
   if (token) m.task.figures["tokens"] = m.n;
   return m;
 }
 
 function compareMultiLabel(c: Comparison): GateMetrics {
   const m = trialMetrics(c);
-  m.task = figuresOf(c, "label decision");
+  m.task = figuresOf(c);
   return m;
 }
 
@@ -279,7 +290,7 @@ function compareEmbeddings(c: Comparison): GateMetrics {
   const mean = cos.reduce((s, x) => s + x, 0) / Math.max(1, cos.length);
   const overlap = neighbourOverlap(c.reference.data, c.candidate.data, t.neighbours);
   const m = trialMetrics(c);
-  m.task = figuresOf(c, "sample");
+  m.task = figuresOf(c);
   m.task.figures = {
     meanCosine: mean,
     worst1PctCosine: percentile(cos, 1),
@@ -303,7 +314,7 @@ function compareRegression(c: Comparison): GateMetrics {
   const cand = c.candidate.data.map((r) => r[0]!);
   const r = pearson(ref, cand);
   const m = trialMetrics(c);
-  m.task = figuresOf(c, "sample");
+  m.task = figuresOf(c);
   m.task.figures = {
     pearson: r,
     maxAbsError: Math.max(...ref.map((v, i) => Math.abs(cand[i]! - v))),

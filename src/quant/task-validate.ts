@@ -43,6 +43,7 @@ import {
   DEFAULT_TASK_THRESHOLDS,
   regressionTolerance,
   sampleTrials,
+  TRIAL_UNIT,
   type TaskThresholds,
   type TrialRule,
 } from "./task-metrics.ts";
@@ -115,16 +116,6 @@ function trialsIn(task: TaskSpec, encoding: Encoding, tokenizer: Tokenizer): num
   const s = tokenizer.specialIds;
   return encoding.inputIds.filter((id) => id !== s.cls && id !== s.sep && id !== s.pad).length;
 }
-
-/** What one trial of each task's bound is (as `task-metrics.ts` reports it). */
-const UNITS: Readonly<Record<TaskSpec["kind"], string>> = {
-  classification: "sample",
-  "pair-classification": "sample",
-  "token-classification": "token",
-  "multi-label": "label decision",
-  embedding: "sample",
-  regression: "sample",
-};
 
 /** Options of {@link createTaskValidator}. */
 export interface TaskValidatorOptions extends ValidatorOptions {
@@ -218,7 +209,7 @@ class TaskValidator implements Validator {
     this.#key = referenceKey(opts.fp32.sha256, opts.task, opts.maxLength);
     this.truncated = this.#chunks.reduce((s, c) => s + c.truncated, 0);
     this.lengths = this.#chunks.flatMap((c) => c.lengths);
-    this.trials = { count: this.#planned, unit: UNITS[opts.task.kind] };
+    this.trials = { count: this.#planned, unit: TRIAL_UNIT[opts.task.kind] };
     this.#stats = {
       samples: opts.samples.length,
       batchSize: this.#batchSize,
