@@ -15,7 +15,6 @@ import {
   deviceTopics,
   encodeReport,
   type FleetCommand,
-  JOB_COMMANDS,
   jobReport,
   parseCommand,
 } from "../protocol.ts";
@@ -25,11 +24,6 @@ import type { FleetCommandHandler, FleetJobContext } from "./handler.ts";
 export interface FleetIdentity {
   fleet: string;
   device: string;
-}
-
-/** Whether a command queues a job. */
-export function isJobCommand(cmd: FleetCommand): boolean {
-  return JOB_COMMANDS.includes(cmd.name);
 }
 
 /** The job a job command queues, under the command's id: a job of the command's name with its parameters. */

@@ -67,6 +67,7 @@ const COMMAND_FAMILIES: Readonly<Record<CommandName, CommandFamilyHandler>> = {
 export interface FleetLinkDeps {
   /** The agent's store: jobs (the fleet's job queue) and outbox (store-and-forward). */
   store: { jobs: JobStore; outbox: OutboxStore; db: SqlDatabase };
+  /** Answers status, set-config and collect; its job methods run jobs only in a link given no `engine`. */
   handler: FleetCommandHandler;
   /** Agent and model versions for the retained `online` status (read at every connect). */
   status: () => AgentIdentity;
