@@ -232,6 +232,10 @@ describe("quantd quantize on a synthetic BERT", () => {
     const skipped = report.skipped.find((s) => s.node === QUERY0);
     expect(skipped).toMatchObject({ opType: "Einsum", reason: "unsupported-op" });
     expect(report.keptFp32).toContainEqual(expect.objectContaining({ node: QUERY0, reason: "unsupported" }));
+    // The summary says so too: a user reading only it must not take the int8 model for fully int8.
+    expect(r.stdout).toContain(
+      "kept in fp32, no int8 form for them here: 1 Einsum (the report lists each with its reason)",
+    );
     expect(report.layerError.some((e) => e.node.endsWith("/key/MatMul"))).toBe(true);
   });
 

@@ -130,6 +130,9 @@ describe("the gate fails what breaks a task", () => {
     expect(run.stdout).toMatch(
       /task regression: agreement counts samples; Pearson (0\.99|1\.0)\d+, max \|error\| /,
     );
+    // A regression has no top-2 margin: the summary counts what differs instead of claiming no near-ties.
+    expect(run.stdout).toMatch(/ {2}differ: \d+ of [\d,]+ samples; mean \|logit diff\| /);
+    expect(run.stdout).not.toContain("near-ties");
     const bad = await runQuantd(
       [
         "quantize",

@@ -9,7 +9,7 @@ import { detectDevice } from "../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
 import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeLengths } from "../../quant/drift.ts";
-import { describeAgreement, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
+import { describeAgreement, formatCount, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
 import { describeTaskFigures } from "../../quant/task-metrics.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../../quant/methods.ts";
 import {
@@ -277,7 +277,7 @@ fastest. The report says why these candidates and why the winner won.`,
       return 0;
     }
     ctx.out(`wrote ${result.out}`);
-    for (const line of summaryLines(result.report)) ctx.out(line);
+    for (const line of summaryLines(result.report, opts.report)) ctx.out(line);
     for (const w of result.report.warnings) ctx.err(`warning: ${w}`);
     ctx.out(timingLine(result.report));
     if (copied.length > 0) ctx.out(`  beside it: ${copied.join(", ")}`);
@@ -380,8 +380,45 @@ function points(x: number): string {
   return `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
 }
 
+/** Tasks whose validation measures fp32's top-2 margin per trial (a label chosen by argmax). */
+const MARGIN_TASKS: ReadonlySet<string> = new Set([
+  "classification",
+  "pair-classification",
+  "token-classification",
+]);
+
+/**
+ * Flips split by fp32's margin, where the task has one; otherwise (multi-label, embeddings, regression:
+ * no top-2 margin is measured) the count of trials that differ, without claiming there were no near-ties.
+ */
+function flipsLine(m: QuantizationReport["metrics"]): string {
+  const diff = `mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`;
+  if (m.task === undefined || MARGIN_TASKS.has(m.task.kind)) {
+    return (
+      `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
+      `${m.margin.confidentFlips} on confident inputs; ${diff}`
+    );
+  }
+  return `  differ: ${formatCount(m.disagreements)} of ${formatCount(m.n)} ${m.task.unit}s; ${diff}`;
+}
+
+/** Nodes left fp32 because quantd has no int8 form for them there, counted by op; the report names each. */
+function unsupportedLine(r: QuantizationReport, reportPath: string | undefined): string | undefined {
+  const byOp = new Map<string, number>();
+  for (const k of r.keptFp32) {
+    if (k.reason === "unsupported") byOp.set(k.opType ?? "?", (byOp.get(k.opType ?? "?") ?? 0) + 1);
+  }
+  if (byOp.size === 0) return undefined;
+  const ops = [...byOp].map(([op, n]) => `${n} ${op}`).join(", ");
+  const where =
+    reportPath === undefined
+      ? "--report FILE lists each with its reason"
+      : "the report lists each with its reason";
+  return `  kept in fp32, no int8 form for them here: ${ops} (${where})`;
+}
+
 /** The human summary under `wrote …`: the model, the split, the gate's figures, what fallback bought. */
-function summaryLines(r: QuantizationReport): string[] {
+function summaryLines(r: QuantizationReport, reportPath?: string): string[] {
   const m = r.metrics;
   const variant = [
     r.mode,
@@ -397,8 +434,7 @@ function summaryLines(r: QuantizationReport): string[] {
         ? `, accuracy ${formatPercent(m.accuracyCandidate ?? 0)} (fp32 ${formatPercent(m.accuracyReference ?? 0)})`
         : "") +
       `, max |logit diff| ${m.maxAbsLogitDiff.toFixed(4)}`,
-    `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
-      `${m.margin.confidentFlips} on confident inputs; mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`,
+    flipsLine(m),
   ];
   if (m.task !== undefined) out.push(`  ${describeTaskFigures(m.task)}`);
   if (r.auto !== undefined) out.push(`  auto: ${r.auto.decision}`);
@@ -413,6 +449,8 @@ function summaryLines(r: QuantizationReport): string[] {
   }
   const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
   if (sensitive.length > 0) out.push(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
+  const unsupported = unsupportedLine(r, reportPath);
+  if (unsupported !== undefined) out.push(unsupported);
   if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {
     out.push(
       `  truncated to ${r.samples.maxSequenceLength} tokens: ${r.samples.truncated.calibration} calibration, ` +
