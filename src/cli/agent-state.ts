@@ -12,6 +12,10 @@ import type { FlagSpec, ParsedFlags } from "./command.ts";
 import { flagString } from "./parse.ts";
 import { SHIPPED_MODEL } from "./paths.ts";
 
+/** Where the state directory is when `--state-dir` is not given, as the agent's config resolves it. */
+export const STATE_DIR_DEFAULT =
+  "$QUANTD_STATE_DIR, else $STATE_DIRECTORY, else $XDG_STATE_HOME/quantd, else ~/.local/state/quantd";
+
 /** `--config` and `--state-dir`, as `quantd agent` takes them. */
 export const AGENT_STATE_FLAGS: readonly FlagSpec[] = [
   { name: "config", type: "string", value: "FILE", description: "agent config file (TOML or JSON)" },
@@ -20,7 +24,7 @@ export const AGENT_STATE_FLAGS: readonly FlagSpec[] = [
     type: "string",
     value: "DIR",
     description: "state directory holding quantd.db and the models",
-    default: "$QUANTD_STATE_DIR, else $STATE_DIRECTORY, else ~/.local/state/quantd",
+    default: STATE_DIR_DEFAULT,
   },
 ];
 

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { repoRoot, shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
-import { runQuantd as quantd, runCommand as run } from "../helpers/run-cli.ts";
+import { envWithoutQuantd, runQuantd as quantd, runCommand as run } from "../helpers/run-cli.ts";
 
 // Each test spawns quantd and loads a real model; 5 s is too short on a busy 2-core board.
 setDefaultTimeout(60_000);
@@ -56,6 +56,25 @@ describe("help and version", () => {
       expect(a.stdout).toContain(flag);
     }
     expect(a.stdout).toMatch(/--batch N\s+texts per inference call \(default: 32\)/);
+  });
+
+  test("agent, job and collect give one --state-dir default, and the agent's actions look there", async () => {
+    const helps = await Promise.all(["agent", "job", "collect"].map((c) => quantd([c, "--help"])));
+    // Help wraps at its own column in each command: compare the words.
+    const defaults = helps.map((h) =>
+      h.stdout.match(/^\s+--state-dir DIR\s[^(]*\(default:\s+([^)]*)\)/m)?.[1]?.replace(/\s+/g, " "),
+    );
+    expect(defaults[0]).toStartWith("$QUANTD_STATE_DIR, else $STATE_DIRECTORY, else");
+    expect(new Set(defaults).size).toBe(1);
+    const stateDir = mkdtempSync(join(tmpdir(), "quantd-state-default-"));
+    try {
+      const env: Record<string, string> = { ...envWithoutQuantd(), QUANTD_STATE_DIR: stateDir };
+      delete env["RUNTIME_DIRECTORY"];
+      const r = await quantd(["agent", "models"], { env });
+      expect(r.stderr).toBe(`error NOT_READY: no agent listens on ${join(stateDir, "quantd.sock")}\n`);
+    } finally {
+      rmSync(stateDir, { recursive: true, force: true });
+    }
   });
 
   test("help of an unknown command is a usage error", async () => {

@@ -10,6 +10,7 @@ import { type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
 import { notifyReady, notifyStopping, notifyWatchdog, watchdogIntervalMs } from "../../agent/sd-notify.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import type { ModelVersionView } from "../../server/types.ts";
+import { STATE_DIR_DEFAULT } from "../agent-state.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { JSON_FLAG } from "../model-flags.ts";
@@ -121,7 +122,8 @@ export const agentCommand: Command = {
   description:
     "Without an action, runs the agent until SIGTERM/SIGINT: opens the store in the state directory, " +
     "registers and loads the model, and serves the Open Inference Protocol v2 (/v2/health/live, " +
-    "/v2/health/ready, /v2/models/NAME, /v2/models/NAME/infer), POST /v1/classify {texts} and " +
+    "/v2/health/ready, /v2/models/NAME, /v2/models/NAME/infer), the simple routes of the model's task " +
+    "(POST /v1/classify {texts} or {pairs}, /v1/embed {texts}, /v1/tokens {texts}) and " +
     "Prometheus /metrics on the Unix socket (mode 0660), optionally also on a loopback TCP port.\n\n" +
     "Configuration: a JSON or TOML file (--config, or QUANTD_CONFIG), then QUANTD_* environment " +
     "variables (e.g. QUANTD_BATCHING_MAX_BATCH=8), then these flags.\n\n" +
@@ -135,7 +137,7 @@ export const agentCommand: Command = {
       type: "string",
       value: "DIR",
       description: "database and model versions",
-      default: "$STATE_DIRECTORY, else ~/.local/state/quantd",
+      default: STATE_DIR_DEFAULT,
     },
     {
       name: "socket",
