@@ -198,7 +198,9 @@ export type SkipReason =
   | "embeddings-disabled"
   | "mask-sentinel"
   | "no-range"
-  | "unknown-op";
+  | "unknown-op"
+  /** Reads a weight another node keeps in fp32 (one copy of a shared weight, never two). */
+  | "shared-weight";
 
 /** A node that stays fp32, with the reason (for the report). */
 export interface SkippedNode {
@@ -218,6 +220,11 @@ export interface QuantPlan {
   skipped: SkippedNode[];
   /** Activation tensors calibration must observe: exactly the inputs of the static targets. */
   observe: string[];
+  /**
+   * Every node reading each target's weight (keys as {@link nodeKey}): a weight
+   * read by more than one node is quantized for all of them or none.
+   */
+  weightReaders: Readonly<Record<string, readonly string[]>>;
 }
 
 /** Ops that show a model was already quantized (by us, ORT's tool, or a QAT export). */
@@ -388,18 +395,16 @@ function isAttentionMatMul(
   return walkDown(node.output[0] ?? "", 0);
 }
 
-/**
- * Finds what to quantize in an fp32 model.
- *
- * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
- * @throws QUANT_UNSUPPORTED for a float16/bfloat16 model
- * @throws USAGE when `exclude` names a node the model does not have
- */
-export function planQuantization(model: ModelProto, opts: QuantizeOptions): QuantPlan {
-  assertNotQuantized(model);
-  assertFloat32Model(model);
-  const graph = model.graph;
-  const constants = constantNames(graph);
+/** What the node classifiers read: the graph's constants, edges, options and exclusions. */
+interface PlanContext {
+  opts: QuantizeOptions;
+  constants: Map<string, TensorProto | undefined>;
+  producers: Map<string, NodeProto>;
+  consumers: Map<string, NodeProto[]>;
+  exclude: ReadonlySet<string>;
+}
+
+function planContext(graph: GraphProto, opts: QuantizeOptions): PlanContext {
   const producers = new Map<string, NodeProto>();
   const consumers = new Map<string, NodeProto[]>();
   for (const n of graph.node) {
@@ -411,180 +416,250 @@ export function planQuantization(model: ModelProto, opts: QuantizeOptions): Quan
       else list.push(n);
     }
   }
-  const exclude = new Set(opts.exclude);
-  const targets: QuantTarget[] = [];
-  const skipped: SkippedNode[] = [];
-  const skip = (node: string, opType: string, reason: SkipReason, detail: string): SkippedNode => ({
-    node,
-    opType,
-    reason,
-    detail,
-  });
-  const initializer = (name: string): TensorProto | undefined => constants.get(name);
-  const packedAttention = (n: NodeProto, key: string): PackedAttentionTarget | SkippedNode => {
-    const [input = "", w = "", b = ""] = n.input;
-    const weight = initializer(w);
-    const bias = initializer(b);
-    const cols = weight?.dims[1] ?? 0;
-    if (weight === undefined || weight.dims.length !== 2 || weight.dataType !== 1 || cols % 3 !== 0) {
-      return skip(
-        key,
-        n.opType,
-        "non-constant-weight",
-        `packed weight ${w} is not a constant [in, 3·hidden] float matrix`,
-      );
-    }
-    if (bias === undefined || bias.dims.length !== 1 || bias.dims[0] !== cols || bias.dataType !== 1) {
-      return skip(
-        key,
-        n.opType,
-        "unsupported-attributes",
-        `bias ${b} is not a constant float vector of ${cols}`,
-      );
-    }
-    if (n.input.slice(4).some((i) => i !== "") || (consumers.get(n.output[1] ?? "")?.length ?? 0) > 0) {
-      return skip(
-        key,
-        n.opType,
-        "unsupported-attributes",
-        "Attention with past state or an attention bias input",
-      );
-    }
-    const extra = n.attribute.filter((a) => !QATTENTION_ATTRIBUTES.has(a.name)).map((a) => a.name);
-    if (extra.length > 0 || attrInt(n, "unidirectional", 0) !== 0) {
-      return skip(
-        key,
-        n.opType,
-        "unsupported-attributes",
-        `Attention with ${extra.join(", ") || "unidirectional"}: QAttention has no such form`,
-      );
-    }
-    if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
-    return {
-      kind: "packed-attention",
-      node: key,
-      opType: "Attention",
-      activation: input,
-      weight: w,
-      bias: b,
-    };
-  };
+  return { opts, constants: constantNames(graph), producers, consumers, exclude: new Set(opts.exclude) };
+}
 
-  const classify = (n: NodeProto, key: string): QuantTarget | SkippedNode | undefined => {
-    if (n.domain === MS_DOMAIN && n.opType === "Attention") return packedAttention(n, key);
-    if (n.domain === MS_DOMAIN && n.opType === "FusedMatMul") {
-      // Lowered to MatMul beforehand when its B is a plain weight; what is left multiplies activations.
-      const what = constants.has(n.input[1] ?? "")
-        ? "a transposed-batch or transA weight"
-        : "two activations";
-      return skip(key, n.opType, "attention-disabled", `FusedMatMul of ${what} kept fp32`);
-    }
-    if (!isDefaultDomain(n)) {
-      if (!UNSUPPORTED_HEAVY_OPS.has(n.opType)) return undefined;
-      return skip(key, n.opType, "unsupported-op", `${n.domain}:${n.opType} is kept fp32`);
-    }
-    if (UNSUPPORTED_HEAVY_OPS.has(n.opType)) {
-      return skip(key, n.opType, "unsupported-op", `${n.opType} has no int8 rewrite in quantd`);
-    }
-    const candidate = n.opType === "MatMul" || n.opType === "Gemm" || n.opType === "Gather";
-    if (!candidate) return undefined;
-    const [a = "", b = ""] = n.input;
-    if (n.opType === "Gather") {
-      const table = initializer(a);
-      if (table === undefined || !constants.has(a)) return undefined; // shape arithmetic on activations
-      if (table.dims.length !== 2 || attrInt(n, "axis", 0) !== 0 || table.dataType !== 1) {
-        return skip(
-          key,
-          n.opType,
-          "unsupported-attributes",
-          `Gather on ${a}: only axis-0 lookups in rank-2 float tables are quantized`,
-        );
-      }
-      if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
-      if (!opts.quantizeEmbeddings)
-        return skip(key, n.opType, "embeddings-disabled", `embedding table ${a} kept fp32`);
-      return { kind: "embedding", node: key, opType: "Gather", table: a };
-    }
-    const weight = initializer(b);
-    const bIsConst = constants.has(b);
-    if (!bIsConst) {
-      if (n.opType === "MatMul" && !constants.has(a) && isAttentionMatMul(n, producers, consumers)) {
-        if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
-        if (opts.type !== "static" || !opts.quantizeAttentionMatMuls) {
-          return skip(
-            key,
-            n.opType,
-            "attention-disabled",
-            "activation×activation attention MatMul kept fp32",
-          );
-        }
-        return { kind: "attention-matmul", node: key, opType: "MatMul", inputs: [a, b] };
-      }
-      return skip(key, n.opType, "non-constant-weight", `input ${b} is not a constant initializer`);
-    }
-    if (weight === undefined) {
-      return skip(
-        key,
-        n.opType,
-        "non-constant-weight",
-        `weight ${b} comes from a Constant node, not an initializer`,
-      );
-    }
-    if (weight.dims.length !== 2 || weight.dataType !== 1) {
-      return skip(key, n.opType, "unsupported-attributes", `weight ${b} is not a rank-2 float matrix`);
-    }
-    let channelAxis: 0 | 1 = 1;
-    let bias: string | undefined;
-    if (n.opType === "Gemm") {
-      if (attrInt(n, "transA", 0) !== 0 || attrFloat(n, "alpha", 1) !== 1 || attrFloat(n, "beta", 1) !== 1) {
-        return skip(key, n.opType, "unsupported-attributes", "Gemm with transA, alpha≠1 or beta≠1");
-      }
-      channelAxis = attrInt(n, "transB", 0) === 1 ? 0 : 1;
-      const c = n.input[2];
-      if (c !== undefined && c !== "") {
-        const ct = initializer(c);
-        if (ct === undefined || ct.dims.length !== 1 || ct.dataType !== 1) {
-          return skip(
-            key,
-            n.opType,
-            "unsupported-attributes",
-            `Gemm bias ${c} is not a constant float vector`,
-          );
-        }
-        bias = c;
-      }
-    }
-    if (exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
-    const opType = n.opType === "Gemm" ? "Gemm" : "MatMul";
-    return { kind: "weight-matmul", node: key, opType, activation: a, weight: b, channelAxis, bias };
-  };
-  graph.node.forEach((n, index) => {
-    const r = classify(n, nodeKey(n, index));
-    if (r === undefined) return;
-    if ("kind" in r) targets.push(r);
-    else skipped.push(r);
-  });
-  // Ops quantd does not know run in fp32 as they are; the report names each one.
-  const listed = new Set(skipped.map((x) => x.node));
-  const keyOf = new Map(graph.node.map((n, i) => [n, nodeKey(n, i)]));
-  const unknown = new Set(inferTypes(graph).unknownOps.map((u) => `${u.domain}:${u.opType}:${u.node}`));
-  for (const n of graph.node) {
-    const key = keyOf.get(n)!;
-    if (listed.has(key) || !unknown.has(`${n.domain}:${n.opType}:${n.name}`)) continue;
-    const op = n.domain === "" ? n.opType : `${n.domain}:${n.opType}`;
-    skipped.push(
-      skip(key, n.opType, "unknown-op", `${op} is not an op quantd knows; it runs in fp32 as it is`),
-    );
+function skip(node: string, opType: string, reason: SkipReason, detail: string): SkippedNode {
+  return { node, opType, reason, detail };
+}
+
+/** A com.microsoft `Attention` node: a {@link PackedAttentionTarget} when QAttention can take it. */
+function classifyPackedAttention(
+  ctx: PlanContext,
+  n: NodeProto,
+  key: string,
+): PackedAttentionTarget | SkippedNode {
+  const [input = "", w = "", b = ""] = n.input;
+  const weight = ctx.constants.get(w);
+  const bias = ctx.constants.get(b);
+  const cols = weight?.dims[1] ?? 0;
+  if (weight === undefined || weight.dims.length !== 2 || weight.dataType !== 1 || cols % 3 !== 0) {
+    const detail = `packed weight ${w} is not a constant [in, 3·hidden] float matrix`;
+    return skip(key, n.opType, "non-constant-weight", detail);
   }
+  if (bias === undefined || bias.dims.length !== 1 || bias.dims[0] !== cols || bias.dataType !== 1) {
+    const detail = `bias ${b} is not a constant float vector of ${cols}`;
+    return skip(key, n.opType, "unsupported-attributes", detail);
+  }
+  if (n.input.slice(4).some((i) => i !== "") || (ctx.consumers.get(n.output[1] ?? "")?.length ?? 0) > 0) {
+    const detail = "Attention with past state or an attention bias input";
+    return skip(key, n.opType, "unsupported-attributes", detail);
+  }
+  const extra = n.attribute.filter((a) => !QATTENTION_ATTRIBUTES.has(a.name)).map((a) => a.name);
+  if (extra.length > 0 || attrInt(n, "unidirectional", 0) !== 0) {
+    const detail = `Attention with ${extra.join(", ") || "unidirectional"}: QAttention has no such form`;
+    return skip(key, n.opType, "unsupported-attributes", detail);
+  }
+  if (ctx.exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+  return { kind: "packed-attention", node: key, opType: "Attention", activation: input, weight: w, bias: b };
+}
 
+/** A Gather: an {@link EmbeddingTarget} when it reads rows of a constant float table. */
+function classifyGather(
+  ctx: PlanContext,
+  n: NodeProto,
+  key: string,
+): EmbeddingTarget | SkippedNode | undefined {
+  const a = n.input[0] ?? "";
+  const table = ctx.constants.get(a);
+  if (table === undefined) return undefined; // shape arithmetic on activations
+  if (table.dims.length !== 2 || attrInt(n, "axis", 0) !== 0 || table.dataType !== 1) {
+    const detail = `Gather on ${a}: only axis-0 lookups in rank-2 float tables are quantized`;
+    return skip(key, n.opType, "unsupported-attributes", detail);
+  }
+  if (ctx.exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+  if (!ctx.opts.quantizeEmbeddings)
+    return skip(key, n.opType, "embeddings-disabled", `embedding table ${a} kept fp32`);
+  return { kind: "embedding", node: key, opType: "Gather", table: a };
+}
+
+/** A MatMul whose second operand is not constant: an attention MatMul target, or kept fp32. */
+function classifyActivationMatMul(
+  ctx: PlanContext,
+  n: NodeProto,
+  key: string,
+): AttentionMatMulTarget | SkippedNode {
+  const [a = "", b = ""] = n.input;
+  if (n.opType !== "MatMul" || ctx.constants.has(a) || !isAttentionMatMul(n, ctx.producers, ctx.consumers)) {
+    return skip(key, n.opType, "non-constant-weight", `input ${b} is not a constant initializer`);
+  }
+  if (ctx.exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+  if (ctx.opts.type !== "static" || !ctx.opts.quantizeAttentionMatMuls) {
+    const detail = "activation×activation attention MatMul kept fp32";
+    return skip(key, n.opType, "attention-disabled", detail);
+  }
+  return { kind: "attention-matmul", node: key, opType: "MatMul", inputs: [a, b] };
+}
+
+/** The channel axis and bias of a Gemm, or why it stays fp32. */
+function gemmForm(
+  ctx: PlanContext,
+  n: NodeProto,
+  key: string,
+): { channelAxis: 0 | 1; bias: string | undefined } | SkippedNode {
+  if (attrInt(n, "transA", 0) !== 0 || attrFloat(n, "alpha", 1) !== 1 || attrFloat(n, "beta", 1) !== 1) {
+    return skip(key, n.opType, "unsupported-attributes", "Gemm with transA, alpha≠1 or beta≠1");
+  }
+  const channelAxis = attrInt(n, "transB", 0) === 1 ? 0 : 1;
+  const c = n.input[2];
+  if (c === undefined || c === "") return { channelAxis, bias: undefined };
+  const ct = ctx.constants.get(c);
+  if (ct === undefined || ct.dims.length !== 1 || ct.dataType !== 1) {
+    return skip(key, n.opType, "unsupported-attributes", `Gemm bias ${c} is not a constant float vector`);
+  }
+  return { channelAxis, bias: c };
+}
+
+/** A MatMul or Gemm: a {@link WeightMatMulTarget} when its second operand is a float weight matrix. */
+function classifyMatMul(ctx: PlanContext, n: NodeProto, key: string): QuantTarget | SkippedNode {
+  const [a = "", b = ""] = n.input;
+  if (!ctx.constants.has(b)) return classifyActivationMatMul(ctx, n, key);
+  const weight = ctx.constants.get(b);
+  if (weight === undefined) {
+    const detail = `weight ${b} comes from a Constant node, not an initializer`;
+    return skip(key, n.opType, "non-constant-weight", detail);
+  }
+  if (weight.dims.length !== 2 || weight.dataType !== 1) {
+    return skip(key, n.opType, "unsupported-attributes", `weight ${b} is not a rank-2 float matrix`);
+  }
+  const form = n.opType === "Gemm" ? gemmForm(ctx, n, key) : { channelAxis: 1 as const, bias: undefined };
+  if ("reason" in form) return form;
+  if (ctx.exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+  const opType = n.opType === "Gemm" ? "Gemm" : "MatMul";
+  return { kind: "weight-matmul", node: key, opType, activation: a, weight: b, ...form };
+}
+
+/** What one node is to the plan: a target, a skipped candidate, or nothing (not a candidate). */
+function classifyNode(ctx: PlanContext, n: NodeProto, key: string): QuantTarget | SkippedNode | undefined {
+  if (n.domain === MS_DOMAIN && n.opType === "Attention") return classifyPackedAttention(ctx, n, key);
+  if (n.domain === MS_DOMAIN && n.opType === "FusedMatMul") {
+    // Lowered to MatMul beforehand when its B is a plain weight; what is left multiplies activations.
+    const what = ctx.constants.has(n.input[1] ?? "")
+      ? "a transposed-batch or transA weight"
+      : "two activations";
+    return skip(key, n.opType, "attention-disabled", `FusedMatMul of ${what} kept fp32`);
+  }
+  if (!isDefaultDomain(n)) {
+    if (!UNSUPPORTED_HEAVY_OPS.has(n.opType)) return undefined;
+    return skip(key, n.opType, "unsupported-op", `${n.domain}:${n.opType} is kept fp32`);
+  }
+  if (UNSUPPORTED_HEAVY_OPS.has(n.opType)) {
+    return skip(key, n.opType, "unsupported-op", `${n.opType} has no int8 rewrite in quantd`);
+  }
+  if (n.opType === "Gather") return classifyGather(ctx, n, key);
+  if (n.opType === "MatMul" || n.opType === "Gemm") return classifyMatMul(ctx, n, key);
+  return undefined;
+}
+
+/** Ops quantd does not know run in fp32 as they are; the report names each one. */
+function unknownOpSkips(graph: GraphProto, listed: ReadonlySet<string>): SkippedNode[] {
+  const unknown = new Set(inferTypes(graph).unknownOps.map((u) => `${u.domain}:${u.opType}:${u.node}`));
+  const out: SkippedNode[] = [];
+  graph.node.forEach((n, i) => {
+    const key = nodeKey(n, i);
+    if (listed.has(key) || !unknown.has(`${n.domain}:${n.opType}:${n.name}`)) return;
+    const op = n.domain === "" ? n.opType : `${n.domain}:${n.opType}`;
+    out.push(skip(key, n.opType, "unknown-op", `${op} is not an op quantd knows; it runs in fp32 as it is`));
+  });
+  return out;
+}
+
+/** @throws USAGE when `exclude` names a node the graph does not have */
+function assertExcludedNodesExist(graph: GraphProto, exclude: ReadonlySet<string>): void {
+  const keys = new Set(graph.node.map((n, i) => nodeKey(n, i)));
   for (const name of exclude) {
-    if (!graph.node.some((n, i) => nodeKey(n, i) === name)) {
+    if (!keys.has(name)) {
       throw new QuantdError("USAGE", `--exclude names a node that is not in the model: ${name}`, {
         details: { node: name },
       });
     }
   }
-  return { mode: opts.type, quantized: targets, skipped, observe: observedTensors(opts.type, targets) };
+}
+
+/** The weight initializer a target reads, if any. */
+function targetWeight(t: QuantTarget): string | undefined {
+  switch (t.kind) {
+    case "weight-matmul":
+    case "packed-attention":
+      return t.weight;
+    case "embedding":
+      return t.table;
+    case "attention-matmul":
+      return undefined;
+    default:
+      return assertNever(t, "quantization target");
+  }
+}
+
+/** Every node (by key) reading each weight a target reads: who else holds a shared weight. */
+function weightReaders(graph: GraphProto, targets: readonly QuantTarget[]): Map<string, string[]> {
+  const weights = new Set(targets.map(targetWeight).filter((w) => w !== undefined));
+  const readers = new Map<string, string[]>();
+  graph.node.forEach((n, i) => {
+    for (const input of new Set(n.input)) {
+      if (!weights.has(input)) continue;
+      const list = readers.get(input);
+      if (list === undefined) readers.set(input, [nodeKey(n, i)]);
+      else list.push(nodeKey(n, i));
+    }
+  });
+  return readers;
+}
+
+/**
+ * Keeps every reader of a shared weight in fp32 when one of them is (ALBERT's
+ * one layer called by every layer, tied tables): quantizing the others would
+ * store the weight twice, fp32 for the one and int8 for the rest, a file larger
+ * than fp32 alone. A shared weight is quantized once, for all its readers, or
+ * not at all.
+ */
+function keepSharedWeightsTogether(plan: QuantPlan): QuantPlan {
+  const quantized = new Set(plan.quantized.map((t) => t.node));
+  const fp32Reader = (w: string): string | undefined => plan.weightReaders[w]?.find((r) => !quantized.has(r));
+  const keep: QuantTarget[] = [];
+  const skipped = [...plan.skipped];
+  for (const t of plan.quantized) {
+    const w = targetWeight(t);
+    const other = w === undefined ? undefined : fp32Reader(w);
+    if (other === undefined) keep.push(t);
+    else {
+      const detail = `shares weight ${w} with ${other}, which stays fp32: one copy of a shared weight, not two`;
+      skipped.push(skip(t.node, t.opType, "shared-weight", detail));
+    }
+  }
+  if (keep.length === plan.quantized.length) return plan;
+  return { ...plan, quantized: keep, skipped, observe: observedTensors(plan.mode, keep) };
+}
+
+/**
+ * Finds what to quantize in an fp32 model.
+ *
+ * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
+ * @throws QUANT_UNSUPPORTED for a float16/bfloat16 model
+ * @throws USAGE when `exclude` names a node the model does not have
+ */
+export function planQuantization(model: ModelProto, opts: QuantizeOptions): QuantPlan {
+  assertNotQuantized(model);
+  assertFloat32Model(model);
+  const graph = model.graph;
+  const ctx = planContext(graph, opts);
+  assertExcludedNodesExist(graph, ctx.exclude);
+  const targets: QuantTarget[] = [];
+  const skipped: SkippedNode[] = [];
+  graph.node.forEach((n, index) => {
+    const r = classifyNode(ctx, n, nodeKey(n, index));
+    if (r === undefined) return;
+    if ("kind" in r) targets.push(r);
+    else skipped.push(r);
+  });
+  skipped.push(...unknownOpSkips(graph, new Set(skipped.map((x) => x.node))));
+  return keepSharedWeightsTogether({
+    mode: opts.type,
+    quantized: targets,
+    skipped,
+    observe: observedTensors(opts.type, targets),
+    weightReaders: Object.fromEntries(weightReaders(graph, targets)),
+  });
 }
 
 function observedTensors(mode: QuantizeMode, targets: readonly QuantTarget[]): string[] {
@@ -662,7 +737,12 @@ export function applyRanges(plan: QuantPlan, ranges: ReadonlyMap<string, TensorR
     if (problem === undefined) targets.push(t);
     else skipped.push({ node: t.node, opType: t.opType, reason, detail: problem });
   }
-  return { ...plan, quantized: targets, skipped, observe: observedTensors(plan.mode, targets) };
+  return keepSharedWeightsTogether({
+    ...plan,
+    quantized: targets,
+    skipped,
+    observe: observedTensors(plan.mode, targets),
+  });
 }
 
 /**
@@ -681,5 +761,10 @@ export function excludeNodes(
     if (drop.has(t.node)) skipped.push({ node: t.node, opType: t.opType, reason: "excluded", detail });
     else targets.push(t);
   }
-  return { ...plan, quantized: targets, skipped, observe: observedTensors(plan.mode, targets) };
+  return keepSharedWeightsTogether({
+    ...plan,
+    quantized: targets,
+    skipped,
+    observe: observedTensors(plan.mode, targets),
+  });
 }

@@ -27,7 +27,12 @@ export interface FileFacts {
 }
 
 /** Why a node stayed in fp32. */
-export type KeptFp32Reason = "user-exclude" | "unsupported" | "sensitivity";
+export type KeptFp32Reason =
+  | "user-exclude"
+  | "unsupported"
+  | "sensitivity"
+  /** Reads a weight another node keeps fp32: the file holds it once. */
+  | "shared-weight";
 
 /** A node the int8 model computes in fp32. */
 export interface KeptFp32Node {

@@ -178,7 +178,15 @@ function keptNodes(fp32: ModelProto, userExclude: readonly string[], c: Candidat
     });
   }
   for (const s of c.skipped) {
-    if (UNSUPPORTED_REASONS.has(s.reason)) {
+    // A reader of a weight another node keeps fp32: the file holds that weight once (plan.ts).
+    if (s.reason === "shared-weight") {
+      kept.push({
+        node: s.node,
+        opType: s.opType,
+        reason: s.reason,
+        ...(s.detail ? { detail: s.detail } : {}),
+      });
+    } else if (UNSUPPORTED_REASONS.has(s.reason)) {
       kept.push({
         node: s.node,
         opType: s.opType,

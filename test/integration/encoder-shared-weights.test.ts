@@ -2,7 +2,9 @@
  * ALBERT's one layer serves every layer: each of its weights is one
  * initializer that four MatMuls read. Quantized, it must stay one: one int8
  * tensor (with its scales) read by the same four nodes, and no fp32 copy left,
- * so the int8 file is a quarter of the fp32 one and not four times that.
+ * so the int8 file is a quarter of the fp32 one and not four times that. When
+ * one reader stays fp32 (the user's exclude, the accuracy fallback), they all
+ * do: the file holds the weight once, in fp32, never fp32 and int8 beside.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -77,4 +79,36 @@ describe("ALBERT's shared layer", () => {
       }
     },
   );
+
+  test("one reader kept fp32 (as the fallback keeps a node) keeps the weight's every reader fp32: one copy, fp32", async () => {
+    const out = join(dir, "albert-exclude.onnx");
+    const query = "/albert/encoder/albert_layer_groups.0/albert_layers.0/attention/query/MatMul_2";
+    const { report } = await runQuantization({
+      model: fp32Dir,
+      calib: samples,
+      out,
+      samples: 32,
+      validationSamples: 100,
+      trialBudget: 0,
+      gate: 0,
+      decideOn: "point",
+      threads: 1,
+      exclude: [query],
+    });
+    const int8 = await loadModel(out);
+    const [w] = SHARED;
+    // The fp32 weight stays, read by all four layers' query MatMuls; no int8 copy of it beside.
+    expect(readers(int8, w!).sort()).toEqual(readers(fp32, w!).sort());
+    expect(int8.graph.initializer.filter((t) => t.name.startsWith(w!) && t.name !== w)).toEqual([]);
+    const shared = report.keptFp32.filter((k) => k.reason === "shared-weight");
+    expect(shared.map((k) => k.node).sort()).toEqual(
+      readers(fp32, w!)
+        .filter((n) => n !== query)
+        .sort(),
+    );
+    for (const k of shared) expect(k.detail).toContain(query);
+    // The other shared weights are still int8 once.
+    for (const other of SHARED.slice(1))
+      expect(int8.graph.initializer.some((t) => t.name === other)).toBe(false);
+  });
 });

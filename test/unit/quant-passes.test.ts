@@ -427,6 +427,29 @@ describe("shared weights and Gemm without transB", () => {
       }
     });
   }
+
+  for (const opts of [{ type: "static", format: "fused", ranges }, { type: "dynamic" }] as const) {
+    test(`${opts.type}: one reader of W kept fp32 keeps the other fp32 too, so W is stored once`, async () => {
+      const r = await quantizeModel(model, { ...opts, exclude: ["mm2"] });
+      expect(r.plan.quantized.map((t) => t.node)).toEqual(["gemm"]);
+      const mm1 = r.plan.skipped.find((s) => s.node === "mm1");
+      expect(mm1?.reason).toBe("shared-weight");
+      expect(mm1?.detail).toContain("W");
+      expect(mm1?.detail).toContain("mm2");
+      expect(initializer(r.model, "W")?.dataType).toBe(DataType.FLOAT);
+      const int8 = r.model.graph.initializer.filter(
+        (t) => t.dataType === DataType.INT8 && t.dims.length === 2,
+      );
+      expect(int8.map((t) => t.dims)).toEqual([[4, 3]]);
+      // The fallback narrows a plan the same way.
+      const plan = excludeNodes(planQuantization(model, defaultQuantizeOptions("dynamic")), ["mm1"]);
+      expect(plan.quantized.map((t) => t.node)).toEqual(["gemm"]);
+      expect(plan.skipped.map((s) => [s.node, s.reason])).toEqual([
+        ["mm1", "excluded"],
+        ["mm2", "shared-weight"],
+      ]);
+    });
+  }
 });
 
 describe("candidates that stay fp32", () => {

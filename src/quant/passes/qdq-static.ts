@@ -52,39 +52,48 @@ interface QuantizedActivation {
   anchor: NodeProto;
 }
 
-/**
- * Rewrites the `weight-matmul`, `attention-matmul` and `packed-attention` targets of a static plan.
- * `qparams` holds the calibrated parameters of every activation they read.
- *
- * @throws QUANT_FAILED when an activation has no parameters or a planned node is missing
- */
-export function insertStaticQdq(
-  rw: GraphRewrite,
-  targets: readonly QuantTarget[],
-  qparams: ReadonlyMap<string, QParams>,
-  opts: StaticQdqOptions,
-): StaticQdqStats {
-  const stats: StaticQdqStats = { quantizedNodes: 0, quantizeLinear: 0, dequantizeLinear: 0, fused: 0 };
-  // The QuantizeLinear of an activation goes before its first quantized reader.
-  const firstReader = new Map<string, number>();
-  const noteReader = (tensor: string, key: string): void => {
+/** The QuantizeLinear of an activation goes before its first quantized reader: each tensor's position. */
+function firstReaders(rw: GraphRewrite, targets: readonly QuantTarget[]): Map<string, number> {
+  const first = new Map<string, number>();
+  const note = (tensor: string, key: string): void => {
     const pos = rw.position(rw.nodeByKey(key));
-    const cur = firstReader.get(tensor);
-    if (cur === undefined || pos < cur) firstReader.set(tensor, pos);
+    const cur = first.get(tensor);
+    if (cur === undefined || pos < cur) first.set(tensor, pos);
   };
   for (const t of targets) {
-    if (t.kind === "weight-matmul" || t.kind === "packed-attention") noteReader(t.activation, t.node);
-    else if (t.kind === "attention-matmul") for (const i of t.inputs) noteReader(i, t.node);
+    if (t.kind === "weight-matmul" || t.kind === "packed-attention") note(t.activation, t.node);
+    else if (t.kind === "attention-matmul") for (const i of t.inputs) note(i, t.node);
   }
-  const acts = new Map<string, QuantizedActivation>();
-  const quantized = (tensor: string): QuantizedActivation => {
-    const hit = acts.get(tensor);
+  return first;
+}
+
+/** One static rewrite: the activations and weights written so far, shared by every target reading them. */
+class StaticQdqWriter {
+  readonly stats: StaticQdqStats = { quantizedNodes: 0, quantizeLinear: 0, dequantizeLinear: 0, fused: 0 };
+  readonly #acts = new Map<string, QuantizedActivation>();
+  readonly #weights = new Map<string, QuantizedWeight>();
+  readonly #weightDq = new Map<string, string>();
+  readonly #firstReader: Map<string, number>;
+
+  constructor(
+    readonly rw: GraphRewrite,
+    targets: readonly QuantTarget[],
+    readonly qparams: ReadonlyMap<string, QParams>,
+    readonly opts: StaticQdqOptions,
+  ) {
+    this.#firstReader = firstReaders(rw, targets);
+  }
+
+  /** The QuantizeLinear of `tensor`, written once before its first quantized reader. */
+  quantized(tensor: string): QuantizedActivation {
+    const hit = this.#acts.get(tensor);
     if (hit !== undefined) return hit;
-    const qp = qparams.get(tensor);
+    const rw = this.rw;
+    const qp = this.qparams.get(tensor);
     if (qp === undefined) {
       throw new QuantdError("QUANT_FAILED", `no calibrated range for activation ${tensor}`);
     }
-    const anchor = rw.graph.node[firstReader.get(tensor) ?? -1];
+    const anchor = rw.graph.node[this.#firstReader.get(tensor) ?? -1];
     if (anchor === undefined) throw new QuantdError("INTERNAL", `no reader of ${tensor} among the targets`);
     const scale = rw.addInitializer(
       makeTensor(rw.uniqueName(`${tensor}_scale`), DataType.FLOAT, [], new Float32Array([qp.scale])),
@@ -97,7 +106,7 @@ export function insertStaticQdq(
       anchor,
       node("QuantizeLinear", rw.uniqueName(`${tensor}_QuantizeLinear`), [tensor, scale, zp], [q]),
     );
-    stats.quantizeLinear++;
+    this.stats.quantizeLinear++;
     const out: QuantizedActivation = {
       quantized: q,
       scale,
@@ -106,12 +115,15 @@ export function insertStaticQdq(
       dequantized: undefined,
       anchor,
     };
-    acts.set(tensor, out);
+    this.#acts.set(tensor, out);
     return out;
-  };
-  const activation = (tensor: string): { output: string; qp: QParams } => {
-    const a = quantized(tensor);
+  }
+
+  /** DQ(Q(tensor)), the QDQ form's view of an activation (the DequantizeLinear written once). */
+  activation(tensor: string): { output: string; qp: QParams } {
+    const a = this.quantized(tensor);
     if (a.dequantized === undefined) {
+      const rw = this.rw;
       a.dequantized = rw.uniqueName(`${tensor}_DequantizeLinear_Output`);
       rw.insertBefore(
         a.anchor,
@@ -122,64 +134,72 @@ export function insertStaticQdq(
           [a.dequantized],
         ),
       );
-      stats.dequantizeLinear++;
+      this.stats.dequantizeLinear++;
     }
     return { output: a.dequantized, qp: a.qp };
-  };
-  const weights = new Map<string, QuantizedWeight>();
-  const weightDq = new Map<string, string>();
-  for (const t of targets) {
+  }
+
+  /** DQ(int8 weight), written once per weight before its first reader. */
+  #weightDequantized(n: NodeProto, t: WeightMatMulTarget, w: QuantizedWeight): string {
+    let out = this.#weightDq.get(w.quantized);
+    if (out !== undefined) return out;
+    const rw = this.rw;
+    out = rw.uniqueName(`${t.weight}_DequantizeLinear_Output`);
+    rw.insertBefore(
+      n,
+      node(
+        "DequantizeLinear",
+        rw.uniqueName(`${t.weight}_DequantizeLinear`),
+        [w.quantized, w.scale, w.zeroPoint],
+        [out],
+        w.axis === undefined ? {} : { axis: w.axis },
+      ),
+    );
+    this.stats.dequantizeLinear++;
+    this.#weightDq.set(w.quantized, out);
+    return out;
+  }
+
+  /** A weight MatMul/Gemm: fused into MatMulIntegerToFloat, or between QDQ pairs. */
+  #weightMatMul(t: WeightMatMulTarget): void {
+    const n = this.rw.nodeByKey(t.node);
+    this.stats.quantizedNodes++;
+    if (this.opts.format === "fused") {
+      fuseMatMul(this.rw, n, t, this.quantized(t.activation), this.#weights, this.opts);
+      this.stats.fused++;
+      return;
+    }
+    const act = this.activation(t.activation);
+    const w = quantizeWeight(this.rw, this.#weights, t.weight, {
+      channelAxis: t.channelAxis,
+      perChannel: this.opts.perChannel,
+      reduceRange: this.opts.reduceRange,
+      transpose: false,
+    });
+    n.input[0] = act.output;
+    n.input[1] = this.#weightDequantized(n, t, w);
+    if (t.bias !== undefined) {
+      n.input[2] = biasDq(this.rw, n, t.bias, act.qp.scale, w);
+      this.stats.dequantizeLinear++;
+    }
+  }
+
+  /** Rewrites one target. */
+  rewrite(t: QuantTarget): void {
     switch (t.kind) {
-      case "weight-matmul": {
-        const n = rw.nodeByKey(t.node);
-        if (opts.format === "fused") {
-          fuseMatMul(rw, n, t, quantized(t.activation), weights, opts);
-          stats.quantizedNodes++;
-          stats.fused++;
-          break;
-        }
-        const act = activation(t.activation);
-        const w = quantizeWeight(rw, weights, t.weight, {
-          channelAxis: t.channelAxis,
-          perChannel: opts.perChannel,
-          reduceRange: opts.reduceRange,
-          transpose: false,
-        });
-        let wOut = weightDq.get(w.quantized);
-        if (wOut === undefined) {
-          wOut = rw.uniqueName(`${t.weight}_DequantizeLinear_Output`);
-          rw.insertBefore(
-            n,
-            node(
-              "DequantizeLinear",
-              rw.uniqueName(`${t.weight}_DequantizeLinear`),
-              [w.quantized, w.scale, w.zeroPoint],
-              [wOut],
-              w.axis === undefined ? {} : { axis: w.axis },
-            ),
-          );
-          stats.dequantizeLinear++;
-          weightDq.set(w.quantized, wOut);
-        }
-        n.input[0] = act.output;
-        n.input[1] = wOut;
-        if (t.bias !== undefined) {
-          n.input[2] = biasDq(rw, n, t.bias, act.qp.scale, w);
-          stats.dequantizeLinear++;
-        }
-        stats.quantizedNodes++;
+      case "weight-matmul":
+        this.#weightMatMul(t);
         break;
-      }
       case "attention-matmul": {
-        const n = rw.nodeByKey(t.node);
-        n.input[0] = activation(t.inputs[0]).output;
-        n.input[1] = activation(t.inputs[1]).output;
-        stats.quantizedNodes++;
+        const n = this.rw.nodeByKey(t.node);
+        n.input[0] = this.activation(t.inputs[0]).output;
+        n.input[1] = this.activation(t.inputs[1]).output;
+        this.stats.quantizedNodes++;
         break;
       }
       case "packed-attention":
-        writeQAttention(rw, t, quantized(t.activation), weights, opts);
-        stats.quantizedNodes++;
+        writeQAttention(this.rw, t, this.quantized(t.activation), this.#weights, this.opts);
+        this.stats.quantizedNodes++;
         break;
       case "embedding":
         break;
@@ -187,7 +207,23 @@ export function insertStaticQdq(
         assertNever(t, "quantization target");
     }
   }
-  return stats;
+}
+
+/**
+ * Rewrites the `weight-matmul`, `attention-matmul` and `packed-attention` targets of a static plan.
+ * `qparams` holds the calibrated parameters of every activation they read.
+ *
+ * @throws QUANT_FAILED when an activation has no parameters or a planned node is missing
+ */
+export function insertStaticQdq(
+  rw: GraphRewrite,
+  targets: readonly QuantTarget[],
+  qparams: ReadonlyMap<string, QParams>,
+  opts: StaticQdqOptions,
+): StaticQdqStats {
+  const writer = new StaticQdqWriter(rw, targets, qparams, opts);
+  for (const t of targets) writer.rewrite(t);
+  return writer.stats;
 }
 
 /**
