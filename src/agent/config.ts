@@ -115,6 +115,8 @@ export interface AgentConfig {
   limits: LimitsConfig;
   capture: CaptureConfig;
   swap: SwapChecksConfig;
+  /** What recalibrations serve when int8 is smaller but not faster (see {@link QUANTIZE_PREFERENCES}). */
+  quantize: { prefer: QuantizePreference };
   /** Sample pool bounds. */
   samplePool: { maxRows: number; maxBytes: number };
   /** The job engine: its timeout and when it queues a recalibration by itself. */
@@ -181,7 +183,17 @@ export const DEFAULT_LIMITS: LimitsConfig = {
 /** Default post-swap checks: over its first 200 batches, more than 1 % failed batches or a p95 batch latency above 1.2 × the old model's rolls a new model back. */
 export const DEFAULT_SWAP_CHECKS: SwapChecksConfig = { errorRate: 0.01, p95Ratio: 1.2, window: 200 };
 
-type KeyType = "string" | "int" | "number" | "boolean" | "tcp" | "address" | "task" | "pooling";
+type KeyType = "string" | "int" | "number" | "boolean" | "tcp" | "address" | "task" | "pooling" | "prefer";
+
+/**
+ * What a recalibration serves when its int8 candidate is not faster than the
+ * active model (`quantize.prefer`): `latency` keeps the faster one, so on a
+ * board where no int8 form beats fp32 (possible on a Pi 4) fp32 keeps serving
+ * and the job says so; `size` serves the smaller int8 model anyway.
+ */
+export const QUANTIZE_PREFERENCES = ["latency", "size"] as const;
+/** One of {@link QUANTIZE_PREFERENCES}. */
+export type QuantizePreference = (typeof QUANTIZE_PREFERENCES)[number];
 
 interface KeySpec {
   /** Dotted path in the file, e.g. `batching.maxBatch`. */
@@ -224,6 +236,7 @@ const KEYS: readonly KeySpec[] = [
   { path: "jobs.recalibrateEveryHours", type: "number", above: 0, max: 24 * 365 },
   { path: "jobs.recalibrateAfterSamples", type: "int", min: 1 },
   { path: "jobs.recalibrateOnDrift", type: "number", above: 0, max: 1 },
+  { path: "quantize.prefer", type: "prefer" },
   { path: "samplePool.maxRows", type: "int", min: 1 },
   { path: "samplePool.maxBytes", type: "int", min: 1 },
   { path: "fleet.broker", type: "string" },
@@ -320,8 +333,10 @@ function coerce(spec: KeySpec, raw: unknown, source: string): unknown {
         throw invalid(spec.path, "must be a non-empty string", source);
       return raw;
     case "task":
-    case "pooling": {
-      const allowed: readonly string[] = spec.type === "task" ? TASK_KINDS : POOLING_MODES;
+    case "pooling":
+    case "prefer": {
+      const allowed: readonly string[] =
+        spec.type === "task" ? TASK_KINDS : spec.type === "pooling" ? POOLING_MODES : QUANTIZE_PREFERENCES;
       if (typeof raw !== "string" || !allowed.includes(raw)) {
         throw invalid(spec.path, `must be one of ${allowed.join(", ")}, got ${JSON.stringify(raw)}`, source);
       }
@@ -408,7 +423,8 @@ function flattenFile(obj: Record<string, unknown>, file: string): Map<string, un
   return out;
 }
 
-function defaultStateDir(env: Record<string, string | undefined>): string {
+/** The agent's state directory when none is configured: systemd's `STATE_DIRECTORY`, else `$XDG_STATE_HOME/quantd` or `~/.local/state/quantd`. */
+export function defaultStateDir(env: Record<string, string | undefined>): string {
   // systemd's StateDirectory= sets STATE_DIRECTORY (possibly a colon-separated list).
   const systemd = env["STATE_DIRECTORY"]?.split(":")[0];
   if (systemd !== undefined && systemd !== "") return systemd;
@@ -582,6 +598,7 @@ function assembleConfig(opts: LoadConfigOptions, { values, pathValue }: Sources)
       recalibrateAfterSamples: optionalNum("jobs.recalibrateAfterSamples", 1),
       recalibrateOnDrift: optionalNum("jobs.recalibrateOnDrift", 1),
     },
+    quantize: { prefer: (values.get("quantize.prefer") as QuantizePreference | undefined) ?? "latency" },
     swap: {
       errorRate: num("swap.errorRate", DEFAULT_SWAP_CHECKS.errorRate),
       p95Ratio: num("swap.p95Ratio", DEFAULT_SWAP_CHECKS.p95Ratio),

@@ -3,6 +3,7 @@
  * come from the CLI, a schedule or the fleet, so every bad value is a USAGE
  * error naming its key) and the gate they ask for.
  */
+import { QUANTIZE_PREFERENCES, type QuantizePreference } from "./config.ts";
 import { QuantdError, type QuantdErrorCode } from "../errors.ts";
 import type { GateDecision } from "../quant/gate.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
@@ -49,6 +50,11 @@ export interface RecalibrateJobParams {
   benchRuns?: number;
   /** Measure peak memory (two child processes). @defaultValue true */
   benchMemory?: boolean;
+  /**
+   * A candidate slower than the active model: `latency` rejects it (on a board where no int8 form
+   * beats fp32, fp32 keeps serving), `size` serves it when it is smaller. @defaultValue "latency"
+   */
+  prefer?: QuantizePreference;
 }
 
 function fail(code: QuantdErrorCode, message: string): never {
@@ -150,6 +156,12 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
   }
   const runs = positiveInt(raw["benchRuns"], "benchRuns", 100_000);
   if (runs !== undefined) out.benchRuns = runs;
+  const prefer = raw["prefer"];
+  if (prefer !== undefined) {
+    if (!QUANTIZE_PREFERENCES.includes(prefer as QuantizePreference))
+      fail("USAGE", `prefer must be latency or size, got ${JSON.stringify(prefer)}`);
+    out.prefer = prefer as QuantizePreference;
+  }
   const memory = raw["benchMemory"];
   if (memory !== undefined) {
     if (typeof memory !== "boolean") fail("USAGE", "benchMemory must be true or false");

@@ -37,6 +37,8 @@ import type { ModelVersionView } from "../server/types.ts";
 import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
+import { recordAutoOutcome } from "../device/auto-choices.ts";
+import { detectDevice } from "../device/detect.ts";
 import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
 import {
   DEFAULT_MAX_LATENCY_RATIO,
@@ -82,6 +84,8 @@ export interface RecalibrationDeps {
   threads?: number;
   /** Defaults for parameters a job leaves out (the agent's config). */
   defaults?: RecalibrateJobParams;
+  /** Where `--mode auto` winners are recorded with the board profile (`quantd device` shows them). @defaultValue not recorded */
+  stateDir?: string;
   /** Token lengths of the live traffic the agent served, for the report's comparison with the samples'. */
   liveLengths?: () => LengthHistogram | undefined;
   /**
@@ -243,16 +247,39 @@ function recordFigures(store: RecalibrationDeps["store"], jobId: string, verdict
   }
 }
 
-/** Why a benchmark's candidate is refused: slower or larger than the active model beyond the job's ratios. */
-function benchRefusals(bench: BenchFigures, p: RecalibrateJobParams): string[] {
-  const reasons: string[] = [];
+/**
+ * Why a candidate slower than the active model is refused; undefined when it
+ * is not slower, or when the operator prefers size and it is smaller (said in
+ * the job's log). Against fp32 the refusal says that fp32 keeps serving.
+ */
+function latencyRefusal(
+  bench: BenchFigures,
+  p: RecalibrateJobParams,
+  activeKind: string | undefined,
+  report: QuantizeReport | undefined,
+  log: (line: string) => void,
+): string | undefined {
   const maxLat = p.maxLatencyRatio ?? DEFAULT_MAX_LATENCY_RATIO;
-  const maxMem = p.maxMemoryRatio ?? DEFAULT_MAX_MEMORY_RATIO;
-  if (bench.latencyRatio > maxLat) {
-    reasons.push(
-      `slower than the active model: latency ratio ${bench.latencyRatio.toFixed(3)} > ${maxLat} (p50 ${bench.candidateP50Ms.toFixed(2)} vs ${bench.activeP50Ms.toFixed(2)} ms)`,
-    );
+  if (bench.latencyRatio <= maxLat) return undefined;
+  const figures = `latency ratio ${bench.latencyRatio.toFixed(3)} > ${maxLat} (p50 ${bench.candidateP50Ms.toFixed(2)} vs ${bench.activeP50Ms.toFixed(2)} ms)`;
+  const size = `${((bench.candidateBytes / bench.activeBytes) * 100).toFixed(1)} % of its size`;
+  if (p.prefer === "size" && bench.candidateBytes < bench.activeBytes) {
+    log(`slower than the active model (${figures}) but ${size}: served, as quantize.prefer = size asks`);
+    return undefined;
   }
+  if (activeKind !== "fp32") return `slower than the active model: ${figures}`;
+  const which =
+    report?.auto !== undefined
+      ? `none of the ${report.candidates.length} int8 forms --mode auto built beats fp32 on this board`
+      : "the int8 candidate is slower than fp32 on this board";
+  return `${which}: fp32 keeps serving (${figures}); quantize.prefer = "size" would serve int8 anyway (${size})`;
+}
+
+/** Why a benchmark's candidate is refused: slower or larger than the active model beyond the job's ratios. */
+function benchRefusals(bench: BenchFigures, p: RecalibrateJobParams, slower: string | undefined): string[] {
+  const reasons: string[] = [];
+  const maxMem = p.maxMemoryRatio ?? DEFAULT_MAX_MEMORY_RATIO;
+  if (slower !== undefined) reasons.push(slower);
   if (bench.memoryRatio !== undefined && bench.memoryRatio > maxMem) {
     reasons.push(
       `uses more memory than the active model: peak RSS ratio ${bench.memoryRatio.toFixed(3)} > ${maxMem}`,
@@ -448,6 +475,17 @@ class RecalibrationRun {
     });
   }
 
+  /** `mode: "auto"`: the winner and why it won go to the board record `quantd device` shows. */
+  #recordAutoWinner(report: QuantizeReport): void {
+    const dir = this.#deps.stateDir;
+    if (dir === undefined || report.auto === undefined) return;
+    try {
+      recordAutoOutcome(dir, this.#baseModel, report, detectDevice().profile);
+    } catch (err) {
+      this.#ctx.log(`the auto winner was not recorded: ${QuantdError.from(err).message}`);
+    }
+  }
+
   /** 2. Calibrate, quantize, validate (in a child process), unless an intact candidate is checkpointed. */
   async #quantize(): Promise<JobVerdict | undefined> {
     const cp = this.#cp;
@@ -461,6 +499,7 @@ class RecalibrationRun {
       try {
         // In a child process: its memory goes back to the system when it ends, and the agent keeps serving.
         this.#report = (await this.#timed("quantize", () => this.#quantizeInChild())).report;
+        this.#recordAutoWinner(this.#report);
       } catch (err) {
         if (!isQuantdError(err, "GATE_NOT_MET")) throw err;
         this.#report = this.#readReport();
@@ -543,7 +582,14 @@ class RecalibrationRun {
       }
       this.#ctx.check();
       const figures = benchFigures(comparison, runs);
-      cp.benchmark = { figures, reasons: benchRefusals(figures, this.#p), activePath: this.#active.path };
+      const slower = latencyRefusal(figures, this.#p, this.#active.kind, this.#report, (l) =>
+        this.#ctx.log(l),
+      );
+      cp.benchmark = {
+        figures,
+        reasons: benchRefusals(figures, this.#p, slower),
+        activePath: this.#active.path,
+      };
       this.#save();
     }
     this.#bench = cp.benchmark.figures;

@@ -181,6 +181,7 @@ export function createAgentServices(config: AgentConfig, options: AgentServicesO
       },
       tokenizerDir: config.tokenizerDir,
       task: config.task,
+      defaults: { prefer: config.quantize.prefer },
       // A serving agent's jobs take one thread and leave the other cores to serving; `job --wait` serves nothing.
       ...(options.serving === true ? {} : { threads: config.threads }),
       timeoutMs: config.jobs.timeoutMs,

@@ -6,6 +6,7 @@
  * disk, over-long samples are truncated and counted, an unsupported op is
  * skipped with its reason, and a SQLite store works as the sample source.
  */
+import type { AutoChoice } from "../../src/device/auto-choices.ts";
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -180,11 +181,15 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(ops).toContain("DynamicQuantizeLinear");
   });
 
-  test("auto: validates and times both formats, keeps the faster one that passes", async () => {
+  test("auto: validates and times both formats, keeps the faster one that passes, records it with the board profile", async () => {
     const out = join(dir, "auto.onnx");
     const reportPath = join(dir, "auto.json");
-    const r = await quantize([...common(out, reportPath), "--mode", "auto"]);
+    const stateDir = join(dir, "state");
+    const r = await quantize([...common(out, reportPath), "--mode", "auto", "--state-dir", stateDir]);
     expect(r.code).toBe(0);
+    expect(r.stdout).toContain(
+      `board profile: the winner is recorded in ${join(stateDir, "board-profile.json")}`,
+    );
     const report = readReport(reportPath);
     expect(report.requestedMode).toBe("auto");
     expect(report.candidates.map((c) => [c.mode, c.format ?? "-"].join("/")).sort()).toEqual([
@@ -200,6 +205,17 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(passing).toHaveLength(3);
     for (const c of passing) expect(c.p50Ms).toBeGreaterThan(0);
     expect(chosen[0]!.p50Ms).toBe(Math.min(...passing.map((c) => c.p50Ms!)));
+    // `quantd device` shows the winner and why it won, from the record in the state directory.
+    const device = await runQuantd(["device", "--state-dir", stateDir, "--json"]);
+    expect(device.code).toBe(0);
+    const shown = JSON.parse(device.stdout) as { auto: AutoChoice[] };
+    expect(shown.auto).toHaveLength(1);
+    expect(shown.auto[0]!.model).toBe(modelPath);
+    expect(shown.auto[0]!.decision).toBe(report.auto!.decision);
+    expect(shown.auto[0]!.winner.startsWith(report.mode)).toBe(true);
+    expect(shown.auto[0]!.candidates.filter((c) => c.p50Ms !== undefined)).toHaveLength(3);
+    const table = await runQuantd(["device", "--state-dir", stateDir]);
+    expect(table.stdout).toMatch(/auto winner \(.+\)\s+.*fastest candidate that met the gate/);
   });
 
   test("--exclude keeps the named node fp32 and the report says it was the user", async () => {

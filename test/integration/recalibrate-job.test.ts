@@ -248,20 +248,35 @@ describe("recalibration job", () => {
     expect(e.store.models.list().map((v) => v.state)).toEqual(["active", "retired"]);
   }, 60_000);
 
-  test("slower than the active model: REJECTED (BENCH_FAILED) with the figures, the candidate recorded as rejected", async () => {
+  test("slower than fp32: REJECTED (BENCH_FAILED) saying fp32 keeps serving, with the figures; the candidate recorded as rejected", async () => {
     const e = await env();
     const sha = queueResumed(e, "slow", { ...FAST_PARAMS, maxLatencyRatio: 0.01 });
     const done = (await e.runner.runNext())!;
     expect(done.state).toBe("REJECTED");
     expect(done.error?.code).toBe("BENCH_FAILED");
     const r = done.result as RecalibrationResult;
-    expect(r.reasons[0]).toContain("slower than the active model");
+    expect(r.reasons[0]).toContain(
+      "the int8 candidate is slower than fp32 on this board: fp32 keeps serving",
+    );
+    expect(r.reasons[0]).toContain('quantize.prefer = "size"');
     expect(r.bench?.latencyRatio).toBeGreaterThan(0.01);
     const rejected = e.store.models.getBySha256(sha);
     expect(rejected?.state).toBe("rejected");
     expect(rejected?.reason).toContain("slower");
     await expectServingUnchanged(e);
     expect(e.store.bench.list({ jobId: "slow" })).toHaveLength(2);
+  }, 60_000);
+
+  test("slower than fp32 but smaller, with prefer = size: promoted, and the log says why", async () => {
+    const e = await env();
+    const sha = queueResumed(e, "size", { ...FAST_PARAMS, maxLatencyRatio: 0.01, prefer: "size" });
+    const done = (await e.runner.runNext())!;
+    expect(done.state).toBe("SUCCEEDED");
+    const r = done.result as RecalibrationResult;
+    expect(r.decision).toBe("promoted");
+    expect(r.bench!.latencyRatio).toBeGreaterThan(0.01);
+    expect(e.store.models.active()?.sha256).toBe(sha);
+    expect(e.log.some((l) => l.includes("served, as quantize.prefer = size asks"))).toBe(true);
   }, 60_000);
 
   test("a corrupt candidate is never promoted: one that does not load is REJECTED, the fp32 model keeps serving", async () => {

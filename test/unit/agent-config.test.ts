@@ -126,6 +126,18 @@ describe("sources and precedence", () => {
     expect(err.message).toContain("jobs.recalibrateAfterSamples");
   });
 
+  test("quantize.prefer: latency by default, size when asked, anything else refused naming the key", () => {
+    expect(loadAgentConfig(base).quantize).toEqual({ prefer: "latency" });
+    const p = file("prefer.toml", '[quantize]\nprefer = "size"\n');
+    expect(loadAgentConfig({ ...base, flags: { config: p } }).quantize).toEqual({ prefer: "size" });
+    expect(loadAgentConfig({ ...base, env: { QUANTD_QUANTIZE_PREFER: "size" } }).quantize.prefer).toBe(
+      "size",
+    );
+    const err = configError(() => loadAgentConfig({ ...base, env: { QUANTD_QUANTIZE_PREFER: "speed" } }));
+    expect(err.message).toContain("quantize.prefer");
+    expect(err.message).toContain("latency, size");
+  });
+
   test("environment over file, flags over environment", () => {
     const p = file(
       "prec.json",

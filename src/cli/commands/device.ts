@@ -2,6 +2,9 @@
  * `quantd device`: what board quantd detected here and the defaults it chose.
  */
 import { statSync } from "node:fs";
+import { basename, dirname } from "node:path";
+import { defaultStateDir } from "../../agent/config.ts";
+import { type AutoChoice, readBoardRecord } from "../../device/auto-choices.ts";
 import { detectDevice } from "../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
 import type { Command } from "../command.ts";
@@ -29,17 +32,31 @@ function checkRoot(root: string): void {
     });
 }
 
+/** One recorded `--mode auto` winner: the model (its directory's name when it is `model.onnx`), the winner and why. */
+function autoRow(c: AutoChoice): string[] {
+  const name = basename(c.model) === "model.onnx" ? basename(dirname(c.model)) : basename(c.model);
+  return [`auto winner (${name})`, `${c.decision} [${c.at.slice(0, 16).replace("T", " ")}]`];
+}
+
 /** The `device` command. */
 export const deviceCommand: Command = {
   name: "device",
   summary: "show the detected board and the profile quantd uses on it",
-  usage: "[--root DIR] [--json]",
+  usage: "[--root DIR] [--state-dir DIR] [--json]",
   description:
     "Reads /proc/device-tree/model, /proc/cpuinfo and /proc/meminfo (under --root, for recorded files " +
     "of other boards) and prints the facts and the chosen profile: threads, int8 formats to try first, " +
-    "memory limit and sample-pool size. Fails with DEVICE_UNSUPPORTED on 32-bit ARM or glibc older than 2.28.",
+    "memory limit and sample-pool size, and what `--mode auto` found fastest here for each model (recorded in " +
+    "the agent's state directory by `quantd quantize --mode auto` and auto recalibrations). Fails with " +
+    "DEVICE_UNSUPPORTED on 32-bit ARM or glibc older than 2.28.",
   flags: [
     { name: "root", type: "string", value: "DIR", description: "read /proc from this prefix", default: "/" },
+    {
+      name: "state-dir",
+      type: "string",
+      value: "DIR",
+      description: "the agent's state directory, where auto winners are recorded (default: the agent's)",
+    },
     { name: "json", type: "boolean", description: "print one JSON object" },
   ],
   async run(ctx) {
@@ -47,8 +64,12 @@ export const deviceCommand: Command = {
     const root = flagString(ctx.flags, "root");
     if (root !== undefined) checkRoot(root);
     const { facts, profile } = detectDevice(root === undefined ? {} : { root });
+    const stateDir =
+      flagString(ctx.flags, "state-dir") ?? process.env["QUANTD_STATE_DIR"] ?? defaultStateDir(process.env);
+    const record = readBoardRecord(stateDir);
+    if (record.problem !== undefined) ctx.err(`warning: ${record.problem}`);
     if (flagBool(ctx.flags, "json")) {
-      ctx.out(JSON.stringify({ facts, profile }, null, 2));
+      ctx.out(JSON.stringify({ facts, profile, auto: record.choices }, null, 2));
       return 0;
     }
     const interesting = ["asimddp", "i8mm", "sve", "avx2", "avx512_vnni", "avx_vnni"].filter((f) =>
@@ -76,6 +97,7 @@ export const deviceCommand: Command = {
       ["memory max", `${profile.memoryMaxMb} MiB`],
       ["sample pool", `${profile.samplePool.maxRows} rows, ${profile.samplePool.maxBytes / 1048576} MiB`],
     ];
+    rows.push(...record.choices.map(autoRow));
     for (const line of renderTable(rows)) ctx.out(line);
     return 0;
   },

@@ -5,6 +5,8 @@
  */
 import { closeSync, existsSync, openSync, readSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { defaultStateDir } from "../../agent/config.ts";
+import { recordAutoOutcome } from "../../device/auto-choices.ts";
 import { detectDevice } from "../../device/detect.ts";
 import { QuantdError } from "../../errors.ts";
 import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
@@ -257,6 +259,13 @@ fastest. The report says why these candidates and why the winner won.`,
     },
     { name: "report", type: "string", value: "REPORT.json", description: "write the JSON report here" },
     {
+      name: "state-dir",
+      type: "string",
+      value: "DIR",
+      description:
+        "--mode auto records the winner with the board profile here (`quantd device` shows it); default: the agent's state directory, when it exists",
+    },
+    {
       name: "tokenizer",
       type: "string",
       value: "DIR",
@@ -272,6 +281,9 @@ fastest. The report says why these candidates and why the winner won.`,
     const json = flagBool(ctx.flags, "json");
     if (!json) opts.onProgress = (line) => ctx.err(line);
     const { result, copied } = await quantizeInto(opts, output);
+    const board = recordAutoWinner(flagString(ctx.flags, "state-dir"), opts.model, result.report, (w) =>
+      ctx.err(`warning: ${w}`),
+    );
     if (json) {
       ctx.out(JSON.stringify(result.report));
       return 0;
@@ -280,6 +292,7 @@ fastest. The report says why these candidates and why the winner won.`,
     for (const line of summaryLines(result.report, opts.report)) ctx.out(line);
     for (const w of result.report.warnings) ctx.err(`warning: ${w}`);
     ctx.out(timingLine(result.report));
+    if (board !== undefined) ctx.out(`  board profile: the winner is recorded in ${board}`);
     if (copied.length > 0) ctx.out(`  beside it: ${copied.join(", ")}`);
     if (opts.report !== undefined) ctx.out(`  report: ${opts.report}`);
     return 0;
@@ -375,6 +388,31 @@ async function quantizeInto(
   }
 }
 
+/**
+ * `--mode auto`: records the winner and why it won with the board profile in
+ * the agent's state directory (`stateDir`, else `$QUANTD_STATE_DIR`, else the
+ * agent's default directory when it exists: a bare CLI run on a machine with
+ * no agent writes nothing there). A failure to record is a warning: the
+ * model is written either way.
+ */
+function recordAutoWinner(
+  stateDir: string | undefined,
+  model: string,
+  report: QuantizationReport,
+  warn: (line: string) => void,
+): string | undefined {
+  if (report.auto === undefined) return undefined;
+  const given = stateDir ?? process.env["QUANTD_STATE_DIR"];
+  const dir = given ?? defaultStateDir(process.env);
+  if (given === undefined && !existsSync(dir)) return undefined;
+  try {
+    return recordAutoOutcome(dir, model, report, detectDevice().profile);
+  } catch (err) {
+    warn(`the auto winner was not recorded in ${dir}: ${(err as Error).message}`);
+    return undefined;
+  }
+}
+
 /** A change in points, signed: `+0.40 pt`. */
 function points(x: number): string {
   return `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
@@ -451,6 +489,8 @@ function summaryLines(r: QuantizationReport, reportPath?: string): string[] {
   if (sensitive.length > 0) out.push(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
   const unsupported = unsupportedLine(r, reportPath);
   if (unsupported !== undefined) out.push(unsupported);
+  const shared = r.keptFp32.filter((k) => k.reason === "shared-weight").map((k) => k.node);
+  if (shared.length > 0) out.push(`  kept in fp32 with the weight they share: ${shared.join(", ")}`);
   if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {
     out.push(
       `  truncated to ${r.samples.maxSequenceLength} tokens: ${r.samples.truncated.calibration} calibration, ` +
