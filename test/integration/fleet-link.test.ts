@@ -255,6 +255,32 @@ describe.skipIf(!hasMosquitto)("fleet link over a real mosquitto", () => {
     expect(store.jobs.require("cmd-1").state).toBe("SUCCEEDED");
   });
 
+  test("the same command delivered twice at once (two senders, a redelivery) runs once and both get its answer", async () => {
+    const { rec, store, ctl } = await setup("dev-twice");
+    const replies: CommandReply[] = [];
+    ctl.onMessage((m) => {
+      if (m.topic.endsWith("/reply/twice")) replies.push(decodeJson(m.payload) as CommandReply);
+    });
+    await ctl.subscribe(["quantd/v1/lab/dev-twice/reply/twice"]);
+    const topic = "quantd/v1/lab/dev-twice/cmd/bench";
+    const body = encodeJson({ id: "twice-1", params: { iterations: 2 }, expiresAt: Date.now() + 60_000 });
+    const send = () =>
+      ctl.publish(topic, body, {
+        qos: 1,
+        userProperties: operator.sign(topic, body),
+        responseTopic: "quantd/v1/lab/dev-twice/reply/twice",
+      });
+    // Back to back, not awaited one by one: the second reaches the device while the first is being checked.
+    await Promise.all([send(), send()]);
+    await until(() => replies.length === 2);
+    expect(replies).toEqual([
+      { id: "twice-1", command: "bench", ok: true, result: { jobId: "twice-1", state: "QUEUED" } },
+      { id: "twice-1", command: "bench", ok: true, result: { jobId: "twice-1", state: "QUEUED" } },
+    ]);
+    await until(() => store.jobs.require("twice-1").state === "SUCCEEDED");
+    expect(rec.calls.filter((c) => c.name === "bench").length).toBe(1);
+  });
+
   test("a gate failure ends the job REJECTED with the error in the report", async () => {
     const { req } = await setup("dev-gate");
     const reportP = req.waitForReport("dev-gate", "dyn-1", 10_000);
