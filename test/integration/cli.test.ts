@@ -166,6 +166,21 @@ describe("eval", () => {
       expect(out["agreement"]).toBe(1);
       expect(out["maxAbsLogitDiff"]).toBe(0);
       expect(out["compareAccuracy"]).toBe(out["accuracy"]!);
+      // With the bound the gate decides on: 64 of 64 agreeing certifies only ~95.4 %.
+      expect(out["confidence"]).toBe(0.95);
+      expect(out["agreementLower"]).toBeCloseTo(0.05 ** (1 / 64), 6);
+      const compared = await quantd([
+        "eval",
+        "-m",
+        shippedModelPath,
+        "-d",
+        data,
+        "--compare",
+        shippedModelPath,
+      ]);
+      expect(compared.stdout).toMatch(
+        /^agreement {6}100\.0 % \(≥ 95\.4 % at 95 %, n = 64\) top-1, 0 of 64 differ$/m,
+      );
     } finally {
       rmSync(join(data, ".."), { recursive: true, force: true });
     }

@@ -5,6 +5,8 @@
  */
 import { relative, resolve } from "node:path";
 import { isQuantdError } from "../../errors.ts";
+import { clopperPearsonLower, DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
+import { describeAgreement, formatCount } from "../../quant/gate.ts";
 import type { Classifier } from "../../runtime/classifier.ts";
 import { AGGREGATIONS } from "../../runtime/entities.ts";
 import { type EvalLatency, type EvalResult, evaluate } from "../../runtime/evaluate.ts";
@@ -35,6 +37,9 @@ export interface EvalReport {
   accuracy?: number;
   compareAccuracy?: number;
   agreement?: number;
+  /** One-sided Clopper–Pearson lower bound of {@link agreement} at {@link confidence}, as the gate reads it. */
+  agreementLower?: number;
+  confidence?: number;
   disagreements?: number;
   maxAbsLogitDiff?: number;
   meanAbsLogitDiff?: number;
@@ -50,7 +55,12 @@ export function toEvalReport(
   const report: EvalReport = { ...files, n: r.n, labelled: r.labelled, latency: r.latency };
   if (r.accuracy !== undefined) report.accuracy = r.accuracy;
   if (r.compareAccuracy !== undefined) report.compareAccuracy = r.compareAccuracy;
-  if (r.agreement !== undefined) report.agreement = r.agreement;
+  if (r.agreement !== undefined) {
+    report.agreement = r.agreement;
+    // The same bound the quantize gate decides on, so a held-out check reads as the gate's does.
+    report.agreementLower = clopperPearsonLower(r.n - (r.disagreements ?? 0), r.n, DEFAULT_CONFIDENCE);
+    report.confidence = DEFAULT_CONFIDENCE;
+  }
   if (r.disagreements !== undefined) report.disagreements = r.disagreements;
   if (r.maxAbsLogitDiff !== undefined) report.maxAbsLogitDiff = r.maxAbsLogitDiff;
   if (r.meanAbsLogitDiff !== undefined) report.meanAbsLogitDiff = r.meanAbsLogitDiff;
@@ -83,10 +93,16 @@ export function renderEvalReport(r: EvalReport, batch: number): string[] {
     if (r.compareAccuracy !== undefined) rows.push(["  accuracy", formatPercent(r.compareAccuracy)]);
     if (r.compareLatency !== undefined) rows.push(["  latency", latencyText(r.compareLatency, batch)]);
     if (r.agreement !== undefined) {
-      rows.push([
-        "agreement",
-        `${formatPercent(r.agreement)} top-1 (${r.disagreements ?? 0} of ${r.n} differ)`,
-      ]);
+      const k = r.n - (r.disagreements ?? 0);
+      const bound = describeAgreement({
+        n: r.n,
+        agreement: r.agreement,
+        agreementLower: r.agreementLower ?? 0,
+        confidence: r.confidence ?? DEFAULT_CONFIDENCE,
+        gateN: r.n,
+        gateAgreements: k,
+      });
+      rows.push(["agreement", `${bound} top-1, ${formatCount(r.n - k)} of ${formatCount(r.n)} differ`]);
     }
     if (r.maxAbsLogitDiff !== undefined) rows.push(["max |Δlogit|", r.maxAbsLogitDiff.toPrecision(4)]);
     if (r.meanAbsLogitDiff !== undefined) rows.push(["mean |Δlogit|", r.meanAbsLogitDiff.toPrecision(4)]);
@@ -183,11 +199,13 @@ export const evalCommand: Command = {
     "or content) and a label column (a class id, or a label name from the model's config.json), as " +
     "GLUE ships SST-2, and prints the top-1 accuracy on the labelled rows and the inference latency.\n\n" +
     "With --compare, runs a second model on the same batches and adds its accuracy, the top-1 agreement " +
-    "between the two and the largest and mean |logit difference|; rows may then be unlabelled. This is " +
+    "between the two with its 95 % lower bound as the quantize gate reads it, and the largest and mean " +
+    "|logit difference|; rows of a sentence classifier may then be unlabelled. This is " +
     "how an int8 model is checked against its fp32 parent.\n\n" +
     "Latency counts inference only (not tokenization), per batch of --batch texts. Progress goes to " +
     "stderr when it is a terminal. With --json, prints one object with n, labelled, accuracy, latency " +
-    "and, with --compare, agreement, disagreements, maxAbsLogitDiff, meanAbsLogitDiff, compareAccuracy.",
+    "and, with --compare, agreement, agreementLower, confidence, disagreements, maxAbsLogitDiff, " +
+    "meanAbsLogitDiff, compareAccuracy.",
   flags: [
     {
       name: "model",

@@ -117,11 +117,12 @@ few more per trial, the best estimated gain (the error a node adds) per byte fir
 or --trials rebuilds are spent; the summary says what each trial bought. If it cannot be met the command
 fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still written).
 
---out DIR (an existing directory, a path ending in /, or one without .onnx), or a file in a directory
-that does not exist yet, makes a self-contained model directory, as Optimum writes one: the int8 model
-(DIR/model.onnx), the model's tokenizer and config files copied beside it, and the report
-(DIR/quantize-report.json unless --report says otherwise). classify, eval, bench and the agent then
-take that directory with no other flag.
+--out DIR (an existing directory, a path ending in /, or one without .onnx) makes a self-contained
+model directory, as Optimum writes one: the int8 model (DIR/model.onnx), the model's tokenizer and
+config files copied beside it, and the report (DIR/quantize-report.json unless --report says
+otherwise). classify, eval, bench and the agent then take that directory with no other flag. A file
+in a directory that does not exist yet (--out new/int8.onnx) gets the tokenizer and config files
+beside it too, so they take the file with no other flag; its report only with --report.
 
 --mode auto builds every int8 form that can be the fastest on the detected board (quantd device): static
 int8 in both formats (qdq, fused) with uint8 activations (U8S8), also with int8 activations (S8S8) on
