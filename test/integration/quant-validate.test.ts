@@ -128,7 +128,9 @@ describe("validator", () => {
           maxLength: 128,
         });
         const data = new Float32Array(out.rows * 2);
-        out.data.forEach((row, i) => data.set(row, i * 2));
+        out.data.forEach((row, i) => {
+          data.set(row, i * 2);
+        });
         return { data, rows: out.rows, cols: 2 };
       } finally {
         await s.release();
