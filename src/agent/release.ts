@@ -38,6 +38,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import { writeFileDurableSync } from "../core/files.ts";
 import { sha256File, sha256FileSync } from "../core/hash.ts";
 import { QuantdError } from "../errors.ts";
 import { parseCommand, type ReleaseParams } from "../fleet/protocol.ts";
@@ -186,14 +187,9 @@ function readLog(path: string): DownloadLog {
   }
 }
 
+/** Replaces the download log atomically and durably (core/files.ts; a full disk is DISK_FULL). */
 function writeLog(path: string, log: DownloadLog): void {
-  const fd = openSync(`${path}.tmp`, "w");
-  try {
-    writeSync(fd, JSON.stringify(log));
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(`${path}.tmp`, path);
+  writeFileDurableSync(path, JSON.stringify(log), 0o640);
 }
 
 /**

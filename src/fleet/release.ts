@@ -24,6 +24,7 @@ import {
 } from "node:fs";
 import { copyFile } from "node:fs/promises";
 import { join } from "node:path";
+import { writeFailure } from "../core/files.ts";
 import { sha256File } from "../core/hash.ts";
 import { QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
@@ -327,7 +328,7 @@ export function releaseDir(root: string, id: string): string {
  * Copies a release's files into `<root>/<id>/` (aside, then renamed, so a
  * half copy is never taken for the release), checking each against the manifest.
  *
- * @throws DATA_MISMATCH when a file changed since the manifest was built; FILE_WRITE_FAILED
+ * @throws DATA_MISMATCH when a file changed since the manifest was built; DISK_FULL | FILE_WRITE_FAILED
  */
 export async function storeReleaseFiles(
   root: string,
@@ -349,7 +350,8 @@ export async function storeReleaseFiles(
     renameSync(tmp, dest);
   } catch (err) {
     rmSync(tmp, { recursive: true, force: true });
-    throw QuantdError.from(err, "FILE_WRITE_FAILED");
+    // A full disk is DISK_FULL, as for every other write (core/files.ts).
+    throw writeFailure(err, `cannot store release ${release.id} in ${root}: ${(err as Error).message}`);
   }
   return dest;
 }
