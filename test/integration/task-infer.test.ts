@@ -262,4 +262,18 @@ describe("quantd infer", () => {
       expect.stringMatching(/--task must be one of classification/),
     ]);
   });
+
+  test("classify, which gives one softmax label per text, refuses every other task instead of answering", async () => {
+    // A softmax over multi-label logits, a one-logit regression's "LABEL_0 1.0000" or one text where a pair
+    // classifier takes two would read as answers.
+    for (const kind of TASK_FIXTURES) {
+      const r = await runQuantd(["classify", "--model", dirs[kind], "a very good film"], { env });
+      expect([kind, r.code, r.stdout]).toEqual([kind, 1, ""]);
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `^error MODEL_TASK_MISMATCH: .* is an? ${kind} model \\(.*\\), and classify .*: run it with quantd infer`,
+        ),
+      );
+    }
+  });
 });

@@ -5,8 +5,9 @@
  */
 import type { Classification } from "../../runtime/classifier.ts";
 import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
-import type { Command } from "../command.ts";
-import { batchFlag, INFERENCE_FLAGS, JSON_FLAG, openClassifier } from "../model-flags.ts";
+import { QuantdError } from "../../errors.ts";
+import type { Command, ParsedFlags } from "../command.ts";
+import { batchFlag, INFERENCE_FLAGS, JSON_FLAG, openClassifier, openTaskModel } from "../model-flags.ts";
 import { flagBool, flagString, usageError } from "../parse.ts";
 import { SHIPPED_MODEL } from "../paths.ts";
 
@@ -37,6 +38,25 @@ function shown(text: string): string {
   return text.length <= SHOWN_TEXT_CHARS ? text : `${text.slice(0, SHOWN_TEXT_CHARS - 1)}…`;
 }
 
+/**
+ * Stops before classifying when the model's task is not single-text classification: a softmax label
+ * of a multi-label, regression or pair model (one text where it takes two) would be served as an answer.
+ *
+ * @throws MODEL_TASK_MISMATCH naming the model's task and where it was read
+ */
+async function refuseOtherTasks(modelPath: string, flags: ParsedFlags): Promise<void> {
+  const model = await openTaskModel(modelPath, flags);
+  const { kind, source } = model.task;
+  await model.release();
+  if (kind === "classification") return;
+  throw new QuantdError(
+    "MODEL_TASK_MISMATCH",
+    `${model.modelPath} is ${/^[aeiou]/.test(kind) ? "an" : "a"} ${kind} model (${source}), and classify gives one softmax label per text: ` +
+      `run it with quantd infer${kind === "pair-classification" ? " --pair" : ""}`,
+    { details: { task: kind, expected: "classification" } },
+  );
+}
+
 /** The `classify` command. */
 export const classifyCommand: Command = {
   name: "classify",
@@ -46,7 +66,8 @@ export const classifyCommand: Command = {
     "Classifies each TEXT argument or, without arguments, each line of stdin, and prints one line per " +
     "text: label, score (the softmax probability of that label) and the text. The model defaults to the " +
     "fp32 SST-2 BERT-Mini shipped with quantd; its tokenizer and label names are read from the model's " +
-    "directory.\n\n" +
+    "directory. It runs single-text classifiers; a model of another task (pairs, multi-label, regression, " +
+    "tokens, embeddings) is MODEL_TASK_MISMATCH: quantd infer runs those.\n\n" +
     "With --json, prints one object {model, labels, results: [{text, label, labelId, score, " +
     "probabilities}]}. An empty, oversized (over 64 KiB) or non-UTF-8 text is an error naming its position. " +
     "Put -- before texts that start with a dash.",
@@ -68,6 +89,7 @@ export const classifyCommand: Command = {
     const modelPath = flagString(ctx.flags, "model", SHIPPED_MODEL)!;
     const texts = await readTexts(ctx.positionals);
 
+    await refuseOtherTasks(modelPath, ctx.flags);
     const classifier = await openClassifier(modelPath, ctx.flags);
     try {
       const width = Math.max(...classifier.labels.map((l) => l.length));
