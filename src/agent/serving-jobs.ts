@@ -4,6 +4,7 @@
  * (back to the previously active version). Only a serving agent registers
  * them: `quantd job --wait` has no live model to measure or swap.
  */
+import { percentile } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 import { parseCommand } from "../fleet/protocol.ts";
 import type { JobHandler } from "../jobs/handler.ts";
@@ -35,8 +36,6 @@ function benchHandler(registry: ModelRegistry): JobHandler {
         times.push(performance.now() - t0);
         if (i % 10 === 9) ctx.stage("measuring", (i + 1) / runs);
       }
-      times.sort((a, b) => a - b);
-      const at = (q: number): number => times[Math.min(times.length - 1, Math.floor(q * times.length))] ?? 0;
       const active = registry.active();
       return {
         state: "SUCCEEDED",
@@ -46,8 +45,9 @@ function benchHandler(registry: ModelRegistry): JobHandler {
           task: active?.task.kind ?? null,
           batch: texts.length,
           runs,
-          p50Ms: at(0.5),
-          p95Ms: at(0.95),
+          // Reported figures: core/stats's interpolated percentiles, as every other bench.
+          p50Ms: percentile(times, 50),
+          p95Ms: percentile(times, 95),
         },
       };
     },
