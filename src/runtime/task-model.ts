@@ -19,7 +19,14 @@ import {
 } from "./classifier.ts";
 import { type Aggregation, type Entity, groupEntities, type TokenInfo } from "./entities.ts";
 import { l2Normalize, poolRow, sigmoid } from "./pooling.ts";
-import { detectTask, inputsOf, resolveThresholds, type TaskOverride, type TaskSpec } from "./task.ts";
+import {
+  detectTask,
+  inputsOf,
+  resolveThresholds,
+  type TaskOverride,
+  type TaskSpec,
+  taskModelNoun,
+} from "./task.ts";
 import type { TokenSpan } from "./token-align.ts";
 import {
   type BatchEncoding,
@@ -110,7 +117,7 @@ export function checkTaskInputs(task: TaskSpec, inputs: readonly TextInput[], mo
     if (wants === "pair" && !pair) {
       throw new QuantdError(
         "DATA_MISMATCH",
-        `input ${i} is one text, but ${model} is a ${task.kind} model (${task.source}): each input needs two texts ` +
+        `input ${i} is one text, but ${model} is ${taskModelNoun(task.kind)} (${task.source}): each input needs two texts ` +
           "(--pair A B, a TSV with two text columns, or [a, b] in a request)",
         { details: { index: i, task: task.kind } },
       );
@@ -118,7 +125,7 @@ export function checkTaskInputs(task: TaskSpec, inputs: readonly TextInput[], mo
     if (wants === "text" && pair) {
       throw new QuantdError(
         "DATA_MISMATCH",
-        `input ${i} is a pair of texts, but ${model} is a ${task.kind} model: each input is one text`,
+        `input ${i} is a pair of texts, but ${model} is ${taskModelNoun(task.kind)}: each input is one text`,
         { details: { index: i, task: task.kind } },
       );
     }

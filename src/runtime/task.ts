@@ -419,6 +419,11 @@ export function resolveThresholds(given: number | number[] | undefined, labels: 
   return out;
 }
 
+/** `a token-classification model`, `an embedding model`: the task as messages name it. */
+export function taskModelNoun(kind: TaskKind): string {
+  return `${/^[aeiou]/.test(kind) ? "an" : "a"} ${kind} model`;
+}
+
 /**
  * What a task takes as one input: a pair of texts (a pair classifier), one text
  * (token classification and embeddings, whose outputs belong to one text), or

@@ -6,7 +6,7 @@
 import { QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import type { TokenInfo } from "../runtime/entities.ts";
-import { inputsOf, type TaskSpec } from "../runtime/task.ts";
+import { inputsOf, type TaskSpec, taskModelNoun } from "../runtime/task.ts";
 import type { TaskResult } from "../runtime/task-model.ts";
 import type { TextInput } from "../runtime/tokenizer.ts";
 import { checkTexts, type RequestLimits } from "./request-body.ts";
@@ -86,8 +86,8 @@ export function parseInfer(body: unknown, limits: RequestLimits, task: TaskSpec)
     throw new QuantdError(
       "DATA_MISMATCH",
       pairs
-        ? `the model is a ${task.kind} model: its input is [n, 2] (a pair of texts per row), got shape [${shape.join(", ")}]`
-        : `the model is a ${task.kind} model: its input is one text per row ([n] or [n, 1]), got shape [${shape.join(", ")}]`,
+        ? `the model is ${taskModelNoun(task.kind)}: its input is [n, 2] (a pair of texts per row), got shape [${shape.join(", ")}]`
+        : `the model is ${taskModelNoun(task.kind)}: its input is one text per row ([n] or [n, 1]), got shape [${shape.join(", ")}]`,
       { details: { task: task.kind, shape } },
     );
   }

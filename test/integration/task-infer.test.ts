@@ -269,6 +269,7 @@ describe("quantd infer", () => {
     for (const kind of TASK_FIXTURES) {
       const r = await runQuantd(["classify", "--model", dirs[kind], "a very good film"], { env });
       expect([kind, r.code, r.stdout]).toEqual([kind, 1, ""]);
+      if (kind === "embedding") expect(r.stderr).toContain(" is an embedding model (");
       expect(r.stderr).toMatch(
         new RegExp(
           `^error MODEL_TASK_MISMATCH: .* is an? ${kind} model \\(.*\\), and classify .*: run it with quantd infer`,

@@ -3,9 +3,11 @@
  * there are none, one text per line of stdin. Every text is validated before
  * the model loads, so a bad line fails fast and names its position.
  */
-import type { Classification } from "../../runtime/classifier.ts";
-import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
+
 import { QuantdError } from "../../errors.ts";
+import type { Classification } from "../../runtime/classifier.ts";
+import { taskModelNoun } from "../../runtime/task.ts";
+import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
 import type { Command, ParsedFlags } from "../command.ts";
 import { batchFlag, INFERENCE_FLAGS, JSON_FLAG, openClassifier, openTaskModel } from "../model-flags.ts";
 import { flagBool, flagString, usageError } from "../parse.ts";
@@ -51,7 +53,7 @@ async function refuseOtherTasks(modelPath: string, flags: ParsedFlags): Promise<
   if (kind === "classification") return;
   throw new QuantdError(
     "MODEL_TASK_MISMATCH",
-    `${model.modelPath} is ${/^[aeiou]/.test(kind) ? "an" : "a"} ${kind} model (${source}), and classify gives one softmax label per text: ` +
+    `${model.modelPath} is ${taskModelNoun(kind)} (${source}), and classify gives one softmax label per text: ` +
       `run it with quantd infer${kind === "pair-classification" ? " --pair" : ""}`,
     { details: { task: kind, expected: "classification" } },
   );
