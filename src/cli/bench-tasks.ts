@@ -7,8 +7,9 @@
  * pairs. A sentence classifier keeps the table's accuracy and top-1 agreement.
  */
 import { tokenizerDirFor } from "../bench/data.ts";
-import type { BenchModel } from "../bench/measure.ts";
+import type { BenchModel, BenchRow } from "../bench/measure.ts";
 import { QuantdError } from "../errors.ts";
+import { clopperPearsonLower, DEFAULT_CONFIDENCE } from "../quant/confidence.ts";
 import { describeAgreement, type GateMetrics } from "../quant/gate.ts";
 import { compareTaskOutputs, taskFigureParts } from "../quant/task-metrics.ts";
 import { type InputRow, readInputsTsv } from "../runtime/input-tsv.ts";
@@ -129,6 +130,42 @@ function versus(baseline: string, m: GateMetrics): NonNullable<BenchTask["versus
       ...(m.task === undefined ? [] : taskFigureParts(m.task)),
     ].join("; "),
   };
+}
+
+/**
+ * Sentence classifiers' top-1 agreement with the first model (the table's column) as the gate reads it,
+ * with its lower bound and n, in the entries of the models that have it: the column alone cannot tell
+ * 99.5 % on 200 sentences from 99.5 % on 2,000.
+ */
+export function addClassifierAgreements(tasks: BenchTask[], rows: readonly BenchRow[]): void {
+  const baseline = tasks[0]?.model;
+  for (const t of tasks) {
+    if (t.task !== "classification" || t.versusFirst !== undefined || baseline === undefined) continue;
+    const quality = rows
+      .map((r) => (r.model === t.model && r.status === "ok" ? r.quality : undefined))
+      .find((q) => q !== undefined && "agreement" in q && q.agreement !== undefined);
+    if (quality === undefined || "error" in quality || quality.agreement === undefined) continue;
+    const n = quality.samples;
+    const k = Math.round(quality.agreement * n);
+    const m = {
+      n,
+      agreement: quality.agreement,
+      agreementLower: clopperPearsonLower(k, n, DEFAULT_CONFIDENCE),
+      confidence: DEFAULT_CONFIDENCE,
+      gateN: n,
+      gateAgreements: k,
+    };
+    t.versusFirst = {
+      baseline,
+      unit: "sample",
+      n,
+      agreement: m.agreement,
+      agreementLower: m.agreementLower,
+      confidence: m.confidence,
+      figures: {},
+      line: `sample agreement ${describeAgreement(m)}`,
+    };
+  }
 }
 
 /** Whether `--data` keeps the table's accuracy and top-1 agreement: every model that could be read classifies sentences. */

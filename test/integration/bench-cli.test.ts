@@ -149,6 +149,10 @@ test("--data adds accuracy and agreement columns; all rows measured gives exit 0
   // the same file twice: labelled apart by number, identical predictions
   expect(lines[1]).toMatch(/^sst2-bert-mini\/model#1\s+b1×s16\s+1\s.*\d+\.\d\d%\s+-$/);
   expect(lines[2]).toMatch(/^sst2-bert-mini\/model#2\s+b1×s16\s+1\s.*100\.00%$/);
+  // The column with what it certifies, as the gate reads it: 20 of 20 agreeing is only ≥ 86.0 %.
+  expect(r.stdout).toContain(
+    "task sst2-bert-mini/model#2: classification (2 labels); vs sst2-bert-mini/model#1: sample agreement 100.0 % (≥ 86.0 % at 95 %, n = 20)\n",
+  );
 });
 
 test("--threads defaults the one documented way: $QUANTD_THREADS, else the board profile's threads", async () => {

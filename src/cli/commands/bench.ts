@@ -15,7 +15,7 @@ import { machineInfo, renderTerminalTable, toBenchDocument } from "../../bench/r
 import { QuantdError } from "../../errors.ts";
 import { modelFileOf } from "../../runtime/model-files.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
-import { benchTasks, classifiersOnly, renderBenchTasks } from "../bench-tasks.ts";
+import { addClassifierAgreements, benchTasks, classifiersOnly, renderBenchTasks } from "../bench-tasks.ts";
 import type { Command } from "../command.ts";
 import { defaultCliThreads, JSON_FLAG, THREADS_DEFAULT_TEXT } from "../model-flags.ts";
 import {
@@ -106,7 +106,8 @@ export const benchCommand: Command = {
     "Inputs are random token ids (fixed seed) with a full attention mask, unless --data gives labelled " +
     "text: then each model's tokenizer (beside the model or one folder up, or --tokenizer) cuts or pads " +
     "it to each seq, and the table adds accuracy and top-1 agreement with the first model.\n\n" +
-    "Below the table a line per model names its task (detected from the model and its files). For models " +
+    "Below the table a line per model names its task (detected from the model and its files) and, with " +
+    "--data, gives that agreement as the quantize gate reads it: with its 95 % lower bound and n. For models " +
     "other than sentence classifiers, --data (texts, or pairs in two text columns; no labels needed) gives " +
     "instead the task's own agreement with the first model, as the quantize gate counts it: tokens, label " +
     "decisions, samples at cosine ≥ 0.98 with the mean cosine and neighbour overlap, regression values with " +
@@ -235,6 +236,7 @@ export const benchCommand: Command = {
       ...(data !== undefined ? { data } : {}),
     }).finally(() => progress.done());
 
+    addClassifierAgreements(tasks, result.rows);
     const machine = machineInfo();
     const doc = { ...toBenchDocument(result, machine), tasks };
     if (json) ctx.out(JSON.stringify(doc));
