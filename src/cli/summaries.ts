@@ -6,7 +6,7 @@
  * size, stages) and leave the rest to `--json`.
  */
 import type { QuantdErrorJSON } from "../errors.ts";
-import { describeRecordedAgreement } from "../quant/gate.ts";
+import { describeRecordedAgreement, floorPct } from "../quant/gate.ts";
 import type { ModelVersionView } from "../server/types.ts";
 import { describeRecalibration } from "./commands/job.ts";
 import { formatBytes, formatMs, formatPercent, renderTable } from "./render.ts";
@@ -144,13 +144,19 @@ export function describeModelVersions(
   const rows: string[][] = [["", "version", "state", "kind", "agreement", "p50", "sha256", "reason"]];
   for (const v of [...versions].sort((a, b) => b.id - a.id)) {
     const agreement = figure(v.metrics, ["validation", "agreement"]);
+    // With the lower bound the gate decided on, when the version was validated with one.
+    const lower = figure(v.metrics, ["validation", "agreementLower"]);
     const p50 = figure(v.metrics, ["bench", "candidateP50Ms"]);
     rows.push([
       v.id === active ? "*" : "",
       String(v.id),
       v.state,
       v.kind,
-      agreement === undefined ? "-" : `${(agreement * 100).toFixed(2)}%`,
+      agreement === undefined
+        ? "-"
+        : lower === undefined
+          ? `${(agreement * 100).toFixed(2)}%`
+          : `${floorPct(agreement)} (≥ ${floorPct(lower)})`,
       p50 === undefined ? "-" : formatMs(p50),
       v.sha256.slice(0, 12),
       v.reason ?? "",

@@ -479,7 +479,8 @@ export function formatConfidence(c: number): string {
   return `${Number((c * 100).toFixed(2))} %`;
 }
 
-function floorPct(x: number): string {
+/** A share as a percentage with one decimal, rounded down (a bound never reads higher than it is): `99.8 %`. */
+export function floorPct(x: number): string {
   // The epsilon keeps 0.998 (997.9999… after scaling) from flooring to 99.7.
   return `${(Math.floor(x * 1000 + 1e-7) / 10).toFixed(1)} %`;
 }

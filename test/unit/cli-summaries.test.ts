@@ -10,6 +10,7 @@ import {
   describeDeviceStatus,
   describeFleetOutcome,
   describeJob,
+  describeModelVersions,
   fieldRows,
 } from "../../src/cli/summaries.ts";
 
@@ -107,5 +108,29 @@ describe("summaries", () => {
     expect(lines).toContain("model     4 (int8-static)");
     expect(lines).toContain("last job  j9 (recalibrate)");
     expect(lines).toContain("job j9: SUCCEEDED");
+  });
+
+  test("the registry's table gives a validated version's agreement with the bound it was gated on", () => {
+    const version = (id: number, metrics: Record<string, unknown>) => ({
+      id,
+      sha256: `${id}`.repeat(64),
+      path: `/m/${id}.onnx`,
+      kind: id === 1 ? "fp32" : "int8-static",
+      state: id === 3 ? "active" : "retired",
+      metrics,
+      reason: null,
+    });
+    const lines = describeModelVersions(
+      [
+        version(1, {}),
+        version(2, { validation: { agreement: 0.9975 } }),
+        version(3, { validation: RESULT.validation, bench: RESULT.bench }),
+      ],
+      3,
+    );
+    expect(lines[1]).toMatch(/^\*\s+3\s+active\s+int8-static\s+99\.2 % \(≥ 96\.3 %\)\s+4\.25 ms\s+3{12}$/);
+    // Recorded before the bound existed: the point estimate alone, as it was.
+    expect(lines[2]).toMatch(/^\s+2\s+retired\s+int8-static\s+99\.75%\s+-/);
+    expect(lines[3]).toMatch(/^\s+1\s+retired\s+fp32\s+-\s+-/);
   });
 });
