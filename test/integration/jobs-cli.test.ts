@@ -71,11 +71,31 @@ describe("quantd job", () => {
     const cancelPrefix = await quantd(["job", "cancel", "batch-7e", "--state-dir", stateDir]);
     expect(cancelPrefix.stdout).toBe("job batch-7e01 cancelled before it started\n");
 
+    // The gate in % (or a fraction), as quantize --gate and the fleet's rollout gate take it.
+    for (const [given, id] of [
+      ["99", "gate-pct"],
+      ["0.99", "gate-fraction"],
+    ] as const) {
+      const queued = await quantd([
+        "job",
+        "recalibrate",
+        "--gate",
+        given,
+        "--id",
+        id,
+        "--state-dir",
+        stateDir,
+      ]);
+      expect(queued.code).toBe(0);
+      const shown = await quantd(["job", "show", id, "--json", "--state-dir", stateDir]);
+      expect(JSON.parse(shown.stdout)).toMatchObject({ job: { params: { gate: 0.99 } } });
+    }
+
     const missing = await quantd(["job", "show", "nope", "--state-dir", stateDir]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain("JOB_NOT_FOUND");
     for (const bad of [
-      ["job", "recalibrate", "--gate", "2"],
+      ["job", "recalibrate", "--gate", "150"],
       ["job", "recalibrate", "--method", "median"],
       ["job", "recalibrate", "--samples", "0"],
       ["job", "frobnicate"],

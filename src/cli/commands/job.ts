@@ -15,7 +15,7 @@ import { type AgentServices, createAgentServices, jobsDir } from "../../agent/se
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import { isFinished } from "../../jobs/handler.ts";
 import { acquireRunnerLock, runnerLockHolder } from "../../jobs/runner-lock.ts";
-import { DEFAULT_GATE_AGREEMENT, describeRecordedAgreement } from "../../quant/gate.ts";
+import { DEFAULT_GATE_AGREEMENT, describeRecordedAgreement, parseGateThreshold } from "../../quant/gate.ts";
 import { CALIBRATION_METHODS } from "../../quant/methods.ts";
 import { defaultQuantizeOptions } from "../../quant/plan.ts";
 import type { Job } from "../../store/jobs.ts";
@@ -97,7 +97,9 @@ function recalibrateParams(ctx: CommandContext): Record<string, unknown> {
   const samples = flagInt(ctx.flags, "samples", { min: 1, max: 100_000 });
   const validation = flagInt(ctx.flags, "validation-samples", { min: 1, max: 100_000 });
   const method = flagString(ctx.flags, "method");
-  const gate = flagNumber(ctx.flags, "gate", { min: 0, max: 1 });
+  // In % (or a fraction), as quantize --gate and the fleet's rollout gate take it.
+  const gatePercent = flagNumber(ctx.flags, "gate", { min: 0, max: 100 });
+  const gate = gatePercent === undefined ? undefined : parseGateThreshold(gatePercent);
   const seed = flagInt(ctx.flags, "seed", {});
   if (samples !== undefined) raw["samples"] = samples;
   if (validation !== undefined) raw["validationSamples"] = validation;
@@ -280,8 +282,8 @@ export const jobCommand: Command = {
       name: "gate",
       type: "string",
       value: "G",
-      description: "minimum top-1 agreement with fp32 (0…1)",
-      default: String(DEFAULT_GATE_AGREEMENT),
+      description: "minimum top-1 agreement with fp32, in % (or a fraction)",
+      default: String(DEFAULT_GATE_AGREEMENT * 100),
     },
     {
       name: "gate-on",
