@@ -15,9 +15,11 @@ import type { BoardId, BoardProfile } from "./profiles.ts";
 export interface AutoChoiceCandidate {
   /** e.g. `static/percentile/fused`, `static/percentile/qdq/s8s8`, `dynamic`. */
   form: string;
-  /** p50 at the auto benchmark's shape, when it was timed (only candidates that met the gate are). */
+  /** p50 at the auto benchmark's shape, when it was timed. */
   p50Ms?: number;
   passed: boolean;
+  /** `false` when auto did not validate it: timed slower than a form that had already passed. */
+  validated?: false;
 }
 
 /** The winner of one `--mode auto` run on this board. */
@@ -50,6 +52,7 @@ export interface AutoOutcome {
     activations?: string;
     p50Ms?: number;
     passed: boolean;
+    validated?: false;
   }[];
 }
 
@@ -85,6 +88,7 @@ export function autoChoiceOf(
       form: formOf(c),
       ...(c.p50Ms !== undefined ? { p50Ms: c.p50Ms } : {}),
       passed: c.passed,
+      ...(c.validated === false ? { validated: false as const } : {}),
     })),
     at,
   };

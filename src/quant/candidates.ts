@@ -103,13 +103,34 @@ export interface CandidateInputs {
   progress(line: string): void;
 }
 
-/** What {@link buildCandidates} returns. */
+/** What {@link buildCandidates} and {@link validateInLatencyOrder} return. */
 export interface BuiltCandidates {
+  /** Candidates validated (and, when they missed the gate, sent through the fallback). */
   candidates: Candidate[];
   /** Formats that could not be built (auto mode goes on without them). */
   failed: CandidateEntry[];
+  /**
+   * Formats built and timed but not validated: slower than a candidate that
+   * had already passed, so they could not have been chosen.
+   */
+  notValidated: CandidateEntry[];
   /** Time spent in the fallback (methods, rebuilds and their validations), ms. */
   fallbackMs: number;
+}
+
+/** One format's first build, not validated yet. */
+export interface FormatBuild {
+  format: FormatChoice;
+  result: QuantizeResult;
+}
+
+/** What {@link buildFormats} returns: the first build of every format that could be built. */
+export interface BuiltFormats {
+  builds: FormatBuild[];
+  /** Formats that could not be built (auto mode goes on without them). */
+  failed: CandidateEntry[];
+  /** Calibration ranges computed so far, by method (the fallback's method trials reuse them). */
+  ranges: RangeCache;
 }
 
 /** The mode and format fields of a candidate, for a report entry or an error's details. */
@@ -166,53 +187,123 @@ export function formatsToTry(
  * Calibration ranges a run has computed, by method: both static formats (and
  * the fallback's method trials) share one calibration pass per method.
  */
-class RangeCache {
+export class RangeCache {
   readonly byMethod = new Map<CalibrationMethod, QuantizeResult["ranges"]>();
   /** Calibration time of the first static build (what the report shows). */
   calibrationMs = 0;
 }
 
 /**
- * Builds, validates and (when it misses the gate) falls back on every format,
- * in order. In auto mode a format that cannot be built is recorded and the
- * others go on.
+ * The first build of every format, in order, none validated yet. In auto mode
+ * a format that cannot be built is recorded and the others go on.
  *
  * @throws QUANT_* from the quantizer (outside auto mode), USAGE always
  */
-export async function buildCandidates(
+export async function buildFormats(
   formats: readonly FormatChoice[],
   inputs: CandidateInputs,
   settings: BuildSettings,
   autoMode: boolean,
-): Promise<BuiltCandidates> {
-  const ranges = new RangeCache();
-  const out: BuiltCandidates = { candidates: [], failed: [], fallbackMs: 0 };
+): Promise<BuiltFormats> {
+  const out: BuiltFormats = { builds: [], failed: [], ranges: new RangeCache() };
   for (const f of formats) {
     inputs.progress(`quantizing (${describeFormat(f)})`);
-    let first: QuantizeResult;
     try {
-      first = await buildFormat(
+      const result = await buildFormat(
         f,
         f.method ?? settings.method,
         inputs.fp32,
         inputs.calibration,
         settings,
-        ranges,
+        out.ranges,
       );
+      out.builds.push({ format: f, result });
     } catch (err) {
       // In auto mode one format failing must not sink the other.
       if (!autoMode || (isQuantdError(err) && err.code === "USAGE")) throw err;
       out.failed.push(failedEntry(f, err));
-      continue;
     }
-    inputs.progress(`validating (${describeFormat(f)})`);
-    const metrics = await inputs.validate(first.model, f.mode);
-    const t = performance.now();
-    const candidate = await improveCandidate(f, { result: first, metrics }, inputs, settings, ranges);
-    out.fallbackMs += performance.now() - t;
-    out.candidates.push(candidate);
   }
   return out;
+}
+
+/**
+ * Validates every build, in order, each sent through the fallback when it
+ * misses the gate (`--mode static|dynamic`, and `auto --validate-all`).
+ */
+export async function buildCandidates(
+  built: BuiltFormats,
+  inputs: CandidateInputs,
+  settings: BuildSettings,
+): Promise<BuiltCandidates> {
+  const out: BuiltCandidates = { candidates: [], failed: built.failed, notValidated: [], fallbackMs: 0 };
+  for (const b of built.builds)
+    out.candidates.push(await validateBuild(b, built.ranges, inputs, settings, out));
+  return out;
+}
+
+/**
+ * `--mode auto`'s validation: the builds in the order of their measured
+ * latency (`p50Ms[i]` is `built.builds[i]`'s), fastest first, each validated
+ * and sent through the fallback when it misses the gate, until one passes as
+ * built (or with other calibration ranges: the same graph, the same
+ * latency). Auto keeps the fastest candidate that meets the gate, so a build
+ * at least as slow as one that passed can never be chosen: it is left
+ * unvalidated, and the report says which format passed first. A pass that
+ * needed nodes kept in fp32 is slower than its build was timed, so the next
+ * builds are still validated (the choice then times the passing ones again).
+ */
+export async function validateInLatencyOrder(
+  built: BuiltFormats,
+  p50Ms: readonly number[],
+  inputs: CandidateInputs,
+  settings: BuildSettings,
+): Promise<BuiltCandidates> {
+  const out: BuiltCandidates = { candidates: [], failed: built.failed, notValidated: [], fallbackMs: 0 };
+  const order = built.builds.map((_, i) => i).sort((a, b) => p50Ms[a]! - p50Ms[b]!);
+  // Filled in latency order, reported in the order the formats were asked for.
+  const validated: (Candidate | undefined)[] = [];
+  const skipped: (CandidateEntry | undefined)[] = [];
+  let passedFirst: { label: string; p50Ms: number } | undefined;
+  for (const i of order) {
+    const b = built.builds[i]!;
+    const p50 = p50Ms[i]!;
+    if (passedFirst !== undefined && p50 >= passedFirst.p50Ms) {
+      skipped[i] = {
+        ...formatFields(b.format),
+        passed: false,
+        chosen: false,
+        p50Ms: p50,
+        validated: false,
+        note: `not validated: ${passedFirst.label} passed first`,
+      };
+      continue;
+    }
+    const c = await validateBuild(b, built.ranges, inputs, settings, out);
+    const sameGraph = c.keptSensitive.length === 0;
+    if (sameGraph) c.p50Ms = p50;
+    validated[i] = c;
+    if (c.passed && sameGraph) passedFirst ??= { label: describeFormat(c), p50Ms: p50 };
+  }
+  out.candidates = validated.filter((c) => c !== undefined);
+  out.notValidated = skipped.filter((c) => c !== undefined);
+  return out;
+}
+
+/** One build validated and, when it misses the gate, improved by the fallback (its time added to `out`). */
+async function validateBuild(
+  b: FormatBuild,
+  ranges: RangeCache,
+  inputs: CandidateInputs,
+  settings: BuildSettings,
+  out: BuiltCandidates,
+): Promise<Candidate> {
+  inputs.progress(`validating (${describeFormat(b.format)})`);
+  const metrics = await inputs.validate(b.result.model, b.format.mode);
+  const t = performance.now();
+  const candidate = await improveCandidate(b.format, { result: b.result, metrics }, inputs, settings, ranges);
+  out.fallbackMs += performance.now() - t;
+  return candidate;
 }
 
 /** The report entry of a format that could not be built. */

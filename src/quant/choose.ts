@@ -1,17 +1,22 @@
 /**
  * The third stage of `runQuantization`: among the candidates that met the
- * gate, the fastest on this machine (`--mode auto` times them); when none met
- * it, the best by the gate's figures, so the report and the error can name it.
+ * gate, the fastest on this machine (`--mode auto` times them, by default
+ * before validating them, so that it validates in latency order and stops at
+ * the first that passes: `validateInLatencyOrder` in `candidates.ts`); when
+ * none met it, the best by the gate's figures, so the report and the error can
+ * name it.
  */
 import { median } from "../core/stats.ts";
 import { QuantdError } from "../errors.ts";
 import { encodeModel } from "../onnx/codec.ts";
 import { feedsForEncoding } from "../runtime/classifier.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
+import type { ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding, Tokenizer } from "../runtime/tokenizer.ts";
 import type { InferenceSession, SessionOptions } from "../runtime/types.ts";
 import { type BuiltCandidates, type Candidate, describeFormat } from "./candidates.ts";
 import { compareCandidates } from "./gate.ts";
+import type { CandidateEntry } from "./report.ts";
 
 /** Sequence length of the latency comparison `auto` makes (the shape quantd's latency targets are stated for). */
 export const AUTO_BENCH_SEQ = 128;
@@ -21,7 +26,7 @@ const AUTO_BENCH_RUNS = 30;
 
 /** What the choice is made with. */
 export interface ChoiceInputs {
-  /** `--mode auto`: time the passing candidates and take the fastest. */
+  /** `--mode auto`: the fastest passing candidate is taken. */
   autoMode: boolean;
   tokenizer: Tokenizer;
   maxLength: number;
@@ -36,40 +41,70 @@ export interface Choice {
   chosen: Candidate;
   /** Candidates that met the gate. */
   passing: Candidate[];
+  /** Formats timed but not validated (slower than one that passed first). */
+  notValidated: readonly CandidateEntry[];
   /** Sequence length the auto comparison ran at. */
   benchSeq: number;
+  /** Time of every latency comparison of the run (before validation and in the choice), ms. */
   benchmarkMs: number;
 }
 
+/** Sequence length of the auto comparison: {@link AUTO_BENCH_SEQ}, or the model's longest when shorter. */
+export function benchSeqOf(maxLength: number): number {
+  return Math.min(AUTO_BENCH_SEQ, maxLength);
+}
+
 /**
- * Picks the candidate to write (see the module comment); sets `p50Ms` on the
- * passing candidates it timed.
+ * p50 latency of each model at the auto comparison's shape, in ms, and what
+ * timing them took: real tokens, the held-out texts run together and cut to
+ * the sequence length.
+ *
+ * @throws MODEL_LOAD_FAILED / INFERENCE_FAILED from onnxruntime
+ */
+export async function timeModels(
+  models: readonly ModelProto[],
+  inputs: ChoiceInputs,
+): Promise<{ p50Ms: number[]; ms: number }> {
+  const t = performance.now();
+  const enc = inputs.tokenizer.encodeBatch([inputs.texts.join(" ")], {
+    maxLength: benchSeqOf(inputs.maxLength),
+    padding: "max_length",
+  });
+  const p50Ms = await measureP50(
+    models.map((m) => encodeModel(m)),
+    enc,
+    inputs.session,
+    AUTO_BENCH_RUNS,
+  );
+  return { p50Ms, ms: performance.now() - t };
+}
+
+/**
+ * Picks the candidate to write (see the module comment). In auto mode the
+ * passing candidates are timed (`p50Ms` set) unless every one already was,
+ * before validation (`validateInLatencyOrder`); `timedMs` is what that took.
  *
  * @throws QUANT_FAILED when no format could be built at all
  * @throws MODEL_LOAD_FAILED / INFERENCE_FAILED from the auto comparison
  */
-export async function chooseCandidate(built: BuiltCandidates, inputs: ChoiceInputs): Promise<Choice> {
+export async function chooseCandidate(
+  built: BuiltCandidates,
+  inputs: ChoiceInputs,
+  timedMs = 0,
+): Promise<Choice> {
   const passing = built.candidates.filter((c) => c.passed);
-  const benchSeq = Math.min(AUTO_BENCH_SEQ, inputs.maxLength);
-  let benchmarkMs = 0;
-  if (inputs.autoMode && passing.length > 1) {
+  let benchmarkMs = timedMs;
+  if (inputs.autoMode && passing.length > 1 && passing.some((c) => c.p50Ms === undefined)) {
+    // One interleaved run for all of them: figures from separate runs would not compare.
     inputs.progress(`benchmarking ${passing.length} passing candidates`);
-    const t = performance.now();
-    // Real tokens at the target length: the held-out texts run together, cut to `seq`.
-    const enc = inputs.tokenizer.encodeBatch([inputs.texts.join(" ")], {
-      maxLength: benchSeq,
-      padding: "max_length",
-    });
-    const p50 = await measureP50(
-      passing.map((c) => encodeModel(c.model)),
-      enc,
-      inputs.session,
-      AUTO_BENCH_RUNS,
+    const timed = await timeModels(
+      passing.map((c) => c.model),
+      inputs,
     );
     passing.forEach((c, i) => {
-      c.p50Ms = p50[i]!;
+      c.p50Ms = timed.p50Ms[i]!;
     });
-    benchmarkMs = performance.now() - t;
+    benchmarkMs += timed.ms;
   }
   const chosen =
     passing.length > 0
@@ -80,17 +115,27 @@ export async function chooseCandidate(built: BuiltCandidates, inputs: ChoiceInpu
       details: { candidates: built.failed },
     });
   }
-  return { chosen, passing, benchSeq, benchmarkMs };
+  return {
+    chosen,
+    passing,
+    notValidated: built.notValidated,
+    benchSeq: benchSeqOf(inputs.maxLength),
+    benchmarkMs,
+  };
 }
 
 /** Why the chosen candidate won, in one line, for the report. */
 export function autoDecision(choice: Choice): string {
-  const { chosen, passing } = choice;
-  if (passing.length <= 1) return `${describeFormat(chosen)}: the only candidate that met the gate`;
-  const others = passing
-    .filter((c) => c !== chosen)
-    .sort((a, b) => (a.p50Ms ?? 0) - (b.p50Ms ?? 0))
-    .map((c) => `${describeFormat(c)} ${(c.p50Ms ?? 0).toFixed(2)} ms`);
+  const { chosen, passing, notValidated } = choice;
+  if (passing.length <= 1 && notValidated.length === 0) {
+    return `${describeFormat(chosen)}: the only candidate that met the gate`;
+  }
+  const others = [
+    ...passing.filter((c) => c !== chosen).map((c) => ({ c, p50: c.p50Ms ?? 0, tail: "" })),
+    ...notValidated.map((c) => ({ c, p50: c.p50Ms ?? 0, tail: " not validated" })),
+  ]
+    .sort((a, b) => a.p50 - b.p50)
+    .map((o) => `${describeFormat(o.c)} ${o.p50.toFixed(2)} ms${o.tail}`);
   return `${describeFormat(chosen)}: fastest candidate that met the gate, p50 ${(chosen.p50Ms ?? 0).toFixed(2)} ms at sequence ${choice.benchSeq} (then ${others.join(", ")})`;
 }
 

@@ -34,9 +34,12 @@ import {
   type BuildSettings,
   type BuiltCandidates,
   buildCandidates,
+  buildFormats,
+  type CandidateInputs,
   formatsToTry,
+  validateInLatencyOrder,
 } from "./candidates.ts";
-import { type Choice, chooseCandidate } from "./choose.ts";
+import { type Choice, type ChoiceInputs, chooseCandidate, timeModels } from "./choose.ts";
 import type { LengthHistogram } from "./drift.ts";
 import { DEFAULT_GATE_AGREEMENT, type GateDecision, type GateMetrics } from "./gate.ts";
 import type { CalibrationMethod } from "./methods.ts";
@@ -154,6 +157,13 @@ export interface RunQuantizationOptions {
   autoCandidates?: { candidates: readonly AutoCandidate[]; why: string };
   /** fp32 logits kept across runs (the agent's store). @defaultValue none: computed every run */
   referenceCache?: ReferenceLogitsCache;
+  /**
+   * `--mode auto`: validate every candidate, each with its own figures. By
+   * default the candidates are timed first and validated fastest first until
+   * one passes: a slower one could not be chosen, so it is left unvalidated.
+   * @defaultValue false
+   */
+  validateAll?: boolean;
   /** Stop validating a candidate once its verdict is certain (see `validate.ts`). @defaultValue true */
   earlyStop?: boolean;
   /** Token lengths of live traffic (the agent counts them), reported beside the samples' and warned about. */
@@ -212,6 +222,11 @@ interface Reference {
   validationMs: number;
 }
 
+/** The run's candidates, and how long timing them before validation took (auto mode), ms. */
+interface Candidates extends BuiltCandidates {
+  timedMs: number;
+}
+
 /**
  * Quantizes a model end to end and writes it only if it passes the gate.
  *
@@ -228,7 +243,7 @@ export async function runQuantization(opts: RunQuantizationOptions): Promise<Qua
   const run = startRun(opts);
   const split = await takeSamples(run);
   const ref = await loadReference(run, split);
-  const built = await buildAllCandidates(run, ref);
+  const built = await buildAllCandidates(run, ref, split);
   const choice = await choose(run, ref, split, built);
   return await reportAndWrite(run, ref, split, built, choice);
 }
@@ -341,15 +356,26 @@ function validatorFor(
   });
 }
 
-/** Stage 3: every format asked for, built, validated and improved by the fallback (`candidates.ts`). */
-function buildAllCandidates(run: Run, ref: Reference): Promise<BuiltCandidates> {
-  const validate = async (model: ModelProto, mode: QuantizeMode): Promise<GateMetrics> => {
-    const t = performance.now();
-    try {
-      return (await ref.validator.validate(model, mode === "dynamic")).metrics;
-    } finally {
-      ref.validationMs += performance.now() - t;
-    }
+/**
+ * Stage 3: every format asked for, built, validated and improved by the
+ * fallback (`candidates.ts`). `--mode auto` times the builds first and
+ * validates them fastest first, stopping at the first that passes (what is
+ * slower could not be chosen), unless `validateAll`.
+ */
+async function buildAllCandidates(run: Run, ref: Reference, split: SampleSplit): Promise<Candidates> {
+  const inputs: CandidateInputs = {
+    fp32: ref.fp32,
+    calibration: ref.calibration.batches,
+    probe: ref.probe.batches,
+    validate: async (model: ModelProto, mode: QuantizeMode): Promise<GateMetrics> => {
+      const t = performance.now();
+      try {
+        return (await ref.validator.validate(model, mode === "dynamic")).metrics;
+      } finally {
+        ref.validationMs += performance.now() - t;
+      }
+    },
+    progress: run.progress,
   };
   const formats = formatsToTry(
     run.requestedMode,
@@ -357,33 +383,40 @@ function buildAllCandidates(run: Run, ref: Reference): Promise<BuiltCandidates> 
     run.opts.activations,
     run.opts.autoCandidates?.candidates,
   );
-  return buildCandidates(
-    formats,
-    {
-      fp32: ref.fp32,
-      calibration: ref.calibration.batches,
-      probe: ref.probe.batches,
-      validate,
-      progress: run.progress,
-    },
-    run.settings,
-    run.requestedMode === "auto",
+  const autoMode = run.requestedMode === "auto";
+  const builds = await buildFormats(formats, inputs, run.settings, autoMode);
+  if (!autoMode || run.opts.validateAll === true || builds.builds.length <= 1) {
+    return { ...(await buildCandidates(builds, inputs, run.settings)), timedMs: 0 };
+  }
+  run.progress(`benchmarking ${builds.builds.length} candidates, to validate the fastest first`);
+  const timed = await timeModels(
+    builds.builds.map((b) => b.result.model),
+    choiceInputs(run, ref, split),
   );
+  return {
+    ...(await validateInLatencyOrder(builds, timed.p50Ms, inputs, run.settings)),
+    timedMs: timed.ms,
+  };
 }
 
-/**
- * Stage 4: the candidate to write (`choose.ts`), with its per-layer error
- * measured when the fallback did not rank it (the report wants it anyway).
- */
-async function choose(run: Run, ref: Reference, split: SampleSplit, built: BuiltCandidates): Promise<Choice> {
-  const choice = await chooseCandidate(built, {
+/** What the auto comparison runs with. */
+function choiceInputs(run: Run, ref: Reference, split: SampleSplit): ChoiceInputs {
+  return {
     autoMode: run.requestedMode === "auto",
     tokenizer: ref.tokenizer,
     maxLength: ref.maxLength,
     texts: split.validation.map((s) => s.text),
     session: run.settings.session,
     progress: run.progress,
-  });
+  };
+}
+
+/**
+ * Stage 4: the candidate to write (`choose.ts`), with its per-layer error
+ * measured when the fallback did not rank it (the report wants it anyway).
+ */
+async function choose(run: Run, ref: Reference, split: SampleSplit, built: Candidates): Promise<Choice> {
+  const choice = await chooseCandidate(built, choiceInputs(run, ref, split), built.timedMs);
   const chosen = choice.chosen;
   if (chosen.layerError.length === 0) {
     const t = performance.now();
@@ -407,7 +440,7 @@ async function reportAndWrite(
   run: Run,
   ref: Reference,
   split: SampleSplit,
-  built: BuiltCandidates,
+  built: Candidates,
   choice: Choice,
 ): Promise<QuantizationResult> {
   const opts = run.opts;
@@ -428,7 +461,7 @@ async function reportAndWrite(
       },
       ...(opts.liveLengths !== undefined ? { live: opts.liveLengths } : {}),
     },
-    candidates: { built: built.candidates, failed: built.failed },
+    candidates: { built: built.candidates, failed: built.failed, notValidated: built.notValidated },
     choice,
     ...(opts.autoCandidates?.why !== undefined ? { autoWhy: opts.autoCandidates.why } : {}),
     timings: {

@@ -126,11 +126,19 @@ export interface CandidateEntry {
   format?: string;
   /** Static only: activation type, `uint8` (U8S8 with the int8 weights) or `int8` (S8S8). */
   activations?: string;
-  agreement: number;
+  /** Absent when the candidate was not validated (`validated: false`). */
+  agreement?: number;
   /** Lower confidence bound of the agreement (at the gate's confidence). */
   agreementLower?: number;
-  meanAbsLogitDiff: number;
+  /** Absent when the candidate was not validated. */
+  meanAbsLogitDiff?: number;
   passed: boolean;
+  /**
+   * `false` when auto mode built and timed it but did not validate it: slower
+   * than a format that had already passed, it could not be chosen (`note` says
+   * which). Absent for every validated candidate.
+   */
+  validated?: false;
   /** p50 latency at the benchmark shape, when measured. */
   p50Ms?: number;
   chosen: boolean;

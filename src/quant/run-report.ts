@@ -45,8 +45,12 @@ export interface ReportInputs {
     /** Live traffic's token lengths (the agent's counters). */
     live?: LengthHistogram;
   };
-  /** The candidates built and the ones that could not be. */
-  candidates: { built: readonly Candidate[]; failed: readonly CandidateEntry[] };
+  /** The candidates validated, the ones that could not be built, and the ones built but not validated. */
+  candidates: {
+    built: readonly Candidate[];
+    failed: readonly CandidateEntry[];
+    notValidated?: readonly CandidateEntry[];
+  };
   choice: Choice;
   /** The board profile's reason for its auto candidates. */
   autoWhy?: string;
@@ -110,7 +114,11 @@ export function buildReport(r: ReportInputs): QuantizeReport {
       methods: chosen.methodTrials,
       tensorMethods: chosen.tensorMethodTrials,
     },
-    candidates: [...r.candidates.built.map((c) => candidateEntry(c, chosen)), ...r.candidates.failed],
+    candidates: [
+      ...r.candidates.built.map((c) => candidateEntry(c, chosen)),
+      ...(r.candidates.notValidated ?? []),
+      ...r.candidates.failed,
+    ],
     timings: {
       calibrationMs: isStatic ? chosen.calibrationMs : 0,
       quantizationMs: chosen.quantizationMs,

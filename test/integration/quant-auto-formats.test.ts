@@ -48,7 +48,7 @@ describe("--mode auto with a board's candidates", () => {
     writeFileSync(samples, `${pool.slice(0, 1 + 32 + 200).join("\n")}\n`);
   });
 
-  test("a Pi 5's five candidates are built, validated and timed; the report says why the winner won", async () => {
+  test("with validateAll a Pi 5's five candidates are built, validated and timed; the report says why the winner won", async () => {
     const auto = profile("rpi5").auto;
     const out = join(dir, "int8.onnx");
     const { report } = await runQuantization({
@@ -58,6 +58,7 @@ describe("--mode auto with a board's candidates", () => {
       out,
       mode: "auto",
       autoCandidates: auto,
+      validateAll: true,
       samples: 32,
       validationSamples: 200,
       decideOn: "point",

@@ -181,11 +181,14 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(ops).toContain("DynamicQuantizeLinear");
   });
 
-  test("auto: validates and times both formats, keeps the faster one that passes, records it with the board profile", async () => {
+  test("auto --validate-all: validates and times every format, keeps the fastest that passes, records it with the board profile", async () => {
     const out = join(dir, "auto.onnx");
     const reportPath = join(dir, "auto.json");
     const stateDir = join(dir, "state");
-    const r = await quantize([...common(out, reportPath), "--mode", "auto", "--state-dir", stateDir]);
+    const r = await quantize([
+      ...common(out, reportPath),
+      ...["--mode", "auto", "--validate-all", "--state-dir", stateDir],
+    ]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(
       `board profile: the winner is recorded in ${join(stateDir, "board-profile.json")}`,
@@ -203,7 +206,10 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(chosen[0]!.mode).toBe(report.mode);
     // The random model's logits barely depend on its input, so every format passes and gets timed.
     expect(passing).toHaveLength(3);
-    for (const c of passing) expect(c.p50Ms).toBeGreaterThan(0);
+    for (const c of passing) {
+      expect(c.p50Ms).toBeGreaterThan(0);
+      expect(c.validated).toBeUndefined();
+    }
     expect(chosen[0]!.p50Ms).toBe(Math.min(...passing.map((c) => c.p50Ms!)));
     // `quantd device` shows the winner and why it won, from the record in the state directory.
     const device = await runQuantd(["device", "--state-dir", stateDir, "--json"]);
@@ -216,6 +222,38 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(shown.auto[0]!.candidates.filter((c) => c.p50Ms !== undefined)).toHaveLength(3);
     const table = await runQuantd(["device", "--state-dir", stateDir]);
     expect(table.stdout).toMatch(/auto winner \(.+\)\s+.*fastest candidate that met the gate/);
+  });
+
+  test("auto: times every format, validates the fastest first and stops at the first that passes", async () => {
+    const out = join(dir, "auto-ordered.onnx");
+    const reportPath = join(dir, "auto-ordered.json");
+    // At 99 % every format of the random model passes as built (no fallback): the fastest is the winner.
+    const r = await quantize([...common(out, reportPath), "--mode", "auto", "--gate", "99"]);
+    expect(r.code).toBe(0);
+    const report = readReport(reportPath);
+    expect(report.candidates.map((c) => [c.mode, c.format ?? "-"].join("/")).sort()).toEqual([
+      "dynamic/-",
+      "static/fused",
+      "static/qdq",
+    ]);
+    for (const c of report.candidates) expect(c.p50Ms).toBeGreaterThan(0);
+    const chosen = report.candidates.filter((c) => c.chosen);
+    expect(chosen).toHaveLength(1);
+    expect(chosen[0]!.passed).toBe(true);
+    expect(chosen[0]!.p50Ms).toBe(Math.min(...report.candidates.map((c) => c.p50Ms!)));
+    const first = [report.mode, report.method, report.format].filter((x) => x !== undefined).join("/");
+    const skipped = report.candidates.filter((c) => !c.chosen);
+    expect(skipped).toHaveLength(2);
+    for (const c of skipped) {
+      expect(c.validated).toBe(false);
+      expect(c.passed).toBe(false);
+      expect(c.agreement).toBeUndefined();
+      expect(c.note).toBe(`not validated: ${first} passed first`);
+    }
+    // One candidate's samples were run, not three.
+    expect(report.validation?.candidateSamples).toBeLessThanOrEqual(VAL);
+    expect(report.auto?.decision).toMatch(/fastest candidate that met the gate.*not validated/);
+    expect(r.stdout + r.stderr).not.toMatch(/NaN|undefined/);
   });
 
   test("--exclude keeps the named node fp32 and the report says it was the user", async () => {

@@ -126,8 +126,10 @@ beside it too, so they take the file with no other flag; its report only with --
 
 --mode auto builds every int8 form that can be the fastest on the detected board (quantd device): static
 int8 in both formats (qdq, fused) with uint8 activations (U8S8), also with int8 activations (S8S8) on
-arm64, and dynamic int8; it validates each, times the ones that pass at sequence 128 and keeps the
-fastest. The report says why these candidates and why the winner won.`,
+arm64, and dynamic int8; it times each at sequence 128 and validates them fastest first, stopping at
+the first that passes (a slower one could not be chosen; the report says "not validated: <format>
+passed first"); --validate-all validates every one, for each one's figures. The report says why these
+candidates and why the winner won.`,
   flags: [
     { name: "model", type: "string", value: "FP32.onnx", description: "the fp32 model (or its directory)" },
     { name: "calib", type: "string", value: "SAMPLES", description: "samples: a TSV file or a .db store" },
@@ -231,6 +233,12 @@ fastest. The report says why these candidates and why the winner won.`,
         "validate every held-out sample: no early stop when the verdict is already certain (the bound is then the plain one, not corrected for looks)",
     },
     {
+      name: "validate-all",
+      type: "boolean",
+      description:
+        "--mode auto: validate every candidate, not only until the fastest that passes (each one's figures in the report)",
+    },
+    {
       name: "ignore-margin",
       type: "string",
       value: "MARGIN",
@@ -332,6 +340,7 @@ function quantizeOptions(f: ParsedFlags): { opts: FileOptions; output: ModelOutp
   const ignoreMargin = flagNumber(f, "ignore-margin", { min: 0, max: 1 });
   if (ignoreMargin !== undefined && ignoreMargin > 0) opts.ignoreMargin = ignoreMargin;
   if (flagBool(f, "full-validation")) opts.earlyStop = false;
+  if (flagBool(f, "validate-all")) opts.validateAll = true;
   const validate = flagString(f, "validate");
   if (validate !== undefined) opts.validate = validate;
   const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
