@@ -4,11 +4,15 @@
  * 1. Cost: validating 1,024 held-out samples for 3 candidates (static qdq,
  *    static fused, dynamic) with quantd's validator (length-bucketed batches,
  *    fp32 logits computed once, early stop), cold and with the fp32 logits
- *    cached, against one fp32 pass over the same samples (one at a time, as
- *    validation ran before, and batched) and against the former validation
- *    (fp32 + every candidate one sample at a time). Target: ≤ 2 × one fp32 pass
- *    (in batches, its fastest form). Dynamic int8 runs in serving's batches
- *    (one token length each, see src/quant/validate.ts).
+ *    cached, as `--mode auto` does by default (the builds timed, then
+ *    validated fastest first until one passes: `validateInLatencyOrder`) and
+ *    with `--validate-all` (every candidate), against one fp32 pass over the
+ *    same samples (one at a time, as validation ran before, and batched) and
+ *    against the former validation (fp32 + every candidate one sample at a
+ *    time). Target: ≤ 2 × one fp32 pass (in batches, its fastest form). The
+ *    latency comparison auto makes is its own row (auto timed the passing
+ *    candidates before, too). Dynamic int8 runs in serving's batches (one
+ *    token length each, see src/quant/validate.ts).
  * 2. Coverage: many seeded splits of a large held-out pool into 1,024 samples
  *    to validate on and the rest; the reported 95 % lower bound must be at or
  *    below the true agreement (on the whole pool the sets are drawn from) in
@@ -41,6 +45,17 @@ import { median } from "../src/bench/stats.ts";
 import { encodeModel, loadModel, saveModel } from "../src/onnx/codec.ts";
 import type { ModelProto } from "../src/onnx/types.ts";
 import { clopperPearsonLower } from "../src/quant/confidence.ts";
+import {
+  type BuildSettings,
+  type BuiltCandidates,
+  type BuiltFormats,
+  type CandidateInputs,
+  describeFormat,
+  type FormatBuild,
+  RangeCache,
+  validateInLatencyOrder,
+} from "../src/quant/candidates.ts";
+import { timeModels } from "../src/quant/choose.ts";
 import { argmaxRows, type GateSpec } from "../src/quant/gate.ts";
 import {
   collectLogits,
@@ -94,7 +109,7 @@ interface Subject {
   /** The large pool the splits are drawn from. */
   pool: QuantSample[];
   /** `dynamicRanges`: dynamic int8, validated (and served) in batches of one token length. */
-  candidates: { name: string; model: ModelProto; dynamicRanges: boolean }[];
+  candidates: { name: string; model: ModelProto; dynamicRanges: boolean; build: FormatBuild }[];
 }
 
 async function candidatesOf(
@@ -106,10 +121,26 @@ async function candidatesOf(
   const qdq = await quantizeModel(fp32, { type: "static", format: "qdq", calibration: calib });
   const fused = await quantizeModel(fp32, { type: "static", format: "fused", ranges: qdq.ranges });
   const dynamic = await quantizeModel(fp32, { type: "dynamic" });
+  const method = qdq.options.type === "static" ? qdq.options.method : "minmax";
   return [
-    { name: "static/qdq", model: qdq.model, dynamicRanges: false },
-    { name: "static/fused", model: fused.model, dynamicRanges: false },
-    { name: "dynamic", model: dynamic.model, dynamicRanges: true },
+    {
+      name: "static/qdq",
+      model: qdq.model,
+      dynamicRanges: false,
+      build: { format: { mode: "static", method, format: "qdq" }, result: qdq },
+    },
+    {
+      name: "static/fused",
+      model: fused.model,
+      dynamicRanges: false,
+      build: { format: { mode: "static", method, format: "fused" }, result: fused },
+    },
+    {
+      name: "dynamic",
+      model: dynamic.model,
+      dynamicRanges: true,
+      build: { format: { mode: "dynamic" }, result: dynamic },
+    },
   ];
 }
 
@@ -143,6 +174,18 @@ function memoryCache(): ReferenceLogitsCache {
   };
 }
 
+/** What `--mode auto` validates with: the gate, no fallback (not validation), one intra-op thread. */
+const AUTO_SETTINGS: BuildSettings = {
+  gate: GATE,
+  budget: 0,
+  exclude: [],
+  perChannel: true,
+  reduceRange: false,
+  method: "minmax",
+  format: "qdq",
+  session,
+};
+
 async function timing(s: Subject): Promise<void> {
   say(`### ${s.name}: validating ${N_VAL} samples for ${s.candidates.length} candidates`);
   say();
@@ -153,9 +196,29 @@ async function timing(s: Subject): Promise<void> {
     former: [],
     cold: [],
     warm: [],
+    autoCold: [],
+    autoWarm: [],
     sessions: [],
+    latency: [],
   };
   const cache = memoryCache();
+  const validator = (withCache: boolean) =>
+    createValidator({
+      tokenizer: s.tokenizer,
+      maxLength: s.tokenizer.maxLength,
+      samples: s.timing,
+      gate: GATE,
+      fp32: { path: s.fp32Path, sha256: sha },
+      session,
+      ...(withCache ? { cache } : {}),
+    });
+  const built: BuiltFormats = {
+    builds: s.candidates.map((c) => c.build),
+    failed: [],
+    ranges: new RangeCache(),
+  };
+  const fp32 = await loadModel(s.fp32Path);
+  let validated = "";
   for (let r = 0; r < ROUNDS; r++) {
     t.fp32b1!.push(await pass(s.fp32Path, s.tokenizer, s.timing, 1));
     t.fp32b16!.push(await pass(s.fp32Path, s.tokenizer, s.timing, 16));
@@ -163,31 +226,48 @@ async function timing(s: Subject): Promise<void> {
     let former = t.fp32b1!.at(-1)!;
     for (const c of s.candidates) former += await pass(encodeModel(c.model), s.tokenizer, s.timing, 1);
     t.former!.push(former);
-    const validator = (withCache: boolean) =>
-      createValidator({
-        tokenizer: s.tokenizer,
-        maxLength: s.tokenizer.maxLength,
-        samples: s.timing,
-        gate: GATE,
-        fp32: { path: s.fp32Path, sha256: sha },
-        session,
-        ...(withCache ? { cache } : {}),
-      });
     // Cold: no cache, the fp32 logits are computed; the cache is filled (untimed) once, for the warm runs.
     if (r === 0) await validator(true).validate(s.candidates[0]!.model, false);
+    // --validate-all: every candidate validated.
     for (const which of ["cold", "warm"] as const) {
       const v = validator(which === "warm");
       const t0 = performance.now();
       for (const c of s.candidates) await v.validate(c.model, c.dynamicRanges);
       t[which]!.push(performance.now() - t0);
     }
+    // auto's default: the builds timed at sequence 128 (as auto does, whichever the order), then validated
+    // fastest first until one passes (the pipeline's own validateInLatencyOrder).
+    const timed = await timeModels(
+      s.candidates.map((c) => c.model),
+      {
+        autoMode: true,
+        tokenizer: s.tokenizer,
+        maxLength: s.tokenizer.maxLength,
+        texts: s.timing.map((x) => x.text),
+        session,
+        progress: () => undefined,
+      },
+    );
+    t.latency!.push(timed.ms);
+    for (const which of ["autoCold", "autoWarm"] as const) {
+      const v = validator(which === "autoWarm");
+      const inputs: CandidateInputs = {
+        fp32,
+        calibration: [],
+        probe: [],
+        validate: async (m, mode) => (await v.validate(m, mode === "dynamic")).metrics,
+        progress: () => undefined,
+      };
+      const t0 = performance.now();
+      const out = await validateInLatencyOrder(built, timed.p50Ms, inputs, AUTO_SETTINGS);
+      t[which]!.push(performance.now() - t0);
+      validated = describeOrder(out, timed.p50Ms, s);
+    }
     // The fixed cost inside every validation: each candidate's session, created and released, no inference.
     const ts = performance.now();
     for (const c of s.candidates) await (await createOrtSession(encodeModel(c.model), session)).release();
     t.sessions!.push(performance.now() - ts);
   }
-  const cold = median(t.cold!);
-  const warm = median(t.warm!);
   const b1 = median(t.fp32b1!);
   const b16 = median(t.fp32b16!);
   say("| run | median | × fp32 one at a time | × fp32 batched |");
@@ -197,16 +277,35 @@ async function timing(s: Subject): Promise<void> {
   row("one fp32 pass, one sample at a time", b1);
   row("one fp32 pass, batches of 16 by length", b16);
   row("former validation (fp32 + 3 candidates, one at a time)", median(t.former!));
-  row("quantd validator, cold (fp32 logits computed)", cold);
-  row("quantd validator, fp32 logits cached", warm);
-  row("in both: creating and releasing the 3 candidates' sessions, no inference", median(t.sessions!));
+  row("auto (default), cold: fastest first until one passes, fp32 logits computed", median(t.autoCold!));
+  row("auto (default), fp32 logits cached", median(t.autoWarm!));
+  row("--validate-all, cold (fp32 logits computed)", median(t.cold!));
+  row("--validate-all, fp32 logits cached", median(t.warm!));
+  row("auto's latency comparison of the 3 builds (runs with or without --validate-all)", median(t.latency!));
+  row("in all: creating and releasing the 3 candidates' sessions, no inference", median(t.sessions!));
   say();
+  say(`auto's last round: ${validated}`);
+  say();
+  const verdict = (name: string, cold: number, warm: number) =>
+    `${name}: cold ${(cold / b16).toFixed(2)} × ${mark(cold / b16 <= 2)}, cached ${(warm / b16).toFixed(2)} × ${mark(warm / b16 <= 2)}`;
   say(
-    `target ≤ 2 × one fp32 pass in batches: cold ${(cold / b16).toFixed(2)} × ${mark(cold / b16 <= 2)}, ` +
-      `cached ${(warm / b16).toFixed(2)} × ${mark(warm / b16 <= 2)}; against an fp32 pass one sample at a time: ` +
-      `cold ${(cold / b1).toFixed(2)} ×, cached ${(warm / b1).toFixed(2)} × (${ROUNDS} rounds, medians)`,
+    `target ≤ 2 × one fp32 pass in batches: ${verdict("auto", median(t.autoCold!), median(t.autoWarm!))}; ` +
+      `${verdict("--validate-all", median(t.cold!), median(t.warm!))} (${ROUNDS} rounds, medians)`,
   );
   say();
+}
+
+/** Which candidates auto validated, in its order, and which it left. */
+function describeOrder(out: BuiltCandidates, p50Ms: readonly number[], s: Subject): string {
+  const p50Of = (mode: string, format?: string) =>
+    p50Ms[s.candidates.findIndex((c) => c.build.format.mode === mode && c.build.format.format === format)] ??
+    0;
+  const v = out.candidates
+    .map((c) => ({ c, p50: p50Of(c.mode, c.format) }))
+    .sort((a, b) => a.p50 - b.p50)
+    .map(({ c, p50 }) => `${describeFormat(c)} (p50 ${p50.toFixed(2)} ms) ${c.passed ? "passed" : "failed"}`);
+  const skipped = out.notValidated.map((e) => `${describeFormat(e)} (p50 ${(e.p50Ms ?? 0).toFixed(2)} ms)`);
+  return `validated ${v.join(", then ")}${skipped.length > 0 ? `; not validated: ${skipped.join(", ")}` : ""}`;
 }
 
 /**

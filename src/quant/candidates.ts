@@ -3,6 +3,8 @@
  * validated against fp32 and, when it misses the gate, sent through the
  * fallback (other calibration methods first, then nodes kept in fp32). The
  * second stage of `runQuantization`; the third picks among what it returns.
+ * `--mode auto` validates its builds fastest first and leaves what is slower
+ * than a passing one unvalidated ({@link validateInLatencyOrder}).
  */
 import { isQuantdError, QuantdError } from "../errors.ts";
 import type { ModelProto } from "../onnx/types.ts";

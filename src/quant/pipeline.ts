@@ -5,7 +5,8 @@
  * 1. samples: split into calibration and held-out validation sets (`samples.ts`);
  * 2. reference: the fp32 model, its tokenizer, the encoded samples and the validator;
  * 3. candidates: each format built, validated against fp32, and sent through the
- *    fallback when it misses the gate (`candidates.ts`);
+ *    fallback when it misses the gate (`candidates.ts`); `auto` times the builds
+ *    first and validates them fastest first, up to the first that passes;
  * 4. choose: the fastest passing candidate (`auto`), or the best failing one (`choose.ts`);
  * 5. report: the report (`run-report.ts`), then the int8 model written atomically,
  *    or GATE_NOT_MET.
