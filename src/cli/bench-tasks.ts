@@ -114,8 +114,11 @@ export async function benchTasks(
   return read.map((r) => r.task);
 }
 
-/** A comparison with the first model as the bench records and prints it. */
-function versus(baseline: string, m: GateMetrics): NonNullable<BenchTask["versusFirst"]> {
+/** A task's agreement with a reference model, as bench and eval record and print it. */
+export type TaskAgreement = NonNullable<BenchTask["versusFirst"]>;
+
+/** A comparison with a reference model (bench: the first model; eval: --compare) as it is recorded and printed. */
+export function versus(baseline: string, m: GateMetrics): TaskAgreement {
   const unit = m.task?.unit ?? "sample";
   return {
     baseline,

@@ -160,3 +160,20 @@ test("quantd eval prints each task's measures", async () => {
     expect.stringMatching(/^error USAGE: an embedding model has no labels/),
   ]);
 });
+
+test("quantd eval --compare gives each task's agreement with the other model, as the gate counts it", async () => {
+  const path = join(root, "reg-compare.tsv");
+  writeFileSync(path, `sentence\tlabel\n${texts.map((t, i) => `${t}\t${i % 5}`).join("\n")}\n`);
+  const env = envWithoutQuantd();
+  const same = ["eval", "--model", dirs.regression, "--data", path, "--compare", dirs.regression];
+  const human = await runQuantd(same, { env });
+  expect(human.stderr).toBe("");
+  // The model against itself: every sample agrees; 40 of 40 certify ≥ 92.7 %.
+  expect(human.stdout).toMatch(/^compare +.*regression\/model\.onnx$/m);
+  expect(human.stdout).toMatch(
+    /^agreement +sample agreement 100\.0 % \(≥ 92\.7 % at 95 %, n = 40\); Pearson 1\.0000, max \|error\| 0\.0000/m,
+  );
+  const json = JSON.parse((await runQuantd([...same, "--json"], { env })).stdout);
+  expect(json.versus).toMatchObject({ unit: "sample", n: 40, agreement: 1 });
+  expect(json.versus.agreementLower).toBeCloseTo(0.05 ** (1 / 40), 6);
+});

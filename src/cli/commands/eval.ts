@@ -7,6 +7,7 @@ import { relative, resolve } from "node:path";
 import { isQuantdError } from "../../errors.ts";
 import { clopperPearsonLower, DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeAgreement, formatCount } from "../../quant/gate.ts";
+import { compareTaskOutputs } from "../../quant/task-metrics.ts";
 import type { Classifier } from "../../runtime/classifier.ts";
 import { AGGREGATIONS } from "../../runtime/entities.ts";
 import { type EvalLatency, type EvalResult, evaluate } from "../../runtime/evaluate.ts";
@@ -15,6 +16,7 @@ import { findModelFiles } from "../../runtime/model-files.ts";
 import { evaluateTask, type TaskEvalReport } from "../../runtime/task-eval.ts";
 import type { TaskModel } from "../../runtime/task-model.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
+import { type TaskAgreement, versus } from "../bench-tasks.ts";
 import type { Command, ParsedFlags } from "../command.ts";
 import {
   batchFlag,
@@ -128,7 +130,11 @@ async function openCompare(path: string, ctxFlags: ParsedFlags, main: Classifier
 }
 
 /** Human lines for a task evaluation (every task but single-text classification). */
-export function renderTaskEvalReport(r: TaskEvalReport, model: string, data: string): string[] {
+export function renderTaskEvalReport(
+  r: TaskEvalReport & { versus?: TaskAgreement },
+  model: string,
+  data: string,
+): string[] {
   const rows: string[][] = [
     ["model", `${shortPath(model)} (${r.task})`],
     ["data", `${shortPath(data)} (${r.n} rows)`],
@@ -158,6 +164,10 @@ export function renderTaskEvalReport(r: TaskEvalReport, model: string, data: str
   }
   add(`recall@${r.k}`, pct(r.recallAtK));
   add("mean cosine", r.meanCosine?.toFixed(4));
+  if (r.versus !== undefined) {
+    rows.push(["compare", shortPath(r.versus.baseline)]);
+    add("agreement", r.versus.line);
+  }
   return renderTable(rows);
 }
 
@@ -167,7 +177,7 @@ async function runTaskEval(
   dataPath: string,
   comparePath: string | undefined,
   flags: ParsedFlags,
-): Promise<{ report: TaskEvalReport; lines: string[] }> {
+): Promise<{ report: TaskEvalReport & { versus?: TaskAgreement }; lines: string[] }> {
   const rows = await readInputsTsv(dataPath);
   let compare: TaskModel | undefined;
   try {
@@ -177,12 +187,20 @@ async function runTaskEval(
         flagString(flags, "tokenizer") === undefined ? { ...flags, tokenizer: model.tokenizer.dir } : flags,
       );
     }
-    const report = await evaluateTask(model, rows, {
-      batchSize: batchFlag(flags),
+    const batchSize = batchFlag(flags);
+    const report: TaskEvalReport & { versus?: TaskAgreement } = await evaluateTask(model, rows, {
+      batchSize,
       aggregation: flagChoice(flags, "aggregation", AGGREGATIONS, "simple"),
       k: flagInt(flags, "k", { min: 1, max: 1000 }, 10),
       ...(compare !== undefined ? { compare } : {}),
     });
+    // Embeddings are compared by recall@k and cosine above; the other tasks by their agreement, as the gate counts it.
+    if (compare !== undefined && model.task.kind !== "embedding") {
+      const inputs = rows.map((r) => r.input);
+      const reference = await compare.outputs(inputs, { batchSize });
+      const candidate = await model.outputs(inputs, { batchSize });
+      report.versus = versus(compare.modelPath, compareTaskOutputs(model.task, reference, candidate));
+    }
     return { report, lines: renderTaskEvalReport(report, model.modelPath, resolve(dataPath)) };
   } finally {
     await compare?.release();
@@ -202,6 +220,11 @@ export const evalCommand: Command = {
     "between the two with its 95 % lower bound as the quantize gate reads it, and the largest and mean " +
     "|logit difference|; rows of a sentence classifier may then be unlabelled. This is " +
     "how an int8 model is checked against its fp32 parent.\n\n" +
+    "A model of another task is scored by that task's measures (accuracy and macro F1 for pairs, F1 and " +
+    "exact match for multi-label, Spearman and Pearson for regression, entity F1 for tokens), on labelled " +
+    "rows; with --compare it adds the task's agreement with the other model as the quantize gate counts it " +
+    "(samples, label decisions or tokens, with the bound), and an embedding model is scored only against " +
+    "--compare (recall@k of its neighbours, mean cosine).\n\n" +
     "Latency counts inference only (not tokenization), per batch of --batch texts. Progress goes to " +
     "stderr when it is a terminal. With --json, prints one object with n, labelled, accuracy, latency " +
     "and, with --compare, agreement, agreementLower, confidence, disagreements, maxAbsLogitDiff, " +
