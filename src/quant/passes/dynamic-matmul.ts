@@ -14,7 +14,7 @@ import type { NodeProto } from "../../onnx/types.ts";
 import type { PackedAttentionTarget, WeightMatMulTarget } from "../plan.ts";
 import { writeQAttention } from "./qattention.ts";
 import { type GraphRewrite, node } from "./rewrite.ts";
-import { type QuantizedWeight, quantizeWeight } from "./weights.ts";
+import { type QuantizedWeight, quantizeWeight, weightZeroPoint } from "./weights.ts";
 
 /** Options of {@link insertDynamicMatMul}. */
 export interface DynamicMatMulOptions {
@@ -106,7 +106,7 @@ export function insertDynamicMatMul(
       node(
         "MatMulInteger",
         rw.uniqueName(`${base}_MatMulInteger`),
-        [act.quantized, w.quantized, act.zeroPoint, w.zeroPoint],
+        [act.quantized, w.quantized, act.zeroPoint, weightZeroPoint(rw, w)],
         [i32],
       ),
       node("Cast", rw.uniqueName(`${base}_Cast`), [i32], [f32], { to: DataType.FLOAT }),

@@ -10,7 +10,7 @@
 import type { NodeProto } from "../../onnx/types.ts";
 import type { PackedAttentionTarget } from "../plan.ts";
 import { type GraphRewrite, MS_DOMAIN } from "./rewrite.ts";
-import { type QuantizedWeight, quantizeWeight } from "./weights.ts";
+import { type QuantizedWeight, quantizeWeight, weightZeroPoint } from "./weights.ts";
 
 /** A quantized activation: its uint8 tensor, scale and zero point. */
 export interface QuantizedInput {
@@ -49,7 +49,16 @@ export function writeQAttention(
     name: rw.uniqueName(`${n.name !== "" ? n.name : t.node}_QAttention`),
     opType: "QAttention",
     domain: MS_DOMAIN,
-    input: [input.quantized, w.quantized, t.bias, input.scale, w.scale, mask, input.zeroPoint, w.zeroPoint],
+    input: [
+      input.quantized,
+      w.quantized,
+      t.bias,
+      input.scale,
+      w.scale,
+      mask,
+      input.zeroPoint,
+      weightZeroPoint(rw, w),
+    ],
     output: [...n.output],
     attribute: [...n.attribute],
   };

@@ -22,7 +22,7 @@ import type { QParams } from "../qparams.ts";
 import { quantizeBias } from "../qparams.ts";
 import { writeQAttention } from "./qattention.ts";
 import { type GraphRewrite, MS_DOMAIN, node } from "./rewrite.ts";
-import { type QuantizedWeight, quantizeWeight } from "./weights.ts";
+import { type QuantizedWeight, quantizeWeight, weightZeroPoint } from "./weights.ts";
 
 /** Options of {@link insertStaticQdq}. */
 export interface StaticQdqOptions {
@@ -150,7 +150,7 @@ class StaticQdqWriter {
       node(
         "DequantizeLinear",
         rw.uniqueName(`${t.weight}_DequantizeLinear`),
-        [w.quantized, w.scale, w.zeroPoint],
+        [w.quantized, w.scale, weightZeroPoint(rw, w)],
         [out],
         w.axis === undefined ? {} : { axis: w.axis },
       ),
@@ -327,7 +327,8 @@ function fuseMatMul(
       rw.replace(folded.add, []);
     }
   }
-  const inputs = [act.quantized, w.quantized, act.scale, w.scale, act.zeroPoint, w.zeroPoint];
+  // The weight's zero point is 0, MatMulIntegerToFloat's default for an absent one: left out.
+  const inputs = [act.quantized, w.quantized, act.scale, w.scale, act.zeroPoint, ""];
   if (bias !== undefined) inputs.push(bias);
   const name = rw.uniqueName(`${n.name !== "" ? n.name : output}_MatMulIntegerToFloat`);
   rw.replace(n, [node("MatMulIntegerToFloat", name, inputs, [output], {}, MS_DOMAIN)]);

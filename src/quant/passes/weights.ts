@@ -16,8 +16,11 @@ export interface QuantizedWeight {
   quantized: string;
   /** Float scales: shape [channels] per-channel, scalar per-tensor. */
   scale: string;
-  /** Int8 zero points (all 0), same shape as `scale`. */
-  zeroPoint: string;
+  /**
+   * Int8 zero points (all 0), same shape as `scale`: written by {@link weightZeroPoint} for the
+   * nodes that take one, undefined until then (onnxruntime's MatMulIntegerToFloat takes none).
+   */
+  zeroPoint: string | undefined;
   /** The scales' values. */
   scales: Float32Array;
   /** The DequantizeLinear axis for per-channel weights, undefined per-tensor. */
@@ -77,11 +80,24 @@ export function quantizeWeight(
   const scale = rw.addInitializer(
     makeTensor(rw.uniqueName(`${base}_scale`), DataType.FLOAT, scaleDims, qp.scales),
   );
-  const zeroPoint = rw.addInitializer(
-    makeTensor(rw.uniqueName(`${base}_zero_point`), DataType.INT8, scaleDims, qp.zeroPoints),
-  );
   rw.dropIfUnused(weight);
-  const out: QuantizedWeight = { quantized, scale, zeroPoint, scales: qp.scales, axis, dims };
+  const out: QuantizedWeight = { quantized, scale, zeroPoint: undefined, scales: qp.scales, axis, dims };
   cache.set(cacheKey, out);
   return out;
+}
+
+/**
+ * The zero-point initializer of an int8 weight (all zeros: weights are
+ * symmetric), written on first use and shared by every later reader. Nodes
+ * whose zero point is optional and 0 by default leave it out instead: a
+ * per-channel vector and its name per weight that a file need not carry.
+ */
+export function weightZeroPoint(rw: GraphRewrite, w: QuantizedWeight): string {
+  if (w.zeroPoint !== undefined) return w.zeroPoint;
+  const dims = w.axis === undefined ? [] : [w.scales.length];
+  const base = w.quantized.replace(/_quantized(_\d+)?$/, "");
+  w.zeroPoint = rw.addInitializer(
+    makeTensor(rw.uniqueName(`${base}_zero_point`), DataType.INT8, dims, new Int8Array(w.scales.length)),
+  );
+  return w.zeroPoint;
 }
