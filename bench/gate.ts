@@ -56,7 +56,7 @@ import {
   validateInLatencyOrder,
 } from "../src/quant/candidates.ts";
 import { timeModels } from "../src/quant/choose.ts";
-import { argmaxRows, type GateSpec } from "../src/quant/gate.ts";
+import { argmaxRows, checkGate, describeAgreement, type GateSpec } from "../src/quant/gate.ts";
 import {
   collectLogits,
   encodeSamples,
@@ -68,7 +68,7 @@ import {
 import { describeLengths, lengthHistogram } from "../src/quant/drift.ts";
 import { quantizeModel } from "../src/quant/quantize.ts";
 import { describeFile } from "../src/quant/report.ts";
-import { createValidator } from "../src/quant/validate.ts";
+import { createValidator, type Validator } from "../src/quant/validate.ts";
 import { createOrtSession, ORT_VERSION } from "../src/runtime/ort-session.ts";
 import { loadTokenizer, type Tokenizer } from "../src/runtime/tokenizer.ts";
 import { createRandom, shuffle } from "../src/core/random.ts";
@@ -212,13 +212,9 @@ async function timing(s: Subject): Promise<void> {
       session,
       ...(withCache ? { cache } : {}),
     });
-  const built: BuiltFormats = {
-    builds: s.candidates.map((c) => c.build),
-    failed: [],
-    ranges: new RangeCache(),
-  };
   const fp32 = await loadModel(s.fp32Path);
   let validated = "";
+  let all = "";
   for (let r = 0; r < ROUNDS; r++) {
     t.fp32b1!.push(await pass(s.fp32Path, s.tokenizer, s.timing, 1));
     t.fp32b16!.push(await pass(s.fp32Path, s.tokenizer, s.timing, 16));
@@ -232,37 +228,17 @@ async function timing(s: Subject): Promise<void> {
     for (const which of ["cold", "warm"] as const) {
       const v = validator(which === "warm");
       const t0 = performance.now();
-      for (const c of s.candidates) await v.validate(c.model, c.dynamicRanges);
+      const verdicts: string[] = [];
+      for (const c of s.candidates) {
+        const m = (await v.validate(c.model, c.dynamicRanges)).metrics;
+        verdicts.push(
+          `${c.name} ${checkGate(m, GATE).passed ? "passed" : "failed"} (${describeAgreement(m)})`,
+        );
+      }
+      all = verdicts.join(", ");
       t[which]!.push(performance.now() - t0);
     }
-    // auto's default: the builds timed at sequence 128 (as auto does, whichever the order), then validated
-    // fastest first until one passes (the pipeline's own validateInLatencyOrder).
-    const timed = await timeModels(
-      s.candidates.map((c) => c.model),
-      {
-        autoMode: true,
-        tokenizer: s.tokenizer,
-        maxLength: s.tokenizer.maxLength,
-        texts: s.timing.map((x) => x.text),
-        session,
-        progress: () => undefined,
-      },
-    );
-    t.latency!.push(timed.ms);
-    for (const which of ["autoCold", "autoWarm"] as const) {
-      const v = validator(which === "autoWarm");
-      const inputs: CandidateInputs = {
-        fp32,
-        calibration: [],
-        probe: [],
-        validate: async (m, mode) => (await v.validate(m, mode === "dynamic")).metrics,
-        progress: () => undefined,
-      };
-      const t0 = performance.now();
-      const out = await validateInLatencyOrder(built, timed.p50Ms, inputs, AUTO_SETTINGS);
-      t[which]!.push(performance.now() - t0);
-      validated = describeOrder(out, timed.p50Ms, s);
-    }
+    validated = await autoRound(s, fp32, validator, t);
     // The fixed cost inside every validation: each candidate's session, created and released, no inference.
     const ts = performance.now();
     for (const c of s.candidates) await (await createOrtSession(encodeModel(c.model), session)).release();
@@ -286,6 +262,8 @@ async function timing(s: Subject): Promise<void> {
   say();
   say(`auto's last round: ${validated}`);
   say();
+  say(`--validate-all's last round (cached): ${all}`);
+  say();
   const verdict = (name: string, cold: number, warm: number) =>
     `${name}: cold ${(cold / b16).toFixed(2)} × ${mark(cold / b16 <= 2)}, cached ${(warm / b16).toFixed(2)} × ${mark(warm / b16 <= 2)}`;
   say(
@@ -293,6 +271,52 @@ async function timing(s: Subject): Promise<void> {
       `${verdict("--validate-all", median(t.cold!), median(t.warm!))} (${ROUNDS} rounds, medians)`,
   );
   say();
+}
+
+/**
+ * One round of auto's default: the builds timed at sequence 128 (as auto does, whichever the order), then
+ * validated fastest first until one passes (the pipeline's own validateInLatencyOrder), cold and cached.
+ * Returns which it validated.
+ */
+async function autoRound(
+  s: Subject,
+  fp32: ModelProto,
+  validator: (withCache: boolean) => Validator,
+  t: Record<string, number[]>,
+): Promise<string> {
+  const built: BuiltFormats = {
+    builds: s.candidates.map((c) => c.build),
+    failed: [],
+    ranges: new RangeCache(),
+  };
+  const timed = await timeModels(
+    s.candidates.map((c) => c.model),
+    {
+      autoMode: true,
+      tokenizer: s.tokenizer,
+      maxLength: s.tokenizer.maxLength,
+      texts: s.timing.map((x) => x.text),
+      session,
+      progress: () => undefined,
+    },
+  );
+  t["latency"]!.push(timed.ms);
+  let validated = "";
+  for (const which of ["autoCold", "autoWarm"] as const) {
+    const v = validator(which === "autoWarm");
+    const inputs: CandidateInputs = {
+      fp32,
+      calibration: [],
+      probe: [],
+      validate: async (m, mode) => (await v.validate(m, mode === "dynamic")).metrics,
+      progress: () => undefined,
+    };
+    const t0 = performance.now();
+    const out = await validateInLatencyOrder(built, timed.p50Ms, inputs, AUTO_SETTINGS);
+    t[which]!.push(performance.now() - t0);
+    validated = describeOrder(out, timed.p50Ms, s);
+  }
+  return validated;
 }
 
 /** Which candidates auto validated, in its order, and which it left. */
