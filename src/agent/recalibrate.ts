@@ -67,6 +67,9 @@ export interface Promoter {
   ): Promise<ModelVersionView>;
 }
 
+/** The key of a promoted version's metrics naming the fp32 model it was quantized from. */
+export const BASE_METRIC = "base";
+
 /** What the job needs. */
 export interface RecalibrationDeps {
   store: Pick<Store, "samples" | "models" | "bench" | "db">;
@@ -625,6 +628,8 @@ class RecalibrationRun {
     const metrics: Record<string, unknown> = {
       ...deps.promoteMetrics,
       job: this.#ctx.job.id,
+      // The next recalibration starts from the same fp32 model (see services.ts's recalibrationBase).
+      [BASE_METRIC]: this.#baseModel,
       ...(report !== undefined ? { validation: report.metrics, gate: report.gate } : {}),
       // What the serving agent counts live inputs against (see agent/drift.ts).
       ...(report?.coverage !== undefined ? { coverage: report.coverage } : {}),

@@ -22,9 +22,11 @@ import { JobEngine, type JobEngineOptions } from "../jobs/engine.ts";
 import type { JobHandler } from "../jobs/handler.ts";
 import type { LengthHistogram } from "../quant/drift.ts";
 import type { Job } from "../store/jobs.ts";
+import type { ModelVersion } from "../store/models.ts";
 import type { Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
 import {
+  BASE_METRIC,
   createRecalibrationHandler,
   QUANTIZE_DYNAMIC_JOB,
   RECALIBRATE_JOB,
@@ -106,6 +108,23 @@ export function createAgentJobEngine(options: AgentJobEngineOptions): JobEngine 
   });
 }
 
+/**
+ * The fp32 model a recalibration starts from: the one the agent serves. An
+ * active fp32 version is its own base (a model promoted by hand included:
+ * quantizing the configured model instead would replace the operator's
+ * choice with an int8 of another model). An active int8 version names its
+ * fp32 base in its metrics (a recalibration's `base`, a release's
+ * `release.base`), kept with the fp32 versions' files. Without one (an int8
+ * model promoted by hand, or its base's file gone) the configured model.
+ */
+export function recalibrationBase(active: ModelVersion | undefined, configured: string): string {
+  if (active === undefined) return configured;
+  if (active.kind === "fp32") return existsSync(active.path) ? active.path : configured;
+  const recorded = active.metrics[BASE_METRIC];
+  const base = typeof recorded === "string" ? recorded : releaseOf(active.metrics)?.base;
+  return base !== undefined && existsSync(base) ? base : configured;
+}
+
 /** Options of {@link createAgentServices}. */
 export interface AgentServicesOptions {
   /** Opens the store (the agent: with recovery and a short busy timeout; token counts from the registry). */
@@ -173,12 +192,7 @@ export function createAgentServices(config: AgentConfig, options: AgentServicesO
       stateDir: config.stateDir,
       identity,
       promoter: registry,
-      // A promoted release's int8 version names its fp32 base: later recalibrations start from it,
-      // and after a rollback from the previous version's (the configured model when it has none).
-      baseModel: () => {
-        const base = releaseOf(s.models.active()?.metrics)?.base;
-        return base !== undefined && existsSync(base) ? base : config.model;
-      },
+      baseModel: () => recalibrationBase(s.models.active(), config.model),
       tokenizerDir: config.tokenizerDir,
       task: config.task,
       defaults: { prefer: config.quantize.prefer },
