@@ -89,7 +89,7 @@ export interface PromoteOptions {
  * file in memory: beyond {@link FULL_DECODE_MAX_BYTES} only the top-level
  * framing is read.
  */
-async function diagnoseLoadFailure(path: string, shownPath: string, err: QuantdError): Promise<QuantdError> {
+async function diagnoseLoadFailure(path: string, err: QuantdError): Promise<QuantdError> {
   if (err.code !== "MODEL_LOAD_FAILED") return err;
   try {
     const { scanModelFile } = await import("../onnx/file-scan.ts");
@@ -97,17 +97,29 @@ async function diagnoseLoadFailure(path: string, shownPath: string, err: QuantdE
     if (scan.bytes > FULL_DECODE_MAX_BYTES) return err;
     // The codec (and protobufjs) is loaded only then: an agent that only serves never needs it.
     const { decodeModel } = await import("../onnx/codec.ts");
-    decodeModel(await Bun.file(path).bytes(), shownPath);
+    decodeModel(await Bun.file(path).bytes(), path);
   } catch (decodeErr) {
-    if (isQuantdError(decodeErr) && decodeErr.code.startsWith("MODEL_")) {
-      // The staged copy's name means nothing to whoever asked to promote their file: name theirs.
-      if (!decodeErr.message.includes(path)) return decodeErr;
-      return new QuantdError(decodeErr.code, decodeErr.message.replaceAll(path, shownPath), {
-        details: { ...decodeErr.details, path: shownPath },
-      });
-    }
+    if (isQuantdError(decodeErr) && decodeErr.code.startsWith("MODEL_")) return decodeErr;
   }
   return err;
+}
+
+/**
+ * The error with the registry's copy of a candidate named as the file the
+ * user gave (its message, details and causes: onnxruntime names the file it
+ * opened): `<state-dir>/models/<sha>.onnx` means nothing to whoever promoted
+ * their file.
+ */
+function namingUsersFile(err: QuantdError, copy: string, theirs: string): QuantdError {
+  const escaped = (p: string) => JSON.stringify(p).slice(1, -1);
+  const json = JSON.stringify(err.toJSON());
+  if (!json.includes(escaped(copy))) return err;
+  return QuantdError.fromJSON(JSON.parse(json.replaceAll(escaped(copy), escaped(theirs))));
+}
+
+/** A rejected version's recorded reason: code, message and causes (onnxruntime's own words), on one line. */
+function rejectionReason(err: QuantdError): string {
+  return err.toLine().replace(/^error /, "");
 }
 
 function view(v: ModelVersion): ModelVersionView {
@@ -445,10 +457,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
         known,
         new QuantdError(
           "MODEL_INVALID",
-          `model ${sha256.slice(0, 12)} was rejected before: ${known.reason ?? "no reason"}`,
-          {
-            details: { version: known.id },
-          },
+          `${resolve(candidatePath)} (model ${sha256.slice(0, 12)}, version ${known.id}) was rejected before: ${known.reason ?? "no reason recorded"}`,
+          { details: { version: known.id, path: resolve(candidatePath) } },
         ),
       );
     }
@@ -461,14 +471,14 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       classifier = await this.#load(recorded);
     } catch (err) {
       // The staged copy holds the same bytes; the error names the file the user gave.
-      const qe = await diagnoseLoadFailure(
+      const qe = namingUsersFile(
+        await diagnoseLoadFailure(path, QuantdError.from(err, "MODEL_LOAD_FAILED")),
         path,
         resolve(candidatePath),
-        QuantdError.from(err, "MODEL_LOAD_FAILED"),
       );
       let rejected: ModelVersion | undefined = recorded;
       if (recorded.state === "candidate") {
-        rejected = models.reject(recorded.id, `${qe.code}: ${qe.message}`);
+        rejected = models.reject(recorded.id, rejectionReason(qe));
         // A copy left behind is harmless, and named in the rejected record.
         await unlink(path).catch(() => undefined);
       }

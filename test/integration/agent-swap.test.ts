@@ -360,4 +360,26 @@ describe("promote refuses what it cannot serve, with a 4xx and its code, and kee
     const rejected = agent.store.models.list("rejected").map((v) => v.reason ?? "");
     expect(rejected.filter((r) => r.startsWith("MODEL_PROBE_FAILED"))).toHaveLength(2);
   });
+
+  test("a model onnxruntime cannot load names the user's file, not the registry's copy, and onnxruntime's reason, the second time too", async () => {
+    // A well-formed ONNX file (the codec decodes it) with an operator onnxruntime has no kernel for.
+    const model = await loadModel(shippedModelPath);
+    model.graph.node.find((n) => n.opType === "Tanh")!.opType = "NoSuchOperator";
+    const path = join(dir, "unknown-op.onnx");
+    await saveModel(model, path);
+    const first = await promote(path);
+    const error = first.body["error"] as { code: string; message: string; causes?: string[] };
+    expect(first.status).toBe(400);
+    expect(error.code).toBe("MODEL_LOAD_FAILED");
+    const said = [error.message, ...(error.causes ?? [])].join("\n");
+    expect(error.message).toContain(path);
+    expect(said).toContain("NoSuchOperator");
+    expect(said).not.toContain(join(agent.config.stateDir, "models"));
+    // The same file again: refused from the record, still with onnxruntime's reason and the user's file.
+    const again = await expectRefused(path, 400, "MODEL_INVALID");
+    expect(again).toContain(`${path} (model `);
+    expect(again).toContain("was rejected before: MODEL_LOAD_FAILED");
+    expect(again).toContain("NoSuchOperator");
+    expect(again).not.toContain(join(agent.config.stateDir, "models"));
+  });
 });
