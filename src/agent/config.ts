@@ -90,7 +90,7 @@ export interface AgentConfig {
   modelExplicit: boolean;
   /** Directory with the tokenizer and config.json. @defaultValue the initial model's directory */
   tokenizerDir: string;
-  /** The model name in the Open Inference Protocol routes. @defaultValue the initial model's directory name */
+  /** The model name in the Open Inference Protocol routes. @defaultValue the initial model's directory name (its file's stem at the filesystem root) */
   modelName: string;
   /**
    * What the operator sets over the task detected from the model (`task.kind`, `task.pooling`,
@@ -568,7 +568,7 @@ function assembleConfig(opts: LoadConfigOptions, { values, pathValue }: Sources)
     model,
     modelExplicit: values.has("model"),
     tokenizerDir: pathValue("tokenizerDir") ?? dirname(model),
-    modelName: (values.get("modelName") as string | undefined) ?? basename(dirname(model)),
+    modelName: (values.get("modelName") as string | undefined) ?? defaultModelName(model),
     task: {
       ...(values.has("task.kind") ? { kind: values.get("task.kind") as TaskKind } : {}),
       ...(values.has("task.pooling") ? { pooling: values.get("task.pooling") as PoolingMode } : {}),
@@ -610,6 +610,18 @@ function assembleConfig(opts: LoadConfigOptions, { values, pathValue }: Sources)
     },
     fleet: fleetConfig(values, pathValue),
   };
+}
+
+/**
+ * The model's name when the config sets none: its directory's name, made a
+ * valid name. A model at the filesystem root has no directory name: the
+ * file's stem then, and `model` when nothing of it is usable — a default must
+ * never fail the config check (a missing file is reported as such when the
+ * agent starts, naming it).
+ */
+function defaultModelName(model: string): string {
+  const valid = (s: string) => s.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "");
+  return valid(basename(dirname(model))) || valid(basename(model, extname(model))) || "model";
 }
 
 /** What only the resolved configuration can show: a bad model name, a short queue, a socket path too long. */

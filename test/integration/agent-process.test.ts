@@ -193,6 +193,26 @@ test("a socket path that is a regular file is refused and left alone", async () 
   expect(readFileSync(path, "utf8")).toBe("precious");
 });
 
+test("a model file at the filesystem root that is not there: FILE_NOT_FOUND naming it, not a config error", async () => {
+  const missing = `/quantd-no-such-model-${process.pid}.onnx`;
+  const r = await runQuantd(
+    [
+      "agent",
+      "--model",
+      missing,
+      "--state-dir",
+      join(dir, "root", "state"),
+      "--socket",
+      join(dir, "root.sock"),
+    ],
+    { env: ENV },
+  );
+  expect(r.code).not.toBe(0);
+  expect(r.stderr).toContain("error FILE_NOT_FOUND");
+  expect(r.stderr).toContain(missing);
+  expect(r.stderr).not.toContain("CONFIG_INVALID");
+}, 30_000);
+
 test("loopback TCP serves inference but not the admin routes", async () => {
   const agent = await startAgent(testConfig(join(dir, "d"), {}, { tcp: "127.0.0.1:0" }));
   try {

@@ -63,6 +63,14 @@ describe("defaults", () => {
     expect(c.inferenceWorkers).toBe(1);
   });
 
+  test("a model at the filesystem root is named after its file (no directory name to take)", () => {
+    expect(loadAgentConfig({ ...base, flags: { model: "/model.onnx" } }).modelName).toBe("model");
+    expect(loadAgentConfig({ ...base, flags: { model: "/nonexistent" } }).modelName).toBe("nonexistent");
+    expect(loadAgentConfig({ ...base, flags: { model: "/my model (v2).onnx" } }).modelName).toBe(
+      "my-model-v2-",
+    );
+  });
+
   test("socket in the state dir without RUNTIME_DIRECTORY", () => {
     const c = loadAgentConfig({ ...base, flags: { stateDir: "/data/q" } });
     expect(c.socketPath).toBe("/data/q/quantd.sock");
