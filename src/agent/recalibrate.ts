@@ -489,6 +489,17 @@ class RecalibrationRun {
     }
   }
 
+  /** The base is an int8 model (the agent was started on one, with no fp32 model on record): what to do about it. */
+  #noFp32Base(err: QuantdError): QuantdError {
+    return new QuantdError(
+      "MODEL_ALREADY_QUANTIZED",
+      `${this.#baseModel} is already int8, and a recalibration starts from the fp32 model it was quantized from, ` +
+        "which the agent has no record of: start the agent on the fp32 model (quantd agent --model FP32.onnx, or " +
+        "config key model), or promote it (quantd agent promote FP32.onnx); recalibrations then start from it",
+      { cause: err, details: { ...err.details, model: this.#baseModel } },
+    );
+  }
+
   /** 2. Calibrate, quantize, validate (in a child process), unless an intact candidate is checkpointed. */
   async #quantize(): Promise<JobVerdict | undefined> {
     const cp = this.#cp;
@@ -504,6 +515,7 @@ class RecalibrationRun {
         this.#report = (await this.#timed("quantize", () => this.#quantizeInChild())).report;
         this.#recordAutoWinner(this.#report);
       } catch (err) {
+        if (isQuantdError(err, "MODEL_ALREADY_QUANTIZED")) throw this.#noFp32Base(err);
         if (!isQuantdError(err, "GATE_NOT_MET")) throw err;
         this.#report = this.#readReport();
         const verdict = this.#result("rejected", [err.message]);

@@ -11,7 +11,6 @@
  * registry exists at once (the server is built on it), the store and the
  * engine from {@link AgentServices.open}.
  */
-import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { QuantdError } from "../errors.ts";
@@ -22,18 +21,17 @@ import { JobEngine, type JobEngineOptions } from "../jobs/engine.ts";
 import type { JobHandler } from "../jobs/handler.ts";
 import type { LengthHistogram } from "../quant/drift.ts";
 import type { Job } from "../store/jobs.ts";
-import type { ModelVersion } from "../store/models.ts";
 import type { Store } from "../store/store.ts";
 import type { AgentConfig } from "./config.ts";
 import {
-  BASE_METRIC,
   createRecalibrationHandler,
   QUANTIZE_DYNAMIC_JOB,
   RECALIBRATE_JOB,
   type RecalibrationDeps,
 } from "./recalibrate.ts";
+import { recalibrationBase } from "./recalibration-base.ts";
 import { ModelRegistry, type RegistryEvent } from "./registry.ts";
-import { createReleaseHandler, RELEASE_JOB, releaseOf } from "./release.ts";
+import { createReleaseHandler, RELEASE_JOB } from "./release.ts";
 
 /** Stored samples added to the probe batch of a promoted version. */
 const PROBE_SAMPLES = 14;
@@ -106,23 +104,6 @@ export function createAgentJobEngine(options: AgentJobEngineOptions): JobEngine 
     ...(options.log !== undefined ? { log: options.log } : {}),
     ...(options.onUpdate !== undefined ? { onUpdate: options.onUpdate } : {}),
   });
-}
-
-/**
- * The fp32 model a recalibration starts from: the one the agent serves. An
- * active fp32 version is its own base (a model promoted by hand included:
- * quantizing the configured model instead would replace the operator's
- * choice with an int8 of another model). An active int8 version names its
- * fp32 base in its metrics (a recalibration's `base`, a release's
- * `release.base`), kept with the fp32 versions' files. Without one (an int8
- * model promoted by hand, or its base's file gone) the configured model.
- */
-export function recalibrationBase(active: ModelVersion | undefined, configured: string): string {
-  if (active === undefined) return configured;
-  if (active.kind === "fp32") return existsSync(active.path) ? active.path : configured;
-  const recorded = active.metrics[BASE_METRIC];
-  const base = typeof recorded === "string" ? recorded : releaseOf(active.metrics)?.base;
-  return base !== undefined && existsSync(base) ? base : configured;
 }
 
 /** Options of {@link createAgentServices}. */

@@ -6,13 +6,16 @@
  * calibration, so each job takes seconds).
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Agent } from "../../src/agent/agent.ts";
 import { startAgent } from "../../src/agent/agent.ts";
 import { RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import type { Job } from "../../src/store/jobs.ts";
-import { shippedModelPath } from "../helpers/paths.ts";
+import { sha256Hex } from "../../src/core/hash.ts";
+import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 import { call, tempDir, testConfig } from "./agent-harness.ts";
 import { FAST_PARAMS, seedSamples } from "./jobs-harness.ts";
 
@@ -75,5 +78,52 @@ describe("a recalibration in the agent starts from the model it serves", () => {
     expect(int8.metrics["base"]).toBe(other.path);
     const again = await recalibrate(agent, "from-int8");
     expect((again.result as RecalibrationResult).report?.model.fp32.sha256).toBe(other.sha256);
+  }, 240_000);
+});
+
+describe("an agent started on an int8 model (`quantize --out DIR`)", () => {
+  /** `quantd quantize --out DIR` of the shipped model, as a user makes it (dynamic int8: seconds). */
+  async function int8Dir(dir: string): Promise<string> {
+    const samples = join(dir, "samples.tsv");
+    const rows = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8").trim().split("\n");
+    writeFileSync(samples, `${rows.slice(0, 1 + 200).join("\n")}\n`);
+    const out = join(dir, "int8");
+    const run = await runQuantd([
+      "quantize",
+      ...["--model", shippedModelPath, "--calib", samples, "--out", out, "--mode", "dynamic"],
+      ...["--val-samples", "200", "--gate-on", "point", "--gate", "0.95", "--threads", "1"],
+    ]);
+    expect(run.code).toBe(0);
+    return out;
+  }
+
+  test("recalibrates from the fp32 model its quantize-report.json names; without the report, fails saying to start on the fp32 model", async () => {
+    const dir = tempDir();
+    const out = await int8Dir(dir);
+    const config = testConfig(dir, {}, { model: out });
+    agent = await startAgent(config);
+    expect(agent.registry.active()?.kind).toBe("int8-dynamic");
+    await seedSamples(agent.store, 300);
+    const job = await recalibrate(agent, "from-report");
+    expect(job.error).toBeNull();
+    const fp32Sha = sha256Hex(new Uint8Array(readFileSync(shippedModelPath)));
+    expect((job.result as RecalibrationResult).report?.model.fp32.sha256).toBe(fp32Sha);
+    await agent.stop();
+
+    // The same int8 model alone (its report gone): no fp32 model is known, and the job says what to do.
+    const alone = join(dir, "alone");
+    cpSync(out, alone, { recursive: true });
+    rmSync(join(alone, "quantize-report.json"));
+    const other = testConfig(join(dir, "b"), {}, { model: alone });
+    agent = await startAgent(other);
+    await seedSamples(agent.store, 300);
+    const failed = await recalibrate(agent, "no-base");
+    expect(failed.state).toBe("FAILED");
+    expect(failed.error?.code).toBe("MODEL_ALREADY_QUANTIZED");
+    expect(failed.error?.message).toContain(`${join(alone, "model.onnx")} is already int8`);
+    expect(failed.error?.message).toContain(
+      "start the agent on the fp32 model (quantd agent --model FP32.onnx",
+    );
+    expect(failed.error?.message).toContain("quantd agent promote FP32.onnx");
   }, 240_000);
 });
