@@ -29,6 +29,7 @@ import { sha256FileSync } from "../core/hash.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
 import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
 import type { LengthHistogram } from "../quant/drift.ts";
+import { DRIFT_MIN_INPUTS } from "./drift.ts";
 import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
 import type { QuantizeReport } from "../quant/report.ts";
 import { planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
@@ -66,6 +67,18 @@ export interface Promoter {
     options: { metrics?: Record<string, unknown>; kind?: ModelKind },
   ): Promise<ModelVersionView>;
 }
+
+/**
+ * Live inputs counted before their token lengths are compared with the
+ * samples' (the report's length-distribution warning), as the drift monitor
+ * trusts a share only from {@link DRIFT_MIN_INPUTS}. The warning fires above a
+ * total variation distance of 0.25 over 7 length buckets; n live inputs drawn
+ * from the samples' own distribution stray from it by about
+ * √(2/π) · Σ √(pᵢ(1 − pᵢ)/n) / 2 on average, at most ≈ 1/√n (7 equal
+ * buckets): 0.07 at 200, a quarter of the threshold, while 4 inputs stray by
+ * about 0.5 by chance alone.
+ */
+export const MIN_LIVE_LENGTHS = DRIFT_MIN_INPUTS;
 
 /** The key of a promoted version's metrics naming the fp32 model it was quantized from. */
 export const BASE_METRIC = "base";
@@ -440,12 +453,27 @@ class RecalibrationRun {
     }
   }
 
+  /**
+   * The live traffic's token lengths, when enough were counted to compare
+   * with the samples' ({@link MIN_LIVE_LENGTHS}); fewer are left out of the
+   * report, and the job's log says so.
+   */
+  #liveLengths(): LengthHistogram | undefined {
+    const live = this.#deps.liveLengths?.();
+    if (live === undefined || live.n === 0) return undefined;
+    if (live.n >= MIN_LIVE_LENGTHS) return live;
+    this.#ctx.log(
+      `live traffic: ${live.n} input(s) counted, fewer than the ${MIN_LIVE_LENGTHS} its lengths are compared with the samples' on`,
+    );
+    return undefined;
+  }
+
   /** The quantizer's options for this run, in a child process. */
   #quantizeInChild(): ReturnType<typeof runQuantizationInChild> {
     const { deps, p } = { deps: this.#deps, p: this.#p };
     const ctx = this.#ctx;
     const gate = gateOf(p);
-    const live = deps.liveLengths?.();
+    const live = this.#liveLengths();
     return runQuantizationInChild({
       signal: ctx.signal,
       model: this.#baseModel,
@@ -467,7 +495,7 @@ class RecalibrationRun {
       threads: this.#threads,
       // fp32 logits of stored samples, kept for the next candidate and the next job.
       referenceCacheDb: deps.store.db.path,
-      ...(live !== undefined && live.n > 0 ? { liveLengths: live } : {}),
+      ...(live !== undefined ? { liveLengths: live } : {}),
       onProgress: (line) => {
         // The quantizer's progress lines are its stage boundaries: each is a cancellation point.
         if (line.startsWith("validating") || line.startsWith("fallback")) ctx.stage("validate", 0.4);

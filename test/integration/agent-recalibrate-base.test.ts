@@ -16,7 +16,7 @@ import type { Job } from "../../src/store/jobs.ts";
 import { sha256Hex } from "../../src/core/hash.ts";
 import { repoRoot, shippedModelPath } from "../helpers/paths.ts";
 import { runQuantd } from "../helpers/run-cli.ts";
-import { call, tempDir, testConfig } from "./agent-harness.ts";
+import { call, classifyOverSocket, tempDir, testConfig } from "./agent-harness.ts";
 import { FAST_PARAMS, seedSamples } from "./jobs-harness.ts";
 
 let agent: Agent | undefined;
@@ -127,3 +127,18 @@ describe("an agent started on an int8 model (`quantize --out DIR`)", () => {
     expect(failed.error?.message).toContain("quantd agent promote FP32.onnx");
   }, 240_000);
 });
+
+test("a few live requests are not compared with the samples' lengths: no length warning from 4 inputs, the log says why", async () => {
+  const dir = tempDir();
+  const config = testConfig(dir);
+  const log: string[] = [];
+  agent = await startAgent(config, { log: (l) => log.push(l) });
+  await seedSamples(agent.store, 300);
+  // Four long inputs: unlike the short training phrases, but four say nothing about a distribution.
+  const long = "a long , winding and ultimately rewarding film that takes its time . ".repeat(12);
+  for (let i = 0; i < 4; i++) expect((await classifyOverSocket(config.socketPath, [long])).status).toBe(200);
+  const job = await recalibrate(agent, "few-live");
+  const report = (job.result as RecalibrationResult).report!;
+  expect(report.warnings.filter((w) => w.includes("live traffic"))).toEqual([]);
+  expect(log.join("\n")).toContain("live traffic: 4 input(s) counted, fewer than the 200");
+}, 120_000);
