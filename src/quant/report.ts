@@ -87,6 +87,8 @@ export interface FallbackTrial {
   agreementLower?: number;
   /** What the trial bought against the candidate it started from: agreement points (fraction) and bytes paid. */
   bought?: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
+  /** The trial did not help (its candidate ranked no better than where it started): its nodes went back to int8. */
+  reverted?: boolean;
 }
 
 /** What a trial that costs no bytes measured, and bought against the build it started from. */

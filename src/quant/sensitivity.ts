@@ -269,7 +269,11 @@ export interface FallbackResult<M> {
  * (bytes). After each rebuild the ranking is measured
  * again, because removing one bad node changes the error every later node sees.
  * The number added per trial grows (1, 1, 1, 2, 3, 4, …) so a model with many
- * mildly sensitive nodes is still reached within a small budget.
+ * mildly sensitive nodes is still reached within a small budget. A trial that
+ * did not help (its candidate ranks no better than the one it started from,
+ * {@link compareCandidates}) is reverted: its nodes go back to int8, are not
+ * tried again, and the trial is recorded as `reverted`, so no node stays fp32
+ * without having bought something.
  *
  * @throws USAGE when `opts.budget` is not a non-negative integer
  */
@@ -285,8 +289,6 @@ export async function runFallback<M>(
   const ignore = new Set(opts.ignore ?? []);
   const trials: FallbackTrial[] = [];
   const kept: LayerErrorEntry[] = [];
-  let best = start;
-  let bestKept: LayerErrorEntry[] = [];
   let current = start;
   if (checkGate(start.metrics, opts.gate).passed) {
     return { best: start, passed: true, keptFp32: [], trials, ranking: [] };
@@ -294,40 +296,53 @@ export async function runFallback<M>(
   const ranking = await hooks.rank(start.model);
   let ranked = ranking;
   for (let trial = 0; trial < budget; trial++) {
-    const step = Math.max(1, Math.floor(kept.length / 2));
-    const keptNames = new Set(kept.map((k) => k.node));
     const next = ranked
-      .filter((e) => !keptNames.has(e.node) && !ignore.has(e.node))
+      .filter((e) => !ignore.has(e.node))
       .sort(byGainPerCost)
-      .slice(0, step);
+      .slice(0, Math.max(1, Math.floor(kept.length / 2)));
     if (next.length === 0) break;
-    kept.push(...next);
-    const names = kept.map((k) => k.node);
+    const names = [...kept, ...next].map((k) => k.node);
     const model = await hooks.rebuild(names);
     const metrics = await hooks.validate(model);
     const passed = checkGate(metrics, opts.gate).passed;
-    const from = current.metrics;
-    trials.push({
-      keptFp32: names,
-      agreement: metrics.agreement,
-      meanAbsLogitDiff: metrics.meanAbsLogitDiff,
-      passed,
-      added: next.map((e) => e.node),
-      agreementLower: metrics.agreementLower,
-      bought: {
-        agreement: metrics.agreement - from.agreement,
-        agreementLower: metrics.agreementLower - from.agreementLower,
-        meanAbsLogitDiff: metrics.meanAbsLogitDiff - from.meanAbsLogitDiff,
-        bytes: next.reduce((sum, e) => sum + (e.fp32CostBytes ?? 0), 0),
-      },
-    });
-    current = { model, metrics };
-    if (passed || compareCandidates(metrics, best.metrics) < 0) {
-      best = current;
-      bestKept = [...kept];
+    // Kept only when it passed or helped; a reverted trial's nodes are never tried again.
+    const reverted = !passed && compareCandidates(metrics, current.metrics) >= 0;
+    trials.push(trialRecord(names, next, metrics, current.metrics, passed, reverted));
+    for (const e of next) ignore.add(e.node);
+    if (reverted) {
+      ranked = ranked.filter((e) => !ignore.has(e.node));
+      continue;
     }
-    if (passed) return { best, passed: true, keptFp32: bestKept, trials, ranking };
+    kept.push(...next);
+    current = { model, metrics };
+    if (passed) return { best: current, passed: true, keptFp32: [...kept], trials, ranking };
     if (trial + 1 < budget) ranked = await hooks.rank(current.model);
   }
-  return { best, passed: false, keptFp32: bestKept, trials, ranking };
+  return { best: current, passed: false, keptFp32: kept, trials, ranking };
+}
+
+/** A fallback trial as the report records it: what it kept, measured and bought against where it started. */
+function trialRecord(
+  names: string[],
+  added: readonly LayerErrorEntry[],
+  metrics: GateMetrics,
+  from: GateMetrics,
+  passed: boolean,
+  reverted: boolean,
+): FallbackTrial {
+  return {
+    keptFp32: names,
+    agreement: metrics.agreement,
+    meanAbsLogitDiff: metrics.meanAbsLogitDiff,
+    passed,
+    added: added.map((e) => e.node),
+    agreementLower: metrics.agreementLower,
+    bought: {
+      agreement: metrics.agreement - from.agreement,
+      agreementLower: metrics.agreementLower - from.agreementLower,
+      meanAbsLogitDiff: metrics.meanAbsLogitDiff - from.meanAbsLogitDiff,
+      bytes: added.reduce((sum, e) => sum + (e.fp32CostBytes ?? 0), 0),
+    },
+    ...(reverted ? { reverted: true } : {}),
+  };
 }

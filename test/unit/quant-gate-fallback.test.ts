@@ -124,4 +124,36 @@ describe("runFallback", () => {
     expect(log.flat()).not.toContain("b");
     expect(r.passed).toBe(false);
   });
+
+  test("a trial that lowers agreement is reverted: its node goes back to int8, is not tried again, and is reported", async () => {
+    const log: string[][] = [];
+    // Keeping d in fp32 is ranked best but costs agreement (its int8 rounding happened to cancel another's).
+    const harmful: FallbackHooks<string[]> = {
+      ...hooks(log),
+      validate: async (kept) => {
+        const m = metricsFor(kept.filter((n) => n !== "d"));
+        if (!kept.includes("d")) return m;
+        const agree = m.gateAgreements - 30;
+        return {
+          ...m,
+          agreement: agree / 10000,
+          gateAgreements: agree,
+          agreementLower: clopperPearsonLower(agree, 10000),
+        };
+      },
+      rank: async (kept) =>
+        (await hooks([]).rank(kept)).map((e) => (e.node === "d" ? { ...e, addedError: 1 } : e)),
+    };
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, harmful, {
+      gate: { minAgreement: 0.99, decideOn: "point" },
+    });
+    expect(log[0]).toEqual(["d"]);
+    expect(r.trials[0]).toMatchObject({ added: ["d"], reverted: true, passed: false });
+    expect(r.trials[0]!.bought!.agreement).toBeLessThan(0);
+    expect(log.slice(1).flat()).not.toContain("d");
+    expect(r.keptFp32.map((k) => k.node)).not.toContain("d");
+    expect(r.best.model).not.toContain("d");
+    expect(r.passed).toBe(true);
+    expect(r.trials.filter((t) => t.reverted !== true).every((t) => t.bought!.agreement > 0)).toBe(true);
+  });
 });

@@ -545,8 +545,9 @@ function fallbackLines(r: QuantizationReport): string[] {
   for (const [i, t] of r.fallback.trials.entries()) {
     if (t.bought === undefined) continue;
     out.push(
-      `  fallback trial ${i + 1}: kept ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)}): ` +
-        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
+      `  fallback trial ${i + 1}: ${t.reverted === true ? "tried" : "kept"} ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)}): ` +
+        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}` +
+        `${t.passed ? ", gate met" : t.reverted === true ? "; did not help: reverted to int8" : ""}`,
     );
   }
   return out;
