@@ -517,6 +517,29 @@ class RecalibrationRun {
     }
   }
 
+  /**
+   * A gate the held-out samples cannot certify, with what the agent's operator
+   * can do about it (the quantizer's own advice names `quantize` flags): more
+   * samples in the pool, or the job's parameters, as `quantd job recalibrate`
+   * and a fleet command set them. Other gate failures are left as they are.
+   */
+  #uncertifiable(err: QuantdError): QuantdError {
+    const needed = err.details?.["needed"];
+    if (typeof needed !== "number") return err;
+    const cut = err.message.indexOf("; ");
+    const what = cut < 0 ? err.message : err.message.slice(0, cut);
+    const { pool } = this.#samples;
+    return new QuantdError(
+      "GATE_NOT_MET",
+      `${what}; the pool holds ${pool.toLocaleString("en-US")} sample(s) and this job held out ` +
+        `${this.#samples.validation.toLocaleString("en-US")}: collect more samples (quantd collect, or capture.enabled ` +
+        "for live traffic), hold out more (job parameter validationSamples: quantd job recalibrate --validation-samples N), " +
+        "lower the gate (gate: --gate) or decide on the point estimate (decideOn point: --gate-on point)",
+      // Not the quantizer's error as a cause: its advice is for `quantize`'s user.
+      err.details === undefined ? {} : { details: err.details },
+    );
+  }
+
   /** The base is an int8 model (the agent was started on one, with no fp32 model on record): what to do about it. */
   #noFp32Base(err: QuantdError): QuantdError {
     return new QuantdError(
@@ -546,9 +569,10 @@ class RecalibrationRun {
         if (isQuantdError(err, "MODEL_ALREADY_QUANTIZED")) throw this.#noFp32Base(err);
         if (!isQuantdError(err, "GATE_NOT_MET")) throw err;
         this.#report = this.#readReport();
-        const verdict = this.#result("rejected", [err.message]);
+        const error = this.#uncertifiable(err);
+        const verdict = this.#result("rejected", [error.message]);
         await this.#timed("report", () => this.#recordReport(verdict));
-        return { state: "REJECTED", result: verdict, error: err };
+        return { state: "REJECTED", result: verdict, error };
       }
       const sha256 = fileSha256(this.#candidatePath);
       if (sha256 === undefined)

@@ -187,8 +187,13 @@ describe("recalibration job", () => {
     expect(done.state).toBe("REJECTED");
     expect(done.error?.code).toBe("GATE_NOT_MET");
     expect(done.error?.message).toContain(
-      "64 held-out samples cannot certify 99.50 % agreement at 95 % even with no flip: it takes 598",
+      "64 held-out samples cannot certify 99.50 % agreement at 95 % even with no flip: it takes 598; " +
+        "the pool holds 400 sample(s) and this job held out 64: collect more samples (quantd collect",
     );
+    // What the agent's operator can do: the job's parameters, not quantize's flags.
+    expect(done.error?.message).toContain("quantd job recalibrate --validation-samples N");
+    expect(JSON.stringify(done.error)).not.toContain("--validate file");
+    expect((done.result as RecalibrationResult).reasons).toEqual([done.error!.message]);
     const r = done.result as RecalibrationResult;
     expect(r.samples.validation).toBe(64);
     expect(r.stageMs["quantize"]).toBeLessThan(5000);
