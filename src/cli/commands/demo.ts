@@ -38,6 +38,7 @@ import { ORT_VERSION } from "../../runtime/ort-session.ts";
 import { describeRecordedAgreement } from "../../quant/gate.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { Command, CommandContext } from "../command.ts";
+import { describeEvalAgreement } from "./eval.ts";
 import { JSON_FLAG, openClassifier, THREADS_FLAG, threadsFlag } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagInt, flagString } from "../parse.ts";
 import { PACKAGE_ROOT, SHIPPED_DEV_TSV, SHIPPED_MODEL, SHIPPED_MODEL_DIR } from "../paths.ts";
@@ -578,7 +579,7 @@ const compareStep: DemoStep = {
       say(`${shown(SHIPPED_DEV_TSV)}: ${r.n} sentences, both models on the same inputs, one per run`);
       for (const line of renderTable(rows, ["left", "right", "right"])) say(line);
       say(
-        `agreement: int8 picks the fp32 class on ${pct(r.agreement)} of them (${r.disagreements ?? 0} differ)`,
+        `agreement: int8 picks the fp32 class on ${devAgreement(r)} of them (${r.disagreements ?? 0} differ)`,
       );
       state.results["compare"] = {
         n: r.n,
@@ -601,6 +602,11 @@ const compareStep: DemoStep = {
     }
   },
 };
+
+/** The dev set's int8/fp32 agreement with its bound, as quantd prints every agreement. */
+function devAgreement(r: EvalResult): string {
+  return describeEvalAgreement(r) ?? "-";
+}
 
 function pct(x: number | undefined): string {
   return x === undefined ? "n/a" : formatPercent(x);
@@ -674,7 +680,7 @@ function int8Summary(state: DemoState): string[][] {
       "dev accuracy",
       `fp32 ${pct(c.compareAccuracy)} → int8 ${pct(c.accuracy)} on ${c.n} sentences`,
     ]);
-    rows.push(["dev agreement", `int8 = fp32 on ${pct(c.agreement)}`]);
+    rows.push(["dev agreement", `int8 = fp32 on ${devAgreement(c)}`]);
     const f = c.compareLatency?.p50MsPerBatch;
     const i = c.latency.p50MsPerBatch;
     rows.push([

@@ -70,6 +70,28 @@ export function toEvalReport(
   return report;
 }
 
+/**
+ * A comparison's top-1 agreement as the gate prints it, `99.6 % (≥ 99.0 % at
+ * 95 %, n = 872)`, of an {@link EvalReport} or an evaluation's own result;
+ * `undefined` without a comparison.
+ */
+export function describeEvalAgreement(
+  r: Pick<EvalReport, "n" | "agreement" | "agreementLower" | "confidence" | "disagreements">,
+): string | undefined {
+  if (r.agreement === undefined) return undefined;
+  const confidence = r.confidence ?? DEFAULT_CONFIDENCE;
+  const k = r.n - (r.disagreements ?? 0);
+  return describeAgreement({
+    n: r.n,
+    agreement: r.agreement,
+    // An evaluation's own result carries no bound: the gate's, from its counts.
+    agreementLower: r.agreementLower ?? clopperPearsonLower(k, r.n, confidence),
+    confidence,
+    gateN: r.n,
+    gateAgreements: k,
+  });
+}
+
 function shortPath(p: string): string {
   const rel = relative(process.cwd(), p);
   return rel !== "" && !rel.startsWith("..") ? rel : p;
@@ -94,17 +116,10 @@ export function renderEvalReport(r: EvalReport, batch: number): string[] {
     rows.push(["compare", shortPath(r.compare)]);
     if (r.compareAccuracy !== undefined) rows.push(["  accuracy", formatPercent(r.compareAccuracy)]);
     if (r.compareLatency !== undefined) rows.push(["  latency", latencyText(r.compareLatency, batch)]);
-    if (r.agreement !== undefined) {
-      const k = r.n - (r.disagreements ?? 0);
-      const bound = describeAgreement({
-        n: r.n,
-        agreement: r.agreement,
-        agreementLower: r.agreementLower ?? 0,
-        confidence: r.confidence ?? DEFAULT_CONFIDENCE,
-        gateN: r.n,
-        gateAgreements: k,
-      });
-      rows.push(["agreement", `${bound} top-1, ${formatCount(r.n - k)} of ${formatCount(r.n)} differ`]);
+    const bound = describeEvalAgreement(r);
+    if (bound !== undefined) {
+      const differ = r.disagreements ?? 0;
+      rows.push(["agreement", `${bound} top-1, ${formatCount(differ)} of ${formatCount(r.n)} differ`]);
     }
     if (r.maxAbsLogitDiff !== undefined) rows.push(["max |Δlogit|", r.maxAbsLogitDiff.toPrecision(4)]);
     if (r.meanAbsLogitDiff !== undefined) rows.push(["mean |Δlogit|", r.meanAbsLogitDiff.toPrecision(4)]);
