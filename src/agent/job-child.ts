@@ -186,15 +186,6 @@ export async function runJobChild(): Promise<number> {
   }
 }
 
-/** A QuantdError again from its wire form, details and causes kept. */
-function errorFromChild(json: QuantdErrorJSON): QuantdError {
-  const causes = json.causes ?? [];
-  return new QuantdError(json.code, json.message, {
-    ...(json.details === undefined ? {} : { details: json.details }),
-    ...(causes.length === 0 ? {} : { cause: new Error(causes.join("; ")) }),
-  });
-}
-
 /** Options of {@link runInJobChild}. */
 export interface RunInChildOptions {
   /** Aborting it stops the child: SIGKILL when the reason is JOB_TIMED_OUT, else SIGTERM then SIGKILL. */
@@ -280,7 +271,7 @@ export function runInJobChild<T>(req: JobChildRequest, options: RunInChildOption
       options.signal?.removeEventListener("abort", onAbort);
       if (stopped !== undefined) return reject(stopped);
       if (answer !== undefined && "ok" in answer) {
-        return answer.ok ? resolve(answer.value as T) : reject(errorFromChild(answer.error));
+        return answer.ok ? resolve(answer.value as T) : reject(QuantdError.fromJSON(answer.error));
       }
       const how =
         signal !== null

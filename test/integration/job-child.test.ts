@@ -6,7 +6,7 @@
  * back with their codes and details.
  */
 import { afterAll, expect, test } from "bun:test";
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runInJobChild, runQuantizationInChild } from "../../src/agent/job-child.ts";
 import { isQuantdError, QuantdError } from "../../src/errors.ts";
@@ -116,6 +116,32 @@ test("a child killed from outside fails with its exit reason; the child's own er
   expect(isQuantdError(own)).toBe(true);
   expect((own as QuantdError).code).not.toBe("BENCH_FAILED");
   expect((own as QuantdError).message).toContain("missing.onnx");
+}, 60_000);
+
+test("a child's error comes back as its wire form says: code, message, details and the library's own words as causes", async () => {
+  // A tokenizer @huggingface/tokenizers refuses: quantd's error, with the library's message as its cause.
+  const tok = join(dir, "bad-tokenizer");
+  mkdirSync(tok, { recursive: true });
+  writeFileSync(join(tok, "tokenizer.json"), JSON.stringify({ model: { type: "WordPiece", vocab: {} } }));
+  let err: unknown;
+  try {
+    await runQuantizationInChild({
+      model: shippedModelPath,
+      calib: pool,
+      out: join(dir, "never.onnx"),
+      samples: 32,
+      validationSamples: 64,
+      tokenizerDir: tok,
+    });
+  } catch (e) {
+    err = e;
+  }
+  expect(isQuantdError(err, "TOKENIZER_INVALID")).toBe(true);
+  const json = (err as QuantdError).toJSON();
+  expect(json.details).toEqual({ dir: tok });
+  expect(json.causes?.length).toBe(1);
+  expect(json.message).toContain(json.causes![0]!);
+  expect((err as QuantdError).toLine()).toBe(QuantdError.fromJSON(json).toLine());
 }, 60_000);
 
 test("a child whose agent is killed (kill -9) stops by itself instead of working on for nobody", async () => {
