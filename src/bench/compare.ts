@@ -38,8 +38,11 @@ export interface CandidateComparison {
 function rowOk(row: BenchRow | undefined, which: string): BenchRowOk {
   if (row === undefined) throw new QuantdError("BENCH_FAILED", `no benchmark row for the ${which} model`);
   if (row.status === "error") {
+    // Its causes too: onnxruntime's own reason is what says why a model did not load.
+    const { cause } = QuantdError.fromJSON(row.error);
     throw new QuantdError(row.error.code, `${which} model: ${row.error.message}`, {
       details: { ...(row.error.details ?? {}), which },
+      ...(cause === undefined ? {} : { cause }),
     });
   }
   return row;

@@ -116,6 +116,22 @@ test("a child killed from outside fails with its exit reason; the child's own er
   expect(isQuantdError(own)).toBe(true);
   expect((own as QuantdError).code).not.toBe("BENCH_FAILED");
   expect((own as QuantdError).message).toContain("missing.onnx");
+
+  // A file onnxruntime refuses: its own reason comes back as the cause.
+  const garbage = join(dir, "garbage.onnx");
+  writeFileSync(garbage, "not a model\n".repeat(10));
+  let refused: unknown;
+  try {
+    await runInJobChild(
+      { op: "compare", active: garbage, candidate: shippedModelPath, options: { runs: 1, memory: false } },
+      { crashCode: "BENCH_FAILED" },
+    );
+  } catch (e) {
+    refused = e;
+  }
+  expect(isQuantdError(refused, "MODEL_LOAD_FAILED")).toBe(true);
+  expect((refused as QuantdError).message).toBe(`active model: onnxruntime could not load ${garbage}`);
+  expect((refused as QuantdError).causeMessages().join(" ")).toMatch(/protobuf|parsing|Load model/i);
 }, 60_000);
 
 test("a child's error comes back as its wire form says: code, message, details and the library's own words as causes", async () => {
