@@ -244,7 +244,7 @@ export const jobCommand: Command = {
   description:
     "`recalibrate` queues a recalibration in the state directory's store: pick disjoint calibration and " +
     "validation samples from the sample pool (fill it with `quantd collect` or live capture), calibrate and " +
-    "quantize the fp32 model, validate against fp32 (agreement gate, sensitivity fallback), benchmark the " +
+    "quantize the fp32 model the agent serves (or the one the int8 version it serves was quantized from), validate against fp32 (agreement gate, sensitivity fallback), benchmark the " +
     "candidate against the active model, then promote it (atomic write, verification, hot swap) or reject it " +
     "with the reasons. One job runs at a time; others wait in the queue. A running `quantd agent` runs it; " +
     "with --wait this command waits for the end, and runs the job itself when no agent holds the state " +
