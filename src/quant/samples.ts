@@ -61,10 +61,26 @@ export interface SampleSplit {
 }
 
 /**
- * Splits samples into disjoint calibration and validation sets, in file order:
- * the first calibrate, the following ones validate ({@link planSplit} sizes
- * both). A gate checked on calibration samples would prove nothing, so at least
- * one row is always held out.
+ * Indices of `n` samples spread evenly over the samples' lengths (characters of
+ * both texts), in file order. The first rows of a file are often not like the
+ * rest (shorter, one topic, sorted by something): calibration on them leaves
+ * the longer inputs outside the ranges it measured, as the store's
+ * length-stratified pick does not.
+ */
+function spreadByLength(samples: readonly QuantSample[], n: number): number[] {
+  const size = (x: QuantSample): number => x.text.length + (x.pair?.length ?? 0);
+  const byLength = samples.map((_, i) => i).sort((a, b) => size(samples[a]!) - size(samples[b]!) || a - b);
+  const picked = new Set<number>();
+  for (let k = 0; k < n; k++) picked.add(byLength[Math.floor(((k + 0.5) * samples.length) / n)]!);
+  return [...picked].sort((a, b) => a - b);
+}
+
+/**
+ * Splits samples into disjoint calibration and validation sets
+ * ({@link planSplit} sizes both): calibration rows spread over the file's
+ * lengths ({@link spreadByLength}), validation the rows left, in file order. A
+ * gate checked on calibration samples would prove nothing, so at least one row
+ * is always held out.
  *
  * @throws CALIB_EMPTY when there are no samples, or only one and no separate validation set
  */
@@ -79,7 +95,8 @@ export function splitSamples(
     throw new QuantdError("CALIB_EMPTY", `${source} holds no samples`, { details: { path: source } });
   }
   if (separateValidation) {
-    const calibration = samples.slice(0, req.calibration ?? DEFAULT_CALIBRATION_SAMPLES);
+    const n = Math.min(samples.length, req.calibration ?? DEFAULT_CALIBRATION_SAMPLES);
+    const calibration = spreadByLength(samples, n).map((i) => samples[i]!);
     return {
       calibration,
       validation: [],
@@ -100,9 +117,10 @@ export function splitSamples(
   if (req.validation !== undefined && plan.validation < req.validation) {
     warnings.push(`only ${plan.validation} held-out samples to validate on (asked for ${req.validation})`);
   }
+  const calibrate = new Set(spreadByLength(samples, plan.calibration));
   return {
-    calibration: samples.slice(0, plan.calibration),
-    validation: samples.slice(plan.calibration, plan.calibration + plan.validation),
+    calibration: samples.filter((_, i) => calibrate.has(i)),
+    validation: samples.filter((_, i) => !calibrate.has(i)).slice(0, plan.validation),
     available,
     warnings,
     line: plan.line,

@@ -22,6 +22,7 @@ import { isQuantdError } from "../../src/errors.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import type { CalibrationMethod } from "../../src/quant/methods.ts";
 import { encodeSamples, runQuantization } from "../../src/quant/pipeline.ts";
+import { readSampleTsv, splitSamples } from "../../src/quant/samples.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
 import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import {
@@ -149,17 +150,11 @@ describe("fallback on a synthetic BERT with a planted outlier layer", () => {
     const used = mixes.find((t) => t.used === true);
     expect(used).toBeDefined();
     const fp32 = await loadModel(outlierPath);
-    const pool = readFileSync(samplesPath, "utf8")
-      .trim()
-      .split("\n")
-      .slice(1, 1 + CALIB);
+    // The rows the run calibrated on, split as it split them.
+    const rows = await readSampleTsv(samplesPath);
+    const split = splitSamples(rows, { calibration: CALIB, needed: 1, gateWords: "" }, false, samplesPath);
     const tokenizer = await loadTokenizer(shippedModelDir);
-    const calib = encodeSamples(
-      tokenizer,
-      pool.map((l, i) => ({ text: l.split("\t")[1]!, origin: `${i}` })),
-      8,
-      tokenizer.maxLength,
-    );
+    const calib = encodeSamples(tokenizer, split.calibration, 8, tokenizer.maxLength);
     for (const x of used!.tensors) {
       const m = x.method as CalibrationMethod;
       const ranges = (await quantizeModel(fp32, { type: "static", method: m, calibration: calib.batches }))

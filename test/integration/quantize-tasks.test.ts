@@ -81,6 +81,21 @@ describe("static int8 with defaults meets each task's gate on its fixture", () =
   }
 });
 
+test("a pair classifier with the CLI's defaults (every row validates) passes small, keeping no node whose trial did not help", async () => {
+  // Calibrating on the file's first 128 rows (short pairs only) once left 19 nodes fp32 at 57 % of fp32's size.
+  const { report } = await quantize("pair-classification", { validationSamples: undefined });
+  expect(report.gate.passed).toBe(true);
+  expect(report.samples.validation).toBe(2000 - report.samples.calibration);
+  expect(report.model.sizeRatio).toBeLessThan(0.3);
+  for (const t of report.fallback.trials) {
+    if (t.passed !== true && t.reverted !== true) expect(t.bought!.agreement).toBeGreaterThan(0);
+  }
+  const reverted = new Set(
+    report.fallback.trials.filter((t) => t.reverted === true).flatMap((t) => t.added ?? []),
+  );
+  expect(report.keptFp32.filter((k) => reverted.has(k.node))).toEqual([]);
+}, 240_000);
+
 describe("the gate fails what breaks a task", () => {
   test("a task check the candidate misses (mean cosine over a stricter threshold) fails it, and the error names the check", async () => {
     const err = await quantize("embedding", {

@@ -25,12 +25,38 @@ const samples = (n: number): QuantSample[] =>
 const texts = (xs: readonly QuantSample[]): string[] => xs.map((s) => s.text);
 
 describe("splitSamples", () => {
-  test("first N calibrate, the next M validate, nothing shared", () => {
+  test("N calibrate, the next M of the rest validate in file order, nothing shared", () => {
     const s = splitSamples(samples(100), req(10, 20), false, "f.tsv");
-    expect(texts(s.calibration)).toEqual(texts(samples(10)));
-    expect(texts(s.validation)).toEqual(texts(samples(30).slice(10)));
+    expect(s.calibration).toHaveLength(10);
+    expect(s.validation).toHaveLength(20);
+    const calib = new Set(texts(s.calibration));
+    expect(texts(s.validation)).toEqual(
+      texts(samples(100))
+        .filter((t) => !calib.has(t))
+        .slice(0, 20),
+    );
     expect(s.available).toBe(100);
     expect(s.warnings).toEqual([]);
+  });
+
+  test("calibration rows are spread over the file's lengths, not its first rows (a file that starts short)", () => {
+    // 1,000 rows, the first 200 short and the rest up to 10 times as long: the first 128 would cover none of them.
+    const rows = Array.from({ length: 1000 }, (_, i) => ({
+      text: "w ".repeat(i < 200 ? 3 : 3 + (i % 30)),
+      pair: "v ".repeat(i < 200 ? 2 : 2 + (i % 7)),
+      origin: `f.tsv:${i + 2}`,
+    }));
+    const s = splitSamples(rows, req(128, undefined, 598), false, "f.tsv");
+    const size = (x: QuantSample) => x.text.length + (x.pair?.length ?? 0);
+    const longest = Math.max(...rows.map(size));
+    expect(Math.max(...s.calibration.map(size))).toBeGreaterThan(0.9 * longest);
+    expect(s.calibration.filter((x) => size(x) <= 10).length).toBeLessThan(0.3 * 128);
+    expect(s.calibration.filter((x) => size(x) <= 10).length).toBeGreaterThan(0.1 * 128);
+    // file order within each set, and disjoint
+    const line = (x: QuantSample) => Number(x.origin.split(":")[1]);
+    expect(s.calibration.map(line)).toEqual(s.calibration.map(line).sort((a, b) => a - b));
+    expect(s.validation).toHaveLength(872);
+    expect(new Set([...s.calibration, ...s.validation].map(line)).size).toBe(1000);
   });
 
   test("a short file gives validation what is left, and says so", () => {
@@ -56,7 +82,6 @@ describe("splitSamples", () => {
     const scarce = splitSamples(samples(700), req(undefined, undefined, 598), false, "f.tsv");
     expect(scarce.calibration).toHaveLength(102);
     expect(scarce.validation).toHaveLength(598);
-    expect(texts(scarce.validation)[0]).toBe("sentence 102");
   });
 
   test("with a separate validation file, all rows may calibrate", () => {

@@ -94,8 +94,8 @@ export const quantizeCommand: Command = {
     "--model FP32.onnx --calib SAMPLES --out INT8.onnx|DIR [--mode static|dynamic|auto] [--method M] [--format qdq|fused] " +
     "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--gate-on bound|point] [--report FILE]",
   description: `SAMPLES is a TSV (label<TAB>sentence with a header; the label may be empty) or a quantd SQLite
-store (.db, as quantd collect fills it). From a TSV the first --samples rows calibrate and every row
-after them is held out for validation (at most --val-samples); from a store both sets are a seeded,
+store (.db, as quantd collect fills it). From a TSV --samples rows spread over its lengths calibrate and
+every other row is held out for validation (at most --val-samples); from a store both sets are a seeded,
 length-stratified disjoint pick. Calibration needs tens of samples, validation hundreds, so when rows
 are scarce the default split gives validation the rows and calibrates on fewer (down to 32); the split
 is explained in one line. Samples longer than the model allows are truncated and counted in the report.
