@@ -22,7 +22,7 @@ import { feedsForEncoding } from "../runtime/classifier.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { SessionOptions } from "../runtime/types.ts";
-import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from "./gate.ts";
+import { checkGate, type GateMetrics, type GateSpec } from "./gate.ts";
 import type { FallbackTrial, LayerErrorEntry } from "./report.ts";
 
 /** A quantized node to probe, described by fp32 tensor names (which the candidate keeps). */
@@ -270,8 +270,8 @@ export interface FallbackResult<M> {
  * again, because removing one bad node changes the error every later node sees.
  * The number added per trial grows (1, 1, 1, 2, 3, 4, …) so a model with many
  * mildly sensitive nodes is still reached within a small budget. A trial that
- * did not help (its candidate ranks no better than the one it started from,
- * {@link compareCandidates}) is reverted: its nodes go back to int8, are not
+ * did not help (less agreement than the candidate it started from, or as
+ * much with no smaller logit error) is reverted: its nodes go back to int8, are not
  * tried again, and the trial is recorded as `reverted`, so no node stays fp32
  * without having bought something.
  *
@@ -306,7 +306,7 @@ export async function runFallback<M>(
     const metrics = await hooks.validate(model);
     const passed = checkGate(metrics, opts.gate).passed;
     // Kept only when it passed or helped; a reverted trial's nodes are never tried again.
-    const reverted = !passed && compareCandidates(metrics, current.metrics) >= 0;
+    const reverted = !passed && !helped(metrics, current.metrics);
     trials.push(trialRecord(names, next, metrics, current.metrics, passed, reverted));
     for (const e of next) ignore.add(e.node);
     if (reverted) {
@@ -319,6 +319,19 @@ export async function runFallback<M>(
     if (trial + 1 < budget) ranked = await hooks.rank(current.model);
   }
   return { best: current, passed: false, keptFp32: kept, trials, ranking };
+}
+
+/**
+ * Whether a trial's candidate improves on the one it started from: more
+ * agreement, or as much with a smaller logit error. The point estimates, not
+ * the bounds: a validation that stopped early has a wider bound for its
+ * fewer samples, which would read as a loss.
+ */
+function helped(m: GateMetrics, from: GateMetrics): boolean {
+  return (
+    m.agreement > from.agreement ||
+    (m.agreement === from.agreement && m.meanAbsLogitDiff < from.meanAbsLogitDiff)
+  );
 }
 
 /** A fallback trial as the report records it: what it kept, measured and bought against where it started. */
