@@ -411,7 +411,11 @@ class RecalibrationRun {
       }
       // Validation sized from the gate; when the pool is short, validation gets the samples first.
       const gate = gateOf(this.#p);
-      const req = splitRequestOf(gate, this.#p.samples, this.#p.validationSamples ?? validationSizeFor(gate));
+      const req = {
+        ...splitRequestOf(gate, this.#p.samples, this.#p.validationSamples ?? validationSizeFor(gate)),
+        // Dynamic int8 calibrates nothing: every sample picked validates.
+        ...(this.#p.mode === "dynamic" ? { noCalibration: true } : {}),
+      };
       const plan = planSplit(pool, req, "samples in the pool");
       this.#ctx.log(`split: ${plan.line}`);
       const pick = store.samples.pickDisjoint(plan.calibration, plan.validation, this.#p.seed ?? 1);

@@ -278,7 +278,10 @@ function startRun(opts: RunQuantizationOptions): Run {
     progress: opts.onProgress ?? (() => undefined),
     requestedMode: opts.mode ?? "static",
     settings,
-    splitReq: splitRequestOf(gate, opts.samples, opts.validationSamples),
+    splitReq: {
+      ...splitRequestOf(gate, opts.samples, opts.validationSamples),
+      ...(opts.mode === "dynamic" ? { noCalibration: true } : {}),
+    },
     files,
     calibName: typeof opts.calib === "string" ? opts.calib : opts.calib.name,
   };

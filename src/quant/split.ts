@@ -29,6 +29,8 @@ export interface SplitRequest {
   needed: number;
   /** The gate as words for the split's line (`99.5 % at 95 %`). */
   gateWords: string;
+  /** Nothing calibrates (dynamic int8 computes its ranges at run time): every row may validate. */
+  noCalibration?: boolean;
 }
 
 /** Sizes of a split, and the one line that explains them. */
@@ -50,6 +52,7 @@ export interface SplitPlan {
  * rows allow (one row at least is always held out).
  */
 export function planSplit(available: number, req: SplitRequest, unit = "rows"): SplitPlan {
+  if (req.noCalibration === true) return planValidationOnly(available, req, unit);
   const full = req.calibration ?? DEFAULT_CALIBRATION_SAMPLES;
   // At least a quarter is always held out: a gate checked on calibration samples would prove nothing.
   const quarter = Math.max(1, Math.floor(available / 4));
@@ -77,6 +80,21 @@ export function planSplit(available: number, req: SplitRequest, unit = "rows"): 
     line:
       `${available.toLocaleString("en-US")} ${unit}: ${calibration.toLocaleString("en-US")} calibrate, ` +
       `${validation.toLocaleString("en-US")} validate (${why}${which}; ${certify})`,
+  };
+  if (validation < req.needed) plan.tooFew = { have: validation, needed: req.needed };
+  return plan;
+}
+
+/** {@link planSplit} when nothing calibrates: every row (or as many as asked) validates. */
+function planValidationOnly(available: number, req: SplitRequest, unit: string): SplitPlan {
+  const validation = Math.min(available, req.validation ?? available);
+  const which = validation === available ? "every row" : `${validation} asked`;
+  const plan: SplitPlan = {
+    calibration: 0,
+    validation,
+    line:
+      `${available.toLocaleString("en-US")} ${unit}: 0 calibrate (dynamic int8 needs no calibration), ` +
+      `${validation.toLocaleString("en-US")} validate (${which}; ${req.gateWords} needs ≥ ${req.needed.toLocaleString("en-US")})`,
   };
   if (validation < req.needed) plan.tooFew = { have: validation, needed: req.needed };
   return plan;

@@ -172,12 +172,22 @@ describe("quantd quantize on a synthetic BERT", () => {
   test("dynamic: no calibration, MatMulInteger in the model", async () => {
     const out = join(dir, "dynamic.onnx");
     const reportPath = join(dir, "dynamic.json");
-    const r = await quantize([...common(out, reportPath), "--mode", "dynamic"]);
+    // No --val-samples: every row may validate.
+    const args = common(out, reportPath).filter(
+      (a, i, all) => a !== "--val-samples" && all[i - 1] !== "--val-samples",
+    );
+    const r = await quantize([...args, "--mode", "dynamic"]);
     expect(r.code).toBe(0);
     const report = readReport(reportPath);
     expect(report.mode).toBe("dynamic");
     expect(report.method).toBeUndefined();
     expect(report.samples.calibration).toBe(0);
+    // Nothing calibrates, so every row validates and the split line says why.
+    expect(report.samples.validation).toBe(report.samples.available);
+    expect(report.samples.split).toMatch(
+      /: 0 calibrate \(dynamic int8 needs no calibration\), [\d,]+ validate \(every row;/,
+    );
+    expect(r.stdout).toContain("no calibration (dynamic)");
     expect(report.timings.calibrationMs).toBe(0);
     expect(Object.keys(report.ranges)).toEqual([]);
     const ops = (await loadModel(out)).graph.node.map((n) => n.opType);

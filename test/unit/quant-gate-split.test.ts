@@ -1,6 +1,7 @@
 /**
- * The held-out split the gate validates on: disjoint from calibration, in file
- * order for a TSV, from the pool's disjoint pick for a store.
+ * The held-out split the gate validates on: disjoint from calibration (rows
+ * spread over a TSV's lengths, the pool's disjoint pick for a store), and all
+ * of it when nothing calibrates (dynamic int8).
  */
 import { describe, expect, test } from "bun:test";
 import {
@@ -82,6 +83,22 @@ describe("splitSamples", () => {
     const scarce = splitSamples(samples(700), req(undefined, undefined, 598), false, "f.tsv");
     expect(scarce.calibration).toHaveLength(102);
     expect(scarce.validation).toHaveLength(598);
+  });
+
+  test("dynamic int8 calibrates nothing: every row validates, and the line says why", () => {
+    const s = splitSamples(
+      samples(700),
+      { ...req(undefined, undefined, 598), noCalibration: true },
+      false,
+      "f.tsv",
+    );
+    expect(s.calibration).toEqual([]);
+    expect(texts(s.validation)).toEqual(texts(samples(700)));
+    expect(s.line).toBe(
+      "700 rows: 0 calibrate (dynamic int8 needs no calibration), 700 validate (every row; the gate needs ≥ 598)",
+    );
+    const asked = splitSamples(samples(700), { ...req(128, 600), noCalibration: true }, false, "f.tsv");
+    expect([asked.calibration.length, asked.validation.length]).toEqual([0, 600]);
   });
 
   test("with a separate validation file, all rows may calibrate", () => {

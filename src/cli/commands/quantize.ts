@@ -98,7 +98,7 @@ store (.db, as quantd collect fills it). From a TSV --samples rows spread over i
 every other row is held out for validation (at most --val-samples); from a store both sets are a seeded,
 length-stratified disjoint pick. Calibration needs tens of samples, validation hundreds, so when rows
 are scarce the default split gives validation the rows and calibrates on fewer (down to 32); the split
-is explained in one line. Samples longer than the model allows are truncated and counted in the report.
+is explained in one line. --mode dynamic calibrates nothing, so every row validates. Samples longer than the model allows are truncated and counted in the report.
 
 The int8 model is validated against fp32 on the held-out samples (top-1 agreement with its one-sided
 Clopper–Pearson lower bound, logit error, flips on near-ties vs confident inputs, and accuracy when
@@ -556,7 +556,7 @@ function fallbackLines(r: QuantizationReport): string[] {
 /** Where the time and memory went. */
 function timingLine(r: QuantizationReport): string {
   return (
-    `  calibration ${formatMs(r.timings.calibrationMs)}, quantization ${formatMs(r.timings.quantizationMs)}, ` +
+    `  ${r.mode === "dynamic" ? "no calibration (dynamic)" : `calibration ${formatMs(r.timings.calibrationMs)}`}, quantization ${formatMs(r.timings.quantizationMs)}, ` +
     `total ${formatMs(r.timings.totalMs)}, peak RSS ${formatBytes(r.peakRssBytes)}`
   );
 }
