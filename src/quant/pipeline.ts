@@ -24,6 +24,7 @@ import { dirname, resolve } from "node:path";
 import { peakRssBytes } from "../core/process-memory.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel, saveModel } from "../onnx/codec.ts";
+import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import { findModelFiles, type ModelFiles } from "../runtime/model-files.ts";
 import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
@@ -54,6 +55,7 @@ import {
 } from "./plan.ts";
 import { describeFile, type FileFacts, type QuantizeReport, writeReport } from "./report.ts";
 import { buildReport, gateNotMetError } from "./run-report.ts";
+import { lowerContribOps } from "./passes/lower-contrib.ts";
 import { loadSplit, type SamplePool, type SampleSplit } from "./samples.ts";
 import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, sensitivityTargets } from "./sensitivity.ts";
 import { assertCertifiable, gateSpecOf, type SplitRequest, splitRequestOf } from "./split.ts";
@@ -242,8 +244,9 @@ interface Candidates extends BuiltCandidates {
  */
 export async function runQuantization(opts: RunQuantizationOptions): Promise<QuantizationResult> {
   const run = startRun(opts);
+  const model = await loadFp32(run);
   const split = await takeSamples(run);
-  const ref = await loadReference(run, split);
+  const ref = await loadReference(run, split, model);
   const built = await buildAllCandidates(run, ref, split);
   const choice = await choose(run, ref, split, built);
   return await reportAndWrite(run, ref, split, built, choice);
@@ -287,7 +290,7 @@ function startRun(opts: RunQuantizationOptions): Run {
   };
 }
 
-/** Stage 1: the samples, split. */
+/** Stage 1b: the samples, split. */
 async function takeSamples(run: Run): Promise<SampleSplit> {
   const split = await loadSplit(run.opts, run.splitReq);
   run.progress(`split: ${split.line}`);
@@ -295,16 +298,31 @@ async function takeSamples(run: Run): Promise<SampleSplit> {
 }
 
 /**
- * Stage 2: the fp32 model checked and loaded, its tokenizer, the encoded
- * samples, and the validator for its task; refused when the held-out set
- * cannot certify the gate.
+ * Stage 1: the fp32 model loaded and checked before anything about the
+ * samples is: an fp16, already quantized or un-rewritable model is refused
+ * first, not after the user went to find more samples. The rewritability
+ * check is the quantizer's own first steps (opset upgrade, contrib lowering):
+ * graph walks, no calibration.
  */
-async function loadReference(run: Run, split: SampleSplit): Promise<Reference> {
+async function loadFp32(run: Run): Promise<{ fp32: ModelProto; externalBytes: number }> {
   run.progress(`loading ${run.files.model}`);
   let externalBytes = 0;
   const fp32 = await loadModel(run.files.model, { onExternalFile: (_, bytes) => (externalBytes += bytes) });
   assertNotQuantized(fp32);
   assertFloat32Model(fp32);
+  lowerContribOps(upgradeOpset(fp32).model);
+  return { fp32, externalBytes };
+}
+
+/**
+ * Stage 2: the fp32 model's tokenizer, the encoded samples, and the validator
+ * for its task; refused when the held-out set cannot certify the gate.
+ */
+async function loadReference(
+  run: Run,
+  split: SampleSplit,
+  { fp32, externalBytes }: { fp32: ModelProto; externalBytes: number },
+): Promise<Reference> {
   const facts = await describeFile(run.files.model);
   const tokOpts: { maxLength?: number; configPath?: string } = {};
   const positions = modelMaxPositions(fp32);

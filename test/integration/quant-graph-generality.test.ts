@@ -268,8 +268,7 @@ describe("what quantd cannot rewrite safely fails, naming it, and writes nothing
         out,
         samples: 16,
         validationSamples: 64,
-        // 64 samples cannot certify the gate on its bound, which would fail first, before the model is read.
-        decideOn: "point",
+        // 64 samples cannot certify the gate on its bound: the model is checked first, so its own error comes first.
         threads: 1,
       }),
     );
