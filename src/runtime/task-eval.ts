@@ -36,6 +36,10 @@ export interface TaskEvalReport {
   recallAtK?: number;
   k?: number;
   meanCosine?: number;
+  /** Rows the task's measures were computed on, when `compare` let some go unlabelled. */
+  labelled?: number;
+  /** Why the task's own measures were not computed (`compare` on rows with no labels). */
+  skipped?: string;
 }
 
 /** Options of {@link evaluateTask}. */
@@ -239,14 +243,33 @@ async function scoreEmbeddings(
   };
 }
 
+/** Whether a row has the gold column its task is scored on. */
+function hasGold(kind: TaskSpec["kind"], row: InputRow): boolean {
+  return kind === "token-classification" ? row.entities !== undefined : row.label !== undefined;
+}
+
 /** Every row has the gold column its task is scored on. @throws DATA_MALFORMED naming the first that lacks it */
 function checkGold(kind: TaskSpec["kind"], rows: readonly InputRow[]): void {
-  const tokens = kind === "token-classification";
-  for (const row of rows) {
-    if (tokens ? row.entities === undefined : row.label === undefined) {
-      throw bad(row, tokens ? "no entities column (TYPE@start:end …)" : "no label");
-    }
+  const row = rows.find((r) => !hasGold(kind, r));
+  if (row === undefined) return;
+  throw bad(row, kind === "token-classification" ? "no entities column (TYPE@start:end …)" : "no label");
+}
+
+/**
+ * The rows the task's measures are computed on: every row, which must all be
+ * labelled; with a model to compare with (which needs no labels), the labelled
+ * ones, as single-text classification does.
+ */
+function goldRows(
+  kind: TaskSpec["kind"],
+  rows: readonly InputRow[],
+  comparing: boolean,
+): readonly InputRow[] {
+  if (!comparing) {
+    checkGold(kind, rows);
+    return rows;
   }
+  return rows.filter((r) => hasGold(kind, r));
 }
 
 /** The scorer of each labelled task. */
@@ -273,7 +296,11 @@ function scoreOf(
 /**
  * Evaluates `model` on labelled rows (see the module comment for each task's columns).
  *
- * @throws DATA_MALFORMED for a row without the label its task needs; USAGE for embeddings without `compare`
+ * With `compare`, rows may be unlabelled (the comparison needs no labels): the
+ * task's measures are computed on the labelled ones, or skipped (`skipped`
+ * says so) when there are none.
+ *
+ * @throws DATA_MALFORMED for a row without the label its task needs (without `compare`); USAGE for embeddings without `compare`
  */
 export async function evaluateTask(
   model: TaskModel,
@@ -284,10 +311,13 @@ export async function evaluateTask(
   const infer = { batchSize: opts.batchSize ?? 32, aggregation: opts.aggregation ?? "simple" };
   const report: TaskEvalReport = { task: task.kind, n: rows.length };
   if (task.kind === "embedding") return { ...report, ...(await scoreEmbeddings(model, rows, infer, opts)) };
-  checkGold(task.kind, rows);
+  const gold = goldRows(task.kind, rows, opts.compare !== undefined);
+  if (gold.length < rows.length) report.labelled = gold.length;
+  if (gold.length === 0)
+    return { ...report, skipped: "no labelled rows: accuracy skipped, only the comparison" };
   const results = await model.infer(
-    rows.map((r) => r.input),
+    gold.map((r) => r.input),
     infer,
   );
-  return { ...report, ...scoreOf(task, rows, results) };
+  return { ...report, ...scoreOf(task, gold, results) };
 }

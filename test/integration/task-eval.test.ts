@@ -177,3 +177,34 @@ test("quantd eval --compare gives each task's agreement with the other model, as
   expect(json.versus).toMatchObject({ unit: "sample", n: 40, agreement: 1 });
   expect(json.versus.agreementLower).toBeCloseTo(0.05 ** (1 / 40), 6);
 });
+
+test("with --compare, unlabelled rows of every task are compared, and accuracy is skipped saying why", async () => {
+  const env = envWithoutQuantd();
+  const single = join(root, "unlabelled.tsv");
+  writeFileSync(single, `sentence\n${texts.join("\n")}\n`);
+  const pairs = join(root, "unlabelled-pairs.tsv");
+  writeFileSync(
+    pairs,
+    `premise\thypothesis\n${texts.map((t, i) => `${t}\t${texts[(i + 1) % texts.length]}`).join("\n")}\n`,
+  );
+  for (const kind of ["pair-classification", "multi-label", "regression", "token-classification"] as const) {
+    const data = kind === "pair-classification" ? pairs : single;
+    const args = ["eval", "--model", dirs[kind], "--data", data, "--compare", dirs[kind]];
+    const human = await runQuantd(args, { env });
+    expect(human.stderr).toBe("");
+    expect(human.code).toBe(0);
+    expect(human.stdout).toMatch(/^accuracy +skipped: no labelled rows \(--compare needs none\)$/m);
+    expect(human.stdout).toMatch(/^agreement +\w[\w ]* agreement 100\.0 %/m);
+    const json = JSON.parse((await runQuantd([...args, "--json"], { env })).stdout);
+    expect(json).toMatchObject({
+      n: texts.length,
+      labelled: 0,
+      skipped: expect.stringContaining("no labelled rows"),
+    });
+    expect(json.versus.agreement).toBe(1);
+  }
+  // Without --compare there is nothing to report: the missing label is an error, naming the line.
+  const err = await runQuantd(["eval", "--model", dirs.regression, "--data", single], { env });
+  expect(err.stderr).toContain("DATA_MALFORMED");
+  expect(err.stderr).toContain("line 2: no label");
+}, 120_000);

@@ -152,13 +152,16 @@ export function renderTaskEvalReport(
 ): string[] {
   const rows: string[][] = [
     ["model", `${shortPath(model)} (${r.task})`],
-    ["data", `${shortPath(data)} (${r.n} rows)`],
+    ["data", `${shortPath(data)} (${r.n} rows${r.labelled === undefined ? "" : `, ${r.labelled} labelled`})`],
   ];
   const pct = (x: number | undefined) => (x === undefined ? undefined : formatPercent(x));
   const add = (name: string, v: string | undefined) => {
     if (v !== undefined) rows.push([name, v]);
   };
-  add("accuracy", pct(r.accuracy));
+  add(
+    "accuracy",
+    r.skipped !== undefined ? "skipped: no labelled rows (--compare needs none)" : pct(r.accuracy),
+  );
   add("macro F1", pct(r.macroF1));
   add("micro F1", pct(r.microF1));
   add("exact match", pct(r.exactMatch));
@@ -237,7 +240,7 @@ export const evalCommand: Command = {
     "how an int8 model is checked against its fp32 parent.\n\n" +
     "A model of another task is scored by that task's measures (accuracy and macro F1 for pairs, F1 and " +
     "exact match for multi-label, Spearman and Pearson for regression, entity F1 for tokens), on labelled " +
-    "rows; with --compare it adds the task's agreement with the other model as the quantize gate counts it " +
+    "rows; with --compare rows may be unlabelled (with none, accuracy is skipped and says so) and it adds the task's agreement with the other model as the quantize gate counts it " +
     "(samples, label decisions or tokens, with the bound), and an embedding model is scored only against " +
     "--compare (recall@k of its neighbours, mean cosine).\n\n" +
     "Latency counts inference only (not tokenization), per batch of --batch texts. Progress goes to " +
