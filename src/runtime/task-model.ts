@@ -22,6 +22,7 @@ import { l2Normalize, poolRow, sigmoid } from "./pooling.ts";
 import {
   detectTask,
   inputsOf,
+  pairOnTextHint,
   resolveThresholds,
   type TaskOverride,
   type TaskSpec,
@@ -125,7 +126,8 @@ export function checkTaskInputs(task: TaskSpec, inputs: readonly TextInput[], mo
     if (wants === "text" && pair) {
       throw new QuantdError(
         "DATA_MISMATCH",
-        `input ${i} is a pair of texts, but ${model} is ${taskModelNoun(task.kind)}: each input is one text`,
+        `input ${i} is a pair of texts, but ${model} is ${taskModelNoun(task.kind)} (${task.source}): each input is one text` +
+          pairOnTextHint(task.kind),
         { details: { index: i, task: task.kind } },
       );
     }

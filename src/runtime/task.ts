@@ -425,14 +425,28 @@ export function taskModelNoun(kind: TaskKind): string {
 }
 
 /**
+ * Said after "each input is one text" to a pair sent to a single-text
+ * classifier: detection may have missed that a model was trained on pairs.
+ */
+export function pairOnTextHint(kind: TaskKind): string {
+  return kind === "classification"
+    ? " (a model trained on pairs is run as one with --task pair-classification)"
+    : "";
+}
+
+/**
  * What a task takes as one input: a pair of texts (a pair classifier), one text
- * (token classification and embeddings, whose outputs belong to one text), or
- * either (a sequence head may be trained on both, as a cross-encoder regressor is).
+ * (a single-text classifier: task detection makes a model trained on pairs a
+ * pair classifier, and an input `token_type_ids` alone does not, as every BERT
+ * export has one; token classification and embeddings, whose outputs belong
+ * to one text), or either (a multi-label or regression head may be trained on
+ * both, as a cross-encoder regressor is).
  */
 export function inputsOf(kind: TaskKind): "pair" | "text" | "either" {
   switch (kind) {
     case "pair-classification":
       return "pair";
+    case "classification":
     case "token-classification":
     case "embedding":
       return "text";

@@ -184,6 +184,19 @@ describe("bad input is a 4xx with the error code, and the server keeps serving",
     });
   }
 
+  test("pairs sent to a single-text classifier (SST-2, token_type_ids and all) are DATA_MISMATCH naming what it takes", async () => {
+    const r = await call(sock, "/v1/classify", {
+      body: JSON.stringify({ pairs: [["a fine film", "it is good"]] }),
+    });
+    expect(r.status).toBe(400);
+    const error = r.body["error"] as { code: string; message: string };
+    expect(error.code).toBe("DATA_MISMATCH");
+    expect(error.message).toMatch(
+      /input 0 is a pair of texts, but .* is a classification model .*: each input is one text/,
+    );
+    expect(error.message).toContain("--task pair-classification");
+  });
+
   test("invalid UTF-8 in the body is REQUEST_INVALID", async () => {
     const res = await fetch("http://localhost/v1/classify", {
       unix: sock,

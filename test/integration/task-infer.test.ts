@@ -14,6 +14,7 @@ import { loadTaskModel, type TaskModel } from "../../src/runtime/task-model.ts";
 import { corpusSentences } from "../fixtures/encoders/tokenizers.ts";
 import { TASK_FIXTURES, type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
 import { codeOfAsync } from "../helpers/error-code.ts";
+import { shippedModelPath } from "../helpers/paths.ts";
 import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 
 const root = mkdtempSync(join(tmpdir(), "quantd-task-infer-"));
@@ -248,6 +249,17 @@ describe("quantd infer", () => {
       1,
       expect.stringMatching(
         /^error DATA_MISMATCH: input 0 is one text, but .* is a pair-classification model/,
+      ),
+    ]);
+    // The reverse on the shipped SST-2 classifier, whose token_type_ids input does not make it a pair model.
+    const pair = await runQuantd(
+      ["infer", "--model", shippedModelPath, "--pair", "a fine film", "it is good"],
+      { env },
+    );
+    expect([pair.code, pair.stderr]).toEqual([
+      1,
+      expect.stringMatching(
+        /^error DATA_MISMATCH: --pair given, but .* is a classification model .*: each input is one text \(a model trained on pairs is run as one with --task pair-classification\)/,
       ),
     ]);
     const contra = await runQuantd(["infer", "--model", dirs.embedding, "--task", "multi-label", "x"], {

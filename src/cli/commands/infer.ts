@@ -9,7 +9,7 @@
 import { QuantdError } from "../../errors.ts";
 import { AGGREGATIONS, type Aggregation } from "../../runtime/entities.ts";
 import { readInputsTsv } from "../../runtime/input-tsv.ts";
-import { inputsOf, taskModelNoun } from "../../runtime/task.ts";
+import { inputsOf, pairOnTextHint, taskModelNoun } from "../../runtime/task.ts";
 import { publicResult, type TaskResult } from "../../runtime/task-model.ts";
 import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
 import type { TextInput } from "../../runtime/tokenizer.ts";
@@ -164,7 +164,8 @@ export const inferCommand: Command = {
       if (pair && inputsOf(model.task.kind) === "text") {
         throw new QuantdError(
           "DATA_MISMATCH",
-          `--pair given, but ${model.modelPath} is ${taskModelNoun(model.task.kind)}: each input is one text`,
+          `--pair given, but ${model.modelPath} is ${taskModelNoun(model.task.kind)} (${model.task.source}): each input is one text` +
+            pairOnTextHint(model.task.kind),
         );
       }
       const results = await model.infer(inputs, { batchSize, aggregation });
