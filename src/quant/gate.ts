@@ -47,8 +47,12 @@ export interface GateMetrics {
   confidence: number;
   /** One-sided Clopper–Pearson lower bound of the agreement the gate counts, at `confidence`. */
   agreementLower: number;
-  /** Flips split by fp32's own top-2 margin (softmax probability of its best class minus the second's). */
-  margin: MarginView;
+  /**
+   * Flips split by fp32's own top-2 margin (softmax probability of its best
+   * class minus the second's). Absent where no top-2 margin is defined
+   * (multi-label decisions, embeddings, regression values): not measured, not 0.
+   */
+  margin?: MarginView;
   /**
    * Confidence level the bound was computed at, when validation looked at the
    * gate more than once (early stopping spends the confidence among the looks:

@@ -35,13 +35,7 @@ import { neighbourOverlap, pearson } from "../runtime/stats.ts";
 import type { TaskKind, TaskSpec } from "../runtime/task.ts";
 import type { TaskOutputs } from "../runtime/task-model.ts";
 import { clopperPearsonLower, DEFAULT_CONFIDENCE } from "./confidence.ts";
-import {
-  argmaxRows,
-  compareLogits,
-  DEFAULT_NEAR_TIE_MARGIN,
-  type GateMetrics,
-  type LogitMatrix,
-} from "./gate.ts";
+import { argmaxRows, compareLogits, type GateMetrics, type LogitMatrix } from "./gate.ts";
 
 /** The per-task thresholds, with their defaults in {@link DEFAULT_TASK_THRESHOLDS}. */
 export interface TaskThresholds {
@@ -130,13 +124,7 @@ function proportionMetrics(
     gateAgreements: k,
     confidence,
     agreementLower: clopperPearsonLower(k, n, level),
-    margin: {
-      threshold: DEFAULT_NEAR_TIE_MARGIN,
-      nearTies: 0,
-      nearTieFlips: 0,
-      confidentFlips: n - k,
-      ignored: false,
-    },
+    // No margin: a label decision, a vector or a value has no top-2 margin (not "0 near-ties").
   };
   if (level !== confidence) metrics.boundLevel = level;
   return metrics;

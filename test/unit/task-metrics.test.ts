@@ -64,6 +64,26 @@ describe("trials and agreement per task", () => {
     expect(verdict.failures.join("; ")).toMatch(/mean cosine 0\.9\d+ is below 0\.99/);
   });
 
+  test("the top-2 margin is reported where a label is an argmax (tokens, pairs), and absent, not 0 near-ties, elsewhere", () => {
+    const labelled = compareTaskOutputs(
+      spec("pair-classification", ["a", "b"]),
+      rows([2, 0]),
+      rows([1.9, 0.1]),
+    );
+    expect(labelled.margin).toMatchObject({ nearTies: 0, confidentFlips: 0 });
+    const ml = spec("multi-label", ["a", "b"], { thresholds: [0.5, 0.5] });
+    const emb = spec("embedding", [], { output: "last_hidden_state", pooling: "mean", normalize: true });
+    for (const [task, ref] of [
+      [ml, rows([1, -1])],
+      [emb, rows([1, 0])],
+      [spec("regression", ["score"]), rows([0.5])],
+    ] as const) {
+      const m = compareTaskOutputs(task, ref, ref);
+      expect(m.margin).toBeUndefined();
+      expect(JSON.parse(JSON.stringify(m))).not.toHaveProperty("margin");
+    }
+  });
+
   test("neighbour overlap: the same nearest neighbours give 1, swapped ones less", () => {
     const a = [
       [1, 0],

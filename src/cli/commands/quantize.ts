@@ -428,26 +428,19 @@ function points(x: number): string {
   return `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)} pt`;
 }
 
-/** Tasks whose validation measures fp32's top-2 margin per trial (a label chosen by argmax). */
-const MARGIN_TASKS: ReadonlySet<string> = new Set([
-  "classification",
-  "pair-classification",
-  "token-classification",
-]);
-
 /**
  * Flips split by fp32's margin, where the task has one; otherwise (multi-label, embeddings, regression:
  * no top-2 margin is measured) the count of trials that differ, without claiming there were no near-ties.
  */
 function flipsLine(m: QuantizationReport["metrics"]): string {
   const diff = `mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`;
-  if (m.task === undefined || MARGIN_TASKS.has(m.task.kind)) {
+  if (m.margin !== undefined) {
     return (
       `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
       `${m.margin.confidentFlips} on confident inputs; ${diff}`
     );
   }
-  return `  differ: ${formatCount(m.disagreements)} of ${formatCount(m.n)} ${m.task.unit}s; ${diff}`;
+  return `  differ: ${formatCount(m.disagreements)} of ${formatCount(m.n)} ${m.task?.unit ?? "sample"}s; ${diff}`;
 }
 
 /** Nodes left fp32 because quantd has no int8 form for them there, counted by op; the report names each. */
