@@ -114,7 +114,8 @@ holds at 95 %); --full-validation runs every sample. When the gate is not met, t
 methods (percentile, mse, entropy) are tried first, then a method per tensor (each tensor's range from
 the method under which the nodes reading it add the least error), as they cost no bytes; then nodes are kept in fp32, a
 few more per trial, the best estimated gain (the error a node adds) per byte first, until the gate holds
-or --trials rebuilds are spent; the summary says what each trial bought. If it cannot be met the command
+or --trials rebuilds are spent; the summary says what each trial bought (a trial that did not help is
+reverted: its nodes go back to int8). If it cannot be met the command
 fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still written).
 
 --out DIR (an existing directory, a path ending in /, or one without .onnx) makes a self-contained
