@@ -9,25 +9,23 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseInputsTsv } from "../../src/runtime/input-tsv.ts";
 import { evaluateTask } from "../../src/runtime/task-eval.ts";
-import { loadTaskModel, type TaskModel } from "../../src/runtime/task-model.ts";
 import { corpusSentences } from "../fixtures/encoders/tokenizers.ts";
-import { TASK_FIXTURES, type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
+import { type LoadedTaskFixtures, loadTaskFixtures } from "../fixtures/tasks/task-heads.ts";
 import { codeOfAsync } from "../helpers/error-code.ts";
 import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 
 const root = mkdtempSync(join(tmpdir(), "quantd-task-eval-"));
-const dirs = {} as Record<TaskFixtureKind, string>;
-const models = {} as Record<TaskFixtureKind, TaskModel>;
+let dirs: LoadedTaskFixtures["dirs"];
+let models: LoadedTaskFixtures["models"];
+let fixtures: LoadedTaskFixtures;
 const texts = corpusSentences().slice(600, 640);
 
 beforeAll(async () => {
-  for (const kind of TASK_FIXTURES) {
-    dirs[kind] = (await writeTaskFixture(kind, join(root, kind))).dir;
-    models[kind] = await loadTaskModel(dirs[kind], { session: { intraOpThreads: 1 } });
-  }
+  fixtures = await loadTaskFixtures(root);
+  ({ dirs, models } = fixtures);
 });
 afterAll(async () => {
-  for (const m of Object.values(models)) await m.release();
+  await fixtures.release();
   rmSync(root, { recursive: true, force: true });
 });
 

@@ -10,27 +10,26 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { poolRow } from "../../src/runtime/pooling.ts";
-import { loadTaskModel, type TaskModel } from "../../src/runtime/task-model.ts";
+import { loadTaskModel } from "../../src/runtime/task-model.ts";
 import { corpusSentences } from "../fixtures/encoders/tokenizers.ts";
-import { TASK_FIXTURES, type TaskFixtureKind, writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
+import { type LoadedTaskFixtures, loadTaskFixtures, TASK_FIXTURES } from "../fixtures/tasks/task-heads.ts";
 import { codeOfAsync } from "../helpers/error-code.ts";
 import { shippedModelPath } from "../helpers/paths.ts";
 import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 
 const root = mkdtempSync(join(tmpdir(), "quantd-task-infer-"));
-const dirs = {} as Record<TaskFixtureKind, string>;
-const models = {} as Record<TaskFixtureKind, TaskModel>;
+let dirs: LoadedTaskFixtures["dirs"];
+let models: LoadedTaskFixtures["models"];
+let fixtures: LoadedTaskFixtures;
 /** Sentences the heads' gains were not fitted on. */
 const held = corpusSentences().slice(400, 480);
 
 beforeAll(async () => {
-  for (const kind of TASK_FIXTURES) {
-    dirs[kind] = (await writeTaskFixture(kind, join(root, kind))).dir;
-    models[kind] = await loadTaskModel(dirs[kind], { session: { intraOpThreads: 1 } });
-  }
+  fixtures = await loadTaskFixtures(root);
+  ({ dirs, models } = fixtures);
 });
 afterAll(async () => {
-  for (const m of Object.values(models)) await m.release();
+  await fixtures.release();
   rmSync(root, { recursive: true, force: true });
 });
 
