@@ -309,15 +309,6 @@ export const MAX_BENCH_SEQ = 512;
 /** A command name. */
 export type CommandName = (typeof COMMAND_NAMES)[number];
 
-/** Commands that queue a job (the reply says the job was accepted; progress and report follow). */
-export const JOB_COMMANDS: readonly CommandName[] = [
-  "recalibrate",
-  "quantize-dynamic",
-  "bench",
-  "rollback",
-  "release",
-];
-
 /**
  * Keys `set-config` may change. Paths (model, socket, state directory) are
  * deliberately absent: a remote party must never point the agent at a file.
