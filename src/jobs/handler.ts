@@ -7,7 +7,7 @@
  * without the engine knowing.
  */
 import type { QuantdError } from "../errors.ts";
-import type { Job, JobState } from "../store/jobs.ts";
+import { FINAL_JOB_STATES, type Job } from "../store/jobs.ts";
 
 /** How a handler's job ended when it did not throw. */
 export type JobVerdict =
@@ -61,9 +61,6 @@ export interface JobHandler {
    */
   reportResult?(result: unknown): unknown;
 }
-
-/** The states a job ends in. */
-export const FINAL_JOB_STATES: readonly JobState[] = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
 
 /** Whether a job has ended. */
 export function isFinished(job: Job): boolean {

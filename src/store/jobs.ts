@@ -18,7 +18,8 @@ export type JobState = "QUEUED" | "IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJE
 /** The states a job ends in. */
 export type FinalJobState = Extract<JobState, "SUCCEEDED" | "FAILED" | "REJECTED" | "TIMED_OUT">;
 
-const FINAL: readonly JobState[] = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
+/** The states a job ends in, as a list. */
+export const FINAL_JOB_STATES: readonly JobState[] = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
 const ID = /^[A-Za-z0-9][\w.:-]{0,127}$/;
 const TYPE = /^[a-z][a-z0-9-]{0,63}$/;
 
@@ -280,7 +281,8 @@ class SqlJobStore implements JobStore {
   }
 
   finish(id: string, state: FinalJobState, outcome: JobOutcome = {}): Job {
-    if (!FINAL.includes(state)) throw new QuantdError("INTERNAL", `${state} is not a final job state`);
+    if (!FINAL_JOB_STATES.includes(state))
+      throw new QuantdError("INTERNAL", `${state} is not a final job state`);
     const result = outcome.result === undefined ? null : toJsonText(outcome.result, "job result");
     const error = outcome.error === undefined ? null : toJsonText(outcome.error, "job error");
     return this.#db.transaction(() => {

@@ -9,6 +9,7 @@
 import { median } from "../../core/stats.ts";
 import { QuantdError } from "../../errors.ts";
 import { isRecord } from "../../json.ts";
+import { FINAL_JOB_STATES } from "../../store/jobs.ts";
 import { connectMqtt, type MqttConnection, type MqttConnectOptions } from "../mqtt-client.ts";
 import { createFleetRequester, type FleetRequester } from "../operator/requester.ts";
 import { type CommandReply, MAX_COMMAND_TTL_MS } from "../protocol.ts";
@@ -31,8 +32,6 @@ export const DEFAULT_ROLLOUT_TICK_MS = 2000;
 export const MIN_REQUESTS_FOR_ERROR_RATE = 20;
 /** Telemetry samples with latency a device must have sent before and after its swap for a latency comparison. */
 export const MIN_LATENCY_SAMPLES = 3;
-
-const FINAL_JOB_STATES = ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"];
 
 function num(v: unknown): number | undefined {
   return typeof v === "number" && Number.isFinite(v) ? v : undefined;
