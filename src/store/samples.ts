@@ -178,18 +178,15 @@ export function sampleContentHash(text: string): Uint8Array {
 /** A bucket row as the reservoir works on it: the same fields the stats report. */
 type Bucket = SampleBucketStats;
 
-function readBuckets(db: SqlDatabase): Bucket[] {
-  return db
-    .prepare("SELECT bucket, min_tokens, max_tokens, seen, kept, bytes FROM sample_buckets ORDER BY bucket")
-    .all()
-    .map((r) => ({
-      bucket: num(r, "bucket"),
-      minTokens: num(r, "min_tokens"),
-      maxTokens: numOrNull(r, "max_tokens"),
-      seen: num(r, "seen"),
-      kept: num(r, "kept"),
-      bytes: num(r, "bytes"),
-    }));
+function readBuckets(q: Statements): Bucket[] {
+  return q.buckets.all().map((r) => ({
+    bucket: num(r, "bucket"),
+    minTokens: num(r, "min_tokens"),
+    maxTokens: numOrNull(r, "max_tokens"),
+    seen: num(r, "seen"),
+    kept: num(r, "kept"),
+    bytes: num(r, "bytes"),
+  }));
 }
 
 function bucketIndex(buckets: readonly Bucket[], tokens: number): number {
@@ -309,6 +306,10 @@ function prepareStatements(db: SqlDatabase) {
     byIds: db.prepare(`SELECT ${sampleColumns} FROM samples WHERE id IN (SELECT value FROM json_each(?))`),
     byId: db.prepare(`SELECT ${sampleColumns} FROM samples WHERE id = ?`),
     countRows: db.prepare("SELECT count(*) AS n FROM samples"),
+    // Read on every add (each capture flush) and stats: prepared here, not per call (a connection keeps each statement until it closes).
+    buckets: db.prepare(
+      "SELECT bucket, min_tokens, max_tokens, seen, kept, bytes FROM sample_buckets ORDER BY bucket",
+    ),
   };
 }
 
@@ -471,7 +472,7 @@ class SqliteSampleStore implements SampleStore {
     const createdAt = this.now();
     return this.db.transaction(() => {
       const bounds = { maxRows: this.maxRows, maxBytes: this.maxBytes };
-      const pool = new Reservoir(readBuckets(this.db), this.q, bounds, this.random);
+      const pool = new Reservoir(readBuckets(this.q), this.q, bounds, this.random);
       // The bounds may have been lowered since the last run (a config change): apply them first.
       pool.evictUntilWithin({ id: -1, bucket: -1 });
       const inBatch = new Set<string>();
@@ -531,7 +532,7 @@ class SqliteSampleStore implements SampleStore {
   }
 
   stats(): SampleStats {
-    const buckets = readBuckets(this.db);
+    const buckets = readBuckets(this.q);
     return {
       rows: buckets.reduce((s, b) => s + b.kept, 0),
       bytes: buckets.reduce((s, b) => s + b.bytes, 0),
@@ -585,7 +586,7 @@ class SqliteSampleStore implements SampleStore {
 
   private stratifiedOrder(seed: number, exclude: ReadonlySet<number>): number[][] {
     const random = createRandom(seed);
-    const perBucket = readBuckets(this.db).map((): number[] => []);
+    const perBucket = readBuckets(this.q).map((): number[] => []);
     for (const r of this.q.allIds.all()) {
       const id = num(r, "id");
       if (!exclude.has(id)) perBucket[num(r, "bucket")]?.push(id);
