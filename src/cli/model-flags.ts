@@ -7,7 +7,7 @@
 import { detectDevice } from "../device/detect.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
-import { type Classifier, loadClassifier } from "../runtime/classifier.ts";
+import { type Classifier, classifierOfParts, loadClassifier } from "../runtime/classifier.ts";
 import { findModelFiles } from "../runtime/model-files.ts";
 import {
   POOLING_MODES,
@@ -209,6 +209,22 @@ export async function openTaskModel(modelPath: string, flags: ParsedFlags): Prom
     }
     throw err;
   }
+}
+
+/**
+ * The single-text classifier of a model {@link openTaskModel} opened with the same flags, on its
+ * session: a command that checked the task first does not load the model twice. The classifier takes
+ * the session over (release it, not the task model).
+ *
+ * @throws as {@link openClassifier} for the output and its labels
+ */
+export async function classifierOfTaskModel(
+  modelPath: string,
+  model: TaskModel,
+  flags: ParsedFlags,
+): Promise<Classifier> {
+  const files = findModelFiles(modelPath, flagString(flags, "tokenizer"));
+  return classifierOfParts({ files, tokenizer: model.tokenizer, session: model.session });
 }
 
 /** Throws the codec's error for a file onnxruntime refused, if the codec finds one. */

@@ -477,7 +477,16 @@ export async function loadClassifier(
   modelPath: string,
   opts: LoadClassifierOptions = {},
 ): Promise<Classifier> {
-  const { files, tokenizer, session } = await openModelParts(modelPath, opts);
+  return classifierOfParts(await openModelParts(modelPath, opts));
+}
+
+/**
+ * A classifier on parts already open (a task model's, once its task is known), with
+ * {@link loadClassifier}'s output checks. The classifier owns the session; on error it is released.
+ *
+ * @throws as {@link loadClassifier} for the output and its labels
+ */
+export async function classifierOfParts({ files, tokenizer, session }: ModelParts): Promise<Classifier> {
   const configLabels = readModelConfig(files.configPath).labels;
   try {
     const outputName = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];

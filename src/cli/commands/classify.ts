@@ -5,11 +5,17 @@
  */
 
 import { QuantdError } from "../../errors.ts";
-import type { Classification } from "../../runtime/classifier.ts";
+import type { Classification, Classifier } from "../../runtime/classifier.ts";
 import { taskModelNoun } from "../../runtime/task.ts";
 import { decodeUtf8Strict, validateText } from "../../runtime/text.ts";
 import type { Command, ParsedFlags } from "../command.ts";
-import { batchFlag, INFERENCE_FLAGS, JSON_FLAG, openClassifier, openTaskModel } from "../model-flags.ts";
+import {
+  batchFlag,
+  classifierOfTaskModel,
+  INFERENCE_FLAGS,
+  JSON_FLAG,
+  openTaskModel,
+} from "../model-flags.ts";
 import { flagBool, flagString, usageError } from "../parse.ts";
 import { SHIPPED_MODEL } from "../paths.ts";
 
@@ -41,16 +47,17 @@ function shown(text: string): string {
 }
 
 /**
- * Stops before classifying when the model's task is not single-text classification: a softmax label
- * of a multi-label, regression or pair model (one text where it takes two) would be served as an answer.
+ * Opens the model, refusing it before classifying when its task is not single-text classification: a
+ * softmax label of a multi-label, regression or pair model (one text where it takes two) would be served
+ * as an answer. The task is read from the same session the classifier then runs on.
  *
  * @throws MODEL_TASK_MISMATCH naming the model's task and where it was read
  */
-async function refuseOtherTasks(modelPath: string, flags: ParsedFlags): Promise<void> {
+async function openSingleTextClassifier(modelPath: string, flags: ParsedFlags): Promise<Classifier> {
   const model = await openTaskModel(modelPath, flags);
   const { kind, source } = model.task;
+  if (kind === "classification") return classifierOfTaskModel(modelPath, model, flags);
   await model.release();
-  if (kind === "classification") return;
   throw new QuantdError(
     "MODEL_TASK_MISMATCH",
     `${model.modelPath} is ${taskModelNoun(kind)} (${source}), and classify gives one softmax label per text: ` +
@@ -91,8 +98,7 @@ export const classifyCommand: Command = {
     const modelPath = flagString(ctx.flags, "model", SHIPPED_MODEL)!;
     const texts = await readTexts(ctx.positionals);
 
-    await refuseOtherTasks(modelPath, ctx.flags);
-    const classifier = await openClassifier(modelPath, ctx.flags);
+    const classifier = await openSingleTextClassifier(modelPath, ctx.flags);
     try {
       const width = Math.max(...classifier.labels.map((l) => l.length));
       const results: Classification[] = [];

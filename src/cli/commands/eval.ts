@@ -20,6 +20,7 @@ import { type TaskAgreement, versus } from "../bench-tasks.ts";
 import type { Command, ParsedFlags } from "../command.ts";
 import {
   batchFlag,
+  classifierOfTaskModel,
   INFERENCE_FLAGS,
   JSON_FLAG,
   openClassifier,
@@ -296,18 +297,19 @@ export const evalCommand: Command = {
 
     // Other tasks have their own measures; a single-text classifier keeps the classifier's evaluation.
     const taskModel = await openTaskModel(modelPath, ctx.flags);
-    try {
-      if (taskModel.task.kind !== "classification") {
+    if (taskModel.task.kind !== "classification") {
+      try {
         const { report, lines } = await runTaskEval(taskModel, dataPath, comparePath, ctx.flags);
         if (json) ctx.out(JSON.stringify({ model: taskModel.modelPath, data: resolve(dataPath), ...report }));
         else for (const line of lines) ctx.out(line);
         return 0;
+      } finally {
+        await taskModel.release();
       }
-    } finally {
-      await taskModel.release();
     }
 
-    const model = await openClassifier(modelPath, ctx.flags);
+    // The same session, as a classifier: the model is loaded once.
+    const model = await classifierOfTaskModel(modelPath, taskModel, ctx.flags);
     let compare: Classifier | undefined;
     try {
       const samples = await readSamplesTsv(dataPath, {
