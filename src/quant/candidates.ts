@@ -43,14 +43,14 @@ export interface AutoCandidate {
 }
 
 /** `--mode auto`'s candidates without a board profile: both static forms with uint8 activations, and dynamic. */
-export const DEFAULT_AUTO_CANDIDATES: readonly AutoCandidate[] = [
+const DEFAULT_AUTO_CANDIDATES: readonly AutoCandidate[] = [
   { mode: "static", format: "qdq" },
   { mode: "static", format: "fused" },
   { mode: "dynamic" },
 ];
 
 /** Calibration methods the fallback tries, in order, before keeping any node in fp32. */
-export const FALLBACK_METHODS: readonly CalibrationMethod[] = ["percentile", "mse", "entropy"];
+const FALLBACK_METHODS: readonly CalibrationMethod[] = ["percentile", "mse", "entropy"];
 
 /** One int8 format tried, with its fallback history. */
 export interface Candidate extends FormatChoice {

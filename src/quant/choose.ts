@@ -50,7 +50,7 @@ export interface Choice {
 }
 
 /** Sequence length of the auto comparison: {@link AUTO_BENCH_SEQ}, or the model's longest when shorter. */
-export function benchSeqOf(maxLength: number): number {
+function benchSeqOf(maxLength: number): number {
   return Math.min(AUTO_BENCH_SEQ, maxLength);
 }
 

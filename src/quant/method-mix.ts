@@ -138,7 +138,7 @@ export function trialFigures(
 }
 
 /** Most mixed builds tried per candidate (all tensors with a gain, then the better half); like the methods, outside the trial budget. */
-export const MAX_MIX_TRIALS = 2;
+const MAX_MIX_TRIALS = 2;
 
 /** What the mix step needs from its caller. */
 export interface MixHooks {

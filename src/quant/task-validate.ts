@@ -60,7 +60,7 @@ import {
 } from "./validate.ts";
 
 /** Samples a candidate runs between two futility checks (a few batches, sorted by length). */
-export const TASK_VALIDATION_STEP = 64;
+const TASK_VALIDATION_STEP = 64;
 
 /**
  * The graph's outputs as a session would describe them. An output without a
@@ -90,7 +90,7 @@ export function taskOfModel(model: ModelProto, files: ModelFiles, override: Task
 }
 
 /** A sample as the task takes it: a text, or a pair when the sample has a second text. */
-export function sampleInput(s: QuantSample): TextInput {
+function sampleInput(s: QuantSample): TextInput {
   return s.pair === undefined ? s.text : [s.text, s.pair];
 }
 

@@ -146,7 +146,7 @@ async function openCompare(path: string, ctxFlags: ParsedFlags, main: Classifier
 }
 
 /** Human lines for a task evaluation (every task but single-text classification). */
-export function renderTaskEvalReport(
+function renderTaskEvalReport(
   r: TaskEvalReport & { versus?: TaskAgreement },
   model: string,
   data: string,
