@@ -312,12 +312,49 @@ export async function evaluateTask(
   const report: TaskEvalReport = { task: task.kind, n: rows.length };
   if (task.kind === "embedding") return { ...report, ...(await scoreEmbeddings(model, rows, infer, opts)) };
   const gold = goldRows(task.kind, rows, opts.compare !== undefined);
-  if (gold.length < rows.length) report.labelled = gold.length;
+  const results =
+    gold.length === 0
+      ? []
+      : await model.infer(
+          gold.map((r) => r.input),
+          infer,
+        );
+  return scoreGold(task, rows.length, gold, results);
+}
+
+/**
+ * {@link evaluateTask} of results already inferred, one per row (as `TaskModel.infer` gives them),
+ * for a caller that ran the model once for its results and its raw outputs. `comparing`: rows may be
+ * unlabelled, as with {@link TaskEvalOptions.compare}. Not for embeddings, which have no labels.
+ *
+ * @throws DATA_MALFORMED for a row without the label its task needs (without `comparing`)
+ */
+export function scoreTaskResults(
+  task: TaskSpec,
+  rows: readonly InputRow[],
+  results: readonly TaskResult[],
+  comparing: boolean,
+): TaskEvalReport {
+  const resultOf = new Map(rows.map((r, i) => [r, results[i]!]));
+  const gold = goldRows(task.kind, rows, comparing);
+  return scoreGold(
+    task,
+    rows.length,
+    gold,
+    gold.map((r) => resultOf.get(r)!),
+  );
+}
+
+/** The report of `n` rows scored on their labelled ones, `gold`, and the model's results for those. */
+function scoreGold(
+  task: TaskSpec,
+  n: number,
+  gold: readonly InputRow[],
+  results: readonly TaskResult[],
+): TaskEvalReport {
+  const report: TaskEvalReport = { task: task.kind, n };
+  if (gold.length < n) report.labelled = gold.length;
   if (gold.length === 0)
     return { ...report, skipped: "no labelled rows: accuracy skipped, only the comparison" };
-  const results = await model.infer(
-    gold.map((r) => r.input),
-    infer,
-  );
   return { ...report, ...scoreOf(task, gold, results) };
 }

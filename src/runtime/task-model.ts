@@ -181,6 +181,26 @@ export class TaskModel {
     return { rows: inputs.length, data };
   }
 
+  /**
+   * {@link TaskModel.infer}'s results and {@link TaskModel.outputs}' raw outputs of one run, for a
+   * caller that scores the results and compares the outputs with another model's.
+   *
+   * @throws as {@link TaskModel.infer}
+   */
+  async inferWithOutputs(
+    inputs: readonly TextInput[],
+    opts: InferOptions = {},
+  ): Promise<{ results: TaskResult[]; outputs: TaskOutputs }> {
+    const results = new Array<TaskResult>(inputs.length);
+    const data = new Array<Float32Array>(inputs.length);
+    const aggregation = opts.aggregation ?? "simple";
+    await this.#runAll(inputs, opts, (out, r, enc, i, encoding) => {
+      results[i] = this.resultOf(out, r, enc, inputs[i]!, encoding, i, aggregation);
+      data[i] = this.#rawRow(out, r, enc);
+    });
+    return { results, outputs: { rows: inputs.length, data } };
+  }
+
   /** Checks and encodes inputs, runs them in unpadded batches and hands each row to `each`. */
   async #runAll(
     inputs: readonly TextInput[],

@@ -13,7 +13,7 @@ import { AGGREGATIONS } from "../../runtime/entities.ts";
 import { type EvalLatency, type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { readInputsTsv } from "../../runtime/input-tsv.ts";
 import { findModelFiles } from "../../runtime/model-files.ts";
-import { evaluateTask, type TaskEvalReport } from "../../runtime/task-eval.ts";
+import { evaluateTask, scoreTaskResults, type TaskEvalReport } from "../../runtime/task-eval.ts";
 import type { TaskModel } from "../../runtime/task-model.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import { type TaskAgreement, versus } from "../bench-tasks.ts";
@@ -207,18 +207,25 @@ async function runTaskEval(
       );
     }
     const batchSize = batchFlag(flags);
-    const report: TaskEvalReport & { versus?: TaskAgreement } = await evaluateTask(model, rows, {
-      batchSize,
-      aggregation: flagChoice(flags, "aggregation", AGGREGATIONS, "simple"),
-      k: flagInt(flags, "k", { min: 1, max: 1000 }, 10),
-      ...(compare !== undefined ? { compare } : {}),
-    });
-    // Embeddings are compared by recall@k and cosine above; the other tasks by their agreement, as the gate counts it.
+    const aggregation = flagChoice(flags, "aggregation", AGGREGATIONS, "simple");
+    let report: TaskEvalReport & { versus?: TaskAgreement };
+    // Embeddings are compared by recall@k and cosine; the other tasks also by their agreement, as the gate
+    // counts it, from the raw outputs of the same run whose results are scored.
     if (compare !== undefined && model.task.kind !== "embedding") {
       const inputs = rows.map((r) => r.input);
+      const candidate = await model.inferWithOutputs(inputs, { batchSize, aggregation });
       const reference = await compare.outputs(inputs, { batchSize });
-      const candidate = await model.outputs(inputs, { batchSize });
-      report.versus = versus(compare.modelPath, compareTaskOutputs(model.task, reference, candidate));
+      report = {
+        ...scoreTaskResults(model.task, rows, candidate.results, true),
+        versus: versus(compare.modelPath, compareTaskOutputs(model.task, reference, candidate.outputs)),
+      };
+    } else {
+      report = await evaluateTask(model, rows, {
+        batchSize,
+        aggregation,
+        k: flagInt(flags, "k", { min: 1, max: 1000 }, 10),
+        ...(compare !== undefined ? { compare } : {}),
+      });
     }
     return { report, lines: renderTaskEvalReport(report, model.modelPath, resolve(dataPath)) };
   } finally {
