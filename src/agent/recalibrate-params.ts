@@ -3,11 +3,13 @@
  * come from the CLI, a schedule or the fleet, so every bad value is a USAGE
  * error naming its key) and the gate they ask for.
  */
-import { QUANTIZE_PREFERENCES, type QuantizePreference } from "./config.ts";
+
 import { QuantdError, type QuantdErrorCode } from "../errors.ts";
+import { isRecord } from "../json.ts";
 import type { GateDecision } from "../quant/gate.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
 import { gateSpecOf, validationSizeFor } from "../quant/split.ts";
+import { QUANTIZE_PREFERENCES, type QuantizePreference } from "./config.ts";
 
 /** Default calibration samples of a recalibration. */
 export const DEFAULT_RECALIBRATE_SAMPLES = 128;
@@ -103,19 +105,18 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
   }
   const gate = raw["gate"];
   if (typeof gate === "number") out.gate = fraction(gate, "gate")!;
-  else if (typeof gate === "object" && gate !== null && !Array.isArray(gate)) {
-    const g = gate as Record<string, unknown>;
-    const minAgreement = fraction(g["minAgreement"], "gate.minAgreement");
-    const maxAccuracyDrop = fraction(g["maxAccuracyDrop"], "gate.maxAccuracyDrop");
+  else if (isRecord(gate)) {
+    const minAgreement = fraction(gate["minAgreement"], "gate.minAgreement");
+    const maxAccuracyDrop = fraction(gate["maxAccuracyDrop"], "gate.maxAccuracyDrop");
     out.gate = {
       ...(minAgreement !== undefined ? { minAgreement } : {}),
       ...(maxAccuracyDrop !== undefined ? { maxAccuracyDrop } : {}),
     };
     // The fleet's gate object may carry how to decide too (`quantd fleet recalibrate` sends one object).
-    if (raw["decideOn"] === undefined && g["decideOn"] !== undefined)
-      raw = { ...raw, decideOn: g["decideOn"] };
-    if (raw["confidence"] === undefined && g["confidence"] !== undefined)
-      raw = { ...raw, confidence: g["confidence"] };
+    if (raw["decideOn"] === undefined && gate["decideOn"] !== undefined)
+      raw = { ...raw, decideOn: gate["decideOn"] };
+    if (raw["confidence"] === undefined && gate["confidence"] !== undefined)
+      raw = { ...raw, confidence: gate["confidence"] };
   } else if (gate !== undefined) fail("USAGE", `gate must be a fraction or {minAgreement, maxAccuracyDrop}`);
   const decideOn = raw["decideOn"];
   if (decideOn !== undefined) {

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileDurableSync } from "../core/files.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
+import { isRecord } from "../json.ts";
 import type { Job, JobStore } from "../store/jobs.ts";
 import type { JobContext, JobVerdict } from "./handler.ts";
 
@@ -43,9 +44,7 @@ export function writeJsonDurably(path: string, value: unknown): void {
 function readJsonObject(path: string): Record<string, unknown> | undefined {
   try {
     const v: unknown = JSON.parse(readFileSync(path, "utf8"));
-    return typeof v === "object" && v !== null && !Array.isArray(v)
-      ? (v as Record<string, unknown>)
-      : undefined;
+    return isRecord(v) ? v : undefined;
   } catch {
     // Absent or torn (it is written atomically, so torn means a disk fault): start over.
     return undefined;
