@@ -146,7 +146,7 @@ export async function stageCopy(
  *
  * @throws FILE_UNREADABLE when a read fails; MODEL_TOO_LARGE past `maxBytes`
  */
-export async function fingerprint(
+async function fingerprint(
   input: FileHandle,
   src: string,
   maxBytes: number,

@@ -41,7 +41,7 @@ export function recalibrationBase(active: ModelVersion | undefined, configured: 
  * runs on the serving thread at a job's start, and the quantizer validates
  * against that fp32 model anyway). `undefined` otherwise.
  */
-export function fp32SourceOf(int8Model: string): string | undefined {
+function fp32SourceOf(int8Model: string): string | undefined {
   let report: { model?: { fp32?: { path?: unknown; bytes?: unknown }; int8?: { bytes?: unknown } } };
   try {
     report = JSON.parse(readFileSync(join(dirname(int8Model), QUANTIZE_REPORT_FILE), "utf8"));

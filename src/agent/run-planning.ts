@@ -135,7 +135,7 @@ export const TOKENIZE_SLICE_MS = 4;
  * yielding to the event loop between them: a batch of long texts takes tens
  * of ms to tokenize, and health checks must not wait that long.
  */
-export async function encodeYielding(model: TaskModel, inputs: readonly TextInput[]): Promise<Encoding[]> {
+async function encodeYielding(model: TaskModel, inputs: readonly TextInput[]): Promise<Encoding[]> {
   const encodings: Encoding[] = [];
   const pause = slicer(TOKENIZE_SLICE_MS);
   for (const x of inputs) {

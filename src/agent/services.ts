@@ -42,7 +42,7 @@ export function jobsDir(stateDir: string): string {
 }
 
 /** The fleet and device this agent's messages name: the config's, else fleet `local` and the host's name. */
-export function fleetIdentity(config: AgentConfig): FleetIdentity {
+function fleetIdentity(config: AgentConfig): FleetIdentity {
   return config.fleet === undefined
     ? { fleet: LOCAL_FLEET, device: deviceNameOf(hostname()) }
     : { fleet: config.fleet.fleet, device: config.fleet.device };

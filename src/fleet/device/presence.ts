@@ -22,7 +22,7 @@ import type { ResolvedFleetConfig } from "./config.ts";
 import type { AgentIdentity } from "./handler.ts";
 
 /** The outbox's figures as the fleet messages carry them. */
-export function outboxFigures(s: OutboxStats): OutboxFigures {
+function outboxFigures(s: OutboxStats): OutboxFigures {
   return { queued: s.count, bytes: s.bytes, dropped: s.dropped };
 }
 
