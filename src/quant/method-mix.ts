@@ -26,7 +26,7 @@ import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from ".
 import type { CalibrationMethod } from "./methods.ts";
 import type { QuantPlan, TensorRange } from "./plan.ts";
 import type { QuantizeResult } from "./quantize.ts";
-import type { LayerErrorEntry, TensorMethodTrial, TrialFigures } from "./report.ts";
+import { boughtAgainst, type LayerErrorEntry, type TensorMethodTrial, type TrialFigures } from "./report.ts";
 
 /** One tensor moved to another method, and why. */
 export interface TensorMethodChoice {
@@ -128,12 +128,7 @@ export function trialFigures(
     meanAbsLogitDiff: metrics.meanAbsLogitDiff,
     passed,
     ms,
-    bought: {
-      agreement: metrics.agreement - from.agreement,
-      agreementLower: metrics.agreementLower - from.agreementLower,
-      meanAbsLogitDiff: metrics.meanAbsLogitDiff - from.meanAbsLogitDiff,
-      bytes: 0,
-    },
+    bought: boughtAgainst(metrics, from, 0),
   };
 }
 

@@ -86,7 +86,7 @@ export interface FallbackTrial {
   /** Lower confidence bound of the agreement. */
   agreementLower?: number;
   /** What the trial bought against the candidate it started from: agreement points (fraction) and bytes paid. */
-  bought?: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
+  bought?: TrialBought;
   /** The trial did not help (its candidate ranked no better than where it started): its nodes went back to int8. */
   reverted?: boolean;
 }
@@ -100,7 +100,25 @@ export interface TrialFigures {
   /** Build and validation time, ms. */
   ms: number;
   /** Against the build the step started from (bytes are 0: a range costs none). */
-  bought: { agreement: number; agreementLower: number; meanAbsLogitDiff: number; bytes: number };
+  bought: TrialBought;
+}
+
+/** What a trial bought against the build it started from: the change of each figure, and the bytes paid. */
+export interface TrialBought {
+  agreement: number;
+  agreementLower: number;
+  meanAbsLogitDiff: number;
+  bytes: number;
+}
+
+/** The {@link TrialBought} of a trial that measured `metrics`, started from `from` and paid `bytes`. */
+export function boughtAgainst(metrics: GateMetrics, from: GateMetrics, bytes: number): TrialBought {
+  return {
+    agreement: metrics.agreement - from.agreement,
+    agreementLower: metrics.agreementLower - from.agreementLower,
+    meanAbsLogitDiff: metrics.meanAbsLogitDiff - from.meanAbsLogitDiff,
+    bytes,
+  };
 }
 
 /** The candidate calibrated with another method, tried before any node is kept in fp32. */

@@ -23,7 +23,7 @@ import { createOrtSession } from "../runtime/ort-session.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { SessionOptions } from "../runtime/types.ts";
 import { checkGate, type GateMetrics, type GateSpec } from "./gate.ts";
-import type { FallbackTrial, LayerErrorEntry } from "./report.ts";
+import { boughtAgainst, type FallbackTrial, type LayerErrorEntry } from "./report.ts";
 
 /** A quantized node to probe, described by fp32 tensor names (which the candidate keeps). */
 export interface SensitivityTarget {
@@ -350,12 +350,11 @@ function trialRecord(
     passed,
     added: added.map((e) => e.node),
     agreementLower: metrics.agreementLower,
-    bought: {
-      agreement: metrics.agreement - from.agreement,
-      agreementLower: metrics.agreementLower - from.agreementLower,
-      meanAbsLogitDiff: metrics.meanAbsLogitDiff - from.meanAbsLogitDiff,
-      bytes: added.reduce((sum, e) => sum + (e.fp32CostBytes ?? 0), 0),
-    },
+    bought: boughtAgainst(
+      metrics,
+      from,
+      added.reduce((sum, e) => sum + (e.fp32CostBytes ?? 0), 0),
+    ),
     ...(reverted ? { reverted: true } : {}),
   };
 }
