@@ -52,6 +52,7 @@ import {
   type EarlyStop,
   hashOrder,
   readCache,
+  recordValidation,
   VALIDATION_BATCH,
   type ValidationSummary,
   type Validator,
@@ -257,20 +258,12 @@ class TaskValidator implements Validator {
       await session.release();
     }
     metrics ??= this.#metricsOf(run, this.#levels.final);
-    return this.#record(metrics, run, stopped, performance.now() - t0);
-  }
-
-  /** Counts a candidate's validation in the summary and returns it. */
-  #record(metrics: GateMetrics, run: Run, stopped: EarlyStop | undefined, ms: number): CandidateValidation {
-    if (stopped !== undefined) {
-      metrics.stopped = stopped;
-      this.#stats.earlyStops[stopped]++;
-    }
-    metrics.planned = this.#planned;
-    const samples = run.reference.length;
-    this.#stats.candidateSamples += samples;
-    this.#stats.candidateMs += ms;
-    return { metrics, samples, ...(stopped !== undefined ? { stopped } : {}), ms };
+    return recordValidation(this.#stats, metrics, {
+      planned: this.#planned,
+      samples: run.reference.length,
+      stopped,
+      ms: performance.now() - t0,
+    });
   }
 
   /** Runs one chunk on the candidate, step by step; `failed` as soon as it can no longer pass. */

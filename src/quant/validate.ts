@@ -370,15 +370,32 @@ async function validateCandidate(
     // A pass at an earlier look was tested at the stricter interim level; anything else at the last look's.
     boundLevel: stopped === "passed" ? plan.levels.interim : plan.levels.final,
   });
+  return recordValidation(plan.stats, metrics, {
+    planned: plan.n,
+    samples: tally.seen,
+    stopped,
+    ms: performance.now() - t0,
+  });
+}
+
+/**
+ * A candidate's validation as every validator returns it (this one and `task-validate.ts`'s): its
+ * metrics marked with where it stopped and what was planned, and counted in the run's summary.
+ */
+export function recordValidation(
+  stats: ValidationSummary,
+  metrics: GateMetrics,
+  run: { planned: number; samples: number; stopped: EarlyStop | undefined; ms: number },
+): CandidateValidation {
+  const { planned, samples, stopped, ms } = run;
   if (stopped !== undefined) {
     metrics.stopped = stopped;
-    plan.stats.earlyStops[stopped]++;
+    stats.earlyStops[stopped]++;
   }
-  metrics.planned = plan.n;
-  const ms = performance.now() - t0;
-  plan.stats.candidateSamples += tally.seen;
-  plan.stats.candidateMs += ms;
-  return { metrics, samples: tally.seen, ...(stopped !== undefined ? { stopped } : {}), ms };
+  metrics.planned = planned;
+  stats.candidateSamples += samples;
+  stats.candidateMs += ms;
+  return { metrics, samples, ...(stopped !== undefined ? { stopped } : {}), ms };
 }
 
 /**
