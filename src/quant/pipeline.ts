@@ -55,6 +55,7 @@ import {
 } from "./plan.ts";
 import { describeFile, type FileFacts, type QuantizeReport, writeReport } from "./report.ts";
 import { buildReport, gateNotMetError } from "./run-report.ts";
+import { assertRunnableGraph } from "./graph-check.ts";
 import { lowerContribOps } from "./passes/lower-contrib.ts";
 import { loadSplit, type SamplePool, type SampleSplit } from "./samples.ts";
 import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, sensitivityTargets } from "./sensitivity.ts";
@@ -299,7 +300,7 @@ async function takeSamples(run: Run): Promise<SampleSplit> {
 
 /**
  * Stage 1: the fp32 model loaded and checked before anything about the
- * samples is: an fp16, already quantized or un-rewritable model is refused
+ * samples is: an fp16, already quantized, un-runnable or un-rewritable model is refused
  * first, not after the user went to find more samples. The rewritability
  * check is the quantizer's own first steps (opset upgrade, contrib lowering):
  * graph walks, no calibration.
@@ -310,6 +311,7 @@ async function loadFp32(run: Run): Promise<{ fp32: ModelProto; externalBytes: nu
   const fp32 = await loadModel(run.files.model, { onExternalFile: (_, bytes) => (externalBytes += bytes) });
   assertNotQuantized(fp32);
   assertFloat32Model(fp32);
+  assertRunnableGraph(fp32);
   lowerContribOps(upgradeOpset(fp32).model);
   return { fp32, externalBytes };
 }

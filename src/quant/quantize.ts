@@ -41,6 +41,7 @@ import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import { calibrate } from "./calibrate.ts";
+import { assertRunnableGraph } from "./graph-check.ts";
 import { quantizeEmbeddings } from "./passes/embedding.ts";
 import { type LoweredNode, lowerContribOps } from "./passes/lower-contrib.ts";
 import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
@@ -174,7 +175,9 @@ export function activationQParams(
  * Quantizes an fp32 model to int8.
  *
  * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
- * @throws QUANT_UNSUPPORTED when the opset is older than 11, or an opset 11/12 node cannot be moved to 13
+ * @throws QUANT_UNSUPPORTED when the opset is older than 11, an opset 11/12 node cannot be moved to 13, or a
+ *   node's op is in a domain onnxruntime has no kernels for
+ * @throws MODEL_INVALID when a node reads a tensor nothing makes
  * @throws CALIB_EMPTY in static mode without calibration batches or ranges
  * @throws USAGE when `exclude` names a node that is not in the model
  * @throws CALIB_FAILED / QUANT_FAILED from calibration and the passes
@@ -182,6 +185,7 @@ export function activationQParams(
 export async function quantizeModel(input: ModelProto, opts: QuantizeModelOptions): Promise<QuantizeResult> {
   const t0 = performance.now();
   const options = resolveQuantizeOptions(opts);
+  assertRunnableGraph(input);
   // Per-channel DequantizeLinear needs opset 13: older TorchScript exports (11, 12) are moved up.
   const opset = upgradeOpset(input);
   // Fused contrib ops that hide a weight become the standard ops they fuse; the rest of the

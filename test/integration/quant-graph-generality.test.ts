@@ -300,4 +300,44 @@ describe("what quantd cannot rewrite safely fails, naming it, and writes nothing
     expect(err.code).toBe("QUANT_UNSUPPORTED");
     expect(err.details).toMatchObject({ tensor: "classifier.weight", dataType: "float16" });
   });
+
+  /** The tiny BERT with `node` spliced in before its first FFN MatMul, reading what that MatMul read. */
+  const withNodeBeforeFfn = (make: (input: string) => ReturnType<typeof makeNode>): ModelProto => {
+    const m = cloneModel(buildSyntheticBert(tiny));
+    const ffn = m.graph.node.find((n) => n.name === "/bert/encoder/layer.0/intermediate/dense/MatMul")!;
+    const node = make(ffn.input[0]!);
+    m.graph.node.splice(m.graph.node.indexOf(ffn), 0, node);
+    ffn.input[0] = node.output[0]!;
+    return m;
+  };
+
+  test("a custom-domain op onnxruntime has no kernel for, in the middle of the graph", async () => {
+    const m = withNodeBeforeFfn((x) =>
+      makeNode("Mystery", [x], ["mystery_out"], {}, { name: "acme_mystery", domain: "com.acme" }),
+    );
+    m.opsetImport.push({ domain: "com.acme", version: 1 });
+    const err = await run(m, "custom-domain");
+    expect(err.code).toBe("QUANT_UNSUPPORTED");
+    expect(err.message).toContain("acme_mystery");
+    expect(err.message).toContain("com.acme:Mystery");
+    expect(err.details).toMatchObject({ node: "acme_mystery", opType: "Mystery", domain: "com.acme" });
+  });
+
+  test("a node reading a tensor that nothing makes", async () => {
+    const m = cloneModel(buildSyntheticBert(tiny));
+    const ffn = m.graph.node.find((n) => n.name === "/bert/encoder/layer.0/intermediate/dense/MatMul")!;
+    ffn.input[0] = "nobody_makes_this";
+    const err = await run(m, "dangling");
+    expect(err.code).toBe("MODEL_INVALID");
+    expect(err.message).toContain(ffn.name);
+    expect(err.details).toMatchObject({ node: ffn.name, opType: "MatMul", tensor: "nobody_makes_this" });
+  });
+
+  test("a graph input an export dropped while a node still reads it", async () => {
+    const m = cloneModel(buildSyntheticBert(tiny));
+    m.graph.input = m.graph.input.filter((i) => i.name !== "token_type_ids");
+    const err = await run(m, "dropped-input");
+    expect(err.code).toBe("MODEL_INVALID");
+    expect(err.details).toMatchObject({ tensor: "token_type_ids" });
+  });
 });
