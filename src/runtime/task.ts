@@ -301,12 +301,16 @@ export function detectTask(
   const st = readSentenceTransformers(files.model, files.tokenizerDir);
   const found = taskFromOutputs(outputs, config, st !== undefined);
   if (found === undefined) {
+    // A float16 export has the right names and shapes; without this the list below reads as a contradiction.
+    const half = outputs.some((o) => o.type === "float16")
+      ? "; quantd runs float32 models (and the int8 ones it makes from them): use the fp32 export"
+      : "";
     throw new QuantdError(
       "MODEL_TASK_MISMATCH",
       `${files.model} has no output quantd can read as a task: it has ${describeOutputs(outputs)}; expected ` +
-        "logits [batch, labels] (classification, pairs, multi-label, regression), logits [batch, sequence, labels] " +
+        "float32 logits [batch, labels] (classification, pairs, multi-label, regression), logits [batch, sequence, labels] " +
         "(token classification), last_hidden_state / token_embeddings [batch, sequence, hidden] or " +
-        "sentence_embedding [batch, hidden] (embeddings)",
+        `sentence_embedding [batch, hidden] (embeddings)${half}`,
       { details: { outputs: outputs.map((o) => ({ name: o.name, type: o.type, dims: o.dims })) } },
     );
   }
