@@ -11,6 +11,7 @@
  */
 import { statSync } from "node:fs";
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
+import { externalDataFiles } from "../onnx/codec.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import type { GraphOptimizationLevel, InferenceSession, Tensor } from "../runtime/types.ts";
 import { findVocabSize, findVocabSizeInGraph, type Shape, shapeLabel, syntheticFeeds } from "./inputs.ts";
@@ -331,6 +332,8 @@ async function loadModel(
   const t0 = performance.now();
   l.session = await createOrtSession(model.path, { intraOpThreads: threads, ...optimizationOf(opts) });
   l.loadMs = performance.now() - t0;
+  // An external-data model's weights are in its side files: its size is theirs too, as quantize's ratio counts it.
+  for (const f of await externalDataFiles(model.path)) l.sizeBytes += fileSize(f);
   // After the load, so a broken model reports itself rather than a tokenizer it lacks.
   if (data instanceof QuantdError) throw data;
   l.data = data;

@@ -1017,6 +1017,23 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   return model;
 }
 
+/**
+ * The external data files the tensors of the model at `path` refer to,
+ * resolved and each once (none for a self-contained model): its size on disk
+ * is its file plus these. Reads the model file, not the data.
+ *
+ * @throws as {@link loadModel}
+ */
+export async function externalDataFiles(path: string): Promise<string[]> {
+  const model = await loadModel(path, { loadExternalData: false });
+  const dir = dirname(resolve(path));
+  const files = new Set<string>();
+  forEachModelTensor(model, (t) => {
+    if (isExternal(t)) files.add(resolveInside(dir, externalRef(t, path).location, path, t.name));
+  });
+  return [...files];
+}
+
 /** External data settings for {@link saveModel}. */
 export interface ExternalDataOptions {
   /** Side file name, relative to the model's directory. @defaultValue `<model file name>.data` */

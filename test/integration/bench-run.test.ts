@@ -5,7 +5,7 @@
  * the JSON document and the SVG chart are well formed.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { renderChartSvg } from "../../src/bench/chart.ts";
@@ -205,4 +205,24 @@ test("a short run on the tiny synthetic BERT, memory included, gives a well-form
   expect(svg.startsWith("<svg ")).toBe(true);
   // one bar per shape in the latency panel and one in the memory panel
   expect(svg.match(/<rect class="bar" data-model="tiny"/g)).toHaveLength(4);
+});
+
+test("an external-data model's size counts its data file (model.onnx + model.onnx_data), as quantize's ratio does", async () => {
+  const sub = join(dir, "external");
+  mkdirSync(sub);
+  const path = join(sub, "model.onnx");
+  await saveModel(buildSyntheticBert(SYNTHETIC_BERT_PRESETS.tiny), path, {
+    externalData: { location: "model.onnx_data" },
+  });
+  const r = await runBench({
+    models: [{ label: "external", path }],
+    shapes: [{ batch: 1, seq: 16 }],
+    threads: [1],
+    runs: 2,
+    warmup: 1,
+    memory: false,
+  });
+  const total = statSync(path).size + statSync(join(sub, "model.onnx_data")).size;
+  expect(statSync(path).size).toBeLessThan(total / 2);
+  expect(ok(r.rows[0]!).sizeBytes).toBe(total);
 });
