@@ -200,7 +200,9 @@ describe("task detection", () => {
     expect(() => detectTask([], dir({}))).toThrow(expect.objectContaining({ code: "MODEL_TASK_MISMATCH" }));
     // A float16 export's logits have the right name and shape: the error says what is wrong with them.
     const half: TensorInfo = { ...out("logits", ["batch", 2]), type: "float16" };
-    expect(() => detectTask([half], dir({}))).toThrow(/logits float16 .*quantd runs float32 models.*fp32 export/);
+    expect(() => detectTask([half], dir({}))).toThrow(
+      /logits float16 .*quantd runs float32 models.*fp32 export/,
+    );
     expect(() => detectTask(seq, dir({}), { kind: "multi-label", thresholds: [0.5, 0.5] })).toThrow(
       expect.objectContaining({ code: "USAGE" }),
     );
