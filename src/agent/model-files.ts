@@ -8,10 +8,11 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { constants, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
+import { chmod, type FileHandle, mkdir, open, rename, stat, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { writeFailure } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
+import { externalDataFiles, loadModel, saveModel } from "../onnx/codec.ts";
 import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/models.ts";
 import { kindOf, MARKER_OVERLAP, scanKindMarkers } from "./model-kind.ts";
 
@@ -26,6 +27,16 @@ export interface StagedCopy {
 }
 
 /** Bytes per read when copying a model: memory stays flat whatever the model's size. */
+
+/**
+ * The `location` key of a tensor's external data entry as a serialized
+ * StringStringEntry holds it (field 1, tag 0x0a, length 8): a model whose
+ * bytes lack it has no external data, so only those that have it are decoded
+ * to find out (its graph file is small: the weights are in the side files).
+ */
+const EXTERNAL_DATA_MARKER = Buffer.from("\x0a\x08location", "latin1");
+/** Bytes a chunk keeps of the previous one, so a marker split across two reads is found. */
+const OVERLAP = Math.max(MARKER_OVERLAP, EXTERNAL_DATA_MARKER.length);
 
 const COPY_CHUNK = 1024 * 1024;
 
@@ -94,16 +105,12 @@ async function openRegularFile(src: string, maxBytes: number): Promise<FileHandl
  * model is never held in memory whole (a 30 MB fp32 model would stay in the
  * agent's resident set long after the copy), and the event loop is never
  * blocked for more than one chunk.
- *
- * @throws FILE_NOT_FOUND | FILE_UNREADABLE when `src` cannot be read or is not a regular file
- * @throws MODEL_TOO_LARGE when it holds more than `maxBytes`
- * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written (nothing is left behind)
  */
-export async function stageCopy(
+async function copyToTemp(
   src: string,
   dir: string,
-  maxBytes = DEFAULT_MAX_MODEL_BYTES,
-): Promise<StagedCopy> {
+  maxBytes: number,
+): Promise<StagedCopy & { mayReferExternalData: boolean }> {
   const input = await openRegularFile(src, maxBytes);
   const tmpPath = join(dir, `.candidate.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
   let out: FileHandle | undefined;
@@ -141,8 +148,83 @@ export async function stageCopy(
 }
 
 /**
+ * Stages `src` for the registry as one file in `dir`: a byte copy (see
+ * copyToTemp), or, for a model that keeps its weights in external data files
+ * (`model.onnx` + `model.onnx_data`), a self-contained copy with the weights
+ * inlined, since the registry keeps each version as one file named by its
+ * hash, where the side file's relative location would name nothing.
+ *
+ * @throws FILE_NOT_FOUND | FILE_UNREADABLE when `src` (or a side file) cannot be read or is not a regular file
+ * @throws MODEL_TOO_LARGE when it (with its side files) holds more than `maxBytes`
+ * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written (nothing is left behind)
+ */
+export async function stageCopy(
+  src: string,
+  dir: string,
+  maxBytes = DEFAULT_MAX_MODEL_BYTES,
+): Promise<StagedCopy> {
+  const { mayReferExternalData, ...staged } = await copyToTemp(src, dir, maxBytes);
+  if (!mayReferExternalData) return staged;
+  let sideFiles: string[];
+  try {
+    sideFiles = await externalDataFiles(src);
+  } catch {
+    // Not a model quantd can decode: loading the byte copy says why, naming the user's file.
+    return staged;
+  }
+  if (sideFiles.length === 0) return staged;
+  await unlink(staged.tmpPath).catch(() => undefined);
+  return stageInlined(src, sideFiles, dir, maxBytes);
+}
+
+/**
+ * An external-data model written to a temporary file in `dir` with its
+ * weights inlined, then hashed. The model is held in memory once, while it is
+ * written (the copy of a self-contained file never is).
+ */
+async function stageInlined(
+  src: string,
+  sideFiles: string[],
+  dir: string,
+  maxBytes: number,
+): Promise<StagedCopy> {
+  let total = 0;
+  for (const f of [src, ...sideFiles])
+    total += await stat(f).then(
+      (st) => st.size,
+      () => 0,
+    );
+  if (total > maxBytes) throw tooLarge(src, total, maxBytes);
+  const tmpPath = join(dir, `.candidate.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  try {
+    // A missing or short side file fails here, naming it (FILE_NOT_FOUND, MODEL_TRUNCATED).
+    await saveModel(await loadModel(src), tmpPath, { externalData: false });
+    await chmod(tmpPath, 0o640); // as the byte copies are: no access for others
+    const input = await openRegularFile(tmpPath, Number.POSITIVE_INFINITY);
+    try {
+      const { sha256, kind } = await fingerprint(input, tmpPath, Number.POSITIVE_INFINITY);
+      return { tmpPath, sha256, kind };
+    } finally {
+      await input.close().catch(() => undefined);
+    }
+  } catch (err) {
+    await unlink(tmpPath).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** What one pass over a model file's bytes finds. */
+interface Fingerprint {
+  sha256: string;
+  kind: ModelKind;
+  /** The bytes hold an external data `location` key: the model may keep its weights in side files. */
+  mayReferExternalData: boolean;
+}
+
+/**
  * Reads an open model file in 1 MiB chunks, hashing it and looking for the
- * operator names of its kind, passing each chunk on to `onChunk`.
+ * operator names of its kind and for external data references, passing each
+ * chunk on to `onChunk`.
  *
  * @throws FILE_UNREADABLE when a read fails; MODEL_TOO_LARGE past `maxBytes`
  */
@@ -151,10 +233,11 @@ async function fingerprint(
   src: string,
   maxBytes: number,
   onChunk: (chunk: Buffer) => Promise<void> = async () => undefined,
-): Promise<{ sha256: string; kind: ModelKind }> {
+): Promise<Fingerprint> {
   const hash = createHash("sha256");
   const found = new Set<ModelKind>();
-  const buf = Buffer.allocUnsafe(MARKER_OVERLAP + COPY_CHUNK);
+  let mayReferExternalData = false;
+  const buf = Buffer.allocUnsafe(OVERLAP + COPY_CHUNK);
   let carry = 0;
   let copied = 0;
   for (;;) {
@@ -172,13 +255,15 @@ async function fingerprint(
     if (copied > maxBytes) throw tooLarge(src, copied, maxBytes);
     const chunk = buf.subarray(carry, carry + n);
     hash.update(chunk);
-    scanKindMarkers(buf.subarray(0, carry + n), found);
+    const seen = buf.subarray(0, carry + n);
+    scanKindMarkers(seen, found);
+    mayReferExternalData ||= seen.includes(EXTERNAL_DATA_MARKER);
     await onChunk(chunk);
-    const keep = Math.min(MARKER_OVERLAP, carry + n);
+    const keep = Math.min(OVERLAP, carry + n);
     buf.copyWithin(0, carry + n - keep, carry + n);
     carry = keep;
   }
-  return { sha256: hash.digest("hex"), kind: kindOf(found) };
+  return { sha256: hash.digest("hex"), kind: kindOf(found), mayReferExternalData };
 }
 
 /** The file naming the serving version's SHA-256, in the state directory (beside `models/`). */

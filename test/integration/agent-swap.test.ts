@@ -7,7 +7,9 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
+  copyFileSync,
   existsSync,
+  mkdirSync,
   readdirSync,
   readFileSync,
   rmSync,
@@ -18,7 +20,7 @@ import {
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
-import { shippedModelPath } from "../helpers/paths.ts";
+import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { until } from "../helpers/until.ts";
 import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 import {
@@ -382,4 +384,40 @@ describe("promote refuses what it cannot serve, with a 4xx and its code, and kee
     expect(again).toContain("NoSuchOperator");
     expect(again).not.toContain(join(agent.config.stateDir, "models"));
   });
+});
+
+test("an external-data model (model.onnx + model.onnx_data) serves from the start and is promoted: the registry keeps it as one self-contained file", async () => {
+  const src = join(dir, "external-data");
+  mkdirSync(src);
+  for (const f of ["tokenizer.json", "tokenizer_config.json", "config.json"]) {
+    copyFileSync(join(shippedModelDir, f), join(src, f));
+  }
+  const external = join(src, "model.onnx");
+  await saveModel(await loadModel(shippedModelPath), external, {
+    externalData: { location: "model.onnx_data" },
+  });
+  const config = testConfig(
+    join(dir, "external-agent"),
+    { QUANTD_SWAP_WINDOW: "1000000" },
+    { model: external },
+  );
+  const agent = await startAgent(config, { runJobs: false });
+  try {
+    const served = await classifyOverSocket(config.socketPath, ["a fine film"]);
+    expect(served.status).toBe(200);
+    const modelsDir = join(config.stateDir, "models");
+    const files = readdirSync(modelsDir);
+    expect(files.filter((f) => !f.endsWith(".onnx"))).toEqual([]);
+    const copy = await loadModel(join(modelsDir, files[0]!), { loadExternalData: false });
+    expect(copy.graph.initializer.filter((t) => (t.externalData ?? []).length > 0)).toEqual([]);
+    // The same model through a promotion: the same inlined bytes, so the version already serving.
+    const r = await call(config.socketPath, "/v1/models/promote", {
+      body: JSON.stringify({ path: external }),
+    });
+    expect(r.status).toBe(200);
+    expect((r.body["version"] as { id: number }).id).toBe(1);
+    expect(readdirSync(modelsDir)).toEqual(files);
+  } finally {
+    await agent.stop();
+  }
 });

@@ -5,12 +5,14 @@
  */
 import { afterAll, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stageCopy } from "../../src/agent/model-files.ts";
 import { detectModelKindFromBytes } from "../../src/agent/model-kind.ts";
 import { QuantdError } from "../../src/errors.ts";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 import { ONNX_FLOAT, tinyOnnxModel } from "../helpers/tiny-onnx.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "quantd-copy-"));
@@ -86,4 +88,31 @@ test("a missing source is FILE_NOT_FOUND and leaves no temporary file", async ()
     // never created
   }
   expect(left).toEqual([]);
+});
+
+test("an external-data model is staged self-contained; a missing side file is FILE_NOT_FOUND naming it, nothing left behind", async () => {
+  const src = join(dir, "external");
+  mkdirSync(src);
+  const path = join(src, "model.onnx");
+  await saveModel(buildSyntheticBert(SYNTHETIC_BERT_PRESETS.tiny), path, {
+    externalData: { location: "model.onnx_data" },
+  });
+  const models = join(dir, "models-external");
+  const staged = await stageCopy(path, models);
+  const copy = await loadModel(staged.tmpPath, { loadExternalData: false });
+  expect(copy.graph.initializer.some((t) => (t.externalData ?? []).length > 0)).toBe(false);
+  expect(staged.sha256).toBe(createHash("sha256").update(readFileSync(staged.tmpPath)).digest("hex"));
+  expect(statSync(staged.tmpPath).mode & 0o777).toBe(0o640);
+  rmSync(staged.tmpPath);
+
+  rmSync(join(src, "model.onnx_data"));
+  let err: unknown;
+  try {
+    await stageCopy(path, models);
+  } catch (e) {
+    err = e;
+  }
+  expect((err as QuantdError).code).toBe("FILE_NOT_FOUND");
+  expect((err as QuantdError).message).toContain("model.onnx_data");
+  expect(readdirSync(models)).toEqual([]);
 });
