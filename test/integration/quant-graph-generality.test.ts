@@ -219,6 +219,8 @@ describe("the issue's reproduction, through the CLI", () => {
     expect(r.stderr).not.toContain("element type is unknown");
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("static/percentile/fused");
+    // The summary says what quantd changed in the graph; the report's graph section names each node.
+    expect(r.stdout).toMatch(/^ {2}graph: lowered 1 FusedGemm \(→ Gemm \+ Tanh\)/m);
     expect(existsSync(out)).toBe(true);
   });
 });

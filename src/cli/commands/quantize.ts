@@ -459,6 +459,27 @@ function unsupportedLine(r: QuantizationReport, reportPath: string | undefined):
   return `  kept in fp32, no int8 form for them here: ${ops} (${where})`;
 }
 
+/**
+ * What quantd changed in the graph before quantizing it (an opset upgrade,
+ * contrib ops lowered to the standard ops they fuse), counted by op; the
+ * report's `graph` section names each node.
+ */
+function graphLine(r: QuantizationReport): string | undefined {
+  const g = r.graph;
+  if (g === undefined) return undefined;
+  const parts: string[] = [];
+  if (g.opset.to !== g.opset.from) parts.push(`opset ${g.opset.from} → ${g.opset.to}`);
+  const byOp = new Map<string, { n: number; into: string }>();
+  for (const l of g.lowered) {
+    const seen = byOp.get(l.opType);
+    byOp.set(l.opType, { n: (seen?.n ?? 0) + 1, into: seen?.into ?? l.into });
+  }
+  if (byOp.size > 0) {
+    parts.push(`lowered ${[...byOp].map(([op, { n, into }]) => `${n} ${op} (→ ${into})`).join(", ")}`);
+  }
+  return parts.length === 0 ? undefined : `  graph: ${parts.join("; ")}`;
+}
+
 /** The human summary under `wrote …`: the model, the split, the gate's figures, what fallback bought. */
 function summaryLines(r: QuantizationReport, reportPath?: string): string[] {
   const m = r.metrics;
@@ -489,6 +510,8 @@ function summaryLines(r: QuantizationReport, reportPath?: string): string[] {
       `  lengths: calibration ${describeLengths(lengths.calibration)}; validation ${describeLengths(lengths.validation)}`,
     );
   }
+  const graph = graphLine(r);
+  if (graph !== undefined) out.push(graph);
   const sensitive = r.keptFp32.filter((k) => k.reason === "sensitivity").map((k) => k.node);
   if (sensitive.length > 0) out.push(`  kept in fp32 for accuracy: ${sensitive.join(", ")}`);
   const unsupported = unsupportedLine(r, reportPath);
