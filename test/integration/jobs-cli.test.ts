@@ -108,6 +108,24 @@ describe("quantd job", () => {
     }
   }, 60_000);
 
+  test("--mode and --prefer reach the job's parameters (an auto recalibration from the CLI); bad values are usage errors", async () => {
+    const stateDir = join(tempDir(), "state");
+    const q = await quantd([
+      ...["job", "recalibrate", "--state-dir", stateDir, "--id", "auto-1"],
+      ...["--mode", "auto", "--prefer", "size", "--json"],
+    ]);
+    expect(q.code).toBe(0);
+    expect(JSON.parse(q.stdout).job).toMatchObject({ id: "auto-1", params: { mode: "auto", prefer: "size" } });
+    for (const bad of [
+      ["--mode", "fast"],
+      ["--prefer", "speed"],
+    ]) {
+      const r = await quantd(["job", "recalibrate", ...bad, "--state-dir", stateDir]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain("USAGE");
+    }
+  }, 60_000);
+
   test("--wait run here reports on the configured fleet's topic, as the agent would, with the agent's device name", async () => {
     const dir = tempDir();
     const stateDir = join(dir, "state");

@@ -110,6 +110,10 @@ function recalibrateParams(ctx: CommandContext): Record<string, unknown> {
   if (decideOn !== undefined) raw["decideOn"] = decideOn;
   const ignoreMargin = flagNumber(ctx.flags, "ignore-margin", { min: 0, max: 1 });
   if (ignoreMargin !== undefined) raw["ignoreMargin"] = ignoreMargin;
+  const mode = flagString(ctx.flags, "mode");
+  if (mode !== undefined) raw["mode"] = mode;
+  const prefer = flagString(ctx.flags, "prefer");
+  if (prefer !== undefined) raw["prefer"] = prefer;
   // Validate now: a bad value should fail here, not later in the agent.
   parseRecalibrateParams(raw);
   return raw;
@@ -240,7 +244,7 @@ export const jobCommand: Command = {
   summary: "queue a recalibration for the agent, or list, show and cancel jobs",
   actions: ["recalibrate", "list", "show", "cancel"],
   usage:
-    "recalibrate [--samples N] [--validation-samples N] [--method M] [--gate G] [--gate-on bound|point] [--seed N] [--id ID] [--wait] | list | show ID | cancel ID  [--state-dir DIR] [--config FILE] [--json]",
+    "recalibrate [--samples N] [--validation-samples N] [--method M] [--mode static|dynamic|auto] [--prefer latency|size] [--gate G] [--gate-on bound|point] [--seed N] [--id ID] [--wait] | list | show ID | cancel ID  [--state-dir DIR] [--config FILE] [--json]",
   description:
     "`recalibrate` queues a recalibration in the state directory's store: pick disjoint calibration and " +
     "validation samples from the sample pool (fill it with `quantd collect` or live capture), calibrate and " +
@@ -297,6 +301,22 @@ export const jobCommand: Command = {
       type: "string",
       value: "MARGIN",
       description: "leave near-ties (fp32 top-2 softmax margin below MARGIN) out of the gate",
+    },
+    {
+      name: "mode",
+      type: "string",
+      value: "MODE",
+      description:
+        "static, dynamic, or auto (every int8 form that can be fastest on this board, timed here; the winner and why go to the board profile quantd device shows)",
+      default: "static",
+    },
+    {
+      name: "prefer",
+      type: "string",
+      value: "WHAT",
+      description:
+        "a candidate slower than the serving model: latency rejects it (where no int8 form beats fp32, fp32 keeps serving), size serves it when smaller",
+      default: "config quantize.prefer, else latency",
     },
     { name: "seed", type: "string", value: "N", description: "seed of the sample pick", default: "1" },
     {
