@@ -115,7 +115,10 @@ describe("quantd job", () => {
       ...["--mode", "auto", "--prefer", "size", "--json"],
     ]);
     expect(q.code).toBe(0);
-    expect(JSON.parse(q.stdout).job).toMatchObject({ id: "auto-1", params: { mode: "auto", prefer: "size" } });
+    expect(JSON.parse(q.stdout).job).toMatchObject({
+      id: "auto-1",
+      params: { mode: "auto", prefer: "size" },
+    });
     for (const bad of [
       ["--mode", "fast"],
       ["--prefer", "speed"],
