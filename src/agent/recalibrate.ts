@@ -291,6 +291,19 @@ function latencyRefusal(
   return `${which}: fp32 keeps serving (${figures}); quantize.prefer = "size" would serve int8 anyway (${size})`;
 }
 
+/**
+ * How a candidate fared against the fp32 model it was built from, for the
+ * board record beside an auto winner: on a board where no int8 form beats
+ * fp32, fp32 keeps serving unless the operator prefers size.
+ */
+function againstFp32(bench: BenchFigures, p: RecalibrateJobParams, slower: string | undefined): string {
+  const ratio = `latency ratio ${bench.latencyRatio.toFixed(3)} to fp32`;
+  if (slower !== undefined) return `no int8 form beats fp32 on this board (${ratio}): fp32 keeps serving`;
+  if (bench.latencyRatio > (p.maxLatencyRatio ?? DEFAULT_MAX_LATENCY_RATIO))
+    return `slower than fp32 (${ratio}), served as quantize.prefer = size asks`;
+  return `beats fp32 on this board (${ratio})`;
+}
+
 /** Why a benchmark's candidate is refused: slower or larger than the active model beyond the job's ratios. */
 function benchRefusals(bench: BenchFigures, p: RecalibrateJobParams, slower: string | undefined): string[] {
   const reasons: string[] = [];
@@ -510,12 +523,15 @@ class RecalibrationRun {
     });
   }
 
-  /** `mode: "auto"`: the winner and why it won go to the board record `quantd device` shows. */
-  #recordAutoWinner(report: QuantizeReport): void {
+  /**
+   * `mode: "auto"`: the winner and why it won go to the board record `quantd device` shows, and
+   * after a benchmark against fp32, how it fared there (`vsFp32`).
+   */
+  #recordAutoWinner(report: QuantizeReport | undefined, vsFp32?: string): void {
     const dir = this.#deps.stateDir;
-    if (dir === undefined || report.auto === undefined) return;
+    if (dir === undefined || report?.auto === undefined) return;
     try {
-      recordAutoOutcome(dir, this.#baseModel, report, detectDevice().profile);
+      recordAutoOutcome(dir, this.#baseModel, report, detectDevice().profile, vsFp32);
     } catch (err) {
       this.#ctx.log(`the auto winner was not recorded: ${QuantdError.from(err).message}`);
     }
@@ -656,6 +672,8 @@ class RecalibrationRun {
       const slower = latencyRefusal(figures, this.#p, this.#active.kind, this.#report, (l) =>
         this.#ctx.log(l),
       );
+      if (this.#active.kind === "fp32")
+        this.#recordAutoWinner(this.#report, againstFp32(figures, this.#p, slower));
       cp.benchmark = {
         figures,
         reasons: benchRefusals(figures, this.#p, slower),

@@ -34,6 +34,12 @@ export interface AutoChoice {
   /** Why these candidates on this board (the profile's reason). */
   why: string;
   candidates: AutoChoiceCandidate[];
+  /**
+   * What a recalibration's benchmark against the fp32 model made of the
+   * winner: that it beats fp32 here, or that no int8 form does and fp32 keeps
+   * serving (unless the operator prefers size).
+   */
+  vsFp32?: string;
   /** ISO time of the run. */
   at: string;
 }
@@ -150,7 +156,8 @@ export function recordAutoChoice(stateDir: string, choice: AutoChoice, profile?:
 }
 
 /**
- * Records the winner of an auto run in `stateDir` with the board it ran on;
+ * Records the winner of an auto run in `stateDir` with the board it ran on
+ * (and, from a recalibration's benchmark, how it fared against fp32);
  * returns the record's path, or undefined when the report is not of an auto run.
  *
  * @throws Error from the file system (callers warn: the quantized model is written either way)
@@ -160,9 +167,10 @@ export function recordAutoOutcome(
   model: string,
   report: AutoOutcome,
   profile: BoardProfile,
+  vsFp32?: string,
 ): string | undefined {
   const choice = autoChoiceOf(report, resolve(model), profile.id);
   if (choice === undefined) return undefined;
-  recordAutoChoice(stateDir, choice, profile);
+  recordAutoChoice(stateDir, vsFp32 === undefined ? choice : { ...choice, vsFp32 }, profile);
   return boardRecordPath(stateDir);
 }

@@ -16,6 +16,7 @@ import type { RecalibrateJobParams } from "../../src/agent/recalibrate-params.ts
 import { RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { jobsDir } from "../../src/agent/services.ts";
 import { sha256Hex } from "../../src/core/hash.ts";
+import { readBoardRecord } from "../../src/device/auto-choices.ts";
 import type { Job } from "../../src/store/jobs.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import type { SqlDatabase } from "../../src/store/sql.ts";
@@ -270,6 +271,29 @@ describe("recalibration job", () => {
     expect(rejected?.reason).toContain("slower");
     await expectServingUnchanged(e);
     expect(e.store.bench.list({ jobId: "slow" })).toHaveLength(2);
+  }, 60_000);
+
+  test("--mode auto where no int8 form beats fp32: REJECTED, fp32 keeps serving, and the board record says so beside the winner", async () => {
+    const e = await env();
+    // The candidate as an auto run reports it (its quantization is checkpointed, so only the benchmark runs).
+    const auto = {
+      why: "this board's int8 forms",
+      decision: "static/percentile/fused: fastest that met the gate",
+    };
+    const report = { ...(candidateReport as Record<string, unknown>), auto };
+    const params = { ...FAST_PARAMS, mode: "auto" as const, maxLatencyRatio: 0.01 };
+    queueResumedJob(e.store, e.stateDir, "auto-slow", params, candidate, report);
+    const done = (await e.runner.runNext())!;
+    expect(done.state).toBe("REJECTED");
+    expect((done.result as RecalibrationResult).reasons[0]).toContain(
+      "int8 forms --mode auto built beats fp32 on this board: fp32 keeps serving",
+    );
+    const [choice] = readBoardRecord(e.stateDir).choices;
+    expect(choice).toMatchObject({ decision: auto.decision });
+    expect(choice?.vsFp32).toMatch(
+      /^no int8 form beats fp32 on this board \(latency ratio [\d.]+ to fp32\): fp32 keeps serving$/,
+    );
+    await expectServingUnchanged(e);
   }, 60_000);
 
   test("slower than fp32 but smaller, with prefer = size: promoted, and the log says why", async () => {

@@ -35,7 +35,8 @@ function checkRoot(root: string): void {
 /** One recorded `--mode auto` winner: the model (its directory's name when it is `model.onnx`), the winner and why. */
 function autoRow(c: AutoChoice): string[] {
   const name = basename(c.model) === "model.onnx" ? basename(dirname(c.model)) : basename(c.model);
-  return [`auto winner (${name})`, `${c.decision} [${c.at.slice(0, 16).replace("T", " ")}]`];
+  const vsFp32 = c.vsFp32 === undefined ? "" : `; ${c.vsFp32}`;
+  return [`auto winner (${name})`, `${c.decision}${vsFp32} [${c.at.slice(0, 16).replace("T", " ")}]`];
 }
 
 /** The `device` command. */
