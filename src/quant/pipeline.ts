@@ -27,6 +27,7 @@ import { loadModel, saveModel } from "../onnx/codec.ts";
 import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import { findModelFiles, type ModelFiles } from "../runtime/model-files.ts";
+import { createOrtSession } from "../runtime/ort-session.ts";
 import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import type { TaskOverride } from "../runtime/task.ts";
 import type { SessionOptions } from "../runtime/types.ts";
@@ -245,12 +246,36 @@ interface Candidates extends BuiltCandidates {
  */
 export async function runQuantization(opts: RunQuantizationOptions): Promise<QuantizationResult> {
   const run = startRun(opts);
-  const model = await loadFp32(run);
-  const split = await takeSamples(run);
-  const ref = await loadReference(run, split, model);
-  const built = await buildAllCandidates(run, ref, split);
-  const choice = await choose(run, ref, split, built);
-  return await reportAndWrite(run, ref, split, built, choice);
+  try {
+    const model = await loadFp32(run);
+    const split = await takeSamples(run);
+    const ref = await loadReference(run, split, model);
+    const built = await buildAllCandidates(run, ref, split);
+    const choice = await choose(run, ref, split, built);
+    return await reportAndWrite(run, ref, split, built, choice);
+  } catch (err) {
+    throw await blameFp32File(run, err);
+  }
+}
+
+/**
+ * onnxruntime refusing a model quantd made in memory (the calibration copy, a
+ * candidate) names only its size; when the user's fp32 file is refused too,
+ * the fault is there, and that error, naming the file, is the one to show.
+ * Only on that failure path: a run that loads costs no extra session.
+ */
+async function blameFp32File(run: Run, err: unknown): Promise<unknown> {
+  if (!isQuantdError(err, "MODEL_LOAD_FAILED") || err.details?.["bytes"] === undefined) return err;
+  try {
+    const session = await createOrtSession(run.files.model, {
+      intraOpThreads: 1,
+      graphOptimizationLevel: "disabled",
+    });
+    await session.release();
+    return err;
+  } catch (fp32Err) {
+    return fp32Err;
+  }
 }
 
 /** Stage 0: options resolved to settings, and the cheap checks (a bad path fails in milliseconds, not after calibration). */

@@ -155,7 +155,11 @@ export async function createOrtSession(
     return new OrtSession(session);
   } catch (err) {
     const where = typeof model === "string" ? model : `${model.byteLength}-byte model`;
-    throw new QuantdError("MODEL_LOAD_FAILED", `onnxruntime could not load ${where}`, { cause: err });
+    const details = typeof model === "string" ? { path: model } : { bytes: model.byteLength };
+    throw new QuantdError("MODEL_LOAD_FAILED", `onnxruntime could not load ${where}`, {
+      cause: err,
+      details,
+    });
   }
 }
 

@@ -335,6 +335,28 @@ describe("what quantd cannot rewrite safely fails, naming it, and writes nothing
     expect(err.details).toMatchObject({ node: ffn.name, opType: "MatMul", tensor: "nobody_makes_this" });
   });
 
+  test("a node onnxruntime refuses: the error names the user's file, not the in-memory copy quantd made of it", async () => {
+    const m = cloneModel(buildSyntheticBert(tiny));
+    const softmax = m.graph.node.find((n) => n.opType === "Softmax")!;
+    softmax.attribute = [{ name: "axis", type: 2, i: 7 }];
+    const modelPath = join(dir, "softmax-axis7.onnx");
+    await saveModel(m, modelPath);
+    for (const mode of ["static", "dynamic"] as const) {
+      const out = join(dir, `softmax-axis7-${mode}-int8.onnx`);
+      const err = await failure(() =>
+        runQuantization({
+          ...{ model: modelPath, tokenizerDir: shippedModelDir, calib: samples, out, mode },
+          // On the point estimate: 64 samples cannot certify the bound, and that check comes before calibration.
+          ...{ samples: 16, validationSamples: 64, decideOn: "point", threads: 1 },
+        }),
+      );
+      expect(err.code).toBe("MODEL_LOAD_FAILED");
+      expect(err.message).toContain(modelPath);
+      expect(err.causeMessages().join(" ")).toContain(softmax.name);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
   test("a graph input an export dropped while a node still reads it", async () => {
     const m = cloneModel(buildSyntheticBert(tiny));
     m.graph.input = m.graph.input.filter((i) => i.name !== "token_type_ids");
