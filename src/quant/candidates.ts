@@ -12,7 +12,7 @@ import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { SessionOptions } from "../runtime/types.ts";
 import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from "./gate.ts";
 import type { CalibrationMethod } from "./methods.ts";
-import type { ActivationType, QuantizeMode, StaticFormat } from "./plan.ts";
+import { type ActivationType, describeWeightOnly, type QuantizeMode, type StaticFormat } from "./plan.ts";
 import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
 import { trialFigures, tryTensorMethods, type ValidatedBuild } from "./method-mix.ts";
 import type {
@@ -69,6 +69,8 @@ export interface Candidate extends FormatChoice {
   /** Builds with a calibration method per tensor, tried after the methods. */
   tensorMethodTrials: TensorMethodTrial[];
   skipped: SkippedNodeEntry[];
+  /** Nodes whose weight is int8 on disk but that compute in fp32 (weight-only targets), with what the report says. */
+  weightOnly: SkippedNodeEntry[];
   /** What was done to the graph before quantizing it (opset upgrade, contrib ops lowered). */
   graph: GraphChanges;
   ranges: Record<string, TensorRangeEntry>;
@@ -452,6 +454,14 @@ function candidateOf(
     skipped: builds.best.plan.skipped
       .filter((x) => !(x.reason === "excluded" && !s.exclude.includes(x.node)))
       .map((x) => ({ node: x.node, opType: x.opType, reason: x.reason, detail: x.detail })),
+    weightOnly: builds.best.plan.quantized
+      .filter((t) => t.kind === "weight-only")
+      .map((t) => ({
+        node: t.node,
+        opType: t.opType,
+        reason: t.kind,
+        detail: describeWeightOnly(t, s.perChannel),
+      })),
     graph: { opset: builds.first.opset, lowered: builds.first.lowered },
     ranges: rangesOf(builds.base),
     calibrationMs: isStatic ? ranges.calibrationMs : 0,

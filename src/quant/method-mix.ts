@@ -54,6 +54,7 @@ export function tensorReaders(plan: Pick<QuantPlan, "quantized">): Map<string, s
       case "attention-matmul":
         for (const i of new Set(t.inputs)) add(i, t.node);
         break;
+      case "weight-only":
       case "embedding":
         break;
     }

@@ -2,10 +2,12 @@
  * Which nodes of an fp32 model get quantized, and why the others do not.
  *
  * The plan is computed from the graph alone (no inference): MatMul/Gemm nodes
- * with a constant weight, optionally the activation×activation MatMuls of
- * attention (Q·Kᵀ and probabilities·V), and Gather nodes reading an embedding
- * table. Everything a user might expect to be quantized but is not is recorded
- * in {@link QuantPlan.skipped} with a reason, so the report can say why.
+ * with a constant weight matrix, MatMuls with a constant stack of matrices
+ * (weight-only: int8 on disk, fp32 compute), optionally the
+ * activation×activation MatMuls of attention (Q·Kᵀ and probabilities·V), and
+ * Gather nodes reading an embedding table. Everything a user might expect to
+ * be quantized but is not is recorded in {@link QuantPlan.skipped} with a
+ * reason, so the report can say why.
  * LayerNormalization, Softmax, GELU and the mask arithmetic are never
  * quantized: they are cheap in fp32 and int8 versions of them cost accuracy.
  *
@@ -146,6 +148,36 @@ export interface WeightMatMulTarget {
   bias: string | undefined;
 }
 
+/**
+ * A MatMul whose second operand is a constant stack of matrices (rank ≥ 3,
+ * [..., K, N]): what onnxruntime's constant folding leaves when a weight
+ * MatMul is applied to a constant (DeBERTa's relative-position projections of
+ * its relative embeddings, folded per layer into [heads, d, positions]).
+ * Weight-only int8 (`passes/weight-only.ts`): the stack is stored int8 behind
+ * a DequantizeLinear, and the MatMul computes in fp32. onnxruntime's int8
+ * MatMul kernels take such a B, but then the other operand (an activation) is
+ * quantized too: measured on DeBERTa-v3 extended, that lost accuracy and
+ * bought no speed (the product is small next to the projections).
+ */
+export interface WeightOnlyTarget {
+  kind: "weight-only";
+  node: string;
+  opType: "MatMul";
+  /** The constant stack (input 1). */
+  weight: string;
+  /** Its dims. */
+  dims: readonly number[];
+}
+
+/** What the report says of a {@link WeightOnlyTarget}: where its weight is int8 and where it is not. */
+export function describeWeightOnly(t: WeightOnlyTarget, perChannel: boolean): string {
+  const scales = perChannel ? "one scale per matrix row" : "one scale";
+  return (
+    `weight ${t.weight} [${t.dims.join(", ")}] stored int8 (${scales}) behind a DequantizeLinear; ` +
+    `the MatMul computes in fp32 (weight-only: a stack of matrices, rank ${t.dims.length})`
+  );
+}
+
 /** An attention MatMul whose two operands are both activations (Q·Kᵀ or probabilities·V). */
 export interface AttentionMatMulTarget {
   kind: "attention-matmul";
@@ -184,6 +216,7 @@ export interface PackedAttentionTarget {
 /** One thing the rewrite passes will quantize. */
 export type QuantTarget =
   | WeightMatMulTarget
+  | WeightOnlyTarget
   | AttentionMatMulTarget
   | EmbeddingTarget
   | PackedAttentionTarget;
@@ -510,7 +543,11 @@ function gemmForm(
   return { channelAxis, bias: c };
 }
 
-/** A MatMul or Gemm: a {@link WeightMatMulTarget} when its second operand is a float weight matrix. */
+/**
+ * A MatMul or Gemm: a {@link WeightMatMulTarget} when its second operand is a
+ * float weight matrix, a {@link WeightOnlyTarget} when it is a MatMul's
+ * constant stack of float matrices.
+ */
 function classifyMatMul(ctx: PlanContext, n: NodeProto, key: string): QuantTarget | SkippedNode {
   const [a = "", b = ""] = n.input;
   if (!ctx.constants.has(b)) return classifyActivationMatMul(ctx, n, key);
@@ -518,6 +555,10 @@ function classifyMatMul(ctx: PlanContext, n: NodeProto, key: string): QuantTarge
   if (weight === undefined) {
     const detail = `weight ${b} comes from a Constant node, not an initializer`;
     return skip(key, n.opType, "non-constant-weight", detail);
+  }
+  if (n.opType === "MatMul" && weight.dims.length >= 3 && weight.dataType === 1) {
+    if (ctx.exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
+    return { kind: "weight-only", node: key, opType: "MatMul", weight: b, dims: [...weight.dims] };
   }
   if (weight.dims.length !== 2 || weight.dataType !== 1) {
     return skip(key, n.opType, "unsupported-attributes", `weight ${b} is not a rank-2 float matrix`);
@@ -580,6 +621,7 @@ function assertExcludedNodesExist(graph: GraphProto, exclude: ReadonlySet<string
 function targetWeight(t: QuantTarget): string | undefined {
   switch (t.kind) {
     case "weight-matmul":
+    case "weight-only":
     case "packed-attention":
       return t.weight;
     case "embedding":
@@ -675,6 +717,7 @@ function observedTensors(mode: QuantizeMode, targets: readonly QuantTarget[]): s
         seen.add(t.inputs[0]);
         seen.add(t.inputs[1]);
         break;
+      case "weight-only":
       case "embedding":
         break;
       default:

@@ -46,6 +46,7 @@ import { quantizeEmbeddings } from "./passes/embedding.ts";
 import { type LoweredNode, lowerContribOps } from "./passes/lower-contrib.ts";
 import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
 import { insertStaticQdq } from "./passes/qdq-static.ts";
+import { insertWeightOnly } from "./passes/weight-only.ts";
 import { type ConstantReshapeResult, simplifyReshapeShapes } from "./passes/constant-reshape.ts";
 import { GraphRewrite, MS_DOMAIN } from "./passes/rewrite.ts";
 import {
@@ -62,6 +63,7 @@ import {
   type StaticQuantizeOptions,
   type TensorRange,
   type WeightMatMulTarget,
+  type WeightOnlyTarget,
 } from "./plan.ts";
 import { computeActivationQParams, type QParams } from "./qparams.ts";
 
@@ -252,6 +254,11 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
     granularity: options.embeddingGranularity,
     reduceRange: options.reduceRange,
   });
+  insertWeightOnly(
+    rw,
+    plan.quantized.filter((t): t is WeightOnlyTarget => t.kind === "weight-only"),
+    options,
+  );
   rw.commit();
   if (options.type === "static" && options.format === "fused") ensureOpset(out, MS_DOMAIN, 1);
   out.producerName = "quantd";

@@ -32,7 +32,9 @@ export type KeptFp32Reason =
   | "unsupported"
   | "sensitivity"
   /** Reads a weight another node keeps fp32: the file holds it once. */
-  | "shared-weight";
+  | "shared-weight"
+  /** Its weight is int8 on disk (dequantized when it runs); the node itself computes in fp32. */
+  | "weight-only";
 
 /** A node the int8 model computes in fp32. */
 export interface KeptFp32Node {

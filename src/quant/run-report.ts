@@ -169,7 +169,10 @@ const UNSUPPORTED_REASONS: ReadonlySet<string> = new Set([
   "unknown-op",
 ]);
 
-/** Every node the result computes in fp32, and why: the user's exclusions, the fallback's, the unsupported. */
+/**
+ * Every node the result computes in fp32, and why: the user's exclusions, the
+ * fallback's, the weight-only ones (int8 on disk), the unsupported.
+ */
 function keptNodes(fp32: ModelProto, userExclude: readonly string[], c: Candidate): KeptFp32Node[] {
   const opOf = new Map(fp32.graph.node.map((n) => [n.name, n.opType]));
   const kept: KeptFp32Node[] = [];
@@ -183,6 +186,14 @@ function keptNodes(fp32: ModelProto, userExclude: readonly string[], c: Candidat
       opType: e.opType,
       reason: "sensitivity",
       detail: `adds relative error ${e.addedError.toPrecision(3)} (output error ${e.relError.toPrecision(3)})`,
+    });
+  }
+  for (const w of c.weightOnly) {
+    kept.push({
+      node: w.node,
+      opType: w.opType,
+      reason: "weight-only",
+      ...(w.detail ? { detail: w.detail } : {}),
     });
   }
   for (const s of c.skipped) {

@@ -7,7 +7,10 @@
 import { describe, expect, test } from "bun:test";
 import { isQuantdError } from "../../src/errors.ts";
 import { makeGraph, makeModel, makeNode, makeValueInfo } from "../../src/onnx/builder.ts";
-import { encodeModel } from "../../src/onnx/codec.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { encodeModel, loadModel } from "../../src/onnx/codec.ts";
 import { makeTensor, tensorToArray } from "../../src/onnx/tensor.ts";
 import type { ModelProto, NodeProto, TensorProto } from "../../src/onnx/types.ts";
 import { DataType } from "../../src/onnx/types.ts";
@@ -452,6 +455,137 @@ describe("shared weights and Gemm without transB", () => {
   }
 });
 
+describe("weight-only: MatMuls reading a constant stack of matrices", () => {
+  // x [n, 2, 5, 4] → MatMul(S [2, 4, 3]) → y, and MatMul(x, S) again → y2: what onnxruntime's constant
+  // folding leaves of DeBERTa's relative-position projections ([heads, d, positions] per layer).
+  const S = Float32Array.from({ length: 24 }, (_, i) => Math.sin(i * 1.3 + 0.2) * (1 + (i % 3)));
+  const model = makeModel({
+    graph: makeGraph({
+      name: "stack",
+      nodes: [
+        makeNode("MatMul", ["x", "S"], ["y"], {}, { name: "mm_stack" }),
+        makeNode("MatMul", ["x", "S"], ["y2"], {}, { name: "mm_stack_again" }),
+      ],
+      inputs: [makeValueInfo("x", DataType.FLOAT, ["n", 2, 5, 4])],
+      outputs: [makeValueInfo("y", DataType.FLOAT), makeValueInfo("y2", DataType.FLOAT)],
+      initializers: [makeTensor("S", DataType.FLOAT, [2, 4, 3], S)],
+    }),
+  });
+  const x = Float32Array.from({ length: 3 * 40 }, (_, i) => Math.cos(i * 0.41) * 2);
+
+  async function outputs(m: ModelProto): Promise<[Float32Array, Float32Array]> {
+    const s = await createOrtSession(encodeModel(m));
+    try {
+      const out = await s.run({ x: { type: "float32", data: x, dims: [3, 2, 5, 4] } });
+      return [out.y!.data as Float32Array, out.y2!.data as Float32Array];
+    } finally {
+      await s.release();
+    }
+  }
+
+  test("the plan takes both as weight-only targets, which observe no activation", () => {
+    for (const opts of [defaultQuantizeOptions("static"), defaultQuantizeOptions("dynamic")]) {
+      const plan = planQuantization(model, opts);
+      expect(plan.quantized.map((t) => [t.node, t.kind])).toEqual([
+        ["mm_stack", "weight-only"],
+        ["mm_stack_again", "weight-only"],
+      ]);
+      expect(plan.skipped).toEqual([]);
+      expect(plan.observe).toEqual([]);
+    }
+  });
+
+  for (const opts of [
+    { type: "static", format: "qdq" },
+    { type: "static", format: "fused" },
+    { type: "dynamic" },
+  ] as const) {
+    test(`${opts.type}${"format" in opts ? `/${opts.format}` : ""}: one int8 stack, one scale per matrix row, fp32 MatMuls close to fp32`, async () => {
+      // Static needs no calibration here: nothing of a weight-only target is an activation.
+      const r = await quantizeModel(model, opts);
+      const q = r.model;
+      expect(q.graph.initializer.filter((t) => t.dataType === DataType.FLOAT && t.dims.length >= 3)).toEqual(
+        [],
+      );
+      // Stored as one [rows, N] matrix: the 2 × 4 rows of the stack, dequantized along axis 0 and reshaped back.
+      const int8 = q.graph.initializer.filter((t) => t.dataType === DataType.INT8 && t.dims.length >= 2);
+      expect(int8.map((t) => t.dims)).toEqual([[8, 3]]);
+      expect(q.graph.node.map((n) => n.opType)).toEqual(["DequantizeLinear", "Reshape", "MatMul", "MatMul"]);
+      const [dq, reshape] = q.graph.node as [NodeProto, NodeProto];
+      expect(dq.input[0]).toBe(int8[0]!.name);
+      expect(dq.attribute.find((a) => a.name === "axis")?.i).toBe(0);
+      expect(reshape.input[0]).toBe(dq.output[0]);
+      expect(Array.from(tensorToArray(initializer(q, reshape.input[1]!)!) as BigInt64Array, Number)).toEqual([
+        2, 4, 3,
+      ]);
+      // Each row's scale is its largest |value| over 127: the int8 stack dequantizes to within half a step.
+      const scales = tensorToArray(initializer(q, dq.input[1]!)!) as Float32Array;
+      expect(scales.length).toBe(8);
+      const ints = tensorToArray(int8[0]!) as Int8Array;
+      for (let i = 0; i < S.length; i++) {
+        const step = scales[Math.floor(i / 3)]!;
+        expect(Math.abs(ints[i]! * step - S[i]!)).toBeLessThanOrEqual(step / 2 + 1e-7);
+      }
+      const mm = q.graph.node.filter((n) => n.opType === "MatMul");
+      expect(mm.map((n) => [n.name, n.input[1]])).toEqual([
+        ["mm_stack", reshape.output[0]],
+        ["mm_stack_again", reshape.output[0]],
+      ]);
+      const [want, want2] = await outputs(model);
+      const [got, got2] = await outputs(q);
+      expectClose(got, want, { atol: 0.03, rtol: 0.01, what: "y" });
+      expectClose(got2, want2, { atol: 0.03, rtol: 0.01, what: "y2" });
+      expect(Math.max(...got.map((v, i) => Math.abs(v - want[i]!)))).toBeGreaterThan(0);
+    });
+  }
+
+  test("without per-channel scales the stack has one scale", async () => {
+    const r = await quantizeModel(model, { type: "dynamic", perChannel: false });
+    expect(r.model.graph.node.map((n) => n.opType)).toEqual(["DequantizeLinear", "MatMul", "MatMul"]);
+    const dq = r.model.graph.node[0]!;
+    expect(initializer(r.model, dq.input[0]!)?.dims).toEqual([2, 4, 3]);
+    expect(initializer(r.model, dq.input[1]!)?.dims).toEqual([]);
+    expect(dq.attribute.find((a) => a.name === "axis")).toBeUndefined();
+    const [want] = await outputs(model);
+    expectClose((await outputs(r.model))[0], want, { atol: 0.05, rtol: 0.02, what: "y" });
+  });
+
+  test("a fallback revert keeps the stack fp32 for both readers, so the file holds it once", async () => {
+    const r = await quantizeModel(model, { type: "static", exclude: ["mm_stack"] });
+    expect(r.plan.quantized).toEqual([]);
+    expect(r.plan.skipped.map((s) => [s.node, s.reason])).toEqual([
+      ["mm_stack", "excluded"],
+      ["mm_stack_again", "shared-weight"],
+    ]);
+    expect(initializer(r.model, "S")?.dataType).toBe(DataType.FLOAT);
+    expect(count(r.model, "DequantizeLinear")).toBe(0);
+    const plan = excludeNodes(planQuantization(model, defaultQuantizeOptions("dynamic")), ["mm_stack_again"]);
+    expect(plan.quantized).toEqual([]);
+  });
+
+  test("onnxruntime keeps the stack int8 in the session: it does not fold the DequantizeLinear back to fp32", async () => {
+    const r = await quantizeModel(model, { type: "dynamic" });
+    const dir = mkdtempSync(join(tmpdir(), "quantd-weight-only-"));
+    try {
+      const saved = join(dir, "optimized.onnx");
+      const s = await createOrtSession(encodeModel(r.model), { optimizedModelFilePath: saved });
+      await s.release();
+      const optimized = await loadModel(saved);
+      const stacks = optimized.graph.initializer.filter((t) => t.name.startsWith("S_quantized"));
+      expect(stacks.map((t) => t.dataType)).toEqual([DataType.INT8]);
+      expect(
+        optimized.graph.initializer.filter((t) => t.dataType === DataType.FLOAT && t.dims.length >= 2),
+      ).toEqual([]);
+      // onnxruntime gives each reader its own DequantizeLinear (of the one int8 initializer).
+      const dq = optimized.graph.node.filter((n) => n.opType === "DequantizeLinear");
+      expect(dq.length).toBeGreaterThan(0);
+      for (const n of dq) expect(n.input[0]).toBe(stacks[0]!.name);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("candidates that stay fp32", () => {
   const w = (name: string, dims: number[]) =>
     makeTensor(name, DataType.FLOAT, dims, new Float32Array(dims.reduce((a, b) => a * b, 1)).fill(0.25));
@@ -462,7 +596,7 @@ describe("candidates that stay fp32", () => {
         name: "odd",
         nodes: [
           makeNode("Gemm", ["x", "Wt"], ["g"], { transA: 1 }, { name: "gemm_transA" }),
-          makeNode("MatMul", ["g", "W3"], ["m"], {}, { name: "matmul_rank3_weight" }),
+          makeNode("MatMul", ["g", "W1"], ["m"], {}, { name: "matmul_vector_weight" }),
           makeNode("Conv", ["img", "K"], ["c"], {}, { name: "conv" }),
           makeNode("MatMul", ["x", "x2"], ["mm"], {}, { name: "activation_matmul" }),
         ],
@@ -476,7 +610,7 @@ describe("candidates that stay fp32", () => {
           makeValueInfo("c", DataType.FLOAT),
           makeValueInfo("mm", DataType.FLOAT),
         ],
-        initializers: [w("Wt", [4, 4]), w("W3", [2, 4, 4]), w("K", [1, 1, 3, 3])],
+        initializers: [w("Wt", [4, 4]), w("W1", [4]), w("K", [1, 1, 3, 3])],
       }),
     });
 
@@ -485,7 +619,7 @@ describe("candidates that stay fp32", () => {
     const reasons = Object.fromEntries(r.plan.skipped.map((s) => [s.node, s.reason]));
     expect(reasons).toEqual({
       gemm_transA: "unsupported-attributes",
-      matmul_rank3_weight: "unsupported-attributes",
+      matmul_vector_weight: "unsupported-attributes",
       conv: "unsupported-op",
       activation_matmul: "non-constant-weight",
     });

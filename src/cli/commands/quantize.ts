@@ -518,6 +518,10 @@ function summaryLines(r: QuantizationReport, reportPath?: string): string[] {
   if (unsupported !== undefined) out.push(unsupported);
   const shared = r.keptFp32.filter((k) => k.reason === "shared-weight").map((k) => k.node);
   if (shared.length > 0) out.push(`  kept in fp32 with the weight they share: ${shared.join(", ")}`);
+  const weightOnly = r.keptFp32.filter((k) => k.reason === "weight-only").length;
+  if (weightOnly > 0) {
+    out.push(`  weight-only: ${weightOnly} MatMul(s) read an int8 stack of matrices and compute in fp32`);
+  }
   if (r.samples.truncated.calibration + r.samples.truncated.validation > 0) {
     out.push(
       `  truncated to ${r.samples.maxSequenceLength} tokens: ${r.samples.truncated.calibration} calibration, ` +

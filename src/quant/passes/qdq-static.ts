@@ -22,7 +22,7 @@ import type { QParams } from "../qparams.ts";
 import { quantizeBias } from "../qparams.ts";
 import { writeQAttention } from "./qattention.ts";
 import { type GraphRewrite, MS_DOMAIN, node } from "./rewrite.ts";
-import { type QuantizedWeight, quantizeWeight, weightZeroPoint } from "./weights.ts";
+import { dequantizedWeight, type QuantizedWeight, quantizeWeight } from "./weights.ts";
 
 /** Options of {@link insertStaticQdq}. */
 export interface StaticQdqOptions {
@@ -72,7 +72,6 @@ class StaticQdqWriter {
   readonly stats: StaticQdqStats = { quantizedNodes: 0, quantizeLinear: 0, dequantizeLinear: 0, fused: 0 };
   readonly #acts = new Map<string, QuantizedActivation>();
   readonly #weights = new Map<string, QuantizedWeight>();
-  readonly #weightDq = new Map<string, string>();
   readonly #firstReader: Map<string, number>;
 
   constructor(
@@ -141,23 +140,8 @@ class StaticQdqWriter {
 
   /** DQ(int8 weight), written once per weight before its first reader. */
   #weightDequantized(n: NodeProto, t: WeightMatMulTarget, w: QuantizedWeight): string {
-    let out = this.#weightDq.get(w.quantized);
-    if (out !== undefined) return out;
-    const rw = this.rw;
-    out = rw.uniqueName(`${t.weight}_DequantizeLinear_Output`);
-    rw.insertBefore(
-      n,
-      node(
-        "DequantizeLinear",
-        rw.uniqueName(`${t.weight}_DequantizeLinear`),
-        [w.quantized, w.scale, weightZeroPoint(rw, w)],
-        [out],
-        w.axis === undefined ? {} : { axis: w.axis },
-      ),
-    );
-    this.stats.dequantizeLinear++;
-    this.#weightDq.set(w.quantized, out);
-    return out;
+    if (w.dequantized === undefined) this.stats.dequantizeLinear++;
+    return dequantizedWeight(this.rw, n, t.weight, w);
   }
 
   /** A weight MatMul/Gemm: fused into MatMulIntegerToFloat, or between QDQ pairs. */
@@ -201,6 +185,7 @@ class StaticQdqWriter {
         writeQAttention(this.rw, t, this.quantized(t.activation), this.#weights, this.opts);
         this.stats.quantizedNodes++;
         break;
+      case "weight-only":
       case "embedding":
         break;
       default:

@@ -1,14 +1,14 @@
 /**
- * Int8 weight initializers shared by the static and dynamic passes: a float
- * matrix becomes an int8 initializer plus its scales and (zero) zero points,
- * symmetric, one scale per output channel or one per tensor. A weight read by
- * several nodes is quantized once.
+ * Int8 weight initializers shared by the static, dynamic and weight-only
+ * passes: a float matrix (or a stack of them) becomes an int8 initializer plus
+ * its scales and (zero) zero points, symmetric, one scale per output channel
+ * or one per tensor. A weight read by several nodes is quantized once.
  */
 import { QuantdError } from "../../errors.ts";
 import { makeTensor, tensorToFloat32 } from "../../onnx/tensor.ts";
-import { DataType } from "../../onnx/types.ts";
+import { DataType, type NodeProto } from "../../onnx/types.ts";
 import { computeWeightQParams, quantizeWeights } from "../qparams.ts";
-import type { GraphRewrite } from "./rewrite.ts";
+import { type GraphRewrite, node } from "./rewrite.ts";
 
 /** An int8 weight written into the graph. */
 export interface QuantizedWeight {
@@ -27,6 +27,8 @@ export interface QuantizedWeight {
   axis: number | undefined;
   /** Dims of the int8 initializer. */
   dims: number[];
+  /** Output of its DequantizeLinear, once {@link dequantizedWeight} wrote one. */
+  dequantized?: string;
 }
 
 /** Options for {@link quantizeWeight}. */
@@ -37,6 +39,11 @@ export interface QuantizeWeightOptions {
   reduceRange: boolean;
   /** Store the matrix transposed (turns a Gemm transB=1 weight [N,K] into the [K,N] MatMulInteger wants). */
   transpose: boolean;
+  /**
+   * Store a stack of matrices [..., K, N] as one [rows, N] matrix (every row of every matrix), whose
+   * channels are then its rows (`channelAxis` 0). @defaultValue false
+   */
+  rows?: boolean;
 }
 
 function transpose2d(values: Float32Array, rows: number, cols: number): Float32Array {
@@ -46,9 +53,10 @@ function transpose2d(values: Float32Array, rows: number, cols: number): Float32A
 }
 
 /**
- * Writes (or reuses) the int8 form of a float weight initializer.
+ * Writes (or reuses) the int8 form of a float weight initializer: a matrix, or
+ * (not transposed) a stack of matrices of any rank.
  *
- * @throws QUANT_FAILED when the initializer is missing or not a float matrix
+ * @throws QUANT_FAILED when the initializer is missing, below rank 2, or a stack asked to transpose
  */
 export function quantizeWeight(
   rw: GraphRewrite,
@@ -56,15 +64,17 @@ export function quantizeWeight(
   weight: string,
   opts: QuantizeWeightOptions,
 ): QuantizedWeight {
-  const cacheKey = `${weight}|${opts.transpose ? "T" : "N"}`;
+  const cacheKey = `${weight}|${opts.transpose ? "T" : "N"}|${opts.rows === true ? "R" : ""}`;
   const hit = cache.get(cacheKey);
   if (hit !== undefined) return hit;
   const t = rw.initializer(weight);
-  if (t === undefined || t.dims.length !== 2) {
-    throw new QuantdError("QUANT_FAILED", `weight ${weight} is not a rank-2 initializer`);
+  if (t === undefined || t.dims.length < 2 || (opts.transpose && t.dims.length !== 2)) {
+    const want = opts.transpose ? "rank-2" : "rank ≥ 2";
+    throw new QuantdError("QUANT_FAILED", `weight ${weight} is not a ${want} initializer`);
   }
   let values = tensorToFloat32(t);
-  let dims = [...t.dims];
+  let dims =
+    opts.rows === true ? [t.dims.slice(0, -1).reduce((a, d) => a * d, 1), t.dims.at(-1)!] : [...t.dims];
   let channelAxis: number = opts.channelAxis;
   if (opts.transpose) {
     values = transpose2d(values, dims[0]!, dims[1]!);
@@ -100,4 +110,31 @@ export function weightZeroPoint(rw: GraphRewrite, w: QuantizedWeight): string {
     makeTensor(rw.uniqueName(`${base}_zero_point`), DataType.INT8, dims, new Int8Array(w.scales.length)),
   );
   return w.zeroPoint;
+}
+
+/**
+ * DequantizeLinear(int8 weight) → float, written once per weight right before
+ * `anchor` (its first reader) and shared by every later reader: the QDQ form's
+ * weight input, and the weight-only form's.
+ */
+export function dequantizedWeight(
+  rw: GraphRewrite,
+  anchor: NodeProto,
+  weight: string,
+  w: QuantizedWeight,
+): string {
+  if (w.dequantized !== undefined) return w.dequantized;
+  const out = rw.uniqueName(`${weight}_DequantizeLinear_Output`);
+  rw.insertBefore(
+    anchor,
+    node(
+      "DequantizeLinear",
+      rw.uniqueName(`${weight}_DequantizeLinear`),
+      [w.quantized, w.scale, weightZeroPoint(rw, w)],
+      [out],
+      w.axis === undefined ? {} : { axis: w.axis },
+    ),
+  );
+  w.dequantized = out;
+  return out;
 }
