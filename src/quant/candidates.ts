@@ -408,7 +408,7 @@ async function improveCandidate(
       validate,
       rank: rank(base),
     },
-    { gate: s.gate, budget: s.budget, ignore: s.exclude },
+    { gate: s.gate, budget: s.budget, ignore: s.exclude, weightReaders: base.plan.weightReaders },
   );
   const best = builds.get(fb.best.model) ?? base;
   return candidateOf(

@@ -226,6 +226,12 @@ export interface FallbackOptions {
   budget?: number;
   /** Nodes that may not be kept in fp32 by this search (already excluded ones, say). */
   ignore?: readonly string[];
+  /**
+   * Readers of each weight (the plan's `weightReaders`). Keeping one reader of a shared weight fp32
+   * keeps them all (the file holds the weight once), so the search weighs and tries them as one choice.
+   * @defaultValue no shared weights
+   */
+  weightReaders?: Readonly<Record<string, readonly string[]>>;
 }
 
 /**
@@ -247,6 +253,49 @@ export function byGainPerCost(a: LayerErrorEntry, b: LayerErrorEntry): number {
   return score(b) - score(a) || b.addedError - a.addedError;
 }
 
+/** Each reader of a shared weight (read by more than one node) → every reader of it. */
+function sharedReaderGroups(
+  weightReaders: Readonly<Record<string, readonly string[]>>,
+): Map<string, readonly string[]> {
+  const groups = new Map<string, readonly string[]>();
+  for (const readers of Object.values(weightReaders)) {
+    if (readers.length < 2) continue;
+    for (const r of readers) groups.set(r, [...new Set([...(groups.get(r) ?? []), ...readers])]);
+  }
+  return groups;
+}
+
+/**
+ * One entry per choice the fallback can make. The readers of a shared weight
+ * (ALBERT's one layer, read by every layer) go fp32 together, so they are one
+ * choice: their worst reader stands for them, with the added error of all of
+ * them (keeping the weight fp32 removes each reader's) and the weight's bytes
+ * once. Ranked reader by reader, a shared weight's gain read as a quarter of
+ * what keeping it buys, and a reverted reader left its fellows to be tried
+ * again: the same build validated twice.
+ */
+export function mergeSharedReaders(
+  entries: readonly LayerErrorEntry[],
+  groups: ReadonlyMap<string, readonly string[]>,
+): LayerErrorEntry[] {
+  const byWeight = new Map<string, LayerErrorEntry[]>();
+  const out: LayerErrorEntry[] = [];
+  for (const e of entries) {
+    const key = groups.get(e.node)?.[0];
+    if (key === undefined) out.push(e);
+    else byWeight.set(key, [...(byWeight.get(key) ?? []), e]);
+  }
+  for (const readers of byWeight.values()) {
+    const worst = readers.reduce((a, b) => (b.addedError > a.addedError ? b : a));
+    out.push({
+      ...worst,
+      relError: Math.max(...readers.map((r) => r.relError)),
+      addedError: readers.reduce((sum, r) => sum + Math.max(0, r.addedError), 0),
+    });
+  }
+  return out;
+}
+
 /** Rebuilds the fallback may try before giving up. */
 export const DEFAULT_TRIAL_BUDGET = 8;
 
@@ -263,7 +312,8 @@ export interface FallbackResult<M> {
 }
 
 /**
- * Keeps nodes in fp32, a few more each trial, the best estimated gain per cost
+ * Keeps nodes in fp32 (the readers of a shared weight as one, {@link mergeSharedReaders}),
+ * a few more each trial, the best estimated gain per cost
  * first ({@link byGainPerCost}), until the gate holds or the budget is spent;
  * each trial records what it bought (agreement, bound, logit error) and paid
  * (bytes). After each rebuild the ranking is measured
@@ -287,6 +337,7 @@ export async function runFallback<M>(
     throw new QuantdError("USAGE", `fallback trial budget must be a non-negative integer, got ${budget}`);
   }
   const ignore = new Set(opts.ignore ?? []);
+  const groups = sharedReaderGroups(opts.weightReaders ?? {});
   const trials: FallbackTrial[] = [];
   const kept: LayerErrorEntry[] = [];
   let current = start;
@@ -296,7 +347,7 @@ export async function runFallback<M>(
   const ranking = await hooks.rank(start.model);
   let ranked = ranking;
   for (let trial = 0; trial < budget; trial++) {
-    const next = ranked
+    const next = mergeSharedReaders(ranked, groups)
       .filter((e) => !ignore.has(e.node))
       .sort(byGainPerCost)
       .slice(0, Math.max(1, Math.floor(kept.length / 2)));
@@ -308,7 +359,7 @@ export async function runFallback<M>(
     // Kept only when it passed or helped; a reverted trial's nodes are never tried again.
     const reverted = !passed && !helped(metrics, current.metrics);
     trials.push(trialRecord(names, next, metrics, current.metrics, passed, reverted));
-    for (const e of next) ignore.add(e.node);
+    for (const e of next) for (const n of groups.get(e.node) ?? [e.node]) ignore.add(n);
     if (reverted) {
       ranked = ranked.filter((e) => !ignore.has(e.node));
       continue;

@@ -156,4 +156,105 @@ describe("runFallback", () => {
     expect(r.passed).toBe(true);
     expect(r.trials.filter((t) => t.reverted !== true).every((t) => t.bought!.agreement > 0)).toBe(true);
   });
+
+  test("the readers of a shared weight are one choice: weighed by their summed error, tried and reverted together", async () => {
+    const log: string[][] = [];
+    // s1..s4 read one shared weight (ALBERT's layer called four times): keeping one fp32 keeps all four
+    // (the planner's rule), which the validator below mirrors. Each reader alone ranks below d, together above.
+    const shared = ["s1", "s2", "s3", "s4"];
+    const readerCost = 0.0015;
+    const expand = (kept: readonly string[]): string[] =>
+      kept.some((n) => shared.includes(n)) ? [...kept, ...shared] : [...kept];
+    const lostBy = (kept: readonly string[]) => metricsFor(expand(kept).filter((n) => !shared.includes(n)));
+    const sharedHooks: FallbackHooks<string[]> = {
+      rebuild: async (keep) => {
+        log.push([...keep]);
+        return [...keep];
+      },
+      validate: async (kept) => {
+        const m = lostBy(kept);
+        const all = expand(kept);
+        const lost = shared.filter((n) => !all.includes(n)).length * readerCost;
+        const agree = m.gateAgreements - Math.round(lost * 10000);
+        return {
+          ...m,
+          agreement: agree / 10000,
+          gateAgreements: agree,
+          agreementLower: clopperPearsonLower(agree, 10000),
+        };
+      },
+      rank: async (kept) => [
+        ...(await hooks([]).rank(expand(kept))).map((e) => ({ ...e, fp32CostBytes: 196_608 })),
+        ...shared
+          .filter((n) => !expand(kept).includes(n))
+          .map((node) => ({
+            node,
+            opType: "MatMul",
+            tensor: `${node}_out`,
+            relError: readerCost,
+            addedError: readerCost,
+            fp32CostBytes: 196_608,
+          })),
+      ],
+    };
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, sharedHooks, {
+      gate: { minAgreement: 0.99, decideOn: "point" },
+      weightReaders: { w: shared, other: ["b"] },
+    });
+    // b (0.02) first; then the shared weight (4 × 0.0015 = 0.006) before d (0.004), tried once for all four.
+    expect(log[0]).toEqual(["b"]);
+    expect(log[1]!.filter((n) => shared.includes(n))).toHaveLength(1);
+    expect(
+      log
+        .slice(2)
+        .flat()
+        .filter((n) => shared.includes(n) && !log[1]!.includes(n)),
+    ).toEqual([]);
+    expect(r.trials[1]!.bought?.bytes).toBe(196_608);
+    expect(r.passed).toBe(true);
+  });
+
+  test("a reverted reader of a shared weight takes its fellow readers with it: no build is validated twice", async () => {
+    const log: string[][] = [];
+    const shared = ["s1", "s2"];
+    // Keeping the shared weight fp32 costs agreement (it is ranked best, measured harmful).
+    const harmful: FallbackHooks<string[]> = {
+      ...hooks(log),
+      validate: async (kept) => {
+        const m = metricsFor(kept.filter((n) => !shared.includes(n)));
+        if (!kept.some((n) => shared.includes(n))) return m;
+        const agree = m.gateAgreements - 30;
+        return {
+          ...m,
+          agreement: agree / 10000,
+          gateAgreements: agree,
+          agreementLower: clopperPearsonLower(agree, 10000),
+        };
+      },
+      rank: async (kept) => [
+        ...(await hooks([]).rank(kept)),
+        ...shared.map((node) => ({
+          node,
+          opType: "MatMul",
+          tensor: `${node}_out`,
+          relError: 1,
+          addedError: 1,
+        })),
+      ],
+    };
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, harmful, {
+      gate: { minAgreement: 0.9999, decideOn: "point" },
+      weightReaders: { w: shared },
+    });
+    expect(r.trials[0]).toMatchObject({ reverted: true });
+    expect(log[0]!.filter((n) => shared.includes(n))).toHaveLength(1);
+    expect(
+      log
+        .slice(1)
+        .flat()
+        .filter((n) => shared.includes(n)),
+    ).toEqual([]);
+    const builds = log.map((k) => [...k].sort().join(","));
+    expect(new Set(builds).size).toBe(builds.length);
+  });
 });
