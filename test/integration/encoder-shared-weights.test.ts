@@ -24,6 +24,8 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const arch = architecture("albert");
 const samples = join(dir, "samples.tsv");
+/** quantize's defaults as the encoders bench runs them: 128 calibration rows, 1,024 held out. */
+const gateSamples = join(dir, "gate-samples.tsv");
 const SHARED = [
   "attention.query",
   "attention.key",
@@ -40,6 +42,7 @@ beforeAll(async () => {
   fp32 = await loadModel(join(fp32Dir, "model.onnx"));
   const rows = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8").trim().split("\n");
   writeFileSync(samples, `${rows.slice(0, 1 + 32 + 100).join("\n")}\n`);
+  writeFileSync(gateSamples, `${rows.slice(0, 1 + 128 + 1024).join("\n")}\n`);
 });
 
 const readers = (m: ModelProto, tensor: string): string[] =>
@@ -110,5 +113,32 @@ describe("ALBERT's shared layer", () => {
     // The other shared weights are still int8 once.
     for (const other of SHARED.slice(1))
       expect(int8.graph.initializer.some((t) => t.name === other)).toBe(false);
+  });
+
+  test("dynamic int8 with default flags: the fallback weighs and tries each shared weight once, and meets the gate", async () => {
+    // Keeping one reader of a shared weight fp32 keeps all four, so the readers are one choice of the
+    // fallback: tried reader by reader, a reverted key/MatMul left key/MatMul_1 to be tried next, the same
+    // build validated twice, and eight trials ended at GATE_NOT_MET (99.4 %, n = 393).
+    const { report } = await runQuantization({
+      model: fp32Dir,
+      calib: gateSamples,
+      out: join(dir, "albert-dynamic-gate.onnx"),
+      mode: "dynamic",
+      samples: 128,
+      validationSamples: 1024,
+      threads: 1,
+    });
+    expect(report.outcome).toBe("written");
+    expect(report.metrics.agreementLower).toBeGreaterThanOrEqual(0.995);
+    const weightOf = new Map(SHARED.flatMap((w) => readers(fp32, w).map((r) => [r, w] as const)));
+    const build = (kept: readonly string[]): string =>
+      [...new Set(kept.map((n) => weightOf.get(n) ?? n))].sort().join(",");
+    const trials = report.fallback.trials;
+    expect(trials.length).toBeGreaterThan(0);
+    expect(new Set(trials.map((t) => build(t.keptFp32))).size).toBe(trials.length);
+    for (const t of trials) {
+      const added = (t.added ?? []).map((n) => weightOf.get(n) ?? n);
+      expect(new Set(added).size).toBe(added.length);
+    }
   });
 });
