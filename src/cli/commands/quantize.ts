@@ -130,7 +130,15 @@ int8 in both formats (qdq, fused) with uint8 activations (U8S8), also with int8 
 arm64, and dynamic int8; it times each at sequence 128 and validates them fastest first, stopping at
 the first that passes (a slower one could not be chosen; the report says "not validated: <format>
 passed first"); --validate-all validates every one, for each one's figures. The report says why these
-candidates and why the winner won.`,
+candidates and why the winner won.
+
+The model is checked before any sample is read: a float16 export is refused (QUANT_UNSUPPORTED, naming a
+half-precision tensor: quantize the fp32 export), and so is a graph quantd cannot run or rewrite safely
+(a custom-domain op onnxruntime has no kernel for, a node reading a tensor nothing makes, an opset 11/12
+Softmax whose meaning opset 13 changes), naming the node and its op; nothing is written at --out.
+Graphs onnxruntime's optimizers saved (FusedMatMul, FusedGemm, Attention, EmbedLayerNormalization, …)
+and external-data models (model.onnx + model.onnx_data) are taken as they are; the summary's graph:
+line says which contrib ops were lowered to the standard ops they fuse.`,
   flags: [
     { name: "model", type: "string", value: "FP32.onnx", description: "the fp32 model (or its directory)" },
     { name: "calib", type: "string", value: "SAMPLES", description: "samples: a TSV file or a .db store" },
