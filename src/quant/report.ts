@@ -75,6 +75,11 @@ export interface LayerErrorEntry {
   addedError: number;
   /** Bytes keeping it in fp32 adds to the model (its float weights at 4 bytes instead of 1). */
   fp32CostBytes?: number;
+  /**
+   * The fallback's entry for a shared weight: how many nodes read it (all kept fp32 together);
+   * `addedError` is then their sum and `relError` their worst.
+   */
+  sharedReaders?: number;
 }
 
 /** One fallback attempt: the candidate rebuilt with some nodes kept in fp32. */

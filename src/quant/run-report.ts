@@ -185,7 +185,10 @@ function keptNodes(fp32: ModelProto, userExclude: readonly string[], c: Candidat
       node: e.node,
       opType: e.opType,
       reason: "sensitivity",
-      detail: `adds relative error ${e.addedError.toPrecision(3)} (output error ${e.relError.toPrecision(3)})`,
+      detail:
+        e.sharedReaders === undefined
+          ? `adds relative error ${e.addedError.toPrecision(3)} (output error ${e.relError.toPrecision(3)})`
+          : `its ${e.sharedReaders} readers of one shared weight add relative error ${e.addedError.toPrecision(3)} together (worst output error ${e.relError.toPrecision(3)})`,
     });
   }
   for (const w of c.weightOnly) {

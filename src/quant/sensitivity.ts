@@ -291,6 +291,7 @@ export function mergeSharedReaders(
       ...worst,
       relError: Math.max(...readers.map((r) => r.relError)),
       addedError: readers.reduce((sum, r) => sum + Math.max(0, r.addedError), 0),
+      sharedReaders: readers.length,
     });
   }
   return out;

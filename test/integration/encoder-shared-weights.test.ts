@@ -140,5 +140,8 @@ describe("ALBERT's shared layer", () => {
       const added = (t.added ?? []).map((n) => weightOf.get(n) ?? n);
       expect(new Set(added).size).toBe(added.length);
     }
+    // A shared weight kept for accuracy is reported once, for its four readers together.
+    for (const k of report.keptFp32.filter((x) => x.reason === "sensitivity" && weightOf.has(x.node)))
+      expect(k.detail).toContain(`its ${arch.layers} readers of one shared weight`);
   });
 });

@@ -211,6 +211,9 @@ describe("runFallback", () => {
         .filter((n) => shared.includes(n) && !log[1]!.includes(n)),
     ).toEqual([]);
     expect(r.trials[1]!.bought?.bytes).toBe(196_608);
+    const unit = r.keptFp32.find((k) => shared.includes(k.node));
+    expect(unit?.sharedReaders).toBe(4);
+    expect(unit?.addedError).toBeCloseTo(4 * readerCost, 12);
     expect(r.passed).toBe(true);
   });
 
