@@ -8,6 +8,7 @@
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
+import type { RequestedMode } from "../quant/pipeline.ts";
 import type { Job, JobState } from "../store/jobs.ts";
 
 /** Version segment of every topic; bumped only for incompatible payload changes. */
@@ -342,6 +343,27 @@ export interface RecalibrateParams {
   samples?: number;
   method?: CalibrationMethod;
   gate?: GateParams;
+  /** The int8 form: `auto` builds every form fast on the board and times them there. @defaultValue "static" */
+  mode?: RequestedMode;
+  /** A candidate slower than fp32: `latency` keeps fp32 serving, `size` serves the smaller int8. @defaultValue the device's `quantize.prefer` */
+  prefer?: "latency" | "size";
+}
+
+const RECALIBRATE_MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
+const PREFERENCES: readonly NonNullable<RecalibrateParams["prefer"]>[] = ["latency", "size"];
+
+/** `value` when it is one of `choices`; undefined when absent. @throws COMMAND_INVALID otherwise */
+function choiceIn<T extends string>(
+  p: Record<string, unknown>,
+  key: string,
+  choices: readonly T[],
+): T | undefined {
+  const v = p[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== "string" || !(choices as readonly string[]).includes(v)) {
+    throw invalid(`${key} must be one of ${choices.join(", ")}`, { key });
+  }
+  return v as T;
 }
 
 /** `quantize-dynamic` parameters. */
@@ -477,7 +499,7 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
   const cmd = name as CommandName;
   switch (cmd) {
     case "recalibrate": {
-      onlyKeys(p, ["samples", "method", "gate"], cmd);
+      onlyKeys(p, ["samples", "method", "gate", "mode", "prefer"], cmd);
       const params: RecalibrateParams = {};
       const samples = intIn(p, "samples", 1, MAX_COMMAND_SAMPLES);
       if (samples !== undefined) params.samples = samples;
@@ -489,6 +511,10 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
       }
       const gate = parseGate(p.gate);
       if (gate !== undefined) params.gate = gate;
+      const mode = choiceIn(p, "mode", RECALIBRATE_MODES);
+      if (mode !== undefined) params.mode = mode;
+      const prefer = choiceIn(p, "prefer", PREFERENCES);
+      if (prefer !== undefined) params.prefer = prefer;
       return { name: cmd, params };
     }
     case "quantize-dynamic": {

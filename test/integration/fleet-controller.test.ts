@@ -170,6 +170,7 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
       "pi-1",
       "--samples",
       "64",
+      ...["--mode", "auto", "--prefer", "size"],
       "--wait",
       "--json",
       "--broker",
@@ -188,13 +189,24 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
     expect(job.report.result).toMatchObject({
       agreement: 0.989,
       modelVersion: "pi-1-v2",
-      params: { samples: 64 },
+      params: { samples: 64, mode: "auto", prefer: "size" },
     });
     await until(async () => (await store.job("lab", "pi-1", job.id))?.state === "SUCCEEDED", 8000);
     const stored = await store.job("lab", "pi-1", job.id);
     expect(stored?.result).toEqual(job.report.result);
     expect((await store.device("lab", "pi-1"))?.lastReport?.id).toBe(job.id);
   }, 30_000);
+
+  test("fleet recalibrate with a mode or preference no device takes is a usage error, sent to none", async () => {
+    for (const bad of [
+      ["--mode", "fastest"],
+      ["--prefer", "speed"],
+    ]) {
+      const r = await cli(["fleet", "recalibrate", "pi-1", ...bad, "--broker", broker.url, "--fleet", "lab"]);
+      expect(r.code).toBe(2);
+      expect(r.err).toMatch(/^error USAGE: (mode|prefer) must be one of /);
+    }
+  });
 
   test("fleet recalibrate --wait without --json prints a summary per device", async () => {
     const r = await cli(["fleet", "recalibrate", "pi-2", "--wait", "--broker", broker.url, "--fleet", "lab"]);

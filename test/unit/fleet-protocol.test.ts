@@ -111,6 +111,18 @@ describe("commands", () => {
     expect(code(() => parseCommand("recalibrate", { model: "/tmp/x.onnx" }))).toBe("COMMAND_INVALID");
   });
 
+  test("recalibrate carries the int8 form (auto: every form fast on the board, timed there) and the size preference", () => {
+    const cmd = parseCommand("recalibrate", { mode: "auto", prefer: "size" });
+    expect(cmd).toEqual({ name: "recalibrate", params: { mode: "auto", prefer: "size" } });
+    // The job the device queues reads them as `quantd job recalibrate --mode auto --prefer size` sets them.
+    expect(parseRecalibrateParams(cmd.params as Record<string, unknown>)).toEqual({
+      mode: "auto",
+      prefer: "size",
+    });
+    expect(code(() => parseCommand("recalibrate", { mode: "fastest" }))).toBe("COMMAND_INVALID");
+    expect(code(() => parseCommand("recalibrate", { prefer: "speed" }))).toBe("COMMAND_INVALID");
+  });
+
   test("set-config accepts only allow-listed keys with typed values, never paths", () => {
     expect(parseCommand("set-config", { "capture.rate": 0.5, "batching.maxBatch": 16 })).toEqual({
       name: "set-config",

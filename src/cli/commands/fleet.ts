@@ -15,7 +15,7 @@ import type { FleetStore } from "../../fleet/controller/store.ts";
 import { connectMqttOnce, type MqttConnection, type MqttConnectOptions } from "../../fleet/mqtt-client.ts";
 import { readFleetStatus, runJobCommand } from "../../fleet/operator/operations.ts";
 import { createFleetRequester } from "../../fleet/operator/requester.ts";
-import { checkName } from "../../fleet/protocol.ts";
+import { checkName, parseCommand } from "../../fleet/protocol.ts";
 import {
   keyId,
   parsePublicKey,
@@ -355,6 +355,16 @@ async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"):
     if (samples !== undefined) params.samples = samples;
     const method = flagString(ctx.flags, "method");
     if (method !== undefined) params.method = method;
+    const mode = flagString(ctx.flags, "mode");
+    if (mode !== undefined) params.mode = mode;
+    const prefer = flagString(ctx.flags, "prefer");
+    if (prefer !== undefined) params.prefer = prefer;
+    // Checked here as every device will check it: a typo is a usage error now, not a refusal from each device.
+    try {
+      parseCommand("recalibrate", params);
+    } catch (err) {
+      throw usageError((err as Error).message);
+    }
   } else {
     const version = flagString(ctx.flags, "version");
     if (version !== undefined) params.version = version;
@@ -422,7 +432,7 @@ export const fleetCommand: Command = {
     "fleet controller and signed remote commands over MQTT (serve, devices, recalibrate, report, rollback, keygen, enroll, release, rollout)",
   actions: SUBCOMMANDS,
   usage:
-    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT [--key FILE] [--http-token-env VAR] [--http-user NAME --http-password-env VAR] [--http-cert FILE --http-key FILE|--http-behind-proxy]] | devices|report DEVICE|recalibrate DEVICE|--all [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list | rollout start RELEASE --fleet NAME [--waves 1,10,50,100%] [--gate agreement=99.5,latencyRatio=1.1,errorRate=0.01] [--soak 10m] | rollout status|pause|resume|abort ID",
+    "serve --broker URL [--db FILE|postgres://…] [--http HOST:PORT [--key FILE] [--http-token-env VAR] [--http-user NAME --http-password-env VAR] [--http-cert FILE --http-key FILE|--http-behind-proxy]] | devices|report DEVICE|recalibrate DEVICE|--all [--mode M] [--prefer P] [--wait]|rollback DEVICE --broker URL [--fleet NAME] --key FILE [--json] | keygen --key FILE | enroll DEVICE [--fleet NAME] --pubkey KEY [--db FILE] | release create DIR --release-key FILE --version NAME [--notes TEXT] | release list | rollout start RELEASE --fleet NAME [--waves 1,10,50,100%] [--gate agreement=99.5,latencyRatio=1.1,errorRate=0.01] [--soak 10m] | rollout status|pause|resume|abort ID",
   description:
     "serve: runs the fleet controller: a persistent shared subscription ($share/quantd-controllers/quantd/v1/+/+/#, " +
     "so replicas split the fleet) storing devices, status history, telemetry, jobs and reports in a SQLite file " +
@@ -522,6 +532,20 @@ export const fleetCommand: Command = {
       description: "recalibrate, rollout start: calibration samples (each device's)",
     },
     { name: "method", type: "string", value: "NAME", description: "recalibrate: calibration method" },
+    {
+      name: "mode",
+      type: "string",
+      value: "MODE",
+      description:
+        "recalibrate: static, dynamic or auto (every int8 form fast on the board, timed there) (default: static)",
+    },
+    {
+      name: "prefer",
+      type: "string",
+      value: "WHAT",
+      description:
+        "recalibrate: latency (an int8 slower than fp32 is rejected, fp32 keeps serving) or size (the smaller int8 serves) (default: the device's quantize.prefer)",
+    },
     {
       name: "version",
       type: "string",
