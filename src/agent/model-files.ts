@@ -26,8 +26,6 @@ export interface StagedCopy {
   kind: ModelKind;
 }
 
-/** Bytes per read when copying a model: memory stays flat whatever the model's size. */
-
 /**
  * The `location` key of a tensor's external data entry as a serialized
  * StringStringEntry holds it (field 1, tag 0x0a, length 8): a model whose
@@ -38,6 +36,7 @@ const EXTERNAL_DATA_MARKER = Buffer.from("\x0a\x08location", "latin1");
 /** Bytes a chunk keeps of the previous one, so a marker split across two reads is found. */
 const OVERLAP = Math.max(MARKER_OVERLAP, EXTERNAL_DATA_MARKER.length);
 
+/** Bytes per read when copying a model: memory stays flat whatever the model's size. */
 const COPY_CHUNK = 1024 * 1024;
 
 function writeError(target: string, err: unknown): QuantdError {
