@@ -333,7 +333,8 @@ async function loadModel(
   l.session = await createOrtSession(model.path, { intraOpThreads: threads, ...optimizationOf(opts) });
   l.loadMs = performance.now() - t0;
   // An external-data model's weights are in its side files: its size is theirs too, as quantize's ratio counts it.
-  for (const f of await externalDataFiles(model.path)) l.sizeBytes += fileSize(f);
+  // onnxruntime loaded it, so a file quantd's own decoder cannot read keeps its plain size rather than no row.
+  for (const f of await externalDataFiles(model.path).catch(() => [])) l.sizeBytes += fileSize(f);
   // After the load, so a broken model reports itself rather than a tokenizer it lacks.
   if (data instanceof QuantdError) throw data;
   l.data = data;
