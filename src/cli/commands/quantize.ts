@@ -113,7 +113,8 @@ passed at one of a few looks (the looks share the 5 %, 80 % of it kept for the l
 holds at 95 %); --full-validation runs every sample. When the gate is not met, the other calibration
 methods (percentile, mse, entropy) are tried first, then a method per tensor (each tensor's range from
 the method under which the nodes reading it add the least error), as they cost no bytes; then nodes are kept in fp32, a
-few more per trial, the best estimated gain (the error a node adds) per byte first, until the gate holds
+few more per trial, the best estimated gain (the error a node adds; the readers of a shared weight go fp32
+together, as one choice: their errors summed, the weight's bytes once) per byte first, until the gate holds
 or --trials rebuilds are spent; the summary says what each trial bought (a trial that did not help is
 reverted: its nodes go back to int8). If it cannot be met the command
 fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still written).
