@@ -33,6 +33,29 @@ function metricsFor(kept: readonly string[]): GateMetrics {
   };
 }
 
+/** `m` with `fewer` agreements less (of its 10,000). */
+function lowered(m: GateMetrics, fewer: number): GateMetrics {
+  const agree = m.gateAgreements - fewer;
+  return {
+    ...m,
+    agreement: agree / 10000,
+    gateAgreements: agree,
+    agreementLower: clopperPearsonLower(agree, 10000),
+  };
+}
+
+/** A ranking entry whose node adds `error` (relative) and costs `bytes` to keep fp32. */
+function entry(node: string, error: number, bytes?: number): LayerErrorEntry {
+  return {
+    node,
+    opType: "MatMul",
+    tensor: `${node}_out`,
+    relError: error,
+    addedError: error,
+    ...(bytes !== undefined ? { fp32CostBytes: bytes } : {}),
+  };
+}
+
 function hooks(log: string[][]): FallbackHooks<string[]> {
   return {
     rebuild: async (keep) => {
@@ -44,7 +67,7 @@ function hooks(log: string[][]): FallbackHooks<string[]> {
       Object.entries(cost)
         .filter(([n]) => !kept.includes(n))
         .sort((x, y) => y[1] - x[1])
-        .map(([node, c]) => ({ node, opType: "MatMul", tensor: `${node}_out`, relError: c, addedError: c })),
+        .map(([node, c]) => entry(node, c)),
   };
 }
 
@@ -133,13 +156,7 @@ describe("runFallback", () => {
       validate: async (kept) => {
         const m = metricsFor(kept.filter((n) => n !== "d"));
         if (!kept.includes("d")) return m;
-        const agree = m.gateAgreements - 30;
-        return {
-          ...m,
-          agreement: agree / 10000,
-          gateAgreements: agree,
-          agreementLower: clopperPearsonLower(agree, 10000),
-        };
+        return lowered(m, 30);
       },
       rank: async (kept) =>
         (await hooks([]).rank(kept)).map((e) => (e.node === "d" ? { ...e, addedError: 1 } : e)),
@@ -175,26 +192,11 @@ describe("runFallback", () => {
         const m = lostBy(kept);
         const all = expand(kept);
         const lost = shared.filter((n) => !all.includes(n)).length * readerCost;
-        const agree = m.gateAgreements - Math.round(lost * 10000);
-        return {
-          ...m,
-          agreement: agree / 10000,
-          gateAgreements: agree,
-          agreementLower: clopperPearsonLower(agree, 10000),
-        };
+        return lowered(m, Math.round(lost * 10000));
       },
       rank: async (kept) => [
         ...(await hooks([]).rank(expand(kept))).map((e) => ({ ...e, fp32CostBytes: 196_608 })),
-        ...shared
-          .filter((n) => !expand(kept).includes(n))
-          .map((node) => ({
-            node,
-            opType: "MatMul",
-            tensor: `${node}_out`,
-            relError: readerCost,
-            addedError: readerCost,
-            fp32CostBytes: 196_608,
-          })),
+        ...shared.filter((n) => !expand(kept).includes(n)).map((node) => entry(node, readerCost, 196_608)),
       ],
     };
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, sharedHooks, {
@@ -226,24 +228,9 @@ describe("runFallback", () => {
       validate: async (kept) => {
         const m = metricsFor(kept.filter((n) => !shared.includes(n)));
         if (!kept.some((n) => shared.includes(n))) return m;
-        const agree = m.gateAgreements - 30;
-        return {
-          ...m,
-          agreement: agree / 10000,
-          gateAgreements: agree,
-          agreementLower: clopperPearsonLower(agree, 10000),
-        };
+        return lowered(m, 30);
       },
-      rank: async (kept) => [
-        ...(await hooks([]).rank(kept)),
-        ...shared.map((node) => ({
-          node,
-          opType: "MatMul",
-          tensor: `${node}_out`,
-          relError: 1,
-          addedError: 1,
-        })),
-      ],
+      rank: async (kept) => [...(await hooks([]).rank(kept)), ...shared.map((node) => entry(node, 1))],
     };
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, harmful, {
       gate: { minAgreement: 0.9999, decideOn: "point" },
