@@ -76,6 +76,12 @@ export function describeEvent(e: RegistryEvent): string {
       return `swapped ${e.from === undefined ? "in" : `version ${e.from} →`} version ${e.to.id} (${e.to.kind})`;
     case "rejected":
       return `rejected model${e.version === undefined ? "" : ` version ${e.version.id}`}: ${e.error.toLine()}`;
+    case "kept-serving":
+      return (
+        `degraded: ${e.path} was not served, ${e.error.toLine()}; serving stored version ${e.version.id} ` +
+        `(${e.version.kind}, ${e.version.sha256.slice(0, 12)}) instead` +
+        (e.tokenizerDir === undefined ? "" : ` with the tokenizer in ${e.tokenizerDir}`)
+      );
     case "rolled-back":
       return `rolled back (${e.trigger}) from version ${e.from} to ${e.to.id}: ${e.reason}`;
     case "checks-passed":

@@ -240,9 +240,21 @@ export function startAgentFleetLink(fleet: FleetConfig, parts: AgentFleetParts):
     engine: parts.engine,
     status: () => {
       const v = parts.registry.activeVersion();
+      const rejected = parts.registry.startupRejection();
+      const degraded =
+        rejected === undefined
+          ? {}
+          : {
+              rejectedAtStart: {
+                path: rejected.path,
+                code: rejected.error.code,
+                message: rejected.error.message,
+              },
+            };
       return {
         agentVersion: parts.agentVersion,
-        model: v === undefined ? null : { version: String(v.id), kind: v.kind, sha256: v.sha256 },
+        model:
+          v === undefined ? null : { version: String(v.id), kind: v.kind, sha256: v.sha256, ...degraded },
       };
     },
     telemetry: telemetrySampler(parts),

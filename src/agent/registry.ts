@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { isQuantdError, QuantdError } from "../errors.ts";
@@ -10,6 +11,7 @@ import type {
   InferenceBackend,
   ModelVersionView,
   RegistryAdmin,
+  StartupRejection,
 } from "../server/types.ts";
 import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/models.ts";
 import type { SwapChecksConfig } from "./config.ts";
@@ -23,6 +25,9 @@ import {
   slicer,
   TOKENIZE_SLICE_MS,
 } from "./run-planning.ts";
+
+/** The metric naming the file a version was registered from (the user's path, not the registry's copy). */
+export const SOURCE_METRIC = "source";
 
 /** Retired int8 versions whose files are kept for rollback (the most recently active ones). */
 export const KEEP_RETIRED = 2;
@@ -45,6 +50,15 @@ export type RegistryEvent =
   | { type: "loaded"; version: ModelVersion }
   | { type: "swapped"; from: number | undefined; to: ModelVersion }
   | { type: "rejected"; version: ModelVersion | undefined; error: QuantdError }
+  /** The model the agent was started with did not load; a stored version serves instead. */
+  | {
+      type: "kept-serving";
+      version: ModelVersion;
+      path: string;
+      error: QuantdError;
+      /** Set when the configured tokenizer was gone and the one beside the version's source file serves. */
+      tokenizerDir: string | undefined;
+    }
   | { type: "rolled-back"; from: number; to: ModelVersion; trigger: "command" | "auto"; reason: string }
   | { type: "checks-passed"; version: ModelVersion; figures: PostSwapFigures };
 
@@ -144,9 +158,18 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   #lock: Promise<unknown> = Promise.resolve();
   readonly #retiring = new Set<Promise<void>>();
   #closed = false;
+  #rejectedAtStart: StartupRejection | undefined;
+  /** The tokenizer every version shares: the configured one, or a stored version's when that one is gone. */
+  #tokenizerDir: string;
 
   constructor(opts: RegistryOptions) {
     this.#opts = opts;
+    this.#tokenizerDir = opts.tokenizerDir;
+  }
+
+  /** The directory of the tokenizer and config.json every version is loaded with. */
+  tokenizerDir(): string {
+    return this.#tokenizerDir;
   }
 
   /** The serving model, or `undefined` before {@link ModelRegistry.start}. */
@@ -159,6 +182,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       sha256: c.version.sha256,
       labels: c.model.labels,
       task: c.model.task,
+      ...(this.#rejectedAtStart === undefined ? {} : { rejectedAtStart: this.#rejectedAtStart }),
     };
   }
 
@@ -250,27 +274,115 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   /**
    * Loads the model to serve at start: the store's active version when there is
    * one and `preferInitial` is false, else `initialPath` (copied into the
-   * registry and made active).
+   * registry and made active). When `initialPath` does not load (missing,
+   * truncated, an operator onnxruntime lacks, …) a stored version serves
+   * instead: the active one, else the most recently active before it; the
+   * failure is kept ({@link ModelRegistry.startupRejection}) and the store's
+   * active version is left as it was.
    *
-   * @throws MODEL_* / FILE_NOT_FOUND / TOKENIZER_* when the model cannot serve
+   * @throws MODEL_* / FILE_NOT_FOUND / TOKENIZER_* when no model can serve (the initial model's error)
    */
   async start(initialPath: string, preferInitial: boolean): Promise<ModelVersion> {
     return this.#exclusive(async () => {
+      const tried = new Set<number>();
       const active = this.#opts.models.active();
       if (active !== undefined && !preferInitial) {
-        try {
-          this.#current = new Loaded(active, await this.#load(active), this.#opts.swap.window);
-          writeActiveMarker(this.#opts.modelsDir, active.sha256);
-          this.#opts.onEvent?.({ type: "loaded", version: active });
-          return active;
-        } catch (err) {
-          // The active file is gone or damaged (a disk error): fall back to the initial model rather than not serve.
-          this.#opts.onEvent?.({ type: "rejected", version: active, error: QuantdError.from(err) });
-        }
+        tried.add(active.id);
+        const served = await this.#serveStored(active);
+        if (served !== undefined) return served;
       }
-      const version = await this.#promoteLocked(initialPath, { kind: undefined }, "start");
-      return version;
+      try {
+        return await this.#promoteLocked(initialPath, { kind: undefined }, "start");
+      } catch (err) {
+        const error = QuantdError.from(err);
+        const fallback = await this.#serveFallback(tried);
+        if (fallback === undefined) throw err;
+        this.#rejectedAtStart = {
+          path: resolve(initialPath),
+          error: error.toJSON(),
+          servingVersion: fallback.id,
+        };
+        const tokenizerDir = this.#tokenizerDir === this.#opts.tokenizerDir ? undefined : this.#tokenizerDir;
+        this.#opts.onEvent?.({
+          type: "kept-serving",
+          version: fallback,
+          path: resolve(initialPath),
+          error,
+          tokenizerDir,
+        });
+        return fallback;
+      }
     });
+  }
+
+  /** The model the agent was started with, when it did not load and a stored version serves instead. */
+  startupRejection(): StartupRejection | undefined {
+    return this.#rejectedAtStart;
+  }
+
+  /**
+   * Serves a stored version as it is recorded; `undefined` (and a `rejected`
+   * event) when its file is gone or damaged. A start whose configured model
+   * directory is gone has no tokenizer there: the version is then loaded with
+   * the one beside the file it was registered from, which serves from then on.
+   */
+  async #serveStored(version: ModelVersion): Promise<ModelVersion | undefined> {
+    try {
+      this.#current = new Loaded(version, await this.#loadWithTokenizerOf(version), this.#opts.swap.window);
+    } catch (err) {
+      this.#opts.onEvent?.({ type: "rejected", version, error: QuantdError.from(err) });
+      return undefined;
+    }
+    writeActiveMarker(this.#opts.modelsDir, version.sha256);
+    this.#opts.onEvent?.({ type: "loaded", version });
+    return version;
+  }
+
+  /** {@link ModelRegistry.#load}, retried with the tokenizer beside the version's source when the configured one is missing. */
+  async #loadWithTokenizerOf(version: ModelVersion): Promise<TaskModel> {
+    try {
+      return await this.#load(version);
+    } catch (err) {
+      const source = version.metrics[SOURCE_METRIC];
+      if (!isQuantdError(err, "TOKENIZER_NOT_FOUND") || typeof source !== "string") throw err;
+      const dir = dirname(source);
+      if (dir === this.#tokenizerDir || !existsSync(join(dir, "tokenizer.json"))) throw err;
+      const configured = this.#tokenizerDir;
+      this.#tokenizerDir = dir;
+      try {
+        return await this.#load(version);
+      } catch (retryErr) {
+        this.#tokenizerDir = configured;
+        throw retryErr;
+      }
+    }
+  }
+
+  /**
+   * After the initial model failed: the store's active version (unless it was
+   * tried already), else the most recently active retired one, which then
+   * becomes active (the active one does not load). `undefined` when none loads.
+   */
+  async #serveFallback(tried: ReadonlySet<number>): Promise<ModelVersion | undefined> {
+    const models = this.#opts.models;
+    const active = models.active();
+    if (active !== undefined && !tried.has(active.id)) {
+      const served = await this.#serveStored(active);
+      if (served !== undefined) return served;
+    }
+    const earlier = models
+      .list("retired")
+      .filter((v) => v.activatedAt !== null && !tried.has(v.id))
+      .sort((a, b) => b.activatedAt! - a.activatedAt! || b.id - a.id);
+    for (const version of earlier) {
+      const loaded = (await this.#serveStored(version)) === undefined ? undefined : this.#current;
+      if (loaded === undefined) continue;
+      // What serves must be the store's active version: jobs, rollbacks and the next start read it there.
+      const reactivated = models.promote(version.id);
+      this.#current = new Loaded(reactivated, loaded.model, this.#opts.swap.window);
+      return reactivated;
+    }
+    return undefined;
   }
 
   /**
@@ -336,7 +448,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     let model: TaskModel;
     try {
       model = await loadTaskModel(version.path, {
-        tokenizerDir: this.#opts.tokenizerDir,
+        tokenizerDir: this.#tokenizerDir,
         // onnxruntime's memory patterns are planned and kept per input shape, and served batches come in many
         // shapes: off, an agent under 16 clients of ~128-token texts held 139 MB instead of 157 MB, at the same speed.
         // Its arena too: kept, it holds the peak of the largest batch ever served (an agent went from 130 to
@@ -464,7 +576,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     }
     const kind: ModelKind = options.kind ?? staged.kind;
     const path = await commitCopy(staged, join(this.#opts.modelsDir, `${sha256}.onnx`));
-    const metrics = { ...(options.metrics ?? {}), source: resolve(candidatePath) };
+    const metrics = { ...(options.metrics ?? {}), [SOURCE_METRIC]: resolve(candidatePath) };
     const recorded = known ?? models.add({ sha256, path, kind, metrics });
     let classifier: TaskModel;
     try {
@@ -499,6 +611,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   #swapTo(next: Loaded, watch: boolean): void {
     const prev = this.#current;
     this.#current = next;
+    // Another version serves now, by someone's choice: the start's fallback is history (it stays in the log).
+    this.#rejectedAtStart = undefined;
     this.#watch = watch && prev !== undefined ? watchAfter(prev, this.#opts.swap) : undefined;
     if (prev !== undefined) this.#retire(prev);
     writeActiveMarker(this.#opts.modelsDir, next.version.sha256);

@@ -174,7 +174,10 @@ export function createAgentServices(config: AgentConfig, options: AgentServicesO
       identity,
       promoter: registry,
       baseModel: () => recalibrationBase(s.models.active(), config.model),
-      tokenizerDir: config.tokenizerDir,
+      // Read when a job runs: the registry may serve with a stored version's tokenizer (its configured one gone).
+      get tokenizerDir() {
+        return registry.tokenizerDir();
+      },
       task: config.task,
       defaults: { prefer: config.quantize.prefer },
       // A serving agent's jobs take one thread and leave the other cores to serving; `job --wait` serves nothing.

@@ -150,6 +150,8 @@ export interface ModelInfo {
   /** `fp32`, `int8-static`, `int8-dynamic`, … as the registry names it. */
   kind: string;
   sha256?: string;
+  /** Set when the model the agent was started with (`--model`) did not load and this stored version serves instead. */
+  rejectedAtStart?: { path: string; code: string; message: string };
 }
 
 /** Outbox figures every status and telemetry message carries, so drops are visible fleet-wide. */

@@ -220,7 +220,11 @@ function healthLive(): Response {
 
 function healthReady(s: Serving): Response {
   s.requireReady();
-  return json({ ready: true });
+  // Ready, but not with the model the agent was started with: say so (the status stays 200, it serves).
+  const rejected = s.opts.backend.active()?.rejectedAtStart;
+  return json(
+    rejected === undefined ? { ready: true } : { ready: true, degraded: { rejectedAtStart: rejected } },
+  );
 }
 
 function serverMetadata(): Response {
@@ -325,7 +329,12 @@ async function tokenEntities(s: Serving, { req }: RouteRequest): Promise<Respons
 }
 
 function listModels(s: Serving): Response {
-  return json({ active: s.opts.backend.active()?.version ?? null, versions: s.admin().list() });
+  const active = s.opts.backend.active();
+  return json({
+    active: active?.version ?? null,
+    versions: s.admin().list(),
+    ...(active?.rejectedAtStart === undefined ? {} : { rejectedAtStart: active.rejectedAtStart }),
+  });
 }
 
 async function promoteModel(s: Serving, { req }: RouteRequest): Promise<Response> {

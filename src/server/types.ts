@@ -7,6 +7,21 @@
 import type { TaskSpec } from "../runtime/task.ts";
 import type { TaskResult } from "../runtime/task-model.ts";
 import type { TextInput } from "../runtime/tokenizer.ts";
+import type { QuantdErrorJSON } from "../errors.ts";
+
+/**
+ * The model the agent was started with (`--model`) that did not load, while a
+ * stored version serves in its place: health, `GET /v1/models` and the fleet
+ * status carry it so the operator sees the board is degraded, not just up.
+ */
+export interface StartupRejection {
+  /** The file the agent was asked to serve (absolute). */
+  path: string;
+  /** Why it was not served (`MODEL_TRUNCATED`, `FILE_NOT_FOUND`, …). */
+  error: QuantdErrorJSON;
+  /** The stored version serving instead. */
+  servingVersion: number;
+}
 
 /** The model serving requests. */
 export interface ActiveModelInfo {
@@ -19,6 +34,8 @@ export interface ActiveModelInfo {
   labels: readonly string[];
   /** What the model does, and how its outputs are read. */
   task: TaskSpec;
+  /** Set when the model the agent was started with did not load and this stored version serves instead. */
+  rejectedAtStart?: StartupRejection;
 }
 
 /** The results of one inference batch and the model version that produced them. */

@@ -9,7 +9,7 @@ import { startAgent } from "../../agent/agent.ts";
 import { type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
 import { notifyReady, notifyStopping, notifyWatchdog, watchdogIntervalMs } from "../../agent/sd-notify.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
-import type { ModelVersionView } from "../../server/types.ts";
+import type { ModelVersionView, StartupRejection } from "../../server/types.ts";
 import { STATE_DIR_DEFAULT } from "../agent-state.ts";
 import type { Command, CommandContext } from "../command.ts";
 import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
@@ -22,6 +22,12 @@ import { describeModelVersion, describeModelVersions } from "../summaries.ts";
 interface ModelsReply {
   active: number | null;
   versions: ModelVersionView[];
+  rejectedAtStart?: StartupRejection;
+}
+
+/** The line saying the agent serves a stored version because the model it was started with did not load. */
+function degradedLine(r: StartupRejection): string {
+  return `degraded: started with ${r.path}, which did not load (${r.error.code}: ${r.error.message}); version ${r.servingVersion} serves instead`;
 }
 
 /** `POST /v1/models/promote|rollback`. */
@@ -55,8 +61,13 @@ async function serve(ctx: CommandContext): Promise<number> {
   const config = loadAgentConfig({ profile, defaultModel: SHIPPED_MODEL, flags: configFlags(ctx) });
   const agent = await startAgent(config, { log: logger.line });
   const active = agent.registry.activeVersion();
-  const status = `serving ${config.modelName} version ${active?.id} (${active?.kind}) on ${config.socketPath}`;
-  logger.info(`ready: ${status}, ${config.threads} threads`);
+  const rejected = agent.registry.startupRejection();
+  // systemctl status shows this line: a board serving a stored version in place of its --model says so there.
+  const status =
+    `serving ${config.modelName} version ${active?.id} (${active?.kind}) on ${config.socketPath}` +
+    (rejected === undefined ? "" : `; degraded: ${rejected.path} did not load (${rejected.error.code})`);
+  if (rejected === undefined) logger.info(`ready: ${status}, ${config.threads} threads`);
+  else logger.warn(`ready: ${status}, ${config.threads} threads`);
   // systemd (Type=notify): ready only now that the model is loaded; the watchdog is petted from the
   // event loop, so a wedged loop stops the pings and systemd restarts the agent.
   notifyReady(status);
@@ -151,7 +162,8 @@ export const agentCommand: Command = {
       type: "string",
       value: "FILE|DIR",
       description:
-        "initial model, or a model directory with model.onnx (served even when the store has another active version)",
+        "initial model, or a model directory with model.onnx (served even when the store has another active version; " +
+        "when it does not load, the store's active version serves instead and health, `agent models` and the fleet status say so)",
       default: "the store's active version, else the shipped fp32 model",
     },
     {
@@ -210,7 +222,10 @@ export const agentCommand: Command = {
       case "models": {
         expectNoPositionals(rest);
         const r = (await callAgent(socketPath, "GET", "/v1/models")) as ModelsReply;
-        return print(r, () => describeModelVersions(r.versions, r.active));
+        return print(r, () => [
+          ...describeModelVersions(r.versions, r.active),
+          ...(r.rejectedAtStart === undefined ? [] : [degradedLine(r.rejectedAtStart)]),
+        ]);
       }
       case "promote": {
         const [file, ...extra] = rest;
