@@ -13,10 +13,9 @@ import { join } from "node:path";
 import { startAgent } from "../../src/agent/agent.ts";
 import { makeNode } from "../../src/onnx/builder.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
-import { makeTensor, tensorToFloat32 } from "../../src/onnx/tensor.ts";
-import { DataType } from "../../src/onnx/types.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { decodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
+import { toFloat16Initializer } from "../fixtures/exporters/graph-edit.ts";
 import { hasMosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { until } from "../helpers/until.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
@@ -73,14 +72,7 @@ async function customOpModel(): Promise<string> {
 /** The shipped model with its classifier weight in float16 (the rest fp32). */
 async function fp16Model(): Promise<string> {
   const m = await loadModel(shippedModelPath);
-  const at = m.graph.initializer.findIndex((t) => t.name === "classifier.weight");
-  const w = m.graph.initializer[at]!;
-  m.graph.initializer[at] = makeTensor(
-    w.name,
-    DataType.FLOAT16,
-    w.dims,
-    new Uint16Array(tensorToFloat32(w).length),
-  );
+  toFloat16Initializer(m, "classifier.weight");
   const path = join(badDir, "fp16.onnx");
   await saveModel(m, path);
   return path;

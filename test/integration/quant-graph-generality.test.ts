@@ -15,7 +15,7 @@ import { isQuantdError, type QuantdError } from "../../src/errors.ts";
 import { makeGraph, makeModel, makeNode, makeValueInfo } from "../../src/onnx/builder.ts";
 import { encodeModel, saveModel } from "../../src/onnx/codec.ts";
 import { inferTypes } from "../../src/onnx/infer.ts";
-import { makeTensor, tensorToFloat32 } from "../../src/onnx/tensor.ts";
+import { makeTensor } from "../../src/onnx/tensor.ts";
 import type { ModelProto } from "../../src/onnx/types.ts";
 import { DataType } from "../../src/onnx/types.ts";
 import { lowerContribOps } from "../../src/quant/passes/lower-contrib.ts";
@@ -23,7 +23,7 @@ import { collectLogits, runQuantization } from "../../src/quant/pipeline.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import type { Tensor } from "../../src/runtime/types.ts";
-import { cloneModel } from "../fixtures/exporters/graph-edit.ts";
+import { cloneModel, toFloat16Initializer } from "../fixtures/exporters/graph-edit.ts";
 import { syntheticEncoderFixtures } from "../fixtures/exporters/index.ts";
 import { buildTorchScriptBert } from "../fixtures/exporters/torchscript.ts";
 import { buildTransformerOptimizedBert } from "../fixtures/exporters/transformer-optimizer.ts";
@@ -290,14 +290,7 @@ describe("what quantd cannot rewrite safely fails, naming it, and writes nothing
 
   test("a float16 model", async () => {
     const m = cloneModel(buildSyntheticBert(tiny));
-    const at = m.graph.initializer.findIndex((t) => t.name === "classifier.weight");
-    const w = m.graph.initializer[at]!;
-    m.graph.initializer[at] = makeTensor(
-      w.name,
-      DataType.FLOAT16,
-      w.dims,
-      new Uint16Array(tensorToFloat32(w).length),
-    );
+    toFloat16Initializer(m, "classifier.weight");
     const err = await run(m, "fp16");
     expect(err.code).toBe("QUANT_UNSUPPORTED");
     expect(err.details).toMatchObject({ tensor: "classifier.weight", dataType: "float16" });
