@@ -8,7 +8,7 @@
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
-import type { RequestedMode } from "../quant/pipeline.ts";
+import { REQUESTED_MODES, type RequestedMode } from "../quant/pipeline.ts";
 import type { Job, JobState } from "../store/jobs.ts";
 
 /** Version segment of every topic; bumped only for incompatible payload changes. */
@@ -351,10 +351,9 @@ export interface RecalibrateParams {
   prefer?: "latency" | "size";
 }
 
-const RECALIBRATE_MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
 const PREFERENCES: readonly NonNullable<RecalibrateParams["prefer"]>[] = ["latency", "size"];
 
-/** `value` when it is one of `choices`; undefined when absent. @throws COMMAND_INVALID otherwise */
+/** `p[key]` when it is one of `choices`; undefined when absent. @throws COMMAND_INVALID otherwise */
 function choiceIn<T extends string>(
   p: Record<string, unknown>,
   key: string,
@@ -505,15 +504,11 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
       const params: RecalibrateParams = {};
       const samples = intIn(p, "samples", 1, MAX_COMMAND_SAMPLES);
       if (samples !== undefined) params.samples = samples;
-      if (p.method !== undefined) {
-        if (typeof p.method !== "string" || !(CALIBRATION_METHODS as readonly string[]).includes(p.method)) {
-          throw invalid(`method must be one of ${CALIBRATION_METHODS.join(", ")}`, { key: "method" });
-        }
-        params.method = p.method as CalibrationMethod;
-      }
+      const method = choiceIn(p, "method", CALIBRATION_METHODS);
+      if (method !== undefined) params.method = method;
       const gate = parseGate(p.gate);
       if (gate !== undefined) params.gate = gate;
-      const mode = choiceIn(p, "mode", RECALIBRATE_MODES);
+      const mode = choiceIn(p, "mode", REQUESTED_MODES);
       if (mode !== undefined) params.mode = mode;
       const prefer = choiceIn(p, "prefer", PREFERENCES);
       if (prefer !== undefined) params.prefer = prefer;

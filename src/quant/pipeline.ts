@@ -104,6 +104,9 @@ export {
 /** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
 export type RequestedMode = QuantizeMode | "auto";
 
+/** Every {@link RequestedMode}: what `quantd quantize --mode`, a job's and a fleet command's `mode` accept. */
+export const REQUESTED_MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
+
 /** Samples the sensitivity probe runs (both models, every quantized node exposed). */
 export const SENSITIVITY_PROBE_SAMPLES = 32;
 

@@ -16,7 +16,7 @@ import { describeTaskFigures } from "../../quant/task-metrics.ts";
 import { CALIBRATION_METHODS, type CalibrationMethod } from "../../quant/methods.ts";
 import {
   DEFAULT_CALIBRATION_SAMPLES,
-  type RequestedMode,
+  REQUESTED_MODES,
   type RunQuantizationOptions,
   runQuantization,
   type SamplePool,
@@ -45,7 +45,6 @@ import {
 } from "../parse.ts";
 import { formatBytes, formatMs, formatPercent } from "../render.ts";
 
-const MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
 const DEFAULT_METHOD: CalibrationMethod = defaultQuantizeOptions("static").method;
 const DEFAULT_FORMAT: StaticFormat = defaultQuantizeOptions("static").format;
 const FORMATS: readonly StaticFormat[] = ["qdq", "fused"];
@@ -331,7 +330,7 @@ function quantizeOptions(f: ParsedFlags): { opts: FileOptions; output: ModelOutp
     model: flagRequired(f, "model"),
     calib,
     out: output.model,
-    mode: flagChoice(f, "mode", MODES, "static"),
+    mode: flagChoice(f, "mode", REQUESTED_MODES, "static"),
     method: flagChoice<CalibrationMethod>(f, "method", CALIBRATION_METHODS, DEFAULT_METHOD),
     format: flagChoice(f, "format", FORMATS, DEFAULT_FORMAT),
     activations: flagChoice(f, "activations", ACTIVATIONS, "uint8"),
