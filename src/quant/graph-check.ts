@@ -6,7 +6,8 @@
  * Both fail here instead, with the node, its op and the tensor named.
  */
 import { QuantdError } from "../errors.ts";
-import type { GraphProto, ModelProto, NodeProto } from "../onnx/types.ts";
+import type { GraphProto, ModelProto } from "../onnx/types.ts";
+import { nodeKey } from "./plan.ts";
 
 /**
  * The operator domains onnxruntime's CPU build has kernels for (the ONNX
@@ -29,10 +30,6 @@ const ORT_DOMAINS: ReadonlySet<string> = new Set([
   "org.pytorch.aten",
 ]);
 
-function describeNode(n: NodeProto, index: number): string {
-  return n.name === "" ? `#${index} (${n.opType})` : n.name;
-}
-
 /**
  * Fails on a node whose op is in a domain onnxruntime has no kernels for and
  * that the model does not define as a local function.
@@ -44,7 +41,7 @@ function assertRunnableOps(model: ModelProto): void {
   model.graph.node.forEach((n, i) => {
     const domain = n.domain ?? "";
     if (ORT_DOMAINS.has(domain) || local.has(`${domain}:${n.opType}`)) return;
-    const node = describeNode(n, i);
+    const node = nodeKey(n, i);
     throw new QuantdError(
       "QUANT_UNSUPPORTED",
       `node ${node} is ${domain}:${n.opType}, a custom op onnxruntime has no kernel for (quantd loads no custom-op library): it can neither calibrate nor validate the model; export it with standard ONNX or com.microsoft ops`,
@@ -69,7 +66,7 @@ function assertInputsDefined(graph: GraphProto): void {
   graph.node.forEach((n, i) => {
     const tensor = n.input.find((t) => t !== "" && !made.has(t));
     if (tensor === undefined) return;
-    const node = describeNode(n, i);
+    const node = nodeKey(n, i);
     throw new QuantdError(
       "MODEL_INVALID",
       `node ${node} (${n.opType}) reads ${tensor}, which no graph input, initializer or node makes: the graph is incomplete`,
