@@ -39,6 +39,7 @@ import type { ModelKind } from "../store/models.ts";
 import type { Sample } from "../store/samples.ts";
 import type { Store } from "../store/store.ts";
 import { recordAutoOutcome } from "../device/auto-choices.ts";
+import { SOURCE_METRIC } from "./registry.ts";
 import { detectDevice } from "../device/detect.ts";
 import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
 import {
@@ -531,9 +532,23 @@ class RecalibrationRun {
     const dir = this.#deps.stateDir;
     if (dir === undefined || report?.auto === undefined) return;
     try {
-      recordAutoOutcome(dir, this.#baseModel, report, detectDevice().profile, vsFp32);
+      recordAutoOutcome(dir, this.#baseModel, report, detectDevice().profile, vsFp32, this.#baseSource());
     } catch (err) {
       this.#ctx.log(`the auto winner was not recorded: ${QuantdError.from(err).message}`);
+    }
+  }
+
+  /**
+   * The file the user gave for the base when the base is the registry's copy of
+   * it (`<state-dir>/models/<sha256>.onnx`): its version's recorded source.
+   */
+  #baseSource(): string | undefined {
+    try {
+      const version = this.#deps.store.models.list().find((v) => v.path === this.#baseModel);
+      const source = version?.metrics[SOURCE_METRIC];
+      return typeof source === "string" && source !== this.#baseModel ? source : undefined;
+    } catch {
+      return undefined; // a busy store: the record names the copy
     }
   }
 

@@ -24,8 +24,14 @@ export interface AutoChoiceCandidate {
 
 /** The winner of one `--mode auto` run on this board. */
 export interface AutoChoice {
-  /** The fp32 model the candidates were built from (absolute path). */
+  /** The fp32 model the candidates were built from (absolute path): the record's key. */
   model: string;
+  /**
+   * The file the user gave for that model, when `model` is the agent's registry
+   * copy of it (`<state-dir>/models/<sha256>.onnx`, a name that says nothing):
+   * what `quantd device` names the model by.
+   */
+  source?: string;
   board: BoardId;
   /** The winning form (see {@link AutoChoiceCandidate.form}). */
   winner: string;
@@ -107,6 +113,7 @@ function isChoice(x: unknown): x is AutoChoice {
     typeof x["winner"] === "string" &&
     typeof x["decision"] === "string" &&
     typeof x["at"] === "string" &&
+    (x["source"] === undefined || typeof x["source"] === "string") &&
     Array.isArray(x["candidates"])
   );
 }
@@ -157,7 +164,8 @@ export function recordAutoChoice(stateDir: string, choice: AutoChoice, profile?:
 
 /**
  * Records the winner of an auto run in `stateDir` with the board it ran on
- * (and, from a recalibration's benchmark, how it fared against fp32);
+ * (and, from a recalibration's benchmark, how it fared against fp32, and the
+ * user's file when `model` is the registry's copy of it);
  * returns the record's path, or undefined when the report is not of an auto run.
  *
  * @throws Error from the file system (callers warn: the quantized model is written either way)
@@ -168,9 +176,11 @@ export function recordAutoOutcome(
   report: AutoOutcome,
   profile: BoardProfile,
   vsFp32?: string,
+  source?: string,
 ): string | undefined {
   const choice = autoChoiceOf(report, resolve(model), profile.id);
   if (choice === undefined) return undefined;
-  recordAutoChoice(stateDir, vsFp32 === undefined ? choice : { ...choice, vsFp32 }, profile);
+  const named = source === undefined ? choice : { ...choice, source: resolve(source) };
+  recordAutoChoice(stateDir, vsFp32 === undefined ? named : { ...named, vsFp32 }, profile);
   return boardRecordPath(stateDir);
 }

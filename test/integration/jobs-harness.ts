@@ -14,6 +14,7 @@ import { RECALIBRATE_JOB } from "../../src/agent/recalibrate.ts";
 import type { RecalibrateJobParams } from "../../src/agent/recalibrate-params.ts";
 import { createAgentJobEngine, jobsDir } from "../../src/agent/services.ts";
 import { ModelRegistry } from "../../src/agent/registry.ts";
+import { recalibrationBase } from "../../src/agent/recalibration-base.ts";
 import { sha256Hex } from "../../src/core/hash.ts";
 import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { readSamplesTsv } from "../../src/runtime/tsv.ts";
@@ -97,6 +98,8 @@ export async function jobEnv(
     onUpdate?: (job: Job) => void;
     /** Called before the registry registers and loads the base model (e.g. to mount the models dir). */
     beforeStart?: (stateDir: string) => void;
+    /** Start recalibrations from the base the agent picks (the registry's copy of the served fp32 model), not the shipped file. */
+    agentBase?: boolean;
   } = {},
 ): Promise<JobEnv> {
   const stateDir = options.stateDir ?? join(tempDir(), "state");
@@ -111,7 +114,10 @@ export async function jobEnv(
     store,
     stateDir,
     promoter: registry,
-    baseModel: shippedModelPath,
+    baseModel:
+      options.agentBase === true
+        ? () => recalibrationBase(store.models.active(), shippedModelPath)
+        : shippedModelPath,
     tokenizerDir: shippedModelDir,
     threads: 1,
     identity: { fleet: "test-fleet", device: "test-device" },

@@ -22,6 +22,8 @@ import { openSqlDatabase } from "../../src/store/open.ts";
 import type { SqlDatabase } from "../../src/store/sql.ts";
 import { databasePath } from "../../src/store/store.ts";
 import { canMountTmpfs } from "../helpers/can-mount.ts";
+import { shippedModelPath } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 import { FAST_PARAMS, type JobEnv, jobEnv, queueResumedJob } from "./jobs-harness.ts";
 
 /**
@@ -274,7 +276,8 @@ describe("recalibration job", () => {
   }, 60_000);
 
   test("--mode auto where no int8 form beats fp32: REJECTED, fp32 keeps serving, and the board record says so beside the winner", async () => {
-    const e = await env();
+    // As the agent does: the base is the registry's copy of the served fp32 model (`<state-dir>/models/<sha>.onnx`).
+    const e = await env({ agentBase: true });
     // The candidate as an auto run reports it (its quantization is checkpointed, so only the benchmark runs).
     const auto = {
       why: "this board's int8 forms",
@@ -293,6 +296,14 @@ describe("recalibration job", () => {
     expect(choice?.vsFp32).toMatch(
       /^no int8 form beats fp32 on this board \(latency ratio [\d.]+ to fp32\): fp32 keeps serving$/,
     );
+    // Keyed by the registry's copy; named by the file the user gave.
+    const base = e.store.models.active()!;
+    expect(choice?.model).toBe(base.path);
+    expect(choice?.source).toBe(shippedModelPath);
+    const device = await runQuantd(["device", "--state-dir", e.stateDir]);
+    expect(device.code).toBe(0);
+    expect(device.stdout).toContain(`auto winner (sst2-bert-mini, ${base.sha256.slice(0, 12)})`);
+    expect(device.stdout).not.toContain(`auto winner (${base.sha256}`);
     await expectServingUnchanged(e);
   }, 60_000);
 

@@ -88,6 +88,19 @@ describe("board record of auto winners", () => {
     expect(readdirSync(dir)).toEqual(["board-profile.json"]);
   });
 
+  test("the agent's registry copy is the key; the user's file is kept beside it, and a record with a bad one is skipped", () => {
+    const dir = join(root, "copy");
+    const copy = `/var/lib/quantd/models/${"87bb".padEnd(64, "0")}.onnx`;
+    recordAutoOutcome(dir, copy, outcome("a"), pi4, undefined, "/opt/models/sst2/model.onnx");
+    recordAutoOutcome(dir, copy, outcome("again"), pi4, "fp32 keeps serving", "/opt/models/sst2/model.onnx");
+    const { choices } = readBoardRecord(dir);
+    expect(choices.map((c) => [c.model, c.source, c.decision, c.vsFp32])).toEqual([
+      [copy, "/opt/models/sst2/model.onnx", "again", "fp32 keeps serving"],
+    ]);
+    writeFileSync(boardRecordPath(dir), JSON.stringify({ auto: [{ ...choices[0], source: 7 }] }));
+    expect(readBoardRecord(dir).choices).toEqual([]);
+  });
+
   test("at most 16 models, the oldest dropped", () => {
     const dir = join(root, "many");
     for (let i = 0; i < 20; i++) recordAutoOutcome(dir, `/m/${i}.onnx`, outcome(`run ${i}`), pi4);

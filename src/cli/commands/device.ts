@@ -32,9 +32,15 @@ function checkRoot(root: string): void {
     });
 }
 
-/** One recorded `--mode auto` winner: the model (its directory's name when it is `model.onnx`), the winner and why. */
+/**
+ * One recorded `--mode auto` winner: the model (its directory's name when it is `model.onnx`; for the agent's
+ * registry copy, the file the user gave, with the copy's hash to tell versions apart), the winner and why.
+ */
 function autoRow(c: AutoChoice): string[] {
-  const name = basename(c.model) === "model.onnx" ? basename(dirname(c.model)) : basename(c.model);
+  const nameOf = (path: string) =>
+    basename(path) === "model.onnx" ? basename(dirname(path)) : basename(path);
+  const name =
+    c.source === undefined ? nameOf(c.model) : `${nameOf(c.source)}, ${basename(c.model).slice(0, 12)}`;
   const vsFp32 = c.vsFp32 === undefined ? "" : `; ${c.vsFp32}`;
   return [`auto winner (${name})`, `${c.decision}${vsFp32} [${c.at.slice(0, 16).replace("T", " ")}]`];
 }
