@@ -136,12 +136,40 @@ function rejectionReason(err: QuantdError): string {
   return err.toLine().replace(/^error /, "");
 }
 
+/** Errors of a candidate whose graph onnxruntime loaded: the kind its operators say stands. */
+const AFTER_LOAD_CODES: ReadonlySet<string> = new Set(["MODEL_TASK_MISMATCH", "MODEL_PROBE_FAILED"]);
+
+/**
+ * The metric marking a rejected version whose kind is not known: it never
+ * loaded, and its bytes hold no int8 operator. The store's kind column takes
+ * only the three kinds (and an older quantd must still open the database), so
+ * the record says so beside it and the views show `unknown`.
+ */
+export const KIND_UNKNOWN_METRIC = "kindUnknown";
+
+/** Records a candidate that failed its load or probe as rejected, its kind unknown when nothing shows it. */
+function rejectCandidate(
+  models: ModelRegistryStore,
+  candidate: ModelVersion,
+  err: QuantdError,
+  kindGiven: boolean,
+): ModelVersion {
+  const rejected = models.reject(candidate.id, rejectionReason(err));
+  // The byte scan reads "no int8 operator" as fp32, which a truncated, float16 or non-ONNX file does not prove.
+  if (kindGiven || rejected.kind !== "fp32" || AFTER_LOAD_CODES.has(err.code)) return rejected;
+  try {
+    return models.updateMetrics(rejected.id, { [KIND_UNKNOWN_METRIC]: true });
+  } catch {
+    return rejected; // a busy store: the rejection itself is recorded
+  }
+}
+
 function view(v: ModelVersion): ModelVersionView {
   return {
     id: v.id,
     sha256: v.sha256,
     path: v.path,
-    kind: v.kind,
+    kind: v.metrics[KIND_UNKNOWN_METRIC] === true ? "unknown" : v.kind,
     state: v.state,
     metrics: v.metrics,
     reason: v.reason,
@@ -590,7 +618,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       );
       let rejected: ModelVersion | undefined = recorded;
       if (recorded.state === "candidate") {
-        rejected = models.reject(recorded.id, rejectionReason(qe));
+        rejected = rejectCandidate(models, recorded, qe, options.kind !== undefined);
         // A copy left behind is harmless, and named in the rejected record.
         await unlink(path).catch(() => undefined);
       }

@@ -65,6 +65,7 @@ export interface ModelVersionView {
   id: number;
   sha256: string;
   path: string;
+  /** `fp32`, `int8-static`, `int8-dynamic`, or `unknown` for a rejected file that never loaded and shows no int8 operator. */
   kind: string;
   state: string;
   metrics: Record<string, unknown>;

@@ -5,7 +5,8 @@
  * the agent keeps serving the store's active version (the store unchanged),
  * logs the failure with its code naming the file, and says it is degraded on
  * `/v2/health/ready` and in `quantd agent models`; with nothing stored, the
- * start fails as before. Real processes, real socket, real ONNX files.
+ * start fails as before. A promotion of such a file is recorded with kind
+ * `unknown`, not fp32. Real processes, real socket, real ONNX files.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
@@ -20,7 +21,14 @@ import { hasMosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mo
 import { until } from "../helpers/until.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { cliMain, runQuantd } from "../helpers/run-cli.ts";
-import { call, classifyOverSocket, makeInt8Model, tempDir, testConfig } from "./agent-harness.ts";
+import {
+  call,
+  classifyOverSocket,
+  makeHeadVariant,
+  makeInt8Model,
+  tempDir,
+  testConfig,
+} from "./agent-harness.ts";
 
 if (!hasMosquitto) console.warn(mosquittoSkipReason);
 
@@ -264,3 +272,43 @@ test.skipIf(!hasMosquitto)(
     }
   },
 );
+
+describe("a promotion of a file that does not load is recorded with an honest kind", () => {
+  test("truncated, custom-op and float16 fp32 files: kind unknown in /v1/models and `agent models`; a file that loads and fails its probe keeps fp32", async () => {
+    const base = join(dir, "promote-kinds");
+    mkdirSync(base);
+    const agent = await startAgent(testConfig(base));
+    const sock = agent.config.socketPath;
+    try {
+      const unloadable = [truncatedModel(), await customOpModel(), await fp16Model()];
+      for (const path of unloadable) {
+        const r = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path }) });
+        expect(r.status).toBe(400);
+      }
+      const nan = await makeHeadVariant(base, "nan-logits");
+      const probed = await call(sock, "/v1/models/promote", { body: JSON.stringify({ path: nan }) });
+      expect((probed.body["error"] as { code: string }).code).toBe("MODEL_PROBE_FAILED");
+
+      const listed = await call(sock, "/v1/models");
+      const versions = listed.body["versions"] as {
+        id: number;
+        kind: string;
+        state: string;
+        metrics: Record<string, unknown>;
+      }[];
+      const bySource = (p: string) => versions.find((v) => v.metrics["source"] === p)!;
+      for (const path of unloadable)
+        expect(bySource(path)).toMatchObject({ state: "rejected", kind: "unknown" });
+      expect(bySource(nan)).toMatchObject({ state: "rejected", kind: "fp32" });
+      expect(bySource(shippedModelPath)).toMatchObject({ state: "active", kind: "fp32" });
+
+      const table = await runQuantd(["agent", "models", "--socket", sock], { env: ENV });
+      expect(table.code).toBe(0);
+      const rows = table.stdout.split("\n").filter((l) => /\brejected\b/.test(l));
+      expect(rows.filter((l) => /\brejected\s+unknown\b/.test(l))).toHaveLength(3);
+      expect(rows.filter((l) => /\brejected\s+fp32\b/.test(l))).toHaveLength(1);
+    } finally {
+      await agent.stop();
+    }
+  });
+});
