@@ -114,7 +114,8 @@ function isChoice(x: unknown): x is AutoChoice {
     typeof x["decision"] === "string" &&
     typeof x["at"] === "string" &&
     (x["source"] === undefined || typeof x["source"] === "string") &&
-    Array.isArray(x["candidates"])
+    Array.isArray(x["candidates"]) &&
+    (x["vsFp32"] === undefined || typeof x["vsFp32"] === "string")
   );
 }
 

@@ -4,7 +4,7 @@
  * bounded, written whole, and a damaged file reported rather than thrown.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -15,6 +15,7 @@ import {
   recordAutoOutcome,
 } from "../../src/device/auto-choices.ts";
 import { profileFor } from "../../src/device/profiles.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
 
 const root = mkdtempSync(join(tmpdir(), "quantd-board-record-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -119,5 +120,31 @@ describe("board record of auto winners", () => {
     expect(damaged.problem).toContain("is not JSON");
     recordAutoOutcome(dir, "/m/y.onnx", outcome("y"), pi4);
     expect(readBoardRecord(dir).choices.map((c) => c.decision)).toEqual(["y"]);
+  });
+
+  test("a recalibration's verdict against fp32 is kept beside the winner and `quantd device` shows it", async () => {
+    const dir = join(root, "vs-fp32");
+    const verdict = "no int8 form beats fp32 on this board (latency ratio 1.210 to fp32): fp32 keeps serving";
+    recordAutoOutcome(dir, "/m/pi/model.onnx", outcome("fastest that met the gate"), pi4, verdict);
+    expect(readBoardRecord(dir).choices[0]?.vsFp32).toBe(verdict);
+    const table = await runQuantd(["device", "--state-dir", dir]);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toContain("auto winner (pi)");
+    expect(table.stdout).toContain(`fastest that met the gate; ${verdict}`);
+    // A later quantize run of the same model, with no benchmark against fp32, says nothing of one.
+    recordAutoOutcome(dir, "/m/pi/model.onnx", outcome("again"), pi4);
+    expect(readBoardRecord(dir).choices[0]?.vsFp32).toBeUndefined();
+  });
+
+  test("an entry whose verdict against fp32 is not text is left out, as any malformed entry is", () => {
+    const dir = join(root, "vs-fp32-damaged");
+    recordAutoOutcome(dir, "/m/a.onnx", outcome("a"), pi4, "beats fp32");
+    recordAutoOutcome(dir, "/m/b.onnx", outcome("b"), pi4);
+    const body = JSON.parse(readFileSync(boardRecordPath(dir), "utf8")) as {
+      auto: Record<string, unknown>[];
+    };
+    body.auto[1]!["vsFp32"] = 5;
+    writeFileSync(boardRecordPath(dir), JSON.stringify(body));
+    expect(readBoardRecord(dir).choices.map((c) => c.decision)).toEqual(["b"]);
   });
 });
