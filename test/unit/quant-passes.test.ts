@@ -539,6 +539,13 @@ describe("weight-only: MatMuls reading a constant stack of matrices", () => {
     });
   }
 
+  test("--reduce-range leaves the stack its full int8 range: nothing of a weight-only MatMul is integer arithmetic", async () => {
+    const r = await quantizeModel(model, { type: "dynamic", reduceRange: true });
+    const stack = r.model.graph.initializer.find((t) => t.dataType === DataType.INT8 && t.dims.length === 2)!;
+    // Each row's largest |value| maps to 127, not to the 63 of a 7-bit range.
+    expect(Math.max(...Array.from(tensorToArray(stack) as Int8Array, Math.abs))).toBe(127);
+  });
+
   test("without per-channel scales the stack has one scale", async () => {
     const r = await quantizeModel(model, { type: "dynamic", perChannel: false });
     expect(r.model.graph.node.map((n) => n.opType)).toEqual(["DequantizeLinear", "MatMul", "MatMul"]);

@@ -22,8 +22,8 @@ import { dequantizedWeight, type QuantizedWeight, quantizeWeight } from "./weigh
 
 /** Options of {@link insertWeightOnly}. */
 export interface WeightOnlyOptions {
+  /** One scale per row of each matrix (else one for the stack). */
   perChannel: boolean;
-  reduceRange: boolean;
 }
 
 /**
@@ -46,7 +46,9 @@ export function insertWeightOnly(
       const w = quantizeWeight(rw, weights, t.weight, {
         channelAxis: 0,
         perChannel: opts.perChannel,
-        reduceRange: opts.reduceRange,
+        // 7-bit ranges guard u8×s8 products against int16 overflow; a weight-only stack is dequantized
+        // to fp32 before its MatMul, so it keeps all 8 bits whatever --reduce-range asks of the rest.
+        reduceRange: false,
         transpose: false,
         rows: opts.perChannel,
       });
