@@ -134,8 +134,9 @@ candidates and why the winner won.
 
 The model is checked before any sample is read: a float16 export is refused (QUANT_UNSUPPORTED, naming a
 half-precision tensor: quantize the fp32 export), and so is a graph quantd cannot run or rewrite safely
-(a custom-domain op onnxruntime has no kernel for, a node reading a tensor nothing makes, an opset 11/12
-Softmax whose meaning opset 13 changes), naming the node and its op; nothing is written at --out.
+(QUANT_UNSUPPORTED for a custom-domain op onnxruntime has no kernel for or an opset 11/12 Softmax whose
+meaning opset 13 changes, MODEL_INVALID for a node reading a tensor nothing makes), naming the node and its
+op; nothing is written at --out.
 Graphs onnxruntime's optimizers saved (FusedMatMul, FusedGemm, Attention, EmbedLayerNormalization, …)
 and external-data models (model.onnx + model.onnx_data) are taken as they are; the summary's graph:
 line says which contrib ops were lowered to the standard ops they fuse.`,
