@@ -557,6 +557,28 @@ describe("weight-only: MatMuls reading a constant stack of matrices", () => {
     expectClose((await outputs(r.model))[0], want, { atol: 0.05, rtol: 0.02, what: "y" });
   });
 
+  test("a stack a non-MatMul also reads stays fp32 for its MatMul too: the file holds it once", async () => {
+    // y = x·S, and S itself as an output: the Identity needs the float stack, so an int8 copy for the
+    // MatMul would be a second copy.
+    const shared = makeModel({
+      graph: makeGraph({
+        name: "stack-and-add",
+        nodes: [
+          makeNode("MatMul", ["x", "S"], ["y"], {}, { name: "mm_stack" }),
+          makeNode("Identity", ["S"], ["s_out"], {}, { name: "stack_out" }),
+        ],
+        inputs: [makeValueInfo("x", DataType.FLOAT, ["n", 2, 5, 4])],
+        outputs: [makeValueInfo("y", DataType.FLOAT), makeValueInfo("s_out", DataType.FLOAT)],
+        initializers: [makeTensor("S", DataType.FLOAT, [2, 4, 3], S)],
+      }),
+    });
+    const r = await quantizeModel(shared, { type: "dynamic" });
+    expect(r.plan.quantized).toEqual([]);
+    expect(r.plan.skipped.map((s) => [s.node, s.reason])).toEqual([["mm_stack", "shared-weight"]]);
+    expect(r.model.graph.initializer.map((t) => [t.name, t.dataType])).toEqual([["S", DataType.FLOAT]]);
+    expect(count(r.model, "DequantizeLinear")).toBe(0);
+  });
+
   test("a fallback revert keeps the stack fp32 for both readers, so the file holds it once", async () => {
     const r = await quantizeModel(model, { type: "static", exclude: ["mm_stack"] });
     expect(r.plan.quantized).toEqual([]);
