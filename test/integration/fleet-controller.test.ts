@@ -205,6 +205,19 @@ describe.skipIf(!hasMosquitto)("fleet controller and CLI", () => {
       const r = await cli(["fleet", "recalibrate", "pi-1", ...bad, "--broker", broker.url, "--fleet", "lab"]);
       expect(r.code).toBe(2);
       expect(r.err).toMatch(/^error USAGE: (mode|prefer) must be one of /);
+      // --json keeps which key was wrong, as the device's refusal would.
+      const j = await cli([
+        "fleet",
+        "recalibrate",
+        "pi-1",
+        ...bad,
+        "--json",
+        "--broker",
+        broker.url,
+        "--fleet",
+        "lab",
+      ]);
+      expect(JSON.parse(j.out)).toMatchObject({ code: "USAGE", details: { key: bad[0]!.slice(2) } });
     }
   });
 

@@ -363,7 +363,8 @@ async function jobCommand(ctx: CommandContext, sub: "recalibrate" | "rollback"):
     try {
       parseCommand("recalibrate", params);
     } catch (err) {
-      throw usageError((err as Error).message);
+      const e = QuantdError.from(err);
+      throw usageError(e.message, e.details);
     }
   } else {
     const version = flagString(ctx.flags, "version");
