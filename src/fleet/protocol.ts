@@ -7,8 +7,12 @@
  */
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
-import { REQUESTED_MODES, type RequestedMode } from "../quant/pipeline.ts";
+import {
+  CALIBRATION_METHODS,
+  type CalibrationMethod,
+  REQUESTED_MODES,
+  type RequestedMode,
+} from "../quant/methods.ts";
 import type { Job, JobState } from "../store/jobs.ts";
 
 /** Version segment of every topic; bumped only for incompatible payload changes. */

@@ -1,8 +1,10 @@
 /**
- * The calibration methods' names, in a module of their own so that the agent
- * can check a job's parameters without loading the quantizer (which it loads
- * only when a recalibration runs).
+ * The calibration methods' and modes' names, in a module of their own so that
+ * the agent and the fleet protocol can check a job's parameters without
+ * loading the quantizer (which the agent loads only when a recalibration runs,
+ * and the fleet controller never: it pulls in onnxruntime's native addon).
  */
+import type { QuantizeMode } from "./plan.ts";
 
 /** How activation ranges are estimated. */
 export type CalibrationMethod = "minmax" | "moving-average" | "percentile" | "entropy" | "mse";
@@ -15,3 +17,9 @@ export const CALIBRATION_METHODS: readonly CalibrationMethod[] = [
   "entropy",
   "mse",
 ];
+
+/** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
+export type RequestedMode = QuantizeMode | "auto";
+
+/** Every {@link RequestedMode}: what `quantd quantize --mode`, a job's and a fleet command's `mode` accept. */
+export const REQUESTED_MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];

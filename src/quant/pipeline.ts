@@ -45,7 +45,7 @@ import {
 import { type Choice, type ChoiceInputs, chooseCandidate, timeModels } from "./choose.ts";
 import type { LengthHistogram } from "./drift.ts";
 import { DEFAULT_GATE_AGREEMENT, type GateDecision, type GateMetrics } from "./gate.ts";
-import type { CalibrationMethod } from "./methods.ts";
+import type { CalibrationMethod, RequestedMode } from "./methods.ts";
 import {
   type ActivationType,
   assertFloat32Model,
@@ -100,12 +100,6 @@ export {
   type SplitRequest,
   splitRequestOf,
 } from "./split.ts";
-
-/** What a user may ask for: a format, or `auto` to let quantd measure and choose. */
-export type RequestedMode = QuantizeMode | "auto";
-
-/** Every {@link RequestedMode}: what `quantd quantize --mode`, a job's and a fleet command's `mode` accept. */
-export const REQUESTED_MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
 
 /** Samples the sensitivity probe runs (both models, every quantized node exposed). */
 export const SENSITIVITY_PROBE_SAMPLES = 32;

@@ -21,6 +21,7 @@ import {
   deviceNameOf,
   NAME_PATTERN,
 } from "../../src/fleet/protocol.ts";
+import { repoRoot } from "../helpers/paths.ts";
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 const code = (fn: () => unknown): string => {
@@ -121,6 +122,18 @@ describe("commands", () => {
     });
     expect(code(() => parseCommand("recalibrate", { mode: "fastest" }))).toBe("COMMAND_INVALID");
     expect(code(() => parseCommand("recalibrate", { prefer: "speed" }))).toBe("COMMAND_INVALID");
+  });
+
+  test("the protocol and the job parameters' checks load without the quantizer (no onnxruntime in a controller)", () => {
+    // In a process of its own: this one has loaded onnxruntime for other files' tests.
+    const probe = [
+      'await import("./src/fleet/protocol.ts");',
+      'await import("./src/agent/recalibrate-params.ts");',
+      'console.log(Object.keys(require.cache).filter((k) => k.includes("onnxruntime")).length);',
+    ].join(" ");
+    const r = Bun.spawnSync(["bun", "-e", probe], { cwd: repoRoot });
+    expect(r.stderr.toString()).toBe("");
+    expect(r.stdout.toString().trim()).toBe("0");
   });
 
   test("set-config accepts only allow-listed keys with typed values, never paths", () => {

@@ -13,10 +13,9 @@ import { DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeLengths } from "../../quant/drift.ts";
 import { describeAgreement, formatCount, type GateDecision, parseGateThreshold } from "../../quant/gate.ts";
 import { describeTaskFigures } from "../../quant/task-metrics.ts";
-import { CALIBRATION_METHODS, type CalibrationMethod } from "../../quant/methods.ts";
+import { CALIBRATION_METHODS, type CalibrationMethod, REQUESTED_MODES } from "../../quant/methods.ts";
 import {
   DEFAULT_CALIBRATION_SAMPLES,
-  REQUESTED_MODES,
   type RunQuantizationOptions,
   runQuantization,
   type SamplePool,
