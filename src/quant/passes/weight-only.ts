@@ -28,7 +28,7 @@ export interface WeightOnlyOptions {
 
 /**
  * Rewrites the `weight-only` targets; a stack read by several MatMuls is
- * quantized, dequantized and reshaped once. Returns how many.
+ * quantized, dequantized and reshaped once.
  *
  * @throws QUANT_FAILED when a planned node is missing or its stack is not a float initializer
  */
@@ -36,7 +36,7 @@ export function insertWeightOnly(
   rw: GraphRewrite,
   targets: readonly WeightOnlyTarget[],
   opts: WeightOnlyOptions,
-): number {
+): void {
   const weights = new Map<string, QuantizedWeight>();
   const stacks = new Map<string, string>();
   for (const t of targets) {
@@ -58,7 +58,6 @@ export function insertWeightOnly(
     }
     n.input[1] = stack;
   }
-  return targets.length;
 }
 
 /** Reshape(`rows`) → the stack's own dims, written right before `anchor`. */
