@@ -294,15 +294,26 @@ function latencyRefusal(
 
 /**
  * How a candidate fared against the fp32 model it was built from, for the
- * board record beside an auto winner: on a board where no int8 form beats
- * fp32, fp32 keeps serving unless the operator prefers size.
+ * board record beside an auto winner: it beats fp32 only when faster; up to
+ * the job's latency ratio it is within that much of fp32 (and serves); on a
+ * board where no int8 form beats fp32, fp32 keeps serving unless the operator
+ * prefers size.
+ *
+ * @param slower - {@link latencyRefusal}'s reason, when the candidate is refused as slower
  */
-function againstFp32(bench: BenchFigures, p: RecalibrateJobParams, slower: string | undefined): string {
+export function againstFp32(
+  bench: BenchFigures,
+  p: RecalibrateJobParams,
+  slower: string | undefined,
+): string {
+  const maxLat = p.maxLatencyRatio ?? DEFAULT_MAX_LATENCY_RATIO;
   const ratio = `latency ratio ${bench.latencyRatio.toFixed(3)} to fp32`;
   if (slower !== undefined) return `no int8 form beats fp32 on this board (${ratio}): fp32 keeps serving`;
-  if (bench.latencyRatio > (p.maxLatencyRatio ?? DEFAULT_MAX_LATENCY_RATIO))
+  if (bench.latencyRatio > maxLat)
     return `slower than fp32 (${ratio}), served as quantize.prefer = size asks`;
-  return `beats fp32 on this board (${ratio})`;
+  if (bench.latencyRatio < 1) return `beats fp32 on this board (${ratio})`;
+  const slowerBy = ((bench.latencyRatio - 1) * 100).toFixed(1);
+  return `within ${slowerBy} % of fp32 on this board (${ratio}, allowed up to ${maxLat})`;
 }
 
 /** Why a benchmark's candidate is refused: slower or larger than the active model beyond the job's ratios. */

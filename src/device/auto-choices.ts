@@ -42,7 +42,8 @@ export interface AutoChoice {
   candidates: AutoChoiceCandidate[];
   /**
    * What a recalibration's benchmark against the fp32 model made of the
-   * winner: that it beats fp32 here, or that no int8 form does and fp32 keeps
+   * winner: that it beats fp32 here (faster), that it serves within the job's
+   * latency ratio of fp32, or that no int8 form beats fp32 and fp32 keeps
    * serving (unless the operator prefers size).
    */
   vsFp32?: string;

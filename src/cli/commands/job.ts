@@ -307,7 +307,7 @@ export const jobCommand: Command = {
       type: "string",
       value: "MODE",
       description:
-        "static, dynamic, or auto (every int8 form that can be fastest on this board, timed here; the winner and why go to the board profile quantd device shows)",
+        "static, dynamic, or auto (every int8 form that can be fastest on this board, timed here; the winner and why go to the board profile quantd device shows, with whether it beats fp32, is within the latency ratio of it, or fp32 keeps serving)",
       default: "static",
     },
     {
