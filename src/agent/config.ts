@@ -12,6 +12,7 @@ import { QuantdError } from "../errors.ts";
 import type { FleetConfig } from "../fleet/device/config.ts";
 import { deviceNameOf } from "../fleet/protocol.ts";
 import { isRecord } from "../json.ts";
+import { QUANTIZE_PREFERENCES, type QuantizePreference } from "../quant/methods.ts";
 import { modelFileOf } from "../runtime/model-files.ts";
 import {
   POOLING_MODES,
@@ -184,16 +185,6 @@ export const DEFAULT_LIMITS: LimitsConfig = {
 export const DEFAULT_SWAP_CHECKS: SwapChecksConfig = { errorRate: 0.01, p95Ratio: 1.2, window: 200 };
 
 type KeyType = "string" | "int" | "number" | "boolean" | "tcp" | "address" | "task" | "pooling" | "prefer";
-
-/**
- * What a recalibration serves when its int8 candidate is not faster than the
- * active model (`quantize.prefer`): `latency` keeps the faster one, so on a
- * board where no int8 form beats fp32 (possible on a Pi 4) fp32 keeps serving
- * and the job says so; `size` serves the smaller int8 model anyway.
- */
-export const QUANTIZE_PREFERENCES = ["latency", "size"] as const;
-/** One of {@link QUANTIZE_PREFERENCES}. */
-export type QuantizePreference = (typeof QUANTIZE_PREFERENCES)[number];
 
 interface KeySpec {
   /** Dotted path in the file, e.g. `batching.maxBatch`. */

@@ -7,9 +7,15 @@
 import { QuantdError, type QuantdErrorCode } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import type { GateDecision } from "../quant/gate.ts";
-import { CALIBRATION_METHODS, type CalibrationMethod } from "../quant/methods.ts";
+import {
+  CALIBRATION_METHODS,
+  type CalibrationMethod,
+  QUANTIZE_PREFERENCES,
+  type QuantizePreference,
+  REQUESTED_MODES,
+  type RequestedMode,
+} from "../quant/methods.ts";
 import { gateSpecOf, validationSizeFor } from "../quant/split.ts";
-import { QUANTIZE_PREFERENCES, type QuantizePreference } from "./config.ts";
 
 /** Default calibration samples of a recalibration. */
 export const DEFAULT_RECALIBRATE_SAMPLES = 128;
@@ -31,7 +37,7 @@ export interface RecalibrateJobParams {
   /** Calibration method. @defaultValue the quantizer's default */
   method?: CalibrationMethod;
   /** int8 format. @defaultValue "static" */
-  mode?: "static" | "dynamic" | "auto";
+  mode?: RequestedMode;
   /** Minimum top-1 agreement with fp32 (a fraction), or the fleet's `{minAgreement, maxAccuracyDrop}`. @defaultValue the quantizer's gate */
   gate?: number | { minAgreement?: number; maxAccuracyDrop?: number };
   /** What must clear the gate: the agreement's lower bound or, explicitly, its point estimate. @defaultValue "bound" */
@@ -98,10 +104,10 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
   }
   const mode = raw["mode"];
   if (mode !== undefined) {
-    if (mode !== "static" && mode !== "dynamic" && mode !== "auto") {
-      fail("USAGE", `mode must be static, dynamic or auto, got ${JSON.stringify(mode)}`);
+    if (!REQUESTED_MODES.includes(mode as RequestedMode)) {
+      fail("USAGE", `mode must be one of ${REQUESTED_MODES.join(", ")}, got ${JSON.stringify(mode)}`);
     }
-    out.mode = mode;
+    out.mode = mode as RequestedMode;
   }
   const gate = raw["gate"];
   if (typeof gate === "number") out.gate = fraction(gate, "gate")!;
@@ -160,7 +166,10 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
   const prefer = raw["prefer"];
   if (prefer !== undefined) {
     if (!QUANTIZE_PREFERENCES.includes(prefer as QuantizePreference))
-      fail("USAGE", `prefer must be latency or size, got ${JSON.stringify(prefer)}`);
+      fail(
+        "USAGE",
+        `prefer must be one of ${QUANTIZE_PREFERENCES.join(", ")}, got ${JSON.stringify(prefer)}`,
+      );
     out.prefer = prefer as QuantizePreference;
   }
   const memory = raw["benchMemory"];

@@ -145,7 +145,7 @@ const AFTER_LOAD_CODES: ReadonlySet<string> = new Set(["MODEL_TASK_MISMATCH", "M
  * only the three kinds (and an older quantd must still open the database), so
  * the record says so beside it and the views show `unknown`.
  */
-export const KIND_UNKNOWN_METRIC = "kindUnknown";
+const KIND_UNKNOWN_METRIC = "kindUnknown";
 
 /** Records a candidate that failed its load or probe as rejected, its kind unknown when nothing shows it. */
 function rejectCandidate(

@@ -10,6 +10,8 @@ import { isRecord } from "../json.ts";
 import {
   CALIBRATION_METHODS,
   type CalibrationMethod,
+  QUANTIZE_PREFERENCES,
+  type QuantizePreference,
   REQUESTED_MODES,
   type RequestedMode,
 } from "../quant/methods.ts";
@@ -352,10 +354,8 @@ export interface RecalibrateParams {
   /** The int8 form: `auto` builds every form fast on the board and times them there. @defaultValue "static" */
   mode?: RequestedMode;
   /** A candidate slower than fp32: `latency` keeps fp32 serving, `size` serves the smaller int8. @defaultValue the device's `quantize.prefer` */
-  prefer?: "latency" | "size";
+  prefer?: QuantizePreference;
 }
-
-const PREFERENCES: readonly NonNullable<RecalibrateParams["prefer"]>[] = ["latency", "size"];
 
 /** `p[key]` when it is one of `choices`; undefined when absent. @throws COMMAND_INVALID otherwise */
 function choiceIn<T extends string>(
@@ -514,7 +514,7 @@ export function parseCommand(name: string, raw: unknown): FleetCommand {
       if (gate !== undefined) params.gate = gate;
       const mode = choiceIn(p, "mode", REQUESTED_MODES);
       if (mode !== undefined) params.mode = mode;
-      const prefer = choiceIn(p, "prefer", PREFERENCES);
+      const prefer = choiceIn(p, "prefer", QUANTIZE_PREFERENCES);
       if (prefer !== undefined) params.prefer = prefer;
       return { name: cmd, params };
     }

@@ -23,3 +23,14 @@ export type RequestedMode = QuantizeMode | "auto";
 
 /** Every {@link RequestedMode}: what `quantd quantize --mode`, a job's and a fleet command's `mode` accept. */
 export const REQUESTED_MODES: readonly RequestedMode[] = ["static", "dynamic", "auto"];
+
+/**
+ * What a recalibration serves when its int8 candidate is not faster than the
+ * active model (`quantize.prefer`, a job's and a fleet command's `prefer`):
+ * `latency` keeps the faster one, so on a board where no int8 form beats fp32
+ * (possible on a Pi 4) fp32 keeps serving and the job says so; `size` serves
+ * the smaller int8 model anyway.
+ */
+export const QUANTIZE_PREFERENCES = ["latency", "size"] as const;
+/** One of {@link QUANTIZE_PREFERENCES}. */
+export type QuantizePreference = (typeof QUANTIZE_PREFERENCES)[number];

@@ -122,6 +122,13 @@ describe("commands", () => {
     });
     expect(code(() => parseCommand("recalibrate", { mode: "fastest" }))).toBe("COMMAND_INVALID");
     expect(code(() => parseCommand("recalibrate", { prefer: "speed" }))).toBe("COMMAND_INVALID");
+    // The job's own check reads the same lists (quant/methods.ts) as the protocol's.
+    expect(() => parseRecalibrateParams({ mode: "fastest" })).toThrow(
+      'mode must be one of static, dynamic, auto, got "fastest"',
+    );
+    expect(() => parseRecalibrateParams({ prefer: "speed" })).toThrow(
+      'prefer must be one of latency, size, got "speed"',
+    );
   });
 
   test("the protocol and the job parameters' checks load without the quantizer (no onnxruntime in a controller)", () => {
