@@ -8,11 +8,11 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { constants, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { chmod, type FileHandle, mkdir, open, rename, stat, unlink } from "node:fs/promises";
+import { chmod, type FileHandle, mkdir, open, rename, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { writeFailure } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
-import { externalDataFiles, loadModel, saveModel } from "../onnx/codec.ts";
+import { externalDataFiles, loadModel, PROTOBUF_LIMIT, saveModel } from "../onnx/codec.ts";
 import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/models.ts";
 import { kindOf, MARKER_OVERLAP, scanKindMarkers } from "./model-kind.ts";
 
@@ -58,9 +58,10 @@ function tooLarge(src: string, bytes: number, maxBytes: number): QuantdError {
  * type is checked on the opened descriptor, so a path swapped after a check
  * cannot slip a device (`/dev/zero` copies until the disk is full) through.
  *
+ * @param what - what the file is, for the error (an external data file names its model)
  * @throws FILE_NOT_FOUND | FILE_UNREADABLE (not a regular file) | MODEL_TOO_LARGE
  */
-async function openRegularFile(src: string, maxBytes: number): Promise<FileHandle> {
+async function openRegularFile(src: string, maxBytes: number, what = "candidate model"): Promise<FileHandle> {
   let input: FileHandle;
   try {
     input = await open(src, constants.O_RDONLY | constants.O_NONBLOCK);
@@ -68,14 +69,14 @@ async function openRegularFile(src: string, maxBytes: number): Promise<FileHandl
     const code = (err as NodeJS.ErrnoException).code;
     throw new QuantdError(
       code === "ENOENT" ? "FILE_NOT_FOUND" : "FILE_UNREADABLE",
-      `cannot read candidate model ${src}: ${(err as Error).message}`,
+      `cannot read ${what} ${src}: ${(err as Error).message}`,
       { cause: err, details: { path: src } },
     );
   }
   try {
     const st = await input.stat();
     if (!st.isFile()) {
-      const what = st.isFIFO()
+      const kind = st.isFIFO()
         ? "a FIFO"
         : st.isCharacterDevice() || st.isBlockDevice()
           ? "a device"
@@ -86,7 +87,7 @@ async function openRegularFile(src: string, maxBytes: number): Promise<FileHandl
               : "not a regular file";
       throw new QuantdError(
         "FILE_UNREADABLE",
-        `candidate model ${src} is ${what}; only a regular file can be promoted`,
+        `${what} ${src} is ${kind}; only a regular file can be promoted`,
         { details: { path: src } },
       );
     }
@@ -154,7 +155,9 @@ async function copyToTemp(
  * hash, where the side file's relative location would name nothing.
  *
  * @throws FILE_NOT_FOUND | FILE_UNREADABLE when `src` (or a side file) cannot be read or is not a regular file
- * @throws MODEL_TOO_LARGE when it (with its side files) holds more than `maxBytes`
+ * @throws MODEL_TOO_LARGE when it (with its side files) holds more than `maxBytes`, or, inlined, more than protobuf's 2 GiB
+ * @throws MODEL_NOT_ONNX | MODEL_TRUNCATED | MODEL_INVALID when a model referring to external data cannot be
+ *   decoded or a reference is bad (a location outside its directory), naming `src`
  * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written (nothing is left behind)
  */
 export async function stageCopy(
@@ -166,10 +169,12 @@ export async function stageCopy(
   if (!mayReferExternalData) return staged;
   let sideFiles: string[];
   try {
+    // quantd's own error names the user's file and the bad reference; a byte copy staged anyway would
+    // fail later in onnxruntime, naming the registry's copy instead.
     sideFiles = await externalDataFiles(src);
-  } catch {
-    // Not a model quantd can decode: loading the byte copy says why, naming the user's file.
-    return staged;
+  } catch (err) {
+    await unlink(staged.tmpPath).catch(() => undefined);
+    throw err;
   }
   if (sideFiles.length === 0) return staged;
   await unlink(staged.tmpPath).catch(() => undefined);
@@ -177,9 +182,43 @@ export async function stageCopy(
 }
 
 /**
+ * Bytes of `src` and its external data files, each opened and checked as the
+ * model file is (a regular file: a FIFO named as a side file would block the
+ * read forever, a device fill memory), symlinks followed as for the model.
+ * The side files are then read again by path when the model is loaded: the
+ * check guards against a wrong file, not against one swapped in between by
+ * someone who can write the model's directory (who could change the model).
+ *
+ * @throws FILE_NOT_FOUND | FILE_UNREADABLE naming the side file; MODEL_TOO_LARGE past `maxBytes`
+ */
+async function bytesWithSideFiles(src: string, sideFiles: string[], maxBytes: number): Promise<number> {
+  let total = 0;
+  for (const [i, f] of [src, ...sideFiles].entries()) {
+    const what = i === 0 ? "candidate model" : `external data file of ${src}:`;
+    const input = await openRegularFile(f, Number.POSITIVE_INFINITY, what);
+    try {
+      total += (await input.stat()).size;
+    } finally {
+      await input.close().catch(() => undefined);
+    }
+  }
+  if (total > maxBytes) throw tooLarge(src, total, maxBytes);
+  if (total > PROTOBUF_LIMIT) {
+    throw new QuantdError(
+      "MODEL_TOO_LARGE",
+      `candidate model ${src} is ${total} bytes with its external data files; the registry keeps a version ` +
+        `as one self-contained file, which protobuf limits to ${PROTOBUF_LIMIT} bytes`,
+      { details: { path: src, bytes: total, maxBytes: PROTOBUF_LIMIT } },
+    );
+  }
+  return total;
+}
+
+/**
  * An external-data model written to a temporary file in `dir` with its
  * weights inlined, then hashed. The model is held in memory once, while it is
- * written (the copy of a self-contained file never is).
+ * written (the copy of a self-contained file never is): the agent's memory
+ * grows by the model's size for the promotion (README, limits).
  */
 async function stageInlined(
   src: string,
@@ -187,13 +226,7 @@ async function stageInlined(
   dir: string,
   maxBytes: number,
 ): Promise<StagedCopy> {
-  let total = 0;
-  for (const f of [src, ...sideFiles])
-    total += await stat(f).then(
-      (st) => st.size,
-      () => 0,
-    );
-  if (total > maxBytes) throw tooLarge(src, total, maxBytes);
+  await bytesWithSideFiles(src, sideFiles, maxBytes);
   const tmpPath = join(dir, `.candidate.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
   try {
     // A missing or short side file fails here, naming it (FILE_NOT_FOUND, MODEL_TRUNCATED).

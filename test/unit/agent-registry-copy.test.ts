@@ -5,7 +5,16 @@
  */
 import { afterAll, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stageCopy } from "../../src/agent/model-files.ts";
@@ -114,5 +123,68 @@ test("an external-data model is staged self-contained; a missing side file is FI
   }
   expect((err as QuantdError).code).toBe("FILE_NOT_FOUND");
   expect((err as QuantdError).message).toContain("model.onnx_data");
+  expect(readdirSync(models)).toEqual([]);
+});
+
+/** The error `stageCopy(path, models, maxBytes)` throws (fails the test when it throws none). */
+async function stageError(path: string, models: string, maxBytes?: number): Promise<QuantdError> {
+  try {
+    await stageCopy(path, models, maxBytes);
+  } catch (e) {
+    return e as QuantdError;
+  }
+  throw new Error(`${path} was staged`);
+}
+
+/** A tiny synthetic BERT saved as `<name>/model.onnx` + `model.onnx_data`. */
+async function externalDataModel(name: string): Promise<{ path: string; data: string }> {
+  const src = join(dir, name);
+  mkdirSync(src);
+  const path = join(src, "model.onnx");
+  await saveModel(buildSyntheticBert(SYNTHETIC_BERT_PRESETS.tiny), path, {
+    externalData: { location: "model.onnx_data" },
+  });
+  return { path, data: join(src, "model.onnx_data") };
+}
+
+test("an external data location outside the model's directory is MODEL_INVALID naming the user's file and the location (no byte copy staged)", async () => {
+  const { path } = await externalDataModel("external-outside");
+  // Same length, so the graph's bytes stay well formed: every tensor now points at ../odel.onnx_da.
+  const bytes = readFileSync(path, "latin1").replaceAll("model.onnx_data", "../odel.onnx_da");
+  writeFileSync(path, bytes, "latin1");
+  const models = join(dir, "models-outside");
+  const err = await stageError(path, models);
+  expect(err.code).toBe("MODEL_INVALID");
+  expect(err.message).toContain(path);
+  expect(err.message).toContain('"../odel.onnx_da"');
+  expect(readdirSync(models)).toEqual([]);
+});
+
+test("a side file that is a FIFO is refused as the model file would be (the read would wait forever), nothing left behind", async () => {
+  const { path, data } = await externalDataModel("external-fifo");
+  rmSync(data);
+  expect(Bun.spawnSync(["mkfifo", data]).exitCode).toBe(0);
+  const models = join(dir, "models-fifo");
+  const err = await stageError(path, models);
+  expect(err.code).toBe("FILE_UNREADABLE");
+  expect(err.message).toBe(
+    `external data file of ${path}: ${data} is a FIFO; only a regular file can be promoted`,
+  );
+  expect(readdirSync(models)).toEqual([]);
+});
+
+test("an external-data model over protobuf's 2 GiB once inlined is MODEL_TOO_LARGE up front, naming its size and the limit", async () => {
+  const { path, data } = await externalDataModel("external-huge");
+  // A sparse side file: 2 GiB on paper, no disk; nothing is read before the size is checked.
+  truncateSync(data, 2 ** 31);
+  const models = join(dir, "models-huge");
+  const err = await stageError(path, models, 4 * 2 ** 30);
+  expect(err.code).toBe("MODEL_TOO_LARGE");
+  const bytes = 2 ** 31 + statSync(path).size;
+  expect(err.message).toBe(
+    `candidate model ${path} is ${bytes} bytes with its external data files; the registry keeps a version ` +
+      "as one self-contained file, which protobuf limits to 2147483647 bytes",
+  );
+  expect(err.details).toEqual({ path, bytes, maxBytes: 2147483647 });
   expect(readdirSync(models)).toEqual([]);
 });
