@@ -6,7 +6,7 @@
  * releases the sessions and closes the store.
  */
 import { chmodSync, mkdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { isAbsolute, join, relative, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
 import type { FleetLink } from "../fleet/device/link.ts";
@@ -21,13 +21,14 @@ import { type MetricsListener, startMetricsListener } from "../server/metrics-li
 import { createRoutes } from "../server/routes.ts";
 import { ServerMetrics } from "../server/server-metrics.ts";
 import { openStoreRecovering } from "../store/recover.ts";
+import type { ModelVersion } from "../store/models.ts";
 import { databasePath, type Store } from "../store/store.ts";
 import { CaptureQueue } from "./capture-queue.ts";
-import type { AgentConfig } from "./config.ts";
+import { type AgentConfig, defaultModelName } from "./config.ts";
 import { coverageOf, createDriftMonitor, type DriftMonitor } from "./drift.ts";
 import { heapTrimmer, TrimAfterPeaks } from "./heap-trim.ts";
-import { RECALIBRATE_JOB } from "./recalibrate.ts";
-import type { ModelRegistry, RegistryEvent } from "./registry.ts";
+import { BASE_METRIC, RECALIBRATE_JOB } from "./recalibrate.ts";
+import { type ModelRegistry, type RegistryEvent, SOURCE_METRIC } from "./registry.ts";
 import { reregisterModelFiles } from "./model-files.ts";
 import { type AgentServices, createAgentServices } from "./services.ts";
 import { servingJobHandlers } from "./serving-jobs.ts";
@@ -186,6 +187,8 @@ interface Serving {
   drift: DriftMonitor;
   heap: TrimAfterPeaks;
   routes: ReturnType<typeof createRoutes>;
+  /** The OIP model name the routes serve under (set once the model to serve is known). */
+  naming: { modelName: string };
   /** Refuses new work from now on. */
   refuse(): void;
 }
@@ -259,8 +262,12 @@ async function buildServing(
   });
   const monitor = drift;
   let accepting = true;
+  const naming = { modelName: config.modelName };
   const routes = createRoutes({
-    modelName: config.modelName,
+    // Read per request: a stored version serving in place of the configured model gives its own name.
+    get modelName() {
+      return naming.modelName;
+    },
     backend: registry,
     batcher,
     limits: config.limits,
@@ -277,7 +284,7 @@ async function buildServing(
   const refuse = (): void => {
     accepting = false;
   };
-  return { services, metrics, batcher, capture, drift, heap, routes, refuse };
+  return { services, metrics, batcher, capture, drift, heap, routes, naming, refuse };
 }
 
 /** Stage 2: the socket (and TCP) listeners; a second agent on the socket is refused here. */
@@ -299,12 +306,50 @@ async function listen(
   return listeners;
 }
 
-/** Stage 3: the store, then the model to serve (`/v2/health/ready` turns 200). */
+/**
+ * Stage 3: the store, then the model to serve (`/v2/health/ready` turns 200).
+ * When the explicit model did not load and a stored version serves instead,
+ * the routes take that version's name (unless `modelName` is configured).
+ */
 async function openAndLoad(config: AgentConfig, serving: Serving): Promise<void> {
   const { services, drift } = serving;
   await services.open();
-  await services.registry.start(config.model, config.modelExplicit);
+  const served = await services.registry.start(config.model, config.modelExplicit);
+  if (services.registry.startupRejection() !== undefined && config.modelNameExplicit !== true) {
+    serving.naming.modelName =
+      storedVersionName(served, services.store.models.list(), config.stateDir) ?? "model";
+  }
   drift.setCoverage(coverageOf(services.registry.activeVersion()?.metrics));
+}
+
+/**
+ * The OIP name of a stored version, as a start with the file it was promoted
+ * from gives: that file's name ({@link defaultModelName}); a version a
+ * recalibration built was promoted from the job's work file in the state
+ * directory, so the fp32 base it was built from names it. `undefined` when no
+ * file outside the state directory is recorded.
+ */
+function storedVersionName(
+  version: ModelVersion,
+  versions: readonly ModelVersion[],
+  stateDir: string,
+): string | undefined {
+  const seen = new Set<number>();
+  let v: ModelVersion | undefined = version;
+  while (v !== undefined && !seen.has(v.id)) {
+    seen.add(v.id);
+    const source = v.metrics[SOURCE_METRIC];
+    if (typeof source === "string" && !isInside(stateDir, source)) return defaultModelName(source);
+    const base: unknown = v.metrics[BASE_METRIC];
+    v = typeof base === "string" ? versions.find((w) => w.path === base) : undefined;
+  }
+  return undefined;
+}
+
+/** Whether `path` lies in `dir` (or is it). */
+function isInside(dir: string, path: string): boolean {
+  const rel = relative(resolve(dir), resolve(path));
+  return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
 }
 
 /** Stage 4: the fleet link, when a broker is configured. */
@@ -366,7 +411,7 @@ function runningAgent(
   const { listeners, scrape, fleet, jobs } = parts;
   let stopping: Promise<void> | undefined;
   return {
-    config,
+    config: { ...config, modelName: serving.naming.modelName },
     store: services.store,
     registry: services.registry,
     batcher,

@@ -94,6 +94,12 @@ export interface AgentConfig {
   /** The model name in the Open Inference Protocol routes. @defaultValue the initial model's directory name (its file's stem at the filesystem root) */
   modelName: string;
   /**
+   * Whether `modelName` was configured; else it follows the model served (a
+   * stored version serving in place of an explicit model that did not load
+   * gives its own). @defaultValue false
+   */
+  modelNameExplicit?: boolean;
+  /**
    * What the operator sets over the task detected from the model (`task.kind`, `task.pooling`,
    * `task.normalize`); a setting the model's outputs contradict stops the start. @defaultValue detected
    */
@@ -560,6 +566,7 @@ function assembleConfig(opts: LoadConfigOptions, { values, pathValue }: Sources)
     modelExplicit: values.has("model"),
     tokenizerDir: pathValue("tokenizerDir") ?? dirname(model),
     modelName: (values.get("modelName") as string | undefined) ?? defaultModelName(model),
+    modelNameExplicit: values.has("modelName"),
     task: {
       ...(values.has("task.kind") ? { kind: values.get("task.kind") as TaskKind } : {}),
       ...(values.has("task.pooling") ? { pooling: values.get("task.pooling") as PoolingMode } : {}),
@@ -610,7 +617,7 @@ function assembleConfig(opts: LoadConfigOptions, { values, pathValue }: Sources)
  * never fail the config check (a missing file is reported as such when the
  * agent starts, naming it).
  */
-function defaultModelName(model: string): string {
+export function defaultModelName(model: string): string {
   const valid = (s: string) => s.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "");
   return valid(basename(dirname(model))) || valid(basename(model, extname(model))) || "model";
 }

@@ -10,8 +10,9 @@
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { startAgent } from "../../src/agent/agent.ts";
+import { defaultModelName } from "../../src/agent/config.ts";
 import { makeNode } from "../../src/onnx/builder.ts";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
@@ -36,6 +37,8 @@ if (!hasMosquitto) console.warn(mosquittoSkipReason);
 setDefaultTimeout(120_000);
 
 const ENV = { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "" };
+/** The OIP name of the shipped model, which a start without --model serves. */
+const SHIPPED_NAME = defaultModelName(shippedModelPath);
 
 let dir: string;
 /** A model directory as a user keeps one: tokenizer and config beside each broken model. */
@@ -168,6 +171,15 @@ describe("an explicit --model that does not load, with a model already in the st
         const classified = await classifyOverSocket(socket(), ["a fine film"]);
         expect(classified.status).toBe(200);
         expect(classified.body["model"]).toEqual({ version: 1, kind: "fp32" });
+
+        // The inference routes name the version served, as a start without --model does, not the file that failed.
+        const metadata = await call(socket(), `/v2/models/${SHIPPED_NAME}`);
+        expect(metadata.status).toBe(200);
+        expect(metadata.body["name"]).toBe(SHIPPED_NAME);
+        const badName = basename(dirname(bad));
+        expect(badName).not.toBe(SHIPPED_NAME);
+        expect((await call(socket(), `/v2/models/${badName}`)).status).toBe(404);
+        expect(agent.stderr()).toContain(`ready: serving ${SHIPPED_NAME} version 1 (fp32)`);
 
         const models = await runQuantd(["agent", "models", "--socket", socket(), "--json"], { env: ENV });
         expect(models.code).toBe(0);

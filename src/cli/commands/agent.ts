@@ -64,7 +64,7 @@ async function serve(ctx: CommandContext): Promise<number> {
   const rejected = agent.registry.startupRejection();
   // systemctl status shows this line: a board serving a stored version in place of its --model says so there.
   const status =
-    `serving ${config.modelName} version ${active?.id} (${active?.kind}) on ${config.socketPath}` +
+    `serving ${agent.config.modelName} version ${active?.id} (${active?.kind}) on ${config.socketPath}` +
     (rejected === undefined ? "" : `; degraded: ${rejected.path} did not load (${rejected.error.code})`);
   if (rejected === undefined) logger.info(`ready: ${status}, ${config.threads} threads`);
   else logger.warn(`ready: ${status}, ${config.threads} threads`);
@@ -163,7 +163,8 @@ export const agentCommand: Command = {
       value: "FILE|DIR",
       description:
         "initial model, or a model directory with model.onnx (served even when the store has another active version; " +
-        "when it does not load, the store's active version serves instead and health, `agent models` and the fleet status say so)",
+        "when it does not load, the store's active version serves instead, named by its own file in /v2/models/NAME, " +
+        "and health, `agent models` and the fleet status say so)",
       default: "the store's active version, else the shipped fp32 model",
     },
     {
