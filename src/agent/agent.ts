@@ -329,7 +329,7 @@ async function openAndLoad(config: AgentConfig, serving: Serving): Promise<void>
  * directory, so the fp32 base it was built from names it. `undefined` when no
  * file outside the state directory is recorded.
  */
-function storedVersionName(
+export function storedVersionName(
   version: ModelVersion,
   versions: readonly ModelVersion[],
   stateDir: string,
