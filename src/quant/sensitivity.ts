@@ -235,21 +235,25 @@ export interface FallbackOptions {
 }
 
 /**
- * Bytes every node costs on top of its weights when ranking by gain per cost:
- * keeps weightless nodes (attention MatMuls) from ranking first on cost alone,
- * and is about one 256 × 256 projection's price.
+ * The price a node with no weights (an attention MatMul: no bytes of its own)
+ * takes when ranking by gain per cost, so that a cost of 0 does not put it
+ * first whatever its gain; about one 256 × 256 projection's price.
  */
 export const FALLBACK_COST_FLOOR_BYTES = 256 * 1024;
 
 /**
  * The fallback's order: estimated gain (the error a node adds) per cost (the
- * bytes keeping it fp32 adds, plus a floor), best first. A large embedding
- * table with a middling error goes after a small projection with the same
- * error: keeping it costs 12 MB for what 200 KB would buy.
+ * bytes keeping it fp32 adds; {@link FALLBACK_COST_FLOOR_BYTES} for a node
+ * with no weights), best first. A large embedding table with a middling error
+ * goes after a small projection with the same error: keeping it costs 12 MB
+ * for what 200 KB would buy. A small table goes before a projection with a
+ * few times its error: the floor is not added to a node's own bytes, or a
+ * 768-byte segment table would be priced like a 257 KB projection.
  */
 export function byGainPerCost(a: LayerErrorEntry, b: LayerErrorEntry): number {
-  const score = (e: LayerErrorEntry): number =>
-    Math.max(0, e.addedError) / ((e.fp32CostBytes ?? 0) + FALLBACK_COST_FLOOR_BYTES);
+  const cost = (e: LayerErrorEntry): number =>
+    e.fp32CostBytes !== undefined && e.fp32CostBytes > 0 ? e.fp32CostBytes : FALLBACK_COST_FLOOR_BYTES;
+  const score = (e: LayerErrorEntry): number => Math.max(0, e.addedError) / cost(e);
   return score(b) - score(a) || b.addedError - a.addedError;
 }
 

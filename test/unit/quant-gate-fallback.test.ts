@@ -138,6 +138,27 @@ describe("runFallback", () => {
     expect(r.trials.some((t) => t.added?.includes("b"))).toBe(true);
   });
 
+  test("a node is priced at its own bytes: a 768-byte table goes before a projection with a larger error", async () => {
+    const log: string[][] = [];
+    // d is a segment-sized table (2 × 96 floats), b a 256 × 192 projection adding five times its error:
+    // per byte the table buys 50 times more. The cost floor prices only nodes with no weight (and so no
+    // bytes of their own), which otherwise rank first on a cost of 0; added to every node, it priced the
+    // table like a 257 KB projection, and b went first.
+    const bytes: Record<string, number> = { b: 196_608, d: 768 };
+    const priced: FallbackHooks<string[]> = {
+      ...hooks(log),
+      rank: async (kept) =>
+        (await hooks([]).rank(kept)).map((e) => ({ ...e, fp32CostBytes: bytes[e.node] ?? 786_432 })),
+    };
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, priced, {
+      gate: { minAgreement: 0.99, decideOn: "point" },
+    });
+    expect(log[0]).toEqual(["d"]);
+    expect(r.trials[0]!.bought?.bytes).toBe(768);
+    expect(log[1]).toEqual(["d", "b"]);
+    expect(r.passed).toBe(true);
+  });
+
   test("ignored nodes (user excludes) are never picked", async () => {
     const log: string[][] = [];
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {
