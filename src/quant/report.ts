@@ -96,6 +96,11 @@ export interface FallbackTrial {
   bought?: TrialBought;
   /** The trial did not help (its candidate ranked no better than where it started): its nodes went back to int8. */
   reverted?: boolean;
+  /**
+   * The size phase, after the gate held: nodes this trial put back to int8 (`bought.bytes` is then the
+   * bytes saved, negative). When it missed the gate it is `reverted`: the nodes stay fp32.
+   */
+  dropped?: string[];
 }
 
 /** What a trial that costs no bytes measured, and bought against the build it started from. */

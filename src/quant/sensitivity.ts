@@ -328,7 +328,9 @@ export interface FallbackResult<M> {
  * did not help (less agreement than the candidate it started from, or as
  * much with no smaller logit error) is reverted: its nodes go back to int8, are not
  * tried again, and the trial is recorded as `reverted`, so no node stays fp32
- * without having bought something.
+ * without having bought something. Once the gate holds, the rebuilds left go
+ * to the size phase ({@link dropUnneeded}): a kept node the passing build does
+ * not need goes back to int8.
  *
  * @throws USAGE when `opts.budget` is not a non-negative integer
  */
@@ -371,10 +373,64 @@ export async function runFallback<M>(
     }
     kept.push(...next);
     current = { model, metrics };
-    if (passed) return { best: current, passed: true, keptFp32: [...kept], trials, ranking };
+    if (passed) {
+      const shrunk = await dropUnneeded(
+        { best: current, kept },
+        hooks,
+        opts.gate,
+        budget - trials.length,
+        trials,
+      );
+      return { best: shrunk.best, passed: true, keptFp32: shrunk.kept, trials, ranking };
+    }
     if (trial + 1 < budget) ranked = await hooks.rank(current.model);
   }
   return { best: current, passed: false, keptFp32: kept, trials, ranking };
+}
+
+/**
+ * The size phase, once the gate holds with rebuilds left: each kept choice that
+ * has bytes of its own, the most bytes first, goes back to int8 for one trial;
+ * the drop stands when the gate still holds (its bytes saved), else it is
+ * undone and the trial recorded as reverted. A node kept on the way because it
+ * helped then (a cheap table, say) may not be needed once a later trial met the
+ * gate. A set of kept nodes already validated in this search is not built again.
+ */
+async function dropUnneeded<M>(
+  from: { best: FallbackCandidate<M>; kept: readonly LayerErrorEntry[] },
+  hooks: FallbackHooks<M>,
+  gate: GateSpec,
+  rebuildsLeft: number,
+  trials: FallbackTrial[],
+): Promise<{ best: FallbackCandidate<M>; kept: LayerErrorEntry[] }> {
+  const setOf = (names: readonly string[]): string => [...names].sort().join("\n");
+  const built = new Set(trials.map((t) => setOf(t.keptFp32)));
+  let { best } = from;
+  let kept = [...from.kept];
+  const byBytes = kept
+    .filter((e) => (e.fp32CostBytes ?? 0) > 0)
+    .sort((a, b) => (b.fp32CostBytes ?? 0) - (a.fp32CostBytes ?? 0));
+  let left = rebuildsLeft;
+  for (const drop of byBytes) {
+    const names = kept.filter((e) => e !== drop).map((e) => e.node);
+    // No names is the build the search started from, which missed the gate.
+    if (left <= 0 || names.length === 0 || built.has(setOf(names))) continue;
+    built.add(setOf(names));
+    left--;
+    const model = await hooks.rebuild(names);
+    const metrics = await hooks.validate(model);
+    const passed = checkGate(metrics, gate).passed;
+    const record = trialRecord(names, [], metrics, best.metrics, passed, !passed);
+    trials.push({
+      ...record,
+      dropped: [drop.node],
+      bought: { ...record.bought!, bytes: -(drop.fp32CostBytes ?? 0) },
+    });
+    if (!passed) continue;
+    kept = kept.filter((e) => e !== drop);
+    best = { model, metrics };
+  }
+  return { best, kept };
 }
 
 /**

@@ -159,6 +159,45 @@ describe("runFallback", () => {
     expect(r.passed).toBe(true);
   });
 
+  test("once the gate holds, rebuilds left put kept nodes back in int8, the most bytes first, a drop kept only while the gate holds", async () => {
+    const bytes: Record<string, number> = { b: 196_608, d: 768 };
+    const priced = (log: string[][]): FallbackHooks<string[]> => ({
+      ...hooks(log),
+      rank: async (kept) =>
+        (await hooks([]).rank(kept)).map((e) => ({ ...e, fp32CostBytes: bytes[e.node] ?? 786_432 })),
+    });
+    // d (768 B) helps first, b meets the gate; without b is d alone, already validated (not built again);
+    // without d, b alone loses 0.0087: within 99 %, so d goes back to int8 and its bytes are saved.
+    const log: string[][] = [];
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, priced(log), {
+      gate: { minAgreement: 0.99, decideOn: "point" },
+    });
+    expect(log).toEqual([["d"], ["d", "b"], ["b"]]);
+    expect(r.trials[2]).toMatchObject({ added: [], dropped: ["d"], passed: true });
+    expect(r.trials[2]!.bought?.bytes).toBe(-768);
+    expect(r.trials[2]!.reverted).toBeUndefined();
+    expect(r.passed).toBe(true);
+    expect(r.keptFp32.map((k) => k.node)).toEqual(["b"]);
+    expect(r.best.model).toEqual(["b"]);
+    // At 99.5 % b alone misses: the drop is undone (reverted), d stays fp32, the build that passed is the result.
+    const strict: string[][] = [];
+    const s = await runFallback({ model: [], metrics: metricsFor([]) }, priced(strict), {
+      gate: { minAgreement: 0.995, decideOn: "point" },
+    });
+    expect(strict).toEqual([["d"], ["d", "b"], ["b"]]);
+    expect(s.trials[2]).toMatchObject({ dropped: ["d"], passed: false, reverted: true });
+    expect(s.passed).toBe(true);
+    expect(s.best.model).toEqual(["d", "b"]);
+    expect(s.keptFp32.map((k) => k.node)).toEqual(["d", "b"]);
+    // No rebuild left after the gate held: no size phase.
+    const tight: string[][] = [];
+    await runFallback({ model: [], metrics: metricsFor([]) }, priced(tight), {
+      gate: { minAgreement: 0.99, decideOn: "point" },
+      budget: 2,
+    });
+    expect(tight).toEqual([["d"], ["d", "b"]]);
+  });
+
   test("ignored nodes (user excludes) are never picked", async () => {
     const log: string[][] = [];
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, hooks(log), {

@@ -114,7 +114,9 @@ the method under which the nodes reading it add the least error), as they cost n
 few more per trial, the best estimated gain (the error a node adds; the readers of a shared weight go fp32
 together, as one choice: their errors summed, the weight's bytes once) per byte first, until the gate holds
 or --trials rebuilds are spent; the summary says what each trial bought (a trial that did not help is
-reverted: its nodes go back to int8). If it cannot be met the command
+reverted: its nodes go back to int8). Nodes are priced at their fp32 bytes (a node with no weights as one
+256 × 256 projection). Once the gate holds, rebuilds left put the kept nodes back in int8 one at a time, the
+most bytes first, each drop kept only when the gate still holds. If it cannot be met the command
 fails with GATE_NOT_MET and writes nothing at --out (the report, if asked for, is still written).
 
 --out DIR (an existing directory, a path ending in /, or one without .onnx) makes a self-contained
@@ -573,10 +575,23 @@ function fallbackLines(r: QuantizationReport): string[] {
   }
   for (const [i, t] of r.fallback.trials.entries()) {
     if (t.bought === undefined) continue;
+    const what =
+      t.dropped !== undefined
+        ? `${t.reverted === true ? "tried" : "put"} ${t.dropped.join(", ")} back in int8 (−${formatBytes(-t.bought.bytes)})`
+        : `${t.reverted === true ? "tried" : "kept"} ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)})`;
+    const verdict =
+      t.dropped !== undefined
+        ? t.passed
+          ? ", gate still met"
+          : "; gate missed: stays fp32"
+        : t.passed
+          ? ", gate met"
+          : t.reverted === true
+            ? "; did not help: reverted to int8"
+            : "";
     out.push(
-      `  fallback trial ${i + 1}: ${t.reverted === true ? "tried" : "kept"} ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)}): ` +
-        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}` +
-        `${t.passed ? ", gate met" : t.reverted === true ? "; did not help: reverted to int8" : ""}`,
+      `  fallback trial ${i + 1}: ${what}: ` +
+        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${verdict}`,
     );
   }
   return out;
