@@ -193,8 +193,13 @@ describe("sensitivity fallback on a planted outlier", () => {
     expect(sensitive[0]?.detail).toContain("relative error");
     const trials = report.fallback.trials;
     expect(trials.length).toBeGreaterThanOrEqual(1);
-    expect(trials.at(-1)?.passed).toBe(true);
-    expect(trials[0]?.keptFp32).toEqual([SENSITIVE]);
+    const met = trials.find((t) => t.passed);
+    expect(met?.keptFp32).toEqual([SENSITIVE]);
+    // Tried before it, if anything: nodes cheaper per byte (the 1.5 KB segment table), reverted as they did not help.
+    for (const t of trials.slice(0, trials.indexOf(met!))) {
+      expect(t.bought?.bytes).toBeLessThan(met?.bought?.bytes ?? 0);
+      expect(t.reverted).toBe(true);
+    }
 
     // In the written model that MatMul reads its fp32 weight; its neighbour is quantized
     // (the default static format writes it as MatMulIntegerToFloat).
