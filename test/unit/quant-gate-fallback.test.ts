@@ -71,6 +71,19 @@ function hooks(log: string[][]): FallbackHooks<string[]> {
   };
 }
 
+/** {@link hooks} whose ranking prices each node at `bytes[node]`, else `otherwise`. */
+function pricedHooks(
+  log: string[][],
+  bytes: Readonly<Record<string, number>>,
+  otherwise: number,
+): FallbackHooks<string[]> {
+  return {
+    ...hooks(log),
+    rank: async (kept) =>
+      (await hooks([]).rank(kept)).map((e) => ({ ...e, fp32CostBytes: bytes[e.node] ?? otherwise })),
+  };
+}
+
 describe("runFallback", () => {
   test("a candidate that already passes is returned untouched, without ranking or rebuilding", async () => {
     const log: string[][] = [];
@@ -121,12 +134,7 @@ describe("runFallback", () => {
   test("each trial says what it bought and paid; a costly node goes after a cheap one of similar gain", async () => {
     const log: string[][] = [];
     // b is an embedding-sized table: 12 MB to keep fp32 for 0.02; d a small projection for 0.004.
-    const bytes: Record<string, number> = { b: 12 * 2 ** 20, d: 196_608, f: 196_608 };
-    const priced: FallbackHooks<string[]> = {
-      ...hooks(log),
-      rank: async (kept) =>
-        (await hooks([]).rank(kept)).map((e) => ({ ...e, fp32CostBytes: bytes[e.node] ?? 196_608 })),
-    };
+    const priced = pricedHooks(log, { b: 12 * 2 ** 20 }, 196_608);
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, priced, {
       gate: { minAgreement: 0.99, decideOn: "point" },
     });
@@ -140,16 +148,11 @@ describe("runFallback", () => {
 
   test("a node is priced at its own bytes: a 768-byte table goes before a projection with a larger error", async () => {
     const log: string[][] = [];
-    // d is a segment-sized table (2 × 96 floats), b a 256 × 192 projection adding five times its error:
+    // d is a segment-sized table (2 × 128 floats), b a 256 × 256 projection adding five times its error:
     // per byte the table buys 50 times more. The cost floor prices only nodes with no weight (and so no
     // bytes of their own), which otherwise rank first on a cost of 0; added to every node, it priced the
     // table like a 257 KB projection, and b went first.
-    const bytes: Record<string, number> = { b: 196_608, d: 768 };
-    const priced: FallbackHooks<string[]> = {
-      ...hooks(log),
-      rank: async (kept) =>
-        (await hooks([]).rank(kept)).map((e) => ({ ...e, fp32CostBytes: bytes[e.node] ?? 786_432 })),
-    };
+    const priced = pricedHooks(log, { b: 196_608, d: 768 }, 786_432);
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, priced, {
       gate: { minAgreement: 0.99, decideOn: "point" },
     });
@@ -160,12 +163,7 @@ describe("runFallback", () => {
   });
 
   test("once the gate holds, rebuilds left put kept nodes back in int8, the most bytes first, a drop kept only while the gate holds", async () => {
-    const bytes: Record<string, number> = { b: 196_608, d: 768 };
-    const priced = (log: string[][]): FallbackHooks<string[]> => ({
-      ...hooks(log),
-      rank: async (kept) =>
-        (await hooks([]).rank(kept)).map((e) => ({ ...e, fp32CostBytes: bytes[e.node] ?? 786_432 })),
-    });
+    const priced = (log: string[][]) => pricedHooks(log, { b: 196_608, d: 768 }, 786_432);
     // d (768 B) helps first, b meets the gate; without b is d alone, already validated (not built again);
     // without d, b alone loses 0.0087: within 99 %, so d goes back to int8 and its bytes are saved.
     const log: string[][] = [];
