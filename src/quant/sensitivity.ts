@@ -257,16 +257,25 @@ export function byGainPerCost(a: LayerErrorEntry, b: LayerErrorEntry): number {
   return score(b) - score(a) || b.addedError - a.addedError;
 }
 
-/** Each reader of a shared weight (read by more than one node) → every reader of it. */
+/**
+ * Each reader of a shared weight (read by more than one node) → every reader of
+ * its group. Readers linked through a chain of shared weights are one group:
+ * keeping X fp32 keeps its weights A and B fp32, so A's other readers and B's go
+ * with it, and a group keyed by its first member must list them in one order.
+ */
 function sharedReaderGroups(
   weightReaders: Readonly<Record<string, readonly string[]>>,
 ): Map<string, readonly string[]> {
-  const groups = new Map<string, readonly string[]>();
+  const groupOf = new Map<string, Set<string>>();
   for (const readers of Object.values(weightReaders)) {
     if (readers.length < 2) continue;
-    for (const r of readers) groups.set(r, [...new Set([...(groups.get(r) ?? []), ...readers])]);
+    const merged = new Set(readers);
+    for (const r of readers) for (const n of groupOf.get(r) ?? []) merged.add(n);
+    for (const n of merged) groupOf.set(n, merged);
   }
-  return groups;
+  const lists = new Map<Set<string>, readonly string[]>();
+  for (const g of groupOf.values()) if (!lists.has(g)) lists.set(g, [...g]);
+  return new Map([...groupOf].map(([n, g]) => [n, lists.get(g)!]));
 }
 
 /**
@@ -278,7 +287,7 @@ function sharedReaderGroups(
  * what keeping it buys, and a reverted reader left its fellows to be tried
  * again: the same build validated twice.
  */
-export function mergeSharedReaders(
+function mergeSharedReaders(
   entries: readonly LayerErrorEntry[],
   groups: ReadonlyMap<string, readonly string[]>,
 ): LayerErrorEntry[] {

@@ -305,4 +305,30 @@ describe("runFallback", () => {
     const builds = log.map((k) => [...k].sort().join(","));
     expect(new Set(builds).size).toBe(builds.length);
   });
+
+  test("readers chained through two shared weights are one choice: a reverted one takes the whole chain with it", async () => {
+    const log: string[][] = [];
+    // x reads A (with y) and B (with z): keeping any of them fp32 keeps A and B, so all three.
+    const chain = ["y", "x", "z"];
+    const harmful: FallbackHooks<string[]> = {
+      ...hooks(log),
+      validate: async (kept) => {
+        const m = metricsFor(kept.filter((n) => !chain.includes(n)));
+        return kept.some((n) => chain.includes(n)) ? lowered(m, 30) : m;
+      },
+      rank: async (kept) => [...(await hooks([]).rank(kept)), ...chain.map((node) => entry(node, 1))],
+    };
+    const r = await runFallback({ model: [], metrics: metricsFor([]) }, harmful, {
+      gate: { minAgreement: 0.9999, decideOn: "point" },
+      weightReaders: { A: ["y", "x"], B: ["x", "z"] },
+    });
+    expect(r.trials[0]).toMatchObject({ reverted: true });
+    expect(log[0]!.filter((n) => chain.includes(n))).toHaveLength(1);
+    expect(
+      log
+        .slice(1)
+        .flat()
+        .filter((n) => chain.includes(n)),
+    ).toEqual([]);
+  });
 });
