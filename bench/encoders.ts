@@ -15,11 +15,17 @@
  *   bun bench/encoders.ts --decide-on point  # gate on the point estimate (default: its 95 % lower bound)
  *   bun bench/encoders.ts --markdown FILE  # also write the table to FILE
  *   bun bench/encoders.ts --only arch-roberta --runs 50  # latency runs per model (default 30)
+ *   bun bench/encoders.ts --only arch-albert,arch-albert-ort-extended --arch-size base --margins
+ *       # architecture rows at ALBERT-base's dimensions (768 wide, 12 heads, FFN 3072, 12 layer calls,
+ *       # 512 positions; each keeps its own embedding width and tokenizer), with fp32's margins
  *
  * A fixture that fails prints its error code in the row; the script never
  * fails on a miss (the targets — gate met, ≤ 27 % size — are read, not asserted).
  * The architecture fixtures of `test/fixtures/encoders/` (DistilBERT,
- * RoBERTa, ALBERT, …; `arch-*` rows, at their own default size) follow.
+ * RoBERTa, ALBERT, …; `arch-*` rows, at their own default size unless
+ * `--arch-size` names another) follow. `--margins` adds, per fixture, fp32's
+ * margin |logit1 − logit0| over the static run's held-out rows (that the
+ * planted sentiment path still decides at that depth and width).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -28,9 +34,11 @@ import { parseArgs } from "node:util";
 import { isQuantdError } from "../src/errors.ts";
 import { medianRatio, percentile } from "../src/bench/stats.ts";
 import { runQuantization } from "../src/quant/pipeline.ts";
+import { readSampleTsv, splitSamples } from "../src/quant/samples.ts";
 import type { QuantizeReport } from "../src/quant/report.ts";
 import { feedsForEncoding, loadClassifier } from "../src/runtime/classifier.ts";
 import {
+  type ArchitectureShape,
   architectureEncoderFixtures,
   type EncoderFixture,
   shippedEncoderFixtures,
@@ -53,6 +61,8 @@ const { values } = parseArgs({
     threads: { type: "string", default: "1" },
     runs: { type: "string", default: "30" },
     markdown: { type: "string" },
+    "arch-size": { type: "string", default: "own" },
+    margins: { type: "boolean", default: false },
   },
 });
 
@@ -60,6 +70,13 @@ const SIZES: Record<string, SyntheticBertConfig> = {
   tiny: TEST_BERT,
   // BERT-Mini's shape with the shipped tokenizer's vocabulary, so the shipped WordPiece tokenizer fits.
   mini: { ...SYNTHETIC_BERT_PRESETS.mini, vocab: 16384 },
+};
+
+/** Sizes of the architecture rows: each fixture's own, or a real checkpoint's dimensions for all of them. */
+const ARCH_SIZES: Record<string, ArchitectureShape | undefined> = {
+  own: undefined,
+  // ALBERT-base (albert-base-v2): BERT-base's layer shape, its one layer called 12 times.
+  base: { size: { hidden: 768, heads: 12, intermediate: 3072, maxPositions: 512 }, layers: 12 },
 };
 
 /** One fixture's figures in one mode. */
@@ -152,61 +169,104 @@ const pct = (x: number | undefined): string => (x === undefined ? "—" : `${(x 
 const agreement = (r: ModeRow): string =>
   r.error !== undefined ? "FAILED" : `${pct(r.agreement)} (≥ ${pct(r.lower)})`;
 
+/** fp32's margins |logit1 − logit0| over the held-out rows a static run validates on, as one line. */
+async function fp32Margins(name: string, model: string, samples: string): Promise<string> {
+  const req = { calibration: Number(values.calib), validation: Number(values.val), needed: 1, gateWords: "" };
+  const { validation } = splitSamples(await readSampleTsv(samples), req, false, samples);
+  const c = await loadClassifier(model, { session: { intraOpThreads: Number(values.threads) } });
+  try {
+    const out = await c.classify(validation.map((v) => v.text));
+    const m = out.map((o) => Math.abs(o.logits[1]! - o.logits[0]!));
+    const below = [0.05, 0.1, 0.2].map((t) => pct(m.filter((x) => x < t).length / m.length)).join(" / ");
+    return (
+      `${name}: fp32 margin |logit1 − logit0| over ${m.length} held-out rows: median ${percentile(m, 50).toFixed(2)}, ` +
+      `1st percentile ${percentile(m, 1).toFixed(3)}, smallest ${Math.min(...m).toFixed(4)}; below 0.05 / 0.1 / 0.2: ${below}`
+    );
+  } finally {
+    await c.release();
+  }
+}
+
+/** One fixture's table row: static and dynamic int8 of it, and latency of the static one. */
+async function benchFixture(
+  f: EncoderFixture,
+  dir: string,
+  samples: string,
+): Promise<{ row: string; model: string }> {
+  const model = await f.build(join(dir, f.name), shippedDir);
+  const st = await quantize(model, join(dir, f.name, "int8-static.onnx"), "static", samples);
+  const dy = await quantize(model, join(dir, f.name, "int8-dynamic.onnx"), "dynamic", samples);
+  const graph = st.report?.graph ?? dy.report?.graph;
+  const opset =
+    graph === undefined
+      ? "—"
+      : graph.opset.from === graph.opset.to
+        ? `${graph.opset.to}`
+        : `${graph.opset.from}→${graph.opset.to}`;
+  const lowered =
+    graph === undefined || graph.lowered.length === 0
+      ? "—"
+      : [...new Set(graph.lowered.map((l) => l.opType))].join(", ");
+  const left =
+    st.error ??
+    dy.error ??
+    (st.fp32Left.length === 0 ? "none" : `${st.fp32Left.length}: ${st.fp32Left.join("; ")}`);
+  const lat = st.error === undefined ? await latency(model, join(dir, f.name, "int8-static.onnx")) : "—";
+  const times =
+    typeof lat === "string"
+      ? `${lat} | —`
+      : `${lat.fp32Ms.toFixed(2)} ms | ${lat.int8Ms.toFixed(2)} ms (${lat.ratio.toFixed(2)} ×)`;
+  const row = `| ${f.name} | ${agreement(st)} | ${pct(st.sizeRatio)} | ${agreement(dy)} | ${pct(dy.sizeRatio)} | ${times} | ${opset} | ${lowered} | ${left} |`;
+  return { row, model };
+}
+
 async function main(): Promise<void> {
   const config = SIZES[values.size];
   if (config === undefined) throw new Error(`--size must be one of ${Object.keys(SIZES).join(", ")}`);
+  if (!(values["arch-size"] in ARCH_SIZES)) {
+    throw new Error(`--arch-size must be one of ${Object.keys(ARCH_SIZES).join(", ")}`);
+  }
+  const archShape = ARCH_SIZES[values["arch-size"]];
   const only = values.only?.split(",").filter((s) => s !== "");
   const all: EncoderFixture[] = [
     ...syntheticEncoderFixtures(config),
     ...shippedEncoderFixtures(join(shippedDir, "model.onnx")),
-    ...architectureEncoderFixtures(),
+    ...architectureEncoderFixtures(archShape),
   ];
   const fixtures = only === undefined ? all : all.filter((f) => only.includes(f.name));
   const dir = mkdtempSync(join(tmpdir(), "quantd-bench-encoders-"));
   const samples = join(dir, "samples.tsv");
   const pool = readFileSync(poolTsv, "utf8").trim().split("\n");
   writeFileSync(samples, `${pool.slice(0, 1 + Number(values.calib) + Number(values.val)).join("\n")}\n`);
+  const archWords =
+    archShape === undefined
+      ? ""
+      : `; arch-* rows at ${archShape.size.hidden} wide, ${archShape.size.heads} heads, FFN ${archShape.size.intermediate}, ${archShape.layers} layer calls, ${archShape.size.maxPositions} positions (--arch-size ${values["arch-size"]})`;
   const lines = [
-    `encoders: synthetic ${values.size} (${config.layers} × ${config.hidden}, vocab ${config.vocab}) + shipped BERT-Mini; ` +
+    `encoders: synthetic ${values.size} (${config.layers} × ${config.hidden}, vocab ${config.vocab}) + shipped BERT-Mini${archWords}; ` +
       `${values.calib} calibration / ${values.val} held-out SST-2 train sentences; default flags, gate 99.5 % on the ${values["decide-on"] === "point" ? "point estimate" : "95 % lower bound"}`,
     "",
     "| fixture | static agreement (95 % bound) | static size | dynamic agreement (bound) | dynamic size | p50 fp32 | p50 static int8 (ratio) | opset | lowered | fp32 weight nodes left (why) |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   console.log(lines.join("\n"));
+  const notes: string[] = [];
   try {
     for (const f of fixtures) {
-      const model = await f.build(join(dir, f.name), shippedDir);
-      const st = await quantize(model, join(dir, f.name, "int8-static.onnx"), "static", samples);
-      const dy = await quantize(model, join(dir, f.name, "int8-dynamic.onnx"), "dynamic", samples);
-      const graph = st.report?.graph ?? dy.report?.graph;
-      const opset =
-        graph === undefined
-          ? "—"
-          : graph.opset.from === graph.opset.to
-            ? `${graph.opset.to}`
-            : `${graph.opset.from}→${graph.opset.to}`;
-      const lowered =
-        graph === undefined || graph.lowered.length === 0
-          ? "—"
-          : [...new Set(graph.lowered.map((l) => l.opType))].join(", ");
-      const left =
-        st.error ??
-        dy.error ??
-        (st.fp32Left.length === 0 ? "none" : `${st.fp32Left.length}: ${st.fp32Left.join("; ")}`);
-      const lat = st.error === undefined ? await latency(model, join(dir, f.name, "int8-static.onnx")) : "—";
-      const times =
-        typeof lat === "string"
-          ? `${lat} | —`
-          : `${lat.fp32Ms.toFixed(2)} ms | ${lat.int8Ms.toFixed(2)} ms (${lat.ratio.toFixed(2)} ×)`;
-      const row = `| ${f.name} | ${agreement(st)} | ${pct(st.sizeRatio)} | ${agreement(dy)} | ${pct(dy.sizeRatio)} | ${times} | ${opset} | ${lowered} | ${left} |`;
+      const { row, model } = await benchFixture(f, dir, samples);
       lines.push(row);
       console.log(row);
+      if (values.margins) {
+        notes.push(await fp32Margins(f.name, model, samples));
+        console.log(notes.at(-1));
+      }
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  if (values.markdown !== undefined) writeFileSync(values.markdown, `${lines.join("\n")}\n`);
+  if (values.markdown !== undefined) {
+    writeFileSync(values.markdown, `${[...lines, ...(notes.length > 0 ? ["", ...notes] : [])].join("\n")}\n`);
+  }
 }
 
 await main();
