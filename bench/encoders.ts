@@ -207,10 +207,10 @@ async function benchFixture(
     graph === undefined || graph.lowered.length === 0
       ? "—"
       : [...new Set(graph.lowered.map((l) => l.opType))].join(", ");
+  // Static's nodes even when dynamic failed (its error follows them), so a dynamic miss hides nothing.
   const left =
-    st.error ??
-    dy.error ??
-    (st.fp32Left.length === 0 ? "none" : `${st.fp32Left.length}: ${st.fp32Left.join("; ")}`);
+    (st.error ?? (st.fp32Left.length === 0 ? "none" : `${st.fp32Left.length}: ${st.fp32Left.join("; ")}`)) +
+    (st.error === undefined && dy.error !== undefined ? `; dynamic: ${dy.error}` : "");
   const lat = st.error === undefined ? await latency(model, join(dir, f.name, "int8-static.onnx")) : "—";
   const times =
     typeof lat === "string"
