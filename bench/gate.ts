@@ -46,7 +46,6 @@ import { encodeModel, loadModel, saveModel } from "../src/onnx/codec.ts";
 import type { ModelProto } from "../src/onnx/types.ts";
 import { clopperPearsonLower } from "../src/quant/confidence.ts";
 import {
-  type BuildSettings,
   type BuiltCandidates,
   type BuiltFormats,
   type CandidateInputs,
@@ -58,6 +57,7 @@ import {
 import { timeModels } from "../src/quant/choose.ts";
 import { argmaxRows, checkGate, describeAgreement, type GateSpec } from "../src/quant/gate.ts";
 import {
+  buildSettingsOf,
   collectLogits,
   encodeSamples,
   type QuantSample,
@@ -175,16 +175,10 @@ function memoryCache(): ReferenceLogitsCache {
 }
 
 /** What `--mode auto` validates with: the gate, no fallback (not validation), one intra-op thread. */
-const AUTO_SETTINGS: BuildSettings = {
-  gate: GATE,
-  budget: 0,
-  exclude: [],
-  perChannel: true,
-  reduceRange: false,
-  method: "minmax",
-  format: "qdq",
-  session,
-};
+const AUTO_SETTINGS = buildSettingsOf(
+  { trialBudget: 0, method: "minmax", format: "qdq", threads: session.intraOpThreads },
+  GATE,
+);
 
 async function timing(s: Subject): Promise<void> {
   say(`### ${s.name}: validating ${N_VAL} samples for ${s.candidates.length} candidates`);

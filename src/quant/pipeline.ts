@@ -44,7 +44,7 @@ import {
 } from "./candidates.ts";
 import { type Choice, type ChoiceInputs, chooseCandidate, timeModels } from "./choose.ts";
 import type { LengthHistogram } from "./drift.ts";
-import { DEFAULT_GATE_AGREEMENT, type GateDecision, type GateMetrics } from "./gate.ts";
+import { DEFAULT_GATE_AGREEMENT, type GateDecision, type GateMetrics, type GateSpec } from "./gate.ts";
 import type { CalibrationMethod, RequestedMode } from "./methods.ts";
 import {
   type ActivationType,
@@ -275,12 +275,20 @@ async function blameFp32File(run: Run, err: unknown): Promise<unknown> {
   }
 }
 
-/** Stage 0: options resolved to settings, and the cheap checks (a bad path fails in milliseconds, not after calibration). */
-function startRun(opts: RunQuantizationOptions): Run {
-  const t0 = performance.now();
-  const gate = gateSpecOf(opts);
+/** The options {@link buildSettingsOf} reads. */
+export type BuildSettingsOptions = Pick<
+  RunQuantizationOptions,
+  "trialBudget" | "exclude" | "perChannel" | "reduceRange" | "method" | "format" | "threads"
+>;
+
+/**
+ * What candidates are built and validated with: each option given, else the
+ * quantizer's default (one intra-op thread per core). Benchmarks and tests of
+ * `--mode auto` call it too, so their settings are the run's.
+ */
+export function buildSettingsOf(opts: BuildSettingsOptions, gate: GateSpec): BuildSettings {
   const defaults = defaultQuantizeOptions("static");
-  const settings: BuildSettings = {
+  return {
     gate,
     budget: opts.trialBudget ?? DEFAULT_TRIAL_BUDGET,
     exclude: [...new Set(opts.exclude ?? [])],
@@ -290,6 +298,13 @@ function startRun(opts: RunQuantizationOptions): Run {
     format: opts.format ?? defaults.format,
     session: { intraOpThreads: opts.threads ?? availableParallelism() } satisfies SessionOptions,
   };
+}
+
+/** Stage 0: options resolved to settings, and the cheap checks (a bad path fails in milliseconds, not after calibration). */
+function startRun(opts: RunQuantizationOptions): Run {
+  const t0 = performance.now();
+  const gate = gateSpecOf(opts);
+  const settings = buildSettingsOf(opts, gate);
   const files = findModelFiles(opts.model, opts.tokenizerDir);
   checkOutPath(opts.out, files.model, "--out");
   if (opts.report !== undefined) {

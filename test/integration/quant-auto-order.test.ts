@@ -14,7 +14,6 @@ import { join } from "node:path";
 import { saveModel } from "../../src/onnx/codec.ts";
 import type { ModelProto } from "../../src/onnx/types.ts";
 import {
-  type BuildSettings,
   buildCandidates,
   buildFormats,
   type CandidateInputs,
@@ -22,7 +21,7 @@ import {
   validateInLatencyOrder,
 } from "../../src/quant/candidates.ts";
 import type { GateSpec } from "../../src/quant/gate.ts";
-import { encodeSamples, readSampleTsv } from "../../src/quant/pipeline.ts";
+import { buildSettingsOf, encodeSamples, readSampleTsv } from "../../src/quant/pipeline.ts";
 import { describeFile } from "../../src/quant/report.ts";
 import { createValidator, type Validator } from "../../src/quant/validate.ts";
 import { loadTokenizer, type Tokenizer } from "../../src/runtime/tokenizer.ts";
@@ -45,17 +44,11 @@ const session = { intraOpThreads: 1 };
 const QDQ: FormatChoice = { mode: "static", method: "minmax", format: "qdq", activations: "uint8" };
 const FUSED: FormatChoice = { mode: "static", method: "minmax", format: "fused", activations: "uint8" };
 const DYNAMIC: FormatChoice = { mode: "dynamic" };
-const settings: BuildSettings = {
-  gate: GATE,
-  // No fallback: a candidate that misses the gate stays failed, so the order alone is under test.
-  budget: 0,
-  exclude: [],
-  perChannel: true,
-  reduceRange: false,
-  method: "minmax",
-  format: "qdq",
-  session,
-};
+// No fallback: a candidate that misses the gate stays failed, so the order alone is under test.
+const settings = buildSettingsOf(
+  { trialBudget: 0, method: "minmax", format: "qdq", threads: session.intraOpThreads },
+  GATE,
+);
 
 let tokenizer: Tokenizer;
 let samples: Awaited<ReturnType<typeof readSampleTsv>>;
