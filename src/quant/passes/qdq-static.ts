@@ -21,7 +21,7 @@ import type { QuantTarget, StaticFormat, WeightMatMulTarget } from "../plan.ts";
 import type { QParams } from "../qparams.ts";
 import { quantizeBias } from "../qparams.ts";
 import { writeQAttention } from "./qattention.ts";
-import { type GraphRewrite, MS_DOMAIN, node } from "./rewrite.ts";
+import { type GraphRewrite, insertDequantize, MS_DOMAIN, node } from "./rewrite.ts";
 import { dequantizedWeight, type QuantizedWeight, quantizeWeight } from "./weights.ts";
 
 /** Options of {@link insertStaticQdq}. */
@@ -122,17 +122,7 @@ class StaticQdqWriter {
   activation(tensor: string): { output: string; qp: QParams } {
     const a = this.quantized(tensor);
     if (a.dequantized === undefined) {
-      const rw = this.rw;
-      a.dequantized = rw.uniqueName(`${tensor}_DequantizeLinear_Output`);
-      rw.insertBefore(
-        a.anchor,
-        node(
-          "DequantizeLinear",
-          rw.uniqueName(`${tensor}_DequantizeLinear`),
-          [a.quantized, a.scale, a.zeroPoint],
-          [a.dequantized],
-        ),
-      );
+      a.dequantized = insertDequantize(this.rw, a.anchor, tensor, [a.quantized, a.scale, a.zeroPoint]);
       this.stats.dequantizeLinear++;
     }
     return { output: a.dequantized, qp: a.qp };
@@ -217,7 +207,7 @@ export function insertStaticQdq(
  */
 function biasDq(
   rw: GraphRewrite,
-  anchor: Parameters<GraphRewrite["insertBefore"]>[0],
+  anchor: NodeProto,
   bias: string,
   inputScale: number,
   w: QuantizedWeight,
@@ -243,17 +233,7 @@ function biasDq(
       new Int32Array(scales.length),
     ),
   );
-  const out = rw.uniqueName(`${bias}_DequantizeLinear_Output`);
-  rw.insertBefore(
-    anchor,
-    node(
-      "DequantizeLinear",
-      rw.uniqueName(`${bias}_DequantizeLinear`),
-      [qName, sName, zName],
-      [out],
-      perChannel ? { axis: 0 } : {},
-    ),
-  );
+  const out = insertDequantize(rw, anchor, bias, [qName, sName, zName], perChannel ? 0 : undefined);
   rw.dropIfUnused(bias);
   return out;
 }

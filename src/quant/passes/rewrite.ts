@@ -30,6 +30,30 @@ export function node(
   return { name, opType, domain, input: [...input], output: [...output], attribute };
 }
 
+/**
+ * DequantizeLinear(`inputs`: int tensor, scale, zero point) → a new float
+ * tensor named after `base`, written right before `anchor` (its first reader);
+ * `axis` for per-channel scales. Returns the float tensor's name.
+ */
+export function insertDequantize(
+  rw: GraphRewrite,
+  anchor: NodeProto,
+  base: string,
+  inputs: readonly [string, string, string],
+  axis?: number,
+): string {
+  const out = rw.uniqueName(`${base}_DequantizeLinear_Output`);
+  const dq = node(
+    "DequantizeLinear",
+    rw.uniqueName(`${base}_DequantizeLinear`),
+    inputs,
+    [out],
+    axis === undefined ? {} : { axis },
+  );
+  rw.insertBefore(anchor, dq);
+  return out;
+}
+
 /** Queued edits of one graph. */
 export class GraphRewrite {
   readonly graph: GraphProto;

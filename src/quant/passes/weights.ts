@@ -8,7 +8,7 @@ import { QuantdError } from "../../errors.ts";
 import { makeTensor, tensorToFloat32 } from "../../onnx/tensor.ts";
 import { DataType, type NodeProto } from "../../onnx/types.ts";
 import { computeWeightQParams, quantizeWeights } from "../qparams.ts";
-import { type GraphRewrite, node } from "./rewrite.ts";
+import { type GraphRewrite, insertDequantize } from "./rewrite.ts";
 
 /** An int8 weight written into the graph. */
 export interface QuantizedWeight {
@@ -123,18 +123,12 @@ export function dequantizedWeight(
   weight: string,
   w: QuantizedWeight,
 ): string {
-  if (w.dequantized !== undefined) return w.dequantized;
-  const out = rw.uniqueName(`${weight}_DequantizeLinear_Output`);
-  rw.insertBefore(
+  w.dequantized ??= insertDequantize(
+    rw,
     anchor,
-    node(
-      "DequantizeLinear",
-      rw.uniqueName(`${weight}_DequantizeLinear`),
-      [w.quantized, w.scale, weightZeroPoint(rw, w)],
-      [out],
-      w.axis === undefined ? {} : { axis: w.axis },
-    ),
+    weight,
+    [w.quantized, w.scale, weightZeroPoint(rw, w)],
+    w.axis,
   );
-  w.dequantized = out;
-  return out;
+  return w.dequantized;
 }
