@@ -84,6 +84,21 @@ function pricedHooks(
   };
 }
 
+/**
+ * {@link hooks} with `group` (the readers of shared weights) ranked first and measured harmful: a build
+ * that keeps any of them fp32 agrees on 30 fewer samples than the same build without them.
+ */
+function harmfulGroupHooks(log: string[][], group: readonly string[]): FallbackHooks<string[]> {
+  return {
+    ...hooks(log),
+    validate: async (kept) => {
+      const m = metricsFor(kept.filter((n) => !group.includes(n)));
+      return kept.some((n) => group.includes(n)) ? lowered(m, 30) : m;
+    },
+    rank: async (kept) => [...(await hooks([]).rank(kept)), ...group.map((node) => entry(node, 1))],
+  };
+}
+
 describe("runFallback", () => {
   test("a candidate that already passes is returned untouched, without ranking or rebuilding", async () => {
     const log: string[][] = [];
@@ -281,15 +296,7 @@ describe("runFallback", () => {
     const log: string[][] = [];
     const shared = ["s1", "s2"];
     // Keeping the shared weight fp32 costs agreement (it is ranked best, measured harmful).
-    const harmful: FallbackHooks<string[]> = {
-      ...hooks(log),
-      validate: async (kept) => {
-        const m = metricsFor(kept.filter((n) => !shared.includes(n)));
-        if (!kept.some((n) => shared.includes(n))) return m;
-        return lowered(m, 30);
-      },
-      rank: async (kept) => [...(await hooks([]).rank(kept)), ...shared.map((node) => entry(node, 1))],
-    };
+    const harmful = harmfulGroupHooks(log, shared);
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, harmful, {
       gate: { minAgreement: 0.9999, decideOn: "point" },
       weightReaders: { w: shared },
@@ -310,14 +317,7 @@ describe("runFallback", () => {
     const log: string[][] = [];
     // x reads A (with y) and B (with z): keeping any of them fp32 keeps A and B, so all three.
     const chain = ["y", "x", "z"];
-    const harmful: FallbackHooks<string[]> = {
-      ...hooks(log),
-      validate: async (kept) => {
-        const m = metricsFor(kept.filter((n) => !chain.includes(n)));
-        return kept.some((n) => chain.includes(n)) ? lowered(m, 30) : m;
-      },
-      rank: async (kept) => [...(await hooks([]).rank(kept)), ...chain.map((node) => entry(node, 1))],
-    };
+    const harmful = harmfulGroupHooks(log, chain);
     const r = await runFallback({ model: [], metrics: metricsFor([]) }, harmful, {
       gate: { minAgreement: 0.9999, decideOn: "point" },
       weightReaders: { A: ["y", "x"], B: ["x", "z"] },
