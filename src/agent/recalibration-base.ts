@@ -6,12 +6,10 @@
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
+import { QUANTIZE_REPORT_FILE } from "../quant/report.ts";
 import type { ModelVersion } from "../store/models.ts";
 import { BASE_METRIC } from "./recalibrate.ts";
 import { releaseOf } from "./release.ts";
-
-/** The report `quantize --out DIR` writes beside its int8 model. */
-export const QUANTIZE_REPORT_FILE = "quantize-report.json";
 
 /**
  * The fp32 model a recalibration starts from: the one the agent serves. An

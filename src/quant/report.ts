@@ -18,6 +18,9 @@ import type { ValidationSummary } from "./validate.ts";
 /** Schema tag of the report JSON. */
 export const REPORT_SCHEMA = "quantd.quantize-report/1";
 
+/** The report's file name in the directory `quantize --out DIR` writes (and the agent reads it from). */
+export const QUANTIZE_REPORT_FILE = "quantize-report.json";
+
 /** A model file as the report names it. */
 export interface FileFacts {
   path: string;

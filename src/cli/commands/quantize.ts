@@ -21,6 +21,7 @@ import {
   type SamplePool,
 } from "../../quant/pipeline.ts";
 import { type ActivationType, defaultQuantizeOptions, type StaticFormat } from "../../quant/plan.ts";
+import { QUANTIZE_REPORT_FILE } from "../../quant/report.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
 import {
   copyModelDirFiles,
@@ -357,7 +358,7 @@ function quantizeOptions(f: ParsedFlags): { opts: FileOptions; output: ModelOutp
   const drop = flagNumber(f, "max-accuracy-drop", { min: 0, max: 100 });
   if (drop !== undefined) opts.maxAccuracyDrop = drop / 100;
   const report =
-    flagString(f, "report") ?? (output.asDirectory ? join(output.dir, "quantize-report.json") : undefined);
+    flagString(f, "report") ?? (output.asDirectory ? join(output.dir, QUANTIZE_REPORT_FILE) : undefined);
   if (report !== undefined) opts.report = report;
   const tokenizer = flagString(f, "tokenizer");
   if (tokenizer !== undefined) opts.tokenizerDir = tokenizer;
