@@ -79,7 +79,7 @@ export interface Promoter {
  * buckets): 0.07 at 200, a quarter of the threshold, while 4 inputs stray by
  * about 0.5 by chance alone.
  */
-export const MIN_LIVE_LENGTHS = DRIFT_MIN_INPUTS;
+const MIN_LIVE_LENGTHS = DRIFT_MIN_INPUTS;
 
 /** The key of a promoted version's metrics naming the fp32 model it was quantized from. */
 export const BASE_METRIC = "base";
