@@ -403,11 +403,10 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       .filter((v) => v.activatedAt !== null && !tried.has(v.id))
       .sort((a, b) => b.activatedAt! - a.activatedAt! || b.id - a.id);
     for (const version of earlier) {
-      const loaded = (await this.#serveStored(version)) === undefined ? undefined : this.#current;
-      if (loaded === undefined) continue;
+      if ((await this.#serveStored(version)) === undefined) continue;
       // What serves must be the store's active version: jobs, rollbacks and the next start read it there.
       const reactivated = models.promote(version.id);
-      this.#current = new Loaded(reactivated, loaded.model, this.#opts.swap.window);
+      this.#current = new Loaded(reactivated, this.#current!.model, this.#opts.swap.window);
       return reactivated;
     }
     return undefined;
