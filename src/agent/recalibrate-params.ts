@@ -76,6 +76,15 @@ function fraction(v: unknown, key: string): number | undefined {
   return v;
 }
 
+/** `v` when it is one of `choices`; `undefined` when absent. @throws USAGE naming `key` otherwise */
+function choice<T extends string>(v: unknown, key: string, choices: readonly T[]): T | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== "string" || !(choices as readonly string[]).includes(v)) {
+    fail("USAGE", `${key} must be one of ${choices.join(", ")}, got ${JSON.stringify(v)}`);
+  }
+  return v as T;
+}
+
 function positiveInt(v: unknown, key: string, max: number): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > max) {
@@ -95,20 +104,10 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
   if (samples !== undefined) out.samples = samples;
   const validation = positiveInt(raw["validationSamples"], "validationSamples", 100_000);
   if (validation !== undefined) out.validationSamples = validation;
-  const method = raw["method"];
-  if (method !== undefined) {
-    if (typeof method !== "string" || !CALIBRATION_METHODS.includes(method as CalibrationMethod)) {
-      fail("USAGE", `method must be one of ${CALIBRATION_METHODS.join(", ")}, got ${JSON.stringify(method)}`);
-    }
-    out.method = method as CalibrationMethod;
-  }
-  const mode = raw["mode"];
-  if (mode !== undefined) {
-    if (!REQUESTED_MODES.includes(mode as RequestedMode)) {
-      fail("USAGE", `mode must be one of ${REQUESTED_MODES.join(", ")}, got ${JSON.stringify(mode)}`);
-    }
-    out.mode = mode as RequestedMode;
-  }
+  const method = choice(raw["method"], "method", CALIBRATION_METHODS);
+  if (method !== undefined) out.method = method;
+  const mode = choice(raw["mode"], "mode", REQUESTED_MODES);
+  if (mode !== undefined) out.mode = mode;
   const gate = raw["gate"];
   if (typeof gate === "number") out.gate = fraction(gate, "gate")!;
   else if (isRecord(gate)) {
@@ -163,15 +162,8 @@ export function parseRecalibrateParams(raw: Record<string, unknown>): Recalibrat
   }
   const runs = positiveInt(raw["benchRuns"], "benchRuns", 100_000);
   if (runs !== undefined) out.benchRuns = runs;
-  const prefer = raw["prefer"];
-  if (prefer !== undefined) {
-    if (!QUANTIZE_PREFERENCES.includes(prefer as QuantizePreference))
-      fail(
-        "USAGE",
-        `prefer must be one of ${QUANTIZE_PREFERENCES.join(", ")}, got ${JSON.stringify(prefer)}`,
-      );
-    out.prefer = prefer as QuantizePreference;
-  }
+  const prefer = choice(raw["prefer"], "prefer", QUANTIZE_PREFERENCES);
+  if (prefer !== undefined) out.prefer = prefer;
   const memory = raw["benchMemory"];
   if (memory !== undefined) {
     if (typeof memory !== "boolean") fail("USAGE", "benchMemory must be true or false");
