@@ -6,7 +6,7 @@
  * releases the sessions and closes the store.
  */
 import { chmodSync, mkdirSync, statSync } from "node:fs";
-import { isAbsolute, join, relative, resolve } from "node:path";
+import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { QuantdError } from "../errors.ts";
 import type { FleetLink } from "../fleet/device/link.ts";
@@ -349,7 +349,8 @@ export function storedVersionName(
 /** Whether `path` lies in `dir` (or is it). */
 function isInside(dir: string, path: string): boolean {
   const rel = relative(resolve(dir), resolve(path));
-  return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
+  // `..` as a segment, not as a prefix: a file named `..model.onnx` in `dir` is inside it.
+  return rel === "" || (rel !== ".." && !rel.startsWith(`..${sep}`) && !isAbsolute(rel));
 }
 
 /** Stage 4: the fleet link, when a broker is configured. */

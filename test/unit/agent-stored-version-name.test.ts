@@ -48,3 +48,8 @@ test("no file outside the state directory recorded (a base gone from the store, 
   expect(storedVersionName(loop, [loop], STATE)).toBeUndefined();
   expect(storedVersionName(version(4, `${STATE}/models/d.onnx`, {}), [], STATE)).toBeUndefined();
 });
+
+test("a file whose name starts with `..` inside the state directory is inside it", () => {
+  const odd = version(5, `${STATE}/models/e.onnx`, { source: `${STATE}/..work.onnx` });
+  expect(storedVersionName(odd, [odd], STATE)).toBeUndefined();
+});
