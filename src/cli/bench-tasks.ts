@@ -149,15 +149,7 @@ export function addClassifierAgreements(tasks: BenchTask[], rows: readonly Bench
       .find((q) => q !== undefined && "agreement" in q && q.agreement !== undefined);
     if (quality === undefined || "error" in quality || quality.agreement === undefined) continue;
     const n = quality.samples;
-    const k = Math.round(quality.agreement * n);
-    const m = {
-      n,
-      agreement: quality.agreement,
-      agreementLower: clopperPearsonLower(k, n, DEFAULT_CONFIDENCE),
-      confidence: DEFAULT_CONFIDENCE,
-      gateN: n,
-      gateAgreements: k,
-    };
+    const m = countedAgreement(Math.round(quality.agreement * n), n);
     t.versusFirst = {
       baseline,
       unit: "sample",
@@ -169,6 +161,24 @@ export function addClassifierAgreements(tasks: BenchTask[], rows: readonly Bench
       line: `sample agreement ${describeAgreement(m)}`,
     };
   }
+}
+
+/**
+ * Top-1 agreement on `k` of `n` samples as the gate reads it, with its one-sided lower bound at the
+ * default confidence, for {@link describeAgreement}.
+ */
+export function countedAgreement(
+  k: number,
+  n: number,
+): Pick<GateMetrics, "n" | "agreement" | "agreementLower" | "confidence" | "gateN" | "gateAgreements"> {
+  return {
+    n,
+    agreement: n === 0 ? 0 : k / n,
+    agreementLower: clopperPearsonLower(k, n, DEFAULT_CONFIDENCE),
+    confidence: DEFAULT_CONFIDENCE,
+    gateN: n,
+    gateAgreements: k,
+  };
 }
 
 /** Whether `--data` keeps the table's accuracy and top-1 agreement: every model that could be read classifies sentences. */

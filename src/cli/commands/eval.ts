@@ -5,7 +5,6 @@
  */
 import { relative, resolve } from "node:path";
 import { isQuantdError } from "../../errors.ts";
-import { clopperPearsonLower, DEFAULT_CONFIDENCE } from "../../quant/confidence.ts";
 import { describeAgreement, formatCount } from "../../quant/gate.ts";
 import { compareTaskOutputs } from "../../quant/task-metrics.ts";
 import type { Classifier } from "../../runtime/classifier.ts";
@@ -16,7 +15,7 @@ import { findModelFiles } from "../../runtime/model-files.ts";
 import { evaluateTask, scoreTaskResults, type TaskEvalReport } from "../../runtime/task-eval.ts";
 import type { TaskModel } from "../../runtime/task-model.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
-import { type TaskAgreement, versus } from "../bench-tasks.ts";
+import { countedAgreement, type TaskAgreement, versus } from "../bench-tasks.ts";
 import type { Command, ParsedFlags } from "../command.ts";
 import {
   batchFlag,
@@ -61,8 +60,9 @@ export function toEvalReport(
   if (r.agreement !== undefined) {
     report.agreement = r.agreement;
     // The same bound the quantize gate decides on, so a held-out check reads as the gate's does.
-    report.agreementLower = clopperPearsonLower(r.n - (r.disagreements ?? 0), r.n, DEFAULT_CONFIDENCE);
-    report.confidence = DEFAULT_CONFIDENCE;
+    const { agreementLower, confidence } = countedAgreement(r.n - (r.disagreements ?? 0), r.n);
+    report.agreementLower = agreementLower;
+    report.confidence = confidence;
   }
   if (r.disagreements !== undefined) report.disagreements = r.disagreements;
   if (r.maxAbsLogitDiff !== undefined) report.maxAbsLogitDiff = r.maxAbsLogitDiff;
@@ -77,20 +77,11 @@ export function toEvalReport(
  * `undefined` without a comparison.
  */
 export function describeEvalAgreement(
-  r: Pick<EvalReport, "n" | "agreement" | "agreementLower" | "confidence" | "disagreements">,
+  r: Pick<EvalReport, "n" | "agreement" | "disagreements">,
 ): string | undefined {
-  if (r.agreement === undefined) return undefined;
-  const confidence = r.confidence ?? DEFAULT_CONFIDENCE;
-  const k = r.n - (r.disagreements ?? 0);
-  return describeAgreement({
-    n: r.n,
-    agreement: r.agreement,
-    // An evaluation's own result carries no bound: the gate's, from its counts.
-    agreementLower: r.agreementLower ?? clopperPearsonLower(k, r.n, confidence),
-    confidence,
-    gateN: r.n,
-    gateAgreements: k,
-  });
+  return r.agreement === undefined
+    ? undefined
+    : describeAgreement(countedAgreement(r.n - (r.disagreements ?? 0), r.n));
 }
 
 function shortPath(p: string): string {
