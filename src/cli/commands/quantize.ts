@@ -21,7 +21,7 @@ import {
   type SamplePool,
 } from "../../quant/pipeline.ts";
 import { type ActivationType, defaultQuantizeOptions, type StaticFormat } from "../../quant/plan.ts";
-import { QUANTIZE_REPORT_FILE } from "../../quant/report.ts";
+import { type FallbackTrial, QUANTIZE_REPORT_FILE } from "../../quant/report.ts";
 import { DEFAULT_TRIAL_BUDGET } from "../../quant/sensitivity.ts";
 import {
   copyModelDirFiles,
@@ -576,26 +576,28 @@ function fallbackLines(r: QuantizationReport): string[] {
   }
   for (const [i, t] of r.fallback.trials.entries()) {
     if (t.bought === undefined) continue;
-    const what =
-      t.dropped !== undefined
-        ? `${t.reverted === true ? "tried" : "put"} ${t.dropped.join(", ")} back in int8 (−${formatBytes(-t.bought.bytes)})`
-        : `${t.reverted === true ? "tried" : "kept"} ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(t.bought.bytes)})`;
-    const verdict =
-      t.dropped !== undefined
-        ? t.passed
-          ? ", gate still met"
-          : "; gate missed: stays fp32"
-        : t.passed
-          ? ", gate met"
-          : t.reverted === true
-            ? "; did not help: reverted to int8"
-            : "";
     out.push(
-      `  fallback trial ${i + 1}: ${what}: ` +
-        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${verdict}`,
+      `  fallback trial ${i + 1}: ${trialText(t, t.bought.bytes)}: ` +
+        `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${trialVerdict(t)}`,
     );
   }
   return out;
+}
+
+/** What a fallback trial changed and what it paid or saved: `kept A, B in fp32 (+1.0 MB)`. */
+function trialText(t: FallbackTrial, bytes: number): string {
+  const tried = t.reverted === true;
+  if (t.dropped !== undefined) {
+    return `${tried ? "tried" : "put"} ${t.dropped.join(", ")} back in int8 (−${formatBytes(-bytes)})`;
+  }
+  return `${tried ? "tried" : "kept"} ${(t.added ?? []).join(", ")} in fp32 (+${formatBytes(bytes)})`;
+}
+
+/** What came of a fallback trial: the size phase keeps a drop only while the gate holds; a trial that did not help is reverted. */
+function trialVerdict(t: FallbackTrial): string {
+  if (t.dropped !== undefined) return t.passed ? ", gate still met" : "; gate missed: stays fp32";
+  if (t.passed) return ", gate met";
+  return t.reverted === true ? "; did not help: reverted to int8" : "";
 }
 
 /** Where the time and memory went. */
