@@ -558,8 +558,12 @@ function validationLine(r: QuantizationReport): string | undefined {
   );
 }
 
-/** What each fallback (another calibration method, a method per tensor, nodes kept in fp32) bought. */
-function fallbackLines(r: QuantizationReport): string[] {
+/**
+ * What each fallback (another calibration method, a method per tensor, nodes
+ * kept in fp32, nodes put back in int8 by the size phase) bought: one summary
+ * line each. Exported for its test.
+ */
+export function fallbackLines(r: QuantizationReport): string[] {
   const out: string[] = [];
   for (const t of r.fallback.methods ?? []) {
     out.push(
