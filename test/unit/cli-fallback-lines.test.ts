@@ -5,7 +5,8 @@
  */
 import { expect, test } from "bun:test";
 import { fallbackLines } from "../../src/cli/commands/quantize.ts";
-import type { FallbackTrial, QuantizationReport } from "../../src/quant/report.ts";
+import type { QuantizationResult } from "../../src/quant/pipeline.ts";
+import type { FallbackTrial } from "../../src/quant/report.ts";
 
 function trial(t: Partial<FallbackTrial>, bytes: number): FallbackTrial {
   return {
@@ -26,13 +27,17 @@ test("each fallback trial says what it changed, its bytes, and its outcome", () 
     trial({ dropped: ["b"], passed: true }, -1024 * 1024),
     trial({ dropped: ["d"], reverted: true }, -2048),
   ];
-  const report = { fallback: { trials } } as unknown as QuantizationReport;
+  const report = { fallback: { trials } } as unknown as QuantizationResult["report"];
   const lines = fallbackLines(report);
   expect(lines).toHaveLength(5);
-  expect(lines[0]).toMatch(/^ {2}fallback trial 1: tried a in fp32 \(\+768 B\): .*; did not help: reverted to int8$/);
+  expect(lines[0]).toMatch(
+    /^ {2}fallback trial 1: tried a in fp32 \(\+768 B\): .*; did not help: reverted to int8$/,
+  );
   expect(lines[1]).toMatch(/^ {2}fallback trial 2: kept b, c in fp32 \(\+1\.0 MB\): agreement [^;]*$/);
   expect(lines[1]).not.toMatch(/gate|reverted/);
   expect(lines[2]).toMatch(/^ {2}fallback trial 3: kept d in fp32 \(\+2\.0 KB\): .*, gate met$/);
   expect(lines[3]).toMatch(/^ {2}fallback trial 4: put b back in int8 \(−1\.0 MB\): .*, gate still met$/);
-  expect(lines[4]).toMatch(/^ {2}fallback trial 5: tried d back in int8 \(−2\.0 KB\): .*; gate missed: stays fp32$/);
+  expect(lines[4]).toMatch(
+    /^ {2}fallback trial 5: tried d back in int8 \(−2\.0 KB\): .*; gate missed: stays fp32$/,
+  );
 });
