@@ -139,14 +139,6 @@ function rejectionReason(err: QuantdError): string {
 /** Errors of a candidate whose graph onnxruntime loaded: the kind its operators say stands. */
 const AFTER_LOAD_CODES: ReadonlySet<string> = new Set(["MODEL_TASK_MISMATCH", "MODEL_PROBE_FAILED"]);
 
-/**
- * The metric marking a rejected version whose kind is not known: it never
- * loaded, and its bytes hold no int8 operator. The store's kind column takes
- * only the three kinds (and an older quantd must still open the database), so
- * the record says so beside it and the views show `unknown`.
- */
-const KIND_UNKNOWN_METRIC = "kindUnknown";
-
 /** Records a candidate that failed its load or probe as rejected, its kind unknown when nothing shows it. */
 function rejectCandidate(
   models: ModelRegistryStore,
@@ -154,14 +146,9 @@ function rejectCandidate(
   err: QuantdError,
   kindGiven: boolean,
 ): ModelVersion {
-  const rejected = models.reject(candidate.id, rejectionReason(err));
   // The byte scan reads "no int8 operator" as fp32, which a truncated, float16 or non-ONNX file does not prove.
-  if (kindGiven || rejected.kind !== "fp32" || AFTER_LOAD_CODES.has(err.code)) return rejected;
-  try {
-    return models.updateMetrics(rejected.id, { [KIND_UNKNOWN_METRIC]: true });
-  } catch {
-    return rejected; // a busy store: the rejection itself is recorded
-  }
+  const unknown = !kindGiven && candidate.kind === "fp32" && !AFTER_LOAD_CODES.has(err.code);
+  return models.reject(candidate.id, rejectionReason(err), unknown ? "unknown" : undefined);
 }
 
 function view(v: ModelVersion): ModelVersionView {
@@ -169,7 +156,7 @@ function view(v: ModelVersion): ModelVersionView {
     id: v.id,
     sha256: v.sha256,
     path: v.path,
-    kind: v.metrics[KIND_UNKNOWN_METRIC] === true ? "unknown" : v.kind,
+    kind: v.kind,
     state: v.state,
     metrics: v.metrics,
     reason: v.reason,

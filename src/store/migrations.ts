@@ -18,6 +18,14 @@ export interface Migration {
   name: string;
   /** The DDL and seed statements. */
   sql: string;
+  /**
+   * Set for a step that rebuilds a table (SQLite changes no CHECK constraint
+   * in place): foreign keys are off around its transaction, as SQLite's
+   * procedure for such changes requires, so dropping the old table does not
+   * fire the ON DELETE actions of the tables that refer to it; the references
+   * are checked before it commits. @defaultValue false
+   */
+  rebuildsTables?: boolean;
 }
 
 /**
@@ -172,6 +180,38 @@ END;
 ALTER TABLE samples ADD COLUMN pair TEXT;
 `,
   },
+  {
+    version: 4,
+    name: "model versions may be of unknown kind (a rejected file nothing showed the kind of)",
+    rebuildsTables: true,
+    sql: `
+-- A file that never loaded and holds no int8 operator is not known to be fp32.
+-- Only a rejected version may be of unknown kind: it can never serve. Versions
+-- that an earlier quantd marked with the kindUnknown metric get the kind it stood for.
+CREATE TABLE model_versions_v4 (
+  id           INTEGER PRIMARY KEY,
+  sha256       TEXT    NOT NULL UNIQUE CHECK (length(sha256) = 64),
+  path         TEXT    NOT NULL,
+  kind         TEXT    NOT NULL CHECK (kind IN ('fp32', 'int8-static', 'int8-dynamic', 'unknown')),
+  state        TEXT    NOT NULL CHECK (state IN ('candidate', 'active', 'retired', 'rejected')),
+  metrics      TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(metrics)),
+  reason       TEXT,
+  created_at   INTEGER NOT NULL,
+  updated_at   INTEGER NOT NULL,
+  activated_at INTEGER,
+  CHECK (kind <> 'unknown' OR state = 'rejected')
+);
+INSERT INTO model_versions_v4
+  (id, sha256, path, kind, state, metrics, reason, created_at, updated_at, activated_at)
+SELECT id, sha256, path,
+       CASE WHEN state = 'rejected' AND json_extract(metrics, '$.kindUnknown') = 1 THEN 'unknown' ELSE kind END,
+       state, json_remove(metrics, '$.kindUnknown'), reason, created_at, updated_at, activated_at
+  FROM model_versions;
+DROP TABLE model_versions;
+ALTER TABLE model_versions_v4 RENAME TO model_versions;
+CREATE UNIQUE INDEX model_versions_one_active ON model_versions (state) WHERE state = 'active';
+`,
+  },
 ];
 
 /** The schema version this build of quantd writes. */
@@ -205,7 +245,7 @@ export function migrate(db: SqlDatabase, migrations: readonly Migration[] = MIGR
   const applied: number[] = [];
   for (const m of migrations) {
     if (m.version <= start) continue;
-    db.transaction(() => {
+    const step = (): void => {
       // Another process may have migrated while we waited for the lock.
       const now = schemaVersion(db);
       if (now >= m.version) return;
@@ -216,9 +256,34 @@ export function migrate(db: SqlDatabase, migrations: readonly Migration[] = MIGR
         );
       }
       db.exec(m.sql);
+      if (m.rebuildsTables === true) checkForeignKeys(db, m);
       db.pragma("user_version", m.version);
       applied.push(m.version);
-    });
+    };
+    if (m.rebuildsTables === true) withoutForeignKeys(db, () => db.transaction(step));
+    else db.transaction(step);
   }
   return applied;
+}
+
+/** Runs `fn` with foreign keys off (a no-op inside a transaction, so around one), then as they were. */
+function withoutForeignKeys(db: SqlDatabase, fn: () => void): void {
+  const before = db.pragma("foreign_keys");
+  db.pragma("foreign_keys", "OFF");
+  try {
+    fn();
+  } finally {
+    db.pragma("foreign_keys", before === 1 ? "ON" : "OFF");
+  }
+}
+
+/** @throws STORE_FAILED when a rebuilt table broke a reference (the step then rolls back). */
+function checkForeignKeys(db: SqlDatabase, m: Migration): void {
+  const broken = db.prepare("PRAGMA foreign_key_check").all();
+  if (broken.length === 0) return;
+  throw new QuantdError(
+    "STORE_FAILED",
+    `migration ${m.version} would break ${broken.length} foreign key reference(s)`,
+    { details: { version: m.version, broken: broken.slice(0, 10) } },
+  );
 }

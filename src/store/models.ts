@@ -14,10 +14,18 @@ import type { SqlDatabase, SqlRow } from "./sql.ts";
 
 /** How a model version's weights and activations are represented. */
 export type ModelKind = "fp32" | "int8-static" | "int8-dynamic";
+/**
+ * A version's kind as recorded: a {@link ModelKind}, or `unknown` for a
+ * rejected file that never loaded and whose bytes hold no int8 operator (a
+ * truncated, float16 or non-ONNX file is not known to be fp32). Only a
+ * rejected version is of unknown kind; the schema enforces it.
+ */
+export type RecordedKind = ModelKind | "unknown";
 /** Where a model version is in its life. */
 export type ModelState = "candidate" | "active" | "retired" | "rejected";
 
 const KINDS: readonly ModelKind[] = ["fp32", "int8-static", "int8-dynamic"];
+const RECORDED_KINDS: readonly RecordedKind[] = [...KINDS, "unknown"];
 const SHA256 = /^[0-9a-f]{64}$/;
 
 /** A registered model version. */
@@ -26,7 +34,7 @@ export interface ModelVersion {
   /** Lower-case hex SHA-256 of the model file. */
   sha256: string;
   path: string;
-  kind: ModelKind;
+  kind: RecordedKind;
   state: ModelState;
   /** Validation and benchmark figures (agreement, latency…), as recorded. */
   metrics: Record<string, unknown>;
@@ -72,11 +80,14 @@ export interface ModelRegistryStore {
    */
   promote(id: number): ModelVersion;
   /**
-   * Marks a candidate rejected, with the reason (gate not met, corrupt file…).
+   * Marks a candidate rejected, with the reason (gate not met, corrupt file…),
+   * and with `kind` when the rejection showed its recorded kind was wrong
+   * (`unknown`: the file never loaded and nothing in it shows a kind).
    *
    * @throws NOT_FOUND | STATE_CONFLICT (only candidates can be rejected)
+   * @throws MODEL_INVALID when `kind` is not a {@link RecordedKind}
    */
-  reject(id: number, reason: string): ModelVersion;
+  reject(id: number, reason: string, kind?: RecordedKind): ModelVersion;
   /**
    * Re-activates the version that was active before the current one.
    *
@@ -94,7 +105,7 @@ function toVersion(r: SqlRow): ModelVersion {
     id: num(r, "id"),
     sha256: str(r, "sha256"),
     path: str(r, "path"),
-    kind: str(r, "kind") as ModelKind,
+    kind: str(r, "kind") as RecordedKind,
     state: str(r, "state") as ModelState,
     metrics: jsonObject(r, "metrics"),
     reason: strOrNull(r, "reason"),
@@ -102,6 +113,27 @@ function toVersion(r: SqlRow): ModelVersion {
     updatedAt: num(r, "updated_at"),
     activatedAt: numOrNull(r, "activated_at"),
   };
+}
+
+/** @throws MODEL_INVALID when `kind` is not one of `kinds` */
+function checkKind(kind: string, kinds: readonly string[]): void {
+  if (!kinds.includes(kind)) {
+    throw new QuantdError("MODEL_INVALID", `unknown model kind ${JSON.stringify(kind)}`, {
+      details: { kinds },
+    });
+  }
+}
+
+/** Runs `fn` in a transaction with `synchronous=FULL`: the commit is on disk before it returns. */
+function durably<T>(db: SqlDatabase, fn: () => T): T {
+  if (db.path === ":memory:" || db.inTransaction) return db.transaction(fn);
+  const before = db.pragma("synchronous");
+  db.pragma("synchronous", "FULL");
+  try {
+    return db.transaction(fn);
+  } finally {
+    db.pragma("synchronous", typeof before === "number" ? before : "NORMAL");
+  }
 }
 
 /** The {@link ModelRegistryStore} over a migrated database. */
@@ -115,6 +147,7 @@ export function createModelRegistryStore(db: SqlDatabase, now: () => number = Da
     "INSERT INTO model_versions (sha256, path, kind, state, metrics, created_at, updated_at) VALUES (?, ?, ?, 'candidate', ?, ?, ?)",
   );
   const setState = db.prepare("UPDATE model_versions SET state = ?, reason = ?, updated_at = ? WHERE id = ?");
+  const setKind = db.prepare("UPDATE model_versions SET kind = ? WHERE id = ?");
   const activate = db.prepare(
     "UPDATE model_versions SET state = 'active', reason = NULL, updated_at = ?, activated_at = ? WHERE id = ?",
   );
@@ -150,18 +183,6 @@ export function createModelRegistryStore(db: SqlDatabase, now: () => number = Da
     return mustFind(id);
   }
 
-  /** Runs `fn` with `synchronous=FULL`: the commit is on disk before we return. */
-  function durably<T>(fn: () => T): T {
-    if (db.path === ":memory:" || db.inTransaction) return db.transaction(fn);
-    const before = db.pragma("synchronous");
-    db.pragma("synchronous", "FULL");
-    try {
-      return db.transaction(fn);
-    } finally {
-      db.pragma("synchronous", typeof before === "number" ? before : "NORMAL");
-    }
-  }
-
   return {
     add(version: NewModelVersion): ModelVersion {
       const sha256 = String(version.sha256).toLowerCase();
@@ -171,11 +192,7 @@ export function createModelRegistryStore(db: SqlDatabase, now: () => number = Da
           `sha256 must be 64 hex digits, got ${JSON.stringify(version.sha256)}`,
         );
       }
-      if (!KINDS.includes(version.kind)) {
-        throw new QuantdError("MODEL_INVALID", `unknown model kind ${JSON.stringify(version.kind)}`, {
-          details: { kinds: KINDS },
-        });
-      }
+      checkKind(version.kind, KINDS);
       if (typeof version.path !== "string" || version.path === "") {
         throw new QuantdError("MODEL_INVALID", "model version path must be a non-empty string");
       }
@@ -201,9 +218,10 @@ export function createModelRegistryStore(db: SqlDatabase, now: () => number = Da
       return (state === undefined ? listAll.all() : listState.all(state)).map(toVersion);
     },
     promote(id: number): ModelVersion {
-      return durably(() => promoteInTransaction(id, `replaced by version ${id}`));
+      return durably(db, () => promoteInTransaction(id, `replaced by version ${id}`));
     },
-    reject(id: number, reason: string): ModelVersion {
+    reject(id: number, reason: string, kind?: RecordedKind): ModelVersion {
+      if (kind !== undefined) checkKind(kind, RECORDED_KINDS);
       return db.transaction(() => {
         const v = mustFind(id);
         if (v.state !== "candidate") {
@@ -216,11 +234,12 @@ export function createModelRegistryStore(db: SqlDatabase, now: () => number = Da
           );
         }
         setState.run("rejected", reason, now(), id);
+        if (kind !== undefined) setKind.run(kind, id);
         return mustFind(id);
       });
     },
     rollback(reason: string): ModelVersion {
-      return durably(() => {
+      return durably(db, () => {
         const prev = previous.get();
         if (prev === undefined) {
           throw new QuantdError("NOT_FOUND", "no earlier active model version to roll back to");

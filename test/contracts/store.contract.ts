@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { QuantdError } from "../../src/errors.ts";
-import { migrate, SCHEMA_VERSION } from "../../src/store/migrations.ts";
+import { MIGRATIONS, migrate, SCHEMA_VERSION } from "../../src/store/migrations.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import { openStore, type StoreOptions } from "../../src/store/store.ts";
 import { rejectsCode, type StoreTarget, type TestApi, throwsCode, withTempDir } from "./harness.ts";
@@ -243,6 +243,93 @@ export function runStoreContract(t: TestApi, target: StoreTarget): void {
         }
       });
     });
+
+    t.test(
+      "model registry: a rejected file of unknown kind is stored as kind unknown, and only a rejected one",
+      async () => {
+        await withTempDir(async (dir) => {
+          const store = await open(dir);
+          try {
+            const m = store.models;
+            const a = m.add({ sha256: sha("a"), path: "/m/a.onnx", kind: "fp32" });
+            const b = m.add({ sha256: sha("b"), path: "/m/b.onnx", kind: "fp32" });
+            const rejected = m.reject(a.id, "MODEL_TRUNCATED: cut short", "unknown");
+            assert.equal(rejected.kind, "unknown");
+            assert.equal(m.get(a.id)?.kind, "unknown");
+            assert.equal(m.reject(b.id, "gate not met").kind, "fp32");
+            throwsCode(
+              () => m.add({ sha256: sha("c"), path: "/x", kind: "unknown" as "fp32" }),
+              "MODEL_INVALID",
+            );
+            const c = m.add({ sha256: sha("c"), path: "/m/c.onnx", kind: "fp32" });
+            throwsCode(() => m.reject(c.id, "no", "int4" as "fp32"), "MODEL_INVALID");
+            assert.equal(m.get(c.id)?.state, "candidate");
+            // The schema holds it whatever the code does: a version that may serve has a known kind.
+            throwsCode(
+              () => store.db.prepare("UPDATE model_versions SET kind = 'unknown' WHERE id = ?").run(c.id),
+              "STORE_FAILED",
+            );
+          } finally {
+            store.close();
+          }
+        });
+      },
+    );
+
+    t.test(
+      "a schema-3 database: versions marked kindUnknown become kind unknown; bench results keep their version",
+      async () => {
+        await withTempDir(async (dir) => {
+          const db = await openSqlDatabase(dbPath(dir), { opener: target.opener });
+          try {
+            migrate(db, MIGRATIONS.slice(0, 3));
+            const insert = db.prepare(
+              "INSERT INTO model_versions (sha256, path, kind, state, metrics, reason, created_at, updated_at, activated_at) VALUES (?, ?, 'fp32', ?, ?, ?, 1, 1, ?)",
+            );
+            insert.run(sha("a"), "/m/a.onnx", "active", '{"source":"/m/a"}', null, 1);
+            insert.run(
+              sha("b"),
+              "/m/b.onnx",
+              "rejected",
+              '{"kindUnknown":true,"source":"/b"}',
+              "truncated",
+              null,
+            );
+            insert.run(sha("c"), "/m/c.onnx", "rejected", '{"source":"/c"}', "gate not met", null);
+            db.prepare(
+              "INSERT INTO bench_results (name, model_version_id, metrics, created_at) VALUES ('latency', 1, '{}', 1)",
+            ).run();
+          } finally {
+            db.close();
+          }
+          const store = await open(dir);
+          try {
+            assert.equal(store.schemaVersion, SCHEMA_VERSION);
+            const m = store.models;
+            assert.deepEqual(
+              m.list().map((v) => [v.id, v.kind, v.state]),
+              [
+                [3, "fp32", "rejected"],
+                [2, "unknown", "rejected"],
+                [1, "fp32", "active"],
+              ],
+            );
+            assert.deepEqual(m.get(2)?.metrics, { source: "/b" });
+            assert.equal(m.active()?.id, 1);
+            // Dropping the old table must not have fired bench_results' ON DELETE SET NULL.
+            assert.equal(store.bench.list()[0]?.modelVersionId, 1);
+            assert.equal(store.db.pragma("foreign_keys"), 1);
+            // The one-active index came back with the table.
+            throwsCode(
+              () => store.db.prepare("UPDATE model_versions SET state = 'active' WHERE id = 3").run(),
+              "STORE_FAILED",
+            );
+          } finally {
+            store.close();
+          }
+        });
+      },
+    );
 
     t.test(
       "jobs: queue order, one at a time, progress, final states, cancel, requeue after a crash",

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { startAgent } from "../../src/agent/agent.ts";
 import { isQuantdError } from "../../src/errors.ts";
 import { runQuantization } from "../../src/quant/pipeline.ts";
-import { migrate, MIGRATIONS } from "../../src/store/migrations.ts";
+import { MIGRATIONS, migrate, SCHEMA_VERSION } from "../../src/store/migrations.ts";
 import { openSqlDatabase } from "../../src/store/open.ts";
 import { openStore } from "../../src/store/store.ts";
 import { corpusSentences } from "../fixtures/encoders/tokenizers.ts";
@@ -42,7 +42,7 @@ describe("the sample store", () => {
     db.close();
     const store = await openStore(path, { samples: { countTokens: words } });
     try {
-      expect(store.schemaVersion).toBe(3);
+      expect(store.schemaVersion).toBe(SCHEMA_VERSION);
       expect(store.samples.get(1)).toMatchObject({ text: "old text", pair: null });
     } finally {
       store.close();

@@ -99,6 +99,40 @@ describe("migrations", () => {
     }
   });
 
+  test("a table rebuild fires no ON DELETE action; one that breaks a reference is rolled back", async () => {
+    const db = await fresh();
+    try {
+      const base: Migration[] = [
+        {
+          version: 1,
+          name: "parent and child",
+          sql: `CREATE TABLE p (id INTEGER PRIMARY KEY, v TEXT CHECK (v IN ('a')));
+                CREATE TABLE c (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p (id) ON DELETE SET NULL);
+                INSERT INTO p VALUES (1, 'a'); INSERT INTO c VALUES (1, 1);`,
+        },
+      ];
+      const rebuild = (version: number, keep: string): Migration => ({
+        version,
+        name: "widen p.v",
+        rebuildsTables: true,
+        sql: `CREATE TABLE p_new (id INTEGER PRIMARY KEY, v TEXT CHECK (v IN ('a', 'b')));
+              INSERT INTO p_new SELECT * FROM p WHERE ${keep};
+              DROP TABLE p; ALTER TABLE p_new RENAME TO p;`,
+      });
+      migrate(db, base);
+      // Dropping every parent row breaks the child's reference: refused, and nothing changes.
+      expect(() => migrate(db, [...base, rebuild(2, "0")])).toThrow(/foreign key/);
+      expect(schemaVersion(db)).toBe(1);
+      expect(db.pragma("foreign_keys")).toBe(1);
+      expect(migrate(db, [...base, rebuild(2, "1")])).toEqual([2]);
+      expect(db.prepare("SELECT p FROM c").get()).toEqual({ p: 1 });
+      expect(db.pragma("foreign_keys")).toBe(1);
+      db.prepare("INSERT INTO p VALUES (2, 'b')").run();
+    } finally {
+      db.close();
+    }
+  });
+
   test("the shipped schema migrates a fresh file and enforces its constraints", async () => {
     const db = await fresh();
     try {
@@ -107,6 +141,7 @@ describe("migrations", () => {
         "INSERT INTO jobs (id, type, state, created_at, updated_at) VALUES ('j', 'x', 'PAUSED', 0, 0)",
         "INSERT INTO jobs (id, type, state, progress, created_at, updated_at) VALUES ('j', 'x', 'QUEUED', 1.5, 0, 0)",
         "INSERT INTO model_versions (sha256, path, kind, state, created_at, updated_at) VALUES ('ab', '/m', 'fp32', 'candidate', 0, 0)",
+        `INSERT INTO model_versions (sha256, path, kind, state, created_at, updated_at) VALUES ('${"a".repeat(64)}', '/m', 'unknown', 'candidate', 0, 0)`,
         "INSERT INTO outbox (topic, payload, qos, bytes, created_at) VALUES ('t', x'00', 3, 1, 0)",
         "INSERT INTO bench_results (name, metrics, created_at) VALUES ('b', 'not json', 0)",
       ];
