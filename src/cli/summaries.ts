@@ -6,6 +6,7 @@
  * size, stages) and leave the rest to `--json`.
  */
 import type { QuantdErrorJSON } from "../errors.ts";
+import { describeRejectedAtStart, type StatusMessage } from "../fleet/protocol.ts";
 import { describeRecordedAgreement, floorPct } from "../quant/gate.ts";
 import type { ModelVersionView } from "../server/types.ts";
 import { describeRecalibration } from "./commands/job.ts";
@@ -99,6 +100,37 @@ function modelText(m: unknown): string {
   return m["kind"] === undefined ? String(version) : `${String(version)} (${String(m["kind"])})`;
 }
 
+function ago(at: number | null | undefined, now: number): string {
+  if (at === null || at === undefined) return "-";
+  const s = Math.max(0, Math.round((now - at) / 1000));
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
+}
+
+/**
+ * Lines for the fleet's retained statuses (`quantd fleet devices`): a table,
+ * then a line per online device serving a stored version because the model it
+ * was started with did not load (the `degraded` column marks its row).
+ */
+export function describeFleetDevices(statuses: readonly StatusMessage[], now: number): string[] {
+  const rows = [["device", "state", "agent", "model", "kind", "outbox", "since", ""]];
+  const notes: string[] = [];
+  for (const s of statuses) {
+    const degraded = s.state === "online" ? describeRejectedAtStart(s.model) : undefined;
+    if (degraded !== undefined) notes.push(`${s.device} degraded: ${degraded}`);
+    rows.push([
+      s.device,
+      s.state,
+      s.agentVersion ?? "-",
+      s.model?.version ?? "-",
+      s.model?.kind ?? "-",
+      s.outbox === undefined ? "-" : `${s.outbox.queued} queued, ${s.outbox.dropped} dropped`,
+      ago(s.at, now),
+      degraded === undefined ? "" : "degraded",
+    ]);
+  }
+  return [...renderTable(rows), ...notes];
+}
+
 /** Lines for a device's status reply (`quantd fleet report DEVICE`): the device, then its last job. */
 export function describeDeviceStatus(device: string, status: Record<string, unknown>): string[] {
   const rows: string[][] = [
@@ -107,6 +139,8 @@ export function describeDeviceStatus(device: string, status: Record<string, unkn
     ["agent", String(status["agentVersion"] ?? "-")],
     ["model", modelText(status["model"] ?? status["serving"])],
   ];
+  const degraded = describeRejectedAtStart(status["model"]);
+  if (degraded !== undefined) rows.push(["degraded", degraded]);
   if (typeof status["queueDepth"] === "number") rows.push(["queue", `${status["queueDepth"]} requests`]);
   if (typeof status["running"] === "string") rows.push(["running job", status["running"]]);
   const outbox = status["outbox"];

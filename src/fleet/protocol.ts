@@ -160,6 +160,21 @@ export interface ModelInfo {
   rejectedAtStart?: { path: string; code: string; message: string };
 }
 
+/**
+ * What a degraded device says of the model it was started with: one line, or
+ * `undefined` when the model it reports (a status's `model`, whatever its
+ * shape: it comes from the device) carries no well-formed `rejectedAtStart`.
+ * The fleet CLI and the dashboard's alerts word it alike.
+ */
+export function describeRejectedAtStart(model: unknown): string | undefined {
+  if (!isRecord(model) || !isRecord(model.rejectedAtStart)) return undefined;
+  const { path, code, message } = model.rejectedAtStart;
+  if (typeof path !== "string" || typeof code !== "string") return undefined;
+  const why = typeof message === "string" && message !== "" ? `${code}: ${message}` : code;
+  const version = typeof model.version === "string" ? `version ${model.version}` : "a stored version";
+  return `started with ${path}, which did not load (${why}); ${version} serves instead`;
+}
+
 /** Outbox figures every status and telemetry message carries, so drops are visible fleet-wide. */
 export interface OutboxFigures {
   queued: number;

@@ -116,6 +116,35 @@ export function runFleetStoreContract(t: TestApi, name: string, make: () => Prom
       },
     );
 
+    t.test(
+      "a degraded status: the model's rejectedAtStart is kept with the device, and goes with the next status",
+      async () => {
+        await withStore(async (s) => {
+          const rejectedAtStart = {
+            path: "/opt/m/model.onnx",
+            code: "MODEL_TRUNCATED",
+            message: "cut short",
+          };
+          await s.recordStatus("f", "d1", online(1000, "1"), 1001);
+          const degraded = {
+            ...online(2000, "1"),
+            model: { version: "1", kind: "int8-static", rejectedAtStart },
+          };
+          await s.recordStatus("f", "d1", degraded, 2001);
+          assert.deepEqual((await s.device("f", "d1"))?.model, {
+            version: "1",
+            kind: "int8-static",
+            rejectedAtStart,
+          });
+          assert.deepEqual((await s.devices("f"))[0]?.model?.rejectedAtStart, rejectedAtStart);
+          // The same version serves: no model change.
+          assert.equal((await s.modelHistory("f", "d1")).length, 1);
+          await s.recordStatus("f", "d1", online(3000, "2"), 3001);
+          assert.deepEqual((await s.device("f", "d1"))?.model, { version: "2", kind: "int8-static" });
+        });
+      },
+    );
+
     t.test("devices are listed per fleet in name order", async () => {
       await withStore(async (s) => {
         await s.recordStatus("f", "b", { ...online(1), device: "b" }, 1);

@@ -277,6 +277,16 @@ test.skipIf(!hasMosquitto)(
         rejectedAtStart: { path: bad, code: "MODEL_TRUNCATED" },
       });
       expect(online.model?.rejectedAtStart?.message).toContain(bad);
+      // The operator's view of the fleet says so, beside the version that serves.
+      const listed = await runQuantd(["fleet", "devices", "--broker", broker.url, "--fleet", "lab"], {
+        env: ENV,
+      });
+      expect(listed.code).toBe(0);
+      expect(listed.stdout).toMatch(/^board-9 +online .* 1 +fp32 .* degraded$/m);
+      expect(listed.stdout).toContain(
+        `board-9 degraded: started with ${bad}, which did not load (MODEL_TRUNCATED: `,
+      );
+      expect(listed.stdout).toContain("; version 1 serves instead");
     } finally {
       await agent.stop();
       await conn.close();

@@ -615,4 +615,35 @@ describe.skipIf(skip)("fleet dashboard in a headless browser", () => {
       await Bun.sleep(50);
     expect((await store.device("lab", "newbie"))?.online).toBe(true);
   });
+
+  test("a device whose --model did not load at start is degraded: an alert with the reason, a mark on its row, gone when it is not", async () => {
+    const served = models.get("jetson-1")!;
+    const bad = "/opt/quantd/models/model.onnx";
+    models.set("jetson-1", {
+      ...served,
+      rejectedAtStart: {
+        path: bad,
+        code: "MODEL_TRUNCATED",
+        message: `${bad} ends at byte 4096 of 29000000`,
+      },
+    });
+    await boards[0]!.link.refreshStatus();
+    await page.goto(dashboard.url);
+    const alert = page.locator("#alerts li.degraded").filter({ hasText: "jetson-1" });
+    await alert.waitFor({ timeout: 10_000 });
+    expect(await alert.textContent()).toMatch(
+      new RegExp(
+        `^degradedjetson-1 \\(lab\\): started with ${bad}, which did not load \\(MODEL_TRUNCATED: ${bad} ends at byte 4096 of 29000000\\); version ${served.version} serves instead, \\d+ s ago$`,
+      ),
+    );
+    const mark = page.locator('tr.device[data-key="lab/jetson-1"] .degraded-mark');
+    expect(await mark.textContent()).toBe("degraded");
+    expect(await mark.getAttribute("title")).toContain(`started with ${bad}, which did not load`);
+    expect((await rowText("jetson-1"))[3]).toBe(`${served.version}degraded`);
+    // A promotion clears it on the device; the page follows without a reload.
+    models.set("jetson-1", served);
+    await boards[0]!.link.refreshStatus();
+    await mark.waitFor({ state: "detached", timeout: 10_000 });
+    expect(await page.locator("#alerts li.degraded").count()).toBe(0);
+  });
 });

@@ -8,6 +8,7 @@ import { describe, expect, test } from "bun:test";
 import type { RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import {
   describeDeviceStatus,
+  describeFleetDevices,
   describeFleetOutcome,
   describeJob,
   describeModelVersions,
@@ -108,6 +109,40 @@ describe("summaries", () => {
     expect(lines).toContain("model     4 (int8-static)");
     expect(lines).toContain("last job  j9 (recalibrate)");
     expect(lines).toContain("job j9: SUCCEEDED");
+  });
+
+  test("a degraded device: a row in `fleet report`, a mark and a line in `fleet devices`", () => {
+    const rejectedAtStart = { path: "/opt/m/model.onnx", code: "MODEL_TRUNCATED", message: "cut short" };
+    const model = { version: "1", kind: "fp32", rejectedAtStart };
+    const said =
+      "started with /opt/m/model.onnx, which did not load (MODEL_TRUNCATED: cut short); version 1 serves instead";
+    expect(describeDeviceStatus("pi-1", { state: "online", model })).toContain(`degraded  ${said}`);
+    expect(
+      describeDeviceStatus("pi-2", { state: "online", model: { version: "1" } }).join("\n"),
+    ).not.toContain("degraded");
+    const at = 1_700_000_000_000;
+    const status = (device: string, over: object = {}) => ({
+      state: "online" as const,
+      fleet: "lab",
+      device,
+      at: at - 5000,
+      agentVersion: "0.1.0",
+      model,
+      ...over,
+    });
+    const lines = describeFleetDevices(
+      [
+        status("pi-1"),
+        status("pi-2", { model: { version: "3", kind: "int8-static" } }),
+        status("pi-3", { state: "offline" }),
+      ],
+      at,
+    );
+    expect(lines[0]).toMatch(/^device +state +agent +model +kind +outbox +since$/);
+    expect(lines[1]).toMatch(/^pi-1 +online +0\.1\.0 +1 +fp32 +- +5s ago +degraded$/);
+    expect(lines[2]).toMatch(/^pi-2 +online +0\.1\.0 +3 +int8-static +- +5s ago$/);
+    expect(lines[3]).toMatch(/^pi-3 +offline .* 5s ago$/);
+    expect(lines.slice(4)).toEqual([`pi-1 degraded: ${said}`]);
   });
 
   test("the registry's table gives a validated version's agreement with the bound it was gated on", () => {

@@ -1,5 +1,5 @@
 /**
- * What the dashboard computes for an operator: aggregates, the four kinds of
+ * What the dashboard computes for an operator: aggregates, the five kinds of
  * alert (and what does not raise one), the filter states, failure reasons,
  * and the markers of model changes; plus the dashboard's authentication
  * (sessions, CSRF tokens, bearer tokens, the loopback Host rule).
@@ -141,6 +141,30 @@ describe("fleet alerts", () => {
     ]);
     expect(devices.filter((d) => inState(d, "offline", alerting)).map((d) => d.device)).toEqual(["gone"]);
     expect(devices.filter((d) => inState(d, null, alerting)).length).toBe(devices.length);
+  });
+
+  test("a device serving a stored version because its --model did not load is degraded, while online", () => {
+    const rejectedAtStart = { path: "/opt/m/model.onnx", code: "MODEL_TRUNCATED", message: "cut at byte 9" };
+    const devices = [
+      device("fallback", { model: { version: "1", kind: "fp32", rejectedAtStart }, statusAt: NOW - 3000 }),
+      // Offline: its last status says what it served when it went, not what it will start with.
+      device("gone", { online: false, model: { version: "1", kind: "fp32", rejectedAtStart } }),
+      // Whatever a device sends: a malformed record raises nothing (and breaks nothing).
+      device("odd", { model: { version: "1", kind: "fp32", rejectedAtStart: { path: 7 } as never } }),
+    ];
+    const alerts = fleetAlerts(devices, [], NOW).filter((a) => a.kind === "degraded");
+    expect(alerts).toEqual([
+      {
+        kind: "degraded",
+        fleet: "lab",
+        device: "fallback",
+        message:
+          "started with /opt/m/model.onnx, which did not load (MODEL_TRUNCATED: cut at byte 9); version 1 serves instead",
+        at: NOW - 3000,
+      },
+    ]);
+    const alerting = new Set(alerts.map((a) => `${a.fleet}/${a.device}`));
+    expect(inState(devices[0]!, "alerting", alerting)).toBe(true);
   });
 
   test("a failure's reason: the error, or a rejection's reasons", () => {

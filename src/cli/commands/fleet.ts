@@ -27,8 +27,7 @@ import { redactUrl } from "../../redact.ts";
 import type { Command, CommandContext, FlagSpec } from "../command.ts";
 import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
-import { renderTable } from "../render.ts";
-import { describeDeviceStatus, describeFleetOutcome } from "../summaries.ts";
+import { describeDeviceStatus, describeFleetDevices, describeFleetOutcome } from "../summaries.ts";
 import { keyPath, OPERATOR_KEY, requiredKey } from "./fleet-keys.ts";
 import { DEFAULT_RELEASES_DIR, releaseCommand, rolloutCommand } from "./fleet-release.ts";
 
@@ -192,12 +191,6 @@ async function enroll(ctx: CommandContext): Promise<number> {
   return 0;
 }
 
-function ago(at: number | null | undefined): string {
-  if (at === null || at === undefined) return "-";
-  const s = Math.max(0, Math.round((Date.now() - at) / 1000));
-  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
-}
-
 /** A secret named by an `--…-env VAR` flag: never on the command line, where `ps` shows it. */
 function secretFromEnv(ctx: CommandContext, flag: string): string | undefined {
   const name = flagString(ctx.flags, flag);
@@ -321,19 +314,7 @@ async function devices(ctx: CommandContext): Promise<number> {
       ctx.err(`no device of fleet ${fleet} has published a status`);
       return 0;
     }
-    const rows = [["device", "state", "agent", "model", "kind", "outbox", "since"]];
-    for (const s of statuses) {
-      rows.push([
-        s.device,
-        s.state,
-        s.agentVersion ?? "-",
-        s.model?.version ?? "-",
-        s.model?.kind ?? "-",
-        s.outbox === undefined ? "-" : `${s.outbox.queued} queued, ${s.outbox.dropped} dropped`,
-        ago(s.at),
-      ]);
-    }
-    for (const line of renderTable(rows)) ctx.out(line);
+    for (const line of describeFleetDevices(statuses, Date.now())) ctx.out(line);
     return 0;
   });
 }
@@ -443,7 +424,8 @@ export const fleetCommand: Command = {
     "(--key; without it the buttons say why they are disabled). On loopback it needs no login; on any other address it needs " +
     "credentials (--http-token-env, or --http-user with --http-password-env) and TLS (--http-cert/--http-key, or " +
     "--http-behind-proxy behind a reverse proxy, see docs/fleet.md). Stops on SIGTERM/SIGINT.\n\n" +
-    "devices: lists the fleet's devices from their retained status messages.\n\n" +
+    "devices: lists the fleet's devices from their retained status messages; a device serving a stored version " +
+    "because the model it was started with did not load is marked degraded, with the file and the error.\n\n" +
     "recalibrate DEVICE|--all: sends a recalibrate command (idempotent id, 60 s expiry) and prints the job id; " +
     "with --wait, waits for the report and prints a summary per device (decision, agreement, latency, size, stages); " +
     "with --json, prints one JSON object (--all: an array) with `state` and the full report. " +

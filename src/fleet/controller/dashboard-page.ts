@@ -37,7 +37,8 @@ const STYLE = `
   #alerts { list-style: none; padding: 0; margin: 0 0 1rem; }
   p.halt { color: #a12c2c; font-weight: 600; }
   #alerts li { background: #fff4f2; border-left: 4px solid #c23b3b; padding: 0.3rem 0.6rem; margin-bottom: 0.25rem; }
-  #alerts li.memory, #alerts li.outbox-drops { background: #fff9eb; border-color: #dd8b20; }
+  #alerts li.memory, #alerts li.outbox-drops, #alerts li.degraded { background: #fff9eb; border-color: #dd8b20; }
+  .degraded-mark { margin-left: 0.4rem; padding: 0 0.3rem; border-radius: 3px; background: #dd8b20; color: #fff; font-size: 0.75rem; }
   #alerts .kind { font-weight: 600; margin-right: 0.5rem; }
   .bar { display: flex; gap: 0.5rem; align-items: center; flex-wrap: wrap; margin: 0.6rem 0; }
   .bar label { color: #445; }
@@ -283,7 +284,15 @@ async function loadDevices() {
     dot.title = d.online ? "online" : "offline";
     first.prepend(dot);
     cell(tr, d.fleet);
-    cell(tr, d.model ? d.model.version : "–");
+    const version = cell(tr, d.model ? d.model.version : "–");
+    // Serving a stored version because the model it was started with did not load: the reason on hover and in the alerts.
+    if (d.degraded) {
+      const mark = document.createElement("span");
+      mark.className = "degraded-mark";
+      mark.textContent = "degraded";
+      mark.title = d.degraded;
+      version.appendChild(mark);
+    }
     cell(tr, d.model ? d.model.kind : "–");
     cell(tr, fmtMs(d.figures.int8P50Ms), "num");
     cell(tr, fmtMs(d.figures.fp32P50Ms), "num");

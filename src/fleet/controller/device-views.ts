@@ -6,7 +6,12 @@
  * beside the fleet's aggregates and alerts (`fleet-view.ts`).
  */
 import { isRecord } from "../../json.ts";
-import type { ReportFigures, ReportMessage, TaskMetric } from "../protocol.ts";
+import {
+  describeRejectedAtStart,
+  type ReportFigures,
+  type ReportMessage,
+  type TaskMetric,
+} from "../protocol.ts";
 import { failureReason, fleetAggregates, fleetAlerts, inState, recentJobs } from "./fleet-view.ts";
 import type { DeviceRecord, FleetStore, JobRecord } from "./store.ts";
 
@@ -131,12 +136,26 @@ export function jobSummary(j: JobRecord): Omit<JobRecord, "result"> & {
   return { ...rest, figures: reportFigures(result), stageMs, ...(reason === undefined ? {} : { reason }) };
 }
 
-/** A device as listed: its last report summarized, and the figures of its latest report that had any. */
+/**
+ * A device as listed: its last report summarized, the figures of its latest
+ * report that had any, and, while it is online and serves a stored version
+ * because the model it was started with did not load, what it says of that.
+ */
 export function deviceSummary(
   d: DeviceRecord,
   figures: ReportFigures = reportFigures(d.lastReport?.result),
-): Omit<DeviceRecord, "lastReport"> & { lastReport: ReportSummary | null; figures: ReportFigures } {
-  return { ...d, lastReport: d.lastReport === null ? null : summarizeReport(d.lastReport), figures };
+): Omit<DeviceRecord, "lastReport"> & {
+  lastReport: ReportSummary | null;
+  figures: ReportFigures;
+  degraded?: string;
+} {
+  const degraded = d.online ? describeRejectedAtStart(d.model) : undefined;
+  return {
+    ...d,
+    lastReport: d.lastReport === null ? null : summarizeReport(d.lastReport),
+    figures,
+    ...(degraded === undefined ? {} : { degraded }),
+  };
 }
 
 /** How many of a device's reports are searched for its latest figures. */

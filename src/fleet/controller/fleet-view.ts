@@ -2,11 +2,12 @@
  * What the dashboard shows an operator, computed from the store: fleet
  * aggregates (devices by kind and version, online, worst agreement, slowest
  * p95), alerts (offline devices, failed jobs, outbox drops, memory near its
- * limit), device filters, and a device's model history with each change
+ * limit, a device serving a stored version because its configured model did
+ * not load), device filters, and a device's model history with each change
  * marked as a promotion, a rollback or a change the controller cannot explain.
  */
 import { isRecord } from "../../json.ts";
-import type { ReportFigures, ReportMessage } from "../protocol.ts";
+import { describeRejectedAtStart, type ReportFigures, type ReportMessage } from "../protocol.ts";
 import type { DeviceRecord, FleetStore, JobRecord, ModelChange } from "./store.ts";
 
 /** Share of its memory limit above which a device is flagged. */
@@ -18,7 +19,7 @@ const FAILED_STATES = new Set(["FAILED", "TIMED_OUT"]);
 
 /** One alert. */
 export interface Alert {
-  kind: "offline" | "failed-job" | "outbox-drops" | "memory";
+  kind: "offline" | "failed-job" | "outbox-drops" | "memory" | "degraded";
   fleet: string;
   device: string;
   /** What to read, one line. */
@@ -63,6 +64,17 @@ export function fleetAlerts(
   const alerts: Alert[] = [];
   for (const d of devices) {
     const at = d.lastSeen;
+    // An offline device's status says what it served when it went, not what it will start with.
+    const degraded = d.online ? describeRejectedAtStart(d.model) : undefined;
+    if (degraded !== undefined) {
+      alerts.push({
+        kind: "degraded",
+        fleet: d.fleet,
+        device: d.device,
+        message: degraded.slice(0, 300),
+        at: d.statusAt || at,
+      });
+    }
     if (!d.online)
       alerts.push({
         kind: "offline",
