@@ -18,15 +18,15 @@
  * Samples come from a TSV path or from a {@link SamplePool} (the agent's SQLite
  * store satisfies it), so this layer never opens a database itself.
  */
-import { accessSync, constants, statSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { peakRssBytes } from "../core/process-memory.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel, saveModel } from "../onnx/codec.ts";
 import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
-import { findModelFiles, type ModelFiles } from "../runtime/model-files.ts";
+import { findModelFiles, MODEL_DIR_FILES, type ModelFiles } from "../runtime/model-files.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import type { TaskOverride } from "../runtime/task.ts";
@@ -306,9 +306,10 @@ function startRun(opts: RunQuantizationOptions): Run {
   const gate = gateSpecOf(opts);
   const settings = buildSettingsOf(opts, gate);
   const files = findModelFiles(opts.model, opts.tokenizerDir);
-  checkOutPath(opts.out, files.model, "--out");
+  const inputs = inputFilesOf(opts, files);
+  checkOutPath(opts.out, files.model, "--out", inputs);
   if (opts.report !== undefined) {
-    checkOutPath(opts.report, files.model, "--report");
+    checkOutPath(opts.report, files.model, "--report", inputs);
     if (resolve(opts.report) === resolve(opts.out)) {
       throw new QuantdError("USAGE", "--report and --out must be different files");
     }
@@ -345,7 +346,19 @@ async function takeSamples(run: Run): Promise<SampleSplit> {
 async function loadFp32(run: Run): Promise<{ fp32: ModelProto; externalBytes: number }> {
   run.progress(`loading ${run.files.model}`);
   let externalBytes = 0;
-  const fp32 = await loadModel(run.files.model, { onExternalFile: (_, bytes) => (externalBytes += bytes) });
+  const external: string[] = [];
+  const fp32 = await loadModel(run.files.model, {
+    onExternalFile: (path, bytes) => {
+      externalBytes += bytes;
+      external.push(resolve(path));
+    },
+  });
+  for (const [path, flag] of [
+    [run.opts.out, "--out"],
+    [run.opts.report, "--report"],
+  ] as const) {
+    if (path !== undefined) refuseInputFile(path, flag, external);
+  }
   assertNotQuantized(fp32);
   assertFloat32Model(fp32);
   assertRunnableGraph(fp32);
@@ -549,14 +562,46 @@ async function reportAndWrite(
   return { out: resolve(opts.out), report };
 }
 
-/** @throws USAGE when `out` is the model itself; FILE_WRITE_FAILED when its directory is not writable */
-function checkOutPath(out: string, model: string, flag: string): void {
+/**
+ * The user's files a run reads besides the model (whose external data files
+ * are known once it is read): the tokenizer and config files beside it and in
+ * the tokenizer directory, the samples and the validation file. An output
+ * path naming one would overwrite it.
+ */
+function inputFilesOf(opts: RunQuantizationOptions, files: ModelFiles): string[] {
+  const dirs = new Set([dirname(files.model), files.tokenizerDir]);
+  const out = [...dirs].flatMap((d) => MODEL_DIR_FILES.map((name) => join(d, name)));
+  if (files.configPath !== undefined) out.push(files.configPath);
+  // A store's pool is named by its file in the CLI; the agent's pool by no file.
+  const calib = typeof opts.calib === "string" ? opts.calib : opts.calib.name;
+  if (existsSync(calib)) out.push(calib);
+  if (opts.validate !== undefined) out.push(opts.validate);
+  return out.map((p) => resolve(p));
+}
+
+/** @throws USAGE when `path` is one of `inputs` (absolute paths): quantd never overwrites what it reads */
+function refuseInputFile(path: string, flag: string, inputs: readonly string[]): void {
+  const target = resolve(path);
+  if (!inputs.includes(target)) return;
+  throw new QuantdError(
+    "USAGE",
+    `${flag} ${path} is one of the files this run reads; quantd never overwrites its inputs: write elsewhere`,
+    { details: { flag, path: target } },
+  );
+}
+
+/**
+ * @throws USAGE when `out` is the model itself or one of `inputs`; FILE_WRITE_FAILED when its
+ *   directory is not writable
+ */
+function checkOutPath(out: string, model: string, flag: string, inputs: readonly string[]): void {
   if (resolve(out) === resolve(model)) {
     throw new QuantdError(
       "USAGE",
       `${flag} must not be the input model; quantd never overwrites the fp32 model`,
     );
   }
+  refuseInputFile(out, flag, inputs);
   const dir = dirname(resolve(out));
   try {
     if (!statSync(dir).isDirectory()) throw new Error(`${dir} is not a directory`);

@@ -4,7 +4,15 @@
  * and nothing at --out — not even a temporary file.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
@@ -103,6 +111,43 @@ describe("output", () => {
     const r = await quantize(["--model", shippedModelPath, "--calib", calibTsv, "--out", shippedModelPath]);
     expect(r.code).toBe(2);
     expect(errorLine(r)).toMatch(/^error USAGE: .*never overwrites/);
+  });
+
+  test("--out or --report naming a file the run reads is refused, every input untouched", async () => {
+    // An external-data copy of the shipped model beside its tokenizer and config, and a samples file.
+    const modelDir = mkdtempSync(join(dir, "inputs-"));
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "config.json"]) {
+      copyFileSync(join(shippedModelDir, f), join(modelDir, f));
+    }
+    const model = join(modelDir, "model.onnx");
+    await saveModel(await loadModel(shippedModelPath), model, {
+      externalData: { location: "model.onnx_data" },
+    });
+    const samples = join(modelDir, "samples.tsv");
+    copyFileSync(calibTsv, samples);
+    const before = new Map(readdirSync(modelDir).map((f) => [f, readFileSync(join(modelDir, f))]));
+    const elsewhere = join(mkdtempSync(join(dir, "elsewhere-")), "int8.onnx");
+    for (const [flag, target] of [
+      ["--out", "model.onnx_data"],
+      ["--out", "tokenizer.json"],
+      ["--out", "config.json"],
+      ["--out", "samples.tsv"],
+      ["--report", "model.onnx_data"],
+      ["--report", "tokenizer_config.json"],
+    ] as const) {
+      const outArgs =
+        flag === "--out"
+          ? ["--out", join(modelDir, target)]
+          : ["--out", elsewhere, "--report", join(modelDir, target)];
+      const r = await quantize(["--model", model, "--calib", samples, "--mode", "dynamic", ...outArgs]);
+      expect(r.code).toBe(2);
+      expect(errorLine(r)).toMatch(
+        new RegExp(`^error USAGE: ${flag} \\S*${target} is one of the files this run reads`),
+      );
+    }
+    expect(existsSync(elsewhere)).toBe(false);
+    expect(readdirSync(modelDir).sort()).toEqual([...before.keys()].sort());
+    for (const [f, bytes] of before) expect(readFileSync(join(modelDir, f)).equals(bytes)).toBe(true);
   });
 });
 
