@@ -15,7 +15,11 @@ import type { CalibrationMethod } from "./methods.ts";
 import { type ActivationType, describeWeightOnly, type QuantizeMode, type StaticFormat } from "./plan.ts";
 import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
 import { trialFigures, tryTensorMethods, type ValidatedBuild } from "./method-mix.ts";
+import { tryBiasCorrection } from "./bias-correction.ts";
+import { lowerContribOps } from "./passes/lower-contrib.ts";
+import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type {
+  BiasCorrectionTrial,
   CandidateEntry,
   FallbackTrial,
   GraphChanges,
@@ -68,6 +72,8 @@ export interface Candidate extends FormatChoice {
   methodTrials: MethodTrial[];
   /** Builds with a calibration method per tensor, tried after the methods. */
   tensorMethodTrials: TensorMethodTrial[];
+  /** The build with its biases corrected, tried after the methods (absent when not tried). */
+  biasCorrectionTrial?: BiasCorrectionTrial;
   skipped: SkippedNodeEntry[];
   /** Nodes whose weight is int8 on disk but that compute in fp32 (weight-only targets), with what the report says. */
   weightOnly: SkippedNodeEntry[];
@@ -352,9 +358,11 @@ async function buildFormat(
 /**
  * A validated build of a format, after the fallback when it missed the gate,
  * cheapest first: other calibration methods for the whole model
- * ({@link tryMethods}) and a method per tensor (`method-mix.ts`) cost time and
- * no bytes; then nodes kept in fp32 (`runFallback`), the best estimated gain
- * per byte first. Each trial is recorded with what it bought.
+ * ({@link tryMethods}), a method per tensor (`method-mix.ts`) and the bias
+ * correction of the best of those (`bias-correction.ts`) cost time and no
+ * bytes; then nodes kept in fp32 (`runFallback`, its rebuilds keeping the
+ * corrections), the best estimated gain per byte first. Each trial is
+ * recorded with what it bought.
  */
 async function improveCandidate(
   f: FormatChoice,
@@ -394,10 +402,21 @@ async function improveCandidate(
           validate,
         })
       : { best: start, trials: [] };
-  const base = mixed.best.result;
+  const from = mixed.best.result;
+  const correct = tried.trials.length > 0 && !checkGate(mixed.best.metrics, s.gate).passed;
+  if (correct) inputs.progress(`fallback (${label}): correcting biases, layer by layer`);
+  const corrected = correct
+    ? await tryBiasCorrection(mixed.best, loweredFp32(inputs.fp32), inputs.calibration, s.gate, {
+        rebuild: (c) =>
+          requantize(inputs.fp32, { options: from.options, ranges: from.ranges, biasCorrections: c }, []),
+        validate,
+        session: s.session,
+      })
+    : { best: mixed.best };
+  const base = corrected.best.result;
   const builds = new Map<ModelProto, QuantizeResult>([[base.model, base]]);
   const fb = await runFallback(
-    { model: base.model, metrics: mixed.best.metrics },
+    { model: base.model, metrics: corrected.best.metrics },
     {
       rebuild: async (keep) => {
         inputs.progress(`fallback (${label}): keeping ${keep.length} node(s) in fp32`);
@@ -415,7 +434,11 @@ async function improveCandidate(
     f,
     { first: built.result, base, best, method: start.method },
     fb,
-    { methods: tried.trials, tensors: mixed.trials },
+    {
+      methods: tried.trials,
+      tensors: mixed.trials,
+      ...(corrected.trial !== undefined ? { bias: corrected.trial } : {}),
+    },
     s,
     ranges,
   );
@@ -426,7 +449,7 @@ function candidateOf(
   f: FormatChoice,
   builds: { first: QuantizeResult; base: QuantizeResult; best: QuantizeResult; method: CalibrationMethod },
   fb: FallbackResult<ModelProto>,
-  steps: { methods: MethodTrial[]; tensors: TensorMethodTrial[] },
+  steps: { methods: MethodTrial[]; tensors: TensorMethodTrial[]; bias?: BiasCorrectionTrial },
   s: BuildSettings,
   ranges: RangeCache,
 ): Candidate {
@@ -451,6 +474,7 @@ function candidateOf(
     trials: fb.trials,
     methodTrials: steps.methods,
     tensorMethodTrials: steps.tensors,
+    ...(steps.bias !== undefined ? { biasCorrectionTrial: steps.bias } : {}),
     skipped: builds.best.plan.skipped
       .filter((x) => !(x.reason === "excluded" && !s.exclude.includes(x.node)))
       .map((x) => ({ node: x.node, opType: x.opType, reason: x.reason, detail: x.detail })),
@@ -501,6 +525,11 @@ async function tryMethods(
     if (passed) break;
   }
   return { start, trials, builds };
+}
+
+/** The graph the quantizer plans on (opset moved up, contrib ops lowered): its tensor names are the int8 model's. */
+function loweredFp32(fp32: ModelProto): ModelProto {
+  return lowerContribOps(upgradeOpset(fp32).model).model;
 }
 
 /** The report's ranges of a build: each tensor's calibrated range with its scale and zero point. */

@@ -40,6 +40,7 @@ import { copyForEdit } from "../onnx/graph.ts";
 import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
+import { applyBiasCorrections, type BiasCorrections, biasSites } from "./bias-correction.ts";
 import { calibrate } from "./calibrate.ts";
 import { assertRunnableGraph } from "./graph-check.ts";
 import { quantizeEmbeddings } from "./passes/embedding.ts";
@@ -79,6 +80,11 @@ export interface QuantizeInputs {
    * nodes excluded is cheap.
    */
   ranges?: ReadonlyMap<string, TensorRange>;
+  /**
+   * What to add to the biases of quantized MatMuls (`bias-correction.ts`); a
+   * bias whose readers are not all quantized in this build keeps its value.
+   */
+  biasCorrections?: BiasCorrections;
 }
 
 /**
@@ -109,6 +115,8 @@ export interface QuantizeResult {
   options: QuantizeOptions;
   /** Activation ranges used (static; empty for dynamic). */
   ranges: ReadonlyMap<string, TensorRange>;
+  /** The bias corrections asked for (a rebuild passes them on); empty when none. */
+  biasCorrections: BiasCorrections;
   /** Quantization parameters written for each activation (static). */
   qparams: ReadonlyMap<string, QParams>;
   /** What the Reshape-shape simplification did (or why it was reverted). */
@@ -122,7 +130,7 @@ export interface QuantizeResult {
 
 /** Resolves partial options against the defaults. */
 export function resolveQuantizeOptions(opts: QuantizeModelOptions): QuantizeOptions {
-  const { calibration: _c, ranges: _r, ...rest } = opts;
+  const { calibration: _c, ranges: _r, biasCorrections: _b, ...rest } = opts;
   switch (rest.type) {
     case "static":
       return defaultQuantizeOptions("static", stripUndefined(rest));
@@ -227,6 +235,8 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
 
   const tq = performance.now();
   const out = copyForEdit(model);
+  const biasCorrections = opts.biasCorrections ?? new Map<string, Float32Array>();
+  if (biasCorrections.size > 0) applyBiasCorrections(out, biasSites(model, plan.quantized), biasCorrections);
   const rw = new GraphRewrite(out.graph);
   const qparams =
     options.type === "static"
@@ -272,6 +282,7 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
     plan,
     options,
     ranges,
+    biasCorrections,
     qparams,
     shapes,
     lowered,
@@ -282,15 +293,20 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
 
 /**
  * Rebuilds a quantized model from an earlier result with `exclude` more nodes
- * kept fp32, reusing its ranges (no calibration).
+ * kept fp32, reusing its ranges (no calibration) and its bias corrections.
  */
 export async function requantize(
   model: ModelProto,
-  previous: Pick<QuantizeResult, "options" | "ranges">,
+  previous: Pick<QuantizeResult, "options" | "ranges"> & { biasCorrections?: BiasCorrections },
   exclude: readonly string[],
 ): Promise<QuantizeResult> {
   const merged = [...new Set([...previous.options.exclude, ...exclude])];
-  const base: QuantizeModelOptions = { ...previous.options, exclude: merged, ranges: previous.ranges };
+  const base: QuantizeModelOptions = {
+    ...previous.options,
+    exclude: merged,
+    ranges: previous.ranges,
+    ...(previous.biasCorrections !== undefined ? { biasCorrections: previous.biasCorrections } : {}),
+  };
   return quantizeModel(model, base);
 }
 

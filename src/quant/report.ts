@@ -153,6 +153,29 @@ export interface TensorMethodTrial extends TrialFigures {
   used?: boolean;
 }
 
+/**
+ * The build with its biases corrected (`bias-correction.ts`): each quantized
+ * MatMul's mean output error on the calibration samples taken off its bias,
+ * tried after the calibration methods and before any node is kept in fp32.
+ */
+export interface BiasCorrectionTrial extends TrialFigures {
+  /** Biases corrected (each one tensor in the file: no byte added). */
+  biases: number;
+  /** Quantized MatMuls reading them. */
+  readers: number;
+  /** Biases read by several MatMuls (ALBERT's shared layer): one correction, their readers' mean error. */
+  shared: number;
+  /** Passes over the biases in graph order (2 when one is shared). */
+  sweeps: number;
+  /** Runs of the int8 model over the calibration samples. */
+  runs: number;
+  /** Mean |E[int8 − fp32]| per channel of the corrected outputs on the calibration samples, before and after. */
+  meanBiasBefore: number;
+  meanBiasAfter: number;
+  /** The result (and the fp32 fallback after it) builds on this trial. */
+  used?: boolean;
+}
+
 /** One format `--mode auto` tried. */
 export interface CandidateEntry {
   mode: "static" | "dynamic";
@@ -261,13 +284,16 @@ export interface QuantizeReport {
   auto?: { why: string; decision: string };
   /**
    * The fallback: other calibration methods first (`methods`, absent in older reports), then a method per
-   * tensor (`tensorMethods`, absent in older reports), then nodes kept in fp32 (`trials`).
+   * tensor (`tensorMethods`, absent in older reports), then the bias correction (`biasCorrection`), then nodes
+   * kept in fp32 (`trials`).
    */
   fallback: {
     budget: number;
     trials: FallbackTrial[];
     methods?: MethodTrial[];
     tensorMethods?: TensorMethodTrial[];
+    /** The bias correction (absent when not tried, and in older reports). */
+    biasCorrection?: BiasCorrectionTrial;
   };
   candidates: CandidateEntry[];
   timings: {

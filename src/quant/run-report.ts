@@ -113,6 +113,7 @@ export function buildReport(r: ReportInputs): QuantizeReport {
       trials: chosen.trials,
       methods: chosen.methodTrials,
       tensorMethods: chosen.tensorMethodTrials,
+      ...(chosen.biasCorrectionTrial !== undefined ? { biasCorrection: chosen.biasCorrectionTrial } : {}),
     },
     candidates: [
       ...r.candidates.built.map((c) => candidateEntry(c, chosen)),

@@ -559,9 +559,9 @@ function validationLine(r: QuantizationReport): string | undefined {
 }
 
 /**
- * What each fallback (another calibration method, a method per tensor, nodes
- * kept in fp32, nodes put back in int8 by the size phase) bought: one summary
- * line each. Exported for its test.
+ * What each fallback (another calibration method, a method per tensor, the
+ * bias correction, nodes kept in fp32, nodes put back in int8 by the size
+ * phase) bought: one summary line each. Exported for its test.
  */
 export function fallbackLines(r: QuantizationReport): string[] {
   const out: string[] = [];
@@ -576,6 +576,16 @@ export function fallbackLines(r: QuantizationReport): string[] {
     out.push(
       `  fallback: ${t.tensors.length} tensor(s) calibrated with ${methods} instead (no bytes, ${formatMs(t.ms)}): ` +
         `agreement ${points(t.bought.agreement)}, bound ${points(t.bought.agreementLower)}${t.passed ? ", gate met" : ""}`,
+    );
+  }
+  const b = r.fallback.biasCorrection;
+  if (b !== undefined) {
+    out.push(
+      `  fallback: ${b.biases} bias(es) corrected by their mean output error (${b.readers} MatMuls` +
+        `${b.shared > 0 ? `, ${b.shared} shared bias(es) by their readers' mean` : ""}; no bytes, ${formatMs(b.ms)}): ` +
+        `mean output bias ${b.meanBiasBefore.toPrecision(2)} → ${b.meanBiasAfter.toPrecision(2)}, ` +
+        `agreement ${points(b.bought.agreement)}, bound ${points(b.bought.agreementLower)}` +
+        `${b.passed ? ", gate met" : b.used === true ? "" : "; did not help: not used"}`,
     );
   }
   for (const [i, t] of r.fallback.trials.entries()) {

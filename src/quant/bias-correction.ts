@@ -1,0 +1,394 @@
+/**
+ * Bias correction: a change of the int8 error that costs no byte, tried by
+ * the fallback after the calibration methods and before any node is kept in
+ * fp32.
+ *
+ * Int8 rounding of weights and activations does not only add noise to a
+ * MatMul's output: part of it is a mean shift per output channel, the same at
+ * every token (an activation range that clips one side, a rounded embedding
+ * row read at every position). A shift passes through every later layer and
+ * moves every logit the same way, which is what turns near-ties into flips.
+ * The correction measures each quantized MatMul's mean output error
+ * E[y_int8 − y_fp32] per channel on the calibration samples (real tokens
+ * only, padding left out) and subtracts it from the MatMul's bias, so the
+ * int8 model's outputs have fp32's means; the bias is a float vector in every
+ * int8 form (MatMulIntegerToFloat's bias input, the QDQ form's Add, QGemm's
+ * int32 bias is requantized from it), so the file does not grow.
+ *
+ * Layer by layer, in graph order: a layer's error is measured with every
+ * layer before it already corrected, since a correction upstream changes what
+ * the layers downstream see (corrections measured all at once, from the
+ * uncorrected model, compound). MatMuls that do not feed each other (a layer's
+ * query, key and value) are measured in one run.
+ *
+ * A bias read by several MatMuls (ALBERT's one layer, read by every layer) is
+ * one tensor in the file: it gets one correction, the mean error over all its
+ * readers, not one per reader applied again at each (the bias would move four
+ * times over). Since that bias serves layers both before and after the other
+ * biases it shares the model with, one pass in graph order measures its later
+ * readers before the biases between them are corrected: a second pass
+ * measures them again with everything corrected. A reader of its own bias
+ * would cost bytes (256 floats are 1 KB per reader and bias): measured on the
+ * ALBERT fixture, it bought no fewer flips than the shared mean, so it is not
+ * offered. A bias also read by a node left fp32 is not touched.
+ */
+import { encodeModel } from "../onnx/codec.ts";
+import { makeTensor, tensorToFloat32 } from "../onnx/tensor.ts";
+import { DataType, type ModelProto, type NodeProto, type TensorProto } from "../onnx/types.ts";
+import { feedsForEncoding } from "../runtime/classifier.ts";
+import { createOrtSession } from "../runtime/ort-session.ts";
+import type { BatchEncoding } from "../runtime/tokenizer.ts";
+import type { SessionOptions } from "../runtime/types.ts";
+import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from "./gate.ts";
+import { trialFigures, type ValidatedBuild } from "./method-mix.ts";
+import { nodeKey, type QuantTarget, type WeightMatMulTarget } from "./plan.ts";
+import type { QuantizeResult } from "./quantize.ts";
+import type { BiasCorrectionTrial } from "./report.ts";
+import { withExtraOutputs } from "./sensitivity.ts";
+
+/** A bias the correction may change: the float vector added to the output of one or more quantized MatMuls. */
+export interface BiasSite {
+  /** The bias initializer. */
+  bias: string;
+  /** Output channels (the bias's length). */
+  channels: number;
+  /** The quantized MatMul/Gemm nodes whose output gets it (several when it is shared). */
+  readers: string[];
+  /** Each reader's biased output (its bias Add's output, or the Gemm's), in `readers`' order. */
+  outputs: string[];
+}
+
+/** What to add to each bias, by initializer name. */
+export type BiasCorrections = ReadonlyMap<string, Float32Array>;
+
+/** A reader's bias: the Gemm's own, or the float vector of the one Add that reads the MatMul's output. */
+function readerBias(
+  n: NodeProto,
+  t: WeightMatMulTarget,
+  channels: number,
+  ctx: { inits: ReadonlyMap<string, TensorProto>; consumers: ReadonlyMap<string, NodeProto[]> },
+): { bias: string; output: string; holder: NodeProto } | undefined {
+  const isVector = (name: string): boolean => {
+    const b = ctx.inits.get(name);
+    return (
+      b !== undefined &&
+      b.dataType === DataType.FLOAT &&
+      b.dims.length === 1 &&
+      Number(b.dims[0]) === channels
+    );
+  };
+  if (t.opType === "Gemm") {
+    return t.bias !== undefined && isVector(t.bias)
+      ? { bias: t.bias, output: n.output[0]!, holder: n }
+      : undefined;
+  }
+  const readers = ctx.consumers.get(n.output[0] ?? "") ?? [];
+  const add = readers.length === 1 ? readers[0]! : undefined;
+  if (add === undefined || add.opType !== "Add" || add.domain !== "" || add.input.length !== 2)
+    return undefined;
+  const bias = add.input[0] === n.output[0] ? add.input[1]! : add.input[0]!;
+  return isVector(bias) ? { bias, output: add.output[0]!, holder: add } : undefined;
+}
+
+/**
+ * The biases of `targets`' weight MatMuls in `model` (the graph they were
+ * planned on), in the order of their first reader. A bias is left out when a
+ * node other than its quantized readers reads it too (an fp32 layer sharing
+ * it): correcting it would move that layer's output.
+ */
+export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): BiasSite[] {
+  const g = model.graph;
+  const inits = new Map(g.initializer.map((t) => [t.name, t]));
+  const byKey = new Map(g.node.map((n, i) => [nodeKey(n, i), n]));
+  const consumers = new Map<string, NodeProto[]>();
+  for (const n of g.node)
+    for (const i of new Set(n.input)) consumers.set(i, [...(consumers.get(i) ?? []), n]);
+  const sites = new Map<string, BiasSite & { holders: Set<NodeProto> }>();
+  for (const t of targets) {
+    const n = t.kind === "weight-matmul" ? byKey.get(t.node) : undefined;
+    const w = t.kind === "weight-matmul" ? inits.get(t.weight) : undefined;
+    if (n === undefined || w === undefined || t.kind !== "weight-matmul") continue;
+    const found = readerBias(n, t, Number(w.dims[t.channelAxis]), { inits, consumers });
+    if (found === undefined) continue;
+    const site = sites.get(found.bias) ?? {
+      bias: found.bias,
+      channels: Number(w.dims[t.channelAxis]),
+      readers: [],
+      outputs: [],
+      holders: new Set<NodeProto>(),
+    };
+    site.readers.push(t.node);
+    site.outputs.push(found.output);
+    site.holders.add(found.holder);
+    sites.set(found.bias, site);
+  }
+  return [...sites.values()]
+    .filter((s) => (consumers.get(s.bias) ?? []).every((c) => s.holders.has(c)))
+    .map(({ holders: _h, ...s }) => s);
+}
+
+/**
+ * Adds each site's correction to its bias in `model` (an editable copy: the
+ * initializer is replaced, never mutated). Biases not among `sites` (their
+ * readers left fp32 in this build) keep their values. Returns the biases changed.
+ */
+export function applyBiasCorrections(
+  model: ModelProto,
+  sites: readonly BiasSite[],
+  corrections: BiasCorrections,
+): string[] {
+  const changed: string[] = [];
+  const init = model.graph.initializer;
+  for (const s of sites) {
+    const delta = corrections.get(s.bias);
+    const i = init.findIndex((t) => t.name === s.bias);
+    if (delta === undefined || i < 0 || delta.length !== s.channels) continue;
+    const values = tensorToFloat32(init[i]!);
+    const corrected = Float32Array.from(values, (v, c) => v + delta[c]!);
+    init[i] = makeTensor(s.bias, DataType.FLOAT, init[i]!.dims.map(Number), corrected);
+    changed.push(s.bias);
+  }
+  return changed;
+}
+
+/** Per-channel sums of a tensor over the rows that count, and how many rows. */
+interface ChannelSums {
+  sum: Float64Array;
+  rows: number;
+}
+
+/**
+ * Adds a batch's `[..., channels]` output to `acc`: every row of a token-level
+ * tensor (`batch × seq` rows) but padding, every row of a sample-level one
+ * (a pooler's `batch` rows).
+ */
+function addRows(acc: ChannelSums, data: Float32Array, batch: BatchEncoding): void {
+  const c = acc.sum.length;
+  const rows = data.length / c;
+  const tokens = rows === batch.batchSize * batch.seqLen;
+  for (let r = 0; r < rows; r++) {
+    if (tokens && batch.attentionMask[r] === 0n) continue;
+    acc.rows++;
+    for (let k = 0; k < c; k++) acc.sum[k]! += data[r * c + k]!;
+  }
+}
+
+/** Channel sums of `names` (each `channels` wide) over `batches`, in one onnxruntime session. */
+async function channelSums(
+  model: ModelProto,
+  names: ReadonlyMap<string, number>,
+  batches: readonly BatchEncoding[],
+  session: SessionOptions,
+): Promise<Map<string, ChannelSums>> {
+  const wanted = [...names.keys()];
+  const out = new Map(wanted.map((n) => [n, { sum: new Float64Array(names.get(n)!), rows: 0 }]));
+  const s = await createOrtSession(encodeModel(withExtraOutputs(model, wanted)), session);
+  try {
+    for (const batch of batches) {
+      const got = await s.run(feedsForEncoding(s, batch), wanted);
+      for (const n of wanted) {
+        const t = got[n];
+        if (t !== undefined && t.type === "float32") addRows(out.get(n)!, t.data as Float32Array, batch);
+      }
+    }
+  } finally {
+    await s.release();
+  }
+  return out;
+}
+
+/** A site's mean output error per channel, over all its readers' rows: int8 sums less fp32's. */
+function siteError(
+  site: BiasSite,
+  int8: ReadonlyMap<string, ChannelSums>,
+  fp32: ReadonlyMap<string, ChannelSums>,
+): Float64Array {
+  const err = new Float64Array(site.channels);
+  let rows = 0;
+  for (const o of site.outputs) {
+    const q = int8.get(o);
+    const f = fp32.get(o);
+    if (q === undefined || f === undefined) continue;
+    for (let k = 0; k < site.channels; k++) err[k]! += q.sum[k]! - f.sum[k]!;
+    rows += f.rows;
+  }
+  if (rows > 0) for (let k = 0; k < site.channels; k++) err[k]! /= rows;
+  return err;
+}
+
+/** Mean over channels of |e|. */
+function meanAbs(e: Float64Array): number {
+  let s = 0;
+  for (const v of e) s += Math.abs(v);
+  return e.length === 0 ? 0 : s / e.length;
+}
+
+/** Tensors computed from `from` (its own included), following the graph forward. */
+function downstream(from: readonly string[], consumers: ReadonlyMap<string, NodeProto[]>): Set<string> {
+  const seen = new Set(from);
+  const todo = [...from];
+  for (let t = todo.pop(); t !== undefined; t = todo.pop()) {
+    for (const n of consumers.get(t) ?? []) {
+      for (const o of n.output) {
+        if (o === "" || seen.has(o)) continue;
+        seen.add(o);
+        todo.push(o);
+      }
+    }
+  }
+  return seen;
+}
+
+/**
+ * The sites in runs that can be measured together: consecutive sites of which
+ * none feeds another (a layer's query, key and value), in order.
+ */
+export function measurementSteps(model: ModelProto, sites: readonly BiasSite[]): BiasSite[][] {
+  const consumers = new Map<string, NodeProto[]>();
+  for (const n of model.graph.node) {
+    for (const i of new Set(n.input)) consumers.set(i, [...(consumers.get(i) ?? []), n]);
+  }
+  const reach = new Map(sites.map((s) => [s, downstream(s.outputs, consumers)]));
+  const feeds = (a: BiasSite, b: BiasSite): boolean => b.outputs.some((o) => reach.get(a)!.has(o));
+  const steps: BiasSite[][] = [];
+  let step: BiasSite[] = [];
+  for (const s of sites) {
+    if (step.some((x) => feeds(x, s) || feeds(s, x))) {
+      steps.push(step);
+      step = [];
+    }
+    step.push(s);
+  }
+  if (step.length > 0) steps.push(step);
+  return steps;
+}
+
+/** One site's mean output error before and after its correction. */
+export interface SiteCorrection {
+  bias: string;
+  readers: number;
+  /** Mean over channels of |E[int8 − fp32]| on the calibration samples. */
+  before: number;
+  after: number;
+}
+
+/** What {@link measureBiasCorrections} found. */
+export interface BiasCorrectionResult {
+  corrections: Map<string, Float32Array>;
+  sites: SiteCorrection[];
+  /** Passes over the sites: 2 when a bias is shared (see the module comment), else 1. */
+  sweeps: number;
+  /** Runs of the int8 model over the calibration samples. */
+  runs: number;
+}
+
+/** Options of {@link measureBiasCorrections}. */
+export interface BiasCorrectionOptions {
+  session?: SessionOptions;
+  /** @defaultValue 2 when a bias has several readers, else 1 */
+  sweeps?: number;
+}
+
+/**
+ * Measures the corrections of `sites` layer by layer (see the module comment):
+ * `build` makes the int8 model with the corrections found so far (a rewrite
+ * from the same ranges), `reference` is the fp32 graph the int8 one was
+ * planned on, and `batches` are the calibration samples.
+ *
+ * @throws MODEL_LOAD_FAILED / INFERENCE_FAILED when onnxruntime fails on either model
+ */
+export async function measureBiasCorrections(
+  reference: ModelProto,
+  sites: readonly BiasSite[],
+  batches: readonly BatchEncoding[],
+  build: (corrections: BiasCorrections) => Promise<ModelProto>,
+  opts: BiasCorrectionOptions = {},
+): Promise<BiasCorrectionResult> {
+  const session = opts.session ?? {};
+  const widths = (list: readonly BiasSite[]) =>
+    new Map(list.flatMap((s) => s.outputs.map((o) => [o, s.channels] as const)));
+  const fp32 = await channelSums(reference, widths(sites), batches, session);
+  const errors = async (list: readonly BiasSite[], c: BiasCorrections) =>
+    channelSums(await build(c), widths(list), batches, session);
+  const corrections = new Map<string, Float32Array>();
+  const first = await errors(sites, corrections);
+  const before = new Map(sites.map((s) => [s.bias, meanAbs(siteError(s, first, fp32))]));
+  const sweeps = opts.sweeps ?? (sites.some((s) => s.readers.length > 1) ? 2 : 1);
+  let runs = 1;
+  for (let sweep = 0; sweep < sweeps; sweep++) {
+    for (const step of measurementSteps(reference, sites)) {
+      const int8 = await errors(step, corrections);
+      runs++;
+      for (const s of step) {
+        const e = siteError(s, int8, fp32);
+        const prev = corrections.get(s.bias) ?? new Float32Array(s.channels);
+        corrections.set(
+          s.bias,
+          Float32Array.from(prev, (v, k) => v - e[k]!),
+        );
+      }
+    }
+  }
+  const last = await errors(sites, corrections);
+  runs++;
+  return {
+    corrections,
+    sites: sites.map((s) => ({
+      bias: s.bias,
+      readers: s.readers.length,
+      before: before.get(s.bias) ?? 0,
+      after: meanAbs(siteError(s, last, fp32)),
+    })),
+    sweeps,
+    runs,
+  };
+}
+
+/** What the bias-correction step needs from its caller. */
+export interface BiasCorrectionHooks {
+  /** Rebuilds the start with these corrections (a rewrite from the same ranges, no calibration). */
+  rebuild(corrections: BiasCorrections): Promise<QuantizeResult>;
+  validate(model: ModelProto): Promise<GateMetrics>;
+}
+
+/**
+ * The bias-correction step of the fallback: `start`'s biases corrected (see
+ * the module comment), the build validated, and kept when it passes or ranks
+ * better than `start`. Nothing is tried when `start` has no bias to correct.
+ */
+export async function tryBiasCorrection(
+  start: ValidatedBuild,
+  reference: ModelProto,
+  calibration: readonly BatchEncoding[],
+  gate: GateSpec,
+  hooks: BiasCorrectionHooks & { session?: SessionOptions },
+): Promise<{ best: ValidatedBuild; trial?: BiasCorrectionTrial }> {
+  const t0 = performance.now();
+  const sites = biasSites(reference, start.result.plan.quantized);
+  if (sites.length === 0) return { best: start };
+  const measured = await measureBiasCorrections(
+    reference,
+    sites,
+    calibration,
+    async (c) => (await hooks.rebuild(c)).model,
+    hooks.session !== undefined ? { session: hooks.session } : {},
+  );
+  const result = await hooks.rebuild(measured.corrections);
+  const metrics = await hooks.validate(result.model);
+  const passed = checkGate(metrics, gate).passed;
+  const used = passed || compareCandidates(metrics, start.metrics) < 0;
+  const mean = (f: (s: SiteCorrection) => number) =>
+    measured.sites.reduce((a, s) => a + f(s), 0) / measured.sites.length;
+  const trial: BiasCorrectionTrial = {
+    biases: sites.length,
+    readers: sites.reduce((a, s) => a + s.readers.length, 0),
+    shared: sites.filter((s) => s.readers.length > 1).length,
+    sweeps: measured.sweeps,
+    runs: measured.runs,
+    meanBiasBefore: mean((s) => s.before),
+    meanBiasAfter: mean((s) => s.after),
+    ...trialFigures(metrics, start.metrics, passed, performance.now() - t0),
+    ...(used ? { used: true } : {}),
+  };
+  return { best: used ? { result, metrics } : start, trial };
+}

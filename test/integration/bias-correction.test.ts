@@ -1,0 +1,156 @@
+/**
+ * Bias correction (`src/quant/bias-correction.ts`) on the ALBERT fixture,
+ * whose one shared layer makes six of its nine biases each read by four
+ * MatMuls: which biases it finds, that a corrected build moves the int8
+ * model's mean outputs toward fp32's (measured here on the logits, apart from
+ * the module's own figures), that a shared bias stays one tensor with one
+ * correction, and that a bias whose reader is kept fp32 keeps its value.
+ */
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { encodeModel, loadModel } from "../../src/onnx/codec.ts";
+import { upgradeOpset } from "../../src/onnx/opset-upgrade.ts";
+import { tensorToFloat32 } from "../../src/onnx/tensor.ts";
+import type { ModelProto } from "../../src/onnx/types.ts";
+import {
+  type BiasCorrectionResult,
+  type BiasSite,
+  biasSites,
+  measureBiasCorrections,
+  measurementSteps,
+} from "../../src/quant/bias-correction.ts";
+import { lowerContribOps } from "../../src/quant/passes/lower-contrib.ts";
+import { modelMaxPositions } from "../../src/quant/pipeline.ts";
+import { type QuantizeResult, quantizeModel, requantize } from "../../src/quant/quantize.ts";
+import { readSampleTsv } from "../../src/quant/samples.ts";
+import { collectLogits, encodeSamples } from "../../src/quant/validate.ts";
+import { createOrtSession } from "../../src/runtime/ort-session.ts";
+import { type BatchEncoding, loadTokenizer } from "../../src/runtime/tokenizer.ts";
+import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
+import { repoRoot } from "../helpers/paths.ts";
+
+setDefaultTimeout(120_000);
+
+const dir = mkdtempSync(join(tmpdir(), "quantd-bias-correction-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const LAYER = "albert.encoder.albert_layer_groups.0.albert_layers.0";
+const SHARED = [
+  "attention.query",
+  "attention.key",
+  "attention.value",
+  "attention.dense",
+  "ffn",
+  "ffn_output",
+].map((m) => `${LAYER}.${m}.bias`);
+const session = { intraOpThreads: 1 };
+
+let fp32: ModelProto;
+let lowered: ModelProto;
+let calibration: BatchEncoding[];
+let base: QuantizeResult;
+let sites: BiasSite[];
+let measured: BiasCorrectionResult;
+
+beforeAll(async () => {
+  const fixture = await writeEncoderFixture("albert", join(dir, "albert"));
+  fp32 = await loadModel(fixture.model);
+  lowered = lowerContribOps(upgradeOpset(fp32).model).model;
+  const tok = await loadTokenizer(fixture.dir, { maxLength: modelMaxPositions(fp32)! });
+  const rows = await readSampleTsv(join(repoRoot, "calib/samples/sst2-train-4k.tsv"));
+  calibration = encodeSamples(tok, rows.slice(0, 48), 8, tok.maxLength).batches;
+  base = await quantizeModel(fp32, { type: "static", calibration });
+  sites = biasSites(lowered, base.plan.quantized);
+  measured = await measureBiasCorrections(
+    lowered,
+    sites,
+    calibration,
+    async (c) => (await requantize(fp32, { ...base, biasCorrections: c }, [])).model,
+    { session },
+  );
+});
+
+/** Mean over the calibration samples of int8 logits − fp32 logits, per class. */
+async function meanLogitError(model: ModelProto): Promise<number[]> {
+  const run = async (m: ModelProto) => {
+    const s = await createOrtSession(encodeModel(m), session);
+    try {
+      return await collectLogits(s, calibration);
+    } finally {
+      await s.release();
+    }
+  };
+  const [ref, got] = [await run(fp32), await run(model)];
+  const mean = new Array<number>(ref.cols).fill(0);
+  for (let i = 0; i < ref.data.length; i++) mean[i % ref.cols]! += (got.data[i]! - ref.data[i]!) / ref.rows;
+  return mean;
+}
+
+const biasValues = (m: ModelProto, name: string): Float32Array =>
+  tensorToFloat32(m.graph.initializer.find((t) => t.name === name)!);
+
+describe("bias correction on ALBERT", () => {
+  test("its sites: the mapping, the six shared biases (four readers each), the pooler and the classifier", () => {
+    expect(sites.map((s) => [s.bias, s.readers.length])).toEqual([
+      ["albert.encoder.embedding_hidden_mapping_in.bias", 1],
+      ...SHARED.map((b) => [b, 4]),
+      ["albert.pooler.dense.bias", 1],
+      ["classifier.bias", 1],
+    ]);
+    // Every shared site reads into every other across the layers: each is measured on its own.
+    expect(measurementSteps(lowered, sites)).toHaveLength(sites.length);
+  });
+
+  test("a bias also read by a node left fp32 is not a site: correcting it would move that node's output", () => {
+    const query = `${LAYER}.attention.query.bias`;
+    const oneReaderLess = base.plan.quantized.filter(
+      (t) => t.node !== "/albert/encoder/albert_layer_groups.0/albert_layers.0/attention/query/MatMul_2",
+    );
+    const left = biasSites(lowered, oneReaderLess).map((s) => s.bias);
+    expect(left).not.toContain(query);
+    expect(left).toHaveLength(sites.length - 1);
+  });
+
+  test("every corrected site's mean output error falls, and the biggest (the shared ones) by most of it", () => {
+    for (const s of measured.sites) expect(s.after).toBeLessThanOrEqual(s.before);
+    const sum = (f: (s: (typeof measured.sites)[number]) => number) =>
+      measured.sites.reduce((a, s) => a + f(s), 0);
+    expect(sum((s) => s.after)).toBeLessThan(0.5 * sum((s) => s.before));
+    expect(measured.sweeps).toBe(2);
+  });
+
+  test("the corrected model's mean logit error, measured apart from the module, is smaller than the uncorrected one's", async () => {
+    const corrected = await requantize(fp32, { ...base, biasCorrections: measured.corrections }, []);
+    const before = await meanLogitError(base.model);
+    const after = await meanLogitError(corrected.model);
+    const norm = (v: number[]) => Math.hypot(...v);
+    expect(norm(after)).toBeLessThan(0.5 * norm(before));
+  });
+
+  test("a shared bias stays one tensor, read by its four readers, with one correction: no byte added", async () => {
+    const corrected = await requantize(fp32, { ...base, biasCorrections: measured.corrections }, []);
+    expect(encodeModel(corrected.model).byteLength).toBe(encodeModel(base.model).byteLength);
+    expect(corrected.model.graph.initializer.map((t) => t.name).sort()).toEqual(
+      base.model.graph.initializer.map((t) => t.name).sort(),
+    );
+    for (const b of SHARED) {
+      expect(corrected.model.graph.node.filter((n) => n.input.includes(b))).toHaveLength(4);
+      const delta = measured.corrections.get(b)!;
+      const want = biasValues(lowered, b).map((v, k) => v + delta[k]!);
+      expect(Array.from(biasValues(corrected.model, b))).toEqual(Array.from(want));
+    }
+  });
+
+  test("a rebuild keeping the classifier fp32 leaves its bias as it was and corrects the others", async () => {
+    const kept = await requantize(fp32, { ...base, biasCorrections: measured.corrections }, [
+      "/classifier/Gemm",
+    ]);
+    expect(Array.from(biasValues(kept.model, "classifier.bias"))).toEqual(
+      Array.from(biasValues(lowered, "classifier.bias")),
+    );
+    const mapping = "albert.encoder.embedding_hidden_mapping_in.bias";
+    expect(Array.from(biasValues(kept.model, mapping))).not.toEqual(Array.from(biasValues(lowered, mapping)));
+  });
+});
