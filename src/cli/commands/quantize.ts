@@ -111,7 +111,10 @@ stops early once it can no longer pass, or, on a set at least twice what the gat
 passed at one of a few looks (the looks share the 5 %, 80 % of it kept for the last, so the verdict still
 holds at 95 %); --full-validation runs every sample. When the gate is not met, the other calibration
 methods (percentile, mse, entropy) are tried first, then a method per tensor (each tensor's range from
-the method under which the nodes reading it add the least error), as they cost no bytes; then nodes are kept in fp32, a
+the method under which the nodes reading it add the least error), then the best of those with its biases
+corrected (each quantized MatMul's mean output error on the calibration samples taken off its bias, layer by
+layer in graph order; a bias shared by several layers, as ALBERT's, by its readers' mean), as they cost no
+bytes; then nodes are kept in fp32, a
 few more per trial, the best estimated gain (the error a node adds; the readers of a shared weight go fp32
 together, as one choice: their errors summed, the weight's bytes once) per byte first, until the gate holds
 or --trials rebuilds are spent; the summary says what each trial bought (a trial that did not help is
