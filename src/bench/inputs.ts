@@ -9,7 +9,7 @@ import { dirname, join } from "node:path";
 import { mulberry32 } from "../core/random.ts";
 import { QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
-import type { NodeProto } from "../onnx/types.ts";
+import { tokenEmbeddingTable } from "../onnx/graph.ts";
 import type { Tensor, TensorInfo } from "../runtime/types.ts";
 
 /** One benchmark shape: `batch` sequences of `seq` tokens. */
@@ -214,20 +214,6 @@ export function findVocabSize(modelPath: string): number | undefined {
  */
 export async function findVocabSizeInGraph(modelPath: string): Promise<number | undefined> {
   const model = await loadModel(modelPath, { loadExternalData: false });
-  const g = model.graph;
-  const ids = new Set(g.input.filter((i) => roleOf(i.name) === "ids").map((i) => i.name));
-  for (const n of g.node)
-    if (n.opType === "Cast" && ids.has(n.input[0] ?? "")) for (const o of n.output) ids.add(o);
-  const inits = new Map(g.initializer.map((t) => [t.name, t]));
-  const producers = new Map<string, NodeProto>();
-  for (const n of g.node) for (const o of n.output) producers.set(o, n);
-  for (const n of g.node) {
-    if (n.opType !== "Gather" || !ids.has(n.input[1] ?? "")) continue;
-    let table = n.input[0] ?? "";
-    const dq = producers.get(table);
-    if (dq !== undefined && dq.opType === "DequantizeLinear") table = dq.input[0] ?? "";
-    const rows = inits.get(table)?.dims[0];
-    if (rows !== undefined && rows > 0) return rows;
-  }
-  return undefined;
+  const ids = new Set(model.graph.input.filter((i) => roleOf(i.name) === "ids").map((i) => i.name));
+  return tokenEmbeddingTable(model, ids)?.rows;
 }

@@ -573,3 +573,40 @@ function int64(n: number): bigint {
   if (n <= -(2 ** 63)) return -(2n ** 63n);
   return BigInt(Math.trunc(n));
 }
+
+/** The token-embedding table a model's ids input reads, and its row count (the vocabulary the model takes). */
+export interface TokenTable {
+  /** The initializer holding the table (the int8 data of a dequantized one). */
+  name: string;
+  rows: number;
+}
+
+/**
+ * The table the ids inputs `ids` look up: a Gather of an initializer (or of a
+ * DequantizeLinear of one) at the ids or at a Cast of them, or the word
+ * embedding of an `EmbedLayerNormalization` (onnxruntime's transformer
+ * optimizer), whose first input is the ids.
+ *
+ * @returns the table, or undefined when the graph reads the ids otherwise
+ */
+export function tokenEmbeddingTable(model: ModelProto, ids: ReadonlySet<string>): TokenTable | undefined {
+  const g = model.graph;
+  const idNames = new Set(ids);
+  for (const n of g.node)
+    if (n.opType === "Cast" && idNames.has(n.input[0] ?? "")) for (const o of n.output) idNames.add(o);
+  const inits = new Map(g.initializer.map((t) => [t.name, t]));
+  const producers = new Map<string, NodeProto>();
+  for (const n of g.node) for (const o of n.output) producers.set(o, n);
+  for (const n of g.node) {
+    let table: string;
+    if (n.opType === "Gather" && idNames.has(n.input[1] ?? "")) table = n.input[0] ?? "";
+    else if (n.opType === "EmbedLayerNormalization" && idNames.has(n.input[0] ?? ""))
+      table = n.input[2] ?? "";
+    else continue;
+    const dq = producers.get(table);
+    if (dq !== undefined && dq.opType === "DequantizeLinear") table = dq.input[0] ?? "";
+    const rows = inits.get(table)?.dims[0];
+    if (rows !== undefined && rows > 0) return { name: table, rows };
+  }
+  return undefined;
+}

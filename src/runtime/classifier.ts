@@ -7,6 +7,7 @@
 import { readFileSync } from "node:fs";
 import { assertNever, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
+import type { TokenTable } from "../onnx/graph.ts";
 import { findModelFiles, type ModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
 import { createSessionPool } from "./threaded-session.ts";
@@ -411,6 +412,34 @@ function readModelConfig(configPath: string | undefined): ModelConfig {
   return out;
 }
 
+/**
+ * Refuses a tokenizer from another model: its ids would run past the model's
+ * token-embedding table, and onnxruntime would fail later, on the first input
+ * holding such an id, with an index error that names neither file. Checked
+ * against the `vocab_size` of the model's `config.json` and, when the caller
+ * has read the graph, against the table's rows.
+ *
+ * @throws TOKENIZER_INVALID naming both sizes and where each comes from
+ * @throws CONFIG_INVALID for an unreadable `config.json`
+ */
+export function assertTokenizerFitsModel(tokenizer: Tokenizer, files: ModelFiles, table?: TokenTable): void {
+  const config = readModelConfig(files.configPath);
+  const limits: [number, string][] = [];
+  if (config.vocabSize !== undefined)
+    limits.push([config.vocabSize, `${files.configPath} has vocab_size ${config.vocabSize}`]);
+  if (table !== undefined)
+    limits.push([table.rows, `token-embedding table ${table.name} has ${table.rows} rows`]);
+  for (const [size, what] of limits) {
+    if (tokenizer.vocabSize <= size) continue;
+    throw new QuantdError(
+      "TOKENIZER_INVALID",
+      `the tokenizer in ${files.tokenizerDir} has ${tokenizer.vocabSize} tokens but the model's ${what}: ` +
+        "is it the model's own tokenizer?",
+      { details: { tokenizer: files.tokenizerDir, tokens: tokenizer.vocabSize, modelVocab: size } },
+    );
+  }
+}
+
 /** The parts every model runner opens: its files, tokenizer and session (inputs checked). */
 export interface ModelParts {
   files: ModelFiles;
@@ -433,16 +462,7 @@ export async function openModelParts(
   if (opts.maxLength !== undefined) tokOpts.maxLength = opts.maxLength;
   if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
   const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
-  const config = readModelConfig(files.configPath);
-  // A tokenizer from another model yields ids past the embedding table: ORT would fail later,
-  // on the first request, with an index error that names neither file.
-  if (config.vocabSize !== undefined && tokenizer.vocabSize > config.vocabSize) {
-    throw new QuantdError(
-      "TOKENIZER_INVALID",
-      `the tokenizer in ${files.tokenizerDir} has ${tokenizer.vocabSize} tokens but the model's ` +
-        `${files.configPath} has vocab_size ${config.vocabSize}: is it the model's own tokenizer?`,
-    );
-  }
+  assertTokenizerFitsModel(tokenizer, files);
   const workers = opts.workers ?? 0;
   const session =
     workers > 0

@@ -17,6 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { quantizeModel } from "../../src/quant/quantize.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 import { repoRoot, shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { type CliRun, runQuantd } from "../helpers/run-cli.ts";
 
@@ -179,6 +180,33 @@ describe("models", () => {
       /^error MODEL_ALREADY_QUANTIZED: .*(DynamicQuantizeLinear|MatMulInteger|DequantizeLinear)/,
     );
     expectNothingWritten(outDir, out);
+  });
+
+  test("a tokenizer with more tokens than the model's embedding table is TOKENIZER_INVALID, before calibration", async () => {
+    // The tiny synthetic BERT has 512 rows; the shipped tokenizer 16,384 tokens. With config.json
+    // (vocab_size) and without (the table's rows, read from the graph).
+    const modelDir = mkdtempSync(join(dir, "vocab-"));
+    const model = join(modelDir, "model.onnx");
+    await saveModel(buildSyntheticBert(SYNTHETIC_BERT_PRESETS.tiny), model);
+    for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+      copyFileSync(join(shippedModelDir, f), join(modelDir, f));
+    }
+    for (const [config, names] of [
+      [false, /token-embedding table bert\.embeddings\.word_embeddings\.weight has 512 rows/],
+      [true, /config\.json has vocab_size 512/],
+    ] as const) {
+      if (config) writeFileSync(join(modelDir, "config.json"), JSON.stringify({ vocab_size: 512 }));
+      const outDir = mkdtempSync(join(dir, "vocab-out-"));
+      const out = join(outDir, "int8.onnx");
+      const r = await quantize(["--model", model, "--calib", calibTsv, "--out", out]);
+      expect(r.code).toBe(1);
+      expect(errorLine(r)).toMatch(
+        /^error TOKENIZER_INVALID: the tokenizer in \S+ has 16384 tokens but the model's /,
+      );
+      expect(errorLine(r)).toMatch(names);
+      expect(r.stderr).not.toContain("quantizing");
+      expectNothingWritten(outDir, out);
+    }
   });
 
   test("a file that is not ONNX is MODEL_NOT_ONNX", async () => {

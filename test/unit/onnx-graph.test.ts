@@ -15,10 +15,13 @@ import {
   getAttrInts,
   getAttrString,
   getOpsetVersion,
+  tokenEmbeddingTable,
 } from "../../src/onnx/graph.ts";
 import { makeTensor, tensorToArray } from "../../src/onnx/tensor.ts";
 import type { GraphProto, NodeProto } from "../../src/onnx/types.ts";
 import { AttributeType, DataType } from "../../src/onnx/types.ts";
+import { buildTransformerOptimizedBert } from "../fixtures/exporters/transformer-optimizer.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 import { codeOf } from "../helpers/error-code.ts";
 
 /** x → MatMul(W) → Add(b) → Relu → y, plus a Constant feeding a Mul on the side. */
@@ -286,5 +289,46 @@ describe("builders and lookups", () => {
     expect(getOpsetVersion(m, "com.microsoft")).toBe(1);
     expect(getOpsetVersion(m, "ai.onnx.ml")).toBeUndefined();
     expect(decodeModel(encodeModel(m))).toEqual(m);
+  });
+});
+
+describe("tokenEmbeddingTable", () => {
+  const ids = new Set(["input_ids"]);
+  const tiny = SYNTHETIC_BERT_PRESETS.tiny;
+  const table = { name: "bert.embeddings.word_embeddings.weight", rows: tiny.vocab };
+
+  test("the table a Gather reads at the ids (the exporters' graphs)", () => {
+    expect(tokenEmbeddingTable(buildSyntheticBert(tiny), ids)).toEqual(table);
+  });
+
+  test("EmbedLayerNormalization's word embedding (onnxruntime's transformer optimizer)", () => {
+    for (const model of [
+      buildTransformerOptimizedBert(tiny, "attention"),
+      buildTransformerOptimizedBert(tiny, "mha", { int32Inputs: true }),
+    ]) {
+      const embed = model.graph.node.find((n) => n.opType === "EmbedLayerNormalization");
+      expect(embed?.input[2]).toBe(table.name);
+      expect(tokenEmbeddingTable(model, ids)).toEqual(table);
+    }
+  });
+
+  test("through a Cast of the ids, the int8 data behind a DequantizeLinear; none when nothing reads the ids", () => {
+    const graph = makeGraph({
+      name: "g",
+      nodes: [
+        makeNode("Cast", ["input_ids"], ["ids32"], { to: DataType.INT32 }),
+        makeNode("DequantizeLinear", ["emb_q", "s"], ["emb"]),
+        makeNode("Gather", ["emb", "ids32"], ["h"]),
+      ],
+      inputs: [makeValueInfo("input_ids", DataType.INT64, ["b", "s"])],
+      outputs: [makeValueInfo("h", DataType.FLOAT, ["b", "s", 2])],
+      initializers: [
+        makeTensor("emb_q", DataType.INT8, [7, 2], new Int8Array(14)),
+        makeTensor("s", DataType.FLOAT, [], new Float32Array([0.1])),
+      ],
+    });
+    const model = makeModel({ graph });
+    expect(tokenEmbeddingTable(model, ids)).toEqual({ name: "emb_q", rows: 7 });
+    expect(tokenEmbeddingTable(model, new Set(["other"]))).toBeUndefined();
   });
 });
