@@ -14,8 +14,9 @@
  *   before, right after and once quiet (target within 10 MB)
  * - external DB lock: another process holds the write lock for 25 s while
  *   clients classify with capture on and a job queued; worst stall (≤ 50 ms)
- * - kill -9 during a promotion and during a recalibration job at K points:
- *   after a restart, an intact active model serves; the job's outcome
+ * - kill -9 during a promotion (of self-contained models and of an
+ *   external-data one, written inline) and during a recalibration job at K
+ *   points: after a restart, an intact active model serves; the job's outcome
  * - disk full (a tmpfs models dir, root only): promotion → 507, serving errors
  * - corrupt DB (empty, bad header, truncated, damaged pages): serving its
  *   active model after the restart
@@ -216,6 +217,16 @@ async function variants(n: number): Promise<string[]> {
     out.push(path);
   }
   return out;
+}
+
+/** Another variant saved as `model.onnx` + `model.onnx_data`: its promotion writes the weights inline. */
+async function externalDataVariant(): Promise<string> {
+  const model = await loadModel(MODEL);
+  model.docString = "fault-suite variant with external data";
+  const path = join(work, "external", "model.onnx");
+  mkdirSync(join(work, "external"));
+  await saveModel(model, path, { externalData: { location: "model.onnx_data" } });
+  return path;
 }
 
 // ---------------------------------------------------------------- fuzz
@@ -685,7 +696,8 @@ try {
   }
   const probes: [string, () => Promise<void>][] = [
     ["lock", lockProbe],
-    ["kill", () => killProbes(models)],
+    // The external-data variant first: `--short` kills one promotion, and that one's inlined copy is the longer write.
+    ["kill", async () => killProbes([await externalDataVariant(), ...models])],
     ["disk", () => diskFullProbe(models[0]!)],
     ["corrupt", () => corruptProbe(models[1]!)],
     ["memory", recalibrationMemoryProbe],

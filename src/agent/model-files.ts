@@ -12,7 +12,7 @@ import { chmod, type FileHandle, mkdir, open, rename, unlink } from "node:fs/pro
 import { dirname, join, resolve } from "node:path";
 import { writeFailure } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
-import { externalDataFiles, loadModel, PROTOBUF_LIMIT, saveModel } from "../onnx/codec.ts";
+import { externalDataFiles, inlineExternalData, PROTOBUF_LIMIT } from "../onnx/codec.ts";
 import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/models.ts";
 import { kindOf, MARKER_OVERLAP, scanKindMarkers } from "./model-kind.ts";
 
@@ -216,9 +216,9 @@ async function bytesWithSideFiles(src: string, sideFiles: string[], maxBytes: nu
 
 /**
  * An external-data model written to a temporary file in `dir` with its
- * weights inlined, then hashed. The model is held in memory once, while it is
- * written (the copy of a self-contained file never is): the agent's memory
- * grows by the model's size for the promotion (README, limits).
+ * weights inlined, then hashed. The weights are copied from the side files in
+ * 1 MiB reads (inlineExternalData), so, as for a self-contained file's byte
+ * copy, the model is never held in memory whole.
  */
 async function stageInlined(
   src: string,
@@ -230,7 +230,7 @@ async function stageInlined(
   const tmpPath = join(dir, `.candidate.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
   try {
     // A missing or short side file fails here, naming it (FILE_NOT_FOUND, MODEL_TRUNCATED).
-    await saveModel(await loadModel(src), tmpPath, { externalData: false });
+    await inlineExternalData(src, tmpPath);
     await chmod(tmpPath, 0o640); // as the byte copies are: no access for others
     const input = await openRegularFile(tmpPath, Number.POSITIVE_INFINITY);
     try {

@@ -10,7 +10,7 @@
  * re-encodes byte-identically.
  */
 import type { FileHandle } from "node:fs/promises";
-import { readFile } from "node:fs/promises";
+import { open, readFile, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, relative, resolve, sep } from "node:path";
 import { errnoOf, writeFileDurable } from "../core/files.ts";
 import { QuantdError } from "../errors.ts";
@@ -777,6 +777,22 @@ export function decodeModel(bytes: Uint8Array, source?: string): ModelProto {
 /** raw_data at least this big is passed through by reference. */
 const PASS_THROUGH_BYTES = 1 << 16;
 
+/**
+ * A tensor's bytes in an external data file, copied from there into the file
+ * being written in 1 MiB reads (see {@link inlineExternalData}): never in memory whole.
+ */
+interface FileSlice {
+  file: string;
+  offset: number;
+  length: number;
+}
+
+/** A piece of an encoded model: bytes, or a range of an external data file. */
+type Chunk = Uint8Array | FileSlice;
+
+/** The main-graph initializers whose payload is written from their external data file. */
+type StreamedTensors = ReadonlyMap<TensorProto, FileSlice>;
+
 /** Field numbers that the chunked encoder splices by hand. */
 const TENSOR_RAW_DATA = 9;
 const GRAPH_INITIALIZER = 5;
@@ -811,30 +827,43 @@ function encodePart(typeName: string, o: Out, pivot: number, side: "before" | "a
   return type.encode(part).finish();
 }
 
-function chunksLength(chunks: readonly Uint8Array[]): number {
+function chunkLength(c: Chunk): number {
+  return c instanceof Uint8Array ? c.byteLength : c.length;
+}
+
+function chunksLength(chunks: readonly Chunk[]): number {
   let n = 0;
-  for (const c of chunks) n += c.byteLength;
+  for (const c of chunks) n += chunkLength(c);
   return n;
 }
 
-function tensorChunks(t: TensorProto): Uint8Array[] {
-  const o = tensorOut(t);
-  const raw = t.rawData;
-  if (raw === undefined || raw.byteLength < PASS_THROUGH_BYTES)
+/** A tensor's chunks; one in `streamed` is written as if loaded: its reference dropped, its bytes as raw_data. */
+function tensorChunks(t: TensorProto, streamed?: StreamedTensors): Chunk[] {
+  const slice = streamed?.get(t);
+  let payload: Chunk | undefined = t.rawData;
+  let o = tensorOut(t);
+  if (slice !== undefined) {
+    const inline: TensorProto = { ...t };
+    delete inline.dataLocation;
+    delete inline.externalData;
+    o = tensorOut(inline);
+    payload = slice;
+  }
+  if (payload === undefined || (payload instanceof Uint8Array && payload.byteLength < PASS_THROUGH_BYTES))
     return [onnxType("TensorProto").encode(o).finish()];
   return [
     encodePart("TensorProto", o, TENSOR_RAW_DATA, "before"),
-    framing(TENSOR_RAW_DATA, raw.byteLength),
-    raw,
+    framing(TENSOR_RAW_DATA, chunkLength(payload)),
+    payload,
     encodePart("TensorProto", o, TENSOR_RAW_DATA, "after"),
   ];
 }
 
-function graphChunks(g: GraphProto): Uint8Array[] {
+function graphChunks(g: GraphProto, streamed?: StreamedTensors): Chunk[] {
   const o = graphOut(g);
-  const chunks = [encodePart("GraphProto", o, GRAPH_INITIALIZER, "before")];
+  const chunks: Chunk[] = [encodePart("GraphProto", o, GRAPH_INITIALIZER, "before")];
   for (const t of g.initializer) {
-    const tc = tensorChunks(t);
+    const tc = tensorChunks(t, streamed);
     chunks.push(framing(GRAPH_INITIALIZER, chunksLength(tc)), ...tc);
   }
   chunks.push(encodePart("GraphProto", o, GRAPH_INITIALIZER, "after"));
@@ -842,10 +871,10 @@ function graphChunks(g: GraphProto): Uint8Array[] {
 }
 
 /** @throws MODEL_INVALID over protobuf's 2 GiB limit */
-function modelChunks(model: ModelProto): Uint8Array[] {
+function modelChunks(model: ModelProto, streamed?: StreamedTensors): Chunk[] {
   const o = modelOut({ ...model, graph: { ...model.graph, node: [], initializer: [] } });
   delete o["graph"];
-  const graph = graphChunks(model.graph);
+  const graph = graphChunks(model.graph, streamed);
   const graphLength = chunksLength(graph);
   const chunks = [
     encodePart("ModelProto", o, MODEL_GRAPH, "before"),
@@ -874,6 +903,8 @@ export function encodeModel(model: ModelProto): Uint8Array {
   const out = new Uint8Array(chunksLength(chunks));
   let at = 0;
   for (const c of chunks) {
+    // Without streamed tensors every chunk is bytes.
+    if (!(c instanceof Uint8Array)) throw new QuantdError("INTERNAL", "encodeModel met a file slice");
     out.set(c, at);
     at += c.byteLength;
   }
@@ -980,25 +1011,116 @@ async function loadExternalData(
       files.set(file, data);
       onFile?.(file, data.byteLength);
     }
-    const end = ref.length === undefined ? data.byteLength : ref.offset + ref.length;
-    if (end > data.byteLength || ref.offset > data.byteLength) {
-      throw new QuantdError(
-        "MODEL_TRUNCATED",
-        `external data file ${file} is truncated: tensor ${t.name} needs bytes ${ref.offset}..${end}, file has ${data.byteLength}`,
-      );
-    }
-    const expected = tensorByteLength(t);
-    if (end - ref.offset !== expected) {
-      throw new QuantdError(
-        "MODEL_INVALID",
-        `${modelPath}: external tensor ${t.name} (${dataTypeName(t.dataType)} ${JSON.stringify(t.dims)}) ` +
-          `has ${end - ref.offset} bytes, expected ${expected}`,
-      );
-    }
-    t.rawData = data.subarray(ref.offset, end);
+    t.rawData = data.subarray(ref.offset, externalEnd(t, ref, file, data.byteLength, modelPath));
     delete t.dataLocation;
     delete t.externalData;
   }
+}
+
+/**
+ * Where an external tensor's bytes end in its file of `fileBytes` bytes.
+ *
+ * @throws MODEL_TRUNCATED when the file is too short for them, naming it
+ * @throws MODEL_INVALID when their length is not the tensor's
+ */
+function externalEnd(
+  t: TensorProto,
+  ref: ExternalRef,
+  file: string,
+  fileBytes: number,
+  modelPath: string,
+): number {
+  const end = ref.length === undefined ? fileBytes : ref.offset + ref.length;
+  if (end > fileBytes || ref.offset > fileBytes) {
+    throw new QuantdError(
+      "MODEL_TRUNCATED",
+      `external data file ${file} is truncated: tensor ${t.name} needs bytes ${ref.offset}..${end}, file has ${fileBytes}`,
+    );
+  }
+  const expected = tensorByteLength(t);
+  if (end - ref.offset !== expected) {
+    throw new QuantdError(
+      "MODEL_INVALID",
+      `${modelPath}: external tensor ${t.name} (${dataTypeName(t.dataType)} ${JSON.stringify(t.dims)}) ` +
+        `has ${end - ref.offset} bytes, expected ${expected}`,
+    );
+  }
+  return end;
+}
+
+/** The size of an external data file. @throws FILE_NOT_FOUND | FILE_UNREADABLE, as {@link readBytes} */
+async function externalFileBytes(file: string, modelPath: string): Promise<number> {
+  try {
+    return (await stat(file)).size;
+  } catch (err) {
+    const code = errnoOf(err);
+    const what = `external data file of ${modelPath}`;
+    if (code === "ENOENT" || code === "ENOTDIR") {
+      throw new QuantdError("FILE_NOT_FOUND", `${what} not found: ${file}`, { cause: err });
+    }
+    throw new QuantdError("FILE_UNREADABLE", `cannot read ${what} ${file}`, { cause: err });
+  }
+}
+
+/**
+ * The external tensors of `model` as file slices, checked against the files'
+ * sizes as {@link loadModel} checks them against their bytes.
+ */
+async function locateExternalData(
+  model: ModelProto,
+  modelPath: string,
+): Promise<Map<TensorProto, FileSlice>> {
+  const dir = dirname(resolve(modelPath));
+  const sizes = new Map<string, number>();
+  const pending: TensorProto[] = [];
+  forEachModelTensor(model, (t) => {
+    if (isExternal(t)) pending.push(t);
+  });
+  const slices = new Map<TensorProto, FileSlice>();
+  for (const t of pending) {
+    const ref = externalRef(t, modelPath);
+    const file = resolveInside(dir, ref.location, modelPath, t.name);
+    let bytes = sizes.get(file);
+    if (bytes === undefined) {
+      bytes = await externalFileBytes(file, modelPath);
+      sizes.set(file, bytes);
+    }
+    const end = externalEnd(t, ref, file, bytes, modelPath);
+    slices.set(t, { file, offset: ref.offset, length: end - ref.offset });
+  }
+  return slices;
+}
+
+/**
+ * Writes the model at `path`, which keeps tensors in external data files, as
+ * one self-contained file at `target` (atomically, as {@link saveModel}): the
+ * same bytes as saving `loadModel(path)` with `externalData: false`, but each
+ * main-graph initializer's payload is copied from its side file in 1 MiB
+ * reads, so the model is never in memory whole (a board promoting a large
+ * model would otherwise hold it twice). The few external tensors elsewhere
+ * (node attributes, subgraphs, functions) are read into memory.
+ *
+ * @throws FILE_NOT_FOUND | FILE_UNREADABLE | MODEL_TRUNCATED | MODEL_NOT_ONNX | MODEL_INVALID, as {@link loadModel}
+ *   (a side file cut short while it is copied is MODEL_TRUNCATED too)
+ * @throws MODEL_INVALID when the model would exceed protobuf's 2 GiB limit
+ * @throws DISK_FULL | FILE_WRITE_FAILED when the file cannot be written (nothing is left behind)
+ */
+export async function inlineExternalData(path: string, target: string): Promise<void> {
+  const model = await loadModel(path, { loadExternalData: false });
+  const slices = await locateExternalData(model, path);
+  const mainGraph = new Set(model.graph.initializer);
+  const streamed = new Map<TensorProto, FileSlice>();
+  for (const [t, slice] of slices) {
+    if (mainGraph.has(t)) {
+      streamed.set(t, slice);
+      continue;
+    }
+    t.rawData = await readSlice(slice);
+    delete t.dataLocation;
+    delete t.externalData;
+  }
+  const chunks = modelChunks(model, streamed);
+  await writeFileDurable(target, (fh) => writeChunks(fh, chunks));
 }
 
 /**
@@ -1107,33 +1229,142 @@ async function writeAll(fh: FileHandle, bytes: Uint8Array, position: number): Pr
   }
 }
 
-/** Writes chunks in order, gathering small ones so the file is written in few large writes. */
-async function writeChunks(fh: FileHandle, chunks: readonly Uint8Array[]): Promise<void> {
-  const gather = new Uint8Array(1 << 20);
-  let filled = 0;
-  let position = 0;
-  const flush = async (): Promise<void> => {
-    if (filled === 0) return;
-    await writeAll(fh, gather.subarray(0, filled), position);
-    position += filled;
-    filled = 0;
-  };
-  for (const c of chunks) {
-    if (c.byteLength <= gather.byteLength - filled) {
-      gather.set(c, filled);
-      filled += c.byteLength;
-      continue;
+function sliceUnreadable(file: string, err: unknown): QuantdError {
+  return new QuantdError("FILE_UNREADABLE", `cannot read external data file ${file}`, { cause: err });
+}
+
+/** A slice's file ended at `at`: it shrank after it was checked. */
+function sliceCutShort(slice: FileSlice, at: number): QuantdError {
+  return new QuantdError(
+    "MODEL_TRUNCATED",
+    `external data file ${slice.file} is truncated: it ended at byte ${at} while it was read`,
+  );
+}
+
+/** Reads `length` bytes of `handle` at `position` into `into` at `at`; the bytes read (0 at the end). */
+async function readAt(
+  handle: FileHandle,
+  file: string,
+  into: Uint8Array,
+  at: number,
+  length: number,
+  position: number,
+): Promise<number> {
+  try {
+    return (await handle.read(into, at, length, position)).bytesRead;
+  } catch (err) {
+    throw sliceUnreadable(file, err);
+  }
+}
+
+/** A slice's bytes, read alone (not its whole file). @throws FILE_UNREADABLE | MODEL_TRUNCATED */
+async function readSlice(slice: FileSlice): Promise<Uint8Array> {
+  let handle: FileHandle;
+  try {
+    handle = await open(slice.file, "r");
+  } catch (err) {
+    throw sliceUnreadable(slice.file, err);
+  }
+  try {
+    const out = new Uint8Array(slice.length);
+    let done = 0;
+    while (done < slice.length) {
+      const n = await readAt(handle, slice.file, out, done, slice.length - done, slice.offset + done);
+      if (n === 0) throw sliceCutShort(slice, slice.offset + done);
+      done += n;
     }
-    await flush();
-    if (c.byteLength < gather.byteLength) {
-      gather.set(c, 0);
-      filled = c.byteLength;
-    } else {
-      await writeAll(fh, c, position);
-      position += c.byteLength;
+    return out;
+  } finally {
+    await handle.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Writes chunks to a file in order, gathering small ones in a 1 MiB buffer so
+ * the file is written in few large writes; a file slice is read into that
+ * buffer piece by piece, so no chunk is ever copied whole.
+ */
+class ChunkWriter {
+  readonly #fh: FileHandle;
+  readonly #gather = new Uint8Array(1 << 20);
+  #filled = 0;
+  #position = 0;
+  readonly #inputs = new Map<string, FileHandle>();
+
+  constructor(fh: FileHandle) {
+    this.#fh = fh;
+  }
+
+  async write(chunks: readonly Chunk[]): Promise<void> {
+    try {
+      for (const c of chunks) {
+        if (c instanceof Uint8Array) await this.#bytes(c);
+        else await this.#slice(c);
+      }
+      await this.#flush();
+    } finally {
+      for (const input of this.#inputs.values()) await input.close().catch(() => undefined);
     }
   }
-  await flush();
+
+  async #flush(): Promise<void> {
+    if (this.#filled === 0) return;
+    await writeAll(this.#fh, this.#gather.subarray(0, this.#filled), this.#position);
+    this.#position += this.#filled;
+    this.#filled = 0;
+  }
+
+  async #bytes(c: Uint8Array): Promise<void> {
+    const gather = this.#gather;
+    if (c.byteLength <= gather.byteLength - this.#filled) {
+      gather.set(c, this.#filled);
+      this.#filled += c.byteLength;
+      return;
+    }
+    await this.#flush();
+    if (c.byteLength < gather.byteLength) {
+      gather.set(c, 0);
+      this.#filled = c.byteLength;
+    } else {
+      await writeAll(this.#fh, c, this.#position);
+      this.#position += c.byteLength;
+    }
+  }
+
+  /**
+   * @throws MODEL_TRUNCATED when the file ends before the slice (it shrank after it was checked)
+   * @throws FILE_UNREADABLE when it cannot be opened or read
+   */
+  async #slice(slice: FileSlice): Promise<void> {
+    const input = await this.#input(slice.file);
+    let done = 0;
+    while (done < slice.length) {
+      if (this.#filled === this.#gather.byteLength) await this.#flush();
+      const want = Math.min(slice.length - done, this.#gather.byteLength - this.#filled);
+      const n = await readAt(input, slice.file, this.#gather, this.#filled, want, slice.offset + done);
+      if (n === 0) throw sliceCutShort(slice, slice.offset + done);
+      done += n;
+      this.#filled += n;
+    }
+  }
+
+  async #input(file: string): Promise<FileHandle> {
+    let input = this.#inputs.get(file);
+    if (input === undefined) {
+      try {
+        input = await open(file, "r");
+      } catch (err) {
+        throw sliceUnreadable(file, err);
+      }
+      this.#inputs.set(file, input);
+    }
+    return input;
+  }
+}
+
+/** Writes chunks in order (see {@link ChunkWriter}). */
+function writeChunks(fh: FileHandle, chunks: readonly Chunk[]): Promise<void> {
+  return new ChunkWriter(fh).write(chunks);
 }
 
 /**

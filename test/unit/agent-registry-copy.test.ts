@@ -99,7 +99,7 @@ test("a missing source is FILE_NOT_FOUND and leaves no temporary file", async ()
   expect(left).toEqual([]);
 });
 
-test("an external-data model is staged self-contained; a missing side file is FILE_NOT_FOUND naming it, nothing left behind", async () => {
+test("an external-data model is staged self-contained, as loaded and saved inline; a short or missing side file is MODEL_TRUNCATED or FILE_NOT_FOUND naming it, nothing left behind", async () => {
   const src = join(dir, "external");
   mkdirSync(src);
   const path = join(src, "model.onnx");
@@ -112,7 +112,19 @@ test("an external-data model is staged self-contained; a missing side file is FI
   expect(copy.graph.initializer.some((t) => (t.externalData ?? []).length > 0)).toBe(false);
   expect(staged.sha256).toBe(createHash("sha256").update(readFileSync(staged.tmpPath)).digest("hex"));
   expect(statSync(staged.tmpPath).mode & 0o777).toBe(0o640);
+
+  // Its bytes are those of the model loaded whole and saved inline: the same version whichever quantd staged it.
+  const whole = join(dir, "whole.onnx");
+  await saveModel(await loadModel(path), whole, { externalData: false });
+  expect(readFileSync(staged.tmpPath).equals(readFileSync(whole))).toBe(true);
   rmSync(staged.tmpPath);
+
+  // A side file cut short: MODEL_TRUNCATED naming it, nothing left behind.
+  truncateSync(join(src, "model.onnx_data"), statSync(join(src, "model.onnx_data")).size - 1);
+  const short = await stageError(path, models);
+  expect(short.code).toBe("MODEL_TRUNCATED");
+  expect(short.message).toContain(join(src, "model.onnx_data"));
+  expect(readdirSync(models)).toEqual([]);
 
   rmSync(join(src, "model.onnx_data"));
   let err: unknown;

@@ -1,5 +1,13 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -10,7 +18,7 @@ import {
   makeNode,
   makeValueInfo,
 } from "../../src/onnx/builder.ts";
-import { decodeModel, encodeModel, loadModel, saveModel } from "../../src/onnx/codec.ts";
+import { decodeModel, encodeModel, inlineExternalData, loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { makeTensor, type TensorArray, tensorToArray } from "../../src/onnx/tensor.ts";
 import type { DataType as DataTypeT, ModelProto } from "../../src/onnx/types.ts";
 import { AttributeType, DataType } from "../../src/onnx/types.ts";
@@ -340,6 +348,71 @@ describe("external data references", () => {
       writeFileSync(join(dir, file), encodeModel(model));
       expect(`${file}: ${await codeOfAsync(() => loadModel(join(dir, file)))}`).toBe(`${file}: ${code}`);
     }
+  });
+
+  test("inlineExternalData writes the bytes of saveModel(loadModel(path)) inline, whatever the payloads' sizes; the same refusals, nothing left", async () => {
+    const dir = join(tmp, "inline");
+    mkdirSync(dir, { recursive: true });
+    // Payloads from 8 bytes to over two gather buffers (1 MiB), so copies start and end mid-buffer.
+    const sizes = [8, 70_000, 2_500_004, 400];
+    const side = new Uint8Array(sizes.reduce((a, n) => a + n + 100, 0)).map((_, i) => (i * 131 + 7) & 0xff);
+    writeFileSync(join(dir, "w.bin"), side);
+    let offset = 100;
+    const external = sizes.map((bytes, i) => {
+      const t = makeTensor(`w${i}`, DataType.UINT8, [bytes], new Uint8Array(bytes));
+      delete t.rawData;
+      t.dataLocation = 1;
+      t.externalData = [
+        { key: "location", value: "w.bin" },
+        { key: "offset", value: String(offset) },
+        { key: "length", value: String(bytes) },
+      ];
+      offset += bytes + 100;
+      return t;
+    });
+    const inline = makeTensor("c", DataType.FLOAT, [3], Float32Array.of(1, 2, 3));
+    // An external tensor outside the main graph's initializers: read into memory, as loadModel does.
+    const constant = external.pop()!;
+    const model = modelWith([external[0]!, inline, ...external.slice(1)]);
+    model.graph.node.push(makeNode("Constant", [], ["k"], { value: constant }));
+    writeFileSync(join(dir, "model.onnx"), encodeModel(model));
+
+    await saveModel(await loadModel(join(dir, "model.onnx")), join(dir, "expected.onnx"), {
+      externalData: false,
+    });
+    await inlineExternalData(join(dir, "model.onnx"), join(dir, "inlined.onnx"));
+    expect(readFileSync(join(dir, "inlined.onnx")).equals(readFileSync(join(dir, "expected.onnx")))).toBe(
+      true,
+    );
+    const back = await loadModel(join(dir, "inlined.onnx"), { loadExternalData: false });
+    expect(back.graph.initializer.map((t) => [t.name, t.dataLocation, t.rawData?.byteLength])).toEqual([
+      ["w0", undefined, 8],
+      ["c", undefined, 12],
+      ["w1", undefined, 70_000],
+      ["w2", undefined, 2_500_004],
+    ]);
+    expect(
+      Buffer.from(back.graph.initializer[3]!.rawData!).equals(
+        Buffer.from(side.subarray(70_308, 70_308 + 2_500_004)),
+      ),
+    ).toBe(true);
+    expect(back.graph.node[1]!.attribute[0]!.t!.rawData?.byteLength).toBe(400);
+
+    const cases: [string, ModelProto, string][] = [
+      ["escape.onnx", externalModel("../w.bin", 0, 16), "MODEL_INVALID"],
+      ["missing.onnx", externalModel("nope.bin", 0, 16), "FILE_NOT_FOUND"],
+      ["short.onnx", externalModel("w.bin", side.byteLength - 8, 16), "MODEL_TRUNCATED"],
+      ["size.onnx", externalModel("w.bin", 0, 12), "MODEL_INVALID"],
+    ];
+    for (const [file, m, code] of cases) {
+      writeFileSync(join(dir, file), encodeModel(m));
+      const out = join(dir, `out-${file}`);
+      expect(`${file}: ${await codeOfAsync(() => inlineExternalData(join(dir, file), out))}`).toBe(
+        `${file}: ${code}`,
+      );
+      expect(existsSync(out)).toBe(false);
+    }
+    expect(readdirSync(dir).filter((f) => f.startsWith("."))).toEqual([]);
   });
 
   test("saveModel refuses a side file outside the model's directory", async () => {
