@@ -18,6 +18,7 @@ import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import { connectMqttOnce } from "../../src/fleet/mqtt-client.ts";
 import { decodeJson, type StatusMessage } from "../../src/fleet/protocol.ts";
 import { toFloat16Initializer } from "../fixtures/exporters/graph-edit.ts";
+import { OPERATOR_KEY_FILE, operator } from "../helpers/fleet-keys.ts";
 import { hasMosquitto, mosquittoSkipReason, startMosquitto } from "../helpers/mosquitto.ts";
 import { until } from "../helpers/until.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
@@ -254,7 +255,7 @@ test("the active version's file damaged too: the version active before it serves
 });
 
 test.skipIf(!hasMosquitto)(
-  "the fleet status names the model that did not load beside the one serving",
+  "the fleet status names the model that did not load beside the one serving; `fleet devices` and `fleet report` show the device degraded",
   async () => {
     const base = join(dir, "fleet");
     mkdirSync(base);
@@ -267,7 +268,9 @@ test.skipIf(!hasMosquitto)(
     let agent = await startAgent(testConfig(base));
     await agent.stop();
     const bad = truncatedModel();
-    agent = await startAgent(testConfig(base, {}, { model: bad, ...fleet }));
+    agent = await startAgent(
+      testConfig(base, { QUANTD_FLEET_OPERATOR_KEYS: operator.publicKey }, { model: bad, ...fleet }),
+    );
     try {
       await until(() => statuses.some((s) => s.state === "online"), 10_000);
       const online = statuses.find((s) => s.state === "online")!;
@@ -287,6 +290,19 @@ test.skipIf(!hasMosquitto)(
         `board-9 degraded: started with ${bad}, which did not load (MODEL_TRUNCATED: `,
       );
       expect(listed.stdout).toContain("; version 1 serves instead");
+      // And the device's own answer, asked with the operator's key.
+      const asked = await runQuantd(
+        ["fleet", "report", "board-9", "--broker", broker.url, "--fleet", "lab", "--key", OPERATOR_KEY_FILE],
+        { env: ENV },
+      );
+      expect(asked.code).toBe(0);
+      expect(asked.stdout).toMatch(/^model +1 \(fp32\)$/m);
+      expect(asked.stdout).toMatch(
+        new RegExp(
+          `^degraded +started with ${bad}, which did not load \\(MODEL_TRUNCATED: .*; version 1 serves instead$`,
+          "m",
+        ),
+      );
     } finally {
       await agent.stop();
       await conn.close();
