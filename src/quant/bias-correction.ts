@@ -314,11 +314,13 @@ export async function measureBiasCorrections(
   const first = await errors(sites, corrections);
   const before = new Map(sites.map((s) => [s.bias, meanAbs(siteError(s, first, fp32))]));
   const sweeps = opts.sweeps ?? (sites.some((s) => s.readers.length > 1) ? 2 : 1);
+  const steps = measurementSteps(reference, sites);
   let runs = 1;
   for (let sweep = 0; sweep < sweeps; sweep++) {
-    for (const step of measurementSteps(reference, sites)) {
-      const int8 = await errors(step, corrections);
-      runs++;
+    for (const [i, step] of steps.entries()) {
+      // The first step sees no correction yet: the uncorrected run already measured it.
+      const int8 = sweep === 0 && i === 0 ? first : await errors(step, corrections);
+      if (int8 !== first) runs++;
       for (const s of step) {
         const e = siteError(s, int8, fp32);
         const prev = corrections.get(s.bias) ?? new Float32Array(s.channels);
@@ -387,6 +389,7 @@ export async function tryBiasCorrection(
     runs: measured.runs,
     meanBiasBefore: mean((s) => s.before),
     meanBiasAfter: mean((s) => s.after),
+    perBias: measured.sites,
     ...trialFigures(metrics, start.metrics, passed, performance.now() - t0),
     ...(used ? { used: true } : {}),
   };

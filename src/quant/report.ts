@@ -172,6 +172,8 @@ export interface BiasCorrectionTrial extends TrialFigures {
   /** Mean |E[int8 − fp32]| per channel of the corrected outputs on the calibration samples, before and after. */
   meanBiasBefore: number;
   meanBiasAfter: number;
+  /** Each bias: its readers, and the mean |E[int8 − fp32]| of their outputs before and after. */
+  perBias: { bias: string; readers: number; before: number; after: number }[];
   /** The result (and the fp32 fallback after it) builds on this trial. */
   used?: boolean;
 }

@@ -154,3 +154,32 @@ describe("bias correction on ALBERT", () => {
     expect(Array.from(biasValues(kept.model, mapping))).not.toEqual(Array.from(biasValues(lowered, mapping)));
   });
 });
+
+describe("bias correction on BERT (no shared bias)", () => {
+  test("one pass in graph order leaves each layer's mean output error a small part of what it was", async () => {
+    const fixture = await writeEncoderFixture("bert", join(dir, "bert"));
+    const model = await loadModel(fixture.model);
+    const graph = lowerContribOps(upgradeOpset(model).model).model;
+    const tok = await loadTokenizer(fixture.dir, { maxLength: modelMaxPositions(model)! });
+    const rows = await readSampleTsv(join(repoRoot, "calib/samples/sst2-train-4k.tsv"));
+    const batches = encodeSamples(tok, rows.slice(0, 48), 8, tok.maxLength).batches;
+    const built = await quantizeModel(model, { type: "static", calibration: batches });
+    const bertSites = biasSites(graph, built.plan.quantized);
+    expect(bertSites.every((s) => s.readers.length === 1)).toBe(true);
+    // Query, key and value of a layer read one input and feed none of each other: one run.
+    const steps = measurementSteps(graph, bertSites);
+    expect(steps.some((s) => s.length === 3)).toBe(true);
+    const r = await measureBiasCorrections(
+      graph,
+      bertSites,
+      batches,
+      async (c) => (await requantize(model, { ...built, biasCorrections: c }, [])).model,
+      { session },
+    );
+    expect(r.sweeps).toBe(1);
+    // Measured with the layers before it corrected, a layer's correction does not count their error again:
+    // what is left is rounding. Measured all at once from the uncorrected build, the later layers' errors grew
+    // (up to 2.6 times what they were).
+    for (const s of r.sites) expect(s.after).toBeLessThan(0.05 * s.before + 1e-6);
+  });
+});

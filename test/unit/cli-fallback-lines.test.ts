@@ -51,6 +51,7 @@ test("the bias correction's line says how many biases, how many shared, its effe
     runs: 21,
     meanBiasBefore: 0.0076,
     meanBiasAfter: 0.001,
+    perBias: [],
     agreement: 1,
     agreementLower: 0.997,
     meanAbsLogitDiff: 0.02,
