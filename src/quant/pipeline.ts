@@ -64,7 +64,7 @@ import { loadSplit, type SamplePool, type SampleSplit } from "./samples.ts";
 import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, sensitivityTargets } from "./sensitivity.ts";
 import { assertCertifiable, gateSpecOf, type SplitRequest, splitRequestOf } from "./split.ts";
 import type { TaskThresholds } from "./task-metrics.ts";
-import { createTaskValidator, taskOfModel } from "./task-validate.ts";
+import { checkSampleInputs, createTaskValidator, taskOfModel } from "./task-validate.ts";
 import {
   createValidator,
   type EncodedSamples,
@@ -414,6 +414,7 @@ function validatorFor(
 ): Validator {
   const opts = run.opts;
   const task = taskOfModel(m.fp32, run.files, opts.task);
+  checkSampleInputs(task, [...split.calibration, ...split.validation], run.files.model);
   const common = {
     tokenizer: m.tokenizer,
     maxLength: m.maxLength,

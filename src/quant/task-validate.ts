@@ -24,13 +24,14 @@
  * it from the looks computed so far, the verdict from the samples run.
  */
 import { createHash } from "node:crypto";
+import { isQuantdError, QuantdError } from "../errors.ts";
 import { encodeModel } from "../onnx/codec.ts";
 import type { ModelProto, ValueInfoProto } from "../onnx/types.ts";
 import { DataType } from "../onnx/types.ts";
 import type { ModelFiles } from "../runtime/model-files.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import { detectTask, type TaskOverride, type TaskSpec } from "../runtime/task.ts";
-import { TaskModel } from "../runtime/task-model.ts";
+import { checkTaskInputs, TaskModel } from "../runtime/task-model.ts";
 import type { Encoding, TextInput, Tokenizer } from "../runtime/tokenizer.ts";
 import type { TensorInfo } from "../runtime/types.ts";
 import { DEFAULT_CONFIDENCE } from "./confidence.ts";
@@ -93,6 +94,29 @@ export function taskOfModel(model: ModelProto, files: ModelFiles, override: Task
 /** A sample as the task takes it: a text, or a pair when the sample has a second text. */
 function sampleInput(s: QuantSample): TextInput {
   return s.pair === undefined ? s.text : [s.text, s.pair];
+}
+
+/**
+ * Refuses samples the served model would refuse (a pair for a single-text
+ * classifier, one text for a pair classifier) before anything is calibrated
+ * on them: a gate measured on inputs the model never gets proves nothing.
+ *
+ * @throws DATA_MISMATCH naming the first such sample's origin (`calib.tsv:12`, `store#42`)
+ */
+export function checkSampleInputs(task: TaskSpec, samples: readonly QuantSample[], model: string): void {
+  if (samples.length === 0) return;
+  try {
+    checkTaskInputs(task, samples.map(sampleInput), model);
+  } catch (err) {
+    if (!isQuantdError(err, "DATA_MISMATCH")) throw err;
+    const index = err.details?.["index"];
+    if (typeof index !== "number") throw err;
+    const origin = samples[index]?.origin ?? String(index);
+    // checkTaskInputs numbers inputs; a sample is known by its file and line (or store id).
+    throw new QuantdError("DATA_MISMATCH", err.message.replace(`input ${index} `, `sample ${origin} `), {
+      details: { ...err.details, origin },
+    });
+  }
 }
 
 /**

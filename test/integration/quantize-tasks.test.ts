@@ -126,6 +126,21 @@ describe("the gate fails what breaks a task", () => {
     expect(String((err as Error).message)).toMatch(/is one text, but .* is a pair-classification model/);
   });
 
+  test("a single-text classifier refuses pairs before calibrating on them, naming the first one's line", async () => {
+    // The pair fixture run as a single-text classifier (--task classification): serving refuses pairs, so
+    // calibrating and validating on them would measure inputs the model never gets.
+    const progress: string[] = [];
+    const err = await quantize("pair-classification", {
+      task: { kind: "classification" },
+      onProgress: (line) => progress.push(line),
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "DATA_MISMATCH" });
+    expect(String((err as Error).message)).toMatch(
+      /^sample \S+pairs\.tsv:\d+ is a pair of texts, but .* is a classification model/,
+    );
+    expect(progress.some((l) => l.startsWith("quantizing"))).toBe(false);
+  });
+
   test("quantd quantize prints the task line and takes --task", async () => {
     const run = await runQuantd(
       [
