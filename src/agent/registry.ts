@@ -1,7 +1,9 @@
 import { existsSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import { sha256FileSync } from "../core/hash.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
+import { modelFileOf } from "../runtime/model-files.ts";
 import { inputsOf, type TaskKind, type TaskOverride } from "../runtime/task.ts";
 import { loadTaskModel, type TaskModel } from "../runtime/task-model.ts";
 import type { TextInput } from "../runtime/tokenizer.ts";
@@ -94,6 +96,27 @@ export interface PromoteOptions {
   metrics?: Record<string, unknown>;
   /** The kind; detected from the graph's operators when absent. */
   kind?: ModelKind;
+}
+
+/**
+ * Every version is served with the agent's one tokenizer: a candidate with a
+ * different `tokenizer.json` of its own beside it (another model's export)
+ * would get the wrong ids, and often still answer. A candidate with none
+ * beside it (a recalibration's) or the same one is taken.
+ *
+ * @throws MODEL_INPUTS_MISMATCH naming both tokenizer files
+ */
+function assertServingTokenizer(candidate: string, tokenizerDir: string): void {
+  const own = join(dirname(resolve(candidate)), "tokenizer.json");
+  const serving = join(tokenizerDir, "tokenizer.json");
+  if (own === resolve(serving) || !existsSync(own) || !existsSync(serving)) return;
+  if (sha256FileSync(own) === sha256FileSync(serving)) return;
+  throw new QuantdError(
+    "MODEL_INPUTS_MISMATCH",
+    `${resolve(candidate)} comes with its own tokenizer (${own}), not the one this agent serves every version ` +
+      `with (${serving}); to serve that model, restart the agent with --model ${dirname(resolve(candidate))}`,
+    { details: { path: resolve(candidate), tokenizer: own, servingTokenizer: serving } },
+  );
 }
 
 /**
@@ -412,7 +435,12 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written
    */
   promote(candidatePath: string, options: PromoteOptions = {}): Promise<ModelVersionView> {
-    return this.#exclusive(async () => view(await this.#promoteLocked(candidatePath, options, "promote")));
+    return this.#exclusive(async () => {
+      // A model directory (what `quantize --out DIR` writes) promotes its model.onnx, as --model DIR serves it.
+      const file = modelFileOf(candidatePath);
+      assertServingTokenizer(file, this.#tokenizerDir);
+      return view(await this.#promoteLocked(file, options, "promote"));
+    });
   }
 
   /**

@@ -128,7 +128,7 @@ export const agentCommand: Command = {
   name: "agent",
   summary: "run the on-device agent: inference over a Unix socket, model registry with hot swap",
   usage:
-    "[--config FILE] [--state-dir DIR] [--socket PATH] [--model FILE] [--tcp HOST:PORT] | models | promote FILE | rollback",
+    "[--config FILE] [--state-dir DIR] [--socket PATH] [--model FILE] [--tcp HOST:PORT] | models | promote FILE|DIR | rollback",
   actions: ["models", "promote", "rollback"],
   description:
     "Without an action, runs the agent until SIGTERM/SIGINT: opens the store in the state directory, " +
@@ -139,7 +139,10 @@ export const agentCommand: Command = {
     "Configuration: a JSON or TOML file (--config, or QUANTD_CONFIG), then QUANTD_* environment " +
     "variables (e.g. QUANTD_BATCHING_MAX_BATCH=8), then these flags.\n\n" +
     "Actions on a running agent (through its socket): `models` lists the registered versions, " +
-    "`promote FILE` verifies a model and swaps it in, `rollback` serves the previous version again; " +
+    "`promote FILE|DIR` verifies a model (a model directory's model.onnx) and swaps it in: every version is " +
+    "served with the agent's tokenizer, so a model whose directory holds another tokenizer.json is refused " +
+    "(MODEL_INPUTS_MISMATCH; restart the agent with --model DIR to serve it); `rollback` serves the previous " +
+    "version again; " +
     "each prints a table (the serving version marked *), or with --json the agent's full answer.",
   flags: [
     { name: "config", type: "string", value: "FILE", description: "config file (.json or .toml)" },
@@ -230,7 +233,7 @@ export const agentCommand: Command = {
       }
       case "promote": {
         const [file, ...extra] = rest;
-        if (file === undefined) throw usageError("promote needs the model FILE");
+        if (file === undefined) throw usageError("promote needs the model FILE or DIR");
         expectNoPositionals(extra);
         const r = (await callAgent(socketPath, "POST", "/v1/models/promote", {
           path: resolve(file),
