@@ -33,7 +33,7 @@ import { createOrtSession } from "../runtime/ort-session.ts";
 import { detectTask, type TaskOverride, type TaskSpec } from "../runtime/task.ts";
 import { checkTaskInputs, TaskModel } from "../runtime/task-model.ts";
 import type { Encoding, TextInput, Tokenizer } from "../runtime/tokenizer.ts";
-import type { TensorInfo } from "../runtime/types.ts";
+import type { TensorElementType, TensorInfo } from "../runtime/types.ts";
 import { DEFAULT_CONFIDENCE } from "./confidence.ts";
 import { cannotPass, passesAtLook, type TrialTally } from "./early-stop.ts";
 import { type GateMetrics, lookLevels } from "./gate.ts";
@@ -69,12 +69,23 @@ const TASK_VALIDATION_STEP = 64;
  * declared shape (some converters drop it) is taken as `[batch, labels]`: the
  * classifier's validator checks the real shape on the first batch.
  */
+/** ONNX element types by the names onnxruntime's sessions give them (what task detection reads and names). */
+const ELEMENT_TYPES: ReadonlyMap<number, TensorElementType> = new Map([
+  [DataType.FLOAT, "float32"],
+  [DataType.FLOAT16, "float16"],
+  [DataType.INT64, "int64"],
+  [DataType.INT32, "int32"],
+  [DataType.INT8, "int8"],
+  [DataType.UINT8, "uint8"],
+  [DataType.BOOL, "bool"],
+]);
+
 function outputInfo(v: ValueInfoProto): TensorInfo {
   const t = v.type?.tensorType;
   const declared = t?.shape?.dim;
   const dims =
     declared === undefined ? ["batch", "labels"] : declared.map((d) => d.dimValue ?? d.dimParam ?? "?");
-  return { name: v.name, type: t?.elemType === DataType.FLOAT ? "float32" : "other", dims };
+  return { name: v.name, type: ELEMENT_TYPES.get(t?.elemType ?? DataType.UNDEFINED) ?? "other", dims };
 }
 
 /**
