@@ -12,6 +12,7 @@
 import { statSync } from "node:fs";
 import { QuantdError, type QuantdErrorJSON } from "../errors.ts";
 import { externalDataFiles } from "../onnx/codec.ts";
+import { explainRefusedModel } from "../onnx/file-scan.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import type { GraphOptimizationLevel, InferenceSession, Tensor } from "../runtime/types.ts";
 import { findVocabSize, findVocabSizeInGraph, type Shape, shapeLabel, syntheticFeeds } from "./inputs.ts";
@@ -314,7 +315,7 @@ async function loadModels(
     try {
       await loadModel(l, opts, threads, dataByModel.get(model.label));
     } catch (err) {
-      l.error = QuantdError.from(err, "MODEL_LOAD_FAILED");
+      l.error = await explainRefusedModel(model.path, QuantdError.from(err, "MODEL_LOAD_FAILED"));
     }
     progress.tick(`load ${model.label} t${threads}`);
   }

@@ -9,6 +9,7 @@
 import { tokenizerDirFor } from "../bench/data.ts";
 import type { BenchModel, BenchRow } from "../bench/measure.ts";
 import { QuantdError } from "../errors.ts";
+import { explainRefusedModel } from "../onnx/file-scan.ts";
 import { clopperPearsonLower, DEFAULT_CONFIDENCE } from "../quant/confidence.ts";
 import { describeAgreement, type GateMetrics } from "../quant/gate.ts";
 import { compareTaskOutputs, taskFigureParts } from "../quant/task-metrics.ts";
@@ -71,7 +72,8 @@ async function readTasks(
         ...(dir !== undefined ? { tokenizerDir: dir } : {}),
       });
     } catch (err) {
-      out.push({ task: { model: m.label, error: why(err, "MODEL_LOAD_FAILED") } });
+      const refused = await explainRefusedModel(m.path, QuantdError.from(err, "MODEL_LOAD_FAILED"));
+      out.push({ task: { model: m.label, error: why(refused, "MODEL_LOAD_FAILED") } });
       continue;
     }
     const spec = model.task;

@@ -116,3 +116,21 @@ export async function scanModelFile(path: string): Promise<ModelFileScan> {
     await fh.close().catch(() => undefined);
   }
 }
+
+/**
+ * Why onnxruntime refused a model file, when its framing says: onnxruntime
+ * reports a truncated file and one that is no model alike ("Protobuf parsing
+ * failed"). Cheap at any size: only the framing is read.
+ *
+ * @returns the scan's MODEL_TRUNCATED or MODEL_NOT_ONNX error, else `refused` itself
+ */
+export async function explainRefusedModel(path: string, refused: QuantdError): Promise<QuantdError> {
+  if (refused.code !== "MODEL_LOAD_FAILED") return refused;
+  try {
+    await scanModelFile(path);
+  } catch (err) {
+    if (err instanceof QuantdError && (err.code === "MODEL_TRUNCATED" || err.code === "MODEL_NOT_ONNX"))
+      return err;
+  }
+  return refused;
+}

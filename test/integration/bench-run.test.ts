@@ -106,7 +106,8 @@ describe("runBench on real models", () => {
   test("a broken model, a missing one and a rejected shape are errors in their own rows", () => {
     for (const seq of [16, 32]) {
       const b = rowOf(result.rows, "broken", seq);
-      expect(b.status === "error" && b.error.code).toBe("MODEL_LOAD_FAILED");
+      // A truncated download named as one, not as onnxruntime's "Protobuf parsing failed".
+      expect(b.status === "error" && b.error.code).toBe("MODEL_TRUNCATED");
       const m = rowOf(result.rows, "missing", seq);
       expect(m.status === "error" && m.error.code).toBe("FILE_NOT_FOUND");
     }
