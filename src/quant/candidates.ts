@@ -98,6 +98,8 @@ export interface BuildSettings {
   method: CalibrationMethod;
   /** How static MatMuls are written. */
   format: StaticFormat;
+  /** Static: embedding rows most calibration inputs read store their rounding residual. @defaultValue false */
+  hotRows?: boolean;
   session: SessionOptions;
 }
 
@@ -345,6 +347,7 @@ async function buildFormat(
     method,
     format: f.format ?? s.format,
     activations: f.activations ?? "uint8",
+    embeddingHotRows: s.hotRows === true,
     ...common,
     ...(known !== undefined ? { ranges: known } : { calibration }),
   });

@@ -142,7 +142,7 @@ describe("tensorReaders", () => {
           weight: "w",
           bias: "b",
         },
-        { kind: "embedding", node: "emb", opType: "Gather", table: "t" },
+        { kind: "embedding", node: "emb", opType: "Gather", table: "t", indices: "ids" },
       ],
     });
     expect([...readers]).toEqual([
