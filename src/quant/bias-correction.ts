@@ -33,6 +33,7 @@
  * offered. A bias also read by a node left fp32 is not touched.
  */
 import { encodeModel } from "../onnx/codec.ts";
+import { copyForEdit } from "../onnx/graph.ts";
 import { makeTensor, tensorToFloat32 } from "../onnx/tensor.ts";
 import { DataType, type ModelProto, type NodeProto, type TensorProto } from "../onnx/types.ts";
 import { feedsForEncoding } from "../runtime/classifier.ts";
@@ -346,6 +347,28 @@ export async function measureBiasCorrections(
   };
 }
 
+/**
+ * `int8` (built with no correction) with `corrections` added to its biases,
+ * when every site's bias is still a float initializer of that name in it (the
+ * fused MatMulIntegerToFloat's bias input, the QDQ form's Add): the same model
+ * a rebuild makes, without quantizing every weight again at each step of the
+ * measurement (a large model's rebuild takes seconds). `undefined` otherwise
+ * (a QDQ Gemm's bias is stored int32): the caller rebuilds.
+ */
+export function patchedBiases(
+  int8: ModelProto,
+  sites: readonly BiasSite[],
+  corrections: BiasCorrections,
+): ModelProto | undefined {
+  const floats = new Set(
+    int8.graph.initializer.filter((t) => t.dataType === DataType.FLOAT).map((t) => t.name),
+  );
+  if (!sites.every((s) => floats.has(s.bias))) return undefined;
+  const out = copyForEdit(int8);
+  applyBiasCorrections(out, sites, corrections);
+  return out;
+}
+
 /** What the bias-correction step needs from its caller. */
 export interface BiasCorrectionHooks {
   /** Rebuilds the start with these corrections (a rewrite from the same ranges, no calibration). */
@@ -368,11 +391,14 @@ export async function tryBiasCorrection(
   const t0 = performance.now();
   const sites = biasSites(reference, start.result.plan.quantized);
   if (sites.length === 0) return { best: start };
+  const int8 = start.result.model;
   const measured = await measureBiasCorrections(
     reference,
     sites,
     calibration,
-    async (c) => (await hooks.rebuild(c)).model,
+    async (c) =>
+      (start.result.biasCorrections.size === 0 ? patchedBiases(int8, sites, c) : undefined) ??
+      (await hooks.rebuild(c)).model,
     hooks.session !== undefined ? { session: hooks.session } : {},
   );
   const result = await hooks.rebuild(measured.corrections);

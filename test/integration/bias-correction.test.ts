@@ -20,6 +20,7 @@ import {
   biasSites,
   measureBiasCorrections,
   measurementSteps,
+  patchedBiases,
 } from "../../src/quant/bias-correction.ts";
 import { lowerContribOps } from "../../src/quant/passes/lower-contrib.ts";
 import { modelMaxPositions } from "../../src/quant/pipeline.ts";
@@ -141,6 +142,15 @@ describe("bias correction on ALBERT", () => {
       const want = biasValues(lowered, b).map((v, k) => v + delta[k]!);
       expect(Array.from(biasValues(corrected.model, b))).toEqual(Array.from(want));
     }
+  });
+
+  test("the measurement's patched copy of the int8 build is the model a rebuild with the corrections makes", async () => {
+    const rebuilt = await requantize(fp32, { ...base, biasCorrections: measured.corrections }, []);
+    const patched = patchedBiases(base.model, sites, measured.corrections)!;
+    expect(Buffer.from(encodeModel(patched)).equals(Buffer.from(encodeModel(rebuilt.model)))).toBe(true);
+    // A QDQ Gemm's bias is int32 in the int8 model: no float to patch, so the caller rebuilds.
+    const qdq = await quantizeModel(fp32, { type: "static", format: "qdq", ranges: base.ranges });
+    expect(patchedBiases(qdq.model, sites, measured.corrections)).toBeUndefined();
   });
 
   test("a rebuild keeping the classifier fp32 leaves its bias as it was and corrects the others", async () => {
