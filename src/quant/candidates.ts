@@ -539,6 +539,8 @@ function loweredFp32(fp32: ModelProto): ModelProto {
 function rangesOf(result: QuantizeResult): Record<string, TensorRangeEntry> {
   const out: Record<string, TensorRangeEntry> = {};
   for (const [name, r] of result.ranges) {
+    // --hot-rows' row counts ride with the ranges; an index tensor has no activation range to report
+    if (r.rowReads !== undefined) continue;
     const qp = result.qparams.get(name);
     out[name] = {
       min: r.min,
