@@ -31,7 +31,7 @@ import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
 import type { LengthHistogram } from "../quant/drift.ts";
 import { DRIFT_MIN_INPUTS } from "./drift.ts";
 import type { PoolSample, SamplePool } from "../quant/pipeline.ts";
-import type { QuantizeReport } from "../quant/report.ts";
+import { QUANTIZE_REPORT_FILE, type QuantizeReport } from "../quant/report.ts";
 import { planSplit, splitRequestOf, validationSizeFor } from "../quant/split.ts";
 import type { TaskOverride } from "../runtime/task.ts";
 import type { ModelVersionView } from "../server/types.ts";
@@ -41,6 +41,7 @@ import type { Store } from "../store/store.ts";
 import { recordAutoOutcome } from "../device/auto-choices.ts";
 import { SOURCE_METRIC } from "./registry.ts";
 import { detectDevice } from "../device/detect.ts";
+import { reportedFp32Of } from "./recalibration-base.ts";
 import { compareCandidateInChild, runQuantizationInChild } from "./job-child.ts";
 import {
   DEFAULT_MAX_LATENCY_RATIO,
@@ -588,10 +589,16 @@ class RecalibrationRun {
 
   /** The base is an int8 model (the agent was started on one, with no fp32 model on record): what to do about it. */
   #noFp32Base(err: QuantdError): QuantdError {
+    // A report beside it that names an fp32 file now gone or changed is a record, of a file that no longer serves.
+    const named = reportedFp32Of(this.#baseModel);
+    const record =
+      named === undefined
+        ? "which the agent has no record of"
+        : `which its ${QUANTIZE_REPORT_FILE} names, ${named.path}, but that file is gone or changed since (not the size it had)`;
     return new QuantdError(
       "MODEL_ALREADY_QUANTIZED",
       `${this.#baseModel} is already int8, and a recalibration starts from the fp32 model it was quantized from, ` +
-        "which the agent has no record of: start the agent on the fp32 model (quantd agent --model FP32.onnx, or " +
+        `${record}: start the agent on the fp32 model (quantd agent --model FP32.onnx, or ` +
         "config key model), or promote it (quantd agent promote FP32.onnx); recalibrations then start from it",
       { cause: err, details: { ...err.details, model: this.#baseModel } },
     );

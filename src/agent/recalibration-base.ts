@@ -40,6 +40,20 @@ export function recalibrationBase(active: ModelVersion | undefined, configured: 
  * against that fp32 model anyway). `undefined` otherwise.
  */
 function fp32SourceOf(int8Model: string): string | undefined {
+  const named = reportedFp32Of(int8Model);
+  try {
+    return named !== undefined && statSync(named.path).size === named.bytes ? named.path : undefined;
+  } catch {
+    return undefined; // the fp32 file is gone
+  }
+}
+
+/**
+ * The fp32 file the `quantize-report.json` beside `int8Model` names, with the
+ * size it had then, when the report describes this very file (same size as
+ * its int8 entry); whether that file is still there as it was is not checked.
+ */
+export function reportedFp32Of(int8Model: string): { path: string; bytes: unknown } | undefined {
   let report: { model?: { fp32?: { path?: unknown; bytes?: unknown }; int8?: { bytes?: unknown } } };
   try {
     report = JSON.parse(readFileSync(join(dirname(int8Model), QUANTIZE_REPORT_FILE), "utf8"));
@@ -47,8 +61,8 @@ function fp32SourceOf(int8Model: string): string | undefined {
     const path = fp32?.path;
     if (typeof path !== "string" || !isAbsolute(path) || path === int8Model) return undefined;
     if (report.model?.int8?.bytes !== statSync(int8Model).size) return undefined;
-    return statSync(path).size === fp32?.bytes ? path : undefined;
+    return { path, bytes: fp32?.bytes };
   } catch {
-    return undefined; // no report, not JSON, a file gone: no known source
+    return undefined; // no report, not JSON, the int8 file gone: no known source
   }
 }

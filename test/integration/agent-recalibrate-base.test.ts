@@ -126,6 +126,24 @@ describe("an agent started on an int8 model (`quantize --out DIR`)", () => {
     );
     expect(failed.error?.message).toContain("quantd agent promote FP32.onnx");
   }, 240_000);
+
+  test("a report naming an fp32 file that changed since: the job fails naming that file, not 'no record'", async () => {
+    const dir = tempDir();
+    const out = await int8Dir(dir);
+    // As if the fp32 model had been overwritten after quantizing: the report's size no longer matches it.
+    const reportPath = join(out, "quantize-report.json");
+    const report = JSON.parse(readFileSync(reportPath, "utf8"));
+    report.model.fp32.bytes += 1;
+    writeFileSync(reportPath, JSON.stringify(report));
+    agent = await startAgent(testConfig(dir, {}, { model: out }));
+    await seedSamples(agent.store, 300);
+    const failed = await recalibrate(agent, "changed-base");
+    expect(failed.state).toBe("FAILED");
+    expect(failed.error?.code).toBe("MODEL_ALREADY_QUANTIZED");
+    expect(failed.error?.message).toContain(
+      `which its quantize-report.json names, ${shippedModelPath}, but that file is gone or changed since`,
+    );
+  }, 240_000);
 });
 
 test("a few live requests are not compared with the samples' lengths: no length warning from 4 inputs, the log says why", async () => {
