@@ -25,7 +25,6 @@ import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { InferenceSession, SessionOptions, Tensor } from "../runtime/types.ts";
 import type { CalibrationMethod } from "./methods.ts";
 import { createObserver, type Observer, type ObserverSpec, type TensorRange } from "./observers/index.ts";
-import { RowReadCounter, type RowReadRange } from "./row-reads.ts";
 
 /**
  * Bytes of fetched tensors after which garbage is collected. onnxruntime hands
@@ -70,19 +69,12 @@ export interface CalibrationOptions {
   session?: SessionOptions;
   /** Called after each model run with samples done and the total (NaN when the input is a stream). */
   onProgress?: (done: number, total: number) => void;
-  /**
-   * Integer index tensors (Gathers' row ids) whose rows read per input are counted:
-   * each gets a range entry whose `rowReads` says which rows how many inputs read.
-   */
-  countRows?: readonly string[];
 }
 
 /** What {@link calibrate} found. */
 export interface CalibrationResult {
   /** Range per requested tensor, in request order. */
   ranges: Map<string, TensorRange>;
-  /** The rows read of each `countRows` tensor. */
-  rowReads: Map<string, RowReadRange>;
   /** Samples (rows) observed. */
   samples: number;
   /** Model runs. */
@@ -253,14 +245,6 @@ function toFloat32(name: string, t: Tensor): Float32Array {
   }
 }
 
-/** A graph input's tensor among a run's feeds. @throws CALIB_FAILED when the token batches do not feed it */
-function fed(feeds: Readonly<Record<string, Tensor>>, name: string): Tensor {
-  const t = feeds[name];
-  if (t === undefined)
-    throw new QuantdError("CALIB_FAILED", `graph input ${name} is not fed from token batches`);
-  return t;
-}
-
 async function* iterate(
   inputs: readonly BatchEncoding[] | AsyncIterable<BatchEncoding>,
 ): AsyncGenerator<BatchEncoding> {
@@ -329,9 +313,6 @@ export async function calibrate(
   const graph = { ...model.graph, output: [...model.graph.output] };
   const index = new GraphIndex(graph);
   const plan = planTensors(index, names);
-  const counted = [...new Set(opts.countRows ?? [])].filter((n) => !observers.has(n));
-  const counters = new Map(counted.map((n) => [n, new RowReadCounter()] as const));
-  const countPlan = planTensors(index, counted);
   for (const name of plan.constants) {
     const c = index.constant(name)!;
     observers.get(name)!.update(tensorToFloat32(c));
@@ -348,7 +329,7 @@ export async function calibrate(
   const timings = { setupMs: 0, inferenceMs: 0, observeMs: 0 };
   let uncollected = 0;
   try {
-    for (const name of [...plan.fetched, ...countPlan.fetched]) index.addProbeOutput(name);
+    for (const name of plan.fetched) index.addProbeOutput(name);
     // "basic" by default: exposing the observed tensors blocks most extended fusions anyway, and the
     // extended optimizer passes cost more session-creation time than they save over a calibration run
     session = await createOrtSession(encodeModel({ ...model, graph }), {
@@ -357,13 +338,18 @@ export async function calibrate(
     });
     const live = session;
     timings.setupMs = performance.now() - t0;
-    const fetches = [...plan.fetched, ...countPlan.fetched];
+    const fetches = plan.fetched;
 
     const run = async (enc: BatchEncoding): Promise<void> => {
       const feeds = feedsForEncoding(live, enc);
       const ta = performance.now();
-      for (const name of plan.fromFeeds) observers.get(name)!.update(toFloat32(name, fed(feeds, name)));
-      for (const name of countPlan.fromFeeds) counters.get(name)!.add(fed(feeds, name), enc.batchSize);
+      for (const name of plan.fromFeeds) {
+        const t = feeds[name];
+        if (t === undefined) {
+          throw new QuantdError("CALIB_FAILED", `graph input ${name} is not fed from token batches`);
+        }
+        observers.get(name)!.update(toFloat32(name, t));
+      }
       if (fetches.length > 0) {
         let out: Record<string, Tensor>;
         const tr = performance.now();
@@ -381,9 +367,7 @@ export async function calibrate(
         for (const name of fetches) {
           const t = out[name];
           if (t === undefined) throw new QuantdError("CALIB_FAILED", `onnxruntime did not return ${name}`);
-          const counter = counters.get(name);
-          if (counter !== undefined) counter.add(t, enc.batchSize);
-          else observers.get(name)!.update(toFloat32(name, t));
+          observers.get(name)!.update(toFloat32(name, t));
           uncollected += t.data.byteLength;
         }
         if (uncollected >= COLLECT_EVERY_BYTES) {
@@ -416,13 +400,9 @@ export async function calibrate(
   const tResult = performance.now();
   const ranges = new Map<string, TensorRange>();
   for (const name of names) ranges.set(name, observers.get(name)!.result());
-  for (const name of countPlan.constants)
-    counters.get(name)!.addConstant(index.constant(name)!, done.samples);
-  const rowReads = new Map([...counters].map(([name, counter]) => [name, counter.result()] as const));
   timings.observeMs += performance.now() - tResult;
   return {
     ranges,
-    rowReads,
     samples: done.samples,
     batches: done.batches,
     elapsedMs: performance.now() - t0,

@@ -98,8 +98,6 @@ export interface BuildSettings {
   method: CalibrationMethod;
   /** How static MatMuls are written. */
   format: StaticFormat;
-  /** Static: embedding rows most calibration inputs read store their rounding residual. @defaultValue false */
-  hotRows?: boolean;
   session: SessionOptions;
 }
 
@@ -347,7 +345,6 @@ async function buildFormat(
     method,
     format: f.format ?? s.format,
     activations: f.activations ?? "uint8",
-    embeddingHotRows: s.hotRows === true,
     ...common,
     ...(known !== undefined ? { ranges: known } : { calibration }),
   });
@@ -539,8 +536,6 @@ function loweredFp32(fp32: ModelProto): ModelProto {
 function rangesOf(result: QuantizeResult): Record<string, TensorRangeEntry> {
   const out: Record<string, TensorRangeEntry> = {};
   for (const [name, r] of result.ranges) {
-    // --hot-rows' row counts ride with the ranges; an index tensor has no activation range to report
-    if (r.rowReads !== undefined) continue;
     const qp = result.qparams.get(name);
     out[name] = {
       min: r.min,

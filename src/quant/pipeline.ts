@@ -132,8 +132,6 @@ export interface RunQuantizationOptions {
   perChannel?: boolean;
   /** 7-bit ranges, for x86 without VNNI. @defaultValue false */
   reduceRange?: boolean;
-  /** Static: embedding rows most calibration inputs read also store their int8 rounding residual. @defaultValue false */
-  hotRows?: boolean;
   /** fp32 node names never to quantize. @defaultValue [] */
   exclude?: readonly string[];
   /** Smallest accepted top-1 agreement (fraction). @defaultValue {@link DEFAULT_GATE_AGREEMENT} */
@@ -282,7 +280,7 @@ async function blameFp32File(run: Run, err: unknown): Promise<unknown> {
 /** The options {@link buildSettingsOf} reads. */
 export type BuildSettingsOptions = Pick<
   RunQuantizationOptions,
-  "trialBudget" | "exclude" | "perChannel" | "reduceRange" | "hotRows" | "method" | "format" | "threads"
+  "trialBudget" | "exclude" | "perChannel" | "reduceRange" | "method" | "format" | "threads"
 >;
 
 /**
@@ -298,7 +296,6 @@ export function buildSettingsOf(opts: BuildSettingsOptions, gate: GateSpec): Bui
     exclude: [...new Set(opts.exclude ?? [])],
     perChannel: opts.perChannel ?? defaults.perChannel,
     reduceRange: opts.reduceRange ?? defaults.reduceRange,
-    hotRows: opts.hotRows ?? defaults.embeddingHotRows,
     method: opts.method ?? defaults.method,
     format: opts.format ?? defaults.format,
     session: { intraOpThreads: opts.threads ?? availableParallelism() } satisfies SessionOptions,

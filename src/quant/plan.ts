@@ -77,15 +77,6 @@ export interface StaticQuantizeOptions extends CommonQuantizeOptions {
    * @defaultValue "uint8"
    */
   activations: ActivationType;
-  /**
-   * Embedding rows read by at least half the calibration inputs ([CLS], [SEP],
-   * segment 0, the first positions) also store their int8 rounding residual,
-   * so they are near-exact (see `row-reads.ts`): a few KB. Off by default: it
-   * halves the ALBERT fixture's logit error, but where the first build misses
-   * the gate the fallback's outcome is a lottery of a few near-tie rows, and it
-   * drew larger files on three benchmark fixtures. @defaultValue false
-   */
-  embeddingHotRows: boolean;
 }
 
 /** Dynamic quantization: activations are quantized at run time (DynamicQuantizeLinear); no calibration. */
@@ -131,7 +122,6 @@ export function defaultQuantizeOptions(
         format: "fused",
         quantizeAttentionMatMuls: false,
         activations: "uint8",
-        embeddingHotRows: false,
         ...(overrides as Partial<StaticQuantizeOptions>),
         type: "static",
       };
@@ -203,8 +193,6 @@ export interface EmbeddingTarget {
   opType: "Gather";
   /** The table initializer (input 0, rank 2, gathered along axis 0). */
   table: string;
-  /** The row ids it reads (input 1), whose calibration counts pick the table's hot rows. */
-  indices: string;
 }
 
 /**
@@ -515,7 +503,7 @@ function classifyGather(
   if (ctx.exclude.has(key)) return skip(key, n.opType, "excluded", "listed in exclude");
   if (!ctx.opts.quantizeEmbeddings)
     return skip(key, n.opType, "embeddings-disabled", `embedding table ${a} kept fp32`);
-  return { kind: "embedding", node: key, opType: "Gather", table: a, indices: n.input[1] ?? "" };
+  return { kind: "embedding", node: key, opType: "Gather", table: a };
 }
 
 /** A MatMul whose second operand is not constant: an attention MatMul target, or kept fp32. */
@@ -744,24 +732,7 @@ function observedTensors(mode: QuantizeMode, targets: readonly QuantTarget[]): s
  * previous build's ranges can be passed back without their histograms.
  */
 export type TensorRange = Pick<ObservedRange, "min" | "max"> &
-  Partial<Pick<ObservedRange, "sentinel" | "nonFinite">> & {
-    /** For a Gather's index tensor: which rows the calibration inputs read (min/max are then the ids). */
-    rowReads?: RowReads;
-  };
-
-/**
- * How many calibration inputs read each row of a table, counted on a Gather's
- * index tensor: a row read by most inputs carries its int8 rounding error into
- * most outputs alike (a bias, not noise), so the embedding pass stores it finer.
- */
-export interface RowReads {
-  /** Calibration inputs counted. */
-  inputs: number;
-  /** Inputs that read each row id (ids never read are absent). */
-  rows: ReadonlyMap<number, number>;
-  /** The index tensor's element type, which the row-id constants must match. */
-  type: "int64" | "int32";
-}
+  Partial<Pick<ObservedRange, "sentinel" | "nonFinite">>;
 
 /** Magnitude beyond which a range is a sentinel (attention masks use -3.4e38 or -1e9·large), not data. */
 const SENTINEL_MAGNITUDE = 1e30;

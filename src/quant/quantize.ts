@@ -61,7 +61,6 @@ import {
   planQuantization,
   type QuantizeOptions,
   type QuantPlan,
-  type RowReads,
   type StaticQuantizeOptions,
   type TensorRange,
   type WeightMatMulTarget,
@@ -182,18 +181,6 @@ export function activationQParams(
   return out;
 }
 
-/** The row-id tensors of the plan's embedding Gathers, whose rows read calibration counts. */
-function embeddingIndices(plan: QuantPlan): string[] {
-  return plan.quantized.flatMap((t) => (t.kind === "embedding" && t.indices !== "" ? [t.indices] : []));
-}
-
-/** The calibration row counts among `ranges` (none in dynamic mode: the tables then have no hot rows). */
-function rowReadsOf(ranges: ReadonlyMap<string, TensorRange>): Map<string, RowReads> {
-  return new Map(
-    [...ranges].flatMap(([name, r]) => (r.rowReads === undefined ? [] : [[name, r.rowReads] as const])),
-  );
-}
-
 /**
  * Quantizes an fp32 model to int8.
  *
@@ -232,12 +219,8 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
             "static quantization needs calibration samples, and none were given",
           );
         }
-        const res = await calibrate(model, plan.observe, batches, {
-          method: options.method,
-          countRows: options.embeddingHotRows ? embeddingIndices(plan) : [],
-        });
-        // The row counts travel with the ranges, so every rebuild from them keeps the same hot rows.
-        ranges = new Map<string, TensorRange>([...res.ranges, ...res.rowReads]);
+        const res = await calibrate(model, plan.observe, batches, { method: options.method });
+        ranges = res.ranges;
         // Reused ranges mean no calibration ran: the time stays 0.
         calibrationMs = performance.now() - tc;
       }
@@ -280,7 +263,6 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
   quantizeEmbeddings(rw, embeddings, {
     granularity: options.embeddingGranularity,
     reduceRange: options.reduceRange,
-    rowReads: options.type === "static" && options.embeddingHotRows ? rowReadsOf(ranges) : new Map(),
   });
   insertWeightOnly(
     rw,

@@ -240,8 +240,6 @@ export interface QuantizeReport {
     perChannel: boolean;
     reduceRange: boolean;
     quantizeEmbeddings: boolean;
-    /** Embedding rows most calibration samples read stored near-exact (`--hot-rows`, static). */
-    embeddingHotRows?: boolean;
     quantizeAttentionMatMuls: boolean;
     exclude: string[];
   };

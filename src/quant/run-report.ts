@@ -78,7 +78,6 @@ export function buildReport(r: ReportInputs): QuantizeReport {
       perChannel: r.settings.perChannel,
       reduceRange: r.settings.reduceRange,
       quantizeEmbeddings: defaults.quantizeEmbeddings,
-      ...(isStatic && r.settings.hotRows === true ? { embeddingHotRows: true } : {}),
       quantizeAttentionMatMuls: isStatic && defaults.quantizeAttentionMatMuls,
       exclude: [...r.settings.exclude],
     },

@@ -283,34 +283,6 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(q.input[1]).toBe("bert.encoder.layer.0.attention.self.query.weight");
   });
 
-  test("--hot-rows: [CLS], [SEP], segment 0 and the first positions carry their rounding residual", async () => {
-    const out = join(dir, "hot-rows.onnx");
-    const reportPath = join(dir, "hot-rows.json");
-    // the rows' structure is the point here, not the gate (which this random model passes by lot)
-    const r = await quantize([...common(out, reportPath), "--hot-rows", "--gate", "0"]);
-    expect(r.code).toBe(0);
-    const report = readReport(reportPath);
-    expect(report.options.embeddingHotRows).toBe(true);
-    // the row counts are not activation ranges
-    expect(Object.keys(report.ranges)).not.toContain("input_ids");
-    const model = await loadModel(out);
-    const ids = (table: string) => {
-      const t = model.graph.initializer.find((x) => x.name === `bert.embeddings.${table}.weight_hot_ids`);
-      return t === undefined ? [] : [...new BigInt64Array(t.rawData!.slice().buffer)].map(Number);
-    };
-    // [CLS] and [SEP] (ids from the tokenizer), read by every sample, first; then frequent words if any
-    const tokenizer = JSON.parse(readFileSync(join(shippedModelDir, "tokenizer.json"), "utf8"));
-    const special = tokenizer.post_processor.special_tokens;
-    const clsSep = [special["[CLS]"].ids[0], special["[SEP]"].ids[0]] as number[];
-    expect(
-      ids("word_embeddings")
-        .slice(0, 2)
-        .sort((x, y) => x - y),
-    ).toEqual(clsSep);
-    expect(ids("token_type_embeddings")).toEqual([0]);
-    expect(ids("position_embeddings").slice(0, 3)).toEqual([0, 1, 2]);
-  });
-
   test("an unknown --exclude node is a usage error", async () => {
     const out = join(dir, "bad-exclude.onnx");
     const r = await quantize([...common(out, join(dir, "bad-exclude.json")), "--exclude", "/no/such/node"]);

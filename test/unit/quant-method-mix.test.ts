@@ -142,7 +142,7 @@ describe("tensorReaders", () => {
           weight: "w",
           bias: "b",
         },
-        { kind: "embedding", node: "emb", opType: "Gather", table: "t", indices: "ids" },
+        { kind: "embedding", node: "emb", opType: "Gather", table: "t" },
       ],
     });
     expect([...readers]).toEqual([

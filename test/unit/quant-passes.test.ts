@@ -270,67 +270,6 @@ describe("static QDQ rewrite", async () => {
   });
 });
 
-describe("embedding hot rows (embeddingHotRows)", async () => {
-  const TYPES = "bert.embeddings.token_type_embeddings.weight";
-  const POSITIONS = "bert.embeddings.position_embeddings.weight";
-  const WORDS = "bert.embeddings.word_embeddings.weight";
-  const hot = await quantizeModel(fp32, { type: "static", calibration, embeddingHotRows: true });
-  const hotIds = (m: ModelProto, table: string) => {
-    const t = initializer(m, `${table}_hot_ids`);
-    return t === undefined ? undefined : [...(tensorToArray(t) as BigInt64Array)].map(Number);
-  };
-
-  test("the rows most calibration inputs read: segment 0 and the first positions; no random word", () => {
-    // calibration: random words, lengths 4–16, segment 0 only
-    expect(hotIds(hot.model, WORDS)).toBeUndefined();
-    expect(hotIds(hot.model, TYPES)).toEqual([0]);
-    const positions = hotIds(hot.model, POSITIONS)!;
-    expect(positions.slice(0, 4)).toEqual([0, 1, 2, 3]);
-    expect(positions).not.toContain(15);
-    expect(initializer(hot.model, `${POSITIONS}_hot_rows`)!.dims).toEqual([positions.length, tiny.hidden]);
-  });
-
-  test("off by default, and a rebuild from the ranges keeps the same hot rows", async () => {
-    const plain = await quantizeModel(fp32, { type: "static", calibration, ranges: hot.ranges });
-    expect(plain.model.graph.initializer.filter((t) => t.name.endsWith("_hot_ids"))).toEqual([]);
-    const again = await requantize(fp32, hot, [POOLER]);
-    expect(again.timings.calibrationMs).toBe(0);
-    expect(hotIds(again.model, POSITIONS)).toEqual(hotIds(hot.model, POSITIONS));
-  });
-
-  test("onnxruntime gathers hot rows near-exact, the rest as int8", async () => {
-    const gathers = ["token_type", "position"].map((t) => `/bert/embeddings/${t}_embeddings/Gather_output_0`);
-    const probe = (m: ModelProto) => {
-      const g = {
-        ...m.graph,
-        output: [...m.graph.output, ...gathers.map((name) => makeValueInfo(name, DataType.FLOAT))],
-      };
-      return createOrtSession(encodeModel({ ...m, graph: g }));
-    };
-    const [ref, int8] = await Promise.all([probe(fp32), probe(hot.model)]);
-    try {
-      const b = randomBatches(1, 1, 16, 5)[0]!;
-      const want = await ref.run(feedsForEncoding(ref, b), gathers);
-      const got = await int8.run(feedsForEncoding(int8, b), gathers);
-      const maxDiff = (name: string, from: number, to: number) => {
-        const w = want[name]!.data as Float32Array;
-        const g = got[name]!.data as Float32Array;
-        let m = 0;
-        for (let i = from * tiny.hidden; i < to * tiny.hidden; i++) m = Math.max(m, Math.abs(w[i]! - g[i]!));
-        return m;
-      };
-      const table = tensorToArray(initializer(fp32, POSITIONS)!) as Float32Array;
-      const int8Step = Math.max(...table.map(Math.abs)) / 127;
-      // segment 0 everywhere, positions 0–3: within a residual's rounding; position 15: int8's
-      expect(maxDiff(gathers[0]!, 0, b.seqLen)).toBeLessThan(int8Step / 100);
-      expect(maxDiff(gathers[1]!, 0, 4)).toBeLessThan(int8Step / 100);
-      expect(maxDiff(gathers[1]!, 15, 16)).toBeGreaterThan(int8Step / 20);
-    } finally {
-      await Promise.all([ref.release(), int8.release()]);
-    }
-  });
-});
-
 describe("static fused format", async () => {
   const result = await quantizeModel(fp32, { type: "static", format: "fused", calibration });
   const model = result.model;

@@ -91,7 +91,7 @@ export const quantizeCommand: Command = {
   summary: "convert an fp32 BERT to int8, validated against fp32 on held-out samples",
   usage:
     "--model FP32.onnx --calib SAMPLES --out INT8.onnx|DIR [--mode static|dynamic|auto] [--method M] [--format qdq|fused] " +
-    "[--samples N] [--per-tensor] [--reduce-range] [--hot-rows] [--exclude NODE…] [--gate AGREEMENT] [--gate-on bound|point] [--report FILE]",
+    "[--samples N] [--per-tensor] [--reduce-range] [--exclude NODE…] [--gate AGREEMENT] [--gate-on bound|point] [--report FILE]",
   description: `SAMPLES is a TSV (label<TAB>sentence with a header; the label may be empty) or a quantd SQLite
 store (.db, as quantd collect fills it). From a TSV --samples rows spread over its lengths calibrate and
 every other row is held out for validation (at most --val-samples); from a store both sets are a seeded,
@@ -212,12 +212,6 @@ line says which contrib ops were lowered to the standard ops they fuse.`,
       description: "one weight scale per tensor instead of per channel",
     },
     { name: "reduce-range", type: "boolean", description: "7-bit activations (x86 without VNNI)" },
-    {
-      name: "hot-rows",
-      type: "boolean",
-      description:
-        "static: embedding rows at least half the calibration samples read ([CLS], [SEP], segment 0, the first positions) also store their int8 rounding residual (a few KB)",
-    },
     {
       name: "exclude",
       type: "string",
@@ -350,7 +344,6 @@ function quantizeOptions(f: ParsedFlags): { opts: FileOptions; output: ModelOutp
     confidence: parseConfidence(flagNumber(f, "confidence", { min: 0, max: 100 }, DEFAULT_CONFIDENCE * 100)),
     perChannel: !flagBool(f, "per-tensor"),
     reduceRange: flagBool(f, "reduce-range"),
-    hotRows: flagBool(f, "hot-rows"),
     exclude: flagList(f, "exclude"),
     gate: parseGateThreshold(flagNumber(f, "gate", { min: 0, max: 100 }, 99.5)),
     trialBudget: flagInt(f, "trials", { min: 0, max: 1000 }, DEFAULT_TRIAL_BUDGET),
