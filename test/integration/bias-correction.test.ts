@@ -7,7 +7,7 @@
  * correction, and that a bias whose reader is kept fp32 keeps its value.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeModel, loadModel } from "../../src/onnx/codec.ts";
@@ -23,7 +23,7 @@ import {
   patchedBiases,
 } from "../../src/quant/bias-correction.ts";
 import { lowerContribOps } from "../../src/quant/passes/lower-contrib.ts";
-import { modelMaxPositions } from "../../src/quant/pipeline.ts";
+import { modelMaxPositions, runQuantization } from "../../src/quant/pipeline.ts";
 import { type QuantizeResult, quantizeModel, requantize } from "../../src/quant/quantize.ts";
 import { readSampleTsv } from "../../src/quant/samples.ts";
 import { collectLogits, encodeSamples } from "../../src/quant/validate.ts";
@@ -191,5 +191,35 @@ describe("bias correction on BERT (no shared bias)", () => {
     // what is left is rounding. Measured all at once from the uncorrected build, the later layers' errors grew
     // (up to 2.6 times what they were).
     for (const s of r.sites) expect(s.after).toBeLessThan(0.05 * s.before + 1e-6);
+  });
+});
+
+describe("the fallback's bias-correction step", () => {
+  test("ALBERT with default flags meets the gate with its biases corrected: nothing fp32, within 27 %", async () => {
+    const fixtureDir = join(dir, "albert");
+    const rows = readFileSync(join(repoRoot, "calib/samples/sst2-train-4k.tsv"), "utf8").trim().split("\n");
+    const tsv = join(dir, "gate-samples.tsv");
+    writeFileSync(tsv, `${rows.slice(0, 1 + 128 + 1024).join("\n")}\n`);
+    // quantize's defaults as the encoders bench runs them: 128 calibration rows, 1,024 held out.
+    const { report } = await runQuantization({
+      model: fixtureDir,
+      calib: tsv,
+      out: join(dir, "albert-int8.onnx"),
+      samples: 128,
+      validationSamples: 1024,
+      threads: 1,
+    });
+    const b = report.fallback.biasCorrection;
+    expect(b).toBeDefined();
+    expect(b!.used).toBe(true);
+    expect(b!.passed).toBe(true);
+    expect(b!.bought.bytes).toBe(0);
+    expect(b!.meanBiasAfter).toBeLessThan(b!.meanBiasBefore);
+    expect(b!.perBias.filter((p) => p.readers > 1)).toHaveLength(b!.shared);
+    // Before this step the gate was missed (the methods' trials did not pass), and no node went fp32 after it.
+    expect(report.fallback.methods?.some((m) => m.passed)).toBe(false);
+    expect(report.fallback.trials).toEqual([]);
+    expect(report.keptFp32).toEqual([]);
+    expect(report.model.sizeRatio!).toBeLessThanOrEqual(0.27);
   });
 });
