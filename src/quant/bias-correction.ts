@@ -13,7 +13,10 @@
  * only, padding left out) and subtracts it from the MatMul's bias, so the
  * int8 model's outputs have fp32's means; the bias is a float vector in every
  * int8 form (MatMulIntegerToFloat's bias input, the QDQ form's Add, QGemm's
- * int32 bias is requantized from it), so the file does not grow.
+ * int32 bias is requantized from it), so the file does not grow. In graphs
+ * onnxruntime's optimizer saved, the bias may sit inside the fused op after
+ * the MatMul (BiasGelu, FastGelu, SkipLayerNormalization): then the MatMul's
+ * own output is compared, and the correction it already holds is counted in.
  *
  * Layer by layer, in graph order: a layer's error is measured with every
  * layer before it already corrected, since a correction upstream changes what
@@ -42,6 +45,7 @@ import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { SessionOptions } from "../runtime/types.ts";
 import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from "./gate.ts";
 import { trialFigures, type ValidatedBuild } from "./method-mix.ts";
+import { MS_DOMAIN } from "./passes/rewrite.ts";
 import { nodeKey, type QuantTarget, type WeightMatMulTarget } from "./plan.ts";
 import type { QuantizeResult } from "./quantize.ts";
 import type { BiasCorrectionTrial } from "./report.ts";
@@ -55,47 +59,77 @@ export interface BiasSite {
   channels: number;
   /** The quantized MatMul/Gemm nodes whose output gets it (several when it is shared). */
   readers: string[];
-  /** Each reader's biased output (its bias Add's output, or the Gemm's), in `readers`' order. */
+  /** Each reader's compared output (its bias Add's output, the Gemm's, or the MatMul's), in `readers`' order. */
   outputs: string[];
+  /**
+   * Whether `outputs` include the bias (an Add's or a Gemm's output), or it is
+   * added after them inside a fused op (BiasGelu, FastGelu,
+   * SkipLayerNormalization), whose MatMul input is what is compared.
+   */
+  included: boolean;
 }
 
 /** What to add to each bias, by initializer name. */
 export type BiasCorrections = ReadonlyMap<string, Float32Array>;
 
-/** A reader's bias: the Gemm's own, or the float vector of the one Add that reads the MatMul's output. */
+/**
+ * onnxruntime's fused ops that add a bias to a MatMul's output inside them
+ * (what its optimizer leaves of the bias Add), with their bias input, and the
+ * inputs the MatMul's output may be.
+ */
+const FUSED_BIAS: Readonly<Record<string, { bias: number; from: readonly number[] }>> = {
+  BiasGelu: { bias: 1, from: [0] },
+  FastGelu: { bias: 1, from: [0] },
+  SkipLayerNormalization: { bias: 4, from: [0, 1] },
+};
+
+/** Where a reader's bias is: its tensor, the output compared, the node holding it, and whether that output includes it. */
+interface ReaderBias {
+  bias: string;
+  output: string;
+  holder: NodeProto;
+  /** False when the bias is added inside a fused op after `output` (the MatMul's own output). */
+  included: boolean;
+}
+
+/**
+ * A reader's bias: the Gemm's own, the float vector of the one Add that reads
+ * the MatMul's output, or the bias input of the one fused op that does
+ * ({@link FUSED_BIAS}).
+ */
 function readerBias(
   n: NodeProto,
   t: WeightMatMulTarget,
   channels: number,
   ctx: { inits: ReadonlyMap<string, TensorProto>; consumers: ReadonlyMap<string, NodeProto[]> },
-): { bias: string; output: string; holder: NodeProto } | undefined {
-  const isVector = (name: string): boolean => {
-    const b = ctx.inits.get(name);
-    return (
-      b !== undefined &&
-      b.dataType === DataType.FLOAT &&
-      b.dims.length === 1 &&
-      Number(b.dims[0]) === channels
-    );
+): ReaderBias | undefined {
+  const isVector = (name: string | undefined): name is string => {
+    const b = ctx.inits.get(name ?? "");
+    return b?.dataType === DataType.FLOAT && b.dims.length === 1 && Number(b.dims[0]) === channels;
   };
+  const out = n.output[0] ?? "";
   if (t.opType === "Gemm") {
-    return t.bias !== undefined && isVector(t.bias)
-      ? { bias: t.bias, output: n.output[0]!, holder: n }
-      : undefined;
+    return isVector(t.bias) ? { bias: t.bias, output: out, holder: n, included: true } : undefined;
   }
-  const readers = ctx.consumers.get(n.output[0] ?? "") ?? [];
-  const add = readers.length === 1 ? readers[0]! : undefined;
-  if (add === undefined || add.opType !== "Add" || add.domain !== "" || add.input.length !== 2)
-    return undefined;
-  const bias = add.input[0] === n.output[0] ? add.input[1]! : add.input[0]!;
-  return isVector(bias) ? { bias, output: add.output[0]!, holder: add } : undefined;
+  const readers = ctx.consumers.get(out) ?? [];
+  const next = readers.length === 1 ? readers[0]! : undefined;
+  if (next?.opType === "Add" && next.domain === "" && next.input.length === 2) {
+    const bias = next.input[0] === out ? next.input[1] : next.input[0];
+    return isVector(bias) ? { bias, output: next.output[0]!, holder: next, included: true } : undefined;
+  }
+  const fused = next?.domain === MS_DOMAIN ? FUSED_BIAS[next.opType] : undefined;
+  if (next === undefined || fused === undefined) return undefined;
+  const bias = next.input[fused.bias];
+  const fromMatMul = fused.from.some((i) => next.input[i] === out);
+  return fromMatMul && isVector(bias) ? { bias, output: out, holder: next, included: false } : undefined;
 }
 
 /**
  * The biases of `targets`' weight MatMuls in `model` (the graph they were
  * planned on), in the order of their first reader. A bias is left out when a
  * node other than its quantized readers reads it too (an fp32 layer sharing
- * it): correcting it would move that layer's output.
+ * it): correcting it would move that layer's output; and when its readers
+ * differ in whether their compared output includes it.
  */
 export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): BiasSite[] {
   const g = model.graph;
@@ -104,7 +138,7 @@ export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): B
   const consumers = new Map<string, NodeProto[]>();
   for (const n of g.node)
     for (const i of new Set(n.input)) consumers.set(i, [...(consumers.get(i) ?? []), n]);
-  const sites = new Map<string, BiasSite & { holders: Set<NodeProto> }>();
+  const sites = new Map<string, BiasSite & { holders: Set<NodeProto>; mixed: boolean }>();
   for (const t of targets) {
     const n = t.kind === "weight-matmul" ? byKey.get(t.node) : undefined;
     const w = t.kind === "weight-matmul" ? inits.get(t.weight) : undefined;
@@ -116,16 +150,19 @@ export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): B
       channels: Number(w.dims[t.channelAxis]),
       readers: [],
       outputs: [],
+      included: found.included,
       holders: new Set<NodeProto>(),
+      mixed: false,
     };
+    site.mixed ||= site.included !== found.included;
     site.readers.push(t.node);
     site.outputs.push(found.output);
     site.holders.add(found.holder);
     sites.set(found.bias, site);
   }
   return [...sites.values()]
-    .filter((s) => (consumers.get(s.bias) ?? []).every((c) => s.holders.has(c)))
-    .map(({ holders: _h, ...s }) => s);
+    .filter((s) => !s.mixed && (consumers.get(s.bias) ?? []).every((c) => s.holders.has(c)))
+    .map(({ holders: _h, mixed: _m, ...s }) => s);
 }
 
 /**
@@ -198,11 +235,16 @@ async function channelSums(
   return out;
 }
 
-/** A site's mean output error per channel, over all its readers' rows: int8 sums less fp32's. */
+/**
+ * A site's mean output error per channel, over all its readers' rows: int8
+ * sums less fp32's, plus the correction `delta` the int8 model holds when its
+ * bias is added after the compared output (so the error is the biased sum's).
+ */
 function siteError(
   site: BiasSite,
   int8: ReadonlyMap<string, ChannelSums>,
   fp32: ReadonlyMap<string, ChannelSums>,
+  delta: Float32Array | undefined,
 ): Float64Array {
   const err = new Float64Array(site.channels);
   let rows = 0;
@@ -214,6 +256,7 @@ function siteError(
     rows += f.rows;
   }
   if (rows > 0) for (let k = 0; k < site.channels; k++) err[k]! /= rows;
+  if (!site.included && delta !== undefined) for (let k = 0; k < site.channels; k++) err[k]! += delta[k]!;
   return err;
 }
 
@@ -313,7 +356,7 @@ export async function measureBiasCorrections(
     channelSums(await build(c), widths(list), batches, session);
   const corrections = new Map<string, Float32Array>();
   const first = await errors(sites, corrections);
-  const before = new Map(sites.map((s) => [s.bias, meanAbs(siteError(s, first, fp32))]));
+  const before = new Map(sites.map((s) => [s.bias, meanAbs(siteError(s, first, fp32, undefined))]));
   const sweeps = opts.sweeps ?? (sites.some((s) => s.readers.length > 1) ? 2 : 1);
   const steps = measurementSteps(reference, sites);
   let runs = 1;
@@ -323,8 +366,8 @@ export async function measureBiasCorrections(
       const int8 = sweep === 0 && i === 0 ? first : await errors(step, corrections);
       if (int8 !== first) runs++;
       for (const s of step) {
-        const e = siteError(s, int8, fp32);
         const prev = corrections.get(s.bias) ?? new Float32Array(s.channels);
+        const e = siteError(s, int8, fp32, prev);
         corrections.set(
           s.bias,
           Float32Array.from(prev, (v, k) => v - e[k]!),
@@ -340,7 +383,7 @@ export async function measureBiasCorrections(
       bias: s.bias,
       readers: s.readers.length,
       before: before.get(s.bias) ?? 0,
-      after: meanAbs(siteError(s, last, fp32)),
+      after: meanAbs(siteError(s, last, fp32, corrections.get(s.bias))),
     })),
     sweeps,
     runs,

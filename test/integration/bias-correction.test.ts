@@ -30,6 +30,7 @@ import { collectLogits, encodeSamples } from "../../src/quant/validate.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
 import { type BatchEncoding, loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
+import { saveOrtOptimized } from "../fixtures/exporters/ort-optimized.ts";
 import { repoRoot } from "../helpers/paths.ts";
 
 setDefaultTimeout(120_000);
@@ -191,6 +192,37 @@ describe("bias correction on BERT (no shared bias)", () => {
     // what is left is rounding. Measured all at once from the uncorrected build, the later layers' errors grew
     // (up to 2.6 times what they were).
     for (const s of r.sites) expect(s.after).toBeLessThan(0.05 * s.before + 1e-6);
+  });
+});
+
+describe("bias correction on ALBERT as onnxruntime's extended optimizer saves it", () => {
+  test("the FFN bias FastGelu holds is a site, compared at the MatMul's output, and its corrected error falls", async () => {
+    const extDir = join(dir, "albert-ext");
+    const fixture = await writeEncoderFixture("albert", extDir);
+    await saveOrtOptimized(fixture.model, "extended", fixture.model);
+    const model = await loadModel(fixture.model);
+    const graph = lowerContribOps(upgradeOpset(model).model).model;
+    const built = await quantizeModel(model, { type: "static", calibration });
+    const extSites = biasSites(graph, built.plan.quantized);
+    const ffn = extSites.find((s) => s.bias === `${LAYER}.ffn.bias`)!;
+    expect(ffn).toBeDefined();
+    expect(ffn.included).toBe(false);
+    expect(ffn.readers).toHaveLength(4);
+    // The compared tensors are the MatMuls' outputs, each read by the FastGelu that adds the bias.
+    for (const o of ffn.outputs) {
+      expect(graph.graph.node.filter((n) => n.input.includes(o)).map((n) => n.opType)).toEqual(["FastGelu"]);
+    }
+    const r = await measureBiasCorrections(
+      graph,
+      extSites,
+      calibration,
+      async (c) => (await requantize(model, { ...built, biasCorrections: c }, [])).model,
+      { session },
+    );
+    const site = r.sites.find((s) => s.bias === ffn.bias)!;
+    // The error after counts the correction the FastGelu adds: without it, it would read as the error before.
+    expect(site.after).toBeLessThan(0.5 * site.before);
+    for (const s of r.sites) expect(s.after).toBeLessThanOrEqual(s.before);
   });
 });
 
