@@ -211,6 +211,35 @@ function addRows(acc: ChannelSums, data: Float32Array, batch: BatchEncoding): vo
   }
 }
 
+/**
+ * Bytes of outputs one run may return at once: every MatMul output of a
+ * BERT-base at 8 × 128 tokens is about 340 MB, more than a board should hold
+ * for a side measurement, so the outputs are fetched in groups (a run each).
+ */
+export const MAX_FETCH_BYTES = 64 * 1024 * 1024;
+
+/**
+ * `names` (tensor → channels) in groups, in order, whose float outputs over
+ * `rows` rows stay within {@link MAX_FETCH_BYTES} (a larger one alone).
+ */
+export function fetchGroups(names: ReadonlyMap<string, number>, rows: number): string[][] {
+  const groups: string[][] = [];
+  let group: string[] = [];
+  let bytes = 0;
+  for (const [name, channels] of names) {
+    const b = channels * rows * 4;
+    if (group.length > 0 && bytes + b > MAX_FETCH_BYTES) {
+      groups.push(group);
+      group = [];
+      bytes = 0;
+    }
+    group.push(name);
+    bytes += b;
+  }
+  if (group.length > 0) groups.push(group);
+  return groups;
+}
+
 /** Channel sums of `names` (each `channels` wide) over `batches`, in one onnxruntime session. */
 async function channelSums(
   model: ModelProto,
@@ -220,13 +249,16 @@ async function channelSums(
 ): Promise<Map<string, ChannelSums>> {
   const wanted = [...names.keys()];
   const out = new Map(wanted.map((n) => [n, { sum: new Float64Array(names.get(n)!), rows: 0 }]));
+  const rows = Math.max(0, ...batches.map((b) => b.batchSize * b.seqLen));
   const s = await createOrtSession(encodeModel(withExtraOutputs(model, wanted)), session);
   try {
-    for (const batch of batches) {
-      const got = await s.run(feedsForEncoding(s, batch), wanted);
-      for (const n of wanted) {
-        const t = got[n];
-        if (t !== undefined && t.type === "float32") addRows(out.get(n)!, t.data as Float32Array, batch);
+    for (const group of fetchGroups(names, rows)) {
+      for (const batch of batches) {
+        const got = await s.run(feedsForEncoding(s, batch), group);
+        for (const n of group) {
+          const t = got[n];
+          if (t?.type === "float32") addRows(out.get(n)!, t.data as Float32Array, batch);
+        }
       }
     }
   } finally {
@@ -432,7 +464,11 @@ export async function tryBiasCorrection(
   hooks: BiasCorrectionHooks & { session?: SessionOptions },
 ): Promise<{ best: ValidatedBuild; trial?: BiasCorrectionTrial }> {
   const t0 = performance.now();
-  const sites = biasSites(reference, start.result.plan.quantized);
+  // A site is measured at tensors the int8 build must still have (a rewrite that fused one away leaves it out).
+  const produced = new Set(start.result.model.graph.node.flatMap((n) => n.output));
+  const sites = biasSites(reference, start.result.plan.quantized).filter((s) =>
+    s.outputs.every((o) => produced.has(o)),
+  );
   if (sites.length === 0) return { best: start };
   const int8 = start.result.model;
   const measured = await measureBiasCorrections(
