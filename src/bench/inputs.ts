@@ -9,7 +9,7 @@ import { dirname, join } from "node:path";
 import { mulberry32 } from "../core/random.ts";
 import { QuantdError } from "../errors.ts";
 import { loadModel } from "../onnx/codec.ts";
-import { tokenEmbeddingTable } from "../onnx/graph.ts";
+import { positionTable, tokenEmbeddingTable } from "../onnx/graph.ts";
 import type { Tensor, TensorInfo } from "../runtime/types.ts";
 
 /** One benchmark shape: `batch` sequences of `seq` tokens. */
@@ -184,12 +184,10 @@ export async function findMaxPositions(modelPath: string): Promise<MaxPositions 
     const positions = intFromConfig(config, "max_position_embeddings");
     if (positions !== undefined) return { positions, source: `max_position_embeddings in ${config}` };
   }
-  const model = await loadModel(modelPath, { loadExternalData: false });
-  for (const t of model.graph.initializer) {
-    if (/position_embeddings/i.test(t.name) && t.dims.length === 2 && t.dims[0]! > 0)
-      return { positions: t.dims[0]!, source: `the position-embedding table ${t.name}` };
-  }
-  return undefined;
+  const table = positionTable(await loadModel(modelPath, { loadExternalData: false }));
+  return table === undefined
+    ? undefined
+    : { positions: table.rows, source: `the position-embedding table ${table.name}` };
 }
 
 /**

@@ -610,3 +610,16 @@ export function tokenEmbeddingTable(model: ModelProto, ids: ReadonlySet<string>)
   }
   return undefined;
 }
+
+/**
+ * The position-embedding table of a model (an initializer of two dims named
+ * `*position_embeddings*`, as every BERT-family exporter names it), or
+ * undefined when it has none.
+ */
+export function positionTable(model: ModelProto): TokenTable | undefined {
+  for (const t of model.graph.initializer) {
+    if (/position_embeddings/i.test(t.name) && t.dims.length === 2 && t.dims[0]! > 0)
+      return { name: t.name, rows: t.dims[0]! };
+  }
+  return undefined;
+}

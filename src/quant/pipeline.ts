@@ -24,7 +24,7 @@ import { dirname, join, resolve } from "node:path";
 import { peakRssBytes } from "../core/process-memory.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel, saveModel } from "../onnx/codec.ts";
-import { tokenEmbeddingTable } from "../onnx/graph.ts";
+import { positionTable, tokenEmbeddingTable } from "../onnx/graph.ts";
 import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import { assertTokenizerFitsModel } from "../runtime/classifier.ts";
@@ -192,10 +192,7 @@ export interface QuantizationResult {
  * graph has one (`*position_embeddings*` initializer of two dims).
  */
 export function modelMaxPositions(model: ModelProto): number | undefined {
-  for (const t of model.graph.initializer) {
-    if (/position_embeddings/i.test(t.name) && t.dims.length === 2) return t.dims[0];
-  }
-  return undefined;
+  return positionTable(model)?.rows;
 }
 
 /** A run's resolved settings and checked paths (stage 0, no I/O beyond `stat`). */

@@ -7,7 +7,8 @@
 import { readFileSync } from "node:fs";
 import { assertNever, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import type { TokenTable } from "../onnx/graph.ts";
+import { loadModel } from "../onnx/codec.ts";
+import { positionTable, type TokenTable, tokenEmbeddingTable } from "../onnx/graph.ts";
 import { findModelFiles, type ModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
 import { createSessionPool } from "./threaded-session.ts";
@@ -461,8 +462,19 @@ export async function openModelParts(
   const tokOpts: { maxLength?: number; configPath?: string } = {};
   if (opts.maxLength !== undefined) tokOpts.maxLength = opts.maxLength;
   if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
+  // Without a config.json the graph's tables say what the model takes; a file the codec cannot read is ORT's to judge.
+  const graph =
+    files.configPath === undefined
+      ? await loadModel(files.model, { loadExternalData: false }).catch(() => undefined)
+      : undefined;
+  const positions = graph === undefined ? undefined : positionTable(graph)?.rows;
+  if (positions !== undefined) tokOpts.maxLength = Math.min(positions, tokOpts.maxLength ?? positions);
   const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
-  assertTokenizerFitsModel(tokenizer, files);
+  assertTokenizerFitsModel(
+    tokenizer,
+    files,
+    graph === undefined ? undefined : tokenEmbeddingTable(graph, new Set(["input_ids"])),
+  );
   const workers = opts.workers ?? 0;
   const session =
     workers > 0

@@ -11,6 +11,7 @@ import {
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { isQuantdError } from "../../src/errors.ts";
+import { saveModel } from "../../src/onnx/codec.ts";
 import {
   argmax,
   type Classifier,
@@ -20,6 +21,7 @@ import {
 } from "../../src/runtime/classifier.ts";
 import { findModelFiles } from "../../src/runtime/model-files.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
+import { buildSyntheticBert, SYNTHETIC_BERT_PRESETS } from "../fixtures/synthetic-bert.ts";
 import { codeOfAsync } from "../helpers/error-code.ts";
 import { expectClose } from "../helpers/expect-close.ts";
 import {
@@ -229,6 +231,36 @@ describe("model files and model checks", () => {
       const ok = await loadClassifier(dir);
       expect(ok.tokenizer.vocabSize).toBe(16384);
       await ok.release();
+    },
+    SLOW_TEST_MS,
+  );
+
+  test(
+    "without a config.json the graph's tables bound the tokenizer: its positions cut long texts, its vocabulary refuses another model's tokenizer",
+    async () => {
+      // The synthetic BERT has 128 positions; the shipped tokenizer allows 512 and has 16,384 tokens.
+      const dir = join(tmp, "noconfig");
+      mkdirSync(dir, { recursive: true });
+      await saveModel(
+        buildSyntheticBert({ ...SYNTHETIC_BERT_PRESETS.tiny, vocab: 16384 }),
+        join(dir, "model.onnx"),
+      );
+      copyFileSync(join(shippedModelDir, "tokenizer.json"), join(dir, "tokenizer.json"));
+      copyFileSync(join(shippedModelDir, "tokenizer_config.json"), join(dir, "tokenizer_config.json"));
+      const c = await loadClassifier(dir);
+      try {
+        expect(c.tokenizer.maxLength).toBe(128);
+        const out = await c.logits(["a fine film ".repeat(100)]);
+        expect([out.encoding.seqLen, out.encoding.truncated[0]]).toEqual([128, true]);
+      } finally {
+        await c.release();
+      }
+      await saveModel(buildSyntheticBert(SYNTHETIC_BERT_PRESETS.tiny), join(dir, "model.onnx"));
+      const err = await loadClassifier(dir).catch((e: unknown) => e);
+      expect(isQuantdError(err, "TOKENIZER_INVALID")).toBe(true);
+      expect((err as Error).message).toMatch(
+        /16384 tokens but the model's token-embedding table \S+ has 512 rows/,
+      );
     },
     SLOW_TEST_MS,
   );
