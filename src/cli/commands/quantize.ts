@@ -128,7 +128,9 @@ model directory, as Optimum writes one: the int8 model (DIR/model.onnx), the mod
 config files copied beside it, and the report (DIR/quantize-report.json unless --report says
 otherwise). classify, eval, bench and the agent then take that directory with no other flag. A file
 in a directory that does not exist yet (--out new/int8.onnx) gets the tokenizer and config files
-beside it too, so they take the file with no other flag; its report only with --report.
+beside it too, so they take the file with no other flag; its report only with --report. Neither
+--out nor --report may name a file the run reads (the model, its external data, tokenizer and config
+files, the samples): that is a usage error, and nothing is overwritten.
 
 --mode auto builds every int8 form that can be the fastest on the detected board (quantd device): static
 int8 in both formats (qdq, fused) with uint8 activations (U8S8), also with int8 activations (S8S8) on
