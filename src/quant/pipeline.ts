@@ -24,13 +24,13 @@ import { dirname, join, resolve } from "node:path";
 import { peakRssBytes } from "../core/process-memory.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel, saveModel } from "../onnx/codec.ts";
-import { positionTable, tokenEmbeddingTable } from "../onnx/graph.ts";
+import { positionTable } from "../onnx/graph.ts";
 import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
-import { assertTokenizerFitsModel } from "../runtime/classifier.ts";
+import { loadModelTokenizer } from "../runtime/classifier.ts";
 import { findModelFiles, MODEL_DIR_FILES, type ModelFiles } from "../runtime/model-files.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
-import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
+import type { Tokenizer } from "../runtime/tokenizer.ts";
 import type { TaskOverride } from "../runtime/task.ts";
 import type { SessionOptions } from "../runtime/types.ts";
 import { DEFAULT_CALIBRATION_BATCH_SIZE } from "./calibrate.ts";
@@ -375,13 +375,8 @@ async function loadReference(
   { fp32, externalBytes }: { fp32: ModelProto; externalBytes: number },
 ): Promise<Reference> {
   const facts = await describeFile(run.files.model);
-  const tokOpts: { maxLength?: number; configPath?: string } = {};
-  const positions = modelMaxPositions(fp32);
-  if (positions !== undefined) tokOpts.maxLength = positions;
-  if (run.files.configPath !== undefined) tokOpts.configPath = run.files.configPath;
-  const tokenizer = await loadTokenizer(run.files.tokenizerDir, tokOpts);
   // Before any sample is encoded: a tokenizer from another model fails calibration with an index error.
-  assertTokenizerFitsModel(tokenizer, run.files, tokenEmbeddingTable(fp32, new Set(["input_ids"])));
+  const tokenizer = await loadModelTokenizer(run.files, fp32);
   const maxLength = tokenizer.maxLength;
   const validator = validatorFor(run, split, { fp32, facts, tokenizer, maxLength });
   // Refused before calibration when the held-out set cannot certify the gate: counted in the bound's trials,

@@ -9,6 +9,7 @@ import { assertNever, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
 import { loadModel } from "../onnx/codec.ts";
 import { positionTable, type TokenTable, tokenEmbeddingTable } from "../onnx/graph.ts";
+import type { ModelProto } from "../onnx/types.ts";
 import { findModelFiles, type ModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
 import { createSessionPool } from "./threaded-session.ts";
@@ -449,8 +450,55 @@ export interface ModelParts {
 }
 
 /**
- * Finds a model's files, loads its tokenizer (checked against the config's
- * `vocab_size`) and opens its session, checking that it takes BERT inputs.
+ * Loads a model's tokenizer, bounded by what the model says of itself: its
+ * `config.json` (`max_position_embeddings`, `vocab_size`) and, when `graph` is
+ * given, its tables. The position table caps the length (a tokenizer allowing
+ * 512 tokens on a 128-position model fails at run time on long texts) and the
+ * token-embedding table must hold every id the tokenizer can give.
+ *
+ * @throws TOKENIZER_NOT_FOUND | TOKENIZER_INVALID as {@link loadTokenizer}, and TOKENIZER_INVALID
+ *   for a tokenizer with more tokens than the model's vocabulary
+ * @throws CONFIG_INVALID for an unreadable `config.json`
+ */
+export async function loadModelTokenizer(
+  files: ModelFiles,
+  graph: ModelProto | undefined,
+  maxLength?: number,
+): Promise<Tokenizer> {
+  const tokOpts: { maxLength?: number; configPath?: string } = {};
+  const positions = graph === undefined ? undefined : positionTable(graph)?.rows;
+  const bound = Math.min(positions ?? Number.POSITIVE_INFINITY, maxLength ?? Number.POSITIVE_INFINITY);
+  if (Number.isFinite(bound)) tokOpts.maxLength = bound;
+  if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
+  const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
+  // Before any text is encoded: another model's tokenizer fails later with an index error naming neither file.
+  const table = graph === undefined ? undefined : tokenEmbeddingTable(graph, new Set(["input_ids"]));
+  assertTokenizerFitsModel(tokenizer, files, table);
+  return tokenizer;
+}
+
+/**
+ * The graph, read to bound the tokenizer when no `config.json` says what the
+ * model takes. Without its initializers' data (an external-data model's side
+ * files are not read); a self-contained file is read whole. A file the codec
+ * cannot read is left for onnxruntime to judge, which names the problem.
+ */
+async function graphForBounds(files: ModelFiles): Promise<ModelProto | undefined> {
+  if (files.configPath !== undefined) return undefined;
+  return loadModel(files.model, { loadExternalData: false }).catch(() => undefined);
+}
+
+/** The parts every model runner opens: its files, tokenizer and session (inputs checked). */
+export interface ModelParts {
+  files: ModelFiles;
+  tokenizer: Tokenizer;
+  session: InferenceSession;
+}
+
+/**
+ * Finds a model's files, loads its tokenizer (bounded by the model's
+ * `config.json`, else by its graph's tables: {@link loadModelTokenizer}) and
+ * opens its session, checking that it takes BERT inputs.
  *
  * @throws as {@link loadClassifier}, except for the output checks
  */
@@ -459,27 +507,8 @@ export async function openModelParts(
   opts: LoadClassifierOptions = {},
 ): Promise<ModelParts> {
   const files = findModelFiles(modelPath, opts.tokenizerDir);
-  const tokOpts: { maxLength?: number; configPath?: string } = {};
-  if (opts.maxLength !== undefined) tokOpts.maxLength = opts.maxLength;
-  if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
-  // Without a config.json the graph's tables say what the model takes; a file the codec cannot read is ORT's to judge.
-  const graph =
-    files.configPath === undefined
-      ? await loadModel(files.model, { loadExternalData: false }).catch(() => undefined)
-      : undefined;
-  const positions = graph === undefined ? undefined : positionTable(graph)?.rows;
-  if (positions !== undefined) tokOpts.maxLength = Math.min(positions, tokOpts.maxLength ?? positions);
-  const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
-  assertTokenizerFitsModel(
-    tokenizer,
-    files,
-    graph === undefined ? undefined : tokenEmbeddingTable(graph, new Set(["input_ids"])),
-  );
-  const workers = opts.workers ?? 0;
-  const session =
-    workers > 0
-      ? await createSessionPool(files.model, opts.session ?? {}, workers)
-      : await createOrtSession(files.model, opts.session ?? {});
+  const tokenizer = await loadModelTokenizer(files, await graphForBounds(files), opts.maxLength);
+  const session = await openSession(files.model, opts);
   try {
     checkBertInputs(session, files.model);
   } catch (err) {
@@ -487,6 +516,14 @@ export async function openModelParts(
     throw err;
   }
   return { files, tokenizer, session };
+}
+
+/** One session, or a pool of `opts.workers` sessions in worker threads. */
+function openSession(model: string, opts: LoadClassifierOptions): Promise<InferenceSession> {
+  const workers = opts.workers ?? 0;
+  return workers > 0
+    ? createSessionPool(model, opts.session ?? {}, workers)
+    : createOrtSession(model, opts.session ?? {});
 }
 
 /**
@@ -499,7 +536,7 @@ export async function openModelParts(
  *
  * @throws FILE_NOT_FOUND when the model does not exist
  * @throws TOKENIZER_NOT_FOUND / TOKENIZER_INVALID for a missing or bad tokenizer, or one
- * with more tokens than the model's `vocab_size`
+ * with more tokens than the model's `vocab_size` or token-embedding table
  * @throws MODEL_LOAD_FAILED when onnxruntime rejects the model
  * @throws MODEL_INPUTS_MISMATCH when the model is not a BERT-like classifier
  * @throws CONFIG_INVALID for an unreadable `config.json`
