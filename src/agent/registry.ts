@@ -1,7 +1,7 @@
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
-import { sha256FileSync } from "../core/hash.ts";
+import { sha256File } from "../core/hash.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { modelFileOf } from "../runtime/model-files.ts";
 import { inputsOf, type TaskKind, type TaskOverride } from "../runtime/task.ts";
@@ -106,11 +106,15 @@ export interface PromoteOptions {
  *
  * @throws MODEL_INPUTS_MISMATCH naming both tokenizer files
  */
-function assertServingTokenizer(candidate: string, tokenizerDir: string): void {
+async function assertServingTokenizer(candidate: string, tokenizerDir: string): Promise<void> {
   const own = join(dirname(resolve(candidate)), "tokenizer.json");
   const serving = join(tokenizerDir, "tokenizer.json");
   if (own === resolve(serving) || !existsSync(own) || !existsSync(serving)) return;
-  if (sha256FileSync(own) === sha256FileSync(serving)) return;
+  // Hashed in streamed reads, as the rest of a promotion is done, so the server keeps answering
+  // meanwhile (a multilingual tokenizer.json is tens of MB); files of different sizes differ.
+  const same =
+    statSync(own).size === statSync(serving).size && (await sha256File(own)) === (await sha256File(serving));
+  if (same) return;
   throw new QuantdError(
     "MODEL_INPUTS_MISMATCH",
     `${resolve(candidate)} comes with its own tokenizer (${own}), not the one this agent serves every version ` +
@@ -438,7 +442,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     return this.#exclusive(async () => {
       // A model directory (what `quantize --out DIR` writes) promotes its model.onnx, as --model DIR serves it.
       const file = modelFileOf(candidatePath);
-      assertServingTokenizer(file, this.#tokenizerDir);
+      await assertServingTokenizer(file, this.#tokenizerDir);
       return view(await this.#promoteLocked(file, options, "promote"));
     });
   }

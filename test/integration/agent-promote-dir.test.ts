@@ -63,6 +63,20 @@ test("a model directory beside another tokenizer is refused (MODEL_INPUTS_MISMAT
   expect((models.body["versions"] as unknown[]).length).toBe(1);
 });
 
+test("a tokenizer of the same size as the agent's but other bytes is refused too", async () => {
+  const other = join(dir, "same-size-tokenizer");
+  mkdirSync(other);
+  copyFileSync(join(int8Dir, "model.onnx"), join(other, "model.onnx"));
+  const text = readFileSync(join(shippedModelDir, "tokenizer.json"), "utf8");
+  // One vocabulary entry renamed in place: the sizes match, only the bytes tell them apart.
+  const renamed = text.replace('"the":', '"thx":');
+  expect(renamed).not.toBe(text);
+  writeFileSync(join(other, "tokenizer.json"), renamed);
+  const r = await promote(other);
+  expect(r.status).toBe(400);
+  expect((r.body["error"] as { code: string }).code).toBe("MODEL_INPUTS_MISMATCH");
+});
+
 test("the directory quantize --out DIR wrote is promoted as its model.onnx", async () => {
   const r = await promote(int8Dir);
   expect(r.status).toBe(200);
