@@ -430,7 +430,8 @@ export const fleetCommand: Command = {
     "with --wait, waits for the report and prints a summary per device (decision, agreement, latency, size, stages); " +
     "with --json, prints one JSON object (--all: an array) with `state` and the full report. " +
     "Exit 1 when a device refused or (with --wait) the job did not succeed.\n\n" +
-    "report DEVICE: asks the device for its status and last job's report.\n\n" +
+    "report DEVICE: asks the device for its status and last job's report (a degraded row when it serves a " +
+    "stored version because the model it was started with did not load).\n\n" +
     "rollback DEVICE|--all: returns the device to its previous model version (or --version).\n\n" +
     "recalibrate, report and rollback sign each command with the operator key (--key FILE or $QUANTD_FLEET_KEY_FILE); " +
     "devices run only commands signed by a key in their fleet.operatorKeys and refuse the rest with COMMAND_UNAUTHORIZED.\n\n" +

@@ -130,7 +130,7 @@ otherwise). classify, eval, bench and the agent then take that directory with no
 in a directory that does not exist yet (--out new/int8.onnx) gets the tokenizer and config files
 beside it too, so they take the file with no other flag; its report only with --report. Neither
 --out nor --report may name a file the run reads (the model, its external data, tokenizer and config
-files, the samples): that is a usage error, and nothing is overwritten.
+files, the samples, the --validate file): that is a usage error, and nothing is overwritten.
 
 --mode auto builds every int8 form that can be the fastest on the detected board (quantd device): static
 int8 in both formats (qdq, fused) with uint8 activations (U8S8), also with int8 activations (S8S8) on
