@@ -64,11 +64,6 @@ import {
 /** Samples a candidate runs between two futility checks (a few batches, sorted by length). */
 const TASK_VALIDATION_STEP = 64;
 
-/**
- * The graph's outputs as a session would describe them. An output without a
- * declared shape (some converters drop it) is taken as `[batch, labels]`: the
- * classifier's validator checks the real shape on the first batch.
- */
 /** ONNX element types by the names onnxruntime's sessions give them (what task detection reads and names). */
 const ELEMENT_TYPES: ReadonlyMap<number, TensorElementType> = new Map([
   [DataType.FLOAT, "float32"],
@@ -80,6 +75,11 @@ const ELEMENT_TYPES: ReadonlyMap<number, TensorElementType> = new Map([
   [DataType.BOOL, "bool"],
 ]);
 
+/**
+ * The graph's outputs as a session would describe them. An output without a
+ * declared shape (some converters drop it) is taken as `[batch, labels]`: the
+ * classifier's validator checks the real shape on the first batch.
+ */
 function outputInfo(v: ValueInfoProto): TensorInfo {
   const t = v.type?.tensorType;
   const declared = t?.shape?.dim;
