@@ -128,8 +128,11 @@ function readerBias(
  * The biases of `targets`' weight MatMuls in `model` (the graph they were
  * planned on), in the order of their first reader. A bias is left out when a
  * node other than its quantized readers reads it too (an fp32 layer sharing
- * it): correcting it would move that layer's output; and when its readers
- * differ in whether their compared output includes it.
+ * it): correcting it would move that layer's output; when its readers
+ * differ in whether their compared output includes it; and when one fused op
+ * adds it to two of them (a SkipLayerNormalization of two MatMuls' outputs):
+ * the error it would take off is their errors' sum, not the mean over readers
+ * the measurement takes.
  */
 export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): BiasSite[] {
   const g = model.graph;
@@ -161,7 +164,12 @@ export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): B
     sites.set(found.bias, site);
   }
   return [...sites.values()]
-    .filter((s) => !s.mixed && (consumers.get(s.bias) ?? []).every((c) => s.holders.has(c)))
+    .filter(
+      (s) =>
+        !s.mixed &&
+        s.holders.size === s.readers.length &&
+        (consumers.get(s.bias) ?? []).every((c) => s.holders.has(c)),
+    )
     .map(({ holders: _h, mixed: _m, ...s }) => s);
 }
 
