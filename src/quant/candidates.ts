@@ -10,14 +10,12 @@ import { isQuantdError, QuantdError } from "../errors.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import type { SessionOptions } from "../runtime/types.ts";
+import { tryBiasCorrection } from "./bias-correction.ts";
 import { checkGate, compareCandidates, type GateMetrics, type GateSpec } from "./gate.ts";
+import { trialFigures, tryTensorMethods, type ValidatedBuild } from "./method-mix.ts";
 import type { CalibrationMethod } from "./methods.ts";
 import { type ActivationType, describeWeightOnly, type QuantizeMode, type StaticFormat } from "./plan.ts";
-import { type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
-import { trialFigures, tryTensorMethods, type ValidatedBuild } from "./method-mix.ts";
-import { tryBiasCorrection } from "./bias-correction.ts";
-import { lowerContribOps } from "./passes/lower-contrib.ts";
-import { upgradeOpset } from "../onnx/opset-upgrade.ts";
+import { planningGraph, type QuantizeResult, quantizeModel, requantize } from "./quantize.ts";
 import type {
   BiasCorrectionTrial,
   CandidateEntry,
@@ -406,7 +404,7 @@ async function improveCandidate(
   const correct = tried.trials.length > 0 && !checkGate(mixed.best.metrics, s.gate).passed;
   if (correct) inputs.progress(`fallback (${label}): correcting biases, layer by layer`);
   const corrected = correct
-    ? await tryBiasCorrection(mixed.best, loweredFp32(inputs.fp32), inputs.calibration, s.gate, {
+    ? await tryBiasCorrection(mixed.best, planningGraph(inputs.fp32).model, inputs.calibration, s.gate, {
         rebuild: (c) =>
           requantize(inputs.fp32, { options: from.options, ranges: from.ranges, biasCorrections: c }, []),
         validate,
@@ -525,11 +523,6 @@ async function tryMethods(
     if (passed) break;
   }
   return { start, trials, builds };
-}
-
-/** The graph the quantizer plans on (opset moved up, contrib ops lowered): its tensor names are the int8 model's. */
-function loweredFp32(fp32: ModelProto): ModelProto {
-  return lowerContribOps(upgradeOpset(fp32).model).model;
 }
 
 /** The report's ranges of a build: each tensor's calibrated range with its scale and zero point. */

@@ -25,13 +25,12 @@ import { peakRssBytes } from "../core/process-memory.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { loadModel, saveModel } from "../onnx/codec.ts";
 import { positionTable } from "../onnx/graph.ts";
-import { upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import { loadModelTokenizer } from "../runtime/classifier.ts";
 import { findModelFiles, MODEL_DIR_FILES, type ModelFiles } from "../runtime/model-files.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
-import type { Tokenizer } from "../runtime/tokenizer.ts";
 import type { TaskOverride } from "../runtime/task.ts";
+import type { Tokenizer } from "../runtime/tokenizer.ts";
 import type { SessionOptions } from "../runtime/types.ts";
 import { DEFAULT_CALIBRATION_BATCH_SIZE } from "./calibrate.ts";
 import {
@@ -47,6 +46,7 @@ import {
 import { type Choice, type ChoiceInputs, chooseCandidate, timeModels } from "./choose.ts";
 import type { LengthHistogram } from "./drift.ts";
 import { DEFAULT_GATE_AGREEMENT, type GateDecision, type GateMetrics, type GateSpec } from "./gate.ts";
+import { assertRunnableGraph } from "./graph-check.ts";
 import type { CalibrationMethod, RequestedMode } from "./methods.ts";
 import {
   type ActivationType,
@@ -56,10 +56,9 @@ import {
   type QuantizeMode,
   type StaticFormat,
 } from "./plan.ts";
+import { planningGraph } from "./quantize.ts";
 import { describeFile, type FileFacts, type QuantizeReport, writeReport } from "./report.ts";
 import { buildReport, gateNotMetError } from "./run-report.ts";
-import { assertRunnableGraph } from "./graph-check.ts";
-import { lowerContribOps } from "./passes/lower-contrib.ts";
 import { loadSplit, type SamplePool, type SampleSplit } from "./samples.ts";
 import { DEFAULT_TRIAL_BUDGET, measureLayerErrors, sensitivityTargets } from "./sensitivity.ts";
 import { assertCertifiable, gateSpecOf, type SplitRequest, splitRequestOf } from "./split.ts";
@@ -86,13 +85,6 @@ export {
   splitSamples,
 } from "./samples.ts";
 export {
-  collectLogits,
-  type EncodedSamples,
-  encodeSamples,
-  type ReferenceLogitsCache,
-  VALIDATION_BATCH,
-} from "./validate.ts";
-export {
   assertCertifiable,
   DEFAULT_CALIBRATION_SAMPLES,
   gateSpecOf,
@@ -102,6 +94,13 @@ export {
   type SplitRequest,
   splitRequestOf,
 } from "./split.ts";
+export {
+  collectLogits,
+  type EncodedSamples,
+  encodeSamples,
+  type ReferenceLogitsCache,
+  VALIDATION_BATCH,
+} from "./validate.ts";
 
 /** Samples the sensitivity probe runs (both models, every quantized node exposed). */
 export const SENSITIVITY_PROBE_SAMPLES = 32;
@@ -361,7 +360,7 @@ async function loadFp32(run: Run): Promise<{ fp32: ModelProto; externalBytes: nu
   assertNotQuantized(fp32);
   assertFloat32Model(fp32);
   assertRunnableGraph(fp32);
-  lowerContribOps(upgradeOpset(fp32).model);
+  planningGraph(fp32);
   return { fp32, externalBytes };
 }
 

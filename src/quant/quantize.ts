@@ -37,27 +37,27 @@
 import { assertNever, QuantdError } from "../errors.ts";
 import { encodeModel } from "../onnx/codec.ts";
 import { copyForEdit } from "../onnx/graph.ts";
-import { upgradeOpset } from "../onnx/opset-upgrade.ts";
+import { type OpsetUpgrade, upgradeOpset } from "../onnx/opset-upgrade.ts";
 import type { ModelProto } from "../onnx/types.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
 import { applyBiasCorrections, type BiasCorrections, biasSites } from "./bias-correction.ts";
 import { calibrate } from "./calibrate.ts";
 import { assertRunnableGraph } from "./graph-check.ts";
-import { quantizeEmbeddings } from "./passes/embedding.ts";
-import { type LoweredNode, lowerContribOps } from "./passes/lower-contrib.ts";
-import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
-import { insertStaticQdq } from "./passes/qdq-static.ts";
-import { insertWeightOnly } from "./passes/weight-only.ts";
 import { type ConstantReshapeResult, simplifyReshapeShapes } from "./passes/constant-reshape.ts";
+import { insertDynamicMatMul } from "./passes/dynamic-matmul.ts";
+import { quantizeEmbeddings } from "./passes/embedding.ts";
+import { type LoweredModel, type LoweredNode, lowerContribOps } from "./passes/lower-contrib.ts";
+import { insertStaticQdq } from "./passes/qdq-static.ts";
 import { GraphRewrite, MS_DOMAIN } from "./passes/rewrite.ts";
+import { insertWeightOnly } from "./passes/weight-only.ts";
 import {
   type ActivationType,
   applyRanges,
   type DynamicQuantizeOptions,
   defaultQuantizeOptions,
   type EmbeddingTarget,
-  type PackedAttentionTarget,
   excludeNodes,
+  type PackedAttentionTarget,
   planQuantization,
   type QuantizeOptions,
   type QuantPlan,
@@ -182,6 +182,22 @@ export function activationQParams(
 }
 
 /**
+ * The graph {@link quantizeModel} plans on and rewrites: the fp32 model with
+ * its opset moved up and its weight-hiding contrib ops lowered. Its node and
+ * tensor names are the int8 model's, so a measurement that compares the two
+ * tensor by tensor (bias correction) runs the fp32 side on it.
+ *
+ * @throws QUANT_UNSUPPORTED when the opset is older than 11 or an opset 11/12 node cannot be moved to 13
+ */
+export function planningGraph(input: ModelProto): LoweredModel & { opset: OpsetUpgrade } {
+  // Per-channel DequantizeLinear needs opset 13: older TorchScript exports (11, 12) are moved up.
+  const opset = upgradeOpset(input);
+  // Fused contrib ops that hide a weight become the standard ops they fuse; the rest of the
+  // pipeline then sees one graph (same function) whose weights are all in reach.
+  return { ...lowerContribOps(opset.model), opset };
+}
+
+/**
  * Quantizes an fp32 model to int8.
  *
  * @throws MODEL_ALREADY_QUANTIZED when the model holds quantization ops
@@ -196,11 +212,7 @@ export async function quantizeModel(input: ModelProto, opts: QuantizeModelOption
   const t0 = performance.now();
   const options = resolveQuantizeOptions(opts);
   assertRunnableGraph(input);
-  // Per-channel DequantizeLinear needs opset 13: older TorchScript exports (11, 12) are moved up.
-  const opset = upgradeOpset(input);
-  // Fused contrib ops that hide a weight become the standard ops they fuse; the rest of the
-  // pipeline then sees one graph (same function) whose weights are all in reach.
-  const { model, lowered } = lowerContribOps(opset.model);
+  const { model, lowered, opset } = planningGraph(input);
   let plan = planQuantization(model, options);
   const planMs = performance.now() - t0;
 

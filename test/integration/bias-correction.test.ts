@@ -11,7 +11,6 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeModel, loadModel } from "../../src/onnx/codec.ts";
-import { upgradeOpset } from "../../src/onnx/opset-upgrade.ts";
 import { tensorToFloat32 } from "../../src/onnx/tensor.ts";
 import type { ModelProto } from "../../src/onnx/types.ts";
 import {
@@ -22,9 +21,8 @@ import {
   measurementSteps,
   patchedBiases,
 } from "../../src/quant/bias-correction.ts";
-import { lowerContribOps } from "../../src/quant/passes/lower-contrib.ts";
 import { modelMaxPositions, runQuantization } from "../../src/quant/pipeline.ts";
-import { type QuantizeResult, quantizeModel, requantize } from "../../src/quant/quantize.ts";
+import { planningGraph, type QuantizeResult, quantizeModel, requantize } from "../../src/quant/quantize.ts";
 import { readSampleTsv } from "../../src/quant/samples.ts";
 import { collectLogits, encodeSamples } from "../../src/quant/validate.ts";
 import { createOrtSession } from "../../src/runtime/ort-session.ts";
@@ -53,7 +51,7 @@ let measured: BiasCorrectionResult;
 beforeAll(async () => {
   const fixture = await writeEncoderFixture("albert", join(dir, "albert"));
   fp32 = await loadModel(fixture.model);
-  lowered = lowerContribOps(upgradeOpset(fp32).model).model;
+  lowered = planningGraph(fp32).model;
   const readBy = (name: string) =>
     fp32.graph.node.filter((n) => n.opType === "Add" && n.input.includes(name)).length;
   SHARED = fp32.graph.initializer
@@ -170,7 +168,7 @@ describe("bias correction on BERT (no shared bias)", () => {
   test("one pass in graph order leaves each layer's mean output error a small part of what it was", async () => {
     const fixture = await writeEncoderFixture("bert", join(dir, "bert"));
     const model = await loadModel(fixture.model);
-    const graph = lowerContribOps(upgradeOpset(model).model).model;
+    const graph = planningGraph(model).model;
     const tok = await loadTokenizer(fixture.dir, { maxLength: modelMaxPositions(model)! });
     const rows = await readSampleTsv(join(repoRoot, "calib/samples/sst2-train-4k.tsv"));
     const batches = encodeSamples(tok, rows.slice(0, 48), 8, tok.maxLength).batches;
@@ -201,7 +199,7 @@ describe("bias correction on ALBERT as onnxruntime's extended optimizer saves it
     const fixture = await writeEncoderFixture("albert", extDir);
     await saveOrtOptimized(fixture.model, "extended", fixture.model);
     const model = await loadModel(fixture.model);
-    const graph = lowerContribOps(upgradeOpset(model).model).model;
+    const graph = planningGraph(model).model;
     const built = await quantizeModel(model, { type: "static", calibration });
     const extSites = biasSites(graph, built.plan.quantized);
     const ffn = extSites.find((s) => s.bias === `${LAYER}.ffn.bias`)!;
