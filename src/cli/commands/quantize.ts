@@ -109,9 +109,10 @@ samples of similar length; dynamic int8 in the batches serving forms, samples of
 ranges are per batch). A candidate
 stops early once it can no longer pass, or, on a set at least twice what the gate needs, once it has
 passed at one of a few looks (the looks share the 5 %, 80 % of it kept for the last, so the verdict still
-holds at 95 %); --full-validation runs every sample. When the gate is not met, the other calibration
-methods (percentile, mse, entropy) are tried first, then a method per tensor (each tensor's range from
-the method under which the nodes reading it add the least error), then the best of those with its biases
+holds at 95 %); --full-validation runs every sample. When the gate is not met (static; dynamic goes
+straight to nodes kept in fp32), the other calibration methods (percentile, mse, entropy) are tried
+first, then a method per tensor (each tensor's range from the method under which the nodes reading it
+add the least error), then the best of those with its biases
 corrected (each quantized MatMul's mean output error on the calibration samples taken off its bias, layer by
 layer in graph order; a bias shared by several layers, as ALBERT's, by its readers' mean), as they cost no
 bytes; then nodes are kept in fp32, a
