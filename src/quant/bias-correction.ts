@@ -48,7 +48,7 @@ import { trialFigures, type ValidatedBuild } from "./method-mix.ts";
 import { MS_DOMAIN } from "./passes/rewrite.ts";
 import { nodeKey, type QuantTarget, type WeightMatMulTarget } from "./plan.ts";
 import type { QuantizeResult } from "./quantize.ts";
-import type { BiasCorrectionTrial } from "./report.ts";
+import type { BiasCorrectionEntry, BiasCorrectionTrial } from "./report.ts";
 import { withExtraOutputs } from "./sensitivity.ts";
 
 /** A bias the correction may change: the float vector added to the output of one or more quantized MatMuls. */
@@ -347,19 +347,10 @@ export function measurementSteps(model: ModelProto, sites: readonly BiasSite[]):
   return steps;
 }
 
-/** One site's mean output error before and after its correction. */
-export interface SiteCorrection {
-  bias: string;
-  readers: number;
-  /** Mean over channels of |E[int8 − fp32]| on the calibration samples. */
-  before: number;
-  after: number;
-}
-
 /** What {@link measureBiasCorrections} found. */
 export interface BiasCorrectionResult {
   corrections: Map<string, Float32Array>;
-  sites: SiteCorrection[];
+  sites: BiasCorrectionEntry[];
   /** Passes over the sites: 2 when a bias is shared (see the module comment), else 1. */
   sweeps: number;
   /** Runs of the int8 model over the calibration samples. */
@@ -492,7 +483,7 @@ export async function tryBiasCorrection(
   const metrics = await hooks.validate(result.model);
   const passed = checkGate(metrics, gate).passed;
   const used = passed || compareCandidates(metrics, start.metrics) < 0;
-  const mean = (f: (s: SiteCorrection) => number) =>
+  const mean = (f: (s: BiasCorrectionEntry) => number) =>
     measured.sites.reduce((a, s) => a + f(s), 0) / measured.sites.length;
   const trial: BiasCorrectionTrial = {
     biases: sites.length,

@@ -153,6 +153,17 @@ export interface TensorMethodTrial extends TrialFigures {
   used?: boolean;
 }
 
+/** One bias the correction changed: its readers, and the mean |E[int8 − fp32]| per channel of their outputs. */
+export interface BiasCorrectionEntry {
+  bias: string;
+  /** Quantized MatMuls whose output gets it (several for a shared bias). */
+  readers: number;
+  /** On the calibration samples, before the correction. */
+  before: number;
+  /** On the calibration samples, with every bias corrected. */
+  after: number;
+}
+
 /**
  * The build with its biases corrected (`bias-correction.ts`): each quantized
  * MatMul's mean output error on the calibration samples taken off its bias,
@@ -173,7 +184,7 @@ export interface BiasCorrectionTrial extends TrialFigures {
   meanBiasBefore: number;
   meanBiasAfter: number;
   /** Each bias: its readers, and the mean |E[int8 − fp32]| of their outputs before and after. */
-  perBias: { bias: string; readers: number; before: number; after: number }[];
+  perBias: BiasCorrectionEntry[];
   /** The result (and the fp32 fallback after it) builds on this trial. */
   used?: boolean;
 }
