@@ -574,7 +574,7 @@ function int64(n: number): bigint {
   return BigInt(Math.trunc(n));
 }
 
-/** The token-embedding table a model's ids input reads, and its row count (the vocabulary the model takes). */
+/** An embedding table and its row count: the vocabulary the model takes (token ids) or its longest input (positions). */
 export interface TokenTable {
   /** The initializer holding the table (the int8 data of a dequantized one). */
   name: string;

@@ -349,7 +349,9 @@ export function measurementSteps(model: ModelProto, sites: readonly BiasSite[]):
 
 /** What {@link measureBiasCorrections} found. */
 export interface BiasCorrectionResult {
+  /** What to add to each measured bias (the sum of its steps' corrections). */
   corrections: Map<string, Float32Array>;
+  /** Each site's mean output error before and after, in the sites' order. */
   sites: BiasCorrectionEntry[];
   /** Passes over the sites: 2 when a bias is shared (see the module comment), else 1. */
   sweeps: number;
@@ -359,6 +361,7 @@ export interface BiasCorrectionResult {
 
 /** Options of {@link measureBiasCorrections}. */
 export interface BiasCorrectionOptions {
+  /** onnxruntime settings of the measurement's runs (threads). */
   session?: SessionOptions;
   /** @defaultValue 2 when a bias has several readers, else 1 */
   sweeps?: number;
@@ -447,6 +450,7 @@ export function patchedBiases(
 export interface BiasCorrectionHooks {
   /** Rebuilds the start with these corrections (a rewrite from the same ranges, no calibration). */
   rebuild(corrections: BiasCorrections): Promise<QuantizeResult>;
+  /** The gate's figures of a build on the validation samples (never the calibration ones it was corrected on). */
   validate(model: ModelProto): Promise<GateMetrics>;
 }
 
@@ -454,6 +458,8 @@ export interface BiasCorrectionHooks {
  * The bias-correction step of the fallback: `start`'s biases corrected (see
  * the module comment), the build validated, and kept when it passes or ranks
  * better than `start`. Nothing is tried when `start` has no bias to correct.
+ *
+ * @throws MODEL_LOAD_FAILED / INFERENCE_FAILED when onnxruntime fails on a measured model, and what the hooks throw
  */
 export async function tryBiasCorrection(
   start: ValidatedBuild,
