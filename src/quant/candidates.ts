@@ -400,17 +400,10 @@ async function improveCandidate(
           validate,
         })
       : { best: start, trials: [] };
-  const from = mixed.best.result;
-  const correct = tried.trials.length > 0 && !checkGate(mixed.best.metrics, s.gate).passed;
-  if (correct) inputs.progress(`fallback (${label}): correcting biases, layer by layer`);
-  const corrected = correct
-    ? await tryBiasCorrection(mixed.best, planningGraph(inputs.fp32).model, inputs.calibration, s.gate, {
-        rebuild: (c) =>
-          requantize(inputs.fp32, { options: from.options, ranges: from.ranges, biasCorrections: c }, []),
-        validate,
-        session: s.session,
-      })
-    : { best: mixed.best };
+  const corrected =
+    tried.trials.length > 0 && !checkGate(mixed.best.metrics, s.gate).passed
+      ? await correctBiases(mixed.best, label, inputs, s, validate)
+      : { best: mixed.best };
   const base = corrected.best.result;
   const builds = new Map<ModelProto, QuantizeResult>([[base.model, base]]);
   const fb = await runFallback(
@@ -440,6 +433,27 @@ async function improveCandidate(
     s,
     ranges,
   );
+}
+
+/**
+ * The fallback's bias-correction step (`bias-correction.ts`) on `start`, the
+ * best build of the calibration methods: its rebuilds reuse `start`'s options
+ * and ranges, so only the biases differ.
+ */
+function correctBiases(
+  start: ValidatedBuild,
+  label: string,
+  inputs: CandidateInputs,
+  s: BuildSettings,
+  validate: (model: ModelProto) => Promise<GateMetrics>,
+): Promise<{ best: ValidatedBuild; trial?: BiasCorrectionTrial }> {
+  inputs.progress(`fallback (${label}): correcting biases, layer by layer`);
+  const { options, ranges } = start.result;
+  return tryBiasCorrection(start, planningGraph(inputs.fp32).model, inputs.calibration, s.gate, {
+    rebuild: (c) => requantize(inputs.fp32, { options, ranges, biasCorrections: c }, []),
+    validate,
+    session: s.session,
+  });
 }
 
 /** The candidate record of a format after its fallback. */
