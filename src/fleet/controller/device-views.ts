@@ -6,13 +6,15 @@
  * beside the fleet's aggregates and alerts (`fleet-view.ts`).
  */
 import { isRecord } from "../../json.ts";
+import type { ReportFigures, ReportMessage, TaskMetric } from "../protocol.ts";
 import {
-  describeRejectedAtStart,
-  type ReportFigures,
-  type ReportMessage,
-  type TaskMetric,
-} from "../protocol.ts";
-import { failureReason, fleetAggregates, fleetAlerts, inState, recentJobs } from "./fleet-view.ts";
+  degradedLine,
+  failureReason,
+  fleetAggregates,
+  fleetAlerts,
+  inState,
+  recentJobs,
+} from "./fleet-view.ts";
 import type { DeviceRecord, FleetStore, JobRecord } from "./store.ts";
 
 /** The task's own figure of a recorded validation's `task` (see {@link ReportFigures.taskMetric}). */
@@ -149,7 +151,7 @@ export function deviceSummary(
   figures: ReportFigures;
   degraded?: string;
 } {
-  const degraded = d.online ? describeRejectedAtStart(d.model) : undefined;
+  const degraded = degradedLine(d);
   return {
     ...d,
     lastReport: d.lastReport === null ? null : summarizeReport(d.lastReport),

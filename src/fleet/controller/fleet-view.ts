@@ -55,69 +55,96 @@ export function failureReason(error: unknown, result: unknown): string | undefin
   return undefined;
 }
 
+/**
+ * What an online device serving a stored version because the model it was
+ * started with did not load says of it (one line), else `undefined`.
+ */
+export function degradedLine(d: DeviceRecord): string | undefined {
+  // An offline device's status says what it served when it went, not what it will start with.
+  return d.online ? describeRejectedAtStart(d.model) : undefined;
+}
+
+/** One kind of alert a device may raise. */
+type DeviceAlert = (d: DeviceRecord) => Alert | undefined;
+
+function degradedAlert(d: DeviceRecord): Alert | undefined {
+  const line = degradedLine(d);
+  if (line === undefined) return undefined;
+  return {
+    kind: "degraded",
+    fleet: d.fleet,
+    device: d.device,
+    message: line.slice(0, 300),
+    at: d.statusAt || d.lastSeen,
+  };
+}
+
+function offlineAlert(d: DeviceRecord): Alert | undefined {
+  if (d.online) return undefined;
+  return {
+    kind: "offline",
+    fleet: d.fleet,
+    device: d.device,
+    message: "offline",
+    at: d.statusAt || d.lastSeen,
+  };
+}
+
+function outboxDropsAlert(d: DeviceRecord): Alert | undefined {
+  const dropped = d.outbox?.dropped ?? 0;
+  if (!(dropped > 0)) return undefined;
+  return {
+    kind: "outbox-drops",
+    fleet: d.fleet,
+    device: d.device,
+    message: `outbox dropped ${dropped} message${dropped === 1 ? "" : "s"} (${d.outbox?.queued ?? 0} queued)`,
+    at: d.lastSeen,
+  };
+}
+
+function memoryAlert(d: DeviceRecord): Alert | undefined {
+  const rss = d.lastTelemetry?.rssBytes;
+  const limit = memoryLimit(d);
+  // An offline device's last sample says nothing of its memory now.
+  if (!d.online || typeof rss !== "number" || limit === undefined || rss < MEMORY_ALERT_SHARE * limit) {
+    return undefined;
+  }
+  return {
+    kind: "memory",
+    fleet: d.fleet,
+    device: d.device,
+    message: `memory ${(rss / 1048576).toFixed(0)} of ${(limit / 1048576).toFixed(0)} MiB (${((100 * rss) / limit).toFixed(0)} %)`,
+    at: d.lastTelemetry?.at ?? d.lastSeen,
+  };
+}
+
+/** The alerts a device may raise, in the order each device's are listed before the newest-first sort. */
+const DEVICE_ALERTS: readonly DeviceAlert[] = [degradedAlert, offlineAlert, outboxDropsAlert, memoryAlert];
+
+/** A job's alert: failed or timed out within {@link FAILED_JOB_WINDOW_MS} of `now`. */
+function failedJobAlert(j: JobRecord, now: number): Alert | undefined {
+  if (!FAILED_STATES.has(j.state) || j.updatedAt < now - FAILED_JOB_WINDOW_MS) return undefined;
+  const why = failureReason(j.error, j.result) ?? "no reason reported";
+  return {
+    kind: "failed-job",
+    fleet: j.fleet,
+    device: j.device,
+    message: `${j.type} ${j.state}: ${why}`.slice(0, 300),
+    at: j.updatedAt,
+  };
+}
+
 /** The alerts of `devices` and of the failed jobs among `jobs` (newest first). */
 export function fleetAlerts(
   devices: readonly DeviceRecord[],
   jobs: readonly JobRecord[],
   now: number,
 ): Alert[] {
-  const alerts: Alert[] = [];
-  for (const d of devices) {
-    const at = d.lastSeen;
-    // An offline device's status says what it served when it went, not what it will start with.
-    const degraded = d.online ? describeRejectedAtStart(d.model) : undefined;
-    if (degraded !== undefined) {
-      alerts.push({
-        kind: "degraded",
-        fleet: d.fleet,
-        device: d.device,
-        message: degraded.slice(0, 300),
-        at: d.statusAt || at,
-      });
-    }
-    if (!d.online)
-      alerts.push({
-        kind: "offline",
-        fleet: d.fleet,
-        device: d.device,
-        message: "offline",
-        at: d.statusAt || at,
-      });
-    const dropped = d.outbox?.dropped ?? 0;
-    if (dropped > 0) {
-      alerts.push({
-        kind: "outbox-drops",
-        fleet: d.fleet,
-        device: d.device,
-        message: `outbox dropped ${dropped} message${dropped === 1 ? "" : "s"} (${d.outbox?.queued ?? 0} queued)`,
-        at,
-      });
-    }
-    const rss = d.lastTelemetry?.rssBytes;
-    const limit = memoryLimit(d);
-    // An offline device's last sample says nothing of its memory now.
-    if (d.online && typeof rss === "number" && limit !== undefined && rss >= MEMORY_ALERT_SHARE * limit) {
-      alerts.push({
-        kind: "memory",
-        fleet: d.fleet,
-        device: d.device,
-        message: `memory ${(rss / 1048576).toFixed(0)} of ${(limit / 1048576).toFixed(0)} MiB (${((100 * rss) / limit).toFixed(0)} %)`,
-        at: d.lastTelemetry?.at ?? at,
-      });
-    }
-  }
-  for (const j of jobs) {
-    if (!FAILED_STATES.has(j.state) || j.updatedAt < now - FAILED_JOB_WINDOW_MS) continue;
-    const why = failureReason(j.error, j.result) ?? "no reason reported";
-    alerts.push({
-      kind: "failed-job",
-      fleet: j.fleet,
-      device: j.device,
-      message: `${j.type} ${j.state}: ${why}`.slice(0, 300),
-      at: j.updatedAt,
-    });
-  }
-  return alerts.sort((a, b) => b.at - a.at);
+  const alerts = [
+    ...devices.flatMap((d) => DEVICE_ALERTS.map((alert) => alert(d))),
+    ...jobs.map((j) => failedJobAlert(j, now)),
+  ];
+  return alerts.filter((a): a is Alert => a !== undefined).sort((a, b) => b.at - a.at);
 }
 
 /** Aggregates of `devices`; `figures` gives each device's latest report figures. */
