@@ -5,6 +5,7 @@
  * only right when the bias is added to each reader's output apart.
  */
 import { expect, test } from "bun:test";
+import { makeGraph, makeModel, makeNode } from "../../src/onnx/builder.ts";
 import { makeTensor } from "../../src/onnx/tensor.ts";
 import { DataType, type ModelProto, type NodeProto } from "../../src/onnx/types.ts";
 import { biasSites } from "../../src/quant/bias-correction.ts";
@@ -13,24 +14,14 @@ import type { WeightMatMulTarget } from "../../src/quant/plan.ts";
 const C = 4;
 
 function node(name: string, opType: string, input: string[], output: string[], domain = ""): NodeProto {
-  return { name, opType, domain, input, output, attribute: [] };
+  return makeNode(opType, input, output, {}, { name, domain });
 }
 
 function model(nodes: NodeProto[], tensors: [string, number[]][]): ModelProto {
-  const initializer = tensors.map(([name, dims]) =>
+  const initializers = tensors.map(([name, dims]) =>
     makeTensor(name, DataType.FLOAT, dims, new Float32Array(dims.reduce((a, d) => a * d, 1))),
   );
-  return {
-    irVersion: 8,
-    opsetImport: [{ domain: "", version: 17 }],
-    producerName: "test",
-    producerVersion: "",
-    domain: "",
-    modelVersion: 0,
-    docString: "",
-    graph: { name: "g", node: nodes, initializer, input: [], output: [], valueInfo: [] },
-    metadataProps: [],
-  };
+  return makeModel({ graph: makeGraph({ name: "g", nodes, initializers, inputs: [], outputs: [] }) });
 }
 
 function matmul(name: string, activation: string, weight: string): WeightMatMulTarget {
