@@ -36,9 +36,9 @@
  * offered. A bias also read by a node left fp32 is not touched.
  */
 import { encodeModel } from "../onnx/codec.ts";
-import { copyForEdit } from "../onnx/graph.ts";
+import { copyForEdit, GraphIndex } from "../onnx/graph.ts";
 import { makeTensor, tensorToFloat32 } from "../onnx/tensor.ts";
-import { DataType, type ModelProto, type NodeProto, type TensorProto } from "../onnx/types.ts";
+import { DataType, type ModelProto, type NodeProto } from "../onnx/types.ts";
 import { feedsForEncoding } from "../runtime/classifier.ts";
 import { createOrtSession } from "../runtime/ort-session.ts";
 import type { BatchEncoding } from "../runtime/tokenizer.ts";
@@ -101,17 +101,17 @@ function readerBias(
   n: NodeProto,
   t: WeightMatMulTarget,
   channels: number,
-  ctx: { inits: ReadonlyMap<string, TensorProto>; consumers: ReadonlyMap<string, NodeProto[]> },
+  index: GraphIndex,
 ): ReaderBias | undefined {
   const isVector = (name: string | undefined): name is string => {
-    const b = ctx.inits.get(name ?? "");
+    const b = index.initializer(name ?? "");
     return b?.dataType === DataType.FLOAT && b.dims.length === 1 && Number(b.dims[0]) === channels;
   };
   const out = n.output[0] ?? "";
   if (t.opType === "Gemm") {
     return isVector(t.bias) ? { bias: t.bias, output: out, holder: n, included: true } : undefined;
   }
-  const readers = ctx.consumers.get(out) ?? [];
+  const readers = index.consumers(out);
   const next = readers.length === 1 ? readers[0]! : undefined;
   if (next?.opType === "Add" && next.domain === "" && next.input.length === 2) {
     const bias = next.input[0] === out ? next.input[1] : next.input[0];
@@ -135,18 +135,14 @@ function readerBias(
  * the measurement takes.
  */
 export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): BiasSite[] {
-  const g = model.graph;
-  const inits = new Map(g.initializer.map((t) => [t.name, t]));
-  const byKey = new Map(g.node.map((n, i) => [nodeKey(n, i), n]));
-  const consumers = new Map<string, NodeProto[]>();
-  for (const n of g.node)
-    for (const i of new Set(n.input)) consumers.set(i, [...(consumers.get(i) ?? []), n]);
+  const index = new GraphIndex(model.graph);
+  const byKey = new Map(model.graph.node.map((n, i) => [nodeKey(n, i), n]));
   const sites = new Map<string, BiasSite & { holders: Set<NodeProto>; mixed: boolean }>();
   for (const t of targets) {
     const n = t.kind === "weight-matmul" ? byKey.get(t.node) : undefined;
-    const w = t.kind === "weight-matmul" ? inits.get(t.weight) : undefined;
+    const w = t.kind === "weight-matmul" ? index.initializer(t.weight) : undefined;
     if (n === undefined || w === undefined || t.kind !== "weight-matmul") continue;
-    const found = readerBias(n, t, Number(w.dims[t.channelAxis]), { inits, consumers });
+    const found = readerBias(n, t, Number(w.dims[t.channelAxis]), index);
     if (found === undefined) continue;
     const site = sites.get(found.bias) ?? {
       bias: found.bias,
@@ -168,7 +164,7 @@ export function biasSites(model: ModelProto, targets: readonly QuantTarget[]): B
       (s) =>
         !s.mixed &&
         s.holders.size === s.readers.length &&
-        (consumers.get(s.bias) ?? []).every((c) => s.holders.has(c)),
+        index.consumers(s.bias).every((c) => s.holders.has(c)),
     )
     .map(({ holders: _h, mixed: _m, ...s }) => s);
 }
@@ -308,11 +304,11 @@ function meanAbs(e: Float64Array): number {
 }
 
 /** Tensors computed from `from` (its own included), following the graph forward. */
-function downstream(from: readonly string[], consumers: ReadonlyMap<string, NodeProto[]>): Set<string> {
+function downstream(from: readonly string[], index: GraphIndex): Set<string> {
   const seen = new Set(from);
   const todo = [...from];
   for (let t = todo.pop(); t !== undefined; t = todo.pop()) {
-    for (const n of consumers.get(t) ?? []) {
+    for (const n of index.consumers(t)) {
       for (const o of n.output) {
         if (o === "" || seen.has(o)) continue;
         seen.add(o);
@@ -328,11 +324,8 @@ function downstream(from: readonly string[], consumers: ReadonlyMap<string, Node
  * none feeds another (a layer's query, key and value), in order.
  */
 export function measurementSteps(model: ModelProto, sites: readonly BiasSite[]): BiasSite[][] {
-  const consumers = new Map<string, NodeProto[]>();
-  for (const n of model.graph.node) {
-    for (const i of new Set(n.input)) consumers.set(i, [...(consumers.get(i) ?? []), n]);
-  }
-  const reach = new Map(sites.map((s) => [s, downstream(s.outputs, consumers)]));
+  const index = new GraphIndex(model.graph);
+  const reach = new Map(sites.map((s) => [s, downstream(s.outputs, index)]));
   const feeds = (a: BiasSite, b: BiasSite): boolean => b.outputs.some((o) => reach.get(a)!.has(o));
   const steps: BiasSite[][] = [];
   let step: BiasSite[] = [];
