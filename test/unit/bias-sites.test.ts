@@ -5,7 +5,7 @@
  * only right when the bias is added to each reader's output apart.
  */
 import { expect, test } from "bun:test";
-import { makeGraph, makeModel, makeNode } from "../../src/onnx/builder.ts";
+import { makeGraph, makeModel, makeNode, makeValueInfo } from "../../src/onnx/builder.ts";
 import { makeTensor } from "../../src/onnx/tensor.ts";
 import { DataType, type ModelProto, type NodeProto } from "../../src/onnx/types.ts";
 import { biasSites } from "../../src/quant/bias-correction.ts";
@@ -70,4 +70,26 @@ test("a SkipLayerNormalization adding one bias to two quantized MatMuls' outputs
   expect(biasSites(m, [matmul("A", "x", "wa"), matmul("B", "x", "wb")])).toEqual([]);
   // With one of them fp32, the other's error is all the bias sees: a site again.
   expect(biasSites(m, [matmul("B", "x", "wb")]).map((s) => s.readers)).toEqual([["B"]]);
+});
+
+test("a bias an If's branch also reads (from the outer scope) is no site: correcting it would move the branch's output", () => {
+  const branch = (name: string) =>
+    makeGraph({
+      name,
+      nodes: [makeNode("Identity", ["bias"], [`${name}_out`])],
+      inputs: [],
+      outputs: [makeValueInfo(`${name}_out`, DataType.FLOAT, [C])],
+    });
+  const add = node("add", "Add", ["a", "bias"], ["y"]);
+  const plain = model([node("A", "MatMul", ["x", "wa"], ["a"]), add], weights);
+  expect(biasSites(plain, [matmul("A", "x", "wa")]).map((s) => s.bias)).toEqual(["bias"]);
+  const withIf = model(
+    [
+      node("A", "MatMul", ["x", "wa"], ["a"]),
+      add,
+      makeNode("If", ["cond"], ["z"], { then_branch: branch("then"), else_branch: branch("else") }),
+    ],
+    weights,
+  );
+  expect(biasSites(withIf, [matmul("A", "x", "wa")])).toEqual([]);
 });
