@@ -9,6 +9,7 @@
  * a BERT.
  */
 import { QuantdError } from "../errors.ts";
+import type { GraphOutline } from "./graph-outline.ts";
 import { type InferredType, inferTypes, type TypeInference, type UnknownOpNode } from "./infer.ts";
 import { makeTensor, tensorToArray } from "./tensor.ts";
 import type {
@@ -589,13 +590,13 @@ export interface TokenTable {
  *
  * @returns the table, or undefined when the graph reads the ids otherwise
  */
-export function tokenEmbeddingTable(model: ModelProto, ids: ReadonlySet<string>): TokenTable | undefined {
+export function tokenEmbeddingTable(model: GraphOutline, ids: ReadonlySet<string>): TokenTable | undefined {
   const g = model.graph;
   const idNames = new Set(ids);
   for (const n of g.node)
     if (n.opType === "Cast" && idNames.has(n.input[0] ?? "")) for (const o of n.output) idNames.add(o);
   const inits = new Map(g.initializer.map((t) => [t.name, t]));
-  const producers = new Map<string, NodeProto>();
+  const producers = new Map<string, GraphOutline["graph"]["node"][number]>();
   for (const n of g.node) for (const o of n.output) producers.set(o, n);
   for (const n of g.node) {
     let table: string;
@@ -616,7 +617,7 @@ export function tokenEmbeddingTable(model: ModelProto, ids: ReadonlySet<string>)
  * `*position_embeddings*`, as every BERT-family exporter names it), or
  * undefined when it has none.
  */
-export function positionTable(model: ModelProto): TokenTable | undefined {
+export function positionTable(model: GraphOutline): TokenTable | undefined {
   for (const t of model.graph.initializer) {
     if (/position_embeddings/i.test(t.name) && t.dims.length === 2 && t.dims[0]! > 0)
       return { name: t.name, rows: t.dims[0]! };

@@ -7,9 +7,8 @@
 import { readFileSync } from "node:fs";
 import { assertNever, QuantdError } from "../errors.ts";
 import { isRecord } from "../json.ts";
-import { loadModel } from "../onnx/codec.ts";
 import { positionTable, type TokenTable, tokenEmbeddingTable } from "../onnx/graph.ts";
-import type { ModelProto } from "../onnx/types.ts";
+import { type GraphOutline, readGraphOutline } from "../onnx/graph-outline.ts";
 import { findModelFiles, type ModelFiles } from "./model-files.ts";
 import { createOrtSession } from "./ort-session.ts";
 import { createSessionPool } from "./threaded-session.ts";
@@ -442,13 +441,6 @@ export function assertTokenizerFitsModel(tokenizer: Tokenizer, files: ModelFiles
   }
 }
 
-/** The parts every model runner opens: its files, tokenizer and session (inputs checked). */
-export interface ModelParts {
-  files: ModelFiles;
-  tokenizer: Tokenizer;
-  session: InferenceSession;
-}
-
 /**
  * Loads a model's tokenizer, bounded by what the model says of itself: its
  * `config.json` (`max_position_embeddings`, `vocab_size`) and, when `graph` is
@@ -462,7 +454,7 @@ export interface ModelParts {
  */
 export async function loadModelTokenizer(
   files: ModelFiles,
-  graph: ModelProto | undefined,
+  graph: GraphOutline | undefined,
   maxLength?: number,
 ): Promise<Tokenizer> {
   const tokOpts: { maxLength?: number; configPath?: string } = {};
@@ -478,14 +470,14 @@ export async function loadModelTokenizer(
 }
 
 /**
- * The graph, read to bound the tokenizer when no `config.json` says what the
- * model takes. Without its initializers' data (an external-data model's side
- * files are not read); a self-contained file is read whole. A file the codec
- * cannot read is left for onnxruntime to judge, which names the problem.
+ * The graph's outline, read to bound the tokenizer when no `config.json` says
+ * what the model takes: positioned reads of its nodes and its initializers'
+ * dims, never its weights, so a model of any size costs little memory here. A
+ * file whose framing is not a model's is left for onnxruntime to judge, which
+ * names the problem.
  */
-async function graphForBounds(files: ModelFiles): Promise<ModelProto | undefined> {
-  if (files.configPath !== undefined) return undefined;
-  return loadModel(files.model, { loadExternalData: false }).catch(() => undefined);
+async function graphForBounds(files: ModelFiles): Promise<GraphOutline | undefined> {
+  return files.configPath === undefined ? readGraphOutline(files.model) : undefined;
 }
 
 /** The parts every model runner opens: its files, tokenizer and session (inputs checked). */

@@ -1,0 +1,182 @@
+/**
+ * A model's graph in outline, read from its file by positioned reads: each
+ * node's operator and edges, each initializer's name and dims, never a
+ * tensor's data. A runner bounding its tokenizer by the model's tables
+ * (`positionTable`, `tokenEmbeddingTable` of graph.ts) reads a few hundred KB
+ * this way whatever the model's size, where decoding the file would hold all
+ * of it (a 400 MB self-contained model, in memory beside onnxruntime's copy
+ * at every load).
+ */
+import { type FileHandle, open } from "node:fs/promises";
+import type { NodeProto, TensorProto } from "./types.ts";
+
+/** The outline: what the table lookups of graph.ts read of a model. */
+export interface GraphOutline {
+  graph: {
+    node: Pick<NodeProto, "opType" | "input" | "output">[];
+    initializer: Pick<TensorProto, "name" | "dims">[];
+  };
+}
+
+/** Field numbers read (onnx.proto). */
+const MODEL_GRAPH = 7;
+const GRAPH_NODE = 1;
+const GRAPH_INITIALIZER = 5;
+const NODE_INPUT = 1;
+const NODE_OUTPUT = 2;
+const NODE_OP_TYPE = 4;
+const TENSOR_DIMS = 1;
+const TENSOR_NAME = 8;
+
+/** Bytes read at a time: nodes and tensor headers come from one window, tensor data is skipped over. */
+const WINDOW = 64 * 1024;
+
+/** Framing that is not a message's: the outline is given up (onnxruntime names the problem). */
+class Malformed extends Error {}
+
+/** Positioned reads through one window, so walking small fields costs few system calls. */
+class Reader {
+  #buf = Buffer.alloc(0);
+  #at = 0;
+
+  constructor(
+    private readonly fh: FileHandle,
+    readonly size: number,
+  ) {}
+
+  /** The `len` bytes at `pos`. @throws Malformed past the end of the file */
+  async bytes(pos: number, len: number): Promise<Buffer> {
+    if (pos + len > this.size) throw new Malformed();
+    if (pos < this.#at || pos + len > this.#at + this.#buf.length) {
+      const buf = Buffer.alloc(Math.max(len, Math.min(WINDOW, this.size - pos)));
+      const { bytesRead } = await this.fh.read(buf, 0, buf.length, pos);
+      if (bytesRead < len) throw new Malformed();
+      this.#buf = buf.subarray(0, bytesRead);
+      this.#at = pos;
+    }
+    return this.#buf.subarray(pos - this.#at, pos - this.#at + len);
+  }
+
+  /** The varint at `pos` and the bytes it takes. @throws Malformed past the end or over 10 bytes */
+  async varint(pos: number): Promise<[number, number]> {
+    const b = await this.bytes(pos, Math.min(10, this.size - pos));
+    let value = 0;
+    let scale = 1;
+    for (let i = 0; i < b.length; i++) {
+      value += (b[i]! & 0x7f) * scale;
+      scale *= 128;
+      if ((b[i]! & 0x80) === 0) return [value, i + 1];
+    }
+    throw new Malformed();
+  }
+
+  /** A length-delimited field's value as text. */
+  async text(f: Field): Promise<string> {
+    return (await this.bytes(f.start, f.end - f.start)).toString("utf8");
+  }
+}
+
+/** One field of a message: its number, wire type and where its value lies. */
+interface Field {
+  field: number;
+  wire: number;
+  /** A varint's value (wire type 0). */
+  value: number;
+  /** Where a length-delimited value starts (else the value's start), and the field's end. */
+  start: number;
+  end: number;
+}
+
+/** The fields of the message in [`pos`, `end`), in order. @throws Malformed */
+async function* fields(r: Reader, pos: number, end: number): AsyncGenerator<Field> {
+  while (pos < end) {
+    const [tag, tagBytes] = await r.varint(pos);
+    const at = pos + tagBytes;
+    const field = Math.floor(tag / 8);
+    const wire = tag % 8;
+    let f: Field;
+    if (wire === 0) {
+      const [value, n] = await r.varint(at);
+      f = { field, wire, value, start: at, end: at + n };
+    } else if (wire === 2) {
+      const [len, n] = await r.varint(at);
+      f = { field, wire, value: 0, start: at + n, end: at + n + len };
+    } else if (wire === 1 || wire === 5) {
+      f = { field, wire, value: 0, start: at, end: at + (wire === 1 ? 8 : 4) };
+    } else {
+      throw new Malformed();
+    }
+    if (field === 0 || f.end > end) throw new Malformed();
+    yield f;
+    pos = f.end;
+  }
+}
+
+/** A node's operator and edges. */
+async function readNode(r: Reader, node: Field): Promise<GraphOutline["graph"]["node"][number]> {
+  const out = { opType: "", input: [] as string[], output: [] as string[] };
+  for await (const f of fields(r, node.start, node.end)) {
+    if (f.wire !== 2) continue;
+    if (f.field === NODE_INPUT) out.input.push(await r.text(f));
+    else if (f.field === NODE_OUTPUT) out.output.push(await r.text(f));
+    else if (f.field === NODE_OP_TYPE) out.opType = await r.text(f);
+  }
+  return out;
+}
+
+/** An initializer's name and dims (plain or packed); its data is skipped over, unread. */
+async function readInitializer(
+  r: Reader,
+  tensor: Field,
+): Promise<GraphOutline["graph"]["initializer"][number]> {
+  const out = { name: "", dims: [] as number[] };
+  for await (const f of fields(r, tensor.start, tensor.end)) {
+    if (f.field === TENSOR_NAME && f.wire === 2) out.name = await r.text(f);
+    else if (f.field === TENSOR_DIMS && f.wire === 0) out.dims.push(f.value);
+    else if (f.field === TENSOR_DIMS && f.wire === 2) {
+      for (let p = f.start; p < f.end; ) {
+        const [dim, n] = await r.varint(p);
+        out.dims.push(dim);
+        p += n;
+      }
+    }
+  }
+  return out;
+}
+
+/** The graph message's nodes and initializers, in file order. */
+async function outlineOf(r: Reader, graph: Field): Promise<GraphOutline> {
+  const outline: GraphOutline = { graph: { node: [], initializer: [] } };
+  for await (const f of fields(r, graph.start, graph.end)) {
+    if (f.wire !== 2) continue;
+    if (f.field === GRAPH_NODE) outline.graph.node.push(await readNode(r, f));
+    else if (f.field === GRAPH_INITIALIZER) outline.graph.initializer.push(await readInitializer(r, f));
+  }
+  return outline;
+}
+
+/**
+ * The outline of the model in `path`, or `undefined` when the file cannot be
+ * read or its framing is not a model's (onnxruntime then names the problem).
+ * An external-data model's side files are not opened: the outline holds no
+ * data.
+ */
+export async function readGraphOutline(path: string): Promise<GraphOutline | undefined> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, "r");
+  } catch {
+    return undefined;
+  }
+  try {
+    const r = new Reader(fh, (await fh.stat()).size);
+    for await (const f of fields(r, 0, r.size)) {
+      if (f.field === MODEL_GRAPH && f.wire === 2) return await outlineOf(r, f);
+    }
+    return undefined;
+  } catch {
+    return undefined; // framing not a model's (Malformed), or a read that failed
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
