@@ -91,6 +91,11 @@ export interface AgentConfig {
   modelExplicit: boolean;
   /** Directory with the tokenizer and config.json. @defaultValue the initial model's directory */
   tokenizerDir: string;
+  /**
+   * Whether `tokenizerDir` was configured: the store's active version then starts only if it was
+   * registered with that tokenizer (else each stored version serves with its own). @defaultValue false
+   */
+  tokenizerDirExplicit?: boolean;
   /** The model name in the Open Inference Protocol routes. @defaultValue the initial model's directory name (its file's stem at the filesystem root) */
   modelName: string;
   /**
@@ -565,6 +570,7 @@ function assembleConfig(opts: LoadConfigOptions, { values, pathValue }: Sources)
     model,
     modelExplicit: values.has("model"),
     tokenizerDir: pathValue("tokenizerDir") ?? dirname(model),
+    tokenizerDirExplicit: values.has("tokenizerDir"),
     modelName: (values.get("modelName") as string | undefined) ?? defaultModelName(model),
     modelNameExplicit: values.has("modelName"),
     task: {

@@ -23,6 +23,8 @@ export class Loaded {
     readonly version: ModelVersion,
     readonly model: TaskModel,
     readonly window: number,
+    /** The tokenizer and config.json it was loaded with (its copy in the state directory). */
+    readonly tokenizerDir: string,
   ) {}
 
   record(ms: number, ok: boolean): void {

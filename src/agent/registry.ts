@@ -19,7 +19,13 @@ import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/model
 import type { SwapChecksConfig } from "./config.ts";
 import { Loaded } from "./loaded-version.ts";
 import { judgeSwap, type PostSwapFigures, type SwapWatch, watchAfter } from "./swap-checks.ts";
-import { commitCopy, DEFAULT_MAX_MODEL_BYTES, stageCopy, writeActiveMarker } from "./model-files.ts";
+import {
+  commitCopy,
+  DEFAULT_MAX_MODEL_BYTES,
+  type StagedCopy,
+  stageCopy,
+  writeActiveMarker,
+} from "./model-files.ts";
 import {
   cappedTokenCount,
   classifyBucketed,
@@ -27,6 +33,12 @@ import {
   slicer,
   TOKENIZE_SLICE_MS,
 } from "./run-planning.ts";
+import {
+  sameTokenizer,
+  snapshotTokenizer,
+  TOKENIZER_METRIC,
+  versionTokenizerDir,
+} from "./version-tokenizer.ts";
 
 /** The metric naming the file a version was registered from (the user's path, not the registry's copy). */
 export const SOURCE_METRIC = "source";
@@ -58,7 +70,7 @@ export type RegistryEvent =
       version: ModelVersion;
       path: string;
       error: QuantdError;
-      /** Set when the configured tokenizer was gone and the one beside the version's source file serves. */
+      /** The tokenizer the version serves with (its own), when it is not the configured one. */
       tokenizerDir: string | undefined;
     }
   | { type: "rolled-back"; from: number; to: ModelVersion; trigger: "command" | "auto"; reason: string }
@@ -69,8 +81,16 @@ export interface RegistryOptions {
   models: ModelRegistryStore;
   /** Where model files are kept (`<stateDir>/models`). */
   modelsDir: string;
-  /** Directory with tokenizer.json and config.json, shared by every version. */
+  /**
+   * Directory with tokenizer.json and config.json the start's model is
+   * registered with (each version keeps a copy of its own: see version-tokenizer.ts).
+   */
   tokenizerDir: string;
+  /**
+   * Whether the operator configured `tokenizerDir` (not only the model's directory): a stored version
+   * registered with another tokenizer then does not start. @defaultValue false
+   */
+  tokenizerExplicit?: boolean;
   /** onnxruntime intra-op threads per session. */
   threads: number;
   /** Worker threads, each with a session, per version; 0 runs the model on the JS thread. @defaultValue 0 */
@@ -99,10 +119,11 @@ export interface PromoteOptions {
 }
 
 /**
- * Every version is served with the agent's one tokenizer: a candidate with a
- * different `tokenizer.json` of its own beside it (another model's export)
- * would get the wrong ids, and often still answer. A candidate with none
- * beside it (a recalibration's) or the same one is taken.
+ * A promoted version is verified and registered with the serving version's
+ * tokenizer: a candidate with a different `tokenizer.json` of its own beside
+ * it (another model's export) would get the wrong ids, and often still
+ * answer. A candidate with none beside it (a recalibration's) or the same one
+ * is taken.
  *
  * @throws MODEL_INPUTS_MISMATCH naming both tokenizer files
  */
@@ -201,17 +222,18 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   readonly #retiring = new Set<Promise<void>>();
   #closed = false;
   #rejectedAtStart: StartupRejection | undefined;
-  /** The tokenizer every version shares: the configured one, or a stored version's when that one is gone. */
-  #tokenizerDir: string;
 
   constructor(opts: RegistryOptions) {
     this.#opts = opts;
-    this.#tokenizerDir = opts.tokenizerDir;
   }
 
-  /** The directory of the tokenizer and config.json every version is loaded with. */
+  /**
+   * The directory of the tokenizer and config.json the serving version was
+   * registered with (its copy in the state directory); the configured one
+   * before a version serves.
+   */
   tokenizerDir(): string {
-    return this.#tokenizerDir;
+    return this.#current?.tokenizerDir ?? this.#opts.tokenizerDir;
   }
 
   /** The serving model, or `undefined` before {@link ModelRegistry.start}. */
@@ -330,6 +352,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       const active = this.#opts.models.active();
       if (active !== undefined && !preferInitial) {
         tried.add(active.id);
+        // Serving another model in its place would replace the operator's model behind their back.
+        this.#assertStoredTokenizer(active);
         const served = await this.#serveStored(active);
         if (served !== undefined) return served;
       }
@@ -344,7 +368,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
           error: error.toJSON(),
           servingVersion: fallback.id,
         };
-        const tokenizerDir = this.#tokenizerDir === this.#opts.tokenizerDir ? undefined : this.#tokenizerDir;
+        const own = this.tokenizerDir();
+        const tokenizerDir = own === this.#opts.tokenizerDir ? undefined : own;
         this.#opts.onEvent?.({
           type: "kept-serving",
           version: fallback,
@@ -363,14 +388,14 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   }
 
   /**
-   * Serves a stored version as it is recorded; `undefined` (and a `rejected`
-   * event) when its file is gone or damaged. A start whose configured model
-   * directory is gone has no tokenizer there: the version is then loaded with
-   * the one beside the file it was registered from, which serves from then on.
+   * Serves a stored version as it is recorded, with the tokenizer and
+   * config.json it was registered with; `undefined` (and a `rejected` event)
+   * when its file or its tokenizer's copy is gone or damaged.
    */
   async #serveStored(version: ModelVersion): Promise<ModelVersion | undefined> {
     try {
-      this.#current = new Loaded(version, await this.#loadWithTokenizerOf(version), this.#opts.swap.window);
+      const dir = versionTokenizerDir(version, this.#opts.modelsDir, this.#opts.tokenizerDir);
+      this.#current = new Loaded(version, await this.#load(version, dir), this.#opts.swap.window, dir);
     } catch (err) {
       this.#opts.onEvent?.({ type: "rejected", version, error: QuantdError.from(err) });
       return undefined;
@@ -380,24 +405,25 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     return version;
   }
 
-  /** {@link ModelRegistry.#load}, retried with the tokenizer beside the version's source when the configured one is missing. */
-  async #loadWithTokenizerOf(version: ModelVersion): Promise<TaskModel> {
-    try {
-      return await this.#load(version);
-    } catch (err) {
-      const source = version.metrics[SOURCE_METRIC];
-      if (!isQuantdError(err, "TOKENIZER_NOT_FOUND") || typeof source !== "string") throw err;
-      const dir = dirname(source);
-      if (dir === this.#tokenizerDir || !existsSync(join(dir, "tokenizer.json"))) throw err;
-      const configured = this.#tokenizerDir;
-      this.#tokenizerDir = dir;
-      try {
-        return await this.#load(version);
-      } catch (retryErr) {
-        this.#tokenizerDir = configured;
-        throw retryErr;
-      }
-    }
+  /**
+   * The store's active version can serve as it was registered: its
+   * tokenizer's copy is there, and it is the tokenizer the operator
+   * configured, if they configured one.
+   *
+   * @throws TOKENIZER_NOT_FOUND naming the version and the missing file
+   * @throws MODEL_INPUTS_MISMATCH when a configured tokenizer is not the version's
+   */
+  #assertStoredTokenizer(version: ModelVersion): void {
+    const { modelsDir, tokenizerDir: configured } = this.#opts;
+    const own = versionTokenizerDir(version, modelsDir, configured);
+    if (this.#opts.tokenizerExplicit !== true || sameTokenizer(own, configured)) return;
+    throw new QuantdError(
+      "MODEL_INPUTS_MISMATCH",
+      `model version ${version.id} (the store's active one) was registered with the tokenizer in ${own}, ` +
+        `not the configured ${join(configured, "tokenizer.json")}; unset tokenizerDir to serve it, or start ` +
+        "with --model DIR to serve the model that tokenizer belongs to",
+      { details: { version: version.id, tokenizer: join(own, "tokenizer.json"), configured } },
+    );
   }
 
   /**
@@ -420,7 +446,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       if ((await this.#serveStored(version)) === undefined) continue;
       // What serves must be the store's active version: jobs, rollbacks and the next start read it there.
       const reactivated = models.promote(version.id);
-      this.#current = new Loaded(reactivated, this.#current!.model, this.#opts.swap.window);
+      const { model, tokenizerDir } = this.#current!;
+      this.#current = new Loaded(reactivated, model, this.#opts.swap.window, tokenizerDir);
       return reactivated;
     }
     return undefined;
@@ -442,7 +469,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     return this.#exclusive(async () => {
       // A model directory (what `quantize --out DIR` writes) promotes its model.onnx, as --model DIR serves it.
       const file = modelFileOf(candidatePath);
-      await assertServingTokenizer(file, this.#tokenizerDir);
+      await assertServingTokenizer(file, this.tokenizerDir());
       return view(await this.#promoteLocked(file, options, "promote"));
     });
   }
@@ -490,11 +517,11 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    *
    * @throws MODEL_TASK_MISMATCH | MODEL_PROBE_FAILED | MODEL_* from loading
    */
-  async #load(version: ModelVersion): Promise<TaskModel> {
+  async #load(version: ModelVersion, tokenizerDir: string): Promise<TaskModel> {
     let model: TaskModel;
     try {
       model = await loadTaskModel(version.path, {
-        tokenizerDir: this.#tokenizerDir,
+        tokenizerDir,
         // onnxruntime's memory patterns are planned and kept per input shape, and served batches come in many
         // shapes: off, an agent under 16 clients of ~128-token texts held 139 MB instead of 157 MB, at the same speed.
         // Its arena too: kept, it holds the peak of the largest batch ever served (an agent went from 130 to
@@ -621,12 +648,21 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       );
     }
     const kind: ModelKind = options.kind ?? staged.kind;
+    // The start's model comes with the configured tokenizer; a promoted one is verified with the serving one's.
+    const tokenizer = this.#snapshotTokenizer(
+      staged,
+      why === "start" ? this.#opts.tokenizerDir : this.tokenizerDir(),
+    );
     const path = await commitCopy(staged, join(this.#opts.modelsDir, `${sha256}.onnx`));
-    const metrics = { ...(options.metrics ?? {}), [SOURCE_METRIC]: resolve(candidatePath) };
+    const metrics = {
+      ...(options.metrics ?? {}),
+      [SOURCE_METRIC]: resolve(candidatePath),
+      [TOKENIZER_METRIC]: tokenizer.sha256,
+    };
     const recorded = known ?? models.add({ sha256, path, kind, metrics });
     let classifier: TaskModel;
     try {
-      classifier = await this.#load(recorded);
+      classifier = await this.#load(recorded, tokenizer.dir);
     } catch (err) {
       // The staged copy holds the same bytes; the error names the file the user gave.
       const qe = namingUsersFile(
@@ -644,14 +680,35 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     }
     let active: ModelVersion;
     try {
+      // A version registered again is served from now on with the tokenizer it was just verified with.
+      if (recorded.metrics[TOKENIZER_METRIC] !== tokenizer.sha256) {
+        models.updateMetrics(recorded.id, { [TOKENIZER_METRIC]: tokenizer.sha256 });
+      }
       // Already active in the store (its file failed to load at start, then was copied again): nothing to switch.
-      active = recorded.state === "active" ? recorded : models.promote(recorded.id);
+      active = recorded.state === "active" ? models.get(recorded.id)! : models.promote(recorded.id);
     } catch (err) {
       await classifier.release();
       throw err;
     }
-    this.#swapTo(new Loaded(active, classifier, this.#opts.swap.window), why === "promote");
+    this.#swapTo(new Loaded(active, classifier, this.#opts.swap.window, tokenizer.dir), why === "promote");
     return active;
+  }
+
+  /**
+   * A copy of the tokenizer a staged candidate is registered with, in the
+   * state directory; the staged file is removed when it cannot be made.
+   *
+   * @throws TOKENIZER_NOT_FOUND | DISK_FULL | FILE_WRITE_FAILED
+   */
+  #snapshotTokenizer(staged: StagedCopy, tokenizerDir: string): { sha256: string; dir: string } {
+    try {
+      return snapshotTokenizer(staged.tmpPath, tokenizerDir, this.#opts.modelsDir);
+    } catch (err) {
+      void unlink(staged.tmpPath).catch(() => undefined);
+      const qe = QuantdError.from(err);
+      this.#opts.onEvent?.({ type: "rejected", version: undefined, error: qe });
+      throw qe;
+    }
   }
 
   #swapTo(next: Loaded, watch: boolean): void {
@@ -699,7 +756,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       .sort((a, b) => b.activatedAt! - a.activatedAt! || b.id - a.id)[0];
     if (target === undefined)
       throw new QuantdError("NOT_FOUND", "no earlier active model version to roll back to");
-    const classifier = await this.#load(target);
+    const dir = versionTokenizerDir(target, this.#opts.modelsDir, this.#opts.tokenizerDir);
+    const classifier = await this.#load(target, dir);
     let active: ModelVersion;
     try {
       active = models.rollback(reason);
@@ -707,7 +765,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       await classifier.release();
       throw err;
     }
-    this.#swapTo(new Loaded(active, classifier, this.#opts.swap.window), false);
+    this.#swapTo(new Loaded(active, classifier, this.#opts.swap.window, dir), false);
     this.#opts.onEvent?.({ type: "rolled-back", from: from ?? -1, to: active, trigger, reason });
     return active;
   }

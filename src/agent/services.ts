@@ -153,6 +153,7 @@ export function createAgentServices(config: AgentConfig, options: AgentServicesO
     },
     modelsDir: join(config.stateDir, "models"),
     tokenizerDir: config.tokenizerDir,
+    tokenizerExplicit: config.tokenizerDirExplicit === true,
     task: config.task,
     threads: config.threads,
     workers: options.serving === true ? config.inferenceWorkers : 0,
@@ -174,7 +175,7 @@ export function createAgentServices(config: AgentConfig, options: AgentServicesO
       identity,
       promoter: registry,
       baseModel: () => recalibrationBase(s.models.active(), config.model),
-      // Read when a job runs: the registry may serve with a stored version's tokenizer (its configured one gone).
+      // Read when a job runs: the tokenizer the serving version was registered with, not the configured one.
       get tokenizerDir() {
         return registry.tokenizerDir();
       },

@@ -139,10 +139,12 @@ export const agentCommand: Command = {
     "Configuration: a JSON or TOML file (--config, or QUANTD_CONFIG), then QUANTD_* environment " +
     "variables (e.g. QUANTD_BATCHING_MAX_BATCH=8), then these flags.\n\n" +
     "Actions on a running agent (through its socket): `models` lists the registered versions, " +
-    "`promote FILE|DIR` verifies a model (a model directory's model.onnx) and swaps it in: every version is " +
-    "served with the agent's tokenizer, so a model whose directory holds another tokenizer.json is refused " +
+    "`promote FILE|DIR` verifies a model (a model directory's model.onnx) with the serving version's " +
+    "tokenizer and swaps it in, so a model whose directory holds another tokenizer.json is refused " +
     "(MODEL_INPUTS_MISMATCH; restart the agent with --model DIR to serve it); `rollback` serves the previous " +
     "version again; " +
+    "each version serves with the tokenizer and config.json it was registered with, copied into the state " +
+    "directory (tokenizers/), also after a restart without --model; " +
     "each prints a table (the serving version marked *), or with --json the agent's full answer.",
   flags: [
     { name: "config", type: "string", value: "FILE", description: "config file (.json or .toml)" },
@@ -168,7 +170,7 @@ export const agentCommand: Command = {
         "initial model, or a model directory with model.onnx (served even when the store has another active version; " +
         "when it does not load, the store's active version serves instead, named by its own file in /v2/models/NAME, " +
         "and health, `agent models` and the fleet status say so)",
-      default: "the store's active version, else the shipped fp32 model",
+      default: "the store's active version (with its own tokenizer), else the shipped fp32 model",
     },
     {
       name: "tcp",

@@ -1,0 +1,136 @@
+/**
+ * The tokenizer and config.json each model version is served with. A version
+ * is verified at registration with one tokenizer, and its token-embedding
+ * table means something only with that one: loaded later with another (the
+ * shipped model's, after a restart without --model) it answers with another
+ * model's ids, silently when both vocabularies have the same size.
+ *
+ * So the registry keeps a copy of those files in the state directory,
+ * `tokenizers/<sha256>/` (the hash of the files, so versions sharing a
+ * tokenizer share one copy), and records its hash in the version's metrics.
+ * A copy, not the path they came from: the directory a model was registered
+ * from is the user's (moved, deleted, overwritten by the next export), while
+ * the state directory is the agent's and moves with its store.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
+import { syncDirSync, writeFailure } from "../core/files.ts";
+import { isQuantdError, QuantdError } from "../errors.ts";
+import { copyModelDirFiles, createOutputDir, findModelFiles } from "../runtime/model-files.ts";
+import type { ModelVersion } from "../store/models.ts";
+
+/** The metric holding the SHA-256 of a version's tokenizer copy (see {@link snapshotTokenizer}). */
+export const TOKENIZER_METRIC = "tokenizer";
+
+/** `<stateDir>/tokenizers` for the registry's `<stateDir>/models` (which holds only model files). */
+export function tokenizersDir(modelsDir: string): string {
+  return join(dirname(resolve(modelsDir)), "tokenizers");
+}
+
+/** Every regular file under `dir`, relative to it, sorted (sentence-transformers keeps some in subdirectories). */
+function filesUnder(dir: string, prefix = ""): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(join(dir, prefix)).sort()) {
+    const rel = prefix === "" ? name : join(prefix, name);
+    if (statSync(join(dir, rel)).isDirectory()) out.push(...filesUnder(dir, rel));
+    else out.push(rel);
+  }
+  return out;
+}
+
+/** SHA-256 over the names and contents of the files under `dir`. */
+function hashFiles(dir: string): string {
+  const hash = createHash("sha256");
+  for (const rel of filesUnder(dir)) {
+    const bytes = readFileSync(join(dir, rel));
+    hash.update(`${rel}\0${bytes.length}\0`);
+    hash.update(bytes);
+  }
+  return hash.digest("hex");
+}
+
+/**
+ * Copies the tokenizer and config files a version at `modelPath` loads with
+ * (`tokenizerDir`'s tokenizer files, the config.json beside the model or
+ * else in `tokenizerDir`) into the state directory, once per content. A
+ * directory that is such a copy already (the serving version's, which a
+ * promotion is verified with) is taken as it is.
+ *
+ * @returns the hash naming the copy, and the copy's directory
+ * @throws TOKENIZER_NOT_FOUND when `tokenizerDir` holds no tokenizer.json
+ * @throws DISK_FULL | FILE_WRITE_FAILED when the copy cannot be written (nothing is left behind)
+ */
+export function snapshotTokenizer(
+  modelPath: string,
+  tokenizerDir: string,
+  modelsDir: string,
+): { sha256: string; dir: string } {
+  const root = tokenizersDir(modelsDir);
+  // A promotion is verified with the serving version's copy: already kept, and nothing to copy on the serving thread.
+  const own = resolve(tokenizerDir);
+  if (dirname(own) === root && existsSync(join(own, "tokenizer.json")))
+    return { sha256: basename(own), dir: own };
+  const files = findModelFiles(modelPath, tokenizerDir);
+  const tmp = join(root, `.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  try {
+    createOutputDir(tmp);
+    copyModelDirFiles(files, tmp);
+    const sha256 = hashFiles(tmp);
+    const dir = join(root, sha256);
+    if (existsSync(join(dir, "tokenizer.json"))) rmSync(tmp, { recursive: true, force: true });
+    else {
+      rmSync(dir, { recursive: true, force: true }); // a copy torn by a crash before its rename
+      renameSync(tmp, dir);
+      syncDirSync(root);
+    }
+    return { sha256, dir };
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw isQuantdError(err)
+      ? err
+      : writeFailure(err, `cannot keep a copy of the tokenizer in ${root}`, { path: root });
+  }
+}
+
+/**
+ * The directory of the tokenizer and config.json `version` was registered
+ * with: its copy in the state directory. A version registered before copies
+ * were kept has none; it was served with the agent's one tokenizer, which
+ * for a model given by path is the one beside that path: that directory when
+ * it still holds a tokenizer.json, else `fallback` (the configured one).
+ *
+ * @throws TOKENIZER_NOT_FOUND naming the version and the missing file when its copy is gone
+ */
+export function versionTokenizerDir(version: ModelVersion, modelsDir: string, fallback: string): string {
+  const recorded = version.metrics[TOKENIZER_METRIC];
+  if (typeof recorded === "string") {
+    const dir = join(tokenizersDir(modelsDir), recorded);
+    const file = join(dir, "tokenizer.json");
+    if (existsSync(file)) return dir;
+    throw new QuantdError(
+      "TOKENIZER_NOT_FOUND",
+      `model version ${version.id} was registered with the tokenizer kept at ${dir}, but ${file} is gone; ` +
+        "start the agent with --model DIR naming that model's directory to register it again",
+      { details: { version: version.id, path: file } },
+    );
+  }
+  const source = version.metrics["source"];
+  if (typeof source === "string" && existsSync(join(dirname(source), "tokenizer.json")))
+    return dirname(source);
+  return fallback;
+}
+
+/** Whether two tokenizer directories hold the same tokenizer.json (same bytes). */
+export function sameTokenizer(a: string, b: string): boolean {
+  const read = (d: string): Buffer | undefined => {
+    try {
+      return readFileSync(join(d, "tokenizer.json"));
+    } catch {
+      return undefined;
+    }
+  };
+  const x = read(a);
+  const y = read(b);
+  return x !== undefined && y !== undefined && x.equals(y);
+}

@@ -1,0 +1,170 @@
+/**
+ * A stored model version serves with the tokenizer and config.json it was
+ * registered with, kept in the state directory: an agent restarted without
+ * --model serves the store's RoBERTa version with RoBERTa's byte-level BPE
+ * (not the shipped model's WordPiece), even with the directory it came from
+ * moved away; a configured tokenizer of the same vocabulary size (DeBERTa-v3's)
+ * is refused rather than served silently; `quantd job recalibrate` with no
+ * agent recalibrates that version, not the shipped model; a lost copy stops
+ * the start with a code naming the version and the file, the store unchanged.
+ * Real agents, real socket, real ONNX fixtures, the real CLI.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { readFileSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import type { RecalibrationResult } from "../../src/agent/recalibrate.ts";
+import { TOKENIZER_METRIC, tokenizersDir } from "../../src/agent/version-tokenizer.ts";
+import { sha256FileSync } from "../../src/core/hash.ts";
+import { isQuantdError } from "../../src/errors.ts";
+import type { ModelVersion } from "../../src/store/models.ts";
+import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
+import { shippedModelPath } from "../helpers/paths.ts";
+import { runQuantd } from "../helpers/run-cli.ts";
+import { classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
+import { openTestStore, seedSamples } from "./jobs-harness.ts";
+
+// Each agent loads a 16 MB fixture and the job quantizes it: a busy 2-core machine needs the margin.
+setDefaultTimeout(240_000);
+
+let dir: string;
+let roberta: string;
+let deberta: string;
+/** Where the RoBERTa directory is moved after its registration. */
+let moved: string;
+let agent: Agent | undefined;
+
+const stateDir = () => join(dir, "state");
+
+beforeAll(async () => {
+  dir = tempDir("quantd-agent-tok-");
+  roberta = (await writeEncoderFixture("roberta", join(dir, "roberta"))).dir;
+  deberta = (await writeEncoderFixture("deberta-v3", join(dir, "deberta"))).dir;
+  moved = join(dir, "moved-roberta");
+});
+afterEach(async () => {
+  await agent?.stop();
+  agent = undefined;
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** The store's versions, read with the agent stopped. */
+async function versions(): Promise<ModelVersion[]> {
+  const store = await openTestStore(stateDir());
+  try {
+    return store.models.list();
+  } finally {
+    store.close();
+  }
+}
+
+/** `quantd classify --model DIR --json`'s probabilities for {@link TEXTS}. */
+async function cliProbabilities(model: string): Promise<number[][]> {
+  const run = await runQuantd(["classify", "--model", model, "--threads", "1", "--json", "--", ...TEXTS]);
+  expect(run.code).toBe(0);
+  const out = JSON.parse(run.stdout) as { results: { probabilities: number[] }[] };
+  return out.results.map((r) => r.probabilities);
+}
+
+/** Probabilities of a row of logits, as `classify` computes them. */
+function softmax(logits: readonly number[]): number[] {
+  const top = Math.max(...logits);
+  const e = logits.map((l) => Math.exp(l - top));
+  const sum = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / sum);
+}
+
+/** The error `start` failed with. */
+async function startError(start: Promise<Agent>): Promise<{ code: string; message: string }> {
+  try {
+    agent = await start;
+  } catch (err) {
+    if (isQuantdError(err)) return { code: err.code, message: err.message };
+    throw err;
+  }
+  throw new Error("the agent started");
+}
+
+describe("a stored version serves with the tokenizer it was registered with", () => {
+  test("restart without --model, its source moved away: RoBERTa's own tokenizer, the answers of classify --model DIR", async () => {
+    agent = await startAgent(testConfig(dir, {}, { model: roberta }));
+    expect(agent.registry.active()?.version).toBe(1);
+    await seedSamples(agent.store, 300);
+    await agent.stop();
+    agent = undefined;
+    renameSync(roberta, moved);
+
+    agent = await startAgent(testConfig(dir));
+    expect(agent.registry.active()?.version).toBe(1);
+    expect(agent.registry.tokenizerDir().startsWith(tokenizersDir(join(stateDir(), "models")))).toBe(true);
+    const reply = await classifyOverSocket(agent.config.socketPath, TEXTS);
+    expect(reply.status).toBe(200);
+    expect(reply.body["model"]).toEqual({ version: 1, kind: "fp32" });
+    const served = (reply.body["results"] as { logits: number[] }[]).map((r) => softmax(r.logits));
+    const expected = await cliProbabilities(moved);
+    expect(served.length).toBe(expected.length);
+    for (const [i, row] of served.entries()) {
+      for (const [j, p] of row.entries()) expect(p).toBeCloseTo(expected[i]![j]!, 6);
+    }
+    await agent.stop();
+    agent = undefined;
+    // Nothing else was registered: the shipped model never became a version.
+    expect((await versions()).map((v) => v.id)).toEqual([1]);
+  });
+
+  test("a configured tokenizer of the same vocabulary size is refused (MODEL_INPUTS_MISMATCH), nothing registered", async () => {
+    const size = (d: string) =>
+      Object.keys(
+        (JSON.parse(readFileSync(join(d, "tokenizer.json"), "utf8")) as { model: { vocab: object } }).model
+          .vocab,
+      ).length;
+    // The case a probe cannot catch: DeBERTa-v3's ids fit RoBERTa's embedding table.
+    expect(size(deberta)).toBe(size(moved));
+    const error = await startError(startAgent(testConfig(dir, { QUANTD_TOKENIZER_DIR: deberta })));
+    expect(error.code).toBe("MODEL_INPUTS_MISMATCH");
+    expect(error.message).toContain("model version 1");
+    expect(error.message).toContain(join(deberta, "tokenizer.json"));
+    expect((await versions()).map((v) => [v.id, v.state])).toEqual([[1, "active"]]);
+  });
+
+  test("quantd job recalibrate --wait with no agent recalibrates the stored RoBERTa version with its tokenizer", async () => {
+    const run = await runQuantd(
+      [
+        "job",
+        "recalibrate",
+        ...["--state-dir", stateDir(), "--wait", "--json", "--mode", "dynamic"],
+        ...["--samples", "64", "--validation-samples", "64", "--gate", "0.9", "--gate-on", "point"],
+      ],
+      { env: { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "" } },
+    );
+    const { job } = JSON.parse(run.stdout) as { job: { state: string; result: RecalibrationResult } };
+    const all = await versions();
+    const v1 = all.find((v) => v.id === 1)!;
+    const shipped = sha256FileSync(shippedModelPath);
+    expect(all.some((v) => v.sha256 === shipped)).toBe(false);
+    // The quantizer read RoBERTa's fp32 version, with RoBERTa's tokenizer counting the validation rows' tokens.
+    expect(job.result.report?.model.fp32.sha256).toBe(v1.sha256);
+    expect(job.state).toBe("SUCCEEDED");
+    expect(run.code).toBe(0);
+    const int8 = all.find((v) => v.state === "active")!;
+    expect(int8.id).toBe(2);
+    expect(int8.kind).toBe("int8-dynamic");
+    expect(int8.metrics[TOKENIZER_METRIC]).toBe(v1.metrics[TOKENIZER_METRIC]);
+    expect(int8.metrics["base"]).toBe(v1.path);
+  });
+
+  test("its tokenizer's copy gone: the start fails naming the version and the file, nothing retired or registered", async () => {
+    const before = await versions();
+    const active = before.find((v) => v.state === "active")!;
+    const copy = join(tokenizersDir(join(stateDir(), "models")), active.metrics[TOKENIZER_METRIC] as string);
+    rmSync(copy, { recursive: true });
+    const error = await startError(startAgent(testConfig(dir)));
+    expect(error.code).toBe("TOKENIZER_NOT_FOUND");
+    expect(error.message).toContain(`model version ${active.id}`);
+    expect(error.message).toContain(join(copy, "tokenizer.json"));
+    const after = await versions();
+    expect(after.map((v) => [v.id, v.state])).toEqual(before.map((v) => [v.id, v.state]));
+  });
+});
