@@ -459,8 +459,9 @@ export async function loadModelTokenizer(
 ): Promise<Tokenizer> {
   const tokOpts: { maxLength?: number; configPath?: string } = {};
   const positions = graph === undefined ? undefined : positionTable(graph)?.rows;
-  const bound = Math.min(positions ?? Number.POSITIVE_INFINITY, maxLength ?? Number.POSITIVE_INFINITY);
-  if (Number.isFinite(bound)) tokOpts.maxLength = bound;
+  // A caller's bad maxLength must still reach loadTokenizer, which names it (USAGE).
+  const bounds = [positions, maxLength].filter((b) => b !== undefined);
+  if (bounds.length > 0) tokOpts.maxLength = Math.min(...bounds);
   if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
   const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
   // Before any text is encoded: another model's tokenizer fails later with an index error naming neither file.

@@ -380,3 +380,9 @@ describe("golden dev set", () => {
     SLOW_TEST_MS,
   );
 });
+
+test("a maxLength that is no positive integer is USAGE, whether or not the graph bounds the length", async () => {
+  for (const maxLength of [Number.NaN, 0, 2.5]) {
+    expect(await codeOfAsync(loadClassifier(shippedModelDir, { maxLength }))).toBe("USAGE");
+  }
+});
