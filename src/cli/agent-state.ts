@@ -6,7 +6,10 @@
  */
 import { detectDevice } from "../device/detect.ts";
 import { type AgentConfig, type ConfigFlags, loadAgentConfig } from "../agent/config.ts";
-import { loadTokenizer } from "../runtime/tokenizer.ts";
+import { join } from "node:path";
+import { versionTokenizerDir } from "../agent/version-tokenizer.ts";
+import { QuantdError } from "../errors.ts";
+import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import { databasePath, openStore, type Store } from "../store/store.ts";
 import type { FlagSpec, ParsedFlags } from "./command.ts";
 import { flagString } from "./parse.ts";
@@ -47,21 +50,47 @@ export function agentConfigFromFlags(flags: ParsedFlags): AgentConfig {
 
 /**
  * Opens the agent's store with its sample-pool bounds (overridable) and token
- * lengths from the configured tokenizer, untruncated and with special tokens.
+ * lengths, untruncated and with special tokens, from the tokenizer the agent
+ * would serve with: `pool.tokenizerDir` when given; the configured one when
+ * the model is configured (the agent serves that one) or the store has no
+ * active version; else the one the active version was registered with.
+ *
+ * @throws TOKENIZER_NOT_FOUND when the active version's tokenizer copy is gone (naming it)
  */
 export async function openAgentStore(
   config: AgentConfig,
   pool: { maxRows?: number; maxBytes?: number; tokenizerDir?: string } = {},
 ): Promise<Store> {
-  const tokenizer = await loadTokenizer(pool.tokenizerDir ?? config.tokenizerDir);
-  return openStore(databasePath(config.stateDir), {
+  let tokenizer: Tokenizer | undefined;
+  // Counts are asked for only by writes, after the tokenizer below is loaded.
+  const counted = (): Tokenizer => {
+    if (tokenizer === undefined) throw new QuantdError("INTERNAL", "the store's tokenizer is not loaded yet");
+    return tokenizer;
+  };
+  const store = await openStore(databasePath(config.stateDir), {
     samples: {
       maxRows: pool.maxRows ?? config.samplePool.maxRows,
       maxBytes: pool.maxBytes ?? config.samplePool.maxBytes,
-      countTokens: (text, pair) =>
-        pair === undefined
-          ? tokenizer.tokenIds(text).length + tokenizer.specialsSingle
-          : tokenizer.tokenIds(text).length + tokenizer.tokenIds(pair).length + tokenizer.specialsPair,
+      countTokens: (text, pair) => {
+        const t = counted();
+        return pair === undefined
+          ? t.tokenIds(text).length + t.specialsSingle
+          : t.tokenIds(text).length + t.tokenIds(pair).length + t.specialsPair;
+      },
     },
   });
+  try {
+    tokenizer = await loadTokenizer(pool.tokenizerDir ?? servingTokenizerDir(config, store));
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+  return store;
+}
+
+/** The tokenizer directory an agent of `config` serves with (see {@link openAgentStore}). */
+function servingTokenizerDir(config: AgentConfig, store: Store): string {
+  const active = store.models.active();
+  if (config.modelExplicit || active === undefined) return config.tokenizerDir;
+  return versionTokenizerDir(active, join(config.stateDir, "models"), config.tokenizerDir);
 }

@@ -5,21 +5,23 @@
  * (not the shipped model's WordPiece), even with the directory it came from
  * moved away; a configured tokenizer of the same vocabulary size (DeBERTa-v3's)
  * is refused rather than served silently; `quantd job recalibrate` with no
- * agent recalibrates that version, not the shipped model; a lost copy stops
+ * agent recalibrates that version, not the shipped model, and `quantd collect`
+ * counts tokens with its tokenizer; a lost copy stops
  * the start with a code naming the version and the file, the store unchanged.
  * Real agents, real socket, real ONNX fixtures, the real CLI.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { readFileSync, renameSync, rmSync } from "node:fs";
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import type { RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { TOKENIZER_METRIC, tokenizersDir } from "../../src/agent/version-tokenizer.ts";
 import { sha256FileSync } from "../../src/core/hash.ts";
 import { isQuantdError } from "../../src/errors.ts";
+import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import type { ModelVersion } from "../../src/store/models.ts";
 import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
-import { shippedModelPath } from "../helpers/paths.ts";
+import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { runQuantd } from "../helpers/run-cli.ts";
 import { classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
 import { openTestStore, seedSamples } from "./jobs-harness.ts";
@@ -153,6 +155,29 @@ describe("a stored version serves with the tokenizer it was registered with", ()
     expect(int8.kind).toBe("int8-dynamic");
     expect(int8.metrics[TOKENIZER_METRIC]).toBe(v1.metrics[TOKENIZER_METRIC]);
     expect(int8.metrics["base"]).toBe(v1.path);
+  });
+
+  test("quantd collect with no agent counts tokens with the stored version's tokenizer, not the shipped one", async () => {
+    const text = "an unforeseeably idiosyncratic, overwrought melodrama";
+    const file = join(dir, "collect.tsv");
+    writeFileSync(file, `label\tsentence\n1\t${text}\n`);
+    const run = await runQuantd(["collect", file, "--state-dir", stateDir(), "--json"], {
+      env: { ...process.env, QUANTD_CONFIG: "" },
+    });
+    expect(run.code).toBe(0);
+    const count = async (d: string) => {
+      const t = await loadTokenizer(d);
+      return t.tokenIds(text).length + t.specialsSingle;
+    };
+    const [own, shipped] = [await count(moved), await count(shippedModelDir)];
+    expect(own).not.toBe(shipped);
+    const store = await openTestStore(stateDir());
+    try {
+      const sample = store.samples.pick({ n: 10_000, seed: 1 }).find((s) => s.text === text);
+      expect(sample?.tokenCount).toBe(own);
+    } finally {
+      store.close();
+    }
   });
 
   test("its tokenizer's copy gone: the start fails naming the version and the file, nothing retired or registered", async () => {

@@ -56,7 +56,7 @@ export const collectCommand: Command = {
     "needed. Texts already in the pool (same text up to whitespace and Unicode normalization) are dropped " +
     "as duplicates. The pool is bounded by --max-rows and --max-bytes (UTF-8 bytes of the texts); beyond " +
     "them it keeps a random sample stratified by token length, so later samples are not favoured over " +
-    "earlier ones; bounds lower than the pool's size evict down to them. Token lengths come from the tokenizer beside the agent's model unless --tokenizer is given.\n\n" +
+    "earlier ones; bounds lower than the pool's size evict down to them. Token lengths come from the tokenizer the agent serves with (the one the store's active version was registered with; with a configured model, or none stored, the one beside the configured model) unless --tokenizer is given.\n\n" +
     "Prints how many samples were added, dropped as duplicates, evicted from the pool and not kept, then the " +
     "pool's size. The whole file is one transaction: on any error nothing is added.",
   flags: [
@@ -88,7 +88,7 @@ export const collectCommand: Command = {
       type: "string",
       value: "DIR",
       description: "directory with tokenizer.json, for token lengths",
-      default: "the tokenizer beside the agent's model",
+      default: "the tokenizer the agent serves with",
     },
     JSON_FLAG,
   ],
