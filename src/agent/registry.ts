@@ -394,7 +394,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    */
   async #serveStored(version: ModelVersion): Promise<ModelVersion | undefined> {
     try {
-      const dir = versionTokenizerDir(version, this.#opts.modelsDir, this.#opts.tokenizerDir);
+      const dir = this.#tokenizerOf(version);
       this.#current = new Loaded(version, await this.#load(version, dir), this.#opts.swap.window, dir);
     } catch (err) {
       this.#opts.onEvent?.({ type: "rejected", version, error: QuantdError.from(err) });
@@ -403,6 +403,12 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     writeActiveMarker(this.#opts.modelsDir, version.sha256);
     this.#opts.onEvent?.({ type: "loaded", version });
     return version;
+  }
+
+  /** {@link versionTokenizerDir} of `version`: its copy, else the tokenizer it was served with before copies. */
+  #tokenizerOf(version: ModelVersion): string {
+    const { modelsDir, tokenizerDir, tokenizerExplicit } = this.#opts;
+    return versionTokenizerDir(version, modelsDir, tokenizerDir, tokenizerExplicit === true);
   }
 
   /**
@@ -414,8 +420,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
    * @throws MODEL_INPUTS_MISMATCH when a configured tokenizer is not the version's
    */
   #assertStoredTokenizer(version: ModelVersion): void {
-    const { modelsDir, tokenizerDir: configured } = this.#opts;
-    const own = versionTokenizerDir(version, modelsDir, configured);
+    const configured = this.#opts.tokenizerDir;
+    const own = this.#tokenizerOf(version);
     if (this.#opts.tokenizerExplicit !== true || sameTokenizer(own, configured)) return;
     throw new QuantdError(
       "MODEL_INPUTS_MISMATCH",
@@ -756,7 +762,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       .sort((a, b) => b.activatedAt! - a.activatedAt! || b.id - a.id)[0];
     if (target === undefined)
       throw new QuantdError("NOT_FOUND", "no earlier active model version to roll back to");
-    const dir = versionTokenizerDir(target, this.#opts.modelsDir, this.#opts.tokenizerDir);
+    const dir = this.#tokenizerOf(target);
     const classifier = await this.#load(target, dir);
     let active: ModelVersion;
     try {

@@ -96,13 +96,19 @@ export function snapshotTokenizer(
 /**
  * The directory of the tokenizer and config.json `version` was registered
  * with: its copy in the state directory. A version registered before copies
- * were kept has none; it was served with the agent's one tokenizer, which
- * for a model given by path is the one beside that path: that directory when
- * it still holds a tokenizer.json, else `fallback` (the configured one).
+ * were kept has none; it was served with the agent's one tokenizer: `fallback`
+ * when the operator configured it (`fallbackConfigured`), else, for a model
+ * given by path, the one beside that path: that directory when it still holds
+ * a tokenizer.json, else `fallback`.
  *
  * @throws TOKENIZER_NOT_FOUND naming the version and the missing file when its copy is gone
  */
-export function versionTokenizerDir(version: ModelVersion, modelsDir: string, fallback: string): string {
+export function versionTokenizerDir(
+  version: ModelVersion,
+  modelsDir: string,
+  fallback: string,
+  fallbackConfigured = false,
+): string {
   const recorded = version.metrics[TOKENIZER_METRIC];
   if (typeof recorded === "string") {
     const dir = join(tokenizersDir(modelsDir), recorded);
@@ -115,6 +121,8 @@ export function versionTokenizerDir(version: ModelVersion, modelsDir: string, fa
       { details: { version: version.id, path: file } },
     );
   }
+  // An agent configured with a tokenizer served every version with it, whatever lay beside their files.
+  if (fallbackConfigured) return fallback;
   const source = version.metrics["source"];
   if (typeof source === "string" && existsSync(join(dirname(source), "tokenizer.json")))
     return dirname(source);
