@@ -15,6 +15,7 @@ import { QuantdError } from "../errors.ts";
 import { externalDataFiles, inlineExternalData, PROTOBUF_LIMIT } from "../onnx/codec.ts";
 import type { ModelKind, ModelRegistryStore, ModelVersion } from "../store/models.ts";
 import { kindOf, MARKER_OVERLAP, scanKindMarkers } from "./model-kind.ts";
+import { notedModelTokenizer, TOKENIZER_METRIC } from "./version-tokenizer.ts";
 
 /** Default bound on a candidate model file: ONNX's protobuf limit is 2 GiB, a board's memory far less. */
 export const DEFAULT_MAX_MODEL_BYTES = 1024 * 1024 * 1024;
@@ -335,7 +336,8 @@ export interface Reregistered {
  * names its copies) in a fresh store after the old one was lost: each file's
  * content is hashed against its name, registered oldest first by modification
  * time and promoted in turn, so rollback goes to the one before; the version
- * named by `<stateDir>/active-model` (else the newest) ends active.
+ * named by `<stateDir>/active-model` (else the newest) ends active. Each is
+ * recorded with the tokenizer copy noted for it at its registration.
  *
  * @throws STORE_* when the store cannot be written
  */
@@ -380,7 +382,12 @@ export async function reregisterModelFiles(
   const ordered = last === undefined ? found : [...found.filter((f) => f !== last), last];
   const versions: ModelVersion[] = [];
   for (const f of ordered) {
-    const v = models.add({ sha256: f.sha256, path: f.path, kind: f.kind, metrics: { reregistered: true } });
+    const tokenizer = notedModelTokenizer(modelsDir, f.sha256);
+    const metrics = {
+      reregistered: true,
+      ...(tokenizer === undefined ? {} : { [TOKENIZER_METRIC]: tokenizer }),
+    };
+    const v = models.add({ sha256: f.sha256, path: f.path, kind: f.kind, metrics });
     versions.push(models.promote(v.id));
   }
   return { versions, active: versions.at(-1), skipped };

@@ -34,6 +34,7 @@ import {
   TOKENIZE_SLICE_MS,
 } from "./run-planning.ts";
 import {
+  noteModelTokenizer,
   sameTokenizer,
   snapshotTokenizer,
   TOKENIZER_METRIC,
@@ -666,6 +667,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
       [TOKENIZER_METRIC]: tokenizer.sha256,
     };
     const recorded = known ?? models.add({ sha256, path, kind, metrics });
+    noteModelTokenizer(this.#opts.modelsDir, sha256, tokenizer.sha256);
     let classifier: TaskModel;
     try {
       classifier = await this.#load(recorded, tokenizer.dir);

@@ -13,7 +13,16 @@
  * the state directory is the agent's and moves with its store.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { syncDirSync, writeFailure } from "../core/files.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
@@ -90,6 +99,40 @@ export function snapshotTokenizer(
     throw isQuantdError(err)
       ? err
       : writeFailure(err, `cannot keep a copy of the tokenizer in ${root}`, { path: root });
+  }
+}
+
+/** `<stateDir>/tokenizers/by-model/<model sha256>`: which copy a model file was registered with. */
+function byModelFile(modelsDir: string, modelSha256: string): string {
+  return join(tokenizersDir(modelsDir), "by-model", modelSha256);
+}
+
+/**
+ * Notes beside the copies which one the model file `modelSha256` was
+ * registered with, so that a store lost to corruption, whose versions are
+ * registered again from the model files alone, still finds each one's
+ * tokenizer. Best effort, as the active-model marker: the store stays the
+ * authority while it is intact.
+ */
+export function noteModelTokenizer(modelsDir: string, modelSha256: string, tokenizerSha256: string): void {
+  const file = byModelFile(modelsDir, modelSha256);
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, `${tokenizerSha256}\n`, { mode: 0o640 });
+  } catch {
+    // A full disk: the store still knows.
+  }
+}
+
+/** The tokenizer copy {@link noteModelTokenizer} noted for a model file, when it is still there. */
+export function notedModelTokenizer(modelsDir: string, modelSha256: string): string | undefined {
+  try {
+    const sha = readFileSync(byModelFile(modelsDir, modelSha256), "utf8").trim();
+    return /^[0-9a-f]{64}$/.test(sha) && existsSync(join(tokenizersDir(modelsDir), sha, "tokenizer.json"))
+      ? sha
+      : undefined;
+  } catch {
+    return undefined;
   }
 }
 

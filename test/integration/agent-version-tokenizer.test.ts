@@ -6,12 +6,13 @@
  * moved away; a configured tokenizer of the same vocabulary size (DeBERTa-v3's)
  * is refused rather than served silently; `quantd job recalibrate` with no
  * agent recalibrates that version, not the shipped model, and `quantd collect`
- * counts tokens with its tokenizer; a lost copy stops
+ * counts tokens with its tokenizer; a store lost to corruption registers its
+ * versions again with their tokenizers; a lost copy stops
  * the start with a code naming the version and the file, the store unchanged.
  * Real agents, real socket, real ONNX fixtures, the real CLI.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
 import type { RecalibrationResult } from "../../src/agent/recalibrate.ts";
@@ -20,6 +21,7 @@ import { sha256FileSync } from "../../src/core/hash.ts";
 import { isQuantdError } from "../../src/errors.ts";
 import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import type { ModelVersion } from "../../src/store/models.ts";
+import { databasePath } from "../../src/store/store.ts";
 import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { runQuantd } from "../helpers/run-cli.ts";
@@ -178,6 +180,26 @@ describe("a stored version serves with the tokenizer it was registered with", ()
     } finally {
       store.close();
     }
+  });
+
+  test("a store lost to corruption: its versions registered again from their files keep their tokenizers", async () => {
+    const before = await versions();
+    const active = before.find((v) => v.state === "active")!;
+    truncateSync(databasePath(stateDir()), 0);
+    const logs: string[] = [];
+    agent = await startAgent(testConfig(dir), { runJobs: false, log: (l) => logs.push(l) });
+    expect(logs.join("\n")).toContain("store: registered 2 model file(s) again");
+    const again = agent.store.models.active()!;
+    expect(again.sha256).toBe(active.sha256);
+    expect(again.metrics[TOKENIZER_METRIC]).toBe(active.metrics[TOKENIZER_METRIC]);
+    expect(
+      agent.store.models
+        .list()
+        .every((v) => v.metrics[TOKENIZER_METRIC] === active.metrics[TOKENIZER_METRIC]),
+    ).toBe(true);
+    const reply = await classifyOverSocket(agent.config.socketPath, TEXTS);
+    expect(reply.status).toBe(200);
+    expect(reply.body["model"]).toEqual({ version: again.id, kind: "int8-dynamic" });
   });
 
   test("its tokenizer's copy gone: the start fails naming the version and the file, nothing retired or registered", async () => {
