@@ -92,5 +92,6 @@ export async function openAgentStore(
 function servingTokenizerDir(config: AgentConfig, store: Store): string {
   const active = store.models.active();
   if (config.modelExplicit || active === undefined) return config.tokenizerDir;
-  return versionTokenizerDir(active, join(config.stateDir, "models"), config.tokenizerDir);
+  const configured = config.tokenizerDirExplicit === true;
+  return versionTokenizerDir(active, join(config.stateDir, "models"), config.tokenizerDir, configured);
 }

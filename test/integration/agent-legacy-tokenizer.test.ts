@@ -3,13 +3,16 @@
  * `tokenizer` metric: a state directory from an earlier quantd) was served
  * with the agent's one tokenizer, the configured one. After the upgrade an
  * agent configured with that tokenizer still serves it, even when the
- * directory the version came from holds another tokenizer.json.
+ * directory the version came from holds another tokenizer.json, and the CLI
+ * counts the pool's tokens with it.
  */
 import { afterAll, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "../../src/agent/agent.ts";
 import { TOKENIZER_METRIC } from "../../src/agent/version-tokenizer.ts";
+import { openAgentStore } from "../../src/cli/agent-state.ts";
+import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
 import { openTestStore } from "./jobs-harness.ts";
@@ -47,5 +50,22 @@ test("a legacy version is served with the configured tokenizer, not the one besi
     expect(agent.registry.tokenizerDir()).toBe(shippedModelDir);
   } finally {
     await agent.stop();
+  }
+  // `quantd collect` and `quantd job` count a sample's tokens with the same tokenizer.
+  const text = "the film the cast the end";
+  const counts = await Promise.all(
+    [shippedModelDir, source].map(async (d) => {
+      const t = await loadTokenizer(d);
+      return t.tokenIds(text).length + t.specialsSingle;
+    }),
+  );
+  expect(counts[0]).not.toBe(counts[1]);
+  const pool = await openAgentStore(again);
+  try {
+    pool.samples.add([{ text }], { source: "file" });
+    const row = pool.db.prepare("SELECT token_count AS n FROM samples WHERE text = ?").get(text);
+    expect(row?.["n"]).toBe(counts[0]!);
+  } finally {
+    pool.close();
   }
 }, 120_000);
