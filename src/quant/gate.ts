@@ -65,11 +65,25 @@ export interface GateMetrics {
   /** Why validation stopped early: the bound had `passed`, or could no longer pass (`failed`). */
   stopped?: "passed" | "failed";
   /**
+   * Dynamic int8 (ranges taken per batch): flips in each form serving runs a
+   * sample in, over the samples run. The gate counted a sample as agreeing
+   * only when it agreed in both (see `validate.ts`). Absent for other candidates.
+   */
+  servingForms?: ServingForms;
+  /**
    * The task's own figures, for a model other than a single-text classifier:
    * what a trial is (`n` counts tokens or label decisions there) and the point
    * checks (mean cosine, Pearson, …) the gate also applies (see `task-metrics.ts`).
    */
   task?: TaskFigures;
+}
+
+/** Dynamic int8's flips in each form serving runs a sample in. */
+export interface ServingForms {
+  /** Samples whose top-1 class differs from fp32's in their serving batch (one token length, up to 16). */
+  batchedFlips: number;
+  /** Samples whose top-1 class differs run alone, as an idle server runs them. */
+  aloneFlips: number;
 }
 
 /** Where flips happen: on near-ties no int8 model can keep, or on inputs fp32 is sure of. */

@@ -4,16 +4,24 @@
  *
  * - Batches with length bucketing, as serving runs them: samples sorted by
  *   token length, so a batch pads little. Static int8 and fp32 give the same
- *   logits padded or not (padding is masked, scales are fixed). Dynamic int8
- *   takes each activation's range over the whole batch tensor, so a row's
- *   logits depend on its batch mates: a dynamic candidate runs in the batches
- *   serving forms, up to {@link VALIDATION_BATCH} (the agent's default
- *   `batching.maxBatch`) samples of one token length each, with no padding
- *   (the server's micro-batches go through `planBatches(…, "unpadded")`). That
- *   is what users get under load; an idle server runs a sample alone, which
- *   differs only in the grid: a batch's range contains each row's own, so a
- *   row in a batch is quantized on a grid at least as coarse. `bench/gate.ts`
- *   checks the bound so gated against the agreement each sample gets alone.
+ *   logits padded or not (padding is masked, scales are fixed).
+ * - Dynamic int8 takes each activation's range over the whole batch tensor, so
+ *   a row's logits depend on its batch mates, and serving runs a sample in
+ *   two forms: in a micro-batch of up to {@link VALIDATION_BATCH} (the agent's
+ *   default `batching.maxBatch`) samples of one token length, unpadded
+ *   (`planBatches(…, "unpadded")`), under load, and alone when idle, the
+ *   common case on a board. Neither form bounds the other: a batch's range
+ *   contains each row's own, so a row in a batch sits on a coarser grid, but
+ *   rounding on a finer grid moves a near-tie as readily (measured: rows that
+ *   flip alone and not in their batch, and the reverse). So a dynamic
+ *   candidate runs each sample in its serving batch and alone, and a sample
+ *   agrees only when it agrees in both: one trial per sample, whose bound
+ *   lower-bounds both forms' agreement at once at the stated confidence (two
+ *   separate bounds would each need half the error), so the looks below
+ *   apply unchanged. The metrics keep each form's flips (`servingForms`);
+ *   their logits are those of the form that flipped, else of the one farther
+ *   from fp32. A sample alone in its batch runs once. `bench/gate.ts`
+ *   cross-checks the bound so gated against each form's agreement.
  * - fp32 reference logits are computed once per run, chunk by chunk as a
  *   candidate first needs them, and cached by model SHA-256 and sample id
  *   (the agent's store keeps them), so the next candidate and the next job
@@ -47,6 +55,7 @@ import {
   type GateSpec,
   type LogitMatrix,
   lookLevels,
+  type ServingForms,
   topTwoMargins,
 } from "./gate.ts";
 import type { QuantSample } from "./samples.ts";
@@ -139,6 +148,11 @@ export interface ValidationSummary {
   /** Sample-runs of every candidate together. */
   candidateSamples: number;
   candidateMs: number;
+  /**
+   * Sample-runs of dynamic candidates alone, on top of their serving batches
+   * (a sample alone in its batch runs once; in `candidateMs`). Absent: none.
+   */
+  aloneSamples?: number;
   earlyStops: { passed: number; failed: number };
 }
 
@@ -165,8 +179,9 @@ export interface Validator {
   readonly looks: readonly number[];
   /**
    * Validates one candidate; `dynamicRanges` (dynamic int8, whose ranges are
-   * taken per batch at run time) runs it in batches of one token length, as
-   * serving does, instead of length-sorted padded ones.
+   * taken per batch at run time) runs it as serving does, in batches of one
+   * token length and alone, and a sample agrees only when it agrees in both
+   * (see the module comment).
    */
   validate(model: ModelProto, dynamicRanges: boolean): Promise<CandidateValidation>;
   /** What was done so far. */
@@ -195,6 +210,8 @@ interface Chunk {
   batched: EncodedSamples;
   /** Batches of one token length each, as serving forms them (dynamic candidates); rows in `batched`'s order. */
   unpadded: EncodedSamples;
+  /** One sample per batch, as an idle server runs it (dynamic candidates, encoded when first needed); same order. */
+  alone?: EncodedSamples;
   reference?: LogitMatrix;
   margins?: Float64Array;
 }
@@ -224,6 +241,8 @@ interface Tally {
   refParts: LogitMatrix[];
   candParts: LogitMatrix[];
   labels: (number | undefined)[];
+  /** Dynamic candidates: flips in each serving form so far. */
+  forms?: ServingForms;
 }
 
 /**
@@ -370,6 +389,7 @@ async function validateCandidate(
     // A pass at an earlier look was tested at the stricter interim level; anything else at the last look's.
     boundLevel: stopped === "passed" ? plan.levels.interim : plan.levels.final,
   });
+  if (tally.forms !== undefined) metrics.servingForms = tally.forms;
   return recordValidation(plan.stats, metrics, {
     planned: plan.n,
     samples: tally.seen,
@@ -418,7 +438,9 @@ async function runChunk(
   let row = 0;
   let stopped: EarlyStop | undefined;
   for (const batch of enc.batches) {
-    const out = await runBatch(session, batch);
+    let out = await runBatch(session, batch);
+    if (dynamicRanges)
+      out = await withAloneForm(plan, session, chunk, { first: row, batched: out, refTop }, tally);
     parts.push(out.data);
     const top = argmaxRows(out);
     for (let r = 0; r < out.rows; r++, row++) {
@@ -440,6 +462,71 @@ async function runChunk(
   tally.labels.push(...enc.labels.slice(0, row));
   tally.seen += row;
   return stopped;
+}
+
+/**
+ * A dynamic candidate's serving batch (chunk rows from `first` on) run again
+ * one sample at a time: each row's flips counted per form, and the logits the
+ * gate judges the row by: the form that flipped, else the one farther from
+ * fp32 (so a row agrees only when it agrees in both). A batch of one is
+ * already its alone form.
+ */
+async function withAloneForm(
+  plan: ValidationPlan,
+  session: InferenceSession,
+  chunk: Chunk,
+  run: { first: number; batched: LogitMatrix; refTop: Int32Array },
+  tally: Tally,
+): Promise<LogitMatrix> {
+  const { first, batched, refTop } = run;
+  const alone = batched.rows === 1 ? batched : await runAlone(plan, session, chunk, first, batched.rows);
+  const reference = chunk.reference!;
+  const forms = { batched: argmaxRows(batched), alone: argmaxRows(alone) };
+  const { cols } = batched;
+  const data = new Float32Array(batched.data.length);
+  tally.forms ??= { batchedFlips: 0, aloneFlips: 0 };
+  const flips = tally.forms;
+  for (let r = 0; r < batched.rows; r++) {
+    const want = refTop[first + r]!;
+    const batchedAgrees = want !== -1 && forms.batched[r] === want;
+    const aloneAgrees = want !== -1 && forms.alone[r] === want;
+    if (!batchedAgrees) flips.batchedFlips++;
+    if (!aloneAgrees) flips.aloneFlips++;
+    const pick = !batchedAgrees
+      ? batched
+      : !aloneAgrees
+        ? alone
+        : rowError(reference, first + r, alone, r) > rowError(reference, first + r, batched, r)
+          ? alone
+          : batched;
+    data.set(pick.data.subarray(r * cols, (r + 1) * cols), r * cols);
+  }
+  return { data, rows: batched.rows, cols };
+}
+
+/** Rows `first`… of a chunk, each run alone (encoded once per chunk when first needed). */
+async function runAlone(
+  plan: ValidationPlan,
+  session: InferenceSession,
+  chunk: Chunk,
+  first: number,
+  rows: number,
+): Promise<LogitMatrix> {
+  const { tokenizer, maxLength } = plan.opts;
+  chunk.alone ??= encodeSamples(tokenizer, chunk.samples, 1, maxLength, "unpadded");
+  plan.stats.aloneSamples = (plan.stats.aloneSamples ?? 0) + rows;
+  return collectLogits(session, chunk.alone.batches.slice(first, first + rows));
+}
+
+/** Σ |candidate − reference| over one row (`candRow` of `candidate`, `refRow` of `reference`). */
+function rowError(reference: LogitMatrix, refRow: number, candidate: LogitMatrix, candRow: number): number {
+  let sum = 0;
+  for (let c = 0; c < reference.cols; c++) {
+    sum += Math.abs(
+      candidate.data[candRow * candidate.cols + c]! - reference.data[refRow * reference.cols + c]!,
+    );
+  }
+  return sum;
 }
 
 /** Passed already: the bound at this look clears the gate (accuracy bounds need every sample). */

@@ -452,10 +452,15 @@ function points(x: number): string {
  */
 function flipsLine(m: QuantizationReport["metrics"]): string {
   const diff = `mean |logit diff| ${m.meanAbsLogitDiff.toFixed(4)}`;
+  // Dynamic int8: a sample counts as a flip when it flips in its serving batch or alone.
+  const forms =
+    m.servingForms === undefined
+      ? ""
+      : ` (dynamic: ${m.servingForms.batchedFlips} in serving's batches, ${m.servingForms.aloneFlips} alone)`;
   if (m.margin !== undefined) {
     return (
       `  flips: ${m.margin.nearTieFlips} on near-ties (fp32 margin < ${m.margin.threshold}, ${m.margin.nearTies} such samples), ` +
-      `${m.margin.confidentFlips} on confident inputs; ${diff}`
+      `${m.margin.confidentFlips} on confident inputs${forms}; ${diff}`
     );
   }
   return `  differ: ${formatCount(m.disagreements)} of ${formatCount(m.n)} ${m.task?.unit ?? "sample"}s; ${diff}`;
@@ -560,6 +565,7 @@ function validationLine(r: QuantizationReport): string | undefined {
     `  validation: ${formatMs(r.timings.validationMs)}, batches of ${v.batchSize} by length, ` +
     `fp32 logits ${v.reference.computed} computed + ${v.reference.fromCache} cached` +
     (v.looks.length > 1 ? `, looks at ${v.looks.join(", ")}` : "") +
+    (v.aloneSamples !== undefined ? `, dynamic: ${v.aloneSamples} samples run again alone` : "") +
     (stops.length > 0 ? ` (${stops.join(", ")})` : "")
   );
 }
