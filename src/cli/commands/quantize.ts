@@ -105,8 +105,9 @@ labels exist). The gate passes when the lower bound at --confidence clears --gat
 "agreement 99.8 % (≥ 99.3 % at 95 %, n = 1,024)"; certifying 99.5 % at 95 % takes at least 598 held-out
 samples with no flip, and a smaller set fails at once saying how many it takes. --gate-on point decides
 on the point estimate instead (a small set then passes by luck). fp32 and static int8 run in batches of
-samples of similar length; dynamic int8 in the batches serving forms, samples of one token length (its
-ranges are per batch). A candidate
+samples of similar length; dynamic int8 (its ranges are per batch) both in the batches serving forms,
+samples of one token length, and alone, as an idle server runs it: a sample agrees only when it agrees in
+both, and the flips line gives each form's count. A candidate
 stops early once it can no longer pass, or, on a set at least twice what the gate needs, once it has
 passed at one of a few looks (the looks share the 5 %, 80 % of it kept for the last, so the verdict still
 holds at 95 %); --full-validation runs every sample. When the gate is not met (static; dynamic goes
