@@ -218,8 +218,14 @@ describe("quantd quantize on a synthetic BERT", () => {
     const chosen = report.candidates.filter((c) => c.chosen);
     expect(chosen).toHaveLength(1);
     expect(chosen[0]!.mode).toBe(report.mode);
-    // The random model's logits barely depend on its input, so every format passes and gets timed.
-    expect(passing).toHaveLength(3);
+    // The random model's logits barely depend on its input, so both static formats pass; dynamic int8, whose
+    // samples must agree alone as well as in serving's batches, flips a few of its near-ties alone here.
+    expect(
+      passing
+        .filter((c) => c.mode === "static")
+        .map((c) => c.format)
+        .sort(),
+    ).toEqual(["fused", "qdq"]);
     for (const c of passing) {
       expect(c.p50Ms).toBeGreaterThan(0);
       expect(c.validated).toBeUndefined();
@@ -233,7 +239,8 @@ describe("quantd quantize on a synthetic BERT", () => {
     expect(shown.auto[0]!.model).toBe(modelPath);
     expect(shown.auto[0]!.decision).toBe(report.auto!.decision);
     expect(shown.auto[0]!.winner.startsWith(report.mode)).toBe(true);
-    expect(shown.auto[0]!.candidates.filter((c) => c.p50Ms !== undefined)).toHaveLength(3);
+    // Every passing format was timed; one that failed the gate has nothing to be timed for.
+    expect(shown.auto[0]!.candidates.filter((c) => c.p50Ms !== undefined)).toHaveLength(passing.length);
     const table = await runQuantd(["device", "--state-dir", stateDir]);
     expect(table.stdout).toMatch(/auto winner \(.+\)\s+.*fastest candidate that met the gate/);
   });
