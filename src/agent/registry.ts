@@ -396,7 +396,8 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
   async #serveStored(version: ModelVersion): Promise<ModelVersion | undefined> {
     try {
       const dir = this.#tokenizerOf(version);
-      this.#current = new Loaded(version, await this.#load(version, dir), this.#opts.swap.window, dir);
+      const model = await this.#load(version, dir);
+      this.#current = new Loaded(this.#keepTokenizerOf(version, dir), model, this.#opts.swap.window, dir);
     } catch (err) {
       this.#opts.onEvent?.({ type: "rejected", version, error: QuantdError.from(err) });
       return undefined;
@@ -408,8 +409,25 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
 
   /** {@link versionTokenizerDir} of `version`: its copy, else the tokenizer it was served with before copies. */
   #tokenizerOf(version: ModelVersion): string {
-    const { modelsDir, tokenizerDir, tokenizerExplicit } = this.#opts;
-    return versionTokenizerDir(version, modelsDir, tokenizerDir, tokenizerExplicit === true);
+    const { models, modelsDir, tokenizerDir, tokenizerExplicit } = this.#opts;
+    const byPath = (path: string) => models.list().find((v) => v.path === path);
+    return versionTokenizerDir(version, modelsDir, tokenizerDir, tokenizerExplicit === true, byPath);
+  }
+
+  /**
+   * A version registered before tokenizer copies were kept, served now with
+   * the tokenizer found for it: that one is copied and recorded, so it no
+   * longer depends on where it was found. Best effort: it serves anyway.
+   */
+  #keepTokenizerOf(version: ModelVersion, dir: string): ModelVersion {
+    if (typeof version.metrics[TOKENIZER_METRIC] === "string") return version;
+    try {
+      const { sha256 } = snapshotTokenizer(version.path, dir, this.#opts.modelsDir);
+      noteModelTokenizer(this.#opts.modelsDir, version.sha256, sha256);
+      return this.#opts.models.updateMetrics(version.id, { [TOKENIZER_METRIC]: sha256 });
+    } catch {
+      return version; // a full disk or a busy store: the next start tries again
+    }
   }
 
   /**

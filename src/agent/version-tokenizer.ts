@@ -142,8 +142,10 @@ export function notedModelTokenizer(modelsDir: string, modelSha256: string): str
  * were kept has none; it was served with the agent's one tokenizer: `fallback`
  * when the operator configured it (`fallbackConfigured`), else, for a model
  * given by path, the one beside that path: that directory when it still holds
- * a tokenizer.json, else `fallback`.
+ * a tokenizer.json; for a recalibrated version (its source a job's file, long
+ * gone) its fp32 base's, found with `byPath`; else `fallback`.
  *
+ * @param byPath - the registered version at a path (the store's), to follow a recalibration's base
  * @throws TOKENIZER_NOT_FOUND naming the version and the missing file when its copy is gone
  */
 export function versionTokenizerDir(
@@ -151,6 +153,7 @@ export function versionTokenizerDir(
   modelsDir: string,
   fallback: string,
   fallbackConfigured = false,
+  byPath: (path: string) => ModelVersion | undefined = () => undefined,
 ): string {
   const recorded = version.metrics[TOKENIZER_METRIC];
   if (typeof recorded === "string") {
@@ -166,9 +169,16 @@ export function versionTokenizerDir(
   }
   // An agent configured with a tokenizer served every version with it, whatever lay beside their files.
   if (fallbackConfigured) return fallback;
+  // The registry's SOURCE_METRIC and the recalibration's BASE_METRIC (not imported: both modules import this one).
   const source = version.metrics["source"];
   if (typeof source === "string" && existsSync(join(dirname(source), "tokenizer.json")))
     return dirname(source);
+  const basePath = version.metrics["base"];
+  const base = typeof basePath === "string" ? byPath(basePath) : undefined;
+  // An fp32 base has no base of its own: one step, never a loop.
+  if (base !== undefined && base.id !== version.id && base.metrics["base"] === undefined) {
+    return versionTokenizerDir(base, modelsDir, fallback);
+  }
   return fallback;
 }
 

@@ -92,6 +92,13 @@ export async function openAgentStore(
 function servingTokenizerDir(config: AgentConfig, store: Store): string {
   const active = store.models.active();
   if (config.modelExplicit || active === undefined) return config.tokenizerDir;
+  const byPath = (path: string) => store.models.list().find((v) => v.path === path);
   const configured = config.tokenizerDirExplicit === true;
-  return versionTokenizerDir(active, join(config.stateDir, "models"), config.tokenizerDir, configured);
+  return versionTokenizerDir(
+    active,
+    join(config.stateDir, "models"),
+    config.tokenizerDir,
+    configured,
+    byPath,
+  );
 }

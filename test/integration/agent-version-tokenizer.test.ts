@@ -5,7 +5,8 @@
  * (not the shipped model's WordPiece), even with the directory it came from
  * moved away; a configured tokenizer of the same vocabulary size (DeBERTa-v3's)
  * is refused rather than served silently; `quantd job recalibrate` with no
- * agent recalibrates that version, not the shipped model, and `quantd collect`
+ * agent recalibrates that version, not the shipped model; a recalibrated version
+ * registered before copies were kept serves with its fp32 base's; `quantd collect`
  * counts tokens with its tokenizer; a store lost to corruption registers its
  * versions again with their tokenizers; a lost copy stops
  * the start with a code naming the version and the file, the store unchanged.
@@ -157,6 +158,34 @@ describe("a stored version serves with the tokenizer it was registered with", ()
     expect(int8.kind).toBe("int8-dynamic");
     expect(int8.metrics[TOKENIZER_METRIC]).toBe(v1.metrics[TOKENIZER_METRIC]);
     expect(int8.metrics["base"]).toBe(v1.path);
+  });
+
+  test("versions registered before copies were kept: a recalibrated one serves with its fp32 base's tokenizer, then keeps a copy", async () => {
+    const before = await versions();
+    const kept = before.find((v) => v.state === "active")!.metrics[TOKENIZER_METRIC];
+    const store = await openTestStore(stateDir());
+    try {
+      // As an earlier quantd left them: no record of a tokenizer copy; the int8's source was a job's file.
+      store.db
+        .prepare("UPDATE model_versions SET metrics = json_remove(metrics, ?)")
+        .run(`$.${TOKENIZER_METRIC}`);
+    } finally {
+      store.close();
+    }
+    renameSync(moved, roberta); // the fp32 base's source directory, where the earlier quantd found it
+    try {
+      agent = await startAgent(testConfig(dir));
+      expect(agent.registry.active()?.version).toBe(2);
+      expect(agent.registry.tokenizerDir()).toBe(roberta);
+      expect(agent.store.models.get(2)!.metrics[TOKENIZER_METRIC]).toBe(kept);
+      const reply = await classifyOverSocket(agent.config.socketPath, TEXTS);
+      expect(reply.status).toBe(200);
+      expect(reply.body["model"]).toEqual({ version: 2, kind: "int8-dynamic" });
+    } finally {
+      await agent?.stop();
+      agent = undefined;
+      renameSync(roberta, moved);
+    }
   });
 
   test("quantd collect with no agent counts tokens with the stored version's tokenizer, not the shipped one", async () => {
