@@ -10,12 +10,11 @@ import { afterAll, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startAgent } from "../../src/agent/agent.ts";
-import { TOKENIZER_METRIC } from "../../src/agent/version-tokenizer.ts";
 import { openAgentStore } from "../../src/cli/agent-state.ts";
 import { loadTokenizer } from "../../src/runtime/tokenizer.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
-import { openTestStore } from "./jobs-harness.ts";
+import { forgetTokenizerCopies } from "./jobs-harness.ts";
 
 const dir = tempDir("quantd-legacy-tok-");
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -33,14 +32,7 @@ test("a legacy version is served with the configured tokenizer, not the one besi
   const before = await classifyOverSocket(first.socketPath, TEXTS.slice(0, 2));
   await agent.stop();
   // As an earlier quantd left it: no record of a tokenizer copy.
-  const store = await openTestStore(join(dir, "state"));
-  try {
-    store.db
-      .prepare("UPDATE model_versions SET metrics = json_remove(metrics, ?)")
-      .run(`$.${TOKENIZER_METRIC}`);
-  } finally {
-    store.close();
-  }
+  await forgetTokenizerCopies(join(dir, "state"));
   const again = testConfig(dir, configured);
   agent = await startAgent(again);
   try {

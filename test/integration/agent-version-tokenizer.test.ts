@@ -27,7 +27,7 @@ import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { runQuantd } from "../helpers/run-cli.ts";
 import { classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
-import { openTestStore, seedSamples } from "./jobs-harness.ts";
+import { forgetTokenizerCopies, openTestStore, seedSamples } from "./jobs-harness.ts";
 
 // Each agent loads a 16 MB fixture and the job quantizes it: a busy 2-core machine needs the margin.
 setDefaultTimeout(240_000);
@@ -163,15 +163,8 @@ describe("a stored version serves with the tokenizer it was registered with", ()
   test("versions registered before copies were kept: a recalibrated one serves with its fp32 base's tokenizer, then keeps a copy", async () => {
     const before = await versions();
     const kept = before.find((v) => v.state === "active")!.metrics[TOKENIZER_METRIC];
-    const store = await openTestStore(stateDir());
-    try {
-      // As an earlier quantd left them: no record of a tokenizer copy; the int8's source was a job's file.
-      store.db
-        .prepare("UPDATE model_versions SET metrics = json_remove(metrics, ?)")
-        .run(`$.${TOKENIZER_METRIC}`);
-    } finally {
-      store.close();
-    }
+    // As an earlier quantd left them: no record of a tokenizer copy; the int8's source was a job's file.
+    await forgetTokenizerCopies(stateDir());
     renameSync(moved, roberta); // the fp32 base's source directory, where the earlier quantd found it
     try {
       agent = await startAgent(testConfig(dir));

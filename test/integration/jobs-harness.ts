@@ -4,6 +4,7 @@
  * registry as the promoter (offline, as `quantd job recalibrate --wait` uses
  * it), and the agent's job engine over them.
  */
+import { TOKENIZER_METRIC } from "../../src/agent/version-tokenizer.ts";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -52,6 +53,18 @@ export async function openTestStore(stateDir: string, busyTimeoutMs?: number): P
     samples: { countTokens: (t) => tokenizer.tokenIds(t).length + tokenizer.specialsSingle },
     ...(busyTimeoutMs !== undefined ? { busyTimeoutMs } : {}),
   });
+}
+
+/** Leaves the store of `stateDir` as an earlier quantd did: no version records a tokenizer copy. */
+export async function forgetTokenizerCopies(stateDir: string): Promise<void> {
+  const store = await openTestStore(stateDir);
+  try {
+    store.db
+      .prepare("UPDATE model_versions SET metrics = json_remove(metrics, ?)")
+      .run(`$.${TOKENIZER_METRIC}`);
+  } finally {
+    store.close();
+  }
 }
 
 /** Adds the first `n` rows of the shipped training sample (or the rows at `lines`) to the pool. */
