@@ -78,7 +78,7 @@ export interface GateMetrics {
   task?: TaskFigures;
 }
 
-/** Dynamic int8's flips in each form serving runs a sample in. */
+/** Dynamic int8's flips in each form serving runs a sample in (another task's: samples with a trial that differs). */
 export interface ServingForms {
   /** Samples whose top-1 class differs from fp32's in their serving batch (one token length, up to 16). */
   batchedFlips: number;

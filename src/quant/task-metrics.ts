@@ -201,11 +201,10 @@ export function sampleTrials(
       return { n: refTop.length, agree };
     }
     case "multi-label": {
-      const thresholds = task.thresholds ?? task.labels.map(() => 0.5);
+      const cuts = decisionCuts(task);
       let agree = 0;
       for (let k = 0; k < reference.length; k++) {
-        const cut = Math.log(thresholds[k]! / (1 - thresholds[k]!));
-        if (reference[k]! >= cut === candidate[k]! >= cut) agree++;
+        if (reference[k]! >= cuts[k]! === candidate[k]! >= cuts[k]!) agree++;
       }
       return { n: reference.length, agree };
     }
@@ -213,6 +212,54 @@ export function sampleTrials(
       return { n: 1, agree: cosine(reference, candidate) >= rule.thresholds.sampleCosine ? 1 : 0 };
     case "regression":
       return { n: 1, agree: Math.abs(candidate[0]! - reference[0]!) <= rule.tolerance ? 1 : 0 };
+  }
+}
+
+/** A multi-label head's decision cut per label, in logits (its probability threshold, 0.5 by default). */
+function decisionCuts(task: TaskSpec): number[] {
+  return (task.thresholds ?? task.labels.map(() => 0.5)).map((t) => Math.log(t / (1 - t)));
+}
+
+/**
+ * Of one sample's outputs in dynamic int8's two serving forms (its batch and
+ * alone), the one the gate judges, trial by trial: where either form's trial
+ * differs from fp32, that form's (the batch's first), else the batch's; an
+ * embedding or a regression value, one trial, takes the form farther from
+ * fp32 (lower cosine, larger error). A trial of the result agrees exactly
+ * when it agrees in both forms, whatever the threshold the gate applies.
+ */
+export function worseOfForms(
+  task: TaskSpec,
+  reference: Float32Array,
+  forms: { batched: Float32Array; alone: Float32Array },
+): Float32Array {
+  const { batched, alone } = forms;
+  switch (task.kind) {
+    case "classification":
+    case "pair-classification":
+    case "token-classification": {
+      const cols = task.labels.length;
+      const refTop = argmaxRows(matrixOf([reference], cols));
+      const aloneTop = argmaxRows(matrixOf([alone], cols));
+      const batchedTop = argmaxRows(matrixOf([batched], cols));
+      const out = Float32Array.from(batched);
+      for (let r = 0; r < refTop.length; r++) {
+        if (batchedTop[r] === refTop[r] && aloneTop[r] !== refTop[r]) {
+          out.set(alone.subarray(r * cols, (r + 1) * cols), r * cols);
+        }
+      }
+      return out;
+    }
+    case "multi-label": {
+      const cuts = decisionCuts(task);
+      const agrees = (row: Float32Array, k: number): boolean =>
+        reference[k]! >= cuts[k]! === row[k]! >= cuts[k]!;
+      return batched.map((x, k) => (agrees(batched, k) && !agrees(alone, k) ? alone[k]! : x));
+    }
+    case "embedding":
+      return cosine(reference, alone) < cosine(reference, batched) ? alone : batched;
+    case "regression":
+      return Math.abs(alone[0]! - reference[0]!) > Math.abs(batched[0]! - reference[0]!) ? alone : batched;
   }
 }
 

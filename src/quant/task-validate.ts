@@ -36,7 +36,7 @@ import type { Encoding, TextInput, Tokenizer } from "../runtime/tokenizer.ts";
 import type { TensorElementType, TensorInfo } from "../runtime/types.ts";
 import { DEFAULT_CONFIDENCE } from "./confidence.ts";
 import { cannotPass, passesAtLook, type TrialTally } from "./early-stop.ts";
-import { type GateMetrics, lookLevels } from "./gate.ts";
+import { type GateMetrics, lookLevels, type ServingForms } from "./gate.ts";
 import type { QuantSample } from "./samples.ts";
 import { planLooks } from "./split.ts";
 import {
@@ -47,6 +47,7 @@ import {
   TRIAL_UNIT,
   type TaskThresholds,
   type TrialRule,
+  worseOfForms,
 } from "./task-metrics.ts";
 import {
   type CandidateValidation,
@@ -179,6 +180,9 @@ interface Run {
   tally: TrialTally;
   /** Trials of the samples not yet run. */
   left: number;
+  /** Dynamic int8: each sample also runs alone, and each form's flips are counted here. */
+  dynamic: boolean;
+  forms?: ServingForms;
 }
 
 /** Encodes the samples of each look (the looks' prefixes of the hash order), each sorted by length. */
@@ -264,11 +268,13 @@ class TaskValidator implements Validator {
 
   /**
    * Validates one candidate. Every candidate runs in batches of one token
-   * length, unpadded, as serving forms them (`TaskModel.outputs`), so a dynamic
-   * candidate (`_dynamicRanges`: ranges taken per batch) sees the batch mates
-   * it would in serving and a static one the logits it has padded or not.
+   * length, unpadded, as serving forms them (`TaskModel.outputs`), so a static
+   * one gives the outputs it has padded or not; a dynamic one
+   * (`dynamicRanges`: ranges taken per batch) also runs each sample alone, as
+   * an idle server does, and a trial agrees only when it agrees in both forms
+   * (one trial, one bound for both: see `validate.ts`).
    */
-  async validate(model: ModelProto, _dynamicRanges: boolean): Promise<CandidateValidation> {
+  async validate(model: ModelProto, dynamicRanges: boolean): Promise<CandidateValidation> {
     const t0 = performance.now();
     const run: Run = {
       reference: [],
@@ -276,6 +282,7 @@ class TaskValidator implements Validator {
       labels: [],
       tally: { n: 0, agree: 0 },
       left: this.#planned,
+      dynamic: dynamicRanges,
     };
     let stopped: EarlyStop | undefined;
     let metrics: GateMetrics | undefined;
@@ -293,6 +300,7 @@ class TaskValidator implements Validator {
       await session.release();
     }
     metrics ??= this.#metricsOf(run, this.#levels.final);
+    if (run.forms !== undefined) metrics.servingForms = run.forms;
     return recordValidation(this.#stats, metrics, {
       planned: this.#planned,
       samples: run.reference.length,
@@ -310,7 +318,15 @@ class TaskValidator implements Validator {
     for (let at = 0; at < chunk.inputs.length; at += TASK_VALIDATION_STEP) {
       const step = chunk.inputs.slice(at, at + TASK_VALIDATION_STEP);
       const out = await runner.outputs(step, { maxLength: this.#opts.maxLength, batchSize });
-      for (const [j, row] of out.data.entries()) {
+      const rows = run.dynamic
+        ? await this.#withAlone(
+            runner,
+            step,
+            { batched: out.data, reference: reference.slice(at), rule },
+            run,
+          )
+        : out.data;
+      for (const [j, row] of rows.entries()) {
         const i = at + j;
         const trials = sampleTrials(this.#task, reference[i]!, row, rule);
         run.reference.push(reference[i]!);
@@ -325,6 +341,32 @@ class TaskValidator implements Validator {
       }
     }
     return undefined;
+  }
+
+  /**
+   * A dynamic candidate's step run again one sample at a time: each sample's
+   * flips counted per form, and the rows the gate judges (`worseOfForms`).
+   */
+  async #withAlone(
+    runner: TaskModel,
+    step: readonly TextInput[],
+    forms: { batched: Float32Array[]; reference: Float32Array[]; rule: TrialRule },
+    run: Run,
+  ): Promise<Float32Array[]> {
+    const alone = (await runner.outputs(step, { maxLength: this.#opts.maxLength, batchSize: 1 })).data;
+    this.#stats.aloneSamples = (this.#stats.aloneSamples ?? 0) + step.length;
+    run.forms ??= { batchedFlips: 0, aloneFlips: 0 };
+    const flips = run.forms;
+    return forms.batched.map((batched, j) => {
+      const reference = forms.reference[j]!;
+      const differs = (row: Float32Array): boolean => {
+        const t = sampleTrials(this.#task, reference, row, forms.rule);
+        return t.agree < t.n;
+      };
+      if (differs(batched)) flips.batchedFlips++;
+      if (differs(alone[j]!)) flips.aloneFlips++;
+      return worseOfForms(this.#task, reference, { batched, alone: alone[j]! });
+    });
   }
 
   /** The judge of one sample's trials, with regression's tolerance from the fp32 outputs computed so far. */

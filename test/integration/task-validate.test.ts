@@ -182,13 +182,20 @@ test("the agent's store keeps a task's fp32 outputs: the next validator reads th
   }
 });
 
-test("a dynamic int8 candidate is validated on every sample, its labels held", async () => {
+test("a dynamic int8 candidate is validated on every sample, in its serving batch and alone, its labels held", async () => {
   const f = fixtures["token-classification"];
   const dynamic = (await quantizeModel(f.model, { type: "dynamic" })).model;
   const v = validator("token-classification", { n: 200 });
   const r = await v.validate(dynamic, true);
   expect(r.samples).toBe(200);
   expect(r.metrics.n).toBe(r.metrics.planned!);
+  // Each sample ran alone too, and a token counts as agreeing only when it agrees in both forms.
+  expect(v.summary().aloneSamples).toBe(200);
+  const forms = r.metrics.servingForms!;
+  expect(Number.isInteger(forms.batchedFlips) && Number.isInteger(forms.aloneFlips)).toBe(true);
+  expect(
+    (await validator("token-classification", { n: 200 }).validate(dynamic, false)).metrics.servingForms,
+  ).toBe(undefined);
   // int8 moved the logits, yet the labels of almost every token hold.
   expect(r.metrics.meanAbsLogitDiff).toBeGreaterThan(0);
   expect(r.metrics.agreement).toBeGreaterThan(0.95);

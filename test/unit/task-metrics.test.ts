@@ -9,6 +9,8 @@ import {
   DEFAULT_TASK_THRESHOLDS,
   regressionTolerance,
   sampleTrials,
+  type TrialRule,
+  worseOfForms,
 } from "../../src/quant/task-metrics.ts";
 import { neighbourOverlap, pearson, spearman } from "../../src/runtime/stats.ts";
 import type { TaskSpec } from "../../src/runtime/task.ts";
@@ -187,4 +189,50 @@ test("a recorded validation of another task names its trials and figures", () =>
   expect(describeRecordedAgreement({ ...v, task: { kind: "classification", unit: "sample" } })).toBe(
     "99.9 % (≥ 99.5 % at 95 %, n = 1,000), gate 99.5 % on the bound",
   );
+});
+
+describe("worseOfForms: the output the gate judges of dynamic int8's two serving forms", () => {
+  const rows = (...xs: number[]) => Float32Array.from(xs);
+  const classes = (kind: "classification" | "token-classification"): TaskSpec => ({
+    kind,
+    output: "logits",
+    labels: ["a", "b"],
+    source: "test",
+  });
+  const rule: TrialRule = { thresholds: DEFAULT_TASK_THRESHOLDS, tolerance: 0.1 };
+  const agreeing = (task: TaskSpec, ref: Float32Array, row: Float32Array) =>
+    sampleTrials(task, ref, row, rule);
+
+  test("token by token, a token agrees only when it agrees in its batch and alone", () => {
+    const task = classes("token-classification");
+    // fp32: a, b, a. Batch flips token 0; alone flips token 1; both keep token 2.
+    const ref = rows(1, 0, 0, 1, 1, 0);
+    const batched = rows(0, 1, 0, 1, 2, 0);
+    const alone = rows(1, 0, 1, 0, 3, 0);
+    const worse = worseOfForms(task, ref, { batched, alone });
+    expect(agreeing(task, ref, worse)).toEqual({ n: 3, agree: 1 });
+    expect(agreeing(task, ref, batched).agree).toBe(2);
+    expect(agreeing(task, ref, alone).agree).toBe(2);
+    // The agreeing token keeps its batch logits.
+    expect(Array.from(worse.subarray(4))).toEqual([2, 0]);
+  });
+
+  test("a multi-label decision, an embedding and a regression value take the form that fails", () => {
+    const multi: TaskSpec = { kind: "multi-label", output: "logits", labels: ["x", "y"], source: "test" };
+    const worse = worseOfForms(multi, rows(1, 1), { batched: rows(-1, 1), alone: rows(1, -1) });
+    expect(agreeing(multi, rows(1, 1), worse)).toEqual({ n: 2, agree: 0 });
+    const embedding: TaskSpec = {
+      kind: "embedding",
+      output: "last_hidden_state",
+      labels: [],
+      source: "test",
+    };
+    const closer = rows(1, 0.01);
+    const farther = rows(0, 1);
+    expect(worseOfForms(embedding, rows(1, 0), { batched: closer, alone: farther })).toBe(farther);
+    const regression: TaskSpec = { kind: "regression", output: "logits", labels: ["score"], source: "test" };
+    expect(worseOfForms(regression, rows(0.5), { batched: rows(0.9), alone: rows(0.55) })[0]).toBeCloseTo(
+      0.9,
+    );
+  });
 });
