@@ -9,14 +9,15 @@
  * registered before copies were kept serves with its fp32 base's; `quantd collect`
  * counts tokens with its tokenizer; a store lost to corruption registers its
  * versions again with their tokenizers; a lost copy stops
- * the start with a code naming the version and the file, the store unchanged.
+ * the start with a code naming the version and the file, the store unchanged;
+ * a recalibration in the restarted agent quantizes RoBERTa with its tokenizer.
  * Real agents, real socket, real ONNX fixtures, the real CLI.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readFileSync, renameSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
-import type { RecalibrationResult } from "../../src/agent/recalibrate.ts";
+import { RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { TOKENIZER_METRIC, tokenizersDir } from "../../src/agent/version-tokenizer.ts";
 import { sha256FileSync } from "../../src/core/hash.ts";
 import { isQuantdError } from "../../src/errors.ts";
@@ -26,8 +27,9 @@ import { databasePath } from "../../src/store/store.ts";
 import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { runQuantd } from "../helpers/run-cli.ts";
+import { until } from "../helpers/until.ts";
 import { classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
-import { forgetTokenizerCopies, openTestStore, seedSamples } from "./jobs-harness.ts";
+import { FAST_PARAMS, forgetTokenizerCopies, openTestStore, seedSamples } from "./jobs-harness.ts";
 
 // Each agent loads a 16 MB fixture and the job quantizes it: a busy 2-core machine needs the margin.
 setDefaultTimeout(240_000);
@@ -236,4 +238,31 @@ describe("a stored version serves with the tokenizer it was registered with", ()
     const after = await versions();
     expect(after.map((v) => [v.id, v.state])).toEqual(before.map((v) => [v.id, v.state]));
   });
+});
+
+test("a recalibration in an agent restarted without --model quantizes the stored RoBERTa with its tokenizer", async () => {
+  const own = join(dir, "in-agent");
+  const source = (await writeEncoderFixture("roberta", join(own, "roberta"))).dir;
+  agent = await startAgent(testConfig(own, {}, { model: source }));
+  await seedSamples(agent.store, 300);
+  await agent.stop();
+  agent = await startAgent(testConfig(own));
+  const v1 = agent.store.models.get(1)!;
+  agent.store.jobs.create({
+    id: "in-agent",
+    type: RECALIBRATE_JOB,
+    params: { ...FAST_PARAMS, mode: "dynamic", gate: 0.9, maxLatencyRatio: 99 },
+  });
+  const ended = () =>
+    ["SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"].includes(agent!.store.jobs.require("in-agent").state);
+  await until(ended, 180_000, "the recalibration's end");
+  const job = agent.store.jobs.require("in-agent");
+  expect((job.result as RecalibrationResult).report?.model.fp32.sha256).toBe(v1.sha256);
+  expect(job.state).toBe("SUCCEEDED");
+  const int8 = agent.store.models.active()!;
+  expect(int8.kind).toBe("int8-dynamic");
+  expect(int8.metrics[TOKENIZER_METRIC]).toBe(v1.metrics[TOKENIZER_METRIC]);
+  const reply = await classifyOverSocket(agent.config.socketPath, TEXTS);
+  expect(reply.status).toBe(200);
+  expect(reply.body["model"]).toEqual({ version: int8.id, kind: "int8-dynamic" });
 });
