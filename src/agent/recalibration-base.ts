@@ -10,6 +10,7 @@ import { QUANTIZE_REPORT_FILE } from "../quant/report.ts";
 import type { ModelVersion } from "../store/models.ts";
 import { BASE_METRIC } from "./recalibrate.ts";
 import { releaseOf } from "./release.ts";
+import { TOKENIZER_METRIC } from "./version-tokenizer.ts";
 
 /**
  * The fp32 model a recalibration starts from: the one the agent serves. An
@@ -17,18 +18,40 @@ import { releaseOf } from "./release.ts";
  * quantizing the configured model instead would replace the operator's
  * choice with an int8 of another model). An active int8 version names its
  * fp32 base in its metrics (a recalibration's `base`, a release's
- * `release.base`), kept with the fp32 versions' files. Without one (an int8
- * model promoted by hand, or its base's file gone) the configured model, or
+ * `release.base`), kept with the fp32 versions' files. Without one, an fp32
+ * version of `versions` registered with its tokenizer (see
+ * fp32WithTokenizerOf); else (an int8 model promoted by hand, or its base's
+ * file gone) the configured model, or
  * when that is an int8 model `quantize --out DIR` wrote, the fp32 model its
  * report names (see {@link fp32SourceOf}).
  */
-export function recalibrationBase(active: ModelVersion | undefined, configured: string): string {
+export function recalibrationBase(
+  active: ModelVersion | undefined,
+  configured: string,
+  versions: () => readonly ModelVersion[] = () => [],
+): string {
   if (active === undefined) return configured;
   if (active.kind === "fp32") return existsSync(active.path) ? active.path : configured;
   const recorded = active.metrics[BASE_METRIC];
   const base = typeof recorded === "string" ? recorded : releaseOf(active.metrics)?.base;
   if (base !== undefined && existsSync(base)) return base;
-  return fp32SourceOf(configured) ?? configured;
+  return fp32WithTokenizerOf(active, versions()) ?? fp32SourceOf(configured) ?? configured;
+}
+
+/**
+ * An int8 version whose base is not recorded (its store rebuilt from the
+ * model files after corruption) was quantized from an fp32 version
+ * registered with the same tokenizer, when the store holds one: the most
+ * recently active such version whose file is there. The configured model,
+ * another model's when its tokenizer differs, comes only after.
+ */
+function fp32WithTokenizerOf(active: ModelVersion, versions: readonly ModelVersion[]): string | undefined {
+  const tokenizer = active.metrics[TOKENIZER_METRIC];
+  if (typeof tokenizer !== "string") return undefined;
+  return versions
+    .filter((v) => v.kind === "fp32" && v.state !== "rejected" && v.metrics[TOKENIZER_METRIC] === tokenizer)
+    .sort((a, b) => (b.activatedAt ?? 0) - (a.activatedAt ?? 0) || b.id - a.id)
+    .find((v) => existsSync(v.path))?.path;
 }
 
 /**

@@ -174,7 +174,7 @@ export function createAgentServices(config: AgentConfig, options: AgentServicesO
       stateDir: config.stateDir,
       identity,
       promoter: registry,
-      baseModel: () => recalibrationBase(s.models.active(), config.model),
+      baseModel: () => recalibrationBase(s.models.active(), config.model, () => s.models.list()),
       // Read when a job runs: the tokenizer the serving version was registered with, not the configured one.
       get tokenizerDir() {
         return registry.tokenizerDir();

@@ -8,7 +8,7 @@
  * agent recalibrates that version, not the shipped model; a recalibrated version
  * registered before copies were kept serves with its fp32 base's; `quantd collect`
  * counts tokens with its tokenizer; a store lost to corruption registers its
- * versions again with their tokenizers; a lost copy stops
+ * versions again with their tokenizers (and recalibrates from the fp32 one); a lost copy stops
  * the start with a code naming the version and the file, the store unchanged;
  * a recalibration in the restarted agent quantizes RoBERTa with its tokenizer.
  * Real agents, real socket, real ONNX fixtures, the real CLI.
@@ -75,6 +75,21 @@ async function cliProbabilities(model: string): Promise<number[][]> {
   return out.results.map((r) => r.probabilities);
 }
 
+/** `quantd job recalibrate --wait --json` (dynamic int8, small and fast) on the state directory, no agent running. */
+async function recalibrateWithoutAgent() {
+  const run = await runQuantd(
+    [
+      "job",
+      "recalibrate",
+      ...["--state-dir", stateDir(), "--wait", "--json", "--mode", "dynamic"],
+      ...["--samples", "64", "--validation-samples", "64", "--gate", "0.9", "--gate-on", "point"],
+    ],
+    { env: { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "" } },
+  );
+  const { job } = JSON.parse(run.stdout) as { job: { state: string; result: RecalibrationResult } };
+  return { run, job };
+}
+
 /** Probabilities of a row of logits, as `classify` computes them. */
 function softmax(logits: readonly number[]): number[] {
   const top = Math.max(...logits);
@@ -137,16 +152,7 @@ describe("a stored version serves with the tokenizer it was registered with", ()
   });
 
   test("quantd job recalibrate --wait with no agent recalibrates the stored RoBERTa version with its tokenizer", async () => {
-    const run = await runQuantd(
-      [
-        "job",
-        "recalibrate",
-        ...["--state-dir", stateDir(), "--wait", "--json", "--mode", "dynamic"],
-        ...["--samples", "64", "--validation-samples", "64", "--gate", "0.9", "--gate-on", "point"],
-      ],
-      { env: { ...process.env, QUANTD_THREADS: "1", QUANTD_CONFIG: "" } },
-    );
-    const { job } = JSON.parse(run.stdout) as { job: { state: string; result: RecalibrationResult } };
+    const { run, job } = await recalibrateWithoutAgent();
     const all = await versions();
     const v1 = all.find((v) => v.id === 1)!;
     const shipped = sha256FileSync(shippedModelPath);
@@ -224,6 +230,14 @@ describe("a stored version serves with the tokenizer it was registered with", ()
     const reply = await classifyOverSocket(agent.config.socketPath, TEXTS);
     expect(reply.status).toBe(200);
     expect(reply.body["model"]).toEqual({ version: again.id, kind: "int8-dynamic" });
+    // The int8's base was not in the model files: the fp32 version with its tokenizer is, not the shipped model.
+    const fp32 = agent.store.models.list().find((v) => v.kind === "fp32")!;
+    await seedSamples(agent.store, 300);
+    await agent.stop();
+    agent = undefined;
+    const { job } = await recalibrateWithoutAgent();
+    expect(job.result.report?.model.fp32.sha256).toBe(fp32.sha256);
+    expect((await versions()).some((v) => v.sha256 === sha256FileSync(shippedModelPath))).toBe(false);
   });
 
   test("its tokenizer's copy gone: the start fails naming the version and the file, nothing retired or registered", async () => {
