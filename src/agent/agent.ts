@@ -308,16 +308,18 @@ async function listen(
 
 /**
  * Stage 3: the store, then the model to serve (`/v2/health/ready` turns 200).
- * When the explicit model did not load and a stored version serves instead,
- * the routes take that version's name (unless `modelName` is configured).
+ * When a stored version serves (no --model, or the explicit model did not
+ * load), the routes take that version's name (unless `modelName` is configured).
  */
 async function openAndLoad(config: AgentConfig, serving: Serving): Promise<void> {
   const { services, drift } = serving;
   await services.open();
   const served = await services.registry.start(config.model, config.modelExplicit);
-  if (services.registry.startupRejection() !== undefined && config.modelNameExplicit !== true) {
-    serving.naming.modelName =
-      storedVersionName(served, services.store.models.list(), config.stateDir) ?? "model";
+  if (config.modelNameExplicit !== true) {
+    const stored = storedVersionName(served, services.store.models.list(), config.stateDir);
+    if (services.registry.startupRejection() !== undefined) serving.naming.modelName = stored ?? "model";
+    // Without --model the store's active version serves: its name, not the default model's (a RoBERTa is no sst2-bert-mini).
+    else if (!config.modelExplicit && stored !== undefined) serving.naming.modelName = stored;
   }
   drift.setCoverage(coverageOf(services.registry.activeVersion()?.metrics));
 }

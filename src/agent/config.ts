@@ -100,8 +100,8 @@ export interface AgentConfig {
   modelName: string;
   /**
    * Whether `modelName` was configured; else it follows the model served (a
-   * stored version serving in place of an explicit model that did not load
-   * gives its own). @defaultValue false
+   * stored version serving without --model, or in place of an explicit model
+   * that did not load, gives its own). @defaultValue false
    */
   modelNameExplicit?: boolean;
   /**

@@ -17,6 +17,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, te
 import { readFileSync, renameSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Agent, startAgent } from "../../src/agent/agent.ts";
+import { defaultModelName } from "../../src/agent/config.ts";
 import { RECALIBRATE_JOB, type RecalibrationResult } from "../../src/agent/recalibrate.ts";
 import { TOKENIZER_METRIC, tokenizersDir } from "../../src/agent/version-tokenizer.ts";
 import { sha256FileSync } from "../../src/core/hash.ts";
@@ -28,7 +29,7 @@ import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
 import { shippedModelDir, shippedModelPath } from "../helpers/paths.ts";
 import { runQuantd } from "../helpers/run-cli.ts";
 import { until } from "../helpers/until.ts";
-import { classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
+import { call, classifyOverSocket, TEXTS, tempDir, testConfig } from "./agent-harness.ts";
 import { FAST_PARAMS, forgetTokenizerCopies, openTestStore, seedSamples } from "./jobs-harness.ts";
 
 // Each agent loads a 16 MB fixture and the job quantizes it: a busy 2-core machine needs the margin.
@@ -124,6 +125,11 @@ describe("a stored version serves with the tokenizer it was registered with", ()
     const reply = await classifyOverSocket(agent.config.socketPath, TEXTS);
     expect(reply.status).toBe(200);
     expect(reply.body["model"]).toEqual({ version: 1, kind: "fp32" });
+    // The routes name the model served, from the directory it was registered from, not the shipped model's.
+    expect((await call(agent.config.socketPath, "/v2/models/roberta")).status).toBe(200);
+    expect(
+      (await call(agent.config.socketPath, `/v2/models/${defaultModelName(shippedModelPath)}`)).status,
+    ).toBe(404);
     const served = (reply.body["results"] as { logits: number[] }[]).map((r) => softmax(r.logits));
     const expected = await cliProbabilities(moved);
     expect(served.length).toBe(expected.length);
