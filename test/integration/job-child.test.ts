@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node
 import { join } from "node:path";
 import { runInJobChild, runQuantizationInChild } from "../../src/agent/job-child.ts";
 import { isQuantdError, QuantdError } from "../../src/errors.ts";
+import { loadModel, saveModel } from "../../src/onnx/codec.ts";
 import type { PoolSample } from "../../src/quant/pipeline.ts";
 import { processAlive } from "../../src/jobs/runner-lock.ts";
 import { shippedDevTsv, shippedModelPath } from "../helpers/paths.ts";
@@ -117,21 +118,30 @@ test("a child killed from outside fails with its exit reason; the child's own er
   expect((own as QuantdError).code).not.toBe("BENCH_FAILED");
   expect((own as QuantdError).message).toContain("missing.onnx");
 
-  // A file onnxruntime refuses: its own reason comes back as the cause.
+  // A file that is not ONNX at all: named by its framing, as classify and quantize name it.
   const garbage = join(dir, "garbage.onnx");
   writeFileSync(garbage, "not a model\n".repeat(10));
-  let refused: unknown;
-  try {
-    await runInJobChild(
-      { op: "compare", active: garbage, candidate: shippedModelPath, options: { runs: 1, memory: false } },
+  const compare = (active: string) =>
+    runInJobChild(
+      { op: "compare", active, candidate: shippedModelPath, options: { runs: 1, memory: false } },
       { crashCode: "BENCH_FAILED" },
+    ).then(
+      () => undefined,
+      (e: unknown) => e,
     );
-  } catch (e) {
-    refused = e;
-  }
+  const junk = await compare(garbage);
+  expect(isQuantdError(junk, "MODEL_NOT_ONNX")).toBe(true);
+  expect((junk as QuantdError).message).toContain(garbage);
+
+  // A well-framed model onnxruntime refuses (an operator it has no kernel for): its own reason comes back as the cause.
+  const unloadable = join(dir, "unknown-op.onnx");
+  const model = await loadModel(shippedModelPath);
+  model.graph.node.find((n) => n.opType === "Tanh")!.opType = "NoSuchOperator";
+  await saveModel(model, unloadable);
+  const refused = await compare(unloadable);
   expect(isQuantdError(refused, "MODEL_LOAD_FAILED")).toBe(true);
-  expect((refused as QuantdError).message).toBe(`active model: onnxruntime could not load ${garbage}`);
-  expect((refused as QuantdError).causeMessages().join(" ")).toMatch(/protobuf|parsing|Load model/i);
+  expect((refused as QuantdError).message).toBe(`active model: onnxruntime could not load ${unloadable}`);
+  expect((refused as QuantdError).causeMessages().join(" ")).toContain("NoSuchOperator");
 }, 60_000);
 
 test("a child's error comes back as its wire form says: code, message, details and the library's own words as causes", async () => {
