@@ -194,9 +194,8 @@ export function sampleTrials(
     case "classification":
     case "pair-classification":
     case "token-classification": {
-      const cols = task.labels.length;
-      const refTop = argmaxRows(matrixOf([reference], cols));
-      const candTop = argmaxRows(matrixOf([candidate], cols));
+      const refTop = topsOf(task, reference);
+      const candTop = topsOf(task, candidate);
       const agree = refTop.reduce((k, top, r) => k + (top !== -1 && top === candTop[r] ? 1 : 0), 0);
       return { n: refTop.length, agree };
     }
@@ -213,6 +212,11 @@ export function sampleTrials(
     case "regression":
       return { n: 1, agree: Math.abs(candidate[0]! - reference[0]!) <= rule.tolerance ? 1 : 0 };
   }
+}
+
+/** The top class of each of a sample's rows (one, or one per token), as the gate compares them. */
+function topsOf(task: TaskSpec, row: Float32Array): Int32Array {
+  return argmaxRows(matrixOf([row], task.labels.length));
 }
 
 /** A multi-label head's decision cut per label, in logits (its probability threshold, 0.5 by default). */
@@ -239,9 +243,9 @@ export function worseOfForms(
     case "pair-classification":
     case "token-classification": {
       const cols = task.labels.length;
-      const refTop = argmaxRows(matrixOf([reference], cols));
-      const aloneTop = argmaxRows(matrixOf([alone], cols));
-      const batchedTop = argmaxRows(matrixOf([batched], cols));
+      const refTop = topsOf(task, reference);
+      const aloneTop = topsOf(task, alone);
+      const batchedTop = topsOf(task, batched);
       const out = Float32Array.from(batched);
       for (let r = 0; r < refTop.length; r++) {
         if (batchedTop[r] === refTop[r] && aloneTop[r] !== refTop[r]) {
