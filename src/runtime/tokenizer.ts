@@ -276,6 +276,41 @@ function positionStyleOf(modelConfig: unknown): PositionStyle {
   return { kind: "after-padding", paddingIdx: typeof pad === "number" && pad >= 0 ? pad : 1 };
 }
 
+/**
+ * transformers' tokenizer classes of models whose embeddings number positions
+ * from the padding index (Longformer, Data2VecText and I-BERT ship RoBERTa's).
+ */
+const AFTER_PADDING_CLASSES = /^(Roberta|XLMRoberta|Camembert|MPNet)Tokenizer(Fast)?$/i;
+
+/**
+ * The position style of an export without a `config.json`, from its tokenizer:
+ * the `tokenizer_class` of tokenizer_config.json when it names one (it names
+ * the model family, and tells RoBERTa from BART, which shares RoBERTa's
+ * post-processor but counts positions from 2 on every row); otherwise a
+ * `RobertaProcessing` post-processor, which only RoBERTa-family converters
+ * write (XLM-R, CamemBERT and MPNet write a `TemplateProcessing`, hence the
+ * class first). The padding index is the tokenizer's pad token, as
+ * transformers' configs of these families set `pad_token_id` to it.
+ */
+function positionStyleOfTokenizer(
+  tokenizerConfig: Record<string, unknown>,
+  postProcessor: unknown,
+  padId: number | undefined,
+): PositionStyle {
+  const cls = tokenizerConfig["tokenizer_class"];
+  const afterPadding =
+    typeof cls === "string" ? AFTER_PADDING_CLASSES.test(cls) : isRobertaProcessing(postProcessor);
+  return afterPadding ? { kind: "after-padding", paddingIdx: padId ?? 1 } : { kind: "arange" };
+}
+
+function isRobertaProcessing(pp: unknown): boolean {
+  if (!isRecord(pp)) return false;
+  if (pp["type"] === "RobertaProcessing") return true;
+  return (
+    pp["type"] === "Sequence" && Array.isArray(pp["processors"]) && pp["processors"].some(isRobertaProcessing)
+  );
+}
+
 function countSpecials(pieces: readonly TemplatePiece[]): number {
   let n = 0;
   for (const p of pieces) if (p.kind === "special") n += p.ids.length;
@@ -371,7 +406,7 @@ export class Tokenizer {
   readonly specialsSingle: number;
   /** Special tokens added to a pair (3 for BERT: `[CLS]`, `[SEP]`, `[SEP]`). */
   readonly specialsPair: number;
-  /** How the model numbers positions (from its `config.json`), for models that take `position_ids`. */
+  /** How the model numbers positions (from its `config.json`, else its tokenizer's family), for models that take `position_ids`. */
   readonly positions: PositionStyle;
   /** How the vocabulary writes its pieces (for character offsets). */
   readonly pieceStyle: PieceStyle;
@@ -591,7 +626,8 @@ const NO_LIMIT = 1e29;
  * Loads `tokenizer.json` (required) and `tokenizer_config.json` (optional) from
  * `dir`. The maximum length is the smallest of `model_max_length`, the model's
  * `max_position_embeddings` (from `config.json`, when present) and
- * `opts.maxLength`; 512 when none of them sets one.
+ * `opts.maxLength`; 512 when none of them sets one. How positions are numbered
+ * comes from `config.json`'s `model_type`, or without it from the tokenizer's family.
  *
  * @throws TOKENIZER_NOT_FOUND when `dir/tokenizer.json` does not exist
  * @throws TOKENIZER_INVALID when the files are not valid JSON or describe an unsupported tokenizer
@@ -629,7 +665,7 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
   const mml = tokenizerConfig["model_max_length"];
   if (typeof mml === "number" && mml > 0 && mml < NO_LIMIT) limits.push(Math.floor(mml));
   const modelConfigPath = opts.configPath ?? join(dir, "config.json");
-  let positions: PositionStyle = { kind: "arange" };
+  let positions: PositionStyle | undefined;
   if (existsSync(modelConfigPath)) {
     const modelConfig = readJson(modelConfigPath, dir, "CONFIG_INVALID");
     positions = positionStyleOf(modelConfig);
@@ -660,5 +696,10 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
     // Padding positions are masked out, so any id works when a tokenizer declares none; 0 is BERT's.
     pad: named("pad_token", "[PAD]") ?? 0,
   };
+  positions ??= positionStyleOfTokenizer(
+    tokenizerConfig,
+    tokenizerJson["post_processor"],
+    named("pad_token", "<pad>"),
+  );
   return new Tokenizer(dir, hf, template, maxLength, specialIds, positions, pieceStyleOf(tokenizerJson));
 }

@@ -50,6 +50,23 @@ describe("inputs as exporters write them", () => {
     expectClose(a.data, b.data, { atol: 1e-5, rtol: 1e-5 });
   });
 
+  test("XLM-R with a position_ids input and no config.json: its tokenizer says after the padding index", async () => {
+    const arch = architecture("xlm-roberta");
+    const withConfig = await writeEncoderFixture(arch, join(dir, "xlmr-config"));
+    const bare = await writeEncoderFixture(arch, join(dir, "xlmr-no-config"));
+    rmSync(join(bare.dir, "config.json"));
+    const c = await loadClassifier(bare.model, { session: { intraOpThreads: 1 } });
+    try {
+      expect(c.tokenizer.positions).toEqual({ kind: "after-padding", paddingIdx: 1 });
+    } finally {
+      await c.release();
+    }
+    expectClose((await logitsOf(bare.model)).data, (await logitsOf(withConfig.model)).data, {
+      atol: 1e-6,
+      rtol: 1e-6,
+    });
+  });
+
   test("ELECTRA with a position_ids input: 0, 1, 2, … as BERT-family embeddings number them", async () => {
     const arch = architecture("electra");
     const withInput = await writeEncoderFixture(arch, join(dir, "electra-input"));

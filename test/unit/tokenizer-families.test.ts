@@ -238,6 +238,35 @@ describe("positions and limits from config.json", () => {
     expect(pos.slice(batch.seqLen)).toEqual(Array.from({ length: batch.seqLen }, (_, j) => j + 2));
   });
 
+  test("without config.json, the tokenizer's class (else a RobertaProcessing) names the family", async () => {
+    for (const name of ["roberta", "xlm-roberta", "mpnet", "metaspace-bpe"] as const) {
+      expect([name, get(name).tok.positions]).toEqual([
+        name,
+        { kind: "after-padding", paddingIdx: get(name).files.padId },
+      ]);
+    }
+    for (const name of ["bert", "albert", "deberta"] as const) {
+      expect([name, get(name).tok.positions]).toEqual([name, { kind: "arange" }]);
+    }
+    const files = buildTokenizer("roberta", corpus);
+    const withClass = async (tokenizerClass: string | undefined): Promise<Tokenizer> => {
+      const d = join(dir, `roberta-class-${tokenizerClass ?? "none"}`);
+      mkdirSync(d, { recursive: true });
+      writeFileSync(join(d, "tokenizer.json"), JSON.stringify(files.tokenizer));
+      const { tokenizer_class: _, ...rest } = files.tokenizerConfig;
+      const config = tokenizerClass === undefined ? rest : { ...rest, tokenizer_class: tokenizerClass };
+      writeFileSync(join(d, "tokenizer_config.json"), JSON.stringify(config));
+      return loadTokenizer(d);
+    };
+    // No class: RobertaProcessing, which only RoBERTa-family converters write.
+    expect((await withClass(undefined)).positions).toEqual({
+      kind: "after-padding",
+      paddingIdx: files.padId,
+    });
+    // BART shares RoBERTa's post-processor but numbers positions from 2 on every row.
+    expect((await withClass("BartTokenizer")).positions).toEqual({ kind: "arange" });
+  });
+
   test("BERT-family models number every position 0, 1, 2, …", async () => {
     const tok = await load("bert", { model_type: "bert", max_position_embeddings: 128 });
     expect(tok.positions).toEqual({ kind: "arange" });
