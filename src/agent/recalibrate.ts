@@ -24,7 +24,7 @@
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import type { CandidateComparison } from "../bench/compare.ts";
+import { type CandidateComparison, describeLatencyRatio } from "../bench/compare.ts";
 import { sha256FileSync } from "../core/hash.ts";
 import { isQuantdError, QuantdError, type QuantdErrorCode } from "../errors.ts";
 import type { JobContext, JobHandler, JobVerdict } from "../jobs/handler.ts";
@@ -279,7 +279,7 @@ function latencyRefusal(
 ): string | undefined {
   const maxLat = p.maxLatencyRatio ?? DEFAULT_MAX_LATENCY_RATIO;
   if (bench.latencyRatio <= maxLat) return undefined;
-  const figures = `latency ratio ${bench.latencyRatio.toFixed(3)} > ${maxLat} (p50 ${bench.candidateP50Ms.toFixed(2)} vs ${bench.activeP50Ms.toFixed(2)} ms)`;
+  const figures = `${describeLatencyRatio(bench.latencyRatio, 3)} > ${maxLat} (p50 ${bench.candidateP50Ms.toFixed(2)} vs ${bench.activeP50Ms.toFixed(2)} ms)`;
   const size = `${((bench.candidateBytes / bench.activeBytes) * 100).toFixed(1)} % of its size`;
   if (p.prefer === "size" && bench.candidateBytes < bench.activeBytes) {
     log(`slower than the active model (${figures}) but ${size}: served, as quantize.prefer = size asks`);

@@ -35,6 +35,16 @@ export interface CandidateComparison {
   memoryRatio?: number;
 }
 
+/**
+ * A comparison's latency ratio as it reads beside the two p50s: it is the
+ * median of the interleaved runs' paired ratios, not one p50 over the other,
+ * so without its name "p50 5.97 vs 6.66 ms (ratio 1.00)" reads as a
+ * contradiction. One wording for the CLI, the fleet's reports and a job's reasons.
+ */
+export function describeLatencyRatio(ratio: number, digits = 2): string {
+  return `median paired ratio ${ratio.toFixed(digits)}`;
+}
+
 function rowOk(row: BenchRow | undefined, which: string): BenchRowOk {
   if (row === undefined) throw new QuantdError("BENCH_FAILED", `no benchmark row for the ${which} model`);
   if (row.status === "error") {

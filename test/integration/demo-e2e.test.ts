@@ -132,7 +132,9 @@ describe("quantd demo", () => {
       );
       expect(report).toMatch(/serving\s+int8-static model version 2 \(retained status\)/);
       expect(report).toMatch(/size\s+fp32 28\.9 MB → int8-static [\d.]+ MB \([3-4]\.\d× smaller\)/);
-      expect(report).toMatch(/latency p50\s+fp32 [\d.]+ ms → int8-static [\d.]+ ms \(ratio [\d.]+;/);
+      expect(report).toMatch(
+        /latency p50\s+fp32 [\d.]+ ms → int8-static [\d.]+ ms \(median paired ratio [\d.]+;/,
+      );
       expect(report).toMatch(/peak RSS\s+fp32 [\d.]+ MB → int8-static [\d.]+ MB/);
       expect(report).toMatch(
         /agreement\s+int8 = fp32 on [\d.]+ % \(≥ [\d.]+ % at 95 %, n = [\d,]+(?: of 2,752)?\), gate 99\.5 % on the bound/,

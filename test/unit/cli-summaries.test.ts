@@ -65,10 +65,31 @@ describe("summaries", () => {
     expect(text).toMatch(
       /agreement\s+99\.2 % \(≥ 96\.3 % at 95 %, n = 128\), gate 98 % on the point estimate/,
     );
-    expect(text).toMatch(/latency p50\s+active 9\.50 ms, candidate 4\.25 ms/);
+    expect(text).toMatch(
+      /latency p50\s+active 9\.50 ms, candidate 4\.25 ms \(median paired ratio 0\.45, b1×s64\)/,
+    );
+    expect(text).toMatch(/model version\s+4 \(int8-static\), serving/);
     expect(text).toMatch(/size\s+active 10\.7 MB, candidate 3\.3 MB/);
     expect(text).toMatch(/stages\s+pick 12\.0 ms, quantize 20500 ms, benchmark 4000 ms/);
     expect(text).not.toContain("{");
+  });
+
+  test("a rejected candidate's version is named as rejected, not as the model version; its ratio as the median of paired runs", () => {
+    const rejected: RecalibrationResult = {
+      ...RESULT,
+      decision: "rejected",
+      reasons: ["slower than the active model: median paired ratio 1.120 > 1.1 (p50 6.66 vs 5.97 ms)"],
+      candidate: { ...RESULT.candidate!, version: 5 },
+      bench: { ...RESULT.bench!, activeP50Ms: 5.97, candidateP50Ms: 6.66, latencyRatio: 1.0 },
+    };
+    const text = describeJob({ id: "j5", type: "recalibrate", state: "SUCCEEDED", result: rejected }).join(
+      "\n",
+    );
+    expect(text).toMatch(/decision\s+rejected/);
+    expect(text).toMatch(/candidate version\s+5 \(int8-static\), rejected: not serving/);
+    expect(text).not.toMatch(/model version/);
+    expect(text).toMatch(/latency p50\s+active 5\.97 ms, candidate 6\.66 ms \(median paired ratio 1\.00,/);
+    expect(text).not.toContain("(ratio");
   });
 
   test("a failed job shows its error; a refused command its reason", () => {

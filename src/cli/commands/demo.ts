@@ -17,6 +17,7 @@ import { join, relative } from "node:path";
 import { type Agent, startAgent } from "../../agent/agent.ts";
 import { loadAgentConfig } from "../../agent/config.ts";
 import type { RecalibrationResult } from "../../agent/recalibrate.ts";
+import { describeLatencyRatio } from "../../bench/compare.ts";
 import { QuantdError } from "../../errors.ts";
 import { type FleetController, startController } from "../../fleet/controller/controller.ts";
 import {
@@ -398,7 +399,7 @@ function describeReport(device: DeviceRecord | undefined, report: ReportMessage)
       rows.push([
         "latency p50",
         `${r.active.kind ?? "active"} ${formatMs(b.activeP50Ms)} → ${r.candidate?.kind ?? "int8"} ${formatMs(b.candidateP50Ms)} ` +
-          `(ratio ${b.latencyRatio.toFixed(2)}; batch ${b.shape.batch} × ${b.shape.seq} tokens, ${b.runs} runs each)`,
+          `(${describeLatencyRatio(b.latencyRatio)}; batch ${b.shape.batch} × ${b.shape.seq} tokens, ${b.runs} runs each)`,
       ]);
       if (b.activePeakRssBytes !== undefined && b.candidatePeakRssBytes !== undefined) {
         rows.push([

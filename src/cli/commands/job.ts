@@ -11,6 +11,7 @@ import {
   parseRecalibrateParams,
 } from "../../agent/recalibrate-params.ts";
 import { RELEASE_JOB } from "../../agent/release.ts";
+import { describeLatencyRatio } from "../../bench/compare.ts";
 import { type AgentServices, createAgentServices, jobsDir } from "../../agent/services.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import { isFinished } from "../../jobs/handler.ts";
@@ -38,6 +39,18 @@ function jobLine(j: Job): string {
   const pct = `${Math.round(j.progress * 100)} %`;
   const err = j.error === null ? "" : `  ${j.error.code}: ${j.error.message}`;
   return `${j.id}  ${j.type}  ${j.state}  ${j.stage ?? "-"}  ${pct}${err}`;
+}
+
+/**
+ * The version a recalibration registered: serving when promoted; a rejected
+ * one is named as a candidate, not as the model version in service.
+ */
+function candidateVersionRow(
+  decision: RecalibrationResult["decision"],
+  c: { version?: number; kind: string },
+): string[] {
+  if (decision === "promoted") return ["model version", `${c.version} (${c.kind}), serving`];
+  return ["candidate version", `${c.version} (${c.kind}), rejected: not serving`];
 }
 
 /** Human lines for a finished recalibration. */
@@ -75,13 +88,12 @@ export function describeRecalibration(job: {
   if (b !== undefined) {
     rows.push([
       "latency p50",
-      `active ${formatMs(b.activeP50Ms)}, candidate ${formatMs(b.candidateP50Ms)} (ratio ${b.latencyRatio.toFixed(2)}, b${b.shape.batch}×s${b.shape.seq})`,
+      `active ${formatMs(b.activeP50Ms)}, candidate ${formatMs(b.candidateP50Ms)} (${describeLatencyRatio(b.latencyRatio)}, b${b.shape.batch}×s${b.shape.seq})`,
     ]);
     rows.push(["size", `active ${formatBytes(b.activeBytes)}, candidate ${formatBytes(b.candidateBytes)}`]);
     if (b.memoryRatio !== undefined) rows.push(["peak RSS ratio", b.memoryRatio.toFixed(2)]);
   }
-  if (r.candidate?.version !== undefined)
-    rows.push(["model version", `${r.candidate.version} (${r.candidate.kind})`]);
+  if (r.candidate?.version !== undefined) rows.push(candidateVersionRow(r.decision, r.candidate));
   rows.push([
     "stages",
     Object.entries(r.stageMs)
