@@ -5,7 +5,7 @@
  */
 import { existsSync } from "node:fs";
 import { isQuantdError, QuantdError } from "../errors.ts";
-import { isPairFile, readInputsTsv } from "../runtime/input-tsv.ts";
+import { type InputRow, isPairFile, readInputsTsv } from "../runtime/input-tsv.ts";
 import { readSamplesTsv } from "../runtime/tsv.ts";
 import { DEFAULT_CALIBRATION_SAMPLES, planSplit, type SplitRequest } from "./split.ts";
 
@@ -168,6 +168,16 @@ export function splitPool(pool: SamplePool, req: SplitRequest, seed: number): Sa
   };
 }
 
+/** An input file's rows as samples, each known by its file and line; a label is kept when it is a class id. */
+export function samplesOfInputRows(rows: readonly InputRow[], path: string): QuantSample[] {
+  return rows.map((r) => ({
+    text: typeof r.input === "string" ? r.input : r.input[0],
+    ...(typeof r.input === "string" ? {} : { pair: r.input[1] }),
+    origin: `${path}:${r.line}`,
+    ...(r.label !== undefined && /^\d+$/.test(r.label) ? { label: Number(r.label) } : {}),
+  }));
+}
+
 /**
  * Reads every sample of a TSV file.
  *
@@ -180,14 +190,7 @@ export async function readSampleTsv(path: string): Promise<QuantSample[]> {
     throw new QuantdError("FILE_NOT_FOUND", `samples file ${path} does not exist`, { details: { path } });
   }
   try {
-    if (await isPairFile(path)) {
-      return (await readInputsTsv(path)).map((r) => ({
-        text: typeof r.input === "string" ? r.input : r.input[0],
-        ...(typeof r.input === "string" ? {} : { pair: r.input[1] }),
-        origin: `${path}:${r.line}`,
-        ...(r.label !== undefined && /^\d+$/.test(r.label) ? { label: Number(r.label) } : {}),
-      }));
-    }
+    if (await isPairFile(path)) return samplesOfInputRows(await readInputsTsv(path), path);
     const rows = await readSamplesTsv(path);
     return rows.map((r) => ({
       text: r.text,

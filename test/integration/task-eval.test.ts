@@ -206,3 +206,21 @@ test("with --compare, unlabelled rows of every task are compared, and accuracy i
   expect(err.stderr).toContain("DATA_MALFORMED");
   expect(err.stderr).toContain("line 2: no label");
 }, 120_000);
+
+test("a pair file on a single-text classifier is DATA_MISMATCH naming the model's task and the file's first pair, as quantize says it", async () => {
+  // The pair fixture run as a single-text classifier (--task classification), as quantize's own check is tested.
+  const pairs = join(root, "labelled-pairs.tsv");
+  writeFileSync(
+    pairs,
+    `sentence1\tsentence2\tlabel\n${texts.map((t, i) => `${t}\t${texts[i + 1] ?? t}\t1`).join("\n")}\n`,
+  );
+  const run = await runQuantd(
+    ["eval", "--model", dirs["pair-classification"], "--task", "classification", "--data", pairs],
+    { env: envWithoutQuantd() },
+  );
+  expect(run.code).not.toBe(0);
+  expect(run.stderr).toMatch(
+    /^error DATA_MISMATCH: sample \S+labelled-pairs\.tsv:2 is a pair of texts, but \S+ is a classification model \(.*\): each input is one text/,
+  );
+  expect(run.stderr).not.toContain("header");
+});

@@ -6,11 +6,13 @@
 import { relative, resolve } from "node:path";
 import { isQuantdError } from "../../errors.ts";
 import { describeAgreement, formatCount } from "../../quant/gate.ts";
+import { samplesOfInputRows } from "../../quant/samples.ts";
 import { compareTaskOutputs } from "../../quant/task-metrics.ts";
+import { checkSampleInputs } from "../../quant/task-validate.ts";
 import type { Classifier } from "../../runtime/classifier.ts";
 import { AGGREGATIONS } from "../../runtime/entities.ts";
 import { type EvalLatency, type EvalResult, evaluate } from "../../runtime/evaluate.ts";
-import { readInputsTsv } from "../../runtime/input-tsv.ts";
+import { isPairFile, readInputsTsv } from "../../runtime/input-tsv.ts";
 import { findModelFiles } from "../../runtime/model-files.ts";
 import { evaluateTask, scoreTaskResults, type TaskEvalReport } from "../../runtime/task-eval.ts";
 import type { TaskModel } from "../../runtime/task-model.ts";
@@ -225,6 +227,19 @@ async function runTaskEval(
 }
 
 /** The `eval` command. */
+/**
+ * A pair file (two text columns) given to a single-text classifier is
+ * DATA_MISMATCH naming the model's task and the file's first pair, as
+ * `quantize` says it — not a header the sample reader cannot place.
+ *
+ * @throws DATA_MISMATCH when `dataPath`'s header names a pair
+ */
+async function refusePairFile(taskModel: TaskModel, dataPath: string): Promise<void> {
+  if (!(await isPairFile(dataPath))) return;
+  const samples = samplesOfInputRows(await readInputsTsv(dataPath), dataPath);
+  checkSampleInputs(taskModel.task, samples, taskModel.modelPath);
+}
+
 export const evalCommand: Command = {
   name: "eval",
   summary: "accuracy on a labelled TSV; agreement with another model (--compare)",
@@ -310,6 +325,7 @@ export const evalCommand: Command = {
     const model = await classifierOfTaskModel(modelPath, taskModel, ctx.flags);
     let compare: Classifier | undefined;
     try {
+      await refusePairFile(taskModel, dataPath);
       const samples = await readSamplesTsv(dataPath, {
         requireLabels: comparePath === undefined,
         labels: model.labels,
