@@ -8,7 +8,11 @@ import { detectDevice } from "../device/detect.ts";
 import { type AgentConfig, type ConfigFlags, loadAgentConfig } from "../agent/config.ts";
 import { join } from "node:path";
 import { versionTokenizerDir } from "../agent/version-tokenizer.ts";
-import { QuantdError } from "../errors.ts";
+import { isQuantdError, QuantdError } from "../errors.ts";
+import { readGraphOutline } from "../onnx/graph-outline.ts";
+import { taskOfModel } from "../quant/task-validate.ts";
+import { findModelFiles } from "../runtime/model-files.ts";
+import type { TaskSpec } from "../runtime/task.ts";
 import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import { databasePath, openStore, type Store } from "../store/store.ts";
 import type { FlagSpec, ParsedFlags } from "./command.ts";
@@ -86,6 +90,30 @@ export async function openAgentStore(
     throw err;
   }
   return store;
+}
+
+/**
+ * The task of the model an agent of `config` serves (the active version, or
+ * the configured model as in {@link openAgentStore}), read from its graph's
+ * outline and the files served beside it, with the config's task override;
+ * `undefined` when there is no readable model (the agent could not serve one either).
+ */
+export async function servedTask(
+  config: AgentConfig,
+  store: Store,
+): Promise<{ task: TaskSpec; model: string } | undefined> {
+  const active = store.models.active();
+  const model = config.modelExplicit || active === undefined ? config.model : active.path;
+  try {
+    const files = findModelFiles(model, servingTokenizerDir(config, store));
+    const outline = await readGraphOutline(files.model);
+    if (outline === undefined) return undefined;
+    return { task: taskOfModel(outline, files, config.task), model: files.model };
+  } catch (err) {
+    // No model, no tokenizer, no task read from them: the agent names that when it loads the model.
+    if (isQuantdError(err)) return undefined;
+    throw err;
+  }
 }
 
 /** The tokenizer directory an agent of `config` serves with (see {@link openAgentStore}). */

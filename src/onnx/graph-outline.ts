@@ -8,13 +8,15 @@
  * at every load).
  */
 import { type FileHandle, open } from "node:fs/promises";
-import type { NodeProto, TensorProto } from "./types.ts";
+import type { DataType, Dimension, NodeProto, TensorProto, TypeProto, ValueInfoProto } from "./types.ts";
 
 /** The outline: what the table lookups of graph.ts read of a model. */
 export interface GraphOutline {
   graph: {
     node: Pick<NodeProto, "opType" | "input" | "output">[];
     initializer: Pick<TensorProto, "name" | "dims">[];
+    /** The graph's outputs, with their tensor types (what task detection reads). */
+    output: Pick<ValueInfoProto, "name" | "type">[];
   };
 }
 
@@ -22,6 +24,15 @@ export interface GraphOutline {
 const MODEL_GRAPH = 7;
 const GRAPH_NODE = 1;
 const GRAPH_INITIALIZER = 5;
+const GRAPH_OUTPUT = 12;
+const VALUE_NAME = 1;
+const VALUE_TYPE = 2;
+const TYPE_TENSOR = 1;
+const TENSOR_TYPE_ELEM = 1;
+const TENSOR_TYPE_SHAPE = 2;
+const SHAPE_DIM = 1;
+const DIM_VALUE = 1;
+const DIM_PARAM = 2;
 const NODE_INPUT = 1;
 const NODE_OUTPUT = 2;
 const NODE_OP_TYPE = 4;
@@ -144,13 +155,52 @@ async function readInitializer(
   return out;
 }
 
-/** The graph message's nodes and initializers, in file order. */
+/** A graph output's name and tensor type (element type and dims); other types are left out. */
+async function readValueInfo(r: Reader, value: Field): Promise<Pick<ValueInfoProto, "name" | "type">> {
+  const out: Pick<ValueInfoProto, "name" | "type"> = { name: "" };
+  for await (const f of fields(r, value.start, value.end)) {
+    if (f.field === VALUE_NAME && f.wire === 2) out.name = await r.text(f);
+    else if (f.field === VALUE_TYPE && f.wire === 2) {
+      for await (const t of fields(r, f.start, f.end)) {
+        if (t.field === TYPE_TENSOR && t.wire === 2) out.type = { tensorType: await readTensorType(r, t) };
+      }
+    }
+  }
+  return out;
+}
+
+async function readTensorType(r: Reader, tensor: Field): Promise<NonNullable<TypeProto["tensorType"]>> {
+  const out: NonNullable<TypeProto["tensorType"]> = { elemType: 0 };
+  for await (const f of fields(r, tensor.start, tensor.end)) {
+    if (f.field === TENSOR_TYPE_ELEM && f.wire === 0) out.elemType = f.value as DataType;
+    else if (f.field === TENSOR_TYPE_SHAPE && f.wire === 2) {
+      const dim: Dimension[] = [];
+      for await (const d of fields(r, f.start, f.end)) {
+        if (d.field === SHAPE_DIM && d.wire === 2) dim.push(await readDimension(r, d));
+      }
+      out.shape = { dim };
+    }
+  }
+  return out;
+}
+
+async function readDimension(r: Reader, dim: Field): Promise<Dimension> {
+  const out: Dimension = {};
+  for await (const f of fields(r, dim.start, dim.end)) {
+    if (f.field === DIM_VALUE && f.wire === 0) out.dimValue = f.value;
+    else if (f.field === DIM_PARAM && f.wire === 2) out.dimParam = await r.text(f);
+  }
+  return out;
+}
+
+/** The graph message's nodes, initializers and outputs, in file order. */
 async function outlineOf(r: Reader, graph: Field): Promise<GraphOutline> {
-  const outline: GraphOutline = { graph: { node: [], initializer: [] } };
+  const outline: GraphOutline = { graph: { node: [], initializer: [], output: [] } };
   for await (const f of fields(r, graph.start, graph.end)) {
     if (f.wire !== 2) continue;
     if (f.field === GRAPH_NODE) outline.graph.node.push(await readNode(r, f));
     else if (f.field === GRAPH_INITIALIZER) outline.graph.initializer.push(await readInitializer(r, f));
+    else if (f.field === GRAPH_OUTPUT) outline.graph.output.push(await readValueInfo(r, f));
   }
   return outline;
 }

@@ -81,7 +81,7 @@ const ELEMENT_TYPES: ReadonlyMap<number, TensorElementType> = new Map([
  * declared shape (some converters drop it) is taken as `[batch, labels]`: the
  * classifier's validator checks the real shape on the first batch.
  */
-function outputInfo(v: ValueInfoProto): TensorInfo {
+function outputInfo(v: Pick<ValueInfoProto, "name" | "type">): TensorInfo {
   const t = v.type?.tensorType;
   const declared = t?.shape?.dim;
   const dims =
@@ -89,12 +89,19 @@ function outputInfo(v: ValueInfoProto): TensorInfo {
   return { name: v.name, type: ELEMENT_TYPES.get(t?.elemType ?? DataType.UNDEFINED) ?? "other", dims };
 }
 
+/** A model's graph outputs: a decoded model's, or its outline's (onnx/graph-outline.ts). */
+export type ModelOutputs = { graph: { output: readonly Pick<ValueInfoProto, "name" | "type">[] } };
+
 /**
- * The task of an fp32 model about to be quantized, from its graph outputs and files.
+ * The task of an fp32 model about to be quantized (or of a served one), from its graph outputs and files.
  *
  * @throws as {@link detectTask}
  */
-export function taskOfModel(model: ModelProto, files: ModelFiles, override: TaskOverride = {}): TaskSpec {
+export function taskOfModel(
+  model: ModelOutputs | ModelProto,
+  files: ModelFiles,
+  override: TaskOverride = {},
+): TaskSpec {
   const taskFiles = {
     model: files.model,
     tokenizerDir: files.tokenizerDir,

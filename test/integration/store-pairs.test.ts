@@ -16,6 +16,7 @@ import { MIGRATIONS, migrate, SCHEMA_VERSION } from "../../src/store/migrations.
 import { openSqlDatabase } from "../../src/store/open.ts";
 import { openStore } from "../../src/store/store.ts";
 import { corpusSentences } from "../fixtures/encoders/tokenizers.ts";
+import { writeEncoderFixture } from "../fixtures/encoders/write-fixture.ts";
 import { writeTaskFixture } from "../fixtures/tasks/task-heads.ts";
 import { envWithoutQuantd, runQuantd } from "../helpers/run-cli.ts";
 import { call, testConfig } from "./agent-harness.ts";
@@ -151,9 +152,7 @@ test("quantd collect stores a pair file's rows as pairs", async () => {
   const stateDir = join(root, "collect");
   const run = await runQuantd(
     ["collect", "--file", file, "--state-dir", stateDir, "--tokenizer", pairModel, "--json"],
-    {
-      env: envWithoutQuantd(),
-    },
+    { env: { ...envWithoutQuantd(), QUANTD_MODEL: join(pairModel, "model.onnx") } },
   );
   expect(run.stderr).toBe("");
   expect(JSON.parse(run.stdout)).toMatchObject({ read: 2, added: 2 });
@@ -167,4 +166,43 @@ test("quantd collect stores a pair file's rows as pairs", async () => {
   } finally {
     store.close();
   }
+});
+
+test("quantd collect refuses the form the served model refuses, naming the file's line; nothing of the file is added", async () => {
+  const single = (await writeEncoderFixture("bert", join(root, "single"))).dir;
+  const pairs = join(root, "refused-pairs.tsv");
+  await Bun.write(pairs, "premise\thypothesis\nit rains\tit pours\n");
+  const texts = join(root, "refused-texts.tsv");
+  await Bun.write(texts, "label\tsentence\n1\ta wonderful film\n0\ta dull mess\n");
+  const collect = (file: string, model: string, stateDir: string) =>
+    runQuantd(["collect", file, "--state-dir", join(root, stateDir), "--json"], {
+      env: { ...envWithoutQuantd(), QUANTD_MODEL: join(model, "model.onnx") },
+    });
+  const pooled = async (stateDir: string) => {
+    const store = await openStore(join(root, stateDir, "quantd.db"));
+    try {
+      return store.samples.count();
+    } finally {
+      store.close();
+    }
+  };
+
+  // A single-text classifier's pool: its texts go in, a pair file does not (its recalibration would refuse it).
+  expect(JSON.parse((await collect(texts, single, "single-state")).stdout)).toMatchObject({ added: 2 });
+  const toSingle = await collect(pairs, single, "single-state");
+  expect(toSingle.code).not.toBe(0);
+  expect(toSingle.stdout + toSingle.stderr).toContain("DATA_MISMATCH");
+  expect(toSingle.stdout + toSingle.stderr).toMatch(
+    /refused-pairs\.tsv:2 is a pair of texts, but \S+ is a classification model/,
+  );
+  expect(toSingle.stdout + toSingle.stderr).toContain(`nothing from ${pairs} was added`);
+  expect(await pooled("single-state")).toBe(2);
+
+  // A pair classifier's pool: single texts are refused the same way.
+  const toPair = await collect(texts, pairModel, "pair-state");
+  expect(toPair.code).not.toBe(0);
+  expect(toPair.stdout + toPair.stderr).toMatch(
+    /refused-texts\.tsv:2 is one text, but \S+ is a pair-classification model/,
+  );
+  expect(await pooled("pair-state")).toBe(0);
 });

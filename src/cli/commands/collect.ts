@@ -4,12 +4,14 @@
  * stays within its bounds by stratified reservoir sampling, so collecting a
  * large file keeps a sample representative of it rather than its first rows.
  */
+import { checkSampleInputs } from "../../quant/task-validate.ts";
 import { isPairFile, readInputsTsv } from "../../runtime/input-tsv.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { SampleInput } from "../../store/samples.ts";
 import { databasePath } from "../../store/store.ts";
+import { isQuantdError, QuantdError } from "../../errors.ts";
 import type { Command, ParsedFlags } from "../command.ts";
-import { AGENT_STATE_FLAGS, agentConfigFromFlags, openAgentStore } from "../agent-state.ts";
+import { AGENT_STATE_FLAGS, agentConfigFromFlags, openAgentStore, servedTask } from "../agent-state.ts";
 import { JSON_FLAG } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagInt, flagString, usageError } from "../parse.ts";
 import { formatBytes } from "../render.ts";
@@ -29,19 +31,51 @@ function sampleFile(flags: ParsedFlags, positionals: readonly string[]): string 
   return flag;
 }
 
+/** A sample of a file and its line there. */
+type FileSample = SampleInput & { line: number };
+
 /**
  * The samples of a file: a pair file (two text columns, as `quantd infer` reads them) gives pairs, whose
  * `label` is kept when it is a class id; any other file is read as `label<TAB>sentence`.
  */
-async function readSampleInputs(file: string): Promise<SampleInput[]> {
+async function readSampleInputs(file: string): Promise<FileSample[]> {
   if (await isPairFile(file)) {
     return (await readInputsTsv(file)).map((r) => ({
       text: typeof r.input === "string" ? r.input : r.input[0],
       pair: typeof r.input === "string" ? null : r.input[1],
       label: r.label !== undefined && /^\d+$/.test(r.label) ? Number(r.label) : null,
+      line: r.line,
     }));
   }
-  return (await readSamplesTsv(file)).map((s) => ({ text: s.text, label: s.label ?? null }));
+  return (await readSamplesTsv(file)).map((s) => ({ text: s.text, label: s.label ?? null, line: s.line }));
+}
+
+/**
+ * Refuses a file with a sample the served model would refuse (a pair for a
+ * single-text classifier, one text for a pair classifier): stored, it would
+ * fail every recalibration (the quantizer refuses it too) until evicted.
+ *
+ * @throws DATA_MISMATCH naming the first such sample's file and line and the model's task
+ */
+function checkServedForm(
+  samples: readonly FileSample[],
+  file: string,
+  served: Awaited<ReturnType<typeof servedTask>>,
+) {
+  if (served === undefined) return;
+  const asQuant = samples.map((s) => ({
+    text: s.text,
+    ...(s.pair == null ? {} : { pair: s.pair }),
+    origin: `${file}:${s.line}`,
+  }));
+  try {
+    checkSampleInputs(served.task, asQuant, served.model);
+  } catch (err) {
+    if (!isQuantdError(err, "DATA_MISMATCH")) throw err;
+    throw new QuantdError("DATA_MISMATCH", `${err.message}; nothing from ${file} was added`, {
+      details: { ...err.details, file },
+    });
+  }
 }
 
 /** The `collect` command. */
@@ -57,6 +91,9 @@ export const collectCommand: Command = {
     "as duplicates. The pool is bounded by --max-rows and --max-bytes (UTF-8 bytes of the texts); beyond " +
     "them it keeps a random sample stratified by token length, so later samples are not favoured over " +
     "earlier ones; bounds lower than the pool's size evict down to them. Token lengths come from the tokenizer the agent serves with (the one the store's active version was registered with; with a configured model, or none stored, the one beside the configured model) unless --tokenizer is given.\n\n" +
+    "A file whose rows are not the form the agent's model takes (pairs for a single-text classifier, single texts " +
+    "for a pair classifier) is refused with DATA_MISMATCH naming the first such line, and nothing of it is added: " +
+    "the next recalibration would refuse those samples.\n\n" +
     "Prints how many samples were added, dropped as duplicates, evicted from the pool and not kept, then the " +
     "pool's size. The whole file is one transaction: on any error nothing is added.",
   flags: [
@@ -110,7 +147,11 @@ export const collectCommand: Command = {
       ...(tokenizerDir === undefined ? {} : { tokenizerDir }),
     });
     try {
-      const result = store.samples.add(samples, { source });
+      checkServedForm(samples, file, await servedTask(config, store));
+      const result = store.samples.add(
+        samples.map(({ line: _, ...s }) => s),
+        { source },
+      );
       const stats = store.samples.stats();
       const seconds = (performance.now() - started) / 1000;
       if (json) {
