@@ -1,12 +1,13 @@
 /**
  * A structural check of an ONNX file that reads only the framing of its
- * top-level fields (a few bytes each, by positioned reads), never the file
+ * top-level fields (by positioned reads through one window), never the file
  * whole: what the agent uses to say why onnxruntime refused a model of any
  * size without holding it in memory (an 800 MB junk file must not cost 800 MB
  * of RSS to diagnose).
  */
 import { type FileHandle, open } from "node:fs/promises";
 import { QuantdError } from "../errors.ts";
+import { MalformedProto, ProtoFileReader } from "./proto-reader.ts";
 
 /** What the framing walk found. */
 export interface ModelFileScan {
@@ -25,19 +26,14 @@ const MAX_IR_VERSION = 64;
 /** A ModelProto has a handful of top-level fields; far more means the bytes are not one. */
 const MAX_TOP_LEVEL_FIELDS = 100_000;
 
-/** Reads a protobuf varint at `pos`; `undefined` at end of file or when it runs past 10 bytes. */
-async function readVarint(fh: FileHandle, pos: number, size: number): Promise<[number, number] | undefined> {
-  const buf = Buffer.alloc(10);
-  const { bytesRead } = await fh.read(buf, 0, Math.min(10, size - pos), pos);
-  let value = 0;
-  let scale = 1;
-  for (let i = 0; i < bytesRead; i++) {
-    const b = buf[i]!;
-    value += (b & 0x7f) * scale;
-    scale *= 128;
-    if ((b & 0x80) === 0) return [value, i + 1];
+/** The varint at `pos` and the bytes it takes; `undefined` at end of file or when it runs past 10 bytes. */
+async function readVarint(r: ProtoFileReader, pos: number): Promise<[number, number] | undefined> {
+  try {
+    return await r.varint(pos);
+  } catch (err) {
+    if (err instanceof MalformedProto) return undefined;
+    throw err;
   }
-  return undefined;
 }
 
 /**
@@ -58,6 +54,7 @@ export async function scanModelFile(path: string): Promise<ModelFileScan> {
   try {
     const size = (await fh.stat()).size;
     if (size === 0) throw new QuantdError("MODEL_TRUNCATED", `${path} is empty, not an ONNX model`);
+    const r = new ProtoFileReader(fh, size);
     const scan: ModelFileScan = { bytes: size, irVersion: undefined, hasGraph: false, hasOpsetImport: false };
     let startsLikeModel = false;
     const bad = (why: string): QuantdError =>
@@ -69,7 +66,7 @@ export async function scanModelFile(path: string): Promise<ModelFileScan> {
     let pos = 0;
     for (let fields = 0; pos < size; fields++) {
       if (fields >= MAX_TOP_LEVEL_FIELDS) throw bad("too many top-level fields");
-      const tag = await readVarint(fh, pos, size);
+      const tag = await readVarint(r, pos);
       if (tag === undefined) throw bad(`unreadable field tag at byte ${pos}`);
       pos += tag[1];
       const field = Math.floor(tag[0] / 8);
@@ -77,7 +74,7 @@ export async function scanModelFile(path: string): Promise<ModelFileScan> {
       if (field === 0) throw bad(`field number 0 at byte ${pos - tag[1]}`);
       switch (wire) {
         case 0: {
-          const v = await readVarint(fh, pos, size);
+          const v = await readVarint(r, pos);
           if (v === undefined) throw bad(`varint past the end at byte ${pos}`);
           pos += v[1];
           if (field === IR_VERSION) {
@@ -90,7 +87,7 @@ export async function scanModelFile(path: string): Promise<ModelFileScan> {
           pos += 8;
           break;
         case 2: {
-          const len = await readVarint(fh, pos, size);
+          const len = await readVarint(r, pos);
           if (len === undefined) throw bad(`length past the end at byte ${pos}`);
           pos += len[1] + len[0];
           if (field === GRAPH) scan.hasGraph = true;

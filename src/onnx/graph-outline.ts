@@ -8,6 +8,7 @@
  * at every load).
  */
 import { type FileHandle, open } from "node:fs/promises";
+import { MalformedProto, ProtoFileReader } from "./proto-reader.ts";
 import type { DataType, Dimension, NodeProto, TensorProto, TypeProto, ValueInfoProto } from "./types.ts";
 
 /** The outline: what the table lookups of graph.ts read of a model. */
@@ -39,52 +40,9 @@ const NODE_OP_TYPE = 4;
 const TENSOR_DIMS = 1;
 const TENSOR_NAME = 8;
 
-/** Bytes read at a time: nodes and tensor headers come from one window, tensor data is skipped over. */
-const WINDOW = 64 * 1024;
-
-/** Framing that is not a message's: the outline is given up (onnxruntime names the problem). */
-class Malformed extends Error {}
-
-/** Positioned reads through one window, so walking small fields costs few system calls. */
-class Reader {
-  #buf = Buffer.alloc(0);
-  #at = 0;
-
-  constructor(
-    private readonly fh: FileHandle,
-    readonly size: number,
-  ) {}
-
-  /** The `len` bytes at `pos`. @throws Malformed past the end of the file */
-  async bytes(pos: number, len: number): Promise<Buffer> {
-    if (pos + len > this.size) throw new Malformed();
-    if (pos < this.#at || pos + len > this.#at + this.#buf.length) {
-      const buf = Buffer.alloc(Math.max(len, Math.min(WINDOW, this.size - pos)));
-      const { bytesRead } = await this.fh.read(buf, 0, buf.length, pos);
-      if (bytesRead < len) throw new Malformed();
-      this.#buf = buf.subarray(0, bytesRead);
-      this.#at = pos;
-    }
-    return this.#buf.subarray(pos - this.#at, pos - this.#at + len);
-  }
-
-  /** The varint at `pos` and the bytes it takes. @throws Malformed past the end or over 10 bytes */
-  async varint(pos: number): Promise<[number, number]> {
-    const b = await this.bytes(pos, Math.min(10, this.size - pos));
-    let value = 0;
-    let scale = 1;
-    for (let i = 0; i < b.length; i++) {
-      value += (b[i]! & 0x7f) * scale;
-      scale *= 128;
-      if ((b[i]! & 0x80) === 0) return [value, i + 1];
-    }
-    throw new Malformed();
-  }
-
-  /** A length-delimited field's value as text. */
-  async text(f: Field): Promise<string> {
-    return (await this.bytes(f.start, f.end - f.start)).toString("utf8");
-  }
+/** Reads the text of a length-delimited field. */
+async function text(r: ProtoFileReader, f: Field): Promise<string> {
+  return (await r.bytes(f.start, f.end - f.start)).toString("utf8");
 }
 
 /** One field of a message: its number, wire type and where its value lies. */
@@ -98,8 +56,8 @@ interface Field {
   end: number;
 }
 
-/** The fields of the message in [`pos`, `end`), in order. @throws Malformed */
-async function* fields(r: Reader, pos: number, end: number): AsyncGenerator<Field> {
+/** The fields of the message in [`pos`, `end`), in order. @throws MalformedProto */
+async function* fields(r: ProtoFileReader, pos: number, end: number): AsyncGenerator<Field> {
   while (pos < end) {
     const [tag, tagBytes] = await r.varint(pos);
     const at = pos + tagBytes;
@@ -115,34 +73,34 @@ async function* fields(r: Reader, pos: number, end: number): AsyncGenerator<Fiel
     } else if (wire === 1 || wire === 5) {
       f = { field, wire, value: 0, start: at, end: at + (wire === 1 ? 8 : 4) };
     } else {
-      throw new Malformed();
+      throw new MalformedProto();
     }
-    if (field === 0 || f.end > end) throw new Malformed();
+    if (field === 0 || f.end > end) throw new MalformedProto();
     yield f;
     pos = f.end;
   }
 }
 
 /** A node's operator and edges. */
-async function readNode(r: Reader, node: Field): Promise<GraphOutline["graph"]["node"][number]> {
+async function readNode(r: ProtoFileReader, node: Field): Promise<GraphOutline["graph"]["node"][number]> {
   const out = { opType: "", input: [] as string[], output: [] as string[] };
   for await (const f of fields(r, node.start, node.end)) {
     if (f.wire !== 2) continue;
-    if (f.field === NODE_INPUT) out.input.push(await r.text(f));
-    else if (f.field === NODE_OUTPUT) out.output.push(await r.text(f));
-    else if (f.field === NODE_OP_TYPE) out.opType = await r.text(f);
+    if (f.field === NODE_INPUT) out.input.push(await text(r, f));
+    else if (f.field === NODE_OUTPUT) out.output.push(await text(r, f));
+    else if (f.field === NODE_OP_TYPE) out.opType = await text(r, f);
   }
   return out;
 }
 
 /** An initializer's name and dims (plain or packed); its data is skipped over, unread. */
 async function readInitializer(
-  r: Reader,
+  r: ProtoFileReader,
   tensor: Field,
 ): Promise<GraphOutline["graph"]["initializer"][number]> {
   const out = { name: "", dims: [] as number[] };
   for await (const f of fields(r, tensor.start, tensor.end)) {
-    if (f.field === TENSOR_NAME && f.wire === 2) out.name = await r.text(f);
+    if (f.field === TENSOR_NAME && f.wire === 2) out.name = await text(r, f);
     else if (f.field === TENSOR_DIMS && f.wire === 0) out.dims.push(f.value);
     else if (f.field === TENSOR_DIMS && f.wire === 2) {
       for (let p = f.start; p < f.end; ) {
@@ -156,10 +114,13 @@ async function readInitializer(
 }
 
 /** A graph output's name and tensor type (element type and dims); other types are left out. */
-async function readValueInfo(r: Reader, value: Field): Promise<Pick<ValueInfoProto, "name" | "type">> {
+async function readValueInfo(
+  r: ProtoFileReader,
+  value: Field,
+): Promise<Pick<ValueInfoProto, "name" | "type">> {
   const out: Pick<ValueInfoProto, "name" | "type"> = { name: "" };
   for await (const f of fields(r, value.start, value.end)) {
-    if (f.field === VALUE_NAME && f.wire === 2) out.name = await r.text(f);
+    if (f.field === VALUE_NAME && f.wire === 2) out.name = await text(r, f);
     else if (f.field === VALUE_TYPE && f.wire === 2) {
       for await (const t of fields(r, f.start, f.end)) {
         if (t.field === TYPE_TENSOR && t.wire === 2) out.type = { tensorType: await readTensorType(r, t) };
@@ -169,7 +130,10 @@ async function readValueInfo(r: Reader, value: Field): Promise<Pick<ValueInfoPro
   return out;
 }
 
-async function readTensorType(r: Reader, tensor: Field): Promise<NonNullable<TypeProto["tensorType"]>> {
+async function readTensorType(
+  r: ProtoFileReader,
+  tensor: Field,
+): Promise<NonNullable<TypeProto["tensorType"]>> {
   const out: NonNullable<TypeProto["tensorType"]> = { elemType: 0 };
   for await (const f of fields(r, tensor.start, tensor.end)) {
     if (f.field === TENSOR_TYPE_ELEM && f.wire === 0) out.elemType = f.value as DataType;
@@ -184,17 +148,17 @@ async function readTensorType(r: Reader, tensor: Field): Promise<NonNullable<Typ
   return out;
 }
 
-async function readDimension(r: Reader, dim: Field): Promise<Dimension> {
+async function readDimension(r: ProtoFileReader, dim: Field): Promise<Dimension> {
   const out: Dimension = {};
   for await (const f of fields(r, dim.start, dim.end)) {
     if (f.field === DIM_VALUE && f.wire === 0) out.dimValue = f.value;
-    else if (f.field === DIM_PARAM && f.wire === 2) out.dimParam = await r.text(f);
+    else if (f.field === DIM_PARAM && f.wire === 2) out.dimParam = await text(r, f);
   }
   return out;
 }
 
 /** The graph message's nodes, initializers and outputs, in file order. */
-async function outlineOf(r: Reader, graph: Field): Promise<GraphOutline> {
+async function outlineOf(r: ProtoFileReader, graph: Field): Promise<GraphOutline> {
   const outline: GraphOutline = { graph: { node: [], initializer: [], output: [] } };
   for await (const f of fields(r, graph.start, graph.end)) {
     if (f.wire !== 2) continue;
@@ -219,13 +183,13 @@ export async function readGraphOutline(path: string): Promise<GraphOutline | und
     return undefined;
   }
   try {
-    const r = new Reader(fh, (await fh.stat()).size);
+    const r = new ProtoFileReader(fh, (await fh.stat()).size);
     for await (const f of fields(r, 0, r.size)) {
       if (f.field === MODEL_GRAPH && f.wire === 2) return await outlineOf(r, f);
     }
     return undefined;
   } catch {
-    return undefined; // framing not a model's (Malformed), or a read that failed
+    return undefined; // framing not a model's (MalformedProto), or a read that failed
   } finally {
     await fh.close().catch(() => undefined);
   }
