@@ -409,9 +409,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
 
   /** {@link versionTokenizerDir} of `version`: its copy, else the tokenizer it was served with before copies. */
   #tokenizerOf(version: ModelVersion): string {
-    const { models, modelsDir, tokenizerDir, tokenizerExplicit } = this.#opts;
-    const byPath = (path: string) => models.list().find((v) => v.path === path);
-    return versionTokenizerDir(version, modelsDir, tokenizerDir, tokenizerExplicit === true, byPath);
+    return versionTokenizerDir(version, this.#opts);
   }
 
   /**

@@ -27,7 +27,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { syncDirSync, writeFailure } from "../core/files.ts";
 import { isQuantdError, QuantdError } from "../errors.ts";
 import { copyModelDirFiles, createOutputDir, findModelFiles } from "../runtime/model-files.ts";
-import type { ModelVersion } from "../store/models.ts";
+import type { ModelRegistryStore, ModelVersion } from "../store/models.ts";
 
 /** The metric holding the SHA-256 of a version's tokenizer copy (see {@link snapshotTokenizer}). */
 export const TOKENIZER_METRIC = "tokenizer";
@@ -136,25 +136,35 @@ export function notedModelTokenizer(modelsDir: string, modelSha256: string): str
   }
 }
 
+/** Where {@link versionTokenizerDir} looks: the registry's options, or the CLI's from the agent config. */
+export interface ServedTokenizers {
+  /** The store's versions. */
+  models: Pick<ModelRegistryStore, "list">;
+  /** `<stateDir>/models`. */
+  modelsDir: string;
+  /** The agent's tokenizer directory (configured, or the shipped model's). */
+  tokenizerDir: string;
+  /** Whether the operator configured `tokenizerDir`. @defaultValue false */
+  tokenizerExplicit?: boolean;
+}
+
 /**
  * The directory of the tokenizer and config.json `version` was registered
  * with: its copy in the state directory. A version registered before copies
- * were kept has none; it was served with the agent's one tokenizer: `fallback`
- * when the operator configured it (`fallbackConfigured`), else, for a model
+ * were kept has none; it was served with the agent's one tokenizer: the
+ * agent's `tokenizerDir` when the operator configured it, else, for a model
  * given by path, the one beside that path: that directory when it still holds
  * a tokenizer.json; for a recalibrated version (its source a job's file, long
- * gone) its fp32 base's, found with `byPath`; else `fallback`.
+ * gone) its fp32 base's, found among the store's versions; else the agent's
+ * `tokenizerDir`.
  *
- * @param byPath - the registered version at a path (the store's), to follow a recalibration's base
+ * The one rule for the registry (what it serves) and the CLI (what an agent
+ * would serve, for token counts and the served task without an agent).
+ *
  * @throws TOKENIZER_NOT_FOUND naming the version and the missing file when its copy is gone
  */
-export function versionTokenizerDir(
-  version: ModelVersion,
-  modelsDir: string,
-  fallback: string,
-  fallbackConfigured = false,
-  byPath: (path: string) => ModelVersion | undefined = () => undefined,
-): string {
+export function versionTokenizerDir(version: ModelVersion, served: ServedTokenizers): string {
+  const { modelsDir, tokenizerDir: fallback } = served;
   const recorded = version.metrics[TOKENIZER_METRIC];
   if (typeof recorded === "string") {
     const dir = join(tokenizersDir(modelsDir), recorded);
@@ -168,16 +178,17 @@ export function versionTokenizerDir(
     );
   }
   // An agent configured with a tokenizer served every version with it, whatever lay beside their files.
-  if (fallbackConfigured) return fallback;
+  if (served.tokenizerExplicit === true) return fallback;
   // The registry's SOURCE_METRIC and the recalibration's BASE_METRIC (not imported: both modules import this one).
   const source = version.metrics["source"];
   if (typeof source === "string" && existsSync(join(dirname(source), "tokenizer.json")))
     return dirname(source);
   const basePath = version.metrics["base"];
-  const base = typeof basePath === "string" ? byPath(basePath) : undefined;
+  const base =
+    typeof basePath === "string" ? served.models.list().find((v) => v.path === basePath) : undefined;
   // An fp32 base has no base of its own: one step, never a loop.
   if (base !== undefined && base.id !== version.id && base.metrics["base"] === undefined) {
-    return versionTokenizerDir(base, modelsDir, fallback);
+    return versionTokenizerDir(base, served);
   }
   return fallback;
 }

@@ -120,13 +120,10 @@ export async function servedTask(
 function servingTokenizerDir(config: AgentConfig, store: Store): string {
   const active = store.models.active();
   if (config.modelExplicit || active === undefined) return config.tokenizerDir;
-  const byPath = (path: string) => store.models.list().find((v) => v.path === path);
-  const configured = config.tokenizerDirExplicit === true;
-  return versionTokenizerDir(
-    active,
-    join(config.stateDir, "models"),
-    config.tokenizerDir,
-    configured,
-    byPath,
-  );
+  return versionTokenizerDir(active, {
+    models: store.models,
+    modelsDir: join(config.stateDir, "models"),
+    tokenizerDir: config.tokenizerDir,
+    tokenizerExplicit: config.tokenizerDirExplicit === true,
+  });
 }
