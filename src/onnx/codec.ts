@@ -914,16 +914,21 @@ export function encodeModel(model: ModelProto): Uint8Array {
 // ---------------------------------------------------------------------------
 // Files
 
+/** A failed read of `path` (a `what`): FILE_NOT_FOUND when it is missing, else FILE_UNREADABLE. */
+function readFailure(err: unknown, path: string, what: string): QuantdError {
+  const code = errnoOf(err);
+  if (code === "ENOENT" || code === "ENOTDIR") {
+    return new QuantdError("FILE_NOT_FOUND", `${what} not found: ${path}`, { cause: err });
+  }
+  return new QuantdError("FILE_UNREADABLE", `cannot read ${what} ${path}`, { cause: err });
+}
+
 async function readBytes(path: string, what: string): Promise<Uint8Array> {
   let buf: Buffer;
   try {
     buf = await readFile(path);
   } catch (err) {
-    const code = errnoOf(err);
-    if (code === "ENOENT" || code === "ENOTDIR") {
-      throw new QuantdError("FILE_NOT_FOUND", `${what} not found: ${path}`, { cause: err });
-    }
-    throw new QuantdError("FILE_UNREADABLE", `cannot read ${what} ${path}`, { cause: err });
+    throw readFailure(err, path, what);
   }
   // A plain Uint8Array view, so subarrays taken from it are plain too (not Buffers).
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -1053,12 +1058,7 @@ async function externalFileBytes(file: string, modelPath: string): Promise<numbe
   try {
     return (await stat(file)).size;
   } catch (err) {
-    const code = errnoOf(err);
-    const what = `external data file of ${modelPath}`;
-    if (code === "ENOENT" || code === "ENOTDIR") {
-      throw new QuantdError("FILE_NOT_FOUND", `${what} not found: ${file}`, { cause: err });
-    }
-    throw new QuantdError("FILE_UNREADABLE", `cannot read ${what} ${file}`, { cause: err });
+    throw readFailure(err, file, `external data file of ${modelPath}`);
   }
 }
 
