@@ -17,6 +17,7 @@ import {
   type BatchEncoding,
   type BatchingMode,
   type EncodeBatchOptions,
+  type LoadTokenizerOptions,
   loadTokenizer,
   planBatches,
   type TextInput,
@@ -457,11 +458,10 @@ export async function loadModelTokenizer(
   graph: GraphOutline | undefined,
   maxLength?: number,
 ): Promise<Tokenizer> {
-  const tokOpts: { maxLength?: number; configPath?: string } = {};
-  const positions = graph === undefined ? undefined : positionTable(graph)?.rows;
-  // A caller's bad maxLength must still reach loadTokenizer, which names it (USAGE).
-  const bounds = [positions, maxLength].filter((b) => b !== undefined);
-  if (bounds.length > 0) tokOpts.maxLength = Math.min(...bounds);
+  const tokOpts: LoadTokenizerOptions = {};
+  const positionRows = graph === undefined ? undefined : positionTable(graph)?.rows;
+  if (positionRows !== undefined) tokOpts.positionRows = positionRows;
+  if (maxLength !== undefined) tokOpts.maxLength = maxLength;
   if (files.configPath !== undefined) tokOpts.configPath = files.configPath;
   const tokenizer = await loadTokenizer(files.tokenizerDir, tokOpts);
   // Before any text is encoded: another model's tokenizer fails later with an index error naming neither file.

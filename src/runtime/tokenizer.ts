@@ -77,6 +77,11 @@ export interface LoadTokenizerOptions {
    * @defaultValue `config.json` in the tokenizer directory, when present
    */
   configPath?: string;
+  /**
+   * Rows of the model's position table (read from its graph), which bound the length as
+   * `max_position_embeddings` does: less the rows a RoBERTa-family model never uses.
+   */
+  positionRows?: number;
 }
 
 /** Ids of the special tokens quantd needs. */
@@ -625,7 +630,8 @@ const NO_LIMIT = 1e29;
 /**
  * Loads `tokenizer.json` (required) and `tokenizer_config.json` (optional) from
  * `dir`. The maximum length is the smallest of `model_max_length`, the model's
- * `max_position_embeddings` (from `config.json`, when present) and
+ * `max_position_embeddings` (from `config.json`, when present), `opts.positionRows`
+ * (both less the rows positions after a padding index leave unused) and
  * `opts.maxLength`; 512 when none of them sets one. How positions are numbered
  * comes from `config.json`'s `model_type`, or without it from the tokenizer's family.
  *
@@ -665,22 +671,15 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
   const mml = tokenizerConfig["model_max_length"];
   if (typeof mml === "number" && mml > 0 && mml < NO_LIMIT) limits.push(Math.floor(mml));
   const modelConfigPath = opts.configPath ?? join(dir, "config.json");
-  let positions: PositionStyle | undefined;
-  if (existsSync(modelConfigPath)) {
-    const modelConfig = readJson(modelConfigPath, dir, "CONFIG_INVALID");
-    positions = positionStyleOf(modelConfig);
-    const mpe = isRecord(modelConfig) ? modelConfig["max_position_embeddings"] : undefined;
-    // Positions after the padding index leave paddingIdx + 1 rows of the table unused (RoBERTa: 514 → 512).
-    const unused = positions.kind === "after-padding" ? positions.paddingIdx + 1 : 0;
-    if (typeof mpe === "number" && mpe > unused) limits.push(Math.floor(mpe) - unused);
-  }
+  const modelConfig = existsSync(modelConfigPath)
+    ? readJson(modelConfigPath, dir, "CONFIG_INVALID")
+    : undefined;
   if (opts.maxLength !== undefined) {
     if (!Number.isInteger(opts.maxLength) || opts.maxLength <= 0) {
       throw new QuantdError("USAGE", `maxLength must be a positive integer, got ${opts.maxLength}`);
     }
     limits.push(opts.maxLength);
   }
-  const maxLength = limits.length > 0 ? Math.min(...limits) : 512;
 
   const named = (key: string, fallback: string): number | undefined => {
     const v = tokenizerConfig[key];
@@ -696,10 +695,20 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
     // Padding positions are masked out, so any id works when a tokenizer declares none; 0 is BERT's.
     pad: named("pad_token", "[PAD]") ?? 0,
   };
-  positions ??= positionStyleOfTokenizer(
-    tokenizerConfig,
-    tokenizerJson["post_processor"],
-    named("pad_token", "<pad>"),
-  );
+  const positions =
+    modelConfig === undefined
+      ? positionStyleOfTokenizer(
+          tokenizerConfig,
+          tokenizerJson["post_processor"],
+          named("pad_token", "<pad>"),
+        )
+      : positionStyleOf(modelConfig);
+  // Positions after the padding index leave paddingIdx + 1 rows of the table unused (RoBERTa: 514 → 512).
+  const unused = positions.kind === "after-padding" ? positions.paddingIdx + 1 : 0;
+  const mpe = isRecord(modelConfig) ? modelConfig["max_position_embeddings"] : undefined;
+  for (const rows of [mpe, opts.positionRows]) {
+    if (typeof rows === "number" && rows > unused) limits.push(Math.floor(rows) - unused);
+  }
+  const maxLength = limits.length > 0 ? Math.min(...limits) : 512;
   return new Tokenizer(dir, hf, template, maxLength, specialIds, positions, pieceStyleOf(tokenizerJson));
 }

@@ -267,6 +267,21 @@ describe("positions and limits from config.json", () => {
     expect((await withClass("BartTokenizer")).positions).toEqual({ kind: "arange" });
   });
 
+  test("without config.json, the graph's position table bounds the length less the rows after-padding positions skip", async () => {
+    const files = buildTokenizer("roberta", corpus);
+    const d = join(dir, "roberta-position-rows");
+    mkdirSync(d, { recursive: true });
+    writeFileSync(join(d, "tokenizer.json"), JSON.stringify(files.tokenizer));
+    const { model_max_length: _, ...config } = files.tokenizerConfig;
+    writeFileSync(join(d, "tokenizer_config.json"), JSON.stringify(config));
+    const tok = await loadTokenizer(d, { positionRows: 130 });
+    // 130 rows, of which the padding index and those below it are never a real token's.
+    expect(tok.maxLength).toBe(130 - (files.padId + 1));
+    const batch = tok.encodeBatch(["good ".repeat(200)]);
+    expect(Math.max(...Array.from(positionIdsOf(batch), Number))).toBe(129);
+    expect((await loadTokenizer(d, { positionRows: 130, maxLength: 64 })).maxLength).toBe(64);
+  });
+
   test("BERT-family models number every position 0, 1, 2, …", async () => {
     const tok = await load("bert", { model_type: "bert", max_position_embeddings: 128 });
     expect(tok.positions).toEqual({ kind: "arange" });
