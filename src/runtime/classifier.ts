@@ -424,7 +424,7 @@ function readModelConfig(configPath: string | undefined): ModelConfig {
  * @throws TOKENIZER_INVALID naming both sizes and where each comes from
  * @throws CONFIG_INVALID for an unreadable `config.json`
  */
-export function assertTokenizerFitsModel(tokenizer: Tokenizer, files: ModelFiles, table?: TokenTable): void {
+function assertTokenizerFitsModel(tokenizer: Tokenizer, files: ModelFiles, table?: TokenTable): void {
   const config = readModelConfig(files.configPath);
   const limits: [number, string][] = [];
   if (config.vocabSize !== undefined)
