@@ -8,8 +8,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { mulberry32 } from "../core/random.ts";
 import { QuantdError } from "../errors.ts";
-import { loadModel } from "../onnx/codec.ts";
 import { positionTable, tokenEmbeddingTable } from "../onnx/graph.ts";
+import { readGraphOutline } from "../onnx/graph-outline.ts";
 import type { Tensor, TensorInfo } from "../runtime/types.ts";
 
 /** One benchmark shape: `batch` sequences of `seq` tokens. */
@@ -173,8 +173,8 @@ export interface MaxPositions {
  * initializer named like a position-embedding table. A longer `seq` fails
  * inside onnxruntime with a broadcast error that does not say why.
  *
- * @returns the bound, or undefined when neither says it (no bound is checked then)
- * @throws MODEL_NOT_ONNX, MODEL_TRUNCATED, FILE_NOT_FOUND as `loadModel`, when the graph is read
+ * @returns the bound, or undefined when neither says it (no bound is checked then), or when the file is
+ *   no readable model (onnxruntime names the problem when it loads it)
  */
 export async function findMaxPositions(modelPath: string): Promise<MaxPositions | undefined> {
   for (const config of [
@@ -184,7 +184,8 @@ export async function findMaxPositions(modelPath: string): Promise<MaxPositions 
     const positions = intFromConfig(config, "max_position_embeddings");
     if (positions !== undefined) return { positions, source: `max_position_embeddings in ${config}` };
   }
-  const table = positionTable(await loadModel(modelPath, { loadExternalData: false }));
+  const outline = await readGraphOutline(modelPath);
+  const table = outline === undefined ? undefined : positionTable(outline);
   return table === undefined
     ? undefined
     : { positions: table.rows, source: `the position-embedding table ${table.name}` };
@@ -206,12 +207,14 @@ export function findVocabSize(modelPath: string): number | undefined {
  * The vocabulary size read from the graph: the row count of the embedding table
  * gathered by `input_ids` (directly, or through a Cast, or from a
  * DequantizeLinear of a quantized table). For models without a `config.json`.
+ * Read from the graph's outline (`onnx/graph-outline.ts`), never its weights,
+ * so a large self-contained model is not held in memory for one row count.
  *
- * @returns the size, or undefined when the graph has no such Gather
- * @throws MODEL_NOT_ONNX, MODEL_TRUNCATED, FILE_NOT_FOUND as `loadModel`
+ * @returns the size, or undefined when the graph has no such Gather or the file is no readable model
  */
 export async function findVocabSizeInGraph(modelPath: string): Promise<number | undefined> {
-  const model = await loadModel(modelPath, { loadExternalData: false });
-  const ids = new Set(model.graph.input.filter((i) => roleOf(i.name) === "ids").map((i) => i.name));
-  return tokenEmbeddingTable(model, ids)?.rows;
+  const outline = await readGraphOutline(modelPath);
+  if (outline === undefined) return undefined;
+  const ids = new Set(outline.graph.input.filter((i) => roleOf(i.name) === "ids").map((i) => i.name));
+  return tokenEmbeddingTable(outline, ids)?.rows;
 }

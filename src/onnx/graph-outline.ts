@@ -16,6 +16,8 @@ export interface GraphOutline {
   graph: {
     node: Pick<NodeProto, "opType" | "input" | "output">[];
     initializer: Pick<TensorProto, "name" | "dims">[];
+    /** The graph's inputs, with their tensor types (what finds the token ids input). */
+    input: Pick<ValueInfoProto, "name" | "type">[];
     /** The graph's outputs, with their tensor types (what task detection reads). */
     output: Pick<ValueInfoProto, "name" | "type">[];
   };
@@ -25,6 +27,7 @@ export interface GraphOutline {
 const MODEL_GRAPH = 7;
 const GRAPH_NODE = 1;
 const GRAPH_INITIALIZER = 5;
+const GRAPH_INPUT = 11;
 const GRAPH_OUTPUT = 12;
 const VALUE_NAME = 1;
 const VALUE_TYPE = 2;
@@ -113,7 +116,7 @@ async function readInitializer(
   return out;
 }
 
-/** A graph output's name and tensor type (element type and dims); other types are left out. */
+/** A graph input's or output's name and tensor type (element type and dims); other types are left out. */
 async function readValueInfo(
   r: ProtoFileReader,
   value: Field,
@@ -157,13 +160,14 @@ async function readDimension(r: ProtoFileReader, dim: Field): Promise<Dimension>
   return out;
 }
 
-/** The graph message's nodes, initializers and outputs, in file order. */
+/** The graph message's nodes, initializers, inputs and outputs, in file order. */
 async function outlineOf(r: ProtoFileReader, graph: Field): Promise<GraphOutline> {
-  const outline: GraphOutline = { graph: { node: [], initializer: [], output: [] } };
+  const outline: GraphOutline = { graph: { node: [], initializer: [], input: [], output: [] } };
   for await (const f of fields(r, graph.start, graph.end)) {
     if (f.wire !== 2) continue;
     if (f.field === GRAPH_NODE) outline.graph.node.push(await readNode(r, f));
     else if (f.field === GRAPH_INITIALIZER) outline.graph.initializer.push(await readInitializer(r, f));
+    else if (f.field === GRAPH_INPUT) outline.graph.input.push(await readValueInfo(r, f));
     else if (f.field === GRAPH_OUTPUT) outline.graph.output.push(await readValueInfo(r, f));
   }
   return outline;

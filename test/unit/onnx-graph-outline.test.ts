@@ -24,6 +24,7 @@ function outlineOfDecoded(m: ModelProto) {
     graph: {
       node: m.graph.node.map((n) => ({ opType: n.opType, input: n.input, output: n.output })),
       initializer: m.graph.initializer.map((t) => ({ name: t.name, dims: t.dims })),
+      input: m.graph.input.map((v) => ({ name: v.name, type: v.type })),
       output: m.graph.output.map((v) => ({ name: v.name, type: v.type })),
     },
   };

@@ -8,7 +8,7 @@ import { basename, dirname } from "node:path";
 import { renderChartSvg } from "../../bench/chart.ts";
 import { createModelData } from "../../bench/data.ts";
 import { DEFAULT_BATCHES, DEFAULT_RUNS, DEFAULT_SEQS, DEFAULT_WARMUP } from "../../bench/defaults.ts";
-import { findMaxPositions, type MaxPositions, type Shape } from "../../bench/inputs.ts";
+import { findMaxPositions, type Shape } from "../../bench/inputs.ts";
 import { type BenchModel, type ModelData, runBench } from "../../bench/measure.ts";
 import { createBenchProgress } from "../../bench/progress.ts";
 import { machineInfo, renderTerminalTable, toBenchDocument } from "../../bench/report.ts";
@@ -74,12 +74,7 @@ function rejectPositionals(positionals: readonly string[]): void {
 async function checkSeqFits(models: readonly BenchModel[], seqs: readonly number[]): Promise<void> {
   const longest = Math.max(...seqs);
   for (const m of models) {
-    let max: MaxPositions | undefined;
-    try {
-      max = await findMaxPositions(m.path);
-    } catch {
-      continue;
-    }
+    const max = await findMaxPositions(m.path);
     if (max !== undefined && longest > max.positions) {
       throw usageError(
         `--seq ${longest} is beyond the maximum length of ${m.label}: ${max.positions} tokens ` +
