@@ -38,6 +38,7 @@ import {
   sameTokenizer,
   snapshotTokenizer,
   TOKENIZER_METRIC,
+  tokenizersDir,
   versionTokenizerDir,
 } from "./version-tokenizer.ts";
 
@@ -674,7 +675,7 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     // The start's model comes with the configured tokenizer; a promoted one is verified with the serving one's.
     const tokenizer = this.#snapshotTokenizer(
       staged,
-      why === "start" ? this.#opts.tokenizerDir : this.tokenizerDir(),
+      why === "start" ? this.#opts.tokenizerDir : this.#servingTokenizerCopy(),
     );
     const path = await commitCopy(staged, join(this.#opts.modelsDir, `${sha256}.onnx`));
     const metrics = {
@@ -716,6 +717,21 @@ export class ModelRegistry implements InferenceBackend, RegistryAdmin {
     }
     this.#swapTo(new Loaded(active, classifier, this.#opts.swap.window, tokenizer.dir), why === "promote");
     return active;
+  }
+
+  /**
+   * The serving version's tokenizer as its copy in the state directory when
+   * it has one, which {@link snapshotTokenizer} takes as it is. A legacy
+   * version serves from where its tokenizer was found, and got its copy at
+   * start: without this, the first promotion after it would hash and copy
+   * that tokenizer again, synchronously on the serving thread.
+   */
+  #servingTokenizerCopy(): string {
+    const current = this.#current;
+    const sha256 = current?.version.metrics[TOKENIZER_METRIC];
+    if (current === undefined || typeof sha256 !== "string") return this.tokenizerDir();
+    const copy = join(tokenizersDir(this.#opts.modelsDir), sha256);
+    return existsSync(join(copy, "tokenizer.json")) ? copy : current.tokenizerDir;
   }
 
   /**
