@@ -996,20 +996,38 @@ function resolveInside(
   return full;
 }
 
+/** A tensor kept in an external data file: its reference, and the file it names (inside the model's directory). */
+interface ExternalTensor {
+  tensor: TensorProto;
+  ref: ExternalRef;
+  file: string;
+}
+
+/**
+ * The external tensors of `model`, read from `modelPath`, in order; each is
+ * resolved when reached, so a bad reference fails where a walk meets it.
+ *
+ * @throws MODEL_INVALID for a malformed reference or a location outside the model's directory
+ */
+function* externalTensors(model: ModelProto, modelPath: string): Generator<ExternalTensor> {
+  const dir = dirname(resolve(modelPath));
+  const pending: TensorProto[] = [];
+  forEachModelTensor(model, (t) => {
+    if (isExternal(t)) pending.push(t);
+  });
+  for (const tensor of pending) {
+    const ref = externalRef(tensor, modelPath);
+    yield { tensor, ref, file: resolveInside(dir, ref.location, modelPath, tensor.name) };
+  }
+}
+
 async function loadExternalData(
   model: ModelProto,
   modelPath: string,
   onFile?: (path: string, bytes: number) => void,
 ): Promise<void> {
-  const dir = dirname(resolve(modelPath));
   const files = new Map<string, Uint8Array>();
-  const pending: TensorProto[] = [];
-  forEachModelTensor(model, (t) => {
-    if (isExternal(t)) pending.push(t);
-  });
-  for (const t of pending) {
-    const ref = externalRef(t, modelPath);
-    const file = resolveInside(dir, ref.location, modelPath, t.name);
+  for (const { tensor: t, ref, file } of externalTensors(model, modelPath)) {
     let data = files.get(file);
     if (data === undefined) {
       data = await readBytes(file, `external data file of ${modelPath}`);
@@ -1070,16 +1088,9 @@ async function locateExternalData(
   model: ModelProto,
   modelPath: string,
 ): Promise<Map<TensorProto, FileSlice>> {
-  const dir = dirname(resolve(modelPath));
   const sizes = new Map<string, number>();
-  const pending: TensorProto[] = [];
-  forEachModelTensor(model, (t) => {
-    if (isExternal(t)) pending.push(t);
-  });
   const slices = new Map<TensorProto, FileSlice>();
-  for (const t of pending) {
-    const ref = externalRef(t, modelPath);
-    const file = resolveInside(dir, ref.location, modelPath, t.name);
+  for (const { tensor: t, ref, file } of externalTensors(model, modelPath)) {
     let bytes = sizes.get(file);
     if (bytes === undefined) {
       bytes = await externalFileBytes(file, modelPath);
@@ -1148,12 +1159,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
  */
 export async function externalDataFiles(path: string): Promise<string[]> {
   const model = await loadModel(path, { loadExternalData: false });
-  const dir = dirname(resolve(path));
-  const files = new Set<string>();
-  forEachModelTensor(model, (t) => {
-    if (isExternal(t)) files.add(resolveInside(dir, externalRef(t, path).location, path, t.name));
-  });
-  return [...files];
+  return [...new Set(Array.from(externalTensors(model, path), (e) => e.file))];
 }
 
 /** External data settings for {@link saveModel}. */
