@@ -16,6 +16,7 @@
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
 import { stageCopy } from "../src/agent/model-files.ts";
 import { readProcessMemory } from "../src/core/process-memory.ts";
 import { median } from "../src/core/stats.ts";
@@ -100,15 +101,20 @@ async function externalCopy(
 }
 
 async function main(): Promise<void> {
-  const args = process.argv.slice(2);
-  if (args[0] === "--child") return child(args[1]!, args[2]!, args[3] === "warm");
-  const runsAt = args.indexOf("--runs");
-  const runs = runsAt >= 0 ? Number(args[runsAt + 1]) : 3;
-  const outAt = args.indexOf("--out");
-  const out = outAt >= 0 ? args[outAt + 1] : undefined;
-  const model =
-    args.find((a, i) => !a.startsWith("--") && args[i - 1] !== "--runs" && args[i - 1] !== "--out") ??
-    DEFAULT_MODEL;
+  const { values, positionals } = parseArgs({
+    options: {
+      runs: { type: "string", default: "3" },
+      out: { type: "string" },
+      child: { type: "boolean", default: false },
+    },
+    allowPositionals: true,
+  });
+  if (values.child) return child(positionals[0]!, positionals[1]!, positionals[2] === "warm");
+  const runs = Number(values.runs);
+  if (!Number.isInteger(runs) || runs < 1)
+    throw new Error(`--runs must be a positive integer, got ${values.runs}`);
+  const out = values.out;
+  const model = positionals[0] ?? DEFAULT_MODEL;
   try {
     statSync(model);
   } catch {
