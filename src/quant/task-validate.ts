@@ -97,11 +97,7 @@ export type ModelOutputs = { graph: { output: readonly Pick<ValueInfoProto, "nam
  *
  * @throws as {@link detectTask}
  */
-export function taskOfModel(
-  model: ModelOutputs | ModelProto,
-  files: ModelFiles,
-  override: TaskOverride = {},
-): TaskSpec {
+export function taskOfModel(model: ModelOutputs, files: ModelFiles, override: TaskOverride = {}): TaskSpec {
   const taskFiles = {
     model: files.model,
     tokenizerDir: files.tokenizerDir,
