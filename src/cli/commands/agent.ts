@@ -4,10 +4,10 @@
  * promote FILE | rollback`, which talk to a running agent over its socket.
  */
 import { resolve } from "node:path";
-import { detectDevice } from "../../device/detect.ts";
 import { startAgent } from "../../agent/agent.ts";
 import { type ConfigFlags, loadAgentConfig } from "../../agent/config.ts";
 import { notifyReady, notifyStopping, notifyWatchdog, watchdogIntervalMs } from "../../agent/sd-notify.ts";
+import { detectDevice } from "../../device/detect.ts";
 import { QuantdError, type QuantdErrorJSON } from "../../errors.ts";
 import type { ModelVersionView, StartupRejection } from "../../server/types.ts";
 import { STATE_DIR_DEFAULT } from "../agent-state.ts";
@@ -16,6 +16,7 @@ import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { JSON_FLAG } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagString, usageError } from "../parse.ts";
 import { SHIPPED_MODEL } from "../paths.ts";
+import { listenForStop } from "../stop-signal.ts";
 import { describeModelVersion, describeModelVersions } from "../summaries.ts";
 
 /** `GET /v1/models`. */
@@ -66,6 +67,8 @@ async function serve(ctx: CommandContext): Promise<number> {
   const status =
     `serving ${agent.config.modelName} version ${active?.id} (${active?.kind}) on ${config.socketPath}` +
     (rejected === undefined ? "" : `; degraded: ${rejected.path} did not load (${rejected.error.code})`);
+  // Listening before the ready line: a stop sent as soon as it appears drains and closes the agent.
+  const stopped = listenForStop();
   if (rejected === undefined) logger.info(`ready: ${status}, ${config.threads} threads`);
   else logger.warn(`ready: ${status}, ${config.threads} threads`);
   // systemd (Type=notify): ready only now that the model is loaded; the watchdog is petted from the
@@ -73,20 +76,10 @@ async function serve(ctx: CommandContext): Promise<number> {
   notifyReady(status);
   const watchdogMs = watchdogIntervalMs();
   const watchdog = watchdogMs === undefined ? undefined : setInterval(() => notifyWatchdog(), watchdogMs);
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: string): void => {
-      notifyStopping();
-      if (watchdog !== undefined) clearInterval(watchdog);
-      logger.info(`${signal}: stopping (draining requests)`);
-      process.off("SIGTERM", onTerm);
-      process.off("SIGINT", onInt);
-      resolve();
-    };
-    const onTerm = (): void => onSignal("SIGTERM");
-    const onInt = (): void => onSignal("SIGINT");
-    process.on("SIGTERM", onTerm);
-    process.on("SIGINT", onInt);
-  });
+  const signal = await stopped;
+  notifyStopping();
+  if (watchdog !== undefined) clearInterval(watchdog);
+  logger.info(`${signal}: stopping (draining requests)`);
   await agent.stop();
   return 0;
 }

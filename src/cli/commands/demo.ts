@@ -30,20 +30,21 @@ import type { DeviceRecord, FleetStore } from "../../fleet/controller/store.ts";
 import { type EmbeddedBroker, startEmbeddedBroker } from "../../fleet/embedded-broker.ts";
 import { connectMqttOnce, type MqttConnection, parseBrokerUrl } from "../../fleet/mqtt-client.ts";
 import { runJobCommand } from "../../fleet/operator/operations.ts";
-import type { ReportMessage } from "../../fleet/protocol.ts";
 import { createFleetRequester, type FleetRequester } from "../../fleet/operator/requester.ts";
+import type { ReportMessage } from "../../fleet/protocol.ts";
 import { type SigningKey, writeNewSigningKey } from "../../fleet/signing.ts";
+import { describeRecordedAgreement } from "../../quant/gate.ts";
 import { type Classifier, loadClassifier } from "../../runtime/classifier.ts";
 import { type EvalResult, evaluate } from "../../runtime/evaluate.ts";
 import { ORT_VERSION } from "../../runtime/ort-session.ts";
-import { describeRecordedAgreement } from "../../quant/gate.ts";
 import { readSamplesTsv } from "../../runtime/tsv.ts";
 import type { Command, CommandContext } from "../command.ts";
-import { describeEvalAgreement } from "./eval.ts";
 import { JSON_FLAG, openClassifier, THREADS_FLAG, threadsFlag } from "../model-flags.ts";
 import { expectNoPositionals, flagBool, flagInt, flagString } from "../parse.ts";
 import { PACKAGE_ROOT, SHIPPED_DEV_TSV, SHIPPED_MODEL, SHIPPED_MODEL_DIR } from "../paths.ts";
 import { createProgress, formatBytes, formatMs, formatPercent, renderTable } from "../render.ts";
+import { listenForStop } from "../stop-signal.ts";
+import { describeEvalAgreement } from "./eval.ts";
 
 /** The shipped SST-2 training sample the demo seeds the agent's store with. */
 export const SHIPPED_TRAIN_TSV: string = join(PACKAGE_ROOT, "calib/samples/sst2-train-4k.tsv");
@@ -754,16 +755,9 @@ async function stay(ctx: CommandContext, state: DemoState): Promise<void> {
   ctx.err(
     `  command: quantd fleet report ${DEMO_DEVICE} --broker ${state.brokerUrl} --fleet ${DEMO_FLEET} --key ${state.operatorKeyFile ?? "-"}`,
   );
+  const stopped = listenForStop();
   ctx.err("Ctrl-C (SIGINT) or SIGTERM stops it and removes the temporary directory");
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off("SIGTERM", stop);
-      process.off("SIGINT", stop);
-      resolve();
-    };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
-  });
+  await stopped;
 }
 
 /** Stops what the demo started, last started first; each part stops even when another fails to. */

@@ -27,6 +27,7 @@ import { redactUrl } from "../../redact.ts";
 import type { Command, CommandContext, FlagSpec } from "../command.ts";
 import { LOG_FLAGS, loggerFromFlags } from "../log-flags.ts";
 import { flagBool, flagInt, flagRequired, flagString, usageError } from "../parse.ts";
+import { listenForStop } from "../stop-signal.ts";
 import { describeDeviceStatus, describeFleetDevices, describeFleetOutcome } from "../summaries.ts";
 import { keyPath, OPERATOR_KEY, requiredKey } from "./fleet-keys.ts";
 import { DEFAULT_RELEASES_DIR, releaseCommand, rolloutCommand } from "./fleet-release.ts";
@@ -262,6 +263,8 @@ async function serve(ctx: CommandContext): Promise<number> {
   });
   const commands = options?.commands;
   const dashboard = http === undefined ? undefined : startDashboard(controller, http, options);
+  // Listening before the ready line: a stop sent as soon as it appears closes the store and the broker link.
+  const stopped = listenForStop();
   const ready = await controller.waitReady(10_000);
   logger.info(
     `${ready ? "subscribed" : "waiting for the broker"}: controller ${controller.clientId} on ${redactUrl(conn.url)}, db ${shownDb}` +
@@ -283,18 +286,7 @@ async function serve(ctx: CommandContext): Promise<number> {
   } else {
     logger.info("rollouts: not driven here (needs --key to sign commands and --http or --release-url)");
   }
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      logger.info(`${signal}: stopping`);
-      process.off("SIGTERM", onTerm);
-      process.off("SIGINT", onInt);
-      resolve();
-    };
-    const onTerm = (): void => stop("SIGTERM");
-    const onInt = (): void => stop("SIGINT");
-    process.on("SIGTERM", onTerm);
-    process.on("SIGINT", onInt);
-  });
+  logger.info(`${await stopped}: stopping`);
   await rollouts?.stop();
   dashboard?.stop();
   await commands?.close();
